@@ -1,0 +1,169 @@
+"""The one error tree of maas-batch.
+
+    BatchError
+    ├── ManifestError        the manifest is invalid; carries every Problem found (exit 65)
+    ├── ConfigError          configuration is missing: no key, no endpoint (exit 78)
+    ├── UsageError           bad command-line usage (exit 64)
+    ├── OutputError          the output directory cannot be written (disk full: exit 74)
+    ├── DirLockedError       another run holds the output directory (exit 75)
+    └── ApiError             one request to the API went wrong
+        ├── ApiStatusError   the API answered with an error status (status, type, code, message)
+        ├── TransportError   no usable answer: connection refused or reset, timeout
+        ├── BrokenAnswerError  a 2xx whose body is unusable (not JSON, no data, bad base64, bad image)
+        └── RefusalError     a 2xx in which the model declined to answer (content filter)
+
+aiohttp's exceptions are translated into this tree in ``batch.client`` and nowhere else.
+Whether an ApiError is retried, fails its task or stops the run is decided in ``batch.retry``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+class BatchError(Exception):
+    """Root of every error maas-batch raises on purpose."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a manifest, located as precisely as we can: file, line, task, field."""
+
+    file: str
+    line: int | None
+    message: str
+    task: str | None = None  # "tasks[3]" or a task id
+    field: str | None = None
+    value: str | None = None  # the offending value, already shortened
+    config: bool = False  # missing configuration (an endpoint) rather than a wrong manifest: exit 78
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        parts = [where]
+        if self.task:
+            parts.append(self.task)
+        if self.field:
+            parts.append(self.field)
+        text = ": ".join(parts) + ": " + self.message
+        if self.value is not None:
+            text += f" (got {self.value})"
+        return text
+
+
+def shorten(value: Any, limit: int = 80) -> str:
+    """A value as it should appear in an error message: repr'd, one line, about `limit` characters.
+    Long strings keep their head and their tail (a path's file name, a prompt's last words)."""
+    if isinstance(value, str) and len(value) > limit:
+        head, tail = value[: limit * 2 // 3], value[-(limit // 3) :]
+        return f"{head + '...' + tail!r} [{len(value)} chars]"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class ManifestError(BatchError):
+    """The manifest cannot be run. Nothing was sent."""
+
+    def __init__(self, problems: Sequence[Problem], more: int = 0) -> None:
+        self.problems = list(problems)
+        self.more = more  # problems found but not kept, past the report limit
+        count = len(self.problems) + more
+        super().__init__(f"{count} problem{'s' if count != 1 else ''} in the manifest")
+
+
+class ConfigError(BatchError):
+    """Configuration the run needs is missing (API key, endpoint)."""
+
+
+class UsageError(BatchError):
+    """The command line is wrong."""
+
+
+class OutputError(BatchError):
+    """The output directory cannot be written (permissions, disk full, a symlink where a file goes)."""
+
+
+class DirLockedError(BatchError):
+    """Another run holds the lock on the output directory."""
+
+
+class ApiError(BatchError):
+    """One request to the API went wrong.
+
+    `maybe_billed` is true when the request reached the server and the failure happened after it may
+    have done (and charged for) the work: a connection broken mid-answer, a body cut short.
+    """
+
+    kind = "api_error"
+    status: int | None = None
+    maybe_billed: bool = False
+    retry_after: float | None = None
+
+
+class ApiStatusError(ApiError):
+    """The API answered with an error status."""
+
+    kind = "http_error"
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        error_type: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.status = status
+        self.message = message
+        self.error_type = error_type
+        self.code = code
+        self.retry_after = retry_after
+        super().__init__(f"HTTP {status}: {message}")
+
+
+class TransportError(ApiError):
+    """The request got no usable answer: refused, reset, timed out."""
+
+    kind = "transport_error"
+
+    def __init__(self, message: str, *, maybe_billed: bool = False, timeout: bool = False) -> None:
+        self.message = message
+        self.maybe_billed = maybe_billed
+        self.timeout = timeout
+        super().__init__(message)
+
+
+class BrokenAnswerError(ApiError):
+    """A 2xx answer whose body cannot be used.
+
+    `usage` holds the usage the body still reported (the request was billed) or None.
+    """
+
+    kind = "broken_answer"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        usage: Mapping[str, Any] | None = None,
+        maybe_billed: bool = True,
+    ) -> None:
+        self.message = message
+        self.status = status
+        self.usage = usage
+        # An answer that told us its usage is known billed (and recorded), not "maybe".
+        self.maybe_billed = maybe_billed and usage is None
+        super().__init__(message)
+
+
+class RefusalError(ApiError):
+    """A well-formed answer in which the model declined (a content filter). Asking again costs again."""
+
+    kind = "refused"
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
