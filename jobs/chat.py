@@ -1,0 +1,390 @@
+"""chat: `POST {base}/{endpoint}/google/chat/completions`, the OpenAI chat-completions shape (Gemini).
+
+Fields the project does not know pass through unchanged. A manifest may write a chat as `prompt` (plus
+optional `images` and `system`) instead of `messages`; `normalize` turns that into messages. An `image_url`
+whose url is a local path is sent as a base64 `data:` URL.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from batch.errors import BrokenAnswerError, RefusalError
+from batch.fields import (
+    Anything,
+    Boolean,
+    FieldIssue,
+    IntRange,
+    NumberRange,
+    Rule,
+    Text,
+    check_rules,
+    type_name,
+)
+from batch.kinds import (
+    Answer,
+    ApiRequest,
+    EncodedImage,
+    FileReader,
+    FileRef,
+    InputInfo,
+    Pointer,
+    TokenCounts,
+)
+from jobs.image_api import counts, sniff_mime
+
+name = "chat"
+PATH = "google/chat/completions"
+
+ROLES = ("system", "user", "assistant", "tool", "function")
+REMOTE_PREFIXES = ("data:", "gs://", "http://", "https://")
+SHORTHAND = ("prompt", "images", "system")
+
+RULES: tuple[Rule, ...] = (
+    Anything("messages", required=True),
+    Text("model", required=True, non_empty=True),
+    IntRange("max_tokens", low=1),
+    IntRange("max_completion_tokens", low=1),
+    NumberRange("temperature", low=0, high=2),
+    NumberRange("top_p", low=0, high=1),
+    IntRange("n", low=1),
+    Boolean("stream"),
+    NumberRange("presence_penalty", low=-2, high=2),
+    NumberRange("frequency_penalty", low=-2, high=2),
+    IntRange("seed"),
+)
+
+# Chat passes unknown fields through; these are the ones a shared default or --set may apply to.
+known_fields = (
+    frozenset(rule.name for rule in RULES)
+    | set(SHORTHAND)
+    | {
+        "stop",
+        "tools",
+        "tool_choice",
+        "extra_body",
+        "stream_options",
+        "user",
+        "response_format",
+        "logprobs",
+        "top_logprobs",
+        "functions",
+        "function_call",
+        "modalities",
+        "reasoning_effort",
+    }
+)
+
+__all__ = [
+    "build_request",
+    "check",
+    "check_inputs",
+    "file_refs",
+    "known_fields",
+    "name",
+    "normalize",
+    "parse_answer",
+    "token_counts",
+    "usage_of",
+]
+
+
+def normalize(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """`prompt` / `images` / `system` -> `messages`, when the fields have the right types. Otherwise the
+    fields come back unchanged and `check` says what is wrong."""
+    out = dict(fields)
+    if "messages" in out or not isinstance(out.get("prompt"), str):
+        return out
+    images = out.get("images", [])
+    if isinstance(images, str):
+        images = [images]
+    system = out.get("system")
+    if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+        return out
+    if system is not None and not isinstance(system, str):
+        return out
+    prompt = out.pop("prompt")
+    out.pop("images", None)
+    out.pop("system", None)
+    content: str | list[dict[str, Any]] = prompt
+    if images:
+        content = [{"type": "text", "text": prompt}]
+        content += [{"type": "image_url", "image_url": {"url": path}} for path in images]
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": content})
+    out["messages"] = messages
+    return out
+
+
+def check(fields: Mapping[str, Any]) -> list[FieldIssue]:
+    """The known fields' types and ranges, and the shape of every message; unknown fields pass."""
+    issues = check_rules(fields, RULES, allow_unknown=True)
+    if "messages" in fields and any(key in fields for key in SHORTHAND):
+        issues.append(
+            FieldIssue(
+                "prompt",
+                "give either messages or prompt/images/system, not both",
+                sorted(k for k in SHORTHAND if k in fields),
+            )
+        )
+    elif "messages" not in fields and "prompt" in fields:
+        # normalize() left the shorthand alone, so one of its parts has the wrong type.
+        for key, want in (("prompt", str), ("system", str)):
+            if key in fields and not isinstance(fields[key], want):
+                issues.append(FieldIssue(key, f"must be a string, not {type_name(fields[key])}", fields[key]))
+        images = fields.get("images")
+        if (
+            images is not None
+            and not isinstance(images, str)
+            and (not isinstance(images, list) or not all(isinstance(i, str) for i in images))
+        ):
+            issues.append(FieldIssue("images", "must be a path or a list of paths", images))
+        issues = [issue for issue in issues if issue.field != "messages"]
+    messages = fields.get("messages")
+    if messages is not None:
+        issues += _check_messages(messages)
+    stop = fields.get("stop")
+    if (
+        stop is not None
+        and not isinstance(stop, str)
+        and (not isinstance(stop, list) or not all(isinstance(s, str) for s in stop))
+    ):
+        issues.append(FieldIssue("stop", "must be a string or a list of strings", stop))
+    extra_body = fields.get("extra_body")
+    if extra_body is not None and not isinstance(extra_body, Mapping):
+        issues.append(FieldIssue("extra_body", f"must be a mapping, not {type_name(extra_body)}", extra_body))
+    return issues
+
+
+def _check_messages(messages: Any) -> list[FieldIssue]:
+    if not isinstance(messages, list) or not messages:
+        return [FieldIssue("messages", "must be a non-empty list of messages", messages)]
+    issues = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, Mapping):
+            issues.append(
+                FieldIssue(
+                    where, f"must be a mapping with role and content, not {type_name(message)}", message
+                )
+            )
+            continue
+        role = message.get("role")
+        if role not in ROLES:
+            issues.append(FieldIssue(f"{where}.role", "must be one of " + ", ".join(ROLES), role))
+        content = message.get("content")
+        if content is None and role in ("assistant", "function", "tool"):
+            continue  # e.g. an assistant turn that only carries tool_calls
+        if isinstance(content, str):
+            continue
+        if not isinstance(content, list):
+            issues.append(FieldIssue(f"{where}.content", "must be a string or a list of parts", content))
+            continue
+        for j, part in enumerate(content):
+            issues += _check_part(part, f"{where}.content[{j}]")
+    return issues
+
+
+def _check_part(part: Any, where: str) -> list[FieldIssue]:
+    if not isinstance(part, Mapping):
+        return [FieldIssue(where, f"must be a mapping with a type, not {type_name(part)}", part)]
+    kind = part.get("type")
+    if kind == "text":
+        if not isinstance(part.get("text"), str):
+            return [FieldIssue(f"{where}.text", "must be a string", part.get("text"))]
+    elif kind == "image_url":
+        image_url = part.get("image_url")
+        url = image_url.get("url") if isinstance(image_url, Mapping) else None
+        if not isinstance(url, str) or not url:
+            return [
+                FieldIssue(f"{where}.image_url.url", "must be a data: URL, a gs:// URI or a local path", url)
+            ]
+    elif not isinstance(kind, str):
+        return [FieldIssue(f"{where}.type", "must be a string such as text or image_url", kind)]
+    return []
+
+
+def _image_parts(fields: Mapping[str, Any]) -> list[tuple[Pointer, str]]:
+    found: list[tuple[Pointer, str]] = []
+    messages = fields.get("messages")
+    if not isinstance(messages, list):
+        return found
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if not isinstance(content, list):
+            continue
+        for j, part in enumerate(content):
+            if isinstance(part, Mapping) and part.get("type") == "image_url":
+                image_url = part.get("image_url")
+                url = image_url.get("url") if isinstance(image_url, Mapping) else None
+                if isinstance(url, str) and url:
+                    found.append((("messages", i, "content", j, "image_url", "url"), url))
+    return found
+
+
+def file_refs(fields: Mapping[str, Any]) -> list[FileRef]:
+    """Every image_url that is a local path (not data:, gs:// or http(s)://)."""
+    return [
+        FileRef(pointer, url, "chat image")
+        for pointer, url in _image_parts(fields)
+        if not url.startswith(REMOTE_PREFIXES)
+    ]
+
+
+def check_inputs(fields: Mapping[str, Any], inputs: Mapping[Pointer, InputInfo]) -> list[FieldIssue]:
+    """A local chat image must exist and be an image."""
+    issues = []
+    for pointer, info in inputs.items():
+        label = _pointer_label(pointer)
+        if info.error:
+            issues.append(FieldIssue(label, info.error, str(info.path)))
+        elif info.image is None:
+            issues.append(FieldIssue(label, "is not an image file", str(info.path)))
+    return issues
+
+
+def _pointer_label(pointer: Pointer) -> str:
+    text = ""
+    for part in pointer:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def build_request(fields: Mapping[str, Any], read: FileReader) -> ApiRequest:
+    """The JSON body, with local image paths inlined as data: URLs. A streamed chat asks for usage."""
+    body = dict(fields)
+    local = [(pointer, url) for pointer, url in _image_parts(fields) if not url.startswith(REMOTE_PREFIXES)]
+    if local:
+        body["messages"] = messages = [dict(m) for m in fields["messages"]]
+        for pointer, path in local:
+            i, j = int(pointer[1]), int(pointer[3])
+            content = messages[i]["content"] = list(messages[i]["content"])
+            data = read(Path(path))
+            url = f"data:{sniff_mime(data)};base64,{base64.b64encode(data).decode('ascii')}"
+            content[j] = {**content[j], "image_url": {**content[j]["image_url"], "url": url}}
+    stream = body.get("stream") is True
+    if stream and "stream_options" not in body:
+        body["stream_options"] = {"include_usage": True}
+    return ApiRequest(PATH, json=body, stream=stream)
+
+
+def usage_of(body: Any) -> Mapping[str, Any] | None:
+    """The usage of a JSON answer, or the last usage among the chunks of a stream."""
+    if isinstance(body, list):
+        found = [
+            chunk["usage"]
+            for chunk in body
+            if isinstance(chunk, Mapping) and isinstance(chunk.get("usage"), Mapping)
+        ]
+        return found[-1] if found else None
+    usage = body.get("usage") if isinstance(body, Mapping) else None
+    return usage if isinstance(usage, Mapping) else None
+
+
+def token_counts(usage: Mapping[str, Any]) -> TokenCounts:
+    """prompt_tokens / completion_tokens / total_tokens, as chat reports them."""
+    return counts(usage, "prompt_tokens", "completion_tokens")
+
+
+def parse_answer(fields: Mapping[str, Any], body: Any) -> Answer:
+    """The text (and any images) of every choice, from a JSON answer or the chunks of a stream."""
+    usage = usage_of(body)
+    if isinstance(body, list):
+        body = assemble_stream(body)
+    choices = body.get("choices") if isinstance(body, Mapping) else None
+    if not isinstance(choices, list) or not choices:
+        raise BrokenAnswerError("answer has no 'choices' list", usage=usage)
+    texts: list[str | None] = []
+    images: list[EncodedImage] = []
+    finish: list[Any] = []
+    tool_calls: list[Any] = []
+    for index, choice in enumerate(choices):
+        message = choice.get("message") if isinstance(choice, Mapping) else None
+        if not isinstance(message, Mapping):
+            raise BrokenAnswerError(f"choices[{index}] has no message", usage=usage)
+        text, found = _content(message.get("content"), usage)
+        texts.append(text)
+        images += found
+        finish.append(choice.get("finish_reason"))
+        if message.get("tool_calls"):
+            tool_calls.append(message["tool_calls"])
+    if all(t is None for t in texts) and not images and not tool_calls:
+        if "content_filter" in finish:
+            raise RefusalError("the model refused to answer (finish_reason content_filter)")
+        raise BrokenAnswerError("answer has no content", usage=usage)
+    extra: dict[str, Any] = {"finish_reason": finish[0]}
+    if len(texts) > 1:
+        extra["texts"] = texts
+        extra["finish_reasons"] = finish
+    if tool_calls:
+        extra["tool_calls"] = tool_calls
+    return Answer(images=tuple(images), text=texts[0], extra=extra)
+
+
+def _content(content: Any, usage: Mapping[str, Any] | None) -> tuple[str | None, list[EncodedImage]]:
+    if content is None or isinstance(content, str):
+        return content, []
+    if not isinstance(content, list):
+        raise BrokenAnswerError("message content is neither text nor a list of parts", usage=usage)
+    texts, images = [], []
+    for part in content:
+        if not isinstance(part, Mapping):
+            continue
+        if part.get("type") == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif part.get("type") == "image_url":
+            image_url = part.get("image_url")
+            url = image_url.get("url") if isinstance(image_url, Mapping) else None
+            if isinstance(url, str) and url.startswith("data:") and "," in url:
+                head, b64 = url.split(",", 1)
+                images.append(EncodedImage(b64, mime=head[5:].split(";")[0] or None))
+    return ("".join(texts) if texts else None), images
+
+
+def assemble_stream(chunks: list[Any]) -> dict[str, Any]:
+    """One chat.completion from the chunks of a stream: deltas concatenated per choice, the last usage."""
+    pieces: dict[int, list[Any]] = {}
+    finish: dict[int, Any] = {}
+    usage = None
+    for chunk in chunks:
+        if not isinstance(chunk, Mapping):
+            continue
+        if isinstance(chunk.get("usage"), Mapping):
+            usage = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, Mapping):
+                continue
+            index = choice.get("index", 0)
+            index = index if isinstance(index, int) else 0
+            delta = choice.get("delta") or {}
+            content = delta.get("content") if isinstance(delta, Mapping) else None
+            if isinstance(content, str):
+                pieces.setdefault(index, []).append(content)
+            elif isinstance(content, list):
+                pieces.setdefault(index, []).extend(content)
+            else:
+                pieces.setdefault(index, [])
+            if choice.get("finish_reason"):
+                finish[index] = choice["finish_reason"]
+    choices = []
+    for index in sorted(pieces):
+        parts = pieces[index]
+        joined: Any = (
+            "".join(parts)
+            if all(isinstance(p, str) for p in parts)
+            else [{"type": "text", "text": p} if isinstance(p, str) else p for p in parts]
+        )
+        choices.append(
+            {
+                "index": index,
+                "message": {"role": "assistant", "content": joined or None},
+                "finish_reason": finish.get(index),
+            }
+        )
+    body: dict[str, Any] = {"choices": choices}
+    if usage is not None:
+        body["usage"] = usage
+    return body

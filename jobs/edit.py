@@ -1,0 +1,204 @@
+"""edit: `POST {base}/{endpoint}/images/edits`, multipart/form-data with the input image(s) and a mask."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from batch.fields import FieldIssue, type_name
+from batch.kinds import Answer, ApiRequest, FileReader, FileRef, FormField, InputInfo, Pointer
+from jobs.image_api import (
+    COMMON_RULES,
+    EXTRA,
+    OUTPUT_RULES,
+    check_image_fields,
+    parse_image_answer,
+    sniff_mime,
+    token_counts,
+    usage_of,
+)
+
+name = "edit"
+PATH = "images/edits"
+
+# The multipart field names, kept in one place: the seed shows `image` for one file; several go as the
+# repeated `image[]` (the OpenAI convention), which API.md asks for.
+IMAGE_FIELD = "image"
+IMAGES_FIELD = "image[]"
+MASK_FIELD = "mask"
+
+MAX_IMAGES = 16
+MAX_IMAGE_BYTES = 25 * 1024 * 1024
+MAX_MASK_BYTES = 4 * 1024 * 1024
+IMAGE_FORMATS = ("PNG", "WEBP", "JPEG")
+known_fields = frozenset(rule.name for rule in COMMON_RULES + OUTPUT_RULES) | {"image", "mask", EXTRA}
+
+__all__ = [
+    "build_request",
+    "check",
+    "check_inputs",
+    "file_refs",
+    "known_fields",
+    "name",
+    "normalize",
+    "parse_answer",
+    "token_counts",
+    "usage_of",
+]
+
+
+def _images(fields: Mapping[str, Any]) -> list[Any]:
+    value = fields.get("image")
+    return value if isinstance(value, list) else [value]
+
+
+def normalize(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Image fields have no shorthand."""
+    return dict(fields)
+
+
+def check(fields: Mapping[str, Any]) -> list[FieldIssue]:
+    """Every API rule for an edit request that can be checked without reading the files."""
+    issues = check_image_fields(fields, also_known=("image", "mask"))
+    image = fields.get("image")
+    if image is None:
+        issues.append(FieldIssue("image", "is required: a path or a list of up to 16 paths"))
+    elif isinstance(image, list):
+        if not image:
+            issues.append(FieldIssue("image", "must name at least one file", image))
+        elif len(image) > MAX_IMAGES:
+            issues.append(
+                FieldIssue(
+                    "image", f"names {len(image)} files; the limit is {MAX_IMAGES}", f"{len(image)} paths"
+                )
+            )
+        for index, item in enumerate(image):
+            if not isinstance(item, str) or not item:
+                issues.append(FieldIssue(f"image[{index}]", f"must be a path, not {type_name(item)}", item))
+    elif not isinstance(image, str) or not image:
+        issues.append(
+            FieldIssue("image", f"must be a path or a list of paths, not {type_name(image)}", image)
+        )
+    mask = fields.get("mask")
+    if mask is not None and (not isinstance(mask, str) or not mask):
+        issues.append(FieldIssue("mask", f"must be a path to a PNG file, not {type_name(mask)}", mask))
+    return issues
+
+
+def file_refs(fields: Mapping[str, Any]) -> list[FileRef]:
+    refs = []
+    image = fields.get("image")
+    if isinstance(image, str):
+        refs.append(FileRef(("image",), image, "image"))
+    elif isinstance(image, list):
+        refs += [
+            FileRef(("image", i), path, "image") for i, path in enumerate(image) if isinstance(path, str)
+        ]
+    mask = fields.get("mask")
+    if isinstance(mask, str):
+        refs.append(FileRef(("mask",), mask, "mask"))
+    return refs
+
+
+def check_inputs(fields: Mapping[str, Any], inputs: Mapping[Pointer, InputInfo]) -> list[FieldIssue]:
+    """Images are PNG/WebP/JPEG by content and under 25 MB; the mask is a PNG with alpha, under 4 MB,
+    the size of the first image."""
+    issues: list[FieldIssue] = []
+    first = None
+    image_pointers = [ptr for ptr in inputs if ptr[0] == "image"]
+    for pointer in image_pointers:
+        info = inputs[pointer]
+        label = _label(pointer)
+        if info.error:
+            issues.append(FieldIssue(label, info.error, str(info.path)))
+            continue
+        if info.image is None or info.image.format not in IMAGE_FORMATS:
+            found = info.image.format if info.image else "not an image"
+            issues.append(
+                FieldIssue(
+                    label, f"must be a PNG, WebP or JPEG file (by content); found {found}", str(info.path)
+                )
+            )
+        elif first is None:
+            first = info
+        if info.size >= MAX_IMAGE_BYTES:
+            issues.append(
+                FieldIssue(
+                    label, f"is {info.size / 2**20:.1f} MB; each image must be under 25 MB", str(info.path)
+                )
+            )
+    mask = inputs.get(("mask",))
+    if mask is not None:
+        if mask.error:
+            issues.append(FieldIssue("mask", mask.error, str(mask.path)))
+        elif mask.image is None or mask.image.format != "PNG":
+            found = mask.image.format if mask.image else "not an image"
+            issues.append(FieldIssue("mask", f"must be a PNG file; found {found}", str(mask.path)))
+        else:
+            if not mask.image.has_alpha:
+                issues.append(
+                    FieldIssue(
+                        "mask",
+                        f"must have an alpha channel (mode is {mask.image.mode}); "
+                        "transparent pixels mark where to edit",
+                        str(mask.path),
+                    )
+                )
+            if (
+                first is not None
+                and first.image is not None
+                and ((mask.image.width, mask.image.height) != (first.image.width, first.image.height))
+            ):
+                issues.append(
+                    FieldIssue(
+                        "mask",
+                        f"is {mask.image.width}x{mask.image.height} but the first image is "
+                        f"{first.image.width}x{first.image.height}; they must match",
+                        str(mask.path),
+                    )
+                )
+        if not mask.error and mask.size >= MAX_MASK_BYTES:
+            issues.append(
+                FieldIssue(
+                    "mask", f"is {mask.size / 2**20:.1f} MB; the mask must be under 4 MB", str(mask.path)
+                )
+            )
+    return issues
+
+
+def _label(pointer: Pointer) -> str:
+    return "image" if len(pointer) == 1 else f"image[{pointer[1]}]"
+
+
+def build_request(fields: Mapping[str, Any], read: FileReader) -> ApiRequest:
+    """Multipart: text fields as strings, then the image file(s) and the mask."""
+    form: list[FormField] = []
+    for key, value in fields.items():
+        if key in ("image", "mask", EXTRA):
+            continue
+        form.append(FormField(key, str(value)))
+    for key, value in (fields.get(EXTRA) or {}).items():
+        form.append(FormField(key, value if isinstance(value, str) else _form_text(value)))
+    paths = [Path(p) for p in _images(fields)]
+    image_field = IMAGE_FIELD if len(paths) == 1 else IMAGES_FIELD
+    for path in paths:
+        form.append(_file_field(image_field, path, read))
+    if fields.get("mask"):
+        form.append(_file_field(MASK_FIELD, Path(fields["mask"]), read))
+    return ApiRequest(PATH, form=form)
+
+
+def _form_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _file_field(field: str, path: Path, read: FileReader) -> FormField:
+    data = read(path)
+    return FormField(field, data, filename=path.name, content_type=sniff_mime(data))
+
+
+def parse_answer(fields: Mapping[str, Any], body: Any) -> Answer:
+    return parse_image_answer(body)

@@ -1,0 +1,64 @@
+"""generate: `POST {base}/{endpoint}/images/generations`, a JSON body; the answer carries base64 images."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from batch.fields import FieldIssue
+from batch.kinds import Answer, ApiRequest, FileReader, FileRef, InputInfo, Pointer
+from jobs.image_api import (
+    COMMON_RULES,
+    EXTRA,
+    OUTPUT_RULES,
+    check_image_fields,
+    parse_image_answer,
+    token_counts,
+    usage_of,
+)
+
+name = "generate"
+PATH = "images/generations"
+known_fields = frozenset(rule.name for rule in COMMON_RULES + OUTPUT_RULES) | {EXTRA}
+
+__all__ = [
+    "build_request",
+    "check",
+    "check_inputs",
+    "file_refs",
+    "known_fields",
+    "name",
+    "normalize",
+    "parse_answer",
+    "token_counts",
+    "usage_of",
+]
+
+
+def normalize(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Image fields have no shorthand."""
+    return dict(fields)
+
+
+def check(fields: Mapping[str, Any]) -> list[FieldIssue]:
+    """Every API rule for a generate request."""
+    return check_image_fields(fields)
+
+
+def file_refs(fields: Mapping[str, Any]) -> list[FileRef]:
+    """generate reads no files."""
+    return []
+
+
+def check_inputs(fields: Mapping[str, Any], inputs: Mapping[Pointer, InputInfo]) -> list[FieldIssue]:
+    return []
+
+
+def build_request(fields: Mapping[str, Any], read: FileReader) -> ApiRequest:
+    body = {key: value for key, value in fields.items() if key != EXTRA}
+    body.update(fields.get(EXTRA) or {})
+    return ApiRequest(PATH, json=body)
+
+
+def parse_answer(fields: Mapping[str, Any], body: Any) -> Answer:
+    return parse_image_answer(body)

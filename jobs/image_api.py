@@ -1,0 +1,133 @@
+"""What the two image endpoints (generate and edit) share: field rules, answer parsing, usage."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from batch.errors import BrokenAnswerError
+from batch.fields import Choice, FieldIssue, IntRange, Rule, Text, check_rules
+from batch.kinds import Answer, EncodedImage, TokenCounts
+
+PROMPT_MAX = 32_000
+SIZES = ("1024x1024", "1536x1024", "1024x1536", "auto")
+QUALITIES = ("auto", "high", "medium", "low")
+BACKGROUNDS = ("transparent", "opaque", "auto")
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+MODERATIONS = ("low", "auto")
+DEFAULT_COMPRESSION = 100
+
+COMMON_RULES: tuple[Rule, ...] = (
+    Text("prompt", required=True, max_len=PROMPT_MAX, non_empty=True),
+    Text("model"),
+    IntRange("n", low=1, high=10),
+    Choice("size", choices=SIZES),
+    Choice("quality", choices=QUALITIES),
+    Choice("background", choices=BACKGROUNDS),
+    Text("user"),
+)
+OUTPUT_RULES: tuple[Rule, ...] = (
+    Choice("output_format", choices=OUTPUT_FORMATS),
+    IntRange("output_compression", low=0, high=100),
+    Choice("moderation", choices=MODERATIONS),
+)
+# `extra` passes fields this project does not know straight into the request body.
+EXTRA = "extra"
+
+
+def check_extra(fields: Mapping[str, Any]) -> list[FieldIssue]:
+    """`extra` must be a mapping whose keys do not shadow checked fields."""
+    extra = fields.get(EXTRA)
+    if extra is None:
+        return []
+    if not isinstance(extra, Mapping):
+        return [FieldIssue(EXTRA, "must be a mapping of extra API fields", extra)]
+    known = {rule.name for rule in COMMON_RULES + OUTPUT_RULES}
+    return [
+        FieldIssue(f"{EXTRA}.{key}", "is a checked field; set it directly, not under extra", value)
+        for key, value in extra.items()
+        if key in known
+    ]
+
+
+def check_image_fields(fields: Mapping[str, Any], also_known: tuple[str, ...] = ()) -> list[FieldIssue]:
+    """Every rule both image endpoints share; cross-field rules only over fields that passed their own."""
+    issues = check_rules(fields, COMMON_RULES + OUTPUT_RULES, also_known=(EXTRA, *also_known))
+    flagged = {issue.field for issue in issues}
+    cross = [issue for issue in check_output_options(fields) if issue.field not in flagged]
+    return issues + check_extra(fields) + cross
+
+
+def check_output_options(fields: Mapping[str, Any]) -> list[FieldIssue]:
+    """Cross-field rules: transparency needs png or webp; compression means nothing for png."""
+    issues: list[FieldIssue] = []
+    fmt = fields.get("output_format", "png")
+    if fields.get("background") == "transparent" and fmt == "jpeg":
+        issues.append(
+            FieldIssue("background", "transparent needs output_format png or webp, not jpeg", "transparent")
+        )
+    compression = fields.get("output_compression")
+    # The seed's own example sends output_compression 100 with png, so only a real setting is an error.
+    if fmt == "png" and compression is not None and compression != DEFAULT_COMPRESSION:
+        issues.append(
+            FieldIssue(
+                "output_compression", "only applies to jpeg and webp; output_format is png", compression
+            )
+        )
+    return issues
+
+
+def usage_of(body: Any) -> Mapping[str, Any] | None:
+    """The `usage` mapping of an answer body, or None."""
+    if isinstance(body, Mapping):
+        usage = body.get("usage")
+        if isinstance(usage, Mapping):
+            return usage
+    return None
+
+
+def token_counts(usage: Mapping[str, Any]) -> TokenCounts:
+    """input_tokens / output_tokens / total_tokens, as the image endpoints report them."""
+    return counts(usage, "input_tokens", "output_tokens")
+
+
+def counts(usage: Mapping[str, Any], input_key: str, output_key: str) -> TokenCounts:
+    """Normalised counts; absent or junk figures count 0, a missing total is input + output."""
+    tokens_in = _int(usage.get(input_key))
+    tokens_out = _int(usage.get(output_key))
+    total = usage.get("total_tokens")
+    return TokenCounts(tokens_in, tokens_out, _int(total) if total is not None else tokens_in + tokens_out)
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def parse_image_answer(body: Any) -> Answer:
+    """`data[i].b64_json` of an image answer. The base64 is decoded and checked later, off the event loop."""
+    usage = usage_of(body)
+    if not isinstance(body, Mapping):
+        raise BrokenAnswerError("answer is not a JSON object", usage=usage)
+    data = body.get("data")
+    if not isinstance(data, list) or not data:
+        raise BrokenAnswerError("answer has no 'data' list", usage=usage)
+    images = []
+    for index, item in enumerate(data):
+        b64 = item.get("b64_json") if isinstance(item, Mapping) else None
+        if not isinstance(b64, str) or not b64:
+            raise BrokenAnswerError(f"data[{index}] has no b64_json", usage=usage)
+        images.append(EncodedImage(b64))
+    return Answer(images=tuple(images))
+
+
+def sniff_mime(data: bytes) -> str:
+    """The MIME type of image bytes by their magic number (for multipart parts and data: URLs)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    return "application/octet-stream"
