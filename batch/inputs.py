@@ -1,0 +1,70 @@
+"""Inspection of the local files tasks read: existence, size, content digest, and image header.
+
+Images are identified by content (Pillow reads the header only, never the pixels), so a JPEG named
+`.png` is caught and a decompression bomb costs nothing. Results are cached per (path, size, mtime), so a
+mask shared by a thousand edits is read once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from batch.kinds import ImageInfo, InputInfo
+
+ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+
+
+def read_image_info(path: Path) -> ImageInfo | None:
+    """The header of an image file, or None when the file is not an image Pillow knows."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                has_alpha = image.mode in ALPHA_MODES or "transparency" in image.info
+                return ImageInfo(str(image.format), image.width, image.height, image.mode, has_alpha)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError):
+        return None
+
+
+class InputInspector:
+    """Inspects input files, remembering the last `capacity` answers."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self._cache: OrderedDict[tuple[str, int, int], InputInfo] = OrderedDict()
+        self._capacity = capacity
+
+    def inspect(self, path: Path) -> InputInfo:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return InputInfo(path, error="does not exist")
+        except OSError as exc:
+            return InputInfo(path, error=f"cannot be read: {exc.strerror or exc}")
+        if not path.is_file():
+            return InputInfo(path, error="is not a regular file")
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        try:
+            with path.open("rb") as handle:
+                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        except OSError as exc:
+            return InputInfo(path, error=f"cannot be read: {exc.strerror or exc}")
+        info = InputInfo(path, size=stat.st_size, digest=digest, image=read_image_info(path))
+        self._cache[key] = info
+        if len(self._cache) > self._capacity:
+            self._cache.popitem(last=False)
+        return info
+
+
+def resolve(base: Path, raw: str) -> Path:
+    """A manifest's path, relative to the manifest's folder (`~` expanded), made absolute."""
+    return Path(os.path.normpath(base / Path(raw).expanduser()))

@@ -1,0 +1,259 @@
+"""Reading a job manifest: a YAML file (`defaults:`, `endpoints:`, `tasks:`) or a JSONL file (one task per
+line), into located entries. No defaults are applied and nothing is validated here beyond the file's shape.
+
+YAML is read with a subclass of yaml.SafeLoader that only adds line numbers to mappings: no tag can
+construct a Python object. JSONL is streamed, so a manifest of a million lines is never held in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from batch.errors import ManifestError, Problem, shorten
+from batch.fields import type_name, unknown_field_message
+
+TOP_LEVEL_KEYS = ("defaults", "endpoints", "tasks")
+MAX_YAML_BYTES = 50 * 2**20
+MAX_LINE_BYTES = 64 * 2**20
+
+
+class LocatedDict(dict[Any, Any]):
+    """A mapping read from YAML that remembers its own line and the line of each key."""
+
+    line: int | None = None
+    key_lines: dict[Any, int]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.key_lines = {}
+
+
+class _LocatingLoader(yaml.SafeLoader):
+    """SafeLoader whose mappings are LocatedDicts and which refuses duplicate keys."""
+
+
+def _construct_mapping(loader: _LocatingLoader, node: yaml.MappingNode) -> Iterator[LocatedDict]:
+    data = LocatedDict()
+    data.line = node.start_mark.line + 1
+    yield data
+    own = {id(key_node) for key_node, _ in node.value}
+    loader.flatten_mapping(node)  # resolves `<<: *anchor` merges into node.value, merged keys first
+    seen: dict[Any, int] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping",
+                node.start_mark,
+                "found a key that is not a plain value",
+                key_node.start_mark,
+            ) from None
+        line = key_node.start_mark.line + 1
+        if id(key_node) in own:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"found the key {key!r} twice (first on line {seen[key]})",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        data[key] = loader.construct_object(value_node, deep=True)
+        data.key_lines[key] = line
+
+
+_LocatingLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One task entry as written: its fields, its position in the manifest, and the line of each key."""
+
+    data: Mapping[str, Any]
+    index: int  # 0-based position in the manifest's list of tasks
+    line: int | None
+    key_lines: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"tasks[{self.index}]"
+
+
+@dataclass
+class Manifest:
+    """A manifest file: its defaults and endpoints, and a way to walk its task entries (again and again)."""
+
+    path: Path
+    format: str  # "yaml" | "jsonl"
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    endpoints: Mapping[str, Any] = field(default_factory=dict)
+    tasks: list[Any] = field(default_factory=list)  # YAML only; JSONL is streamed from the file
+    lines: Mapping[str, int] = field(default_factory=dict)  # line of each top-level key
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def line_of(self, key: str, sub: Any = None) -> int | None:
+        """The line of a top-level key, or of a key inside it."""
+        value = getattr(self, key, None)
+        if sub is not None and isinstance(value, LocatedDict) and sub in value.key_lines:
+            return value.key_lines[sub]
+        return self.lines.get(key)
+
+    def entries(self) -> Iterator[Entry | Problem]:
+        """Each task entry in order, or a Problem where a JSONL line cannot be read."""
+        if self.format == "jsonl":
+            yield from _jsonl_entries(self.path)
+            return
+        for index, item in enumerate(self.tasks):
+            if isinstance(item, LocatedDict):
+                yield Entry(item, index, item.line, dict(item.key_lines))
+            else:
+                yield Problem(
+                    self.name,
+                    self.lines.get("tasks"),
+                    f"must be a mapping with a kind and its fields, not {type_name(item)}",
+                    task=f"tasks[{index}]",
+                    value=shorten(item),
+                )
+
+
+def load(path: Path) -> Manifest:
+    """Read a manifest's outer structure. Raises ManifestError for a file that cannot be a manifest."""
+    name = str(path)
+    if not path.exists():
+        raise ManifestError([Problem(name, None, "the manifest file does not exist")])
+    if not path.is_file():
+        raise ManifestError([Problem(name, None, "the manifest is not a regular file")])
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        return Manifest(path, "jsonl")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise ManifestError(
+            [
+                Problem(
+                    name,
+                    None,
+                    f"a YAML manifest must be under {MAX_YAML_BYTES // 2**20} MB; "
+                    "write large task lists as JSONL or use prompts_file",
+                )
+            ]
+        )
+    try:
+        with path.open("rb") as handle:
+            document = yaml.load(handle, Loader=_LocatingLoader)  # a SafeLoader subclass: no object tags
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
+        raise ManifestError([Problem(name, line, f"not valid YAML: {message}")]) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ManifestError([Problem(name, None, f"not valid YAML: {exc}")]) from None
+    return _from_document(path, document)
+
+
+def _from_document(path: Path, document: Any) -> Manifest:
+    name = str(path)
+    if not isinstance(document, LocatedDict):
+        raise ManifestError(
+            [
+                Problem(
+                    name,
+                    1,
+                    "a YAML manifest must be a mapping with a 'tasks:' list "
+                    f"(and optional 'defaults:' and 'endpoints:'), not {type_name(document)}",
+                )
+            ]
+        )
+    problems = []
+    for key in document:
+        # Keys starting with "x-" hold YAML anchors for reuse (the docker-compose convention).
+        if key not in TOP_LEVEL_KEYS and not str(key).startswith("x-"):
+            message = unknown_field_message(str(key), TOP_LEVEL_KEYS).split(" (")[0]
+            problems.append(
+                Problem(
+                    name,
+                    document.key_lines.get(key),
+                    f"{message} of a manifest (top-level keys starting with x- may hold YAML anchors)",
+                    field=str(key),
+                )
+            )
+    tasks = document.get("tasks")
+    if not isinstance(tasks, list):
+        problems.append(
+            Problem(
+                name,
+                document.key_lines.get("tasks", 1),
+                "must be a list of tasks",
+                field="tasks",
+                value=None if tasks is None else shorten(tasks),
+            )
+        )
+    for key in ("defaults", "endpoints"):
+        if key in document and not isinstance(document[key], dict):
+            problems.append(
+                Problem(
+                    name,
+                    document.key_lines.get(key),
+                    "must be a mapping",
+                    field=key,
+                    value=shorten(document[key]),
+                )
+            )
+    if problems:
+        raise ManifestError(problems)
+    return Manifest(
+        path,
+        "yaml",
+        defaults=document.get("defaults") or LocatedDict(),
+        endpoints=document.get("endpoints") or LocatedDict(),
+        tasks=tasks or [],
+        lines=dict(document.key_lines),
+    )
+
+
+def _jsonl_entries(path: Path) -> Iterator[Entry | Problem]:
+    name = str(path)
+    index = 0
+    with path.open("rb") as handle:
+        for number, raw in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES + 1), b""), start=1):
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                yield Problem(name, number, f"line is longer than {MAX_LINE_BYTES // 2**20} MB")
+                _skip_rest_of_line(handle)
+                index += 1
+                continue
+            text = raw.strip()
+            if not text or text.startswith(b"//"):
+                continue
+            try:
+                item = json.loads(text)
+            except (ValueError, UnicodeDecodeError) as exc:
+                yield Problem(name, number, f"not valid JSON: {exc}")
+                index += 1
+                continue
+            if not isinstance(item, dict):
+                yield Problem(
+                    name, number, f"a task must be a JSON object, not {type_name(item)}", value=shorten(item)
+                )
+            else:
+                yield Entry(item, index, number, dict.fromkeys(item, number))
+            index += 1
+
+
+def _skip_rest_of_line(handle: Any) -> None:
+    while True:
+        chunk = handle.readline(MAX_LINE_BYTES)
+        if not chunk or chunk.endswith(b"\n"):
+            return

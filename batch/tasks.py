@@ -1,0 +1,322 @@
+"""From manifest entries to TaskSpecs: defaults applied, endpoint chosen, paths resolved, every rule checked,
+and an identity that survives reordering the manifest.
+
+Order of precedence for a field: command line (`--set`) > the task > `defaults.<kind>` > shared `defaults`.
+A shared default (or a `--set` without a kind) applies only to the kinds that know the field.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from batch.errors import Problem, shorten
+from batch.fields import MISSING, FieldIssue, unknown_field_message
+from batch.inputs import InputInspector, resolve
+from batch.kinds import InputInfo, Pointer, Registry, TaskKind
+from batch.manifest import Entry, LocatedDict, Manifest
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,100}")
+ENDPOINT_PATTERN = re.compile(r"[^/?#\s]{1,200}")
+RESERVED = ("kind", "id", "endpoint", "meta")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A validated task, ready to be turned into a request."""
+
+    id: str
+    kind: str
+    endpoint: str
+    fields: Mapping[str, Any]  # canonical form, local paths made absolute
+    file: str  # the manifest it came from
+    line: int | None
+    label: str  # "tasks[3]", for messages
+    inputs: Mapping[Pointer, InputInfo] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def model(self) -> str | None:
+        model = self.fields.get("model")
+        return model if isinstance(model, str) else None
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """What the command line and environment add to a manifest."""
+
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # --set: shared keys and {kind: {...}}
+    env_endpoint: str | None = None  # MAAS_ENDPOINT, or the simulator's
+
+
+def valid_id(task_id: Any) -> bool:
+    return isinstance(task_id, str) and bool(ID_PATTERN.fullmatch(task_id)) and task_id.strip(".") != ""
+
+
+class TaskBuilder:
+    """Builds TaskSpecs from the entries of one manifest."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        registry: Registry,
+        settings: BuildSettings,
+        inspector: InputInspector | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.registry = registry
+        self.settings = settings
+        self.inspector = inspector or InputInspector()
+        self.problems = self._check_top_level()
+
+    # -- once per manifest --------------------------------------------------------------------------
+
+    def _check_top_level(self) -> list[Problem]:
+        """Problems of `defaults:` and `endpoints:` themselves, reported once rather than per task."""
+        problems = []
+        name = self.manifest.name
+        all_known = set().union(*(kind.known_fields for kind in self.registry.values()))
+        for key, value in self.manifest.defaults.items():
+            line = self.manifest.line_of("defaults", key)
+            if key in self.registry:
+                if not isinstance(value, dict):
+                    problems.append(
+                        Problem(
+                            name,
+                            line,
+                            "must be a mapping of fields for that kind",
+                            field=f"defaults.{key}",
+                            value=shorten(value),
+                        )
+                    )
+            elif key in RESERVED and key != "endpoint":
+                problems.append(Problem(name, line, "cannot be a default", field=f"defaults.{key}"))
+            elif key not in all_known and key != "endpoint":
+                problems.append(
+                    Problem(
+                        name,
+                        line,
+                        "is not a field of any task kind; put fields for one kind under "
+                        f"defaults.<kind> ({', '.join(self.registry)})",
+                        field=f"defaults.{key}",
+                    )
+                )
+        for key, value in self.manifest.endpoints.items():
+            if not _valid_endpoint(value):
+                problems.append(
+                    Problem(
+                        name,
+                        self.manifest.line_of("endpoints", key),
+                        "must be an endpoint (deployment) id: no slashes or spaces",
+                        field=f"endpoints.{key}",
+                        value=shorten(value),
+                    )
+                )
+        return problems
+
+    # -- per entry ----------------------------------------------------------------------------------
+
+    def build(self, entry: Entry, task_id: str | None = None) -> TaskSpec | list[Problem]:
+        """A TaskSpec for `entry`, or every problem found in it. `task_id` overrides the entry's id."""
+        data = entry.data
+        kind_name = data.get("kind")
+        kind = self.registry.get(kind_name) if isinstance(kind_name, str) else None
+        if kind is None:
+            message = (
+                "is required: one of " + ", ".join(self.registry)
+                if kind_name is None
+                else unknown_field_message(str(kind_name), self.registry)
+                .split(" (")[0]
+                .replace("is not a known field", "is not a task kind")
+            )
+            return [self._problem(entry, "kind", message, kind_name)]
+        problems: list[Problem] = []
+        fields = kind.normalize(self._merged(kind, data))
+        issues = kind.check(fields)
+        inputs: dict[Pointer, InputInfo] = {}
+        if not issues:
+            fields, inputs = self._resolve_inputs(kind, fields)
+            issues = kind.check_inputs(fields, inputs)
+        problems += [self._issue_problem(entry, kind.name, issue) for issue in issues]
+        try:
+            json.dumps(fields, allow_nan=False)
+        except (TypeError, ValueError):
+            problems += self._json_problems(entry, fields)
+        endpoint = self._endpoint(entry, kind, fields, problems)
+        meta = data.get("meta", {})
+        if not isinstance(meta, dict):
+            problems.append(self._problem(entry, "meta", "must be a mapping", meta))
+        if task_id is None:
+            task_id = data.get("id")
+            if task_id is not None and not valid_id(task_id):
+                problems.append(
+                    self._problem(
+                        entry,
+                        "id",
+                        "must be 1-100 characters of A-Z a-z 0-9 . _ - (and not only dots)",
+                        task_id,
+                    )
+                )
+        if problems:
+            return problems
+        assert endpoint is not None
+        if task_id is None:
+            task_id = content_id(kind.name, endpoint, fields, inputs)
+        return TaskSpec(
+            task_id, kind.name, endpoint, fields, self.manifest.name, entry.line, entry.label, inputs, meta
+        )
+
+    def _merged(self, kind: TaskKind, data: Mapping[str, Any]) -> dict[str, Any]:
+        defaults = self.manifest.defaults
+        overrides = self.settings.overrides
+        merged = {k: v for k, v in defaults.items() if k in kind.known_fields}
+        merged.update(defaults.get(kind.name) or {})
+        merged.update((k, v) for k, v in data.items() if k not in RESERVED)
+        merged.update((k, v) for k, v in overrides.items() if k in kind.known_fields)
+        merged.update(overrides.get(kind.name) or {})
+        return merged
+
+    def _resolve_inputs(
+        self, kind: TaskKind, fields: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[Pointer, InputInfo]]:
+        refs = kind.file_refs(fields)
+        if not refs:
+            return fields, {}
+        fields = copy.deepcopy(fields)
+        inputs = {}
+        for ref in refs:
+            path = resolve(self.manifest.folder, ref.path)
+            _set(fields, ref.pointer, str(path))
+            inputs[ref.pointer] = self.inspector.inspect(path)
+        return fields, inputs
+
+    def _endpoint(
+        self, entry: Entry, kind: TaskKind, fields: Mapping[str, Any], problems: list[Problem]
+    ) -> str | None:
+        """The task's own endpoint > endpoints[model] > endpoints[kind] > defaults > MAAS_ENDPOINT."""
+        endpoints = self.manifest.endpoints
+        model = fields.get("model")
+        candidates = [
+            entry.data.get("endpoint", MISSING),
+            endpoints.get(model, MISSING) if isinstance(model, str) else MISSING,
+            endpoints.get(kind.name, MISSING),
+            (self.manifest.defaults.get(kind.name) or {}).get("endpoint", MISSING),
+            self.manifest.defaults.get("endpoint", MISSING),
+        ]
+        for value in candidates:
+            if value is MISSING:
+                continue
+            if not _valid_endpoint(value):
+                problems.append(
+                    self._problem(
+                        entry, "endpoint", "must be an endpoint (deployment) id: no slashes or spaces", value
+                    )
+                )
+                return None
+            return str(value)
+        if self.settings.env_endpoint:
+            return self.settings.env_endpoint
+        problems.append(
+            Problem(
+                self.manifest.name,
+                entry.line,
+                f"no endpoint for this {kind.name} task: set MAAS_ENDPOINT, or "
+                f"'endpoints: {{{kind.name}: ...}}' in the manifest, or the task's own 'endpoint'",
+                task=entry.label,
+                field="endpoint",
+                config=True,
+            )
+        )
+        return None
+
+    def _json_problems(self, entry: Entry, fields: Mapping[str, Any]) -> list[Problem]:
+        found = []
+        for key, value in fields.items():
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError):
+                found.append(
+                    self._problem(
+                        entry, key, "is not plain JSON data (a YAML date, binary or NaN?); quote it", value
+                    )
+                )
+        return found
+
+    def _issue_problem(self, entry: Entry, kind: str, issue: FieldIssue) -> Problem:
+        return self._problem(entry, issue.field, issue.message, issue.value)
+
+    def _problem(self, entry: Entry, field_path: str, message: str, value: Any = MISSING) -> Problem:
+        """A problem located at the line that set the field: the task's own, or the defaults'."""
+        root = re.split(r"[.\[]", field_path, maxsplit=1)[0]
+        line = _line_within(entry.data, field_path) if root in entry.key_lines else None
+        origin = ""
+        if line is None:
+            kind = entry.data.get("kind")
+            kind_defaults = self.manifest.defaults.get(kind) if isinstance(kind, str) else None
+            if isinstance(kind_defaults, LocatedDict) and root in kind_defaults.key_lines:
+                line, origin = kind_defaults.key_lines[root], f" (set in defaults.{kind})"
+            elif root in self.manifest.defaults:
+                line, origin = self.manifest.line_of("defaults", root), " (set in defaults)"
+            elif root in self.settings.overrides or (
+                isinstance(kind, str) and root in (self.settings.overrides.get(kind) or {})
+            ):
+                origin = " (set with --set)"
+            if line is None:
+                line = entry.line
+        return Problem(
+            self.manifest.name,
+            line,
+            message + origin,
+            task=entry.label,
+            field=field_path,
+            value=None if value is MISSING else shorten(value),
+        )
+
+
+_PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def _line_within(data: Any, field_path: str) -> int | None:
+    """The line of the deepest part of `messages[0].content[2].image_url` that YAML located."""
+    line = None
+    for name, index in _PATH_PART.findall(field_path):
+        if name and isinstance(data, LocatedDict) and name in data:
+            line = data.key_lines.get(name, line)
+            data = data[name]
+        elif index and isinstance(data, list) and int(index) < len(data):
+            data = data[int(index)]
+            line = getattr(data, "line", None) or line
+        else:
+            break
+    return line
+
+
+def _valid_endpoint(value: Any) -> bool:
+    return isinstance(value, str) and bool(ENDPOINT_PATTERN.fullmatch(value)) and value not in (".", "..")
+
+
+def _set(data: Any, pointer: Pointer, value: Any) -> None:
+    for part in pointer[:-1]:
+        data = data[part]
+    data[pointer[-1]] = value
+
+
+def content_id(
+    kind: str, endpoint: str, fields: Mapping[str, Any], inputs: Mapping[Pointer, InputInfo]
+) -> str:
+    """A stable id from what is sent: kind, endpoint, fields, and the bytes (not the paths) of input files."""
+    canonical = copy.deepcopy(dict(fields)) if inputs else dict(fields)
+    for pointer, info in inputs.items():
+        _set(canonical, pointer, f"sha256:{info.digest}")
+    blob = json.dumps(
+        {"kind": kind, "endpoint": endpoint, "fields": canonical},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"

@@ -1,0 +1,478 @@
+"""Manifest validation: every API rule, located by file, line and field, all reported at once."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from batch.errors import ManifestError
+from batch.plan import iter_tasks
+from tests.conftest import checked, make_image, make_mask, messages
+
+Write = Callable[..., Path]
+
+
+def one_problem(path: Path, **kwargs: object) -> str:
+    result = checked(path, **kwargs)
+    found = messages(result)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_valid_manifest_counts_tasks_per_kind_and_model(write: Write, tmp_path: Path) -> None:
+    make_image(tmp_path / "fox.png")
+    path = write("""
+        defaults:
+          model: gpt-image-1
+        endpoints:
+          generate: ep-img
+          edit: ep-img
+          gemini-2.5-flash: ep-chat
+        tasks:
+          - kind: generate
+            prompt: a fox
+          - kind: generate
+            prompt: an owl
+            size: 1536x1024
+          - kind: edit
+            prompt: add a hat
+            image: fox.png
+          - kind: chat
+            model: gemini-2.5-flash
+            prompt: describe it
+            images: [fox.png]
+    """)
+    result = checked(path)
+    assert result.plan.ok, messages(result)
+    assert result.plan.total == 4
+    assert dict(result.plan.counts) == {
+        ("generate", "gpt-image-1", "ep-img"): 2,
+        ("edit", "gpt-image-1", "ep-img"): 1,
+        ("chat", "gemini-2.5-flash", "ep-chat"): 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("n", "11", "must be between 1 and 10"),
+        ("n", "0", "must be between 1 and 10"),
+        ("n", "'2'", "must be an integer, not a string"),
+        ("n", "true", "must be an integer, not a boolean"),
+        ("size", "512x512", "must be one of 1024x1024, 1536x1024, 1024x1536, auto"),
+        ("quality", "ultra", "must be one of auto, high, medium, low"),
+        ("background", "clear", "must be one of transparent, opaque, auto"),
+        ("output_format", "gif", "must be one of png, jpeg, webp"),
+        ("output_compression", "101", "must be between 0 and 100"),
+        ("moderation", "none", "must be one of low, auto"),
+        ("user", "42", "must be a string, not an integer"),
+        ("model", "[a]", "must be a string, not a list"),
+    ],
+)
+def test_generate_field_rules_are_located(write: Write, field: str, value: str, expected: str) -> None:
+    path = write(f"""
+        tasks:
+          - kind: generate
+            prompt: a fox
+            {field}: {value}
+    """)
+    problem = one_problem(path)
+    assert problem.startswith(f"{path}:4: tasks[0]: {field}: {expected}")
+    assert "(got " in problem
+
+
+def test_prompt_is_required_non_empty_and_at_most_32000_characters(write: Write) -> None:
+    long_prompt = "x" * 32_001
+    path = write(f"""
+        tasks:
+          - kind: generate
+          - kind: generate
+            prompt: "  "
+          - kind: generate
+            prompt: {long_prompt}
+          - kind: generate
+            prompt: {"y" * 32_000}
+    """)
+    found = messages(checked(path))
+    assert found[0] == f"{path}:2: tasks[0]: prompt: is required"
+    assert found[1].startswith(f"{path}:4: tasks[1]: prompt: must not be empty")
+    assert found[2].startswith(f"{path}:6: tasks[2]: prompt: is 32,001 characters long; the limit is 32,000")
+    assert "[32001 chars]" in found[2]  # the value is shortened, not dumped
+    assert len(found) == 3
+
+
+def test_transparent_background_needs_png_or_webp(write: Write) -> None:
+    path = write("""
+        tasks:
+          - {kind: generate, prompt: a, background: transparent, output_format: jpeg}
+          - {kind: generate, prompt: b, background: transparent, output_format: webp}
+          - {kind: generate, prompt: c, background: transparent}
+    """)
+    assert one_problem(path).startswith(
+        f"{path}:2: tasks[0]: background: transparent needs output_format png or webp"
+    )
+
+
+def test_output_compression_with_png_is_refused_unless_it_is_the_default(write: Write) -> None:
+    path = write("""
+        tasks:
+          - {kind: generate, prompt: a, output_compression: 50}
+          - {kind: generate, prompt: b, output_compression: 50, output_format: webp}
+          - {kind: generate, prompt: c, output_compression: 100, output_format: png}
+    """)
+    assert one_problem(path).startswith(
+        f"{path}:2: tasks[0]: output_compression: only applies to jpeg and webp"
+    )
+
+
+def test_unknown_field_suggests_the_near_one_and_extra_passes_through(write: Write) -> None:
+    path = write("""
+        tasks:
+          - kind: generate
+            prompt: a fox
+            qualty: high
+          - kind: generate
+            prompt: an owl
+            extra: {partial_images: 2}
+    """)
+    assert "qualty: is not a known field; did you mean 'quality'?" in one_problem(path)
+
+
+def test_unknown_kind_and_missing_kind(write: Write) -> None:
+    path = write("""
+        tasks:
+          - kind: generat
+            prompt: a
+          - prompt: b
+    """)
+    found = messages(checked(path))
+    assert found[0].startswith(f"{path}:2: tasks[0]: kind: is not a task kind; did you mean 'generate'?")
+    assert found[1].startswith(f"{path}:4: tasks[1]: kind: is required: one of generate, edit, chat")
+
+
+def test_edit_images_checked_by_content_size_and_count(write: Write, tmp_path: Path) -> None:
+    make_image(tmp_path / "ok.jpg", fmt="JPEG")
+    (tmp_path / "fake.png").write_bytes(b"this is not an image")
+    make_image(tmp_path / "anim.png", fmt="GIF")  # a GIF named .png
+    big = make_image(tmp_path / "big.png")
+    with big.open("r+b") as handle:  # a sparse 26 MB file whose header is still a PNG
+        handle.truncate(26 * 2**20)
+    many = ", ".join(["ok.jpg"] * 17)
+    path = write(f"""
+        tasks:
+          - {{kind: edit, prompt: a, image: missing.png}}
+          - {{kind: edit, prompt: b, image: fake.png}}
+          - {{kind: edit, prompt: c, image: [ok.jpg, anim.png]}}
+          - {{kind: edit, prompt: d, image: big.png}}
+          - {{kind: edit, prompt: e, image: [{many}]}}
+          - {{kind: edit, prompt: f}}
+          - {{kind: edit, prompt: g, image: [ok.jpg, ok.jpg]}}
+    """)
+    found = messages(checked(path))
+    assert found[0].startswith(f"{path}:2: tasks[0]: image: does not exist (got '")
+    assert found[0].endswith("/missing.png')")
+    assert found[1].startswith(
+        f"{path}:3: tasks[1]: image: must be a PNG, WebP or JPEG file (by content); found not"
+    )
+    assert found[2].startswith(
+        f"{path}:4: tasks[2]: image[1]: must be a PNG, WebP or JPEG file (by content); found GIF"
+    )
+    assert found[3].startswith(f"{path}:5: tasks[3]: image: is 26.0 MB; each image must be under 25 MB")
+    assert found[4].startswith(f"{path}:6: tasks[4]: image: names 17 files; the limit is 16")
+    assert found[5].startswith(f"{path}:7: tasks[5]: image: is required")
+    assert len(found) == 6
+
+
+def test_edit_mask_must_be_png_with_alpha_of_the_first_images_size(write: Write, tmp_path: Path) -> None:
+    make_image(tmp_path / "photo.png", size=(64, 64))
+    make_mask(tmp_path / "good.png", size=(64, 64))
+    make_mask(tmp_path / "small.png", size=(32, 32))
+    make_image(tmp_path / "opaque.png", size=(64, 64))
+    make_image(tmp_path / "mask.jpg", fmt="JPEG")
+    path = write("""
+        tasks:
+          - {kind: edit, prompt: a, image: photo.png, mask: good.png}
+          - {kind: edit, prompt: b, image: photo.png, mask: small.png}
+          - {kind: edit, prompt: c, image: photo.png, mask: opaque.png}
+          - {kind: edit, prompt: d, image: photo.png, mask: mask.jpg}
+    """)
+    found = messages(checked(path))
+    assert found[0].startswith(
+        f"{path}:3: tasks[1]: mask: is 32x32 but the first image is 64x64; they must match"
+    )
+    assert found[1].startswith(f"{path}:4: tasks[2]: mask: must have an alpha channel (mode is RGB)")
+    assert found[2].startswith(f"{path}:5: tasks[3]: mask: must be a PNG file; found JPEG")
+    assert len(found) == 3
+
+
+def test_mask_of_4_mb_is_refused(write: Write, tmp_path: Path) -> None:
+    make_image(tmp_path / "photo.png")
+    mask = make_mask(tmp_path / "mask.png")
+    with mask.open("r+b") as handle:
+        handle.truncate(4 * 2**20)
+    path = write("tasks:\n  - {kind: edit, prompt: a, image: photo.png, mask: mask.png}\n")
+    assert "mask: is 4.0 MB; the mask must be under 4 MB" in one_problem(path)
+
+
+def test_chat_messages_are_checked_and_unknown_fields_pass(write: Write, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not an image")
+    path = write("""
+        tasks:
+          - kind: chat
+            model: gemini-2.5-flash
+            messages: [{role: robot, content: hi}]
+          - kind: chat
+            model: gemini-2.5-flash
+            messages:
+              - role: user
+                content:
+                  - {type: text, text: look}
+                  - {type: image_url, image_url: {url: notes.txt}}
+                  - {type: image_url, image_url: {url: gone.png}}
+          - kind: chat
+            model: gemini-2.5-flash
+            prompt: hi
+            temperature: 3
+            some_future_field: {x: 1}
+          - kind: chat
+            prompt: no model
+          - kind: chat
+            model: gemini-2.5-flash
+            prompt: both
+            messages: [{role: user, content: hi}]
+    """)
+    found = messages(checked(path))
+    assert found[0].startswith(f"{path}:4: tasks[0]: messages[0].role: must be one of system, user")
+    assert found[1].startswith(
+        f"{path}:11: tasks[1]: messages[0].content[1].image_url.url: is not an image file"
+    )
+    assert found[2].startswith(f"{path}:12: tasks[1]: messages[0].content[2].image_url.url: does not exist")
+    assert found[3].startswith(f"{path}:16: tasks[2]: temperature: must be between 0 and 2")
+    assert found[4].startswith(f"{path}:18: tasks[3]: model: is required")
+    assert found[5].startswith(f"{path}:22: tasks[4]: prompt: give either messages or prompt/images/system")
+    assert len(found) == 6
+
+
+def test_chat_shorthand_becomes_messages_with_resolved_image_paths(write: Write, tmp_path: Path) -> None:
+    make_image(tmp_path / "pics" / "cat.jpg", fmt="JPEG")
+    path = write("""
+        tasks:
+          - kind: chat
+            model: gemini-2.5-flash
+            system: be brief
+            prompt: what is this?
+            images: [pics/cat.jpg, "gs://bucket/dog.png"]
+    """)
+    result = checked(path)
+    spec = next(iter_tasks(result.manifest, result.builder))
+    assert spec.fields["messages"] == [
+        {"role": "system", "content": "be brief"},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": str(tmp_path / "pics" / "cat.jpg")}},
+                {"type": "image_url", "image_url": {"url": "gs://bucket/dog.png"}},
+            ],
+        },
+    ]
+
+
+def test_defaults_precedence_command_line_over_task_over_kind_over_shared(write: Write) -> None:
+    path = write("""
+        defaults:
+          quality: low
+          size: 1024x1536
+          temperature: 0.5
+          generate: {quality: medium, n: 2}
+        tasks:
+          - {kind: generate, prompt: a}
+          - {kind: generate, prompt: b, quality: high, n: 3}
+          - {kind: chat, model: m, prompt: c}
+    """)
+    plain = checked(path)
+    specs = list(iter_tasks(plain.manifest, plain.builder))
+    assert specs[0].fields == {"quality": "medium", "size": "1024x1536", "n": 2, "prompt": "a"}
+    assert specs[1].fields["quality"] == "high" and specs[1].fields["n"] == 3
+    # shared defaults reach only the kinds that know them: no `quality` or `size` in a chat body
+    assert specs[2].fields == {
+        "temperature": 0.5,
+        "model": "m",
+        "messages": [{"role": "user", "content": "c"}],
+    }
+    over = checked(path, quality="low", chat={"temperature": 0})
+    specs = list(iter_tasks(over.manifest, over.builder))
+    assert specs[1].fields["quality"] == "low"
+    assert specs[2].fields["temperature"] == 0
+
+
+def test_bad_default_is_reported_once_at_its_line_for_all_tasks(write: Write) -> None:
+    path = write("""
+        defaults:
+          size: huge
+          colour: red
+        tasks:
+          - {kind: generate, prompt: a}
+          - {kind: generate, prompt: b}
+          - {kind: generate, prompt: c}
+    """)
+    result = checked(path)
+    found = [result.plan.describe(p) for p in result.plan.problems]
+    assert found == [
+        f"{path}:3: defaults.colour: is not a field of any task kind; put fields for one kind under "
+        "defaults.<kind> (generate, edit, chat)",
+        f"{path}:2: tasks[0]: size: must be one of 1024x1024, 1536x1024, 1024x1536, auto (set in defaults) "
+        "(got 'huge') [and in 2 more tasks]",
+    ]
+
+
+def test_endpoint_precedence_and_missing_endpoint_is_configuration(write: Write) -> None:
+    path = write("""
+        endpoints:
+          generate: ep-gen
+          special-model: ep-special
+        tasks:
+          - {kind: generate, prompt: a}
+          - {kind: generate, prompt: b, model: special-model}
+          - {kind: generate, prompt: c, endpoint: ep-own}
+          - {kind: chat, model: m, prompt: d}
+    """)
+    specs = list(iter_tasks(*_mb(checked(path, env_endpoint="ep-env"))))
+    assert [s.endpoint for s in specs] == ["ep-gen", "ep-special", "ep-own", "ep-env"]
+    missing = checked(path, env_endpoint=None)
+    assert missing.plan.config_only
+    assert messages(missing) == [
+        f"{path}:8: tasks[3]: endpoint: no endpoint for this chat task: set MAAS_ENDPOINT, or "
+        "'endpoints: {chat: ...}' in the manifest, or the task's own 'endpoint'"
+    ]
+
+
+def _mb(result: object) -> tuple[object, object]:
+    return result.manifest, result.builder  # type: ignore[attr-defined]
+
+
+def test_yaml_problems_are_located(write: Write) -> None:
+    with pytest.raises(ManifestError) as dup:
+        checked(write("tasks:\n  - kind: generate\n    prompt: a\n    prompt: b\n"))
+    assert "found the key 'prompt' twice (first on line 3)" in str(dup.value.problems[0])
+    assert dup.value.problems[0].line == 4
+    with pytest.raises(ManifestError) as tag:
+        checked(write("tasks: !!python/object/apply:os.system ['echo pwned']\n", "evil.yaml"))
+    assert "not valid YAML" in str(tag.value.problems[0])
+    with pytest.raises(ManifestError) as syntax:
+        checked(write("tasks:\n  - kind: generate\n   prompt: [unclosed\n", "broken.yaml"))
+    assert syntax.value.problems[0].line == 3
+    with pytest.raises(ManifestError) as top:
+        checked(write("task:\n  - kind: generate\n", "typo.yaml"))
+    found = [str(p) for p in top.value.problems]
+    assert found[0].startswith("") and "task: is not a known field; did you mean 'tasks'?" in found[0]
+    assert any("tasks: must be a list of tasks" in f for f in found)
+
+
+def test_jsonl_problems_name_the_line(write: Write) -> None:
+    path = write(
+        '{"kind": "generate", "prompt": "a"}\n'
+        "\n"
+        '{"kind": "generate", "prompt": "b", "n": 20}\n'
+        "{not json\n"
+        "[1, 2]\n"
+        '{"kind": "generate", "prompt": "c"}\n',
+        "tasks.jsonl",
+    )
+    result = checked(path)
+    found = messages(result)
+    assert found[0].startswith(f"{path}:3: tasks[1]: n: must be between 1 and 10")
+    assert found[1].startswith(f"{path}:4: not valid JSON")
+    assert found[2].startswith(f"{path}:5: a task must be a JSON object, not a list")
+    assert len(found) == 3
+    assert result.plan.total == 2
+
+
+def test_every_problem_of_a_manifest_is_reported_in_one_pass(write: Write, tmp_path: Path) -> None:
+    make_image(tmp_path / "photo.png", size=(64, 64))
+    make_mask(tmp_path / "mask.png", size=(32, 32))
+    path = write("""
+        tasks:
+          - {kind: generate, prompt: a, n: 0}
+          - {kind: generate, prompt: b, size: big}
+          - {kind: generate, prompt: c, background: transparent, output_format: jpeg}
+          - {kind: edit, prompt: d, image: nothing.png}
+          - {kind: edit, prompt: e, image: photo.png, mask: mask.png}
+          - {kind: chat, model: m, messages: []}
+          - {kind: chat, prompt: no model}
+          - {kind: paint, prompt: f}
+          - {kind: generate, prompt: g, id: "../escape"}
+          - {kind: generate, prompt: h, id: same}
+          - {kind: generate, prompt: i, id: same}
+          - {kind: generate, prompt: j, quality: best}
+    """)
+    found = messages(checked(path))
+    # per-task problems in order; duplicate ids once the whole manifest has been seen
+    assert [int(line.split(":")[1]) for line in found] == [2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 12]
+    assert len(found) == 11
+    assert found[-1].startswith(
+        f"{path}:12: tasks[10]: id: the id 'same' is already used by tasks[9] (line 11)"
+    )
+
+
+def test_ids_must_be_safe_file_names(write: Write) -> None:
+    path = write("""
+        tasks:
+          - {kind: generate, prompt: a, id: "a/b"}
+          - {kind: generate, prompt: b, id: ".."}
+          - {kind: generate, prompt: c, id: "with space"}
+          - {kind: generate, prompt: d, id: "fine-id_1.v2"}
+    """)
+    found = messages(checked(path))
+    assert len(found) == 3
+    assert all("id: must be 1-100 characters of A-Z a-z 0-9 . _ -" in f for f in found)
+
+
+def test_content_id_is_stable_and_follows_what_is_sent(write: Write, tmp_path: Path) -> None:
+    photo = make_image(tmp_path / "a" / "photo.png", color=(1, 2, 3))
+    make_image(tmp_path / "b" / "copy.png", color=(1, 2, 3))
+
+    def ids(text: str) -> list[str]:
+        result = checked(write(text))
+        assert result.plan.ok, messages(result)
+        return [spec.id for spec in iter_tasks(result.manifest, result.builder)]
+
+    base = ids("tasks:\n  - {kind: generate, prompt: a fox}\n  - {kind: generate, prompt: an owl}\n")
+    assert all(i.startswith("generate-") and len(i) == len("generate-") + 16 for i in base)
+    # reordering and adding tasks leaves each task's id unchanged
+    swapped = ids(
+        "tasks:\n  - {kind: generate, prompt: z}\n  - {kind: generate, prompt: an owl}\n"
+        "  - {kind: generate, prompt: a fox}\n"
+    )
+    assert swapped[1:] == [base[1], base[0]]
+    # a different field, or the same field from defaults: the request decides
+    assert ids("tasks:\n  - {kind: generate, prompt: a fox, n: 2}\n")[0] != base[0]
+    assert ids("defaults: {prompt: a fox}\ntasks:\n  - {kind: generate}\n")[0] == base[0]
+    # input files count by content, not by path
+    one = ids("tasks:\n  - {kind: edit, prompt: hat, image: a/photo.png}\n")[0]
+    assert ids("tasks:\n  - {kind: edit, prompt: hat, image: b/copy.png}\n")[0] == one
+    make_image(photo, color=(9, 9, 9))
+    assert ids("tasks:\n  - {kind: edit, prompt: hat, image: a/photo.png}\n")[0] != one
+    # the endpoint is part of the identity
+    other = checked(write("tasks:\n  - {kind: generate, prompt: a fox}\n"), env_endpoint="ep2")
+    assert next(iter_tasks(other.manifest, other.builder)).id != base[0]
+
+
+def test_yaml_values_that_are_not_json_are_refused(write: Write) -> None:
+    path = write("""
+        tasks:
+          - {kind: chat, model: m, prompt: hi, when: 2024-01-01}
+    """)
+    assert "when: is not plain JSON data" in one_problem(path)
+
+
+def test_manifest_that_is_not_a_file(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError) as missing:
+        checked(tmp_path / "nope.yaml")
+    assert str(missing.value.problems[0]) == f"{tmp_path}/nope.yaml: the manifest file does not exist"
+    os.mkdir(tmp_path / "dir.yaml")
+    with pytest.raises(ManifestError):
+        checked(tmp_path / "dir.yaml")
