@@ -1,0 +1,134 @@
+"""Retry decisions, in one place: which errors are retried, which fail a task, which stop the run, and how
+long to wait. The one retry loop of the project is built here, on tenacity.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
+
+from batch.errors import ApiError, ApiStatusError, BrokenAnswerError, TransportError
+
+RETRY_STATUSES = frozenset({408, 409, 429})
+EXIT_UNAVAILABLE = 69  # quota exhausted, or the service stays down
+EXIT_AUTH = 77  # the key was refused
+EXIT_CONFIG = 78  # no such endpoint
+
+
+class Verdict(enum.Enum):
+    RETRY = "retry"  # try the same request again after a wait
+    FAIL = "fail"  # this task fails; the run goes on
+    STOP = "stop"  # nothing more can succeed: stop dispatching
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    exit_code: int = 0  # for STOP
+    reason: str = ""  # for STOP, a sentence for the user
+
+
+def classify(error: BaseException) -> Decision:
+    """What to do after `error`. Pure: depends only on the error."""
+    if isinstance(error, ApiStatusError):
+        status = error.status or 0
+        codes = {error.code, error.error_type}
+        if status in (401, 403):
+            return Decision(
+                Verdict.STOP, EXIT_AUTH, f"the API refused the key (HTTP {status}): {error.message}"
+            )
+        if status == 404 and "model_not_found" not in codes:
+            return Decision(
+                Verdict.STOP, EXIT_CONFIG, f"the API has no such endpoint (HTTP 404): {error.message}"
+            )
+        if status == 429 and "insufficient_quota" in codes:
+            return Decision(
+                Verdict.STOP, EXIT_UNAVAILABLE, f"the account's quota is exhausted: {error.message}"
+            )
+        if status in RETRY_STATUSES or status >= 500:
+            return Decision(Verdict.RETRY)
+        return Decision(Verdict.FAIL)
+    if isinstance(error, TransportError | BrokenAnswerError):
+        return Decision(Verdict.RETRY)
+    return Decision(Verdict.FAIL)
+
+
+def retryable(error: BaseException) -> bool:
+    return classify(error).verdict is Verdict.RETRY
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounds on retrying one task: attempts *and* time, with full-jitter exponential backoff.
+
+    A sane `Retry-After` (at most `retry_after_max` seconds) is honoured; an absurd one (negative, garbage,
+    hours) is ignored in favour of the backoff.
+    """
+
+    max_attempts: int = 6
+    deadline: float = 1800.0  # seconds from a task's first attempt; no retry starts after it
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+    retry_after_max: float = 300.0
+
+    def wait(self, attempt: int, error: BaseException | None, rng: random.Random) -> float:
+        """Seconds to wait after the `attempt`-th attempt failed with `error`."""
+        retry_after = error.retry_after if isinstance(error, ApiError) else None
+        if retry_after is not None and 0 <= retry_after <= self.retry_after_max:
+            return retry_after + rng.uniform(0, min(1.0, retry_after * 0.1))
+        ceiling = min(self.backoff_max, self.backoff_base * 2 ** max(0, attempt - 1))
+        return rng.uniform(0, ceiling)
+
+
+NO_WAIT = RetryPolicy(backoff_base=0.0, backoff_max=0.0, retry_after_max=-1.0)
+"""For tests: retry at once, ignoring Retry-After."""
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), or None if absent or garbage.
+    Negative and huge values come back as they are; the policy decides whether to honour them."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None or when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return seconds if math.isfinite(seconds) else None
+
+
+def retrying(
+    policy: RetryPolicy,
+    *,
+    sleep: Callable[[float], Awaitable[None]],
+    before_sleep: Callable[[RetryCallState], Awaitable[None] | None] | None = None,
+    rng: random.Random | None = None,
+) -> AsyncRetrying:
+    """The retry loop for one task. `sleep` lets the runner cut a wait short when the run stops."""
+    generator = rng or random.Random()
+
+    def wait(state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        return policy.wait(state.attempt_number, error, generator)
+
+    return AsyncRetrying(
+        stop=stop_after_attempt(policy.max_attempts) | stop_before_delay(policy.deadline),
+        wait=wait,
+        retry=retry_if_exception(retryable),
+        sleep=sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )

@@ -1,0 +1,149 @@
+"""Retry decisions and waits: pure functions, no server, no sleeping."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from batch.errors import ApiStatusError, BrokenAnswerError, RefusalError, TransportError
+from batch.retry import RetryPolicy, Verdict, classify, parse_retry_after, retrying
+
+
+@pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504])
+def test_transient_statuses_are_retried(status: int) -> None:
+    assert classify(ApiStatusError(status, "x")).verdict is Verdict.RETRY
+
+
+@pytest.mark.parametrize("status", [400, 413, 415, 422])
+def test_other_client_errors_fail_the_task(status: int) -> None:
+    assert classify(ApiStatusError(status, "x")).verdict is Verdict.FAIL
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (ApiStatusError(401, "bad key"), 77),
+        (ApiStatusError(403, "forbidden"), 77),
+        (ApiStatusError(404, "no deployment"), 78),
+        (ApiStatusError(429, "quota", error_type="insufficient_quota"), 69),
+        (ApiStatusError(429, "quota", code="insufficient_quota"), 69),
+    ],
+)
+def test_fatal_errors_stop_the_run(error: ApiStatusError, code: int) -> None:
+    decision = classify(error)
+    assert decision.verdict is Verdict.STOP
+    assert decision.exit_code == code
+    assert error.message in decision.reason
+
+
+def test_unknown_model_404_fails_only_its_task() -> None:
+    assert classify(ApiStatusError(404, "no model", code="model_not_found")).verdict is Verdict.FAIL
+
+
+def test_transport_and_broken_answers_are_retried_refusals_are_not() -> None:
+    assert classify(TransportError("reset", maybe_billed=True)).verdict is Verdict.RETRY
+    assert classify(BrokenAnswerError("not json")).verdict is Verdict.RETRY
+    assert classify(RefusalError("content filter")).verdict is Verdict.FAIL
+    assert classify(ValueError("a bug")).verdict is Verdict.FAIL
+
+
+def test_retry_after_seconds_and_http_date() -> None:
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(" 1.5 ") == 1.5
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    later = format_datetime(datetime(2026, 1, 1, 12, 0, 30, tzinfo=UTC), usegmt=True)
+    assert parse_retry_after(later, now=now.timestamp()) == pytest.approx(30.0)
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("nan") is None
+    assert parse_retry_after("-5") == -5.0  # returned as is; the policy refuses it
+
+
+def test_policy_honours_sane_retry_after_and_ignores_absurd_ones() -> None:
+    policy = RetryPolicy(backoff_base=1.0, backoff_max=8.0, retry_after_max=120.0)
+    rng = random.Random(1)
+    sane = ApiStatusError(429, "slow down", retry_after=12.0)
+    assert 12.0 <= policy.wait(1, sane, rng) <= 13.0
+    for absurd in (-3.0, 7200.0):
+        wait = policy.wait(5, ApiStatusError(429, "x", retry_after=absurd), rng)
+        assert 0 <= wait <= 8.0  # capped backoff instead
+
+
+def test_backoff_is_full_jitter_exponential_and_capped() -> None:
+    policy = RetryPolicy(backoff_base=1.0, backoff_max=10.0)
+    rng = random.Random(7)
+    for attempt, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 10.0), (9, 10.0)]:
+        waits = [policy.wait(attempt, None, rng) for _ in range(200)]
+        assert max(waits) <= ceiling
+        assert min(waits) >= 0
+        assert max(waits) > ceiling * 0.8  # spread over the whole range: full jitter
+
+
+@pytest.mark.anyio
+async def test_retrying_is_bounded_by_attempts_and_reraises_the_last_error() -> None:
+    calls = 0
+    waits: list[float] = []
+
+    async def no_sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    async def flaky() -> None:
+        nonlocal calls
+        calls += 1
+        raise ApiStatusError(503, f"down {calls}")
+
+    loop = retrying(RetryPolicy(max_attempts=3, backoff_base=0.5), sleep=no_sleep)
+    with pytest.raises(ApiStatusError, match="down 3"):
+        await loop(flaky)
+    assert calls == 3
+    assert len(waits) == 2
+
+
+@pytest.mark.anyio
+async def test_retrying_is_bounded_by_the_deadline() -> None:
+    calls = 0
+
+    async def flaky() -> None:
+        nonlocal calls
+        calls += 1
+        raise TransportError("reset")
+
+    async def sleep(seconds: float) -> None:
+        await anyio.lowlevel.checkpoint()
+
+    # every wait of 5 s would pass a 1 s deadline: no retry starts
+    loop = retrying(
+        RetryPolicy(max_attempts=10, deadline=1.0, backoff_base=5.0, backoff_max=5.0),
+        sleep=sleep,
+        rng=_AlwaysMax(),
+    )
+    with pytest.raises(TransportError):
+        await loop(flaky)
+    assert calls == 1
+
+
+@pytest.mark.anyio
+async def test_non_retryable_error_is_not_retried() -> None:
+    calls = 0
+
+    async def bad_request() -> None:
+        nonlocal calls
+        calls += 1
+        raise ApiStatusError(400, "bad size")
+
+    async def sleep(seconds: float) -> None:
+        raise AssertionError("must not wait")
+
+    with pytest.raises(ApiStatusError):
+        await retrying(RetryPolicy(), sleep=sleep)(bad_request)
+    assert calls == 1
+
+
+class _AlwaysMax(random.Random):
+    def uniform(self, a: float, b: float) -> float:
+        return b
