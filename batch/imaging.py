@@ -1,0 +1,68 @@
+"""Turning the base64 images of an answer into checked files. Blocking (base64 and Pillow): run it in a
+worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+from collections.abc import Sequence
+
+from PIL import Image, UnidentifiedImageError
+
+from batch.errors import BrokenAnswerError
+from batch.kinds import EncodedImage
+from batch.store import OutputFile
+
+MAX_PIXELS = 8192 * 8192  # far above any size the API makes; a bomb claims far more
+EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif"}
+
+
+def output_name(task_id: str, index: int, count: int, extension: str) -> str:
+    """`<id>.<ext>` for a single image; `<id>~<k>.<ext>` (k from 1) when an answer has several. `~` cannot
+    appear in an id, so no two tasks' names can collide."""
+    return f"{task_id}.{extension}" if count == 1 else f"{task_id}~{index + 1}.{extension}"
+
+
+def decode_images(task_id: str, images: Sequence[EncodedImage]) -> list[OutputFile]:
+    """Every image decoded and checked, before any is written. Raises BrokenAnswerError."""
+    files = []
+    for index, image in enumerate(images):
+        try:
+            data = base64.b64decode(image.b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise BrokenAnswerError(f"image {index + 1} is not valid base64") from None
+        files.append(OutputFile(output_name(task_id, index, len(images), check_image(data, index)), data))
+    return files
+
+
+def check_image(data: bytes, index: int = 0) -> str:
+    """The file extension for image bytes, after checking they are a whole, sane image."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height, fmt = image.width, image.height, image.format
+                if width * height > MAX_PIXELS:
+                    raise BrokenAnswerError(
+                        f"image {index + 1} claims {width}x{height} pixels; refusing it "
+                        "(a decompression bomb?)"
+                    )
+                image.verify()
+    except BrokenAnswerError:
+        raise
+    except (
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        EOFError,
+    ) as exc:
+        raise BrokenAnswerError(f"image {index + 1} is not a readable image: {exc}") from None
+    extension = EXTENSIONS.get(fmt or "")
+    if extension is None:
+        raise BrokenAnswerError(f"image {index + 1} is {fmt}, not PNG, JPEG or WebP")
+    return extension

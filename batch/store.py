@@ -1,0 +1,313 @@
+"""The output directory: its lock, its journals, and crash-safe output files.
+
+    DIR/
+      results.jsonl   one line per finished task; also the checkpoint a resumed run reads
+      usage.jsonl     the ledger: one line per billed answer
+      images/         output images, <task id>.<ext> (or <task id>~<k>.<ext> when an answer has several)
+      .lock           flock'ed by the run that owns DIR
+
+Why an append-only journal rather than SQLite: results.jsonl must exist anyway, as the file users and
+pipelines read. Making that same file the checkpoint leaves one source of truth and nothing to reconcile
+after a crash. A line is written whole, in one write(2), only after the files it names are renamed into
+place, so a reader never sees a result whose files are missing. The only damage a crash can do is a torn
+last line, which the next run cuts off before appending.
+
+Order of a task's commit: files to `.<name>.<random>.tmp`, fsync, rename, fsync the folder; then the
+result line. Usage is appended (and fsync'd) as soon as a billed answer arrives, before anything else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import secrets
+import stat
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from batch.errors import DirLockedError, OutputError
+
+RESULTS = "results.jsonl"
+USAGE = "usage.jsonl"
+IMAGES = "images"
+LOCK = ".lock"
+TMP_SUFFIX = ".tmp"
+ID_PREFIX = b'{"id": "'
+FAILED_MARK = b'"status": "failed"'
+
+
+def _flags(extra: int) -> int:
+    return extra | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+
+
+class Journal:
+    """An append-only JSONL file. `write` puts a whole line in the kernel (it survives a killed process);
+    `sync` makes everything written so far durable, sharing one fsync among all who wait for it."""
+
+    def __init__(self, path: Path, *, fsync: bool = True) -> None:
+        self.path = path
+        self.fsync = fsync
+        self._fd = -1
+        self._size = 0
+        self._written = 0  # lines written
+        self._synced = 0  # lines known durable
+        self._syncing: anyio.Event | None = None
+
+    def open(self) -> None:
+        cut_torn_tail(self.path)
+        try:
+            self._fd = os.open(self.path, _flags(os.O_WRONLY | os.O_APPEND | os.O_CREAT), 0o644)
+        except OSError as exc:
+            raise OutputError(f"cannot open {self.path}: {_reason(exc)}") from exc
+        self._size = os.fstat(self._fd).st_size
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Append one line. On failure (a full disk) the file is cut back so no partial line remains."""
+        line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode()
+        try:
+            written = os.write(self._fd, line)
+            if written != len(line):
+                raise OSError(errno.ENOSPC, "short write")
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+            raise OutputError(f"cannot write {self.path.name}: {_reason(exc)}") from exc
+        self._size += len(line)
+        self._written += 1
+
+    async def sync(self) -> None:
+        """Wait until every line written so far is on disk (group commit: one fsync for many writers)."""
+        target = self._written
+        while self.fsync and self._synced < target:
+            if self._syncing is not None:
+                await self._syncing.wait()
+                continue
+            self._syncing = done = anyio.Event()
+            upto = self._written
+            try:
+                await anyio.to_thread.run_sync(os.fsync, self._fd)
+                self._synced = upto
+            except OSError as exc:
+                raise OutputError(f"cannot sync {self.path.name}: {_reason(exc)}") from exc
+            finally:
+                self._syncing = None
+                done.set()
+
+    async def append(self, record: Mapping[str, Any]) -> None:
+        self.write(record)
+        await self.sync()
+
+
+def cut_torn_tail(path: Path) -> int:
+    """Cut a last line that a crash left without its newline. Returns the bytes removed."""
+    try:
+        size = path.lstat().st_size
+    except FileNotFoundError:
+        return 0
+    if size == 0:
+        return 0
+    with path.open("rb+") as handle:
+        end = size
+        while end > 0:
+            start = max(0, end - (1 << 16))
+            handle.seek(start)
+            block = handle.read(end - start)
+            if end == size and block.endswith(b"\n"):
+                return 0
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            end = start
+        else:
+            keep = 0
+        handle.truncate(keep)
+        return size - keep
+
+
+def read_lines(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a JSONL file, skipping a torn or unreadable line."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        for raw in handle:
+            if not raw.endswith(b"\n"):
+                return
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                yield record
+
+
+def finished_results(path: Path) -> Iterator[tuple[str, bool]]:
+    """(id, failed) of each line of results.jsonl, fast: our lines start with the id, so most need no
+    JSON parsing. A torn last line is not a result."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        for raw in handle:
+            if not raw.endswith(b"\n"):
+                return
+            if raw.startswith(ID_PREFIX):
+                end = raw.find(b'"', len(ID_PREFIX))
+                if end > 0:
+                    yield raw[len(ID_PREFIX) : end].decode(), FAILED_MARK in raw
+                    continue
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("id"), str):
+                yield record["id"], record.get("status") == "failed"
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    name: str  # file name inside images/
+    data: bytes
+
+
+class OutputDir:
+    """DIR, owned by this process while open: locked, repaired, and ready for results."""
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = root
+        self.fsync = fsync
+        self.images = root / IMAGES
+        self.results = Journal(root / RESULTS, fsync=fsync)
+        self.usage = Journal(root / USAGE, fsync=fsync)
+        self._lock_fd = -1
+
+    def open(self) -> None:
+        """Lock DIR (DirLockedError if another run holds it), then repair and tidy it."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create {self.root}: {_reason(exc)}") from exc
+        if not self.root.is_dir():
+            raise OutputError(f"{self.root} is not a directory")
+        self._lock()
+        try:
+            self._check_not_symlink(self.images)
+            self.images.mkdir(exist_ok=True)
+            self.sweep_temporary_files()
+            self.results.open()
+            self.usage.open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _lock(self) -> None:
+        path = self.root / LOCK
+        try:
+            fd = os.open(path, _flags(os.O_RDWR | os.O_CREAT), 0o644)
+        except OSError as exc:
+            raise OutputError(f"cannot open the lock file {path}: {_reason(exc)}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise DirLockedError(f"another run is using {self.root} (it holds {path})") from None
+            raise OutputError(f"cannot lock {path}: {_reason(exc)}") from exc
+        self._lock_fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass  # the pid is a courtesy for humans; the flock is the lock
+
+    def close(self) -> None:
+        self.results.close()
+        self.usage.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
+
+    def _check_not_symlink(self, path: Path) -> None:
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(mode):
+            raise OutputError(f"{path} is a symbolic link; refusing to write through it")
+
+    def sweep_temporary_files(self) -> int:
+        """Remove the temporary files a killed run left. Returns how many."""
+        removed = 0
+        for folder in (self.root, self.images):
+            for path in folder.glob(f".*{TMP_SUFFIX}"):
+                try:
+                    path.unlink()
+                    removed += 1
+                except OSError:
+                    pass
+        return removed
+
+    def save(self, files: list[OutputFile]) -> list[str]:
+        """Write files into images/, each atomically and durably. Blocking: call it from a worker thread.
+        Returns their paths relative to DIR."""
+        paths = []
+        for item in files:
+            write_atomic(self.images / item.name, item.data, fsync=self.fsync)
+            paths.append(f"{IMAGES}/{item.name}")
+        if self.fsync and files:
+            _fsync_dir(self.images)
+        return paths
+
+
+def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Write to a temporary file beside `path`, fsync, rename over `path`. Never leaves a partial file."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+    try:
+        fd = os.open(temporary, _flags(os.O_WRONLY | os.O_CREAT | os.O_EXCL), 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise OutputError(f"cannot write {path.name}: {_reason(exc)}") from exc
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "no space left on the device"
+    return exc.strerror or str(exc)

@@ -1,0 +1,185 @@
+"""The output directory: lock, journals, torn lines, atomic files, decoded images."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from batch.errors import BrokenAnswerError, DirLockedError, OutputError
+from batch.imaging import decode_images
+from batch.kinds import EncodedImage
+from batch.store import Journal, OutputDir, OutputFile, cut_torn_tail, finished_results, write_atomic
+
+
+def png_bytes(size: tuple[int, int] = (8, 8)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (1, 2, 3)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_torn_last_line_is_cut_and_whole_lines_kept(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    path.write_bytes(b'{"id": "a"}\n{"id": "b"}\n{"id": "c", "sta')
+    assert cut_torn_tail(path) == len(b'{"id": "c", "sta')
+    assert path.read_bytes() == b'{"id": "a"}\n{"id": "b"}\n'
+    assert cut_torn_tail(path) == 0
+    only_torn = tmp_path / "torn.jsonl"
+    only_torn.write_bytes(b"x" * 200_000)  # no newline at all, longer than one read block
+    cut_torn_tail(only_torn)
+    assert only_torn.read_bytes() == b""
+
+
+@pytest.mark.anyio
+async def test_journal_appends_whole_lines_after_repairing(tmp_path: Path) -> None:
+    path = tmp_path / "usage.jsonl"
+    path.write_bytes(b'{"id": "a"}\n{"id": "b", "to')
+    journal = Journal(path)
+    journal.open()
+    try:
+        await journal.append({"id": "c", "text": "ünïcode"})
+        journal.write({"id": "d"})
+        await journal.sync()
+    finally:
+        journal.close()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["id"] for line in lines] == ["a", "c", "d"]
+    assert "ünïcode" in lines[1]
+
+
+def test_finished_results_reads_our_lines_fast_and_others_by_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    path.write_bytes(
+        b'{"id": "fox-1", "kind": "generate", "status": "succeeded"}\n'
+        b'{"id": "owl-2", "kind": "generate", "status": "failed"}\n'
+        b'{"status": "failed", "id": "hand-written"}\n'
+        b"garbage\n"
+        b'{"id": "torn'
+    )
+    assert list(finished_results(path)) == [("fox-1", False), ("owl-2", True), ("hand-written", True)]
+
+
+def test_write_atomic_leaves_no_temporary_file(tmp_path: Path) -> None:
+    target = tmp_path / "a.png"
+    write_atomic(target, b"one")
+    write_atomic(target, b"two")
+    assert target.read_bytes() == b"two"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
+
+
+def test_write_atomic_failure_cleans_up(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="cannot write"):
+        write_atomic(tmp_path / "missing-folder" / "a.png", b"x")
+    assert list(tmp_path.iterdir()) == [tmp_path / "missing-folder"] or list(tmp_path.iterdir()) == []
+
+
+def test_output_dir_lock_is_exclusive_and_released(tmp_path: Path) -> None:
+    first = OutputDir(tmp_path / "out")
+    first.open()
+    try:
+        second = OutputDir(tmp_path / "out")
+        with pytest.raises(DirLockedError, match="another run is using"):
+            second.open()
+    finally:
+        first.close()
+    third = OutputDir(tmp_path / "out")
+    third.open()
+    third.close()
+
+
+def test_lock_of_a_killed_process_does_not_block(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code = (
+        "import sys, os, signal; sys.path.insert(0, sys.argv[2]);"
+        "from pathlib import Path; from batch.store import OutputDir;"
+        "d = OutputDir(Path(sys.argv[1])); d.open(); os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(out), str(Path(__file__).parents[1])], timeout=30)
+    assert done.returncode == -9
+    assert (out / ".lock").exists()
+    again = OutputDir(out)
+    again.open()
+    again.close()
+
+
+def test_open_sweeps_temporary_files_and_refuses_symlinked_images(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / ".a.png.1234.tmp").write_bytes(b"half")
+    (out / ".results.jsonl.99.tmp").write_bytes(b"half")
+    (out / "images" / "keep.png").write_bytes(b"done")
+    store = OutputDir(out)
+    store.open()
+    store.close()
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["keep.png"]
+    assert not list(out.glob(".*.tmp"))
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    os.symlink(elsewhere, linked / "images")
+    with pytest.raises(OutputError, match="symbolic link"):
+        OutputDir(linked).open()
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_save_writes_into_images_and_returns_relative_paths(tmp_path: Path) -> None:
+    store = OutputDir(tmp_path / "out")
+    store.open()
+    try:
+        paths = store.save([OutputFile("t.png", b"abc"), OutputFile("u~2.png", b"def")])
+    finally:
+        store.close()
+    assert paths == ["images/t.png", "images/u~2.png"]
+    assert (tmp_path / "out" / "images" / "u~2.png").read_bytes() == b"def"
+
+
+def test_decode_images_names_by_real_format_and_count() -> None:
+    png = base64.b64encode(png_bytes()).decode()
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, "JPEG")
+    jpeg = base64.b64encode(buffer.getvalue()).decode()
+    assert [f.name for f in decode_images("fox", [EncodedImage(png)])] == ["fox.png"]
+    files = decode_images("fox", [EncodedImage(png), EncodedImage(jpeg)])
+    assert [f.name for f in files] == ["fox~1.png", "fox~2.jpg"]
+    assert files[0].data == png_bytes()
+
+
+def test_decode_images_refuses_bad_base64_non_images_and_bombs() -> None:
+    with pytest.raises(BrokenAnswerError, match="not valid base64"):
+        decode_images("t", [EncodedImage("!!not base64!!")])
+    with pytest.raises(BrokenAnswerError, match="not a readable image"):
+        decode_images("t", [EncodedImage(base64.b64encode(b"plain text").decode())])
+    truncated = png_bytes((64, 64))[:60]
+    with pytest.raises(BrokenAnswerError, match="not a readable image"):
+        decode_images("t", [EncodedImage(base64.b64encode(truncated).decode())])
+    with pytest.raises(BrokenAnswerError, match="decompression bomb"):
+        decode_images("t", [EncodedImage(base64.b64encode(bomb_png(30_000, 30_000)).decode())])
+    # under Pillow's own limit but far over any size the API makes
+    with pytest.raises(BrokenAnswerError, match="claims 10000x10000 pixels"):
+        decode_images("t", [EncodedImage(base64.b64encode(bomb_png(10_000, 10_000)).decode())])
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims a huge image (the pixels are never decoded)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
