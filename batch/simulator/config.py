@@ -1,0 +1,98 @@
+"""The simulator's knobs: one frozen dataclass whose defaults give a fast, perfect server.
+
+Every misbehaviour (latency, random errors, rate limits, faults) is opt-in, so a test states exactly the
+trouble it wants and nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+ImageMode = Literal["drawn", "realistic"]
+
+DEFAULT_RETRY_AFTER = 1.0
+DEFAULT_SLOW_SECONDS = 30.0
+DEFAULT_HUGE_BYTES = 1 << 30
+# How long a shutdown waits for handlers still running (a `slow` fault, a `huge` body) before cancelling them.
+DEFAULT_SHUTDOWN_TIMEOUT = 1.0
+
+# Fault name -> what the client sees. `billed` faults are answers the provider produced and charged for,
+# lost or mangled on the way back; the others never reach billing.
+FAULT_NAMES: tuple[str, ...] = (
+    "reset",  # headers and half a successful body, then the connection is aborted (billed)
+    "truncate",  # 200 whose JSON body is cut in half, Content-Length matching the cut (billed)
+    "html200",  # 200 text/html gateway page
+    "not_json",  # 200 text/plain garbage
+    "no_data",  # 200 JSON with usage but without data / choices (billed)
+    "bad_base64",  # 200 whose b64_json (or image data URL) is not valid base64 (billed)
+    "bad_image",  # 200 whose b64_json decodes to bytes that are not an image (billed)
+    "quota",  # 429 insufficient_quota: must not be retried
+    "slow",  # waits slow_seconds before the (normal, billed) answer
+    "stream_cut",  # chat stream that stops before usage and [DONE] (billed)
+    "bomb",  # a PNG whose header claims 30000x30000 pixels (billed)
+    "huge",  # a 200 JSON body of huge_bytes, generated lazily
+)
+BILLED_FAULTS = frozenset({"reset", "truncate", "no_data", "bad_base64", "bad_image", "stream_cut", "bomb"})
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not (0.0 <= value <= 1.0) or math.isnan(value):
+        raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """How the simulated MaaS API behaves; the defaults are a fast server that never fails.
+
+    Probabilities are per request. `faults` maps a name of `FAULT_NAMES` to its probability; their sum must
+    not exceed 1 because one uniform draw picks at most one fault per request.
+    """
+
+    api_key: str | None = field(default=None, repr=False)
+    forbidden_keys: frozenset[str] = field(default=frozenset(), repr=False)
+    endpoints: frozenset[str] = frozenset()
+    latency: float = 0.0
+    latency_jitter: float = 0.0
+    error_rate: float = 0.0
+    rate_429: float = 0.0
+    retry_after: float = DEFAULT_RETRY_AFTER
+    rpm: int | None = None
+    max_inflight: int | None = None
+    faults: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    fault_once_per_task: bool = False
+    slow_seconds: float = DEFAULT_SLOW_SECONDS
+    huge_bytes: int = DEFAULT_HUGE_BYTES
+    seed: int | None = None
+    image_mode: ImageMode = "drawn"
+    handler_cancellation: bool = True
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+
+    def __post_init__(self) -> None:
+        # Freeze the containers so that a config shared between threads cannot change under the server.
+        object.__setattr__(self, "forbidden_keys", frozenset(self.forbidden_keys))
+        object.__setattr__(self, "endpoints", frozenset(self.endpoints))
+        object.__setattr__(self, "faults", MappingProxyType(dict(self.faults)))
+        if self.latency < 0 or self.slow_seconds < 0 or self.retry_after < 0 or self.shutdown_timeout < 0:
+            raise ValueError("latency, slow_seconds, retry_after and shutdown_timeout must be >= 0")
+        if not (0.0 <= self.latency_jitter <= 1.0):
+            raise ValueError(f"latency_jitter must be between 0 and 1, got {self.latency_jitter!r}")
+        _check_fraction("error_rate", self.error_rate)
+        _check_fraction("rate_429", self.rate_429)
+        if self.rpm is not None and self.rpm < 1:
+            raise ValueError(f"rpm must be >= 1 or None, got {self.rpm!r}")
+        if self.max_inflight is not None and self.max_inflight < 0:
+            raise ValueError(f"max_inflight must be >= 0 or None, got {self.max_inflight!r}")
+        if self.huge_bytes < 64:
+            raise ValueError(f"huge_bytes must be >= 64, got {self.huge_bytes!r}")
+        if self.image_mode not in ("drawn", "realistic"):
+            raise ValueError(f"image_mode must be 'drawn' or 'realistic', got {self.image_mode!r}")
+        for name, probability in self.faults.items():
+            if name not in FAULT_NAMES:
+                raise ValueError(f"unknown fault {name!r}; known: {', '.join(FAULT_NAMES)}")
+            _check_fraction(f"fault {name}", probability)
+        if sum(self.faults.values()) > 1.0 + 1e-9:
+            raise ValueError("fault probabilities must sum to at most 1")

@@ -1,0 +1,340 @@
+"""The aiohttp application: routes, and the order in which a request meets auth, limits, checks and faults.
+
+Every API request goes through `_Simulator._handle`: auth (401/403), endpoint (404), concurrency limit
+(429 at once), the request's random draws, a random 429, the per-key minute window (429 + Retry-After),
+then the endpoint's own validation (400), latency, a random 5xx, a fault, and the answer. The answer is
+billed at the moment it is about to be written, so a request whose client left earlier costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+from . import faults
+from .chat import (
+    ChatChoice,
+    ChatRequest,
+    choices,
+    completion_body,
+    completion_tokens,
+    parse_chat,
+    stream_chunks,
+    usage_chunk,
+)
+from .config import SimConfig
+from .errors import ApiError, gateway_error_html, quota_exhausted, rate_limited, server_error_json
+from .exchange import Exchange, authorize, image_answer_body, json_body
+from .image_request import (
+    MAX_IMAGE_BYTES,
+    MAX_IMAGES,
+    MAX_MASK_BYTES,
+    ImageRequest,
+    parse_edit,
+    parse_generate,
+)
+from .images import EditSource, ImageFactory, ImageSpec, bomb_png, not_an_image
+from .state import CLIENT_CLOSED_STATUS, SimState, retry_after_seconds
+from .uploads import read_edit_form
+from .usage import chat_usage, image_usage
+
+BASE_PATH = "/v1/ai"
+STATS_PATH = "/_sim/stats"
+# Room for the largest legal edit: 16 images of 25 MB, a 4 MB mask, and the text fields.
+CLIENT_MAX_SIZE = MAX_IMAGES * MAX_IMAGE_BYTES + MAX_MASK_BYTES + 8 * 1024 * 1024
+_Respond = Callable[[web.Request, Exchange, faults.Draws], Awaitable[web.StreamResponse]]
+
+
+class _Simulator:
+    """The handlers, bound to one config, one state, one seeded random source and one image cache."""
+
+    def __init__(self, config: SimConfig, state: SimState) -> None:
+        self.config = config
+        self.state = state
+        self._rng = random.Random(config.seed)
+        self._images = ImageFactory(mode=config.image_mode, seed=config.seed)
+        self._chat_ids = itertools.count(1)
+        self._bomb = base64.b64encode(bomb_png())
+
+    # --- the common path ----------------------------------------------------------------------------
+
+    def handler(self, kind: str, respond: _Respond) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self._handle(kind, request, respond)
+
+        return handle
+
+    async def _handle(self, kind: str, request: web.Request, respond: _Respond) -> web.StreamResponse:
+        ex = Exchange.begin(kind, request)
+        entered = False
+        try:
+            try:
+                key_id = authorize(request, self.config)
+                if self.config.endpoints and ex.endpoint not in self.config.endpoints:
+                    raise ApiError(
+                        404, "The API deployment for this resource does not exist.", code="DeploymentNotFound"
+                    )
+                if not self.state.try_enter():
+                    raise rate_limited(None, "Too many concurrent requests.", "concurrency_limit_exceeded")
+                entered = True
+                draws = faults.Draws.take(self._rng)
+                if draws.rate_429 < self.config.rate_429:
+                    raise rate_limited(self.config.retry_after, "Rate limit exceeded, please retry later.")
+                if self.config.rpm is not None:
+                    wait = self.state.rpm_admit(key_id, self.config.rpm)
+                    if wait is not None:
+                        raise rate_limited(
+                            retry_after_seconds(wait),
+                            f"Rate limit of {self.config.rpm} requests per minute reached.",
+                        )
+                response = await respond(request, ex, draws)
+            except ApiError as error:
+                response = error.response()
+            if ex.status == 0:
+                ex.status = response.status
+            return response
+        except asyncio.CancelledError:
+            if ex.status == 0:
+                ex.status = CLIENT_CLOSED_STATUS
+            raise
+        except Exception:
+            if ex.status == 0:
+                ex.status = 500
+            raise
+        finally:
+            if entered:
+                self.state.leave()
+            self.state.record(ex.record())
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            await asyncio.sleep(seconds)
+
+    def _latency(self, draws: faults.Draws) -> float:
+        return self.config.latency * (1.0 + self.config.latency_jitter * draws.jitter)
+
+    def _choose_fault(self, ex: Exchange, draws: faults.Draws, applicable: frozenset[str]) -> str | None:
+        fault = faults.pick_fault(self.config.faults, draws.fault)
+        if fault is None or fault not in applicable:
+            return None
+        if self.config.fault_once_per_task:
+            task = ex.task_id or ex.request_id
+            if task is not None and not self.state.claim_fault(task):
+                return None
+        return fault
+
+    async def _gate(
+        self, request: web.Request, ex: Exchange, draws: faults.Draws, *, images: bool, stream: bool
+    ) -> web.StreamResponse | None:
+        """Latency, a random 5xx, then the fault; returns the answer itself for faults that need no body."""
+        if not stream:  # a stream spreads its latency over its chunks
+            await self._sleep(self._latency(draws))
+        if draws.error < self.config.error_rate:
+            status = draws.error_status
+            return gateway_error_html(status) if draws.error_html else server_error_json(status)
+        ex.fault = self._choose_fault(ex, draws, faults.applicable_faults(images=images, stream=stream))
+        if ex.fault == "quota":
+            raise quota_exhausted()
+        if ex.fault == "slow":
+            await asyncio.sleep(self.config.slow_seconds)
+        elif ex.fault == "html200":
+            return faults.html_200()
+        elif ex.fault == "not_json":
+            return faults.not_json()
+        elif ex.fault == "huge":
+            ex.status = 200
+            return await faults.huge(request, self.config.huge_bytes)
+        return None
+
+    def _bill(self, ex: Exchange, tokens: int) -> None:
+        ex.billed = tokens
+        self.state.bill(tokens)
+
+    async def _send(self, request: web.Request, ex: Exchange, body: bytes, tokens: int) -> web.StreamResponse:
+        """Bill, then write the answer (or its truncated / reset form)."""
+        self._bill(ex, tokens)
+        if ex.fault == "truncate":
+            return faults.truncated(body, "application/json")
+        if ex.fault == "reset":
+            ex.status = 200
+            return await faults.reset(request, body, "application/json")
+        return web.Response(body=body, content_type="application/json")
+
+    # --- images ---------------------------------------------------------------------------------------
+
+    async def generate(self, request: web.Request, ex: Exchange, draws: faults.Draws) -> web.StreamResponse:
+        parsed = parse_generate(await json_body(request))
+        return await self._answer_images(request, ex, draws, parsed, None)
+
+    async def edit(self, request: web.Request, ex: Exchange, draws: faults.Draws) -> web.StreamResponse:
+        upload = await read_edit_form(request)
+        parsed = await asyncio.to_thread(parse_edit, upload.fields, upload.images, upload.mask)
+        return await self._answer_images(
+            request, ex, draws, parsed, EditSource(parsed.images[0], parsed.mask)
+        )
+
+    async def _answer_images(
+        self,
+        request: web.Request,
+        ex: Exchange,
+        draws: faults.Draws,
+        parsed: ImageRequest,
+        source: EditSource | None,
+    ) -> web.StreamResponse:
+        usage = image_usage(
+            parsed.prompt, parsed.width, parsed.height, parsed.quality, parsed.n, list(parsed.input_sizes)
+        )
+        early = await self._gate(request, ex, draws, images=True, stream=False)
+        if early is not None:
+            return early
+        body = await asyncio.to_thread(self._image_body, parsed, source, usage, ex.fault)
+        total = usage["total_tokens"]
+        assert isinstance(total, int)
+        return await self._send(request, ex, body, total)
+
+    def _image_body(
+        self,
+        parsed: ImageRequest,
+        source: EditSource | None,
+        usage: Mapping[str, object],
+        fault: str | None,
+    ) -> bytes:
+        """Blocking: render (or break, for content faults) the images and assemble the body."""
+        images: list[bytes] | None
+        if fault == "no_data":
+            images = None
+        elif fault == "bad_base64":
+            images = [faults.NOT_BASE64.encode()] * parsed.n
+        elif fault == "bad_image":
+            images = [base64.b64encode(not_an_image())] * parsed.n
+        elif fault == "bomb":
+            images = [self._bomb] * parsed.n
+        else:
+            digest = source.digest() if source is not None else None  # hashing 25 MB: off the loop too
+            specs = [
+                ImageSpec(
+                    parsed.prompt,
+                    parsed.width,
+                    parsed.height,
+                    parsed.output_format,
+                    parsed.compression,
+                    parsed.transparent,
+                    index,
+                    digest,
+                )
+                for index in range(parsed.n)
+            ]
+            images = self._images.render_many(specs, source)
+        return image_answer_body(int(time.time()), images, usage)
+
+    # --- chat -----------------------------------------------------------------------------------------
+
+    async def chat(self, request: web.Request, ex: Exchange, draws: faults.Draws) -> web.StreamResponse:
+        parsed = await asyncio.to_thread(parse_chat, await json_body(request))
+        answers = choices(parsed)
+        usage = chat_usage(parsed.prompt_tokens, completion_tokens(parsed, answers))
+        meta = {
+            "id": f"chatcmpl-sim{next(self._chat_ids):012d}",
+            "created": int(time.time()),
+            "model": parsed.model,
+        }
+        early = await self._gate(request, ex, draws, images=parsed.answers_with_image, stream=parsed.stream)
+        if early is not None:
+            return early
+        urls = None
+        if parsed.answers_with_image:
+            urls = await asyncio.to_thread(self._chat_image_urls, parsed, ex.fault)
+        if parsed.stream:
+            return await self._stream(request, ex, draws, answers, meta, usage, urls)
+        payload = completion_body(parsed, answers, meta, usage, urls, with_choices=ex.fault != "no_data")
+        body = (
+            await asyncio.to_thread(lambda: json.dumps(payload).encode())
+            if urls
+            else json.dumps(payload).encode()
+        )
+        return await self._send(request, ex, body, usage["total_tokens"])
+
+    def _chat_image_urls(self, parsed: ChatRequest, fault: str | None) -> list[str]:
+        """Blocking: the picture of each choice of an image model, as a data URL."""
+        prefix = "data:image/png;base64,"
+        if fault == "bad_base64":
+            return [prefix + faults.NOT_BASE64] * parsed.n
+        if fault == "bad_image":
+            return [prefix + base64.b64encode(not_an_image()).decode()] * parsed.n
+        if fault == "bomb":
+            return [prefix + self._bomb.decode()] * parsed.n
+        prompt = parsed.last_user_text or "(no text)"
+        specs = [ImageSpec(prompt, 1024, 1024, "png", 100, False, index) for index in range(parsed.n)]
+        return [prefix + image.decode() for image in self._images.render_many(specs)]
+
+    async def _stream(
+        self,
+        request: web.Request,
+        ex: Exchange,
+        draws: faults.Draws,
+        answers: list[ChatChoice],
+        meta: Mapping[str, object],
+        usage: Mapping[str, int],
+        urls: list[str] | None,
+    ) -> web.StreamResponse:
+        """Server-sent events: the pieces, finish reasons, usage, [DONE] (cut short by stream faults)."""
+        events = (
+            []
+            if ex.fault == "no_data"
+            else [json.dumps(chunk) for chunk in stream_chunks(answers, meta, urls)]
+        )
+        if ex.fault in ("stream_cut", "reset"):
+            events = events[: max(1, len(events) // 2)]
+        else:
+            events += [json.dumps(usage_chunk(meta, usage)), "[DONE]"]
+        delay = self._latency(draws) / len(events)
+        self._bill(ex, usage["total_tokens"])
+        response = web.StreamResponse(status=200, headers={"Cache-Control": "no-cache"})
+        response.content_type = "text/event-stream"
+        await response.prepare(request)
+        ex.status = 200
+        try:
+            for event in events:
+                await self._sleep(delay)
+                await response.write(b"data: " + event.encode() + b"\n\n")
+        except ConnectionError:
+            return response
+        if ex.fault == "reset":
+            faults.abort(request)
+        return response
+
+    # --- the rest -------------------------------------------------------------------------------------
+
+    async def not_found(self, request: web.Request) -> web.StreamResponse:
+        """Any path the API does not have: a 404 in the API's error shape (no auth needed to learn it)."""
+        ex = Exchange.begin("other", request)
+        ex.status = 404
+        self.state.record(ex.record())
+        return ApiError(404, f"Unknown path: {request.method} {request.path}", code="not_found").response()
+
+    async def stats(self, request: web.Request) -> web.StreamResponse:
+        """The state as JSON; `?records=0` leaves out the per-request list."""
+        include = request.query.get("records", "1").lower() not in ("0", "false", "no")
+        body = await asyncio.to_thread(lambda: json.dumps(self.state.snapshot(include_records=include)))
+        return web.Response(text=body, content_type="application/json")
+
+
+def build_app(config: SimConfig, state: SimState) -> web.Application:
+    """The simulator as an aiohttp application; `state` receives its records and sets its live limits."""
+    simulator = _Simulator(config, state)
+    state.set_max_inflight(config.max_inflight)
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE)
+    prefix = BASE_PATH + "/{endpoint}"
+    app.router.add_post(prefix + "/images/generations", simulator.handler("generate", simulator.generate))
+    app.router.add_post(prefix + "/images/edits", simulator.handler("edit", simulator.edit))
+    app.router.add_post(prefix + "/google/chat/completions", simulator.handler("chat", simulator.chat))
+    app.router.add_get(STATS_PATH, simulator.stats)
+    app.router.add_route("*", "/{tail:.*}", simulator.not_found)
+    return app
