@@ -1,0 +1,5 @@
+"""`python -m batch` is the `maas-batch` command."""
+
+from batch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,477 @@
+"""The `maas-batch` command: a thin layer over the library. Flags and environment are read here and only
+here, and passed down as frozen settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import anyio
+import yaml
+
+from batch import __version__
+from batch.client import DEFAULT_BASE_URL, DEFAULT_TIMEOUT, ClientConfig
+from batch.errors import BatchError, ConfigError, DirLockedError, ManifestError, OutputError, UsageError
+from batch.events import Observer
+from batch.job import CheckedManifest, Job, JobConfig, check
+from batch.progress import LogLines, ProgressBar
+from batch.retry import RetryPolicy
+from batch.runner import RunSettings, RunSummary
+from batch.tasks import BuildSettings
+
+log = logging.getLogger("batch.cli")
+
+EXIT_OK, EXIT_FAILED = 0, 1
+EXIT_USAGE, EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_IOERR = 64, 65, 69, 74
+EXIT_TEMPFAIL, EXIT_NOPERM, EXIT_CONFIG = 75, 77, 78
+SIMULATED_ENDPOINT = "simulator"
+
+EXIT_CODES = f"""\
+exit codes:
+  {EXIT_OK}   every task succeeded (or had already)
+  {EXIT_FAILED}   the run finished, but some tasks of the manifest failed, now or in an earlier run
+      (see results.jsonl)
+  {EXIT_USAGE}  bad command-line usage
+  {EXIT_DATAERR}  invalid manifest: nothing was sent
+  {EXIT_UNAVAILABLE}  the service cannot go on: quota exhausted (run stopped, resumable)
+  {EXIT_IOERR}  the output directory cannot be written, e.g. disk full (run stopped, resumable)
+  {EXIT_TEMPFAIL}  interrupted, or another run holds the output directory (resumable)
+  {EXIT_NOPERM}  the API refused the key (run stopped, resumable)
+  {EXIT_CONFIG}  configuration missing: no MAAS_API_KEY, no endpoint, or no such endpoint
+"""
+
+ENVIRONMENT = f"""\
+environment:
+  MAAS_API_KEY    the API key (required unless --simulate); never printed or written
+  MAAS_BASE_URL   the API's base URL (default {DEFAULT_BASE_URL})
+  MAAS_ENDPOINT   the endpoint (deployment id) for tasks the manifest gives none
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but bad usage exits 64 (EX_USAGE) rather than 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from batch.simulator import add_arguments as add_simulator_arguments
+
+    parser = _Parser(
+        prog="maas-batch",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run large, resumable batches of image generate/edit and Gemini chat "
+        "requests against the MaaS API.",
+        epilog=ENVIRONMENT + "\n" + EXIT_CODES,
+    )
+    parser.add_argument("--version", action="version", version=f"maas-batch {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run a manifest into an output directory (resumes where a previous run stopped)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=ENVIRONMENT + "\n" + EXIT_CODES,
+        description="Run every task of MANIFEST that DIR does not hold yet. Running the same command again "
+        "sends nothing for finished tasks and completes the rest.",
+    )
+    run.add_argument("manifest", type=Path, metavar="MANIFEST", help="a YAML or JSONL job manifest")
+    run.add_argument(
+        "--out",
+        "-o",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="output directory: results.jsonl, usage.jsonl, images/",
+    )
+    run.add_argument(
+        "--concurrency",
+        "-c",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help="requests in flight at once (default 4)",
+    )
+    run.add_argument(
+        "--simulate",
+        action="store_true",
+        help="run against the built-in simulator on a free loopback port; no key needed",
+    )
+    run.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"give up on one attempt after this long (default {DEFAULT_TIMEOUT:g})",
+    )
+    run.add_argument(
+        "--max-attempts",
+        type=_positive_int,
+        default=RetryPolicy.max_attempts,
+        metavar="N",
+        help=f"attempts per task, first included (default {RetryPolicy.max_attempts})",
+    )
+    run.add_argument(
+        "--task-deadline",
+        type=_positive_float,
+        default=RetryPolicy.deadline,
+        metavar="SECONDS",
+        help="no retry of a task starts this long after its first attempt "
+        f"(default {RetryPolicy.deadline:g})",
+    )
+    run.add_argument(
+        "--backoff",
+        type=_non_negative_float,
+        default=RetryPolicy.backoff_base,
+        metavar="SECONDS",
+        help="first retry waits up to this long, doubling each time, with full jitter "
+        f"(default {RetryPolicy.backoff_base:g}; a server's Retry-After takes precedence)",
+    )
+    run.add_argument(
+        "--backoff-max",
+        type=_non_negative_float,
+        default=RetryPolicy.backoff_max,
+        metavar="SECONDS",
+        help=f"longest wait between two attempts (default {RetryPolicy.backoff_max:g})",
+    )
+    run.add_argument(
+        "--no-fsync",
+        dest="fsync",
+        action="store_false",
+        help="skip fsync (faster on slow disks; a power cut may then lose recent results)",
+    )
+    _add_common(run)
+    _add_output_options(run)
+
+    validate = commands.add_parser(
+        "validate",
+        help="check a manifest and count its tasks; sends nothing",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=ENVIRONMENT + "\n" + EXIT_CODES,
+    )
+    validate.add_argument("manifest", type=Path, metavar="MANIFEST")
+    validate.add_argument(
+        "--simulate",
+        action="store_true",
+        help="check as `run --simulate` would (endpoints default to the simulator)",
+    )
+    _add_common(validate)
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="serve the MaaS API simulator (for demos, tests and rehearsals)",
+        description="Serve a local simulator of the MaaS API: the three endpoints, auth, validation, "
+        "real images, SSE streaming, latency, rate limits and faults.",
+    )
+    simulate.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    simulate.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    add_simulator_arguments(simulate)
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="[KIND.]FIELD=VALUE",
+        help="set a request field for every task (that knows it), over the manifest; "
+        "e.g. --set quality=low --set chat.temperature=0. Repeatable",
+    )
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="show a progress bar (default when stderr is a terminal)",
+    )
+    group.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="log a line per task instead of a progress bar",
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="only warnings and the summary")
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """`--set` items into {field: value} and {kind: {field: value}}; values read as YAML scalars."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--set needs FIELD=VALUE, not {item!r}")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        kind, dot, name = key.partition(".")
+        if dot:
+            overrides.setdefault(kind, {})[name] = value
+        else:
+            overrides[key] = value
+    return overrides
+
+
+# -- commands -------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "validate":
+            return _validate(args)
+        return _simulate(args)
+    except UsageError as exc:
+        print(f"maas-batch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ManifestError as exc:
+        _print_problems(exc.problems, exc.more)
+        return EXIT_DATAERR
+    except ConfigError as exc:
+        print(f"maas-batch: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except DirLockedError as exc:
+        print(f"maas-batch: {exc}", file=sys.stderr)
+        return EXIT_TEMPFAIL
+    except OutputError as exc:
+        print(f"maas-batch: {exc}", file=sys.stderr)
+        return EXIT_IOERR
+    except BatchError as exc:  # pragma: no cover - every BatchError has its own branch above
+        print(f"maas-batch: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = logging.INFO
+    if getattr(args, "quiet", False):
+        level = logging.WARNING
+    if getattr(args, "verbose", False):
+        level = logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger("batch")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _check(args: argparse.Namespace, env_endpoint: str | None) -> CheckedManifest | int:
+    """The checked manifest, or (after printing every problem) the exit code that refuses it."""
+    from jobs import registry
+
+    build = BuildSettings(overrides=parse_overrides(args.overrides), env_endpoint=env_endpoint)
+    checked = check(args.manifest, build, registry())
+    plan = checked.plan
+    if plan.ok:
+        return checked
+    for problem in plan.problems:
+        print(plan.describe(problem), file=sys.stderr)
+    if plan.dropped:
+        print(f"... and {plan.dropped} more problems", file=sys.stderr)
+    count = len(plan.problems) + plan.dropped
+    print(f"{args.manifest}: {count} problem{'s' if count != 1 else ''}; nothing was sent", file=sys.stderr)
+    return EXIT_CONFIG if plan.config_only else EXIT_DATAERR
+
+
+def _print_problems(problems: Sequence[Any], more: int) -> None:
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if more:
+        print(f"... and {more} more problems", file=sys.stderr)
+    print("nothing was sent", file=sys.stderr)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    env_endpoint = _env("MAAS_ENDPOINT") or (SIMULATED_ENDPOINT if args.simulate else None)
+    checked = _check(args, env_endpoint)
+    if isinstance(checked, int):
+        return checked
+    plan = checked.plan
+    print(f"{args.manifest}: {plan.total} task{'s' if plan.total != 1 else ''}, valid")
+    width = max((len(model) for _, model, _ in plan.counts), default=5)
+    for (kind, model, endpoint), count in sorted(plan.counts.items()):
+        print(f"  {kind:<9} {model:<{width}}  {count:>8,}   endpoint {endpoint}")
+    return EXIT_OK
+
+
+@dataclass(frozen=True)
+class _Connection:
+    base_url: str
+    api_key: str = field(repr=False)
+    env_endpoint: str | None
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name, "").strip() or None
+
+
+@contextlib.contextmanager
+def _connection(simulate: bool) -> Iterator[_Connection]:
+    """Where requests go, from the environment; or the built-in simulator, with a throwaway key."""
+    if not simulate:
+        api_key = _env("MAAS_API_KEY")
+        if api_key is None:
+            raise ConfigError("MAAS_API_KEY is not set: export your API key (or try --simulate)")
+        yield _Connection(_env("MAAS_BASE_URL") or DEFAULT_BASE_URL, api_key, _env("MAAS_ENDPOINT"))
+        return
+    from batch.simulator import SimConfig, simulator_in_thread
+
+    key = "sim-" + secrets.token_hex(8)
+    with simulator_in_thread(SimConfig(api_key=key, latency=0.2, latency_jitter=0.5)) as sim:
+        log.info("simulator listening on %s", sim.base_url)
+        yield _Connection(sim.base_url, key, _env("MAAS_ENDPOINT") or SIMULATED_ENDPOINT)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from jobs import registry
+
+    with _connection(args.simulate) as connection:
+        checked = _check(args, connection.env_endpoint)
+        if isinstance(checked, int):
+            return checked
+        config = JobConfig(
+            manifest=args.manifest,
+            out=args.out,
+            client=ClientConfig(
+                base_url=connection.base_url,
+                api_key=connection.api_key,
+                timeout=args.timeout,
+                connections=max(args.concurrency, 10),
+            ),
+            run=RunSettings(
+                concurrency=args.concurrency,
+                retry=RetryPolicy(
+                    max_attempts=args.max_attempts,
+                    deadline=args.task_deadline,
+                    backoff_base=args.backoff,
+                    backoff_max=args.backoff_max,
+                ),
+            ),
+            fsync=args.fsync,
+        )
+        observers, bar = _observers(args)
+        try:
+            with Job(config, checked, registry(), observers) as job:
+                summary = anyio.run(_run_with_signals, job)
+        finally:
+            if bar is not None:
+                bar.close()
+    _print_summary(summary, args.out)
+    return summary.exit_code
+
+
+def _observers(args: argparse.Namespace) -> tuple[list[Observer], ProgressBar | None]:
+    show_bar = args.progress if args.progress is not None else sys.stderr.isatty()
+    if args.quiet:
+        return [], None
+    if show_bar:
+        bar = ProgressBar(sys.stderr)
+        return [bar], bar
+    return [LogLines()], None
+
+
+async def _run_with_signals(job: Job) -> RunSummary:
+    async with anyio.create_task_group() as group:
+        group.start_soon(_watch_signals, job)
+        summary = await job.run()
+        group.cancel_scope.cancel()
+    return summary
+
+
+async def _watch_signals(job: Job) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if job.runner is None:
+                continue
+            name = signal.Signals(signum).name
+            if job.runner.stopping:
+                job.runner.cancel_in_flight()
+            else:
+                job.runner.stop(f"{name}: stopping; finishing requests in flight", EXIT_TEMPFAIL)
+
+
+def _print_summary(summary: RunSummary, out: Path) -> None:
+    lines = [
+        f"maas-batch: {summary.succeeded} succeeded, {summary.failed} failed, "
+        f"{summary.finished_before} already done"
+        + (f" ({summary.failed_before} of them failed)" if summary.failed_before else "")
+        + f", {summary.not_run} not run "
+        f"({summary.total} tasks, {summary.seconds:.1f} s)",
+        f"tokens: {summary.total_tokens:,} "
+        f"(input {summary.input_tokens:,}, output {summary.output_tokens:,}) "
+        f"in {summary.billed_answers} billed answer{'s' if summary.billed_answers != 1 else ''}"
+        + (f"; {summary.retries} retries" if summary.retries else ""),
+    ]
+    if summary.maybe_billed:
+        lines.append(
+            f"{summary.maybe_billed} request(s) may have been billed without a saved result "
+            "(the connection broke after they were sent)"
+        )
+    if summary.stop_reason:
+        lines.append(f"stopped: {summary.stop_reason}")
+        lines.append("run the same command again to resume")
+    elif summary.failed or summary.failed_before:
+        lines.append(f"failures are in {out / 'results.jsonl'}")
+    lines.append(f"output: {out}")
+    print("\n".join(lines))
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from batch.simulator import config_from_args, serve
+
+    serve(config_from_args(args), args.host, args.port)
+    return EXIT_OK

@@ -1,0 +1,70 @@
+"""What a run reports as it goes: frozen events handed to observers (progress bar, log lines, a library
+caller's callback). The engine runs the same with no observer at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    total: int  # tasks in the manifest
+    finished_before: int  # already in results.jsonl: skipped
+    pending: int  # to run now
+
+
+@dataclass(frozen=True)
+class TaskStarted:
+    task_id: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class AttemptFailed:
+    """An attempt failed and the task will be retried after `wait` seconds."""
+
+    task_id: str
+    attempt: int
+    error: str
+    wait: float
+
+
+@dataclass(frozen=True)
+class Billed:
+    """A billed answer was recorded in the ledger."""
+
+    task_id: str
+    model: str | None
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+
+
+@dataclass(frozen=True)
+class TaskFinished:
+    """A task's result line was written: `record` is that line."""
+
+    record: Mapping[str, Any]
+
+    @property
+    def task_id(self) -> str:
+        return str(self.record["id"])
+
+    @property
+    def succeeded(self) -> bool:
+        return bool(self.record["status"] == "succeeded")
+
+
+@dataclass(frozen=True)
+class RunStopping:
+    """Dispatch stopped before the manifest was done; in-flight tasks are finishing."""
+
+    reason: str
+    exit_code: int
+
+
+Event = RunStarted | TaskStarted | AttemptFailed | Billed | TaskFinished | RunStopping
+Observer = Callable[[Event], None]

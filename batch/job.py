@@ -1,0 +1,100 @@
+"""A job end to end: check a manifest, then run it into an output directory. Used by the CLI and by
+programs that import batch; neither reads the environment here (that is the caller's business).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from batch.client import ApiClient, ClientConfig
+from batch.events import Observer
+from batch.idset import IdSet
+from batch.kinds import Registry
+from batch.manifest import Manifest, load
+from batch.plan import Plan, check_manifest, iter_tasks
+from batch.runner import Runner, RunSettings, RunSummary
+from batch.store import OutputDir, finished_results
+from batch.tasks import BuildSettings, TaskBuilder
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything a run needs, decided before it starts."""
+
+    manifest: Path
+    out: Path
+    client: ClientConfig
+    build: BuildSettings = field(default_factory=BuildSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+    fsync: bool = True
+
+
+@dataclass
+class CheckedManifest:
+    manifest: Manifest
+    builder: TaskBuilder
+    plan: Plan
+
+
+def check(path: Path, build: BuildSettings, registry: Registry) -> CheckedManifest:
+    """Load and validate a whole manifest. Raises ManifestError for a file that is not a manifest; other
+    problems are in `plan.problems`."""
+    manifest = load(path)
+    builder = TaskBuilder(manifest, registry, build)
+    return CheckedManifest(manifest, builder, check_manifest(manifest, builder))
+
+
+class Job:
+    """One run of a checked manifest into an output directory, holding DIR's lock while open."""
+
+    def __init__(
+        self,
+        config: JobConfig,
+        checked: CheckedManifest,
+        registry: Registry,
+        observers: Sequence[Observer] = (),
+    ) -> None:
+        self.config = config
+        self.checked = checked
+        self.registry = registry
+        self.observers = list(observers)
+        self.out = OutputDir(config.out, fsync=config.fsync)
+        self.runner: Runner | None = None
+
+    def __enter__(self) -> Job:
+        self.out.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.out.close()
+
+    def finished(self) -> tuple[IdSet, int]:
+        """The ids of this manifest that already have a result line, and how many of them failed."""
+        wanted = self.checked.plan.ids
+        done = IdSet()
+        failed = 0
+        for task_id, task_failed in finished_results(self.out.results.path):
+            if task_id in wanted:
+                done.add(task_id)
+                failed += task_failed
+        len(done)  # sort now: worker threads only read it
+        return done, failed
+
+    async def run(self) -> RunSummary:
+        checked = self.checked
+        finished, failed_before = self.finished()
+        async with ApiClient(self.config.client) as client:
+            self.runner = Runner(
+                iter_tasks(checked.manifest, checked.builder),
+                registry=self.registry,
+                client=client,
+                out=self.out,
+                finished=finished,
+                failed_before=failed_before,
+                total=checked.plan.total,
+                settings=self.config.run,
+                observers=self.observers,
+            )
+            return await self.runner.run()

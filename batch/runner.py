@@ -1,0 +1,392 @@
+"""The dispatcher: tasks stream from the manifest to a fixed pool of workers; each task is attempted under
+the retry policy, billed usage is recorded the moment it arrives, outputs are committed, and the result
+line is written last.
+
+A task whose run was stopped (a signal, a refused key, an exhausted quota) is not recorded at all: it is
+still pending, and the next run does it. Only tasks with a definite outcome get a result line.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from tenacity import RetryCallState
+
+from batch.client import ApiClient
+from batch.errors import (
+    ApiError,
+    ApiStatusError,
+    BrokenAnswerError,
+    ManifestError,
+    OutputError,
+    TransportError,
+)
+from batch.events import (
+    AttemptFailed,
+    Billed,
+    Event,
+    Observer,
+    RunStarted,
+    RunStopping,
+    TaskFinished,
+    TaskStarted,
+)
+from batch.idset import IdSet
+from batch.imaging import decode_images
+from batch.kinds import Answer, Registry, TaskKind
+from batch.retry import RetryPolicy, Verdict, classify, retrying
+from batch.store import OutputDir, OutputFile
+from batch.tasks import TaskSpec
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_MANIFEST = 65
+EXIT_IO = 74
+EXIT_TEMPFAIL = 75
+PRODUCER_BATCH = 64  # tasks pulled from the manifest per trip to a worker thread
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    concurrency: int = 4
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass
+class RunSummary:
+    """What a run did. `exit_code` follows the documented contract."""
+
+    total: int = 0
+    finished_before: int = 0
+    failed_before: int = 0  # of finished_before: tasks whose result line says failed
+    succeeded: int = 0
+    failed: int = 0
+    retries: int = 0
+    billed_answers: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    maybe_billed: int = 0
+    stop_reason: str | None = None
+    stop_code: int | None = None
+    seconds: float = 0.0
+
+    @property
+    def not_run(self) -> int:
+        return max(0, self.total - self.finished_before - self.succeeded - self.failed)
+
+    @property
+    def exit_code(self) -> int:
+        if self.stop_code is not None:
+            return self.stop_code
+        return EXIT_FAILED if self.failed or self.failed_before else EXIT_OK
+
+
+@dataclass
+class _TaskState:
+    attempts: int = 0
+    maybe_billed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    billed: bool = False
+    answer: Answer | None = None
+    files: list[str] = field(default_factory=list)
+
+
+class _Stopped(Exception):
+    """The run stopped before this attempt could be sent."""
+
+
+class Runner:
+    """Runs TaskSpecs against the API into an OutputDir."""
+
+    def __init__(
+        self,
+        tasks: Iterator[TaskSpec],
+        *,
+        registry: Registry,
+        client: ApiClient,
+        out: OutputDir,
+        finished: IdSet,
+        failed_before: int = 0,
+        total: int,
+        settings: RunSettings,
+        observers: Sequence[Observer] = (),
+        rng: random.Random | None = None,
+    ) -> None:
+        self._tasks = tasks
+        self._registry = registry
+        self._client = client
+        self._out = out
+        self._finished = finished
+        self._settings = settings
+        self._observers = list(observers)
+        self._rng = rng or random.Random()
+        self._run_tag = secrets.token_hex(3)
+        self._stopping = anyio.Event()
+        self._producer_scope = anyio.CancelScope()
+        self._work_scope = anyio.CancelScope()
+        self.summary = RunSummary(total=total, finished_before=len(finished), failed_before=failed_before)
+
+    # -- control ------------------------------------------------------------------------------------
+
+    def stop(self, reason: str, exit_code: int) -> None:
+        """Stop dispatching: no new task starts and no retry is sent; in-flight requests finish.
+        The first reason given is the one reported."""
+        if self.summary.stop_code is None:
+            self.summary.stop_reason = reason
+            self.summary.stop_code = exit_code
+            self._emit(RunStopping(reason, exit_code))
+        self._stopping.set()
+        self._producer_scope.cancel()
+
+    def cancel_in_flight(self) -> None:
+        """Abandon the requests still in flight (after a grace period, or a second signal)."""
+        self._work_scope.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def _emit(self, event: Event) -> None:
+        for observer in self._observers:
+            observer(event)
+
+    # -- the run ------------------------------------------------------------------------------------
+
+    async def run(self) -> RunSummary:
+        started = time.monotonic()
+        summary = self.summary
+        self._emit(
+            RunStarted(summary.total, summary.finished_before, summary.total - summary.finished_before)
+        )
+        send, receive = anyio.create_memory_object_stream[TaskSpec](self._settings.concurrency)
+        with self._work_scope:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._produce, send)
+                for _ in range(self._settings.concurrency):
+                    group.start_soon(self._work, receive.clone())
+                receive.close()
+        summary.seconds = time.monotonic() - started
+        return summary
+
+    async def _produce(self, send: ObjectSendStream[TaskSpec]) -> None:
+        async with send:
+            with self._producer_scope:
+                while True:
+                    try:
+                        batch = await anyio.to_thread.run_sync(self._next_batch)
+                    except ManifestError as exc:
+                        first = exc.problems[0] if exc.problems else exc
+                        self.stop(f"the manifest changed during the run: {first}", EXIT_MANIFEST)
+                        return
+                    if not batch:
+                        return
+                    for spec in batch:
+                        await send.send(spec)
+
+    def _next_batch(self) -> list[TaskSpec]:
+        """Up to PRODUCER_BATCH unfinished tasks. Runs in a worker thread: building a spec may hash files."""
+        batch: list[TaskSpec] = []
+        for spec in self._tasks:
+            if spec.id not in self._finished:
+                batch.append(spec)
+                if len(batch) >= PRODUCER_BATCH:
+                    break
+        return batch
+
+    async def _work(self, receive: ObjectReceiveStream[TaskSpec]) -> None:
+        async with receive:
+            async for spec in receive:
+                if not self.stopping:
+                    await self._run_task(spec)
+
+    async def _run_task(self, spec: TaskSpec) -> None:
+        kind = self._registry[spec.kind]
+        state = _TaskState()
+        started = time.monotonic()
+        self._emit(TaskStarted(spec.id, spec.kind))
+        try:
+            retry_loop = retrying(
+                self._settings.retry,
+                sleep=self._sleep,
+                rng=self._rng,
+                before_sleep=lambda rs: self._before_sleep(spec, rs),
+            )
+            await retry_loop(self._attempt, spec, kind, state)
+        except _Stopped:
+            self.summary.maybe_billed += state.maybe_billed
+            return
+        except OutputError as exc:
+            self.summary.maybe_billed += state.maybe_billed
+            self.stop(str(exc), EXIT_IO)
+            return
+        except ApiError as exc:
+            decision = classify(exc)
+            if decision.verdict is Verdict.STOP:
+                self.summary.maybe_billed += state.maybe_billed
+                self.stop(decision.reason, decision.exit_code)
+                return
+            await self._finish(spec, state, started, error=exc)
+            return
+        await self._finish(spec, state, started)
+
+    async def _sleep(self, seconds: float) -> None:
+        """A retry's wait, cut short when the run stops (the next attempt then sees it and gives up)."""
+        with anyio.move_on_after(seconds):
+            await self._stopping.wait()
+
+    def _before_sleep(self, spec: TaskSpec, retry_state: RetryCallState) -> None:
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        self.summary.retries += 1
+        self._emit(
+            AttemptFailed(spec.id, retry_state.attempt_number, _describe(error), retry_state.upcoming_sleep)
+        )
+
+    async def _attempt(self, spec: TaskSpec, kind: TaskKind, state: _TaskState) -> None:
+        if self.stopping:
+            raise _Stopped
+        state.attempts += 1
+        if spec.inputs:
+            request = await anyio.to_thread.run_sync(kind.build_request, spec.fields, _read_file)
+        else:
+            request = kind.build_request(spec.fields, _read_file)
+        request_id = f"{spec.id}/{self._run_tag}.{state.attempts}"
+        try:
+            reply = await self._client.send(spec.endpoint, request, request_id)
+        except BrokenAnswerError as exc:
+            if exc.usage is not None:
+                await self._bill(spec, kind, request_id, exc.usage, state)
+            state.maybe_billed += exc.maybe_billed
+            raise
+        except TransportError as exc:
+            state.maybe_billed += exc.maybe_billed
+            raise
+        usage = kind.usage_of(reply.body)
+        if usage is not None:
+            await self._bill(spec, kind, request_id, usage, state)
+        try:
+            answer = kind.parse_answer(spec.fields, reply.body)
+            files: list[OutputFile] = []
+            if answer.images:
+                files = await anyio.to_thread.run_sync(decode_images, spec.id, answer.images)
+        except BrokenAnswerError:
+            state.maybe_billed += usage is None  # billed for sure, but we could not record how much
+            raise
+        state.files = await anyio.to_thread.run_sync(self._out.save, files) if files else []
+        state.answer = answer
+
+    async def _bill(
+        self, spec: TaskSpec, kind: TaskKind, request_id: str, usage: Any, state: _TaskState
+    ) -> None:
+        """Record a billed answer in the ledger, durably, before anything else is done with it."""
+        counts = kind.token_counts(usage)
+        await self._out.usage.append(
+            {
+                "task_id": spec.id,
+                "request_id": request_id,
+                "kind": spec.kind,
+                "model": spec.model,
+                "endpoint": spec.endpoint,
+                "input_tokens": counts.input,
+                "output_tokens": counts.output,
+                "total_tokens": counts.total,
+                "usage": usage,
+                "at": _now(),
+            }
+        )
+        state.billed = True
+        state.input_tokens += counts.input
+        state.output_tokens += counts.output
+        state.total_tokens += counts.total
+        summary = self.summary
+        summary.billed_answers += 1
+        summary.input_tokens += counts.input
+        summary.output_tokens += counts.output
+        summary.total_tokens += counts.total
+        self._emit(Billed(spec.id, spec.model, counts.input, counts.output, counts.total))
+
+    async def _finish(
+        self, spec: TaskSpec, state: _TaskState, started: float, error: ApiError | None = None
+    ) -> None:
+        """Write the task's result line: the moment it counts as finished."""
+        record: dict[str, Any] = {
+            "id": spec.id,
+            "kind": spec.kind,
+            "status": "failed" if error else "succeeded",
+            "model": spec.model,
+        }
+        record["files"] = state.files
+        answer = state.answer
+        if answer is not None and answer.text is not None:
+            record["text"] = answer.text
+        if answer is not None:
+            record.update(answer.extra)
+        record["usage"] = (
+            {
+                "input_tokens": state.input_tokens,
+                "output_tokens": state.output_tokens,
+                "total_tokens": state.total_tokens,
+            }
+            if state.billed
+            else None
+        )
+        record["attempts"] = state.attempts
+        if state.maybe_billed:
+            record["maybe_billed"] = state.maybe_billed
+        if error is not None:
+            record["error"] = error_record(error, state.attempts)
+        if spec.meta:
+            record["meta"] = spec.meta
+        record["endpoint"] = spec.endpoint
+        record["seconds"] = round(time.monotonic() - started, 3)
+        record["finished_at"] = _now()
+        try:
+            await self._out.results.append(record)
+        except OutputError as exc:
+            self.stop(str(exc), EXIT_IO)
+            return
+        if error is None:
+            self.summary.succeeded += 1
+        else:
+            self.summary.failed += 1
+        self.summary.maybe_billed += state.maybe_billed
+        self._emit(TaskFinished(record))
+
+
+def error_record(error: ApiError, attempts: int) -> dict[str, Any]:
+    """`error` of a failed task's result line: type, status, message."""
+    if isinstance(error, ApiStatusError):
+        error_type = error.code or error.error_type or f"http_{error.status}"
+    else:
+        error_type = error.kind
+    message = getattr(error, "message", str(error))
+    if attempts > 1:
+        message += f" (after {attempts} attempts)"
+    return {"type": error_type, "status": error.status, "message": message}
+
+
+def _describe(error: BaseException | None) -> str:
+    if error is None:
+        return "unknown error"
+    return (
+        str(getattr(error, "message", None) or error) if not isinstance(error, ApiStatusError) else str(error)
+    )
+
+
+def _read_file(path: Any) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")

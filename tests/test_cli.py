@@ -1,0 +1,360 @@
+"""End to end through the CLI against the simulator on a loopback port: the three kinds, resuming, and
+every exit code of the contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from batch.cli import main
+from batch.simulator import RunningSimulator, SimConfig, simulator_in_thread
+from batch.store import OutputDir
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "examples" / "quickstart.yaml"
+KEY = "sk-test-canary-4f1c9e"
+FAST = ["--backoff", "0", "--backoff-max", "0"]
+
+
+@dataclass
+class Outcome:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def sim() -> Iterator[RunningSimulator]:
+    with simulator_in_thread(SimConfig(api_key=KEY, retry_after=0)) as running:
+        yield running
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., Outcome]:
+    """Run `maas-batch ARGS` in this process with the given environment (and nothing else of ours)."""
+
+    def run(*args: str, env: dict[str, str] | None = None) -> Outcome:
+        for name in ("MAAS_API_KEY", "MAAS_BASE_URL", "MAAS_ENDPOINT"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit_:  # argparse
+            code = int(exit_.code or 0)
+        captured = capsys.readouterr()
+        return Outcome(code, captured.out, captured.err)
+
+    return run
+
+
+def env_for(sim: RunningSimulator, **extra: str) -> dict[str, str]:
+    return {"MAAS_API_KEY": KEY, "MAAS_BASE_URL": sim.base_url, "MAAS_ENDPOINT": "ep-default", **extra}
+
+
+def results(out: Path) -> dict[str, dict[str, Any]]:
+    lines = (out / "results.jsonl").read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len({r["id"] for r in records}) == len(records), "one line per task"
+    return {r["id"]: r for r in records}
+
+
+def ledger(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "usage.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_quickstart_produces_images_answers_and_ledger_then_resumes_with_zero_requests(
+    cli: Callable[..., Outcome], sim: RunningSimulator, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    first = cli("run", QUICKSTART, "--out", out, env=env_for(sim))
+    assert first.code == 0, first.err
+    assert "7 succeeded, 0 failed" in first.out
+    done = results(out)
+    assert sorted(done) == [
+        "describe-meadow",
+        "desert-and-meadow",
+        "fox-autumn",
+        "haiku",
+        "lighthouse",
+        "meadow-balloon",
+        "sticker",
+    ]
+    assert all(r["status"] == "succeeded" and r["attempts"] == 1 for r in done.values())
+    sizes = {"fox-autumn": (1024, 1024, "PNG"), "lighthouse": (1536, 1024, "WEBP")}
+    for task_id, (width, height, fmt) in sizes.items():
+        [path] = done[task_id]["files"]
+        with Image.open(out / path) as image:
+            assert (image.width, image.height, image.format) == (width, height, fmt)
+    assert done["sticker"]["files"] == ["images/sticker~1.png", "images/sticker~2.png"]
+    assert done["lighthouse"]["files"] == ["images/lighthouse.webp"]
+    for task_id in ("describe-meadow", "haiku"):  # haiku was streamed
+        assert done[task_id]["text"] and done[task_id]["usage"]["total_tokens"] > 0
+    assert "1 image" in done["describe-meadow"]["text"]  # the local picture reached the API inline
+    # the ledger: one line per billed answer, totals equal to what the server billed
+    lines = ledger(out)
+    assert len(lines) == 7
+    assert sum(line["total_tokens"] for line in lines) == sim.state.billed_total_tokens
+    assert {line["task_id"] for line in lines} == set(done)
+    assert all(line["usage"] for line in lines)
+    assert sum(r["usage"]["total_tokens"] for r in done.values()) == sim.state.billed_total_tokens
+    requests_before = sim.state.requests_total
+
+    second = cli("run", QUICKSTART, "--out", out, env=env_for(sim))
+    assert second.code == 0
+    assert sim.state.requests_total == requests_before  # nothing sent again
+    assert "0 succeeded, 0 failed, 7 already done" in second.out
+    assert len(results(out)) == 7 and len(ledger(out)) == 7
+
+
+def test_simulate_flag_runs_without_a_key(cli: Callable[..., Outcome], tmp_path: Path) -> None:
+    outcome = cli("run", QUICKSTART, "--out", tmp_path / "out", "--simulate")
+    assert outcome.code == 0, outcome.err
+    assert len(results(tmp_path / "out")) == 7
+
+
+def test_reordered_manifest_with_new_tasks_sends_only_the_new_ones(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    manifest = write("tasks:\n" + "".join(f"  - {{kind: generate, prompt: picture {i}}}\n" for i in range(3)))
+    assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 0
+    first_ids = set(results(out))
+    sent_before = sim.state.requests_total
+    write("tasks:\n" + "".join(f"  - {{kind: generate, prompt: picture {i}}}\n" for i in (4, 2, 1, 0, 3)))
+    assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 0
+    new_records = sim.state.records[sent_before:]
+    assert len(new_records) == 2
+    assert {r.task_id for r in new_records}.isdisjoint(first_ids)
+    assert len(results(out)) == 5
+
+
+def test_a_refused_task_fails_alone_exit_1_and_is_not_resent(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write("""
+        tasks:
+          - {kind: generate, id: fine, prompt: a calm lake}
+          - {kind: generate, id: refused, prompt: something forbidden}
+          - {kind: chat, id: talk, model: gemini-2.5-flash, prompt: hello}
+    """)
+    out = tmp_path / "out"
+    outcome = cli("run", manifest, "--out", out, *FAST, env=env_for(sim))
+    assert outcome.code == 1
+    assert "2 succeeded, 1 failed" in outcome.out
+    refused = results(out)["refused"]
+    assert refused["status"] == "failed"
+    assert refused["attempts"] == 1  # a 400 is not retried
+    assert refused["error"]["status"] == 400
+    assert refused["error"]["type"] == "moderation_blocked"
+    assert "safety system" in refused["error"]["message"]
+    assert refused["usage"] is None and refused["files"] == []
+    sent = sim.state.requests_total
+    again = cli("run", manifest, "--out", out, env=env_for(sim))
+    assert again.code == 1  # the manifest still has a failed task
+    assert "(1 of them failed)" in again.out
+    assert sim.state.requests_total == sent
+
+
+def test_transient_errors_and_broken_answers_are_retried_until_success(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write(
+        "tasks:\n" + "".join(f"  - {{kind: generate, id: t{i}, prompt: p {i}}}\n" for i in range(12))
+    )
+    faults = {"bad_base64": 0.2, "truncate": 0.2, "html200": 0.1, "reset": 0.1}
+    config = SimConfig(
+        api_key=KEY,
+        error_rate=0.2,
+        rate_429=0.1,
+        retry_after=0,
+        faults=faults,
+        fault_once_per_task=True,
+        seed=3,
+    )
+    with simulator_in_thread(config) as sim:
+        outcome = cli(
+            "run", manifest, "--out", tmp_path / "out", *FAST, "--max-attempts", "10", env=env_for(sim)
+        )
+        billed = sim.state.billed_total_tokens
+    assert outcome.code == 0, outcome.err + outcome.out
+    done = results(tmp_path / "out")
+    assert all(r["status"] == "succeeded" for r in done.values())
+    assert any(r["attempts"] > 1 for r in done.values())
+    lines = ledger(tmp_path / "out")
+    # answers billed but broken (bad base64, truncated after usage...) are in the ledger too
+    assert sum(line["total_tokens"] for line in lines) <= billed
+    for task_id, record in done.items():
+        billed_for_task = sum(line["total_tokens"] for line in lines if line["task_id"] == task_id)
+        assert record["usage"]["total_tokens"] == billed_for_task
+
+
+def test_invalid_manifest_exits_65_with_located_messages_and_sends_nothing(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write("""
+        tasks:
+          - {kind: generate, prompt: fine}
+          - {kind: generate, prompt: bad, size: 800x600}
+          - {kind: generate, prompt: worse, n: 12}
+    """)
+    outcome = cli("run", manifest, "--out", tmp_path / "out", env=env_for(sim))
+    assert outcome.code == 65
+    assert f"{manifest}:3: tasks[1]: size: must be one of" in outcome.err
+    assert f"{manifest}:4: tasks[2]: n: must be between 1 and 10" in outcome.err
+    assert "2 problems; nothing was sent" in outcome.err
+    assert sim.state.requests_total == 0
+    assert not (tmp_path / "out").exists()
+    assert cli("validate", manifest).code == 65
+
+
+def test_validate_counts_tasks_and_sends_nothing(cli: Callable[..., Outcome], sim: RunningSimulator) -> None:
+    outcome = cli("validate", QUICKSTART, env=env_for(sim))
+    assert outcome.code == 0
+    assert "7 tasks, valid" in outcome.out
+    assert "generate  gpt-image-1" in outcome.out and "       3   endpoint my-image-endpoint" in outcome.out
+    assert sim.state.requests_total == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run"],
+        ["run", "x.yaml"],
+        ["run", "x.yaml", "--out", "o", "--concurrency", "0"],
+        ["run", "x.yaml", "--out", "o", "--bogus"],
+        ["run", "x.yaml", "--out", "o", "--set", "novalue"],
+        ["frobnicate"],
+    ],
+)
+def test_bad_usage_exits_64(cli: Callable[..., Outcome], args: list[str], tmp_path: Path) -> None:
+    (tmp_path / "x.yaml").write_text("tasks: []\n")
+    os.chdir(tmp_path)
+    outcome = cli(*args, env={"MAAS_API_KEY": KEY})
+    assert outcome.code == 64, outcome.err
+
+
+def test_refused_key_stops_the_run_with_77_and_a_good_key_resumes(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write("tasks:\n" + "".join(f"  - {{kind: generate, prompt: p {i}}}\n" for i in range(20)))
+    out = tmp_path / "out"
+    outcome = cli("run", manifest, "--out", out, "--concurrency", "2", env=env_for(sim, MAAS_API_KEY="wrong"))
+    assert outcome.code == 77
+    assert "the API refused the key (HTTP 401)" in outcome.out
+    assert sim.state.requests_total <= 2  # only what was in flight; nothing sent after the refusal
+    assert results(out) == {}  # stopped tasks are pending, not failed
+    assert "wrong" not in outcome.out + outcome.err
+    resumed = cli("run", manifest, "--out", out, env=env_for(sim))
+    assert resumed.code == 0
+    assert len(results(out)) == 20
+
+
+def test_missing_configuration_exits_78(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write("tasks:\n  - {kind: generate, prompt: a}\n")
+    no_key = cli("run", manifest, "--out", tmp_path / "o1", env={"MAAS_ENDPOINT": "ep"})
+    assert no_key.code == 78 and "MAAS_API_KEY is not set" in no_key.err
+    no_endpoint = cli(
+        "run", manifest, "--out", tmp_path / "o2", env={"MAAS_API_KEY": KEY, "MAAS_BASE_URL": sim.base_url}
+    )
+    assert no_endpoint.code == 78 and "no endpoint for this generate task" in no_endpoint.err
+    assert sim.state.requests_total == 0
+
+
+def test_unknown_endpoint_404_stops_the_run_with_78(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write("tasks:\n" + "".join(f"  - {{kind: generate, prompt: p {i}}}\n" for i in range(10)))
+    with simulator_in_thread(SimConfig(api_key=KEY, endpoints=frozenset({"real-ep"}))) as sim:
+        outcome = cli(
+            "run",
+            manifest,
+            "--out",
+            tmp_path / "out",
+            "--concurrency",
+            "1",
+            env=env_for(sim, MAAS_ENDPOINT="typo-ep"),
+        )
+        assert sim.state.requests_total == 1
+    assert outcome.code == 78
+    assert "no such endpoint (HTTP 404)" in outcome.out
+
+
+def test_locked_output_directory_exits_75_and_writes_nothing(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write("tasks:\n  - {kind: generate, prompt: a}\n")
+    holder = OutputDir(tmp_path / "out")
+    holder.open()
+    try:
+        before = sorted(p.name for p in (tmp_path / "out").iterdir())
+        outcome = cli("run", manifest, "--out", tmp_path / "out", env=env_for(sim))
+        assert outcome.code == 75
+        assert "another run is using" in outcome.err
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before
+        assert sim.state.requests_total == 0
+    finally:
+        holder.close()
+
+
+def test_the_key_appears_in_no_output_and_no_file(
+    cli: Callable[..., Outcome], sim: RunningSimulator, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    outcome = cli("run", QUICKSTART, "--out", out, "--verbose", env=env_for(sim))
+    assert outcome.code == 0
+    assert KEY not in outcome.out + outcome.err
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_python_dash_m_batch_is_the_same_command(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
+    helped = subprocess.run(
+        [sys.executable, "-m", "batch", "run", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=ROOT,
+    )
+    assert helped.returncode == 0
+    assert "77  the API refused the key" in helped.stdout and "MAAS_ENDPOINT" in helped.stdout
+    ran = subprocess.run(
+        [sys.executable, "-m", "batch", "run", "examples/quickstart.yaml", "--out", "out", "--simulate"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert "7 succeeded" in ran.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tasks:\n  - {kind: generate, prompt: a, quality: best}\n")
+    refused = subprocess.run(
+        [sys.executable, "-m", "batch", "run", str(bad), "--out", "out2", "--simulate"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert refused.returncode == 65
+    assert f"{bad}:2: tasks[0]: quality: must be one of auto, high, medium, low" in refused.stderr
+    assert not (tmp_path / "out2").exists()
