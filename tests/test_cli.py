@@ -358,3 +358,22 @@ def test_python_dash_m_batch_is_the_same_command(tmp_path: Path) -> None:
     assert refused.returncode == 65
     assert f"{bad}:2: tasks[0]: quality: must be one of auto, high, medium, low" in refused.stderr
     assert not (tmp_path / "out2").exists()
+
+
+def test_images_inside_a_chat_answer_are_saved_as_files(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write("""
+        tasks:
+          - {kind: chat, id: drawn, model: gemini-2.5-flash-image, prompt: draw a cat}
+          - {kind: chat, id: drawn-streamed, model: gemini-2.5-flash-image, prompt: draw a dog, stream: true}
+    """)
+    out = tmp_path / "out"
+    outcome = cli("run", manifest, "--out", out, env=env_for(sim))
+    assert outcome.code == 0, outcome.err
+    for task_id in ("drawn", "drawn-streamed"):
+        record = results(out)[task_id]
+        assert record["text"]
+        assert record["files"] == [f"images/{task_id}.png"]
+        with Image.open(out / record["files"][0]) as image:
+            assert image.format == "PNG" and image.size == (1024, 1024)
