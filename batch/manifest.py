@@ -17,8 +17,10 @@ import yaml
 
 from batch.errors import ManifestError, Problem, shorten
 from batch.fields import type_name, unknown_field_message
+from batch.ids import safe_id
 
 TOP_LEVEL_KEYS = ("defaults", "endpoints", "tasks")
+OPENAI_URLS = {"images/generations": "generate", "images/edits": "edit", "chat/completions": "chat"}
 MAX_YAML_BYTES = 50 * 2**20
 MAX_LINE_BYTES = 64 * 2**20
 
@@ -81,10 +83,14 @@ class Entry:
     index: int  # 0-based position in the manifest's list of tasks
     line: int | None
     key_lines: Mapping[str, int] = field(default_factory=dict)
+    # Set on the tasks an expansion makes (batch.expand):
+    label_text: str | None = None  # "tasks[2] prompts.txt:12 style=watercolor"
+    readable: tuple[str, ...] = ()  # readable parts for a generated id
+    extra_meta: Mapping[str, Any] = field(default_factory=dict)  # record fields for results' meta
 
     @property
     def label(self) -> str:
-        return f"tasks[{self.index}]"
+        return self.label_text or f"tasks[{self.index}]"
 
 
 @dataclass
@@ -247,9 +253,45 @@ def _jsonl_entries(path: Path) -> Iterator[Entry | Problem]:
                 yield Problem(
                     name, number, f"a task must be a JSON object, not {type_name(item)}", value=shorten(item)
                 )
+            elif "custom_id" in item and "body" in item:
+                yield _openai_entry(name, item, index, number)
             else:
                 yield Entry(item, index, number, dict.fromkeys(item, number))
             index += 1
+
+
+def _openai_entry(name: str, item: dict[str, Any], index: int, number: int) -> Entry | Problem:
+    """A line of an OpenAI Batch API input file, `{"custom_id", "method", "url", "body"}`, as a task."""
+    url = item.get("url")
+    kind = next(
+        (
+            kind
+            for suffix, kind in OPENAI_URLS.items()
+            if isinstance(url, str) and url.rstrip("/").endswith(suffix)
+        ),
+        None,
+    )
+    custom_id = item.get("custom_id")
+    problem = None
+    if kind is None:
+        problem = ("url", "must be one of " + ", ".join(f"/v1/{s}" for s in OPENAI_URLS), url)
+    elif str(item.get("method", "POST")).upper() != "POST":
+        problem = ("method", "must be POST", item.get("method"))
+    elif not isinstance(item["body"], dict):
+        problem = (
+            "body",
+            f"must be a JSON object of request fields, not {type_name(item['body'])}",
+            item["body"],
+        )
+    elif not isinstance(custom_id, str) or not custom_id:
+        problem = ("custom_id", "must be a non-empty string", custom_id)
+    if problem is not None:
+        return Problem(
+            name, number, problem[1], task=f"tasks[{index}]", field=problem[0], value=shorten(problem[2])
+        )
+    assert isinstance(custom_id, str)
+    data = {**item["body"], "kind": kind, "id": safe_id(custom_id), "custom_id": custom_id}
+    return Entry(data, index, number, dict.fromkeys(data, number))
 
 
 def _skip_rest_of_line(handle: Any) -> None:

@@ -9,8 +9,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from batch.errors import ManifestError, Problem
+from batch.expand import Expander
+from batch.ids import valid_id
 from batch.idset import IdSet, digest
-from batch.manifest import Manifest
+from batch.manifest import Entry, Manifest
 from batch.tasks import TaskBuilder, TaskSpec
 
 KEEP_PROBLEMS = 200
@@ -63,29 +65,48 @@ def _key(problem: Problem) -> Problem:
     )
 
 
-def walk(manifest: Manifest, builder: TaskBuilder) -> Iterator[TaskSpec | list[Problem]]:
-    """Each task of the manifest, built, or the problems that stop it from being built."""
+def walk(manifest: Manifest, builder: TaskBuilder) -> Iterator[tuple[Entry | None, TaskSpec | list[Problem]]]:
+    """Each task of the manifest, expanded and built, or the problems that stop it from being built,
+    beside the entry it came from (None for problems of the manifest itself)."""
     if builder.problems:
-        yield builder.problems
+        yield None, builder.problems
+    expander = Expander(manifest.name, manifest.folder)
     for entry in manifest.entries():
         if isinstance(entry, Problem):
-            yield [entry]
-        else:
-            yield builder.build(entry)
+            yield None, [entry]
+            continue
+        for item in expander.expand(entry):
+            if isinstance(item, Problem):
+                yield None, [item]
+            else:
+                yield item, builder.build(item)
+
+
+def _identity(entry: Entry | None, item: TaskSpec | list[Problem]) -> tuple[str, str, int | None] | None:
+    """(id, label, line) of a task: a built one's, or the explicit id of one that has other problems, so
+    that duplicate ids are found in the same run as everything else."""
+    if isinstance(item, TaskSpec):
+        return item.id, item.label, item.line
+    task_id = entry.data.get("id") if entry is not None else None
+    if entry is not None and isinstance(task_id, str) and valid_id(task_id):
+        return task_id, entry.label, entry.line
+    return None
 
 
 def check_manifest(manifest: Manifest, builder: TaskBuilder) -> Plan:
     """Validate every task, and that ids are unique. Streams; holds 8 bytes per task."""
     plan = Plan(manifest.name)
     ids = plan.ids
-    for item in walk(manifest, builder):
+    for entry, item in walk(manifest, builder):
         if isinstance(item, TaskSpec):
             plan.total += 1
             plan.counts[(item.kind, item.model or "-", item.endpoint)] += 1
-            ids.add(item.id)
         else:
             for problem in item:
                 plan.add(problem)
+        identity = _identity(entry, item)
+        if identity is not None:
+            ids.add(identity[0])
     repeated = ids.repeated()
     if repeated:
         _report_duplicates(manifest, builder, repeated, plan)
@@ -93,29 +114,24 @@ def check_manifest(manifest: Manifest, builder: TaskBuilder) -> Plan:
 
 
 def _report_duplicates(manifest: Manifest, builder: TaskBuilder, repeated: set[int], plan: Plan) -> None:
-    first: dict[str, TaskSpec] = {}
-    for item in walk(manifest, builder):
-        if isinstance(item, TaskSpec) and digest(item.id) in repeated:
-            if item.id in first:
-                where = first[item.id]
-                plan.add(
-                    Problem(
-                        item.file,
-                        item.line,
-                        f"the id {item.id!r} is already used by {where.label} "
-                        f"(line {where.line}); ids must be unique",
-                        task=item.label,
-                        field="id",
-                    )
-                )
-            else:
-                first[item.id] = item
+    first: dict[str, tuple[str, int | None]] = {}
+    for entry, item in walk(manifest, builder):
+        identity = _identity(entry, item)
+        if identity is None or digest(identity[0]) not in repeated:
+            continue
+        task_id, label, line = identity
+        if task_id in first:
+            where, where_line = first[task_id]
+            message = f"the id {task_id!r} is already used by {where} (line {where_line}); ids must be unique"
+            plan.add(Problem(manifest.name, line, message, task=label, field="id"))
+        else:
+            first[task_id] = (label, line)
 
 
 def iter_tasks(manifest: Manifest, builder: TaskBuilder) -> Iterator[TaskSpec]:
     """The TaskSpecs of a manifest that `check_manifest` passed. A manifest (or an input file) changed
     since then raises ManifestError rather than sending a task that was never checked."""
-    for item in walk(manifest, builder):
+    for _, item in walk(manifest, builder):
         if not isinstance(item, TaskSpec):
             raise ManifestError(item)
         yield item

@@ -41,6 +41,7 @@ from batch.events import (
 )
 from batch.idset import IdSet
 from batch.imaging import decode_images
+from batch.inputs import read_file
 from batch.kinds import Answer, Registry, TaskKind
 from batch.retry import RetryPolicy, Verdict, classify, retrying
 from batch.store import OutputDir, OutputFile
@@ -257,9 +258,9 @@ class Runner:
             raise _Stopped
         state.attempts += 1
         if spec.inputs:
-            request = await anyio.to_thread.run_sync(kind.build_request, spec.fields, _read_file)
+            request = await anyio.to_thread.run_sync(kind.build_request, spec.fields, read_file)
         else:
-            request = kind.build_request(spec.fields, _read_file)
+            request = kind.build_request(spec.fields, read_file)
         request_id = f"{spec.id}/{self._run_tag}.{state.attempts}"
         try:
             reply = await self._client.send(spec.endpoint, request, request_id)
@@ -325,6 +326,8 @@ class Runner:
             "status": "failed" if error else "succeeded",
             "model": spec.model,
         }
+        if spec.custom_id is not None:
+            record["custom_id"] = spec.custom_id
         record["files"] = state.files
         answer = state.answer
         if answer is not None and answer.text is not None:
@@ -381,11 +384,6 @@ def _describe(error: BaseException | None) -> str:
     return (
         str(getattr(error, "message", None) or error) if not isinstance(error, ApiStatusError) else str(error)
     )
-
-
-def _read_file(path: Any) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read()
 
 
 def _now() -> str:

@@ -17,13 +17,13 @@ from typing import Any
 
 from batch.errors import Problem, shorten
 from batch.fields import MISSING, FieldIssue, unknown_field_message
+from batch.ids import valid_id
 from batch.inputs import InputInspector, resolve
 from batch.kinds import InputInfo, Pointer, Registry, TaskKind
 from batch.manifest import Entry, LocatedDict, Manifest
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,100}")
 ENDPOINT_PATTERN = re.compile(r"[^/?#\s]{1,200}")
-RESERVED = ("kind", "id", "endpoint", "meta")
+RESERVED = ("kind", "id", "endpoint", "meta", "custom_id")
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class TaskSpec:
     label: str  # "tasks[3]", for messages
     inputs: Mapping[Pointer, InputInfo] = field(default_factory=dict)
     meta: Mapping[str, Any] = field(default_factory=dict)
+    custom_id: str | None = None  # an OpenAI Batch line's own id, kept for joining
 
     @property
     def model(self) -> str | None:
@@ -51,11 +52,8 @@ class BuildSettings:
     """What the command line and environment add to a manifest."""
 
     overrides: Mapping[str, Any] = field(default_factory=dict)  # --set: shared keys and {kind: {...}}
+    endpoints: Mapping[str, str] = field(default_factory=dict)  # --endpoint: {kind|model|"*": endpoint}
     env_endpoint: str | None = None  # MAAS_ENDPOINT, or the simulator's
-
-
-def valid_id(task_id: Any) -> bool:
-    return isinstance(task_id, str) and bool(ID_PATTERN.fullmatch(task_id)) and task_id.strip(".") != ""
 
 
 class TaskBuilder:
@@ -121,8 +119,8 @@ class TaskBuilder:
 
     # -- per entry ----------------------------------------------------------------------------------
 
-    def build(self, entry: Entry, task_id: str | None = None) -> TaskSpec | list[Problem]:
-        """A TaskSpec for `entry`, or every problem found in it. `task_id` overrides the entry's id."""
+    def build(self, entry: Entry) -> TaskSpec | list[Problem]:
+        """A TaskSpec for `entry`, or every problem found in it."""
         data = entry.data
         kind_name = data.get("kind")
         kind = self.registry.get(kind_name) if isinstance(kind_name, str) else None
@@ -151,24 +149,29 @@ class TaskBuilder:
         meta = data.get("meta", {})
         if not isinstance(meta, dict):
             problems.append(self._problem(entry, "meta", "must be a mapping", meta))
-        if task_id is None:
-            task_id = data.get("id")
-            if task_id is not None and not valid_id(task_id):
-                problems.append(
-                    self._problem(
-                        entry,
-                        "id",
-                        "must be 1-100 characters of A-Z a-z 0-9 . _ - (and not only dots)",
-                        task_id,
-                    )
-                )
+        task_id = data.get("id")
+        if task_id is not None and not valid_id(task_id):
+            message = "must be 1-100 characters of A-Z a-z 0-9 . _ - (and not only dots)"
+            problems.append(self._problem(entry, "id", message, task_id))
         if problems:
             return problems
         assert endpoint is not None
         if task_id is None:
-            task_id = content_id(kind.name, endpoint, fields, inputs)
+            task_id = generated_id(
+                kind.name, entry.readable, content_digest(kind.name, endpoint, fields, inputs)
+            )
+        custom_id = data.get("custom_id")
         return TaskSpec(
-            task_id, kind.name, endpoint, fields, self.manifest.name, entry.line, entry.label, inputs, meta
+            task_id,
+            kind.name,
+            endpoint,
+            fields,
+            self.manifest.name,
+            entry.line,
+            entry.label,
+            inputs,
+            {**entry.extra_meta, **meta},
+            custom_id if isinstance(custom_id, str) else None,
         )
 
     def _merged(self, kind: TaskKind, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -198,10 +201,15 @@ class TaskBuilder:
     def _endpoint(
         self, entry: Entry, kind: TaskKind, fields: Mapping[str, Any], problems: list[Problem]
     ) -> str | None:
-        """The task's own endpoint > endpoints[model] > endpoints[kind] > defaults > MAAS_ENDPOINT."""
+        """--endpoint (by model, by kind, for all) > the task's own > the manifest's endpoints[model] >
+        endpoints[kind] > defaults > MAAS_ENDPOINT."""
         endpoints = self.manifest.endpoints
         model = fields.get("model")
+        chosen = self.settings.endpoints
         candidates = [
+            chosen.get(model, MISSING) if isinstance(model, str) else MISSING,
+            chosen.get(kind.name, MISSING),
+            chosen.get("*", MISSING),
             entry.data.get("endpoint", MISSING),
             endpoints.get(model, MISSING) if isinstance(model, str) else MISSING,
             endpoints.get(kind.name, MISSING),
@@ -306,10 +314,10 @@ def _set(data: Any, pointer: Pointer, value: Any) -> None:
     data[pointer[-1]] = value
 
 
-def content_id(
+def content_digest(
     kind: str, endpoint: str, fields: Mapping[str, Any], inputs: Mapping[Pointer, InputInfo]
 ) -> str:
-    """A stable id from what is sent: kind, endpoint, fields, and the bytes (not the paths) of input files."""
+    """A digest of what is sent: kind, endpoint, fields, and the bytes (not the paths) of input files."""
     canonical = copy.deepcopy(dict(fields)) if inputs else dict(fields)
     for pointer, info in inputs.items():
         _set(canonical, pointer, f"sha256:{info.digest}")
@@ -319,4 +327,12 @@ def content_id(
         separators=(",", ":"),
         ensure_ascii=False,
     )
-    return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def generated_id(kind: str, readable: tuple[str, ...], digest: str) -> str:
+    """An id for a task the manifest gave none: `<kind>-<digest>`, or for a task an expansion made, its
+    readable parts and a short digest (`watercolor-fox-3-1a2b3c4d`): stable, readable, and unique across
+    entries even when two of them expand the same folder."""
+    parts = "-".join(part for part in readable if part)[:80].strip("-")
+    return f"{parts}-{digest[:8]}" if parts else f"{kind}-{digest[:16]}"

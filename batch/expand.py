@@ -1,0 +1,419 @@
+"""Expansions: one manifest entry, many tasks.
+
+    prompts_file: prompts.txt          one task per non-blank line ('#' lines are comments): {prompt}
+    matrix: {style: [a, b], animal: [c, d]}   the cartesian product: {style}, {animal}
+    for_each: {glob: "photos/*.jpg"}   one task per file: {path}, {name}, {stem}
+    for_each: {csv: rows.csv}          one task per row: a placeholder per column
+    for_each: {jsonl: records.jsonl}   one task per object: a placeholder per key
+    repeat: 3                          independent samples: {sample} is 1, 2, 3
+
+They nest in that order, outermost first: for_each, prompts_file, matrix, repeat. Placeholders are filled
+in every string of the entry (prompts, chat messages, paths, `id`, `meta`); `{{` and `}}` are literal
+braces; a brace that does not form a placeholder is left as it is; an unknown placeholder is an error. A
+string that is exactly one placeholder takes the value itself, so `n: "{n}"` stays a number.
+
+Everything streams: a prompt file or a CSV of a million lines is read one line at a time.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import glob as globbing
+import itertools
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from batch.errors import Problem, shorten
+from batch.fields import type_name
+from batch.inputs import resolve
+from batch.manifest import Entry
+
+EXPANSION_KEYS = ("for_each", "prompts_file", "matrix", "repeat")
+SOURCES = ("glob", "csv", "jsonl")
+MAX_REPEAT = 100_000
+PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_](?:[\w .-]*[\w.-])?)\}")
+SLUG_SPLIT = re.compile(r"[^A-Za-z0-9]+")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One point of an expansion: its placeholder values and how to name it."""
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+    label: tuple[str, ...] = ()  # for messages: "prompts.txt:12", "style=watercolor", "#2"
+    readable: tuple[str, ...] = ()  # for ids: "watercolor", "2"
+    meta: Mapping[str, Any] = field(default_factory=dict)  # record fields not used as placeholders
+    problem: Problem | None = None  # this record could not be read
+
+    def __add__(self, other: Variant) -> Variant:
+        return Variant(
+            {**self.values, **other.values},
+            self.label + other.label,
+            self.readable + other.readable,
+            {**self.meta, **other.meta},
+            self.problem or other.problem,
+        )
+
+
+def expands(data: Mapping[str, Any]) -> bool:
+    return any(key in data for key in EXPANSION_KEYS)
+
+
+def placeholders_in(value: Any) -> set[str]:
+    """Every placeholder name used in a value (strings inside lists and mappings included)."""
+    found: set[str] = set()
+    if isinstance(value, str):
+        found.update(m.group(1) for m in PLACEHOLDER.finditer(value) if m.group(1))
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            found |= placeholders_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= placeholders_in(item)
+    return found
+
+
+class MissingPlaceholder(Exception):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def render(value: Any, values: Mapping[str, Any]) -> Any:
+    """`value` with its placeholders filled from `values`. Raises MissingPlaceholder."""
+    if isinstance(value, str):
+        whole = PLACEHOLDER.fullmatch(value)
+        if whole and whole.group(1):
+            return _lookup(values, whole.group(1))
+        return PLACEHOLDER.sub(lambda m: _fill(m, values), value)
+    if isinstance(value, Mapping):
+        return {key: render(item, values) for key, item in value.items()}
+    if isinstance(value, list):
+        return [render(item, values) for item in value]
+    return value
+
+
+def _fill(match: re.Match[str], values: Mapping[str, Any]) -> str:
+    text = match.group(0)
+    if text == "{{":
+        return "{"
+    if text == "}}":
+        return "}"
+    found = _lookup(values, match.group(1))
+    return found if isinstance(found, str) else json.dumps(found, ensure_ascii=False)
+
+
+def _lookup(values: Mapping[str, Any], name: str) -> Any:
+    if name not in values:
+        raise MissingPlaceholder(name)
+    return values[name]
+
+
+def slug(value: Any, limit: int = 40) -> str:
+    """A short, file-name-safe, readable form of a value for ids: 'A black fox!' -> 'a-black-fox'."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    words = [w for w in SLUG_SPLIT.split(text.lower()) if w]
+    out = ""
+    for word in words:
+        candidate = f"{out}-{word}" if out else word
+        if len(candidate) > limit:
+            return out or word[:limit]
+        out = candidate
+    return out
+
+
+class Expander:
+    """Expands the entries of one manifest."""
+
+    def __init__(self, manifest_name: str, folder: Path) -> None:
+        self.name = manifest_name
+        self.folder = folder
+
+    def expand(self, entry: Entry) -> Iterator[Entry | Problem]:
+        """The entry itself when it has no expansion keys; otherwise one Entry per variant."""
+        data = entry.data
+        if not expands(data):
+            yield entry
+            return
+        problems = self._check_keys(entry)
+        if problems:
+            yield from problems
+            return
+        template = {key: value for key, value in data.items() if key not in EXPANSION_KEYS}
+        if "prompts_file" in data and "prompt" not in template and "messages" not in template:
+            template["prompt"] = "{prompt}"
+        used = placeholders_in(template)
+        prefix = (
+            template.pop("id")
+            if isinstance(template.get("id"), str) and not placeholders_in(template["id"])
+            else None
+        )
+        for variant in self._variants(entry, used):
+            if variant.problem is not None:
+                yield variant.problem
+                continue
+            try:
+                rendered = render(template, variant.values)
+            except MissingPlaceholder as missing:
+                yield self._unknown(entry, template, missing.name, variant)
+                continue
+            if prefix is not None:
+                rendered["id"] = "-".join((prefix, *(part for part in variant.readable if part)))
+            label = " ".join((entry.label, *variant.label))
+            yield replace(
+                entry, data=rendered, label_text=label, readable=variant.readable, extra_meta=variant.meta
+            )
+
+    # -- checking the expansion keys ------------------------------------------------------------------
+
+    def _check_keys(self, entry: Entry) -> list[Problem]:
+        data = entry.data
+        problems = []
+
+        def bad(key: str, message: str, value: Any = None) -> None:
+            problems.append(
+                Problem(
+                    self.name,
+                    entry.key_lines.get(key, entry.line),
+                    message,
+                    task=entry.label,
+                    field=key,
+                    value=None if value is None else shorten(value),
+                )
+            )
+
+        if "prompts_file" in data:
+            value = data["prompts_file"]
+            if not isinstance(value, str) or not value:
+                bad("prompts_file", "must be the path of a text file, one prompt per line", value)
+            elif not resolve(self.folder, value).is_file():
+                bad("prompts_file", "does not exist", str(resolve(self.folder, value)))
+        if "matrix" in data:
+            matrix = data["matrix"]
+            if not isinstance(matrix, Mapping) or not matrix:
+                bad("matrix", "must be a mapping of placeholder names to lists of values", matrix)
+            else:
+                for name, values in matrix.items():
+                    if not isinstance(values, list) or not values:
+                        bad(f"matrix.{name}", "must be a non-empty list of values", values)
+                    elif not PLACEHOLDER.fullmatch("{" + str(name) + "}"):
+                        bad(
+                            f"matrix.{name}",
+                            "is not a usable placeholder name (letters, digits, _ . -)",
+                            name,
+                        )
+        if "repeat" in data:
+            repeat = data["repeat"]
+            if isinstance(repeat, bool) or not isinstance(repeat, int) or not 1 <= repeat <= MAX_REPEAT:
+                bad("repeat", f"must be a whole number from 1 to {MAX_REPEAT:,}", repeat)
+        if "for_each" in data:
+            problems += self._check_for_each(entry)
+        names = [set(self._names(entry, key)) for key in EXPANSION_KEYS if key in data]
+        for a, b in itertools.combinations(names, 2):
+            for clash in sorted(a & b):
+                bad(
+                    "for_each" if "for_each" in data else "matrix",
+                    f"the placeholder {{{clash}}} comes from two expansions; rename one",
+                )
+        return problems
+
+    def _check_for_each(self, entry: Entry) -> list[Problem]:
+        spec = entry.data["for_each"]
+        line = entry.key_lines.get("for_each", entry.line)
+
+        def bad(message: str, value: Any = None) -> list[Problem]:
+            return [
+                Problem(
+                    self.name,
+                    line,
+                    message,
+                    task=entry.label,
+                    field="for_each",
+                    value=None if value is None else shorten(value),
+                )
+            ]
+
+        if not isinstance(spec, Mapping) or len(spec) != 1 or next(iter(spec)) not in SOURCES:
+            return bad("must be one of {glob: PATTERN}, {csv: FILE}, {jsonl: FILE}", spec)
+        source, value = next(iter(spec.items()))
+        if not isinstance(value, str) or not value:
+            return bad(f"{source} must be a path" + (" pattern" if source == "glob" else ""), value)
+        if source == "glob":
+            if not self._glob(value):
+                return bad("the pattern matches no file", str(resolve(self.folder, value)))
+        elif not resolve(self.folder, value).is_file():
+            return bad(f"the {source} file does not exist", str(resolve(self.folder, value)))
+        elif source == "csv" and not self._csv_header(value):
+            return bad("the CSV file has no header row naming its columns", value)
+        return []
+
+    def _names(self, entry: Entry, key: str) -> list[str]:
+        """The placeholder names an expansion key provides (records: their columns / first object's keys)."""
+        value = entry.data[key]
+        if key == "prompts_file":
+            return ["prompt"]
+        if key == "repeat":
+            return ["sample"]
+        if key == "matrix":
+            return [str(k) for k in value] if isinstance(value, Mapping) else []
+        if isinstance(value, Mapping) and len(value) == 1:
+            source, path = next(iter(value.items()))
+            if source == "glob":
+                return ["path", "name", "stem"]
+            if source == "csv" and isinstance(path, str):
+                return self._csv_header(path)
+        return []
+
+    # -- variants -------------------------------------------------------------------------------------
+
+    def _variants(self, entry: Entry, used: set[str]) -> Iterator[Variant]:
+        data = entry.data
+        levels: list[Iterable[Variant]] = []
+        if "for_each" in data:
+            levels.append(_Replayable(lambda: self._records(entry, used)))
+        if "prompts_file" in data:
+            levels.append(_Replayable(lambda: self._prompts(entry, data["prompts_file"])))
+        if "matrix" in data:
+            levels.append(list(_matrix(data["matrix"])))
+        if "repeat" in data:
+            levels.append(
+                [Variant({"sample": k}, (f"#{k}",), (str(k),)) for k in range(1, data["repeat"] + 1)]
+            )
+        yield from _nested(levels)
+
+    def _prompts(self, entry: Entry, raw: str) -> Iterator[Variant]:
+        path = resolve(self.folder, raw)
+        with path.open("rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                try:
+                    text = line.decode("utf-8").strip()
+                except UnicodeDecodeError as exc:
+                    message = f"is not UTF-8 text ({exc.reason})"
+                    yield Variant(problem=Problem(str(path), number, message, task=entry.label))
+                    continue
+                if not text or text.startswith("#"):
+                    continue
+                yield Variant({"prompt": text}, (f"{raw}:{number}",), (slug(text, 32),))
+
+    def _records(self, entry: Entry, used: set[str]) -> Iterator[Variant]:
+        source, raw = next(iter(entry.data["for_each"].items()))
+        if source == "glob":
+            for path in self._glob(raw):
+                relative = path.relative_to(self.folder) if path.is_relative_to(self.folder) else path
+                yield Variant(
+                    {"path": relative.as_posix(), "name": path.name, "stem": path.stem},
+                    (relative.as_posix(),),
+                    (path.stem,),
+                )
+            return
+        path = resolve(self.folder, raw)
+        records = _csv_rows(path) if source == "csv" else _jsonl_rows(path)
+        for number, record in records:
+            if isinstance(record, Problem):
+                yield Variant(problem=replace(record, task=entry.label))
+                continue
+            key = record.get("id", next(iter(record.values()), ""))
+            meta = {k: v for k, v in record.items() if k not in used}
+            yield Variant(dict(record), (f"{raw}:{number}",), (slug(key),), meta)
+
+    def _glob(self, pattern: str) -> list[Path]:
+        base = resolve(self.folder, pattern)
+        return sorted(Path(p) for p in globbing.glob(str(base), recursive=True) if Path(p).is_file())
+
+    def _csv_header(self, raw: str) -> list[str]:
+        try:
+            with resolve(self.folder, raw).open(encoding="utf-8-sig", newline="") as handle:
+                return [name for name in next(csv.reader(handle), []) if name]
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return []
+
+    def _unknown(self, entry: Entry, template: Mapping[str, Any], name: str, variant: Variant) -> Problem:
+        where = next((key for key in template if name in placeholders_in(template[key])), None)
+        known = sorted(variant.values)
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {{{close[0]}}}?" if close else f"; known: {', '.join(known) or 'none'}"
+        return Problem(
+            self.name,
+            entry.key_lines.get(where, entry.line) if where else entry.line,
+            f"uses the unknown placeholder {{{name}}}{hint} (write {{{{ and }}}} for literal braces)",
+            task=" ".join((entry.label, *variant.label)),
+            field=where,
+        )
+
+
+def _nested(levels: list[Iterable[Variant]]) -> Iterator[Variant]:
+    """The product of the levels, lazily: inner levels are iterated again for each outer value (a file
+    is re-read rather than held), unlike itertools.product, which materialises every input first."""
+    if not levels:
+        yield Variant()
+        return
+    for head in levels[0]:
+        if head.problem is not None:
+            yield head
+            continue
+        for tail in _nested(levels[1:]):
+            yield head + tail
+
+
+class _Replayable:
+    """An iterable that calls its factory each time it is iterated (a file read again per outer value)."""
+
+    def __init__(self, factory: Any) -> None:
+        self._factory = factory
+
+    def __iter__(self) -> Iterator[Variant]:
+        iterator: Iterator[Variant] = self._factory()
+        return iterator
+
+
+def _matrix(matrix: Mapping[str, list[Any]]) -> Iterator[Variant]:
+    names = list(matrix)
+    for values in itertools.product(*(matrix[name] for name in names)):
+        label = tuple(
+            f"{name}={shorten(value, 30) if not isinstance(value, str) else value}"
+            for name, value in zip(names, values, strict=True)
+        )
+        yield Variant(dict(zip(names, values, strict=True)), label, tuple(slug(v, 24) for v in values))
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        try:
+            for row in reader:
+                if not any((value or "").strip() for value in row.values() if isinstance(value, str)):
+                    continue
+                if None in row:
+                    yield (
+                        reader.line_num,
+                        Problem(
+                            str(path), reader.line_num, "the row has more values than the header has columns"
+                        ),
+                    )
+                    continue
+                yield reader.line_num, {key: value for key, value in row.items() if key}
+        except (UnicodeDecodeError, csv.Error) as exc:
+            yield reader.line_num, Problem(str(path), reader.line_num, f"cannot be read as CSV: {exc}")
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                yield number, Problem(str(path), number, f"not valid JSON: {exc}")
+                continue
+            if not isinstance(record, dict):
+                yield (
+                    number,
+                    Problem(str(path), number, f"a record must be a JSON object, not {type_name(record)}"),
+                )
+                continue
+            yield number, record
