@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import logging
 import os
 import secrets
@@ -23,7 +24,10 @@ from batch import __version__
 from batch.client import DEFAULT_BASE_URL, DEFAULT_TIMEOUT, ClientConfig
 from batch.errors import BatchError, ConfigError, DirLockedError, ManifestError, OutputError, UsageError
 from batch.events import Observer
+from batch.inputs import read_file
 from batch.job import CheckedManifest, Job, JobConfig, check
+from batch.plan import iter_tasks
+from batch.preview import describe_request
 from batch.progress import LogLines, ProgressBar
 from batch.retry import RetryPolicy
 from batch.runner import RunSettings, RunSummary
@@ -167,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check as `run --simulate` would (endpoints default to the simulator)",
     )
+    validate.add_argument(
+        "--show",
+        type=int,
+        default=0,
+        metavar="N",
+        help="print the first N requests exactly as they would be sent (files shown as size and hash)",
+    )
     _add_common(validate)
 
     simulate = commands.add_parser(
@@ -190,6 +201,15 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         metavar="[KIND.]FIELD=VALUE",
         help="set a request field for every task (that knows it), over the manifest; "
         "e.g. --set quality=low --set chat.temperature=0. Repeatable",
+    )
+    parser.add_argument(
+        "--endpoint",
+        dest="endpoints",
+        action="append",
+        default=[],
+        metavar="[KIND|MODEL=]ENDPOINT",
+        help="send tasks of a kind or model (or, without a '=', all tasks) to this endpoint, over the "
+        "manifest; e.g. --endpoint chat=my-gemini --endpoint generate=my-images. Repeatable",
     )
 
 
@@ -242,6 +262,18 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def parse_endpoints(items: Sequence[str]) -> dict[str, str]:
+    """`--endpoint` items into {kind or model or "*": endpoint}."""
+    chosen: dict[str, str] = {}
+    for item in items:
+        key, sep, endpoint = item.rpartition("=")
+        endpoint = endpoint.strip()
+        if not endpoint:
+            raise UsageError(f"--endpoint needs an endpoint id, not {item!r}")
+        chosen[key.strip() if sep else "*"] = endpoint
+    return chosen
+
+
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     """`--set` items into {field: value} and {kind: {field: value}}; values read as YAML scalars."""
     overrides: dict[str, Any] = {}
@@ -266,6 +298,16 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # stdout closed early (`maas-batch validate --show 100 | head`): not an error. Point stdout at
+        # /dev/null so that Python's final flush does not complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args)
@@ -313,7 +355,11 @@ def _check(args: argparse.Namespace, env_endpoint: str | None) -> CheckedManifes
     """The checked manifest, or (after printing every problem) the exit code that refuses it."""
     from jobs import registry
 
-    build = BuildSettings(overrides=parse_overrides(args.overrides), env_endpoint=env_endpoint)
+    build = BuildSettings(
+        overrides=parse_overrides(args.overrides),
+        endpoints=parse_endpoints(args.endpoints),
+        env_endpoint=env_endpoint,
+    )
     checked = check(args.manifest, build, registry())
     plan = checked.plan
     if plan.ok:
@@ -341,11 +387,26 @@ def _validate(args: argparse.Namespace) -> int:
     if isinstance(checked, int):
         return checked
     plan = checked.plan
-    print(f"{args.manifest}: {plan.total} task{'s' if plan.total != 1 else ''}, valid")
+    print(f"{args.manifest}: {plan.total:,} task{'s' if plan.total != 1 else ''}, valid")
     width = max((len(model) for _, model, _ in plan.counts), default=5)
     for (kind, model, endpoint), count in sorted(plan.counts.items()):
         print(f"  {kind:<9} {model:<{width}}  {count:>8,}   endpoint {endpoint}")
+    if args.show > 0:
+        _show(
+            checked,
+            args.show,
+            "http://127.0.0.1:<port>/v1/ai" if args.simulate else _env("MAAS_BASE_URL") or DEFAULT_BASE_URL,
+        )
     return EXIT_OK
+
+
+def _show(checked: CheckedManifest, count: int, base_url: str) -> None:
+    from jobs import registry
+
+    kinds = registry()
+    for spec in itertools.islice(iter_tasks(checked.manifest, checked.builder), count):
+        print()
+        print(describe_request(spec, kinds[spec.kind], base_url, read_file))
 
 
 @dataclass(frozen=True)
@@ -410,7 +471,10 @@ def _run(args: argparse.Namespace) -> int:
         finally:
             if bar is not None:
                 bar.close()
-    _print_summary(summary, args.out)
+    try:
+        _print_summary(summary, args.out)
+    except BrokenPipeError:  # the run's own exit code matters more than a closed stdout
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return summary.exit_code
 
 

@@ -68,3 +68,8 @@ class InputInspector:
 def resolve(base: Path, raw: str) -> Path:
     """A manifest's path, relative to the manifest's folder (`~` expanded), made absolute."""
     return Path(os.path.normpath(base / Path(raw).expanduser()))
+
+
+def read_file(path: Path) -> bytes:
+    """The bytes of an input file, read when its request is built (never kept in a TaskSpec)."""
+    return path.read_bytes()
