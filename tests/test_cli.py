@@ -377,3 +377,69 @@ def test_images_inside_a_chat_answer_are_saved_as_files(
         assert record["files"] == [f"images/{task_id}.png"]
         with Image.open(out / record["files"][0]) as image:
             assert image.format == "PNG" and image.size == (1024, 1024)
+
+
+def test_a_dozen_mistakes_are_all_reported_in_one_run_and_nothing_is_sent(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    from tests.conftest import make_image, make_mask
+
+    make_image(tmp_path / "photo.png", size=(64, 64))
+    make_mask(tmp_path / "small-mask.png", size=(32, 32))
+    (tmp_path / "fake.jpg").write_text("not an image")
+    write("fine prompt\n" + "x" * 32_001 + "\n", "prompts.txt")
+    write("sku,title\nA-1,mug\n", "rows.csv")
+    manifest = write("""
+        defaults:
+          generate: {quality: best}
+        tasks:
+          - {kind: generate, prompt: a, n: 11}
+          - {kind: generate, prompt: b, size: 640x480}
+          - {kind: generate, prompt: c, background: transparent, output_format: jpeg}
+          - {kind: generate, prompt: d, output_compression: 40}
+          - {kind: edit, prompt: e, image: fake.jpg}
+          - {kind: edit, prompt: f, image: photo.png, mask: small-mask.png}
+          - {kind: chat, model: m, messages: [{role: wizard, content: hi}]}
+          - {kind: generate, prompts_file: prompts.txt}
+          - {kind: chat, model: m, for_each: {csv: rows.csv}, prompt: "{titel}"}
+          - {kind: generate, prompt: g, id: dup}
+          - {kind: generate, prompt: h, id: dup}
+          - {kind: paint, prompt: i}
+    """)
+    outcome = cli("run", manifest, "--out", tmp_path / "out", env=env_for(sim))
+    assert outcome.code == 65
+    expected = [
+        "quality: must be one of auto, high, medium, low (set in defaults.generate)",
+        "tasks[0]: n: must be between 1 and 10",
+        "tasks[1]: size: must be one of",
+        "tasks[2]: background: transparent needs output_format png or webp",
+        "tasks[3]: output_compression: only applies to jpeg and webp",
+        "tasks[4]: image: must be a PNG, WebP or JPEG file (by content)",
+        "tasks[5]: mask: is 32x32 but the first image is 64x64",
+        "tasks[6]: messages[0].role: must be one of system, user",
+        "tasks[7] prompts.txt:2: prompt: is 32,001 characters long",
+        "tasks[8] rows.csv:2: prompt: uses the unknown placeholder {titel}; did you mean {title}?",
+        "tasks[10]: id: the id 'dup' is already used by tasks[9]",
+        "tasks[11]: kind: is not a task kind",
+    ]
+    for text in expected:
+        assert text in outcome.err, text
+    assert "problems; nothing was sent" in outcome.err
+    assert sim.state.requests_total == 0
+    assert not (tmp_path / "out").exists()
+
+
+def test_validate_show_prints_requests_as_sent_without_bytes_or_key(
+    cli: Callable[..., Outcome], sim: RunningSimulator
+) -> None:
+    outcome = cli("validate", QUICKSTART, "--show", "7", env=env_for(sim))
+    assert outcome.code == 0
+    text = outcome.out
+    assert f"POST {sim.base_url}/my-image-endpoint/images/edits" in text
+    assert "Content-Type: multipart/form-data" in text
+    assert "  image: meadow.png <image/png, 2,722 bytes, sha256 " in text
+    assert "  image[]: desert.jpg <image/jpeg, " in text and "  mask: sky-mask.png <image/png, " in text
+    assert '"url": "data:<image/png, 2,722 bytes, sha256 ' in text  # chat image inlined, shown by hash
+    assert '"stream_options": {' in text  # a streamed chat asks for usage
+    assert KEY not in text and "Bearer $MAAS_API_KEY" in text
+    assert sim.state.requests_total == 0
