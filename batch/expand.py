@@ -278,11 +278,9 @@ class Expander:
         if "prompts_file" in data:
             levels.append(_Replayable(lambda: self._prompts(entry, data["prompts_file"])))
         if "matrix" in data:
-            levels.append(list(_matrix(data["matrix"])))
+            levels.append(_Replayable(lambda: _matrix(data["matrix"])))
         if "repeat" in data:
-            levels.append(
-                [Variant({"sample": k}, (f"#{k}",), (str(k),)) for k in range(1, data["repeat"] + 1)]
-            )
+            levels.append(_Replayable(lambda: _samples(data["repeat"])))
         yield from _nested(levels)
 
     def _prompts(self, entry: Entry, raw: str) -> Iterator[Variant]:
@@ -378,6 +376,11 @@ def _matrix(matrix: Mapping[str, list[Any]]) -> Iterator[Variant]:
             for name, value in zip(names, values, strict=True)
         )
         yield Variant(dict(zip(names, values, strict=True)), label, tuple(slug(v, 24) for v in values))
+
+
+def _samples(count: int) -> Iterator[Variant]:
+    for k in range(1, count + 1):
+        yield Variant({"sample": k}, (f"#{k}",), (str(k),))
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Problem]]:

@@ -79,7 +79,7 @@ class Job:
             if task_id in wanted:
                 done.add(task_id)
                 failed += task_failed
-        len(done)  # sort now: worker threads only read it
+        done.freeze()  # worker threads only read it
         return done, failed
 
     async def run(self) -> RunSummary:

@@ -141,11 +141,12 @@ class TaskBuilder:
             fields, inputs = self._resolve_inputs(kind, fields)
             issues = kind.check_inputs(fields, inputs)
         problems += [self._issue_problem(entry, kind.name, issue) for issue in issues]
-        try:
-            json.dumps(fields, allow_nan=False)
+        endpoint = self._endpoint(entry, kind, fields, problems)
+        digest = ""
+        try:  # the digest's JSON encoding is also the check that the fields are plain JSON
+            digest = content_digest(kind.name, endpoint or "", fields, inputs)
         except (TypeError, ValueError):
             problems += self._json_problems(entry, fields)
-        endpoint = self._endpoint(entry, kind, fields, problems)
         meta = data.get("meta", {})
         if not isinstance(meta, dict):
             problems.append(self._problem(entry, "meta", "must be a mapping", meta))
@@ -157,9 +158,7 @@ class TaskBuilder:
             return problems
         assert endpoint is not None
         if task_id is None:
-            task_id = generated_id(
-                kind.name, entry.readable, content_digest(kind.name, endpoint, fields, inputs)
-            )
+            task_id = generated_id(kind.name, entry.readable, digest)
         custom_id = data.get("custom_id")
         return TaskSpec(
             task_id,
@@ -326,6 +325,7 @@ def content_digest(
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
+        allow_nan=False,
     )
     return hashlib.sha256(blob.encode()).hexdigest()
 
