@@ -19,9 +19,10 @@ from typing import Any, NoReturn
 
 import anyio
 import yaml
+from anyio.abc import TaskStatus
 
 from batch import __version__
-from batch.client import DEFAULT_BASE_URL, DEFAULT_TIMEOUT, ClientConfig
+from batch.client import DEFAULT_BASE_URL, DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, ClientConfig
 from batch.errors import BatchError, ConfigError, DirLockedError, ManifestError, OutputError, UsageError
 from batch.events import Observer
 from batch.inputs import read_file
@@ -149,6 +150,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=RetryPolicy.backoff_max,
         metavar="SECONDS",
         help=f"longest wait between two attempts (default {RetryPolicy.backoff_max:g})",
+    )
+    run.add_argument(
+        "--grace",
+        type=_non_negative_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="after SIGINT/SIGTERM, requests in flight get this long to finish and be saved; a second "
+        "signal cancels them at once (default 30)",
+    )
+    run.add_argument(
+        "--outage-limit",
+        type=_non_negative_float,
+        default=RunSettings.outage_limit,
+        metavar="SECONDS",
+        help="when the service keeps failing, tasks wait (one probe at a time) instead of spending their "
+        f"attempts; after this long the run stops with exit 69 (default {RunSettings.outage_limit:g})",
+    )
+    run.add_argument(
+        "--max-answer-mb",
+        type=_positive_float,
+        default=DEFAULT_MAX_BODY / 2**20,
+        metavar="MB",
+        help=f"refuse (and retry) an answer larger than this (default {DEFAULT_MAX_BODY // 2**20})",
     )
     run.add_argument(
         "--no-fsync",
@@ -298,13 +322,24 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _main(argv)
+    except KeyboardInterrupt:
+        # Outside a run's dispatch (validating, opening DIR): nothing was sent, nothing half written.
+        print("maas-batch: interrupted", file=sys.stderr)
+        return EXIT_TEMPFAIL
     except BrokenPipeError:
         # stdout closed early (`maas-batch validate --show 100 | head`): not an error. Point stdout at
         # /dev/null so that Python's final flush does not complain again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -452,6 +487,7 @@ def _run(args: argparse.Namespace) -> int:
                 api_key=connection.api_key,
                 timeout=args.timeout,
                 connections=max(args.concurrency, 10),
+                max_body_bytes=int(args.max_answer_mb * 2**20),
             ),
             run=RunSettings(
                 concurrency=args.concurrency,
@@ -461,13 +497,14 @@ def _run(args: argparse.Namespace) -> int:
                     backoff_base=args.backoff,
                     backoff_max=args.backoff_max,
                 ),
+                outage_limit=args.outage_limit,
             ),
             fsync=args.fsync,
         )
         observers, bar = _observers(args)
         try:
             with Job(config, checked, registry(), observers) as job:
-                summary = anyio.run(_run_with_signals, job)
+                summary = anyio.run(_run_with_signals, job, args.grace)
         finally:
             if bar is not None:
                 bar.close()
@@ -488,24 +525,37 @@ def _observers(args: argparse.Namespace) -> tuple[list[Observer], ProgressBar | 
     return [LogLines()], None
 
 
-async def _run_with_signals(job: Job) -> RunSummary:
+async def _run_with_signals(job: Job, grace: float) -> RunSummary:
     async with anyio.create_task_group() as group:
-        group.start_soon(_watch_signals, job)
+        await group.start(_watch_signals, job, grace)
         summary = await job.run()
         group.cancel_scope.cancel()
     return summary
 
 
-async def _watch_signals(job: Job) -> None:
+async def _watch_signals(job: Job, grace: float, *, task_status: TaskStatus[None]) -> None:
+    """First SIGINT/SIGTERM: stop dispatching, give requests in flight `grace` seconds, exit 75.
+    Another one: cancel what is still in flight (the run stays resumable)."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            if job.runner is None:
-                continue
-            name = signal.Signals(signum).name
-            if job.runner.stopping:
-                job.runner.cancel_in_flight()
-            else:
-                job.runner.stop(f"{name}: stopping; finishing requests in flight", EXIT_TEMPFAIL)
+        task_status.started()
+        async with anyio.create_task_group() as timers:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if job.stopping:
+                    log.warning("%s again: cancelling the requests still in flight", name)
+                    job.cancel_in_flight()
+                else:
+                    job.stop(
+                        f"{name}: stopped dispatching; requests in flight had {grace:g} s to finish",
+                        EXIT_TEMPFAIL,
+                    )
+                    timers.start_soon(_cancel_after, job, grace)
+
+
+async def _cancel_after(job: Job, grace: float) -> None:
+    await anyio.sleep(grace)
+    log.warning("grace period of %g s over: cancelling the requests still in flight", grace)
+    job.cancel_in_flight()
 
 
 def _print_summary(summary: RunSummary, out: Path) -> None:
@@ -520,6 +570,11 @@ def _print_summary(summary: RunSummary, out: Path) -> None:
         f"in {summary.billed_answers} billed answer{'s' if summary.billed_answers != 1 else ''}"
         + (f"; {summary.retries} retries" if summary.retries else ""),
     ]
+    if summary.interrupted:
+        lines.append(
+            f"{summary.interrupted} request(s) of an earlier run that was killed may have been billed "
+            "without a result; they are counted in maybe_billed of their tasks"
+        )
     if summary.maybe_billed:
         lines.append(
             f"{summary.maybe_billed} request(s) may have been billed without a saved result "

@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from batch.errors import Problem, shorten
 from batch.fields import type_name
@@ -36,6 +36,8 @@ from batch.manifest import Entry
 EXPANSION_KEYS = ("for_each", "prompts_file", "matrix", "repeat")
 SOURCES = ("glob", "csv", "jsonl")
 MAX_REPEAT = 100_000
+MAX_PROMPT_LINE = 2**20  # a prompt is at most 32,000 characters; a longer line is refused unread
+MAX_RECORD_LINE = 64 * 2**20
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_](?:[\w .-]*[\w.-])?)\}")
 SLUG_SPLIT = re.compile(r"[^A-Za-z0-9]+")
 
@@ -286,7 +288,11 @@ class Expander:
     def _prompts(self, entry: Entry, raw: str) -> Iterator[Variant]:
         path = resolve(self.folder, raw)
         with path.open("rb") as handle:
-            for number, line in enumerate(handle, start=1):
+            for number, line in enumerate(_lines(handle, MAX_PROMPT_LINE), start=1):
+                if line is None:
+                    message = f"the line is longer than {MAX_PROMPT_LINE // 2**20} MB"
+                    yield Variant(problem=Problem(str(path), number, message, task=entry.label))
+                    continue
                 try:
                     text = line.decode("utf-8").strip()
                 except UnicodeDecodeError as exc:
@@ -403,9 +409,27 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
             yield reader.line_num, Problem(str(path), reader.line_num, f"cannot be read as CSV: {exc}")
 
 
+def _lines(handle: BinaryIO, limit: int) -> Iterator[bytes | None]:
+    """The lines of a file, each read with at most `limit` bytes in memory; None for a longer line (the
+    rest of which is skipped)."""
+    while raw := handle.readline(limit + 1):
+        if len(raw) > limit and not raw.endswith(b"\n"):
+            while (rest := handle.readline(limit)) and not rest.endswith(b"\n"):
+                pass
+            yield None
+        else:
+            yield raw
+
+
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
     with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in enumerate(_lines(handle, MAX_RECORD_LINE), start=1):
+            if raw is None:
+                yield (
+                    number,
+                    Problem(str(path), number, f"the line is longer than {MAX_RECORD_LINE // 2**20} MB"),
+                )
+                continue
             if not raw.strip():
                 continue
             try:

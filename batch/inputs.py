@@ -44,6 +44,8 @@ class InputInspector:
             stat = path.stat()
         except FileNotFoundError:
             return InputInfo(path, error="does not exist")
+        except ValueError:  # e.g. a NUL byte in the path
+            return InputInfo(path, error="is not a usable path")
         except OSError as exc:
             return InputInfo(path, error=f"cannot be read: {exc.strerror or exc}")
         if not path.is_file():

@@ -4,16 +4,23 @@ programs that import batch; neither reads the environment here (that is the call
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from batch import __version__
 from batch.client import ApiClient, ClientConfig
 from batch.events import Observer
 from batch.idset import IdSet
 from batch.kinds import Registry
 from batch.manifest import Manifest, load
 from batch.plan import Plan, check_manifest, iter_tasks
+from batch.runlog import RunLog, recover
 from batch.runner import Runner, RunSettings, RunSummary
 from batch.store import OutputDir, finished_results
 from batch.tasks import BuildSettings, TaskBuilder
@@ -62,6 +69,22 @@ class Job:
         self.observers = list(observers)
         self.out = OutputDir(config.out, fsync=config.fsync)
         self.runner: Runner | None = None
+        self._stop: tuple[str, int] | None = None  # asked for before the runner existed
+
+    def stop(self, reason: str, exit_code: int) -> None:
+        """Stop dispatching (see Runner.stop); safe to call at any moment of the job."""
+        if self.runner is not None:
+            self.runner.stop(reason, exit_code)
+        elif self._stop is None:
+            self._stop = (reason, exit_code)
+
+    def cancel_in_flight(self) -> None:
+        if self.runner is not None:
+            self.runner.cancel_in_flight()
+
+    @property
+    def stopping(self) -> bool:
+        return self.runner.stopping if self.runner is not None else self._stop is not None
 
     def __enter__(self) -> Job:
         self.out.open()
@@ -83,18 +106,43 @@ class Job:
         return done, failed
 
     async def run(self) -> RunSummary:
+        """Run what the manifest has that DIR lacks. The run's attempt log is closed however it ends,
+        except by a kill, which the next run's recover() then accounts for."""
         checked = self.checked
         finished, failed_before = self.finished()
-        async with ApiClient(self.config.client) as client:
-            self.runner = Runner(
-                iter_tasks(checked.manifest, checked.builder),
-                registry=self.registry,
-                client=client,
-                out=self.out,
-                finished=finished,
-                failed_before=failed_before,
-                total=checked.plan.total,
-                settings=self.config.run,
-                observers=self.observers,
-            )
-            return await self.runner.run()
+        interrupted = recover(self.out.runs)
+        tag = secrets.token_hex(3)
+        log = RunLog(self.out.runs, f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{tag}")
+        log.open(
+            {
+                "pid": os.getpid(),
+                "manifest": str(checked.manifest.path),
+                "version": __version__,
+                "tasks": checked.plan.total,
+            }
+        )
+        ending: dict[str, Any] = {"error": "the run ended with an unexpected error"}
+        try:
+            async with ApiClient(self.config.client) as client:
+                self.runner = Runner(
+                    iter_tasks(checked.manifest, checked.builder),
+                    registry=self.registry,
+                    client=client,
+                    out=self.out,
+                    finished=finished,
+                    failed_before=failed_before,
+                    total=checked.plan.total,
+                    settings=self.config.run,
+                    log=log,
+                    run_tag=tag,
+                    interrupted=interrupted.by_task,
+                    observers=self.observers,
+                )
+                if self._stop is not None:
+                    self.runner.stop(*self._stop)
+                summary = await self.runner.run()
+            summary.interrupted = len(interrupted.requests)
+            ending = {**dataclasses.asdict(summary), "exit_code": summary.exit_code}
+            return summary
+        finally:
+            log.close(ending)

@@ -23,6 +23,7 @@ TOP_LEVEL_KEYS = ("defaults", "endpoints", "tasks")
 OPENAI_URLS = {"images/generations": "generate", "images/edits": "edit", "chat/completions": "chat"}
 MAX_YAML_BYTES = 50 * 2**20
 MAX_LINE_BYTES = 64 * 2**20
+MAX_YAML_NODES = 2_000_000  # values a YAML manifest may expand to, aliases counted at every use
 
 
 class LocatedDict(dict[Any, Any]):
@@ -159,7 +160,24 @@ def load(path: Path) -> Manifest:
         )
     try:
         with path.open("rb") as handle:
-            document = yaml.load(handle, Loader=_LocatingLoader)  # a SafeLoader subclass: no object tags
+            loader = _LocatingLoader(handle)  # a SafeLoader subclass: no object tags
+            try:
+                node = loader.get_single_node()
+                if node is not None and _expanded_size(node, {}) > MAX_YAML_NODES:
+                    raise ManifestError(
+                        [
+                            Problem(
+                                name,
+                                None,
+                                f"the YAML expands to more than "
+                                f"{MAX_YAML_NODES:,} values through its aliases "
+                                "(an alias bomb?)",
+                            )
+                        ]
+                    )
+                document = loader.construct_document(node) if node is not None else None
+            finally:
+                loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -168,6 +186,22 @@ def load(path: Path) -> Manifest:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ManifestError([Problem(name, None, f"not valid YAML: {exc}")]) from None
     return _from_document(path, document)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values `node` stands for once every alias is followed: linear in distinct nodes (each is
+    counted once and remembered), so a billion-laughs document is caught without being expanded."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    sizes[id(node)] = 1  # a recursive alias counts once
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        total += sum(_expanded_size(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total += sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    sizes[id(node)] = total = min(total, MAX_YAML_NODES + 1)
+    return total
 
 
 def _from_document(path: Path, document: Any) -> Manifest:

@@ -9,9 +9,8 @@ still pending, and the next run does it. Only tasks with a definite outcome get 
 from __future__ import annotations
 
 import random
-import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +19,7 @@ import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from tenacity import RetryCallState
 
-from batch.client import ApiClient
+from batch.client import ApiClient, Reply
 from batch.errors import (
     ApiError,
     ApiStatusError,
@@ -39,11 +38,13 @@ from batch.events import (
     TaskFinished,
     TaskStarted,
 )
+from batch.health import ServiceHealth
 from batch.idset import IdSet
 from batch.imaging import decode_images
 from batch.inputs import read_file
-from batch.kinds import Answer, Registry, TaskKind
-from batch.retry import RetryPolicy, Verdict, classify, retrying
+from batch.kinds import Answer, ApiRequest, Registry, TaskKind
+from batch.retry import EXIT_UNAVAILABLE, RetryPolicy, Verdict, classify, retrying
+from batch.runlog import RunLog
 from batch.store import OutputDir, OutputFile
 from batch.tasks import TaskSpec
 
@@ -59,6 +60,7 @@ PRODUCER_BATCH = 64  # tasks pulled from the manifest per trip to a worker threa
 class RunSettings:
     concurrency: int = 4
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    outage_limit: float = 900.0  # seconds the service may keep failing before the run stops (exit 69)
 
 
 @dataclass
@@ -75,7 +77,8 @@ class RunSummary:
     input_tokens: int = 0
     output_tokens: int = 0
     total_tokens: int = 0
-    maybe_billed: int = 0
+    maybe_billed: int = 0  # requests that may have been billed without a saved result
+    interrupted: int = 0  # requests of earlier runs that were killed in flight (maybe billed)
     stop_reason: str | None = None
     stop_code: int | None = None
     seconds: float = 0.0
@@ -94,7 +97,8 @@ class RunSummary:
 @dataclass
 class _TaskState:
     attempts: int = 0
-    maybe_billed: int = 0
+    maybe_billed: int = 0  # this run's requests that may have been billed without a result
+    carried: int = 0  # such requests of earlier runs that were killed
     input_tokens: int = 0
     output_tokens: int = 0
     total_tokens: int = 0
@@ -121,6 +125,9 @@ class Runner:
         failed_before: int = 0,
         total: int,
         settings: RunSettings,
+        log: RunLog,
+        run_tag: str,
+        interrupted: Mapping[str, int] | None = None,
         observers: Sequence[Observer] = (),
         rng: random.Random | None = None,
     ) -> None:
@@ -132,8 +139,15 @@ class Runner:
         self._settings = settings
         self._observers = list(observers)
         self._rng = rng or random.Random()
-        self._run_tag = secrets.token_hex(3)
+        self._log = log
+        self._run_tag = run_tag
+        self._interrupted = dict(interrupted or {})  # task id -> requests of killed runs, maybe billed
         self._stopping = anyio.Event()
+        self._health = ServiceHealth(
+            max(10, settings.concurrency),
+            settings.outage_limit,
+            on_outage=lambda reason: self.stop(reason, EXIT_UNAVAILABLE),
+        )
         self._producer_scope = anyio.CancelScope()
         self._work_scope = anyio.CancelScope()
         self.summary = RunSummary(total=total, finished_before=len(finished), failed_before=failed_before)
@@ -149,6 +163,7 @@ class Runner:
             self._emit(RunStopping(reason, exit_code))
         self._stopping.set()
         self._producer_scope.cancel()
+        self._health.release()
 
     def cancel_in_flight(self) -> None:
         """Abandon the requests still in flight (after a grace period, or a second signal)."""
@@ -213,7 +228,7 @@ class Runner:
 
     async def _run_task(self, spec: TaskSpec) -> None:
         kind = self._registry[spec.kind]
-        state = _TaskState()
+        state = _TaskState(carried=self._interrupted.get(spec.id, 0))
         started = time.monotonic()
         self._emit(TaskStarted(spec.id, spec.kind))
         try:
@@ -254,6 +269,7 @@ class Runner:
         )
 
     async def _attempt(self, spec: TaskSpec, kind: TaskKind, state: _TaskState) -> None:
+        await self._health.admit()  # during an outage, wait here without spending an attempt
         if self.stopping:
             raise _Stopped
         state.attempts += 1
@@ -262,16 +278,7 @@ class Runner:
         else:
             request = kind.build_request(spec.fields, read_file)
         request_id = f"{spec.id}/{self._run_tag}.{state.attempts}"
-        try:
-            reply = await self._client.send(spec.endpoint, request, request_id)
-        except BrokenAnswerError as exc:
-            if exc.usage is not None:
-                await self._bill(spec, kind, request_id, exc.usage, state)
-            state.maybe_billed += exc.maybe_billed
-            raise
-        except TransportError as exc:
-            state.maybe_billed += exc.maybe_billed
-            raise
+        reply = await self._send(spec, kind, request, request_id, state)
         usage = kind.usage_of(reply.body)
         if usage is not None:
             await self._bill(spec, kind, request_id, usage, state)
@@ -285,6 +292,44 @@ class Runner:
             raise
         state.files = await anyio.to_thread.run_sync(self._out.save, files) if files else []
         state.answer = answer
+
+    async def _send(
+        self, spec: TaskSpec, kind: TaskKind, request: ApiRequest, request_id: str, state: _TaskState
+    ) -> Reply:
+        """One request, logged as sent before it leaves and as done when its fate is known."""
+        log, health = self._log, self._health
+        log.sent(request_id, spec.id)
+        try:
+            reply = await self._client.send(spec.endpoint, request, request_id)
+        except BrokenAnswerError as exc:
+            log.done(
+                request_id, "broken", status=exc.status, maybe_billed=exc.maybe_billed, error=exc.message
+            )
+            health.failed(exc.message)
+            if exc.usage is not None:
+                await self._bill(spec, kind, request_id, exc.usage, state)
+            state.maybe_billed += exc.maybe_billed
+            raise
+        except ApiStatusError as exc:
+            log.done(request_id, "error", status=exc.status, error=exc.message)
+            if exc.status is not None and (exc.status >= 500 or exc.status == 408):
+                health.failed(str(exc))
+            else:
+                health.succeeded()  # the service is up; it refused this request
+            raise
+        except TransportError as exc:
+            log.done(request_id, "failed", maybe_billed=exc.maybe_billed, error=exc.message)
+            health.failed(exc.message)
+            state.maybe_billed += exc.maybe_billed
+            raise
+        except BaseException:  # cancelled (a second signal, or the grace period ran out) while in flight
+            log.done(request_id, "cancelled", maybe_billed=True)
+            health.abandoned()
+            self.summary.maybe_billed += 1
+            raise
+        log.done(request_id, "answered", status=reply.status)
+        health.succeeded()
+        return reply
 
     async def _bill(
         self, spec: TaskSpec, kind: TaskKind, request_id: str, usage: Any, state: _TaskState
@@ -344,8 +389,8 @@ class Runner:
             else None
         )
         record["attempts"] = state.attempts
-        if state.maybe_billed:
-            record["maybe_billed"] = state.maybe_billed
+        if state.maybe_billed + state.carried:
+            record["maybe_billed"] = state.maybe_billed + state.carried
         if error is not None:
             record["error"] = error_record(error, state.attempts)
         if spec.meta:

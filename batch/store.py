@@ -4,6 +4,7 @@
       results.jsonl   one line per finished task; also the checkpoint a resumed run reads
       usage.jsonl     the ledger: one line per billed answer
       images/         output images, <task id>.<ext> (or <task id>~<k>.<ext> when an answer has several)
+      runs/           one attempt log per run (batch.runlog), to account for requests a kill interrupted
       .lock           flock'ed by the run that owns DIR
 
 Why an append-only journal rather than SQLite: results.jsonl must exist anyway, as the file users and
@@ -37,6 +38,7 @@ from batch.errors import DirLockedError, OutputError
 RESULTS = "results.jsonl"
 USAGE = "usage.jsonl"
 IMAGES = "images"
+RUNS = "runs"
 LOCK = ".lock"
 TMP_SUFFIX = ".tmp"
 ID_PREFIX = b'{"id": "'
@@ -192,6 +194,7 @@ class OutputDir:
         self.root = root
         self.fsync = fsync
         self.images = root / IMAGES
+        self.runs = root / RUNS
         self.results = Journal(root / RESULTS, fsync=fsync)
         self.usage = Journal(root / USAGE, fsync=fsync)
         self._lock_fd = -1
@@ -206,8 +209,9 @@ class OutputDir:
             raise OutputError(f"{self.root} is not a directory")
         self._lock()
         try:
-            self._check_not_symlink(self.images)
-            self.images.mkdir(exist_ok=True)
+            for folder in (self.images, self.runs):
+                self._check_not_symlink(folder)
+                folder.mkdir(exist_ok=True)
             self.sweep_temporary_files()
             self.results.open()
             self.usage.open()

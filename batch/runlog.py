@@ -1,0 +1,126 @@
+"""Each run's attempt log, DIR/runs/<run>.jsonl, for honest accounting after a crash.
+
+A run writes a `start` line, then for every attempt a `sent` line *before* the request leaves and a `done`
+line when its fate is known, and an `end` line when it exits (any way but a kill). A run killed with
+SIGKILL leaves `sent` lines without `done`: those requests may have reached the API and been billed, and
+nothing can know their cost. The next run finds them (`recover`), records them as interrupted and
+maybe billed, and says how many there were. The log is not fsync'd: it needs to survive a killed process,
+not a power cut, and the kernel keeps a write that returned.
+
+    {"event": "start", "run": ..., "at": ..., "pid": ..., "manifest": ..., "version": ...}
+    {"event": "sent", "request_id": "fox/1a2b3c.1", "task_id": "fox", "at": ...}
+    {"event": "done", "request_id": ..., "outcome": "answered" | "error" | "failed" | "cancelled"
+       | "interrupted", "status": 200, "maybe_billed": false, "seconds": 1.2}
+    {"event": "end", "at": ..., "exit_code": 0, ...}
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from batch.store import Journal, read_lines
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class Interrupted:
+    """What earlier runs that were killed left unresolved."""
+
+    runs: int = 0
+    requests: list[str] = field(default_factory=list)  # request ids that may have been billed
+    by_task: Counter[str] = field(default_factory=Counter)
+
+
+def recover(folder: Path) -> Interrupted:
+    """Close the logs of runs that were killed: each request sent without a `done` line gets one that
+    says it was interrupted and may have been billed. Call it while holding DIR's lock."""
+    found = Interrupted()
+    if not folder.is_dir():
+        return found
+    for path in sorted(folder.glob("*.jsonl")):
+        pending: dict[str, str] = {}
+        ended = False
+        for record in read_lines(path):
+            event = record.get("event")
+            if event == "sent":
+                pending[str(record.get("request_id"))] = str(record.get("task_id"))
+            elif event == "done":
+                pending.pop(str(record.get("request_id")), None)
+            elif event == "end":
+                ended = True
+        if ended:
+            continue
+        journal = Journal(path, fsync=False)
+        journal.open()  # also cuts a torn last line
+        try:
+            for request_id, task_id in pending.items():
+                journal.write(
+                    {
+                        "event": "done",
+                        "request_id": request_id,
+                        "task_id": task_id,
+                        "outcome": "interrupted",
+                        "maybe_billed": True,
+                    }
+                )
+                found.requests.append(request_id)
+                found.by_task[task_id] += 1
+            journal.write({"event": "end", "at": now(), "interrupted": True, "maybe_billed": len(pending)})
+        finally:
+            journal.close()
+        found.runs += 1
+    return found
+
+
+class RunLog:
+    """The attempt log of the current run."""
+
+    def __init__(self, folder: Path, run_id: str) -> None:
+        self.path = folder / f"{run_id}.jsonl"
+        self._journal = Journal(self.path, fsync=False)
+        self._sent: dict[str, float] = {}
+
+    def open(self, info: Mapping[str, Any]) -> None:
+        self._journal.open()
+        self._journal.write({"event": "start", "at": now(), **info})
+
+    def close(self, summary: Mapping[str, Any]) -> None:
+        """The `end` line: every request of this run has had its `done` line."""
+        for request_id in list(self._sent):
+            self.done(request_id, "cancelled", maybe_billed=True)
+        self._journal.write({"event": "end", "at": now(), **summary})
+        self._journal.close()
+
+    def sent(self, request_id: str, task_id: str) -> None:
+        self._sent[request_id] = time.monotonic()
+        self._journal.write({"event": "sent", "request_id": request_id, "task_id": task_id, "at": now()})
+
+    def done(
+        self,
+        request_id: str,
+        outcome: str,
+        *,
+        status: int | None = None,
+        maybe_billed: bool = False,
+        error: str | None = None,
+    ) -> None:
+        started = self._sent.pop(request_id, None)
+        record: dict[str, Any] = {"event": "done", "request_id": request_id, "outcome": outcome}
+        if status is not None:
+            record["status"] = status
+        if maybe_billed:
+            record["maybe_billed"] = True
+        if error:
+            record["error"] = error
+        if started is not None:
+            record["seconds"] = round(time.monotonic() - started, 3)
+        self._journal.write(record)
