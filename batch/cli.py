@@ -32,6 +32,7 @@ from batch.preview import describe_request
 from batch.progress import LogLines, ProgressBar
 from batch.retry import RetryPolicy
 from batch.runner import RunSettings, RunSummary
+from batch.store import probe_lock
 from batch.tasks import BuildSettings
 
 log = logging.getLogger("batch.cli")
@@ -475,6 +476,7 @@ def _connection(simulate: bool) -> Iterator[_Connection]:
 def _run(args: argparse.Namespace) -> int:
     from jobs import registry
 
+    probe_lock(args.out)  # a second run on DIR gives up now, before checking a large manifest
     with _connection(args.simulate) as connection:
         checked = _check(args, connection.env_endpoint)
         if isinstance(checked, int):

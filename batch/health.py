@@ -5,7 +5,8 @@ every task would spend its attempts in minutes and be recorded as failed, while 
 service. Instead, after `threshold` transient failures in a row (5xx, timeouts, broken connections, broken
 answers) across all tasks, the circuit opens: tasks wait at the gate without spending attempts, and one
 probe at a time (after 0.25 s, 0.5 s, 1 s ... up to 30 s) asks whether the service is back. The first
-answer closes the circuit and everything resumes. If the outage outlasts `outage_limit`, the run stops
+answer closes the circuit and everything resumes. Attempts that fail during an outage are not charged to
+their tasks. If the outage outlasts `outage_limit`, the run stops
 (exit 69) with every unfinished task still pending, for a later run.
 """
 
@@ -71,18 +72,21 @@ class ServiceHealth:
             self._probe_wait = PROBE_FIRST
             self._wake()
 
-    def failed(self, error: str) -> None:
-        """A transient failure: 5xx, timeout, broken connection, broken answer."""
+    def failed(self, error: str) -> bool:
+        """A transient failure: 5xx, timeout, broken connection, broken answer. Returns whether it counts
+        against its task's attempts: not when it opened the circuit or came during an outage, which is
+        the service's fault, not the task's."""
         self._in_a_row += 1
         self.last_error = error
         now = self._clock()
         if self._opened_at is None:
-            if self._in_a_row >= self.threshold:
-                self._opened_at = now
-                self._next_probe = now + PROBE_FIRST
-                self.outages += 1
-                self._wake()
-            return
+            if self._in_a_row < self.threshold:
+                return True
+            self._opened_at = now
+            self._next_probe = now + PROBE_FIRST
+            self.outages += 1
+            self._wake()
+            return False
         if self._probing:
             self._probing = False
             self._probe_wait = min(PROBE_MAX, self._probe_wait * 2)
@@ -90,6 +94,7 @@ class ServiceHealth:
             self._wake()
         if now - self._opened_at >= self.outage_limit:
             self._give_up(now)
+        return False
 
     def abandoned(self) -> None:
         """An admitted attempt ended without an answer either way (cancelled): let another probe go."""

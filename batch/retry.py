@@ -12,7 +12,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_any,
+    stop_before_delay,
+)
+from tenacity.stop import stop_base
 
 from batch.errors import ApiError, ApiStatusError, BrokenAnswerError, TransportError
 
@@ -110,14 +117,28 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return seconds if math.isfinite(seconds) else None
 
 
+class _AttemptsSpent(stop_base):
+    """Stop after `limit` attempts, counting only those `charged` says count (all, by default)."""
+
+    def __init__(self, limit: int, charged: Callable[[], int] | None) -> None:
+        self.limit = limit
+        self.charged = charged
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        used = self.charged() if self.charged is not None else retry_state.attempt_number
+        return used >= self.limit
+
+
 def retrying(
     policy: RetryPolicy,
     *,
     sleep: Callable[[float], Awaitable[None]],
     before_sleep: Callable[[RetryCallState], Awaitable[None] | None] | None = None,
     rng: random.Random | None = None,
+    charged: Callable[[], int] | None = None,
 ) -> AsyncRetrying:
-    """The retry loop for one task. `sleep` lets the runner cut a wait short when the run stops."""
+    """The retry loop for one task. `sleep` lets the runner cut a wait short when the run stops;
+    `charged` counts the attempts that count against `max_attempts` (default: all of them)."""
     generator = rng or random.Random()
 
     def wait(state: RetryCallState) -> float:
@@ -125,7 +146,7 @@ def retrying(
         return policy.wait(state.attempt_number, error, generator)
 
     return AsyncRetrying(
-        stop=stop_after_attempt(policy.max_attempts) | stop_before_delay(policy.deadline),
+        stop=stop_any(_AttemptsSpent(policy.max_attempts, charged), stop_before_delay(policy.deadline)),
         wait=wait,
         retry=retry_if_exception(retryable),
         sleep=sleep,

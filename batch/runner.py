@@ -97,6 +97,7 @@ class RunSummary:
 @dataclass
 class _TaskState:
     attempts: int = 0
+    charged: int = 0  # attempts that count against max_attempts (not those lost to an outage)
     maybe_billed: int = 0  # this run's requests that may have been billed without a result
     carried: int = 0  # such requests of earlier runs that were killed
     input_tokens: int = 0
@@ -144,7 +145,7 @@ class Runner:
         self._interrupted = dict(interrupted or {})  # task id -> requests of killed runs, maybe billed
         self._stopping = anyio.Event()
         self._health = ServiceHealth(
-            max(10, settings.concurrency),
+            max(5, settings.concurrency),
             settings.outage_limit,
             on_outage=lambda reason: self.stop(reason, EXIT_UNAVAILABLE),
         )
@@ -237,6 +238,7 @@ class Runner:
                 sleep=self._sleep,
                 rng=self._rng,
                 before_sleep=lambda rs: self._before_sleep(spec, rs),
+                charged=lambda: state.charged,
             )
             await retry_loop(self._attempt, spec, kind, state)
         except _Stopped:
@@ -273,6 +275,7 @@ class Runner:
         if self.stopping:
             raise _Stopped
         state.attempts += 1
+        state.charged += 1
         if spec.inputs:
             request = await anyio.to_thread.run_sync(kind.build_request, spec.fields, read_file)
         else:
@@ -305,7 +308,7 @@ class Runner:
             log.done(
                 request_id, "broken", status=exc.status, maybe_billed=exc.maybe_billed, error=exc.message
             )
-            health.failed(exc.message)
+            state.charged -= not health.failed(exc.message)
             if exc.usage is not None:
                 await self._bill(spec, kind, request_id, exc.usage, state)
             state.maybe_billed += exc.maybe_billed
@@ -313,13 +316,13 @@ class Runner:
         except ApiStatusError as exc:
             log.done(request_id, "error", status=exc.status, error=exc.message)
             if exc.status is not None and (exc.status >= 500 or exc.status == 408):
-                health.failed(str(exc))
+                state.charged -= not health.failed(str(exc))
             else:
                 health.succeeded()  # the service is up; it refused this request
             raise
         except TransportError as exc:
             log.done(request_id, "failed", maybe_billed=exc.maybe_billed, error=exc.message)
-            health.failed(exc.message)
+            state.charged -= not health.failed(exc.message)
             state.maybe_billed += exc.maybe_billed
             raise
         except BaseException:  # cancelled (a second signal, or the grace period ran out) while in flight

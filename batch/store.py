@@ -278,6 +278,22 @@ class OutputDir:
         return paths
 
 
+def probe_lock(root: Path) -> None:
+    """Raise DirLockedError if a run holds DIR now. Creates nothing: used before a (possibly long)
+    manifest check so that a second run gives up in a second, having written nothing."""
+    try:
+        fd = os.open(root / LOCK, _flags(os.O_RDONLY))
+    except OSError:
+        return  # no lock file (or no DIR): nobody holds it; open() will tell of other trouble
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise DirLockedError(f"another run is using {root} (it holds {root / LOCK})") from None
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
     """Write to a temporary file beside `path`, fsync, rename over `path`. Never leaves a partial file."""
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")

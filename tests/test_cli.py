@@ -3,75 +3,22 @@ every exit code of the contract."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from PIL import Image
 
-from batch.cli import main
 from batch.simulator import RunningSimulator, SimConfig, simulator_in_thread
 from batch.store import OutputDir
+from tests.conftest import FAST, KEY, Outcome, env_for, ledger, results
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
-KEY = "sk-test-canary-4f1c9e"
-FAST = ["--backoff", "0", "--backoff-max", "0"]
-
-
-@dataclass
-class Outcome:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture
-def sim() -> Iterator[RunningSimulator]:
-    with simulator_in_thread(SimConfig(api_key=KEY, retry_after=0)) as running:
-        yield running
-
-
-@pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., Outcome]:
-    """Run `maas-batch ARGS` in this process with the given environment (and nothing else of ours)."""
-
-    def run(*args: str, env: dict[str, str] | None = None) -> Outcome:
-        for name in ("MAAS_API_KEY", "MAAS_BASE_URL", "MAAS_ENDPOINT"):
-            monkeypatch.delenv(name, raising=False)
-        for name, value in (env or {}).items():
-            monkeypatch.setenv(name, value)
-        capsys.readouterr()
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as exit_:  # argparse
-            code = int(exit_.code or 0)
-        captured = capsys.readouterr()
-        return Outcome(code, captured.out, captured.err)
-
-    return run
-
-
-def env_for(sim: RunningSimulator, **extra: str) -> dict[str, str]:
-    return {"MAAS_API_KEY": KEY, "MAAS_BASE_URL": sim.base_url, "MAAS_ENDPOINT": "ep-default", **extra}
-
-
-def results(out: Path) -> dict[str, dict[str, Any]]:
-    lines = (out / "results.jsonl").read_text(encoding="utf-8").splitlines()
-    records = [json.loads(line) for line in lines]
-    assert len({r["id"] for r in records}) == len(records), "one line per task"
-    return {r["id"]: r for r in records}
-
-
-def ledger(out: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (out / "usage.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
 def test_quickstart_produces_images_answers_and_ledger_then_resumes_with_zero_requests(

@@ -1,0 +1,207 @@
+"""Hostile answers and a failing service, end to end: each fault ends as a retry or a clear failure of its
+one task, the run goes on, and a service that stays down stops the run instead of being hammered."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from batch.simulator import SimConfig, simulator_in_thread
+from tests.conftest import FAST, KEY, Outcome, env_for, ledger, results
+
+IMAGE_TASKS = "".join(f"  - {{kind: generate, id: img-{i}, prompt: picture {i}}}\n" for i in range(3))
+CHAT_TASKS = "".join(
+    f"  - {{kind: chat, id: chat-{i}, model: gemini-2.5-flash, prompt: hi {i}, stream: true}}\n"
+    for i in range(3)
+)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "reset",
+        "truncate",
+        "html200",
+        "not_json",
+        "no_data",
+        "bad_base64",
+        "bad_image",
+        "bomb",
+        "huge",
+    ],
+)
+def test_a_broken_image_answer_is_retried_once_then_succeeds(
+    fault: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write("tasks:\n" + IMAGE_TASKS)
+    config = SimConfig(
+        api_key=KEY, faults={fault: 1.0}, fault_once_per_task=True, huge_bytes=8 * 2**20, seed=1
+    )
+    with simulator_in_thread(config) as sim:
+        outcome = cli(
+            "run", manifest, "--out", tmp_path / "out", *FAST, "--max-answer-mb", "1", env=env_for(sim)
+        )
+        billed = sim.state.billed_total_tokens
+        faults = sim.state.fault_counts()
+    assert outcome.code == 0, outcome.out + outcome.err
+    assert faults == {fault: 3}
+    done = results(tmp_path / "out")
+    assert all(r["status"] == "succeeded" and r["attempts"] == 2 for r in done.values())
+    lines = ledger(tmp_path / "out")
+    # Billed-but-broken answers that said their usage are in the ledger; the others are 'maybe billed'.
+    recorded = sum(line["total_tokens"] for line in lines)
+    assert recorded <= billed
+    if recorded < billed:
+        assert all(r.get("maybe_billed") == 1 for r in done.values())
+
+
+@pytest.mark.parametrize("fault", ["stream_cut", "reset", "not_json"])
+def test_a_broken_chat_stream_is_retried_once_then_succeeds(
+    fault: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write("tasks:\n" + CHAT_TASKS)
+    config = SimConfig(api_key=KEY, faults={fault: 1.0}, fault_once_per_task=True, seed=2)
+    with simulator_in_thread(config) as sim:
+        outcome = cli("run", manifest, "--out", tmp_path / "out", *FAST, env=env_for(sim))
+    assert outcome.code == 0, outcome.out + outcome.err
+    done = results(tmp_path / "out")
+    assert all(r["status"] == "succeeded" and r["attempts"] == 2 and r["text"] for r in done.values())
+
+
+def test_an_answer_that_stays_broken_fails_its_task_clearly_and_the_run_goes_on(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write("tasks:\n" + IMAGE_TASKS + CHAT_TASKS)
+    # bad_base64 can only hit image answers; the chats are answered normally
+    with simulator_in_thread(SimConfig(api_key=KEY, faults={"bad_base64": 1.0})) as sim:
+        outcome = cli(
+            "run", manifest, "--out", tmp_path / "out", *FAST, "--max-attempts", "2", env=env_for(sim)
+        )
+    assert outcome.code == 1
+    done = results(tmp_path / "out")
+    for i in range(3):
+        assert done[f"chat-{i}"]["status"] == "succeeded"
+        error = done[f"img-{i}"]["error"]
+        assert done[f"img-{i}"]["status"] == "failed" and done[f"img-{i}"]["attempts"] == 2
+        assert error == {
+            "type": "broken_answer",
+            "status": None,
+            "message": "image 1 is not valid base64 (after 2 attempts)",
+        }
+        # both answers were billed, and said so: the ledger has them, the task's usage sums them
+        billed = [line for line in ledger(tmp_path / "out") if line["task_id"] == f"img-{i}"]
+        assert len(billed) == 2
+        assert done[f"img-{i}"]["usage"]["total_tokens"] == sum(line["total_tokens"] for line in billed)
+
+
+def test_a_slow_answer_times_out_and_is_retried(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write("tasks:\n  - {kind: generate, id: slow, prompt: a}\n")
+    config = SimConfig(api_key=KEY, faults={"slow": 1.0}, fault_once_per_task=True, slow_seconds=30)
+    with simulator_in_thread(config) as sim:
+        outcome = cli("run", manifest, "--out", tmp_path / "out", *FAST, "--timeout", "0.5", env=env_for(sim))
+    assert outcome.code == 0, outcome.err
+    record = results(tmp_path / "out")["slow"]
+    assert record["attempts"] == 2
+    assert record["maybe_billed"] == 1  # the first request may have been billed: it timed out mid-answer
+
+
+def test_exhausted_quota_stops_the_run_with_69_and_nothing_more_is_sent(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write("tasks:\n" + "".join(f"  - {{kind: generate, prompt: p {i}}}\n" for i in range(30)))
+    with simulator_in_thread(SimConfig(api_key=KEY, faults={"quota": 1.0})) as sim:
+        outcome = cli("run", manifest, "--out", tmp_path / "out", "--concurrency", "3", env=env_for(sim))
+        sent = sim.state.requests_total
+    assert outcome.code == 69
+    assert "quota is exhausted" in outcome.out
+    assert sent <= 3  # the requests in flight when the first refusal came; none after
+    assert results(tmp_path / "out") == {}  # every task still pending: a later run does them
+
+
+def test_a_service_that_stays_down_stops_the_run_with_69_instead_of_hammering_it(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write("tasks:\n" + "".join(f"  - {{kind: generate, prompt: p {i}}}\n" for i in range(40)))
+    with simulator_in_thread(SimConfig(api_key=KEY, error_rate=1.0)) as sim:
+        outcome = cli(
+            "run",
+            manifest,
+            "--out",
+            tmp_path / "out",
+            *FAST,
+            "--concurrency",
+            "4",
+            "--max-attempts",
+            "1000",
+            "--outage-limit",
+            "0.6",
+            env=env_for(sim),
+        )
+        sent = sim.state.requests_total
+    assert outcome.code == 69
+    assert "the service has been failing for" in outcome.out
+    # 10 failures open the circuit; then only probes (0.25 s, 0.5 s, ...) until the limit
+    assert sent <= 10 + 4 + 3
+    assert results(tmp_path / "out") == {}  # no task spent its attempts: all pending
+
+
+def test_the_run_waits_out_an_outage_and_finishes_when_the_service_returns(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    import socket
+    import threading
+
+    manifest = write("tasks:\n" + "".join(f"  - {{kind: generate, prompt: p {i}}}\n" for i in range(6)))
+    with socket.socket() as probe:  # a free port with nothing listening yet: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"MAAS_API_KEY": KEY, "MAAS_BASE_URL": f"http://127.0.0.1:{port}/v1/ai", "MAAS_ENDPOINT": "ep"}
+    started = threading.Event()
+    stop = threading.Event()
+    runs = tmp_path / "out" / "runs"
+
+    def service_comes_back() -> None:
+        # start the service on that port once the circuit is open and a probe or two has failed
+        while not stop.is_set():
+            logs = list(runs.glob("*.jsonl")) if runs.exists() else []
+            if logs and logs[0].read_text().count('"outcome": "failed"') >= 10:
+                break
+            stop.wait(0.01)
+        with simulator_in_thread(SimConfig(api_key=KEY), port=port):
+            started.set()
+            stop.wait(60)
+
+    helper = threading.Thread(target=service_comes_back)
+    helper.start()
+    try:
+        outcome = cli("run", manifest, "--out", tmp_path / "out", *FAST, "--max-attempts", "2", env=env)
+    finally:
+        stop.set()
+        helper.join(30)
+    assert started.is_set()
+    assert outcome.code == 0, outcome.out + outcome.err
+    done = results(tmp_path / "out")
+    assert len(done) == 6 and all(r["status"] == "succeeded" for r in done.values())
+    # the task that carried the probes sent more attempts than its budget of 2: failures during the
+    # outage were not charged to it
+    assert max(r["attempts"] for r in done.values()) > 2
+
+
+def test_rate_limited_requests_honour_retry_after(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write("tasks:\n" + "".join(f"  - {{kind: chat, model: m, prompt: p {i}}}\n" for i in range(4)))
+    config = SimConfig(api_key=KEY, rate_429=0.5, retry_after=0.2, seed=5)
+    with simulator_in_thread(config) as sim:
+        outcome = cli(
+            "run", manifest, "--out", tmp_path / "out", *FAST, "--max-attempts", "20", env=env_for(sim)
+        )
+        statuses = sim.state.status_counts()
+    assert outcome.code == 0, outcome.err
+    assert statuses.get(429, 0) >= 1
+    retried = [r for r in results(tmp_path / "out").values() if r["attempts"] > 1]
+    assert retried and all(r["seconds"] >= 0.2 for r in retried)  # waited as told, though backoff is 0

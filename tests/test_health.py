@@ -1,0 +1,116 @@
+"""The run-wide circuit breaker and the attempt log's recovery after a kill."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anyio
+import pytest
+
+from batch.health import PROBE_FIRST, ServiceHealth
+from batch.runlog import RunLog, recover
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_closed_circuit_admits_and_a_success_resets_the_count() -> None:
+    outages: list[str] = []
+    health = ServiceHealth(3, 60, outages.append, clock=Clock())
+    health.failed("503")
+    health.failed("503")
+    health.succeeded()
+    health.failed("503")
+    health.failed("503")
+    assert not health.is_open
+    health.failed("503")
+    assert health.is_open and health.outages == 1
+    assert outages == []
+
+
+@pytest.mark.anyio
+async def test_open_circuit_lets_one_probe_through_and_a_success_releases_everyone() -> None:
+    clock = Clock()
+    health = ServiceHealth(2, 600, lambda reason: None, clock=clock)
+    await health.admit()  # healthy: at once
+    health.failed("502")
+    health.failed("502")
+    assert health.is_open
+    admitted: list[str] = []
+
+    async def attempt(name: str) -> None:
+        await health.admit()
+        admitted.append(name)
+
+    async with anyio.create_task_group() as group:
+        clock.now += PROBE_FIRST  # the first probe is due
+        group.start_soon(attempt, "probe")
+        group.start_soon(attempt, "waiter-1")
+        group.start_soon(attempt, "waiter-2")
+        await anyio.wait_all_tasks_blocked()
+        assert admitted == ["probe"]  # the others wait at the gate
+        health.succeeded()  # the probe was answered: the service is back
+    assert sorted(admitted) == ["probe", "waiter-1", "waiter-2"]
+    assert not health.is_open
+
+
+@pytest.mark.anyio
+async def test_failed_probes_back_off_and_a_long_outage_gives_up() -> None:
+    clock = Clock()
+    outages: list[str] = []
+    health = ServiceHealth(1, 60, outages.append, clock=clock)
+    health.failed("timeout")
+    clock.now += PROBE_FIRST
+    await health.admit()  # probe 1
+    health.failed("timeout")  # next probe in 0.5 s
+    clock.now += 0.3
+    with anyio.move_on_after(0.05) as scope:
+        await health.admit()
+    assert scope.cancelled_caught  # not yet: waiting for the next probe
+    clock.now += 61
+    health.failed("connection refused")
+    assert outages and "failing for 62 s" in outages[0] and "connection refused" in outages[0]
+    await health.admit()  # released: the runner sees it is stopping and sends nothing
+
+
+def test_recover_marks_requests_of_a_killed_run_as_maybe_billed(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    killed = RunLog(runs, "20260101T000000Z-aaaaaa")
+    killed.open({"pid": 1})
+    killed.sent("fox/aaaaaa.1", "fox")
+    killed.done("fox/aaaaaa.1", "answered", status=200)
+    killed.sent("owl/aaaaaa.1", "owl")
+    killed.sent("cat/aaaaaa.1", "cat")
+    # killed here: no end line; and a torn last line as a kill can leave
+    with killed.path.open("ab") as handle:
+        handle.write(b'{"event": "sent", "request_')
+    clean = RunLog(runs, "20260101T000100Z-bbbbbb")
+    clean.open({"pid": 2})
+    clean.sent("eel/bbbbbb.1", "eel")
+    clean.close({"exit_code": 75})  # an unresolved request at a clean end is closed as cancelled
+
+    found = recover(runs)
+    assert found.runs == 1
+    assert sorted(found.requests) == ["cat/aaaaaa.1", "owl/aaaaaa.1"]
+    assert dict(found.by_task) == {"owl": 1, "cat": 1}
+    records = [json.loads(line) for line in killed.path.read_text().splitlines()]
+    assert records[-1]["event"] == "end" and records[-1]["interrupted"] is True
+    assert {r["request_id"] for r in records if r.get("outcome") == "interrupted"} == {
+        "owl/aaaaaa.1",
+        "cat/aaaaaa.1",
+    }
+    cancelled = [json.loads(line) for line in clean.path.read_text().splitlines()]
+    assert {
+        "event": "done",
+        "request_id": "eel/bbbbbb.1",
+        "outcome": "cancelled",
+        "maybe_billed": True,
+    }.items() <= cancelled[-2].items()
+    assert recover(runs).runs == 0  # already closed
