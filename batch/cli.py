@@ -15,25 +15,31 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
-
-import anyio
-import yaml
-from anyio.abc import TaskStatus
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from batch import __version__
-from batch.client import DEFAULT_BASE_URL, DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, ClientConfig
+from batch.defaults import (
+    DEFAULT_BACKOFF,
+    DEFAULT_BACKOFF_MAX,
+    DEFAULT_BASE_URL,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_GRACE,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_BODY,
+    DEFAULT_OUTAGE_LIMIT,
+    DEFAULT_TASK_DEADLINE,
+    DEFAULT_TIMEOUT,
+)
 from batch.errors import BatchError, ConfigError, DirLockedError, ManifestError, OutputError, UsageError
-from batch.events import Observer
-from batch.inputs import read_file
-from batch.job import CheckedManifest, Job, JobConfig, check
-from batch.plan import iter_tasks
-from batch.preview import describe_request
-from batch.progress import LogLines, ProgressBar
-from batch.retry import RetryPolicy
-from batch.runner import RunSettings, RunSummary
-from batch.store import probe_lock
-from batch.tasks import BuildSettings
+from batch.lock import probe as probe_lock
+
+if TYPE_CHECKING:  # the HTTP stack is imported only by the commands that use it: a fast start
+    from anyio.abc import TaskStatus
+
+    from batch.events import Observer
+    from batch.job import CheckedManifest, Job
+    from batch.progress import ProgressBar
+    from batch.runner import RunSummary
 
 log = logging.getLogger("batch.cli")
 
@@ -106,9 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency",
         "-c",
         type=_positive_int,
-        default=4,
+        default=DEFAULT_CONCURRENCY,
         metavar="N",
-        help="requests in flight at once (default 4)",
+        help=f"requests in flight at once (default {DEFAULT_CONCURRENCY})",
     )
     run.add_argument(
         "--simulate",
@@ -125,48 +131,48 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--max-attempts",
         type=_positive_int,
-        default=RetryPolicy.max_attempts,
+        default=DEFAULT_MAX_ATTEMPTS,
         metavar="N",
-        help=f"attempts per task, first included (default {RetryPolicy.max_attempts})",
+        help=f"attempts per task, first included (default {DEFAULT_MAX_ATTEMPTS})",
     )
     run.add_argument(
         "--task-deadline",
         type=_positive_float,
-        default=RetryPolicy.deadline,
+        default=DEFAULT_TASK_DEADLINE,
         metavar="SECONDS",
         help="no retry of a task starts this long after its first attempt "
-        f"(default {RetryPolicy.deadline:g})",
+        f"(default {DEFAULT_TASK_DEADLINE:g})",
     )
     run.add_argument(
         "--backoff",
         type=_non_negative_float,
-        default=RetryPolicy.backoff_base,
+        default=DEFAULT_BACKOFF,
         metavar="SECONDS",
         help="first retry waits up to this long, doubling each time, with full jitter "
-        f"(default {RetryPolicy.backoff_base:g}; a server's Retry-After takes precedence)",
+        f"(default {DEFAULT_BACKOFF:g}; a server's Retry-After takes precedence)",
     )
     run.add_argument(
         "--backoff-max",
         type=_non_negative_float,
-        default=RetryPolicy.backoff_max,
+        default=DEFAULT_BACKOFF_MAX,
         metavar="SECONDS",
-        help=f"longest wait between two attempts (default {RetryPolicy.backoff_max:g})",
+        help=f"longest wait between two attempts (default {DEFAULT_BACKOFF_MAX:g})",
     )
     run.add_argument(
         "--grace",
         type=_non_negative_float,
-        default=30.0,
+        default=DEFAULT_GRACE,
         metavar="SECONDS",
         help="after SIGINT/SIGTERM, requests in flight get this long to finish and be saved; a second "
-        "signal cancels them at once (default 30)",
+        f"signal cancels them at once (default {DEFAULT_GRACE:g})",
     )
     run.add_argument(
         "--outage-limit",
         type=_non_negative_float,
-        default=RunSettings.outage_limit,
+        default=DEFAULT_OUTAGE_LIMIT,
         metavar="SECONDS",
         help="when the service keeps failing, tasks wait (one probe at a time) instead of spending their "
-        f"attempts; after this long the run stops with exit 69 (default {RunSettings.outage_limit:g})",
+        f"attempts; after this long the run stops with exit 69 (default {DEFAULT_OUTAGE_LIMIT:g})",
     )
     run.add_argument(
         "--max-answer-mb",
@@ -301,6 +307,8 @@ def parse_endpoints(items: Sequence[str]) -> dict[str, str]:
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     """`--set` items into {field: value} and {kind: {field: value}}; values read as YAML scalars."""
+    import yaml
+
     overrides: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
@@ -389,6 +397,8 @@ def _configure_logging(args: argparse.Namespace) -> None:
 
 def _check(args: argparse.Namespace, env_endpoint: str | None) -> CheckedManifest | int:
     """The checked manifest, or (after printing every problem) the exit code that refuses it."""
+    from batch.job import check
+    from batch.tasks import BuildSettings
     from jobs import registry
 
     build = BuildSettings(
@@ -437,6 +447,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _show(checked: CheckedManifest, count: int, base_url: str) -> None:
+    from batch.inputs import read_file
+    from batch.plan import iter_tasks
+    from batch.preview import describe_request
     from jobs import registry
 
     kinds = registry()
@@ -474,9 +487,15 @@ def _connection(simulate: bool) -> Iterator[_Connection]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    probe_lock(args.out)  # a second run on DIR gives up now, before any slow import or manifest check
+    import anyio
+
+    from batch.client import ClientConfig
+    from batch.job import Job, JobConfig
+    from batch.retry import RetryPolicy
+    from batch.runner import RunSettings
     from jobs import registry
 
-    probe_lock(args.out)  # a second run on DIR gives up now, before checking a large manifest
     with _connection(args.simulate) as connection:
         checked = _check(args, connection.env_endpoint)
         if isinstance(checked, int):
@@ -518,6 +537,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _observers(args: argparse.Namespace) -> tuple[list[Observer], ProgressBar | None]:
+    from batch.progress import LogLines, ProgressBar
+
     show_bar = args.progress if args.progress is not None else sys.stderr.isatty()
     if args.quiet:
         return [], None
@@ -528,6 +549,8 @@ def _observers(args: argparse.Namespace) -> tuple[list[Observer], ProgressBar | 
 
 
 async def _run_with_signals(job: Job, grace: float) -> RunSummary:
+    import anyio
+
     async with anyio.create_task_group() as group:
         await group.start(_watch_signals, job, grace)
         summary = await job.run()
@@ -538,6 +561,8 @@ async def _run_with_signals(job: Job, grace: float) -> RunSummary:
 async def _watch_signals(job: Job, grace: float, *, task_status: TaskStatus[None]) -> None:
     """First SIGINT/SIGTERM: stop dispatching, give requests in flight `grace` seconds, exit 75.
     Another one: cancel what is still in flight (the run stays resumable)."""
+    import anyio
+
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()
         async with anyio.create_task_group() as timers:
@@ -555,6 +580,8 @@ async def _watch_signals(job: Job, grace: float, *, task_status: TaskStatus[None
 
 
 async def _cancel_after(job: Job, grace: float) -> None:
+    import anyio
+
     await anyio.sleep(grace)
     log.warning("grace period of %g s over: cancelling the requests still in flight", grace)
     job.cancel_in_flight()

@@ -20,13 +20,11 @@ import aiohttp
 import anyio
 
 from batch import __version__
+from batch.defaults import DEFAULT_BASE_URL, DEFAULT_MAX_BODY, DEFAULT_TIMEOUT
 from batch.errors import ApiStatusError, BrokenAnswerError, ConfigError, TransportError
 from batch.kinds import ApiRequest
 from batch.retry import parse_retry_after
 
-DEFAULT_BASE_URL = "https://genaiapi.cloudsway.net/v1/ai"
-DEFAULT_TIMEOUT = 600.0
-DEFAULT_MAX_BODY = 64 * 2**20  # ten 1536x1024 PNGs in base64 are about 45 MB
 ERROR_BODY_LIMIT = 64 * 2**10
 THREAD_DECODE_BYTES = 256 * 2**10  # JSON bigger than this is decoded off the event loop
 REQUEST_ID_HEADER = "X-Client-Request-Id"

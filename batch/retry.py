@@ -21,6 +21,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
+from batch.defaults import DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS, DEFAULT_TASK_DEADLINE
 from batch.errors import ApiError, ApiStatusError, BrokenAnswerError, TransportError
 
 RETRY_STATUSES = frozenset({408, 409, 429})
@@ -79,10 +80,10 @@ class RetryPolicy:
     hours) is ignored in favour of the backoff.
     """
 
-    max_attempts: int = 6
-    deadline: float = 1800.0  # seconds from a task's first attempt; no retry starts after it
-    backoff_base: float = 1.0
-    backoff_max: float = 60.0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    deadline: float = DEFAULT_TASK_DEADLINE  # seconds from a task's first attempt; no retry starts after it
+    backoff_base: float = DEFAULT_BACKOFF
+    backoff_max: float = DEFAULT_BACKOFF_MAX
     retry_after_max: float = 300.0
 
     def wait(self, attempt: int, error: BaseException | None, rng: random.Random) -> float:

@@ -20,6 +20,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from tenacity import RetryCallState
 
 from batch.client import ApiClient, Reply
+from batch.defaults import DEFAULT_CONCURRENCY, DEFAULT_OUTAGE_LIMIT
 from batch.errors import (
     ApiError,
     ApiStatusError,
@@ -58,9 +59,9 @@ PRODUCER_BATCH = 64  # tasks pulled from the manifest per trip to a worker threa
 
 @dataclass(frozen=True)
 class RunSettings:
-    concurrency: int = 4
+    concurrency: int = DEFAULT_CONCURRENCY
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    outage_limit: float = 900.0  # seconds the service may keep failing before the run stops (exit 69)
+    outage_limit: float = DEFAULT_OUTAGE_LIMIT  # seconds the service may fail before the run stops (69)
 
 
 @dataclass

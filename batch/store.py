@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import secrets
@@ -33,13 +32,13 @@ from typing import Any
 
 import anyio
 
-from batch.errors import DirLockedError, OutputError
+from batch.errors import OutputError
+from batch.lock import acquire
 
 RESULTS = "results.jsonl"
 USAGE = "usage.jsonl"
 IMAGES = "images"
 RUNS = "runs"
-LOCK = ".lock"
 TMP_SUFFIX = ".tmp"
 ID_PREFIX = b'{"id": "'
 FAILED_MARK = b'"status": "failed"'
@@ -207,7 +206,7 @@ class OutputDir:
             raise OutputError(f"cannot create {self.root}: {_reason(exc)}") from exc
         if not self.root.is_dir():
             raise OutputError(f"{self.root} is not a directory")
-        self._lock()
+        self._lock_fd = acquire(self.root)
         try:
             for folder in (self.images, self.runs):
                 self._check_not_symlink(folder)
@@ -218,26 +217,6 @@ class OutputDir:
         except BaseException:
             self.close()
             raise
-
-    def _lock(self) -> None:
-        path = self.root / LOCK
-        try:
-            fd = os.open(path, _flags(os.O_RDWR | os.O_CREAT), 0o644)
-        except OSError as exc:
-            raise OutputError(f"cannot open the lock file {path}: {_reason(exc)}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise DirLockedError(f"another run is using {self.root} (it holds {path})") from None
-            raise OutputError(f"cannot lock {path}: {_reason(exc)}") from exc
-        self._lock_fd = fd
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        except OSError:
-            pass  # the pid is a courtesy for humans; the flock is the lock
 
     def close(self) -> None:
         self.results.close()
@@ -276,22 +255,6 @@ class OutputDir:
         if self.fsync and files:
             _fsync_dir(self.images)
         return paths
-
-
-def probe_lock(root: Path) -> None:
-    """Raise DirLockedError if a run holds DIR now. Creates nothing: used before a (possibly long)
-    manifest check so that a second run gives up in a second, having written nothing."""
-    try:
-        fd = os.open(root / LOCK, _flags(os.O_RDONLY))
-    except OSError:
-        return  # no lock file (or no DIR): nobody holds it; open() will tell of other trouble
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise DirLockedError(f"another run is using {root} (it holds {root / LOCK})") from None
-    finally:
-        os.close(fd)
 
 
 def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:

@@ -1,0 +1,56 @@
+"""One run per output directory: an flock on DIR/.lock. The kernel releases it when its process dies,
+however it dies, so a lock left by a killed run never blocks the next one."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+
+from batch.errors import DirLockedError, OutputError
+
+LOCK = ".lock"
+_BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+
+
+def _flags(extra: int) -> int:
+    return extra | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+
+
+def acquire(root: Path) -> int:
+    """Lock DIR for this process; returns the descriptor to close to release it."""
+    path = root / LOCK
+    try:
+        fd = os.open(path, _flags(os.O_RDWR | os.O_CREAT), 0o644)
+    except OSError as exc:
+        raise OutputError(f"cannot open the lock file {path}: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in _BUSY:
+            raise DirLockedError(f"another run is using {root} (it holds {path})") from None
+        raise OutputError(f"cannot lock {path}: {exc.strerror or exc}") from exc
+    try:  # the pid is a courtesy for humans (and `status`); the flock is the lock
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass
+    return fd
+
+
+def probe(root: Path) -> None:
+    """Raise DirLockedError if a run holds DIR now. Creates nothing: used before a (possibly long)
+    manifest check so that a second run gives up in a second, having written nothing."""
+    try:
+        fd = os.open(root / LOCK, _flags(os.O_RDONLY))
+    except OSError:
+        return  # no lock file (or no DIR): nobody holds it; acquire() will tell of other trouble
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in _BUSY:
+            raise DirLockedError(f"another run is using {root} (it holds {root / LOCK})") from None
+    finally:
+        os.close(fd)
