@@ -340,20 +340,24 @@ class Runner:
     ) -> None:
         """Record a billed answer in the ledger, durably, before anything else is done with it."""
         counts = kind.token_counts(usage)
-        await self._out.usage.append(
-            {
-                "task_id": spec.id,
-                "request_id": request_id,
-                "kind": spec.kind,
-                "model": spec.model,
-                "endpoint": spec.endpoint,
-                "input_tokens": counts.input,
-                "output_tokens": counts.output,
-                "total_tokens": counts.total,
-                "usage": usage,
-                "at": _now(),
-            }
-        )
+        try:
+            await self._out.usage.append(
+                {
+                    "task_id": spec.id,
+                    "request_id": request_id,
+                    "kind": spec.kind,
+                    "model": spec.model,
+                    "endpoint": spec.endpoint,
+                    "input_tokens": counts.input,
+                    "output_tokens": counts.output,
+                    "total_tokens": counts.total,
+                    "usage": usage,
+                    "at": _now(),
+                }
+            )
+        except OutputError:
+            state.maybe_billed += 1  # billed, but the ledger could not record it (a full disk)
+            raise
         state.billed = True
         state.input_tokens += counts.input
         state.output_tokens += counts.output

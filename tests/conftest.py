@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,3 +122,51 @@ def results(out: Path) -> dict[str, dict[str, Any]]:
 
 def ledger(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (out / "usage.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Run:
+    """The command in a subprocess, its stdout and stderr going to files that can be read as it runs."""
+
+    def __init__(self, manifest: Path, out: Path, sim: RunningSimulator, *args: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
+        env.update(MAAS_API_KEY=KEY, MAAS_BASE_URL=sim.base_url, MAAS_ENDPOINT="ep", PYTHONPATH=str(ROOT))
+        self.stdout = out.parent / f"{out.name}.{id(self)}.out"
+        self.stderr = out.parent / f"{out.name}.{id(self)}.err"
+        with self.stdout.open("w") as stdout, self.stderr.open("w") as stderr:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "batch",
+                    "run",
+                    str(manifest),
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                    *args,
+                ],
+                env=env,
+                stdout=stdout,
+                stderr=stderr,
+            )
+
+    def send(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait_for_log(self, text: str, within: float = 30) -> None:
+        deadline = time.monotonic() + within
+        while text not in self.stderr.read_text():
+            assert time.monotonic() < deadline, f"no {text!r} in: {self.stderr.read_text()}"
+            assert self.process.poll() is None, self.stderr.read_text()
+            time.sleep(0.01)
+
+    def finish(self, within: float = 60) -> tuple[int, str, str]:
+        code = self.process.wait(timeout=within)
+        return code, self.stdout.read_text(), self.stderr.read_text()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(30)

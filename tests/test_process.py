@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,62 +11,7 @@ from pathlib import Path
 import pytest
 
 from batch.simulator import RunningSimulator, SimConfig, simulator_in_thread
-from tests.conftest import KEY, results
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class Run:
-    """The command in a subprocess, its stdout and stderr going to files that can be read as it runs."""
-
-    def __init__(self, manifest: Path, out: Path, sim: RunningSimulator, *args: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
-        env.update(MAAS_API_KEY=KEY, MAAS_BASE_URL=sim.base_url, MAAS_ENDPOINT="ep", PYTHONPATH=str(ROOT))
-        self.stdout = out.parent / f"{out.name}.{id(self)}.out"
-        self.stderr = out.parent / f"{out.name}.{id(self)}.err"
-        with self.stdout.open("w") as stdout, self.stderr.open("w") as stderr:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "batch",
-                    "run",
-                    str(manifest),
-                    "--out",
-                    str(out),
-                    "--no-progress",
-                    *args,
-                ],
-                env=env,
-                stdout=stdout,
-                stderr=stderr,
-            )
-
-    def send(self, signum: int) -> None:
-        self.process.send_signal(signum)
-
-    def wait_for_log(self, text: str, within: float = 30) -> None:
-        deadline = time.monotonic() + within
-        while text not in self.stderr.read_text():
-            assert time.monotonic() < deadline, f"no {text!r} in: {self.stderr.read_text()}"
-            assert self.process.poll() is None, self.stderr.read_text()
-            time.sleep(0.01)
-
-    def finish(self, within: float = 60) -> tuple[int, str, str]:
-        code = self.process.wait(timeout=within)
-        return code, self.stdout.read_text(), self.stderr.read_text()
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(30)
-
-
-def start(manifest: Path, out: Path, sim: RunningSimulator, *args: str) -> Run:
-    return Run(manifest, out, sim, *args)
-
-
-def finish(run: Run, within: float = 60) -> tuple[int, str, str]:
-    return run.finish(within)
+from tests.conftest import KEY, Run, results
 
 
 @pytest.fixture
@@ -94,10 +36,10 @@ def wait_for_in_flight(sim: RunningSimulator, count: int) -> None:
 def test_a_signal_stops_dispatch_lets_in_flight_finish_and_exits_75(
     manifest: Path, tmp_path: Path, slow_sim: RunningSimulator, signum: int
 ) -> None:
-    process = start(manifest, tmp_path / "out", slow_sim, "--concurrency", "2")
+    process = Run(manifest, tmp_path / "out", slow_sim, "--concurrency", "2")
     wait_for_in_flight(slow_sim, 2)
     process.send(signum)
-    code, out, err = finish(process)
+    code, out, err = process.finish()
     assert code == 75, err
     assert f"{signal.Signals(signum).name}: stopped dispatching" in out
     done = results(tmp_path / "out")
@@ -110,13 +52,13 @@ def test_a_signal_stops_dispatch_lets_in_flight_finish_and_exits_75(
 def test_a_second_signal_cancels_what_is_in_flight_and_the_run_resumes(
     manifest: Path, tmp_path: Path, slow_sim: RunningSimulator
 ) -> None:
-    process = start(manifest, tmp_path / "out", slow_sim, "--concurrency", "3")
+    process = Run(manifest, tmp_path / "out", slow_sim, "--concurrency", "3")
     wait_for_in_flight(slow_sim, 3)
     started = time.monotonic()
     process.send(signal.SIGINT)
     process.wait_for_log("stopping: SIGINT")  # the first signal was handled (signals do not queue)
     process.send(signal.SIGINT)
-    code, out, _ = finish(process)
+    code, out, _ = process.finish()
     assert code == 75
     assert time.monotonic() - started < 20  # not the 60 s the answers would take
     assert results(tmp_path / "out") == {}
@@ -132,11 +74,11 @@ def test_a_second_signal_cancels_what_is_in_flight_and_the_run_resumes(
 def test_the_grace_period_ends_with_the_in_flight_requests_cancelled(
     manifest: Path, tmp_path: Path, slow_sim: RunningSimulator
 ) -> None:
-    process = start(manifest, tmp_path / "out", slow_sim, "--concurrency", "2", "--grace", "0.5")
+    process = Run(manifest, tmp_path / "out", slow_sim, "--concurrency", "2", "--grace", "0.5")
     wait_for_in_flight(slow_sim, 2)
     started = time.monotonic()
     process.send(signal.SIGTERM)
-    code, _, err = finish(process)
+    code, _, err = process.finish()
     assert code == 75
     assert time.monotonic() - started < 20
     assert "grace period of 0.5 s over" in err
@@ -144,12 +86,12 @@ def test_the_grace_period_ends_with_the_in_flight_requests_cancelled(
 
 def test_resuming_after_signals_completes_the_manifest(manifest: Path, tmp_path: Path) -> None:
     with simulator_in_thread(SimConfig(api_key=KEY, latency=60.0)) as slow:
-        process = start(manifest, tmp_path / "out", slow, "--concurrency", "2", "--grace", "0")
+        process = Run(manifest, tmp_path / "out", slow, "--concurrency", "2", "--grace", "0")
         wait_for_in_flight(slow, 2)
         process.send(signal.SIGTERM)
-        assert finish(process)[0] == 75
+        assert process.finish()[0] == 75
     with simulator_in_thread(SimConfig(api_key=KEY)) as fast:
-        code, out, _ = finish(start(manifest, tmp_path / "out", fast))
+        code, out, _ = Run(manifest, tmp_path / "out", fast).finish()
     assert code == 0
     assert len(results(tmp_path / "out")) == 10
     assert "2 request(s)" not in out  # the cancelled ones were accounted for by the run that cancelled them
@@ -160,14 +102,14 @@ def test_a_second_run_on_a_locked_directory_exits_75_within_a_second_writing_not
     manifest: Path, tmp_path: Path, slow_sim: RunningSimulator
 ) -> None:
     out = tmp_path / "out"
-    first = start(manifest, out, slow_sim, "--concurrency", "1")
+    first = Run(manifest, out, slow_sim, "--concurrency", "1")
     try:
         wait_for_in_flight(slow_sim, 1)
         before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
         contents = {p: p.read_bytes() for p in before if p.is_file()}
         started = time.monotonic()
-        second = start(manifest, out, slow_sim)
-        code, _, err = finish(second)
+        second = Run(manifest, out, slow_sim)
+        code, _, err = second.finish()
         elapsed = time.monotonic() - started
         assert code == 75
         assert "another run is using" in err

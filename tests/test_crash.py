@@ -1,0 +1,137 @@
+"""kill -9 at random moments, again and again, then resume: nothing finished is lost or bought again, the
+output directory stays consistent, and every token the server billed is either in the ledger or in a
+request the tool itself reported as maybe billed.
+
+The kills are placed by the simulator's own count of requests (a random number of new requests after each
+start), not by sleeping, so they land all over a run: at start-up, mid-request, mid-write."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from batch.simulator import SimConfig, simulator_in_thread
+from batch.store import finished_results
+from tests.conftest import KEY, Run, results
+
+KILLS = 20
+TASKS = 100
+
+
+def finished(out: Path) -> set[str]:
+    return {task_id for task_id, _ in finished_results(out / "results.jsonl")}
+
+
+def check_directory(out: Path) -> None:
+    """What any kill may leave: whole lines (but a torn last one), whole files for every finished task."""
+    for task_id, _ in finished_results(out / "results.jsonl"):
+        assert (out / "images").is_dir(), task_id
+    for line in (out / "results.jsonl").read_bytes().splitlines(keepends=True):
+        if line.endswith(b"\n"):
+            for path in json.loads(line)["files"]:
+                with Image.open(out / path) as image:
+                    image.load()  # complete and decodable
+
+
+@pytest.mark.timeout(240)
+def test_kill_nine_at_random_moments_then_resume(write: Callable[..., Path], tmp_path: Path) -> None:
+    rng = random.Random(20261122)
+    manifest = write(
+        "tasks:\n"
+        + "".join(
+            f"  - {{kind: generate, id: img-{i}, prompt: picture {i}, n: {1 + i % 2}}}\n"
+            for i in range(TASKS * 3 // 4)
+        )
+        + "".join(
+            f"  - {{kind: chat, id: chat-{i}, model: gemini-2.5-flash, prompt: question {i}, "
+            f"stream: {str(i % 2 == 0).lower()}}}\n"
+            for i in range(TASKS // 4)
+        )
+    )
+    out = tmp_path / "out"
+    config = SimConfig(api_key=KEY, latency=0.03, latency_jitter=0.8, seed=7)
+    started = time.monotonic()
+    with simulator_in_thread(config) as sim:
+        state = sim.state
+        kills = 0
+        unfinished_in_killed_runs = 0  # tasks that had a request in a killed run but no result after it
+        runs: list[tuple[int, int, set[str]]] = []  # (first record, end record, tasks done before the run)
+        while kills < KILLS:
+            done_before = finished(out) if out.exists() else set()
+            first = state.requests_total
+            run = Run(manifest, out, sim, "--concurrency", "6")
+            target = first + rng.randint(0, 10)
+            try:
+                state.wait_for_sync(lambda s, t=target: s.requests_total + s.inflight >= t, within=60)
+            except TimeoutError:
+                pass
+            if run.process.poll() is not None:  # it finished before the kill: that is fine too
+                assert run.finish()[0] == 0
+                runs.append((first, state.requests_total, done_before))
+                break
+            run.kill()
+            kills += 1
+            state.wait_for_sync(lambda s: s.inflight == 0, within=30)  # the server saw the disconnects
+            check_directory(out)
+            done_after = finished(out)
+            records = state.records[first:]
+            unfinished_in_killed_runs += len({r.task_id for r in records} - done_after)
+            runs.append((first, state.requests_total, done_before))
+        # the last run, left alone, completes the manifest
+        final_first = state.requests_total
+        code, stdout, stderr = Run(manifest, out, sim).finish(within=120)
+        assert code == 0, stdout + stderr
+        runs.append(
+            (
+                final_first,
+                state.requests_total,
+                finished(out) - {r.task_id for r in state.records[final_first:]},
+            )
+        )
+        records = list(state.records)
+    seconds = time.monotonic() - started
+
+    # every task exactly one line, succeeded; every file whole; no temporary files
+    done = results(out)
+    assert len(done) == TASKS and all(r["status"] == "succeeded" for r in done.values())
+    check_directory(out)
+    assert not list(out.rglob("*.tmp"))
+
+    # no request was ever sent for a task that was already done when its run started
+    resent = sum(1 for first, end, before in runs for r in records[first:end] if r.task_id in before)
+    assert resent == 0
+
+    # answers paid for twice: at most the tasks left unfinished in flight by the kills
+    paid = Counter(r.task_id for r in records if r.billed_tokens > 0)
+    duplicates = sum(n - 1 for n in paid.values() if n > 1)
+    assert duplicates <= unfinished_in_killed_runs
+
+    # every token the server billed is in the ledger, or in a request the tool reported as maybe billed
+    ledger = [json.loads(line) for line in (out / "usage.jsonl").read_text().splitlines()]
+    billed = {r.request_id: r.billed_tokens for r in records if r.billed_tokens > 0}
+    for line in ledger:
+        assert billed[line["request_id"]] == line["total_tokens"], line
+    flagged = set()
+    for log in (out / "runs").glob("*.jsonl"):
+        for entry in map(json.loads, log.read_text().splitlines()):
+            if entry.get("maybe_billed") and "request_id" in entry:
+                flagged.add(entry["request_id"])
+    unrecorded = set(billed) - {line["request_id"] for line in ledger}
+    assert unrecorded <= flagged, unrecorded - flagged
+    ledger_total = sum(line["total_tokens"] for line in ledger)
+    assert ledger_total + sum(billed[rid] for rid in unrecorded) == sum(billed.values())
+
+    print(
+        f"\nkill test: {kills} SIGKILLs + 1 clean run in {seconds:.1f} s; {len(records)} requests for "
+        f"{TASKS} tasks; re-sent for done tasks: {resent}; paid twice: {duplicates} (bound: {unfinished_in_killed_runs} "
+        f"tasks unfinished in flight at the kills); billed {sum(billed.values()):,} tokens = ledger "
+        f"{ledger_total:,} + {sum(billed[rid] for rid in unrecorded):,} in {len(unrecorded)} requests the tool "
+        f"flagged maybe billed ({len(flagged)} flagged in all)"
+    )

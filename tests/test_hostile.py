@@ -1,0 +1,158 @@
+"""Hostile manifests and a tampered output directory: refused or contained; no byte written outside DIR."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from batch.simulator import RunningSimulator
+from tests.conftest import Outcome, env_for, results
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under `folder` (not following links) with a hash of its content."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            found[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A folder with a file that nothing may touch."""
+    folder = tmp_path / "outside"
+    folder.mkdir()
+    (folder / "precious.txt").write_text("keep me\n")
+    return folder
+
+
+@pytest.mark.parametrize("task_id", ["../escape", "/etc/passwd", "a\u0000b", "..", "with/slash", "x" * 101])
+def test_ids_that_would_leave_the_directory_are_refused(
+    task_id: str,
+    cli: Callable[..., Outcome],
+    sim: RunningSimulator,
+    write: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    import json
+
+    manifest = write(json.dumps({"kind": "generate", "id": task_id, "prompt": "a"}) + "\n", "tasks.jsonl")
+    outcome = cli("run", manifest, "--out", tmp_path / "out", env=env_for(sim))
+    assert outcome.code == 65
+    assert "id: must be 1-100 characters of A-Z a-z 0-9 . _ -" in outcome.err
+    assert not (tmp_path / "out").exists() and sim.state.requests_total == 0
+
+
+def test_placeholders_cannot_smuggle_a_path_into_an_id(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    write("name\n../../outside/x\nfine\n", "rows.csv")
+    manifest = write(
+        "tasks:\n  - {kind: generate, id: '{name}', for_each: {csv: rows.csv}, prompt: '{name}'}\n"
+    )
+    outcome = cli("run", manifest, "--out", tmp_path / "out", env=env_for(sim))
+    assert outcome.code == 65
+    assert "tasks[0] rows.csv:2: id: must be 1-100 characters" in outcome.err
+    assert sim.state.requests_total == 0
+
+
+def test_generated_ids_from_hostile_values_are_safe(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    write("../../etc/passwd\n/absolute/path\n\u0000nul\n", "prompts.txt")
+    manifest = write("tasks:\n  - {kind: generate, prompts_file: prompts.txt}\n")
+    outcome = cli("run", manifest, "--out", tmp_path / "out", env=env_for(sim))
+    assert outcome.code == 0, outcome.err
+    for task_id, record in results(tmp_path / "out").items():
+        assert "/" not in task_id and "\x00" not in task_id
+        [path] = record["files"]
+        assert (tmp_path / "out" / path).resolve().parent == (tmp_path / "out" / "images").resolve()
+
+
+def test_oversized_lines_and_files_are_refused_without_being_read_whole(
+    cli: Callable[..., Outcome], sim: RunningSimulator, tmp_path: Path
+) -> None:
+    huge = 100 * 2**20
+    jsonl = tmp_path / "huge.jsonl"
+    with jsonl.open("wb") as handle:
+        handle.write(b'{"kind": "generate", "prompt": "' + b"x" * huge + b'"}\n')
+        handle.write(b'{"kind": "generate", "prompt": "fine"}\n')
+    outcome = cli("run", jsonl, "--out", tmp_path / "o1", env=env_for(sim))
+    assert outcome.code == 65 and f"{jsonl}:1: line is longer than 64 MB" in outcome.err
+
+    yaml_file = tmp_path / "huge.yaml"
+    with yaml_file.open("wb") as handle:
+        handle.write(b"tasks:\n  - {kind: generate, prompt: " + b"y" * huge + b"}\n")
+    outcome = cli("run", yaml_file, "--out", tmp_path / "o2", env=env_for(sim))
+    assert outcome.code == 65 and "a YAML manifest must be under 50 MB" in outcome.err
+
+    prompts = tmp_path / "prompts.txt"
+    with prompts.open("wb") as handle:
+        handle.write(b"fine\n" + b"z" * huge + b"\nalso fine\n")
+    manifest = tmp_path / "p.yaml"
+    manifest.write_text("tasks:\n  - {kind: generate, prompts_file: prompts.txt}\n")
+    outcome = cli("run", manifest, "--out", tmp_path / "o3", env=env_for(sim))
+    assert outcome.code == 65 and f"{prompts}:2: tasks[0]: the line is longer than 1 MB" in outcome.err
+    assert sim.state.requests_total == 0
+
+
+def test_yaml_alias_bomb_and_python_tags_are_refused(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    levels = ['x-a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for name, previous in zip("bcdefghi", "abcdefgh", strict=True):
+        levels.append(f"x-{name}: &{name} [" + ", ".join([f"*{previous}"] * 9) + "]")
+    bomb = write(
+        "\n".join(levels) + "\ntasks:\n  - {kind: chat, model: m, prompt: hi, payload: *i}\n", "bomb.yaml"
+    )
+    outcome = cli("run", bomb, "--out", tmp_path / "o1", env=env_for(sim))
+    assert outcome.code == 65 and "an alias bomb?" in outcome.err
+
+    marker = tmp_path / "pwned"
+    evil = write(f"tasks: !!python/object/apply:os.system ['touch {marker}']\n", "evil.yaml")
+    outcome = cli("run", evil, "--out", tmp_path / "o2", env=env_for(sim))
+    assert outcome.code == 65 and "not valid YAML" in outcome.err
+    assert not marker.exists()
+    assert sim.state.requests_total == 0
+
+
+@pytest.mark.parametrize("planted", ["results.jsonl", "usage.jsonl", ".lock", "images", "runs"])
+def test_a_symlink_planted_in_the_directory_is_not_written_through(
+    planted: str,
+    cli: Callable[..., Outcome],
+    sim: RunningSimulator,
+    write: Callable[..., Path],
+    tmp_path: Path,
+    outside: Path,
+) -> None:
+    manifest = write("tasks:\n  - {kind: generate, id: victim, prompt: a}\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    target = outside / "precious.txt" if planted not in ("images", "runs") else outside
+    os.symlink(target, out / planted)
+    before = snapshot(outside)
+    outcome = cli("run", manifest, "--out", out, env=env_for(sim))
+    assert outcome.code == 74, outcome.err
+    assert snapshot(outside) == before
+
+
+def test_a_symlinked_output_file_is_replaced_not_followed(
+    cli: Callable[..., Outcome],
+    sim: RunningSimulator,
+    write: Callable[..., Path],
+    tmp_path: Path,
+    outside: Path,
+) -> None:
+    manifest = write("tasks:\n  - {kind: generate, id: victim, prompt: a}\n")
+    images = tmp_path / "out" / "images"
+    images.mkdir(parents=True)
+    os.symlink(outside / "precious.txt", images / "victim.png")
+    before = snapshot(outside)
+    assert cli("run", manifest, "--out", tmp_path / "out", env=env_for(sim)).code == 0
+    assert snapshot(outside) == before
+    assert not (images / "victim.png").is_symlink() and (images / "victim.png").stat().st_size > 0
