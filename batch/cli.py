@@ -55,7 +55,8 @@ exit codes:
       (see results.jsonl)
   {EXIT_USAGE}  bad command-line usage
   {EXIT_DATAERR}  invalid manifest: nothing was sent
-  {EXIT_UNAVAILABLE}  the service cannot go on: quota exhausted (run stopped, resumable)
+  {EXIT_UNAVAILABLE}  the service cannot go on: quota exhausted, or down longer than --outage-limit
+      (run stopped, resumable)
   {EXIT_IOERR}  the output directory cannot be written, e.g. disk full (run stopped, resumable)
   {EXIT_TEMPFAIL}  interrupted, or another run holds the output directory (resumable)
   {EXIT_NOPERM}  the API refused the key (run stopped, resumable)
