@@ -119,3 +119,63 @@ def test_a_second_run_on_a_locked_directory_exits_75_within_a_second_writing_not
         assert (slow_sim.state.inflight, slow_sim.state.requests_total) == (1, 0)  # only the first run's
     finally:
         first.kill()
+
+
+def test_rehearse_a_bad_night_against_the_standalone_simulator(manifest: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
+    command = [
+        sys.executable,
+        "-m",
+        "batch",
+        "simulate",
+        "--port",
+        "0",
+        "--seed",
+        "3",
+        "--error-rate",
+        "0.2",
+        "--fault",
+        "reset=0.2",
+        "--fault",
+        "bad_base64=0.2",
+        "--latency",
+        "0.01",
+    ]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+    ) as server:
+        try:
+            assert server.stdout is not None
+            line = server.stdout.readline()
+            assert line.startswith("MaaS simulator listening on http://127.0.0.1:"), line
+            base_url = line.split()[-1]
+            run = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "batch",
+                    "run",
+                    str(manifest),
+                    "--out",
+                    str(tmp_path / "out"),
+                    "--backoff",
+                    "0",
+                    "--max-attempts",
+                    "10",
+                ],
+                env={**env, "MAAS_API_KEY": "rehearsal", "MAAS_BASE_URL": base_url, "MAAS_ENDPOINT": "ep"},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(30)
+    assert run.returncode == 0, run.stdout + run.stderr
+    done = results(tmp_path / "out")
+    assert len(done) == 10 and any(r["attempts"] > 1 for r in done.values())
+    assert server.returncode == 0
