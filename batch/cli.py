@@ -112,10 +112,33 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--concurrency",
         "-c",
-        type=_positive_int,
+        type=_concurrency,
         default=DEFAULT_CONCURRENCY,
+        metavar="N|auto",
+        help=f"requests in flight at once (default {DEFAULT_CONCURRENCY}); 'auto' finds, per endpoint, how "
+        "many the service takes, growing until it answers 429 and backing off (AIMD)",
+    )
+    run.add_argument(
+        "--max-concurrency",
+        type=_positive_int,
+        default=256,
         metavar="N",
-        help=f"requests in flight at once (default {DEFAULT_CONCURRENCY})",
+        help="the most requests in flight that --concurrency auto may reach (default 256)",
+    )
+    run.add_argument(
+        "--rpm",
+        type=_positive_float,
+        default=None,
+        metavar="N",
+        help="at most N requests per minute to each endpoint, spaced evenly (no limit by default)",
+    )
+    run.add_argument(
+        "--tpm",
+        type=_positive_float,
+        default=None,
+        metavar="N",
+        help="at most N tokens per minute to each endpoint, from each request's estimate, corrected by the "
+        "usage that comes back (no limit by default)",
     )
     run.add_argument(
         "--simulate",
@@ -181,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_BODY / 2**20,
         metavar="MB",
         help=f"refuse (and retry) an answer larger than this (default {DEFAULT_MAX_BODY // 2**20})",
+    )
+    run.add_argument(
+        "--sync-interval",
+        type=_non_negative_float,
+        default=0.1,
+        metavar="SECONDS",
+        help="journal lines reach the kernel at once (a killed run loses none) and are fsync'd this often "
+        "(a power cut may lose the last SECONDS); 0 fsyncs each line before going on (default 0.1)",
     )
     run.add_argument(
         "--no-fsync",
@@ -282,6 +313,11 @@ def _non_negative_float(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
     return value
+
+
+def _concurrency(text: str) -> int | None:
+    """A whole number of requests in flight, or `auto` (None)."""
+    return None if text.strip().lower() == "auto" else _positive_int(text)
 
 
 def _positive_float(text: str) -> float:
@@ -493,6 +529,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from batch.client import ClientConfig
     from batch.job import Job, JobConfig
+    from batch.limits import Limits
     from batch.retry import RetryPolicy
     from batch.runner import RunSettings
     from jobs import registry
@@ -508,11 +545,16 @@ def _run(args: argparse.Namespace) -> int:
                 base_url=connection.base_url,
                 api_key=connection.api_key,
                 timeout=args.timeout,
-                connections=max(args.concurrency, 10),
+                connections=max(args.concurrency or args.max_concurrency, 10),
                 max_body_bytes=int(args.max_answer_mb * 2**20),
             ),
             run=RunSettings(
-                concurrency=args.concurrency,
+                limits=Limits(
+                    rpm=args.rpm,
+                    tpm=args.tpm,
+                    concurrency=args.concurrency,
+                    max_concurrency=args.max_concurrency,
+                ),
                 retry=RetryPolicy(
                     max_attempts=args.max_attempts,
                     deadline=args.task_deadline,
@@ -522,6 +564,7 @@ def _run(args: argparse.Namespace) -> int:
                 outage_limit=args.outage_limit,
             ),
             fsync=args.fsync,
+            sync_interval=args.sync_interval,
         )
         observers, bar = _observers(args)
         try:

@@ -29,6 +29,7 @@ ERROR_BODY_LIMIT = 64 * 2**10
 THREAD_DECODE_BYTES = 256 * 2**10  # JSON bigger than this is decoded off the event loop
 REQUEST_ID_HEADER = "X-Client-Request-Id"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+_encode = json.JSONEncoder(ensure_ascii=False).encode  # built once, not per request
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class ApiClient:
             for part in request.form:
                 data.add_field(part.name, part.value, filename=part.filename, content_type=part.content_type)
         else:
-            data = json.dumps(request.json, ensure_ascii=False).encode()
+            data = _encode(request.json).encode()
             headers["Content-Type"] = "application/json"
         if request.stream:
             headers["Accept"] = "text/event-stream"
@@ -148,8 +149,11 @@ class ApiClient:
 
 async def _read_capped(response: aiohttp.ClientResponse, limit: int, truncate: bool = False) -> bytes:
     """The body, refusing (or for error pages, cutting) anything over `limit` bytes."""
-    if not truncate and response.content_length is not None and response.content_length > limit:
-        raise BrokenAnswerError(f"the answer is {response.content_length:,} bytes; the limit is {limit:,}")
+    length = response.content_length
+    if not truncate and length is not None and length > limit:
+        raise BrokenAnswerError(f"the answer is {length:,} bytes; the limit is {limit:,}")
+    if length is not None and length <= limit:
+        return await response.read()  # a declared length within the limit: one read
     buffer = bytearray()
     async for chunk in response.content.iter_chunked(1 << 16):
         buffer += chunk

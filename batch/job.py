@@ -36,6 +36,7 @@ class JobConfig:
     build: BuildSettings = field(default_factory=BuildSettings)
     run: RunSettings = field(default_factory=RunSettings)
     fsync: bool = True
+    sync_interval: float = 0.1  # seconds between journal fsyncs; 0 = fsync each line before going on
 
 
 @dataclass
@@ -67,7 +68,7 @@ class Job:
         self.checked = checked
         self.registry = registry
         self.observers = list(observers)
-        self.out = OutputDir(config.out, fsync=config.fsync)
+        self.out = OutputDir(config.out, fsync=config.fsync, sync_interval=config.sync_interval)
         self.runner: Runner | None = None
         self._stop: tuple[str, int] | None = None  # asked for before the runner existed
 

@@ -125,6 +125,10 @@ class TaskKind(Protocol):
         """The HTTP request for these (validated, path-resolved) fields."""
         ...
 
+    def estimate(self, fields: Mapping[str, Any]) -> TokenCounts:
+        """Tokens the request will likely use, before it is sent (for --tpm, budgets, dry runs)."""
+        ...
+
     def usage_of(self, body: Any) -> Mapping[str, Any] | None:
         """The raw usage an answer body reports, or None. Never raises."""
         ...

@@ -11,6 +11,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from tenacity import (
     AsyncRetrying,
@@ -121,36 +122,102 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 class _AttemptsSpent(stop_base):
     """Stop after `limit` attempts, counting only those `charged` says count (all, by default)."""
 
-    def __init__(self, limit: int, charged: Callable[[], int] | None) -> None:
+    def __init__(self, limit: int, charged: Callable[[], int] | None, done: int = 0) -> None:
         self.limit = limit
         self.charged = charged
+        self.done = done
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        used = self.charged() if self.charged is not None else retry_state.attempt_number
+        used = self.charged() if self.charged is not None else retry_state.attempt_number + self.done
         return used >= self.limit
+
+
+@dataclass(frozen=True)
+class RetryNotice:
+    """An attempt failed and another follows after `wait` seconds (for the runner's events)."""
+
+    attempt: int
+    error: BaseException | None
+    wait: float
+
+
+T = TypeVar("T")
 
 
 def retrying(
     policy: RetryPolicy,
     *,
     sleep: Callable[[float], Awaitable[None]],
-    before_sleep: Callable[[RetryCallState], Awaitable[None] | None] | None = None,
+    on_retry: Callable[[RetryNotice], None] | None = None,
     rng: random.Random | None = None,
     charged: Callable[[], int] | None = None,
+    done_attempts: int = 0,
+    deadline: float | None = None,
 ) -> AsyncRetrying:
-    """The retry loop for one task. `sleep` lets the runner cut a wait short when the run stops;
-    `charged` counts the attempts that count against `max_attempts` (default: all of them)."""
+    """The tenacity loop for one task. `sleep` lets the runner cut a wait short when the run stops;
+    `charged` counts the attempts that count against `max_attempts` (default: all of them);
+    `done_attempts` and `deadline` continue a task that has already had attempts."""
     generator = rng or random.Random()
 
     def wait(state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
-        return policy.wait(state.attempt_number, error, generator)
+        return policy.wait(state.attempt_number + done_attempts, error, generator)
 
+    def before_sleep(state: RetryCallState) -> None:
+        if on_retry is not None:
+            error = state.outcome.exception() if state.outcome else None
+            on_retry(RetryNotice(state.attempt_number + done_attempts, error, state.upcoming_sleep))
+
+    spent = _AttemptsSpent(policy.max_attempts, charged, done_attempts)
     return AsyncRetrying(
-        stop=stop_any(_AttemptsSpent(policy.max_attempts, charged), stop_before_delay(policy.deadline)),
+        stop=stop_any(spent, stop_before_delay(policy.deadline if deadline is None else deadline)),
         wait=wait,
         retry=retry_if_exception(retryable),
         sleep=sleep,
         before_sleep=before_sleep,
         reraise=True,
     )
+
+
+async def call_with_retries(
+    policy: RetryPolicy,
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    sleep: Callable[[float], Awaitable[None]],
+    on_retry: Callable[[RetryNotice], None] | None = None,
+    rng: random.Random | None = None,
+    charged: Callable[[], int] | None = None,
+) -> T:
+    """`attempt()` under the policy. The first try runs directly, since most tasks succeed at once and
+    tenacity's bookkeeping costs some 35 µs a call; from the first retryable failure on, the tenacity
+    loop of `retrying` takes over, with the same predicate, waits, attempt count and deadline."""
+    generator = rng or random.Random()
+    started = time.monotonic()
+    try:
+        return await attempt()
+    except Exception as error:
+        used = charged() if charged is not None else 1
+        if not retryable(error) or used >= policy.max_attempts:
+            raise
+        first = error
+    wait = policy.wait(1, first, generator)
+    remaining = policy.deadline - (time.monotonic() - started)
+    if wait >= remaining:
+        raise first
+    if on_retry is not None:
+        on_retry(RetryNotice(1, first, wait))
+    await sleep(wait)
+    loop = retrying(
+        policy,
+        sleep=sleep,
+        on_retry=on_retry,
+        rng=generator,
+        charged=charged,
+        done_attempts=1,
+        deadline=remaining - wait,
+    )
+
+    async def again() -> T:  # a coroutine function: tenacity calls, and never awaits, anything else
+        return await attempt()
+
+    return await loop(again)

@@ -17,10 +17,9 @@ from typing import Any
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
-from tenacity import RetryCallState
 
 from batch.client import ApiClient, Reply
-from batch.defaults import DEFAULT_CONCURRENCY, DEFAULT_OUTAGE_LIMIT
+from batch.defaults import DEFAULT_OUTAGE_LIMIT
 from batch.errors import (
     ApiError,
     ApiStatusError,
@@ -44,7 +43,8 @@ from batch.idset import IdSet
 from batch.imaging import decode_images
 from batch.inputs import read_file
 from batch.kinds import Answer, ApiRequest, Registry, TaskKind
-from batch.retry import EXIT_UNAVAILABLE, RetryPolicy, Verdict, classify, retrying
+from batch.limits import EndpointLimits, Limits
+from batch.retry import EXIT_UNAVAILABLE, RetryNotice, RetryPolicy, Verdict, call_with_retries, classify
 from batch.runlog import RunLog
 from batch.store import OutputDir, OutputFile
 from batch.tasks import TaskSpec
@@ -59,7 +59,7 @@ PRODUCER_BATCH = 64  # tasks pulled from the manifest per trip to a worker threa
 
 @dataclass(frozen=True)
 class RunSettings:
-    concurrency: int = DEFAULT_CONCURRENCY
+    limits: Limits = field(default_factory=Limits)  # concurrency (or auto), rpm, tpm
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     outage_limit: float = DEFAULT_OUTAGE_LIMIT  # seconds the service may fail before the run stops (69)
 
@@ -101,6 +101,7 @@ class _TaskState:
     charged: int = 0  # attempts that count against max_attempts (not those lost to an outage)
     maybe_billed: int = 0  # this run's requests that may have been billed without a result
     carried: int = 0  # such requests of earlier runs that were killed
+    estimate: int = 0  # tokens booked with the pacer for the attempt in flight
     input_tokens: int = 0
     output_tokens: int = 0
     total_tokens: int = 0
@@ -145,8 +146,9 @@ class Runner:
         self._run_tag = run_tag
         self._interrupted = dict(interrupted or {})  # task id -> requests of killed runs, maybe billed
         self._stopping = anyio.Event()
+        self._limits = EndpointLimits(settings.limits)
         self._health = ServiceHealth(
-            max(5, settings.concurrency),
+            max(5, settings.limits.concurrency or 16),
             settings.outage_limit,
             on_outage=lambda reason: self.stop(reason, EXIT_UNAVAILABLE),
         )
@@ -187,13 +189,22 @@ class Runner:
         self._emit(
             RunStarted(summary.total, summary.finished_before, summary.total - summary.finished_before)
         )
-        send, receive = anyio.create_memory_object_stream[TaskSpec](self._settings.concurrency)
-        with self._work_scope:
-            async with anyio.create_task_group() as group:
-                group.start_soon(self._produce, send)
-                for _ in range(self._settings.concurrency):
-                    group.start_soon(self._work, receive.clone())
-                receive.close()
+        workers = self._settings.limits.concurrency or self._settings.limits.max_concurrency
+        send, receive = anyio.create_memory_object_stream[TaskSpec](min(workers, 64))
+        async with anyio.create_task_group() as background:
+            background.start_soon(self._out.run_syncer)
+            with self._work_scope:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(self._produce, send)
+                    for _ in range(workers):
+                        group.start_soon(self._work, receive.clone())
+                    receive.close()
+            background.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._out.sync()
+            except OutputError as exc:
+                self.stop(str(exc), EXIT_IO)
         summary.seconds = time.monotonic() - started
         return summary
 
@@ -234,14 +245,14 @@ class Runner:
         started = time.monotonic()
         self._emit(TaskStarted(spec.id, spec.kind))
         try:
-            retry_loop = retrying(
+            await call_with_retries(
                 self._settings.retry,
+                lambda: self._attempt(spec, kind, state),
                 sleep=self._sleep,
+                on_retry=lambda notice: self._on_retry(spec, notice),
                 rng=self._rng,
-                before_sleep=lambda rs: self._before_sleep(spec, rs),
                 charged=lambda: state.charged,
             )
-            await retry_loop(self._attempt, spec, kind, state)
         except _Stopped:
             self.summary.maybe_billed += state.maybe_billed
             return
@@ -264,25 +275,46 @@ class Runner:
         with anyio.move_on_after(seconds):
             await self._stopping.wait()
 
-    def _before_sleep(self, spec: TaskSpec, retry_state: RetryCallState) -> None:
-        error = retry_state.outcome.exception() if retry_state.outcome else None
+    def _on_retry(self, spec: TaskSpec, notice: RetryNotice) -> None:
         self.summary.retries += 1
-        self._emit(
-            AttemptFailed(spec.id, retry_state.attempt_number, _describe(error), retry_state.upcoming_sleep)
-        )
+        self._emit(AttemptFailed(spec.id, notice.attempt, _describe(notice.error), notice.wait))
 
     async def _attempt(self, spec: TaskSpec, kind: TaskKind, state: _TaskState) -> None:
         await self._health.admit()  # during an outage, wait here without spending an attempt
         if self.stopping:
             raise _Stopped
-        state.attempts += 1
-        state.charged += 1
         if spec.inputs:
             request = await anyio.to_thread.run_sync(kind.build_request, spec.fields, read_file)
         else:
             request = kind.build_request(spec.fields, read_file)
-        request_id = f"{spec.id}/{self._run_tag}.{state.attempts}"
-        reply = await self._send(spec, kind, request, request_id, state)
+        adaptive = self._limits.adaptive(spec.endpoint)
+        started = await adaptive.acquire() if adaptive is not None else 0.0
+        try:
+            if self._limits.paced:
+                state.estimate = kind.estimate(spec.fields).total
+                await self._sleep(self._limits.pacer(spec.endpoint).book(state.estimate))
+            if self.stopping:
+                raise _Stopped
+            state.attempts += 1
+            state.charged += 1
+            request_id = f"{spec.id}/{self._run_tag}.{state.attempts}"
+            try:
+                reply = await self._send(spec, kind, request, request_id, state)
+            except ApiStatusError as exc:
+                if adaptive is not None and exc.status == 429 and classify(exc).verdict is Verdict.RETRY:
+                    adaptive.throttled(started)
+                raise
+            if adaptive is not None:
+                adaptive.answered(started)
+        finally:
+            if adaptive is not None:
+                adaptive.release()
+        await self._keep(spec, kind, request_id, reply, state)
+
+    async def _keep(
+        self, spec: TaskSpec, kind: TaskKind, request_id: str, reply: Reply, state: _TaskState
+    ) -> None:
+        """Bill an answer, then turn it into files and the task's answer."""
         usage = kind.usage_of(reply.body)
         if usage is not None:
             await self._bill(spec, kind, request_id, usage, state)
@@ -341,7 +373,8 @@ class Runner:
         """Record a billed answer in the ledger, durably, before anything else is done with it."""
         counts = kind.token_counts(usage)
         try:
-            await self._out.usage.append(
+            await self._out.append(
+                self._out.usage,
                 {
                     "task_id": spec.id,
                     "request_id": request_id,
@@ -353,11 +386,14 @@ class Runner:
                     "total_tokens": counts.total,
                     "usage": usage,
                     "at": _now(),
-                }
+                },
             )
         except OutputError:
             state.maybe_billed += 1  # billed, but the ledger could not record it (a full disk)
             raise
+        if self._limits.paced:
+            self._limits.pacer(spec.endpoint).correct(state.estimate, counts.total)
+            state.estimate = counts.total  # corrected once
         state.billed = True
         state.input_tokens += counts.input
         state.output_tokens += counts.output
@@ -407,7 +443,7 @@ class Runner:
         record["seconds"] = round(time.monotonic() - started, 3)
         record["finished_at"] = _now()
         try:
-            await self._out.results.append(record)
+            await self._out.append(self._out.results, record)
         except OutputError as exc:
             self.stop(str(exc), EXIT_IO)
             return

@@ -82,6 +82,7 @@ __all__ = [
     "build_request",
     "check",
     "check_inputs",
+    "estimate",
     "file_refs",
     "known_fields",
     "name",
@@ -282,6 +283,30 @@ def usage_of(body: Any) -> Mapping[str, Any] | None:
         return found[-1] if found else None
     usage = body.get("usage") if isinstance(body, Mapping) else None
     return usage if isinstance(usage, Mapping) else None
+
+
+IMAGE_TOKENS = 258  # Gemini counts an input image as 258 tokens
+DEFAULT_COMPLETION = 500  # completion tokens assumed when max_tokens is not set
+
+
+def estimate(fields: Mapping[str, Any]) -> TokenCounts:
+    """Tokens this request will likely use: message text at 4 characters a token, 258 per image, and
+    max_tokens (or 500) for each of `n` completions."""
+    chars = images = 0
+    for message in fields.get("messages") or []:
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, Mapping):
+                    chars += len(str(part.get("text", ""))) if part.get("type") == "text" else 0
+                    images += part.get("type") == "image_url"
+    limit = fields.get("max_completion_tokens") or fields.get("max_tokens") or DEFAULT_COMPLETION
+    n = fields.get("n", 1) if isinstance(fields.get("n", 1), int) else 1
+    tokens_in = -(-chars // 4) + IMAGE_TOKENS * images
+    tokens_out = int(limit) * n
+    return TokenCounts(tokens_in, tokens_out, tokens_in + tokens_out)
 
 
 def token_counts(usage: Mapping[str, Any]) -> TokenCounts:

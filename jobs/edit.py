@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from batch.fields import FieldIssue, type_name
-from batch.kinds import Answer, ApiRequest, FileReader, FileRef, FormField, InputInfo, Pointer
+from batch.kinds import Answer, ApiRequest, FileReader, FileRef, FormField, InputInfo, Pointer, TokenCounts
 from jobs.image_api import (
     COMMON_RULES,
     EXTRA,
     OUTPUT_RULES,
     check_image_fields,
+    estimate_image_tokens,
     parse_image_answer,
     sniff_mime,
     token_counts,
@@ -38,6 +39,7 @@ __all__ = [
     "build_request",
     "check",
     "check_inputs",
+    "estimate",
     "file_refs",
     "known_fields",
     "name",
@@ -198,6 +200,11 @@ def _form_text(value: Any) -> str:
 def _file_field(field: str, path: Path, read: FileReader) -> FormField:
     data = read(path)
     return FormField(field, data, filename=path.name, content_type=sniff_mime(data))
+
+
+def estimate(fields: Mapping[str, Any]) -> TokenCounts:
+    """Tokens this request will likely use (see image_api.estimate_image_tokens)."""
+    return estimate_image_tokens(fields, len(_images(fields)))
 
 
 def parse_answer(fields: Mapping[str, Any], body: Any) -> Answer:

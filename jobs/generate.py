@@ -6,12 +6,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from batch.fields import FieldIssue
-from batch.kinds import Answer, ApiRequest, FileReader, FileRef, InputInfo, Pointer
+from batch.kinds import Answer, ApiRequest, FileReader, FileRef, InputInfo, Pointer, TokenCounts
 from jobs.image_api import (
     COMMON_RULES,
     EXTRA,
     OUTPUT_RULES,
     check_image_fields,
+    estimate_image_tokens,
     parse_image_answer,
     token_counts,
     usage_of,
@@ -25,6 +26,7 @@ __all__ = [
     "build_request",
     "check",
     "check_inputs",
+    "estimate",
     "file_refs",
     "known_fields",
     "name",
@@ -58,6 +60,11 @@ def build_request(fields: Mapping[str, Any], read: FileReader) -> ApiRequest:
     body = {key: value for key, value in fields.items() if key != EXTRA}
     body.update(fields.get(EXTRA) or {})
     return ApiRequest(PATH, json=body)
+
+
+def estimate(fields: Mapping[str, Any]) -> TokenCounts:
+    """Tokens this request will likely use (see image_api.estimate_image_tokens)."""
+    return estimate_image_tokens(fields, 0)
 
 
 def parse_answer(fields: Mapping[str, Any], body: Any) -> Answer:

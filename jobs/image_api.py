@@ -77,6 +77,37 @@ def check_output_options(fields: Mapping[str, Any]) -> list[FieldIssue]:
     return issues
 
 
+# Output tokens per image, by size and quality (gpt-image-1's published figures); `auto` counts as medium
+# and as the square size.
+OUTPUT_TOKENS = {
+    ("1024x1024", "low"): 272,
+    ("1024x1024", "medium"): 1056,
+    ("1024x1024", "high"): 4160,
+    ("1024x1536", "low"): 408,
+    ("1024x1536", "medium"): 1584,
+    ("1024x1536", "high"): 6240,
+    ("1536x1024", "low"): 408,
+    ("1536x1024", "medium"): 1584,
+    ("1536x1024", "high"): 6240,
+}
+INPUT_IMAGE_TOKENS = 388  # an input image, roughly, at the API's usual fidelity
+CHARS_PER_TOKEN = 4  # English text, roughly
+
+
+def estimate_image_tokens(fields: Mapping[str, Any], input_images: int = 0) -> TokenCounts:
+    """Tokens a request will use, before it is sent: text at 4 characters a token, input images at about
+    388 tokens each, output by size and quality for each of `n` images."""
+    size = fields.get("size", "auto")
+    quality = fields.get("quality", "auto")
+    per_image = OUTPUT_TOKENS.get(
+        ("1024x1024" if size == "auto" else size, "medium" if quality == "auto" else quality), 1056
+    )
+    n = fields.get("n", 1) if isinstance(fields.get("n", 1), int) else 1
+    text = -(-len(str(fields.get("prompt", ""))) // CHARS_PER_TOKEN)
+    tokens_in = text + INPUT_IMAGE_TOKENS * input_images
+    return TokenCounts(tokens_in, per_image * n, tokens_in + per_image * n)
+
+
 def usage_of(body: Any) -> Mapping[str, Any] | None:
     """The `usage` mapping of an answer body, or None."""
     if isinstance(body, Mapping):

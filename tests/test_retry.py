@@ -147,3 +147,76 @@ async def test_non_retryable_error_is_not_retried() -> None:
 class _AlwaysMax(random.Random):
     def uniform(self, a: float, b: float) -> float:
         return b
+
+
+@pytest.mark.anyio
+async def test_call_with_retries_runs_the_first_attempt_directly_then_continues_the_count() -> None:
+    from batch.retry import RetryNotice, call_with_retries
+
+    calls = 0
+    notices: list[RetryNotice] = []
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    async def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise ApiStatusError(503, f"down {calls}", retry_after=float(calls))
+        return "ok"
+
+    result = await call_with_retries(RetryPolicy(max_attempts=5), flaky, sleep=sleep, on_retry=notices.append)
+    assert result == "ok" and calls == 3
+    assert [(n.attempt, str(n.error)) for n in notices] == [(1, "HTTP 503: down 1"), (2, "HTTP 503: down 2")]
+    assert 1.0 <= waits[0] <= 1.1 and 2.0 <= waits[1] <= 2.2  # each Retry-After honoured
+    assert [n.wait for n in notices] == waits
+
+
+@pytest.mark.anyio
+async def test_call_with_retries_keeps_every_bound() -> None:
+    from batch.retry import call_with_retries
+
+    async def sleep(seconds: float) -> None:
+        return None
+
+    calls = 0
+
+    async def always_down() -> None:
+        nonlocal calls
+        calls += 1
+        raise TransportError("reset")
+
+    with pytest.raises(TransportError):
+        await call_with_retries(RetryPolicy(max_attempts=4, backoff_base=0), always_down, sleep=sleep)
+    assert calls == 4
+    calls = 0
+    with pytest.raises(TransportError):  # only 2 of the attempts count: e.g. the rest were lost to an outage
+        counted = iter(range(100))
+        await call_with_retries(
+            RetryPolicy(max_attempts=2, backoff_base=0),
+            always_down,
+            sleep=sleep,
+            charged=lambda: next(counted) // 3,
+        )
+    assert calls > 2
+    calls = 0
+    with pytest.raises(TransportError):  # the first wait already passes the deadline: no retry
+        await call_with_retries(
+            RetryPolicy(max_attempts=9, deadline=1.0, backoff_base=5.0, backoff_max=5.0),
+            always_down,
+            sleep=sleep,
+            rng=_AlwaysMax(),
+        )
+    assert calls == 1
+    calls = 0
+
+    async def bad_request() -> None:
+        nonlocal calls
+        calls += 1
+        raise ApiStatusError(400, "no")
+
+    with pytest.raises(ApiStatusError):
+        await call_with_retries(RetryPolicy(), bad_request, sleep=sleep)
+    assert calls == 1

@@ -45,14 +45,48 @@ async def test_journal_appends_whole_lines_after_repairing(tmp_path: Path) -> No
     journal = Journal(path)
     journal.open()
     try:
-        await journal.append({"id": "c", "text": "ünïcode"})
+        journal.write({"id": "c", "text": "ünïcode"})
         journal.write({"id": "d"})
+        assert journal.dirty
         await journal.sync()
+        assert not journal.dirty
     finally:
         journal.close()
     lines = path.read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["id"] for line in lines] == ["a", "c", "d"]
     assert "ünïcode" in lines[1]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("interval", [0.0, 0.05])
+async def test_output_dir_syncs_each_line_or_on_an_interval(tmp_path: Path, interval: float) -> None:
+    import anyio
+
+    store = OutputDir(tmp_path / "out", sync_interval=interval)
+    store.open()
+    synced = anyio.Event()
+    sync = store.sync
+
+    async def spy() -> None:  # the syncer calls store.sync(); tell the test when nothing is left unsynced
+        await sync()
+        if not store.usage.dirty:
+            synced.set()
+
+    store.sync = spy  # type: ignore[method-assign]
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(store.run_syncer)
+            await store.append(store.usage, {"task_id": "a"})
+            if interval == 0:
+                assert not store.usage.dirty  # fsync'd before append returned
+            else:
+                assert store.usage.dirty  # in the kernel now, on disk within the interval
+                with anyio.fail_after(5):
+                    await synced.wait()
+            group.cancel_scope.cancel()
+    finally:
+        store.close()
+    assert (tmp_path / "out" / "usage.jsonl").read_text() == '{"task_id": "a"}\n'
 
 
 def test_finished_results_reads_our_lines_fast_and_others_by_parsing(tmp_path: Path) -> None:

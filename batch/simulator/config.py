@@ -61,6 +61,7 @@ class SimConfig:
     rate_429: float = 0.0
     retry_after: float = DEFAULT_RETRY_AFTER
     rpm: int | None = None
+    tpm: int | None = None  # billed tokens per minute per key (sliding window)
     max_inflight: int | None = None
     faults: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     fault_once_per_task: bool = False
@@ -82,6 +83,8 @@ class SimConfig:
             raise ValueError(f"latency_jitter must be between 0 and 1, got {self.latency_jitter!r}")
         _check_fraction("error_rate", self.error_rate)
         _check_fraction("rate_429", self.rate_429)
+        if self.tpm is not None and self.tpm < 1:
+            raise ValueError(f"tpm must be >= 1 or None, got {self.tpm!r}")
         if self.rpm is not None and self.rpm < 1:
             raise ValueError(f"rpm must be >= 1 or None, got {self.rpm!r}")
         if self.max_inflight is not None and self.max_inflight < 0:

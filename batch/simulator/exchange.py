@@ -36,6 +36,7 @@ class Exchange:
     status: int = 0  # 0 until known
     fault: str | None = None
     billed: int = 0
+    key_id: str = ""  # set once the request is authorised
 
     @classmethod
     def begin(cls, kind: str, request: web.Request) -> Exchange:

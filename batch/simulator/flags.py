@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--rpm", type=int, default=None, help="requests per minute per key (sliding window)")
     group.add_argument(
+        "--tpm", type=int, default=None, help="billed tokens per minute per key (sliding window)"
+    )
+    group.add_argument(
         "--max-inflight", type=int, default=None, help="concurrent requests above this get 429 at once"
     )
     group.add_argument(
@@ -126,6 +129,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         rate_429=args.rate_429,
         retry_after=args.retry_after,
         rpm=args.rpm,
+        tpm=args.tpm,
         max_inflight=args.max_inflight,
         faults=dict(args.fault),
         fault_once_per_task=args.fault_once_per_task,

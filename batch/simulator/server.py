@@ -47,6 +47,7 @@ from .usage import chat_usage, image_usage
 
 BASE_PATH = "/v1/ai"
 STATS_PATH = "/_sim/stats"
+LIMITS_PATH = "/_sim/limits"
 # Room for the largest legal edit: 16 images of 25 MB, a 4 MB mask, and the text fields.
 CLIENT_MAX_SIZE = MAX_IMAGES * MAX_IMAGE_BYTES + MAX_MASK_BYTES + 8 * 1024 * 1024
 _Respond = Callable[[web.Request, Exchange, faults.Draws], Awaitable[web.StreamResponse]]
@@ -76,7 +77,7 @@ class _Simulator:
         entered = False
         try:
             try:
-                key_id = authorize(request, self.config)
+                key_id = ex.key_id = authorize(request, self.config)
                 if self.config.endpoints and ex.endpoint not in self.config.endpoints:
                     raise ApiError(
                         404, "The API deployment for this resource does not exist.", code="DeploymentNotFound"
@@ -87,6 +88,13 @@ class _Simulator:
                 draws = faults.Draws.take(self._rng)
                 if draws.rate_429 < self.config.rate_429:
                     raise rate_limited(self.config.retry_after, "Rate limit exceeded, please retry later.")
+                if self.config.tpm is not None:
+                    wait = self.state.tpm_admit(key_id, self.config.tpm)
+                    if wait is not None:
+                        raise rate_limited(
+                            retry_after_seconds(wait),
+                            f"Rate limit of {self.config.tpm} tokens per minute reached.",
+                        )
                 if self.config.rpm is not None:
                     wait = self.state.rpm_admit(key_id, self.config.rpm)
                     if wait is not None:
@@ -156,6 +164,8 @@ class _Simulator:
     def _bill(self, ex: Exchange, tokens: int) -> None:
         ex.billed = tokens
         self.state.bill(tokens)
+        if self.config.tpm is not None:
+            self.state.tpm_record(ex.key_id, tokens)
 
     async def _send(self, request: web.Request, ex: Exchange, body: bytes, tokens: int) -> web.StreamResponse:
         """Bill, then write the answer (or its truncated / reset form)."""
@@ -319,6 +329,16 @@ class _Simulator:
         self.state.record(ex.record())
         return ApiError(404, f"Unknown path: {request.method} {request.path}", code="not_found").response()
 
+    async def limits(self, request: web.Request) -> web.StreamResponse:
+        """Change live limits: POST {"max_inflight": K} (null lifts it). For benchmarks that change the
+        service's capacity in the middle of a run."""
+        try:
+            body = await request.json()
+            self.state.set_max_inflight(body["max_inflight"])
+        except (ValueError, KeyError, TypeError) as exc:
+            return ApiError(400, f'expected {{"max_inflight": K}}: {exc}', code="invalid_value").response()
+        return web.json_response({"max_inflight": self.state.max_inflight})
+
     async def stats(self, request: web.Request) -> web.StreamResponse:
         """The state as JSON; `?records=0` leaves out the per-request list."""
         include = request.query.get("records", "1").lower() not in ("0", "false", "no")
@@ -336,5 +356,6 @@ def build_app(config: SimConfig, state: SimState) -> web.Application:
     app.router.add_post(prefix + "/images/edits", simulator.handler("edit", simulator.edit))
     app.router.add_post(prefix + "/google/chat/completions", simulator.handler("chat", simulator.chat))
     app.router.add_get(STATS_PATH, simulator.stats)
+    app.router.add_post(LIMITS_PATH, simulator.limits)
     app.router.add_route("*", "/{tail:.*}", simulator.not_found)
     return app

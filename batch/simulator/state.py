@@ -70,6 +70,8 @@ class SimState:
         self._max_inflight_seen = 0
         self._max_inflight: int | None = None
         self._rpm_windows: dict[str, deque[float]] = {}
+        self._tpm_windows: dict[str, deque[tuple[float, int]]] = {}
+        self._tpm_sums: dict[str, int] = {}
         self._faulted_tasks: set[str] = set()
         self._wakers: list[Callable[[], None]] = []
 
@@ -110,6 +112,25 @@ class SimState:
                 return max(window[0] + RPM_WINDOW_SECONDS - now, 0.0)
             window.append(now)
             return None
+
+    def tpm_admit(self, key_id: str, tpm: int) -> float | None:
+        """If the key's billed tokens in the sliding minute reached `tpm`, seconds until some expire."""
+        with self._lock:
+            now = self._clock()
+            window = self._tpm_windows.setdefault(key_id, deque())
+            total = self._tpm_sums.get(key_id, 0)
+            while window and window[0][0] <= now - RPM_WINDOW_SECONDS:
+                total -= window.popleft()[1]
+            self._tpm_sums[key_id] = total
+            if total >= tpm:
+                return max(window[0][0] + RPM_WINDOW_SECONDS - now, 0.0)
+            return None
+
+    def tpm_record(self, key_id: str, tokens: int) -> None:
+        """Count billed tokens towards the key's minute (for the tpm limit)."""
+        with self._lock:
+            self._tpm_windows.setdefault(key_id, deque()).append((self._clock(), tokens))
+            self._tpm_sums[key_id] = self._tpm_sums.get(key_id, 0) + tokens
 
     def claim_fault(self, task_id: str) -> bool:
         """For fault_once_per_task: True the first time a task asks, False afterwards."""

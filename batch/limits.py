@@ -1,0 +1,178 @@
+"""Staying under a provider's limits, per endpoint (a deployment is what providers limit).
+
+RatePacer spaces requests so that no 60-second window holds more than `rpm` requests or `tpm` tokens
+(GCRA: each request books the next free moment; nobody waits in a queue, each sleeps until its moment).
+Tokens are booked from an estimate before sending and corrected by the usage that comes back.
+
+AdaptiveLimit finds how many requests an endpoint takes at once (`--concurrency auto`) from the 429s it
+answers: additive increase, decrease on refusal (AIMD, as TCP does), tuned for a hard limit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+
+SAFETY = 0.99  # aim just under the limit: clocks and networks are not exact
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the command line asked for. None is no limit; concurrency None is `auto`."""
+
+    rpm: float | None = None
+    tpm: float | None = None
+    concurrency: int | None = 4
+    max_concurrency: int = 256  # the ceiling of `auto`
+
+
+class RatePacer:
+    """Requests-per-minute and tokens-per-minute pacing for one endpoint."""
+
+    def __init__(
+        self, rpm: float | None, tpm: float | None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._request_gap = 60.0 / (rpm * SAFETY) if rpm else 0.0
+        self._token_gap = 60.0 / (tpm * SAFETY) if tpm else 0.0
+        self._clock = clock
+        self._next_request = 0.0  # the earliest moment the next request may go
+        self._tokens_free_at = 0.0  # the moment the tokens booked so far have been paid for
+
+    def book(self, tokens: int) -> float:
+        """Reserve a moment to send a request that will use about `tokens` tokens; returns the seconds
+        to wait for it. Each request waits for the previous one's tokens to be paid for at the minute
+        rate (GCRA without a burst), so any 60-second window holds at most the limit, give or take the
+        last request."""
+        now = self._clock()
+        moment = max(now, self._next_request, self._tokens_free_at)
+        self._next_request = moment + self._request_gap
+        if self._token_gap:
+            self._tokens_free_at = moment + tokens * self._token_gap
+        return moment - now
+
+    def correct(self, estimated: int, actual: int) -> None:
+        """The answer used `actual` tokens where `estimated` were booked."""
+        if self._token_gap:
+            self._tokens_free_at += (actual - estimated) * self._token_gap
+
+    async def wait(self, tokens: int) -> None:
+        delay = self.book(tokens)
+        if delay > 0:
+            await anyio.sleep(delay)
+
+
+class AdaptiveLimit:
+    """How many requests may be in flight to one endpoint, found from the 429s it answers.
+
+    Slow start: +1 per answer while nothing is refused. Then: a 429 steps the limit down by one (several
+    within a few round trips cut it to 3/4: the service's capacity really fell); each round of answers at
+    the limit without a refusal allows one probe upwards. A refused probe doubles the rounds to wait before
+    the next (up to 16), a round passed halves them: sitting at a hard limit K costs about one refusal in
+    16·K answers, and a limit that rose is found again quickly.
+    """
+
+    MAX_PATIENCE = 16.0
+
+    def __init__(
+        self, start: int = 4, ceiling: int = 256, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit = start
+        self.ceiling = ceiling
+        self.in_flight = 0
+        self.waiting = 0
+        self._slow_start = True
+        self._patience = 1.0  # rounds of answers at the limit before the next probe upwards
+        self._answers = 0
+        self._clock = clock
+        self._last_cut = -math.inf
+        self._round_trip = 1.0  # seconds, smoothed
+        self._changed = anyio.Event()
+        self.cuts = 0
+
+    async def acquire(self) -> float:
+        """Wait for room; returns the moment the request started (for `answered` and `throttled`)."""
+        self.waiting += 1
+        try:
+            while self.in_flight >= self.limit:
+                changed = self._changed
+                await changed.wait()
+        finally:
+            self.waiting -= 1
+        self.in_flight += 1
+        return self._clock()
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def answered(self, started: float) -> None:
+        """A request got an answer (call before `release`)."""
+        self._round_trip = 0.8 * self._round_trip + 0.2 * max(0.0, self._clock() - started)
+        if (self.in_flight < self.limit and not self.waiting) or self.limit >= self.ceiling:
+            return  # the limit was not what held requests back
+        if self._slow_start:
+            self.limit += 1
+            self._wake()
+            return
+        self._answers += 1
+        if self._answers >= self.limit * self._patience:  # a round at this limit passed without a 429
+            self._answers = 0
+            self._patience = max(1.0, self._patience / 2)
+            self.limit += 1
+            self._wake()
+
+    def throttled(self, started: float) -> None:
+        """A request was refused with 429. Those sent before the last cut saw the old limit: one burst
+        of refusals is one signal."""
+        self._slow_start = False
+        if started <= self._last_cut:
+            return
+        now = self._clock()
+        repeated = now - self._last_cut < 3 * self._round_trip
+        self.limit = max(1, int(self.limit * 0.75) if repeated else self.limit - 1)
+        self._patience = min(self.MAX_PATIENCE, self._patience * 2)
+        self._answers = 0
+        self._last_cut = now
+        self.cuts += 1
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+
+class EndpointLimits:
+    """The pacer and (for `auto`) the adaptive limit of each endpoint, made on first use."""
+
+    def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limits = limits
+        self._clock = clock
+        self._pacers: dict[str, RatePacer] = {}
+        self._adaptive: dict[str, AdaptiveLimit] = {}
+
+    @property
+    def paced(self) -> bool:
+        return bool(self.limits.rpm or self.limits.tpm)
+
+    def pacer(self, endpoint: str) -> RatePacer:
+        pacer = self._pacers.get(endpoint)
+        if pacer is None:
+            pacer = self._pacers[endpoint] = RatePacer(self.limits.rpm, self.limits.tpm, self._clock)
+        return pacer
+
+    def adaptive(self, endpoint: str) -> AdaptiveLimit | None:
+        if self.limits.concurrency is not None:
+            return None
+        limit = self._adaptive.get(endpoint)
+        if limit is None:
+            limit = self._adaptive[endpoint] = AdaptiveLimit(
+                ceiling=self.limits.max_concurrency, clock=self._clock
+            )
+        return limit
+
+    def snapshot(self) -> dict[str, float]:
+        """The concurrency each adaptive endpoint settled on (for the summary)."""
+        return {endpoint: round(limit.limit, 1) for endpoint, limit in self._adaptive.items()}
