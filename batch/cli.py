@@ -432,7 +432,9 @@ def _configure_logging(args: argparse.Namespace) -> None:
     root.propagate = False
 
 
-def _check(args: argparse.Namespace, env_endpoint: str | None) -> CheckedManifest | int:
+def _check(
+    args: argparse.Namespace, env_endpoint: str | None, cache: Path | None = None
+) -> CheckedManifest | int:
     """The checked manifest, or (after printing every problem) the exit code that refuses it."""
     from batch.job import check
     from batch.tasks import BuildSettings
@@ -443,7 +445,7 @@ def _check(args: argparse.Namespace, env_endpoint: str | None) -> CheckedManifes
         endpoints=parse_endpoints(args.endpoints),
         env_endpoint=env_endpoint,
     )
-    checked = check(args.manifest, build, registry())
+    checked = check(args.manifest, build, registry(), cache)
     plan = checked.plan
     if plan.ok:
         return checked
@@ -527,6 +529,7 @@ def _run(args: argparse.Namespace) -> int:
     probe_lock(args.out)  # a second run on DIR gives up now, before any slow import or manifest check
     import anyio
 
+    from batch import plancache
     from batch.client import ClientConfig
     from batch.job import Job, JobConfig
     from batch.limits import Limits
@@ -535,7 +538,7 @@ def _run(args: argparse.Namespace) -> int:
     from jobs import registry
 
     with _connection(args.simulate) as connection:
-        checked = _check(args, connection.env_endpoint)
+        checked = _check(args, connection.env_endpoint, args.out / plancache.FOLDER)
         if isinstance(checked, int):
             return checked
         config = JobConfig(

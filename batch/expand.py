@@ -23,15 +23,18 @@ import glob as globbing
 import itertools
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from batch.errors import Problem, shorten
 from batch.fields import type_name
 from batch.inputs import resolve
 from batch.manifest import Entry
+
+if TYPE_CHECKING:
+    from batch.plancache import Sources
 
 EXPANSION_KEYS = ("for_each", "prompts_file", "matrix", "repeat")
 SOURCES = ("glob", "csv", "jsonl")
@@ -131,15 +134,18 @@ def slug(value: Any, limit: int = 40) -> str:
 class Expander:
     """Expands the entries of one manifest."""
 
-    def __init__(self, manifest_name: str, folder: Path) -> None:
+    def __init__(self, manifest_name: str, folder: Path, sources: Sources | None = None) -> None:
         self.name = manifest_name
         self.folder = folder
+        self.sources = sources  # notes the files read, for the plan cache
 
-    def expand(self, entry: Entry) -> Iterator[Entry | Problem]:
-        """The entry itself when it has no expansion keys; otherwise one Entry per variant."""
+    def expand(self, entry: Entry, skip: Callable[[], bool] | None = None) -> Iterator[Entry | Problem]:
+        """The entry itself when it has no expansion keys; otherwise one Entry per variant. `skip` is
+        asked before each task is rendered: True passes over it (a finished task, on resume)."""
         data = entry.data
         if not expands(data):
-            yield entry
+            if skip is None or not skip():
+                yield entry
             return
         problems = self._check_keys(entry)
         if problems:
@@ -157,6 +163,8 @@ class Expander:
         for variant in self._variants(entry, used):
             if variant.problem is not None:
                 yield variant.problem
+                continue
+            if skip is not None and skip():
                 continue
             try:
                 rendered = render(template, variant.values)
@@ -287,6 +295,8 @@ class Expander:
 
     def _prompts(self, entry: Entry, raw: str) -> Iterator[Variant]:
         path = resolve(self.folder, raw)
+        if self.sources is not None:
+            self.sources.file(path)
         with path.open("rb") as handle:
             for number, line in enumerate(_lines(handle, MAX_PROMPT_LINE), start=1):
                 if line is None:
@@ -315,6 +325,8 @@ class Expander:
                 )
             return
         path = resolve(self.folder, raw)
+        if self.sources is not None:
+            self.sources.file(path)
         records = _csv_rows(path) if source == "csv" else _jsonl_rows(path)
         for number, record in records:
             if isinstance(record, Problem):
@@ -326,7 +338,10 @@ class Expander:
 
     def _glob(self, pattern: str) -> list[Path]:
         base = resolve(self.folder, pattern)
-        return sorted(Path(p) for p in globbing.glob(str(base), recursive=True) if Path(p).is_file())
+        found = sorted(Path(p) for p in globbing.glob(str(base), recursive=True) if Path(p).is_file())
+        if self.sources is not None:
+            self.sources.glob(str(base), found)
+        return found
 
     def _csv_header(self, raw: str) -> list[str]:
         try:

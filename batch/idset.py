@@ -30,7 +30,9 @@ class IdSet:
             self.add(task_id)
 
     def add(self, task_id: str) -> None:
-        key = digest(task_id)
+        self.add_digest(digest(task_id))
+
+    def add_digest(self, key: int) -> None:
         bucket = key >> 56
         self._buckets[bucket].append(key)
         self._unsorted.add(bucket)
@@ -43,8 +45,10 @@ class IdSet:
     def __contains__(self, task_id: object) -> bool:
         if not isinstance(task_id, str):
             return False
+        return self.contains_digest(digest(task_id))
+
+    def contains_digest(self, key: int) -> bool:
         self._sort()
-        key = digest(task_id)
         values = self._buckets[key >> 56]
         at = bisect_left(values, key)
         return at < len(values) and values[at] == key

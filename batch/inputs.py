@@ -12,10 +12,14 @@ import os
 import warnings
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image, UnidentifiedImageError
 
 from batch.kinds import ImageInfo, InputInfo
+
+if TYPE_CHECKING:
+    from batch.plancache import Sources
 
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 
@@ -35,11 +39,14 @@ def read_image_info(path: Path) -> ImageInfo | None:
 class InputInspector:
     """Inspects input files, remembering the last `capacity` answers."""
 
-    def __init__(self, capacity: int = 4096) -> None:
+    def __init__(self, capacity: int = 4096, sources: Sources | None = None) -> None:
         self._cache: OrderedDict[tuple[str, int, int], InputInfo] = OrderedDict()
         self._capacity = capacity
+        self.sources = sources  # notes every file inspected, for the plan cache
 
     def inspect(self, path: Path) -> InputInfo:
+        if self.sources is not None:
+            self.sources.file(path)
         try:
             stat = path.stat()
         except FileNotFoundError:

@@ -7,19 +7,20 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from batch import __version__
+from batch import __version__, plancache
 from batch.client import ApiClient, ClientConfig
 from batch.events import Observer
 from batch.idset import IdSet
 from batch.kinds import Registry
 from batch.manifest import Manifest, load
 from batch.plan import Plan, check_manifest, iter_tasks
+from batch.plancache import Sources
 from batch.runlog import RunLog, recover
 from batch.runner import Runner, RunSettings, RunSummary
 from batch.store import OutputDir, finished_results
@@ -44,14 +45,31 @@ class CheckedManifest:
     manifest: Manifest
     builder: TaskBuilder
     plan: Plan
+    cache_key: dict[str, Any] | None = None  # what a remembered plan depends on (None: no cache)
+    sources: Sources | None = None  # the files the tasks were made from, as validated
+    cached: bool = False  # the plan came from DIR's cache: the manifest was not walked again
 
 
-def check(path: Path, build: BuildSettings, registry: Registry) -> CheckedManifest:
+def check(path: Path, build: BuildSettings, registry: Registry, cache: Path | None = None) -> CheckedManifest:
     """Load and validate a whole manifest. Raises ManifestError for a file that is not a manifest; other
-    problems are in `plan.problems`."""
+    problems are in `plan.problems`. With `cache` (a folder in DIR), a plan remembered there is used when
+    nothing it depends on changed."""
     manifest = load(path)
-    builder = TaskBuilder(manifest, registry, build)
-    return CheckedManifest(manifest, builder, check_manifest(manifest, builder))
+    sources = Sources()
+    builder = TaskBuilder(manifest, registry, build, sources=sources)
+    cache_key = plancache.key(path, dataclasses.asdict(build)) if cache is not None else None
+    if cache is not None and cache_key is not None and not builder.problems:
+        remembered = plancache.load(cache, cache_key)
+        if remembered is not None:
+            plan = Plan(
+                manifest.name, total=remembered.total, counts=remembered.counts, order=remembered.order
+            )
+            for key in remembered.order:
+                plan.ids.add_digest(key)
+            return CheckedManifest(manifest, builder, plan, cache_key, None, cached=True)
+    plan = check_manifest(manifest, builder)
+    builder.forget_sources()  # what validation read is recorded; the dispatch walk need not add to it
+    return CheckedManifest(manifest, builder, plan, cache_key, sources)
 
 
 class Job:
@@ -111,11 +129,24 @@ class Job:
         except by a kill, which the next run's recover() then accounts for."""
         checked = self.checked
         finished, failed_before = self.finished()
+        if checked.cache_key is not None and checked.sources is not None and checked.plan.ok:
+            plan = checked.plan
+            plancache.save(
+                self.out.root / plancache.FOLDER,
+                checked.cache_key,
+                checked.sources,
+                plan.total,
+                plan.counts,
+                plan.order,
+            )
+        order = checked.plan.order
+        skip = (lambda position: finished.contains_digest(order[position])) if len(finished) else None
         interrupted = recover(self.out.runs)
         tag = secrets.token_hex(3)
-        log = RunLog(self.out.runs, f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{tag}")
+        log = RunLog(self.out.runs, f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{tag}")
         log.open(
             {
+                "plan": "remembered" if checked.cached else "validated",
                 "pid": os.getpid(),
                 "manifest": str(checked.manifest.path),
                 "version": __version__,
@@ -126,7 +157,7 @@ class Job:
         try:
             async with ApiClient(self.config.client) as client:
                 self.runner = Runner(
-                    iter_tasks(checked.manifest, checked.builder),
+                    iter_tasks(checked.manifest, checked.builder, skip),
                     registry=self.registry,
                     client=client,
                     out=self.out,

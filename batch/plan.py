@@ -4,8 +4,9 @@
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from batch.errors import ManifestError, Problem
@@ -29,6 +30,7 @@ class Plan:
     repeats: Counter[Problem] = field(default_factory=Counter)  # same problem again in more tasks
     dropped: int = 0  # problems past KEEP_PROBLEMS
     ids: IdSet = field(default_factory=IdSet)  # every task id, 8 bytes each
+    order: array[int] = field(default_factory=lambda: array("Q"))  # the same digests, in manifest order
 
     @property
     def ok(self) -> bool:
@@ -65,17 +67,27 @@ def _key(problem: Problem) -> Problem:
     )
 
 
-def walk(manifest: Manifest, builder: TaskBuilder) -> Iterator[tuple[Entry | None, TaskSpec | list[Problem]]]:
+def walk(
+    manifest: Manifest, builder: TaskBuilder, skip: Callable[[int], bool] | None = None
+) -> Iterator[tuple[Entry | None, TaskSpec | list[Problem]]]:
     """Each task of the manifest, expanded and built, or the problems that stop it from being built,
-    beside the entry it came from (None for problems of the manifest itself)."""
+    beside the entry it came from (None for problems of the manifest itself). `skip(position)` may pass
+    over a task of a valid manifest before it is rendered or built (finished ones, on resume)."""
     if builder.problems:
         yield None, builder.problems
-    expander = Expander(manifest.name, manifest.folder)
+    expander = Expander(manifest.name, manifest.folder, builder.sources)
+    position = -1
+
+    def passed() -> bool:
+        nonlocal position
+        position += 1
+        return skip is not None and skip(position)
+
     for entry in manifest.entries():
         if isinstance(entry, Problem):
             yield None, [entry]
             continue
-        for item in expander.expand(entry):
+        for item in expander.expand(entry, passed if skip is not None else None):
             if isinstance(item, Problem):
                 yield None, [item]
             else:
@@ -101,6 +113,7 @@ def check_manifest(manifest: Manifest, builder: TaskBuilder) -> Plan:
         if isinstance(item, TaskSpec):
             plan.total += 1
             plan.counts[(item.kind, item.model or "-", item.endpoint)] += 1
+            plan.order.append(digest(item.id))
         else:
             for problem in item:
                 plan.add(problem)
@@ -128,10 +141,13 @@ def _report_duplicates(manifest: Manifest, builder: TaskBuilder, repeated: set[i
             first[task_id] = (label, line)
 
 
-def iter_tasks(manifest: Manifest, builder: TaskBuilder) -> Iterator[TaskSpec]:
-    """The TaskSpecs of a manifest that `check_manifest` passed. A manifest (or an input file) changed
-    since then raises ManifestError rather than sending a task that was never checked."""
-    for _, item in walk(manifest, builder):
+def iter_tasks(
+    manifest: Manifest, builder: TaskBuilder, skip: Callable[[int], bool] | None = None
+) -> Iterator[TaskSpec]:
+    """The TaskSpecs of a manifest that `check_manifest` passed, but for the positions `skip` passes over.
+    A manifest (or an input file) changed since then raises ManifestError rather than sending a task that
+    was never checked."""
+    for _, item in walk(manifest, builder, skip):
         if not isinstance(item, TaskSpec):
             raise ManifestError(item)
         yield item

@@ -54,6 +54,8 @@ def recover(folder: Path) -> Interrupted:
     if not folder.is_dir():
         return found
     for path in sorted(folder.glob("*.jsonl")):
+        if _ended(path):  # the usual case: read one line, not the whole log of a long run
+            continue
         pending: dict[str, str] = {}
         ended = False
         for record in read_lines(path):
@@ -86,6 +88,24 @@ def recover(folder: Path) -> Interrupted:
             journal.close()
         found.runs += 1
     return found
+
+
+def _ended(path: Path) -> bool:
+    """Whether a run log's last whole line is its `end` line."""
+    try:
+        with path.open("rb") as handle:
+            size = handle.seek(0, 2)
+            handle.seek(max(0, size - 65536))
+            tail = handle.read()
+    except OSError:
+        return False
+    lines = tail.split(b"\n")
+    last = lines[-2] if len(lines) >= 2 else b""  # the text after the final newline is torn, or empty
+    try:
+        record = json.loads(last)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and record.get("event") == "end"
 
 
 class RunLog:

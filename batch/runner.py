@@ -44,6 +44,7 @@ from batch.imaging import decode_images
 from batch.inputs import read_file
 from batch.kinds import Answer, ApiRequest, Registry, TaskKind
 from batch.limits import EndpointLimits, Limits
+from batch.looplag import LoopLag
 from batch.retry import EXIT_UNAVAILABLE, RetryNotice, RetryPolicy, Verdict, call_with_retries, classify
 from batch.runlog import RunLog
 from batch.store import OutputDir, OutputFile
@@ -83,6 +84,8 @@ class RunSummary:
     stop_reason: str | None = None
     stop_code: int | None = None
     seconds: float = 0.0
+    loop_lag_p99_ms: float = 0.0  # how late the event loop ran, 99th percentile (blocking work shows here)
+    concurrency: dict[str, float] = field(default_factory=dict)  # what --concurrency auto settled on
 
     @property
     def not_run(self) -> int:
@@ -191,8 +194,10 @@ class Runner:
         )
         workers = self._settings.limits.concurrency or self._settings.limits.max_concurrency
         send, receive = anyio.create_memory_object_stream[TaskSpec](min(workers, 64))
+        lag = LoopLag()
         async with anyio.create_task_group() as background:
             background.start_soon(self._out.run_syncer)
+            background.start_soon(lag.watch)
             with self._work_scope:
                 async with anyio.create_task_group() as group:
                     group.start_soon(self._produce, send)
@@ -206,6 +211,8 @@ class Runner:
             except OutputError as exc:
                 self.stop(str(exc), EXIT_IO)
         summary.seconds = time.monotonic() - started
+        summary.loop_lag_p99_ms = round(lag.percentile(0.99) * 1000, 1)
+        summary.concurrency = self._limits.snapshot()
         return summary
 
     async def _produce(self, send: ObjectSendStream[TaskSpec]) -> None:

@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batch.errors import Problem, shorten
 from batch.fields import MISSING, FieldIssue, unknown_field_message
@@ -21,6 +21,9 @@ from batch.ids import valid_id
 from batch.inputs import InputInspector, resolve
 from batch.kinds import InputInfo, Pointer, Registry, TaskKind
 from batch.manifest import Entry, LocatedDict, Manifest
+
+if TYPE_CHECKING:
+    from batch.plancache import Sources
 
 ENDPOINT_PATTERN = re.compile(r"[^/?#\s]{1,200}")
 RESERVED = ("kind", "id", "endpoint", "meta", "custom_id")
@@ -65,12 +68,19 @@ class TaskBuilder:
         registry: Registry,
         settings: BuildSettings,
         inspector: InputInspector | None = None,
+        sources: Sources | None = None,
     ) -> None:
         self.manifest = manifest
         self.registry = registry
         self.settings = settings
-        self.inspector = inspector or InputInspector()
+        self.sources = sources
+        self.inspector = inspector or InputInspector(sources=sources)
         self.problems = self._check_top_level()
+
+    def forget_sources(self) -> None:
+        """Stop noting the files read (validation is over; its record is kept by the caller)."""
+        self.sources = None
+        self.inspector.sources = None
 
     # -- once per manifest --------------------------------------------------------------------------
 

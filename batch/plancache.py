@@ -1,0 +1,130 @@
+"""A validated plan, remembered in DIR, so that resuming a large unchanged manifest skips the validation
+walk (about 30 s for a million tasks) and does not rebuild the tasks already finished.
+
+What a plan depends on, all checked before it is used: the tool's version, the manifest's bytes (sha256),
+the command line's --set and --endpoint and the environment's endpoint, and every file the tasks were made
+from (prompt files, CSVs, input images: size and modification time; globs: the files they match). Any
+change and the manifest is validated again, in full.
+
+    DIR/.cache/plan.json   the key, the files, the counts
+    DIR/.cache/plan.ids    every task's id digest, 8 bytes each, in manifest order
+"""
+
+from __future__ import annotations
+
+import glob as globbing
+import hashlib
+import json
+from array import array
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batch import __version__
+from batch.store import write_atomic
+
+FOLDER = ".cache"
+PLAN = "plan.json"
+IDS = "plan.ids"
+
+
+@dataclass
+class Sources:
+    """The files a manifest's tasks were made from, as they were when it was validated."""
+
+    files: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (size, mtime_ns)
+    globs: dict[str, list[str]] = field(default_factory=dict)  # pattern -> matched paths
+
+    def file(self, path: Path) -> None:
+        self.files[str(path)] = _stat(path)
+
+    def glob(self, pattern: str, matches: Iterable[Path]) -> None:
+        self.globs[pattern] = [str(p) for p in matches]
+
+    def unchanged(self) -> bool:
+        if any(_stat(Path(path)) != tuple(seen) for path, seen in self.files.items()):
+            return False
+        return all(
+            sorted(p for p in globbing.glob(pattern, recursive=True) if Path(p).is_file()) == matched
+            for pattern, matched in self.globs.items()
+        )
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    try:
+        info = path.stat()
+    except (OSError, ValueError):
+        return (-1, -1)
+    return (info.st_size, info.st_mtime_ns)
+
+
+def key(manifest: Path, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """What, besides the source files, a plan depends on."""
+    digest = hashlib.sha256()
+    with manifest.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {
+        "version": __version__,
+        "manifest": str(manifest.resolve()),
+        "sha256": digest.hexdigest(),
+        "settings": json.loads(json.dumps(settings, sort_keys=True, default=str)),
+    }
+
+
+@dataclass
+class CachedPlan:
+    total: int
+    counts: Counter[tuple[str, str, str]]
+    order: array[int]  # id digests in manifest order
+
+
+def save(
+    folder: Path,
+    plan_key: Mapping[str, Any],
+    sources: Sources,
+    total: int,
+    counts: Mapping[tuple[str, str, str], int],
+    order: array[int],
+) -> None:
+    """Remember a valid plan (call while holding DIR's lock)."""
+    folder.mkdir(exist_ok=True)
+    ids = order.tobytes()
+    write_atomic(folder / IDS, ids)
+    document = {
+        "key": plan_key,
+        "files": sources.files,
+        "globs": sources.globs,
+        "total": total,
+        "counts": [[*k, n] for k, n in counts.items()],
+        "ids_sha256": hashlib.sha256(ids).hexdigest(),
+    }
+    write_atomic(folder / PLAN, json.dumps(document).encode())
+
+
+def load(folder: Path, plan_key: Mapping[str, Any]) -> CachedPlan | None:
+    """The remembered plan, if everything it depends on is unchanged; None otherwise."""
+    try:
+        document = json.loads((folder / PLAN).read_bytes())
+        ids = (folder / IDS).read_bytes()
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict) or document.get("key") != json.loads(json.dumps(plan_key)):
+        return None
+    if hashlib.sha256(ids).hexdigest() != document.get("ids_sha256"):
+        return None
+    sources = Sources(
+        {k: (v[0], v[1]) for k, v in document.get("files", {}).items()}, document.get("globs", {})
+    )
+    if not sources.unchanged():
+        return None
+    order = array("Q")
+    order.frombytes(ids)
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for kind, model, endpoint, n in document.get("counts", []):
+        counts[(kind, model, endpoint)] = n
+    if len(order) != document.get("total"):
+        return None
+    return CachedPlan(int(document["total"]), counts, order)

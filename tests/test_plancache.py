@@ -1,0 +1,82 @@
+"""The validated plan remembered in DIR: used when nothing it depends on changed, never otherwise, and
+a resumed run with it sends exactly the unfinished tasks."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from batch.simulator import RunningSimulator
+from tests.conftest import Outcome, env_for, results
+
+
+def plan_sources(out: Path) -> list[str]:
+    """How each run got its plan, oldest first."""
+    starts = []
+    for log in sorted((out / "runs").glob("*.jsonl")):
+        first = json.loads(log.read_text().splitlines()[0])
+        starts.append(first["plan"])
+    return starts
+
+
+def test_an_unchanged_manifest_is_not_validated_again_and_any_change_is(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    prompts = write("a fox\nan owl\na whale\n", "prompts.txt")
+    manifest = write("tasks:\n  - {kind: generate, prompts_file: prompts.txt, quality: low}\n")
+    out = tmp_path / "out"
+    env = env_for(sim)
+    assert cli("run", manifest, "--out", out, env=env).code == 0
+    assert cli("run", manifest, "--out", out, env=env).code == 0
+    assert plan_sources(out) == ["validated", "remembered"]
+
+    prompts.write_text("a fox\nan owl\na whale\na heron\n")  # a source file changed
+    assert cli("run", manifest, "--out", out, env=env).code == 0
+    assert plan_sources(out)[-1] == "validated"
+    assert len(results(out)) == 4
+
+    assert cli("run", manifest, "--out", out, "--set", "quality=medium", env=env).code == 0  # settings
+    assert plan_sources(out)[-1] == "validated"
+    manifest.write_text(manifest.read_text() + "  - {kind: generate, prompt: one more}\n")  # the manifest
+    assert cli("run", manifest, "--out", out, env=env).code == 0
+    assert plan_sources(out)[-1] == "validated"
+    assert cli("run", manifest, "--out", out, env=env).code == 0
+    assert plan_sources(out)[-1] == "remembered"
+
+
+def test_a_touched_input_image_invalidates_the_plan(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    from tests.conftest import make_image
+
+    photo = make_image(tmp_path / "photo.png")
+    manifest = write("tasks:\n  - {kind: edit, prompt: hat, image: photo.png}\n")
+    out = tmp_path / "out"
+    assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 0
+    make_image(photo, color=(1, 2, 3))
+    os.utime(photo, ns=(1, 1))
+    assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 0
+    assert plan_sources(out) == ["validated", "validated"]
+    assert len(results(out)) == 2  # new bytes, new task
+
+
+def test_a_remembered_plan_resumes_exactly_the_unfinished_tasks(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write(
+        "tasks:\n  - {kind: chat, model: m, id: 'q-{a}-{b}', prompt: '{a} {b}', "
+        "matrix: {a: [1, 2, 3, 4, 5], b: [1, 2, 3, 4]}}\n"
+    )
+    out = tmp_path / "out"
+    assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    kept = [line for line in lines if not json.loads(line)["id"].endswith("-3")]
+    (out / "results.jsonl").write_text("\n".join(kept) + "\n")  # as if five tasks never finished
+    sent = sim.state.requests_total
+    assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 0
+    assert plan_sources(out)[-1] == "remembered"
+    again = [r.task_id for r in sim.state.records[sent:]]
+    assert sorted(again) == [f"q-{a}-3" for a in range(1, 6)]
+    assert len(results(out)) == 20
