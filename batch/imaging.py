@@ -4,12 +4,12 @@ worker thread, never on the event loop.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import io
 import warnings
 from collections.abc import Sequence
 
+import pybase64
 from PIL import Image, UnidentifiedImageError
 
 from batch.errors import BrokenAnswerError
@@ -31,7 +31,7 @@ def decode_images(task_id: str, images: Sequence[EncodedImage]) -> list[OutputFi
     files = []
     for index, image in enumerate(images):
         try:
-            data = base64.b64decode(image.b64, validate=True)
+            data = pybase64.b64decode(image.b64, validate=True)
         except (binascii.Error, ValueError):
             raise BrokenAnswerError(f"image {index + 1} is not valid base64") from None
         files.append(OutputFile(output_name(task_id, index, len(images), check_image(data, index)), data))

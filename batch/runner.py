@@ -193,6 +193,10 @@ class Runner:
             RunStarted(summary.total, summary.finished_before, summary.total - summary.finished_before)
         )
         workers = self._settings.limits.concurrency or self._settings.limits.max_concurrency
+        # Each task's decode, checks and fsync'd writes run in a worker thread: with fewer threads than
+        # tasks in flight, answers wait for a thread while their disk writes wait for the disk.
+        threads = anyio.to_thread.current_default_thread_limiter()
+        threads.total_tokens = max(threads.total_tokens, workers + 8)
         send, receive = anyio.create_memory_object_stream[TaskSpec](min(workers, 64))
         lag = LoopLag()
         async with anyio.create_task_group() as background:

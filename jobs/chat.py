@@ -7,10 +7,11 @@ whose url is a local path is sent as a base64 `data:` URL.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import pybase64
 
 from batch.errors import BrokenAnswerError, RefusalError
 from batch.fields import (
@@ -264,7 +265,7 @@ def build_request(fields: Mapping[str, Any], read: FileReader) -> ApiRequest:
             i, j = int(pointer[1]), int(pointer[3])
             content = messages[i]["content"] = list(messages[i]["content"])
             data = read(Path(path))
-            url = f"data:{sniff_mime(data)};base64,{base64.b64encode(data).decode('ascii')}"
+            url = f"data:{sniff_mime(data)};base64,{pybase64.b64encode(data).decode('ascii')}"
             content[j] = {**content[j], "image_url": {**content[j]["image_url"], "url": url}}
     stream = body.get("stream") is True
     if stream and "stream_options" not in body:
