@@ -68,14 +68,19 @@ class RatePacer:
 class AdaptiveLimit:
     """How many requests may be in flight to one endpoint, found from the 429s it answers.
 
-    Slow start: +1 per answer while nothing is refused. Then: a 429 steps the limit down by one (several
-    within a few round trips cut it to 3/4: the service's capacity really fell); each round of answers at
-    the limit without a refusal allows one probe upwards. A refused probe doubles the rounds to wait before
-    the next (up to 16), a round passed halves them: sitting at a hard limit K costs about one refusal in
-    16·K answers, and a limit that rose is found again quickly.
+    - Slow start: +1 per answer while nothing is refused.
+    - A refused probe (a limit above the last good one) steps back by one and doubles the rounds of answers
+      to wait before the next probe (up to 16): sitting at a hard limit K costs about one 429 per 16·K
+      answers.
+    - Whatever the patience, a probe goes at least every PROBE_SECONDS (or five round trips, if longer), so
+      that a capacity that grew is found within seconds.
+    - Refusals at a level that used to work, repeated within a few round trips: the capacity fell; cut to
+      3/4 and probe eagerly again.
+    - A level refused before that now passes a whole round: the capacity grew; slow start again.
     """
 
     MAX_PATIENCE = 16.0
+    PROBE_SECONDS = 1.0
 
     def __init__(
         self, start: int = 4, ceiling: int = 256, clock: Callable[[], float] = time.monotonic
@@ -84,14 +89,17 @@ class AdaptiveLimit:
         self.ceiling = ceiling
         self.in_flight = 0
         self.waiting = 0
+        self.cuts = 0
         self._slow_start = True
         self._patience = 1.0  # rounds of answers at the limit before the next probe upwards
         self._answers = 0
+        self._good = 0  # the limit after the last cut: known to work
+        self._refused: int | None = None  # the last limit the service refused
         self._clock = clock
         self._last_cut = -math.inf
+        self._changed_at = clock()  # when the limit last moved
         self._round_trip = 1.0  # seconds, smoothed
         self._changed = anyio.Event()
-        self.cuts = 0
 
     async def acquire(self) -> float:
         """Wait for room; returns the moment the request started (for `answered` and `throttled`)."""
@@ -115,29 +123,45 @@ class AdaptiveLimit:
         if (self.in_flight < self.limit and not self.waiting) or self.limit >= self.ceiling:
             return  # the limit was not what held requests back
         if self._slow_start:
-            self.limit += 1
-            self._wake()
+            self._grow()
             return
         self._answers += 1
-        if self._answers >= self.limit * self._patience:  # a round at this limit passed without a 429
-            self._answers = 0
-            self._patience = max(1.0, self._patience / 2)
-            self.limit += 1
-            self._wake()
+        waited = self._clock() - self._changed_at >= max(self.PROBE_SECONDS, 5 * self._round_trip)
+        if self._answers < self.limit * (1.0 if waited else self._patience):
+            return
+        self._answers = 0  # a whole round at this limit without a 429
+        if self._refused is not None and self.limit >= self._refused:
+            self._refused = None  # a level refused before passes now: the service takes more
+            self._patience = 1.0
+            self._slow_start = True
+        self._grow()
 
     def throttled(self, started: float) -> None:
         """A request was refused with 429. Those sent before the last cut saw the old limit: one burst
         of refusals is one signal."""
-        self._slow_start = False
         if started <= self._last_cut:
             return
         now = self._clock()
-        repeated = now - self._last_cut < 3 * self._round_trip
-        self.limit = max(1, int(self.limit * 0.75) if repeated else self.limit - 1)
-        self._patience = min(self.MAX_PATIENCE, self._patience * 2)
+        self._refused = self.limit
+        if self._slow_start or self.limit > self._good:  # slow start overshot, or a probe was refused
+            if not self._slow_start:
+                self._patience = min(self.MAX_PATIENCE, self._patience * 2)
+            self.limit = max(1, self.limit - 1)
+        elif now - self._last_cut < 3 * self._round_trip:  # refused again at a level that worked
+            self.limit = max(1, int(self.limit * 0.75))
+            self._patience = 1.0
+        else:  # a lone refusal at a level that worked
+            self.limit = max(1, self.limit - 1)
+        self._slow_start = False
+        self._good = self.limit
         self._answers = 0
-        self._last_cut = now
+        self._last_cut = self._changed_at = now
         self.cuts += 1
+
+    def _grow(self) -> None:
+        self.limit += 1
+        self._changed_at = self._clock()
+        self._wake()
 
     def _wake(self) -> None:
         self._changed.set()

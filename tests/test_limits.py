@@ -56,7 +56,7 @@ def test_tpm_pays_for_each_requests_tokens_and_corrects_by_usage() -> None:
 
 
 @pytest.mark.anyio
-async def test_adaptive_limit_starts_slow_then_steps_down_and_probes_ever_more_patiently() -> None:
+async def test_adaptive_limit_finds_a_hard_limit_and_follows_it_down_and_up() -> None:
     clock = Clock()
     limit = AdaptiveLimit(start=2, ceiling=100, clock=clock)
     limit.waiting = 1  # a backlog of work: the limit is what holds it back
@@ -67,30 +67,44 @@ async def test_adaptive_limit_starts_slow_then_steps_down_and_probes_ever_more_p
         limit.answered(started)
         limit.release()
 
-    for _ in range(14):  # slow start: +1 per answer
+    async def refuse() -> None:
+        clock.now += 0.001  # sent after whatever came before
+        started = await limit.acquire()
+        clock.now += 0.01
+        limit.throttled(started)
+        limit.release()
+
+    async def answers_until_growth() -> int:
+        count, before = 0, limit.limit
+        while limit.limit == before:
+            await answer()
+            count += 1
+        return count
+
+    for _ in range(10):  # slow start: +1 per answer
         await answer()
-    assert limit.limit == 16
-    burst = await limit.acquire()
-    clock.now += 0.1
-    limit.throttled(burst)
-    limit.release()
-    assert limit.limit == 15  # one step down
-    limit.throttled(burst)  # the same burst: no second cut
-    assert limit.limit == 15 and limit.cuts == 1
-    clock.now += 0.01
-    limit.throttled(clock.now)  # refused again within a few round trips: the capacity really fell
+    assert limit.limit == 12
+    await refuse()  # slow start overshot
     assert limit.limit == 11
-    clock.now += 10
-    answers = 0
-    while limit.limit == 11:  # patience 4 after two refusals: four rounds of 11 answers before a probe
-        await answer()
-        answers += 1
-    assert answers == 44 and limit.limit == 12
-    answers = 0
-    while limit.limit == 12:  # that probe passed a round: patience halves
-        await answer()
-        answers += 1
-    assert answers == 24
+    assert await answers_until_growth() == 11  # a round at 11, then a probe to 12...
+    await refuse()  # ...refused: back to 11, and twice as patient
+    assert limit.limit == 11 and limit.cuts == 2
+    assert await answers_until_growth() == 22
+    await refuse()
+    assert await answers_until_growth() == 44  # patience 4: a hard limit costs ever fewer refusals
+
+    clock.now += 1.0
+    await refuse()  # the probe to 12 is refused: back to 11...
+    await refuse()  # ...then 11, which worked, is refused within a few round trips: the capacity fell
+    assert limit.limit == 8
+    assert await answers_until_growth() == 8  # cut to 3/4, and probing eagerly again
+    assert await answers_until_growth() == 9
+    await answers_until_growth()
+    assert limit.limit == 11
+    await answers_until_growth()  # 11, refused before, passes a whole round now:
+    assert limit.limit == 12
+    await answer()  # the capacity grew: slow start again, +1 per answer
+    assert limit.limit == 13
 
 
 def test_an_idle_limit_does_not_grow() -> None:
@@ -226,3 +240,31 @@ async def test_simulator_limits_can_change_while_it_runs() -> None:
             async with session.post(url, json={"nothing": 1}) as response:
                 assert response.status == 400
         assert sim.state.max_inflight == 9
+
+
+@pytest.mark.anyio
+async def test_a_patient_limit_still_probes_at_least_every_second() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(start=4, clock=clock)
+    limit.waiting = 1
+
+    async def step(refused: bool) -> None:
+        clock.now += 0.001
+        started = await limit.acquire()
+        clock.now += 0.001
+        limit.throttled(started) if refused else limit.answered(started)
+        limit.release()
+
+    await step(refused=True)  # slow start ends at 3
+    for _ in range(4):  # four refused probes: patience 2, 4, 8, 16
+        while limit.limit == 3:
+            await step(refused=False)
+        await step(refused=True)
+    assert limit.limit == 3
+    for _ in range(3):  # a round passes quickly: patience 16 holds the next probe back
+        await step(refused=False)
+    assert limit.limit == 3
+    clock.now += 1.5  # but once a second has passed, one more round is enough
+    for _ in range(3):
+        await step(refused=False)
+    assert limit.limit == 4
