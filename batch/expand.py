@@ -296,7 +296,7 @@ class Expander:
     def _prompts(self, entry: Entry, raw: str) -> Iterator[Variant]:
         path = resolve(self.folder, raw)
         if self.sources is not None:
-            self.sources.file(path)
+            self.sources.file(path, expanded=True)
         with path.open("rb") as handle:
             for number, line in enumerate(_lines(handle, MAX_PROMPT_LINE), start=1):
                 if line is None:
@@ -326,7 +326,7 @@ class Expander:
             return
         path = resolve(self.folder, raw)
         if self.sources is not None:
-            self.sources.file(path)
+            self.sources.file(path, expanded=True)
         records = _csv_rows(path) if source == "csv" else _jsonl_rows(path)
         for number, record in records:
             if isinstance(record, Problem):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,10 +66,18 @@ def check(path: Path, build: BuildSettings, registry: Registry, cache: Path | No
             )
             for key in remembered.order:
                 plan.ids.add_digest(key)
-            return CheckedManifest(manifest, builder, plan, cache_key, None, cached=True)
+            builder.trust()
+            return CheckedManifest(manifest, builder, plan, cache_key, remembered.sources, cached=True)
+    sources.file(path, expanded=True)
     plan = check_manifest(manifest, builder)
-    builder.forget_sources()  # what validation read is recorded; the dispatch walk need not add to it
+    builder.trust()
     return CheckedManifest(manifest, builder, plan, cache_key, sources)
+
+
+def _watch(sources: Sources | None) -> Callable[[], bool] | None:
+    """What tells the dispatch walk that the manifest changed under it (its field rules are not checked
+    again: they were, and an edit in the middle of a run must stop it rather than send unchecked tasks)."""
+    return sources.expansion_changed if sources is not None else None
 
 
 class Job:
@@ -129,7 +137,12 @@ class Job:
         except by a kill, which the next run's recover() then accounts for."""
         checked = self.checked
         finished, failed_before = self.finished()
-        if checked.cache_key is not None and checked.sources is not None and checked.plan.ok:
+        if (
+            checked.cache_key is not None
+            and checked.sources is not None
+            and checked.plan.ok
+            and not checked.cached
+        ):
             plan = checked.plan
             plancache.save(
                 self.out.root / plancache.FOLDER,
@@ -157,7 +170,7 @@ class Job:
         try:
             async with ApiClient(self.config.client) as client:
                 self.runner = Runner(
-                    iter_tasks(checked.manifest, checked.builder, skip),
+                    iter_tasks(checked.manifest, checked.builder, skip, _watch(checked.sources)),
                     registry=self.registry,
                     client=client,
                     out=self.out,

@@ -142,12 +142,20 @@ def _report_duplicates(manifest: Manifest, builder: TaskBuilder, repeated: set[i
 
 
 def iter_tasks(
-    manifest: Manifest, builder: TaskBuilder, skip: Callable[[int], bool] | None = None
+    manifest: Manifest,
+    builder: TaskBuilder,
+    skip: Callable[[int], bool] | None = None,
+    changed: Callable[[], bool] | None = None,
 ) -> Iterator[TaskSpec]:
     """The TaskSpecs of a manifest that `check_manifest` passed, but for the positions `skip` passes over.
-    A manifest (or an input file) changed since then raises ManifestError rather than sending a task that
-    was never checked."""
-    for _, item in walk(manifest, builder, skip):
+    A manifest, or a file its tasks are expanded from, that `changed` (asked every 64 tasks), or an input
+    file that fails its checks now, raises ManifestError rather than sending a task that was never checked."""
+    for count, (_, item) in enumerate(walk(manifest, builder, skip)):
+        if changed is not None and count % 64 == 0 and changed():
+            message = (
+                "the manifest, or a file its tasks come from, changed during the run; run again to check it"
+            )
+            raise ManifestError([Problem(manifest.name, None, message)])
         if not isinstance(item, TaskSpec):
             raise ManifestError(item)
         yield item

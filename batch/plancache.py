@@ -36,9 +36,17 @@ class Sources:
 
     files: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (size, mtime_ns)
     globs: dict[str, list[str]] = field(default_factory=dict)  # pattern -> matched paths
+    expanded: set[str] = field(default_factory=set)  # of files, those tasks are expanded from (few)
 
-    def file(self, path: Path) -> None:
+    def file(self, path: Path, expanded: bool = False) -> None:
         self.files[str(path)] = _stat(path)
+        if expanded:
+            self.expanded.add(str(path))
+
+    def expansion_changed(self) -> bool:
+        """Whether a file that tasks are expanded from (the manifest, a prompt file, a CSV) changed: cheap
+        enough to ask again and again during a run."""
+        return any(_stat(Path(path)) != tuple(self.files[path]) for path in self.expanded)
 
     def glob(self, pattern: str, matches: Iterable[Path]) -> None:
         self.globs[pattern] = [str(p) for p in matches]
@@ -79,6 +87,7 @@ class CachedPlan:
     total: int
     counts: Counter[tuple[str, str, str]]
     order: array[int]  # id digests in manifest order
+    sources: Sources
 
 
 def save(
@@ -97,6 +106,7 @@ def save(
         "key": plan_key,
         "files": sources.files,
         "globs": sources.globs,
+        "expanded": sorted(sources.expanded),
         "total": total,
         "counts": [[*k, n] for k, n in counts.items()],
         "ids_sha256": hashlib.sha256(ids).hexdigest(),
@@ -116,7 +126,9 @@ def load(folder: Path, plan_key: Mapping[str, Any]) -> CachedPlan | None:
     if hashlib.sha256(ids).hexdigest() != document.get("ids_sha256"):
         return None
     sources = Sources(
-        {k: (v[0], v[1]) for k, v in document.get("files", {}).items()}, document.get("globs", {})
+        {k: (v[0], v[1]) for k, v in document.get("files", {}).items()},
+        document.get("globs", {}),
+        set(document.get("expanded", [])),
     )
     if not sources.unchanged():
         return None
@@ -127,4 +139,4 @@ def load(folder: Path, plan_key: Mapping[str, Any]) -> CachedPlan | None:
         counts[(kind, model, endpoint)] = n
     if len(order) != document.get("total"):
         return None
-    return CachedPlan(int(document["total"]), counts, order)
+    return CachedPlan(int(document["total"]), counts, order, sources)

@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.abc import ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from batch.client import ApiClient, Reply
 from batch.defaults import DEFAULT_OUTAGE_LIMIT
@@ -244,9 +245,18 @@ class Runner:
                     break
         return batch
 
-    async def _work(self, receive: ObjectReceiveStream[TaskSpec]) -> None:
+    async def _work(self, receive: MemoryObjectReceiveStream[TaskSpec]) -> None:
         async with receive:
-            async for spec in receive:
+            while True:
+                try:  # take a waiting task without a round through the event loop; wait only if none
+                    spec = receive.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        spec = await receive.receive()
+                    except anyio.EndOfStream:
+                        return
+                except anyio.EndOfStream:
+                    return
                 if not self.stopping:
                     await self._run_task(spec)
 
@@ -254,7 +264,8 @@ class Runner:
         kind = self._registry[spec.kind]
         state = _TaskState(carried=self._interrupted.get(spec.id, 0))
         started = time.monotonic()
-        self._emit(TaskStarted(spec.id, spec.kind))
+        if self._observers:
+            self._emit(TaskStarted(spec.id, spec.kind))
         try:
             await call_with_retries(
                 self._settings.retry,
@@ -414,7 +425,8 @@ class Runner:
         summary.input_tokens += counts.input
         summary.output_tokens += counts.output
         summary.total_tokens += counts.total
-        self._emit(Billed(spec.id, spec.model, counts.input, counts.output, counts.total))
+        if self._observers:
+            self._emit(Billed(spec.id, spec.model, counts.input, counts.output, counts.total))
 
     async def _finish(
         self, spec: TaskSpec, state: _TaskState, started: float, error: ApiError | None = None

@@ -75,12 +75,15 @@ class TaskBuilder:
         self.settings = settings
         self.sources = sources
         self.inspector = inspector or InputInspector(sources=sources)
+        self.checking = True  # False once the manifest validated: the dispatch walk skips the field rules
         self.problems = self._check_top_level()
 
-    def forget_sources(self) -> None:
-        """Stop noting the files read (validation is over; its record is kept by the caller)."""
+    def trust(self) -> None:
+        """Validation is over: stop noting the files read (the caller keeps that record), and skip the
+        field rules, which it checked. Input files are still checked: they are inspected anyway."""
         self.sources = None
         self.inspector.sources = None
+        self.checking = False
 
     # -- once per manifest --------------------------------------------------------------------------
 
@@ -145,7 +148,7 @@ class TaskBuilder:
             return [self._problem(entry, "kind", message, kind_name)]
         problems: list[Problem] = []
         fields = kind.normalize(self._merged(kind, data))
-        issues = kind.check(fields)
+        issues = kind.check(fields) if self.checking else []
         inputs: dict[Pointer, InputInfo] = {}
         if not issues:
             fields, inputs = self._resolve_inputs(kind, fields)

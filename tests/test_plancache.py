@@ -80,3 +80,30 @@ def test_a_remembered_plan_resumes_exactly_the_unfinished_tasks(
     again = [r.task_id for r in sim.state.records[sent:]]
     assert sorted(again) == [f"q-{a}-3" for a in range(1, 6)]
     assert len(results(out)) == 20
+
+
+def test_a_manifest_edited_during_the_run_stops_it_rather_than_sending_unchecked_tasks(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    import threading
+
+    from batch.simulator import SimConfig, simulator_in_thread
+    from tests.conftest import KEY
+
+    prompts = write("".join(f"picture {i}\n" for i in range(300)), "prompts.txt")
+    manifest = write("tasks:\n  - {kind: generate, prompts_file: prompts.txt}\n")
+    with simulator_in_thread(SimConfig(api_key=KEY, latency=0.01)) as sim:
+
+        def edit_when_running() -> None:
+            sim.state.wait_for_sync(lambda state: state.requests_total >= 5, within=30)
+            prompts.write_text("x" * 40_000 + "\n" + prompts.read_text())  # a prompt over the limit
+
+        editor = threading.Thread(target=edit_when_running)
+        editor.start()
+        outcome = cli("run", manifest, "--out", tmp_path / "out", "--concurrency", "4", env=env_for(sim))
+        editor.join(30)
+        sent = {r.task_id for r in sim.state.records}
+    assert outcome.code == 65
+    assert "changed during the run" in outcome.out
+    assert len(results(tmp_path / "out")) < 300
+    assert not any(task_id.startswith("xxxx") for task_id in sent)  # the unchecked prompt never went out
