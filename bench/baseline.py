@@ -14,6 +14,7 @@ import asyncio
 import base64
 import json
 import os
+import time
 from pathlib import Path
 
 import aiohttp
@@ -58,9 +59,11 @@ async def main() -> None:
             )
 
     connector = aiohttp.TCPConnector(limit=args.concurrency)
+    started = time.perf_counter()
     async with aiohttp.ClientSession(connector=connector) as session:
         await asyncio.gather(*(one(session, item) for item in lines))
     results.close()
+    print(json.dumps({"seconds": time.perf_counter() - started}))
 
 
 if __name__ == "__main__":

@@ -211,12 +211,14 @@ def bench_chat(folder: Path) -> None:
         base = run_baseline(requests, folder / "chat-baseline", sim, CONCURRENCY)
     ceiling = CONCURRENCY / latency
     rate = count / end["seconds"]
+    base_rate = count / json.loads(base.stdout.strip().splitlines()[-1])["seconds"]
     report(
         "chat",
         tasks=count,
         latency_s=latency,
         concurrency=CONCURRENCY,
         ceiling_per_s=ceiling,
+        baseline_share_of_ceiling=f"{base_rate / ceiling:.1%}",
         tool_per_s=round(rate, 1),
         share_of_ceiling=f"{rate / ceiling:.1%}",
         target=">= 95%",
