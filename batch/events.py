@@ -41,6 +41,7 @@ class Billed:
     input_tokens: int
     output_tokens: int
     total_tokens: int
+    cost: float | None = None  # US dollars; None when the model has no price
 
 
 @dataclass(frozen=True)
@@ -66,5 +67,21 @@ class RunStopping:
     exit_code: int
 
 
-Event = RunStarted | TaskStarted | AttemptFailed | Billed | TaskFinished | RunStopping
+@dataclass(frozen=True)
+class Heartbeat:
+    """Where the run stands, every few seconds (--log-every): for the periodic log line."""
+
+    done: int  # tasks finished in this run
+    failed: int
+    left: int
+    in_flight: int  # requests in flight now
+    retries: int
+    per_second: float
+    eta_seconds: float | None
+    tokens: int
+    cost: float
+    unpriced: int
+
+
+Event = RunStarted | TaskStarted | AttemptFailed | Billed | TaskFinished | RunStopping | Heartbeat
 Observer = Callable[[Event], None]

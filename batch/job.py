@@ -5,15 +5,19 @@ programs that import batch; neither reads the environment here (that is the call
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from batch import __version__, plancache
+import anyio
+
+from batch import __version__, gallery, plancache
+from batch.budget import ledger_spent
 from batch.client import ApiClient, ClientConfig
 from batch.events import Observer
 from batch.idset import IdSet
@@ -25,6 +29,8 @@ from batch.runlog import RunLog, recover
 from batch.runner import Runner, RunSettings, RunSummary
 from batch.store import OutputDir, finished_results
 from batch.tasks import BuildSettings, TaskBuilder
+
+log = logging.getLogger("batch.job")
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,9 @@ class JobConfig:
     run: RunSettings = field(default_factory=RunSettings)
     fsync: bool = True
     sync_interval: float = 0.1  # seconds between journal fsyncs; 0 = fsync each line before going on
+    retry_failed: bool = False  # give the manifest's failed tasks another go
+    gallery: bool = True  # thumbnails as images are saved, and DIR/index.html after the run
+    run_info: Mapping[str, Any] = field(default_factory=dict)  # for the run log's start line (the command)
 
 
 @dataclass
@@ -62,7 +71,11 @@ def check(path: Path, build: BuildSettings, registry: Registry, cache: Path | No
         remembered = plancache.load(cache, cache_key)
         if remembered is not None:
             plan = Plan(
-                manifest.name, total=remembered.total, counts=remembered.counts, order=remembered.order
+                manifest.name,
+                total=remembered.total,
+                counts=remembered.counts,
+                order=remembered.order,
+                estimates=remembered.estimates,
             )
             for key in remembered.order:
                 plan.ids.add_digest(key)
@@ -96,6 +109,7 @@ class Job:
         self.observers = list(observers)
         self.out = OutputDir(config.out, fsync=config.fsync, sync_interval=config.sync_interval)
         self.runner: Runner | None = None
+        self.retried = 0  # failed tasks --retry-failed made pending again
         self._stop: tuple[str, int] | None = None  # asked for before the runner existed
 
     def stop(self, reason: str, exit_code: int) -> None:
@@ -120,6 +134,12 @@ class Job:
     def __exit__(self, *exc_info: object) -> None:
         self.out.close()
 
+    def _build_gallery(self) -> None:
+        try:
+            gallery.build(self.out.root)
+        except (OSError, ValueError) as exc:  # the page is a view: it must not fail the run
+            log.warning("could not write the gallery: %s", exc)
+
     def finished(self) -> tuple[IdSet, int]:
         """The ids of this manifest that already have a result line, and how many of them failed."""
         wanted = self.checked.plan.ids
@@ -136,6 +156,9 @@ class Job:
         """Run what the manifest has that DIR lacks. The run's attempt log is closed however it ends,
         except by a kill, which the next run's recover() then accounts for."""
         checked = self.checked
+        if self.config.retry_failed:
+            wanted = checked.plan.ids
+            self.retried = self.out.forget_failures(lambda task_id: task_id in wanted)
         finished, failed_before = self.finished()
         if (
             checked.cache_key is not None
@@ -151,6 +174,7 @@ class Job:
                 plan.total,
                 plan.counts,
                 plan.order,
+                plan.estimates,
             )
         order = checked.plan.order
         skip = (lambda position: finished.contains_digest(order[position])) if len(finished) else None
@@ -159,6 +183,7 @@ class Job:
         log = RunLog(self.out.runs, f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{tag}")
         log.open(
             {
+                **self.config.run_info,
                 "plan": "remembered" if checked.cached else "validated",
                 "pid": os.getpid(),
                 "manifest": str(checked.manifest.path),
@@ -181,11 +206,16 @@ class Job:
                     log=log,
                     run_tag=tag,
                     interrupted=interrupted.by_task,
+                    spent=ledger_spent(self.out.usage.path, self.config.run.prices)
+                    if self.config.run.budget.any
+                    else None,
                     observers=self.observers,
                 )
                 if self._stop is not None:
                     self.runner.stop(*self._stop)
                 summary = await self.runner.run()
+            if self.config.gallery:
+                await anyio.to_thread.run_sync(self._build_gallery)
             summary.interrupted = len(interrupted.requests)
             ending = {**dataclasses.asdict(summary), "exit_code": summary.exit_code}
             return summary

@@ -92,6 +92,7 @@ class TokenCounts:
     input: int
     output: int
     total: int
+    image_input: int = 0  # of `input`, the tokens of input images (priced apart from text)
 
 
 FileReader = Callable[[Path], bytes]
@@ -123,6 +124,11 @@ class TaskKind(Protocol):
 
     def build_request(self, fields: Mapping[str, Any], read: FileReader) -> ApiRequest:
         """The HTTP request for these (validated, path-resolved) fields."""
+        ...
+
+    def describe(self, fields: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The prompt (as a person would read it) and the other request parameters, for result lines and
+        the gallery."""
         ...
 
     def estimate(self, fields: Mapping[str, Any]) -> TokenCounts:

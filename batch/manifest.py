@@ -19,7 +19,7 @@ from batch.errors import ManifestError, Problem, shorten
 from batch.fields import type_name, unknown_field_message
 from batch.ids import safe_id
 
-TOP_LEVEL_KEYS = ("defaults", "endpoints", "tasks")
+TOP_LEVEL_KEYS = ("defaults", "endpoints", "tasks", "prices")
 OPENAI_URLS = {"images/generations": "generate", "images/edits": "edit", "chat/completions": "chat"}
 MAX_YAML_BYTES = 50 * 2**20
 MAX_LINE_BYTES = 64 * 2**20
@@ -108,6 +108,7 @@ class Manifest:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     endpoints: Mapping[str, Any] = field(default_factory=dict)
     tasks: list[Any] = field(default_factory=list)  # YAML only; JSONL is streamed from the file
+    prices: Mapping[str, Any] = field(default_factory=dict)  # model -> prices per million tokens
     lines: Mapping[str, int] = field(default_factory=dict)  # line of each top-level key
 
     @property
@@ -246,7 +247,7 @@ def _from_document(path: Path, document: Any) -> Manifest:
                 value=None if tasks is None else shorten(tasks),
             )
         )
-    for key in ("defaults", "endpoints"):
+    for key in ("defaults", "endpoints", "prices"):
         if key in document and not isinstance(document[key], dict):
             problems.append(
                 Problem(
@@ -264,6 +265,7 @@ def _from_document(path: Path, document: Any) -> Manifest:
         "yaml",
         defaults=document.get("defaults") or LocatedDict(),
         endpoints=document.get("endpoints") or LocatedDict(),
+        prices=document.get("prices") or LocatedDict(),
         tasks=tasks or [],
         lines=dict(document.key_lines),
     )

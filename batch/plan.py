@@ -13,6 +13,7 @@ from batch.errors import ManifestError, Problem
 from batch.expand import Expander
 from batch.ids import valid_id
 from batch.idset import IdSet, digest
+from batch.kinds import TokenCounts
 from batch.manifest import Entry, Manifest
 from batch.tasks import TaskBuilder, TaskSpec
 
@@ -31,6 +32,14 @@ class Plan:
     dropped: int = 0  # problems past KEEP_PROBLEMS
     ids: IdSet = field(default_factory=IdSet)  # every task id, 8 bytes each
     order: array[int] = field(default_factory=lambda: array("Q"))  # the same digests, in manifest order
+    # estimated tokens per (kind, model): [input, image input, output]
+    estimates: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+
+    def estimate(self, kind: str, model: str, tokens: TokenCounts) -> None:
+        sums = self.estimates.setdefault((kind, model), [0, 0, 0])
+        sums[0] += tokens.input
+        sums[1] += tokens.image_input
+        sums[2] += tokens.output
 
     @property
     def ok(self) -> bool:
@@ -114,6 +123,7 @@ def check_manifest(manifest: Manifest, builder: TaskBuilder) -> Plan:
             plan.total += 1
             plan.counts[(item.kind, item.model or "-", item.endpoint)] += 1
             plan.order.append(digest(item.id))
+            plan.estimate(item.kind, item.model or "-", builder.registry[item.kind].estimate(item.fields))
         else:
             for problem in item:
                 plan.add(problem)

@@ -88,6 +88,7 @@ class CachedPlan:
     counts: Counter[tuple[str, str, str]]
     order: array[int]  # id digests in manifest order
     sources: Sources
+    estimates: dict[tuple[str, str], list[int]]
 
 
 def save(
@@ -97,6 +98,7 @@ def save(
     total: int,
     counts: Mapping[tuple[str, str, str], int],
     order: array[int],
+    estimates: Mapping[tuple[str, str], list[int]],
 ) -> None:
     """Remember a valid plan (call while holding DIR's lock)."""
     folder.mkdir(exist_ok=True)
@@ -107,6 +109,7 @@ def save(
         "files": sources.files,
         "globs": sources.globs,
         "expanded": sorted(sources.expanded),
+        "estimates": [[*k, *v] for k, v in estimates.items()],
         "total": total,
         "counts": [[*k, n] for k, n in counts.items()],
         "ids_sha256": hashlib.sha256(ids).hexdigest(),
@@ -139,4 +142,5 @@ def load(folder: Path, plan_key: Mapping[str, Any]) -> CachedPlan | None:
         counts[(kind, model, endpoint)] = n
     if len(order) != document.get("total"):
         return None
-    return CachedPlan(int(document["total"]), counts, order, sources)
+    estimates = {(kind, model): [i, im, o] for kind, model, i, im, o in document.get("estimates", [])}
+    return CachedPlan(int(document["total"]), counts, order, sources, estimates)

@@ -9,7 +9,8 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-from batch.events import AttemptFailed, Billed, Event, RunStarted, RunStopping, TaskFinished
+from batch.events import AttemptFailed, Billed, Event, Heartbeat, RunStarted, RunStopping, TaskFinished
+from batch.prices import money
 
 log = logging.getLogger("batch.run")
 
@@ -23,6 +24,7 @@ class ProgressBar:
         self._failed = 0
         self._retries = 0
         self._tokens = 0
+        self._cost = 0.0
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
@@ -42,13 +44,18 @@ class ProgressBar:
             self._postfix()
         elif isinstance(event, Billed):
             self._tokens += event.total_tokens
+            self._cost += event.cost or 0.0
         elif isinstance(event, RunStopping):
             self._bar.write(f"stopping: {event.reason}")
 
     def _postfix(self) -> None:
         assert self._bar is not None
         self._bar.set_postfix(
-            failed=self._failed, retries=self._retries, tokens=f"{self._tokens:,}", refresh=False
+            failed=self._failed,
+            retries=self._retries,
+            tokens=f"{self._tokens:,}",
+            cost=money(self._cost),
+            refresh=False,
         )
 
     def close(self) -> None:
@@ -57,7 +64,8 @@ class ProgressBar:
 
 
 class LogLines:
-    """One log line per finished task, retry and stop: for a log file or a pipeline's stderr."""
+    """Log lines for a log file, cron's mail, a pipeline's stderr: a status line on each Heartbeat (every
+    --log-every seconds), a line per failure and per stop; a line per task and retry at debug level."""
 
     def __init__(self) -> None:
         self._done = 0
@@ -67,14 +75,33 @@ class LogLines:
         if isinstance(event, RunStarted):
             self._pending = event.pending
             log.info(
-                "%d tasks: %d already finished, %d to run", event.total, event.finished_before, event.pending
+                "%s tasks: %s already finished, %s to run",
+                f"{event.total:,}",
+                f"{event.finished_before:,}",
+                f"{event.pending:,}",
+            )
+        elif isinstance(event, Heartbeat):
+            eta = "" if event.eta_seconds is None else f", ETA {_duration(event.eta_seconds)}"
+            unpriced = f" (+{event.unpriced} unpriced)" if event.unpriced else ""
+            log.info(
+                "done %s/%s, failed %s, in flight %s, retries %s, %.1f/s%s, %s tokens, %s%s",
+                f"{event.done:,}",
+                f"{self._pending:,}",
+                f"{event.failed:,}",
+                event.in_flight,
+                event.retries,
+                event.per_second,
+                eta,
+                f"{event.tokens:,}",
+                money(event.cost),
+                unpriced,
             )
         elif isinstance(event, TaskFinished):
             self._done += 1
             record = event.record
             if event.succeeded:
                 tokens = (record.get("usage") or {}).get("total_tokens", 0)
-                log.info(
+                log.debug(
                     "[%d/%d] %s %s succeeded (%s tokens, %d attempt%s)",
                     self._done,
                     self._pending,
@@ -94,7 +121,7 @@ class LogLines:
                     record["error"]["message"],
                 )
         elif isinstance(event, AttemptFailed):
-            log.info(
+            log.debug(
                 "retrying %s in %.1f s after attempt %d: %s",
                 event.task_id,
                 event.wait,
@@ -103,3 +130,11 @@ class LogLines:
             )
         elif isinstance(event, RunStopping):
             log.warning("stopping: %s", event.reason)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ import anyio
 from anyio.abc import ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from batch.budget import Budget, BudgetLimits, Spent
 from batch.client import ApiClient, Reply
 from batch.defaults import DEFAULT_OUTAGE_LIMIT
 from batch.errors import (
@@ -33,12 +35,14 @@ from batch.events import (
     AttemptFailed,
     Billed,
     Event,
+    Heartbeat,
     Observer,
     RunStarted,
     RunStopping,
     TaskFinished,
     TaskStarted,
 )
+from batch.gallery import make_thumbnail, thumbnail_name
 from batch.health import ServiceHealth
 from batch.idset import IdSet
 from batch.imaging import decode_images
@@ -46,23 +50,32 @@ from batch.inputs import read_file
 from batch.kinds import Answer, ApiRequest, Registry, TaskKind
 from batch.limits import EndpointLimits, Limits
 from batch.looplag import LoopLag
+from batch.prices import PriceTable
 from batch.retry import EXIT_UNAVAILABLE, RetryNotice, RetryPolicy, Verdict, call_with_retries, classify
 from batch.runlog import RunLog
-from batch.store import OutputDir, OutputFile
+from batch.store import THUMBS, OutputDir, OutputFile
 from batch.tasks import TaskSpec
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_BUDGET = 3
+EXIT_DEADLINE = 4
 EXIT_MANIFEST = 65
 EXIT_IO = 74
 EXIT_TEMPFAIL = 75
 PRODUCER_BATCH = 64  # tasks pulled from the manifest per trip to a worker thread
+PROMPT_SHOWN = 2000  # characters of a prompt kept in its result line
 
 
 @dataclass(frozen=True)
 class RunSettings:
     limits: Limits = field(default_factory=Limits)  # concurrency (or auto), rpm, tpm
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    prices: PriceTable = field(default_factory=PriceTable)
+    budget: BudgetLimits = field(default_factory=BudgetLimits)  # --max-cost, --max-tokens (all of DIR)
+    deadline: float | None = None  # unix time by which the run must have ended (--deadline, --max-duration)
+    heartbeat: float = 0.0  # seconds between Heartbeat events (the periodic log line); 0: none
+    thumbnails: bool = True  # a thumbnail of each saved image, for the gallery
     outage_limit: float = DEFAULT_OUTAGE_LIMIT  # seconds the service may fail before the run stops (69)
 
 
@@ -81,6 +94,8 @@ class RunSummary:
     output_tokens: int = 0
     total_tokens: int = 0
     maybe_billed: int = 0  # requests that may have been billed without a saved result
+    cost: float = 0.0  # US dollars, of the billed answers of this run with a price
+    unpriced: int = 0  # billed answers whose model has no price
     interrupted: int = 0  # requests of earlier runs that were killed in flight (maybe billed)
     stop_reason: str | None = None
     stop_code: int | None = None
@@ -106,6 +121,8 @@ class _TaskState:
     maybe_billed: int = 0  # this run's requests that may have been billed without a result
     carried: int = 0  # such requests of earlier runs that were killed
     estimate: int = 0  # tokens booked with the pacer for the attempt in flight
+    cost: float = 0.0
+    unpriced: bool = False  # a billed answer of this task had no price
     input_tokens: int = 0
     output_tokens: int = 0
     total_tokens: int = 0
@@ -135,6 +152,7 @@ class Runner:
         log: RunLog,
         run_tag: str,
         interrupted: Mapping[str, int] | None = None,
+        spent: Spent | None = None,
         observers: Sequence[Observer] = (),
         rng: random.Random | None = None,
     ) -> None:
@@ -151,6 +169,9 @@ class Runner:
         self._interrupted = dict(interrupted or {})  # task id -> requests of killed runs, maybe billed
         self._stopping = anyio.Event()
         self._limits = EndpointLimits(settings.limits)
+        self._budget = Budget(settings.budget, spent if spent is not None else Spent())
+        self._durations: deque[float] = deque(maxlen=256)  # recent requests' seconds, for the deadline
+        self._in_flight = 0
         self._health = ServiceHealth(
             max(5, settings.limits.concurrency or 16),
             settings.outage_limit,
@@ -203,6 +224,10 @@ class Runner:
         async with anyio.create_task_group() as background:
             background.start_soon(self._out.run_syncer)
             background.start_soon(lag.watch)
+            if self._settings.deadline is not None:
+                background.start_soon(self._watch_deadline, self._settings.deadline)
+            if self._settings.heartbeat > 0:
+                background.start_soon(self._beat, self._settings.heartbeat, started)
             with self._work_scope:
                 async with anyio.create_task_group() as group:
                     group.start_soon(self._produce, send)
@@ -219,6 +244,44 @@ class Runner:
         summary.loop_lag_p99_ms = round(lag.percentile(0.99) * 1000, 1)
         summary.concurrency = self._limits.snapshot()
         return summary
+
+    async def _watch_deadline(self, deadline: float) -> None:
+        """Stop dispatching when the requests in flight would need until the deadline to finish (the
+        90th percentile of recent requests' times, 60 s before any), and cancel what is left at it."""
+        while not self.stopping:
+            margin = _percentile(self._durations, 0.9) if self._durations else 60.0
+            left = deadline - time.time() - margin
+            if left <= 0:
+                when = datetime.fromtimestamp(deadline).strftime("%Y-%m-%d %H:%M")
+                self.stop(f"deadline: stopped dispatching so that the run ends by {when}", EXIT_DEADLINE)
+                break
+            await anyio.sleep(min(left, 1.0))
+        await anyio.sleep(max(0.0, deadline - time.time()))
+        self.cancel_in_flight()
+
+    async def _beat(self, every: float, started: float) -> None:
+        """A Heartbeat event every `every` seconds: the periodic log line of an unattended run."""
+        while True:
+            await anyio.sleep(every)
+            summary = self.summary
+            done = summary.succeeded + summary.failed
+            elapsed = time.monotonic() - started
+            rate = done / elapsed if elapsed > 0 else 0.0
+            left = max(0, summary.total - summary.finished_before - done)
+            self._emit(
+                Heartbeat(
+                    done=done,
+                    failed=summary.failed,
+                    left=left,
+                    in_flight=self._in_flight,
+                    retries=summary.retries,
+                    per_second=rate,
+                    eta_seconds=left / rate if rate > 0 else None,
+                    tokens=summary.total_tokens,
+                    cost=summary.cost,
+                    unpriced=summary.unpriced,
+                )
+            )
 
     async def _produce(self, send: ObjectSendStream[TaskSpec]) -> None:
         async with send:
@@ -311,10 +374,19 @@ class Runner:
             request = kind.build_request(spec.fields, read_file)
         adaptive = self._limits.adaptive(spec.endpoint)
         started = await adaptive.acquire() if adaptive is not None else 0.0
+        booked: tuple[int, float | None] | None = None
         try:
-            if self._limits.paced:
-                state.estimate = kind.estimate(spec.fields).total
-                await self._sleep(self._limits.pacer(spec.endpoint).book(state.estimate))
+            if self._limits.paced or self._budget.limits.any:
+                estimate = kind.estimate(spec.fields)
+                state.estimate = estimate.total
+                if self._limits.paced:
+                    await self._sleep(self._limits.pacer(spec.endpoint).book(state.estimate))
+                if self._budget.limits.any and not self.stopping:
+                    booked = (estimate.total, self._settings.prices.cost(spec.model, estimate))
+                    refused = self._budget.admit(*booked)
+                    if refused is not None:
+                        booked = None
+                        self.stop(f"budget reached: {refused}", EXIT_BUDGET)
             if self.stopping:
                 raise _Stopped
             state.attempts += 1
@@ -331,6 +403,8 @@ class Runner:
         finally:
             if adaptive is not None:
                 adaptive.release()
+            if booked is not None:
+                self._budget.settle(*booked)
         await self._keep(spec, kind, request_id, reply, state)
 
     async def _keep(
@@ -348,7 +422,7 @@ class Runner:
         except BrokenAnswerError:
             state.maybe_billed += usage is None  # billed for sure, but we could not record how much
             raise
-        state.files = await anyio.to_thread.run_sync(self._out.save, files) if files else []
+        state.files = await anyio.to_thread.run_sync(self._save, files) if files else []
         state.answer = answer
 
     async def _send(
@@ -357,6 +431,7 @@ class Runner:
         """One request, logged as sent before it leaves and as done when its fate is known."""
         log, health = self._log, self._health
         log.sent(request_id, spec.id)
+        self._in_flight += 1
         try:
             reply = await self._client.send(spec.endpoint, request, request_id)
         except BrokenAnswerError as exc:
@@ -385,15 +460,27 @@ class Runner:
             health.abandoned()
             self.summary.maybe_billed += 1
             raise
+        finally:
+            self._in_flight -= 1
         log.done(request_id, "answered", status=reply.status)
         health.succeeded()
+        self._durations.append(reply.seconds)
         return reply
+
+    def _save(self, files: list[OutputFile]) -> list[str]:
+        """Write an answer's images, then their thumbnails for the gallery (a worker thread's work)."""
+        paths = self._out.save(files)
+        if self._settings.thumbnails:
+            for item in files:
+                make_thumbnail(item.data, self._out.root / THUMBS / thumbnail_name(item.name))
+        return paths
 
     async def _bill(
         self, spec: TaskSpec, kind: TaskKind, request_id: str, usage: Any, state: _TaskState
     ) -> None:
         """Record a billed answer in the ledger, durably, before anything else is done with it."""
         counts = kind.token_counts(usage)
+        cost = self._settings.prices.cost(spec.model, counts)
         try:
             await self._out.append(
                 self._out.usage,
@@ -406,6 +493,8 @@ class Runner:
                     "input_tokens": counts.input,
                     "output_tokens": counts.output,
                     "total_tokens": counts.total,
+                    "image_input_tokens": counts.image_input,
+                    "cost": None if cost is None else round(cost, 6),
                     "usage": usage,
                     "at": _now(),
                 },
@@ -416,7 +505,14 @@ class Runner:
         if self._limits.paced:
             self._limits.pacer(spec.endpoint).correct(state.estimate, counts.total)
             state.estimate = counts.total  # corrected once
+        self._budget.record(counts.total, cost)
         state.billed = True
+        if cost is None:
+            state.unpriced = True
+            self.summary.unpriced += 1
+        else:
+            state.cost += cost
+            self.summary.cost += cost
         state.input_tokens += counts.input
         state.output_tokens += counts.output
         state.total_tokens += counts.total
@@ -426,7 +522,7 @@ class Runner:
         summary.output_tokens += counts.output
         summary.total_tokens += counts.total
         if self._observers:
-            self._emit(Billed(spec.id, spec.model, counts.input, counts.output, counts.total))
+            self._emit(Billed(spec.id, spec.model, counts.input, counts.output, counts.total, cost))
 
     async def _finish(
         self, spec: TaskSpec, state: _TaskState, started: float, error: ApiError | None = None
@@ -440,6 +536,11 @@ class Runner:
         }
         if spec.custom_id is not None:
             record["custom_id"] = spec.custom_id
+        prompt, params = self._registry[spec.kind].describe(spec.fields)
+        record["prompt"] = prompt if len(prompt) <= PROMPT_SHOWN else prompt[:PROMPT_SHOWN] + "..."
+        record["params"] = params
+        if spec.inputs:
+            record["inputs"] = [str(info.path) for info in spec.inputs.values()]
         record["files"] = state.files
         answer = state.answer
         if answer is not None and answer.text is not None:
@@ -455,6 +556,7 @@ class Runner:
             if state.billed
             else None
         )
+        record["cost"] = None if state.unpriced or not state.billed else round(state.cost, 6)
         record["attempts"] = state.attempts
         if state.maybe_billed + state.carried:
             record["maybe_billed"] = state.maybe_billed + state.carried
@@ -500,3 +602,8 @@ def _describe(error: BaseException | None) -> str:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _percentile(values: deque[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]

@@ -28,7 +28,7 @@ import json
 import os
 import secrets
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,8 @@ RESULTS = "results.jsonl"
 USAGE = "usage.jsonl"
 IMAGES = "images"
 RUNS = "runs"
+THUMBS = "thumbs"  # the gallery's thumbnails
+RETRIED = "results.retried.jsonl"  # result lines of failures that --retry-failed gave another go
 TMP_SUFFIX = ".tmp"
 # Built once: json.dumps with arguments makes a new encoder on every call.
 _encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
@@ -165,6 +167,14 @@ def read_lines(path: Path) -> Iterator[dict[str, Any]]:
                 yield record
 
 
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def finished_results(path: Path) -> Iterator[tuple[str, bool]]:
     """(id, failed) of each line of results.jsonl, fast: our lines start with the id, so most need no
     JSON parsing. A torn last line is not a result."""
@@ -218,7 +228,7 @@ class OutputDir:
             raise OutputError(f"{self.root} is not a directory")
         self._lock_fd = acquire(self.root)
         try:
-            for folder in (self.images, self.runs):
+            for folder in (self.images, self.runs, self.root / THUMBS):
                 self._check_not_symlink(folder)
                 folder.mkdir(exist_ok=True)
             self.sweep_temporary_files()
@@ -246,7 +256,8 @@ class OutputDir:
     def sweep_temporary_files(self) -> int:
         """Remove the temporary files a killed run left. Returns how many."""
         removed = 0
-        for folder in (self.root, self.images):
+        thumbs = self.root / THUMBS
+        for folder in (self.root, self.images, thumbs, thumbs / "inputs"):
             for path in folder.glob(f".*{TMP_SUFFIX}"):
                 try:
                     path.unlink()
@@ -276,6 +287,45 @@ class OutputDir:
         for journal in (self.usage, self.results):
             if journal.dirty:
                 await journal.sync()
+
+    def forget_failures(self, retry: Callable[[str], bool]) -> int:
+        """Make the failed tasks `retry` picks pending again (--retry-failed): their result lines leave
+        results.jsonl (rewritten atomically) for results.retried.jsonl, kept for the record. Returns how
+        many."""
+        path = self.results.path
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+        forgotten = 0
+        self.results.close()
+        try:
+            with (
+                path.open("rb") as source,
+                temporary.open("wb") as kept,
+                (self.root / RETRIED).open("ab") as old,
+            ):
+                for raw in source:
+                    record = _parse(raw)
+                    if (
+                        record is not None
+                        and record.get("status") == "failed"
+                        and retry(str(record.get("id")))
+                    ):
+                        old.write(raw)
+                        forgotten += 1
+                    else:
+                        kept.write(raw)
+                kept.flush()
+                os.fsync(kept.fileno())
+            if forgotten:
+                os.replace(temporary, path)
+            else:
+                temporary.unlink()
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise OutputError(f"cannot rewrite {path.name}: {_reason(exc)}") from exc
+        finally:
+            self.results.open()
+        return forgotten
 
     def save(self, files: list[OutputFile]) -> list[str]:
         """Write files into images/, each atomically and durably. Blocking: call it from a worker thread.

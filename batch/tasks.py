@@ -21,6 +21,7 @@ from batch.ids import valid_id
 from batch.inputs import InputInspector, resolve
 from batch.kinds import InputInfo, Pointer, Registry, TaskKind
 from batch.manifest import Entry, LocatedDict, Manifest
+from batch.prices import parse_prices
 
 if TYPE_CHECKING:
     from batch.plancache import Sources
@@ -117,6 +118,11 @@ class TaskBuilder:
                         field=f"defaults.{key}",
                     )
                 )
+        _, mistakes = parse_prices(self.manifest.prices, "prices")
+        for mistake in mistakes:
+            where, _, message = mistake.partition(": ")
+            model = where.split(".")[1] if "." in where else None
+            problems.append(Problem(name, self.manifest.line_of("prices", model), message, field=where))
         for key, value in self.manifest.endpoints.items():
             if not _valid_endpoint(value):
                 problems.append(

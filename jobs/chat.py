@@ -83,6 +83,7 @@ __all__ = [
     "build_request",
     "check",
     "check_inputs",
+    "describe",
     "estimate",
     "file_refs",
     "known_fields",
@@ -286,6 +287,25 @@ def usage_of(body: Any) -> Mapping[str, Any] | None:
     return usage if isinstance(usage, Mapping) else None
 
 
+def describe(fields: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The last user message's text (the question), and the plain parameters (temperature, model...)."""
+    prompt = ""
+    for message in fields.get("messages") or []:
+        if isinstance(message, Mapping) and message.get("role") == "user":
+            text, _ = (
+                _content(message.get("content"), None)
+                if isinstance(message.get("content"), list)
+                else (message.get("content"), [])
+            )
+            prompt = text if isinstance(text, str) else prompt
+    params = {
+        key: value
+        for key, value in fields.items()
+        if key != "messages" and isinstance(value, str | int | float | bool)
+    }
+    return prompt, params
+
+
 IMAGE_TOKENS = 258  # Gemini counts an input image as 258 tokens
 DEFAULT_COMPLETION = 500  # completion tokens assumed when max_tokens is not set
 
@@ -307,7 +327,7 @@ def estimate(fields: Mapping[str, Any]) -> TokenCounts:
     n = fields.get("n", 1) if isinstance(fields.get("n", 1), int) else 1
     tokens_in = -(-chars // 4) + IMAGE_TOKENS * images
     tokens_out = int(limit) * n
-    return TokenCounts(tokens_in, tokens_out, tokens_in + tokens_out)
+    return TokenCounts(tokens_in, tokens_out, tokens_in + tokens_out, IMAGE_TOKENS * images)
 
 
 def token_counts(usage: Mapping[str, Any]) -> TokenCounts:

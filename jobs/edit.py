@@ -13,6 +13,7 @@ from jobs.image_api import (
     EXTRA,
     OUTPUT_RULES,
     check_image_fields,
+    describe_fields,
     estimate_image_tokens,
     parse_image_answer,
     sniff_mime,
@@ -39,6 +40,7 @@ __all__ = [
     "build_request",
     "check",
     "check_inputs",
+    "describe",
     "estimate",
     "file_refs",
     "known_fields",
@@ -200,6 +202,10 @@ def _form_text(value: Any) -> str:
 def _file_field(field: str, path: Path, read: FileReader) -> FormField:
     data = read(path)
     return FormField(field, data, filename=path.name, content_type=sniff_mime(data))
+
+
+def describe(fields: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    return describe_fields(fields, ("image", "mask"))
 
 
 def estimate(fields: Mapping[str, Any]) -> TokenCounts:

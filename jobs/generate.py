@@ -12,6 +12,7 @@ from jobs.image_api import (
     EXTRA,
     OUTPUT_RULES,
     check_image_fields,
+    describe_fields,
     estimate_image_tokens,
     parse_image_answer,
     token_counts,
@@ -26,6 +27,7 @@ __all__ = [
     "build_request",
     "check",
     "check_inputs",
+    "describe",
     "estimate",
     "file_refs",
     "known_fields",
@@ -60,6 +62,10 @@ def build_request(fields: Mapping[str, Any], read: FileReader) -> ApiRequest:
     body = {key: value for key, value in fields.items() if key != EXTRA}
     body.update(fields.get(EXTRA) or {})
     return ApiRequest(PATH, json=body)
+
+
+def describe(fields: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    return describe_fields(fields, ())
 
 
 def estimate(fields: Mapping[str, Any]) -> TokenCounts:

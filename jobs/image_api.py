@@ -104,8 +104,19 @@ def estimate_image_tokens(fields: Mapping[str, Any], input_images: int = 0) -> T
     )
     n = fields.get("n", 1) if isinstance(fields.get("n", 1), int) else 1
     text = -(-len(str(fields.get("prompt", ""))) // CHARS_PER_TOKEN)
-    tokens_in = text + INPUT_IMAGE_TOKENS * input_images
-    return TokenCounts(tokens_in, per_image * n, tokens_in + per_image * n)
+    images = INPUT_IMAGE_TOKENS * input_images
+    tokens_in = text + images
+    return TokenCounts(tokens_in, per_image * n, tokens_in + per_image * n, images)
+
+
+def describe_fields(fields: Mapping[str, Any], skip: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
+    """The prompt, and the plain (number, text, boolean) parameters other than those in `skip`."""
+    params = {
+        key: value
+        for key, value in fields.items()
+        if key not in ("prompt", *skip) and isinstance(value, str | int | float | bool)
+    }
+    return str(fields.get("prompt", "")), params
 
 
 def usage_of(body: Any) -> Mapping[str, Any] | None:
@@ -118,8 +129,12 @@ def usage_of(body: Any) -> Mapping[str, Any] | None:
 
 
 def token_counts(usage: Mapping[str, Any]) -> TokenCounts:
-    """input_tokens / output_tokens / total_tokens, as the image endpoints report them."""
-    return counts(usage, "input_tokens", "output_tokens")
+    """input_tokens / output_tokens / total_tokens, as the image endpoints report them, with the image
+    part of the input from input_tokens_details.image_tokens."""
+    found = counts(usage, "input_tokens", "output_tokens")
+    details = usage.get("input_tokens_details")
+    images = _int(details.get("image_tokens")) if isinstance(details, Mapping) else 0
+    return TokenCounts(found.input, found.output, found.total, min(images, found.input))
 
 
 def counts(usage: Mapping[str, Any], input_key: str, output_key: str) -> TokenCounts:

@@ -1,0 +1,496 @@
+"""The command line's grammar: commands, flags, the values they take, and the help text that documents the
+exit codes and the environment. Light to import: `maas-batch --help` and a refused second run start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, NoReturn
+
+from batch import __version__
+from batch.defaults import (
+    DEFAULT_BACKOFF,
+    DEFAULT_BACKOFF_MAX,
+    DEFAULT_BASE_URL,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_GRACE,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_BODY,
+    DEFAULT_OUTAGE_LIMIT,
+    DEFAULT_TASK_DEADLINE,
+    DEFAULT_TIMEOUT,
+)
+from batch.errors import UsageError
+
+EXIT_OK, EXIT_FAILED, EXIT_BUDGET, EXIT_DEADLINE = 0, 1, 3, 4
+EXIT_USAGE, EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_IOERR = 64, 65, 69, 74
+EXIT_TEMPFAIL, EXIT_NOPERM, EXIT_CONFIG = 75, 77, 78
+
+EXIT_CODES = f"""\
+exit codes:
+  {EXIT_OK}   every task succeeded (or had already)
+  {EXIT_FAILED}   the run finished, but some tasks of the manifest failed, now or in an earlier run
+      (see results.jsonl; retry them with `maas-batch retry-failed DIR`)
+  {EXIT_BUDGET}   the budget (--max-cost / --max-tokens) was reached: run stopped, resumable with a higher one
+  {EXIT_DEADLINE}   the deadline (--deadline / --max-duration) was reached: run stopped, resumable
+  {EXIT_USAGE}  bad command-line usage
+  {EXIT_DATAERR}  invalid manifest (nothing was sent), or it changed during the run
+  {EXIT_UNAVAILABLE}  the service cannot go on: quota exhausted, or down longer than --outage-limit
+      (run stopped, resumable)
+  {EXIT_IOERR}  the output directory cannot be written, e.g. disk full (run stopped, resumable)
+  {EXIT_TEMPFAIL}  interrupted, or another run holds the output directory (resumable)
+  {EXIT_NOPERM}  the API refused the key (run stopped, resumable)
+  {EXIT_CONFIG}  configuration missing: no MAAS_API_KEY, no endpoint, no such endpoint, or no price for
+      a model that --max-cost must count
+"""
+
+ENVIRONMENT = f"""\
+environment:
+  MAAS_API_KEY    the API key (required unless --simulate); never printed or written
+  MAAS_BASE_URL   the API's base URL (default {DEFAULT_BASE_URL})
+  MAAS_ENDPOINT   the endpoint (deployment id) for tasks the manifest gives none
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but bad usage exits 64 (EX_USAGE) rather than 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from batch.simulator.flags import add_arguments as add_simulator_arguments
+
+    parser = _Parser(
+        prog="maas-batch",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run large, resumable batches of image generate/edit and Gemini chat "
+        "requests against the MaaS API.",
+        epilog=ENVIRONMENT + "\n" + EXIT_CODES,
+    )
+    parser.add_argument("--version", action="version", version=f"maas-batch {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run(commands)
+
+    validate = commands.add_parser(
+        "validate",
+        help="check a manifest, count its tasks, estimate their tokens and cost; sends nothing",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=ENVIRONMENT + "\n" + EXIT_CODES,
+    )
+    validate.add_argument("manifest", type=Path, metavar="MANIFEST")
+    validate.add_argument(
+        "--simulate",
+        action="store_true",
+        help="check as `run --simulate` would (endpoints default to the simulator)",
+    )
+    validate.add_argument(
+        "--show",
+        type=int,
+        default=0,
+        metavar="N",
+        help="print the first N requests exactly as they would be sent (files shown as size and hash)",
+    )
+    _add_common(validate)
+    _add_prices(validate)
+
+    status = commands.add_parser(
+        "status", help="what a DIR holds: done, failed, pending, and whether a run is on"
+    )
+    status.add_argument("out", type=Path, metavar="DIR")
+    status.add_argument("--json", action="store_true", help="as JSON")
+
+    report = commands.add_parser(
+        "report",
+        help="tokens and cost by kind and model, retries, failures by type, the slowest tasks, wall time",
+    )
+    report.add_argument("out", type=Path, metavar="DIR")
+    report.add_argument("--json", action="store_true", help="as JSON")
+    _add_prices(report)
+
+    export = commands.add_parser(
+        "export",
+        help="one row per task (id, status, files or answer, usage, cost, meta), for a pipeline to join",
+    )
+    export.add_argument("out", type=Path, metavar="DIR")
+    export.add_argument("--format", choices=("csv", "jsonl"), default="csv", help="csv (default) or jsonl")
+    export.add_argument("--output", type=Path, metavar="FILE", help="write here instead of to stdout")
+
+    retry = commands.add_parser(
+        "retry-failed",
+        help="run DIR's last command again, giving its failed tasks another go",
+        description="Repeat the last `run` that wrote DIR (same manifest and flags, from the same folder) "
+        "with --retry-failed: the failed tasks become pending and run again. More run flags may follow.",
+    )
+    retry.add_argument("out", type=Path, metavar="DIR")
+    retry.add_argument("extra", nargs=argparse.REMAINDER, metavar="RUN-FLAGS", help="added to the command")
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="serve the MaaS API simulator (for demos, tests and rehearsals)",
+        description="Serve a local simulator of the MaaS API: the three endpoints, auth, validation, "
+        "real images, SSE streaming, latency, rate limits and faults.",
+    )
+    simulate.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    simulate.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    add_simulator_arguments(simulate)
+    return parser
+
+
+def _add_run(commands: Any) -> None:
+    run = commands.add_parser(
+        "run",
+        help="run a manifest into an output directory (resumes where a previous run stopped)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=ENVIRONMENT + "\n" + EXIT_CODES,
+        description="Run every task of MANIFEST that DIR does not hold yet. Running the same command again "
+        "sends nothing for finished tasks and completes the rest.",
+    )
+    run.add_argument("manifest", type=Path, metavar="MANIFEST", help="a YAML or JSONL job manifest")
+    run.add_argument(
+        "--out",
+        "-o",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="output directory: results.jsonl, usage.jsonl, images/, index.html",
+    )
+    run.add_argument(
+        "--simulate",
+        action="store_true",
+        help="run against the built-in simulator on a free loopback port; no key needed",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the manifest and estimate the tokens and cost of what is left to do; send nothing",
+    )
+    run.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="give the manifest's failed tasks another go (their old lines move to results.retried.jsonl)",
+    )
+
+    speed = run.add_argument_group("speed and limits")
+    speed.add_argument(
+        "--concurrency",
+        "-c",
+        type=_concurrency,
+        default=DEFAULT_CONCURRENCY,
+        metavar="N|auto",
+        help=f"requests in flight at once (default {DEFAULT_CONCURRENCY}); 'auto' finds, per "
+        "endpoint, how many the service takes, from the 429s it answers",
+    )
+    speed.add_argument(
+        "--max-concurrency",
+        type=_positive_int,
+        default=256,
+        metavar="N",
+        help="the most requests in flight that --concurrency auto may reach (default 256)",
+    )
+    speed.add_argument(
+        "--rpm",
+        type=_positive_float,
+        default=None,
+        metavar="N",
+        help="at most N requests per minute to each endpoint, spaced evenly",
+    )
+    speed.add_argument(
+        "--tpm",
+        type=_positive_float,
+        default=None,
+        metavar="N",
+        help="at most N tokens per minute to each endpoint, from each request's estimate, "
+        "corrected by the usage that comes back",
+    )
+
+    money = run.add_argument_group("money and time")
+    _add_prices(money)
+    money.add_argument(
+        "--max-cost",
+        type=_non_negative_float,
+        default=None,
+        metavar="USD",
+        help="stop dispatching before DIR's spending (all runs) plus what is in flight would "
+        f"pass this many dollars; exit {EXIT_BUDGET}, resumable with a higher budget",
+    )
+    money.add_argument(
+        "--max-tokens", type=_positive_int, default=None, metavar="N", help="the same, in tokens"
+    )
+    money.add_argument(
+        "--deadline",
+        type=parse_deadline,
+        default=None,
+        metavar="TIME",
+        help="stop dispatching so that the run ends by then (e.g. 07:00, the next one; or "
+        f"2026-12-01T07:00); what is in flight at TIME is cancelled; exit {EXIT_DEADLINE}",
+    )
+    money.add_argument(
+        "--max-duration",
+        type=parse_duration,
+        default=None,
+        metavar="DURATION",
+        help="the same, as a duration from now: 90s, 45m, 6h, 1d",
+    )
+
+    retries = run.add_argument_group("retries and faults")
+    retries.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"give up on one attempt after this long (default {DEFAULT_TIMEOUT:g})",
+    )
+    retries.add_argument(
+        "--max-attempts",
+        type=_positive_int,
+        default=DEFAULT_MAX_ATTEMPTS,
+        metavar="N",
+        help=f"attempts per task, first included (default {DEFAULT_MAX_ATTEMPTS})",
+    )
+    retries.add_argument(
+        "--task-deadline",
+        type=_positive_float,
+        default=DEFAULT_TASK_DEADLINE,
+        metavar="SECONDS",
+        help="no retry of a task starts this long after its first attempt "
+        f"(default {DEFAULT_TASK_DEADLINE:g})",
+    )
+    retries.add_argument(
+        "--backoff",
+        type=_non_negative_float,
+        default=DEFAULT_BACKOFF,
+        metavar="SECONDS",
+        help="first retry waits up to this long, doubling each time, with full jitter "
+        f"(default {DEFAULT_BACKOFF:g}; a server's Retry-After takes precedence)",
+    )
+    retries.add_argument(
+        "--backoff-max",
+        type=_non_negative_float,
+        default=DEFAULT_BACKOFF_MAX,
+        metavar="SECONDS",
+        help=f"longest wait between two attempts (default {DEFAULT_BACKOFF_MAX:g})",
+    )
+    retries.add_argument(
+        "--grace",
+        type=_non_negative_float,
+        default=DEFAULT_GRACE,
+        metavar="SECONDS",
+        help="after SIGINT/SIGTERM, requests in flight get this long to finish and be saved; "
+        f"a second signal cancels them at once (default {DEFAULT_GRACE:g})",
+    )
+    retries.add_argument(
+        "--outage-limit",
+        type=_non_negative_float,
+        default=DEFAULT_OUTAGE_LIMIT,
+        metavar="SECONDS",
+        help="when the service keeps failing, tasks wait (one probe at a time) instead of "
+        f"spending their attempts; after this long the run stops with exit {EXIT_UNAVAILABLE} "
+        f"(default {DEFAULT_OUTAGE_LIMIT:g})",
+    )
+    retries.add_argument(
+        "--max-answer-mb",
+        type=_positive_float,
+        default=DEFAULT_MAX_BODY / 2**20,
+        metavar="MB",
+        help=f"refuse (and retry) an answer larger than this (default {DEFAULT_MAX_BODY // 2**20})",
+    )
+
+    disk = run.add_argument_group("output")
+    disk.add_argument(
+        "--sync-interval",
+        type=_non_negative_float,
+        default=0.1,
+        metavar="SECONDS",
+        help="journal lines reach the kernel at once (a killed run loses none) and are fsync'd "
+        "this often (a power cut may lose the last SECONDS); 0 fsyncs each line (default 0.1)",
+    )
+    disk.add_argument(
+        "--no-fsync",
+        dest="fsync",
+        action="store_false",
+        help="skip fsync (faster on slow disks; a power cut may then lose recent results)",
+    )
+    disk.add_argument(
+        "--no-gallery", dest="gallery", action="store_false", help="do not make thumbnails and DIR/index.html"
+    )
+    _add_common(run)
+    _add_output_options(run)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="[KIND.]FIELD=VALUE",
+        help="set a request field for every task (that knows it), over the manifest; "
+        "e.g. --set quality=low --set chat.temperature=0. Repeatable",
+    )
+    parser.add_argument(
+        "--endpoint",
+        dest="endpoints",
+        action="append",
+        default=[],
+        metavar="[KIND|MODEL=]ENDPOINT",
+        help="send tasks of a kind or model (or, without a '=', all tasks) to this endpoint, "
+        "over the manifest; e.g. --endpoint chat=my-gemini --endpoint generate=my-images",
+    )
+
+
+def _add_prices(parser: Any) -> None:
+    parser.add_argument(
+        "--prices",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="prices per million tokens, {model: {text_input, image_input, output}} in YAML or "
+        "JSON; over the manifest's prices: and the built-in list prices",
+    )
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    log = parser.add_argument_group("what it prints")
+    group = log.add_mutually_exclusive_group()
+    group.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="show a progress bar (default when stderr is a terminal)",
+    )
+    group.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no bar: a status line every --log-every seconds, and a line per failure",
+    )
+    log.add_argument(
+        "--log-every",
+        type=_non_negative_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="without a bar, print done, failed, retrying, rate, ETA, tokens and cost this often "
+        "(default 60; 0: never)",
+    )
+    log.add_argument(
+        "--log-file", type=Path, default=None, metavar="FILE", help="also append the log lines to FILE"
+    )
+    log.add_argument("--quiet", "-q", action="store_true", help="only warnings and the summary")
+    log.add_argument("--verbose", "-v", action="store_true", help="a line per task and per retry, and debug")
+
+
+# -- values --------------------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def _concurrency(text: str) -> int | None:
+    """A whole number of requests in flight, or `auto` (None)."""
+    return None if text.strip().lower() == "auto" else _positive_int(text)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `90s`, `45m`, `6h`, `1d`, `1h30m` or a plain number of seconds."""
+    parts = _DURATION.findall(text.strip().lower())
+    if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s", "", text.strip().lower()):
+        raise argparse.ArgumentTypeError(f"not a duration (like 90s, 45m, 6h, 1d): {text!r}")
+    seconds = sum(float(number) * _UNITS[unit] for number, unit in parts)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be longer than 0: {text!r}")
+    return seconds
+
+
+def parse_deadline(text: str, now: datetime | None = None) -> float:
+    """Unix time from `HH:MM` (the next such time, local) or an ISO date and time (local unless it says)."""
+    now = now or datetime.now()
+    clock = re.fullmatch(r"(\d{1,2}):(\d{2})", text.strip())
+    if clock:
+        hour, minute = int(clock.group(1)), int(clock.group(2))
+        if hour > 23 or minute > 59:
+            raise argparse.ArgumentTypeError(f"not a time of day: {text!r}")
+        moment = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        if moment <= now:
+            moment += timedelta(days=1)
+        return moment.timestamp()
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time (like 07:00 or 2026-12-01T07:00): {text!r}") from None
+    if moment.timestamp() <= now.timestamp():
+        raise argparse.ArgumentTypeError(f"{text!r} is already past")
+    return moment.timestamp()
+
+
+def parse_endpoints(items: Sequence[str]) -> dict[str, str]:
+    """`--endpoint` items into {kind or model or "*": endpoint}."""
+    chosen: dict[str, str] = {}
+    for item in items:
+        key, sep, endpoint = item.rpartition("=")
+        endpoint = endpoint.strip()
+        if not endpoint:
+            raise UsageError(f"--endpoint needs an endpoint id, not {item!r}")
+        chosen[key.strip() if sep else "*"] = endpoint
+    return chosen
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """`--set` items into {field: value} and {kind: {field: value}}; values read as YAML scalars."""
+    import yaml
+
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--set needs FIELD=VALUE, not {item!r}")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        kind, dot, name = key.partition(".")
+        if dot:
+            overrides.setdefault(kind, {})[name] = value
+        else:
+            overrides[key] = value
+    return overrides

@@ -1,0 +1,114 @@
+"""What tokens cost: a price table per model (configuration, not code), and the arithmetic on it.
+
+A price is in US dollars per million tokens, for text input, image input and output. The table comes from
+the manifest (`prices:`), a `--prices FILE` (YAML or JSON, the same shape), and the defaults below, in
+that order of precedence.
+
+The defaults are list prices as the model makers publish them. OpenAI's model pages were read for
+gpt-image-1 and gpt-image-1-mini, and Google's pricing for Gemini 2.5 Flash and Flash Image; the copies
+read were from 2026-11. A MaaS reseller charges its own prices: set yours under `prices:`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from batch.kinds import TokenCounts
+
+PRICES_SOURCE = (
+    "list prices per million tokens from OpenAI's model pages (gpt-image-1, gpt-image-1-mini) and Google's "
+    "Gemini pricing (gemini-2.5-flash, gemini-2.5-flash-image), read 2026-11; your provider may charge "
+    "otherwise: set prices: in the manifest or --prices FILE"
+)
+FIELDS = ("text_input", "image_input", "output")
+
+
+@dataclass(frozen=True)
+class Price:
+    """US dollars per million tokens."""
+
+    text_input: float
+    image_input: float
+    output: float
+
+    def cost(self, tokens: TokenCounts) -> float:
+        text = max(0, tokens.input - tokens.image_input)
+        return (
+            text * self.text_input + tokens.image_input * self.image_input + tokens.output * self.output
+        ) / 1_000_000
+
+
+DEFAULT_PRICES: Mapping[str, Price] = {
+    "gpt-image-1": Price(text_input=5.00, image_input=10.00, output=40.00),
+    "gpt-image-1-mini": Price(text_input=2.00, image_input=2.50, output=8.00),
+    "gemini-2.5-flash": Price(text_input=0.30, image_input=0.30, output=2.50),
+    "gemini-2.5-flash-image": Price(text_input=0.30, image_input=0.30, output=30.00),
+}
+
+
+class PriceTable:
+    """Model name -> Price; `cost` is None for a model with no price."""
+
+    def __init__(self, prices: Mapping[str, Price] | None = None) -> None:
+        self.prices = dict(DEFAULT_PRICES if prices is None else prices)
+
+    def price(self, model: str | None) -> Price | None:
+        return self.prices.get(model) if model else None
+
+    def cost(self, model: str | None, tokens: TokenCounts) -> float | None:
+        price = self.price(model)
+        return None if price is None else price.cost(tokens)
+
+    def with_overrides(self, overrides: Mapping[str, Price]) -> PriceTable:
+        return PriceTable({**self.prices, **overrides})
+
+
+def parse_prices(data: Any, where: str) -> tuple[dict[str, Price], list[str]]:
+    """`{model: {text_input, image_input, output}}` into Prices, and a message for each mistake."""
+    if not isinstance(data, Mapping):
+        return {}, [f"{where}: must be a mapping of model names to prices"]
+    found: dict[str, Price] = {}
+    problems = []
+    for model, entry in data.items():
+        if not isinstance(entry, Mapping):
+            problems.append(f"{where}.{model}: must be a mapping with text_input, image_input and output")
+            continue
+        unknown = sorted(set(entry) - set(FIELDS))
+        if unknown:
+            problems.append(f"{where}.{model}: unknown keys {unknown}; prices are {', '.join(FIELDS)}")
+            continue
+        values = {}
+        for name in FIELDS:
+            value = entry.get(name, entry.get("text_input") if name == "image_input" else None)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                problems.append(f"{where}.{model}.{name}: must be a number of dollars per million tokens")
+                break
+            values[name] = float(value)
+        else:
+            found[str(model)] = Price(**values)
+    return found, problems
+
+
+def load_prices(path: Path) -> tuple[dict[str, Price], list[str]]:
+    """A --prices file: YAML or JSON, `{model: {text_input, image_input, output}}` (or under `prices:`)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        return {}, [f"{path}: cannot be read: {exc}"]
+    except yaml.YAMLError as exc:
+        return {}, [f"{path}: not valid YAML or JSON: {exc}"]
+    if isinstance(data, Mapping) and set(data) == {"prices"}:
+        data = data["prices"]
+    return parse_prices(data, str(path))
+
+
+def money(value: float | None) -> str:
+    """$1,234.56 (or 'unknown'); small amounts keep their cents' fractions."""
+    if value is None:
+        return "unknown (no price for a model)"
+    return f"${value:,.4f}" if value < 1 else f"${value:,.2f}"

@@ -1,0 +1,331 @@
+"""What an output directory says, for `status`, `report` and `export`. Read-only, streaming: a directory of
+a million results is summed, not loaded.
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import json
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from batch import plancache
+from batch.errors import DirLockedError
+from batch.kinds import TokenCounts
+from batch.lock import LOCK, probe
+from batch.prices import PriceTable, money
+from batch.store import RESULTS, RUNS, USAGE, read_lines
+
+SLOWEST = 10
+
+
+def lock_holder(root: Path) -> int | None:
+    """The pid of the run holding DIR now, or None (0 when held by a pid we cannot read)."""
+    try:
+        probe(root)
+    except DirLockedError:
+        try:
+            return int((root / LOCK).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return 0
+    return None
+
+
+def _runs(root: Path) -> list[list[dict[str, Any]]]:
+    """Each run's start and end lines (not the attempts), oldest first."""
+    found = []
+    for path in sorted((root / RUNS).glob("*.jsonl")):
+        events = [r for r in read_lines(path) if r.get("event") in ("start", "end")]
+        found.append(events)
+    return found
+
+
+def _manifest_total(root: Path) -> int | None:
+    """How many tasks the last run's manifest holds (from the remembered plan, else the run log)."""
+    try:
+        document = json.loads((root / plancache.FOLDER / plancache.PLAN).read_text())
+        return int(document["total"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    for events in reversed(_runs(root)):
+        for event in events:
+            if event.get("event") == "start" and isinstance(event.get("tasks"), int):
+                return int(event["tasks"])
+    return None
+
+
+def status(root: Path) -> dict[str, Any]:
+    """done / failed / pending / maybe-billed, and whether a run holds DIR now."""
+    succeeded = failed = maybe_billed = 0
+    for record in read_lines(root / RESULTS):
+        if record.get("status") == "failed":
+            failed += 1
+        else:
+            succeeded += 1
+        maybe_billed += int(record.get("maybe_billed") or 0)
+    total = _manifest_total(root)
+    runs = _runs(root)
+    last = runs[-1] if runs else []
+    start = next((e for e in last if e.get("event") == "start"), {})
+    end = next((e for e in last if e.get("event") == "end"), None)
+    holder = lock_holder(root)
+    return {
+        "directory": str(root),
+        "succeeded": succeeded,
+        "failed": failed,
+        "pending": None if total is None else max(0, total - succeeded - failed),
+        "tasks": total,
+        "maybe_billed": maybe_billed,
+        "running": holder is not None,
+        "pid": holder or None,
+        "runs": len(runs),
+        "manifest": start.get("manifest"),
+        "last_run": None
+        if not last
+        else {
+            "started": start.get("at"),
+            "ended": end.get("at") if end else None,
+            "exit_code": end.get("exit_code") if end else None,
+            "stop_reason": end.get("stop_reason") if end else None,
+        },
+    }
+
+
+def format_status(found: Mapping[str, Any]) -> str:
+    pending = "unknown" if found["pending"] is None else f"{found['pending']:,}"
+    lines = [
+        f"{found['directory']}: {found['succeeded']:,} succeeded, {found['failed']:,} failed, "
+        f"{pending} pending" + (f" (of {found['tasks']:,})" if found["tasks"] is not None else ""),
+        f"maybe billed without a saved result: {found['maybe_billed']:,}",
+    ]
+    if found["running"]:
+        lines.append(f"a run is in progress now (pid {found['pid'] or 'unknown'})")
+    else:
+        lines.append("no run is in progress")
+    last = found["last_run"]
+    if last:
+        ended = last["ended"] or "did not end cleanly (killed?)"
+        code = "" if last["exit_code"] is None else f", exit {last['exit_code']}"
+        lines.append(
+            f"last run: started {last['started']}, ended {ended}{code}"
+            + (f" ({last['stop_reason']})" if last.get("stop_reason") else "")
+        )
+    if found["manifest"]:
+        lines.append(f"manifest: {found['manifest']}")
+    return "\n".join(lines)
+
+
+def report(root: Path, prices: PriceTable) -> dict[str, Any]:
+    """Tokens and cost by kind and by model, attempts, failures by type, the slowest tasks, wall time."""
+    by_kind: dict[str, dict[str, Any]] = defaultdict(lambda: {"answers": 0, "tokens": 0, "cost": 0.0})
+    by_model: dict[str, dict[str, Any]] = defaultdict(lambda: {"answers": 0, "tokens": 0, "cost": 0.0})
+    unpriced: Counter[str] = Counter()
+    total_tokens, total_cost = 0, 0.0
+    for line in read_lines(root / USAGE):
+        tokens = TokenCounts(
+            int(line.get("input_tokens") or 0),
+            int(line.get("output_tokens") or 0),
+            int(line.get("total_tokens") or 0),
+            int(line.get("image_input_tokens") or 0),
+        )
+        model = str(line.get("model") or "-")
+        cost = prices.cost(model, tokens)
+        for bucket in (by_kind[str(line.get("kind"))], by_model[model]):
+            bucket["answers"] += 1
+            bucket["tokens"] += tokens.total
+            bucket["cost"] += cost or 0.0
+        if cost is None:
+            unpriced[model] += 1
+        total_tokens += tokens.total
+        total_cost += cost or 0.0
+    tasks = succeeded = attempts = maybe_billed = 0
+    failures: dict[str, dict[str, Any]] = {}
+    slowest: list[tuple[float, str, str]] = []
+    for record in read_lines(root / RESULTS):
+        tasks += 1
+        attempts += int(record.get("attempts") or 0)
+        maybe_billed += int(record.get("maybe_billed") or 0)
+        if record.get("status") == "failed":
+            error = record.get("error") or {}
+            group = failures.setdefault(
+                str(error.get("type") or "unknown"),
+                {
+                    "count": 0,
+                    "status": error.get("status"),
+                    "example": error.get("message"),
+                    "example_task": record.get("id"),
+                },
+            )
+            group["count"] += 1
+        else:
+            succeeded += 1
+        seconds = record.get("seconds")
+        if isinstance(seconds, int | float):
+            entry = (float(seconds), str(record.get("id")), str(record.get("kind")))
+            if len(slowest) < SLOWEST:
+                heapq.heappush(slowest, entry)
+            else:
+                heapq.heappushpop(slowest, entry)
+    wall = 0.0
+    runs = _runs(root)
+    for events in runs:
+        end = next((e for e in events if e.get("event") == "end" and "seconds" in e), None)
+        if end is not None:
+            wall += float(end["seconds"])
+    return {
+        "directory": str(root),
+        "tasks": tasks,
+        "succeeded": succeeded,
+        "failed": tasks - succeeded,
+        "attempts": attempts,
+        "retries": attempts - tasks,
+        "maybe_billed": maybe_billed,
+        "tokens": total_tokens,
+        "cost": round(total_cost, 6),
+        "unpriced_answers": dict(unpriced),
+        "by_kind": {k: {**v, "cost": round(v["cost"], 6)} for k, v in sorted(by_kind.items())},
+        "by_model": {k: {**v, "cost": round(v["cost"], 6)} for k, v in sorted(by_model.items())},
+        "failures": dict(sorted(failures.items(), key=lambda item: -int(item[1]["count"]))),
+        "slowest": [
+            {"id": task_id, "kind": kind, "seconds": seconds}
+            for seconds, task_id, kind in sorted(slowest, reverse=True)
+        ],
+        "runs": len(runs),
+        "run_seconds": round(wall, 1),
+    }
+
+
+def format_report(found: Mapping[str, Any]) -> str:
+    lines = [
+        f"{found['directory']}: {found['tasks']:,} tasks ({found['succeeded']:,} succeeded, "
+        f"{found['failed']:,} failed) in {found['runs']} run{'s' if found['runs'] != 1 else ''}, "
+        f"{found['run_seconds']:,.1f} s of runs",
+        f"attempts: {found['attempts']:,} ({found['retries']:,} retries); "
+        f"maybe billed without a saved result: {found['maybe_billed']:,}",
+        f"total: {found['tokens']:,} tokens, {money(found['cost'])}"
+        + (
+            f" (+ {sum(found['unpriced_answers'].values())} answers of models with no price: "
+            f"{', '.join(found['unpriced_answers'])})"
+            if found["unpriced_answers"]
+            else ""
+        ),
+        "",
+        "by kind:",
+    ]
+    lines += [
+        f"  {kind:<10} {v['answers']:>8,} answers {v['tokens']:>14,} tokens  {money(v['cost'])}"
+        for kind, v in found["by_kind"].items()
+    ]
+    lines.append("by model:")
+    lines += [
+        f"  {model:<24} {v['answers']:>8,} answers {v['tokens']:>14,} tokens  {money(v['cost'])}"
+        for model, v in found["by_model"].items()
+    ]
+    if found["failures"]:
+        lines.append("failures:")
+        for kind, group in found["failures"].items():
+            status = f" (HTTP {group['status']})" if group["status"] else ""
+            lines.append(
+                f"  {group['count']:>6,} {kind}{status}: e.g. {group['example_task']}: {group['example']}"
+            )
+    if found["slowest"]:
+        lines.append("slowest tasks:")
+        lines += [f"  {s['seconds']:>8.1f} s  {s['kind']:<9} {s['id']}" for s in found["slowest"]]
+    return "\n".join(lines)
+
+
+EXPORT_COLUMNS = [
+    "id",
+    "custom_id",
+    "kind",
+    "status",
+    "model",
+    "files",
+    "text",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cost",
+    "attempts",
+    "error_type",
+    "error_message",
+]
+
+
+def _row(record: Mapping[str, Any]) -> dict[str, Any]:
+    usage = record.get("usage") or {}
+    error = record.get("error") or {}
+    return {
+        "id": record.get("id"),
+        "custom_id": record.get("custom_id"),
+        "kind": record.get("kind"),
+        "status": record.get("status"),
+        "model": record.get("model"),
+        "files": record.get("files") or [],
+        "text": record.get("text"),
+        "input_tokens": usage.get("input_tokens"),
+        "output_tokens": usage.get("output_tokens"),
+        "total_tokens": usage.get("total_tokens"),
+        "cost": record.get("cost"),
+        "attempts": record.get("attempts"),
+        "error_type": error.get("type"),
+        "error_message": error.get("message"),
+    }
+
+
+def export(root: Path, fmt: str, stream: IO[str]) -> int:
+    """One row per task: its id, status, files or answer, usage, and the meta of its input record (for
+    CSV, one `meta.<key>` column per key). Returns the number of rows."""
+    rows = 0
+    if fmt == "jsonl":
+        for record in read_lines(root / RESULTS):
+            stream.write(
+                json.dumps({**_row(record), "meta": record.get("meta") or {}}, ensure_ascii=False) + "\n"
+            )
+            rows += 1
+        return rows
+    meta_keys: dict[str, None] = {}
+    for record in read_lines(root / RESULTS):  # a first pass for the columns: meta keys differ by task
+        meta_keys.update(dict.fromkeys(str(k) for k in (record.get("meta") or {})))
+    writer = csv.DictWriter(stream, fieldnames=EXPORT_COLUMNS + [f"meta.{k}" for k in meta_keys])
+    writer.writeheader()
+    for record in read_lines(root / RESULTS):
+        row = _row(record)
+        row["files"] = ";".join(row["files"])
+        for key, value in (record.get("meta") or {}).items():
+            row[f"meta.{key}"] = (
+                value if isinstance(value, str | int | float) or value is None else json.dumps(value)
+            )
+        writer.writerow(row)
+        rows += 1
+    return rows
+
+
+def format_plan(name: str, plan: Any, prices: PriceTable, heading: str = "") -> list[str]:
+    """A checked manifest's tasks by kind, model and endpoint, with their estimated tokens and cost."""
+    lines = [heading or f"{name}: {plan.total:,} task{'s' if plan.total != 1 else ''}, valid"]
+    width = max((len(model) for _, model, _ in plan.counts), default=5)
+    totals = [0, 0.0]
+    unpriced: set[str] = set()
+    for (kind, model, endpoint), count in sorted(plan.counts.items()):
+        lines.append(f"  {kind:<9} {model:<{width}}  {count:>9,}   endpoint {endpoint}")
+    if plan.estimates:
+        lines.append(
+            "estimated (before sending; text at 4 characters a token, image output by size and quality):"
+        )
+        for (kind, model), (tokens_in, images_in, tokens_out) in sorted(plan.estimates.items()):
+            tokens = TokenCounts(tokens_in, tokens_out, tokens_in + tokens_out, images_in)
+            cost = prices.cost(model, tokens)
+            if cost is None:
+                unpriced.add(model)
+            totals[0] += tokens.total
+            totals[1] += cost or 0.0
+            lines.append(f"  {kind:<9} {model:<{width}}  {tokens.total:>13,} tokens  {money(cost)}")
+        lines.append(
+            f"  total{'':<{width + 5}}  {int(totals[0]):>13,} tokens  {money(totals[1])}"
+            + (f" + the models with no price ({', '.join(sorted(unpriced))})" if unpriced else "")
+        )
+    return lines
