@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from batch.defaults import DEFAULT_BASE_URL
 from batch.errors import BatchError, ConfigError, DirLockedError, ManifestError, OutputError, UsageError
-from batch.options import (
+from batch.exitcodes import (
     EXIT_CONFIG,
     EXIT_DATAERR,
     EXIT_FAILED,
@@ -25,10 +25,8 @@ from batch.options import (
     EXIT_OK,
     EXIT_TEMPFAIL,
     EXIT_USAGE,
-    build_parser,
-    parse_endpoints,
-    parse_overrides,
 )
+from batch.options import build_parser, parse_endpoints, parse_overrides
 
 if TYPE_CHECKING:  # the HTTP stack is imported only by the commands that use it: a fast start
     from batch.job import CheckedManifest
@@ -161,15 +159,13 @@ def price_table(manifest_prices: Any, prices_file: Path | None) -> PriceTable:
     from batch.errors import Problem
     from batch.prices import PriceTable, load_prices, parse_prices
 
-    table = PriceTable()
-    table = table.with_overrides(
-        parse_prices(manifest_prices, "prices")[0]
-    )  # its mistakes: manifest problems
+    # The manifest's mistakes were reported with the manifest's other problems.
+    table = PriceTable().with_overrides(parse_prices(manifest_prices, "prices")[0], "the manifest's prices:")
     if prices_file is not None:
         found, mistakes = load_prices(prices_file)
         if mistakes:
             raise ManifestError([Problem(str(prices_file), None, mistake) for mistake in mistakes])
-        table = table.with_overrides(found)
+        table = table.with_overrides(found, str(prices_file))
     return table
 
 
@@ -219,7 +215,7 @@ def _status(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from batch.report import format_report, report
 
-    found = report(_existing(args.out), price_table({}, args.prices))
+    found = report(_existing(args.out), price_table({}, args.prices), reprice=args.prices is not None)
     print(json.dumps(found, indent=2) if args.json else format_report(found))
     return EXIT_OK
 

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 from batch.cli import SIMULATED_ENDPOINT, check, env, price_table
 from batch.defaults import DEFAULT_BASE_URL
 from batch.errors import ConfigError
+from batch.exitcodes import EXIT_BUDGET, EXIT_DEADLINE, EXIT_OK, EXIT_TEMPFAIL
 from batch.lock import probe as probe_lock
-from batch.options import EXIT_OK, EXIT_TEMPFAIL
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
@@ -145,6 +145,11 @@ def _deadline(args: argparse.Namespace) -> float | None:
 def _need_prices(checked: CheckedManifest, prices: PriceTable) -> None:
     """--max-cost cannot count what has no price: refuse before sending rather than overspend."""
     missing = sorted({model for _, model in checked.plan.estimates if prices.price(model) is None})
+    if "-" in missing:
+        raise ConfigError(
+            "--max-cost needs a price for every task, and some tasks name no model: give them a model "
+            "(in defaults: or per task) so that they can be priced"
+        )
     if missing:
         raise ConfigError(
             f"--max-cost needs a price for every model; none for {', '.join(missing)}: add them "
@@ -177,7 +182,6 @@ def _dry_run(args: argparse.Namespace) -> int:
                 left.estimate(spec.kind, spec.model or "-", kinds[spec.kind].estimate(spec.fields))
         heading = f"left to do in {args.out}: {left.total:,} of {checked.plan.total:,} tasks"
         print("\n".join(format_plan(str(args.manifest), left, prices, heading)))
-    print("prices: " + ("defaults, " if args.prices is None else f"{args.prices}, ") + "see --prices")
     print("dry run: nothing was sent")
     return EXIT_OK
 
@@ -261,11 +265,25 @@ def _print_summary(summary: RunSummary, out: Path, retried: int) -> None:
         )
     if summary.stop_reason:
         lines.append(f"stopped: {summary.stop_reason}")
-        lines.append("run the same command again to resume")
+        lines.append(
+            {
+                EXIT_BUDGET: "run again with a higher --max-cost / --max-tokens to carry on",
+                EXIT_DEADLINE: "run the same command again (with a later --deadline) to carry on",
+            }.get(summary.stop_code or 0, "run the same command again to resume")
+        )
     elif summary.failed or summary.failed_before:
         lines.append(
             f"failures are in {out / 'results.jsonl'}; `maas-batch retry-failed {out}` runs them again"
         )
     gallery = out / "index.html"
     lines.append(f"output: {out}" + (f" (gallery: {gallery})" if gallery.exists() else ""))
+    _to_log_files(lines)
     print("\n".join(lines))
+
+
+def _to_log_files(lines: list[str]) -> None:
+    """The summary goes to stdout, and into --log-file too: the morning's read of a cron run."""
+    for handler in logging.getLogger("batch").handlers:
+        if isinstance(handler, logging.FileHandler):
+            for line in lines:
+                handler.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, line, (), None))

@@ -26,10 +26,19 @@ from batch.defaults import (
     DEFAULT_TIMEOUT,
 )
 from batch.errors import UsageError
-
-EXIT_OK, EXIT_FAILED, EXIT_BUDGET, EXIT_DEADLINE = 0, 1, 3, 4
-EXIT_USAGE, EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_IOERR = 64, 65, 69, 74
-EXIT_TEMPFAIL, EXIT_NOPERM, EXIT_CONFIG = 75, 77, 78
+from batch.exitcodes import (
+    EXIT_BUDGET,
+    EXIT_CONFIG,
+    EXIT_DATAERR,
+    EXIT_DEADLINE,
+    EXIT_FAILED,
+    EXIT_IOERR,
+    EXIT_NOPERM,
+    EXIT_OK,
+    EXIT_TEMPFAIL,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+)
 
 EXIT_CODES = f"""\
 exit codes:
@@ -113,7 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("out", type=Path, metavar="DIR")
     report.add_argument("--json", action="store_true", help="as JSON")
-    _add_prices(report)
+    _add_prices(
+        report,
+        "price every answer anew with these prices (and the built-in ones) instead of the cost its run "
+        "recorded",
+    )
 
     export = commands.add_parser(
         "export",
@@ -346,13 +359,14 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_prices(parser: Any) -> None:
+def _add_prices(parser: Any, help: str | None = None) -> None:
     parser.add_argument(
         "--prices",
         type=Path,
         default=None,
         metavar="FILE",
-        help="prices per million tokens, {model: {text_input, image_input, output}} in YAML or "
+        help=help
+        or "prices per million tokens, {model: {text_input, image_input, output}} in YAML or "
         "JSON; over the manifest's prices: and the built-in list prices",
     )
 

@@ -11,7 +11,7 @@ read were from 2026-11. A MaaS reseller charges its own prices: set yours under 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,11 +51,19 @@ DEFAULT_PRICES: Mapping[str, Price] = {
 }
 
 
-class PriceTable:
-    """Model name -> Price; `cost` is None for a model with no price."""
+DEFAULT_ORIGIN = "built-in list price, read 2026-11"
 
-    def __init__(self, prices: Mapping[str, Price] | None = None) -> None:
+
+class PriceTable:
+    """Model name -> Price (and where each came from); `cost` is None for a model with no price."""
+
+    def __init__(
+        self, prices: Mapping[str, Price] | None = None, origins: Mapping[str, str] | None = None
+    ) -> None:
         self.prices = dict(DEFAULT_PRICES if prices is None else prices)
+        self.origins = (
+            dict(origins or {}) if prices is not None else dict.fromkeys(self.prices, DEFAULT_ORIGIN)
+        )
 
     def price(self, model: str | None) -> Price | None:
         return self.prices.get(model) if model else None
@@ -64,8 +72,22 @@ class PriceTable:
         price = self.price(model)
         return None if price is None else price.cost(tokens)
 
-    def with_overrides(self, overrides: Mapping[str, Price]) -> PriceTable:
-        return PriceTable({**self.prices, **overrides})
+    def with_overrides(self, overrides: Mapping[str, Price], origin: str) -> PriceTable:
+        return PriceTable({**self.prices, **overrides}, {**self.origins, **dict.fromkeys(overrides, origin)})
+
+    def describe(self, models: Iterable[str]) -> list[str]:
+        """A line per model: its prices and where they came from."""
+        lines = []
+        for model in sorted(set(models)):
+            price = self.price(model)
+            if price is None:
+                lines.append(f"  {model:<25} no price: add it under prices: or in a --prices FILE")
+            else:
+                lines.append(
+                    f"  {model:<25} ${price.text_input:g} / ${price.image_input:g} / ${price.output:g}"
+                    f"  ({self.origins.get(model, '?')})"
+                )
+        return lines
 
 
 def parse_prices(data: Any, where: str) -> tuple[dict[str, Price], list[str]]:

@@ -118,8 +118,12 @@ def format_status(found: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def report(root: Path, prices: PriceTable) -> dict[str, Any]:
-    """Tokens and cost by kind and by model, attempts, failures by type, the slowest tasks, wall time."""
+def report(root: Path, prices: PriceTable, *, reprice: bool = False) -> dict[str, Any]:
+    """Tokens and cost by kind and by model, attempts, failures by type, the slowest tasks, wall time.
+
+    An answer's cost is the one its run recorded (at that run's prices), unless `reprice` or the run
+    recorded none: then it is priced with `prices`.
+    """
     by_kind: dict[str, dict[str, Any]] = defaultdict(lambda: {"answers": 0, "tokens": 0, "cost": 0.0})
     by_model: dict[str, dict[str, Any]] = defaultdict(lambda: {"answers": 0, "tokens": 0, "cost": 0.0})
     unpriced: Counter[str] = Counter()
@@ -132,7 +136,11 @@ def report(root: Path, prices: PriceTable) -> dict[str, Any]:
             int(line.get("image_input_tokens") or 0),
         )
         model = str(line.get("model") or "-")
-        cost = prices.cost(model, tokens)
+        recorded = line.get("cost")
+        if not reprice and isinstance(recorded, int | float) and not isinstance(recorded, bool):
+            cost: float | None = float(recorded)
+        else:
+            cost = prices.cost(model, tokens)
         for bucket in (by_kind[str(line.get("kind"))], by_model[model]):
             bucket["answers"] += 1
             bucket["tokens"] += tokens.total
@@ -328,4 +336,7 @@ def format_plan(name: str, plan: Any, prices: PriceTable, heading: str = "") -> 
             f"  total{'':<{width + 5}}  {int(totals[0]):>13,} tokens  {money(totals[1])}"
             + (f" + the models with no price ({', '.join(sorted(unpriced))})" if unpriced else "")
         )
+        if not heading:
+            lines.append("prices (USD per million tokens: text input / image input / output):")
+            lines.extend(prices.describe(model for _, model in plan.estimates))
     return lines

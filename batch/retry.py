@@ -24,11 +24,9 @@ from tenacity.stop import stop_base
 
 from batch.defaults import DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS, DEFAULT_TASK_DEADLINE
 from batch.errors import ApiError, ApiStatusError, BrokenAnswerError, TransportError
+from batch.exitcodes import EXIT_CONFIG, EXIT_NOPERM, EXIT_UNAVAILABLE
 
 RETRY_STATUSES = frozenset({408, 409, 429})
-EXIT_UNAVAILABLE = 69  # quota exhausted, or the service stays down
-EXIT_AUTH = 77  # the key was refused
-EXIT_CONFIG = 78  # no such endpoint
 
 
 class Verdict(enum.Enum):
@@ -51,7 +49,7 @@ def classify(error: BaseException) -> Decision:
         codes = {error.code, error.error_type}
         if status in (401, 403):
             return Decision(
-                Verdict.STOP, EXIT_AUTH, f"the API refused the key (HTTP {status}): {error.message}"
+                Verdict.STOP, EXIT_NOPERM, f"the API refused the key (HTTP {status}): {error.message}"
             )
         if status == 404 and "model_not_found" not in codes:
             return Decision(

@@ -42,6 +42,15 @@ from batch.events import (
     TaskFinished,
     TaskStarted,
 )
+from batch.exitcodes import (
+    EXIT_BUDGET,
+    EXIT_DATAERR,
+    EXIT_DEADLINE,
+    EXIT_FAILED,
+    EXIT_IOERR,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+)
 from batch.gallery import make_thumbnail, thumbnail_name
 from batch.health import ServiceHealth
 from batch.idset import IdSet
@@ -51,18 +60,11 @@ from batch.kinds import Answer, ApiRequest, Registry, TaskKind
 from batch.limits import EndpointLimits, Limits
 from batch.looplag import LoopLag
 from batch.prices import PriceTable
-from batch.retry import EXIT_UNAVAILABLE, RetryNotice, RetryPolicy, Verdict, call_with_retries, classify
+from batch.retry import RetryNotice, RetryPolicy, Verdict, call_with_retries, classify
 from batch.runlog import RunLog
 from batch.store import THUMBS, OutputDir, OutputFile
 from batch.tasks import TaskSpec
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BUDGET = 3
-EXIT_DEADLINE = 4
-EXIT_MANIFEST = 65
-EXIT_IO = 74
-EXIT_TEMPFAIL = 75
 PRODUCER_BATCH = 64  # tasks pulled from the manifest per trip to a worker thread
 PROMPT_SHOWN = 2000  # characters of a prompt kept in its result line
 
@@ -239,7 +241,7 @@ class Runner:
             try:
                 await self._out.sync()
             except OutputError as exc:
-                self.stop(str(exc), EXIT_IO)
+                self.stop(str(exc), EXIT_IOERR)
         summary.seconds = time.monotonic() - started
         summary.loop_lag_p99_ms = round(lag.percentile(0.99) * 1000, 1)
         summary.concurrency = self._limits.snapshot()
@@ -247,9 +249,11 @@ class Runner:
 
     async def _watch_deadline(self, deadline: float) -> None:
         """Stop dispatching when the requests in flight would need until the deadline to finish (the
-        90th percentile of recent requests' times, 60 s before any), and cancel what is left at it."""
+        90th percentile of recent requests' times; before any has finished, a minute, or a tenth of the
+        time given if that is less), and cancel what is left at it."""
+        first_guess = min(60.0, (deadline - time.time()) / 10)
         while not self.stopping:
-            margin = _percentile(self._durations, 0.9) if self._durations else 60.0
+            margin = _percentile(self._durations, 0.9) if self._durations else first_guess
             left = deadline - time.time() - margin
             if left <= 0:
                 when = datetime.fromtimestamp(deadline).strftime("%Y-%m-%d %H:%M")
@@ -291,7 +295,7 @@ class Runner:
                         batch = await anyio.to_thread.run_sync(self._next_batch)
                     except ManifestError as exc:
                         first = exc.problems[0] if exc.problems else exc
-                        self.stop(f"the manifest changed during the run: {first}", EXIT_MANIFEST)
+                        self.stop(f"the manifest changed during the run: {first}", EXIT_DATAERR)
                         return
                     if not batch:
                         return
@@ -343,7 +347,7 @@ class Runner:
             return
         except OutputError as exc:
             self.summary.maybe_billed += state.maybe_billed
-            self.stop(str(exc), EXIT_IO)
+            self.stop(str(exc), EXIT_IOERR)
             return
         except ApiError as exc:
             decision = classify(exc)
@@ -494,7 +498,7 @@ class Runner:
                     "output_tokens": counts.output,
                     "total_tokens": counts.total,
                     "image_input_tokens": counts.image_input,
-                    "cost": None if cost is None else round(cost, 6),
+                    "cost": None if cost is None else round(cost, 10),
                     "usage": usage,
                     "at": _now(),
                 },
@@ -556,7 +560,7 @@ class Runner:
             if state.billed
             else None
         )
-        record["cost"] = None if state.unpriced or not state.billed else round(state.cost, 6)
+        record["cost"] = None if state.unpriced or not state.billed else round(state.cost, 10)
         record["attempts"] = state.attempts
         if state.maybe_billed + state.carried:
             record["maybe_billed"] = state.maybe_billed + state.carried
@@ -570,7 +574,7 @@ class Runner:
         try:
             await self._out.append(self._out.results, record)
         except OutputError as exc:
-            self.stop(str(exc), EXIT_IO)
+            self.stop(str(exc), EXIT_IOERR)
             return
         if error is None:
             self.summary.succeeded += 1

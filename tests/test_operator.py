@@ -1,0 +1,450 @@
+"""The operator's night: prices and estimates, budgets, deadlines, the unattended log, status, report,
+export and retry-failed, end to end through the CLI against the simulator."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from batch.kinds import TokenCounts
+from batch.lock import acquire
+from batch.options import parse_deadline, parse_duration
+from batch.prices import PriceTable, parse_prices
+from batch.simulator import RunningSimulator, SimConfig, simulator_in_thread
+from tests.conftest import FAST, KEY, Outcome, env_for, ledger, results
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# gpt-image-1, 1024x1024, low: 272 output tokens; "p 00" is one token of text. At the built-in prices:
+ONE_TASK_TOKENS = 1 + 272
+ONE_TASK_COST = (1 * 5.00 + 272 * 40.00) / 1_000_000
+
+
+def sixteen_tasks(write: Callable[..., Path]) -> Path:
+    return write(
+        "defaults: {model: gpt-image-1, size: 1024x1024, quality: low}\n"
+        "tasks:\n" + "".join(f"  - {{kind: generate, id: t{i:02d}, prompt: p {i:02d}}}\n" for i in range(16))
+    )
+
+
+# --- prices and estimates ---------------------------------------------------------------------------
+
+
+def test_price_table_arithmetic_and_mistakes() -> None:
+    table = PriceTable()
+    assert table.origins["gpt-image-1"].startswith("built-in list price, read")
+    tokens = TokenCounts(input=1000, output=2000, total=3000, image_input=400)
+    # 600 text tokens at $5, 400 image tokens at $10, 2000 output tokens at $40 (per million)
+    assert table.cost("gpt-image-1", tokens) == pytest.approx((600 * 5 + 400 * 10 + 2000 * 40) / 1e6)
+    assert table.cost("no-such-model", tokens) is None
+    found, mistakes = parse_prices(
+        {
+            "mine": {"text_input": 1, "output": 2},  # image input defaults to the text price
+            "bad": {"text_input": -1, "output": 2},
+            "typo": {"text_input": 1, "ouptut": 2},
+            "flag": {"text_input": True, "output": 2},
+            "odd": 3,
+        },
+        "prices",
+    )
+    assert list(found) == ["mine"] and found["mine"].image_input == 1
+    assert any(m.startswith("prices.bad.text_input:") for m in mistakes)
+    assert any("prices.typo: unknown keys ['ouptut']" in m for m in mistakes)
+    assert any(m.startswith("prices.flag.text_input:") for m in mistakes)
+    assert any(m.startswith("prices.odd: must be a mapping") for m in mistakes)
+    overridden = table.with_overrides(found, "the manifest's prices:")
+    assert overridden.origins["mine"] == "the manifest's prices:" and "gpt-image-1" in overridden.prices
+
+
+def test_bad_prices_in_the_manifest_are_manifest_errors_and_nothing_is_sent(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write("""
+        prices:
+          gpt-image-1: {text_input: 5, image_input: 10, output: "forty"}
+        tasks:
+          - {kind: generate, prompt: a lake}
+    """)
+    outcome = cli("run", manifest, "--out", tmp_path / "out", env=env_for(sim))
+    assert outcome.code == 65
+    assert "prices.gpt-image-1.output" in outcome.err
+    assert sim.state.requests_total == 0
+
+
+def test_dry_run_estimates_with_the_prices_in_force_and_sends_nothing(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write("""
+        prices:
+          gemini-2.5-flash: {text_input: 1, image_input: 1, output: 10}
+        tasks:
+          - {kind: generate, id: big, model: gpt-image-1, size: 1536x1024, quality: high, n: 2, prompt: abcdefgh}
+          - {kind: chat, id: hello, model: gemini-2.5-flash, prompt: hello there, max_tokens: 100}
+          - {kind: generate, id: other, model: house-model, prompt: abcd}
+    """)
+    prices = write("gpt-image-1-mini: {text_input: 1, output: 1}\n", "prices.yaml")
+    out = tmp_path / "out"
+    outcome = cli("run", manifest, "--out", out, "--dry-run", "--prices", prices, env=env_for(sim))
+    assert outcome.code == 0, outcome.err
+    assert sim.state.requests_total == 0 and not out.exists()
+    # two 1536x1024 high images: 2 x 6240 output tokens, and 2 tokens of prompt
+    big = 2 + 2 * 6240
+    line = next(
+        li
+        for li in outcome.out.splitlines()
+        if li.lstrip().startswith("generate  gpt-image-1 ") and "tokens" in li
+    )
+    assert f"{big:,} tokens" in line
+    assert f"${(2 * 5 + 2 * 6240 * 40) / 1e6:.4f}" in line
+    assert re.search(r"gemini-2.5-flash .*\$1 / \$1 / \$10 +\(the manifest's prices:\)", outcome.out)
+    assert re.search(
+        r"gpt-image-1 .*\$5 / \$10 / \$40 +\(built-in list price, read \d{4}-\d\d\)", outcome.out
+    )
+    assert "house-model" in outcome.out and "no price" in outcome.out
+    assert "dry run: nothing was sent" in outcome.out
+    # validate prints the same estimate
+    validated = cli("validate", manifest, "--prices", prices, env=env_for(sim))
+    assert validated.code == 0 and f"{big:,} tokens" in validated.out
+
+
+def test_dry_run_after_a_partial_run_estimates_only_what_is_left(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = sixteen_tasks(write)
+    out = tmp_path / "out"
+    assert (
+        cli("run", manifest, "--out", out, "--max-tokens", str(5 * ONE_TASK_TOKENS), env=env_for(sim)).code
+        == 3
+    )
+    sent = sim.state.requests_total
+    outcome = cli("run", manifest, "--out", out, "--dry-run", env=env_for(sim))
+    assert outcome.code == 0
+    assert f"left to do in {out}: 11 of 16 tasks" in outcome.out
+    assert f"{11 * ONE_TASK_TOKENS:,} tokens" in outcome.out
+    assert sim.state.requests_total == sent
+
+
+# --- what was spent ---------------------------------------------------------------------------------
+
+
+def test_every_billed_answer_is_priced_in_the_ledger_results_summary_and_report(
+    cli: Callable[..., Outcome], sim: RunningSimulator, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    outcome = cli("run", EXAMPLES / "quickstart.yaml", "--out", out, env=env_for(sim))
+    assert outcome.code == 0, outcome.err
+    table = PriceTable()
+    total = 0.0
+    lines = ledger(out)
+    for line in lines:
+        tokens = TokenCounts(
+            line["input_tokens"], line["output_tokens"], line["total_tokens"], line["image_input_tokens"]
+        )
+        assert line["cost"] == pytest.approx(table.cost(line["model"], tokens))
+        total += line["cost"]
+    edits = [line for line in lines if line["kind"] == "edit"]
+    assert edits and all(line["image_input_tokens"] > 0 for line in edits)
+    done = results(out)
+    for task_id, record in done.items():
+        assert record["cost"] == pytest.approx(sum(li["cost"] for li in lines if li["task_id"] == task_id))
+    assert f"${total:.4f}" in outcome.out
+    found = json.loads(cli("report", out, "--json").out)
+    assert found["cost"] == pytest.approx(total, abs=1e-5)
+    assert found["tokens"] == sim.state.billed_total_tokens
+    # --prices reprices every answer: output at $80 instead of $40 for gpt-image-1
+    dearer = tmp_path / "dearer.json"
+    dearer.write_text(json.dumps({"gpt-image-1": {"text_input": 5, "image_input": 10, "output": 80}}))
+    repriced = json.loads(cli("report", out, "--json", "--prices", dearer).out)
+    image_output = sum(li["output_tokens"] for li in lines if li["model"] == "gpt-image-1")
+    assert repriced["cost"] == pytest.approx(total + image_output * 40 / 1e6, abs=1e-5)
+
+
+# --- budgets ----------------------------------------------------------------------------------------
+
+
+def test_max_cost_stops_before_passing_the_budget_exit_3_and_a_higher_budget_carries_on(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = sixteen_tasks(write)
+    out = tmp_path / "out"
+    budget = 4.5 * ONE_TASK_COST  # room for four tasks, not five
+    first = cli("run", manifest, "--out", out, "--max-cost", f"{budget:.6f}", "-c", "8", env=env_for(sim))
+    assert first.code == 3, first.err
+    assert "budget reached" in first.out and "higher --max-cost" in first.out
+    assert len(results(out)) == 4 and sim.state.requests_total == 4
+    assert sum(line["cost"] for line in ledger(out)) <= budget
+    # the budget is DIR's: the same one again sends nothing more
+    again = cli("run", manifest, "--out", out, "--max-cost", f"{budget:.6f}", env=env_for(sim))
+    assert again.code == 3 and sim.state.requests_total == 4
+    # a higher one carries on from where it stopped, without sending a finished task again
+    more = cli("run", manifest, "--out", out, "--max-cost", "1", env=env_for(sim))
+    assert more.code == 0, more.err
+    assert "12 succeeded, 0 failed, 4 already done" in more.out
+    assert sim.state.requests_total == 16
+    assert len(results(out)) == 16
+
+
+def test_max_tokens_counts_the_ledger_of_every_run(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = sixteen_tasks(write)
+    out = tmp_path / "out"
+    outcome = cli(
+        "run", manifest, "--out", out, "--max-tokens", str(3 * ONE_TASK_TOKENS + 10), env=env_for(sim)
+    )
+    assert outcome.code == 3
+    assert sum(line["total_tokens"] for line in ledger(out)) == 3 * ONE_TASK_TOKENS
+    status = json.loads(cli("status", out, "--json").out)
+    assert (status["succeeded"], status["pending"]) == (3, 13)
+    assert status["last_run"]["exit_code"] == 3 and "token budget" in status["last_run"]["stop_reason"]
+
+
+def test_max_cost_refuses_a_model_without_a_price_before_sending(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write("""
+        tasks:
+          - {kind: generate, model: gpt-image-1, prompt: a lake}
+          - {kind: chat, model: house-gemini, prompt: hello}
+    """)
+    outcome = cli("run", manifest, "--out", tmp_path / "out", "--max-cost", "5", env=env_for(sim))
+    assert outcome.code == 78
+    assert "house-gemini" in outcome.err and "prices:" in outcome.err
+    assert sim.state.requests_total == 0
+    nameless = write("tasks:\n  - {kind: generate, prompt: a lake}\n", "nameless.yaml")
+    outcome = cli("run", nameless, "--out", tmp_path / "out", "--max-cost", "5", env=env_for(sim))
+    assert outcome.code == 78 and "name no model" in outcome.err
+    # with a price for it, the run goes
+    priced = write(
+        manifest.read_text() + "prices:\n  house-gemini: {text_input: 1, output: 2}\n", "priced.yaml"
+    )
+    assert cli("run", priced, "--out", tmp_path / "out", "--max-cost", "5", env=env_for(sim)).code == 0
+
+
+# --- time -------------------------------------------------------------------------------------------
+
+
+def test_deadline_and_duration_parsing() -> None:
+    now = datetime(2026, 11, 22, 23, 0)
+    assert datetime.fromtimestamp(parse_deadline("07:00", now)) == datetime(2026, 11, 23, 7, 0)
+    assert datetime.fromtimestamp(parse_deadline("23:30", now)) == datetime(2026, 11, 22, 23, 30)
+    assert datetime.fromtimestamp(parse_deadline("2026-11-24T06:15", now)) == datetime(2026, 11, 24, 6, 15)
+    for bad in ("25:00", "tomorrow", "2026-11-20T07:00"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"time|past"):
+            parse_deadline(bad, now)
+    assert [parse_duration(t) for t in ("90s", "45m", "6h", "1d", "1.5h")] == [90, 2700, 21600, 86400, 5400]
+
+
+def test_bad_deadline_is_a_usage_error(cli: Callable[..., Outcome], tmp_path: Path) -> None:
+    outcome = cli(
+        "run", EXAMPLES / "quickstart.yaml", "--out", tmp_path / "o", "--simulate", "--deadline", "7am"
+    )
+    assert outcome.code == 64 and "--deadline" in outcome.err
+
+
+def test_max_duration_stops_dispatching_in_time_exit_4_then_resumes(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write(
+        "tasks:\n" + "".join(f"  - {{kind: generate, id: t{i:03d}, prompt: p {i}}}\n" for i in range(200))
+    )
+    out = tmp_path / "out"
+    with simulator_in_thread(SimConfig(api_key=KEY, latency=0.1)) as sim:
+        started = time.monotonic()
+        first = cli("run", manifest, "--out", out, "-c", "2", "--max-duration", "1.5s", env=env_for(sim))
+        took = time.monotonic() - started
+        assert first.code == 4, first.err
+        assert "deadline" in first.out
+        done = len(results(out))
+        assert 0 < done < 200
+        assert took < 15  # 200 tasks at 2 x 10/s would need 10 s; generous for a slow machine
+        assert all(r["status"] == "succeeded" for r in results(out).values())  # nothing cut half-way
+        second = cli("run", manifest, "--out", out, "-c", "16", env=env_for(sim))
+        assert second.code == 0, second.err
+        assert f"{200 - done} succeeded, 0 failed, {done} already done" in second.out
+
+
+def test_unattended_log_lines_heartbeat_and_log_file(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write(
+        "tasks:\n" + "".join(f"  - {{kind: generate, id: t{i:02d}, prompt: p {i}}}\n" for i in range(20))
+    )
+    log_file = tmp_path / "night.log"
+    with simulator_in_thread(SimConfig(api_key=KEY, latency=0.05)) as sim:
+        outcome = cli(
+            "run",
+            manifest,
+            "--out",
+            tmp_path / "out",
+            "-c",
+            "2",
+            "--no-progress",
+            "--log-every",
+            "0.1",
+            "--log-file",
+            log_file,
+            env=env_for(sim),
+        )
+    assert outcome.code == 0, outcome.err
+    assert "\r" not in outcome.err  # no progress bar
+    text = log_file.read_text()
+    beats = [li for li in text.splitlines() if " INFO done " in li]
+    assert beats, text
+    assert re.search(
+        r"done \d+/20, failed 0, in flight \d, retries 0, [\d.]+/s, ETA \S+, [\d,]+ tokens, \$", text
+    )
+    assert "20 succeeded, 0 failed" in text  # the summary, for the morning's read
+    assert KEY not in text
+    assert all(li in outcome.err for li in beats)  # the same lines on stderr
+
+
+# --- status, report, export, retry-failed -----------------------------------------------------------
+
+
+def test_status_says_whether_a_run_holds_the_lock(
+    cli: Callable[..., Outcome], sim: RunningSimulator, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    assert cli("run", EXAMPLES / "quickstart.yaml", "--out", out, env=env_for(sim)).code == 0
+    idle = cli("status", out)
+    assert idle.code == 0
+    assert "7 succeeded, 0 failed, 0 pending (of 7)" in idle.out and "no run is in progress" in idle.out
+    lock = acquire(out)
+    try:
+        held = json.loads(cli("status", out, "--json").out)
+        assert held["running"] is True and held["pid"] == os.getpid()
+        assert f"pid {os.getpid()}" in cli("status", out).out
+    finally:
+        os.close(lock)
+    assert json.loads(cli("status", out, "--json").out)["running"] is False
+    assert cli("status", tmp_path / "nowhere").code == 64
+
+
+def test_report_groups_failures_counts_retries_and_names_the_slowest(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write("""
+        tasks:
+          - {kind: generate, id: ok-1, prompt: a calm lake}
+          - {kind: generate, id: ok-2, prompt: a quiet wood}
+          - {kind: generate, id: no-1, prompt: something forbidden}
+          - {kind: generate, id: no-2, prompt: another forbidden thing}
+          - {kind: chat, id: talk, model: gemini-2.5-flash, prompt: hello}
+    """)
+    out = tmp_path / "out"
+    config = SimConfig(api_key=KEY, faults={"not_json": 0.9}, seed=7, fault_once_per_task=True)
+    with simulator_in_thread(config) as sim:
+        assert cli("run", manifest, "--out", out, *FAST, env=env_for(sim)).code == 1
+    found = json.loads(cli("report", out, "--json").out)
+    assert (found["tasks"], found["succeeded"], found["failed"]) == (5, 3, 2)
+    assert found["retries"] == found["attempts"] - 5 and found["retries"] > 0
+    assert set(found["by_kind"]) == {"generate", "chat"}
+    assert set(found["by_model"]) == {"-", "gemini-2.5-flash"}  # "-": the generate tasks name no model
+    assert found["by_kind"]["generate"]["answers"] == 2
+    assert found["by_kind"]["chat"]["tokens"] + found["by_kind"]["generate"]["tokens"] == found["tokens"]
+    [(error_type, group)] = found["failures"].items()
+    assert error_type == "moderation_blocked" and group["count"] == 2 and group["status"] == 400
+    assert group["example_task"] in ("no-1", "no-2") and "safety" in group["example"]
+    assert sorted(s["id"] for s in found["slowest"]) == ["no-1", "no-2", "ok-1", "ok-2", "talk"]
+    seconds = [s["seconds"] for s in found["slowest"]]
+    assert seconds == sorted(seconds, reverse=True)
+    assert found["runs"] == 1
+    text = cli("report", out).out
+    assert "2 moderation_blocked (HTTP 400): e.g. no-" in text and "slowest tasks:" in text
+
+
+def test_export_joins_answers_back_to_the_input_rows(
+    cli: Callable[..., Outcome], sim: RunningSimulator, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    assert cli("run", EXAMPLES / "labeling.yaml", "--out", out, env=env_for(sim)).code == 0
+    table = list(csv.DictReader(io.StringIO(cli("export", out, "--format", "csv").out)))
+    source = {row["sku"]: row for row in csv.DictReader(io.StringIO((EXAMPLES / "products.csv").read_text()))}
+    assert sorted(row["id"] for row in table) == sorted(source)
+    for row in table:
+        assert row["status"] == "succeeded" and row["kind"] == "chat" and row["text"]
+        assert int(row["total_tokens"]) > 0 and float(row["cost"]) > 0
+        assert (row["meta.price"], row["meta.warehouse"]) == (
+            source[row["id"]]["price"],
+            source[row["id"]]["warehouse"],
+        )
+    written = tmp_path / "rows.jsonl"
+    outcome = cli("export", out, "--format", "jsonl", "--output", written)
+    assert outcome.code == 0 and "3 rows written" in outcome.err
+    rows = [json.loads(line) for line in written.read_text().splitlines()]
+    assert {r["id"]: r["meta"]["warehouse"] for r in rows} == {k: v["warehouse"] for k, v in source.items()}
+    assert all(r["text"] == results(out)[r["id"]]["text"] for r in rows)
+
+
+def test_export_lists_files_of_images_and_errors_of_failures(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write("""
+        tasks:
+          - {kind: generate, id: two, prompt: a lake, n: 2, meta: {batch: 7}}
+          - {kind: generate, id: refused, prompt: something forbidden}
+    """)
+    out = tmp_path / "out"
+    assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 1
+    rows = {r["id"]: r for r in csv.DictReader(io.StringIO(cli("export", out).out))}
+    assert rows["two"]["files"] == "images/two~1.png;images/two~2.png" and rows["two"]["meta.batch"] == "7"
+    assert rows["refused"]["status"] == "failed" and rows["refused"]["error_type"] == "moderation_blocked"
+    assert rows["refused"]["meta.batch"] == ""
+
+
+def test_retry_failed_sends_only_the_failed_tasks_and_keeps_their_old_lines(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write(
+        "tasks:\n" + "".join(f"  - {{kind: generate, id: t{i:02d}, prompt: p {i}}}\n" for i in range(12))
+    )
+    out = tmp_path / "out"
+    # a server that fails a third of the answers for good (500s, with no retry left)
+    flaky = SimConfig(api_key=KEY, error_rate=0.35, retry_after=0, seed=11)
+    with simulator_in_thread(flaky) as sim:
+        first = cli("run", manifest, "--out", out, *FAST, "--max-attempts", "1", env=env_for(sim))
+    assert first.code == 1
+    failed = sorted(k for k, r in results(out).items() if r["status"] == "failed")
+    assert failed and len(failed) < 12
+    assert "maas-batch retry-failed" in first.out
+    with simulator_in_thread(SimConfig(api_key=KEY)) as sim:
+        # a plain run does not give failed tasks another go
+        assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 1
+        assert sim.state.requests_total == 0
+        again = cli("retry-failed", out, env=env_for(sim))
+        assert again.code == 0, again.err
+        assert sim.state.requests_total == len(failed)
+        assert f"{len(failed)} failed task(s) were given another go" in again.out
+    done = results(out)
+    assert len(done) == 12 and all(r["status"] == "succeeded" for r in done.values())
+    retried = [json.loads(li) for li in (out / "results.retried.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in retried) == failed and all(r["status"] == "failed" for r in retried)
+
+
+def test_run_retry_failed_flag_and_retry_failed_without_a_recorded_run(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write("""
+        tasks:
+          - {kind: generate, id: fine, prompt: a calm lake}
+          - {kind: generate, id: refused, prompt: something forbidden}
+    """)
+    out = tmp_path / "out"
+    assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 1
+    assert cli("run", manifest, "--out", out, "--retry-failed", env=env_for(sim)).code == 1
+    assert sim.state.requests_total == 3  # fine once, refused twice
+    assert len((out / "results.retried.jsonl").read_text().splitlines()) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    outcome = cli("retry-failed", empty)
+    assert outcome.code == 64 and "no run of maas-batch is recorded" in outcome.err
