@@ -1,5 +1,100 @@
-"""maas-batch: resumable, unattended batches against the MaaS generative API."""
+"""maas-batch: resumable, unattended batches against the MaaS generative API.
+
+As a library (see batch.api, and the README's "From Python"):
+
+    import batch
+    summary = batch.run("job.yaml", "out", concurrency=8, max_cost=20)
+    async for result in batch.stream(batch.from_tasks([...]), "out"): ...
+
+The public names are loaded on first use, so that the command line starts fast.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "run": "batch.api",
+    "stream": "batch.api",
+    "validate": "batch.api",
+    "from_tasks": "batch.api",
+    "Result": "batch.api",
+    "ResultStream": "batch.api",
+    "Options": "batch.settings",
+    "RunSummary": "batch.runner",
+    "Manifest": "batch.manifest",
+    "Event": "batch.events",
+    "RunStarted": "batch.events",
+    "TaskFinished": "batch.events",
+    "AttemptFailed": "batch.events",
+    "Billed": "batch.events",
+    "Heartbeat": "batch.events",
+    "RunStopping": "batch.events",
+    "BatchError": "batch.errors",
+    "ManifestError": "batch.errors",
+    "ConfigError": "batch.errors",
+    "OutputError": "batch.errors",
+    "DirLockedError": "batch.errors",
+    "UsageError": "batch.errors",
+    "Problem": "batch.errors",
+}
+
+__all__ = [  # the names of _EXPORTS (a test checks), written out for readers and linters
+    "AttemptFailed",
+    "BatchError",
+    "Billed",
+    "ConfigError",
+    "DirLockedError",
+    "Event",
+    "Heartbeat",
+    "Manifest",
+    "ManifestError",
+    "Options",
+    "OutputError",
+    "Problem",
+    "Result",
+    "ResultStream",
+    "RunStarted",
+    "RunStopping",
+    "RunSummary",
+    "TaskFinished",
+    "UsageError",
+    "__version__",
+    "from_tasks",
+    "run",
+    "stream",
+    "validate",
+]
+
+if TYPE_CHECKING:
+    from batch.api import Result, ResultStream, from_tasks, run, stream, validate
+    from batch.errors import (
+        BatchError,
+        ConfigError,
+        DirLockedError,
+        ManifestError,
+        OutputError,
+        Problem,
+        UsageError,
+    )
+    from batch.events import AttemptFailed, Billed, Event, Heartbeat, RunStarted, RunStopping, TaskFinished
+    from batch.manifest import Manifest
+    from batch.runner import RunSummary
+    from batch.settings import Options
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'batch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -11,9 +11,10 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from batch.defaults import DEFAULT_BASE_URL
 from batch.errors import BatchError, ConfigError, DirLockedError, ManifestError, OutputError, UsageError
@@ -27,13 +28,12 @@ from batch.exitcodes import (
     EXIT_USAGE,
 )
 from batch.options import build_parser, parse_endpoints, parse_overrides
+from batch.settings import Options, endpoint_for, env, price_table
 
 if TYPE_CHECKING:  # the HTTP stack is imported only by the commands that use it: a fast start
     from batch.job import CheckedManifest
-    from batch.prices import PriceTable
 
 log = logging.getLogger("batch.cli")
-SIMULATED_ENDPOINT = "simulator"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,6 +66,7 @@ def _main(argv: list[str]) -> int:
         "status": _status,
         "report": _report,
         "export": _export,
+        "gallery": _gallery,
         "retry-failed": _retry_failed,
         "simulate": _simulate,
     }
@@ -124,10 +125,6 @@ def configure_logging(args: argparse.Namespace) -> None:
     root.propagate = False
 
 
-def env(name: str) -> str | None:
-    return os.environ.get(name, "").strip() or None
-
-
 def check(
     args: argparse.Namespace, env_endpoint: str | None, cache: Path | None = None
 ) -> CheckedManifest | int:
@@ -154,26 +151,10 @@ def check(
     return EXIT_CONFIG if plan.config_only else EXIT_DATAERR
 
 
-def price_table(manifest_prices: Any, prices_file: Path | None) -> PriceTable:
-    """Built-in list prices, then the manifest's `prices:`, then --prices FILE."""
-    from batch.errors import Problem
-    from batch.prices import PriceTable, load_prices, parse_prices
-
-    # The manifest's mistakes were reported with the manifest's other problems.
-    table = PriceTable().with_overrides(parse_prices(manifest_prices, "prices")[0], "the manifest's prices:")
-    if prices_file is not None:
-        found, mistakes = load_prices(prices_file)
-        if mistakes:
-            raise ManifestError([Problem(str(prices_file), None, mistake) for mistake in mistakes])
-        table = table.with_overrides(found, str(prices_file))
-    return table
-
-
 def _validate(args: argparse.Namespace) -> int:
     from batch.report import format_plan
 
-    env_endpoint = env("MAAS_ENDPOINT") or (SIMULATED_ENDPOINT if args.simulate else None)
-    checked = check(args, env_endpoint)
+    checked = check(args, endpoint_for(Options(simulate=args.simulate)))
     if isinstance(checked, int):
         return checked
     prices = price_table(checked.manifest.prices, args.prices)
@@ -230,6 +211,21 @@ def _export(args: argparse.Namespace) -> int:
     with args.output.open("w", encoding="utf-8", newline="") as stream:
         rows = export(root, args.format, stream)
     print(f"{rows:,} rows written to {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _gallery(args: argparse.Namespace) -> int:
+    from batch import gallery
+    from batch.lock import acquire
+
+    root = _existing(args.out)
+    lock = acquire(root)  # not beside a run that is writing DIR
+    try:
+        started = time.monotonic()
+        page = gallery.build(root)
+    finally:
+        os.close(lock)
+    print(f"{page} written in {time.monotonic() - started:.1f} s")
     return EXIT_OK
 
 

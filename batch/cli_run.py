@@ -5,58 +5,60 @@ The work itself is batch.job's.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import secrets
 import signal
 import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from batch.cli import SIMULATED_ENDPOINT, check, env, price_table
-from batch.defaults import DEFAULT_BASE_URL
-from batch.errors import ConfigError
+from batch.cli import check
 from batch.exitcodes import EXIT_BUDGET, EXIT_DEADLINE, EXIT_OK, EXIT_TEMPFAIL
 from batch.lock import probe as probe_lock
+from batch.settings import Options, connection, endpoint_for, job_config, price_table
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from batch.events import Observer
-    from batch.job import CheckedManifest, Job
-    from batch.prices import PriceTable
+    from batch.job import Job
     from batch.progress import ProgressBar
     from batch.runner import RunSummary
 
 log = logging.getLogger("batch.cli")
 
 
-@dataclass(frozen=True)
-class Connection:
-    base_url: str
-    api_key: str = field(repr=False)
-    env_endpoint: str | None
+def options(args: argparse.Namespace) -> Options:
+    """The run's flags as the library's Options."""
+    show_bar = _show_bar(args)
+    return Options(
+        simulate=args.simulate,
+        concurrency="auto" if args.concurrency is None else args.concurrency,
+        max_concurrency=args.max_concurrency,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        prices=args.prices,
+        max_cost=args.max_cost,
+        max_tokens=args.max_tokens,
+        deadline=args.deadline,
+        max_duration=args.max_duration,
+        timeout=args.timeout,
+        max_attempts=args.max_attempts,
+        task_deadline=args.task_deadline,
+        backoff=args.backoff,
+        backoff_max=args.backoff_max,
+        outage_limit=args.outage_limit,
+        max_answer_mb=args.max_answer_mb,
+        retry_failed=args.retry_failed,
+        gallery=args.gallery,
+        fsync=args.fsync,
+        sync_interval=args.sync_interval,
+        heartbeat=0.0 if show_bar or args.quiet else args.log_every,
+    )
 
 
-@contextlib.contextmanager
-def connection(simulate: bool) -> Iterator[Connection]:
-    """Where requests go, from the environment; or the built-in simulator, with a throwaway key."""
-    if not simulate:
-        api_key = env("MAAS_API_KEY")
-        if api_key is None:
-            raise ConfigError("MAAS_API_KEY is not set: export your API key (or try --simulate)")
-        yield Connection(env("MAAS_BASE_URL") or DEFAULT_BASE_URL, api_key, env("MAAS_ENDPOINT"))
-        return
-    from batch.simulator import SimConfig, simulator_in_thread
-
-    key = "sim-" + secrets.token_hex(8)
-    with simulator_in_thread(SimConfig(api_key=key, latency=0.2, latency_jitter=0.5)) as sim:
-        log.debug("simulator listening on %s", sim.base_url)
-        yield Connection(sim.base_url, key, env("MAAS_ENDPOINT") or SIMULATED_ENDPOINT)
+def _show_bar(args: argparse.Namespace) -> bool:
+    return not args.quiet and (args.progress if args.progress is not None else sys.stderr.isatty())
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
@@ -66,60 +68,19 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     import anyio
 
     from batch import plancache
-    from batch.budget import BudgetLimits
-    from batch.client import ClientConfig
-    from batch.job import Job, JobConfig
-    from batch.limits import Limits
-    from batch.retry import RetryPolicy
-    from batch.runner import RunSettings
+    from batch.job import Job
     from jobs import registry
 
-    deadline = _deadline(args)
-    with connection(args.simulate) as connected:
-        checked = check(args, connected.env_endpoint, args.out / plancache.FOLDER)
+    chosen = options(args)
+    deadline = chosen.deadline_time()
+    with connection(chosen) as connected:
+        checked = check(args, connected.endpoint, args.out / plancache.FOLDER)
         if isinstance(checked, int):
             return checked
-        prices = price_table(checked.manifest.prices, args.prices)
-        budget = BudgetLimits(max_cost=args.max_cost, max_tokens=args.max_tokens)
-        if budget.max_cost is not None:
-            _need_prices(checked, prices)
-        show_bar = not args.quiet and (args.progress if args.progress is not None else sys.stderr.isatty())
-        config = JobConfig(
-            manifest=args.manifest,
-            out=args.out,
-            client=ClientConfig(
-                base_url=connected.base_url,
-                api_key=connected.api_key,
-                timeout=args.timeout,
-                connections=max(args.concurrency or args.max_concurrency, 10),
-                max_body_bytes=int(args.max_answer_mb * 2**20),
-            ),
-            run=RunSettings(
-                limits=Limits(
-                    rpm=args.rpm,
-                    tpm=args.tpm,
-                    concurrency=args.concurrency,
-                    max_concurrency=args.max_concurrency,
-                ),
-                retry=RetryPolicy(
-                    max_attempts=args.max_attempts,
-                    deadline=args.task_deadline,
-                    backoff_base=args.backoff,
-                    backoff_max=args.backoff_max,
-                ),
-                outage_limit=args.outage_limit,
-                prices=prices,
-                budget=budget,
-                deadline=deadline,
-                heartbeat=0.0 if show_bar or args.quiet else args.log_every,
-            ),
-            fsync=args.fsync,
-            sync_interval=args.sync_interval,
-            retry_failed=args.retry_failed,
-            gallery=args.gallery,
-            run_info={"argv": argv, "cwd": os.getcwd()},
+        config = job_config(
+            chosen, checked, args.out, connected, {"argv": argv, "cwd": os.getcwd()}, deadline
         )
-        observers, bar = _observers(args, show_bar)
+        observers, bar = _observers(args, _show_bar(args))
         try:
             with Job(config, checked, registry(), observers) as job:
                 summary = anyio.run(_run_with_signals, job, args.grace)
@@ -134,29 +95,6 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     return summary.exit_code
 
 
-def _deadline(args: argparse.Namespace) -> float | None:
-    """The earlier of --deadline and now + --max-duration (unix time), or None."""
-    moments = [args.deadline] if args.deadline is not None else []
-    if args.max_duration is not None:
-        moments.append(time.time() + args.max_duration)
-    return min(moments) if moments else None
-
-
-def _need_prices(checked: CheckedManifest, prices: PriceTable) -> None:
-    """--max-cost cannot count what has no price: refuse before sending rather than overspend."""
-    missing = sorted({model for _, model in checked.plan.estimates if prices.price(model) is None})
-    if "-" in missing:
-        raise ConfigError(
-            "--max-cost needs a price for every task, and some tasks name no model: give them a model "
-            "(in defaults: or per task) so that they can be priced"
-        )
-    if missing:
-        raise ConfigError(
-            f"--max-cost needs a price for every model; none for {', '.join(missing)}: add them "
-            "under prices: in the manifest or in a --prices FILE"
-        )
-
-
 def _dry_run(args: argparse.Namespace) -> int:
     """Check, then estimate what the run would spend on the tasks DIR does not hold yet; send nothing."""
     from batch.idset import IdSet
@@ -165,8 +103,7 @@ def _dry_run(args: argparse.Namespace) -> int:
     from batch.store import RESULTS, finished_results
     from jobs import registry
 
-    env_endpoint = env("MAAS_ENDPOINT") or (SIMULATED_ENDPOINT if args.simulate else None)
-    checked = check(args, env_endpoint)
+    checked = check(args, endpoint_for(options(args)))
     if isinstance(checked, int):
         return checked
     prices = price_table(checked.manifest.prices, args.prices)

@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+SHOWN_PROBLEMS = 20  # in a ManifestError's message; all of them are in .problems
+
 
 class BatchError(Exception):
     """Root of every error maas-batch raises on purpose."""
@@ -69,7 +71,10 @@ class ManifestError(BatchError):
         self.problems = list(problems)
         self.more = more  # problems found but not kept, past the report limit
         count = len(self.problems) + more
-        super().__init__(f"{count} problem{'s' if count != 1 else ''} in the manifest")
+        shown = [f"  {problem}" for problem in self.problems[:SHOWN_PROBLEMS]]
+        if count > len(shown):
+            shown.append(f"  ... and {count - len(shown)} more")
+        super().__init__("\n".join([f"{count} problem{'s' if count != 1 else ''} in the manifest:", *shown]))
 
 
 class ConfigError(BatchError):

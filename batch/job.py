@@ -19,6 +19,7 @@ import anyio
 from batch import __version__, gallery, plancache
 from batch.budget import ledger_spent
 from batch.client import ApiClient, ClientConfig
+from batch.errors import OutputError
 from batch.events import Observer
 from batch.idset import IdSet
 from batch.kinds import Registry
@@ -40,7 +41,6 @@ class JobConfig:
     manifest: Path
     out: Path
     client: ClientConfig
-    build: BuildSettings = field(default_factory=BuildSettings)
     run: RunSettings = field(default_factory=RunSettings)
     fsync: bool = True
     sync_interval: float = 0.1  # seconds between journal fsyncs; 0 = fsync each line before going on
@@ -59,14 +59,21 @@ class CheckedManifest:
     cached: bool = False  # the plan came from DIR's cache: the manifest was not walked again
 
 
-def check(path: Path, build: BuildSettings, registry: Registry, cache: Path | None = None) -> CheckedManifest:
-    """Load and validate a whole manifest. Raises ManifestError for a file that is not a manifest; other
-    problems are in `plan.problems`. With `cache` (a folder in DIR), a plan remembered there is used when
-    nothing it depends on changed."""
-    manifest = load(path)
+def check(
+    source: Path | Manifest, build: BuildSettings, registry: Registry, cache: Path | None = None
+) -> CheckedManifest:
+    """Load (from a file) and validate a whole manifest. Raises ManifestError for a file that is not a
+    manifest; other problems are in `plan.problems`. With `cache` (a folder in DIR), a plan remembered
+    there is used when nothing it depends on changed (for a manifest file; one built in code is checked
+    each time)."""
+    path = source if isinstance(source, Path) else None
+    manifest = load(path) if path is not None else source
+    assert isinstance(manifest, Manifest)
     sources = Sources()
     builder = TaskBuilder(manifest, registry, build, sources=sources)
-    cache_key = plancache.key(path, dataclasses.asdict(build)) if cache is not None else None
+    if path is None:
+        cache = None
+    cache_key = plancache.key(path, dataclasses.asdict(build)) if cache is not None and path else None
     if cache is not None and cache_key is not None and not builder.problems:
         remembered = plancache.load(cache, cache_key)
         if remembered is not None:
@@ -81,7 +88,8 @@ def check(path: Path, build: BuildSettings, registry: Registry, cache: Path | No
                 plan.ids.add_digest(key)
             builder.trust()
             return CheckedManifest(manifest, builder, plan, cache_key, remembered.sources, cached=True)
-    sources.file(path, expanded=True)
+    if path is not None:
+        sources.file(path, expanded=True)
     plan = check_manifest(manifest, builder)
     builder.trust()
     return CheckedManifest(manifest, builder, plan, cache_key, sources)
@@ -137,7 +145,7 @@ class Job:
     def _build_gallery(self) -> None:
         try:
             gallery.build(self.out.root)
-        except (OSError, ValueError) as exc:  # the page is a view: it must not fail the run
+        except (OSError, ValueError, OutputError) as exc:  # the page is a view: it must not fail the run
             log.warning("could not write the gallery: %s", exc)
 
     def finished(self) -> tuple[IdSet, int]:
@@ -186,7 +194,7 @@ class Job:
                 **self.config.run_info,
                 "plan": "remembered" if checked.cached else "validated",
                 "pid": os.getpid(),
-                "manifest": str(checked.manifest.path),
+                "manifest": checked.manifest.name,
                 "version": __version__,
                 "tasks": checked.plan.total,
             }
@@ -202,7 +210,9 @@ class Job:
                     finished=finished,
                     failed_before=failed_before,
                     total=checked.plan.total,
-                    settings=self.config.run,
+                    settings=dataclasses.replace(
+                        self.config.run, thumbnails=self.config.run.thumbnails and self.config.gallery
+                    ),
                     log=log,
                     run_tag=tag,
                     interrupted=interrupted.by_task,

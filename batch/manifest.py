@@ -110,10 +110,11 @@ class Manifest:
     tasks: list[Any] = field(default_factory=list)  # YAML only; JSONL is streamed from the file
     prices: Mapping[str, Any] = field(default_factory=dict)  # model -> prices per million tokens
     lines: Mapping[str, int] = field(default_factory=dict)  # line of each top-level key
+    origin: str | None = None  # what messages call a manifest that is not a file (built in code)
 
     @property
     def name(self) -> str:
-        return str(self.path)
+        return self.origin or str(self.path)
 
     @property
     def folder(self) -> Path:
@@ -194,6 +195,25 @@ def load(path: Path) -> Manifest:
     return _from_document(path, document)
 
 
+def from_data(data: Mapping[str, Any], folder: Path, origin: str = "tasks") -> Manifest:
+    """A manifest built in code: the same mapping a YAML manifest holds (`tasks:`, and optional
+    `defaults:`, `endpoints:`, `prices:`), with paths relative to `folder`. Raises ManifestError as
+    `load` does; messages name `origin` and the task's index (there are no lines)."""
+    document = _located(data)
+    manifest = _from_document(folder / f"<{origin}>", document, origin)
+    manifest.origin = origin
+    return manifest
+
+
+def _located(value: Any) -> Any:
+    """Plain dicts and lists into the LocatedDicts (without lines) a YAML manifest is made of."""
+    if isinstance(value, Mapping):
+        return LocatedDict((key, _located(item)) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return [_located(item) for item in value]
+    return value
+
+
 def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
     """How many values `node` stands for once every alias is followed: linear in distinct nodes (each is
     counted once and remembered), so a billion-laughs document is caught without being expanded."""
@@ -210,8 +230,8 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
     return total
 
 
-def _from_document(path: Path, document: Any) -> Manifest:
-    name = str(path)
+def _from_document(path: Path, document: Any, name: str | None = None) -> Manifest:
+    name = name or str(path)
     if not isinstance(document, LocatedDict):
         raise ManifestError(
             [

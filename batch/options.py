@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("csv", "jsonl"), default="csv", help="csv (default) or jsonl")
     export.add_argument("--output", type=Path, metavar="FILE", help="write here instead of to stdout")
 
+    gallery = commands.add_parser(
+        "gallery",
+        help="write DIR/index.html again (runs do it themselves), making any missing thumbnail",
+    )
+    gallery.add_argument("out", type=Path, metavar="DIR")
+
     retry = commands.add_parser(
         "retry-failed",
         help="run DIR's last command again, giving its failed tasks another go",

@@ -51,7 +51,7 @@ from batch.exitcodes import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
 )
-from batch.gallery import make_thumbnail, thumbnail_name
+from batch.gallery import Thumbnailer, thumbnail_name
 from batch.health import ServiceHealth
 from batch.idset import IdSet
 from batch.imaging import decode_images
@@ -173,6 +173,7 @@ class Runner:
         self._limits = EndpointLimits(settings.limits)
         self._budget = Budget(settings.budget, spent if spent is not None else Spent())
         self._durations: deque[float] = deque(maxlen=256)  # recent requests' seconds, for the deadline
+        self._thumbnailer: Thumbnailer | None = None
         self._in_flight = 0
         self._health = ServiceHealth(
             max(5, settings.limits.concurrency or 16),
@@ -223,6 +224,32 @@ class Runner:
         threads.total_tokens = max(threads.total_tokens, workers + 8)
         send, receive = anyio.create_memory_object_stream[TaskSpec](min(workers, 64))
         lag = LoopLag()
+        if self._settings.thumbnails:
+            self._thumbnailer = Thumbnailer()
+        try:
+            await self._dispatch(send, receive, lag, workers, started)
+        finally:
+            if self._thumbnailer is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._thumbnailer.close)
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._out.sync()
+            except OutputError as exc:
+                self.stop(str(exc), EXIT_IOERR)
+        summary.seconds = time.monotonic() - started
+        summary.loop_lag_p99_ms = round(lag.percentile(0.99) * 1000, 1)
+        summary.concurrency = self._limits.snapshot()
+        return summary
+
+    async def _dispatch(
+        self,
+        send: ObjectSendStream[TaskSpec],
+        receive: MemoryObjectReceiveStream[TaskSpec],
+        lag: LoopLag,
+        workers: int,
+        started: float,
+    ) -> None:
         async with anyio.create_task_group() as background:
             background.start_soon(self._out.run_syncer)
             background.start_soon(lag.watch)
@@ -237,15 +264,6 @@ class Runner:
                         group.start_soon(self._work, receive.clone())
                     receive.close()
             background.cancel_scope.cancel()
-        with anyio.CancelScope(shield=True):
-            try:
-                await self._out.sync()
-            except OutputError as exc:
-                self.stop(str(exc), EXIT_IOERR)
-        summary.seconds = time.monotonic() - started
-        summary.loop_lag_p99_ms = round(lag.percentile(0.99) * 1000, 1)
-        summary.concurrency = self._limits.snapshot()
-        return summary
 
     async def _watch_deadline(self, deadline: float) -> None:
         """Stop dispatching when the requests in flight would need until the deadline to finish (the
@@ -472,11 +490,13 @@ class Runner:
         return reply
 
     def _save(self, files: list[OutputFile]) -> list[str]:
-        """Write an answer's images, then their thumbnails for the gallery (a worker thread's work)."""
+        """Write an answer's images (a worker thread's work); ask for their thumbnails, for the gallery."""
         paths = self._out.save(files)
-        if self._settings.thumbnails:
-            for item in files:
-                make_thumbnail(item.data, self._out.root / THUMBS / thumbnail_name(item.name))
+        if self._thumbnailer is not None:
+            for item, path in zip(files, paths, strict=True):
+                self._thumbnailer.submit(
+                    self._out.root / path, self._out.root / THUMBS / thumbnail_name(item.name)
+                )
         return paths
 
     async def _bill(

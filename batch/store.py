@@ -228,9 +228,10 @@ class OutputDir:
             raise OutputError(f"{self.root} is not a directory")
         self._lock_fd = acquire(self.root)
         try:
-            for folder in (self.images, self.runs, self.root / THUMBS):
+            for folder in (self.images, self.runs):
                 self._check_not_symlink(folder)
                 folder.mkdir(exist_ok=True)
+            self._check_not_symlink(self.root / THUMBS)  # made by the first thumbnail
             self.sweep_temporary_files()
             self.results.open()
             self.usage.open()

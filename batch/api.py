@@ -1,0 +1,337 @@
+"""The library API: run a manifest, or tasks built in code, from Python, with the same checkpoint, ledger,
+limits and budgets as `maas-batch run`.
+
+    import batch
+
+    summary = batch.run("jobs/tonight.yaml", "runs/tonight", concurrency=8, max_cost=20)
+
+    tasks = batch.from_tasks([{"kind": "generate", "id": "fox", "prompt": "a red fox in snow"}])
+    async for result in batch.stream(tasks, "runs/foxes", simulate=True):
+        print(result.id, result.status, result.files)
+
+The whole manifest is validated before anything is sent (ManifestError lists every problem). The API key
+comes from MAAS_API_KEY only. The run happens in a thread of its own, with its own event loop: `run` blocks
+until it ends and works from any code, async or not; `stream` hands each result to the caller's loop as
+it is saved. Leaving `stream` early (break, an exception, cancellation) stops dispatching, lets the requests
+in flight finish and be saved (for up to `grace` seconds), and leaves DIR resumable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batch.events import Event, TaskFinished
+from batch.exitcodes import EXIT_TEMPFAIL
+from batch.job import CheckedManifest, Job, JobConfig, check
+from batch.manifest import Manifest, from_data
+from batch.plancache import FOLDER as PLAN_FOLDER
+from batch.runner import RunSummary
+from batch.settings import Options, connection, endpoint_for, job_config
+from jobs import registry
+
+log = logging.getLogger("batch.api")
+
+DEFAULT_GRACE = 30.0
+
+
+@dataclass(frozen=True)
+class Result:
+    """One finished task, as results.jsonl holds it (`record`), with paths made absolute."""
+
+    id: str
+    kind: str
+    status: str  # "succeeded" | "failed"
+    files: tuple[Path, ...]  # the images saved, under DIR
+    text: str | None  # a chat answer
+    usage: Mapping[str, Any] | None
+    cost: float | None  # US dollars; None when the model has no price
+    attempts: int
+    error: Mapping[str, Any] | None  # type, status, message (a failure)
+    meta: Mapping[str, Any]  # the `meta` of the task's input record
+    record: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], out: Path) -> Result:
+        return cls(
+            id=str(record["id"]),
+            kind=str(record["kind"]),
+            status=str(record["status"]),
+            files=tuple(out / str(name) for name in record.get("files") or []),
+            text=record.get("text"),
+            usage=record.get("usage"),
+            cost=record.get("cost"),
+            attempts=int(record.get("attempts") or 0),
+            error=record.get("error"),
+            meta=record.get("meta") or {},
+            record=record,
+        )
+
+
+def from_tasks(
+    items: Iterable[Mapping[str, Any]],
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    endpoints: Mapping[str, Any] | None = None,
+    prices: Mapping[str, Any] | None = None,
+    folder: str | Path = ".",
+    name: str = "tasks",
+) -> Manifest:
+    """A manifest built in code: each item is a task as a manifest's `tasks:` list holds it (`kind`, `id`,
+    the API fields, `meta`, expansions such as `prompts_file`); paths are relative to `folder`. Messages
+    about a task name it `name[index]`."""
+    data: dict[str, Any] = {"tasks": [dict(item) for item in items]}
+    for key, value in (("defaults", defaults), ("endpoints", endpoints), ("prices", prices)):
+        if value is not None:
+            data[key] = dict(value)
+    return from_data(data, Path(folder).resolve(), name)
+
+
+def validate(manifest: str | Path | Manifest, **options: Any) -> CheckedManifest:
+    """Check a whole manifest as `run` would, sending nothing. Raises ManifestError with every problem;
+    the result's `plan` has the task counts and estimates."""
+    chosen = Options(**options)
+    return _checked(manifest, chosen, endpoint_for(chosen), None)
+
+
+def _checked(
+    manifest: str | Path | Manifest, options: Options, endpoint: str | None, cache: Path | None
+) -> CheckedManifest:
+    source = manifest if isinstance(manifest, Manifest) else Path(manifest)
+    checked = check(source, options.build_settings(endpoint), registry(), cache)
+    if not checked.plan.ok:
+        raise checked.plan.error()
+    return checked
+
+
+def run(
+    manifest: str | Path | Manifest,
+    out: str | Path,
+    *,
+    on_result: Callable[[Result], None] | None = None,
+    on_event: Callable[[Event], None] | None = None,
+    grace: float = DEFAULT_GRACE,
+    **options: Any,
+) -> RunSummary:
+    """Run every task of `manifest` that `out` does not hold yet; block until the run ends. Returns the
+    run's summary (`exit_code` as the CLI's). `options`: any field of batch.Options (concurrency,
+    max_cost, deadline, simulate...). `on_result` and `on_event` are called in the run's thread.
+
+    KeyboardInterrupt stops dispatching and lets the requests in flight finish for `grace` seconds (a
+    second one cancels them), then is raised again; DIR stays resumable."""
+    session = _Session(manifest, Path(out), Options(**options), grace, on_event, on_result)
+    session.start()
+    try:
+        session.wait()
+    except KeyboardInterrupt:
+        session.stop("interrupted (KeyboardInterrupt)")
+        try:
+            session.wait()
+        except KeyboardInterrupt:
+            session.cancel()
+            session.wait()
+        raise
+    return session.summary()
+
+
+def stream(
+    manifest: str | Path | Manifest,
+    out: str | Path,
+    *,
+    on_event: Callable[[Event], None] | None = None,
+    grace: float = DEFAULT_GRACE,
+    **options: Any,
+) -> ResultStream:
+    """The results of a run as they finish: `async for result in batch.stream(...)`. The manifest is
+    validated at once (ManifestError); the run starts with the iteration. `.summary` once it is over."""
+    return ResultStream(_Session(manifest, Path(out), Options(**options), grace, on_event, None))
+
+
+class ResultStream:
+    """An async iterable of Results; also an async context manager that stops the run on leaving."""
+
+    def __init__(self, session: _Session) -> None:
+        self._session = session
+        self._iterated = False
+
+    @property
+    def summary(self) -> RunSummary:
+        return self._session.summary()
+
+    def __aiter__(self) -> AsyncIterator[Result]:
+        if self._iterated:
+            raise RuntimeError("a batch.stream can be iterated once")
+        self._iterated = True
+        return self._results()
+
+    async def __aenter__(self) -> ResultStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the run if it is still going (in-flight requests get `grace`), and wait for its end."""
+        session = self._session
+        if session.started and not session.done:
+            session.stop("the caller stopped reading the results")
+            await asyncio.to_thread(session.wait_or_cancel)
+
+    async def _results(self) -> AsyncIterator[Result]:
+        session = self._session
+        session.start()
+        try:
+            while True:
+                items = await asyncio.to_thread(session.take)
+                if items is None:
+                    break
+                for item in items:
+                    yield item
+            session.wait()  # raises what ended the run, if an error did
+        finally:
+            await self.aclose()
+
+
+_END = object()
+
+
+class _Session:
+    """One run of a checked manifest in a thread of its own (an event loop of its own)."""
+
+    def __init__(
+        self,
+        manifest: str | Path | Manifest,
+        out: Path,
+        options: Options,
+        grace: float,
+        on_event: Callable[[Event], None] | None,
+        on_result: Callable[[Result], None] | None,
+    ) -> None:
+        self._out = out
+        self._options = options
+        self._grace = grace
+        self._on_event = on_event
+        self._on_result = on_result
+        self._deadline = options.deadline_time()
+        # Validate now, in the caller's thread: a bad manifest raises before anything starts.
+        self._checked = _checked(manifest, options, endpoint_for(options), _plan_cache(manifest, out))
+        self._results: queue.SimpleQueue[Result | object] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._main, name="maas-batch-run", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._job: Job | None = None
+        self._ready = threading.Event()
+        self._summary: RunSummary | None = None
+        self._error: BaseException | None = None
+        self.started = False
+
+    @property
+    def done(self) -> bool:
+        return self.started and not self._thread.is_alive()
+
+    def start(self) -> None:
+        if not self.started:
+            self.started = True
+            self._thread.start()
+
+    def _observe(self, event: Event) -> None:
+        if isinstance(event, TaskFinished):
+            result = Result.from_record(event.record, self._out)
+            self._results.put(result)
+            if self._on_result is not None:
+                self._on_result(result)
+        if self._on_event is not None:
+            self._on_event(event)
+
+    def _main(self) -> None:
+        try:
+            with connection(self._options) as connected:
+                run_info = {"api": "python", "cwd": os.getcwd()}
+                config = job_config(
+                    self._options, self._checked, self._out, connected, run_info, self._deadline
+                )
+                self._summary = asyncio.run(self._run(config, self._checked))
+        except BaseException as exc:  # handed to the caller's thread
+            self._error = exc
+        finally:
+            self._ready.set()
+            self._results.put(_END)
+
+    async def _run(self, config: JobConfig, checked: CheckedManifest) -> RunSummary:
+        self._loop = asyncio.get_running_loop()
+        with Job(config, checked, registry(), [self._observe]) as job:
+            self._job = job
+            self._ready.set()
+            return await job.run()
+
+    def _call(self, action: Callable[[Job], None]) -> None:
+        self._ready.wait()
+        loop, job = self._loop, self._job
+        if loop is not None and job is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the run is over
+                loop.call_soon_threadsafe(action, job)
+
+    def stop(self, reason: str) -> None:
+        """Stop dispatching; requests in flight finish (see `wait_or_cancel`)."""
+        self._call(lambda job: job.stop(reason, EXIT_TEMPFAIL))
+
+    def cancel(self) -> None:
+        """Cancel the requests still in flight (they may be billed; DIR stays resumable)."""
+        self._call(lambda job: job.cancel_in_flight())
+
+    def wait_or_cancel(self) -> None:
+        self._thread.join(self._grace)
+        if self._thread.is_alive():
+            log.warning("grace period of %g s over: cancelling the requests still in flight", self._grace)
+            self.cancel()
+            self._thread.join()
+
+    def take(self) -> list[Result] | None:
+        """The results saved since the last call (waiting for one), or None when the run is over."""
+        first = self._results.get()
+        if first is _END:
+            return None
+        items = [first]
+        while True:
+            try:
+                item = self._results.get_nowait()
+            except queue.Empty:
+                break
+            if item is _END:
+                self._results.put(_END)  # seen by the next call
+                break
+            items.append(item)
+        return [item for item in items if isinstance(item, Result)]
+
+    def wait(self) -> None:
+        """Until the run ends; raises what ended it, if an error did."""
+        while self._thread.is_alive():
+            self._thread.join(0.5)  # in slices, so that KeyboardInterrupt gets through
+        if self._error is not None:
+            raise self._error
+
+    def summary(self) -> RunSummary:
+        if self._summary is None:
+            if self._error is not None:
+                raise self._error
+            raise RuntimeError("the run has not ended yet")
+        return self._summary
+
+
+def _plan_cache(manifest: str | Path | Manifest, out: Path) -> Path | None:
+    """DIR's remembered plan, for a manifest file (one built in code is checked each time)."""
+    return None if isinstance(manifest, Manifest) else out / PLAN_FOLDER
+
+
+__all__ = ["Result", "ResultStream", "from_tasks", "run", "stream", "validate"]

@@ -1,0 +1,247 @@
+"""DIR/index.html: what it holds, that it needs nothing but DIR, and, in a real headless Chromium, that its
+thumbnails load and its filters work."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from batch import gallery
+from batch.simulator import RunningSimulator
+from tests.browser import Page, chromium, find_chromium
+from tests.conftest import Outcome, env_for, make_image, results
+
+CHROMIUM = find_chromium()
+# Skipped without a browser, except where REQUIRE_CHROMIUM is set (.ci/run, which installs it).
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("REQUIRE_CHROMIUM"),
+    reason="no chromium on this machine (apt-get install chromium; .ci/run does)",
+)
+HOSTILE = "a lake </script><script>document.title='pwned'</script> TITLE /*DATA*/ <!--"
+
+
+@pytest.fixture
+def run_dir(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> Path:
+    """A real run: images (one task with two), an edit with its input, a chat about a picture, a failure."""
+    make_image(tmp_path / "photos" / "cat.png", (96, 64), color=(30, 120, 200))
+    manifest = write(f"""
+        defaults: {{model: gpt-image-1, size: 1024x1024, quality: low}}
+        tasks:
+          - {{kind: generate, id: fox, prompt: a red fox in snow}}
+          - {{kind: generate, id: pair, prompt: two teal owls, n: 2}}
+          - {{kind: generate, id: hostile, prompt: "{HOSTILE}"}}
+          - {{kind: edit, id: hat, prompt: give the cat a hat, image: photos/cat.png}}
+          - {{kind: chat, id: describe, model: gemini-2.5-flash, prompt: what is this?, images: [photos/cat.png]}}
+          - {{kind: generate, id: refused, prompt: something forbidden}}
+    """)
+    out = tmp_path / "out"
+    outcome = cli("run", manifest, "--out", out, env=env_for(sim))
+    assert outcome.code == 1, outcome.err  # the refused one
+    return out
+
+
+def page_data(page: Path) -> dict[str, Any]:
+    text = page.read_text(encoding="utf-8")
+    match = re.search(r'<script type="application/json" id="data">(.*?)</script>', text, re.S)
+    assert match, "the page's data block"
+    data: dict[str, Any] = json.loads(match.group(1))
+    return data
+
+
+def test_the_page_holds_every_task_with_its_thumbnails_and_needs_nothing_outside_dir(run_dir: Path) -> None:
+    page = run_dir / "index.html"
+    text = page.read_text(encoding="utf-8")
+    assert (
+        not re.search(r"""(src|href)=["']?(https?:)?//""", text) and "http://" not in text.split("<script")[0]
+    )
+    assert "https://" not in text
+    data = page_data(page)
+    items = {item["id"]: item for item in data["items"]}
+    assert set(items) == set(results(run_dir)) and data["total"] == 6
+    assert items["pair"]["files"] == ["images/pair~1.png", "images/pair~2.png"]
+    for item in items.values():
+        for thumb in item["thumbs"]:
+            assert thumb and (run_dir / thumb).is_file()
+            with Image.open(run_dir / thumb) as image:
+                assert image.format == "WEBP" and max(image.size) <= 320
+    assert items["fox"]["prompt"] == "a red fox in snow" and items["fox"]["params"]["quality"] == "low"
+    assert items["fox"]["tokens"] > 0 and items["fox"]["cost"] > 0
+    [input_thumb] = items["describe"]["inputs"]  # the chat's picture, copied small into DIR
+    assert input_thumb.startswith("thumbs/inputs/") and (run_dir / input_thumb).is_file()
+    assert items["describe"]["text"] and items["hat"]["inputs"]
+    assert "safety system" in items["refused"]["error"] and items["refused"]["thumbs"] == []
+    # a prompt cannot end the data block, nor be taken for the page's markers
+    assert items["hostile"]["prompt"] == HOSTILE
+    assert text.count("</script>") == 2 and "<title>out: maas-batch</title>" in text
+
+
+def test_gallery_command_makes_missing_thumbnails_again(cli: Callable[..., Outcome], run_dir: Path) -> None:
+    shutil.rmtree(run_dir / "thumbs")
+    (run_dir / "index.html").unlink()
+    outcome = cli("gallery", run_dir)
+    assert outcome.code == 0, outcome.err
+    items = {item["id"]: item for item in page_data(run_dir / "index.html")["items"]}
+    assert all((run_dir / thumb).is_file() for thumb in items["pair"]["thumbs"])
+    assert items["describe"]["inputs"]  # its input file is still where the manifest said
+    assert cli("gallery", run_dir.parent / "nowhere").code == 64
+
+
+def test_no_gallery_makes_no_thumbnails_and_no_page(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write("tasks:\n  - {kind: generate, prompt: a lake}\n")
+    out = tmp_path / "out"
+    assert cli("run", manifest, "--out", out, "--no-gallery", env=env_for(sim)).code == 0
+    assert not (out / "index.html").exists() and not (out / "thumbs").exists()
+
+
+def test_an_unreadable_image_gets_a_card_without_a_thumbnail(run_dir: Path) -> None:
+    shutil.rmtree(run_dir / "thumbs")
+    (run_dir / "images" / "fox.png").write_bytes(b"not an image")
+    items = {item["id"]: item for item in page_data(gallery.build(run_dir))["items"]}
+    assert items["fox"]["thumbs"] == [None] and all(items["pair"]["thumbs"])
+
+
+# --- in a real browser ------------------------------------------------------------------------------
+
+
+def in_browser(check: Callable[[Page], Any]) -> list[str]:
+    """Run `check(page)` in a fresh headless Chromium; no console error may occur. The URLs requested."""
+    assert CHROMIUM is not None, "REQUIRE_CHROMIUM is set, but there is no chromium"
+
+    async def main() -> list[str]:
+        async with chromium(CHROMIUM) as browser:
+            page = await browser.new_page()
+            await check(page)
+            assert browser.console == [], browser.console
+            return browser.requests
+
+    return asyncio.run(main())
+
+
+async def visible_cards(page: Page) -> list[dict[str, str]]:
+    value: list[dict[str, str]] = await page.js(
+        "[...document.querySelectorAll('#grid .card')].map(c => ({...c.dataset}))"
+    )
+    return value
+
+
+async def click(page: Page, key: str, value: str) -> None:
+    await page.js(f"document.querySelector('#filters button[data-key={key}][data-value={value}]').click()")
+
+
+@needs_chromium
+@pytest.mark.timeout(120)
+def test_in_chromium_thumbnails_load_and_the_filters_work(run_dir: Path) -> None:
+    async def check(page: Page) -> None:
+        await page.open((run_dir / "index.html").as_uri())
+        await page.until("document.querySelectorAll('#grid .card').length === 6")
+        # every thumbnail on screen loads (the page is small enough for all of them to be on screen)
+        loaded = await page.until(
+            """(() => { const imgs = [...document.querySelectorAll('#grid img')];
+                 return imgs.length && imgs.every(i => i.complete) && imgs; })()
+               && [...document.querySelectorAll('#grid img')].map(i => [i.getAttribute('src'), i.naturalWidth])"""
+        )
+        assert len(loaded) == 7  # fox, pair x2, hostile, hat and its input; the chat's input picture
+        assert all(width > 0 for _, width in loaded), loaded
+        assert sum(src.startswith("thumbs/inputs/") for src, _ in loaded) == 2
+        assert await page.js("document.title") == "out: maas-batch"  # the hostile prompt stayed text
+        text = await page.js("document.querySelector('.card[data-id=hostile] .prompt').textContent")
+        assert text == HOSTILE
+        # the chat answer beside its input picture; the failure with its message
+        chat = await page.js(
+            "(() => { const c = document.querySelector('.card[data-id=describe]');"
+            " return [c.querySelector('.answer').textContent, c.querySelectorAll('.ins img').length]; })()"
+        )
+        assert chat[0] and chat[1] == 1
+        error = await page.js("document.querySelector('.card[data-id=refused] .error').textContent")
+        assert "safety system" in error
+        # filters: by status, by kind, both, and back
+        await click(page, "status", "failed")
+        assert [c["id"] for c in await visible_cards(page)] == ["refused"]
+        await click(page, "status", "all")
+        await click(page, "kind", "chat")
+        assert [c["id"] for c in await visible_cards(page)] == ["describe"]
+        await click(page, "kind", "generate")
+        assert sorted(c["id"] for c in await visible_cards(page)) == ["fox", "hostile", "pair", "refused"]
+        await click(page, "status", "succeeded")
+        assert sorted(c["id"] for c in await visible_cards(page)) == ["fox", "hostile", "pair"]
+        assert "3 of 6 tasks" in await page.js("document.getElementById('title').textContent")
+        await click(page, "kind", "all")
+        await page.js(
+            "(s => { s.value = 'OWLS'; s.dispatchEvent(new Event('input')); })(document.getElementById('search'))"
+        )
+        assert [c["id"] for c in await visible_cards(page)] == ["pair"]
+
+    requests = in_browser(check)
+    # the page asked for nothing but itself and the thumbnails in DIR: no network, no full-size image
+    page = (run_dir / "index.html").as_uri()
+    assert page in requests
+    assert all(u == page or u.startswith((run_dir / "thumbs").as_uri() + "/") for u in requests), requests
+
+
+def many_tasks(root: Path, count: int) -> None:
+    """A DIR of `count` finished generate tasks with small images (for the page's paging)."""
+    (root / "images").mkdir(parents=True)
+    lines = []
+    for i in range(count):
+        name = f"images/t{i:04d}.png"
+        Image.new("RGB", (64, 64), (i % 256, (i * 7) % 256, 90)).save(root / name)
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"t{i:04d}",
+                    "kind": "generate",
+                    "status": "succeeded",
+                    "prompt": f"picture {i}",
+                    "files": [name],
+                    "usage": {"total_tokens": 273},
+                    "cost": 0.01,
+                    "attempts": 1,
+                }
+            )
+        )
+    (root / "results.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@needs_chromium
+@pytest.mark.timeout(120)
+def test_in_chromium_a_large_gallery_draws_in_chunks_and_loads_images_lazily(tmp_path: Path) -> None:
+    root = tmp_path / "big"
+    many_tasks(root, 600)
+    gallery.build(root)
+
+    async def check(page: Page) -> None:
+        await page.open((root / "index.html").as_uri())
+        first = await page.until("document.querySelectorAll('#grid .card').length")
+        assert first < 600  # drawn in chunks as you scroll
+        await page.until("[...document.querySelectorAll('#grid img')].slice(0, 4).every(i => i.naturalWidth)")
+        loaded = await page.js(
+            "[...document.querySelectorAll('#grid img')].filter(i => i.naturalWidth).length"
+        )
+        assert 0 < loaded < first  # lazy: only the thumbnails near the screen
+        # scrolling to the end draws everything
+        await page.js(
+            """new Promise(resolve => { const step = () => {
+                 window.scrollTo(0, document.body.scrollHeight);
+                 if (document.querySelectorAll('#grid .card').length === 600) resolve(true);
+                 else requestAnimationFrame(step); }; step(); })"""
+        )
+        last = await page.until(
+            "(() => { const i = document.querySelector('.card[data-id=t0599] img');"
+            " return i && i.complete && i.naturalWidth; })()"
+        )
+        assert last > 0
+
+    in_browser(check)

@@ -1,0 +1,246 @@
+"""`import batch`: run, stream and validate from Python, with the CLI's checkpoint, ledger and budgets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import batch
+from batch.simulator import RunningSimulator, SimConfig, simulator_in_thread
+from tests.conftest import KEY, Outcome, env_for, ledger, make_image, results
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def api_env(monkeypatch: pytest.MonkeyPatch, sim: RunningSimulator) -> RunningSimulator:
+    """The environment a program importing batch would have: key, base URL, endpoint."""
+    for name, value in env_for(sim).items():
+        monkeypatch.setenv(name, value)
+    return sim
+
+
+def generate_tasks(count: int) -> list[dict[str, object]]:
+    return [{"kind": "generate", "id": f"t{i:02d}", "prompt": f"picture {i}"} for i in range(count)]
+
+
+def test_public_names_are_listed_and_all_resolve() -> None:
+    assert sorted(batch.__all__) == sorted(["__version__", *batch._EXPORTS]) and len(
+        set(batch.__all__)
+    ) == len(batch.__all__)
+    for name in batch.__all__:
+        value = getattr(batch, name)
+        assert value is not None
+        if name != "__version__" and name != "Event":
+            assert value.__doc__, f"batch.{name} has no docstring"
+    assert callable(batch.run) and callable(batch.stream) and callable(batch.from_tasks)
+    with pytest.raises(AttributeError):
+        _ = batch.no_such_name  # type: ignore[attr-defined]
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## From Python")
+    section = readme[start : readme.index("\n## ", start + 1)]
+    missing = [
+        n
+        for n in batch.__all__
+        if n != "__version__" and f"`{n}" not in section and f"batch.{n}" not in section
+    ]
+    assert not missing, f"not documented in the README's 'From Python': {missing}"
+
+
+def test_import_batch_stays_light() -> None:
+    code = "import sys, batch; print(sorted(m for m in ('aiohttp', 'PIL', 'batch.api') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_run_a_manifest_file_then_the_cli_finds_nothing_left(
+    api_env: RunningSimulator, cli: Callable[..., Outcome], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    summary = batch.run(ROOT / "examples" / "quickstart.yaml", out, concurrency=3)
+    assert (summary.succeeded, summary.failed, summary.exit_code) == (7, 0, 0)
+    assert summary.cost > 0 and summary.total_tokens == api_env.state.billed_total_tokens
+    assert len(results(out)) == 7 and len(ledger(out)) == 7
+    assert (out / "index.html").is_file()
+    sent = api_env.state.requests_total
+    again = cli("run", ROOT / "examples" / "quickstart.yaml", "--out", out, env=env_for(api_env))
+    assert again.code == 0 and "7 already done" in again.out
+    assert api_env.state.requests_total == sent
+
+
+def test_stream_yields_each_result_as_it_is_saved(api_env: RunningSimulator, tmp_path: Path) -> None:
+    make_image(tmp_path / "cat.png")
+    tasks = batch.from_tasks(
+        [
+            *generate_tasks(5),
+            {
+                "kind": "chat",
+                "id": "cat",
+                "model": "gemini-2.5-flash",
+                "prompt": "what is it?",
+                "images": ["cat.png"],
+                "meta": {"row": 7},
+            },
+            {"kind": "generate", "id": "refused", "prompt": "something forbidden"},
+        ],
+        defaults={"size": "1024x1024", "quality": "low"},
+        folder=tmp_path,
+    )
+    out = tmp_path / "out"
+    seen: list[batch.Result] = []
+
+    async def consume() -> batch.RunSummary:
+        stream = batch.stream(tasks, out, concurrency=2)
+        async for result in stream:
+            # each result is already in results.jsonl when it arrives
+            assert result.id in results(out)
+            seen.append(result)
+        return stream.summary
+
+    summary = asyncio.run(consume())
+    assert sorted(r.id for r in seen) == sorted([f"t{i:02d}" for i in range(5)] + ["cat", "refused"])
+    by_id = {r.id: r for r in seen}
+    assert all(f.is_absolute() and f.is_file() for r in seen for f in r.files)
+    assert by_id["t00"].succeeded and by_id["t00"].files == (out / "images" / "t00.png",)
+    assert by_id["cat"].text and by_id["cat"].meta == {"row": 7} and by_id["cat"].cost
+    assert not by_id["refused"].succeeded and by_id["refused"].error["type"] == "moderation_blocked"  # type: ignore[index]
+    assert by_id["t01"].record == results(out)["t01"]
+    assert (summary.succeeded, summary.failed, summary.exit_code) == (6, 1, 1)
+    # the same tasks again: nothing is sent, nothing is yielded
+    sent = api_env.state.requests_total
+
+    async def again() -> list[batch.Result]:
+        return [r async for r in batch.stream(tasks, out)]
+
+    assert asyncio.run(again()) == [] and api_env.state.requests_total == sent
+
+
+def test_tasks_in_code_are_validated_whole_before_anything_is_sent(
+    api_env: RunningSimulator, tmp_path: Path
+) -> None:
+    tasks = batch.from_tasks(
+        [
+            {"kind": "generate", "prompt": "fine"},
+            {"kind": "generate", "prompt": "x", "size": "999x999"},
+            {"kind": "chat", "model": "gemini-2.5-flash"},
+            {"kind": "paint", "prompt": "y"},
+        ],
+        name="my-tasks",
+    )
+    with pytest.raises(batch.ManifestError) as raised:
+        batch.stream(tasks, tmp_path / "out")
+    problems = [str(p) for p in raised.value.problems]
+    assert len(problems) == 3, problems
+    assert any(p.startswith("my-tasks: tasks[1]") and "size" in p for p in problems)
+    assert any("tasks[2]" in p for p in problems) and any("tasks[3]" in p and "paint" in p for p in problems)
+    assert "tasks[1]" in str(raised.value)  # the message itself lists them
+    assert api_env.state.requests_total == 0 and not (tmp_path / "out").exists()
+    checked = batch.validate(batch.from_tasks(generate_tasks(3)))
+    assert checked.plan.total == 3
+
+
+def test_budget_and_options_are_the_clis(api_env: RunningSimulator, tmp_path: Path) -> None:
+    tasks = batch.from_tasks(
+        generate_tasks(10), defaults={"model": "gpt-image-1", "size": "1024x1024", "quality": "low"}
+    )
+    out = tmp_path / "out"
+    one = (2 * 5 + 272 * 40) / 1e6  # "picture N" is two tokens of text
+    summary = batch.run(tasks, out, max_cost=3.5 * one)
+    assert summary.exit_code == 3 and summary.succeeded == 3 and "budget" in (summary.stop_reason or "")
+    assert batch.run(tasks, out, max_cost=1).succeeded == 7
+    with pytest.raises(TypeError):
+        batch.run(tasks, out, max_kost=1)  # a misspelt option is an error, not ignored
+    with pytest.raises(batch.UsageError, match="deadline"):
+        batch.run(tasks, out, deadline="7am")
+
+
+def test_leaving_a_stream_early_stops_the_run_and_leaves_it_resumable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tasks = batch.from_tasks(generate_tasks(40))
+    out = tmp_path / "out"
+    with simulator_in_thread(SimConfig(api_key=KEY, latency=0.05)) as sim:
+        for name, value in env_for(sim).items():
+            monkeypatch.setenv(name, value)
+
+        async def first_three() -> batch.ResultStream:
+            stream = batch.stream(tasks, out, concurrency=2)
+            async with stream:
+                async for result in stream:
+                    if len(results(out)) >= 3:
+                        break
+                    assert result.succeeded
+            return stream
+
+        stream = asyncio.run(first_three())
+        summary = stream.summary
+        assert summary.exit_code == 75 and "stopped reading" in (summary.stop_reason or "")
+        done = results(out)
+        assert 3 <= len(done) < 40 and all(r["status"] == "succeeded" for r in done.values())
+        sent = sim.state.requests_total
+        assert sent == len(done)  # in-flight requests were let finish and were saved
+        rest = batch.run(tasks, out, concurrency=8)
+        assert rest.exit_code == 0 and rest.finished_before == len(done) and rest.succeeded == 40 - len(done)
+        assert sim.state.requests_total == 40
+
+
+def test_without_a_key_the_run_refuses_and_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MAAS_API_KEY", raising=False)
+    monkeypatch.setenv("MAAS_ENDPOINT", "ep")
+    with pytest.raises(batch.ConfigError, match="MAAS_API_KEY"):
+        batch.run(batch.from_tasks(generate_tasks(1)), tmp_path / "out")
+
+
+def test_a_locked_directory_is_an_error_of_the_call(api_env: RunningSimulator, tmp_path: Path) -> None:
+    from batch.lock import acquire
+
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = acquire(out)
+    try:
+        with pytest.raises(batch.DirLockedError):
+            batch.run(batch.from_tasks(generate_tasks(1)), out)
+    finally:
+        os.close(lock)
+    assert api_env.state.requests_total == 0
+
+
+def test_run_works_from_inside_an_event_loop(api_env: RunningSimulator, tmp_path: Path) -> None:
+    async def inside() -> batch.RunSummary:
+        return batch.run(batch.from_tasks(generate_tasks(2)), tmp_path / "out")
+
+    assert asyncio.run(inside()).succeeded == 2
+
+
+@pytest.fixture
+def no_maas_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in ("MAAS_API_KEY", "MAAS_BASE_URL", "MAAS_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+
+
+def test_the_library_example_runs_and_resumes(no_maas_env: None, tmp_path: Path) -> None:
+    out = tmp_path / "labels"
+    command = [sys.executable, str(ROOT / "examples" / "library.py"), str(out)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")} | {"PYTHONPATH": str(ROOT)}
+    first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert (
+        "3 labeled now, 0 before" in first.stdout
+        and "again: 3 already done, 0 sent; exit code 0" in first.stdout
+    )
+    records = results(out)
+    assert sorted(records) == ["CHAIR-203", "LAMP-014", "MUG-001"]
+    assert records["MUG-001"]["meta"] == {"title": "Blue ceramic mug 350 ml"}
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert second.returncode == 0 and "0 labeled now, 3 before" in second.stdout
+    assert json.loads((out / "results.jsonl").read_text().splitlines()[0])["id"] in records
