@@ -68,6 +68,9 @@ def _stat(path: Path) -> tuple[int, int]:
     return (info.st_size, info.st_mtime_ns)
 
 
+FORMAT = 2  # of the remembered plan; 2: with estimates
+
+
 def key(manifest: Path, settings: Mapping[str, Any]) -> dict[str, Any]:
     """What, besides the source files, a plan depends on."""
     digest = hashlib.sha256()
@@ -75,6 +78,7 @@ def key(manifest: Path, settings: Mapping[str, Any]) -> dict[str, Any]:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return {
+        "format": FORMAT,
         "version": __version__,
         "manifest": str(manifest.resolve()),
         "sha256": digest.hexdigest(),
@@ -142,5 +146,7 @@ def load(folder: Path, plan_key: Mapping[str, Any]) -> CachedPlan | None:
         counts[(kind, model, endpoint)] = n
     if len(order) != document.get("total"):
         return None
-    estimates = {(kind, model): [i, im, o] for kind, model, i, im, o in document.get("estimates", [])}
+    if "estimates" not in document:  # a plan from before estimates: --max-cost's price check needs them
+        return None
+    estimates = {(kind, model): [i, im, o] for kind, model, i, im, o in document["estimates"]}
     return CachedPlan(int(document["total"]), counts, order, sources, estimates)

@@ -99,6 +99,7 @@ class RunSummary:
     cost: float = 0.0  # US dollars, of the billed answers of this run with a price
     unpriced: int = 0  # billed answers whose model has no price
     interrupted: int = 0  # requests of earlier runs that were killed in flight (maybe billed)
+    left_alone: int = 0  # pending tasks that --retry-failed does not run (it runs the failed ones only)
     stop_reason: str | None = None
     stop_code: int | None = None
     seconds: float = 0.0
@@ -107,7 +108,7 @@ class RunSummary:
 
     @property
     def not_run(self) -> int:
-        return max(0, self.total - self.finished_before - self.succeeded - self.failed)
+        return max(0, self.total - self.finished_before - self.left_alone - self.succeeded - self.failed)
 
     @property
     def exit_code(self) -> int:
@@ -129,6 +130,7 @@ class _TaskState:
     output_tokens: int = 0
     total_tokens: int = 0
     billed: bool = False
+    booked: tuple[int, float | None] | None = None  # the budget's estimate for the attempt in flight
     answer: Answer | None = None
     files: list[str] = field(default_factory=list)
 
@@ -149,6 +151,7 @@ class Runner:
         out: OutputDir,
         finished: IdSet,
         failed_before: int = 0,
+        left_alone: int = 0,
         total: int,
         settings: RunSettings,
         log: RunLog,
@@ -182,7 +185,9 @@ class Runner:
         )
         self._producer_scope = anyio.CancelScope()
         self._work_scope = anyio.CancelScope()
-        self.summary = RunSummary(total=total, finished_before=len(finished), failed_before=failed_before)
+        self.summary = RunSummary(
+            total=total, finished_before=len(finished), failed_before=failed_before, left_alone=left_alone
+        )
 
     # -- control ------------------------------------------------------------------------------------
 
@@ -214,9 +219,7 @@ class Runner:
     async def run(self) -> RunSummary:
         started = time.monotonic()
         summary = self.summary
-        self._emit(
-            RunStarted(summary.total, summary.finished_before, summary.total - summary.finished_before)
-        )
+        self._emit(RunStarted(summary.total, summary.finished_before, summary.not_run))
         workers = self._settings.limits.concurrency or self._settings.limits.max_concurrency
         # Each task's decode, checks and fsync'd writes run in a worker thread: with fewer threads than
         # tasks in flight, answers wait for a thread while their disk writes wait for the disk.
@@ -396,38 +399,50 @@ class Runner:
             request = kind.build_request(spec.fields, read_file)
         adaptive = self._limits.adaptive(spec.endpoint)
         started = await adaptive.acquire() if adaptive is not None else 0.0
-        booked: tuple[int, float | None] | None = None
+        answered = False  # a 2xx came back: billed, whether or not it says how much
         try:
-            if self._limits.paced or self._budget.limits.any:
-                estimate = kind.estimate(spec.fields)
-                state.estimate = estimate.total
-                if self._limits.paced:
-                    await self._sleep(self._limits.pacer(spec.endpoint).book(state.estimate))
-                if self._budget.limits.any and not self.stopping:
-                    booked = (estimate.total, self._settings.prices.cost(spec.model, estimate))
-                    refused = self._budget.admit(*booked)
-                    if refused is not None:
-                        booked = None
-                        self.stop(f"budget reached: {refused}", EXIT_BUDGET)
-            if self.stopping:
-                raise _Stopped
-            state.attempts += 1
-            state.charged += 1
-            request_id = f"{spec.id}/{self._run_tag}.{state.attempts}"
             try:
-                reply = await self._send(spec, kind, request, request_id, state)
-            except ApiStatusError as exc:
-                if adaptive is not None and exc.status == 429 and classify(exc).verdict is Verdict.RETRY:
-                    adaptive.throttled(started)
-                raise
-            if adaptive is not None:
-                adaptive.answered(started)
+                if self._limits.paced or self._budget.limits.any:
+                    estimate = kind.estimate(spec.fields)
+                    state.estimate = estimate.total
+                    if self._limits.paced:
+                        await self._sleep(self._limits.pacer(spec.endpoint).book(state.estimate))
+                    if self._budget.limits.any and not self.stopping:
+                        booked = (estimate.total, self._settings.prices.cost(spec.model, estimate))
+                        refused = self._budget.admit(*booked)
+                        if refused is None:
+                            state.booked = booked
+                        else:
+                            self.stop(f"budget reached: {refused}", EXIT_BUDGET)
+                if self.stopping:
+                    raise _Stopped
+                state.attempts += 1
+                state.charged += 1
+                request_id = f"{spec.id}/{self._run_tag}.{state.attempts}"
+                try:
+                    reply = await self._send(spec, kind, request, request_id, state)
+                except ApiStatusError as exc:
+                    if adaptive is not None and exc.status == 429 and classify(exc).verdict is Verdict.RETRY:
+                        adaptive.throttled(started)
+                    raise
+                except BrokenAnswerError:
+                    answered = True
+                    raise
+                answered = True
+                if adaptive is not None:
+                    adaptive.answered(started)
+            finally:
+                if adaptive is not None:
+                    adaptive.release()
+            await self._keep(spec, kind, request_id, reply, state)
         finally:
-            if adaptive is not None:
-                adaptive.release()
-            if booked is not None:
-                self._budget.settle(*booked)
-        await self._keep(spec, kind, request_id, reply, state)
+            # The estimate stays booked until the answer's usage replaces it (_bill), so that no moment
+            # counts neither; an answer that says nothing of its usage counts as its estimate.
+            if state.booked is not None:
+                if answered:
+                    self._budget.record(*state.booked)
+                self._budget.settle(*state.booked)
+                state.booked = None
 
     async def _keep(
         self, spec: TaskSpec, kind: TaskKind, request_id: str, reply: Reply, state: _TaskState
@@ -530,6 +545,9 @@ class Runner:
             self._limits.pacer(spec.endpoint).correct(state.estimate, counts.total)
             state.estimate = counts.total  # corrected once
         self._budget.record(counts.total, cost)
+        if state.booked is not None:  # the actual usage replaces the estimate, in one step
+            self._budget.settle(*state.booked)
+            state.booked = None
         state.billed = True
         if cost is None:
             state.unpriced = True
@@ -564,7 +582,8 @@ class Runner:
         record["prompt"] = prompt if len(prompt) <= PROMPT_SHOWN else prompt[:PROMPT_SHOWN] + "..."
         record["params"] = params
         if spec.inputs:
-            record["inputs"] = [str(info.path) for info in spec.inputs.values()]
+            # absolute: the gallery, built later from anywhere, finds them again
+            record["inputs"] = [str(info.path.absolute()) for info in spec.inputs.values()]
         record["files"] = state.files
         answer = state.answer
         if answer is not None and answer.text is not None:
