@@ -9,6 +9,7 @@ import itertools
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
@@ -60,7 +61,6 @@ def _interrupt(signum: int, frame: object) -> None:
 def _main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args)
     commands = {
         "validate": _validate,
         "status": _status,
@@ -71,6 +71,7 @@ def _main(argv: list[str]) -> int:
         "simulate": _simulate,
     }
     try:
+        configure_logging(args)
         if args.command == "run":
             from batch.cli_run import run
 
@@ -208,8 +209,11 @@ def _export(args: argparse.Namespace) -> int:
     if args.output is None:
         export(root, args.format, sys.stdout)
         return EXIT_OK
-    with args.output.open("w", encoding="utf-8", newline="") as stream:
-        rows = export(root, args.format, stream)
+    try:
+        with args.output.open("w", encoding="utf-8", newline="") as stream:
+            rows = export(root, args.format, stream)
+    except OSError as exc:
+        raise OutputError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
     print(f"{rows:,} rows written to {args.output}", file=sys.stderr)
     return EXIT_OK
 
@@ -243,9 +247,17 @@ def _retry_failed(args: argparse.Namespace) -> int:
         raise UsageError(
             f"no run of maas-batch is recorded in {args.out}; use `maas-batch run ... --retry-failed`"
         )
-    argv = [str(a) for a in recorded["argv"] if a != "--retry-failed"] + ["--retry-failed", *args.extra]
-    print(f"maas-batch: in {recorded['cwd']}: maas-batch {' '.join(argv)}", file=sys.stderr)
-    os.chdir(recorded["cwd"])
+    # DIR as given now, wherever the recorded run wrote: a later --out wins in argparse
+    argv = [str(a) for a in recorded["argv"] if a != "--retry-failed"]
+    argv += ["--out", str(args.out.resolve()), "--retry-failed", *args.extra]
+    print(f"maas-batch: in {recorded['cwd']}: maas-batch {shlex.join(argv)}", file=sys.stderr)
+    try:
+        os.chdir(recorded["cwd"])
+    except OSError as exc:
+        raise UsageError(
+            f"the recorded run's folder {recorded['cwd']} is gone ({exc.strerror or exc}); "
+            "use `maas-batch run ... --retry-failed`"
+        ) from exc
     return _main(argv)
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from batch.cli import check
 from batch.exitcodes import EXIT_BUDGET, EXIT_DEADLINE, EXIT_OK, EXIT_TEMPFAIL
 from batch.lock import probe as probe_lock
-from batch.settings import Options, connection, endpoint_for, job_config, price_table
+from batch.settings import Options, connection, endpoint_for, job_config, need_prices, price_table
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
@@ -108,16 +108,22 @@ def _dry_run(args: argparse.Namespace) -> int:
         return checked
     prices = price_table(checked.manifest.prices, args.prices)
     print("\n".join(format_plan(str(args.manifest), checked.plan, prices)))
-    done = IdSet(task_id for task_id, _ in finished_results(args.out / RESULTS))
-    if len(done):
+    if args.max_cost is not None:
+        need_prices(checked, prices)  # the run would refuse to start (exit 78): say so now
+    finished = list(finished_results(args.out / RESULTS))
+    if finished:
+        # What the run would send: the tasks without a line; with --retry-failed, the failed ones only.
+        retry = bool(args.retry_failed)
+        listed = IdSet(task_id for task_id, failed in finished if failed or not retry)
+        what = "to retry" if retry else "left to do"
         left = Plan(str(args.manifest))
         kinds = registry()
         for spec in iter_tasks(checked.manifest, checked.builder):
-            if spec.id not in done:
+            if (spec.id in listed) == retry:
                 left.total += 1
                 left.counts[(spec.kind, spec.model or "-", spec.endpoint)] += 1
                 left.estimate(spec.kind, spec.model or "-", kinds[spec.kind].estimate(spec.fields))
-        heading = f"left to do in {args.out}: {left.total:,} of {checked.plan.total:,} tasks"
+        heading = f"{what} in {args.out}: {left.total:,} of {checked.plan.total:,} tasks"
         print("\n".join(format_plan(str(args.manifest), left, prices, heading)))
     print("dry run: nothing was sent")
     return EXIT_OK
@@ -190,6 +196,11 @@ def _print_summary(summary: RunSummary, out: Path, retried: int) -> None:
     ]
     if retried:
         lines.append(f"{retried} failed task(s) were given another go (--retry-failed)")
+    if summary.left_alone:
+        lines.append(
+            f"{summary.left_alone} pending task(s) left alone: --retry-failed runs the failed ones only; "
+            "run without it for the rest"
+        )
     if summary.interrupted:
         lines.append(
             f"{summary.interrupted} request(s) of an earlier run that was killed may have been billed "

@@ -44,7 +44,7 @@ class JobConfig:
     run: RunSettings = field(default_factory=RunSettings)
     fsync: bool = True
     sync_interval: float = 0.1  # seconds between journal fsyncs; 0 = fsync each line before going on
-    retry_failed: bool = False  # give the manifest's failed tasks another go
+    retry_failed: bool = False  # send the failed tasks again, and only them
     gallery: bool = True  # thumbnails as images are saved, and DIR/index.html after the run
     run_info: Mapping[str, Any] = field(default_factory=dict)  # for the run log's start line (the command)
 
@@ -164,9 +164,12 @@ class Job:
         """Run what the manifest has that DIR lacks. The run's attempt log is closed however it ends,
         except by a kill, which the next run's recover() then accounts for."""
         checked = self.checked
+        retry_only: IdSet | None = None  # --retry-failed: these tasks, and no other
         if self.config.retry_failed:
             wanted = checked.plan.ids
-            self.retried = self.out.forget_failures(lambda task_id: task_id in wanted)
+            retry_only = IdSet(self.out.forget_failures(lambda task_id: task_id in wanted))
+            retry_only.freeze()
+            self.retried = len(retry_only)
         finished, failed_before = self.finished()
         if (
             checked.cache_key is not None
@@ -186,6 +189,15 @@ class Job:
             )
         order = checked.plan.order
         skip = (lambda position: finished.contains_digest(order[position])) if len(finished) else None
+        left_alone = 0
+        if retry_only is not None:
+            only = retry_only
+
+            def skip_all_but_failed(position: int) -> bool:
+                return not only.contains_digest(order[position])
+
+            skip = skip_all_but_failed
+            left_alone = checked.plan.total - len(finished) - len(only)
         interrupted = recover(self.out.runs)
         tag = secrets.token_hex(3)
         log = RunLog(self.out.runs, f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{tag}")
@@ -209,6 +221,7 @@ class Job:
                     out=self.out,
                     finished=finished,
                     failed_before=failed_before,
+                    left_alone=left_alone,
                     total=checked.plan.total,
                     settings=dataclasses.replace(
                         self.config.run, thumbnails=self.config.run.thumbnails and self.config.gallery

@@ -6,12 +6,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import time
 from pathlib import Path
 
 from batch.errors import DirLockedError, OutputError
 
 LOCK = ".lock"
 _BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+BUSY_PATIENCE = 0.25  # seconds
 
 
 def _flags(extra: int) -> int:
@@ -25,13 +27,21 @@ def acquire(root: Path) -> int:
         fd = os.open(path, _flags(os.O_RDWR | os.O_CREAT), 0o644)
     except OSError as exc:
         raise OutputError(f"cannot open the lock file {path}: {exc.strerror or exc}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in _BUSY:
-            raise DirLockedError(f"another run is using {root} (it holds {path})") from None
-        raise OutputError(f"cannot lock {path}: {exc.strerror or exc}") from exc
+    # `status` and a starting run's probe hold a shared lock for an instant: a lock still busy after
+    # BUSY_PATIENCE seconds is another run's.
+    give_up = time.monotonic() + BUSY_PATIENCE
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as exc:
+            if exc.errno in _BUSY and time.monotonic() < give_up:
+                time.sleep(0.01)
+                continue
+            os.close(fd)
+            if exc.errno in _BUSY:
+                raise DirLockedError(f"another run is using {root} (it holds {path})") from None
+            raise OutputError(f"cannot lock {path}: {exc.strerror or exc}") from exc
     try:  # the pid is a courtesy for humans (and `status`); the flock is the lock
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

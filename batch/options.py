@@ -144,9 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     retry = commands.add_parser(
         "retry-failed",
-        help="run DIR's last command again, giving its failed tasks another go",
+        help="run DIR's last command again for its failed tasks only",
         description="Repeat the last `run` that wrote DIR (same manifest and flags, from the same folder) "
-        "with --retry-failed: the failed tasks become pending and run again. More run flags may follow.",
+        "with --retry-failed: the failed tasks, and only they, are sent again; tasks never run are left "
+        "alone. More run flags may follow.",
     )
     retry.add_argument("out", type=Path, metavar="DIR")
     retry.add_argument("extra", nargs=argparse.REMAINDER, metavar="RUN-FLAGS", help="added to the command")
@@ -194,7 +195,8 @@ def _add_run(commands: Any) -> None:
     run.add_argument(
         "--retry-failed",
         action="store_true",
-        help="give the manifest's failed tasks another go (their old lines move to results.retried.jsonl)",
+        help="send the manifest's failed tasks again, and only them (their old lines move to "
+        "results.retried.jsonl; tasks never run are left alone)",
     )
 
     speed = run.add_argument_group("speed and limits")

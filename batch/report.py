@@ -17,7 +17,7 @@ from batch.errors import DirLockedError
 from batch.kinds import TokenCounts
 from batch.lock import LOCK, probe
 from batch.prices import PriceTable, money
-from batch.store import RESULTS, RUNS, USAGE, read_lines
+from batch.store import RESULTS, RETRIED, RUNS, USAGE, read_lines
 
 SLOWEST = 10
 
@@ -66,6 +66,7 @@ def status(root: Path) -> dict[str, Any]:
         else:
             succeeded += 1
         maybe_billed += int(record.get("maybe_billed") or 0)
+    maybe_billed += sum(int(r.get("maybe_billed") or 0) for r in read_lines(root / RETRIED))
     total = _manifest_total(root)
     runs = _runs(root)
     last = runs[-1] if runs else []
@@ -177,6 +178,9 @@ def report(root: Path, prices: PriceTable, *, reprice: bool = False) -> dict[str
                 heapq.heappush(slowest, entry)
             else:
                 heapq.heappushpop(slowest, entry)
+    for record in read_lines(root / RETRIED):  # the earlier tries of tasks given another go
+        attempts += int(record.get("attempts") or 0)
+        maybe_billed += int(record.get("maybe_billed") or 0)
     wall = 0.0
     runs = _runs(root)
     for events in runs:

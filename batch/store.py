@@ -289,19 +289,20 @@ class OutputDir:
             if journal.dirty:
                 await journal.sync()
 
-    def forget_failures(self, retry: Callable[[str], bool]) -> int:
+    def forget_failures(self, retry: Callable[[str], bool]) -> list[str]:
         """Make the failed tasks `retry` picks pending again (--retry-failed): their result lines leave
-        results.jsonl (rewritten atomically) for results.retried.jsonl, kept for the record. Returns how
-        many."""
+        results.jsonl (rewritten atomically) for results.retried.jsonl, kept for the record. Returns their
+        ids. A crash part-way leaves results.jsonl as it was (a line may then be kept twice in the record)."""
         path = self.results.path
         temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
-        forgotten = 0
+        forgotten: list[str] = []
         self.results.close()
         try:
+            retried = os.open(self.root / RETRIED, _flags(os.O_WRONLY | os.O_CREAT | os.O_APPEND), 0o644)
             with (
                 path.open("rb") as source,
                 temporary.open("wb") as kept,
-                (self.root / RETRIED).open("ab") as old,
+                os.fdopen(retried, "ab") as old,
             ):
                 for raw in source:
                     record = _parse(raw)
@@ -311,13 +312,17 @@ class OutputDir:
                         and retry(str(record.get("id")))
                     ):
                         old.write(raw)
-                        forgotten += 1
+                        forgotten.append(str(record.get("id")))
                     else:
                         kept.write(raw)
-                kept.flush()
-                os.fsync(kept.fileno())
+                for handle in (old, kept):
+                    handle.flush()
+                    if self.fsync:
+                        os.fsync(handle.fileno())
             if forgotten:
                 os.replace(temporary, path)
+                if self.fsync:
+                    _fsync_dir(self.root)
             else:
                 temporary.unlink()
         except OSError as exc:

@@ -260,7 +260,7 @@ def test_max_duration_stops_dispatching_in_time_exit_4_then_resumes(
     out = tmp_path / "out"
     with simulator_in_thread(SimConfig(api_key=KEY, latency=0.1)) as sim:
         started = time.monotonic()
-        first = cli("run", manifest, "--out", out, "-c", "2", "--max-duration", "1.5s", env=env_for(sim))
+        first = cli("run", manifest, "--out", out, "-c", "2", "--max-duration", "3s", env=env_for(sim))
         took = time.monotonic() - started
         assert first.code == 4, first.err
         assert "deadline" in first.out
@@ -448,3 +448,100 @@ def test_run_retry_failed_flag_and_retry_failed_without_a_recorded_run(
     empty.mkdir()
     outcome = cli("retry-failed", empty)
     assert outcome.code == 64 and "no run of maas-batch is recorded" in outcome.err
+
+
+def test_retry_failed_sends_the_failed_tasks_only_and_leaves_new_ones_pending(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write("""
+        tasks:
+          - {kind: generate, id: fine, prompt: a calm lake}
+          - {kind: generate, id: refused, prompt: something forbidden}
+    """)
+    out = tmp_path / "out"
+    assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 1
+    # tasks added since: pending, and not what retry-failed is asked for
+    manifest.write_text(manifest.read_text() + "  - {kind: generate, id: new-1, prompt: a heron}\n")
+    manifest.write_text(manifest.read_text() + "  - {kind: generate, id: new-2, prompt: an owl}\n")
+    again = cli("retry-failed", out, env=env_for(sim))
+    assert again.code == 1  # the refused task is refused again
+    assert sim.state.requests_total == 3  # fine, refused, refused again: nothing for new-1 and new-2
+    assert "2 pending task(s) left alone" in again.out
+    status = json.loads(cli("status", out, "--json").out)
+    assert (status["succeeded"], status["failed"], status["pending"]) == (1, 1, 2)
+    assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 1  # the rest: new-1, new-2
+    assert sim.state.requests_total == 5 and len(results(out)) == 4
+
+
+def test_retry_failed_on_a_copy_of_dir_acts_on_the_copy(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    manifest = write("""
+        tasks:
+          - {kind: generate, id: fine, prompt: a calm lake}
+          - {kind: generate, id: flaky, prompt: a quiet wood}
+    """)
+    out = tmp_path / "out"
+    down = SimConfig(api_key=KEY, error_rate=1.0, retry_after=0)
+    with simulator_in_thread(down) as sim:
+        assert cli("run", manifest, "--out", out, *FAST, "--max-attempts", "1", env=env_for(sim)).code == 1
+    assert all(r["status"] == "failed" for r in results(out).values())
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    with simulator_in_thread(SimConfig(api_key=KEY)) as sim:
+        outcome = cli("retry-failed", copy, env=env_for(sim))
+        assert outcome.code == 0, outcome.err
+        assert sim.state.requests_total == 2
+    assert all(r["status"] == "succeeded" for r in results(copy).values())
+    assert all(r["status"] == "failed" for r in results(out).values())  # the original is untouched
+    assert not (out / "results.retried.jsonl").exists() and not list((out / "images").glob("*"))
+
+
+def test_answers_that_do_not_say_their_usage_still_count_against_the_budget(
+    cli: Callable[..., Outcome],
+    sim: RunningSimulator,
+    write: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import jobs.generate
+
+    monkeypatch.setattr(jobs.generate, "usage_of", lambda body: None)  # a gateway that strips usage
+    manifest = sixteen_tasks(write)
+    out = tmp_path / "out"
+    budget = 4.5 * ONE_TASK_COST
+    # one at a time, so that the budget has only the finished answers to go on
+    outcome = cli("run", manifest, "--out", out, "--max-cost", f"{budget:.6f}", "-c", "1", env=env_for(sim))
+    assert outcome.code == 3, outcome.err
+    assert sim.state.requests_total == 4 and len(results(out)) == 4  # each counted as its estimate
+    assert not (out / "usage.jsonl").exists() or ledger(out) == []
+
+
+def test_a_remembered_plan_without_estimates_is_not_trusted_by_max_cost(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write("tasks:\n  - {kind: chat, model: house-gemini, prompt: hello}\n")
+    out = tmp_path / "out"
+    assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 0
+    plan = out / ".cache" / "plan.json"
+    document = json.loads(plan.read_text())
+    del document["estimates"]  # as an older maas-batch wrote it
+    plan.write_text(json.dumps(document))
+    outcome = cli("run", manifest, "--out", out, "--max-cost", "5", env=env_for(sim))
+    assert outcome.code == 78 and "house-gemini" in outcome.err
+    assert sim.state.requests_total == 1
+
+
+def test_unusable_log_file_and_export_output_are_clear_errors(
+    cli: Callable[..., Outcome], sim: RunningSimulator, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    nowhere = tmp_path / "no-such-folder" / "night.log"
+    outcome = cli("run", EXAMPLES / "quickstart.yaml", "--out", out, "--log-file", nowhere, env=env_for(sim))
+    assert outcome.code == 64 and "night.log" in outcome.err and "Traceback" not in outcome.err
+    assert sim.state.requests_total == 0
+    assert cli("run", EXAMPLES / "quickstart.yaml", "--out", out, env=env_for(sim)).code == 0
+    exported = cli("export", out, "--output", tmp_path / "no-such-folder" / "rows.csv")
+    assert exported.code == 74 and "rows.csv" in exported.err and "Traceback" not in exported.err
