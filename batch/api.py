@@ -12,8 +12,10 @@ limits and budgets as `maas-batch run`.
 The whole manifest is validated before anything is sent (ManifestError lists every problem). The API key
 comes from MAAS_API_KEY only. The run happens in a thread of its own, with its own event loop: `run` blocks
 until it ends and works from any code, async or not; `stream` hands each result to the caller's loop as
-it is saved. Leaving `stream` early (break, an exception, cancellation) stops dispatching, lets the requests
-in flight finish and be saved (for up to `grace` seconds), and leaves DIR resumable.
+it is saved (asyncio only). Leaving `stream` early (break, an exception, cancellation) stops dispatching,
+lets the requests in flight finish and be saved (for up to `grace` seconds), and leaves DIR resumable;
+`async with` around the stream waits there for that, otherwise it happens in the background. A callback
+that raises stops the run the same way, and its exception is raised once the run has ended.
 """
 
 from __future__ import annotations
@@ -130,18 +132,19 @@ def run(
     max_cost, deadline, simulate...). `on_result` and `on_event` are called in the run's thread.
 
     KeyboardInterrupt stops dispatching and lets the requests in flight finish for `grace` seconds (a
-    second one cancels them), then is raised again; DIR stays resumable."""
-    session = _Session(manifest, Path(out), Options(**options), grace, on_event, on_result)
+    second one cancels them at once), then is raised again; DIR stays resumable. An exception raised by a
+    callback stops the run the same way and is raised once the run has ended."""
+    session = _Session(manifest, Path(out), Options(**options), grace, on_event, on_result, stream=False)
     session.start()
     try:
         session.wait()
     except KeyboardInterrupt:
         session.stop("interrupted (KeyboardInterrupt)")
         try:
-            session.wait()
+            session.wait_or_cancel()
         except KeyboardInterrupt:
             session.cancel()
-            session.wait()
+            session.wait_quietly()
         raise
     return session.summary()
 
@@ -156,7 +159,7 @@ def stream(
 ) -> ResultStream:
     """The results of a run as they finish: `async for result in batch.stream(...)`. The manifest is
     validated at once (ManifestError); the run starts with the iteration. `.summary` once it is over."""
-    return ResultStream(_Session(manifest, Path(out), Options(**options), grace, on_event, None))
+    return ResultStream(_Session(manifest, Path(out), Options(**options), grace, on_event, None, stream=True))
 
 
 class ResultStream:
@@ -218,27 +221,33 @@ class _Session:
         grace: float,
         on_event: Callable[[Event], None] | None,
         on_result: Callable[[Result], None] | None,
+        *,
+        stream: bool,
     ) -> None:
-        self._out = out
+        self._out = out.absolute()  # Result.files are absolute; the run does not follow a chdir
         self._options = options
         self._grace = grace
         self._on_event = on_event
         self._on_result = on_result
+        self._stream = stream  # queue the results for `take` (not for `run`: nobody would read them)
         self._deadline = options.deadline_time()
         # Validate now, in the caller's thread: a bad manifest raises before anything starts.
-        self._checked = _checked(manifest, options, endpoint_for(options), _plan_cache(manifest, out))
+        self._checked = _checked(manifest, options, endpoint_for(options), _plan_cache(manifest, self._out))
         self._results: queue.SimpleQueue[Result | object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._main, name="maas-batch-run", daemon=True)
+        self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._job: Job | None = None
-        self._ready = threading.Event()
+        self._pending: list[Callable[[Job], None]] = []  # asked for before the job existed
+        self._finished = threading.Event()  # set when the thread's work is over, however it ended
         self._summary: RunSummary | None = None
         self._error: BaseException | None = None
+        self._callback_error: BaseException | None = None
         self.started = False
 
     @property
     def done(self) -> bool:
-        return self.started and not self._thread.is_alive()
+        return self._finished.is_set()
 
     def start(self) -> None:
         if not self.started:
@@ -246,13 +255,22 @@ class _Session:
             self._thread.start()
 
     def _observe(self, event: Event) -> None:
-        if isinstance(event, TaskFinished):
-            result = Result.from_record(event.record, self._out)
-            self._results.put(result)
-            if self._on_result is not None:
-                self._on_result(result)
-        if self._on_event is not None:
-            self._on_event(event)
+        """In the run's thread. A callback that raises stops the run (its error is raised at the end)."""
+        try:
+            if isinstance(event, TaskFinished):
+                result = Result.from_record(event.record, self._out)
+                if self._stream:
+                    self._results.put(result)
+                if self._on_result is not None:
+                    self._on_result(result)
+            if self._on_event is not None:
+                self._on_event(event)
+        except Exception as exc:
+            if self._callback_error is None:
+                self._callback_error = exc
+                log.error("a callback raised %r: stopping the run", exc)
+                if self._job is not None:
+                    self._job.stop(f"a callback raised {exc!r}", EXIT_TEMPFAIL)
 
     def _main(self) -> None:
         try:
@@ -265,25 +283,30 @@ class _Session:
         except BaseException as exc:  # handed to the caller's thread
             self._error = exc
         finally:
-            self._ready.set()
+            self._finished.set()
             self._results.put(_END)
 
     async def _run(self, config: JobConfig, checked: CheckedManifest) -> RunSummary:
-        self._loop = asyncio.get_running_loop()
         with Job(config, checked, registry(), [self._observe]) as job:
-            self._job = job
-            self._ready.set()
+            with self._lock:
+                self._loop, self._job = asyncio.get_running_loop(), job
+                pending, self._pending = self._pending, []
+            for action in pending:
+                action(job)
             return await job.run()
 
     def _call(self, action: Callable[[Job], None]) -> None:
-        self._ready.wait()
-        loop, job = self._loop, self._job
-        if loop is not None and job is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the run is over
-                loop.call_soon_threadsafe(action, job)
+        """Do `action` to the job in its own thread (now if it is running, else as soon as it is)."""
+        with self._lock:
+            loop, job = self._loop, self._job
+            if loop is None or job is None:
+                self._pending.append(action)
+                return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the run is over
+            loop.call_soon_threadsafe(action, job)
 
     def stop(self, reason: str) -> None:
-        """Stop dispatching; requests in flight finish (see `wait_or_cancel`)."""
+        """Stop dispatching; requests in flight finish (see `wait_or_cancel`). Does not block."""
         self._call(lambda job: job.stop(reason, EXIT_TEMPFAIL))
 
     def cancel(self) -> None:
@@ -291,11 +314,15 @@ class _Session:
         self._call(lambda job: job.cancel_in_flight())
 
     def wait_or_cancel(self) -> None:
-        self._thread.join(self._grace)
-        if self._thread.is_alive():
+        """Until the run ends, cancelling what is still in flight after `grace` seconds."""
+        if not self._finished.wait(self._grace):
             log.warning("grace period of %g s over: cancelling the requests still in flight", self._grace)
             self.cancel()
-            self._thread.join()
+            self.wait_quietly()
+
+    def wait_quietly(self) -> None:
+        while not self._finished.wait(0.5):  # in slices, so that KeyboardInterrupt gets through
+            pass
 
     def take(self) -> list[Result] | None:
         """The results saved since the last call (waiting for one), or None when the run is over."""
@@ -315,11 +342,12 @@ class _Session:
         return [item for item in items if isinstance(item, Result)]
 
     def wait(self) -> None:
-        """Until the run ends; raises what ended it, if an error did."""
-        while self._thread.is_alive():
-            self._thread.join(0.5)  # in slices, so that KeyboardInterrupt gets through
+        """Until the run ends; raises what ended it, if an error did, or what a callback raised."""
+        self.wait_quietly()
         if self._error is not None:
             raise self._error
+        if self._callback_error is not None:
+            raise self._callback_error
 
     def summary(self) -> RunSummary:
         if self._summary is None:

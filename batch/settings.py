@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import secrets
 import time
@@ -65,11 +66,38 @@ class Options:
     backoff_max: float = DEFAULT_BACKOFF_MAX
     outage_limit: float = DEFAULT_OUTAGE_LIMIT
     max_answer_mb: float = 64
-    retry_failed: bool = False  # give the manifest's failed tasks another go
+    retry_failed: bool = False  # send the failed tasks again, and only them
     gallery: bool = True  # thumbnails and DIR/index.html
     fsync: bool = True
     sync_interval: float = 0.1
     heartbeat: float = 0.0  # seconds between Heartbeat events (0: none)
+
+    def __post_init__(self) -> None:
+        """The checks the command line's flags get (a NaN budget would silently be no budget)."""
+
+        def number(name: str, *, zero: bool, none: bool = True) -> None:
+            value = getattr(self, name)
+            if value is None and none:
+                return
+            if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+                raise UsageError(f"{name} must be a number, not {value!r}")
+            if value < 0 or (value == 0 and not zero):
+                raise UsageError(f"{name} must be {'0 or more' if zero else 'more than 0'}, not {value!r}")
+
+        if self.concurrency != "auto":
+            if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int):
+                raise UsageError(f"concurrency must be a whole number or 'auto', not {self.concurrency!r}")
+            number("concurrency", zero=False)
+        if isinstance(self.max_concurrency, bool) or not isinstance(self.max_concurrency, int):
+            raise UsageError(f"max_concurrency must be a whole number, not {self.max_concurrency!r}")
+        number("max_concurrency", zero=False)
+        for name in ("rpm", "tpm", "timeout", "task_deadline", "max_answer_mb", "max_tokens"):
+            number(name, zero=False)
+        for name in ("max_cost", "backoff", "backoff_max", "outage_limit", "sync_interval", "heartbeat"):
+            number(name, zero=True)
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+            raise UsageError(f"max_attempts must be a whole number, not {self.max_attempts!r}")
+        number("max_attempts", zero=False)
 
     def deadline_time(self) -> float | None:
         """The earlier of `deadline` and now + `max_duration`, as unix time."""

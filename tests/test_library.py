@@ -244,3 +244,97 @@ def test_the_library_example_runs_and_resumes(no_maas_env: None, tmp_path: Path)
     second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert second.returncode == 0 and "0 labeled now, 3 before" in second.stdout
     assert json.loads((out / "results.jsonl").read_text().splitlines()[0])["id"] in records
+
+
+INTERRUPTED = """
+import sys
+import batch
+
+tasks = batch.from_tasks([{"kind": "generate", "id": f"t{i:02d}", "prompt": f"p {i}"} for i in range(40)])
+try:
+    batch.run(tasks, sys.argv[1], concurrency=2)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(130)
+print("finished")
+"""
+
+
+def test_ctrl_c_in_run_lets_the_requests_in_flight_finish_then_raises(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    script = tmp_path / "night.py"
+    script.write_text(INTERRUPTED)
+    with simulator_in_thread(SimConfig(api_key=KEY, latency=0.3)) as sim:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
+        env |= env_for(sim) | {"PYTHONPATH": str(ROOT)}
+        process = subprocess.Popen(
+            [sys.executable, str(script), str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while sim.state.requests_total == 0:  # the run has started sending
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.01)
+            process.send_signal(signal.SIGINT)
+            stdout, stderr = process.communicate(timeout=60)
+        finally:
+            process.kill()
+        assert process.returncode == 130, stderr.decode()
+        assert stdout.decode().strip() == "interrupted"
+        done = results(out)
+        # every request sent was let finish and was saved; nothing more was sent
+        assert 0 < len(done) == sim.state.requests_total < 40
+        assert all(r["status"] == "succeeded" for r in done.values())
+
+
+def test_a_relative_out_gives_absolute_files(
+    api_env: RunningSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    seen: list[batch.Result] = []
+    summary = batch.run(batch.from_tasks(generate_tasks(3)), "out", on_result=seen.append)
+    assert summary.succeeded == 3 and len(seen) == 3
+    for result in seen:
+        assert result.files and all(f.is_absolute() for f in result.files)
+        assert all(f.parent == tmp_path / "out" / "images" and f.is_file() for f in result.files)
+
+
+def test_a_callback_that_raises_stops_the_run_and_its_error_is_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Full(Exception):
+        pass
+
+    def on_result(result: batch.Result) -> None:
+        raise Full(f"no room for {result.id}")
+
+    out = tmp_path / "out"
+    with simulator_in_thread(SimConfig(api_key=KEY, latency=0.05)) as sim:
+        for name, value in env_for(sim).items():
+            monkeypatch.setenv(name, value)
+        with pytest.raises(Full, match="no room for t"):
+            batch.run(batch.from_tasks(generate_tasks(30)), out, concurrency=2, on_result=on_result)
+        done = results(out)
+        assert 0 < len(done) == sim.state.requests_total < 30  # stopped; in-flight ones were saved
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "named"),
+    [
+        ("max_cost", float("nan"), "max_cost"),
+        ("max_cost", -1, "max_cost"),
+        ("concurrency", 0, "concurrency"),
+        ("concurrency", "many", "concurrency"),
+        ("max_attempts", 1.5, "max_attempts"),
+        ("rpm", True, "rpm"),
+    ],
+)
+def test_bad_options_are_usage_errors_before_anything_starts(
+    tmp_path: Path, option: str, value: object, named: str
+) -> None:
+    with pytest.raises(batch.UsageError, match=named):
+        batch.run(batch.from_tasks(generate_tasks(1)), tmp_path / "out", **{option: value})
+    assert not (tmp_path / "out").exists()
