@@ -80,22 +80,35 @@ class Thumbnailer:
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait((source, destination))
 
+    def drain(self) -> None:
+        """Until every thumbnail asked for so far is made (or dropped)."""
+        self._queue.join()
+
     def close(self) -> None:
         """Stop after the thumbnail being made (`build` makes the rest) and wait for the thread."""
         self._stopping.set()
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(None)
+        while True:  # make room for the end mark in a full queue: what is dropped, `build` makes
+            try:
+                self._queue.put_nowait(None)
+                break
+            except queue.Full:
+                with contextlib.suppress(queue.Empty):
+                    self._queue.get_nowait()
+                    self._queue.task_done()
         self._thread.join()
 
     def _work(self) -> None:
         with contextlib.suppress(OSError, AttributeError):  # Linux: a thread has its own nice value
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        while not self._stopping.is_set():
+        while True:
             item = self._queue.get()
-            if item is None:
-                return
-            if not self._stopping.is_set():
-                make_thumbnail(*item)
+            try:
+                if item is None:
+                    return
+                if not self._stopping.is_set():
+                    make_thumbnail(*item)
+            finally:
+                self._queue.task_done()
 
 
 def _input_thumb_name(path: str) -> str:
@@ -149,7 +162,7 @@ def _thumbnails(root: Path, records: Iterable[dict[str, Any]]) -> set[str]:
     made = {name for name in wanted if name in existing}
     missing = [(name, source) for name, source in wanted.items() if name not in existing]
     if missing:
-        log.info("making %d missing thumbnails", len(missing))
+        log.debug("making %d missing thumbnails", len(missing))
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             done = pool.map(lambda item: make_thumbnail(item[1], root / item[0]), missing)
             made.update(name for (name, _), ok in zip(missing, done, strict=True) if ok)
