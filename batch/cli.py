@@ -248,7 +248,7 @@ def _retry_failed(args: argparse.Namespace) -> int:
             f"no run of maas-batch is recorded in {args.out}; use `maas-batch run ... --retry-failed`"
         )
     # DIR as given now, wherever the recorded run wrote: a later --out wins in argparse
-    argv = [str(a) for a in recorded["argv"] if a != "--retry-failed"]
+    argv = _without_out([str(a) for a in recorded["argv"] if a != "--retry-failed"])
     argv += ["--out", str(args.out.resolve()), "--retry-failed", *args.extra]
     print(f"maas-batch: in {recorded['cwd']}: maas-batch {shlex.join(argv)}", file=sys.stderr)
     try:
@@ -259,6 +259,20 @@ def _retry_failed(args: argparse.Namespace) -> int:
             "use `maas-batch run ... --retry-failed`"
         ) from exc
     return _main(argv)
+
+
+def _without_out(argv: list[str]) -> list[str]:
+    """A recorded command line without its --out DIR (retry-failed names DIR anew; printed once)."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--out", "-o"):
+            skip = True
+        elif not (arg.startswith("--out=") or (arg.startswith("-o") and not arg.startswith("--"))):
+            kept.append(arg)
+    return kept
 
 
 def _simulate(args: argparse.Namespace) -> int:

@@ -100,7 +100,7 @@ def _dry_run(args: argparse.Namespace) -> int:
     from batch.idset import IdSet
     from batch.plan import Plan, iter_tasks
     from batch.report import format_plan
-    from batch.store import RESULTS, finished_results
+    from batch.store import RESULTS, finished_results, retried_ids
     from jobs import registry
 
     checked = check(args, endpoint_for(options(args)))
@@ -111,10 +111,16 @@ def _dry_run(args: argparse.Namespace) -> int:
     if args.max_cost is not None:
         need_prices(checked, prices)  # the run would refuse to start (exit 78): say so now
     finished = list(finished_results(args.out / RESULTS))
-    if finished:
-        # What the run would send: the tasks without a line; with --retry-failed, the failed ones only.
-        retry = bool(args.retry_failed)
-        listed = IdSet(task_id for task_id, failed in finished if failed or not retry)
+    retry = bool(args.retry_failed)
+    if finished or retry:
+        # What the run would send: the tasks without a line; with --retry-failed, the failed ones only
+        # (and those an earlier --retry-failed moved aside but was stopped before sending).
+        if retry:
+            done = IdSet(task_id for task_id, _ in finished)
+            again = (task_id for task_id in retried_ids(args.out) if task_id not in done)
+            listed = IdSet([*(task_id for task_id, failed in finished if failed), *again])
+        else:
+            listed = IdSet(task_id for task_id, _ in finished)
         what = "to retry" if retry else "left to do"
         left = Plan(str(args.manifest))
         kinds = registry()

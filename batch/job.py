@@ -28,7 +28,7 @@ from batch.plan import Plan, check_manifest, iter_tasks
 from batch.plancache import Sources
 from batch.runlog import RunLog, recover
 from batch.runner import Runner, RunSettings, RunSummary
-from batch.store import OutputDir, finished_results
+from batch.store import OutputDir, finished_results, retried_ids
 from batch.tasks import BuildSettings, TaskBuilder
 
 log = logging.getLogger("batch.job")
@@ -165,12 +165,17 @@ class Job:
         except by a kill, which the next run's recover() then accounts for."""
         checked = self.checked
         retry_only: IdSet | None = None  # --retry-failed: these tasks, and no other
+        wanted = checked.plan.ids
+        forgotten: list[str] = []
         if self.config.retry_failed:
-            wanted = checked.plan.ids
-            retry_only = IdSet(self.out.forget_failures(lambda task_id: task_id in wanted))
+            forgotten = self.out.forget_failures(lambda task_id: task_id in wanted)
+        finished, failed_before = self.finished()
+        if self.config.retry_failed:
+            # with the failures that an earlier --retry-failed moved aside but did not get to (stopped)
+            again = {i for i in retried_ids(self.out.root) if i in wanted and i not in finished}
+            retry_only = IdSet(again.union(forgotten))
             retry_only.freeze()
             self.retried = len(retry_only)
-        finished, failed_before = self.finished()
         if (
             checked.cache_key is not None
             and checked.sources is not None

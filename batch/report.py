@@ -17,7 +17,7 @@ from batch.errors import DirLockedError
 from batch.kinds import TokenCounts
 from batch.lock import LOCK, probe
 from batch.prices import PriceTable, money
-from batch.store import RESULTS, RETRIED, RUNS, USAGE, read_lines
+from batch.store import RESULTS, RETRIED, RUNS, USAGE, read_lines, retried_ids
 
 SLOWEST = 10
 
@@ -60,13 +60,17 @@ def _manifest_total(root: Path) -> int | None:
 def status(root: Path) -> dict[str, Any]:
     """done / failed / pending / maybe-billed, and whether a run holds DIR now."""
     succeeded = failed = maybe_billed = 0
+    # failures moved aside by a --retry-failed run that stopped before sending them again: pending
+    retry_pending = retried_ids(root)
     for record in read_lines(root / RESULTS):
+        retry_pending.discard(str(record.get("id")))
         if record.get("status") == "failed":
             failed += 1
         else:
             succeeded += 1
         maybe_billed += int(record.get("maybe_billed") or 0)
     maybe_billed += sum(int(r.get("maybe_billed") or 0) for r in read_lines(root / RETRIED))
+
     total = _manifest_total(root)
     runs = _runs(root)
     last = runs[-1] if runs else []
@@ -78,6 +82,7 @@ def status(root: Path) -> dict[str, Any]:
         "succeeded": succeeded,
         "failed": failed,
         "pending": None if total is None else max(0, total - succeeded - failed),
+        "retry_pending": len(retry_pending),
         "tasks": total,
         "maybe_billed": maybe_billed,
         "running": holder is not None,
@@ -102,6 +107,11 @@ def format_status(found: Mapping[str, Any]) -> str:
         f"{pending} pending" + (f" (of {found['tasks']:,})" if found["tasks"] is not None else ""),
         f"maybe billed without a saved result: {found['maybe_billed']:,}",
     ]
+    if found["retry_pending"]:
+        lines.append(
+            f"{found['retry_pending']:,} of the pending failed before and were not sent again yet: "
+            "`maas-batch retry-failed DIR` sends them"
+        )
     if found["running"]:
         lines.append(f"a run is in progress now (pid {found['pid'] or 'unknown'})")
     else:

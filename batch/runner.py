@@ -292,7 +292,7 @@ class Runner:
             done = summary.succeeded + summary.failed
             elapsed = time.monotonic() - started
             rate = done / elapsed if elapsed > 0 else 0.0
-            left = max(0, summary.total - summary.finished_before - done)
+            left = summary.not_run
             self._emit(
                 Heartbeat(
                     done=done,

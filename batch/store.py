@@ -48,7 +48,7 @@ TMP_SUFFIX = ".tmp"
 # Built once: json.dumps with arguments makes a new encoder on every call.
 _encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
 ID_PREFIX = b'{"id": "'
-FAILED_MARK = b'"status": "failed"'
+STATUS_MARK = b'"status": "'  # its first match after the id is the line's own status (then kind)
 
 
 def _flags(extra: int) -> int:
@@ -188,8 +188,10 @@ def finished_results(path: Path) -> Iterator[tuple[str, bool]]:
                 return
             if raw.startswith(ID_PREFIX):
                 end = raw.find(b'"', len(ID_PREFIX))
-                if end > 0:
-                    yield raw[len(ID_PREFIX) : end].decode(), FAILED_MARK in raw
+                status = raw.find(STATUS_MARK, end)
+                if end > 0 and status > 0:
+                    value = status + len(STATUS_MARK)
+                    yield raw[len(ID_PREFIX) : end].decode(), raw.startswith(b'failed"', value)
                     continue
             try:
                 record = json.loads(raw)
@@ -197,6 +199,11 @@ def finished_results(path: Path) -> Iterator[tuple[str, bool]]:
                 continue
             if isinstance(record, dict) and isinstance(record.get("id"), str):
                 yield record["id"], record.get("status") == "failed"
+
+
+def retried_ids(root: Path) -> set[str]:
+    """The ids of the tasks whose failures --retry-failed moved to results.retried.jsonl."""
+    return {str(record["id"]) for record in read_lines(root / RETRIED) if isinstance(record.get("id"), str)}
 
 
 @dataclass(frozen=True)
@@ -300,9 +307,9 @@ class OutputDir:
         try:
             retried = os.open(self.root / RETRIED, _flags(os.O_WRONLY | os.O_CREAT | os.O_APPEND), 0o644)
             with (
+                os.fdopen(retried, "ab") as old,  # first: closed even if what follows cannot open
                 path.open("rb") as source,
                 temporary.open("wb") as kept,
-                os.fdopen(retried, "ab") as old,
             ):
                 for raw in source:
                     record = _parse(raw)

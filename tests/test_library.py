@@ -338,3 +338,33 @@ def test_bad_options_are_usage_errors_before_anything_starts(
     with pytest.raises(batch.UsageError, match=named):
         batch.run(batch.from_tasks(generate_tasks(1)), tmp_path / "out", **{option: value})
     assert not (tmp_path / "out").exists()
+
+
+def test_heartbeats_of_a_retry_count_only_the_failed_tasks_as_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    first = generate_tasks(12)
+    beats: list[batch.Heartbeat] = []
+
+    def observe(event: batch.Event) -> None:
+        if isinstance(event, batch.Heartbeat):
+            beats.append(event)
+
+    def use(sim: RunningSimulator) -> None:
+        for name, value in env_for(sim).items():
+            monkeypatch.setenv(name, value)
+
+    with simulator_in_thread(SimConfig(api_key=KEY)) as sim:
+        use(sim)
+        assert batch.run(batch.from_tasks(first[:10]), out).succeeded == 10
+    with simulator_in_thread(SimConfig(api_key=KEY, error_rate=1.0, retry_after=0)) as sim:
+        use(sim)
+        assert batch.run(batch.from_tasks(first), out, max_attempts=1).failed == 2
+    grown = [*first, *({"kind": "generate", "id": f"new-{i}", "prompt": f"more {i}"} for i in range(20))]
+    with simulator_in_thread(SimConfig(api_key=KEY, latency=0.3)) as sim:
+        use(sim)
+        summary = batch.run(batch.from_tasks(grown), out, retry_failed=True, heartbeat=0.02, on_event=observe)
+        assert (summary.succeeded, summary.left_alone, summary.not_run) == (2, 20, 0)
+        assert sim.state.requests_total == 2
+    assert beats and all(beat.left <= 2 for beat in beats), [b.left for b in beats]

@@ -494,6 +494,8 @@ def test_retry_failed_on_a_copy_of_dir_acts_on_the_copy(
         outcome = cli("retry-failed", copy, env=env_for(sim))
         assert outcome.code == 0, outcome.err
         assert sim.state.requests_total == 2
+    [command] = [li for li in outcome.err.splitlines() if li.startswith("maas-batch: in ")]
+    assert command.count(" --out ") == 1 and command.endswith(f"--out {copy} --retry-failed")
     assert all(r["status"] == "succeeded" for r in results(copy).values())
     assert all(r["status"] == "failed" for r in results(out).values())  # the original is untouched
     assert not (out / "results.retried.jsonl").exists() and not list((out / "images").glob("*"))
@@ -545,3 +547,59 @@ def test_unusable_log_file_and_export_output_are_clear_errors(
     assert cli("run", EXAMPLES / "quickstart.yaml", "--out", out, env=env_for(sim)).code == 0
     exported = cli("export", out, "--output", tmp_path / "no-such-folder" / "rows.csv")
     assert exported.code == 74 and "rows.csv" in exported.err and "Traceback" not in exported.err
+
+
+def test_an_answer_being_written_to_the_ledger_still_counts_against_the_budget(
+    cli: Callable[..., Outcome],
+    sim: RunningSimulator,
+    write: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import anyio
+
+    from batch.store import OutputDir
+
+    append = OutputDir.append
+
+    async def slow_ledger(self: OutputDir, journal: object, record: dict[str, object]) -> None:
+        if journal is self.usage:  # a slow disk: the answer is in, its bill is not yet
+            await anyio.sleep(0.3)
+        await append(self, journal, record)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(OutputDir, "append", slow_ledger)
+    manifest = sixteen_tasks(write)
+    out = tmp_path / "out"
+    budget = str(int(2.5 * ONE_TASK_TOKENS))  # two tasks, not three
+    outcome = cli("run", manifest, "--out", out, "--max-tokens", budget, "-c", "2", env=env_for(sim))
+    assert outcome.code == 3, outcome.err
+    assert sim.state.requests_total == 2 and len(ledger(out)) == 2
+
+
+def test_a_retry_stopped_before_sending_every_failure_sends_the_rest_next_time(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write(
+        "defaults: {model: gpt-image-1, size: 1024x1024, quality: low}\n"
+        "tasks:\n" + "".join(f"  - {{kind: generate, id: t{i:02d}, prompt: p {i:02d}}}\n" for i in range(4))
+    )
+    out = tmp_path / "out"
+    with simulator_in_thread(SimConfig(api_key=KEY, error_rate=1.0, retry_after=0)) as sim:
+        assert cli("run", manifest, "--out", out, *FAST, "--max-attempts", "1", env=env_for(sim)).code == 1
+    assert len(results(out)) == 4
+    with simulator_in_thread(SimConfig(api_key=KEY)) as sim:
+        budget = str(int(2.5 * ONE_TASK_TOKENS))
+        stopped = cli("retry-failed", out, "--max-tokens", budget, "-c", "1", env=env_for(sim))
+        assert stopped.code == 3, stopped.err
+        assert sim.state.requests_total == 2 and len(results(out)) == 2
+        status = json.loads(cli("status", out, "--json").out)
+        assert (status["succeeded"], status["pending"], status["retry_pending"]) == (2, 2, 2)
+        assert "2 of the pending failed before" in cli("status", out).out
+        dry = cli("run", manifest, "--out", out, "--retry-failed", "--dry-run", env=env_for(sim))
+        assert f"to retry in {out}: 2 of 4 tasks" in dry.out
+        rest = cli("retry-failed", out, "--max-tokens", "100000", env=env_for(sim))
+        assert rest.code == 0, rest.err
+        assert "2 failed task(s) were given another go" in rest.out
+        assert sim.state.requests_total == 4
+    assert all(r["status"] == "succeeded" for r in results(out).values()) and len(results(out)) == 4
+    assert json.loads(cli("status", out, "--json").out)["retry_pending"] == 0

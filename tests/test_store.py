@@ -95,10 +95,18 @@ def test_finished_results_reads_our_lines_fast_and_others_by_parsing(tmp_path: P
         b'{"id": "fox-1", "kind": "generate", "status": "succeeded"}\n'
         b'{"id": "owl-2", "kind": "generate", "status": "failed"}\n'
         b'{"status": "failed", "id": "hand-written"}\n'
+        b'{"id": "row-3", "kind": "chat", "status": "succeeded", "meta": {"status": "failed"}}\n'
+        b'{"id": "row-4", "kind": "chat", "status": "failed", "meta": {"status": "succeeded"}}\n'
         b"garbage\n"
         b'{"id": "torn'
     )
-    assert list(finished_results(path)) == [("fox-1", False), ("owl-2", True), ("hand-written", True)]
+    assert list(finished_results(path)) == [
+        ("fox-1", False),
+        ("owl-2", True),
+        ("hand-written", True),
+        ("row-3", False),  # the line's own status, not its meta's
+        ("row-4", True),
+    ]
 
 
 def test_write_atomic_leaves_no_temporary_file(tmp_path: Path) -> None:
