@@ -135,16 +135,18 @@ def run(
     second one cancels them at once), then is raised again; DIR stays resumable. An exception raised by a
     callback stops the run the same way and is raised once the run has ended."""
     session = _Session(manifest, Path(out), Options(**options), grace, on_event, on_result, stream=False)
-    session.start()
     try:
+        session.start()
         session.wait()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         session.stop("interrupted (KeyboardInterrupt)")
         try:
             session.wait_or_cancel()
         except KeyboardInterrupt:
             session.cancel()
-            session.wait_quietly()
+            session.wait_through_interrupts()
+        if session.error is not None:  # what else ended the run (a full disk, say) is not lost
+            raise interrupt from session.error
         raise
     return session.summary()
 
@@ -269,8 +271,12 @@ class _Session:
             if self._callback_error is None:
                 self._callback_error = exc
                 log.error("a callback raised %r: stopping the run", exc)
-                if self._job is not None:
-                    self._job.stop(f"a callback raised {exc!r}", EXIT_TEMPFAIL)
+                self.stop(f"a callback raised {exc!r}")
+                # as after Ctrl-C: the requests in flight get `grace` seconds, then are cancelled
+                self._call(self._cancel_after_grace)
+
+    def _cancel_after_grace(self, job: Job) -> None:
+        asyncio.get_running_loop().call_later(self._grace, job.cancel_in_flight)
 
     def _main(self) -> None:
         try:
@@ -323,6 +329,20 @@ class _Session:
     def wait_quietly(self) -> None:
         while not self._finished.wait(0.5):  # in slices, so that KeyboardInterrupt gets through
             pass
+
+    def wait_through_interrupts(self) -> None:
+        """Until the run ends, after `cancel`: a few moments, during which it still holds DIR's lock."""
+        while True:
+            try:
+                self.wait_quietly()
+                return
+            except KeyboardInterrupt:
+                log.warning("the requests in flight are being cancelled: the run ends in a moment")
+
+    @property
+    def error(self) -> BaseException | None:
+        """What ended the run in its thread, if an error did."""
+        return self._error
 
     def take(self) -> list[Result] | None:
         """The results saved since the last call (waiting for one), or None when the run is over."""

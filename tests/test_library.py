@@ -368,3 +368,20 @@ def test_heartbeats_of_a_retry_count_only_the_failed_tasks_as_left(
         assert (summary.succeeded, summary.left_alone, summary.not_run) == (2, 20, 0)
         assert sim.state.requests_total == 2
     assert beats and all(beat.left <= 2 for beat in beats), [b.left for b in beats]
+
+
+def test_a_raising_callback_gives_the_requests_in_flight_grace_then_cancels_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def on_result(result: batch.Result) -> None:
+        raise RuntimeError("stop here")
+
+    out = tmp_path / "out"
+    # answers spread over 0-4 s: when the first arrives, the others are still on their way
+    config = SimConfig(api_key=KEY, latency=2.0, latency_jitter=1.0, seed=3)
+    with simulator_in_thread(config) as sim:
+        for name, value in env_for(sim).items():
+            monkeypatch.setenv(name, value)
+        with pytest.raises(RuntimeError, match="stop here"):
+            batch.run(batch.from_tasks(generate_tasks(8)), out, concurrency=8, grace=0, on_result=on_result)
+        assert 1 <= len(results(out)) < sim.state.requests_total == 8
