@@ -139,6 +139,8 @@ def run(
         session.start()
         session.wait()
     except KeyboardInterrupt as interrupt:
+        if not session.started:
+            raise
         session.stop("interrupted (KeyboardInterrupt)")
         try:
             session.wait_or_cancel()
@@ -253,8 +255,8 @@ class _Session:
 
     def start(self) -> None:
         if not self.started:
-            self.started = True
             self._thread.start()
+            self.started = True  # after: a Ctrl-C during start() finds it False and waits for nothing
 
     def _observe(self, event: Event) -> None:
         """In the run's thread. A callback that raises stops the run (its error is raised at the end)."""

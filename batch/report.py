@@ -70,7 +70,6 @@ def status(root: Path) -> dict[str, Any]:
             succeeded += 1
         maybe_billed += int(record.get("maybe_billed") or 0)
     maybe_billed += sum(int(r.get("maybe_billed") or 0) for r in read_lines(root / RETRIED))
-
     total = _manifest_total(root)
     runs = _runs(root)
     last = runs[-1] if runs else []
