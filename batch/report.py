@@ -17,7 +17,7 @@ from batch.errors import DirLockedError
 from batch.kinds import TokenCounts
 from batch.lock import LOCK, probe
 from batch.prices import PriceTable, money
-from batch.store import RESULTS, RETRIED, RUNS, USAGE, read_lines, retried_ids
+from batch.store import RESULTS, RETRIED, RUNS, USAGE, read_lines
 
 SLOWEST = 10
 
@@ -60,8 +60,12 @@ def _manifest_total(root: Path) -> int | None:
 def status(root: Path) -> dict[str, Any]:
     """done / failed / pending / maybe-billed, and whether a run holds DIR now."""
     succeeded = failed = maybe_billed = 0
-    # failures moved aside by a --retry-failed run that stopped before sending them again: pending
-    retry_pending = retried_ids(root)
+    # failures moved aside by --retry-failed; those without a new line (a retry stopped before sending
+    # them again) are pending
+    retry_pending: set[str] = set()
+    for record in read_lines(root / RETRIED):
+        maybe_billed += int(record.get("maybe_billed") or 0)
+        retry_pending.add(str(record.get("id")))
     for record in read_lines(root / RESULTS):
         retry_pending.discard(str(record.get("id")))
         if record.get("status") == "failed":
@@ -69,7 +73,6 @@ def status(root: Path) -> dict[str, Any]:
         else:
             succeeded += 1
         maybe_billed += int(record.get("maybe_billed") or 0)
-    maybe_billed += sum(int(r.get("maybe_billed") or 0) for r in read_lines(root / RETRIED))
     total = _manifest_total(root)
     runs = _runs(root)
     last = runs[-1] if runs else []

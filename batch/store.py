@@ -149,8 +149,8 @@ def cut_torn_tail(path: Path) -> int:
         return size - keep
 
 
-def read_lines(path: Path) -> Iterator[dict[str, Any]]:
-    """The records of a JSONL file, skipping a torn or unreadable line."""
+def _whole_lines(path: Path) -> Iterator[bytes]:
+    """The complete lines of a file, none if it does not exist; a torn last line is not one."""
     try:
         handle = path.open("rb")
     except FileNotFoundError:
@@ -159,12 +159,7 @@ def read_lines(path: Path) -> Iterator[dict[str, Any]]:
         for raw in handle:
             if not raw.endswith(b"\n"):
                 return
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                yield record
+            yield raw
 
 
 def _parse(raw: bytes) -> dict[str, Any] | None:
@@ -175,30 +170,28 @@ def _parse(raw: bytes) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def read_lines(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a JSONL file, skipping a torn or unreadable line."""
+    for raw in _whole_lines(path):
+        record = _parse(raw)
+        if record is not None:
+            yield record
+
+
 def finished_results(path: Path) -> Iterator[tuple[str, bool]]:
     """(id, failed) of each line of results.jsonl, fast: our lines start with the id, so most need no
     JSON parsing. A torn last line is not a result."""
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        return
-    with handle:
-        for raw in handle:
-            if not raw.endswith(b"\n"):
-                return
-            if raw.startswith(ID_PREFIX):
-                end = raw.find(b'"', len(ID_PREFIX))
-                status = raw.find(STATUS_MARK, end)
-                if end > 0 and status > 0:
-                    value = status + len(STATUS_MARK)
-                    yield raw[len(ID_PREFIX) : end].decode(), raw.startswith(b'failed"', value)
-                    continue
-            try:
-                record = json.loads(raw)
-            except ValueError:
+    for raw in _whole_lines(path):
+        if raw.startswith(ID_PREFIX):
+            end = raw.find(b'"', len(ID_PREFIX))
+            status = raw.find(STATUS_MARK, end)
+            if end > 0 and status > 0:
+                value = status + len(STATUS_MARK)
+                yield raw[len(ID_PREFIX) : end].decode(), raw.startswith(b'failed"', value)
                 continue
-            if isinstance(record, dict) and isinstance(record.get("id"), str):
-                yield record["id"], record.get("status") == "failed"
+        record = _parse(raw)
+        if record is not None and isinstance(record.get("id"), str):
+            yield record["id"], record.get("status") == "failed"
 
 
 def retried_ids(root: Path) -> set[str]:

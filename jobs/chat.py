@@ -122,6 +122,11 @@ def normalize(fields: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _text_or_texts(value: Any) -> bool:
+    """A string, or a list of strings."""
+    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+
+
 def check(fields: Mapping[str, Any]) -> list[FieldIssue]:
     """The known fields' types and ranges, and the shape of every message; unknown fields pass."""
     issues = check_rules(fields, RULES, allow_unknown=True)
@@ -139,22 +144,14 @@ def check(fields: Mapping[str, Any]) -> list[FieldIssue]:
             if key in fields and not isinstance(fields[key], want):
                 issues.append(FieldIssue(key, f"must be a string, not {type_name(fields[key])}", fields[key]))
         images = fields.get("images")
-        if (
-            images is not None
-            and not isinstance(images, str)
-            and (not isinstance(images, list) or not all(isinstance(i, str) for i in images))
-        ):
+        if images is not None and not _text_or_texts(images):
             issues.append(FieldIssue("images", "must be a path or a list of paths", images))
         issues = [issue for issue in issues if issue.field != "messages"]
     messages = fields.get("messages")
     if messages is not None:
         issues += _check_messages(messages)
     stop = fields.get("stop")
-    if (
-        stop is not None
-        and not isinstance(stop, str)
-        and (not isinstance(stop, list) or not all(isinstance(s, str) for s in stop))
-    ):
+    if stop is not None and not _text_or_texts(stop):
         issues.append(FieldIssue("stop", "must be a string or a list of strings", stop))
     extra_body = fields.get("extra_body")
     if extra_body is not None and not isinstance(extra_body, Mapping):
