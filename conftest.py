@@ -20,7 +20,8 @@ def missing_requirements() -> list[str]:
     missing = []
     for requirement in requirements:
         name = re.match(r"[A-Za-z0-9._-]+", requirement)
-        if name is None or ("extra ==" in requirement and "'test'" not in requirement):
+        extra = re.search(r"""extra\s*==\s*["']([^"']+)["']""", requirement)
+        if name is None or (extra is not None and extra.group(1) != "test"):
             continue
         try:
             metadata.version(name.group())
