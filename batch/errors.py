@@ -9,8 +9,12 @@
     └── ApiError             one request to the API went wrong
         ├── ApiStatusError   the API answered with an error status (status, type, code, message)
         ├── TransportError   no usable answer: connection refused or reset, timeout
-        ├── BrokenAnswerError  a 2xx whose body is unusable (not JSON, no data, bad base64, bad image)
+        ├── BrokenAnswerError  a 2xx whose body is unusable: garbled on the way (not JSON, cut short:
+        │                    retried) or whole but unreadable (no data, bad image: the task fails)
         └── RefusalError     a 2xx in which the model declined to answer (content filter)
+
+A whole answer is paid for: it is never bought again because the tool could not use it. Its raw body
+travels on the error (`raw`) so the runner can keep it under DIR/answers/.
 
 aiohttp's exceptions are translated into this tree in ``batch.client`` and nowhere else.
 Whether an ApiError is retried, fails its task or stops the run is decided in ``batch.retry``.
@@ -143,7 +147,10 @@ class TransportError(ApiError):
 class BrokenAnswerError(ApiError):
     """A 2xx answer whose body cannot be used.
 
-    `usage` holds the usage the body still reported (the request was billed) or None.
+    `retry` is true when the body was garbled on the way (not JSON, cut short, a gateway's page): the
+    request is sent again. Otherwise the answer arrived whole and was paid for, so asking again would buy
+    it twice: the task fails. `usage` holds the usage the body still reported (the request was billed) or
+    None; `raw` the body as received (for DIR/answers/); `error_type` names the failure in the result line.
     """
 
     kind = "broken_answer"
@@ -155,12 +162,19 @@ class BrokenAnswerError(ApiError):
         status: int | None = None,
         usage: Mapping[str, Any] | None = None,
         maybe_billed: bool = True,
+        retry: bool = False,
+        raw: bytes | None = None,
+        error_type: str | None = None,
     ) -> None:
         self.message = message
         self.status = status
         self.usage = usage
         # An answer that told us its usage is known billed (and recorded), not "maybe".
         self.maybe_billed = maybe_billed and usage is None
+        self.retry = retry
+        self.raw = raw
+        if error_type is not None:
+            self.kind = error_type
         super().__init__(message)
 
 

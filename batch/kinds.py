@@ -70,19 +70,23 @@ class ApiRequest:
 
 @dataclass(frozen=True)
 class EncodedImage:
-    """An image in an answer, still base64 text as the API sent it."""
+    """An image in an answer as the API sent it: base64 text, or (`url` set, `b64` empty) a link to
+    download. `data` holds the bytes once a linked image has been fetched."""
 
     b64: str
     mime: str | None = None  # as declared (a data: URL's type), if the API said
+    url: str | None = None
+    data: bytes | None = None
 
 
 @dataclass(frozen=True)
 class Answer:
-    """The useful part of a successful answer."""
+    """The useful part of a successful answer. `images_missing`: images asked for (`n`) but not sent."""
 
     images: tuple[EncodedImage, ...] = ()
     text: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)  # kind-specific result fields
+    images_missing: int = 0
 
 
 @dataclass(frozen=True)
@@ -90,9 +94,11 @@ class TokenCounts:
     """Usage normalised across kinds: what went in, what came out, the total billed."""
 
     input: int
-    output: int
+    output: int  # thinking included, also when a gateway reports it only in the total
     total: int
     image_input: int = 0  # of `input`, the tokens of input images (priced apart from text)
+    cached_input: int = 0  # of `input`, the tokens served from a prompt cache (priced apart, if priced)
+    reasoning: int = 0  # of `output`, the thinking tokens
 
 
 FileReader = Callable[[Path], bytes]
@@ -145,6 +151,10 @@ class TaskKind(Protocol):
 
     def parse_answer(self, fields: Mapping[str, Any], body: Any) -> Answer:
         """The images and text of an answer body; raises BrokenAnswerError when it has none."""
+        ...
+
+    def stream_complete(self, fields: Mapping[str, Any], chunks: list[Any]) -> bool:
+        """Whether a stream that ended without its end mark still holds the whole answer."""
         ...
 
 

@@ -26,20 +26,28 @@ PRICES_SOURCE = (
     "otherwise: set prices: in the manifest or --prices FILE"
 )
 FIELDS = ("text_input", "image_input", "output")
+OPTIONAL_FIELDS = ("cached_input",)  # absent: cached input tokens cost the text input price
 
 
 @dataclass(frozen=True)
 class Price:
-    """US dollars per million tokens."""
+    """US dollars per million tokens. Output includes thinking; `cached_input` prices prompt tokens served
+    from a cache (None: the text input price)."""
 
     text_input: float
     image_input: float
     output: float
+    cached_input: float | None = None
 
     def cost(self, tokens: TokenCounts) -> float:
-        text = max(0, tokens.input - tokens.image_input)
+        cached = min(tokens.cached_input, max(0, tokens.input - tokens.image_input))
+        text = max(0, tokens.input - tokens.image_input - cached)
+        cached_price = self.text_input if self.cached_input is None else self.cached_input
         return (
-            text * self.text_input + tokens.image_input * self.image_input + tokens.output * self.output
+            text * self.text_input
+            + cached * cached_price
+            + tokens.image_input * self.image_input
+            + tokens.output * self.output
         ) / 1_000_000
 
 
@@ -83,9 +91,10 @@ class PriceTable:
             if price is None:
                 lines.append(f"  {model:<25} no price: add it under prices: or in a --prices FILE")
             else:
+                cached = "" if price.cached_input is None else f" (cached ${price.cached_input:g})"
                 lines.append(
-                    f"  {model:<25} ${price.text_input:g} / ${price.image_input:g} / ${price.output:g}"
-                    f"  ({self.origins.get(model, '?')})"
+                    f"  {model:<25} ${price.text_input:g}{cached} / ${price.image_input:g} / "
+                    f"${price.output:g}  ({self.origins.get(model, '?')})"
                 )
         return lines
 
@@ -100,12 +109,15 @@ def parse_prices(data: Any, where: str) -> tuple[dict[str, Price], list[str]]:
         if not isinstance(entry, Mapping):
             problems.append(f"{where}.{model}: must be a mapping with text_input, image_input and output")
             continue
-        unknown = sorted(set(entry) - set(FIELDS))
+        unknown = sorted(set(entry) - set(FIELDS) - set(OPTIONAL_FIELDS))
         if unknown:
-            problems.append(f"{where}.{model}: unknown keys {unknown}; prices are {', '.join(FIELDS)}")
+            names = ", ".join(FIELDS + OPTIONAL_FIELDS)
+            problems.append(f"{where}.{model}: unknown keys {unknown}; prices are {names}")
             continue
-        values = {}
-        for name in FIELDS:
+        values: dict[str, float] = {}
+        for name in FIELDS + OPTIONAL_FIELDS:
+            if name in OPTIONAL_FIELDS and entry.get(name) is None:
+                continue
             value = entry.get(name, entry.get("text_input") if name == "image_input" else None)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 problems.append(f"{where}.{model}.{name}: must be a number of dollars per million tokens")

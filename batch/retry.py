@@ -62,8 +62,11 @@ def classify(error: BaseException) -> Decision:
         if status in RETRY_STATUSES or status >= 500:
             return Decision(Verdict.RETRY)
         return Decision(Verdict.FAIL)
-    if isinstance(error, TransportError | BrokenAnswerError):
+    if isinstance(error, TransportError):
         return Decision(Verdict.RETRY)
+    if isinstance(error, BrokenAnswerError):
+        # Garbled on the way: ask again. Whole but unusable: it was paid for; asking again pays twice.
+        return Decision(Verdict.RETRY if error.retry else Verdict.FAIL)
     return Decision(Verdict.FAIL)
 
 

@@ -8,13 +8,15 @@ still pending, and the next run does it. Only tasks with a definite outcome get 
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 from anyio.abc import ObjectSendStream
@@ -56,7 +58,7 @@ from batch.health import ServiceHealth
 from batch.idset import IdSet
 from batch.imaging import decode_images
 from batch.inputs import read_file
-from batch.kinds import Answer, ApiRequest, Registry, TaskKind
+from batch.kinds import Answer, ApiRequest, EncodedImage, Registry, TaskKind
 from batch.limits import EndpointLimits, Limits
 from batch.looplag import LoopLag
 from batch.prices import PriceTable
@@ -64,6 +66,8 @@ from batch.retry import RetryNotice, RetryPolicy, Verdict, call_with_retries, cl
 from batch.runlog import RunLog
 from batch.store import THUMBS, OutputDir, OutputFile
 from batch.tasks import TaskSpec
+
+logger = logging.getLogger(__name__)
 
 PRODUCER_BATCH = 64  # tasks pulled from the manifest per trip to a worker thread
 PROMPT_SHOWN = 2000  # characters of a prompt kept in its result line
@@ -133,6 +137,8 @@ class _TaskState:
     booked: tuple[int, float | None] | None = None  # the budget's estimate for the attempt in flight
     answer: Answer | None = None
     files: list[str] = field(default_factory=list)
+    answer_file: str | None = None  # DIR/answers/... : the raw body of a paid answer that was not usable
+    server_request_id: str | None = None  # the server's id of the answer kept (x-request-id, or its id)
 
 
 class _Stopped(Exception):
@@ -378,6 +384,11 @@ class Runner:
                 return
             await self._finish(spec, state, started, error=exc)
             return
+        except Exception as exc:  # a fault of ours with this one task: it fails, the night goes on
+            logger.exception("task %s: unexpected %s", spec.id, type(exc).__name__)
+            failure = BrokenAnswerError(f"{type(exc).__name__}: {_short(exc)}", error_type="internal_error")
+            await self._finish(spec, state, started, error=failure)
+            return
         await self._finish(spec, state, started)
 
     async def _sleep(self, seconds: float) -> None:
@@ -447,20 +458,63 @@ class Runner:
     async def _keep(
         self, spec: TaskSpec, kind: TaskKind, request_id: str, reply: Reply, state: _TaskState
     ) -> None:
-        """Bill an answer, then turn it into files and the task's answer."""
-        usage = kind.usage_of(reply.body)
-        if usage is not None:
-            await self._bill(spec, kind, request_id, usage, state)
+        """Bill an answer (at its usage, or at the estimate when it says none), then turn it into files
+        and the task's answer. An answer that cannot be used was paid for all the same: its raw body is
+        kept in answers/ and the task fails, never buying it again."""
+        await self._bill(spec, kind, request_id, _usage_of(kind, reply.body), state)
         try:
             answer = kind.parse_answer(spec.fields, reply.body)
+            images = answer.images
+            if any(image.url is not None for image in images):
+                images = await self._download(images)
             files: list[OutputFile] = []
-            if answer.images:
-                files = await anyio.to_thread.run_sync(decode_images, spec.id, answer.images)
-        except BrokenAnswerError:
-            state.maybe_billed += usage is None  # billed for sure, but we could not record how much
+            if images:
+                files = await anyio.to_thread.run_sync(decode_images, spec.id, images)
+        except ApiError as exc:
+            await self._keep_raw(spec, request_id, reply, state)
+            if isinstance(exc, BrokenAnswerError):
+                exc.retry = False  # it arrived whole: asking again would buy it twice
             raise
+        except Exception as exc:
+            await self._keep_raw(spec, request_id, reply, state)
+            raise BrokenAnswerError(
+                f"the answer could not be read ({type(exc).__name__}: {_short(exc)})",
+                error_type="unreadable_answer",
+            ) from exc
         state.files = await anyio.to_thread.run_sync(self._save, files) if files else []
         state.answer = answer
+
+    async def _keep_raw(self, spec: TaskSpec, request_id: str, reply: Reply, state: _TaskState) -> None:
+        """answers/<task id>.<run>.<attempt>.<json|sse>: the body as it came (the key scrubbed)."""
+        if not reply.raw:
+            return
+        name = request_id.replace("/", ".") + (".sse" if isinstance(reply.body, list) else ".json")
+        state.answer_file = await anyio.to_thread.run_sync(self._out.save_answer, name, reply.raw)
+
+    async def _download(self, images: tuple[EncodedImage, ...]) -> tuple[EncodedImage, ...]:
+        """Fetch the images an answer links to. A failed download is retried as a download, under the
+        task's retry policy; the generation itself is never bought again."""
+        fetched = []
+        for index, image in enumerate(images):
+            url = image.url
+            if url is None:
+                fetched.append(image)
+                continue
+            try:
+                data = await call_with_retries(
+                    self._settings.retry,
+                    lambda url=url: self._client.download(url),  # type: ignore[misc]
+                    sleep=self._sleep,
+                    rng=self._rng,
+                )
+            except ApiError as exc:
+                host = urlsplit(url).hostname or "?"
+                raise BrokenAnswerError(
+                    f"image {index + 1} could not be downloaded from {host}: {_describe(exc)}",
+                    error_type="download_failed",
+                ) from exc
+            fetched.append(replace(image, data=data))
+        return tuple(fetched)
 
     async def _send(
         self, spec: TaskSpec, kind: TaskKind, request: ApiRequest, request_id: str, state: _TaskState
@@ -469,13 +523,24 @@ class Runner:
         log, health = self._log, self._health
         log.sent(request_id, spec.id)
         self._in_flight += 1
+        state.server_request_id = None
         try:
             reply = await self._client.send(spec.endpoint, request, request_id)
+            state.server_request_id = reply.server_request_id or _answer_id(reply.body)
+            if request.stream and not reply.ended and not _stream_complete(kind, spec, reply.body):
+                raise BrokenAnswerError(
+                    "the stream ended before every choice had finished",
+                    usage=_usage_of(kind, reply.body),
+                    retry=True,
+                )
         except BrokenAnswerError as exc:
             log.done(
                 request_id, "broken", status=exc.status, maybe_billed=exc.maybe_billed, error=exc.message
             )
-            state.charged -= not health.failed(exc.message)
+            if exc.retry:  # garbled on the way: the service (or the path to it) is failing
+                state.charged -= not health.failed(exc.message)
+            else:  # a whole answer: the service is up
+                health.succeeded()
             if exc.usage is not None:
                 await self._bill(spec, kind, request_id, exc.usage, state)
             state.maybe_billed += exc.maybe_billed
@@ -515,29 +580,38 @@ class Runner:
         return paths
 
     async def _bill(
-        self, spec: TaskSpec, kind: TaskKind, request_id: str, usage: Any, state: _TaskState
+        self,
+        spec: TaskSpec,
+        kind: TaskKind,
+        request_id: str,
+        usage: Mapping[str, Any] | None,
+        state: _TaskState,
     ) -> None:
-        """Record a billed answer in the ledger, durably, before anything else is done with it."""
-        counts = kind.token_counts(usage)
+        """Record a billed answer in the ledger, durably, before anything else is done with it. An answer
+        that reports no usage is recorded at its estimate, marked `estimated`, so budgets count it."""
+        counts = kind.token_counts(usage) if usage is not None else kind.estimate(spec.fields)
         cost = self._settings.prices.cost(spec.model, counts)
+        line: dict[str, Any] = {
+            "task_id": spec.id,
+            "request_id": request_id,
+            "server_request_id": state.server_request_id,
+            "kind": spec.kind,
+            "model": spec.model,
+            "endpoint": spec.endpoint,
+            "input_tokens": counts.input,
+            "output_tokens": counts.output,
+            "total_tokens": counts.total,
+            "image_input_tokens": counts.image_input,
+            "cached_input_tokens": counts.cached_input,
+            "reasoning_tokens": counts.reasoning,
+            "cost": None if cost is None else round(cost, 10),
+            "usage": usage,
+            "at": _now(),
+        }
+        if usage is None:
+            line["estimated"] = True
         try:
-            await self._out.append(
-                self._out.usage,
-                {
-                    "task_id": spec.id,
-                    "request_id": request_id,
-                    "kind": spec.kind,
-                    "model": spec.model,
-                    "endpoint": spec.endpoint,
-                    "input_tokens": counts.input,
-                    "output_tokens": counts.output,
-                    "total_tokens": counts.total,
-                    "image_input_tokens": counts.image_input,
-                    "cost": None if cost is None else round(cost, 10),
-                    "usage": usage,
-                    "at": _now(),
-                },
-            )
+            await self._out.append(self._out.usage, line)
         except OutputError:
             state.maybe_billed += 1  # billed, but the ledger could not record it (a full disk)
             raise
@@ -590,6 +664,12 @@ class Runner:
             record["text"] = answer.text
         if answer is not None:
             record.update(answer.extra)
+            if answer.images_missing:
+                record["images_missing"] = answer.images_missing
+        if state.answer_file is not None:
+            record["answer_file"] = state.answer_file
+        if state.server_request_id is not None:
+            record["request_id"] = state.server_request_id
         record["usage"] = (
             {
                 "input_tokens": state.input_tokens,
@@ -641,6 +721,34 @@ def _describe(error: BaseException | None) -> str:
     return (
         str(getattr(error, "message", None) or error) if not isinstance(error, ApiStatusError) else str(error)
     )
+
+
+def _usage_of(kind: TaskKind, body: Any) -> Mapping[str, Any] | None:
+    """The usage an answer reports; None also when a hostile body makes the kind's reader fail."""
+    try:
+        return kind.usage_of(body)
+    except Exception:
+        return None
+
+
+def _stream_complete(kind: TaskKind, spec: TaskSpec, chunks: Any) -> bool:
+    try:
+        return isinstance(chunks, list) and kind.stream_complete(spec.fields, chunks)
+    except Exception:
+        return False
+
+
+def _answer_id(body: Any) -> str | None:
+    """The answer's own id (chat's `chatcmpl-...`), for an answer sent without an x-request-id header."""
+    if isinstance(body, list):
+        body = next((chunk for chunk in body if isinstance(chunk, dict)), None)
+    value = body.get("id") if isinstance(body, dict) else None
+    return value[:200] if isinstance(value, str) else None
+
+
+def _short(error: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _now() -> str:

@@ -5,6 +5,8 @@
       usage.jsonl     the ledger: one line per billed answer
       images/         output images, <task id>.<ext> (or <task id>~<k>.<ext> when an answer has several)
       runs/           one attempt log per run (batch.runlog), to account for requests a kill interrupted
+      answers/        the raw body of each paid answer the tool could not use, <request id>.<ext>:
+                      nothing paid for is lost, and the task's failed result line names its file
       .lock           flock'ed by the run that owns DIR
 
 Why an append-only journal rather than SQLite: results.jsonl must exist anyway, as the file users and
@@ -42,6 +44,7 @@ RESULTS = "results.jsonl"
 USAGE = "usage.jsonl"
 IMAGES = "images"
 RUNS = "runs"
+ANSWERS = "answers"
 THUMBS = "thumbs"  # the gallery's thumbnails
 RETRIED = "results.retried.jsonl"  # result lines of failures that --retry-failed gave another go
 TMP_SUFFIX = ".tmp"
@@ -258,7 +261,7 @@ class OutputDir:
         """Remove the temporary files a killed run left. Returns how many."""
         removed = 0
         thumbs = self.root / THUMBS
-        for folder in (self.root, self.images, thumbs, thumbs / "inputs"):
+        for folder in (self.root, self.images, thumbs, thumbs / "inputs", self.root / ANSWERS):
             for path in folder.glob(f".*{TMP_SUFFIX}"):
                 try:
                     path.unlink()
@@ -332,6 +335,20 @@ class OutputDir:
         finally:
             self.results.open()
         return forgotten
+
+    def save_answer(self, name: str, data: bytes) -> str:
+        """Keep the raw body of a paid answer that could not be used, atomically and durably, in
+        answers/. Blocking: call it from a worker thread. Returns its path relative to DIR."""
+        folder = self.root / ANSWERS
+        self._check_not_symlink(folder)
+        try:
+            folder.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create {folder}: {_reason(exc)}") from exc
+        write_atomic(folder / name, data, fsync=self.fsync)
+        if self.fsync:
+            _fsync_dir(folder)
+        return f"{ANSWERS}/{name}"
 
     def save(self, files: list[OutputFile]) -> list[str]:
         """Write files into images/, each atomically and durably. Blocking: call it from a worker thread.

@@ -34,6 +34,7 @@ __all__ = [
     "name",
     "normalize",
     "parse_answer",
+    "stream_complete",
     "token_counts",
     "usage_of",
 ]
@@ -74,4 +75,9 @@ def estimate(fields: Mapping[str, Any]) -> TokenCounts:
 
 
 def parse_answer(fields: Mapping[str, Any], body: Any) -> Answer:
-    return parse_image_answer(body)
+    return parse_image_answer(fields, body)
+
+
+def stream_complete(fields: Mapping[str, Any], chunks: list[Any]) -> bool:
+    """generate never streams."""
+    return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from batch.errors import BrokenAnswerError
@@ -131,39 +132,93 @@ def usage_of(body: Any) -> Mapping[str, Any] | None:
 def token_counts(usage: Mapping[str, Any]) -> TokenCounts:
     """input_tokens / output_tokens / total_tokens, as the image endpoints report them, with the image
     part of the input from input_tokens_details.image_tokens."""
-    found = counts(usage, "input_tokens", "output_tokens")
+    found = counts(usage, "input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details")
     details = usage.get("input_tokens_details")
     images = _int(details.get("image_tokens")) if isinstance(details, Mapping) else 0
-    return TokenCounts(found.input, found.output, found.total, min(images, found.input))
+    return replace(found, image_input=min(images, found.input - found.cached_input))
 
 
-def counts(usage: Mapping[str, Any], input_key: str, output_key: str) -> TokenCounts:
-    """Normalised counts; absent or junk figures count 0, a missing total is input + output."""
+def counts(
+    usage: Mapping[str, Any],
+    input_key: str,
+    output_key: str,
+    input_details: str = "prompt_tokens_details",
+    output_details: str = "completion_tokens_details",
+) -> TokenCounts:
+    """Normalised counts; absent or junk figures count 0, a missing total is input + output.
+
+    What the total holds beyond input + output is thinking that a gateway reported only there: it is billed
+    as output. `reasoning_tokens` and `cached_tokens` (from the details mappings) are kept as their own
+    figures."""
     tokens_in = _int(usage.get(input_key))
     tokens_out = _int(usage.get(output_key))
-    total = usage.get("total_tokens")
-    return TokenCounts(tokens_in, tokens_out, _int(total) if total is not None else tokens_in + tokens_out)
+    said = usage.get("total_tokens")
+    total = max(_int(said), tokens_in + tokens_out) if said is not None else tokens_in + tokens_out
+    hidden = total - tokens_in - tokens_out
+    details_in, details_out = usage.get(input_details), usage.get(output_details)
+    cached = _int(details_in.get("cached_tokens")) if isinstance(details_in, Mapping) else 0
+    reasoning = _int(details_out.get("reasoning_tokens")) if isinstance(details_out, Mapping) else 0
+    return TokenCounts(
+        tokens_in,
+        tokens_out + hidden,
+        total,
+        cached_input=min(cached, tokens_in),
+        reasoning=max(reasoning, hidden),
+    )
 
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
-def parse_image_answer(body: Any) -> Answer:
-    """`data[i].b64_json` of an image answer. The base64 is decoded and checked later, off the event loop."""
+def parse_image_answer(fields: Mapping[str, Any], body: Any) -> Answer:
+    """The images of an image answer: `data[i].b64_json` (plain base64, with line breaks, or written as a
+    `data:` URL) or `data[i].url` (downloaded by the engine). Fewer than `n` is a success that says how
+    many are missing; none is a failure. Decoding and checking happen later, off the event loop."""
     usage = usage_of(body)
     if not isinstance(body, Mapping):
-        raise BrokenAnswerError("answer is not a JSON object", usage=usage)
+        raise BrokenAnswerError("answer is not a JSON object", usage=usage, error_type="not_an_answer")
     data = body.get("data")
     if not isinstance(data, list) or not data:
-        raise BrokenAnswerError("answer has no 'data' list", usage=usage)
+        raise BrokenAnswerError(
+            "answer has no images ('data' is missing or empty)", usage=usage, error_type="no_images"
+        )
     images = []
+    revised = []
     for index, item in enumerate(data):
-        b64 = item.get("b64_json") if isinstance(item, Mapping) else None
-        if not isinstance(b64, str) or not b64:
-            raise BrokenAnswerError(f"data[{index}] has no b64_json", usage=usage)
-        images.append(EncodedImage(b64))
-    return Answer(images=tuple(images))
+        image = encoded_image(item.get("b64_json"), item.get("url")) if isinstance(item, Mapping) else None
+        if image is None:
+            raise BrokenAnswerError(
+                f"data[{index}] has neither b64_json nor an http(s) url", usage=usage, error_type="no_images"
+            )
+        images.append(image)
+        text = item.get("revised_prompt")
+        revised.append(text if isinstance(text, str) else None)
+    asked = fields.get("n", 1)
+    asked = asked if isinstance(asked, int) and not isinstance(asked, bool) else 1
+    extra = {"revised_prompts": revised} if any(revised) else {}
+    return Answer(images=tuple(images), extra=extra, images_missing=max(0, asked - len(images)))
+
+
+def encoded_image(b64: Any, url: Any) -> EncodedImage | None:
+    """An image from base64 text (bare, or a `data:image/...;base64,` URL) or from an http(s) URL."""
+    if isinstance(b64, str) and b64:
+        if b64.startswith("data:"):
+            return data_url_image(b64)
+        return EncodedImage(b64)
+    if isinstance(url, str) and url.startswith("data:"):
+        return data_url_image(url)
+    if isinstance(url, str) and url.startswith(("http://", "https://")):
+        return EncodedImage("", url=url)
+    return None
+
+
+def data_url_image(url: str) -> EncodedImage | None:
+    """`data:image/png;base64,....` as an EncodedImage; None if it is no base64 data URL."""
+    head, comma, payload = url.partition(",")
+    if not comma or ";base64" not in head:
+        return None
+    return EncodedImage(payload, mime=head[5:].split(";")[0] or None)
 
 
 def sniff_mime(data: bytes) -> str:

@@ -518,7 +518,11 @@ def test_answers_that_do_not_say_their_usage_still_count_against_the_budget(
     outcome = cli("run", manifest, "--out", out, "--max-cost", f"{budget:.6f}", "-c", "1", env=env_for(sim))
     assert outcome.code == 3, outcome.err
     assert sim.state.requests_total == 4 and len(results(out)) == 4  # each counted as its estimate
-    assert not (out / "usage.jsonl").exists() or ledger(out) == []
+    # each paid answer has its ledger line, at the estimate, marked so
+    lines = ledger(out)
+    assert len(lines) == 4 and all(line["estimated"] is True and line["usage"] is None for line in lines)
+    estimate = jobs.generate.estimate({"prompt": "p 00", "size": "1024x1024", "quality": "low"})
+    assert all(line["output_tokens"] == estimate.output for line in lines)
 
 
 def test_a_remembered_plan_without_estimates_is_not_trusted_by_max_cost(

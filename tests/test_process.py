@@ -141,7 +141,7 @@ def test_rehearse_a_bad_night_against_the_standalone_simulator(manifest: Path, t
         "--fault",
         "reset=0.2",
         "--fault",
-        "bad_base64=0.2",
+        "truncate=0.2",
         "--latency",
         "0.01",
     ]

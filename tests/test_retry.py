@@ -45,9 +45,11 @@ def test_unknown_model_404_fails_only_its_task() -> None:
     assert classify(ApiStatusError(404, "no model", code="model_not_found")).verdict is Verdict.FAIL
 
 
-def test_transport_and_broken_answers_are_retried_refusals_are_not() -> None:
+def test_transport_and_garbled_answers_are_retried_whole_ones_and_refusals_are_not() -> None:
     assert classify(TransportError("reset", maybe_billed=True)).verdict is Verdict.RETRY
-    assert classify(BrokenAnswerError("not json")).verdict is Verdict.RETRY
+    assert classify(BrokenAnswerError("not json", retry=True)).verdict is Verdict.RETRY
+    # a whole answer the tool could not use was paid for: asking again would buy it twice
+    assert classify(BrokenAnswerError("no data")).verdict is Verdict.FAIL
     assert classify(RefusalError("content filter")).verdict is Verdict.FAIL
     assert classify(ValueError("a bug")).verdict is Verdict.FAIL
 
