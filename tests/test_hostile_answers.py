@@ -1,0 +1,286 @@
+"""A hostile server against the whole tool: answers built to break parsers, bombs that pass a size cap
+only when it trusts the wire size, and a server that echoes the key back everywhere it can. Each ends one
+task (or none), never the run; memory stays bounded; the key reaches no output, log or command."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from PIL import Image
+
+from tests.conftest import FAST, ROOT, Outcome, results
+from tests.stub import stub_server
+
+CANARY = "sk-CANARY-echo-5d8e1f0a9b7c"
+DEEP = b"[" * 50_000
+
+
+def png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def png_without_idat() -> bytes:
+    """57 bytes: a PNG signature, an IHDR and an IEND, and no pixel data at all."""
+    good = png_bytes()
+    ihdr_end = 8 + 8 + 13 + 4
+    return good[:ihdr_end] + good[-12:]
+
+
+IMAGE_ANSWER = {
+    "created": 1,
+    "data": [{"b64_json": base64.b64encode(png_bytes()).decode()}],
+    "usage": {"input_tokens": 3, "output_tokens": 272, "total_tokens": 275},
+}
+
+
+def chat_answer(text: str) -> dict[str, object]:
+    return {
+        "id": "chatcmpl-stub",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5},
+    }
+
+
+def sse(*events: bytes) -> web.Response:
+    return web.Response(
+        body=b"".join(b"data: " + e + b"\n\n" for e in events), content_type="text/event-stream"
+    )
+
+
+def is_bad(body: bytes) -> bool:
+    return b"bad" in body
+
+
+# --- one answer that breaks a parser ends one task, never the run ---------------------------------------
+
+
+async def hostile(name: str, request: web.Request) -> web.StreamResponse:
+    """The hostile answer `name` for a task whose prompt says `bad`; a good answer for the others."""
+    body = await request.read()
+    chat = request.path.endswith("/chat/completions")
+    if not is_bad(body):
+        if chat and json.loads(body).get("stream"):
+            finish = {"choices": [{"index": 0, "delta": {"content": "fine"}, "finish_reason": "stop"}]}
+            return sse(json.dumps(finish).encode(), b"[DONE]")
+        return web.json_response(chat_answer("fine") if chat else IMAGE_ANSWER)
+    if name == "deep-200":
+        return web.Response(body=DEEP, content_type="application/json")
+    if name == "deep-400":
+        return web.Response(status=400, body=DEEP, content_type="application/json")
+    if name == "deep-500":
+        return web.Response(status=500, body=DEEP, content_type="application/json")
+    if name == "deep-sse":
+        return sse(DEEP, b"[DONE]")
+    if name == "choices-not-a-list":
+        return sse(b'{"choices": 1}', b"[DONE]")
+    if name == "png-without-idat":
+        answer = {**IMAGE_ANSWER, "data": [{"b64_json": base64.b64encode(png_without_idat()).decode()}]}
+        return web.json_response(answer)
+    if name == "retry-after-overflow":
+        headers = {"Retry-After": "Wed, 21 Oct 2015 99999999999:28:00 GMT"}
+        return web.json_response({"error": {"message": "slow down"}}, status=429, headers=headers)
+    raise AssertionError(name)
+
+
+# name -> (requests the bad task may cost with --max-attempts 2, what its error says)
+PARSER_BREAKERS = {
+    "deep-200": (2, "not JSON"),
+    "deep-400": (1, "Bad Request"),
+    "deep-500": (2, "Internal Server Error"),
+    "deep-sse": (2, "not JSON"),
+    "choices-not-a-list": (1, "no 'choices' list"),
+    "png-without-idat": (1, "could not be read (IndexError"),
+    "retry-after-overflow": (2, "OverflowError"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PARSER_BREAKERS))
+def test_an_answer_that_breaks_a_parser_fails_its_task_and_the_run_goes_on(
+    name: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    kind = "chat, model: m, stream: true" if name in ("deep-sse", "choices-not-a-list") else "generate"
+    manifest = write(
+        "tasks:\n"
+        f"  - {{kind: {kind}, id: bad, prompt: bad}}\n"
+        + "".join(f"  - {{kind: {kind}, id: good-{i}, prompt: good {i}}}\n" for i in range(3))
+    )
+    out = tmp_path / "out"
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await hostile(name, request)
+
+    with stub_server(handler) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        outcome = cli("run", manifest, "--out", out, *FAST, "--max-attempts", "2", env=env)
+        again = cli("run", manifest, "--out", out, *FAST, "--max-attempts", "2", env=env)
+    assert outcome.code == 1, outcome.err
+    assert "Traceback" not in outcome.err + outcome.out
+    done = results(out)
+    assert all(done[f"good-{i}"]["status"] == "succeeded" for i in range(3))
+    cost, says = PARSER_BREAKERS[name]
+    assert done["bad"]["status"] == "failed" and done["bad"]["attempts"] == cost
+    assert says in done["bad"]["error"]["message"]
+    assert len(stub.requests) == 3 + cost  # and the resumed run sent nothing: its tasks are finished
+    assert again.code == 1 and "0 not run" in again.out
+
+
+# --- limits hold on the bytes after decoding -------------------------------------------------------------
+
+BOMB_MB = 256
+
+
+@pytest.fixture(scope="module")
+def bombs() -> dict[str, bytes]:
+    """256 MiB of JSON-looking text, compressed to a few hundred KB, as gzip, zlib deflate and raw."""
+    piece = b" " * 2**20
+    found = {}
+    for name, wbits in (("gzip", 31), ("deflate", 15), ("deflate-raw", -15)):
+        packer = zlib.compressobj(9, zlib.DEFLATED, wbits)
+        found[name] = (
+            packer.compress(b'{"data": [{"b64_json": "')
+            + b"".join(packer.compress(piece) for _ in range(BOMB_MB))
+        ) + packer.flush()
+    return found
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "deflate-raw", "gzip-chunked", "gzip-sse"])
+def test_a_compressed_bomb_is_refused_at_the_cap_after_decompression(
+    encoding: str, bombs: dict[str, bytes], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    wire = encoding.removesuffix("-chunked").removesuffix("-sse")
+    payload = bombs[wire]
+    stream = encoding.endswith("-sse")
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        header = "deflate" if wire.startswith("deflate") else "gzip"
+        response = web.StreamResponse(headers={"Content-Encoding": header})
+        response.content_type = "text/event-stream" if stream else "application/json"
+        if encoding.endswith("-chunked"):
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = len(payload)
+        await response.prepare(request)
+        await response.write(payload)
+        return response
+
+    kind = "chat, model: m, stream: true" if stream else "generate"
+    manifest = write(f"tasks:\n  - {{kind: {kind}, id: bomb, prompt: boom}}\n")
+    out = tmp_path / "out"
+    code = (
+        "import resource, sys; from batch.cli import main; code = main(sys.argv[1:]); "
+        "print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)"
+    )
+    with stub_server(handler) as stub:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
+        env.update(MAAS_API_KEY="k", MAAS_BASE_URL=stub.base_url, MAAS_ENDPOINT="ep", PYTHONPATH=str(ROOT))
+        command = [sys.executable, "-c", code, "run", str(manifest), "--out", str(out), "--no-progress"]
+        run = subprocess.run(
+            [*command, *FAST, "--max-answer-mb", "1", "--max-attempts", "3"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert run.returncode == 1, run.stderr
+    maxrss_mb = int(run.stderr.split("maxrss")[-1]) / 1024
+    assert maxrss_mb < BOMB_MB / 2, f"peak RSS {maxrss_mb:.0f} MB for a {BOMB_MB} MB bomb"
+    record = results(out)["bomb"]
+    if stream:  # a stream over the cap was never whole
+        assert record["error"]["type"] == "answer_too_large", record
+    else:
+        assert record["error"]["type"] == "answer_too_large" and record["attempts"] == 1
+    assert "after decompression" in record["error"]["message"]
+    assert len(stub.requests) == 1  # what may be a paid answer is not bought again
+
+
+# --- the key, echoed back by a server, appears nowhere -----------------------------------------------
+
+
+async def echo(name: str, request: web.Request) -> web.StreamResponse:
+    """A server that puts the bearer key it was sent into the part of its answer `name` says."""
+    key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+    chat = request.path.endswith("/chat/completions")
+    if name == "body-snippet":
+        return web.Response(text=f"upstream said: your key {key} is fine", content_type="text/plain")
+    if name == "content-type":
+        return web.Response(body=b"<<not json>>", headers={"Content-Type": f"text/x-{key}"})
+    if name == "error-fields":
+        error = {"message": f"no, {key}", "type": key, "code": key}
+        return web.json_response({"error": error}, status=400)
+    if name == "error-200":
+        return web.json_response({"error": {"message": f"refused {key}", "type": key, "code": "x"}})
+    if name == "cut-in-half":
+        padding = "x" * (64 * 1024 - 10 - len('{"error": {"message": "'))
+        return web.Response(status=400, text=f'{{"error": {{"message": "{padding}{key} tail"}}}}')
+    if name == "reason":
+        return web.Response(status=503, reason=f"Down {key}", text="")
+    if name == "request-id":
+        return web.json_response(chat_answer("ok") if chat else IMAGE_ANSWER, headers={"x-request-id": key})
+    if name == "sse-error":
+        return sse(json.dumps({"error": {"message": f"stream broke {key}", "code": key}}).encode())
+    if name == "sse-not-json":
+        return sse(f"garbage {key}".encode())
+    if name == "answer-text":
+        finish = {"choices": [{"index": 0, "delta": {"content": f"you said {key}"}, "finish_reason": "stop"}]}
+        return sse(json.dumps(finish).encode(), b"[DONE]")
+    raise AssertionError(name)
+
+
+ECHOES = [
+    "body-snippet",
+    "content-type",
+    "error-fields",
+    "error-200",
+    "cut-in-half",
+    "reason",
+    "request-id",
+    "sse-error",
+    "sse-not-json",
+    "answer-text",
+]
+
+
+@pytest.mark.parametrize("name", ECHOES)
+def test_a_key_echoed_by_the_server_reaches_no_output_log_or_command(
+    name: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write(
+        "tasks:\n  - {kind: generate, id: img, prompt: a}\n"
+        "  - {kind: chat, id: chat, model: m, prompt: hi, stream: true}\n"
+    )
+    out, log = tmp_path / "out", tmp_path / "night.log"
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await echo(name, request)
+
+    with stub_server(handler) as stub:
+        env = {"MAAS_API_KEY": CANARY, "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        outcomes = [
+            cli("run", manifest, "--out", out, *FAST, "--max-attempts", "2", "-v", "--log-file", log, env=env)
+        ]
+    assert all(seen["authorization"] == f"Bearer {CANARY}" for seen in stub.requests)  # it was sent
+    assert results(out)  # the run reached the end
+    for command in (("status", out), ("report", out), ("export", out, "--format", "csv"), ("gallery", out)):
+        outcomes.append(cli(*command, env={"MAAS_API_KEY": CANARY}))
+    outcomes.append(cli("export", out, "--format", "jsonl", env={"MAAS_API_KEY": CANARY}))
+    fragments = (CANARY, CANARY[3:], CANARY[: len(CANARY) // 2], CANARY[len(CANARY) // 2 :])
+    for outcome in outcomes:
+        for fragment in fragments:
+            assert fragment not in outcome.out + outcome.err, (name, fragment)
+    for path in [log, *out.rglob("*")]:
+        if path.is_file():
+            data = path.read_bytes()
+            for fragment in fragments:
+                assert fragment.encode() not in data, (name, path, fragment)
