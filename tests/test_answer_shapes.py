@@ -1,0 +1,291 @@
+"""Answer shapes as the published APIs write them, read by the kinds and the client, without a server.
+
+Each body below is copied from the shape OpenAI documents for the Images API and chat completions (and the
+streaming chunk object), or from Gemini's OpenAI-compatible layer, not from this project's simulator: an
+oracle written from the same reading as the code could not catch a misreading.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from batch.client import _embedded_status, _sse_data
+from batch.errors import BrokenAnswerError, RefusalError
+from batch.imaging import decode_base64, decode_images
+from batch.kinds import TokenCounts
+from batch.prices import Price, parse_prices
+from jobs import chat, generate
+
+
+def png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+B64 = base64.b64encode(png()).decode()
+
+# --- images -------------------------------------------------------------------------------------------
+
+
+def test_url_items_are_links_to_download_with_their_revised_prompts() -> None:
+    body = {
+        "created": 1713833628,
+        "data": [
+            {"url": "https://files.example.com/img-abc.png", "revised_prompt": "A red apple on a table"}
+        ],
+    }
+    answer = generate.parse_answer({"prompt": "apple"}, body)
+    [image] = answer.images
+    assert image.url == "https://files.example.com/img-abc.png" and image.b64 == ""
+    assert answer.extra == {"revised_prompts": ["A red apple on a table"]}
+    assert answer.images_missing == 0
+
+
+def test_b64_json_written_as_a_data_url_and_with_line_breaks() -> None:
+    wrapped = "\n".join(B64[i : i + 76] for i in range(0, len(B64), 76))
+    body = {"data": [{"b64_json": f"data:image/webp;base64,{B64}"}, {"b64_json": wrapped}]}
+    answer = generate.parse_answer({"prompt": "p", "n": 2}, body)
+    assert [image.mime for image in answer.images] == ["image/webp", None]
+    files = decode_images("t", answer.images)
+    assert [f.data for f in files] == [png(), png()]
+    with pytest.raises(BrokenAnswerError, match="not valid base64"):
+        decode_base64("@@not base64@@")
+
+
+def test_mixed_items_and_fewer_images_than_asked() -> None:
+    body = {"data": [{"url": "http://cdn.example/a.png"}, {"b64_json": B64}]}
+    answer = generate.parse_answer({"prompt": "p", "n": 4}, body)
+    assert [image.url for image in answer.images] == ["http://cdn.example/a.png", None]
+    assert answer.images_missing == 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"data": []}, {"created": 1}, {"data": [{"url": "file:///etc/passwd"}]}, {"data": [{"b64_json": 3}]}],
+)
+def test_an_image_answer_without_a_usable_image_fails(body: dict[str, Any]) -> None:
+    with pytest.raises(BrokenAnswerError) as caught:
+        generate.parse_answer({"prompt": "p"}, body)
+    assert caught.value.retry is False  # it arrived whole
+
+
+# --- chat: whole answers ---------------------------------------------------------------------------------
+
+
+def completion(message: dict[str, Any], finish: str = "stop", **usage: Any) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-123",
+        "object": "chat.completion",
+        "created": 1677652288,
+        "model": "gemini-2.5-flash",
+        "choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish}],
+        "usage": usage or {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21},
+    }
+
+
+def test_tool_calls_with_null_content() -> None:
+    call = {
+        "id": "call_abc123",
+        "type": "function",
+        "function": {"name": "get_current_weather", "arguments": '{\n"location": "Boston, MA"\n}'},
+    }
+    answer = chat.parse_answer({}, completion({"content": None, "tool_calls": [call]}, "tool_calls"))
+    assert answer.text is None
+    assert answer.extra["tool_calls"] == [call] and answer.extra["finish_reason"] == "tool_calls"
+
+
+def test_reasoning_content_and_thought_parts_stay_out_of_the_text() -> None:
+    plain = chat.parse_answer({}, completion({"content": "42", "reasoning_content": "6 times 7"}))
+    assert plain.text == "42" and plain.extra["reasoning"] == "6 times 7"
+    parts = [
+        {"type": "text", "text": "Let me think.", "extra_part": {"google": {"thought": True}}},
+        {"type": "text", "text": "The answer is 42."},
+    ]
+    gemini = chat.parse_answer({}, completion({"content": parts}))
+    assert gemini.text == "The answer is 42." and gemini.extra["reasoning"] == "Let me think."
+
+
+def test_images_in_message_images() -> None:
+    message = {
+        "content": "Here is your picture.",
+        "images": [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{B64}"}}],
+    }
+    answer = chat.parse_answer({}, completion(message))
+    assert answer.text == "Here is your picture."
+    assert [image.mime for image in answer.images] == ["image/png"]
+    assert decode_images("t", answer.images)[0].data == png()
+
+
+def test_null_content_at_the_token_limit_names_the_thinking_that_used_it() -> None:
+    body = completion(
+        {"content": None},
+        "length",
+        prompt_tokens=21,
+        completion_tokens=256,
+        total_tokens=277,
+        completion_tokens_details={"reasoning_tokens": 256},
+    )
+    with pytest.raises(BrokenAnswerError) as caught:
+        chat.parse_answer({"max_tokens": 256}, body)
+    assert caught.value.kind == "token_limit" and caught.value.retry is False
+    assert "max_tokens 256" in caught.value.message and "256 tokens of thinking" in caught.value.message
+    assert caught.value.usage is not None  # billed, and said so
+
+
+def test_a_content_filter_is_a_refusal() -> None:
+    with pytest.raises(RefusalError):
+        chat.parse_answer({}, completion({"content": None}, "content_filter"))
+
+
+def test_every_choice_of_n() -> None:
+    body = completion({"content": "a"})
+    body["choices"].append(
+        {"index": 1, "message": {"role": "assistant", "content": "b"}, "finish_reason": "length"}
+    )
+    answer = chat.parse_answer({"n": 2}, body)
+    assert answer.extra["texts"] == ["a", "b"] and answer.extra["finish_reasons"] == ["stop", "length"]
+
+
+# --- chat: streams -----------------------------------------------------------------------------------
+
+
+def chunk(delta: dict[str, Any], finish: str | None = None, index: int = 0) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-123",
+        "object": "chat.completion.chunk",
+        "created": 1694268190,
+        "model": "gemini-2.5-flash",
+        "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
+    }
+
+
+def test_streamed_tool_calls_merge_their_arguments_by_index() -> None:
+    chunks = [
+        chunk(
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "label", "arguments": ""},
+                    }
+                ],
+            }
+        ),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"lab'}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": 'el": "cat"}'}}]}),
+        chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": 1,
+                        "id": "call_2",
+                        "type": "function",
+                        "function": {"name": "score", "arguments": "{}"},
+                    }
+                ]
+            }
+        ),
+        chunk({}, "tool_calls"),
+    ]
+    answer = chat.parse_answer({}, chunks)
+    assert answer.extra["tool_calls"] == [
+        {"type": "function", "id": "call_1", "function": {"name": "label", "arguments": '{"label": "cat"}'}},
+        {"type": "function", "id": "call_2", "function": {"name": "score", "arguments": "{}"}},
+    ]
+
+
+def test_streamed_reasoning_and_images() -> None:
+    chunks = [
+        chunk({"role": "assistant", "reasoning_content": "Think"}),
+        chunk({"reasoning_content": "ing."}),
+        chunk({"content": "Done."}),
+        chunk({"images": [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{B64}"}}]}),
+        chunk({}, "stop"),
+    ]
+    answer = chat.parse_answer({}, chunks)
+    assert answer.text == "Done." and answer.extra["reasoning"] == "Thinking."
+    assert len(answer.images) == 1
+
+
+def test_a_stream_without_done_is_whole_when_every_choice_finished() -> None:
+    finished = [chunk({"content": "a"}, index=0), chunk({"content": "b"}, "stop", index=1), chunk({}, "stop")]
+    assert chat.stream_complete({"n": 2}, finished)
+    assert not chat.stream_complete({"n": 2}, finished[:2])  # choice 0 never finished
+    assert not chat.stream_complete({}, [chunk({"content": "cut"})])
+    assert not chat.stream_complete({}, [{"choices": 1}, "junk", None])
+
+
+async def pieces(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+@pytest.mark.anyio
+async def test_sse_comments_event_lines_and_crlf() -> None:
+    wire = (
+        b': keep-alive\r\n\r\nevent: message\r\nid: 1\r\ndata: {"a": 1}\r\n\r\n'
+        b'retry: 100\r\ndata: {"b":\r\ndata: 2}\r\n\r\ndata: [DONE]'  # no blank line after the last
+    )
+    seen = [data async for data in _sse_data(pieces(wire[:7], wire[7:40], wire[40:]))]
+    assert seen == [b'{"a": 1}', b'{"b":\n2}', b"[DONE]"]
+
+
+# --- usage and prices -------------------------------------------------------------------------------
+
+
+def test_thinking_counted_only_in_the_total_is_billed_as_output() -> None:
+    counts = chat.token_counts({"prompt_tokens": 21, "completion_tokens": 5, "total_tokens": 1086})
+    assert counts == TokenCounts(21, 1065, 1086, reasoning=1060)
+    reported = chat.token_counts(
+        {
+            "prompt_tokens": 21,
+            "completion_tokens": 1065,
+            "total_tokens": 1086,
+            "completion_tokens_details": {"reasoning_tokens": 1060},
+        }
+    )
+    assert reported == TokenCounts(21, 1065, 1086, reasoning=1060)
+
+
+def test_cached_prompt_tokens_have_their_own_price() -> None:
+    counts = chat.token_counts(
+        {
+            "prompt_tokens": 2000,
+            "completion_tokens": 100,
+            "total_tokens": 2100,
+            "prompt_tokens_details": {"cached_tokens": 1500},
+        }
+    )
+    assert counts.cached_input == 1500
+    price = Price(text_input=1.0, image_input=1.0, output=10.0, cached_input=0.25)
+    assert price.cost(counts) == pytest.approx((500 * 1.0 + 1500 * 0.25 + 100 * 10.0) / 1e6)
+    assert Price(1.0, 1.0, 10.0).cost(counts) == pytest.approx((2000 * 1.0 + 100 * 10.0) / 1e6)
+    found, problems = parse_prices({"m": {"text_input": 1, "output": 2, "cached_input": 0.1}}, "prices")
+    assert problems == [] and found["m"].cached_input == 0.1
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        ({"message": "m", "type": "invalid_request_error", "code": "content_policy_violation"}, 400),
+        ({"code": 429, "message": "m", "status": "RESOURCE_EXHAUSTED"}, 429),
+        ({"code": "503", "message": "m"}, 503),
+        ({"message": "m", "status": "UNAVAILABLE"}, 503),
+        ({"message": "m", "type": "rate_limit_exceeded"}, 429),
+        ({"message": "m", "type": "server_error"}, 500),
+        ({"message": "m"}, 400),
+    ],
+)
+def test_an_error_body_sent_with_200_stands_for_its_own_status(error: dict[str, Any], status: int) -> None:
+    assert _embedded_status(error) == status
