@@ -17,6 +17,7 @@ from batch.errors import DirLockedError
 from batch.kinds import TokenCounts
 from batch.lock import LOCK, probe
 from batch.prices import PriceTable, money
+from batch.runlog import account
 from batch.store import RESULTS, RETRIED, RUNS, USAGE, read_lines
 
 SLOWEST = 10
@@ -36,11 +37,7 @@ def lock_holder(root: Path) -> int | None:
 
 def _runs(root: Path) -> list[list[dict[str, Any]]]:
     """Each run's start and end lines (not the attempts), oldest first."""
-    found = []
-    for path in sorted((root / RUNS).glob("*.jsonl")):
-        events = [r for r in read_lines(path) if r.get("event") in ("start", "end")]
-        found.append(events)
-    return found
+    return account(root / RUNS).runs
 
 
 def _manifest_total(root: Path) -> int | None:
@@ -58,13 +55,13 @@ def _manifest_total(root: Path) -> int | None:
 
 
 def status(root: Path) -> dict[str, Any]:
-    """done / failed / pending / maybe-billed, and whether a run holds DIR now."""
-    succeeded = failed = maybe_billed = 0
+    """done / failed / pending / maybe-billed, and whether a run holds DIR now. Maybe billed counts every
+    request of every run's attempt log whose answer was not saved, whatever ended that run."""
+    succeeded = failed = 0
     # failures moved aside by --retry-failed; those without a new line (a retry stopped before sending
     # them again) are pending
     retry_pending: set[str] = set()
     for record in read_lines(root / RETRIED):
-        maybe_billed += int(record.get("maybe_billed") or 0)
         retry_pending.add(str(record.get("id")))
     for record in read_lines(root / RESULTS):
         retry_pending.discard(str(record.get("id")))
@@ -72,13 +69,13 @@ def status(root: Path) -> dict[str, Any]:
             failed += 1
         else:
             succeeded += 1
-        maybe_billed += int(record.get("maybe_billed") or 0)
     total = _manifest_total(root)
-    runs = _runs(root)
+    holder = lock_holder(root)
+    attempts = account(root / RUNS, live=holder is not None)
+    runs = attempts.runs
     last = runs[-1] if runs else []
     start = next((e for e in last if e.get("event") == "start"), {})
     end = next((e for e in last if e.get("event") == "end"), None)
-    holder = lock_holder(root)
     return {
         "directory": str(root),
         "succeeded": succeeded,
@@ -86,7 +83,9 @@ def status(root: Path) -> dict[str, Any]:
         "pending": None if total is None else max(0, total - succeeded - failed),
         "retry_pending": len(retry_pending),
         "tasks": total,
-        "maybe_billed": maybe_billed,
+        "requests": attempts.requests,
+        "maybe_billed": attempts.maybe_billed,
+        "in_flight": attempts.in_flight,
         "running": holder is not None,
         "pid": holder or None,
         "runs": len(runs),
@@ -107,7 +106,8 @@ def format_status(found: Mapping[str, Any]) -> str:
     lines = [
         f"{found['directory']}: {found['succeeded']:,} succeeded, {found['failed']:,} failed, "
         f"{pending} pending" + (f" (of {found['tasks']:,})" if found["tasks"] is not None else ""),
-        f"maybe billed without a saved result: {found['maybe_billed']:,}",
+        f"maybe billed without a saved result: {found['maybe_billed']:,} (of {found['requests']:,} requests)"
+        + (f"; {found['in_flight']:,} in flight now" if found["in_flight"] else ""),
     ]
     if found["retry_pending"]:
         lines.append(
@@ -162,13 +162,13 @@ def report(root: Path, prices: PriceTable, *, reprice: bool = False) -> dict[str
             unpriced[model] += 1
         total_tokens += tokens.total
         total_cost += cost or 0.0
-    tasks = succeeded = attempts = maybe_billed = 0
+    tasks = succeeded = attempts = images_missing = 0
     failures: dict[str, dict[str, Any]] = {}
     slowest: list[tuple[float, str, str]] = []
     for record in read_lines(root / RESULTS):
         tasks += 1
         attempts += int(record.get("attempts") or 0)
-        maybe_billed += int(record.get("maybe_billed") or 0)
+        images_missing += int(record.get("images_missing") or 0)
         if record.get("status") == "failed":
             error = record.get("error") or {}
             group = failures.setdefault(
@@ -192,9 +192,9 @@ def report(root: Path, prices: PriceTable, *, reprice: bool = False) -> dict[str
                 heapq.heappushpop(slowest, entry)
     for record in read_lines(root / RETRIED):  # the earlier tries of tasks given another go
         attempts += int(record.get("attempts") or 0)
-        maybe_billed += int(record.get("maybe_billed") or 0)
     wall = 0.0
-    runs = _runs(root)
+    logged = account(root / RUNS, live=lock_holder(root) is not None)
+    runs = logged.runs
     for events in runs:
         end = next((e for e in events if e.get("event") == "end" and "seconds" in e), None)
         if end is not None:
@@ -206,7 +206,9 @@ def report(root: Path, prices: PriceTable, *, reprice: bool = False) -> dict[str
         "failed": tasks - succeeded,
         "attempts": attempts,
         "retries": attempts - tasks,
-        "maybe_billed": maybe_billed,
+        "requests": logged.requests,
+        "maybe_billed": logged.maybe_billed,
+        "images_missing": images_missing,
         "tokens": total_tokens,
         "cost": round(total_cost, 6),
         "unpriced_answers": dict(unpriced),
@@ -227,8 +229,8 @@ def format_report(found: Mapping[str, Any]) -> str:
         f"{found['directory']}: {found['tasks']:,} tasks ({found['succeeded']:,} succeeded, "
         f"{found['failed']:,} failed) in {found['runs']} run{'s' if found['runs'] != 1 else ''}, "
         f"{found['run_seconds']:,.1f} s of runs",
-        f"attempts: {found['attempts']:,} ({found['retries']:,} retries); "
-        f"maybe billed without a saved result: {found['maybe_billed']:,}",
+        f"attempts: {found['attempts']:,} ({found['retries']:,} retries), {found['requests']:,} requests "
+        f"sent; maybe billed without a saved result: {found['maybe_billed']:,}",
         f"total: {found['tokens']:,} tokens, {money(found['cost'])}"
         + (
             f" (+ {sum(found['unpriced_answers'].values())} answers of models with no price: "
@@ -248,6 +250,11 @@ def format_report(found: Mapping[str, Any]) -> str:
         f"  {model:<24} {v['answers']:>8,} answers {v['tokens']:>14,} tokens  {money(v['cost'])}"
         for model, v in found["by_model"].items()
     ]
+    if found["images_missing"]:
+        lines.append(
+            f"images missing: {found['images_missing']:,} (answers with fewer images than n; "
+            "images_missing in their result lines)"
+        )
     if found["failures"]:
         lines.append("failures:")
         for kind, group in found["failures"].items():

@@ -90,6 +90,46 @@ def recover(folder: Path) -> Interrupted:
     return found
 
 
+@dataclass
+class Accounting:
+    """What the attempt logs of DIR say about every request ever sent, whatever ended its run."""
+
+    requests: int = 0
+    maybe_billed: int = 0  # may have been billed without a saved answer (cut, cancelled, killed)
+    in_flight: int = 0  # sent by a run that is going on now, fate not known yet
+    runs: list[list[dict[str, Any]]] = field(default_factory=list)  # each run's start and end lines
+
+
+def account(folder: Path, *, live: bool = False) -> Accounting:
+    """Read every run log once. `live`: a run holds DIR now, so its requests without a `done` line are in
+    flight; a run that is gone left its own as maybe billed (as `recover` will write them)."""
+    found = Accounting()
+    if not folder.is_dir():
+        return found
+    paths = sorted(folder.glob("*.jsonl"))
+    for position, path in enumerate(paths):
+        pending: set[str] = set()
+        events = []
+        ended = False
+        for record in read_lines(path):
+            event = record.get("event")
+            if event == "sent":
+                found.requests += 1
+                pending.add(str(record.get("request_id")))
+            elif event == "done":
+                pending.discard(str(record.get("request_id")))
+                found.maybe_billed += record.get("maybe_billed") is True
+            elif event in ("start", "end"):
+                events.append(record)
+                ended = ended or event == "end"
+        if pending and live and not ended and position == len(paths) - 1:
+            found.in_flight += len(pending)
+        else:
+            found.maybe_billed += len(pending)
+        found.runs.append(events)
+    return found
+
+
 def _ended(path: Path) -> bool:
     """Whether a run log's last whole line is its `end` line."""
     try:

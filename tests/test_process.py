@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from batch.prices import PriceTable
+from batch.report import report, status
 from batch.simulator import RunningSimulator, SimConfig, simulator_in_thread
+from batch.simulator.state import CLIENT_CLOSED_STATUS
 from tests.conftest import KEY, Run, results
 
 
@@ -68,6 +71,11 @@ def test_a_second_signal_cancels_what_is_in_flight_and_the_run_resumes(
     cancelled = [r for r in records if r.get("outcome") == "cancelled"]
     assert len(cancelled) == 3 and all(r["maybe_billed"] for r in cancelled)
     assert records[-1]["event"] == "end" and records[-1]["exit_code"] == 75
+    # status and report count them from the attempt log, though no task has a result line to say so
+    slow_sim.state.wait_for_sync(lambda state: state.inflight == 0, within=30)
+    abandoned = slow_sim.state.status_counts().get(CLIENT_CLOSED_STATUS, 0)
+    assert status(tmp_path / "out")["maybe_billed"] == abandoned == 3
+    assert report(tmp_path / "out", PriceTable())["maybe_billed"] == 3
 
 
 @pytest.mark.parametrize("slow_sim", [60.0], indirect=True)
@@ -82,6 +90,9 @@ def test_the_grace_period_ends_with_the_in_flight_requests_cancelled(
     assert code == 75
     assert time.monotonic() - started < 20
     assert "grace period of 0.5 s over" in err
+    slow_sim.state.wait_for_sync(lambda state: state.inflight == 0, within=30)
+    abandoned = slow_sim.state.status_counts().get(CLIENT_CLOSED_STATUS, 0)
+    assert status(tmp_path / "out")["maybe_billed"] == abandoned == 2
 
 
 def test_resuming_after_signals_completes_the_manifest(manifest: Path, tmp_path: Path) -> None:
@@ -95,6 +106,7 @@ def test_resuming_after_signals_completes_the_manifest(manifest: Path, tmp_path:
     assert code == 0
     assert len(results(tmp_path / "out")) == 10
     assert "2 request(s)" not in out  # the cancelled ones were accounted for by the run that cancelled them
+    assert status(tmp_path / "out")["maybe_billed"] == 2  # and stay counted after the manifest is done
 
 
 @pytest.mark.parametrize("slow_sim", [60.0], indirect=True)
