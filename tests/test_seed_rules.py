@@ -134,3 +134,30 @@ def test_image_field_switch_from_shared_defaults_and_its_wrong_values(
     outcome = cli("validate", wrong, env={"MAAS_ENDPOINT": "ep"})
     assert outcome.code == 65
     assert f"{wrong}:5: tasks[0]: image_field: must be one of image[], image" in outcome.err
+
+
+@pytest.mark.timeout(30)
+def test_extra_body_nested_in_extra_body_is_refused_with_a_hint(
+    write: Callable[..., Path], cli: Callable[..., Outcome]
+) -> None:
+    manifest = write("""
+        tasks:
+          - kind: chat
+            model: gemini-2.5-flash
+            prompt: hi
+            extra_body:
+              extra_body:
+                google: {thinking_config: {thinking_budget: 0}}
+          - kind: chat
+            model: gemini-2.5-flash
+            prompt: fine
+            extra_body:
+              google: {thinking_config: {thinking_budget: 0}}
+    """)
+    outcome = cli("validate", manifest, env={"MAAS_ENDPOINT": "ep"})
+    assert outcome.code == 65
+    assert (
+        f"{manifest}:6: tasks[0]: extra_body.extra_body: nested once too often; "
+        "write extra_body: {google: ...}" in outcome.err
+    )
+    assert "tasks[1]" not in outcome.err and "1 problem;" in outcome.err
