@@ -131,9 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export",
         help="one row per task (id, status, files or answer, usage, cost, meta), for a pipeline to join",
+        description="One row (line) per task of DIR's results.jsonl, for another program.",
     )
     export.add_argument("out", type=Path, metavar="DIR")
-    export.add_argument("--format", choices=("csv", "jsonl"), default="csv", help="csv (default) or jsonl")
+    export.add_argument(
+        "--format",
+        choices=("csv", "jsonl", "openai"),
+        default="csv",
+        help="csv (default): flat columns and a meta.<key> column per meta key; jsonl: every field of each "
+        "result line (text, texts, finish_reason(s), tool_calls, reasoning, images_missing, request_id, "
+        "usage, error, meta, ...) plus the csv columns; openai: the OpenAI Batch output format "
+        '({"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}), each answer '
+        "rebuilt as a chat.completion or an images response with b64_json read back from DIR",
+    )
     export.add_argument("--output", type=Path, metavar="FILE", help="write here instead of to stdout")
 
     gallery = commands.add_parser(

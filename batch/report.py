@@ -1,19 +1,19 @@
-"""What an output directory says, for `status`, `report` and `export`. Read-only, streaming: a directory of
-a million results is summed, not loaded.
+"""What an output directory says, for `status` and `report` (`export` is in export.py). Read-only,
+streaming: a directory of a million results is summed, not loaded.
 """
 
 from __future__ import annotations
 
-import csv
 import heapq
 import json
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from batch import plancache
 from batch.errors import DirLockedError
+from batch.export import export as export  # the CLI imports it from here
 from batch.kinds import TokenCounts
 from batch.lock import LOCK, probe
 from batch.prices import PriceTable, money
@@ -266,73 +266,6 @@ def format_report(found: Mapping[str, Any]) -> str:
         lines.append("slowest tasks:")
         lines += [f"  {s['seconds']:>8.1f} s  {s['kind']:<9} {s['id']}" for s in found["slowest"]]
     return "\n".join(lines)
-
-
-EXPORT_COLUMNS = [
-    "id",
-    "custom_id",
-    "kind",
-    "status",
-    "model",
-    "files",
-    "text",
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "cost",
-    "attempts",
-    "error_type",
-    "error_message",
-]
-
-
-def _row(record: Mapping[str, Any]) -> dict[str, Any]:
-    usage = record.get("usage") or {}
-    error = record.get("error") or {}
-    return {
-        "id": record.get("id"),
-        "custom_id": record.get("custom_id"),
-        "kind": record.get("kind"),
-        "status": record.get("status"),
-        "model": record.get("model"),
-        "files": record.get("files") or [],
-        "text": record.get("text"),
-        "input_tokens": usage.get("input_tokens"),
-        "output_tokens": usage.get("output_tokens"),
-        "total_tokens": usage.get("total_tokens"),
-        "cost": record.get("cost"),
-        "attempts": record.get("attempts"),
-        "error_type": error.get("type"),
-        "error_message": error.get("message"),
-    }
-
-
-def export(root: Path, fmt: str, stream: IO[str]) -> int:
-    """One row per task: its id, status, files or answer, usage, and the meta of its input record (for
-    CSV, one `meta.<key>` column per key). Returns the number of rows."""
-    rows = 0
-    if fmt == "jsonl":
-        for record in read_lines(root / RESULTS):
-            stream.write(
-                json.dumps({**_row(record), "meta": record.get("meta") or {}}, ensure_ascii=False) + "\n"
-            )
-            rows += 1
-        return rows
-    meta_keys: dict[str, None] = {}
-    for record in read_lines(root / RESULTS):  # a first pass for the columns: meta keys differ by task
-        meta_keys.update(dict.fromkeys(str(k) for k in (record.get("meta") or {})))
-    writer = csv.DictWriter(stream, fieldnames=EXPORT_COLUMNS + [f"meta.{k}" for k in meta_keys])
-    writer.writeheader()
-    for record in read_lines(root / RESULTS):
-        row = _row(record)
-        row["files"] = ";".join(row["files"])
-        for key, value in (record.get("meta") or {}).items():
-            row[f"meta.{key}"] = (
-                value if isinstance(value, str | int | float) or value is None else json.dumps(value)
-            )
-        writer.writerow(row)
-        rows += 1
-    return rows
 
 
 def format_plan(name: str, plan: Any, prices: PriceTable, heading: str = "") -> list[str]:

@@ -155,10 +155,26 @@ def check(fields: Mapping[str, Any]) -> list[FieldIssue]:
     stop = fields.get("stop")
     if stop is not None and not _text_or_texts(stop):
         issues.append(FieldIssue("stop", "must be a string or a list of strings", stop))
-    extra_body = fields.get("extra_body")
-    if extra_body is not None and not isinstance(extra_body, Mapping):
-        issues.append(FieldIssue("extra_body", f"must be a mapping, not {type_name(extra_body)}", extra_body))
+    issues += _check_extra_body(fields.get("extra_body"))
     return issues
+
+
+def _check_extra_body(extra_body: Any) -> list[FieldIssue]:
+    """`extra_body` is a literal key of the JSON body (the seed's `extra_body: {google: ...}`). An SDK user
+    who writes `extra_body: {extra_body: ...}` has nested it once too often: Google would ignore it."""
+    if extra_body is None:
+        return []
+    if not isinstance(extra_body, Mapping):
+        return [FieldIssue("extra_body", f"must be a mapping, not {type_name(extra_body)}", extra_body)]
+    if "extra_body" in extra_body:
+        return [
+            FieldIssue(
+                "extra_body.extra_body",
+                "nested once too often; write extra_body: {google: ...}",
+                extra_body["extra_body"],
+            )
+        ]
+    return []
 
 
 def _check_messages(messages: Any) -> list[FieldIssue]:

@@ -6,12 +6,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from batch.fields import FieldIssue, type_name
+from batch.fields import Choice, FieldIssue, type_name
 from batch.kinds import Answer, ApiRequest, FileReader, FileRef, FormField, InputInfo, Pointer, TokenCounts
 from jobs.image_api import (
     COMMON_RULES,
     EXTRA,
-    OUTPUT_RULES,
     check_image_fields,
     describe_fields,
     estimate_image_tokens,
@@ -25,16 +24,22 @@ name = "edit"
 PATH = "images/edits"
 
 # The multipart field names, kept in one place: the seed shows `image` for one file; several go as the
-# repeated `image[]` (the OpenAI convention), which API.md asks for.
+# repeated `image[]` (the OpenAI convention), which API.md asks for. A gateway that wants the repeated
+# `image` instead is told so with the task field `image_field: image` (in the task or the defaults).
 IMAGE_FIELD = "image"
 IMAGES_FIELD = "image[]"
 MASK_FIELD = "mask"
+FIELD_SETTING = "image_field"  # a setting of the request's form, never sent itself
+FIELD_RULE = Choice(FIELD_SETTING, choices=(IMAGES_FIELD, IMAGE_FIELD))
 
 MAX_IMAGES = 16
 MAX_IMAGE_BYTES = 25 * 1024 * 1024
 MAX_MASK_BYTES = 4 * 1024 * 1024
 IMAGE_FORMATS = ("PNG", "WEBP", "JPEG")
-known_fields = frozenset(rule.name for rule in COMMON_RULES + OUTPUT_RULES) | {"image", "mask", EXTRA}
+# What a shared default (`defaults:` without a kind) or a `--set` without a kind may apply to. The output
+# fields (output_format, output_compression, moderation) are not among them: the seed does not list them
+# for edit, so they reach an edit only from the task itself, `defaults.edit` or `--set edit.FIELD=...`.
+known_fields = frozenset(rule.name for rule in COMMON_RULES) | {"image", "mask", FIELD_SETTING, EXTRA}
 
 __all__ = [
     "build_request",
@@ -65,7 +70,9 @@ def normalize(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 def check(fields: Mapping[str, Any]) -> list[FieldIssue]:
     """Every API rule for an edit request that can be checked without reading the files."""
-    issues = check_image_fields(fields, also_known=("image", "mask"))
+    issues = check_image_fields(fields, also_known=("image", "mask", FIELD_SETTING))
+    if FIELD_SETTING in fields and (message := FIELD_RULE.check(fields[FIELD_SETTING])):
+        issues.append(FieldIssue(FIELD_SETTING, message, fields[FIELD_SETTING]))
     image = fields.get("image")
     if image is None:
         issues.append(FieldIssue("image", "is required: a path or a list of up to 16 paths"))
@@ -180,13 +187,13 @@ def build_request(fields: Mapping[str, Any], read: FileReader) -> ApiRequest:
     """Multipart: text fields as strings, then the image file(s) and the mask."""
     form: list[FormField] = []
     for key, value in fields.items():
-        if key in ("image", "mask", EXTRA):
+        if key in ("image", "mask", FIELD_SETTING, EXTRA):
             continue
         form.append(FormField(key, str(value)))
     for key, value in (fields.get(EXTRA) or {}).items():
         form.append(FormField(key, value if isinstance(value, str) else _form_text(value)))
     paths = [Path(p) for p in _images(fields)]
-    image_field = IMAGE_FIELD if len(paths) == 1 else IMAGES_FIELD
+    image_field = IMAGE_FIELD if len(paths) == 1 else str(fields.get(FIELD_SETTING, IMAGES_FIELD))
     for path in paths:
         form.append(_file_field(image_field, path, read))
     if fields.get("mask"):
@@ -206,7 +213,7 @@ def _file_field(field: str, path: Path, read: FileReader) -> FormField:
 
 
 def describe(fields: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    return describe_fields(fields, ("image", "mask"))
+    return describe_fields(fields, ("image", "mask", FIELD_SETTING))
 
 
 def estimate(fields: Mapping[str, Any]) -> TokenCounts:

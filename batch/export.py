@@ -1,0 +1,296 @@
+"""`export`: a directory's results for another program, one line (or row) per task, read and written one
+task at a time.
+
+- csv: the flat columns a spreadsheet or a join wants, and one `meta.<key>` column per meta key.
+- jsonl: every field of each result line as it was written (`text`, `texts`, `finish_reason(s)`,
+  `tool_calls`, `reasoning`, `images_missing`, `request_id`, ...), plus the flat columns of the CSV.
+- openai: the OpenAI Batch *output* format, `{"id", "custom_id", "response": {"status_code", "request_id",
+  "body"}, "error"}`, the body rebuilt in the API's own answer shape, images read back from DIR. An image
+  is streamed from its file into the line, so no more than one image's bytes are held at a time.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import json
+import logging
+import mimetypes
+import re
+import secrets
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+from batch.store import RESULTS, read_lines
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("csv", "jsonl", "openai")
+EXPORT_COLUMNS = [
+    "id",
+    "custom_id",
+    "kind",
+    "status",
+    "model",
+    "files",
+    "text",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cost",
+    "attempts",
+    "error_type",
+    "error_message",
+]
+CHUNK = 3 * 2**18  # bytes of an image encoded at a time: a multiple of 3, so the pieces join cleanly
+
+
+def export(root: Path, fmt: str, stream: IO[str]) -> int:
+    """Write DIR's results to `stream` in `fmt` (one of FORMATS). Returns the number of rows (lines)."""
+    if fmt == "jsonl":
+        return _jsonl(root, stream)
+    if fmt == "openai":
+        return _openai(root, stream)
+    return _csv(root, stream)
+
+
+def _row(record: Mapping[str, Any]) -> dict[str, Any]:
+    usage = record.get("usage") or {}
+    error = record.get("error") or {}
+    return {
+        "id": record.get("id"),
+        "custom_id": record.get("custom_id"),
+        "kind": record.get("kind"),
+        "status": record.get("status"),
+        "model": record.get("model"),
+        "files": record.get("files") or [],
+        "text": record.get("text"),
+        "input_tokens": usage.get("input_tokens"),
+        "output_tokens": usage.get("output_tokens"),
+        "total_tokens": usage.get("total_tokens"),
+        "cost": record.get("cost"),
+        "attempts": record.get("attempts"),
+        "error_type": error.get("type"),
+        "error_message": error.get("message"),
+    }
+
+
+def _jsonl(root: Path, stream: IO[str]) -> int:
+    """Each result line whole (no field is left behind), with the CSV's flat columns where it lacks them."""
+    rows = 0
+    for record in read_lines(root / RESULTS):
+        line = dict(record)
+        for key, value in _row(record).items():
+            line.setdefault(key, value)
+        line["files"] = record.get("files") or []
+        line["meta"] = record.get("meta") or {}
+        stream.write(json.dumps(line, ensure_ascii=False) + "\n")
+        rows += 1
+    return rows
+
+
+def _csv(root: Path, stream: IO[str]) -> int:
+    meta_keys: dict[str, None] = {}
+    for record in read_lines(root / RESULTS):  # a first pass for the columns: meta keys differ by task
+        meta_keys.update(dict.fromkeys(str(k) for k in (record.get("meta") or {})))
+    writer = csv.DictWriter(stream, fieldnames=EXPORT_COLUMNS + [f"meta.{k}" for k in meta_keys])
+    writer.writeheader()
+    rows = 0
+    for record in read_lines(root / RESULTS):
+        row = _row(record)
+        row["files"] = ";".join(row["files"])
+        for key, value in (record.get("meta") or {}).items():
+            row[f"meta.{key}"] = (
+                value if isinstance(value, str | int | float) or value is None else json.dumps(value)
+            )
+        writer.writerow(row)
+        rows += 1
+    return rows
+
+
+# -- the OpenAI Batch output format ------------------------------------------------------------------
+
+
+class _Files:
+    """Image files to be streamed into a line: each stands in the line as a marker string until written."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.token = secrets.token_hex(8)  # no answer text can hold a marker by chance
+        self.pattern = re.compile(rf"\\u0000{self.token}:(\d+)\\u0000")
+        self.pending: list[tuple[Path, str]] = []
+
+    def marker(self, path: Path, prefix: str = "") -> str:
+        """The string to put where the file's base64 (after `prefix`) goes."""
+        self.pending.append((path, prefix))
+        return f"\x00{self.token}:{len(self.pending) - 1}\x00"
+
+    def existing(self, record: Mapping[str, Any]) -> list[Path]:
+        """The record's saved files that are still in DIR (a missing one is left out, and said)."""
+        found, root = [], self.root
+        for name in record.get("files") or []:
+            path = (root / str(name)).resolve()
+            if path.is_relative_to(root) and path.is_file():
+                found.append(path)
+            else:
+                log.warning(
+                    "%s: %s is not in %s; its line has one image fewer", record.get("id"), name, self.root
+                )
+        return found
+
+    def write(self, text: str, stream: IO[str]) -> None:
+        """`text` (one JSON line) with each marker replaced by its file's base64, one piece at a time."""
+        pieces = self.pattern.split(text)
+        stream.write(pieces[0])
+        for index in range(1, len(pieces), 2):
+            path, prefix = self.pending[int(pieces[index])]
+            stream.write(prefix)
+            for chunk in _base64_chunks(path):
+                stream.write(chunk)
+            stream.write(pieces[index + 1])
+        self.pending.clear()
+
+
+def _base64_chunks(path: Path) -> Iterator[str]:
+    with path.open("rb") as file:
+        while chunk := file.read(CHUNK):
+            yield base64.b64encode(chunk).decode("ascii")
+
+
+def _openai(root: Path, stream: IO[str]) -> int:
+    files = _Files(root)
+    rows = 0
+    for record in read_lines(root / RESULTS):
+        line = openai_line(record, files)
+        files.write(json.dumps(line, ensure_ascii=False) + "\n", stream)
+        rows += 1
+    return rows
+
+
+def openai_line(record: Mapping[str, Any], files: _Files) -> dict[str, Any]:
+    """One task's line of an OpenAI Batch output file."""
+    task_id = str(record.get("id"))
+    request_id = record.get("request_id")
+    request_id = request_id if isinstance(request_id, str) else ""
+    line: dict[str, Any] = {
+        "id": "batch_req_" + hashlib.sha256(task_id.encode()).hexdigest()[:32],
+        "custom_id": str(record.get("custom_id") or task_id),
+    }
+    if record.get("status") == "failed":
+        error = record.get("error") or {}
+        code = str(error.get("type") or "unknown_error")
+        message = str(error.get("message") or "")
+        status = error.get("status")
+        line["response"] = (
+            {
+                "status_code": status,
+                "request_id": request_id,
+                "body": {"error": {"message": message, "type": code, "param": None, "code": code}},
+            }
+            if isinstance(status, int) and not isinstance(status, bool) and status >= 400
+            else None
+        )
+        line["error"] = {"code": code, "message": message}
+        return line
+    created = _timestamp(record.get("finished_at"))
+    images = files.existing(record)
+    if record.get("kind") == "chat":
+        body = _chat_completion(record, created, request_id or "chatcmpl-" + line["id"][10:], images, files)
+    else:
+        body = {
+            "created": created,
+            "data": [{"b64_json": files.marker(path)} for path in images],
+            "usage": _image_usage(record.get("usage")),
+        }
+    line["response"] = {"status_code": 200, "request_id": request_id, "body": body}
+    line["error"] = None
+    return line
+
+
+def _chat_completion(
+    record: Mapping[str, Any], created: int, answer_id: str, images: list[Path], files: _Files
+) -> dict[str, Any]:
+    """A `chat.completion` object: a choice per text (`texts` when n > 1), with its finish reason and tool
+    calls; the reasoning and any images saved from the answer go with the first choice."""
+    texts = record.get("texts")
+    if not isinstance(texts, list) or not texts:
+        texts = [record.get("text")]
+    finish = record.get("finish_reasons")
+    if not isinstance(finish, list):
+        finish = [record.get("finish_reason")]
+    calls = _tool_calls_per_choice(record)
+    choices = []
+    for index, text in enumerate(texts):
+        message: dict[str, Any] = {"role": "assistant", "content": text if isinstance(text, str) else None}
+        if index < len(calls) and calls[index]:
+            message["tool_calls"] = calls[index]
+        if index == 0 and isinstance(record.get("reasoning"), str):
+            message["reasoning_content"] = record["reasoning"]
+        if index == 0 and images:
+            message["images"] = [
+                {"type": "image_url", "image_url": {"url": files.marker(path, _data_url_prefix(path))}}
+                for path in images
+            ]
+        choices.append(
+            {
+                "index": index,
+                "message": message,
+                "finish_reason": finish[index] if index < len(finish) else None,
+                "logprobs": None,
+            }
+        )
+    return {
+        "id": answer_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": record.get("model"),
+        "choices": choices,
+        "usage": _chat_usage(record.get("usage")),
+    }
+
+
+def _tool_calls_per_choice(record: Mapping[str, Any]) -> list[Any]:
+    """Tool calls by choice: `tool_calls_per_choice`, else `tool_calls` (choice 0's list; in older result
+    lines, already a list of lists)."""
+    per_choice = record.get("tool_calls_per_choice")
+    if isinstance(per_choice, list):
+        return per_choice
+    calls = record.get("tool_calls")
+    if not isinstance(calls, list) or not calls:
+        return []
+    return calls if all(isinstance(item, list) for item in calls) else [calls]
+
+
+def _chat_usage(usage: Any) -> dict[str, Any]:
+    usage = usage if isinstance(usage, Mapping) else {}
+    found: dict[str, Any] = {
+        "prompt_tokens": int(usage.get("input_tokens") or 0),
+        "completion_tokens": int(usage.get("output_tokens") or 0),
+        "total_tokens": int(usage.get("total_tokens") or 0),
+    }
+    if isinstance(usage.get("cached_tokens"), int):
+        found["prompt_tokens_details"] = {"cached_tokens": usage["cached_tokens"]}
+    if isinstance(usage.get("reasoning_tokens"), int):
+        found["completion_tokens_details"] = {"reasoning_tokens": usage["reasoning_tokens"]}
+    return found
+
+
+def _image_usage(usage: Any) -> dict[str, Any]:
+    usage = usage if isinstance(usage, Mapping) else {}
+    return {key: int(usage.get(key) or 0) for key in ("input_tokens", "output_tokens", "total_tokens")}
+
+
+def _data_url_prefix(path: Path) -> str:
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return f"data:{mime};base64,"
+
+
+def _timestamp(value: Any) -> int:
+    """Unix seconds of an ISO time (the result line's `finished_at`), or 0."""
+    try:
+        return int(datetime.fromisoformat(str(value)).timestamp())
+    except ValueError:
+        return 0
