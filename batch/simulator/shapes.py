@@ -8,6 +8,11 @@ decides when a shape applies (not when a fault answers), these write the answer.
 Billing follows the provider: thinking is output (reasoning_content, thought parts, `length_null`'s used-up
 limit, `thinking_in_total`'s hidden tokens), `fewer` bills the images made, `no_usage` is billed all the
 same, `error200` is not billed.
+
+Shapes combine: a chat answer is a tool call (`tool_calls`, only when the request offers tools), else
+`content: null` (`length_null`), else text decorated by `reasoning`, `thoughts` and `message_images` (image
+models only); usage and stream shapes apply to any of them (stream shapes only to streams). `mixed` turns
+`url` into "first item only"; `data_url` and `b64_lines` shape the b64_json items and stack.
 """
 
 from __future__ import annotations
@@ -138,10 +143,6 @@ class ChatPlan:
     shapes: frozenset[str]  # the shapes that apply to this answer
     image_model: bool
     thinking_tokens: int  # reported only in total_tokens (thinking_in_total)
-
-    @property
-    def image_urls_used(self) -> bool:
-        return self.image_model and any(choice.text is not None for choice in self.choices)
 
 
 def _first_word(request: ChatRequest) -> str:

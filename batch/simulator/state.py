@@ -244,7 +244,7 @@ class SimState:
             return dict(self._fault_counts)
 
     def snapshot(self, *, include_records: bool = True) -> dict[str, object]:
-        """Totals (and the kept records) as JSON-ready data; what `GET /_sim/stats` answers."""
+        """Totals (and the kept records and downloads) as JSON-ready data; what `GET /_sim/stats` answers."""
         with self._lock:
             snap: dict[str, object] = {
                 "requests_total": self._requests_total,
