@@ -8,6 +8,11 @@ benchmarked without a key or a bill. `SimState` is the ground truth of what was 
         ...  # point a client at sim.endpoint_url("my-endpoint")
     with simulator_in_thread(SimConfig(faults={"reset": 0.1}, seed=1)) as sim:
         ...  # from sync code, or a subprocess given sim.base_url
+
+`SimConfig(answers={"url", "reasoning"})` (or `--answer url --answer reasoning`) answers in the other shapes
+real gateways send (`ANSWER_SHAPES`): image URLs served on another origin (downloads recorded in
+`SimState.downloads`), data URLs, tool calls, reasoning, thought parts, odd streams and usage. Every answer
+carries an `x-request-id` header, kept in its `RequestRecord`.
 """
 
 from __future__ import annotations
@@ -16,16 +21,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config import BILLED_FAULTS, FAULT_NAMES, ImageMode, SimConfig
+    from .config import ANSWER_SHAPES, BILLED_FAULTS, FAULT_NAMES, ImageMode, SimConfig
     from .exchange import REQUEST_ID_HEADER
+    from .files import FILES_PATH
     from .flags import add_arguments, config_from_args
     from .running import RunningSimulator, running_simulator, serve, simulator_in_thread
     from .server import BASE_PATH, STATS_PATH, build_app
-    from .state import RequestRecord, SimState
+    from .state import DownloadRecord, RequestRecord, SimState
 
 # Names are imported on first use (PEP 562), so that the command line can read the simulator's flags
 # without importing its server (aiohttp, Pillow): `maas-batch` starts faster.
 _HOME = {
+    "ANSWER_SHAPES": "config",
     "BILLED_FAULTS": "config",
     "FAULT_NAMES": "config",
     "ImageMode": "config",
@@ -40,6 +47,8 @@ _HOME = {
     "BASE_PATH": "server",
     "STATS_PATH": "server",
     "build_app": "server",
+    "FILES_PATH": "files",
+    "DownloadRecord": "state",
     "RequestRecord": "state",
     "SimState": "state",
 }
@@ -53,11 +62,14 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ANSWER_SHAPES",
     "BASE_PATH",
     "BILLED_FAULTS",
     "FAULT_NAMES",
+    "FILES_PATH",
     "REQUEST_ID_HEADER",
     "STATS_PATH",
+    "DownloadRecord",
     "ImageMode",
     "RequestRecord",
     "RunningSimulator",

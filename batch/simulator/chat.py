@@ -2,7 +2,8 @@
 
 An answer is a sentence built from the request (the choice number, the model, the first words of the last
 user text, the number of images seen), so tests can predict it exactly. Models whose name contains `image`
-also answer with a picture, as image-capable Gemini models do.
+also answer with a picture, as image-capable Gemini models do. This module writes the default shape only;
+`shapes.py` writes the others (tool calls, reasoning, thought parts, message.images, odd streams and usage).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class ChatRequest:
     last_user_text: str
     image_count: int
     prompt_tokens: int
+    tool_name: str | None = None  # the function name of the first tool offered, if any
 
     @property
     def answers_with_image(self) -> bool:
@@ -104,6 +106,15 @@ def _message_parts(content: object, param: str) -> tuple[list[str], int]:
     return texts, images
 
 
+def _first_tool_name(tools: object) -> str | None:
+    """The name of the first function tool; tools are otherwise passed through unchecked."""
+    if isinstance(tools, list) and tools and isinstance(tools[0], dict):
+        function = tools[0].get("function")
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            return str(function["name"])
+    return None
+
+
 def parse_chat(body: object) -> ChatRequest:
     """Validate a chat body; fields the simulator does not model are accepted and ignored. Blocking."""
     if not isinstance(body, dict):
@@ -152,6 +163,7 @@ def parse_chat(body: object) -> ChatRequest:
     given = [limit for limit in limits if limit is not None]
     assert n is not None
     return ChatRequest(
+        tool_name=_first_tool_name(body.get("tools")),
         model=model,
         n=n,
         stream=bool(stream),

@@ -1,7 +1,9 @@
 """The simulator's knobs: one frozen dataclass whose defaults give a fast, perfect server.
 
 Every misbehaviour (latency, random errors, rate limits, faults) is opt-in, so a test states exactly the
-trouble it wants and nothing else.
+trouble it wants and nothing else. So are the answer shapes (`ANSWER_SHAPES`): the other, legal ways real
+gateways write a successful answer (image URLs, tool calls, reasoning, odd streams, odd usage), built from
+the published API shape, not from what the client reads.
 """
 
 from __future__ import annotations
@@ -36,6 +38,32 @@ FAULT_NAMES: tuple[str, ...] = (
     "bomb",  # a PNG whose header claims 30000x30000 pixels (billed)
     "huge",  # a 200 JSON body of huge_bytes, generated lazily
 )
+# Answer shape -> how a successful answer is written (API.md, "Answers real gateways send"). Off by default;
+# several may be on at once. A request that draws a content fault (no_data, bad_base64, bad_image, bomb)
+# answers that fault in the default shape.
+ANSWER_SHAPES: tuple[str, ...] = (
+    "url",  # images: data[i] = {url, revised_prompt}, the file served by the simulator on another origin
+    "url_flaky",  # images: as url, and the first GET of each file answers 503
+    "data_url",  # images: b64_json written as a data:image/<format>;base64, URL
+    "b64_lines",  # images: b64_json broken by a newline every 76 characters (MIME style)
+    "mixed",  # images: the first item a url item, the rest b64_json items
+    "fewer",  # images: n-1 items when n >= 2 (and n-1 images billed)
+    "error200",  # images and chat: HTTP 200 with an {"error": {...}} body, not billed
+    "tool_calls",  # chat with tools: content null, one call of the first tool, finish_reason tool_calls
+    "length_null",  # chat: content null, finish_reason length, thinking used up max_tokens (500 if unset)
+    "message_images",  # chat, image models: pictures in message.images / delta.images, not content parts
+    "reasoning",  # chat: reasoning_content beside the content, counted as reasoning_tokens
+    "thoughts",  # chat: content = [Gemini thought part, answer part], thought counted as reasoning_tokens
+    "thinking_in_total",  # chat: thinking_tokens reported only in total_tokens (total > prompt + completion)
+    "cached",  # chat: usage.prompt_tokens_details.cached_tokens = prompt_tokens // 2
+    "no_done",  # chat stream: ends without data: [DONE] after the usage chunk
+    "no_usage",  # chat: no usage anywhere (no usage chunk, no usage key); billed all the same
+    "usage_every_chunk",  # chat stream: every chunk carries the cumulative usage, the last the full one
+    "sse_noise",  # chat stream: ": keep-alive" comments, event: and id: lines, CRLF line ends
+)
+_CONFLICTING_SHAPES = (frozenset({"no_usage", "usage_every_chunk"}),)
+DEFAULT_THINKING_TOKENS = 1000
+
 BILLED_FAULTS = frozenset({"reset", "truncate", "no_data", "bad_base64", "bad_image", "stream_cut", "bomb"})
 
 
@@ -68,6 +96,9 @@ class SimConfig:
     slow_seconds: float = DEFAULT_SLOW_SECONDS
     huge_bytes: int = DEFAULT_HUGE_BYTES
     seed: int | None = None
+    answers: frozenset[str] = frozenset()  # names of ANSWER_SHAPES
+    files_host: str | None = None  # host of image URLs; None: the other loopback name (localhost / 127.0.0.1)
+    thinking_tokens: int = DEFAULT_THINKING_TOKENS  # the hidden thinking of the thinking_in_total shape
     image_mode: ImageMode = "drawn"
     handler_cancellation: bool = True
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
@@ -77,6 +108,7 @@ class SimConfig:
         object.__setattr__(self, "forbidden_keys", frozenset(self.forbidden_keys))
         object.__setattr__(self, "endpoints", frozenset(self.endpoints))
         object.__setattr__(self, "faults", MappingProxyType(dict(self.faults)))
+        object.__setattr__(self, "answers", frozenset(self.answers))
         if self.latency < 0 or self.slow_seconds < 0 or self.retry_after < 0 or self.shutdown_timeout < 0:
             raise ValueError("latency, slow_seconds, retry_after and shutdown_timeout must be >= 0")
         if not (0.0 <= self.latency_jitter <= 1.0):
@@ -99,3 +131,16 @@ class SimConfig:
             _check_fraction(f"fault {name}", probability)
         if sum(self.faults.values()) > 1.0 + 1e-9:
             raise ValueError("fault probabilities must sum to at most 1")
+        self._check_answers()
+
+    def _check_answers(self) -> None:
+        for name in sorted(self.answers):
+            if name not in ANSWER_SHAPES:
+                raise ValueError(f"unknown answer shape {name!r}; known: {', '.join(ANSWER_SHAPES)}")
+        for pair in _CONFLICTING_SHAPES:
+            if pair <= self.answers:
+                raise ValueError(f"answer shapes {' and '.join(sorted(pair))} cannot be on together")
+        if self.thinking_tokens < 0:
+            raise ValueError(f"thinking_tokens must be >= 0, got {self.thinking_tokens!r}")
+        if self.files_host is not None and (not self.files_host or any(c in self.files_host for c in "/ @")):
+            raise ValueError(f"files_host must be a bare host name or address, got {self.files_host!r}")

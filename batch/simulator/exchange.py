@@ -20,6 +20,8 @@ from .errors import ApiError, invalid
 from .state import RequestRecord, task_id_of
 
 REQUEST_ID_HEADER = "X-Client-Request-Id"
+# The server's own id of each API answer, as real gateways send it.
+SERVER_REQUEST_ID_HEADER = "x-request-id"
 _BEARER = re.compile(r"Bearer +(?P<key>\S+)", re.IGNORECASE)
 
 
@@ -37,9 +39,12 @@ class Exchange:
     fault: str | None = None
     billed: int = 0
     key_id: str = ""  # set once the request is authorised
+    x_request_id: str | None = None  # the server's id, sent as the x-request-id header
+    answer_id: str | None = None  # a chat answer's `id`
+    shapes: tuple[str, ...] = ()  # answer shapes applied
 
     @classmethod
-    def begin(cls, kind: str, request: web.Request) -> Exchange:
+    def begin(cls, kind: str, request: web.Request, x_request_id: str | None = None) -> Exchange:
         return cls(
             kind=kind,
             method=request.method,
@@ -47,7 +52,13 @@ class Exchange:
             request_id=request.headers.get(REQUEST_ID_HEADER),
             arrived=time.time(),
             started=time.monotonic(),
+            x_request_id=x_request_id,
         )
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers every answer to this request carries."""
+        return {SERVER_REQUEST_ID_HEADER: self.x_request_id} if self.x_request_id else {}
 
     @property
     def task_id(self) -> str | None:
@@ -65,6 +76,9 @@ class Exchange:
             fault=self.fault,
             billed_tokens=self.billed,
             elapsed=round(time.monotonic() - self.started, 6),
+            x_request_id=self.x_request_id,
+            answer_id=self.answer_id,
+            shapes=self.shapes,
         )
 
 
@@ -91,12 +105,17 @@ async def json_body(request: web.Request) -> object:
         raise invalid(None, "The request body is not valid JSON.", "invalid_json") from exc
 
 
-def image_answer_body(created: int, images: list[bytes] | None, usage: Mapping[str, object]) -> bytes:
-    """The images' JSON body, assembled from base64 bytes without re-encoding megabytes of strings."""
+def b64_item(image: bytes) -> bytes:
+    """One `data` item of the default shape, from base64 bytes."""
+    return b'{"b64_json": "' + image + b'"}'
+
+
+def image_answer_body(created: int, items: list[bytes] | None, usage: Mapping[str, object]) -> bytes:
+    """The images' JSON body, assembled from encoded `data` items without re-encoding megabytes of strings."""
     parts = [b'{"created": ', str(created).encode()]
-    if images is not None:
+    if items is not None:
         parts.append(b', "data": [')
-        parts.append(b", ".join(b'{"b64_json": "' + image + b'"}' for image in images))
+        parts.append(b", ".join(items))
         parts.append(b"]")
     parts += [b', "usage": ', json.dumps(usage).encode(), b"}"]
     return b"".join(parts)

@@ -84,9 +84,11 @@ def truncated(body: bytes, content_type: str) -> web.Response:
     return web.Response(status=200, body=body[: len(body) // 2], content_type=content_type)
 
 
-async def reset(request: web.Request, body: bytes, content_type: str) -> web.StreamResponse:
+async def reset(
+    request: web.Request, body: bytes, content_type: str, headers: Mapping[str, str] | None = None
+) -> web.StreamResponse:
     """Headers announcing the whole body, half of it, then an aborted connection."""
-    response = web.StreamResponse(status=200)
+    response = web.StreamResponse(status=200, headers=headers)
     response.content_type = content_type
     response.content_length = len(body)
     await response.prepare(request)
@@ -105,11 +107,13 @@ def abort(request: web.Request) -> None:
         transport.abort()
 
 
-async def huge(request: web.Request, total: int) -> web.StreamResponse:
+async def huge(
+    request: web.Request, total: int, headers: Mapping[str, str] | None = None
+) -> web.StreamResponse:
     """A 200 JSON body of `total` bytes, chunked and generated as it goes, never held whole in memory."""
     head = b'{"created": 0, "data": [{"b64_json": "'
     tail = b'"}]}'
-    response = web.StreamResponse(status=200)
+    response = web.StreamResponse(status=200, headers=headers)
     response.content_type = "application/json"
     response.enable_chunked_encoding()
     await response.prepare(request)

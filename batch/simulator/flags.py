@@ -1,7 +1,8 @@
 """Command-line flags for every simulator knob, for the CLI's `simulate` command and `--simulate` runs.
 
 Keys never travel on the command line (they would land in shell history and `ps`): the flags name an
-environment variable that holds them.
+environment variable that holds them. `--answer SHAPE` (repeatable) turns on an answer shape of
+`config.ANSWER_SHAPES`: image URLs, tool calls, reasoning, odd streams and usage, as real gateways send them.
 """
 
 from __future__ import annotations
@@ -9,7 +10,15 @@ from __future__ import annotations
 import argparse
 import os
 
-from .config import DEFAULT_HUGE_BYTES, DEFAULT_RETRY_AFTER, DEFAULT_SLOW_SECONDS, FAULT_NAMES, SimConfig
+from .config import (
+    ANSWER_SHAPES,
+    DEFAULT_HUGE_BYTES,
+    DEFAULT_RETRY_AFTER,
+    DEFAULT_SLOW_SECONDS,
+    DEFAULT_THINKING_TOKENS,
+    FAULT_NAMES,
+    SimConfig,
+)
 
 
 def _fault(text: str) -> tuple[str, float]:
@@ -26,6 +35,13 @@ def _fault(text: str) -> tuple[str, float]:
     if not 0.0 <= probability <= 1.0:
         raise argparse.ArgumentTypeError(f"fault probability must be between 0 and 1, got {value!r}")
     return name, probability
+
+
+def _answer_shape(text: str) -> str:
+    name = text.strip()
+    if name not in ANSWER_SHAPES:
+        raise argparse.ArgumentTypeError(f"unknown answer shape {name!r}; known: {', '.join(ANSWER_SHAPES)}")
+    return name
 
 
 def _fraction(text: str) -> float:
@@ -79,6 +95,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--huge-bytes", type=int, default=DEFAULT_HUGE_BYTES, help="body size of the huge fault"
+    )
+    group.add_argument(
+        "--answer",
+        type=_answer_shape,
+        action="append",
+        default=[],
+        metavar="SHAPE",
+        help=f"answer in this shape, as some gateways do (repeatable); shapes: {', '.join(ANSWER_SHAPES)}",
+    )
+    group.add_argument(
+        "--files-host",
+        default=None,
+        metavar="HOST",
+        help="host name in the image URLs of --answer url (default: the other loopback name)",
+    )
+    group.add_argument(
+        "--thinking-tokens",
+        type=int,
+        default=DEFAULT_THINKING_TOKENS,
+        help="hidden thinking tokens of --answer thinking_in_total",
     )
     group.add_argument("--seed", type=int, default=None, help="seed all randomness for a reproducible run")
     group.add_argument(
@@ -136,5 +172,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         slow_seconds=args.slow_seconds,
         huge_bytes=args.huge_bytes,
         seed=args.seed,
+        answers=frozenset(args.answer),
+        files_host=args.files_host,
+        thinking_tokens=args.thinking_tokens,
         image_mode=args.image_mode,
     )

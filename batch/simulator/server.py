@@ -4,24 +4,24 @@ Every API request goes through `_Simulator._handle`: auth (401/403), endpoint (4
 (429 at once), the request's random draws, a random 429, the per-key minute window (429 + Retry-After),
 then the endpoint's own validation (400), latency, a random 5xx, a fault, and the answer. The answer is
 billed at the moment it is about to be written, so a request whose client left earlier costs nothing.
+Every API answer carries an `x-request-id` header. The answer is written in the shapes `SimConfig.answers`
+turns on (`shapes.py`); the image files of the url shapes are served at `/_sim/files/` (`files.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 
 from aiohttp import web
 
-from . import faults
+from . import faults, shapes
 from .chat import (
-    ChatChoice,
-    ChatRequest,
     choices,
     completion_body,
     completion_tokens,
@@ -31,7 +31,8 @@ from .chat import (
 )
 from .config import SimConfig
 from .errors import ApiError, gateway_error_html, quota_exhausted, rate_limited, server_error_json
-from .exchange import Exchange, authorize, image_answer_body, json_body
+from .exchange import Exchange, authorize, json_body
+from .files import FILES_PATH, FileStore, files_origin
 from .image_request import (
     MAX_IMAGE_BYTES,
     MAX_IMAGES,
@@ -40,7 +41,8 @@ from .image_request import (
     parse_edit,
     parse_generate,
 )
-from .images import EditSource, ImageFactory, ImageSpec, bomb_png, not_an_image
+from .images import EditSource
+from .pictures import Pictures
 from .state import CLIENT_CLOSED_STATUS, SimState, retry_after_seconds
 from .uploads import read_edit_form
 from .usage import chat_usage, image_usage
@@ -60,9 +62,10 @@ class _Simulator:
         self.config = config
         self.state = state
         self._rng = random.Random(config.seed)
-        self._images = ImageFactory(mode=config.image_mode, seed=config.seed)
         self._chat_ids = itertools.count(1)
-        self._bomb = base64.b64encode(bomb_png())
+        self._request_ids = itertools.count(1)
+        self.files = FileStore(state)
+        self._pictures = Pictures(config, self.files)
 
     # --- the common path ----------------------------------------------------------------------------
 
@@ -72,8 +75,11 @@ class _Simulator:
 
         return handle
 
+    def _begin(self, kind: str, request: web.Request) -> Exchange:
+        return Exchange.begin(kind, request, f"req_sim{next(self._request_ids):08d}")
+
     async def _handle(self, kind: str, request: web.Request, respond: _Respond) -> web.StreamResponse:
-        ex = Exchange.begin(kind, request)
+        ex = self._begin(kind, request)
         entered = False
         try:
             try:
@@ -105,6 +111,8 @@ class _Simulator:
                 response = await respond(request, ex, draws)
             except ApiError as error:
                 response = error.response()
+            if not response.prepared:  # the ones prepared already (streams) carry it
+                response.headers.update(ex.headers)
             if ex.status == 0:
                 ex.status = response.status
             return response
@@ -158,7 +166,7 @@ class _Simulator:
             return faults.not_json()
         elif ex.fault == "huge":
             ex.status = 200
-            return await faults.huge(request, self.config.huge_bytes)
+            return await faults.huge(request, self.config.huge_bytes, ex.headers)
         return None
 
     def _bill(self, ex: Exchange, tokens: int) -> None:
@@ -174,8 +182,15 @@ class _Simulator:
             return faults.truncated(body, "application/json")
         if ex.fault == "reset":
             ex.status = 200
-            return await faults.reset(request, body, "application/json")
+            return await faults.reset(request, body, "application/json", ex.headers)
         return web.Response(body=body, content_type="application/json")
+
+    def _error_200(self, ex: Exchange) -> web.StreamResponse | None:
+        """The `error200` shape's answer (not billed), when it applies to this request."""
+        if not shapes.error_200_applies(self.config.answers, ex.fault):
+            return None
+        ex.shapes = ("error200",)
+        return web.Response(body=shapes.error_200_body(), content_type="application/json")
 
     # --- images ---------------------------------------------------------------------------------------
 
@@ -198,51 +213,20 @@ class _Simulator:
         parsed: ImageRequest,
         source: EditSource | None,
     ) -> web.StreamResponse:
+        made = shapes.images_made(parsed.n, self.config.answers)
+        if made != parsed.n:
+            parsed, ex.shapes = replace(parsed, n=made), ("fewer",)
         usage = image_usage(
             parsed.prompt, parsed.width, parsed.height, parsed.quality, parsed.n, list(parsed.input_sizes)
         )
-        early = await self._gate(request, ex, draws, images=True, stream=False)
+        early = await self._gate(request, ex, draws, images=True, stream=False) or self._error_200(ex)
         if early is not None:
             return early
-        body = await asyncio.to_thread(self._image_body, parsed, source, usage, ex.fault)
+        origin = files_origin(request, self.config.files_host)
+        body = await asyncio.to_thread(self._pictures.image_body, parsed, source, usage, ex, origin)
         total = usage["total_tokens"]
         assert isinstance(total, int)
         return await self._send(request, ex, body, total)
-
-    def _image_body(
-        self,
-        parsed: ImageRequest,
-        source: EditSource | None,
-        usage: Mapping[str, object],
-        fault: str | None,
-    ) -> bytes:
-        """Blocking: render (or break, for content faults) the images and assemble the body."""
-        images: list[bytes] | None
-        if fault == "no_data":
-            images = None
-        elif fault == "bad_base64":
-            images = [faults.NOT_BASE64.encode()] * parsed.n
-        elif fault == "bad_image":
-            images = [base64.b64encode(not_an_image())] * parsed.n
-        elif fault == "bomb":
-            images = [self._bomb] * parsed.n
-        else:
-            digest = source.digest() if source is not None else None  # hashing 25 MB: off the loop too
-            specs = [
-                ImageSpec(
-                    parsed.prompt,
-                    parsed.width,
-                    parsed.height,
-                    parsed.output_format,
-                    parsed.compression,
-                    parsed.transparent,
-                    index,
-                    digest,
-                )
-                for index in range(parsed.n)
-            ]
-            images = self._images.render_many(specs, source)
-        return image_answer_body(int(time.time()), images, usage)
 
     # --- chat -----------------------------------------------------------------------------------------
 
@@ -250,19 +234,27 @@ class _Simulator:
         parsed = await asyncio.to_thread(parse_chat, await json_body(request))
         answers = choices(parsed)
         usage = chat_usage(parsed.prompt_tokens, completion_tokens(parsed, answers))
-        meta = {
-            "id": f"chatcmpl-sim{next(self._chat_ids):012d}",
-            "created": int(time.time()),
-            "model": parsed.model,
-        }
+        ex.answer_id = f"chatcmpl-sim{next(self._chat_ids):012d}"
+        meta = {"id": ex.answer_id, "created": int(time.time()), "model": parsed.model}
+        plan = None
+        if self.config.answers & shapes.CHAT_SHAPES:
+            plan = shapes.plan_chat(
+                parsed, self.config.answers, answers, ex.answer_id, self.config.thinking_tokens
+            )
         early = await self._gate(request, ex, draws, images=parsed.answers_with_image, stream=parsed.stream)
+        early = early or self._error_200(ex)
         if early is not None:
             return early
         urls = None
         if parsed.answers_with_image:
-            urls = await asyncio.to_thread(self._chat_image_urls, parsed, ex.fault)
+            urls = await asyncio.to_thread(self._pictures.chat_image_urls, parsed, ex.fault)
+        if plan is not None:
+            ex.shapes = shapes.ordered(plan.shapes)
+            return await self._chat_shaped(request, ex, draws, plan, meta, urls, stream=parsed.stream)
         if parsed.stream:
-            return await self._stream(request, ex, draws, answers, meta, usage, urls)
+            chunks = [json.dumps(chunk) for chunk in stream_chunks(answers, meta, urls)]
+            tail = [json.dumps(usage_chunk(meta, usage)), "[DONE]"]
+            return await self._stream(request, ex, draws, chunks, tail, usage["total_tokens"])
         payload = completion_body(parsed, answers, meta, usage, urls, with_choices=ex.fault != "no_data")
         body = (
             await asyncio.to_thread(lambda: json.dumps(payload).encode())
@@ -271,49 +263,51 @@ class _Simulator:
         )
         return await self._send(request, ex, body, usage["total_tokens"])
 
-    def _chat_image_urls(self, parsed: ChatRequest, fault: str | None) -> list[str]:
-        """Blocking: the picture of each choice of an image model, as a data URL."""
-        prefix = "data:image/png;base64,"
-        if fault == "bad_base64":
-            return [prefix + faults.NOT_BASE64] * parsed.n
-        if fault == "bad_image":
-            return [prefix + base64.b64encode(not_an_image()).decode()] * parsed.n
-        if fault == "bomb":
-            return [prefix + self._bomb.decode()] * parsed.n
-        prompt = parsed.last_user_text or "(no text)"
-        specs = [ImageSpec(prompt, 1024, 1024, "png", 100, False, index) for index in range(parsed.n)]
-        return [prefix + image.decode() for image in self._images.render_many(specs)]
+    async def _chat_shaped(
+        self,
+        request: web.Request,
+        ex: Exchange,
+        draws: faults.Draws,
+        plan: shapes.ChatPlan,
+        meta: Mapping[str, object],
+        urls: list[str] | None,
+        *,
+        stream: bool,
+    ) -> web.StreamResponse:
+        """A chat answer in the shapes that are on (`shapes.py`)."""
+        if stream:
+            chunks, tail = shapes.stream_events(plan, meta, urls)
+            noise = "sse_noise" in plan.shapes
+            return await self._stream(request, ex, draws, chunks, tail, plan.billed, noise=noise)
+        payload = shapes.completion_body(plan, meta, urls, with_choices=ex.fault != "no_data")
+        body = await asyncio.to_thread(lambda: json.dumps(payload).encode())
+        return await self._send(request, ex, body, plan.billed)
 
     async def _stream(
         self,
         request: web.Request,
         ex: Exchange,
         draws: faults.Draws,
-        answers: list[ChatChoice],
-        meta: Mapping[str, object],
-        usage: Mapping[str, int],
-        urls: list[str] | None,
+        chunks: list[str],
+        tail: list[str],
+        tokens: int,
+        *,
+        noise: bool = False,
     ) -> web.StreamResponse:
-        """Server-sent events: the pieces, finish reasons, usage, [DONE] (cut short by stream faults)."""
-        events = (
-            []
-            if ex.fault == "no_data"
-            else [json.dumps(chunk) for chunk in stream_chunks(answers, meta, urls)]
-        )
-        if ex.fault in ("stream_cut", "reset"):
-            events = events[: max(1, len(events) // 2)]
-        else:
-            events += [json.dumps(usage_chunk(meta, usage)), "[DONE]"]
-        delay = self._latency(draws) / len(events)
-        self._bill(ex, usage["total_tokens"])
-        response = web.StreamResponse(status=200, headers={"Cache-Control": "no-cache"})
+        """Server-sent events: the chunks, then the tail (usage, [DONE]); cut short by stream faults."""
+        events = [] if ex.fault == "no_data" else chunks
+        cut = ex.fault in ("stream_cut", "reset")
+        events = events[: max(1, len(events) // 2)] if cut else events + tail
+        delay = self._latency(draws) / max(1, len(events))
+        self._bill(ex, tokens)
+        response = web.StreamResponse(status=200, headers={"Cache-Control": "no-cache", **ex.headers})
         response.content_type = "text/event-stream"
         await response.prepare(request)
         ex.status = 200
         try:
-            for event in events:
+            for event in shapes.frame_events(events, noise=noise):
                 await self._sleep(delay)
-                await response.write(b"data: " + event.encode() + b"\n\n")
+                await response.write(event)
         except ConnectionError:
             return response
         if ex.fault == "reset":
@@ -324,10 +318,14 @@ class _Simulator:
 
     async def not_found(self, request: web.Request) -> web.StreamResponse:
         """Any path the API does not have: a 404 in the API's error shape (no auth needed to learn it)."""
-        ex = Exchange.begin("other", request)
+        ex = self._begin("other", request)
         ex.status = 404
         self.state.record(ex.record())
-        return ApiError(404, f"Unknown path: {request.method} {request.path}", code="not_found").response()
+        response = ApiError(
+            404, f"Unknown path: {request.method} {request.path}", code="not_found"
+        ).response()
+        response.headers.update(ex.headers)
+        return response
 
     async def limits(self, request: web.Request) -> web.StreamResponse:
         """Change live limits: POST {"max_inflight": K} (null lifts it). For benchmarks that change the
@@ -356,6 +354,7 @@ def build_app(config: SimConfig, state: SimState) -> web.Application:
     app.router.add_post(prefix + "/images/edits", simulator.handler("edit", simulator.edit))
     app.router.add_post(prefix + "/google/chat/completions", simulator.handler("chat", simulator.chat))
     app.router.add_get(STATS_PATH, simulator.stats)
+    app.router.add_get(FILES_PATH + "/{name}", simulator.files.serve)
     app.router.add_post(LIMITS_PATH, simulator.limits)
     app.router.add_route("*", "/{tail:.*}", simulator.not_found)
     return app

@@ -35,6 +35,24 @@ class RequestRecord:
     fault: str | None
     billed_tokens: int  # 0 unless the provider would have charged for it
     elapsed: float  # seconds from arrival to the end of handling
+    x_request_id: str | None = None  # the x-request-id header the answer carried
+    answer_id: str | None = None  # the `id` of a chat answer's body
+    shapes: tuple[str, ...] = ()  # the answer shapes (config.ANSWER_SHAPES) this answer was written in
+
+    def as_dict(self) -> dict[str, object]:
+        """The record as plain JSON-ready data."""
+        return {**asdict(self), "shapes": list(self.shapes)}
+
+
+@dataclass(frozen=True)
+class DownloadRecord:
+    """One GET of an image file served for the `url` answer shapes (never billed)."""
+
+    time: float  # unix time of arrival
+    path: str
+    host: str  # the Host header: which origin the client fetched from
+    status: int
+    authorized: bool  # whether the request carried an Authorization header (an API key leaving its origin)
 
     def as_dict(self) -> dict[str, object]:
         """The record as plain JSON-ready data."""
@@ -61,6 +79,8 @@ class SimState:
         self._changed = threading.Condition(self._lock)
         self._clock = clock
         self._records: deque[RequestRecord] = deque(maxlen=max_records)
+        self._downloads: deque[DownloadRecord] = deque(maxlen=max_records)
+        self._downloads_total = 0
         self._requests_total = 0
         self._billed_total_tokens = 0
         self._billed_requests = 0
@@ -159,6 +179,13 @@ class SimState:
                 self._fault_counts[record.fault] += 1
             self._notify()
 
+    def record_download(self, record: DownloadRecord) -> None:
+        """Keep the record of a file download."""
+        with self._lock:
+            self._downloads.append(record)
+            self._downloads_total += 1
+            self._notify()
+
     # --- reading ----------------------------------------------------------------------------------
 
     @property
@@ -197,6 +224,17 @@ class SimState:
         with self._lock:
             return list(self._records)
 
+    @property
+    def downloads(self) -> list[DownloadRecord]:
+        """A copy of the kept download records, oldest first."""
+        with self._lock:
+            return list(self._downloads)
+
+    @property
+    def downloads_total(self) -> int:
+        with self._lock:
+            return self._downloads_total
+
     def status_counts(self) -> dict[int, int]:
         with self._lock:
             return dict(self._status_counts)
@@ -206,7 +244,7 @@ class SimState:
             return dict(self._fault_counts)
 
     def snapshot(self, *, include_records: bool = True) -> dict[str, object]:
-        """Totals (and the kept records) as JSON-ready data; what `GET /_sim/stats` answers."""
+        """Totals (and the kept records and downloads) as JSON-ready data; what `GET /_sim/stats` answers."""
         with self._lock:
             snap: dict[str, object] = {
                 "requests_total": self._requests_total,
@@ -218,9 +256,11 @@ class SimState:
                 "max_inflight_seen": self._max_inflight_seen,
                 "max_inflight": self._max_inflight,
                 "records_kept": len(self._records),
+                "downloads_total": self._downloads_total,
             }
             if include_records:
                 snap["records"] = [record.as_dict() for record in self._records]
+                snap["downloads"] = [download.as_dict() for download in self._downloads]
             return snap
 
     # --- waiting without sleeping -----------------------------------------------------------------
