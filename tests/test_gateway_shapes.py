@@ -1,0 +1,280 @@
+"""Every answer shape real gateways send, end to end: the simulator answers in it (`SimConfig.answers`), the
+tool runs a manifest against it, and each test asserts what was billed for each task, the ledger lines
+and their cost, the files, and the result line's fields.
+
+The rule under test: an answer that arrived whole is read, or kept and failed, but never bought twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from batch.prices import PriceTable
+from batch.report import format_report, report
+from batch.simulator import SimConfig, SimState, simulator_in_thread
+from tests.conftest import FAST, KEY, Outcome, env_for, results
+
+PRICES = "prices: {m: {text_input: 1.0, output: 10.0, cached_input: 0.25}}\n"
+
+
+def run_shapes(
+    cli: Callable[..., Outcome],
+    write: Callable[..., Path],
+    tmp_path: Path,
+    shapes: Iterable[str],
+    tasks: str,
+    *args: str,
+) -> tuple[Outcome, Path, SimState]:
+    manifest = write(PRICES + "tasks:\n" + tasks)
+    out = tmp_path / "out"
+    with simulator_in_thread(SimConfig(api_key=KEY, answers=frozenset(shapes), seed=5)) as sim:
+        outcome = cli("run", manifest, "--out", out, *FAST, *args, env=env_for(sim))
+        return outcome, out, sim.state
+
+
+def ledger(out: Path) -> list[dict[str, Any]]:
+    path = out / "usage.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def billed_once_and_recorded(out: Path, state: SimState) -> dict[str, list[dict[str, Any]]]:
+    """Each task was billed by one request; its ledger line says what the server billed, under the
+    server's request id. Returns the ledger lines by task."""
+    lines = ledger(out)
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for line in lines:
+        by_task.setdefault(line["task_id"], []).append(line)
+    paid = [r for r in state.records if r.billed_tokens > 0]
+    assert len({r.task_id for r in paid}) == len(paid), "a task was billed twice"
+    for record in paid:
+        [line] = by_task[str(record.task_id)]
+        assert line["server_request_id"] == record.x_request_id
+        if not line.get("estimated"):
+            assert line["total_tokens"] == record.billed_tokens
+    return by_task
+
+
+def cost(line: dict[str, Any]) -> float:
+    cached = line["cached_input_tokens"]
+    return ((line["input_tokens"] - cached) * 1.0 + cached * 0.25 + line["output_tokens"] * 10.0) / 1e6
+
+
+# --- images -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", ["url", "url_flaky"])
+def test_images_sent_as_urls_are_downloaded_without_the_key_and_never_bought_again(
+    shape: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    tasks = "  - {kind: generate, id: pair, model: m, prompt: two cats, n: 2}\n"
+    outcome, out, state = run_shapes(cli, write, tmp_path, [shape], tasks)
+    assert outcome.code == 0, outcome.err
+    record = results(out)["pair"]
+    assert record["status"] == "succeeded" and record["attempts"] == 1 and len(record["files"]) == 2
+    for path in record["files"]:
+        with Image.open(out / path) as image:
+            image.load()
+    assert record["revised_prompts"] and all(record["revised_prompts"])
+    assert state.requests_total == 1
+    downloads = state.downloads
+    # the files live on another origin: the key never went there; a flaky file is fetched again
+    assert downloads and not any(d.authorized for d in downloads)
+    assert [d.status for d in downloads].count(200) == 2
+    assert len(downloads) == (4 if shape == "url_flaky" else 2)
+    [line] = billed_once_and_recorded(out, state)["pair"]
+    assert line["cost"] == pytest.approx(cost(line))
+    assert record["request_id"] == line["server_request_id"]
+
+
+@pytest.mark.parametrize(("shape", "n", "files"), [("data_url", 1, 1), ("b64_lines", 2, 2), ("mixed", 3, 3)])
+def test_base64_written_as_a_data_url_or_wrapped_and_mixed_items_are_all_saved(
+    shape: str, n: int, files: int, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    tasks = f"  - {{kind: generate, id: t, model: m, prompt: shapes, n: {n}, output_format: webp}}\n"
+    outcome, out, state = run_shapes(cli, write, tmp_path, [shape], tasks)
+    assert outcome.code == 0, outcome.err
+    record = results(out)["t"]
+    assert len(record["files"]) == files and all(p.endswith(".webp") for p in record["files"])
+    for path in record["files"]:
+        with Image.open(out / path) as image:
+            assert image.format == "WEBP"
+    assert state.requests_total == 1
+    billed_once_and_recorded(out, state)
+
+
+def test_fewer_images_than_n_is_a_success_that_says_what_is_missing(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    tasks = "  - {kind: generate, id: t, model: m, prompt: three dogs, n: 3}\n"
+    outcome, out, state = run_shapes(cli, write, tmp_path, ["fewer"], tasks)
+    assert outcome.code == 0, outcome.err
+    record = results(out)["t"]
+    assert record["status"] == "succeeded" and len(record["files"]) == 2 and record["images_missing"] == 1
+    found = report(out, PriceTable())
+    assert found["images_missing"] == 1 and "images missing: 1" in format_report(found)
+    billed_once_and_recorded(out, state)
+
+
+@pytest.mark.parametrize("kind", ["generate", "chat"])
+def test_an_error_sent_with_200_is_that_error_with_its_message_and_costs_nothing(
+    kind: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    tasks = f"  - {{kind: {kind}, id: t, model: m, prompt: a policy question}}\n"
+    outcome, out, state = run_shapes(cli, write, tmp_path, ["error200"], tasks)
+    assert outcome.code == 1
+    record = results(out)["t"]
+    assert record["status"] == "failed" and record["attempts"] == 1 and state.requests_total == 1
+    error = record["error"]
+    assert error["status"] == 400 and error["type"] == "content_policy_violation"
+    assert "an error sent with HTTP 200" in error["message"] and len(error["message"]) > 40
+    assert ledger(out) == [] and state.billed_total_tokens == 0
+
+
+# --- chat ---------------------------------------------------------------------------------------------
+
+TOOLS = (
+    "tools: [{type: function, function: {name: label, parameters: {type: object, "
+    "properties: {label: {type: string}}}}}]"
+)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_calls_whole_and_streamed_reach_the_result_line(
+    stream: bool, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    tasks = (
+        f"  - {{kind: chat, id: t, model: m, prompt: tabby cat, stream: {str(stream).lower()}, {TOOLS}}}\n"
+    )
+    outcome, out, state = run_shapes(cli, write, tmp_path, ["tool_calls"], tasks)
+    assert outcome.code == 0, outcome.err
+    record = results(out)["t"]
+    assert record["finish_reason"] == "tool_calls" and record.get("text") is None
+    [call] = record["tool_calls"]
+    assert call["type"] == "function" and call["id"] and call["function"]["name"] == "label"
+    assert json.loads(call["function"]["arguments"]) == {"label": "tabby", "n": 0}
+    assert state.requests_total == 1
+    billed_once_and_recorded(out, state)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_thinking_that_used_up_the_token_limit_fails_once_and_keeps_the_answer(
+    stream: bool, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    tasks = f"  - {{kind: chat, id: t, model: m, prompt: hard sum, max_tokens: 64, stream: {str(stream).lower()}}}\n"
+    outcome, out, state = run_shapes(cli, write, tmp_path, ["length_null"], tasks)
+    assert outcome.code == 1
+    record = results(out)["t"]
+    assert record["status"] == "failed" and record["attempts"] == 1 and state.requests_total == 1
+    assert record["error"]["type"] == "token_limit"
+    assert (
+        "max_tokens 64" in record["error"]["message"]
+        and "64 tokens of thinking" in record["error"]["message"]
+    )
+    kept = (out / record["answer_file"]).read_text()
+    assert '"length"' in kept
+    [line] = billed_once_and_recorded(out, state)["t"]
+    assert line["reasoning_tokens"] == 64 and line["output_tokens"] == 64
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_images_in_message_images_are_saved_as_files(
+    stream: bool, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    tasks = (
+        f"  - {{kind: chat, id: t, model: gemini-2.5-flash-image, prompt: draw a fox, "
+        f"stream: {str(stream).lower()}}}\n"
+    )
+    outcome, out, state = run_shapes(cli, write, tmp_path, ["message_images"], tasks)
+    assert outcome.code == 0, outcome.err
+    record = results(out)["t"]
+    [path] = record["files"]
+    with Image.open(out / path) as image:
+        assert image.format == "PNG"
+    assert record["text"] and "data:image" not in record["text"]
+    billed_once_and_recorded(out, state)
+
+
+@pytest.mark.parametrize("shape", ["reasoning", "thoughts"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_reasoning_is_kept_apart_from_the_text(
+    shape: str, stream: bool, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    tasks = (
+        f"  - {{kind: chat, id: t, model: m, prompt: why is the sky blue, stream: {str(stream).lower()}}}\n"
+    )
+    outcome, out, state = run_shapes(cli, write, tmp_path, [shape], tasks)
+    assert outcome.code == 0, outcome.err
+    record = results(out)["t"]
+    assert record["text"].startswith("Simulated answer 1")
+    assert record["reasoning"] and record["reasoning"] not in record["text"]
+    assert "why" in record["reasoning"].lower() or "sky" in record["reasoning"].lower()
+    [line] = billed_once_and_recorded(out, state)["t"]
+    assert line["reasoning_tokens"] > 0 and line["output_tokens"] >= line["reasoning_tokens"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_thinking_counted_only_in_the_total_is_billed_as_output(
+    stream: bool, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    tasks = f"  - {{kind: chat, id: t, model: m, prompt: think hard, stream: {str(stream).lower()}}}\n"
+    outcome, out, state = run_shapes(cli, write, tmp_path, ["thinking_in_total"], tasks, "--max-cost", "1")
+    assert outcome.code == 0, outcome.err
+    [line] = billed_once_and_recorded(out, state)["t"]
+    raw = line["usage"]
+    assert raw["total_tokens"] == raw["prompt_tokens"] + raw["completion_tokens"] + 1000
+    assert line["output_tokens"] == raw["completion_tokens"] + 1000 and line["reasoning_tokens"] == 1000
+    assert line["cost"] == pytest.approx(cost(line))  # the thinking is priced at the output rate
+    assert results(out)["t"]["cost"] == pytest.approx(line["cost"])
+
+
+def test_cached_prompt_tokens_are_kept_and_priced_at_the_cached_rate(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    prompt = "a long shared system prompt " * 20
+    tasks = f"  - {{kind: chat, id: t, model: m, prompt: '{prompt}'}}\n"
+    outcome, out, state = run_shapes(cli, write, tmp_path, ["cached"], tasks)
+    assert outcome.code == 0, outcome.err
+    [line] = billed_once_and_recorded(out, state)["t"]
+    assert line["cached_input_tokens"] == line["input_tokens"] // 2 > 0
+    assert line["cost"] == pytest.approx(cost(line))
+    assert line["cost"] < (line["input_tokens"] * 1.0 + line["output_tokens"] * 10.0) / 1e6
+
+
+@pytest.mark.parametrize("shape", ["no_done", "usage_every_chunk", "sse_noise"])
+def test_streams_without_done_with_running_usage_or_with_noise_are_whole_answers(
+    shape: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    tasks = "".join(
+        f"  - {{kind: chat, id: t{i}, model: m, prompt: question {i} here, stream: true, n: 2}}\n"
+        for i in range(3)
+    )
+    outcome, out, state = run_shapes(cli, write, tmp_path, [shape], tasks, "--outage-limit", "1")
+    assert outcome.code == 0, outcome.err + outcome.out
+    done = results(out)
+    for i in range(3):
+        record = done[f"t{i}"]
+        assert record["attempts"] == 1 and record["text"].startswith("Simulated answer 1")
+        assert record["texts"][1].startswith("Simulated answer 2")
+        assert "question" in record["text"]
+    assert state.requests_total == 3
+    billed_once_and_recorded(out, state)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_without_usage_is_recorded_at_its_estimate(
+    stream: bool, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    tasks = f"  - {{kind: chat, id: t, model: m, prompt: hello there, max_tokens: 40, stream: {str(stream).lower()}}}\n"
+    outcome, out, state = run_shapes(cli, write, tmp_path, ["no_usage"], tasks)
+    assert outcome.code == 0, outcome.err
+    [line] = billed_once_and_recorded(out, state)["t"]
+    assert line["estimated"] is True and line["usage"] is None
+    assert line["output_tokens"] == 40 and line["cost"] == pytest.approx(cost(line))
+    assert state.billed_total_tokens > 0  # it was billed all the same
+    assert results(out)["t"]["usage"]["total_tokens"] == line["total_tokens"]
