@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from batch.errors import OutputError
 from batch.store import RESULTS, THUMBS, read_lines, write_atomic
@@ -55,7 +55,7 @@ def make_thumbnail(source: bytes | Path, destination: Path, *, fsync: bool = Fal
                 small = image.convert("RGBA" if "A" in image.mode or "transparency" in image.info else "RGB")
         buffer = io.BytesIO()
         small.save(buffer, "WEBP", quality=72, method=0)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError):
+    except Exception:  # Pillow raises many kinds on hostile bytes (IndexError, struct.error, ...)
         return False
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Sequence
 
 import pybase64
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from batch.errors import BrokenAnswerError
 from batch.kinds import EncodedImage
@@ -63,15 +63,11 @@ def check_image(data: bytes, index: int = 0) -> str:
                 image.verify()
     except BrokenAnswerError:
         raise
-    except (
-        UnidentifiedImageError,
-        Image.DecompressionBombError,
-        OSError,
-        ValueError,
-        SyntaxError,
-        EOFError,
-    ) as exc:
-        raise BrokenAnswerError(f"image {index + 1} is not a readable image: {exc}") from None
+    except Exception as exc:  # Pillow raises many kinds on hostile bytes (IndexError on a PNG without IDAT)
+        raise BrokenAnswerError(
+            f"image {index + 1} is not a readable image ({type(exc).__name__}: {str(exc)[:200]})",
+            error_type="bad_image",
+        ) from None
     extension = EXTENSIONS.get(fmt or "")
     if extension is None:
         raise BrokenAnswerError(f"image {index + 1} is {fmt}, not PNG, JPEG or WebP")

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from batch.kinds import ImageInfo, InputInfo
 
@@ -32,7 +32,7 @@ def read_image_info(path: Path) -> ImageInfo | None:
             with Image.open(path) as image:
                 has_alpha = image.mode in ALPHA_MODES or "transparency" in image.info
                 return ImageInfo(str(image.format), image.width, image.height, image.mode, has_alpha)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError):
+    except Exception:  # Pillow raises many kinds on hostile bytes (IndexError, struct.error, ...)
         return None
 
 

@@ -101,8 +101,8 @@ PARSER_BREAKERS = {
     "deep-500": (2, "Internal Server Error"),
     "deep-sse": (2, "not JSON"),
     "choices-not-a-list": (1, "no 'choices' list"),
-    "png-without-idat": (1, "could not be read (IndexError"),
-    "retry-after-overflow": (2, "OverflowError"),
+    "png-without-idat": (1, "image 1 is not a readable image (IndexError"),
+    "retry-after-overflow": (2, "slow down"),
 }
 
 

@@ -66,6 +66,28 @@ def test_retry_after_seconds_and_http_date() -> None:
     assert parse_retry_after("-5") == -5.0  # returned as is; the policy refuses it
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Wed, 21 Oct 2015 99999999999:28:00 GMT",
+        "Wed, 21 Oct 99999999999 07:28:00 GMT",
+        "Wed, 99 Oct 2015 07:28:00 GMT",
+        "Wed, 21 Oct 2015 07:28:00 +99999999999",
+        "1e999",
+        "-1e999",
+        "inf",
+        "0x10",
+        "\x00",
+        "Mon, 01 Jan 0000 00:00:00 GMT",
+        "Fri, 31 Dec 9999 23:59:59 GMT",
+        "," * 10_000,
+    ],
+)
+def test_no_retry_after_value_raises(value: str) -> None:
+    found = parse_retry_after(value)
+    assert found is None or isinstance(found, float)
+
+
 def test_policy_honours_sane_retry_after_and_ignores_absurd_ones() -> None:
     policy = RetryPolicy(backoff_base=1.0, backoff_max=8.0, retry_after_max=120.0)
     rng = random.Random(1)
