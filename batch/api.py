@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batch.errors import unwrap
 from batch.events import Event, TaskFinished
 from batch.exitcodes import EXIT_TEMPFAIL
 from batch.job import CheckedManifest, Job, JobConfig, check
@@ -289,7 +290,7 @@ class _Session:
                 )
                 self._summary = asyncio.run(self._run(config, self._checked))
         except BaseException as exc:  # handed to the caller's thread
-            self._error = exc
+            self._error = unwrap(exc)
         finally:
             self._finished.set()
             self._results.put(_END)

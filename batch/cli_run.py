@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batch.cli import check
+from batch.errors import unwrap
 from batch.exitcodes import EXIT_BUDGET, EXIT_DEADLINE, EXIT_OK, EXIT_TEMPFAIL
 from batch.lock import probe as probe_lock
 from batch.settings import Options, connection, endpoint_for, job_config, need_prices, price_table
@@ -83,7 +84,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         observers, bar = _observers(args, _show_bar(args))
         try:
             with Job(config, checked, registry(), observers) as job:
-                summary = anyio.run(_run_with_signals, job, args.grace)
+                try:
+                    summary = anyio.run(_run_with_signals, job, args.grace)
+                except BaseExceptionGroup as group:
+                    raise unwrap(group) from None
                 retried = job.retried
         finally:
             if bar is not None:

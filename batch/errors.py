@@ -186,3 +186,15 @@ class RefusalError(ApiError):
     def __init__(self, message: str) -> None:
         self.message = message
         super().__init__(message)
+
+
+def unwrap(error: BaseException) -> BaseException:
+    """What ended a run, out of the ExceptionGroups its task groups wrap errors in: the first BatchError
+    (a full disk's OutputError, say), so that it reaches the caller with its own exit code; the error
+    itself when it is no group or holds no BatchError."""
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = unwrap(inner)
+            if isinstance(found, BatchError):
+                return found
+    return error

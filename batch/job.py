@@ -248,4 +248,7 @@ class Job:
             ending = {**dataclasses.asdict(summary), "exit_code": summary.exit_code}
             return summary
         finally:
-            log.close(ending)
+            try:
+                log.close(ending)
+            except OutputError as exc:  # a full disk: the run's own outcome (74 already) comes first
+                logging.getLogger("batch.job").warning("could not close the attempt log: %s", exc)

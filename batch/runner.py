@@ -260,7 +260,7 @@ class Runner:
         started: float,
     ) -> None:
         async with anyio.create_task_group() as background:
-            background.start_soon(self._out.run_syncer)
+            background.start_soon(self._sync_journals)
             background.start_soon(lag.watch)
             if self._settings.deadline is not None:
                 background.start_soon(self._watch_deadline, self._settings.deadline)
@@ -273,6 +273,13 @@ class Runner:
                         group.start_soon(self._work, receive.clone())
                     receive.close()
             background.cancel_scope.cancel()
+
+    async def _sync_journals(self) -> None:
+        """fsync the journals beside the work; a full disk stops the run (74), it does not crash it."""
+        try:
+            await self._out.run_syncer()
+        except OutputError as exc:
+            self.stop(str(exc), EXIT_IOERR)
 
     async def _watch_deadline(self, deadline: float) -> None:
         """Stop dispatching when the requests in flight would need until the deadline to finish (the

@@ -122,3 +122,22 @@ def test_a_real_full_disk_ends_the_run_with_74_and_it_resumes_once_there_is_room
     assert len(done) == 8 and all(r["status"] == "succeeded" for r in done.values())
     for task_id in first:  # what was finished before the disk filled was not bought again
         assert sum(1 for r in sim.state.records if r.task_id == task_id and r.billed_tokens) == 1
+
+
+@pytest.mark.parametrize("file_limit", [300, 1_500, 4_000, 9_000, 20_000, 60_000, 150_000])
+def test_a_disk_that_fills_at_any_write_exits_74_with_its_message_and_no_traceback(
+    file_limit: int, manifest: Path, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    """Each limit makes a different write fail first: the attempt log, the plan cache, the ledger, an
+    image, a result line, the gallery. Every one ends the run with 74, never 1 and a traceback."""
+    out = tmp_path / "out"
+    full = run(manifest, out, sim, file_limit=file_limit)
+    said = full.stdout + full.stderr
+    assert "Traceback" not in said and "ExceptionGroup" not in said, said
+    assert full.returncode in (0, 74), said
+    if full.returncode == 74:
+        assert "cannot write" in said or "no space" in said or "too large" in said.lower(), said
+    check_consistent(out)
+    again = run(manifest, out, sim)
+    assert again.returncode == 0, again.stderr
+    assert len(check_consistent(out)) == 8
