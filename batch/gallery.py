@@ -28,7 +28,7 @@ from typing import Any
 from PIL import Image
 
 from batch.errors import OutputError
-from batch.store import RESULTS, THUMBS, read_lines, write_atomic
+from batch.store import RESULTS, THUMBS, read_lines, real_folder, write_atomic
 
 log = logging.getLogger("batch.gallery")
 
@@ -58,7 +58,8 @@ def make_thumbnail(source: bytes | Path, destination: Path, *, fsync: bool = Fal
     except Exception:  # Pillow raises many kinds on hostile bytes (IndexError, struct.error, ...)
         return False
     try:
-        destination.parent.mkdir(parents=True, exist_ok=True)
+        real_folder(destination.parent.parent)  # thumbs/ (or thumbs/ of thumbs/inputs/): never a link
+        real_folder(destination.parent)
         write_atomic(destination, buffer.getvalue(), fsync=fsync)
     except (OSError, OutputError):  # a full disk: the page shows the card without its picture
         return False
@@ -117,34 +118,56 @@ def _input_thumb_name(path: str) -> str:
     return f"{THUMBS}/inputs/{hashlib.sha1(path.encode()).hexdigest()[:16]}.webp"
 
 
-def _item(record: dict[str, Any], made: set[str]) -> dict[str, Any]:
-    """What the page shows of one task; `made`: the thumbnails that exist."""
-    files = [str(f) for f in record.get("files") or []]
-    thumbs = [
-        name if name in made else None
-        for name in (f"{THUMBS}/{thumbnail_name(Path(relative).name)}" for relative in files)
-    ]
-    inputs = [name for name in (_input_thumb_name(p) for p in record.get("inputs") or []) if name in made]
-    usage = record.get("usage") or {}
-    error = record.get("error") or {}
+PARAMS_SHOWN = 50  # keys of a task's params on its card; a CSV of a million columns must not fill memory
+VALUE_SHOWN = 500  # characters of one param's value
+INPUTS_SHOWN = 16  # input pictures of one card (the API takes at most 16)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _card(record: dict[str, Any]) -> dict[str, Any]:
+    """What the page shows of one task, bounded whatever the record holds; its `files` and `inputs` name
+    the pictures whose thumbnails `_finish` adds."""
+    files = [str(f) for f in (record.get("files") or [])[:INPUTS_SHOWN]]
+    inputs = [str(p) for p in (record.get("inputs") or [])[:INPUTS_SHOWN]]
+    params: dict[str, Any] = record["params"] if isinstance(record.get("params"), dict) else {}
+    shown = {
+        _cut(str(key), 100): _cut(value, VALUE_SHOWN) if isinstance(value, str) else value
+        for key, value in list(params.items())[:PARAMS_SHOWN]
+    }
+    if len(params) > PARAMS_SHOWN:
+        shown["..."] = f"{len(params) - PARAMS_SHOWN:,} more"
+    usage: dict[str, Any] = record["usage"] if isinstance(record.get("usage"), dict) else {}
+    error: dict[str, Any] = record["error"] if isinstance(record.get("error"), dict) else {}
     text = record.get("text")
     return {
         "id": record.get("id"),
         "kind": record.get("kind"),
         "status": record.get("status"),
         "model": record.get("model"),
-        "prompt": record.get("prompt") or "",
-        "params": record.get("params") or {},
+        "prompt": _cut(str(record.get("prompt") or ""), TEXT_SHOWN),
+        "params": shown,
         "files": files,
-        "thumbs": thumbs,
         "inputs": inputs,
-        "text": text if not isinstance(text, str) or len(text) <= TEXT_SHOWN else text[:TEXT_SHOWN] + "...",
+        "text": _cut(text, TEXT_SHOWN) if isinstance(text, str) else text,
         "tokens": usage.get("total_tokens"),
         "cost": record.get("cost"),
         "attempts": record.get("attempts"),
         "seconds": record.get("seconds"),
-        "error": f"{error.get('type')}: {error.get('message')}" if error else None,
+        "error": _cut(f"{error.get('type')}: {error.get('message')}", TEXT_SHOWN) if error else None,
     }
+
+
+def _finish(card: dict[str, Any], made: set[str]) -> dict[str, Any]:
+    """A card with its thumbnails: `made` holds the ones that exist."""
+    thumbs = [
+        name if name in made else None
+        for name in (f"{THUMBS}/{thumbnail_name(Path(relative).name)}" for relative in card["files"])
+    ]
+    inputs = [name for name in (_input_thumb_name(p) for p in card["inputs"]) if name in made]
+    return {**card, "thumbs": thumbs, "inputs": inputs}
 
 
 def _thumbnails(root: Path, records: Iterable[dict[str, Any]]) -> set[str]:
@@ -156,7 +179,8 @@ def _thumbnails(root: Path, records: Iterable[dict[str, Any]]) -> set[str]:
             wanted[f"{THUMBS}/{thumbnail_name(Path(str(relative)).name)}"] = root / str(relative)
         for path in record.get("inputs") or []:
             wanted[_input_thumb_name(str(path))] = Path(str(path))
-    (root / THUMBS / "inputs").mkdir(parents=True, exist_ok=True)
+    real_folder(root / THUMBS)
+    real_folder(root / THUMBS / "inputs")
     existing = {f"{THUMBS}/{p.name}" for p in (root / THUMBS).glob("*.webp")}
     existing |= {f"{THUMBS}/inputs/{p.name}" for p in (root / THUMBS / "inputs").glob("*.webp")}
     made = {name for name in wanted if name in existing}
@@ -172,15 +196,15 @@ def _thumbnails(root: Path, records: Iterable[dict[str, Any]]) -> set[str]:
 def build(root: Path) -> Path:
     """Write DIR/index.html from results.jsonl; make any thumbnail that is missing. Returns the page."""
     counts: dict[str, int] = {}
-    kept: deque[dict[str, Any]] = deque(maxlen=MAX_ITEMS)
+    kept: deque[dict[str, Any]] = deque(maxlen=MAX_ITEMS)  # cards, each bounded
     total = 0
     for record in read_lines(root / RESULTS):
         total += 1
         key = f"{record.get('kind')}/{record.get('status')}"
         counts[key] = counts.get(key, 0) + 1
-        kept.append(record)
+        kept.append(_card(record))
     made = _thumbnails(root, kept)
-    items = [_item(record, made) for record in kept]
+    items = [_finish(card, made) for card in kept]
     data = {"title": root.name, "total": total, "shown": len(items), "counts": counts, "items": items}
     # "<" only occurs inside JSON strings, where \u003c means the same: no prompt can end the script
     blob = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")

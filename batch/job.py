@@ -183,15 +183,18 @@ class Job:
             and not checked.cached
         ):
             plan = checked.plan
-            plancache.save(
-                self.out.root / plancache.FOLDER,
-                checked.cache_key,
-                checked.sources,
-                plan.total,
-                plan.counts,
-                plan.order,
-                plan.estimates,
-            )
+            try:
+                plancache.save(
+                    self.out.root / plancache.FOLDER,
+                    checked.cache_key,
+                    checked.sources,
+                    plan.total,
+                    plan.counts,
+                    plan.order,
+                    plan.estimates,
+                )
+            except OutputError as exc:  # the plan is only remembered for speed: the run goes on without
+                logging.getLogger("batch.job").warning("the plan is not remembered: %s", exc)
         order = checked.plan.order
         skip = (lambda position: finished.contains_digest(order[position])) if len(finished) else None
         left_alone = 0

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from batch import __version__
-from batch.store import write_atomic
+from batch.store import real_folder, write_atomic
 
 FOLDER = ".cache"
 PLAN = "plan.json"
@@ -104,8 +104,8 @@ def save(
     order: array[int],
     estimates: Mapping[tuple[str, str], list[int]],
 ) -> None:
-    """Remember a valid plan (call while holding DIR's lock)."""
-    folder.mkdir(exist_ok=True)
+    """Remember a valid plan (call while holding DIR's lock). OutputError if `folder` is a link."""
+    real_folder(folder)
     ids = order.tobytes()
     write_atomic(folder / IDS, ids)
     document = {

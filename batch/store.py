@@ -125,15 +125,43 @@ class Journal:
         return self.fsync and self._written > self._synced
 
 
-def cut_torn_tail(path: Path) -> int:
-    """Cut a last line that a crash left without its newline. Returns the bytes removed."""
+def real_folder(path: Path) -> Path:
+    """`path` as a real directory (made if missing): OutputError if it is a symbolic link, which could
+    lead writes anywhere, or no directory at all."""
     try:
-        size = path.lstat().st_size
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        try:
+            path.mkdir()
+        except FileExistsError:
+            return real_folder(path)
+        except OSError as exc:
+            raise OutputError(f"cannot create {path}: {_reason(exc)}") from exc
+        return path
+    if stat.S_ISLNK(mode):
+        raise OutputError(f"{path} is a symbolic link; refusing to write through it")
+    if not stat.S_ISDIR(mode):
+        raise OutputError(f"{path} is not a directory")
+    return path
+
+
+def cut_torn_tail(path: Path) -> int:
+    """Cut a last line that a crash left without its newline. Returns the bytes removed. A symbolic
+    link is refused (OutputError), never followed: its target could be any file of the user's."""
+    try:
+        info = path.lstat()
     except FileNotFoundError:
         return 0
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
+        raise OutputError(f"{path} is not a regular file (a symbolic link?); refusing to write through it")
+    size = info.st_size
     if size == 0:
         return 0
-    with path.open("rb+") as handle:
+    try:
+        fd = os.open(path, _flags(os.O_RDWR))
+    except OSError as exc:
+        raise OutputError(f"cannot open {path}: {_reason(exc)}") from exc
+    with os.fdopen(fd, "rb+") as handle:
         end = size
         while end > 0:
             start = max(0, end - (1 << 16))
@@ -339,12 +367,7 @@ class OutputDir:
     def save_answer(self, name: str, data: bytes) -> str:
         """Keep the raw body of a paid answer that could not be used, atomically and durably, in
         answers/. Blocking: call it from a worker thread. Returns its path relative to DIR."""
-        folder = self.root / ANSWERS
-        self._check_not_symlink(folder)
-        try:
-            folder.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create {folder}: {_reason(exc)}") from exc
+        folder = real_folder(self.root / ANSWERS)
         write_atomic(folder / name, data, fsync=self.fsync)
         if self.fsync:
             _fsync_dir(folder)

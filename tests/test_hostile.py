@@ -156,3 +156,61 @@ def test_a_symlinked_output_file_is_replaced_not_followed(
     assert cli("run", manifest, "--out", tmp_path / "out", env=env_for(sim)).code == 0
     assert snapshot(outside) == before
     assert not (images / "victim.png").is_symlink() and (images / "victim.png").stat().st_size > 0
+
+
+PLANTED_AFTER_A_RUN = [
+    "results.jsonl",
+    "usage.jsonl",
+    "runs/LOG",
+    "runs",
+    "images",
+    ".cache",
+    ".cache/plan.json",
+    "thumbs",
+    "thumbs/inputs",
+    "answers",
+    "index.html",
+]
+
+
+@pytest.mark.parametrize("planted", PLANTED_AFTER_A_RUN)
+def test_a_symlink_planted_after_a_run_is_never_written_or_truncated_through(
+    planted: str,
+    cli: Callable[..., Outcome],
+    sim: RunningSimulator,
+    write: Callable[..., Path],
+    tmp_path: Path,
+    outside: Path,
+) -> None:
+    """The outside file ends without a newline, as a torn journal line would: a repair that followed the
+    link would cut it. Every command that writes to DIR is run over the planted link."""
+    (outside / "precious.txt").write_bytes(b"line one\nno newline at the end")
+    photo = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(photo)
+    manifest = write(f"tasks:\n  - {{kind: edit, id: first, prompt: a, image: {photo}}}\n")
+    out = tmp_path / "out"
+    assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 0
+    where = out / planted.replace("LOG", next((out / "runs").glob("*.jsonl")).name)
+    if where.is_dir():
+        __import__("shutil").rmtree(where)
+        os.symlink(outside, where)
+    else:
+        where.unlink(missing_ok=True)
+        os.symlink(outside / "precious.txt", where)
+    before = snapshot(outside)
+    manifest = write(
+        f"tasks:\n  - {{kind: edit, id: first, prompt: a, image: {photo}}}\n"
+        f"  - {{kind: edit, id: second, prompt: b, image: {photo}}}\n"
+    )
+    outcomes = [
+        cli("run", manifest, "--out", out, env=env_for(sim)),
+        cli("gallery", out),
+        cli("run", manifest, "--out", out, "--retry-failed", env=env_for(sim)),
+    ]
+    for outcome in outcomes:
+        assert outcome.code in (0, 74), outcome.err
+        assert "Traceback" not in outcome.err
+    assert snapshot(outside) == before
+    assert (outside / "precious.txt").read_bytes() == b"line one\nno newline at the end"
