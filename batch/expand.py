@@ -32,6 +32,7 @@ from batch.errors import Problem, shorten
 from batch.fields import type_name
 from batch.inputs import resolve
 from batch.manifest import Entry
+from batch.regular import open_regular, why_not_regular
 
 if TYPE_CHECKING:
     from batch.plancache import Sources
@@ -41,6 +42,7 @@ SOURCES = ("glob", "csv", "jsonl")
 MAX_REPEAT = 100_000
 MAX_PROMPT_LINE = 2**20  # a prompt is at most 32,000 characters; a longer line is refused unread
 MAX_RECORD_LINE = 64 * 2**20
+MAX_CSV_LINE = 16 * 2**20  # a CSV's fields are 128 KB at most (the csv module's limit): a row is far less
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_](?:[\w .-]*[\w.-])?)\}")
 SLUG_SPLIT = re.compile(r"[^A-Za-z0-9]+")
 
@@ -200,8 +202,8 @@ class Expander:
             value = data["prompts_file"]
             if not isinstance(value, str) or not value:
                 bad("prompts_file", "must be the path of a text file, one prompt per line", value)
-            elif not resolve(self.folder, value).is_file():
-                bad("prompts_file", "does not exist", str(resolve(self.folder, value)))
+            elif (why := why_not_regular(resolve(self.folder, value))) is not None:
+                bad("prompts_file", why, str(resolve(self.folder, value)))
         if "matrix" in data:
             matrix = data["matrix"]
             if not isinstance(matrix, Mapping) or not matrix:
@@ -255,10 +257,10 @@ class Expander:
         if source == "glob":
             if not self._glob(value):
                 return bad("the pattern matches no file", str(resolve(self.folder, value)))
-        elif not resolve(self.folder, value).is_file():
-            return bad(f"the {source} file does not exist", str(resolve(self.folder, value)))
-        elif source == "csv" and not self._csv_header(value):
-            return bad("the CSV file has no header row naming its columns", value)
+        elif (why := why_not_regular(resolve(self.folder, value))) is not None:
+            return bad(f"the {source} file {why}", str(resolve(self.folder, value)))
+        elif source == "csv" and not (header := self._read_csv_header(value))[0]:
+            return bad(header[1], value)
         return []
 
     def _names(self, entry: Entry, key: str) -> list[str]:
@@ -297,7 +299,7 @@ class Expander:
         path = resolve(self.folder, raw)
         if self.sources is not None:
             self.sources.file(path, expanded=True)
-        with path.open("rb") as handle:
+        with open_regular(path) as handle:
             for number, line in enumerate(_lines(handle, MAX_PROMPT_LINE), start=1):
                 if line is None:
                     message = f"the line is longer than {MAX_PROMPT_LINE // 2**20} MB"
@@ -344,11 +346,20 @@ class Expander:
         return found
 
     def _csv_header(self, raw: str) -> list[str]:
+        """The column names (none for a file that is not a regular, readable CSV file)."""
+        names, _ = self._read_csv_header(raw)
+        return names
+
+    def _read_csv_header(self, raw: str) -> tuple[list[str], str]:
+        """The column names, or none and why."""
         try:
-            with resolve(self.folder, raw).open(encoding="utf-8-sig", newline="") as handle:
-                return [name for name in next(csv.reader(handle), []) if name]
-        except (OSError, UnicodeDecodeError, csv.Error):
-            return []
+            with open_regular(resolve(self.folder, raw)) as handle:
+                names = [name for name in next(csv.reader(_text_lines(handle, str(raw))), []) if name]
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            return [], f"the CSV file cannot be read: {getattr(exc, 'strerror', None) or exc}"
+        except _LineTooLong as exc:
+            return [], f"the CSV file's header row cannot be read: {exc}"
+        return names, "" if names else "the CSV file has no header row naming its columns"
 
     def _unknown(self, entry: Entry, template: Mapping[str, Any], name: str, variant: Variant) -> Problem:
         where = next((key for key in template if name in placeholders_in(template[key])), None)
@@ -404,9 +415,24 @@ def _samples(count: int) -> Iterator[Variant]:
         yield Variant({"sample": k}, (f"#{k}",), (str(k),))
 
 
+class _LineTooLong(Exception):
+    """A line of a CSV file over MAX_CSV_LINE bytes (it is never read whole)."""
+
+
+def _text_lines(handle: BinaryIO, name: str) -> Iterator[str]:
+    """The lines of a UTF-8 file (a leading BOM dropped), each at most MAX_CSV_LINE bytes in memory."""
+    first = True
+    for line in _lines(handle, MAX_CSV_LINE):
+        if line is None:
+            raise _LineTooLong(f"the line is longer than {MAX_CSV_LINE // 2**20} MB")
+        text = line.decode("utf-8")
+        yield text.removeprefix("\ufeff") if first else text
+        first = False
+
+
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle)
+    with open_regular(path) as handle:
+        reader = csv.DictReader(_text_lines(handle, str(path)))
         try:
             for row in reader:
                 if not any((value or "").strip() for value in row.values() if isinstance(value, str)):
@@ -422,6 +448,8 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
                 yield reader.line_num, {key: value for key, value in row.items() if key}
         except (UnicodeDecodeError, csv.Error) as exc:
             yield reader.line_num, Problem(str(path), reader.line_num, f"cannot be read as CSV: {exc}")
+        except _LineTooLong as exc:
+            yield reader.line_num + 1, Problem(str(path), reader.line_num + 1, str(exc))
 
 
 def _lines(handle: BinaryIO, limit: int) -> Iterator[bytes | None]:
@@ -429,7 +457,8 @@ def _lines(handle: BinaryIO, limit: int) -> Iterator[bytes | None]:
     rest of which is skipped)."""
     while raw := handle.readline(limit + 1):
         if len(raw) > limit and not raw.endswith(b"\n"):
-            while (rest := handle.readline(limit)) and not rest.endswith(b"\n"):
+            del raw  # not held while the rest is skipped, a MiB at a time
+            while (rest := handle.readline(2**20)) and not rest.endswith(b"\n"):
                 pass
             yield None
         else:
@@ -437,7 +466,7 @@ def _lines(handle: BinaryIO, limit: int) -> Iterator[bytes | None]:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
-    with path.open("rb") as handle:
+    with open_regular(path) as handle:
         for number, raw in enumerate(_lines(handle, MAX_RECORD_LINE), start=1):
             if raw is None:
                 yield (
@@ -451,6 +480,9 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
                 record = json.loads(raw)
             except (ValueError, UnicodeDecodeError) as exc:
                 yield number, Problem(str(path), number, f"not valid JSON: {exc}")
+                continue
+            except RecursionError:
+                yield number, Problem(str(path), number, "not valid JSON: nested too deeply")
                 continue
             if not isinstance(record, dict):
                 yield (

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from batch.kinds import ImageInfo, InputInfo
+from batch.regular import open_regular
 
 if TYPE_CHECKING:
     from batch.plancache import Sources
@@ -48,7 +49,7 @@ class InputInspector:
         if self.sources is not None:
             self.sources.file(path)
         try:
-            stat = path.stat()
+            found = path.stat()
         except FileNotFoundError:
             return InputInfo(path, error="does not exist")
         except ValueError:  # e.g. a NUL byte in the path
@@ -57,17 +58,17 @@ class InputInspector:
             return InputInfo(path, error=f"cannot be read: {exc.strerror or exc}")
         if not path.is_file():
             return InputInfo(path, error="is not a regular file")
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        key = (str(path), found.st_size, found.st_mtime_ns)
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
             return cached
         try:
-            with path.open("rb") as handle:
+            with open_regular(path) as handle:
                 digest = hashlib.file_digest(handle, "sha256").hexdigest()
         except OSError as exc:
             return InputInfo(path, error=f"cannot be read: {exc.strerror or exc}")
-        info = InputInfo(path, size=stat.st_size, digest=digest, image=read_image_info(path))
+        info = InputInfo(path, size=found.st_size, digest=digest, image=read_image_info(path))
         self._cache[key] = info
         if len(self._cache) > self._capacity:
             self._cache.popitem(last=False)
@@ -81,4 +82,5 @@ def resolve(base: Path, raw: str) -> Path:
 
 def read_file(path: Path) -> bytes:
     """The bytes of an input file, read when its request is built (never kept in a TaskSpec)."""
-    return path.read_bytes()
+    with open_regular(path) as handle:
+        return handle.read()

@@ -18,6 +18,7 @@ import yaml
 from batch.errors import ManifestError, Problem, shorten
 from batch.fields import type_name, unknown_field_message
 from batch.ids import safe_id
+from batch.regular import open_regular, why_not_regular
 
 TOP_LEVEL_KEYS = ("defaults", "endpoints", "tasks", "prices")
 OPENAI_URLS = {"images/generations": "generate", "images/edits": "edit", "chat/completions": "chat"}
@@ -148,10 +149,9 @@ class Manifest:
 def load(path: Path) -> Manifest:
     """Read a manifest's outer structure. Raises ManifestError for a file that cannot be a manifest."""
     name = str(path)
-    if not path.exists():
-        raise ManifestError([Problem(name, None, "the manifest file does not exist")])
-    if not path.is_file():
-        raise ManifestError([Problem(name, None, "the manifest is not a regular file")])
+    why = why_not_regular(path)
+    if why is not None:
+        raise ManifestError([Problem(name, None, f"the manifest file {why}")])
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         return Manifest(path, "jsonl")
     if path.stat().st_size > MAX_YAML_BYTES:
@@ -166,7 +166,7 @@ def load(path: Path) -> Manifest:
             ]
         )
     try:
-        with path.open("rb") as handle:
+        with open_regular(path) as handle:
             loader = _LocatingLoader(handle)  # a SafeLoader subclass: no object tags
             try:
                 node = loader.get_single_node()
@@ -192,6 +192,12 @@ def load(path: Path) -> Manifest:
         raise ManifestError([Problem(name, line, f"not valid YAML: {message}")]) from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ManifestError([Problem(name, None, f"not valid YAML: {exc}")]) from None
+    except RecursionError:
+        raise ManifestError([Problem(name, None, "not valid YAML: nested too deeply")]) from None
+    except OSError as exc:
+        raise ManifestError(
+            [Problem(name, None, f"the manifest file cannot be read: {exc.strerror or exc}")]
+        ) from None
     return _from_document(path, document)
 
 
@@ -294,7 +300,7 @@ def _from_document(path: Path, document: Any, name: str | None = None) -> Manife
 def _jsonl_entries(path: Path) -> Iterator[Entry | Problem]:
     name = str(path)
     index = 0
-    with path.open("rb") as handle:
+    with open_regular(path) as handle:
         for number, raw in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES + 1), b""), start=1):
             if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
                 yield Problem(name, number, f"line is longer than {MAX_LINE_BYTES // 2**20} MB")
@@ -308,6 +314,10 @@ def _jsonl_entries(path: Path) -> Iterator[Entry | Problem]:
                 item = json.loads(text)
             except (ValueError, UnicodeDecodeError) as exc:
                 yield Problem(name, number, f"not valid JSON: {exc}")
+                index += 1
+                continue
+            except RecursionError:
+                yield Problem(name, number, "not valid JSON: nested too deeply")
                 index += 1
                 continue
             if not isinstance(item, dict):

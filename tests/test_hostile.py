@@ -214,3 +214,85 @@ def test_a_symlink_planted_after_a_run_is_never_written_or_truncated_through(
         assert "Traceback" not in outcome.err
     assert snapshot(outside) == before
     assert (outside / "precious.txt").read_bytes() == b"line one\nno newline at the end"
+
+
+def fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("source", "says"),
+    [
+        ("csv-fifo", "for_each: the csv file is not a regular file"),
+        ("jsonl-fifo", "for_each: the jsonl file is not a regular file"),
+        ("prompts-fifo", "prompts_file: is not a regular file"),
+        ("csv-dev-zero", "for_each: the csv file is not a regular file"),
+        ("prompts-dev-zero", "prompts_file: is not a regular file"),
+        ("image-fifo", "is not a regular file"),
+        ("manifest-fifo", "the manifest file is not a regular file"),
+        ("csv-long-header", "header row cannot be read: the line is longer than 16 MB"),
+        ("csv-long-row", "rows.csv:3: tasks[0]: the line is longer than 16 MB"),
+        ("jsonl-deep", "not valid JSON: nested too deeply"),
+        ("rows-deep", "rows.jsonl:2: tasks[0]: not valid JSON: nested too deeply"),
+        ("yaml-deep", "not valid YAML"),
+    ],
+)
+def test_manifest_inputs_that_would_hang_or_exhaust_memory_are_refused_located(
+    source: str,
+    says: str,
+    cli: Callable[..., Outcome],
+    sim: RunningSimulator,
+    write: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    """A FIFO blocks a read forever and /dev/zero never ends: both are refused before any read. Lines
+    are read in bounded pieces; nesting that breaks a parser is a located problem. Exit 65, nothing sent."""
+    rows = tmp_path / "rows.csv"
+    template = "tasks:\n  - {kind: generate, id: '{name}', for_each: {csv: rows.csv}, prompt: '{name}'}\n"
+    manifest = None
+    if source == "csv-fifo":
+        fifo(rows)
+    elif source == "jsonl-fifo":
+        fifo(tmp_path / "rows.jsonl")
+        template = template.replace("csv: rows.csv", "jsonl: rows.jsonl")
+    elif source == "prompts-fifo":
+        fifo(tmp_path / "prompts.txt")
+        template = "tasks:\n  - {kind: generate, prompts_file: prompts.txt}\n"
+    elif source == "csv-dev-zero":
+        os.symlink("/dev/zero", rows)
+    elif source == "prompts-dev-zero":
+        os.symlink("/dev/zero", tmp_path / "prompts.txt")
+        template = "tasks:\n  - {kind: generate, prompts_file: prompts.txt}\n"
+    elif source == "image-fifo":
+        fifo(tmp_path / "photo.png")
+        template = "tasks:\n  - {kind: edit, prompt: a, image: photo.png}\n"
+    elif source == "manifest-fifo":
+        manifest = fifo(tmp_path / "job.yaml")
+    elif source == "csv-long-header":
+        with rows.open("wb") as handle:
+            handle.write(b"name," + b"x" * (40 * 2**20) + b"\nfine,ok\n")
+    elif source == "csv-long-row":
+        with rows.open("wb") as handle:
+            handle.write(b"name\nfine\n" + b"y" * (40 * 2**20) + b"\nalso fine\n")
+    elif source == "jsonl-deep":
+        deep = b"[" * 100_000 + b"]" * 100_000
+        manifest = tmp_path / "tasks.jsonl"
+        manifest.write_bytes(
+            b'{"kind": "generate", "prompt": "ok"}\n{"kind": "generate", "x": ' + deep + b"}\n"
+        )
+    elif source == "rows-deep":
+        (tmp_path / "rows.jsonl").write_bytes(b'{"name": "ok"}\n{"name": ' + b"[" * 100_000 + b"}\n")
+        template = template.replace("csv: rows.csv", "jsonl: rows.jsonl")
+    elif source == "yaml-deep":
+        template = "tasks: " + "[" * 20_000 + "]" * 20_000 + "\n"
+    if manifest is None:
+        manifest = write(template)
+    for command in ("validate", "run"):
+        args = [command, manifest] + (["--out", tmp_path / "out"] if command == "run" else [])
+        outcome = cli(*args, env=env_for(sim))
+        assert outcome.code == 65, outcome.err
+        assert says in outcome.err, outcome.err
+        assert "Traceback" not in outcome.err
+    assert sim.state.requests_total == 0
