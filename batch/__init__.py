@@ -24,9 +24,9 @@ _EXPORTS = {
     "from_tasks": "batch.api",
     "Result": "batch.api",
     "ResultStream": "batch.api",
-    "Options": "batch.settings",
-    "RunSummary": "batch.runner",
-    "Manifest": "batch.manifest",
+    "Options": "batch.config",
+    "RunSummary": "batch.running.runner",
+    "Manifest": "batch.manifest.read",
     "Event": "batch.events",
     "RunStarted": "batch.events",
     "TaskFinished": "batch.events",
@@ -72,6 +72,7 @@ __all__ = [  # the names of _EXPORTS (a test checks), written out for readers an
 
 if TYPE_CHECKING:
     from batch.api import Result, ResultStream, from_tasks, run, stream, validate
+    from batch.config import Options
     from batch.errors import (
         BatchError,
         ConfigError,
@@ -82,9 +83,8 @@ if TYPE_CHECKING:
         UsageError,
     )
     from batch.events import AttemptFailed, Billed, Event, Heartbeat, RunStarted, RunStopping, TaskFinished
-    from batch.manifest import Manifest
-    from batch.runner import RunSummary
-    from batch.settings import Options
+    from batch.manifest.read import Manifest
+    from batch.running.runner import RunSummary
 
 
 def __getattr__(name: str) -> Any:

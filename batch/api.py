@@ -31,14 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batch.config import Options, connection, endpoint_for, job_config
 from batch.errors import unwrap
 from batch.events import Event, TaskFinished
 from batch.exitcodes import EXIT_TEMPFAIL
-from batch.job import CheckedManifest, Job, JobConfig, check
-from batch.manifest import Manifest, from_data
-from batch.plancache import FOLDER as PLAN_FOLDER
-from batch.runner import RunSummary
-from batch.settings import Options, connection, endpoint_for, job_config
+from batch.manifest.plancache import FOLDER as PLAN_FOLDER
+from batch.manifest.read import Manifest, from_data
+from batch.running.job import CheckedManifest, Job, JobConfig, check
+from batch.running.runner import RunSummary
 from jobs import registry
 
 log = logging.getLogger("batch.api")

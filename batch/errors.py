@@ -16,8 +16,8 @@
 A whole answer is paid for: it is never bought again because the tool could not use it. Its raw body
 travels on the error (`raw`) so the runner can keep it under DIR/answers/.
 
-aiohttp's exceptions are translated into this tree in ``batch.client`` and nowhere else.
-Whether an ApiError is retried, fails its task or stops the run is decided in ``batch.retry``.
+aiohttp's exceptions are translated into this tree in ``batch.running.client`` and nowhere else.
+Whether an ApiError is retried, fails its task or stops the run is decided in ``batch.running.retry``.
 """
 
 from __future__ import annotations

@@ -27,9 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from batch import gallery
+from batch.output import gallery
+from batch.output.store import THUMBS
 from batch.simulator.images import _realistic
-from batch.store import THUMBS
 
 DISTINCT = 40
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from batch.kinds import Registry, TaskKind
+from batch.kind import Registry, TaskKind
 from jobs import chat, edit, generate
 
 KINDS: tuple[TaskKind, ...] = (generate, edit, chat)

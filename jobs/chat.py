@@ -15,7 +15,17 @@ from typing import Any
 import pybase64
 
 from batch.errors import BrokenAnswerError, RefusalError
-from batch.fields import (
+from batch.kind import (
+    Answer,
+    ApiRequest,
+    EncodedImage,
+    FileReader,
+    FileRef,
+    InputInfo,
+    Pointer,
+    TokenCounts,
+)
+from batch.manifest.fields import (
     Anything,
     Boolean,
     FieldIssue,
@@ -25,16 +35,6 @@ from batch.fields import (
     Text,
     check_rules,
     type_name,
-)
-from batch.kinds import (
-    Answer,
-    ApiRequest,
-    EncodedImage,
-    FileReader,
-    FileRef,
-    InputInfo,
-    Pointer,
-    TokenCounts,
 )
 from jobs.image_api import counts, encoded_image, sniff_mime
 

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from batch.fields import Choice, FieldIssue, type_name
-from batch.kinds import Answer, ApiRequest, FileReader, FileRef, FormField, InputInfo, Pointer, TokenCounts
+from batch.kind import Answer, ApiRequest, FileReader, FileRef, FormField, InputInfo, Pointer, TokenCounts
+from batch.manifest.fields import Choice, FieldIssue, type_name
 from jobs.image_api import (
     COMMON_RULES,
     EXTRA,

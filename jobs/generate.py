@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from batch.fields import FieldIssue
-from batch.kinds import Answer, ApiRequest, FileReader, FileRef, InputInfo, Pointer, TokenCounts
+from batch.kind import Answer, ApiRequest, FileReader, FileRef, InputInfo, Pointer, TokenCounts
+from batch.manifest.fields import FieldIssue
 from jobs.image_api import (
     COMMON_RULES,
     EXTRA,

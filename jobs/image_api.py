@@ -7,8 +7,8 @@ from dataclasses import replace
 from typing import Any
 
 from batch.errors import BrokenAnswerError
-from batch.fields import Choice, FieldIssue, IntRange, Rule, Text, check_rules
-from batch.kinds import Answer, EncodedImage, TokenCounts
+from batch.kind import Answer, EncodedImage, TokenCounts
+from batch.manifest.fields import Choice, FieldIssue, IntRange, Rule, Text, check_rules
 
 PROMPT_MAX = 32_000
 SIZES = ("1024x1024", "1536x1024", "1024x1536", "auto")

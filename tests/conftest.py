@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from batch.cli import main
-from batch.job import CheckedManifest, check
+from batch.manifest.tasks import BuildSettings
+from batch.running.job import CheckedManifest, check
 from batch.simulator import RunningSimulator, SimConfig, simulator_in_thread
-from batch.tasks import BuildSettings
 from jobs import registry
 
 

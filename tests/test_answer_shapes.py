@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from batch.client import _embedded_status, _sse_data
 from batch.errors import BrokenAnswerError, RefusalError
-from batch.imaging import decode_base64, decode_images
-from batch.kinds import TokenCounts
-from batch.prices import Price, parse_prices
+from batch.kind import TokenCounts
+from batch.running.client import _embedded_status, _sse_data
+from batch.running.imaging import decode_base64, decode_images
+from batch.running.prices import Price, parse_prices
 from jobs import chat, generate
 
 

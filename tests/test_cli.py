@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from batch.output.store import OutputDir
 from batch.simulator import RunningSimulator, SimConfig, simulator_in_thread
-from batch.store import OutputDir
 from tests.conftest import FAST, KEY, Outcome, env_for, ledger, results
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,9 +12,9 @@ import aiohttp
 import pytest
 from aioresponses import aioresponses
 
-from batch.client import ApiClient, ClientConfig
 from batch.errors import ApiStatusError, BrokenAnswerError, ConfigError, TransportError
-from batch.kinds import ApiRequest, FormField
+from batch.kind import ApiRequest, FormField
+from batch.running.client import ApiClient, ClientConfig
 
 BASE = "https://api.example.test/v1/ai"
 KEY = "sk-canary-0123456789"

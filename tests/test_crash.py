@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from batch.report import status
+from batch.output.report import status
+from batch.output.store import finished_results
 from batch.simulator import SimConfig, simulator_in_thread
-from batch.store import finished_results
 from tests.conftest import KEY, Run, results
 
 KILLS = 20

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from batch.expand import render, slug
-from batch.plan import iter_tasks
-from batch.tasks import TaskSpec
+from batch.manifest.expand import render, slug
+from batch.manifest.plan import iter_tasks
+from batch.manifest.tasks import TaskSpec
 from tests.conftest import checked, make_image, make_mask, messages
 
 Write = Callable[..., Path]
@@ -334,8 +334,8 @@ def test_command_line_endpoint_overrides_the_manifest(write: Write) -> None:
           - {kind: generate, prompt: b, endpoint: ep-own}
           - {kind: chat, model: special, prompt: c}
     """)
-    from batch.job import check
-    from batch.tasks import BuildSettings
+    from batch.manifest.tasks import BuildSettings
+    from batch.running.job import check
     from jobs import registry
 
     def endpoints(chosen: dict[str, str]) -> list[str]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from batch import export as export_module
+from batch.output import export as export_module
 from batch.simulator import RunningSimulator
 from tests.conftest import Outcome, env_for, make_image, results
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from batch import gallery
+from batch.output import gallery
 from batch.simulator import RunningSimulator
 from tests.browser import Page, chromium, find_chromium
 from tests.conftest import Outcome, env_for, make_image, results
@@ -138,7 +138,7 @@ def test_a_run_asks_the_thumbnail_thread_for_every_saved_image(
             asked.append((source, destination))
             super().submit(source, destination)
 
-    monkeypatch.setattr("batch.runner.Thumbnailer", Recording)
+    monkeypatch.setattr("batch.running.runner.Thumbnailer", Recording)
     manifest = write(
         "tasks:\n  - {kind: generate, id: one, prompt: a lake}\n  - {kind: generate, id: two, prompt: a wood, n: 2}\n"
     )

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from batch.prices import PriceTable
-from batch.report import format_report, report
+from batch.output.report import format_report, report
+from batch.running.prices import PriceTable
 from batch.simulator import SimConfig, SimState, simulator_in_thread
 from tests.conftest import FAST, KEY, Outcome, env_for, results
 

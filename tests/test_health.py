@@ -8,8 +8,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from batch.health import PROBE_FIRST, ServiceHealth
-from batch.runlog import RunLog, recover
+from batch.output.runlog import RunLog, recover
+from batch.running.health import PROBE_FIRST, ServiceHealth
 
 
 class Clock:

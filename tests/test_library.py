@@ -201,7 +201,7 @@ def test_without_a_key_the_run_refuses_and_names_the_variable(
 
 
 def test_a_locked_directory_is_an_error_of_the_call(api_env: RunningSimulator, tmp_path: Path) -> None:
-    from batch.lock import acquire
+    from batch.output.lock import acquire
 
     out = tmp_path / "out"
     out.mkdir()

@@ -10,7 +10,7 @@ import aiohttp
 import anyio
 import pytest
 
-from batch.limits import SAFETY, AdaptiveLimit, RatePacer
+from batch.running.limits import SAFETY, AdaptiveLimit, RatePacer
 from batch.simulator import SimConfig, running_simulator, simulator_in_thread
 from tests.conftest import FAST, KEY, Outcome, env_for, results
 

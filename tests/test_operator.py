@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from batch.kinds import TokenCounts
-from batch.lock import acquire
-from batch.options import parse_deadline, parse_duration
-from batch.prices import PriceTable, parse_prices
+from batch.cli.grammar import parse_deadline, parse_duration
+from batch.kind import TokenCounts
+from batch.output.lock import acquire
+from batch.running.prices import PriceTable, parse_prices
 from batch.simulator import RunningSimulator, SimConfig, simulator_in_thread
 from tests.conftest import FAST, KEY, Outcome, env_for, ledger, results
 
@@ -562,7 +562,7 @@ def test_an_answer_being_written_to_the_ledger_still_counts_against_the_budget(
 ) -> None:
     import anyio
 
-    from batch.store import OutputDir
+    from batch.output.store import OutputDir
 
     append = OutputDir.append
 

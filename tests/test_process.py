@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from batch.prices import PriceTable
-from batch.report import report, status
+from batch.output.report import report, status
+from batch.running.prices import PriceTable
 from batch.simulator import RunningSimulator, SimConfig, simulator_in_thread
 from batch.simulator.state import CLIENT_CLOSED_STATUS
 from tests.conftest import KEY, Run, results

@@ -11,7 +11,7 @@ import anyio.lowlevel
 import pytest
 
 from batch.errors import ApiStatusError, BrokenAnswerError, RefusalError, TransportError
-from batch.retry import RetryPolicy, Verdict, classify, parse_retry_after, retrying
+from batch.running.retry import RetryPolicy, Verdict, classify, parse_retry_after, retrying
 
 
 @pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504])
@@ -175,7 +175,7 @@ class _AlwaysMax(random.Random):
 
 @pytest.mark.anyio
 async def test_call_with_retries_runs_the_first_attempt_directly_then_continues_the_count() -> None:
-    from batch.retry import RetryNotice, call_with_retries
+    from batch.running.retry import RetryNotice, call_with_retries
 
     calls = 0
     notices: list[RetryNotice] = []
@@ -200,7 +200,7 @@ async def test_call_with_retries_runs_the_first_attempt_directly_then_continues_
 
 @pytest.mark.anyio
 async def test_call_with_retries_keeps_every_bound() -> None:
-    from batch.retry import call_with_retries
+    from batch.running.retry import call_with_retries
 
     async def sleep(seconds: float) -> None:
         return None

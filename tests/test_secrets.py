@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from batch.client import ApiClient, ClientConfig
+from batch.running.client import ApiClient, ClientConfig
 from batch.simulator import SimConfig, simulator_in_thread
 from tests.conftest import FAST, Outcome
 

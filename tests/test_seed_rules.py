@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from batch.inputs import read_file
-from batch.kinds import FormField
-from batch.plan import iter_tasks
-from batch.tasks import TaskSpec
+from batch.kind import FormField
+from batch.manifest.inputs import read_file
+from batch.manifest.plan import iter_tasks
+from batch.manifest.tasks import TaskSpec
 from jobs import registry
 from tests.conftest import Outcome, checked, make_image, messages
 

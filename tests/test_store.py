@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from batch.errors import BrokenAnswerError, DirLockedError, OutputError
-from batch.imaging import decode_images
-from batch.kinds import EncodedImage
-from batch.store import Journal, OutputDir, OutputFile, cut_torn_tail, finished_results, write_atomic
+from batch.kind import EncodedImage
+from batch.output.store import Journal, OutputDir, OutputFile, cut_torn_tail, finished_results, write_atomic
+from batch.running.imaging import decode_images
 
 
 def png_bytes(size: tuple[int, int] = (8, 8)) -> bytes:
@@ -141,7 +141,7 @@ def test_lock_of_a_killed_process_does_not_block(tmp_path: Path) -> None:
     out = tmp_path / "out"
     code = (
         "import sys, os, signal; sys.path.insert(0, sys.argv[2]);"
-        "from pathlib import Path; from batch.store import OutputDir;"
+        "from pathlib import Path; from batch.output.store import OutputDir;"
         "d = OutputDir(Path(sys.argv[1])); d.open(); os.kill(os.getpid(), signal.SIGKILL)"
     )
     done = subprocess.run([sys.executable, "-c", code, str(out), str(Path(__file__).parents[1])], timeout=30)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from batch.errors import ManifestError
-from batch.plan import iter_tasks
+from batch.manifest.plan import iter_tasks
 from tests.conftest import checked, make_image, make_mask, messages
 
 Write = Callable[..., Path]

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from batch.kinds import TokenCounts
-from batch.prices import PriceTable, money
-from batch.store import read_lines
+from batch.kind import TokenCounts
+from batch.output.store import read_lines
+from batch.running.prices import PriceTable, money
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from batch import plancache
 from batch.errors import DirLockedError
-from batch.export import export as export  # the CLI imports it from here
-from batch.kinds import TokenCounts
-from batch.lock import LOCK, probe
-from batch.prices import PriceTable, money
-from batch.runlog import account
-from batch.store import RESULTS, RETRIED, RUNS, USAGE, read_lines
+from batch.kind import TokenCounts
+from batch.manifest import plancache
+from batch.output.export import export as export  # the CLI imports it from here
+from batch.output.lock import LOCK, probe
+from batch.output.runlog import account
+from batch.output.store import RESULTS, RETRIED, RUNS, USAGE, read_lines
+from batch.running.prices import PriceTable, money
 
 SLOWEST = 10
 

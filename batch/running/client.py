@@ -24,8 +24,8 @@ import anyio
 from batch import __version__
 from batch.defaults import DEFAULT_BASE_URL, DEFAULT_MAX_BODY, DEFAULT_TIMEOUT
 from batch.errors import ApiStatusError, BrokenAnswerError, ConfigError, TransportError
-from batch.kinds import ApiRequest
-from batch.retry import parse_retry_after
+from batch.kind import ApiRequest
+from batch.running.retry import parse_retry_after
 
 ERROR_BODY_LIMIT = 64 * 2**10
 THREAD_DECODE_BYTES = 256 * 2**10  # JSON bigger than this is decoded off the event loop

@@ -10,7 +10,7 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from batch.events import AttemptFailed, Billed, Event, Heartbeat, RunStarted, RunStopping, TaskFinished
-from batch.prices import money
+from batch.running.prices import money
 
 log = logging.getLogger("batch.run")
 

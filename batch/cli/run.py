@@ -1,5 +1,5 @@
 """`maas-batch run`: settings from the flags and the environment, a dry run, signals, progress, the summary.
-The work itself is batch.job's.
+The work itself is batch.running.job's.
 """
 
 from __future__ import annotations
@@ -13,18 +13,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batch.cli import check
+from batch.config import Options, connection, endpoint_for, job_config, need_prices, price_table
 from batch.errors import unwrap
 from batch.exitcodes import EXIT_BUDGET, EXIT_DEADLINE, EXIT_OK, EXIT_TEMPFAIL
-from batch.lock import probe as probe_lock
-from batch.settings import Options, connection, endpoint_for, job_config, need_prices, price_table
+from batch.output.lock import probe as probe_lock
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
+    from batch.cli.progress import ProgressBar
     from batch.events import Observer
-    from batch.job import Job
-    from batch.progress import ProgressBar
-    from batch.runner import RunSummary
+    from batch.running.job import Job
+    from batch.running.runner import RunSummary
 
 log = logging.getLogger("batch.cli")
 
@@ -68,8 +68,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     probe_lock(args.out)  # a second run on DIR gives up now, before any slow import or manifest check
     import anyio
 
-    from batch import plancache
-    from batch.job import Job
+    from batch.manifest import plancache
+    from batch.running.job import Job
     from jobs import registry
 
     chosen = options(args)
@@ -101,10 +101,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _dry_run(args: argparse.Namespace) -> int:
     """Check, then estimate what the run would spend on the tasks DIR does not hold yet; send nothing."""
-    from batch.idset import IdSet
-    from batch.plan import Plan, iter_tasks
-    from batch.report import format_plan
-    from batch.store import RESULTS, finished_results, retried_ids
+    from batch.manifest.plan import Plan, iter_tasks
+    from batch.output.report import format_plan
+    from batch.output.store import RESULTS, finished_results, retried_ids
+    from batch.running.idset import IdSet
     from jobs import registry
 
     checked = check(args, endpoint_for(options(args)))
@@ -140,7 +140,7 @@ def _dry_run(args: argparse.Namespace) -> int:
 
 
 def _observers(args: argparse.Namespace, show_bar: bool) -> tuple[list[Observer], ProgressBar | None]:
-    from batch.progress import LogLines, ProgressBar
+    from batch.cli.progress import LogLines, ProgressBar
 
     if args.quiet:
         return [], None
@@ -190,7 +190,7 @@ async def _cancel_after(job: Job, grace: float) -> None:
 
 
 def _print_summary(summary: RunSummary, out: Path, retried: int) -> None:
-    from batch.prices import money
+    from batch.running.prices import money
 
     lines = [
         f"maas-batch: {summary.succeeded} succeeded, {summary.failed} failed, "

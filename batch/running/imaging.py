@@ -13,8 +13,8 @@ import pybase64
 from PIL import Image
 
 from batch.errors import BrokenAnswerError
-from batch.kinds import EncodedImage
-from batch.store import OutputFile
+from batch.kind import EncodedImage
+from batch.output.store import OutputFile
 
 MAX_PIXELS = 8192 * 8192  # far above any size the API makes; a bomb claims far more
 EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif"}

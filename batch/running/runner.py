@@ -22,8 +22,6 @@ import anyio
 from anyio.abc import ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from batch.budget import Budget, BudgetLimits, Spent
-from batch.client import ApiClient, Reply
 from batch.defaults import DEFAULT_OUTAGE_LIMIT
 from batch.errors import (
     ApiError,
@@ -53,19 +51,21 @@ from batch.exitcodes import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
 )
-from batch.gallery import Thumbnailer, thumbnail_name
-from batch.health import ServiceHealth
-from batch.idset import IdSet
-from batch.imaging import decode_images
-from batch.inputs import read_file
-from batch.kinds import Answer, ApiRequest, EncodedImage, Registry, TaskKind
-from batch.limits import EndpointLimits, Limits
-from batch.looplag import LoopLag
-from batch.prices import PriceTable
-from batch.retry import RetryNotice, RetryPolicy, Verdict, call_with_retries, classify
-from batch.runlog import RunLog
-from batch.store import THUMBS, OutputDir, OutputFile
-from batch.tasks import TaskSpec
+from batch.kind import Answer, ApiRequest, EncodedImage, Registry, TaskKind
+from batch.manifest.inputs import read_file
+from batch.manifest.tasks import TaskSpec
+from batch.output.gallery import Thumbnailer, thumbnail_name
+from batch.output.runlog import RunLog
+from batch.output.store import THUMBS, OutputDir, OutputFile
+from batch.running.budget import Budget, BudgetLimits, Spent
+from batch.running.client import ApiClient, Reply
+from batch.running.health import ServiceHealth
+from batch.running.idset import IdSet
+from batch.running.imaging import decode_images
+from batch.running.limits import EndpointLimits, Limits
+from batch.running.looplag import LoopLag
+from batch.running.prices import PriceTable
+from batch.running.retry import RetryNotice, RetryPolicy, Verdict, call_with_retries, classify
 
 logger = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from typing import Any
 from PIL import Image
 
 from batch.errors import OutputError
-from batch.store import RESULTS, THUMBS, read_lines, real_folder, write_atomic
+from batch.output.store import RESULTS, THUMBS, read_lines, real_folder, write_atomic
 
-log = logging.getLogger("batch.gallery")
+log = logging.getLogger("batch.output.gallery")
 
 PAGE = "index.html"
 THUMB_SIZE = (320, 320)

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from batch.kinds import TokenCounts
+from batch.kind import TokenCounts
 
 PRICES_SOURCE = (
     "list prices per million tokens from OpenAI's model pages (gpt-image-1, gpt-image-1-mini) and Google's "

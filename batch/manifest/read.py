@@ -16,9 +16,9 @@ from typing import Any
 import yaml
 
 from batch.errors import ManifestError, Problem, shorten
-from batch.fields import type_name, unknown_field_message
-from batch.ids import safe_id
-from batch.regular import open_regular, why_not_regular
+from batch.manifest.fields import type_name, unknown_field_message
+from batch.manifest.ids import safe_id
+from batch.manifest.regular import open_regular, why_not_regular
 
 TOP_LEVEL_KEYS = ("defaults", "endpoints", "tasks", "prices")
 OPENAI_URLS = {"images/generations": "generate", "images/edits": "edit", "chat/completions": "chat"}
@@ -90,7 +90,7 @@ class Entry:
     index: int  # 0-based position in the manifest's list of tasks
     line: int | None
     key_lines: Mapping[str, int] = field(default_factory=dict)
-    # Set on the tasks an expansion makes (batch.expand):
+    # Set on the tasks an expansion makes (batch.manifest.expand):
     label_text: str | None = None  # "tasks[2] prompts.txt:12 style=watercolor"
     readable: tuple[str, ...] = ()  # readable parts for a generated id
     extra_meta: Mapping[str, Any] = field(default_factory=dict)  # record fields for results' meta

@@ -4,7 +4,7 @@
       results.jsonl   one line per finished task; also the checkpoint a resumed run reads
       usage.jsonl     the ledger: one line per billed answer
       images/         output images, <task id>.<ext> (or <task id>~<k>.<ext> when an answer has several)
-      runs/           one attempt log per run (batch.runlog), to account for requests a kill interrupted
+      runs/           one attempt log per run (output.runlog), to account for requests a kill interrupted
       answers/        the raw body of each paid answer the tool could not use, <request id>.<ext>:
                       nothing paid for is lost, and the task's failed result line names its file
       .lock           flock'ed by the run that owns DIR
@@ -38,7 +38,7 @@ from typing import Any
 import anyio
 
 from batch.errors import OutputError
-from batch.lock import acquire
+from batch.output.lock import acquire
 
 RESULTS = "results.jsonl"
 USAGE = "usage.jsonl"

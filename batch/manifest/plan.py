@@ -10,12 +10,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from batch.errors import ManifestError, Problem
-from batch.expand import Expander
-from batch.ids import valid_id
-from batch.idset import IdSet, digest
-from batch.kinds import TokenCounts
-from batch.manifest import Entry, Manifest
-from batch.tasks import TaskBuilder, TaskSpec
+from batch.kind import TokenCounts
+from batch.manifest.expand import Expander
+from batch.manifest.ids import valid_id
+from batch.manifest.read import Entry, Manifest
+from batch.manifest.tasks import TaskBuilder, TaskSpec
+from batch.running.idset import IdSet, digest
 
 KEEP_PROBLEMS = 200
 

@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from batch.errors import Problem, shorten
-from batch.fields import MISSING, FieldIssue, unknown_field_message
-from batch.ids import valid_id
-from batch.inputs import InputInspector, resolve
-from batch.kinds import InputInfo, Pointer, Registry, TaskKind
-from batch.manifest import Entry, LocatedDict, Manifest
-from batch.prices import parse_prices
+from batch.kind import InputInfo, Pointer, Registry, TaskKind
+from batch.manifest.fields import MISSING, FieldIssue, unknown_field_message
+from batch.manifest.ids import valid_id
+from batch.manifest.inputs import InputInspector, resolve
+from batch.manifest.read import Entry, LocatedDict, Manifest
+from batch.running.prices import parse_prices
 
 if TYPE_CHECKING:
-    from batch.plancache import Sources
+    from batch.manifest.plancache import Sources
 
 ENDPOINT_PATTERN = re.compile(r"[^/?#\s]{1,200}")
 RESERVED = ("kind", "id", "endpoint", "meta", "custom_id")

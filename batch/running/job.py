@@ -16,22 +16,24 @@ from typing import Any
 
 import anyio
 
-from batch import __version__, gallery, plancache
-from batch.budget import ledger_spent
-from batch.client import ApiClient, ClientConfig
+from batch import __version__
 from batch.errors import OutputError
 from batch.events import Observer
-from batch.idset import IdSet
-from batch.kinds import Registry
-from batch.manifest import Manifest, load
-from batch.plan import Plan, check_manifest, iter_tasks
-from batch.plancache import Sources
-from batch.runlog import RunLog, recover
-from batch.runner import Runner, RunSettings, RunSummary
-from batch.store import OutputDir, finished_results, retried_ids
-from batch.tasks import BuildSettings, TaskBuilder
+from batch.kind import Registry
+from batch.manifest import plancache
+from batch.manifest.plan import Plan, check_manifest, iter_tasks
+from batch.manifest.plancache import Sources
+from batch.manifest.read import Manifest, load
+from batch.manifest.tasks import BuildSettings, TaskBuilder
+from batch.output import gallery
+from batch.output.runlog import RunLog, recover
+from batch.output.store import OutputDir, finished_results, retried_ids
+from batch.running.budget import ledger_spent
+from batch.running.client import ApiClient, ClientConfig
+from batch.running.idset import IdSet
+from batch.running.runner import Runner, RunSettings, RunSummary
 
-log = logging.getLogger("batch.job")
+log = logging.getLogger("batch.running.job")
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,7 @@ class Job:
                     plan.estimates,
                 )
             except OutputError as exc:  # the plan is only remembered for speed: the run goes on without
-                logging.getLogger("batch.job").warning("the plan is not remembered: %s", exc)
+                logging.getLogger("batch.running.job").warning("the plan is not remembered: %s", exc)
         order = checked.plan.order
         skip = (lambda position: finished.contains_digest(order[position])) if len(finished) else None
         left_alone = 0
@@ -254,4 +256,4 @@ class Job:
             try:
                 log.close(ending)
             except OutputError as exc:  # a full disk: the run's own outcome (74 already) comes first
-                logging.getLogger("batch.job").warning("could not close the attempt log: %s", exc)
+                logging.getLogger("batch.running.job").warning("could not close the attempt log: %s", exc)

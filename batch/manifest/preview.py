@@ -9,8 +9,8 @@ import hashlib
 import json
 from typing import Any
 
-from batch.kinds import ApiRequest, FileReader, FormField, TaskKind
-from batch.tasks import TaskSpec
+from batch.kind import ApiRequest, FileReader, FormField, TaskKind
+from batch.manifest.tasks import TaskSpec
 
 
 def describe_bytes(data: bytes, mime: str | None) -> str:

@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from batch.errors import Problem, shorten
-from batch.fields import type_name
-from batch.inputs import resolve
-from batch.manifest import Entry
-from batch.regular import open_regular, why_not_regular
+from batch.manifest.fields import type_name
+from batch.manifest.inputs import resolve
+from batch.manifest.read import Entry
+from batch.manifest.regular import open_regular, why_not_regular
 
 if TYPE_CHECKING:
-    from batch.plancache import Sources
+    from batch.manifest.plancache import Sources
 
 EXPANSION_KEYS = ("for_each", "prompts_file", "matrix", "repeat")
 SOURCES = ("glob", "csv", "jsonl")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from batch.fields import FieldIssue
+from batch.manifest.fields import FieldIssue
 
 Pointer = tuple[str | int, ...]  # where a value sits inside a task's fields, e.g. ("messages", 0, "content")
 

@@ -29,9 +29,9 @@ from batch.defaults import (
 from batch.errors import ConfigError, ManifestError, Problem, UsageError
 
 if TYPE_CHECKING:
-    from batch.job import CheckedManifest, JobConfig
-    from batch.prices import PriceTable
-    from batch.tasks import BuildSettings
+    from batch.manifest.tasks import BuildSettings
+    from batch.running.job import CheckedManifest, JobConfig
+    from batch.running.prices import PriceTable
 
 log = logging.getLogger("batch")
 
@@ -101,7 +101,7 @@ class Options:
 
     def deadline_time(self) -> float | None:
         """The earlier of `deadline` and now + `max_duration`, as unix time."""
-        from batch.options import parse_deadline, parse_duration
+        from batch.cli.grammar import parse_deadline, parse_duration
 
         moments = []
         deadline = self.deadline
@@ -118,7 +118,7 @@ class Options:
         return min(moments) if moments else None
 
     def build_settings(self, env_endpoint: str | None) -> BuildSettings:
-        from batch.tasks import BuildSettings
+        from batch.manifest.tasks import BuildSettings
 
         return BuildSettings(
             overrides=dict(self.overrides), endpoints=dict(self.endpoints), env_endpoint=env_endpoint
@@ -170,7 +170,7 @@ def connection(options: Options) -> Iterator[Connection]:
 
 def price_table(manifest_prices: Any, extra: Mapping[str, Any] | str | Path | None) -> PriceTable:
     """Built-in list prices, then the manifest's `prices:`, then --prices FILE (or a mapping from code)."""
-    from batch.prices import PriceTable, load_prices, parse_prices
+    from batch.running.prices import PriceTable, load_prices, parse_prices
 
     # The manifest's mistakes were reported with the manifest's other problems.
     table = PriceTable().with_overrides(parse_prices(manifest_prices, "prices")[0], "the manifest's prices:")
@@ -211,12 +211,12 @@ def job_config(
     deadline: float | None,
 ) -> JobConfig:
     """Everything a run of `checked` into `out` needs; refuses a cost budget that cannot be counted."""
-    from batch.budget import BudgetLimits
-    from batch.client import ClientConfig
-    from batch.job import JobConfig
-    from batch.limits import Limits
-    from batch.retry import RetryPolicy
-    from batch.runner import RunSettings
+    from batch.running.budget import BudgetLimits
+    from batch.running.client import ClientConfig
+    from batch.running.job import JobConfig
+    from batch.running.limits import Limits
+    from batch.running.retry import RetryPolicy
+    from batch.running.runner import RunSettings
 
     prices = price_table(checked.manifest.prices, options.prices)
     budget = BudgetLimits(max_cost=options.max_cost, max_tokens=options.max_tokens)

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from batch.cli.grammar import build_parser, parse_endpoints, parse_overrides
+from batch.config import Options, endpoint_for, env, price_table
 from batch.defaults import DEFAULT_BASE_URL
 from batch.errors import BatchError, ConfigError, DirLockedError, ManifestError, OutputError, UsageError
 from batch.exitcodes import (
@@ -28,11 +30,9 @@ from batch.exitcodes import (
     EXIT_TEMPFAIL,
     EXIT_USAGE,
 )
-from batch.options import build_parser, parse_endpoints, parse_overrides
-from batch.settings import Options, endpoint_for, env, price_table
 
 if TYPE_CHECKING:  # the HTTP stack is imported only by the commands that use it: a fast start
-    from batch.job import CheckedManifest
+    from batch.running.job import CheckedManifest
 
 log = logging.getLogger("batch.cli")
 
@@ -73,7 +73,7 @@ def _main(argv: list[str]) -> int:
     try:
         configure_logging(args)
         if args.command == "run":
-            from batch.cli_run import run
+            from batch.cli.run import run
 
             return run(args, argv)
         return commands[args.command](args)
@@ -130,8 +130,8 @@ def check(
     args: argparse.Namespace, env_endpoint: str | None, cache: Path | None = None
 ) -> CheckedManifest | int:
     """The checked manifest, or (after printing every problem) the exit code that refuses it."""
-    from batch.job import check as check_manifest
-    from batch.tasks import BuildSettings
+    from batch.manifest.tasks import BuildSettings
+    from batch.running.job import check as check_manifest
     from jobs import registry
 
     build = BuildSettings(
@@ -153,7 +153,7 @@ def check(
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from batch.report import format_plan
+    from batch.output.report import format_plan
 
     checked = check(args, endpoint_for(Options(simulate=args.simulate)))
     if isinstance(checked, int):
@@ -169,9 +169,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _show(checked: CheckedManifest, count: int, base_url: str) -> None:
-    from batch.inputs import read_file
-    from batch.plan import iter_tasks
-    from batch.preview import describe_request
+    from batch.manifest.inputs import read_file
+    from batch.manifest.plan import iter_tasks
+    from batch.manifest.preview import describe_request
     from jobs import registry
 
     kinds = registry()
@@ -187,7 +187,7 @@ def _existing(root: Path) -> Path:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from batch.report import format_status, status
+    from batch.output.report import format_status, status
 
     found = status(_existing(args.out))
     print(json.dumps(found, indent=2) if args.json else format_status(found))
@@ -195,7 +195,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from batch.report import format_report, report
+    from batch.output.report import format_report, report
 
     found = report(_existing(args.out), price_table({}, args.prices), reprice=args.prices is not None)
     print(json.dumps(found, indent=2) if args.json else format_report(found))
@@ -203,7 +203,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from batch.report import export
+    from batch.output.report import export
 
     root = _existing(args.out)
     if args.output is None:
@@ -219,8 +219,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _gallery(args: argparse.Namespace) -> int:
-    from batch import gallery
-    from batch.lock import acquire
+    from batch.output import gallery
+    from batch.output.lock import acquire
 
     root = _existing(args.out)
     lock = acquire(root)  # not beside a run that is writing DIR
@@ -235,7 +235,7 @@ def _gallery(args: argparse.Namespace) -> int:
 
 def _retry_failed(args: argparse.Namespace) -> int:
     """The last recorded `run` into DIR, again, with --retry-failed (and any flags given after DIR)."""
-    from batch.store import RUNS, read_lines
+    from batch.output.store import RUNS, read_lines
 
     recorded = None
     for path in sorted((_existing(args.out) / RUNS).glob("*.jsonl"), reverse=True):

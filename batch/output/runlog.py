@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from batch.store import Journal, read_lines
+from batch.output.store import Journal, read_lines
 
 _encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
 

@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from batch.store import RESULTS, read_lines
+from batch.output.store import RESULTS, read_lines
 
 log = logging.getLogger(__name__)
 

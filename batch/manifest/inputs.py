@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from batch.kinds import ImageInfo, InputInfo
-from batch.regular import open_regular
+from batch.kind import ImageInfo, InputInfo
+from batch.manifest.regular import open_regular
 
 if TYPE_CHECKING:
-    from batch.plancache import Sources
+    from batch.manifest.plancache import Sources
 
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 

@@ -1,0 +1,1 @@
+"""The manifest phase: read, expand, build task specs, validate, plan."""

@@ -1,0 +1,1 @@
+"""The output directory: store, lock, attempt logs, report, export, gallery."""
