@@ -62,7 +62,9 @@ def test_a_whole_answer_that_cannot_be_used_is_never_bought_again(
             assert record["error"]["type"] == "answer_too_large"
             assert record["maybe_billed"] == 1 and "answer_file" not in record
             continue
-        # The paid answer is kept as it came, and the ledger has it (at its usage: the simulator sends it).
+        # The paid answer is kept as it came, and the ledger has it (at its usage: the simulator sends it),
+        # so it is billed for sure, not "maybe".
+        assert "maybe_billed" not in record
         kept = (tmp_path / "out" / record["answer_file"]).read_bytes()
         assert kept.startswith(b"{") and b'"usage"' in kept
         assert [line["task_id"] for line in lines].count(record["id"]) == 1

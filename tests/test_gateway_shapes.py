@@ -50,6 +50,9 @@ def billed_once_and_recorded(out: Path, state: SimState) -> dict[str, list[dict[
     by_task: dict[str, list[dict[str, Any]]] = {}
     for line in lines:
         by_task.setdefault(line["task_id"], []).append(line)
+    # answers that arrived whole are billed for sure: never "maybe billed"
+    for line in (out / "results.jsonl").read_text().splitlines():
+        assert "maybe_billed" not in json.loads(line)
     paid = [r for r in state.records if r.billed_tokens > 0]
     assert len({r.task_id for r in paid}) == len(paid), "a task was billed twice"
     for record in paid:

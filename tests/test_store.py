@@ -118,9 +118,17 @@ def test_write_atomic_leaves_no_temporary_file(tmp_path: Path) -> None:
 
 
 def test_write_atomic_failure_cleans_up(tmp_path: Path) -> None:
+    # The temporary file is written whole, then the rename fails (the target is a folder that is not
+    # empty): the temporary file must go, and the target stay as it was.
+    target = tmp_path / "a.png"
+    target.mkdir()
+    (target / "keep").write_bytes(b"k")
+    with pytest.raises(OutputError, match="cannot write"):
+        write_atomic(target, b"x" * 100_000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+    assert [p.name for p in target.iterdir()] == ["keep"]
     with pytest.raises(OutputError, match="cannot write"):
         write_atomic(tmp_path / "missing-folder" / "a.png", b"x")
-    assert list(tmp_path.iterdir()) == [tmp_path / "missing-folder"] or list(tmp_path.iterdir()) == []
 
 
 def test_output_dir_lock_is_exclusive_and_released(tmp_path: Path) -> None:
