@@ -20,7 +20,8 @@ from batch.kind import TokenCounts
 from batch.running.client import _embedded_status, _sse_data
 from batch.running.imaging import decode_base64, decode_images
 from batch.running.prices import Price, parse_prices
-from jobs import chat, generate
+from jobs.chat import KIND as chat
+from jobs.generate import KIND as generate
 
 
 def png() -> bytes:
