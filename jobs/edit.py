@@ -138,40 +138,45 @@ def check_edit_inputs(fields: Mapping[str, Any], inputs: Mapping[Pointer, InputI
             )
     mask = inputs.get(("mask",))
     if mask is not None:
-        if mask.error:
-            issues.append(FieldIssue("mask", mask.error, str(mask.path)))
-        elif mask.image is None or mask.image.format != "PNG":
-            found = mask.image.format if mask.image else "not an image"
-            issues.append(FieldIssue("mask", f"must be a PNG file; found {found}", str(mask.path)))
-        else:
-            if not mask.image.has_alpha:
-                issues.append(
-                    FieldIssue(
-                        "mask",
-                        f"must have an alpha channel (mode is {mask.image.mode}); "
-                        "transparent pixels mark where to edit",
-                        str(mask.path),
-                    )
-                )
-            if (
-                first is not None
-                and first.image is not None
-                and ((mask.image.width, mask.image.height) != (first.image.width, first.image.height))
-            ):
-                issues.append(
-                    FieldIssue(
-                        "mask",
-                        f"is {mask.image.width}x{mask.image.height} but the first image is "
-                        f"{first.image.width}x{first.image.height}; they must match",
-                        str(mask.path),
-                    )
-                )
-        if not mask.error and mask.size >= MAX_MASK_BYTES:
+        issues += _check_mask(mask, first)
+    return issues
+
+
+def _check_mask(mask: InputInfo, first: InputInfo | None) -> list[FieldIssue]:
+    """The mask is a PNG with alpha, under 4 MB, the size of the first image."""
+    issues: list[FieldIssue] = []
+    if mask.error:
+        issues.append(FieldIssue("mask", mask.error, str(mask.path)))
+    elif mask.image is None or mask.image.format != "PNG":
+        found = mask.image.format if mask.image else "not an image"
+        issues.append(FieldIssue("mask", f"must be a PNG file; found {found}", str(mask.path)))
+    else:
+        if not mask.image.has_alpha:
             issues.append(
                 FieldIssue(
-                    "mask", f"is {mask.size / 2**20:.1f} MB; the mask must be under 4 MB", str(mask.path)
+                    "mask",
+                    f"must have an alpha channel (mode is {mask.image.mode}); "
+                    "transparent pixels mark where to edit",
+                    str(mask.path),
                 )
             )
+        if (
+            first is not None
+            and first.image is not None
+            and ((mask.image.width, mask.image.height) != (first.image.width, first.image.height))
+        ):
+            issues.append(
+                FieldIssue(
+                    "mask",
+                    f"is {mask.image.width}x{mask.image.height} but the first image is "
+                    f"{first.image.width}x{first.image.height}; they must match",
+                    str(mask.path),
+                )
+            )
+    if not mask.error and mask.size >= MAX_MASK_BYTES:
+        issues.append(
+            FieldIssue("mask", f"is {mask.size / 2**20:.1f} MB; the mask must be under 4 MB", str(mask.path))
+        )
     return issues
 
 
