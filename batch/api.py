@@ -16,6 +16,9 @@ it is saved (asyncio only). Leaving `stream` early (break, an exception, cancell
 lets the requests in flight finish and be saved (for up to `grace` seconds), and leaves DIR resumable;
 `async with` around the stream waits there for that, otherwise it happens in the background. A callback
 that raises stops the run the same way, and its exception is raised once the run has ended.
+
+Task kinds of one's own (subclasses of batch.kind.TaskKind) run beside the built-in ones:
+`batch.run(manifest, out, kinds=[MyKind()])`, also for `stream` and `validate`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from batch.config import Options, connection, endpoint_for, job_config
 from batch.errors import unwrap
 from batch.events import Event, TaskFinished
 from batch.exitcodes import EXIT_TEMPFAIL
+from batch.kind import Registry, TaskKind
 from batch.manifest.plancache import FOLDER as PLAN_FOLDER
 from batch.manifest.read import Manifest, from_data
 from batch.running.job import CheckedManifest, Job, JobConfig, check
@@ -102,18 +106,24 @@ def from_tasks(
     return from_data(data, Path(folder).resolve(), name)
 
 
-def validate(manifest: str | Path | Manifest, **options: Any) -> CheckedManifest:
+def validate(
+    manifest: str | Path | Manifest, *, kinds: Iterable[TaskKind] = (), **options: Any
+) -> CheckedManifest:
     """Check a whole manifest as `run` would, sending nothing. Raises ManifestError with every problem;
     the result's `plan` has the task counts and estimates."""
     chosen = Options(**options)
-    return _checked(manifest, chosen, endpoint_for(chosen), None)
+    return _checked(manifest, chosen, endpoint_for(chosen), None, registry(kinds))
 
 
 def _checked(
-    manifest: str | Path | Manifest, options: Options, endpoint: str | None, cache: Path | None
+    manifest: str | Path | Manifest,
+    options: Options,
+    endpoint: str | None,
+    cache: Path | None,
+    kinds: Registry,
 ) -> CheckedManifest:
     source = manifest if isinstance(manifest, Manifest) else Path(manifest)
-    checked = check(source, options.build_settings(endpoint), registry(), cache)
+    checked = check(source, options.build_settings(endpoint), kinds, cache)
     if not checked.plan.ok:
         raise checked.plan.error()
     return checked
@@ -126,6 +136,7 @@ def run(
     on_result: Callable[[Result], None] | None = None,
     on_event: Callable[[Event], None] | None = None,
     grace: float = DEFAULT_GRACE,
+    kinds: Iterable[TaskKind] = (),
     **options: Any,
 ) -> RunSummary:
     """Run every task of `manifest` that `out` does not hold yet; block until the run ends. Returns the
@@ -134,8 +145,11 @@ def run(
 
     KeyboardInterrupt stops dispatching and lets the requests in flight finish for `grace` seconds (a
     second one cancels them at once), then is raised again; DIR stays resumable. An exception raised by a
-    callback stops the run the same way and is raised once the run has ended."""
-    session = _Session(manifest, Path(out), Options(**options), grace, on_event, on_result, stream=False)
+    callback stops the run the same way and is raised once the run has ended. `kinds`: task kinds of the
+    caller's own (batch.kind.TaskKind instances), beside the built-in ones."""
+    session = _Session(
+        manifest, Path(out), Options(**options), grace, on_event, on_result, stream=False, kinds=kinds
+    )
     try:
         session.start()
         session.wait()
@@ -160,11 +174,15 @@ def stream(
     *,
     on_event: Callable[[Event], None] | None = None,
     grace: float = DEFAULT_GRACE,
+    kinds: Iterable[TaskKind] = (),
     **options: Any,
 ) -> ResultStream:
     """The results of a run as they finish: `async for result in batch.stream(...)`. The manifest is
     validated at once (ManifestError); the run starts with the iteration. `.summary` once it is over."""
-    return ResultStream(_Session(manifest, Path(out), Options(**options), grace, on_event, None, stream=True))
+    session = _Session(
+        manifest, Path(out), Options(**options), grace, on_event, None, stream=True, kinds=kinds
+    )
+    return ResultStream(session)
 
 
 class ResultStream:
@@ -228,6 +246,7 @@ class _Session:
         on_result: Callable[[Result], None] | None,
         *,
         stream: bool,
+        kinds: Iterable[TaskKind],
     ) -> None:
         self._out = out.absolute()  # Result.files are absolute; the run does not follow a chdir
         self._options = options
@@ -237,7 +256,10 @@ class _Session:
         self._stream = stream  # queue the results for `take` (not for `run`: nobody would read them)
         self._deadline = options.deadline_time()
         # Validate now, in the caller's thread: a bad manifest raises before anything starts.
-        self._checked = _checked(manifest, options, endpoint_for(options), _plan_cache(manifest, self._out))
+        self._kinds = registry(kinds)  # the built-in kinds and the caller's
+        self._checked = _checked(
+            manifest, options, endpoint_for(options), _plan_cache(manifest, self._out), self._kinds
+        )
         self._results: queue.SimpleQueue[Result | object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._main, name="maas-batch-run", daemon=True)
         self._lock = threading.Lock()
@@ -296,7 +318,7 @@ class _Session:
             self._results.put(_END)
 
     async def _run(self, config: JobConfig, checked: CheckedManifest) -> RunSummary:
-        with Job(config, checked, registry(), [self._observe]) as job:
+        with Job(config, checked, self._kinds, [self._observe]) as job:
             with self._lock:
                 self._loop, self._job = asyncio.get_running_loop(), job
                 pending, self._pending = self._pending, []

@@ -1,8 +1,9 @@
 """What the engine needs from a task kind, and the plain data that crosses between them.
 
-A kind (``jobs/generate.py``, ``jobs/edit.py``, ``jobs/chat.py``) is a small, mostly pure translation:
-fields -> problems, fields -> HTTP request, answer body -> images, text and usage. The engine never names
-a kind; it finds them in the registry that ``jobs`` exports.
+A kind (one module in ``jobs/``) is a small, mostly pure translation: fields -> problems, fields -> HTTP
+request, answer body -> files, text and usage. It subclasses `TaskKind` and writes only what differs from
+the defaults. The engine never names a kind: it asks a registry (kind name -> kind) for everything it needs
+to know about one, such as its OpenAI Batch URLs, its prompt fields and the media types of its answers.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from batch.manifest.fields import FieldIssue
 
@@ -103,59 +104,141 @@ class TokenCounts:
 
 FileReader = Callable[[Path], bytes]
 
+IMAGE_MEDIA_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
+"""What the engine can check an answer's files against today (Pillow reads them)."""
 
-class TaskKind(Protocol):
-    """A kind of task: one endpoint of the API."""
 
-    name: str
-    known_fields: frozenset[str]  # the fields a shared default or --set may apply to
+class TaskKind:
+    """A kind of task: one endpoint of the API. Subclass it and write only what differs from the defaults:
+    `name`, `check`, `build_request` and `parse_answer` have none; everything else has one that suits a
+    JSON request that reads no files and answers in one piece."""
+
+    name: str = ""  # what a task's `kind:` says
+    known_fields: frozenset[str] = frozenset()  # the fields a shared default or --set may apply to
+    # The OpenAI Batch API URLs (`/v1/...`) whose request lines are tasks of this kind.
+    openai_batch_urls: tuple[str, ...] = ()
+    # The fields that hold a task's prompt; an expansion's `prompts_file` writes `{prompt}` into the first
+    # when the task states none of them.
+    prompt_fields: tuple[str, ...] = ("prompt",)
+    # The media types an answer's files may have; an answer with files of any other type is unusable.
+    output_media_types: frozenset[str] = frozenset()
 
     def normalize(self, fields: Mapping[str, Any]) -> dict[str, Any]:
         """Fields in their one canonical form (shorthands expanded); never raises, `check` reports."""
-        ...
+        return dict(fields)
 
     def check(self, fields: Mapping[str, Any]) -> list[FieldIssue]:
         """Every rule of the API that `fields` break, without touching any file."""
-        ...
+        raise NotImplementedError(f"the {self.name!r} kind does not say how to check its fields")
 
     def file_refs(self, fields: Mapping[str, Any]) -> list[FileRef]:
         """The local files named by `fields` (only well-typed ones; `check` reports the rest)."""
-        ...
+        return []
 
     def check_inputs(
         self, fields: Mapping[str, Any], inputs: Mapping[Pointer, InputInfo]
     ) -> list[FieldIssue]:
         """Rules about the input files' contents: formats, sizes, dimensions."""
-        ...
+        return []
 
     def build_request(self, fields: Mapping[str, Any], read: FileReader) -> ApiRequest:
         """The HTTP request for these (validated, path-resolved) fields."""
-        ...
+        raise NotImplementedError(f"the {self.name!r} kind does not say how to build its request")
 
     def describe(self, fields: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         """The prompt (as a person would read it) and the other request parameters, for result lines and
-        the gallery."""
-        ...
+        the gallery: by default the first prompt field's text and every other plain (number, text,
+        boolean) field."""
+        prompt = next((fields[key] for key in self.prompt_fields if key in fields), "")
+        params = {
+            key: value
+            for key, value in fields.items()
+            if key not in self.prompt_fields and isinstance(value, str | int | float | bool)
+        }
+        return str(prompt), params
 
     def estimate(self, fields: Mapping[str, Any]) -> TokenCounts:
-        """Tokens the request will likely use, before it is sent (for --tpm, budgets, dry runs)."""
-        ...
+        """Tokens the request will likely use, before it is sent (for --tpm, budgets, dry runs): by
+        default the prompt's text at 4 characters a token, and no output."""
+        prompt, _ = self.describe(fields)
+        tokens = -(-len(prompt) // CHARS_PER_TOKEN)
+        return TokenCounts(tokens, 0, tokens)
 
     def usage_of(self, body: Any) -> Mapping[str, Any] | None:
-        """The raw usage an answer body reports, or None. Never raises."""
-        ...
+        """The raw usage an answer body reports, or None. Never raises. By default its `usage` mapping."""
+        return usage_in(body)
 
     def token_counts(self, usage: Mapping[str, Any]) -> TokenCounts:
-        """Normalised counts from a raw usage mapping."""
-        ...
+        """Normalised counts from a raw usage mapping; by default the chat-completions names
+        (`prompt_tokens`, `completion_tokens`, `total_tokens`)."""
+        return usage_counts(usage, "prompt_tokens", "completion_tokens")
 
     def parse_answer(self, fields: Mapping[str, Any], body: Any) -> Answer:
-        """The images and text of an answer body; raises BrokenAnswerError when it has none."""
-        ...
+        """The files and text of an answer body; raises BrokenAnswerError when it has none."""
+        raise NotImplementedError(f"the {self.name!r} kind does not say how to read its answers")
 
     def stream_complete(self, fields: Mapping[str, Any], chunks: list[Any]) -> bool:
-        """Whether a stream that ended without its end mark still holds the whole answer."""
-        ...
+        """Whether a stream that ended without its end mark still holds the whole answer. By default
+        never: a kind that streams says when it is."""
+        return False
+
+
+CHARS_PER_TOKEN = 4  # English text, roughly
+
+
+def usage_counts(
+    usage: Mapping[str, Any],
+    input_key: str,
+    output_key: str,
+    input_details: str = "prompt_tokens_details",
+    output_details: str = "completion_tokens_details",
+) -> TokenCounts:
+    """Normalised counts; absent or junk figures count 0, a missing total is input + output.
+
+    What the total holds beyond input + output is thinking that a gateway reported only there: it is billed
+    as output. `reasoning_tokens` and `cached_tokens` (from the details mappings) are kept as their own
+    figures."""
+    tokens_in = count_of(usage.get(input_key))
+    tokens_out = count_of(usage.get(output_key))
+    said = usage.get("total_tokens")
+    total = max(count_of(said), tokens_in + tokens_out) if said is not None else tokens_in + tokens_out
+    hidden = total - tokens_in - tokens_out
+    details_in, details_out = usage.get(input_details), usage.get(output_details)
+    cached = count_of(details_in.get("cached_tokens")) if isinstance(details_in, Mapping) else 0
+    reasoning = count_of(details_out.get("reasoning_tokens")) if isinstance(details_out, Mapping) else 0
+    return TokenCounts(
+        tokens_in,
+        tokens_out + hidden,
+        total,
+        cached_input=min(cached, tokens_in),
+        reasoning=max(reasoning, hidden),
+    )
+
+
+def usage_in(body: Any) -> Mapping[str, Any] | None:
+    """The `usage` mapping of a JSON answer body, or None."""
+    usage = body.get("usage") if isinstance(body, Mapping) else None
+    return usage if isinstance(usage, Mapping) else None
+
+
+def count_of(value: Any) -> int:
+    """A token count as reported: a non-negative integer, else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 Registry = Mapping[str, TaskKind]
+
+
+def openai_batch_urls(registry: Registry) -> dict[str, str]:
+    """OpenAI Batch URL -> the name of the kind its request lines are, from every kind in `registry`."""
+    return {url: kind.name for kind in registry.values() for url in kind.openai_batch_urls}
+
+
+def prompt_field(registry: Registry, fields: Mapping[str, Any]) -> str | None:
+    """Where a prompt goes in the fields of a task that states none: the first prompt field of its kind;
+    None when the kind is unknown, takes no prompt, or the fields already hold one."""
+    name = fields.get("kind")
+    kind = registry.get(name) if isinstance(name, str) else None
+    if kind is None or not kind.prompt_fields or any(key in fields for key in kind.prompt_fields):
+        return None
+    return kind.prompt_fields[0]

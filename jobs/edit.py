@@ -6,21 +6,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from batch.kind import Answer, ApiRequest, FileReader, FileRef, FormField, InputInfo, Pointer, TokenCounts
+from batch.kind import ApiRequest, FileReader, FileRef, FormField, InputInfo, Pointer
 from batch.manifest.fields import Choice, FieldIssue, type_name
-from jobs.image_api import (
-    COMMON_RULES,
-    EXTRA,
-    check_image_fields,
-    describe_fields,
-    estimate_image_tokens,
-    parse_image_answer,
-    sniff_mime,
-    token_counts,
-    usage_of,
-)
+from jobs.image_api import COMMON_RULES, EXTRA, ImageKind, check_image_fields, describe_fields, sniff_mime
 
-name = "edit"
 PATH = "images/edits"
 
 # The multipart field names, kept in one place: the seed shows `image` for one file; several go as the
@@ -39,23 +28,35 @@ IMAGE_FORMATS = ("PNG", "WEBP", "JPEG")
 # What a shared default (`defaults:` without a kind) or a `--set` without a kind may apply to. The output
 # fields (output_format, output_compression, moderation) are not among them: the seed does not list them
 # for edit, so they reach an edit only from the task itself, `defaults.edit` or `--set edit.FIELD=...`.
-known_fields = frozenset(rule.name for rule in COMMON_RULES) | {"image", "mask", FIELD_SETTING, EXTRA}
+EDIT_FIELDS = frozenset(rule.name for rule in COMMON_RULES) | {"image", "mask", FIELD_SETTING, EXTRA}
 
-__all__ = [
-    "build_request",
-    "check",
-    "check_inputs",
-    "describe",
-    "estimate",
-    "file_refs",
-    "known_fields",
-    "name",
-    "normalize",
-    "parse_answer",
-    "stream_complete",
-    "token_counts",
-    "usage_of",
-]
+
+class Edit(ImageKind):
+    """A picture from a prompt and input images (and a mask): a multipart request."""
+
+    name = "edit"
+    known_fields = EDIT_FIELDS
+    openai_batch_urls = ("/v1/images/edits",)
+
+    def check(self, fields: Mapping[str, Any]) -> list[FieldIssue]:
+        return check_edit_fields(fields)
+
+    def file_refs(self, fields: Mapping[str, Any]) -> list[FileRef]:
+        return edit_file_refs(fields)
+
+    def check_inputs(
+        self, fields: Mapping[str, Any], inputs: Mapping[Pointer, InputInfo]
+    ) -> list[FieldIssue]:
+        return check_edit_inputs(fields, inputs)
+
+    def build_request(self, fields: Mapping[str, Any], read: FileReader) -> ApiRequest:
+        return edit_request(fields, read)
+
+    def describe(self, fields: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        return describe_fields(fields, ("image", "mask", FIELD_SETTING))
+
+    def input_images(self, fields: Mapping[str, Any]) -> int:
+        return len(_images(fields))
 
 
 def _images(fields: Mapping[str, Any]) -> list[Any]:
@@ -63,12 +64,7 @@ def _images(fields: Mapping[str, Any]) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def normalize(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """Image fields have no shorthand."""
-    return dict(fields)
-
-
-def check(fields: Mapping[str, Any]) -> list[FieldIssue]:
+def check_edit_fields(fields: Mapping[str, Any]) -> list[FieldIssue]:
     """Every API rule for an edit request that can be checked without reading the files."""
     issues = check_image_fields(fields, also_known=("image", "mask", FIELD_SETTING))
     if FIELD_SETTING in fields and (message := FIELD_RULE.check(fields[FIELD_SETTING])):
@@ -98,7 +94,7 @@ def check(fields: Mapping[str, Any]) -> list[FieldIssue]:
     return issues
 
 
-def file_refs(fields: Mapping[str, Any]) -> list[FileRef]:
+def edit_file_refs(fields: Mapping[str, Any]) -> list[FileRef]:
     refs = []
     image = fields.get("image")
     if isinstance(image, str):
@@ -113,7 +109,7 @@ def file_refs(fields: Mapping[str, Any]) -> list[FileRef]:
     return refs
 
 
-def check_inputs(fields: Mapping[str, Any], inputs: Mapping[Pointer, InputInfo]) -> list[FieldIssue]:
+def check_edit_inputs(fields: Mapping[str, Any], inputs: Mapping[Pointer, InputInfo]) -> list[FieldIssue]:
     """Images are PNG/WebP/JPEG by content and under 25 MB; the mask is a PNG with alpha, under 4 MB,
     the size of the first image."""
     issues: list[FieldIssue] = []
@@ -142,40 +138,45 @@ def check_inputs(fields: Mapping[str, Any], inputs: Mapping[Pointer, InputInfo])
             )
     mask = inputs.get(("mask",))
     if mask is not None:
-        if mask.error:
-            issues.append(FieldIssue("mask", mask.error, str(mask.path)))
-        elif mask.image is None or mask.image.format != "PNG":
-            found = mask.image.format if mask.image else "not an image"
-            issues.append(FieldIssue("mask", f"must be a PNG file; found {found}", str(mask.path)))
-        else:
-            if not mask.image.has_alpha:
-                issues.append(
-                    FieldIssue(
-                        "mask",
-                        f"must have an alpha channel (mode is {mask.image.mode}); "
-                        "transparent pixels mark where to edit",
-                        str(mask.path),
-                    )
-                )
-            if (
-                first is not None
-                and first.image is not None
-                and ((mask.image.width, mask.image.height) != (first.image.width, first.image.height))
-            ):
-                issues.append(
-                    FieldIssue(
-                        "mask",
-                        f"is {mask.image.width}x{mask.image.height} but the first image is "
-                        f"{first.image.width}x{first.image.height}; they must match",
-                        str(mask.path),
-                    )
-                )
-        if not mask.error and mask.size >= MAX_MASK_BYTES:
+        issues += _check_mask(mask, first)
+    return issues
+
+
+def _check_mask(mask: InputInfo, first: InputInfo | None) -> list[FieldIssue]:
+    """The mask is a PNG with alpha, under 4 MB, the size of the first image."""
+    issues: list[FieldIssue] = []
+    if mask.error:
+        issues.append(FieldIssue("mask", mask.error, str(mask.path)))
+    elif mask.image is None or mask.image.format != "PNG":
+        found = mask.image.format if mask.image else "not an image"
+        issues.append(FieldIssue("mask", f"must be a PNG file; found {found}", str(mask.path)))
+    else:
+        if not mask.image.has_alpha:
             issues.append(
                 FieldIssue(
-                    "mask", f"is {mask.size / 2**20:.1f} MB; the mask must be under 4 MB", str(mask.path)
+                    "mask",
+                    f"must have an alpha channel (mode is {mask.image.mode}); "
+                    "transparent pixels mark where to edit",
+                    str(mask.path),
                 )
             )
+        if (
+            first is not None
+            and first.image is not None
+            and ((mask.image.width, mask.image.height) != (first.image.width, first.image.height))
+        ):
+            issues.append(
+                FieldIssue(
+                    "mask",
+                    f"is {mask.image.width}x{mask.image.height} but the first image is "
+                    f"{first.image.width}x{first.image.height}; they must match",
+                    str(mask.path),
+                )
+            )
+    if not mask.error and mask.size >= MAX_MASK_BYTES:
+        issues.append(
+            FieldIssue("mask", f"is {mask.size / 2**20:.1f} MB; the mask must be under 4 MB", str(mask.path))
+        )
     return issues
 
 
@@ -183,7 +184,7 @@ def _label(pointer: Pointer) -> str:
     return "image" if len(pointer) == 1 else f"image[{pointer[1]}]"
 
 
-def build_request(fields: Mapping[str, Any], read: FileReader) -> ApiRequest:
+def edit_request(fields: Mapping[str, Any], read: FileReader) -> ApiRequest:
     """Multipart: text fields as strings, then the image file(s) and the mask."""
     form: list[FormField] = []
     for key, value in fields.items():
@@ -212,19 +213,4 @@ def _file_field(field: str, path: Path, read: FileReader) -> FormField:
     return FormField(field, data, filename=path.name, content_type=sniff_mime(data))
 
 
-def describe(fields: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    return describe_fields(fields, ("image", "mask", FIELD_SETTING))
-
-
-def estimate(fields: Mapping[str, Any]) -> TokenCounts:
-    """Tokens this request will likely use (see image_api.estimate_image_tokens)."""
-    return estimate_image_tokens(fields, len(_images(fields)))
-
-
-def parse_answer(fields: Mapping[str, Any], body: Any) -> Answer:
-    return parse_image_answer(fields, body)
-
-
-def stream_complete(fields: Mapping[str, Any], chunks: list[Any]) -> bool:
-    """edit never streams."""
-    return False
+KIND = Edit()

@@ -7,7 +7,17 @@ from dataclasses import replace
 from typing import Any
 
 from batch.errors import BrokenAnswerError
-from batch.kind import Answer, EncodedImage, TokenCounts
+from batch.kind import (
+    CHARS_PER_TOKEN,
+    IMAGE_MEDIA_TYPES,
+    Answer,
+    EncodedImage,
+    TaskKind,
+    TokenCounts,
+    count_of,
+    usage_counts,
+    usage_in,
+)
 from batch.manifest.fields import Choice, FieldIssue, IntRange, Rule, Text, check_rules
 
 PROMPT_MAX = 32_000
@@ -34,6 +44,7 @@ OUTPUT_RULES: tuple[Rule, ...] = (
 )
 # `extra` passes fields this project does not know straight into the request body.
 EXTRA = "extra"
+EXTRA_HINT = "put extra API fields under 'extra' to send them anyway"
 
 
 def check_extra(fields: Mapping[str, Any]) -> list[FieldIssue]:
@@ -53,7 +64,9 @@ def check_extra(fields: Mapping[str, Any]) -> list[FieldIssue]:
 
 def check_image_fields(fields: Mapping[str, Any], also_known: tuple[str, ...] = ()) -> list[FieldIssue]:
     """Every rule both image endpoints share; cross-field rules only over fields that passed their own."""
-    issues = check_rules(fields, COMMON_RULES + OUTPUT_RULES, also_known=(EXTRA, *also_known))
+    issues = check_rules(
+        fields, COMMON_RULES + OUTPUT_RULES, also_known=(EXTRA, *also_known), hint=EXTRA_HINT
+    )
     flagged = {issue.field for issue in issues}
     cross = [issue for issue in check_output_options(fields) if issue.field not in flagged]
     return issues + check_extra(fields) + cross
@@ -92,7 +105,6 @@ OUTPUT_TOKENS = {
     ("1536x1024", "high"): 6240,
 }
 INPUT_IMAGE_TOKENS = 388  # an input image, roughly, at the API's usual fidelity
-CHARS_PER_TOKEN = 4  # English text, roughly
 
 
 def estimate_image_tokens(fields: Mapping[str, Any], input_images: int = 0) -> TokenCounts:
@@ -120,62 +132,22 @@ def describe_fields(fields: Mapping[str, Any], skip: tuple[str, ...] = ()) -> tu
     return str(fields.get("prompt", "")), params
 
 
-def usage_of(body: Any) -> Mapping[str, Any] | None:
-    """The `usage` mapping of an answer body, or None."""
-    if isinstance(body, Mapping):
-        usage = body.get("usage")
-        if isinstance(usage, Mapping):
-            return usage
-    return None
-
-
 def token_counts(usage: Mapping[str, Any]) -> TokenCounts:
     """input_tokens / output_tokens / total_tokens, as the image endpoints report them, with the image
     part of the input from input_tokens_details.image_tokens."""
-    found = counts(usage, "input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details")
-    details = usage.get("input_tokens_details")
-    images = _int(details.get("image_tokens")) if isinstance(details, Mapping) else 0
-    return replace(found, image_input=min(images, found.input - found.cached_input))
-
-
-def counts(
-    usage: Mapping[str, Any],
-    input_key: str,
-    output_key: str,
-    input_details: str = "prompt_tokens_details",
-    output_details: str = "completion_tokens_details",
-) -> TokenCounts:
-    """Normalised counts; absent or junk figures count 0, a missing total is input + output.
-
-    What the total holds beyond input + output is thinking that a gateway reported only there: it is billed
-    as output. `reasoning_tokens` and `cached_tokens` (from the details mappings) are kept as their own
-    figures."""
-    tokens_in = _int(usage.get(input_key))
-    tokens_out = _int(usage.get(output_key))
-    said = usage.get("total_tokens")
-    total = max(_int(said), tokens_in + tokens_out) if said is not None else tokens_in + tokens_out
-    hidden = total - tokens_in - tokens_out
-    details_in, details_out = usage.get(input_details), usage.get(output_details)
-    cached = _int(details_in.get("cached_tokens")) if isinstance(details_in, Mapping) else 0
-    reasoning = _int(details_out.get("reasoning_tokens")) if isinstance(details_out, Mapping) else 0
-    return TokenCounts(
-        tokens_in,
-        tokens_out + hidden,
-        total,
-        cached_input=min(cached, tokens_in),
-        reasoning=max(reasoning, hidden),
+    found = usage_counts(
+        usage, "input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details"
     )
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+    details = usage.get("input_tokens_details")
+    images = count_of(details.get("image_tokens")) if isinstance(details, Mapping) else 0
+    return replace(found, image_input=min(images, found.input - found.cached_input))
 
 
 def parse_image_answer(fields: Mapping[str, Any], body: Any) -> Answer:
     """The images of an image answer: `data[i].b64_json` (plain base64, with line breaks, or written as a
     `data:` URL) or `data[i].url` (downloaded by the engine). Fewer than `n` is a success that says how
     many are missing; none is a failure. Decoding and checking happen later, off the event loop."""
-    usage = usage_of(body)
+    usage = usage_in(body)
     if not isinstance(body, Mapping):
         raise BrokenAnswerError("answer is not a JSON object", usage=usage, error_type="not_an_answer")
     data = body.get("data")
@@ -232,3 +204,24 @@ def sniff_mime(data: bytes) -> str:
     if data[:6] in (b"GIF87a", b"GIF89a"):
         return "image/gif"
     return "application/octet-stream"
+
+
+class ImageKind(TaskKind):
+    """What the image endpoints share: their usage names and answers of images. A subclass says its
+    name, fields, URL and how to build its request."""
+
+    output_media_types = IMAGE_MEDIA_TYPES
+
+    def estimate(self, fields: Mapping[str, Any]) -> TokenCounts:
+        """Tokens this request will likely use (see estimate_image_tokens)."""
+        return estimate_image_tokens(fields, self.input_images(fields))
+
+    def input_images(self, fields: Mapping[str, Any]) -> int:
+        """How many images the request sends (for the estimate)."""
+        return 0
+
+    def token_counts(self, usage: Mapping[str, Any]) -> TokenCounts:
+        return token_counts(usage)
+
+    def parse_answer(self, fields: Mapping[str, Any], body: Any) -> Answer:
+        return parse_image_answer(fields, body)

@@ -20,7 +20,8 @@ from batch.kind import TokenCounts
 from batch.running.client import _embedded_status, _sse_data
 from batch.running.imaging import decode_base64, decode_images
 from batch.running.prices import Price, parse_prices
-from jobs import chat, generate
+from jobs.chat import KIND as chat
+from jobs.generate import KIND as generate
 
 
 def png() -> bytes:
@@ -53,7 +54,7 @@ def test_b64_json_written_as_a_data_url_and_with_line_breaks() -> None:
     body = {"data": [{"b64_json": f"data:image/webp;base64,{B64}"}, {"b64_json": wrapped}]}
     answer = generate.parse_answer({"prompt": "p", "n": 2}, body)
     assert [image.mime for image in answer.images] == ["image/webp", None]
-    files = decode_images("t", answer.images)
+    files = decode_images("t", answer.images, generate)
     assert [f.data for f in files] == [png(), png()]
     with pytest.raises(BrokenAnswerError, match="not valid base64"):
         decode_base64("@@not base64@@")
@@ -120,7 +121,7 @@ def test_images_in_message_images() -> None:
     answer = chat.parse_answer({}, completion(message))
     assert answer.text == "Here is your picture."
     assert [image.mime for image in answer.images] == ["image/png"]
-    assert decode_images("t", answer.images)[0].data == png()
+    assert decode_images("t", answer.images, generate)[0].data == png()
 
 
 def test_null_content_at_the_token_limit_names_the_thinking_that_used_it() -> None:

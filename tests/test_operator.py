@@ -510,7 +510,7 @@ def test_answers_that_do_not_say_their_usage_still_count_against_the_budget(
 ) -> None:
     import jobs.generate
 
-    monkeypatch.setattr(jobs.generate, "usage_of", lambda body: None)  # a gateway that strips usage
+    monkeypatch.setattr(jobs.generate.KIND, "usage_of", lambda body: None)  # a gateway that strips usage
     manifest = sixteen_tasks(write)
     out = tmp_path / "out"
     budget = 4.5 * ONE_TASK_COST
@@ -521,7 +521,7 @@ def test_answers_that_do_not_say_their_usage_still_count_against_the_budget(
     # each paid answer has its ledger line, at the estimate, marked so
     lines = ledger(out)
     assert len(lines) == 4 and all(line["estimated"] is True and line["usage"] is None for line in lines)
-    estimate = jobs.generate.estimate({"prompt": "p 00", "size": "1024x1024", "quality": "low"})
+    estimate = jobs.generate.KIND.estimate({"prompt": "p 00", "size": "1024x1024", "quality": "low"})
     assert all(line["output_tokens"] == estimate.output for line in lines)
 
 

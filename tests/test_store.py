@@ -18,6 +18,7 @@ from batch.errors import BrokenAnswerError, DirLockedError, OutputError
 from batch.kind import EncodedImage
 from batch.output.store import Journal, OutputDir, OutputFile, cut_torn_tail, finished_results, write_atomic
 from batch.running.imaging import decode_images
+from jobs.generate import KIND as GENERATE
 
 
 def png_bytes(size: tuple[int, int] = (8, 8)) -> bytes:
@@ -198,25 +199,25 @@ def test_decode_images_names_by_real_format_and_count() -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buffer, "JPEG")
     jpeg = base64.b64encode(buffer.getvalue()).decode()
-    assert [f.name for f in decode_images("fox", [EncodedImage(png)])] == ["fox.png"]
-    files = decode_images("fox", [EncodedImage(png), EncodedImage(jpeg)])
+    assert [f.name for f in decode_images("fox", [EncodedImage(png)], GENERATE)] == ["fox.png"]
+    files = decode_images("fox", [EncodedImage(png), EncodedImage(jpeg)], GENERATE)
     assert [f.name for f in files] == ["fox~1.png", "fox~2.jpg"]
     assert files[0].data == png_bytes()
 
 
 def test_decode_images_refuses_bad_base64_non_images_and_bombs() -> None:
     with pytest.raises(BrokenAnswerError, match="not valid base64"):
-        decode_images("t", [EncodedImage("!!not base64!!")])
+        decode_images("t", [EncodedImage("!!not base64!!")], GENERATE)
     with pytest.raises(BrokenAnswerError, match="not a readable image"):
-        decode_images("t", [EncodedImage(base64.b64encode(b"plain text").decode())])
+        decode_images("t", [EncodedImage(base64.b64encode(b"plain text").decode())], GENERATE)
     truncated = png_bytes((64, 64))[:60]
     with pytest.raises(BrokenAnswerError, match="not a readable image"):
-        decode_images("t", [EncodedImage(base64.b64encode(truncated).decode())])
+        decode_images("t", [EncodedImage(base64.b64encode(truncated).decode())], GENERATE)
     with pytest.raises(BrokenAnswerError, match="decompression bomb"):
-        decode_images("t", [EncodedImage(base64.b64encode(bomb_png(30_000, 30_000)).decode())])
+        decode_images("t", [EncodedImage(base64.b64encode(bomb_png(30_000, 30_000)).decode())], GENERATE)
     # under Pillow's own limit but far over any size the API makes
     with pytest.raises(BrokenAnswerError, match="claims 10000x10000 pixels"):
-        decode_images("t", [EncodedImage(base64.b64encode(bomb_png(10_000, 10_000)).decode())])
+        decode_images("t", [EncodedImage(base64.b64encode(bomb_png(10_000, 10_000)).decode())], GENERATE)
 
 
 def bomb_png(width: int, height: int) -> bytes:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from batch.errors import Problem, shorten
+from batch.kind import Registry, prompt_field
 from batch.manifest.fields import type_name
 from batch.manifest.inputs import resolve
 from batch.manifest.read import Entry
@@ -136,9 +137,12 @@ def slug(value: Any, limit: int = 40) -> str:
 class Expander:
     """Expands the entries of one manifest."""
 
-    def __init__(self, manifest_name: str, folder: Path, sources: Sources | None = None) -> None:
+    def __init__(
+        self, manifest_name: str, folder: Path, registry: Registry, sources: Sources | None = None
+    ) -> None:
         self.name = manifest_name
         self.folder = folder
+        self.registry = registry  # asked where a prompts_file's {prompt} goes in each kind
         self.sources = sources  # notes the files read, for the plan cache
 
     def expand(self, entry: Entry, skip: Callable[[], bool] | None = None) -> Iterator[Entry | Problem]:
@@ -154,8 +158,10 @@ class Expander:
             yield from problems
             return
         template = {key: value for key, value in data.items() if key not in EXPANSION_KEYS}
-        if "prompts_file" in data and "prompt" not in template and "messages" not in template:
-            template["prompt"] = "{prompt}"
+        # where the prompt goes is the kind's to say; a kind that is a placeholder is asked once rendered
+        prompt_late = "prompts_file" in data and bool(placeholders_in(template.get("kind")))
+        if "prompts_file" in data and (where := prompt_field(self.registry, template)) is not None:
+            template[where] = "{prompt}"
         used = placeholders_in(template)
         prefix = (
             template.pop("id")
@@ -173,6 +179,8 @@ class Expander:
             except MissingPlaceholder as missing:
                 yield self._unknown(entry, template, missing.name, variant)
                 continue
+            if prompt_late and (where := prompt_field(self.registry, rendered)) is not None:
+                rendered[where] = variant.values["prompt"]
             if prefix is not None:
                 rendered["id"] = "-".join((prefix, *(part for part in variant.readable if part)))
             label = " ".join((entry.label, *variant.label))

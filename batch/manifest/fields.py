@@ -127,9 +127,11 @@ def check_rules(
     *,
     allow_unknown: bool = False,
     also_known: Iterable[str] = (),
+    hint: str = "",
 ) -> list[FieldIssue]:
     """Every issue of `fields` against `rules`: missing required fields, bad values, and (unless
-    `allow_unknown`) fields no rule names, with a suggestion for a likely typo."""
+    `allow_unknown`) fields no rule names, with a suggestion for a likely typo and the kind's `hint` (what
+    to do with a field it does not know)."""
     issues: list[FieldIssue] = []
     by_name = {rule.name: rule for rule in rules}
     for rule in rules:
@@ -144,12 +146,12 @@ def check_rules(
         known = set(by_name) | set(also_known)
         for name in fields:
             if name not in known:
-                issues.append(FieldIssue(name, unknown_field_message(name, known), fields[name]))
+                issues.append(FieldIssue(name, unknown_field_message(name, known, hint), fields[name]))
     return issues
 
 
-def unknown_field_message(name: str, known: Iterable[str]) -> str:
-    """'is not a field of this API', with a did-you-mean when a known name is close."""
+def unknown_field_message(name: str, known: Iterable[str], hint: str = "") -> str:
+    """'is not a known field', with a did-you-mean when a known name is close, and `hint` in brackets."""
     close = difflib.get_close_matches(str(name), sorted(known), n=1, cutoff=0.75)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"is not a known field{hint} (put extra API fields under 'extra' to send them anyway)"
+    guess = f"; did you mean {close[0]!r}?" if close else ""
+    return f"is not a known field{guess}" + (f" ({hint})" if hint else "")

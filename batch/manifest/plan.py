@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from batch.errors import ManifestError, Problem
-from batch.kind import TokenCounts
+from batch.kind import TokenCounts, openai_batch_urls
 from batch.manifest.expand import Expander
 from batch.manifest.ids import valid_id
 from batch.manifest.read import Entry, Manifest
@@ -84,7 +84,7 @@ def walk(
     over a task of a valid manifest before it is rendered or built (finished ones, on resume)."""
     if builder.problems:
         yield None, builder.problems
-    expander = Expander(manifest.name, manifest.folder, builder.sources)
+    expander = Expander(manifest.name, manifest.folder, builder.registry, builder.sources)
     position = -1
 
     def passed() -> bool:
@@ -92,7 +92,7 @@ def walk(
         position += 1
         return skip is not None and skip(position)
 
-    for entry in manifest.entries():
+    for entry in manifest.entries(openai_batch_urls(builder.registry)):
         if isinstance(entry, Problem):
             yield None, [entry]
             continue

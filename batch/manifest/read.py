@@ -21,7 +21,6 @@ from batch.manifest.ids import safe_id
 from batch.manifest.regular import open_regular, why_not_regular
 
 TOP_LEVEL_KEYS = ("defaults", "endpoints", "tasks", "prices")
-OPENAI_URLS = {"images/generations": "generate", "images/edits": "edit", "chat/completions": "chat"}
 MAX_YAML_BYTES = 50 * 2**20
 MAX_LINE_BYTES = 64 * 2**20
 MAX_YAML_NODES = 2_000_000  # values a YAML manifest may expand to, aliases counted at every use
@@ -128,10 +127,11 @@ class Manifest:
             return value.key_lines[sub]
         return self.lines.get(key)
 
-    def entries(self) -> Iterator[Entry | Problem]:
-        """Each task entry in order, or a Problem where a JSONL line cannot be read."""
+    def entries(self, batch_urls: Mapping[str, str]) -> Iterator[Entry | Problem]:
+        """Each task entry in order, or a Problem where a JSONL line cannot be read. `batch_urls` maps
+        the OpenAI Batch URLs (`/v1/...`) JSONL lines may name to kinds (batch.kind.openai_batch_urls)."""
         if self.format == "jsonl":
-            yield from _jsonl_entries(self.path)
+            yield from _jsonl_entries(self.path, batch_urls)
             return
         for index, item in enumerate(self.tasks):
             if isinstance(item, LocatedDict):
@@ -297,7 +297,7 @@ def _from_document(path: Path, document: Any, name: str | None = None) -> Manife
     )
 
 
-def _jsonl_entries(path: Path) -> Iterator[Entry | Problem]:
+def _jsonl_entries(path: Path, batch_urls: Mapping[str, str]) -> Iterator[Entry | Problem]:
     name = str(path)
     index = 0
     with open_regular(path) as handle:
@@ -325,27 +325,34 @@ def _jsonl_entries(path: Path) -> Iterator[Entry | Problem]:
                     name, number, f"a task must be a JSON object, not {type_name(item)}", value=shorten(item)
                 )
             elif "custom_id" in item and "body" in item:
-                yield _openai_entry(name, item, index, number)
+                yield _openai_entry(name, item, index, number, batch_urls)
             else:
                 yield Entry(item, index, number, dict.fromkeys(item, number))
             index += 1
 
 
-def _openai_entry(name: str, item: dict[str, Any], index: int, number: int) -> Entry | Problem:
-    """A line of an OpenAI Batch API input file, `{"custom_id", "method", "url", "body"}`, as a task."""
+def _openai_entry(
+    name: str, item: dict[str, Any], index: int, number: int, batch_urls: Mapping[str, str]
+) -> Entry | Problem:
+    """A line of an OpenAI Batch API input file, `{"custom_id", "method", "url", "body"}`, as a task of
+    the kind `batch_urls` gives its URL (matched by its end: `/v1/` may be written with a host before it)."""
     url = item.get("url")
     kind = next(
         (
             kind
-            for suffix, kind in OPENAI_URLS.items()
-            if isinstance(url, str) and url.rstrip("/").endswith(suffix)
+            for known, kind in batch_urls.items()
+            if isinstance(url, str) and url.rstrip("/").endswith(known.removeprefix("/v1/"))
         ),
         None,
     )
     custom_id = item.get("custom_id")
     problem = None
     if kind is None:
-        problem = ("url", "must be one of " + ", ".join(f"/v1/{s}" for s in OPENAI_URLS), url)
+        problem = (
+            "url",
+            "must be one of " + (", ".join(batch_urls) or "no URL: no task kind takes one"),
+            url,
+        )
     elif str(item.get("method", "POST")).upper() != "POST":
         problem = ("method", "must be POST", item.get("method"))
     elif not isinstance(item["body"], dict):

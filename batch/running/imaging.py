@@ -1,5 +1,8 @@
-"""Turning the base64 images of an answer into checked files. Blocking (base64 and Pillow): run it in a
-worker thread, never on the event loop.
+"""Turning the base64 files of an answer into checked files, of the media types its kind allows.
+Blocking (base64 and Pillow): run it in a worker thread, never on the event loop.
+
+Only images can be checked today (Pillow reads them); a kind whose answers hold other files would need a
+checker for their type here.
 """
 
 from __future__ import annotations
@@ -7,17 +10,23 @@ from __future__ import annotations
 import binascii
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import pybase64
 from PIL import Image
 
 from batch.errors import BrokenAnswerError
-from batch.kind import EncodedImage
+from batch.kind import EncodedImage, TaskKind
 from batch.output.store import OutputFile
 
 MAX_PIXELS = 8192 * 8192  # far above any size the API makes; a bomb claims far more
-EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif"}
+# Pillow's format -> (media type, file extension)
+FORMATS = {
+    "PNG": ("image/png", "png"),
+    "JPEG": ("image/jpeg", "jpg"),
+    "WEBP": ("image/webp", "webp"),
+    "GIF": ("image/gif", "gif"),
+}
 
 
 def output_name(task_id: str, index: int, count: int, extension: str) -> str:
@@ -26,12 +35,20 @@ def output_name(task_id: str, index: int, count: int, extension: str) -> str:
     return f"{task_id}.{extension}" if count == 1 else f"{task_id}~{index + 1}.{extension}"
 
 
-def decode_images(task_id: str, images: Sequence[EncodedImage]) -> list[OutputFile]:
-    """Every image decoded and checked, before any is written. Raises BrokenAnswerError."""
+def decode_images(task_id: str, images: Sequence[EncodedImage], kind: TaskKind) -> list[OutputFile]:
+    """Every file decoded and checked to be one of the kind's `output_media_types`, before any is
+    written. Raises BrokenAnswerError."""
     files = []
+    media_types = kind.output_media_types
     for index, image in enumerate(images):
+        if not media_types:
+            raise BrokenAnswerError(
+                f"the answer holds {len(images)} file(s); this kind's answers hold none",
+                error_type="bad_image",
+            )
         data = image.data if image.data is not None else decode_base64(image.b64, index)
-        files.append(OutputFile(output_name(task_id, index, len(images), check_image(data, index)), data))
+        extension = check_image(data, index, media_types)
+        files.append(OutputFile(output_name(task_id, index, len(images), extension), data))
     return files
 
 
@@ -48,8 +65,9 @@ def decode_base64(text: str, index: int = 0) -> bytes:
         raise BrokenAnswerError(f"image {index + 1} is not valid base64", error_type="bad_image") from None
 
 
-def check_image(data: bytes, index: int = 0) -> str:
-    """The file extension for image bytes, after checking they are a whole, sane image."""
+def check_image(data: bytes, index: int, media_types: Collection[str]) -> str:
+    """The file extension for image bytes, after checking they are a whole, sane image of one of
+    `media_types`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -68,7 +86,8 @@ def check_image(data: bytes, index: int = 0) -> str:
             f"image {index + 1} is not a readable image ({type(exc).__name__}: {str(exc)[:200]})",
             error_type="bad_image",
         ) from None
-    extension = EXTENSIONS.get(fmt or "")
-    if extension is None:
-        raise BrokenAnswerError(f"image {index + 1} is {fmt}, not PNG, JPEG or WebP")
+    media_type, extension = FORMATS.get(fmt or "", ("", ""))
+    if media_type not in media_types:
+        allowed = ", ".join(sorted(media_types))
+        raise BrokenAnswerError(f"image {index + 1} is {fmt}; this kind's answers may be {allowed}")
     return extension

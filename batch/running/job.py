@@ -26,9 +26,9 @@ from batch.manifest.plancache import Sources
 from batch.manifest.read import Manifest, load
 from batch.manifest.tasks import BuildSettings, TaskBuilder
 from batch.output import gallery
-from batch.output.runlog import RunLog, recover
+from batch.output.runlog import Interrupted, RunLog, recover
 from batch.output.store import OutputDir, finished_results, retried_ids
-from batch.running.budget import ledger_spent
+from batch.running.budget import Spent, ledger_spent
 from batch.running.client import ApiClient, ClientConfig
 from batch.running.idset import IdSet
 from batch.running.runner import Runner, RunSettings, RunSummary
@@ -162,56 +162,38 @@ class Job:
         done.freeze()  # worker threads only read it
         return done, failed
 
-    async def run(self) -> RunSummary:
-        """Run what the manifest has that DIR lacks. The run's attempt log is closed however it ends,
-        except by a kill, which the next run's recover() then accounts for."""
+    def _prepare(self) -> _Start:
+        """Everything a run reads and rewrites in DIR before its first request: blocking file work (the
+        journals scanned, failures moved aside, killed runs' logs closed, the ledger summed), done in a
+        worker thread before the loop has anything else to do."""
         checked = self.checked
-        retry_only: IdSet | None = None  # --retry-failed: these tasks, and no other
-        wanted = checked.plan.ids
+        wanted, order = checked.plan.ids, checked.plan.order
         forgotten: list[str] = []
         if self.config.retry_failed:
             forgotten = self.out.forget_failures(lambda task_id: task_id in wanted)
         finished, failed_before = self.finished()
+        skip = (lambda position: finished.contains_digest(order[position])) if len(finished) else None
+        left_alone = 0
         if self.config.retry_failed:
             # with the failures that an earlier --retry-failed moved aside but did not get to (stopped)
             again = {i for i in retried_ids(self.out.root) if i in wanted and i not in finished}
-            retry_only = IdSet(again.union(forgotten))
-            retry_only.freeze()
-            self.retried = len(retry_only)
-        if (
-            checked.cache_key is not None
-            and checked.sources is not None
-            and checked.plan.ok
-            and not checked.cached
-        ):
-            plan = checked.plan
-            try:
-                plancache.save(
-                    self.out.root / plancache.FOLDER,
-                    checked.cache_key,
-                    checked.sources,
-                    plan.total,
-                    plan.counts,
-                    plan.order,
-                    plan.estimates,
-                )
-            except OutputError as exc:  # the plan is only remembered for speed: the run goes on without
-                logging.getLogger("batch.running.job").warning("the plan is not remembered: %s", exc)
-        order = checked.plan.order
-        skip = (lambda position: finished.contains_digest(order[position])) if len(finished) else None
-        left_alone = 0
-        if retry_only is not None:
-            only = retry_only
+            only = IdSet(again.union(forgotten))
+            only.freeze()
+            self.retried = len(only)
 
             def skip_all_but_failed(position: int) -> bool:
                 return not only.contains_digest(order[position])
 
             skip = skip_all_but_failed
             left_alone = checked.plan.total - len(finished) - len(only)
+        self._remember_plan()
         interrupted = recover(self.out.runs)
+        spent = (
+            ledger_spent(self.out.usage.path, self.config.run.prices) if self.config.run.budget.any else None
+        )
         tag = secrets.token_hex(3)
-        log = RunLog(self.out.runs, f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{tag}")
-        log.open(
+        run_log = RunLog(self.out.runs, f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{tag}")
+        run_log.open(
             {
                 **self.config.run_info,
                 "plan": "remembered" if checked.cached else "validated",
@@ -221,27 +203,51 @@ class Job:
                 "tasks": checked.plan.total,
             }
         )
+        return _Start(finished, failed_before, skip, left_alone, interrupted, spent, run_log, tag)
+
+    def _remember_plan(self) -> None:
+        """Save a freshly validated plan in DIR's cache, for the next run of the same manifest."""
+        checked = self.checked
+        if checked.cache_key is None or checked.sources is None or not checked.plan.ok or checked.cached:
+            return
+        plan = checked.plan
+        try:
+            plancache.save(
+                self.out.root / plancache.FOLDER,
+                checked.cache_key,
+                checked.sources,
+                plan.total,
+                plan.counts,
+                plan.order,
+                plan.estimates,
+            )
+        except OutputError as exc:  # the plan is only remembered for speed: the run goes on without
+            log.warning("the plan is not remembered: %s", exc)
+
+    async def run(self) -> RunSummary:
+        """Run what the manifest has that DIR lacks. The run's attempt log is closed however it ends,
+        except by a kill, which the next run's recover() then accounts for."""
+        checked = self.checked
+        start = await anyio.to_thread.run_sync(self._prepare)
         ending: dict[str, Any] = {"error": "the run ended with an unexpected error"}
         try:
             async with ApiClient(self.config.client) as client:
                 self.runner = Runner(
-                    iter_tasks(checked.manifest, checked.builder, skip, _watch(checked.sources)),
+                    iter_tasks(checked.manifest, checked.builder, start.skip, _watch(checked.sources)),
                     registry=self.registry,
                     client=client,
                     out=self.out,
-                    finished=finished,
-                    failed_before=failed_before,
-                    left_alone=left_alone,
+                    finished=start.finished,
+                    failed_before=start.failed_before,
+                    left_alone=start.left_alone,
                     total=checked.plan.total,
                     settings=dataclasses.replace(
                         self.config.run, thumbnails=self.config.run.thumbnails and self.config.gallery
                     ),
-                    log=log,
-                    run_tag=tag,
-                    interrupted=interrupted.by_task,
-                    spent=ledger_spent(self.out.usage.path, self.config.run.prices)
-                    if self.config.run.budget.any
-                    else None,
+                    log=start.log,
+                    run_tag=start.tag,
+                    interrupted=start.interrupted.by_task,
+                    spent=start.spent,
                     observers=self.observers,
                 )
                 if self._stop is not None:
@@ -249,11 +255,25 @@ class Job:
                 summary = await self.runner.run()
             if self.config.gallery:
                 await anyio.to_thread.run_sync(self._build_gallery)
-            summary.interrupted = len(interrupted.requests)
+            summary.interrupted = len(start.interrupted.requests)
             ending = {**dataclasses.asdict(summary), "exit_code": summary.exit_code}
             return summary
         finally:
             try:
-                log.close(ending)
+                start.log.close(ending)
             except OutputError as exc:  # a full disk: the run's own outcome (74 already) comes first
-                logging.getLogger("batch.running.job").warning("could not close the attempt log: %s", exc)
+                log.warning("could not close the attempt log: %s", exc)
+
+
+@dataclass(frozen=True)
+class _Start:
+    """What a run learnt from DIR before its first request (see Job._prepare)."""
+
+    finished: IdSet  # tasks with a result line
+    failed_before: int  # of them, failed
+    skip: Callable[[int], bool] | None  # positions in the plan not to send
+    left_alone: int  # pending tasks that --retry-failed does not send (it sends the failed ones only)
+    interrupted: Interrupted  # what killed runs left
+    spent: Spent | None  # what the ledger says was spent, when a budget needs it
+    log: RunLog  # this run's attempt log, open
+    tag: str

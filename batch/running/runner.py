@@ -476,7 +476,7 @@ class Runner:
                 images = await self._download(images)
             files: list[OutputFile] = []
             if images:
-                files = await anyio.to_thread.run_sync(decode_images, spec.id, images)
+                files = await anyio.to_thread.run_sync(decode_images, spec.id, images, kind)
         except ApiError as exc:
             await self._keep_raw(spec, request_id, reply, state)
             if isinstance(exc, BrokenAnswerError):
