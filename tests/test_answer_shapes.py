@@ -290,3 +290,17 @@ def test_cached_prompt_tokens_have_their_own_price() -> None:
 )
 def test_an_error_body_sent_with_200_stands_for_its_own_status(error: dict[str, Any], status: int) -> None:
     assert _embedded_status(error) == status
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
+def test_a_truncated_jpeg_or_webp_is_a_bad_image_not_a_saved_file(fmt: str) -> None:
+    """verify() reads only their header, so a cut file would pass it; they are decoded to be checked."""
+    buffer = io.BytesIO()
+    Image.effect_noise((256, 256), 64).convert("RGB").save(buffer, fmt, quality=90)
+    whole = buffer.getvalue()
+    from batch.kind import EncodedImage
+
+    assert decode_images("t", (EncodedImage(base64.b64encode(whole).decode()),), generate)[0].data == whole
+    cut = EncodedImage(base64.b64encode(whole[: len(whole) * 2 // 3]).decode())
+    with pytest.raises(BrokenAnswerError, match="not a readable image"):
+        decode_images("t", (cut,), generate)

@@ -19,6 +19,7 @@ from batch.errors import BrokenAnswerError
 from batch.kind import EncodedImage, TaskKind
 from batch.output.store import OutputFile
 
+DECODE_PIXELS = 4096 * 4096  # JPEG and WebP are decoded to be checked up to this (64 MB at worst)
 MAX_PIXELS = 8192 * 8192  # far above any size the API makes; a bomb claims far more
 # Pillow's format -> (media type, file extension)
 FORMATS = {
@@ -79,6 +80,11 @@ def check_image(data: bytes, index: int, media_types: Collection[str]) -> str:
                         "(a decompression bomb?)"
                     )
                 image.verify()
+            # verify() walks every PNG chunk and checks its CRC, but reads no more than a JPEG's or WebP's
+            # header: those are decoded (a truncated JPEG is caught only so), up to DECODE_PIXELS.
+            if fmt != "PNG" and width * height <= DECODE_PIXELS:
+                with Image.open(io.BytesIO(data)) as image:  # verify() leaves an image unusable
+                    image.load()
     except BrokenAnswerError:
         raise
     except Exception as exc:  # Pillow raises many kinds on hostile bytes (IndexError on a PNG without IDAT)
