@@ -124,7 +124,7 @@ class RunSummary:
 @dataclass
 class _TaskState:
     attempts: int = 0
-    charged: int = 0  # attempts that count against max_attempts (not those lost to an outage)
+    lost_to_outage: bool = False  # the last attempt's failure was the service's outage: it costs none
     maybe_billed: int = 0  # this run's requests that may have been billed without a result
     carried: int = 0  # such requests of earlier runs that were killed
     estimate: int = 0  # tokens booked with the pacer for the attempt in flight
@@ -374,7 +374,7 @@ class Runner:
                 sleep=self._sleep,
                 on_retry=lambda notice: self._on_retry(spec, notice),
                 rng=self._rng,
-                charged=lambda: state.charged,
+                lost_to_outage=lambda error: state.lost_to_outage,
             )
         except _Stopped:
             self.summary.maybe_billed += state.maybe_billed
@@ -435,7 +435,6 @@ class Runner:
                 if self.stopping:
                     raise _Stopped
                 state.attempts += 1
-                state.charged += 1
                 request_id = f"{spec.id}/{self._run_tag}.{state.attempts}"
                 try:
                     reply = await self._send(spec, kind, request, request_id, state)
@@ -531,6 +530,7 @@ class Runner:
         log.sent(request_id, spec.id)
         self._in_flight += 1
         state.server_request_id = None
+        state.lost_to_outage = False
         try:
             reply = await self._client.send(spec.endpoint, request, request_id)
             state.server_request_id = reply.server_request_id or _answer_id(reply.body)
@@ -545,7 +545,7 @@ class Runner:
                 request_id, "broken", status=exc.status, maybe_billed=exc.maybe_billed, error=exc.message
             )
             if exc.retry:  # garbled on the way: the service (or the path to it) is failing
-                state.charged -= not health.failed(exc.message)
+                state.lost_to_outage = not health.failed(exc.message)
             else:  # a whole answer: the service is up
                 health.succeeded()
             if exc.usage is not None:
@@ -555,13 +555,13 @@ class Runner:
         except ApiStatusError as exc:
             log.done(request_id, "error", status=exc.status, error=exc.message)
             if exc.status is not None and (exc.status >= 500 or exc.status == 408):
-                state.charged -= not health.failed(str(exc))
+                state.lost_to_outage = not health.failed(str(exc))
             else:
                 health.succeeded()  # the service is up; it refused this request
             raise
         except TransportError as exc:
             log.done(request_id, "failed", maybe_billed=exc.maybe_billed, error=exc.message)
-            state.charged -= not health.failed(exc.message)
+            state.lost_to_outage = not health.failed(exc.message)
             state.maybe_billed += exc.maybe_billed
             raise
         except BaseException:  # cancelled (a second signal, or the grace period ran out) while in flight
