@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -65,6 +65,7 @@ from batch.running.imaging import decode_images
 from batch.running.limits import EndpointLimits, Limits
 from batch.running.looplag import LoopLag
 from batch.running.prices import PriceTable
+from batch.running.records import ErrorInfo, ResultRecord, TaskUsage, UsageRecord, now
 from batch.running.retry import RetryNotice, RetryPolicy, Verdict, call_with_retries, classify
 
 logger = logging.getLogger(__name__)
@@ -598,25 +599,19 @@ class Runner:
         that reports no usage is recorded at its estimate, marked `estimated`, so budgets count it."""
         counts = kind.token_counts(usage) if usage is not None else kind.estimate(spec.fields)
         cost = self._settings.prices.cost(spec.model, counts)
-        line: dict[str, Any] = {
-            "task_id": spec.id,
-            "request_id": request_id,
-            "server_request_id": state.server_request_id,
-            "kind": spec.kind,
-            "model": spec.model,
-            "endpoint": spec.endpoint,
-            "input_tokens": counts.input,
-            "output_tokens": counts.output,
-            "total_tokens": counts.total,
-            "image_input_tokens": counts.image_input,
-            "cached_input_tokens": counts.cached_input,
-            "reasoning_tokens": counts.reasoning,
-            "cost": None if cost is None else round(cost, 10),
-            "usage": usage,
-            "at": _now(),
-        }
-        if usage is None:
-            line["estimated"] = True
+        line = UsageRecord(
+            task_id=spec.id,
+            request_id=request_id,
+            server_request_id=state.server_request_id,
+            kind=spec.kind,
+            model=spec.model,
+            endpoint=spec.endpoint,
+            counts=counts,
+            cost=cost,
+            usage=usage,
+            at=now(),
+            estimated=usage is None,
+        ).to_line()
         try:
             await self._out.append(self._out.usage, line)
         except OutputError:
@@ -651,52 +646,36 @@ class Runner:
         self, spec: TaskSpec, state: _TaskState, started: float, error: ApiError | None = None
     ) -> None:
         """Write the task's result line: the moment it counts as finished."""
-        record: dict[str, Any] = {
-            "id": spec.id,
-            "kind": spec.kind,
-            "status": "failed" if error else "succeeded",
-            "model": spec.model,
-        }
-        if spec.custom_id is not None:
-            record["custom_id"] = spec.custom_id
+        answer = state.answer or Answer()
         prompt, params = self._registry[spec.kind].describe(spec.fields)
-        record["prompt"] = prompt if len(prompt) <= PROMPT_SHOWN else prompt[:PROMPT_SHOWN] + "..."
-        record["params"] = params
-        if spec.inputs:
+        record = ResultRecord(
+            id=spec.id,
+            kind=spec.kind,
+            status="failed" if error else "succeeded",
+            model=spec.model,
+            custom_id=spec.custom_id,
+            prompt=prompt if len(prompt) <= PROMPT_SHOWN else prompt[:PROMPT_SHOWN] + "...",
+            params=params,
             # absolute: the gallery, built later from anywhere, finds them again
-            record["inputs"] = [str(info.path.absolute()) for info in spec.inputs.values()]
-        record["files"] = state.files
-        answer = state.answer
-        if answer is not None and answer.text is not None:
-            record["text"] = answer.text
-        if answer is not None:
-            record.update(answer.extra)
-            if answer.images_missing:
-                record["images_missing"] = answer.images_missing
-        if state.answer_file is not None:
-            record["answer_file"] = state.answer_file
-        if state.server_request_id is not None:
-            record["request_id"] = state.server_request_id
-        record["usage"] = (
-            {
-                "input_tokens": state.input_tokens,
-                "output_tokens": state.output_tokens,
-                "total_tokens": state.total_tokens,
-            }
+            inputs=tuple(str(info.path.absolute()) for info in spec.inputs.values()),
+            files=tuple(state.files),
+            text=answer.text,
+            extra=answer.extra,
+            images_missing=answer.images_missing,
+            answer_file=state.answer_file,
+            request_id=state.server_request_id,
+            usage=TaskUsage(state.input_tokens, state.output_tokens, state.total_tokens).to_line()
             if state.billed
-            else None
-        )
-        record["cost"] = None if state.unpriced or not state.billed else round(state.cost, 10)
-        record["attempts"] = state.attempts
-        if state.maybe_billed + state.carried:
-            record["maybe_billed"] = state.maybe_billed + state.carried
-        if error is not None:
-            record["error"] = error_record(error, state.attempts)
-        if spec.meta:
-            record["meta"] = spec.meta
-        record["endpoint"] = spec.endpoint
-        record["seconds"] = round(time.monotonic() - started, 3)
-        record["finished_at"] = _now()
+            else None,
+            cost=None if state.unpriced or not state.billed else round(state.cost, 10),
+            attempts=state.attempts,
+            maybe_billed=state.maybe_billed + state.carried,
+            error=None if error is None else error_record(error, state.attempts),
+            meta=spec.meta or None,
+            endpoint=spec.endpoint,
+            seconds=round(time.monotonic() - started, 3),
+            finished_at=now(),
+        ).to_line()
         try:
             await self._out.append(self._out.results, record)
         except OutputError as exc:
@@ -710,7 +689,7 @@ class Runner:
         self._emit(TaskFinished(record))
 
 
-def error_record(error: ApiError, attempts: int) -> dict[str, Any]:
+def error_record(error: ApiError, attempts: int) -> ErrorInfo:
     """`error` of a failed task's result line: type, status, message."""
     if isinstance(error, ApiStatusError):
         error_type = error.code or error.error_type or f"http_{error.status}"
@@ -719,7 +698,7 @@ def error_record(error: ApiError, attempts: int) -> dict[str, Any]:
     message = getattr(error, "message", str(error))
     if attempts > 1:
         message += f" (after {attempts} attempts)"
-    return {"type": error_type, "status": error.status, "message": message}
+    return ErrorInfo(error_type, error.status, message)
 
 
 def _describe(error: BaseException | None) -> str:
@@ -756,10 +735,6 @@ def _answer_id(body: Any) -> str | None:
 def _short(error: BaseException, limit: int = 300) -> str:
     text = " ".join(str(error).split())
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _percentile(values: deque[float], fraction: float) -> float:
