@@ -184,6 +184,11 @@ class Runner:
         self._budget = Budget(settings.budget, spent if spent is not None else Spent())
         self._durations: deque[float] = deque(maxlen=256)  # recent requests' seconds, for the deadline
         self._thumbnailer: Thumbnailer | None = None
+        # The run's blocking work (building specs and requests, decoding, fsync'd writes) has threads of
+        # its own: with fewer threads than tasks in flight, answers would wait for a thread while their
+        # disk writes wait for the disk. anyio's process-wide default limiter is left as it is.
+        workers = settings.limits.concurrency or settings.limits.max_concurrency
+        self._threads = anyio.CapacityLimiter(workers + 8)
         self._in_flight = 0
         self._health = ServiceHealth(
             max(5, settings.limits.concurrency or 16),
@@ -228,10 +233,6 @@ class Runner:
         summary = self.summary
         self._emit(RunStarted(summary.total, summary.finished_before, summary.not_run))
         workers = self._settings.limits.concurrency or self._settings.limits.max_concurrency
-        # Each task's decode, checks and fsync'd writes run in a worker thread: with fewer threads than
-        # tasks in flight, answers wait for a thread while their disk writes wait for the disk.
-        threads = anyio.to_thread.current_default_thread_limiter()
-        threads.total_tokens = max(threads.total_tokens, workers + 8)
         send, receive = anyio.create_memory_object_stream[TaskSpec](min(workers, 64))
         lag = LoopLag()
         if self._settings.thumbnails:
@@ -241,7 +242,7 @@ class Runner:
         finally:
             if self._thumbnailer is not None:
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self._thumbnailer.close)
+                    await anyio.to_thread.run_sync(self._thumbnailer.close, limiter=self._threads)
         with anyio.CancelScope(shield=True):
             try:
                 await self._out.sync()
@@ -327,7 +328,7 @@ class Runner:
             with self._producer_scope:
                 while True:
                     try:
-                        batch = await anyio.to_thread.run_sync(self._next_batch)
+                        batch = await anyio.to_thread.run_sync(self._next_batch, limiter=self._threads)
                     except ManifestError as exc:
                         first = exc.problems[0] if exc.problems else exc
                         self.stop(f"the manifest changed during the run: {first}", EXIT_DATAERR)
@@ -413,7 +414,9 @@ class Runner:
         if self.stopping:
             raise _Stopped
         if spec.inputs:
-            request = await anyio.to_thread.run_sync(kind.build_request, spec.fields, read_file)
+            request = await anyio.to_thread.run_sync(
+                kind.build_request, spec.fields, read_file, limiter=self._threads
+            )
         else:
             request = kind.build_request(spec.fields, read_file)
         adaptive = self._limits.adaptive(spec.endpoint)
@@ -476,7 +479,7 @@ class Runner:
                 images = await self._download(images)
             files: list[OutputFile] = []
             if images:
-                files = await anyio.to_thread.run_sync(decode_images, spec.id, images)
+                files = await anyio.to_thread.run_sync(decode_images, spec.id, images, limiter=self._threads)
         except ApiError as exc:
             await self._keep_raw(spec, request_id, reply, state)
             if isinstance(exc, BrokenAnswerError):
@@ -488,7 +491,9 @@ class Runner:
                 f"the answer could not be read ({type(exc).__name__}: {_short(exc)})",
                 error_type="unreadable_answer",
             ) from exc
-        state.files = await anyio.to_thread.run_sync(self._save, files) if files else []
+        state.files = (
+            await anyio.to_thread.run_sync(self._save, files, limiter=self._threads) if files else []
+        )
         state.answer = answer
 
     async def _keep_raw(self, spec: TaskSpec, request_id: str, reply: Reply, state: _TaskState) -> None:
@@ -496,7 +501,9 @@ class Runner:
         if not reply.raw:
             return
         name = request_id.replace("/", ".") + (".sse" if isinstance(reply.body, list) else ".json")
-        state.answer_file = await anyio.to_thread.run_sync(self._out.save_answer, name, reply.raw)
+        state.answer_file = await anyio.to_thread.run_sync(
+            self._out.save_answer, name, reply.raw, limiter=self._threads
+        )
 
     async def _download(self, images: tuple[EncodedImage, ...]) -> tuple[EncodedImage, ...]:
         """Fetch the images an answer links to. A failed download is retried as a download, under the
