@@ -221,6 +221,22 @@ def test_run_works_from_inside_an_event_loop(api_env: RunningSimulator, tmp_path
     assert asyncio.run(inside()).succeeded == 2
 
 
+def test_a_run_leaves_anyios_default_thread_limiter_alone(api_env: RunningSimulator, tmp_path: Path) -> None:
+    import anyio.to_thread
+
+    seen: list[float] = []
+
+    def on_event(event: batch.Event) -> None:  # called in the run's thread, inside its event loop
+        if isinstance(event, batch.TaskFinished):
+            seen.append(anyio.to_thread.current_default_thread_limiter().total_tokens)
+
+    summary = batch.run(
+        batch.from_tasks(generate_tasks(2)), tmp_path / "out", concurrency=64, on_event=on_event
+    )
+    assert summary.succeeded == 2
+    assert seen == [40, 40]  # anyio's default: the run's blocking work has a limiter of its own
+
+
 @pytest.fixture
 def no_maas_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in ("MAAS_API_KEY", "MAAS_BASE_URL", "MAAS_ENDPOINT"):

@@ -9,9 +9,17 @@ from email.utils import format_datetime
 import anyio
 import anyio.lowlevel
 import pytest
+from tenacity import AsyncRetrying, retry_if_exception
 
 from batch.errors import ApiStatusError, BrokenAnswerError, RefusalError, TransportError
-from batch.running.retry import RetryPolicy, Verdict, classify, parse_retry_after, retrying
+from batch.running.retry import (
+    RetryPolicy,
+    Verdict,
+    classify,
+    parse_retry_after,
+    retryable,
+    retrying,
+)
 
 
 @pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504])
@@ -174,7 +182,7 @@ class _AlwaysMax(random.Random):
 
 
 @pytest.mark.anyio
-async def test_call_with_retries_runs_the_first_attempt_directly_then_continues_the_count() -> None:
+async def test_call_with_retries_counts_attempts_and_honours_each_retry_after() -> None:
     from batch.running.retry import RetryNotice, call_with_retries
 
     calls = 0
@@ -216,15 +224,14 @@ async def test_call_with_retries_keeps_every_bound() -> None:
         await call_with_retries(RetryPolicy(max_attempts=4, backoff_base=0), always_down, sleep=sleep)
     assert calls == 4
     calls = 0
-    with pytest.raises(TransportError):  # only 2 of the attempts count: e.g. the rest were lost to an outage
-        counted = iter(range(100))
+    with pytest.raises(TransportError):  # only 2 of the attempts count: the rest were lost to an outage
         await call_with_retries(
             RetryPolicy(max_attempts=2, backoff_base=0),
             always_down,
             sleep=sleep,
-            charged=lambda: next(counted) // 3,
+            lost_to_outage=lambda error: calls % 3 != 0,  # attempts 3 and 6 count, the others are excused
         )
-    assert calls > 2
+    assert calls == 6
     calls = 0
     with pytest.raises(TransportError):  # the first wait already passes the deadline: no retry
         await call_with_retries(
@@ -244,3 +251,46 @@ async def test_call_with_retries_keeps_every_bound() -> None:
     with pytest.raises(ApiStatusError):
         await call_with_retries(RetryPolicy(), bad_request, sleep=sleep)
     assert calls == 1
+
+
+@pytest.mark.anyio
+async def test_an_outage_costs_no_attempt_and_the_loop_counts_afresh_each_call() -> None:
+    from batch.running.retry import stop_after_counted_attempts
+
+    calls = 0
+    asked: list[int] = []
+    free_upto = 0  # the failures of attempts 1..free_upto are lost to an outage
+
+    async def down() -> None:
+        nonlocal calls
+        calls += 1
+        raise ApiStatusError(503, f"down {calls}")
+
+    async def refused() -> None:
+        raise ApiStatusError(400, "no")
+
+    async def sleep(seconds: float) -> None:
+        return None
+
+    def lost_to_outage(error: BaseException) -> bool:
+        asked.append(calls)
+        return calls <= free_upto
+
+    loop = AsyncRetrying(
+        stop=stop_after_counted_attempts(3, lost_to_outage),
+        retry=retry_if_exception(retryable),
+        sleep=sleep,
+        reraise=True,
+    )
+    with pytest.raises(ApiStatusError, match=r"down 3$"):
+        await loop(down)
+    assert asked == [1, 2, 3]  # asked once per failed attempt
+    calls, free_upto = 0, 4  # the same loop again (the count starts afresh): 4 free attempts, then 3
+    asked.clear()
+    with pytest.raises(ApiStatusError, match=r"down 7$"):
+        await loop(down)
+    assert asked == [1, 2, 3, 4, 5, 6, 7]
+    asked.clear()
+    with pytest.raises(ApiStatusError, match="no"):  # not retryable: it ends the loop, never asked about
+        await loop(refused)
+    assert asked == []

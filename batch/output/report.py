@@ -19,6 +19,7 @@ from batch.output.lock import LOCK, probe
 from batch.output.runlog import account
 from batch.output.store import RESULTS, RETRIED, RUNS, USAGE, read_lines
 from batch.running.prices import PriceTable, money
+from batch.running.records import ErrorInfo, ResultRecord, UsageRecord
 
 SLOWEST = 10
 
@@ -61,11 +62,11 @@ def status(root: Path) -> dict[str, Any]:
     # failures moved aside by --retry-failed; those without a new line (a retry stopped before sending
     # them again) are pending
     retry_pending: set[str] = set()
-    for record in read_lines(root / RETRIED):
-        retry_pending.add(str(record.get("id")))
-    for record in read_lines(root / RESULTS):
-        retry_pending.discard(str(record.get("id")))
-        if record.get("status") == "failed":
+    for record in map(ResultRecord.from_line, read_lines(root / RETRIED)):
+        retry_pending.add(record.id)
+    for record in map(ResultRecord.from_line, read_lines(root / RESULTS)):
+        retry_pending.discard(record.id)
+        if record.failed:
             failed += 1
         else:
             succeeded += 1
@@ -142,19 +143,11 @@ def report(root: Path, prices: PriceTable, *, reprice: bool = False) -> dict[str
     unpriced: Counter[str] = Counter()
     total_tokens, total_cost = 0, 0.0
     for line in read_lines(root / USAGE):
-        tokens = TokenCounts(
-            int(line.get("input_tokens") or 0),
-            int(line.get("output_tokens") or 0),
-            int(line.get("total_tokens") or 0),
-            int(line.get("image_input_tokens") or 0),
-        )
-        model = str(line.get("model") or "-")
-        recorded = line.get("cost")
-        if not reprice and isinstance(recorded, int | float) and not isinstance(recorded, bool):
-            cost: float | None = float(recorded)
-        else:
-            cost = prices.cost(model, tokens)
-        for bucket in (by_kind[str(line.get("kind"))], by_model[model]):
+        usage = UsageRecord.from_line(line)
+        tokens = usage.repriced_counts
+        model = str(usage.model or "-")
+        cost = usage.cost if not reprice and usage.cost is not None else prices.cost(model, tokens)
+        for bucket in (by_kind[str(usage.kind)], by_model[model]):
             bucket["answers"] += 1
             bucket["tokens"] += tokens.total
             bucket["cost"] += cost or 0.0
@@ -165,33 +158,27 @@ def report(root: Path, prices: PriceTable, *, reprice: bool = False) -> dict[str
     tasks = succeeded = attempts = images_missing = 0
     failures: dict[str, dict[str, Any]] = {}
     slowest: list[tuple[float, str, str]] = []
-    for record in read_lines(root / RESULTS):
+    for record in map(ResultRecord.from_line, read_lines(root / RESULTS)):
         tasks += 1
-        attempts += int(record.get("attempts") or 0)
-        images_missing += int(record.get("images_missing") or 0)
-        if record.get("status") == "failed":
-            error = record.get("error") or {}
+        attempts += record.attempts
+        images_missing += record.images_missing
+        if record.failed:
+            error = record.error or ErrorInfo(None, None, None)
             group = failures.setdefault(
-                str(error.get("type") or "unknown"),
-                {
-                    "count": 0,
-                    "status": error.get("status"),
-                    "example": error.get("message"),
-                    "example_task": record.get("id"),
-                },
+                str(error.type or "unknown"),
+                {"count": 0, "status": error.status, "example": error.message, "example_task": record.id},
             )
             group["count"] += 1
         else:
             succeeded += 1
-        seconds = record.get("seconds")
-        if isinstance(seconds, int | float):
-            entry = (float(seconds), str(record.get("id")), str(record.get("kind")))
+        if isinstance(record.seconds, int | float):
+            entry = (float(record.seconds), record.id, str(record.kind))
             if len(slowest) < SLOWEST:
                 heapq.heappush(slowest, entry)
             else:
                 heapq.heappushpop(slowest, entry)
-    for record in read_lines(root / RETRIED):  # the earlier tries of tasks given another go
-        attempts += int(record.get("attempts") or 0)
+    for record in map(ResultRecord.from_line, read_lines(root / RETRIED)):  # earlier tries, given another go
+        attempts += record.attempts
     wall = 0.0
     logged = account(root / RUNS, live=lock_holder(root) is not None)
     runs = logged.runs

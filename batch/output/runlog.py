@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from batch.output.store import Journal, read_lines
+from batch.running.records import AttemptRecord
 
 _encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
@@ -73,13 +74,9 @@ def recover(folder: Path) -> Interrupted:
         try:
             for request_id, task_id in pending.items():
                 journal.write(
-                    {
-                        "event": "done",
-                        "request_id": request_id,
-                        "task_id": task_id,
-                        "outcome": "interrupted",
-                        "maybe_billed": True,
-                    }
+                    AttemptRecord(
+                        "done", request_id, task_id=task_id, outcome="interrupted", maybe_billed=True
+                    ).to_line()
                 )
                 found.requests.append(request_id)
                 found.by_task[task_id] += 1
@@ -181,7 +178,7 @@ class RunLog:
         # interrupted: counted as maybe billed, which errs on the honest side. Epoch seconds: a date
         # costs more to format, for every request.
         self._pending += _line(
-            {"event": "sent", "request_id": request_id, "task_id": task_id, "t": round(time.time(), 3)}
+            AttemptRecord("sent", request_id, task_id=task_id, t=round(time.time(), 3)).to_line()
         )
         self._flush()
 
@@ -195,13 +192,14 @@ class RunLog:
         error: str | None = None,
     ) -> None:
         started = self._sent.pop(request_id, None)
-        record: dict[str, Any] = {"event": "done", "request_id": request_id, "outcome": outcome}
-        if status is not None:
-            record["status"] = status
-        if maybe_billed:
-            record["maybe_billed"] = True
-        if error:
-            record["error"] = error
-        if started is not None:
-            record["seconds"] = round(time.monotonic() - started, 3)
-        self._pending += _line(record)
+        seconds = None if started is None else round(time.monotonic() - started, 3)
+        record = AttemptRecord(
+            "done",
+            request_id,
+            outcome=outcome,
+            status=status,
+            maybe_billed=maybe_billed,
+            error=error,
+            seconds=seconds,
+        )
+        self._pending += _line(record.to_line())

@@ -39,6 +39,7 @@ import anyio
 
 from batch.errors import OutputError
 from batch.output.lock import acquire
+from batch.running.records import finished_entry
 
 RESULTS = "results.jsonl"
 USAGE = "usage.jsonl"
@@ -50,8 +51,6 @@ RETRIED = "results.retried.jsonl"  # result lines of failures that --retry-faile
 TMP_SUFFIX = ".tmp"
 # Built once: json.dumps with arguments makes a new encoder on every call.
 _encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
-ID_PREFIX = b'{"id": "'
-STATUS_MARK = b'"status": "'  # its first match after the id is the line's own status (then kind)
 
 
 def _flags(extra: int) -> int:
@@ -210,19 +209,12 @@ def read_lines(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def finished_results(path: Path) -> Iterator[tuple[str, bool]]:
-    """(id, failed) of each line of results.jsonl, fast: our lines start with the id, so most need no
-    JSON parsing. A torn last line is not a result."""
+    """(id, failed) of each line of results.jsonl, fast (records.finished_entry). A torn last line is not
+    a result."""
     for raw in _whole_lines(path):
-        if raw.startswith(ID_PREFIX):
-            end = raw.find(b'"', len(ID_PREFIX))
-            status = raw.find(STATUS_MARK, end)
-            if end > 0 and status > 0:
-                value = status + len(STATUS_MARK)
-                yield raw[len(ID_PREFIX) : end].decode(), raw.startswith(b'failed"', value)
-                continue
-        record = _parse(raw)
-        if record is not None and isinstance(record.get("id"), str):
-            yield record["id"], record.get("status") == "failed"
+        entry = finished_entry(raw)
+        if entry is not None:
+            yield entry
 
 
 def retried_ids(root: Path) -> set[str]:

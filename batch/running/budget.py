@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from batch.kind import TokenCounts
 from batch.output.store import read_lines
 from batch.running.prices import PriceTable, money
+from batch.running.records import UsageRecord
 
 
 @dataclass(frozen=True)
@@ -37,15 +37,9 @@ def ledger_spent(path: Path, prices: PriceTable) -> Spent:
     """What usage.jsonl says was spent, priced with today's table (so a price change is honoured)."""
     spent = Spent()
     for line in read_lines(path):
-        total = line.get("total_tokens")
-        tokens = TokenCounts(
-            int(line.get("input_tokens") or 0),
-            int(line.get("output_tokens") or 0),
-            int(total or 0),
-            int(line.get("image_input_tokens") or 0),
-        )
-        spent.tokens += tokens.total
-        cost = prices.cost(line.get("model"), tokens)
+        record = UsageRecord.from_line(line)
+        spent.tokens += record.counts.total
+        cost = prices.cost(record.model, record.repriced_counts)
         if cost is None:
             spent.unpriced += 1
         else:

@@ -120,17 +120,22 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return seconds if math.isfinite(seconds) else None
 
 
-class _AttemptsSpent(stop_base):
-    """Stop after `limit` attempts, counting only those `charged` says count (all, by default)."""
+class stop_after_counted_attempts(stop_base):
+    """Stop once `limit` attempts have counted. An attempt whose failure `free` excuses (one the circuit
+    breaker put down to an outage: the service's fault, not the task's) does not count."""
 
-    def __init__(self, limit: int, charged: Callable[[], int] | None, done: int = 0) -> None:
+    def __init__(self, limit: int, free: Callable[[BaseException], bool] | None = None) -> None:
         self.limit = limit
-        self.charged = charged
-        self.done = done
+        self.free = free
+        self._excused = 0
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        used = self.charged() if self.charged is not None else retry_state.attempt_number + self.done
-        return used >= self.limit
+        if retry_state.attempt_number == 1:  # a new call of the loop: count afresh
+            self._excused = 0
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        if self.free is not None and error is not None and self.free(error):
+            self._excused += 1
+        return retry_state.attempt_number - self._excused >= self.limit
 
 
 @dataclass(frozen=True)
@@ -151,27 +156,27 @@ def retrying(
     sleep: Callable[[float], Awaitable[None]],
     on_retry: Callable[[RetryNotice], None] | None = None,
     rng: random.Random | None = None,
-    charged: Callable[[], int] | None = None,
-    done_attempts: int = 0,
-    deadline: float | None = None,
+    lost_to_outage: Callable[[BaseException], bool] | None = None,
 ) -> AsyncRetrying:
-    """The tenacity loop for one task. `sleep` lets the runner cut a wait short when the run stops;
-    `charged` counts the attempts that count against `max_attempts` (default: all of them);
-    `done_attempts` and `deadline` continue a task that has already had attempts."""
+    """The tenacity loop for one task, the only place attempts are counted. `sleep` lets the runner cut a
+    wait short when the run stops; `lost_to_outage` says whether an attempt's failure was the service's
+    outage, which costs the task no attempt (its own stop predicate); the deadline bounds them all."""
     generator = rng or random.Random()
 
     def wait(state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
-        return policy.wait(state.attempt_number + done_attempts, error, generator)
+        return policy.wait(state.attempt_number, error, generator)
 
     def before_sleep(state: RetryCallState) -> None:
         if on_retry is not None:
             error = state.outcome.exception() if state.outcome else None
-            on_retry(RetryNotice(state.attempt_number + done_attempts, error, state.upcoming_sleep))
+            on_retry(RetryNotice(state.attempt_number, error, state.upcoming_sleep))
 
-    spent = _AttemptsSpent(policy.max_attempts, charged, done_attempts)
     return AsyncRetrying(
-        stop=stop_any(spent, stop_before_delay(policy.deadline if deadline is None else deadline)),
+        stop=stop_any(
+            stop_after_counted_attempts(policy.max_attempts, lost_to_outage),
+            stop_before_delay(policy.deadline),
+        ),
         wait=wait,
         retry=retry_if_exception(retryable),
         sleep=sleep,
@@ -187,38 +192,12 @@ async def call_with_retries(
     sleep: Callable[[float], Awaitable[None]],
     on_retry: Callable[[RetryNotice], None] | None = None,
     rng: random.Random | None = None,
-    charged: Callable[[], int] | None = None,
+    lost_to_outage: Callable[[BaseException], bool] | None = None,
 ) -> T:
-    """`attempt()` under the policy. The first try runs directly, since most tasks succeed at once and
-    tenacity's bookkeeping costs some 35 µs a call; from the first retryable failure on, the tenacity
-    loop of `retrying` takes over, with the same predicate, waits, attempt count and deadline."""
-    generator = rng or random.Random()
-    started = time.monotonic()
-    try:
-        return await attempt()
-    except Exception as error:
-        used = charged() if charged is not None else 1
-        if not retryable(error) or used >= policy.max_attempts:
-            raise
-        first = error
-    wait = policy.wait(1, first, generator)
-    remaining = policy.deadline - (time.monotonic() - started)
-    if wait >= remaining:
-        raise first
-    if on_retry is not None:
-        on_retry(RetryNotice(1, first, wait))
-    await sleep(wait)
-    loop = retrying(
-        policy,
-        sleep=sleep,
-        on_retry=on_retry,
-        rng=generator,
-        charged=charged,
-        done_attempts=1,
-        deadline=remaining - wait,
-    )
+    """`attempt()` under the policy, in the one tenacity loop of `retrying`."""
+    loop = retrying(policy, sleep=sleep, on_retry=on_retry, rng=rng, lost_to_outage=lost_to_outage)
 
-    async def again() -> T:  # a coroutine function: tenacity calls, and never awaits, anything else
+    async def once() -> T:  # a coroutine function: tenacity calls, and never awaits, anything else
         return await attempt()
 
-    return await loop(again)
+    return await loop(once)

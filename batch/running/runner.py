@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -65,6 +65,7 @@ from batch.running.imaging import decode_images
 from batch.running.limits import EndpointLimits, Limits
 from batch.running.looplag import LoopLag
 from batch.running.prices import PriceTable
+from batch.running.records import ErrorInfo, ResultRecord, TaskUsage, UsageRecord, now
 from batch.running.retry import RetryNotice, RetryPolicy, Verdict, call_with_retries, classify
 
 logger = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class RunSummary:
 @dataclass
 class _TaskState:
     attempts: int = 0
-    charged: int = 0  # attempts that count against max_attempts (not those lost to an outage)
+    lost_to_outage: bool = False  # the last attempt's failure was the service's outage: it costs none
     maybe_billed: int = 0  # this run's requests that may have been billed without a result
     carried: int = 0  # such requests of earlier runs that were killed
     estimate: int = 0  # tokens booked with the pacer for the attempt in flight
@@ -183,6 +184,11 @@ class Runner:
         self._budget = Budget(settings.budget, spent if spent is not None else Spent())
         self._durations: deque[float] = deque(maxlen=256)  # recent requests' seconds, for the deadline
         self._thumbnailer: Thumbnailer | None = None
+        # The run's blocking work (building specs and requests, decoding, fsync'd writes) has threads of
+        # its own: with fewer threads than tasks in flight, answers would wait for a thread while their
+        # disk writes wait for the disk. anyio's process-wide default limiter is left as it is.
+        workers = settings.limits.concurrency or settings.limits.max_concurrency
+        self._threads = anyio.CapacityLimiter(workers + 8)
         self._in_flight = 0
         self._health = ServiceHealth(
             max(5, settings.limits.concurrency or 16),
@@ -227,10 +233,6 @@ class Runner:
         summary = self.summary
         self._emit(RunStarted(summary.total, summary.finished_before, summary.not_run))
         workers = self._settings.limits.concurrency or self._settings.limits.max_concurrency
-        # Each task's decode, checks and fsync'd writes run in a worker thread: with fewer threads than
-        # tasks in flight, answers wait for a thread while their disk writes wait for the disk.
-        threads = anyio.to_thread.current_default_thread_limiter()
-        threads.total_tokens = max(threads.total_tokens, workers + 8)
         send, receive = anyio.create_memory_object_stream[TaskSpec](min(workers, 64))
         lag = LoopLag()
         if self._settings.thumbnails:
@@ -240,7 +242,7 @@ class Runner:
         finally:
             if self._thumbnailer is not None:
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self._thumbnailer.close)
+                    await anyio.to_thread.run_sync(self._thumbnailer.close, limiter=self._threads)
         with anyio.CancelScope(shield=True):
             try:
                 await self._out.sync()
@@ -326,7 +328,7 @@ class Runner:
             with self._producer_scope:
                 while True:
                     try:
-                        batch = await anyio.to_thread.run_sync(self._next_batch)
+                        batch = await anyio.to_thread.run_sync(self._next_batch, limiter=self._threads)
                     except ManifestError as exc:
                         first = exc.problems[0] if exc.problems else exc
                         self.stop(f"the manifest changed during the run: {first}", EXIT_DATAERR)
@@ -374,7 +376,7 @@ class Runner:
                 sleep=self._sleep,
                 on_retry=lambda notice: self._on_retry(spec, notice),
                 rng=self._rng,
-                charged=lambda: state.charged,
+                lost_to_outage=lambda error: state.lost_to_outage,
             )
         except _Stopped:
             self.summary.maybe_billed += state.maybe_billed
@@ -412,7 +414,9 @@ class Runner:
         if self.stopping:
             raise _Stopped
         if spec.inputs:
-            request = await anyio.to_thread.run_sync(kind.build_request, spec.fields, read_file)
+            request = await anyio.to_thread.run_sync(
+                kind.build_request, spec.fields, read_file, limiter=self._threads
+            )
         else:
             request = kind.build_request(spec.fields, read_file)
         adaptive = self._limits.adaptive(spec.endpoint)
@@ -435,7 +439,6 @@ class Runner:
                 if self.stopping:
                     raise _Stopped
                 state.attempts += 1
-                state.charged += 1
                 request_id = f"{spec.id}/{self._run_tag}.{state.attempts}"
                 try:
                     reply = await self._send(spec, kind, request, request_id, state)
@@ -476,7 +479,9 @@ class Runner:
                 images = await self._download(images)
             files: list[OutputFile] = []
             if images:
-                files = await anyio.to_thread.run_sync(decode_images, spec.id, images, kind)
+                files = await anyio.to_thread.run_sync(
+                    decode_images, spec.id, images, kind, limiter=self._threads
+                )
         except ApiError as exc:
             await self._keep_raw(spec, request_id, reply, state)
             if isinstance(exc, BrokenAnswerError):
@@ -488,7 +493,9 @@ class Runner:
                 f"the answer could not be read ({type(exc).__name__}: {_short(exc)})",
                 error_type="unreadable_answer",
             ) from exc
-        state.files = await anyio.to_thread.run_sync(self._save, files) if files else []
+        state.files = (
+            await anyio.to_thread.run_sync(self._save, files, limiter=self._threads) if files else []
+        )
         state.answer = answer
 
     async def _keep_raw(self, spec: TaskSpec, request_id: str, reply: Reply, state: _TaskState) -> None:
@@ -496,7 +503,9 @@ class Runner:
         if not reply.raw:
             return
         name = request_id.replace("/", ".") + (".sse" if isinstance(reply.body, list) else ".json")
-        state.answer_file = await anyio.to_thread.run_sync(self._out.save_answer, name, reply.raw)
+        state.answer_file = await anyio.to_thread.run_sync(
+            self._out.save_answer, name, reply.raw, limiter=self._threads
+        )
 
     async def _download(self, images: tuple[EncodedImage, ...]) -> tuple[EncodedImage, ...]:
         """Fetch the images an answer links to. A failed download is retried as a download, under the
@@ -531,6 +540,7 @@ class Runner:
         log.sent(request_id, spec.id)
         self._in_flight += 1
         state.server_request_id = None
+        state.lost_to_outage = False
         try:
             reply = await self._client.send(spec.endpoint, request, request_id)
             state.server_request_id = reply.server_request_id or _answer_id(reply.body)
@@ -545,7 +555,7 @@ class Runner:
                 request_id, "broken", status=exc.status, maybe_billed=exc.maybe_billed, error=exc.message
             )
             if exc.retry:  # garbled on the way: the service (or the path to it) is failing
-                state.charged -= not health.failed(exc.message)
+                state.lost_to_outage = not health.failed(exc.message)
             else:  # a whole answer: the service is up
                 health.succeeded()
             if exc.usage is not None:
@@ -555,13 +565,13 @@ class Runner:
         except ApiStatusError as exc:
             log.done(request_id, "error", status=exc.status, error=exc.message)
             if exc.status is not None and (exc.status >= 500 or exc.status == 408):
-                state.charged -= not health.failed(str(exc))
+                state.lost_to_outage = not health.failed(str(exc))
             else:
                 health.succeeded()  # the service is up; it refused this request
             raise
         except TransportError as exc:
             log.done(request_id, "failed", maybe_billed=exc.maybe_billed, error=exc.message)
-            state.charged -= not health.failed(exc.message)
+            state.lost_to_outage = not health.failed(exc.message)
             state.maybe_billed += exc.maybe_billed
             raise
         except BaseException:  # cancelled (a second signal, or the grace period ran out) while in flight
@@ -598,25 +608,19 @@ class Runner:
         that reports no usage is recorded at its estimate, marked `estimated`, so budgets count it."""
         counts = kind.token_counts(usage) if usage is not None else kind.estimate(spec.fields)
         cost = self._settings.prices.cost(spec.model, counts)
-        line: dict[str, Any] = {
-            "task_id": spec.id,
-            "request_id": request_id,
-            "server_request_id": state.server_request_id,
-            "kind": spec.kind,
-            "model": spec.model,
-            "endpoint": spec.endpoint,
-            "input_tokens": counts.input,
-            "output_tokens": counts.output,
-            "total_tokens": counts.total,
-            "image_input_tokens": counts.image_input,
-            "cached_input_tokens": counts.cached_input,
-            "reasoning_tokens": counts.reasoning,
-            "cost": None if cost is None else round(cost, 10),
-            "usage": usage,
-            "at": _now(),
-        }
-        if usage is None:
-            line["estimated"] = True
+        line = UsageRecord(
+            task_id=spec.id,
+            request_id=request_id,
+            server_request_id=state.server_request_id,
+            kind=spec.kind,
+            model=spec.model,
+            endpoint=spec.endpoint,
+            counts=counts,
+            cost=cost,
+            usage=usage,
+            at=now(),
+            estimated=usage is None,
+        ).to_line()
         try:
             await self._out.append(self._out.usage, line)
         except OutputError:
@@ -651,52 +655,36 @@ class Runner:
         self, spec: TaskSpec, state: _TaskState, started: float, error: ApiError | None = None
     ) -> None:
         """Write the task's result line: the moment it counts as finished."""
-        record: dict[str, Any] = {
-            "id": spec.id,
-            "kind": spec.kind,
-            "status": "failed" if error else "succeeded",
-            "model": spec.model,
-        }
-        if spec.custom_id is not None:
-            record["custom_id"] = spec.custom_id
+        answer = state.answer or Answer()
         prompt, params = self._registry[spec.kind].describe(spec.fields)
-        record["prompt"] = prompt if len(prompt) <= PROMPT_SHOWN else prompt[:PROMPT_SHOWN] + "..."
-        record["params"] = params
-        if spec.inputs:
+        record = ResultRecord(
+            id=spec.id,
+            kind=spec.kind,
+            status="failed" if error else "succeeded",
+            model=spec.model,
+            custom_id=spec.custom_id,
+            prompt=prompt if len(prompt) <= PROMPT_SHOWN else prompt[:PROMPT_SHOWN] + "...",
+            params=params,
             # absolute: the gallery, built later from anywhere, finds them again
-            record["inputs"] = [str(info.path.absolute()) for info in spec.inputs.values()]
-        record["files"] = state.files
-        answer = state.answer
-        if answer is not None and answer.text is not None:
-            record["text"] = answer.text
-        if answer is not None:
-            record.update(answer.extra)
-            if answer.images_missing:
-                record["images_missing"] = answer.images_missing
-        if state.answer_file is not None:
-            record["answer_file"] = state.answer_file
-        if state.server_request_id is not None:
-            record["request_id"] = state.server_request_id
-        record["usage"] = (
-            {
-                "input_tokens": state.input_tokens,
-                "output_tokens": state.output_tokens,
-                "total_tokens": state.total_tokens,
-            }
+            inputs=tuple(str(info.path.absolute()) for info in spec.inputs.values()),
+            files=tuple(state.files),
+            text=answer.text,
+            extra=answer.extra,
+            images_missing=answer.images_missing,
+            answer_file=state.answer_file,
+            request_id=state.server_request_id,
+            usage=TaskUsage(state.input_tokens, state.output_tokens, state.total_tokens).to_line()
             if state.billed
-            else None
-        )
-        record["cost"] = None if state.unpriced or not state.billed else round(state.cost, 10)
-        record["attempts"] = state.attempts
-        if state.maybe_billed + state.carried:
-            record["maybe_billed"] = state.maybe_billed + state.carried
-        if error is not None:
-            record["error"] = error_record(error, state.attempts)
-        if spec.meta:
-            record["meta"] = spec.meta
-        record["endpoint"] = spec.endpoint
-        record["seconds"] = round(time.monotonic() - started, 3)
-        record["finished_at"] = _now()
+            else None,
+            cost=None if state.unpriced or not state.billed else round(state.cost, 10),
+            attempts=state.attempts,
+            maybe_billed=state.maybe_billed + state.carried,
+            error=None if error is None else error_record(error, state.attempts),
+            meta=spec.meta or None,
+            endpoint=spec.endpoint,
+            seconds=round(time.monotonic() - started, 3),
+            finished_at=now(),
+        ).to_line()
         try:
             await self._out.append(self._out.results, record)
         except OutputError as exc:
@@ -710,7 +698,7 @@ class Runner:
         self._emit(TaskFinished(record))
 
 
-def error_record(error: ApiError, attempts: int) -> dict[str, Any]:
+def error_record(error: ApiError, attempts: int) -> ErrorInfo:
     """`error` of a failed task's result line: type, status, message."""
     if isinstance(error, ApiStatusError):
         error_type = error.code or error.error_type or f"http_{error.status}"
@@ -719,7 +707,7 @@ def error_record(error: ApiError, attempts: int) -> dict[str, Any]:
     message = getattr(error, "message", str(error))
     if attempts > 1:
         message += f" (after {attempts} attempts)"
-    return {"type": error_type, "status": error.status, "message": message}
+    return ErrorInfo(error_type, error.status, message)
 
 
 def _describe(error: BaseException | None) -> str:
@@ -756,10 +744,6 @@ def _answer_id(body: Any) -> str | None:
 def _short(error: BaseException, limit: int = 300) -> str:
     text = " ".join(str(error).split())
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _percentile(values: deque[float], fraction: float) -> float:

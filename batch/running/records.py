@@ -1,0 +1,330 @@
+"""The line formats of DIR, written and read here only: a task's result line (results.jsonl), a billed
+answer's ledger line (usage.jsonl) and an attempt's lines in the run log (runs/<run>.jsonl).
+
+Users' pipelines read these files: the keys and their order are a contract. `to_line` builds a line in
+that order; `from_line` reads one back, leniently (a hand-edited line with a missing or odd field
+reads as the readers always read it: a missing number is 0, a mapping that is not one is empty).
+Pure: the files are read and written by output.store.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from batch.kind import TokenCounts
+
+ID_PREFIX = b'{"id": "'
+STATUS_MARK = b'"status": "'  # its first match after the id is the line's own status (then kind)
+
+
+def now() -> str:
+    """The time stamp of a line: UTC, ISO 8601, milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _int(value: Any) -> int:
+    return int(value or 0)
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """`error` of a failed task's result line."""
+
+    type: str | None
+    status: int | None
+    message: str | None
+
+    def to_line(self) -> dict[str, Any]:
+        return {"type": self.type, "status": self.status, "message": self.message}
+
+    @classmethod
+    def from_line(cls, value: Any) -> ErrorInfo | None:
+        found = _mapping(value)
+        if not found:
+            return None
+        return cls(found.get("type"), found.get("status"), found.get("message"))
+
+
+@dataclass(frozen=True)
+class TaskUsage:
+    """`usage` of a result line: the task's billed answers summed."""
+
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+
+    def to_line(self) -> dict[str, Any]:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+_RESULT_KEYS = frozenset(
+    (
+        "id",
+        "kind",
+        "status",
+        "model",
+        "custom_id",
+        "prompt",
+        "params",
+        "inputs",
+        "files",
+        "text",
+        "images_missing",
+        "answer_file",
+        "request_id",
+        "usage",
+        "cost",
+        "attempts",
+        "maybe_billed",
+        "error",
+        "meta",
+        "endpoint",
+        "seconds",
+        "finished_at",
+    )
+)
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """One line of results.jsonl: the moment a task counts as finished."""
+
+    id: str
+    kind: str | None
+    status: str | None
+    model: str | None
+    prompt: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    files: tuple[str, ...] = ()
+    usage: Mapping[str, Any] | None = None  # TaskUsage.to_line() as written
+    cost: float | None = None
+    attempts: int = 0
+    endpoint: str | None = None
+    seconds: float | None = None
+    finished_at: str | None = None
+    custom_id: str | None = None
+    inputs: tuple[str, ...] = ()  # absolute paths of the task's input files
+    text: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)  # the kind's own fields (texts, tool_calls...)
+    images_missing: int = 0
+    answer_file: str | None = None  # DIR/answers/...: the raw body of a paid answer that was not usable
+    request_id: str | None = None  # the server's id of the answer kept
+    maybe_billed: int = 0
+    error: ErrorInfo | None = None
+    meta: Mapping[str, Any] | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+    def to_line(self) -> dict[str, Any]:
+        """The line, its keys in the order users' pipelines know (optional keys only when set)."""
+        line: dict[str, Any] = {"id": self.id, "kind": self.kind, "status": self.status, "model": self.model}
+        if self.custom_id is not None:
+            line["custom_id"] = self.custom_id
+        line["prompt"] = self.prompt
+        line["params"] = self.params
+        if self.inputs:
+            line["inputs"] = list(self.inputs)
+        line["files"] = list(self.files)
+        if self.text is not None:
+            line["text"] = self.text
+        line.update(self.extra)
+        optional = (
+            ("images_missing", self.images_missing or None),
+            ("answer_file", self.answer_file),
+            ("request_id", self.request_id),
+        )
+        line.update((key, value) for key, value in optional if value is not None)
+        line["usage"] = self.usage
+        line["cost"] = self.cost
+        line["attempts"] = self.attempts
+        if self.maybe_billed:
+            line["maybe_billed"] = self.maybe_billed
+        if self.error is not None:
+            line["error"] = self.error.to_line()
+        if self.meta:
+            line["meta"] = self.meta
+        line["endpoint"] = self.endpoint
+        line["seconds"] = self.seconds
+        line["finished_at"] = self.finished_at
+        return line
+
+    @classmethod
+    def from_line(cls, line: Mapping[str, Any]) -> ResultRecord:
+        text = line.get("text")
+        meta = line.get("meta")
+        return cls(
+            id=str(line.get("id")),
+            kind=line.get("kind"),
+            status=line.get("status"),
+            model=line.get("model"),
+            prompt=line.get("prompt"),
+            params=_mapping(line.get("params")),
+            files=tuple(str(name) for name in line.get("files") or ()),
+            usage=line["usage"] if isinstance(line.get("usage"), Mapping) else None,
+            cost=line.get("cost"),
+            attempts=_int(line.get("attempts")),
+            endpoint=line.get("endpoint"),
+            seconds=line.get("seconds"),
+            finished_at=line.get("finished_at"),
+            custom_id=line.get("custom_id"),
+            inputs=tuple(str(path) for path in line.get("inputs") or ()),
+            text=text if isinstance(text, str) else None,
+            extra={key: value for key, value in line.items() if key not in _RESULT_KEYS},
+            images_missing=_int(line.get("images_missing")),
+            answer_file=line.get("answer_file"),
+            request_id=line.get("request_id"),
+            maybe_billed=_int(line.get("maybe_billed")),
+            error=ErrorInfo.from_line(line.get("error")),
+            meta=meta if isinstance(meta, Mapping) else None,
+        )
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """One line of usage.jsonl, the ledger: a billed answer, written before anything is done with it."""
+
+    task_id: str
+    request_id: str | None
+    server_request_id: str | None
+    kind: str | None
+    model: str | None
+    endpoint: str | None
+    counts: TokenCounts
+    cost: float | None  # US dollars at the prices of the run that wrote it; None: no price
+    usage: Mapping[str, Any] | None  # as the answer reported it; None: it said nothing
+    at: str | None = None
+    estimated: bool = False  # the answer reported no usage: counted at its estimate
+
+    @property
+    def repriced_counts(self) -> TokenCounts:
+        """The counts a reader prices the line with again (budgets, `report --reprice`): as they always
+        have, without the cached-input and reasoning splits."""
+        counts = self.counts
+        return TokenCounts(counts.input, counts.output, counts.total, counts.image_input)
+
+    def to_line(self) -> dict[str, Any]:
+        counts = self.counts
+        line: dict[str, Any] = {
+            "task_id": self.task_id,
+            "request_id": self.request_id,
+            "server_request_id": self.server_request_id,
+            "kind": self.kind,
+            "model": self.model,
+            "endpoint": self.endpoint,
+            "input_tokens": counts.input,
+            "output_tokens": counts.output,
+            "total_tokens": counts.total,
+            "image_input_tokens": counts.image_input,
+            "cached_input_tokens": counts.cached_input,
+            "reasoning_tokens": counts.reasoning,
+            "cost": None if self.cost is None else round(self.cost, 10),
+            "usage": self.usage,
+            "at": self.at,
+        }
+        if self.estimated:
+            line["estimated"] = True
+        return line
+
+    @classmethod
+    def from_line(cls, line: Mapping[str, Any]) -> UsageRecord:
+        cost = line.get("cost")
+        usage = line.get("usage")
+        return cls(
+            task_id=str(line.get("task_id")),
+            request_id=line.get("request_id"),
+            server_request_id=line.get("server_request_id"),
+            kind=line.get("kind"),
+            model=line.get("model"),
+            endpoint=line.get("endpoint"),
+            counts=TokenCounts(
+                _int(line.get("input_tokens")),
+                _int(line.get("output_tokens")),
+                _int(line.get("total_tokens")),
+                _int(line.get("image_input_tokens")),
+                _int(line.get("cached_input_tokens")),
+                _int(line.get("reasoning_tokens")),
+            ),
+            cost=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+            usage=usage if isinstance(usage, Mapping) else None,
+            at=line.get("at"),
+            estimated=line.get("estimated") is True,
+        )
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """A line of a run's attempt log: `sent` before a request leaves, `done` when its fate is known."""
+
+    event: str  # "sent" | "done"
+    request_id: str
+    task_id: str | None = None
+    outcome: str | None = None  # of "done": answered | error | failed | broken | cancelled | interrupted
+    status: int | None = None
+    maybe_billed: bool = False
+    error: str | None = None
+    seconds: float | None = None
+    t: float | None = None  # of "sent": epoch seconds
+
+    def to_line(self) -> dict[str, Any]:
+        if self.event == "sent":
+            return {"event": "sent", "request_id": self.request_id, "task_id": self.task_id, "t": self.t}
+        line: dict[str, Any] = {"event": "done", "request_id": self.request_id}
+        if self.task_id is not None:
+            line["task_id"] = self.task_id
+        line["outcome"] = self.outcome
+        optional = (
+            ("status", self.status),
+            ("maybe_billed", True if self.maybe_billed else None),
+            ("error", self.error or None),
+            ("seconds", self.seconds),
+        )
+        line.update((key, value) for key, value in optional if value is not None)
+        return line
+
+    @classmethod
+    def from_line(cls, line: Mapping[str, Any]) -> AttemptRecord:
+        return cls(
+            event=str(line.get("event")),
+            request_id=str(line.get("request_id")),
+            task_id=None if line.get("task_id") is None else str(line.get("task_id")),
+            outcome=line.get("outcome"),
+            status=line.get("status"),
+            maybe_billed=line.get("maybe_billed") is True,
+            error=line.get("error"),
+            seconds=line.get("seconds"),
+            t=line.get("t"),
+        )
+
+
+def finished_entry(raw: bytes) -> tuple[str, bool] | None:
+    """(id, failed) of one raw line of results.jsonl, or None if it is not a result. Fast: the lines
+    `ResultRecord.to_line` writes start with the id, so most need no JSON parsing; any other line is
+    parsed and read by `ResultRecord.from_line`."""
+    if raw.startswith(ID_PREFIX):
+        end = raw.find(b'"', len(ID_PREFIX))
+        status = raw.find(STATUS_MARK, end)
+        if end > 0 and status > 0:
+            value = status + len(STATUS_MARK)
+            return raw[len(ID_PREFIX) : end].decode(), raw.startswith(b'failed"', value)
+    try:
+        line = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(line, dict) or not isinstance(line.get("id"), str):
+        return None
+    record = ResultRecord.from_line(line)
+    return record.id, record.failed

@@ -1,0 +1,119 @@
+"""The line formats of DIR (batch.running.records): real lines read back and written again unchanged,
+key for key and in order; the fast scan of results.jsonl agrees with from_line. No server, no disk."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from batch.running.records import AttemptRecord, ResultRecord, UsageRecord, finished_entry
+
+RESULT_LINES = [
+    # a chat answer with the kind's own fields, a custom id, meta and a request id
+    '{"id": "row-3", "kind": "chat", "status": "succeeded", "model": "gemini-2.5-flash", "custom_id": "c-3", '
+    '"prompt": "hi", "params": {"temperature": 0.2}, "files": [], "text": "hello", "finish_reason": "stop", '
+    '"texts": ["hello", "hey"], "request_id": "chatcmpl-9", "usage": {"input_tokens": 3, "output_tokens": 5, '
+    '"total_tokens": 8}, "cost": 1.2e-05, "attempts": 1, "meta": {"row": 3}, "endpoint": "/chat/completions", '
+    '"seconds": 0.21, "finished_at": "2025-01-02T03:04:05.678+00:00"}',
+    # an image edit with inputs, several files and a missing image
+    '{"id": "fox", "kind": "edit", "status": "succeeded", "model": "gpt-image-1", "prompt": "a fox", '
+    '"params": {"size": "1024x1024", "n": 3}, "inputs": ["/data/in/fox.png"], "files": ["images/fox~1.png", '
+    '"images/fox~2.png"], "images_missing": 1, "usage": {"input_tokens": 300, "output_tokens": 4000, '
+    '"total_tokens": 4300}, "cost": 0.1712, "attempts": 2, "endpoint": "/images/edits", "seconds": 9.5, '
+    '"finished_at": "2025-01-02T03:04:05.678+00:00"}',
+    # a paid answer that could not be used: failed, kept in answers/, maybe billed twice before
+    '{"id": "owl", "kind": "generate", "status": "failed", "model": "gpt-image-1", "prompt": "an owl", '
+    '"params": {}, "files": [], "answer_file": "answers/owl.1a2b3c.1.json", "usage": {"input_tokens": 10, '
+    '"output_tokens": 0, "total_tokens": 10}, "cost": null, "attempts": 3, "maybe_billed": 2, "error": '
+    '{"type": "unreadable_answer", "status": null, "message": "the answer could not be read (after 3 attempts)"}, '
+    '"endpoint": "/images/generations", "seconds": 1.0, "finished_at": "2025-01-02T03:04:05.678+00:00"}',
+    # refused before anything was billed
+    '{"id": "x", "kind": "generate", "status": "failed", "model": "m", "prompt": "p", "params": {}, "files": [], '
+    '"usage": null, "cost": null, "attempts": 1, "error": {"type": "invalid_request_error", "status": 400, '
+    '"message": "bad size"}, "endpoint": "/images/generations", "seconds": 0.01, "finished_at": "t"}',
+]
+
+USAGE_LINES = [
+    '{"task_id": "fox", "request_id": "fox/1a2b3c.1", "server_request_id": "req_1", "kind": "edit", '
+    '"model": "gpt-image-1", "endpoint": "/images/edits", "input_tokens": 300, "output_tokens": 4000, '
+    '"total_tokens": 4300, "image_input_tokens": 250, "cached_input_tokens": 0, "reasoning_tokens": 0, '
+    '"cost": 0.1712, "usage": {"input_tokens": 300, "output_tokens": 4000, "total_tokens": 4300}, '
+    '"at": "2025-01-02T03:04:05.678+00:00"}',
+    '{"task_id": "owl", "request_id": "owl/1a2b3c.2", "server_request_id": null, "kind": "chat", "model": "m", '
+    '"endpoint": "/chat/completions", "input_tokens": 7, "output_tokens": 100, "total_tokens": 107, '
+    '"image_input_tokens": 0, "cached_input_tokens": 2, "reasoning_tokens": 40, "cost": null, "usage": null, '
+    '"at": "2025-01-02T03:04:05.678+00:00", "estimated": true}',
+]
+
+ATTEMPT_LINES = [
+    '{"event": "sent", "request_id": "fox/1a2b3c.1", "task_id": "fox", "t": 1735787045.678}',
+    '{"event": "done", "request_id": "fox/1a2b3c.1", "outcome": "answered", "status": 200, "seconds": 1.2}',
+    '{"event": "done", "request_id": "owl/1a2b3c.1", "outcome": "failed", "maybe_billed": true, '
+    '"error": "the connection broke", "seconds": 30.0}',
+    '{"event": "done", "request_id": "owl/9z.1", "task_id": "owl", "outcome": "interrupted", "maybe_billed": true}',
+]
+
+
+def _keys_and_values(text: str) -> list[tuple[str, object]]:
+    return list(json.loads(text).items())  # ordered: the order of the keys is part of the format
+
+
+@pytest.mark.parametrize("text", RESULT_LINES)
+def test_a_result_line_reads_back_and_writes_again_unchanged(text: str) -> None:
+    record = ResultRecord.from_line(json.loads(text))
+    assert list(record.to_line().items()) == _keys_and_values(text)
+    assert record.failed == (json.loads(text)["status"] == "failed")
+
+
+@pytest.mark.parametrize("text", USAGE_LINES)
+def test_a_ledger_line_reads_back_and_writes_again_unchanged(text: str) -> None:
+    assert list(UsageRecord.from_line(json.loads(text)).to_line().items()) == _keys_and_values(text)
+
+
+@pytest.mark.parametrize("text", ATTEMPT_LINES)
+def test_an_attempt_line_reads_back_and_writes_again_unchanged(text: str) -> None:
+    assert list(AttemptRecord.from_line(json.loads(text)).to_line().items()) == _keys_and_values(text)
+
+
+def test_a_result_line_keeps_the_kinds_fields_where_they_were() -> None:
+    record = ResultRecord.from_line(json.loads(RESULT_LINES[0]))
+    assert dict(record.extra) == {"finish_reason": "stop", "texts": ["hello", "hey"]}
+    assert record.usage == {"input_tokens": 3, "output_tokens": 5, "total_tokens": 8}
+    assert record.meta == {"row": 3} and record.custom_id == "c-3"
+
+
+def test_odd_hand_written_lines_read_as_the_readers_always_read_them() -> None:
+    record = ResultRecord.from_line(
+        {"status": "failed", "id": "hand-written", "attempts": None, "error": "x"}
+    )
+    assert (record.id, record.failed, record.attempts, record.error, record.files) == (
+        "hand-written",
+        True,
+        0,
+        None,
+        (),
+    )
+    usage = UsageRecord.from_line({"task_id": "a", "total_tokens": "12", "cost": True})
+    assert (usage.counts.total, usage.counts.input, usage.cost, usage.estimated) == (12, 0, None, False)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [line.encode() + b"\n" for line in RESULT_LINES]
+    + [
+        b'{"status": "failed", "id": "hand-written"}\n',
+        b'{"id": "row-3", "kind": "chat", "status": "succeeded", "meta": {"status": "failed"}}\n',
+        b'{"id": "row-4", "kind": "chat", "status": "failed", "meta": {"status": "succeeded"}}\n',
+        b'{"id": "caf\xc3\xa9", "kind": "chat", "status": "failed"}\n',
+    ],
+)
+def test_the_fast_scan_agrees_with_from_line(raw: bytes) -> None:
+    record = ResultRecord.from_line(json.loads(raw))
+    assert finished_entry(raw) == (record.id, record.failed)
+
+
+def test_the_fast_scan_skips_what_is_not_a_result() -> None:
+    assert finished_entry(b"garbage\n") is None
+    assert finished_entry(b'{"id": 7, "status": "failed"}\n') is None
+    assert finished_entry(b"[1, 2]\n") is None
