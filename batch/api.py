@@ -29,21 +29,19 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
-from batch.config import Options, connection, endpoint_for, job_config
+from batch.config import Options, OptionValues, checked_manifest, connection, endpoint_for, job_config
 from batch.errors import unwrap
 from batch.events import Event, TaskFinished
 from batch.exitcodes import EXIT_TEMPFAIL
 from batch.manifest.plancache import FOLDER as PLAN_FOLDER
 from batch.manifest.read import Manifest, from_data
-from batch.running.job import CheckedManifest, Job, JobConfig, check
+from batch.running.job import CheckedManifest, Job, JobConfig
 from batch.running.runner import RunSummary
 from jobs import registry
 
 log = logging.getLogger("batch.api")
-
-DEFAULT_GRACE = 30.0
 
 
 @dataclass(frozen=True)
@@ -102,21 +100,12 @@ def from_tasks(
     return from_data(data, Path(folder).resolve(), name)
 
 
-def validate(manifest: str | Path | Manifest, **options: Any) -> CheckedManifest:
-    """Check a whole manifest as `run` would, sending nothing. Raises ManifestError with every problem;
-    the result's `plan` has the task counts and estimates."""
+def validate(manifest: str | Path | Manifest, **options: Unpack[OptionValues]) -> CheckedManifest:
+    """Check a whole manifest as `run` would, sending nothing. Raises ManifestError with every problem
+    (MissingConfigError when they are all missing configuration); the result's `plan` has the task counts
+    and estimates."""
     chosen = Options(**options)
-    return _checked(manifest, chosen, endpoint_for(chosen), None)
-
-
-def _checked(
-    manifest: str | Path | Manifest, options: Options, endpoint: str | None, cache: Path | None
-) -> CheckedManifest:
-    source = manifest if isinstance(manifest, Manifest) else Path(manifest)
-    checked = check(source, options.build_settings(endpoint), registry(), cache)
-    if not checked.plan.ok:
-        raise checked.plan.error()
-    return checked
+    return checked_manifest(manifest, chosen, endpoint_for(chosen))
 
 
 def run(
@@ -125,8 +114,7 @@ def run(
     *,
     on_result: Callable[[Result], None] | None = None,
     on_event: Callable[[Event], None] | None = None,
-    grace: float = DEFAULT_GRACE,
-    **options: Any,
+    **options: Unpack[OptionValues],
 ) -> RunSummary:
     """Run every task of `manifest` that `out` does not hold yet; block until the run ends. Returns the
     run's summary (`exit_code` as the CLI's). `options`: any field of batch.Options (concurrency,
@@ -135,7 +123,7 @@ def run(
     KeyboardInterrupt stops dispatching and lets the requests in flight finish for `grace` seconds (a
     second one cancels them at once), then is raised again; DIR stays resumable. An exception raised by a
     callback stops the run the same way and is raised once the run has ended."""
-    session = _Session(manifest, Path(out), Options(**options), grace, on_event, on_result, stream=False)
+    session = _Session(manifest, Path(out), Options(**options), on_event, on_result, stream=False)
     try:
         session.start()
         session.wait()
@@ -159,12 +147,11 @@ def stream(
     out: str | Path,
     *,
     on_event: Callable[[Event], None] | None = None,
-    grace: float = DEFAULT_GRACE,
-    **options: Any,
+    **options: Unpack[OptionValues],
 ) -> ResultStream:
     """The results of a run as they finish: `async for result in batch.stream(...)`. The manifest is
     validated at once (ManifestError); the run starts with the iteration. `.summary` once it is over."""
-    return ResultStream(_Session(manifest, Path(out), Options(**options), grace, on_event, None, stream=True))
+    return ResultStream(_Session(manifest, Path(out), Options(**options), on_event, None, stream=True))
 
 
 class ResultStream:
@@ -223,7 +210,6 @@ class _Session:
         manifest: str | Path | Manifest,
         out: Path,
         options: Options,
-        grace: float,
         on_event: Callable[[Event], None] | None,
         on_result: Callable[[Result], None] | None,
         *,
@@ -231,13 +217,15 @@ class _Session:
     ) -> None:
         self._out = out.absolute()  # Result.files are absolute; the run does not follow a chdir
         self._options = options
-        self._grace = grace
+        self._grace = options.grace
         self._on_event = on_event
         self._on_result = on_result
         self._stream = stream  # queue the results for `take` (not for `run`: nobody would read them)
         self._deadline = options.deadline_time()
         # Validate now, in the caller's thread: a bad manifest raises before anything starts.
-        self._checked = _checked(manifest, options, endpoint_for(options), _plan_cache(manifest, self._out))
+        self._checked = checked_manifest(
+            manifest, options, endpoint_for(options), _plan_cache(manifest, self._out)
+        )
         self._results: queue.SimpleQueue[Result | object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._main, name="maas-batch-run", daemon=True)
         self._lock = threading.Lock()
