@@ -32,22 +32,20 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
-from batch.config import Options, connection, endpoint_for, job_config
+from batch.config import Options, OptionValues, checked_manifest, connection, endpoint_for, job_config
 from batch.errors import unwrap
 from batch.events import Event, TaskFinished
 from batch.exitcodes import EXIT_TEMPFAIL
-from batch.kind import Registry, TaskKind
+from batch.kind import TaskKind
 from batch.manifest.plancache import FOLDER as PLAN_FOLDER
 from batch.manifest.read import Manifest, from_data
-from batch.running.job import CheckedManifest, Job, JobConfig, check
+from batch.running.job import CheckedManifest, Job, JobConfig
 from batch.running.runner import RunSummary
 from jobs import registry
 
 log = logging.getLogger("batch.api")
-
-DEFAULT_GRACE = 30.0
 
 
 @dataclass(frozen=True)
@@ -107,26 +105,13 @@ def from_tasks(
 
 
 def validate(
-    manifest: str | Path | Manifest, *, kinds: Iterable[TaskKind] = (), **options: Any
+    manifest: str | Path | Manifest, *, kinds: Iterable[TaskKind] = (), **options: Unpack[OptionValues]
 ) -> CheckedManifest:
-    """Check a whole manifest as `run` would, sending nothing. Raises ManifestError with every problem;
-    the result's `plan` has the task counts and estimates."""
+    """Check a whole manifest as `run` would, sending nothing. Raises ManifestError with every problem
+    (MissingConfigError when they are all missing configuration); the result's `plan` has the task counts
+    and estimates. `kinds`: task kinds of the caller's own, beside the built-in ones."""
     chosen = Options(**options)
-    return _checked(manifest, chosen, endpoint_for(chosen), None, registry(kinds))
-
-
-def _checked(
-    manifest: str | Path | Manifest,
-    options: Options,
-    endpoint: str | None,
-    cache: Path | None,
-    kinds: Registry,
-) -> CheckedManifest:
-    source = manifest if isinstance(manifest, Manifest) else Path(manifest)
-    checked = check(source, options.build_settings(endpoint), kinds, cache)
-    if not checked.plan.ok:
-        raise checked.plan.error()
-    return checked
+    return checked_manifest(manifest, chosen, endpoint_for(chosen), None, registry(kinds))
 
 
 def run(
@@ -135,9 +120,8 @@ def run(
     *,
     on_result: Callable[[Result], None] | None = None,
     on_event: Callable[[Event], None] | None = None,
-    grace: float = DEFAULT_GRACE,
     kinds: Iterable[TaskKind] = (),
-    **options: Any,
+    **options: Unpack[OptionValues],
 ) -> RunSummary:
     """Run every task of `manifest` that `out` does not hold yet; block until the run ends. Returns the
     run's summary (`exit_code` as the CLI's). `options`: any field of batch.Options (concurrency,
@@ -148,7 +132,7 @@ def run(
     callback stops the run the same way and is raised once the run has ended. `kinds`: task kinds of the
     caller's own (batch.kind.TaskKind instances), beside the built-in ones."""
     session = _Session(
-        manifest, Path(out), Options(**options), grace, on_event, on_result, stream=False, kinds=kinds
+        manifest, Path(out), Options(**options), on_event, on_result, stream=False, kinds=kinds
     )
     try:
         session.start()
@@ -173,15 +157,12 @@ def stream(
     out: str | Path,
     *,
     on_event: Callable[[Event], None] | None = None,
-    grace: float = DEFAULT_GRACE,
     kinds: Iterable[TaskKind] = (),
-    **options: Any,
+    **options: Unpack[OptionValues],
 ) -> ResultStream:
     """The results of a run as they finish: `async for result in batch.stream(...)`. The manifest is
     validated at once (ManifestError); the run starts with the iteration. `.summary` once it is over."""
-    session = _Session(
-        manifest, Path(out), Options(**options), grace, on_event, None, stream=True, kinds=kinds
-    )
+    session = _Session(manifest, Path(out), Options(**options), on_event, None, stream=True, kinds=kinds)
     return ResultStream(session)
 
 
@@ -241,7 +222,6 @@ class _Session:
         manifest: str | Path | Manifest,
         out: Path,
         options: Options,
-        grace: float,
         on_event: Callable[[Event], None] | None,
         on_result: Callable[[Result], None] | None,
         *,
@@ -250,14 +230,14 @@ class _Session:
     ) -> None:
         self._out = out.absolute()  # Result.files are absolute; the run does not follow a chdir
         self._options = options
-        self._grace = grace
+        self._grace = options.grace
         self._on_event = on_event
         self._on_result = on_result
         self._stream = stream  # queue the results for `take` (not for `run`: nobody would read them)
         self._deadline = options.deadline_time()
         # Validate now, in the caller's thread: a bad manifest raises before anything starts.
         self._kinds = registry(kinds)  # the built-in kinds and the caller's
-        self._checked = _checked(
+        self._checked = checked_manifest(
             manifest, options, endpoint_for(options), _plan_cache(manifest, self._out), self._kinds
         )
         self._results: queue.SimpleQueue[Result | object] = queue.SimpleQueue()

@@ -10,25 +10,33 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from batch.defaults import (
     DEFAULT_BACKOFF,
     DEFAULT_BACKOFF_MAX,
     DEFAULT_BASE_URL,
     DEFAULT_CONCURRENCY,
+    DEFAULT_GRACE,
+    DEFAULT_MAX_ANSWER_MB,
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_CONCURRENCY,
     DEFAULT_OUTAGE_LIMIT,
+    DEFAULT_SYNC_INTERVAL,
     DEFAULT_TASK_DEADLINE,
     DEFAULT_TIMEOUT,
 )
-from batch.errors import ConfigError, ManifestError, Problem, UsageError
+from batch.errors import ConfigError, ManifestError, OptionError, Problem, manifest_error
+from batch.values import parse_deadline, parse_duration
 
 if TYPE_CHECKING:
+    from batch.kind import Registry
+    from batch.manifest.plan import Plan
+    from batch.manifest.read import Manifest
     from batch.manifest.tasks import BuildSettings
     from batch.running.job import CheckedManifest, JobConfig
     from batch.running.prices import PriceTable
@@ -37,11 +45,16 @@ log = logging.getLogger("batch")
 
 SIMULATED_ENDPOINT = "simulator"
 
+# How each number of Options is checked (None always passes: no such limit).
+WHOLE = ("max_concurrency", "max_attempts", "max_tokens")  # 1 or more; `concurrency` too, unless "auto"
+ABOVE_ZERO = ("rpm", "tpm", "timeout", "task_deadline", "max_answer_mb")
+ZERO_OR_MORE = ("max_cost", "backoff", "backoff_max", "outage_limit", "sync_interval", "heartbeat", "grace")
+
 
 @dataclass(frozen=True)
 class Options:
     """How to run a manifest: the flags of `maas-batch run`, as keywords. The API key is not here: it comes
-    from MAAS_API_KEY only."""
+    from MAAS_API_KEY only. Every value is checked here, once, for the library and the command line."""
 
     simulate: bool = False  # run against the built-in simulator (no key needed)
     base_url: str | None = None  # default: MAAS_BASE_URL, else the MaaS API
@@ -49,7 +62,7 @@ class Options:
     endpoints: Mapping[str, str] = field(default_factory=dict)  # --endpoint: {kind | model | "*": endpoint}
     overrides: Mapping[str, Any] = field(default_factory=dict)  # --set: {field: v} or {kind: {field: v}}
     concurrency: int | Literal["auto"] = DEFAULT_CONCURRENCY
-    max_concurrency: int = 256
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     rpm: float | None = None
     tpm: float | None = None
     prices: Mapping[str, Any] | str | Path | None = (
@@ -65,44 +78,27 @@ class Options:
     backoff: float = DEFAULT_BACKOFF
     backoff_max: float = DEFAULT_BACKOFF_MAX
     outage_limit: float = DEFAULT_OUTAGE_LIMIT
-    max_answer_mb: float = 64
+    max_answer_mb: float = DEFAULT_MAX_ANSWER_MB
     retry_failed: bool = False  # send the failed tasks again, and only them
     gallery: bool = True  # thumbnails and DIR/index.html
     fsync: bool = True
-    sync_interval: float = 0.1
+    sync_interval: float = DEFAULT_SYNC_INTERVAL
     heartbeat: float = 0.0  # seconds between Heartbeat events (0: none)
+    grace: float = DEFAULT_GRACE  # after a stop, seconds the requests in flight get before they are cancelled
 
     def __post_init__(self) -> None:
-        """The checks the command line's flags get (a NaN budget would silently be no budget)."""
-
-        def number(name: str, *, zero: bool, none: bool = True) -> None:
-            value = getattr(self, name)
-            if value is None and none:
-                return
-            if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-                raise UsageError(f"{name} must be a number, not {value!r}")
-            if value < 0 or (value == 0 and not zero):
-                raise UsageError(f"{name} must be {'0 or more' if zero else 'more than 0'}, not {value!r}")
-
+        """Refuse what no run could use (a NaN budget would silently be no budget): OptionError, exit 64."""
         if self.concurrency != "auto":
-            if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int):
-                raise UsageError(f"concurrency must be a whole number or 'auto', not {self.concurrency!r}")
-            number("concurrency", zero=False)
-        if isinstance(self.max_concurrency, bool) or not isinstance(self.max_concurrency, int):
-            raise UsageError(f"max_concurrency must be a whole number, not {self.max_concurrency!r}")
-        number("max_concurrency", zero=False)
-        for name in ("rpm", "tpm", "timeout", "task_deadline", "max_answer_mb", "max_tokens"):
-            number(name, zero=False)
-        for name in ("max_cost", "backoff", "backoff_max", "outage_limit", "sync_interval", "heartbeat"):
-            number(name, zero=True)
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
-            raise UsageError(f"max_attempts must be a whole number, not {self.max_attempts!r}")
-        number("max_attempts", zero=False)
+            _check_whole("concurrency", self.concurrency, "a whole number or 'auto'")
+        for name in WHOLE:
+            _check_whole(name, getattr(self, name), "a whole number")
+        for name in ABOVE_ZERO:
+            _check_number(name, getattr(self, name), zero=False)
+        for name in ZERO_OR_MORE:
+            _check_number(name, getattr(self, name), zero=True)
 
     def deadline_time(self) -> float | None:
         """The earlier of `deadline` and now + `max_duration`, as unix time."""
-        from batch.cli.grammar import parse_deadline, parse_duration
-
         moments = []
         deadline = self.deadline
         if isinstance(deadline, datetime):
@@ -118,20 +114,74 @@ class Options:
         return min(moments) if moments else None
 
     def build_settings(self, env_endpoint: str | None) -> BuildSettings:
-        from batch.manifest.tasks import BuildSettings
+        from batch.manifest.tasks import BuildSettings  # the manifest package, only when a manifest is read
 
         return BuildSettings(
             overrides=dict(self.overrides), endpoints=dict(self.endpoints), env_endpoint=env_endpoint
         )
 
 
-def _parsed(parse: Any, text: str, name: str) -> float:
-    import argparse
+class OptionValues(TypedDict, total=False):
+    """The fields of Options as keyword arguments (`batch.run(..., **options)`), so that mypy checks them.
+    A test keeps the two in step."""
 
+    simulate: bool
+    base_url: str | None
+    endpoint: str | None
+    endpoints: Mapping[str, str]
+    overrides: Mapping[str, Any]
+    concurrency: int | Literal["auto"]
+    max_concurrency: int
+    rpm: float | None
+    tpm: float | None
+    prices: Mapping[str, Any] | str | Path | None
+    max_cost: float | None
+    max_tokens: int | None
+    deadline: datetime | float | str | None
+    max_duration: float | str | None
+    timeout: float
+    max_attempts: int
+    task_deadline: float
+    backoff: float
+    backoff_max: float
+    outage_limit: float
+    max_answer_mb: float
+    retry_failed: bool
+    gallery: bool
+    fsync: bool
+    sync_interval: float
+    heartbeat: float
+    grace: float
+
+
+def _shown(value: object) -> str:
+    """A value in a message as it was most likely typed: -1 rather than -1.0."""
+    return f"{value:g}" if isinstance(value, float) else repr(value)
+
+
+def _check_whole(name: str, value: object, what: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OptionError(name, f"must be {what}, not {_shown(value)}")
+    if value < 1:
+        raise OptionError(name, f"must be at least 1, not {value}")
+
+
+def _check_number(name: str, value: object, *, zero: bool) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise OptionError(name, f"must be a number, not {_shown(value)}")
+    if value < 0 or (value == 0 and not zero):
+        raise OptionError(name, f"must be {'0 or more' if zero else 'more than 0'}, not {_shown(value)}")
+
+
+def _parsed(parse: Callable[[str], float], text: str, name: str) -> float:
     try:
-        return float(parse(text))
-    except argparse.ArgumentTypeError as exc:
-        raise UsageError(f"{name}: {exc}") from None
+        return parse(text)
+    except ValueError as exc:
+        raise OptionError(name, str(exc)) from None
 
 
 def env(name: str) -> str | None:
@@ -160,7 +210,7 @@ def connection(options: Options) -> Iterator[Connection]:
         base_url = options.base_url or env("MAAS_BASE_URL") or DEFAULT_BASE_URL
         yield Connection(base_url, api_key, endpoint_for(options))
         return
-    from batch.simulator import SimConfig, simulator_in_thread
+    from batch.simulator import SimConfig, simulator_in_thread  # aiohttp's server, only for --simulate
 
     key = "sim-" + secrets.token_hex(8)
     with simulator_in_thread(SimConfig(api_key=key, latency=0.2, latency_jitter=0.5)) as sim:
@@ -168,8 +218,43 @@ def connection(options: Options) -> Iterator[Connection]:
         yield Connection(sim.base_url, key, endpoint_for(options))
 
 
+def checked_manifest(
+    manifest: str | Path | Manifest,
+    options: Options,
+    endpoint: str | None,
+    cache: Path | None = None,
+    kinds: Registry | None = None,
+) -> CheckedManifest:
+    """The manifest checked whole, as a run would, sending nothing; `cache` is DIR's remembered plan,
+    `kinds` the registry (the built-in kinds by default). Raises ManifestError with every problem: a
+    MissingConfigError (exit 78) when each is missing configuration."""
+    # the manifest and kind modules load when a command reads a manifest: `maas-batch --help` starts fast
+    from batch.manifest.read import Manifest
+    from batch.running.job import check
+    from jobs import registry
+
+    source = manifest if isinstance(manifest, Manifest) else Path(manifest)
+    checked = check(source, options.build_settings(endpoint), kinds or registry(), cache)
+    plan = checked.plan
+    if plan.ok:
+        return checked
+    name = manifest.name if isinstance(manifest, Manifest) else str(manifest)
+    raise manifest_error(plan.problems, plan.dropped, report=_described(plan, name))
+
+
+def _described(plan: Plan, name: str) -> list[str]:
+    """A refused plan as the command line prints it: each problem with how many more tasks share it."""
+    count = len(plan.problems) + plan.dropped
+    lines = [plan.describe(problem) for problem in plan.problems]
+    if plan.dropped:
+        lines.append(f"... and {plan.dropped} more problems")
+    lines.append(f"{name}: {count} problem{'s' if count != 1 else ''}; nothing was sent")
+    return lines
+
+
 def price_table(manifest_prices: Any, extra: Mapping[str, Any] | str | Path | None) -> PriceTable:
     """Built-in list prices, then the manifest's `prices:`, then --prices FILE (or a mapping from code)."""
+    # the engine's modules load when a command uses them: `maas-batch --help` starts fast
     from batch.running.prices import PriceTable, load_prices, parse_prices
 
     # The manifest's mistakes were reported with the manifest's other problems.
@@ -211,6 +296,7 @@ def job_config(
     deadline: float | None,
 ) -> JobConfig:
     """Everything a run of `checked` into `out` needs; refuses a cost budget that cannot be counted."""
+    # the engine's modules load when a command uses them: `maas-batch --help` starts fast
     from batch.running.budget import BudgetLimits
     from batch.running.client import ClientConfig
     from batch.running.job import JobConfig

@@ -1,9 +1,11 @@
 """The one error tree of maas-batch.
 
-    BatchError
+    BatchError               exit_code: what `maas-batch` exits with when this error ends it
     ├── ManifestError        the manifest is invalid; carries every Problem found (exit 65)
-    ├── ConfigError          configuration is missing: no key, no endpoint (exit 78)
+    │   └── MissingConfigError  each Problem is missing configuration (an endpoint); also a ConfigError (78)
+    ├── ConfigError          configuration is missing: no key, no endpoint, no price for --max-cost (exit 78)
     ├── UsageError           bad command-line usage (exit 64)
+    │   └── OptionError      one setting of batch.Options (one flag) has a value no run can use
     ├── OutputError          the output directory cannot be written (disk full: exit 74)
     ├── DirLockedError       another run holds the output directory (exit 75)
     └── ApiError             one request to the API went wrong
@@ -26,11 +28,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from batch.exitcodes import EXIT_CONFIG, EXIT_DATAERR, EXIT_FAILED, EXIT_IOERR, EXIT_TEMPFAIL, EXIT_USAGE
+
 SHOWN_PROBLEMS = 20  # in a ManifestError's message; all of them are in .problems
 
 
 class BatchError(Exception):
     """Root of every error maas-batch raises on purpose."""
+
+    exit_code = EXIT_FAILED
+
+    def lines(self, prog: str) -> list[str]:
+        """What the command line prints for this error, to stderr."""
+        return [f"{prog}: {self}"]
 
 
 @dataclass(frozen=True)
@@ -69,32 +79,74 @@ def shorten(value: Any, limit: int = 80) -> str:
 
 
 class ManifestError(BatchError):
-    """The manifest cannot be run. Nothing was sent."""
+    """The manifest cannot be run. Nothing was sent. `report`, when given, is how the command line
+    prints it (a plan's problems, with how many tasks share each); otherwise one line per problem."""
 
-    def __init__(self, problems: Sequence[Problem], more: int = 0) -> None:
+    exit_code = EXIT_DATAERR
+
+    def __init__(self, problems: Sequence[Problem], more: int = 0, *, report: Sequence[str] = ()) -> None:
         self.problems = list(problems)
         self.more = more  # problems found but not kept, past the report limit
+        self.report = list(report)
         count = len(self.problems) + more
         shown = [f"  {problem}" for problem in self.problems[:SHOWN_PROBLEMS]]
         if count > len(shown):
             shown.append(f"  ... and {count - len(shown)} more")
         super().__init__("\n".join([f"{count} problem{'s' if count != 1 else ''} in the manifest:", *shown]))
 
+    def lines(self, prog: str) -> list[str]:
+        if self.report:
+            return self.report
+        more = [f"... and {self.more} more problems"] if self.more else []
+        return [*(str(problem) for problem in self.problems), *more, "nothing was sent"]
+
 
 class ConfigError(BatchError):
-    """Configuration the run needs is missing (API key, endpoint)."""
+    """Configuration the run needs is missing (API key, endpoint, a price that --max-cost must count)."""
+
+    exit_code = EXIT_CONFIG
+
+
+class MissingConfigError(ManifestError, ConfigError):
+    """A manifest that is right but cannot run here: every problem is missing configuration (no endpoint).
+    Located like a ManifestError, and a ConfigError (exit 78) like a missing key."""
+
+    exit_code = EXIT_CONFIG
+
+
+def manifest_error(
+    problems: Sequence[Problem], more: int = 0, *, report: Sequence[str] = ()
+) -> ManifestError:
+    """The error that refuses these problems: MissingConfigError when each is missing configuration."""
+    only_config = bool(problems) and all(problem.config for problem in problems)
+    return (MissingConfigError if only_config else ManifestError)(problems, more, report=report)
 
 
 class UsageError(BatchError):
-    """The command line is wrong."""
+    """The command line (or a setting given in code) is wrong."""
+
+    exit_code = EXIT_USAGE
+
+
+class OptionError(UsageError):
+    """One setting has a value no run can use; `name` is its field of batch.Options."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        self.name = name
+        self.problem = problem
+        super().__init__(f"{name}: {problem}")
 
 
 class OutputError(BatchError):
     """The output directory cannot be written (permissions, disk full, a symlink where a file goes)."""
 
+    exit_code = EXIT_IOERR
+
 
 class DirLockedError(BatchError):
     """Another run holds the lock on the output directory."""
+
+    exit_code = EXIT_TEMPFAIL
 
 
 class ApiError(BatchError):

@@ -3,7 +3,6 @@ export and retry-failed, end to end through the CLI against the simulator."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -16,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from batch.cli.grammar import parse_deadline, parse_duration
 from batch.kind import TokenCounts
 from batch.output.lock import acquire
 from batch.running.prices import PriceTable, parse_prices
 from batch.simulator import RunningSimulator, SimConfig, simulator_in_thread
+from batch.values import parse_deadline, parse_duration
 from tests.conftest import FAST, KEY, Outcome, env_for, ledger, results
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -239,7 +238,7 @@ def test_deadline_and_duration_parsing() -> None:
     assert datetime.fromtimestamp(parse_deadline("23:30", now)) == datetime(2026, 11, 22, 23, 30)
     assert datetime.fromtimestamp(parse_deadline("2026-11-24T06:15", now)) == datetime(2026, 11, 24, 6, 15)
     for bad in ("25:00", "tomorrow", "2026-11-20T07:00"):
-        with pytest.raises(argparse.ArgumentTypeError, match=r"time|past"):
+        with pytest.raises(ValueError, match=r"time|past"):
             parse_deadline(bad, now)
     assert [parse_duration(t) for t in ("90s", "45m", "6h", "1d", "1.5h")] == [90, 2700, 21600, 86400, 5400]
 

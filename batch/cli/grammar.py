@@ -1,16 +1,17 @@
 """The command line's grammar: commands, flags, the values they take, and the help text that documents the
 exit codes and the environment. Light to import: `maas-batch --help` and a refused second run start fast.
+
+A flag's value is only read here (text to a number, a duration, a time): whether a run can use it is
+checked once, by batch.Options, whose fields are the flags' `dest`s (see batch.cli.options).
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from batch import __version__
 from batch.defaults import (
@@ -19,13 +20,15 @@ from batch.defaults import (
     DEFAULT_BASE_URL,
     DEFAULT_CONCURRENCY,
     DEFAULT_GRACE,
+    DEFAULT_LOG_EVERY,
+    DEFAULT_MAX_ANSWER_MB,
     DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_CONCURRENCY,
     DEFAULT_OUTAGE_LIMIT,
+    DEFAULT_SYNC_INTERVAL,
     DEFAULT_TASK_DEADLINE,
     DEFAULT_TIMEOUT,
 )
-from batch.errors import UsageError
 from batch.exitcodes import (
     EXIT_BUDGET,
     EXIT_CONFIG,
@@ -39,6 +42,7 @@ from batch.exitcodes import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
+from batch.values import parse_deadline, parse_duration
 
 EXIT_CODES = f"""\
 exit codes:
@@ -109,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(validate)
     _add_prices(validate)
+    validate.set_defaults(command_parser=validate)  # reports a value Options refuses
 
     status = commands.add_parser(
         "status", help="what a DIR holds: done, failed, pending, and whether a run is on"
@@ -183,6 +188,7 @@ def _add_run(commands: Any) -> None:
         description="Run every task of MANIFEST that DIR does not hold yet. Running the same command again "
         "sends nothing for finished tasks and completes the rest.",
     )
+    run.set_defaults(command_parser=run)  # reports a value Options refuses
     run.add_argument("manifest", type=Path, metavar="MANIFEST", help="a YAML or JSONL job manifest")
     run.add_argument(
         "--out",
@@ -221,21 +227,22 @@ def _add_run(commands: Any) -> None:
     )
     speed.add_argument(
         "--max-concurrency",
-        type=_positive_int,
-        default=256,
+        type=_whole,
+        default=DEFAULT_MAX_CONCURRENCY,
         metavar="N",
-        help="the most requests in flight that --concurrency auto may reach (default 256)",
+        help="the most requests in flight that --concurrency auto may reach "
+        f"(default {DEFAULT_MAX_CONCURRENCY})",
     )
     speed.add_argument(
         "--rpm",
-        type=_positive_float,
+        type=_number,
         default=None,
         metavar="N",
         help="at most N requests per minute to each endpoint, spaced evenly",
     )
     speed.add_argument(
         "--tpm",
-        type=_positive_float,
+        type=_number,
         default=None,
         metavar="N",
         help="at most N tokens per minute to each endpoint, from each request's estimate, "
@@ -246,18 +253,16 @@ def _add_run(commands: Any) -> None:
     _add_prices(money)
     money.add_argument(
         "--max-cost",
-        type=_non_negative_float,
+        type=_number,
         default=None,
         metavar="USD",
         help="stop dispatching before DIR's spending (all runs) plus what is in flight would "
         f"pass this many dollars; exit {EXIT_BUDGET}, resumable with a higher budget",
     )
-    money.add_argument(
-        "--max-tokens", type=_positive_int, default=None, metavar="N", help="the same, in tokens"
-    )
+    money.add_argument("--max-tokens", type=_whole, default=None, metavar="N", help="the same, in tokens")
     money.add_argument(
         "--deadline",
-        type=parse_deadline,
+        type=_read(parse_deadline),
         default=None,
         metavar="TIME",
         help="stop dispatching so that the run ends by then (e.g. 07:00, the next one; or "
@@ -265,7 +270,7 @@ def _add_run(commands: Any) -> None:
     )
     money.add_argument(
         "--max-duration",
-        type=parse_duration,
+        type=_read(parse_duration),
         default=None,
         metavar="DURATION",
         help="the same, as a duration from now: 90s, 45m, 6h, 1d",
@@ -274,21 +279,21 @@ def _add_run(commands: Any) -> None:
     retries = run.add_argument_group("retries and faults")
     retries.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=_number,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
         help=f"give up on one attempt after this long (default {DEFAULT_TIMEOUT:g})",
     )
     retries.add_argument(
         "--max-attempts",
-        type=_positive_int,
+        type=_whole,
         default=DEFAULT_MAX_ATTEMPTS,
         metavar="N",
         help=f"attempts per task, first included (default {DEFAULT_MAX_ATTEMPTS})",
     )
     retries.add_argument(
         "--task-deadline",
-        type=_positive_float,
+        type=_number,
         default=DEFAULT_TASK_DEADLINE,
         metavar="SECONDS",
         help="no retry of a task starts this long after its first attempt "
@@ -296,7 +301,7 @@ def _add_run(commands: Any) -> None:
     )
     retries.add_argument(
         "--backoff",
-        type=_non_negative_float,
+        type=_number,
         default=DEFAULT_BACKOFF,
         metavar="SECONDS",
         help="first retry waits up to this long, doubling each time, with full jitter "
@@ -304,14 +309,14 @@ def _add_run(commands: Any) -> None:
     )
     retries.add_argument(
         "--backoff-max",
-        type=_non_negative_float,
+        type=_number,
         default=DEFAULT_BACKOFF_MAX,
         metavar="SECONDS",
         help=f"longest wait between two attempts (default {DEFAULT_BACKOFF_MAX:g})",
     )
     retries.add_argument(
         "--grace",
-        type=_non_negative_float,
+        type=_number,
         default=DEFAULT_GRACE,
         metavar="SECONDS",
         help="after SIGINT/SIGTERM, requests in flight get this long to finish and be saved; "
@@ -319,7 +324,7 @@ def _add_run(commands: Any) -> None:
     )
     retries.add_argument(
         "--outage-limit",
-        type=_non_negative_float,
+        type=_number,
         default=DEFAULT_OUTAGE_LIMIT,
         metavar="SECONDS",
         help="when the service keeps failing, tasks wait (one probe at a time) instead of "
@@ -328,20 +333,21 @@ def _add_run(commands: Any) -> None:
     )
     retries.add_argument(
         "--max-answer-mb",
-        type=_positive_float,
-        default=DEFAULT_MAX_BODY / 2**20,
+        type=_number,
+        default=DEFAULT_MAX_ANSWER_MB,
         metavar="MB",
-        help=f"refuse (and retry) an answer larger than this (default {DEFAULT_MAX_BODY // 2**20})",
+        help=f"refuse (and retry) an answer larger than this (default {DEFAULT_MAX_ANSWER_MB:g})",
     )
 
     disk = run.add_argument_group("output")
     disk.add_argument(
         "--sync-interval",
-        type=_non_negative_float,
-        default=0.1,
+        type=_number,
+        default=DEFAULT_SYNC_INTERVAL,
         metavar="SECONDS",
         help="journal lines reach the kernel at once (a killed run loses none) and are fsync'd "
-        "this often (a power cut may lose the last SECONDS); 0 fsyncs each line (default 0.1)",
+        "this often (a power cut may lose the last SECONDS); 0 fsyncs each line "
+        f"(default {DEFAULT_SYNC_INTERVAL:g})",
     )
     disk.add_argument(
         "--no-fsync",
@@ -407,11 +413,11 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     )
     log.add_argument(
         "--log-every",
-        type=_non_negative_float,
-        default=60.0,
+        type=_zero_or_more,  # the command's own: it becomes Options.heartbeat unless a bar shows
+        default=DEFAULT_LOG_EVERY,
         metavar="SECONDS",
         help="without a bar, print done, failed, retrying, rate, ETA, tokens and cost this often "
-        "(default 60; 0: never)",
+        f"(default {DEFAULT_LOG_EVERY:g}; 0: never)",
     )
     log.add_argument(
         "--log-file", type=Path, default=None, metavar="FILE", help="also append the log lines to FILE"
@@ -423,105 +429,43 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
 # -- values --------------------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
+def _whole(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
-def _float(text: str, *, zero: bool) -> float:
-    """A number above 0 (or 0 too, with `zero`); NaN refused."""
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (value >= 0 if zero else value > 0):
-        raise argparse.ArgumentTypeError(f"must be {'0 or more' if zero else 'more than 0'}, not {text}")
+
+
+def _zero_or_more(text: str) -> float:
+    value = _number(text)
+    if not value >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
     return value
 
 
-def _non_negative_float(text: str) -> float:
-    return _float(text, zero=True)
+def _concurrency(text: str) -> int | str:
+    """A whole number of requests in flight, or `auto`."""
+    return "auto" if text.strip().lower() == "auto" else _whole(text)
 
 
-def _positive_float(text: str) -> float:
-    return _float(text, zero=False)
+T = TypeVar("T")
 
 
-def _concurrency(text: str) -> int | None:
-    """A whole number of requests in flight, or `auto` (None)."""
-    return None if text.strip().lower() == "auto" else _positive_int(text)
+def _read(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """A batch.values reader as an argparse type: its ValueError's message is the flag's error."""
 
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from `90s`, `45m`, `6h`, `1d`, `1h30m` or a plain number of seconds."""
-    parts = _DURATION.findall(text.strip().lower())
-    if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s", "", text.strip().lower()):
-        raise argparse.ArgumentTypeError(f"not a duration (like 90s, 45m, 6h, 1d): {text!r}")
-    seconds = sum(float(number) * _UNITS[unit] for number, unit in parts)
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"must be longer than 0: {text!r}")
-    return seconds
-
-
-def parse_deadline(text: str, now: datetime | None = None) -> float:
-    """Unix time from `HH:MM` (the next such time, local) or an ISO date and time (local unless it says)."""
-    now = now or datetime.now()
-    clock = re.fullmatch(r"(\d{1,2}):(\d{2})", text.strip())
-    if clock:
-        hour, minute = int(clock.group(1)), int(clock.group(2))
-        if hour > 23 or minute > 59:
-            raise argparse.ArgumentTypeError(f"not a time of day: {text!r}")
-        moment = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-        if moment <= now:
-            moment += timedelta(days=1)
-        return moment.timestamp()
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a time (like 07:00 or 2026-12-01T07:00): {text!r}") from None
-    if moment.timestamp() <= now.timestamp():
-        raise argparse.ArgumentTypeError(f"{text!r} is already past")
-    return moment.timestamp()
-
-
-def parse_endpoints(items: Sequence[str]) -> dict[str, str]:
-    """`--endpoint` items into {kind or model or "*": endpoint}."""
-    chosen: dict[str, str] = {}
-    for item in items:
-        key, sep, endpoint = item.rpartition("=")
-        endpoint = endpoint.strip()
-        if not endpoint:
-            raise UsageError(f"--endpoint needs an endpoint id, not {item!r}")
-        chosen[key.strip() if sep else "*"] = endpoint
-    return chosen
-
-
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """`--set` items into {field: value} and {kind: {field: value}}; values read as YAML scalars."""
-    import yaml
-
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise UsageError(f"--set needs FIELD=VALUE, not {item!r}")
+    def read(text: str) -> T:
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            value = text
-        kind, dot, name = key.partition(".")
-        if dot:
-            overrides.setdefault(kind, {})[name] = value
-        else:
-            overrides[key] = value
-    return overrides
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    read.__name__ = parse.__name__
+    return read

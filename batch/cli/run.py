@@ -1,5 +1,5 @@
-"""`maas-batch run`: settings from the flags and the environment, a dry run, signals, progress, the summary.
-The work itself is batch.running.job's.
+"""`maas-batch run`: a dry run, or the run itself with signals, progress and the summary. The settings
+come as Options (batch.cli.options); the work itself is batch.running.job's.
 """
 
 from __future__ import annotations
@@ -12,8 +12,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from batch.cli import check
-from batch.config import Options, connection, endpoint_for, job_config, need_prices, price_table
+from batch.cli.options import show_bar
+from batch.config import (
+    Options,
+    checked_manifest,
+    connection,
+    endpoint_for,
+    job_config,
+    need_prices,
+    price_table,
+)
 from batch.errors import unwrap
 from batch.exitcodes import EXIT_BUDGET, EXIT_DEADLINE, EXIT_OK, EXIT_TEMPFAIL
 from batch.output.lock import probe as probe_lock
@@ -29,63 +37,28 @@ if TYPE_CHECKING:
 log = logging.getLogger("batch.cli")
 
 
-def options(args: argparse.Namespace) -> Options:
-    """The run's flags as the library's Options."""
-    show_bar = _show_bar(args)
-    return Options(
-        simulate=args.simulate,
-        concurrency="auto" if args.concurrency is None else args.concurrency,
-        max_concurrency=args.max_concurrency,
-        rpm=args.rpm,
-        tpm=args.tpm,
-        prices=args.prices,
-        max_cost=args.max_cost,
-        max_tokens=args.max_tokens,
-        deadline=args.deadline,
-        max_duration=args.max_duration,
-        timeout=args.timeout,
-        max_attempts=args.max_attempts,
-        task_deadline=args.task_deadline,
-        backoff=args.backoff,
-        backoff_max=args.backoff_max,
-        outage_limit=args.outage_limit,
-        max_answer_mb=args.max_answer_mb,
-        retry_failed=args.retry_failed,
-        gallery=args.gallery,
-        fsync=args.fsync,
-        sync_interval=args.sync_interval,
-        heartbeat=0.0 if show_bar or args.quiet else args.log_every,
-    )
-
-
-def _show_bar(args: argparse.Namespace) -> bool:
-    return not args.quiet and (args.progress if args.progress is not None else sys.stderr.isatty())
-
-
-def run(args: argparse.Namespace, argv: list[str]) -> int:
+def run(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
     if args.dry_run:
-        return _dry_run(args)
+        return _dry_run(args, options)
     probe_lock(args.out)  # a second run on DIR gives up now, before any slow import or manifest check
+    # the HTTP stack and the engine, imported after that probe: a refused second run gives up fast
     import anyio
 
     from batch.manifest import plancache
     from batch.running.job import Job
     from jobs import registry
 
-    chosen = options(args)
-    deadline = chosen.deadline_time()
-    with connection(chosen) as connected:
-        checked = check(args, connected.endpoint, args.out / plancache.FOLDER)
-        if isinstance(checked, int):
-            return checked
+    deadline = options.deadline_time()
+    with connection(options) as connected:
+        checked = checked_manifest(args.manifest, options, connected.endpoint, args.out / plancache.FOLDER)
         config = job_config(
-            chosen, checked, args.out, connected, {"argv": argv, "cwd": os.getcwd()}, deadline
+            options, checked, args.out, connected, {"argv": argv, "cwd": os.getcwd()}, deadline
         )
-        observers, bar = _observers(args, _show_bar(args))
+        observers, bar = _observers(args, show_bar(args))
         try:
             with Job(config, checked, registry(), observers) as job:
                 try:
-                    summary = anyio.run(_run_with_signals, job, args.grace)
+                    summary = anyio.run(_run_with_signals, job, options.grace)
                 except BaseExceptionGroup as group:
                     raise unwrap(group) from None
                 retried = job.retried
@@ -99,23 +72,22 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     return summary.exit_code
 
 
-def _dry_run(args: argparse.Namespace) -> int:
+def _dry_run(args: argparse.Namespace, options: Options) -> int:
     """Check, then estimate what the run would spend on the tasks DIR does not hold yet; send nothing."""
+    # the engine's modules, for this command only (the module itself stays light for a fast refusal)
     from batch.manifest.plan import Plan, iter_tasks
     from batch.output.report import format_plan
     from batch.output.store import RESULTS, finished_results, retried_ids
     from batch.running.idset import IdSet
     from jobs import registry
 
-    checked = check(args, endpoint_for(options(args)))
-    if isinstance(checked, int):
-        return checked
-    prices = price_table(checked.manifest.prices, args.prices)
+    checked = checked_manifest(args.manifest, options, endpoint_for(options))
+    prices = price_table(checked.manifest.prices, options.prices)
     print("\n".join(format_plan(str(args.manifest), checked.plan, prices)))
-    if args.max_cost is not None:
+    if options.max_cost is not None:
         need_prices(checked, prices)  # the run would refuse to start (exit 78): say so now
     finished = list(finished_results(args.out / RESULTS))
-    retry = bool(args.retry_failed)
+    retry = options.retry_failed
     if finished or retry:
         # What the run would send: the tasks without a line; with --retry-failed, the failed ones only
         # (and those an earlier --retry-failed moved aside but was stopped before sending).
@@ -140,7 +112,7 @@ def _dry_run(args: argparse.Namespace) -> int:
 
 
 def _observers(args: argparse.Namespace, show_bar: bool) -> tuple[list[Observer], ProgressBar | None]:
-    from batch.cli.progress import LogLines, ProgressBar
+    from batch.cli.progress import LogLines, ProgressBar  # tqdm, once the run is sure to start
 
     if args.quiet:
         return [], None
@@ -151,7 +123,7 @@ def _observers(args: argparse.Namespace, show_bar: bool) -> tuple[list[Observer]
 
 
 async def _run_with_signals(job: Job, grace: float) -> RunSummary:
-    import anyio
+    import anyio  # like every heavy import of this module, after the lock probe (see run)
 
     async with anyio.create_task_group() as group:
         await group.start(_watch_signals, job, grace)
@@ -163,7 +135,7 @@ async def _run_with_signals(job: Job, grace: float) -> RunSummary:
 async def _watch_signals(job: Job, grace: float, *, task_status: TaskStatus[None]) -> None:
     """First SIGINT/SIGTERM: stop dispatching, give requests in flight `grace` seconds, exit 75.
     Another one: cancel what is still in flight (the run stays resumable)."""
-    import anyio
+    import anyio  # after the lock probe (see run)
 
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()
@@ -182,7 +154,7 @@ async def _watch_signals(job: Job, grace: float, *, task_status: TaskStatus[None
 
 
 async def _cancel_after(job: Job, grace: float) -> None:
-    import anyio
+    import anyio  # after the lock probe (see run)
 
     await anyio.sleep(grace)
     log.warning("grace period of %g s over: cancelling the requests still in flight", grace)
@@ -190,7 +162,7 @@ async def _cancel_after(job: Job, grace: float) -> None:
 
 
 def _print_summary(summary: RunSummary, out: Path, retried: int) -> None:
-    from batch.running.prices import money
+    from batch.running.prices import money  # the engine, after the lock probe (see run)
 
     lines = [
         f"maas-batch: {summary.succeeded} succeeded, {summary.failed} failed, "

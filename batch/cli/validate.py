@@ -1,0 +1,35 @@
+"""`maas-batch validate`: check a manifest, count and estimate its tasks, show requests as they would be
+sent. Sends nothing."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+from batch.config import Options, checked_manifest, endpoint_for, env, price_table
+from batch.defaults import DEFAULT_BASE_URL
+from batch.exitcodes import EXIT_OK
+from batch.manifest.inputs import read_file
+from batch.manifest.plan import iter_tasks
+from batch.manifest.preview import describe_request
+from batch.output.report import format_plan
+from batch.running.job import CheckedManifest
+from jobs import registry
+
+
+def validate(args: argparse.Namespace, options: Options) -> int:
+    checked = checked_manifest(args.manifest, options, endpoint_for(options))
+    prices = price_table(checked.manifest.prices, options.prices)
+    print("\n".join(format_plan(str(args.manifest), checked.plan, prices)))
+    if args.show > 0:
+        simulated = "http://127.0.0.1:<port>/v1/ai"
+        base_url = simulated if options.simulate else env("MAAS_BASE_URL") or DEFAULT_BASE_URL
+        _show(checked, args.show, base_url)
+    return EXIT_OK
+
+
+def _show(checked: CheckedManifest, count: int, base_url: str) -> None:
+    kinds = registry()
+    for spec in itertools.islice(iter_tasks(checked.manifest, checked.builder), count):
+        print()
+        print(describe_request(spec, kinds[spec.kind], base_url, read_file))

@@ -1,0 +1,81 @@
+"""Settings written as text, read the same by the command line and by `batch.Options`: durations,
+deadlines, `--endpoint` and `--set` items. Plain functions, no argparse: the command line wraps them."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from batch.errors import UsageError
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `90s`, `45m`, `6h`, `1d`, `1h30m` or a plain number of seconds; ValueError if not."""
+    parts = _DURATION.findall(text.strip().lower())
+    if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s", "", text.strip().lower()):
+        raise ValueError(f"not a duration (like 90s, 45m, 6h, 1d): {text!r}")
+    seconds = sum(float(number) * _UNITS[unit] for number, unit in parts)
+    if seconds <= 0:
+        raise ValueError(f"must be longer than 0: {text!r}")
+    return seconds
+
+
+def parse_deadline(text: str, now: datetime | None = None) -> float:
+    """Unix time from `HH:MM` (the next such time, local) or an ISO date and time (local unless it says);
+    ValueError for anything else, or a time already past."""
+    now = now or datetime.now()
+    clock = re.fullmatch(r"(\d{1,2}):(\d{2})", text.strip())
+    if clock:
+        hour, minute = int(clock.group(1)), int(clock.group(2))
+        if hour > 23 or minute > 59:
+            raise ValueError(f"not a time of day: {text!r}")
+        moment = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        if moment <= now:
+            moment += timedelta(days=1)
+        return moment.timestamp()
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"not a time (like 07:00 or 2026-12-01T07:00): {text!r}") from None
+    if moment.timestamp() <= now.timestamp():
+        raise ValueError(f"{text!r} is already past")
+    return moment.timestamp()
+
+
+def parse_endpoints(items: Sequence[str]) -> dict[str, str]:
+    """`--endpoint` items into {kind or model or "*": endpoint}."""
+    chosen: dict[str, str] = {}
+    for item in items:
+        key, sep, endpoint = item.rpartition("=")
+        endpoint = endpoint.strip()
+        if not endpoint:
+            raise UsageError(f"--endpoint needs an endpoint id, not {item!r}")
+        chosen[key.strip() if sep else "*"] = endpoint
+    return chosen
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """`--set` items into {field: value} and {kind: {field: value}}; values read as YAML scalars."""
+    import yaml  # on use, not at start-up: `maas-batch --help` does without it
+
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--set needs FIELD=VALUE, not {item!r}")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        kind, dot, name = key.partition(".")
+        if dot:
+            overrides.setdefault(kind, {})[name] = value
+        else:
+            overrides[key] = value
+    return overrides

@@ -1,0 +1,167 @@
+"""Settings without a server: Options' defaults and checks, the flags read into Options generically, and
+each error's exit code, the same from the library as from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import typing
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+import batch
+from batch import defaults
+from batch.cli.grammar import build_parser
+from batch.cli.options import options_from
+from batch.config import Options, OptionValues
+from batch.errors import BatchError, MissingConfigError, OptionError
+from batch.exitcodes import EXIT_CONFIG, EXIT_DATAERR, EXIT_TEMPFAIL, EXIT_USAGE
+from batch.output.lock import acquire
+from tests.conftest import KEY, Outcome
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAGLESS = {"base_url", "endpoint", "heartbeat"}  # from the environment, or derived (heartbeat)
+
+
+def run_args(*extra: str) -> argparse.Namespace:
+    return build_parser().parse_args(["run", "m.yaml", "--out", "o", "--no-progress", *extra])
+
+
+def test_each_default_is_one_constant_shared_by_options_and_the_flags() -> None:
+    parsed = vars(run_args())
+    assert options_from(run_args()) == Options(heartbeat=defaults.DEFAULT_LOG_EVERY)  # no flag: no change
+    chosen = Options()
+    assert (chosen.concurrency, chosen.max_concurrency) == (
+        defaults.DEFAULT_CONCURRENCY,
+        defaults.DEFAULT_MAX_CONCURRENCY,
+    )
+    assert chosen.grace == defaults.DEFAULT_GRACE and chosen.sync_interval == defaults.DEFAULT_SYNC_INTERVAL
+    assert chosen.max_answer_mb * 2**20 == defaults.DEFAULT_MAX_BODY
+    assert parsed["log_every"] == defaults.DEFAULT_LOG_EVERY
+    helped = build_parser()._subparsers._group_actions[0].choices["run"].format_help()  # type: ignore[union-attr]
+    assert f"(default {defaults.DEFAULT_MAX_CONCURRENCY})" in helped
+    assert f"(default {defaults.DEFAULT_GRACE:g})" in helped
+
+
+def test_every_field_but_the_flagless_ones_has_its_flag() -> None:
+    parsed = vars(run_args())
+    assert {f.name for f in fields(Options)} - FLAGLESS <= set(parsed)
+
+
+def test_option_values_are_options_fields_with_the_same_types() -> None:
+    hints = typing.get_type_hints(Options)
+    assert typing.get_type_hints(OptionValues) == {f.name: hints[f.name] for f in fields(Options)}
+
+
+def test_flags_become_options_generically() -> None:
+    chosen = options_from(
+        run_args("-c", "auto", "--max-cost", "2.5", "--set", "chat.temperature=0", "--endpoint", "ep")
+    )
+    assert chosen.concurrency == "auto" and chosen.max_cost == 2.5
+    assert chosen.overrides == {"chat": {"temperature": 0}} and chosen.endpoints == {"*": "ep"}
+    assert chosen.heartbeat == defaults.DEFAULT_LOG_EVERY  # --no-progress: status lines
+    assert options_from(run_args("--quiet")).heartbeat == 0
+    assert options_from(run_args("--no-fsync", "--no-gallery", "--grace", "3")) == Options(
+        fsync=False, gallery=False, grace=3, heartbeat=defaults.DEFAULT_LOG_EVERY
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("concurrency", 0, "must be at least 1, not 0"),
+        ("concurrency", "many", "must be a whole number or 'auto', not 'many'"),
+        ("max_attempts", 1.5, "must be a whole number, not 1.5"),
+        ("max_tokens", 0, "must be at least 1, not 0"),
+        ("timeout", -1.0, "must be more than 0, not -1"),
+        ("rpm", True, "must be a number, not True"),
+        ("max_cost", float("nan"), "must be a number, not nan"),
+        ("backoff", -0.5, "must be 0 or more, not -0.5"),
+        ("grace", -1, "must be 0 or more, not -1"),
+    ],
+)
+def test_options_refuse_what_no_run_can_use(name: str, value: object, message: str) -> None:
+    with pytest.raises(OptionError) as raised:
+        Options(**{name: value})  # type: ignore[arg-type]
+    assert (raised.value.name, raised.value.problem, raised.value.exit_code) == (name, message, EXIT_USAGE)
+
+
+def test_a_refused_flag_is_reported_as_argparse_reports_one(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        options_from(run_args("--timeout", "-1"))
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("usage: maas-batch run") and "argument --timeout: must be more than 0, not -1" in err
+    )
+
+
+def test_the_settings_do_not_import_the_command_line() -> None:
+    code = "import sys, batch.config; print(sorted(m for m in sys.modules if m.startswith('batch.cli')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_help_starts_without_the_http_stack_or_pillow() -> None:
+    code = (
+        "import sys\nfrom batch.cli import main\ntry:\n    main(['run', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('aiohttp', 'anyio', 'PIL', 'batch.api') if m in sys.modules), file=sys.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stderr.strip() == "[]"
+
+
+# --- each error knows its exit code; the library and the command line agree -------------------------------
+
+MANIFESTS = {
+    "bad-manifest": "tasks:\n  - {kind: generate, prompt: a, n: 99}\n",
+    "ok": "tasks:\n  - {kind: generate, prompt: a}\n",
+    "unpriced": "tasks:\n  - {kind: chat, model: house-model, prompt: a}\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "manifest", "env", "extra", "code"),
+    [
+        ("bad manifest", "bad-manifest", {"MAAS_ENDPOINT": "ep"}, {}, EXIT_DATAERR),
+        ("missing endpoint", "ok", {}, {}, EXIT_CONFIG),
+        ("missing key", "ok", {"MAAS_API_KEY": "", "MAAS_ENDPOINT": "ep"}, {}, EXIT_CONFIG),
+        ("locked dir", "ok", {"MAAS_ENDPOINT": "ep"}, {}, EXIT_TEMPFAIL),
+        ("no price for --max-cost", "unpriced", {"MAAS_ENDPOINT": "ep"}, {"max_cost": 1.0}, EXIT_CONFIG),
+    ],
+)
+def test_the_library_raises_the_error_whose_exit_code_the_cli_exits_with(
+    case: str,
+    manifest: str,
+    env: dict[str, str],
+    extra: dict[str, float],
+    code: int,
+    cli: Callable[..., Outcome],
+    write: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    path = write(MANIFESTS[manifest])
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = acquire(out) if case == "locked dir" else None
+    environment = {"MAAS_API_KEY": KEY, "MAAS_BASE_URL": "http://127.0.0.1:9/v1/ai", **env}
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in extra.items()]
+    try:
+        outcome = cli("run", path, "--out", out, *flags, env={k: v for k, v in environment.items() if v})
+        assert outcome.code == code, outcome
+        if not environment["MAAS_API_KEY"]:
+            os.environ.pop("MAAS_API_KEY", None)
+        with pytest.raises(BatchError) as raised:
+            batch.run(path, out, **extra)  # type: ignore[arg-type]
+    finally:
+        if lock is not None:
+            os.close(lock)
+    assert raised.value.exit_code == code, raised.value
+    if case == "missing endpoint":  # located, like any manifest problem, and a ConfigError
+        assert isinstance(raised.value, MissingConfigError) and isinstance(raised.value, batch.ConfigError)
+        assert isinstance(raised.value, batch.ManifestError) and raised.value.problems[0].field == "endpoint"
