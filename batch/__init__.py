@@ -12,9 +12,37 @@ The public names are loaded on first use, so that the command line starts fast.
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+
+class _KindsFinder(importlib.abc.MetaPathFinder):
+    """`batch.jobs`, the built-in task kinds: installed as batch/jobs/, found there by Python itself; in the
+    source tree they are the top-level folder jobs/ (the project's fixed layout), found here. Never the
+    name `jobs`, which a program using this library may well have for a package of its own."""
+
+    def find_spec(
+        self, fullname: str, path: Any, target: Any = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "batch.jobs":
+            return None  # its modules are found through the package's __path__
+        folder = Path(__file__).resolve().parent.parent / "jobs"
+        init = folder / "__init__.py"
+        if not init.is_file():
+            return None
+        return importlib.util.spec_from_file_location(
+            fullname, init, submodule_search_locations=[str(folder)]
+        )
+
+
+if not any(isinstance(finder, _KindsFinder) for finder in sys.meta_path):
+    sys.meta_path.append(_KindsFinder())  # after the usual finders: an installed batch/jobs/ comes first
 
 # public name -> the module that defines it
 _EXPORTS = {

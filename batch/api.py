@@ -39,11 +39,11 @@ from batch.errors import unwrap
 from batch.events import Event, TaskFinished
 from batch.exitcodes import EXIT_TEMPFAIL
 from batch.kind import TaskKind
+from batch.kind import builtin_registry as registry
 from batch.manifest.plancache import FOLDER as PLAN_FOLDER
 from batch.manifest.read import Manifest, from_data
 from batch.running.job import CheckedManifest, Job, JobConfig
 from batch.running.runner import RunSummary
-from jobs import registry
 
 log = logging.getLogger("batch.api")
 

@@ -229,9 +229,9 @@ def checked_manifest(
     `kinds` the registry (the built-in kinds by default). Raises ManifestError with every problem: a
     MissingConfigError (exit 78) when each is missing configuration."""
     # the manifest and kind modules load when a command reads a manifest: `maas-batch --help` starts fast
+    from batch.kind import builtin_registry as registry
     from batch.manifest.read import Manifest
     from batch.running.job import check
-    from jobs import registry
 
     source = manifest if isinstance(manifest, Manifest) else Path(manifest)
     checked = check(source, options.build_settings(endpoint), kinds or registry(), cache)

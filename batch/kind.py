@@ -8,7 +8,8 @@ to know about one, such as its OpenAI Batch URLs, its prompt fields and the medi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import importlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,3 +243,14 @@ def prompt_field(registry: Registry, fields: Mapping[str, Any]) -> str | None:
     if kind is None or not kind.prompt_fields or any(key in fields for key in kind.prompt_fields):
         return None
     return kind.prompt_fields[0]
+
+
+KINDS_PACKAGE = "batch.jobs"  # the top-level folder jobs/ of the source tree, installed as batch/jobs/
+
+
+def builtin_registry(extra: Iterable[TaskKind] = ()) -> Registry:
+    """The built-in kinds, then `extra` (a kind there replaces one of the same name). They are reached as
+    `batch.jobs`, never as a top-level `jobs`: a program with a `jobs` package of its own still runs."""
+    module = importlib.import_module(KINDS_PACKAGE)
+    build: Callable[[Iterable[TaskKind]], Registry] = module.registry
+    return build(extra)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from batch.kind import Registry, TaskKind
-from jobs import chat, edit, generate
+
+from . import chat, edit, generate
 
 KINDS: tuple[TaskKind, ...] = (generate.KIND, edit.KIND, chat.KIND)
 

@@ -35,8 +35,9 @@ from batch.manifest.fields import (
     check_rules,
     type_name,
 )
-from jobs.chat_answer import parse_chat_answer, read_content, stream_complete, token_counts, usage_of
-from jobs.image_api import sniff_mime
+
+from .chat_answer import parse_chat_answer, read_content, stream_complete, token_counts, usage_of
+from .image_api import sniff_mime
 
 PATH = "google/chat/completions"
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from batch.errors import BrokenAnswerError, RefusalError
 from batch.kind import Answer, EncodedImage, TokenCounts, usage_counts
-from jobs.image_api import encoded_image
+
+from .image_api import encoded_image
 
 
 def usage_of(body: Any) -> Mapping[str, Any] | None:

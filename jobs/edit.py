@@ -8,7 +8,8 @@ from typing import Any
 
 from batch.kind import ApiRequest, FileReader, FileRef, FormField, InputInfo, Pointer
 from batch.manifest.fields import Choice, FieldIssue, type_name
-from jobs.image_api import COMMON_RULES, EXTRA, ImageKind, check_image_fields, describe_fields, sniff_mime
+
+from .image_api import COMMON_RULES, EXTRA, ImageKind, check_image_fields, describe_fields, sniff_mime
 
 PATH = "images/edits"
 

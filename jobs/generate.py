@@ -7,7 +7,8 @@ from typing import Any
 
 from batch.kind import ApiRequest, FileReader
 from batch.manifest.fields import FieldIssue
-from jobs.image_api import COMMON_RULES, EXTRA, OUTPUT_RULES, ImageKind, check_image_fields
+
+from .image_api import COMMON_RULES, EXTRA, OUTPUT_RULES, ImageKind, check_image_fields
 
 PATH = "images/generations"
 

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from batch.jobs import registry
 from PIL import Image
 
 from batch.cli import main
 from batch.manifest.tasks import BuildSettings
 from batch.running.job import CheckedManifest, check
 from batch.simulator import RunningSimulator, SimConfig, simulator_in_thread
-from jobs import registry
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from batch.jobs.chat import KIND as chat
+from batch.jobs.generate import KIND as generate
 from PIL import Image
 
 from batch.errors import BrokenAnswerError, RefusalError
@@ -20,8 +22,6 @@ from batch.kind import TokenCounts
 from batch.running.client import _embedded_status, _sse_data
 from batch.running.imaging import decode_base64, decode_images
 from batch.running.prices import Price, parse_prices
-from jobs.chat import KIND as chat
-from jobs.generate import KIND as generate
 
 
 def png() -> bytes:

@@ -2,8 +2,8 @@
 
 Read from the source with `ast`, so that nothing has to run for a kind's name to be found: a string equal
 to a kind's name (`"chat"` as a selector, as a URL table's value, in a comparison), a name or attribute
-called like one (`chat.parse_answer`), or an import of `jobs` other than its registry entry point
-(`from jobs import registry`).
+called like one (`chat.parse_answer`), or any import of the kinds' package (`jobs`, `batch.jobs`): the
+engine reaches them only through `batch.kind.builtin_registry`, by the package's name.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-from jobs import registry
+from batch.kind import builtin_registry as registry
 
 ENGINE = Path(__file__).resolve().parents[1] / "batch"
 SKIPPED = ("simulator",)  # the simulator is a server of its own: it speaks the API, endpoint by endpoint
-ENTRY_POINT = ("jobs", ("registry",))  # the one import of the kinds the engine may make
+KINDS_PACKAGES = ("jobs", "batch.jobs")  # what the engine never imports
 
 # Still naming a kind, left to the module's owner; each entry must keep matching (no stale exemptions).
 KNOWN: dict[str, set[str]] = {
@@ -42,12 +42,15 @@ def mentions(tree: ast.AST, kinds: set[str]) -> set[str]:
         elif isinstance(node, ast.Attribute) and node.attr in kinds:
             found.add(f"attribute .{node.attr}")
         elif isinstance(node, ast.Import):
-            found |= {f"import {a.name}" for a in node.names if a.name.split(".")[0] == "jobs"}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "jobs":
+            found |= {f"import {a.name}" for a in node.names if _kinds_package(a.name)}
+        elif isinstance(node, ast.ImportFrom) and _kinds_package(node.module or ""):
             names = tuple(alias.name for alias in node.names)
-            if (node.module, names) != ENTRY_POINT:
-                found.add(f"from {node.module} import {', '.join(names)}")
+            found.add(f"from {node.module} import {', '.join(names)}")
     return found
+
+
+def _kinds_package(module: str) -> bool:
+    return any(module == name or module.startswith(name + ".") for name in KINDS_PACKAGES)
 
 
 def violations() -> dict[str, set[str]]:
@@ -65,9 +68,9 @@ def test_the_engine_names_no_kind_and_imports_only_the_registry() -> None:
 
 
 def test_the_scan_finds_what_it_looks_for() -> None:
-    """The scan itself can fail: each way of naming a kind is caught, and the entry point is not."""
+    """The scan itself can fail: each way of naming a kind, or of importing the kinds, is caught."""
     source = (
-        "from jobs import registry\n"
+        "from batch.jobs import registry\n"
         "from jobs import chat\n"
         "import jobs.edit\n"
         "URLS = {'chat/completions': 'chat'}\n"
@@ -75,6 +78,7 @@ def test_the_scan_finds_what_it_looks_for() -> None:
         "chat.parse_answer(body)\n"
     )
     assert mentions(ast.parse(source), {"generate", "edit", "chat"}) == {
+        "from batch.jobs import registry",
         "from jobs import chat",
         "import jobs.edit",
         "string 'chat'",
@@ -82,4 +86,7 @@ def test_the_scan_finds_what_it_looks_for() -> None:
         "name edit",
         "name chat",
     }
-    assert mentions(ast.parse("from jobs import registry\nkinds = registry()\n"), {"chat"}) == set()
+    assert (
+        mentions(ast.parse("from batch.kind import builtin_registry\nk = builtin_registry()\n"), {"chat"})
+        == set()
+    )

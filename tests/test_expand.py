@@ -334,9 +334,10 @@ def test_command_line_endpoint_overrides_the_manifest(write: Write) -> None:
           - {kind: generate, prompt: b, endpoint: ep-own}
           - {kind: chat, model: special, prompt: c}
     """)
+    from batch.jobs import registry
+
     from batch.manifest.tasks import BuildSettings
     from batch.running.job import check
-    from jobs import registry
 
     def endpoints(chosen: dict[str, str]) -> list[str]:
         result = check(path, BuildSettings(endpoints=chosen, env_endpoint="ep-env"), registry())

@@ -507,9 +507,11 @@ def test_answers_that_do_not_say_their_usage_still_count_against_the_budget(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import jobs.generate
+    import batch.jobs.generate
 
-    monkeypatch.setattr(jobs.generate.KIND, "usage_of", lambda body: None)  # a gateway that strips usage
+    monkeypatch.setattr(
+        batch.jobs.generate.KIND, "usage_of", lambda body: None
+    )  # a gateway that strips usage
     manifest = sixteen_tasks(write)
     out = tmp_path / "out"
     budget = 4.5 * ONE_TASK_COST
@@ -520,7 +522,7 @@ def test_answers_that_do_not_say_their_usage_still_count_against_the_budget(
     # each paid answer has its ledger line, at the estimate, marked so
     lines = ledger(out)
     assert len(lines) == 4 and all(line["estimated"] is True and line["usage"] is None for line in lines)
-    estimate = jobs.generate.KIND.estimate({"prompt": "p 00", "size": "1024x1024", "quality": "low"})
+    estimate = batch.jobs.generate.KIND.estimate({"prompt": "p 00", "size": "1024x1024", "quality": "low"})
     assert all(line["output_tokens"] == estimate.output for line in lines)
 
 

@@ -7,12 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from batch.jobs import registry
 
 from batch.kind import FormField
 from batch.manifest.inputs import read_file
 from batch.manifest.plan import iter_tasks
 from batch.manifest.tasks import TaskSpec
-from jobs import registry
 from tests.conftest import Outcome, checked, make_image, messages
 
 OUTPUT_FIELDS = {"output_format", "output_compression", "moderation"}

@@ -12,13 +12,13 @@ import zlib
 from pathlib import Path
 
 import pytest
+from batch.jobs.generate import KIND as GENERATE
 from PIL import Image
 
 from batch.errors import BrokenAnswerError, DirLockedError, OutputError
 from batch.kind import EncodedImage
 from batch.output.store import Journal, OutputDir, OutputFile, cut_torn_tail, finished_results, write_atomic
 from batch.running.imaging import decode_images
-from jobs.generate import KIND as GENERATE
 
 
 def png_bytes(size: tuple[int, int] = (8, 8)) -> bytes:

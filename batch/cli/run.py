@@ -44,9 +44,9 @@ def run(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
     # the HTTP stack and the engine, imported after that probe: a refused second run gives up fast
     import anyio
 
+    from batch.kind import builtin_registry as registry
     from batch.manifest import plancache
     from batch.running.job import Job
-    from jobs import registry
 
     deadline = options.deadline_time()
     with connection(options) as connected:
@@ -75,11 +75,11 @@ def run(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
 def _dry_run(args: argparse.Namespace, options: Options) -> int:
     """Check, then estimate what the run would spend on the tasks DIR does not hold yet; send nothing."""
     # the engine's modules, for this command only (the module itself stays light for a fast refusal)
+    from batch.kind import builtin_registry as registry
     from batch.manifest.plan import Plan, iter_tasks
     from batch.output.report import format_plan
     from batch.output.store import RESULTS, finished_results, retried_ids
     from batch.running.idset import IdSet
-    from jobs import registry
 
     checked = checked_manifest(args.manifest, options, endpoint_for(options))
     prices = price_table(checked.manifest.prices, options.prices)

@@ -9,12 +9,12 @@ import itertools
 from batch.config import Options, checked_manifest, endpoint_for, env, price_table
 from batch.defaults import DEFAULT_BASE_URL
 from batch.exitcodes import EXIT_OK
+from batch.kind import builtin_registry as registry
 from batch.manifest.inputs import read_file
 from batch.manifest.plan import iter_tasks
 from batch.manifest.preview import describe_request
 from batch.output.report import format_plan
 from batch.running.job import CheckedManifest
-from jobs import registry
 
 
 def validate(args: argparse.Namespace, options: Options) -> int:
