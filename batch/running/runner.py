@@ -22,7 +22,6 @@ import anyio
 from anyio.abc import ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from batch.defaults import DEFAULT_OUTAGE_LIMIT
 from batch.errors import (
     ApiError,
     ApiStatusError,
@@ -46,9 +45,7 @@ from batch.exitcodes import (
     EXIT_BUDGET,
     EXIT_DATAERR,
     EXIT_DEADLINE,
-    EXIT_FAILED,
     EXIT_IOERR,
-    EXIT_OK,
     EXIT_UNAVAILABLE,
 )
 from batch.kind import Answer, ApiRequest, EncodedImage, Registry, TaskKind
@@ -57,69 +54,21 @@ from batch.manifest.tasks import TaskSpec
 from batch.output.gallery import Thumbnailer, thumbnail_name
 from batch.output.runlog import RunLog
 from batch.output.store import THUMBS, OutputDir, OutputFile
-from batch.running.budget import Budget, BudgetLimits, Spent
+from batch.running.budget import Budget, Spent
 from batch.running.client import ApiClient, Reply
 from batch.running.health import ServiceHealth
 from batch.running.idset import IdSet
 from batch.running.imaging import decode_images
-from batch.running.limits import EndpointLimits, Limits
+from batch.running.limits import EndpointLimits
 from batch.running.looplag import LoopLag
-from batch.running.prices import PriceTable
 from batch.running.records import ErrorInfo, ResultRecord, TaskUsage, UsageRecord, now
-from batch.running.retry import RetryNotice, RetryPolicy, Verdict, call_with_retries, classify
+from batch.running.retry import RetryNotice, Verdict, call_with_retries, classify
+from batch.running.summary import RunSettings, RunSummary
 
 logger = logging.getLogger(__name__)
 
 PRODUCER_BATCH = 64  # tasks pulled from the manifest per trip to a worker thread
 PROMPT_SHOWN = 2000  # characters of a prompt kept in its result line
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    limits: Limits = field(default_factory=Limits)  # concurrency (or auto), rpm, tpm
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    prices: PriceTable = field(default_factory=PriceTable)
-    budget: BudgetLimits = field(default_factory=BudgetLimits)  # --max-cost, --max-tokens (all of DIR)
-    deadline: float | None = None  # unix time by which the run must have ended (--deadline, --max-duration)
-    heartbeat: float = 0.0  # seconds between Heartbeat events (the periodic log line); 0: none
-    thumbnails: bool = True  # a thumbnail of each saved image, for the gallery
-    outage_limit: float = DEFAULT_OUTAGE_LIMIT  # seconds the service may fail before the run stops (69)
-
-
-@dataclass
-class RunSummary:
-    """What a run did. `exit_code` follows the documented contract."""
-
-    total: int = 0
-    finished_before: int = 0
-    failed_before: int = 0  # of finished_before: tasks whose result line says failed
-    succeeded: int = 0
-    failed: int = 0
-    retries: int = 0
-    billed_answers: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    total_tokens: int = 0
-    maybe_billed: int = 0  # requests that may have been billed without a saved result
-    cost: float = 0.0  # US dollars, of the billed answers of this run with a price
-    unpriced: int = 0  # billed answers whose model has no price
-    interrupted: int = 0  # requests of earlier runs that were killed in flight (maybe billed)
-    left_alone: int = 0  # pending tasks that --retry-failed does not run (it runs the failed ones only)
-    stop_reason: str | None = None
-    stop_code: int | None = None
-    seconds: float = 0.0
-    loop_lag_p99_ms: float = 0.0  # how late the event loop ran, 99th percentile (blocking work shows here)
-    concurrency: dict[str, float] = field(default_factory=dict)  # what --concurrency auto settled on
-
-    @property
-    def not_run(self) -> int:
-        return max(0, self.total - self.finished_before - self.left_alone - self.succeeded - self.failed)
-
-    @property
-    def exit_code(self) -> int:
-        if self.stop_code is not None:
-            return self.stop_code
-        return EXIT_FAILED if self.failed or self.failed_before else EXIT_OK
 
 
 @dataclass
@@ -174,7 +123,6 @@ class Runner:
         self._out = out
         self._finished = finished
         self._settings = settings
-        self._observers = list(observers)
         self._rng = rng or random.Random()
         self._log = log
         self._run_tag = run_tag
@@ -200,6 +148,7 @@ class Runner:
         self.summary = RunSummary(
             total=total, finished_before=len(finished), failed_before=failed_before, left_alone=left_alone
         )
+        self._observers: list[Observer] = [self.summary.observe, *observers]  # the summary counts first
 
     # -- control ------------------------------------------------------------------------------------
 
@@ -367,8 +316,7 @@ class Runner:
         kind = self._registry[spec.kind]
         state = _TaskState(carried=self._interrupted.get(spec.id, 0))
         started = time.monotonic()
-        if self._observers:
-            self._emit(TaskStarted(spec.id, spec.kind))
+        self._emit(TaskStarted(spec.id, spec.kind))
         try:
             await call_with_retries(
                 self._settings.retry,
@@ -406,7 +354,6 @@ class Runner:
             await self._stopping.wait()
 
     def _on_retry(self, spec: TaskSpec, notice: RetryNotice) -> None:
-        self.summary.retries += 1
         self._emit(AttemptFailed(spec.id, notice.attempt, _describe(notice.error), notice.wait))
 
     async def _attempt(self, spec: TaskSpec, kind: TaskKind, state: _TaskState) -> None:
@@ -636,20 +583,12 @@ class Runner:
         state.billed = True
         if cost is None:
             state.unpriced = True
-            self.summary.unpriced += 1
         else:
             state.cost += cost
-            self.summary.cost += cost
         state.input_tokens += counts.input
         state.output_tokens += counts.output
         state.total_tokens += counts.total
-        summary = self.summary
-        summary.billed_answers += 1
-        summary.input_tokens += counts.input
-        summary.output_tokens += counts.output
-        summary.total_tokens += counts.total
-        if self._observers:
-            self._emit(Billed(spec.id, spec.model, counts.input, counts.output, counts.total, cost))
+        self._emit(Billed(spec.id, spec.model, counts.input, counts.output, counts.total, cost))
 
     async def _finish(
         self, spec: TaskSpec, state: _TaskState, started: float, error: ApiError | None = None
@@ -690,10 +629,6 @@ class Runner:
         except OutputError as exc:
             self.stop(str(exc), EXIT_IOERR)
             return
-        if error is None:
-            self.summary.succeeded += 1
-        else:
-            self.summary.failed += 1
         self.summary.maybe_billed += state.maybe_billed
         self._emit(TaskFinished(record))
 
