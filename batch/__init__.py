@@ -53,7 +53,7 @@ _EXPORTS = {
     "Result": "batch.api",
     "ResultStream": "batch.api",
     "Options": "batch.config",
-    "RunSummary": "batch.running.runner",
+    "RunSummary": "batch.running.summary",
     "Manifest": "batch.manifest.read",
     "Event": "batch.events",
     "RunStarted": "batch.events",
@@ -115,7 +115,7 @@ if TYPE_CHECKING:
     )
     from batch.events import AttemptFailed, Billed, Event, Heartbeat, RunStarted, RunStopping, TaskFinished
     from batch.manifest.read import Manifest
-    from batch.running.runner import RunSummary
+    from batch.running.summary import RunSummary
 
 
 def __getattr__(name: str) -> Any:

@@ -43,7 +43,7 @@ from batch.kind import builtin_registry as registry
 from batch.manifest.plancache import FOLDER as PLAN_FOLDER
 from batch.manifest.read import Manifest, from_data
 from batch.running.job import CheckedManifest, Job, JobConfig
-from batch.running.runner import RunSummary
+from batch.running.summary import RunSummary
 
 log = logging.getLogger("batch.api")
 

@@ -302,7 +302,7 @@ def job_config(
     from batch.running.job import JobConfig
     from batch.running.limits import Limits
     from batch.running.retry import RetryPolicy
-    from batch.running.runner import RunSettings
+    from batch.running.summary import RunSettings
 
     prices = price_table(checked.manifest.prices, options.prices)
     budget = BudgetLimits(max_cost=options.max_cost, max_tokens=options.max_tokens)

@@ -138,7 +138,7 @@ def test_a_run_asks_the_thumbnail_thread_for_every_saved_image(
             asked.append((source, destination))
             super().submit(source, destination)
 
-    monkeypatch.setattr("batch.running.runner.Thumbnailer", Recording)
+    monkeypatch.setattr("batch.running.dispatch.Thumbnailer", Recording)
     manifest = write(
         "tasks:\n  - {kind: generate, id: one, prompt: a lake}\n  - {kind: generate, id: two, prompt: a wood, n: 2}\n"
     )

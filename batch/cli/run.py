@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from batch.cli.progress import ProgressBar
     from batch.events import Observer
     from batch.running.job import Job
-    from batch.running.runner import RunSummary
+    from batch.running.summary import RunSummary
 
 log = logging.getLogger("batch.cli")
 

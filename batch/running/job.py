@@ -30,8 +30,9 @@ from batch.output.runlog import Interrupted, RunLog, recover
 from batch.output.store import OutputDir, finished_results, retried_ids
 from batch.running.budget import Spent, ledger_spent
 from batch.running.client import ApiClient, ClientConfig
+from batch.running.dispatch import Runner
 from batch.running.idset import IdSet
-from batch.running.runner import Runner, RunSettings, RunSummary
+from batch.running.summary import RunSettings, RunSummary
 
 log = logging.getLogger("batch.running.job")
 

@@ -1,0 +1,63 @@
+"""Reading what an answer or an error says, defensively: a hostile body makes a kind's reader fail, and
+that must never crash the task that received it. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from batch.errors import ApiError, ApiStatusError
+from batch.kind import TaskKind
+from batch.manifest.tasks import TaskSpec
+from batch.running.records import ErrorInfo
+
+
+def error_record(error: ApiError, attempts: int) -> ErrorInfo:
+    """`error` of a failed task's result line: type, status, message."""
+    if isinstance(error, ApiStatusError):
+        error_type = error.code or error.error_type or f"http_{error.status}"
+    else:
+        error_type = error.kind
+    message = getattr(error, "message", str(error))
+    if attempts > 1:
+        message += f" (after {attempts} attempts)"
+    return ErrorInfo(error_type, error.status, message)
+
+
+def describe(error: BaseException | None) -> str:
+    """An error in a line of text: its message, or an API status error as it prints."""
+    if error is None:
+        return "unknown error"
+    return (
+        str(getattr(error, "message", None) or error) if not isinstance(error, ApiStatusError) else str(error)
+    )
+
+
+def usage_of(kind: TaskKind, body: Any) -> Mapping[str, Any] | None:
+    """The usage an answer reports; None also when a hostile body makes the kind's reader fail."""
+    try:
+        return kind.usage_of(body)
+    except Exception:
+        return None
+
+
+def stream_complete(kind: TaskKind, spec: TaskSpec, chunks: Any) -> bool:
+    """Whether a streamed answer's chunks say every choice finished; False when they cannot be read."""
+    try:
+        return isinstance(chunks, list) and kind.stream_complete(spec.fields, chunks)
+    except Exception:
+        return False
+
+
+def answer_id(body: Any) -> str | None:
+    """The answer's own id (chat's `chatcmpl-...`), for an answer sent without an x-request-id header."""
+    if isinstance(body, list):
+        body = next((chunk for chunk in body if isinstance(chunk, dict)), None)
+    value = body.get("id") if isinstance(body, dict) else None
+    return value[:200] if isinstance(value, str) else None
+
+
+def short(error: BaseException, limit: int = 300) -> str:
+    """An error's text on one line, cut at `limit` characters."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,433 @@
+"""One task's life: its attempts under the retry policy (gates, send, bill), its answer kept as files, and
+its result line written last.
+
+A task whose run was stopped (a signal, a refused key, an exhausted quota) is not recorded at all: it is
+still pending, and the next run does it. Only tasks with a definite outcome get a result line.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+
+from batch.errors import ApiError, ApiStatusError, BrokenAnswerError, OutputError, TransportError
+from batch.events import AttemptFailed, Billed, Event, TaskFinished, TaskStarted
+from batch.exitcodes import EXIT_BUDGET, EXIT_IOERR
+from batch.kind import Answer, ApiRequest, EncodedImage, Registry, TaskKind
+from batch.manifest.inputs import read_file
+from batch.manifest.tasks import TaskSpec
+from batch.output.gallery import Thumbnailer, thumbnail_name
+from batch.output.runlog import RunLog
+from batch.output.store import THUMBS, OutputDir, OutputFile
+from batch.running.answers import answer_id, describe, error_record, short, stream_complete, usage_of
+from batch.running.budget import Budget
+from batch.running.client import ApiClient, Reply
+from batch.running.health import ServiceHealth
+from batch.running.imaging import decode_images
+from batch.running.limits import EndpointLimits
+from batch.running.records import ResultRecord, TaskUsage, UsageRecord, now
+from batch.running.retry import RetryNotice, Verdict, call_with_retries, classify
+from batch.running.summary import RunSettings
+
+logger = logging.getLogger(__name__)
+
+PROMPT_SHOWN = 2000  # characters of a prompt kept in its result line
+
+
+@dataclass(frozen=True)
+class AttemptContext:
+    """What every task's attempts share: the run's collaborators, built once by the Runner."""
+
+    registry: Registry
+    client: ApiClient
+    out: OutputDir
+    log: RunLog
+    settings: RunSettings
+    limits: EndpointLimits
+    budget: Budget
+    health: ServiceHealth
+    emit: Callable[[Event], None]
+    stop: Callable[[str, int], None]  # stop dispatching: a reason and the exit code
+    stopping: Callable[[], bool]
+    sleep: Callable[[float], Awaitable[None]]  # a wait that the run's stop cuts short
+    threads: anyio.CapacityLimiter  # the run's own threads for blocking work
+    run_tag: str
+    rng: random.Random
+    interrupted: Mapping[str, int]  # task id -> requests of killed runs, maybe billed
+
+
+@dataclass
+class _TaskState:
+    attempts: int = 0
+    lost_to_outage: bool = False  # the last attempt's failure was the service's outage: it costs none
+    maybe_billed: int = 0  # this run's requests that may have been billed without a result
+    carried: int = 0  # such requests of earlier runs that were killed
+    estimate: int = 0  # tokens booked with the pacer for the attempt in flight
+    cost: float = 0.0
+    unpriced: bool = False  # a billed answer of this task had no price
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    billed: bool = False
+    booked: tuple[int, float | None] | None = None  # the budget's estimate for the attempt in flight
+    answer: Answer | None = None
+    files: list[str] = field(default_factory=list)
+    answer_file: str | None = None  # DIR/answers/... : the raw body of a paid answer that was not usable
+    server_request_id: str | None = None  # the server's id of the answer kept (x-request-id, or its id)
+
+
+class Stopped(Exception):
+    """The run stopped before this attempt could be sent."""
+
+
+class TaskAttempts:
+    """Runs one task at a time per caller: attempts, billing, files, the result line. The tallies the
+    Runner reads (requests in flight, recent durations, maybe-billed requests) are kept here."""
+
+    def __init__(self, context: AttemptContext) -> None:
+        self._ctx = context
+        self.thumbnailer: Thumbnailer | None = None  # set by the Runner for the length of the run
+        self.in_flight = 0
+        self.durations: deque[float] = deque(maxlen=256)  # recent requests' seconds, for the deadline
+        self.maybe_billed = 0  # this run's requests that may have been billed without a saved result
+
+    async def run_task(self, spec: TaskSpec) -> None:
+        """Attempt a task until it succeeds, fails or the run stops; a fault of ours fails this task only."""
+        ctx = self._ctx
+        kind = ctx.registry[spec.kind]
+        state = _TaskState(carried=ctx.interrupted.get(spec.id, 0))
+        started = time.monotonic()
+        ctx.emit(TaskStarted(spec.id, spec.kind))
+        try:
+            await call_with_retries(
+                ctx.settings.retry,
+                lambda: self._attempt(spec, kind, state),
+                sleep=ctx.sleep,
+                on_retry=lambda notice: self._on_retry(spec, notice),
+                rng=ctx.rng,
+                lost_to_outage=lambda error: state.lost_to_outage,
+            )
+        except Stopped:
+            self.maybe_billed += state.maybe_billed
+            return
+        except OutputError as exc:
+            self.maybe_billed += state.maybe_billed
+            ctx.stop(str(exc), EXIT_IOERR)
+            return
+        except ApiError as exc:
+            decision = classify(exc)
+            if decision.verdict is Verdict.STOP:
+                self.maybe_billed += state.maybe_billed
+                ctx.stop(decision.reason, decision.exit_code)
+                return
+            await self._finish(spec, state, started, error=exc)
+            return
+        except Exception as exc:  # a fault of ours with this one task: it fails, the night goes on
+            logger.exception("task %s: unexpected %s", spec.id, type(exc).__name__)
+            failure = BrokenAnswerError(f"{type(exc).__name__}: {short(exc)}", error_type="internal_error")
+            await self._finish(spec, state, started, error=failure)
+            return
+        await self._finish(spec, state, started)
+
+    def _on_retry(self, spec: TaskSpec, notice: RetryNotice) -> None:
+        self._ctx.emit(AttemptFailed(spec.id, notice.attempt, describe(notice.error), notice.wait))
+
+    async def _attempt(self, spec: TaskSpec, kind: TaskKind, state: _TaskState) -> None:
+        ctx = self._ctx
+        await ctx.health.admit()  # during an outage, wait here without spending an attempt
+        if ctx.stopping():
+            raise Stopped
+        if spec.inputs:
+            request = await anyio.to_thread.run_sync(
+                kind.build_request, spec.fields, read_file, limiter=ctx.threads
+            )
+        else:
+            request = kind.build_request(spec.fields, read_file)
+        adaptive = ctx.limits.adaptive(spec.endpoint)
+        started = await adaptive.acquire() if adaptive is not None else 0.0
+        answered = False  # a 2xx came back: billed, whether or not it says how much
+        try:
+            try:
+                await self._book(spec, kind, state)
+                if ctx.stopping():
+                    raise Stopped
+                state.attempts += 1
+                request_id = f"{spec.id}/{ctx.run_tag}.{state.attempts}"
+                try:
+                    reply = await self._send(spec, kind, request, request_id, state)
+                except ApiStatusError as exc:
+                    if adaptive is not None and exc.status == 429 and classify(exc).verdict is Verdict.RETRY:
+                        adaptive.throttled(started)
+                    raise
+                except BrokenAnswerError:
+                    answered = True
+                    raise
+                answered = True
+                if adaptive is not None:
+                    adaptive.answered(started)
+            finally:
+                if adaptive is not None:
+                    adaptive.release()
+            await self._keep(spec, kind, request_id, reply, state)
+        finally:
+            # The estimate stays booked until the answer's usage replaces it (_bill), so that no moment
+            # counts neither; an answer that says nothing of its usage counts as its estimate.
+            if state.booked is not None:
+                if answered:
+                    ctx.budget.record(*state.booked)
+                ctx.budget.settle(*state.booked)
+                state.booked = None
+
+    async def _book(self, spec: TaskSpec, kind: TaskKind, state: _TaskState) -> None:
+        """Pace the attempt (rpm, tpm) and book its estimate with the budget; a refusal stops the run."""
+        ctx = self._ctx
+        if not (ctx.limits.paced or ctx.budget.limits.any):
+            return
+        estimate = kind.estimate(spec.fields)
+        state.estimate = estimate.total
+        if ctx.limits.paced:
+            await ctx.sleep(ctx.limits.pacer(spec.endpoint).book(state.estimate))
+        if ctx.budget.limits.any and not ctx.stopping():
+            booked = (estimate.total, ctx.settings.prices.cost(spec.model, estimate))
+            refused = ctx.budget.admit(*booked)
+            if refused is None:
+                state.booked = booked
+            else:
+                ctx.stop(f"budget reached: {refused}", EXIT_BUDGET)
+
+    async def _send(
+        self, spec: TaskSpec, kind: TaskKind, request: ApiRequest, request_id: str, state: _TaskState
+    ) -> Reply:
+        """One request, logged as sent before it leaves and as done when its fate is known."""
+        ctx = self._ctx
+        ctx.log.sent(request_id, spec.id)
+        self.in_flight += 1
+        state.server_request_id = None
+        state.lost_to_outage = False
+        try:
+            reply = await ctx.client.send(spec.endpoint, request, request_id)
+            state.server_request_id = reply.server_request_id or answer_id(reply.body)
+            if request.stream and not reply.ended and not stream_complete(kind, spec, reply.body):
+                raise BrokenAnswerError(
+                    "the stream ended before every choice had finished",
+                    usage=usage_of(kind, reply.body),
+                    retry=True,
+                )
+        except (BrokenAnswerError, ApiStatusError, TransportError) as exc:
+            await self._failed(spec, kind, request_id, exc, state)
+            raise
+        except BaseException:  # cancelled (a second signal, or the grace period ran out) while in flight
+            ctx.log.done(request_id, "cancelled", maybe_billed=True)
+            ctx.health.abandoned()
+            self.maybe_billed += 1
+            raise
+        finally:
+            self.in_flight -= 1
+        ctx.log.done(request_id, "answered", status=reply.status)
+        ctx.health.succeeded()
+        self.durations.append(reply.seconds)
+        return reply
+
+    async def _failed(
+        self,
+        spec: TaskSpec,
+        kind: TaskKind,
+        request_id: str,
+        exc: BrokenAnswerError | ApiStatusError | TransportError,
+        state: _TaskState,
+    ) -> None:
+        """A request that failed: its log line, what it says of the service's health, what it may cost."""
+        log, health = self._ctx.log, self._ctx.health
+        if isinstance(exc, BrokenAnswerError):
+            log.done(
+                request_id, "broken", status=exc.status, maybe_billed=exc.maybe_billed, error=exc.message
+            )
+            if exc.retry:  # garbled on the way: the service (or the path to it) is failing
+                state.lost_to_outage = not health.failed(exc.message)
+            else:  # a whole answer: the service is up
+                health.succeeded()
+            if exc.usage is not None:
+                await self._bill(spec, kind, request_id, exc.usage, state)
+            state.maybe_billed += exc.maybe_billed
+        elif isinstance(exc, ApiStatusError):
+            log.done(request_id, "error", status=exc.status, error=exc.message)
+            if exc.status is not None and (exc.status >= 500 or exc.status == 408):
+                state.lost_to_outage = not health.failed(str(exc))
+            else:
+                health.succeeded()  # the service is up; it refused this request
+        else:
+            log.done(request_id, "failed", maybe_billed=exc.maybe_billed, error=exc.message)
+            state.lost_to_outage = not health.failed(exc.message)
+            state.maybe_billed += exc.maybe_billed
+
+    async def _keep(
+        self, spec: TaskSpec, kind: TaskKind, request_id: str, reply: Reply, state: _TaskState
+    ) -> None:
+        """Bill an answer (at its usage, or at the estimate when it says none), then turn it into files
+        and the task's answer. An answer that cannot be used was paid for all the same: its raw body is
+        kept in answers/ and the task fails, never buying it again."""
+        threads = self._ctx.threads
+        await self._bill(spec, kind, request_id, usage_of(kind, reply.body), state)
+        try:
+            answer = kind.parse_answer(spec.fields, reply.body)
+            images = answer.images
+            if any(image.url is not None for image in images):
+                images = await self._download(images)
+            files: list[OutputFile] = []
+            if images:
+                files = await anyio.to_thread.run_sync(decode_images, spec.id, images, kind, limiter=threads)
+        except ApiError as exc:
+            await self._keep_raw(spec, request_id, reply, state)
+            if isinstance(exc, BrokenAnswerError):
+                exc.retry = False  # it arrived whole: asking again would buy it twice
+            raise
+        except Exception as exc:
+            await self._keep_raw(spec, request_id, reply, state)
+            raise BrokenAnswerError(
+                f"the answer could not be read ({type(exc).__name__}: {short(exc)})",
+                error_type="unreadable_answer",
+            ) from exc
+        state.files = await anyio.to_thread.run_sync(self._save, files, limiter=threads) if files else []
+        state.answer = answer
+
+    async def _keep_raw(self, spec: TaskSpec, request_id: str, reply: Reply, state: _TaskState) -> None:
+        """answers/<task id>.<run>.<attempt>.<json|sse>: the body as it came (the key scrubbed)."""
+        if not reply.raw:
+            return
+        name = request_id.replace("/", ".") + (".sse" if isinstance(reply.body, list) else ".json")
+        state.answer_file = await anyio.to_thread.run_sync(
+            self._ctx.out.save_answer, name, reply.raw, limiter=self._ctx.threads
+        )
+
+    async def _download(self, images: tuple[EncodedImage, ...]) -> tuple[EncodedImage, ...]:
+        """Fetch the images an answer links to. A failed download is retried as a download, under the
+        task's retry policy; the generation itself is never bought again."""
+        ctx = self._ctx
+        fetched = []
+        for index, image in enumerate(images):
+            url = image.url
+            if url is None:
+                fetched.append(image)
+                continue
+            try:
+                data = await call_with_retries(
+                    ctx.settings.retry,
+                    lambda url=url: ctx.client.download(url),  # type: ignore[misc]
+                    sleep=ctx.sleep,
+                    rng=ctx.rng,
+                )
+            except ApiError as exc:
+                host = urlsplit(url).hostname or "?"
+                raise BrokenAnswerError(
+                    f"image {index + 1} could not be downloaded from {host}: {describe(exc)}",
+                    error_type="download_failed",
+                ) from exc
+            fetched.append(replace(image, data=data))
+        return tuple(fetched)
+
+    def _save(self, files: list[OutputFile]) -> list[str]:
+        """Write an answer's images (a worker thread's work); ask for their thumbnails, for the gallery."""
+        out = self._ctx.out
+        paths = out.save(files)
+        if self.thumbnailer is not None:
+            for item, path in zip(files, paths, strict=True):
+                self.thumbnailer.submit(out.root / path, out.root / THUMBS / thumbnail_name(item.name))
+        return paths
+
+    async def _bill(
+        self,
+        spec: TaskSpec,
+        kind: TaskKind,
+        request_id: str,
+        usage: Mapping[str, Any] | None,
+        state: _TaskState,
+    ) -> None:
+        """Record a billed answer in the ledger, durably, before anything else is done with it. An answer
+        that reports no usage is recorded at its estimate, marked `estimated`, so budgets count it."""
+        ctx = self._ctx
+        counts = kind.token_counts(usage) if usage is not None else kind.estimate(spec.fields)
+        cost = ctx.settings.prices.cost(spec.model, counts)
+        line = UsageRecord(
+            task_id=spec.id,
+            request_id=request_id,
+            server_request_id=state.server_request_id,
+            kind=spec.kind,
+            model=spec.model,
+            endpoint=spec.endpoint,
+            counts=counts,
+            cost=cost,
+            usage=usage,
+            at=now(),
+            estimated=usage is None,
+        ).to_line()
+        try:
+            await ctx.out.append(ctx.out.usage, line)
+        except OutputError:
+            state.maybe_billed += 1  # billed, but the ledger could not record it (a full disk)
+            raise
+        if ctx.limits.paced:
+            ctx.limits.pacer(spec.endpoint).correct(state.estimate, counts.total)
+            state.estimate = counts.total  # corrected once
+        ctx.budget.record(counts.total, cost)
+        if state.booked is not None:  # the actual usage replaces the estimate, in one step
+            ctx.budget.settle(*state.booked)
+            state.booked = None
+        state.billed = True
+        if cost is None:
+            state.unpriced = True
+        else:
+            state.cost += cost
+        state.input_tokens += counts.input
+        state.output_tokens += counts.output
+        state.total_tokens += counts.total
+        ctx.emit(Billed(spec.id, spec.model, counts.input, counts.output, counts.total, cost))
+
+    async def _finish(
+        self, spec: TaskSpec, state: _TaskState, started: float, error: ApiError | None = None
+    ) -> None:
+        """Write the task's result line: the moment it counts as finished."""
+        answer = state.answer or Answer()
+        prompt, params = self._ctx.registry[spec.kind].describe(spec.fields)
+        record = ResultRecord(
+            id=spec.id,
+            kind=spec.kind,
+            status="failed" if error else "succeeded",
+            model=spec.model,
+            custom_id=spec.custom_id,
+            prompt=prompt if len(prompt) <= PROMPT_SHOWN else prompt[:PROMPT_SHOWN] + "...",
+            params=params,
+            # absolute: the gallery, built later from anywhere, finds them again
+            inputs=tuple(str(info.path.absolute()) for info in spec.inputs.values()),
+            files=tuple(state.files),
+            text=answer.text,
+            extra=answer.extra,
+            images_missing=answer.images_missing,
+            answer_file=state.answer_file,
+            request_id=state.server_request_id,
+            usage=TaskUsage(state.input_tokens, state.output_tokens, state.total_tokens).to_line()
+            if state.billed
+            else None,
+            cost=None if state.unpriced or not state.billed else round(state.cost, 10),
+            attempts=state.attempts,
+            maybe_billed=state.maybe_billed + state.carried,
+            error=None if error is None else error_record(error, state.attempts),
+            meta=spec.meta or None,
+            endpoint=spec.endpoint,
+            seconds=round(time.monotonic() - started, 3),
+            finished_at=now(),
+        ).to_line()
+        try:
+            await self._ctx.out.append(self._ctx.out.results, record)
+        except OutputError as exc:
+            self._ctx.stop(str(exc), EXIT_IOERR)
+            return
+        self.maybe_billed += state.maybe_billed
+        self._ctx.emit(TaskFinished(record))

@@ -1,0 +1,291 @@
+"""The dispatcher: tasks stream from the manifest to a fixed pool of workers, each of which runs one task
+at a time (batch.running.attempt); around them, the run's control: stop, the deadline, the heartbeat and
+the journals' fsync. The summary counts the run's events as they are emitted.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+
+import anyio
+from anyio.abc import ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from batch.errors import ManifestError, OutputError
+from batch.events import Event, Heartbeat, Observer, RunStarted, RunStopping
+from batch.exitcodes import EXIT_DATAERR, EXIT_DEADLINE, EXIT_IOERR, EXIT_UNAVAILABLE
+from batch.kind import Registry
+from batch.manifest.tasks import TaskSpec
+from batch.output.gallery import Thumbnailer
+from batch.output.runlog import RunLog
+from batch.output.store import OutputDir
+from batch.running.attempt import AttemptContext, TaskAttempts
+from batch.running.budget import Budget, Spent
+from batch.running.client import ApiClient
+from batch.running.health import ServiceHealth
+from batch.running.idset import IdSet
+from batch.running.limits import EndpointLimits
+from batch.running.looplag import LoopLag
+from batch.running.summary import RunSettings, RunSummary
+
+PRODUCER_BATCH = 64  # tasks pulled from the manifest per trip to a worker thread
+
+
+class Runner:
+    """Runs TaskSpecs against the API into an OutputDir."""
+
+    def __init__(
+        self,
+        tasks: Iterator[TaskSpec],
+        *,
+        registry: Registry,
+        client: ApiClient,
+        out: OutputDir,
+        finished: IdSet,
+        failed_before: int = 0,
+        left_alone: int = 0,
+        total: int,
+        settings: RunSettings,
+        log: RunLog,
+        run_tag: str,
+        interrupted: Mapping[str, int] | None = None,
+        spent: Spent | None = None,
+        observers: Sequence[Observer] = (),
+        rng: random.Random | None = None,
+    ) -> None:
+        self._tasks = tasks
+        self._out = out
+        self._finished = finished
+        self._settings = settings
+        self._stopping = anyio.Event()
+        self._limits = EndpointLimits(settings.limits)
+        # The run's blocking work (building specs and requests, decoding, fsync'd writes) has threads of
+        # its own: with fewer threads than tasks in flight, answers would wait for a thread while their
+        # disk writes wait for the disk. anyio's process-wide default limiter is left as it is.
+        workers = settings.limits.concurrency or settings.limits.max_concurrency
+        self._threads = anyio.CapacityLimiter(workers + 8)
+        self._health = ServiceHealth(
+            max(5, settings.limits.concurrency or 16),
+            settings.outage_limit,
+            on_outage=lambda reason: self.stop(reason, EXIT_UNAVAILABLE),
+        )
+        self._producer_scope = anyio.CancelScope()
+        self._work_scope = anyio.CancelScope()
+        self.summary = RunSummary(
+            total=total, finished_before=len(finished), failed_before=failed_before, left_alone=left_alone
+        )
+        self._observers: list[Observer] = [self.summary.observe, *observers]  # the summary counts first
+        self._attempts = TaskAttempts(
+            self._context(registry, client, out, log, run_tag, interrupted, spent, rng)
+        )
+
+    def _context(
+        self,
+        registry: Registry,
+        client: ApiClient,
+        out: OutputDir,
+        log: RunLog,
+        run_tag: str,
+        interrupted: Mapping[str, int] | None,
+        spent: Spent | None,
+        rng: random.Random | None,
+    ) -> AttemptContext:
+        """What every task's attempts share: the collaborators given, and the run's own control."""
+        settings = self._settings
+        return AttemptContext(
+            registry=registry,
+            client=client,
+            out=out,
+            log=log,
+            settings=settings,
+            limits=self._limits,
+            budget=Budget(settings.budget, spent if spent is not None else Spent()),
+            health=self._health,
+            emit=self._emit,
+            stop=self.stop,
+            stopping=self._stopping.is_set,
+            sleep=self._sleep,
+            threads=self._threads,
+            run_tag=run_tag,
+            rng=rng or random.Random(),
+            interrupted=dict(interrupted or {}),  # task id -> requests of killed runs, maybe billed
+        )
+
+    # -- control ------------------------------------------------------------------------------------
+
+    def stop(self, reason: str, exit_code: int) -> None:
+        """Stop dispatching: no new task starts and no retry is sent; in-flight requests finish.
+        The first reason given is the one reported."""
+        if self.summary.stop_code is None:
+            self.summary.stop_reason = reason
+            self.summary.stop_code = exit_code
+            self._emit(RunStopping(reason, exit_code))
+        self._stopping.set()
+        self._producer_scope.cancel()
+        self._health.release()
+
+    def cancel_in_flight(self) -> None:
+        """Abandon the requests still in flight (after a grace period, or a second signal)."""
+        self._work_scope.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def _emit(self, event: Event) -> None:
+        for observer in self._observers:
+            observer(event)
+
+    async def _sleep(self, seconds: float) -> None:
+        """A retry's wait, cut short when the run stops (the next attempt then sees it and gives up)."""
+        with anyio.move_on_after(seconds):
+            await self._stopping.wait()
+
+    # -- the run ------------------------------------------------------------------------------------
+
+    async def run(self) -> RunSummary:
+        started = time.monotonic()
+        summary = self.summary
+        self._emit(RunStarted(summary.total, summary.finished_before, summary.not_run))
+        workers = self._settings.limits.concurrency or self._settings.limits.max_concurrency
+        send, receive = anyio.create_memory_object_stream[TaskSpec](min(workers, 64))
+        lag = LoopLag()
+        attempts = self._attempts
+        if self._settings.thumbnails:
+            attempts.thumbnailer = Thumbnailer()
+        try:
+            await self._dispatch(send, receive, lag, workers, started)
+        finally:
+            if attempts.thumbnailer is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(attempts.thumbnailer.close, limiter=self._threads)
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._out.sync()
+            except OutputError as exc:
+                self.stop(str(exc), EXIT_IOERR)
+        summary.maybe_billed = attempts.maybe_billed
+        summary.seconds = time.monotonic() - started
+        summary.loop_lag_p99_ms = round(lag.percentile(0.99) * 1000, 1)
+        summary.concurrency = self._limits.snapshot()
+        return summary
+
+    async def _dispatch(
+        self,
+        send: ObjectSendStream[TaskSpec],
+        receive: MemoryObjectReceiveStream[TaskSpec],
+        lag: LoopLag,
+        workers: int,
+        started: float,
+    ) -> None:
+        async with anyio.create_task_group() as background:
+            background.start_soon(self._sync_journals)
+            background.start_soon(lag.watch)
+            if self._settings.deadline is not None:
+                background.start_soon(self._watch_deadline, self._settings.deadline)
+            if self._settings.heartbeat > 0:
+                background.start_soon(self._beat, self._settings.heartbeat, started)
+            with self._work_scope:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(self._produce, send)
+                    for _ in range(workers):
+                        group.start_soon(self._work, receive.clone())
+                    receive.close()
+            background.cancel_scope.cancel()
+
+    async def _sync_journals(self) -> None:
+        """fsync the journals beside the work; a full disk stops the run (74), it does not crash it."""
+        try:
+            await self._out.run_syncer()
+        except OutputError as exc:
+            self.stop(str(exc), EXIT_IOERR)
+
+    async def _watch_deadline(self, deadline: float) -> None:
+        """Stop dispatching when the requests in flight would need until the deadline to finish (the
+        90th percentile of recent requests' times; before any has finished, a minute, or a tenth of the
+        time given if that is less), and cancel what is left at it."""
+        first_guess = min(60.0, (deadline - time.time()) / 10)
+        durations = self._attempts.durations
+        while not self.stopping:
+            margin = _percentile(durations, 0.9) if durations else first_guess
+            left = deadline - time.time() - margin
+            if left <= 0:
+                when = datetime.fromtimestamp(deadline).strftime("%Y-%m-%d %H:%M")
+                self.stop(f"deadline: stopped dispatching so that the run ends by {when}", EXIT_DEADLINE)
+                break
+            await anyio.sleep(min(left, 1.0))
+        await anyio.sleep(max(0.0, deadline - time.time()))
+        self.cancel_in_flight()
+
+    async def _beat(self, every: float, started: float) -> None:
+        """A Heartbeat event every `every` seconds: the periodic log line of an unattended run."""
+        while True:
+            await anyio.sleep(every)
+            summary = self.summary
+            done = summary.succeeded + summary.failed
+            elapsed = time.monotonic() - started
+            rate = done / elapsed if elapsed > 0 else 0.0
+            left = summary.not_run
+            self._emit(
+                Heartbeat(
+                    done=done,
+                    failed=summary.failed,
+                    left=left,
+                    in_flight=self._attempts.in_flight,
+                    retries=summary.retries,
+                    per_second=rate,
+                    eta_seconds=left / rate if rate > 0 else None,
+                    tokens=summary.total_tokens,
+                    cost=summary.cost,
+                    unpriced=summary.unpriced,
+                )
+            )
+
+    async def _produce(self, send: ObjectSendStream[TaskSpec]) -> None:
+        async with send:
+            with self._producer_scope:
+                while True:
+                    try:
+                        batch = await anyio.to_thread.run_sync(self._next_batch, limiter=self._threads)
+                    except ManifestError as exc:
+                        first = exc.problems[0] if exc.problems else exc
+                        self.stop(f"the manifest changed during the run: {first}", EXIT_DATAERR)
+                        return
+                    if not batch:
+                        return
+                    for spec in batch:
+                        await send.send(spec)
+
+    def _next_batch(self) -> list[TaskSpec]:
+        """Up to PRODUCER_BATCH unfinished tasks. Runs in a worker thread: building a spec may hash files."""
+        batch: list[TaskSpec] = []
+        for spec in self._tasks:
+            if spec.id not in self._finished:
+                batch.append(spec)
+                if len(batch) >= PRODUCER_BATCH:
+                    break
+        return batch
+
+    async def _work(self, receive: MemoryObjectReceiveStream[TaskSpec]) -> None:
+        async with receive:
+            while True:
+                try:  # take a waiting task without a round through the event loop; wait only if none
+                    spec = receive.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        spec = await receive.receive()
+                    except anyio.EndOfStream:
+                        return
+                except anyio.EndOfStream:
+                    return
+                if not self.stopping:
+                    await self._attempts.run_task(spec)
+
+
+def _percentile(values: deque[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
