@@ -153,7 +153,7 @@ def test_lock_of_a_killed_process_does_not_block(tmp_path: Path) -> None:
         "from pathlib import Path; from batch.output.store import OutputDir;"
         "d = OutputDir(Path(sys.argv[1])); d.open(); os.kill(os.getpid(), signal.SIGKILL)"
     )
-    done = subprocess.run([sys.executable, "-c", code, str(out), str(Path(__file__).parents[1])], timeout=30)
+    done = subprocess.run([sys.executable, "-c", code, str(out), str(Path(__file__).parents[2])], timeout=30)
     assert done.returncode == -9
     assert (out / ".lock").exists()
     again = OutputDir(out)

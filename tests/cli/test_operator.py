@@ -22,7 +22,7 @@ from batch.simulator import RunningSimulator, SimConfig, simulator_in_thread
 from batch.values import parse_deadline, parse_duration
 from tests.conftest import FAST, KEY, Outcome, env_for, ledger, results
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # gpt-image-1, 1024x1024, low: 272 output tokens; "p 00" is one token of text. At the built-in prices:
 ONE_TASK_TOKENS = 1 + 272
 ONE_TASK_COST = (1 * 5.00 + 272 * 40.00) / 1_000_000

@@ -18,7 +18,7 @@ from PIL import Image
 from batch.simulator import RunningSimulator
 from tests.conftest import KEY, results
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(

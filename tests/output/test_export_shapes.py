@@ -15,7 +15,7 @@ from batch.output import export as export_module
 from batch.simulator import RunningSimulator
 from tests.conftest import Outcome, env_for, make_image, results
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 CALL = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"sku": "A1"}'}}
 CALL_B = {"id": "call_2", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}

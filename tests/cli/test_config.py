@@ -24,7 +24,7 @@ from batch.exitcodes import EXIT_CONFIG, EXIT_DATAERR, EXIT_TEMPFAIL, EXIT_USAGE
 from batch.output.lock import acquire
 from tests.conftest import KEY, Outcome
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FLAGLESS = {"base_url", "endpoint", "heartbeat"}  # from the environment, or derived (heartbeat)
 
 

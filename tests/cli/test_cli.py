@@ -17,7 +17,7 @@ from batch.output.store import OutputDir
 from batch.simulator import RunningSimulator, SimConfig, simulator_in_thread
 from tests.conftest import FAST, KEY, Outcome, env_for, ledger, results
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from batch.cli import main
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def run_example(name: str, out: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str, Any]]:

@@ -902,7 +902,7 @@ def test_simulator_in_thread_serves_sync_code() -> None:
 
 
 def test_serve_prints_its_url_and_stops_on_sigterm() -> None:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     code = "from batch.simulator import SimConfig, serve; serve(SimConfig(), '127.0.0.1', 0)"
     with subprocess.Popen(
         [sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE, text=True, env={**os.environ}

@@ -16,7 +16,7 @@ import batch
 from batch.simulator import RunningSimulator, SimConfig, simulator_in_thread
 from tests.conftest import KEY, Outcome, env_for, ledger, make_image, results
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
