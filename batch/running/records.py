@@ -211,10 +211,9 @@ class UsageRecord:
 
     @property
     def repriced_counts(self) -> TokenCounts:
-        """The counts a reader prices the line with again (budgets, `report --reprice`): as they always
-        have, without the cached-input and reasoning splits."""
-        counts = self.counts
-        return TokenCounts(counts.input, counts.output, counts.total, counts.image_input)
+        """The counts a reader prices the line with again (budgets, `report --reprice`): the same the run
+        priced it with, cached input apart (a line written before that split has none: priced as then)."""
+        return self.counts
 
     def to_line(self) -> dict[str, Any]:
         counts = self.counts

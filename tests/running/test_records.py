@@ -117,3 +117,26 @@ def test_the_fast_scan_skips_what_is_not_a_result() -> None:
     assert finished_entry(b"garbage\n") is None
     assert finished_entry(b'{"id": 7, "status": "failed"}\n') is None
     assert finished_entry(b"[1, 2]\n") is None
+
+
+def test_a_line_is_priced_again_as_the_run_priced_it_cached_input_apart() -> None:
+    from batch.running.prices import Price
+
+    line = {
+        "task_id": "t",
+        "request_id": "t/a.1",
+        "kind": "chat",
+        "model": "m",
+        "endpoint": "ep",
+        "input_tokens": 2000,
+        "output_tokens": 100,
+        "total_tokens": 2100,
+        "image_input_tokens": 0,
+        "cached_input_tokens": 1500,
+        "reasoning_tokens": 0,
+        "cost": 0.001875,  # 500 x $1 + 1,500 cached x $0.25 + 100 x $10, per million
+        "usage": None,
+        "at": "x",
+    }
+    price = Price(text_input=1.0, image_input=1.0, output=10.0, cached_input=0.25)
+    assert price.cost(UsageRecord.from_line(line).repriced_counts) == pytest.approx(line["cost"])
