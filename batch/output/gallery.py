@@ -20,7 +20,7 @@ import queue
 import threading
 import warnings
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from typing import Any
 from PIL import Image
 
 from batch.errors import OutputError
+from batch.events import Event, TaskFinished
 from batch.output.store import RESULTS, THUMBS, read_lines, real_folder, write_atomic
 
 log = logging.getLogger("batch.output.gallery")
@@ -80,6 +81,17 @@ class Thumbnailer:
     def submit(self, source: Path, destination: Path) -> None:
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait((source, destination))
+
+    def observer(self, root: Path) -> Callable[[Event], None]:
+        """An observer of a run into `root`: each finished task's images get their thumbnails."""
+
+        def observe(event: Event) -> None:
+            if isinstance(event, TaskFinished):
+                for relative in event.record.get("files") or []:
+                    name = thumbnail_name(Path(str(relative)).name)
+                    self.submit(root / str(relative), root / THUMBS / name)
+
+        return observe
 
     def drain(self) -> None:
         """Until every thumbnail asked for so far is made (or dropped)."""

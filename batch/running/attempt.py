@@ -24,9 +24,8 @@ from batch.exitcodes import EXIT_BUDGET, EXIT_IOERR
 from batch.kind import Answer, ApiRequest, EncodedImage, Registry, TaskKind
 from batch.manifest.inputs import read_file
 from batch.manifest.tasks import TaskSpec
-from batch.output.gallery import Thumbnailer, thumbnail_name
 from batch.output.runlog import RunLog
-from batch.output.store import THUMBS, OutputDir, OutputFile
+from batch.output.store import OutputDir, OutputFile
 from batch.running.answers import answer_id, describe, error_record, short, stream_complete, usage_of
 from batch.running.budget import Budget
 from batch.running.client import ApiClient, Reply
@@ -94,7 +93,6 @@ class TaskAttempts:
 
     def __init__(self, context: AttemptContext) -> None:
         self._ctx = context
-        self.thumbnailer: Thumbnailer | None = None  # set by the Runner for the length of the run
         self.in_flight = 0
         self.durations: deque[float] = deque(maxlen=256)  # recent requests' seconds, for the deadline
         self.maybe_billed = 0  # this run's requests that may have been billed without a saved result
@@ -334,13 +332,9 @@ class TaskAttempts:
         return tuple(fetched)
 
     def _save(self, files: list[OutputFile]) -> list[str]:
-        """Write an answer's images (a worker thread's work); ask for their thumbnails, for the gallery."""
-        out = self._ctx.out
-        paths = out.save(files)
-        if self.thumbnailer is not None:
-            for item, path in zip(files, paths, strict=True):
-                self.thumbnailer.submit(out.root / path, out.root / THUMBS / thumbnail_name(item.name))
-        return paths
+        """Write an answer's images (a worker thread's work). Their thumbnails are the gallery's: it
+        observes TaskFinished."""
+        return self._ctx.out.save(files)
 
     async def _bill(
         self,

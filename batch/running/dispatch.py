@@ -154,21 +154,21 @@ class Runner:
         workers = self._settings.limits.concurrency or self._settings.limits.max_concurrency
         send, receive = anyio.create_memory_object_stream[TaskSpec](min(workers, 64))
         lag = LoopLag()
-        attempts = self._attempts
-        if self._settings.thumbnails:
-            attempts.thumbnailer = Thumbnailer()
+        thumbnailer = Thumbnailer() if self._settings.thumbnails else None
+        if thumbnailer is not None:  # the gallery observes the run: each saved image's thumbnail
+            self._observers.append(thumbnailer.observer(self._out.root))
         try:
             await self._dispatch(send, receive, lag, workers, started)
         finally:
-            if attempts.thumbnailer is not None:
+            if thumbnailer is not None:
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(attempts.thumbnailer.close, limiter=self._threads)
+                    await anyio.to_thread.run_sync(thumbnailer.close, limiter=self._threads)
         with anyio.CancelScope(shield=True):
             try:
                 await self._out.sync()
             except OutputError as exc:
                 self.stop(str(exc), EXIT_IOERR)
-        summary.maybe_billed = attempts.maybe_billed
+        summary.maybe_billed = self._attempts.maybe_billed
         summary.seconds = time.monotonic() - started
         summary.loop_lag_p99_ms = round(lag.percentile(0.99) * 1000, 1)
         summary.concurrency = self._limits.snapshot()
