@@ -19,7 +19,8 @@ from PIL import Image
 
 from batch.errors import BrokenAnswerError, RefusalError
 from batch.kind import TokenCounts
-from batch.running.client import _embedded_status, _sse_data
+from batch.running.bodies import embedded_status as _embedded_status
+from batch.running.bodies import sse_data as _sse_data
 from batch.running.imaging import decode_base64, decode_images
 from batch.running.prices import Price, parse_prices
 

@@ -1,0 +1,264 @@
+"""What comes back from a server, as bytes: bodies inflated under the size cap (gzip and deflate, a piece at
+a time), server-sent events split into their data, error bodies read into a message, and the API key
+scrubbed out of all of it before anything is parsed, cut, logged or kept. No network here: the client
+(`running/client.py`) feeds these the pieces it reads.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from collections.abc import AsyncIterator, Mapping
+from html import unescape
+from typing import Any
+
+import anyio
+
+from batch.errors import BrokenAnswerError
+
+ERROR_BODY_LIMIT = 64 * 2**10
+THREAD_DECODE_BYTES = 256 * 2**10  # JSON bigger than this is decoded off the event loop
+ACCEPT_ENCODING = "gzip, deflate"  # what Inflater can decode within the cap; never br or zstd
+REDACTED = "[redacted]"
+PARTIAL_KEY = 8  # a cut body ending in this many of the key's first characters has that tail redacted
+
+
+class Scrubber:
+    """Takes the API key out of whatever a server sends back: it must never reach a log or a file."""
+
+    def __init__(self, key: str) -> None:
+        # A "key" of a few characters is no secret (tests, a local proxy): scrubbing it would only mangle
+        # every answer that happens to contain those characters.
+        self.key = key if len(key) >= PARTIAL_KEY else ""
+        self._key_bytes = self.key.encode()
+
+    def text(self, value: str, cut: bool = False) -> str:
+        """`value` without the key; `cut`: it was cut short, so a key's head at its end goes too."""
+        if not self.key:
+            return value
+        value = value.replace(self.key, REDACTED)
+        if cut:
+            for size in range(len(self.key) - 1, min(PARTIAL_KEY, len(self.key)) - 1, -1):
+                if value.endswith(self.key[:size]):
+                    return value[:-size] + REDACTED
+        return value
+
+    def bytes(self, value: bytes, cut: bool = False) -> bytes:
+        if not self.key or (not cut and self._key_bytes not in value):
+            return value  # the common case: one scan, no copy
+        value = value.replace(self._key_bytes, REDACTED.encode())
+        if cut:
+            for size in range(len(self.key) - 1, min(PARTIAL_KEY, len(self.key)) - 1, -1):
+                if value.endswith(self._key_bytes[:size]):
+                    return value[:-size] + REDACTED.encode()
+        return value
+
+
+def too_large(limit: int, size: str = "") -> BrokenAnswerError:
+    said = f" is {size};" if size else " is over"
+    return BrokenAnswerError(
+        f"the answer{said} the limit of {limit:,} bytes (--max-answer-mb), counted after decompression",
+        error_type="answer_too_large",
+    )
+
+
+class Inflater:
+    """Content-Encoding gzip or deflate, inflated a piece at a time and never past `limit` bytes."""
+
+    def __init__(self, encoding: str, limit: int) -> None:
+        self.encoding = encoding.strip().lower()
+        self.limit = limit
+        self.produced = 0
+        self._zlib: Any = None
+        if self.encoding in ("gzip", "x-gzip"):
+            self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif self.encoding == "deflate":
+            self._zlib = zlib.decompressobj()
+        elif self.encoding not in ("", "identity"):
+            raise BrokenAnswerError(
+                f"the answer is encoded as {self.encoding[:40]!r}, which was not asked for "
+                f"(Accept-Encoding: {ACCEPT_ENCODING})",
+                retry=True,
+            )
+        self._first = True
+
+    @property
+    def active(self) -> bool:
+        return self._zlib is not None
+
+    def feed(self, data: bytes) -> bytes:
+        if self._zlib is None:
+            self.produced += len(data)
+            if self.produced > self.limit:
+                raise too_large(self.limit)
+            return data
+        try:
+            out = self._zlib.decompress(data, self.limit - self.produced + 1)
+        except zlib.error:
+            if not (self._first and self.encoding == "deflate"):
+                raise BrokenAnswerError("the answer's compressed body is corrupt", retry=True) from None
+            self._first = False
+            self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)  # "deflate" sent raw, as some servers do
+            return self.feed(data)
+        self._first = False
+        self.produced += len(out)
+        if self.produced > self.limit or self._zlib.unconsumed_tail:
+            raise too_large(self.limit)
+        return bytes(out)
+
+    def finish(self) -> bytes:
+        if self._zlib is None:
+            return b""
+        out = self._zlib.flush()
+        self.produced += len(out)
+        return bytes(out)
+
+
+async def inflated(pieces: AsyncIterator[bytes], inflater: Inflater, raw: bytearray) -> AsyncIterator[bytes]:
+    """The decoded pieces of a body, kept in `raw` too, never more than the inflater's limit."""
+    async for piece in pieces:
+        out = inflater.feed(piece)
+        raw += out
+        yield out
+    out = inflater.finish()
+    if inflater.produced > inflater.limit:
+        raise too_large(inflater.limit)
+    raw += out
+    yield out
+
+
+async def decode_json(raw: bytes, content_type: str) -> Any:
+    try:
+        if len(raw) > THREAD_DECODE_BYTES:
+            return await anyio.to_thread.run_sync(json.loads, raw)
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # Not an answer of the API's (a gateway's page, a body cut short): the request goes again.
+        raise BrokenAnswerError(
+            f"the answer is not JSON ({content_type or 'no content type'}): {snippet(raw)}",
+            retry=True,
+            raw=raw,
+        ) from None
+
+
+async def sse_data(pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The data of each event: `data:` lines joined, events separated by a blank line. Comments (`:`),
+    `event:`, `id:` and `retry:` lines are skipped; lines end in LF or CRLF."""
+    buffer = bytearray()
+    data_lines: list[bytes] = []
+    async for piece in pieces:
+        buffer += piece
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            line = bytes(buffer[start:end]).rstrip(b"\r")
+            start = end + 1
+            if not line:
+                if data_lines:
+                    yield b"\n".join(data_lines)
+                    data_lines = []
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                data_lines.append(value[1:] if value.startswith(b" ") else value)
+        del buffer[:start]
+    line = bytes(buffer).rstrip(b"\r")
+    if line.startswith(b"data:"):
+        data_lines.append(line[6:] if line.startswith(b"data: ") else line[5:])
+    if data_lines:
+        yield b"\n".join(data_lines)
+
+
+def last_usage(chunks: list[Any]) -> dict[str, Any] | None:
+    for chunk in reversed(chunks):
+        if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
+            usage: dict[str, Any] = chunk["usage"]
+            return usage
+    return None
+
+
+# Gemini's error statuses (google.rpc.Code names), for an error body that names no HTTP status.
+_RPC_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "ABORTED": 409,
+    "RESOURCE_EXHAUSTED": 429,
+    "CANCELLED": 499,
+    "INTERNAL": 500,
+    "UNKNOWN": 500,
+    "UNIMPLEMENTED": 501,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
+_TYPE_STATUS = (
+    ("insufficient_quota", 429),
+    ("rate_limit", 429),
+    ("invalid_api_key", 401),
+    ("authentication", 401),
+    ("permission", 403),
+    ("not_found", 404),
+    ("overloaded", 503),
+    ("unavailable", 503),
+    ("timeout", 504),
+    ("server_error", 500),
+    ("internal", 500),
+)
+
+
+def embedded_status(error: Mapping[str, Any]) -> int:
+    """The HTTP status an error body sent with a 2xx stands for: its own number if it gives one, else
+    what its type, code or status name means; a request the API refused (400) if nothing says more."""
+    for key in ("status", "code", "http_status"):
+        value = error.get(key)
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 599:
+            return value
+    status = error.get("status")
+    if isinstance(status, str) and status.upper() in _RPC_STATUS:
+        return _RPC_STATUS[status.upper()]
+    words = f"{error.get('type')} {error.get('code')}".lower()
+    for word, code in _TYPE_STATUS:
+        if word in words:
+            return code
+    return 400
+
+
+def error_details(raw: bytes, reason: str) -> tuple[str, str | None, str | None]:
+    """(message, type, code) from an OpenAI-style error body, or a readable message from anything else."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        body = None
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict):
+            code = error.get("code")
+            error_type = error.get("type")
+            return (
+                str(error.get("message") or reason)[:2000],
+                None if error_type is None else str(error_type),
+                None if code is None else str(code),
+            )
+        if isinstance(error, str):
+            return error[:2000], None, None
+        if isinstance(body.get("message"), str):
+            return body["message"][:2000], None, None
+    text = raw.decode("utf-8", "replace")
+    title = re.search(r"<title[^>]*>(.*?)</title>", text[:ERROR_BODY_LIMIT], re.IGNORECASE | re.DOTALL)
+    if title:
+        return f"{reason} (an HTML page: {unescape(title.group(1)).strip()[:120]})".strip(), None, None
+    return (f"{reason}: {snippet(raw)}" if raw.strip() else reason or "no message"), None, None
+
+
+def short(value: str, limit: int = 80) -> str:
+    """An error's type or code, as a short identifier (it names the failure in result lines)."""
+    return " ".join(value.split())[:limit]
+
+
+def snippet(raw: bytes, limit: int = 120) -> str:
+    text = " ".join(raw[: limit * 2].decode("utf-8", "replace").split())
+    return repr(text[:limit] + ("..." if len(raw) > limit else ""))
