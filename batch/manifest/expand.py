@@ -21,19 +21,18 @@ import csv
 import difflib
 import glob as globbing
 import itertools
-import json
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from batch.errors import Problem, shorten
 from batch.kind import Registry, prompt_field
-from batch.manifest.fields import type_name
 from batch.manifest.inputs import resolve
+from batch.manifest.placeholders import PLACEHOLDER, MissingPlaceholder, placeholders_in, render, slug
 from batch.manifest.read import Entry
 from batch.manifest.regular import open_regular, why_not_regular
+from batch.manifest.rows import LineTooLong, bounded_lines, csv_rows, jsonl_rows, text_lines
 
 if TYPE_CHECKING:
     from batch.manifest.plancache import Sources
@@ -42,10 +41,6 @@ EXPANSION_KEYS = ("for_each", "prompts_file", "matrix", "repeat")
 SOURCES = ("glob", "csv", "jsonl")
 MAX_REPEAT = 100_000
 MAX_PROMPT_LINE = 2**20  # a prompt is at most 32,000 characters; a longer line is refused unread
-MAX_RECORD_LINE = 64 * 2**20
-MAX_CSV_LINE = 16 * 2**20  # a CSV's fields are 128 KB at most (the csv module's limit): a row is far less
-PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_](?:[\w .-]*[\w.-])?)\}")
-SLUG_SPLIT = re.compile(r"[^A-Za-z0-9]+")
 
 
 @dataclass(frozen=True)
@@ -70,68 +65,6 @@ class Variant:
 
 def expands(data: Mapping[str, Any]) -> bool:
     return any(key in data for key in EXPANSION_KEYS)
-
-
-def placeholders_in(value: Any) -> set[str]:
-    """Every placeholder name used in a value (strings inside lists and mappings included)."""
-    found: set[str] = set()
-    if isinstance(value, str):
-        found.update(m.group(1) for m in PLACEHOLDER.finditer(value) if m.group(1))
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            found |= placeholders_in(item)
-    elif isinstance(value, list):
-        for item in value:
-            found |= placeholders_in(item)
-    return found
-
-
-class MissingPlaceholder(Exception):
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
-def render(value: Any, values: Mapping[str, Any]) -> Any:
-    """`value` with its placeholders filled from `values`. Raises MissingPlaceholder."""
-    if isinstance(value, str):
-        whole = PLACEHOLDER.fullmatch(value)
-        if whole and whole.group(1):
-            return _lookup(values, whole.group(1))
-        return PLACEHOLDER.sub(lambda m: _fill(m, values), value)
-    if isinstance(value, Mapping):
-        return {key: render(item, values) for key, item in value.items()}
-    if isinstance(value, list):
-        return [render(item, values) for item in value]
-    return value
-
-
-def _fill(match: re.Match[str], values: Mapping[str, Any]) -> str:
-    text = match.group(0)
-    if text == "{{":
-        return "{"
-    if text == "}}":
-        return "}"
-    found = _lookup(values, match.group(1))
-    return found if isinstance(found, str) else json.dumps(found, ensure_ascii=False)
-
-
-def _lookup(values: Mapping[str, Any], name: str) -> Any:
-    if name not in values:
-        raise MissingPlaceholder(name)
-    return values[name]
-
-
-def slug(value: Any, limit: int = 40) -> str:
-    """A short, file-name-safe, readable form of a value for ids: 'A black fox!' -> 'a-black-fox'."""
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    words = [w for w in SLUG_SPLIT.split(text.lower()) if w]
-    out = ""
-    for word in words:
-        candidate = f"{out}-{word}" if out else word
-        if len(candidate) > limit:
-            return out or word[:limit]
-        out = candidate
-    return out
 
 
 class Expander:
@@ -308,7 +241,7 @@ class Expander:
         if self.sources is not None:
             self.sources.file(path, expanded=True)
         with open_regular(path) as handle:
-            for number, line in enumerate(_lines(handle, MAX_PROMPT_LINE), start=1):
+            for number, line in enumerate(bounded_lines(handle, MAX_PROMPT_LINE), start=1):
                 if line is None:
                     message = f"the line is longer than {MAX_PROMPT_LINE // 2**20} MB"
                     yield Variant(problem=Problem(str(path), number, message, task=entry.label))
@@ -337,7 +270,7 @@ class Expander:
         path = resolve(self.folder, raw)
         if self.sources is not None:
             self.sources.file(path, expanded=True)
-        records = _csv_rows(path) if source == "csv" else _jsonl_rows(path)
+        records = csv_rows(path) if source == "csv" else jsonl_rows(path)
         for number, record in records:
             if isinstance(record, Problem):
                 yield Variant(problem=replace(record, task=entry.label))
@@ -362,10 +295,10 @@ class Expander:
         """The column names, or none and why."""
         try:
             with open_regular(resolve(self.folder, raw)) as handle:
-                names = [name for name in next(csv.reader(_text_lines(handle, str(raw))), []) if name]
+                names = [name for name in next(csv.reader(text_lines(handle, str(raw))), []) if name]
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             return [], f"the CSV file cannot be read: {getattr(exc, 'strerror', None) or exc}"
-        except _LineTooLong as exc:
+        except LineTooLong as exc:
             return [], f"the CSV file's header row cannot be read: {exc}"
         return names, "" if names else "the CSV file has no header row naming its columns"
 
@@ -421,81 +354,3 @@ def _matrix(matrix: Mapping[str, list[Any]]) -> Iterator[Variant]:
 def _samples(count: int) -> Iterator[Variant]:
     for k in range(1, count + 1):
         yield Variant({"sample": k}, (f"#{k}",), (str(k),))
-
-
-class _LineTooLong(Exception):
-    """A line of a CSV file over MAX_CSV_LINE bytes (it is never read whole)."""
-
-
-def _text_lines(handle: BinaryIO, name: str) -> Iterator[str]:
-    """The lines of a UTF-8 file (a leading BOM dropped), each at most MAX_CSV_LINE bytes in memory."""
-    first = True
-    for line in _lines(handle, MAX_CSV_LINE):
-        if line is None:
-            raise _LineTooLong(f"the line is longer than {MAX_CSV_LINE // 2**20} MB")
-        text = line.decode("utf-8")
-        yield text.removeprefix("\ufeff") if first else text
-        first = False
-
-
-def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
-    with open_regular(path) as handle:
-        reader = csv.DictReader(_text_lines(handle, str(path)))
-        try:
-            for row in reader:
-                if not any((value or "").strip() for value in row.values() if isinstance(value, str)):
-                    continue
-                if None in row:
-                    yield (
-                        reader.line_num,
-                        Problem(
-                            str(path), reader.line_num, "the row has more values than the header has columns"
-                        ),
-                    )
-                    continue
-                yield reader.line_num, {key: value for key, value in row.items() if key}
-        except (UnicodeDecodeError, csv.Error) as exc:
-            yield reader.line_num, Problem(str(path), reader.line_num, f"cannot be read as CSV: {exc}")
-        except _LineTooLong as exc:
-            yield reader.line_num + 1, Problem(str(path), reader.line_num + 1, str(exc))
-
-
-def _lines(handle: BinaryIO, limit: int) -> Iterator[bytes | None]:
-    """The lines of a file, each read with at most `limit` bytes in memory; None for a longer line (the
-    rest of which is skipped)."""
-    while raw := handle.readline(limit + 1):
-        if len(raw) > limit and not raw.endswith(b"\n"):
-            del raw  # not held while the rest is skipped, a MiB at a time
-            while (rest := handle.readline(2**20)) and not rest.endswith(b"\n"):
-                pass
-            yield None
-        else:
-            yield raw
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
-    with open_regular(path) as handle:
-        for number, raw in enumerate(_lines(handle, MAX_RECORD_LINE), start=1):
-            if raw is None:
-                yield (
-                    number,
-                    Problem(str(path), number, f"the line is longer than {MAX_RECORD_LINE // 2**20} MB"),
-                )
-                continue
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as exc:
-                yield number, Problem(str(path), number, f"not valid JSON: {exc}")
-                continue
-            except RecursionError:
-                yield number, Problem(str(path), number, "not valid JSON: nested too deeply")
-                continue
-            if not isinstance(record, dict):
-                yield (
-                    number,
-                    Problem(str(path), number, f"a record must be a JSON object, not {type_name(record)}"),
-                )
-                continue
-            yield number, record

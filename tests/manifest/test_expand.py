@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from batch.manifest.expand import render, slug
+from batch.manifest.placeholders import render, slug
 from batch.manifest.plan import iter_tasks
 from batch.manifest.tasks import TaskSpec
 from tests.conftest import checked, make_image, make_mask, messages

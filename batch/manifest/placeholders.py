@@ -1,0 +1,74 @@
+"""Placeholders: `{name}` in a task's values, filled from an expansion's values (`{{` and `}}` for literal
+braces), and the readable slugs that generated task ids are made of."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_](?:[\w .-]*[\w.-])?)\}")
+SLUG_SPLIT = re.compile(r"[^A-Za-z0-9]+")
+
+
+def placeholders_in(value: Any) -> set[str]:
+    """Every placeholder name used in a value (strings inside lists and mappings included)."""
+    found: set[str] = set()
+    if isinstance(value, str):
+        found.update(m.group(1) for m in PLACEHOLDER.finditer(value) if m.group(1))
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            found |= placeholders_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= placeholders_in(item)
+    return found
+
+
+class MissingPlaceholder(Exception):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def render(value: Any, values: Mapping[str, Any]) -> Any:
+    """`value` with its placeholders filled from `values`. Raises MissingPlaceholder."""
+    if isinstance(value, str):
+        whole = PLACEHOLDER.fullmatch(value)
+        if whole and whole.group(1):
+            return _lookup(values, whole.group(1))
+        return PLACEHOLDER.sub(lambda m: _fill(m, values), value)
+    if isinstance(value, Mapping):
+        return {key: render(item, values) for key, item in value.items()}
+    if isinstance(value, list):
+        return [render(item, values) for item in value]
+    return value
+
+
+def _fill(match: re.Match[str], values: Mapping[str, Any]) -> str:
+    text = match.group(0)
+    if text == "{{":
+        return "{"
+    if text == "}}":
+        return "}"
+    found = _lookup(values, match.group(1))
+    return found if isinstance(found, str) else json.dumps(found, ensure_ascii=False)
+
+
+def _lookup(values: Mapping[str, Any], name: str) -> Any:
+    if name not in values:
+        raise MissingPlaceholder(name)
+    return values[name]
+
+
+def slug(value: Any, limit: int = 40) -> str:
+    """A short, file-name-safe, readable form of a value for ids: 'A black fox!' -> 'a-black-fox'."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    words = [w for w in SLUG_SPLIT.split(text.lower()) if w]
+    out = ""
+    for word in words:
+        candidate = f"{out}-{word}" if out else word
+        if len(candidate) > limit:
+            return out or word[:limit]
+        out = candidate
+    return out
