@@ -8,83 +8,28 @@ still pending, and the next run does it. Only tasks with a definite outcome get 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 import anyio
 
 from batch.errors import ApiError, ApiStatusError, BrokenAnswerError, OutputError, TransportError
-from batch.events import AttemptFailed, Billed, Event, TaskFinished, TaskStarted
+from batch.events import AttemptFailed, TaskFinished, TaskStarted
 from batch.exitcodes import EXIT_BUDGET, EXIT_IOERR
-from batch.kind import Answer, ApiRequest, EncodedImage, Registry, TaskKind
+from batch.kind import ApiRequest, EncodedImage, TaskKind
 from batch.manifest.inputs import read_file
 from batch.manifest.tasks import TaskSpec
-from batch.output.runlog import RunLog
-from batch.output.store import OutputDir, OutputFile
-from batch.running.answers import answer_id, describe, error_record, short, stream_complete, usage_of
-from batch.running.budget import Budget
-from batch.running.client import ApiClient, Reply
-from batch.running.health import ServiceHealth
+from batch.output.store import OutputFile
+from batch.running.answers import answer_id, describe, short, stream_complete, usage_of
+from batch.running.bookkeeping import bill, result_line
+from batch.running.client import Reply
+from batch.running.context import AttemptContext, Stopped, TaskState
 from batch.running.imaging import decode_images
-from batch.running.limits import EndpointLimits
-from batch.running.records import ResultRecord, TaskUsage, UsageRecord, now
 from batch.running.retry import RetryNotice, Verdict, call_with_retries, classify
-from batch.running.summary import RunSettings
 
 logger = logging.getLogger(__name__)
-
-PROMPT_SHOWN = 2000  # characters of a prompt kept in its result line
-
-
-@dataclass(frozen=True)
-class AttemptContext:
-    """What every task's attempts share: the run's collaborators, built once by the Runner."""
-
-    registry: Registry
-    client: ApiClient
-    out: OutputDir
-    log: RunLog
-    settings: RunSettings
-    limits: EndpointLimits
-    budget: Budget
-    health: ServiceHealth
-    emit: Callable[[Event], None]
-    stop: Callable[[str, int], None]  # stop dispatching: a reason and the exit code
-    stopping: Callable[[], bool]
-    sleep: Callable[[float], Awaitable[None]]  # a wait that the run's stop cuts short
-    threads: anyio.CapacityLimiter  # the run's own threads for blocking work
-    run_tag: str
-    rng: random.Random
-    interrupted: Mapping[str, int]  # task id -> requests of killed runs, maybe billed
-
-
-@dataclass
-class _TaskState:
-    attempts: int = 0
-    lost_to_outage: bool = False  # the last attempt's failure was the service's outage: it costs none
-    maybe_billed: int = 0  # this run's requests that may have been billed without a result
-    carried: int = 0  # such requests of earlier runs that were killed
-    estimate: int = 0  # tokens booked with the pacer for the attempt in flight
-    cost: float = 0.0
-    unpriced: bool = False  # a billed answer of this task had no price
-    input_tokens: int = 0
-    output_tokens: int = 0
-    total_tokens: int = 0
-    billed: bool = False
-    booked: tuple[int, float | None] | None = None  # the budget's estimate for the attempt in flight
-    answer: Answer | None = None
-    files: list[str] = field(default_factory=list)
-    answer_file: str | None = None  # DIR/answers/... : the raw body of a paid answer that was not usable
-    server_request_id: str | None = None  # the server's id of the answer kept (x-request-id, or its id)
-
-
-class Stopped(Exception):
-    """The run stopped before this attempt could be sent."""
 
 
 class TaskAttempts:
@@ -101,7 +46,7 @@ class TaskAttempts:
         """Attempt a task until it succeeds, fails or the run stops; a fault of ours fails this task only."""
         ctx = self._ctx
         kind = ctx.registry[spec.kind]
-        state = _TaskState(carried=ctx.interrupted.get(spec.id, 0))
+        state = TaskState(carried=ctx.interrupted.get(spec.id, 0))
         started = time.monotonic()
         ctx.emit(TaskStarted(spec.id, spec.kind))
         try:
@@ -138,7 +83,7 @@ class TaskAttempts:
     def _on_retry(self, spec: TaskSpec, notice: RetryNotice) -> None:
         self._ctx.emit(AttemptFailed(spec.id, notice.attempt, describe(notice.error), notice.wait))
 
-    async def _attempt(self, spec: TaskSpec, kind: TaskKind, state: _TaskState) -> None:
+    async def _attempt(self, spec: TaskSpec, kind: TaskKind, state: TaskState) -> None:
         ctx = self._ctx
         await ctx.health.admit()  # during an outage, wait here without spending an attempt
         if ctx.stopping():
@@ -184,7 +129,7 @@ class TaskAttempts:
                 ctx.budget.settle(*state.booked)
                 state.booked = None
 
-    async def _book(self, spec: TaskSpec, kind: TaskKind, state: _TaskState) -> None:
+    async def _book(self, spec: TaskSpec, kind: TaskKind, state: TaskState) -> None:
         """Pace the attempt (rpm, tpm) and book its estimate with the budget; a refusal stops the run."""
         ctx = self._ctx
         if not (ctx.limits.paced or ctx.budget.limits.any):
@@ -202,7 +147,7 @@ class TaskAttempts:
                 ctx.stop(f"budget reached: {refused}", EXIT_BUDGET)
 
     async def _send(
-        self, spec: TaskSpec, kind: TaskKind, request: ApiRequest, request_id: str, state: _TaskState
+        self, spec: TaskSpec, kind: TaskKind, request: ApiRequest, request_id: str, state: TaskState
     ) -> Reply:
         """One request, logged as sent before it leaves and as done when its fate is known."""
         ctx = self._ctx
@@ -240,7 +185,7 @@ class TaskAttempts:
         kind: TaskKind,
         request_id: str,
         exc: BrokenAnswerError | ApiStatusError | TransportError,
-        state: _TaskState,
+        state: TaskState,
     ) -> None:
         """A request that failed: its log line, what it says of the service's health, what it may cost."""
         log, health = self._ctx.log, self._ctx.health
@@ -253,7 +198,7 @@ class TaskAttempts:
             else:  # a whole answer: the service is up
                 health.succeeded()
             if exc.usage is not None:
-                await self._bill(spec, kind, request_id, exc.usage, state)
+                await bill(self._ctx, spec, kind, request_id, exc.usage, state)
             state.maybe_billed += exc.maybe_billed
         elif isinstance(exc, ApiStatusError):
             log.done(request_id, "error", status=exc.status, error=exc.message)
@@ -267,13 +212,13 @@ class TaskAttempts:
             state.maybe_billed += exc.maybe_billed
 
     async def _keep(
-        self, spec: TaskSpec, kind: TaskKind, request_id: str, reply: Reply, state: _TaskState
+        self, spec: TaskSpec, kind: TaskKind, request_id: str, reply: Reply, state: TaskState
     ) -> None:
         """Bill an answer (at its usage, or at the estimate when it says none), then turn it into files
         and the task's answer. An answer that cannot be used was paid for all the same: its raw body is
         kept in answers/ and the task fails, never buying it again."""
         threads = self._ctx.threads
-        await self._bill(spec, kind, request_id, usage_of(kind, reply.body), state)
+        await bill(self._ctx, spec, kind, request_id, usage_of(kind, reply.body), state)
         try:
             answer = kind.parse_answer(spec.fields, reply.body)
             images = answer.images
@@ -296,7 +241,7 @@ class TaskAttempts:
         state.files = await anyio.to_thread.run_sync(self._save, files, limiter=threads) if files else []
         state.answer = answer
 
-    async def _keep_raw(self, spec: TaskSpec, request_id: str, reply: Reply, state: _TaskState) -> None:
+    async def _keep_raw(self, spec: TaskSpec, request_id: str, reply: Reply, state: TaskState) -> None:
         """answers/<task id>.<run>.<attempt>.<json|sse>: the body as it came (the key scrubbed)."""
         if not reply.raw:
             return
@@ -336,88 +281,11 @@ class TaskAttempts:
         observes TaskFinished."""
         return self._ctx.out.save(files)
 
-    async def _bill(
-        self,
-        spec: TaskSpec,
-        kind: TaskKind,
-        request_id: str,
-        usage: Mapping[str, Any] | None,
-        state: _TaskState,
-    ) -> None:
-        """Record a billed answer in the ledger, durably, before anything else is done with it. An answer
-        that reports no usage is recorded at its estimate, marked `estimated`, so budgets count it."""
-        ctx = self._ctx
-        counts = kind.token_counts(usage) if usage is not None else kind.estimate(spec.fields)
-        cost = ctx.settings.prices.cost(spec.model, counts)
-        line = UsageRecord(
-            task_id=spec.id,
-            request_id=request_id,
-            server_request_id=state.server_request_id,
-            kind=spec.kind,
-            model=spec.model,
-            endpoint=spec.endpoint,
-            counts=counts,
-            cost=cost,
-            usage=usage,
-            at=now(),
-            estimated=usage is None,
-        ).to_line()
-        try:
-            await ctx.out.append(ctx.out.usage, line)
-        except OutputError:
-            state.maybe_billed += 1  # billed, but the ledger could not record it (a full disk)
-            raise
-        if ctx.limits.paced:
-            ctx.limits.pacer(spec.endpoint).correct(state.estimate, counts.total)
-            state.estimate = counts.total  # corrected once
-        ctx.budget.record(counts.total, cost)
-        if state.booked is not None:  # the actual usage replaces the estimate, in one step
-            ctx.budget.settle(*state.booked)
-            state.booked = None
-        state.billed = True
-        if cost is None:
-            state.unpriced = True
-        else:
-            state.cost += cost
-        state.input_tokens += counts.input
-        state.output_tokens += counts.output
-        state.total_tokens += counts.total
-        ctx.emit(Billed(spec.id, spec.model, counts.input, counts.output, counts.total, cost))
-
     async def _finish(
-        self, spec: TaskSpec, state: _TaskState, started: float, error: ApiError | None = None
+        self, spec: TaskSpec, state: TaskState, started: float, error: ApiError | None = None
     ) -> None:
         """Write the task's result line: the moment it counts as finished."""
-        answer = state.answer or Answer()
-        prompt, params = self._ctx.registry[spec.kind].describe(spec.fields)
-        record = ResultRecord(
-            id=spec.id,
-            kind=spec.kind,
-            status="failed" if error else "succeeded",
-            model=spec.model,
-            custom_id=spec.custom_id,
-            prompt=prompt if len(prompt) <= PROMPT_SHOWN else prompt[:PROMPT_SHOWN] + "...",
-            params=params,
-            # absolute: the gallery, built later from anywhere, finds them again
-            inputs=tuple(str(info.path.absolute()) for info in spec.inputs.values()),
-            files=tuple(state.files),
-            text=answer.text,
-            extra=answer.extra,
-            images_missing=answer.images_missing,
-            answer_file=state.answer_file,
-            request_id=state.server_request_id,
-            usage=TaskUsage(state.input_tokens, state.output_tokens, state.total_tokens).to_line()
-            if state.billed
-            else None,
-            cost=None if state.unpriced or not state.billed else round(state.cost, 10),
-            attempts=state.attempts,
-            maybe_billed=state.maybe_billed + state.carried,
-            error=None if error is None else error_record(error, state.attempts),
-            meta=spec.meta or None,
-            endpoint=spec.endpoint,
-            seconds=round(time.monotonic() - started, 3),
-            finished_at=now(),
-        ).to_line()
+        record = result_line(self._ctx, spec, state, started, error)
         try:
             await self._ctx.out.append(self._ctx.out.results, record)
         except OutputError as exc:

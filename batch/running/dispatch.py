@@ -23,9 +23,10 @@ from batch.manifest.tasks import TaskSpec
 from batch.output.gallery import Thumbnailer
 from batch.output.runlog import RunLog
 from batch.output.store import OutputDir
-from batch.running.attempt import AttemptContext, TaskAttempts
+from batch.running.attempt import TaskAttempts
 from batch.running.budget import Budget, Spent
 from batch.running.client import ApiClient
+from batch.running.context import AttemptContext
 from batch.running.health import ServiceHealth
 from batch.running.idset import IdSet
 from batch.running.limits import EndpointLimits

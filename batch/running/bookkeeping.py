@@ -1,0 +1,102 @@
+"""What a task leaves in DIR about itself: a ledger line the moment an answer is billed (durably, before
+anything else is done with it), and its result line when it ends."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from batch.errors import ApiError, OutputError
+from batch.events import Billed
+from batch.kind import Answer, TaskKind
+from batch.manifest.tasks import TaskSpec
+from batch.running.answers import error_record
+from batch.running.context import AttemptContext, TaskState
+from batch.running.records import ResultRecord, TaskUsage, UsageRecord, now
+
+PROMPT_SHOWN = 2000  # characters of a prompt kept in its result line
+
+
+async def bill(
+    ctx: AttemptContext,
+    spec: TaskSpec,
+    kind: TaskKind,
+    request_id: str,
+    usage: Mapping[str, Any] | None,
+    state: TaskState,
+) -> None:
+    """Record a billed answer in the ledger, durably, before anything else is done with it. An answer
+    that reports no usage is recorded at its estimate, marked `estimated`, so budgets count it."""
+    counts = kind.token_counts(usage) if usage is not None else kind.estimate(spec.fields)
+    cost = ctx.settings.prices.cost(spec.model, counts)
+    line = UsageRecord(
+        task_id=spec.id,
+        request_id=request_id,
+        server_request_id=state.server_request_id,
+        kind=spec.kind,
+        model=spec.model,
+        endpoint=spec.endpoint,
+        counts=counts,
+        cost=cost,
+        usage=usage,
+        at=now(),
+        estimated=usage is None,
+    ).to_line()
+    try:
+        await ctx.out.append(ctx.out.usage, line)
+    except OutputError:
+        state.maybe_billed += 1  # billed, but the ledger could not record it (a full disk)
+        raise
+    if ctx.limits.paced:
+        ctx.limits.pacer(spec.endpoint).correct(state.estimate, counts.total)
+        state.estimate = counts.total  # corrected once
+    ctx.budget.record(counts.total, cost)
+    if state.booked is not None:  # the actual usage replaces the estimate, in one step
+        ctx.budget.settle(*state.booked)
+        state.booked = None
+    state.billed = True
+    if cost is None:
+        state.unpriced = True
+    else:
+        state.cost += cost
+    state.input_tokens += counts.input
+    state.output_tokens += counts.output
+    state.total_tokens += counts.total
+    ctx.emit(Billed(spec.id, spec.model, counts.input, counts.output, counts.total, cost))
+
+
+def result_line(
+    ctx: AttemptContext, spec: TaskSpec, state: TaskState, started: float, error: ApiError | None
+) -> dict[str, Any]:
+    """The task's result line, from what it kept while it ran."""
+    answer = state.answer or Answer()
+    prompt, params = ctx.registry[spec.kind].describe(spec.fields)
+    return ResultRecord(
+        id=spec.id,
+        kind=spec.kind,
+        status="failed" if error else "succeeded",
+        model=spec.model,
+        custom_id=spec.custom_id,
+        prompt=prompt if len(prompt) <= PROMPT_SHOWN else prompt[:PROMPT_SHOWN] + "...",
+        params=params,
+        # absolute: the gallery, built later from anywhere, finds them again
+        inputs=tuple(str(info.path.absolute()) for info in spec.inputs.values()),
+        files=tuple(state.files),
+        text=answer.text,
+        extra=answer.extra,
+        images_missing=answer.images_missing,
+        answer_file=state.answer_file,
+        request_id=state.server_request_id,
+        usage=TaskUsage(state.input_tokens, state.output_tokens, state.total_tokens).to_line()
+        if state.billed
+        else None,
+        cost=None if state.unpriced or not state.billed else round(state.cost, 10),
+        attempts=state.attempts,
+        maybe_billed=state.maybe_billed + state.carried,
+        error=None if error is None else error_record(error, state.attempts),
+        meta=spec.meta or None,
+        endpoint=spec.endpoint,
+        seconds=round(time.monotonic() - started, 3),
+        finished_at=now(),
+    ).to_line()

@@ -1,0 +1,66 @@
+"""What a task's attempts share (the run's collaborators, built once by the Runner) and what one task keeps
+while it runs."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+import anyio
+
+from batch.events import Event
+from batch.kind import Answer, Registry
+from batch.output.runlog import RunLog
+from batch.output.store import OutputDir
+from batch.running.budget import Budget
+from batch.running.client import ApiClient
+from batch.running.health import ServiceHealth
+from batch.running.limits import EndpointLimits
+from batch.running.summary import RunSettings
+
+
+@dataclass(frozen=True)
+class AttemptContext:
+    """What every task's attempts share: the run's collaborators, built once by the Runner."""
+
+    registry: Registry
+    client: ApiClient
+    out: OutputDir
+    log: RunLog
+    settings: RunSettings
+    limits: EndpointLimits
+    budget: Budget
+    health: ServiceHealth
+    emit: Callable[[Event], None]
+    stop: Callable[[str, int], None]  # stop dispatching: a reason and the exit code
+    stopping: Callable[[], bool]
+    sleep: Callable[[float], Awaitable[None]]  # a wait that the run's stop cuts short
+    threads: anyio.CapacityLimiter  # the run's own threads for blocking work
+    run_tag: str
+    rng: random.Random
+    interrupted: Mapping[str, int]  # task id -> requests of killed runs, maybe billed
+
+
+@dataclass
+class TaskState:
+    attempts: int = 0
+    lost_to_outage: bool = False  # the last attempt's failure was the service's outage: it costs none
+    maybe_billed: int = 0  # this run's requests that may have been billed without a result
+    carried: int = 0  # such requests of earlier runs that were killed
+    estimate: int = 0  # tokens booked with the pacer for the attempt in flight
+    cost: float = 0.0
+    unpriced: bool = False  # a billed answer of this task had no price
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    billed: bool = False
+    booked: tuple[int, float | None] | None = None  # the budget's estimate for the attempt in flight
+    answer: Answer | None = None
+    files: list[str] = field(default_factory=list)
+    answer_file: str | None = None  # DIR/answers/... : the raw body of a paid answer that was not usable
+    server_request_id: str | None = None  # the server's id of the answer kept (x-request-id, or its id)
+
+
+class Stopped(Exception):
+    """The run stopped before this attempt could be sent."""
