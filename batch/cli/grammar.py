@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 from batch import __version__
+from batch.cli.flags import (
+    add_common,
+    add_output_options,
+    add_prices,
+    concurrency,
+    number,
+    read_with,
+    whole,
+)
 from batch.defaults import (
     DEFAULT_BACKOFF,
     DEFAULT_BACKOFF_MAX,
     DEFAULT_BASE_URL,
     DEFAULT_CONCURRENCY,
     DEFAULT_GRACE,
-    DEFAULT_LOG_EVERY,
     DEFAULT_MAX_ANSWER_MB,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_CONCURRENCY,
@@ -111,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="print the first N requests exactly as they would be sent (files shown as size and hash)",
     )
-    _add_common(validate)
-    _add_prices(validate)
+    add_common(validate)
+    add_prices(validate)
     validate.set_defaults(command_parser=validate)  # reports a value Options refuses
 
     status = commands.add_parser(
@@ -127,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("out", type=Path, metavar="DIR")
     report.add_argument("--json", action="store_true", help="as JSON")
-    _add_prices(
+    add_prices(
         report,
         "price every answer anew with these prices (and the built-in ones) instead of the cost its run "
         "recorded",
@@ -219,7 +226,7 @@ def _add_run(commands: Any) -> None:
     speed.add_argument(
         "--concurrency",
         "-c",
-        type=_concurrency,
+        type=concurrency,
         default=DEFAULT_CONCURRENCY,
         metavar="N|auto",
         help=f"requests in flight at once (default {DEFAULT_CONCURRENCY}); 'auto' finds, per "
@@ -227,7 +234,7 @@ def _add_run(commands: Any) -> None:
     )
     speed.add_argument(
         "--max-concurrency",
-        type=_whole,
+        type=whole,
         default=DEFAULT_MAX_CONCURRENCY,
         metavar="N",
         help="the most requests in flight that --concurrency auto may reach "
@@ -235,14 +242,14 @@ def _add_run(commands: Any) -> None:
     )
     speed.add_argument(
         "--rpm",
-        type=_number,
+        type=number,
         default=None,
         metavar="N",
         help="at most N requests per minute to each endpoint, spaced evenly",
     )
     speed.add_argument(
         "--tpm",
-        type=_number,
+        type=number,
         default=None,
         metavar="N",
         help="at most N tokens per minute to each endpoint, from each request's estimate, "
@@ -250,19 +257,19 @@ def _add_run(commands: Any) -> None:
     )
 
     money = run.add_argument_group("money and time")
-    _add_prices(money)
+    add_prices(money)
     money.add_argument(
         "--max-cost",
-        type=_number,
+        type=number,
         default=None,
         metavar="USD",
         help="stop dispatching before DIR's spending (all runs) plus what is in flight would "
         f"pass this many dollars; exit {EXIT_BUDGET}, resumable with a higher budget",
     )
-    money.add_argument("--max-tokens", type=_whole, default=None, metavar="N", help="the same, in tokens")
+    money.add_argument("--max-tokens", type=whole, default=None, metavar="N", help="the same, in tokens")
     money.add_argument(
         "--deadline",
-        type=_read(parse_deadline),
+        type=read_with(parse_deadline),
         default=None,
         metavar="TIME",
         help="stop dispatching so that the run ends by then (e.g. 07:00, the next one; or "
@@ -270,7 +277,7 @@ def _add_run(commands: Any) -> None:
     )
     money.add_argument(
         "--max-duration",
-        type=_read(parse_duration),
+        type=read_with(parse_duration),
         default=None,
         metavar="DURATION",
         help="the same, as a duration from now: 90s, 45m, 6h, 1d",
@@ -279,21 +286,21 @@ def _add_run(commands: Any) -> None:
     retries = run.add_argument_group("retries and faults")
     retries.add_argument(
         "--timeout",
-        type=_number,
+        type=number,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
         help=f"give up on one attempt after this long (default {DEFAULT_TIMEOUT:g})",
     )
     retries.add_argument(
         "--max-attempts",
-        type=_whole,
+        type=whole,
         default=DEFAULT_MAX_ATTEMPTS,
         metavar="N",
         help=f"attempts per task, first included (default {DEFAULT_MAX_ATTEMPTS})",
     )
     retries.add_argument(
         "--task-deadline",
-        type=_number,
+        type=number,
         default=DEFAULT_TASK_DEADLINE,
         metavar="SECONDS",
         help="no retry of a task starts this long after its first attempt "
@@ -301,7 +308,7 @@ def _add_run(commands: Any) -> None:
     )
     retries.add_argument(
         "--backoff",
-        type=_number,
+        type=number,
         default=DEFAULT_BACKOFF,
         metavar="SECONDS",
         help="first retry waits up to this long, doubling each time, with full jitter "
@@ -309,14 +316,14 @@ def _add_run(commands: Any) -> None:
     )
     retries.add_argument(
         "--backoff-max",
-        type=_number,
+        type=number,
         default=DEFAULT_BACKOFF_MAX,
         metavar="SECONDS",
         help=f"longest wait between two attempts (default {DEFAULT_BACKOFF_MAX:g})",
     )
     retries.add_argument(
         "--grace",
-        type=_number,
+        type=number,
         default=DEFAULT_GRACE,
         metavar="SECONDS",
         help="after SIGINT/SIGTERM, requests in flight get this long to finish and be saved; "
@@ -324,7 +331,7 @@ def _add_run(commands: Any) -> None:
     )
     retries.add_argument(
         "--outage-limit",
-        type=_number,
+        type=number,
         default=DEFAULT_OUTAGE_LIMIT,
         metavar="SECONDS",
         help="when the service keeps failing, tasks wait (one probe at a time) instead of "
@@ -333,7 +340,7 @@ def _add_run(commands: Any) -> None:
     )
     retries.add_argument(
         "--max-answer-mb",
-        type=_number,
+        type=number,
         default=DEFAULT_MAX_ANSWER_MB,
         metavar="MB",
         help=f"refuse (and retry) an answer larger than this (default {DEFAULT_MAX_ANSWER_MB:g})",
@@ -342,7 +349,7 @@ def _add_run(commands: Any) -> None:
     disk = run.add_argument_group("output")
     disk.add_argument(
         "--sync-interval",
-        type=_number,
+        type=number,
         default=DEFAULT_SYNC_INTERVAL,
         metavar="SECONDS",
         help="journal lines reach the kernel at once (a killed run loses none) and are fsync'd "
@@ -358,114 +365,5 @@ def _add_run(commands: Any) -> None:
     disk.add_argument(
         "--no-gallery", dest="gallery", action="store_false", help="do not make thumbnails and DIR/index.html"
     )
-    _add_common(run)
-    _add_output_options(run)
-
-
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="[KIND.]FIELD=VALUE",
-        help="set a request field for every task (that knows it), over the manifest; "
-        "e.g. --set quality=low --set chat.temperature=0. Repeatable",
-    )
-    parser.add_argument(
-        "--endpoint",
-        dest="endpoints",
-        action="append",
-        default=[],
-        metavar="[KIND|MODEL=]ENDPOINT",
-        help="send tasks of a kind or model (or, without a '=', all tasks) to this endpoint, "
-        "over the manifest; e.g. --endpoint chat=my-gemini --endpoint generate=my-images",
-    )
-
-
-def _add_prices(parser: Any, help: str | None = None) -> None:
-    parser.add_argument(
-        "--prices",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help=help
-        or "prices per million tokens, {model: {text_input, image_input, output}} in YAML or "
-        "JSON; over the manifest's prices: and the built-in list prices",
-    )
-
-
-def _add_output_options(parser: argparse.ArgumentParser) -> None:
-    log = parser.add_argument_group("what it prints")
-    group = log.add_mutually_exclusive_group()
-    group.add_argument(
-        "--progress",
-        dest="progress",
-        action="store_true",
-        default=None,
-        help="show a progress bar (default when stderr is a terminal)",
-    )
-    group.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        help="no bar: a status line every --log-every seconds, and a line per failure",
-    )
-    log.add_argument(
-        "--log-every",
-        type=_zero_or_more,  # the command's own: it becomes Options.heartbeat unless a bar shows
-        default=DEFAULT_LOG_EVERY,
-        metavar="SECONDS",
-        help="without a bar, print done, failed, retrying, rate, ETA, tokens and cost this often "
-        f"(default {DEFAULT_LOG_EVERY:g}; 0: never)",
-    )
-    log.add_argument(
-        "--log-file", type=Path, default=None, metavar="FILE", help="also append the log lines to FILE"
-    )
-    log.add_argument("--quiet", "-q", action="store_true", help="only warnings and the summary")
-    log.add_argument("--verbose", "-v", action="store_true", help="a line per task and per retry, and debug")
-
-
-# -- values --------------------------------------------------------------------------------------------------
-
-
-def _whole(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-
-
-def _zero_or_more(text: str) -> float:
-    value = _number(text)
-    if not value >= 0:  # NaN too
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
-    return value
-
-
-def _concurrency(text: str) -> int | str:
-    """A whole number of requests in flight, or `auto`."""
-    return "auto" if text.strip().lower() == "auto" else _whole(text)
-
-
-T = TypeVar("T")
-
-
-def _read(parse: Callable[[str], T]) -> Callable[[str], T]:
-    """A batch.values reader as an argparse type: its ValueError's message is the flag's error."""
-
-    def read(text: str) -> T:
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    read.__name__ = parse.__name__
-    return read
+    add_common(run)
+    add_output_options(run)

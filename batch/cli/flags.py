@@ -1,0 +1,117 @@
+"""Flags more than one command takes, and the readers of their values (text to a number, a duration, a
+time) as argparse types. Whether a run can use a value is checked once, by batch.Options."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from batch.defaults import DEFAULT_LOG_EVERY
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="[KIND.]FIELD=VALUE",
+        help="set a request field for every task (that knows it), over the manifest; "
+        "e.g. --set quality=low --set chat.temperature=0. Repeatable",
+    )
+    parser.add_argument(
+        "--endpoint",
+        dest="endpoints",
+        action="append",
+        default=[],
+        metavar="[KIND|MODEL=]ENDPOINT",
+        help="send tasks of a kind or model (or, without a '=', all tasks) to this endpoint, "
+        "over the manifest; e.g. --endpoint chat=my-gemini --endpoint generate=my-images",
+    )
+
+
+def add_prices(parser: Any, help: str | None = None) -> None:
+    parser.add_argument(
+        "--prices",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help=help
+        or "prices per million tokens, {model: {text_input, image_input, output}} in YAML or "
+        "JSON; over the manifest's prices: and the built-in list prices",
+    )
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    log = parser.add_argument_group("what it prints")
+    group = log.add_mutually_exclusive_group()
+    group.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="show a progress bar (default when stderr is a terminal)",
+    )
+    group.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no bar: a status line every --log-every seconds, and a line per failure",
+    )
+    log.add_argument(
+        "--log-every",
+        type=zero_or_more,  # the command's own: it becomes Options.heartbeat unless a bar shows
+        default=DEFAULT_LOG_EVERY,
+        metavar="SECONDS",
+        help="without a bar, print done, failed, retrying, rate, ETA, tokens and cost this often "
+        f"(default {DEFAULT_LOG_EVERY:g}; 0: never)",
+    )
+    log.add_argument(
+        "--log-file", type=Path, default=None, metavar="FILE", help="also append the log lines to FILE"
+    )
+    log.add_argument("--quiet", "-q", action="store_true", help="only warnings and the summary")
+    log.add_argument("--verbose", "-v", action="store_true", help="a line per task and per retry, and debug")
+
+
+def whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
+def number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def zero_or_more(text: str) -> float:
+    value = number(text)
+    if not value >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+def concurrency(text: str) -> int | str:
+    """A whole number of requests in flight, or `auto`."""
+    return "auto" if text.strip().lower() == "auto" else whole(text)
+
+
+T = TypeVar("T")
+
+
+def read_with(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """A batch.values reader as an argparse type: its ValueError's message is the flag's error."""
+
+    def read(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    read.__name__ = parse.__name__
+    return read
