@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from batch import __version__
-from batch.output.store import real_folder, write_atomic
+from batch.output.files import real_folder, write_atomic
 
 FOLDER = ".cache"
 PLAN = "plan.json"

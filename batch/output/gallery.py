@@ -29,7 +29,8 @@ from PIL import Image
 
 from batch.errors import OutputError
 from batch.events import Event, TaskFinished
-from batch.output.store import RESULTS, THUMBS, read_lines, real_folder, write_atomic
+from batch.output.files import real_folder, write_atomic
+from batch.output.store import RESULTS, THUMBS, read_lines
 
 log = logging.getLogger("batch.output.gallery")
 

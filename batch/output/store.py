@@ -38,6 +38,15 @@ from typing import Any
 import anyio
 
 from batch.errors import OutputError
+from batch.output.files import (
+    TMP_SUFFIX,
+    cut_torn_tail,
+    fsync_dir,
+    nofollow_flags,
+    real_folder,
+    reason,
+    write_atomic,
+)
 from batch.output.lock import acquire
 from batch.running.records import finished_entry
 
@@ -48,13 +57,8 @@ RUNS = "runs"
 ANSWERS = "answers"
 THUMBS = "thumbs"  # the gallery's thumbnails
 RETRIED = "results.retried.jsonl"  # result lines of failures that --retry-failed gave another go
-TMP_SUFFIX = ".tmp"
 # Built once: json.dumps with arguments makes a new encoder on every call.
 _encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
-
-
-def _flags(extra: int) -> int:
-    return extra | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
 
 
 class Journal:
@@ -73,9 +77,9 @@ class Journal:
     def open(self) -> None:
         cut_torn_tail(self.path)
         try:
-            self._fd = os.open(self.path, _flags(os.O_WRONLY | os.O_APPEND | os.O_CREAT), 0o644)
+            self._fd = os.open(self.path, nofollow_flags(os.O_WRONLY | os.O_APPEND | os.O_CREAT), 0o644)
         except OSError as exc:
-            raise OutputError(f"cannot open {self.path}: {_reason(exc)}") from exc
+            raise OutputError(f"cannot open {self.path}: {reason(exc)}") from exc
         self._size = os.fstat(self._fd).st_size
 
     def close(self) -> None:
@@ -97,7 +101,7 @@ class Journal:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._size)
-            raise OutputError(f"cannot write {self.path.name}: {_reason(exc)}") from exc
+            raise OutputError(f"cannot write {self.path.name}: {reason(exc)}") from exc
         self._size += len(line)
         self._written += 1
 
@@ -114,7 +118,7 @@ class Journal:
                 await anyio.to_thread.run_sync(os.fsync, self._fd)
                 self._synced = upto
             except OSError as exc:
-                raise OutputError(f"cannot sync {self.path.name}: {_reason(exc)}") from exc
+                raise OutputError(f"cannot sync {self.path.name}: {reason(exc)}") from exc
             finally:
                 self._syncing = None
                 done.set()
@@ -122,61 +126,6 @@ class Journal:
     @property
     def dirty(self) -> bool:
         return self.fsync and self._written > self._synced
-
-
-def real_folder(path: Path) -> Path:
-    """`path` as a real directory (made if missing): OutputError if it is a symbolic link, which could
-    lead writes anywhere, or no directory at all."""
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        try:
-            path.mkdir()
-        except FileExistsError:
-            return real_folder(path)
-        except OSError as exc:
-            raise OutputError(f"cannot create {path}: {_reason(exc)}") from exc
-        return path
-    if stat.S_ISLNK(mode):
-        raise OutputError(f"{path} is a symbolic link; refusing to write through it")
-    if not stat.S_ISDIR(mode):
-        raise OutputError(f"{path} is not a directory")
-    return path
-
-
-def cut_torn_tail(path: Path) -> int:
-    """Cut a last line that a crash left without its newline. Returns the bytes removed. A symbolic
-    link is refused (OutputError), never followed: its target could be any file of the user's."""
-    try:
-        info = path.lstat()
-    except FileNotFoundError:
-        return 0
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
-        raise OutputError(f"{path} is not a regular file (a symbolic link?); refusing to write through it")
-    size = info.st_size
-    if size == 0:
-        return 0
-    try:
-        fd = os.open(path, _flags(os.O_RDWR))
-    except OSError as exc:
-        raise OutputError(f"cannot open {path}: {_reason(exc)}") from exc
-    with os.fdopen(fd, "rb+") as handle:
-        end = size
-        while end > 0:
-            start = max(0, end - (1 << 16))
-            handle.seek(start)
-            block = handle.read(end - start)
-            if end == size and block.endswith(b"\n"):
-                return 0
-            newline = block.rfind(b"\n")
-            if newline >= 0:
-                keep = start + newline + 1
-                break
-            end = start
-        else:
-            keep = 0
-        handle.truncate(keep)
-        return size - keep
 
 
 def _whole_lines(path: Path) -> Iterator[bytes]:
@@ -246,7 +195,7 @@ class OutputDir:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise OutputError(f"cannot create {self.root}: {_reason(exc)}") from exc
+            raise OutputError(f"cannot create {self.root}: {reason(exc)}") from exc
         if not self.root.is_dir():
             raise OutputError(f"{self.root} is not a directory")
         self._lock_fd = acquire(self.root)
@@ -321,7 +270,9 @@ class OutputDir:
         forgotten: list[str] = []
         self.results.close()
         try:
-            retried = os.open(self.root / RETRIED, _flags(os.O_WRONLY | os.O_CREAT | os.O_APPEND), 0o644)
+            retried = os.open(
+                self.root / RETRIED, nofollow_flags(os.O_WRONLY | os.O_CREAT | os.O_APPEND), 0o644
+            )
             with (
                 os.fdopen(retried, "ab") as old,  # first: closed even if what follows cannot open
                 path.open("rb") as source,
@@ -345,13 +296,13 @@ class OutputDir:
             if forgotten:
                 os.replace(temporary, path)
                 if self.fsync:
-                    _fsync_dir(self.root)
+                    fsync_dir(self.root)
             else:
                 temporary.unlink()
         except OSError as exc:
             with contextlib.suppress(OSError):
                 temporary.unlink()
-            raise OutputError(f"cannot rewrite {path.name}: {_reason(exc)}") from exc
+            raise OutputError(f"cannot rewrite {path.name}: {reason(exc)}") from exc
         finally:
             self.results.open()
         return forgotten
@@ -362,7 +313,7 @@ class OutputDir:
         folder = real_folder(self.root / ANSWERS)
         write_atomic(folder / name, data, fsync=self.fsync)
         if self.fsync:
-            _fsync_dir(folder)
+            fsync_dir(folder)
         return f"{ANSWERS}/{name}"
 
     def save(self, files: list[OutputFile]) -> list[str]:
@@ -373,44 +324,5 @@ class OutputDir:
             write_atomic(self.images / item.name, item.data, fsync=self.fsync)
             paths.append(f"{IMAGES}/{item.name}")
         if self.fsync and files:
-            _fsync_dir(self.images)
+            fsync_dir(self.images)
         return paths
-
-
-def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
-    """Write to a temporary file beside `path`, fsync, rename over `path`. Never leaves a partial file."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
-    try:
-        fd = os.open(temporary, _flags(os.O_WRONLY | os.O_CREAT | os.O_EXCL), 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        raise OutputError(f"cannot write {path.name}: {_reason(exc)}") from exc
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _reason(exc: OSError) -> str:
-    if exc.errno == errno.ENOSPC:
-        return "no space left on the device"
-    return exc.strerror or str(exc)

@@ -17,7 +17,8 @@ from PIL import Image
 
 from batch.errors import BrokenAnswerError, DirLockedError, OutputError
 from batch.kind import EncodedImage
-from batch.output.store import Journal, OutputDir, OutputFile, cut_torn_tail, finished_results, write_atomic
+from batch.output.files import cut_torn_tail, write_atomic
+from batch.output.store import Journal, OutputDir, OutputFile, finished_results
 from batch.running.imaging import decode_images
 
 
