@@ -140,3 +140,19 @@ def test_a_line_is_priced_again_as_the_run_priced_it_cached_input_apart() -> Non
     }
     price = Price(text_input=1.0, image_input=1.0, output=10.0, cached_input=0.25)
     assert price.cost(UsageRecord.from_line(line).repriced_counts) == pytest.approx(line["cost"])
+
+
+def test_a_result_line_read_keeps_every_field_and_reads_the_choices() -> None:
+    line = json.loads(RESULT_LINES[0]) | {"a_field_added_later": [1], "reasoning": "because"}
+    record = ResultRecord.from_line(line)
+    assert record.raw == line, "a reader that passes the line on whole has all of it"
+    assert (record.texts, record.finish_reasons, record.reasoning) == (["hello", "hey"], ["stop"], "because")
+    assert record.tool_calls_per_choice == []
+    older = ResultRecord.from_line({"id": "a", "text": "x", "tool_calls": [[{"id": "c"}], []]})
+    assert (older.texts, older.finish_reasons, older.tool_calls_per_choice) == (
+        ["x"],
+        [None],
+        [[{"id": "c"}], []],
+    )
+    newer = ResultRecord.from_line({"id": "b", "tool_calls": [{"id": "c"}], "reasoning": 3})
+    assert (newer.tool_calls_per_choice, newer.reasoning) == ([[{"id": "c"}]], None)
