@@ -156,3 +156,15 @@ def test_a_result_line_read_keeps_every_field_and_reads_the_choices() -> None:
     )
     newer = ResultRecord.from_line({"id": "b", "tool_calls": [{"id": "c"}], "reasoning": 3})
     assert (newer.tool_calls_per_choice, newer.reasoning) == ([[{"id": "c"}]], None)
+
+
+def test_a_runs_start_and_end_lines_read_back_unchanged() -> None:
+    from batch.running.records import RunRecord, attempt_log_line
+
+    start = '{"event": "start", "at": "2025-01-02T03:04:05.678+00:00", "pid": 7, "manifest": "m.yaml", "tasks": 3}'
+    end = '{"event": "end", "at": "t", "interrupted": true, "maybe_billed": 2}'
+    for text in (start, end):
+        record = attempt_log_line(json.loads(text))
+        assert isinstance(record, RunRecord) and list(record.to_line().items()) == _keys_and_values(text)
+    assert isinstance(attempt_log_line(json.loads(ATTEMPT_LINES[0])), AttemptRecord)
+    assert attempt_log_line({"event": "odd"}) is None
