@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from batch.output.store import RESULTS, read_lines
+from batch.running.records import ErrorInfo, ResultRecord
 
 log = logging.getLogger(__name__)
 
@@ -57,36 +58,40 @@ def export(root: Path, fmt: str, stream: IO[str]) -> int:
     return _csv(root, stream)
 
 
-def _row(record: Mapping[str, Any]) -> dict[str, Any]:
-    usage = record.get("usage") or {}
-    error = record.get("error") or {}
+def _row(record: ResultRecord) -> dict[str, Any]:
+    usage = record.usage or {}
+    error = record.error
     return {
-        "id": record.get("id"),
-        "custom_id": record.get("custom_id"),
-        "kind": record.get("kind"),
-        "status": record.get("status"),
-        "model": record.get("model"),
-        "files": record.get("files") or [],
-        "text": record.get("text"),
+        "id": record.id,
+        "custom_id": record.custom_id,
+        "kind": record.kind,
+        "status": record.status,
+        "model": record.model,
+        "files": list(record.files),
+        "text": record.text,
         "input_tokens": usage.get("input_tokens"),
         "output_tokens": usage.get("output_tokens"),
         "total_tokens": usage.get("total_tokens"),
-        "cost": record.get("cost"),
-        "attempts": record.get("attempts"),
-        "error_type": error.get("type"),
-        "error_message": error.get("message"),
+        "cost": record.cost,
+        "attempts": record.attempts,
+        "error_type": error.type if error else None,
+        "error_message": error.message if error else None,
     }
+
+
+def _results(root: Path) -> Iterator[ResultRecord]:
+    return map(ResultRecord.from_line, read_lines(root / RESULTS))
 
 
 def _jsonl(root: Path, stream: IO[str]) -> int:
     """Each result line whole (no field is left behind), with the CSV's flat columns where it lacks them."""
     rows = 0
-    for record in read_lines(root / RESULTS):
-        line = dict(record)
+    for record in _results(root):
+        line = dict(record.raw)
         for key, value in _row(record).items():
             line.setdefault(key, value)
-        line["files"] = record.get("files") or []
-        line["meta"] = record.get("meta") or {}
+        line["files"] = list(record.files)
+        line["meta"] = dict(record.meta or {})
         stream.write(json.dumps(line, ensure_ascii=False) + "\n")
         rows += 1
     return rows
@@ -94,15 +99,15 @@ def _jsonl(root: Path, stream: IO[str]) -> int:
 
 def _csv(root: Path, stream: IO[str]) -> int:
     meta_keys: dict[str, None] = {}
-    for record in read_lines(root / RESULTS):  # a first pass for the columns: meta keys differ by task
-        meta_keys.update(dict.fromkeys(str(k) for k in (record.get("meta") or {})))
+    for record in _results(root):  # a first pass for the columns: meta keys differ by task
+        meta_keys.update(dict.fromkeys(str(k) for k in (record.meta or {})))
     writer = csv.DictWriter(stream, fieldnames=EXPORT_COLUMNS + [f"meta.{k}" for k in meta_keys])
     writer.writeheader()
     rows = 0
-    for record in read_lines(root / RESULTS):
+    for record in _results(root):
         row = _row(record)
         row["files"] = ";".join(row["files"])
-        for key, value in (record.get("meta") or {}).items():
+        for key, value in (record.meta or {}).items():
             row[f"meta.{key}"] = (
                 value if isinstance(value, str | int | float) or value is None else json.dumps(value)
             )
@@ -128,17 +133,15 @@ class _Files:
         self.pending.append((path, prefix))
         return f"\x00{self.token}:{len(self.pending) - 1}\x00"
 
-    def existing(self, record: Mapping[str, Any]) -> list[Path]:
+    def existing(self, record: ResultRecord) -> list[Path]:
         """The record's saved files that are still in DIR (a missing one is left out, and said)."""
         found, root = [], self.root
-        for name in record.get("files") or []:
-            path = (root / str(name)).resolve()
+        for name in record.files:
+            path = (root / name).resolve()
             if path.is_relative_to(root) and path.is_file():
                 found.append(path)
             else:
-                log.warning(
-                    "%s: %s is not in %s; its line has one image fewer", record.get("id"), name, self.root
-                )
+                log.warning("%s: %s is not in %s; its line has one image fewer", record.id, name, self.root)
         return found
 
     def write(self, text: str, stream: IO[str]) -> None:
@@ -163,27 +166,26 @@ def _base64_chunks(path: Path) -> Iterator[str]:
 def _openai(root: Path, stream: IO[str]) -> int:
     files = _Files(root)
     rows = 0
-    for record in read_lines(root / RESULTS):
+    for record in _results(root):
         line = openai_line(record, files)
         files.write(json.dumps(line, ensure_ascii=False) + "\n", stream)
         rows += 1
     return rows
 
 
-def openai_line(record: Mapping[str, Any], files: _Files) -> dict[str, Any]:
+def openai_line(record: ResultRecord, files: _Files) -> dict[str, Any]:
     """One task's line of an OpenAI Batch output file."""
-    task_id = str(record.get("id"))
-    request_id = record.get("request_id")
-    request_id = request_id if isinstance(request_id, str) else ""
+    task_id = record.id
+    request_id = record.request_id if isinstance(record.request_id, str) else ""
     line: dict[str, Any] = {
         "id": "batch_req_" + hashlib.sha256(task_id.encode()).hexdigest()[:32],
-        "custom_id": str(record.get("custom_id") or task_id),
+        "custom_id": str(record.custom_id or task_id),
     }
-    if record.get("status") == "failed":
-        error = record.get("error") or {}
-        code = str(error.get("type") or "unknown_error")
-        message = str(error.get("message") or "")
-        status = error.get("status")
+    if record.failed:
+        error = record.error or ErrorInfo(None, None, None)
+        code = str(error.type or "unknown_error")
+        message = str(error.message or "")
+        status = error.status
         line["response"] = (
             {
                 "status_code": status,
@@ -195,15 +197,15 @@ def openai_line(record: Mapping[str, Any], files: _Files) -> dict[str, Any]:
         )
         line["error"] = {"code": code, "message": message}
         return line
-    created = _timestamp(record.get("finished_at"))
+    created = _timestamp(record.finished_at)
     images = files.existing(record)
-    if record.get("kind") == "chat":
+    if record.kind == "chat":
         body = _chat_completion(record, created, request_id or "chatcmpl-" + line["id"][10:], images, files)
     else:
         body = {
             "created": created,
             "data": [{"b64_json": files.marker(path)} for path in images],
-            "usage": _image_usage(record.get("usage")),
+            "usage": _image_usage(record.usage),
         }
     line["response"] = {"status_code": 200, "request_id": request_id, "body": body}
     line["error"] = None
@@ -211,24 +213,18 @@ def openai_line(record: Mapping[str, Any], files: _Files) -> dict[str, Any]:
 
 
 def _chat_completion(
-    record: Mapping[str, Any], created: int, answer_id: str, images: list[Path], files: _Files
+    record: ResultRecord, created: int, answer_id: str, images: list[Path], files: _Files
 ) -> dict[str, Any]:
     """A `chat.completion` object: a choice per text (`texts` when n > 1), with its finish reason and tool
     calls; the reasoning and any images saved from the answer go with the first choice."""
-    texts = record.get("texts")
-    if not isinstance(texts, list) or not texts:
-        texts = [record.get("text")]
-    finish = record.get("finish_reasons")
-    if not isinstance(finish, list):
-        finish = [record.get("finish_reason")]
-    calls = _tool_calls_per_choice(record)
+    texts, finish, calls = record.texts, record.finish_reasons, record.tool_calls_per_choice
     choices = []
     for index, text in enumerate(texts):
         message: dict[str, Any] = {"role": "assistant", "content": text if isinstance(text, str) else None}
         if index < len(calls) and calls[index]:
             message["tool_calls"] = calls[index]
-        if index == 0 and isinstance(record.get("reasoning"), str):
-            message["reasoning_content"] = record["reasoning"]
+        if index == 0 and record.reasoning is not None:
+            message["reasoning_content"] = record.reasoning
         if index == 0 and images:
             message["images"] = [
                 {"type": "image_url", "image_url": {"url": files.marker(path, _data_url_prefix(path))}}
@@ -246,22 +242,10 @@ def _chat_completion(
         "id": answer_id,
         "object": "chat.completion",
         "created": created,
-        "model": record.get("model"),
+        "model": record.model,
         "choices": choices,
-        "usage": _chat_usage(record.get("usage")),
+        "usage": _chat_usage(record.usage),
     }
-
-
-def _tool_calls_per_choice(record: Mapping[str, Any]) -> list[Any]:
-    """Tool calls by choice: `tool_calls_per_choice`, else `tool_calls` (choice 0's list; in older result
-    lines, already a list of lists)."""
-    per_choice = record.get("tool_calls_per_choice")
-    if isinstance(per_choice, list):
-        return per_choice
-    calls = record.get("tool_calls")
-    if not isinstance(calls, list) or not calls:
-        return []
-    return calls if all(isinstance(item, list) for item in calls) else [calls]
 
 
 def _chat_usage(usage: Any) -> dict[str, Any]:

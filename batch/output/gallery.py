@@ -31,6 +31,7 @@ from batch.errors import OutputError
 from batch.events import Event, TaskFinished
 from batch.output.files import real_folder, write_atomic
 from batch.output.store import RESULTS, THUMBS, read_lines
+from batch.running.records import ResultRecord
 
 log = logging.getLogger("batch.output.gallery")
 
@@ -140,36 +141,33 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _card(record: dict[str, Any]) -> dict[str, Any]:
+def _card(record: ResultRecord) -> dict[str, Any]:
     """What the page shows of one task, bounded whatever the record holds; its `files` and `inputs` name
     the pictures whose thumbnails `_finish` adds."""
-    files = [str(f) for f in (record.get("files") or [])[:INPUTS_SHOWN]]
-    inputs = [str(p) for p in (record.get("inputs") or [])[:INPUTS_SHOWN]]
-    params: dict[str, Any] = record["params"] if isinstance(record.get("params"), dict) else {}
+    params = record.params
     shown = {
         _cut(str(key), 100): _cut(value, VALUE_SHOWN) if isinstance(value, str) else value
         for key, value in list(params.items())[:PARAMS_SHOWN]
     }
     if len(params) > PARAMS_SHOWN:
         shown["..."] = f"{len(params) - PARAMS_SHOWN:,} more"
-    usage: dict[str, Any] = record["usage"] if isinstance(record.get("usage"), dict) else {}
-    error: dict[str, Any] = record["error"] if isinstance(record.get("error"), dict) else {}
-    text = record.get("text")
+    usage = record.usage or {}
+    error = record.error
     return {
-        "id": record.get("id"),
-        "kind": record.get("kind"),
-        "status": record.get("status"),
-        "model": record.get("model"),
-        "prompt": _cut(str(record.get("prompt") or ""), TEXT_SHOWN),
+        "id": record.id,
+        "kind": record.kind,
+        "status": record.status,
+        "model": record.model,
+        "prompt": _cut(str(record.prompt or ""), TEXT_SHOWN),
         "params": shown,
-        "files": files,
-        "inputs": inputs,
-        "text": _cut(text, TEXT_SHOWN) if isinstance(text, str) else text,
+        "files": list(record.files[:INPUTS_SHOWN]),
+        "inputs": list(record.inputs[:INPUTS_SHOWN]),
+        "text": None if record.text is None else _cut(record.text, TEXT_SHOWN),
         "tokens": usage.get("total_tokens"),
-        "cost": record.get("cost"),
-        "attempts": record.get("attempts"),
-        "seconds": record.get("seconds"),
-        "error": _cut(f"{error.get('type')}: {error.get('message')}", TEXT_SHOWN) if error else None,
+        "cost": record.cost,
+        "attempts": record.attempts,
+        "seconds": record.seconds,
+        "error": _cut(f"{error.type}: {error.message}", TEXT_SHOWN) if error else None,
     }
 
 
@@ -211,9 +209,9 @@ def build(root: Path) -> Path:
     counts: dict[str, int] = {}
     kept: deque[dict[str, Any]] = deque(maxlen=MAX_ITEMS)  # cards, each bounded
     total = 0
-    for record in read_lines(root / RESULTS):
+    for record in map(ResultRecord.from_line, read_lines(root / RESULTS)):
         total += 1
-        key = f"{record.get('kind')}/{record.get('status')}"
+        key = f"{record.kind}/{record.status}"
         counts[key] = counts.get(key, 0) + 1
         kept.append(_card(record))
     made = _thumbnails(root, kept)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from batch.output.store import Journal, read_lines
-from batch.running.records import AttemptRecord
+from batch.running.records import AttemptRecord, RunRecord, attempt_log_line
 
 _encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
@@ -59,13 +59,13 @@ def recover(folder: Path) -> Interrupted:
             continue
         pending: dict[str, str] = {}
         ended = False
-        for record in read_lines(path):
-            event = record.get("event")
-            if event == "sent":
-                pending[str(record.get("request_id"))] = str(record.get("task_id"))
-            elif event == "done":
-                pending.pop(str(record.get("request_id")), None)
-            elif event == "end":
+        for record in map(attempt_log_line, read_lines(path)):
+            if isinstance(record, AttemptRecord):
+                if record.event == "sent":
+                    pending[record.request_id] = str(record.task_id)
+                else:
+                    pending.pop(record.request_id, None)
+            elif isinstance(record, RunRecord) and record.event == "end":
                 ended = True
         if ended:
             continue
@@ -108,17 +108,17 @@ def account(folder: Path, *, live: bool = False) -> Accounting:
         pending: set[str] = set()
         events = []
         ended = False
-        for record in read_lines(path):
-            event = record.get("event")
-            if event == "sent":
-                found.requests += 1
-                pending.add(str(record.get("request_id")))
-            elif event == "done":
-                pending.discard(str(record.get("request_id")))
-                found.maybe_billed += record.get("maybe_billed") is True
-            elif event in ("start", "end"):
-                events.append(record)
-                ended = ended or event == "end"
+        for record in map(attempt_log_line, read_lines(path)):
+            if isinstance(record, AttemptRecord):
+                if record.event == "sent":
+                    found.requests += 1
+                    pending.add(record.request_id)
+                else:
+                    pending.discard(record.request_id)
+                    found.maybe_billed += record.maybe_billed
+            elif isinstance(record, RunRecord):
+                events.append(record.to_line())
+                ended = ended or record.event == "end"
         if pending and live and not ended and position == len(paths) - 1:
             found.in_flight += len(pending)
         else:
@@ -139,10 +139,11 @@ def _ended(path: Path) -> bool:
     lines = tail.split(b"\n")
     last = lines[-2] if len(lines) >= 2 else b""  # the text after the final newline is torn, or empty
     try:
-        record = json.loads(last)
+        line = json.loads(last)
     except ValueError:
         return False
-    return isinstance(record, dict) and record.get("event") == "end"
+    record = attempt_log_line(line) if isinstance(line, dict) else None
+    return isinstance(record, RunRecord) and record.event == "end"
 
 
 class RunLog:

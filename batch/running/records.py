@@ -124,10 +124,42 @@ class ResultRecord:
     maybe_billed: int = 0
     error: ErrorInfo | None = None
     meta: Mapping[str, Any] | None = None
+    # the line as read, every field of it (unknown ones too), for a reader that passes it on whole (the
+    # jsonl export); empty for a record built to be written
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def failed(self) -> bool:
         return self.status == "failed"
+
+    @property
+    def texts(self) -> list[Any]:
+        """The answer's text per choice: `texts` (n > 1), else [`text`]."""
+        texts = self.extra.get("texts")
+        return texts if isinstance(texts, list) and texts else [self.text]
+
+    @property
+    def finish_reasons(self) -> list[Any]:
+        """The finish reason per choice: `finish_reasons`, else [`finish_reason`]."""
+        found = self.extra.get("finish_reasons")
+        return found if isinstance(found, list) else [self.extra.get("finish_reason")]
+
+    @property
+    def tool_calls_per_choice(self) -> list[Any]:
+        """Tool calls by choice: `tool_calls_per_choice`, else `tool_calls` (choice 0's list; in older
+        result lines, already a list of lists)."""
+        per_choice = self.extra.get("tool_calls_per_choice")
+        if isinstance(per_choice, list):
+            return per_choice
+        calls = self.extra.get("tool_calls")
+        if not isinstance(calls, list) or not calls:
+            return []
+        return calls if all(isinstance(item, list) for item in calls) else [calls]
+
+    @property
+    def reasoning(self) -> str | None:
+        reasoning = self.extra.get("reasoning")
+        return reasoning if isinstance(reasoning, str) else None
 
     def to_line(self) -> dict[str, Any]:
         """The line, its keys in the order users' pipelines know (optional keys only when set)."""
@@ -190,6 +222,7 @@ class ResultRecord:
             maybe_billed=_int(line.get("maybe_billed")),
             error=ErrorInfo.from_line(line.get("error")),
             meta=meta if isinstance(meta, Mapping) else None,
+            raw=line,
         )
 
 
@@ -307,6 +340,37 @@ class AttemptRecord:
             seconds=line.get("seconds"),
             t=line.get("t"),
         )
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run's own line in its attempt log: `start` (what the run was given) or `end` (how it ended)."""
+
+    event: str  # "start" | "end"
+    at: str | None = None
+    fields: Mapping[str, Any] = field(default_factory=dict)  # the rest, in the line's order
+
+    def to_line(self) -> dict[str, Any]:
+        return {"event": self.event, "at": self.at, **self.fields}
+
+    @classmethod
+    def from_line(cls, line: Mapping[str, Any]) -> RunRecord:
+        at = line.get("at")
+        return cls(
+            event=str(line.get("event")),
+            at=at if isinstance(at, str) else None,
+            fields={key: value for key, value in line.items() if key not in ("event", "at")},
+        )
+
+
+def attempt_log_line(line: Mapping[str, Any]) -> AttemptRecord | RunRecord | None:
+    """A line of a run's attempt log, read by its event: None for a line that is none of them."""
+    event = line.get("event")
+    if event in ("sent", "done"):
+        return AttemptRecord.from_line(line)
+    if event in ("start", "end"):
+        return RunRecord.from_line(line)
+    return None
 
 
 def finished_entry(raw: bytes) -> tuple[str, bool] | None:

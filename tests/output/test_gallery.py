@@ -315,3 +315,41 @@ def test_a_card_is_bounded_whatever_its_record_holds(tmp_path: Path) -> None:
     assert len(card["params"]) == gallery.PARAMS_SHOWN + 1 and card["params"]["..."] == "199,950 more"
     assert all(len(value) <= gallery.VALUE_SHOWN + 3 for value in card["params"].values())
     assert len(card["prompt"]) <= gallery.TEXT_SHOWN + 3 and len(card["text"]) <= gallery.TEXT_SHOWN + 3
+
+
+def test_a_card_reads_its_result_line_through_the_record() -> None:
+    from batch.running.records import ResultRecord
+
+    line = {
+        "id": "refused",
+        "kind": "edit",
+        "status": "failed",
+        "model": "gpt-image-1",
+        "prompt": None,
+        "params": {"size": "1024x1024"},
+        "inputs": ["/data/in/fox.png"],
+        "files": ["images/refused~1.png"],
+        "usage": {"input_tokens": 3, "output_tokens": 0, "total_tokens": 3},
+        "cost": None,
+        "attempts": 2,
+        "error": {"type": "moderation_blocked", "status": 400, "message": "no"},
+        "seconds": 1.5,
+    }
+    card = gallery._card(ResultRecord.from_line(line))
+    assert card == {
+        "id": "refused",
+        "kind": "edit",
+        "status": "failed",
+        "model": "gpt-image-1",
+        "prompt": "",
+        "params": {"size": "1024x1024"},
+        "files": ["images/refused~1.png"],
+        "inputs": ["/data/in/fox.png"],
+        "text": None,
+        "tokens": 3,
+        "cost": None,
+        "attempts": 2,
+        "seconds": 1.5,
+        "error": "moderation_blocked: no",
+    }
+    assert gallery._card(ResultRecord.from_line({"id": "bare", "error": {}}))["error"] is None

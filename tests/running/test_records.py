@@ -140,3 +140,31 @@ def test_a_line_is_priced_again_as_the_run_priced_it_cached_input_apart() -> Non
     }
     price = Price(text_input=1.0, image_input=1.0, output=10.0, cached_input=0.25)
     assert price.cost(UsageRecord.from_line(line).repriced_counts) == pytest.approx(line["cost"])
+
+
+def test_a_result_line_read_keeps_every_field_and_reads_the_choices() -> None:
+    line = json.loads(RESULT_LINES[0]) | {"a_field_added_later": [1], "reasoning": "because"}
+    record = ResultRecord.from_line(line)
+    assert record.raw == line, "a reader that passes the line on whole has all of it"
+    assert (record.texts, record.finish_reasons, record.reasoning) == (["hello", "hey"], ["stop"], "because")
+    assert record.tool_calls_per_choice == []
+    older = ResultRecord.from_line({"id": "a", "text": "x", "tool_calls": [[{"id": "c"}], []]})
+    assert (older.texts, older.finish_reasons, older.tool_calls_per_choice) == (
+        ["x"],
+        [None],
+        [[{"id": "c"}], []],
+    )
+    newer = ResultRecord.from_line({"id": "b", "tool_calls": [{"id": "c"}], "reasoning": 3})
+    assert (newer.tool_calls_per_choice, newer.reasoning) == ([[{"id": "c"}]], None)
+
+
+def test_a_runs_start_and_end_lines_read_back_unchanged() -> None:
+    from batch.running.records import RunRecord, attempt_log_line
+
+    start = '{"event": "start", "at": "2025-01-02T03:04:05.678+00:00", "pid": 7, "manifest": "m.yaml", "tasks": 3}'
+    end = '{"event": "end", "at": "t", "interrupted": true, "maybe_billed": 2}'
+    for text in (start, end):
+        record = attempt_log_line(json.loads(text))
+        assert isinstance(record, RunRecord) and list(record.to_line().items()) == _keys_and_values(text)
+    assert isinstance(attempt_log_line(json.loads(ATTEMPT_LINES[0])), AttemptRecord)
+    assert attempt_log_line({"event": "odd"}) is None

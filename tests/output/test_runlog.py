@@ -1,0 +1,57 @@
+"""The reading side of the attempt log (batch.output.runlog): `account` and `recover` read its lines
+through batch.running.records. No server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from batch.output.runlog import account, recover
+
+START = {"event": "start", "at": "2025-01-02T03:04:05.000+00:00", "pid": 7, "tasks": 3, "manifest": "m.yaml"}
+END = {"event": "end", "at": "2025-01-02T03:05:05.000+00:00", "exit_code": 0, "seconds": 60.0}
+
+
+def write_log(path: Path, *lines: dict[str, object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"event": "sent", "requ')
+
+
+def test_account_counts_requests_and_passes_on_each_runs_start_and_end_lines(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    sent = [{"event": "sent", "request_id": f"t/a.{i}", "task_id": "t", "t": 1.0} for i in range(4)]
+    write_log(
+        runs / "1.jsonl",
+        START,
+        *sent[:3],
+        {"event": "done", "request_id": "t/a.0", "outcome": "answered", "status": 200},
+        {"event": "done", "request_id": "t/a.1", "outcome": "failed", "maybe_billed": True},
+        {"event": "odd"},
+        END,
+    )  # t/a.2 has no `done` line: maybe billed
+    write_log(runs / "2.jsonl", START, sent[3])  # the last run, still going or gone
+    gone = account(runs)
+    assert (gone.requests, gone.maybe_billed, gone.in_flight) == (4, 3, 0)
+    assert gone.runs == [[START, END], [START]], "start and end lines pass on whole, in their order"
+    assert [list(line) for line in gone.runs[0]] == [list(START), list(END)]
+    live = account(runs, live=True)
+    assert (live.requests, live.maybe_billed, live.in_flight) == (4, 2, 1)
+
+
+def test_recover_closes_only_the_runs_that_did_not_end(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    sent = {"event": "sent", "request_id": "fox/a.1", "task_id": "fox", "t": 1.0}
+    write_log(runs / "1.jsonl", START, sent, END)
+    write_log(
+        runs / "2.jsonl", START, sent, {"event": "done", "request_id": "fox/a.1", "outcome": "answered"}
+    )
+    write_log(runs / "3.jsonl", START, sent, {**sent, "request_id": "owl/b.1", "task_id": "owl"})
+    found = recover(runs)
+    assert (found.runs, found.requests, dict(found.by_task)) == (
+        2,
+        ["fox/a.1", "owl/b.1"],
+        {"fox": 1, "owl": 1},
+    )
+    last = [json.loads(line) for line in (runs / "3.jsonl").read_text().splitlines()][-1]
+    assert (last["event"], last["interrupted"], last["maybe_billed"]) == ("end", True, 2)
+    assert recover(runs).runs == 0
