@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from batch.manifest.fields import FieldIssue
 
@@ -123,6 +123,9 @@ class TaskKind:
     prompt_fields: tuple[str, ...] = ("prompt",)
     # The media types an answer's files may have; an answer with files of any other type is unusable.
     output_media_types: frozenset[str] = frozenset()
+    # The shape of this kind's answer in an OpenAI Batch output file (`export --format openai`): the body
+    # of an images answer (`data[]` of `b64_json`) or a `chat.completion` (choices with messages).
+    openai_answer_object: Literal["images", "chat.completion"] = "images"
 
     def normalize(self, fields: Mapping[str, Any]) -> dict[str, Any]:
         """Fields in their one canonical form (shorthands expanded); never raises, `check` reports."""

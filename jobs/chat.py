@@ -322,6 +322,7 @@ class Chat(TaskKind):
     openai_batch_urls = ("/v1/chat/completions",)
     prompt_fields = ("prompt", "messages")
     output_media_types = IMAGE_MEDIA_TYPES
+    openai_answer_object = "chat.completion"
 
     def normalize(self, fields: Mapping[str, Any]) -> dict[str, Any]:
         return normalize_chat(fields)

@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+from batch.kind import builtin_registry
 from batch.output.store import RESULTS, read_lines
 from batch.running.records import ErrorInfo, ResultRecord
 
@@ -165,16 +166,20 @@ def _base64_chunks(path: Path) -> Iterator[str]:
 
 def _openai(root: Path, stream: IO[str]) -> int:
     files = _Files(root)
+    chat_shaped = {
+        name for name, kind in builtin_registry().items() if kind.openai_answer_object == "chat.completion"
+    }
     rows = 0
     for record in _results(root):
-        line = openai_line(record, files)
+        line = openai_line(record, files, chat_shaped)
         files.write(json.dumps(line, ensure_ascii=False) + "\n", stream)
         rows += 1
     return rows
 
 
-def openai_line(record: ResultRecord, files: _Files) -> dict[str, Any]:
-    """One task's line of an OpenAI Batch output file."""
+def openai_line(record: ResultRecord, files: _Files, chat_shaped: set[str]) -> dict[str, Any]:
+    """One task's line of an OpenAI Batch output file; the kinds in `chat_shaped` answer with a
+    `chat.completion`, the others with an images body."""
     task_id = record.id
     request_id = record.request_id if isinstance(record.request_id, str) else ""
     line: dict[str, Any] = {
@@ -199,7 +204,7 @@ def openai_line(record: ResultRecord, files: _Files) -> dict[str, Any]:
         return line
     created = _timestamp(record.finished_at)
     images = files.existing(record)
-    if record.kind == "chat":
+    if record.kind in chat_shaped:
         body = _chat_completion(record, created, request_id or "chatcmpl-" + line["id"][10:], images, files)
     else:
         body = {
