@@ -8,7 +8,8 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import anyio
@@ -21,7 +22,7 @@ from batch.exitcodes import EXIT_DATAERR, EXIT_DEADLINE, EXIT_IOERR, EXIT_UNAVAI
 from batch.kind import Registry
 from batch.manifest.tasks import TaskSpec
 from batch.output.gallery import Thumbnailer
-from batch.output.runlog import RunLog
+from batch.output.runlog import Interrupted, RunLog
 from batch.output.store import OutputDir
 from batch.running.attempt import TaskAttempts
 from batch.running.budget import Budget, Spent
@@ -36,31 +37,39 @@ from batch.running.summary import RunSettings, RunSummary
 PRODUCER_BATCH = 64  # tasks pulled from the manifest per trip to a worker thread
 
 
+@dataclass(frozen=True)
+class RunStart:
+    """What a run learnt from DIR before its first request (see Job._prepare)."""
+
+    finished: IdSet  # tasks with a result line
+    failed_before: int  # of them, failed
+    skip: Callable[[int], bool] | None  # positions in the plan not to send
+    left_alone: int  # pending tasks that --retry-failed does not send (it sends the failed ones only)
+    interrupted: Interrupted  # what killed runs left
+    spent: Spent | None  # what the ledger says was spent, when a budget needs it
+    log: RunLog  # this run's attempt log, open
+    tag: str
+
+
 class Runner:
     """Runs TaskSpecs against the API into an OutputDir."""
 
     def __init__(
         self,
         tasks: Iterator[TaskSpec],
+        start: RunStart,
         *,
         registry: Registry,
         client: ApiClient,
         out: OutputDir,
-        finished: IdSet,
-        failed_before: int = 0,
-        left_alone: int = 0,
         total: int,
         settings: RunSettings,
-        log: RunLog,
-        run_tag: str,
-        interrupted: Mapping[str, int] | None = None,
-        spent: Spent | None = None,
         observers: Sequence[Observer] = (),
         rng: random.Random | None = None,
     ) -> None:
         self._tasks = tasks
         self._out = out
-        self._finished = finished
+        self._finished = start.finished
         self._settings = settings
         self._stopping = anyio.Event()
         self._limits = EndpointLimits(settings.limits)
@@ -77,22 +86,20 @@ class Runner:
         self._producer_scope = anyio.CancelScope()
         self._work_scope = anyio.CancelScope()
         self.summary = RunSummary(
-            total=total, finished_before=len(finished), failed_before=failed_before, left_alone=left_alone
+            total=total,
+            finished_before=len(start.finished),
+            failed_before=start.failed_before,
+            left_alone=start.left_alone,
         )
         self._observers: list[Observer] = [self.summary.observe, *observers]  # the summary counts first
-        self._attempts = TaskAttempts(
-            self._context(registry, client, out, log, run_tag, interrupted, spent, rng)
-        )
+        self._attempts = TaskAttempts(self._context(registry, client, out, start, rng))
 
     def _context(
         self,
         registry: Registry,
         client: ApiClient,
         out: OutputDir,
-        log: RunLog,
-        run_tag: str,
-        interrupted: Mapping[str, int] | None,
-        spent: Spent | None,
+        start: RunStart,
         rng: random.Random | None,
     ) -> AttemptContext:
         """What every task's attempts share: the collaborators given, and the run's own control."""
@@ -101,19 +108,19 @@ class Runner:
             registry=registry,
             client=client,
             out=out,
-            log=log,
+            log=start.log,
             settings=settings,
             limits=self._limits,
-            budget=Budget(settings.budget, spent if spent is not None else Spent()),
+            budget=Budget(settings.budget, start.spent if start.spent is not None else Spent()),
             health=self._health,
             emit=self._emit,
             stop=self.stop,
             stopping=self._stopping.is_set,
             sleep=self._sleep,
             threads=self._threads,
-            run_tag=run_tag,
+            run_tag=start.tag,
             rng=rng or random.Random(),
-            interrupted=dict(interrupted or {}),  # task id -> requests of killed runs, maybe billed
+            interrupted=dict(start.interrupted.by_task),  # task id -> requests of killed runs, maybe billed
         )
 
     # -- control ------------------------------------------------------------------------------------

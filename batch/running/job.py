@@ -26,11 +26,11 @@ from batch.manifest.plancache import Sources
 from batch.manifest.read import Manifest, load
 from batch.manifest.tasks import BuildSettings, TaskBuilder
 from batch.output import gallery
-from batch.output.runlog import Interrupted, RunLog, recover
+from batch.output.runlog import RunLog, recover
 from batch.output.store import OutputDir, finished_results, retried_ids
-from batch.running.budget import Spent, ledger_spent
+from batch.running.budget import ledger_spent
 from batch.running.client import ApiClient, ClientConfig
-from batch.running.dispatch import Runner
+from batch.running.dispatch import Runner, RunStart
 from batch.running.idset import IdSet
 from batch.running.summary import RunSettings, RunSummary
 
@@ -163,7 +163,7 @@ class Job:
         done.freeze()  # worker threads only read it
         return done, failed
 
-    def _prepare(self) -> _Start:
+    def _prepare(self) -> RunStart:
         """Everything a run reads and rewrites in DIR before its first request: blocking file work (the
         journals scanned, failures moved aside, killed runs' logs closed, the ledger summed), done in a
         worker thread before the loop has anything else to do."""
@@ -204,7 +204,7 @@ class Job:
                 "tasks": checked.plan.total,
             }
         )
-        return _Start(finished, failed_before, skip, left_alone, interrupted, spent, run_log, tag)
+        return RunStart(finished, failed_before, skip, left_alone, interrupted, spent, run_log, tag)
 
     def _remember_plan(self) -> None:
         """Save a freshly validated plan in DIR's cache, for the next run of the same manifest."""
@@ -235,20 +235,14 @@ class Job:
             async with ApiClient(self.config.client) as client:
                 self.runner = Runner(
                     iter_tasks(checked.manifest, checked.builder, start.skip, _watch(checked.sources)),
+                    start,
                     registry=self.registry,
                     client=client,
                     out=self.out,
-                    finished=start.finished,
-                    failed_before=start.failed_before,
-                    left_alone=start.left_alone,
                     total=checked.plan.total,
                     settings=dataclasses.replace(
                         self.config.run, thumbnails=self.config.run.thumbnails and self.config.gallery
                     ),
-                    log=start.log,
-                    run_tag=start.tag,
-                    interrupted=start.interrupted.by_task,
-                    spent=start.spent,
                     observers=self.observers,
                 )
                 if self._stop is not None:
@@ -264,17 +258,3 @@ class Job:
                 start.log.close(ending)
             except OutputError as exc:  # a full disk: the run's own outcome (74 already) comes first
                 log.warning("could not close the attempt log: %s", exc)
-
-
-@dataclass(frozen=True)
-class _Start:
-    """What a run learnt from DIR before its first request (see Job._prepare)."""
-
-    finished: IdSet  # tasks with a result line
-    failed_before: int  # of them, failed
-    skip: Callable[[int], bool] | None  # positions in the plan not to send
-    left_alone: int  # pending tasks that --retry-failed does not send (it sends the failed ones only)
-    interrupted: Interrupted  # what killed runs left
-    spent: Spent | None  # what the ledger says was spent, when a budget needs it
-    log: RunLog  # this run's attempt log, open
-    tag: str
