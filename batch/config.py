@@ -61,6 +61,7 @@ class Options:
     endpoint: str | None = None  # for tasks the manifest gives none; default: MAAS_ENDPOINT
     endpoints: Mapping[str, str] = field(default_factory=dict)  # --endpoint: {kind | model | "*": endpoint}
     overrides: Mapping[str, Any] = field(default_factory=dict)  # --set: {field: v} or {kind: {field: v}}
+    allow_unknown: bool = False  # send chat fields and model names that look like typos as they are
     concurrency: int | Literal["auto"] = DEFAULT_CONCURRENCY
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     rpm: float | None = None
@@ -117,8 +118,22 @@ class Options:
         from batch.manifest.tasks import BuildSettings  # the manifest package, only when a manifest is read
 
         return BuildSettings(
-            overrides=dict(self.overrides), endpoints=dict(self.endpoints), env_endpoint=env_endpoint
+            overrides=dict(self.overrides),
+            endpoints=dict(self.endpoints),
+            env_endpoint=env_endpoint,
+            allow_unknown=self.allow_unknown,
+            known_models=self._priced_models(),
         )
+
+    def _priced_models(self) -> tuple[str, ...]:
+        """The models `prices` gives a price for (a file's mistakes are reported when it is read)."""
+        from batch.running.prices import load_prices
+
+        if isinstance(self.prices, Mapping):
+            return tuple(sorted(map(str, self.prices)))
+        if self.prices is None:
+            return ()
+        return tuple(sorted(load_prices(Path(self.prices))[0]))
 
 
 class OptionValues(TypedDict, total=False):
@@ -130,6 +145,7 @@ class OptionValues(TypedDict, total=False):
     endpoint: str | None
     endpoints: Mapping[str, str]
     overrides: Mapping[str, Any]
+    allow_unknown: bool
     concurrency: int | Literal["auto"]
     max_concurrency: int
     rpm: float | None

@@ -33,11 +33,12 @@ from batch.manifest.fields import (
     Rule,
     Text,
     check_rules,
+    closest,
     type_name,
 )
 
 from .chat_answer import parse_chat_answer, read_content, stream_complete, token_counts, usage_of
-from .image_api import sniff_mime
+from .image_api import EXTRA, check_extra, sniff_mime
 
 PATH = "google/chat/completions"
 
@@ -77,8 +78,29 @@ CHAT_FIELDS = (
         "function_call",
         "modalities",
         "reasoning_effort",
+        EXTRA,
     }
 )
+
+# Chat-completions fields this tool does not check but knows by name, so that a field close to one of
+# them (or to a checked one) is taken for a typo: `temprature` would otherwise be sent, and ignored.
+OPENAI_ONLY = frozenset(
+    {
+        "audio",
+        "logit_bias",
+        "metadata",
+        "parallel_tool_calls",
+        "prediction",
+        "prompt_cache_key",
+        "safety_identifier",
+        "service_tier",
+        "store",
+        "verbosity",
+        "web_search_options",
+    }
+)
+TYPO_CUTOFF = 0.8
+UNKNOWN_HINT = "to send it as it is, put it under extra: or pass --allow-unknown"
 
 
 def normalize_chat(fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -140,6 +162,21 @@ def check_chat(fields: Mapping[str, Any]) -> list[FieldIssue]:
     if stop is not None and not _text_or_texts(stop):
         issues.append(FieldIssue("stop", "must be a string or a list of strings", stop))
     issues += _check_extra_body(fields.get("extra_body"))
+    return issues + check_extra(fields, {rule.name for rule in RULES}) + _typos(fields)
+
+
+def _typos(fields: Mapping[str, Any]) -> list[FieldIssue]:
+    """Unknown fields pass (the API has more than this tool checks), but not one a letter or two away
+    from a known field: that is a typo, and the API would ignore it without a word."""
+    known = CHAT_FIELDS | OPENAI_ONLY
+    issues = []
+    for name in fields:
+        if name in known:
+            continue
+        near = closest(str(name), known, TYPO_CUTOFF)
+        if near is not None:
+            message = f"is not a chat-completions field; did you mean {near!r}? ({UNKNOWN_HINT})"
+            issues.append(FieldIssue(name, message, fields[name], guess=True))
     return issues
 
 
@@ -256,8 +293,10 @@ def _pointer_label(pointer: Pointer) -> str:
 
 
 def chat_request(fields: Mapping[str, Any], read: FileReader) -> ApiRequest:
-    """The JSON body, with local image paths inlined as data: URLs. A streamed chat asks for usage."""
-    body = dict(fields)
+    """The JSON body, with local image paths inlined as data: URLs, and `extra:`'s fields as they are. A
+    streamed chat asks for usage."""
+    body = {key: value for key, value in fields.items() if key != EXTRA}
+    body.update(fields.get(EXTRA) or {})
     local = [(pointer, url) for pointer, url in _image_parts(fields) if not url.startswith(REMOTE_PREFIXES)]
     if local:
         body["messages"] = messages = [dict(m) for m in fields["messages"]]

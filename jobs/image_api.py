@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -47,14 +47,15 @@ EXTRA = "extra"
 EXTRA_HINT = "put extra API fields under 'extra' to send them anyway"
 
 
-def check_extra(fields: Mapping[str, Any]) -> list[FieldIssue]:
-    """`extra` must be a mapping whose keys do not shadow checked fields."""
+def check_extra(fields: Mapping[str, Any], known: Iterable[str] | None = None) -> list[FieldIssue]:
+    """`extra` must be a mapping whose keys do not shadow checked fields (`known`; default: the image
+    endpoints')."""
     extra = fields.get(EXTRA)
     if extra is None:
         return []
     if not isinstance(extra, Mapping):
         return [FieldIssue(EXTRA, "must be a mapping of extra API fields", extra)]
-    known = {rule.name for rule in COMMON_RULES + OUTPUT_RULES}
+    known = set(known) if known is not None else {rule.name for rule in COMMON_RULES + OUTPUT_RULES}
     return [
         FieldIssue(f"{EXTRA}.{key}", "is a checked field; set it directly, not under extra", value)
         for key, value in extra.items()

@@ -30,6 +30,12 @@ def add_common(parser: argparse.ArgumentParser) -> None:
         help="send tasks of a kind or model (or, without a '=', all tasks) to this endpoint, "
         "over the manifest; e.g. --endpoint chat=my-gemini --endpoint generate=my-images",
     )
+    parser.add_argument(
+        "--allow-unknown",
+        action="store_true",
+        help="send chat fields and models that look like typos of known ones (temprature, "
+        "gpt-image1) as they are, instead of refusing the manifest",
+    )
 
 
 def add_prices(parser: Any, help: str | None = None) -> None:

@@ -21,6 +21,7 @@ class FieldIssue:
     field: str
     message: str
     value: Any = MISSING
+    guess: bool = False  # the field or value looks like a typo of a known one; --allow-unknown sends it as is
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,12 @@ def check_rules(
             if name not in known:
                 issues.append(FieldIssue(name, unknown_field_message(name, known, hint), fields[name]))
     return issues
+
+
+def closest(name: str, known: Iterable[str], cutoff: float = 0.75) -> str | None:
+    """The known name `name` most likely misspells, if one is close enough."""
+    found = difflib.get_close_matches(name, sorted(known), n=1, cutoff=cutoff)
+    return found[0] if found else None
 
 
 def unknown_field_message(name: str, known: Iterable[str], hint: str = "") -> str:

@@ -118,7 +118,10 @@ def check_manifest(manifest: Manifest, builder: TaskBuilder) -> Plan:
     """Validate every task, and that ids are unique. Streams; holds 8 bytes per task."""
     plan = Plan(manifest.name)
     ids = plan.ids
+    kinds: set[str] = set()  # of every task, built or not: what --set and --endpoint may reach
     for entry, item in walk(manifest, builder):
+        if entry is not None and isinstance(entry.data.get("kind"), str):
+            kinds.add(entry.data["kind"])
         if isinstance(item, TaskSpec):
             plan.total += 1
             plan.counts[(item.kind, item.model or "-", item.endpoint)] += 1
@@ -133,6 +136,11 @@ def check_manifest(manifest: Manifest, builder: TaskBuilder) -> Plan:
     repeated = ids.repeated()
     if repeated:
         _report_duplicates(manifest, builder, repeated, plan)
+    if not builder.problems:
+        # the models of tasks with problems are not known: a model's --endpoint is checked on a valid plan
+        models = {model for _, model, _ in plan.counts} if plan.ok else None
+        for problem in builder.unused_settings(kinds, models):
+            plan.add(problem)
     return plan
 
 

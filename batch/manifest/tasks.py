@@ -21,7 +21,8 @@ from batch.manifest.fields import MISSING, FieldIssue, unknown_field_message
 from batch.manifest.ids import valid_id
 from batch.manifest.inputs import InputInspector, resolve
 from batch.manifest.read import Entry, LocatedDict, Manifest
-from batch.running.prices import parse_prices
+from batch.manifest.unused import unknown_model, unused_endpoints, unused_overrides
+from batch.running.prices import PriceTable, parse_prices
 
 if TYPE_CHECKING:
     from batch.manifest.plancache import Sources
@@ -58,6 +59,10 @@ class BuildSettings:
     overrides: Mapping[str, Any] = field(default_factory=dict)  # --set: shared keys and {kind: {...}}
     endpoints: Mapping[str, str] = field(default_factory=dict)  # --endpoint: {kind|model|"*": endpoint}
     env_endpoint: str | None = None  # MAAS_ENDPOINT, or the simulator's
+    allow_unknown: bool = False  # --allow-unknown: send fields and models that look like typos of known ones
+    known_models: tuple[
+        str, ...
+    ] = ()  # models priced by --prices FILE (besides the built-in and the manifest's)
 
 
 class TaskBuilder:
@@ -78,6 +83,9 @@ class TaskBuilder:
         self.inspector = inspector or InputInspector(sources=sources)
         self.checking = True  # False once the manifest validated: the dispatch walk skips the field rules
         self.problems = self._check_top_level()
+        # the models with a price: a task's model close to one of them but not one is taken for a typo
+        priced = manifest.prices if isinstance(manifest.prices, Mapping) else {}
+        self.known_models = {*PriceTable().prices, *map(str, priced), *settings.known_models}
 
     def trust(self) -> None:
         """Validation is over: stop noting the files read (the caller keeps that record), and skip the
@@ -155,6 +163,12 @@ class TaskBuilder:
         problems: list[Problem] = []
         fields = kind.normalize(self._merged(kind, data))
         issues = kind.check(fields) if self.checking else []
+        if self.settings.allow_unknown:  # the user means the fields and models the tool does not know
+            issues = [issue for issue in issues if not issue.guess]
+        elif self.checking and isinstance(fields.get("model"), str):
+            typo = unknown_model(fields["model"], self.known_models)
+            if typo:
+                issues.append(FieldIssue("model", typo, fields["model"], guess=True))
         inputs: dict[Pointer, InputInfo] = {}
         if not issues:
             fields, inputs = self._resolve_inputs(kind, fields)
@@ -199,7 +213,8 @@ class TaskBuilder:
         merged.update(defaults.get(kind.name) or {})
         merged.update((k, v) for k, v in data.items() if k not in RESERVED)
         merged.update((k, v) for k, v in overrides.items() if k in kind.known_fields)
-        merged.update(overrides.get(kind.name) or {})
+        scoped = overrides.get(kind.name)
+        merged.update(scoped if isinstance(scoped, Mapping) else {})  # `--set chat=3` is reported apart
         return merged
 
     def _resolve_inputs(
@@ -277,21 +292,27 @@ class TaskBuilder:
         return self._problem(entry, issue.field, issue.message, issue.value)
 
     def _problem(self, entry: Entry, field_path: str, message: str, value: Any = MISSING) -> Problem:
-        """A problem located at the line that set the field: the task's own, or the defaults'."""
+        """A problem located where the field was set: `--set` (which wins over the manifest), else the
+        line of the task's own field, or of the defaults'."""
         root = re.split(r"[.\[]", field_path, maxsplit=1)[0]
+        kind = entry.data.get("kind")
+        if self._set_by_flag(kind, root):
+            return Problem(
+                "--set",
+                None,
+                message,
+                task=entry.label,
+                field=field_path,
+                value=None if value is MISSING else shorten(value),
+            )
         line = _line_within(entry.data, field_path) if root in entry.key_lines else None
         origin = ""
         if line is None:
-            kind = entry.data.get("kind")
             kind_defaults = self.manifest.defaults.get(kind) if isinstance(kind, str) else None
             if isinstance(kind_defaults, LocatedDict) and root in kind_defaults.key_lines:
                 line, origin = kind_defaults.key_lines[root], f" (set in defaults.{kind})"
             elif root in self.manifest.defaults:
                 line, origin = self.manifest.line_of("defaults", root), " (set in defaults)"
-            elif root in self.settings.overrides or (
-                isinstance(kind, str) and root in (self.settings.overrides.get(kind) or {})
-            ):
-                origin = " (set with --set)"
             if line is None:
                 line = entry.line
         return Problem(
@@ -301,6 +322,25 @@ class TaskBuilder:
             task=entry.label,
             field=field_path,
             value=None if value is MISSING else shorten(value),
+        )
+
+    def _set_by_flag(self, kind: Any, root: str) -> bool:
+        """Whether `--set` gave the task's field `root` (shared, to a kind that knows it, or kind.field)."""
+        overrides = self.settings.overrides
+        if not isinstance(kind, str) or kind not in self.registry:
+            return False
+        scoped = overrides.get(kind)
+        if isinstance(scoped, Mapping) and root in scoped:
+            return True
+        return root in overrides and root in self.registry[kind].known_fields
+
+    # -- after the whole manifest -------------------------------------------------------------------
+
+    def unused_settings(self, kinds: set[str], models: set[str] | None) -> list[Problem]:
+        """The `--set` and `--endpoint` keys that reach no task of the manifest: `kinds` and `models`
+        are its tasks' (models None: not all known, a key that may be one is let be)."""
+        return unused_overrides(self.settings.overrides, self.registry, kinds) + unused_endpoints(
+            self.settings.endpoints, self.registry, kinds, models
         )
 
 
