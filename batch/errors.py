@@ -189,11 +189,24 @@ class TransportError(ApiError):
 
     kind = "transport_error"
 
-    def __init__(self, message: str, *, maybe_billed: bool = False, timeout: bool = False) -> None:
+    def __init__(
+        self, message: str, *, maybe_billed: bool = False, timeout: bool = False, reach: str = "connection"
+    ) -> None:
         self.message = message
         self.maybe_billed = maybe_billed
         self.timeout = timeout
+        # what failed, for the user's first warning of each: dns, refused, tls, connect_timeout (the host
+        # was never reached), timeout, cut_short, connection (it was)
+        self.reach = reach
         super().__init__(message)
+
+    @property
+    def unreached(self) -> bool:
+        """No connection was made: the host does not resolve, refuses, or will not speak TLS with us."""
+        return self.reach in UNREACHED
+
+
+UNREACHED = frozenset({"dns", "refused", "tls", "connect_timeout"})
 
 
 class BrokenAnswerError(ApiError):

@@ -30,6 +30,9 @@ class AttemptFailed:
     attempt: int
     error: str
     wait: float
+    failure: str = (
+        ""  # its sort: dns, refused, tls, timeout, HTTP 503... (batch.running.answers.failure_kind)
+    )
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class Heartbeat:
     tokens: int
     cost: float
     unpriced: int
+    last_error: str = ""  # the latest failed attempt's reason, while retries go on
 
 
 Event = RunStarted | TaskStarted | AttemptFailed | Billed | TaskFinished | RunStopping | Heartbeat

@@ -65,8 +65,9 @@ exit codes:
   {EXIT_IOERR}  the output directory cannot be written, e.g. disk full (run stopped, resumable)
   {EXIT_TEMPFAIL}  interrupted, or another run holds the output directory (resumable)
   {EXIT_NOPERM}  the API refused the key (run stopped, resumable)
-  {EXIT_CONFIG}  configuration missing: no MAAS_API_KEY, no endpoint, no such endpoint, or no price for
-      a model that --max-cost must count
+  {EXIT_CONFIG}  configuration missing or wrong: no MAAS_API_KEY, no endpoint, no such endpoint, the API
+      unreachable from the first request (a misspelt MAAS_BASE_URL), or no price for a model that
+      --max-cost must count
 """
 
 ENVIRONMENT = f"""\

@@ -25,6 +25,7 @@ class ProgressBar:
         self._retries = 0
         self._tokens = 0
         self._cost = 0.0
+        self._last_error = ""
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
@@ -41,6 +42,7 @@ class ProgressBar:
             self._postfix()
         elif isinstance(event, AttemptFailed):
             self._retries += 1
+            self._last_error = event.error
             self._postfix()
         elif isinstance(event, Billed):
             self._tokens += event.total_tokens
@@ -50,13 +52,15 @@ class ProgressBar:
 
     def _postfix(self) -> None:
         assert self._bar is not None
-        self._bar.set_postfix(
-            failed=self._failed,
-            retries=self._retries,
-            tokens=f"{self._tokens:,}",
-            cost=money(self._cost),
-            refresh=False,
-        )
+        shown: dict[str, object] = {
+            "failed": self._failed,
+            "retries": self._retries,
+            "tokens": f"{self._tokens:,}",
+            "cost": money(self._cost),
+        }
+        if self._last_error:
+            shown["last"] = _short(self._last_error)
+        self._bar.set_postfix(shown, refresh=False)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -70,6 +74,7 @@ class LogLines:
     def __init__(self) -> None:
         self._done = 0
         self._pending = 0
+        self._failures_seen: set[str] = set()  # sorts of failure already warned of (dns, HTTP 503...)
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
@@ -83,8 +88,9 @@ class LogLines:
         elif isinstance(event, Heartbeat):
             eta = "" if event.eta_seconds is None else f", ETA {_duration(event.eta_seconds)}"
             unpriced = f" (+{event.unpriced} unpriced)" if event.unpriced else ""
+            last = f"; last error: {event.last_error}" if event.last_error else ""
             log.info(
-                "done %s/%s, failed %s, in flight %s, retries %s, %.1f/s%s, %s tokens, %s%s",
+                "done %s/%s, failed %s, in flight %s, retries %s, %.1f/s%s, %s tokens, %s%s%s",
                 f"{event.done:,}",
                 f"{self._pending:,}",
                 f"{event.failed:,}",
@@ -95,6 +101,7 @@ class LogLines:
                 f"{event.tokens:,}",
                 money(event.cost),
                 unpriced,
+                last,
             )
         elif isinstance(event, TaskFinished):
             self._done += 1
@@ -121,6 +128,16 @@ class LogLines:
                     record["error"]["message"],
                 )
         elif isinstance(event, AttemptFailed):
+            if event.failure not in self._failures_seen:  # the first of its sort: say why, at once
+                self._failures_seen.add(event.failure)
+                log.warning(
+                    "first %s failure: %s (task %s; retrying in %.1f s; -v shows every retry)",
+                    event.failure,
+                    event.error,
+                    event.task_id,
+                    event.wait,
+                )
+                return
             log.debug(
                 "retrying %s in %.1f s after attempt %d: %s",
                 event.task_id,
@@ -130,6 +147,10 @@ class LogLines:
             )
         elif isinstance(event, RunStopping):
             log.warning("stopping: %s", event.reason)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _duration(seconds: float) -> str:

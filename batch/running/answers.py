@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from batch.errors import ApiError, ApiStatusError
+from batch.errors import ApiError, ApiStatusError, BrokenAnswerError, TransportError
 from batch.kind import TaskKind
 from batch.manifest.tasks import TaskSpec
 from batch.running.records import ErrorInfo
@@ -31,6 +31,18 @@ def describe(error: BaseException | None) -> str:
     return (
         str(getattr(error, "message", None) or error) if not isinstance(error, ApiStatusError) else str(error)
     )
+
+
+def failure_kind(error: BaseException | None) -> str:
+    """What sort of failure `error` is, in a word or two, for the first warning of each sort: dns,
+    refused, tls, connect_timeout, timeout, cut_short, connection, HTTP 503, a broken answer's type."""
+    if isinstance(error, TransportError):
+        return error.reach
+    if isinstance(error, ApiStatusError):
+        return f"HTTP {error.status}"
+    if isinstance(error, BrokenAnswerError):
+        return error.kind
+    return type(error).__name__ if error is not None else "unknown"
 
 
 def usage_of(kind: TaskKind, body: Any) -> Mapping[str, Any] | None:

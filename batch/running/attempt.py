@@ -17,12 +17,12 @@ import anyio
 
 from batch.errors import ApiError, ApiStatusError, BrokenAnswerError, OutputError, TransportError
 from batch.events import AttemptFailed, TaskFinished, TaskStarted
-from batch.exitcodes import EXIT_BUDGET, EXIT_IOERR
+from batch.exitcodes import EXIT_BUDGET, EXIT_CONFIG, EXIT_IOERR
 from batch.kind import ApiRequest, EncodedImage, TaskKind
 from batch.manifest.inputs import read_file
 from batch.manifest.tasks import TaskSpec
 from batch.output.store import OutputFile
-from batch.running.answers import answer_id, describe, short, stream_complete, usage_of
+from batch.running.answers import answer_id, describe, failure_kind, short, stream_complete, usage_of
 from batch.running.bookkeeping import bill, result_line
 from batch.running.client import Reply
 from batch.running.context import AttemptContext, Stopped, TaskState
@@ -41,6 +41,7 @@ class TaskAttempts:
         self.in_flight = 0
         self.durations: deque[float] = deque(maxlen=256)  # recent requests' seconds, for the deadline
         self.maybe_billed = 0  # this run's requests that may have been billed without a saved result
+        self.reached = False  # the API has answered this run (any HTTP answer): its address is right
 
     async def run_task(self, spec: TaskSpec) -> None:
         """Attempt a task until it succeeds, fails or the run stops; a fault of ours fails this task only."""
@@ -81,7 +82,12 @@ class TaskAttempts:
         await self._finish(spec, state, started)
 
     def _on_retry(self, spec: TaskSpec, notice: RetryNotice) -> None:
-        self._ctx.emit(AttemptFailed(spec.id, notice.attempt, describe(notice.error), notice.wait))
+        error = notice.error
+        if self._ctx.stopping():
+            return  # no retry will be sent
+        self._ctx.emit(
+            AttemptFailed(spec.id, notice.attempt, describe(error), notice.wait, failure_kind(error))
+        )
 
     async def _attempt(self, spec: TaskSpec, kind: TaskKind, state: TaskState) -> None:
         ctx = self._ctx
@@ -157,6 +163,7 @@ class TaskAttempts:
         state.lost_to_outage = False
         try:
             reply = await ctx.client.send(spec.endpoint, request, request_id)
+            self.reached = True
             state.server_request_id = reply.server_request_id or answer_id(reply.body)
             if request.stream and not reply.ended and not stream_complete(kind, spec, reply.body):
                 raise BrokenAnswerError(
@@ -189,6 +196,12 @@ class TaskAttempts:
     ) -> None:
         """A request that failed: its log line, what it says of the service's health, what it may cost."""
         log, health = self._ctx.log, self._ctx.health
+        if isinstance(exc, TransportError) and exc.unreached and not self.reached:
+            # The very first requests cannot resolve the host or connect at all: a wrong MAAS_BASE_URL or
+            # no network, not an outage that began; waiting out --outage-limit would only hide it.
+            self._ctx.stop(f"cannot reach the API at {self._ctx.client.address}: {exc.message}", EXIT_CONFIG)
+        elif not isinstance(exc, TransportError):
+            self.reached = True
         if isinstance(exc, BrokenAnswerError):
             log.done(
                 request_id, "broken", status=exc.status, maybe_billed=exc.maybe_billed, error=exc.message

@@ -57,6 +57,14 @@ class ClientConfig:
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"the base URL must be an http(s) URL, not {self.base_url!r}")
+        if parts.username is not None or parts.password is not None:
+            # aiohttp would refuse every request (a URL's credentials beside the Authorization header), and
+            # the URL is written into messages: the key belongs in MAAS_API_KEY, nowhere else
+            shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+            raise ConfigError(
+                f"the base URL must not hold a user or password ({shown} with them); the key goes in "
+                "MAAS_API_KEY"
+            )
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,9 @@ class ApiClient:
         self._session: aiohttp.ClientSession | None = None
         base = urlsplit(config.base_url)
         self._origin = _origin(base.scheme, base.hostname, base.port)
+        # the base URL as messages name it: without a user or password it may hold
+        netloc = (base.hostname or "") if base.port is None else f"{base.hostname}:{base.port}"
+        self.address = self.scrub.text(base._replace(netloc=netloc, query="", fragment="").geturl())
 
     async def __aenter__(self) -> ApiClient:
         host = urlsplit(self.config.base_url).hostname or ""
@@ -278,17 +289,32 @@ class _Translate:
             return False
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
             raise TransportError(
-                f"could not connect within {config.connect_timeout:g} s", timeout=True
+                f"could not connect within {config.connect_timeout:g} s",
+                timeout=True,
+                reach="connect_timeout",
             ) from exc
+        if isinstance(exc, aiohttp.ClientConnectorDNSError):
+            host = scrub.text(exc.host)
+            message = f"cannot resolve the host {host!r}: {scrub.text(str(exc.os_error or exc))}"
+            raise TransportError(message, reach="dns") from exc
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientConnectorSSLError):
+            message = f"TLS with {scrub.text(exc.host)}:{exc.port} failed: {scrub.text(str(exc))[:300]}"
+            raise TransportError(message, reach="tls") from exc
         if isinstance(exc, aiohttp.ClientConnectorError):
-            raise TransportError(f"could not connect: {scrub.text(str(exc.os_error or exc))}") from exc
+            refused = isinstance(exc.os_error, ConnectionRefusedError)
+            reason = scrub.text(str(exc.os_error or exc))
+            message = f"could not connect to {scrub.text(exc.host)}:{exc.port}: {reason}"
+            raise TransportError(message, reach="refused" if refused else "connection") from exc
         if isinstance(exc, TimeoutError):
             raise TransportError(
-                f"no complete answer within {config.timeout:g} s", timeout=True, maybe_billed=True
+                f"no complete answer within {config.timeout:g} s",
+                timeout=True,
+                maybe_billed=True,
+                reach="timeout",
             ) from exc
         if isinstance(exc, aiohttp.ClientPayloadError):
             message = f"the answer was cut short: {scrub.text(str(exc))[:300]}"
-            raise TransportError(message, maybe_billed=True) from exc
+            raise TransportError(message, maybe_billed=True, reach="cut_short") from exc
         if isinstance(exc, aiohttp.ClientError):
             message = scrub.text(str(exc)) or type(exc).__name__
             raise TransportError(f"connection failed: {message[:300]}", maybe_billed=True) from exc

@@ -250,6 +250,7 @@ class Runner:
                     tokens=summary.total_tokens,
                     cost=summary.cost,
                     unpriced=summary.unpriced,
+                    last_error=summary.last_error,
                 )
             )
 

@@ -12,10 +12,13 @@ their tasks. If the outage outlasts `outage_limit`, the run stops
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
 import anyio
+
+log = logging.getLogger(__name__)
 
 PROBE_FIRST = 0.25
 PROBE_MAX = 30.0
@@ -67,6 +70,9 @@ class ServiceHealth:
         """The service answered (any answer that is not a transient failure)."""
         self._in_a_row = 0
         if self._opened_at is not None:
+            log.warning(
+                "the service answers again, after %.0f s of failures", self._clock() - self._opened_at
+            )
             self._opened_at = None
             self._probing = False
             self._probe_wait = PROBE_FIRST
@@ -85,6 +91,13 @@ class ServiceHealth:
             self._opened_at = now
             self._next_probe = now + PROBE_FIRST
             self.outages += 1
+            log.warning(
+                "the service is failing (%d failed attempts in a row; last: %s): tasks wait without spending "
+                "attempts while one probe at a time asks whether it is back (for up to %s s)",
+                self._in_a_row,
+                error,
+                f"{self.outage_limit:g}",
+            )
             self._wake()
             return False
         if self._probing:

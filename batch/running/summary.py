@@ -50,6 +50,7 @@ class RunSummary:
     seconds: float = 0.0
     loop_lag_p99_ms: float = 0.0  # how late the event loop ran, 99th percentile (blocking work shows here)
     concurrency: dict[str, float] = field(default_factory=dict)  # what --concurrency auto settled on
+    last_error: str = ""  # the reason of the latest attempt that failed and was retried
 
     @property
     def not_run(self) -> int:
@@ -79,3 +80,4 @@ class RunSummary:
                 self.failed += 1
         elif isinstance(event, AttemptFailed):
             self.retries += 1
+            self.last_error = event.error
