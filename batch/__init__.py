@@ -50,7 +50,8 @@ _EXPORTS = {
     "stream": "batch.api",
     "validate": "batch.api",
     "from_tasks": "batch.api",
-    "Result": "batch.api",
+    "Result": "batch.recorded",
+    "results": "batch.recorded",
     "ResultStream": "batch.api",
     "Options": "batch.config",
     "RunSummary": "batch.running.summary",
@@ -95,13 +96,14 @@ __all__ = [  # the names of _EXPORTS (a test checks), written out for readers an
     "UsageError",
     "__version__",
     "from_tasks",
+    "results",
     "run",
     "stream",
     "validate",
 ]
 
 if TYPE_CHECKING:
-    from batch.api import Result, ResultStream, from_tasks, run, stream, validate
+    from batch.api import ResultStream, from_tasks, run, stream, validate
     from batch.config import Options
     from batch.errors import (
         BatchError,
@@ -115,6 +117,7 @@ if TYPE_CHECKING:
     )
     from batch.events import AttemptFailed, Billed, Event, Heartbeat, RunStarted, RunStopping, TaskFinished
     from batch.manifest.read import Manifest
+    from batch.recorded import Result, results
     from batch.running.summary import RunSummary
 
 

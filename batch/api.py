@@ -30,7 +30,6 @@ import os
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Unpack
 
@@ -42,47 +41,11 @@ from batch.kind import TaskKind
 from batch.kind import builtin_registry as registry
 from batch.manifest.plancache import FOLDER as PLAN_FOLDER
 from batch.manifest.read import Manifest, from_data
+from batch.recorded import Result, in_manifest_order
 from batch.running.job import CheckedManifest, Job, JobConfig
 from batch.running.summary import RunSummary
 
 log = logging.getLogger("batch.api")
-
-
-@dataclass(frozen=True)
-class Result:
-    """One finished task, as results.jsonl holds it (`record`), with paths made absolute."""
-
-    id: str
-    kind: str
-    status: str  # "succeeded" | "failed"
-    files: tuple[Path, ...]  # the images saved, under DIR
-    text: str | None  # a chat answer
-    usage: Mapping[str, Any] | None
-    cost: float | None  # US dollars; None when the model has no price
-    attempts: int
-    error: Mapping[str, Any] | None  # type, status, message (a failure)
-    meta: Mapping[str, Any]  # the `meta` of the task's input record
-    record: Mapping[str, Any] = field(repr=False)
-
-    @property
-    def succeeded(self) -> bool:
-        return self.status == "succeeded"
-
-    @classmethod
-    def from_record(cls, record: Mapping[str, Any], out: Path) -> Result:
-        return cls(
-            id=str(record["id"]),
-            kind=str(record["kind"]),
-            status=str(record["status"]),
-            files=tuple(out / str(name) for name in record.get("files") or []),
-            text=record.get("text"),
-            usage=record.get("usage"),
-            cost=record.get("cost"),
-            attempts=int(record.get("attempts") or 0),
-            error=record.get("error"),
-            meta=record.get("meta") or {},
-            record=record,
-        )
 
 
 def from_tasks(
@@ -158,20 +121,24 @@ def stream(
     *,
     on_event: Callable[[Event], None] | None = None,
     kinds: Iterable[TaskKind] = (),
+    include_finished: bool = False,
     **options: Unpack[OptionValues],
 ) -> ResultStream:
     """The results of a run as they finish: `async for result in batch.stream(...)`. The manifest is
-    validated at once (ManifestError); the run starts with the iteration. `.summary` once it is over."""
+    validated at once (ManifestError); the run starts with the iteration. `.summary` once it is over.
+    `include_finished`: first the results `out` already holds for the manifest's tasks, in its order (a
+    resumed pipeline gets the whole set; with `retry_failed`, the failed ones come when run again)."""
     session = _Session(manifest, Path(out), Options(**options), on_event, None, stream=True, kinds=kinds)
-    return ResultStream(session)
+    return ResultStream(session, include_finished)
 
 
 class ResultStream:
     """An async iterable of Results; also an async context manager that stops the run on leaving."""
 
-    def __init__(self, session: _Session) -> None:
+    def __init__(self, session: _Session, include_finished: bool = False) -> None:
         self._session = session
         self._iterated = False
+        self._include_finished = include_finished
 
     @property
     def summary(self) -> RunSummary:
@@ -198,6 +165,9 @@ class ResultStream:
 
     async def _results(self) -> AsyncIterator[Result]:
         session = self._session
+        if self._include_finished:
+            for item in await asyncio.to_thread(session.finished):
+                yield item
         session.start()
         try:
             while True:
@@ -255,6 +225,11 @@ class _Session:
     @property
     def done(self) -> bool:
         return self._finished.is_set()
+
+    def finished(self) -> list[Result]:
+        """What DIR already holds of the manifest's tasks, in its order (before the run starts)."""
+        failed = not self._options.retry_failed  # those are run again, and come as they finish
+        return list(in_manifest_order(self._checked, self._out, failed=failed))
 
     def start(self) -> None:
         if not self.started:

@@ -4,9 +4,10 @@
     MAAS_API_KEY=... python examples/library.py out/labels --live
 
 Tasks are built in code (one chat per product photo, the row's fields as `meta`), run with a budget, and
-their answers are consumed as they finish. Running it again sends nothing for the finished tasks; an
-interrupted run carries on where it stopped. Then the same directory is read back with `batch.run`, which
-returns at once because everything is done.
+their answers are consumed as they finish; with `include_finished=True` the labels of an earlier run come
+first, so the pipeline always gets the whole set. Running it again sends nothing for the finished tasks;
+an interrupted run carries on where it stopped. Then the same directory is read back with `batch.run`,
+which returns at once because everything is done, and with `batch.results`, which only reads.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ def label_tasks() -> batch.Manifest:
 
 async def label(out: Path, simulate: bool) -> dict[str, str]:
     labels = {}
-    results = batch.stream(label_tasks(), out, simulate=simulate, concurrency=4, max_cost=1.00)
+    results = batch.stream(
+        label_tasks(), out, simulate=simulate, concurrency=4, max_cost=1.00, include_finished=True
+    )
     async for result in results:
         if result.succeeded:
             labels[result.id] = result.text or ""
@@ -53,7 +56,10 @@ async def label(out: Path, simulate: bool) -> dict[str, str]:
         else:
             print(f"{result.id:<10} failed: {result.error}", file=sys.stderr)
     summary = results.summary
-    print(f"{summary.succeeded} labeled now, {summary.finished_before} before; spent ${summary.cost:.6f}")
+    print(
+        f"{len(labels)} labels: {summary.succeeded} labeled now, {summary.finished_before} before; "
+        f"spent ${summary.cost:.6f} now"
+    )
     return labels
 
 
@@ -66,6 +72,9 @@ def main() -> int:
     summary = batch.run(label_tasks(), out, simulate=simulate)
     done, sent = summary.finished_before, summary.succeeded
     print(f"again: {done} already done, {sent} sent; exit code {summary.exit_code}")
+    # Only reading, in the manifest's order: what the directory holds for these tasks.
+    kept = [result.id for result in batch.results(out, label_tasks(), simulate=simulate)]
+    print(f"recorded: {', '.join(kept)}")
     return summary.exit_code
 
 

@@ -251,15 +251,61 @@ def test_the_library_example_runs_and_resumes(no_maas_env: None, tmp_path: Path)
     first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert first.returncode == 0, first.stderr
     assert (
-        "3 labeled now, 0 before" in first.stdout
+        "3 labels: 3 labeled now, 0 before" in first.stdout
         and "again: 3 already done, 0 sent; exit code 0" in first.stdout
+        and "recorded: MUG-001, LAMP-014, CHAIR-203" in first.stdout  # the manifest's order
     )
     records = results(out)
     assert sorted(records) == ["CHAIR-203", "LAMP-014", "MUG-001"]
     assert records["MUG-001"]["meta"] == {"title": "Blue ceramic mug 350 ml"}
     second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
-    assert second.returncode == 0 and "0 labeled now, 3 before" in second.stdout
+    # resumed, the pipeline still gets every label: the finished ones come first
+    assert second.returncode == 0 and "3 labels: 0 labeled now, 3 before" in second.stdout
+    assert second.stdout.count("-> ") == 3
     assert json.loads((out / "results.jsonl").read_text().splitlines()[0])["id"] in records
+
+
+def test_results_yields_every_recorded_result_in_manifest_order_without_orphans(
+    api_env: RunningSimulator, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    first = batch.from_tasks(
+        [*generate_tasks(4), {"kind": "generate", "id": "refused", "prompt": "forbidden"}]
+    )
+    batch.run(first, out, concurrency=4)
+    written = [json.loads(line)["id"] for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r.id for r in batch.results(out)] == written  # without a manifest: as written
+    # a later manifest: t02 dropped, the order changed, t09 new (not run yet: no result)
+    later = batch.from_tasks(
+        [generate_tasks(4)[i] for i in (3, 0, 1)]
+        + [{"kind": "generate", "id": "t09", "prompt": "new"}]
+        + [{"kind": "generate", "id": "refused", "prompt": "forbidden"}]
+    )
+    found = list(batch.results(out, later))
+    assert [r.id for r in found] == ["t03", "t00", "t01", "refused"]
+    assert found[0].succeeded and found[0].files == (out / "images" / "t03.png",)
+    assert not found[-1].succeeded and found[-1].error is not None
+    assert (
+        batch.results(tmp_path / "empty", later) is not None and list(batch.results(tmp_path / "empty")) == []
+    )
+
+
+def test_stream_with_include_finished_yields_the_whole_set_on_resume(
+    api_env: RunningSimulator, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    batch.run(batch.from_tasks(generate_tasks(3)), out)
+    sent = api_env.state.requests_total
+    tasks = batch.from_tasks(generate_tasks(5))
+
+    async def consume(**options: object) -> list[str]:
+        return [r.id async for r in batch.stream(tasks, out, **options)]  # type: ignore[arg-type]
+
+    got = asyncio.run(consume(include_finished=True))
+    assert got[:3] == ["t00", "t01", "t02"] and sorted(got[3:]) == ["t03", "t04"]
+    assert api_env.state.requests_total == sent + 2, "the finished ones are read, not sent"
+    assert asyncio.run(consume()) == [], "without it: only what finishes in this call"
+    assert asyncio.run(consume(include_finished=True)) == [f"t{i:02d}" for i in range(5)]
 
 
 INTERRUPTED = """

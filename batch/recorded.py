@@ -1,0 +1,122 @@
+"""What a run directory holds, for Python: `batch.results(out)` yields every recorded result, so that a
+pipeline that resumes gets the whole set back, not only what finished in this call.
+
+    for result in batch.results("runs/labels", manifest="labels.yaml"):
+        print(result.id, result.status, result.text)
+
+With a manifest, the results of its tasks come in manifest order and the lines of tasks no longer in it
+(a prompt fixed, a quality raised) are left out; without one, every line comes in the order it was written.
+A task that has not finished yet has no result.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Unpack
+
+from batch.config import Options, OptionValues, checked_manifest, endpoint_for
+from batch.kind import TaskKind
+from batch.kind import builtin_registry as registry
+from batch.manifest.plan import iter_tasks
+from batch.manifest.read import Manifest
+from batch.output.store import RESULTS
+from batch.running.job import CheckedManifest
+
+
+@dataclass(frozen=True)
+class Result:
+    """One finished task, as results.jsonl holds it (`record`), with paths made absolute."""
+
+    id: str
+    kind: str
+    status: str  # "succeeded" | "failed"
+    files: tuple[Path, ...]  # the images saved, under DIR
+    text: str | None  # a chat answer
+    usage: Mapping[str, Any] | None
+    cost: float | None  # US dollars; None when the model has no price
+    attempts: int
+    error: Mapping[str, Any] | None  # type, status, message (a failure)
+    meta: Mapping[str, Any]  # the `meta` of the task's input record
+    record: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], out: Path) -> Result:
+        return cls(
+            id=str(record["id"]),
+            kind=str(record.get("kind") or ""),
+            status=str(record.get("status") or ""),
+            files=tuple(out / str(name) for name in record.get("files") or []),
+            text=record.get("text"),
+            usage=record.get("usage"),
+            cost=record.get("cost"),
+            attempts=int(record.get("attempts") or 0),
+            error=record.get("error"),
+            meta=record.get("meta") or {},
+            record=record,
+        )
+
+
+def results(
+    out: str | Path,
+    manifest: str | Path | Manifest | None = None,
+    *,
+    kinds: Iterable[TaskKind] = (),
+    **options: Unpack[OptionValues],
+) -> Iterator[Result]:
+    """Every result recorded in `out`. With `manifest` (validated as `run` would, with the same
+    `options`: `overrides`, `endpoints`...), only its tasks', in its order. Reads; never sends."""
+    root = Path(out).absolute()
+    if manifest is None:
+        for _, record in _lines(root / RESULTS):
+            yield Result.from_record(record, root)
+        return
+    chosen = Options(**options)
+    checked = checked_manifest(manifest, chosen, endpoint_for(chosen), None, registry(kinds))
+    yield from in_manifest_order(checked, root)
+
+
+def in_manifest_order(checked: CheckedManifest, root: Path, *, failed: bool = True) -> Iterator[Result]:
+    """The recorded results of a valid manifest's tasks, in its order (`failed`: the failed ones too).
+    Holds an offset per line, not the lines."""
+    path = root / RESULTS
+    where: dict[str, int] = {}
+    for offset, record in _lines(path):
+        where[str(record["id"])] = offset  # the last line of a task is its result
+    if not where:
+        return
+    with path.open("rb") as handle:
+        for spec in iter_tasks(checked.manifest, checked.builder):
+            at = where.get(spec.id)
+            if at is None:
+                continue
+            handle.seek(at)
+            record = json.loads(handle.readline())
+            if failed or record.get("status") != "failed":
+                yield Result.from_record(record, root)
+
+
+def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(offset, record) of each whole, readable line with an id; a torn last line is not one."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        offset = 0
+        for raw in handle:
+            if not raw.endswith(b"\n"):
+                return
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                record = None
+            if isinstance(record, dict) and isinstance(record.get("id"), str):
+                yield offset, record
+            offset += len(raw)
