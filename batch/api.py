@@ -208,7 +208,7 @@ class _Session:
         # Validate now, in the caller's thread: a bad manifest raises before anything starts.
         self._kinds = registry(kinds)  # the built-in kinds and the caller's
         self._checked = checked_manifest(
-            manifest, options, endpoint_for(options), _plan_cache(manifest, self._out), self._kinds
+            manifest, options, endpoint_for(options), _plan_cache(manifest, self._out), self._kinds, self._out
         )
         self._results: queue.SimpleQueue[Result | object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._main, name="maas-batch-run", daemon=True)

@@ -114,7 +114,7 @@ class Options:
             moments.append(time.time() + float(self.max_duration))
         return min(moments) if moments else None
 
-    def build_settings(self, env_endpoint: str | None) -> BuildSettings:
+    def build_settings(self, env_endpoint: str | None, id_scheme: int | None = None) -> BuildSettings:
         from batch.manifest.tasks import BuildSettings  # the manifest package, only when a manifest is read
 
         return BuildSettings(
@@ -123,6 +123,7 @@ class Options:
             env_endpoint=env_endpoint,
             allow_unknown=self.allow_unknown,
             known_models=self._priced_models(),
+            **({"id_scheme": id_scheme} if id_scheme is not None else {}),
         )
 
     def _priced_models(self) -> tuple[str, ...]:
@@ -240,17 +241,23 @@ def checked_manifest(
     endpoint: str | None,
     cache: Path | None = None,
     kinds: Registry | None = None,
+    out: Path | None = None,
 ) -> CheckedManifest:
     """The manifest checked whole, as a run would, sending nothing; `cache` is DIR's remembered plan,
-    `kinds` the registry (the built-in kinds by default). Raises ManifestError with every problem: a
-    MissingConfigError (exit 78) when each is missing configuration."""
+    `kinds` the registry (the built-in kinds by default), `out` the directory whose id scheme the ids
+    follow (none: a new directory's). Raises ManifestError with every problem: a MissingConfigError
+    (exit 78) when each is missing configuration."""
     # the manifest and kind modules load when a command reads a manifest: `maas-batch --help` starts fast
     from batch.kind import builtin_registry as registry
     from batch.manifest.read import Manifest
     from batch.running.job import check
 
     source = manifest if isinstance(manifest, Manifest) else Path(manifest)
-    checked = check(source, options.build_settings(endpoint), kinds or registry(), cache)
+    from batch.manifest.ids import READABLE_IDS
+    from batch.output.format import id_scheme
+
+    scheme = id_scheme(out) if out is not None else READABLE_IDS
+    checked = check(source, options.build_settings(endpoint, scheme), kinds or registry(), cache)
     plan = checked.plan
     if plan.ok:
         return checked

@@ -78,7 +78,7 @@ def results(
             yield Result.from_record(record, root)
         return
     chosen = Options(**options)
-    checked = checked_manifest(manifest, chosen, endpoint_for(chosen), None, registry(kinds))
+    checked = checked_manifest(manifest, chosen, endpoint_for(chosen), None, registry(kinds), root)
     yield from in_manifest_order(checked, root)
 
 

@@ -50,7 +50,9 @@ def run(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
 
     deadline = options.deadline_time()
     with connection(options) as connected:
-        checked = checked_manifest(args.manifest, options, connected.endpoint, args.out / plancache.FOLDER)
+        checked = checked_manifest(
+            args.manifest, options, connected.endpoint, args.out / plancache.FOLDER, out=args.out
+        )
         config = job_config(
             options, checked, args.out, connected, {"argv": argv, "cwd": os.getcwd()}, deadline
         )
@@ -81,7 +83,7 @@ def _dry_run(args: argparse.Namespace, options: Options) -> int:
     from batch.output.store import RESULTS, finished_results, retried_ids
     from batch.running.idset import IdSet
 
-    checked = checked_manifest(args.manifest, options, endpoint_for(options))
+    checked = checked_manifest(args.manifest, options, endpoint_for(options), out=args.out)
     prices = price_table(checked.manifest.prices, options.prices)
     print("\n".join(format_plan(str(args.manifest), checked.plan, prices)))
     if options.max_cost is not None:

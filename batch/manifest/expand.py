@@ -71,12 +71,21 @@ class Expander:
     """Expands the entries of one manifest."""
 
     def __init__(
-        self, manifest_name: str, folder: Path, registry: Registry, sources: Sources | None = None
+        self,
+        manifest_name: str,
+        folder: Path,
+        registry: Registry,
+        sources: Sources | None = None,
+        transliterate: bool = True,
     ) -> None:
         self.name = manifest_name
         self.folder = folder
         self.registry = registry  # asked where a prompts_file's {prompt} goes in each kind
         self.sources = sources  # notes the files read, for the plan cache
+        self.transliterate = transliterate  # ids' slugs in Latin letters from every script (readable ids)
+
+    def _slug(self, value: Any, limit: int = 40) -> str:
+        return slug(value, limit, self.transliterate)
 
     def expand(self, entry: Entry, skip: Callable[[], bool] | None = None) -> Iterator[Entry | Problem]:
         """The entry itself when it has no expansion keys; otherwise one Entry per variant. `skip` is
@@ -231,7 +240,7 @@ class Expander:
         if "prompts_file" in data:
             levels.append(_Replayable(lambda: self._prompts(entry, data["prompts_file"])))
         if "matrix" in data:
-            levels.append(_Replayable(lambda: _matrix(data["matrix"])))
+            levels.append(_Replayable(lambda: _matrix(data["matrix"], self._slug)))
         if "repeat" in data:
             levels.append(_Replayable(lambda: _samples(data["repeat"])))
         yield from _nested(levels)
@@ -254,7 +263,7 @@ class Expander:
                     continue
                 if not text or text.startswith("#"):
                     continue
-                yield Variant({"prompt": text}, (f"{raw}:{number}",), (slug(text, 32),))
+                yield Variant({"prompt": text}, (f"{raw}:{number}",), (self._slug(text, 32),))
 
     def _records(self, entry: Entry, used: set[str]) -> Iterator[Variant]:
         source, raw = next(iter(entry.data["for_each"].items()))
@@ -277,7 +286,7 @@ class Expander:
                 continue
             key = record.get("id", next(iter(record.values()), ""))
             meta = {k: v for k, v in record.items() if k not in used}
-            yield Variant(dict(record), (f"{raw}:{number}",), (slug(key),), meta)
+            yield Variant(dict(record), (f"{raw}:{number}",), (self._slug(key),), meta)
 
     def _glob(self, pattern: str) -> list[Path]:
         base = resolve(self.folder, pattern)
@@ -341,7 +350,7 @@ class _Replayable:
         return iterator
 
 
-def _matrix(matrix: Mapping[str, list[Any]]) -> Iterator[Variant]:
+def _matrix(matrix: Mapping[str, list[Any]], slug: Callable[[Any, int], str]) -> Iterator[Variant]:
     names = list(matrix)
     for values in itertools.product(*(matrix[name] for name in names)):
         label = tuple(

@@ -7,6 +7,12 @@ import re
 from typing import Any
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,100}")
+
+# How ids the manifest does not give are made. A directory keeps the scheme it was started with, so that a
+# resumed run finds its finished tasks under the same ids (batch.output.format).
+ASCII_IDS = 1  # expansions' slugs keep ASCII letters only; a task without expansion: <kind>-<hash>
+READABLE_IDS = 2  # every script transliterated (anyascii); a task without expansion: <prompt slug>-<hash>
+ID_SCHEMES = (ASCII_IDS, READABLE_IDS)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 

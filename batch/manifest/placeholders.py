@@ -10,6 +10,7 @@ from typing import Any
 
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_](?:[\w .-]*[\w.-])?)\}")
 SLUG_SPLIT = re.compile(r"[^A-Za-z0-9]+")
+CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")  # where anyascii joined two syllables of a word
 
 
 def placeholders_in(value: Any) -> set[str]:
@@ -61,9 +62,16 @@ def _lookup(values: Mapping[str, Any], name: str) -> Any:
     return values[name]
 
 
-def slug(value: Any, limit: int = 40) -> str:
-    """A short, file-name-safe, readable form of a value for ids: 'A black fox!' -> 'a-black-fox'."""
+def slug(value: Any, limit: int = 40, transliterate: bool = False) -> str:
+    """A short, file-name-safe, readable form of a value for ids: 'A black fox!' -> 'a-black-fox'. With
+    `transliterate`, every script is written in Latin letters first (anyascii): 'Café crème' ->
+    'cafe-creme', '一只狐狸' -> 'yi-zhi-hu-li'; without it (the ids of directories made before), letters
+    beyond ASCII are dropped."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    if transliterate and not text.isascii():
+        from anyascii import anyascii  # only for text beyond ASCII
+
+        text = CAMEL.sub("-", anyascii(text))  # 'YiZhiHuLi' -> 'Yi-Zhi-Hu-Li'
     words = [w for w in SLUG_SPLIT.split(text.lower()) if w]
     out = ""
     for word in words:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from batch.errors import ManifestError, Problem
 from batch.kind import TokenCounts, openai_batch_urls
 from batch.manifest.expand import Expander
-from batch.manifest.ids import valid_id
+from batch.manifest.ids import READABLE_IDS, valid_id
 from batch.manifest.read import Entry, Manifest
 from batch.manifest.tasks import TaskBuilder, TaskSpec
 from batch.running.idset import IdSet, digest
@@ -84,7 +84,8 @@ def walk(
     over a task of a valid manifest before it is rendered or built (finished ones, on resume)."""
     if builder.problems:
         yield None, builder.problems
-    expander = Expander(manifest.name, manifest.folder, builder.registry, builder.sources)
+    transliterate = builder.settings.id_scheme >= READABLE_IDS
+    expander = Expander(manifest.name, manifest.folder, builder.registry, builder.sources, transliterate)
     position = -1
 
     def passed() -> bool:

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 from batch.errors import Problem, shorten
 from batch.kind import InputInfo, Pointer, Registry, TaskKind
 from batch.manifest.fields import MISSING, FieldIssue, unknown_field_message
-from batch.manifest.ids import valid_id
+from batch.manifest.ids import READABLE_IDS, valid_id
 from batch.manifest.inputs import InputInspector, resolve
+from batch.manifest.placeholders import slug
 from batch.manifest.read import Entry, LocatedDict, Manifest
 from batch.manifest.unused import unknown_model, unused_endpoints, unused_overrides
 from batch.running.prices import PriceTable, parse_prices
@@ -60,9 +61,8 @@ class BuildSettings:
     endpoints: Mapping[str, str] = field(default_factory=dict)  # --endpoint: {kind|model|"*": endpoint}
     env_endpoint: str | None = None  # MAAS_ENDPOINT, or the simulator's
     allow_unknown: bool = False  # --allow-unknown: send fields and models that look like typos of known ones
-    known_models: tuple[
-        str, ...
-    ] = ()  # models priced by --prices FILE (besides the built-in and the manifest's)
+    known_models: tuple[str, ...] = ()  # priced by --prices FILE (besides the built-in and the manifest's)
+    id_scheme: int = READABLE_IDS  # how ids not given are made: the output directory's (batch.manifest.ids)
 
 
 class TaskBuilder:
@@ -191,7 +191,7 @@ class TaskBuilder:
             return problems
         assert endpoint is not None
         if task_id is None:
-            task_id = generated_id(kind.name, entry.readable, digest)
+            task_id = self._generated_id(kind, fields, entry.readable, digest)
         custom_id = data.get("custom_id")
         return TaskSpec(
             task_id,
@@ -205,6 +205,18 @@ class TaskBuilder:
             {**entry.extra_meta, **meta},
             custom_id if isinstance(custom_id, str) else None,
         )
+
+    def _generated_id(
+        self, kind: TaskKind, fields: Mapping[str, Any], readable: tuple[str, ...], digest: str
+    ) -> str:
+        """An id for a task the manifest gave none (see generated_id); with readable ids, a task of no
+        expansion is named by its prompt (`a-red-fox-1a2b3c4d5e6f`)."""
+        if self.settings.id_scheme < READABLE_IDS:
+            return generated_id(kind.name, readable, digest)
+        if not any(readable):
+            prompt = slug(kind.describe(fields)[0], 32, transliterate=True)
+            return f"{prompt}-{digest[:12]}" if prompt else f"{kind.name}-{digest[:16]}"
+        return generated_id(kind.name, readable, digest)
 
     def _merged(self, kind: TaskKind, data: Mapping[str, Any]) -> dict[str, Any]:
         defaults = self.manifest.defaults

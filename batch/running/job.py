@@ -26,6 +26,7 @@ from batch.manifest.plancache import Sources
 from batch.manifest.read import Manifest, load
 from batch.manifest.tasks import BuildSettings, TaskBuilder
 from batch.output import gallery
+from batch.output.format import remember as remember_format
 from batch.output.runlog import RunLog, recover
 from batch.output.store import OutputDir, finished_results, retried_ids
 from batch.running.budget import ledger_spent
@@ -188,6 +189,7 @@ class Job:
             skip = skip_all_but_failed
             left_alone = checked.plan.total - len(finished) - len(only)
         self._remember_plan()
+        remember_format(self.out.root, self.checked.builder.settings.id_scheme)
         interrupted = recover(self.out.runs)
         spent = (
             ledger_spent(self.out.usage.path, self.config.run.prices) if self.config.run.budget.any else None

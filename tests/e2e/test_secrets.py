@@ -36,7 +36,7 @@ def free_port() -> int:
     [
         ("success-verbose", 0),
         ("refused-key", 77),
-        ("no-server", 69),  # the service stays down past --outage-limit
+        ("no-server", 78),  # nothing listens at the base URL from the first request: stopped at once
         ("invalid-manifest", 65),
         ("quota", 69),
         ("outage", 69),

@@ -36,7 +36,8 @@ def test_slug_is_short_readable_and_file_safe() -> None:
     assert slug("A black fox, in autumn!") == "a-black-fox-in-autumn"
     assert slug("x" * 100, 10) == "x" * 10
     assert slug(3.5) == "3-5"
-    assert slug("日本") == ""
+    assert slug("日本") == ""  # the ASCII ids of directories made before readable ids
+    assert slug("日本", transliterate=True) == "ri-ben"
 
 
 def test_prompts_file_one_task_per_line_with_comments_unicode_and_long_lines(write: Write) -> None:
@@ -56,7 +57,7 @@ def test_prompts_file_one_task_per_line_with_comments_unicode_and_long_lines(wri
         {"model": "gpt-image-1", "size": "1536x1024", "prompt": long_line},
     ]
     assert tasks[0].id.startswith("a-fox-in-snow-") and len(tasks[0].id) == len("a-fox-in-snow-") + 8
-    assert tasks[1].id.startswith("un-caf-paris-")
+    assert tasks[1].id.startswith("un-cafe-a-paris-coffee-")
     assert tasks[0].label == "tasks[0] prompts.txt:3"
 
 

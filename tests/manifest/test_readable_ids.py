@@ -1,0 +1,106 @@
+"""Readable ids in every script (anyascii), without changing the ids of directories made before them:
+a resumed run of an older directory still finds every finished task and sends nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import batch.output.format as dir_format
+from batch.manifest.ids import ASCII_IDS, READABLE_IDS, valid_id
+from batch.manifest.placeholders import slug
+from batch.manifest.plan import iter_tasks
+from batch.manifest.tasks import BuildSettings
+from batch.running.job import check
+from batch.simulator import RunningSimulator
+from tests.conftest import Outcome, env_for, registry, results
+
+Write = Callable[..., Path]
+
+PROMPTS = ["一只狐狸在雪中", "Москва ночью", "Crème brûlée à Noël", "東京の夜", "ελληνικά νησιά", "a red fox"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("一只狐狸在雪中", "yi-zhi-hu-li-zai-xue-zhong"),
+        ("Москва ночью", "moskva-noch-yu"),
+        ("Crème brûlée à Noël", "creme-brulee-a-noel"),
+        ("ελληνικά νησιά", "ellinika-nisia"),
+        ("a red fox", "a-red-fox"),
+    ],
+)
+def test_every_script_is_written_in_latin_letters(text: str, expected: str) -> None:
+    assert slug(text, transliterate=True) == expected
+    assert valid_id(slug(text, transliterate=True))
+
+
+def manifest(write: Write) -> Path:
+    write("\n".join(PROMPTS) + "\n", "prompts.txt")
+    return write(
+        "defaults: {model: gpt-image-1, quality: low, size: 1024x1024}\n"
+        "tasks:\n"
+        "  - {kind: generate, prompts_file: prompts.txt}\n"
+        "  - {kind: chat, model: gemini-2.5-flash, prompt: 'Café au lait, s’il vous plaît'}\n"
+        "  - {kind: generate, prompt: 雪の中の狐}\n"
+    )
+
+
+def ids(path: Path, scheme: int) -> list[str]:
+    checked = check(path, BuildSettings(env_endpoint="ep", id_scheme=scheme), registry())
+    assert checked.plan.ok
+    return [spec.id for spec in iter_tasks(checked.manifest, checked.builder)]
+
+
+def test_a_new_directory_gets_readable_ids_for_expansions_and_plain_tasks(write: Write) -> None:
+    found = ids(manifest(write), READABLE_IDS)
+    stems = [task_id.rsplit("-", 1)[0] for task_id in found]
+    assert stems == [
+        "yi-zhi-hu-li-zai-xue-zhong",
+        "moskva-noch-yu",
+        "creme-brulee-a-noel",
+        "dong-jingno-ye",
+        "ellinika-nisia",
+        "a-red-fox",
+        "cafe-au-lait-s-il-vous-plait",
+        "xueno-zhongno-hu",
+    ]
+    assert all(valid_id(task_id) for task_id in found) and len(set(found)) == len(found)
+
+
+def test_the_ascii_scheme_keeps_the_ids_directories_were_made_with(write: Write) -> None:
+    found = ids(manifest(write), ASCII_IDS)
+    assert found[0].startswith("generate-") and len(found[0]) == len("generate-") + 16
+    assert found[2].startswith("cr-me-br-l-e-no-l-")
+    assert found[6].startswith("chat-") and found[7].startswith("generate-")
+
+
+def test_an_older_directory_keeps_its_ids_and_resumes_sending_nothing(
+    write: Write,
+    tmp_path: Path,
+    sim: RunningSimulator,
+    cli: Callable[..., Outcome],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path, out = manifest(write), tmp_path / "out"
+    # a directory as the tool made it before readable ids: ASCII ids, and no .format
+    with monkeypatch.context() as before:
+        before.setattr(dir_format, "READABLE_IDS", ASCII_IDS)
+        first = cli("run", path, "--out", out, env=env_for(sim))
+    assert first.code == 0, first.out + first.err
+    old_ids = set(results(out))
+    assert any(task_id.startswith("generate-") for task_id in old_ids)
+    (out / dir_format.FORMAT).unlink()
+    sent = sim.state.requests_total
+    again = cli("run", path, "--out", out, env=env_for(sim))
+    assert again.code == 0 and "8 already done" in again.out, again.out
+    assert sim.state.requests_total == sent, "resume sent nothing"
+    assert json.loads((out / dir_format.FORMAT).read_text()) == {"ids": ASCII_IDS}
+    # a new directory, the same manifest: readable ids, recorded
+    fresh = cli("run", path, "--out", tmp_path / "fresh", env=env_for(sim))
+    assert fresh.code == 0
+    assert "yi-zhi-hu-li-zai-xue-zhong" in " ".join(results(tmp_path / "fresh"))
+    assert json.loads((tmp_path / "fresh" / dir_format.FORMAT).read_text()) == {"ids": READABLE_IDS}
