@@ -90,18 +90,23 @@ def configure_logging(args: argparse.Namespace) -> None:
     if getattr(args, "verbose", False):
         level = logging.DEBUG
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setLevel(level)
+    handlers: list[logging.Handler] = [stderr]
     log_file = getattr(args, "log_file", None)
     if log_file is not None:
         try:
-            handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+            # the file keeps the INFO lines (the run's start, its status lines) even with --quiet
+            to_file = logging.FileHandler(log_file, encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"cannot open the log file {log_file}: {exc.strerror or exc}") from exc
+        to_file.setLevel(min(level, logging.INFO))
+        handlers.append(to_file)
     for handler in handlers:
         handler.setFormatter(formatter)
     root = logging.getLogger("batch")
     for old in root.handlers:
         old.close()
     root.handlers[:] = handlers
-    root.setLevel(level)
+    root.setLevel(min(handler.level for handler in handlers))
     root.propagate = False

@@ -70,6 +70,38 @@ exit codes:
       --max-cost must count
 """
 
+VALIDATE_EXIT_CODES = f"""\
+exit codes:
+  {EXIT_OK}   the manifest is valid
+  {EXIT_USAGE}  bad command-line usage
+  {EXIT_DATAERR}  invalid manifest (every problem listed with its file, line, task and field), or a --set /
+      --endpoint that would change nothing
+  {EXIT_CONFIG}  configuration missing: no endpoint for some tasks (MAAS_ENDPOINT, --endpoint)
+"""
+
+READ_EXIT_CODES = f"""\
+exit codes:
+  {EXIT_OK}   done
+  {EXIT_USAGE}  bad command-line usage, or DIR is not a directory maas-batch has written
+"""
+
+EXPORT_EXIT_CODES = f"""\
+exit codes:
+  {EXIT_OK}   done
+  {EXIT_USAGE}  bad command-line usage, or DIR is not a directory maas-batch has written
+  {EXIT_IOERR}  the output cannot be written (a full disk, a folder that is a link)
+"""
+
+GALLERY_EXIT_CODES = (
+    EXPORT_EXIT_CODES + f"  {EXIT_TEMPFAIL}  a run holds DIR now (it writes the page itself)\n"
+)
+
+SIMULATE_EXIT_CODES = f"""\
+exit codes:
+  {EXIT_OK}   stopped with Ctrl-C or SIGTERM
+  {EXIT_USAGE}  bad command-line usage, or the port cannot be listened on
+"""
+
 ENVIRONMENT = f"""\
 environment:
   MAAS_API_KEY    the API key (required unless --simulate); never printed or written
@@ -103,8 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser(
         "validate",
         help="check a manifest, count its tasks, estimate their tokens and cost; sends nothing",
+        description="Check MANIFEST whole, as `run` would, and print its tasks per kind, model and "
+        "endpoint with their estimated tokens and cost. Sends nothing; needs no key.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=ENVIRONMENT + "\n" + EXIT_CODES,
+        epilog=ENVIRONMENT + "\n" + VALIDATE_EXIT_CODES,
     )
     validate.add_argument("manifest", type=Path, metavar="MANIFEST")
     validate.add_argument(
@@ -124,7 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(command_parser=validate)  # reports a value Options refuses
 
     status = commands.add_parser(
-        "status", help="what a DIR holds: done, failed, pending, and whether a run is on"
+        "status",
+        help="what a DIR holds: done, failed, pending, and whether a run is on",
+        description="What DIR holds: tasks succeeded, failed and pending, requests that may have been "
+        "billed without a saved answer, and whether a run holds DIR now (its pid). Reads only.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=READ_EXIT_CODES,
     )
     status.add_argument("out", type=Path, metavar="DIR")
     status.add_argument("--json", action="store_true", help="as JSON")
@@ -132,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser(
         "report",
         help="tokens and cost by kind and model, retries, failures by type, the slowest tasks, wall time",
+        description="What DIR's runs spent and how they went: tokens and cost by kind and model (from the "
+        "ledger), retries, failures by type, the slowest tasks, wall time. Reads only.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=READ_EXIT_CODES,
     )
     report.add_argument("out", type=Path, metavar="DIR")
     report.add_argument("--json", action="store_true", help="as JSON")
@@ -145,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="one row per task (id, status, files or answer, usage, cost, meta), for a pipeline to join",
         description="One row (line) per task of DIR's results.jsonl, for another program.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXPORT_EXIT_CODES,
     )
     export.add_argument("out", type=Path, metavar="DIR")
     export.add_argument(
@@ -162,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     gallery = commands.add_parser(
         "gallery",
         help="write DIR/index.html again (runs do it themselves), making any missing thumbnail",
+        description="Write DIR/index.html again, a page that opens from disk and shows every task: images "
+        "with their prompts and cost, chat answers, failures. Runs write it themselves; this makes any "
+        "missing thumbnail too.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=GALLERY_EXIT_CODES,
     )
     gallery.add_argument("out", type=Path, metavar="DIR")
 
@@ -171,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Repeat the last `run` that wrote DIR (same manifest and flags, from the same folder) "
         "with --retry-failed: the failed tasks, and only they, are sent again; tasks never run are left "
         "alone. More run flags may follow.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXIT_CODES.replace(
+            "bad command-line usage", "bad command-line usage, or DIR has no run to repeat"
+        ),
     )
     retry.add_argument("out", type=Path, metavar="DIR")
     retry.add_argument("extra", nargs=argparse.REMAINDER, metavar="RUN-FLAGS", help="added to the command")
@@ -180,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the MaaS API simulator (for demos, tests and rehearsals)",
         description="Serve a local simulator of the MaaS API: the three endpoints, auth, validation, "
         "real images, SSE streaming, latency, rate limits and faults.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=SIMULATE_EXIT_CODES,
     )
     simulate.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     simulate.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from batch import __version__
 from batch.cli.options import show_bar
 from batch.config import (
     Options,
@@ -41,6 +42,14 @@ def run(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
     if args.dry_run:
         return _dry_run(args, options)
     probe_lock(args.out)  # a second run on DIR gives up now, before any slow import or manifest check
+    # where a run starts, in a log file that many runs append to
+    log.info(
+        "maas-batch %s run: manifest %s, directory %s, pid %d",
+        __version__,
+        args.manifest.absolute(),
+        args.out.absolute(),
+        os.getpid(),
+    )
     # the HTTP stack and the engine, imported after that probe: a refused second run gives up fast
     import anyio
 

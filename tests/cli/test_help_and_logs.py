@@ -1,0 +1,78 @@
+"""Help and logs a person can use: each command's --help describes it with its own exit codes, and a log
+file marks where each run starts."""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from batch.cli.grammar import build_parser
+from batch.simulator import RunningSimulator
+from tests.conftest import Outcome, env_for
+
+Cli = Callable[..., Outcome]
+
+
+def help_of(cli: Cli, *command: str) -> str:
+    shown = cli(*command, "--help")
+    assert shown.code == 0
+    return shown.out
+
+
+def exit_codes(text: str) -> set[int]:
+    table = text.split("exit codes:", 1)[1]
+    return {int(code) for code in re.findall(r"^  (\d+) ", table, re.MULTILINE)}
+
+
+def test_every_command_has_a_description(cli: Cli) -> None:
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name, parser in commands.items():
+        assert parser.description, f"{name} --help has no description"
+
+
+def test_validate_lists_its_own_exit_codes_not_runs(cli: Cli) -> None:
+    shown = help_of(cli, "validate")
+    assert exit_codes(shown) == {0, 64, 65, 78}
+    assert "budget" not in shown.split("exit codes:", 1)[1]
+    assert {0, 1, 3, 4, 64, 65, 69, 74, 75, 77, 78} <= exit_codes(help_of(cli, "run"))
+
+
+@pytest.mark.parametrize(
+    ("command", "codes"),
+    [("status", {0, 64}), ("report", {0, 64}), ("export", {0, 64, 74}), ("gallery", {0, 64, 74, 75})],
+)
+def test_the_readers_of_a_directory_list_their_own_exit_codes(
+    cli: Cli, command: str, codes: set[int]
+) -> None:
+    assert exit_codes(help_of(cli, command)) == codes
+
+
+def test_simulate_on_a_port_in_use_is_a_usage_error_not_a_traceback(cli: Cli) -> None:
+    assert exit_codes(help_of(cli, "simulate")) == {0, 64}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        refused = cli("simulate", "--port", str(taken.getsockname()[1]))
+    assert refused.code == 64
+    assert "cannot listen on 127.0.0.1:" in refused.err and "Traceback" not in refused.err
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_log_file_marks_each_runs_start_with_manifest_directory_and_pid(
+    cli: Cli, write: Callable[..., Path], tmp_path: Path, sim: RunningSimulator, quiet: bool
+) -> None:
+    manifest = write("tasks:\n  - {kind: generate, prompt: a fox}\n")
+    log = tmp_path / "night.log"
+    flags = ["--quiet"] if quiet else []
+    for _ in range(2):
+        done = cli("run", manifest, "--out", tmp_path / "out", "--log-file", log, *flags, env=env_for(sim))
+        assert done.code == 0
+    starts = [line for line in log.read_text().splitlines() if " run: manifest " in line]
+    assert len(starts) == 2, log.read_text()
+    assert re.search(
+        rf"INFO maas-batch \S+ run: manifest {manifest}, directory {tmp_path / 'out'}, pid \d+$", starts[0]
+    )
