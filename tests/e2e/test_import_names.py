@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,29 @@ def test_the_library_runs_from_a_folder_with_its_own_jobs_package(tmp_path: Path
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "own jobs: label-cleanup jobs kinds from: batch.jobs" in run.stdout
+
+
+@pytest.mark.timeout(120)
+def test_the_command_runs_from_a_folder_with_its_own_batch_and_jobs_packages(tmp_path: Path) -> None:
+    """A cron job whose folder holds a `batch` package of its own (a generic name): the command is not
+    affected, since its script does not put the working folder on sys.path."""
+    for name in ("batch", "jobs"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"raise ImportError('the folder’s own {name}')\n")
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text("tasks:\n  - {kind: generate, prompt: a fox}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
+    env.pop("PYTHONPATH", None)
+    installed = Path(sysconfig.get_path("scripts")) / "maas-batch"
+    command = str(installed) if installed.exists() else shutil.which("maas-batch")
+    assert command, "the maas-batch command is installed"
+    run = subprocess.run(
+        [command, "run", "job.yaml", "--out", "out", "--simulate", "--no-progress"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "1 succeeded" in run.stdout
