@@ -17,6 +17,7 @@ from batch.cli.flags import (
     add_common,
     add_output_options,
     add_prices,
+    add_scope,
     concurrency,
     number,
     read_with,
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("out", type=Path, metavar="DIR")
     status.add_argument("--json", action="store_true", help="as JSON")
+    add_scope(status)
 
     report = commands.add_parser(
         "report",
@@ -134,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("out", type=Path, metavar="DIR")
     report.add_argument("--json", action="store_true", help="as JSON")
+    add_scope(report)
     add_prices(
         report,
         "price every answer anew with these prices (and the built-in ones) instead of the cost its run "

@@ -15,6 +15,8 @@ from batch.exitcodes import EXIT_OK
 from batch.output.lock import acquire
 from batch.output.report import export as export_rows
 from batch.output.report import format_report, format_status, report, status
+from batch.output.scope import Scope, scope_of
+from batch.output.store import RESULTS, RUNS, USAGE
 
 
 def existing(root: Path) -> Path:
@@ -24,20 +26,40 @@ def existing(root: Path) -> Path:
     return root
 
 
+def run_directory(root: Path) -> Path:
+    """DIR, if a run wrote it: any other folder is a usage error (not an empty report, and no
+    index.html written into it)."""
+    existing(root)
+    if not any((root / name).exists() for name in (RESULTS, USAGE, RUNS)):
+        raise UsageError(
+            f"{root} is not a run directory (no {RESULTS}, {USAGE} or {RUNS}/ in it): "
+            "give the --out DIR of a `maas-batch run`"
+        )
+    return root
+
+
+def scope(args: argparse.Namespace, root: Path) -> Scope:
+    """Which tasks the command is about: --manifest, else the last run's manifest (output.scope)."""
+    return scope_of(root, args.manifest, include_orphaned=args.include_orphaned)
+
+
 def show_status(args: argparse.Namespace) -> int:
-    found = status(existing(args.out))
+    root = run_directory(args.out)
+    found = status(root, scope(args, root))
     print(json.dumps(found, indent=2) if args.json else format_status(found))
     return EXIT_OK
 
 
 def show_report(args: argparse.Namespace) -> int:
-    found = report(existing(args.out), price_table({}, args.prices), reprice=args.prices is not None)
+    root = run_directory(args.out)
+    prices = price_table({}, args.prices)
+    found = report(root, prices, reprice=args.prices is not None, scope=scope(args, root))
     print(json.dumps(found, indent=2) if args.json else format_report(found))
     return EXIT_OK
 
 
 def export(args: argparse.Namespace) -> int:
-    root = existing(args.out)
+    root = run_directory(args.out)
     if args.output is None:
         export_rows(root, args.format, sys.stdout)
         return EXIT_OK
@@ -53,7 +75,7 @@ def export(args: argparse.Namespace) -> int:
 def gallery(args: argparse.Namespace) -> int:
     from batch.output import gallery as gallery_page  # Pillow, for this command only: `status` starts faster
 
-    root = existing(args.out)
+    root = run_directory(args.out)
     lock = acquire(root)  # not beside a run that is writing DIR
     try:
         started = time.monotonic()
