@@ -145,21 +145,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser(
         "export",
-        help="one row per task (id, status, files or answer, usage, cost, meta), for a pipeline to join",
-        description="One row (line) per task of DIR's results.jsonl, for another program.",
+        help="one row per task (id, status, prompt, files or answer, usage, cost, meta), for a pipeline "
+        "to join",
+        description="One row (line) per task of the manifest, in manifest order, pending tasks included "
+        "(orphaned lines of tasks no longer in it only with --include-orphaned), for another program.",
     )
     export.add_argument("out", type=Path, metavar="DIR")
     export.add_argument(
         "--format",
-        choices=("csv", "jsonl", "openai"),
+        choices=("csv", "jsonl", "openai", "sqlite"),
         default="csv",
-        help="csv (default): flat columns and a meta.<key> column per meta key; jsonl: every field of each "
-        "result line (text, texts, finish_reason(s), tool_calls, reasoning, images_missing, request_id, "
-        "usage, error, meta, ...) plus the csv columns; openai: the OpenAI Batch output format "
-        '({"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}), each answer '
-        "rebuilt as a chat.completion or an images response with b64_json read back from DIR",
+        help="csv (default): flat columns (prompt included) and a meta.<key> column per meta key, LF line "
+        "ends, plain decimals; jsonl: every field of each result line (text, texts, finish_reason(s), "
+        "tool_calls, reasoning, images_missing, request_id, usage, error, meta, ...) plus the csv columns; "
+        'openai: the OpenAI Batch output format ({"id", "custom_id", "response": {"status_code", '
+        '"request_id", "body"}, "error"}), each answer rebuilt as a chat.completion or an images response '
+        "with b64_json read back from DIR (finished tasks only); sqlite: one table per kind of line "
+        "(results, usage, attempts), typed columns and the raw line as json (needs --output)",
     )
     export.add_argument("--output", type=Path, metavar="FILE", help="write here instead of to stdout")
+    export.add_argument(
+        "--status",
+        dest="statuses",
+        action="append",
+        choices=("succeeded", "failed", "pending"),
+        default=[],
+        help="only the tasks of this status (repeatable); e.g. --status failed --status pending",
+    )
+    export.add_argument(
+        "--kind",
+        dest="kinds",
+        action="append",
+        default=[],
+        metavar="KIND",
+        help="only the tasks of this kind: generate, edit, chat, ... (repeatable)",
+    )
+    add_scope(export)
 
     gallery = commands.add_parser(
         "gallery",

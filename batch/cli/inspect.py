@@ -12,6 +12,7 @@ from pathlib import Path
 from batch.config import price_table
 from batch.errors import OutputError, UsageError
 from batch.exitcodes import EXIT_OK
+from batch.output.export import Selection
 from batch.output.lock import acquire
 from batch.output.report import export as export_rows
 from batch.output.report import format_report, format_status, report, status
@@ -60,12 +61,21 @@ def show_report(args: argparse.Namespace) -> int:
 
 def export(args: argparse.Namespace) -> int:
     root = run_directory(args.out)
+    if args.format == "sqlite" and args.output is None:
+        raise UsageError("export --format sqlite writes a file: give it --output FILE")
+    chosen = scope(args, root)
+    selection = Selection(frozenset(args.statuses), frozenset(args.kinds))
     if args.output is None:
-        export_rows(root, args.format, sys.stdout)
+        export_rows(root, args.format, sys.stdout, chosen, selection)
         return EXIT_OK
     try:
-        with args.output.open("w", encoding="utf-8", newline="") as stream:
-            rows = export_rows(root, args.format, stream)
+        if args.format == "sqlite":
+            from batch.output.database import write_database
+
+            rows = write_database(root, args.output, chosen, selection)
+        else:
+            with args.output.open("w", encoding="utf-8", newline="") as stream:
+                rows = export_rows(root, args.format, stream, chosen, selection)
     except OSError as exc:
         raise OutputError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
     print(f"{rows:,} rows written to {args.output}", file=sys.stderr)
