@@ -185,8 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     gallery = commands.add_parser(
         "gallery",
         help="write DIR/index.html again (runs do it themselves), making any missing thumbnail",
+        description="Write DIR/index.html, the page to review a run: counts, cost, tokens, the manifest's "
+        "tasks in manifest order (pending ones too), sorting and filters kept in the URL, a larger view of "
+        "each task. Runs write it themselves, and rebuild it every minute or so while they go.",
     )
     gallery.add_argument("out", type=Path, metavar="DIR")
+    add_scope(gallery)
 
     retry = commands.add_parser(
         "retry-failed",

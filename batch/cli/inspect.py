@@ -89,7 +89,7 @@ def gallery(args: argparse.Namespace) -> int:
     lock = acquire(root)  # not beside a run that is writing DIR
     try:
         started = time.monotonic()
-        page = gallery_page.build(root)
+        page = gallery_page.build(root, scope(args, root))
     finally:
         os.close(lock)
     print(f"{page} written in {time.monotonic() - started:.1f} s")
