@@ -124,7 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(command_parser=validate)  # reports a value Options refuses
 
     status = commands.add_parser(
-        "status", help="what a DIR holds: done, failed, pending, and whether a run is on"
+        "status",
+        help="what a DIR holds: done, failed, pending, and whether a run is on",
+        description="Count the succeeded, failed and pending tasks of the manifest the last run used (or "
+        "--manifest), the orphaned result lines of tasks no longer in it apart, and the requests that may "
+        "have been billed without a saved result; say whether a run holds DIR now and how the last one "
+        "ended.",
     )
     status.add_argument("out", type=Path, metavar="DIR")
     status.add_argument("--json", action="store_true", help="as JSON")
@@ -133,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser(
         "report",
         help="tokens and cost by kind and model, retries, failures by type, the slowest tasks, wall time",
+        description="Tokens and cost by kind and by model, attempts and retries, failures by type, the "
+        "slowest tasks and the runs' wall time, of the tasks of the manifest the last run used (or "
+        "--manifest); what orphaned result lines (tasks no longer in it) hold is summed apart.",
     )
     report.add_argument("out", type=Path, metavar="DIR")
     report.add_argument("--json", action="store_true", help="as JSON")

@@ -268,8 +268,8 @@ def format_report(found: Mapping[str, Any]) -> str:
     if orphaned:
         lines.append(
             orphaned.replace("counted above", "in the totals")
-            + f" ({found['orphaned_answers']:,} answers, {found['orphaned_tokens']:,} tokens, "
-            f"{money(found['orphaned_cost'])})"
+            + f" ({found['orphaned_answers']:,} answer{'s' if found['orphaned_answers'] != 1 else ''}, "
+            f"{found['orphaned_tokens']:,} tokens, {money(found['orphaned_cost'])})"
         )
     if found["manifest"]:
         lines.append(f"manifest: {found['manifest']}")

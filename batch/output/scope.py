@@ -25,8 +25,7 @@ from typing import Any
 
 from batch.errors import BatchError
 from batch.manifest import plancache
-from batch.output.runlog import account
-from batch.output.store import RESULTS, RUNS, read_line_at, read_lines_with_offsets
+from batch.output.store import RESULTS, RUNS, read_line_at, read_lines, read_lines_with_offsets
 from batch.running.idset import IdSet, digest
 from batch.running.records import ResultRecord
 
@@ -119,12 +118,7 @@ def scope_of(root: Path, manifest: Path | None = None, *, include_orphaned: bool
 
 def _remembered(root: Path) -> Scope:
     """The manifest of the last run, from the plan it remembered, if that run was the plan's."""
-    runs = account(root / RUNS).runs
-    start: dict[str, Any] = {}
-    for events in reversed(runs):
-        start = next((e for e in events if e.get("event") == "start"), {})
-        if start:
-            break
+    start = _last_start(root / RUNS)
     tasks = start.get("tasks") if isinstance(start.get("tasks"), int) else None
     folder = root / plancache.FOLDER
     try:
@@ -150,6 +144,15 @@ def _remembered(root: Path) -> Scope:
         settings=settings,
         cache=folder,
     )
+
+
+def _last_start(folder: Path) -> dict[str, Any]:
+    """The start line of the last run that wrote one (each run log's first line): read no further."""
+    for path in sorted(folder.glob("*.jsonl"), reverse=True):
+        first = next(read_lines(path), None)
+        if first is not None and first.get("event") == "start":
+            return first
+    return {}
 
 
 def _checked(path: Path, settings: dict[str, Any], cache: Path | None) -> Any:

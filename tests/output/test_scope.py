@@ -83,3 +83,12 @@ def test_status_and_gallery_refuse_a_folder_that_is_not_a_run_directory(
         outcome = cli(command, folder)
         assert outcome.code == 64 and "is not a run directory" in outcome.err, command
     assert sorted(p.name for p in folder.iterdir()) == ["cat.png"]  # no index.html, no thumbs/
+
+
+def test_a_later_run_of_another_manifest_makes_the_remembered_plan_stale(edited: Path) -> None:
+    assert scope_of(edited).known and scope_of(edited).total == 4
+    # a run of a manifest built in code leaves no plan: its start line says how many tasks it had
+    later = edited / "runs" / "99999999T000000000000Z-abcdef.jsonl"
+    later.write_text(json.dumps({"event": "start", "manifest": "<tasks>", "tasks": 7}) + "\n")
+    scope = scope_of(edited)
+    assert not scope.known and scope.total == 7 and scope.current("anything")
