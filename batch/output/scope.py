@@ -7,9 +7,9 @@ prompt fixed, a quality raised since) is *orphaned*: counted apart and left out 
 `include_orphaned`. When no manifest is known (a directory written by a manifest built in code, or by an
 older version), every result line counts, as before.
 
-Pending tasks have no result line: to show their prompts (export's rows, the gallery's cards) the manifest
-is expanded (`tasks()`), through the remembered plan when nothing it depends on changed, so that no
-validation walk is needed. Only the readers that need the tasks ask for them.
+Manifest order comes from the digests. Pending tasks have no result line: to show their prompts
+(export's rows, the gallery's cards) the manifest is expanded (`tasks()`), through the remembered plan
+when nothing it depends on changed, so that no validation walk is needed; only when a task is pending.
 """
 
 from __future__ import annotations
@@ -212,30 +212,39 @@ class Entry:
 
 
 def entries(root: Path, scope: Scope) -> Iterator[Entry]:
-    """Each task the report is about. With the manifest's tasks: in manifest order, pending ones
-    included, then (with include_orphaned) the orphaned lines in file order. Without: the result lines
-    in file order, orphaned ones only with include_orphaned. One line is held at a time; the byte offset
-    of each result line is (8 bytes and a small int per line)."""
+    """Each task the report is about. With a known manifest: in manifest order, then (with
+    include_orphaned) the orphaned lines in file order; pending tasks too when some are pending and the
+    manifest can be expanded (only then is it read: a finished run's order comes from the digests).
+    Without: the result lines in file order, orphaned ones only with include_orphaned. One line is held
+    at a time, and the byte offset of each result line (a dict entry per line)."""
     path = root / RESULTS
-    tasks = scope.tasks()
-    if tasks is None:
+    if scope.order is None:
         for _, line in read_lines_with_offsets(path):
-            record = ResultRecord.from_line(line)
-            current = scope.current(record.id)
-            if current or scope.include_orphaned:
-                yield Entry(record, None, orphaned=not current)
+            yield Entry(ResultRecord.from_line(line), None)
         return
     offsets: dict[int, int] = {}
     for offset, line in read_lines_with_offsets(path):
         task_id = line.get("id")
         if isinstance(task_id, str):
             offsets[digest(task_id)] = offset
+    pending = any(key not in offsets for key in scope.order)
+    tasks = scope.tasks() if pending else None
     with contextlib.ExitStack() as stack:
         handle = stack.enter_context(path.open("rb")) if offsets else None
-        for task in tasks:
-            at = offsets.pop(digest(task.id), None)
+
+        def read(key: int) -> ResultRecord | None:
+            at = offsets.pop(key, None)
             found = None if at is None or handle is None else read_line_at(handle, at)
-            yield Entry(None if found is None else ResultRecord.from_line(found), task)
+            return None if found is None else ResultRecord.from_line(found)
+
+        if tasks is not None:
+            for task in tasks:
+                yield Entry(read(digest(task.id)), task)
+        else:  # every task has its line (or the manifest cannot be read): the order of the digests
+            for key in scope.order:
+                done = read(key)
+                if done is not None:
+                    yield Entry(done, None)
         if scope.include_orphaned and handle is not None:
             for at in sorted(offsets.values()):
                 found = read_line_at(handle, at)

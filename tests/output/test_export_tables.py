@@ -116,3 +116,19 @@ def test_sqlite_has_a_typed_table_per_kind_of_line(
     with sqlite3.connect(every) as db:
         assert db.execute("SELECT count(*), sum(orphaned) FROM results").fetchone() == (6, 2)
         assert db.execute("SELECT count(*) FROM usage").fetchone() == (5,)
+
+
+def test_a_finished_run_keeps_the_manifests_order_without_reading_the_manifest(
+    cli: Callable[..., Outcome], edited: Path, tmp_path: Path
+) -> None:
+    shuffle_results(edited)
+    (tmp_path / "second.yaml").unlink()  # every task has its line: the digests give the order
+    outcome = cli("export", edited)
+    assert [r["prompt"] for r in table(outcome.out)] == ["a lake", "a fox", "something fine", "hello"]
+    assert "cannot list" not in outcome.err
+    # a pending task needs the manifest for its row; without it, the others still come in order
+    lines = (edited / "results.jsonl").read_text().splitlines(keepends=True)
+    (edited / "results.jsonl").write_text("".join(li for li in lines if "something fine" not in li))
+    outcome = cli("export", edited)
+    assert [r["prompt"] for r in table(outcome.out)] == ["a lake", "a fox", "hello"]
+    assert "cannot list the tasks" in outcome.err
