@@ -50,6 +50,24 @@ def add_prices(parser: Any, help: str | None = None) -> None:
     )
 
 
+def add_scope(parser: argparse.ArgumentParser) -> None:
+    """--manifest and --include-orphaned: which tasks a reading of DIR is about (batch.output.scope)."""
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="count the tasks of this manifest (expanded and validated as `run` would) instead of the "
+        "one the last run used",
+    )
+    parser.add_argument(
+        "--include-orphaned",
+        action="store_true",
+        help="count, too, the result lines of tasks no longer in the manifest (orphaned: a prompt "
+        "fixed, a quality raised since); without it they are counted apart",
+    )
+
+
 def add_output_options(parser: argparse.ArgumentParser) -> None:
     log = parser.add_argument_group("what it prints")
     group = log.add_mutually_exclusive_group()

@@ -17,6 +17,7 @@ from batch.cli.flags import (
     add_common,
     add_output_options,
     add_prices,
+    add_scope,
     concurrency,
     number,
     read_with,
@@ -83,14 +84,12 @@ READ_EXIT_CODES = f"""\
 exit codes:
   {EXIT_OK}   done
   {EXIT_USAGE}  bad command-line usage, or DIR is not a directory maas-batch has written
+  {EXIT_DATAERR}  the --manifest given is invalid
 """
 
-EXPORT_EXIT_CODES = f"""\
-exit codes:
-  {EXIT_OK}   done
-  {EXIT_USAGE}  bad command-line usage, or DIR is not a directory maas-batch has written
-  {EXIT_IOERR}  the output cannot be written (a full disk, a folder that is a link)
-"""
+EXPORT_EXIT_CODES = (
+    READ_EXIT_CODES + f"  {EXIT_IOERR}  the output cannot be written (a full disk, a folder that is a link)\n"
+)
 
 GALLERY_EXIT_CODES = (
     EXPORT_EXIT_CODES + f"  {EXIT_TEMPFAIL}  a run holds DIR now (it writes the page itself)\n"
@@ -160,24 +159,29 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status",
         help="what a DIR holds: done, failed, pending, and whether a run is on",
-        description="What DIR holds: tasks succeeded, failed and pending, requests that may have been "
-        "billed without a saved answer, and whether a run holds DIR now (its pid). Reads only.",
+        description="Count the succeeded, failed and pending tasks of the manifest the last run used (or "
+        "--manifest), the orphaned result lines of tasks no longer in it apart, and the requests that may "
+        "have been billed without a saved result; say whether a run holds DIR now and how the last one "
+        "ended.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=READ_EXIT_CODES,
     )
     status.add_argument("out", type=Path, metavar="DIR")
     status.add_argument("--json", action="store_true", help="as JSON")
+    add_scope(status)
 
     report = commands.add_parser(
         "report",
         help="tokens and cost by kind and model, retries, failures by type, the slowest tasks, wall time",
-        description="What DIR's runs spent and how they went: tokens and cost by kind and model (from the "
-        "ledger), retries, failures by type, the slowest tasks, wall time. Reads only.",
+        description="Tokens and cost by kind and by model, attempts and retries, failures by type, the "
+        "slowest tasks and the runs' wall time, of the tasks of the manifest the last run used (or "
+        "--manifest); what orphaned result lines (tasks no longer in it) hold is summed apart.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=READ_EXIT_CODES,
     )
     report.add_argument("out", type=Path, metavar="DIR")
     report.add_argument("--json", action="store_true", help="as JSON")
+    add_scope(report)
     add_prices(
         report,
         "price every answer anew with these prices (and the built-in ones) instead of the cost its run "
@@ -186,34 +190,56 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser(
         "export",
-        help="one row per task (id, status, files or answer, usage, cost, meta), for a pipeline to join",
-        description="One row (line) per task of DIR's results.jsonl, for another program.",
+        help="one row per task (id, status, prompt, files or answer, usage, cost, meta), for a pipeline "
+        "to join",
+        description="One row (line) per task of the manifest, in manifest order, pending tasks included "
+        "(orphaned lines of tasks no longer in it only with --include-orphaned), for another program.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXPORT_EXIT_CODES,
     )
     export.add_argument("out", type=Path, metavar="DIR")
     export.add_argument(
         "--format",
-        choices=("csv", "jsonl", "openai"),
+        choices=("csv", "jsonl", "openai", "sqlite"),
         default="csv",
-        help="csv (default): flat columns and a meta.<key> column per meta key; jsonl: every field of each "
-        "result line (text, texts, finish_reason(s), tool_calls, reasoning, images_missing, request_id, "
-        "usage, error, meta, ...) plus the csv columns; openai: the OpenAI Batch output format "
-        '({"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}), each answer '
-        "rebuilt as a chat.completion or an images response with b64_json read back from DIR",
+        help="csv (default): flat columns (prompt included) and a meta.<key> column per meta key, LF line "
+        "ends, plain decimals; jsonl: every field of each result line (text, texts, finish_reason(s), "
+        "tool_calls, reasoning, images_missing, request_id, usage, error, meta, ...) plus the csv columns; "
+        'openai: the OpenAI Batch output format ({"id", "custom_id", "response": {"status_code", '
+        '"request_id", "body"}, "error"}), each answer rebuilt as a chat.completion or an images response '
+        "with b64_json read back from DIR (finished tasks only); sqlite: one table per kind of line "
+        "(results, usage, attempts), typed columns and the raw line as json (needs --output)",
     )
     export.add_argument("--output", type=Path, metavar="FILE", help="write here instead of to stdout")
+    export.add_argument(
+        "--status",
+        dest="statuses",
+        action="append",
+        choices=("succeeded", "failed", "pending"),
+        default=[],
+        help="only the tasks of this status (repeatable); e.g. --status failed --status pending",
+    )
+    export.add_argument(
+        "--kind",
+        dest="kinds",
+        action="append",
+        default=[],
+        metavar="KIND",
+        help="only the tasks of this kind: generate, edit, chat, ... (repeatable)",
+    )
+    add_scope(export)
 
     gallery = commands.add_parser(
         "gallery",
         help="write DIR/index.html again (runs do it themselves), making any missing thumbnail",
-        description="Write DIR/index.html again, a page that opens from disk and shows every task: images "
-        "with their prompts and cost, chat answers, failures. Runs write it themselves; this makes any "
-        "missing thumbnail too.",
+        description="Write DIR/index.html, the page to review a run: counts, cost, tokens, the manifest's "
+        "tasks in manifest order (pending ones too), sorting and filters kept in the URL, a larger view of "
+        "each task. Runs write it themselves, and rebuild it every minute or so while they go.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=GALLERY_EXIT_CODES,
     )
     gallery.add_argument("out", type=Path, metavar="DIR")
+    add_scope(gallery)
 
     retry = commands.add_parser(
         "retry-failed",

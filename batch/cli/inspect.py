@@ -12,9 +12,12 @@ from pathlib import Path
 from batch.config import price_table
 from batch.errors import OutputError, UsageError
 from batch.exitcodes import EXIT_OK
+from batch.output.export import Selection
 from batch.output.lock import acquire
 from batch.output.report import export as export_rows
 from batch.output.report import format_report, format_status, report, status
+from batch.output.scope import Scope, scope_of
+from batch.output.store import RESULTS, RUNS, USAGE
 
 
 def existing(root: Path) -> Path:
@@ -24,26 +27,55 @@ def existing(root: Path) -> Path:
     return root
 
 
+def run_directory(root: Path) -> Path:
+    """DIR, if a run wrote it: any other folder is a usage error (not an empty report, and no
+    index.html written into it)."""
+    existing(root)
+    if not any((root / name).exists() for name in (RESULTS, USAGE, RUNS)):
+        raise UsageError(
+            f"{root} is not a run directory (no {RESULTS}, {USAGE} or {RUNS}/ in it): "
+            "give the --out DIR of a `maas-batch run`"
+        )
+    return root
+
+
+def scope(args: argparse.Namespace, root: Path) -> Scope:
+    """Which tasks the command is about: --manifest, else the last run's manifest (output.scope)."""
+    return scope_of(root, args.manifest, include_orphaned=args.include_orphaned)
+
+
 def show_status(args: argparse.Namespace) -> int:
-    found = status(existing(args.out))
+    root = run_directory(args.out)
+    found = status(root, scope(args, root))
     print(json.dumps(found, indent=2) if args.json else format_status(found))
     return EXIT_OK
 
 
 def show_report(args: argparse.Namespace) -> int:
-    found = report(existing(args.out), price_table({}, args.prices), reprice=args.prices is not None)
+    root = run_directory(args.out)
+    prices = price_table({}, args.prices)
+    found = report(root, prices, reprice=args.prices is not None, scope=scope(args, root))
     print(json.dumps(found, indent=2) if args.json else format_report(found))
     return EXIT_OK
 
 
 def export(args: argparse.Namespace) -> int:
-    root = existing(args.out)
+    root = run_directory(args.out)
+    if args.format == "sqlite" and args.output is None:
+        raise UsageError("export --format sqlite writes a file: give it --output FILE")
+    chosen = scope(args, root)
+    selection = Selection(frozenset(args.statuses), frozenset(args.kinds))
     if args.output is None:
-        export_rows(root, args.format, sys.stdout)
+        export_rows(root, args.format, sys.stdout, chosen, selection)
         return EXIT_OK
     try:
-        with args.output.open("w", encoding="utf-8", newline="") as stream:
-            rows = export_rows(root, args.format, stream)
+        if args.format == "sqlite":
+            from batch.output.database import write_database
+
+            rows = write_database(root, args.output, chosen, selection)
+        else:
+            with args.output.open("w", encoding="utf-8", newline="") as stream:
+                rows = export_rows(root, args.format, stream, chosen, selection)
     except OSError as exc:
         raise OutputError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
     print(f"{rows:,} rows written to {args.output}", file=sys.stderr)
@@ -53,11 +85,11 @@ def export(args: argparse.Namespace) -> int:
 def gallery(args: argparse.Namespace) -> int:
     from batch.output import gallery as gallery_page  # Pillow, for this command only: `status` starts faster
 
-    root = existing(args.out)
+    root = run_directory(args.out)
     lock = acquire(root)  # not beside a run that is writing DIR
     try:
         started = time.monotonic()
-        page = gallery_page.build(root)
+        page = gallery_page.build(root, scope(args, root))
     finally:
         os.close(lock)
     print(f"{page} written in {time.monotonic() - started:.1f} s")

@@ -1,12 +1,16 @@
 """`export`: a directory's results for another program, one line (or row) per task, read and written one
-task at a time.
+task at a time: the manifest's tasks in manifest order, pending ones included, orphaned lines left out
+unless asked for (output.scope); `Selection` keeps the statuses and kinds asked for.
 
-- csv: the flat columns a spreadsheet or a join wants, and one `meta.<key>` column per meta key.
+- csv: the flat columns a spreadsheet or a join wants, and one `meta.<key>` column per meta key; LF line
+  ends, numbers as plain decimals (0.0000717, never 7.17e-05).
 - jsonl: every field of each result line as it was written (`text`, `texts`, `finish_reason(s)`,
   `tool_calls`, `reasoning`, `images_missing`, `request_id`, ...), plus the flat columns of the CSV.
+- sqlite: see output.database.
 - openai: the OpenAI Batch *output* format, `{"id", "custom_id", "response": {"status_code", "request_id",
-  "body"}, "error"}`, the body rebuilt in the API's own answer shape, images read back from DIR. An image
-  is streamed from its file into the line, so no more than one image's bytes are held at a time.
+  "body"}, "error"}`, the body rebuilt in the API's own answer shape, images read back from DIR; finished
+  tasks only (the format has no pending line). An image is streamed from its file into the line, so no
+  more than one image's bytes are held at a time.
 """
 
 from __future__ import annotations
@@ -20,17 +24,20 @@ import mimetypes
 import re
 import secrets
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
 from batch.kind import builtin_registry
-from batch.output.store import RESULTS, read_lines
+from batch.output.scope import Entry, Scope, entries, scope_of
 from batch.running.records import ErrorInfo, ResultRecord
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("csv", "jsonl", "openai")
+FORMATS = ("csv", "jsonl", "openai", "sqlite")
+STATUSES = ("succeeded", "failed", "pending")
 EXPORT_COLUMNS = [
     "id",
     "custom_id",
@@ -46,17 +53,79 @@ EXPORT_COLUMNS = [
     "attempts",
     "error_type",
     "error_message",
+    "prompt",
 ]
 CHUNK = 3 * 2**18  # bytes of an image encoded at a time: a multiple of 3, so the pieces join cleanly
 
 
-def export(root: Path, fmt: str, stream: IO[str]) -> int:
-    """Write DIR's results to `stream` in `fmt` (one of FORMATS). Returns the number of rows (lines)."""
+@dataclass(frozen=True)
+class Selection:
+    """The rows asked for: by status (STATUSES) and by kind; empty keeps all."""
+
+    statuses: frozenset[str] = frozenset()
+    kinds: frozenset[str] = frozenset()
+
+    def wants(self, entry: Entry) -> bool:
+        return (not self.statuses or entry.status in self.statuses) and (
+            not self.kinds or entry.kind in self.kinds
+        )
+
+
+EVERYTHING = Selection()
+
+
+def selected(root: Path, scope: Scope | None, selection: Selection) -> Iterator[Entry]:
+    """The entries (output.scope) of DIR that `selection` keeps."""
+    for entry in entries(root, scope or scope_of(root)):
+        if selection.wants(entry):
+            yield entry
+
+
+def export(
+    root: Path,
+    fmt: str,
+    stream: IO[str],
+    scope: Scope | None = None,
+    selection: Selection = EVERYTHING,
+) -> int:
+    """Write DIR's tasks to `stream` in `fmt` (csv, jsonl or openai). Returns the number of rows (lines)."""
     if fmt == "jsonl":
-        return _jsonl(root, stream)
+        return _jsonl(root, stream, scope, selection)
     if fmt == "openai":
-        return _openai(root, stream)
-    return _csv(root, stream)
+        return _openai(root, stream, scope, selection)
+    return _csv(root, stream, scope, selection)
+
+
+def plain(value: Any) -> Any:
+    """A float as a plain decimal (7.17e-05 as 0.0000717), for tools that do not read exponents."""
+    if isinstance(value, float) and value == value and value not in (float("inf"), float("-inf")):
+        return format(Decimal(repr(value)), "f")
+    return value
+
+
+def row(entry: Entry) -> dict[str, Any]:
+    """The flat columns of one task: its result line's, or a pending task's id, kind, model and prompt."""
+    if entry.record is not None:
+        return _row(entry.record)
+    task = entry.task
+    assert task is not None
+    found: dict[str, Any] = dict.fromkeys(EXPORT_COLUMNS)
+    found.update(
+        id=task.id,
+        custom_id=task.custom_id,
+        kind=task.kind,
+        status="pending",
+        model=task.model,
+        files=[],
+        prompt=task.prompt,
+    )
+    return found
+
+
+def meta_of(entry: Entry) -> Mapping[str, Any]:
+    if entry.record is not None:
+        return entry.record.meta or {}
+    return entry.task.meta if entry.task is not None else {}
 
 
 def _row(record: ResultRecord) -> dict[str, Any]:
@@ -77,42 +146,46 @@ def _row(record: ResultRecord) -> dict[str, Any]:
         "attempts": record.attempts,
         "error_type": error.type if error else None,
         "error_message": error.message if error else None,
+        "prompt": record.prompt,
     }
 
 
-def _results(root: Path) -> Iterator[ResultRecord]:
-    return map(ResultRecord.from_line, read_lines(root / RESULTS))
-
-
-def _jsonl(root: Path, stream: IO[str]) -> int:
-    """Each result line whole (no field is left behind), with the CSV's flat columns where it lacks them."""
+def _jsonl(root: Path, stream: IO[str], scope: Scope | None, selection: Selection) -> int:
+    """Each result line whole (no field is left behind), with the CSV's flat columns where it lacks them;
+    a pending task's line has those columns, its params, inputs and meta."""
     rows = 0
-    for record in _results(root):
-        line = dict(record.raw)
-        for key, value in _row(record).items():
+    for entry in selected(root, scope, selection):
+        record = entry.record
+        line: dict[str, Any] = dict(record.raw) if record is not None else {}
+        if entry.task is not None and record is None:
+            line.update(params=entry.task.params, inputs=list(entry.task.inputs))
+        for key, value in row(entry).items():
             line.setdefault(key, value)
-        line["files"] = list(record.files)
-        line["meta"] = dict(record.meta or {})
+        line["files"] = list(record.files) if record is not None else []
+        line["meta"] = dict(meta_of(entry))
         stream.write(json.dumps(line, ensure_ascii=False) + "\n")
         rows += 1
     return rows
 
 
-def _csv(root: Path, stream: IO[str]) -> int:
+def _csv(root: Path, stream: IO[str], scope: Scope | None, selection: Selection) -> int:
+    scope = scope or scope_of(root)
     meta_keys: dict[str, None] = {}
-    for record in _results(root):  # a first pass for the columns: meta keys differ by task
-        meta_keys.update(dict.fromkeys(str(k) for k in (record.meta or {})))
-    writer = csv.DictWriter(stream, fieldnames=EXPORT_COLUMNS + [f"meta.{k}" for k in meta_keys])
+    for entry in selected(root, scope, selection):  # a first pass for the columns: meta keys differ
+        meta_keys.update(dict.fromkeys(str(k) for k in meta_of(entry)))
+    writer = csv.DictWriter(
+        stream, fieldnames=EXPORT_COLUMNS + [f"meta.{k}" for k in meta_keys], lineterminator="\n"
+    )
     writer.writeheader()
     rows = 0
-    for record in _results(root):
-        row = _row(record)
-        row["files"] = ";".join(row["files"])
-        for key, value in (record.meta or {}).items():
-            row[f"meta.{key}"] = (
+    for entry in selected(root, scope, selection):
+        found = row(entry)
+        found["files"] = ";".join(found["files"])
+        for key, value in meta_of(entry).items():
+            found[f"meta.{key}"] = (
                 value if isinstance(value, str | int | float) or value is None else json.dumps(value)
             )
-        writer.writerow(row)
+        writer.writerow({key: plain(value) for key, value in found.items()})
         rows += 1
     return rows
 
@@ -164,14 +237,16 @@ def _base64_chunks(path: Path) -> Iterator[str]:
             yield base64.b64encode(chunk).decode("ascii")
 
 
-def _openai(root: Path, stream: IO[str]) -> int:
+def _openai(root: Path, stream: IO[str], scope: Scope | None, selection: Selection) -> int:
     files = _Files(root)
     chat_shaped = {
         name for name, kind in builtin_registry().items() if kind.openai_answer_object == "chat.completion"
     }
     rows = 0
-    for record in _results(root):
-        line = openai_line(record, files, chat_shaped)
+    for entry in selected(root, scope, selection):
+        if entry.record is None:  # pending: the OpenAI Batch output format has no line for it
+            continue
+        line = openai_line(entry.record, files, chat_shaped)
         files.write(json.dumps(line, ensure_ascii=False) + "\n", stream)
         rows += 1
     return rows

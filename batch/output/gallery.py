@@ -1,6 +1,13 @@
-"""DIR/index.html: one self-contained page (opened from disk, no network) showing every task of a run:
-a thumbnail grid of the images with their prompts, parameters, tokens and cost, the chat answers beside
-their input images, and the failures with their messages; filters by status and kind, and a search.
+"""DIR/index.html: one self-contained page (opened from disk, no network) to review a run: a header with
+the done / failed / pending counts, total tokens and cost, the manifest and the date; a card per task of
+the manifest in manifest order (output.scope: pending tasks too, orphaned lines only when asked for),
+with its images in their own aspect ratio, prompt, parameters, tokens and cost, the chat answers beside
+their input images, and the failures with their messages; sorting (newest, cost, slowest), filters by
+status and kind and a search, all kept in the URL's hash so that a link shows the same cards; and a
+larger view of any task with its inputs, meta and whole answer.
+
+During a run the page is rebuilt every minute or so (Rebuilder, a background thread at low priority;
+never the event loop), from the thumbnails made so far; at the end of the run, whole.
 
 Thumbnails (DIR/thumbs/, WebP, 320 px) are made as images are saved, by a background thread at low CPU
 priority (Thumbnailer), so that building the page after a run mostly only writes the page: 10,000 images
@@ -18,10 +25,12 @@ import logging
 import os
 import queue
 import threading
+import time
 import warnings
-from collections import deque
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +39,18 @@ from PIL import Image
 from batch.errors import OutputError
 from batch.events import Event, TaskFinished
 from batch.output.files import real_folder, write_atomic
-from batch.output.store import RESULTS, THUMBS, read_lines
+from batch.output.scope import Entry, Scope, Task, entries, scope_of
+from batch.output.store import RESULTS, THUMBS
 from batch.running.records import ResultRecord
 
 log = logging.getLogger("batch.output.gallery")
 
 PAGE = "index.html"
 THUMB_SIZE = (320, 320)
-MAX_ITEMS = 50_000  # the most recent tasks shown; the counts cover all
-TEXT_SHOWN = 2000
+MAX_ITEMS = 50_000  # the first tasks of the manifest shown; the counts cover all
+TEXT_SHOWN = 2000  # characters of a prompt or an error
+ANSWER_SHOWN = 20_000  # characters of an answer: the larger view shows it whole, up to this
+REBUILD_EVERY = 60.0  # seconds between two builds of the page during a run
 
 
 def thumbnail_name(image_name: str) -> str:
@@ -162,13 +174,40 @@ def _card(record: ResultRecord) -> dict[str, Any]:
         "params": shown,
         "files": list(record.files[:INPUTS_SHOWN]),
         "inputs": list(record.inputs[:INPUTS_SHOWN]),
-        "text": None if record.text is None else _cut(record.text, TEXT_SHOWN),
+        "text": None if record.text is None else _cut(record.text, ANSWER_SHOWN),
         "tokens": usage.get("total_tokens"),
         "cost": record.cost,
         "attempts": record.attempts,
         "seconds": record.seconds,
         "error": _cut(f"{error.type}: {error.message}", TEXT_SHOWN) if error else None,
     }
+
+
+def _pending_card(task: Task) -> dict[str, Any]:
+    """The card of a task not run yet: what it will ask."""
+    return _card(
+        ResultRecord(
+            task.id,
+            task.kind,
+            "pending",
+            task.model,
+            prompt=task.prompt,
+            params=task.params,
+            inputs=task.inputs,
+        )
+    )
+
+
+def _entry_card(entry: Entry) -> dict[str, Any]:
+    record = entry.record
+    if record is None:
+        assert entry.task is not None
+        return _pending_card(entry.task)
+    card = _card(record)
+    card["finished_at"] = record.finished_at
+    if entry.orphaned:
+        card["orphaned"] = True
+    return card
 
 
 def _finish(card: dict[str, Any], made: set[str]) -> dict[str, Any]:
@@ -179,6 +218,12 @@ def _finish(card: dict[str, Any], made: set[str]) -> dict[str, Any]:
     ]
     inputs = [name for name in (_input_thumb_name(p) for p in card["inputs"]) if name in made]
     return {**card, "thumbs": thumbs, "inputs": inputs}
+
+
+def _existing_thumbnails(root: Path) -> set[str]:
+    """The thumbnails (relative names) in DIR now."""
+    found = {f"{THUMBS}/{p.name}" for p in (root / THUMBS).glob("*.webp")}
+    return found | {f"{THUMBS}/inputs/{p.name}" for p in (root / THUMBS / "inputs").glob("*.webp")}
 
 
 def _thumbnails(root: Path, records: Iterable[dict[str, Any]]) -> set[str]:
@@ -192,8 +237,7 @@ def _thumbnails(root: Path, records: Iterable[dict[str, Any]]) -> set[str]:
             wanted[_input_thumb_name(str(path))] = Path(str(path))
     real_folder(root / THUMBS)
     real_folder(root / THUMBS / "inputs")
-    existing = {f"{THUMBS}/{p.name}" for p in (root / THUMBS).glob("*.webp")}
-    existing |= {f"{THUMBS}/inputs/{p.name}" for p in (root / THUMBS / "inputs").glob("*.webp")}
+    existing = _existing_thumbnails(root)
     made = {name for name in wanted if name in existing}
     missing = [(name, source) for name, source in wanted.items() if name not in existing]
     if missing:
@@ -204,19 +248,42 @@ def _thumbnails(root: Path, records: Iterable[dict[str, Any]]) -> set[str]:
     return made
 
 
-def build(root: Path) -> Path:
-    """Write DIR/index.html from results.jsonl; make any thumbnail that is missing. Returns the page."""
-    counts: dict[str, int] = {}
-    kept: deque[dict[str, Any]] = deque(maxlen=MAX_ITEMS)  # cards, each bounded
-    total = 0
-    for record in map(ResultRecord.from_line, read_lines(root / RESULTS)):
+def build(root: Path, scope: Scope | None = None, *, make_missing: bool = True) -> Path:
+    """Write DIR/index.html for the tasks of `scope` (the last run's manifest by default); make any
+    thumbnail that is missing, unless not `make_missing` (during a run: the run's thread makes them).
+    Returns the page."""
+    scope = scope or scope_of(root)
+    counts: Counter[str] = Counter()  # "<kind>/<status>"
+    statuses: Counter[str] = Counter()
+    kept: list[dict[str, Any]] = []  # cards, each bounded
+    total = tokens = 0
+    cost = 0.0
+    for entry in entries(root, scope):
         total += 1
-        key = f"{record.kind}/{record.status}"
-        counts[key] = counts.get(key, 0) + 1
-        kept.append(_card(record))
-    made = _thumbnails(root, kept)
+        status = "orphaned" if entry.orphaned else entry.status
+        statuses[status] += 1
+        counts[f"{entry.kind}/{entry.status}"] += 1
+        record = entry.record
+        if record is not None:
+            tokens += int((record.usage or {}).get("total_tokens") or 0)
+            cost += record.cost if isinstance(record.cost, int | float) else 0.0
+        if len(kept) < MAX_ITEMS:
+            kept.append(_entry_card(entry))
+    made = _thumbnails(root, kept) if make_missing else _existing_thumbnails(root)
     items = [_finish(card, made) for card in kept]
-    data = {"title": root.name, "total": total, "shown": len(items), "counts": counts, "items": items}
+    data = {
+        "title": root.name,
+        "manifest": scope.manifest,
+        "built": datetime.now(UTC).astimezone().isoformat(timespec="seconds"),
+        "total": total,
+        "tasks": scope.total,
+        "shown": len(items),
+        "counts": dict(counts),
+        "statuses": dict(statuses),
+        "tokens": tokens,
+        "cost": round(cost, 6),
+        "items": items,
+    }
     # "<" only occurs inside JSON strings, where \u003c means the same: no prompt can end the script
     blob = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
     template = Path(__file__).with_name("gallery.html").read_text(encoding="utf-8")
@@ -225,6 +292,51 @@ def build(root: Path) -> Path:
     page = root / PAGE
     write_atomic(page, (head.replace("TITLE", _escape(root.name)) + blob + tail).encode(), fsync=False)
     return page
+
+
+class Rebuilder:
+    """Builds the page again and again during a run, in a thread of its own at the lowest CPU priority,
+    never on the event loop: every `every` seconds when results.jsonl grew, and less often for a page
+    that takes long to build (at most a tenth of the thread's time)."""
+
+    def __init__(self, root: Path, every: float | None = None) -> None:
+        self.root = root
+        self.every = REBUILD_EVERY if every is None else every
+        self.builds = 0
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="maas-batch-gallery", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to end (after the build it is making); returns at once."""
+        self._stopping.set()
+
+    def close(self) -> None:
+        """Stop, and wait for the thread (blocking: from a worker thread)."""
+        self.stop()
+        self._thread.join()
+
+    def _work(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):  # Linux: a thread has its own nice value
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        built_size = -1
+        wait = self.every
+        while not self._stopping.wait(wait):
+            try:
+                size = (self.root / RESULTS).stat().st_size
+            except OSError:
+                size = 0
+            if size == built_size:
+                continue
+            started = time.monotonic()
+            try:
+                build(self.root, make_missing=False)
+            except Exception as exc:  # a view: it must never fail the run
+                log.debug("could not rebuild the gallery: %s", exc)
+            else:
+                built_size = size
+                self.builds += 1
+            wait = max(self.every, 10 * (time.monotonic() - started))
 
 
 def _escape(text: str) -> str:

@@ -5,7 +5,6 @@ streaming: a directory of a million results is summed, not loaded.
 from __future__ import annotations
 
 import heapq
-import json
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,10 +12,10 @@ from typing import Any
 
 from batch.errors import DirLockedError
 from batch.kind import TokenCounts
-from batch.manifest import plancache
 from batch.output.export import export as export  # the CLI imports it from here
 from batch.output.lock import LOCK, probe
 from batch.output.runlog import account
+from batch.output.scope import Scope, scope_of
 from batch.output.store import RESULTS, RETRIED, RUNS, USAGE, read_lines
 from batch.running.prices import PriceTable, money
 from batch.running.records import ErrorInfo, ResultRecord, UsageRecord
@@ -36,41 +35,32 @@ def lock_holder(root: Path) -> int | None:
     return None
 
 
-def _runs(root: Path) -> list[list[dict[str, Any]]]:
-    """Each run's start and end lines (not the attempts), oldest first."""
-    return account(root / RUNS).runs
-
-
-def _manifest_total(root: Path) -> int | None:
-    """How many tasks the last run's manifest holds (from the remembered plan, else the run log)."""
-    try:
-        document = json.loads((root / plancache.FOLDER / plancache.PLAN).read_text())
-        return int(document["total"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    for events in reversed(_runs(root)):
-        for event in events:
-            if event.get("event") == "start" and isinstance(event.get("tasks"), int):
-                return int(event["tasks"])
-    return None
-
-
-def status(root: Path) -> dict[str, Any]:
-    """done / failed / pending / maybe-billed, and whether a run holds DIR now. Maybe billed counts every
-    request of every run's attempt log whose answer was not saved, whatever ended that run."""
-    succeeded = failed = 0
+def status(root: Path, scope: Scope | None = None) -> dict[str, Any]:
+    """done / failed / pending of the manifest's tasks (see output.scope), orphaned lines apart,
+    maybe-billed, and whether a run holds DIR now. Maybe billed counts every request of every run's
+    attempt log whose answer was not saved, whatever ended that run."""
+    scope = scope or scope_of(root)
+    succeeded = failed = current = 0
+    orphaned: Counter[str] = Counter()
     # failures moved aside by --retry-failed; those without a new line (a retry stopped before sending
     # them again) are pending
     retry_pending: set[str] = set()
     for record in map(ResultRecord.from_line, read_lines(root / RETRIED)):
-        retry_pending.add(record.id)
+        if scope.current(record.id):
+            retry_pending.add(record.id)
     for record in map(ResultRecord.from_line, read_lines(root / RESULTS)):
         retry_pending.discard(record.id)
+        if scope.current(record.id):
+            current += 1
+        else:
+            orphaned["failed" if record.failed else "succeeded"] += 1
+            if not scope.include_orphaned:
+                continue
         if record.failed:
             failed += 1
         else:
             succeeded += 1
-    total = _manifest_total(root)
+    total = scope.total
     holder = lock_holder(root)
     attempts = account(root / RUNS, live=holder is not None)
     runs = attempts.runs
@@ -81,16 +71,19 @@ def status(root: Path) -> dict[str, Any]:
         "directory": str(root),
         "succeeded": succeeded,
         "failed": failed,
-        "pending": None if total is None else max(0, total - succeeded - failed),
+        "pending": None if total is None else max(0, total - current),
         "retry_pending": len(retry_pending),
         "tasks": total,
+        "orphaned": sum(orphaned.values()),
+        "orphaned_failed": orphaned["failed"],
+        "include_orphaned": scope.include_orphaned,
         "requests": attempts.requests,
         "maybe_billed": attempts.maybe_billed,
         "in_flight": attempts.in_flight,
         "running": holder is not None,
         "pid": holder or None,
         "runs": len(runs),
-        "manifest": start.get("manifest"),
+        "manifest": scope.manifest or start.get("manifest"),
         "last_run": None
         if not last
         else {
@@ -102,6 +95,19 @@ def status(root: Path) -> dict[str, Any]:
     }
 
 
+def orphaned_line(found: Mapping[str, Any]) -> str | None:
+    """What `status` and `report` say of the result lines of tasks no longer in the manifest."""
+    if not found["orphaned"]:
+        return None
+    failed = f", {found['orphaned_failed']:,} of them failed" if found["orphaned_failed"] else ""
+    how = (
+        "counted above (--include-orphaned)"
+        if found["include_orphaned"]
+        else "not counted above; --include-orphaned counts them"
+    )
+    return f"orphaned: {found['orphaned']:,} result lines of tasks no longer in the manifest{failed}; {how}"
+
+
 def format_status(found: Mapping[str, Any]) -> str:
     pending = "unknown" if found["pending"] is None else f"{found['pending']:,}"
     lines = [
@@ -110,6 +116,9 @@ def format_status(found: Mapping[str, Any]) -> str:
         f"maybe billed without a saved result: {found['maybe_billed']:,} (of {found['requests']:,} requests)"
         + (f"; {found['in_flight']:,} in flight now" if found["in_flight"] else ""),
     ]
+    orphaned = orphaned_line(found)
+    if orphaned:
+        lines.append(orphaned)
     if found["retry_pending"]:
         lines.append(
             f"{found['retry_pending']:,} of the pending failed before and were not sent again yet: "
@@ -132,12 +141,17 @@ def format_status(found: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def report(root: Path, prices: PriceTable, *, reprice: bool = False) -> dict[str, Any]:
-    """Tokens and cost by kind and by model, attempts, failures by type, the slowest tasks, wall time.
+def report(
+    root: Path, prices: PriceTable, *, reprice: bool = False, scope: Scope | None = None
+) -> dict[str, Any]:
+    """Tokens and cost by kind and by model, attempts, failures by type, the slowest tasks, wall time, of
+    the manifest's tasks (see output.scope); what orphaned lines hold is summed apart.
 
     An answer's cost is the one its run recorded (at that run's prices), unless `reprice` or the run
     recorded none: then it is priced with `prices`.
     """
+    scope = scope or scope_of(root)
+    orphaned = {"tasks": 0, "failed": 0, "answers": 0, "tokens": 0, "cost": 0.0}
     by_kind: dict[str, dict[str, Any]] = defaultdict(lambda: {"answers": 0, "tokens": 0, "cost": 0.0})
     by_model: dict[str, dict[str, Any]] = defaultdict(lambda: {"answers": 0, "tokens": 0, "cost": 0.0})
     unpriced: Counter[str] = Counter()
@@ -147,6 +161,12 @@ def report(root: Path, prices: PriceTable, *, reprice: bool = False) -> dict[str
         tokens = usage.repriced_counts
         model = str(usage.model or "-")
         cost = usage.cost if not reprice and usage.cost is not None else prices.cost(model, tokens)
+        if not scope.current(usage.task_id):
+            orphaned["answers"] += 1
+            orphaned["tokens"] += tokens.total
+            orphaned["cost"] += cost or 0.0
+            if not scope.include_orphaned:
+                continue
         for bucket in (by_kind[str(usage.kind)], by_model[model]):
             bucket["answers"] += 1
             bucket["tokens"] += tokens.total
@@ -159,6 +179,11 @@ def report(root: Path, prices: PriceTable, *, reprice: bool = False) -> dict[str
     failures: dict[str, dict[str, Any]] = {}
     slowest: list[tuple[float, str, str]] = []
     for record in map(ResultRecord.from_line, read_lines(root / RESULTS)):
+        if not scope.current(record.id):
+            orphaned["tasks"] += 1
+            orphaned["failed"] += record.failed
+            if not scope.include_orphaned:
+                continue
         tasks += 1
         attempts += record.attempts
         images_missing += record.images_missing
@@ -178,7 +203,8 @@ def report(root: Path, prices: PriceTable, *, reprice: bool = False) -> dict[str
             else:
                 heapq.heappushpop(slowest, entry)
     for record in map(ResultRecord.from_line, read_lines(root / RETRIED)):  # earlier tries, given another go
-        attempts += record.attempts
+        if scope.counted(record.id):
+            attempts += record.attempts
     wall = 0.0
     logged = account(root / RUNS, live=lock_holder(root) is not None)
     runs = logged.runs
@@ -186,11 +212,21 @@ def report(root: Path, prices: PriceTable, *, reprice: bool = False) -> dict[str
         end = next((e for e in events if e.get("event") == "end" and "seconds" in e), None)
         if end is not None:
             wall += float(end["seconds"])
+    total = scope.total
+    current = tasks - (orphaned["tasks"] if scope.include_orphaned else 0)
     return {
         "directory": str(root),
+        "manifest": scope.manifest,
         "tasks": tasks,
         "succeeded": succeeded,
         "failed": tasks - succeeded,
+        "pending": None if total is None else max(0, total - current),
+        "orphaned": orphaned["tasks"],
+        "orphaned_failed": orphaned["failed"],
+        "orphaned_answers": orphaned["answers"],
+        "orphaned_tokens": orphaned["tokens"],
+        "orphaned_cost": round(float(orphaned["cost"]), 6),
+        "include_orphaned": scope.include_orphaned,
         "attempts": attempts,
         "retries": attempts - tasks,
         "requests": logged.requests,
@@ -214,7 +250,9 @@ def report(root: Path, prices: PriceTable, *, reprice: bool = False) -> dict[str
 def format_report(found: Mapping[str, Any]) -> str:
     lines = [
         f"{found['directory']}: {found['tasks']:,} tasks ({found['succeeded']:,} succeeded, "
-        f"{found['failed']:,} failed) in {found['runs']} run{'s' if found['runs'] != 1 else ''}, "
+        f"{found['failed']:,} failed"
+        + ("" if found["pending"] is None else f", {found['pending']:,} pending")
+        + f") in {found['runs']} run{'s' if found['runs'] != 1 else ''}, "
         f"{found['run_seconds']:,.1f} s of runs",
         f"attempts: {found['attempts']:,} ({found['retries']:,} retries), {found['requests']:,} requests "
         f"sent; maybe billed without a saved result: {found['maybe_billed']:,}",
@@ -225,9 +263,17 @@ def format_report(found: Mapping[str, Any]) -> str:
             if found["unpriced_answers"]
             else ""
         ),
-        "",
-        "by kind:",
     ]
+    orphaned = orphaned_line(found)
+    if orphaned:
+        lines.append(
+            orphaned.replace("counted above", "in the totals")
+            + f" ({found['orphaned_answers']:,} answer{'s' if found['orphaned_answers'] != 1 else ''}, "
+            f"{found['orphaned_tokens']:,} tokens, {money(found['orphaned_cost'])})"
+        )
+    if found["manifest"]:
+        lines.append(f"manifest: {found['manifest']}")
+    lines += ["", "by kind:"]
     lines += [
         f"  {kind:<10} {v['answers']:>8,} answers {v['tokens']:>14,} tokens  {money(v['cost'])}"
         for kind, v in found["by_kind"].items()

@@ -33,7 +33,7 @@ import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 
@@ -155,6 +155,23 @@ def read_lines(path: Path) -> Iterator[dict[str, Any]]:
         record = _parse(raw)
         if record is not None:
             yield record
+
+
+def read_lines_with_offsets(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(byte offset, record) of each line of a JSONL file, as `read_lines` reads them."""
+    offset = 0
+    for raw in _whole_lines(path):
+        record = _parse(raw)
+        if record is not None:
+            yield offset, record
+        offset += len(raw)
+
+
+def read_line_at(handle: BinaryIO, offset: int) -> dict[str, Any] | None:
+    """The record of the line at `offset` of an open JSONL file (see read_lines_with_offsets)."""
+    handle.seek(offset)
+    raw = handle.readline()
+    return _parse(raw) if raw.endswith(b"\n") else None
 
 
 def finished_results(path: Path) -> Iterator[tuple[str, bool]]:

@@ -249,8 +249,15 @@ class Job:
                 )
                 if self._stop is not None:
                     self.runner.stop(*self._stop)
-                summary = await self.runner.run()
-            if self.config.gallery:
+                # the page rebuilt every minute or so during the run, in a thread of its own
+                rebuilder = gallery.Rebuilder(self.out.root) if self.config.gallery else None
+                try:
+                    summary = await self.runner.run()
+                finally:
+                    if rebuilder is not None:
+                        rebuilder.stop()
+            if rebuilder is not None:
+                await anyio.to_thread.run_sync(rebuilder.close)  # its last build before the final one
                 await anyio.to_thread.run_sync(self._build_gallery)
             summary.interrupted = len(start.interrupted.requests)
             ending = {**dataclasses.asdict(summary), "exit_code": summary.exit_code}

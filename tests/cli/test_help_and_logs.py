@@ -43,7 +43,12 @@ def test_validate_lists_its_own_exit_codes_not_runs(cli: Cli) -> None:
 
 @pytest.mark.parametrize(
     ("command", "codes"),
-    [("status", {0, 64}), ("report", {0, 64}), ("export", {0, 64, 74}), ("gallery", {0, 64, 74, 75})],
+    [
+        ("status", {0, 64, 65}),
+        ("report", {0, 64, 65}),
+        ("export", {0, 64, 65, 74}),
+        ("gallery", {0, 64, 65, 74, 75}),
+    ],
 )
 def test_the_readers_of_a_directory_list_their_own_exit_codes(
     cli: Cli, command: str, codes: set[int]

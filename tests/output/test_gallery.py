@@ -314,7 +314,7 @@ def test_a_card_is_bounded_whatever_its_record_holds(tmp_path: Path) -> None:
     [card] = json.loads(blob.replace("\\u003c", "<"))["items"]
     assert len(card["params"]) == gallery.PARAMS_SHOWN + 1 and card["params"]["..."] == "199,950 more"
     assert all(len(value) <= gallery.VALUE_SHOWN + 3 for value in card["params"].values())
-    assert len(card["prompt"]) <= gallery.TEXT_SHOWN + 3 and len(card["text"]) <= gallery.TEXT_SHOWN + 3
+    assert len(card["prompt"]) <= gallery.TEXT_SHOWN + 3 and len(card["text"]) <= gallery.ANSWER_SHOWN + 3
 
 
 def test_a_card_reads_its_result_line_through_the_record() -> None:

@@ -1,0 +1,257 @@
+"""Which tasks a report is about, for `status`, `report`, `export` and the gallery alike.
+
+By default: the tasks of the manifest the last run used, known cheaply from DIR/.cache/plan.ids (each
+task's 8-byte id digest, in manifest order) without reading the manifest; or the tasks of `--manifest
+FILE`, expanded and validated as a run would. A result line of a task no longer in that manifest (a
+prompt fixed, a quality raised since) is *orphaned*: counted apart and left out of the totals, unless
+`include_orphaned`. When no manifest is known (a directory written by a manifest built in code, or by an
+older version), every result line counts, as before.
+
+Manifest order comes from the digests. Pending tasks have no result line: to show their prompts
+(export's rows, the gallery's cards) the manifest is expanded (`tasks()`), through the remembered plan
+when nothing it depends on changed, so that no validation walk is needed; only when a task is pending.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batch.errors import BatchError
+from batch.manifest import plancache
+from batch.output.store import RESULTS, RUNS, read_line_at, read_lines, read_lines_with_offsets
+from batch.running.idset import IdSet, digest
+from batch.running.records import ResultRecord
+
+log = logging.getLogger("batch.output.scope")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task of the manifest as the reports show it: all a pending task has to show."""
+
+    id: str
+    kind: str
+    model: str | None
+    prompt: str
+    params: dict[str, Any]
+    inputs: tuple[str, ...]
+    meta: dict[str, Any]
+    custom_id: str | None
+
+
+@dataclass
+class Scope:
+    """The tasks a report counts. `order` None: no manifest is known, every result line counts."""
+
+    manifest: str | None = None  # as the last run (or --manifest) named it; for the reader
+    order: array[int] | None = None  # the current tasks' id digests, in manifest order
+    include_orphaned: bool = False
+    manifest_path: Path | None = None  # the file to expand for the tasks themselves
+    settings: dict[str, Any] = field(default_factory=dict)  # BuildSettings' fields the last run used
+    total_hint: int | None = None  # the last run's task count, when no digests are known
+    cache: Path | None = None  # DIR/.cache: a remembered plan spares the validation walk
+    _ids: IdSet | None = field(default=None, repr=False)
+
+    @property
+    def known(self) -> bool:
+        return self.order is not None
+
+    @property
+    def total(self) -> int | None:
+        """How many tasks the manifest holds (None: not known)."""
+        return len(self.order) if self.order is not None else self.total_hint
+
+    def current(self, task_id: str) -> bool:
+        """Whether a result line of `task_id` belongs to the manifest (always, when none is known)."""
+        if self.order is None:
+            return True
+        if self._ids is None:
+            self._ids = IdSet()
+            for key in self.order:
+                self._ids.add_digest(key)
+            self._ids.freeze()
+        return self._ids.contains_digest(digest(task_id))
+
+    def counted(self, task_id: str) -> bool:
+        """Whether a result line goes into the totals: a current task's, or any with include_orphaned."""
+        return self.include_orphaned or self.current(task_id)
+
+    def tasks(self) -> Iterator[Task] | None:
+        """The manifest's tasks in order, or None when they cannot be had (no manifest known, or it is
+        gone, invalid, or no longer the one the last run used: then the reports go without pending rows)."""
+        if self.manifest_path is None or self.order is None:
+            return None
+        try:
+            return _expanded(self.manifest_path, self.settings, self.order, self.cache)
+        except (BatchError, OSError) as exc:
+            log.warning("cannot list the tasks of %s (%s): pending tasks left out", self.manifest, exc)
+            return None
+
+
+def scope_of(root: Path, manifest: Path | None = None, *, include_orphaned: bool = False) -> Scope:
+    """The scope of a report on DIR: `manifest` (--manifest) if given, else the last run's manifest.
+    A --manifest that is not valid raises ManifestError (exit 65), as `validate` would."""
+    remembered = _remembered(root)
+    if manifest is not None:
+        settings = dict(remembered.settings)
+        if remembered.manifest_path is None or manifest.resolve() != remembered.manifest_path:
+            settings = {"env_endpoint": settings.get("env_endpoint")}  # its own --set may not fit this one
+        checked = _checked(manifest, settings, root / plancache.FOLDER)
+        return Scope(
+            manifest=str(manifest),
+            order=checked.plan.order,
+            include_orphaned=include_orphaned,
+            manifest_path=manifest,
+            settings=settings,
+            cache=root / plancache.FOLDER,
+        )
+    remembered.include_orphaned = include_orphaned
+    return remembered
+
+
+def _remembered(root: Path) -> Scope:
+    """The manifest of the last run, from the plan it remembered, if that run was the plan's."""
+    start = _last_start(root / RUNS)
+    tasks = start.get("tasks") if isinstance(start.get("tasks"), int) else None
+    folder = root / plancache.FOLDER
+    try:
+        document = json.loads((folder / plancache.PLAN).read_bytes())
+        key = document["key"]
+        order: array[int] = array("Q")
+        order.frombytes((folder / plancache.IDS).read_bytes())
+        path = Path(str(key["manifest"]))
+        settings = dict(key["settings"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return Scope(manifest=start.get("manifest"), total_hint=tasks)
+    if len(order) != document.get("total") or (tasks is not None and tasks != len(order)):
+        # a later run of another manifest (one built in code is not remembered): its ids are not known
+        return Scope(manifest=start.get("manifest"), total_hint=tasks)
+    named = start.get("manifest")
+    cwd = start.get("cwd")
+    if isinstance(named, str) and isinstance(cwd, str) and (Path(cwd) / named).resolve() != path:
+        return Scope(manifest=named, total_hint=tasks)
+    return Scope(
+        manifest=named if isinstance(named, str) else str(path),
+        order=order,
+        manifest_path=path,
+        settings=settings,
+        cache=folder,
+    )
+
+
+def _last_start(folder: Path) -> dict[str, Any]:
+    """The start line of the last run that wrote one (each run log's first line): read no further."""
+    for path in sorted(folder.glob("*.jsonl"), reverse=True):
+        first = next(read_lines(path), None)
+        if first is not None and first.get("event") == "start":
+            return first
+    return {}
+
+
+def _checked(path: Path, settings: dict[str, Any], cache: Path | None) -> Any:
+    """The manifest validated as a run would, with the run's --set and --endpoint values."""
+    from batch.config import Options, checked_manifest  # the manifest code, only when a manifest is read
+
+    options = Options(
+        overrides=settings.get("overrides") or {},
+        endpoints=settings.get("endpoints") or {},
+        allow_unknown=bool(settings.get("allow_unknown")),
+    )
+    remembered = cache if cache is not None and cache.is_dir() else None
+    out = cache.parent if cache is not None else None  # DIR: its ids are made as its runs made them
+    return checked_manifest(path, options, settings.get("env_endpoint"), remembered, out=out)
+
+
+def _expanded(path: Path, settings: dict[str, Any], order: array[int], cache: Path | None) -> Iterator[Task]:
+    from batch.kind import builtin_registry
+    from batch.manifest.plan import iter_tasks
+
+    checked = _checked(path, settings, cache)
+    if checked.plan.order != order:
+        raise BatchError("the manifest changed since the last run")
+    registry = builtin_registry()
+
+    def walk() -> Iterator[Task]:
+        for spec in iter_tasks(checked.manifest, checked.builder):
+            prompt, params = registry[spec.kind].describe(spec.fields)
+            yield Task(
+                spec.id,
+                spec.kind,
+                spec.model,
+                prompt,
+                params,
+                tuple(str(info.path.absolute()) for info in spec.inputs.values()),
+                dict(spec.meta),
+                spec.custom_id,
+            )
+
+    return walk()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of a report: a task's result line (None: pending) and the task (None: not known)."""
+
+    record: ResultRecord | None
+    task: Task | None
+    orphaned: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.record.id if self.record is not None else self.task.id if self.task else ""
+
+    @property
+    def status(self) -> str:
+        return str(self.record.status) if self.record is not None else "pending"
+
+    @property
+    def kind(self) -> str | None:
+        return self.record.kind if self.record is not None else self.task.kind if self.task else None
+
+
+def entries(root: Path, scope: Scope) -> Iterator[Entry]:
+    """Each task the report is about. With a known manifest: in manifest order, then (with
+    include_orphaned) the orphaned lines in file order; pending tasks too when some are pending and the
+    manifest can be expanded (only then is it read: a finished run's order comes from the digests).
+    Without: the result lines in file order, orphaned ones only with include_orphaned. One line is held
+    at a time, and the byte offset of each result line (a dict entry per line)."""
+    path = root / RESULTS
+    if scope.order is None:
+        for _, line in read_lines_with_offsets(path):
+            yield Entry(ResultRecord.from_line(line), None)
+        return
+    offsets: dict[int, int] = {}
+    for offset, line in read_lines_with_offsets(path):
+        task_id = line.get("id")
+        if isinstance(task_id, str):
+            offsets[digest(task_id)] = offset
+    pending = any(key not in offsets for key in scope.order)
+    tasks = scope.tasks() if pending else None
+    with contextlib.ExitStack() as stack:
+        handle = stack.enter_context(path.open("rb")) if offsets else None
+
+        def read(key: int) -> ResultRecord | None:
+            at = offsets.pop(key, None)
+            found = None if at is None or handle is None else read_line_at(handle, at)
+            return None if found is None else ResultRecord.from_line(found)
+
+        if tasks is not None:
+            for task in tasks:
+                yield Entry(read(digest(task.id)), task)
+        else:  # every task has its line (or the manifest cannot be read): the order of the digests
+            for key in scope.order:
+                done = read(key)
+                if done is not None:
+                    yield Entry(done, None)
+        if scope.include_orphaned and handle is not None:
+            for at in sorted(offsets.values()):
+                found = read_line_at(handle, at)
+                if found is not None:
+                    yield Entry(ResultRecord.from_line(found), None, orphaned=True)

@@ -1,0 +1,134 @@
+"""Exports fit the tools people use: a CSV with LF line ends, plain decimals and a prompt column, in
+manifest order with pending tasks as rows, filtered by status and kind; and an SQLite file of three
+tables that the standard library's sqlite3 opens as it is."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from batch.output.export import plain
+from tests.conftest import Outcome
+from tests.output.conftest import SECOND
+
+ORDER = ["lake", "a-fox-", "something-fine-", "hello-"]  # SECOND's tasks, by id prefix (their prompts)
+
+
+def table(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def shuffle_results(out: Path) -> list[str]:
+    """Put results.jsonl in an order that is not the manifest's (as concurrency finishes them)."""
+    lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
+    (out / "results.jsonl").write_text("".join(reversed(lines)))
+    return lines
+
+
+def test_csv_has_lf_ends_plain_decimals_a_prompt_and_the_manifests_order(
+    cli: Callable[..., Outcome], edited: Path
+) -> None:
+    shuffle_results(edited)
+    outcome = cli("export", edited)
+    assert outcome.code == 0
+    assert "\r" not in outcome.out and outcome.out.endswith("\n")
+    assert not re.search(r"\de-\d", outcome.out)  # the chat's cost is about 5e-05
+    rows = table(outcome.out)
+    assert [r["id"][: len(p)] for r, p in zip(rows, ORDER, strict=True)] == ORDER
+    assert [r["prompt"] for r in rows] == ["a lake", "a fox", "something fine", "hello"]
+    chat = rows[3]
+    assert chat["cost"].startswith("0.0000") and float(chat["cost"]) > 0
+    assert plain(7.17e-05) == "0.0000717" and plain(0.5) == "0.5" and plain(3) == 3
+
+
+def test_pending_tasks_are_rows_and_the_filters_pick_rows(
+    cli: Callable[..., Outcome], edited: Path, write: Callable[..., Path]
+) -> None:
+    # the remembered manifest: a task whose line is gone is pending, with its prompt
+    lines = (edited / "results.jsonl").read_text().splitlines(keepends=True)
+    kept = [line for line in lines if '"prompt": "something fine"' not in line]
+    assert len(kept) == len(lines) - 1
+    (edited / "results.jsonl").write_text("".join(kept))
+    rows = table(cli("export", edited).out)
+    pending = [r for r in rows if r["status"] == "pending"]
+    assert [(r["prompt"], r["kind"], r["model"]) for r in pending] == [
+        ("something fine", "generate", "gpt-image-1")
+    ]
+    assert rows.index(pending[0]) == 2  # in its place in the manifest
+    assert [r["prompt"] for r in table(cli("export", edited, "--status", "pending").out)] == [
+        "something fine"
+    ]
+    picked = table(cli("export", edited, "--status", "succeeded", "--kind", "chat").out)
+    assert [r["prompt"] for r in picked] == ["hello"]
+    both = table(cli("export", edited, "--status", "pending", "--status", "succeeded").out)
+    assert len(both) == 4
+    # jsonl too: a pending task's line, with its params
+    [line] = [
+        json.loads(li)
+        for li in cli("export", edited, "--format", "jsonl", "--status", "pending").out.splitlines()
+    ]
+    assert line["status"] == "pending" and line["params"]["quality"] == "low" and line["files"] == []
+    # the OpenAI Batch output holds finished tasks only
+    assert len(cli("export", edited, "--format", "openai").out.splitlines()) == 3
+    # a --manifest that grew: its new task is a pending row
+    grown = write(SECOND + "      - {kind: generate, id: new, prompt: a new one}\n", "grown.yaml")
+    rows = table(cli("export", edited, "--manifest", grown).out)
+    assert rows[-1]["id"] == "new" and rows[-1]["status"] == "pending"
+
+
+def test_orphaned_lines_are_left_out_unless_asked_for(cli: Callable[..., Outcome], edited: Path) -> None:
+    ids = [r["id"] for r in table(cli("export", edited).out)]
+    every = table(cli("export", edited, "--include-orphaned").out)
+    assert len(ids) == 4 and len(every) == 6
+    assert [r["id"] for r in every[:4]] == ids  # the manifest's first, then the orphaned lines
+    assert {r["status"] for r in every[4:]} == {"succeeded", "failed"}
+
+
+def test_sqlite_has_a_typed_table_per_kind_of_line(
+    cli: Callable[..., Outcome], edited: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "out.db"
+    assert cli("export", edited, "--format", "sqlite").code == 64  # a database is a file
+    outcome = cli("export", edited, "--format", "sqlite", "--output", target)
+    assert outcome.code == 0 and "4 rows written" in outcome.err
+    with sqlite3.connect(target) as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert tables == {"results", "usage", "attempts"}
+        rows = db.execute(
+            "SELECT position, id, status, prompt, typeof(cost), typeof(total_tokens), json FROM results "
+            "ORDER BY position"
+        ).fetchall()
+        assert [r[3] for r in rows] == ["a lake", "a fox", "something fine", "hello"]
+        assert {(r[4], r[5]) for r in rows} == {("real", "integer")}
+        assert all(json.loads(r[6])["id"] == r[1] for r in rows)
+        usage = db.execute("SELECT task_id, typeof(cost), total_tokens, json FROM usage").fetchall()
+        assert len(usage) == 4 and {u[1] for u in usage} == {"real"}
+        assert {u[0] for u in usage} == {r[1] for r in rows}  # the orphaned answer is left out
+        attempts = db.execute("SELECT task_id, outcome, typeof(status) FROM attempts").fetchall()
+        assert len(attempts) == 4 and {a[1] for a in attempts} == {"answered"}
+        every = tmp_path / "every.db"
+    assert cli("export", edited, "--format", "sqlite", "--output", every, "--include-orphaned").code == 0
+    with sqlite3.connect(every) as db:
+        assert db.execute("SELECT count(*), sum(orphaned) FROM results").fetchone() == (6, 2)
+        assert db.execute("SELECT count(*) FROM usage").fetchone() == (5,)
+
+
+def test_a_finished_run_keeps_the_manifests_order_without_reading_the_manifest(
+    cli: Callable[..., Outcome], edited: Path, tmp_path: Path
+) -> None:
+    shuffle_results(edited)
+    (tmp_path / "second.yaml").unlink()  # every task has its line: the digests give the order
+    outcome = cli("export", edited)
+    assert [r["prompt"] for r in table(outcome.out)] == ["a lake", "a fox", "something fine", "hello"]
+    assert "cannot list" not in outcome.err
+    # a pending task needs the manifest for its row; without it, the others still come in order
+    lines = (edited / "results.jsonl").read_text().splitlines(keepends=True)
+    (edited / "results.jsonl").write_text("".join(li for li in lines if "something fine" not in li))
+    outcome = cli("export", edited)
+    assert [r["prompt"] for r in table(outcome.out)] == ["a lake", "a fox", "hello"]
+    assert "cannot list the tasks" in outcome.err
