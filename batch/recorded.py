@@ -11,7 +11,6 @@ A task that has not finished yet has no result.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from batch.kind import TaskKind
 from batch.kind import builtin_registry as registry
 from batch.manifest.plan import iter_tasks
 from batch.manifest.read import Manifest
-from batch.output.store import RESULTS
+from batch.output.store import RESULTS, read_line_at, read_lines_with_offsets
 from batch.running.job import CheckedManifest
 
 
@@ -74,8 +73,9 @@ def results(
     `options`: `overrides`, `endpoints`...), only its tasks', in its order. Reads; never sends."""
     root = Path(out).absolute()
     if manifest is None:
-        for _, record in _lines(root / RESULTS):
-            yield Result.from_record(record, root)
+        for _, record in read_lines_with_offsets(root / RESULTS):
+            if isinstance(record.get("id"), str):
+                yield Result.from_record(record, root)
         return
     chosen = Options(**options)
     checked = checked_manifest(manifest, chosen, endpoint_for(chosen), None, registry(kinds), root)
@@ -87,36 +87,14 @@ def in_manifest_order(checked: CheckedManifest, root: Path, *, failed: bool = Tr
     Holds an offset per line, not the lines."""
     path = root / RESULTS
     where: dict[str, int] = {}
-    for offset, record in _lines(path):
-        where[str(record["id"])] = offset  # the last line of a task is its result
+    for offset, record in read_lines_with_offsets(path):
+        if isinstance(record.get("id"), str):
+            where[record["id"]] = offset  # the last line of a task is its result
     if not where:
         return
     with path.open("rb") as handle:
         for spec in iter_tasks(checked.manifest, checked.builder):
             at = where.get(spec.id)
-            if at is None:
-                continue
-            handle.seek(at)
-            record = json.loads(handle.readline())
-            if failed or record.get("status") != "failed":
-                yield Result.from_record(record, root)
-
-
-def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(offset, record) of each whole, readable line with an id; a torn last line is not one."""
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        return
-    with handle:
-        offset = 0
-        for raw in handle:
-            if not raw.endswith(b"\n"):
-                return
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                record = None
-            if isinstance(record, dict) and isinstance(record.get("id"), str):
-                yield offset, record
-            offset += len(raw)
+            found = None if at is None else read_line_at(handle, at)
+            if found is not None and (failed or found.get("status") != "failed"):
+                yield Result.from_record(found, root)
