@@ -51,6 +51,7 @@ class JobConfig:
     retry_failed: bool = False  # send the failed tasks again, and only them
     gallery: bool = True  # thumbnails as images are saved, and DIR/index.html after the run
     run_info: Mapping[str, Any] = field(default_factory=dict)  # for the run log's start line (the command)
+    only: tuple[int, int] | None = None  # a shard: the tasks at manifest positions [start, end), no others
 
 
 @dataclass
@@ -103,6 +104,16 @@ def _watch(sources: Sources | None) -> Callable[[], bool] | None:
     """What tells the dispatch walk that the manifest changed under it (its field rules are not checked
     again: they were, and an edit in the middle of a run must stop it rather than send unchecked tasks)."""
     return sources.expansion_changed if sources is not None else None
+
+
+def _within(positions: tuple[int, int], skip: Callable[[int], bool] | None) -> Callable[[int], bool]:
+    """`skip` narrowed to a shard: every position outside [start, end) is passed over too."""
+    start, end = positions
+
+    def outside_or_skipped(position: int) -> bool:
+        return not start <= position < end or (skip is not None and skip(position))
+
+    return outside_or_skipped
 
 
 class Job:
@@ -188,6 +199,8 @@ class Job:
 
             skip = skip_all_but_failed
             left_alone = checked.plan.total - len(finished) - len(only)
+        if self.config.only is not None:
+            skip = _within(self.config.only, skip)
         self._remember_plan()
         remember_format(self.out.root, self.checked.builder.settings.id_scheme)
         interrupted = recover(self.out.runs)
@@ -203,10 +216,18 @@ class Job:
                 "pid": os.getpid(),
                 "manifest": checked.manifest.name,
                 "version": __version__,
-                "tasks": checked.plan.total,
+                "tasks": self.total,
             }
         )
         return RunStart(finished, failed_before, skip, left_alone, interrupted, spent, run_log, tag)
+
+    @property
+    def total(self) -> int:
+        """The tasks this run is for: the manifest's, or its shard's."""
+        if self.config.only is None:
+            return self.checked.plan.total
+        start, end = self.config.only
+        return max(0, min(end, self.checked.plan.total) - start)
 
     def _remember_plan(self) -> None:
         """Save a freshly validated plan in DIR's cache, for the next run of the same manifest."""
@@ -241,7 +262,7 @@ class Job:
                     registry=self.registry,
                     client=client,
                     out=self.out,
-                    total=checked.plan.total,
+                    total=self.total,
                     settings=dataclasses.replace(
                         self.config.run, thumbnails=self.config.run.thumbnails and self.config.gallery
                     ),
