@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from batch.cluster.plan import is_sharded
 from batch.config import price_table
 from batch.errors import OutputError, UsageError
 from batch.exitcodes import EXIT_OK
@@ -25,6 +26,12 @@ def existing(root: Path) -> Path:
 
 
 def show_status(args: argparse.Namespace) -> int:
+    if is_sharded(args.out):  # a batch run in shards by workers (batch.cluster)
+        from batch.cluster.view import cluster_status, format_cluster_status
+
+        found = cluster_status(args.out)
+        print(json.dumps(found, indent=2) if args.json else format_cluster_status(found))
+        return EXIT_OK
     found = status(existing(args.out))
     print(json.dumps(found, indent=2) if args.json else format_status(found))
     return EXIT_OK
