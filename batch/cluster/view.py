@@ -11,7 +11,8 @@ from typing import Any
 from batch.cluster.plan import read_plan, shard_dir
 from batch.errors import DirLockedError
 from batch.output.lock import probe
-from batch.output.store import RESULTS, USAGE, finished_results, read_lines
+from batch.output.runlog import account
+from batch.output.store import RESULTS, RUNS, USAGE, finished_results, read_lines
 
 
 def _held(root: Path) -> bool:
@@ -34,6 +35,7 @@ def shard_status(root: Path, index: int, size: int) -> dict[str, Any]:
         succeeded += not task_failed
     running = directory.is_dir() and _held(directory)
     state = "running" if running else "done" if succeeded + failed >= size else "pending"
+    attempts = account(directory / RUNS, live=running)
     return {
         "shard": index,
         "state": state,
@@ -42,6 +44,8 @@ def shard_status(root: Path, index: int, size: int) -> dict[str, Any]:
         "failed": failed,
         "pending": max(0, size - succeeded - failed),
         "billed_answers": _lines(directory / USAGE),
+        "maybe_billed": attempts.maybe_billed,  # requests of killed runs (workers) with no saved answer
+        "in_flight": attempts.in_flight,
     }
 
 
@@ -49,7 +53,8 @@ def cluster_status(root: Path) -> dict[str, Any]:
     """The whole batch and each shard (see the module's docstring)."""
     plan = read_plan(root)
     shards = [shard_status(root, shard.index, shard.size) for shard in plan.each_shard()]
-    totals = {name: sum(s[name] for s in shards) for name in ("succeeded", "failed", "pending")}
+    counted = ("succeeded", "failed", "pending", "billed_answers", "maybe_billed", "in_flight")
+    totals = {name: sum(s[name] for s in shards) for name in counted}
     states = {state: sum(s["state"] == state for s in shards) for state in ("pending", "running", "done")}
     return {
         "directory": str(root),
@@ -57,7 +62,6 @@ def cluster_status(root: Path) -> dict[str, Any]:
         "queue": plan.queue,
         "tasks": plan.total,
         **totals,
-        "billed_answers": sum(s["billed_answers"] for s in shards),
         "shards": {"total": len(shards), **states},
         "per_shard": shards,
     }
@@ -68,6 +72,9 @@ def format_cluster_status(found: Mapping[str, Any], *, every_shard: bool = True)
     lines = [
         f"{found['directory']}: {found['succeeded']:,} succeeded, {found['failed']:,} failed, "
         f"{found['pending']:,} pending (of {found['tasks']:,}), in {shards['total']:,} shards",
+        f"billed answers: {found['billed_answers']:,}; maybe billed without a saved result: "
+        f"{found['maybe_billed']:,}"
+        + (f"; {found['in_flight']:,} in flight now" if found["in_flight"] else ""),
         f"shards: {shards['done']:,} done, {shards['running']:,} running, {shards['pending']:,} pending"
         f" (queue {found['queue']})",
     ]

@@ -181,6 +181,9 @@ def test_a_killed_workers_shard_is_finished_by_another(
         lines = sum(len(ledger(shard_dir(out, k))) for k in range(len(read_plan(out).shards)))
         assert lines == sim.state.billed_requests - duplicates
         assert "shard 0 of" in (tmp_path / "survivor.log").read_text()  # taken over, not left behind
+    found = json.loads(cli("status", out, "--json").out)
+    assert (found["succeeded"], found["pending"], found["maybe_billed"]) == (TASKS, 0, in_flight)
+    assert found["shards"] == {"total": 3, "pending": 0, "running": 0, "done": 3}
 
 
 def test_sigterm_requeues_the_shard_after_its_requests_in_flight(
