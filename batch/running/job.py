@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import os
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +24,7 @@ from batch.manifest import plancache
 from batch.manifest.plan import Plan, check_manifest, iter_tasks
 from batch.manifest.plancache import Sources
 from batch.manifest.read import Manifest, load
-from batch.manifest.tasks import BuildSettings, TaskBuilder
+from batch.manifest.tasks import BuildSettings, TaskBuilder, TaskSpec
 from batch.output import gallery
 from batch.output.format import remember as remember_format
 from batch.output.runlog import RunLog, recover
@@ -106,14 +106,29 @@ def _watch(sources: Sources | None) -> Callable[[], bool] | None:
     return sources.expansion_changed if sources is not None else None
 
 
+class _PastShard(Exception):
+    """Raised by a shard's skip at its end position: nothing after it in the manifest is the shard's."""
+
+
 def _within(positions: tuple[int, int], skip: Callable[[int], bool] | None) -> Callable[[int], bool]:
-    """`skip` narrowed to a shard: every position outside [start, end) is passed over too."""
+    """`skip` narrowed to a shard: positions before `start` are passed over, and the walk ends at `end`
+    (see _until_past) rather than going through the rest of the manifest."""
     start, end = positions
 
     def outside_or_skipped(position: int) -> bool:
-        return not start <= position < end or (skip is not None and skip(position))
+        if position >= end:
+            raise _PastShard
+        return position < start or (skip is not None and skip(position))
 
     return outside_or_skipped
+
+
+def _until_past(tasks: Iterator[TaskSpec]) -> Iterator[TaskSpec]:
+    """The tasks of a walk narrowed by _within, ending where the shard ends."""
+    try:
+        yield from tasks
+    except _PastShard:
+        return
 
 
 class Job:
@@ -256,8 +271,9 @@ class Job:
         ending: dict[str, Any] = {"error": "the run ended with an unexpected error"}
         try:
             async with ApiClient(self.config.client) as client:
+                tasks = iter_tasks(checked.manifest, checked.builder, start.skip, _watch(checked.sources))
                 self.runner = Runner(
-                    iter_tasks(checked.manifest, checked.builder, start.skip, _watch(checked.sources)),
+                    tasks if self.config.only is None else _until_past(tasks),
                     start,
                     registry=self.registry,
                     client=client,
