@@ -4,6 +4,7 @@ workers on any number of machines into one output directory on a shared folder (
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 from pathlib import Path
@@ -174,6 +175,15 @@ def submit(args: argparse.Namespace, run_flags: list[str]) -> int:
         f"maas-batch: {plan.total:,} tasks in {len(plan.shards):,} shards queued on {plan.queue}; "
         f"plan: {args.out / 'cluster' / 'plan.json'}; `maas-batch status {args.out}` follows them"
     )
+    return EXIT_OK
+
+
+def show_status(args: argparse.Namespace) -> int:
+    """`status DIR` of a sharded DIR: per shard and in total."""
+    from batch.cluster.view import cluster_status, format_cluster_status
+
+    found = cluster_status(args.out)
+    print(json.dumps(found, indent=2) if args.json else format_cluster_status(found))
     return EXIT_OK
 
 

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from batch.cli import cluster
 from batch.cluster.plan import is_sharded
 from batch.config import price_table
 from batch.errors import OutputError, UsageError
@@ -26,12 +27,8 @@ def existing(root: Path) -> Path:
 
 
 def show_status(args: argparse.Namespace) -> int:
-    if is_sharded(args.out):  # a batch run in shards by workers (batch.cluster)
-        from batch.cluster.view import cluster_status, format_cluster_status
-
-        found = cluster_status(args.out)
-        print(json.dumps(found, indent=2) if args.json else format_cluster_status(found))
-        return EXIT_OK
+    if is_sharded(args.out):  # a batch in shards, run by workers: batch.cli.cluster
+        return cluster.show_status(args)
     found = status(existing(args.out))
     print(json.dumps(found, indent=2) if args.json else format_status(found))
     return EXIT_OK
