@@ -42,17 +42,20 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_run_flags", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         configure_logging(args)
-        return _command(args, argv)
+        return _command(args, argv, extra)
     except BatchError as exc:
         for line in exc.lines("maas-batch"):
             print(line, file=sys.stderr)
         return exc.exit_code
 
 
-def _command(args: argparse.Namespace, argv: list[str]) -> int:
+def _command(args: argparse.Namespace, argv: list[str], run_flags: list[str]) -> int:
     """The chosen command. Each module is imported when its command is chosen: `maas-batch --help`, and a
     second run refused on a locked DIR, do without the HTTP stack and the image library."""
     if args.command == "run":
@@ -67,6 +70,10 @@ def _command(args: argparse.Namespace, argv: list[str]) -> int:
         from batch.cli.retry import recorded_run
 
         return _main(recorded_run(args))
+    if args.command in ("submit", "worker"):
+        from batch.cli import cluster
+
+        return cluster.submit(args, run_flags) if args.command == "submit" else cluster.worker(args)
     if args.command == "simulate":
         from batch.cli.simulate import simulate
 

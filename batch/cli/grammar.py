@@ -118,6 +118,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from batch.cli.cluster import add_commands as add_cluster_commands
     from batch.simulator.flags import add_arguments as add_simulator_arguments
 
     parser = _Parser(
@@ -266,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     simulate.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     add_simulator_arguments(simulate)
+    add_cluster_commands(commands)
     return parser
 
 

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from batch.cli import cluster
+from batch.cluster.plan import is_sharded
 from batch.config import price_table
 from batch.errors import OutputError, UsageError
 from batch.exitcodes import EXIT_OK
@@ -45,6 +47,8 @@ def scope(args: argparse.Namespace, root: Path) -> Scope:
 
 
 def show_status(args: argparse.Namespace) -> int:
+    if is_sharded(args.out):  # a batch in shards, run by workers: batch.cli.cluster
+        return cluster.show_status(args)
     root = run_directory(args.out)
     found = status(root, scope(args, root))
     print(json.dumps(found, indent=2) if args.json else format_status(found))

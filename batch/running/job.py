@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import os
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +24,7 @@ from batch.manifest import plancache
 from batch.manifest.plan import Plan, check_manifest, iter_tasks
 from batch.manifest.plancache import Sources
 from batch.manifest.read import Manifest, load
-from batch.manifest.tasks import BuildSettings, TaskBuilder
+from batch.manifest.tasks import BuildSettings, TaskBuilder, TaskSpec
 from batch.output import gallery
 from batch.output.format import remember as remember_format
 from batch.output.runlog import RunLog, recover
@@ -51,6 +51,7 @@ class JobConfig:
     retry_failed: bool = False  # send the failed tasks again, and only them
     gallery: bool = True  # thumbnails as images are saved, and DIR/index.html after the run
     run_info: Mapping[str, Any] = field(default_factory=dict)  # for the run log's start line (the command)
+    only: tuple[int, int] | None = None  # a shard: the tasks at manifest positions [start, end), no others
 
 
 @dataclass
@@ -103,6 +104,31 @@ def _watch(sources: Sources | None) -> Callable[[], bool] | None:
     """What tells the dispatch walk that the manifest changed under it (its field rules are not checked
     again: they were, and an edit in the middle of a run must stop it rather than send unchecked tasks)."""
     return sources.expansion_changed if sources is not None else None
+
+
+class _PastShard(Exception):
+    """Raised by a shard's skip at its end position: nothing after it in the manifest is the shard's."""
+
+
+def _within(positions: tuple[int, int], skip: Callable[[int], bool] | None) -> Callable[[int], bool]:
+    """`skip` narrowed to a shard: positions before `start` are passed over, and the walk ends at `end`
+    (see _until_past) rather than going through the rest of the manifest."""
+    start, end = positions
+
+    def outside_or_skipped(position: int) -> bool:
+        if position >= end:
+            raise _PastShard
+        return position < start or (skip is not None and skip(position))
+
+    return outside_or_skipped
+
+
+def _until_past(tasks: Iterator[TaskSpec]) -> Iterator[TaskSpec]:
+    """The tasks of a walk narrowed by _within, ending where the shard ends."""
+    try:
+        yield from tasks
+    except _PastShard:
+        return
 
 
 class Job:
@@ -188,6 +214,8 @@ class Job:
 
             skip = skip_all_but_failed
             left_alone = checked.plan.total - len(finished) - len(only)
+        if self.config.only is not None:
+            skip = _within(self.config.only, skip)
         self._remember_plan()
         remember_format(self.out.root, self.checked.builder.settings.id_scheme)
         interrupted = recover(self.out.runs)
@@ -203,10 +231,18 @@ class Job:
                 "pid": os.getpid(),
                 "manifest": checked.manifest.name,
                 "version": __version__,
-                "tasks": checked.plan.total,
+                "tasks": self.total,
             }
         )
         return RunStart(finished, failed_before, skip, left_alone, interrupted, spent, run_log, tag)
+
+    @property
+    def total(self) -> int:
+        """The tasks this run is for: the manifest's, or its shard's."""
+        if self.config.only is None:
+            return self.checked.plan.total
+        start, end = self.config.only
+        return max(0, min(end, self.checked.plan.total) - start)
 
     def _remember_plan(self) -> None:
         """Save a freshly validated plan in DIR's cache, for the next run of the same manifest."""
@@ -235,13 +271,14 @@ class Job:
         ending: dict[str, Any] = {"error": "the run ended with an unexpected error"}
         try:
             async with ApiClient(self.config.client) as client:
+                tasks = iter_tasks(checked.manifest, checked.builder, start.skip, _watch(checked.sources))
                 self.runner = Runner(
-                    iter_tasks(checked.manifest, checked.builder, start.skip, _watch(checked.sources)),
+                    tasks if self.config.only is None else _until_past(tasks),
                     start,
                     registry=self.registry,
                     client=client,
                     out=self.out,
-                    total=checked.plan.total,
+                    total=self.total,
                     settings=dataclasses.replace(
                         self.config.run, thumbnails=self.config.run.thumbnails and self.config.gallery
                     ),

@@ -1,0 +1,224 @@
+"""`maas-batch submit` and `maas-batch worker`: a batch in shards on a task queue (Dramatiq on Redis), run by
+workers on any number of machines into one output directory on a shared folder (batch.cluster)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from batch.cli.flags import whole
+from batch.exitcodes import (
+    EXIT_CONFIG,
+    EXIT_DATAERR,
+    EXIT_IOERR,
+    EXIT_NOPERM,
+    EXIT_OK,
+    EXIT_TEMPFAIL,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+)
+
+if TYPE_CHECKING:
+    from batch.cluster.plan import BatchPlan
+    from batch.config import Options
+
+log = logging.getLogger("batch.cli")
+
+REDIS_ENVIRONMENT = """\
+environment:
+  MAAS_REDIS_URL  the Redis of the queue, when --redis is not given
+  MAAS_API_KEY    the API key, read by each worker from its own environment; never queued or written
+  MAAS_BASE_URL   the API's base URL, per worker
+  MAAS_ENDPOINT   the endpoint for tasks the manifest gives none (submit records the one it validated with)
+"""
+
+SUBMIT_EXIT_CODES = f"""\
+exit codes:
+  {EXIT_OK}   the plan is written and every shard is queued
+  {EXIT_USAGE}  bad command-line usage, a run flag that is not for shards, or DIR already holds a batch
+  {EXIT_DATAERR}  invalid manifest: nothing was written or queued
+  {EXIT_IOERR}  DIR/cluster/plan.json cannot be written
+  {EXIT_CONFIG}  configuration missing (no endpoint for some tasks), or Redis cannot be reached
+"""
+
+WORKER_EXIT_CODES = f"""\
+exit codes:
+  {EXIT_OK}   --burst: no shard is left, queued or taken
+  {EXIT_DATAERR}  a shard's manifest changed since it was submitted (the shard is requeued)
+  {EXIT_UNAVAILABLE}  the service cannot go on (the shard is requeued)
+  {EXIT_IOERR}  a shard's directory cannot be written (the shard is requeued)
+  {EXIT_TEMPFAIL}  stopped by SIGTERM or SIGINT: the shard in hand finished its requests in flight and was
+      requeued
+  {EXIT_NOPERM}  the API refused the key (the shard is requeued)
+  {EXIT_CONFIG}  configuration missing (no MAAS_API_KEY...), or Redis cannot be reached
+"""
+
+
+def add_commands(commands: Any) -> None:
+    """The `submit` and `worker` parsers (in grammar.py's list of commands)."""
+    from batch.cluster.plan import DEFAULT_SHARD_SIZE
+    from batch.cluster.queue import DEFAULT_HEARTBEAT_TIMEOUT
+
+    submit = commands.add_parser(
+        "submit",
+        help="validate a manifest, then queue it in shards for `maas-batch worker`s on several machines",
+        description="Check MANIFEST whole (nothing is queued if it is invalid), write the plan to "
+        "DIR/cluster/plan.json and queue one message per shard of --shard-size tasks on Redis. Any flag "
+        "of `run` may follow (--set, --endpoint, --concurrency, --rpm...): every shard runs with them.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=REDIS_ENVIRONMENT + "\n" + SUBMIT_EXIT_CODES,
+        usage="maas-batch submit MANIFEST --out DIR [--redis URL] [--shard-size N] [RUN-FLAGS...]",
+    )
+    submit.add_argument("manifest", type=Path, metavar="MANIFEST")
+    submit.add_argument(
+        "--out",
+        "-o",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the batch's directory, on a folder every worker mounts at the same path",
+    )
+    _add_redis(submit)
+    submit.add_argument(
+        "--shard-size",
+        type=whole,
+        default=DEFAULT_SHARD_SIZE,
+        metavar="N",
+        help=f"tasks per shard (default {DEFAULT_SHARD_SIZE})",
+    )
+    submit.set_defaults(takes_run_flags=True)
+
+    worker = commands.add_parser(
+        "worker",
+        help="run queued shards with today's engine, one at a time, until stopped (or none is left)",
+        description="Take shards of submitted batches off Redis and run each into DIR/shards/<k>/ (a run "
+        "directory: a shard delivered again sends only what it lacks). SIGTERM or SIGINT: the requests in "
+        "flight finish and the shard goes back on the queue; a second one cancels them.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=REDIS_ENVIRONMENT + "\n" + WORKER_EXIT_CODES,
+    )
+    _add_redis(worker)
+    worker.add_argument(
+        "--concurrency",
+        "-c",
+        type=whole,
+        default=None,
+        metavar="N",
+        help="requests in flight on this worker (default: the batch's --concurrency)",
+    )
+    worker.add_argument(
+        "--burst", action="store_true", help="exit once no shard is left, queued or taken by another worker"
+    )
+    worker.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=DEFAULT_HEARTBEAT_TIMEOUT,
+        metavar="SECONDS",
+        help="a worker silent this long is taken for dead and its shard is run by another "
+        f"(default {DEFAULT_HEARTBEAT_TIMEOUT:g}; every worker of a Redis should use the same)",
+    )
+    log_flags = worker.add_argument_group("what it prints")
+    log_flags.add_argument("--log-file", type=Path, metavar="FILE", help="also append the log lines to FILE")
+    log_flags.add_argument("--quiet", "-q", action="store_true", help="only warnings")
+    log_flags.add_argument("--verbose", "-v", action="store_true", help="a line per task and retry; debug")
+
+
+def _add_redis(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--redis",
+        default=None,
+        metavar="URL",
+        help="the queue's Redis, e.g. redis://host:6379/0 (default: MAAS_REDIS_URL)",
+    )
+
+
+def _queue_settings(args: argparse.Namespace) -> Any:
+    from batch.cluster.queue import QueueSettings
+    from batch.config import env
+    from batch.errors import UsageError
+
+    url = args.redis or env("MAAS_REDIS_URL")
+    if url is None:
+        raise UsageError("give the queue's Redis: --redis URL (or MAAS_REDIS_URL)")
+    timeout = getattr(args, "heartbeat_timeout", None)
+    return QueueSettings(url) if timeout is None else QueueSettings(url, heartbeat_timeout=timeout)
+
+
+def run_options(manifest: Path, out: Path, run_flags: list[str]) -> Options:
+    """What `maas-batch run MANIFEST --out DIR RUN-FLAGS` would run with (its parser, its checks)."""
+    from batch.cli.grammar import build_parser
+    from batch.cli.options import options_from
+
+    args = build_parser().parse_args(["run", str(manifest), "--out", str(out), *run_flags])
+    if args.dry_run:
+        args.command_parser.error("--dry-run: not for submit (try `maas-batch validate`)")
+    return options_from(args)
+
+
+def submit(args: argparse.Namespace, run_flags: list[str]) -> int:
+    from batch.cluster.queue import ShardQueue
+    from batch.cluster.submit import submit as submit_batch
+
+    options = run_options(args.manifest, args.out, run_flags)
+    queue = ShardQueue(_queue_settings(args))
+    try:
+        plan = submit_batch(
+            args.manifest, args.out, options, queue, shard_size=args.shard_size, run_flags=run_flags
+        )
+    finally:
+        queue.close()
+    print(
+        f"maas-batch: {plan.total:,} tasks in {len(plan.shards):,} shards queued on {plan.queue}; "
+        f"plan: {args.out / 'cluster' / 'plan.json'}; `maas-batch status {args.out}` follows them"
+    )
+    return EXIT_OK
+
+
+def show_status(args: argparse.Namespace) -> int:
+    """`status DIR` of a sharded DIR: per shard and in total."""
+    from batch.cluster.view import cluster_status, format_cluster_status
+
+    found = cluster_status(args.out)
+    print(json.dumps(found, indent=2) if args.json else format_cluster_status(found))
+    return EXIT_OK
+
+
+def worker(args: argparse.Namespace) -> int:
+    from batch.cli.progress import LogLines
+    from batch.cluster.queue import ShardQueue
+    from batch.cluster.shard import ShardRunner
+    from batch.cluster.worker import ShardWorker, WorkerSettings
+
+    def options_for(plan: BatchPlan) -> Options:
+        flags = list(plan.run_flags)
+        if args.concurrency is not None:
+            flags += ["--concurrency", str(args.concurrency)]
+        return run_options(Path(plan.manifest), Path(plan.out), flags)
+
+    queue = ShardQueue(_queue_settings(args))
+    try:
+        queue.ping()
+        runner = ShardRunner(options_for, lambda: [] if args.quiet else [LogLines()])
+        shards = ShardWorker(queue, runner, WorkerSettings(burst=args.burst))
+
+        def stop(signum: int, frame: object) -> None:
+            log.warning(
+                "%s: the shard in hand finishes its requests in flight, then goes back on the queue",
+                signal.Signals(signum).name,
+            )
+            shards.stop()
+
+        previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            code = shards.run()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+    finally:
+        queue.close()
+    log.info("worker ends with exit code %d after %d shard(s)", code, shards.shards_done)
+    return code

@@ -1,0 +1,125 @@
+"""A sharded batch's plan, written once by `submit` beside the outputs (DIR/cluster/plan.json) and read by
+every worker and by `status`: the manifest, the run flags, and the shards as ranges of manifest positions.
+Pure data and its file; no Redis here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batch.errors import OutputError, UsageError
+
+PLAN = Path("cluster") / "plan.json"
+SHARDS = "shards"
+DEFAULT_SHARD_SIZE = 1000
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One message on the queue: run the tasks at positions [start, end) of the batch in `out`."""
+
+    out: str  # the batch's DIR, absolute: the same path on every machine (a shared mount)
+    index: int
+    start: int
+    end: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Shard:
+        return cls(str(data["out"]), int(data["index"]), int(data["start"]), int(data["end"]))
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What `submit` decided: workers run exactly this, and refuse a manifest that changed since."""
+
+    manifest: str  # absolute path
+    out: str  # absolute path
+    queue: str  # the queue's name, derived from `out`
+    total: int  # tasks in the manifest
+    order_digest: str  # sha256 of the tasks' id digests in manifest order: the manifest's identity
+    shard_size: int
+    shards: list[tuple[int, int]]  # [start, end) positions, in order
+    run_flags: list[str] = field(default_factory=list)  # the flags of `run` each shard runs with
+    endpoint: str | None = None  # for tasks the manifest gives none, as submit resolved it
+    options: dict[str, Any] = field(default_factory=dict)  # the flags' values that differ from defaults
+    version: str = ""  # of maas-batch that submitted
+    submitted: str = ""  # ISO time
+    format: int = FORMAT
+
+    def shard(self, index: int) -> Shard:
+        start, end = self.shards[index]
+        return Shard(self.out, index, start, end)
+
+    def each_shard(self) -> Iterator[Shard]:
+        return (self.shard(index) for index in range(len(self.shards)))
+
+
+def split(total: int, size: int) -> list[tuple[int, int]]:
+    """Positions 0..total-1 in consecutive ranges of `size` (the last one shorter)."""
+    if size < 1:
+        raise UsageError(f"--shard-size must be at least 1, not {size}")
+    return [(start, min(start + size, total)) for start in range(0, total, size)]
+
+
+def order_digest(order: Sequence[int] | bytes) -> str:
+    """The identity of a manifest's tasks: their ids, in order (8-byte digests, as the plan holds them)."""
+    data = order if isinstance(order, bytes) else b"".join(d.to_bytes(8, "little") for d in order)
+    return hashlib.sha256(data).hexdigest()
+
+
+def queue_name(out: Path) -> str:
+    """The queue of the batch in `out`: readable, and unique per absolute path."""
+    absolute = str(out.absolute())
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", out.absolute().name).strip("-")[:40] or "batch"
+    return f"maas-batch.{slug}.{hashlib.sha256(absolute.encode()).hexdigest()[:12]}"
+
+
+def shard_dir(root: Path, index: int) -> Path:
+    return root / SHARDS / str(index)
+
+
+def is_sharded(root: Path) -> bool:
+    return (root / PLAN).is_file()
+
+
+def write_plan(root: Path, plan: BatchPlan) -> Path:
+    """DIR/cluster/plan.json, created once (a second submit to the same DIR is refused)."""
+    path = root / PLAN
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(asdict(plan), indent=1) + "\n", encoding="utf-8")
+        os.link(temporary, path)  # fails if a plan is there: never two batches in one DIR
+        temporary.unlink()
+    except FileExistsError:
+        raise UsageError(f"{root} already holds a submitted batch ({path})") from None
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    return path
+
+
+def read_plan(root: Path) -> BatchPlan:
+    path = root / PLAN
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data["shards"] = [(int(start), int(end)) for start, end in data["shards"]]
+        return BatchPlan(**data)
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise UsageError(f"{root} holds no submitted batch: cannot read {path}: {reason}") from exc
+    except (ValueError, TypeError, KeyError) as exc:
+        raise OutputError(f"{path} is not a plan maas-batch wrote: {exc}") from exc

@@ -1,0 +1,114 @@
+"""Run one shard with today's engine: a normal run directory, DIR/shards/<k>/, holding that shard's tasks.
+Its resume is the engine's: a shard delivered again sends only what that directory does not hold yet (what
+was in flight on a worker that died), and a directory locked by a live run is refused (DirLockedError).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from batch.cluster.plan import BatchPlan, Shard, order_digest, read_plan, shard_dir
+from batch.config import Options, checked_manifest, connection, job_config
+from batch.errors import ManifestError, Problem
+from batch.events import Observer
+from batch.exitcodes import EXIT_TEMPFAIL
+from batch.kind import builtin_registry
+from batch.running.job import CheckedManifest, Job
+from batch.running.summary import RunSummary
+
+log = logging.getLogger("batch.cluster.shard")
+
+# The options of a batch's shards, from its plan (the CLI reads the run flags the plan recorded).
+OptionsFor = Callable[[BatchPlan], Options]
+
+
+class ShardRunner:
+    """Runs shards one at a time; keeps the last batch's checked manifest, so that its next shards do not
+    validate it again. `stop()` may be called from a signal handler or another thread."""
+
+    def __init__(
+        self,
+        options_for: OptionsFor,
+        observers: Callable[[], Sequence[Observer]] = tuple,
+        grace: float | None = None,
+    ) -> None:
+        self._options_for = options_for
+        self._observers = observers
+        self._grace = grace
+        self._checked: tuple[tuple[str, str], CheckedManifest] | None = None
+        self._lock = threading.RLock()  # stop() may come from a signal handler in the same thread
+        self._running: tuple[asyncio.AbstractEventLoop, Job] | None = None
+        self._grace_now = 0.0
+        self.stopped = False
+
+    def run(self, shard: Shard) -> RunSummary:
+        """Run `shard` until its tasks are done or it is stopped; raises what stops it otherwise."""
+        root = Path(shard.out)
+        plan = read_plan(root)
+        options = dataclasses.replace(self._options_for(plan), endpoint=plan.endpoint)
+        out = shard_dir(root, shard.index)
+        checked = self._checked_manifest(plan, options, out)
+        with connection(options) as connected:
+            run_info = {"shard": shard.index, "positions": [shard.start, shard.end], "pid": os.getpid()}
+            config = job_config(options, checked, out, connected, run_info, options.deadline_time())
+            config = dataclasses.replace(config, only=(shard.start, shard.end))
+            with Job(config, checked, builtin_registry(), self._observers()) as job:
+                return asyncio.run(self._run(job, options.grace if self._grace is None else self._grace))
+
+    async def _run(self, job: Job, grace: float) -> RunSummary:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            self._running = (loop, job)
+            self._grace_now = grace
+            if self.stopped:
+                self._stop(job, loop)
+        try:
+            return await job.run()
+        finally:
+            with self._lock:
+                self._running = None
+
+    def stop(self) -> None:
+        """Stop dispatching; the requests in flight get the grace period. A second call cancels them."""
+        with self._lock:
+            again = self.stopped
+            self.stopped = True
+            if self._running is None:
+                return
+            loop, job = self._running
+            if again:
+                loop.call_soon_threadsafe(job.cancel_in_flight)
+            else:
+                self._stop(job, loop)
+
+    def _stop(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
+        grace = self._grace_now
+        reason = f"the worker was told to stop; requests in flight had {grace:g} s to finish"
+
+        def stop_then_cancel_later() -> None:
+            job.stop(reason, EXIT_TEMPFAIL)
+            loop.call_later(grace, job.cancel_in_flight)
+
+        loop.call_soon_threadsafe(stop_then_cancel_later)
+
+    def _checked_manifest(self, plan: BatchPlan, options: Options, out: Path) -> CheckedManifest:
+        """The plan's manifest, checked as submit checked it; refused if it changed since."""
+        key = (plan.out, plan.submitted)
+        if self._checked is not None and self._checked[0] == key:
+            return self._checked[1]
+        checked = checked_manifest(Path(plan.manifest), options, plan.endpoint, out=out)
+        found = order_digest(checked.plan.order.tobytes())
+        if checked.plan.total != plan.total or found != plan.order_digest:
+            message = (
+                f"the manifest changed since it was submitted ({checked.plan.total} tasks now, "
+                f"{plan.total} then): its shards cannot be run"
+            )
+            raise ManifestError([Problem(plan.manifest, None, message)])
+        self._checked = (key, checked)
+        return checked
