@@ -11,7 +11,10 @@ fixed latency, started and stopped here on a free port:
 - maas-batch: `maas-batch run MANIFEST --out DIR -c C`, as a user runs it (checkpoint, ledger, run log on);
 - hand-written: bench/handwritten.py, aiohttp + a semaphore, one JSON line appended per answer;
 - cookbook: OpenAI's api_request_parallel_processor.py, when --cookbook gives its path (see
-  bench/cookbook_shim.py); its --max_requests_per_minute is set to C/L, since it has no concurrency limit.
+  bench/cookbook_shim.py), at its documented --logging_level 20. It has no concurrency limit: its
+  --max_requests_per_minute is set to C/L, but its bucket starts full and only aiohttp's default 100
+  connections bound what is in flight, so its share of C/L can pass 100%. It counts tokens with tiktoken,
+  whose cl100k_base file is fetched from the internet on first use (or read from TIKTOKEN_CACHE_DIR).
 
 CPU (user + sys) and peak RSS come from os.wait4 of each child, wall from its start to its exit. The share of
 C/L and the first request come from the simulator's own records: tasks answered / (last answer's end - first
