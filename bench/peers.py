@@ -5,6 +5,7 @@
     python bench/peers.py --ceiling                      # C=256, L=0.2 s: the rate each peer reaches
     python bench/peers.py --startup                      # --help, validate, and time to the first request
     python bench/peers.py --rss-scale                    # maas-batch's peak RSS at 10,000 and 100,000 tasks
+    python bench/peers.py --uvloop                       # every peer on uvloop (bench/with_uvloop.py)
 
 The peers, each a child of this process, run in turn (A B A B ...) against one `maas-batch simulate` with a
 fixed latency, started and stopped here on a free port:
@@ -19,7 +20,9 @@ fixed latency, started and stopped here on a free port:
 CPU (user + sys) and peak RSS come from os.wait4 of each child, wall from its start to its exit. The share of
 C/L and the first request come from the simulator's own records: tasks answered / (last answer's end - first
 request's arrival) / (C/L), so that start-up is counted once, in `first req`, not in the rate. Each figure is
-the median of the rounds; the ratios are to the hand-written script's medians.
+the median of the rounds; the ratios are to the hand-written script's medians. CPU/wall is the share of one
+core a peer used; server CPU/wall the simulator's (from /proc) during that peer's run: near 1.0, the server
+is what limits the rate, not the peer.
 """
 
 from __future__ import annotations
@@ -48,6 +51,25 @@ PYTHON = sys.executable
 ENDPOINT = "ep"
 MODEL = "gemini-2.5-flash"
 HANDWRITTEN = "hand-written"
+# Set in some shells and CI: with it, an editable install compiles its modules from source at every start
+# (0.3-0.7 s of CPU for maas-batch here), which no user's pip install does. The peers run without them.
+NOT_PASSED_ON = ("PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED")
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of every measured child: this one, less NOT_PASSED_ON, plus `extra`."""
+    env = {name: value for name, value in os.environ.items() if name not in NOT_PASSED_ON}
+    return {**env, **(extra or {})}
+
+
+def compile_bytecode() -> None:
+    """Write the .pyc files of the project and the bench once, as `pip install` would, before timing."""
+    subprocess.run(
+        [PYTHON, "-m", "compileall", "-q", str(ROOT / "batch"), str(ROOT / "jobs"), str(ROOT / "bench")],
+        env=child_env(),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 class BenchFailed(SystemExit):
@@ -66,6 +88,15 @@ def free_port() -> int:
 @dataclass(frozen=True)
 class Sim:
     port: int
+    pid: int
+
+    def cpu_seconds(self) -> float | None:
+        """The simulator's CPU so far (user + sys, from /proc), to tell when the server is the bottleneck."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     @property
     def base_url(self) -> str:
@@ -98,7 +129,7 @@ def simulator(latency: float, folder: Path) -> Iterator[Sim]:
             process.wait(10)
             errors.seek(0)
             raise BenchFailed(f"the simulator did not start (exit {process.returncode}):\n{errors.read()}")
-        yield Sim(port)
+        yield Sim(port, process.pid)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -123,6 +154,7 @@ class Run:
     answered: int = 0  # requests the simulator answered 200 in this run
     first_request_s: float | None = None  # from the child's start to the simulator seeing its first request
     span_s: float | None = None  # from the first request's arrival to the last answer's end
+    server_cpu_s: float | None = None  # the simulator's CPU during this run
 
 
 @dataclass
@@ -142,7 +174,7 @@ def measure(command: list[str], folder: Path, env: dict[str, str] | None = None)
         started_unix = time.time()
         started = time.perf_counter()
         process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, cwd=folder, env={**os.environ, **(env or {})}
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=folder, env=child_env(env)
         )
         try:
             _, status, usage = os.wait4(process.pid, 0)
@@ -200,6 +232,14 @@ def write_tasks(folder: Path, count: int) -> Tasks:
 class Setting:
     concurrency: int
     latency: float
+    uvloop: bool = False  # every peer's event loop is uvloop's (bench/with_uvloop.py)
+
+
+def python_running(setting: Setting, script: Path) -> list[str]:
+    """The command that runs `script`, under uvloop when the setting says so."""
+    if setting.uvloop:
+        return [PYTHON, str(ROOT / "bench" / "with_uvloop.py"), str(script)]
+    return [PYTHON, str(script)]
 
 
 Peer = Callable[[Tasks, Sim, Setting, Path], Child]
@@ -208,7 +248,10 @@ Peer = Callable[[Tasks, Sim, Setting, Path], Child]
 def run_maas_batch(tasks: Tasks, sim: Sim, setting: Setting, folder: Path) -> Child:
     out = folder / "out"
     env = {"MAAS_API_KEY": "bench", "MAAS_BASE_URL": sim.base_url, "MAAS_ENDPOINT": ENDPOINT}
-    command = [*maas_batch(), "run", str(tasks.manifest), "--out", str(out), "-c", str(setting.concurrency)]
+    launcher = (
+        [PYTHON, str(ROOT / "bench" / "with_uvloop.py"), "-m", "batch"] if setting.uvloop else maas_batch()
+    )
+    command = [*launcher, "run", str(tasks.manifest), "--out", str(out), "-c", str(setting.concurrency)]
     child = measure(command, folder, env)
     check(child, "maas-batch", count_lines(out / "results.jsonl", '"succeeded"'), tasks.count)
     return child
@@ -217,8 +260,7 @@ def run_maas_batch(tasks: Tasks, sim: Sim, setting: Setting, folder: Path) -> Ch
 def run_handwritten(tasks: Tasks, sim: Sim, setting: Setting, folder: Path) -> Child:
     answers = folder / "answers.jsonl"
     command = [
-        PYTHON,
-        str(ROOT / "bench" / "handwritten.py"),
+        *python_running(setting, ROOT / "bench" / "handwritten.py"),
         str(tasks.manifest),
         str(answers),
         "--base-url",
@@ -239,8 +281,7 @@ def cookbook_peer(path: Path) -> Peer:
         # no concurrency limit of its own: its request rate is set to what C requests in flight reach
         rpm = round(setting.concurrency / max(setting.latency, 0.001) * 60)
         command = [
-            PYTHON,
-            str(ROOT / "bench" / "cookbook_shim.py"),
+            *python_running(setting, ROOT / "bench" / "cookbook_shim.py"),
             str(path),
             "--requests_filepath",
             str(tasks.requests),
@@ -284,10 +325,14 @@ def check(child: Child, peer: str, done: int, expected: int) -> None:
 
 
 def measured_run(peer: str, runner: Peer, tasks: Tasks, sim: Sim, setting: Setting, folder: Path) -> Run:
+    server_before = sim.cpu_seconds()
     child = runner(tasks, sim, setting, folder)
+    server_after = sim.cpu_seconds()
     records = sim.records_since(child.started)
     answered = [r for r in records if r["status"] == 200]
     run = Run(peer, tasks.count, child.cpu, child.wall, child.peak_mb, len(answered))
+    if server_before is not None and server_after is not None:
+        run.server_cpu_s = server_after - server_before
     if records:
         first = min(r["time"] for r in records)
         run.first_request_s = first - child.started
@@ -340,6 +385,9 @@ def summarise(runs: dict[str, list[Run]], setting: Setting) -> dict[str, dict[st
             "requests_per_s": rate,
             "share_of_c_over_l": rate / ideal if rate is not None and ideal else None,
             "cpu_per_wall": cpu / wall if cpu is not None and wall else None,
+            "server_cpu_per_wall": median(
+                [r.server_cpu_s / r.wall_s if r.server_cpu_s is not None else None for r in measured]
+            ),
             "first_request_s": median([r.first_request_s for r in measured]),
             "peak_rss_mb": median([r.peak_rss_mb for r in measured]),
             "cpu_s_each_round": [round(r.cpu_s, 3) for r in measured],
@@ -360,6 +408,7 @@ COLUMNS = [
     ("req/s", "requests_per_s", "{:.0f}"),
     ("share C/L", "share_of_c_over_l", "{:.1%}"),
     ("CPU/wall", "cpu_per_wall", "{:.2f}"),
+    ("server CPU/wall", "server_cpu_per_wall", "{:.2f}"),
     ("1st req s", "first_request_s", "{:.2f}"),
     ("peak RSS MB", "peak_rss_mb", "{:.1f}"),
     ("CPU x", "cpu_s_ratio", "{:.2f}x"),
@@ -403,12 +452,14 @@ def peers_of(args: argparse.Namespace) -> dict[str, Peer]:
 
 
 def section_compare(args: argparse.Namespace, folder: Path, ceiling: bool) -> dict[str, Any]:
-    setting = Setting(256, 0.2) if ceiling else Setting(args.concurrency, args.latency)
+    setting = (
+        Setting(256, 0.2, args.uvloop) if ceiling else Setting(args.concurrency, args.latency, args.uvloop)
+    )
     tasks = write_tasks(folder, args.tasks)
     title = "ceiling" if ceiling else "peers"
     print(
         f"\n[{title}] {tasks.count:,} chat tasks, C={setting.concurrency}, L={setting.latency} s, "
-        f"{args.rounds} round(s), alternating; medians"
+        f"{args.rounds} round(s), alternating; medians{'; uvloop' if setting.uvloop else ''}"
         + (f"; C/L = {setting.concurrency / setting.latency:.0f}/s" if setting.latency > 0 else ""),
         flush=True,
     )
@@ -420,6 +471,7 @@ def section_compare(args: argparse.Namespace, folder: Path, ceiling: bool) -> di
         "concurrency": setting.concurrency,
         "latency_s": setting.latency,
         "rounds": args.rounds,
+        "uvloop": setting.uvloop,
         "peers": rows,
         "runs": {name: [asdict(r) for r in measured] for name, measured in runs.items()},
     }
@@ -438,6 +490,8 @@ def section_startup(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         "maas-batch validate (5 tasks)": [],
         "maas-batch run: first request": [],
         "hand-written: first request": [],
+        "maas-batch run: CPU of 5 tasks": [],
+        "hand-written: CPU of 5 tasks": [],
     }
     setting = Setting(4, 0.0)
     with simulator(0.0, folder) as sim:
@@ -455,8 +509,12 @@ def section_startup(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                 if run.first_request_s is None:
                     raise BenchFailed(f"{name}: the simulator saw no request")
                 samples[f"{name}: first request"].append(run.first_request_s)
+                samples[f"{name}: CPU of 5 tasks"].append(run.cpu_s)
             shutil.rmtree(where, ignore_errors=True)
-    print(f"\n[startup] median of {args.startup_runs} runs (seconds from the process's start)", flush=True)
+    print(
+        f"\n[startup] median of {args.startup_runs} runs: seconds from the process's start, or CPU",
+        flush=True,
+    )
     figures = {name: statistics.median(values) for name, values in samples.items()}
     width = max(len(name) for name in figures)
     for name, value in figures.items():
@@ -521,10 +579,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="task counts of --rss-scale (default 10000,100000; add 1000000 for the long one)",
     )
     parser.add_argument("--rss-latency", type=float, default=0.0, help="latency of --rss-scale (default 0)")
+    parser.add_argument("--uvloop", action="store_true", help="run every peer with uvloop as its event loop")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     args = parser.parse_args(argv)
     if args.tasks < 1 or args.concurrency < 1 or args.rounds < 1 or args.latency < 0:
         parser.error("--tasks, --concurrency and --rounds must be positive, --latency at least 0")
+    if args.uvloop:
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            parser.error("--uvloop needs uvloop: pip install uvloop")
     return args
 
 
@@ -535,6 +599,7 @@ def main(argv: list[str] | None = None) -> None:
         f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
     )
     print(f"machine: {machine}", flush=True)
+    compile_bytecode()
     results: dict[str, Any] = {"machine": machine}
     chosen = [name for name in ("ceiling", "startup", "rss_scale") if getattr(args, name)] or ["peers"]
     with tempfile.TemporaryDirectory(prefix="maas-peers-") as folder:
