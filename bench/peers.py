@@ -233,6 +233,7 @@ class Setting:
     concurrency: int
     latency: float
     uvloop: bool = False  # every peer's event loop is uvloop's (bench/with_uvloop.py)
+    run_args: tuple[str, ...] = ()  # more flags for `maas-batch run`, e.g. --no-gallery
 
 
 def python_running(setting: Setting, script: Path) -> list[str]:
@@ -251,7 +252,16 @@ def run_maas_batch(tasks: Tasks, sim: Sim, setting: Setting, folder: Path) -> Ch
     launcher = (
         [PYTHON, str(ROOT / "bench" / "with_uvloop.py"), "-m", "batch"] if setting.uvloop else maas_batch()
     )
-    command = [*launcher, "run", str(tasks.manifest), "--out", str(out), "-c", str(setting.concurrency)]
+    command = [
+        *launcher,
+        "run",
+        str(tasks.manifest),
+        "--out",
+        str(out),
+        "-c",
+        str(setting.concurrency),
+        *setting.run_args,
+    ]
     child = measure(command, folder, env)
     check(child, "maas-batch", count_lines(out / "results.jsonl", '"succeeded"'), tasks.count)
     return child
@@ -452,8 +462,11 @@ def peers_of(args: argparse.Namespace) -> dict[str, Peer]:
 
 
 def section_compare(args: argparse.Namespace, folder: Path, ceiling: bool) -> dict[str, Any]:
-    setting = (
-        Setting(256, 0.2, args.uvloop) if ceiling else Setting(args.concurrency, args.latency, args.uvloop)
+    setting = Setting(
+        256 if ceiling else args.concurrency,
+        0.2 if ceiling else args.latency,
+        args.uvloop,
+        tuple(args.run_arg),
     )
     tasks = write_tasks(folder, args.tasks)
     title = "ceiling" if ceiling else "peers"
@@ -528,9 +541,13 @@ def section_startup(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 
 def section_rss_scale(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     """maas-batch's peak RSS as the task count grows, against a fast simulator."""
-    setting = Setting(args.concurrency, args.rss_latency)
+    setting = Setting(args.concurrency, args.rss_latency, run_args=tuple(args.run_arg))
     figures: dict[str, Any] = {}
-    print(f"\n[rss-scale] maas-batch, C={setting.concurrency}, L={setting.latency} s", flush=True)
+    print(
+        f"\n[rss-scale] maas-batch {' '.join(setting.run_args)}, "
+        f"C={setting.concurrency}, L={setting.latency} s",
+        flush=True,
+    )
     with simulator(setting.latency, folder) as sim:
         for count in args.rss_counts:
             tasks = write_tasks(folder, count)
@@ -580,6 +597,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--rss-latency", type=float, default=0.0, help="latency of --rss-scale (default 0)")
     parser.add_argument("--uvloop", action="store_true", help="run every peer with uvloop as its event loop")
+    parser.add_argument(
+        "--run-arg",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="pass FLAG to `maas-batch run` (repeatable), e.g. --run-arg=--no-gallery",
+    )
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     args = parser.parse_args(argv)
     if args.tasks < 1 or args.concurrency < 1 or args.rounds < 1 or args.latency < 0:
