@@ -1,0 +1,60 @@
+"""bench/peers.py runs end to end on a tiny scale: both peers measured, the table printed, the JSON written.
+Timings are not checked (tests check behaviour); BENCHMARKS.md has the figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(90)
+def test_peers_prints_a_row_per_peer_and_writes_the_figures(tmp_path: Path) -> None:
+    figures = tmp_path / "peers.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "peers.py"),
+            "--tasks",
+            "50",
+            "--rounds",
+            "1",
+            "--concurrency",
+            "8",
+            "--latency",
+            "0",
+            "--json",
+            str(figures),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=80,
+        cwd=tmp_path,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [row.split("|")[1].strip() for row in rows] == ["peer", "maas-batch", "hand-written"]
+    assert "cookbook: skipped" in done.stderr
+    peers = json.loads(figures.read_text())["peers"]["peers"]
+    assert peers["hand-written"]["cpu_s_ratio"] == 1.0
+    for row in peers.values():
+        assert row["cpu_s"] > 0 and row["peak_rss_mb"] > 0 and row["first_request_s"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["peers.json"]  # its temporary folder is gone
+
+
+def test_a_missing_cookbook_is_a_clear_failure(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "peers.py"), "--cookbook", str(tmp_path / "nowhere.py")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode != 0
+    assert "no such file" in done.stderr
