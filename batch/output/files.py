@@ -8,11 +8,13 @@ import errno
 import os
 import secrets
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 from batch.errors import OutputError
 
 TMP_SUFFIX = ".tmp"
+WRITE_SIZE = 1 << 20  # write_atomic_chunks gathers its pieces into writes of this size
 
 
 def nofollow_flags(extra: int) -> int:
@@ -76,13 +78,23 @@ def cut_torn_tail(path: Path) -> int:
 
 def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
     """Write to a temporary file beside `path`, fsync, rename over `path`. Never leaves a partial file."""
+    write_atomic_chunks(path, (data,), fsync=fsync)
+
+
+def write_atomic_chunks(path: Path, chunks: Iterable[bytes], *, fsync: bool = True) -> None:
+    """write_atomic of a file made piece by piece (a page of 50,000 cards is never whole in memory): the
+    pieces are gathered into writes of about a megabyte."""
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
     try:
         fd = os.open(temporary, nofollow_flags(os.O_WRONLY | os.O_CREAT | os.O_EXCL), 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            pending = bytearray()
+            for chunk in chunks:
+                pending += chunk
+                if len(pending) >= WRITE_SIZE:
+                    _write_all(fd, pending)
+                    pending.clear()
+            _write_all(fd, pending)
             if fsync:
                 os.fsync(fd)
         finally:
@@ -92,6 +104,12 @@ def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
         with contextlib.suppress(OSError):
             temporary.unlink()
         raise OutputError(f"cannot write {path.name}: {reason(exc)}") from exc
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def fsync_dir(path: Path) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +39,7 @@ from PIL import Image
 
 from batch.errors import OutputError
 from batch.events import Event, TaskFinished
-from batch.output.files import real_folder, write_atomic
+from batch.output.files import real_folder, write_atomic, write_atomic_chunks
 from batch.output.scope import Entry, Scope, Task, entries, scope_of
 from batch.output.store import RESULTS, THUMBS
 from batch.running.records import ResultRecord
@@ -251,47 +252,61 @@ def _thumbnails(root: Path, records: Iterable[dict[str, Any]]) -> set[str]:
 def build(root: Path, scope: Scope | None = None, *, make_missing: bool = True) -> Path:
     """Write DIR/index.html for the tasks of `scope` (the last run's manifest by default); make any
     thumbnail that is missing, unless not `make_missing` (during a run: the run's thread makes them).
-    Returns the page."""
+    Returns the page. The page is written card by card: memory stays flat however many tasks DIR has."""
     scope = scope or scope_of(root)
+    if make_missing:  # a first pass for the pictures of the cards shown
+        shown = itertools.islice(entries(root, scope), MAX_ITEMS)
+        made = _thumbnails(root, (_entry_card(entry) for entry in shown))
+    else:
+        made = _existing_thumbnails(root)
+    page = root / PAGE
+    write_atomic_chunks(page, _page(root, scope, made), fsync=False)
+    return page
+
+
+def _page(root: Path, scope: Scope, made: set[str]) -> Iterator[bytes]:
+    """The page in pieces: the template around one JSON object, whose `items` (the cards) come first and
+    whose counts, known once every task has been seen, come last."""
+    template = Path(__file__).with_name("gallery.html").read_text(encoding="utf-8")
+    head, marker, tail = template.partition("/*DATA*/")
+    assert marker, "gallery.html has lost its /*DATA*/ marker"
+    yield head.replace("TITLE", _escape(root.name)).encode()
+    yield b'{"items": ['
     counts: Counter[str] = Counter()  # "<kind>/<status>"
     statuses: Counter[str] = Counter()
-    kept: list[dict[str, Any]] = []  # cards, each bounded
-    total = tokens = 0
+    total = tokens = shown = 0
     cost = 0.0
     for entry in entries(root, scope):
         total += 1
-        status = "orphaned" if entry.orphaned else entry.status
-        statuses[status] += 1
+        statuses["orphaned" if entry.orphaned else entry.status] += 1
         counts[f"{entry.kind}/{entry.status}"] += 1
         record = entry.record
         if record is not None:
             tokens += int((record.usage or {}).get("total_tokens") or 0)
             cost += record.cost if isinstance(record.cost, int | float) else 0.0
-        if len(kept) < MAX_ITEMS:
-            kept.append(_entry_card(entry))
-    made = _thumbnails(root, kept) if make_missing else _existing_thumbnails(root)
-    items = [_finish(card, made) for card in kept]
-    data = {
+        if shown < MAX_ITEMS:
+            yield (b", " if shown else b"") + _json(_finish(_entry_card(entry), made))
+            shown += 1
+    rest = {
         "title": root.name,
         "manifest": scope.manifest,
         "built": datetime.now(UTC).astimezone().isoformat(timespec="seconds"),
         "total": total,
         "tasks": scope.total,
-        "shown": len(items),
+        "shown": shown,
         "counts": dict(counts),
         "statuses": dict(statuses),
         "tokens": tokens,
         "cost": round(cost, 6),
-        "items": items,
     }
-    # "<" only occurs inside JSON strings, where \u003c means the same: no prompt can end the script
-    blob = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
-    template = Path(__file__).with_name("gallery.html").read_text(encoding="utf-8")
-    head, marker, tail = template.partition("/*DATA*/")
-    assert marker, "gallery.html has lost its /*DATA*/ marker"
-    page = root / PAGE
-    write_atomic(page, (head.replace("TITLE", _escape(root.name)) + blob + tail).encode(), fsync=False)
-    return page
+    yield b"], " + _json(rest)[1:]  # the rest of the object: its keys without the opening brace
+    yield tail.encode()
+
+
+def _json(value: Any) -> bytes:
+    """JSON for inside the page's script: "<" only occurs inside JSON strings, where \\u003c means the
+    same, so no prompt can end the script."""
+    return json.dumps(value, ensure_ascii=False).replace("<", "\\u003c").encode()
 
 
 class Rebuilder:
