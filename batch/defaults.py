@@ -18,3 +18,5 @@ DEFAULT_BACKOFF = 1.0
 DEFAULT_BACKOFF_MAX = 60.0
 DEFAULT_SYNC_INTERVAL = 0.1  # seconds between two fsyncs of the journals
 DEFAULT_LOG_EVERY = 60.0  # seconds between two status lines of a run without a progress bar
+DEFAULT_SHARD_SIZE = 1000  # tasks per shard of `submit`
+DEFAULT_HEARTBEAT_TIMEOUT = 60.0  # seconds without a worker's heartbeat before its shard is taken over

@@ -60,8 +60,7 @@ exit codes:
 
 def add_commands(commands: Any) -> None:
     """The `submit` and `worker` parsers (in grammar.py's list of commands)."""
-    from batch.cluster.plan import DEFAULT_SHARD_SIZE
-    from batch.cluster.queue import DEFAULT_HEARTBEAT_TIMEOUT
+    from batch.defaults import DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_SHARD_SIZE
 
     submit = commands.add_parser(
         "submit",

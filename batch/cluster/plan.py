@@ -17,7 +17,6 @@ from batch.errors import OutputError, UsageError
 
 PLAN = Path("cluster") / "plan.json"
 SHARDS = "shards"
-DEFAULT_SHARD_SIZE = 1000
 FORMAT = 1
 
 

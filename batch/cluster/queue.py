@@ -31,6 +31,7 @@ from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker
 from dramatiq.errors import BrokerConnectionError
 
 from batch.cluster.plan import Shard
+from batch.defaults import DEFAULT_HEARTBEAT_TIMEOUT
 from batch.errors import ConfigError
 
 log = logging.getLogger("batch.cluster.queue")
@@ -38,7 +39,6 @@ log = logging.getLogger("batch.cluster.queue")
 NAMESPACE = "maas-batch"
 QUEUES = f"{NAMESPACE}:queues"  # the names of the queues submit has filled
 ACTOR = "maas_batch_shard"
-DEFAULT_HEARTBEAT_TIMEOUT = 60.0  # seconds without a heartbeat before a worker's shard is taken over
 DEFAULT_POLL = 1.0  # seconds, the longest an idle worker waits between two looks at a queue
 
 

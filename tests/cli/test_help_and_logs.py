@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,3 +83,18 @@ def test_a_log_file_marks_each_runs_start_with_manifest_directory_and_pid(
     assert re.search(
         rf"INFO maas-batch \S+ run: manifest {manifest}, directory {tmp_path / 'out'}, pid \d+$", starts[0]
     )
+
+
+HEAVY = ("aiohttp", "PIL", "yaml", "redis", "dramatiq", "tqdm", "batch.running.job", "batch.cluster.queue")
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["validate"], ["submit"], ["worker"], ["status"]])
+def test_help_imports_none_of_the_heavy_modules(command: list[str]) -> None:
+    """`maas-batch --help` (and each command's) starts fast: no HTTP stack, no image library, no queue."""
+    code = (
+        "import sys\nfrom batch.cli import main\ntry:\n    main([*sys.argv[1:], '--help'])\n"
+        "except SystemExit:\n    pass\n"
+        f"print('loaded:', sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "loaded: []"
