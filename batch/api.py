@@ -33,7 +33,15 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Unpack
 
-from batch.config import Options, OptionValues, checked_manifest, connection, endpoint_for, job_config
+from batch.config import (
+    Options,
+    OptionValues,
+    checked_manifest,
+    connection,
+    endpoint_for,
+    job_config,
+    loop_factory,
+)
 from batch.errors import unwrap
 from batch.events import Event, TaskFinished
 from batch.exitcodes import EXIT_TEMPFAIL
@@ -265,7 +273,8 @@ class _Session:
                 config = job_config(
                     self._options, self._checked, self._out, connected, run_info, self._deadline
                 )
-                self._summary = asyncio.run(self._run(config, self._checked))
+                with asyncio.Runner(loop_factory=loop_factory()) as runner:
+                    self._summary = runner.run(self._run(config, self._checked))
         except BaseException as exc:  # handed to the caller's thread
             self._error = unwrap(exc)
         finally:

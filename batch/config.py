@@ -217,6 +217,29 @@ def endpoint_for(options: Options) -> str | None:
     return options.endpoint or env("MAAS_ENDPOINT") or (SIMULATED_ENDPOINT if options.simulate else None)
 
 
+def uvloop_installed() -> bool:
+    """Whether uvloop is there (`maas-batch[fast]`): a run's event loop is then uvloop's, which spends
+    less CPU per request than asyncio's own (BENCHMARKS.md)."""
+    import importlib.util
+
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def loop_options() -> dict[str, Any]:
+    """anyio's backend options for a run: uvloop where it is installed."""
+    return {"use_uvloop": uvloop_installed()}
+
+
+def loop_factory() -> Callable[[], Any] | None:
+    """An event loop factory for asyncio.Runner: uvloop's where it is installed, else None (asyncio's)."""
+    if not uvloop_installed():
+        return None
+    import uvloop
+
+    factory: Callable[[], Any] = uvloop.new_event_loop
+    return factory
+
+
 @contextlib.contextmanager
 def connection(options: Options) -> Iterator[Connection]:
     """Where requests go, from the environment; or the built-in simulator, with a throwaway key."""

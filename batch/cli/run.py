@@ -20,6 +20,7 @@ from batch.config import (
     connection,
     endpoint_for,
     job_config,
+    loop_options,
     need_prices,
     price_table,
 )
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
         try:
             with Job(config, checked, registry(), observers) as job:
                 try:
-                    summary = anyio.run(_run_with_signals, job, options.grace)
+                    summary = anyio.run(_run_with_signals, job, options.grace, backend_options=loop_options())
                 except BaseExceptionGroup as group:
                     raise unwrap(group) from None
                 retried = job.retried

@@ -4,6 +4,7 @@ programs that import batch; neither reads the environment here (that is the call
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -190,7 +191,7 @@ class Job:
         done.freeze()  # worker threads only read it
         return done, failed
 
-    def _prepare(self) -> RunStart:
+    def _prepare(self, loop: str = "asyncio") -> RunStart:
         """Everything a run reads and rewrites in DIR before its first request: blocking file work (the
         journals scanned, failures moved aside, killed runs' logs closed, the ledger summed), done in a
         worker thread before the loop has anything else to do."""
@@ -232,6 +233,7 @@ class Job:
                 "manifest": checked.manifest.name,
                 "version": __version__,
                 "tasks": self.total,
+                "loop": loop,  # the event loop the run is on: uvloop where installed (maas-batch[fast])
             }
         )
         return RunStart(finished, failed_before, skip, left_alone, interrupted, spent, run_log, tag)
@@ -267,7 +269,8 @@ class Job:
         """Run what the manifest has that DIR lacks. The run's attempt log is closed however it ends,
         except by a kill, which the next run's recover() then accounts for."""
         checked = self.checked
-        start = await anyio.to_thread.run_sync(self._prepare)
+        loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]  # "uvloop" or "asyncio"
+        start = await anyio.to_thread.run_sync(self._prepare, loop)
         ending: dict[str, Any] = {"error": "the run ended with an unexpected error"}
         try:
             async with ApiClient(self.config.client) as client:
