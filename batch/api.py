@@ -47,10 +47,11 @@ from batch.events import Event, TaskFinished
 from batch.exitcodes import EXIT_TEMPFAIL
 from batch.kind import TaskKind
 from batch.kind import builtin_registry as registry
+from batch.manifest.checked import CheckedManifest
 from batch.manifest.plancache import FOLDER as PLAN_FOLDER
 from batch.manifest.read import Manifest, from_data
 from batch.recorded import Result, in_manifest_order
-from batch.running.job import CheckedManifest, Job, JobConfig
+from batch.running.job import Job, JobConfig
 from batch.running.summary import RunSummary
 
 log = logging.getLogger("batch.api")

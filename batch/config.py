@@ -35,10 +35,11 @@ from batch.values import parse_deadline, parse_duration
 
 if TYPE_CHECKING:
     from batch.kind import Registry
+    from batch.manifest.checked import CheckedManifest
     from batch.manifest.plan import Plan
     from batch.manifest.read import Manifest
     from batch.manifest.tasks import BuildSettings
-    from batch.running.job import CheckedManifest, JobConfig
+    from batch.running.job import JobConfig
     from batch.running.prices import PriceTable
 
 log = logging.getLogger("batch")
@@ -272,8 +273,8 @@ def checked_manifest(
     (exit 78) when each is missing configuration."""
     # the manifest and kind modules load when a command reads a manifest: `maas-batch --help` starts fast
     from batch.kind import builtin_registry as registry
+    from batch.manifest.checked import check
     from batch.manifest.read import Manifest
-    from batch.running.job import check
 
     source = manifest if isinstance(manifest, Manifest) else Path(manifest)
     from batch.manifest.ids import READABLE_IDS

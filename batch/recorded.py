@@ -19,10 +19,10 @@ from typing import Any, Unpack
 from batch.config import Options, OptionValues, checked_manifest, endpoint_for
 from batch.kind import TaskKind
 from batch.kind import builtin_registry as registry
+from batch.manifest.checked import CheckedManifest
 from batch.manifest.plan import iter_tasks
 from batch.manifest.read import Manifest
 from batch.output.store import RESULTS, read_line_at, read_lines_with_offsets
-from batch.running.job import CheckedManifest
 
 
 @dataclass(frozen=True)

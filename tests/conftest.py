@@ -18,8 +18,8 @@ from batch.jobs import registry
 from PIL import Image
 
 from batch.cli import main
+from batch.manifest.checked import CheckedManifest, check
 from batch.manifest.tasks import BuildSettings
-from batch.running.job import CheckedManifest, check
 from batch.simulator import RunningSimulator, SimConfig, simulator_in_thread
 
 

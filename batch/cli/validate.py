@@ -10,11 +10,11 @@ from batch.config import Options, checked_manifest, endpoint_for, env, price_tab
 from batch.defaults import DEFAULT_BASE_URL
 from batch.exitcodes import EXIT_OK
 from batch.kind import builtin_registry as registry
+from batch.manifest.checked import CheckedManifest
 from batch.manifest.inputs import read_file
 from batch.manifest.plan import iter_tasks
 from batch.manifest.preview import describe_request
 from batch.output.report import format_plan
-from batch.running.job import CheckedManifest
 
 
 def validate(args: argparse.Namespace, options: Options) -> int:

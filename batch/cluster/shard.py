@@ -19,7 +19,8 @@ from batch.errors import ManifestError, Problem
 from batch.events import Observer
 from batch.exitcodes import EXIT_TEMPFAIL
 from batch.kind import builtin_registry
-from batch.running.job import CheckedManifest, Job
+from batch.manifest.checked import CheckedManifest
+from batch.running.job import Job
 from batch.running.summary import RunSummary
 
 log = logging.getLogger("batch.cluster.shard")

@@ -22,10 +22,10 @@ from batch.errors import OutputError
 from batch.events import Observer
 from batch.kind import Registry
 from batch.manifest import plancache
-from batch.manifest.plan import Plan, check_manifest, iter_tasks
+from batch.manifest.checked import CheckedManifest
+from batch.manifest.plan import iter_tasks
 from batch.manifest.plancache import Sources
-from batch.manifest.read import Manifest, load
-from batch.manifest.tasks import BuildSettings, TaskBuilder, TaskSpec
+from batch.manifest.tasks import TaskSpec
 from batch.output import gallery
 from batch.output.format import remember as remember_format
 from batch.output.runlog import RunLog, recover
@@ -53,52 +53,6 @@ class JobConfig:
     gallery: bool = True  # thumbnails as images are saved, and DIR/index.html after the run
     run_info: Mapping[str, Any] = field(default_factory=dict)  # for the run log's start line (the command)
     only: tuple[int, int] | None = None  # a shard: the tasks at manifest positions [start, end), no others
-
-
-@dataclass
-class CheckedManifest:
-    manifest: Manifest
-    builder: TaskBuilder
-    plan: Plan
-    cache_key: dict[str, Any] | None = None  # what a remembered plan depends on (None: no cache)
-    sources: Sources | None = None  # the files the tasks were made from, as validated
-    cached: bool = False  # the plan came from DIR's cache: the manifest was not walked again
-
-
-def check(
-    source: Path | Manifest, build: BuildSettings, registry: Registry, cache: Path | None = None
-) -> CheckedManifest:
-    """Load (from a file) and validate a whole manifest. Raises ManifestError for a file that is not a
-    manifest; other problems are in `plan.problems`. With `cache` (a folder in DIR), a plan remembered
-    there is used when nothing it depends on changed (for a manifest file; one built in code is checked
-    each time)."""
-    path = source if isinstance(source, Path) else None
-    manifest = load(path) if path is not None else source
-    assert isinstance(manifest, Manifest)
-    sources = Sources()
-    builder = TaskBuilder(manifest, registry, build, sources=sources)
-    if path is None:
-        cache = None
-    cache_key = plancache.key(path, dataclasses.asdict(build)) if cache is not None and path else None
-    if cache is not None and cache_key is not None and not builder.problems:
-        remembered = plancache.load(cache, cache_key)
-        if remembered is not None:
-            plan = Plan(
-                manifest.name,
-                total=remembered.total,
-                counts=remembered.counts,
-                order=remembered.order,
-                estimates=remembered.estimates,
-            )
-            for key in remembered.order:
-                plan.ids.add_digest(key)
-            builder.trust()
-            return CheckedManifest(manifest, builder, plan, cache_key, remembered.sources, cached=True)
-    if path is not None:
-        sources.file(path, expanded=True)
-    plan = check_manifest(manifest, builder)
-    builder.trust()
-    return CheckedManifest(manifest, builder, plan, cache_key, sources)
 
 
 def _watch(sources: Sources | None) -> Callable[[], bool] | None:

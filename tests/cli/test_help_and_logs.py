@@ -98,3 +98,18 @@ def test_help_imports_none_of_the_heavy_modules(command: list[str]) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "loaded: []"
+
+
+def test_validate_loads_no_http_stack(write: Callable[..., Path]) -> None:
+    """`validate` sends nothing: it does without aiohttp (whose import builds TLS contexts) and the engine."""
+    manifest = write("tasks:\n  - {kind: generate, prompt: a fox}\n")
+    code = (
+        "import sys\nfrom batch.cli import main\ntry:\n    main(['validate', sys.argv[1], '--simulate'])\n"
+        "except SystemExit:\n    pass\n"
+        "print('loaded:', sorted(m for m in ('aiohttp', 'batch.running.job') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(manifest)], capture_output=True, text=True, check=True
+    )
+    assert "1 tasks, valid" in done.stdout or "1 task" in done.stdout, done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "loaded: []"

@@ -337,8 +337,8 @@ def test_command_line_endpoint_overrides_the_manifest(write: Write) -> None:
     """)
     from batch.jobs import registry
 
+    from batch.manifest.checked import check
     from batch.manifest.tasks import BuildSettings
-    from batch.running.job import check
 
     def endpoints(chosen: dict[str, str]) -> list[str]:
         result = check(path, BuildSettings(endpoints=chosen, env_endpoint="ep-env"), registry())

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 import batch.output.format as dir_format
+from batch.manifest.checked import check
 from batch.manifest.ids import ASCII_IDS, READABLE_IDS, valid_id
 from batch.manifest.placeholders import slug
 from batch.manifest.plan import iter_tasks
 from batch.manifest.tasks import BuildSettings
-from batch.running.job import check
 from batch.simulator import RunningSimulator
 from tests.conftest import Outcome, env_for, registry, results
 

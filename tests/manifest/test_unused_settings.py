@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from batch.manifest.checked import check
 from batch.manifest.plan import iter_tasks
 from batch.manifest.tasks import BuildSettings
-from batch.running.job import check
 from tests.conftest import KEY, Outcome, checked, messages, registry
 from tests.stub import stub_server
 
