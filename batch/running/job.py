@@ -32,6 +32,7 @@ from batch.running.budget import Spent, ledger_spent
 from batch.running.client import ApiClient, ClientConfig
 from batch.running.dispatch import Runner
 from batch.running.idset import IdSet
+from batch.running.shared import SharedLimits
 from batch.running.summary import RunSettings, RunSummary
 
 log = logging.getLogger("batch.running.job")
@@ -228,6 +229,18 @@ class Job:
     async def run(self) -> RunSummary:
         """Run what the manifest has that DIR lacks. The run's attempt log is closed however it ends,
         except by a kill, which the next run's recover() then accounts for."""
+        limits = self.config.run.limits
+        shared = None
+        if limits.shared is not None:  # Redis must answer before anything is written or sent (exit 78)
+            shared = SharedLimits(limits.shared, limits.rpm, limits.tpm)
+            await shared.connect()
+        try:
+            return await self._run(shared)
+        finally:
+            if shared is not None:
+                await shared.aclose()
+
+    async def _run(self, shared: SharedLimits | None) -> RunSummary:
         checked = self.checked
         start = await anyio.to_thread.run_sync(self._prepare)
         ending: dict[str, Any] = {"error": "the run ended with an unexpected error"}
@@ -250,6 +263,7 @@ class Job:
                     interrupted=start.interrupted.by_task,
                     spent=start.spent,
                     observers=self.observers,
+                    shared=shared,
                 )
                 if self._stop is not None:
                     self.runner.stop(*self._stop)
