@@ -6,6 +6,7 @@ which installs it): there a missing server fails the tests instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -44,6 +45,7 @@ class RedisServer:
 
     def __init__(self, folder: Path) -> None:
         assert REDIS_SERVER is not None, "REQUIRE_REDIS is set, but there is no redis-server"
+        self.folder = folder
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         command = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
@@ -58,6 +60,22 @@ class RedisServer:
             assert self.process.poll() is None, f"redis-server exited with {self.process.returncode}"
             assert time.monotonic() < deadline, "redis-server did not answer PING within 10 s"
             time.sleep(0.01)
+
+    @contextlib.contextmanager
+    def monitor(self) -> Iterator[Path]:
+        """A file that receives every command Redis runs (MONITOR) while the block lasts."""
+        log = self.folder / f"monitor-{time.monotonic_ns()}.txt"
+        with log.open("w") as out:
+            watcher = subprocess.Popen(["redis-cli", "-p", str(self.port), "monitor"], stdout=out)
+        deadline = time.monotonic() + 10
+        while "OK" not in log.read_text():  # MONITOR answers OK once it listens
+            assert watcher.poll() is None and time.monotonic() < deadline, "redis-cli monitor did not start"
+            time.sleep(0.01)
+        try:
+            yield log
+        finally:
+            watcher.terminate()
+            watcher.wait(10)
 
     def kill(self) -> None:
         self.process.kill()

@@ -98,8 +98,8 @@ class TaskAttempts:
         answered = False  # a 2xx came back: billed, whether or not it says how much
         try:
             try:
-                await self._book(spec, kind, state)
                 await ctx.limits.cooled(spec.endpoint)  # a 429 of another run on the key pauses this one
+                await self._book(spec, kind, state)  # last: once paced, the request goes at once
                 if ctx.stopping():
                     raise Stopped
                 state.attempts += 1

@@ -2,9 +2,8 @@
 
 Everything lives under `maas:<key id>:<endpoint>:`, where the key id is the first 16 hex digits of the
 key's SHA-256: the key itself, or any piece of it, never goes to Redis.
-- `rate` (limits' keys): requests in `limits`' moving window, an exact log of timestamps, over a window of
-  a few seconds (see `request_window`) so that a minute's budget does not go out in one burst; tokens in
-  its sliding window counter over a minute (two counters: a log would hold one entry per token).
+- `requests`, `tokens`: pyrate-limiter's GCRA state (one theoretical arrival time each, in a hash, moved by
+  its Lua script): requests spaced evenly, a minute's budget never spent in its first second.
 - `inflight`: a sorted set of leases, one per request in flight, scored by the moment it lapses (Redis'
   own clock). A run renews its leases every LEASE_SECONDS / 3, so a killed run's slots come back.
 - `cooldown`: set for as long as a 429's Retry-After asks (PX expiry); every run waits it out.
@@ -32,23 +31,23 @@ from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import redis.asyncio as aioredis
-from limits import RateLimitItemPerSecond
-from limits.aio.storage import RedisStorage
-from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
-from limits.errors import StorageError
+from pyrate_limiter import GCRA, Rate, RedisStateStore
+from pyrate_limiter.abstracts.algorithm import Decision
 from redis.exceptions import RedisError
 
 from batch.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SAFETY = 0.99  # as limits.SAFETY: aim just under the limit
+SAFETY = 0.97  # aim under the limit: requests sent on time by all runs still reach it a little bunched
+BURST = 1  # requests that may go at once (GCRA's burst): none, the runs' requests are spaced evenly
 LEASE_SECONDS = 15.0  # a killed run's slots come back after this long
 POLL_SECONDS = 0.05  # how often a run waiting for a slot in flight asks again
-LATE = 0.01  # seconds after a window frees a place before taking it: the server's clock is not ours
+LATE = 0.001  # up to this many seconds of jitter on a wait, so that waiting runs do not ask in step
 TIMEOUT = 2.0  # seconds for one Redis command; longer is Redis gone
 AUTO_TTL_MS = 3_600_000  # a learnt concurrency is forgotten after an hour without news
-ERRORS = (RedisError, StorageError, OSError, TimeoutError)
+ERRORS = (RedisError, OSError, TimeoutError)
+GCRA_ = GCRA()  # stateless: one for every bucket
 
 T = TypeVar("T")
 
@@ -97,15 +96,19 @@ def shown_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def request_window(rpm: float) -> RateLimitItemPerSecond:
-    """`rpm` as N requests per W seconds: the shortest window (from 1 s) that loses under 5% of the rate
-    to rounding, so that the budget is spread over the minute rather than spent in its first second."""
-    per_second = rpm * SAFETY / 60
-    for seconds in range(1, 61):
-        allowed = math.floor(per_second * seconds)
-        if allowed >= 1 and allowed >= 0.95 * per_second * seconds:
-            return RateLimitItemPerSecond(allowed, seconds)
-    return RateLimitItemPerSecond(max(1, math.floor(rpm * SAFETY)), 60)
+def request_rate(rpm: float) -> Rate:
+    """`rpm` as GCRA's even spacing: one request every 60 / (rpm * SAFETY) seconds among all the runs,
+    never a minute's budget in its first second. Its burst of 2 admits a request up to one interval
+    early; `_take` then holds it until its moment (so a late wake-up costs nothing, and no two requests
+    go back to back: a service that counts by the second would refuse the second)."""
+    return Rate(max(1, math.floor(rpm * SAFETY)), 60_000, burst=2)
+
+
+def token_rate(tpm: float) -> Rate:
+    """`tpm` as GCRA: a tenth of the budget may go at once, the rest flows evenly; any 60 seconds hold
+    at most tpm * SAFETY tokens."""
+    budget = tpm * SAFETY
+    return Rate(max(1, math.floor(budget * 0.9)), 60_000, burst=max(1, math.floor(budget * 0.1)))
 
 
 @dataclass(frozen=True)
@@ -144,27 +147,21 @@ class SharedLimits:
         self.stopping: Callable[[], bool] = lambda: False
         self._prefix = f"maas:{config.key_id}"
         url = config.url
-        self._client: Any = aioredis.Redis.from_url(
-            url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT, decode_responses=True
-        )
-        self._storage = RedisStorage(
-            "async+" + url,
-            implementation="redispy",
-            key_prefix=f"{self._prefix}:rate",
-            wrap_exceptions=True,
-            socket_timeout=TIMEOUT,
-            socket_connect_timeout=TIMEOUT,
-        )
-        self._requests = request_window(rpm) if rpm else None
-        self._tokens = RateLimitItemPerSecond(max(1, math.floor(tpm * SAFETY)), 60) if tpm else None
-        self._moving = MovingWindowRateLimiter(self._storage)
-        self._sliding = SlidingWindowCounterRateLimiter(self._storage)
+        try:
+            self._client: Any = aioredis.Redis.from_url(
+                url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT, decode_responses=True
+            )
+        except ValueError as exc:  # not a Redis URL
+            raise ConfigError(f"--redis {shown_url(url)}: {exc}") from None
+        self._requests = request_rate(rpm) if rpm else None
+        self._tokens = token_rate(tpm) if tpm else None
         self._lease = self._client.register_script(_LEASE)
         self._renew = self._client.register_script(_RENEW)
         self._run = secrets.token_hex(4)
         self._serial = itertools.count()
         self._leases: dict[str, set[str]] = {}  # endpoint -> members held by this run
-        self._locks: dict[str, anyio.Lock] = {}
+        self._locks: dict[str, anyio.Lock] = {}  # endpoint -> the right to ask for a slot in flight
+        self._pace_locks: dict[str, anyio.Lock] = {}  # endpoint -> the right to ask for a moment
         self._token_debt: dict[str, int] = {}  # endpoint -> tokens used beyond (or short of) the booking
 
     async def connect(self) -> None:
@@ -180,13 +177,8 @@ class SharedLimits:
             ) from None
 
     async def aclose(self) -> None:
-        with anyio.CancelScope(shield=True), anyio.move_on_after(TIMEOUT):
-            with contextlib.suppress(*ERRORS):
-                await self._client.aclose()
-            limits_client: Any = getattr(self._storage.bridge, "storage", None)  # limits' own client
-            if limits_client is not None:
-                with contextlib.suppress(*ERRORS):
-                    await limits_client.aclose()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(TIMEOUT), contextlib.suppress(*ERRORS):
+            await self._client.aclose()
 
     def _key(self, endpoint: str, what: str) -> str:
         return f"{self._prefix}:{endpoint}:{what}"
@@ -215,42 +207,52 @@ class SharedLimits:
     # -- requests and tokens per minute ---------------------------------------------------------
 
     async def pace(self, endpoint: str, tokens: int) -> None:
-        """Wait until the shared windows take one more request of about `tokens` tokens, and book it.
+        """Wait until the shared budgets take one more request of about `tokens` tokens, and book it.
         Tokens this run used beyond its bookings (see `correct`) are booked with it."""
-        if self._requests is not None:
-            await self._take(self._moving, self._requests, (endpoint, "requests"), 1)
-        if self._tokens is not None:
-            debt = self._token_debt.pop(endpoint, 0)
-            cost = max(1, min(self._tokens.amount, tokens + debt))
-            if tokens + debt < 1:
-                self._token_debt[endpoint] = tokens + debt - 1  # a credit left for the next booking
-            await self._take(self._sliding, self._tokens, (endpoint, "tokens"), cost)
+        # One request of this run asks at a time; the others queue here rather than all asking Redis
+        # each time a moment frees (and all waking up for it).
+        async with self._pace_locks.setdefault(endpoint, anyio.Lock()):
+            if self._requests is not None:
+                await self._take(self._key(endpoint, "requests"), self._requests, 1, on_time=True)
+            if self._tokens is not None:
+                owed = tokens + self._token_debt.pop(endpoint, 0)
+                cost = max(1, min(self._tokens.burst, owed))  # more than a burst never fits: the rest waits
+                if owed != cost:
+                    self._token_debt[endpoint] = owed - cost
+                await self._take(self._key(endpoint, "tokens"), self._tokens, cost)
 
     def correct(self, endpoint: str, estimated: int, actual: int) -> None:
-        """The answer used `actual` tokens where `estimated` were booked. A window counter cannot give
-        tokens back, and a booking past the limit would be refused: the difference, either way, is
-        carried into this run's next booking on the endpoint."""
+        """The answer used `actual` tokens where `estimated` were booked. GCRA cannot give tokens back,
+        and booking more at once could be refused: the difference, either way, is carried into this
+        run's next booking on the endpoint."""
         if self._tokens is not None and not self.down:
             self._token_debt[endpoint] = self._token_debt.get(endpoint, 0) + actual - estimated
 
-    async def _take(
-        self,
-        limiter: MovingWindowRateLimiter | SlidingWindowCounterRateLimiter,
-        item: RateLimitItemPerSecond,
-        identifiers: tuple[str, str],
-        cost: int,
-    ) -> None:
+    async def _take(self, key: str, rate: Rate, cost: int, on_time: bool = False) -> None:
+        """Book `cost` with GCRA, waiting as it says. `on_time`: once admitted, wait for the moment
+        GCRA's state had the request due (known from the refusal before it): a burst of 2 admits it up
+        to one interval early, so a late wake-up loses nothing, and the request still goes on time."""
+        store: Any = RedisStateStore(self._client, key)  # untyped: check(algorithm, rates, now ms, weight)
+        emission = rate.interval / 1000 / rate.limit
+        due = None
         while not (self.down or self.stopping()):
-            if await self._guard(lambda: limiter.hit(item, *identifiers, cost=cost), True):
+            now_ms = int(time.time() * 1000)
+            decision: Decision | None = await self._guard(
+                lambda now_ms=now_ms: store.check(GCRA_, [rate], now_ms, cost),  # type: ignore[misc]
+                None,
+            )
+            if decision is None or decision.allowed:
+                if on_time and decision is not None:
+                    if due is None:  # admitted at once: its moment is the state's, less its own share
+                        state = await self._guard(lambda: store.read(GCRA_, [rate]), (0,))
+                        due = state[0] / 1_000_000 - cost * emission
+                    if due > time.time():
+                        await self.sleep(due - time.time())
                 return
-            stats = await self._guard(lambda: limiter.get_window_stats(item, *identifiers), None)
-            if stats is None:
-                return
-            if isinstance(limiter, MovingWindowRateLimiter):
-                wait = stats.reset_time - time.time()  # the oldest request leaves the window
-            else:  # the counter's previous window fades evenly: wait for the tokens missing to fade
-                wait = (cost - stats.remaining) / item.amount * item.get_expiry()
-            await self.sleep(max(0.0, wait) + LATE * (1 + random.random()))
+            wait_ms = decision.retry_after_ms if decision.retry_after_ms is not None else 1000
+            # allowed from TAT - (burst - cost) intervals: the request is due at TAT
+            due = (now_ms + wait_ms) / 1000 + (rate.burst - cost) * emission
+            await self.sleep(wait_ms / 1000)
 
     # -- requests in flight -----------------------------------------------------------------------
 

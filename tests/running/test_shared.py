@@ -3,6 +3,7 @@ redis-server, two SharedLimits standing for two runs on one key."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -10,10 +11,20 @@ from pathlib import Path
 
 import anyio
 import pytest
+import redis
+from pyrate_limiter import RedisStateStore
 
 from batch.errors import ConfigError
 from batch.running.limits import EndpointLimits, Limits
-from batch.running.shared import SharedConfig, SharedLimits, key_id, request_window, shown_url
+from batch.running.shared import (
+    GCRA_,
+    SharedConfig,
+    SharedLimits,
+    key_id,
+    request_rate,
+    shown_url,
+    token_rate,
+)
 from tests.redis_server import RedisServer, needs_redis, redis_server
 
 pytestmark = pytest.mark.anyio
@@ -33,19 +44,16 @@ def test_a_redis_url_is_shown_without_its_password() -> None:
     assert shown_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
 
 
-@pytest.mark.parametrize(
-    ("rpm", "amount", "seconds"),
-    [(3000, 49, 1), (1200, 19, 1), (600, 19, 2), (90, 10, 7), (60, 16, 17)],
-)
-def test_rpm_is_spread_over_short_windows(rpm: int, amount: int, seconds: int) -> None:
-    window = request_window(rpm)
-    assert (window.amount, window.multiples) == (amount, seconds)
-    assert 0.95 * rpm * 0.99 <= window.amount / window.multiples * 60 <= rpm * 0.99  # just under it
+def test_rpm_is_spaced_evenly_just_under_the_limit() -> None:
+    rate = request_rate(3000)
+    assert (rate.limit, rate.interval, rate.burst) == (2910, 60_000, 2)
+    assert request_rate(1).limit == 1
 
 
-def test_under_one_request_a_minute_after_safety_is_one_a_minute() -> None:
-    window = request_window(1)
-    assert (window.amount, window.multiples) == (1, 60)
+def test_tpm_lets_a_tenth_go_at_once_and_any_minute_stays_under_it() -> None:
+    rate = token_rate(100_000)
+    assert (rate.limit, rate.burst) == (87_300, 9_700)
+    assert rate.limit + rate.burst <= 100_000 * 0.97
 
 
 @pytest.fixture
@@ -146,11 +154,11 @@ async def test_auto_learns_one_limit_for_every_run(server: RedisServer) -> None:
 @needs_redis
 async def test_runs_share_one_requests_per_minute_budget(server: RedisServer) -> None:
     config = SharedConfig(server.url, key_id(SECRET))
-    runs = [SharedLimits(config, rpm=3000, tpm=None) for _ in range(3)]  # 49 requests a second
+    runs = [SharedLimits(config, rpm=3000, tpm=None) for _ in range(3)]  # 48.5 a second, evenly
     sent: list[float] = []
 
     async def run(shared: SharedLimits) -> None:
-        for _ in range(40):
+        for _ in range(20):
             await shared.pace("ep", 0)
             sent.append(time.monotonic())
 
@@ -158,10 +166,13 @@ async def test_runs_share_one_requests_per_minute_budget(server: RedisServer) ->
     async with anyio.create_task_group() as group:
         for shared in runs:
             group.start_soon(run, shared)
-    assert len(sent) == 120
-    assert sum(moment - started < 0.9 for moment in sent) == 49  # the window's 49, then no more
-    assert sum(moment - started < 1.9 for moment in sent) == 98
-    assert max(sent) - started >= 2.0
+    sent.sort()
+    assert len(sent) == 60
+    assert sent[-1] - started >= (60 - 2) / 48.5  # one budget for the three, not three
+    busiest = max(sum(first <= moment <= first + 0.5 for moment in sent) for first in sent)
+    assert busiest <= 48.5 / 2 + 2  # spread out: no half second holds more than its share
+    gaps = [later - earlier for earlier, later in itertools.pairwise(sent)]
+    assert sorted(gaps)[len(gaps) // 10] > 0.5 / 48.5  # not in pairs: nine gaps in ten near 1/48.5 s
     for shared in runs:
         await shared.aclose()
 
@@ -169,19 +180,24 @@ async def test_runs_share_one_requests_per_minute_budget(server: RedisServer) ->
 @needs_redis
 async def test_tokens_booked_at_the_estimate_are_corrected_by_the_usage(server: RedisServer) -> None:
     config = SharedConfig(server.url, key_id(SECRET))
-    shared = SharedLimits(config, rpm=None, tpm=10_000)  # 9,900 a minute
-    tokens = shared._tokens
-    assert tokens is not None
-    await shared.pace("ep", 1000)
-    shared.correct("ep", 1000, 3000)  # the answer used 2,000 more than booked
-    await shared.pace("ep", 1000)  # booked with the 2,000
-    stats = await shared._sliding.get_window_stats(tokens, "ep", "tokens")
-    assert stats.remaining == 9_900 - 1000 - 3000
-    shared.correct("ep", 1000, 200)  # 800 fewer: taken off the next booking
-    await shared.pace("ep", 1000)
-    stats = await shared._sliding.get_window_stats(tokens, "ep", "tokens")
-    assert stats.remaining == 9_900 - 4000 - 200
+    shared = SharedLimits(config, rpm=None, tpm=6_000_000)  # about 87 tokens a millisecond
+    rate = token_rate(6_000_000)
+    client = redis.Redis(port=server.port, decode_responses=True)
+    store = RedisStateStore(client, f"maas:{key_id(SECRET)}:ep:tokens")
+
+    def owed() -> int:
+        return int(GCRA_.consumed([rate], store.read(GCRA_, [rate]), int(time.time() * 1000)))
+
+    await shared.pace("ep", 10_000)
+    assert owed() == pytest.approx(10_000, abs=1_000)
+    shared.correct("ep", 10_000, 30_000)  # the answer used 20,000 more than booked
+    await shared.pace("ep", 10_000)  # booked with the 20,000
+    assert owed() == pytest.approx(40_000, abs=2_000)
+    shared.correct("ep", 10_000, 2_000)  # 8,000 fewer: taken off the next booking
+    await shared.pace("ep", 10_000)
+    assert owed() == pytest.approx(42_000, abs=3_000)
     await shared.aclose()
+    client.close()
 
 
 @needs_redis
@@ -214,3 +230,8 @@ async def test_redis_unreachable_at_start_is_a_config_error_naming_it_without_pa
     message = str(caught.value)
     assert caught.value.exit_code == 78
     assert f"redis://:***@127.0.0.1:{url.rsplit(':', 1)[1]}" in message and "hunter2" not in message
+
+
+def test_a_redis_url_that_is_not_one_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"--redis localhost:6379: .*redis://"):
+        SharedLimits(SharedConfig("localhost:6379", key_id(SECRET)), None, None)
