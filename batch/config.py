@@ -67,6 +67,7 @@ class Options:
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     rpm: float | None = None
     tpm: float | None = None
+    redis: str | None = field(default=None, repr=False)  # share the limits by key; default: MAAS_REDIS_URL
     prices: Mapping[str, Any] | str | Path | None = (
         None  # {model: {text_input, image_input, output}} or a file
     )
@@ -152,6 +153,7 @@ class OptionValues(TypedDict, total=False):
     max_concurrency: int
     rpm: float | None
     tpm: float | None
+    redis: str | None
     prices: Mapping[str, Any] | str | Path | None
     max_cost: float | None
     max_tokens: int | None
@@ -349,6 +351,7 @@ def job_config(
     from batch.running.job import JobConfig
     from batch.running.limits import Limits
     from batch.running.retry import RetryPolicy
+    from batch.running.shared import SharedConfig, key_id
     from batch.running.summary import RunSettings
 
     prices = price_table(checked.manifest.prices, options.prices)
@@ -356,6 +359,8 @@ def job_config(
     if budget.max_cost is not None:
         need_prices(checked, prices)
     concurrency = None if options.concurrency == "auto" else options.concurrency
+    redis_url = options.redis or env("MAAS_REDIS_URL")
+    shared = SharedConfig(redis_url, key_id(connected.api_key)) if redis_url else None
     return JobConfig(
         manifest=checked.manifest.path,
         out=out,
@@ -372,6 +377,7 @@ def job_config(
                 tpm=options.tpm,
                 concurrency=concurrency,
                 max_concurrency=options.max_concurrency,
+                shared=shared,
             ),
             retry=RetryPolicy(
                 max_attempts=options.max_attempts,

@@ -4,6 +4,7 @@ workers on any number of machines into one output directory on a shared folder (
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
@@ -192,13 +193,18 @@ def worker(args: argparse.Namespace) -> int:
     from batch.cluster.shard import ShardRunner
     from batch.cluster.worker import ShardWorker, WorkerSettings
 
+    settings = _queue_settings(args)
+
     def options_for(plan: BatchPlan) -> Options:
         flags = list(plan.run_flags)
         if args.concurrency is not None:
             flags += ["--concurrency", str(args.concurrency)]
-        return run_options(Path(plan.manifest), Path(plan.out), flags)
+        options = run_options(Path(plan.manifest), Path(plan.out), flags)
+        # every worker's shard shares the key's limits through the queue's Redis (issue 14's --redis),
+        # unless the submitted run flags name another
+        return options if options.redis else dataclasses.replace(options, redis=settings.url)
 
-    queue = ShardQueue(_queue_settings(args))
+    queue = ShardQueue(settings)
     try:
         queue.ping()
         runner = ShardRunner(options_for, lambda: [] if args.quiet else [LogLines()])

@@ -340,6 +340,14 @@ def _add_run(commands: Any) -> None:
         help="at most N tokens per minute to each endpoint, from each request's estimate, "
         "corrected by the usage that comes back",
     )
+    speed.add_argument(
+        "--redis",
+        default=None,
+        metavar="URL",
+        help="share --rpm, --tpm, --concurrency and 429 cool-downs with every run on the same key "
+        "and endpoint through this Redis (redis://host:6379/0); default: MAAS_REDIS_URL. Its key is "
+        "known there by a hash only",
+    )
 
     money = run.add_argument_group("money and time")
     add_prices(money)

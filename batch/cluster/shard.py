@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from batch.cluster.plan import BatchPlan, Shard, order_digest, read_plan, shard_dir
-from batch.config import Options, checked_manifest, connection, job_config
+from batch.config import Options, checked_manifest, connection, job_config, loop_factory
 from batch.errors import ManifestError, Problem
 from batch.events import Observer
 from batch.exitcodes import EXIT_TEMPFAIL
@@ -60,7 +60,9 @@ class ShardRunner:
             config = job_config(options, checked, out, connected, run_info, options.deadline_time())
             config = dataclasses.replace(config, only=(shard.start, shard.end))
             with Job(config, checked, builtin_registry(), self._observers()) as job:
-                return asyncio.run(self._run(job, options.grace if self._grace is None else self._grace))
+                grace = options.grace if self._grace is None else self._grace
+                with asyncio.Runner(loop_factory=loop_factory()) as runner:  # uvloop where installed
+                    return runner.run(self._run(job, grace))
 
     async def _run(self, job: Job, grace: float) -> RunSummary:
         loop = asyncio.get_running_loop()

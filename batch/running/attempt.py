@@ -100,12 +100,12 @@ class TaskAttempts:
             )
         else:
             request = kind.build_request(spec.fields, read_file)
-        adaptive = ctx.limits.adaptive(spec.endpoint)
-        started = await adaptive.acquire() if adaptive is not None else 0.0
+        slot = await ctx.limits.enter(spec.endpoint)
         answered = False  # a 2xx came back: billed, whether or not it says how much
         try:
             try:
-                await self._book(spec, kind, state)
+                await ctx.limits.cooled(spec.endpoint)  # a 429 of another run on the key pauses this one
+                await self._book(spec, kind, state)  # last: once paced, the request goes at once
                 if ctx.stopping():
                     raise Stopped
                 state.attempts += 1
@@ -113,18 +113,16 @@ class TaskAttempts:
                 try:
                     reply = await self._send(spec, kind, request, request_id, state)
                 except ApiStatusError as exc:
-                    if adaptive is not None and exc.status == 429 and classify(exc).verdict is Verdict.RETRY:
-                        adaptive.throttled(started)
+                    if exc.status == 429 and classify(exc).verdict is Verdict.RETRY:
+                        await ctx.limits.throttled(slot, exc.retry_after)
                     raise
                 except BrokenAnswerError:
                     answered = True
                     raise
                 answered = True
-                if adaptive is not None:
-                    adaptive.answered(started)
+                await ctx.limits.answered(slot)
             finally:
-                if adaptive is not None:
-                    adaptive.release()
+                await ctx.limits.leave(slot)
             await self._keep(spec, kind, request_id, reply, state)
         finally:
             # The estimate stays booked until the answer's usage replaces it (_bill), so that no moment
@@ -143,7 +141,7 @@ class TaskAttempts:
         estimate = kind.estimate(spec.fields)
         state.estimate = estimate.total
         if ctx.limits.paced:
-            await ctx.sleep(ctx.limits.pacer(spec.endpoint).book(state.estimate))
+            await ctx.limits.pace(spec.endpoint, state.estimate, ctx.sleep)
         if ctx.budget.limits.any and not ctx.stopping():
             booked = (estimate.total, ctx.settings.prices.cost(spec.model, estimate))
             refused = ctx.budget.admit(*booked)

@@ -49,7 +49,7 @@ async def bill(
         state.maybe_billed += 1  # billed, but the ledger could not record it (a full disk)
         raise
     if ctx.limits.paced:
-        ctx.limits.pacer(spec.endpoint).correct(state.estimate, counts.total)
+        ctx.limits.correct(spec.endpoint, state.estimate, counts.total)
         state.estimate = counts.total  # corrected once
     ctx.budget.record(counts.total, cost)
     if state.booked is not None:  # the actual usage replaces the estimate, in one step

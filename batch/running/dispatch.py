@@ -32,6 +32,7 @@ from batch.running.health import ServiceHealth
 from batch.running.idset import IdSet
 from batch.running.limits import EndpointLimits
 from batch.running.looplag import LoopLag
+from batch.running.shared import SharedLimits
 from batch.running.summary import RunSettings, RunSummary
 
 PRODUCER_BATCH = 64  # tasks pulled from the manifest per trip to a worker thread
@@ -66,13 +67,17 @@ class Runner:
         settings: RunSettings,
         observers: Sequence[Observer] = (),
         rng: random.Random | None = None,
+        shared: SharedLimits | None = None,
     ) -> None:
         self._tasks = tasks
         self._out = out
         self._finished = start.finished
         self._settings = settings
         self._stopping = anyio.Event()
-        self._limits = EndpointLimits(settings.limits)
+        self._shared = shared
+        if shared is not None:  # its waits end when the run stops, as the run's own do
+            shared.sleep, shared.stopping = self._sleep, self._stopping.is_set
+        self._limits = EndpointLimits(settings.limits, shared=shared)
         # The run's blocking work (building specs and requests, decoding, fsync'd writes) has threads of
         # its own: with fewer threads than tasks in flight, answers would wait for a thread while their
         # disk writes wait for the disk. anyio's process-wide default limiter is left as it is.
@@ -197,6 +202,8 @@ class Runner:
                 background.start_soon(self._watch_deadline, self._settings.deadline)
             if self._settings.heartbeat > 0:
                 background.start_soon(self._beat, self._settings.heartbeat, started)
+            if self._shared is not None:
+                background.start_soon(self._shared.keep_leases)
             with self._work_scope:
                 async with anyio.create_task_group() as group:
                     group.start_soon(self._produce, send)

@@ -34,6 +34,7 @@ from batch.running.budget import ledger_spent
 from batch.running.client import ApiClient, ClientConfig
 from batch.running.dispatch import Runner, RunStart
 from batch.running.idset import IdSet
+from batch.running.shared import SharedLimits
 from batch.running.summary import RunSettings, RunSummary
 
 log = logging.getLogger("batch.running.job")
@@ -222,6 +223,18 @@ class Job:
     async def run(self) -> RunSummary:
         """Run what the manifest has that DIR lacks. The run's attempt log is closed however it ends,
         except by a kill, which the next run's recover() then accounts for."""
+        limits = self.config.run.limits
+        shared = None
+        if limits.shared is not None:  # Redis must answer before anything is written or sent (exit 78)
+            shared = SharedLimits(limits.shared, limits.rpm, limits.tpm)
+            await shared.connect()
+        try:
+            return await self._run(shared)
+        finally:
+            if shared is not None:
+                await shared.aclose()
+
+    async def _run(self, shared: SharedLimits | None) -> RunSummary:
         checked = self.checked
         loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]  # "uvloop" or "asyncio"
         start = await anyio.to_thread.run_sync(self._prepare, loop)
@@ -240,6 +253,7 @@ class Job:
                         self.config.run, thumbnails=self.config.run.thumbnails and self.config.gallery
                     ),
                     observers=self.observers,
+                    shared=shared,
                 )
                 if self._stop is not None:
                     self.runner.stop(*self._stop)

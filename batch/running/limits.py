@@ -6,16 +6,23 @@ Tokens are booked from an estimate before sending and corrected by the usage tha
 
 AdaptiveLimit finds how many requests an endpoint takes at once (`--concurrency auto`) from the 429s it
 answers: additive increase, decrease on refusal (AIMD, as TCP does), tuned for a hard limit.
+
+EndpointLimits holds both per endpoint and, with `--redis`, the limits shared with the other runs on the
+key (batch.running.shared), which apply on top of the local ones while Redis answers.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import anyio
+
+if TYPE_CHECKING:
+    from batch.running.shared import Lease, SharedConfig, SharedLimits
 
 SAFETY = 0.99  # aim just under the limit: clocks and networks are not exact
 
@@ -28,6 +35,7 @@ class Limits:
     tpm: float | None = None
     concurrency: int | None = 4
     max_concurrency: int = 256  # the ceiling of `auto`
+    shared: SharedConfig | None = field(default=None, repr=False)  # --redis: limits shared by key
 
 
 class RatePacer:
@@ -168,14 +176,102 @@ class AdaptiveLimit:
         self._changed = anyio.Event()
 
 
-class EndpointLimits:
-    """The pacer and (for `auto`) the adaptive limit of each endpoint, made on first use."""
+@dataclass
+class Slot:
+    """A request's place among those in flight to its endpoint (see EndpointLimits.enter)."""
 
-    def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
+    endpoint: str
+    started: float
+    adaptive: AdaptiveLimit | None  # `auto`: the limit the answer teaches
+    lease: Lease | None = None  # its lease in Redis, when the runs share the limit
+
+
+class EndpointLimits:
+    """The pacer and (for `auto`) the adaptive limit of each endpoint, made on first use; with `shared`,
+    the limits shared through Redis on top of them."""
+
+    def __init__(
+        self,
+        limits: Limits,
+        clock: Callable[[], float] = time.monotonic,
+        shared: SharedLimits | None = None,
+    ) -> None:
         self.limits = limits
+        self.shared = shared
         self._clock = clock
         self._pacers: dict[str, RatePacer] = {}
         self._adaptive: dict[str, AdaptiveLimit] = {}
+
+    @property
+    def sharing(self) -> bool:
+        return self.shared is not None and not self.shared.down
+
+    async def enter(self, endpoint: str) -> Slot:
+        """Wait for room for one more request in flight: a lease shared by all runs on the key, or
+        (without Redis, or with `auto` once it is gone) this run's adaptive limit."""
+        adaptive = self.adaptive(endpoint)
+        if self.shared is not None and self.sharing:
+            limit = self.limits.concurrency or (adaptive.limit if adaptive is not None else 1)
+            lease = await self.shared.acquire(endpoint, limit, is_auto=adaptive is not None)
+            if lease.member is not None:
+                return Slot(endpoint, self._clock(), adaptive, lease)
+        started = await adaptive.acquire() if adaptive is not None else self._clock()
+        return Slot(endpoint, started, adaptive)
+
+    async def answered(self, slot: Slot) -> None:
+        """The request got an answer: `auto` may grow (and the runs sharing it learn it)."""
+        if slot.adaptive is None:
+            return
+        if slot.lease is None:
+            slot.adaptive.answered(slot.started)
+            return
+        await self._learn(slot, lambda adaptive: adaptive.answered(slot.started))
+
+    async def throttled(self, slot: Slot, retry_after: float | None) -> None:
+        """The request was refused with 429: `auto` steps back; a Retry-After pauses every run."""
+        if self.shared is not None and retry_after is not None and 0 < retry_after <= 300:
+            await self.shared.cool_down(slot.endpoint, retry_after)
+        if slot.adaptive is None:
+            return
+        if slot.lease is None:
+            slot.adaptive.throttled(slot.started)
+            return
+        await self._learn(slot, lambda adaptive: adaptive.throttled(slot.started))
+
+    async def _learn(self, slot: Slot, signal: Callable[[AdaptiveLimit], None]) -> None:
+        """Apply an answer to the shared `auto` limit: start from the value all runs share, move it as
+        the local algorithm says, and publish the move."""
+        adaptive, lease = slot.adaptive, slot.lease
+        assert adaptive is not None and lease is not None and self.shared is not None
+        adaptive.limit = lease.limit
+        adaptive.in_flight, adaptive.waiting = lease.in_flight, int(lease.waited)
+        signal(adaptive)
+        adaptive.in_flight = adaptive.waiting = 0  # this run's local count is not used while shared
+        if adaptive.limit != lease.limit:
+            await self.shared.learnt(slot.endpoint, adaptive.limit)
+
+    async def leave(self, slot: Slot) -> None:
+        if slot.lease is not None and self.shared is not None:
+            await self.shared.release(slot.endpoint, slot.lease)
+        elif slot.adaptive is not None:
+            slot.adaptive.release()
+
+    async def pace(self, endpoint: str, tokens: int, sleep: Callable[[float], Awaitable[None]]) -> None:
+        """--rpm / --tpm: this run's own spacing, then the budget shared with the other runs."""
+        await sleep(self.pacer(endpoint).book(tokens))
+        if self.shared is not None and self.sharing:
+            await self.shared.pace(endpoint, tokens)
+
+    def correct(self, endpoint: str, estimated: int, actual: int) -> None:
+        """The answer used `actual` tokens where `estimated` were booked."""
+        self.pacer(endpoint).correct(estimated, actual)
+        if self.shared is not None and self.sharing:
+            self.shared.correct(endpoint, estimated, actual)
+
+    async def cooled(self, endpoint: str) -> None:
+        """Wait out a cool-down another run (or this one) was asked for by a 429."""
+        if self.shared is not None and self.sharing:
+            await self.shared.cooled(endpoint)
 
     @property
     def paced(self) -> bool:

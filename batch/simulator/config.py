@@ -89,6 +89,7 @@ class SimConfig:
     rate_429: float = 0.0
     retry_after: float = DEFAULT_RETRY_AFTER
     rpm: int | None = None
+    rps: int | None = None  # requests per second per key (sliding window), beside or instead of rpm
     tpm: int | None = None  # billed tokens per minute per key (sliding window)
     max_inflight: int | None = None
     faults: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}), hash=False)
@@ -119,6 +120,8 @@ class SimConfig:
             raise ValueError(f"tpm must be >= 1 or None, got {self.tpm!r}")
         if self.rpm is not None and self.rpm < 1:
             raise ValueError(f"rpm must be >= 1 or None, got {self.rpm!r}")
+        if self.rps is not None and self.rps < 1:
+            raise ValueError(f"rps must be >= 1 or None, got {self.rps!r}")
         if self.max_inflight is not None and self.max_inflight < 0:
             raise ValueError(f"max_inflight must be >= 0 or None, got {self.max_inflight!r}")
         if self.huge_bytes < 64:

@@ -73,6 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--retry-after", type=_non_negative, default=DEFAULT_RETRY_AFTER, help="Retry-After of random 429s"
     )
     group.add_argument("--rpm", type=int, default=None, help="requests per minute per key (sliding window)")
+    group.add_argument("--rps", type=int, default=None, help="requests per second per key (sliding window)")
     group.add_argument(
         "--tpm", type=int, default=None, help="billed tokens per minute per key (sliding window)"
     )
@@ -165,6 +166,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         rate_429=args.rate_429,
         retry_after=args.retry_after,
         rpm=args.rpm,
+        rps=args.rps,
         tpm=args.tpm,
         max_inflight=args.max_inflight,
         faults=dict(args.fault),

@@ -101,6 +101,13 @@ class _Simulator:
                             retry_after_seconds(wait),
                             f"Rate limit of {self.config.tpm} tokens per minute reached.",
                         )
+                if self.config.rps is not None:
+                    wait = self.state.rpm_admit(key_id, self.config.rps, seconds=1.0)
+                    if wait is not None:
+                        raise rate_limited(
+                            retry_after_seconds(wait),
+                            f"Rate limit of {self.config.rps} requests per second reached.",
+                        )
                 if self.config.rpm is not None:
                     wait = self.state.rpm_admit(key_id, self.config.rpm)
                     if wait is not None:

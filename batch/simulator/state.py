@@ -121,15 +121,16 @@ class SimState:
             self._inflight -= 1
             self._notify()
 
-    def rpm_admit(self, key_id: str, rpm: int) -> float | None:
-        """Count a request in its key's sliding minute; if full, return seconds until a slot frees."""
+    def rpm_admit(self, key_id: str, rpm: int, seconds: float = RPM_WINDOW_SECONDS) -> float | None:
+        """Count a request in its key's sliding window of `seconds` (a minute: --rpm; a second: --rps);
+        if full, return seconds until a slot frees."""
         with self._lock:
             now = self._clock()
-            window = self._rpm_windows.setdefault(key_id, deque())
-            while window and window[0] <= now - RPM_WINDOW_SECONDS:
+            window = self._rpm_windows.setdefault(f"{seconds:g}s {key_id}", deque())
+            while window and window[0] <= now - seconds:
                 window.popleft()
             if len(window) >= rpm:
-                return max(window[0] + RPM_WINDOW_SECONDS - now, 0.0)
+                return max(window[0] + seconds - now, 0.0)
             window.append(now)
             return None
 

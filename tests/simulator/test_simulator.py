@@ -618,6 +618,25 @@ class FakeClock:
 
 
 @pytest.mark.anyio
+async def test_rps_window_per_key_with_retry_after() -> None:
+    clock = FakeClock()
+    async with simulated(state=SimState(clock=clock), rps=2, api_key=None) as client:
+
+        async def at(moment: float, key: str = "a") -> aiohttp.ClientResponse:
+            clock.now = 1000.0 + moment
+            headers = {"Authorization": f"Bearer {key}"}
+            return await client.generate({"prompt": "a fox", "quality": "low"}, headers=headers)
+
+        assert (await at(0)).status == 200
+        assert (await at(0.5)).status == 200
+        refused = await at(0.9)
+        assert refused.status == 429 and refused.headers["Retry-After"] == "1"
+        assert "2 requests per second" in (await error_of(refused))["message"]
+        assert (await at(0.9, key="b")).status == 200  # the window is per key
+        assert (await at(1.01)).status == 200  # the first one left the second
+
+
+@pytest.mark.anyio
 async def test_rpm_window_retry_after_and_refusals_not_counted() -> None:
     clock = FakeClock()
     async with simulated(state=SimState(clock=clock), rpm=2) as client:
