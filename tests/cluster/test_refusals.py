@@ -8,8 +8,8 @@ from pathlib import Path
 import redis
 
 from batch.cluster.plan import read_plan
-from tests.cluster.conftest import _free_port
 from tests.conftest import KEY, Outcome
+from tests.redis_server import free_port
 
 JOB = "tasks:\n" + "".join(
     f"  - {{kind: chat, id: q-{i}, model: gemini-2.5-flash, prompt: question {i}}}\n" for i in range(4)
@@ -39,7 +39,7 @@ def test_flags_that_count_a_whole_run_are_refused(
 
 def test_a_worker_without_redis_exits_78(cli: Callable[..., Outcome]) -> None:
     done = cli(
-        "worker", "--redis", f"redis://127.0.0.1:{_free_port()}/0", "--burst", env={"MAAS_API_KEY": KEY}
+        "worker", "--redis", f"redis://127.0.0.1:{free_port()}/0", "--burst", env={"MAAS_API_KEY": KEY}
     )
     assert done.code == 78, done.err
     assert "Redis" in done.err

@@ -112,9 +112,9 @@ def test_submit_refuses_an_invalid_manifest_and_queues_nothing(
 def test_submit_refuses_an_unreachable_redis(
     write: Callable[..., Path], tmp_path: Path, cli: Callable[..., Outcome]
 ) -> None:
-    from tests.cluster.conftest import _free_port
+    from tests.redis_server import free_port
 
-    url = f"redis://:secret-pw@127.0.0.1:{_free_port()}/0"
+    url = f"redis://:secret-pw@127.0.0.1:{free_port()}/0"
     done = cli(
         "submit", manifest(write), "--out", tmp_path / "out", "--redis", url, env={"MAAS_ENDPOINT": "ep"}
     )
