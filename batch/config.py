@@ -351,7 +351,6 @@ def job_config(
     from batch.running.job import JobConfig
     from batch.running.limits import Limits
     from batch.running.retry import RetryPolicy
-    from batch.running.shared import SharedConfig, key_id
     from batch.running.summary import RunSettings
 
     prices = price_table(checked.manifest.prices, options.prices)
@@ -360,7 +359,11 @@ def job_config(
         need_prices(checked, prices)
     concurrency = None if options.concurrency == "auto" else options.concurrency
     redis_url = options.redis or env("MAAS_REDIS_URL")
-    shared = SharedConfig(redis_url, key_id(connected.api_key)) if redis_url else None
+    shared = None
+    if redis_url:  # redis and pyrate-limiter load only for a run that shares its limits
+        from batch.running.shared import SharedConfig, key_id
+
+        shared = SharedConfig(redis_url, key_id(connected.api_key))
     return JobConfig(
         manifest=checked.manifest.path,
         out=out,

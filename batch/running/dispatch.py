@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import ObjectSendStream
@@ -32,8 +33,10 @@ from batch.running.health import ServiceHealth
 from batch.running.idset import IdSet
 from batch.running.limits import EndpointLimits
 from batch.running.looplag import LoopLag
-from batch.running.shared import SharedLimits
 from batch.running.summary import RunSettings, RunSummary
+
+if TYPE_CHECKING:
+    from batch.running.shared import SharedLimits
 
 PRODUCER_BATCH = 64  # tasks pulled from the manifest per trip to a worker thread
 

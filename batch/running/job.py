@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -34,8 +34,10 @@ from batch.running.budget import ledger_spent
 from batch.running.client import ApiClient, ClientConfig
 from batch.running.dispatch import Runner, RunStart
 from batch.running.idset import IdSet
-from batch.running.shared import SharedLimits
 from batch.running.summary import RunSettings, RunSummary
+
+if TYPE_CHECKING:
+    from batch.running.shared import SharedLimits
 
 log = logging.getLogger("batch.running.job")
 
@@ -226,6 +228,8 @@ class Job:
         limits = self.config.run.limits
         shared = None
         if limits.shared is not None:  # Redis must answer before anything is written or sent (exit 78)
+            from batch.running.shared import SharedLimits  # redis and pyrate-limiter: for this run only
+
             shared = SharedLimits(limits.shared, limits.rpm, limits.tpm)
             await shared.connect()
         try:

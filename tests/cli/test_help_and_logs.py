@@ -3,6 +3,7 @@ file marks where each run starts."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -113,3 +114,22 @@ def test_validate_loads_no_http_stack(write: Callable[..., Path]) -> None:
     )
     assert "1 tasks, valid" in done.stdout or "1 task" in done.stdout, done.stdout
     assert done.stdout.strip().splitlines()[-1] == "loaded: []"
+
+
+def test_a_run_without_redis_loads_no_redis_client(write: Callable[..., Path], tmp_path: Path) -> None:
+    """redis and pyrate-limiter are for a run that shares its limits (--redis): others start without them."""
+    manifest = write("tasks:\n  - {kind: generate, prompt: a fox}\n")
+    code = (
+        "import sys\nfrom batch.cli import main\n"
+        "code = main(['run', sys.argv[1], '--out', sys.argv[2], '--simulate', '--no-progress', '--quiet'])\n"
+        "print('exit', code, 'loaded:', sorted(m for m in ('redis', 'pyrate_limiter', 'dramatiq') if m in sys.modules))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(manifest), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert done.stdout.strip().splitlines()[-1] == "exit 0 loaded: []", done.stdout + done.stderr

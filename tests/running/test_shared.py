@@ -180,8 +180,8 @@ async def test_runs_share_one_requests_per_minute_budget(server: RedisServer) ->
 @needs_redis
 async def test_tokens_booked_at_the_estimate_are_corrected_by_the_usage(server: RedisServer) -> None:
     config = SharedConfig(server.url, key_id(SECRET))
-    shared = SharedLimits(config, rpm=None, tpm=6_000_000)  # about 87 tokens a millisecond
-    rate = token_rate(6_000_000)
+    shared = SharedLimits(config, rpm=None, tpm=600_000)  # about 9 tokens a millisecond drain away
+    rate = token_rate(600_000)
     client = redis.Redis(port=server.port, decode_responses=True)
     store = RedisStateStore(client, f"maas:{key_id(SECRET)}:ep:tokens")
 
