@@ -12,9 +12,6 @@ The public names are loaded on first use, so that the command line starts fast.
 from __future__ import annotations
 
 import importlib
-import importlib.abc
-import importlib.machinery
-import importlib.util
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,16 +19,16 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 
-class _KindsFinder(importlib.abc.MetaPathFinder):
+class _KindsFinder:  # a meta path finder: find_spec is all Python asks of one (no ABC: a fast start)
     """`batch.jobs`, the built-in task kinds: installed as batch/jobs/, found there by Python itself; in the
     source tree they are the top-level folder jobs/ (the project's fixed layout), found here. Never the
     name `jobs`, which a program using this library may well have for a package of its own."""
 
-    def find_spec(
-        self, fullname: str, path: Any, target: Any = None
-    ) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> ModuleSpec | None:
         if fullname != "batch.jobs":
             return None  # its modules are found through the package's __path__
+        import importlib.util  # only when the kinds are imported from a source tree
+
         folder = Path(__file__).resolve().parent.parent / "jobs"
         init = folder / "__init__.py"
         if not init.is_file():
@@ -103,6 +100,8 @@ __all__ = [  # the names of _EXPORTS (a test checks), written out for readers an
 ]
 
 if TYPE_CHECKING:
+    from importlib.machinery import ModuleSpec
+
     from batch.api import ResultStream, from_tasks, run, stream, validate
     from batch.config import Options
     from batch.errors import (
