@@ -106,6 +106,8 @@ environment:
   MAAS_API_KEY    the API key (required unless --simulate); never printed or written
   MAAS_BASE_URL   the API's base URL (default {DEFAULT_BASE_URL})
   MAAS_ENDPOINT   the endpoint (deployment id) for tasks the manifest gives none
+  MAAS_REDIS_URL  the Redis that runs share the key's limits through (run --redis), and the queue of
+                  submit and worker
 """
 
 
