@@ -23,6 +23,7 @@ from batch.manifest.checked import CheckedManifest
 from batch.manifest.plan import iter_tasks
 from batch.manifest.read import Manifest
 from batch.output.store import RESULTS, read_line_at, read_lines_with_offsets
+from batch.running.records import ResultRecord
 
 
 @dataclass(frozen=True)
@@ -47,17 +48,21 @@ class Result:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], out: Path) -> Result:
+        """A result line as a Result, read through records.ResultRecord (a line edited by hand or
+        garbled gives what it can, never an error)."""
+        line = ResultRecord.from_line(record)
+        error = record.get("error")
         return cls(
-            id=str(record["id"]),
-            kind=str(record.get("kind") or ""),
-            status=str(record.get("status") or ""),
-            files=tuple(out / str(name) for name in record.get("files") or []),
-            text=record.get("text"),
-            usage=record.get("usage"),
-            cost=record.get("cost"),
-            attempts=int(record.get("attempts") or 0),
-            error=record.get("error"),
-            meta=record.get("meta") or {},
+            id=line.id,
+            kind=str(line.kind or ""),
+            status=str(line.status or ""),
+            files=tuple(out / name for name in line.files),
+            text=line.text,
+            usage=line.usage,
+            cost=line.cost,
+            attempts=line.attempts,
+            error=error if isinstance(error, Mapping) else None,
+            meta=line.meta or {},
             record=record,
         )
 

@@ -10,6 +10,7 @@ Pure: the files are read and written by output.store.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +28,36 @@ def now() -> str:
 
 
 def _int(value: Any) -> int:
-    return int(value or 0)
+    """A count as a line holds it; 0 for anything that is not one (a line edited by hand, or torn)."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    if isinstance(value, str):  # "12", as a hand-edited line may hold it
+        try:
+            return int(value.strip())
+        except ValueError:
+            return 0
+    return 0
+
+
+def _number(value: Any) -> float | None:
+    """A cost or a duration, or None for anything that is not a finite number."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return value
+    return None
+
+
+def _counts(usage: Mapping[str, Any]) -> dict[str, int | float]:
+    """A line's usage: its token counts, without what is not a number."""
+    return {str(key): value for key, value in usage.items() if _number(value) is not None}
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    """A list of names (files, inputs), or none for anything that is not a list."""
+    return tuple(str(item) for item in value) if isinstance(value, list | tuple) else ()
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
@@ -205,15 +235,15 @@ class ResultRecord:
             model=line.get("model"),
             prompt=line.get("prompt"),
             params=_mapping(line.get("params")),
-            files=tuple(str(name) for name in line.get("files") or ()),
-            usage=line["usage"] if isinstance(line.get("usage"), Mapping) else None,
-            cost=line.get("cost"),
+            files=_strings(line.get("files")),
+            usage=_counts(line["usage"]) if isinstance(line.get("usage"), Mapping) else None,
+            cost=_number(line.get("cost")),
             attempts=_int(line.get("attempts")),
             endpoint=line.get("endpoint"),
-            seconds=line.get("seconds"),
+            seconds=_number(line.get("seconds")),
             finished_at=line.get("finished_at"),
             custom_id=line.get("custom_id"),
-            inputs=tuple(str(path) for path in line.get("inputs") or ()),
+            inputs=_strings(line.get("inputs")),
             text=text if isinstance(text, str) else None,
             extra={key: value for key, value in line.items() if key not in _RESULT_KEYS},
             images_missing=_int(line.get("images_missing")),
