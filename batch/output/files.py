@@ -104,6 +104,10 @@ def write_atomic_chunks(path: Path, chunks: Iterable[bytes], *, fsync: bool = Tr
         with contextlib.suppress(OSError):
             temporary.unlink()
         raise OutputError(f"cannot write {path.name}: {reason(exc)}") from exc
+    except BaseException:  # the pieces' maker failed (or a Ctrl-C): no half page is left beside the page
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
 
 
 def _write_all(fd: int, data: bytes | bytearray) -> None:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from PIL import Image
 
 from batch.errors import BrokenAnswerError, DirLockedError, OutputError
 from batch.kind import EncodedImage
-from batch.output.files import cut_torn_tail, write_atomic
+from batch.output.files import cut_torn_tail, write_atomic, write_atomic_chunks
 from batch.output.store import Journal, OutputDir, OutputFile, finished_results
 from batch.running.imaging import decode_images
 
@@ -235,3 +236,16 @@ def bomb_png(width: int, height: int) -> bytes:
         + chunk(b"IDAT", zlib.compress(b"\0" * 64))
         + chunk(b"IEND", b"")
     )
+
+
+def test_write_atomic_chunks_leaves_nothing_when_the_pieces_fail(tmp_path: Path) -> None:
+    (tmp_path / "page.html").write_text("the old page")
+
+    def pieces() -> Iterator[bytes]:
+        yield b"x" * (2 << 20)  # more than one write's worth is already on disk
+        raise RuntimeError("the manifest changed")
+
+    with pytest.raises(RuntimeError, match="manifest changed"):
+        write_atomic_chunks(tmp_path / "page.html", pieces())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["page.html"]
+    assert (tmp_path / "page.html").read_text() == "the old page"
