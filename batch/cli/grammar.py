@@ -172,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("out", type=Path, metavar="DIR")
     status.add_argument("--json", action="store_true", help="as JSON")
     add_scope(status)
+    status.add_argument(
+        "--redis",
+        default=None,
+        metavar="URL",
+        help="a sharded DIR (submit): the queue's Redis, to show the workers alive and the shards queued "
+        "and taken (default: MAAS_REDIS_URL, else the URL submit recorded, without its password)",
+    )
 
     report = commands.add_parser(
         "report",
