@@ -42,9 +42,12 @@ environment:
 
 SUBMIT_EXIT_CODES = f"""\
 exit codes:
-  {EXIT_OK}   the plan is written and every shard is queued
+  {EXIT_OK}   the plan is written and every shard is queued (--resume: each shard lacking results and
+      not on the queue is queued again)
   {EXIT_USAGE}  bad command-line usage, a run flag that is not for shards, or DIR already holds a batch
-  {EXIT_DATAERR}  invalid manifest: nothing was written or queued
+      (--resume: DIR holds none)
+  {EXIT_DATAERR}  invalid manifest: nothing was written or queued (--resume: it changed since it was
+      submitted; nothing was queued)
   {EXIT_IOERR}  DIR/cluster/plan.json cannot be written
   {EXIT_CONFIG}  configuration missing (no endpoint for some tasks), or Redis cannot be reached
 """
@@ -71,7 +74,8 @@ def add_commands(commands: Any) -> None:
         help="validate a manifest, then queue it in shards for `maas-batch worker`s on several machines",
         description="Check MANIFEST whole (nothing is queued if it is invalid), write the plan to "
         "DIR/cluster/plan.json and queue one message per shard of --shard-size tasks on Redis. Any flag "
-        "of `run` may follow (--set, --endpoint, --concurrency, --rpm...): every shard runs with them.",
+        "of `run` may follow (--set, --endpoint, --concurrency, --rpm...): every shard runs with them. "
+        "--resume DIR rebuilds a lost queue from DIR's outputs.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=REDIS_ENVIRONMENT + "\n" + SUBMIT_EXIT_CODES,
         usage="maas-batch submit MANIFEST --out DIR [--redis URL] [--shard-size N] [RUN-FLAGS...]\n"

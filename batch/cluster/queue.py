@@ -53,6 +53,7 @@ ACTOR = "maas_batch_shard"
 WORKERS = f"{NAMESPACE}:workers"  # broker id -> {"host", "pid", "heartbeat_timeout", "started"}
 HEARTBEATS = f"{NAMESPACE}:__heartbeats__"  # Dramatiq's: broker id -> last heartbeat (ms)
 DEFAULT_POLL = 1.0  # seconds, the longest an idle worker waits between two looks at a queue
+CONNECT_TIMEOUT = 10.0  # seconds to reach Redis: an unreachable host is said, not waited for minutes
 
 
 class QueueError(ConfigError):
@@ -112,8 +113,9 @@ class ShardQueue:
     def __init__(self, settings: QueueSettings) -> None:
         self.settings = settings
         with _translated("connect"):
+            client = redis.Redis.from_url(settings.url, socket_connect_timeout=CONNECT_TIMEOUT)
             self.broker = RedisBroker(  # type: ignore[no-untyped-call]
-                url=settings.url,
+                client=client,
                 middleware=[],  # no time limit, no retries, no age limit: see the module's docstring
                 namespace=NAMESPACE,
                 heartbeat_timeout=max(1, int(settings.heartbeat_timeout * 1000)),
