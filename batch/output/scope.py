@@ -237,8 +237,9 @@ def entries(root: Path, scope: Scope) -> Iterator[Entry]:
     Without: the result lines in file order, orphaned ones only with include_orphaned. One line is held
     at a time, and the byte offset of each result line (a dict entry per line).
 
-    A sharded batch (`scope.parts`) is read part by part, in manifest order; the manifest, if it must be
-    expanded, once; the files of its result lines are named from DIR (`shards/3/images/...`)."""
+    A sharded batch (`scope.parts`) is read part by part, in manifest order, then (with include_orphaned)
+    each part's orphaned lines; the manifest, if it must be expanded, once; the files of its result lines
+    are named from DIR (`shards/3/images/...`)."""
     if not scope.parts:
         yield from _entries_in(root / RESULTS, scope.order, scope.tasks, scope.include_orphaned)
         return
@@ -258,8 +259,22 @@ def entries(root: Path, scope: Scope) -> Iterator[Entry]:
     for part in scope.parts:
         order = None if scope.order is None else scope.order[part.start : part.end]
         tasks = functools.partial(tasks_of, part)
-        results = root / part.folder / RESULTS
-        yield from _entries_in(results, order, tasks, scope.include_orphaned, part.folder)
+        yield from _entries_in(root / part.folder / RESULTS, order, tasks, False, part.folder)
+    if not scope.include_orphaned or scope.order is None:
+        return
+    for part in scope.parts:  # the orphaned lines last, as in one run directory
+        known = set(scope.order[part.start : part.end])
+        for _, line in read_lines_with_offsets(root / part.folder / RESULTS):
+            task_id = line.get("id")
+            if not isinstance(task_id, str) or digest(task_id) not in known:
+                yield Entry(_record(line, part.folder), None, orphaned=True)
+
+
+def _record(line: dict[str, Any], folder: str) -> ResultRecord:
+    """A result line of the run directory `folder` under DIR, its files named from DIR."""
+    if folder and isinstance(line.get("files"), list):
+        line["files"] = [f"{folder}/{name}" for name in line["files"]]
+    return ResultRecord.from_line(line)
 
 
 def _entries_in(
@@ -270,11 +285,7 @@ def _entries_in(
     folder: str = "",
 ) -> Iterator[Entry]:
     """The entries of one results file (see `entries`); `folder`: where it is under DIR."""
-
-    def record(line: dict[str, Any]) -> ResultRecord:
-        if folder and isinstance(line.get("files"), list):
-            line["files"] = [f"{folder}/{name}" for name in line["files"]]
-        return ResultRecord.from_line(line)
+    record = functools.partial(_record, folder=folder)
 
     if order is None:
         for _, line in read_lines_with_offsets(path):

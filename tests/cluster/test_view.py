@@ -102,6 +102,16 @@ def test_report_export_and_gallery_read_every_shard_in_manifest_order(
     html = (out / "index.html").read_text()
     assert '"total": 5' in html and "shards/0/images/" in html and '"thumbs": ["thumbs/' in html
 
+    with (shard_dir(out, 0) / "results.jsonl").open("a") as results:  # a task no longer in the manifest
+        results.write(
+            json.dumps({"id": "gone", "kind": "chat", "status": "succeeded", "files": ["x.png"]}) + "\n"
+        )
+    assert [r["id"] for r in csv.DictReader(io.StringIO(cli("export", out).out))] == IDS
+    every = [
+        json.loads(line)
+        for line in cli("export", out, "--format", "jsonl", "--include-orphaned").out.splitlines()
+    ]
+    assert [r["id"] for r in every] == [*IDS, "gone"] and every[-1]["files"] == ["shards/0/x.png"]
     (shard_dir(out, 2) / "results.jsonl").unlink()  # the last shard not run yet: its task is pending
     rows = list(csv.DictReader(io.StringIO(cli("export", out).out)))
     assert [(r["id"], r["status"]) for r in rows][2:] == [
