@@ -97,10 +97,14 @@ def test_report_export_and_gallery_read_every_shard_in_manifest_order(
     assert found["cost"] == pytest.approx(sum(s["cost"] for s in found["per_shard"]))
     assert "shard 1: 1 succeeded, 1 failed" in cli("report", out).out
 
+    made = shard_dir(out, 0) / "thumbs" / (Path(image).name + ".webp")  # as its shard's run makes them
+    made.parent.mkdir()
+    made.write_bytes(b"made by the shard's run")
     page = cli("gallery", out)
     assert page.code == 0, page.err
     html = (out / "index.html").read_text()
     assert '"total": 5' in html and "shards/0/images/" in html and '"thumbs": ["thumbs/' in html
+    assert (out / "thumbs" / made.name).read_bytes() == made.read_bytes()  # copied, not made again
 
     with (shard_dir(out, 0) / "results.jsonl").open("a") as results:  # a task no longer in the manifest
         results.write(
