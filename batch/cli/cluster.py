@@ -212,7 +212,18 @@ def batch_scope(args: argparse.Namespace, root: Path) -> Scope:
         "endpoints": dict(options.endpoints),
         "allow_unknown": options.allow_unknown,
     }
-    return scope_of_batch(root, settings, include_orphaned=args.include_orphaned)
+    scope = scope_of_batch(root, settings, include_orphaned=args.include_orphaned)
+    if scope.order is None:  # no DIR/cluster/order.ids (an older submit): the order from a check walk
+        from batch.cluster.shard import submitted_manifest
+        from batch.errors import ManifestError
+
+        try:
+            scope.order = submitted_manifest(
+                plan, dataclasses.replace(options, endpoint=plan.endpoint)
+            ).plan.order
+        except ManifestError as exc:
+            log.warning("%s: each shard's results in file order, no pending task listed", exc)
+    return scope
 
 
 def resume(args: argparse.Namespace) -> int:

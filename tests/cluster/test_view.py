@@ -111,6 +111,9 @@ def test_report_export_and_gallery_read_every_shard_in_manifest_order(
             json.dumps({"id": "gone", "kind": "chat", "status": "succeeded", "files": ["x.png"]}) + "\n"
         )
     assert [r["id"] for r in csv.DictReader(io.StringIO(cli("export", out).out))] == IDS
+    (out / "cluster" / "order.ids").unlink()  # a batch an older submit wrote: the manifest is walked
+    walked = cli("export", out, "--format", "jsonl").out.splitlines()
+    assert [json.loads(line)["id"] for line in walked] == IDS
     every = [
         json.loads(line)
         for line in cli("export", out, "--format", "jsonl", "--include-orphaned").out.splitlines()
