@@ -52,6 +52,7 @@ QUEUES = f"{NAMESPACE}:queues"  # the names of the queues submit has filled
 ACTOR = "maas_batch_shard"
 WORKERS = f"{NAMESPACE}:workers"  # broker id -> {"host", "pid", "heartbeat_timeout", "started"}
 HEARTBEATS = f"{NAMESPACE}:__heartbeats__"  # Dramatiq's: broker id -> last heartbeat (ms)
+FORGET_AFTER = 10  # heartbeat timeouts of silence after which a worker's entry in WORKERS is dropped
 DEFAULT_POLL = 1.0  # seconds, the longest an idle worker waits between two looks at a queue
 CONNECT_TIMEOUT = 10.0  # seconds to reach Redis: an unreachable host is said, not waited for minutes
 
@@ -214,14 +215,25 @@ class ShardQueue:
             self._consumers[taken.queue].requeue([taken.message])
 
     def _register(self) -> None:
-        """Say who this worker is (for `status`): its heartbeat is Dramatiq's."""
+        """Say who this worker is (for `status`): its heartbeat is Dramatiq's. The workers that died
+        without saying so (kill -9) are forgotten once silent for FORGET_AFTER heartbeat timeouts."""
+        now = time.time()
         info = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "heartbeat_timeout": self.settings.heartbeat_timeout,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            "since": now,
         }
         with _translated("register the worker"):
+            for worker, raw in self.client.hgetall(WORKERS).items():
+                known = _decoded(raw)
+                beat = (self.client.zscore(HEARTBEATS, worker) or 0) / 1000
+                silent = now - max(beat, float(known.get("since") or 0))
+                if silent > FORGET_AFTER * float(
+                    known.get("heartbeat_timeout") or self.settings.heartbeat_timeout
+                ):
+                    self.client.hdel(WORKERS, worker)
             self.client.hset(WORKERS, self.broker.broker_id, json.dumps(info))
 
     def close(self) -> None:

@@ -256,12 +256,15 @@ def test_a_worker_whose_heartbeat_is_old_is_not_alive_and_its_shard_is_said_so(r
     from batch.cluster.plan import Shard
     from batch.cluster.queue import HEARTBEATS, WORKERS, QueueSettings, ShardQueue
 
+    client = redis.Redis.from_url(redis_url)
+    long_gone = {"host": "gone", "pid": 2, "heartbeat_timeout": 5, "since": time.time() - 51}
+    client.hset(WORKERS, "long-gone", json.dumps(long_gone))  # killed, silent for over 10 timeouts
     queue = ShardQueue(QueueSettings(redis_url, heartbeat_timeout=5))
     try:
         queue.put("q", [Shard("/b", 0, 0, 2), Shard("/b", 1, 2, 4)])
-        taken = queue.take("q")  # registered as a worker, and beating
+        taken = queue.take("q")  # registered as a worker, and beating; the long gone one forgotten
         assert taken is not None and taken.shard.index == 0
-        client = redis.Redis.from_url(redis_url)
+        assert sorted(client.hkeys(WORKERS)) == [queue.broker.broker_id.encode()]
         info = json.dumps({"host": "gone", "pid": 1, "heartbeat_timeout": 5})
         client.hset(WORKERS, "dead-one", info)
         client.zadd(HEARTBEATS, {"dead-one": time.time() * 1000 - 6000})  # silent for 6 s
