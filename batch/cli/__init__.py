@@ -68,7 +68,12 @@ def _command(args: argparse.Namespace, argv: list[str], run_flags: list[str]) ->
         return validate(args, options_from(args))
     if args.command == "retry-failed":
         from batch.cli.retry import recorded_run
+        from batch.cluster.plan import is_sharded
 
+        if is_sharded(args.out):  # a batch in shards: its failures are sent again by the workers
+            from batch.cli.cluster import retry_failed
+
+            return retry_failed(args)
         return _main(recorded_run(args))
     if args.command in ("submit", "worker"):
         from batch.cli import cluster

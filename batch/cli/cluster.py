@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch.cli.flags import whole
+from batch.config import env
+from batch.errors import UsageError
 from batch.exitcodes import (
     EXIT_CONFIG,
     EXIT_DATAERR,
@@ -26,6 +28,7 @@ from batch.exitcodes import (
 if TYPE_CHECKING:
     from batch.cluster.plan import BatchPlan
     from batch.config import Options
+    from batch.output.scope import Scope
 
 log = logging.getLogger("batch.cli")
 
@@ -39,9 +42,12 @@ environment:
 
 SUBMIT_EXIT_CODES = f"""\
 exit codes:
-  {EXIT_OK}   the plan is written and every shard is queued
+  {EXIT_OK}   the plan is written and every shard is queued (--resume: each shard lacking results and
+      not on the queue is queued again)
   {EXIT_USAGE}  bad command-line usage, a run flag that is not for shards, or DIR already holds a batch
-  {EXIT_DATAERR}  invalid manifest: nothing was written or queued
+      (--resume: DIR holds none)
+  {EXIT_DATAERR}  invalid manifest: nothing was written or queued (--resume: it changed since it was
+      submitted; nothing was queued)
   {EXIT_IOERR}  DIR/cluster/plan.json cannot be written
   {EXIT_CONFIG}  configuration missing (no endpoint for some tasks), or Redis cannot be reached
 """
@@ -68,19 +74,28 @@ def add_commands(commands: Any) -> None:
         help="validate a manifest, then queue it in shards for `maas-batch worker`s on several machines",
         description="Check MANIFEST whole (nothing is queued if it is invalid), write the plan to "
         "DIR/cluster/plan.json and queue one message per shard of --shard-size tasks on Redis. Any flag "
-        "of `run` may follow (--set, --endpoint, --concurrency, --rpm...): every shard runs with them.",
+        "of `run` may follow (--set, --endpoint, --concurrency, --rpm...): every shard runs with them. "
+        "--resume DIR rebuilds a lost queue from DIR's outputs.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=REDIS_ENVIRONMENT + "\n" + SUBMIT_EXIT_CODES,
-        usage="maas-batch submit MANIFEST --out DIR [--redis URL] [--shard-size N] [RUN-FLAGS...]",
+        usage="maas-batch submit MANIFEST --out DIR [--redis URL] [--shard-size N] [RUN-FLAGS...]\n"
+        "       maas-batch submit --resume DIR [--redis URL]",
     )
-    submit.add_argument("manifest", type=Path, metavar="MANIFEST")
+    submit.add_argument("manifest", type=Path, metavar="MANIFEST", nargs="?")
     submit.add_argument(
         "--out",
         "-o",
         type=Path,
-        required=True,
         metavar="DIR",
         help="the batch's directory, on a folder every worker mounts at the same path",
+    )
+    submit.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="rebuild the queue of DIR's batch from its outputs alone (after Redis lost it): queue again "
+        "each shard whose directory lacks results and that is not queued or taken; the plan and its flags "
+        "are DIR's, and its manifest must be the one submitted",
     )
     _add_redis(submit)
     submit.add_argument(
@@ -138,8 +153,6 @@ def _add_redis(parser: argparse.ArgumentParser) -> None:
 
 def _queue_settings(args: argparse.Namespace) -> Any:
     from batch.cluster.queue import QueueSettings
-    from batch.config import env
-    from batch.errors import UsageError
 
     url = args.redis or env("MAAS_REDIS_URL")
     if url is None:
@@ -163,6 +176,12 @@ def submit(args: argparse.Namespace, run_flags: list[str]) -> int:
     from batch.cluster.queue import ShardQueue
     from batch.cluster.submit import submit as submit_batch
 
+    if args.resume is not None:
+        if args.manifest is not None or args.out is not None or run_flags:
+            raise UsageError("--resume DIR takes no MANIFEST, --out or run flags: DIR's plan has them")
+        return resume(args)
+    if args.manifest is None or args.out is None:
+        raise UsageError("give MANIFEST and --out DIR (or --resume DIR)")
     options = run_options(args.manifest, args.out, run_flags)
     queue = ShardQueue(_queue_settings(args))
     try:
@@ -178,11 +197,118 @@ def submit(args: argparse.Namespace, run_flags: list[str]) -> int:
     return EXIT_OK
 
 
+def batch_scope(args: argparse.Namespace, root: Path) -> Scope:
+    """The scope of `report`, `export` or `gallery` on a sharded DIR: the submitted manifest, with the
+    flags its shards ran with (so that pending tasks can be listed)."""
+    from batch.cluster.plan import read_plan
+    from batch.cluster.view import batch_scope as scope_of_batch
+
+    if args.manifest is not None:
+        raise UsageError(f"--manifest: not for a sharded batch ({root} runs the manifest submitted to it)")
+    plan = read_plan(root)
+    options = run_options(Path(plan.manifest), root, plan.run_flags)
+    settings = {
+        "overrides": dict(options.overrides),
+        "endpoints": dict(options.endpoints),
+        "allow_unknown": options.allow_unknown,
+    }
+    scope = scope_of_batch(root, settings, include_orphaned=args.include_orphaned)
+    if scope.order is None:  # no DIR/cluster/order.ids (an older submit): the order from a check walk
+        from batch.cluster.shard import submitted_manifest
+        from batch.errors import ManifestError
+
+        try:
+            scope.order = submitted_manifest(
+                plan, dataclasses.replace(options, endpoint=plan.endpoint)
+            ).plan.order
+        except ManifestError as exc:
+            log.warning("%s: each shard's results in file order, no pending task listed", exc)
+    return scope
+
+
+def resume(args: argparse.Namespace) -> int:
+    """`submit --resume DIR`: the queue rebuilt from the outputs (batch.cluster.submit.resume)."""
+    from batch.cluster.plan import read_plan
+    from batch.cluster.queue import ShardQueue
+    from batch.cluster.submit import resume as resume_batch
+
+    out = args.resume
+    plan = read_plan(out)
+    options = run_options(Path(plan.manifest), out, plan.run_flags)
+    queue = ShardQueue(_queue_settings(args))
+    try:
+        plan, queued = resume_batch(out, options, queue)
+    finally:
+        queue.close()
+    print(
+        f"maas-batch: {len(queued):,} of {len(plan.shards):,} shards queued again on {plan.queue}"
+        + (
+            f" ({', '.join(str(s.index) for s in queued[:20])}{'...' if len(queued) > 20 else ''})"
+            if queued
+            else ""
+        )
+        + "; the others are done, queued or taken"
+    )
+    return EXIT_OK
+
+
+def retry_failed(args: argparse.Namespace) -> int:
+    """`retry-failed DIR` of a sharded DIR: its shards that hold failures queued again, for workers to
+    send those tasks again (a worker runs such a shard with --retry-failed)."""
+    from batch.cluster.queue import ShardQueue
+    from batch.cluster.submit import retry
+
+    flags = argparse.ArgumentParser(prog="maas-batch retry-failed DIR", add_help=False)
+    _add_redis(flags)
+    known, unknown = flags.parse_known_args(args.extra)
+    if unknown:
+        raise UsageError(
+            f"{' '.join(unknown)}: not for a sharded batch (its shards run with the flags it was submitted "
+            "with); only --redis URL"
+        )
+    args.redis = known.redis
+    if not (args.redis or env("MAAS_REDIS_URL")):
+        raise UsageError(
+            f"{args.out} is a sharded batch: retry-failed queues its shards that hold failures again, for "
+            "the workers; give the queue's Redis: --redis URL (or MAAS_REDIS_URL)"
+        )
+    queue = ShardQueue(_queue_settings(args))
+    try:
+        plan, queued, failures = retry(args.out, queue)
+    finally:
+        queue.close()
+    if queued:
+        print(
+            f"maas-batch: {len(queued):,} shard(s) holding {failures:,} failed task(s) queued on "
+            f"{plan.queue}; "
+            "`maas-batch worker`s send those tasks again"
+        )
+    else:
+        print("maas-batch: no shard to queue: none holds a failed task, or it is queued for a retry already")
+    return EXIT_OK
+
+
 def show_status(args: argparse.Namespace) -> int:
     """`status DIR` of a sharded DIR: per shard and in total."""
+    from batch.cluster.plan import read_plan
+    from batch.cluster.queue import QueueError, QueueSettings, ShardQueue
     from batch.cluster.view import cluster_status, format_cluster_status
 
-    found = cluster_status(args.out)
+    plan = read_plan(args.out)
+    url = args.redis or env("MAAS_REDIS_URL") or plan.redis
+    state, trouble = None, None
+    if url:  # the queue's side too: workers alive, shards queued and taken
+        try:
+            queue = ShardQueue(QueueSettings(url))
+            try:
+                state = queue.look(plan.queue)
+            finally:
+                queue.close()
+        except QueueError as exc:  # the directories still say what is done
+            trouble = str(exc)
+    found = cluster_status(args.out, state)
+    if trouble:
+        found["queue_error"] = trouble
     print(json.dumps(found, indent=2) if args.json else format_cluster_status(found))
     return EXIT_OK
 

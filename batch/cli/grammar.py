@@ -165,20 +165,29 @@ def build_parser() -> argparse.ArgumentParser:
         description="Count the succeeded, failed and pending tasks of the manifest the last run used (or "
         "--manifest), the orphaned result lines of tasks no longer in it apart, and the requests that may "
         "have been billed without a saved result; say whether a run holds DIR now and how the last one "
-        "ended.",
+        "ended. On a sharded DIR (submit): per shard and in total, and with the queue's Redis the workers "
+        "alive and the shards queued and taken.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=READ_EXIT_CODES,
     )
     status.add_argument("out", type=Path, metavar="DIR")
     status.add_argument("--json", action="store_true", help="as JSON")
     add_scope(status)
+    status.add_argument(
+        "--redis",
+        default=None,
+        metavar="URL",
+        help="a sharded DIR (submit): the queue's Redis, to show the workers alive and the shards queued "
+        "and taken (default: MAAS_REDIS_URL, else the URL submit recorded, without its password)",
+    )
 
     report = commands.add_parser(
         "report",
         help="tokens and cost by kind and model, retries, failures by type, the slowest tasks, wall time",
         description="Tokens and cost by kind and by model, attempts and retries, failures by type, the "
         "slowest tasks and the runs' wall time, of the tasks of the manifest the last run used (or "
-        "--manifest); what orphaned result lines (tasks no longer in it) hold is summed apart.",
+        "--manifest); what orphaned result lines (tasks no longer in it) hold is summed apart. On a "
+        "sharded DIR (submit): every shard's, summed, and a line per shard.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=READ_EXIT_CODES,
     )
@@ -196,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="one row per task (id, status, prompt, files or answer, usage, cost, meta), for a pipeline "
         "to join",
         description="One row (line) per task of the manifest, in manifest order, pending tasks included "
-        "(orphaned lines of tasks no longer in it only with --include-orphaned), for another program.",
+        "(orphaned lines of tasks no longer in it only with --include-orphaned), for another program. On "
+        "a sharded DIR (submit): every shard's tasks, in manifest order, files named from DIR "
+        "(shards/<k>/images/...).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXPORT_EXIT_CODES,
     )
@@ -237,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="write DIR/index.html again (runs do it themselves), making any missing thumbnail",
         description="Write DIR/index.html, the page to review a run: counts, cost, tokens, the manifest's "
         "tasks in manifest order (pending ones too), sorting and filters kept in the URL, a larger view of "
-        "each task. Runs write it themselves, and rebuild it every minute or so while they go.",
+        "each task. Runs write it themselves, and rebuild it every minute or so while they go. On a "
+        "sharded DIR (submit): one page of every shard's tasks.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=GALLERY_EXIT_CODES,
     )
@@ -249,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run DIR's last command again for its failed tasks only",
         description="Repeat the last `run` that wrote DIR (same manifest and flags, from the same folder) "
         "with --retry-failed: the failed tasks, and only they, are sent again; tasks never run are left "
-        "alone. More run flags may follow.",
+        "alone. More run flags may follow. On a sharded DIR (submit): each shard holding failures is "
+        "queued once more for the workers, who send its failed tasks again; give the queue's Redis "
+        "(--redis URL after DIR, or MAAS_REDIS_URL); no other flag.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXIT_CODES.replace(
             "bad command-line usage", "bad command-line usage, or DIR has no run to repeat"

@@ -42,8 +42,16 @@ def run_directory(root: Path) -> Path:
 
 
 def scope(args: argparse.Namespace, root: Path) -> Scope:
-    """Which tasks the command is about: --manifest, else the last run's manifest (output.scope)."""
+    """Which tasks the command is about: --manifest, else the last run's manifest (output.scope); on a
+    sharded DIR, the submitted manifest over every shard (batch.cluster.view)."""
+    if is_sharded(root):
+        return cluster.batch_scope(args, root)
     return scope_of(root, args.manifest, include_orphaned=args.include_orphaned)
+
+
+def reading(root: Path) -> Path:
+    """DIR, if a run wrote it or it holds a submitted batch (see run_directory)."""
+    return existing(root) if is_sharded(root) else run_directory(root)
 
 
 def show_status(args: argparse.Namespace) -> int:
@@ -56,15 +64,23 @@ def show_status(args: argparse.Namespace) -> int:
 
 
 def show_report(args: argparse.Namespace) -> int:
-    root = run_directory(args.out)
+    root = reading(args.out)
     prices = price_table({}, args.prices)
-    found = report(root, prices, reprice=args.prices is not None, scope=scope(args, root))
-    print(json.dumps(found, indent=2) if args.json else format_report(found))
+    chosen = scope(args, root)
+    if chosen.parts:  # a sharded batch: each shard's report, summed
+        from batch.cluster.view import cluster_report, format_shard_reports
+
+        found = cluster_report(root, chosen, prices, reprice=args.prices is not None)
+        text = format_report(found) + "\n" + format_shard_reports(found)
+    else:
+        found = report(root, prices, reprice=args.prices is not None, scope=chosen)
+        text = format_report(found)
+    print(json.dumps(found, indent=2) if args.json else text)
     return EXIT_OK
 
 
 def export(args: argparse.Namespace) -> int:
-    root = run_directory(args.out)
+    root = reading(args.out)
     if args.format == "sqlite" and args.output is None:
         raise UsageError("export --format sqlite writes a file: give it --output FILE")
     chosen = scope(args, root)
@@ -89,7 +105,7 @@ def export(args: argparse.Namespace) -> int:
 def gallery(args: argparse.Namespace) -> int:
     from batch.output import gallery as gallery_page  # Pillow, for this command only: `status` starts faster
 
-    root = run_directory(args.out)
+    root = reading(args.out)
     lock = acquire(root)  # not beside a run that is writing DIR
     try:
         started = time.monotonic()

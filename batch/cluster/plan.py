@@ -28,6 +28,7 @@ class Shard:
     index: int
     start: int
     end: int
+    retry_failed: bool = False  # `retry-failed DIR`: send this shard's failed tasks again
 
     @property
     def size(self) -> int:
@@ -38,7 +39,8 @@ class Shard:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Shard:
-        return cls(str(data["out"]), int(data["index"]), int(data["start"]), int(data["end"]))
+        retry = bool(data.get("retry_failed", False))
+        return cls(str(data["out"]), int(data["index"]), int(data["start"]), int(data["end"]), retry)
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class BatchPlan:
     endpoint: str | None = None  # for tasks the manifest gives none, as submit resolved it
     options: dict[str, Any] = field(default_factory=dict)  # the flags' values that differ from defaults
     version: str = ""  # of maas-batch that submitted
+    redis: str | None = None  # the queue's Redis, without any password (for `status`)
     submitted: str = ""  # ISO time
     format: int = FORMAT
 

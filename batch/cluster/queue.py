@@ -15,15 +15,26 @@ the commands sent). Two of its habits are adjusted here, each for a shard that r
 We use Dramatiq's broker and consumer, not its Worker: a shard is one message run for a long time, acked
 when done, requeued at once on a graceful stop, with no time limit and no retries with backoff (the
 engine retries requests; a shard that stops is requeued whole, and resumes from its directory).
+
+`look()` reads a queue as Dramatiq keeps it (the message ids listed in `<queue>`, fetched ones in each
+worker's `__acks__.<worker>.<queue>` set, their bodies in `<queue>.msgs`, the last heartbeat of each
+broker in `__heartbeats__`) with plain reads, so that looking does not count as a heartbeat. Every broker
+that sends a command beats (submit too), so workers also say who they are in WORKERS, with their
+heartbeat timeout: a worker is alive while its heartbeat is younger than that.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable, Iterator
+import os
+import socket
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import dramatiq
 import redis
@@ -39,7 +50,11 @@ log = logging.getLogger("batch.cluster.queue")
 NAMESPACE = "maas-batch"
 QUEUES = f"{NAMESPACE}:queues"  # the names of the queues submit has filled
 ACTOR = "maas_batch_shard"
+WORKERS = f"{NAMESPACE}:workers"  # broker id -> {"host", "pid", "heartbeat_timeout", "started"}
+HEARTBEATS = f"{NAMESPACE}:__heartbeats__"  # Dramatiq's: broker id -> last heartbeat (ms)
+FORGET_AFTER = 10  # heartbeat timeouts of silence after which a worker's entry in WORKERS is dropped
 DEFAULT_POLL = 1.0  # seconds, the longest an idle worker waits between two looks at a queue
+CONNECT_TIMEOUT = 10.0  # seconds to reach Redis: an unreachable host is said, not waited for minutes
 
 
 class QueueError(ConfigError):
@@ -63,6 +78,23 @@ class Taken:
     message: Any  # dramatiq's MessageProxy
 
 
+@dataclass(frozen=True)
+class QueueState:
+    """A queue as Redis holds it now (see the module's docstring)."""
+
+    queued: list[Shard]  # waiting for a worker, in queue order
+    taken: dict[str, list[Shard]]  # by broker id: fetched and not acked
+    alive: dict[str, dict[str, Any]]  # the workers alive now (of every queue), by broker id
+
+    def held(self) -> list[Shard]:
+        """The shards taken by a live worker."""
+        return [shard for worker, shards in self.taken.items() if worker in self.alive for shard in shards]
+
+    def orphaned(self) -> list[Shard]:
+        """The shards taken by a dead worker: back on the queue at the next poll of a live one."""
+        return [s for worker, shards in self.taken.items() if worker not in self.alive for s in shards]
+
+
 @contextmanager
 def _translated(doing: str) -> Iterator[None]:
     try:
@@ -82,8 +114,9 @@ class ShardQueue:
     def __init__(self, settings: QueueSettings) -> None:
         self.settings = settings
         with _translated("connect"):
+            client = redis.Redis.from_url(settings.url, socket_connect_timeout=CONNECT_TIMEOUT)
             self.broker = RedisBroker(  # type: ignore[no-untyped-call]
-                url=settings.url,
+                client=client,
                 middleware=[],  # no time limit, no retries, no age limit: see the module's docstring
                 namespace=NAMESPACE,
                 heartbeat_timeout=max(1, int(settings.heartbeat_timeout * 1000)),
@@ -95,6 +128,41 @@ class ShardQueue:
     def ping(self) -> None:
         with _translated("connect"):
             self.client.ping()
+
+    def look(self, queue: str) -> QueueState:
+        """What `queue` holds and who works on it, read without a heartbeat (status, resume)."""
+        namespace = NAMESPACE
+        with _translated("read the queue"):
+            now = time.time() * 1000
+            scored: list[tuple[bytes, float]] = self.client.zrange(HEARTBEATS, 0, -1, withscores=True)  # type: ignore[assignment]
+            beats = {_text(key): float(score) for key, score in scored}
+            alive = {}
+            for worker, raw in self.client.hgetall(WORKERS).items():
+                info = _decoded(raw)
+                timeout = float(info.get("heartbeat_timeout") or self.settings.heartbeat_timeout) * 1000
+                if _text(worker) in beats and beats[_text(worker)] >= now - timeout:
+                    alive[_text(worker)] = info
+            queued = self._shards(queue, self.client.lrange(f"{namespace}:{queue}", 0, -1))
+            taken = {}
+            for worker in beats:
+                ids = self.client.smembers(f"{namespace}:__acks__.{worker}.{queue}")
+                if ids:
+                    taken[worker] = self._shards(queue, sorted(ids))
+        return QueueState(queued, taken, alive)
+
+    def _shards(self, queue: str, ids: list[Any]) -> list[Shard]:
+        if not ids:
+            return []
+        bodies = self.client.hmget(f"{NAMESPACE}:{queue}.msgs", ids)
+        found = []
+        for body in bodies:
+            kwargs = _decoded(body).get("kwargs")
+            if isinstance(kwargs, Mapping):
+                try:
+                    found.append(Shard.from_dict(kwargs))
+                except (KeyError, TypeError, ValueError):
+                    log.warning("a message of %s is not a shard: left alone", queue)
+        return found
 
     def put(self, queue: str, shards: Iterable[Shard]) -> int:
         """Queue each shard as a message of `queue`; returns how many."""
@@ -127,6 +195,8 @@ class ShardQueue:
         """A shard of `queue`, or None after waiting up to `poll` seconds for one."""
         consumer = self._consumers.get(queue)
         if consumer is None:
+            if not self._consumers:
+                self._register()
             timeout = max(1, int(self.settings.poll * 1000))
             consumer = self._consumers[queue] = self.broker.consume(queue, prefetch=1, timeout=timeout)
         with _translated("fetch a shard"):
@@ -144,7 +214,60 @@ class ShardQueue:
         with _translated("requeue a shard"):
             self._consumers[taken.queue].requeue([taken.message])
 
+    def _register(self) -> None:
+        """Say who this worker is (for `status`): its heartbeat is Dramatiq's. The workers that died
+        without saying so (kill -9) are forgotten once silent for FORGET_AFTER heartbeat timeouts."""
+        now = time.time()
+        info = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "heartbeat_timeout": self.settings.heartbeat_timeout,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            "since": now,
+        }
+        with _translated("register the worker"):
+            for worker, raw in self.client.hgetall(WORKERS).items():
+                known = _decoded(raw)
+                beat = (self.client.zscore(HEARTBEATS, worker) or 0) / 1000
+                silent = now - max(beat, float(known.get("since") or 0))
+                if silent > FORGET_AFTER * float(
+                    known.get("heartbeat_timeout") or self.settings.heartbeat_timeout
+                ):
+                    self.client.hdel(WORKERS, worker)
+            self.client.hset(WORKERS, self.broker.broker_id, json.dumps(info))
+
     def close(self) -> None:
         for consumer in self._consumers.values():
             consumer.close()
+        if self._consumers:
+            try:
+                with _translated("unregister the worker"):
+                    self.client.hdel(WORKERS, self.broker.broker_id)
+            except QueueError as exc:  # a worker that ends without Redis: its heartbeat ages all the same
+                log.debug("%s", exc)
         self.broker.close()
+        self.client.connection_pool.disconnect()  # Dramatiq leaves its connections to the collector
+
+
+def without_password(url: str) -> str:
+    """The URL of a Redis with no password (nor query, which may hold one): safe to write down."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = (f"{parts.username}@" if parts.username else "") + host
+    netloc += f":{parts.port}" if parts.port else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _decoded(raw: Any) -> dict[str, Any]:
+    """A JSON object stored in Redis, or {} for anything else."""
+    try:
+        found = json.loads(raw) if raw is not None else {}
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}

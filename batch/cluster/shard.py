@@ -52,7 +52,9 @@ class ShardRunner:
         """Run `shard` until its tasks are done or it is stopped; raises what stops it otherwise."""
         root = Path(shard.out)
         plan = read_plan(root)
-        options = dataclasses.replace(self._options_for(plan), endpoint=plan.endpoint)
+        options = dataclasses.replace(
+            self._options_for(plan), endpoint=plan.endpoint, retry_failed=shard.retry_failed
+        )
         out = shard_dir(root, shard.index)
         checked = self._checked_manifest(plan, options, out)
         with connection(options) as connected:
@@ -105,13 +107,19 @@ class ShardRunner:
         key = (plan.out, plan.submitted)
         if self._checked is not None and self._checked[0] == key:
             return self._checked[1]
-        checked = checked_manifest(Path(plan.manifest), options, plan.endpoint, out=out)
-        found = order_digest(checked.plan.order.tobytes())
-        if checked.plan.total != plan.total or found != plan.order_digest:
-            message = (
-                f"the manifest changed since it was submitted ({checked.plan.total} tasks now, "
-                f"{plan.total} then): its shards cannot be run"
-            )
-            raise ManifestError([Problem(plan.manifest, None, message)])
+        checked = submitted_manifest(plan, options, out)
         self._checked = (key, checked)
         return checked
+
+
+def submitted_manifest(plan: BatchPlan, options: Options, out: Path | None = None) -> CheckedManifest:
+    """The plan's manifest, checked as submit checked it; ManifestError if it changed since."""
+    checked = checked_manifest(Path(plan.manifest), options, plan.endpoint, out=out)
+    found = order_digest(checked.plan.order.tobytes())
+    if checked.plan.total != plan.total or found != plan.order_digest:
+        message = (
+            f"the manifest changed since it was submitted ({checked.plan.total} tasks now, "
+            f"{plan.total} then): its shards cannot be run"
+        )
+        raise ManifestError([Problem(plan.manifest, None, message)])
+    return checked

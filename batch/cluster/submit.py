@@ -2,7 +2,11 @@
 
 Nothing is queued for an invalid manifest (ManifestError, exit 65). The manifest is streamed, as `run`
 checks it: what is held is 8 bytes per task id (to find duplicates and the manifest's identity), never
-the tasks."""
+the tasks.
+
+`resume`: the queue rebuilt from the outputs alone (after Redis lost it): each shard whose directory
+lacks some of its tasks' results is queued again, unless it is on the queue already (queued, or taken by
+a worker). `retry`: the shards that hold failed tasks queued again, to send those tasks again."""
 
 from __future__ import annotations
 
@@ -14,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from batch import __version__
-from batch.cluster.plan import BatchPlan, order_digest, queue_name, split, write_plan
-from batch.cluster.queue import ShardQueue
+from batch.cluster.plan import BatchPlan, Shard, order_digest, queue_name, read_plan, split, write_plan
+from batch.cluster.queue import ShardQueue, without_password
+from batch.cluster.shard import submitted_manifest
+from batch.cluster.view import finished_counts, write_order
 from batch.config import Options, checked_manifest, endpoint_for
 from batch.errors import UsageError
 
@@ -73,11 +79,51 @@ def submit(
         endpoint=endpoint,
         options=changed_options(options),
         version=__version__,
+        redis=without_password(queue.settings.url),
         submitted=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     path = write_plan(out, plan)
+    write_order(out, checked.plan.order)  # for report, export and the gallery over every shard
     queued = queue.put(plan.queue, plan.each_shard())
     log.debug(
         "%s: %d tasks in %d shards queued on %s (plan: %s)", manifest, plan.total, queued, plan.queue, path
     )
     return plan
+
+
+def resume(out: Path, options: Options, queue: ShardQueue) -> tuple[BatchPlan, list[Shard]]:
+    """Queue again each shard of DIR's batch that its directory does not hold whole and that is not on
+    the queue (queued, or taken by a worker, alive or not: a dead one's goes back by itself). The
+    manifest must be the one submitted (ManifestError, exit 65). Returns the plan and the shards queued."""
+    plan = read_plan(out)
+    queue.ping()
+    submitted_manifest(plan, dataclasses.replace(options, endpoint=plan.endpoint))
+    state = queue.look(plan.queue)
+    on_queue = {s.index for s in state.queued if not s.retry_failed}
+    on_queue.update(s.index for shards in state.taken.values() for s in shards if not s.retry_failed)
+    lacking = [
+        shard
+        for shard, (succeeded, failed) in zip(plan.each_shard(), finished_counts(out, plan), strict=True)
+        if succeeded + failed < shard.size and shard.index not in on_queue
+    ]
+    queue.put(plan.queue, lacking)
+    log.debug("%s: %d shards queued again on %s", out, len(lacking), plan.queue)
+    return plan, lacking
+
+
+def retry(out: Path, queue: ShardQueue) -> tuple[BatchPlan, list[Shard], int]:
+    """Queue each shard of DIR's batch that holds failed tasks, to be run with --retry-failed (its failed
+    tasks sent again, no others), unless such a message is on the queue already. Returns the plan, the
+    shards queued and the failed tasks they hold."""
+    plan = read_plan(out)
+    queue.ping()
+    state = queue.look(plan.queue)
+    waiting = {s.index for s in state.queued if s.retry_failed}
+    waiting.update(s.index for shards in state.taken.values() for s in shards if s.retry_failed)
+    chosen, failures = [], 0
+    for shard, (_, failed) in zip(plan.each_shard(), finished_counts(out, plan), strict=True):
+        if failed and shard.index not in waiting:
+            chosen.append(dataclasses.replace(shard, retry_failed=True))
+            failures += failed
+    queue.put(plan.queue, chosen)
+    return plan, chosen, failures

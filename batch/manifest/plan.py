@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import bisect
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -13,11 +14,12 @@ from batch.errors import ManifestError, Problem
 from batch.kind import TokenCounts, openai_batch_urls
 from batch.manifest.expand import Expander
 from batch.manifest.ids import READABLE_IDS, valid_id
-from batch.manifest.read import Entry, Manifest
+from batch.manifest.read import Entry, Manifest, Mark
 from batch.manifest.tasks import TaskBuilder, TaskSpec
 from batch.running.idset import IdSet, digest
 
 KEEP_PROBLEMS = 200
+MARK_EVERY = 1024  # tasks between two marks of a check walk: where a shard's walk may start
 
 
 @dataclass
@@ -34,6 +36,14 @@ class Plan:
     order: array[int] = field(default_factory=lambda: array("Q"))  # the same digests, in manifest order
     # estimated tokens per (kind, model): [input, image input, output]
     estimates: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    # an entry's first task every MARK_EVERY tasks or more, in order: a shard's walk starts at the last
+    # mark before it rather than at the manifest's start (empty for a remembered plan: walk from the start)
+    marks: list[Mark] = field(default_factory=list)
+
+    def mark_before(self, position: int) -> Mark | None:
+        """The last mark at or before `position`, if any."""
+        found = bisect.bisect_right(self.marks, position, key=lambda mark: mark.position)
+        return self.marks[found - 1] if found else None
 
     def estimate(self, kind: str, model: str, tokens: TokenCounts) -> None:
         sums = self.estimates.setdefault((kind, model), [0, 0, 0])
@@ -77,23 +87,29 @@ def _key(problem: Problem) -> Problem:
 
 
 def walk(
-    manifest: Manifest, builder: TaskBuilder, skip: Callable[[int], bool] | None = None
+    manifest: Manifest,
+    builder: TaskBuilder,
+    skip: Callable[[int], bool] | None = None,
+    begin: Mark | None = None,
 ) -> Iterator[tuple[Entry | None, TaskSpec | list[Problem]]]:
     """Each task of the manifest, expanded and built, or the problems that stop it from being built,
     beside the entry it came from (None for problems of the manifest itself). `skip(position)` may pass
-    over a task of a valid manifest before it is rendered or built (finished ones, on resume)."""
+    over a task of a valid manifest before it is rendered or built (finished ones, on resume). `begin`:
+    a mark of a check walk of this manifest (Plan.marks): the walk starts there, at its position."""
     if builder.problems:
         yield None, builder.problems
     transliterate = builder.settings.id_scheme >= READABLE_IDS
     expander = Expander(manifest.name, manifest.folder, builder.registry, builder.sources, transliterate)
-    position = -1
+    if begin is not None and manifest.format == "jsonl" and begin.offset is None:
+        begin = None  # a mark of a line it cannot seek to: from the start
+    position = -1 if begin is None else begin.position - 1
 
     def passed() -> bool:
         nonlocal position
         position += 1
         return skip is not None and skip(position)
 
-    for entry in manifest.entries(openai_batch_urls(builder.registry)):
+    for entry in manifest.entries(openai_batch_urls(builder.registry), begin):
         if isinstance(entry, Problem):
             yield None, [entry]
             continue
@@ -120,10 +136,15 @@ def check_manifest(manifest: Manifest, builder: TaskBuilder) -> Plan:
     plan = Plan(manifest.name)
     ids = plan.ids
     kinds: set[str] = set()  # of every task, built or not: what --set and --endpoint may reach
+    last = -1  # the index of the last entry a task came from
     for entry, item in walk(manifest, builder):
         if entry is not None and isinstance(entry.data.get("kind"), str):
             kinds.add(entry.data["kind"])
         if isinstance(item, TaskSpec):
+            if entry is not None and entry.index != last:  # an entry's first task
+                last = entry.index
+                if not plan.marks or plan.total - plan.marks[-1].position >= MARK_EVERY:
+                    plan.marks.append(Mark(plan.total, entry.index, entry.line, entry.offset))
             plan.total += 1
             plan.counts[(item.kind, item.model or "-", item.endpoint)] += 1
             plan.order.append(digest(item.id))
@@ -165,11 +186,13 @@ def iter_tasks(
     builder: TaskBuilder,
     skip: Callable[[int], bool] | None = None,
     changed: Callable[[], bool] | None = None,
+    begin: Mark | None = None,
 ) -> Iterator[TaskSpec]:
-    """The TaskSpecs of a manifest that `check_manifest` passed, but for the positions `skip` passes over.
-    A manifest, or a file its tasks are expanded from, that `changed` (asked every 64 tasks), or an input
-    file that fails its checks now, raises ManifestError rather than sending a task that was never checked."""
-    for count, (_, item) in enumerate(walk(manifest, builder, skip)):
+    """The TaskSpecs of a manifest that `check_manifest` passed, but for the positions `skip` passes over
+    (from the mark `begin` of that check, if given). A manifest, or a file its tasks are expanded from,
+    that `changed` (asked every 64 tasks, from the first), or an input file that fails its checks now,
+    raises ManifestError rather than sending a task that was never checked."""
+    for count, (_, item) in enumerate(walk(manifest, builder, skip, begin)):
         if changed is not None and count % 64 == 0 and changed():
             message = (
                 "the manifest, or a file its tasks come from, changed during the run; run again to check it"

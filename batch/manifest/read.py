@@ -7,6 +7,7 @@ construct a Python object. JSONL is streamed, so a manifest of a million lines i
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -93,10 +94,22 @@ class Entry:
     label_text: str | None = None  # "tasks[2] prompts.txt:12 style=watercolor"
     readable: tuple[str, ...] = ()  # readable parts for a generated id
     extra_meta: Mapping[str, Any] = field(default_factory=dict)  # record fields for results' meta
+    offset: int | None = None  # JSONL: the byte offset of its line (a shard's walk may start there)
 
     @property
     def label(self) -> str:
         return self.label_text or f"tasks[{self.index}]"
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Where a walk of a manifest may start rather than at its first entry: the entry whose first task is
+    at `position` (its index; for JSONL its line and that line's byte offset), as a check walk saw it."""
+
+    position: int
+    index: int
+    line: int | None
+    offset: int | None
 
 
 @dataclass
@@ -127,13 +140,16 @@ class Manifest:
             return value.key_lines[sub]
         return self.lines.get(key)
 
-    def entries(self, batch_urls: Mapping[str, str]) -> Iterator[Entry | Problem]:
+    def entries(self, batch_urls: Mapping[str, str], begin: Mark | None = None) -> Iterator[Entry | Problem]:
         """Each task entry in order, or a Problem where a JSONL line cannot be read. `batch_urls` maps
-        the OpenAI Batch URLs (`/v1/...`) JSONL lines may name to kinds (batch.kind.openai_batch_urls)."""
+        the OpenAI Batch URLs (`/v1/...`) JSONL lines may name to kinds (batch.kind.openai_batch_urls).
+        `begin`: start at this entry (of a walk of this manifest before), not at the first: its index,
+        and for JSONL its line and the byte offset of that line."""
         if self.format == "jsonl":
-            yield from _jsonl_entries(self.path, batch_urls)
+            yield from _jsonl_entries(self.path, batch_urls, begin)
             return
-        for index, item in enumerate(self.tasks):
+        first = begin.index if begin is not None else 0
+        for index, item in enumerate(itertools.islice(self.tasks, first, None), start=first):
             if isinstance(item, LocatedDict):
                 yield Entry(item, index, item.line, dict(item.key_lines))
             else:
@@ -297,14 +313,22 @@ def _from_document(path: Path, document: Any, name: str | None = None) -> Manife
     )
 
 
-def _jsonl_entries(path: Path, batch_urls: Mapping[str, str]) -> Iterator[Entry | Problem]:
+def _jsonl_entries(
+    path: Path, batch_urls: Mapping[str, str], begin: Mark | None = None
+) -> Iterator[Entry | Problem]:
     name = str(path)
-    index = 0
+    index, first, offset = 0, 1, 0
+    if begin is not None and begin.offset is not None and begin.line is not None:
+        index, first, offset = begin.index, begin.line, begin.offset
     with open_regular(path) as handle:
-        for number, raw in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES + 1), b""), start=1):
+        handle.seek(offset)
+        for number, raw in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES + 1), b""), start=first):
+            at = offset
+            offset += len(raw)
             if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
                 yield Problem(name, number, f"line is longer than {MAX_LINE_BYTES // 2**20} MB")
                 _skip_rest_of_line(handle)
+                offset = handle.tell()
                 index += 1
                 continue
             text = raw.strip()
@@ -325,14 +349,14 @@ def _jsonl_entries(path: Path, batch_urls: Mapping[str, str]) -> Iterator[Entry 
                     name, number, f"a task must be a JSON object, not {type_name(item)}", value=shorten(item)
                 )
             elif "custom_id" in item and "body" in item:
-                yield _openai_entry(name, item, index, number, batch_urls)
+                yield _openai_entry(name, item, index, number, batch_urls, at)
             else:
-                yield Entry(item, index, number, dict.fromkeys(item, number))
+                yield Entry(item, index, number, dict.fromkeys(item, number), offset=at)
             index += 1
 
 
 def _openai_entry(
-    name: str, item: dict[str, Any], index: int, number: int, batch_urls: Mapping[str, str]
+    name: str, item: dict[str, Any], index: int, number: int, batch_urls: Mapping[str, str], offset: int
 ) -> Entry | Problem:
     """A line of an OpenAI Batch API input file, `{"custom_id", "method", "url", "body"}`, as a task of
     the kind `batch_urls` gives its URL (matched by its end: `/v1/` may be written with a host before it)."""
@@ -369,7 +393,7 @@ def _openai_entry(
         )
     assert isinstance(custom_id, str)
     data = {**item["body"], "kind": kind, "id": safe_id(custom_id), "custom_id": custom_id}
-    return Entry(data, index, number, dict.fromkeys(data, number))
+    return Entry(data, index, number, dict.fromkeys(data, number), offset=offset)
 
 
 def _skip_rest_of_line(handle: Any) -> None:

@@ -195,8 +195,10 @@ def write_database(
             for table, columns in TABLES.items():
                 db.execute(f"CREATE TABLE {table} ({', '.join(f'{n} {t}' for n, t in columns)})")
             rows = _insert(db, "results", _results(root, scope, selection))
-            _insert(db, "usage", _usage(root, scope, selection))
-            _insert(db, "attempts", _attempts(root, scope))
+            # a sharded batch's ledger and attempt logs are in its shards' directories
+            folders = [root / part.folder for part in scope.parts] or [root]
+            _insert(db, "usage", (row for f in folders for row in _usage(f, scope, selection)))
+            _insert(db, "attempts", (row for f in folders for row in _attempts(f, scope)))
             db.execute("CREATE INDEX results_id ON results (id)")
             db.execute("CREATE INDEX usage_task_id ON usage (task_id)")
             db.execute("CREATE INDEX attempts_task_id ON attempts (task_id)")

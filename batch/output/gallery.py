@@ -241,12 +241,29 @@ def _thumbnails(root: Path, records: Iterable[dict[str, Any]]) -> set[str]:
     existing = _existing_thumbnails(root)
     made = {name for name in wanted if name in existing}
     missing = [(name, source) for name, source in wanted.items() if name not in existing]
+    made.update(_copied_from_shards(root, missing))
+    missing = [(name, source) for name, source in missing if name not in made]
     if missing:
         log.debug("making %d missing thumbnails", len(missing))
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             done = pool.map(lambda item: make_thumbnail(item[1], root / item[0]), missing)
             made.update(name for (name, _), ok in zip(missing, done, strict=True) if ok)
     return made
+
+
+def _copied_from_shards(root: Path, missing: Iterable[tuple[str, Path]]) -> Iterator[str]:
+    """The thumbnails of a sharded batch's images (DIR/shards/<k>/images/...) that their shard's run made
+    already (DIR/shards/<k>/thumbs/), copied into DIR/thumbs/ rather than made again."""
+    for name, source in missing:
+        folder = source.parent.parent  # the run directory of images/<name>
+        if folder == root or not folder.is_relative_to(root) or name.startswith(f"{THUMBS}/inputs/"):
+            continue
+        made = folder / THUMBS / Path(name).name
+        try:
+            write_atomic(root / name, made.read_bytes(), fsync=False)
+        except OSError:  # none there (a shard run with --no-gallery): made below
+            continue
+        yield name
 
 
 def build(root: Path, scope: Scope | None = None, *, make_missing: bool = True) -> Path:

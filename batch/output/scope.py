@@ -15,10 +15,12 @@ when nothing it depends on changed, so that no validation walk is needed; only w
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import json
 import logging
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,15 @@ class Task:
     custom_id: str | None
 
 
+@dataclass(frozen=True)
+class Part:
+    """A run directory under DIR (relative to it) holding the tasks at manifest positions [start, end)."""
+
+    folder: str
+    start: int
+    end: int
+
+
 @dataclass
 class Scope:
     """The tasks a report counts. `order` None: no manifest is known, every result line counts."""
@@ -57,6 +68,9 @@ class Scope:
     settings: dict[str, Any] = field(default_factory=dict)  # BuildSettings' fields the last run used
     total_hint: int | None = None  # the last run's task count, when no digests are known
     cache: Path | None = None  # DIR/.cache: a remembered plan spares the validation walk
+    # a sharded batch (batch.cluster): the run directories under DIR that hold the tasks at positions
+    # [start, end), in manifest order; empty for a single run directory
+    parts: tuple[Part, ...] = ()
     _ids: IdSet | None = field(default=None, repr=False)
 
     @property
@@ -221,37 +235,87 @@ def entries(root: Path, scope: Scope) -> Iterator[Entry]:
     include_orphaned) the orphaned lines in file order; pending tasks too when some are pending and the
     manifest can be expanded (only then is it read: a finished run's order comes from the digests).
     Without: the result lines in file order, orphaned ones only with include_orphaned. One line is held
-    at a time, and the byte offset of each result line (a dict entry per line)."""
-    path = root / RESULTS
-    if scope.order is None:
+    at a time, and the byte offset of each result line (a dict entry per line).
+
+    A sharded batch (`scope.parts`) is read part by part, in manifest order, then (with include_orphaned)
+    each part's orphaned lines; the manifest, if it must be expanded, once; the files of its result lines
+    are named from DIR (`shards/3/images/...`)."""
+    if not scope.parts:
+        yield from _entries_in(root / RESULTS, scope.order, scope.tasks, scope.include_orphaned)
+        return
+    walk: list[Iterator[Task] | None] = []  # the manifest's tasks, walked once, when first needed
+    position = 0  # of that walk
+
+    def tasks_of(part: Part) -> Iterator[Task] | None:
+        nonlocal position
+        if not walk:
+            walk.append(scope.tasks())
+        if walk[0] is None:
+            return None
+        found = itertools.islice(walk[0], part.start - position, part.end - position)
+        position = part.end
+        return found
+
+    for part in scope.parts:
+        order = None if scope.order is None else scope.order[part.start : part.end]
+        tasks = functools.partial(tasks_of, part)
+        yield from _entries_in(root / part.folder / RESULTS, order, tasks, False, part.folder)
+    if not scope.include_orphaned or scope.order is None:
+        return
+    for part in scope.parts:  # the orphaned lines last, as in one run directory
+        known = set(scope.order[part.start : part.end])
+        for _, line in read_lines_with_offsets(root / part.folder / RESULTS):
+            task_id = line.get("id")
+            if not isinstance(task_id, str) or digest(task_id) not in known:
+                yield Entry(_record(line, part.folder), None, orphaned=True)
+
+
+def _record(line: dict[str, Any], folder: str) -> ResultRecord:
+    """A result line of the run directory `folder` under DIR, its files named from DIR."""
+    if folder and isinstance(line.get("files"), list):
+        line["files"] = [f"{folder}/{name}" for name in line["files"]]
+    return ResultRecord.from_line(line)
+
+
+def _entries_in(
+    path: Path,
+    order: array[int] | None,
+    tasks_of: Callable[[], Iterator[Task] | None],
+    include_orphaned: bool,
+    folder: str = "",
+) -> Iterator[Entry]:
+    """The entries of one results file (see `entries`); `folder`: where it is under DIR."""
+    record = functools.partial(_record, folder=folder)
+
+    if order is None:
         for _, line in read_lines_with_offsets(path):
-            yield Entry(ResultRecord.from_line(line), None)
+            yield Entry(record(line), None)
         return
     offsets: dict[int, int] = {}
     for offset, line in read_lines_with_offsets(path):
         task_id = line.get("id")
         if isinstance(task_id, str):
             offsets[digest(task_id)] = offset
-    pending = any(key not in offsets for key in scope.order)
-    tasks = scope.tasks() if pending else None
+    pending = any(key not in offsets for key in order)
+    tasks = tasks_of() if pending else None
     with contextlib.ExitStack() as stack:
         handle = stack.enter_context(path.open("rb")) if offsets else None
 
         def read(key: int) -> ResultRecord | None:
             at = offsets.pop(key, None)
             found = None if at is None or handle is None else read_line_at(handle, at)
-            return None if found is None else ResultRecord.from_line(found)
+            return None if found is None else record(found)
 
         if tasks is not None:
             for task in tasks:
                 yield Entry(read(digest(task.id)), task)
         else:  # every task has its line (or the manifest cannot be read): the order of the digests
-            for key in scope.order:
+            for key in order:
                 done = read(key)
                 if done is not None:
                     yield Entry(done, None)
-        if scope.include_orphaned and handle is not None:
+        if include_orphaned and handle is not None:
             for at in sorted(offsets.values()):
                 found = read_line_at(handle, at)
                 if found is not None:
-                    yield Entry(ResultRecord.from_line(found), None, orphaned=True)
+                    yield Entry(record(found), None, orphaned=True)

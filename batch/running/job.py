@@ -245,7 +245,10 @@ class Job:
         ending: dict[str, Any] = {"error": "the run ended with an unexpected error"}
         try:
             async with ApiClient(self.config.client) as client:
-                tasks = iter_tasks(checked.manifest, checked.builder, start.skip, _watch(checked.sources))
+                # a shard starts reading the manifest near its first task, not at the manifest's start
+                begin = None if self.config.only is None else checked.plan.mark_before(self.config.only[0])
+                watch = _watch(checked.sources)
+                tasks = iter_tasks(checked.manifest, checked.builder, start.skip, watch, begin)
                 self.runner = Runner(
                     tasks if self.config.only is None else _until_past(tasks),
                     start,
