@@ -16,6 +16,7 @@ from batch.cli.grammar import build_parser
 from batch.cli.options import options_from
 from batch.errors import BatchError, UsageError
 from batch.exitcodes import EXIT_OK, EXIT_TEMPFAIL
+from batch.values import StoreUrl
 
 log = logging.getLogger("batch.cli")
 
@@ -69,6 +70,9 @@ def _command(args: argparse.Namespace, argv: list[str], run_flags: list[str]) ->
     if args.command == "retry-failed":
         from batch.cli.retry import recorded_run
 
+        if isinstance(args.out, StoreUrl):
+            raise UsageError("retry-failed on an s3:// output is not built yet")
+
         return _main(recorded_run(args))
     if args.command in ("submit", "worker"):
         from batch.cli import cluster
@@ -86,6 +90,8 @@ def _command(args: argparse.Namespace, argv: list[str], run_flags: list[str]) ->
         "export": inspect.export,
         "gallery": inspect.gallery,
     }[args.command]
+    if isinstance(args.out, StoreUrl):
+        return inspect.on_store(reader, args)
     return reader(args)
 
 

@@ -22,6 +22,7 @@ from batch.exitcodes import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
+from batch.values import StoreUrl, output_location
 
 if TYPE_CHECKING:
     from batch.cluster.plan import BatchPlan
@@ -77,7 +78,7 @@ def add_commands(commands: Any) -> None:
     submit.add_argument(
         "--out",
         "-o",
-        type=Path,
+        type=output_location,
         required=True,
         metavar="DIR",
         help="the batch's directory, on a folder every worker mounts at the same path",
@@ -163,6 +164,10 @@ def submit(args: argparse.Namespace, run_flags: list[str]) -> int:
     from batch.cluster.queue import ShardQueue
     from batch.cluster.submit import submit as submit_batch
 
+    if isinstance(args.out, StoreUrl):
+        from batch.errors import UsageError
+
+        raise UsageError("submit --out s3://... is not built yet: shards go to a shared folder")
     options = run_options(args.manifest, args.out, run_flags)
     queue = ShardQueue(_queue_settings(args))
     try:
