@@ -22,7 +22,7 @@ from batch.exitcodes import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
-from batch.values import StoreUrl, output_location
+from batch.values import output_location
 
 if TYPE_CHECKING:
     from batch.cluster.plan import BatchPlan
@@ -81,7 +81,8 @@ def add_commands(commands: Any) -> None:
         type=output_location,
         required=True,
         metavar="DIR",
-        help="the batch's directory, on a folder every worker mounts at the same path",
+        help="the batch's directory, on a folder every worker mounts at the same path; or s3://bucket/prefix "
+        "(each worker then runs a shard in a local temporary folder, mirrored into the store)",
     )
     _add_redis(submit)
     submit.add_argument(
@@ -149,7 +150,7 @@ def _queue_settings(args: argparse.Namespace) -> Any:
     return QueueSettings(url) if timeout is None else QueueSettings(url, heartbeat_timeout=timeout)
 
 
-def run_options(manifest: Path, out: Path, run_flags: list[str]) -> Options:
+def run_options(manifest: Path, out: Path | str, run_flags: list[str]) -> Options:
     """What `maas-batch run MANIFEST --out DIR RUN-FLAGS` would run with (its parser, its checks)."""
     from batch.cli.grammar import build_parser
     from batch.cli.options import options_from
@@ -164,10 +165,6 @@ def submit(args: argparse.Namespace, run_flags: list[str]) -> int:
     from batch.cluster.queue import ShardQueue
     from batch.cluster.submit import submit as submit_batch
 
-    if isinstance(args.out, StoreUrl):
-        from batch.errors import UsageError
-
-        raise UsageError("submit --out s3://... is not built yet: shards go to a shared folder")
     options = run_options(args.manifest, args.out, run_flags)
     queue = ShardQueue(_queue_settings(args))
     try:
@@ -178,7 +175,7 @@ def submit(args: argparse.Namespace, run_flags: list[str]) -> int:
         queue.close()
     print(
         f"maas-batch: {plan.total:,} tasks in {len(plan.shards):,} shards queued on {plan.queue}; "
-        f"plan: {args.out / 'cluster' / 'plan.json'}; `maas-batch status {args.out}` follows them"
+        f"plan: {args.out}/cluster/plan.json; `maas-batch status {args.out}` follows them"
     )
     return EXIT_OK
 
@@ -204,7 +201,7 @@ def worker(args: argparse.Namespace) -> int:
         flags = list(plan.run_flags)
         if args.concurrency is not None:
             flags += ["--concurrency", str(args.concurrency)]
-        options = run_options(Path(plan.manifest), Path(plan.out), flags)
+        options = run_options(Path(plan.manifest), plan.out, flags)
         # every worker's shard shares the key's limits through the queue's Redis (issue 14's --redis),
         # unless the submitted run flags name another
         return options if options.redis else dataclasses.replace(options, redis=settings.url)
