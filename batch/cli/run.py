@@ -28,7 +28,7 @@ from batch.config import (
     price_table,
 )
 from batch.errors import UsageError, unwrap
-from batch.exitcodes import EXIT_BUDGET, EXIT_DEADLINE, EXIT_OK, EXIT_TEMPFAIL
+from batch.exitcodes import EXIT_BUDGET, EXIT_DEADLINE, EXIT_IOERR, EXIT_OK, EXIT_TEMPFAIL
 from batch.output.lock import probe as probe_lock
 from batch.values import StoreUrl
 
@@ -105,13 +105,17 @@ def _on_store(args: argparse.Namespace, options: Options, argv: list[str]) -> in
     if stage is not None and stage.exists() and (not stage.is_dir() or any(stage.iterdir())):
         raise UsageError(f"--stage {stage}: give a new or empty folder")
     folder = Path(tempfile.mkdtemp(prefix="maas-batch-stage-")) if stage is None else stage
+    code = EXIT_IOERR
     try:
         pull(store, folder)
         staged = argparse.Namespace(**{**vars(args), "out": folder, "store": args.out})
-        return run(staged, options, argv)
+        code = run(staged, options, argv)
+        return code
     finally:
-        if stage is None:
+        if stage is None and code != EXIT_IOERR:
             shutil.rmtree(folder, ignore_errors=True)
+        elif stage is None:  # the store (or the disk) failed: what was not uploaded is only here
+            log.warning("the staging folder %s is kept: it may hold answers the store lacks", folder)
 
 
 def _dry_run(args: argparse.Namespace, options: Options) -> int:

@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -43,6 +44,7 @@ from batch.running.records import AttemptRecord, attempt_log_line
 PROTOCOLS = ("s3", "s3a")  # create-only writes (If-None-Match) are known to hold there
 EXTRA = "pip install 'maas-batch[cloud]'"
 SEGMENTS = {RESULTS: "results", USAGE: "usage"}  # journal in DIR -> its folder of segments in the store
+READERS = 16  # objects fetched at once when a DIR is assembled from the store
 PUSH_INTERVAL = 1.0  # seconds between the mirror's uploads of new lines during a run
 _UNSAVED = ("answered", "broken")  # outcomes of a request whose answer may have been paid
 _encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
@@ -83,6 +85,17 @@ class Store:
             return None
         except Exception as exc:
             raise self._error("read", name, exc) from exc
+
+    def read_all(self, folder: str) -> Iterator[tuple[str, bytes]]:
+        """(name, bytes) of each object under `folder`, in the order of their names, fetched
+        READERS at a time: a resume reads every segment a batch's runs left."""
+        names = self.names(folder)
+
+        def fetch(name: str) -> bytes:
+            return self.read(f"{folder}/{name}") or b""
+
+        with ThreadPoolExecutor(READERS) as pool:
+            yield from zip(names, pool.map(fetch, names), strict=True)
 
     def create(self, name: str, data: bytes) -> bool:
         """Write a new object; False (and nothing written) if one of that name exists."""
@@ -136,10 +149,8 @@ def _parse(raw: bytes) -> dict[str, Any] | None:
 
 def _segments(store: Store, folder: str) -> Iterator[bytes]:
     """The complete lines of a folder's segments, in the order of their names."""
-    for name in store.names(folder):
-        data = store.read(f"{folder}/{name}")
-        if data:
-            yield from _whole_lines(data)
+    for _, data in store.read_all(folder):
+        yield from _whole_lines(data)
 
 
 def pull(store: Store, root: Path) -> None:
@@ -148,9 +159,9 @@ def pull(store: Store, root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     finished: dict[str, str] = {}  # task id -> the run whose line the store keeps
     with (root / RESULTS).open("wb") as results:
-        for name in store.names(SEGMENTS[RESULTS]):
+        for name, data in store.read_all(SEGMENTS[RESULTS]):
             run = name.rpartition("-")[0]
-            for raw in _whole_lines(store.read(f"{SEGMENTS[RESULTS]}/{name}") or b""):
+            for raw in _whole_lines(data):
                 record = _parse(raw)
                 task_id = record.get("id") if record is not None else None
                 if isinstance(task_id, str) and task_id not in finished:
@@ -159,14 +170,14 @@ def pull(store: Store, root: Path) -> None:
     with (root / USAGE).open("wb") as usage:
         for raw in _segments(store, SEGMENTS[USAGE]):
             usage.write(raw)
-    runs: dict[str, list[str]] = {}
-    for name in store.names(RUNS):
+    runs: dict[str, list[bytes]] = {}
+    for name, data in store.read_all(RUNS):
         run, _, segment = name.partition("/")
         if segment:
-            runs.setdefault(run, []).append(name)
+            runs.setdefault(run, []).append(data)
     (root / RUNS).mkdir(exist_ok=True)
-    for run, names in runs.items():
-        lines = (raw for name in names for raw in _whole_lines(store.read(f"{RUNS}/{name}") or b""))
+    for run, segments in runs.items():
+        lines = (raw for data in segments for raw in _whole_lines(data))
         (root / RUNS / f"{run}.jsonl").write_bytes(b"".join(_unsaved_as_maybe_billed(lines, run, finished)))
     scheme = store.read(FORMAT)
     if scheme is not None:

@@ -4,6 +4,7 @@ assembled from segments, and the usage errors of a URL that cannot be used."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from batch.output.remote import open_store, pull
 from batch.simulator import RunningSimulator
-from tests.conftest import Outcome, env_for
+from tests.conftest import ROOT, Outcome, env_for
 from tests.s3_server import S3
 
 pytestmark = pytest.mark.timeout(60)
@@ -115,3 +116,14 @@ def test_what_is_not_built_on_a_store_or_an_empty_one_is_refused(
     done = cli(args[0], s3.url, *args[1:], env=s3.env)
     assert done.code == 64
     assert "not built yet" in done.err or "holds no output of maas-batch" in done.err
+
+
+def test_help_and_local_commands_do_without_fsspec() -> None:
+    code = (
+        "import sys\nfrom batch.cli import main\n"
+        "try:\n    main(['run', '--help'])\nexcept SystemExit:\n    pass\n"
+        "from batch.running import job\n"
+        "print(sorted(m for m in ('fsspec', 's3fs', 'batch.output.remote') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
