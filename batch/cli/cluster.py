@@ -184,7 +184,7 @@ def show_status(args: argparse.Namespace) -> int:
     """`status DIR` of a sharded DIR: per shard and in total."""
     from batch.cluster.view import cluster_status, format_cluster_status
 
-    found = cluster_status(args.out)
+    found = {**cluster_status(args.out), "directory": str(getattr(args, "url", None) or args.out)}
     print(json.dumps(found, indent=2) if args.json else format_cluster_status(found))
     return EXIT_OK
 

@@ -49,11 +49,16 @@ def scope(args: argparse.Namespace, root: Path) -> Scope:
     return scope_of(root, args.manifest, include_orphaned=args.include_orphaned)
 
 
+def shown(args: argparse.Namespace) -> str:
+    """What the reader was asked about: DIR, or the store's URL (not the view read in its place)."""
+    return str(getattr(args, "url", None) or args.out)
+
+
 def show_status(args: argparse.Namespace) -> int:
     if is_sharded(args.out):  # a batch in shards, run by workers: batch.cli.cluster
         return cluster.show_status(args)
     root = run_directory(args.out)
-    found = status(root, scope(args, root))
+    found = {**status(root, scope(args, root)), "directory": shown(args)}
     print(json.dumps(found, indent=2) if args.json else format_status(found))
     return EXIT_OK
 
@@ -61,7 +66,10 @@ def show_status(args: argparse.Namespace) -> int:
 def show_report(args: argparse.Namespace) -> int:
     root = run_directory(args.out)
     prices = price_table({}, args.prices)
-    found = report(root, prices, reprice=args.prices is not None, scope=scope(args, root))
+    found = {
+        **report(root, prices, reprice=args.prices is not None, scope=scope(args, root)),
+        "directory": shown(args),
+    }
     print(json.dumps(found, indent=2) if args.json else format_report(found))
     return EXIT_OK
 
@@ -123,4 +131,4 @@ def on_store(reader: Callable[[argparse.Namespace], int], args: argparse.Namespa
             or any((view / name).stat().st_size for name in (RESULTS, USAGE))
         ):
             raise UsageError(f"{args.out} holds no output of maas-batch")
-        return reader(argparse.Namespace(**{**vars(args), "out": view}))
+        return reader(argparse.Namespace(**{**vars(args), "out": view, "url": str(args.out)}))

@@ -326,7 +326,11 @@ class Mirror:
         if name in self.uploaded:
             return self.uploaded[name]
         relative = PurePosixPath(name)
-        if relative.is_absolute() or ".." in relative.parts or relative.parts[0] not in (IMAGES, ANSWERS):
+        if (
+            relative.is_absolute()
+            or ".." in relative.parts
+            or relative.parts[:1] not in ((IMAGES,), (ANSWERS,))
+        ):
             return name  # not a file of DIR's: nothing to upload
         try:
             data = (self.root / relative).read_bytes()

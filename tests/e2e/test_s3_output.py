@@ -38,7 +38,7 @@ def manifest(write: Callable[..., Path]) -> Path:
 def test_killed_mid_run_then_resumed_each_task_once_duplicates_accounted(
     manifest: Path, tmp_path: Path, s3: S3, cli: Callable[..., Outcome]
 ) -> None:
-    with simulator_in_thread(SimConfig(api_key=KEY, latency=0.5)) as sim:
+    with simulator_in_thread(SimConfig(api_key=KEY, latency=0.3)) as sim:
         state = sim.state
         killed = Run(manifest, s3.url, sim, "--concurrency", "3")
         # the kill lands as the second wave of requests reaches the server: the first wave answered (its
@@ -56,6 +56,7 @@ def test_killed_mid_run_then_resumed_each_task_once_duplicates_accounted(
         shown = cli("status", s3.url, "--json", env=s3.env)
         assert shown.code == 0, shown.err
         maybe_billed = json.loads(shown.out)["maybe_billed"]
+        assert json.loads(shown.out)["directory"] == s3.url
         assert maybe_billed >= len(unsaved)
 
         code, out, err = Run(manifest, s3.url, sim, logs=tmp_path).finish()
