@@ -8,6 +8,7 @@ import logging
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,7 +48,7 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture
-def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3:
+def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3:
     import fsspec
 
     env = {
@@ -55,6 +56,8 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3:
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
+        # where subprocesses stage: a run killed with SIGKILL cannot remove its staging folder
+        "TMPDIR": str(tmp_path),
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -27,7 +27,7 @@ from batch.config import (
     need_prices,
     price_table,
 )
-from batch.errors import UsageError, unwrap
+from batch.errors import BatchError, UsageError, unwrap
 from batch.exitcodes import EXIT_BUDGET, EXIT_DEADLINE, EXIT_IOERR, EXIT_OK, EXIT_TEMPFAIL
 from batch.output.lock import probe as probe_lock
 from batch.values import StoreUrl
@@ -105,16 +105,21 @@ def _on_store(args: argparse.Namespace, options: Options, argv: list[str]) -> in
     if stage is not None and stage.exists() and (not stage.is_dir() or any(stage.iterdir())):
         raise UsageError(f"--stage {stage}: give a new or empty folder")
     folder = Path(tempfile.mkdtemp(prefix="maas-batch-stage-")) if stage is None else stage
-    code = EXIT_IOERR
+    keep = False  # a run that the store (or the disk) stopped: what was not uploaded is only here
     try:
         pull(store, folder)
         staged = argparse.Namespace(**{**vars(args), "out": folder, "store": args.out})
+        keep = True  # until the run says how it ended: a crash keeps it too
         code = run(staged, options, argv)
+        keep = code == EXIT_IOERR
         return code
+    except BatchError:  # refused before any request (a manifest, a key, the store at the start)
+        keep = False
+        raise
     finally:
-        if stage is None and code != EXIT_IOERR:
+        if stage is None and not keep:
             shutil.rmtree(folder, ignore_errors=True)
-        elif stage is None:  # the store (or the disk) failed: what was not uploaded is only here
+        elif stage is None:
             log.warning("the staging folder %s is kept: it may hold answers the store lacks", folder)
 
 
