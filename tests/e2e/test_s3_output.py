@@ -36,7 +36,7 @@ def manifest(write: Callable[..., Path]) -> Path:
 
 
 def test_killed_mid_run_then_resumed_each_task_once_duplicates_accounted(
-    manifest: Path, tmp_path: Path, s3: S3, cli: Callable[..., Outcome]
+    manifest: Path, s3: S3, cli: Callable[..., Outcome]
 ) -> None:
     with simulator_in_thread(SimConfig(api_key=KEY, latency=0.3)) as sim:
         state = sim.state
@@ -59,8 +59,10 @@ def test_killed_mid_run_then_resumed_each_task_once_duplicates_accounted(
         assert json.loads(shown.out)["directory"] == s3.url
         assert maybe_billed >= len(unsaved)
 
-        code, out, err = Run(manifest, s3.url, sim, logs=tmp_path).finish()
-        assert code == 0, out + err
+        # the resume, in this process (no second start-up to pay)
+        env = {**env_for(sim), **s3.env}
+        resumed = cli("run", manifest, "--out", s3.url, "--no-progress", env=env)
+        assert resumed.code == 0, resumed.err
         records = list(state.records)
         # nothing the store held was sent again; each task has exactly one result line
         assert not [r for r in records[len(first_run) :] if r.task_id in saved]
@@ -77,8 +79,8 @@ def test_killed_mid_run_then_resumed_each_task_once_duplicates_accounted(
                 assert objects[name].startswith(b"\x89PNG")
         assert all(KEY.encode() not in data for data in objects.values())
 
-        # finished: the same command again sends nothing (in this process: no second start-up to pay)
-        again = cli("run", manifest, "--out", s3.url, "--no-progress", env={**env_for(sim), **s3.env})
+        # finished: the same command again sends nothing
+        again = cli("run", manifest, "--out", s3.url, "--no-progress", env=env)
         assert again.code == 0, again.err
         assert f"{TASKS} already done" in again.out and f"output: {s3.url}" in again.out
         assert state.requests_total == len(records)
