@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from batch.errors import UsageError
@@ -79,3 +80,13 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         else:
             overrides[key] = value
     return overrides
+
+
+class StoreUrl(str):
+    """An output on an object store (s3://bucket/prefix), as given; a DIR is a Path."""
+
+
+def output_location(text: str) -> StoreUrl | Path:
+    """--out and the readers' DIR: a URL (anything with `://`) names a store (output.remote checks which
+    ones are supported), anything else a local directory."""
+    return StoreUrl(text) if "://" in text else Path(text)

@@ -130,11 +130,15 @@ ROOT = Path(__file__).resolve().parents[1]
 class Run:
     """The command in a subprocess, its stdout and stderr going to files that can be read as it runs."""
 
-    def __init__(self, manifest: Path, out: Path, sim: RunningSimulator, *args: str) -> None:
+    def __init__(
+        self, manifest: Path, out: Path | str, sim: RunningSimulator, *args: str, logs: Path | None = None
+    ) -> None:
+        """`out` a DIR, or a URL (then stdout and stderr go to files under `logs`)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
         env.update(MAAS_API_KEY=KEY, MAAS_BASE_URL=sim.base_url, MAAS_ENDPOINT="ep", PYTHONPATH=str(ROOT))
-        self.stdout = out.parent / f"{out.name}.{id(self)}.out"
-        self.stderr = out.parent / f"{out.name}.{id(self)}.err"
+        folder, name = (out.parent, out.name) if isinstance(out, Path) else (logs or manifest.parent, "run")
+        self.stdout = folder / f"{name}.{id(self)}.out"
+        self.stderr = folder / f"{name}.{id(self)}.err"
         with self.stdout.open("w") as stdout, self.stderr.open("w") as stderr:
             self.process = subprocess.Popen(
                 [
@@ -170,3 +174,6 @@ class Run:
     def kill(self) -> None:
         self.process.kill()
         self.process.wait(30)
+
+
+from tests.s3_server import s3, s3_endpoint  # noqa: E402, F401  (fixtures: a moto S3 on loopback)

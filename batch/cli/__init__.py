@@ -16,6 +16,7 @@ from batch.cli.grammar import build_parser
 from batch.cli.options import options_from
 from batch.errors import BatchError, UsageError
 from batch.exitcodes import EXIT_OK, EXIT_TEMPFAIL
+from batch.values import StoreUrl
 
 log = logging.getLogger("batch.cli")
 
@@ -70,6 +71,8 @@ def _command(args: argparse.Namespace, argv: list[str], run_flags: list[str]) ->
         from batch.cli.retry import recorded_run
         from batch.cluster.plan import is_sharded
 
+        if isinstance(args.out, StoreUrl):
+            raise UsageError("retry-failed on an s3:// output is not built yet")
         if is_sharded(args.out):  # a batch in shards: its failures are sent again by the workers
             from batch.cli.cluster import retry_failed
 
@@ -91,6 +94,8 @@ def _command(args: argparse.Namespace, argv: list[str], run_flags: list[str]) ->
         "export": inspect.export,
         "gallery": inspect.gallery,
     }[args.command]
+    if isinstance(args.out, StoreUrl):
+        return inspect.on_store(reader, args)
     return reader(args)
 
 

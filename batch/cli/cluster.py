@@ -24,6 +24,7 @@ from batch.exitcodes import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
+from batch.values import output_location
 
 if TYPE_CHECKING:
     from batch.cluster.plan import BatchPlan
@@ -85,9 +86,10 @@ def add_commands(commands: Any) -> None:
     submit.add_argument(
         "--out",
         "-o",
-        type=Path,
+        type=output_location,
         metavar="DIR",
-        help="the batch's directory, on a folder every worker mounts at the same path",
+        help="the batch's directory, on a folder every worker mounts at the same path; or s3://bucket/prefix "
+        "(each worker then runs a shard in a local temporary folder, mirrored into the store)",
     )
     submit.add_argument(
         "--resume",
@@ -161,7 +163,7 @@ def _queue_settings(args: argparse.Namespace) -> Any:
     return QueueSettings(url) if timeout is None else QueueSettings(url, heartbeat_timeout=timeout)
 
 
-def run_options(manifest: Path, out: Path, run_flags: list[str]) -> Options:
+def run_options(manifest: Path, out: Path | str, run_flags: list[str]) -> Options:
     """What `maas-batch run MANIFEST --out DIR RUN-FLAGS` would run with (its parser, its checks)."""
     from batch.cli.grammar import build_parser
     from batch.cli.options import options_from
@@ -192,7 +194,7 @@ def submit(args: argparse.Namespace, run_flags: list[str]) -> int:
         queue.close()
     print(
         f"maas-batch: {plan.total:,} tasks in {len(plan.shards):,} shards queued on {plan.queue}; "
-        f"plan: {args.out / 'cluster' / 'plan.json'}; `maas-batch status {args.out}` follows them"
+        f"plan: {args.out}/cluster/plan.json; `maas-batch status {args.out}` follows them"
     )
     return EXIT_OK
 
@@ -306,7 +308,7 @@ def show_status(args: argparse.Namespace) -> int:
                 queue.close()
         except QueueError as exc:  # the directories still say what is done
             trouble = str(exc)
-    found = cluster_status(args.out, state)
+    found = {**cluster_status(args.out, state), "directory": str(getattr(args, "url", None) or args.out)}
     if trouble:
         found["queue_error"] = trouble
     print(json.dumps(found, indent=2) if args.json else format_cluster_status(found))
@@ -325,7 +327,7 @@ def worker(args: argparse.Namespace) -> int:
         flags = list(plan.run_flags)
         if args.concurrency is not None:
             flags += ["--concurrency", str(args.concurrency)]
-        options = run_options(Path(plan.manifest), Path(plan.out), flags)
+        options = run_options(Path(plan.manifest), plan.out, flags)
         # every worker's shard shares the key's limits through the queue's Redis (issue 14's --redis),
         # unless the submitted run flags name another
         return options if options.redis else dataclasses.replace(options, redis=settings.url)

@@ -50,7 +50,7 @@ from batch.exitcodes import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
-from batch.values import parse_deadline, parse_duration
+from batch.values import output_location, parse_deadline, parse_duration
 
 EXIT_CODES = f"""\
 exit codes:
@@ -108,6 +108,8 @@ environment:
   MAAS_ENDPOINT   the endpoint (deployment id) for tasks the manifest gives none
   MAAS_REDIS_URL  the Redis that runs share the key's limits through (run --redis), and the queue of
                   submit and worker
+  AWS_*           an s3:// output's credentials and region, read by s3fs (as by the aws command);
+                  AWS_ENDPOINT_URL for a store that is not AWS's (MinIO, Ceph...)
 """
 
 
@@ -170,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=READ_EXIT_CODES,
     )
-    status.add_argument("out", type=Path, metavar="DIR")
+    status.add_argument("out", type=output_location, metavar="DIR", help="a run's DIR, or its s3:// URL")
     status.add_argument("--json", action="store_true", help="as JSON")
     add_scope(status)
     status.add_argument(
@@ -191,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=READ_EXIT_CODES,
     )
-    report.add_argument("out", type=Path, metavar="DIR")
+    report.add_argument("out", type=output_location, metavar="DIR", help="a run's DIR, or its s3:// URL")
     report.add_argument("--json", action="store_true", help="as JSON")
     add_scope(report)
     add_prices(
@@ -211,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXPORT_EXIT_CODES,
     )
-    export.add_argument("out", type=Path, metavar="DIR")
+    export.add_argument("out", type=output_location, metavar="DIR", help="a run's DIR, or its s3:// URL")
     export.add_argument(
         "--format",
         choices=("csv", "jsonl", "openai", "sqlite"),
@@ -253,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=GALLERY_EXIT_CODES,
     )
-    gallery.add_argument("out", type=Path, metavar="DIR")
+    gallery.add_argument("out", type=output_location, metavar="DIR")
     add_scope(gallery)
 
     retry = commands.add_parser(
@@ -269,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
             "bad command-line usage", "bad command-line usage, or DIR has no run to repeat"
         ),
     )
-    retry.add_argument("out", type=Path, metavar="DIR")
+    retry.add_argument("out", type=output_location, metavar="DIR")
     retry.add_argument("extra", nargs=argparse.REMAINDER, metavar="RUN-FLAGS", help="added to the command")
 
     simulate = commands.add_parser(
@@ -301,10 +303,19 @@ def _add_run(commands: Any) -> None:
     run.add_argument(
         "--out",
         "-o",
-        type=Path,
+        type=output_location,
         required=True,
         metavar="DIR",
-        help="output directory: results.jsonl, usage.jsonl, images/, index.html",
+        help="output directory: results.jsonl, usage.jsonl, images/, index.html; or s3://bucket/prefix "
+        "(pip install 'maas-batch[cloud]'; the run works in a local staging folder, see --stage, and "
+        "saves into the store as it goes)",
+    )
+    run.add_argument(
+        "--stage",
+        type=Path,
+        metavar="DIR",
+        help="with --out s3://...: the local folder the run works in (new or empty; default a temporary "
+        "folder, removed at the end)",
     )
     run.add_argument(
         "--simulate",

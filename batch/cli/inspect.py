@@ -1,4 +1,5 @@
-"""The commands that read an output directory: `status`, `report`, `export` and `gallery`."""
+"""The commands that read an output directory: `status`, `report`, `export` and `gallery`; the first
+three on an s3:// output too, through a local view of it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from batch.cli import cluster
@@ -54,11 +57,16 @@ def reading(root: Path) -> Path:
     return existing(root) if is_sharded(root) else run_directory(root)
 
 
+def shown(args: argparse.Namespace) -> str:
+    """What the reader was asked about: DIR, or the store's URL (not the view read in its place)."""
+    return str(getattr(args, "url", None) or args.out)
+
+
 def show_status(args: argparse.Namespace) -> int:
     if is_sharded(args.out):  # a batch in shards, run by workers: batch.cli.cluster
         return cluster.show_status(args)
     root = run_directory(args.out)
-    found = status(root, scope(args, root))
+    found = {**status(root, scope(args, root)), "directory": shown(args)}
     print(json.dumps(found, indent=2) if args.json else format_status(found))
     return EXIT_OK
 
@@ -70,10 +78,16 @@ def show_report(args: argparse.Namespace) -> int:
     if chosen.parts:  # a sharded batch: each shard's report, summed
         from batch.cluster.view import cluster_report, format_shard_reports
 
-        found = cluster_report(root, chosen, prices, reprice=args.prices is not None)
+        found = {
+            **cluster_report(root, chosen, prices, reprice=args.prices is not None),
+            "directory": shown(args),
+        }
         text = format_report(found) + "\n" + format_shard_reports(found)
     else:
-        found = report(root, prices, reprice=args.prices is not None, scope=chosen)
+        found = {
+            **report(root, prices, reprice=args.prices is not None, scope=chosen),
+            "directory": shown(args),
+        }
         text = format_report(found)
     print(json.dumps(found, indent=2) if args.json else text)
     return EXIT_OK
@@ -114,3 +128,26 @@ def gallery(args: argparse.Namespace) -> int:
         os.close(lock)
     print(f"{page} written in {time.monotonic() - started:.1f} s")
     return EXIT_OK
+
+
+def on_store(reader: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """A reader on an s3:// output: the store's segments assembled into a temporary, read-only view of a
+    DIR (no images), then read as a DIR is. Over a store, a request some worker has in flight now counts
+    as maybe billed: nothing there says the worker is alive."""
+    from batch.output.remote import open_store, pull
+
+    if args.command == "gallery":
+        raise UsageError("the gallery of an s3:// output is not built yet")
+    if args.command == "export" and args.format == "openai":
+        raise UsageError("export --format openai of an s3:// output is not built yet (it reads the images)")
+    store = open_store(args.out)
+    with tempfile.TemporaryDirectory(prefix="maas-batch-view-") as folder:
+        view = Path(folder) / "view"
+        pull(store, view)
+        if not (
+            (view / "cluster").is_dir()
+            or any((view / RUNS).iterdir())
+            or any((view / name).stat().st_size for name in (RESULTS, USAGE))
+        ):
+            raise UsageError(f"{args.out} holds no output of maas-batch")
+        return reader(argparse.Namespace(**{**vars(args), "out": view, "url": str(args.out)}))

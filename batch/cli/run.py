@@ -5,10 +5,13 @@ come as Options (batch.cli.options); the work itself is batch.running.job's.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,9 +27,10 @@ from batch.config import (
     need_prices,
     price_table,
 )
-from batch.errors import unwrap
-from batch.exitcodes import EXIT_BUDGET, EXIT_DEADLINE, EXIT_OK, EXIT_TEMPFAIL
+from batch.errors import BatchError, UsageError, unwrap
+from batch.exitcodes import EXIT_BUDGET, EXIT_DEADLINE, EXIT_IOERR, EXIT_OK, EXIT_TEMPFAIL
 from batch.output.lock import probe as probe_lock
+from batch.values import StoreUrl
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
@@ -40,6 +44,8 @@ log = logging.getLogger("batch.cli")
 
 
 def run(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
+    if isinstance(args.out, StoreUrl):
+        return _on_store(args, options, argv)
     if args.dry_run:
         return _dry_run(args, options)
     probe_lock(args.out)  # a second run on DIR gives up now, before any slow import or manifest check
@@ -66,6 +72,9 @@ def run(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
         config = job_config(
             options, checked, args.out, connected, {"argv": argv, "cwd": os.getcwd()}, deadline
         )
+        store = getattr(args, "store", None)
+        if store is not None:  # the run works in a staging DIR and mirrors it; no gallery on a store yet
+            config = dataclasses.replace(config, store=str(store), gallery=False)
         observers, bar = _observers(args, show_bar(args))
         try:
             with Job(config, checked, registry(), observers) as job:
@@ -78,10 +87,40 @@ def run(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
             if bar is not None:
                 bar.close()
     try:
-        _print_summary(summary, args.out, retried)
+        _print_summary(summary, getattr(args, "store", None) or args.out, retried)
     except BrokenPipeError:  # the run's own exit code matters more than a closed stdout
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return summary.exit_code
+
+
+def _on_store(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
+    """`run --out s3://...`: the run works in a local staging DIR assembled from the store's segments
+    (so it resumes from what any earlier run saved there), and mirrors what it saves into the store."""
+    from batch.output.remote import open_store, pull
+
+    if options.retry_failed:
+        raise UsageError("--retry-failed on an s3:// output is not built yet")
+    store = open_store(args.out)
+    stage = args.stage
+    if stage is not None and stage.exists() and (not stage.is_dir() or any(stage.iterdir())):
+        raise UsageError(f"--stage {stage}: give a new or empty folder")
+    folder = Path(tempfile.mkdtemp(prefix="maas-batch-stage-")) if stage is None else stage
+    keep = False  # a run that the store (or the disk) stopped: what was not uploaded is only here
+    try:
+        pull(store, folder)
+        staged = argparse.Namespace(**{**vars(args), "out": folder, "store": args.out})
+        keep = True  # until the run says how it ended: a crash keeps it too
+        code = run(staged, options, argv)
+        keep = code == EXIT_IOERR
+        return code
+    except BatchError:  # refused before any request (a manifest, a key, the store at the start)
+        keep = False
+        raise
+    finally:
+        if stage is None and not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+        elif stage is None:
+            log.warning("the staging folder %s is kept: it may hold answers the store lacks", folder)
 
 
 def _dry_run(args: argparse.Namespace, options: Options) -> int:
@@ -173,7 +212,7 @@ async def _cancel_after(job: Job, grace: float) -> None:
     job.cancel_in_flight()
 
 
-def _print_summary(summary: RunSummary, out: Path, retried: int) -> None:
+def _print_summary(summary: RunSummary, out: Path | str, retried: int) -> None:
     from batch.running.prices import money  # the engine, after the lock probe (see run)
 
     lines = [
@@ -215,10 +254,13 @@ def _print_summary(summary: RunSummary, out: Path, retried: int) -> None:
         )
     elif summary.failed or summary.failed_before:
         lines.append(
-            f"failures are in {out / 'results.jsonl'}; `maas-batch retry-failed {out}` runs them again"
+            f"failures are in {out}/results.jsonl"
+            if isinstance(out, str)  # a store: retry-failed is not built there yet
+            else f"failures are in {out / 'results.jsonl'}; `maas-batch retry-failed {out}` runs them again"
         )
-    gallery = out / "index.html"
-    lines.append(f"output: {out}" + (f" (gallery: {gallery})" if gallery.exists() else ""))
+    gallery = None if isinstance(out, str) else out / "index.html"
+    shown = f" (gallery: {gallery})" if gallery is not None and gallery.exists() else ""
+    lines.append(f"output: {out}{shown}")
     _to_log_files(lines)
     print("\n".join(lines))
 

@@ -11,9 +11,12 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batch.errors import OutputError, UsageError
+
+if TYPE_CHECKING:
+    from batch.output.remote import Store
 
 PLAN = Path("cluster") / "plan.json"
 SHARDS = "shards"
@@ -24,7 +27,7 @@ FORMAT = 1
 class Shard:
     """One message on the queue: run the tasks at positions [start, end) of the batch in `out`."""
 
-    out: str  # the batch's DIR, absolute: the same path on every machine (a shared mount)
+    out: str  # the batch's DIR, absolute: the same path on every machine (a shared mount); or its URL
     index: int
     start: int
     end: int
@@ -48,7 +51,7 @@ class BatchPlan:
     """What `submit` decided: workers run exactly this, and refuse a manifest that changed since."""
 
     manifest: str  # absolute path
-    out: str  # absolute path
+    out: str  # absolute path, or the store's URL (s3://...)
     queue: str  # the queue's name, derived from `out`
     total: int  # tasks in the manifest
     order_digest: str  # sha256 of the tasks' id digests in manifest order: the manifest's identity
@@ -83,10 +86,12 @@ def order_digest(order: Sequence[int] | bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def queue_name(out: Path) -> str:
-    """The queue of the batch in `out`: readable, and unique per absolute path."""
-    absolute = str(out.absolute())
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", out.absolute().name).strip("-")[:40] or "batch"
+def queue_name(out: Path | str) -> str:
+    """The queue of the batch in `out` (a DIR, or a store's URL): readable, and unique per absolute path
+    or URL."""
+    absolute = str(out.absolute()) if isinstance(out, Path) else out.rstrip("/")
+    name = out.absolute().name if isinstance(out, Path) else absolute.rpartition("/")[2]
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")[:40] or "batch"
     return f"maas-batch.{slug}.{hashlib.sha256(absolute.encode()).hexdigest()[:12]}"
 
 
@@ -104,7 +109,7 @@ def write_plan(root: Path, plan: BatchPlan) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(asdict(plan), indent=1) + "\n", encoding="utf-8")
+        temporary.write_bytes(plan_json(plan))
         os.link(temporary, path)  # fails if a plan is there: never two batches in one DIR
         temporary.unlink()
     except FileExistsError:
@@ -117,11 +122,36 @@ def write_plan(root: Path, plan: BatchPlan) -> Path:
 def read_plan(root: Path) -> BatchPlan:
     path = root / PLAN
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        data["shards"] = [(int(start), int(end)) for start, end in data["shards"]]
-        return BatchPlan(**data)
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         reason = exc.strerror or exc
         raise UsageError(f"{root} holds no submitted batch: cannot read {path}: {reason}") from exc
+    return plan_from(text, str(path))
+
+
+def plan_from(text: str | bytes, where: str) -> BatchPlan:
+    """The plan a plan.json holds (`where` names it in the error)."""
+    try:
+        data = json.loads(text)
+        data["shards"] = [(int(start), int(end)) for start, end in data["shards"]]
+        return BatchPlan(**data)
     except (ValueError, TypeError, KeyError) as exc:
-        raise OutputError(f"{path} is not a plan maas-batch wrote: {exc}") from exc
+        raise OutputError(f"{where} is not a plan maas-batch wrote: {exc}") from exc
+
+
+def plan_json(plan: BatchPlan) -> bytes:
+    return (json.dumps(asdict(plan), indent=1) + "\n").encode()
+
+
+def write_plan_to_store(store: Store, plan: BatchPlan) -> str:
+    """PREFIX/cluster/plan.json in a store, created once (create-only: a second submit is refused)."""
+    if not store.create(PLAN.as_posix(), plan_json(plan)):
+        raise UsageError(f"{store.url} already holds a submitted batch ({PLAN.as_posix()})")
+    return f"{store.url.rstrip('/')}/{PLAN.as_posix()}"
+
+
+def read_plan_from_store(store: Store) -> BatchPlan:
+    data = store.read(PLAN.as_posix())
+    if data is None:
+        raise UsageError(f"{store.url} holds no submitted batch (no {PLAN.as_posix()})")
+    return plan_from(data, f"{store.url.rstrip('/')}/{PLAN.as_posix()}")

@@ -1,6 +1,8 @@
 """Run one shard with today's engine: a normal run directory, DIR/shards/<k>/, holding that shard's tasks.
 Its resume is the engine's: a shard delivered again sends only what that directory does not hold yet (what
 was in flight on a worker that died), and a directory locked by a live run is refused (DirLockedError).
+A batch in a store (s3://...) runs each shard in a local staging DIR mirrored into PREFIX/shards/<k>/: there
+no lock exists, and a shard's single owner is the queue's doing (its heartbeats).
 """
 
 from __future__ import annotations
@@ -9,11 +11,21 @@ import asyncio
 import dataclasses
 import logging
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from batch.cluster.plan import BatchPlan, Shard, order_digest, read_plan, shard_dir
+from batch.cluster.plan import (
+    SHARDS,
+    BatchPlan,
+    Shard,
+    order_digest,
+    read_plan,
+    read_plan_from_store,
+    shard_dir,
+)
 from batch.config import Options, checked_manifest, connection, job_config, loop_factory
 from batch.errors import ManifestError, Problem
 from batch.events import Observer
@@ -50,17 +62,37 @@ class ShardRunner:
 
     def run(self, shard: Shard) -> RunSummary:
         """Run `shard` until its tasks are done or it is stopped; raises what stops it otherwise."""
+        if "://" in shard.out:
+            return self._run_on_store(shard)
         root = Path(shard.out)
-        plan = read_plan(root)
+        return self._run_into(read_plan(root), shard, shard_dir(root, shard.index))
+
+    def _run_on_store(self, shard: Shard) -> RunSummary:
+        """A shard of a batch in a store: run in a local staging DIR of its own (a temporary folder),
+        first assembled from PREFIX/shards/<k>/, and mirrored there (output.remote)."""
+        from batch.output.remote import open_store, pull
+
+        store = open_store(shard.out)
+        plan = read_plan_from_store(store)
+        shard_store = store.child(f"{SHARDS}/{shard.index}")
+        folder = Path(tempfile.mkdtemp(prefix=f"maas-batch-shard-{shard.index}-"))
+        try:
+            pull(shard_store, folder)
+            return self._run_into(plan, shard, folder, shard_store.url)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _run_into(self, plan: BatchPlan, shard: Shard, out: Path, store: str | None = None) -> RunSummary:
         options = dataclasses.replace(
             self._options_for(plan), endpoint=plan.endpoint, retry_failed=shard.retry_failed
         )
-        out = shard_dir(root, shard.index)
         checked = self._checked_manifest(plan, options, out)
         with connection(options) as connected:
             run_info = {"shard": shard.index, "positions": [shard.start, shard.end], "pid": os.getpid()}
             config = job_config(options, checked, out, connected, run_info, options.deadline_time())
             config = dataclasses.replace(config, only=(shard.start, shard.end))
+            if store is not None:  # no gallery on a store yet
+                config = dataclasses.replace(config, store=store, gallery=False)
             with Job(config, checked, builtin_registry(), self._observers()) as job:
                 grace = options.grace if self._grace is None else self._grace
                 with asyncio.Runner(loop_factory=loop_factory()) as runner:  # uvloop where installed

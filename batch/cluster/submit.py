@@ -15,15 +15,28 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batch import __version__
-from batch.cluster.plan import BatchPlan, Shard, order_digest, queue_name, read_plan, split, write_plan
+from batch.cluster.plan import (
+    BatchPlan,
+    Shard,
+    order_digest,
+    queue_name,
+    read_plan,
+    split,
+    write_plan,
+    write_plan_to_store,
+)
 from batch.cluster.queue import ShardQueue, without_password
 from batch.cluster.shard import submitted_manifest
 from batch.cluster.view import finished_counts, write_order
 from batch.config import Options, checked_manifest, endpoint_for
 from batch.errors import UsageError
+from batch.values import StoreUrl
+
+if TYPE_CHECKING:
+    from batch.output.remote import Store
 
 log = logging.getLogger("batch.cluster.submit")
 
@@ -52,25 +65,33 @@ def changed_options(options: Options) -> dict[str, Any]:
 
 def submit(
     manifest: Path,
-    out: Path,
+    out: Path | StoreUrl,
     options: Options,
     queue: ShardQueue,
     *,
     shard_size: int,
     run_flags: Sequence[str] = (),
 ) -> BatchPlan:
-    """Check `manifest` whole, write DIR/cluster/plan.json and queue one message per shard."""
+    """Check `manifest` whole, write DIR/cluster/plan.json (or PREFIX/cluster/plan.json in a store) and
+    queue one message per shard."""
     refuse_whole_run_options(options)
     split(0, shard_size)  # a shard size no split can use is refused before the long walk
-    if (out / "results.jsonl").exists():
+    store: Store | None = None
+    if isinstance(out, StoreUrl):  # the plan and the shards' outputs in a store (output.remote)
+        from batch.output.remote import open_store
+
+        store = open_store(out)
+        if store.names("results"):
+            raise UsageError(f"{out} holds a single run (results/): submit into a new prefix")
+    elif (out / "results.jsonl").exists():
         raise UsageError(f"{out} holds a single run (results.jsonl): submit into a new directory")
     queue.ping()  # an unreachable Redis is said before the manifest's walk, not after
     endpoint = endpoint_for(options)
     checked = checked_manifest(manifest, options, endpoint)  # ManifestError: nothing written or queued
     plan = BatchPlan(
         manifest=str(manifest.absolute()),
-        out=str(out.absolute()),
-        queue=queue_name(out),
+        out=str(out) if isinstance(out, StoreUrl) else str(out.absolute()),
+        queue=queue_name(str(out) if isinstance(out, StoreUrl) else out),
         total=checked.plan.total,
         order_digest=order_digest(checked.plan.order.tobytes()),
         shard_size=shard_size,
@@ -82,8 +103,11 @@ def submit(
         redis=without_password(queue.settings.url),
         submitted=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    path = write_plan(out, plan)
-    write_order(out, checked.plan.order)  # for report, export and the gallery over every shard
+    if store is not None:
+        path = write_plan_to_store(store, plan)
+    else:
+        path = str(write_plan(Path(out), plan))
+        write_order(Path(out), checked.plan.order)  # for report, export and the gallery over every shard
     queued = queue.put(plan.queue, plan.each_shard())
     log.debug(
         "%s: %d tasks in %d shards queued on %s (plan: %s)", manifest, plan.total, queued, plan.queue, path

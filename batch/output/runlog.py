@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -154,6 +154,9 @@ class RunLog:
         self._journal = Journal(self.path, fsync=False)
         self._sent: dict[str, float] = {}
         self._pending = bytearray()  # `done` lines, written with the next `sent` line or at close
+        # An output on a store (output.remote): uploads the lines written so far, so that a `sent` line
+        # is in the store before its request leaves.
+        self.publisher: Callable[[], Awaitable[None]] | None = None
 
     def open(self, info: Mapping[str, Any]) -> None:
         self._journal.open()
@@ -182,6 +185,12 @@ class RunLog:
             AttemptRecord("sent", request_id, task_id=task_id, t=round(time.time(), 3)).to_line()
         )
         self._flush()
+
+    async def published(self) -> None:
+        """Wait until the lines written so far are where the output is kept (at once for a DIR: the
+        kernel has them; for a store, one upload shared by the requests that start meanwhile)."""
+        if self.publisher is not None:
+            await self.publisher()
 
     def done(
         self,

@@ -156,6 +156,11 @@ class TaskAttempts:
         """One request, logged as sent before it leaves and as done when its fate is known."""
         ctx = self._ctx
         ctx.log.sent(request_id, spec.id)
+        try:
+            await ctx.log.published()  # an output on a store: the `sent` line is there before it leaves
+        except OutputError:
+            ctx.log.done(request_id, "unsent")
+            raise
         self.in_flight += 1
         state.server_request_id = None
         state.lost_to_outage = False

@@ -20,6 +20,7 @@ import anyio
 from batch import __version__
 from batch.errors import OutputError
 from batch.events import Observer
+from batch.exitcodes import EXIT_IOERR
 from batch.kind import Registry
 from batch.manifest import plancache
 from batch.manifest.checked import CheckedManifest
@@ -37,6 +38,7 @@ from batch.running.idset import IdSet
 from batch.running.summary import RunSettings, RunSummary
 
 if TYPE_CHECKING:
+    from batch.output.remote import Mirror
     from batch.running.shared import SharedLimits
 
 log = logging.getLogger("batch.running.job")
@@ -56,6 +58,9 @@ class JobConfig:
     gallery: bool = True  # thumbnails as images are saved, and DIR/index.html after the run
     run_info: Mapping[str, Any] = field(default_factory=dict)  # for the run log's start line (the command)
     only: tuple[int, int] | None = None  # a shard: the tasks at manifest positions [start, end), no others
+    # An output on a store (s3://...): `out` is then the local staging DIR, pulled from it beforehand
+    # (output.remote.pull), and everything the run saves is mirrored there.
+    store: str | None = None
 
 
 def _watch(sources: Sources | None) -> Callable[[], bool] | None:
@@ -107,6 +112,7 @@ class Job:
         self.runner: Runner | None = None
         self.retried = 0  # failed tasks --retry-failed made pending again
         self._stop: tuple[str, int] | None = None  # asked for before the runner existed
+        self.mirror: Mirror | None = None
 
     def stop(self, reason: str, exit_code: int) -> None:
         """Stop dispatching (see Runner.stop); safe to call at any moment of the job."""
@@ -243,7 +249,10 @@ class Job:
         loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]  # "uvloop" or "asyncio"
         start = await anyio.to_thread.run_sync(self._prepare, loop)
         ending: dict[str, Any] = {"error": "the run ended with an unexpected error"}
+        summary: RunSummary | None = None
         try:
+            if self.config.store is not None:
+                await self._mirror(start)
             async with ApiClient(self.config.client) as client:
                 # a shard starts reading the manifest near its first task, not at the manifest's start
                 begin = None if self.config.only is None else checked.plan.mark_before(self.config.only[0])
@@ -267,7 +276,7 @@ class Job:
                 # the page rebuilt every minute or so during the run, in a thread of its own
                 rebuilder = gallery.Rebuilder(self.out.root) if self.config.gallery else None
                 try:
-                    summary = await self.runner.run()
+                    summary = await self._run_mirrored(self.runner)
                 finally:
                     if rebuilder is not None:
                         rebuilder.stop()
@@ -282,3 +291,45 @@ class Job:
                 start.log.close(ending)
             except OutputError as exc:  # a full disk: the run's own outcome (74 already) comes first
                 log.warning("could not close the attempt log: %s", exc)
+            if self.mirror is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._last_push(summary)
+
+    async def _mirror(self, start: RunStart) -> None:
+        """Mirror DIR into the store from now on: the id scheme once, and every line of this run's
+        attempt log before the request it announces leaves."""
+        from batch.output.remote import Mirror, open_store
+
+        assert self.config.store is not None
+        self.mirror = Mirror(open_store(self.config.store), self.out.root, start.log.path.stem)
+        await anyio.to_thread.run_sync(self.mirror.start)
+        start.log.publisher = self.mirror.publish_log
+
+    async def _run_mirrored(self, runner: Runner) -> RunSummary:
+        """The run, with the mirror pushing new lines beside it; a store that fails stops it (74)."""
+        if self.mirror is None:
+            return await runner.run()
+        mirror = self.mirror
+
+        async def push_beside() -> None:
+            try:
+                await mirror.run_beside()
+            except OutputError as exc:
+                runner.stop(str(exc), EXIT_IOERR)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(push_beside)
+            summary = await runner.run()
+            group.cancel_scope.cancel()
+        return summary
+
+    async def _last_push(self, summary: RunSummary | None) -> None:
+        """Everything the run saved, into the store; if the store refuses, the run ends 74 (what is
+        not uploaded is still pending there, and a later run does it again)."""
+        assert self.mirror is not None
+        try:
+            await self.mirror.push()
+        except OutputError as exc:
+            log.error("%s", exc)
+            if summary is not None and summary.stop_code is None:
+                summary.stop_reason, summary.stop_code = str(exc), EXIT_IOERR

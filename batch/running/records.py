@@ -335,6 +335,7 @@ class AttemptRecord:
     request_id: str
     task_id: str | None = None
     outcome: str | None = None  # of "done": answered | error | failed | broken | cancelled | interrupted
+    # | unsent (the store could not take its `sent` line)
     status: int | None = None
     maybe_billed: bool = False
     error: str | None = None

@@ -1,0 +1,351 @@
+"""Outputs on an object store (`--out s3://bucket/prefix`, through fsspec and s3fs): a store has no
+append and no rename, so a run works in a local staging directory (an ordinary DIR, with every guarantee of
+store.OutputDir) and a Mirror replicates it as immutable objects, each written create-only:
+
+    PREFIX/
+      results/<run>-<seq>.jsonl   new result lines, in segments (a task's first line there is its result)
+      usage/<run>-<seq>.jsonl     new ledger lines
+      runs/<run>/<seq>.jsonl      the run's attempt log, in segments
+      images/<name>, answers/<name>   the files result lines name, never overwritten
+      .format                     the id scheme, written once
+
+What counts as saved is what the store holds. A task's files go up before its result line, so a line in the
+store never names a missing file. A request's `sent` line goes up before the request leaves (RunLog.published:
+one upload for all the requests that start meanwhile), so a worker that dies is accounted for. A file name
+the store already holds (a dead worker saved it but not its line) is never overwritten: the bytes go under a
+name of this run's and the uploaded line names that one.
+
+`pull` assembles a DIR from the store: before a run, so the engine's resume skips what any earlier writer
+saved; for the readers (status, report, export), as a read-only view. A request answered in a run that did
+not save its task's result line in the store counts there as maybe billed: it may have been paid, and is
+not saved.
+
+fsspec is imported only when a URL is given; its errors are translated here, into OutputError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import anyio
+
+from batch.errors import OutputError, UsageError
+from batch.output.format import FORMAT
+from batch.output.store import ANSWERS, IMAGES, RESULTS, RUNS, USAGE
+from batch.running.records import AttemptRecord, attempt_log_line
+
+PROTOCOLS = ("s3", "s3a")  # create-only writes (If-None-Match) are known to hold there
+EXTRA = "pip install 'maas-batch[cloud]'"
+SEGMENTS = {RESULTS: "results", USAGE: "usage"}  # journal in DIR -> its folder of segments in the store
+READERS = 16  # objects fetched at once when a DIR is assembled from the store
+PUSH_INTERVAL = 1.0  # seconds between the mirror's uploads of new lines during a run
+_UNSAVED = ("answered", "broken")  # outcomes of a request whose answer may have been paid
+_encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
+
+
+class Store:
+    """An output location on an fsspec filesystem: list, read and create-only write, errors translated."""
+
+    def __init__(self, url: str, fs: Any, root: str) -> None:
+        self.url = url
+        self._fs = fs
+        self._root = root
+
+    def _path(self, name: str) -> str:
+        return f"{self._root}/{name}" if name else self._root
+
+    def child(self, name: str) -> Store:
+        """The store of a sub-folder (a shard's)."""
+        return Store(f"{self.url.rstrip('/')}/{name}", self._fs, self._path(name))
+
+    def names(self, folder: str) -> list[str]:
+        """The objects under `folder`, relative to it, sorted."""
+        path = self._path(folder)
+        try:
+            self._fs.invalidate_cache(path)
+            found = self._fs.find(path)
+        except FileNotFoundError:
+            return []
+        except Exception as exc:
+            raise self._error("list", folder, exc) from exc
+        return sorted(str(name)[len(path) + 1 :] for name in found if str(name).startswith(path + "/"))
+
+    def read(self, name: str) -> bytes | None:
+        """The object's bytes, None if there is none."""
+        try:
+            return bytes(self._fs.cat_file(self._path(name)))
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            raise self._error("read", name, exc) from exc
+
+    def read_all(self, folder: str) -> Iterator[tuple[str, bytes]]:
+        """(name, bytes) of each object under `folder`, in the order of their names, fetched
+        READERS at a time: a resume reads every segment a batch's runs left."""
+        names = self.names(folder)
+
+        def fetch(name: str) -> bytes:
+            return self.read(f"{folder}/{name}") or b""
+
+        with ThreadPoolExecutor(READERS) as pool:
+            yield from zip(names, pool.map(fetch, names), strict=True)
+
+    def create(self, name: str, data: bytes) -> bool:
+        """Write a new object; False (and nothing written) if one of that name exists."""
+        try:
+            self._fs.pipe_file(self._path(name), data, mode="create")
+        except FileExistsError:
+            return False
+        except Exception as exc:
+            raise self._error("write", name, exc) from exc
+        return True
+
+    def _error(self, verb: str, name: str, exc: Exception) -> OutputError:
+        where = f"{self.url.rstrip('/')}/{name}" if name else self.url
+        return OutputError(f"cannot {verb} {where}: {type(exc).__name__}: {exc}")
+
+
+def open_store(url: str) -> Store:
+    """The store at `url`; a usage error (exit 64) for a protocol not supported or a missing extra.
+    Credentials and the endpoint are s3fs's own (AWS_* environment, ~/.aws; AWS_ENDPOINT_URL)."""
+    protocol, _, rest = url.partition("://")
+    if protocol not in PROTOCOLS:
+        raise UsageError(
+            f"{url}: outputs go to a local directory or to s3://bucket/prefix "
+            f"({protocol}:// is not supported)"
+        )
+    root = rest.strip("/")
+    if not root:
+        raise UsageError(f"{url}: name a bucket (s3://bucket/prefix)")
+    try:
+        import fsspec
+
+        fs = fsspec.filesystem(protocol)
+    except ImportError as exc:
+        raise UsageError(f"--out {url} needs fsspec and s3fs: {EXTRA}") from exc
+    return Store(url, fs, root)
+
+
+def _whole_lines(data: bytes) -> Iterator[bytes]:
+    for raw in data.splitlines(keepends=True):
+        if raw.endswith(b"\n"):
+            yield raw
+
+
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _segments(store: Store, folder: str) -> Iterator[bytes]:
+    """The complete lines of a folder's segments, in the order of their names."""
+    for _, data in store.read_all(folder):
+        yield from _whole_lines(data)
+
+
+def pull(store: Store, root: Path) -> None:
+    """Assemble DIR at `root` (new or empty) from the store: results.jsonl (a task's first line only),
+    usage.jsonl, runs/<run>.jsonl, .format; a cluster's plan and its shards the same way. No images."""
+    root.mkdir(parents=True, exist_ok=True)
+    finished: dict[str, str] = {}  # task id -> the run whose line the store keeps
+    with (root / RESULTS).open("wb") as results:
+        for name, data in store.read_all(SEGMENTS[RESULTS]):
+            run = name.rpartition("-")[0]
+            for raw in _whole_lines(data):
+                record = _parse(raw)
+                task_id = record.get("id") if record is not None else None
+                if isinstance(task_id, str) and task_id not in finished:
+                    finished[task_id] = run
+                    results.write(raw)
+    with (root / USAGE).open("wb") as usage:
+        for raw in _segments(store, SEGMENTS[USAGE]):
+            usage.write(raw)
+    runs: dict[str, list[bytes]] = {}
+    for name, data in store.read_all(RUNS):
+        run, _, segment = name.partition("/")
+        if segment:
+            runs.setdefault(run, []).append(data)
+    (root / RUNS).mkdir(exist_ok=True)
+    for run, segments in runs.items():
+        lines = (raw for data in segments for raw in _whole_lines(data))
+        (root / RUNS / f"{run}.jsonl").write_bytes(b"".join(_unsaved_as_maybe_billed(lines, run, finished)))
+    scheme = store.read(FORMAT)
+    if scheme is not None:
+        (root / FORMAT).write_bytes(scheme)
+    _pull_cluster(store, root)
+
+
+def _pull_cluster(store: Store, root: Path) -> None:
+    plan = store.read("cluster/plan.json")
+    if plan is None:
+        return
+    (root / "cluster").mkdir(exist_ok=True)
+    (root / "cluster" / "plan.json").write_bytes(plan)
+    shards = {name.partition("/")[0] for name in store.names("shards")}
+    for shard in sorted(shards):
+        pull(store.child(f"shards/{shard}"), root / "shards" / shard)
+
+
+def _unsaved_as_maybe_billed(lines: Iterator[bytes], run: str, finished: dict[str, str]) -> Iterator[bytes]:
+    """Run `run`'s attempt log, where a request answered for a task whose result line in the store is
+    not this run's says maybe billed: the run died before saving it (or has not uploaded it yet), so it
+    may have been paid without a saved result, and a later run asks again."""
+    tasks: dict[str, str] = {}
+    for raw in lines:
+        line = _parse(raw)
+        record = attempt_log_line(line) if line is not None else None
+        if isinstance(record, AttemptRecord):
+            if record.event == "sent" and record.task_id is not None:
+                tasks[record.request_id] = record.task_id
+            elif (
+                record.event == "done"
+                and record.outcome in _UNSAVED
+                and not record.maybe_billed
+                and finished.get(tasks.get(record.request_id, "")) != run
+            ):
+                raw = (_encode({**(line or {}), "maybe_billed": True, "unsaved": True}) + "\n").encode()
+        yield raw
+
+
+@dataclass
+class Mirror:
+    """Replicates a staging DIR's new lines and files into the store while a run writes them."""
+
+    store: Store
+    root: Path
+    run: str  # this run's id: its segments' names
+    offsets: dict[str, int] = field(default_factory=dict)
+    sequence: int = 0
+    log_offset: int = 0
+    log_sequence: int = 0
+    uploaded: dict[str, str] = field(default_factory=dict)  # a file in DIR -> its name in the store
+    _journals: anyio.Lock = field(default_factory=anyio.Lock)
+    _log: anyio.Lock = field(default_factory=anyio.Lock)
+
+    def __post_init__(self) -> None:
+        for journal in SEGMENTS:  # what DIR holds now came from the store (pull)
+            with contextlib.suppress(OSError):
+                self.offsets[journal] = (self.root / journal).stat().st_size
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / RUNS / f"{self.run}.jsonl"
+
+    def start(self) -> None:
+        """Record the id scheme once (blocking)."""
+        scheme = (self.root / FORMAT).read_bytes() if (self.root / FORMAT).exists() else None
+        if scheme is not None:
+            self.store.create(FORMAT, scheme)
+
+    async def publish_log(self) -> None:
+        """Upload the attempt log's lines written so far (before a request leaves: see RunLog.published).
+        The requests that start while an upload is on its way share the next one."""
+        target = _size(self.log_path)
+        async with self._log:
+            if self.log_offset < target:
+                await anyio.to_thread.run_sync(self._push_log)
+
+    async def push(self) -> None:
+        """Upload what DIR gained since the last push: ledger lines, then each result line's files and
+        the lines, then the attempt log."""
+        async with self._journals:
+            await anyio.to_thread.run_sync(self._push_journals)
+        await self.publish_log()
+
+    async def run_beside(self, every: float = PUSH_INTERVAL) -> None:
+        """Push every `every` seconds; cancel it at the end of the run (then push once more)."""
+        while True:
+            await anyio.sleep(every)
+            await self.push()
+
+    def _new_lines(self, path: Path, offset: int) -> bytes:
+        try:
+            with path.open("rb") as handle:
+                handle.seek(offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return b""
+        return data[: data.rfind(b"\n") + 1]
+
+    def _push_log(self) -> None:
+        data = self._new_lines(self.log_path, self.log_offset)
+        if data:
+            self.log_sequence += 1
+            self._create(f"{RUNS}/{self.run}/{self.log_sequence:06d}.jsonl", data)
+            self.log_offset += len(data)
+
+    def _push_journals(self) -> None:
+        for journal in (USAGE, RESULTS):  # the ledger first: a result's usage is never missing
+            offset = self.offsets.get(journal, 0)
+            data = self._new_lines(self.root / journal, offset)
+            if not data:
+                continue
+            lines = (
+                b"".join(self._with_files(raw) for raw in _whole_lines(data)) if journal == RESULTS else data
+            )
+            self.sequence += 1
+            self._create(f"{SEGMENTS[journal]}/{self.run}-{self.sequence:06d}.jsonl", lines)
+            self.offsets[journal] = offset + len(data)
+
+    def _create(self, name: str, data: bytes) -> None:
+        if not self.store.create(name, data):
+            raise OutputError(f"{self.store.url}: {name} exists already (two runs with one id?)")
+
+    def _with_files(self, raw: bytes) -> bytes:
+        """Upload the files a result line names; the line, naming them as the store does."""
+        record = _parse(raw)
+        if record is None:
+            return raw
+        files = record.get("files")
+        names = [str(name) for name in files] if isinstance(files, list) else []
+        answer = record.get("answer_file")
+        stored = [self._upload(name) for name in names]
+        renamed = stored != names
+        if isinstance(answer, str):
+            kept = self._upload(answer)
+            renamed = renamed or kept != answer
+            record["answer_file"] = kept
+        if not renamed:
+            return raw
+        record["files"] = stored
+        return (_encode(record) + "\n").encode()
+
+    def _upload(self, name: str) -> str:
+        """A file of DIR into the store, create-only: under its own name, or if the store holds that one
+        already (a worker that died saved it, not its line), under a name of this run's."""
+        if name in self.uploaded:
+            return self.uploaded[name]
+        relative = PurePosixPath(name)
+        if (
+            relative.is_absolute()
+            or ".." in relative.parts
+            or relative.parts[:1] not in ((IMAGES,), (ANSWERS,))
+        ):
+            return name  # not a file of DIR's: nothing to upload
+        try:
+            data = (self.root / relative).read_bytes()
+        except OSError as exc:
+            raise OutputError(f"cannot read {self.root / relative}: {exc.strerror or exc}") from exc
+        target = name
+        if not self.store.create(target, data):
+            target = str(relative.with_name(f"{relative.stem}.{self.run}{relative.suffix}"))
+            self._create(target, data)
+        self.uploaded[name] = target
+        return target
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0

@@ -1,0 +1,97 @@
+"""`run --out s3://...` end to end, through the command in a subprocess, against the simulator and a real
+S3 on loopback (moto): a run killed with SIGKILL mid-run resumes with every task once, its paid duplicates
+within what the store's accounting counts as maybe billed; results, ledger and images are objects in the
+store; a finished run sends nothing again; the readers read the URL; the key is in no object."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from batch.simulator import SimConfig, simulator_in_thread
+from tests.conftest import KEY, Outcome, Run, env_for
+from tests.s3_server import S3
+
+pytestmark = pytest.mark.timeout(90)
+TASKS = 6
+
+
+def lines(s3: S3, folder: str) -> list[dict[str, object]]:
+    return [
+        json.loads(line)
+        for _, data in sorted(s3.objects(folder).items())
+        for line in data.decode().splitlines()
+    ]
+
+
+@pytest.fixture
+def manifest(write: Callable[..., Path]) -> Path:
+    return write(
+        "tasks:\n" + "".join(f"  - {{kind: generate, id: t{i}, prompt: p {i}}}\n" for i in range(TASKS))
+    )
+
+
+def test_killed_mid_run_then_resumed_each_task_once_duplicates_accounted(
+    manifest: Path, s3: S3, cli: Callable[..., Outcome]
+) -> None:
+    with simulator_in_thread(SimConfig(api_key=KEY, latency=0.3)) as sim:
+        state = sim.state
+        killed = Run(manifest, s3.url, sim, "--concurrency", "3")
+        # the kill lands as the second wave of requests reaches the server: the first wave answered (its
+        # lines maybe not uploaded yet), the second in flight
+        state.wait_for_sync(lambda s: s.requests_total >= 3 and s.inflight >= 1, within=60)
+        killed.kill()
+        state.wait_for_sync(lambda s: s.inflight == 0, within=30)
+        first_run = list(state.records)
+        saved = {str(r["id"]) for r in lines(s3, "results")}
+        assert len(saved) < TASKS
+        # the store's own accounting: every request of the killed run whose task it does not hold is
+        # counted as maybe billed (its `sent` line reached the store before the request left)
+        unsaved = [r for r in first_run if r.task_id not in saved]
+        assert unsaved
+        shown = cli("status", s3.url, "--json", env=s3.env)
+        assert shown.code == 0, shown.err
+        maybe_billed = json.loads(shown.out)["maybe_billed"]
+        assert json.loads(shown.out)["directory"] == s3.url
+        assert maybe_billed >= len(unsaved)
+
+        # the resume, in this process (no second start-up to pay)
+        env = {**env_for(sim), **s3.env}
+        resumed = cli("run", manifest, "--out", s3.url, "--no-progress", env=env)
+        assert resumed.code == 0, resumed.err
+        records = list(state.records)
+        # nothing the store held was sent again; each task has exactly one result line
+        assert not [r for r in records[len(first_run) :] if r.task_id in saved]
+        results = lines(s3, "results")
+        assert sorted(str(r["id"]) for r in results) == [f"t{i}" for i in range(TASKS)]
+        paid = Counter(r.task_id for r in records if r.billed_tokens > 0)
+        duplicates = sum(n - 1 for n in paid.values())
+        assert duplicates <= maybe_billed
+        # every answer billed by the server and not lost to the kill is in the ledger
+        assert len(lines(s3, "usage")) >= state.billed_requests - maybe_billed
+        objects = s3.objects()
+        for record in results:
+            for name in record["files"]:  # type: ignore[attr-defined]
+                assert objects[name].startswith(b"\x89PNG")
+        assert all(KEY.encode() not in data for data in objects.values())
+
+        # finished: the same command again sends nothing
+        again = cli("run", manifest, "--out", s3.url, "--no-progress", env=env)
+        assert again.code == 0, again.err
+        assert f"{TASKS} already done" in again.out and f"output: {s3.url}" in again.out
+        assert state.requests_total == len(records)
+
+    # the readers, on the URL
+    status = json.loads(cli("status", s3.url, "--json", env=s3.env).out)
+    assert status["succeeded"] == TASKS and status["pending"] == 0
+    report = cli("report", s3.url, "--json", env=s3.env)
+    assert report.code == 0 and json.loads(report.out)["maybe_billed"] == maybe_billed
+    exported = cli("export", s3.url, "--format", "jsonl", env=s3.env)
+    assert exported.code == 0, exported.err
+    assert sorted(json.loads(line)["id"] for line in exported.out.splitlines()) == sorted(
+        f"t{i}" for i in range(TASKS)
+    )

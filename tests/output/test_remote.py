@@ -1,0 +1,129 @@
+"""Outputs on a store (output.remote) against a real S3 on loopback (moto): create-only files, the view
+assembled from segments, and the usage errors of a URL that cannot be used."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from batch.output.remote import open_store, pull
+from batch.simulator import RunningSimulator
+from tests.conftest import ROOT, Outcome, env_for
+from tests.s3_server import S3
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_an_image_the_store_holds_is_never_overwritten(
+    write: Callable[..., Path], sim: RunningSimulator, s3: S3, cli: Callable[..., Outcome]
+) -> None:
+    # a worker that died saved t0's image but not its result line
+    s3.fs.pipe_file(f"{s3.bucket}/out/images/t0.png", b"a dead worker's bytes")
+    manifest = write(
+        "tasks:\n  - {kind: generate, id: t0, prompt: a fox}\n  - {kind: generate, id: t1, prompt: b}\n"
+    )
+    done = cli("run", manifest, "--out", s3.url, "--no-progress", env={**env_for(sim), **s3.env})
+    assert done.code == 0, done.err
+    objects = s3.objects()
+    assert objects["images/t0.png"] == b"a dead worker's bytes"
+    results = {
+        record["id"]: record
+        for name, data in objects.items()
+        if name.startswith("results/")
+        for record in map(json.loads, data.decode().splitlines())
+    }
+    [kept] = results["t0"]["files"]
+    assert kept != "images/t0.png" and kept.startswith("images/t0.") and kept.endswith(".png")
+    assert objects[kept].startswith(b"\x89PNG")  # the paid answer is in the store, under its own name
+    assert results["t1"]["files"] == ["images/t1.png"]
+
+
+def test_the_view_keeps_a_tasks_first_line_and_counts_answers_not_saved_by_their_run(
+    s3: S3, tmp_path: Path
+) -> None:
+    def put(name: str, *records: dict[str, object]) -> None:
+        s3.fs.pipe_file(f"{s3.bucket}/out/{name}", b"".join(json.dumps(r).encode() + b"\n" for r in records))
+
+    put("results/20260101T000000Z-aaaaaa-000001.jsonl", {"id": "t0", "status": "succeeded", "files": []})
+    put(
+        "results/20260101T010000Z-bbbbbb-000001.jsonl",
+        {"id": "t0", "status": "failed"},
+        {"id": "t1", "status": "succeeded", "files": []},
+    )
+    put(
+        "runs/20260101T000000Z-aaaaaa/000001.jsonl",
+        {"event": "start", "at": "x"},
+        {"event": "sent", "request_id": "t0/aaaaaa.1", "task_id": "t0"},
+        {"event": "done", "request_id": "t0/aaaaaa.1", "outcome": "answered", "status": 200},
+        {"event": "sent", "request_id": "t1/aaaaaa.1", "task_id": "t1"},
+        {"event": "done", "request_id": "t1/aaaaaa.1", "outcome": "answered", "status": 200},
+        {"event": "sent", "request_id": "t2/aaaaaa.1", "task_id": "t2"},
+    )
+    put("runs/20260101T000000Z-aaaaaa/000002.jsonl", {"event": "end", "at": "y"})
+    view = tmp_path / "view"
+    pull(open_store(s3.url), view)
+    lines = [json.loads(line) for line in (view / "results.jsonl").read_text().splitlines()]
+    assert lines == [
+        {"id": "t0", "status": "succeeded", "files": []},
+        {"id": "t1", "status": "succeeded", "files": []},
+    ]
+    log = [
+        json.loads(line)
+        for line in (view / "runs" / "20260101T000000Z-aaaaaa.jsonl").read_text().splitlines()
+    ]
+    assert [r["event"] for r in log] == ["start", "sent", "done", "sent", "done", "sent", "end"]
+    assert "maybe_billed" not in log[2]  # t0's answer: this run's line is the one kept
+    assert log[4]["maybe_billed"] is True  # t1's answer was lost: another run's line is kept
+    assert (view / "usage.jsonl").read_bytes() == b""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("run", "job.yaml", "--out", "gs://bucket/out"),
+        ("status", "ftp://host/out"),
+        ("report", "s3://"),
+    ],
+)
+def test_a_url_that_is_not_supported_is_a_usage_error(
+    args: tuple[str, ...], cli: Callable[..., Outcome]
+) -> None:
+    done = cli(*args)
+    assert done.code == 64
+    assert "s3://bucket/prefix" in done.err and "Traceback" not in done.err
+
+
+def test_without_the_extra_a_url_is_a_usage_error(
+    cli: Callable[..., Outcome], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "fsspec", None)  # as if it were not installed
+    done = cli("status", "s3://bucket/out")
+    assert done.code == 64
+    assert "pip install 'maas-batch[cloud]'" in done.err
+
+
+@pytest.mark.parametrize(
+    "args", [("gallery",), ("retry-failed",), ("export", "--format", "openai"), ("status",)]
+)
+def test_what_is_not_built_on_a_store_or_an_empty_one_is_refused(
+    args: tuple[str, ...], s3: S3, cli: Callable[..., Outcome]
+) -> None:
+    done = cli(args[0], s3.url, *args[1:], env=s3.env)
+    assert done.code == 64
+    assert "not built yet" in done.err or "holds no output of maas-batch" in done.err
+
+
+def test_help_and_local_commands_do_without_fsspec() -> None:
+    code = (
+        "import sys\nfrom batch.cli import main\n"
+        "try:\n    main(['run', '--help'])\nexcept SystemExit:\n    pass\n"
+        "from batch.running import job\n"
+        "print(sorted(m for m in ('fsspec', 's3fs', 'batch.output.remote') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
