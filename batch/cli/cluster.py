@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import signal
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ from batch.exitcodes import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
-from batch.values import output_location
+from batch.values import StoreUrl, output_location
 
 if TYPE_CHECKING:
     from batch.cluster.plan import BatchPlan
@@ -93,11 +94,11 @@ def add_commands(commands: Any) -> None:
     )
     submit.add_argument(
         "--resume",
-        type=Path,
+        type=output_location,
         metavar="DIR",
-        help="rebuild the queue of DIR's batch from its outputs alone (after Redis lost it): queue again "
-        "each shard whose directory lacks results and that is not queued or taken; the plan and its flags "
-        "are DIR's, and its manifest must be the one submitted",
+        help="rebuild the queue of DIR's batch (or s3://bucket/prefix's) from its outputs alone (after Redis "
+        "lost it): queue again each shard whose outputs lack results and that is not queued or taken; the "
+        "plan and its flags are DIR's, and its manifest must be the one submitted",
     )
     _add_redis(submit)
     submit.add_argument(
@@ -234,6 +235,16 @@ def resume(args: argparse.Namespace) -> int:
     from batch.cluster.queue import ShardQueue
     from batch.cluster.submit import resume as resume_batch
 
+    if isinstance(args.resume, StoreUrl):  # the shards' outputs read through a local view of the store
+        from batch.output.remote import open_store, pull
+
+        store = open_store(args.resume)
+        with tempfile.TemporaryDirectory(prefix="maas-batch-view-") as folder:
+            view = Path(folder) / "view"
+            pull(store, view)
+            if not (view / "cluster" / "plan.json").is_file():
+                raise UsageError(f"{args.resume} holds no submitted batch (no cluster/plan.json)")
+            return resume(argparse.Namespace(**{**vars(args), "resume": view}))
     out = args.resume
     plan = read_plan(out)
     options = run_options(Path(plan.manifest), out, plan.run_flags)
