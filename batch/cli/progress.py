@@ -107,6 +107,8 @@ class LogLines:
             self._done += 1
             record = event.record
             if event.succeeded:
+                if not log.isEnabledFor(logging.DEBUG):  # -v: the line of every task is not built for nothing
+                    return
                 tokens = (record.get("usage") or {}).get("total_tokens", 0)
                 log.debug(
                     "[%d/%d] %s %s succeeded (%s tokens, %d attempt%s)",
