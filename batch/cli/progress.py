@@ -5,12 +5,13 @@ a pipeline). Both only listen to events; the engine does not know they exist.
 from __future__ import annotations
 
 import logging
-from typing import IO, Any
-
-from tqdm import tqdm
+from typing import IO, TYPE_CHECKING, Any
 
 from batch.events import AttemptFailed, Billed, Event, Heartbeat, RunStarted, RunStopping, TaskFinished
 from batch.running.prices import money
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 log = logging.getLogger("batch.run")
 
@@ -29,6 +30,8 @@ class ProgressBar:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
+            from tqdm import tqdm  # loaded for a terminal only: LogLines, in this module too, needs none
+
             self._bar = tqdm(
                 total=event.pending, file=self._stream, unit="task", dynamic_ncols=True, desc="maas-batch"
             )

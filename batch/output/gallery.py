@@ -35,8 +35,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from batch.errors import OutputError
 from batch.events import Event, TaskFinished
 from batch.output.files import real_folder, write_atomic, write_atomic_chunks
@@ -61,6 +59,8 @@ def thumbnail_name(image_name: str) -> str:
 
 def make_thumbnail(source: bytes | Path, destination: Path, *, fsync: bool = False) -> bool:
     """A small WebP of an image (blocking: call it from a worker thread). False if it cannot be read."""
+    from PIL import Image  # Pillow loads with the first picture: a run without any never needs it
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
