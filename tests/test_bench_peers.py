@@ -58,3 +58,20 @@ def test_a_missing_cookbook_is_a_clear_failure(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert "no such file" in done.stderr
+
+
+@pytest.mark.timeout(90)
+def test_cpu_ab_runs_each_version_and_prints_its_median(tmp_path: Path) -> None:
+    options = ["--tasks", "20", "--rounds", "1", "--latency", "0", "--concurrency", "4"]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "cpu_ab.py"), "HEAD", ".", *options],
+        capture_output=True,
+        text=True,
+        timeout=80,
+        cwd=tmp_path,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    medians = [line.split(":")[0].strip() for line in done.stdout.splitlines() if ": median " in line]
+    assert medians == ["HEAD", "."]
+    assert list(tmp_path.iterdir()) == []  # its temporary folder is gone

@@ -5,14 +5,18 @@ a pipeline). Both only listen to events; the engine does not know they exist.
 from __future__ import annotations
 
 import logging
-from typing import IO, Any
-
-from tqdm import tqdm
+import time
+from typing import IO, TYPE_CHECKING, Any
 
 from batch.events import AttemptFailed, Billed, Event, Heartbeat, RunStarted, RunStopping, TaskFinished
 from batch.running.prices import money
 
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
 log = logging.getLogger("batch.run")
+
+POSTFIX_EVERY = 0.1  # seconds: the bar's figures are formatted at most this often (tqdm redraws as often)
 
 
 class ProgressBar:
@@ -26,9 +30,12 @@ class ProgressBar:
         self._tokens = 0
         self._cost = 0.0
         self._last_error = ""
+        self._postfix_at = 0.0  # time.monotonic() of the last postfix
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
+            from tqdm import tqdm  # loaded for a terminal only: LogLines, in this module too, needs none
+
             self._bar = tqdm(
                 total=event.pending, file=self._stream, unit="task", dynamic_ncols=True, desc="maas-batch"
             )
@@ -39,7 +46,9 @@ class ProgressBar:
                 self._failed += 1
                 self._bar.write(f"failed {event.task_id}: {event.record['error']['message']}")
             self._bar.update(1)
-            self._postfix()
+            # formatting the figures costs more than the rest of a task's bar: not more than tqdm shows them
+            if not event.succeeded or time.monotonic() - self._postfix_at >= POSTFIX_EVERY:
+                self._postfix()
         elif isinstance(event, AttemptFailed):
             self._retries += 1
             self._last_error = event.error
@@ -61,9 +70,11 @@ class ProgressBar:
         if self._last_error:
             shown["last"] = _short(self._last_error)
         self._bar.set_postfix(shown, refresh=False)
+        self._postfix_at = time.monotonic()
 
     def close(self) -> None:
         if self._bar is not None:
+            self._postfix()  # the last figures, for the bar's last drawing
             self._bar.close()
 
 
@@ -107,6 +118,8 @@ class LogLines:
             self._done += 1
             record = event.record
             if event.succeeded:
+                if not log.isEnabledFor(logging.DEBUG):  # -v: the line of every task is not built for nothing
+                    return
                 tokens = (record.get("usage") or {}).get("total_tokens", 0)
                 log.debug(
                     "[%d/%d] %s %s succeeded (%s tokens, %d attempt%s)",

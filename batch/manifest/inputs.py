@@ -14,8 +14,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image
-
 from batch.kind import ImageInfo, InputInfo
 from batch.manifest.regular import open_regular
 
@@ -27,6 +25,8 @@ ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 
 def read_image_info(path: Path) -> ImageInfo | None:
     """The header of an image file, or None when the file is not an image Pillow knows."""
+    from PIL import Image  # Pillow loads with the first input image: a chat manifest never needs it
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -384,6 +384,13 @@ def _set(data: Any, pointer: Pointer, value: Any) -> None:
     data[pointer[-1]] = value
 
 
+# Built once: json.dumps with arguments builds an encoder at every call, and every task is digested twice
+# (the validation walk and the dispatch walk).
+_canonical = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+
+
 def content_digest(
     kind: str, endpoint: str, fields: Mapping[str, Any], inputs: Mapping[Pointer, InputInfo]
 ) -> str:
@@ -391,13 +398,7 @@ def content_digest(
     canonical = copy.deepcopy(dict(fields)) if inputs else dict(fields)
     for pointer, info in inputs.items():
         _set(canonical, pointer, f"sha256:{info.digest}")
-    blob = json.dumps(
-        {"kind": kind, "endpoint": endpoint, "fields": canonical},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-    )
+    blob = _canonical({"kind": kind, "endpoint": endpoint, "fields": canonical})
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from batch.output.store import Journal, read_lines
 from batch.running.records import AttemptRecord, RunRecord, attempt_log_line
 
 _encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
+_string = encode_basestring  # a JSON string, as _encode writes one (with its quotes)
 
 
 def _line(record: Mapping[str, Any]) -> bytes:
@@ -180,10 +182,11 @@ class RunLog:
         # A `sent` line must be in the kernel before the request leaves (so that a kill is accounted
         # for); `done` lines wait and share its write(2). One lost to a kill makes its request look
         # interrupted: counted as maybe billed, which errs on the honest side. Epoch seconds: a date
-        # costs more to format, for every request.
-        self._pending += _line(
-            AttemptRecord("sent", request_id, task_id=task_id, t=round(time.time(), 3)).to_line()
-        )
+        # costs more to format, for every request. The line is AttemptRecord.to_line's, written out.
+        self._pending += (
+            f'{{"event": "sent", "request_id": {_string(request_id)}, "task_id": {_string(task_id)}, '
+            f'"t": {round(time.time(), 3)!r}}}\n'
+        ).encode()
         self._flush()
 
     async def published(self) -> None:
@@ -203,6 +206,14 @@ class RunLog:
     ) -> None:
         started = self._sent.pop(request_id, None)
         seconds = None if started is None else round(time.monotonic() - started, 3)
+        answered = outcome == "answered" and not (maybe_billed or error)
+        if answered and type(status) is int and seconds is not None:
+            # the usual line, as AttemptRecord.to_line makes it, written out: every request has one
+            self._pending += (
+                f'{{"event": "done", "request_id": {_string(request_id)}, "outcome": "answered", '
+                f'"status": {status!r}, "seconds": {seconds!r}}}\n'
+            ).encode()
+            return
         record = AttemptRecord(
             "done",
             request_id,

@@ -87,6 +87,7 @@ class ApiClient:
         self.config = config
         self.scrub = Scrubber(config.api_key)
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[tuple[str, str], str] = {}
         base = urlsplit(config.base_url)
         self._origin = _origin(base.scheme, base.hostname, base.port)
         # the base URL as messages name it: without a user or password it may hold
@@ -112,7 +113,12 @@ class ApiClient:
             self._session = None
 
     def url(self, endpoint: str, path: str) -> str:
-        return f"{self.config.base_url.rstrip('/')}/{quote(endpoint, safe='')}/{path}"
+        found = self._urls.get((endpoint, path))
+        if found is None:  # a run has a few: each is built once, not for every request
+            found = self._urls[endpoint, path] = (
+                f"{self.config.base_url.rstrip('/')}/{quote(endpoint, safe='')}/{path}"
+            )
+        return found
 
     async def send(self, endpoint: str, request: ApiRequest, request_id: str) -> Reply:
         """One attempt. Raises ApiStatusError, TransportError or BrokenAnswerError."""
@@ -203,8 +209,12 @@ class ApiClient:
         try:
             inflater = Inflater(response.headers.get("Content-Encoding", ""), limit)
             length = response.content_length
-            if not inflater.active and length is not None and length > limit:
-                raise too_large(limit, f"{length:,} bytes")
+            if not inflater.active and length is not None:
+                if length > limit:
+                    raise too_large(limit, f"{length:,} bytes")
+                # the usual answer: its size known and allowed, read at once (aiohttp reads no more than
+                # Content-Length), not a piece at a time through an async iterator
+                return self.scrub.bytes(await response.read())
             async for piece in response.content.iter_chunked(1 << 16):
                 buffer += inflater.feed(piece)
                 if len(buffer) > limit:

@@ -14,8 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 import anyio
-from anyio.abc import ObjectSendStream
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from batch.errors import ManifestError, OutputError
 from batch.events import Event, Heartbeat, Observer, RunStarted, RunStopping
@@ -192,7 +191,7 @@ class Runner:
 
     async def _dispatch(
         self,
-        send: ObjectSendStream[TaskSpec],
+        send: MemoryObjectSendStream[TaskSpec],
         receive: MemoryObjectReceiveStream[TaskSpec],
         lag: LoopLag,
         workers: int,
@@ -264,7 +263,7 @@ class Runner:
                 )
             )
 
-    async def _produce(self, send: ObjectSendStream[TaskSpec]) -> None:
+    async def _produce(self, send: MemoryObjectSendStream[TaskSpec]) -> None:
         async with send:
             with self._producer_scope:
                 while True:
@@ -277,7 +276,10 @@ class Runner:
                     if not batch:
                         return
                     for spec in batch:
-                        await send.send(spec)
+                        try:  # into the buffer without a round through the event loop while it has room
+                            send.send_nowait(spec)
+                        except anyio.WouldBlock:
+                            await send.send(spec)
 
     def _next_batch(self) -> list[TaskSpec]:
         """Up to PRODUCER_BATCH unfinished tasks. Runs in a worker thread: building a spec may hash files."""

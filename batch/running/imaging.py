@@ -13,7 +13,6 @@ import warnings
 from collections.abc import Collection, Sequence
 
 import pybase64
-from PIL import Image
 
 from batch.errors import BrokenAnswerError
 from batch.kind import EncodedImage, TaskKind
@@ -69,6 +68,8 @@ def decode_base64(text: str, index: int = 0) -> bytes:
 def check_image(data: bytes, index: int, media_types: Collection[str]) -> str:
     """The file extension for image bytes, after checking they are a whole, sane image of one of
     `media_types`."""
+    from PIL import Image  # Pillow loads with the first image: a chat run never needs it
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,9 +23,19 @@ ID_PREFIX = b'{"id": "'
 STATUS_MARK = b'"status": "'  # its first match after the id is the line's own status (then kind)
 
 
+_this_second: tuple[int, str] = (-1, "")  # the second last stamped, and its date and time formatted
+
+
 def now() -> str:
-    """The time stamp of a line: UTC, ISO 8601, milliseconds."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    """The time stamp of a line: UTC, ISO 8601, milliseconds, as `datetime.isoformat` writes it. The
+    date and time are formatted once a second: two stamps a task, each a datetime, cost more."""
+    global _this_second
+    second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+    known, formatted = _this_second
+    if second != known:
+        formatted = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _this_second = (second, formatted)
+    return f"{formatted}.{nanoseconds // 1_000_000:03d}+00:00"
 
 
 def _int(value: Any) -> int:

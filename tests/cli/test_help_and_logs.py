@@ -133,3 +133,27 @@ def test_a_run_without_redis_loads_no_redis_client(write: Callable[..., Path], t
         check=True,
     )
     assert done.stdout.strip().splitlines()[-1] == "exit 0 loaded: []", done.stdout + done.stderr
+
+
+def test_a_chat_run_without_a_terminal_loads_neither_pillow_nor_tqdm(
+    sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Pillow is for images (answers, inputs, thumbnails) and tqdm for a terminal's bar: a chat run under
+    cron starts without either, and still writes its page."""
+    manifest = write("tasks:\n  - {kind: chat, model: gemini-2.5-flash, prompt: hello}\n")
+    code = (
+        "import sys\nfrom batch.cli import main\n"
+        "code = main(['run', sys.argv[1], '--out', sys.argv[2]])\n"
+        "print('exit', code, 'loaded:', sorted(m for m in ('PIL', 'tqdm') if m in sys.modules))"
+    )
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}, **env_for(sim)}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(manifest), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.stdout.strip().splitlines()[-1] == "exit 0 loaded: []", done.stdout + done.stderr
+    assert (tmp_path / "out" / "index.html").is_file()

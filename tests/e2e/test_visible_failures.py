@@ -154,3 +154,20 @@ def test_the_circuit_breaker_says_when_it_opens_and_closes(caplog: pytest.LogCap
     assert len(said) == 2, said
     assert said[0].startswith("the service is failing (2 failed attempts in a row; last: HTTP 503: down)")
     assert said[1] == "the service answers again, after 42 s of failures"
+
+
+def test_the_bars_figures_are_formatted_at_most_ten_times_a_second_and_are_whole_at_the_end() -> None:
+    """The bar's postfix (failures, retries, tokens, cost) costs more to format than the rest of a task's
+    bar: it follows tqdm's own redraws, and its last figures are drawn when the bar closes."""
+    from batch.events import Billed
+
+    stream = io.StringIO()
+    bar = ProgressBar(stream)
+    bar(RunStarted(1001, 0, 1001))
+    for i in range(1000):
+        bar(Billed(f"t{i}", "m", 10, 26, 36, None))
+        bar(TaskFinished({"id": f"t{i}", "status": "succeeded", "kind": "chat"}))
+    bar(TaskFinished({"id": "x", "status": "failed", "kind": "chat", "error": {"message": "no"}}))
+    bar.close()
+    last = stream.getvalue().rstrip().rsplit("\r", 1)[-1]
+    assert "1001/1001" in last and "failed=1" in last and "tokens=36,000" in last, last

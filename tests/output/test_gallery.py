@@ -353,3 +353,35 @@ def test_a_card_reads_its_result_line_through_the_record() -> None:
         "error": "moderation_blocked: no",
     }
     assert gallery._card(ResultRecord.from_line({"id": "bare", "error": {}}))["error"] is None
+
+
+def test_a_page_without_pictures_skips_the_thumbnail_pass_and_one_with_them_does_not(tmp_path: Path) -> None:
+    """The first pass (making missing thumbnails) is for cards that show pictures; a page of chat answers,
+    as the tool writes their lines, is built without it. Any line that might name a picture keeps it."""
+    from batch.running.records import ResultRecord
+
+    out = tmp_path / "out"
+    out.mkdir()
+    chat = ResultRecord("a", "chat", "succeeded", "m", prompt="hi", text='files: [] "files": []').to_line()
+    (out / "results.jsonl").write_text(json.dumps(chat) + "\n" + json.dumps({**chat, "id": "b"}) + "\n")
+    scope = gallery.scope_of(out)
+    assert not gallery._may_want_thumbnails(out, scope)
+    from array import array
+
+    from batch.running.idset import digest
+
+    finished = gallery.Scope(order=array("Q", [digest("a"), digest("b")]))
+    pending = gallery.Scope(order=array("Q", [digest("a"), digest("b"), digest("c")]))
+    assert not gallery._may_want_thumbnails(out, finished)
+    assert gallery._may_want_thumbnails(out, pending)  # a pending card shows its inputs
+    assert [item["id"] for item in page_data(gallery.build(out))["items"]] == ["a", "b"]
+
+    make_image(out / "images" / "c.png", (64, 48))
+    picture = {**chat, "id": "c", "files": ["images/c.png"], "meta": {"files": []}}
+    hand_written = {"id": "d", "kind": "chat", "status": "succeeded", "files": ["images/c.png"]}
+    for line in (picture, hand_written):
+        (out / "results.jsonl").write_text(json.dumps(chat) + "\n" + json.dumps(line) + "\n")
+        assert gallery._may_want_thumbnails(out, scope)
+    (out / "results.jsonl").write_text(json.dumps(chat) + "\n" + json.dumps(picture) + "\n")
+    items = {item["id"]: item for item in page_data(gallery.build(out))["items"]}
+    assert items["c"]["thumbs"] and all((out / thumb).is_file() for thumb in items["c"]["thumbs"])

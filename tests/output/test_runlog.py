@@ -55,3 +55,31 @@ def test_recover_closes_only_the_runs_that_did_not_end(tmp_path: Path) -> None:
     last = [json.loads(line) for line in (runs / "3.jsonl").read_text().splitlines()][-1]
     assert (last["event"], last["interrupted"], last["maybe_billed"]) == ("end", True, 2)
     assert recover(runs).runs == 0
+
+
+def test_the_sent_and_done_lines_are_the_records_lines_byte_for_byte(tmp_path: Path) -> None:
+    """`sent` and the usual `done` are written out by hand (two lines a request): the same bytes as
+    AttemptRecord.to_line through json, whatever the ids hold."""
+    from batch.output.runlog import RunLog
+    from batch.running.records import AttemptRecord, attempt_log_line
+
+    log = RunLog(tmp_path, "r1")
+    log.open({"tasks": 2})
+    odd = 'fé"\\/x\u2028'
+    log.sent(f"{odd}/abc.1", odd)
+    log.done(f"{odd}/abc.1", "answered", status=200)
+    log.sent("b/abc.1", "b")
+    log.done("b/abc.1", "answered", status=200, error="said so")
+    log.done("never-sent", "answered", status=200)
+    log.sent("c/abc.1", "c")
+    log.done("c/abc.1", "error", status=500, error="boom")
+    log.close({"exit_code": 0})
+    raw = log.path.read_bytes().splitlines(keepends=True)[1:-1]
+    assert len(raw) == 7
+    for line in raw:
+        record = attempt_log_line(json.loads(line))
+        assert isinstance(record, AttemptRecord)
+        assert line == (json.dumps(record.to_line(), ensure_ascii=False) + "\n").encode()
+    first = json.loads(raw[1])
+    assert first["outcome"] == "answered" and first["status"] == 200 and isinstance(first["seconds"], float)
+    assert json.loads(raw[0])["task_id"] == odd and isinstance(json.loads(raw[0])["t"], float)

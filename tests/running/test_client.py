@@ -240,3 +240,35 @@ async def test_stream_request_answered_with_plain_json_still_works(
 def test_base_url_must_be_http() -> None:
     with pytest.raises(ConfigError, match="must be an http"):
         ClientConfig(base_url="genaiapi.cloudsway.net/v1/ai")
+
+
+async def _raw_server(answer: bytes) -> tuple[Any, str]:
+    """A server on port 0 that answers every request with `answer`, byte for byte, and hangs up."""
+    import asyncio
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/ai"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_body_of_known_length_is_read_whole_scrubbed_and_one_cut_short_is_a_transport_error() -> None:
+    body = json.dumps({"data": [], "echo": KEY}).encode()
+    whole = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    server, base = await _raw_server(whole + body)
+    async with server, ApiClient(ClientConfig(base_url=base, api_key=KEY)) as api:
+        reply = await api.send("ep-1", REQUEST, "t/1")
+    assert reply.body["echo"] != KEY and KEY.encode() not in reply.raw and reply.body["data"] == []
+
+    cut = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n" + body
+    server, base = await _raw_server(cut)
+    async with server, ApiClient(ClientConfig(base_url=base, api_key=KEY)) as api:
+        with pytest.raises(TransportError) as caught:
+            await api.send("ep-1", REQUEST, "t/1")
+    assert caught.value.maybe_billed

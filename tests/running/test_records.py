@@ -168,3 +168,19 @@ def test_a_runs_start_and_end_lines_read_back_unchanged() -> None:
         assert isinstance(record, RunRecord) and list(record.to_line().items()) == _keys_and_values(text)
     assert isinstance(attempt_log_line(json.loads(ATTEMPT_LINES[0])), AttemptRecord)
     assert attempt_log_line({"event": "odd"}) is None
+
+
+def test_now_is_an_iso_stamp_in_utc_to_the_millisecond_as_datetime_writes_it() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from batch.running.records import now
+
+    before = datetime.now(UTC)
+    stamps = [now() for _ in range(2000)]
+    after = datetime.now(UTC)
+    for stamp in (stamps[0], stamps[-1]):
+        assert len(stamp) == len("2025-01-02T03:04:05.678+00:00") and stamp.endswith("+00:00")
+        parsed = datetime.fromisoformat(stamp)
+        assert before - timedelta(milliseconds=1) <= parsed <= after
+        assert parsed.isoformat(timespec="milliseconds") == stamp
+    assert stamps == sorted(stamps)

@@ -1,0 +1,85 @@
+"""maas-batch's own CPU, one version against another, in alternating runs on the same machine at the same
+time: what a change to the per-task path bought, when the machine is too noisy for figures taken apart.
+
+    python bench/cpu_ab.py 9f75b3b HEAD            # two commits: 5,000 chat tasks, C=64, L=0.2 s, 3 rounds
+    python bench/cpu_ab.py 9f75b3b . --tasks 2000  # `.`: the working tree as it is now
+
+Each version's `batch/` and `jobs/` are exported (`git archive`) into a temporary folder and compiled; each
+run is `python -m batch run MANIFEST --out DIR -c C` with PYTHONPATH on that folder, with this Python and
+its installed packages, against one `maas-batch simulate` (bench/peer_runs.py). CPU (user + sys) comes from
+os.wait4 of each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+
+from peer_runs import ENDPOINT, PYTHON, ROOT, measure, simulator, write_tasks
+
+
+def export(version: str, folder: Path) -> Path:
+    """The source of `version` (a git revision, or `.` for the working tree) in a folder of its own."""
+    if version == ".":
+        return ROOT
+    tree = folder / version.replace("/", "_")
+    tree.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", version, "batch", "jobs"], cwd=ROOT, capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("versions", nargs="+", help="git revisions, or . for the working tree")
+    parser.add_argument("--tasks", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--latency", type=float, default=0.2)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="maas-cpu-ab-") as temporary:
+        folder = Path(temporary)
+        trees = {version: export(version, folder) for version in args.versions}
+        for tree in trees.values():
+            subprocess.run(
+                [PYTHON, "-m", "compileall", "-q", str(tree / "batch"), str(tree / "jobs")],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+        tasks = write_tasks(folder, args.tasks)
+        cpu: dict[str, list[float]] = {version: [] for version in trees}
+        with simulator(args.latency, folder) as sim:
+            for round_number in range(1, args.rounds + 1):
+                for version, tree in trees.items():
+                    where = folder / f"run-{round_number}-{list(trees).index(version)}"  # cwd, output
+                    env = {
+                        "MAAS_API_KEY": "bench",
+                        "MAAS_BASE_URL": sim.base_url,
+                        "MAAS_ENDPOINT": ENDPOINT,
+                        "PYTHONPATH": str(tree),
+                    }
+                    command = [PYTHON, "-m", "batch", "run", str(tasks.manifest), "--out", str(where / "out")]
+                    child = measure([*command, "-c", str(args.concurrency)], where, env)
+                    if child.code != 0:
+                        raise SystemExit(f"{version} exited {child.code}:\n{child.output}")
+                    cpu[version].append(child.cpu)
+                    shutil.rmtree(where)
+                    print(
+                        f"round {round_number} {version:>12}  cpu {child.cpu:6.2f} s  wall {child.wall:.1f} s"
+                    )
+        print(f"\n{args.tasks:,} chat tasks, C={args.concurrency}, L={args.latency} s; CPU s of each round")
+        for version, figures in cpu.items():
+            shown = ", ".join(f"{figure:.2f}" for figure in figures)
+            print(f"{version:>12}: median {statistics.median(figures):.2f}  ({shown})")
+
+
+if __name__ == "__main__":
+    main()
