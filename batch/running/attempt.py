@@ -184,7 +184,7 @@ class TaskAttempts:
             raise
         finally:
             self.in_flight -= 1
-        ctx.log.done(request_id, "answered", status=reply.status)
+        state.answered = (request_id, reply.status)  # logged done once the task's result line is written
         ctx.health.succeeded()
         self.durations.append(reply.seconds)
         return reply
@@ -307,5 +307,8 @@ class TaskAttempts:
         except OutputError as exc:
             self._ctx.stop(str(exc), EXIT_IOERR)
             return
+        if state.answered is not None:
+            self._ctx.log.done(state.answered[0], "answered", status=state.answered[1])
+            state.answered = None
         self.maybe_billed += state.maybe_billed
         self._ctx.emit(TaskFinished(record))

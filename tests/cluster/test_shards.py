@@ -175,11 +175,15 @@ def test_a_killed_workers_shard_is_finished_by_another(
         assert set(results.values()) == {1}, "exactly one result per task"
         paid = billed(sim)
         duplicates = sum(paid.values()) - len(paid)
-        # what the killed worker had in flight: requests of its run with no saved answer
+        # what the killed worker had not saved: requests of its run in flight, or answered and not yet
+        # written as a result (its attempt log's `done` line follows the result line)
         in_flight = account(shard_dir(out, 0) / RUNS).maybe_billed
-        assert duplicates <= in_flight <= concurrency
+        assert duplicates <= in_flight
         lines = sum(len(ledger(shard_dir(out, k))) for k in range(len(read_plan(out).shards)))
-        assert lines == sim.state.billed_requests - duplicates
+        # every billed answer is in the ledger, or among those (a kill between the ledger line and the
+        # result line leaves one in both)
+        assert lines <= sim.state.billed_requests
+        assert sim.state.billed_requests - lines <= in_flight
         assert "shard 0 of" in (tmp_path / "survivor.log").read_text()  # taken over, not left behind
     found = json.loads(cli("status", out, "--json").out)
     assert (found["succeeded"], found["pending"], found["maybe_billed"]) == (TASKS, 0, in_flight)

@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from batch.errors import OutputError
 from batch.output.report import status
-from batch.output.store import finished_results
+from batch.output.store import OutputDir, finished_results
 from batch.simulator import SimConfig, simulator_in_thread
-from tests.conftest import KEY, Run, results
+from tests.conftest import KEY, Outcome, Run, env_for, results
 
 KILLS = 20
 TASKS = 100
@@ -177,3 +178,28 @@ def test_kill_nine_at_random_moments_then_resume(write: Callable[..., Path], tmp
         f"{ledger_total:,} + {sum(billed[rid] for rid in unrecorded):,} in {len(unrecorded)} requests the tool "
         f"flagged maybe billed ({len(flagged)} flagged in all)"
     )
+
+
+def test_an_answer_whose_result_line_was_never_written_is_counted_maybe_billed(
+    write: Callable[..., Path], tmp_path: Path, cli: Callable[..., Outcome], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window a kill can hit between a billed answer and its task's result line: the attempt log's
+    `done` line comes after the result line, so the request still counts as maybe billed (its answer was
+    not saved) rather than as answered. Here the result line's write fails (a full disk) to hold that
+    moment still."""
+    append = OutputDir.append
+
+    async def no_result_line(self: OutputDir, journal: Any, record: Any) -> None:
+        if journal is self.results:
+            raise OutputError("cannot write results.jsonl: no space left on the device")
+        await append(self, journal, record)
+
+    monkeypatch.setattr(OutputDir, "append", no_result_line)
+    job = write("tasks:\n  - {kind: chat, id: only, model: gemini-2.5-flash, prompt: hello}\n")
+    out = tmp_path / "out"
+    with simulator_in_thread(SimConfig(api_key=KEY)) as sim:
+        done = cli("run", job, "--out", out, "-c", "1", "--no-progress", env=env_for(sim))
+        assert done.code == 74, done.err
+        assert sim.state.billed_requests == 1
+    assert len((out / "usage.jsonl").read_text().splitlines()) == 1  # billed: in the ledger at once
+    assert status(out)["maybe_billed"] == 1  # and not saved: the next run asks again, a paid duplicate
