@@ -38,7 +38,7 @@ import anyio
 
 from batch.errors import OutputError, UsageError
 from batch.output.format import FORMAT
-from batch.output.store import ANSWERS, IMAGES, RESULTS, RUNS, USAGE
+from batch.output.store import ANSWERS, IMAGES, RESULTS, RUNS, USAGE, parse_record
 from batch.running.records import AttemptRecord, attempt_log_line
 
 PROTOCOLS = ("s3", "s3a")  # create-only writes (If-None-Match) are known to hold there
@@ -139,14 +139,6 @@ def _whole_lines(data: bytes) -> Iterator[bytes]:
             yield raw
 
 
-def _parse(raw: bytes) -> dict[str, Any] | None:
-    try:
-        record = json.loads(raw)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
-
-
 def _segments(store: Store, folder: str) -> Iterator[bytes]:
     """The complete lines of a folder's segments, in the order of their names."""
     for _, data in store.read_all(folder):
@@ -162,7 +154,7 @@ def pull(store: Store, root: Path) -> None:
         for name, data in store.read_all(SEGMENTS[RESULTS]):
             run = name.rpartition("-")[0]
             for raw in _whole_lines(data):
-                record = _parse(raw)
+                record = parse_record(raw)
                 task_id = record.get("id") if record is not None else None
                 if isinstance(task_id, str) and task_id not in finished:
                     finished[task_id] = run
@@ -202,7 +194,7 @@ def _unsaved_as_maybe_billed(lines: Iterator[bytes], run: str, finished: dict[st
     may have been paid without a saved result, and a later run asks again."""
     tasks: dict[str, str] = {}
     for raw in lines:
-        line = _parse(raw)
+        line = parse_record(raw)
         record = attempt_log_line(line) if line is not None else None
         if isinstance(record, AttemptRecord):
             if record.event == "sent" and record.task_id is not None:
@@ -303,7 +295,7 @@ class Mirror:
 
     def _with_files(self, raw: bytes) -> bytes:
         """Upload the files a result line names; the line, naming them as the store does."""
-        record = _parse(raw)
+        record = parse_record(raw)
         if record is None:
             return raw
         files = record.get("files")

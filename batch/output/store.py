@@ -141,7 +141,8 @@ def _whole_lines(path: Path) -> Iterator[bytes]:
             yield raw
 
 
-def _parse(raw: bytes) -> dict[str, Any] | None:
+def parse_record(raw: bytes) -> dict[str, Any] | None:
+    """The record of one JSONL line, None if it is not a JSON object."""
     try:
         record = json.loads(raw)
     except ValueError:
@@ -152,7 +153,7 @@ def _parse(raw: bytes) -> dict[str, Any] | None:
 def read_lines(path: Path) -> Iterator[dict[str, Any]]:
     """The records of a JSONL file, skipping a torn or unreadable line."""
     for raw in _whole_lines(path):
-        record = _parse(raw)
+        record = parse_record(raw)
         if record is not None:
             yield record
 
@@ -161,7 +162,7 @@ def read_lines_with_offsets(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(byte offset, record) of each line of a JSONL file, as `read_lines` reads them."""
     offset = 0
     for raw in _whole_lines(path):
-        record = _parse(raw)
+        record = parse_record(raw)
         if record is not None:
             yield offset, record
         offset += len(raw)
@@ -171,7 +172,7 @@ def read_line_at(handle: BinaryIO, offset: int) -> dict[str, Any] | None:
     """The record of the line at `offset` of an open JSONL file (see read_lines_with_offsets)."""
     handle.seek(offset)
     raw = handle.readline()
-    return _parse(raw) if raw.endswith(b"\n") else None
+    return parse_record(raw) if raw.endswith(b"\n") else None
 
 
 def finished_results(path: Path) -> Iterator[tuple[str, bool]]:
@@ -296,7 +297,7 @@ class OutputDir:
                 temporary.open("wb") as kept,
             ):
                 for raw in source:
-                    record = _parse(raw)
+                    record = parse_record(raw)
                     if (
                         record is not None
                         and record.get("status") == "failed"
