@@ -8,7 +8,9 @@ and how many tasks a second 1, 2 and 4 `worker` processes finish on this machine
 Needs Debian's redis-server (apt-get install redis-server). Every command is `maas-batch` in a child
 process, as an operator would start it; peak RSS is the child's own (os.wait4's ru_maxrss). The manifest is
 a JSONL file of distinct chat prompts, one task a line. The simulator runs in this process (it counts what
-it answers) with --latency seconds per answer; each worker has --concurrency requests in flight.
+it answers) with --latency seconds per answer; each worker has --concurrency requests in flight, and the
+batch is submitted with --concurrency C x workers: a batch's --concurrency is one budget for all its
+workers, shared through Redis (--shared-cap submits without it, to show that cap).
 """
 
 from __future__ import annotations
@@ -99,9 +101,11 @@ def bench_workers(folder: Path, args: argparse.Namespace, redis_url: str) -> Non
             env = environment(sim.base_url)
             submit = [sys.executable, "-m", "batch", "submit", str(manifest), "--out", str(out)]
             submit += ["--redis", redis_url, "--shard-size", str(args.shard_tasks)]
+            # the batch's --concurrency is one budget for all its workers (shared through Redis): C each
+            if not args.shared_cap:
+                submit += ["--concurrency", str(args.concurrency * count)]
             timed(submit, env)
             worker = [sys.executable, "-m", "batch", "worker", "--redis", redis_url, "--burst", "--quiet"]
-            worker += ["--concurrency", str(args.concurrency)]
             started = time.perf_counter()
             processes = [subprocess.Popen(worker, env=env, stdout=subprocess.DEVNULL) for _ in range(count)]
             cpu = 0.0
@@ -126,6 +130,11 @@ def main() -> None:
     parser.add_argument("--shard-tasks", type=int, default=500, help="their shard size (default 500)")
     parser.add_argument("--latency", type=float, default=0.2, help="simulator's latency, s (default 0.2)")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight per worker (32)")
+    parser.add_argument(
+        "--shared-cap",
+        action="store_true",
+        help="submit with the default --concurrency: one cap for all the workers together, as the key's",
+    )
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.machine()}")
     with tempfile.TemporaryDirectory() as tmp:

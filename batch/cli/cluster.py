@@ -126,7 +126,8 @@ def add_commands(commands: Any) -> None:
         type=whole,
         default=None,
         metavar="N",
-        help="requests in flight on this worker (default: the batch's --concurrency)",
+        help="the --concurrency of the shards this worker runs, instead of the batch's: as in `run`, one "
+        "budget of requests in flight shared through Redis by every worker on the key",
     )
     worker.add_argument(
         "--burst", action="store_true", help="exit once no shard is left, queued or taken by another worker"

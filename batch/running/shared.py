@@ -45,6 +45,7 @@ LEASE_SECONDS = 15.0  # a killed run's slots come back after this long
 POLL_SECONDS = 0.05  # how often a run waiting for a slot in flight asks again
 LATE = 0.001  # up to this many seconds of jitter on a wait, so that waiting runs do not ask in step
 TIMEOUT = 2.0  # seconds for one Redis command; longer is Redis gone
+CONNECTIONS = 16  # a run's connections to Redis; a command takes well under a millisecond
 AUTO_TTL_MS = 3_600_000  # a learnt concurrency is forgotten after an hour without news
 ERRORS = (RedisError, OSError, TimeoutError)
 GCRA_ = GCRA()  # stateless: one for every bucket
@@ -148,9 +149,17 @@ class SharedLimits:
         self._prefix = f"maas:{config.key_id}"
         url = config.url
         try:
-            self._client: Any = aioredis.Redis.from_url(
-                url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT, decode_responses=True
+            # A few connections, waited for (up to TIMEOUT) rather than refused: redis-py's default pool
+            # raises MaxConnectionsError past 100, and at --concurrency 128 a run fell back to its own limits
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=CONNECTIONS,
+                timeout=TIMEOUT,
+                socket_timeout=TIMEOUT,
+                socket_connect_timeout=TIMEOUT,
+                decode_responses=True,
             )
+            self._client: Any = aioredis.Redis.from_pool(pool)  # closes the pool with the client
         except ValueError as exc:  # not a Redis URL
             raise ConfigError(f"--redis {shown_url(url)}: {exc}") from None
         self._requests = request_rate(rpm) if rpm else None

@@ -235,3 +235,21 @@ async def test_redis_unreachable_at_start_is_a_config_error_naming_it_without_pa
 def test_a_redis_url_that_is_not_one_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"--redis localhost:6379: .*redis://"):
         SharedLimits(SharedConfig("localhost:6379", key_id(SECRET)), None, None)
+
+
+@needs_redis
+async def test_more_requests_in_flight_than_redis_connections_stay_shared(server: RedisServer) -> None:
+    """At --concurrency 150 every request takes, renews and gives back its lease at about the same time:
+    they wait for one of the run's few Redis connections rather than fail (redis-py's own pool refused
+    the 101st with MaxConnectionsError, and the run went on unshared)."""
+    shared = SharedLimits(SharedConfig(server.url, key_id(SECRET)), rpm=None, tpm=None)
+    await shared.connect()
+    leases = [await shared.acquire("ep", 200, is_auto=False) for _ in range(150)]
+    async with anyio.create_task_group() as group:
+        for lease in leases:
+            group.start_soon(shared.release, "ep", lease)
+    assert not shared.down
+    client = redis.Redis(port=server.port)
+    assert client.zcard(f"maas:{key_id(SECRET)}:ep:inflight") == 0  # every lease given back
+    client.close()
+    await shared.aclose()
