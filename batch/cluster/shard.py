@@ -27,9 +27,9 @@ from batch.cluster.plan import (
     shard_dir,
 )
 from batch.config import Options, checked_manifest, connection, job_config, loop_factory
-from batch.errors import ManifestError, Problem
+from batch.errors import BatchError, ManifestError, OutputError, Problem
 from batch.events import Observer
-from batch.exitcodes import EXIT_TEMPFAIL
+from batch.exitcodes import EXIT_IOERR, EXIT_TEMPFAIL
 from batch.kind import builtin_registry
 from batch.manifest.checked import CheckedManifest
 from batch.running.job import Job
@@ -76,11 +76,30 @@ class ShardRunner:
         plan = read_plan_from_store(store)
         shard_store = store.child(f"{SHARDS}/{shard.index}")
         folder = Path(tempfile.mkdtemp(prefix=f"maas-batch-shard-{shard.index}-"))
+        keep = False  # a shard the store (or the disk) stopped: what was not uploaded is only here
         try:
             pull(shard_store, folder)
-            return self._run_into(plan, shard, folder, shard_store.url)
+            try:
+                summary = self._run_into(plan, shard, folder, shard_store.url)
+            except OutputError:
+                keep = True
+                raise
+            except BatchError:  # refused before it sent anything (the manifest changed, no endpoint...)
+                raise
+            except BaseException:  # a crash: what it had not uploaded yet is only here
+                keep = True
+                raise
+            keep = summary.stop_code == EXIT_IOERR
+            return summary
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            if keep:
+                log.warning(
+                    "shard %d: its staging folder %s is kept: it may hold answers the store lacks",
+                    shard.index,
+                    folder,
+                )
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def _run_into(self, plan: BatchPlan, shard: Shard, out: Path, store: str | None = None) -> RunSummary:
         options = dataclasses.replace(

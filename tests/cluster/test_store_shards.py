@@ -4,7 +4,9 @@ Against a real Redis, moto's S3 on loopback and the simulator."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -48,3 +50,42 @@ def test_a_worker_runs_a_batch_into_the_store(
     found = json.loads(status.out)
     assert (found["succeeded"], found["pending"], found["shards"]["done"]) == (TASKS, 0, TASKS // SHARD)
     assert found["directory"] == s3.url
+
+
+@pytest.mark.parametrize(
+    ("ending", "kept"),
+    [("done", False), ("store failed", True), ("crashed", True), ("refused", False)],
+)
+def test_a_shard_keeps_its_staging_folder_only_when_it_may_hold_what_the_store_lacks(
+    ending: str, kept: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's shard on a store runs in a temporary folder: removed when the shard ran to its end or
+    was refused before sending anything; kept (and its path logged) when the store or the disk stopped it
+    or it crashed, since it may hold paid answers not uploaded yet."""
+    from batch.cluster import shard as shard_module
+    from batch.cluster.plan import Shard
+    from batch.errors import ManifestError, OutputError
+    from batch.output import remote
+    from batch.running.summary import RunSummary
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # mkdtemp reads TMPDIR again
+    monkeypatch.setattr(remote, "open_store", lambda url: remote.Store(url, None, "bucket/out"))
+    monkeypatch.setattr(remote, "pull", lambda store, folder: None)
+    monkeypatch.setattr(shard_module, "read_plan_from_store", lambda store: None)
+
+    def run_into(*args: object, **kwargs: object) -> RunSummary:
+        if ending == "store failed":
+            return RunSummary(stop_code=74, stop_reason="cannot write s3://bucket/out/results/...")
+        if ending == "crashed":
+            raise RuntimeError("a fault of ours")
+        if ending == "refused":
+            raise ManifestError([])
+        return RunSummary()
+
+    runner = shard_module.ShardRunner(lambda plan: None)  # type: ignore[arg-type, return-value]
+    monkeypatch.setattr(runner, "_run_into", run_into)
+    with contextlib.suppress(RuntimeError, ManifestError, OutputError):
+        runner.run(Shard("s3://bucket/out", 3, 0, 6))
+    left = list(tmp_path.glob("maas-batch-shard-3-*"))
+    assert (len(left) == 1) is kept, left
