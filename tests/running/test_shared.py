@@ -163,18 +163,23 @@ async def test_runs_share_one_requests_per_minute_budget(server: RedisServer) ->
             sent.append(time.monotonic())
 
     started = time.monotonic()
-    async with anyio.create_task_group() as group:
+    try:
+        async with anyio.create_task_group() as group:
+            for shared in runs:
+                group.start_soon(run, shared)
+    finally:  # closed even when an assertion fails: a leaked client warns in whichever test comes next
         for shared in runs:
-            group.start_soon(run, shared)
+            await shared.aclose()
     sent.sort()
     assert len(sent) == 60
     assert sent[-1] - started >= (60 - 2) / 48.5  # one budget for the three, not three
+    # Spread out, not in bursts. The moments are taken when each wake-up comes, which a busy machine (the
+    # suite runs in two processes) delays and bunches a little: the margins allow that, and three runs
+    # pacing alone (each at 48.5 a second: about 60 in a half second, most gaps near 0) stay far outside.
     busiest = max(sum(first <= moment <= first + 0.5 for moment in sent) for first in sent)
-    assert busiest <= 48.5 / 2 + 2  # spread out: no half second holds more than its share
+    assert busiest <= 48.5 / 2 + 5
     gaps = [later - earlier for earlier, later in itertools.pairwise(sent)]
-    assert sorted(gaps)[len(gaps) // 10] > 0.5 / 48.5  # not in pairs: nine gaps in ten near 1/48.5 s
-    for shared in runs:
-        await shared.aclose()
+    assert sorted(gaps)[len(gaps) // 10] > 0.3 / 48.5  # not in pairs: nine gaps in ten near 1/48.5 s
 
 
 @needs_redis
@@ -244,12 +249,14 @@ async def test_more_requests_in_flight_than_redis_connections_stay_shared(server
     the 101st with MaxConnectionsError, and the run went on unshared)."""
     shared = SharedLimits(SharedConfig(server.url, key_id(SECRET)), rpm=None, tpm=None)
     await shared.connect()
-    leases = [await shared.acquire("ep", 200, is_auto=False) for _ in range(150)]
-    async with anyio.create_task_group() as group:
-        for lease in leases:
-            group.start_soon(shared.release, "ep", lease)
+    try:
+        leases = [await shared.acquire("ep", 200, is_auto=False) for _ in range(150)]
+        async with anyio.create_task_group() as group:
+            for lease in leases:
+                group.start_soon(shared.release, "ep", lease)
+    finally:
+        await shared.aclose()
     assert not shared.down
     client = redis.Redis(port=server.port)
     assert client.zcard(f"maas:{key_id(SECRET)}:ep:inflight") == 0  # every lease given back
     client.close()
-    await shared.aclose()
