@@ -275,11 +275,14 @@ class Runner:
                         return
                     if not batch:
                         return
-                    for spec in batch:
-                        try:  # into the buffer without a round through the event loop while it has room
-                            send.send_nowait(spec)
-                        except anyio.WouldBlock:
-                            await send.send(spec)
+                    try:
+                        for spec in batch:
+                            try:  # into the buffer without a round through the event loop while it has room
+                                send.send_nowait(spec)
+                            except anyio.WouldBlock:
+                                await send.send(spec)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        return  # the workers are gone (the run stopped while this batch was being built)
 
     def _next_batch(self) -> list[TaskSpec]:
         """Up to PRODUCER_BATCH unfinished tasks. Runs in a worker thread: building a spec may hash files."""
