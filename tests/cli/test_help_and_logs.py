@@ -157,3 +157,93 @@ def test_a_chat_run_without_a_terminal_loads_neither_pillow_nor_tqdm(
     )
     assert done.stdout.strip().splitlines()[-1] == "exit 0 loaded: []", done.stdout + done.stderr
     assert (tmp_path / "out" / "index.html").is_file()
+
+
+COMMANDS = (
+    "run",
+    "validate",
+    "status",
+    "report",
+    "export",
+    "gallery",
+    "retry-failed",
+    "simulate",
+    "submit",
+    "worker",
+)
+RUN_FLAGS = [
+    "--allow-unknown",
+    "--backoff",
+    "--backoff-max",
+    "--concurrency",
+    "-c",
+    "--deadline",
+    "--dry-run",
+    "--endpoint",
+    "--grace",
+    "--help",
+    "--log-every",
+    "--log-file",
+    "--max-answer-mb",
+    "--max-attempts",
+    "--max-concurrency",
+    "--max-cost",
+    "--max-duration",
+    "--max-tokens",
+    "--no-fsync",
+    "--no-gallery",
+    "--no-progress",
+    "--out",
+    "-o",
+    "--outage-limit",
+    "--prices",
+    "--progress",
+    "--quiet",
+    "-q",
+    "--redis",
+    "--retry-failed",
+    "--rpm",
+    "--set",
+    "--simulate",
+    "--stage",
+    "--sync-interval",
+    "--task-deadline",
+    "--timeout",
+    "--tpm",
+    "--verbose",
+    "-v",
+]
+
+
+def test_the_command_list_names_every_command_though_their_parsers_are_built_on_use(cli: Cli) -> None:
+    shown = help_of(cli)
+    listed = re.findall(r"^    (\S+)", shown.split("COMMAND\n", 1)[1].split("\n\n", 1)[0], re.MULTILINE)
+    assert tuple(listed) == COMMANDS
+    for name in COMMANDS:  # each command's own help is there too, with its usage line
+        assert help_of(cli, name).startswith(f"usage: maas-batch {name} ")
+
+
+def test_run_help_still_has_every_flag(cli: Cli) -> None:
+    shown = help_of(cli, "run")
+    for flag in RUN_FLAGS:
+        assert re.search(rf"(^|[\s\[,]){flag}[\s,\]]", shown), flag
+
+
+@pytest.mark.parametrize("command", ["run", "validate", "status", "export", "simulate", "worker"])
+def test_a_lazily_built_parser_refuses_an_unknown_flag_with_64(cli: Cli, command: str) -> None:
+    given = {"run": ["m.yaml", "--out", "o"], "validate": ["m.yaml"], "status": ["o"], "export": ["o"]}
+    refused = cli(command, *given.get(command, []), "--no-such-flag")
+    assert refused.code == 64
+    assert "maas-batch: error: unrecognized arguments: --no-such-flag" in refused.err
+
+
+def test_an_unknown_command_is_refused_with_64_and_the_list_of_commands(cli: Cli) -> None:
+    refused = cli("frobnicate")
+    assert refused.code == 64
+    assert "invalid choice: 'frobnicate' (choose from " + ", ".join(f"'{c}'" for c in COMMANDS) in refused.err
+
+
+def test_the_parsers_of_every_command_can_be_looked_up_and_listed() -> None:
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert tuple(commands) == COMMANDS
+    assert [parser.prog for parser in commands.values()] == [f"maas-batch {c}" for c in COMMANDS]
