@@ -21,6 +21,7 @@ from batch.cli.flags import (
     add_scope,
     concurrency,
     number,
+    output_location,
     read_with,
     whole,
 )
@@ -51,7 +52,6 @@ from batch.exitcodes import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
-from batch.values import output_location, parse_deadline, parse_duration
 
 EXIT_CODES = f"""\
 exit codes:
@@ -349,6 +349,8 @@ def _add_simulate(commands: Commands) -> argparse.ArgumentParser:
 
 
 def _add_run(commands: Commands) -> argparse.ArgumentParser:
+    from batch.values import parse_deadline, parse_duration
+
     run = commands.add_parser(
         "run",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -101,6 +101,21 @@ def test_help_imports_none_of_the_heavy_modules(command: list[str]) -> None:
     assert done.stdout.strip().splitlines()[-1] == "loaded: []"
 
 
+def test_the_command_list_loads_only_the_grammar() -> None:
+    """`maas-batch --help` builds no command's parser and loads neither the error tree nor logging."""
+    code = (
+        "import sys\nfrom batch.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('loaded:', sorted(m for m in sys.modules if m.startswith('batch.') or m in "
+        "('dataclasses', 'logging', 'batch.cli.cluster')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = done.stdout.strip().splitlines()[-1]
+    assert (
+        loaded
+        == "loaded: ['batch.cli', 'batch.cli.flags', 'batch.cli.grammar', 'batch.defaults', 'batch.exitcodes']"
+    )
+
+
 def test_validate_loads_no_http_stack(write: Callable[..., Path]) -> None:
     """`validate` sends nothing: it does without aiohttp (whose import builds TLS contexts) and the engine."""
     manifest = write("tasks:\n  - {kind: generate, prompt: a fox}\n")
