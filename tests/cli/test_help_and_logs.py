@@ -116,6 +116,21 @@ def test_the_command_list_loads_only_the_grammar() -> None:
     )
 
 
+def test_a_jsonl_manifest_is_read_without_pyyaml(tmp_path: Path) -> None:
+    """PyYAML is for YAML manifests, --prices files and --set values: a JSONL manifest starts without it."""
+    manifest = tmp_path / "tasks.jsonl"
+    manifest.write_text('{"kind": "generate", "prompt": "a fox"}\n', encoding="utf-8")
+    code = (
+        "import sys\nfrom batch.cli import main\n"
+        "code = main(['validate', sys.argv[1], '--simulate'])\n"
+        "print('exit', code, 'yaml' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(manifest)], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == "exit 0 False"
+
+
 def test_validate_loads_no_http_stack(write: Callable[..., Path]) -> None:
     """`validate` sends nothing: it does without aiohttp (whose import builds TLS contexts) and the engine."""
     manifest = write("tasks:\n  - {kind: generate, prompt: a fox}\n")
