@@ -62,7 +62,9 @@ def parse_endpoints(items: Sequence[str]) -> dict[str, str]:
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     """`--set` items into {field: value} and {kind: {field: value}}; values read as YAML scalars."""
-    import yaml  # on use, not at start-up: `maas-batch --help` does without it
+    if not items:
+        return {}
+    import yaml  # on use, not at start-up: `maas-batch --help` (and a run without --set) does without it
 
     overrides: dict[str, Any] = {}
     for item in items:

@@ -6,19 +6,16 @@ ends it into the error's own message and exit code, in one place.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
 
 from batch.cli.grammar import build_parser
-from batch.cli.options import options_from
-from batch.errors import BatchError, UsageError
 from batch.exitcodes import EXIT_OK, EXIT_TEMPFAIL
-from batch.values import StoreUrl
 
-log = logging.getLogger("batch.cli")
+# Imported once a command is chosen, not at the top: `maas-batch --help` does without logging, the error
+# tree (dataclasses) and batch.config.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,6 +44,8 @@ def _main(argv: list[str]) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "takes_run_flags", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from batch.errors import BatchError
+
     try:
         configure_logging(args)
         return _command(args, argv, extra)
@@ -59,6 +58,10 @@ def _main(argv: list[str]) -> int:
 def _command(args: argparse.Namespace, argv: list[str], run_flags: list[str]) -> int:
     """The chosen command. Each module is imported when its command is chosen: `maas-batch --help`, and a
     second run refused on a locked DIR, do without the HTTP stack and the image library."""
+    from batch.cli.options import options_from
+    from batch.errors import UsageError
+    from batch.values import StoreUrl
+
     if args.command == "run":
         from batch.cli.run import run
 
@@ -101,6 +104,10 @@ def _command(args: argparse.Namespace, argv: list[str], run_flags: list[str]) ->
 
 def configure_logging(args: argparse.Namespace) -> None:
     """Log lines to stderr (and to --log-file): the library only gets loggers, the command sets them up."""
+    import logging
+
+    from batch.errors import UsageError
+
     level = logging.INFO
     if getattr(args, "quiet", False):
         level = logging.WARNING

@@ -28,6 +28,7 @@ from batch.exitcodes import (
 from batch.values import StoreUrl, output_location
 
 if TYPE_CHECKING:
+    from batch.cli.grammar import Commands
     from batch.cluster.plan import BatchPlan
     from batch.config import Options
     from batch.output.scope import Scope
@@ -67,13 +68,12 @@ exit codes:
 """
 
 
-def add_commands(commands: Any) -> None:
-    """The `submit` and `worker` parsers (in grammar.py's list of commands)."""
-    from batch.defaults import DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_SHARD_SIZE
+def add_submit(commands: Commands) -> argparse.ArgumentParser:
+    """The `submit` parser (its line in `maas-batch --help` is in grammar.py's list of commands)."""
+    from batch.defaults import DEFAULT_SHARD_SIZE
 
     submit = commands.add_parser(
         "submit",
-        help="validate a manifest, then queue it in shards for `maas-batch worker`s on several machines",
         description="Check MANIFEST whole (nothing is queued if it is invalid), write the plan to "
         "DIR/cluster/plan.json and queue one message per shard of --shard-size tasks on Redis. Any flag "
         "of `run` may follow (--set, --endpoint, --concurrency, --rpm...): every shard runs with them. "
@@ -109,10 +109,15 @@ def add_commands(commands: Any) -> None:
         help=f"tasks per shard (default {DEFAULT_SHARD_SIZE})",
     )
     submit.set_defaults(takes_run_flags=True)
+    return submit
+
+
+def add_worker(commands: Commands) -> argparse.ArgumentParser:
+    """The `worker` parser (its line in `maas-batch --help` is in grammar.py's list of commands)."""
+    from batch.defaults import DEFAULT_HEARTBEAT_TIMEOUT
 
     worker = commands.add_parser(
         "worker",
-        help="run queued shards with today's engine, one at a time, until stopped (or none is left)",
         description="Take shards of submitted batches off Redis and run each into DIR/shards/<k>/ (a run "
         "directory: a shard delivered again sends only what it lacks). SIGTERM or SIGINT: the requests in "
         "flight finish and the shard goes back on the queue; a second one cancels them.",
@@ -144,6 +149,7 @@ def add_commands(commands: Any) -> None:
     log_flags.add_argument("--log-file", type=Path, metavar="FILE", help="also append the log lines to FILE")
     log_flags.add_argument("--quiet", "-q", action="store_true", help="only warnings")
     log_flags.add_argument("--verbose", "-v", action="store_true", help="a line per task and retry; debug")
+    return worker
 
 
 def _add_redis(parser: argparse.ArgumentParser) -> None:

@@ -6,9 +6,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from batch.defaults import DEFAULT_LOG_EVERY
+
+if TYPE_CHECKING:
+    from batch.values import StoreUrl
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -118,6 +121,14 @@ def zero_or_more(text: str) -> float:
     if not value >= 0:  # NaN too
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
     return value
+
+
+def output_location(text: str) -> StoreUrl | Path:
+    """--out and DIR: batch.values.output_location (a path, or a store's URL), imported when a command
+    reads one, so that `maas-batch --help` does without batch.values and the error tree."""
+    from batch.values import output_location as read
+
+    return read(text)
 
 
 def concurrency(text: str) -> int | str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -20,6 +21,7 @@ from batch.cli.flags import (
     add_scope,
     concurrency,
     number,
+    output_location,
     read_with,
     whole,
 )
@@ -50,7 +52,6 @@ from batch.exitcodes import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
-from batch.values import output_location, parse_deadline, parse_duration
 
 EXIT_CODES = f"""\
 exit codes:
@@ -121,10 +122,50 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from batch.cli.cluster import add_commands as add_cluster_commands
-    from batch.simulator.flags import add_arguments as add_simulator_arguments
+class _Parsers(dict[str, argparse.ArgumentParser]):
+    """The commands' parsers by name, each built when first looked up: `maas-batch --help` needs only the
+    names (and each one-line help, kept apart), `maas-batch run` only run's parser."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.builders: dict[str, Callable[[], argparse.ArgumentParser]] = {}
+
+    def __getitem__(self, name: str) -> argparse.ArgumentParser:
+        build = self.builders.pop(name, None)
+        if build is not None:
+            super().__setitem__(name, build())  # the same key: the order of the names is kept
+        return super().__getitem__(name)
+
+    def values(self) -> Any:
+        return [self[name] for name in self]
+
+    def items(self) -> Any:
+        return [(name, self[name]) for name in self]
+
+
+class Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """argparse's subcommands, each parser built on first use (see _Parsers)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._name_parser_map = self.choices = _Parsers()
+
+    def add_command(self, name: str, help: str, build: Callable[[Commands], argparse.ArgumentParser]) -> None:
+        """`name` in the list of commands with its one-line `help`; `build(commands)` makes its parser
+        with `commands.add_parser(name, ...)` when the command is chosen (or its parser looked up)."""
+        self._choices_actions.append(self._ChoicesPseudoAction(name, (), help))
+        parsers: _Parsers = self._name_parser_map  # type: ignore[assignment]
+        dict.__setitem__(parsers, name, None)  # type: ignore[misc]
+        parsers.builders[name] = lambda: build(self)
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        """Only makes the parser: add_command lists it."""
+        kwargs.setdefault("prog", f"{self._prog_prefix} {name}")
+        parser: argparse.ArgumentParser = self._parser_class(**kwargs)
+        return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="maas-batch",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -133,12 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=ENVIRONMENT + "\n" + EXIT_CODES,
     )
     parser.add_argument("--version", action="version", version=f"maas-batch {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_run(commands)
+    parser.register("action", "parsers", Commands)
+    commands: Commands = parser.add_subparsers(  # type: ignore[assignment]
+        dest="command", required=True, metavar="COMMAND"
+    )
+    for name, (help, build) in _COMMANDS.items():
+        commands.add_command(name, help, build)
+    return parser
 
+
+def _add_validate(commands: Commands) -> argparse.ArgumentParser:
     validate = commands.add_parser(
         "validate",
-        help="check a manifest, count its tasks, estimate their tokens and cost; sends nothing",
         description="Check MANIFEST whole, as `run` would, and print its tasks per kind, model and "
         "endpoint with their estimated tokens and cost. Sends nothing; needs no key.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -160,10 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(validate)
     add_prices(validate)
     validate.set_defaults(command_parser=validate)  # reports a value Options refuses
+    return validate
 
+
+def _add_status(commands: Commands) -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status",
-        help="what a DIR holds: done, failed, pending, and whether a run is on",
         description="Count the succeeded, failed and pending tasks of the manifest the last run used (or "
         "--manifest), the orphaned result lines of tasks no longer in it apart, and the requests that may "
         "have been billed without a saved result; say whether a run holds DIR now and how the last one "
@@ -182,10 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a sharded DIR (submit): the queue's Redis, to show the workers alive and the shards queued "
         "and taken (default: MAAS_REDIS_URL, else the URL submit recorded, without its password)",
     )
+    return status
 
+
+def _add_report(commands: Commands) -> argparse.ArgumentParser:
     report = commands.add_parser(
         "report",
-        help="tokens and cost by kind and model, retries, failures by type, the slowest tasks, wall time",
         description="Tokens and cost by kind and by model, attempts and retries, failures by type, the "
         "slowest tasks and the runs' wall time, of the tasks of the manifest the last run used (or "
         "--manifest); what orphaned result lines (tasks no longer in it) hold is summed apart. On a "
@@ -201,11 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
         "price every answer anew with these prices (and the built-in ones) instead of the cost its run "
         "recorded",
     )
+    return report
 
+
+def _add_export(commands: Commands) -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export",
-        help="one row per task (id, status, prompt, files or answer, usage, cost, meta), for a pipeline "
-        "to join",
         description="One row (line) per task of the manifest, in manifest order, pending tasks included "
         "(orphaned lines of tasks no longer in it only with --include-orphaned), for another program. On "
         "a sharded DIR (submit): every shard's tasks, in manifest order, files named from DIR "
@@ -244,10 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="only the tasks of this kind: generate, edit, chat, ... (repeatable)",
     )
     add_scope(export)
+    return export
 
+
+def _add_gallery(commands: Commands) -> argparse.ArgumentParser:
     gallery = commands.add_parser(
         "gallery",
-        help="write DIR/index.html again (runs do it themselves), making any missing thumbnail",
         description="Write DIR/index.html, the page to review a run: counts, cost, tokens, the manifest's "
         "tasks in manifest order (pending ones too), sorting and filters kept in the URL, a larger view of "
         "each task. Runs write it themselves, and rebuild it every minute or so while they go. On a "
@@ -257,10 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gallery.add_argument("out", type=output_location, metavar="DIR")
     add_scope(gallery)
+    return gallery
 
+
+def _add_retry_failed(commands: Commands) -> argparse.ArgumentParser:
     retry = commands.add_parser(
         "retry-failed",
-        help="run DIR's last command again for its failed tasks only",
         description="Repeat the last `run` that wrote DIR (same manifest and flags, from the same folder) "
         "with --retry-failed: the failed tasks, and only they, are sent again; tasks never run are left "
         "alone. More run flags may follow. On a sharded DIR (submit): each shard holding failures is "
@@ -273,10 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retry.add_argument("out", type=output_location, metavar="DIR")
     retry.add_argument("extra", nargs=argparse.REMAINDER, metavar="RUN-FLAGS", help="added to the command")
+    return retry
+
+
+def _add_simulate(commands: Commands) -> argparse.ArgumentParser:
+    from batch.simulator.flags import add_arguments as add_simulator_arguments
 
     simulate = commands.add_parser(
         "simulate",
-        help="serve the MaaS API simulator (for demos, tests and rehearsals)",
         description="Serve a local simulator of the MaaS API: the three endpoints, auth, validation, "
         "real images, SSE streaming, latency, rate limits and faults.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -285,14 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     simulate.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     add_simulator_arguments(simulate)
-    add_cluster_commands(commands)
-    return parser
+    return simulate
 
 
-def _add_run(commands: Any) -> None:
+def _add_run(commands: Commands) -> argparse.ArgumentParser:
+    from batch.values import parse_deadline, parse_duration
+
     run = commands.add_parser(
         "run",
-        help="run a manifest into an output directory (resumes where a previous run stopped)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=ENVIRONMENT + "\n" + EXIT_CODES,
         description="Run every task of MANIFEST that DIR does not hold yet. Running the same command again "
@@ -487,3 +547,61 @@ def _add_run(commands: Any) -> None:
     )
     add_common(run)
     add_output_options(run)
+    return run
+
+
+def _add_submit(commands: Commands) -> argparse.ArgumentParser:
+    from batch.cli.cluster import add_submit
+
+    return add_submit(commands)
+
+
+def _add_worker(commands: Commands) -> argparse.ArgumentParser:
+    from batch.cli.cluster import add_worker
+
+    return add_worker(commands)
+
+
+# Each command: its line in `maas-batch --help`, and what builds its parser when it is chosen.
+_COMMANDS: dict[str, tuple[str, Callable[[Commands], argparse.ArgumentParser]]] = {
+    "run": (
+        "run a manifest into an output directory (resumes where a previous run stopped)",
+        _add_run,
+    ),
+    "validate": (
+        "check a manifest, count its tasks, estimate their tokens and cost; sends nothing",
+        _add_validate,
+    ),
+    "status": (
+        "what a DIR holds: done, failed, pending, and whether a run is on",
+        _add_status,
+    ),
+    "report": (
+        "tokens and cost by kind and model, retries, failures by type, the slowest tasks, wall time",
+        _add_report,
+    ),
+    "export": (
+        "one row per task (id, status, prompt, files or answer, usage, cost, meta), for a pipeline to join",
+        _add_export,
+    ),
+    "gallery": (
+        "write DIR/index.html again (runs do it themselves), making any missing thumbnail",
+        _add_gallery,
+    ),
+    "retry-failed": (
+        "run DIR's last command again for its failed tasks only",
+        _add_retry_failed,
+    ),
+    "simulate": (
+        "serve the MaaS API simulator (for demos, tests and rehearsals)",
+        _add_simulate,
+    ),
+    "submit": (
+        "validate a manifest, then queue it in shards for `maas-batch worker`s on several machines",
+        _add_submit,
+    ),
+    "worker": (
+        "run queued shards with today's engine, one at a time, until stopped (or none is left)",
+        _add_worker,
+    ),
+}

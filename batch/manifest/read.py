@@ -1,8 +1,8 @@
 """Reading a job manifest: a YAML file (`defaults:`, `endpoints:`, `tasks:`) or a JSONL file (one task per
 line), into located entries. No defaults are applied and nothing is validated here beyond the file's shape.
 
-YAML is read with a subclass of yaml.SafeLoader that only adds line numbers to mappings: no tag can
-construct a Python object. JSONL is streamed, so a manifest of a million lines is never held in memory.
+YAML is read by batch.manifest.yamlfile, imported only for a YAML manifest. JSONL is streamed, so a
+manifest of a million lines is never held in memory.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from batch.errors import ManifestError, Problem, shorten
 from batch.manifest.fields import type_name, unknown_field_message
@@ -36,50 +34,6 @@ class LocatedDict(dict[Any, Any]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.key_lines = {}
-
-
-# libyaml's parser when PyYAML was built with it (about ten times faster); construction stays in Python,
-# with SafeConstructor's rules: no tag can build a Python object either way.
-_SafeBase: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _LocatingLoader(_SafeBase):  # type: ignore[misc]
-    """A safe loader whose mappings are LocatedDicts and which refuses duplicate keys."""
-
-
-def _construct_mapping(loader: _LocatingLoader, node: yaml.MappingNode) -> Iterator[LocatedDict]:
-    data = LocatedDict()
-    data.line = node.start_mark.line + 1
-    yield data
-    own = {id(key_node) for key_node, _ in node.value}
-    loader.flatten_mapping(node)  # resolves `<<: *anchor` merges into node.value, merged keys first
-    seen: dict[Any, int] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            hash(key)
-        except TypeError:
-            raise yaml.constructor.ConstructorError(
-                "while reading a mapping",
-                node.start_mark,
-                "found a key that is not a plain value",
-                key_node.start_mark,
-            ) from None
-        line = key_node.start_mark.line + 1
-        if id(key_node) in own:
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while reading a mapping",
-                    node.start_mark,
-                    f"found the key {key!r} twice (first on line {seen[key]})",
-                    key_node.start_mark,
-                )
-            seen[key] = line
-        data[key] = loader.construct_object(value_node, deep=True)
-        data.key_lines[key] = line
-
-
-_LocatingLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 
 
 @dataclass(frozen=True)
@@ -181,39 +135,9 @@ def load(path: Path) -> Manifest:
                 )
             ]
         )
-    try:
-        with open_regular(path) as handle:
-            loader = _LocatingLoader(handle)  # a SafeLoader subclass: no object tags
-            try:
-                node = loader.get_single_node()
-                if node is not None and _expanded_size(node, {}) > MAX_YAML_NODES:
-                    raise ManifestError(
-                        [
-                            Problem(
-                                name,
-                                None,
-                                f"the YAML expands to more than "
-                                f"{MAX_YAML_NODES:,} values through its aliases "
-                                "(an alias bomb?)",
-                            )
-                        ]
-                    )
-                document = loader.construct_document(node) if node is not None else None
-            finally:
-                loader.dispose()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
-        raise ManifestError([Problem(name, line, f"not valid YAML: {message}")]) from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ManifestError([Problem(name, None, f"not valid YAML: {exc}")]) from None
-    except RecursionError:
-        raise ManifestError([Problem(name, None, "not valid YAML: nested too deeply")]) from None
-    except OSError as exc:
-        raise ManifestError(
-            [Problem(name, None, f"the manifest file cannot be read: {exc.strerror or exc}")]
-        ) from None
+    from batch.manifest.yamlfile import read_document  # YAML's parser only for a YAML manifest
+
+    document = read_document(path, name)
     return _from_document(path, document)
 
 
@@ -234,22 +158,6 @@ def _located(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_located(item) for item in value]
     return value
-
-
-def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
-    """How many values `node` stands for once every alias is followed: linear in distinct nodes (each is
-    counted once and remembered), so a billion-laughs document is caught without being expanded."""
-    known = sizes.get(id(node))
-    if known is not None:
-        return known
-    sizes[id(node)] = 1  # a recursive alias counts once
-    total = 1
-    if isinstance(node, yaml.SequenceNode):
-        total += sum(_expanded_size(child, sizes) for child in node.value)
-    elif isinstance(node, yaml.MappingNode):
-        total += sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
-    sizes[id(node)] = total = min(total, MAX_YAML_NODES + 1)
-    return total
 
 
 def _from_document(path: Path, document: Any, name: str | None = None) -> Manifest:

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from batch.kind import TokenCounts
 
 PRICES_SOURCE = (
@@ -130,6 +128,8 @@ def parse_prices(data: Any, where: str) -> tuple[dict[str, Price], list[str]]:
 
 def load_prices(path: Path) -> tuple[dict[str, Price], list[str]]:
     """A --prices file: YAML or JSON, `{model: {text_input, image_input, output}}` (or under `prices:`)."""
+    import yaml  # only with --prices: a run without it does without PyYAML
+
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:

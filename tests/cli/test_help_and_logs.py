@@ -101,6 +101,36 @@ def test_help_imports_none_of_the_heavy_modules(command: list[str]) -> None:
     assert done.stdout.strip().splitlines()[-1] == "loaded: []"
 
 
+def test_the_command_list_loads_only_the_grammar() -> None:
+    """`maas-batch --help` builds no command's parser and loads neither the error tree nor logging."""
+    code = (
+        "import sys\nfrom batch.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('loaded:', sorted(m for m in sys.modules if m.startswith('batch.') or m in "
+        "('dataclasses', 'logging', 'batch.cli.cluster')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = done.stdout.strip().splitlines()[-1]
+    assert (
+        loaded
+        == "loaded: ['batch.cli', 'batch.cli.flags', 'batch.cli.grammar', 'batch.defaults', 'batch.exitcodes']"
+    )
+
+
+def test_a_jsonl_manifest_is_read_without_pyyaml(tmp_path: Path) -> None:
+    """PyYAML is for YAML manifests, --prices files and --set values: a JSONL manifest starts without it."""
+    manifest = tmp_path / "tasks.jsonl"
+    manifest.write_text('{"kind": "generate", "prompt": "a fox"}\n', encoding="utf-8")
+    code = (
+        "import sys\nfrom batch.cli import main\n"
+        "code = main(['validate', sys.argv[1], '--simulate'])\n"
+        "print('exit', code, 'yaml' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(manifest)], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == "exit 0 False"
+
+
 def test_validate_loads_no_http_stack(write: Callable[..., Path]) -> None:
     """`validate` sends nothing: it does without aiohttp (whose import builds TLS contexts) and the engine."""
     manifest = write("tasks:\n  - {kind: generate, prompt: a fox}\n")
@@ -157,3 +187,93 @@ def test_a_chat_run_without_a_terminal_loads_neither_pillow_nor_tqdm(
     )
     assert done.stdout.strip().splitlines()[-1] == "exit 0 loaded: []", done.stdout + done.stderr
     assert (tmp_path / "out" / "index.html").is_file()
+
+
+COMMANDS = (
+    "run",
+    "validate",
+    "status",
+    "report",
+    "export",
+    "gallery",
+    "retry-failed",
+    "simulate",
+    "submit",
+    "worker",
+)
+RUN_FLAGS = [
+    "--allow-unknown",
+    "--backoff",
+    "--backoff-max",
+    "--concurrency",
+    "-c",
+    "--deadline",
+    "--dry-run",
+    "--endpoint",
+    "--grace",
+    "--help",
+    "--log-every",
+    "--log-file",
+    "--max-answer-mb",
+    "--max-attempts",
+    "--max-concurrency",
+    "--max-cost",
+    "--max-duration",
+    "--max-tokens",
+    "--no-fsync",
+    "--no-gallery",
+    "--no-progress",
+    "--out",
+    "-o",
+    "--outage-limit",
+    "--prices",
+    "--progress",
+    "--quiet",
+    "-q",
+    "--redis",
+    "--retry-failed",
+    "--rpm",
+    "--set",
+    "--simulate",
+    "--stage",
+    "--sync-interval",
+    "--task-deadline",
+    "--timeout",
+    "--tpm",
+    "--verbose",
+    "-v",
+]
+
+
+def test_the_command_list_names_every_command_though_their_parsers_are_built_on_use(cli: Cli) -> None:
+    shown = help_of(cli)
+    listed = re.findall(r"^    (\S+)", shown.split("COMMAND\n", 1)[1].split("\n\n", 1)[0], re.MULTILINE)
+    assert tuple(listed) == COMMANDS
+    for name in COMMANDS:  # each command's own help is there too, with its usage line
+        assert help_of(cli, name).startswith(f"usage: maas-batch {name} ")
+
+
+def test_run_help_still_has_every_flag(cli: Cli) -> None:
+    shown = help_of(cli, "run")
+    for flag in RUN_FLAGS:
+        assert re.search(rf"(^|[\s\[,]){flag}[\s,\]]", shown), flag
+
+
+@pytest.mark.parametrize("command", ["run", "validate", "status", "export", "simulate", "worker"])
+def test_a_lazily_built_parser_refuses_an_unknown_flag_with_64(cli: Cli, command: str) -> None:
+    given = {"run": ["m.yaml", "--out", "o"], "validate": ["m.yaml"], "status": ["o"], "export": ["o"]}
+    refused = cli(command, *given.get(command, []), "--no-such-flag")
+    assert refused.code == 64
+    assert "maas-batch: error: unrecognized arguments: --no-such-flag" in refused.err
+
+
+def test_an_unknown_command_is_refused_with_64_and_the_list_of_commands(cli: Cli) -> None:
+    refused = cli("frobnicate")
+    assert refused.code == 64
+    assert "invalid choice: 'frobnicate' (choose from " + ", ".join(f"'{c}'" for c in COMMANDS) in refused.err
+
+
+def test_the_parsers_of_every_command_can_be_looked_up_and_listed() -> None:
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert tuple(commands) == COMMANDS
+    assert [parser.prog for parser in commands.values()] == [f"maas-batch {c}" for c in COMMANDS]
