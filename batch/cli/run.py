@@ -28,7 +28,7 @@ from batch.config import (
     price_table,
 )
 from batch.errors import BatchError, UsageError, unwrap
-from batch.exitcodes import EXIT_BUDGET, EXIT_DEADLINE, EXIT_IOERR, EXIT_OK, EXIT_TEMPFAIL
+from batch.exitcodes import EXIT_BUDGET, EXIT_DEADLINE, EXIT_OK, EXIT_TEMPFAIL
 from batch.output.lock import probe as probe_lock
 from batch.values import StoreUrl
 
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
 def _on_store(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
     """`run --out s3://...`: the run works in a local staging DIR assembled from the store's segments
     (so it resumes from what any earlier run saved there), and mirrors what it saves into the store."""
-    from batch.output.remote import open_store, pull
+    from batch.output.remote import open_store, pull, staging_complete
 
     if options.retry_failed:
         raise UsageError("--retry-failed on an s3:// output is not built yet")
@@ -111,7 +111,7 @@ def _on_store(args: argparse.Namespace, options: Options, argv: list[str]) -> in
         staged = argparse.Namespace(**{**vars(args), "out": folder, "store": args.out})
         keep = True  # until the run says how it ended: a crash keeps it too
         code = run(staged, options, argv)
-        keep = code == EXIT_IOERR
+        keep = not staging_complete(folder)  # the last push left something behind, whatever the code
         return code
     except BatchError:  # refused before any request (a manifest, a key, the store at the start)
         keep = False

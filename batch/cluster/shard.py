@@ -29,7 +29,7 @@ from batch.cluster.plan import (
 from batch.config import Options, checked_manifest, connection, job_config, loop_factory
 from batch.errors import BatchError, ManifestError, OutputError, Problem
 from batch.events import Observer
-from batch.exitcodes import EXIT_IOERR, EXIT_TEMPFAIL
+from batch.exitcodes import EXIT_TEMPFAIL
 from batch.kind import builtin_registry
 from batch.manifest.checked import CheckedManifest
 from batch.running.job import Job
@@ -70,7 +70,7 @@ class ShardRunner:
     def _run_on_store(self, shard: Shard) -> RunSummary:
         """A shard of a batch in a store: run in a local staging DIR of its own (a temporary folder),
         first assembled from PREFIX/shards/<k>/, and mirrored there (output.remote)."""
-        from batch.output.remote import open_store, pull
+        from batch.output.remote import open_store, pull, staging_complete
 
         store = open_store(shard.out)
         plan = read_plan_from_store(store)
@@ -89,7 +89,7 @@ class ShardRunner:
             except BaseException:  # a crash: what it had not uploaded yet is only here
                 keep = True
                 raise
-            keep = summary.stop_code == EXIT_IOERR
+            keep = not staging_complete(folder)  # the last push left something behind
             return summary
         finally:
             if keep:

@@ -26,6 +26,7 @@ fsspec is imported only when a URL is given; its errors are translated here, int
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -209,6 +210,9 @@ def _unsaved_as_maybe_billed(lines: Iterator[bytes], run: str, finished: dict[st
         yield raw
 
 
+MIRRORED = ".mirrored"  # in a staging DIR: the run's last push left nothing behind
+
+
 @dataclass
 class Mirror:
     """Replicates a staging DIR's new lines and files into the store while a run writes them."""
@@ -217,9 +221,7 @@ class Mirror:
     root: Path
     run: str  # this run's id: its segments' names
     offsets: dict[str, int] = field(default_factory=dict)
-    sequence: int = 0
     log_offset: int = 0
-    log_sequence: int = 0
     uploaded: dict[str, str] = field(default_factory=dict)  # a file in DIR -> its name in the store
     _journals: anyio.Lock = field(default_factory=anyio.Lock)
     _log: anyio.Lock = field(default_factory=anyio.Lock)
@@ -260,37 +262,66 @@ class Mirror:
             await anyio.sleep(every)
             await self.push()
 
-    def _new_lines(self, path: Path, offset: int) -> bytes:
+    @property
+    def complete(self) -> bool:
+        """Every whole line of the journals and of the attempt log is in the store."""
+        journals = all(
+            self.offsets.get(journal, 0) >= _whole_size(self.root / journal) for journal in SEGMENTS
+        )
+        return journals and self.log_offset >= _whole_size(self.log_path)
+
+    def _new_lines(self, path: Path, offset: int, end: int | None = None) -> bytes:
+        """The whole lines of `path` from `offset` (up to `end`)."""
         try:
             with path.open("rb") as handle:
                 handle.seek(offset)
-                data = handle.read()
+                data = handle.read(-1 if end is None else max(0, end - offset))
         except FileNotFoundError:
             return b""
+        except OSError as exc:
+            raise OutputError(f"cannot read {path}: {exc.strerror or exc}") from exc
         return data[: data.rfind(b"\n") + 1]
 
     def _push_log(self) -> None:
         data = self._new_lines(self.log_path, self.log_offset)
         if data:
-            self.log_sequence += 1
-            self._create(f"{RUNS}/{self.run}/{self.log_sequence:06d}.jsonl", data)
-            self.log_offset += len(data)
+            self.log_offset += self._segment(f"{RUNS}/{self.run}/", self.log_offset, data, data)
 
     def _push_journals(self) -> None:
-        for journal in (USAGE, RESULTS):  # the ledger first: a result's usage is never missing
+        # results.jsonl's end is taken before the ledger is read: a task's ledger line is written before
+        # its result line, so every result line that goes up has its ledger line up in this push too
+        ends = {RESULTS: _size(self.root / RESULTS)}
+        ends[USAGE] = _size(self.root / USAGE)
+        for journal in (USAGE, RESULTS):
             offset = self.offsets.get(journal, 0)
-            data = self._new_lines(self.root / journal, offset)
-            if not data:
-                continue
-            lines = (
-                b"".join(self._with_files(raw) for raw in _whole_lines(data)) if journal == RESULTS else data
-            )
-            self.sequence += 1
-            self._create(f"{SEGMENTS[journal]}/{self.run}-{self.sequence:06d}.jsonl", lines)
-            self.offsets[journal] = offset + len(data)
+            data = self._new_lines(self.root / journal, offset, ends[journal])
+            while data:
+                lines = (
+                    b"".join(self._with_files(raw) for raw in _whole_lines(data))
+                    if journal == RESULTS
+                    else data
+                )
+                taken = self._segment(f"{SEGMENTS[journal]}/{self.run}-", offset, data, lines)
+                offset += taken
+                self.offsets[journal] = offset
+                data = data[taken:]
+
+    def _segment(self, prefix: str, offset: int, data: bytes, lines: bytes) -> int:
+        """Upload `lines` (what `data`, the lines at `offset` of a staging file, become in the store) as
+        the segment named by that offset; returns the bytes of `data` it holds. A segment of that name may
+        be there already: an upload whose answer was lost on the way (a timeout) landed all the same. Its
+        lines are then the first of these, never sent twice under another name; the rest go next."""
+        name = f"{prefix}{offset:012d}.jsonl"
+        if self.store.create(name, lines):
+            return len(data)
+        stored = self.store.read(name) or b""
+        count = stored.count(b"\n")
+        if not stored or not lines.startswith(stored):
+            raise OutputError(f"{self.store.url}: {name} exists already (two runs with one id?)")
+        return sum(len(raw) for raw in itertools.islice(_whole_lines(data), count))
 
     def _create(self, name: str, data: bytes) -> None:
-        if not self.store.create(name, data):
+        if not self.store.create(name, data) and self.store.read(name) != data:
             raise OutputError(f"{self.store.url}: {name} exists already (two runs with one id?)")
 
     def _with_files(self, raw: bytes) -> bytes:
@@ -334,6 +365,33 @@ class Mirror:
             self._create(target, data)
         self.uploaded[name] = target
         return target
+
+
+def mark_complete(mirror: Mirror) -> None:
+    """Leave MIRRORED in the staging DIR if the store holds all it saved: its folder may then go."""
+    if mirror.complete:
+        (mirror.root / MIRRORED).touch()
+
+
+def staging_complete(root: Path) -> bool:
+    """Whether a run's last push found everything of its staging DIR in the store (see mark_complete)."""
+    return (root / MIRRORED).exists()
+
+
+def _whole_size(path: Path) -> int:
+    """The bytes of a file's whole lines (a torn last line is not one)."""
+    try:
+        with path.open("rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size == 0:
+                return 0
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
+                return size
+            handle.seek(0)
+            return handle.read().rfind(b"\n") + 1
+    except OSError:
+        return 0
 
 
 def _size(path: Path) -> int:

@@ -326,9 +326,12 @@ class Job:
     async def _last_push(self, summary: RunSummary | None) -> None:
         """Everything the run saved, into the store; if the store refuses, the run ends 74 (what is
         not uploaded is still pending there, and a later run does it again)."""
+        from batch.output.remote import mark_complete
+
         assert self.mirror is not None
         try:
             await self.mirror.push()
+            mark_complete(self.mirror)  # else its staging folder is kept, whatever ended the run
         except OutputError as exc:
             log.error("%s", exc)
             if summary is not None and summary.stop_code is None:

@@ -54,7 +54,13 @@ def test_a_worker_runs_a_batch_into_the_store(
 
 @pytest.mark.parametrize(
     ("ending", "kept"),
-    [("done", False), ("store failed", True), ("crashed", True), ("refused", False)],
+    [
+        ("done", False),
+        ("store failed", True),
+        ("stopped, store failed", True),
+        ("crashed", True),
+        ("refused", False),
+    ],
 )
 def test_a_shard_keeps_its_staging_folder_only_when_it_may_hold_what_the_store_lacks(
     ending: str, kept: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -74,13 +80,16 @@ def test_a_shard_keeps_its_staging_folder_only_when_it_may_hold_what_the_store_l
     monkeypatch.setattr(remote, "pull", lambda store, folder: None)
     monkeypatch.setattr(shard_module, "read_plan_from_store", lambda store: None)
 
-    def run_into(*args: object, **kwargs: object) -> RunSummary:
-        if ending == "store failed":
+    def run_into(plan: object, shard: object, folder: Path, url: str) -> RunSummary:
+        if ending == "store failed":  # its last push failed: no mark of a complete mirror
             return RunSummary(stop_code=74, stop_reason="cannot write s3://bucket/out/results/...")
+        if ending == "stopped, store failed":  # another stop came first: the exit code is not 74
+            return RunSummary(stop_code=75, stop_reason="the worker was told to stop")
         if ending == "crashed":
             raise RuntimeError("a fault of ours")
         if ending == "refused":
             raise ManifestError([])
+        (folder / remote.MIRRORED).touch()  # the last push left nothing behind (Job._last_push)
         return RunSummary()
 
     runner = shard_module.ShardRunner(lambda plan: None)  # type: ignore[arg-type, return-value]

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from batch.output.remote import open_store, pull
+from batch.errors import OutputError
+from batch.output.remote import Mirror, open_store, pull
+from batch.output.store import RESULTS, USAGE
 from batch.simulator import RunningSimulator
 from tests.conftest import ROOT, Outcome, env_for
 from tests.s3_server import S3
@@ -127,3 +129,90 @@ def test_help_and_local_commands_do_without_fsspec() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+class MemoryStore:
+    """A store in a dict, for the mirror's own rules: create-only, as S3 with If-None-Match. `land_then_fail`
+    names an object whose upload lands but whose answer is lost on the way (a timeout)."""
+
+    url = "s3://memory/out"
+
+    def __init__(self, land_then_fail: str = "") -> None:
+        self.objects: dict[str, bytes] = {}
+        self.land_then_fail = land_then_fail
+
+    def create(self, name: str, data: bytes) -> bool:
+        if name in self.objects:
+            return False
+        self.objects[name] = data
+        if name.startswith(self.land_then_fail) and self.land_then_fail:
+            self.land_then_fail = ""
+            raise OutputError(f"cannot write {self.url}/{name}: ReadTimeoutError")
+        return True
+
+    def read(self, name: str) -> bytes | None:
+        return self.objects.get(name)
+
+    def read_all(self, folder: str) -> Iterator[tuple[str, bytes]]:
+        for name, data in sorted(self.objects.items()):
+            if name.startswith(folder + "/"):
+                yield name[len(folder) + 1 :], data
+
+    def lines(self, folder: str) -> list[dict[str, object]]:
+        return [
+            json.loads(line)
+            for name, data in sorted(self.objects.items())
+            if name.startswith(folder + "/")
+            for line in data.splitlines()
+        ]
+
+
+def append_task(root: Path, task_id: str) -> None:
+    """What a run writes for a billed, saved task: its ledger line, then its result line."""
+    with (root / USAGE).open("a") as usage:
+        usage.write(json.dumps({"id": task_id, "request_id": f"{task_id}/r.1", "total_tokens": 10}) + "\n")
+    with (root / RESULTS).open("a") as results:
+        results.write(json.dumps({"id": task_id, "status": "succeeded", "files": []}) + "\n")
+
+
+def test_a_result_line_never_reaches_the_store_before_its_ledger_line(tmp_path: Path) -> None:
+    """The run writes on while a push reads: a task saved between the push's read of the ledger and its
+    read of the results must wait for the next push, or a kill in between leaves a result in the store
+    whose cost is in no ledger (and its resume never sends it again)."""
+    store = MemoryStore()
+    mirror = Mirror(store, tmp_path, "run1")  # type: ignore[arg-type]
+    append_task(tmp_path, "a")
+    read = mirror._new_lines
+
+    def read_while_the_run_writes(path: Path, offset: int, end: int | None = None) -> bytes:
+        data = read(path, offset, end)
+        if path.name == USAGE:
+            append_task(tmp_path, "b")  # saved by the run just after the push read the ledger
+        return data
+
+    mirror._new_lines = read_while_the_run_writes  # type: ignore[method-assign]
+    mirror._push_journals()  # then the worker is killed
+    billed = {line["id"] for line in store.lines("usage")}
+    assert {line["id"] for line in store.lines("results")} <= billed
+    mirror._new_lines = read  # type: ignore[method-assign]
+    mirror._push_journals()
+    assert [line["id"] for line in store.lines("results")] == ["a", "b"]
+    assert sorted(line["id"] for line in store.lines("usage")) == ["a", "b"]
+
+
+def test_an_upload_that_landed_though_it_failed_is_not_written_twice(tmp_path: Path) -> None:
+    """A segment whose PUT timed out after S3 stored it: the next push finds it under the same name and
+    goes on after its lines, so no ledger line (no cost) is counted twice."""
+    store = MemoryStore(land_then_fail="usage/")
+    mirror = Mirror(store, tmp_path, "run1")  # type: ignore[arg-type]
+    append_task(tmp_path, "a")
+    with pytest.raises(OutputError):
+        mirror._push_journals()
+    append_task(tmp_path, "b")
+    mirror._push_journals()  # the run's last push
+    assert sorted(line["id"] for line in store.lines("usage")) == ["a", "b"]
+    assert sorted(line["id"] for line in store.lines("results")) == ["a", "b"]
+    assert mirror.complete
+    view = tmp_path / "view"
+    pull(store, view)  # type: ignore[arg-type]
+    assert len((view / USAGE).read_text().splitlines()) == 2
