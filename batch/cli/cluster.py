@@ -168,7 +168,9 @@ def _queue_settings(args: argparse.Namespace) -> Any:
     if url is None:
         raise UsageError("give the queue's Redis: --redis URL (or MAAS_REDIS_URL)")
     timeout = getattr(args, "heartbeat_timeout", None)
-    return QueueSettings(url) if timeout is None else QueueSettings(url, heartbeat_timeout=timeout)
+    if timeout is None:  # submit, resume, retry-failed: no maintenance (see QueueSettings)
+        return QueueSettings(url)
+    return QueueSettings(url, heartbeat_timeout=timeout, maintenance=True)  # a worker
 
 
 def run_options(manifest: Path, out: Path | str, run_flags: list[str]) -> Options:

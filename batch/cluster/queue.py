@@ -67,6 +67,10 @@ class QueueSettings:
     url: str = field(repr=False)  # redis://[:password@]host:port/db
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
     poll: float = DEFAULT_POLL
+    # Put the shards of workers silent past heartbeat_timeout back on their queue, as Dramatiq does on
+    # each command: for workers only, which share one timeout. submit, resume, retry-failed and status
+    # do not, or their own timeout (the default) would take a live worker with a longer one for dead.
+    maintenance: bool = False
 
 
 @dataclass
@@ -120,7 +124,7 @@ class ShardQueue:
                 middleware=[],  # no time limit, no retries, no age limit: see the module's docstring
                 namespace=NAMESPACE,
                 heartbeat_timeout=max(1, int(settings.heartbeat_timeout * 1000)),
-                maintenance_chance=MAINTENANCE_SCALE,
+                maintenance_chance=MAINTENANCE_SCALE if settings.maintenance else 0,
             )
         self.client: redis.Redis = self.broker.client
         self._consumers: dict[str, Any] = {}

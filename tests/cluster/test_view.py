@@ -259,7 +259,7 @@ def test_a_worker_whose_heartbeat_is_old_is_not_alive_and_its_shard_is_said_so(r
     client = redis.Redis.from_url(redis_url)
     long_gone = {"host": "gone", "pid": 2, "heartbeat_timeout": 5, "since": time.time() - 51}
     client.hset(WORKERS, "long-gone", json.dumps(long_gone))  # killed, silent for over 10 timeouts
-    queue = ShardQueue(QueueSettings(redis_url, heartbeat_timeout=5))
+    queue = ShardQueue(QueueSettings(redis_url, heartbeat_timeout=5, maintenance=True))  # as a worker
     try:
         queue.put("q", [Shard("/b", 0, 0, 2), Shard("/b", 1, 2, 4)])
         taken = queue.take("q")  # registered as a worker, and beating; the long gone one forgotten
@@ -277,3 +277,31 @@ def test_a_worker_whose_heartbeat_is_old_is_not_alive_and_its_shard_is_said_so(r
         queue.close()
     assert client.hkeys(WORKERS) == [b"dead-one"]  # a worker that ends says so
     client.close()
+
+
+def test_resume_and_retry_never_take_a_live_worker_with_a_longer_heartbeat_timeout_for_dead(
+    redis_url: str,
+) -> None:
+    """A worker started with --heartbeat-timeout 300 beats every 75 s. `submit --resume` and
+    `retry-failed` queue with the default 60 s: were they to run Dramatiq's clean-up of dead workers, as
+    every worker does on each command, that worker's shard would go back on the queue while it runs, and
+    a second worker would pay for its tasks again."""
+    from batch.cluster.plan import Shard
+    from batch.cluster.queue import HEARTBEATS, QueueSettings, ShardQueue
+
+    client = redis.Redis.from_url(redis_url)
+    worker = ShardQueue(QueueSettings(redis_url, heartbeat_timeout=300, maintenance=True))
+    resuming = ShardQueue(QueueSettings(redis_url))  # as `submit --resume` makes it
+    try:
+        worker.put("q", [Shard("/b", 0, 0, 2)])
+        taken = worker.take("q")
+        assert taken is not None
+        client.zadd(HEARTBEATS, {worker.broker.broker_id: time.time() * 1000 - 70_000})  # beat 70 s ago
+        for _ in range(20):  # Dramatiq's clean-up runs on a share of commands: give it every chance
+            resuming.put("q", [Shard("/b", 1, 2, 4)])
+        state = resuming.look("q")
+        assert [s.index for s in state.taken.get(worker.broker.broker_id, [])] == [0]
+        assert 0 not in [s.index for s in state.queued]
+    finally:
+        worker.close()
+        resuming.close()
