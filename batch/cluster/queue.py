@@ -137,19 +137,33 @@ class ShardQueue:
         """What `queue` holds and who works on it, read without a heartbeat (status, resume)."""
         namespace = NAMESPACE
         with _translated("read the queue"):
+            # One snapshot (MULTI/EXEC): a shard moving between the queue and a worker's taken set while
+            # they were read one by one could be seen in neither, and `submit --resume` queue it twice.
+            # A worker's heartbeat is written in the same step as its first take, so the taken sets to
+            # read are those of the workers with a heartbeat: read again if one came meanwhile.
+            workers: list[str] = [_text(key) for key in self.client.zrange(HEARTBEATS, 0, -1)]
+            while True:
+                snapshot = self.client.pipeline(transaction=True)
+                snapshot.zrange(HEARTBEATS, 0, -1, withscores=True)
+                snapshot.hgetall(WORKERS)
+                snapshot.lrange(f"{namespace}:{queue}", 0, -1)
+                for worker in workers:
+                    snapshot.smembers(f"{namespace}:__acks__.{worker}.{queue}")
+                scored, registered, waiting, *acks = snapshot.execute()
+                beats = {_text(key): float(score) for key, score in scored}
+                if set(beats) <= set(workers):
+                    break
+                workers = list(beats)
             now = time.time() * 1000
-            scored: list[tuple[bytes, float]] = self.client.zrange(HEARTBEATS, 0, -1, withscores=True)  # type: ignore[assignment]
-            beats = {_text(key): float(score) for key, score in scored}
             alive = {}
-            for worker, raw in self.client.hgetall(WORKERS).items():
+            for worker, raw in registered.items():
                 info = _decoded(raw)
                 timeout = float(info.get("heartbeat_timeout") or self.settings.heartbeat_timeout) * 1000
                 if _text(worker) in beats and beats[_text(worker)] >= now - timeout:
                     alive[_text(worker)] = info
-            queued = self._shards(queue, self.client.lrange(f"{namespace}:{queue}", 0, -1))
+            queued = self._shards(queue, waiting)
             taken = {}
-            for worker in beats:
-                ids = self.client.smembers(f"{namespace}:__acks__.{worker}.{queue}")
+            for worker, ids in zip(workers, acks, strict=True):
                 if ids:
                     taken[worker] = self._shards(queue, sorted(ids))
         return QueueState(queued, taken, alive)
