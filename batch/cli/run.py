@@ -27,7 +27,7 @@ from batch.config import (
     need_prices,
     price_table,
 )
-from batch.errors import BatchError, UsageError, unwrap
+from batch.errors import BatchError, OutputError, UsageError, unwrap
 from batch.exitcodes import EXIT_BUDGET, EXIT_DEADLINE, EXIT_OK, EXIT_TEMPFAIL
 from batch.output.lock import probe as probe_lock
 from batch.values import StoreUrl
@@ -113,7 +113,10 @@ def _on_store(args: argparse.Namespace, options: Options, argv: list[str]) -> in
         code = run(staged, options, argv)
         keep = not staging_complete(folder)  # the last push left something behind, whatever the code
         return code
-    except BatchError:  # refused before any request (a manifest, a key, the store at the start)
+    except OutputError:  # the store or the disk, once the run had begun: its answers may be only here
+        keep = keep and not staging_complete(folder)
+        raise
+    except BatchError:  # refused before any request (a manifest, a key)
         keep = False
         raise
     finally:

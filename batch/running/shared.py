@@ -45,7 +45,10 @@ LEASE_SECONDS = 15.0  # a killed run's slots come back after this long
 POLL_SECONDS = 0.05  # how often a run waiting for a slot in flight asks again
 LATE = 0.001  # up to this many seconds of jitter on a wait, so that waiting runs do not ask in step
 TIMEOUT = 2.0  # seconds for one Redis command; longer is Redis gone
-CONNECTIONS = 16  # a run's connections to Redis; a command takes well under a millisecond
+CONNECTIONS = 32  # a run's connections to Redis; a command takes well under a millisecond on a LAN
+# How long a command waits for a free connection. Longer than TIMEOUT: every command in hand ends within
+# TIMEOUT, so a long wait means a slow Redis far away, not a gone one (that is not a reason to stop sharing)
+POOL_WAIT = 30.0
 AUTO_TTL_MS = 3_600_000  # a learnt concurrency is forgotten after an hour without news
 ERRORS = (RedisError, OSError, TimeoutError)
 GCRA_ = GCRA()  # stateless: one for every bucket
@@ -154,7 +157,7 @@ class SharedLimits:
             pool = aioredis.BlockingConnectionPool.from_url(
                 url,
                 max_connections=CONNECTIONS,
-                timeout=TIMEOUT,
+                timeout=POOL_WAIT,
                 socket_timeout=TIMEOUT,
                 socket_connect_timeout=TIMEOUT,
                 decode_responses=True,
