@@ -78,6 +78,23 @@ class Store:
             raise self._error("list", folder, exc) from exc
         return sorted(str(name)[len(path) + 1 :] for name in found if str(name).startswith(path + "/"))
 
+    def folders(self, folder: str) -> list[str]:
+        """The names of the sub-folders of `folder`, sorted: one listing by delimiter, not every object
+        below (a batch's shards hold all its images)."""
+        path = self._path(folder)
+        try:
+            self._fs.invalidate_cache(path)
+            found = self._fs.ls(path, detail=True)
+        except FileNotFoundError:
+            return []
+        except Exception as exc:
+            raise self._error("list", folder, exc) from exc
+        return sorted(
+            str(item["name"]).rstrip("/").rpartition("/")[2]
+            for item in found
+            if item.get("type") == "directory"
+        )
+
     def read(self, name: str) -> bytes | None:
         """The object's bytes, None if there is none."""
         try:
@@ -184,8 +201,7 @@ def _pull_cluster(store: Store, root: Path) -> None:
         return
     (root / "cluster").mkdir(exist_ok=True)
     (root / "cluster" / "plan.json").write_bytes(plan)
-    shards = {name.partition("/")[0] for name in store.names("shards")}
-    for shard in sorted(shards):
+    for shard in store.folders("shards"):
         pull(store.child(f"shards/{shard}"), root / "shards" / shard)
 
 
