@@ -112,8 +112,10 @@ class Store:
         def fetch(name: str) -> bytes:
             return self.read(f"{folder}/{name}") or b""
 
-        with ThreadPoolExecutor(READERS) as pool:
-            yield from zip(names, pool.map(fetch, names), strict=True)
+        with ThreadPoolExecutor(READERS) as pool:  # a window at a time: never every segment in memory
+            for start in range(0, len(names), 4 * READERS):
+                window = names[start : start + 4 * READERS]
+                yield from zip(window, pool.map(fetch, window), strict=True)
 
     def create(self, name: str, data: bytes) -> bool:
         """Write a new object; False (and nothing written) if one of that name exists."""
@@ -180,15 +182,12 @@ def pull(store: Store, root: Path) -> None:
     with (root / USAGE).open("wb") as usage:
         for raw in _segments(store, SEGMENTS[USAGE]):
             usage.write(raw)
-    runs: dict[str, list[bytes]] = {}
-    for name, data in store.read_all(RUNS):
-        run, _, segment = name.partition("/")
-        if segment:
-            runs.setdefault(run, []).append(data)
     (root / RUNS).mkdir(exist_ok=True)
-    for run, segments in runs.items():
-        lines = (raw for data in segments for raw in _whole_lines(data))
-        (root / RUNS / f"{run}.jsonl").write_bytes(b"".join(_unsaved_as_maybe_billed(lines, run, finished)))
+    logs = ((name.partition("/"), data) for name, data in store.read_all(RUNS))  # a run's segments in a row
+    for run, segments in itertools.groupby(logs, key=lambda item: item[0][0]):
+        lines = (raw for (_, _, segment), data in segments if segment for raw in _whole_lines(data))
+        with (root / RUNS / f"{run}.jsonl").open("wb") as log:  # streamed: a run's log can be long
+            log.writelines(_unsaved_as_maybe_billed(lines, run, finished))
     scheme = store.read(FORMAT)
     if scheme is not None:
         (root / FORMAT).write_bytes(scheme)
