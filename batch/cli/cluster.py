@@ -8,7 +8,6 @@ import dataclasses
 import json
 import logging
 import signal
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -245,12 +244,9 @@ def resume(args: argparse.Namespace) -> int:
     from batch.cluster.submit import resume as resume_batch
 
     if isinstance(args.resume, StoreUrl):  # the shards' outputs read through a local view of the store
-        from batch.output.remote import open_store, pull
+        from batch.output.remote import view as view_of
 
-        store = open_store(args.resume)
-        with tempfile.TemporaryDirectory(prefix="maas-batch-view-") as folder:
-            view = Path(folder) / "view"
-            pull(store, view)
+        with view_of(args.resume) as view:
             if not (view / "cluster" / "plan.json").is_file():
                 raise UsageError(f"{args.resume} holds no submitted batch (no cluster/plan.json)")
             return resume(argparse.Namespace(**{**vars(args), "resume": view}))

@@ -7,7 +7,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -134,16 +133,13 @@ def on_store(reader: Callable[[argparse.Namespace], int], args: argparse.Namespa
     """A reader on an s3:// output: the store's segments assembled into a temporary, read-only view of a
     DIR (no images), then read as a DIR is. Over a store, a request some worker has in flight now counts
     as maybe billed: nothing there says the worker is alive."""
-    from batch.output.remote import open_store, pull
+    from batch.output.remote import view as view_of
 
     if args.command == "gallery":
         raise UsageError("the gallery of an s3:// output is not built yet")
     if args.command == "export" and args.format == "openai":
         raise UsageError("export --format openai of an s3:// output is not built yet (it reads the images)")
-    store = open_store(args.out)
-    with tempfile.TemporaryDirectory(prefix="maas-batch-view-") as folder:
-        view = Path(folder) / "view"
-        pull(store, view)
+    with view_of(args.out) as view:
         if not (
             (view / "cluster").is_dir()
             or any((view / RUNS).iterdir())

@@ -8,10 +8,8 @@ import argparse
 import dataclasses
 import logging
 import os
-import shutil
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +25,7 @@ from batch.config import (
     need_prices,
     price_table,
 )
-from batch.errors import BatchError, OutputError, UsageError, unwrap
+from batch.errors import UsageError, unwrap
 from batch.exitcodes import EXIT_BUDGET, EXIT_DEADLINE, EXIT_OK, EXIT_TEMPFAIL
 from batch.output.lock import probe as probe_lock
 from batch.values import StoreUrl
@@ -96,7 +94,7 @@ def run(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
 def _on_store(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
     """`run --out s3://...`: the run works in a local staging DIR assembled from the store's segments
     (so it resumes from what any earlier run saved there), and mirrors what it saves into the store."""
-    from batch.output.remote import open_store, pull, staging_complete
+    from batch.output.remote import open_store, staging
 
     if options.retry_failed:
         raise UsageError("--retry-failed on an s3:// output is not built yet")
@@ -104,26 +102,8 @@ def _on_store(args: argparse.Namespace, options: Options, argv: list[str]) -> in
     stage = args.stage
     if stage is not None and stage.exists() and (not stage.is_dir() or any(stage.iterdir())):
         raise UsageError(f"--stage {stage}: give a new or empty folder")
-    folder = Path(tempfile.mkdtemp(prefix="maas-batch-stage-")) if stage is None else stage
-    keep = False  # a run that the store (or the disk) stopped: what was not uploaded is only here
-    try:
-        pull(store, folder)
-        staged = argparse.Namespace(**{**vars(args), "out": folder, "store": args.out})
-        keep = True  # until the run says how it ended: a crash keeps it too
-        code = run(staged, options, argv)
-        keep = not staging_complete(folder)  # the last push left something behind, whatever the code
-        return code
-    except OutputError:  # the store or the disk, once the run had begun: its answers may be only here
-        keep = keep and not staging_complete(folder)
-        raise
-    except BatchError:  # refused before any request (a manifest, a key)
-        keep = False
-        raise
-    finally:
-        if stage is None and not keep:
-            shutil.rmtree(folder, ignore_errors=True)
-        elif stage is None:
-            log.warning("the staging folder %s is kept: it may hold answers the store lacks", folder)
+    with staging(store, stage) as folder:
+        return run(argparse.Namespace(**{**vars(args), "out": folder, "store": args.out}), options, argv)
 
 
 def _dry_run(args: argparse.Namespace, options: Options) -> int:

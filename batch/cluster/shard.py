@@ -11,8 +11,6 @@ import asyncio
 import dataclasses
 import logging
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,7 +25,7 @@ from batch.cluster.plan import (
     shard_dir,
 )
 from batch.config import Options, checked_manifest, connection, job_config, loop_factory
-from batch.errors import BatchError, ManifestError, OutputError, Problem
+from batch.errors import ManifestError, Problem
 from batch.events import Observer
 from batch.exitcodes import EXIT_TEMPFAIL
 from batch.kind import builtin_registry
@@ -70,7 +68,7 @@ class ShardRunner:
     def _run_on_store(self, shard: Shard) -> RunSummary:
         """A shard of a batch in a store: run in a local staging DIR of its own (a temporary folder),
         first assembled from PREFIX/shards/<k>/, and mirrored there (output.remote)."""
-        from batch.output.remote import open_store, pull, staging_complete
+        from batch.output.remote import open_store, staging
 
         if shard.retry_failed:  # retry-failed refuses a store; a message of an older version, say
             log.warning("shard %d: --retry-failed on a store is not built; its failures stay", shard.index)
@@ -78,31 +76,8 @@ class ShardRunner:
         store = open_store(shard.out)
         plan = read_plan_from_store(store)
         shard_store = store.child(f"{SHARDS}/{shard.index}")
-        folder = Path(tempfile.mkdtemp(prefix=f"maas-batch-shard-{shard.index}-"))
-        keep = False  # a shard the store (or the disk) stopped: what was not uploaded is only here
-        try:
-            pull(shard_store, folder)
-            try:
-                summary = self._run_into(plan, shard, folder, shard_store.url)
-            except OutputError:
-                keep = True
-                raise
-            except BatchError:  # refused before it sent anything (the manifest changed, no endpoint...)
-                raise
-            except BaseException:  # a crash: what it had not uploaded yet is only here
-                keep = True
-                raise
-            keep = not staging_complete(folder)  # the last push left something behind
-            return summary
-        finally:
-            if keep:
-                log.warning(
-                    "shard %d: its staging folder %s is kept: it may hold answers the store lacks",
-                    shard.index,
-                    folder,
-                )
-            else:
-                shutil.rmtree(folder, ignore_errors=True)
+        with staging(shard_store, prefix=f"maas-batch-shard-{shard.index}-") as folder:
+            return self._run_into(plan, shard, folder, shard_store.url)
 
     def _run_into(self, plan: BatchPlan, shard: Shard, out: Path, store: str | None = None) -> RunSummary:
         options = dataclasses.replace(

@@ -28,7 +28,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,10 +40,12 @@ from typing import Any
 
 import anyio
 
-from batch.errors import OutputError, UsageError
+from batch.errors import BatchError, OutputError, UsageError
 from batch.output.format import FORMAT
 from batch.output.store import ANSWERS, IMAGES, RESULTS, RUNS, USAGE, parse_record
 from batch.running.records import AttemptRecord, attempt_log_line
+
+log = logging.getLogger("batch.output.remote")
 
 PROTOCOLS = ("s3", "s3a")  # create-only writes (If-None-Match) are known to hold there
 EXTRA = "pip install 'maas-batch[cloud]'"
@@ -163,6 +168,47 @@ def _segments(store: Store, folder: str) -> Iterator[bytes]:
     """The complete lines of a folder's segments, in the order of their names."""
     for _, data in store.read_all(folder):
         yield from _whole_lines(data)
+
+
+@contextlib.contextmanager
+def view(url: str) -> Iterator[Path]:
+    """A temporary, read-only DIR assembled from the store at `url` (no images), for the readers and
+    `submit --resume`; removed afterwards."""
+    store = open_store(url)
+    with tempfile.TemporaryDirectory(prefix="maas-batch-view-") as folder:
+        root = Path(folder) / "view"
+        pull(store, root)
+        yield root
+
+
+@contextlib.contextmanager
+def staging(store: Store, folder: Path | None = None, *, prefix: str = "maas-batch-stage-") -> Iterator[Path]:
+    """The local DIR a run on the store works in: `folder` (new or empty) or a temporary one, first
+    assembled from the store. A temporary one is removed at the end unless it may hold answers the store
+    lacks: the run's last push left something behind (see mark_complete), the store or the disk failed
+    mid-run, or the run crashed; it is then kept, and its path logged. A run refused before it sent
+    anything (a BatchError other than OutputError) leaves nothing to keep."""
+    temporary = folder is None
+    root = Path(tempfile.mkdtemp(prefix=prefix)) if folder is None else folder
+    keep = False
+    try:
+        pull(store, root)
+        keep = True  # until the run says how it ended: a crash keeps it
+        yield root
+        keep = not staging_complete(root)
+    except OutputError:
+        keep = keep and not staging_complete(root)
+        raise
+    except BatchError:
+        keep = False
+        raise
+    finally:
+        if temporary and keep:
+            log.warning(
+                "the staging folder %s of %s is kept: it may hold answers the store lacks", root, store.url
+            )
+        elif temporary:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def pull(store: Store, root: Path) -> None:
