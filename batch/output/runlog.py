@@ -203,9 +203,15 @@ class RunLog:
         status: int | None = None,
         maybe_billed: bool = False,
         error: str | None = None,
+        seconds: float | None = None,
     ) -> None:
+        """The request's fate. `seconds`: how long it took, when it is logged later than it ended (an
+        answer is logged once its task's result line is written); else the time since its `sent` line."""
         started = self._sent.pop(request_id, None)
-        seconds = None if started is None else round(time.monotonic() - started, 3)
+        if seconds is not None:
+            seconds = round(seconds, 3)
+        elif started is not None:
+            seconds = round(time.monotonic() - started, 3)
         answered = outcome == "answered" and not (maybe_billed or error)
         if answered and type(status) is int and seconds is not None:
             # the usual line, as AttemptRecord.to_line makes it, written out: every request has one

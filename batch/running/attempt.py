@@ -184,7 +184,11 @@ class TaskAttempts:
             raise
         finally:
             self.in_flight -= 1
-        state.answered = (request_id, reply.status)  # logged done once the task's result line is written
+        state.answered = (
+            request_id,
+            reply.status,
+            reply.seconds,
+        )  # logged done once the task's result line is written
         ctx.health.succeeded()
         self.durations.append(reply.seconds)
         return reply
@@ -308,7 +312,8 @@ class TaskAttempts:
             self._ctx.stop(str(exc), EXIT_IOERR)
             return
         if state.answered is not None:
-            self._ctx.log.done(state.answered[0], "answered", status=state.answered[1])
+            request_id, status, seconds = state.answered
+            self._ctx.log.done(request_id, "answered", status=status, seconds=seconds)
             state.answered = None
         self.maybe_billed += state.maybe_billed
         self._ctx.emit(TaskFinished(record))

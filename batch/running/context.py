@@ -60,9 +60,9 @@ class TaskState:
     files: list[str] = field(default_factory=list)
     answer_file: str | None = None  # DIR/answers/... : the raw body of a paid answer that was not usable
     server_request_id: str | None = None  # the server's id of the answer kept (x-request-id, or its id)
-    # (request id, HTTP status) of the answer kept: its `done` line waits for the task's result line, so that
-    # a run killed in between leaves the request counted as maybe billed (its answer was not saved)
-    answered: tuple[str, int] | None = None
+    # (request id, HTTP status, seconds) of the answer kept: its `done` line waits for the task's result
+    # line, so that a run killed in between leaves the request counted as maybe billed (not saved)
+    answered: tuple[str, int, float] | None = None
 
 
 class Stopped(Exception):

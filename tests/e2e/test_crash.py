@@ -203,3 +203,30 @@ def test_an_answer_whose_result_line_was_never_written_is_counted_maybe_billed(
         assert sim.state.billed_requests == 1
     assert len((out / "usage.jsonl").read_text().splitlines()) == 1  # billed: in the ledger at once
     assert status(out)["maybe_billed"] == 1  # and not saved: the next run asks again, a paid duplicate
+
+
+def test_a_requests_logged_seconds_are_its_own_not_the_saving_of_its_result(
+    write: Callable[..., Path], tmp_path: Path, cli: Callable[..., Outcome], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer's `done` line is written after its task's result line; its seconds are still the
+    request's (what export's attempts table and report show), not the time the result took to save."""
+    import anyio
+
+    append = OutputDir.append
+
+    async def slow_result_line(self: OutputDir, journal: Any, record: Any) -> None:
+        if journal is self.results:
+            await anyio.sleep(0.5)  # a slow disk
+        await append(self, journal, record)
+
+    monkeypatch.setattr(OutputDir, "append", slow_result_line)
+    job = write("tasks:\n  - {kind: chat, id: only, model: gemini-2.5-flash, prompt: hello}\n")
+    out = tmp_path / "out"
+    with simulator_in_thread(SimConfig(api_key=KEY)) as sim:
+        done = cli("run", job, "--out", out, "-c", "1", "--no-progress", env=env_for(sim))
+        assert done.code == 0, done.err
+    lines = [
+        json.loads(line) for log in (out / "runs").glob("*.jsonl") for line in log.read_text().splitlines()
+    ]
+    answered = [line for line in lines if line.get("outcome") == "answered"]
+    assert len(answered) == 1 and answered[0]["seconds"] < 0.4, answered
