@@ -99,7 +99,7 @@ def export(args: argparse.Namespace) -> int:
     chosen = scope(args, root)
     selection = Selection(frozenset(args.statuses), frozenset(args.kinds))
     if args.output is None:
-        export_rows(root, args.format, sys.stdout, chosen, selection)
+        export_rows(root, args.format, sys.stdout, chosen, selection, getattr(args, "fetch", None))
         return EXIT_OK
     try:
         if args.format == "sqlite":
@@ -108,7 +108,7 @@ def export(args: argparse.Namespace) -> int:
             rows = write_database(root, args.output, chosen, selection)
         else:
             with args.output.open("w", encoding="utf-8", newline="") as stream:
-                rows = export_rows(root, args.format, stream, chosen, selection)
+                rows = export_rows(root, args.format, stream, chosen, selection, getattr(args, "fetch", None))
     except OSError as exc:
         raise OutputError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
     print(f"{rows:,} rows written to {args.output}", file=sys.stderr)
@@ -133,12 +133,11 @@ def on_store(reader: Callable[[argparse.Namespace], int], args: argparse.Namespa
     """A reader on an s3:// output: the store's segments assembled into a temporary, read-only view of a
     DIR (no images), then read as a DIR is. Over a store, a request some worker has in flight now counts
     as maybe billed: nothing there says the worker is alive."""
+    from batch.output.remote import open_store
     from batch.output.remote import view as view_of
 
     if args.command == "gallery":
         raise UsageError("the gallery of an s3:// output is not built yet")
-    if args.command == "export" and args.format == "openai":
-        raise UsageError("export --format openai of an s3:// output is not built yet (it reads the images)")
     with view_of(args.out) as view:
         if not (
             (view / "cluster").is_dir()
@@ -146,4 +145,6 @@ def on_store(reader: Callable[[argparse.Namespace], int], args: argparse.Namespa
             or any((view / name).stat().st_size for name in (RESULTS, USAGE))
         ):
             raise UsageError(f"{args.out} holds no output of maas-batch")
-        return reader(argparse.Namespace(**{**vars(args), "out": view, "url": str(args.out)}))
+        # export --format openai reads the images from the store, one task's at a time
+        fetch = open_store(args.out).read
+        return reader(argparse.Namespace(**{**vars(args), "out": view, "url": str(args.out), "fetch": fetch}))

@@ -8,9 +8,10 @@ unless asked for (output.scope); `Selection` keeps the statuses and kinds asked 
   `tool_calls`, `reasoning`, `images_missing`, `request_id`, ...), plus the flat columns of the CSV.
 - sqlite: see output.database.
 - openai: the OpenAI Batch *output* format, `{"id", "custom_id", "response": {"status_code", "request_id",
-  "body"}, "error"}`, the body rebuilt in the API's own answer shape, images read back from DIR; finished
-  tasks only (the format has no pending line). An image is streamed from its file into the line, so no
-  more than one image's bytes are held at a time.
+  "body"}, "error"}`, the body rebuilt in the API's own answer shape, images read back from DIR (or from
+  the store of an s3:// output); finished tasks only (the format has no pending line). An image is
+  streamed from its file into the line, so no more than one image's bytes are held at a time (from a
+  store: one task's images).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import logging
 import mimetypes
 import re
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -87,12 +88,14 @@ def export(
     stream: IO[str],
     scope: Scope | None = None,
     selection: Selection = EVERYTHING,
+    fetch: Callable[[str], bytes | None] | None = None,
 ) -> int:
-    """Write DIR's tasks to `stream` in `fmt` (csv, jsonl or openai). Returns the number of rows (lines)."""
+    """Write DIR's tasks to `stream` in `fmt` (csv, jsonl or openai). Returns the number of rows (lines).
+    `fetch`: how openai reads an image by its name in DIR, if not from DIR on disk (an s3:// output)."""
     if fmt == "jsonl":
         return _jsonl(root, stream, scope, selection)
     if fmt == "openai":
-        return _openai(root, stream, scope, selection)
+        return _openai(root, stream, scope, selection, fetch)
     return _csv(root, stream, scope, selection)
 
 
@@ -194,17 +197,21 @@ def _csv(root: Path, stream: IO[str], scope: Scope | None, selection: Selection)
 
 
 class _Files:
-    """Image files to be streamed into a line: each stands in the line as a marker string until written."""
+    """Image files to be streamed into a line: each stands in the line as a marker string until written.
+    `fetch` reads a file of DIR by its name there (an s3:// output's, from the store); without it, from
+    DIR on disk, one chunk at a time."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, fetch: Callable[[str], bytes | None] | None = None) -> None:
         self.root = root.resolve()
+        self.fetch = fetch
         self.token = secrets.token_hex(8)  # no answer text can hold a marker by chance
         self.pattern = re.compile(rf"\\u0000{self.token}:(\d+)\\u0000")
-        self.pending: list[tuple[Path, str]] = []
+        self.pending: list[tuple[Path | bytes, str]] = []
+        self.fetched: dict[Path, bytes] = {}  # a line's files read from the store, until it is written
 
     def marker(self, path: Path, prefix: str = "") -> str:
         """The string to put where the file's base64 (after `prefix`) goes."""
-        self.pending.append((path, prefix))
+        self.pending.append((self.fetched.get(path, path), prefix))
         return f"\x00{self.token}:{len(self.pending) - 1}\x00"
 
     def existing(self, record: ResultRecord) -> list[Path]:
@@ -212,33 +219,53 @@ class _Files:
         found, root = [], self.root
         for name in record.files:
             path = (root / name).resolve()
-            if path.is_relative_to(root) and path.is_file():
+            if path.is_relative_to(root) and self._has(path):
                 found.append(path)
             else:
-                log.warning("%s: %s is not in %s; its line has one image fewer", record.id, name, self.root)
+                where = "the store" if self.fetch is not None else root
+                log.warning("%s: %s is not in %s; its line has one image fewer", record.id, name, where)
         return found
+
+    def _has(self, path: Path) -> bool:
+        if self.fetch is None:
+            return path.is_file()
+        data = self.fetch(path.relative_to(self.root).as_posix())
+        if data is not None:
+            self.fetched[path] = data
+        return data is not None
 
     def write(self, text: str, stream: IO[str]) -> None:
         """`text` (one JSON line) with each marker replaced by its file's base64, one piece at a time."""
         pieces = self.pattern.split(text)
         stream.write(pieces[0])
         for index in range(1, len(pieces), 2):
-            path, prefix = self.pending[int(pieces[index])]
+            source, prefix = self.pending[int(pieces[index])]
             stream.write(prefix)
-            for chunk in _base64_chunks(path):
+            for chunk in _base64_chunks(source):
                 stream.write(chunk)
             stream.write(pieces[index + 1])
         self.pending.clear()
+        self.fetched.clear()
 
 
-def _base64_chunks(path: Path) -> Iterator[str]:
-    with path.open("rb") as file:
+def _base64_chunks(source: Path | bytes) -> Iterator[str]:
+    if isinstance(source, bytes):
+        for start in range(0, len(source), CHUNK):
+            yield base64.b64encode(source[start : start + CHUNK]).decode("ascii")
+        return
+    with source.open("rb") as file:
         while chunk := file.read(CHUNK):
             yield base64.b64encode(chunk).decode("ascii")
 
 
-def _openai(root: Path, stream: IO[str], scope: Scope | None, selection: Selection) -> int:
-    files = _Files(root)
+def _openai(
+    root: Path,
+    stream: IO[str],
+    scope: Scope | None,
+    selection: Selection,
+    fetch: Callable[[str], bytes | None] | None = None,
+) -> int:
+    files = _Files(root, fetch)
     chat_shaped = {
         name for name, kind in builtin_registry().items() if kind.openai_answer_object == "chat.completion"
     }
