@@ -59,7 +59,6 @@ def _command(args: argparse.Namespace, argv: list[str], run_flags: list[str]) ->
     """The chosen command. Each module is imported when its command is chosen: `maas-batch --help`, and a
     second run refused on a locked DIR, do without the HTTP stack and the image library."""
     from batch.cli.options import options_from
-    from batch.errors import UsageError
     from batch.values import StoreUrl
 
     if args.command == "run":
@@ -71,16 +70,9 @@ def _command(args: argparse.Namespace, argv: list[str], run_flags: list[str]) ->
 
         return validate(args, options_from(args))
     if args.command == "retry-failed":
-        from batch.cli.retry import recorded_run
-        from batch.cluster.plan import is_sharded
+        from batch.cli.retry import retry_failed
 
-        if isinstance(args.out, StoreUrl):
-            raise UsageError("retry-failed on an s3:// output is not built yet")
-        if is_sharded(args.out):  # a batch in shards: its failures are sent again by the workers
-            from batch.cli.cluster import retry_failed
-
-            return retry_failed(args)
-        return _main(recorded_run(args))
+        return retry_failed(args, _main)
     if args.command in ("submit", "worker"):
         from batch.cli import cluster
 

@@ -1,4 +1,6 @@
-"""`maas-batch retry-failed DIR`: the last recorded `run` into DIR, again, with --retry-failed."""
+"""`maas-batch retry-failed DIR`: the last recorded `run` into DIR, again, with --retry-failed; on a
+sharded batch, its shards that hold failures queued again for the workers (batch.cli.cluster). DIR may be
+an s3:// output: the runs recorded there, read through a local view of the store."""
 
 from __future__ import annotations
 
@@ -6,17 +8,42 @@ import argparse
 import os
 import shlex
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from batch.cli.inspect import existing
+from batch.cluster.plan import is_sharded
 from batch.errors import UsageError
 from batch.output.store import RUNS, read_lines
+from batch.values import StoreUrl
 
 
-def recorded_run(args: argparse.Namespace) -> list[str]:
-    """The command line of DIR's last run, with --retry-failed and any flags given after DIR; the working
-    folder becomes that run's, so that its relative paths mean what they meant."""
+def retry_failed(args: argparse.Namespace, main: Callable[[list[str]], int]) -> int:
+    """`retry-failed DIR`; `main` runs the command line it rebuilds."""
+    if not isinstance(args.out, StoreUrl):
+        return _queue_failed(args) if is_sharded(args.out) else main(recorded_run(args))
+    from batch.output.remote import view
+
+    with view(args.out) as folder:
+        if is_sharded(folder):
+            return _queue_failed(argparse.Namespace(**{**vars(args), "out": folder, "url": str(args.out)}))
+        argv = recorded_run(args, folder)
+    return main(argv)
+
+
+def _queue_failed(args: argparse.Namespace) -> int:
+    """A batch in shards: its failures are sent again by the workers."""
+    from batch.cli.cluster import retry_failed as queue_failed
+
+    return queue_failed(args)
+
+
+def recorded_run(args: argparse.Namespace, runs_in: Path | None = None) -> list[str]:
+    """The command line of DIR's last run (as recorded in `runs_in`, DIR by default: a store's view), with
+    --retry-failed and any flags given after DIR; the working folder becomes that run's, so that its
+    relative paths mean what they meant."""
     recorded = None
-    for path in sorted((existing(args.out) / RUNS).glob("*.jsonl"), reverse=True):
+    for path in sorted(((runs_in or existing(args.out)) / RUNS).glob("*.jsonl"), reverse=True):
         start = next(iter(read_lines(path)), {})
         if isinstance(start.get("argv"), list) and start["argv"][:1] == ["run"]:
             recorded = start
@@ -27,7 +54,8 @@ def recorded_run(args: argparse.Namespace) -> list[str]:
         )
     # DIR as given now, wherever the recorded run wrote: a later --out wins in argparse
     argv = _without_out([str(a) for a in recorded["argv"] if a != "--retry-failed"])
-    argv += ["--out", str(args.out.resolve()), "--retry-failed", *args.extra]
+    out = args.out if isinstance(args.out, StoreUrl) else args.out.resolve()
+    argv += ["--out", str(out), "--retry-failed", *args.extra]
     print(f"maas-batch: in {recorded['cwd']}: maas-batch {shlex.join(argv)}", file=sys.stderr)
     try:
         os.chdir(recorded["cwd"])

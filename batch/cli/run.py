@@ -96,8 +96,6 @@ def _on_store(args: argparse.Namespace, options: Options, argv: list[str]) -> in
     (so it resumes from what any earlier run saved there), and mirrors what it saves into the store."""
     from batch.output.remote import open_store, staging
 
-    if options.retry_failed:
-        raise UsageError("--retry-failed on an s3:// output is not built yet")
     store = open_store(args.out)
     stage = args.stage
     if stage is not None and stage.exists() and (not stage.is_dir() or any(stage.iterdir())):
@@ -236,11 +234,8 @@ def _print_summary(summary: RunSummary, out: Path | str, retried: int) -> None:
             }.get(summary.stop_code or 0, "run the same command again to resume")
         )
     elif summary.failed or summary.failed_before:
-        lines.append(
-            f"failures are in {out}/results.jsonl"
-            if isinstance(out, str)  # a store: retry-failed is not built there yet
-            else f"failures are in {out / 'results.jsonl'}; `maas-batch retry-failed {out}` runs them again"
-        )
+        where = f"{out}/results" if isinstance(out, str) else out / "results.jsonl"  # a store's segments
+        lines.append(f"failures are in {where}; `maas-batch retry-failed {out}` runs them again")
     gallery = None if isinstance(out, str) else out / "index.html"
     shown = f" (gallery: {gallery})" if gallery is not None and gallery.exists() else ""
     lines.append(f"output: {out}{shown}")

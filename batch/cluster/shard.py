@@ -70,9 +70,6 @@ class ShardRunner:
         first assembled from PREFIX/shards/<k>/, and mirrored there (output.remote)."""
         from batch.output.remote import open_store, staging
 
-        if shard.retry_failed:  # retry-failed refuses a store; a message of an older version, say
-            log.warning("shard %d: --retry-failed on a store is not built; its failures stay", shard.index)
-            shard = dataclasses.replace(shard, retry_failed=False)
         store = open_store(shard.out)
         plan = read_plan_from_store(store)
         shard_store = store.child(f"{SHARDS}/{shard.index}")

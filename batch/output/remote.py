@@ -5,6 +5,7 @@ store.OutputDir) and a Mirror replicates it as immutable objects, each written c
     PREFIX/
       results/<run>-<seq>.jsonl   new result lines, in segments (a task's first line there is its result)
       usage/<run>-<seq>.jsonl     new ledger lines
+      retried/<run>-<seq>.jsonl   failed result lines that run's --retry-failed gave another go
       runs/<run>/<seq>.jsonl      the run's attempt log, in segments
       images/<name>, answers/<name>   the files result lines name, never overwritten
       .format                     the id scheme, written once
@@ -19,6 +20,10 @@ name of this run's and the uploaded line names that one.
 saved; for the readers (status, report, export), as a read-only view. A request answered in a run that did
 not save its task's result line in the store counts there as maybe billed: it may have been paid, and is
 not saved.
+
+A run with --retry-failed moves a failed line aside in its staging DIR (results.retried.jsonl), and the
+mirror uploads it under retried/ before the run sends anything: for the tasks it names, the result lines
+of the runs before that one no longer count (the run ids sort by their start: a timestamp).
 
 fsspec is imported only when a URL is given; its errors are translated here, into OutputError.
 """
@@ -42,14 +47,15 @@ import anyio
 
 from batch.errors import BatchError, OutputError, UsageError
 from batch.output.format import FORMAT
-from batch.output.store import ANSWERS, IMAGES, RESULTS, RUNS, USAGE, parse_record
+from batch.output.store import ANSWERS, IMAGES, RESULTS, RETRIED, RUNS, USAGE, parse_record
 from batch.running.records import AttemptRecord, attempt_log_line
 
 log = logging.getLogger("batch.output.remote")
 
 PROTOCOLS = ("s3", "s3a")  # create-only writes (If-None-Match) are known to hold there
 EXTRA = "pip install 'maas-batch[cloud]'"
-SEGMENTS = {RESULTS: "results", USAGE: "usage"}  # journal in DIR -> its folder of segments in the store
+# journal in DIR -> its folder of segments in the store, in the order a push uploads them
+SEGMENTS = {RETRIED: "retried", USAGE: "usage", RESULTS: "results"}
 READERS = 16  # objects fetched at once when a DIR is assembled from the store
 PUSH_INTERVAL = 1.0  # seconds between the mirror's uploads of new lines during a run
 _UNSAVED = ("answered", "broken")  # outcomes of a request whose answer may have been paid
@@ -212,17 +218,28 @@ def staging(store: Store, folder: Path | None = None, *, prefix: str = "maas-bat
 
 
 def pull(store: Store, root: Path) -> None:
-    """Assemble DIR at `root` (new or empty) from the store: results.jsonl (a task's first line only),
-    usage.jsonl, runs/<run>.jsonl, .format; a cluster's plan and its shards the same way. No images."""
+    """Assemble DIR at `root` (new or empty) from the store: results.jsonl (a task's first line only, of
+    the runs since the last that retried it), results.retried.jsonl, usage.jsonl, runs/<run>.jsonl,
+    .format; a cluster's plan and its shards the same way. No images."""
     root.mkdir(parents=True, exist_ok=True)
+    retried: dict[str, str] = {}  # task id -> the last run that gave its failure another go
+    with (root / RETRIED).open("wb") as moved:
+        for name, data in store.read_all(SEGMENTS[RETRIED]):
+            run = name.rpartition("-")[0]
+            for raw in _whole_lines(data):
+                moved.write(raw)
+                task_id = _task_id(raw)
+                if task_id is not None and run > retried.get(task_id, ""):
+                    retried[task_id] = run
+    if not (root / RETRIED).stat().st_size:
+        (root / RETRIED).unlink()  # as in a DIR no --retry-failed has touched
     finished: dict[str, str] = {}  # task id -> the run whose line the store keeps
     with (root / RESULTS).open("wb") as results:
         for name, data in store.read_all(SEGMENTS[RESULTS]):
             run = name.rpartition("-")[0]
             for raw in _whole_lines(data):
-                record = parse_record(raw)
-                task_id = record.get("id") if record is not None else None
-                if isinstance(task_id, str) and task_id not in finished:
+                task_id = _task_id(raw)
+                if task_id is not None and task_id not in finished and run >= retried.get(task_id, ""):
                     finished[task_id] = run
                     results.write(raw)
     with (root / USAGE).open("wb") as usage:
@@ -237,7 +254,14 @@ def pull(store: Store, root: Path) -> None:
     scheme = store.read(FORMAT)
     if scheme is not None:
         (root / FORMAT).write_bytes(scheme)
+    (root / PULLED).write_text(json.dumps({RETRIED: _size(root / RETRIED)}), encoding="utf-8")
     _pull_cluster(store, root)
+
+
+def _task_id(raw: bytes) -> str | None:
+    record = parse_record(raw)
+    task_id = record.get("id") if record is not None else None
+    return task_id if isinstance(task_id, str) else None
 
 
 def _pull_cluster(store: Store, root: Path) -> None:
@@ -272,6 +296,16 @@ def _unsaved_as_maybe_billed(lines: Iterator[bytes], run: str, finished: dict[st
 
 
 MIRRORED = ".mirrored"  # in a staging DIR: the run's last push left nothing behind
+PULLED = ".pulled"  # in a staging DIR: the journals' sizes as pull wrote them
+
+
+def pulled_size(root: Path, journal: str, otherwise: int) -> int:
+    """The size `journal` had when pull assembled DIR (`otherwise` if pull did not record it)."""
+    try:
+        size = json.loads((root / PULLED).read_text(encoding="utf-8")).get(journal)
+    except (OSError, ValueError, AttributeError):
+        return otherwise
+    return size if isinstance(size, int) and not isinstance(size, bool) else otherwise
 
 
 @dataclass
@@ -289,18 +323,21 @@ class Mirror:
 
     def __post_init__(self) -> None:
         for journal in SEGMENTS:  # what DIR holds now came from the store (pull)
-            with contextlib.suppress(OSError):
-                self.offsets[journal] = (self.root / journal).stat().st_size
+            self.offsets[journal] = _size(self.root / journal)
+        # but for the failed lines --retry-failed has moved aside since (appended): from where pull left it
+        self.offsets[RETRIED] = pulled_size(self.root, RETRIED, self.offsets[RETRIED])
 
     @property
     def log_path(self) -> Path:
         return self.root / RUNS / f"{self.run}.jsonl"
 
     def start(self) -> None:
-        """Record the id scheme once (blocking)."""
+        """Record the id scheme once, and upload the failed lines --retry-failed moved aside, before the
+        run sends anything (blocking)."""
         scheme = (self.root / FORMAT).read_bytes() if (self.root / FORMAT).exists() else None
         if scheme is not None:
             self.store.create(FORMAT, scheme)
+        self._push_journals()
 
     async def publish_log(self) -> None:
         """Upload the attempt log's lines written so far (before a request leaves: see RunLog.published).
@@ -352,8 +389,8 @@ class Mirror:
         # results.jsonl's end is taken before the ledger is read: a task's ledger line is written before
         # its result line, so every result line that goes up has its ledger line up in this push too
         ends = {RESULTS: _size(self.root / RESULTS)}
-        ends[USAGE] = _size(self.root / USAGE)
-        for journal in (USAGE, RESULTS):
+        ends.update({journal: _size(self.root / journal) for journal in (RETRIED, USAGE)})
+        for journal in SEGMENTS:  # the failed lines moved aside before the lines that replace them
             offset = self.offsets.get(journal, 0)
             data = self._new_lines(self.root / journal, offset, ends[journal])
             while data:

@@ -157,10 +157,17 @@ def test_merged_reports_sum_the_shards_failures_and_keep_the_slowest_of_all() ->
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["folder", "s3"])
 def test_retry_failed_queues_the_shards_that_hold_failures(
-    write: Callable[..., Path], tmp_path: Path, cli: Callable[..., Outcome], redis_url: str
+    where: str,
+    write: Callable[..., Path],
+    tmp_path: Path,
+    cli: Callable[..., Outcome],
+    redis_url: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    out = tmp_path / "out"
+    s3 = request.getfixturevalue("s3") if where == "s3" else None  # its AWS_* settings in the environment
+    out: Any = tmp_path / "out" if s3 is None else s3.url
     with simulator_in_thread(SimConfig(api_key=KEY)) as sim:
         submitted(cli, manifest(write), out, redis_url, sim)
         work(cli, redis_url, sim)
@@ -178,8 +185,18 @@ def test_retry_failed_queues_the_shards_that_hold_failures(
         assert [s["queue"] for s in status["per_shard"]] == ["absent", "queued", "absent"]
         work(cli, redis_url, sim)
         assert sim.state.requests_total == sent + 1  # q-3 alone, sent again
-    retried = (shard_dir(out, 1) / "results.retried.jsonl").read_text().splitlines()
+    if s3 is None:
+        retried = (shard_dir(out, 1) / "results.retried.jsonl").read_text().splitlines()
+    else:  # the failed line moved aside is an object of shard 1's in the store
+        retried = [
+            line
+            for name, data in s3.objects("shards/1/retried").items()
+            for line in data.decode().splitlines()
+        ]
     assert [json.loads(line)["id"] for line in retried] == ["q-3"]
+    # the view of the batch: q-3's new line (refused again) counts, its first one is in the record
+    failed = json.loads(cli("status", out, "--json", "--redis", redis_url).out)
+    assert (failed["succeeded"], failed["failed"], failed["pending"]) == (4, 1, 0)
 
 
 def wait_for(condition: Callable[[], bool], process: subprocess.Popen[bytes], log: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from batch.errors import OutputError
 from batch.output.remote import Mirror, open_store, pull
-from batch.output.store import RESULTS, USAGE
+from batch.output.store import RESULTS, USAGE, retried_ids
 from batch.simulator import RunningSimulator
 from tests.conftest import ROOT, Outcome, env_for
 from tests.s3_server import S3
@@ -84,6 +84,37 @@ def test_the_view_keeps_a_tasks_first_line_and_counts_answers_not_saved_by_their
     assert (view / "usage.jsonl").read_bytes() == b""
 
 
+def test_the_view_drops_the_lines_of_runs_before_the_one_that_retried_a_task(s3: S3, tmp_path: Path) -> None:
+    def put(name: str, *records: dict[str, object]) -> None:
+        s3.fs.pipe_file(f"{s3.bucket}/out/{name}", b"".join(json.dumps(r).encode() + b"\n" for r in records))
+
+    a, b, c = "20260101T000000Z-aaaaaa", "20260101T010000Z-bbbbbb", "20260101T020000Z-cccccc"
+    put(
+        f"results/{a}-000000000000.jsonl",
+        {"id": "t0", "status": "failed", "run": "a"},
+        {"id": "t1", "status": "failed", "run": "a"},
+        {"id": "t2", "status": "failed", "run": "a"},
+    )
+    # a second run on the URL at once (not stopped on a store) failed t0 too
+    put(f"results/{b}-000000000000.jsonl", {"id": "t0", "status": "failed", "run": "b"})
+    # run c retried t0 and t1 (their first lines moved aside), saved t0's new line, and was stopped
+    put(
+        f"retried/{c}-000000000000.jsonl",
+        {"id": "t0", "status": "failed", "run": "a"},
+        {"id": "t1", "status": "failed", "run": "a"},
+    )
+    put(f"results/{c}-000000000000.jsonl", {"id": "t0", "status": "succeeded", "run": "c"})
+    view = tmp_path / "view"
+    pull(open_store(s3.url), view)
+
+    kept = [json.loads(line) for line in (view / "results.jsonl").read_text().splitlines()]
+    assert kept == [
+        {"id": "t2", "status": "failed", "run": "a"},  # not retried: a's line stands
+        {"id": "t0", "status": "succeeded", "run": "c"},  # neither a's nor b's failure
+    ]  # and t1 is pending: the next --retry-failed sends it (retried_ids), as a plain run does
+    assert retried_ids(view) == {"t0", "t1"}
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -110,14 +141,20 @@ def test_without_the_extra_a_url_is_a_usage_error(
 
 
 @pytest.mark.parametrize(
-    "args", [("gallery",), ("retry-failed",), ("export", "--format", "openai"), ("status",)]
+    ("args", "said"),
+    [
+        (("gallery",), "not built yet"),
+        (("retry-failed",), "no run of maas-batch is recorded in s3://"),
+        (("export", "--format", "openai"), "holds no output of maas-batch"),
+        (("status",), "holds no output of maas-batch"),
+    ],
 )
 def test_what_is_not_built_on_a_store_or_an_empty_one_is_refused(
-    args: tuple[str, ...], s3: S3, cli: Callable[..., Outcome]
+    args: tuple[str, ...], said: str, s3: S3, cli: Callable[..., Outcome]
 ) -> None:
     done = cli(args[0], s3.url, *args[1:], env=s3.env)
     assert done.code == 64
-    assert "not built yet" in done.err or "holds no output of maas-batch" in done.err
+    assert said in done.err
 
 
 def test_help_and_local_commands_do_without_fsspec() -> None:
