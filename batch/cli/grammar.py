@@ -305,11 +305,12 @@ def _add_gallery(commands: Commands) -> argparse.ArgumentParser:
         description="Write DIR/index.html, the page to review a run: counts, cost, tokens, the manifest's "
         "tasks in manifest order (pending ones too), sorting and filters kept in the URL, a larger view of "
         "each task. Runs write it themselves, and rebuild it every minute or so while they go. On a "
-        "sharded DIR (submit): one page of every shard's tasks.",
+        "sharded DIR (submit): one page of every shard's tasks. On s3://bucket/prefix: the page and its "
+        "thumbnails go into the store (PREFIX/index.html, PREFIX/thumbs/).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=GALLERY_EXIT_CODES,
     )
-    gallery.add_argument("out", type=output_location, metavar="DIR")
+    gallery.add_argument("out", type=output_location, metavar="DIR", help="a run's DIR, or its s3:// URL")
     add_scope(gallery)
     return gallery
 
@@ -327,7 +328,7 @@ def _add_retry_failed(commands: Commands) -> argparse.ArgumentParser:
             "bad command-line usage", "bad command-line usage, or DIR has no run to repeat"
         ),
     )
-    retry.add_argument("out", type=output_location, metavar="DIR")
+    retry.add_argument("out", type=output_location, metavar="DIR", help="a run's DIR, or its s3:// URL")
     retry.add_argument("extra", nargs=argparse.REMAINDER, metavar="RUN-FLAGS", help="added to the command")
     return retry
 

@@ -1,5 +1,5 @@
-"""The commands that read an output directory: `status`, `report`, `export` and `gallery`; the first
-three on an s3:// output too, through a local view of it."""
+"""The commands that read an output directory: `status`, `report`, `export` and `gallery`; on an s3://
+output too, through a local view of it."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def export(args: argparse.Namespace) -> int:
     chosen = scope(args, root)
     selection = Selection(frozenset(args.statuses), frozenset(args.kinds))
     if args.output is None:
-        export_rows(root, args.format, sys.stdout, chosen, selection, getattr(args, "fetch", None))
+        export_rows(root, args.format, sys.stdout, chosen, selection, _fetch(args))
         return EXIT_OK
     try:
         if args.format == "sqlite":
@@ -108,17 +108,28 @@ def export(args: argparse.Namespace) -> int:
             rows = write_database(root, args.output, chosen, selection)
         else:
             with args.output.open("w", encoding="utf-8", newline="") as stream:
-                rows = export_rows(root, args.format, stream, chosen, selection, getattr(args, "fetch", None))
+                rows = export_rows(root, args.format, stream, chosen, selection, _fetch(args))
     except OSError as exc:
         raise OutputError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
     print(f"{rows:,} rows written to {args.output}", file=sys.stderr)
     return EXIT_OK
 
 
+def _fetch(args: argparse.Namespace) -> Callable[[str], bytes | None] | None:
+    """How export --format openai reads an image: from the store, on an s3:// output."""
+    remote = getattr(args, "remote", None)
+    return None if remote is None else remote.read
+
+
 def gallery(args: argparse.Namespace) -> int:
     from batch.output import gallery as gallery_page  # Pillow, for this command only: `status` starts faster
 
     root = reading(args.out)
+    if getattr(args, "remote", None) is not None:  # the page and its thumbnails go into the store
+        started = time.monotonic()
+        url = gallery_page.build_in_store(root, args.remote, scope(args, root))
+        print(f"{url} written in {time.monotonic() - started:.1f} s")
+        return EXIT_OK
     lock = acquire(root)  # not beside a run that is writing DIR
     try:
         started = time.monotonic()
@@ -131,13 +142,12 @@ def gallery(args: argparse.Namespace) -> int:
 
 def on_store(reader: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """A reader on an s3:// output: the store's segments assembled into a temporary, read-only view of a
-    DIR (no images), then read as a DIR is. Over a store, a request some worker has in flight now counts
-    as maybe billed: nothing there says the worker is alive."""
+    DIR (no images), then read as a DIR is; the images, where a reader needs them, from the store. Over a
+    store, a request some worker has in flight now counts as maybe billed: nothing there says the worker
+    is alive."""
     from batch.output.remote import open_store
     from batch.output.remote import view as view_of
 
-    if args.command == "gallery":
-        raise UsageError("the gallery of an s3:// output is not built yet")
     with view_of(args.out) as view:
         if not (
             (view / "cluster").is_dir()
@@ -145,6 +155,6 @@ def on_store(reader: Callable[[argparse.Namespace], int], args: argparse.Namespa
             or any((view / name).stat().st_size for name in (RESULTS, USAGE))
         ):
             raise UsageError(f"{args.out} holds no output of maas-batch")
-        # export --format openai reads the images from the store, one task's at a time
-        fetch = open_store(args.out).read
-        return reader(argparse.Namespace(**{**vars(args), "out": view, "url": str(args.out), "fetch": fetch}))
+        remote = open_store(args.out)  # for the images: export --format openai, the gallery
+        read = {"out": view, "url": str(args.out), "remote": remote}
+        return reader(argparse.Namespace(**{**vars(args), **read}))

@@ -71,8 +71,8 @@ def run(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
             options, checked, args.out, connected, {"argv": argv, "cwd": os.getcwd()}, deadline
         )
         store = getattr(args, "store", None)
-        if store is not None:  # the run works in a staging DIR and mirrors it; no gallery on a store yet
-            config = dataclasses.replace(config, store=str(store), gallery=False)
+        if store is not None:  # the run works in a staging DIR and mirrors it (its gallery: at the end)
+            config = dataclasses.replace(config, store=str(store))
         observers, bar = _observers(args, show_bar(args))
         try:
             with Job(config, checked, registry(), observers) as job:
@@ -85,7 +85,8 @@ def run(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
             if bar is not None:
                 bar.close()
     try:
-        _print_summary(summary, getattr(args, "store", None) or args.out, retried)
+        # args.out: DIR, or the staging DIR of a run on a store, where the page was written before it went up
+        _print_summary(summary, getattr(args, "store", None) or args.out, retried, args.out / "index.html")
     except BrokenPipeError:  # the run's own exit code matters more than a closed stdout
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return summary.exit_code
@@ -193,7 +194,7 @@ async def _cancel_after(job: Job, grace: float) -> None:
     job.cancel_in_flight()
 
 
-def _print_summary(summary: RunSummary, out: Path | str, retried: int) -> None:
+def _print_summary(summary: RunSummary, out: Path | str, retried: int, page: Path) -> None:
     from batch.running.prices import money  # the engine, after the lock probe (see run)
 
     lines = [
@@ -236,8 +237,8 @@ def _print_summary(summary: RunSummary, out: Path | str, retried: int) -> None:
     elif summary.failed or summary.failed_before:
         where = f"{out}/results" if isinstance(out, str) else out / "results.jsonl"  # a store's segments
         lines.append(f"failures are in {where}; `maas-batch retry-failed {out}` runs them again")
-    gallery = None if isinstance(out, str) else out / "index.html"
-    shown = f" (gallery: {gallery})" if gallery is not None and gallery.exists() else ""
+    gallery = f"{out}/index.html" if isinstance(out, str) else page  # a store's page is an object there
+    shown = f" (gallery: {gallery})" if page.exists() else ""
     lines.append(f"output: {out}{shown}")
     _to_log_files(lines)
     print("\n".join(lines))

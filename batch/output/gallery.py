@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batch.errors import OutputError
 from batch.events import Event, TaskFinished
@@ -42,6 +42,9 @@ from batch.output.scope import Entry, Scope, Task, entries, scope_of
 from batch.output.store import RESULTS, THUMBS
 from batch.running.idset import IdSet
 from batch.running.records import ResultRecord, finished_entry
+
+if TYPE_CHECKING:
+    from batch.output.remote import Store
 
 log = logging.getLogger("batch.output.gallery")
 
@@ -228,15 +231,21 @@ def _existing_thumbnails(root: Path) -> set[str]:
     return found | {f"{THUMBS}/inputs/{p.name}" for p in (root / THUMBS / "inputs").glob("*.webp")}
 
 
-def _thumbnails(root: Path, records: Iterable[dict[str, Any]]) -> set[str]:
-    """The thumbnails (relative names) of `records` that exist, after making the missing ones: in a few
-    threads, as Pillow lets go of the GIL while it decodes and encodes."""
+def _wanted(root: Path, records: Iterable[dict[str, Any]]) -> dict[str, Path]:
+    """The thumbnails (relative names) the cards of `records` show, each with the picture it is made of."""
     wanted: dict[str, Path] = {}
     for record in records:
         for relative in record.get("files") or []:
             wanted[f"{THUMBS}/{thumbnail_name(Path(str(relative)).name)}"] = root / str(relative)
         for path in record.get("inputs") or []:
             wanted[_input_thumb_name(str(path))] = Path(str(path))
+    return wanted
+
+
+def _thumbnails(root: Path, records: Iterable[dict[str, Any]]) -> set[str]:
+    """The thumbnails (relative names) of `records` that exist, after making the missing ones: in a few
+    threads, as Pillow lets go of the GIL while it decodes and encodes."""
+    wanted = _wanted(root, records)
     real_folder(root / THUMBS)
     real_folder(root / THUMBS / "inputs")
     existing = _existing_thumbnails(root)
@@ -282,6 +291,46 @@ def build(root: Path, scope: Scope | None = None, *, make_missing: bool = True) 
     return page
 
 
+def build_in_store(root: Path, store: Store, scope: Scope | None = None, page: Path | None = None) -> str:
+    """The page of an s3:// output, into the store: `root` is a view of it (output.remote.view: the
+    journals, no images). The thumbnails the store lacks are made from its images (or from an edit's
+    inputs, where this machine has them) and uploaded, create-only, under thumbs/; then index.html,
+    replacing the last one (written first to `page`, root/index.html by default). The page's links are
+    relative, as in a DIR: it shows its pictures where the store is served from (a website endpoint, a
+    mount, a synced copy). Returns the page's URL."""
+    scope = scope or scope_of(root)
+    made: set[str] = set()
+    if _may_want_thumbnails(root, scope):
+        wanted = _wanted(root, (_entry_card(e) for e in itertools.islice(entries(root, scope), MAX_ITEMS)))
+        stored = {f"{THUMBS}/{name}" for name in store.names(THUMBS)}
+        made = {name for name in wanted if name in stored}
+        missing = [(name, source) for name, source in wanted.items() if name not in stored]
+        real_folder(root / THUMBS)
+        real_folder(root / THUMBS / "inputs")
+
+        def make(name: str, source: Path) -> bool:
+            # an input outside DIR where this machine has it; an image of the output's from the store,
+            # unless the view holds it (a run's staging DIR: the images it saved)
+            picture: bytes | Path | None = source
+            if source.is_relative_to(root) and not source.is_file():
+                picture = store.read(source.relative_to(root).as_posix())
+            if picture is None or not make_thumbnail(picture, root / name):
+                return False
+            store.create(name, (root / name).read_bytes())  # one made meanwhile by another: the same
+            return True
+
+        if missing:
+            log.info("making %d missing thumbnails from the store's images", len(missing))
+            with ThreadPoolExecutor(max_workers=8) as pool:  # mostly waiting on the store
+                done = pool.map(lambda item: make(*item), missing)
+                made.update(name for (name, _), ok in zip(missing, done, strict=True) if ok)
+    page = root / PAGE if page is None else page
+    title = store.url.rstrip("/").rpartition("/")[2]
+    write_atomic_chunks(page, _page(root, scope, made, title), fsync=False)
+    store.replace(PAGE, page)
+    return f"{store.url.rstrip('/')}/{PAGE}"
+
+
 def _may_want_thumbnails(root: Path, scope: Scope) -> bool:
     """Whether a card may show a picture: False only when every result line says, in the bytes the tool
     writes, that it names no file and no input, and no task is pending (a pending card shows its inputs).
@@ -304,13 +353,14 @@ def _may_want_thumbnails(root: Path, scope: Scope) -> bool:
     return scope.order is not None and any(not finished.contains_digest(key) for key in scope.order)
 
 
-def _page(root: Path, scope: Scope, made: set[str]) -> Iterator[bytes]:
+def _page(root: Path, scope: Scope, made: set[str], title: str | None = None) -> Iterator[bytes]:
     """The page in pieces: the template around one JSON object, whose `items` (the cards) come first and
-    whose counts, known once every task has been seen, come last."""
+    whose counts, known once every task has been seen, come last. `title`: DIR's name by default."""
+    title = root.name if title is None else title
     template = Path(__file__).with_name("gallery.html").read_text(encoding="utf-8")
     head, marker, tail = template.partition("/*DATA*/")
     assert marker, "gallery.html has lost its /*DATA*/ marker"
-    yield head.replace("TITLE", _escape(root.name)).encode()
+    yield head.replace("TITLE", _escape(title)).encode()
     yield b'{"items": ['
     counts: Counter[str] = Counter()  # "<kind>/<status>"
     statuses: Counter[str] = Counter()
@@ -328,7 +378,7 @@ def _page(root: Path, scope: Scope, made: set[str]) -> Iterator[bytes]:
             yield (b", " if shown else b"") + _json(_finish(_entry_card(entry), made))
             shown += 1
     rest = {
-        "title": root.name,
+        "title": title,
         "manifest": scope.manifest,
         "built": datetime.now(UTC).astimezone().isoformat(timespec="seconds"),
         "total": total,

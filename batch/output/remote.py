@@ -138,6 +138,14 @@ class Store:
             raise self._error("write", name, exc) from exc
         return True
 
+    def replace(self, name: str, source: Path) -> None:
+        """Write the local file `source` as `name`, replacing any object of that name: for what is made
+        again from the store's own objects (the gallery's page), never for what a run saved."""
+        try:
+            self._fs.put_file(str(source), self._path(name))
+        except Exception as exc:
+            raise self._error("write", name, exc) from exc
+
     def _error(self, verb: str, name: str, exc: Exception) -> OutputError:
         where = f"{self.url.rstrip('/')}/{name}" if name else self.url
         return OutputError(f"cannot {verb} {where}: {type(exc).__name__}: {exc}")

@@ -136,9 +136,33 @@ class Job:
     def __exit__(self, *exc_info: object) -> None:
         self.out.close()
 
+    @property
+    def _local_gallery(self) -> bool:
+        """Thumbnails as images are saved, and the page rebuilt during the run: in a DIR, not on a store
+        (its page is built once, at the end: _build_gallery_in_store)."""
+        return self.config.gallery and self.config.store is None
+
     def _build_gallery(self) -> None:
         try:
             gallery.build(self.out.root)
+        except (OSError, ValueError, OutputError) as exc:  # the page is a view: it must not fail the run
+            log.warning("could not write the gallery: %s", exc)
+
+    def _build_gallery_in_store(self) -> None:
+        """The page of a run on a store, once everything it saved is there: into the store, from the
+        staging DIR (its images at hand); from a fresh view of the store if the run saved a file under
+        another name there (the store held one of that name), so that the page names what the store
+        holds."""
+        from batch.output.remote import view
+
+        assert self.mirror is not None
+        store = self.mirror.store
+        try:
+            if all(local == stored for local, stored in self.mirror.uploaded.items()):
+                gallery.build_in_store(self.out.root, store)
+            else:
+                with view(store.url) as fresh:
+                    gallery.build_in_store(fresh, store, page=self.out.root / gallery.PAGE)
         except (OSError, ValueError, OutputError) as exc:  # the page is a view: it must not fail the run
             log.warning("could not write the gallery: %s", exc)
 
@@ -266,7 +290,7 @@ class Job:
                     out=self.out,
                     total=self.total,
                     settings=dataclasses.replace(
-                        self.config.run, thumbnails=self.config.run.thumbnails and self.config.gallery
+                        self.config.run, thumbnails=self.config.run.thumbnails and self._local_gallery
                     ),
                     observers=self.observers,
                     shared=shared,
@@ -274,7 +298,7 @@ class Job:
                 if self._stop is not None:
                     self.runner.stop(*self._stop)
                 # the page rebuilt every minute or so during the run, in a thread of its own
-                rebuilder = gallery.Rebuilder(self.out.root) if self.config.gallery else None
+                rebuilder = gallery.Rebuilder(self.out.root) if self._local_gallery else None
                 try:
                     summary = await self._run_mirrored(self.runner)
                 finally:
@@ -294,6 +318,8 @@ class Job:
             if self.mirror is not None:
                 with anyio.CancelScope(shield=True):
                     await self._last_push(summary)
+                if summary is not None and self.config.gallery and self.mirror.complete:
+                    await anyio.to_thread.run_sync(self._build_gallery_in_store)
 
     async def _mirror(self, start: RunStart) -> None:
         """Mirror DIR into the store from now on: the id scheme once, and every line of this run's

@@ -197,6 +197,13 @@ def test_retry_failed_queues_the_shards_that_hold_failures(
     # the view of the batch: q-3's new line (refused again) counts, its first one is in the record
     failed = json.loads(cli("status", out, "--json", "--redis", redis_url).out)
     assert (failed["succeeded"], failed["failed"], failed["pending"]) == (4, 1, 0)
+    if s3 is not None:  # the batch's gallery, into the store: the image of shard 0 has its thumbnail
+        built = cli("gallery", out)
+        assert built.code == 0, built.err
+        objects = s3.objects()
+        [image] = [name for name in objects if name.startswith("shards/0/images/")]
+        assert [name for name in objects if name.startswith("thumbs/")] == [f"thumbs/{Path(image).name}.webp"]
+        assert b'"shards/0/images/' in objects["index.html"]
 
 
 def wait_for(condition: Callable[[], bool], process: subprocess.Popen[bytes], log: Path) -> None:

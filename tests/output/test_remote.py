@@ -43,6 +43,10 @@ def test_an_image_the_store_holds_is_never_overwritten(
     assert kept != "images/t0.png" and kept.startswith("images/t0.") and kept.endswith(".png")
     assert objects[kept].startswith(b"\x89PNG")  # the paid answer is in the store, under its own name
     assert results["t1"]["files"] == ["images/t1.png"]
+    # the run's gallery page, into the store at the end, names what the store holds
+    assert f"(gallery: {s3.url}/index.html)" in done.out
+    assert f'"{kept}"'.encode() in objects["index.html"] and b'"images/t0.png"' not in objects["index.html"]
+    assert {f"thumbs/{Path(kept).name}.webp", "thumbs/t1.png.webp"} <= set(objects)
 
 
 def test_the_view_keeps_a_tasks_first_line_and_counts_answers_not_saved_by_their_run(
@@ -143,13 +147,13 @@ def test_without_the_extra_a_url_is_a_usage_error(
 @pytest.mark.parametrize(
     ("args", "said"),
     [
-        (("gallery",), "not built yet"),
+        (("gallery",), "holds no output of maas-batch"),
         (("retry-failed",), "no run of maas-batch is recorded in s3://"),
         (("export", "--format", "openai"), "holds no output of maas-batch"),
         (("status",), "holds no output of maas-batch"),
     ],
 )
-def test_what_is_not_built_on_a_store_or_an_empty_one_is_refused(
+def test_a_reader_on_an_empty_store_is_refused(
     args: tuple[str, ...], said: str, s3: S3, cli: Callable[..., Outcome]
 ) -> None:
     done = cli(args[0], s3.url, *args[1:], env=s3.env)

@@ -5,14 +5,17 @@ into it, and retry-failed runs a store's failed tasks again."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from batch.simulator import RunningSimulator, SimConfig, simulator_in_thread
 from tests.conftest import FAST, KEY, Outcome, env_for
+from tests.output.test_gallery import page_data
 from tests.s3_server import S3
 
 pytestmark = pytest.mark.timeout(60)
@@ -90,3 +93,46 @@ def test_retry_failed_of_a_store_sends_only_the_failed_tasks_and_their_new_lines
     assert sorted(r["id"] for r in moved) == failed and all(r["status"] == "failed" for r in moved)
     exported = cli("export", s3.url, "--format", "jsonl", env=s3.env)
     assert [json.loads(line)["status"] for line in exported.out.splitlines()] == ["succeeded"] * 12
+
+
+def test_the_gallery_of_a_store_goes_into_the_store_with_thumbnails_made_once(
+    write: Callable[..., Path], sim: RunningSimulator, s3: S3, cli: Callable[..., Outcome], tmp_path: Path
+) -> None:
+    manifest = write(
+        "tasks:\n"
+        "  - {kind: generate, id: t0, prompt: a fox, n: 2}\n"
+        "  - {kind: generate, id: t1, prompt: a hen}\n"
+        "  - {kind: generate, id: refused, prompt: something forbidden}\n"
+        "  - {kind: chat, id: c0, model: gemini-2.5-flash, prompt: hello}\n"
+    )
+    done = cli("run", manifest, "--out", s3.url, "--no-progress", env={**env_for(sim), **s3.env})
+    assert done.code == 1, done.err  # the refused one
+    images = [str(name) for record in results(s3).values() for name in record["files"]]  # type: ignore[attr-defined]
+    assert len(images) == 3
+
+    built = cli("gallery", s3.url, env=s3.env)
+
+    assert built.code == 0, built.err
+    assert f"{s3.url}/index.html written" in built.out
+    objects = s3.objects()
+    page = tmp_path / "index.html"
+    page.write_bytes(objects["index.html"])
+    data = page_data(page)
+    assert data["title"] == "out" and data["statuses"] == {"succeeded": 3, "failed": 1}
+    cards = {card["id"]: card for card in data["items"]}
+    assert [len(cards[i]["thumbs"]) for i in ("t0", "t1", "refused", "c0")] == [2, 1, 0, 0]
+    for card in cards.values():  # each picture the page shows is in the store, made from the store's image
+        for thumb, image in zip(card["thumbs"], card["files"], strict=True):
+            assert thumb == f"thumbs/{Path(image).name}.webp"
+            assert objects[thumb][:4] == b"RIFF" and objects[thumb][8:12] == b"WEBP"
+            assert Image.open(io.BytesIO(objects[thumb])).size[0] <= 320
+    assert KEY.encode() not in objects["index.html"]
+
+    # built again: the store's thumbnails are used, not made again (t1's image is gone from the store)
+    s3.fs.rm(f"{s3.bucket}/out/{cards['t1']['files'][0]}")
+    again = cli("gallery", s3.url, env=s3.env)
+    assert again.code == 0, again.err
+    page.write_bytes(s3.objects()["index.html"])
+    assert [card["thumbs"] for card in page_data(page)["items"] if card["id"] == "t1"] == [
+        cards["t1"]["thumbs"]
+    ]
