@@ -9,6 +9,10 @@ store.OutputDir) and a Mirror replicates it as immutable objects, each written c
       runs/<run>/<seq>.jsonl      the run's attempt log, in segments
       images/<name>, answers/<name>   the files result lines name, never overwritten
       .format                     the id scheme, written once
+      index.html, thumbs/         the gallery (output.gallery.build_in_store)
+
+Every minute and at its end, a run merges the segments each folder gained into one (Mirror.merge):
+<run>-<first>-<last>.jsonl, runs/<run>/<first>-<last>.jsonl; readers skip the segments it holds.
 
 What counts as saved is what the store holds. A task's files go up before its result line, so a line in the
 store never names a missing file. A request's `sent` line goes up before the request leaves (RunLog.published:
@@ -35,8 +39,10 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -58,6 +64,13 @@ EXTRA = "pip install 'maas-batch[cloud]'"
 SEGMENTS = {RETRIED: "retried", USAGE: "usage", RESULTS: "results"}
 READERS = 16  # objects fetched at once when a DIR is assembled from the store
 PUSH_INTERVAL = 1.0  # seconds between the mirror's uploads of new lines during a run
+MERGE_INTERVAL = 60.0  # seconds between two merges of a run's new segments into one (and one at its end)
+PULL_TRIES = 3  # a view assembled again when a merge removed a segment it had listed
+# a segment's name in its folder: <run>-<offset>.jsonl (a journal's) or <run>/<offset>.jsonl (an attempt
+# log's, in runs/); a merged one holds its run's segments <first> to <last>: <run>-<first>-<last>.jsonl,
+# <run>/<first>-<last>.jsonl
+_JOURNAL_SEGMENT = re.compile(r"^(?P<run>.+?)-(?P<first>\d{12})(?:-(?P<last>\d{12}))?\.jsonl$")
+_LOG_SEGMENT = re.compile(r"^(?P<run>[^/]+)/(?P<first>\d{12})(?:-(?P<last>\d{12}))?\.jsonl$")
 _UNSAVED = ("answered", "broken")  # outcomes of a request whose answer may have been paid
 _encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
@@ -117,16 +130,32 @@ class Store:
 
     def read_all(self, folder: str) -> Iterator[tuple[str, bytes]]:
         """(name, bytes) of each object under `folder`, in the order of their names, fetched
-        READERS at a time: a resume reads every segment a batch's runs left."""
-        names = self.names(folder)
+        READERS at a time: a resume reads every segment a batch's runs left. A segment a merged one holds
+        is skipped (see Mirror.merge); one gone since the listing (a merge removed it) raises
+        StoreChanged."""
+        names = unmerged(self.names(folder))
 
         def fetch(name: str) -> bytes:
-            return self.read(f"{folder}/{name}") or b""
+            data = self.read(f"{folder}/{name}")
+            if data is None:
+                raise StoreChanged(f"{self.url.rstrip('/')}/{folder}/{name} was removed while it was read")
+            return data
 
         with ThreadPoolExecutor(READERS) as pool:  # a window at a time: never every segment in memory
             for start in range(0, len(names), 4 * READERS):
                 window = names[start : start + 4 * READERS]
                 yield from zip(window, pool.map(fetch, window), strict=True)
+
+    def remove(self, names: list[str]) -> None:
+        """Delete these objects (one request per thousand on S3); one already gone is no error."""
+        if not names:
+            return
+        try:
+            self._fs.rm([self._path(name) for name in names])
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise self._error("remove", names[0], exc) from exc
 
     def create(self, name: str, data: bytes) -> bool:
         """Write a new object; False (and nothing written) if one of that name exists."""
@@ -149,6 +178,40 @@ class Store:
     def _error(self, verb: str, name: str, exc: Exception) -> OutputError:
         where = f"{self.url.rstrip('/')}/{name}" if name else self.url
         return OutputError(f"cannot {verb} {where}: {type(exc).__name__}: {exc}")
+
+
+class StoreChanged(OutputError):
+    """A segment listed a moment ago is gone: a run merged it into one object meanwhile."""
+
+
+def unmerged(names: list[str]) -> list[str]:
+    """`names` (sorted) without the segments a merged segment of their run holds."""
+    found = [(name, _parse(name)) for name in names]
+    merged: dict[str, list[tuple[int, int]]] = {}
+    for _, segment in found:
+        if segment is not None and segment[2] is not None:
+            merged.setdefault(segment[0], []).append((segment[1], segment[2]))
+    return [
+        name
+        for name, segment in found
+        if segment is None
+        or segment[2] is not None
+        or not any(first <= segment[1] <= last for first, last in merged.get(segment[0], ()))
+    ]
+
+
+def _parse(name: str) -> tuple[str, int, int | None] | None:
+    """(run, first, last) of a segment's name: last is None but for a merged one."""
+    match = (_LOG_SEGMENT if "/" in name else _JOURNAL_SEGMENT).match(name)
+    if match is None:
+        return None
+    return match["run"], int(match["first"]), None if match["last"] is None else int(match["last"])
+
+
+def _segment_run(name: str) -> str:
+    """The run of a journal's segment (`<run>-<offset>.jsonl`, or a merged `<run>-<first>-<last>.jsonl`)."""
+    segment = _parse(name)
+    return segment[0] if segment is not None else name.rpartition("-")[0]
 
 
 def open_store(url: str) -> Store:
@@ -228,12 +291,25 @@ def staging(store: Store, folder: Path | None = None, *, prefix: str = "maas-bat
 def pull(store: Store, root: Path) -> None:
     """Assemble DIR at `root` (new or empty) from the store: results.jsonl (a task's first line only, of
     the runs since the last that retried it), results.retried.jsonl, usage.jsonl, runs/<run>.jsonl,
-    .format; a cluster's plan and its shards the same way. No images."""
+    .format; a cluster's plan and its shards the same way. No images. Assembled again from the start if
+    a run merged segments meanwhile (StoreChanged), up to PULL_TRIES times."""
+    for attempt in range(1, PULL_TRIES + 1):
+        try:
+            _pull(store, root)
+            return
+        except StoreChanged:
+            if attempt == PULL_TRIES:
+                raise
+            log.info("%s changed while it was read (a run merged its segments): reading it again", store.url)
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _pull(store: Store, root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     retried: dict[str, str] = {}  # task id -> the last run that gave its failure another go
     with (root / RETRIED).open("wb") as moved:
         for name, data in store.read_all(SEGMENTS[RETRIED]):
-            run = name.rpartition("-")[0]
+            run = _segment_run(name)
             for raw in _whole_lines(data):
                 moved.write(raw)
                 task_id = _task_id(raw)
@@ -244,7 +320,7 @@ def pull(store: Store, root: Path) -> None:
     finished: dict[str, str] = {}  # task id -> the run whose line the store keeps
     with (root / RESULTS).open("wb") as results:
         for name, data in store.read_all(SEGMENTS[RESULTS]):
-            run = name.rpartition("-")[0]
+            run = _segment_run(name)
             for raw in _whole_lines(data):
                 task_id = _task_id(raw)
                 if task_id is not None and task_id not in finished and run >= retried.get(task_id, ""):
@@ -279,7 +355,7 @@ def _pull_cluster(store: Store, root: Path) -> None:
     (root / "cluster").mkdir(exist_ok=True)
     (root / "cluster" / "plan.json").write_bytes(plan)
     for shard in store.folders("shards"):
-        pull(store.child(f"shards/{shard}"), root / "shards" / shard)
+        _pull(store.child(f"shards/{shard}"), root / "shards" / shard)
 
 
 def _unsaved_as_maybe_billed(lines: Iterator[bytes], run: str, finished: dict[str, str]) -> Iterator[bytes]:
@@ -326,8 +402,13 @@ class Mirror:
     offsets: dict[str, int] = field(default_factory=dict)
     log_offset: int = 0
     uploaded: dict[str, str] = field(default_factory=dict)  # a file in DIR -> its name in the store
+    merging: bool = True  # off once the store refuses a merge (a bucket that lets no one delete)
     _journals: anyio.Lock = field(default_factory=anyio.Lock)
     _log: anyio.Lock = field(default_factory=anyio.Lock)
+    # the segments uploaded since the last merge, by prefix: (offset, bytes of the staging file, whether
+    # the store's copy differs from those bytes: a result line naming a file under another name)
+    _unmerged: dict[str, list[tuple[int, int, bool]]] = field(default_factory=dict)
+    _merged_away: list[str] = field(default_factory=list)  # held by the last merge: removed at the next
 
     def __post_init__(self) -> None:
         for journal in SEGMENTS:  # what DIR holds now came from the store (pull)
@@ -362,11 +443,60 @@ class Mirror:
             await anyio.to_thread.run_sync(self._push_journals)
         await self.publish_log()
 
-    async def run_beside(self, every: float = PUSH_INTERVAL) -> None:
-        """Push every `every` seconds; cancel it at the end of the run (then push once more)."""
+    async def run_beside(self, every: float = PUSH_INTERVAL, merge_every: float = MERGE_INTERVAL) -> None:
+        """Push every `every` seconds, and merge every `merge_every`; cancel it at the end of the run
+        (then push and merge once more)."""
+        merged = time.monotonic()
         while True:
             await anyio.sleep(every)
             await self.push()
+            if time.monotonic() - merged >= merge_every:
+                await anyio.to_thread.run_sync(self.merge)
+                merged = time.monotonic()
+
+    def merge(self, final: bool = False) -> None:
+        """Merge the segments each folder gained since the last merge into one object (blocking): a run
+        that pushes every second would otherwise leave thousands of small objects an hour, each read by
+        every later start and reader. The merged object, `<prefix><first>-<last>.jsonl`, holds exactly
+        their bytes, created-only; readers skip the segments it holds (unmerged), and they are removed at
+        the next merge (at once at the run's end), so that a reader that listed them a moment ago still
+        finds them. A store that refuses (no right to delete, say) ends the merging, with a warning: the
+        segments stay, and nothing is lost. Needs no lock: segments go on being uploaded meanwhile."""
+        if not self.merging:
+            return
+        try:
+            merged: list[str] = []
+            for prefix, segments in list(self._unmerged.items()):
+                taken = segments[:]  # those uploaded after this point wait for the next merge
+                if len(taken) < 2:
+                    continue
+                data = self._merged_bytes(prefix, taken)
+                if data is None:
+                    continue
+                self._create(f"{prefix}{taken[0][0]:012d}-{taken[-1][0]:012d}.jsonl", data)
+                del segments[: len(taken)]
+                merged += [f"{prefix}{offset:012d}.jsonl" for offset, _, _ in taken]
+            self.store.remove(self._merged_away)
+            self._merged_away = merged
+            if final:
+                self.store.remove(self._merged_away)
+                self._merged_away = []
+        except OutputError as exc:
+            log.warning("%s; the run's segments are no longer merged (each stays an object)", exc)
+            self.merging = False
+
+    def _merged_bytes(self, prefix: str, segments: list[tuple[int, int, bool]]) -> bytes | None:
+        """What the store holds in these segments of `prefix`: the staging file's bytes, or, if the store's
+        copy of any differs from them, the segments read back (None if one is gone)."""
+        names = [f"{prefix}{offset:012d}.jsonl" for offset, _, _ in segments]
+        if any(differs for _, _, differs in segments):
+            with ThreadPoolExecutor(READERS) as pool:
+                found = list(pool.map(self.store.read, names))
+            return None if any(data is None for data in found) else b"".join(data or b"" for data in found)
+        folder = prefix.partition("/")[0]
+        path = self.log_path if folder == RUNS else self.root / _journal_of(folder)
+        first, (last, length, _) = segments[0][0], segments[-1]
+        return self._new_lines(path, first, last + length)
 
     @property
     def complete(self) -> bool:
@@ -419,12 +549,15 @@ class Mirror:
         lines are then the first of these, never sent twice under another name; the rest go next."""
         name = f"{prefix}{offset:012d}.jsonl"
         if self.store.create(name, lines):
-            return len(data)
-        stored = self.store.read(name) or b""
-        count = stored.count(b"\n")
-        if not stored or not lines.startswith(stored):
-            raise OutputError(f"{self.store.url}: {name} exists already (two runs with one id?)")
-        return sum(len(raw) for raw in itertools.islice(_whole_lines(data), count))
+            taken = len(data)
+        else:
+            stored = self.store.read(name) or b""
+            count = stored.count(b"\n")
+            if not stored or not lines.startswith(stored):
+                raise OutputError(f"{self.store.url}: {name} exists already (two runs with one id?)")
+            taken = sum(len(raw) for raw in itertools.islice(_whole_lines(data), count))
+        self._unmerged.setdefault(prefix, []).append((offset, taken, lines != data))
+        return taken
 
     def _create(self, name: str, data: bytes) -> None:
         if not self.store.create(name, data) and self.store.read(name) != data:
@@ -471,6 +604,11 @@ class Mirror:
             self._create(target, data)
         self.uploaded[name] = target
         return target
+
+
+def _journal_of(folder: str) -> str:
+    """The journal in DIR whose segments go in `folder` of the store."""
+    return next(journal for journal, name in SEGMENTS.items() if name == folder)
 
 
 def mark_complete(mirror: Mirror) -> None:

@@ -358,6 +358,8 @@ class Job:
         try:
             await self.mirror.push()
             mark_complete(self.mirror)  # else its staging folder is kept, whatever ended the run
+            # the run's segments since the last merge, into one object each (failing, it only warns)
+            await anyio.to_thread.run_sync(lambda: self.mirror.merge(final=True) if self.mirror else None)
         except OutputError as exc:
             log.error("%s", exc)
             if summary is not None and summary.stop_code is None:

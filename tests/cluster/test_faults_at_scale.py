@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from batch.output.remote import unmerged
 from batch.simulator import RunningSimulator, SimConfig, simulator_in_thread
 from tests.cluster.conftest import maas
 from tests.cluster.test_shards import HEARTBEAT, billed, sim_env
@@ -35,11 +36,25 @@ CONCURRENCY = 6
 
 
 def segments(s3: S3, folder: str) -> list[bytes]:
-    """The segment objects of every shard's `folder` (results, usage). Before any shard has written,
-    s3fs's find() names the prefix itself, which is no object: the filter passes it over."""
-    s3.fs.invalidate_cache()
-    names = [name for name in s3.fs.find(f"{s3.bucket}/out/shards") if f"/{folder}/" in name]
-    return [s3.fs.cat_file(name) for name in names]
+    """The segment objects of every shard's `folder` (results, usage), without those a merged segment holds
+    (the layout's rule: README, "Outputs on S3"); listed again if a merge removed one meanwhile. Before any
+    shard has written, s3fs's find() names the prefix itself, which is no object: the filter passes it."""
+    for _ in range(5):
+        s3.fs.invalidate_cache()
+        folders: dict[str, list[str]] = {}
+        for name in s3.fs.find(f"{s3.bucket}/out/shards"):
+            if f"/{folder}/" in name:
+                parent, _, segment = name.rpartition("/")
+                folders.setdefault(parent, []).append(segment)
+        try:
+            return [
+                s3.fs.cat_file(f"{parent}/{segment}")
+                for parent, names in folders.items()
+                for segment in unmerged(sorted(names))
+            ]
+        except FileNotFoundError:
+            continue
+    raise AssertionError(f"the store's {folder} segments kept changing while read")
 
 
 def store_results(s3: S3) -> Counter[str]:

@@ -4,6 +4,7 @@ assembled from segments, and the usage errors of a URL that cannot be used."""
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -257,3 +258,125 @@ def test_an_upload_that_landed_though_it_failed_is_not_written_twice(tmp_path: P
     view = tmp_path / "view"
     pull(store, view)  # type: ignore[arg-type]
     assert len((view / USAGE).read_text().splitlines()) == 2
+
+
+def test_merging_a_runs_segments_keeps_every_line_once_and_removes_them_a_merge_later(
+    s3: S3, tmp_path: Path
+) -> None:
+    store = open_store(s3.url)
+    stage = tmp_path / "stage"
+    pull(store, stage)
+    mirror = Mirror(store, stage, "20260101T000000Z-aaaaaa")
+    mirror.log_path.parent.mkdir(exist_ok=True)
+
+    def save(task_id: str) -> None:  # a task's lines, each push a segment in each folder
+        with mirror.log_path.open("a") as log:
+            log.write(
+                json.dumps({"event": "sent", "request_id": f"{task_id}/r.1", "task_id": task_id}) + "\n"
+            )
+        append_task(stage, task_id)
+        mirror._push_journals()
+        mirror._push_log()
+
+    def view() -> tuple[list[str], list[str], int]:
+        folder = tmp_path / f"view-{secrets.token_hex(3)}"
+        pull(store, folder)
+        results = [json.loads(line)["id"] for line in (folder / RESULTS).read_text().splitlines()]
+        usage = [json.loads(line)["id"] for line in (folder / USAGE).read_text().splitlines()]
+        [log] = (folder / "runs").glob("*.jsonl")
+        return results, usage, len(log.read_text().splitlines())
+
+    for task_id in "abc":
+        save(task_id)
+    assert len(s3.objects("usage")) == 3
+    mirror.merge()
+    objects = s3.objects()
+    merged = "usage/20260101T000000Z-aaaaaa-000000000000-000000000110.jsonl"
+    assert objects[merged] == (stage / USAGE).read_bytes()  # exactly the segments' bytes, in one object
+    assert len(s3.objects("usage")) == 4  # the merged segments stay until the next merge: a reader
+    assert view() == (["a", "b", "c"], ["a", "b", "c"], 3)  # that listed them finds them; each line once
+
+    save("d")
+    save("e")
+    mirror.merge()
+    second = "usage/20260101T000000Z-aaaaaa-000000000165"
+    assert sorted(s3.objects("usage")) == [  # the first merge's segments are gone, the second's wait
+        merged,
+        f"{second}-000000000220.jsonl",
+        f"{second}.jsonl",
+        "usage/20260101T000000Z-aaaaaa-000000000220.jsonl",
+    ]
+    save("f")
+    mirror.merge(final=True)  # the run's end: one segment alone stays as it is; no merged one kept twice
+    assert len(s3.objects("usage")) == 3 and len(s3.objects("runs")) == 3
+    assert view() == (list("abcdef"), list("abcdef"), 6)
+    assert mirror.complete
+
+
+def test_a_store_that_refuses_to_remove_ends_the_merging_and_loses_nothing(
+    s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = open_store(s3.url)
+    mirror = Mirror(store, tmp_path, "20260101T000000Z-aaaaaa")
+    for task_id in "ab":
+        append_task(tmp_path, task_id)
+        mirror._push_journals()
+
+    def refused(names: list[str]) -> None:
+        if names:
+            raise OutputError(f"cannot remove {s3.url}/{names[0]}: PermissionError: AccessDenied")
+
+    monkeypatch.setattr(store, "remove", refused)
+    mirror.merge(final=True)
+    assert not mirror.merging and "no longer merged" in caplog.text
+    append_task(tmp_path, "c")
+    mirror._push_journals()
+    mirror.merge(final=True)  # no more merged objects beside segments that cannot go
+    assert len(s3.objects("usage")) == 4
+    view = tmp_path / "view"
+    pull(store, view)
+    assert [json.loads(line)["id"] for line in (view / USAGE).read_text().splitlines()] == ["a", "b", "c"]
+
+
+def test_a_view_read_while_a_merge_removes_its_segments_is_assembled_again(
+    s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store(s3.url)
+    mirror = Mirror(store, tmp_path, "20260101T000000Z-aaaaaa")
+    for task_id in "ab":
+        append_task(tmp_path, task_id)
+        mirror._push_journals()
+    listed = store.names
+    merges = iter([lambda: mirror.merge(final=True)])
+
+    def names_then_merge(folder: str) -> list[str]:  # the run's last merge, just after a reader listed
+        found = listed(folder)
+        if folder == "results":
+            next(merges, lambda: None)()
+        return found
+
+    monkeypatch.setattr(store, "names", names_then_merge)
+    view = tmp_path / "view"
+    pull(store, view)
+    assert [json.loads(line)["id"] for line in (view / RESULTS).read_text().splitlines()] == ["a", "b"]
+    assert len(s3.objects("results")) == 1
+
+
+def test_a_merge_keeps_the_lines_as_the_store_holds_them_where_a_file_was_renamed(
+    s3: S3, tmp_path: Path
+) -> None:
+    store = open_store(s3.url)
+    s3.fs.pipe_file(f"{s3.bucket}/out/images/a.png", b"a dead worker's bytes")
+    mirror = Mirror(store, tmp_path, "20260101T000000Z-aaaaaa")
+    (tmp_path / "images").mkdir()
+    for task_id in "ab":
+        (tmp_path / "images" / f"{task_id}.png").write_bytes(b"this run's bytes")
+        with (tmp_path / RESULTS).open("a") as results:
+            results.write(
+                json.dumps({"id": task_id, "status": "succeeded", "files": [f"images/{task_id}.png"]}) + "\n"
+            )
+        mirror._push_journals()
+    stored = b"".join(data for _, data in sorted(s3.objects("results").items()))
+    assert b"images/a.20260101T000000Z-aaaaaa.png" in stored  # not the staging file's bytes
+    mirror.merge(final=True)
+    assert list(s3.objects("results").values()) == [stored]
