@@ -203,7 +203,7 @@ def cluster_status(root: Path, queue: QueueState | None = None) -> dict[str, Any
     shards = [shard_status(root, shard.index, shard.size) for shard in plan.each_shard()]
     counted = ("succeeded", "failed", "pending", "billed_answers", "maybe_billed", "in_flight")
     totals = {name: sum(s[name] for s in shards) for name in counted}
-    states = {state: sum(s["state"] == state for s in shards) for state in ("pending", "running", "done")}
+    states = _states(shards)
     found = {
         "directory": str(root),
         "manifest": plan.manifest,
@@ -215,25 +215,36 @@ def cluster_status(root: Path, queue: QueueState | None = None) -> dict[str, Any
     }
     if queue is not None:
         found["on_queue"] = queue_summary(queue, shards)
+        # a store has no lock to say a run holds a shard: the queue says which a live worker has
+        found["shards"] = {"total": len(shards), **_states(shards)}
     return found
+
+
+def _states(shards: Sequence[dict[str, Any]]) -> dict[str, int]:
+    return {state: sum(s["state"] == state for s in shards) for state in ("pending", "running", "done")}
 
 
 def queue_summary(queue: QueueState, shards: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The queue's side of a batch: its workers alive, its shards queued and taken; each shard's place
-    (`queue`: queued, taken, taken by a dead worker, or absent) added to `shards`. Pure."""
+    (`queue`: queued, taken, taken by a dead worker, or absent) added to `shards`, and a pending shard a
+    live worker has taken marked running. Pure."""
     places: dict[int, str] = {}
     for shard in queue.queued:
         places.setdefault(shard.index, "queued")
     for shard in queue.orphaned():
         places[shard.index] = "taken by a dead worker"
     workers = queue.alive
+    held = set()
     for worker, taken in queue.taken.items():
         if worker in workers:
             info = workers[worker]
             for shard in taken:
                 places[shard.index] = f"taken by {info.get('host')}:{info.get('pid')}"
+                held.add(shard.index)
     for one in shards:
         one["queue"] = places.get(one["shard"], "absent")
+        if one["shard"] in held and one["state"] == "pending":  # a live worker runs it
+            one["state"] = "running"
     working = {w for w in queue.taken if w in workers}
     return {
         "workers_alive": len(workers),

@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 import redis
 
-from batch.cluster.plan import read_plan, shard_dir
-from batch.cluster.view import SUMMED
+from batch.cluster.plan import Shard, read_plan, shard_dir
+from batch.cluster.queue import QueueState
+from batch.cluster.view import SUMMED, queue_summary
 from batch.output.store import finished_results
 from batch.simulator import RunningSimulator, SimConfig, simulator_in_thread
 from tests.cluster.conftest import maas
@@ -329,3 +330,25 @@ def test_resume_and_retry_never_take_a_live_worker_with_a_longer_heartbeat_timeo
     finally:
         worker.close()
         resuming.close()
+
+
+def test_a_pending_shard_a_live_worker_has_taken_shows_as_running() -> None:
+    """On a store no lock says a run holds a shard: the queue does (a dead worker's shard is not running)."""
+    shard = [Shard("s3://b/out", k, 2 * k, 2 * k + 2) for k in range(4)]
+    shards = [
+        {"shard": k, "state": state} for k, state in enumerate(["pending", "pending", "done", "pending"])
+    ]
+    state = QueueState(
+        queued=[shard[3]],
+        taken={"live": [shard[0], shard[2]], "dead": [shard[1]]},
+        alive={"live": {"host": "h", "pid": 7}},
+    )
+    summary = queue_summary(state, shards)
+    assert [s["state"] for s in shards] == ["running", "pending", "done", "pending"]
+    assert [s["queue"] for s in shards] == [
+        "taken by h:7",
+        "taken by a dead worker",
+        "taken by h:7",
+        "queued",
+    ]
+    assert (summary["taken"], summary["taken_by_dead_workers"]) == (2, 1)
