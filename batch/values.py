@@ -90,5 +90,11 @@ class StoreUrl(str):
 
 def output_location(text: str) -> StoreUrl | Path:
     """--out and the readers' DIR: a URL (anything with `://`) names a store (output.remote checks which
-    ones are supported), anything else a local directory."""
+    ones are supported), anything else a local directory; so does fsspec's `file:///absolute/path` (a
+    local directory, with every guarantee of one: lock, appends, renames)."""
+    if text.startswith("file://"):
+        path = text[len("file://") :]
+        if not path.startswith("/"):  # file://host/... names another machine's disk
+            raise ValueError(f"{text}: give file:///absolute/path, or the path itself")
+        return Path(path)
     return StoreUrl(text) if "://" in text else Path(text)

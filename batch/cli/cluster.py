@@ -11,7 +11,7 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batch.cli.flags import whole
+from batch.cli.flags import output_location, whole
 from batch.config import env
 from batch.errors import UsageError
 from batch.exitcodes import (
@@ -24,7 +24,7 @@ from batch.exitcodes import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
-from batch.values import StoreUrl, output_location
+from batch.values import StoreUrl
 
 if TYPE_CHECKING:
     from batch.cli.grammar import Commands

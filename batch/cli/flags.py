@@ -128,7 +128,7 @@ def output_location(text: str) -> StoreUrl | Path:
     reads one, so that `maas-batch --help` does without batch.values and the error tree."""
     from batch.values import output_location as read
 
-    return read(text)
+    return read_with(read)(text)
 
 
 def concurrency(text: str) -> int | str:

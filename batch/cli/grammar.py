@@ -367,7 +367,8 @@ def _add_run(commands: Commands) -> argparse.ArgumentParser:
         type=output_location,
         required=True,
         metavar="DIR",
-        help="output directory: results.jsonl, usage.jsonl, images/, index.html; or s3://bucket/prefix "
+        help="output directory (or file:///path): results.jsonl, usage.jsonl, images/, index.html; or "
+        "s3://bucket/prefix "
         "(pip install 'maas-batch[cloud]'; the run works in a local staging folder, see --stage, and "
         "saves into the store as it goes)",
     )

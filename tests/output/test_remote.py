@@ -136,6 +136,20 @@ def test_a_url_that_is_not_supported_is_a_usage_error(
     assert "s3://bucket/prefix" in done.err and "Traceback" not in done.err
 
 
+def test_a_file_url_is_the_local_directory_it_names(
+    write: Callable[..., Path], sim: RunningSimulator, cli: Callable[..., Outcome], tmp_path: Path
+) -> None:
+    manifest = write("tasks:\n  - {kind: generate, id: t0, prompt: a fox}\n")
+    out = tmp_path / "out"
+    done = cli("run", manifest, "--out", f"file://{out}", "--no-progress", env=env_for(sim))
+    assert done.code == 0, done.err
+    assert [json.loads(line)["id"] for line in (out / RESULTS).read_text().splitlines()] == ["t0"]
+    assert (out / "images" / "t0.png").is_file() and (out / ".lock").exists()  # a DIR's own guarantees
+    assert "1 succeeded" in cli("status", f"file://{out}").out
+    other = cli("status", "file://host/out")
+    assert other.code == 64 and "give file:///absolute/path" in other.err
+
+
 def test_without_the_extra_a_url_is_a_usage_error(
     cli: Callable[..., Outcome], monkeypatch: pytest.MonkeyPatch
 ) -> None:
