@@ -54,7 +54,7 @@ import anyio
 from batch.errors import BatchError, OutputError, UsageError
 from batch.output.format import FORMAT
 from batch.output.store import ANSWERS, IMAGES, RESULTS, RETRIED, RUNS, USAGE, parse_record
-from batch.running.records import AttemptRecord, attempt_log_line
+from batch.running.records import AttemptRecord, attempt_log_line, finished_entry
 
 log = logging.getLogger("batch.output.remote")
 
@@ -301,7 +301,11 @@ def pull(store: Store, root: Path) -> None:
             if attempt == PULL_TRIES:
                 raise
             log.info("%s changed while it was read (a run merged its segments): reading it again", store.url)
-            shutil.rmtree(root, ignore_errors=True)
+            for child in root.iterdir():  # the folder itself stays, with its mode (mkdtemp's 0700)
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
 
 
 def _pull(store: Store, root: Path) -> None:
@@ -317,15 +321,7 @@ def _pull(store: Store, root: Path) -> None:
                     retried[task_id] = run
     if not (root / RETRIED).stat().st_size:
         (root / RETRIED).unlink()  # as in a DIR no --retry-failed has touched
-    finished: dict[str, str] = {}  # task id -> the run whose line the store keeps
-    with (root / RESULTS).open("wb") as results:
-        for name, data in store.read_all(SEGMENTS[RESULTS]):
-            run = _segment_run(name)
-            for raw in _whole_lines(data):
-                task_id = _task_id(raw)
-                if task_id is not None and task_id not in finished and run >= retried.get(task_id, ""):
-                    finished[task_id] = run
-                    results.write(raw)
+    finished, others = _pull_results(store, root / RESULTS, retried)
     with (root / USAGE).open("wb") as usage:
         for raw in _segments(store, SEGMENTS[USAGE]):
             usage.write(raw)
@@ -334,12 +330,56 @@ def _pull(store: Store, root: Path) -> None:
     for run, segments in itertools.groupby(logs, key=lambda item: item[0][0]):
         lines = (raw for (_, _, segment), data in segments if segment for raw in _whole_lines(data))
         with (root / RUNS / f"{run}.jsonl").open("wb") as log:  # streamed: a run's log can be long
-            log.writelines(_unsaved_as_maybe_billed(lines, run, finished))
+            log.writelines(_unsaved_as_maybe_billed(lines, run, finished, others))
     scheme = store.read(FORMAT)
     if scheme is not None:
         (root / FORMAT).write_bytes(scheme)
     (root / PULLED).write_text(json.dumps({RETRIED: _size(root / RETRIED)}), encoding="utf-8")
     _pull_cluster(store, root)
+
+
+def _pull_results(
+    store: Store, path: Path, retried: dict[str, str]
+) -> tuple[dict[str, str], dict[str, set[str]]]:
+    """results.jsonl at `path`: each task's first line, but a success over a failure saved before it (two
+    runs at once on a URL, or on a shard the queue gave twice, both saved a line), and without the
+    failures a later run's --retry-failed moved aside. Returns, by task id, the run whose line is kept
+    and the other runs that saved one (their answers are saved, not maybe billed)."""
+    finished: dict[str, str] = {}
+    others: dict[str, set[str]] = {}
+    failed_at: dict[str, int] = {}  # task id -> where its kept line starts, while that line is a failure
+    dropped: set[int] = set()  # kept failures a later success replaced
+    with path.open("wb") as results:
+        for name, data in store.read_all(SEGMENTS[RESULTS]):
+            run = _segment_run(name)
+            for raw in _whole_lines(data):
+                entry = finished_entry(raw)
+                if entry is None:
+                    continue
+                task_id, failed = entry
+                kept = finished.get(task_id)
+                if failed and run < retried.get(task_id, ""):
+                    others.setdefault(task_id, set()).add(run)  # given another go by a later run
+                elif kept is None or (not failed and task_id in failed_at):
+                    if kept is not None:
+                        dropped.add(failed_at.pop(task_id))
+                        others.setdefault(task_id, set()).add(kept)
+                    if failed:
+                        failed_at[task_id] = results.tell()
+                    finished[task_id] = run
+                    results.write(raw)
+                else:
+                    others.setdefault(task_id, set()).add(run)
+    if dropped:  # rare: the file again, without them
+        rewritten = path.with_name(f".{path.name}.pull")
+        with path.open("rb") as source, rewritten.open("wb") as target:
+            offset = 0
+            for raw in source:
+                if offset not in dropped:
+                    target.write(raw)
+                offset += len(raw)
+        rewritten.replace(path)
+    return finished, others
 
 
 def _task_id(raw: bytes) -> str | None:
@@ -358,10 +398,12 @@ def _pull_cluster(store: Store, root: Path) -> None:
         _pull(store.child(f"shards/{shard}"), root / "shards" / shard)
 
 
-def _unsaved_as_maybe_billed(lines: Iterator[bytes], run: str, finished: dict[str, str]) -> Iterator[bytes]:
-    """Run `run`'s attempt log, where a request answered for a task whose result line in the store is
-    not this run's says maybe billed: the run died before saving it (or has not uploaded it yet), so it
-    may have been paid without a saved result, and a later run asks again."""
+def _unsaved_as_maybe_billed(
+    lines: Iterator[bytes], run: str, finished: dict[str, str], others: dict[str, set[str]]
+) -> Iterator[bytes]:
+    """Run `run`'s attempt log, where a request answered for a task this run saved no result line for
+    says maybe billed: the run died before saving it (or has not uploaded it yet), so it may have been
+    paid without a saved result, and a later run asks again."""
     tasks: dict[str, str] = {}
     for raw in lines:
         line = parse_record(raw)
@@ -373,7 +415,8 @@ def _unsaved_as_maybe_billed(lines: Iterator[bytes], run: str, finished: dict[st
                 record.event == "done"
                 and record.outcome in _UNSAVED
                 and not record.maybe_billed
-                and finished.get(tasks.get(record.request_id, "")) != run
+                and finished.get(task := tasks.get(record.request_id, "")) != run
+                and run not in others.get(task, ())
             ):
                 raw = (_encode({**(line or {}), "maybe_billed": True, "unsaved": True}) + "\n").encode()
         yield raw

@@ -120,6 +120,40 @@ def test_the_view_drops_the_lines_of_runs_before_the_one_that_retried_a_task(s3:
     assert retried_ids(view) == {"t0", "t1"}
 
 
+def test_a_success_beats_a_failure_saved_before_it_and_a_retry_never_hides_it(s3: S3, tmp_path: Path) -> None:
+    """Two runs at once on a URL (or a shard the queue gave twice): one failed t0, the other answered it.
+    The answer is t0's result, before and after a --retry-failed; neither run's request is maybe billed."""
+
+    def put(name: str, *records: dict[str, object]) -> None:
+        s3.fs.pipe_file(f"{s3.bucket}/out/{name}", b"".join(json.dumps(r).encode() + b"\n" for r in records))
+
+    a, a2, b = "20260101T000000Z-aaaaaa", "20260101T000001Z-a2a2a2", "20260101T010000Z-bbbbbb"
+    failure = {"id": "t0", "status": "failed", "run": "a"}
+    put(f"results/{a}-000000000000.jsonl", failure, {"id": "t1", "status": "succeeded", "run": "a"})
+    put(f"results/{a2}-000000000000.jsonl", {"id": "t0", "status": "succeeded", "run": "a2"})
+    for run, outcome in ((a, "broken"), (a2, "answered")):
+        put(
+            f"runs/{run}/000000000000.jsonl",
+            {"event": "sent", "request_id": f"t0/{run}.1", "task_id": "t0"},
+            {"event": "done", "request_id": f"t0/{run}.1", "outcome": outcome, "status": 200},
+        )
+
+    def view() -> tuple[list[object], list[object]]:
+        folder = tmp_path / secrets.token_hex(3)
+        pull(open_store(s3.url), folder)
+        kept = [json.loads(line)["run"] for line in (folder / RESULTS).read_text().splitlines()]
+        logs = [
+            json.loads(li)
+            for log in sorted((folder / "runs").glob("*.jsonl"))
+            for li in log.read_text().splitlines()
+        ]
+        return kept, [line.get("maybe_billed") for line in logs if line["event"] == "done"]
+
+    assert view() == (["a", "a2"], [None, None])  # t1 (a), then t0: a2's answer, not a's failure
+    put(f"retried/{b}-000000000000.jsonl", failure)  # a retry that saw a's line first (an older version)
+    assert view() == (["a", "a2"], [None, None])
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -371,7 +405,9 @@ def test_a_view_read_while_a_merge_removes_its_segments_is_assembled_again(
 
     monkeypatch.setattr(store, "names", names_then_merge)
     view = tmp_path / "view"
+    view.mkdir(mode=0o700)  # a staging folder from mkdtemp: it keeps its mode when assembled again
     pull(store, view)
+    assert view.stat().st_mode & 0o777 == 0o700
     assert [json.loads(line)["id"] for line in (view / RESULTS).read_text().splitlines()] == ["a", "b"]
     assert len(s3.objects("results")) == 1
 
