@@ -287,7 +287,8 @@ def retry_failed(args: argparse.Namespace) -> int:
     args.redis = known.redis
     if not (args.redis or env("MAAS_REDIS_URL")):
         raise UsageError(
-            f"{args.out} is a sharded batch: retry-failed queues its shards that hold failures again, for "
+            f"{getattr(args, 'url', None) or args.out} is a sharded batch: retry-failed queues its shards "
+            "that hold failures again, for "
             "the workers; give the queue's Redis: --redis URL (or MAAS_REDIS_URL)"
         )
     queue = ShardQueue(_queue_settings(args))

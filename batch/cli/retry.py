@@ -68,14 +68,17 @@ def recorded_run(args: argparse.Namespace, runs_in: Path | None = None) -> list[
 
 
 def _without_out(argv: list[str]) -> list[str]:
-    """A recorded command line without its --out DIR (retry-failed names DIR anew; printed once)."""
+    """A recorded command line without its --out DIR (retry-failed names DIR anew; printed once) and its
+    --stage DIR (a run on a store leaves that folder behind, and a new run wants a new or empty one)."""
     kept: list[str] = []
     skip = False
     for arg in argv:
         if skip:
             skip = False
-        elif arg in ("--out", "-o"):
+        elif arg in ("--out", "-o", "--stage"):
             skip = True
-        elif not (arg.startswith("--out=") or (arg.startswith("-o") and not arg.startswith("--"))):
+        elif not (
+            arg.startswith(("--out=", "--stage=")) or (arg.startswith("-o") and not arg.startswith("--"))
+        ):
             kept.append(arg)
     return kept

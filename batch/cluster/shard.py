@@ -85,7 +85,7 @@ class ShardRunner:
             run_info = {"shard": shard.index, "positions": [shard.start, shard.end], "pid": os.getpid()}
             config = job_config(options, checked, out, connected, run_info, options.deadline_time())
             config = dataclasses.replace(config, only=(shard.start, shard.end))
-            if store is not None:  # no gallery on a store yet
+            if store is not None:  # no page per shard: `gallery URL` builds the batch's
                 config = dataclasses.replace(config, store=store, gallery=False)
             with Job(config, checked, builtin_registry(), self._observers()) as job:
                 grace = options.grace if self._grace is None else self._grace

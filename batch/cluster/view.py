@@ -174,13 +174,16 @@ def finished_counts(root: Path, plan: BatchPlan) -> list[tuple[int, int]]:
     return found
 
 
-def shard_status(root: Path, index: int, size: int) -> dict[str, Any]:
+def shard_status(root: Path, index: int, size: int, taken: bool = False) -> dict[str, Any]:
+    """One shard's counts. Running: a run holds its directory (its lock), or a live worker has taken it
+    (`taken`: the queue says so; a store has no lock); its requests in flight are then in flight, not
+    maybe billed."""
     directory = shard_dir(root, index)
     succeeded = failed = 0
     for _, task_failed in finished_results(directory / RESULTS):
         failed += task_failed
         succeeded += not task_failed
-    running = directory.is_dir() and _held(directory)
+    running = taken or (directory.is_dir() and _held(directory))
     state = "running" if running else "done" if succeeded + failed >= size else "pending"
     attempts = account(directory / RUNS, live=running)
     return {
@@ -200,7 +203,8 @@ def cluster_status(root: Path, queue: QueueState | None = None) -> dict[str, Any
     """The whole batch and each shard (see the module's docstring); with `queue` (the batch's queue as
     Redis holds it), the workers alive and each shard's place on the queue too."""
     plan = read_plan(root)
-    shards = [shard_status(root, shard.index, shard.size) for shard in plan.each_shard()]
+    held = {shard.index for shard in queue.held()} if queue is not None else set()
+    shards = [shard_status(root, shard.index, shard.size, shard.index in held) for shard in plan.each_shard()]
     counted = ("succeeded", "failed", "pending", "billed_answers", "maybe_billed", "in_flight")
     totals = {name: sum(s[name] for s in shards) for name in counted}
     states = _states(shards)
@@ -215,8 +219,6 @@ def cluster_status(root: Path, queue: QueueState | None = None) -> dict[str, Any
     }
     if queue is not None:
         found["on_queue"] = queue_summary(queue, shards)
-        # a store has no lock to say a run holds a shard: the queue says which a live worker has
-        found["shards"] = {"total": len(shards), **_states(shards)}
     return found
 
 
@@ -226,25 +228,20 @@ def _states(shards: Sequence[dict[str, Any]]) -> dict[str, int]:
 
 def queue_summary(queue: QueueState, shards: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The queue's side of a batch: its workers alive, its shards queued and taken; each shard's place
-    (`queue`: queued, taken, taken by a dead worker, or absent) added to `shards`, and a pending shard a
-    live worker has taken marked running. Pure."""
+    (`queue`: queued, taken, taken by a dead worker, or absent) added to `shards`. Pure."""
     places: dict[int, str] = {}
     for shard in queue.queued:
         places.setdefault(shard.index, "queued")
     for shard in queue.orphaned():
         places[shard.index] = "taken by a dead worker"
     workers = queue.alive
-    held = set()
     for worker, taken in queue.taken.items():
         if worker in workers:
             info = workers[worker]
             for shard in taken:
                 places[shard.index] = f"taken by {info.get('host')}:{info.get('pid')}"
-                held.add(shard.index)
     for one in shards:
         one["queue"] = places.get(one["shard"], "absent")
-        if one["shard"] in held and one["state"] == "pending":  # a live worker runs it
-            one["state"] = "running"
     working = {w for w in queue.taken if w in workers}
     return {
         "workers_alive": len(workers),

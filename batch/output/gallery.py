@@ -39,7 +39,7 @@ from batch.errors import OutputError
 from batch.events import Event, TaskFinished
 from batch.output.files import real_folder, write_atomic, write_atomic_chunks
 from batch.output.scope import Entry, Scope, Task, entries, scope_of
-from batch.output.store import RESULTS, THUMBS
+from batch.output.store import ANSWERS, IMAGES, RESULTS, THUMBS
 from batch.running.idset import IdSet
 from batch.running.records import ResultRecord, finished_entry
 
@@ -309,11 +309,14 @@ def build_in_store(root: Path, store: Store, scope: Scope | None = None, page: P
         real_folder(root / THUMBS / "inputs")
 
         def make(name: str, source: Path) -> bool:
-            # an input outside DIR where this machine has it; an image of the output's from the store,
-            # unless the view holds it (a run's staging DIR: the images it saved)
+            # an edit's input where this machine has it; an image of the output's from the store, unless
+            # the view holds it (a run's staging DIR: the images it saved); nothing else a line names
             picture: bytes | Path | None = source
-            if source.is_relative_to(root) and not source.is_file():
-                picture = store.read(source.relative_to(root).as_posix())
+            if not name.startswith(f"{THUMBS}/inputs/"):
+                relative = _saved_file(root, source)
+                if relative is None:
+                    return False
+                picture = root / relative if (root / relative).is_file() else store.read(relative)
             if picture is None or not make_thumbnail(picture, root / name):
                 return False
             store.create(name, (root / name).read_bytes())  # one made meanwhile by another: the same
@@ -329,6 +332,19 @@ def build_in_store(root: Path, store: Store, scope: Scope | None = None, page: P
     write_atomic_chunks(page, _page(root, scope, made, title), fsync=False)
     store.replace(PAGE, page)
     return f"{store.url.rstrip('/')}/{PAGE}"
+
+
+def _saved_file(root: Path, path: Path) -> str | None:
+    """The name in the output of a file a result line names (images/..., answers/..., or a shard's:
+    shards/<k>/images/...), None for any other path (absolute, or out through "..")."""
+    try:
+        parts = Path(os.path.normpath(path)).relative_to(root).parts
+    except ValueError:
+        return None
+    in_shard = len(parts) > 3 and parts[0] == "shards"
+    if (len(parts) > 1 and parts[0] in (IMAGES, ANSWERS)) or (in_shard and parts[2] in (IMAGES, ANSWERS)):
+        return "/".join(parts)
+    return None
 
 
 def _may_want_thumbnails(root: Path, scope: Scope) -> bool:

@@ -165,6 +165,7 @@ class Job:
                     gallery.build_in_store(fresh, store, page=self.out.root / gallery.PAGE)
         except (OSError, ValueError, OutputError) as exc:  # the page is a view: it must not fail the run
             log.warning("could not write the gallery: %s", exc)
+            (self.out.root / gallery.PAGE).unlink(missing_ok=True)  # the summary names no page
 
     def finished(self) -> tuple[IdSet, int]:
         """The ids of this manifest that already have a result line, and how many of them failed."""

@@ -20,7 +20,7 @@ import redis
 
 from batch.cluster.plan import Shard, read_plan, shard_dir
 from batch.cluster.queue import QueueState
-from batch.cluster.view import SUMMED, queue_summary
+from batch.cluster.view import SUMMED, queue_summary, shard_status
 from batch.output.store import finished_results
 from batch.simulator import RunningSimulator, SimConfig, simulator_in_thread
 from tests.cluster.conftest import maas
@@ -332,23 +332,31 @@ def test_resume_and_retry_never_take_a_live_worker_with_a_longer_heartbeat_timeo
         resuming.close()
 
 
-def test_a_pending_shard_a_live_worker_has_taken_shows_as_running() -> None:
-    """On a store no lock says a run holds a shard: the queue does (a dead worker's shard is not running)."""
-    shard = [Shard("s3://b/out", k, 2 * k, 2 * k + 2) for k in range(4)]
-    shards = [
-        {"shard": k, "state": state} for k, state in enumerate(["pending", "pending", "done", "pending"])
-    ]
+def test_a_shard_a_live_worker_has_taken_is_running_its_requests_in_flight(tmp_path: Path) -> None:
+    """On a store no lock says a run holds a shard: the queue does. A shard a live worker has taken is
+    running, and its requests without an answer yet are in flight, not maybe billed; a dead worker's
+    shard is not running."""
+    runs = shard_dir(tmp_path, 0) / "runs"
+    runs.mkdir(parents=True)
+    (runs / "20260101T000000Z-aaaaaa.jsonl").write_text(
+        json.dumps({"event": "start", "at": "2026-01-01T00:00:00+00:00"})
+        + "\n"
+        + json.dumps({"event": "sent", "request_id": "q-0/aaaaaa.1", "task_id": "q-0"})
+        + "\n"
+    )
+    taken = shard_status(tmp_path, 0, 2, taken=True)
+    assert (taken["state"], taken["in_flight"], taken["maybe_billed"]) == ("running", 1, 0)
+    left = shard_status(tmp_path, 0, 2)  # its worker died: the request may have been billed
+    assert (left["state"], left["in_flight"], left["maybe_billed"]) == ("pending", 0, 1)
+
+    shard = [Shard("s3://b/out", k, 2 * k, 2 * k + 2) for k in range(3)]
     state = QueueState(
-        queued=[shard[3]],
-        taken={"live": [shard[0], shard[2]], "dead": [shard[1]]},
+        queued=[shard[2]],
+        taken={"live": [shard[0]], "dead": [shard[1]]},
         alive={"live": {"host": "h", "pid": 7}},
     )
+    shards = [{"shard": k} for k in range(3)]
     summary = queue_summary(state, shards)
-    assert [s["state"] for s in shards] == ["running", "pending", "done", "pending"]
-    assert [s["queue"] for s in shards] == [
-        "taken by h:7",
-        "taken by a dead worker",
-        "taken by h:7",
-        "queued",
-    ]
-    assert (summary["taken"], summary["taken_by_dead_workers"]) == (2, 1)
+    assert [s["queue"] for s in shards] == ["taken by h:7", "taken by a dead worker", "queued"]
+    assert (summary["taken"], summary["taken_by_dead_workers"]) == (1, 1)
+    assert [s.index for s in state.held()] == [0]  # what cluster_status passes on as taken

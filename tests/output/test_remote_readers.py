@@ -61,7 +61,7 @@ def test_export_openai_of_a_store_streams_each_image_from_the_store(
 
 
 def test_retry_failed_of_a_store_sends_only_the_failed_tasks_and_their_new_lines_count(
-    write: Callable[..., Path], s3: S3, cli: Callable[..., Outcome]
+    write: Callable[..., Path], s3: S3, cli: Callable[..., Outcome], tmp_path: Path
 ) -> None:
     manifest = write(
         "tasks:\n" + "".join(f"  - {{kind: generate, id: t{i:02d}, prompt: p {i}}}\n" for i in range(12))
@@ -70,7 +70,9 @@ def test_retry_failed_of_a_store_sends_only_the_failed_tasks_and_their_new_lines
     flaky = SimConfig(api_key=KEY, error_rate=0.35, retry_after=0, seed=11)
     with simulator_in_thread(flaky) as sim:
         env = {**env_for(sim), **s3.env}
-        first = cli("run", manifest, "--out", s3.url, *FAST, "--max-attempts", "1", env=env)
+        # staged in a folder of its own, which stays: retry-failed's run must not be given it again
+        stage = ("--stage", str(tmp_path / "stage"))
+        first = cli("run", manifest, "--out", s3.url, *stage, *FAST, "--max-attempts", "1", env=env)
     assert first.code == 1
     failed = sorted(k for k, r in results(s3).items() if r["status"] == "failed")
     assert failed and len(failed) < 12
@@ -136,3 +138,24 @@ def test_the_gallery_of_a_store_goes_into_the_store_with_thumbnails_made_once(
     assert [card["thumbs"] for card in page_data(page)["items"] if card["id"] == "t1"] == [
         cards["t1"]["thumbs"]
     ]
+
+
+def test_the_gallery_of_a_store_reads_no_local_file_a_line_names(
+    s3: S3, cli: Callable[..., Outcome], tmp_path: Path
+) -> None:
+    """A result line in the store names a file outside the output (an absolute path, a way out through
+    ".."): its thumbnail is not made from this machine's file, nor uploaded."""
+    secret, other = tmp_path / "secret.png", tmp_path / "other.png"
+    for picture in (secret, other):
+        Image.new("RGB", (8, 8), "red").save(picture)
+    outside = [str(secret), f"images/../../../../../../../../..{other}"]
+    line = {"id": "evil", "kind": "generate", "status": "succeeded", "files": outside}
+    s3.fs.pipe_file(
+        f"{s3.bucket}/out/results/20260101T000000Z-aaaaaa-000000000000.jsonl",
+        json.dumps(line).encode() + b"\n",
+    )
+
+    built = cli("gallery", s3.url, "--include-orphaned", env=s3.env)
+
+    assert built.code == 0, built.err
+    assert not [name for name in s3.objects() if name.startswith("thumbs/")]
