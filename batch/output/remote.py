@@ -514,7 +514,8 @@ class Mirror:
                 if len(taken) < 2:
                     continue
                 data = self._merged_bytes(prefix, taken)
-                if data is None:
+                if data is None:  # one is gone from the store: these stay as they are, the next merge
+                    del segments[: len(taken)]  # starts after them
                     continue
                 self._create(f"{prefix}{taken[0][0]:012d}-{taken[-1][0]:012d}.jsonl", data)
                 del segments[: len(taken)]
