@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from batch.errors import OutputError
-from batch.output.remote import Mirror, open_store, pull
+from batch.output.remote import Mirror, Store, open_store, pull
 from batch.output.store import RESULTS, USAGE, retried_ids
 from batch.simulator import RunningSimulator
 from tests.conftest import ROOT, Outcome, env_for
@@ -361,14 +361,20 @@ def test_merging_a_runs_segments_keeps_every_line_once_and_removes_them_a_merge_
     assert mirror.complete
 
 
+def mirrored(s3: S3, root: Path, tasks: str) -> tuple[Store, Mirror]:
+    """A run's mirror into the test's store, after it saved `tasks` (one push, so one segment, each)."""
+    store = open_store(s3.url)
+    mirror = Mirror(store, root, "20260101T000000Z-aaaaaa")
+    for task_id in tasks:
+        append_task(root, task_id)
+        mirror._push_journals()
+    return store, mirror
+
+
 def test_a_store_that_refuses_to_remove_ends_the_merging_and_loses_nothing(
     s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = open_store(s3.url)
-    mirror = Mirror(store, tmp_path, "20260101T000000Z-aaaaaa")
-    for task_id in "ab":
-        append_task(tmp_path, task_id)
-        mirror._push_journals()
+    store, mirror = mirrored(s3, tmp_path, "ab")
 
     def refused(names: list[str]) -> None:
         if names:
@@ -389,11 +395,7 @@ def test_a_store_that_refuses_to_remove_ends_the_merging_and_loses_nothing(
 def test_a_view_read_while_a_merge_removes_its_segments_is_assembled_again(
     s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = open_store(s3.url)
-    mirror = Mirror(store, tmp_path, "20260101T000000Z-aaaaaa")
-    for task_id in "ab":
-        append_task(tmp_path, task_id)
-        mirror._push_journals()
+    store, mirror = mirrored(s3, tmp_path, "ab")
     listed = store.names
     merges = iter([lambda: mirror.merge(final=True)])
 
