@@ -355,12 +355,13 @@ class Job:
         not uploaded is still pending there, and a later run does it again)."""
         from batch.output.remote import mark_complete
 
-        assert self.mirror is not None
+        mirror = self.mirror
+        assert mirror is not None
         try:
-            await self.mirror.push()
-            mark_complete(self.mirror)  # else its staging folder is kept, whatever ended the run
+            await mirror.push()
+            mark_complete(mirror)  # else its staging folder is kept, whatever ended the run
             # the run's segments since the last merge, into one object each (failing, it only warns)
-            await anyio.to_thread.run_sync(lambda: self.mirror.merge(final=True) if self.mirror else None)
+            await anyio.to_thread.run_sync(lambda: mirror.merge(final=True))
         except OutputError as exc:
             log.error("%s", exc)
             if summary is not None and summary.stop_code is None:
