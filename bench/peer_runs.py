@@ -210,6 +210,7 @@ class Setting:
     latency: float
     uvloop: bool = False  # every peer's event loop is uvloop's (bench/with_uvloop.py)
     run_args: tuple[str, ...] = ()  # more flags for `maas-batch run`, e.g. --no-gallery
+    host: str = "127.0.0.1"  # the simulator's address (127.0.0.2: not this machine, to maas-batch)
 
 
 def python_running(setting: Setting, script: Path) -> list[str]:
