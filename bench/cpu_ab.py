@@ -3,6 +3,7 @@ time: what a change to the per-task path bought, when the machine is too noisy f
 
     python bench/cpu_ab.py 9f75b3b HEAD            # two commits: 5,000 chat tasks, C=64, L=0.2 s, 3 rounds
     python bench/cpu_ab.py 9f75b3b . --tasks 2000  # `.`: the working tree as it is now
+    python bench/cpu_ab.py 9f75b3b HEAD --host 127.0.0.2  # a server not on this machine, to maas-batch
 
 Each version's `batch/` and `jobs/` are exported (`git archive`) into a temporary folder and compiled; each
 run is `python -m batch run MANIFEST --out DIR -c C` with PYTHONPATH on that folder, with this Python and
@@ -44,6 +45,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the simulator's address; 127.0.0.2 is not loopback to maas-batch, which then reads proxies "
+        "from the environment as for the real API",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="maas-cpu-ab-") as temporary:
         folder = Path(temporary)
@@ -56,7 +63,7 @@ def main() -> None:
             )
         tasks = write_tasks(folder, args.tasks)
         cpu: dict[str, list[float]] = {version: [] for version in trees}
-        with simulator(args.latency, folder) as sim:
+        with simulator(args.latency, folder, args.host) as sim:
             for round_number in range(1, args.rounds + 1):
                 for version, tree in trees.items():
                     where = folder / f"run-{round_number}-{list(trees).index(version)}"  # cwd, output

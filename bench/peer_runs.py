@@ -62,6 +62,7 @@ def free_port() -> int:
 class Sim:
     port: int
     pid: int
+    host: str = "127.0.0.1"
 
     def cpu_seconds(self) -> float | None:
         """The simulator's CPU so far (user + sys, from /proc), to tell when the server is the bottleneck."""
@@ -73,23 +74,25 @@ class Sim:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1/ai"
+        return f"http://{self.host}:{self.port}/v1/ai"
 
     def records_since(self, since: float) -> list[dict[str, Any]]:
         """The simulator's records of requests that arrived at or after `since` (unix time)."""
-        url = f"http://127.0.0.1:{self.port}/_sim/stats?records=1"
+        url = f"http://{self.host}:{self.port}/_sim/stats?records=1"
         with urllib.request.urlopen(url, timeout=60) as response:
             records: list[dict[str, Any]] = json.loads(response.read())["records"]
         return [r for r in records if r["time"] >= since]
 
 
 @contextmanager
-def simulator(latency: float, folder: Path) -> Iterator[Sim]:
-    """`maas-batch simulate` in its own process on a free port, stopped (SIGTERM) on the way out."""
+def simulator(latency: float, folder: Path, host: str = "127.0.0.1") -> Iterator[Sim]:
+    """`maas-batch simulate` in its own process on a free port, stopped (SIGTERM) on the way out. A `host`
+    other than 127.0.0.1 (say 127.0.0.2) makes maas-batch treat it as a remote server (proxies from the
+    environment, as for the real API)."""
     port = free_port()
     errors = (folder / f"simulator-{port}.err").open("w+")
     process = subprocess.Popen(
-        [PYTHON, "-m", "batch", "simulate", "--port", str(port), "--latency", str(latency)],
+        [PYTHON, "-m", "batch", "simulate", "--host", host, "--port", str(port), "--latency", str(latency)],
         stdout=subprocess.PIPE,
         stderr=errors,
         text=True,
@@ -102,7 +105,7 @@ def simulator(latency: float, folder: Path) -> Iterator[Sim]:
             process.wait(10)
             errors.seek(0)
             raise BenchFailed(f"the simulator did not start (exit {process.returncode}):\n{errors.read()}")
-        yield Sim(port, process.pid)
+        yield Sim(port, process.pid, host)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -207,6 +210,7 @@ class Setting:
     latency: float
     uvloop: bool = False  # every peer's event loop is uvloop's (bench/with_uvloop.py)
     run_args: tuple[str, ...] = ()  # more flags for `maas-batch run`, e.g. --no-gallery
+    host: str = "127.0.0.1"  # the simulator's address (127.0.0.2: not this machine, to maas-batch)
 
 
 def python_running(setting: Setting, script: Path) -> list[str]:

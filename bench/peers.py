@@ -6,6 +6,7 @@
     python bench/peers.py --startup                      # --help, validate, and time to the first request
     python bench/peers.py --rss-scale                    # maas-batch's peak RSS at 10,000 and 100,000 tasks
     python bench/peers.py --uvloop                       # every peer on uvloop (bench/with_uvloop.py)
+    python bench/peers.py --host 127.0.0.2               # a simulator maas-batch takes for a remote API
 
 The peers, each a child of this process, run in turn (A B A B ...) against one `maas-batch simulate` with a
 fixed latency, started and stopped here on a free port:
@@ -68,7 +69,7 @@ def compare(
 ) -> dict[str, list[Run]]:
     """Every peer once per round, in turn, against one simulator."""
     runs: dict[str, list[Run]] = {name: [] for name in peers}
-    with simulator(setting.latency, folder) as sim:
+    with simulator(setting.latency, folder, setting.host) as sim:
         for round_ in range(rounds):
             for name, runner in peers.items():
                 run = measured_run(name, runner, tasks, sim, setting, folder / f"{name}-{round_}")
@@ -176,6 +177,7 @@ def section_compare(args: argparse.Namespace, folder: Path, ceiling: bool) -> di
         0.2 if ceiling else args.latency,
         args.uvloop,
         tuple(args.run_arg),
+        args.host,
     )
     tasks = write_tasks(folder, args.tasks)
     title = "ceiling" if ceiling else "peers"
@@ -312,6 +314,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="FLAG",
         help="pass FLAG to `maas-batch run` (repeatable), e.g. --run-arg=--no-gallery",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the simulator's address; 127.0.0.2 is not this machine to maas-batch, which then reads proxies "
+        "from the environment as for the real API",
     )
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     args = parser.parse_args(argv)
