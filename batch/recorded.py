@@ -23,6 +23,7 @@ from batch.manifest.checked import CheckedManifest
 from batch.manifest.plan import iter_tasks
 from batch.manifest.read import Manifest
 from batch.output.store import RESULTS, read_line_at, read_lines_with_offsets
+from batch.running.idset import LineOffsets, digest
 from batch.running.records import ResultRecord
 
 
@@ -89,17 +90,17 @@ def results(
 
 def in_manifest_order(checked: CheckedManifest, root: Path, *, failed: bool = True) -> Iterator[Result]:
     """The recorded results of a valid manifest's tasks, in its order (`failed`: the failed ones too).
-    Holds an offset per line, not the lines."""
+    Holds an offset per line (16 bytes, idset.LineOffsets), not the lines."""
     path = root / RESULTS
-    where: dict[str, int] = {}
+    where = LineOffsets()
     for offset, record in read_lines_with_offsets(path):
         if isinstance(record.get("id"), str):
-            where[record["id"]] = offset  # the last line of a task is its result
+            where.add(digest(record["id"]), offset)  # the last line of a task is its result
     if not where:
         return
     with path.open("rb") as handle:
-        for spec in iter_tasks(checked.manifest, checked.builder):
-            at = where.get(spec.id)
+        for spec in iter_tasks(checked.manifest, checked.builder):  # ids are unique: each asked once
+            at = where.pop(digest(spec.id))
             found = None if at is None else read_line_at(handle, at)
             if found is not None and (failed or found.get("status") != "failed"):
                 yield Result.from_record(found, root)

@@ -4,13 +4,14 @@ used (or --manifest); lines of tasks no longer in it are orphaned, counted apart
 from __future__ import annotations
 
 import json
+import tracemalloc
 from array import array
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from batch.output.scope import Scope, scope_of
+from batch.output.scope import Scope, entries, scope_of
 from batch.running.idset import digest
 from tests.conftest import Outcome
 from tests.output.conftest import SECOND
@@ -92,3 +93,40 @@ def test_a_later_run_of_another_manifest_makes_the_remembered_plan_stale(edited:
     later.write_text(json.dumps({"event": "start", "manifest": "<tasks>", "tasks": 7}) + "\n")
     scope = scope_of(edited)
     assert not scope.known and scope.total == 7 and scope.current("anything")
+
+
+def _result(task_id: str, text: str = "done") -> str:
+    return json.dumps({"id": task_id, "kind": "chat", "status": "succeeded", "text": text}) + "\n"
+
+
+def test_entries_come_in_manifest_order_the_last_line_of_a_task_then_the_orphaned_in_file_order(
+    tmp_path: Path,
+) -> None:
+    lines = [_result("x", "old"), _result("y"), _result("a", "old"), _result("x", "new"), _result("b")]
+    (tmp_path / "results.jsonl").write_text("".join(lines) + _result("a", "new") + "not json\n")
+    order = array("Q", [digest("b"), digest("a"), digest("c")])  # c: pending, its tasks not known
+    found = [
+        (e.id, e.record.text if e.record else None, e.orphaned) for e in entries(tmp_path, Scope(order=order))
+    ]
+    assert found == [("b", "done", False), ("a", "new", False)]
+    every = Scope(order=order, include_orphaned=True)
+    found = [(e.id, e.record.text if e.record else None, e.orphaned) for e in entries(tmp_path, every)]
+    assert found[2:] == [("y", "done", True), ("x", "new", True)]  # by where each one's last line is
+
+
+def test_entries_hold_a_few_bytes_a_result_line_not_a_dict_entry(tmp_path: Path) -> None:
+    """A run of a million tasks writes its page through entries(): a dict of offsets was ~120 bytes a
+    line there (120 MB); idset.LineOffsets holds 16."""
+    count = 20_000
+    with (tmp_path / "results.jsonl").open("w") as results:
+        for i in range(count):
+            results.write(_result(f"t{i}"))
+    scope = Scope(order=array("Q", [digest(f"t{i}") for i in range(count)]))
+    tracemalloc.start()
+    try:
+        seen = sum(1 for _ in entries(tmp_path, scope))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert seen == count
+    assert peak < 40 * count, f"{peak / count:.0f} bytes a line"
