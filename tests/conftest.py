@@ -176,4 +176,12 @@ class Run:
         self.process.wait(30)
 
 
-from tests.s3_server import s3, s3_endpoint  # noqa: E402, F401  (fixtures: a moto S3 on loopback)
+from tests.azure_server import azure, azure_endpoint  # noqa: E402, F401  (fixtures: Azurite on loopback)
+from tests.s3_server import S3, s3, s3_endpoint  # noqa: E402, F401  (fixtures: a moto S3 on loopback)
+
+
+@pytest.fixture(params=["s3", "az"])
+def store(request: pytest.FixtureRequest) -> S3:
+    """An object store of the test's own, each kind supported: S3 (moto), then Azure Blob (Azurite)."""
+    found: S3 = request.getfixturevalue("s3" if request.param == "s3" else "azure")
+    return found

@@ -89,7 +89,8 @@ def add_submit(commands: Commands) -> argparse.ArgumentParser:
         type=output_location,
         metavar="DIR",
         help="the batch's directory, on a folder every worker mounts at the same path; or s3://bucket/prefix "
-        "(each worker then runs a shard in a local temporary folder, mirrored into the store)",
+        "or az://container/prefix (each worker then runs a shard in a local temporary folder, mirrored into "
+        "the store)",
     )
     submit.add_argument(
         "--resume",

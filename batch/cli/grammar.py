@@ -111,6 +111,8 @@ environment:
                   submit and worker
   AWS_*           an s3:// output's credentials and region, read by s3fs (as by the aws command);
                   AWS_ENDPOINT_URL for a store that is not AWS's (MinIO, Ceph...)
+  AZURE_STORAGE_* an az:// output's account and credentials, read by adlfs
+                  (AZURE_STORAGE_CONNECTION_STRING, or _ACCOUNT_NAME with _ACCOUNT_KEY or _SAS_TOKEN)
 """
 
 
@@ -163,6 +165,9 @@ class Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
         kwargs.setdefault("prog", f"{self._prog_prefix} {name}")
         parser: argparse.ArgumentParser = self._parser_class(**kwargs)
         return parser
+
+
+READ_DIR = "a run's DIR, or its store's URL (s3://bucket/prefix, az://container/prefix)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,7 +226,7 @@ def _add_status(commands: Commands) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=READ_EXIT_CODES,
     )
-    status.add_argument("out", type=output_location, metavar="DIR", help="a run's DIR, or its s3:// URL")
+    status.add_argument("out", type=output_location, metavar="DIR", help=READ_DIR)
     status.add_argument("--json", action="store_true", help="as JSON")
     add_scope(status)
     status.add_argument(
@@ -244,7 +249,7 @@ def _add_report(commands: Commands) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=READ_EXIT_CODES,
     )
-    report.add_argument("out", type=output_location, metavar="DIR", help="a run's DIR, or its s3:// URL")
+    report.add_argument("out", type=output_location, metavar="DIR", help=READ_DIR)
     report.add_argument("--json", action="store_true", help="as JSON")
     add_scope(report)
     add_prices(
@@ -265,7 +270,7 @@ def _add_export(commands: Commands) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXPORT_EXIT_CODES,
     )
-    export.add_argument("out", type=output_location, metavar="DIR", help="a run's DIR, or its s3:// URL")
+    export.add_argument("out", type=output_location, metavar="DIR", help=READ_DIR)
     export.add_argument(
         "--format",
         choices=("csv", "jsonl", "openai", "sqlite"),
@@ -310,7 +315,7 @@ def _add_gallery(commands: Commands) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=GALLERY_EXIT_CODES,
     )
-    gallery.add_argument("out", type=output_location, metavar="DIR", help="a run's DIR, or its s3:// URL")
+    gallery.add_argument("out", type=output_location, metavar="DIR", help=READ_DIR)
     add_scope(gallery)
     return gallery
 
@@ -328,7 +333,7 @@ def _add_retry_failed(commands: Commands) -> argparse.ArgumentParser:
             "bad command-line usage", "bad command-line usage, or DIR has no run to repeat"
         ),
     )
-    retry.add_argument("out", type=output_location, metavar="DIR", help="a run's DIR, or its s3:// URL")
+    retry.add_argument("out", type=output_location, metavar="DIR", help=READ_DIR)
     retry.add_argument("extra", nargs=argparse.REMAINDER, metavar="RUN-FLAGS", help="added to the command")
     return retry
 
@@ -368,9 +373,9 @@ def _add_run(commands: Commands) -> argparse.ArgumentParser:
         required=True,
         metavar="DIR",
         help="output directory (or file:///path): results.jsonl, usage.jsonl, images/, index.html; or "
-        "s3://bucket/prefix "
-        "(pip install 'maas-batch[cloud]'; the run works in a local staging folder, see --stage, and "
-        "saves into the store as it goes)",
+        "s3://bucket/prefix (pip install 'maas-batch[cloud]') or az://container/prefix "
+        "('maas-batch[azure]'): the run works in a local staging folder, see --stage, and saves into the "
+        "store as it goes",
     )
     run.add_argument(
         "--stage",

@@ -58,8 +58,15 @@ from batch.running.records import AttemptRecord, attempt_log_line, finished_entr
 
 log = logging.getLogger("batch.output.remote")
 
-PROTOCOLS = ("s3", "s3a")  # create-only writes (If-None-Match) are known to hold there
-EXTRA = "pip install 'maas-batch[cloud]'"
+# The stores supported, where create-only writes are known to hold: protocol -> (the fsspec package that
+# speaks it, the extra that installs it). s3fs sends `If-None-Match: *` (tested against moto); adlfs asks the
+# Blob service for `overwrite=False`, the same header (tested against Azurite, Microsoft's emulator).
+BACKENDS = {
+    "s3": ("s3fs", "cloud"),
+    "s3a": ("s3fs", "cloud"),
+    "az": ("adlfs", "azure"),
+    "abfs": ("adlfs", "azure"),
+}
 # journal in DIR -> its folder of segments in the store, in the order a push uploads them
 SEGMENTS = {RETRIED: "retried", USAGE: "usage", RESULTS: "results"}
 READERS = 16  # objects fetched at once when a DIR is assembled from the store
@@ -215,23 +222,34 @@ def _segment_run(name: str) -> str:
 
 
 def open_store(url: str) -> Store:
-    """The store at `url`; a usage error (exit 64) for a protocol not supported or a missing extra.
-    Credentials and the endpoint are s3fs's own (AWS_* environment, ~/.aws; AWS_ENDPOINT_URL)."""
+    """The store at `url`; a usage error (exit 64) for a protocol not supported, a missing extra or an
+    account not named. Credentials and the endpoint are the fsspec package's own: s3fs's (AWS_*
+    environment, ~/.aws; AWS_ENDPOINT_URL), adlfs's (AZURE_STORAGE_CONNECTION_STRING, or
+    AZURE_STORAGE_ACCOUNT_NAME with a key, a SAS token or an identity)."""
     protocol, _, rest = url.partition("://")
-    if protocol not in PROTOCOLS:
+    backend = BACKENDS.get(protocol)
+    if backend is None:
         raise UsageError(
-            f"{url}: outputs go to a local directory or to s3://bucket/prefix "
+            f"{url}: outputs go to a local directory, to s3://bucket/prefix or to az://container/prefix "
             f"({protocol}:// is not supported)"
         )
+    package, extra = backend
     root = rest.strip("/")
     if not root:
-        raise UsageError(f"{url}: name a bucket (s3://bucket/prefix)")
+        raise UsageError(f"{url}: name a bucket or container ({protocol}://bucket/prefix)")
     try:
         import fsspec
 
         fs = fsspec.filesystem(protocol)
     except ImportError as exc:
-        raise UsageError(f"--out {url} needs fsspec and s3fs: {EXTRA}") from exc
+        raise UsageError(
+            f"--out {url} needs fsspec and {package}: pip install 'maas-batch[{extra}]'"
+        ) from exc
+    except ValueError as exc:  # adlfs, with no account named
+        raise UsageError(
+            f"{url}: {exc} (set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_NAME with "
+            "AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_TOKEN or an identity)"
+        ) from exc
     return Store(url, fs, root)
 
 

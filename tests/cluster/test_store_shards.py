@@ -22,8 +22,9 @@ pytestmark = pytest.mark.timeout(90)
 
 
 def test_a_worker_runs_a_batch_into_the_store(
-    write: Callable[..., Path], tmp_path: Path, cli: Callable[..., Outcome], redis_url: str, s3: S3
+    write: Callable[..., Path], tmp_path: Path, cli: Callable[..., Outcome], redis_url: str, store: S3
 ) -> None:
+    s3 = store  # S3 (moto), then Azure Blob (Azurite)
     with simulator_in_thread(SimConfig(api_key=KEY, latency=0.05)) as sim:
         submit(cli, manifest(write), s3.url, redis_url, sim, "--concurrency", "2")  # type: ignore[arg-type]
         again = cli(

@@ -36,8 +36,9 @@ def manifest(write: Callable[..., Path]) -> Path:
 
 
 def test_killed_mid_run_then_resumed_each_task_once_duplicates_accounted(
-    manifest: Path, s3: S3, cli: Callable[..., Outcome]
+    manifest: Path, store: S3, cli: Callable[..., Outcome]
 ) -> None:
+    s3 = store  # S3 (moto), then Azure Blob (Azurite)
     with simulator_in_thread(SimConfig(api_key=KEY, latency=0.3)) as sim:
         state = sim.state
         killed = Run(manifest, s3.url, sim, "--concurrency", "3")

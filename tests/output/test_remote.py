@@ -23,8 +23,9 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def test_an_image_the_store_holds_is_never_overwritten(
-    write: Callable[..., Path], sim: RunningSimulator, s3: S3, cli: Callable[..., Outcome]
+    write: Callable[..., Path], sim: RunningSimulator, store: S3, cli: Callable[..., Outcome]
 ) -> None:
+    s3 = store  # S3 (moto), then Azure Blob (Azurite)
     # a worker that died saved t0's image but not its result line
     s3.fs.pipe_file(f"{s3.bucket}/out/images/t0.png", b"a dead worker's bytes")
     manifest = write(
@@ -309,12 +310,12 @@ def test_an_upload_that_landed_though_it_failed_is_not_written_twice(tmp_path: P
 
 
 def test_merging_a_runs_segments_keeps_every_line_once_and_removes_them_a_merge_later(
-    s3: S3, tmp_path: Path
+    store: S3, tmp_path: Path
 ) -> None:
-    store = open_store(s3.url)
+    s3, opened = store, open_store(store.url)  # S3 (moto), then Azure Blob (Azurite)
     stage = tmp_path / "stage"
-    pull(store, stage)
-    mirror = Mirror(store, stage, "20260101T000000Z-aaaaaa")
+    pull(opened, stage)
+    mirror = Mirror(opened, stage, "20260101T000000Z-aaaaaa")
     mirror.log_path.parent.mkdir(exist_ok=True)
 
     def save(task_id: str) -> None:  # a task's lines, each push a segment in each folder
@@ -328,7 +329,7 @@ def test_merging_a_runs_segments_keeps_every_line_once_and_removes_them_a_merge_
 
     def view() -> tuple[list[str], list[str], int]:
         folder = tmp_path / f"view-{secrets.token_hex(3)}"
-        pull(store, folder)
+        pull(opened, folder)
         results = [json.loads(line)["id"] for line in (folder / RESULTS).read_text().splitlines()]
         usage = [json.loads(line)["id"] for line in (folder / USAGE).read_text().splitlines()]
         [log] = (folder / "runs").glob("*.jsonl")
