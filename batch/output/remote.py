@@ -184,7 +184,18 @@ class Store:
 
     def _error(self, verb: str, name: str, exc: Exception) -> OutputError:
         where = f"{self.url.rstrip('/')}/{name}" if name else self.url
-        return OutputError(f"cannot {verb} {where}: {type(exc).__name__}: {exc}")
+        return OutputError(f"cannot {verb} {where}: {type(exc).__name__}: {_without_secrets(str(exc))}")
+
+
+# a store's credentials as its errors could quote them: a SAS token's signature in a URL, an account key
+# or a signature in a connection string or a header
+_SECRETS = re.compile(
+    r"(?i)\b(sig|signature|accountkey|sharedaccesssignature|x-amz-security-token)=" r"[^&;\s'\"]+"
+)
+
+
+def _without_secrets(text: str) -> str:
+    return _SECRETS.sub(lambda found: f"{found[1]}=(withheld)", text)
 
 
 class StoreChanged(OutputError):

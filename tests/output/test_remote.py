@@ -433,3 +433,14 @@ def test_a_merge_keeps_the_lines_as_the_store_holds_them_where_a_file_was_rename
     assert b"images/a.20260101T000000Z-aaaaaa.png" in stored  # not the staging file's bytes
     mirror.merge(final=True)
     assert list(s3.objects("results").values()) == [stored]
+
+
+def test_a_stores_error_quotes_no_credential() -> None:
+    """An Azure error can quote a SAS URL or a connection string: its signature and key are withheld."""
+    failure = Exception(
+        "GET https://acct.blob.core.windows.net/c/out/x?sv=2024-08-04&sig=SIGNED%2Bsecret&se=2026 failed; "
+        "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=KEYsecret==;EndpointSuffix=core.windows.net"
+    )
+    message = str(Store("az://c/out", None, "c/out")._error("read", "x", failure))
+    assert "secret" not in message
+    assert "sig=(withheld)" in message and "AccountKey=(withheld)" in message and "az://c/out/x" in message
