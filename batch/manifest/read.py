@@ -8,12 +8,12 @@ manifest of a million lines is never held in memory.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batch import codec
 from batch.errors import ManifestError, Problem, shorten
 from batch.manifest.fields import type_name, unknown_field_message
 from batch.manifest.ids import safe_id
@@ -243,7 +243,7 @@ def _jsonl_entries(
             if not text or text.startswith(b"//"):
                 continue
             try:
-                item = json.loads(text)
+                item = codec.loads(text)
             except (ValueError, UnicodeDecodeError) as exc:
                 yield Problem(name, number, f"not valid JSON: {exc}")
                 index += 1

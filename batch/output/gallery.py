@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import io
 import itertools
-import json
 import logging
 import os
 import queue
@@ -35,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from batch import codec
 from batch.errors import OutputError
 from batch.events import Event, TaskFinished
 from batch.output.files import real_folder, write_atomic, write_atomic_chunks
@@ -412,7 +412,7 @@ def _page(root: Path, scope: Scope, made: set[str], title: str | None = None) ->
 def _json(value: Any) -> bytes:
     """JSON for inside the page's script: "<" only occurs inside JSON strings, where \\u003c means the
     same, so no prompt can end the script."""
-    return json.dumps(value, ensure_ascii=False).replace("<", "\\u003c").encode()
+    return codec.dumps(value).replace(b"<", b"\\u003c")
 
 
 class Rebuilder:

@@ -37,6 +37,7 @@ from typing import Any, BinaryIO
 
 import anyio
 
+from batch import codec
 from batch.errors import OutputError
 from batch.output.files import (
     TMP_SUFFIX,
@@ -144,8 +145,8 @@ def _whole_lines(path: Path) -> Iterator[bytes]:
 def parse_record(raw: bytes) -> dict[str, Any] | None:
     """The record of one JSONL line, None if it is not a JSON object."""
     try:
-        record = json.loads(raw)
-    except ValueError:
+        record = codec.loads(raw)
+    except (ValueError, RecursionError):
         return None
     return record if isinstance(record, dict) else None
 
@@ -160,11 +161,17 @@ def read_lines(path: Path) -> Iterator[dict[str, Any]]:
 
 def read_lines_with_offsets(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(byte offset, record) of each line of a JSONL file, as `read_lines` reads them."""
-    offset = 0
-    for raw in _whole_lines(path):
+    for offset, raw in whole_lines_with_offsets(path):
         record = parse_record(raw)
         if record is not None:
             yield offset, record
+
+
+def whole_lines_with_offsets(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(byte offset, bytes) of each complete line of a file, unparsed; none if it does not exist."""
+    offset = 0
+    for raw in _whole_lines(path):
+        yield offset, raw
         offset += len(raw)
 
 

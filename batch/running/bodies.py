@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 
+from batch import codec
 from batch.errors import BrokenAnswerError
 
 ERROR_BODY_LIMIT = 64 * 2**10
@@ -131,8 +132,8 @@ async def inflated(pieces: AsyncIterator[bytes], inflater: Inflater, raw: bytear
 async def decode_json(raw: bytes, content_type: str) -> Any:
     try:
         if len(raw) > THREAD_DECODE_BYTES:
-            return await anyio.to_thread.run_sync(json.loads, raw)
-        return json.loads(raw)
+            return await anyio.to_thread.run_sync(codec.loads, raw)
+        return codec.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         # Not an answer of the API's (a gateway's page, a body cut short): the request goes again.
         raise BrokenAnswerError(

@@ -7,7 +7,6 @@ only and inflates them there), and the API key scrubbed out of every byte and he
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import anyio
 
-from batch import __version__
+from batch import __version__, codec
 from batch.defaults import DEFAULT_BASE_URL, DEFAULT_MAX_BODY, DEFAULT_TIMEOUT
 from batch.errors import ApiStatusError, BrokenAnswerError, ConfigError, TransportError
 from batch.kind import ApiRequest
@@ -42,7 +41,6 @@ from batch.running.routes import DIRECT, LOOPBACK_HOSTS, Route, env_route
 REQUEST_ID_HEADER = "X-Client-Request-Id"
 SERVER_REQUEST_ID_HEADER = "x-request-id"
 DOWNLOAD_REDIRECTS = 5
-_encode = json.JSONEncoder(ensure_ascii=False).encode  # built once, not per request
 
 
 @dataclass(frozen=True)
@@ -148,7 +146,7 @@ class ApiClient:
             for part in request.form:
                 data.add_field(part.name, part.value, filename=part.filename, content_type=part.content_type)
         else:
-            data = _encode(request.json).encode()
+            data = codec.dumps(request.json)
             headers["Content-Type"] = "application/json"
         if request.stream:
             headers["Accept"] = "text/event-stream"
@@ -270,7 +268,7 @@ class ApiClient:
             if data == b"[DONE]":
                 return chunks, self.scrub.bytes(bytes(raw)), True
             try:
-                chunk = json.loads(data)
+                chunk = codec.loads(data)
             except (ValueError, UnicodeDecodeError, RecursionError):
                 raise BrokenAnswerError(
                     f"a stream event is not JSON: {snippet(data)}",

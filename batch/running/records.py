@@ -9,7 +9,6 @@ Pure: the files are read and written by output.store.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from batch import codec
 from batch.kind import TokenCounts
 
 ID_PREFIX = b'{"id": "'
@@ -426,8 +426,8 @@ def finished_entry(raw: bytes) -> tuple[str, bool] | None:
             value = status + len(STATUS_MARK)
             return raw[len(ID_PREFIX) : end].decode(), raw.startswith(b'failed"', value)
     try:
-        line = json.loads(raw)
-    except ValueError:
+        line = codec.loads(raw)
+    except (ValueError, RecursionError):
         return None
     if not isinstance(line, dict) or not isinstance(line.get("id"), str):
         return None
