@@ -30,6 +30,7 @@ from batch.manifest.tasks import TaskSpec
 from batch.output import gallery
 from batch.output.format import remember as remember_format
 from batch.output.runlog import RunLog, recover
+from batch.output.scope import scope_of
 from batch.output.store import OutputDir, finished_results, retried_ids
 from batch.running.budget import ledger_spent
 from batch.running.client import ApiClient, ClientConfig
@@ -143,8 +144,10 @@ class Job:
         return self.config.gallery and self.config.store is None
 
     def _build_gallery(self) -> None:
+        """The page at the run's end: the tasks of the last run's manifest, as `maas-batch gallery DIR`
+        would show them, their order the run's own plan's where DIR remembered that plan (no copy)."""
         try:
-            gallery.build(self.out.root)
+            gallery.build(self.out.root, scope_of(self.out.root, order=self.checked.plan.order))
         except (OSError, ValueError, OutputError) as exc:  # the page is a view: it must not fail the run
             log.warning("could not write the gallery: %s", exc)
 
@@ -299,7 +302,11 @@ class Job:
                 if self._stop is not None:
                     self.runner.stop(*self._stop)
                 # the page rebuilt every minute or so during the run, in a thread of its own
-                rebuilder = gallery.Rebuilder(self.out.root) if self._local_gallery else None
+                rebuilder = (
+                    gallery.Rebuilder(self.out.root, order=checked.plan.order)
+                    if self._local_gallery
+                    else None
+                )
                 try:
                     summary = await self._run_mirrored(self.runner)
                 finally:
