@@ -299,6 +299,7 @@ class Job:
                     observers=self.observers,
                     shared=shared,
                 )
+                del tasks  # the runner's alone: it lets go of the walk when its dispatch is over
                 if self._stop is not None:
                     self.runner.stop(*self._stop)
                 # the page rebuilt every minute or so during the run, in a thread of its own
@@ -312,6 +313,7 @@ class Job:
                 finally:
                     if rebuilder is not None:
                         rebuilder.stop()
+            start = self._dispatched(start)
             if rebuilder is not None:
                 await anyio.to_thread.run_sync(rebuilder.close)  # its last build before the final one
                 await anyio.to_thread.run_sync(self._build_gallery)
@@ -328,6 +330,14 @@ class Job:
                     await self._last_push(summary)
                 if summary is not None and self.config.gallery and self.mirror.complete:
                     await anyio.to_thread.run_sync(self._build_gallery_in_store)
+
+    def _dispatched(self, start: RunStart) -> RunStart:
+        """What the run keeps once its dispatch is over, for its page and its log's last line: neither the
+        ids it passed over (`start.finished`, 8 bytes a task finished before) nor the plan's id set (8
+        bytes a task; made again from the plan's order if a later job of this manifest asks for it, as a
+        worker's next shard does). Nothing after the dispatch reads them."""
+        self.checked.plan.release_ids()
+        return dataclasses.replace(start, finished=IdSet(), skip=None)
 
     async def _mirror(self, start: RunStart) -> None:
         """Mirror DIR into the store from now on: the id scheme once, and every line of this run's
