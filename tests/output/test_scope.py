@@ -120,7 +120,7 @@ def test_entries_come_in_manifest_order_the_last_line_of_a_task_then_the_orphane
 
 def test_entries_hold_a_few_bytes_a_result_line_not_a_dict_entry(tmp_path: Path) -> None:
     """A run of a million tasks writes its page through entries(): a dict of offsets was ~120 bytes a
-    line there (120 MB); idset.LineOffsets holds 16."""
+    line there (120 MB); idset.LineOffsets holds 12."""
     count = 20_000
     with (tmp_path / "results.jsonl").open("w") as results:
         for i in range(count):
