@@ -32,13 +32,31 @@ class Plan:
     problems: list[Problem] = field(default_factory=list)
     repeats: Counter[Problem] = field(default_factory=Counter)  # same problem again in more tasks
     dropped: int = 0  # problems past KEEP_PROBLEMS
-    ids: IdSet = field(default_factory=IdSet)  # every task id, 8 bytes each
-    order: array[int] = field(default_factory=lambda: array("Q"))  # the same digests, in manifest order
+    order: array[int] = field(default_factory=lambda: array("Q"))  # every task's id digest, in manifest order
     # estimated tokens per (kind, model): [input, image input, output]
     estimates: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     # an entry's first task every MARK_EVERY tasks or more, in order: a shard's walk starts at the last
     # mark before it rather than at the manifest's start (empty for a remembered plan: walk from the start)
     marks: list[Mark] = field(default_factory=list)
+    _ids: IdSet | None = field(default_factory=IdSet, init=False, repr=False, compare=False)
+
+    @property
+    def ids(self) -> IdSet:
+        """Every task id, 8 bytes each (and those of tasks with problems); made again from `order` when
+        asked for after `release_ids`."""
+        if self._ids is None:
+            ids = IdSet()
+            for key in self.order:
+                ids.add_digest(key)
+            ids.freeze()
+            self._ids = ids
+        return self._ids
+
+    def release_ids(self) -> None:
+        """Let go of the id set (8 bytes a task) until it is asked for again: a run's end reads it no
+        more. Only a valid plan's: its ids are its order's digests, so that they can be made again."""
+        if self.ok:
+            self._ids = None
 
     def mark_before(self, position: int) -> Mark | None:
         """The last mark at or before `position`, if any."""

@@ -17,13 +17,13 @@ import hashlib
 import json
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from batch import __version__
-from batch.output.files import real_folder, write_atomic
+from batch.output.files import WRITE_SIZE, real_folder, write_atomic, write_atomic_chunks
 
 FOLDER = ".cache"
 PLAN = "plan.json"
@@ -106,8 +106,7 @@ def save(
 ) -> None:
     """Remember a valid plan (call while holding DIR's lock). OutputError if `folder` is a link."""
     real_folder(folder)
-    ids = order.tobytes()
-    write_atomic(folder / IDS, ids)
+    write_atomic_chunks(folder / IDS, _blocks(order))
     document = {
         "key": plan_key,
         "files": sources.files,
@@ -116,9 +115,17 @@ def save(
         "estimates": [[*k, *v] for k, v in estimates.items()],
         "total": total,
         "counts": [[*k, n] for k, n in counts.items()],
-        "ids_sha256": hashlib.sha256(ids).hexdigest(),
+        "ids_sha256": hashlib.sha256(order).hexdigest(),  # of the bytes order.tobytes() would give
     }
     write_atomic(folder / PLAN, json.dumps(document).encode())
+
+
+def _blocks(order: array[int]) -> Iterator[bytes]:
+    """The digests' bytes, as order.tobytes() gives them, a megabyte at a time: a million tasks' plan is
+    saved without a whole copy of them (8 MB) beside the order."""
+    with memoryview(order) as view, view.cast("B") as raw:
+        for at in range(0, len(raw), WRITE_SIZE):
+            yield bytes(raw[at : at + WRITE_SIZE])
 
 
 def load(folder: Path, plan_key: Mapping[str, Any]) -> CachedPlan | None:

@@ -44,6 +44,8 @@ from batch.running.idset import IdSet
 from batch.running.records import ResultRecord, finished_entry
 
 if TYPE_CHECKING:
+    from array import array
+
     from batch.output.remote import Store
 
 log = logging.getLogger("batch.output.gallery")
@@ -420,8 +422,9 @@ class Rebuilder:
     never on the event loop: every `every` seconds when results.jsonl grew, and less often for a page
     that takes long to build (at most a tenth of the thread's time)."""
 
-    def __init__(self, root: Path, every: float | None = None) -> None:
+    def __init__(self, root: Path, every: float | None = None, order: array[int] | None = None) -> None:
         self.root = root
+        self.order = order  # the run's plan's digests: see scope_of
         self.every = REBUILD_EVERY if every is None else every
         self.builds = 0
         self._stopping = threading.Event()
@@ -451,7 +454,7 @@ class Rebuilder:
                 continue
             started = time.monotonic()
             try:
-                build(self.root, make_missing=False)
+                build(self.root, scope_of(self.root, order=self.order), make_missing=False)
             except Exception as exc:  # a view: it must never fail the run
                 log.debug("could not rebuild the gallery: %s", exc)
             else:

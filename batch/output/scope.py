@@ -19,6 +19,7 @@ import functools
 import itertools
 import json
 import logging
+import os
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -116,10 +117,18 @@ class Scope:
             return None
 
 
-def scope_of(root: Path, manifest: Path | None = None, *, include_orphaned: bool = False) -> Scope:
+def scope_of(
+    root: Path,
+    manifest: Path | None = None,
+    *,
+    include_orphaned: bool = False,
+    order: array[int] | None = None,
+) -> Scope:
     """The scope of a report on DIR: `manifest` (--manifest) if given, else the last run's manifest.
-    A --manifest that is not valid raises ManifestError (exit 65), as `validate` would."""
-    remembered = _remembered(root)
+    A --manifest that is not valid raises ManifestError (exit 65), as `validate` would. `order`: digests
+    the caller holds already (a run's plan, for its page): where the last run's remembered digests are
+    the same, the scope takes them rather than a second copy read from DIR/.cache/plan.ids."""
+    remembered = _remembered(root, order if manifest is None else None)
     if manifest is not None:
         settings = dict(remembered.settings)
         if remembered.manifest_path is None or manifest.resolve() != remembered.manifest_path:
@@ -137,16 +146,16 @@ def scope_of(root: Path, manifest: Path | None = None, *, include_orphaned: bool
     return remembered
 
 
-def _remembered(root: Path) -> Scope:
-    """The manifest of the last run, from the plan it remembered, if that run was the plan's."""
+def _remembered(root: Path, known: array[int] | None = None) -> Scope:
+    """The manifest of the last run, from the plan it remembered, if that run was the plan's; its
+    digests are `known` where the file holds the same ones."""
     start = _last_start(root / RUNS)
     tasks = start.get("tasks") if isinstance(start.get("tasks"), int) else None
     folder = root / plancache.FOLDER
     try:
         document = json.loads((folder / plancache.PLAN).read_bytes())
         key = document["key"]
-        order: array[int] = array("Q")
-        order.frombytes((folder / plancache.IDS).read_bytes())
+        order = _digests(folder / plancache.IDS, known)
         path = Path(str(key["manifest"]))
         settings = dict(key["settings"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -165,6 +174,29 @@ def _remembered(root: Path) -> Scope:
         settings=settings,
         cache=folder,
     )
+
+
+def _digests(path: Path, known: array[int] | None) -> array[int]:
+    """The digests in `path` (DIR/.cache/plan.ids): `known` itself if the file holds exactly its bytes,
+    compared a block at a time so that no second copy is held (8 bytes a task); else the file's."""
+    if known is not None and _holds(path, known):
+        return known
+    order: array[int] = array("Q")
+    order.frombytes(path.read_bytes())
+    return order
+
+
+def _holds(path: Path, known: array[int]) -> bool:
+    """Whether the file's bytes are `known`'s, as `known.tobytes()` would give them."""
+    with memoryview(known) as view, view.cast("B") as expected, path.open("rb") as handle:
+        if os.fstat(handle.fileno()).st_size != len(expected):
+            return False
+        at = 0
+        while block := handle.read(1 << 16):
+            if block != expected[at : at + len(block)]:
+                return False
+            at += len(block)
+        return at == len(expected)
 
 
 def _last_start(folder: Path) -> dict[str, Any]:

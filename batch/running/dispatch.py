@@ -187,6 +187,8 @@ class Runner:
         summary.seconds = time.monotonic() - started
         summary.loop_lag_p99_ms = round(lag.percentile(0.99) * 1000, 1)
         summary.concurrency = self._limits.snapshot()
+        # the dispatch is over: its walk of the manifest and the ids it passed over are not read again
+        self._tasks, self._finished = iter(()), IdSet()
         return summary
 
     async def _dispatch(

@@ -1,5 +1,5 @@
 """A compact set of task ids: 64-bit digests in sorted arrays, 8 bytes per id; and a compact map of ids
-to the byte offsets of their lines in a JSONL file, 16 bytes per id.
+to the byte offsets of their lines in a JSONL file, 12 bytes per id (16 for a file past 4 GiB).
 
 A run that resumes a million finished tasks holds 8 MB for them instead of a Python set's ~100 MB. The
 digests are split into 256 buckets by their top byte, so that sorting never needs more than one small
@@ -71,31 +71,44 @@ class IdSet:
         return found
 
 
-_TAKEN = 2**64 - 1  # the offset of a digest that LineOffsets.pop has handed out
+_TAKEN = 2**64 - 1  # the offset of a digest that LineOffsets.pop has handed out (8-byte offsets)
+_NARROW_TAKEN = 2 ** (8 * array("I").itemsize) - 1  # the same, while the offsets are 4 bytes
 
 
 class LineOffsets:
     """The byte offset of the last line of each id digest in a JSONL file, held as a dict would hold
-    them (add, pop, what is left) in 16 bytes a line instead of a dict's ~120: a million result lines
-    are 16 MB here, not 120. Add every line first, in file order; then look up."""
+    them (add, pop, what is left) in 12 bytes a line instead of a dict's ~120: a million result lines
+    are 12 MB here, not 120. The offsets take 4 bytes each until one does not fit (a file past 4 GiB),
+    then 8. Add every line first, in file order; then look up."""
 
     def __init__(self) -> None:
         self._keys = [array("Q") for _ in range(_BUCKETS)]
-        self._offsets = [array("Q") for _ in range(_BUCKETS)]
+        self._offsets = [array("I") for _ in range(_BUCKETS)]
+        self._taken = _NARROW_TAKEN  # the offset of a line handed out: one no offset of these can be
         self._unsorted: set[int] = set()
 
     def add(self, key: int, offset: int) -> None:
         """The line of digest `key` at `offset`; a later line of the same digest replaces it."""
+        if offset >= self._taken:
+            self._widen()
         bucket = key >> 56
         self._keys[bucket].append(key)
         self._offsets[bucket].append(offset)
         self._unsorted.add(bucket)
 
+    def _widen(self) -> None:
+        """8-byte offsets from now on, the ones held so far too."""
+        taken = self._taken
+        self._offsets = [
+            array("Q", (_TAKEN if o == taken else o for o in offsets)) for offsets in self._offsets
+        ]
+        self._taken = _TAKEN
+
     def _sort(self) -> None:
         """Each bucket added to, sorted by digest, keeping the last line of a digest added twice (the
         largest offset: lines come in file order)."""
         for bucket in self._unsorted:
-            keys, offsets = array("Q"), array("Q")
+            keys, offsets = array("Q"), array(self._offsets[bucket].typecode)
             pairs = sorted(zip(self._keys[bucket], self._offsets[bucket], strict=True))
             for at, (key, offset) in enumerate(pairs):
                 if at + 1 < len(pairs) and pairs[at + 1][0] == key:
@@ -111,7 +124,7 @@ class LineOffsets:
             self._sort()
         keys = self._keys[key >> 56]
         at = bisect_left(keys, key)
-        return at < len(keys) and keys[at] == key and self._offsets[key >> 56][at] != _TAKEN
+        return at < len(keys) and keys[at] == key and self._offsets[key >> 56][at] != self._taken
 
     def pop(self, key: int) -> int | None:
         """The offset of `key`'s line, handed out once: None the next time, as for a digest not held."""
@@ -123,9 +136,9 @@ class LineOffsets:
             return None
         offsets = self._offsets[key >> 56]
         offset = offsets[at]
-        if offset == _TAKEN:
+        if offset == self._taken:
             return None
-        offsets[at] = _TAKEN
+        offsets[at] = self._taken
         return offset
 
     def __bool__(self) -> bool:
@@ -135,5 +148,6 @@ class LineOffsets:
     def left(self) -> Iterator[int]:
         """The offsets not popped, in file order."""
         self._sort()
-        each = (array("Q", sorted(o for o in offsets if o != _TAKEN)) for offsets in self._offsets)
+        taken = self._taken
+        each = (array("Q", sorted(o for o in offsets if o != taken)) for offsets in self._offsets)
         return heapq.merge(*each)

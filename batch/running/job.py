@@ -30,6 +30,7 @@ from batch.manifest.tasks import TaskSpec
 from batch.output import gallery
 from batch.output.format import remember as remember_format
 from batch.output.runlog import RunLog, recover
+from batch.output.scope import scope_of
 from batch.output.store import OutputDir, finished_results, retried_ids
 from batch.running.budget import ledger_spent
 from batch.running.client import ApiClient, ClientConfig
@@ -143,8 +144,10 @@ class Job:
         return self.config.gallery and self.config.store is None
 
     def _build_gallery(self) -> None:
+        """The page at the run's end: the tasks of the last run's manifest, as `maas-batch gallery DIR`
+        would show them, their order the run's own plan's where DIR remembered that plan (no copy)."""
         try:
-            gallery.build(self.out.root)
+            gallery.build(self.out.root, scope_of(self.out.root, order=self.checked.plan.order))
         except (OSError, ValueError, OutputError) as exc:  # the page is a view: it must not fail the run
             log.warning("could not write the gallery: %s", exc)
 
@@ -296,15 +299,21 @@ class Job:
                     observers=self.observers,
                     shared=shared,
                 )
+                del tasks  # the runner's alone: it lets go of the walk when its dispatch is over
                 if self._stop is not None:
                     self.runner.stop(*self._stop)
                 # the page rebuilt every minute or so during the run, in a thread of its own
-                rebuilder = gallery.Rebuilder(self.out.root) if self._local_gallery else None
+                rebuilder = (
+                    gallery.Rebuilder(self.out.root, order=checked.plan.order)
+                    if self._local_gallery
+                    else None
+                )
                 try:
                     summary = await self._run_mirrored(self.runner)
                 finally:
                     if rebuilder is not None:
                         rebuilder.stop()
+            start = self._dispatched(start)
             if rebuilder is not None:
                 await anyio.to_thread.run_sync(rebuilder.close)  # its last build before the final one
                 await anyio.to_thread.run_sync(self._build_gallery)
@@ -321,6 +330,14 @@ class Job:
                     await self._last_push(summary)
                 if summary is not None and self.config.gallery and self.mirror.complete:
                     await anyio.to_thread.run_sync(self._build_gallery_in_store)
+
+    def _dispatched(self, start: RunStart) -> RunStart:
+        """What the run keeps once its dispatch is over, for its page and its log's last line: neither the
+        ids it passed over (`start.finished`, 8 bytes a task finished before) nor the plan's id set (8
+        bytes a task; made again from the plan's order if a later job of this manifest asks for it, as a
+        worker's next shard does). Nothing after the dispatch reads them."""
+        self.checked.plan.release_ids()
+        return dataclasses.replace(start, finished=IdSet(), skip=None)
 
     async def _mirror(self, start: RunStart) -> None:
         """Mirror DIR into the store from now on: the id scheme once, and every line of this run's

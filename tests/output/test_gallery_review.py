@@ -139,11 +139,13 @@ def test_the_page_is_rebuilt_during_a_run_in_a_thread_of_its_own(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     builds: list[tuple[str, bool, int]] = []
+    orders: list[object] = []  # each build's digests
     real_build = gallery.build
 
     def recording(root: Path, scope: Any = None, *, make_missing: bool = True) -> Path:
         done = len((root / "results.jsonl").read_text().splitlines())
         builds.append((threading.current_thread().name, make_missing, done))
+        orders.append(None if scope is None else scope.order)
         return real_build(root, scope, make_missing=make_missing)
 
     monkeypatch.setattr(gallery, "build", recording)
@@ -158,6 +160,8 @@ def test_the_page_is_rebuilt_during_a_run_in_a_thread_of_its_own(
     assert during and all(not make_missing for _, make_missing, _ in during)
     assert any(done < 16 for _, _, done in during)  # built while tasks were still pending
     assert builds[-1][1:] == (True, 16) and builds[-1][0] != "maas-batch-gallery"  # then whole, at the end
+    # every build has the run's own digests, one array, rather than a copy read back from DIR each time
+    assert orders[0] is not None and all(order is orders[0] for order in orders)
 
 
 def test_the_rebuilder_builds_only_when_results_grew_and_stops(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ used (or --manifest); lines of tasks no longer in it are orphaned, counted apart
 from __future__ import annotations
 
 import json
+import re
 import tracemalloc
 from array import array
 from collections.abc import Callable
@@ -11,10 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from batch.manifest import plancache
+from batch.output import gallery
 from batch.output.scope import Scope, entries, scope_of
 from batch.running.idset import digest
-from tests.conftest import Outcome
+from batch.simulator import RunningSimulator
+from tests.conftest import Outcome, env_for
 from tests.output.conftest import SECOND
+from tests.output.test_gallery import page_data
 
 
 def test_status_counts_the_last_runs_manifest_and_agrees_with_its_exit_code(
@@ -116,7 +121,7 @@ def test_entries_come_in_manifest_order_the_last_line_of_a_task_then_the_orphane
 
 def test_entries_hold_a_few_bytes_a_result_line_not_a_dict_entry(tmp_path: Path) -> None:
     """A run of a million tasks writes its page through entries(): a dict of offsets was ~120 bytes a
-    line there (120 MB); idset.LineOffsets holds 16."""
+    line there (120 MB); idset.LineOffsets holds 12."""
     count = 20_000
     with (tmp_path / "results.jsonl").open("w") as results:
         for i in range(count):
@@ -130,3 +135,73 @@ def test_entries_hold_a_few_bytes_a_result_line_not_a_dict_entry(tmp_path: Path)
         tracemalloc.stop()
     assert seen == count
     assert peak < 40 * count, f"{peak / count:.0f} bytes a line"
+
+
+def test_a_scope_takes_the_digests_its_caller_holds_where_dir_remembered_the_same(
+    edited: Path, tmp_path: Path
+) -> None:
+    remembered = scope_of(edited)
+    assert remembered.order is not None
+    same = array("Q", remembered.order)
+    found = scope_of(edited, order=same)
+    assert found.order is same and found == remembered
+    # other digests than DIR's (a plan not remembered there): the scope is DIR's, as without them
+    other = array("Q", reversed(remembered.order))
+    found = scope_of(edited, order=other)
+    assert found.order is not other and found == remembered
+    assert scope_of(edited, order=array("Q", remembered.order[:-1])) == remembered
+    # --manifest: its own check's digests, whatever the caller holds
+    assert scope_of(edited, tmp_path / "first.yaml", order=same).order != same
+
+
+def test_a_scope_given_its_digests_reads_no_second_copy_of_them(tmp_path: Path) -> None:
+    """The page at a run's end takes the run's own digests: a copy read back from DIR/.cache/plan.ids
+    would be 8 bytes more a task at the run's peak (8 MB for a million tasks)."""
+    count = 100_000
+    order = array("Q", (digest(f"t{i}") for i in range(count)))
+    folder = tmp_path / plancache.FOLDER
+    folder.mkdir()
+    (folder / plancache.IDS).write_bytes(order.tobytes())
+    document = {"key": {"manifest": str(tmp_path / "job.yaml"), "settings": {}}, "total": count}
+    (folder / plancache.PLAN).write_text(json.dumps(document))
+    tracemalloc.start()
+    try:
+        scope = scope_of(tmp_path, order=order)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert scope.order is order
+    assert peak < 2 * count, f"{peak / count:.1f} bytes a task"
+
+
+def _unbuilt(page: str) -> str:
+    """A page without the moment it was built."""
+    built = re.compile(r'"built": ?"[^"]*"')
+    assert built.search(page), "the page says when it was built"
+    return built.sub('"built": ""', page)
+
+
+def test_the_page_at_a_runs_end_has_the_runs_digests_not_a_copy_read_back(
+    cli: Callable[..., Outcome],
+    sim: RunningSimulator,
+    write: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    read_bytes = Path.read_bytes
+    copies: list[Path] = []
+
+    def spied(path: Path) -> bytes:
+        if path.name == plancache.IDS:
+            copies.append(path)
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", spied)
+    out = tmp_path / "out"
+    assert cli("run", write(SECOND, "second.yaml"), "--out", out, env=env_for(sim)).code == 0
+    assert copies == []
+    page = (out / gallery.PAGE).read_text()
+    assert page_data(out / gallery.PAGE)["tasks"] == 4
+    gallery.build(out)  # as `maas-batch gallery DIR` builds it: from the digests DIR remembered
+    assert copies == [out / plancache.FOLDER / plancache.IDS]
+    assert _unbuilt((out / gallery.PAGE).read_text()) == _unbuilt(page)
