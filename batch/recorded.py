@@ -90,7 +90,7 @@ def results(
 
 def in_manifest_order(checked: CheckedManifest, root: Path, *, failed: bool = True) -> Iterator[Result]:
     """The recorded results of a valid manifest's tasks, in its order (`failed`: the failed ones too).
-    Holds an offset per line (16 bytes, idset.LineOffsets), not the lines."""
+    Holds an offset per line (12 bytes, idset.LineOffsets), not the lines."""
     path = root / RESULTS
     where = LineOffsets()
     for offset, record in read_lines_with_offsets(path):

@@ -274,7 +274,7 @@ def entries(root: Path, scope: Scope) -> Iterator[Entry]:
     include_orphaned) the orphaned lines in file order; pending tasks too when some are pending and the
     manifest can be expanded (only then is it read: a finished run's order comes from the digests).
     Without: the result lines in file order, orphaned ones only with include_orphaned. One line is held
-    at a time, and the byte offset of each result line (16 bytes a line, idset.LineOffsets).
+    at a time, and the byte offset of each result line (12 bytes a line, idset.LineOffsets).
 
     A sharded batch (`scope.parts`) is read part by part, in manifest order, then (with include_orphaned)
     each part's orphaned lines; the manifest, if it must be expanded, once; the files of its result lines
@@ -330,7 +330,7 @@ def _entries_in(
         for _, line in read_lines_with_offsets(path):
             yield Entry(record(line), None)
         return
-    offsets = LineOffsets()  # 16 bytes a line; a dict's ~120 were most of a large run's peak memory
+    offsets = LineOffsets()  # 12 bytes a line; a dict's ~120 were most of a large run's peak memory
     for offset, raw in whole_lines_with_offsets(path):
         result = finished_entry(raw)  # the id read without parsing the line, as the checkpoint reads it
         if result is not None:
