@@ -4,6 +4,7 @@ time: what a change to the per-task path bought, when the machine is too noisy f
     python bench/cpu_ab.py 9f75b3b HEAD            # two commits: 5,000 chat tasks, C=64, L=0.2 s, 3 rounds
     python bench/cpu_ab.py 9f75b3b . --tasks 2000  # `.`: the working tree as it is now
     python bench/cpu_ab.py 9f75b3b HEAD --host 127.0.0.2  # a server not on this machine, to maas-batch
+    python bench/cpu_ab.py b7f89a2 HEAD --no-http --rounds 7  # the engine alone (bench/stubbed_run.py)
 
 Each version's `batch/` and `jobs/` are exported (`git archive`) into a temporary folder and compiled; each
 run is `python -m batch run MANIFEST --out DIR -c C` with PYTHONPATH on that folder, with this Python and
@@ -21,6 +22,8 @@ import tempfile
 from pathlib import Path
 
 from peer_runs import ENDPOINT, PYTHON, ROOT, measure, simulator, write_tasks
+
+STUBBED_RUN = Path(__file__).with_name("stubbed_run.py")
 
 
 def export(version: str, folder: Path) -> Path:
@@ -51,6 +54,12 @@ def main() -> None:
         help="the simulator's address; 127.0.0.2 is not loopback to maas-batch, which then reads proxies "
         "from the environment as for the real API",
     )
+    parser.add_argument(
+        "--no-http",
+        action="store_true",
+        help="answer every request in the process (bench/stubbed_run.py): the engine's own CPU, without "
+        "aiohttp's and the server's, whose noise hides a change of a few percent",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="maas-cpu-ab-") as temporary:
         folder = Path(temporary)
@@ -73,7 +82,8 @@ def main() -> None:
                         "MAAS_ENDPOINT": ENDPOINT,
                         "PYTHONPATH": str(tree),
                     }
-                    command = [PYTHON, "-m", "batch", "run", str(tasks.manifest), "--out", str(where / "out")]
+                    entry = [str(STUBBED_RUN)] if args.no_http else ["-m", "batch"]
+                    command = [PYTHON, *entry, "run", str(tasks.manifest), "--out", str(where / "out")]
                     child = measure([*command, "-c", str(args.concurrency)], where, env)
                     if child.code != 0:
                         raise SystemExit(f"{version} exited {child.code}:\n{child.output}")
@@ -82,7 +92,8 @@ def main() -> None:
                     print(
                         f"round {round_number} {version:>12}  cpu {child.cpu:6.2f} s  wall {child.wall:.1f} s"
                     )
-        print(f"\n{args.tasks:,} chat tasks, C={args.concurrency}, L={args.latency} s; CPU s of each round")
+        setting = "no HTTP" if args.no_http else f"L={args.latency} s"
+        print(f"\n{args.tasks:,} chat tasks, C={args.concurrency}, {setting}; CPU s of each round")
         for version, figures in cpu.items():
             shown = ", ".join(f"{figure:.2f}" for figure in figures)
             print(f"{version:>12}: median {statistics.median(figures):.2f}  ({shown})")

@@ -61,8 +61,10 @@ def test_a_missing_cookbook_is_a_clear_failure(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(90)
-def test_cpu_ab_runs_each_version_and_prints_its_median(tmp_path: Path) -> None:
+@pytest.mark.parametrize("http", [True, False])
+def test_cpu_ab_runs_each_version_and_prints_its_median(tmp_path: Path, http: bool) -> None:
     options = ["--tasks", "20", "--rounds", "1", "--latency", "0", "--concurrency", "4"]
+    options += [] if http else ["--no-http"]
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "cpu_ab.py"), "HEAD", ".", *options],
         capture_output=True,
@@ -74,4 +76,5 @@ def test_cpu_ab_runs_each_version_and_prints_its_median(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     medians = [line.split(":")[0].strip() for line in done.stdout.splitlines() if ": median " in line]
     assert medians == ["HEAD", "."]
+    assert ("C=4, no HTTP;" in done.stdout) is not http
     assert list(tmp_path.iterdir()) == []  # its temporary folder is gone
