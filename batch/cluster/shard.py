@@ -87,7 +87,7 @@ class ShardRunner:
             config = dataclasses.replace(config, only=(shard.start, shard.end))
             if store is not None:  # no page per shard: `gallery URL` builds the batch's
                 config = dataclasses.replace(config, store=store, gallery=False)
-            with Job(config, checked, builtin_registry(), self._observers()) as job:
+            with Job(config, checked, builtin_registry(), self._observers(), plan_reused=True) as job:
                 grace = options.grace if self._grace is None else self._grace
                 with asyncio.Runner(loop_factory=loop_factory()) as runner:  # uvloop where installed
                     return runner.run(self._run(job, grace))

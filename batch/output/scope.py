@@ -28,16 +28,9 @@ from typing import Any
 
 from batch.errors import BatchError
 from batch.manifest import plancache
-from batch.output.store import (
-    RESULTS,
-    RUNS,
-    read_line_at,
-    read_lines,
-    read_lines_with_offsets,
-    whole_lines_with_offsets,
-)
+from batch.output.store import RESULTS, RUNS, read_line_at, read_lines, read_lines_with_offsets
 from batch.running.idset import IdSet, LineOffsets, digest
-from batch.running.records import ResultRecord, finished_entry
+from batch.running.records import ResultRecord
 
 log = logging.getLogger("batch.output.scope")
 
@@ -331,10 +324,10 @@ def _entries_in(
             yield Entry(record(line), None)
         return
     offsets = LineOffsets()  # 12 bytes a line; a dict's ~120 were most of a large run's peak memory
-    for offset, raw in whole_lines_with_offsets(path):
-        result = finished_entry(raw)  # the id read without parsing the line, as the checkpoint reads it
-        if result is not None:
-            offsets.add(digest(result[0]), offset)
+    for offset, line in read_lines_with_offsets(path):  # a line that does not parse is not a task's last
+        task_id = line.get("id")
+        if isinstance(task_id, str):
+            offsets.add(digest(task_id), offset)
     pending = any(key not in offsets for key in order)
     tasks = tasks_of() if pending else None
     with contextlib.ExitStack() as stack:

@@ -161,17 +161,11 @@ def read_lines(path: Path) -> Iterator[dict[str, Any]]:
 
 def read_lines_with_offsets(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(byte offset, record) of each line of a JSONL file, as `read_lines` reads them."""
-    for offset, raw in whole_lines_with_offsets(path):
+    offset = 0
+    for raw in _whole_lines(path):
         record = parse_record(raw)
         if record is not None:
             yield offset, record
-
-
-def whole_lines_with_offsets(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(byte offset, bytes) of each complete line of a file, unparsed; none if it does not exist."""
-    offset = 0
-    for raw in _whole_lines(path):
-        yield offset, raw
         offset += len(raw)
 
 

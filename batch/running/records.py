@@ -422,9 +422,12 @@ def finished_entry(raw: bytes) -> tuple[str, bool] | None:
     if raw.startswith(ID_PREFIX):
         end = raw.find(b'"', len(ID_PREFIX))
         status = raw.find(STATUS_MARK, end)
-        if end > 0 and status > 0:
+        named = raw[len(ID_PREFIX) : end]
+        # an id as the tool writes one ([A-Za-z0-9._-]); an escape (`\u0061`) or a byte that is not ASCII,
+        # in a line edited by hand or damaged, is for the parser to read or to refuse
+        if end > 0 and status > 0 and b"\\" not in named and named.isascii():
             value = status + len(STATUS_MARK)
-            return raw[len(ID_PREFIX) : end].decode(), raw.startswith(b'failed"', value)
+            return named.decode(), raw.startswith(b'failed"', value)
     try:
         line = codec.loads(raw)
     except (ValueError, RecursionError):

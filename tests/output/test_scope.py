@@ -119,6 +119,14 @@ def test_entries_come_in_manifest_order_the_last_line_of_a_task_then_the_orphane
     assert found[2:] == [("y", "done", True), ("x", "new", True)]  # by where each one's last line is
 
 
+def test_a_task_whose_last_line_is_damaged_is_read_from_its_last_whole_one(tmp_path: Path) -> None:
+    damaged = '{"id": "a", "kind": "chat", "status": "succeeded", "te\x00\x00 cut by a crash}\n'
+    (tmp_path / "results.jsonl").write_text(_result("a", "kept") + _result("b") + damaged)
+    order = array("Q", [digest("a"), digest("b")])
+    found = [(e.id, e.record.text if e.record else None) for e in entries(tmp_path, Scope(order=order))]
+    assert found == [("a", "kept"), ("b", "done")]  # the page and export show what the checkpoint counts
+
+
 def test_entries_hold_a_few_bytes_a_result_line_not_a_dict_entry(tmp_path: Path) -> None:
     """A run of a million tasks writes its page through entries(): a dict of offsets was ~120 bytes a
     line there (120 MB); idset.LineOffsets holds 12."""

@@ -106,6 +106,9 @@ def test_odd_hand_written_lines_read_as_the_readers_always_read_them() -> None:
         b'{"id": "row-3", "kind": "chat", "status": "succeeded", "meta": {"status": "failed"}}\n',
         b'{"id": "row-4", "kind": "chat", "status": "failed", "meta": {"status": "succeeded"}}\n',
         b'{"id": "caf\xc3\xa9", "kind": "chat", "status": "failed"}\n',
+        # edited by hand: the id as an escape, or with an escaped quote; the scan must not read them raw
+        b'{"id": "\\u0061", "kind": "chat", "status": "succeeded"}\n',
+        b'{"id": "a\\"b", "kind": "chat", "status": "failed"}\n',
     ],
 )
 def test_the_fast_scan_agrees_with_from_line(raw: bytes) -> None:
@@ -115,6 +118,7 @@ def test_the_fast_scan_agrees_with_from_line(raw: bytes) -> None:
 
 def test_the_fast_scan_skips_what_is_not_a_result() -> None:
     assert finished_entry(b"garbage\n") is None
+    assert finished_entry(b'{"id": "a\xff", "kind": "chat", "status": "succeeded"}\n') is None  # not UTF-8
     assert finished_entry(b'{"id": 7, "status": "failed"}\n') is None
     assert finished_entry(b"[1, 2]\n") is None
 
