@@ -3,8 +3,9 @@ lines of DIR read back, request bodies, the gallery's data. orjson parses a 500-
 the standard library's time and writes one in a tenth (BENCHMARKS.md).
 
 The standard library stays the judge of what JSON is, so that every value reads and writes as it did:
-- orjson refuses NaN and Infinity, lone surrogates, a byte-order mark, UTF-16, and integers beyond 64 bits
-  that it writes; `loads` and `dumps` then hand the value to `json`, which takes or refuses it as before;
+- orjson refuses to read NaN or Infinity, a lone surrogate, a byte-order mark or UTF-16, and to write an
+  integer beyond 64 bits or a key that is not a string: `loads` and `dumps` then hand the text or the value
+  to `json`, which takes or refuses it as before;
 - orjson reads an integer beyond 64 bits as a float, silently: a text with 19 digits in a row (where such
   an integer would be) is read by `json` alone.
 The journals' own lines (results.jsonl, usage.jsonl, the run logs) are still written by `json`: their
