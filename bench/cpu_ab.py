@@ -15,13 +15,14 @@ os.wait4 of each run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import statistics
 import subprocess
 import tempfile
 from pathlib import Path
 
-from peer_runs import ENDPOINT, PYTHON, ROOT, measure, simulator, write_tasks
+from peer_runs import ENDPOINT, PYTHON, ROOT, free_port, measure, simulator, write_tasks
 
 STUBBED_RUN = Path(__file__).with_name("stubbed_run.py")
 
@@ -57,8 +58,8 @@ def main() -> None:
     parser.add_argument(
         "--no-http",
         action="store_true",
-        help="answer every request in the process (bench/stubbed_run.py): the engine's own CPU, without "
-        "aiohttp's and the server's, whose noise hides a change of a few percent",
+        help="answer every request in the process (bench/stubbed_run.py), with no server running: the "
+        "engine's own CPU, without aiohttp's and the server's, whose noise hides a change of a few percent",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="maas-cpu-ab-") as temporary:
@@ -72,13 +73,17 @@ def main() -> None:
             )
         tasks = write_tasks(folder, args.tasks)
         cpu: dict[str, list[float]] = {version: [] for version in trees}
-        with simulator(args.latency, folder, args.host) as sim:
+        with contextlib.ExitStack() as stack:
+            if args.no_http:  # no server at all: a request that was not stubbed fails the run
+                base_url = f"http://127.0.0.1:{free_port()}/v1/ai"
+            else:
+                base_url = stack.enter_context(simulator(args.latency, folder, args.host)).base_url
             for round_number in range(1, args.rounds + 1):
                 for version, tree in trees.items():
                     where = folder / f"run-{round_number}-{list(trees).index(version)}"  # cwd, output
                     env = {
                         "MAAS_API_KEY": "bench",
-                        "MAAS_BASE_URL": sim.base_url,
+                        "MAAS_BASE_URL": base_url,
                         "MAAS_ENDPOINT": ENDPOINT,
                         "PYTHONPATH": str(tree),
                     }
