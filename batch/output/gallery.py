@@ -6,8 +6,8 @@ their input images, and the failures with their messages; sorting (newest, cost,
 status and kind and a search, all kept in the URL's hash so that a link shows the same cards; and a
 larger view of any task with its inputs, meta and whole answer.
 
-During a run the page is rebuilt every minute or so (Rebuilder, a background thread at low priority;
-never the event loop), from the thumbnails made so far; at the end of the run, whole.
+During a run the page is rebuilt every minute or so (Rebuilder: each time in a child process at low
+priority, never in the run's own process), from the thumbnails made so far; at the end of the run, whole.
 
 Thumbnails (DIR/thumbs/, WebP, 320 px) are made as images are saved, by a background thread at low CPU
 priority (Thumbnailer), so that building the page after a run mostly only writes the page: 10,000 images
@@ -24,6 +24,8 @@ import itertools
 import logging
 import os
 import queue
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -44,8 +46,6 @@ from batch.running.idset import IdSet
 from batch.running.records import ResultRecord, finished_entry
 
 if TYPE_CHECKING:
-    from array import array
-
     from batch.output.remote import Store
 
 log = logging.getLogger("batch.output.gallery")
@@ -418,31 +418,37 @@ def _json(value: Any) -> bytes:
 
 
 class Rebuilder:
-    """Builds the page again and again during a run, in a thread of its own at the lowest CPU priority,
-    never on the event loop: every `every` seconds when results.jsonl grew, and less often for a page
-    that takes long to build (at most a tenth of the thread's time)."""
+    """Builds the page again and again during a run, each time in a child process at the lowest CPU
+    priority (`python -m batch.output.pagebuild DIR`: why a process, not a thread, is said there): every
+    `every` seconds when results.jsonl grew, and less often for a page that takes long to build (at most
+    a tenth of the time). This thread only starts the builds and waits for them."""
 
-    def __init__(self, root: Path, every: float | None = None, order: array[int] | None = None) -> None:
+    def __init__(self, root: Path, every: float | None = None) -> None:
         self.root = root
-        self.order = order  # the run's plan's digests: see scope_of
         self.every = REBUILD_EVERY if every is None else every
         self.builds = 0
         self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._child: subprocess.Popen[bytes] | None = None
         self._thread = threading.Thread(target=self._work, name="maas-batch-gallery", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Ask the thread to end (after the build it is making); returns at once."""
-        self._stopping.set()
+        """Ask the thread to end, and a build in progress too (its page would be replaced at the run's
+        end anyway); returns at once."""
+        with self._lock:
+            self._stopping.set()
+            child = self._child
+        if child is not None and child.poll() is None and os.name == "posix":
+            with contextlib.suppress(OSError):
+                child.terminate()  # SIGTERM: the build unwinds, leaving no half page (pagebuild)
 
     def close(self) -> None:
-        """Stop, and wait for the thread (blocking: from a worker thread)."""
+        """Stop, and wait for the thread and its build (blocking: from a worker thread)."""
         self.stop()
         self._thread.join()
 
     def _work(self) -> None:
-        with contextlib.suppress(OSError, AttributeError):  # Linux: a thread has its own nice value
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         built_size = -1
         wait = self.every
         while not self._stopping.wait(wait):
@@ -453,14 +459,61 @@ class Rebuilder:
             if size == built_size:
                 continue
             started = time.monotonic()
-            try:
-                build(self.root, scope_of(self.root, order=self.order), make_missing=False)
-            except Exception as exc:  # a view: it must never fail the run
-                log.debug("could not rebuild the gallery: %s", exc)
-            else:
+            if self._build():
                 built_size = size
                 self.builds += 1
             wait = max(self.every, 10 * (time.monotonic() - started))
+
+    def _build(self) -> bool:
+        """One build, in a child process; whether it wrote the page."""
+        with self._lock:
+            if self._stopping.is_set():
+                return False
+            try:
+                child = self._child = _page_process(self.root, whole=False)
+            except OSError as exc:
+                log.debug("could not rebuild the gallery: %s", exc)
+                return False
+        _, errors = child.communicate()
+        with self._lock:
+            self._child = None
+        if child.returncode != 0:  # a view: it must never fail the run
+            if not self._stopping.is_set():
+                log.debug("could not rebuild the gallery: %s", errors.decode(errors="replace").strip())
+            return False
+        return True
+
+
+def build_apart(root: Path) -> Path:
+    """build(root) in a child process (`python -m batch.output.pagebuild DIR --whole`): a big run's last
+    page, whose reading of results.jsonl (12 bytes a line and more) is then not added to the memory the
+    run holds. Raises OutputError with the child's message if it fails."""
+    try:
+        child = _page_process(root, whole=True)
+    except OSError as exc:
+        raise OutputError(f"cannot start the page's build: {exc}") from exc
+    _, errors = child.communicate()
+    if child.returncode != 0:
+        message = errors.decode(errors="replace").strip().splitlines()
+        raise OutputError(message[-1] if message else f"the page's build exited {child.returncode}")
+    return root / PAGE
+
+
+def _page_process(root: Path, *, whole: bool) -> subprocess.Popen[bytes]:
+    """`python -m batch.output.pagebuild DIR` started: with the run's environment but the API key (it
+    sends nothing), and this `batch` package first on its path, so that it runs the run's own code."""
+    if not sys.executable:
+        raise OSError("this Python cannot start itself (sys.executable is empty)")
+    environment = {name: value for name, value in os.environ.items() if name != "MAAS_API_KEY"}
+    package_root = str(Path(__file__).resolve().parents[2])
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+    return subprocess.Popen(
+        [sys.executable, "-m", "batch.output.pagebuild", str(root), *(["--whole"] if whole else [])],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=environment,
+    )
 
 
 def _escape(text: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from batch.errors import OutputError
 from batch.output import gallery
 from batch.simulator import RunningSimulator
 from tests.browser import Page, chromium, find_chromium
@@ -95,6 +96,22 @@ def test_gallery_command_makes_missing_thumbnails_again(cli: Callable[..., Outco
     assert all((run_dir / thumb).is_file() for thumb in items["pair"]["thumbs"])
     assert items["describe"]["inputs"]  # its input file is still where the manifest said
     assert cli("gallery", run_dir.parent / "nowhere").code == 64
+
+
+def test_a_page_built_apart_is_the_same_page_and_makes_missing_thumbnails(run_dir: Path) -> None:
+    """gallery.build_apart (a big run's last page, in a process of its own) writes what build writes;
+    a build that fails there raises OutputError with the child's message."""
+    before = page_data(run_dir / "index.html")
+    shutil.rmtree(run_dir / "thumbs")
+    (run_dir / "index.html").unlink()
+    assert gallery.build_apart(run_dir) == run_dir / "index.html"
+    after = page_data(run_dir / "index.html")
+    assert {**after, "built": None} == {**before, "built": None}
+    assert all((run_dir / thumb).is_file() for item in after["items"] for thumb in item["thumbs"])
+    (run_dir / "index.html").unlink()
+    (run_dir / "index.html").mkdir()  # the page cannot be written
+    with pytest.raises(OutputError, match=r"cannot write index\.html"):
+        gallery.build_apart(run_dir)
 
 
 def test_no_gallery_makes_no_thumbnails_and_no_page(

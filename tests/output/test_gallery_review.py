@@ -1,18 +1,22 @@
 """The gallery is a review tool: a header with the counts, cost, tokens, manifest and date; the cards in
 manifest order, pending tasks too; sorting and filters kept in the URL; images in their own aspect ratio;
-a larger view of any task; and a page rebuilt during the run, off the event loop."""
+a larger view of any task; and a page rebuilt during the run, in a process of its own."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from batch.output import gallery
+from batch.running import client, job
 from batch.simulator import RunningSimulator, SimConfig, simulator_in_thread
 from tests.browser import Page
 from tests.conftest import KEY, Outcome, env_for, make_image, results
@@ -132,48 +136,131 @@ def test_in_chromium_the_gallery_is_a_review_tool(review_dir: Path) -> None:
     in_browser(linked)
 
 
-def test_the_page_is_rebuilt_during_a_run_in_a_thread_of_its_own(
+def test_the_page_is_rebuilt_during_a_run_in_a_process_of_its_own(
     cli: Callable[..., Outcome],
     write: Callable[..., Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    builds: list[tuple[str, bool, int]] = []
-    orders: list[object] = []  # each build's digests
+    """During the run, child processes build the page (a thread would hold the event loop's GIL); the
+    run's own process builds it once, whole, at its end."""
+    in_run: list[tuple[bool, int]] = []  # the builds made in this process: (make_missing, results then)
     real_build = gallery.build
 
     def recording(root: Path, scope: Any = None, *, make_missing: bool = True) -> Path:
-        done = len((root / "results.jsonl").read_text().splitlines())
-        builds.append((threading.current_thread().name, make_missing, done))
-        orders.append(None if scope is None else scope.order)
+        in_run.append((make_missing, len((root / "results.jsonl").read_text().splitlines())))
         return real_build(root, scope, make_missing=make_missing)
 
+    children: list[dict[str, Any]] = []  # the page each child left
+    built = threading.Event()
+    real_child = gallery.Rebuilder._build
+
+    def child(self: gallery.Rebuilder) -> bool:
+        made = real_child(self)
+        if made:
+            children.append(page_data(self.root / "index.html"))
+            built.set()
+        return made
+
+    real_send = client.ApiClient.send
+
+    async def send(self: client.ApiClient, endpoint: str, request: Any, request_id: str) -> Any:
+        if request_id.startswith("t15/"):  # the last task waits for a page built while it is pending
+            await anyio.to_thread.run_sync(built.wait, 60)
+        return await real_send(self, endpoint, request, request_id)
+
     monkeypatch.setattr(gallery, "build", recording)
+    monkeypatch.setattr(gallery.Rebuilder, "_build", child)
+    monkeypatch.setattr(client.ApiClient, "send", send)
     monkeypatch.setattr(gallery, "REBUILD_EVERY", 0.05)
     manifest = write(
         "tasks:\n" + "".join(f"  - {{kind: generate, id: t{i:02d}, prompt: p {i}}}\n" for i in range(16))
     )
     out = tmp_path / "out"
-    with simulator_in_thread(SimConfig(api_key=KEY, latency=0.1)) as sim:
+    with simulator_in_thread(SimConfig(api_key=KEY, latency=0.05)) as sim:
         assert cli("run", manifest, "--out", out, "-c", "2", env=env_for(sim)).code == 0
-    during = [b for b in builds if b[0] == "maas-batch-gallery"]
-    assert during and all(not make_missing for _, make_missing, _ in during)
-    assert any(done < 16 for _, _, done in during)  # built while tasks were still pending
-    assert builds[-1][1:] == (True, 16) and builds[-1][0] != "maas-batch-gallery"  # then whole, at the end
-    # every build has the run's own digests, one array, rather than a copy read back from DIR each time
-    assert orders[0] is not None and all(order is orders[0] for order in orders)
+    assert built.is_set() and children
+    assert children[0]["tasks"] == 16 and children[0]["statuses"].get("pending", 0) >= 1
+    assert in_run == [(True, 16)]  # only the last build, whole, in the run's process
+    assert page_data(out / "index.html")["statuses"] == {"succeeded": 16}
 
 
-def test_the_rebuilder_builds_only_when_results_grew_and_stops(tmp_path: Path) -> None:
+def test_a_big_runs_last_page_is_built_in_a_process_of_its_own(
+    cli: Callable[..., Outcome],
+    sim: RunningSimulator,
+    write: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def not_here(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a page built in the run's own process")
+
+    monkeypatch.setattr(gallery, "build", not_here)
+    monkeypatch.setattr(job, "PAGE_APART", 3)  # a run of 3 tasks or more is "big"
+    manifest = write(
+        "tasks:\n" + "".join(f"  - {{kind: generate, id: t{i}, prompt: p {i}}}\n" for i in range(3))
+    )
+    out = tmp_path / "out"
+    outcome = cli("run", manifest, "--out", out, env=env_for(sim))
+    assert outcome.code == 0 and "could not write the gallery" not in outcome.err
+    data = page_data(out / "index.html")
+    assert data["statuses"] == {"succeeded": 3}
+    assert all((out / thumb).is_file() for item in data["items"] for thumb in item["thumbs"])
+
+
+def test_the_rebuilder_builds_only_when_results_grew_and_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def not_here(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a page built in the run's own process")
+
+    monkeypatch.setattr(gallery, "build", not_here)
     (tmp_path / "results.jsonl").write_text('{"id": "a", "kind": "chat", "status": "succeeded"}\n')
     rebuilder = gallery.Rebuilder(tmp_path, every=0.01)
-    end = time.monotonic() + 10
+    end = time.monotonic() + 30
     while rebuilder.builds == 0 and time.monotonic() < end:
         time.sleep(0.01)  # the thread's own clock: nothing else to wait on
-    time.sleep(0.1)
-    assert rebuilder.builds == 1 and (tmp_path / "index.html").is_file()
+    time.sleep(0.2)
+    assert rebuilder.builds == 1 and page_data(tmp_path / "index.html")["statuses"] == {"succeeded": 1}
     rebuilder.close()
     assert not rebuilder._thread.is_alive()
+
+
+def _many_results(folder: Path, count: int = 100_000) -> None:
+    """A results.jsonl whose page takes seconds to build."""
+    with (folder / "results.jsonl").open("w") as lines:
+        for i in range(count):
+            lines.write(f'{{"id": "t{i}", "kind": "chat", "status": "succeeded", "text": "answer {i}"}}\n')
+
+
+def _writing_page(folder: Path, running: Callable[[], bool]) -> None:
+    """Wait until a build has begun to write the page (its temporary file is there)."""
+    end = time.monotonic() + 60
+    while not list(folder.glob(".index.html.*.tmp")) and running() and time.monotonic() < end:
+        time.sleep(0.005)
+
+
+def test_a_page_build_stopped_by_the_run_leaves_no_half_page(tmp_path: Path) -> None:
+    """SIGTERM (the run ending mid-build) unwinds the child's build: exit 143, no temporary file."""
+    _many_results(tmp_path)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "batch.output.pagebuild", str(tmp_path)], stderr=subprocess.DEVNULL
+    )
+    _writing_page(tmp_path, lambda: child.poll() is None)
+    assert child.poll() is None, "the page was written before it could be stopped"
+    child.terminate()
+    assert child.wait(timeout=60) == 143
+    assert not list(tmp_path.glob(".index.html.*")) and not (tmp_path / "index.html").exists()
+
+
+def test_the_run_ending_stops_a_page_build_in_progress(tmp_path: Path) -> None:
+    """The run does not wait for a page it would replace at its end: close() stops the child."""
+    _many_results(tmp_path)
+    rebuilder = gallery.Rebuilder(tmp_path, every=0.01)
+    _writing_page(tmp_path, rebuilder._thread.is_alive)
+    rebuilder.close()
+    assert rebuilder.builds == 0 and not list(tmp_path.glob(".index.html.*"))
+    assert not (tmp_path / "index.html").exists()
 
 
 def test_orphaned_lines_get_cards_only_when_asked_for(cli: Callable[..., Outcome], edited: Path) -> None:
