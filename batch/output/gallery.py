@@ -500,15 +500,16 @@ def build_apart(root: Path) -> Path:
 
 
 def _page_process(root: Path, *, whole: bool) -> subprocess.Popen[bytes]:
-    """`python -m batch.output.pagebuild DIR` started: with the run's environment but the API key (it
-    sends nothing), and this `batch` package first on its path, so that it runs the run's own code."""
+    """`python -P -m batch.output.pagebuild DIR` started: with the run's environment but the API key (it
+    sends nothing), and this `batch` package first on its path, so that it runs the run's own code (-P:
+    not a `batch` folder that the current directory may hold)."""
     if not sys.executable:
         raise OSError("this Python cannot start itself (sys.executable is empty)")
     environment = {name: value for name, value in os.environ.items() if name != "MAAS_API_KEY"}
     package_root = str(Path(__file__).resolve().parents[2])
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
     return subprocess.Popen(
-        [sys.executable, "-m", "batch.output.pagebuild", str(root), *(["--whole"] if whole else [])],
+        [sys.executable, "-P", "-m", "batch.output.pagebuild", str(root), *(["--whole"] if whole else [])],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

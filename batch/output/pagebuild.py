@@ -5,9 +5,10 @@ making the thumbnails still missing.
 
 Not in a thread of the run: a thread building a page of 100,000 results holds the GIL for seconds at a
 time, and the event loop, which gives the GIL up at each poll, then waits up to a switch interval (5 ms)
-to take it back at every turn: a run without latency to hide it slowed from 2,400 to 70 tasks a second
-for the minute the page of 150,000 results took. A process of its own has its own GIL, its memory is
-given back when it ends, and the system's scheduler, not the GIL, shares the CPU with it.
+to take it back at every turn: a run of 1,000,000 tasks with no latency to hide it fell from about 2,400
+tasks a second to 50-100 for the minute the page of 150,000 results took (BENCHMARKS.md). A process of
+its own has its own GIL, its memory is given back when it ends, and the system's scheduler, not the GIL,
+shares the CPU with it.
 
 It sends nothing. SIGTERM (the run ending) stops it as an error would: no half-written page is left in DIR.
 """

@@ -98,9 +98,16 @@ def test_gallery_command_makes_missing_thumbnails_again(cli: Callable[..., Outco
     assert cli("gallery", run_dir.parent / "nowhere").code == 64
 
 
-def test_a_page_built_apart_is_the_same_page_and_makes_missing_thumbnails(run_dir: Path) -> None:
-    """gallery.build_apart (a big run's last page, in a process of its own) writes what build writes;
-    a build that fails there raises OutputError with the child's message."""
+def test_a_page_built_apart_is_the_same_page_and_makes_missing_thumbnails(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gallery.build_apart (a big run's last page, in a process of its own) writes what build writes,
+    with the run's own code, whatever `batch` folder the current directory holds; a build that fails
+    there raises OutputError with the child's message."""
+    shadow = tmp_path / "elsewhere" / "batch"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('not maas-batch')\n")
+    monkeypatch.chdir(shadow.parent)
     before = page_data(run_dir / "index.html")
     shutil.rmtree(run_dir / "thumbs")
     (run_dir / "index.html").unlink()
