@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import io
 import itertools
+import json
 import logging
 import os
 import queue
@@ -419,7 +420,7 @@ def _json(value: Any) -> bytes:
 
 class Rebuilder:
     """Builds the page again and again during a run, each time in a child process at the lowest CPU
-    priority (`python -m batch.output.pagebuild DIR`: why a process, not a thread, is said there): every
+    priority (batch.output.pagebuild: why a process, not a thread, is said there): every
     `every` seconds when results.jsonl grew, and less often for a page that takes long to build (at most
     a tenth of the time). This thread only starts the builds and waits for them."""
 
@@ -439,7 +440,7 @@ class Rebuilder:
         with self._lock:
             self._stopping.set()
             child = self._child
-        if child is not None and child.poll() is None and os.name == "posix":
+        if child is not None and child.poll() is None and os.name == "posix":  # Windows: it ends its build
             with contextlib.suppress(OSError):
                 child.terminate()  # SIGTERM: the build unwinds, leaving no half page (pagebuild)
 
@@ -485,35 +486,56 @@ class Rebuilder:
 
 
 def build_apart(root: Path) -> Path:
-    """build(root) in a child process (`python -m batch.output.pagebuild DIR --whole`): a big run's last
-    page, whose reading of results.jsonl (12 bytes a line and more) is then not added to the memory the
-    run holds. Raises OutputError with the child's message if it fails."""
+    """build(root) in a child process (`pagebuild DIR --whole`): a big run's last page, whose reading of
+    results.jsonl (12 bytes a line and more) is then not added to the memory the run holds. What the
+    build warns of is logged here; a build that fails raises OutputError with the child's message."""
     try:
         child = _page_process(root, whole=True)
     except OSError as exc:
         raise OutputError(f"cannot start the page's build: {exc}") from exc
     _, errors = child.communicate()
+    said = [line for line in errors.decode(errors="replace").splitlines() if line.strip()]
     if child.returncode != 0:
-        message = errors.decode(errors="replace").strip().splitlines()
-        raise OutputError(message[-1] if message else f"the page's build exited {child.returncode}")
+        raise OutputError(said[-1] if said else f"the page's build exited {child.returncode}")
+    for line in said[-20:]:
+        log.warning("%s", line)
     return root / PAGE
 
 
+def can_start_itself() -> bool:
+    """Whether this interpreter can start itself for a page's build (not a frozen or embedded one)."""
+    return bool(sys.executable) and not getattr(sys, "frozen", False)
+
+
+# the child's start: the run's own import path (as multiprocessing's spawn passes it), then pagebuild
+_CHILD = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv.pop(1)); "
+    "from batch.output.pagebuild import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
 def _page_process(root: Path, *, whole: bool) -> subprocess.Popen[bytes]:
-    """`python -P -m batch.output.pagebuild DIR` started: with the run's environment but the API key (it
-    sends nothing), and this `batch` package first on its path, so that it runs the run's own code (-P:
-    not a `batch` folder that the current directory may hold)."""
-    if not sys.executable:
-        raise OSError("this Python cannot start itself (sys.executable is empty)")
+    """batch.output.pagebuild started in a child process: this interpreter with the run's own import
+    path (-P, and the path given whole: the run's `batch`, whatever the current directory holds), the
+    run's environment but the API key (it sends nothing), in a session of its own (a Ctrl-C at the
+    terminal is the run's to handle: it would kill the build), told the run's pid (it stops if the run
+    dies). Windows: a process group of its own and, during a run, below normal priority."""
+    if not can_start_itself():
+        raise OSError("this Python cannot start itself (frozen, or no sys.executable)")
     environment = {name: value for name, value in os.environ.items() if name != "MAAS_API_KEY"}
-    package_root = str(Path(__file__).resolve().parents[2])
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+    arguments = [str(root), "--parent", str(os.getpid()), *(["--whole"] if whole else [])]
+    options: dict[str, Any] = {"start_new_session": True}
+    if os.name == "nt":  # pragma: no cover - Windows
+        flags = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined,unused-ignore]
+        low = 0 if whole else subprocess.BELOW_NORMAL_PRIORITY_CLASS  # type: ignore[attr-defined,unused-ignore]
+        options = {"creationflags": flags | low}
     return subprocess.Popen(
-        [sys.executable, "-P", "-m", "batch.output.pagebuild", str(root), *(["--whole"] if whole else [])],
+        [sys.executable, "-P", "-c", _CHILD, json.dumps(sys.path), *arguments],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=environment,
+        **options,
     )
 
 

@@ -5,6 +5,7 @@ programs that import batch; neither reads the environment here (that is the call
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -44,8 +45,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("batch.running.job")
 
-# tasks from which a run's last page is built in a process of its own (gallery.build_apart): about 0.1 s
-# of CPU to start it, against the 12 bytes a result line (and more) its build would add to the run's memory
+# tasks from which a run's last page is built in a process of its own (gallery.build_apart): 0.1-0.25 s of
+# CPU to start it (mostly importing the gallery), against the 12 bytes a result line (and more) its build
+# would add to the run's memory
 PAGE_APART = 20_000
 
 
@@ -158,12 +160,15 @@ class Job:
         a smaller one's here, where starting a process would cost more than the page, its order the run's
         own plan's where DIR remembered that plan (no copy)."""
         try:
-            if self.checked.plan.total >= PAGE_APART:
+            if self.checked.plan.total >= PAGE_APART and gallery.can_start_itself():
                 gallery.build_apart(self.out.root)
             else:
                 gallery.build(self.out.root, scope_of(self.out.root, order=self.checked.plan.order))
         except (OSError, ValueError, OutputError) as exc:  # the page is a view: it must not fail the run
             log.warning("could not write the gallery: %s", exc)
+            # the summary names no page: one left from during the run would show tasks as still pending
+            with contextlib.suppress(OSError):
+                (self.out.root / gallery.PAGE).unlink(missing_ok=True)
 
     def _build_gallery_in_store(self) -> None:
         """The page of a run on a store, once everything it saved is there: into the store, from the

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,29 @@ def test_a_page_built_apart_is_the_same_page_and_makes_missing_thumbnails(
     (run_dir / "index.html").mkdir()  # the page cannot be written
     with pytest.raises(OutputError, match=r"cannot write index\.html"):
         gallery.build_apart(run_dir)
+
+
+def test_a_page_built_apart_is_given_no_api_key_and_its_warnings_are_logged(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("MAAS_API_KEY", "sk-never-passed-on")
+    environments: list[dict[str, str]] = []
+    real_popen = subprocess.Popen
+
+    def popen(*args: Any, **kwargs: Any) -> Any:
+        environments.append(kwargs["env"])
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(gallery.subprocess, "Popen", popen)
+    gallery.build_apart(run_dir)
+    assert environments and all(
+        "MAAS_API_KEY" not in env and "sk-never-passed-on" not in "".join(env.values())
+        for env in environments
+    )
+    monkeypatch.setattr(gallery, "_CHILD", "import sys; print('careful: a warning', file=sys.stderr)")
+    with caplog.at_level("WARNING", logger="batch.output.gallery"):
+        gallery.build_apart(run_dir)
+    assert [r.getMessage() for r in caplog.records] == ["careful: a warning"]
 
 
 def test_no_gallery_makes_no_thumbnails_and_no_page(

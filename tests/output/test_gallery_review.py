@@ -4,6 +4,8 @@ a larger view of any task; and a page rebuilt during the run, in a process of it
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -208,6 +210,25 @@ def test_a_big_runs_last_page_is_built_in_a_process_of_its_own(
     assert all((out / thumb).is_file() for item in data["items"] for thumb in item["thumbs"])
 
 
+def test_a_last_page_that_fails_leaves_no_page_for_the_summary_to_name(
+    cli: Callable[..., Outcome],
+    sim: RunningSimulator,
+    write: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A page from before (or from during the run) would show tasks as pending that are done."""
+    tasks = [f"  - {{kind: chat, id: q{i}, model: gemini-2.5-flash, prompt: q {i}}}\n" for i in range(3)]
+    out = tmp_path / "out"
+    assert cli("run", write("tasks:\n" + "".join(tasks[:2])), "--out", out, env=env_for(sim)).code == 0
+    assert page_data(out / "index.html")["tasks"] == 2
+    monkeypatch.setattr(job, "PAGE_APART", 1)
+    monkeypatch.setattr(gallery, "_CHILD", "import sys; print('no room left', file=sys.stderr); sys.exit(1)")
+    outcome = cli("run", write("tasks:\n" + "".join(tasks), "all.yaml"), "--out", out, env=env_for(sim))
+    assert outcome.code == 0 and "could not write the gallery: no room left" in outcome.err
+    assert not (out / "index.html").exists() and "index.html" not in outcome.out
+
+
 def test_the_rebuilder_builds_only_when_results_grew_and_stops(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -233,11 +254,72 @@ def _many_results(folder: Path, count: int = 100_000) -> None:
             lines.write(f'{{"id": "t{i}", "kind": "chat", "status": "succeeded", "text": "answer {i}"}}\n')
 
 
-def _writing_page(folder: Path, running: Callable[[], bool]) -> None:
-    """Wait until a build has begun to write the page (its temporary file is there)."""
+def _writing_page(folder: Path, running: Callable[[], bool]) -> bool:
+    """Wait until a build has begun to write the page (its temporary file is there); whether it has."""
     end = time.monotonic() + 60
     while not list(folder.glob(".index.html.*.tmp")) and running() and time.monotonic() < end:
         time.sleep(0.005)
+    return bool(list(folder.glob(".index.html.*.tmp")))
+
+
+def _builder(folder: Path, *, whole: bool) -> subprocess.Popen[bytes]:
+    """A stand-in for a run, in a session of its own, as a terminal's foreground job: it ignores SIGINT
+    (a run stops gracefully), starts a build of `folder`'s page and prints the child's pid; a whole
+    build (a big run's last page) it waits for, saying "built" when the page is written."""
+    script = (
+        "import signal, sys; from pathlib import Path; from batch.output import gallery; "
+        "signal.signal(signal.SIGINT, lambda *a: None); folder = Path(sys.argv[1]); "
+        + (
+            "gallery.build_apart(folder); print('built', flush=True)"
+            if whole
+            else "child = gallery._page_process(folder, whole=False); print(child.pid, flush=True); "
+            "sys.stdin.read()"
+        )
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", script, str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def test_a_ctrl_c_at_the_terminal_does_not_stop_a_big_runs_last_page(tmp_path: Path) -> None:
+    """SIGINT to the run's whole process group (what a terminal's Ctrl-C is) is the run's to handle: the
+    page's build, in a session of its own, is not interrupted."""
+    _many_results(tmp_path)
+    run = _builder(tmp_path, whole=True)
+    assert _writing_page(tmp_path, lambda: run.poll() is None)
+    os.killpg(run.pid, signal.SIGINT)
+    out, _ = run.communicate(timeout=120)
+    assert run.returncode == 0 and out.strip() == b"built"
+    assert page_data(tmp_path / "index.html")["statuses"] == {"succeeded": 100_000}
+
+
+def test_a_page_build_stops_when_its_run_is_killed(tmp_path: Path) -> None:
+    """A run killed with SIGKILL: its build stops (within a second or so) rather than finish a page that
+    a later run may have written since."""
+    _many_results(tmp_path)
+    run = _builder(tmp_path, whole=False)
+    assert run.stdout is not None
+    child = int(run.stdout.readline())
+    assert _writing_page(tmp_path, lambda: run.poll() is None)
+    run.kill()
+    run.communicate(timeout=60)
+    end = time.monotonic() + 60
+    while _alive(child) and time.monotonic() < end:
+        time.sleep(0.05)
+    assert not _alive(child)
+    assert not (tmp_path / "index.html").exists() and not list(tmp_path.glob(".index.html.*"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_a_page_build_stopped_by_the_run_leaves_no_half_page(tmp_path: Path) -> None:
@@ -246,8 +328,7 @@ def test_a_page_build_stopped_by_the_run_leaves_no_half_page(tmp_path: Path) -> 
     child = subprocess.Popen(
         [sys.executable, "-m", "batch.output.pagebuild", str(tmp_path)], stderr=subprocess.DEVNULL
     )
-    _writing_page(tmp_path, lambda: child.poll() is None)
-    assert child.poll() is None, "the page was written before it could be stopped"
+    assert _writing_page(tmp_path, lambda: child.poll() is None)
     child.terminate()
     assert child.wait(timeout=60) == 143
     assert not list(tmp_path.glob(".index.html.*")) and not (tmp_path / "index.html").exists()
@@ -257,7 +338,7 @@ def test_the_run_ending_stops_a_page_build_in_progress(tmp_path: Path) -> None:
     """The run does not wait for a page it would replace at its end: close() stops the child."""
     _many_results(tmp_path)
     rebuilder = gallery.Rebuilder(tmp_path, every=0.01)
-    _writing_page(tmp_path, rebuilder._thread.is_alive)
+    assert _writing_page(tmp_path, rebuilder._thread.is_alive)
     rebuilder.close()
     assert rebuilder.builds == 0 and not list(tmp_path.glob(".index.html.*"))
     assert not (tmp_path / "index.html").exists()
