@@ -5,9 +5,10 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from batch.errors import ManifestError, Problem
@@ -16,7 +17,7 @@ from batch.manifest.expand import Expander
 from batch.manifest.ids import READABLE_IDS, valid_id
 from batch.manifest.read import Entry, Manifest, Mark
 from batch.manifest.tasks import TaskBuilder, TaskSpec
-from batch.running.idset import IdSet, digest
+from batch.running.idset import IdSet, digest, repeated_in
 
 KEEP_PROBLEMS = 200
 MARK_EVERY = 1024  # tasks between two marks of a check walk: where a shard's walk may start
@@ -38,19 +39,25 @@ class Plan:
     # an entry's first task every MARK_EVERY tasks or more, in order: a shard's walk starts at the last
     # mark before it rather than at the manifest's start (empty for a remembered plan: walk from the start)
     marks: list[Mark] = field(default_factory=list)
-    _ids: IdSet | None = field(default_factory=IdSet, init=False, repr=False, compare=False)
+    # made from `order` when first asked for (a fresh run never asks); a plan with problems holds its own
+    _ids: IdSet | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def ids(self) -> IdSet:
-        """Every task id, 8 bytes each (and those of tasks with problems); made again from `order` when
-        asked for after `release_ids`."""
+        """Every task id, 8 bytes each (and those of tasks with problems); made from `order` when first
+        asked for, and again after `release_ids`."""
         if self._ids is None:
-            ids = IdSet()
-            for key in self.order:
-                ids.add_digest(key)
-            ids.freeze()
-            self._ids = ids
+            self._ids = self.hold_ids()
         return self._ids
+
+    def hold_ids(self, others: Iterable[int] = ()) -> IdSet:
+        """Keep an id set of the order's digests and `others` (the ids of tasks with problems)."""
+        ids = IdSet()
+        for key in itertools.chain(self.order, others):
+            ids.add_digest(key)
+        ids.freeze()
+        self._ids = ids
+        return ids
 
     def release_ids(self) -> None:
         """Let go of the id set (8 bytes a task) until it is asked for again: a run's end reads it no
@@ -150,9 +157,10 @@ def _identity(entry: Entry | None, item: TaskSpec | list[Problem]) -> tuple[str,
 
 
 def check_manifest(manifest: Manifest, builder: TaskBuilder) -> Plan:
-    """Validate every task, and that ids are unique. Streams; holds 8 bytes per task."""
+    """Validate every task, and that ids are unique. Streams; holds 8 bytes per task (its order: the ids
+    are found unique in it, a part at a time, rather than in an id set beside it)."""
     plan = Plan(manifest.name)
-    ids = plan.ids
+    others = array("Q")  # the ids of tasks with problems, which have no place in the order
     kinds: set[str] = set()  # of every task, built or not: what --set and --endpoint may reach
     last = -1  # the index of the last entry a task came from
     for entry, item in walk(manifest, builder):
@@ -170,10 +178,10 @@ def check_manifest(manifest: Manifest, builder: TaskBuilder) -> Plan:
         else:
             for problem in item:
                 plan.add(problem)
-        identity = _identity(entry, item)
-        if identity is not None:
-            ids.add(identity[0])
-    repeated = ids.repeated()
+            identity = _identity(entry, item)
+            if identity is not None:
+                others.append(digest(identity[0]))
+    repeated = repeated_in(plan.order, others)
     if repeated:
         _report_duplicates(manifest, builder, repeated, plan)
     if not builder.problems:
@@ -181,6 +189,8 @@ def check_manifest(manifest: Manifest, builder: TaskBuilder) -> Plan:
         models = {model for _, model, _ in plan.counts} if plan.ok else None
         for problem in builder.unused_settings(kinds, models):
             plan.add(problem)
+    if not plan.ok:  # its ids are not all in its order
+        plan.hold_ids(others)
     return plan
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
+import sys
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
@@ -69,6 +71,45 @@ class IdSet:
         for values in self._buckets:
             found.update(values[i] for i in range(1, len(values)) if values[i] == values[i - 1])
         return found
+
+
+_PARTS = 16  # the digests of repeated_in, a sixteenth at a time by their top four bits
+_TOP_BYTE = 7 if sys.byteorder == "little" else 0  # where an array("Q") item's top byte is
+_PART_OF_TOP_BYTE = bytes(byte >> 4 for byte in range(256))
+
+
+def repeated_in(*arrays: array[int]) -> set[int]:
+    """The digests found more than once in `arrays` (each an array("Q")), without a second copy of them
+    (an IdSet of them would be 8 bytes more a digest): a sixteenth of them at a time, by their top four
+    bits, as sorted Python ints. A million digests take about 1.3 s here, against 0.6 for an IdSet."""
+    total = sum(len(values) for values in arrays)
+    if total <= 1 << 16:  # a small plan in one go: some 3 MB of ints at most
+        return _adjacent(sorted(itertools.chain.from_iterable(arrays)))
+    found: set[int] = set()
+    # a byte a digest, its part's number: bytes.find then walks each part without a Python loop over all
+    parts = [_top_bytes(values).translate(_PART_OF_TOP_BYTE) for values in arrays]
+    for part in range(_PARTS):
+        mark = bytes([part])
+        keys: list[int] = []
+        for values, numbers in zip(arrays, parts, strict=True):
+            at = numbers.find(mark)
+            while at != -1:
+                keys.append(values[at])
+                at = numbers.find(mark, at + 1)
+        keys.sort()
+        found |= _adjacent(keys)
+    return found
+
+
+def _top_bytes(values: array[int]) -> bytes:
+    """The top byte of each 8-byte value, in order: a byte a value."""
+    with memoryview(values) as view, view.cast("B") as raw:
+        return bytes(raw[_TOP_BYTE :: values.itemsize])
+
+
+def _adjacent(keys: list[int]) -> set[int]:
+    """The values of a sorted list that occur more than once."""
+    return {keys[i] for i in range(1, len(keys)) if keys[i] == keys[i - 1]}
 
 
 _TAKEN = 2**64 - 1  # the offset of a digest that LineOffsets.pop has handed out (8-byte offsets)

@@ -190,11 +190,14 @@ class Job:
             (self.out.root / gallery.PAGE).unlink(missing_ok=True)  # the summary names no page
 
     def finished(self) -> tuple[IdSet, int]:
-        """The ids of this manifest that already have a result line, and how many of them failed."""
-        wanted = self.checked.plan.ids
+        """The ids of this manifest that already have a result line, and how many of them failed. The
+        plan's id set (8 bytes a task) is made only for a DIR that holds results (a resume)."""
+        wanted: IdSet | None = None
         done = IdSet()
         failed = 0
         for task_id, task_failed in finished_results(self.out.results.path):
+            if wanted is None:
+                wanted = self.checked.plan.ids
             if task_id in wanted:
                 done.add(task_id)
                 failed += task_failed
@@ -206,15 +209,16 @@ class Job:
         journals scanned, failures moved aside, killed runs' logs closed, the ledger summed), done in a
         worker thread before the loop has anything else to do."""
         checked = self.checked
-        wanted, order = checked.plan.ids, checked.plan.order
+        order = checked.plan.order
         forgotten: list[str] = []
         if self.config.retry_failed:
-            forgotten = self.out.forget_failures(lambda task_id: task_id in wanted)
+            forgotten = self.out.forget_failures(lambda task_id: task_id in checked.plan.ids)
         finished, failed_before = self.finished()
         skip = (lambda position: finished.contains_digest(order[position])) if len(finished) else None
         left_alone = 0
         if self.config.retry_failed:
             # with the failures that an earlier --retry-failed moved aside but did not get to (stopped)
+            wanted = checked.plan.ids
             again = {i for i in retried_ids(self.out.root) if i in wanted and i not in finished}
             only = IdSet(again.union(forgotten))
             only.freeze()

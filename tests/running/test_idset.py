@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+import random
 import tracemalloc
+from array import array
+from collections import Counter
 
-from batch.running.idset import LineOffsets, digest
+from batch.running.idset import LineOffsets, digest, repeated_in
 
 
 def test_the_last_line_of_an_id_is_its_offset_and_it_is_handed_out_once() -> None:
@@ -57,3 +61,28 @@ def test_offsets_under_4_gib_take_4_bytes_a_line() -> None:
         tracemalloc.stop()
     assert offsets.pop(keys[-1]) == (count - 1) * 300
     assert held < 14 * count, f"{held / count:.1f} bytes a line"
+
+
+def test_repeated_digests_are_found_a_part_at_a_time_as_a_count_finds_them() -> None:
+    """repeated_in against collections.Counter: few digests (sorted in one go) and many (a sixteenth at a
+    time, by their top four bits), repeats within one array and across two, at the parts' edges."""
+    rng = random.Random(7)
+    for count in (10, 1 << 16, (1 << 16) + 1, 200_000):
+        order = array("Q", (rng.getrandbits(64) for _ in range(count)))
+        edges = [part << 60 for part in range(16)] + [(part << 60) - 1 for part in range(1, 16)]
+        order.extend([*edges, order[0], order[count // 2], edges[3]])
+        others = array("Q", [order[5], 2**64 - 1, 2**64 - 1, edges[-1]])
+        counted = Counter(itertools.chain(order, others))
+        assert repeated_in(order, others) == {key for key, times in counted.items() if times > 1}
+        assert repeated_in(array("Q", set(order))) == set()
+
+
+def test_finding_repeats_holds_no_second_copy_of_many_digests() -> None:
+    order = array("Q", (digest(f"t{i}") for i in range(200_000)))  # 1.6 MB
+    tracemalloc.start()
+    try:
+        repeated_in(order)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_200_000  # a sixteenth as ints (0.5 MB) and a byte a digest (0.4): 0.82 MB; an IdSet: 1.6

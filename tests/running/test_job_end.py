@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from batch.manifest.plan import Plan
 from batch.running import job
 from batch.running.idset import IdSet
 from batch.simulator import RunningSimulator
@@ -83,3 +84,27 @@ def test_the_page_at_a_runs_end_is_written_without_the_runs_id_sets(
     )
     assert cli("run", many, "--out", out, "-c", "1", "--max-tokens", "1", env=env_for(sim)).code == 3
     assert len(held) == 8 and alive == [False] * 4
+
+
+def test_a_fresh_run_makes_no_id_set_of_its_plan_and_a_resume_makes_one(
+    cli: Callable[..., Outcome],
+    sim: RunningSimulator,
+    write: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The plan's id set (8 bytes a task) tells finished tasks apart: a DIR with no results needs none."""
+    made: list[int] = []  # each id set made: its plan's task count
+    hold = Plan.hold_ids
+
+    def holding(self: Plan, others: Iterable[int] = ()) -> IdSet:
+        made.append(len(self.order))
+        return hold(self, others)
+
+    monkeypatch.setattr(Plan, "hold_ids", holding)
+    manifest = write(MANIFEST)
+    out = tmp_path / "out"
+    assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 0
+    assert made == []
+    assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 0  # a resume: all 5 are done
+    assert made == [5]
