@@ -187,6 +187,10 @@ def test_the_page_is_rebuilt_during_a_run_in_a_process_of_its_own(
     assert page_data(out / "index.html")["statuses"] == {"succeeded": 16}
 
 
+def _not_here(*args: object, **kwargs: object) -> None:
+    raise AssertionError("a page built in the run's own process")
+
+
 def test_a_big_runs_last_page_is_built_in_a_process_of_its_own(
     cli: Callable[..., Outcome],
     sim: RunningSimulator,
@@ -194,10 +198,7 @@ def test_a_big_runs_last_page_is_built_in_a_process_of_its_own(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def not_here(*args: object, **kwargs: object) -> None:
-        raise AssertionError("a page built in the run's own process")
-
-    monkeypatch.setattr(gallery, "build", not_here)
+    monkeypatch.setattr(gallery, "build", _not_here)
     monkeypatch.setattr(job, "PAGE_APART", 3)  # a run of 3 tasks or more is "big"
     manifest = write(
         "tasks:\n" + "".join(f"  - {{kind: generate, id: t{i}, prompt: p {i}}}\n" for i in range(3))
@@ -232,10 +233,7 @@ def test_a_last_page_that_fails_leaves_no_page_for_the_summary_to_name(
 def test_the_rebuilder_builds_only_when_results_grew_and_stops(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def not_here(*args: object, **kwargs: object) -> None:
-        raise AssertionError("a page built in the run's own process")
-
-    monkeypatch.setattr(gallery, "build", not_here)
+    monkeypatch.setattr(gallery, "build", _not_here)
     (tmp_path / "results.jsonl").write_text('{"id": "a", "kind": "chat", "status": "succeeded"}\n')
     rebuilder = gallery.Rebuilder(tmp_path, every=0.01)
     end = time.monotonic() + 30
