@@ -530,7 +530,7 @@ def _page_process(root: Path, *, whole: bool) -> subprocess.Popen[bytes]:
         low = 0 if whole else subprocess.BELOW_NORMAL_PRIORITY_CLASS  # type: ignore[attr-defined,unused-ignore]
         options = {"creationflags": flags | low}
     return subprocess.Popen(
-        [sys.executable, "-P", "-c", _CHILD, json.dumps(sys.path), *arguments],
+        [sys.executable, "-P", "-c", _CHILD, json.dumps([str(entry) for entry in sys.path]), *arguments],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,7 @@ def test_a_page_built_apart_is_given_no_api_key_and_its_warnings_are_logged(
         return real_popen(*args, **kwargs)
 
     monkeypatch.setattr(gallery.subprocess, "Popen", popen)
+    monkeypatch.setattr(sys, "path", [*sys.path, run_dir / "nothing here"])  # a Path, as a program may add
     gallery.build_apart(run_dir)
     assert environments and all(
         "MAAS_API_KEY" not in env and "sk-never-passed-on" not in "".join(env.values())
