@@ -46,12 +46,10 @@ class Plan:
     def ids(self) -> IdSet:
         """Every task id, 8 bytes each (and those of tasks with problems); made from `order` when first
         asked for, and again after `release_ids`."""
-        if self._ids is None:
-            self._ids = self.hold_ids()
-        return self._ids
+        return self._ids if self._ids is not None else self.hold_ids()
 
     def hold_ids(self, others: Iterable[int] = ()) -> IdSet:
-        """Keep an id set of the order's digests and `others` (the ids of tasks with problems)."""
+        """Make and keep an id set of the order's digests and `others` (the ids of tasks with problems)."""
         ids = IdSet()
         for key in itertools.chain(self.order, others):
             ids.add_digest(key)

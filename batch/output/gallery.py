@@ -422,11 +422,13 @@ class Rebuilder:
     """Builds the page again and again during a run, each time in a child process at the lowest CPU
     priority (batch.output.pagebuild: why a process, not a thread, is said there): every
     `every` seconds when results.jsonl grew, and less often for a page that takes long to build (at most
-    a tenth of the time). This thread only starts the builds and waits for them."""
+    `most` of the time, a tenth). This thread only starts the builds and waits for them."""
 
-    def __init__(self, root: Path, every: float | None = None) -> None:
+    def __init__(self, root: Path, every: float | None = None, most: float = 0.1) -> None:
         self.root = root
         self.every = REBUILD_EVERY if every is None else every
+        self.most = most
+        self.looks = 0  # times the thread looked whether results.jsonl grew
         self.builds = 0
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -453,6 +455,7 @@ class Rebuilder:
         built_size = -1
         wait = self.every
         while not self._stopping.wait(wait):
+            self.looks += 1
             try:
                 size = (self.root / RESULTS).stat().st_size
             except OSError:
@@ -463,7 +466,7 @@ class Rebuilder:
             if self._build():
                 built_size = size
                 self.builds += 1
-            wait = max(self.every, 10 * (time.monotonic() - started))
+            wait = max(self.every, (time.monotonic() - started) / self.most)
 
     def _build(self) -> bool:
         """One build, in a child process; whether it wrote the page."""
@@ -495,6 +498,8 @@ def build_apart(root: Path) -> Path:
         raise OutputError(f"cannot start the page's build: {exc}") from exc
     _, errors = child.communicate()
     said = [line for line in errors.decode(errors="replace").splitlines() if line.strip()]
+    if child.returncode < 0:  # a signal: the system's out-of-memory killer, say
+        raise OutputError(f"the page's build was killed by signal {-child.returncode}")
     if child.returncode != 0:
         raise OutputError(said[-1] if said else f"the page's build exited {child.returncode}")
     for line in said[-20:]:

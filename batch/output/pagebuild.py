@@ -12,8 +12,8 @@ its own has its own GIL, its memory is given back when it ends, and the system's
 shares the CPU with it.
 
 It sends nothing. SIGTERM (the run ending) stops it as an error would: no half-written page is left in
-DIR. With --parent, it stops so too once that process is gone (a run killed with SIGKILL), rather than
-write over a page that a later run or `maas-batch gallery` may have written since.
+DIR. With --parent (POSIX), it stops so too once that process is gone (a run killed with SIGKILL), rather
+than write over a page that a later run or `maas-batch gallery` may have written since.
 """
 
 from __future__ import annotations

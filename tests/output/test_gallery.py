@@ -145,6 +145,10 @@ def test_a_page_built_apart_is_given_no_api_key_and_its_warnings_are_logged(
     with caplog.at_level("WARNING", logger="batch.output.gallery"):
         gallery.build_apart(run_dir)
     assert [r.getMessage() for r in caplog.records] == ["careful: a warning"]
+    # killed (the out-of-memory killer, say): the message says so, not an exit code below zero
+    monkeypatch.setattr(gallery, "_CHILD", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    with pytest.raises(OutputError, match="the page's build was killed by signal 9"):
+        gallery.build_apart(run_dir)
 
 
 def test_no_gallery_makes_no_thumbnails_and_no_page(

@@ -234,13 +234,23 @@ def test_the_rebuilder_builds_only_when_results_grew_and_stops(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(gallery, "build", _not_here)
-    (tmp_path / "results.jsonl").write_text('{"id": "a", "kind": "chat", "status": "succeeded"}\n')
-    rebuilder = gallery.Rebuilder(tmp_path, every=0.01)
-    end = time.monotonic() + 30
-    while rebuilder.builds == 0 and time.monotonic() < end:
-        time.sleep(0.01)  # the thread's own clock: nothing else to wait on
-    time.sleep(0.2)
+    results = tmp_path / "results.jsonl"
+    results.write_text('{"id": "a", "kind": "chat", "status": "succeeded"}\n')
+    rebuilder = gallery.Rebuilder(tmp_path, every=0.01, most=1.0)  # no pause for the build's own time
+
+    def until(done: Callable[[], bool]) -> None:
+        end = time.monotonic() + 30
+        while not done() and time.monotonic() < end:
+            time.sleep(0.01)  # the thread's own clock: nothing else to wait on
+
+    until(lambda: rebuilder.builds == 1)
+    looked = rebuilder.looks
+    until(lambda: rebuilder.looks >= looked + 5)  # 5 more looks at an unchanged results.jsonl
     assert rebuilder.builds == 1 and page_data(tmp_path / "index.html")["statuses"] == {"succeeded": 1}
+    with results.open("a") as lines:
+        lines.write('{"id": "b", "kind": "chat", "status": "failed"}\n')
+    until(lambda: rebuilder.builds == 2)
+    assert page_data(tmp_path / "index.html")["statuses"] == {"succeeded": 1, "failed": 1}
     rebuilder.close()
     assert not rebuilder._thread.is_alive()
 
