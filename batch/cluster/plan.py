@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch.errors import OutputError, UsageError
+from batch.running.order import Order
 
 if TYPE_CHECKING:
     from batch.output.remote import Store
@@ -80,8 +81,10 @@ def split(total: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, total)) for start in range(0, total, size)]
 
 
-def order_digest(order: Sequence[int] | bytes) -> str:
+def order_digest(order: Order | Sequence[int] | bytes) -> str:
     """The identity of a manifest's tasks: their ids, in order (8-byte digests, as the plan holds them)."""
+    if isinstance(order, Order):
+        return order.sha256()  # a window at a time
     data = order if isinstance(order, bytes) else b"".join(d.to_bytes(8, "little") for d in order)
     return hashlib.sha256(data).hexdigest()
 

@@ -141,7 +141,7 @@ class ShardRunner:
 def submitted_manifest(plan: BatchPlan, options: Options, out: Path | None = None) -> CheckedManifest:
     """The plan's manifest, checked as submit checked it; ManifestError if it changed since."""
     checked = checked_manifest(Path(plan.manifest), options, plan.endpoint, out=out)
-    found = order_digest(checked.plan.order.tobytes())
+    found = order_digest(checked.plan.order)
     if checked.plan.total != plan.total or found != plan.order_digest:
         message = (
             f"the manifest changed since it was submitted ({checked.plan.total} tasks now, "

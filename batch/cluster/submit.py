@@ -93,7 +93,7 @@ def submit(
         out=str(out) if isinstance(out, StoreUrl) else str(out.absolute()),
         queue=queue_name(str(out) if isinstance(out, StoreUrl) else out),
         total=checked.plan.total,
-        order_digest=order_digest(checked.plan.order.tobytes()),
+        order_digest=order_digest(checked.plan.order),
         shard_size=shard_size,
         shards=split(checked.plan.total, shard_size),
         run_flags=list(run_flags),

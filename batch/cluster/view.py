@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import heapq
 import logging
-from array import array
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch.cluster.plan import SHARDS, BatchPlan, order_digest, read_plan, shard_dir
 from batch.errors import DirLockedError, OutputError
-from batch.output.files import write_atomic
+from batch.output.files import write_atomic_chunks
 from batch.output.lock import probe
 from batch.output.report import SLOWEST, report
 from batch.output.runlog import account
 from batch.output.scope import Part, Scope
 from batch.output.store import RESULTS, RUNS, USAGE, finished_results, read_lines
+from batch.running.order import Order
 from batch.running.prices import PriceTable, money
 
 if TYPE_CHECKING:
@@ -34,23 +34,23 @@ log = logging.getLogger("batch.cluster.view")
 ORDER = Path("cluster") / "order.ids"  # the tasks' 8-byte id digests, in manifest order
 
 
-def write_order(root: Path, order: array[int]) -> None:
+def write_order(root: Path, order: Order) -> None:
     """DIR/cluster/order.ids, for the readers: the manifest's order without a walk of the manifest."""
     try:
-        write_atomic(root / ORDER, order.tobytes())
+        write_atomic_chunks(root / ORDER, order.blocks())
     except OSError as exc:
         raise OutputError(f"cannot write {root / ORDER}: {exc.strerror or exc}") from exc
 
 
-def read_order(root: Path, plan: BatchPlan) -> array[int] | None:
-    """The order submit wrote, if it is the plan's (None: not there, e.g. a batch of an older version)."""
-    order: array[int] = array("Q")
+def read_order(root: Path, plan: BatchPlan) -> Order | None:
+    """The order submit wrote, if it is the plan's (None: not there, e.g. a batch of an older version),
+    read from the file as it is needed."""
     try:
-        order.frombytes((root / ORDER).read_bytes())
+        order = Order.from_file(root / ORDER)
+        if len(order) != plan.total or order_digest(order) != plan.order_digest:
+            log.warning("%s is not the order of the submitted manifest: it is not used", root / ORDER)
+            return None
     except (OSError, ValueError):
-        return None
-    if len(order) != plan.total or order_digest(order.tobytes()) != plan.order_digest:
-        log.warning("%s is not the order of the submitted manifest: it is not used", root / ORDER)
         return None
     return order
 
@@ -76,7 +76,7 @@ def batch_scope(
 
 def part_scope(scope: Scope, part: Part) -> Scope:
     """The scope of one shard's own directory: its slice of the manifest."""
-    order = None if scope.order is None else scope.order[part.start : part.end]
+    order = None if scope.order is None else scope.order.section(part.start, part.end)
     return Scope(
         manifest=scope.manifest,
         order=order,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -17,7 +16,8 @@ from batch.manifest.expand import Expander
 from batch.manifest.ids import READABLE_IDS, valid_id
 from batch.manifest.read import Entry, Manifest, Mark
 from batch.manifest.tasks import TaskBuilder, TaskSpec
-from batch.running.idset import IdSet, digest, repeated_in
+from batch.running.idset import IdSet, digest
+from batch.running.order import Order
 
 KEEP_PROBLEMS = 200
 MARK_EVERY = 1024  # tasks between two marks of a check walk: where a shard's walk may start
@@ -33,7 +33,7 @@ class Plan:
     problems: list[Problem] = field(default_factory=list)
     repeats: Counter[Problem] = field(default_factory=Counter)  # same problem again in more tasks
     dropped: int = 0  # problems past KEEP_PROBLEMS
-    order: array[int] = field(default_factory=lambda: array("Q"))  # every task's id digest, in manifest order
+    order: Order = field(default_factory=Order)  # every task's id digest, in manifest order (on disk)
     # estimated tokens per (kind, model): [input, image input, output]
     estimates: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     # an entry's first task every MARK_EVERY tasks or more, in order: a shard's walk starts at the last
@@ -155,10 +155,10 @@ def _identity(entry: Entry | None, item: TaskSpec | list[Problem]) -> tuple[str,
 
 
 def check_manifest(manifest: Manifest, builder: TaskBuilder) -> Plan:
-    """Validate every task, and that ids are unique. Streams; holds 8 bytes per task (its order: the ids
-    are found unique in it, a part at a time, rather than in an id set beside it)."""
+    """Validate every task, and that ids are unique. Streams: the order (8 bytes a task) goes to a
+    temporary file a window at a time, and the ids are found unique in it, not in an id set beside it."""
     plan = Plan(manifest.name)
-    others = array("Q")  # the ids of tasks with problems, which have no place in the order
+    others = Order()  # the ids of tasks with problems, which have no place in the order
     kinds: set[str] = set()  # of every task, built or not: what --set and --endpoint may reach
     last = -1  # the index of the last entry a task came from
     for entry, item in walk(manifest, builder):
@@ -179,7 +179,7 @@ def check_manifest(manifest: Manifest, builder: TaskBuilder) -> Plan:
             identity = _identity(entry, item)
             if identity is not None:
                 others.append(digest(identity[0]))
-    repeated = repeated_in(plan.order, others)
+    repeated = plan.order.repeated(others)
     if repeated:
         _report_duplicates(manifest, builder, repeated, plan)
     if not builder.problems:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import glob as globbing
 import hashlib
 import json
-from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from batch import __version__
-from batch.output.files import WRITE_SIZE, real_folder, write_atomic, write_atomic_chunks
+from batch.output.files import real_folder, write_atomic, write_atomic_chunks
+from batch.running.order import Order
 
 FOLDER = ".cache"
 PLAN = "plan.json"
@@ -90,7 +90,7 @@ def key(manifest: Path, settings: Mapping[str, Any]) -> dict[str, Any]:
 class CachedPlan:
     total: int
     counts: Counter[tuple[str, str, str]]
-    order: array[int]  # id digests in manifest order
+    order: Order  # id digests in manifest order, read from DIR/.cache/plan.ids itself
     sources: Sources
     estimates: dict[tuple[str, str], list[int]]
 
@@ -101,12 +101,13 @@ def save(
     sources: Sources,
     total: int,
     counts: Mapping[tuple[str, str, str], int],
-    order: array[int],
+    order: Order,
     estimates: Mapping[tuple[str, str], list[int]],
 ) -> None:
     """Remember a valid plan (call while holding DIR's lock). OutputError if `folder` is a link."""
     real_folder(folder)
-    write_atomic_chunks(folder / IDS, _blocks(order))
+    ids = hashlib.sha256()
+    write_atomic_chunks(folder / IDS, _hashed(order.blocks(), ids))
     document = {
         "key": plan_key,
         "files": sources.files,
@@ -115,29 +116,28 @@ def save(
         "estimates": [[*k, *v] for k, v in estimates.items()],
         "total": total,
         "counts": [[*k, n] for k, n in counts.items()],
-        "ids_sha256": hashlib.sha256(order).hexdigest(),  # of the bytes order.tobytes() would give
+        "ids_sha256": ids.hexdigest(),  # of the bytes order.tobytes() gives
     }
     write_atomic(folder / PLAN, json.dumps(document).encode())
 
 
-def _blocks(order: array[int]) -> Iterator[bytes]:
-    """The digests' bytes, as order.tobytes() gives them, a megabyte at a time: a million tasks' plan is
-    saved without a whole copy of them (8 MB) beside the order."""
-    with memoryview(order) as view, view.cast("B") as raw:
-        for at in range(0, len(raw), WRITE_SIZE):
-            yield bytes(raw[at : at + WRITE_SIZE])
+def _hashed(blocks: Iterable[bytes], digest: Any) -> Iterator[bytes]:
+    """`blocks`, each added to `digest` (a hashlib object) on the way: the order is read once."""
+    for block in blocks:
+        digest.update(block)
+        yield block
 
 
 def load(folder: Path, plan_key: Mapping[str, Any]) -> CachedPlan | None:
     """The remembered plan, if everything it depends on is unchanged; None otherwise."""
     try:
         document = json.loads((folder / PLAN).read_bytes())
-        ids = (folder / IDS).read_bytes()
+        order = Order.from_file(folder / IDS)  # read in place, a window at a time: no copy in memory
+        if not isinstance(document, dict) or document.get("key") != json.loads(json.dumps(plan_key)):
+            return None
+        if order.sha256() != document.get("ids_sha256"):
+            return None
     except (OSError, ValueError):
-        return None
-    if not isinstance(document, dict) or document.get("key") != json.loads(json.dumps(plan_key)):
-        return None
-    if hashlib.sha256(ids).hexdigest() != document.get("ids_sha256"):
         return None
     sources = Sources(
         {k: (v[0], v[1]) for k, v in document.get("files", {}).items()},
@@ -146,8 +146,6 @@ def load(folder: Path, plan_key: Mapping[str, Any]) -> CachedPlan | None:
     )
     if not sources.unchanged():
         return None
-    order = array("Q")
-    order.frombytes(ids)
     counts: Counter[tuple[str, str, str]] = Counter()
     for kind, model, endpoint, n in document.get("counts", []):
         counts[(kind, model, endpoint)] = n

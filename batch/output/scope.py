@@ -19,9 +19,7 @@ import functools
 import itertools
 import json
 import logging
-import os
-from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from batch.errors import BatchError
 from batch.manifest import plancache
 from batch.output.store import RESULTS, RUNS, read_line_at, read_lines, read_lines_with_offsets
 from batch.running.idset import IdSet, LineOffsets, digest
+from batch.running.order import Order
 from batch.running.records import ResultRecord
 
 log = logging.getLogger("batch.output.scope")
@@ -63,7 +62,7 @@ class Scope:
     """The tasks a report counts. `order` None: no manifest is known, every result line counts."""
 
     manifest: str | None = None  # as the last run (or --manifest) named it; for the reader
-    order: array[int] | None = None  # the current tasks' id digests, in manifest order
+    order: Order | None = None  # the current tasks' id digests, in manifest order
     include_orphaned: bool = False
     manifest_path: Path | None = None  # the file to expand for the tasks themselves
     settings: dict[str, Any] = field(default_factory=dict)  # BuildSettings' fields the last run used
@@ -115,7 +114,7 @@ def scope_of(
     manifest: Path | None = None,
     *,
     include_orphaned: bool = False,
-    order: array[int] | None = None,
+    order: Order | None = None,
 ) -> Scope:
     """The scope of a report on DIR: `manifest` (--manifest) if given, else the last run's manifest.
     A --manifest that is not valid raises ManifestError (exit 65), as `validate` would. `order`: digests
@@ -139,7 +138,7 @@ def scope_of(
     return remembered
 
 
-def _remembered(root: Path, known: array[int] | None = None) -> Scope:
+def _remembered(root: Path, known: Order | None = None) -> Scope:
     """The manifest of the last run, from the plan it remembered, if that run was the plan's; its
     digests are `known` where the file holds the same ones."""
     start = _last_start(root / RUNS)
@@ -169,27 +168,11 @@ def _remembered(root: Path, known: array[int] | None = None) -> Scope:
     )
 
 
-def _digests(path: Path, known: array[int] | None) -> array[int]:
-    """The digests in `path` (DIR/.cache/plan.ids): `known` itself if the file holds exactly its bytes,
-    compared a block at a time so that no second copy is held (8 bytes a task); else the file's."""
-    if known is not None and _holds(path, known):
-        return known
-    order: array[int] = array("Q")
-    order.frombytes(path.read_bytes())
-    return order
-
-
-def _holds(path: Path, known: array[int]) -> bool:
-    """Whether the file's bytes are `known`'s, as `known.tobytes()` would give them."""
-    with memoryview(known) as view, view.cast("B") as expected, path.open("rb") as handle:
-        if os.fstat(handle.fileno()).st_size != len(expected):
-            return False
-        at = 0
-        while block := handle.read(1 << 16):
-            if block != expected[at : at + len(block)]:
-                return False
-            at += len(block)
-        return at == len(expected)
+def _digests(path: Path, known: Order | None) -> Order:
+    """The digests in `path` (DIR/.cache/plan.ids), read from the file as they are needed: `known`
+    itself if the file holds the same ones."""
+    found = Order.from_file(path)
+    return known if known is not None and known == found else found
 
 
 def _last_start(folder: Path) -> dict[str, Any]:
@@ -215,7 +198,7 @@ def _checked(path: Path, settings: dict[str, Any], cache: Path | None) -> Any:
     return checked_manifest(path, options, settings.get("env_endpoint"), remembered, out=out)
 
 
-def _expanded(path: Path, settings: dict[str, Any], order: array[int], cache: Path | None) -> Iterator[Task]:
+def _expanded(path: Path, settings: dict[str, Any], order: Order, cache: Path | None) -> Iterator[Task]:
     from batch.kind import builtin_registry
     from batch.manifest.plan import iter_tasks
 
@@ -289,16 +272,19 @@ def entries(root: Path, scope: Scope) -> Iterator[Entry]:
         return found
 
     for part in scope.parts:
-        order = None if scope.order is None else scope.order[part.start : part.end]
+        order = None if scope.order is None else scope.order.section(part.start, part.end)
         tasks = functools.partial(tasks_of, part)
         yield from _entries_in(root / part.folder / RESULTS, order, tasks, False, part.folder)
     if not scope.include_orphaned or scope.order is None:
         return
     for part in scope.parts:  # the orphaned lines last, as in one run directory
-        known = set(scope.order[part.start : part.end])
+        known = IdSet()  # 8 bytes a task of the part, not a set's 70
+        for key in scope.order.section(part.start, part.end):
+            known.add_digest(key)
+        known.freeze()
         for _, line in read_lines_with_offsets(root / part.folder / RESULTS):
             task_id = line.get("id")
-            if not isinstance(task_id, str) or digest(task_id) not in known:
+            if not isinstance(task_id, str) or not known.contains_digest(digest(task_id)):
                 yield Entry(_record(line, part.folder), None, orphaned=True)
 
 
@@ -311,7 +297,7 @@ def _record(line: dict[str, Any], folder: str) -> ResultRecord:
 
 def _entries_in(
     path: Path,
-    order: array[int] | None,
+    order: Sequence[int] | None,
     tasks_of: Callable[[], Iterator[Task] | None],
     include_orphaned: bool,
     folder: str = "",

@@ -1,0 +1,189 @@
+"""batch.running.order: a manifest's order, held on disk past a window, read as an array("Q") would be."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import tempfile
+import threading
+import tracemalloc
+from array import array
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from batch.running import order as order_module
+from batch.running.idset import digest
+from batch.running.order import Order
+
+
+@pytest.fixture
+def small_window(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Windows of 5 digests, so that a few dozen cross many of them."""
+    monkeypatch.setattr(order_module, "WINDOW", 5)
+    monkeypatch.setattr(order_module, "RUN", 4)
+    monkeypatch.setattr(order_module, "RUN_BLOCK", 3)
+    return 5
+
+
+@pytest.mark.parametrize("count", [0, 1, 4, 5, 6, 23, 25])
+def test_an_order_reads_as_an_array_of_the_same_digests(small_window: int, count: int) -> None:
+    """The oracle is array("Q") with the same appends: every index (from either end), slices across
+    the file and the memory, iteration, bytes, equality."""
+    rng = random.Random(count)
+    values = array("Q", (rng.getrandbits(64) for _ in range(count)))
+    order = Order()
+    for key in values:
+        order.append(key)
+    assert order._on_disk == count - count % small_window  # the earlier windows are in the file
+    assert len(order) == count
+    assert list(order) == list(values)
+    for index in range(-count, count):
+        assert order[index] == values[index]
+    for index in (count, -count - 1):
+        with pytest.raises(IndexError):
+            order[index]
+    for start in range(-2, count + 2):
+        for stop in range(start, count + 3):
+            assert order[start:stop] == values[start:stop], (start, stop)
+            assert list(order.section(start, stop)) == list(values[start:stop])
+    assert order.tobytes() == values.tobytes()
+    assert order.sha256() == Order(values).sha256()
+    assert order == values and order == Order(values) and values == order
+    if count:
+        changed = array("Q", values)
+        changed[-1] ^= 1
+        assert order != changed and order != Order(changed)
+        assert order != values[:-1] and order != Order(values[:-1])
+
+
+def test_a_million_digests_hold_a_window_in_memory_not_8_mb() -> None:
+    values = (digest(f"t{i}") for i in range(1_000_000))
+    tracemalloc.start()
+    try:
+        order = Order()
+        for key in values:
+            order.append(key)
+        _, appending = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        assert sum(1 for _ in order) == 1_000_000
+        assert order[123_456] == digest("t123456") and order[-1] == digest("t999999")
+        _, reading = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert appending < 1_000_000, f"appending: {appending / 1e6:.2f} bytes a digest"
+    assert reading < 1_000_000, f"reading: {reading / 1e6:.2f} bytes a digest"
+
+
+def _counted(*groups: array[int]) -> set[int]:
+    counts = Counter(key for group in groups for key in group)
+    return {key for key, times in counts.items() if times > 1}
+
+
+@pytest.mark.parametrize("count", [3, 5, 40, 1000])
+def test_repeated_digests_are_found_across_windows_as_a_count_finds_them(
+    small_window: int, count: int
+) -> None:
+    rng = random.Random(count)
+    values = array("Q", (rng.getrandbits(64) for _ in range(count)))
+    values.extend([values[0], values[count // 2], values[-1], 0, 0, 2**64 - 1])  # at the ends, in the head
+    values.insert(small_window, values[1])  # across a window's edge
+    others = array("Q", [values[2], 2**64 - 1, 7, 7])
+    order, problems = Order(values), Order(others)
+    assert order.repeated(problems) == _counted(values, others)
+    assert order.repeated() == _counted(values)
+    assert Order(set(values)).repeated() == set()
+
+
+def test_repeated_digests_of_orders_in_memory_are_found_there() -> None:
+    values = array("Q", [5, 1, 5, 9])
+    assert Order(values).repeated(Order(array("Q", [9, 3]))) == {5, 9}
+
+
+def test_finding_repeats_of_many_digests_holds_no_copy_of_them() -> None:
+    order = Order(digest(f"t{i}") for i in range(300_000))  # 2.4 MB
+    order.append(digest("t7"))
+    tracemalloc.start()
+    try:
+        found = order.repeated()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert found == {digest("t7")}
+    assert peak < 1_500_000  # a run sorted as ints (about 0.6 MB), a window read, a block of each run
+
+
+def test_an_order_stays_in_memory_where_no_temporary_file_can_be_made(
+    small_window: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refused(*args: object, **kwargs: object) -> object:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refused)
+    values = array("Q", range(23))
+    with caplog.at_level(logging.WARNING, logger="batch.running.order"):
+        order = Order(values)
+    assert order._on_disk == 0 and order == values and list(order) == list(values)
+    assert order[7] == 7 and order[3:9] == values[3:9]
+    assert "stays in memory" in caplog.text and "No space left" in caplog.text
+
+
+def test_an_order_fills_up_the_file_it_has_then_stays_in_memory(
+    small_window: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails once a file holds some windows (a full disk): those stay in the file, the
+    rest in memory."""
+    writes = 0
+    write = os.pwrite
+
+    def filling(fd: int, data: bytes, offset: int) -> int:
+        nonlocal writes
+        writes += 1
+        if writes > 2:
+            raise OSError(28, "No space left on device")
+        return write(fd, data, offset)
+
+    monkeypatch.setattr(order_module.os, "pwrite", filling)
+    values = array("Q", range(31))
+    order = Order(values)
+    assert order._on_disk == 2 * small_window
+    assert list(order) == list(values) and order[12] == 12 and order[8:14] == values[8:14]
+
+
+def test_an_order_from_a_file_reads_it_in_place(tmp_path: Path) -> None:
+    values = array("Q", range(100_000))
+    path = tmp_path / "plan.ids"
+    path.write_bytes(values.tobytes())
+    order = Order.from_file(path)
+    assert len(order) == 100_000 and order[99_999] == 99_999 and order == values
+    # a file replaced as write_atomic replaces it: the order reads the one it opened
+    replacement = tmp_path / "new.ids"
+    replacement.write_bytes(array("Q", range(5)).tobytes())
+    os.replace(replacement, path)
+    assert len(order) == 100_000 and order[50_000] == 50_000 and order == values
+    path.write_bytes(b"\0" * 12)
+    with pytest.raises(ValueError, match="whole number"):
+        Order.from_file(path)
+    with pytest.raises(OSError):
+        Order.from_file(tmp_path / "missing.ids")
+
+
+def test_threads_read_one_order_at_once(small_window: int) -> None:
+    """os.pread moves no file position: two threads reading far apart each get their own digests."""
+    values = array("Q", range(2000))
+    order = Order(values)
+    wrong: list[int] = []
+
+    def read(step: int) -> None:
+        for index in range(0, 2000, step):
+            if order[index] != index or order[index : index + 3] != values[index : index + 3]:
+                wrong.append(index)
+
+    threads = [threading.Thread(target=read, args=(step,)) for step in (1, 7, 13)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert wrong == []
