@@ -44,7 +44,7 @@ def write_order(root: Path, order: Order) -> None:
 
 def read_order(root: Path, plan: BatchPlan) -> Order | None:
     """The order submit wrote, if it is the plan's (None: not there, e.g. a batch of an older version),
-    read from the file as it is needed."""
+    read a window at a time (Order.from_file)."""
     try:
         order = Order.from_file(root / ORDER)
         if len(order) != plan.total or order_digest(order) != plan.order_digest:

@@ -132,7 +132,7 @@ def load(folder: Path, plan_key: Mapping[str, Any]) -> CachedPlan | None:
     """The remembered plan, if everything it depends on is unchanged; None otherwise."""
     try:
         document = json.loads((folder / PLAN).read_bytes())
-        order = Order.from_file(folder / IDS)  # read in place, a window at a time: no copy in memory
+        order = Order.from_file(folder / IDS)  # a window at a time, into the order's own temporary file
         if not isinstance(document, dict) or document.get("key") != json.loads(json.dumps(plan_key)):
             return None
         if order.sha256() != document.get("ids_sha256"):

@@ -169,7 +169,7 @@ def _remembered(root: Path, known: Order | None = None) -> Scope:
 
 
 def _digests(path: Path, known: Order | None) -> Order:
-    """The digests in `path` (DIR/.cache/plan.ids), read from the file as they are needed: `known`
+    """The digests in `path` (DIR/.cache/plan.ids), read a window at a time (Order.from_file): `known`
     itself if the file holds the same ones."""
     found = Order.from_file(path)
     return known if known is not None and known == found else found

@@ -1,8 +1,9 @@
 """A manifest's order: every task's id digest (idset.digest), 8 bytes each, in manifest order, without
 holding them all in memory. The last WINDOW digests are in memory; the ones before, in an unlinked
-temporary file (or, for a plan DIR remembered, in DIR/.cache/plan.ids itself), read back a window at a
-time. A million tasks' order is 8 MB on disk and about 0.5 MB in the run's memory, so a run's memory does
-not grow with its manifest.
+temporary file (under TMPDIR: where that is a RAM-backed tmpfs, they are in memory after all), read back
+a window at a time. A million tasks' order is 8 MB on disk and about 0.5 MB in the run's memory, so a
+run's memory does not grow with its manifest. A plan DIR remembered (DIR/.cache/plan.ids) is read once
+into an order of its own. Append from one thread, then read from any.
 
 Repeated digests (duplicate ids) are found without the digests in memory either: each window is sorted
 into a run of a second temporary file, and the runs are merged a block at a time.
@@ -26,6 +27,16 @@ from typing import BinaryIO, overload
 from batch.running.idset import repeated_in
 
 log = logging.getLogger("batch.running.order")
+_warned: set[str] = set()  # what was said once in this process
+
+
+def _warn_once(message: str) -> None:
+    """A warning the first time it is met: every part of a sharded page would say it again."""
+    first = message.partition(" (")[0]
+    if first not in _warned:
+        _warned.add(first)
+        log.warning("%s", message)
+
 
 WINDOW = 1 << 15  # digests held in memory (256 KB) and read back at a time
 RUN = 1 << 14  # digests sorted at a time into a run, to find repeats (as ints: about 0.6 MB)
@@ -48,19 +59,19 @@ class Order(Sequence[int]):
 
     @classmethod
     def from_file(cls, path: Path) -> Order:
-        """The order a file of 8-byte digests holds (DIR/.cache/plan.ids), read from the file itself, not
-        copied: the file is opened now and read while the order is used (one replaced meanwhile, as
-        write_atomic replaces it, is still read as it was). OSError if it cannot be opened; ValueError if
-        its size is not a whole number of digests."""
-        handle = path.open("rb", buffering=0)
-        size = os.fstat(handle.fileno()).st_size
-        if size % _SIZE:
-            handle.close()
-            raise ValueError(f"{path}: {size} bytes is not a whole number of 8-byte digests")
+        """The order a file of 8-byte digests holds (DIR/.cache/plan.ids), read once, a window at a time,
+        into an order of its own: nothing done to the file afterwards (replaced, truncated, rewritten
+        in place) changes what a run reads from it. OSError if it cannot be read; ValueError if its size
+        is not a whole number of digests."""
         order = cls()
-        order._keep(handle)
-        order._on_disk = size // _SIZE
-        order._spill = False  # a file of the user's DIR: never written to
+        with path.open("rb") as handle:
+            while block := handle.read(WINDOW * _SIZE):
+                if len(block) % _SIZE:
+                    raise ValueError(f"{path}: not a whole number of 8-byte digests")
+                if order._head or len(block) < WINDOW * _SIZE or not order._to_file(block):
+                    values: array[int] = array("Q")
+                    values.frombytes(block)
+                    order.extend(values)
         return order
 
     def _keep(self, handle: BinaryIO) -> None:
@@ -96,17 +107,25 @@ class Order(Sequence[int]):
 
     def _spill_head(self) -> None:
         """The digests in memory, to the end of the file."""
+        if self._to_file(self._head.tobytes()):
+            self._head = array("Q")
+
+    def _to_file(self, data: bytes) -> bool:
+        """Digests' bytes at the end of the file (made on the first call); False, and no more tries,
+        where it cannot be written (no room in the temporary folder): the rest stays in memory."""
+        if not self._spill:
+            return False
         try:
             if self._file is None:
                 self._keep(tempfile.TemporaryFile(prefix="maas-batch-order-", buffering=0))  # noqa: SIM115
             assert self._file is not None
-            _write_all(self._file.fileno(), self._head.tobytes(), self._on_disk * _SIZE)
-        except OSError as exc:  # no room in the temporary folder: the order stays in memory
-            log.warning("the manifest's order stays in memory (no temporary file: %s)", exc)
+            _write_all(self._file.fileno(), data, self._on_disk * _SIZE)
+        except OSError as exc:
+            _warn_once(f"the manifest's order stays in memory (no temporary file: {exc})")
             self._spill = False
-            return
-        self._on_disk += len(self._head)
-        self._head = array("Q")
+            return False
+        self._on_disk += len(data) // _SIZE
+        return True
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -177,8 +196,8 @@ class Order(Sequence[int]):
         """The digests' bytes, as array("Q", self).tobytes() would give them, a window at a time."""
         for start in range(0, self._on_disk, WINDOW):
             yield self._read_bytes(start, WINDOW)
-        if self._head:
-            yield self._head.tobytes()
+        for start in range(0, len(self._head), WINDOW):  # more than a window where no file was had
+            yield self._head[start : start + WINDOW].tobytes()
 
     def tobytes(self) -> bytes:
         """Every digest's bytes at once (8 bytes a task in memory: for small orders, and tests)."""
@@ -215,23 +234,33 @@ class Order(Sequence[int]):
         orders = (self, *others)
         if not any(order._on_disk for order in orders):
             return repeated_in(*(order._head for order in orders))
-        found: set[int] = set()
-        with tempfile.TemporaryFile(prefix="maas-batch-runs-", buffering=0) as runs:
-            bounds: list[tuple[int, int]] = []  # (first digest, count) of each sorted run in `runs`
-            written = 0
-            for order in orders:
-                for window in order.windows(RUN):
-                    for start in range(0, len(window), RUN):  # the head may hold more than a run
-                        ordered = array("Q", sorted(window[start : start + RUN]))
-                        _write_all(runs.fileno(), ordered.tobytes(), written * _SIZE)
-                        bounds.append((written, len(ordered)))
-                        written += len(ordered)
-            last: int | None = None
-            for key in heapq.merge(*(_run(runs.fileno(), first, count) for first, count in bounds)):
-                if key == last:
-                    found.add(key)
-                last = key
-        return found
+        try:
+            return _merged_repeats(orders)
+        except OSError as exc:  # no room for the sorted runs: in memory, 8 bytes a digest, as before
+            _warn_once(f"repeated ids are looked for in memory (no temporary file: {exc})")
+            return repeated_in(*(array("Q", order) for order in orders))
+
+
+def _merged_repeats(orders: Iterable[Order]) -> set[int]:
+    """Orders' repeated digests: RUN of them sorted at a time into runs of a temporary file, the runs
+    merged. OSError where the file cannot be written."""
+    found: set[int] = set()
+    with tempfile.TemporaryFile(prefix="maas-batch-runs-", buffering=0) as runs:
+        bounds: list[tuple[int, int]] = []  # (first digest, count) of each sorted run in `runs`
+        written = 0
+        for order in orders:
+            for window in order.windows(RUN):
+                for start in range(0, len(window), RUN):  # the head may hold more than a run
+                    ordered = array("Q", sorted(window[start : start + RUN]))
+                    _write_all(runs.fileno(), ordered.tobytes(), written * _SIZE)
+                    bounds.append((written, len(ordered)))
+                    written += len(ordered)
+        last: int | None = None
+        for key in heapq.merge(*(_run(runs.fileno(), first, count) for first, count in bounds)):
+            if key == last:
+                found.add(key)
+            last = key
+    return found
 
 
 def _run(fd: int, first: int, count: int) -> Iterator[int]:
@@ -251,6 +280,8 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, offset)
+        if not written:
+            raise OSError("the temporary file took no more bytes")
         view, offset = view[written:], offset + written
 
 

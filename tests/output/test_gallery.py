@@ -420,12 +420,11 @@ def test_a_page_without_pictures_skips_the_thumbnail_pass_and_one_with_them_does
     (out / "results.jsonl").write_text(json.dumps(chat) + "\n" + json.dumps({**chat, "id": "b"}) + "\n")
     scope = gallery.scope_of(out)
     assert not gallery._may_want_thumbnails(out, scope)
-    from array import array
-
     from batch.running.idset import digest
+    from batch.running.order import Order
 
-    finished = gallery.Scope(order=array("Q", [digest("a"), digest("b")]))
-    pending = gallery.Scope(order=array("Q", [digest("a"), digest("b"), digest("c")]))
+    finished = gallery.Scope(order=Order([digest("a"), digest("b")]))
+    pending = gallery.Scope(order=Order([digest("a"), digest("b"), digest("c")]))
     assert not gallery._may_want_thumbnails(out, finished)
     assert gallery._may_want_thumbnails(out, pending)  # a pending card shows its inputs
     assert [item["id"] for item in page_data(gallery.build(out))["items"]] == ["a", "b"]

@@ -181,7 +181,7 @@ def test_a_scope_given_its_digests_reads_no_second_copy_of_them(tmp_path: Path) 
         tracemalloc.stop()
     assert scope.order is order
     assert peak < 1_000_000, f"{peak / count:.1f} bytes a task"  # a window or two
-    # without the run's own: the file's, read in place
+    # without the run's own: the file's, read a window at a time
     tracemalloc.start()
     try:
         scope = scope_of(tmp_path)
@@ -220,6 +220,6 @@ def test_the_page_at_a_runs_end_has_the_runs_digests_not_a_copy_read_back(
     assert copies == []
     page = (out / gallery.PAGE).read_text()
     assert page_data(out / gallery.PAGE)["tasks"] == 4
-    gallery.build(out)  # as `maas-batch gallery DIR` builds it: from the digests DIR remembered, in place
+    gallery.build(out)  # as `maas-batch gallery DIR` builds it: from the digests DIR remembered
     assert copies == []
     assert _unbuilt((out / gallery.PAGE).read_text()) == _unbuilt(page)

@@ -122,12 +122,33 @@ def test_an_order_stays_in_memory_where_no_temporary_file_can_be_made(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(tempfile, "TemporaryFile", refused)
+    monkeypatch.setattr(order_module, "_warned", set())
     values = array("Q", range(23))
     with caplog.at_level(logging.WARNING, logger="batch.running.order"):
         order = Order(values)
-    assert order._on_disk == 0 and order == values and list(order) == list(values)
+        again = Order(values)  # said once in a process, not for each order
+    assert order._on_disk == 0 and order == values and list(order) == list(values) and again == values
     assert order[7] == 7 and order[3:9] == values[3:9]
-    assert "stays in memory" in caplog.text and "No space left" in caplog.text
+    assert [len(block) for block in order.blocks()] == [40, 40, 40, 40, 24]  # a window at a time still
+    assert caplog.text.count("stays in memory") == 1 and "No space left" in caplog.text
+
+
+def test_repeats_are_looked_for_in_memory_where_no_file_for_the_runs_can_be_made(
+    small_window: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The order went to its file, then the disk filled: the search for repeats still answers."""
+    values = array("Q", [*range(23), 4, 22])
+    order = Order(values)
+    assert order._on_disk
+
+    def refused(*args: object, **kwargs: object) -> object:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refused)
+    monkeypatch.setattr(order_module, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="batch.running.order"):
+        assert order.repeated(Order(array("Q", [9]))) == {4, 9, 22}
+    assert "in memory" in caplog.text
 
 
 def test_an_order_fills_up_the_file_it_has_then_stays_in_memory(
@@ -152,16 +173,24 @@ def test_an_order_fills_up_the_file_it_has_then_stays_in_memory(
     assert list(order) == list(values) and order[12] == 12 and order[8:14] == values[8:14]
 
 
-def test_an_order_from_a_file_reads_it_in_place(tmp_path: Path) -> None:
+def test_an_order_from_a_file_is_read_once_whatever_happens_to_the_file(tmp_path: Path) -> None:
+    """A resume skips the tasks its plan's order names: the file replaced, truncated or rewritten in
+    place during the run must not change that order."""
     values = array("Q", range(100_000))
     path = tmp_path / "plan.ids"
     path.write_bytes(values.tobytes())
     order = Order.from_file(path)
     assert len(order) == 100_000 and order[99_999] == 99_999 and order == values
-    # a file replaced as write_atomic replaces it: the order reads the one it opened
+    with path.open("r+b") as handle:  # the same file rewritten in place, the same size
+        handle.write(array("Q", range(7, 100_007)).tobytes())
+    assert order[0] == 0 and order[99_999] == 99_999 and order == values
+    os.truncate(path, 8)  # then cut short
+    assert order[98_000] == 98_000 and order == values
+    path.write_bytes(values.tobytes())
+    order = Order.from_file(path)
     replacement = tmp_path / "new.ids"
     replacement.write_bytes(array("Q", range(5)).tobytes())
-    os.replace(replacement, path)
+    os.replace(replacement, path)  # as write_atomic replaces it
     assert len(order) == 100_000 and order[50_000] == 50_000 and order == values
     path.write_bytes(b"\0" * 12)
     with pytest.raises(ValueError, match="whole number"):
