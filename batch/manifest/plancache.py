@@ -90,7 +90,7 @@ def key(manifest: Path, settings: Mapping[str, Any]) -> dict[str, Any]:
 class CachedPlan:
     total: int
     counts: Counter[tuple[str, str, str]]
-    order: Order  # id digests in manifest order, read from DIR/.cache/plan.ids itself
+    order: Order  # id digests in manifest order, as DIR/.cache/plan.ids holds them
     sources: Sources
     estimates: dict[tuple[str, str], list[int]]
 

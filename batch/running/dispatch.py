@@ -44,7 +44,8 @@ PRODUCER_BATCH = 64  # tasks pulled from the manifest per trip to a worker threa
 class RunStart:
     """What a run learnt from DIR before its first request (see Job._prepare)."""
 
-    finished: IdSet  # tasks with a result line
+    finished: IdSet  # ids with a result line (orphaned ones' too: only the plan's are looked up)
+    finished_before: int  # the plan's tasks with a result line
     failed_before: int  # of them, failed
     skip: Callable[[int], bool] | None  # positions in the plan not to send
     left_alone: int  # pending tasks that --retry-failed does not send (it sends the failed ones only)
@@ -94,7 +95,7 @@ class Runner:
         self._work_scope = anyio.CancelScope()
         self.summary = RunSummary(
             total=total,
-            finished_before=len(start.finished),
+            finished_before=start.finished_before,
             failed_before=start.failed_before,
             left_alone=start.left_alone,
         )

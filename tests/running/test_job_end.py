@@ -86,14 +86,15 @@ def test_the_page_at_a_runs_end_is_written_without_the_runs_id_sets(
     assert len(held) == 8 and alive == [False] * 4
 
 
-def test_a_fresh_run_makes_no_id_set_of_its_plan_and_a_resume_makes_one(
+def test_no_run_makes_an_id_set_of_its_plan_and_a_resumes_counts_are_the_plans(
     cli: Callable[..., Outcome],
     sim: RunningSimulator,
     write: Callable[..., Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The plan's id set (8 bytes a task) tells finished tasks apart: a DIR with no results needs none."""
+    """The plan's id set is 8 bytes a task: a resume tells its finished tasks apart without it, counting
+    them over the plan's order, so that a line of a task no longer in the manifest counts for nothing."""
     made: list[int] = []  # each id set made: its plan's task count
     hold = Plan.hold_ids
 
@@ -105,6 +106,14 @@ def test_a_fresh_run_makes_no_id_set_of_its_plan_and_a_resume_makes_one(
     manifest = write(MANIFEST)
     out = tmp_path / "out"
     assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 0
+    results = out / "results.jsonl"
+    lines = results.read_text().splitlines(keepends=True)
+    failed = [line for line in lines if '"id": "q-1"' in line]
+    assert len(failed) == 1
+    results.write_text("".join(lines).replace(failed[0], failed[0].replace('"succeeded"', '"failed"')))
+    fewer = write(MANIFEST.replace("  - {kind: chat, id: q-4, model: gemini-2.5-flash, prompt: q 4}\n", ""))
+    again = cli("run", fewer, "--out", out, env=env_for(sim))  # q-4's line is now orphaned
+    assert "0 succeeded, 0 failed, 4 already done (1 of them failed)" in again.out, again.out
+    assert again.code == 1
     assert made == []
-    assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 0  # a resume: all 5 are done
-    assert made == [5]
+    assert sim.state.requests_total == 5  # nothing sent again
