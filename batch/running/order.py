@@ -5,8 +5,8 @@ a window at a time. A million tasks' order is 8 MB on disk and about 0.5 MB in t
 run's memory does not grow with its manifest. A plan DIR remembered (DIR/.cache/plan.ids) is read once
 into an order of its own. Append from one thread, then read from any.
 
-Repeated digests (duplicate ids) are found without the digests in memory either: each window is sorted
-into a run of a second temporary file, and the runs are merged a block at a time.
+Repeated digests (duplicate ids) are found without the digests in memory either: RUN of them at a time
+are sorted into a run of a second temporary file, and the runs are merged a block at a time.
 
 Reads use os.pread, which does not move a file's position: worker threads may read an order at once.
 """
