@@ -32,6 +32,31 @@ def test_render_fills_placeholders_keeps_types_and_escapes_braces() -> None:
     assert render('Return {"label": x} and { spaced }', values) == 'Return {"label": x} and { spaced }'
 
 
+def test_values_that_are_not_strings_are_written_as_json_writes_them() -> None:
+    """Ints take a shortcut past json.dumps (a matrix's numbers, twice a task): the text must not move,
+    for ids made from it are the checkpoint's keys."""
+    import json
+
+    for value in (
+        0,
+        7,
+        -3,
+        10**30,
+        -(10**30),
+        True,
+        False,
+        None,
+        2.5,
+        1e-05,
+        float("nan"),
+        [1, "é"],
+        {"a": 1},
+    ):
+        expected = json.dumps(value, ensure_ascii=False)
+        assert render("v={v}", {"v": value}) == f"v={expected}", value
+        assert slug(value, 100) == slug(expected, 100), value
+
+
 def test_slug_is_short_readable_and_file_safe() -> None:
     assert slug("A black fox, in autumn!") == "a-black-fox-in-autumn"
     assert slug("x" * 100, 10) == "x" * 10
