@@ -3,6 +3,7 @@ key for key and in order; the fast scan of results.jsonl agrees with from_line. 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -64,6 +65,21 @@ def test_a_result_line_reads_back_and_writes_again_unchanged(text: str) -> None:
     record = ResultRecord.from_line(json.loads(text))
     assert list(record.to_line().items()) == _keys_and_values(text)
     assert record.failed == (json.loads(text)["status"] == "failed")
+
+
+@pytest.mark.parametrize(
+    "text", [*RESULT_LINES, '{"id": 7}', "{}", '{"id": "x", "usage": [1], "files": "a"}']
+)
+def test_a_result_line_read_back_is_the_record_its_constructor_makes(text: str) -> None:
+    """from_line builds its record without the dataclass's __init__ (7 us of a line's reading): every
+    field must be there, as the constructor would set it, and the record stays frozen."""
+    record = ResultRecord.from_line(json.loads(text))
+    names = [field.name for field in dataclasses.fields(ResultRecord)]
+    assert sorted(vars(record)) == sorted(names)  # none missing, none misspelt
+    again = ResultRecord(**{name: getattr(record, name) for name in names})
+    assert again == record and repr(again) == repr(record) and hash(again.error) == hash(record.error)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        record.status = "failed"  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("text", USAGE_LINES)
