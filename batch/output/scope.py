@@ -114,13 +114,12 @@ def scope_of(
     manifest: Path | None = None,
     *,
     include_orphaned: bool = False,
-    order: Order | None = None,
 ) -> Scope:
     """The scope of a report on DIR: `manifest` (--manifest) if given, else the last run's manifest.
-    A --manifest that is not valid raises ManifestError (exit 65), as `validate` would. `order`: digests
-    the caller holds already (a run's plan, for its page): where the last run's remembered digests are
-    the same, the scope takes them rather than a second copy read from DIR/.cache/plan.ids."""
-    remembered = _remembered(root, order if manifest is None else None)
+    A --manifest that is not valid raises ManifestError (exit 65), as `validate` would. The last run's
+    digests are read from DIR/.cache/plan.ids a window at a time (Order.from_file): a run's page holds no
+    second copy of its plan's order, so it need not hand its own over."""
+    remembered = _remembered(root)
     if manifest is not None:
         settings = dict(remembered.settings)
         if remembered.manifest_path is None or manifest.resolve() != remembered.manifest_path:
@@ -138,16 +137,15 @@ def scope_of(
     return remembered
 
 
-def _remembered(root: Path, known: Order | None = None) -> Scope:
-    """The manifest of the last run, from the plan it remembered, if that run was the plan's; its
-    digests are `known` where the file holds the same ones."""
+def _remembered(root: Path) -> Scope:
+    """The manifest of the last run, from the plan it remembered, if that run was the plan's."""
     start = _last_start(root / RUNS)
     tasks = start.get("tasks") if isinstance(start.get("tasks"), int) else None
     folder = root / plancache.FOLDER
     try:
         document = json.loads((folder / plancache.PLAN).read_bytes())
         key = document["key"]
-        order = _digests(folder / plancache.IDS, known)
+        order = Order.from_file(folder / plancache.IDS)
         path = Path(str(key["manifest"]))
         settings = dict(key["settings"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -166,13 +164,6 @@ def _remembered(root: Path, known: Order | None = None) -> Scope:
         settings=settings,
         cache=folder,
     )
-
-
-def _digests(path: Path, known: Order | None) -> Order:
-    """The digests in `path` (DIR/.cache/plan.ids), read a window at a time (Order.from_file): `known`
-    itself if the file holds the same ones."""
-    found = Order.from_file(path)
-    return known if known is not None and known == found else found
 
 
 def _last_start(folder: Path) -> dict[str, Any]:

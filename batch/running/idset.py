@@ -64,14 +64,6 @@ class IdSet:
         """Sort now, so that later lookups (from worker threads too) only read."""
         self._sort()
 
-    def repeated(self) -> set[int]:
-        """Digests added more than once (the ids are found again by digest())."""
-        self._sort()
-        found: set[int] = set()
-        for values in self._buckets:
-            found.update(values[i] for i in range(1, len(values)) if values[i] == values[i - 1])
-        return found
-
 
 _PARTS = 16  # the digests of repeated_in, a sixteenth at a time by their top four bits
 _TOP_BYTE = 7 if sys.byteorder == "little" else 0  # where an array("Q") item's top byte is

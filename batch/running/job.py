@@ -157,13 +157,12 @@ class Job:
     def _build_gallery(self) -> None:
         """The page at the run's end: the tasks of the last run's manifest, as `maas-batch gallery DIR`
         would show them. A big run's in a process of its own (its memory is not added to the run's);
-        a smaller one's here, where starting a process would cost more than the page, its order the run's
-        own plan's where DIR remembered that plan (no copy)."""
+        a smaller one's here, where starting a process would cost more than the page."""
         try:
             if self.checked.plan.total >= PAGE_APART and gallery.can_start_itself():
                 gallery.build_apart(self.out.root)
             else:
-                gallery.build(self.out.root, scope_of(self.out.root, order=self.checked.plan.order))
+                gallery.build(self.out.root, scope_of(self.out.root))
         except (OSError, ValueError, OutputError) as exc:  # the page is a view: it must not fail the run
             log.warning("could not write the gallery: %s", exc)
             # the summary names no page: one left from during the run would show tasks as still pending
