@@ -1,5 +1,5 @@
 """`python -m batch` is the `maas-batch` command."""
 
-from batch.cli import main
+from batch.cli import command
 
-raise SystemExit(main())
+command()

@@ -130,6 +130,7 @@ class Run:
     answered: int = 0  # requests the simulator answered 200 in this run
     first_request_s: float | None = None  # from the child's start to the simulator seeing its first request
     span_s: float | None = None  # from the first request's arrival to the last answer's end
+    tail_s: float | None = None  # from the last answer's end to the child's exit (its page, last sync, exit)
     server_cpu_s: float | None = None  # the simulator's CPU during this run
 
 
@@ -323,6 +324,8 @@ def measured_run(peer: str, runner: Peer, tasks: Tasks, sim: Sim, setting: Setti
     if records:
         first = min(r["time"] for r in records)
         run.first_request_s = first - child.started
-        run.span_s = max(r["time"] + r["elapsed"] for r in records) - first
+        last = max(r["time"] + r["elapsed"] for r in records)
+        run.span_s = last - first
+        run.tail_s = child.started + child.wall - last
     shutil.rmtree(folder, ignore_errors=True)  # a round's output is not needed once counted
     return run

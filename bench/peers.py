@@ -20,7 +20,8 @@ fixed latency, started and stopped here on a free port:
 
 CPU (user + sys) and peak RSS come from os.wait4 of each child, wall from its start to its exit. The share of
 C/L and the first request come from the simulator's own records: tasks answered / (last answer's end - first
-request's arrival) / (C/L), so that start-up is counted once, in `first req`, not in the rate. Each figure is
+request's arrival) / (C/L), so that start-up is counted once, in `first req`, not in the rate; `tail` runs
+from the last answer's end to the child's exit (a page, a last sync, the interpreter's exit). Each figure is
 the median of the rounds; the ratios are to the hand-written script's medians. CPU/wall is the share of one
 core a peer used; server CPU/wall the simulator's (from /proc) during that peer's run: near 1.0, the server
 is what limits the rate, not the peer.
@@ -109,6 +110,7 @@ def summarise(runs: dict[str, list[Run]], setting: Setting) -> dict[str, dict[st
                 [r.server_cpu_s / r.wall_s if r.server_cpu_s is not None else None for r in measured]
             ),
             "first_request_s": median([r.first_request_s for r in measured]),
+            "tail_s": median([r.tail_s for r in measured]),
             "peak_rss_mb": median([r.peak_rss_mb for r in measured]),
             "cpu_s_each_round": [round(r.cpu_s, 3) for r in measured],
             "wall_s_each_round": [round(r.wall_s, 3) for r in measured],
@@ -130,6 +132,7 @@ COLUMNS = [
     ("CPU/wall", "cpu_per_wall", "{:.2f}"),
     ("server CPU/wall", "server_cpu_per_wall", "{:.2f}"),
     ("1st req s", "first_request_s", "{:.2f}"),
+    ("tail s", "tail_s", "{:.2f}"),
     ("peak RSS MB", "peak_rss_mb", "{:.1f}"),
     ("CPU x", "cpu_s_ratio", "{:.2f}x"),
     ("wall x", "wall_s_ratio", "{:.3f}x"),

@@ -6,10 +6,12 @@ ends it into the error's own message and exit code, in one place.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from batch.cli.grammar import build_parser
 from batch.exitcodes import EXIT_OK, EXIT_TEMPFAIL
@@ -33,6 +35,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def command() -> NoReturn:
+    """The `maas-batch` command itself (its console script, and `python -m batch`): `main`, then an exit
+    without the shutdown freeing every module's objects one by one. `gc.freeze()` moves what is alive into
+    the collector's permanent generation, which the collections of Python's shutdown do not walk: about
+    0.1 s of CPU less at the end of every command that has imported aiohttp (BENCHMARKS.md). The atexit
+    handlers (logging's flush) still run, and every file the command wrote is closed by then. Not in
+    `main`: a program that calls `main` goes on, and its objects must stay collectable."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
 
 
 def _interrupt(signum: int, frame: object) -> None:
