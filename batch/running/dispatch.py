@@ -21,6 +21,7 @@ from batch.events import Event, Heartbeat, Observer, RunStarted, RunStopping
 from batch.exitcodes import EXIT_DATAERR, EXIT_DEADLINE, EXIT_IOERR, EXIT_UNAVAILABLE
 from batch.kind import Registry
 from batch.manifest.tasks import TaskSpec
+from batch.output.files import reason
 from batch.output.gallery import Thumbnailer
 from batch.output.runlog import Interrupted, RunLog
 from batch.output.store import OutputDir
@@ -275,6 +276,12 @@ class Runner:
                     except ManifestError as exc:
                         first = exc.problems[0] if exc.problems else exc
                         self.stop(f"the manifest changed during the run: {first}", EXIT_DATAERR)
+                        return
+                    except OutputError as exc:  # the manifest's order could not be read back
+                        self.stop(str(exc), EXIT_IOERR)
+                        return
+                    except OSError as exc:  # the manifest itself (a disk failing under it)
+                        self.stop(f"cannot read the manifest during the run: {reason(exc)}", EXIT_IOERR)
                         return
                     if not batch:
                         return

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, overload
 
+from batch.errors import OutputError
+from batch.output.files import reason
 from batch.running.idset import repeated_in
 
 log = logging.getLogger("batch.running.order")
@@ -139,18 +141,26 @@ class Order(Sequence[int]):
         return values
 
     def _read_bytes(self, start: int, count: int) -> bytes:
-        """The bytes of the digests at [start, start + count) of the file (count cut at its end)."""
+        """The bytes of the digests at [start, start + count) of the file (count cut at its end).
+        OutputError if the file cannot be read back (the disk under TMPDIR failing): a run that meets it
+        while dispatching stops as on a full disk (74), its requests in flight finished and recorded."""
         count = min(count, self._on_disk - start)
         if count <= 0:
             return b""
         assert self._file is not None
         want = count * _SIZE
-        data = os.pread(self._file.fileno(), want, start * _SIZE)
-        while len(data) < want:  # a short read: the rest
-            more = os.pread(self._file.fileno(), want - len(data), start * _SIZE + len(data))
-            if not more:
-                raise OSError(f"the order's file ended at digest {(start * _SIZE + len(data)) // _SIZE}")
-            data += more
+        try:
+            data = os.pread(self._file.fileno(), want, start * _SIZE)
+            while len(data) < want:  # a short read: the rest
+                more = os.pread(self._file.fileno(), want - len(data), start * _SIZE + len(data))
+                if not more:
+                    raise OSError(f"it ended at digest {(start * _SIZE + len(data)) // _SIZE}")
+                data += more
+        except OSError as exc:
+            raise OutputError(
+                f"cannot read the manifest's order back from its temporary file in {tempfile.gettempdir()} "
+                f"(TMPDIR): {reason(exc)}"
+            ) from exc
         return data
 
     def windows(self, size: int = WINDOW) -> Iterator[array[int]]:

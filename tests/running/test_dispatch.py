@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any, BinaryIO
 
 import anyio
 import pytest
 
+from batch.manifest import read
+from batch.manifest.regular import open_regular
+from batch.running import dispatch
 from batch.running.dispatch import Runner
+from batch.simulator import RunningSimulator
+from tests.conftest import Outcome, env_for
 
 pytestmark = pytest.mark.anyio
 
@@ -31,3 +40,57 @@ async def test_the_producer_ends_quietly_when_the_workers_are_gone() -> None:
     with anyio.fail_after(5):
         await Runner._produce(producer, send)  # type: ignore[arg-type]
     assert batches == [["d"], []]  # it stopped at the first batch it could not hand over
+
+
+def test_a_manifest_that_cannot_be_read_during_the_dispatch_stops_the_run_and_loses_nothing(
+    cli: Callable[..., Outcome],
+    sim: RunningSimulator,
+    write: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The manifest's disk failing after its check (EIO in the dispatch's walk, 8 lines in): the run
+    stops as on a full disk (74), its requests in flight finished and recorded, and the next run sends
+    only the rest."""
+    line = '{{"kind": "chat", "id": "t{0}", "model": "gemini-2.5-flash", "prompt": "q {0}"}}\n'
+    manifest = write("".join(line.format(i) for i in range(12)), "tasks.jsonl")
+    monkeypatch.setattr(dispatch, "PRODUCER_BATCH", 2)
+    opened = 0
+
+    class FailingDisk:
+        def __init__(self, handle: BinaryIO) -> None:
+            self.handle, self.lines = handle, 0
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.handle, name)
+
+        def __enter__(self) -> FailingDisk:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.handle.close()
+
+        def readline(self, size: int = -1) -> bytes:
+            self.lines += 1
+            if self.lines > 8:
+                raise OSError(errno.EIO, "Input/output error")
+            return self.handle.readline(size)
+
+    def failing_after_the_check(path: Path) -> Any:
+        nonlocal opened
+        opened += 1
+        handle = open_regular(path)
+        return handle if opened == 1 else FailingDisk(handle)  # the check's walk, then the dispatch's
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as disk:
+        disk.setattr(read, "open_regular", failing_after_the_check)
+        stopped = cli("run", manifest, "--out", out, env=env_for(sim))
+    assert stopped.code == 74, stopped.err
+    assert "cannot read the manifest during the run: Input/output error" in stopped.out + stopped.err
+    sent = sim.state.billed_requests
+    assert 0 < sent <= 8
+    for name in ("results.jsonl", "usage.jsonl"):
+        assert (out / name).read_bytes().count(b"\n") == sent
+    assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 0
+    assert sim.state.billed_requests == 12

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -10,13 +11,17 @@ import threading
 import tracemalloc
 from array import array
 from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
 
+from batch.running import dispatch
 from batch.running import order as order_module
 from batch.running.idset import digest
 from batch.running.order import Order
+from batch.simulator import RunningSimulator
+from tests.conftest import Outcome, env_for
 
 
 @pytest.fixture
@@ -216,3 +221,66 @@ def test_threads_read_one_order_at_once(small_window: int) -> None:
     for thread in threads:
         thread.join(30)
     assert wrong == []
+
+
+def chat_lines(numbers: Iterable[int]) -> str:
+    line = '{{"kind": "chat", "id": "t{0}", "model": "gemini-2.5-flash", "prompt": "q {0}"}}\n'
+    return "".join(line.format(i) for i in numbers)
+
+
+# where the disk fails: the manifest resumed, and which reads of the order's file fail (fd, size, offset)
+FAILING_READS = {
+    # a new manifest: its check walk's search for repeated ids reads the order back
+    "validation": (chat_lines(range(20)), lambda offset: True),
+    # the same manifest, its plan remembered: counting its finished tasks reads the order back
+    "counting finished tasks": (chat_lines(range(10)), lambda offset: True),
+    # ten new tasks first, then the ten done: the walk reads positions 10-14 (one window: offset 80)
+    # once it has handed the ten new ones out (2 at a time)
+    "dispatch walk": (chat_lines([*range(10, 20), *range(10)]), lambda offset: offset == 80),
+}
+
+
+@pytest.mark.parametrize("where", FAILING_READS)
+def test_a_resume_whose_order_cannot_be_read_back_ends_with_a_message_and_loses_nothing(
+    small_window: int,
+    where: str,
+    cli: Callable[..., Outcome],
+    sim: RunningSimulator,
+    write: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The disk under TMPDIR failing during a resume: reading the order's file back raises EIO. The run
+    ends with 74 and a message that says so; DIR keeps every line it had, every answer paid for has its
+    lines, and the next run sends only what is left."""
+    out = tmp_path / "out"
+    ten = write(chat_lines(range(10)), "ten.jsonl")
+    assert cli("run", ten, "--out", out, env=env_for(sim)).code == 0
+    journals = {name: (out / name).read_bytes() for name in ("results.jsonl", "usage.jsonl")}
+    text, fails = FAILING_READS[where]
+    manifest = write(text, "again.jsonl")
+    monkeypatch.setattr(dispatch, "PRODUCER_BATCH", 2)
+    pread = os.pread
+    failed = []
+
+    def failing(fd: int, size: int, offset: int) -> bytes:
+        if fails(offset):
+            failed.append(offset)
+            raise OSError(errno.EIO, "Input/output error")
+        return pread(fd, size, offset)
+
+    with monkeypatch.context() as disk:
+        disk.setattr(os, "pread", failing)
+        again = cli("run", manifest, "--out", out, env=env_for(sim))
+    assert failed
+    assert again.code == 74, again.err
+    assert "cannot read the manifest's order back from its temporary file in" in again.err
+    for name, before in journals.items():
+        assert (out / name).read_bytes().startswith(before)
+    sent = sim.state.billed_requests - 10
+    lines = {name: (out / name).read_bytes().count(b"\n") - 10 for name in journals}
+    assert lines == {"results.jsonl": sent, "usage.jsonl": sent}
+    assert (sent > 0) == (where == "dispatch walk"), again.err
+    # the disk mended: the rest, each task once
+    assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 0
+    assert sim.state.billed_requests == len(set(text.splitlines()))
