@@ -5,6 +5,7 @@ come as Options (batch.cli.options); the work itself is batch.running.job's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -27,6 +28,7 @@ from batch.config import (
 )
 from batch.errors import UsageError, unwrap
 from batch.exitcodes import EXIT_BUDGET, EXIT_DEADLINE, EXIT_OK, EXIT_TEMPFAIL
+from batch.output.files import reason
 from batch.output.lock import probe as probe_lock
 from batch.values import StoreUrl
 
@@ -87,8 +89,12 @@ def run(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
     try:
         # args.out: DIR, or the staging DIR of a run on a store, where the page was written before it went up
         _print_summary(summary, getattr(args, "store", None) or args.out, retried, args.out / "index.html")
-    except BrokenPipeError:  # the run's own exit code matters more than a closed stdout
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as exc:  # a closed stdout, or a cron job's log on a full disk: the run's own exit code
+        # matters more, and what stdout would have said is in DIR (results, ledger, the run's log)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's last flush goes nowhere
+        if not isinstance(exc, BrokenPipeError):
+            with contextlib.suppress(OSError):
+                print(f"maas-batch: could not print the run's summary: {reason(exc)}", file=sys.stderr)
     return summary.exit_code
 
 

@@ -390,3 +390,27 @@ def test_validate_show_prints_requests_as_sent_without_bytes_or_key(
     assert '"stream_options": {' in text  # a streamed chat asks for usage
     assert KEY not in text and "Bearer $MAAS_API_KEY" in text
     assert sim.state.requests_total == 0
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_under_stdout_does_not_change_the_runs_exit_code(
+    sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A cron job's log on a full disk (`>> run.log`): the summary cannot be printed; the run still exits
+    with its own code, says why on stderr, and DIR holds everything."""
+    manifest = write('{"kind": "chat", "id": "a", "model": "gemini-2.5-flash", "prompt": "hi"}\n', "t.jsonl")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
+    env.update(env_for(sim), PYTHONPATH=str(ROOT))
+    with open("/dev/full", "w") as full:
+        ran = subprocess.run(
+            [sys.executable, "-m", "batch", "run", str(manifest), "--out", str(tmp_path / "out"), *FAST],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+    assert ran.returncode == 0, ran.stderr
+    assert "maas-batch: could not print the run's summary: no space left on the device" in ran.stderr
+    assert "Traceback" not in ran.stderr
+    assert results(tmp_path / "out")["a"]["status"] == "succeeded"
