@@ -185,9 +185,11 @@ def test_validate_counts_tasks_and_sends_nothing(cli: Callable[..., Outcome], si
         ["frobnicate"],
     ],
 )
-def test_bad_usage_exits_64(cli: Callable[..., Outcome], args: list[str], tmp_path: Path) -> None:
+def test_bad_usage_exits_64(
+    cli: Callable[..., Outcome], args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "x.yaml").write_text("tasks: []\n")
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # and back: a later test's child process starts in the cwd it finds
     outcome = cli(*args, env={"MAAS_API_KEY": KEY})
     assert outcome.code == 64, outcome.err
 

@@ -305,6 +305,7 @@ def test_the_command_ends_without_freeing_its_modules_one_by_one(
         [sys.executable, "-c", EXIT_PROBE + entry, "validate", str(manifest), "--simulate"],
         capture_output=True,
         text=True,
+        cwd=Path(__file__).parents[2],  # this tree's batch, whatever another test left as the cwd
     )
     assert done.returncode == expected, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "frozen at exit: True"
