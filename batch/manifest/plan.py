@@ -7,7 +7,7 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from batch.errors import ManifestError, Problem
@@ -207,23 +207,39 @@ def _report_duplicates(manifest: Manifest, builder: TaskBuilder, repeated: set[i
             first[task_id] = (label, line)
 
 
+CHANGED = "the manifest, or a file its tasks come from, changed during the run; run again to check it"
+
+
 def iter_tasks(
     manifest: Manifest,
     builder: TaskBuilder,
     skip: Callable[[int], bool] | None = None,
     changed: Callable[[], bool] | None = None,
     begin: Mark | None = None,
+    order: Sequence[int] | None = None,
 ) -> Iterator[TaskSpec]:
     """The TaskSpecs of a manifest that `check_manifest` passed, but for the positions `skip` passes over
     (from the mark `begin` of that check, if given). A manifest, or a file its tasks are expanded from,
     that `changed` (asked every 64 tasks, from the first), or an input file that fails its checks now,
-    raises ManifestError rather than sending a task that was never checked."""
-    for count, (_, item) in enumerate(walk(manifest, builder, skip, begin)):
+    raises ManifestError rather than sending a task that was never checked. With the plan's `order`, so
+    does a task that is not the one the check found at its position, or one past the last: a manifest
+    rewritten or appended to between two of `changed`'s looks (a long stretch of finished tasks on a
+    resume) stops the walk there, rather than sending a task twice or one never checked."""
+    position = -1
+
+    def passed(at: int) -> bool:
+        nonlocal position
+        position = at
+        if order is not None and at >= len(order):
+            raise ManifestError([Problem(manifest.name, None, CHANGED)])
+        return skip is not None and skip(at)
+
+    watched = passed if skip is not None or order is not None else None
+    for count, (_, item) in enumerate(walk(manifest, builder, watched, begin)):
         if changed is not None and count % 64 == 0 and changed():
-            message = (
-                "the manifest, or a file its tasks come from, changed during the run; run again to check it"
-            )
-            raise ManifestError([Problem(manifest.name, None, message)])
+            raise ManifestError([Problem(manifest.name, None, CHANGED)])
         if not isinstance(item, TaskSpec):
             raise ManifestError(item)
+        if order is not None and digest(item.id) != order[position]:
+            raise ManifestError([Problem(manifest.name, item.line, CHANGED)])
         yield item

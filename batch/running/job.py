@@ -314,7 +314,8 @@ class Job:
                 # a shard starts reading the manifest near its first task, not at the manifest's start
                 begin = None if self.config.only is None else checked.plan.mark_before(self.config.only[0])
                 watch = _watch(checked.sources)
-                tasks = iter_tasks(checked.manifest, checked.builder, start.skip, watch, begin)
+                order = checked.plan.order
+                tasks = iter_tasks(checked.manifest, checked.builder, start.skip, watch, begin, order)
                 self.runner = Runner(
                     tasks if self.config.only is None else _until_past(tasks),
                     start,

@@ -8,13 +8,17 @@ import os
 import tracemalloc
 from array import array
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import pytest
+
 from batch.manifest import plancache
+from batch.manifest.plancache import Sources
+from batch.running import dispatch
 from batch.running.order import Order
 from batch.simulator import RunningSimulator
-from tests.conftest import Outcome, env_for, results
+from tests.conftest import Outcome, env_for, ledger, results
 
 
 def plan_sources(out: Path) -> list[str]:
@@ -141,3 +145,83 @@ def test_a_plans_digests_are_saved_and_loaded_without_a_whole_copy_of_them(tmp_p
     assert plancache.load(tmp_path, key) is None
     (tmp_path / plancache.IDS).write_bytes(array("Q", range(1, count + 1)).tobytes())
     assert plancache.load(tmp_path, key) is None
+
+
+def padded_lines(numbers: Iterable[int]) -> str:
+    """Chat tasks t00, t01, ... of 1 KB each: a walk's reads then reach past its file buffer's first fill,
+    and see what is written to the file after it started."""
+    line = '{{"kind": "chat", "id": "t{0:02d}", "model": "gemini-2.5-flash", "prompt": "q {0} {1}"}}\n'
+    return "".join(line.format(i, "x" * 1000) for i in numbers)
+
+
+def after_the_first_look(monkeypatch: pytest.MonkeyPatch, edit: Callable[[], None]) -> None:
+    """`edit` right after the dispatch walk's first look for changes (it looks every 64 tasks)."""
+    looked = Sources.expansion_changed
+    looks = 0
+
+    def looking(self: Sources) -> bool:
+        nonlocal looks
+        looks += 1
+        answer = looked(self)
+        if looks == 1:
+            edit()
+        return answer
+
+    monkeypatch.setattr(Sources, "expansion_changed", looking)
+
+
+def test_a_manifest_appended_to_during_a_resume_stops_it_and_loses_nothing(
+    cli: Callable[..., Outcome],
+    sim: RunningSimulator,
+    write: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pipeline appends tasks while a resume walks past a long stretch of finished ones: the walk
+    reached positions the check never saw before its next look, and crashed the run (IndexError) with
+    its requests in flight. It stops at the first of them now (65), the request in flight recorded."""
+    out = tmp_path / "out"
+    assert (
+        cli("run", write(padded_lines(range(1, 40)), "first.jsonl"), "--out", out, env=env_for(sim)).code == 0
+    )
+    manifest = write(padded_lines(range(40)), "tasks.jsonl")  # t00 is new, at the start
+
+    def append() -> None:
+        with manifest.open("a", encoding="utf-8") as more:
+            more.write(padded_lines(range(40, 43)))
+
+    after_the_first_look(monkeypatch, append)
+    monkeypatch.setattr(dispatch, "PRODUCER_BATCH", 1)  # t00 goes out before the walk reaches the rest
+    again = cli("run", manifest, "--out", out, env=env_for(sim))
+    assert again.code == 65, again.err
+    assert "changed during the run" in again.out
+    assert [r.task_id for r in sim.state.records[39:]] == ["t00"]
+    assert len(results(out)) == 40 and len(ledger(out)) == 40
+    monkeypatch.undo()
+    assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 0
+    assert sorted(r.task_id for r in sim.state.records[40:]) == ["t40", "t41", "t42"]
+
+
+def test_a_line_rewritten_during_a_run_as_a_task_already_sent_is_not_sent_again(
+    cli: Callable[..., Outcome],
+    sim: RunningSimulator,
+    write: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A line rewritten in place between two looks for changes, as the task already sent first: the walk
+    built it and, the run having no result of it when it began, sent it again (paid twice). The walk
+    now checks that each task is the one the check found at its position."""
+    manifest = write(padded_lines(range(40)), "tasks.jsonl")
+    text = manifest.read_text(encoding="utf-8")
+
+    def rewrite() -> None:  # t20 becomes t00, the same bytes long: the file's size is unchanged
+        manifest.write_text(text.replace('"id": "t20"', '"id": "t00"'), encoding="utf-8")
+
+    after_the_first_look(monkeypatch, rewrite)
+    monkeypatch.setattr(dispatch, "PRODUCER_BATCH", 1)  # each task goes out as soon as it is built
+    outcome = cli("run", manifest, "--out", tmp_path / "out", "--concurrency", "2", env=env_for(sim))
+    assert outcome.code == 65, outcome.err
+    sent = [r.task_id for r in sim.state.records]
+    assert sent.count("t00") == 1 and "t20" not in sent
+    assert len(results(tmp_path / "out")) == len(sent) == len(ledger(tmp_path / "out"))
