@@ -5,6 +5,7 @@ the journals' fsync. The summary counts the run's events as they are emitted.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections import deque
@@ -18,13 +19,14 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from batch.errors import ManifestError, OutputError
 from batch.events import Event, Heartbeat, Observer, RunStarted, RunStopping
-from batch.exitcodes import EXIT_DATAERR, EXIT_DEADLINE, EXIT_IOERR, EXIT_UNAVAILABLE
+from batch.exitcodes import EXIT_DATAERR, EXIT_DEADLINE, EXIT_FAILED, EXIT_IOERR, EXIT_UNAVAILABLE
 from batch.kind import Registry
 from batch.manifest.tasks import TaskSpec
 from batch.output.files import reason
 from batch.output.gallery import Thumbnailer
 from batch.output.runlog import Interrupted, RunLog
 from batch.output.store import OutputDir
+from batch.running.answers import short
 from batch.running.attempt import TaskAttempts
 from batch.running.budget import Budget, Spent
 from batch.running.client import ApiClient
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
     from batch.running.shared import SharedLimits
 
 PRODUCER_BATCH = 64  # tasks pulled from the manifest per trip to a worker thread
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -282,6 +286,11 @@ class Runner:
                         return
                     except OSError as exc:  # the manifest itself (a disk failing under it)
                         self.stop(f"cannot read the manifest during the run: {reason(exc)}", EXIT_IOERR)
+                        return
+                    except Exception as exc:  # a fault of ours: the requests in flight still finish
+                        logger.exception("the walk of the manifest: unexpected %s", type(exc).__name__)
+                        message = f"unexpected {type(exc).__name__} in the walk of the manifest: {short(exc)}"
+                        self.stop(message, EXIT_FAILED)
                         return
                     if not batch:
                         return

@@ -13,6 +13,7 @@ import pytest
 
 from batch.manifest import read
 from batch.manifest.regular import open_regular
+from batch.manifest.tasks import TaskBuilder
 from batch.running import dispatch
 from batch.running.dispatch import Runner
 from batch.simulator import RunningSimulator
@@ -92,5 +93,42 @@ def test_a_manifest_that_cannot_be_read_during_the_dispatch_stops_the_run_and_lo
     assert 0 < sent <= 8
     for name in ("results.jsonl", "usage.jsonl"):
         assert (out / name).read_bytes().count(b"\n") == sent
+    assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 0
+    assert sim.state.billed_requests == 12
+
+
+def test_a_fault_of_ours_in_the_dispatch_walk_stops_the_run_with_its_requests_in_flight_recorded(
+    cli: Callable[..., Outcome],
+    sim: RunningSimulator,
+    write: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug met while building the fifth task of the dispatch walk (after the check built all twelve):
+    the run stops (1, the error named), the requests in flight finish and are recorded, as a worker's
+    fault fails only its task; before, the exception ended the run and cancelled them."""
+    line = '{{"kind": "chat", "id": "t{0}", "model": "gemini-2.5-flash", "prompt": "q {0}"}}\n'
+    manifest = write("".join(line.format(i) for i in range(12)), "tasks.jsonl")
+    monkeypatch.setattr(dispatch, "PRODUCER_BATCH", 1)
+    build = TaskBuilder.build
+    built = 0
+
+    def faulty(self: TaskBuilder, entry: Any) -> Any:
+        nonlocal built
+        built += 1
+        if built == 12 + 5:
+            raise RuntimeError("a fault of ours")
+        return build(self, entry)
+
+    monkeypatch.setattr(TaskBuilder, "build", faulty)
+    out = tmp_path / "out"
+    stopped = cli("run", manifest, "--out", out, env=env_for(sim))
+    assert stopped.code == 1, stopped.err
+    assert "stopped: unexpected RuntimeError in the walk of the manifest: a fault of ours" in stopped.out
+    sent = sim.state.billed_requests
+    assert 0 < sent <= 4
+    for name in ("results.jsonl", "usage.jsonl"):
+        assert (out / name).read_bytes().count(b"\n") == sent
+    monkeypatch.undo()
     assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 0
     assert sim.state.billed_requests == 12
