@@ -104,7 +104,7 @@ class Runner:
             failed_before=start.failed_before,
             left_alone=start.left_alone,
         )
-        self._observers: list[Observer] = [self.summary.observe, *observers]  # the summary counts first
+        self._observers: list[Observer] = list(observers)  # after the summary, which counts first
         self._attempts = TaskAttempts(self._context(registry, client, out, start, rng))
 
     def _context(
@@ -158,8 +158,22 @@ class Runner:
         return self._stopping.is_set()
 
     def _emit(self, event: Event) -> None:
+        """Hand `event` to the summary, then to each view of the run (the progress bar, log lines, the
+        gallery's thumbnails, a library's callbacks). A view that raises is a view that failed (a
+        terminal gone, a closed stdout): it is dropped with one warning; the run, and the task whose
+        bookkeeping emitted the event, go on as if it had never been there."""
+        self.summary.observe(event)
         for observer in self._observers:
-            observer(event)
+            try:
+                observer(event)
+            except Exception as exc:
+                self._observers = [other for other in self._observers if other is not observer]
+                logger.warning(
+                    "a view of the run failed (%s: %s); the run goes on without it",
+                    type(exc).__name__,
+                    short(exc),
+                    exc_info=True,
+                )
 
     async def _sleep(self, seconds: float) -> None:
         """A retry's wait, cut short when the run stops (the next attempt then sees it and gives up)."""

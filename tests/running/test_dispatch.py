@@ -11,13 +11,15 @@ from typing import Any, BinaryIO
 import anyio
 import pytest
 
+from batch.cli.progress import LogLines
+from batch.events import Billed, Event, TaskFinished
 from batch.manifest import read
 from batch.manifest.regular import open_regular
 from batch.manifest.tasks import TaskBuilder
 from batch.running import dispatch
 from batch.running.dispatch import Runner
 from batch.simulator import RunningSimulator
-from tests.conftest import Outcome, env_for
+from tests.conftest import Outcome, env_for, ledger, results
 
 pytestmark = pytest.mark.anyio
 
@@ -132,3 +134,35 @@ def test_a_fault_of_ours_in_the_dispatch_walk_stops_the_run_with_its_requests_in
     monkeypatch.undo()
     assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 0
     assert sim.state.billed_requests == 12
+
+
+@pytest.mark.parametrize("failing_on", [Billed, TaskFinished])
+def test_a_view_of_the_run_that_fails_is_dropped_and_the_run_goes_on(
+    failing_on: type,
+    cli: Callable[..., Outcome],
+    sim: RunningSimulator,
+    write: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The run's display raising (a terminal gone, a closed stdout under the bar's messages) on a paid
+    answer's Billed event failed that task after it was paid for; on TaskFinished, after its result
+    line, it ended the run and cancelled the requests in flight. The view is dropped with a warning."""
+    line = '{{"kind": "chat", "id": "t{0}", "model": "gemini-2.5-flash", "prompt": "q {0}"}}\n'
+    manifest = write("".join(line.format(i) for i in range(8)), "tasks.jsonl")
+    shown = LogLines.__call__
+
+    def failing(self: LogLines, event: Event) -> None:
+        if isinstance(event, failing_on):
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+        shown(self, event)
+
+    monkeypatch.setattr(LogLines, "__call__", failing)
+    out = tmp_path / "out"
+    ran = cli("run", manifest, "--out", out, env=env_for(sim))
+    assert ran.code == 0, ran.err
+    assert "a view of the run failed (BrokenPipeError: [Errno 32] Broken pipe)" in ran.err
+    assert ran.err.count("a view of the run failed") == 1
+    assert "8 succeeded, 0 failed" in ran.out
+    assert sim.state.billed_requests == 8
+    assert {r["status"] for r in results(out).values()} == {"succeeded"} and len(ledger(out)) == 8
