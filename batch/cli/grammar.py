@@ -513,7 +513,7 @@ def _add_run(commands: Commands) -> argparse.ArgumentParser:
         type=number,
         default=DEFAULT_GRACE,
         metavar="SECONDS",
-        help="after SIGINT/SIGTERM, requests in flight get this long to finish and be saved; "
+        help="after SIGINT/SIGTERM/SIGHUP, requests in flight get this long to finish and be saved; "
         f"a second signal cancels them at once (default {DEFAULT_GRACE:g})",
     )
     retries.add_argument(

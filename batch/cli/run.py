@@ -172,11 +172,14 @@ async def _run_with_signals(job: Job, grace: float) -> RunSummary:
 
 
 async def _watch_signals(job: Job, grace: float, *, task_status: TaskStatus[None]) -> None:
-    """First SIGINT/SIGTERM: stop dispatching, give requests in flight `grace` seconds, exit 75.
-    Another one: cancel what is still in flight (the run stays resumable)."""
+    """First SIGINT/SIGTERM/SIGHUP: stop dispatching, give requests in flight `grace` seconds, exit 75.
+    Another one: cancel what is still in flight (the run stays resumable). SIGHUP is the terminal or the
+    ssh session closing under a run started without nohup: by default it killed the process at once,
+    answers in flight lost; the run's display is then gone, and dropped at its first failed write."""
     import anyio  # after the lock probe (see run)
 
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    stops = (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
+    with anyio.open_signal_receiver(*stops) as signals:
         task_status.started()
         async with anyio.create_task_group() as timers:
             async for signum in signals:

@@ -35,7 +35,7 @@ def wait_for_in_flight(sim: RunningSimulator, count: int) -> None:
 
 
 @pytest.mark.parametrize("slow_sim", [1.0], indirect=True)
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_stops_dispatch_lets_in_flight_finish_and_exits_75(
     manifest: Path, tmp_path: Path, slow_sim: RunningSimulator, signum: int
 ) -> None:
