@@ -60,8 +60,8 @@ exit codes:
   {EXIT_DATAERR}  a shard's manifest changed since it was submitted (the shard is requeued)
   {EXIT_UNAVAILABLE}  the service cannot go on (the shard is requeued)
   {EXIT_IOERR}  a shard's directory cannot be written (the shard is requeued)
-  {EXIT_TEMPFAIL}  stopped by SIGTERM or SIGINT: the shard in hand finished its requests in flight and was
-      requeued
+  {EXIT_TEMPFAIL}  stopped by SIGTERM, SIGINT or SIGHUP: the shard in hand finished its requests in
+      flight and was requeued
   {EXIT_NOPERM}  the API refused the key (the shard is requeued)
   {EXIT_CONFIG}  configuration missing (no MAAS_API_KEY...), or Redis cannot be reached
 """
@@ -119,8 +119,8 @@ def add_worker(commands: Commands) -> argparse.ArgumentParser:
     worker = commands.add_parser(
         "worker",
         description="Take shards of submitted batches off Redis and run each into DIR/shards/<k>/ (a run "
-        "directory: a shard delivered again sends only what it lacks). SIGTERM or SIGINT: the requests in "
-        "flight finish and the shard goes back on the queue; a second one cancels them.",
+        "directory: a shard delivered again sends only what it lacks). SIGTERM, SIGINT or SIGHUP: the "
+        "requests in flight finish and the shard goes back on the queue; a second one cancels them.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=REDIS_ENVIRONMENT + "\n" + WORKER_EXIT_CODES,
     )
@@ -363,7 +363,9 @@ def worker(args: argparse.Namespace) -> int:
             )
             shards.stop()
 
-        previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+        # SIGHUP: the terminal or session a worker was started from closing (without nohup)
+        stops = (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
+        previous = {signum: signal.signal(signum, stop) for signum in stops}
         try:
             code = shards.run()
         finally:

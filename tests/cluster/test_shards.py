@@ -190,8 +190,9 @@ def test_a_killed_workers_shard_is_finished_by_another(
     assert found["shards"] == {"total": 3, "pending": 0, "running": 0, "done": 3}
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_requeues_the_shard_after_its_requests_in_flight(
-    write: Callable[..., Path], tmp_path: Path, cli: Callable[..., Outcome], redis_url: str
+    signum: int, write: Callable[..., Path], tmp_path: Path, cli: Callable[..., Outcome], redis_url: str
 ) -> None:
     out = tmp_path / "out"
     with simulator_in_thread(SimConfig(api_key=KEY, latency=0.3)) as sim:
@@ -201,7 +202,7 @@ def test_sigterm_requeues_the_shard_after_its_requests_in_flight(
         while sim.state.requests_total == 0:
             assert time.monotonic() < deadline and first.poll() is None, (tmp_path / "first.log").read_text()
             time.sleep(0.02)
-        first.send_signal(signal.SIGTERM)
+        first.send_signal(signum)
         assert first.wait(30) == 75, (tmp_path / "first.log").read_text()
         done_first = sum(1 for _ in finished_results(shard_dir(out, 0) / "results.jsonl"))
         assert 1 <= done_first < SHARD  # the request in flight finished and was saved; no more were sent
