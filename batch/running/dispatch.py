@@ -5,6 +5,7 @@ the journals' fsync. The summary counts the run's events as they are emitted.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
@@ -31,8 +32,8 @@ from batch.running.attempt import TaskAttempts
 from batch.running.budget import Budget, Spent
 from batch.running.client import ApiClient
 from batch.running.context import AttemptContext
+from batch.running.finishedset import Finished
 from batch.running.health import ServiceHealth
-from batch.running.idset import IdSet
 from batch.running.limits import EndpointLimits
 from batch.running.looplag import LoopLag
 from batch.running.summary import RunSettings, RunSummary
@@ -49,7 +50,7 @@ logger = logging.getLogger(__name__)
 class RunStart:
     """What a run learnt from DIR before its first request (see Job._prepare)."""
 
-    finished: IdSet  # ids with a result line (orphaned ones' too: only the plan's are looked up)
+    finished: Finished  # the plan's positions with a result line (one bit a task)
     finished_before: int  # the plan's tasks with a result line
     failed_before: int  # of them, failed
     skip: Callable[[int], bool] | None  # positions in the plan not to send
@@ -79,7 +80,6 @@ class Runner:
     ) -> None:
         self._tasks = tasks
         self._out = out
-        self._finished = start.finished
         self._settings = settings
         self._stopping = anyio.Event()
         self._shared = shared
@@ -207,8 +207,8 @@ class Runner:
         summary.seconds = time.monotonic() - started
         summary.loop_lag_p99_ms = round(lag.percentile(0.99) * 1000, 1)
         summary.concurrency = self._limits.snapshot()
-        # the dispatch is over: its walk of the manifest and the ids it passed over are not read again
-        self._tasks, self._finished = iter(()), IdSet()
+        # the dispatch is over: its walk of the manifest is not read again
+        self._tasks = iter(())
         return summary
 
     async def _dispatch(
@@ -318,14 +318,10 @@ class Runner:
                         return  # the workers are gone (the run stopped while this batch was being built)
 
     def _next_batch(self) -> list[TaskSpec]:
-        """Up to PRODUCER_BATCH unfinished tasks. Runs in a worker thread: building a spec may hash files."""
-        batch: list[TaskSpec] = []
-        for spec in self._tasks:
-            if spec.id not in self._finished:
-                batch.append(spec)
-                if len(batch) >= PRODUCER_BATCH:
-                    break
-        return batch
+        """Up to PRODUCER_BATCH unfinished tasks. Runs in a worker thread: building a spec may hash files.
+        The walk passes over the finished ones (start.skip), and stops at any task that is not the one
+        the check found at its position (iter_tasks), so none of them is sent again."""
+        return list(itertools.islice(self._tasks, PRODUCER_BATCH))
 
     async def _work(self, receive: MemoryObjectReceiveStream[TaskSpec]) -> None:
         async with receive:

@@ -1,8 +1,8 @@
 """A compact set of task ids: 64-bit digests in sorted arrays, 8 bytes per id; and a compact map of ids
 to the byte offsets of their lines in a JSONL file, 12 bytes per id (16 for a file past 4 GiB).
 
-A run that resumes a million finished tasks holds 8 MB for them instead of a Python set's ~100 MB. The
-digests are split into 256 buckets by their top byte, so that sorting never needs more than one small
+A million ids are 8 MB here instead of a Python set's ~100 MB (a resume's finished tasks need less:
+finishedset.py, a bit each). The digests are split into 256 buckets by their top byte, so that sorting never needs more than one small
 bucket as Python ints at a time. Two distinct ids share a digest with probability about n²/2⁶⁵ (3·10⁻⁸
 for a million ids).
 """

@@ -36,6 +36,7 @@ from batch.output.store import OutputDir, finished_results, retried_ids
 from batch.running.budget import ledger_spent
 from batch.running.client import ApiClient, ClientConfig
 from batch.running.dispatch import Runner, RunStart
+from batch.running.finishedset import Finished, find_finished
 from batch.running.idset import IdSet
 from batch.running.summary import RunSettings, RunSummary
 
@@ -188,25 +189,11 @@ class Job:
             log.warning("could not write the gallery: %s", exc)
             (self.out.root / gallery.PAGE).unlink(missing_ok=True)  # the summary names no page
 
-    def finished(self) -> tuple[IdSet, int, int]:
-        """The ids that have a result line (an orphaned one's too: only the plan's are ever looked up),
-        and how many of the plan's tasks have one, and of those how many failed. No id set of the plan
-        (8 bytes a task) is made: the counts come from one pass over its order."""
-        done = IdSet()
-        failed_ids = IdSet()
-        for task_id, task_failed in finished_results(self.out.results.path):
-            done.add(task_id)
-            if task_failed:
-                failed_ids.add(task_id)
-        done.freeze()  # worker threads only read it
-        failed_ids.freeze()
-        count = failed = 0
-        if len(done):
-            for key in self.checked.plan.order:
-                if done.contains_digest(key):
-                    count += 1
-                    failed += failed_ids.contains_digest(key)
-        return done, count, failed
+    def finished(self) -> Finished:
+        """The positions of the plan's tasks that have a result line, and of them those that failed: one
+        bit a task, joined with results.jsonl by digest (finishedset.py), not an id set of 8 bytes a line."""
+        path = self.out.results.path
+        return find_finished(self.checked.plan.order, lambda: finished_results(path))
 
     def _prepare(self, loop: str = "asyncio") -> RunStart:
         """Everything a run reads and rewrites in DIR before its first request: blocking file work (the
@@ -217,19 +204,23 @@ class Job:
         forgotten: list[str] = []
         if self.config.retry_failed:
             forgotten = self.out.forget_failures(lambda task_id: task_id in checked.plan.ids)
-        finished, finished_before, failed_before = self.finished()
-        skip = (lambda position: finished.contains_digest(order[position])) if finished_before else None
+        finished = self.finished()
+        finished_before, failed_before = finished.count, finished.failed
+        skip: Callable[[int], bool] | None = finished.__contains__ if finished_before else None
         left_alone = 0
         if self.config.retry_failed:
             # with the failures that an earlier --retry-failed moved aside but did not get to (stopped)
             wanted = checked.plan.ids
-            again = {i for i in retried_ids(self.out.root) if i in wanted and i not in finished}
+            again = {i for i in retried_ids(self.out.root) if i in wanted}
+            if again:  # those that have a result line since are not sent again
+                again -= {i for i, _ in finished_results(self.out.results.path) if i in again}
             only = IdSet(again.union(forgotten))
             only.freeze()
             self.retried = len(only)
 
             def skip_all_but_failed(position: int) -> bool:
-                return not only.contains_digest(order[position])
+                # a failed task with a result line that did not fail too (a line added by hand) has one
+                return position in finished or not only.contains_digest(order[position])
 
             skip = skip_all_but_failed
             left_alone = checked.plan.total - finished_before - len(only)
@@ -364,7 +355,7 @@ class Job:
         dispatch reads them."""
         if not self.plan_reused:
             self.checked.plan.release_ids()
-        return dataclasses.replace(start, finished=IdSet(), skip=None)
+        return dataclasses.replace(start, finished=Finished(), skip=None)
 
     async def _mirror(self, start: RunStart) -> None:
         """Mirror DIR into the store from now on: the id scheme once, and every line of this run's

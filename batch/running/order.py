@@ -32,7 +32,7 @@ log = logging.getLogger("batch.running.order")
 _warned: set[str] = set()  # what was said once in this process
 
 
-def _warn_once(message: str) -> None:
+def warn_once(message: str) -> None:
     """A warning the first time it is met: every part of a sharded page would say it again."""
     first = message.partition(" (")[0]
     if first not in _warned:
@@ -43,7 +43,7 @@ def _warn_once(message: str) -> None:
 WINDOW = 1 << 15  # digests held in memory (256 KB) and read back at a time
 RUN = 1 << 14  # digests sorted at a time into a run, to find repeats (as ints: about 0.6 MB)
 RUN_BLOCK = 1 << 9  # digests of each sorted run read at a time while merging them (4 KB a run)
-_SIZE = array("Q").itemsize  # 8
+ITEM = array("Q").itemsize  # 8
 
 
 class Order(Sequence[int]):
@@ -67,10 +67,10 @@ class Order(Sequence[int]):
         is not a whole number of digests."""
         order = cls()
         with path.open("rb") as handle:
-            while block := handle.read(WINDOW * _SIZE):
-                if len(block) % _SIZE:
+            while block := handle.read(WINDOW * ITEM):
+                if len(block) % ITEM:
                     raise ValueError(f"{path}: not a whole number of 8-byte digests")
-                if order._head or len(block) < WINDOW * _SIZE or not order._to_file(block):
+                if order._head or len(block) < WINDOW * ITEM or not order._to_file(block):
                     values: array[int] = array("Q")
                     values.frombytes(block)
                     order.extend(values)
@@ -121,18 +121,23 @@ class Order(Sequence[int]):
             if self._file is None:
                 self._keep(tempfile.TemporaryFile(prefix="maas-batch-order-", buffering=0))  # noqa: SIM115
             assert self._file is not None
-            _write_all(self._file.fileno(), data, self._on_disk * _SIZE)
+            write_all(self._file.fileno(), data, self._on_disk * ITEM)
         except OSError as exc:
-            _warn_once(f"the manifest's order stays in memory (no temporary file: {exc})")
+            warn_once(f"the manifest's order stays in memory (no temporary file: {exc})")
             self._spill = False
             return False
-        self._on_disk += len(data) // _SIZE
+        self._on_disk += len(data) // ITEM
         return True
 
     # -- reading -----------------------------------------------------------------------------------
 
     def __len__(self) -> int:
         return self._on_disk + len(self._head)
+
+    @property
+    def on_disk(self) -> int:
+        """How many of the digests, from the first, are in the temporary file."""
+        return self._on_disk
 
     def _read(self, start: int, count: int) -> array[int]:
         """The digests at [start, start + count) of the file (count cut at its end)."""
@@ -148,13 +153,13 @@ class Order(Sequence[int]):
         if count <= 0:
             return b""
         assert self._file is not None
-        want = count * _SIZE
+        want = count * ITEM
         try:
-            data = os.pread(self._file.fileno(), want, start * _SIZE)
+            data = os.pread(self._file.fileno(), want, start * ITEM)
             while len(data) < want:  # a short read: the rest
-                more = os.pread(self._file.fileno(), want - len(data), start * _SIZE + len(data))
+                more = os.pread(self._file.fileno(), want - len(data), start * ITEM + len(data))
                 if not more:
-                    raise OSError(f"it ended at digest {(start * _SIZE + len(data)) // _SIZE}")
+                    raise OSError(f"it ended at digest {(start * ITEM + len(data)) // ITEM}")
                 data += more
         except OSError as exc:
             raise OutputError(
@@ -247,7 +252,7 @@ class Order(Sequence[int]):
         try:
             return _merged_repeats(orders)
         except OSError as exc:  # no room for the sorted runs: in memory, 8 bytes a digest, as before
-            _warn_once(f"repeated ids are looked for in memory (no temporary file: {exc})")
+            warn_once(f"repeated ids are looked for in memory (no temporary file: {exc})")
             return repeated_in(*(array("Q", order) for order in orders))
 
 
@@ -262,7 +267,7 @@ def _merged_repeats(orders: Iterable[Order]) -> set[int]:
             for window in order.windows(RUN):
                 for start in range(0, len(window), RUN):  # the head may hold more than a run
                     ordered = array("Q", sorted(window[start : start + RUN]))
-                    _write_all(runs.fileno(), ordered.tobytes(), written * _SIZE)
+                    write_all(runs.fileno(), ordered.tobytes(), written * ITEM)
                     bounds.append((written, len(ordered)))
                     written += len(ordered)
         last: int | None = None
@@ -277,15 +282,15 @@ def _run(fd: int, first: int, count: int) -> Iterator[int]:
     """The digests of one sorted run of a runs file, RUN_BLOCK at a time."""
     for start in range(first, first + count, RUN_BLOCK):
         values: array[int] = array("Q")
-        want = min(RUN_BLOCK, first + count - start) * _SIZE
-        data = os.pread(fd, want, start * _SIZE)
+        want = min(RUN_BLOCK, first + count - start) * ITEM
+        data = os.pread(fd, want, start * ITEM)
         if len(data) != want:
             raise OSError("a sorted run of the order ended early")
         values.frombytes(data)
         yield from values
 
 
-def _write_all(fd: int, data: bytes, offset: int) -> None:
+def write_all(fd: int, data: bytes, offset: int) -> None:
     """All of `data` at `offset` of the file (os.pwrite may write less than it is given)."""
     view = memoryview(data)
     while view:

@@ -13,6 +13,7 @@ import pytest
 
 from batch.manifest.plan import Plan
 from batch.running import job
+from batch.running.finishedset import Finished
 from batch.running.idset import IdSet
 from batch.simulator import RunningSimulator
 from tests.conftest import Outcome, checked, env_for
@@ -44,7 +45,7 @@ def test_the_page_at_a_runs_end_is_written_without_the_runs_id_sets(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    held: list[weakref.ref[IdSet]] = []  # the id sets of the run, made before its dispatch
+    held: list[weakref.ref[Any]] = []  # the run's id set and finished tasks, made before its dispatch
     alive: list[bool] = []  # at each page: whether any of them is still held by anything
     prepare, finished, build_gallery = job.Job._prepare, job.Job.finished, job.Job._build_gallery
 
@@ -53,9 +54,9 @@ def test_the_page_at_a_runs_end_is_written_without_the_runs_id_sets(
         held.append(weakref.ref(self.checked.plan.ids))
         return start
 
-    def finding(self: job.Job) -> tuple[IdSet, int]:
+    def finding(self: job.Job) -> Finished:
         found = finished(self)
-        held.append(weakref.ref(found[0]))
+        held.append(weakref.ref(found))
         return found
 
     def building(self: job.Job) -> None:
