@@ -50,6 +50,7 @@ def check(
                 counts=remembered.counts,
                 order=remembered.order,
                 estimates=remembered.estimates,
+                marks=remembered.marks,
             )  # its id set is made from the order if asked for (a fresh run never asks)
             builder.trust()
             return CheckedManifest(manifest, builder, plan, cache_key, remembered.sources, cached=True)

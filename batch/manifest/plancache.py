@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from batch import __version__
+from batch.manifest.read import Mark
 from batch.output.files import real_folder, write_atomic, write_atomic_chunks
 from batch.running.order import Order
 
@@ -68,7 +69,7 @@ def _stat(path: Path) -> tuple[int, int]:
     return (info.st_size, info.st_mtime_ns)
 
 
-FORMAT = 2  # of the remembered plan; 2: with estimates
+FORMAT = 3  # of the remembered plan; 2: with estimates; 3: with the marks where a walk may start
 
 
 def key(manifest: Path, settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -93,6 +94,7 @@ class CachedPlan:
     order: Order  # id digests in manifest order, as DIR/.cache/plan.ids holds them
     sources: Sources
     estimates: dict[tuple[str, str], list[int]]
+    marks: list[Mark]
 
 
 def save(
@@ -103,6 +105,7 @@ def save(
     counts: Mapping[tuple[str, str, str], int],
     order: Order,
     estimates: Mapping[tuple[str, str], list[int]],
+    marks: Iterable[Mark] = (),
 ) -> None:
     """Remember a valid plan (call while holding DIR's lock). OutputError if `folder` is a link."""
     real_folder(folder)
@@ -117,6 +120,7 @@ def save(
         "total": total,
         "counts": [[*k, n] for k, n in counts.items()],
         "ids_sha256": ids.hexdigest(),  # of the bytes order.tobytes() gives
+        "marks": [[mark.position, mark.index, mark.line, mark.offset] for mark in marks],
     }
     write_atomic(folder / PLAN, json.dumps(document).encode())
 
@@ -154,4 +158,5 @@ def load(folder: Path, plan_key: Mapping[str, Any]) -> CachedPlan | None:
     if "estimates" not in document:  # a plan from before estimates: --max-cost's price check needs them
         return None
     estimates = {(kind, model): [i, im, o] for kind, model, i, im, o in document["estimates"]}
-    return CachedPlan(int(document["total"]), counts, order, sources, estimates)
+    marks = [Mark(*mark) for mark in document.get("marks", [])]
+    return CachedPlan(int(document["total"]), counts, order, sources, estimates, marks)

@@ -40,6 +40,15 @@ class Finished:
             self.count += 1
             self.failed += failed
 
+    def first_missing(self) -> int:
+        """The first position not marked: the size, if all are."""
+        rest = self._bits.lstrip(b"\xff")
+        if not rest:
+            return len(self._bits) * 8
+        index = len(self._bits) - len(rest)
+        byte = rest[0]
+        return index * 8 + ((~byte) & (byte + 1)).bit_length() - 1
+
     def __contains__(self, position: object) -> bool:
         if not isinstance(position, int) or position < 0 or position >> 3 >= len(self._bits):
             return False

@@ -2,9 +2,9 @@
 to the byte offsets of their lines in a JSONL file, 12 bytes per id (16 for a file past 4 GiB).
 
 A million ids are 8 MB here instead of a Python set's ~100 MB (a resume's finished tasks need less:
-finishedset.py, a bit each). The digests are split into 256 buckets by their top byte, so that sorting never needs more than one small
-bucket as Python ints at a time. Two distinct ids share a digest with probability about n²/2⁶⁵ (3·10⁻⁸
-for a million ids).
+finishedset.py, a bit each). The digests are split into 256 buckets by their top byte, so that sorting
+never needs more than one small bucket as Python ints at a time. Two distinct ids share a digest with
+probability about n²/2⁶⁵ (3·10⁻⁸ for a million ids).
 """
 
 from __future__ import annotations

@@ -272,6 +272,7 @@ class Job:
                 plan.counts,
                 plan.order,
                 plan.estimates,
+                plan.marks,
             )
         except OutputError as exc:  # the plan is only remembered for speed: the run goes on without
             log.warning("the plan is not remembered: %s", exc)
@@ -302,8 +303,12 @@ class Job:
             if self.config.store is not None:
                 await self._mirror(start)
             async with ApiClient(self.config.client) as client:
-                # a shard starts reading the manifest near its first task, not at the manifest's start
-                begin = None if self.config.only is None else checked.plan.mark_before(self.config.only[0])
+                # a shard, or a resume, starts reading the manifest near its first task to send, not at
+                # the manifest's start: a million finished tasks are not read again to be passed over
+                first = 0 if self.config.only is None else self.config.only[0]
+                if start.skip is not None:
+                    first = max(first, start.finished.first_missing())
+                begin = checked.plan.mark_before(first) if first else None
                 watch = _watch(checked.sources)
                 order = checked.plan.order
                 tasks = iter_tasks(checked.manifest, checked.builder, start.skip, watch, begin, order)

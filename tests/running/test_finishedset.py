@@ -141,3 +141,16 @@ def test_finding_the_finished_holds_a_bit_a_task_not_an_id_set(monkeypatch: pyte
     monkeypatch.setattr(order_module, "RUN_BLOCK", 64)
     growth = peak_of_finding(50_000) - peak_of_finding(10_000)
     assert growth < 70_000, f"{growth:,} bytes more for 40,000 more tasks"
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 16, 23, 64])
+def test_the_first_missing_position_is_the_first_not_marked(size: int) -> None:
+    rng = random.Random(size)
+    for share in (0.0, 0.5, 0.9, 1.0):
+        found = Finished(size)
+        marked = {p for p in range(size) if rng.random() < share}
+        prefix = rng.randrange(size + 1)  # a finished stretch first, as a resume's usually is
+        for position in sorted(marked | set(range(prefix))):
+            found.mark(position, False)
+        expected = next((p for p in range(size) if p not in found), size)
+        assert found.first_missing() == expected
