@@ -1,15 +1,14 @@
 """Which tasks of a plan have a result line already, by their position in the plan's order: one bit a
 task, where an id set of them took 8 bytes. A resume of a million finished tasks holds 125 KB for them.
 
-The result lines' ids and the order's digests are joined by digest: each side is sorted RUN digests at a
-time into runs of an unlinked temporary file, and the runs are merged a block at a time, as the order's
-search for repeated ids does (order.py). An order held in memory (under WINDOW tasks, or where no
-temporary file can be written) is joined in memory, through an id set of the lines, as before.
+The result lines' ids and the order's digests are joined by digest in partitions of an unlinked
+temporary file (a hash join): a million tasks' in 128 partitions, each joined in memory in turn through
+a map of its share of the order. An order held in memory (under order.WINDOW tasks, or where no
+temporary file can be written) is joined in memory, through an id set of the lines (8 bytes each).
 """
 
 from __future__ import annotations
 
-import heapq
 import os
 import tempfile
 from array import array
@@ -87,94 +86,117 @@ def _joined_in_memory(order: Order, lines: Lines) -> Finished:
 
 
 def _joined_on_disk(order: Order, lines: Lines) -> Finished:
-    """The join through sorted runs of a temporary file: the lines' digests (and the failed ones'), and
-    the order's (digest, position) pairs, merged in digest order. OSError where the file fails."""
+    """The join through partitions of a temporary file: each line's digest (and each failed line's) goes
+    to the partition its low bits name, and so does each (digest, position) of the order; then, a
+    partition at a time, its lines are looked up in a map of its share of the order (about PART digests,
+    however many lines there are). BUFFERS values in all are held before they go to the file.
+    OSError where the file fails."""
     found = Finished(len(order))
-    with tempfile.TemporaryFile(prefix="maas-batch-found-", buffering=0) as handle:
-        runs = _Runs(handle.fileno())
-        done, failed = _Sorter(runs), _Sorter(runs)
+    parts = 1
+    while parts * PART < len(order):
+        parts *= 2
+    mask = parts - 1
+    with tempfile.TemporaryFile(prefix="maas-batch-finished-", buffering=0) as handle:
+        end = _Offset()  # one file, written end to end by the three
+        done, failed = (
+            _Partitions(handle.fileno(), end, parts, 1),
+            _Partitions(handle.fileno(), end, parts, 1),
+        )
+        pairs = _Partitions(handle.fileno(), end, parts, 2)
+        seen = False
         for task_id, task_failed in lines():
             key = digest(task_id)
-            done.add(key)
+            done.add(key & mask, key)
             if task_failed:
-                failed.add(key)
-        done.flush()
-        failed.flush()
-        if not done.runs:
+                failed.add(key & mask, key)
+            seen = True
+        if not seen:
             return found
-        pairs = []  # each window of the order as a run of (digest, position), sorted by digest
-        for start in range(0, len(order), order_module.RUN):
-            window = order[start : start + order_module.RUN]
-            sorted_pairs: array[int] = array("Q")
-            for index in sorted(range(len(window)), key=window.__getitem__):
-                sorted_pairs.append(window[index])
-                sorted_pairs.append(start + index)
-            pairs.append(runs.write(sorted_pairs))
-        done_keys = heapq.merge(*(runs.read(run) for run in done.runs))
-        failed_keys = heapq.merge(*(runs.read(run) for run in failed.runs))
-        next_done = next(done_keys, None)
-        next_failed = next(failed_keys, None)
-        for key, position in heapq.merge(*(runs.read_pairs(run) for run in pairs)):
-            while next_done is not None and next_done < key:
-                next_done = next(done_keys, None)
-            if next_done != key:
+        position = 0
+        for window in order.windows(order_module.WINDOW):
+            for key in window:
+                pairs.add_pair(key & mask, key, position)
+                position += 1
+        mark = found.mark
+        for part in range(parts):
+            values = iter(pairs.values(part))
+            where = dict(
+                zip(values, values, strict=True)
+            )  # digest -> position: the part's share of the order
+            if not where:
                 continue
-            while next_failed is not None and next_failed < key:
-                next_failed = next(failed_keys, None)
-            found.mark(position, next_failed == key)
+            failing = {where[key] for chunk in failed.chunks(part) for key in chunk if key in where}
+            for chunk in done.chunks(part):  # however many lines there are, a chunk of them at a time
+                for key in chunk:
+                    at = where.get(key)
+                    if at is not None:
+                        mark(at, at in failing)
     return found
 
 
-class _Runs:
-    """Runs of 8-byte values written one after another into a temporary file, read back a block at a
-    time: a run is (its first value's index, its count of values)."""
+PART = 1 << 13  # the order's digests in a partition of the join (as a map: about 1 MB)
+BUFFERS = 1 << 17  # values held in all before they go to the file (1 MB), shared by the partitions
+LEAST = 16  # values a buffer holds however many partitions there are (the chunks' index: 0.5 B a value)
 
-    def __init__(self, fd: int) -> None:
+
+def _buffer(parts: int) -> int:
+    """Values each of a partition's lines, failed lines and order pairs (two values each) holds."""
+    return max(LEAST, BUFFERS // (4 * parts))
+
+
+class _Offset:
+    """Where the next values go in the join's file (8-byte values from its start)."""
+
+    def __init__(self) -> None:
+        self.next = 0
+
+
+class _Partitions:
+    """Values sent to partitions, `width` at a time, a buffer of each partition held in memory and the rest
+    in chunks of a buffer's size in the file (their places in an array: 8 bytes a chunk)."""
+
+    def __init__(self, fd: int, end: _Offset, parts: int, width: int) -> None:
         self._fd = fd
-        self._written = 0
+        self._end = end
+        self._size = _buffer(parts) * width
+        self._buffers = [array("Q") for _ in range(parts)]
+        self._chunks = [array("Q") for _ in range(parts)]
 
-    def write(self, values: array[int]) -> tuple[int, int]:
-        order_module.write_all(self._fd, values.tobytes(), self._written * order_module.ITEM)
-        run = (self._written, len(values))
-        self._written += len(values)
-        return run
+    def add(self, part: int, value: int) -> None:
+        buffer = self._buffers[part]
+        buffer.append(value)
+        if len(buffer) >= self._size:
+            self._spill(part, buffer)
 
-    def read(self, run: tuple[int, int]) -> Iterator[int]:
-        first, count = run
-        for start in range(first, first + count, order_module.RUN_BLOCK):
-            yield from self._block(start, min(order_module.RUN_BLOCK, first + count - start))
+    def add_pair(self, part: int, key: int, position: int) -> None:
+        buffer = self._buffers[part]
+        buffer.append(key)
+        buffer.append(position)
+        if len(buffer) >= self._size:
+            self._spill(part, buffer)
 
-    def read_pairs(self, run: tuple[int, int]) -> Iterator[tuple[int, int]]:
-        first, count = run
-        block = order_module.RUN_BLOCK * 2  # an even number of values: whole pairs
-        for start in range(first, first + count, block):
-            values = self._block(start, min(block, first + count - start))
-            yield from zip(values[0::2], values[1::2], strict=True)
+    def _spill(self, part: int, buffer: array[int]) -> None:
+        first = self._end.next
+        order_module.write_all(self._fd, buffer.tobytes(), first * order_module.ITEM)
+        self._end.next += len(buffer)
+        self._chunks[part].append(first)
+        self._buffers[part] = array("Q")
 
-    def _block(self, start: int, count: int) -> array[int]:
-        want = count * order_module.ITEM
-        data = os.pread(self._fd, want, start * order_module.ITEM)
-        if len(data) != want:
-            raise OSError("a sorted run of the finished tasks ended early")
+    def chunks(self, part: int) -> Iterator[array[int]]:
+        """The values sent to `part`, in the order sent, a chunk at a time."""
+        want = self._size * order_module.ITEM
+        for first in self._chunks[part]:
+            data = os.pread(self._fd, want, first * order_module.ITEM)
+            if len(data) != want:
+                raise OSError("a partition of the finished tasks ended early")
+            chunk: array[int] = array("Q")
+            chunk.frombytes(data)
+            yield chunk
+        yield self._buffers[part]
+
+    def values(self, part: int) -> array[int]:
+        """Every value sent to `part`, in the order sent."""
         values: array[int] = array("Q")
-        values.frombytes(data)
+        for chunk in self.chunks(part):
+            values.extend(chunk)
         return values
-
-
-class _Sorter:
-    """Values added one at a time, written RUN at a time as sorted runs."""
-
-    def __init__(self, runs: _Runs) -> None:
-        self._runs = runs
-        self._values: array[int] = array("Q")
-        self.runs: list[tuple[int, int]] = []
-
-    def add(self, value: int) -> None:
-        self._values.append(value)
-        if len(self._values) >= order_module.RUN:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._values:
-            self.runs.append(self._runs.write(array("Q", sorted(self._values))))
-            self._values = array("Q")

@@ -219,7 +219,8 @@ class Job:
             self.retried = len(only)
 
             def skip_all_but_failed(position: int) -> bool:
-                # a failed task with a result line that did not fail too (a line added by hand) has one
+                # a task that still has a line in results.jsonl (one that did not fail, beside the failed
+                # one moved aside) is finished: it is not sent again
                 return position in finished or not only.contains_digest(order[position])
 
             skip = skip_all_but_failed

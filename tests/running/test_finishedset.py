@@ -10,6 +10,7 @@ import tracemalloc
 
 import pytest
 
+from batch.running import finishedset
 from batch.running import order as order_module
 from batch.running.finishedset import Finished, find_finished
 from batch.running.idset import digest
@@ -18,10 +19,12 @@ from batch.running.order import Order
 
 @pytest.fixture
 def small_window(monkeypatch: pytest.MonkeyPatch) -> int:
-    """Windows of 5 digests and runs of 4, read 3 at a time: a few dozen tasks cross many of each."""
+    """Windows of 5 digests, partitions of the join of 4 tasks, buffers of 2 values: a few dozen tasks
+    cross many of each."""
     monkeypatch.setattr(order_module, "WINDOW", 5)
-    monkeypatch.setattr(order_module, "RUN", 4)
-    monkeypatch.setattr(order_module, "RUN_BLOCK", 3)
+    monkeypatch.setattr(finishedset, "PART", 4)
+    monkeypatch.setattr(finishedset, "BUFFERS", 8)
+    monkeypatch.setattr(finishedset, "LEAST", 1)  # a buffer of 1 value: every line and pair goes to the file
     return 5
 
 
@@ -133,14 +136,15 @@ def peak_of_finding(count: int) -> int:
 
 
 def test_finding_the_finished_holds_a_bit_a_task_not_an_id_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An id set of the 27,000 more finished tasks of 40,000 more would add 210 KB to the peak. The join
-    holds its bits (one a task), a run being sorted, and a block of each run: runs of 4,096 digests,
-    read 64 at a time (a quarter and an eighth of the default sizes), add about 3 KB each."""
+    """An id set of the 50,000 more finished tasks of 75,000 more would add about 470 KB to the peak. The
+    join holds a bit a task, its buffers (BUFFERS values in all), a map of one partition's share of the
+    order, and 8 bytes for each buffer that went to the file. Sizes an eighth of the defaults': the same
+    join over fewer tasks (it grows by about 0.6 bytes a task at the default sizes; an id set by 6)."""
     monkeypatch.setattr(order_module, "WINDOW", 4096)
-    monkeypatch.setattr(order_module, "RUN", 4096)
-    monkeypatch.setattr(order_module, "RUN_BLOCK", 64)
-    growth = peak_of_finding(50_000) - peak_of_finding(10_000)
-    assert growth < 70_000, f"{growth:,} bytes more for 40,000 more tasks"
+    monkeypatch.setattr(finishedset, "PART", finishedset.PART // 8)
+    monkeypatch.setattr(finishedset, "BUFFERS", finishedset.BUFFERS // 8)
+    growth = peak_of_finding(100_000) - peak_of_finding(25_000)
+    assert growth < 200_000, f"{growth:,} bytes more for 75,000 more tasks"
 
 
 @pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 16, 23, 64])

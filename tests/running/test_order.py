@@ -14,6 +14,7 @@ from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -236,9 +237,12 @@ FAILING_READS = {
     # the same manifest, its plan remembered: counting its finished tasks reads the order back
     "counting finished tasks": (chat_lines(range(10)), lambda offset: True),
     # fifteen new tasks, then five done: the walk checks each task it builds against the order, and
-    # reads positions 10-14 (one window: offset 80) once it has handed the first ten out (2 at a time)
-    "dispatch walk": (chat_lines([*range(10, 25), *range(5)]), lambda offset: offset == 80),
+    # reads positions 10-14 (one window: offset 80) once it has handed the first ten out (2 at a time);
+    # the disk fails once the dispatch has begun (the resume read every window before it, to find the
+    # finished tasks)
+    "dispatch walk": (chat_lines([*range(10, 25), *range(5)]), lambda offset: dispatching and offset == 80),
 }
+dispatching = False  # set by the test while the run dispatches
 
 
 @pytest.mark.parametrize("where", FAILING_READS)
@@ -270,8 +274,19 @@ def test_a_resume_whose_order_cannot_be_read_back_ends_with_a_message_and_loses_
             raise OSError(errno.EIO, "Input/output error")
         return pread(fd, size, offset)
 
+    run = dispatch.Runner.run
+
+    async def dispatching_run(self: dispatch.Runner) -> Any:
+        global dispatching
+        dispatching = True
+        try:
+            return await run(self)
+        finally:
+            dispatching = False
+
     with monkeypatch.context() as disk:
         disk.setattr(os, "pread", failing)
+        disk.setattr(dispatch.Runner, "run", dispatching_run)
         again = cli("run", manifest, "--out", out, env=env_for(sim))
     assert failed
     assert again.code == 74, again.err
