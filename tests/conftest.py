@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,12 @@ def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> 
 
 def env_for(sim: RunningSimulator, **extra: str) -> dict[str, str]:
     return {"MAAS_API_KEY": KEY, "MAAS_BASE_URL": sim.base_url, "MAAS_ENDPOINT": "ep-default", **extra}
+
+
+def chat_lines(numbers: Iterable[int]) -> str:
+    """JSONL chat tasks t<i> (`q <i>`), one a line, for each of `numbers`."""
+    line = '{{"kind": "chat", "id": "t{0}", "model": "gemini-2.5-flash", "prompt": "q {0}"}}\n'
+    return "".join(line.format(i) for i in numbers)
 
 
 def results(out: Path) -> dict[str, dict[str, Any]]:

@@ -21,7 +21,7 @@ from batch.manifest.read import Manifest, Mark
 from batch.running import dispatch
 from batch.running.order import Order
 from batch.simulator import RunningSimulator
-from tests.conftest import Outcome, env_for, ledger, results
+from tests.conftest import Outcome, chat_lines, env_for, ledger, results
 
 
 def plan_sources(out: Path) -> list[str]:
@@ -249,19 +249,9 @@ def test_a_resume_reads_the_manifest_from_the_mark_before_its_first_unfinished_t
         return entries(self, batch_urls, begin)
 
     monkeypatch.setattr(Manifest, "entries", walking)
-    line = '{{"kind": "chat", "id": "t{0}", "model": "gemini-2.5-flash", "prompt": "q {0}"}}\n'
     out = tmp_path / "out"
-    assert (
-        cli(
-            "run",
-            write("".join(line.format(i) for i in range(40)), "first.jsonl"),
-            "--out",
-            out,
-            env=env_for(sim),
-        ).code
-        == 0
-    )
-    manifest = write("".join(line.format(i) for i in range(60)), "tasks.jsonl")
+    assert cli("run", write(chat_lines(range(40)), "first.jsonl"), "--out", out, env=env_for(sim)).code == 0
+    manifest = write(chat_lines(range(60)), "tasks.jsonl")
     begins.clear()
     assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 0
     assert begins == [None, 32]  # the check walk, then the dispatch's from the mark at task 32

@@ -19,7 +19,7 @@ from batch.manifest.tasks import TaskBuilder
 from batch.running import dispatch
 from batch.running.dispatch import Runner
 from batch.simulator import RunningSimulator
-from tests.conftest import Outcome, env_for, ledger, results
+from tests.conftest import Outcome, chat_lines, env_for, ledger, results
 
 pytestmark = pytest.mark.anyio
 
@@ -55,8 +55,7 @@ def test_a_manifest_that_cannot_be_read_during_the_dispatch_stops_the_run_and_lo
     """The manifest's disk failing after its check (EIO in the dispatch's walk, 8 lines in): the run
     stops as on a full disk (74), its requests in flight finished and recorded, and the next run sends
     only the rest."""
-    line = '{{"kind": "chat", "id": "t{0}", "model": "gemini-2.5-flash", "prompt": "q {0}"}}\n'
-    manifest = write("".join(line.format(i) for i in range(12)), "tasks.jsonl")
+    manifest = write(chat_lines(range(12)), "tasks.jsonl")
     monkeypatch.setattr(dispatch, "PRODUCER_BATCH", 2)
     opened = 0
 
@@ -109,8 +108,7 @@ def test_a_fault_of_ours_in_the_dispatch_walk_stops_the_run_with_its_requests_in
     """A bug met while building the fifth task of the dispatch walk (after the check built all twelve):
     the run stops (1, the error named), the requests in flight finish and are recorded, as a worker's
     fault fails only its task; before, the exception ended the run and cancelled them."""
-    line = '{{"kind": "chat", "id": "t{0}", "model": "gemini-2.5-flash", "prompt": "q {0}"}}\n'
-    manifest = write("".join(line.format(i) for i in range(12)), "tasks.jsonl")
+    manifest = write(chat_lines(range(12)), "tasks.jsonl")
     monkeypatch.setattr(dispatch, "PRODUCER_BATCH", 1)
     build = TaskBuilder.build
     built = 0
@@ -148,8 +146,7 @@ def test_a_view_of_the_run_that_fails_is_dropped_and_the_run_goes_on(
     """The run's display raising (a terminal gone, a closed stdout under the bar's messages) on a paid
     answer's Billed event failed that task after it was paid for; on TaskFinished, after its result
     line, it ended the run and cancelled the requests in flight. The view is dropped with a warning."""
-    line = '{{"kind": "chat", "id": "t{0}", "model": "gemini-2.5-flash", "prompt": "q {0}"}}\n'
-    manifest = write("".join(line.format(i) for i in range(8)), "tasks.jsonl")
+    manifest = write(chat_lines(range(8)), "tasks.jsonl")
     shown = LogLines.__call__
 
     def failing(self: LogLines, event: Event) -> None:

@@ -12,7 +12,7 @@ import threading
 import tracemalloc
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from batch.running import order as order_module
 from batch.running.idset import digest
 from batch.running.order import Order
 from batch.simulator import RunningSimulator
-from tests.conftest import Outcome, env_for
+from tests.conftest import Outcome, chat_lines, env_for
 
 
 @pytest.fixture
@@ -223,11 +223,6 @@ def test_threads_read_one_order_at_once(small_window: int) -> None:
     for thread in threads:
         thread.join(30)
     assert wrong == []
-
-
-def chat_lines(numbers: Iterable[int]) -> str:
-    line = '{{"kind": "chat", "id": "t{0}", "model": "gemini-2.5-flash", "prompt": "q {0}"}}\n'
-    return "".join(line.format(i) for i in numbers)
 
 
 # where the disk fails: the manifest resumed, and which reads of the order's file fail (fd, size, offset)
