@@ -158,5 +158,27 @@ def load(folder: Path, plan_key: Mapping[str, Any]) -> CachedPlan | None:
     if "estimates" not in document:  # a plan from before estimates: --max-cost's price check needs them
         return None
     estimates = {(kind, model): [i, im, o] for kind, model, i, im, o in document["estimates"]}
-    marks = [Mark(*mark) for mark in document.get("marks", [])]
+    marks = _marks(document.get("marks"), len(order))
+    if marks is None:  # a walk started at a wrong mark would pass over tasks never sent: check it again
+        return None
     return CachedPlan(int(document["total"]), counts, order, sources, estimates, marks)
+
+
+def _marks(value: Any, total: int) -> list[Mark] | None:
+    """The marks plan.json holds, or None if they are not what `save` writes: [position, entry index,
+    line, byte offset] each, positions rising from 0 and under `total`, line and offset numbers or null."""
+    if not isinstance(value, list):
+        return None
+    marks: list[Mark] = []
+    for item in value:
+        if not (isinstance(item, list) and len(item) == 4):
+            return None
+        position, index, line, offset = item
+        if not all(type(number) is int for number in (position, index)):
+            return None
+        if not all(number is None or type(number) is int for number in (line, offset)):
+            return None
+        if not (marks[-1].position if marks else -1) < position < total or index < 0:
+            return None
+        marks.append(Mark(position, index, line, offset))
+    return marks

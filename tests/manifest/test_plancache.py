@@ -269,3 +269,29 @@ def test_a_resume_reads_the_manifest_from_the_mark_before_its_first_unfinished_t
     assert again.code == 0 and "15 succeeded" in again.out
     assert begins == [32]  # no check walk: the plan was remembered
     assert sorted(r.task_id for r in sim.state.records[60:]) == sorted(f"t{i}" for i in range(45, 60))
+
+
+@pytest.mark.parametrize(
+    "marks",
+    [None, "0", [[0, 0]], [[0, 0, 1, 0], [0, 0, 1, 0]], [[9, 0, 1, 0]], [[0, 0, "1", 0]], [[0, True, 1, 0]]],
+)
+def test_a_remembered_plan_whose_marks_are_not_what_was_saved_is_checked_again(
+    marks: Any, cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A walk started at a wrong mark would pass over tasks never sent: a plan.json whose marks are not a
+    list of [position, index, line, offset] rising under the plan's size is not trusted."""
+    manifest = write(chat_lines(range(5)), "tasks.jsonl")
+    out = tmp_path / "out"
+    assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 0
+    plan = out / plancache.FOLDER / plancache.PLAN
+    document = json.loads(plan.read_text())
+    assert document["marks"] == [[0, 0, 1, 0]]
+    assert plancache.load(out / plancache.FOLDER, document["key"]) is not None  # as saved: remembered
+    document["marks"] = marks
+    plan.write_text(json.dumps(document))
+    assert plancache.load(out / plancache.FOLDER, document["key"]) is None
+    again = cli("run", manifest, "--out", out, env=env_for(sim))
+    assert again.code == 0 and "5 already done" in again.out
+    logs = (out / "runs").glob("*.jsonl")
+    starts = [json.loads(line) for log in logs for line in log.read_text().splitlines()]
+    assert sorted(s["plan"] for s in starts if s.get("event") == "start") == ["validated", "validated"]
