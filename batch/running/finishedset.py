@@ -97,12 +97,8 @@ def _joined_on_disk(order: Order, lines: Lines) -> Finished:
         parts *= 2
     mask = parts - 1
     with tempfile.TemporaryFile(prefix="maas-batch-finished-", buffering=0) as handle:
-        end = _Offset()  # one file, written end to end by the three
-        done, failed = (
-            _Partitions(handle.fileno(), end, parts, 1),
-            _Partitions(handle.fileno(), end, parts, 1),
-        )
-        pairs = _Partitions(handle.fileno(), end, parts, 2)
+        fd, end = handle.fileno(), _Offset()  # one file, written end to end by the three
+        done, failed, pairs = (_Partitions(fd, end, parts, width) for width in (1, 1, 2))
         seen = False
         for task_id, task_failed in lines():
             key = digest(task_id)
@@ -119,10 +115,8 @@ def _joined_on_disk(order: Order, lines: Lines) -> Finished:
                 position += 1
         mark = found.mark
         for part in range(parts):
-            values = iter(pairs.values(part))
-            where = dict(
-                zip(values, values, strict=True)
-            )  # digest -> position: the part's share of the order
+            values = iter(pairs.values(part))  # digest, position, digest, position...
+            where = dict(zip(values, values, strict=True))  # the part's share of the order
             if not where:
                 continue
             failing = {where[key] for chunk in failed.chunks(part) for key in chunk if key in where}
