@@ -41,7 +41,7 @@ from batch import codec
 from batch.errors import OutputError
 from batch.events import Event, TaskFinished
 from batch.output.files import real_folder, write_atomic, write_atomic_chunks
-from batch.output.scope import Entry, Scope, Task, entries, scope_of
+from batch.output.scope import Entry, Lines, Scope, Task, entries, index, may_name_pictures, scope_of
 from batch.output.store import ANSWERS, IMAGES, RESULTS, THUMBS
 from batch.running.idset import IdSet
 from batch.running.records import ResultRecord, finished_entry
@@ -284,13 +284,15 @@ def build(root: Path, scope: Scope | None = None, *, make_missing: bool = True) 
     thumbnail that is missing, unless not `make_missing` (during a run: the run's thread makes them).
     Returns the page. The page is written card by card: memory stays flat however many tasks DIR has."""
     scope = scope or scope_of(root)
-    if make_missing and _may_want_thumbnails(root, scope):  # a first pass for the cards' pictures
+    lines = index(root, scope)  # the page's pass reads it again only if the thumbnails' pass is made
+    if make_missing and _may_want_thumbnails(root, scope, lines):  # a first pass for the cards' pictures
+        lines = None  # not held beside the thumbnails' pass, which makes its own
         shown = itertools.islice(entries(root, scope), MAX_ITEMS)
         made = _thumbnails(root, (_entry_card(entry) for entry in shown))
     else:
         made = _existing_thumbnails(root)
     page = root / PAGE
-    write_atomic_chunks(page, _page(root, scope, made), fsync=False)
+    write_atomic_chunks(page, _page(root, scope, made, lines=lines), fsync=False)
     return page
 
 
@@ -350,18 +352,21 @@ def _saved_file(root: Path, path: Path) -> str | None:
     return None
 
 
-def _may_want_thumbnails(root: Path, scope: Scope) -> bool:
+def _may_want_thumbnails(root: Path, scope: Scope, lines: Lines | None = None) -> bool:
     """Whether a card may show a picture: False only when every result line says, in the bytes the tool
     writes, that it names no file and no input, and no task is pending (a pending card shows its inputs).
     A chat run's page is then written in one pass over results.jsonl, not two. Errs towards True: a
-    line written by hand or by another version is read by the first pass as before."""
+    line written by hand or by another version is read by the first pass as before. `lines`: the
+    scope's `index`, which knows it (without it, a pass of its own reads results.jsonl)."""
+    if lines is not None:
+        return lines.pictures or (scope.order is not None and lines.pending(scope.order))
     finished = IdSet()  # 8 bytes an id: a million result lines are 8 MB here, not a set's 100
     try:
-        with (root / RESULTS).open("rb") as lines:
-            for raw in lines:
+        with (root / RESULTS).open("rb") as results:
+            for raw in results:
                 if not raw.endswith(b"\n"):
                     break  # a torn last line is not a result
-                if b'"inputs": [' in raw or b'"files": ["' in raw or b'"files": []' not in raw:
+                if may_name_pictures(raw):
                     return True
                 if scope.order is not None:
                     found = finished_entry(raw)
@@ -372,9 +377,12 @@ def _may_want_thumbnails(root: Path, scope: Scope) -> bool:
     return scope.order is not None and any(not finished.contains_digest(key) for key in scope.order)
 
 
-def _page(root: Path, scope: Scope, made: set[str], title: str | None = None) -> Iterator[bytes]:
+def _page(
+    root: Path, scope: Scope, made: set[str], title: str | None = None, lines: Lines | None = None
+) -> Iterator[bytes]:
     """The page in pieces: the template around one JSON object, whose `items` (the cards) come first and
-    whose counts, known once every task has been seen, come last. `title`: DIR's name by default."""
+    whose counts, known once every task has been seen, come last. `title`: DIR's name by default;
+    `lines`: the scope's `index`, if made."""
     title = root.name if title is None else title
     template = Path(__file__).with_name("gallery.html").read_text(encoding="utf-8")
     head, marker, tail = template.partition("/*DATA*/")
@@ -385,7 +393,7 @@ def _page(root: Path, scope: Scope, made: set[str], title: str | None = None) ->
     statuses: Counter[str] = Counter()
     total = tokens = shown = 0
     cost = 0.0
-    for entry in entries(root, scope):
+    for entry in entries(root, scope, lines):
         total += 1
         statuses["orphaned" if entry.orphaned else entry.status] += 1
         counts[f"{entry.kind}/{entry.status}"] += 1

@@ -26,7 +26,14 @@ from typing import Any
 
 from batch.errors import BatchError
 from batch.manifest import plancache
-from batch.output.store import RESULTS, RUNS, read_line_at, read_lines, read_lines_with_offsets
+from batch.output.store import (
+    RESULTS,
+    RUNS,
+    read_line_at,
+    read_lines,
+    read_lines_with_offsets,
+    read_raw_lines_with_offsets,
+)
 from batch.running.idset import IdSet, LineOffsets, digest
 from batch.running.order import Order
 from batch.running.records import ResultRecord
@@ -236,7 +243,7 @@ class Entry:
         return self.record.kind if self.record is not None else self.task.kind if self.task else None
 
 
-def entries(root: Path, scope: Scope) -> Iterator[Entry]:
+def entries(root: Path, scope: Scope, lines: Lines | None = None) -> Iterator[Entry]:
     """Each task the report is about. With a known manifest: in manifest order, then (with
     include_orphaned) the orphaned lines in file order; pending tasks too when some are pending and the
     manifest can be expanded (only then is it read: a finished run's order comes from the digests).
@@ -245,9 +252,11 @@ def entries(root: Path, scope: Scope) -> Iterator[Entry]:
 
     A sharded batch (`scope.parts`) is read part by part, in manifest order, then (with include_orphaned)
     each part's orphaned lines; the manifest, if it must be expanded, once; the files of its result lines
-    are named from DIR (`shards/3/images/...`)."""
+    are named from DIR (`shards/3/images/...`).
+
+    `lines`: what `index(root, scope)` found, for a caller that looked at it first (read again if None)."""
     if not scope.parts:
-        yield from _entries_in(root / RESULTS, scope.order, scope.tasks, scope.include_orphaned)
+        yield from _entries_in(root / RESULTS, scope.order, scope.tasks, scope.include_orphaned, lines=lines)
         return
     walk: list[Iterator[Task] | None] = []  # the manifest's tasks, walked once, when first needed
     position = 0  # of that walk
@@ -286,26 +295,67 @@ def _record(line: dict[str, Any], folder: str) -> ResultRecord:
     return ResultRecord.from_line(line)
 
 
+@dataclass
+class Lines:
+    """One pass over a results file (`index`): the byte offset of each task's last line, and whether
+    any line may name a picture."""
+
+    offsets: LineOffsets  # 12 bytes a line; a dict's ~120 were most of a large run's peak memory
+    pictures: bool  # a line names files or inputs (or may: one not written as the tool writes them)
+
+    def pending(self, order: Sequence[int]) -> bool:
+        """Whether a task of `order` has no line."""
+        offsets = self.offsets
+        return any(key not in offsets for key in order)
+
+
+def index(root: Path, scope: Scope) -> Lines | None:
+    """The offsets pass of `entries` over DIR's results.jsonl, for a caller that must know what the
+    lines hold before it reads the tasks (the gallery: whether a card may show a picture); None for a
+    sharded batch or a scope with no manifest (entries then reads its files as it goes)."""
+    if scope.parts or scope.order is None:
+        return None
+    return _index(root / RESULTS)
+
+
+def _index(path: Path) -> Lines:
+    """A line that does not parse is not a task's last: the one before it of the same task is."""
+    offsets = LineOffsets()
+    pictures = False
+    for offset, raw, line in read_raw_lines_with_offsets(path):
+        task_id = line.get("id")
+        if isinstance(task_id, str):
+            offsets.add(digest(task_id), offset)
+        pictures = pictures or may_name_pictures(raw)
+    return Lines(offsets, pictures)
+
+
+def may_name_pictures(raw: bytes) -> bool:
+    """Whether a result line may name a file or an input: False only for the bytes
+    ResultRecord.to_line writes for a line that names neither (`"files": []`, no `"inputs"`)."""
+    return b'"inputs": [' in raw or b'"files": ["' in raw or b'"files": []' not in raw
+
+
 def _entries_in(
     path: Path,
     order: Sequence[int] | None,
     tasks_of: Callable[[], Iterator[Task] | None],
     include_orphaned: bool,
     folder: str = "",
+    lines: Lines | None = None,
 ) -> Iterator[Entry]:
-    """The entries of one results file (see `entries`); `folder`: where it is under DIR."""
+    """The entries of one results file (see `entries`); `folder`: where it is under DIR; `lines`: its
+    `_index`, if made already."""
     record = functools.partial(_record, folder=folder)
 
     if order is None:
         for _, line in read_lines_with_offsets(path):
             yield Entry(record(line), None)
         return
-    offsets = LineOffsets()  # 12 bytes a line; a dict's ~120 were most of a large run's peak memory
-    for offset, line in read_lines_with_offsets(path):  # a line that does not parse is not a task's last
-        task_id = line.get("id")
-        if isinstance(task_id, str):
-            offsets.add(digest(task_id), offset)
-    pending = any(key not in offsets for key in order)
+    if lines is None:
+        lines = _index(path)
+    offsets = lines.offsets
+    pending = lines.pending(order)
     tasks = tasks_of() if pending else None
     with contextlib.ExitStack() as stack:
         handle = stack.enter_context(path.open("rb")) if offsets else None

@@ -161,11 +161,17 @@ def read_lines(path: Path) -> Iterator[dict[str, Any]]:
 
 def read_lines_with_offsets(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(byte offset, record) of each line of a JSONL file, as `read_lines` reads them."""
+    for offset, _, record in read_raw_lines_with_offsets(path):
+        yield offset, record
+
+
+def read_raw_lines_with_offsets(path: Path) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
+    """(byte offset, the line's bytes, record) of each line of a JSONL file, as `read_lines` reads them."""
     offset = 0
     for raw in _whole_lines(path):
         record = parse_record(raw)
         if record is not None:
-            yield offset, record
+            yield offset, raw, record
         offset += len(raw)
 
 

@@ -63,6 +63,9 @@ def _number(value: Any) -> float | None:
 
 def _counts(usage: Mapping[str, Any]) -> dict[str, int | float]:
     """A line's usage: its token counts, without what is not a number."""
+    counts = dict(usage)
+    if all(type(value) is int for value in counts.values()) and all(type(key) is str for key in counts):
+        return counts  # as the tool writes it: the usual line, read without a call a count
     return {str(key): value for key, value in usage.items() if _number(value) is not None}
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 
 from batch.errors import OutputError
 from batch.output import gallery
+from batch.output.scope import Scope, index, scope_of
 from batch.simulator import RunningSimulator
 from tests.browser import Page, chromium, find_chromium
 from tests.conftest import Outcome, env_for, make_image, results
@@ -418,15 +419,23 @@ def test_a_page_without_pictures_skips_the_thumbnail_pass_and_one_with_them_does
     out.mkdir()
     chat = ResultRecord("a", "chat", "succeeded", "m", prompt="hi", text='files: [] "files": []').to_line()
     (out / "results.jsonl").write_text(json.dumps(chat) + "\n" + json.dumps({**chat, "id": "b"}) + "\n")
-    scope = gallery.scope_of(out)
-    assert not gallery._may_want_thumbnails(out, scope)
+    scope = scope_of(out)
     from batch.running.idset import digest
     from batch.running.order import Order
 
-    finished = gallery.Scope(order=Order([digest("a"), digest("b")]))
-    pending = gallery.Scope(order=Order([digest("a"), digest("b"), digest("c")]))
-    assert not gallery._may_want_thumbnails(out, finished)
-    assert gallery._may_want_thumbnails(out, pending)  # a pending card shows its inputs
+    def may_want(scope: Scope) -> bool:
+        """The answer of the pass of its own, and of the scope's index (the page's pass): the same."""
+        alone = gallery._may_want_thumbnails(out, scope)
+        lines = index(out, scope)
+        if lines is not None:
+            assert gallery._may_want_thumbnails(out, scope, lines) is alone
+        return alone
+
+    assert not may_want(scope)
+    finished = Scope(order=Order([digest("a"), digest("b")]))
+    pending = Scope(order=Order([digest("a"), digest("b"), digest("c")]))
+    assert not may_want(finished)
+    assert may_want(pending)  # a pending card shows its inputs
     assert [item["id"] for item in page_data(gallery.build(out))["items"]] == ["a", "b"]
 
     make_image(out / "images" / "c.png", (64, 48))
@@ -434,7 +443,41 @@ def test_a_page_without_pictures_skips_the_thumbnail_pass_and_one_with_them_does
     hand_written = {"id": "d", "kind": "chat", "status": "succeeded", "files": ["images/c.png"]}
     for line in (picture, hand_written):
         (out / "results.jsonl").write_text(json.dumps(chat) + "\n" + json.dumps(line) + "\n")
-        assert gallery._may_want_thumbnails(out, scope)
+        assert may_want(scope)
+        assert may_want(Scope(order=Order([digest("a"), digest(str(line["id"]))])))
     (out / "results.jsonl").write_text(json.dumps(chat) + "\n" + json.dumps(picture) + "\n")
     items = {item["id"]: item for item in page_data(gallery.build(out))["items"]}
     assert items["c"]["thumbs"] and all((out / thumb).is_file() for thumb in items["c"]["thumbs"])
+
+
+def test_a_page_without_pictures_reads_its_results_twice_not_three_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pass that finds each task's line also finds whether a card may show a picture: a chat run's
+    page opens results.jsonl for that pass and for its cards, not for a pass of its own before them."""
+    from batch.running.records import ResultRecord
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.jsonl").write_text(
+        "".join(
+            json.dumps(ResultRecord(f"t{i}", "chat", "succeeded", "m", prompt="hi", text="ok").to_line())
+            + "\n"
+            for i in range(3)
+        )
+    )
+    from batch.running.idset import digest
+    from batch.running.order import Order
+
+    scope = Scope(order=Order([digest(f"t{i}") for i in range(3)]))
+    opened: list[str] = []
+    real_open = Path.open
+
+    def counting_open(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self.name == "results.jsonl":
+            opened.append(self.name)
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", counting_open)
+    assert [item["id"] for item in page_data(gallery.build(out, scope))["items"]] == ["t0", "t1", "t2"]
+    assert len(opened) == 2

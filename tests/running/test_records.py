@@ -204,3 +204,21 @@ def test_now_is_an_iso_stamp_in_utc_to_the_millisecond_as_datetime_writes_it() -
         assert before - timedelta(milliseconds=1) <= parsed <= after
         assert parsed.isoformat(timespec="milliseconds") == stamp
     assert stamps == sorted(stamps)
+
+
+def test_a_lines_usage_keeps_its_numbers_only_and_is_a_copy() -> None:
+    """A count that is not a number (a bool, a string, an infinity) is dropped; the usual usage, all
+    counts, is taken whole but not shared with the line it came from."""
+    mixed = {"input_tokens": 3, "flag": True, "cost": 0.5, "note": "n", "far": float("inf"), 7: 2}
+    assert ResultRecord.from_line({"id": "x", "usage": mixed}).usage == {
+        "input_tokens": 3,
+        "cost": 0.5,
+        "7": 2,
+    }
+    assert ResultRecord.from_line({"id": "x", "usage": {"input_tokens": 3, "flag": True}}).usage == {
+        "input_tokens": 3
+    }
+    usual = {"input_tokens": 3, "output_tokens": 5, "total_tokens": 8}
+    line = {"id": "x", "usage": usual}
+    record = ResultRecord.from_line(line)
+    assert record.usage == usual and record.usage is not usual
