@@ -42,7 +42,7 @@ from batch.errors import OutputError
 from batch.events import Event, TaskFinished
 from batch.output.files import real_folder, write_atomic, write_atomic_chunks
 from batch.output.scope import Entry, Lines, Scope, Task, entries, index, may_name_pictures, scope_of
-from batch.output.store import ANSWERS, IMAGES, RESULTS, THUMBS
+from batch.output.store import ANSWERS, IMAGES, RESULTS, THUMBS, whole_lines
 from batch.running.idset import IdSet
 from batch.running.records import ResultRecord, finished_entry
 
@@ -361,19 +361,13 @@ def _may_want_thumbnails(root: Path, scope: Scope, lines: Lines | None = None) -
     if lines is not None:
         return lines.pictures or (scope.order is not None and lines.pending(scope.order))
     finished = IdSet()  # 8 bytes an id: a million result lines are 8 MB here, not a set's 100
-    try:
-        with (root / RESULTS).open("rb") as results:
-            for raw in results:
-                if not raw.endswith(b"\n"):
-                    break  # a torn last line is not a result
-                if may_name_pictures(raw):
-                    return True
-                if scope.order is not None:
-                    found = finished_entry(raw)
-                    if found is not None:
-                        finished.add(found[0])
-    except FileNotFoundError:
-        pass
+    for raw in whole_lines(root / RESULTS):
+        if may_name_pictures(raw):
+            return True
+        if scope.order is not None:
+            found = finished_entry(raw)
+            if found is not None:
+                finished.add(found[0])
     return scope.order is not None and any(not finished.contains_digest(key) for key in scope.order)
 
 

@@ -129,17 +129,25 @@ class Journal:
         return self.fsync and self._written > self._synced
 
 
-def _whole_lines(path: Path) -> Iterator[bytes]:
-    """The complete lines of a file, none if it does not exist; a torn last line is not one."""
+def whole_lines(path: Path) -> Iterator[bytes]:
+    """The complete lines of a file, none if it does not exist; a torn last line is not one. A file that
+    cannot be read (a disk failing under it, a folder in its place) raises OutputError naming it: every
+    reader of DIR's journals (a run's start, the reports) then ends with 74 and a message, not a
+    traceback."""
     try:
         handle = path.open("rb")
     except FileNotFoundError:
         return
+    except OSError as exc:
+        raise OutputError(f"cannot read {path}: {reason(exc)}") from exc
     with handle:
-        for raw in handle:
-            if not raw.endswith(b"\n"):
-                return
-            yield raw
+        try:  # around the reads: the yield receives nothing but GeneratorExit
+            for raw in handle:
+                if not raw.endswith(b"\n"):
+                    return
+                yield raw
+        except OSError as exc:
+            raise OutputError(f"cannot read {path}: {reason(exc)}") from exc
 
 
 def parse_record(raw: bytes) -> dict[str, Any] | None:
@@ -153,7 +161,7 @@ def parse_record(raw: bytes) -> dict[str, Any] | None:
 
 def read_lines(path: Path) -> Iterator[dict[str, Any]]:
     """The records of a JSONL file, skipping a torn or unreadable line."""
-    for raw in _whole_lines(path):
+    for raw in whole_lines(path):
         record = parse_record(raw)
         if record is not None:
             yield record
@@ -168,7 +176,7 @@ def read_lines_with_offsets(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def read_raw_lines_with_offsets(path: Path) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
     """(byte offset, the line's bytes, record) of each line of a JSONL file, as `read_lines` reads them."""
     offset = 0
-    for raw in _whole_lines(path):
+    for raw in whole_lines(path):
         record = parse_record(raw)
         if record is not None:
             yield offset, raw, record
@@ -177,15 +185,18 @@ def read_raw_lines_with_offsets(path: Path) -> Iterator[tuple[int, bytes, dict[s
 
 def read_line_at(handle: BinaryIO, offset: int) -> dict[str, Any] | None:
     """The record of the line at `offset` of an open JSONL file (see read_lines_with_offsets)."""
-    handle.seek(offset)
-    raw = handle.readline()
+    try:
+        handle.seek(offset)
+        raw = handle.readline()
+    except OSError as exc:
+        raise OutputError(f"cannot read {getattr(handle, 'name', 'a journal')}: {reason(exc)}") from exc
     return parse_record(raw) if raw.endswith(b"\n") else None
 
 
 def finished_results(path: Path) -> Iterator[tuple[str, bool]]:
     """(id, failed) of each line of results.jsonl, fast (records.finished_entry). A torn last line is not
     a result."""
-    for raw in _whole_lines(path):
+    for raw in whole_lines(path):
         entry = finished_entry(raw)
         if entry is not None:
             yield entry
