@@ -11,10 +11,10 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from batch.cli.grammar import build_parser
-from batch.exitcodes import EXIT_OK, EXIT_TEMPFAIL
+from batch.exitcodes import EXIT_IOERR, EXIT_OK, EXIT_TEMPFAIL
 
 # Imported once a command is chosen, not at the top: `maas-batch --help` does without logging, the error
 # tree (dataclasses) and batch.config.
@@ -22,8 +22,12 @@ from batch.exitcodes import EXIT_OK, EXIT_TEMPFAIL
 
 def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    stdout = sys.stdout
+    sys.stdout = _Stdout(stdout)
     try:
-        return _main(list(sys.argv[1:] if argv is None else argv))
+        code = _main(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()  # what the command printed reaches its file here, where a failure is seen
+        return code
     except KeyboardInterrupt:
         # Outside a run's dispatch (validating, opening DIR): nothing was sent, nothing half written.
         print("maas-batch: interrupted", file=sys.stderr)
@@ -31,10 +35,62 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # stdout closed early (`maas-batch validate --show 100 | head`): not an error. Point stdout at
         # /dev/null so that Python's final flush does not complain again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        to_devnull(stdout)
         return EXIT_OK
+    except StdoutError as exc:
+        # stdout on a full disk (`maas-batch report DIR >> log` from cron): a message and 74, not a
+        # traceback and 1; /dev/null takes what is left, so that Python's last flush does not fail again
+        to_devnull(stdout)
+        print(f"maas-batch: cannot write to standard output: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_IOERR
     finally:
+        sys.stdout = stdout
         signal.signal(signal.SIGTERM, previous)
+
+
+class StdoutError(OSError):
+    """A write to stdout failed (not a closed pipe: BrokenPipeError is left as it is). An OSError still,
+    for a handler of its own on the way (a run keeps its exit code when its summary cannot be printed)."""
+
+
+class _Stdout:
+    """sys.stdout while a command runs: its writes' failures are told apart from other files' ones."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise StdoutError(exc.errno, _reason(exc)) from exc
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise StdoutError(exc.errno, _reason(exc)) from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def to_devnull(stream: Any) -> None:
+    """Point `stream`'s file at /dev/null (a stream with no file of its own, a program's, is left alone)."""
+    import contextlib
+
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+
+
+def _reason(exc: OSError) -> str:
+    from batch.output.files import reason
+
+    return reason(exc)
 
 
 def command() -> NoReturn:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batch import __version__
+from batch.cli import to_devnull
 from batch.cli.options import show_bar
 from batch.config import (
     Options,
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
         _print_summary(summary, getattr(args, "store", None) or args.out, retried, args.out / "index.html")
     except OSError as exc:  # a closed stdout, or a cron job's log on a full disk: the run's own exit code
         # matters more, and what stdout would have said is in DIR (results, ledger, the run's log)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's last flush goes nowhere
+        to_devnull(sys.stdout)  # Python's last flush goes nowhere
         if not isinstance(exc, BrokenPipeError):
             with contextlib.suppress(OSError):
                 print(f"maas-batch: could not print the run's summary: {reason(exc)}", file=sys.stderr)

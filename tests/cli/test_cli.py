@@ -416,3 +416,53 @@ def test_a_full_disk_under_stdout_does_not_change_the_runs_exit_code(
     assert "maas-batch: could not print the run's summary: no space left on the device" in ran.stderr
     assert "Traceback" not in ran.stderr
     assert results(tmp_path / "out")["a"]["status"] == "succeeded"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("command", [("validate", "{manifest}"), ("report", "{out}"), ("export", "{out}")])
+def test_a_full_disk_under_stdout_ends_a_command_with_74_and_says_so(
+    command: tuple[str, str], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """`maas-batch report DIR >> report.txt` on a full disk: a message and 74, not a traceback and 1."""
+    manifest = write('{"kind": "chat", "id": "a", "model": "gemini-2.5-flash", "prompt": "hi"}\n', "t.jsonl")
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
+    env.update(env_for(sim), PYTHONPATH=str(ROOT))
+    python = [sys.executable, "-m", "batch"]
+    ran = subprocess.run(
+        [*python, "run", str(manifest), "--out", str(out), *FAST], capture_output=True, env=env
+    )
+    assert ran.returncode == 0, ran.stderr
+    name, target = command
+    with open("/dev/full", "w") as full:
+        ended = subprocess.run(
+            [*python, name, target.format(manifest=manifest, out=out)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+    assert ended.returncode == 74, ended.stderr
+    assert "maas-batch: cannot write to standard output: no space left on the device" in ended.stderr
+    assert "Traceback" not in ended.stderr and "Exception ignored" not in ended.stderr
+
+
+def test_a_failure_of_another_file_is_not_taken_for_stdouts_and_stdout_is_given_back(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only a write to stdout is said to be stdout's; a program that calls `main` has its own stdout back."""
+    from batch import cli
+    from batch.cli import inspect
+
+    def failing(args: object) -> int:
+        print("half a report")
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setitem(inspect.__dict__, "show_status", failing)
+    before = sys.stdout
+    with pytest.raises(OSError) as raised:
+        cli.main(["status", "somewhere"])
+    assert raised.value.errno == 5 and not isinstance(raised.value, cli.StdoutError)
+    assert sys.stdout is before
+    assert capsys.readouterr().out == "half a report\n"
