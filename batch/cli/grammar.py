@@ -64,7 +64,8 @@ exit codes:
   {EXIT_DATAERR}  invalid manifest (nothing was sent), or it changed during the run
   {EXIT_UNAVAILABLE}  the service cannot go on: quota exhausted, or down longer than --outage-limit
       (run stopped, resumable)
-  {EXIT_IOERR}  the output directory cannot be written, e.g. disk full (run stopped, resumable)
+  {EXIT_IOERR}  the output directory cannot be written or read, e.g. disk full or failing (run stopped,
+      resumable), or stdout cannot be written
   {EXIT_TEMPFAIL}  interrupted, or another run holds the output directory (resumable)
   {EXIT_NOPERM}  the API refused the key (run stopped, resumable)
   {EXIT_CONFIG}  configuration missing or wrong: no MAAS_API_KEY, no endpoint, no such endpoint, the API
@@ -78,6 +79,7 @@ exit codes:
   {EXIT_USAGE}  bad command-line usage
   {EXIT_DATAERR}  invalid manifest (every problem listed with its file, line, task and field), or a --set /
       --endpoint that would change nothing
+  {EXIT_IOERR}  stdout cannot be written (a full disk)
   {EXIT_CONFIG}  configuration missing: no endpoint for some tasks (MAAS_ENDPOINT, --endpoint)
 """
 
@@ -86,15 +88,11 @@ exit codes:
   {EXIT_OK}   done
   {EXIT_USAGE}  bad command-line usage, or DIR is not a directory maas-batch has written
   {EXIT_DATAERR}  the --manifest given is invalid
+  {EXIT_IOERR}  DIR's files cannot be read, or the output cannot be written (a failing or full disk, a
+      folder that is a link)
 """
 
-EXPORT_EXIT_CODES = (
-    READ_EXIT_CODES + f"  {EXIT_IOERR}  the output cannot be written (a full disk, a folder that is a link)\n"
-)
-
-GALLERY_EXIT_CODES = (
-    EXPORT_EXIT_CODES + f"  {EXIT_TEMPFAIL}  a run holds DIR now (it writes the page itself)\n"
-)
+GALLERY_EXIT_CODES = READ_EXIT_CODES + f"  {EXIT_TEMPFAIL}  a run holds DIR now (it writes the page itself)\n"
 
 SIMULATE_EXIT_CODES = f"""\
 exit codes:
@@ -268,7 +266,7 @@ def _add_export(commands: Commands) -> argparse.ArgumentParser:
         "a sharded DIR (submit): every shard's tasks, in manifest order, files named from DIR "
         "(shards/<k>/images/...).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=EXPORT_EXIT_CODES,
+        epilog=READ_EXIT_CODES,
     )
     export.add_argument("out", type=output_location, metavar="DIR", help=READ_DIR)
     export.add_argument(
