@@ -78,3 +78,32 @@ def test_cpu_ab_runs_each_version_and_prints_its_median(tmp_path: Path, http: bo
     assert medians == ["HEAD", "."]
     assert ("C=4, no HTTP;" in done.stdout) is not http
     assert list(tmp_path.iterdir()) == []  # its temporary folder is gone
+
+
+@pytest.mark.timeout(90)
+def test_turnaround_splits_a_requests_cycle_and_each_part_holds_the_next(tmp_path: Path) -> None:
+    """The simulator's handling holds its sleep of L; the request, as the engine times it, holds the
+    handling; the share of C/L printed is L over the cycle."""
+    options = ["--tasks", "40", "--concurrency", "4", "--latency", "0.05"]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "turnaround.py"), *options],
+        capture_output=True,
+        text=True,
+        timeout=80,
+        cwd=tmp_path,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    means = {
+        name: float(line.split("mean")[1].split("ms")[0])
+        for line in done.stdout.splitlines()
+        for name in ("turn", "request", "handling")
+        if f"{name} (" in line or f"{name}:" in line
+    }
+    assert set(means) == {"turn", "request", "handling"}, done.stdout
+    assert 50 <= means["handling"] <= means["request"] and means["turn"] >= 0
+    cycle = float(done.stdout.split("a worker's cycle: mean ")[1].split(" ms")[0])
+    share = float(done.stdout.split(" of C/L at most")[0].rsplit(" ", 1)[1].rstrip("%"))
+    assert cycle == pytest.approx(means["turn"] + means["request"], abs=0.02)
+    assert share == pytest.approx(100 * 50 / cycle, abs=0.1)
+    assert list(tmp_path.iterdir()) == []
