@@ -99,6 +99,8 @@ OPENAI_ONLY = frozenset(
         "web_search_options",
     }
 )
+KNOWN_CHAT_FIELDS = CHAT_FIELDS | OPENAI_ONLY  # a name close to one of them, but none, is a typo
+RULE_NAMES = frozenset(rule.name for rule in RULES)
 TYPO_CUTOFF = 0.8
 UNKNOWN_HINT = "to send it as it is, put it under extra: or pass --allow-unknown"
 
@@ -162,13 +164,13 @@ def check_chat(fields: Mapping[str, Any]) -> list[FieldIssue]:
     if stop is not None and not _text_or_texts(stop):
         issues.append(FieldIssue("stop", "must be a string or a list of strings", stop))
     issues += _check_extra_body(fields.get("extra_body"))
-    return issues + check_extra(fields, {rule.name for rule in RULES}) + _typos(fields)
+    return issues + check_extra(fields, RULE_NAMES) + _typos(fields)
 
 
 def _typos(fields: Mapping[str, Any]) -> list[FieldIssue]:
     """Unknown fields pass (the API has more than this tool checks), but not one a letter or two away
     from a known field: that is a typo, and the API would ignore it without a word."""
-    known = CHAT_FIELDS | OPENAI_ONLY
+    known = KNOWN_CHAT_FIELDS
     issues = []
     for name in fields:
         if name in known:

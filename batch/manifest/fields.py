@@ -134,7 +134,6 @@ def check_rules(
     `allow_unknown`) fields no rule names, with a suggestion for a likely typo and the kind's `hint` (what
     to do with a field it does not know)."""
     issues: list[FieldIssue] = []
-    by_name = {rule.name: rule for rule in rules}
     for rule in rules:
         if rule.name not in fields:
             if rule.required:
@@ -144,7 +143,7 @@ def check_rules(
         if message:
             issues.append(FieldIssue(rule.name, message, fields[rule.name]))
     if not allow_unknown:
-        known = set(by_name) | set(also_known)
+        known = {rule.name for rule in rules} | set(also_known)
         for name in fields:
             if name not in known:
                 issues.append(FieldIssue(name, unknown_field_message(name, known, hint), fields[name]))

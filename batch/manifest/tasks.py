@@ -175,9 +175,9 @@ class TaskBuilder:
             issues = kind.check_inputs(fields, inputs)
         problems += [self._issue_problem(entry, kind.name, issue) for issue in issues]
         endpoint = self._endpoint(entry, kind, fields, problems)
-        digest = ""
+        content = ""
         try:  # the digest's JSON encoding is also the check that the fields are plain JSON
-            digest = content_digest(kind.name, endpoint or "", fields, inputs)
+            content = canonical(kind.name, endpoint or "", fields, inputs)
         except (TypeError, ValueError):
             problems += self._json_problems(entry, fields)
         meta = data.get("meta", {})
@@ -190,8 +190,8 @@ class TaskBuilder:
         if problems:
             return problems
         assert endpoint is not None
-        if task_id is None:
-            task_id = self._generated_id(kind, fields, entry.readable, digest)
+        if task_id is None:  # an id made from the digest (a task with its own id needs none)
+            task_id = self._generated_id(kind, fields, entry.readable, _sha256(content))
         custom_id = data.get("custom_id")
         return TaskSpec(
             task_id,
@@ -384,22 +384,27 @@ def _set(data: Any, pointer: Pointer, value: Any) -> None:
     data[pointer[-1]] = value
 
 
-# Built once: json.dumps with arguments builds an encoder at every call, and every task is digested twice
+# Built once: json.dumps with arguments builds an encoder at every call, and every task is encoded twice
 # (the validation walk and the dispatch walk).
-_canonical = json.JSONEncoder(
+_encode_canonical = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
 ).encode
 
 
-def content_digest(
+def canonical(
     kind: str, endpoint: str, fields: Mapping[str, Any], inputs: Mapping[Pointer, InputInfo]
 ) -> str:
-    """A digest of what is sent: kind, endpoint, fields, and the bytes (not the paths) of input files."""
-    canonical = copy.deepcopy(dict(fields)) if inputs else dict(fields)
+    """What is sent, as one string: kind, endpoint, fields, and the bytes (not the paths) of input files.
+    Its sha256 names a task the manifest gave no id. Raises TypeError or ValueError for fields that are
+    not plain JSON."""
+    plain = copy.deepcopy(dict(fields)) if inputs else dict(fields)
     for pointer, info in inputs.items():
-        _set(canonical, pointer, f"sha256:{info.digest}")
-    blob = _canonical({"kind": kind, "endpoint": endpoint, "fields": canonical})
-    return hashlib.sha256(blob.encode()).hexdigest()
+        _set(plain, pointer, f"sha256:{info.digest}")
+    return _encode_canonical({"kind": kind, "endpoint": endpoint, "fields": plain})
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def generated_id(kind: str, readable: tuple[str, ...], digest: str) -> str:

@@ -104,3 +104,15 @@ def test_an_older_directory_keeps_its_ids_and_resumes_sending_nothing(
     assert fresh.code == 0
     assert "yi-zhi-hu-li-zai-xue-zhong" in " ".join(results(tmp_path / "fresh"))
     assert json.loads((tmp_path / "fresh" / dir_format.FORMAT).read_text()) == {"ids": READABLE_IDS}
+
+
+def test_the_ids_made_from_what_is_sent_are_those_earlier_versions_made(write: Write) -> None:
+    """A task without an id is named by the digest of what it sends: a DIR made by an earlier version is
+    resumed only if its tasks get the same names. These were made by the version of 2026-11-29 (5dea16f)."""
+    path = write(
+        "tasks:\n"
+        "  - {kind: generate, prompt: a fox}\n"
+        '  - {kind: chat, model: gemini-2.5-flash, prompt: "Café", temperature: 0.5}\n'
+    )
+    assert ids(path, READABLE_IDS) == ["a-fox-67ff883d105d", "cafe-16ed37f647d3"]
+    assert ids(path, ASCII_IDS) == ["generate-67ff883d105d38df", "chat-16ed37f647d3049f"]
