@@ -175,15 +175,19 @@ class TaskBuilder:
             issues = kind.check_inputs(fields, inputs)
         problems += [self._issue_problem(entry, kind.name, issue) for issue in issues]
         endpoint = self._endpoint(entry, kind, fields, problems)
+        task_id = data.get("id")
         content = ""
-        try:  # the digest's JSON encoding is also the check that the fields are plain JSON
-            content = canonical(kind.name, endpoint or "", fields, inputs)
-        except (TypeError, ValueError):
-            problems += self._json_problems(entry, fields)
+        # The digest's JSON encoding is also the check that the fields are plain JSON. Once the manifest
+        # has been checked (the dispatch walk), a task with its own id needs neither: its fields are the
+        # ones checked (a manifest that changes stops the run), and no digest names it.
+        if self.checking or task_id is None:
+            try:
+                content = canonical(kind.name, endpoint or "", fields, inputs)
+            except (TypeError, ValueError):
+                problems += self._json_problems(entry, fields)
         meta = data.get("meta", {})
         if not isinstance(meta, dict):
             problems.append(self._problem(entry, "meta", "must be a mapping", meta))
-        task_id = data.get("id")
         if task_id is not None and not valid_id(task_id):
             message = "must be 1-100 characters of A-Z a-z 0-9 . _ - (and not only dots)"
             problems.append(self._problem(entry, "id", message, task_id))

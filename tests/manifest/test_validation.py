@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -460,6 +461,30 @@ def test_content_id_is_stable_and_follows_what_is_sent(write: Write, tmp_path: P
     # the endpoint is part of the identity
     other = checked(write("tasks:\n  - {kind: generate, prompt: a fox}\n"), env_endpoint="ep2")
     assert next(iter_tasks(other.manifest, other.builder)).id != base[0]
+
+
+def test_the_dispatch_walk_encodes_only_the_tasks_it_must_name(
+    write: Write, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check walk encodes every task (the check that its fields are plain JSON); the dispatch walk,
+    over fields that passed it, only the tasks whose id is made from the encoding. The ids are the same."""
+    from batch.manifest import tasks
+
+    encoded: list[str] = []
+    real = tasks.canonical
+
+    def counting(*args: Any) -> str:
+        encoded.append(args[2]["prompt"])
+        return real(*args)
+
+    monkeypatch.setattr(tasks, "canonical", counting)
+    result = checked(
+        write("tasks:\n  - {kind: generate, prompt: a fox, id: fox}\n  - {kind: generate, prompt: an owl}\n")
+    )
+    assert result.plan.ok and encoded == ["a fox", "an owl"]
+    encoded.clear()
+    ids = [spec.id for spec in iter_tasks(result.manifest, result.builder)]
+    assert encoded == ["an owl"] and ids[0] == "fox" and ids[1].startswith("an-owl-")
 
 
 def test_yaml_values_that_are_not_json_are_refused(write: Write) -> None:
