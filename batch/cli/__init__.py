@@ -23,10 +23,12 @@ from batch.exitcodes import EXIT_IOERR, EXIT_OK, EXIT_TEMPFAIL
 def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     stdout = sys.stdout
-    sys.stdout = _Stdout(stdout)
+    if stdout is not None:  # None: started with stdout closed (`>&-`), where print() writes nothing
+        sys.stdout = _Stdout(stdout)
     try:
         code = _main(list(sys.argv[1:] if argv is None else argv))
-        sys.stdout.flush()  # what the command printed reaches its file here, where a failure is seen
+        if sys.stdout is not None:
+            sys.stdout.flush()  # what the command printed reaches its file here, where a failure is seen
         return code
     except KeyboardInterrupt:
         # Outside a run's dispatch (validating, opening DIR): nothing was sent, nothing half written.
@@ -83,6 +85,8 @@ def to_devnull(stream: Any) -> None:
     """Point `stream`'s file at /dev/null (a stream with no file of its own, a program's, is left alone)."""
     import contextlib
 
+    if stream is None:
+        return
     with contextlib.suppress(OSError, ValueError):
         os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 

@@ -466,3 +466,32 @@ def test_a_failure_of_another_file_is_not_taken_for_stdouts_and_stdout_is_given_
     assert raised.value.errno == 5 and not isinstance(raised.value, cli.StdoutError)
     assert sys.stdout is before
     assert capsys.readouterr().out == "half a report\n"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="closes the child's stdout before it starts")
+def test_a_command_started_with_stdout_closed_writes_nothing_and_exits_as_it_would(
+    sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """`maas-batch report DIR >&-` (a cron line that closes stdout): Python has no sys.stdout then, and
+    print() writes nothing; the command must not take that for a failure of its own."""
+    manifest = write('{"kind": "chat", "id": "a", "model": "gemini-2.5-flash", "prompt": "hi"}\n', "t.jsonl")
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
+    env.update(env_for(sim), PYTHONPATH=str(ROOT))
+    python = [sys.executable, "-m", "batch"]
+    for command in (
+        ["run", str(manifest), "--out", str(out), *FAST],
+        ["report", str(out)],
+        ["validate", str(manifest)],
+    ):
+        ended = subprocess.run(
+            [*python, *command],
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env=env,
+            preexec_fn=lambda: os.close(1),
+        )
+        assert ended.returncode == 0, ended.stderr
+        assert "Traceback" not in ended.stderr
+    assert results(out)["a"]["status"] == "succeeded"
