@@ -61,9 +61,9 @@ class _Stdout:
     def __init__(self, stream: Any) -> None:
         self._stream = stream
 
-    def write(self, text: str) -> int:
+    def write(self, text: str) -> Any:  # what the stream returns (a program's may return None)
         try:
-            return int(self._stream.write(text))
+            return self._stream.write(text)
         except BrokenPipeError:
             raise
         except OSError as exc:

@@ -495,3 +495,28 @@ def test_a_command_started_with_stdout_closed_writes_nothing_and_exits_as_it_wou
         assert ended.returncode == 0, ended.stderr
         assert "Traceback" not in ended.stderr
     assert results(out)["a"]["status"] == "succeeded"
+
+
+def test_a_program_whose_stdout_is_its_own_object_gets_what_main_prints(
+    monkeypatch: pytest.MonkeyPatch, write: Callable[..., Path]
+) -> None:
+    """A program that calls `main` with a stdout of its own (a tee whose write returns None, as plain
+    Python objects do) gets the output; main's wrapper around stdout asks nothing more of it."""
+    from batch import cli
+
+    class Tee:
+        def __init__(self) -> None:
+            self.parts: list[str] = []
+
+        def write(self, text: str) -> None:
+            self.parts.append(text)
+
+        def flush(self) -> None:
+            pass
+
+    tee = Tee()
+    monkeypatch.setattr(sys, "stdout", tee)
+    manifest = write('{"kind": "chat", "id": "a", "model": "gemini-2.5-flash", "prompt": "hi"}\n', "t.jsonl")
+    monkeypatch.setenv("MAAS_ENDPOINT", "ep")
+    assert cli.main(["validate", str(manifest)]) == 0
+    assert sys.stdout is tee and "1 task" in "".join(tee.parts)
