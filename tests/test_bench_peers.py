@@ -14,30 +14,34 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.timeout(90)
-def test_peers_prints_a_row_per_peer_and_writes_the_figures(tmp_path: Path) -> None:
-    figures = tmp_path / "peers.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "peers.py"),
-            "--tasks",
-            "50",
-            "--rounds",
-            "1",
-            "--concurrency",
-            "8",
-            "--latency",
-            "0",
-            "--json",
-            str(figures),
-        ],
+def _bench(script: str, options: list[str], folder: Path) -> subprocess.CompletedProcess[str]:
+    """bench/`script` with `options`, run in `folder`, its temporary files there too (TMPDIR)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *options],
         capture_output=True,
         text=True,
         timeout=80,
-        cwd=tmp_path,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
+        cwd=folder,
+        env={**os.environ, "TMPDIR": str(folder)},
     )
+
+
+@pytest.mark.timeout(90)
+def test_peers_prints_a_row_per_peer_and_writes_the_figures(tmp_path: Path) -> None:
+    figures = tmp_path / "peers.json"
+    options = [
+        "--tasks",
+        "50",
+        "--rounds",
+        "1",
+        "--concurrency",
+        "8",
+        "--latency",
+        "0",
+        "--json",
+        str(figures),
+    ]
+    done = _bench("peers.py", options, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     assert [row.split("|")[1].strip() for row in rows] == ["peer", "maas-batch", "hand-written"]
@@ -65,14 +69,7 @@ def test_a_missing_cookbook_is_a_clear_failure(tmp_path: Path) -> None:
 def test_cpu_ab_runs_each_version_and_prints_its_median(tmp_path: Path, http: bool) -> None:
     options = ["--tasks", "20", "--rounds", "1", "--latency", "0", "--concurrency", "4"]
     options += [] if http else ["--no-http"]
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "cpu_ab.py"), "HEAD", ".", *options],
-        capture_output=True,
-        text=True,
-        timeout=80,
-        cwd=tmp_path,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-    )
+    done = _bench("cpu_ab.py", ["HEAD", ".", *options], tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     medians = [line.split(":")[0].strip() for line in done.stdout.splitlines() if ": median " in line]
     assert medians == ["HEAD", "."]
@@ -85,14 +82,7 @@ def test_turnaround_splits_a_requests_cycle_and_each_part_holds_the_next(tmp_pat
     """The simulator's handling holds its sleep of L; the request, as the engine times it, holds the
     handling; the share of C/L printed is L over the cycle."""
     options = ["--tasks", "40", "--concurrency", "4", "--latency", "0.05"]
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "turnaround.py"), *options],
-        capture_output=True,
-        text=True,
-        timeout=80,
-        cwd=tmp_path,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-    )
+    done = _bench("turnaround.py", options, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     means = {
         name: float(line.split("mean")[1].split("ms")[0])

@@ -19,6 +19,13 @@ from tests.conftest import FAST, KEY, Outcome, env_for, ledger, results
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
+ONE_CHAT_TASK = '{"kind": "chat", "id": "a", "model": "gemini-2.5-flash", "prompt": "hi"}\n'
+
+
+def _child_env(sim: RunningSimulator) -> dict[str, str]:
+    """The environment of a `python -m batch` child against `sim`, with this tree's `batch`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
+    return {**env, **env_for(sim), "PYTHONPATH": str(ROOT)}
 
 
 def test_quickstart_produces_images_answers_and_ledger_then_resumes_with_zero_requests(
@@ -400,9 +407,8 @@ def test_a_full_disk_under_stdout_does_not_change_the_runs_exit_code(
 ) -> None:
     """A cron job's log on a full disk (`>> run.log`): the summary cannot be printed; the run still exits
     with its own code, says why on stderr, and DIR holds everything."""
-    manifest = write('{"kind": "chat", "id": "a", "model": "gemini-2.5-flash", "prompt": "hi"}\n', "t.jsonl")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
-    env.update(env_for(sim), PYTHONPATH=str(ROOT))
+    manifest = write(ONE_CHAT_TASK, "t.jsonl")
+    env = _child_env(sim)
     with open("/dev/full", "w") as full:
         ran = subprocess.run(
             [sys.executable, "-m", "batch", "run", str(manifest), "--out", str(tmp_path / "out"), *FAST],
@@ -424,10 +430,9 @@ def test_a_full_disk_under_stdout_ends_a_command_with_74_and_says_so(
     command: tuple[str, str], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
 ) -> None:
     """`maas-batch report DIR >> report.txt` on a full disk: a message and 74, not a traceback and 1."""
-    manifest = write('{"kind": "chat", "id": "a", "model": "gemini-2.5-flash", "prompt": "hi"}\n', "t.jsonl")
+    manifest = write(ONE_CHAT_TASK, "t.jsonl")
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
-    env.update(env_for(sim), PYTHONPATH=str(ROOT))
+    env = _child_env(sim)
     python = [sys.executable, "-m", "batch"]
     ran = subprocess.run(
         [*python, "run", str(manifest), "--out", str(out), *FAST], capture_output=True, env=env
@@ -474,10 +479,9 @@ def test_a_command_started_with_stdout_closed_writes_nothing_and_exits_as_it_wou
 ) -> None:
     """`maas-batch report DIR >&-` (a cron line that closes stdout): Python has no sys.stdout then, and
     print() writes nothing; the command must not take that for a failure of its own."""
-    manifest = write('{"kind": "chat", "id": "a", "model": "gemini-2.5-flash", "prompt": "hi"}\n', "t.jsonl")
+    manifest = write(ONE_CHAT_TASK, "t.jsonl")
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
-    env.update(env_for(sim), PYTHONPATH=str(ROOT))
+    env = _child_env(sim)
     python = [sys.executable, "-m", "batch"]
     for command in (
         ["run", str(manifest), "--out", str(out), *FAST],
@@ -516,7 +520,7 @@ def test_a_program_whose_stdout_is_its_own_object_gets_what_main_prints(
 
     tee = Tee()
     monkeypatch.setattr(sys, "stdout", tee)
-    manifest = write('{"kind": "chat", "id": "a", "model": "gemini-2.5-flash", "prompt": "hi"}\n', "t.jsonl")
+    manifest = write(ONE_CHAT_TASK, "t.jsonl")
     monkeypatch.setenv("MAAS_ENDPOINT", "ep")
     assert cli.main(["validate", str(manifest)]) == 0
     assert sys.stdout is tee and "1 task" in "".join(tee.parts)
