@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 from batch.jobs import registry
@@ -111,6 +112,40 @@ def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> 
 
 def env_for(sim: RunningSimulator, **extra: str) -> dict[str, str]:
     return {"MAAS_API_KEY": KEY, "MAAS_BASE_URL": sim.base_url, "MAAS_ENDPOINT": "ep-default", **extra}
+
+
+class FailingReads:
+    """An open file whose reads fail as a failing disk's do (EIO), after its first `good` lines."""
+
+    def __init__(self, handle: BinaryIO, good: int = 0) -> None:
+        self.handle, self.good = handle, good
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.handle, name)
+
+    def __enter__(self) -> FailingReads:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.close()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    def read(self, size: int = -1) -> bytes:
+        raise OSError(errno.EIO, "Input/output error")
+
+    def readline(self, size: int = -1) -> bytes:
+        if self.good <= 0:
+            raise OSError(errno.EIO, "Input/output error")
+        self.good -= 1
+        return bytes(self.handle.readline(size))
 
 
 def chat_lines(numbers: Iterable[int]) -> str:

@@ -22,6 +22,19 @@ QUICKSTART = ROOT / "examples" / "quickstart.yaml"
 ONE_CHAT_TASK = '{"kind": "chat", "id": "a", "model": "gemini-2.5-flash", "prompt": "hi"}\n'
 
 
+def _on_a_full_disk(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m batch COMMAND` with its stdout on /dev/full (every write fails with ENOSPC)."""
+    with open("/dev/full", "w") as full:
+        return subprocess.run(
+            [sys.executable, "-m", "batch", *command],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+
+
 def _child_env(sim: RunningSimulator) -> dict[str, str]:
     """The environment of a `python -m batch` child against `sim`, with this tree's `batch`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
@@ -409,15 +422,7 @@ def test_a_full_disk_under_stdout_does_not_change_the_runs_exit_code(
     with its own code, says why on stderr, and DIR holds everything."""
     manifest = write(ONE_CHAT_TASK, "t.jsonl")
     env = _child_env(sim)
-    with open("/dev/full", "w") as full:
-        ran = subprocess.run(
-            [sys.executable, "-m", "batch", "run", str(manifest), "--out", str(tmp_path / "out"), *FAST],
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=120,
-            env=env,
-        )
+    ran = _on_a_full_disk(["run", str(manifest), "--out", str(tmp_path / "out"), *FAST], env)
     assert ran.returncode == 0, ran.stderr
     assert "maas-batch: could not print the run's summary: no space left on the device" in ran.stderr
     assert "Traceback" not in ran.stderr
@@ -439,15 +444,7 @@ def test_a_full_disk_under_stdout_ends_a_command_with_74_and_says_so(
     )
     assert ran.returncode == 0, ran.stderr
     name, target = command
-    with open("/dev/full", "w") as full:
-        ended = subprocess.run(
-            [*python, name, target.format(manifest=manifest, out=out)],
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=120,
-            env=env,
-        )
+    ended = _on_a_full_disk([name, target.format(manifest=manifest, out=out)], env)
     assert ended.returncode == 74, ended.stderr
     assert "maas-batch: cannot write to standard output: no space left on the device" in ended.stderr
     assert "Traceback" not in ended.stderr and "Exception ignored" not in ended.stderr

@@ -3,44 +3,15 @@ message naming the file, before a run sends anything; before, each of these ende
 
 from __future__ import annotations
 
-import errno
 import pathlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pytest
 
 from batch.simulator import RunningSimulator
-from tests.conftest import Outcome, chat_lines, env_for
-
-
-class _FailingReads:
-    """An open journal whose every read fails as a failing disk's does."""
-
-    def __init__(self, handle: BinaryIO) -> None:
-        self.handle = handle
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.handle, name)
-
-    def __enter__(self) -> _FailingReads:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.handle.close()
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        raise OSError(errno.EIO, "Input/output error")
-
-    def read(self, size: int = -1) -> bytes:
-        raise OSError(errno.EIO, "Input/output error")
-
-    def readline(self, size: int = -1) -> bytes:
-        raise OSError(errno.EIO, "Input/output error")
+from tests.conftest import FailingReads, Outcome, chat_lines, env_for
 
 
 def _failing(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
@@ -49,7 +20,7 @@ def _failing(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
 
     def opening(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         handle = real_open(self, mode, *args, **kwargs)
-        return _FailingReads(handle) if self.name == name and mode == "rb" else handle
+        return FailingReads(handle) if self.name == name and mode == "rb" else handle
 
     monkeypatch.setattr(pathlib.Path, "open", opening)
 

@@ -6,7 +6,7 @@ import errno
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, BinaryIO
+from typing import Any
 
 import anyio
 import pytest
@@ -19,7 +19,7 @@ from batch.manifest.tasks import TaskBuilder
 from batch.running import dispatch
 from batch.running.dispatch import Runner
 from batch.simulator import RunningSimulator
-from tests.conftest import Outcome, chat_lines, env_for, ledger, results
+from tests.conftest import FailingReads, Outcome, chat_lines, env_for, ledger, results
 
 pytestmark = pytest.mark.anyio
 
@@ -59,30 +59,13 @@ def test_a_manifest_that_cannot_be_read_during_the_dispatch_stops_the_run_and_lo
     monkeypatch.setattr(dispatch, "PRODUCER_BATCH", 2)
     opened = 0
 
-    class FailingDisk:
-        def __init__(self, handle: BinaryIO) -> None:
-            self.handle, self.lines = handle, 0
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.handle, name)
-
-        def __enter__(self) -> FailingDisk:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self.handle.close()
-
-        def readline(self, size: int = -1) -> bytes:
-            self.lines += 1
-            if self.lines > 8:
-                raise OSError(errno.EIO, "Input/output error")
-            return self.handle.readline(size)
-
     def failing_after_the_check(path: Path) -> Any:
         nonlocal opened
         opened += 1
         handle = open_regular(path)
-        return handle if opened == 1 else FailingDisk(handle)  # the check's walk, then the dispatch's
+        return (
+            handle if opened == 1 else FailingReads(handle, good=8)
+        )  # the check's walk, then the dispatch's
 
     out = tmp_path / "out"
     with monkeypatch.context() as disk:
