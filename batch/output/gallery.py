@@ -284,9 +284,8 @@ def build(root: Path, scope: Scope | None = None, *, make_missing: bool = True) 
     thumbnail that is missing, unless not `make_missing` (during a run: the run's thread makes them).
     Returns the page. The page is written card by card: memory stays flat however many tasks DIR has."""
     scope = scope or scope_of(root)
-    lines = index(root, scope)  # the page's pass reads it again only if the thumbnails' pass is made
+    lines = index(root, scope)  # None where a line may name a picture (it stops there), or for shards
     if make_missing and _may_want_thumbnails(root, scope, lines):  # a first pass for the cards' pictures
-        lines = None  # not held beside the thumbnails' pass, which makes its own
         shown = itertools.islice(entries(root, scope), MAX_ITEMS)
         made = _thumbnails(root, (_entry_card(entry) for entry in shown))
     else:
@@ -357,9 +356,10 @@ def _may_want_thumbnails(root: Path, scope: Scope, lines: Lines | None = None) -
     writes, that it names no file and no input, and no task is pending (a pending card shows its inputs).
     A chat run's page is then written in one pass over results.jsonl, not two. Errs towards True: a
     line written by hand or by another version is read by the first pass as before. `lines`: the
-    scope's `index`, which knows it (without it, a pass of its own reads results.jsonl)."""
+    scope's `index`, made only where no line may name a picture (without it, a pass of its own reads
+    results.jsonl, up to the first line that may)."""
     if lines is not None:
-        return lines.pictures or (scope.order is not None and lines.pending(scope.order))
+        return scope.order is not None and lines.pending(scope.order)
     finished = IdSet()  # 8 bytes an id: a million result lines are 8 MB here, not a set's 100
     for raw in whole_lines(root / RESULTS):
         if may_name_pictures(raw):

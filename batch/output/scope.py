@@ -297,37 +297,39 @@ def _record(line: dict[str, Any], folder: str) -> ResultRecord:
 
 @dataclass
 class Lines:
-    """One pass over a results file (`index`): the byte offset of each task's last line, and whether
-    any line may name a picture."""
+    """One pass over a results file (`index`): the byte offset of each task's last line."""
 
     offsets: LineOffsets  # 12 bytes a line; a dict's ~120 were most of a large run's peak memory
-    pictures: bool  # a line names files or inputs (or may: one not written as the tool writes them)
+    _pending: tuple[Sequence[int], bool] | None = field(default=None, repr=False)
 
     def pending(self, order: Sequence[int]) -> bool:
-        """Whether a task of `order` has no line."""
-        offsets = self.offsets
-        return any(key not in offsets for key in order)
+        """Whether a task of `order` has no line (found once for an order: a walk of all of it)."""
+        if self._pending is None or self._pending[0] is not order:
+            offsets = self.offsets
+            self._pending = (order, any(key not in offsets for key in order))
+        return self._pending[1]
 
 
 def index(root: Path, scope: Scope) -> Lines | None:
-    """The offsets pass of `entries` over DIR's results.jsonl, for a caller that must know what the
-    lines hold before it reads the tasks (the gallery: whether a card may show a picture); None for a
-    sharded batch or a scope with no manifest (entries then reads its files as it goes)."""
+    """The offsets pass of `entries` over DIR's results.jsonl, for the gallery, which must know before
+    it reads the tasks whether a card may show a picture: None for a results file with a line that may
+    name one (the pass stops at it), and for a sharded batch or a scope with no manifest (entries then
+    reads its files as it goes)."""
     if scope.parts or scope.order is None:
         return None
-    return _index(root / RESULTS)
+    return _index(root / RESULTS, stop_at_pictures=True)
 
 
-def _index(path: Path) -> Lines:
+def _index(path: Path, *, stop_at_pictures: bool = False) -> Lines | None:
     """A line that does not parse is not a task's last: the one before it of the same task is."""
     offsets = LineOffsets()
-    pictures = False
     for offset, raw, line in read_raw_lines_with_offsets(path):
+        if stop_at_pictures and may_name_pictures(raw):
+            return None
         task_id = line.get("id")
         if isinstance(task_id, str):
             offsets.add(digest(task_id), offset)
-        pictures = pictures or may_name_pictures(raw)
-    return Lines(offsets, pictures)
+    return Lines(offsets)
 
 
 def may_name_pictures(raw: bytes) -> bool:
@@ -354,6 +356,7 @@ def _entries_in(
         return
     if lines is None:
         lines = _index(path)
+        assert lines is not None
     offsets = lines.offsets
     pending = lines.pending(order)
     tasks = tasks_of() if pending else None

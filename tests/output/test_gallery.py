@@ -450,34 +450,53 @@ def test_a_page_without_pictures_skips_the_thumbnail_pass_and_one_with_them_does
     assert items["c"]["thumbs"] and all((out / thumb).is_file() for thumb in items["c"]["thumbs"])
 
 
-def test_a_page_without_pictures_reads_its_results_twice_not_three_times(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("pictures", [False, True])
+def test_a_pages_build_parses_each_result_line_no_more_than_it_must(
+    pictures: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The pass that finds each task's line also finds whether a card may show a picture: a chat run's
-    page opens results.jsonl for that pass and for its cards, not for a pass of its own before them."""
-    from batch.running.records import ResultRecord
-
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "results.jsonl").write_text(
-        "".join(
-            json.dumps(ResultRecord(f"t{i}", "chat", "succeeded", "m", prompt="hi", text="ok").to_line())
-            + "\n"
-            for i in range(3)
-        )
-    )
+    """A page of chat answers parses each line twice: once to find each task's last line (the same pass
+    says no card shows a picture), once for its card. A page of pictures four times: the thumbnails'
+    pass and the page's, each finding the lines then reading them; the look for a picture stops at the
+    first line that may name one."""
+    from batch.output import store
     from batch.running.idset import digest
     from batch.running.order import Order
+    from batch.running.records import ResultRecord
 
-    scope = Scope(order=Order([digest(f"t{i}") for i in range(3)]))
-    opened: list[str] = []
+    count = 6
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    lines = []
+    for i in range(count):
+        files: tuple[str, ...] = ()
+        if pictures:
+            make_image(out / "images" / f"t{i}.png", (16, 16))
+            files = (f"images/t{i}.png",)
+        record = ResultRecord(f"t{i}", "chat", "succeeded", "m", prompt="hi", text="ok", files=files)
+        lines.append(json.dumps(record.to_line()) + "\n")
+    (out / "results.jsonl").write_text("".join(lines))
+    scope = Scope(order=Order([digest(f"t{i}") for i in range(count)]))
+    parsed = 0
+    real = store.parse_record
+
+    def counting(raw: bytes) -> Any:
+        nonlocal parsed
+        parsed += 1
+        return real(raw)
+
+    opened = 0
     real_open = Path.open
 
     def counting_open(self: Path, *args: Any, **kwargs: Any) -> Any:
-        if self.name == "results.jsonl":
-            opened.append(self.name)
+        nonlocal opened
+        opened += self.name == "results.jsonl"
         return real_open(self, *args, **kwargs)
 
+    monkeypatch.setattr(store, "parse_record", counting)
     monkeypatch.setattr(Path, "open", counting_open)
-    assert [item["id"] for item in page_data(gallery.build(out, scope))["items"]] == ["t0", "t1", "t2"]
-    assert len(opened) == 2
+    items = page_data(gallery.build(out, scope))["items"]
+    assert [item["id"] for item in items] == [f"t{i}" for i in range(count)]
+    assert all(item["thumbs"] for item in items) is pictures
+    assert parsed == (4 * count + 1 if pictures else 2 * count)
+    if not pictures:
+        assert opened == 2  # no pass of its own before the page's, for a page that shows no picture
