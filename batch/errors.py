@@ -138,7 +138,8 @@ class OptionError(UsageError):
 
 
 class OutputError(BatchError):
-    """The output directory cannot be written (permissions, disk full, a symlink where a file goes)."""
+    """The output directory cannot be written (permissions, disk full, a symlink where a file goes), or
+    its journals read (a disk failing under them)."""
 
     exit_code = EXIT_IOERR
 

@@ -82,7 +82,7 @@ def main() -> int:
     cycle = statistics.mean(turns) + statistics.mean(requests)
     print(
         f"[turnaround] {args.tasks:,} chat tasks, C={args.concurrency}, L={args.latency} s, "
-        f"load average {os.getloadavg()[0]:.1f}"
+        f"load average {os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan'):.1f}"
     )
     print(f"  the engine's turn (answer -> next request): {_mean_p90(turns)}")
     print(f"  the request (send entered -> answer read):  {_mean_p90(requests)}")

@@ -27,9 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = _Stdout(stdout)
     try:
         code = _main(list(sys.argv[1:] if argv is None else argv))
-        if sys.stdout is not None:
-            sys.stdout.flush()  # what the command printed reaches its file here, where a failure is seen
-        return code
+        return _flushed(code, stdout)
     except KeyboardInterrupt:
         # Outside a run's dispatch (validating, opening DIR): nothing was sent, nothing half written.
         print("maas-batch: interrupted", file=sys.stderr)
@@ -48,6 +46,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         sys.stdout = stdout
         signal.signal(signal.SIGTERM, previous)
+
+
+def _flushed(code: int, stdout: Any) -> int:
+    """`code`, once what the command printed has reached stdout's file, where a failure is seen: a reader
+    gone (`| head`) leaves the code as it is; a full disk makes a command that succeeded end with 74."""
+    if stdout is None:
+        return code
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        to_devnull(stdout)
+    except StdoutError as exc:
+        to_devnull(stdout)
+        print(f"maas-batch: cannot write to standard output: {exc.strerror or exc}", file=sys.stderr)
+        return code or EXIT_IOERR
+    return code
 
 
 class StdoutError(OSError):
@@ -69,6 +83,10 @@ class _Stdout:
         except OSError as exc:
             raise StdoutError(exc.errno, _reason(exc)) from exc
 
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
     def flush(self) -> None:
         try:
             self._stream.flush()
@@ -88,7 +106,11 @@ def to_devnull(stream: Any) -> None:
     if stream is None:
         return
     with contextlib.suppress(OSError, ValueError):
-        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, stream.fileno())
+        finally:
+            os.close(devnull)
 
 
 def _reason(exc: OSError) -> str:

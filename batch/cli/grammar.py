@@ -98,6 +98,7 @@ SIMULATE_EXIT_CODES = f"""\
 exit codes:
   {EXIT_OK}   stopped with Ctrl-C or SIGTERM
   {EXIT_USAGE}  bad command-line usage, or the port cannot be listened on
+  {EXIT_IOERR}  stdout cannot be written (a full disk): the URL line could not be printed
 """
 
 ENVIRONMENT = f"""\

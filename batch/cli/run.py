@@ -251,7 +251,7 @@ def _print_summary(summary: RunSummary, out: Path | str, retried: int, page: Pat
     shown = f" (gallery: {gallery})" if page.exists() else ""
     lines.append(f"output: {out}{shown}")
     _to_log_files(lines)
-    print("\n".join(lines))
+    print("\n".join(lines), flush=True)  # a full disk under stdout is met here, by the handler around it
 
 
 def _to_log_files(lines: list[str]) -> None:

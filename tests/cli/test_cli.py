@@ -36,8 +36,9 @@ def _on_a_full_disk(command: list[str], env: dict[str, str]) -> subprocess.Compl
 
 
 def _child_env(sim: RunningSimulator) -> dict[str, str]:
-    """The environment of a `python -m batch` child against `sim`, with this tree's `batch`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
+    """The environment of a `python -m batch` child against `sim`, with this tree's `batch`, its stdout
+    buffered as a user's is (without PYTHONUNBUFFERED, which some shells and CI set)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_") and k != "PYTHONUNBUFFERED"}
     return {**env, **env_for(sim), "PYTHONPATH": str(ROOT)}
 
 
@@ -521,3 +522,39 @@ def test_a_program_whose_stdout_is_its_own_object_gets_what_main_prints(
     monkeypatch.setenv("MAAS_ENDPOINT", "ep")
     assert cli.main(["validate", str(manifest)]) == 0
     assert sys.stdout is tee and "1 task" in "".join(tee.parts)
+
+
+def test_a_reader_gone_from_stdout_leaves_the_commands_exit_code_as_it_is(
+    sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """`maas-batch run ... | head -1` where the run stops at its budget: the summary meets a closed pipe,
+    and the run still ends 3, not 0."""
+    manifest = write(ONE_CHAT_TASK, "t.jsonl")
+    command = [sys.executable, "-m", "batch", "run", str(manifest), "--out", str(tmp_path / "out")]
+    child = subprocess.Popen(
+        [*command, "--max-tokens", "1", *FAST],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_child_env(sim),
+    )
+    assert child.stdout is not None
+    child.stdout.close()  # the reader is gone before anything is written
+    _, errors = child.communicate(timeout=120)
+    assert child.returncode == 3, errors.decode()
+    assert b"Traceback" not in errors
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_simulator_whose_stdout_is_full_says_so_not_that_it_cannot_listen(tmp_path: Path) -> None:
+    with open("/dev/full", "w") as full:
+        ended = subprocess.run(
+            [sys.executable, "-m", "batch", "simulate", "--port", "0"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+    assert ended.returncode == 74, ended.stderr
+    assert "cannot write to standard output: no space left on the device" in ended.stderr
+    assert "cannot listen" not in ended.stderr and "Traceback" not in ended.stderr
