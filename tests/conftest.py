@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import inspect
 import json
 import os
 import subprocess
@@ -112,6 +113,24 @@ def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> 
 
 def env_for(sim: RunningSimulator, **extra: str) -> dict[str, str]:
     return {"MAAS_API_KEY": KEY, "MAAS_BASE_URL": sim.base_url, "MAAS_ENDPOINT": "ep-default", **extra}
+
+
+def measured_apart(measure: Callable[[], int]) -> int:
+    """`measure()`, a module-level function of a test module that returns bytes counted with tracemalloc,
+    run in a Python process of its own. tracemalloc counts every thread's allocations, and a pytest worker
+    may hold a thread an earlier test left to end: one such measurement once came out 146 KB over."""
+    root = Path(__file__).resolve().parents[1]
+    module = ".".join(Path(inspect.getfile(measure)).resolve().relative_to(root).with_suffix("").parts)
+    code = "import importlib, sys; m, f = sys.argv[1:]; print(getattr(importlib.import_module(m), f)())"
+    done = subprocess.run(
+        [sys.executable, "-c", code, module, measure.__qualname__],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=root,
+        check=True,
+    )
+    return int(done.stdout)
 
 
 class FailingReads:

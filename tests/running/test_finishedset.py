@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import logging
 import random
-import subprocess
-import sys
 import tempfile
 import tracemalloc
-from pathlib import Path
 
 import pytest
 
@@ -18,8 +15,7 @@ from batch.running import order as order_module
 from batch.running.finishedset import Finished, find_finished
 from batch.running.idset import digest
 from batch.running.order import Order
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import measured_apart
 
 
 @pytest.fixture
@@ -142,9 +138,7 @@ def peak_of_finding(count: int) -> int:
 
 def growth_of_finding() -> int:
     """How much more the peak of finding the finished is for 100,000 tasks than for 25,000, at sizes an
-    eighth of the defaults'. Run in a process of its own: tracemalloc counts every thread's allocations,
-    and a thread that an earlier test of the same worker left to end (a simulator's, a client's) once
-    added 70 KB to a measurement (CI, 268,813 bytes against the bound of 200,000)."""
+    eighth of the defaults' (measured apart: once 268,813 bytes in a pytest worker, 122 KB alone)."""
     order_module.WINDOW = 4096
     finishedset.PART //= 8
     finishedset.BUFFERS //= 8
@@ -156,19 +150,7 @@ def test_finding_the_finished_holds_a_bit_a_task_not_an_id_set() -> None:
     join holds a bit a task, its buffers (BUFFERS values in all), a map of one partition's share of the
     order, and 8 bytes for each buffer that went to the file. Sizes an eighth of the defaults': the same
     join over fewer tasks (it grows by about 0.6 bytes a task at the default sizes; an id set by 6)."""
-    measured = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from tests.running.test_finishedset import growth_of_finding as g; print(g())",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=100,
-        cwd=ROOT,
-        check=True,
-    )
-    growth = int(measured.stdout)
+    growth = measured_apart(growth_of_finding)
     assert growth < 200_000, f"{growth:,} bytes more for 75,000 more tasks"
 
 
