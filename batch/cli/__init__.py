@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout on a full disk (`maas-batch report DIR >> log` from cron): a message and 74, not a
         # traceback and 1; /dev/null takes what is left, so that Python's last flush does not fail again
         to_devnull(stdout)
-        print(f"maas-batch: cannot write to standard output: {exc.strerror or exc}", file=sys.stderr)
+        print(f"maas-batch: cannot write to standard output: {exc.reason}", file=sys.stderr)
         return EXIT_IOERR
     finally:
         sys.stdout = stdout
@@ -59,14 +59,20 @@ def _flushed(code: int, stdout: Any) -> int:
         to_devnull(stdout)
     except StdoutError as exc:
         to_devnull(stdout)
-        print(f"maas-batch: cannot write to standard output: {exc.strerror or exc}", file=sys.stderr)
+        print(f"maas-batch: cannot write to standard output: {exc.reason}", file=sys.stderr)
         return code or EXIT_IOERR
     return code
 
 
-class StdoutError(OSError):
-    """A write to stdout failed (not a closed pipe: BrokenPipeError is left as it is). An OSError still,
-    for a handler of its own on the way (a run keeps its exit code when its summary cannot be printed)."""
+class StdoutError(Exception):
+    """A write to stdout failed (not a closed pipe: BrokenPipeError is left as it is). Not an OSError, so
+    that a handler of some file's OSError on the way (a port that cannot be listened on, an export's file)
+    does not take it for its own; `main` answers it with 74, and a run catches it by name to keep its own
+    exit code when its summary cannot be printed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class _Stdout:
@@ -81,7 +87,7 @@ class _Stdout:
         except BrokenPipeError:
             raise
         except OSError as exc:
-            raise StdoutError(exc.errno, _reason(exc)) from exc
+            raise StdoutError(_reason(exc)) from exc
 
     def writelines(self, lines: Any) -> None:
         for line in lines:
@@ -93,7 +99,7 @@ class _Stdout:
         except BrokenPipeError:
             raise
         except OSError as exc:
-            raise StdoutError(exc.errno, _reason(exc)) from exc
+            raise StdoutError(_reason(exc)) from exc
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batch import __version__
-from batch.cli import to_devnull
+from batch.cli import StdoutError, to_devnull
 from batch.cli.options import show_bar
 from batch.config import (
     Options,
@@ -29,7 +29,6 @@ from batch.config import (
 )
 from batch.errors import UsageError, unwrap
 from batch.exitcodes import EXIT_BUDGET, EXIT_DEADLINE, EXIT_OK, EXIT_TEMPFAIL
-from batch.output.files import reason
 from batch.output.lock import probe as probe_lock
 from batch.values import StoreUrl
 
@@ -90,12 +89,13 @@ def run(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
     try:
         # args.out: DIR, or the staging DIR of a run on a store, where the page was written before it went up
         _print_summary(summary, getattr(args, "store", None) or args.out, retried, args.out / "index.html")
-    except OSError as exc:  # a closed stdout, or a cron job's log on a full disk: the run's own exit code
-        # matters more, and what stdout would have said is in DIR (results, ledger, the run's log)
+    except (BrokenPipeError, StdoutError) as exc:  # a closed stdout, or a cron job's log on a full disk:
+        # the run's own exit code matters more, and what stdout would have said is in DIR (results, ledger,
+        # the run's log)
         to_devnull(sys.stdout)  # Python's last flush goes nowhere
-        if not isinstance(exc, BrokenPipeError):
+        if isinstance(exc, StdoutError):
             with contextlib.suppress(OSError):
-                print(f"maas-batch: could not print the run's summary: {reason(exc)}", file=sys.stderr)
+                print(f"maas-batch: could not print the run's summary: {exc.reason}", file=sys.stderr)
     return summary.exit_code
 
 
