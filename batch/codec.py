@@ -15,6 +15,7 @@ spacing (`", "`, `": "`) is what users grep for and what the checkpoint's fast s
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -25,6 +26,8 @@ import orjson
 _DIGITS_AS_ZEROS = bytes.maketrans(b"123456789", b"000000000")
 _LONG_NUMBER = b"0" * 19
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # how a lone surrogate can be written in JSON
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def loads(raw: bytes) -> Any:
@@ -35,6 +38,48 @@ def loads(raw: bytes) -> Any:
         except orjson.JSONDecodeError:
             pass  # for json to take (NaN, a lone surrogate, UTF-16) or to refuse with its own message
     return json.loads(raw)
+
+
+def loads_answer(raw: bytes) -> Any:
+    """`loads` for a server's JSON: a lone surrogate (half of a UTF-16 pair: a string cut in the middle
+    of an emoji), which json reads but no UTF-8 file can hold, becomes U+FFFD, so that whatever the answer
+    holds can be written to DIR."""
+    value = loads(raw)
+    return without_surrogates(value) if _SURROGATE_ESCAPE.search(raw) else value
+
+
+def clean_text(text: str) -> str:
+    """`text` with each lone surrogate (from JSON, or a header byte that is not UTF-8, which aiohttp reads
+    as one) replaced by U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def without_surrogates(value: Any) -> Any:
+    """A JSON value with clean_text applied to every string in it, keys too (no recursion: a value nested
+    as deep as json could read is walked as well)."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if not isinstance(value, dict | list):
+        return value
+    stack: list[dict[str, Any] | list[Any]] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            pairs = list(item.items())
+            item.clear()
+            for key, child in pairs:
+                if isinstance(child, str):
+                    child = clean_text(child)
+                elif isinstance(child, dict | list):
+                    stack.append(child)
+                item[clean_text(key) if isinstance(key, str) else key] = child
+        else:
+            for index, child in enumerate(item):
+                if isinstance(child, str):
+                    item[index] = clean_text(child)
+                elif isinstance(child, dict | list):
+                    stack.append(child)
+    return value
 
 
 def dumps(value: Any) -> bytes:

@@ -225,9 +225,23 @@ def usage_in(body: Any) -> Mapping[str, Any] | None:
     return usage if isinstance(usage, Mapping) else None
 
 
+MAX_COUNT = 10**12  # tokens of one answer: more is no count (400 digits would overflow a cost)
+
+
 def count_of(value: Any) -> int:
-    """A token count as reported: a non-negative integer, else 0."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+    """A token count as reported: a non-negative integer up to MAX_COUNT, else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT else 0
+
+
+def counts_readable(usage: Mapping[str, Any]) -> bool:
+    """Whether every token figure of a usage (its `*_tokens` keys) reads as a count (count_of): not a
+    string of digits, a float, a negative number or one beyond MAX_COUNT. One that does not makes the
+    whole usage unreadable (the answer is booked at its estimate): it cannot be told which figure lies."""
+    return all(
+        value is None or (count_of(value) == value and not isinstance(value, bool))
+        for key, value in usage.items()
+        if isinstance(key, str) and key.endswith("_tokens")
+    )
 
 
 Registry = Mapping[str, TaskKind]

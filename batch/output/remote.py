@@ -53,7 +53,7 @@ import anyio
 
 from batch.errors import BatchError, OutputError, UsageError
 from batch.output.format import FORMAT
-from batch.output.store import ANSWERS, IMAGES, RESULTS, RETRIED, RUNS, USAGE, parse_record
+from batch.output.store import ANSWERS, IMAGES, RESULTS, RETRIED, RUNS, USAGE, encode_line, parse_record
 from batch.running.records import AttemptRecord, attempt_log_line, finished_entry
 
 log = logging.getLogger("batch.output.remote")
@@ -79,7 +79,6 @@ PULL_TRIES = 3  # a view assembled again when a merge removed a segment it had l
 _JOURNAL_SEGMENT = re.compile(r"^(?P<run>.+?)-(?P<first>\d{12})(?:-(?P<last>\d{12}))?\.jsonl$")
 _LOG_SEGMENT = re.compile(r"^(?P<run>[^/]+)/(?P<first>\d{12})(?:-(?P<last>\d{12}))?\.jsonl$")
 _UNSAVED = ("answered", "broken")  # outcomes of a request whose answer may have been paid
-_encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
 
 class Store:
@@ -447,7 +446,7 @@ def _unsaved_as_maybe_billed(
                 and finished.get(task := tasks.get(record.request_id, "")) != run
                 and run not in others.get(task, ())
             ):
-                raw = (_encode({**(line or {}), "maybe_billed": True, "unsaved": True}) + "\n").encode()
+                raw = encode_line({**(line or {}), "maybe_billed": True, "unsaved": True})
         yield raw
 
 
@@ -653,7 +652,7 @@ class Mirror:
         if not renamed:
             return raw
         record["files"] = stored
-        return (_encode(record) + "\n").encode()
+        return encode_line(record)
 
     def _upload(self, name: str) -> str:
         """A file of DIR into the store, create-only: under its own name, or if the store holds that one

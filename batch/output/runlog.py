@@ -26,15 +26,14 @@ from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
-from batch.output.store import Journal, read_lines
+from batch.output.store import Journal, encode_line, read_lines
 from batch.running.records import AttemptRecord, RunRecord, attempt_log_line
 
-_encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
-_string = encode_basestring  # a JSON string, as _encode writes one (with its quotes)
+_string = encode_basestring  # a JSON string, as encode_line writes one (with its quotes)
 
 
 def _line(record: Mapping[str, Any]) -> bytes:
-    return (_encode(record) + "\n").encode()
+    return encode_line(record)
 
 
 def now() -> str:

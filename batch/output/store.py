@@ -60,6 +60,24 @@ THUMBS = "thumbs"  # the gallery's thumbnails
 RETRIED = "results.retried.jsonl"  # result lines of failures that --retry-failed gave another go
 # Built once: json.dumps with arguments makes a new encoder on every call.
 _encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
+_SECRETS: list[bytes] = []  # this process's API keys: no journal line is written with one in it
+REDACTED = b"[redacted]"
+SECRET_MIN = 8  # a "key" shorter than this is no secret (tests, a local proxy): it is not looked for
+
+
+def never_write(secret: str) -> None:
+    """Keep `secret` (the API key) out of every journal line this process writes, whatever put it in a
+    record: an answer that spells it in JSON escapes, or splits it across a stream's events, reaches the
+    line as the key itself."""
+    data = secret.encode()
+    if len(data) >= SECRET_MIN and data not in _SECRETS:
+        _SECRETS.append(data)
+
+
+def encode_line(record: Mapping[str, Any]) -> bytes:
+    """A journal's line, JSON in UTF-8: a lone surrogate that reached a record (a server's text cut in
+    the middle of a UTF-16 pair) is written as "?", never fails the line."""
+    return (_encode(record) + "\n").encode("utf-8", "replace")
 
 
 class Journal:
@@ -90,11 +108,14 @@ class Journal:
 
     def write(self, record: Mapping[str, Any]) -> None:
         """Append one line. On failure (a full disk) the file is cut back so no partial line remains."""
-        self.write_bytes((_encode(record) + "\n").encode())
+        self.write_bytes(encode_line(record))
 
     def write_bytes(self, data: bytes) -> None:
         """Append whole lines already encoded (one write(2), however many lines)."""
         line = data
+        for secret in _SECRETS:
+            if secret in line:
+                line = line.replace(secret, REDACTED)
         try:
             written = os.write(self._fd, line)
             if written != len(line):

@@ -35,14 +35,32 @@ class Scrubber:
         self._key_bytes = self.key.encode()
 
     def text(self, value: str, cut: bool = False) -> str:
-        """`value` without the key; `cut`: it was cut short, so a key's head at its end goes too."""
-        if not self.key:
+        """`value` (a message, a header: short) without the key, nor a piece of it cut where an excerpt
+        began or ended (PARTIAL_KEY of its first or last characters and more, anywhere: aiohttp cuts the
+        line it quotes in a parse error at some 100 bytes); `cut` is implied."""
+        key = self.key
+        if not key:
             return value
-        value = value.replace(self.key, REDACTED)
-        if cut:
-            for size in range(len(self.key) - 1, min(PARTIAL_KEY, len(self.key)) - 1, -1):
-                if value.endswith(self.key[:size]):
-                    return value[:-size] + REDACTED
+        value = value.replace(key, REDACTED)
+        head, tail = key[:PARTIAL_KEY], key[-PARTIAL_KEY:]
+        if head not in value and tail not in value:
+            return value
+        start = value.find(head)
+        while start >= 0:  # a head: as much of the key as follows
+            end = start + PARTIAL_KEY
+            while end < len(value) and end - start < len(key) and value[end] == key[end - start]:
+                end += 1
+            value = value[:start] + REDACTED + value[end:]
+            start = value.find(head, start + len(REDACTED))
+        end = value.find(tail)
+        while end >= 0:  # a tail: as much of the key as comes before
+            start, stop = end, end + PARTIAL_KEY
+            size = len(key) - PARTIAL_KEY
+            while start > 0 and stop - start < len(key) and value[start - 1] == key[size - 1]:
+                start -= 1
+                size -= 1
+            value = value[:start] + REDACTED + value[stop:]
+            end = value.find(tail, start + len(REDACTED))
         return value
 
     def bytes(self, value: bytes, cut: bool = False) -> bytes:
@@ -64,8 +82,15 @@ def too_large(limit: int, size: str = "") -> BrokenAnswerError:
     )
 
 
+ERROR_MESSAGE_LIMIT = 2000  # characters of a server's error message kept
+# Content-codings an answer may name in its message (RFC 9110's registry and common ones): any other value
+# is not repeated back, since a server can put anything there (the key it was sent)
+_KNOWN_CODINGS = frozenset({"br", "zstd", "compress", "x-compress", "dcb", "dcz", "exi", "pack200-gzip"})
+
+
 class Inflater:
-    """Content-Encoding gzip or deflate, inflated a piece at a time and never past `limit` bytes."""
+    """Content-Encoding gzip or deflate, inflated a piece at a time and never past `limit` bytes. A gzip
+    body of several members (RFC 1952 allows it) is inflated member after member."""
 
     def __init__(self, encoding: str, limit: int) -> None:
         self.encoding = encoding.strip().lower()
@@ -76,13 +101,19 @@ class Inflater:
             self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
         elif self.encoding == "deflate":
             self._zlib = zlib.decompressobj()
-        elif self.encoding not in ("", "identity"):
-            raise BrokenAnswerError(
-                f"the answer is encoded as {self.encoding[:40]!r}, which was not asked for "
-                f"(Accept-Encoding: {ACCEPT_ENCODING})",
-                retry=True,
-            )
+        # a coding not asked for: its bytes are read as they are (under the cap), for `refusal`
+        self.unknown = self.encoding not in ("", "identity", "gzip", "x-gzip", "deflate")
         self._first = True
+
+    def refusal(self, raw: bytes) -> BrokenAnswerError:
+        """The failure of an answer in a coding not asked for: it arrived, so it may have been paid for,
+        and asking again would buy it again, encoded the same way. `raw`: its bytes, for DIR/answers/."""
+        named = repr(self.encoding) if self.encoding in _KNOWN_CODINGS else "a coding it did not ask for"
+        return BrokenAnswerError(
+            f"the answer is encoded as {named} (Accept-Encoding: {ACCEPT_ENCODING})",
+            error_type="unreadable_answer",
+            raw=raw,
+        )
 
     @property
     def active(self) -> bool:
@@ -106,6 +137,10 @@ class Inflater:
         self.produced += len(out)
         if self.produced > self.limit or self._zlib.unconsumed_tail:
             raise too_large(self.limit)
+        if self._zlib.eof and self._zlib.unused_data and self.encoding != "deflate":
+            rest = self._zlib.unused_data  # the next gzip member
+            self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            return bytes(out) + self.feed(rest)
         return bytes(out)
 
     def finish(self) -> bytes:
@@ -132,8 +167,8 @@ async def inflated(pieces: AsyncIterator[bytes], inflater: Inflater, raw: bytear
 async def decode_json(raw: bytes, content_type: str) -> Any:
     try:
         if len(raw) > THREAD_DECODE_BYTES:
-            return await anyio.to_thread.run_sync(codec.loads, raw)
-        return codec.loads(raw)
+            return await anyio.to_thread.run_sync(codec.loads_answer, raw)
+        return codec.loads_answer(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         # Not an answer of the API's (a gateway's page, a body cut short): the request goes again.
         raise BrokenAnswerError(
@@ -214,7 +249,7 @@ def embedded_status(error: Mapping[str, Any]) -> int:
     what its type, code or status name means; a request the API refused (400) if nothing says more."""
     for key in ("status", "code", "http_status"):
         value = error.get(key)
-        if isinstance(value, str) and value.isdigit():
+        if isinstance(value, str) and value.isascii() and value.isdigit():
             value = int(value)
         if isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 599:
             return value
@@ -240,14 +275,14 @@ def error_details(raw: bytes, reason: str) -> tuple[str, str | None, str | None]
             code = error.get("code")
             error_type = error.get("type")
             return (
-                str(error.get("message") or reason)[:2000],
+                str(error.get("message") or reason)[:ERROR_MESSAGE_LIMIT],
                 None if error_type is None else str(error_type),
                 None if code is None else str(code),
             )
         if isinstance(error, str):
-            return error[:2000], None, None
+            return error[:ERROR_MESSAGE_LIMIT], None, None
         if isinstance(body.get("message"), str):
-            return body["message"][:2000], None, None
+            return body["message"][:ERROR_MESSAGE_LIMIT], None, None
     text = raw.decode("utf-8", "replace")
     title = re.search(r"<title[^>]*>(.*?)</title>", text[:ERROR_BODY_LIMIT], re.IGNORECASE | re.DOTALL)
     if title:

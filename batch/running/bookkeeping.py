@@ -9,7 +9,7 @@ from typing import Any
 
 from batch.errors import ApiError, OutputError
 from batch.events import Billed
-from batch.kind import Answer, TaskKind
+from batch.kind import Answer, TaskKind, counts_readable
 from batch.manifest.tasks import TaskSpec
 from batch.running.answers import error_record
 from batch.running.context import AttemptContext, TaskState
@@ -27,8 +27,12 @@ async def bill(
     state: TaskState,
 ) -> None:
     """Record a billed answer in the ledger, durably, before anything else is done with it. An answer
-    that reports no usage is recorded at its estimate, marked `estimated`, so budgets count it."""
-    counts = kind.token_counts(usage) if usage is not None else kind.estimate(spec.fields)
+    that reports no usage, or none that can be read (figures as strings, junk, no token at all), is
+    recorded at its estimate, marked `estimated`, so budgets count it; its usage is kept as it came."""
+    counts = kind.token_counts(usage) if usage is not None and counts_readable(usage) else None
+    estimated = counts is None or counts.total <= 0
+    if counts is None or estimated:
+        counts = kind.estimate(spec.fields)
     cost = ctx.settings.prices.cost(spec.model, counts)
     line = UsageRecord(
         task_id=spec.id,
@@ -41,7 +45,7 @@ async def bill(
         cost=cost,
         usage=usage,
         at=now(),
-        estimated=usage is None,
+        estimated=estimated,
     ).to_line()
     try:
         await ctx.out.append(ctx.out.usage, line)

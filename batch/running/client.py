@@ -20,9 +20,11 @@ from batch import __version__, codec
 from batch.defaults import DEFAULT_BASE_URL, DEFAULT_MAX_BODY, DEFAULT_TIMEOUT
 from batch.errors import ApiStatusError, BrokenAnswerError, ConfigError, TransportError
 from batch.kind import ApiRequest
+from batch.output.store import never_write
 from batch.running.bodies import (
     ACCEPT_ENCODING,
     ERROR_BODY_LIMIT,
+    ERROR_MESSAGE_LIMIT,
     Inflater,
     Scrubber,
     decode_json,
@@ -85,6 +87,7 @@ class ApiClient:
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
         self.scrub = Scrubber(config.api_key)
+        never_write(config.api_key)  # nor into DIR's journals, in whatever form an answer carried it
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[tuple[str, str], str] = {}
         self._routes: dict[tuple[str, str, int], Route] = {}
@@ -171,7 +174,7 @@ class ApiClient:
                 response.status,
                 body,
                 time.monotonic() - started,
-                None if server_id is None else self.scrub.text(server_id)[:200],
+                None if server_id is None else self.scrub.text(codec.clean_text(server_id))[:200],
                 raw,
                 ended,
             )
@@ -215,8 +218,8 @@ class ApiClient:
         if not 200 <= response.status < 300:
             raw = await self._read_capped(response, ERROR_BODY_LIMIT, truncate=True)
             raise self._status_error(response, raw)
-        content_type = self.scrub.text(response.headers.get("Content-Type", ""))[:100]
-        if stream and content_type.startswith("text/event-stream"):
+        content_type = self.scrub.text(codec.clean_text(response.headers.get("Content-Type", "")))[:100]
+        if stream and content_type.startswith("text/event-stream") and not _unknown_coding(response):
             return await self._read_events(response)
         raw = await self._read_capped(response, self.config.max_body_bytes)
         body = await decode_json(raw, content_type)
@@ -243,18 +246,21 @@ class ApiClient:
                     raise too_large(limit, f"{length:,} bytes")
                 # the usual answer: its size known and allowed, read at once (aiohttp reads no more than
                 # Content-Length), not a piece at a time through an async iterator
-                return self.scrub.bytes(await response.read())
-            async for piece in response.content.iter_chunked(1 << 16):
-                buffer += inflater.feed(piece)
+                buffer += await response.read()
+            else:
+                async for piece in response.content.iter_chunked(1 << 16):
+                    buffer += inflater.feed(piece)
+                    if len(buffer) > limit:
+                        raise too_large(limit)
+                buffer += inflater.finish()
                 if len(buffer) > limit:
                     raise too_large(limit)
-            buffer += inflater.finish()
-            if len(buffer) > limit:
-                raise too_large(limit)
         except BrokenAnswerError:
             if not truncate:
                 raise
             return self.scrub.bytes(bytes(buffer[:limit]), cut=True)
+        if inflater.unknown and not truncate:  # an error page's text is read as it is
+            raise inflater.refusal(self.scrub.bytes(bytes(buffer)))
         return self.scrub.bytes(bytes(buffer))
 
     async def _read_events(self, response: aiohttp.ClientResponse) -> tuple[list[Any], bytes, bool]:
@@ -263,26 +269,33 @@ class ApiClient:
         chunks: list[Any] = []
         raw = bytearray()
         inflater = Inflater(response.headers.get("Content-Encoding", ""), self.config.max_body_bytes)
-        async for data in sse_data(inflated(response.content.iter_any(), inflater, raw)):
-            data = self.scrub.bytes(data)
-            if data == b"[DONE]":
-                return chunks, self.scrub.bytes(bytes(raw)), True
-            try:
-                chunk = codec.loads(data)
-            except (ValueError, UnicodeDecodeError, RecursionError):
-                raise BrokenAnswerError(
-                    f"a stream event is not JSON: {snippet(data)}",
-                    usage=last_usage(chunks),
-                    retry=True,
-                    raw=self.scrub.bytes(bytes(raw)),
-                ) from None
-            if isinstance(chunk, dict) and isinstance(chunk.get("error"), dict | str):
-                raise self._embedded_error(response, chunk["error"], in_stream=True)
-            chunks.append(chunk)
+        events = sse_data(inflated(response.content.iter_any(), inflater, raw))
+        try:
+            async for data in events:
+                data = self.scrub.bytes(data)
+                if data == b"[DONE]":
+                    return chunks, self.scrub.bytes(bytes(raw)), True
+                try:
+                    chunk = codec.loads_answer(data)
+                except (ValueError, UnicodeDecodeError, RecursionError):
+                    raise BrokenAnswerError(
+                        f"a stream event is not JSON: {snippet(data)}",
+                        usage=last_usage(chunks),
+                        retry=True,
+                        raw=self.scrub.bytes(bytes(raw)),
+                    ) from None
+                if isinstance(chunk, dict) and isinstance(chunk.get("error"), dict | str):
+                    raise self._embedded_error(response, chunk["error"], in_stream=True)
+                chunks.append(chunk)
+        except aiohttp.ClientPayloadError:
+            if not chunks:
+                raise
+            # cut (a reset, a body shorter than it said) after some events: as a stream that ended there,
+            # whole if every choice had finished (the kind judges it from the chunks), else sent again
         return chunks, self.scrub.bytes(bytes(raw)), False
 
     def _status_error(self, response: aiohttp.ClientResponse, raw: bytes) -> ApiStatusError:
-        reason = self.scrub.text(response.reason or "")
+        reason = self.scrub.text(codec.clean_text(response.reason or ""))
         message, error_type, code = error_details(raw, reason)
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         return ApiStatusError(
@@ -298,7 +311,7 @@ class ApiClient:
     ) -> ApiStatusError:
         """`{"error": ...}` sent with a 2xx (or inside a stream): the same error as with its own status."""
         details = error if isinstance(error, Mapping) else {"message": error}
-        message = str(details.get("message") or details.get("status") or "no message")
+        message = str(details.get("message") or details.get("status") or "no message")[:ERROR_MESSAGE_LIMIT]
         error_type = details.get("type")
         code = details.get("code")
         where = "inside the stream" if in_stream else f"with HTTP {response.status}"
@@ -361,6 +374,10 @@ class _Translate:
         raise BrokenAnswerError(
             f"unreadable answer ({type(exc).__name__}: {scrub.text(str(exc))[:200]})", retry=True
         ) from exc
+
+
+def _unknown_coding(response: aiohttp.ClientResponse) -> bool:
+    return Inflater(response.headers.get("Content-Encoding", ""), 0).unknown
 
 
 def _origin(scheme: str, host: str | None, port: int | None) -> tuple[str, str, int]:

@@ -301,7 +301,7 @@ class UsageRecord:
     cost: float | None  # US dollars at the prices of the run that wrote it; None: no price
     usage: Mapping[str, Any] | None  # as the answer reported it; None: it said nothing
     at: str | None = None
-    estimated: bool = False  # the answer reported no usage: counted at its estimate
+    estimated: bool = False  # the answer reported no usage it could be read by: counted at its estimate
 
     @property
     def repriced_counts(self) -> TokenCounts:

@@ -19,7 +19,7 @@ from aiohttp import web
 from PIL import Image
 
 from tests.conftest import FAST, ROOT, Outcome, results
-from tests.stub import stub_server
+from tests.stub import raw_server, stub_server
 
 CANARY = "sk-CANARY-echo-5d8e1f0a9b7c"
 DEEP = b"[" * 50_000
@@ -237,6 +237,27 @@ async def echo(name: str, request: web.Request) -> web.StreamResponse:
     if name == "answer-text":
         finish = {"choices": [{"index": 0, "delta": {"content": f"you said {key}"}, "finish_reason": "stop"}]}
         return sse(json.dumps(finish).encode(), b"[DONE]")
+    if name == "content-encoding":  # as the coding's name, which a message would repeat
+        return web.json_response(
+            chat_answer("ok") if chat else IMAGE_ANSWER, headers={"Content-Encoding": key}
+        )
+    if name == "escaped-key":  # every character a JSON escape: not the key's bytes until it is parsed
+        escaped = "".join(f"\\u{ord(c):04x}" for c in key)
+        if chat:
+            finish = {"choices": [{"index": 0, "delta": {"content": "said KEY"}, "finish_reason": "stop"}]}
+            return sse(json.dumps({**finish, "id": "KEY"}).replace("KEY", escaped).encode(), b"[DONE]")
+        data = [{**IMAGE_ANSWER["data"][0], "revised_prompt": "KEY"}]  # type: ignore[index]
+        usage = {**IMAGE_ANSWER["usage"], "note": "KEY"}  # type: ignore[dict-item]
+        answer = json.dumps({**IMAGE_ANSWER, "id": "KEY", "data": data, "usage": usage})
+        return web.Response(text=answer.replace("KEY", escaped), content_type="application/json")
+    if name == "split-across-events":  # the key in two pieces, one in each of two events
+        events = [
+            {"choices": [{"index": 0, "delta": {"content": f"you said {key[:10]}"}}]},
+            {"choices": [{"index": 0, "delta": {"content": f"{key[10:]} ok"}, "finish_reason": "stop"}]},
+        ]
+        if chat:
+            return sse(*(json.dumps(event).encode() for event in events), b"[DONE]")
+        return web.json_response(IMAGE_ANSWER)
     raise AssertionError(name)
 
 
@@ -251,6 +272,9 @@ ECHOES = [
     "sse-error",
     "sse-not-json",
     "answer-text",
+    "content-encoding",
+    "escaped-key",
+    "split-across-events",
 ]
 
 
@@ -277,12 +301,39 @@ def test_a_key_echoed_by_the_server_reaches_no_output_log_or_command(
     for command in (("status", out), ("report", out), ("export", out, "--format", "csv"), ("gallery", out)):
         outcomes.append(cli(*command, env={"MAAS_API_KEY": CANARY}))
     outcomes.append(cli("export", out, "--format", "jsonl", env={"MAAS_API_KEY": CANARY}))
+    assert_no_key(name, outcomes, [log, *out.rglob("*")])
+
+
+def assert_no_key(name: str, outcomes: list[Outcome], paths: list[Path]) -> None:
+    """No piece of CANARY (half of it, or more) in what the commands said or in the files."""
     fragments = (CANARY, CANARY[3:], CANARY[: len(CANARY) // 2], CANARY[len(CANARY) // 2 :])
+    fragments += tuple(fragment.lower() for fragment in fragments)  # a header's value lowercased on the way
     for outcome in outcomes:
         for fragment in fragments:
             assert fragment not in outcome.out + outcome.err, (name, fragment)
-    for path in [log, *out.rglob("*")]:
+    for path in paths:
         if path.is_file():
             data = path.read_bytes()
             for fragment in fragments:
                 assert fragment.encode() not in data, (name, path, fragment)
+
+
+@pytest.mark.parametrize("offset", [78, 30])
+def test_a_key_cut_in_the_excerpt_of_a_parse_error_is_not_repeated(
+    offset: int, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """aiohttp quotes some 100 bytes of a header line it refuses (too long): the key there is cut."""
+
+    def answer(key: str, number: int) -> bytes:
+        return f"HTTP/1.1 200 OK\r\nX-Note: {'a' * offset}{key}{'a' * 9000}\r\nContent-Length: 2\r\n\r\n{{}}".encode()
+
+    manifest = write("tasks:\n  - {kind: generate, id: img, prompt: a}\n")
+    out, log = tmp_path / "out", tmp_path / "night.log"
+    with raw_server(answer, close=True) as stub:
+        env = {"MAAS_API_KEY": CANARY, "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        outcome = cli(
+            "run", manifest, "--out", out, *FAST, "--max-attempts", "2", "-v", "--log-file", log, env=env
+        )
+    assert outcome.code == 1 and len(stub.requests) == 2  # a transport failure: tried again
+    assert "[redacted]" in results(out)["img"]["error"]["message"]  # the excerpt was quoted, the key not
+    assert_no_key(f"offset {offset}", [outcome], [log, *out.rglob("*")])

@@ -1,0 +1,305 @@
+"""Answers a gateway or a hostile server can send that the API's examples never show, byte for byte: half
+of a UTF-16 pair, a header byte that is not UTF-8, a stream cut after it finished, a usage that reads as
+no count, a coding not asked for, a gzip body of two members. Each is built from what HTTP, JSON and
+gzip allow (RFC 9110, RFC 8259, RFC 1952), not from what the client reads: the run goes on, no answer that
+arrived whole is bought twice, and what was paid is in the ledger."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.conftest import FAST, Outcome, results
+from tests.e2e.test_hostile_answers import IMAGE_ANSWER, chat_answer, is_bad, sse
+from tests.stub import http_answer, raw_server, stub_server
+
+ATTEMPTS = ("--max-attempts", "3")
+IMAGE_BODY = json.dumps(IMAGE_ANSWER).encode()
+
+
+def ledger(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "usage.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def three_tasks(write: Callable[..., Path], kind: str) -> Path:
+    return write(
+        "tasks:\n"
+        f"  - {{kind: {kind}, id: bad, prompt: bad}}\n"
+        + "".join(f"  - {{kind: {kind}, id: good-{i}, prompt: good {i}}}\n" for i in range(2))
+    )
+
+
+# --- half of a UTF-16 pair, where JSON allows it ----------------------------------------------------------
+
+HALF = "\\ud83d"  # as JSON escapes it: the first half of an emoji, the second never sent
+
+SURROGATES = {
+    # kind of the tasks -> the bad task's answer, as JSON text
+    "generate": json.dumps(
+        {
+            **IMAGE_ANSWER,
+            "id": "imgHALF",
+            "data": [{**IMAGE_ANSWER["data"][0], "revised_prompt": "a cat HALF"}],
+        }  # type: ignore[dict-item]
+    ).replace("HALF", HALF),
+    "chat, model: m": json.dumps(chat_answer("TEXT")).replace("TEXT", f"half {HALF} and {HALF}"),
+    "chat, model: m, stream: true": "SSE",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SURROGATES))
+def test_half_a_utf16_pair_in_an_answer_is_read_and_the_run_goes_on(
+    kind: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    stream = "stream" in kind
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        bad = is_bad(await request.read())
+        if stream:
+            text = f"half {HALF}" if bad else "fine"
+            choice = {"index": 0, "delta": {"content": "TEXT"}, "finish_reason": "stop"}
+            delta = json.dumps({"choices": [choice]}).replace("TEXT", text)
+            usage = (
+                b'{"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}}'
+            )
+            return sse(delta.encode(), usage, b"[DONE]")
+        if bad:
+            return web.Response(text=SURROGATES[kind], content_type="application/json")
+        return web.json_response(chat_answer("fine") if kind.startswith("chat") else IMAGE_ANSWER)
+
+    out = tmp_path / "out"
+    with stub_server(handler) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        outcome = cli("run", three_tasks(write, kind), "--out", out, *FAST, *ATTEMPTS, env=env)
+    assert outcome.code == 0, outcome.err
+    done = results(out)
+    assert {task["status"] for task in done.values()} == {"succeeded"}
+    assert len(stub.requests) == 3  # none bought twice
+    assert len(ledger(out)) == 3  # each paid answer in the ledger
+    if kind.startswith("chat"):
+        assert done["bad"]["text"].startswith("half \ufffd")
+    else:
+        assert (out / done["bad"]["files"][0]).is_file()
+        assert "\ufffd" in json.dumps(done["bad"], ensure_ascii=False)
+
+
+@pytest.mark.parametrize("header", ["x-request-id: req-\xff\xfe", "Content-Type: application/\xffjson"])
+def test_a_header_byte_that_is_not_utf8_does_not_end_the_run(
+    header: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    name, value = header.split(": ")
+
+    def answer(key: str, number: int) -> bytes:
+        odd = [(name, value)] if number == 2 else []
+        plain = [] if odd and name == "Content-Type" else [("Content-Type", "application/json")]
+        return http_answer("200 OK", [*plain, *odd, ("Content-Length", str(len(IMAGE_BODY)))], IMAGE_BODY)
+
+    out = tmp_path / "out"
+    with raw_server(answer) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        outcome = cli("run", three_tasks(write, "generate"), "--out", out, "-c", "1", *FAST, env=env)
+    assert outcome.code == 0, outcome.err
+    assert {task["status"] for task in results(out).values()} == {"succeeded"}
+    assert len(stub.requests) == 3 and len(ledger(out)) == 3
+
+
+# --- a stream cut after it finished --------------------------------------------------------------------
+
+FINISHED = b"".join(
+    b"data: " + json.dumps(event).encode() + b"\n\n"
+    for event in (
+        {"id": "c", "choices": [{"index": 0, "delta": {"content": "hello"}, "finish_reason": "stop"}]},
+        {"id": "c", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}},
+    )
+)
+CUTS = {
+    # chunked, and the connection closed before the last (zero-size) chunk
+    "reset": [("Transfer-Encoding", "chunked")],
+    # a Content-Length 100 bytes over what comes before the connection closes
+    "short": [("Content-Length", str(len(FINISHED) + 100))],
+}
+
+
+@pytest.mark.parametrize("cut", sorted(CUTS))
+def test_a_stream_cut_after_every_choice_finished_is_a_whole_answer(
+    cut: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    body = b"%x\r\n" % len(FINISHED) + FINISHED + b"\r\n" if cut == "reset" else FINISHED
+
+    def answer(key: str, number: int) -> bytes:
+        return http_answer("200 OK", [("Content-Type", "text/event-stream"), *CUTS[cut]], body)
+
+    manifest = write("tasks:\n  - {kind: chat, id: cut, model: m, prompt: hi, stream: true}\n")
+    out = tmp_path / "out"
+    with raw_server(answer, close=True) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        outcome = cli("run", manifest, "--out", out, *FAST, *ATTEMPTS, env=env)
+    assert outcome.code == 0, outcome.err
+    assert results(out)["cut"]["text"] == "hello"
+    assert len(stub.requests) == 1  # not bought again
+    assert [line["total_tokens"] for line in ledger(out)] == [12]  # what it said it cost
+
+
+def test_a_stream_cut_before_its_choice_finished_is_asked_again(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    unfinished = b'data: {"id": "c", "choices": [{"index": 0, "delta": {"content": "hel"}}]}\n\n'
+    body = b"%x\r\n" % len(unfinished) + unfinished + b"\r\n"
+
+    def answer(key: str, number: int) -> bytes:
+        if number == 2:
+            return http_answer(
+                "200 OK",
+                [("Content-Type", "text/event-stream"), ("Content-Length", str(len(FINISHED)))],
+                FINISHED,
+            )
+        return http_answer(
+            "200 OK", [("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked")], body
+        )
+
+    manifest = write("tasks:\n  - {kind: chat, id: cut, model: m, prompt: hi, stream: true}\n")
+    out = tmp_path / "out"
+    with raw_server(answer, close=True) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        outcome = cli("run", manifest, "--out", out, *FAST, *ATTEMPTS, env=env)
+    assert outcome.code == 0, outcome.err
+    assert results(out)["cut"]["text"] == "hello" and len(stub.requests) == 2
+
+
+# --- a usage that reads as no count ---------------------------------------------------------------------
+
+UNREADABLE_USAGE = {
+    "strings": {"input_tokens": "252", "output_tokens": "4160", "total_tokens": "4412"},
+    "empty": {},
+    "beyond-float": {"input_tokens": 10**400, "output_tokens": 1, "total_tokens": 10**400 + 1},
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNREADABLE_USAGE))
+def test_a_usage_that_reads_as_no_count_is_booked_at_the_estimate(
+    name: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    text = json.dumps(UNREADABLE_USAGE[name])  # json writes the 400-digit integer as it is
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        answer = json.dumps({**IMAGE_ANSWER, "usage": "USAGE"}).replace('"USAGE"', text)
+        return web.Response(text=answer, content_type="application/json")
+
+    manifest = write(
+        "tasks:\n"
+        + "".join(f"  - {{kind: generate, id: t{i}, model: gpt-image-1, prompt: p{i}}}\n" for i in range(6))
+    )
+    out = tmp_path / "out"
+    with stub_server(handler) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        outcome = cli("run", manifest, "--out", out, "-c", "1", *FAST, env=env)
+        plan = cli("run", manifest, "--out", tmp_path / "dry", "--dry-run", env=env)
+    assert outcome.code == 0, outcome.err
+    assert {task["status"] for task in results(out).values()} == {"succeeded"}
+    lines = ledger(out)
+    assert len(lines) == 6 == len(stub.requests)
+    assert all(line["estimated"] is True and line["total_tokens"] > 0 and line["cost"] > 0 for line in lines)
+    total = next(line for line in plan.out.splitlines() if line.split()[:1] == ["total"])
+    estimate = float(total.split("$")[1])  # what --dry-run says the 6 would cost
+    assert sum(line["cost"] for line in lines) == pytest.approx(estimate, rel=0.01)
+
+    # and a budget counts them: with room for about two estimates, it stops the run (exit 3)
+    budget = tmp_path / "budget"
+    with stub_server(handler) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        stopped = cli(
+            "run", manifest, "--out", budget, "-c", "1", "--max-cost", f"{estimate / 3:.4f}", *FAST, env=env
+        )
+    assert stopped.code == 3, stopped.out + stopped.err
+    assert len(stub.requests) < 6
+
+
+# --- codings ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("coding", ["br", "x-Custom-Thing"])
+def test_a_whole_answer_in_a_coding_not_asked_for_is_kept_and_not_bought_again(
+    coding: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    wire = b"\x8b\x02\x80not what was asked for\x03"
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=wire, headers={"Content-Encoding": coding, "Content-Type": "application/json"}
+        )
+
+    manifest = write("tasks:\n  - {kind: generate, id: odd, prompt: p}\n")
+    out = tmp_path / "out"
+    with stub_server(handler) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        outcome = cli("run", manifest, "--out", out, *FAST, *ATTEMPTS, env=env)
+    assert outcome.code == 1, outcome.err
+    record = results(out)["odd"]
+    assert record["status"] == "failed" and record["attempts"] == 1 and len(stub.requests) == 1
+    said = record["error"]["message"]
+    assert (
+        ("'br'" in said) if coding == "br" else ("a coding it did not ask for" in said and coding not in said)
+    )
+    assert (out / record["answer_file"]).read_bytes() == wire  # kept as it came
+
+
+def test_a_gzip_body_of_two_members_is_read_whole(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    half = len(IMAGE_BODY) // 2
+    wire = gzip.compress(IMAGE_BODY[:half]) + gzip.compress(IMAGE_BODY[half:])  # RFC 1952: members in a row
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=wire, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        )
+
+    manifest = write("tasks:\n  - {kind: generate, id: two, prompt: p}\n")
+    out = tmp_path / "out"
+    with stub_server(handler) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        outcome = cli("run", manifest, "--out", out, *FAST, *ATTEMPTS, env=env)
+    assert outcome.code == 0, outcome.err
+    assert results(out)["two"]["status"] == "succeeded" and len(stub.requests) == 1
+
+
+# --- errors sent with a 200 -------------------------------------------------------------------------------
+
+
+def test_an_error_code_of_non_ascii_digits_is_a_refusal_not_a_broken_answer(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"error": {"message": "nope", "code": "\u00b2"}})  # "²".isdigit() is True
+
+    manifest = write("tasks:\n  - {kind: generate, id: odd, prompt: p}\n")
+    out = tmp_path / "out"
+    with stub_server(handler) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        outcome = cli("run", manifest, "--out", out, *FAST, *ATTEMPTS, env=env)
+    assert outcome.code == 1, outcome.err
+    record = results(out)["odd"]
+    assert record["error"]["message"].startswith("nope") and len(stub.requests) == 1
+
+
+def test_an_error_sent_with_a_200_is_cut_as_any_other(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"error": {"message": "x" * (4 * 2**20)}})
+
+    manifest = write("tasks:\n  - {kind: generate, id: odd, prompt: p}\n")
+    out = tmp_path / "out"
+    with stub_server(handler) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        outcome = cli("run", manifest, "--out", out, *FAST, *ATTEMPTS, env=env)
+    assert outcome.code == 1
+    assert len(results(out)["odd"]["error"]["message"]) < 2100
+    assert (out / "results.jsonl").stat().st_size < 10_000
+    assert len(outcome.err) < 20_000
