@@ -11,6 +11,7 @@ read were from 2026-11. A MaaS reseller charges its own prices: set yours under 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,8 +118,13 @@ def parse_prices(data: Any, where: str) -> tuple[dict[str, Price], list[str]]:
             if name in OPTIONAL_FIELDS and entry.get(name) is None:
                 continue
             value = entry.get(name, entry.get("text_input") if name == "image_input" else None)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                problems.append(f"{where}.{model}.{name}: must be a number of dollars per million tokens")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+                # NaN (YAML's .nan) compares false with everything: it would turn every cost, and so
+                # every budget, into NaN; an infinite price into NaN too, once multiplied by 0 tokens
+                problems.append(
+                    f"{where}.{model}.{name}: must be a finite number of dollars per million tokens, "
+                    f"not {value!r}"
+                )
                 break
             values[name] = float(value)
         else:

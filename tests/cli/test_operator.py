@@ -52,10 +52,14 @@ def test_price_table_arithmetic_and_mistakes() -> None:
             "typo": {"text_input": 1, "ouptut": 2},
             "flag": {"text_input": True, "output": 2},
             "odd": 3,
+            "nan": {"text_input": float("nan"), "output": 2},  # YAML's .nan: every cost, every budget NaN
+            "inf": {"text_input": 1, "output": float("inf")},
         },
         "prices",
     )
     assert list(found) == ["mine"] and found["mine"].image_input == 1
+    assert any(m.startswith("prices.nan.text_input: must be a finite number") for m in mistakes)
+    assert any(m.startswith("prices.inf.output: must be a finite number") for m in mistakes)
     assert any(m.startswith("prices.bad.text_input:") for m in mistakes)
     assert any("prices.typo: unknown keys ['ouptut']" in m for m in mistakes)
     assert any(m.startswith("prices.flag.text_input:") for m in mistakes)
@@ -70,12 +74,14 @@ def test_bad_prices_in_the_manifest_are_manifest_errors_and_nothing_is_sent(
     manifest = write("""
         prices:
           gpt-image-1: {text_input: 5, image_input: 10, output: "forty"}
+          gpt-image-1-mini: {text_input: .nan, output: .inf}
         tasks:
           - {kind: generate, prompt: a lake}
     """)
     outcome = cli("run", manifest, "--out", tmp_path / "out", env=env_for(sim))
     assert outcome.code == 65
     assert "prices.gpt-image-1.output" in outcome.err
+    assert "prices.gpt-image-1-mini.text_input: must be a finite number" in outcome.err
     assert sim.state.requests_total == 0
 
 
