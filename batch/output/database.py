@@ -187,6 +187,13 @@ def write_database(
     """Write DIR's results, ledger and attempts into a new SQLite file at `path` (replacing any file
     there, once complete). Returns the number of rows of the results table. OutputError if it cannot."""
     scope = scope or scope_of(root)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        # what is there would be replaced by a file (os.replace), not written to: a device (/dev/stdout),
+        # a pipe, the file a link points to
+        raise OutputError(
+            f"cannot write {path}: it is not a regular file (a link, a device or a pipe), and a database "
+            "is written as a file of its own; give the path of a file"
+        )
     temporary = path.with_name(f".{path.name}.tmp")
     with contextlib.suppress(FileNotFoundError):
         temporary.unlink()

@@ -7,8 +7,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import sqlite3
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -116,6 +118,23 @@ def test_sqlite_has_a_typed_table_per_kind_of_line(
     with sqlite3.connect(every) as db:
         assert db.execute("SELECT count(*), sum(orphaned) FROM results").fetchone() == (6, 2)
         assert db.execute("SELECT count(*) FROM usage").fetchone() == (5,)
+
+
+def test_sqlite_is_never_written_over_a_link_a_device_or_a_pipe(
+    cli: Callable[..., Outcome], edited: Path, tmp_path: Path
+) -> None:
+    """os.replace would put a file where the link, the device or the pipe was (as root, over /dev/full)."""
+    kept = tmp_path / "kept.db"
+    kept.write_bytes(b"mine")
+    link = tmp_path / "link.db"
+    link.symlink_to(kept)
+    pipe = tmp_path / "pipe.db"
+    os.mkfifo(pipe)
+    for target in (link, pipe):
+        outcome = cli("export", edited, "--format", "sqlite", "--output", target)
+        assert outcome.code == 74 and "not a regular file" in outcome.err, outcome.err
+    assert link.is_symlink() and kept.read_bytes() == b"mine"
+    assert stat.S_ISFIFO(pipe.lstat().st_mode)
 
 
 def test_a_finished_run_keeps_the_manifests_order_without_reading_the_manifest(
