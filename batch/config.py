@@ -29,6 +29,7 @@ from batch.defaults import (
     DEFAULT_SYNC_INTERVAL,
     DEFAULT_TASK_DEADLINE,
     DEFAULT_TIMEOUT,
+    MAX_IN_FLIGHT,
 )
 from batch.errors import ConfigError, ManifestError, OptionError, Problem, manifest_error
 from batch.values import parse_deadline, parse_duration
@@ -95,6 +96,10 @@ class Options:
             _check_whole("concurrency", self.concurrency, "a whole number or 'auto'")
         for name in WHOLE:
             _check_whole(name, getattr(self, name), "a whole number")
+        for name in ("concurrency", "max_concurrency"):
+            value = getattr(self, name)
+            if isinstance(value, int) and value > MAX_IN_FLIGHT:  # each is a task of the loop, made at once
+                raise OptionError(name, f"must be at most {MAX_IN_FLIGHT:,}, not {value:,}")
         for name in ABOVE_ZERO:
             _check_number(name, getattr(self, name), zero=False)
         for name in ZERO_OR_MORE:

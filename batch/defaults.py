@@ -10,6 +10,7 @@ DEFAULT_MAX_ANSWER_MB = 64.0  # ten 1536x1024 PNGs in base64 are about 45 MB
 DEFAULT_MAX_BODY = int(DEFAULT_MAX_ANSWER_MB * 2**20)
 DEFAULT_CONCURRENCY = 4
 DEFAULT_MAX_CONCURRENCY = 256  # the ceiling of --concurrency auto
+MAX_IN_FLIGHT = 10_000  # --concurrency at most: 100,000 took 850 MB and half a minute to start
 DEFAULT_OUTAGE_LIMIT = 900.0  # seconds the service may keep failing before a run stops (exit 69)
 DEFAULT_GRACE = 30.0  # seconds requests in flight get after SIGINT/SIGTERM/SIGHUP
 DEFAULT_MAX_ATTEMPTS = 6

@@ -38,6 +38,7 @@ from batch.defaults import (
     DEFAULT_SYNC_INTERVAL,
     DEFAULT_TASK_DEADLINE,
     DEFAULT_TIMEOUT,
+    MAX_IN_FLIGHT,
 )
 from batch.exitcodes import (
     EXIT_BUDGET,
@@ -407,8 +408,8 @@ def _add_run(commands: Commands) -> argparse.ArgumentParser:
         type=concurrency,
         default=DEFAULT_CONCURRENCY,
         metavar="N|auto",
-        help=f"requests in flight at once (default {DEFAULT_CONCURRENCY}); 'auto' finds, per "
-        "endpoint, how many the service takes, from the 429s it answers",
+        help=f"requests in flight at once (default {DEFAULT_CONCURRENCY}, at most {MAX_IN_FLIGHT:,}); "
+        "'auto' finds, per endpoint, how many the service takes, from the 429s it answers",
     )
     speed.add_argument(
         "--max-concurrency",
@@ -416,7 +417,7 @@ def _add_run(commands: Commands) -> argparse.ArgumentParser:
         default=DEFAULT_MAX_CONCURRENCY,
         metavar="N",
         help="the most requests in flight that --concurrency auto may reach "
-        f"(default {DEFAULT_MAX_CONCURRENCY})",
+        f"(default {DEFAULT_MAX_CONCURRENCY}, at most {MAX_IN_FLIGHT:,})",
     )
     speed.add_argument(
         "--rpm",

@@ -187,6 +187,7 @@ class Runner:
         summary = self.summary
         self._emit(RunStarted(summary.total, summary.finished_before, summary.not_run))
         workers = self._settings.limits.concurrency or self._settings.limits.max_concurrency
+        workers = max(1, min(workers, summary.total))  # no more workers than the run has tasks
         send, receive = anyio.create_memory_object_stream[TaskSpec](min(workers, 64))
         lag = LoopLag()
         thumbnailer = Thumbnailer() if self._settings.thumbnails else None

@@ -44,7 +44,7 @@ def test_each_default_is_one_constant_shared_by_options_and_the_flags() -> None:
     assert chosen.max_answer_mb * 2**20 == defaults.DEFAULT_MAX_BODY
     assert parsed["log_every"] == defaults.DEFAULT_LOG_EVERY
     helped = build_parser()._subparsers._group_actions[0].choices["run"].format_help()  # type: ignore[union-attr]
-    assert f"(default {defaults.DEFAULT_MAX_CONCURRENCY})" in helped
+    assert f"(default {defaults.DEFAULT_MAX_CONCURRENCY}, at most {defaults.MAX_IN_FLIGHT:,})" in helped
     assert f"(default {defaults.DEFAULT_GRACE:g})" in helped
 
 
@@ -76,6 +76,8 @@ def test_flags_become_options_generically() -> None:
     [
         ("concurrency", 0, "must be at least 1, not 0"),
         ("concurrency", "many", "must be a whole number or 'auto', not 'many'"),
+        ("concurrency", 100_000, "must be at most 10,000, not 100,000"),
+        ("max_concurrency", 10_001, "must be at most 10,000, not 10,001"),
         ("max_attempts", 1.5, "must be a whole number, not 1.5"),
         ("max_tokens", 0, "must be at least 1, not 0"),
         ("timeout", -1.0, "must be more than 0, not -1"),

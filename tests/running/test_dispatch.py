@@ -146,3 +146,28 @@ def test_a_view_of_the_run_that_fails_is_dropped_and_the_run_goes_on(
     assert "8 succeeded, 0 failed" in ran.out
     assert sim.state.billed_requests == 8
     assert {r["status"] for r in results(out).values()} == {"succeeded"} and len(ledger(out)) == 8
+
+
+def test_a_run_starts_no_more_workers_than_it_has_tasks(
+    cli: Callable[..., Outcome],
+    sim: RunningSimulator,
+    write: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """-c 10000 on 3 tasks: 3 workers (100,000 once took 850 MB and half a minute before a request)."""
+    started = 0
+    work = Runner._work
+
+    async def counted(self: Runner, receive: Any) -> None:
+        nonlocal started
+        started += 1
+        await work(self, receive)
+
+    monkeypatch.setattr(Runner, "_work", counted)
+    manifest = write(chat_lines(range(3)), "tasks.jsonl")
+    outcome = cli("run", manifest, "--out", tmp_path / "out", "-c", "10000", env=env_for(sim))
+    assert outcome.code == 0, outcome.err
+    assert started == 3 and sim.state.billed_requests == 3
+    refused = cli("run", manifest, "--out", tmp_path / "out", "-c", "10001", env=env_for(sim))
+    assert refused.code == 64 and "at most 10,000" in refused.err
