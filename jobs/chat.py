@@ -36,6 +36,7 @@ from batch.manifest.fields import (
     closest,
     type_name,
 )
+from batch.manifest.tasks import RESERVED
 
 from .chat_answer import parse_chat_answer, read_content, stream_complete, token_counts, usage_of
 from .image_api import EXTRA, check_extra, sniff_mime
@@ -100,6 +101,8 @@ OPENAI_ONLY = frozenset(
     }
 )
 KNOWN_CHAT_FIELDS = CHAT_FIELDS | OPENAI_ONLY  # a name close to one of them, but none, is a typo
+# and so is one close to a task's own keys (`endpiont`, `metaa`), which would be sent in the body
+TYPO_TARGETS = KNOWN_CHAT_FIELDS | frozenset(RESERVED)
 RULE_NAMES = frozenset(rule.name for rule in RULES)
 TYPO_CUTOFF = 0.8
 UNKNOWN_HINT = "to send it as it is, put it under extra: or pass --allow-unknown"
@@ -175,7 +178,7 @@ def _typos(fields: Mapping[str, Any]) -> list[FieldIssue]:
     for name in fields:
         if name in known:
             continue
-        near = closest(str(name), known, TYPO_CUTOFF)
+        near = closest(str(name), TYPO_TARGETS, TYPO_CUTOFF)
         if near is not None:
             message = f"is not a chat-completions field; did you mean {near!r}? ({UNKNOWN_HINT})"
             issues.append(FieldIssue(name, message, fields[name], guess=True))

@@ -132,6 +132,19 @@ def test_a_chat_field_one_typo_away_is_refused_unless_allowed(write: Write) -> N
     assert allowed.plan.ok, messages(allowed)
 
 
+def test_a_chat_field_one_typo_away_from_a_tasks_own_key_is_refused(write: Write) -> None:
+    """`endpiont` and `metaa` would be sent in the body (chat passes unknown fields), the task going to
+    the default endpoint and its meta lost, without a word."""
+    path = write("""
+        tasks:
+          - {kind: chat, id: a, model: gemini-2.5-flash, prompt: hi, endpiont: my-other, metaa: {sku: 1}}
+    """)
+    found = found_in(path)
+    assert len(found) == 2, found
+    assert "endpiont: is not a chat-completions field; did you mean 'endpoint'?" in found[0]
+    assert "metaa: is not a chat-completions field; did you mean 'meta'?" in found[1]
+
+
 def test_a_chat_field_far_from_every_known_one_passes_as_it_is(write: Write) -> None:
     path = write("""
         tasks:
