@@ -109,6 +109,14 @@ def whole(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
 
 
+def port(text: str) -> int:
+    """A TCP port: 0 (any free one) to 65535."""
+    value = whole(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port, 0 to 65535, not {text}")
+    return value
+
+
 def number(text: str) -> float:
     try:
         return float(text)

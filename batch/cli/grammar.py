@@ -22,6 +22,7 @@ from batch.cli.flags import (
     concurrency,
     number,
     output_location,
+    port,
     read_with,
     whole,
 )
@@ -349,7 +350,7 @@ def _add_simulate(commands: Commands) -> argparse.ArgumentParser:
         epilog=SIMULATE_EXIT_CODES,
     )
     simulate.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    simulate.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    simulate.add_argument("--port", type=port, default=8000, help="port (default 8000; 0 picks a free one)")
     add_simulator_arguments(simulate)
     return simulate
 

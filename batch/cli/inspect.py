@@ -92,10 +92,24 @@ def show_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_kinds(kinds: list[str]) -> None:
+    """--kind: a typo of a built-in kind (`chatt`) would export nothing and exit 0. A name far from every
+    built-in one passes: a program's own kind (batch.kind) writes its name into DIR too."""
+    from batch.kind import builtin_registry
+    from batch.manifest.fields import closest
+
+    known = builtin_registry()
+    for kind in kinds:
+        near = None if kind in known else closest(kind, known)
+        if near is not None:
+            raise UsageError(f"--kind {kind!r} is not a task kind; did you mean {near!r}?")
+
+
 def export(args: argparse.Namespace) -> int:
     root = reading(args.out)
     if args.format == "sqlite" and args.output is None:
         raise UsageError("export --format sqlite writes a file: give it --output FILE")
+    _check_kinds(args.kinds)
     chosen = scope(args, root)
     selection = Selection(frozenset(args.statuses), frozenset(args.kinds))
     if args.output is None:

@@ -58,6 +58,11 @@ class ClientConfig:
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"the base URL must be an http(s) URL, not {self.base_url!r}")
+        if parts.query or parts.fragment:
+            # a request's URL is the base's path and the endpoint's: what follows ? or # would be dropped
+            # (and could hold a secret, not repeated here)
+            shown = parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment="").geturl()
+            raise ConfigError(f"the base URL must not hold a ?query or #fragment ({shown} with one)")
         if parts.username is not None or parts.password is not None:
             # aiohttp would refuse every request (a URL's credentials beside the Authorization header), and
             # the URL is written into messages: the key belongs in MAAS_API_KEY, nowhere else

@@ -69,6 +69,9 @@ def test_simulate_on_a_port_in_use_is_a_usage_error_not_a_traceback(cli: Cli) ->
         refused = cli("simulate", "--port", str(taken.getsockname()[1]))
     assert refused.code == 64
     assert "cannot listen on 127.0.0.1:" in refused.err and "Traceback" not in refused.err
+    for bad in ("99999", "-5"):  # bind() would raise OverflowError: a traceback and 1
+        outside = cli("simulate", "--port", bad)
+        assert outside.code == 64 and "must be a port, 0 to 65535" in outside.err, outside.err
 
 
 @pytest.mark.parametrize("quiet", [False, True])

@@ -67,6 +67,9 @@ def test_pending_tasks_are_rows_and_the_filters_pick_rows(
     ]
     picked = table(cli("export", edited, "--status", "succeeded", "--kind", "chat").out)
     assert [r["prompt"] for r in picked] == ["hello"]
+    typo = cli("export", edited, "--kind", "chatt")  # would export nothing and exit 0
+    assert typo.code == 64 and "did you mean 'chat'?" in typo.err
+    assert cli("export", edited, "--kind", "my-own-kind").code == 0  # a program's own kind: far from all
     both = table(cli("export", edited, "--status", "pending", "--status", "succeeded").out)
     assert len(both) == 4
     # jsonl too: a pending task's line, with its params

@@ -242,6 +242,14 @@ def test_base_url_must_be_http() -> None:
         ClientConfig(base_url="genaiapi.cloudsway.net/v1/ai")
 
 
+@pytest.mark.parametrize("tail", ["?x=1", "?token=secret-part", "#part-7"])
+def test_base_url_with_a_query_or_fragment_is_refused_without_repeating_it(tail: str) -> None:
+    """Every request would go to the bare path (what follows ? or # dropped): a 404 blaming the endpoint."""
+    with pytest.raises(ConfigError, match=r"must not hold a \?query or #fragment") as raised:
+        ClientConfig(base_url=f"http://127.0.0.1:9/v1/ai{tail}")
+    assert tail[1:] not in str(raised.value) and "http://127.0.0.1:9/v1/ai" in str(raised.value)
+
+
 async def _raw_server(answer: bytes) -> tuple[Any, str]:
     """A server on port 0 that answers every request with `answer`, byte for byte, and hangs up."""
     import asyncio
