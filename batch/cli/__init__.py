@@ -6,6 +6,7 @@ ends it into the error's own message and exit code, in one place.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import signal
@@ -196,6 +197,45 @@ def _command(args: argparse.Namespace, argv: list[str], run_flags: list[str]) ->
     return reader(args)
 
 
+def _log_file_class() -> type:
+    import logging
+
+    class LogFile(logging.FileHandler):
+        """--log-file: a write that fails (a full disk) is said once on stderr, and the file is written no
+        more in this command; the stdlib's handler would print a traceback for every line."""
+
+        failed = False
+
+        def handleError(self, record: logging.LogRecord) -> None:
+            if self.failed:
+                return
+            self.failed = True
+            problem = sys.exc_info()[1]
+            said = getattr(problem, "strerror", None) or problem
+            with contextlib.suppress(Exception):
+                print(
+                    f"maas-batch: cannot write the log file {self.baseFilename}: {said}; "
+                    "it is not written again by this command",
+                    file=sys.stderr,
+                )
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if not self.failed:
+                super().emit(record)
+
+        def flush(self) -> None:
+            try:
+                super().flush()
+            except OSError:  # what the failed line left in the buffer: said already
+                self.handleError(logging.makeLogRecord({}))
+
+        def close(self) -> None:
+            with contextlib.suppress(OSError):  # closing flushes the same buffer again
+                super().close()
+
+    return LogFile
+
+
 def configure_logging(args: argparse.Namespace) -> None:
     """Log lines to stderr (and to --log-file): the library only gets loggers, the command sets them up."""
     import logging
@@ -215,7 +255,7 @@ def configure_logging(args: argparse.Namespace) -> None:
     if log_file is not None:
         try:
             # the file keeps the INFO lines (the run's start, its status lines) even with --quiet
-            to_file = logging.FileHandler(log_file, encoding="utf-8")
+            to_file = _log_file_class()(log_file, encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"cannot open the log file {log_file}: {exc.strerror or exc}") from exc
         to_file.setLevel(min(level, logging.INFO))

@@ -91,6 +91,20 @@ def test_a_log_file_marks_each_runs_start_with_manifest_directory_and_pid(
     )
 
 
+def test_a_log_file_on_a_full_disk_is_said_once_not_a_traceback_a_line(
+    cli: Cli, write: Callable[..., Path], tmp_path: Path, sim: RunningSimulator
+) -> None:
+    """The cron recipe's --log-file on a full disk: the stdlib's FileHandler printed "--- Logging error
+    ---" and a traceback for every line; the run itself is not the log's to fail."""
+    manifest = write("tasks:\n" + "".join(f"  - {{kind: generate, prompt: fox {i}}}\n" for i in range(3)))
+    done = cli("run", manifest, "--out", tmp_path / "out", "--log-file", "/dev/full", env=env_for(sim))
+    assert done.code == 0
+    assert done.err.count("cannot write the log file /dev/full: No space left on device") == 1, done.err
+    assert "Traceback" not in done.err and "Logging error" not in done.err
+    # and a program that calls main again: the failed file's handler closes without raising
+    assert cli("validate", manifest, "--simulate").code == 0
+
+
 HEAVY = ("aiohttp", "PIL", "yaml", "redis", "dramatiq", "tqdm", "batch.running.job", "batch.cluster.queue")
 
 
