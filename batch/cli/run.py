@@ -27,6 +27,7 @@ from batch.config import (
     need_prices,
     price_table,
 )
+from batch.defaults import DEFAULT_MAX_CONCURRENCY
 from batch.errors import UsageError, unwrap
 from batch.exitcodes import EXIT_BUDGET, EXIT_DEADLINE, EXIT_OK, EXIT_TEMPFAIL
 from batch.output.lock import probe as probe_lock
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
     if args.dry_run:
         return _dry_run(args, options)
     probe_lock(args.out)  # a second run on DIR gives up now, before any slow import or manifest check
+    _said_unused(args, options)
     # where a run starts, in a log file that many runs append to
     log.info(
         "maas-batch %s run: manifest %s, directory %s, pid %d",
@@ -97,6 +99,16 @@ def run(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
             with contextlib.suppress(OSError):
                 print(f"maas-batch: could not print the run's summary: {exc.reason}", file=sys.stderr)
     return summary.exit_code
+
+
+def _said_unused(args: argparse.Namespace, options: Options) -> None:
+    """Flags this run was given that have nothing to act on: said, not silently dropped."""
+    if getattr(args, "stage", None) is not None and getattr(args, "store", None) is None:
+        log.warning("--stage is for an --out on a store (s3://..., az://...): this run writes %s", args.out)
+    if options.concurrency != "auto" and options.max_concurrency != DEFAULT_MAX_CONCURRENCY:
+        log.warning(
+            "--max-concurrency is the ceiling of --concurrency auto: with --concurrency N it does nothing"
+        )
 
 
 def _on_store(args: argparse.Namespace, options: Options, argv: list[str]) -> int:

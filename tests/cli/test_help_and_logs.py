@@ -105,6 +105,33 @@ def test_a_log_file_on_a_full_disk_is_said_once_not_a_traceback_a_line(
     assert cli("validate", manifest, "--simulate").code == 0
 
 
+def test_a_flag_with_nothing_to_act_on_is_said(
+    cli: Cli, write: Callable[..., Path], tmp_path: Path, sim: RunningSimulator
+) -> None:
+    """--stage with a local --out, --max-concurrency without --concurrency auto: accepted, then ignored."""
+    manifest = write("tasks:\n  - {kind: generate, prompt: a fox}\n")
+    stage = tmp_path / "stage"
+    done = cli(
+        "run",
+        manifest,
+        "--out",
+        tmp_path / "out",
+        "--stage",
+        stage,
+        "--max-concurrency",
+        "8",
+        env=env_for(sim),
+    )
+    assert done.code == 0
+    assert "--stage is for an --out on a store" in done.err
+    assert "--max-concurrency is the ceiling of --concurrency auto" in done.err
+    assert not stage.exists()
+    quiet = cli(
+        "run", manifest, "--out", tmp_path / "auto", "-c", "auto", "--max-concurrency", "8", env=env_for(sim)
+    )
+    assert quiet.code == 0 and "--max-concurrency" not in quiet.err
+
+
 HEAVY = ("aiohttp", "PIL", "yaml", "redis", "dramatiq", "tqdm", "batch.running.job", "batch.cluster.queue")
 
 
