@@ -22,7 +22,7 @@ from batch.manifest.ids import READABLE_IDS, valid_id
 from batch.manifest.inputs import InputInspector, resolve
 from batch.manifest.placeholders import slug
 from batch.manifest.read import Entry, LocatedDict, Manifest
-from batch.manifest.unused import unknown_model, unused_endpoints, unused_overrides
+from batch.manifest.unused import mistyped_keys, unknown_model, unused_endpoints, unused_overrides
 from batch.running.prices import PriceTable, parse_prices
 
 if TYPE_CHECKING:
@@ -355,9 +355,18 @@ class TaskBuilder:
     def unused_settings(self, kinds: set[str], models: set[str] | None) -> list[Problem]:
         """The `--set` and `--endpoint` keys that reach no task of the manifest: `kinds` and `models`
         are its tasks' (models None: not all known, a key that may be one is let be)."""
-        return unused_overrides(self.settings.overrides, self.registry, kinds) + unused_endpoints(
+        found = unused_overrides(self.settings.overrides, self.registry, kinds) + unused_endpoints(
             self.settings.endpoints, self.registry, kinds, models
         )
+        if models is None:  # the models of tasks with problems are not known
+            return found
+        manifest = self.manifest
+        where = (manifest.name, manifest.line_of)
+        endpoints = manifest.endpoints if isinstance(manifest.endpoints, Mapping) else {}
+        found += mistyped_keys("endpoints", endpoints, set(self.registry), kinds, models, where)
+        prices = manifest.prices if isinstance(manifest.prices, Mapping) else {}
+        priced = {*PriceTable().prices, *self.settings.known_models}  # built-in, and --prices FILE's
+        return found + mistyped_keys("prices", prices, priced, set(), models, where)
 
 
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")

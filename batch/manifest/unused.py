@@ -10,7 +10,7 @@ known name is close.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from batch.errors import Problem
@@ -90,6 +90,31 @@ def unused_endpoints(
                 key, {*registry, *(models or ())}
             )
         problems.append(Problem("--endpoint", None, message, field=key))
+    return problems
+
+
+def mistyped_keys(
+    section: str,
+    keys: Iterable[Any],
+    known: set[str],
+    kinds: set[str],
+    models: set[str],
+    where: tuple[str, Callable[[str, Any], int | None]],
+) -> list[Problem]:
+    """Keys of the manifest's `endpoints:` or `prices:` that name no kind or model of its tasks but are one
+    typo away from one (`gemini-2.5-flsh`): that endpoint or price would reach no task, without a word.
+    `known`: names a key may be all the same (the kinds, the priced models); `where`: the manifest's name
+    and its line_of."""
+    name, line_of = where
+    plain = {_plain(model): model for model in models}
+    problems = []
+    for key in map(str, keys):
+        if key in kinds or key in models or key in known or key == "*":
+            continue
+        near = plain.get(_plain(key)) or closest(key, models, MODEL_CUTOFF) or closest(key, kinds)
+        if near is not None:
+            message = f"is no kind or model of this manifest's tasks; did you mean {near!r}?"
+            problems.append(Problem(name, line_of(section, key), message, field=f"{section}.{key}"))
     return problems
 
 

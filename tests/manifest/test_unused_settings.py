@@ -145,6 +145,43 @@ def test_a_chat_field_one_typo_away_from_a_tasks_own_key_is_refused(write: Write
     assert "metaa: is not a chat-completions field; did you mean 'meta'?" in found[1]
 
 
+def test_a_key_of_endpoints_or_prices_one_typo_away_from_a_model_of_the_tasks_is_refused(
+    write: Write,
+) -> None:
+    """`endpoints: {gemini-2.5-flsh: special}` sent the tasks to the fallback endpoint, and `prices:
+    {gpt-image1: ...}` left the built-in price in force (for budgets too), both without a word."""
+    path = write("""
+        endpoints:
+          chat: default-gemini
+          gemini-2.5-flsh: special-gemini
+          caht: other
+        prices:
+          gpt-image1: {text_input: 1, output: 2}
+        tasks:
+          - {kind: chat, model: gemini-2.5-flash, prompt: hi}
+          - {kind: generate, model: gpt-image-1, prompt: a fox}
+    """)
+    found = found_in(path)
+    assert len(found) == 3, found
+    assert found[0].startswith("job.yaml:3: endpoints.gemini-2.5-flsh: is no kind or model of this manifest")
+    assert found[0].endswith("did you mean 'gemini-2.5-flash'?")
+    assert found[1].startswith("job.yaml:4: endpoints.caht:") and found[1].endswith("did you mean 'chat'?")
+    assert found[2].startswith("job.yaml:6: prices.gpt-image1:") and "did you mean 'gpt-image-1'?" in found[2]
+
+
+def test_endpoints_and_prices_for_other_kinds_and_models_pass(write: Write) -> None:
+    """A manifest reusing one endpoints and prices block: keys far from its tasks', or known ones."""
+    path = write("""
+        endpoints: {generate: gen-ep, edit: edit-ep, gpt-image-1-mini: mini-ep, my-house-model: house}
+        prices:
+          gpt-image-1-mini: {text_input: 1, output: 2}
+          my-house-model: {text_input: 1, output: 4}
+        tasks:
+          - {kind: chat, model: gemini-2.5-flash, prompt: hi}
+    """)
+    assert checked(path).plan.ok, messages(checked(path))
+
+
 def test_a_chat_field_far_from_every_known_one_passes_as_it_is(write: Write) -> None:
     path = write("""
         tasks:
