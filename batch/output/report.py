@@ -5,8 +5,9 @@ streaming: a directory of a million results is summed, not loaded.
 from __future__ import annotations
 
 import heapq
+from array import array
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from batch.output.lock import LOCK, probe
 from batch.output.runlog import account
 from batch.output.scope import Scope, scope_of
 from batch.output.store import RESULTS, RETRIED, RUNS, USAGE, read_lines
+from batch.running.idset import digest, repeated_in
 from batch.running.prices import PriceTable, money
 from batch.running.records import ErrorInfo, ResultRecord, UsageRecord
 
@@ -35,6 +37,34 @@ def lock_holder(root: Path) -> int | None:
     return None
 
 
+def last_lines(path: Path) -> Iterator[dict[str, Any]]:
+    """The lines of a results file that are their task's last (as read_lines reads them, in file order):
+    a task with several lines (two runs of one store, a line copied by hand) counts once, as its last line
+    says, as `export`, the page and a resume take it. A pass over the ids first (8 bytes a line) finds
+    the tasks that have more than one line; only theirs are counted, and only then read a second time."""
+    keys = array("Q", (digest(task_id) for task_id in _ids(path)))
+    repeated = repeated_in(keys)
+    del keys
+    if not repeated:
+        yield from read_lines(path)
+        return
+    left = Counter(key for key in map(digest, _ids(path)) if key in repeated)  # lines of each still to come
+    for line in read_lines(path):
+        task_id = line.get("id")
+        if isinstance(task_id, str) and (key := digest(task_id)) in repeated:
+            left[key] -= 1
+            if left[key] > 0:
+                continue  # a later line of the same task says how it ended
+        yield line
+
+
+def _ids(path: Path) -> Iterator[str]:
+    for line in read_lines(path):
+        task_id = line.get("id")
+        if isinstance(task_id, str):
+            yield task_id
+
+
 def status(root: Path, scope: Scope | None = None) -> dict[str, Any]:
     """done / failed / pending of the manifest's tasks (see output.scope), orphaned lines apart,
     maybe-billed, and whether a run holds DIR now. Maybe billed counts every request of every run's
@@ -48,7 +78,7 @@ def status(root: Path, scope: Scope | None = None) -> dict[str, Any]:
     for record in map(ResultRecord.from_line, read_lines(root / RETRIED)):
         if scope.current(record.id):
             retry_pending.add(record.id)
-    for record in map(ResultRecord.from_line, read_lines(root / RESULTS)):
+    for record in map(ResultRecord.from_line, last_lines(root / RESULTS)):
         retry_pending.discard(record.id)
         if scope.current(record.id):
             current += 1
@@ -178,7 +208,7 @@ def report(
     tasks = succeeded = attempts = images_missing = 0
     failures: dict[str, dict[str, Any]] = {}
     slowest: list[tuple[float, str, str]] = []
-    for record in map(ResultRecord.from_line, read_lines(root / RESULTS)):
+    for record in map(ResultRecord.from_line, last_lines(root / RESULTS)):
         if not scope.current(record.id):
             orphaned["tasks"] += 1
             orphaned["failed"] += record.failed
@@ -248,8 +278,11 @@ def report(
 
 
 def format_report(found: Mapping[str, Any]) -> str:
+    # the tasks with a result line, and the pending ones: "18 tasks (18 succeeded, 102 pending)" read as
+    # a sum that did not add up
+    tasks = found["tasks"] + (found["pending"] or 0)
     lines = [
-        f"{found['directory']}: {found['tasks']:,} tasks ({found['succeeded']:,} succeeded, "
+        f"{found['directory']}: {tasks:,} tasks ({found['succeeded']:,} succeeded, "
         f"{found['failed']:,} failed"
         + ("" if found["pending"] is None else f", {found['pending']:,} pending")
         + f") in {found['runs']} run{'s' if found['runs'] != 1 else ''}, "

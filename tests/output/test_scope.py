@@ -53,6 +53,32 @@ def test_report_leaves_orphaned_lines_out_of_its_totals(cli: Callable[..., Outco
     assert "orphaned: 2 result lines" in cli("report", edited).out
 
 
+def test_a_task_with_two_result_lines_counts_once_as_its_last_line_says(
+    cli: Callable[..., Outcome], edited: Path
+) -> None:
+    """Two runs of one store, or a line copied by hand: `export`, the page and a resume take a task's
+    last line; status and report counted every line (5 succeeded of 4, a pending task hidden)."""
+    results = edited / "results.jsonl"
+    lines = results.read_text().splitlines(keepends=True)
+    by_prompt = {json.loads(line)["prompt"]: line for line in lines}
+    lake, fine, hello = by_prompt["a lake"], by_prompt["something fine"], by_prompt["hello"]
+    failed = json.loads(lake) | {"status": "failed", "error": {"type": "x", "message": "m"}}
+    failed_lake = json.dumps(failed) + "\n"
+
+    def counts(command: str) -> tuple[int, int, int]:
+        found = json.loads(cli(command, edited, "--json").out)
+        return found["succeeded"], found["failed"], found["pending"]
+
+    results.write_text(failed_lake + "".join(lines) + hello)  # the lake failed, then succeeded; hello twice
+    assert counts("status") == counts("report") == (4, 0, 0)
+    assert json.loads(cli("report", edited, "--json").out)["failures"] == {}
+    results.write_text("".join(lines) + failed_lake)  # the lake's last line failed
+    assert counts("status") == counts("report") == (3, 1, 0)
+    results.write_text("".join(line for line in lines if line != fine) + hello)  # a copy hides no task
+    assert counts("status") == counts("report") == (3, 0, 1)
+    assert "4 tasks (3 succeeded, 0 failed, 1 pending)" in cli("report", edited).out
+
+
 def test_a_manifest_that_grew_has_pending_tasks(
     cli: Callable[..., Outcome], edited: Path, write: Callable[..., Path]
 ) -> None:
