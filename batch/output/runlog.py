@@ -26,7 +26,7 @@ from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
-from batch.output.store import Journal, encode_line, read_lines
+from batch.output.store import USAGE, Journal, encode_line, read_lines
 from batch.running.records import AttemptRecord, RunRecord, attempt_log_line
 
 _string = encode_basestring  # a JSON string, as encode_line writes one (with its quotes)
@@ -70,18 +70,27 @@ def recover(folder: Path) -> Interrupted:
                 ended = True
         if ended:
             continue
+        billed = in_ledger(folder.parent / USAGE, set(pending))
         journal = Journal(path, fsync=False)
         journal.open()  # also cuts a torn last line
         try:
             for request_id, task_id in pending.items():
+                recorded = request_id in billed  # its answer is in the ledger: billed, and accounted for
                 journal.write(
                     AttemptRecord(
-                        "done", request_id, task_id=task_id, outcome="interrupted", maybe_billed=True
+                        "done",
+                        request_id,
+                        task_id=task_id,
+                        outcome="interrupted",
+                        maybe_billed=not recorded,
+                        error="its answer was recorded in usage.jsonl" if recorded else None,
                     ).to_line()
                 )
-                found.requests.append(request_id)
-                found.by_task[task_id] += 1
-            journal.write({"event": "end", "at": now(), "interrupted": True, "maybe_billed": len(pending)})
+                if not recorded:
+                    found.requests.append(request_id)
+                    found.by_task[task_id] += 1
+            maybe = len(pending) - len(billed)
+            journal.write({"event": "end", "at": now(), "interrupted": True, "maybe_billed": maybe})
         finally:
             journal.close()
         found.runs += 1
@@ -122,10 +131,23 @@ def account(folder: Path, *, live: bool = False) -> Accounting:
                 ended = ended or record.event == "end"
         if pending and live and not ended and position == len(paths) - 1:
             found.in_flight += len(pending)
-        else:
-            found.maybe_billed += len(pending)
+        elif pending:  # a run killed, not recovered yet: what its ledger holds was billed and accounted for
+            found.maybe_billed += len(pending) - len(in_ledger(folder.parent / USAGE, pending))
         found.runs.append(events)
     return found
+
+
+def in_ledger(usage: Path, request_ids: set[str]) -> set[str]:
+    """Which of `request_ids` (requests a killed run left without a `done` line, few) have a line in the
+    ledger: their answer arrived and was recorded before the kill (its `done` line waits in memory for the
+    next `sent` line's write, so a kill at the end of a run loses it)."""
+    if not request_ids:
+        return set()
+    return {
+        request_id
+        for line in read_lines(usage)
+        if isinstance(request_id := line.get("request_id"), str) and request_id in request_ids
+    }
 
 
 def _ended(path: Path) -> bool:
