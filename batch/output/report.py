@@ -159,7 +159,9 @@ def format_status(found: Mapping[str, Any]) -> str:
     else:
         lines.append("no run is in progress")
     last = found["last_run"]
-    if last:
+    if last and not last["ended"] and found["running"]:  # the run in progress: it has not ended yet
+        lines.append(f"this run: started {last['started']}, going on")
+    elif last:
         ended = last["ended"] or "did not end cleanly (killed?)"
         code = "" if last["exit_code"] is None else f", exit {last['exit_code']}"
         lines.append(

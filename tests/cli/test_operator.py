@@ -329,8 +329,15 @@ def test_status_says_whether_a_run_holds_the_lock(
         held = json.loads(cli("status", out, "--json").out)
         assert held["running"] is True and held["pid"] == os.getpid()
         assert f"pid {os.getpid()}" in cli("status", out).out
+        # the run holding it has begun its log, not ended it: going on, not "killed?"
+        start = {"event": "start", "at": "2099-01-01T00:00:00.000+00:00", "pid": os.getpid(), "tasks": 7}
+        (out / "runs" / "99991231T000000000000Z-zzz.jsonl").write_text(json.dumps(start) + "\n")
+        going = cli("status", out).out
+        assert "this run: started 2099-01-01T00:00:00.000+00:00, going on" in going
+        assert "killed" not in going
     finally:
         os.close(lock)
+    assert "did not end cleanly (killed?)" in cli("status", out).out  # no one holds it: it was killed
     assert json.loads(cli("status", out, "--json").out)["running"] is False
     assert cli("status", tmp_path / "nowhere").code == 64
 
