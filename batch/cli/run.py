@@ -232,7 +232,12 @@ def _print_summary(summary: RunSummary, out: Path | str, retried: int, page: Pat
         + (f"; {summary.retries} retries" if summary.retries else ""),
     ]
     if retried:
-        lines.append(f"{retried} failed task(s) were given another go (--retry-failed)")
+        if summary.succeeded + summary.failed:
+            lines.append(f"{retried} failed task(s) were given another go (--retry-failed)")
+        else:  # stopped before any was sent (a budget reached): they are still to be tried again
+            lines.append(
+                f"{retried} failed task(s) are to be given another go (--retry-failed); none was sent"
+            )
     if summary.left_alone:
         lines.append(
             f"{summary.left_alone} pending task(s) left alone: --retry-failed runs the failed ones only; "
@@ -246,7 +251,7 @@ def _print_summary(summary: RunSummary, out: Path | str, retried: int, page: Pat
     if summary.maybe_billed:
         lines.append(
             f"{summary.maybe_billed} request(s) may have been billed without a saved result "
-            "(the connection broke after they were sent)"
+            "(sent, then cut off or cancelled before their answer was saved)"
         )
     if summary.stop_reason:
         lines.append(f"stopped: {summary.stop_reason}")

@@ -178,11 +178,12 @@ def _from_document(path: Path, document: Any, name: str | None = None) -> Manife
         # Keys starting with "x-" hold YAML anchors for reuse (the docker-compose convention).
         if key not in TOP_LEVEL_KEYS and not str(key).startswith("x-"):
             message = unknown_field_message(str(key), TOP_LEVEL_KEYS).split(" (")[0]
+            message = message.replace("is not a known field", "is not a top-level key of a manifest", 1)
             problems.append(
                 Problem(
                     name,
                     document.key_lines.get(key),
-                    f"{message} of a manifest (top-level keys starting with x- may hold YAML anchors)",
+                    f"{message} (top-level keys starting with x- may hold YAML anchors)",
                     field=str(key),
                 )
             )
