@@ -37,6 +37,12 @@ def csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
     with open_regular(path) as handle:
         reader = csv.DictReader(text_lines(handle, str(path)))
         try:
+            columns = [name for name in reader.fieldnames or () if name]
+            twice = sorted({name for name in columns if columns.count(name) > 1})
+            if twice:  # DictReader keeps the last column of a name: the first one's values would be lost
+                message = f"the header names the column {twice[0]!r} twice: each column needs its own name"
+                yield reader.line_num, Problem(str(path), reader.line_num, message)
+                return
             for row in reader:
                 if not any((value or "").strip() for value in row.values() if isinstance(value, str)):
                     continue

@@ -237,6 +237,20 @@ def test_for_each_csv_columns_are_placeholders_and_the_rest_is_meta(write: Write
     assert tasks[1].label == "tasks[0] rows.csv:4"
 
 
+def test_a_csv_header_that_names_a_column_twice_is_refused(write: Write) -> None:
+    """csv.DictReader keeps the last column of a name: `sku,sku,question` made the id the second column's
+    value, and the first column's values were lost without a word."""
+    write("sku,sku,question\nA-1,B-1,what?\n", "rows.csv")
+    path = write("""
+        tasks:
+          - {kind: chat, id: "{sku}", model: gemini-2.5-flash, for_each: {csv: rows.csv}, prompt: "{question}"}
+    """)
+    found = messages(checked(path))
+    assert len(found) == 1 and "rows.csv:1: tasks[0]: the header names the column 'sku' twice" in found[0], (
+        found
+    )
+
+
 def test_for_each_jsonl_keys_are_placeholders(write: Write) -> None:
     write('{"topic": "owls", "n": 2, "extra": {"k": 1}}\n{"topic": "foxes", "n": 1}\n', "records.jsonl")
     path = write("""
