@@ -17,10 +17,10 @@ from batch.output.export import export as export  # the CLI imports it from here
 from batch.output.lock import LOCK, probe
 from batch.output.runlog import account
 from batch.output.scope import Scope, scope_of
-from batch.output.store import RESULTS, RETRIED, RUNS, USAGE, read_lines
+from batch.output.store import RESULTS, RETRIED, RUNS, USAGE, read_lines, whole_lines
 from batch.running.idset import digest, repeated_in
 from batch.running.prices import PriceTable, money
-from batch.running.records import ErrorInfo, ResultRecord, UsageRecord
+from batch.running.records import ErrorInfo, ResultRecord, UsageRecord, finished_entry
 
 SLOWEST = 10
 
@@ -42,7 +42,8 @@ def last_lines(path: Path) -> Iterator[dict[str, Any]]:
     a task with several lines (two runs of one store, a line copied by hand) counts once, as its last line
     says, as `export`, the page and a resume take it. A pass over the ids first (8 bytes a line) finds
     the tasks that have more than one line; only theirs are counted, and only then read a second time."""
-    keys = array("Q", (digest(task_id) for task_id in _ids(path)))
+    # the checkpoint's fast scan (most lines need no JSON parsing): it only picks the tasks to look at
+    keys = array("Q", (digest(found[0]) for raw in whole_lines(path) if (found := finished_entry(raw))))
     repeated = repeated_in(keys)
     del keys
     if not repeated:
