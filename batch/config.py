@@ -36,6 +36,7 @@ from batch.values import parse_deadline, parse_duration
 
 if TYPE_CHECKING:
     from batch.kind import Registry
+    from batch.manifest.aside import CheckAside
     from batch.manifest.checked import CheckedManifest
     from batch.manifest.plan import Plan
     from batch.manifest.read import Manifest
@@ -273,13 +274,16 @@ def checked_manifest(
     cache: Path | None = None,
     kinds: Registry | None = None,
     out: Path | None = None,
+    aside: CheckAside | None = None,
 ) -> CheckedManifest:
     """The manifest checked whole, as a run would, sending nothing; `cache` is DIR's remembered plan,
     `kinds` the registry (the built-in kinds by default), `out` the directory whose id scheme the ids
-    follow (none: a new directory's). Raises ManifestError with every problem: a MissingConfigError
-    (exit 78) when each is missing configuration."""
+    follow (none: a new directory's), `aside` the same check begun in a child process (run_settings,
+    batch.manifest.aside). Raises ManifestError with every problem: a MissingConfigError (exit 78) when
+    each is missing configuration."""
     # the manifest and kind modules load when a command reads a manifest: `maas-batch --help` starts fast
     from batch.kind import builtin_registry as registry
+    from batch.manifest.aside import Refusal
     from batch.manifest.checked import check
     from batch.manifest.read import Manifest
 
@@ -288,12 +292,32 @@ def checked_manifest(
     from batch.output.format import id_scheme
 
     scheme = id_scheme(out) if out is not None else READABLE_IDS
-    checked = check(source, options.build_settings(endpoint, scheme), kinds or registry(), cache)
+    settings = options.build_settings(endpoint, scheme)
+    kinds = kinds or registry()
+    found = aside.take(settings, kinds) if aside is not None else None
+    if isinstance(found, Refusal):
+        raise manifest_error(found.problems, found.more, report=found.report)
+    checked = found if found is not None else check(source, settings, kinds, cache)
     plan = checked.plan
     if plan.ok:
         return checked
     name = manifest.name if isinstance(manifest, Manifest) else str(manifest)
     raise manifest_error(plan.problems, plan.dropped, report=_described(plan, name))
+
+
+def check_aside(manifest: Path, options: Options, out: Path) -> CheckAside | None:
+    """A run's check of its manifest begun in a child process, with the settings checked_manifest will
+    have (batch.manifest.aside: where it pays); None where it does not, or where the run cannot start."""
+    if not options.simulate and env("MAAS_API_KEY") is None:
+        return None  # the run stops at once (connection)
+    from batch.kind import builtin_registry
+    from batch.manifest import aside
+    from batch.manifest.checked import check  # noqa: F401 - the child's and the run's, imported once
+    from batch.output.format import id_scheme
+
+    builtin_registry()  # the kinds' modules too
+    settings = options.build_settings(endpoint_for(options), id_scheme(out))
+    return aside.start(manifest, settings, out, _described)
 
 
 def _described(plan: Plan, name: str) -> list[str]:

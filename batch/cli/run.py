@@ -19,6 +19,7 @@ from batch.cli import StdoutError, to_devnull
 from batch.cli.options import show_bar
 from batch.config import (
     Options,
+    check_aside,
     checked_manifest,
     connection,
     endpoint_for,
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
     from batch.cli.progress import ProgressBar
     from batch.events import Observer
+    from batch.manifest.aside import CheckAside
     from batch.running.job import Job
     from batch.running.summary import RunSummary
 
@@ -59,7 +61,17 @@ def run(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
         args.out.absolute(),
         os.getpid(),
     )
-    # the HTTP stack and the engine, imported after that probe: a refused second run gives up fast
+    # a big manifest is checked in a child while this process imports the HTTP stack and the engine
+    aside = check_aside(args.manifest, options, args.out)
+    try:
+        return _run(args, options, argv, aside)
+    finally:
+        if aside is not None:
+            aside.close()  # a child still checking (the run stopped first) is ended
+
+
+def _run(args: argparse.Namespace, options: Options, argv: list[str], aside: CheckAside | None) -> int:
+    # the HTTP stack and the engine, imported after the lock's probe: a refused second run gives up fast
     import anyio
 
     from batch.kind import builtin_registry as registry
@@ -69,7 +81,7 @@ def run(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
     deadline = options.deadline_time()
     with connection(options) as connected:
         checked = checked_manifest(
-            args.manifest, options, connected.endpoint, args.out / plancache.FOLDER, out=args.out
+            args.manifest, options, connected.endpoint, args.out / plancache.FOLDER, out=args.out, aside=aside
         )
         config = job_config(
             options, checked, args.out, connected, {"argv": argv, "cwd": os.getcwd()}, deadline

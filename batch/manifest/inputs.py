@@ -45,6 +45,18 @@ class InputInspector:
         self._capacity = capacity
         self.sources = sources  # notes every file inspected, for the plan cache
 
+    def known(self) -> list[tuple[tuple[str, int, int], InputInfo]]:
+        """What it remembers, for another inspector (`remember`)."""
+        return list(self._cache.items())
+
+    def remember(self, known: list[tuple[tuple[str, int, int], InputInfo]]) -> None:
+        """Take what another inspector found (`known`): a file whose size and modification time are the
+        same is not read again."""
+        for key, info in known:
+            self._cache[key] = info
+        while len(self._cache) > self._capacity:
+            self._cache.popitem(last=False)
+
     def inspect(self, path: Path) -> InputInfo:
         if self.sources is not None:
             self.sources.file(path)
