@@ -250,21 +250,23 @@ class ApiClient:
                 if length > limit:
                     raise too_large(limit, f"{length:,} bytes")
                 # the usual answer: its size known and allowed, read at once (aiohttp reads no more than
-                # Content-Length), not a piece at a time through an async iterator
-                buffer += await response.read()
-            else:
-                async for piece in response.content.iter_chunked(1 << 16):
-                    buffer += inflater.feed(piece)
-                    if len(buffer) > limit:
-                        raise too_large(limit)
-                buffer += inflater.finish()
+                # Content-Length), not a piece at a time through an async iterator, nor copied
+                whole = self.scrub.bytes(await response.read())
+                if inflater.unknown and not truncate:  # an error page's text is read as it is
+                    raise inflater.refusal(whole)
+                return whole
+            async for piece in response.content.iter_chunked(1 << 16):
+                buffer += inflater.feed(piece)
                 if len(buffer) > limit:
                     raise too_large(limit)
+            buffer += inflater.finish()
+            if len(buffer) > limit:
+                raise too_large(limit)
         except BrokenAnswerError:
             if not truncate:
                 raise
             return self.scrub.bytes(bytes(buffer[:limit]), cut=True)
-        if inflater.unknown and not truncate:  # an error page's text is read as it is
+        if inflater.unknown and not truncate:
             raise inflater.refusal(self.scrub.bytes(bytes(buffer)))
         return self.scrub.bytes(bytes(buffer))
 
