@@ -137,11 +137,21 @@ class Inflater:
         self.produced += len(out)
         if self.produced > self.limit or self._zlib.unconsumed_tail:
             raise too_large(self.limit)
-        if self._zlib.eof and self._zlib.unused_data and self.encoding != "deflate":
-            rest = self._zlib.unused_data  # the next gzip member
+        if not (self._zlib.eof and self._zlib.unused_data and self.encoding != "deflate"):
+            return bytes(out)
+        pieces = [bytes(out)]
+        while self._zlib.eof and self._zlib.unused_data:  # the next gzip member (a loop: there may be many)
+            rest = self._zlib.unused_data
             self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            return bytes(out) + self.feed(rest)
-        return bytes(out)
+            try:
+                more = self._zlib.decompress(rest, self.limit - self.produced + 1)
+            except zlib.error:
+                raise BrokenAnswerError("the answer's compressed body is corrupt", retry=True) from None
+            self.produced += len(more)
+            if self.produced > self.limit or self._zlib.unconsumed_tail:
+                raise too_large(self.limit)
+            pieces.append(more)
+        return b"".join(pieces)
 
     def finish(self) -> bytes:
         if self._zlib is None:

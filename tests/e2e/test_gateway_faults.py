@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from batch.errors import BrokenAnswerError
 from tests.conftest import FAST, Outcome, results
 from tests.e2e.test_hostile_answers import IMAGE_ANSWER, chat_answer, is_bad, sse
 from tests.stub import http_answer, raw_server, stub_server
@@ -303,3 +304,20 @@ def test_an_error_sent_with_a_200_is_cut_as_any_other(
     assert len(results(out)["odd"]["error"]["message"]) < 2100
     assert (out / "results.jsonl").stat().st_size < 10_000
     assert len(outcome.err) < 20_000
+
+
+def test_thousands_of_gzip_members_split_anywhere_are_inflated_in_a_loop_under_the_cap() -> None:
+    """Members end anywhere in the pieces read; thousands of them (a few bytes each) are read without a
+    recursion a member, and the cap holds over all of them."""
+    from batch.running.bodies import Inflater
+
+    wire = b"".join(gzip.compress(b"x%d," % i) for i in range(5000))
+    inflater = Inflater("gzip", 10**6)
+    pieces = [inflater.feed(wire[at : at + 4099]) for at in range(0, len(wire), 4099)]
+    assert b"".join(pieces) + inflater.finish() == b"".join(b"x%d," % i for i in range(5000))
+    at_once = Inflater("gzip", 10**6)  # 5,000 members in one piece: a recursion a member would overflow
+    assert at_once.feed(wire) + at_once.finish() == b"".join(pieces)
+    capped = Inflater("gzip", 1000)
+    with pytest.raises(BrokenAnswerError, match="over the limit of 1,000 bytes"):
+        for at in range(0, len(wire), 4099):
+            capped.feed(wire[at : at + 4099])
