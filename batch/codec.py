@@ -32,20 +32,25 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 def loads(raw: bytes) -> Any:
     """`json.loads(raw)`, faster. Raises what `json.loads` raises (ValueError, RecursionError)."""
-    if _LONG_NUMBER not in raw.translate(_DIGITS_AS_ZEROS):
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass  # for json to take (NaN, a lone surrogate, UTF-16) or to refuse with its own message
-    return json.loads(raw)
+    return _loads(raw)[0]
 
 
 def loads_answer(raw: bytes) -> Any:
     """`loads` for a server's JSON: a lone surrogate (half of a UTF-16 pair: a string cut in the middle
     of an emoji), which json reads but no UTF-8 file can hold, becomes U+FFFD, so that whatever the answer
-    holds can be written to DIR."""
-    value = loads(raw)
-    return without_surrogates(value) if _SURROGATE_ESCAPE.search(raw) else value
+    holds can be written to DIR. orjson refuses lone surrogates: only what json read is looked at."""
+    value, by_json = _loads(raw)
+    return without_surrogates(value) if by_json and _SURROGATE_ESCAPE.search(raw) else value
+
+
+def _loads(raw: bytes) -> tuple[Any, bool]:
+    """The value, and whether json (not orjson) read it."""
+    if _LONG_NUMBER not in raw.translate(_DIGITS_AS_ZEROS):
+        try:
+            return orjson.loads(raw), False
+        except orjson.JSONDecodeError:
+            pass  # for json to take (NaN, a lone surrogate, UTF-16) or to refuse with its own message
+    return json.loads(raw), True
 
 
 def clean_text(text: str) -> str:
