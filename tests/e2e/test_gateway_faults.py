@@ -36,6 +36,17 @@ def three_tasks(write: Callable[..., Path], kind: str) -> Path:
     )
 
 
+def one_task(
+    cli: Callable[..., Outcome], write: Callable[..., Path], out: Path, handler: Any
+) -> tuple[Outcome, dict[str, Any], int]:
+    """A run of one generate task `odd` against `handler`: its outcome, its result line, the requests."""
+    manifest = write("tasks:\n  - {kind: generate, id: odd, prompt: p}\n")
+    with stub_server(handler) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        outcome = cli("run", manifest, "--out", out, *FAST, *ATTEMPTS, env=env)
+    return outcome, results(out)["odd"], len(stub.requests)
+
+
 # --- half of a UTF-16 pair, where JSON allows it ----------------------------------------------------------
 
 HALF = "\\ud83d"  # as JSON escapes it: the first half of an emoji, the second never sent
@@ -235,14 +246,10 @@ def test_a_whole_answer_in_a_coding_not_asked_for_is_kept_and_not_bought_again(
             body=wire, headers={"Content-Encoding": coding, "Content-Type": "application/json"}
         )
 
-    manifest = write("tasks:\n  - {kind: generate, id: odd, prompt: p}\n")
     out = tmp_path / "out"
-    with stub_server(handler) as stub:
-        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
-        outcome = cli("run", manifest, "--out", out, *FAST, *ATTEMPTS, env=env)
+    outcome, record, requests = one_task(cli, write, out, handler)
     assert outcome.code == 1, outcome.err
-    record = results(out)["odd"]
-    assert record["status"] == "failed" and record["attempts"] == 1 and len(stub.requests) == 1
+    assert record["status"] == "failed" and record["attempts"] == 1 and requests == 1
     said = record["error"]["message"]
     assert (
         ("'br'" in said) if coding == "br" else ("a coding it did not ask for" in said and coding not in said)
@@ -261,13 +268,9 @@ def test_a_gzip_body_of_two_members_is_read_whole(
             body=wire, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
         )
 
-    manifest = write("tasks:\n  - {kind: generate, id: two, prompt: p}\n")
-    out = tmp_path / "out"
-    with stub_server(handler) as stub:
-        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
-        outcome = cli("run", manifest, "--out", out, *FAST, *ATTEMPTS, env=env)
+    outcome, record, requests = one_task(cli, write, tmp_path / "out", handler)
     assert outcome.code == 0, outcome.err
-    assert results(out)["two"]["status"] == "succeeded" and len(stub.requests) == 1
+    assert record["status"] == "succeeded" and requests == 1
 
 
 # --- errors sent with a 200 -------------------------------------------------------------------------------
@@ -279,14 +282,9 @@ def test_an_error_code_of_non_ascii_digits_is_a_refusal_not_a_broken_answer(
     async def handler(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": {"message": "nope", "code": "\u00b2"}})  # "²".isdigit() is True
 
-    manifest = write("tasks:\n  - {kind: generate, id: odd, prompt: p}\n")
-    out = tmp_path / "out"
-    with stub_server(handler) as stub:
-        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
-        outcome = cli("run", manifest, "--out", out, *FAST, *ATTEMPTS, env=env)
+    outcome, record, requests = one_task(cli, write, tmp_path / "out", handler)
     assert outcome.code == 1, outcome.err
-    record = results(out)["odd"]
-    assert record["error"]["message"].startswith("nope") and len(stub.requests) == 1
+    assert record["error"]["message"].startswith("nope") and requests == 1
 
 
 def test_an_error_sent_with_a_200_is_cut_as_any_other(
@@ -295,13 +293,10 @@ def test_an_error_sent_with_a_200_is_cut_as_any_other(
     async def handler(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": {"message": "x" * (4 * 2**20)}})
 
-    manifest = write("tasks:\n  - {kind: generate, id: odd, prompt: p}\n")
     out = tmp_path / "out"
-    with stub_server(handler) as stub:
-        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
-        outcome = cli("run", manifest, "--out", out, *FAST, *ATTEMPTS, env=env)
+    outcome, record, _ = one_task(cli, write, out, handler)
     assert outcome.code == 1
-    assert len(results(out)["odd"]["error"]["message"]) < 2100
+    assert len(record["error"]["message"]) < 2100
     assert (out / "results.jsonl").stat().st_size < 10_000
     assert len(outcome.err) < 20_000
 
