@@ -197,8 +197,10 @@ def _check_whole(name: str, value: object, what: str) -> None:
 def _check_number(name: str, value: object, *, zero: bool) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise OptionError(name, f"must be a number, not {_shown(value)}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        # infinity too: --timeout inf failed every request ("cannot convert float infinity to integer",
+        # each counted maybe billed) and --max-answer-mb inf crashed the run
+        raise OptionError(name, f"must be a finite number, not {_shown(value)}")
     if value < 0 or (value == 0 and not zero):
         raise OptionError(name, f"must be {'0 or more' if zero else 'more than 0'}, not {_shown(value)}")
 

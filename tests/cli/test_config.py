@@ -81,8 +81,11 @@ def test_flags_become_options_generically() -> None:
         ("max_attempts", 1.5, "must be a whole number, not 1.5"),
         ("max_tokens", 0, "must be at least 1, not 0"),
         ("timeout", -1.0, "must be more than 0, not -1"),
-        ("rpm", True, "must be a number, not True"),
-        ("max_cost", float("nan"), "must be a number, not nan"),
+        ("rpm", True, "must be a finite number, not True"),
+        ("max_cost", float("nan"), "must be a finite number, not nan"),
+        ("timeout", float("inf"), "must be a finite number, not inf"),  # failed every request, maybe billed
+        ("max_answer_mb", float("inf"), "must be a finite number, not inf"),  # crashed the run
+        ("grace", float("-inf"), "must be a finite number, not -inf"),
         ("backoff", -0.5, "must be 0 or more, not -0.5"),
         ("grace", -1, "must be 0 or more, not -1"),
     ],
@@ -91,6 +94,14 @@ def test_options_refuse_what_no_run_can_use(name: str, value: object, message: s
     with pytest.raises(OptionError) as raised:
         Options(**{name: value})  # type: ignore[arg-type]
     assert (raised.value.name, raised.value.problem, raised.value.exit_code) == (name, message, EXIT_USAGE)
+
+
+def test_an_infinite_flag_is_refused_as_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    for flag in ("--timeout", "--max-answer-mb", "--backoff-max"):
+        with pytest.raises(SystemExit) as exited:
+            options_from(run_args(flag, "inf"))
+        assert exited.value.code == EXIT_USAGE
+        assert "must be a finite number, not inf" in capsys.readouterr().err
 
 
 def test_a_refused_flag_is_reported_as_argparse_reports_one(capsys: pytest.CaptureFixture[str]) -> None:
