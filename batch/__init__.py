@@ -55,6 +55,7 @@ _EXPORTS = {
     "Manifest": "batch.manifest.read",
     "Event": "batch.events",
     "RunStarted": "batch.events",
+    "TaskStarted": "batch.events",
     "TaskFinished": "batch.events",
     "AttemptFailed": "batch.events",
     "Billed": "batch.events",
@@ -90,6 +91,7 @@ __all__ = [  # the names of _EXPORTS (a test checks), written out for readers an
     "RunStopping",
     "RunSummary",
     "TaskFinished",
+    "TaskStarted",
     "UsageError",
     "__version__",
     "from_tasks",
@@ -114,7 +116,16 @@ if TYPE_CHECKING:
         Problem,
         UsageError,
     )
-    from batch.events import AttemptFailed, Billed, Event, Heartbeat, RunStarted, RunStopping, TaskFinished
+    from batch.events import (
+        AttemptFailed,
+        Billed,
+        Event,
+        Heartbeat,
+        RunStarted,
+        RunStopping,
+        TaskFinished,
+        TaskStarted,
+    )
     from batch.manifest.read import Manifest
     from batch.recorded import Result, results
     from batch.running.summary import RunSummary

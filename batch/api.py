@@ -50,7 +50,7 @@ from batch.kind import builtin_registry as registry
 from batch.manifest.checked import CheckedManifest
 from batch.manifest.plancache import FOLDER as PLAN_FOLDER
 from batch.manifest.read import Manifest, from_data
-from batch.recorded import Result, in_manifest_order
+from batch.recorded import Result, in_manifest_order, local_dir
 from batch.running.job import Job, JobConfig
 from batch.running.summary import RunSummary
 
@@ -104,7 +104,7 @@ def run(
     callback stops the run the same way and is raised once the run has ended. `kinds`: task kinds of the
     caller's own (batch.kind.TaskKind instances), beside the built-in ones."""
     session = _Session(
-        manifest, Path(out), Options(**options), on_event, on_result, stream=False, kinds=kinds
+        manifest, local_dir(out), Options(**options), on_event, on_result, stream=False, kinds=kinds
     )
     try:
         session.start()
@@ -137,7 +137,7 @@ def stream(
     validated at once (ManifestError); the run starts with the iteration. `.summary` once it is over.
     `include_finished`: first the results `out` already holds for the manifest's tasks, in its order (a
     resumed pipeline gets the whole set; with `retry_failed`, the failed ones come when run again)."""
-    session = _Session(manifest, Path(out), Options(**options), on_event, None, stream=True, kinds=kinds)
+    session = _Session(manifest, local_dir(out), Options(**options), on_event, None, stream=True, kinds=kinds)
     return ResultStream(session, include_finished)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Unpack
 
 from batch.config import Options, OptionValues, checked_manifest, endpoint_for
+from batch.errors import UsageError
 from batch.kind import TaskKind
 from batch.kind import builtin_registry as registry
 from batch.manifest.checked import CheckedManifest
@@ -25,6 +26,7 @@ from batch.manifest.read import Manifest
 from batch.output.store import RESULTS, read_line_at, read_lines_with_offsets
 from batch.running.idset import LineOffsets, digest
 from batch.running.records import ResultRecord
+from batch.values import StoreUrl, output_location
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,24 @@ class Result:
         )
 
 
+def local_dir(out: str | Path) -> Path:
+    """The library's output: a local directory (a path, or file:///absolute/path). An output on a store
+    (s3://..., az://...) is the command line's (`maas-batch run --out URL` stages it locally and saves as
+    it goes); taken as a path, `s3://bucket/x` would have been a folder named `s3:` here."""
+    if isinstance(out, Path):
+        return out
+    try:
+        where = output_location(str(out))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if isinstance(where, StoreUrl):
+        raise UsageError(
+            f"{out}: the library runs into and reads a local directory; an output on a store is the "
+            "command line's (maas-batch run --out URL)"
+        )
+    return where
+
+
 def results(
     out: str | Path,
     manifest: str | Path | Manifest | None = None,
@@ -77,13 +97,13 @@ def results(
 ) -> Iterator[Result]:
     """Every result recorded in `out`. With `manifest` (validated as `run` would, with the same
     `options`: `overrides`, `endpoints`...), only its tasks', in its order. Reads; never sends."""
-    root = Path(out).absolute()
+    chosen = Options(**options)  # a misspelt option is a TypeError, with a manifest or without
+    root = local_dir(out).absolute()
     if manifest is None:
         for _, record in read_lines_with_offsets(root / RESULTS):
             if isinstance(record.get("id"), str):
                 yield Result.from_record(record, root)
         return
-    chosen = Options(**options)
     checked = checked_manifest(manifest, chosen, endpoint_for(chosen), None, registry(kinds), root)
     yield from in_manifest_order(checked, root)
 

@@ -447,3 +447,36 @@ def test_a_raising_callback_gives_the_requests_in_flight_grace_then_cancels_them
         with pytest.raises(RuntimeError, match="stop here"):
             batch.run(batch.from_tasks(generate_tasks(8)), out, concurrency=8, grace=0, on_result=on_result)
         assert 1 <= len(results(out)) < sim.state.requests_total == 8
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/x", "gs://bucket/x", "az://container/x"])
+def test_an_output_on_a_store_is_refused_not_written_to_a_folder_named_after_it(
+    api_env: RunningSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """Path("s3://bucket/x") is a folder `s3:` in the current directory: a run went there, exit 0."""
+    monkeypatch.chdir(tmp_path)
+    tasks = batch.from_tasks(generate_tasks(1))
+    for call in (
+        lambda: batch.run(tasks, url),
+        lambda: batch.stream(tasks, url),
+        lambda: list(batch.results(url)),
+    ):
+        with pytest.raises(batch.UsageError, match="an output on a store is the command line's"):
+            call()
+    assert not any(tmp_path.iterdir()) and api_env.state.requests_total == 0
+    summary = batch.run(tasks, f"file://{tmp_path / 'local'}")  # fsspec's form of a local path
+    assert summary.exit_code == 0 and (tmp_path / "local" / "results.jsonl").is_file()
+
+
+def test_results_without_a_manifest_still_refuses_a_misspelt_option(tmp_path: Path) -> None:
+    with pytest.raises(TypeError):
+        list(batch.results(tmp_path, simulat=True))  # type: ignore[call-arg]
+    with pytest.raises(batch.UsageError):
+        list(batch.results(tmp_path, concurrency="x"))  # type: ignore[arg-type]
+
+
+def test_every_event_a_run_sends_is_a_public_name(api_env: RunningSimulator, tmp_path: Path) -> None:
+    seen: set[type] = set()
+    batch.run(batch.from_tasks(generate_tasks(2)), tmp_path / "out", on_event=lambda e: seen.add(type(e)))
+    assert batch.TaskStarted in seen
+    assert {getattr(batch, kind.__name__) for kind in seen} == seen
