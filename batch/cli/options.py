@@ -29,7 +29,7 @@ def options_from(args: argparse.Namespace) -> Options:
         if name in values:
             values[name] = read(values[name])
     if "log_every" in given:  # status lines are heartbeats, when no bar shows
-        values["heartbeat"] = 0.0 if show_bar(args) or args.quiet else args.log_every
+        values["heartbeat"] = 0.0 if show_bar(args) else args.log_every  # --quiet: for a --log-file
     try:
         return Options(**values)
     except OptionError as exc:

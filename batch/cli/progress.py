@@ -44,7 +44,9 @@ class ProgressBar:
         elif isinstance(event, TaskFinished):
             if not event.succeeded:
                 self._failed += 1
-                self._bar.write(f"failed {event.task_id}: {event.record['error']['message']}")
+                self._bar.write(
+                    f"failed {event.task_id}: {event.record['error']['message']}", file=self._stream
+                )
             self._bar.update(1)
             # formatting the figures costs more than the rest of a task's bar: not more than tqdm shows them
             if not event.succeeded or time.monotonic() - self._postfix_at >= POSTFIX_EVERY:
@@ -57,7 +59,7 @@ class ProgressBar:
             self._tokens += event.total_tokens
             self._cost += event.cost or 0.0
         elif isinstance(event, RunStopping):
-            self._bar.write(f"stopping: {event.reason}")
+            self._bar.write(f"stopping: {event.reason}", file=self._stream)
 
     def _postfix(self) -> None:
         assert self._bar is not None

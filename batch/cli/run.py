@@ -178,12 +178,16 @@ def _dry_run(args: argparse.Namespace, options: Options) -> int:
 def _observers(args: argparse.Namespace, show_bar: bool) -> tuple[list[Observer], ProgressBar | None]:
     from batch.cli.progress import LogLines, ProgressBar  # tqdm, once the run is sure to start
 
-    if args.quiet:
-        return [], None
-    if show_bar:
-        bar = ProgressBar(sys.stderr)
+    if not show_bar:  # with --quiet too: stderr then shows its warnings only, a --log-file every line
+        return [LogLines()], None
+    bar = ProgressBar(sys.stderr)
+    if getattr(args, "log_file", None) is None:
         return [bar], bar
-    return [LogLines()], None
+    # the bar shows the run on the terminal; the log file gets its lines as without a bar
+    for handler in logging.getLogger("batch").handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.addFilter(lambda record: record.name != "batch.run")
+    return [bar, LogLines()], bar
 
 
 async def _run_with_signals(job: Job, grace: float) -> RunSummary:

@@ -65,7 +65,8 @@ def test_flags_become_options_generically() -> None:
     assert chosen.concurrency == "auto" and chosen.max_cost == 2.5
     assert chosen.overrides == {"chat": {"temperature": 0}} and chosen.endpoints == {"*": "ep"}
     assert chosen.heartbeat == defaults.DEFAULT_LOG_EVERY  # --no-progress: status lines
-    assert options_from(run_args("--quiet")).heartbeat == 0
+    # --quiet: the status lines still go to a --log-file (stderr shows warnings only)
+    assert options_from(run_args("--quiet")).heartbeat == defaults.DEFAULT_LOG_EVERY
     assert options_from(run_args("--no-fsync", "--no-gallery", "--grace", "3")) == Options(
         fsync=False, gallery=False, grace=3, heartbeat=defaults.DEFAULT_LOG_EVERY
     )

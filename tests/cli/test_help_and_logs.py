@@ -91,6 +91,29 @@ def test_a_log_file_marks_each_runs_start_with_manifest_directory_and_pid(
     )
 
 
+@pytest.mark.parametrize("display", [["--quiet"], ["--progress"], ["--no-progress"]])
+def test_a_failure_is_a_warning_on_stderr_and_in_the_log_file_whatever_the_display(
+    cli: Cli, write: Callable[..., Path], tmp_path: Path, sim: RunningSimulator, display: list[str]
+) -> None:
+    """--quiet (\"only warnings and the summary\") dropped the failures' warnings, and the log file's INFO
+    lines; a bar wrote its failure lines to stdout, and none reached the log file."""
+    manifest = write(
+        "tasks:\n  - {kind: generate, id: ok, prompt: a fox}\n  - {kind: generate, id: nope, prompt: forbidden}\n"
+    )
+    log = tmp_path / "night.log"
+    done = cli("run", manifest, "--out", tmp_path / "out", "--log-file", log, *display, env=env_for(sim))
+    assert done.code == 1
+    failed = "generate nope failed"
+    assert failed in log.read_text() and "2 tasks: 0 already finished, 2 to run" in log.read_text()
+    if display == ["--progress"]:
+        assert "failed nope:" in done.err and failed not in done.err  # the bar's own line, on stderr
+    else:
+        assert failed in done.err
+    assert "failed nope" not in done.out  # stdout: the summary only
+    if display == ["--quiet"]:
+        assert "INFO" not in done.err
+
+
 def test_a_log_file_on_a_full_disk_is_said_once_not_a_traceback_a_line(
     cli: Cli, write: Callable[..., Path], tmp_path: Path, sim: RunningSimulator
 ) -> None:
