@@ -176,12 +176,14 @@ class ApiStatusError(ApiError):
         error_type: str | None = None,
         code: str | None = None,
         retry_after: float | None = None,
+        server_request_id: str | None = None,
     ) -> None:
         self.status = status
         self.message = message
         self.error_type = error_type
         self.code = code
         self.retry_after = retry_after
+        self.server_request_id = server_request_id  # the server's x-request-id: for reconciling with it
         super().__init__(f"HTTP {status}: {message}")
 
 

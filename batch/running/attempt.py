@@ -227,6 +227,7 @@ class TaskAttempts:
             state.maybe_billed += exc.maybe_billed
         elif isinstance(exc, ApiStatusError):
             log.done(request_id, "error", status=exc.status, error=exc.message)
+            state.server_request_id = exc.server_request_id or state.server_request_id  # the last said
             if exc.status is not None and (exc.status >= 500 or exc.status == 408):
                 state.lost_to_outage = not health.failed(str(exc))
             else:

@@ -174,14 +174,8 @@ class ApiClient:
             ) as response,
         ):
             body, raw, ended = await self._read(response, request.stream)
-            server_id = response.headers.get(SERVER_REQUEST_ID_HEADER)
             return Reply(
-                response.status,
-                body,
-                time.monotonic() - started,
-                None if server_id is None else self.scrub.text(codec.clean_text(server_id))[:200],
-                raw,
-                ended,
+                response.status, body, time.monotonic() - started, self._server_id(response), raw, ended
             )
         raise AssertionError("unreachable")  # pragma: no cover (_translated re-raises)
 
@@ -301,6 +295,11 @@ class ApiClient:
             # whole if every choice had finished (the kind judges it from the chunks), else sent again
         return chunks, self.scrub.bytes(bytes(raw)), False
 
+    def _server_id(self, response: aiohttp.ClientResponse) -> str | None:
+        """The server's x-request-id, as it may be written: cleaned, scrubbed, cut."""
+        server_id = response.headers.get(SERVER_REQUEST_ID_HEADER)
+        return None if server_id is None else self.scrub.text(codec.clean_text(server_id))[:200]
+
     def _status_error(self, response: aiohttp.ClientResponse, raw: bytes) -> ApiStatusError:
         reason = self.scrub.text(codec.clean_text(response.reason or ""))
         message, error_type, code = error_details(raw, reason)
@@ -311,6 +310,7 @@ class ApiClient:
             error_type=short(self.scrub.text(error_type)) if error_type else None,
             code=short(self.scrub.text(code)) if code else None,
             retry_after=retry_after,
+            server_request_id=self._server_id(response),
         )
 
     def _embedded_error(
@@ -328,6 +328,7 @@ class ApiClient:
             error_type=None if error_type is None else short(self.scrub.text(str(error_type))),
             code=None if code is None else short(self.scrub.text(str(code))),
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            server_request_id=self._server_id(response),
         )
 
 

@@ -621,3 +621,17 @@ def test_a_retry_stopped_before_sending_every_failure_sends_the_rest_next_time(
         assert sim.state.requests_total == 4
     assert all(r["status"] == "succeeded" for r in results(out).values()) and len(results(out)) == 4
     assert json.loads(cli("status", out, "--json").out)["retry_pending"] == 0
+
+
+def test_a_refused_tasks_result_line_keeps_the_servers_request_id(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The simulator's 400 (a content filter) carries x-request-id, as the API's does: the id an invoice
+    or a support ticket names. The failed task's line dropped it, and `export --format openai` wrote ''."""
+    manifest = write("tasks:\n  - {kind: generate, id: refused, prompt: something forbidden}\n")
+    out = tmp_path / "out"
+    assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 1
+    line = json.loads((out / "results.jsonl").read_text())
+    assert line["status"] == "failed" and str(line.get("request_id", "")).startswith("req_")
+    exported = json.loads(cli("export", out, "--format", "openai").out.splitlines()[0])
+    assert exported["response"]["request_id"] == line["request_id"]
