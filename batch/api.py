@@ -36,6 +36,7 @@ from typing import Any, Unpack
 from batch.config import (
     Options,
     OptionValues,
+    check_run_settings,
     checked_manifest,
     connection,
     endpoint_for,
@@ -83,7 +84,9 @@ def validate(
     (MissingConfigError when they are all missing configuration); the result's `plan` has the task counts
     and estimates. `kinds`: task kinds of the caller's own, beside the built-in ones."""
     chosen = Options(**options)
-    return checked_manifest(manifest, chosen, endpoint_for(chosen), None, registry(kinds))
+    checked = checked_manifest(manifest, chosen, endpoint_for(chosen), None, registry(kinds))
+    check_run_settings(checked, chosen)  # its prices, budget and deadline, as `run` checks them
+    return checked
 
 
 def run(

@@ -105,6 +105,35 @@ class Options:
             _check_number(name, getattr(self, name), zero=False)
         for name in ZERO_OR_MORE:
             _check_number(name, getattr(self, name), zero=True)
+        self._check_kinds_of_values()
+
+    def _check_kinds_of_values(self) -> None:
+        """The fields that are not numbers: of the type they must have, so that a library call fails here,
+        with the option's name, not deep in the run (`overrides="quality=low"` was a ValueError of dict)."""
+        for name in ("simulate", "allow_unknown", "retry_failed", "gallery", "fsync"):
+            if not isinstance(getattr(self, name), bool):  # "no" would have been taken as True
+                raise OptionError(name, f"must be True or False, not {_shown(getattr(self, name))}")
+        for name in ("endpoints", "overrides"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise OptionError(name, f"must be a mapping, not {_shown(getattr(self, name))}")
+        for name in ("base_url", "endpoint", "redis"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise OptionError(name, f"must be a string, not {_shown(value)}")
+        if self.prices is not None and not isinstance(self.prices, Mapping | str | Path):
+            raise OptionError("prices", f"must be a mapping or a file's path, not {_shown(self.prices)}")
+        deadline = self.deadline
+        if isinstance(deadline, bool) or not isinstance(deadline, datetime | int | float | str | None):
+            raise OptionError(
+                "deadline", f"must be a time (datetime, unix time or text), not {_shown(deadline)}"
+            )
+        if isinstance(deadline, int | float) and not math.isfinite(deadline):
+            raise OptionError("deadline", f"must be a finite unix time, not {_shown(deadline)}")
+        duration = self.max_duration
+        if isinstance(duration, bool) or not isinstance(duration, int | float | str | None):
+            raise OptionError("max_duration", f"must be seconds or text such as 6h, not {_shown(duration)}")
+        if isinstance(duration, int | float):
+            _check_number("max_duration", duration, zero=False)  # -5 ended the run at once (exit 4)
 
     def deadline_time(self) -> float | None:
         """The earlier of `deadline` and now + `max_duration`, as unix time."""
@@ -350,6 +379,17 @@ def price_table(manifest_prices: Any, extra: Mapping[str, Any] | str | Path | No
     if mistakes:
         raise ManifestError([Problem(origin, None, mistake) for mistake in mistakes])
     return table.with_overrides(found, origin)
+
+
+def check_run_settings(checked: CheckedManifest, options: Options) -> PriceTable:
+    """What a run refuses before it sends, beside the manifest: its prices (ManifestError), a budget with a
+    model it cannot price (ConfigError), a deadline it cannot read (OptionError). `validate` refuses the
+    same. Returns the prices in force."""
+    prices = price_table(checked.manifest.prices, options.prices)
+    if options.max_cost is not None:
+        need_prices(checked, prices)
+    options.deadline_time()
+    return prices
 
 
 def need_prices(checked: CheckedManifest, prices: PriceTable) -> None:

@@ -268,6 +268,13 @@ KINDS_PACKAGE = "batch.jobs"  # the top-level folder jobs/ of the source tree, i
 def builtin_registry(extra: Iterable[TaskKind] = ()) -> Registry:
     """The built-in kinds, then `extra` (a kind there replaces one of the same name). They are reached as
     `batch.jobs`, never as a top-level `jobs`: a program with a `jobs` package of its own still runs."""
+    extra = list(extra)
+    for kind in extra:
+        if not isinstance(kind, TaskKind):  # a class, or a kind's name, failed deep in the run
+            from batch.errors import UsageError
+
+            shown = kind.__name__ if isinstance(kind, type) else repr(kind)
+            raise UsageError(f"kinds: {shown} is not a task kind; give instances of batch.kind.TaskKind")
     module = importlib.import_module(KINDS_PACKAGE)
     build: Callable[[Iterable[TaskKind]], Registry] = module.registry
     return build(extra)

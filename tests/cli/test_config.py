@@ -87,6 +87,14 @@ def test_flags_become_options_generically() -> None:
         ("timeout", float("inf"), "must be a finite number, not inf"),  # failed every request, maybe billed
         ("max_answer_mb", float("inf"), "must be a finite number, not inf"),  # crashed the run
         ("grace", float("-inf"), "must be a finite number, not -inf"),
+        ("overrides", "quality=low", "must be a mapping, not 'quality=low'"),  # was dict's ValueError
+        ("endpoints", "x", "must be a mapping, not 'x'"),
+        ("simulate", "no", "must be True or False, not 'no'"),  # was taken as True
+        ("prices", 5, "must be a mapping or a file's path, not 5"),
+        ("deadline", [1], "must be a time (datetime, unix time or text), not [1]"),
+        ("deadline", float("nan"), "must be a finite unix time, not nan"),  # was anyio's ExceptionGroup
+        ("max_duration", -5, "must be more than 0, not -5"),  # ended the run at once
+        ("max_duration", float("nan"), "must be a finite number, not nan"),
         ("backoff", -0.5, "must be 0 or more, not -0.5"),
         ("grace", -1, "must be 0 or more, not -1"),
     ],

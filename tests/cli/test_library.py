@@ -480,3 +480,36 @@ def test_every_event_a_run_sends_is_a_public_name(api_env: RunningSimulator, tmp
     batch.run(batch.from_tasks(generate_tasks(2)), tmp_path / "out", on_event=lambda e: seen.add(type(e)))
     assert batch.TaskStarted in seen
     assert {getattr(batch, kind.__name__) for kind in seen} == seen
+
+
+def test_a_kind_that_is_not_a_task_kind_instance_is_a_usage_error(tmp_path: Path) -> None:
+    """kinds=[MyKind] (the class) failed deep in the run with a TypeError of normalize()."""
+    from batch.kind import TaskKind
+
+    class Mine(TaskKind):
+        name = "mine"
+
+    tasks = batch.from_tasks(generate_tasks(1))
+    for wrong in (Mine, "chat"):
+        with pytest.raises(batch.UsageError, match="is not a task kind; give instances"):
+            batch.validate(tasks, kinds=[wrong])  # type: ignore[list-item]
+
+
+def test_validate_refuses_the_settings_run_refuses(api_env: RunningSimulator, tmp_path: Path) -> None:
+    """`checks a whole manifest as run would`: prices with a mistake, a budget with an unpriced model and
+    a deadline it cannot read passed validate, then run refused them."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("gpt-image-1: {foo: 1}\n")
+    tasks = batch.from_tasks(generate_tasks(1))
+    unpriced = batch.from_tasks([{"kind": "chat", "model": "my-house-model", "prompt": "q"}])
+    for call, error in (
+        (lambda: batch.validate(tasks, prices=bad), batch.ManifestError),
+        (lambda: batch.validate(tasks, prices=tmp_path / "none.yaml"), batch.ManifestError),
+        (lambda: batch.validate(unpriced, max_cost=1, allow_unknown=True), batch.ConfigError),
+        (lambda: batch.validate(tasks, deadline="7am"), batch.UsageError),
+    ):
+        with pytest.raises(error):
+            call()
+    priced = batch.from_tasks([{"kind": "generate", "model": "gpt-image-1", "prompt": "a fox"}])
+    assert batch.validate(priced, max_cost=1, deadline="23:59").plan.total == 1
+    assert api_env.state.requests_total == 0
