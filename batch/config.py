@@ -155,7 +155,7 @@ class Options:
         from batch.manifest.tasks import BuildSettings  # the manifest package, only when a manifest is read
 
         return BuildSettings(
-            overrides=dict(self.overrides),
+            overrides=_nested(self.overrides),
             endpoints=dict(self.endpoints),
             env_endpoint=env_endpoint,
             allow_unknown=self.allow_unknown,
@@ -212,6 +212,24 @@ class OptionValues(TypedDict, total=False):
 def _shown(value: object) -> str:
     """A value in a message as it was most likely typed: -1 rather than -1.0."""
     return f"{value:g}" if isinstance(value, float) else repr(value)
+
+
+def _nested(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`overrides` as --set's parser makes them: `{"chat.temperature": 0}` (the flag's KIND.FIELD, as a
+    program may well write it) is `{"chat": {"temperature": 0}}`."""
+    found: dict[str, Any] = {}
+    for key, value in overrides.items():
+        kind, dot, name = key.partition(".") if isinstance(key, str) else (key, "", "")
+        if dot and kind and name:
+            scoped = found.setdefault(kind, {})
+            if isinstance(scoped, dict):
+                scoped[name] = value
+                continue
+        if isinstance(value, Mapping) and isinstance(found.get(key), dict):
+            found[key] = {**value, **found[key]}
+        else:
+            found[key] = dict(value) if isinstance(value, Mapping) else value
+    return found
 
 
 def _check_whole(name: str, value: object, what: str) -> None:

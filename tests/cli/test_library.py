@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import batch
+from batch.manifest.plan import iter_tasks
 from batch.simulator import RunningSimulator, SimConfig, simulator_in_thread
 from tests.conftest import KEY, Outcome, env_for, ledger, make_image, results
 
@@ -513,3 +514,11 @@ def test_validate_refuses_the_settings_run_refuses(api_env: RunningSimulator, tm
     priced = batch.from_tasks([{"kind": "generate", "model": "gpt-image-1", "prompt": "a fox"}])
     assert batch.validate(priced, max_cost=1, deadline="23:59").plan.total == 1
     assert api_env.state.requests_total == 0
+
+
+def test_overrides_take_sets_kind_dot_field_form(tmp_path: Path) -> None:
+    """`overrides` (like --set): {"chat.temperature": 0} was 'not a field of any task kind'."""
+    tasks = batch.from_tasks([{"kind": "chat", "model": "gemini-2.5-flash", "prompt": "q"}])
+    checked = batch.validate(tasks, overrides={"chat.temperature": 0.25}, endpoint="ep")
+    [spec] = list(iter_tasks(checked.manifest, checked.builder))
+    assert spec.fields["temperature"] == 0.25
