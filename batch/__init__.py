@@ -131,7 +131,13 @@ if TYPE_CHECKING:
     from batch.running.summary import RunSummary
 
 
+# submodules the README names by attribute (`batch.kind.TaskKind`): imported on first use, as the rest
+_SUBMODULES = frozenset({"kind", "events", "errors"})
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"batch.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'batch' has no attribute {name!r}")

@@ -522,3 +522,9 @@ def test_overrides_take_sets_kind_dot_field_form(tmp_path: Path) -> None:
     checked = batch.validate(tasks, overrides={"chat.temperature": 0.25}, endpoint="ep")
     [spec] = list(iter_tasks(checked.manifest, checked.builder))
     assert spec.fields["temperature"] == 0.25
+
+
+def test_the_modules_the_readme_names_by_attribute_resolve_from_a_bare_import() -> None:
+    code = "import batch; print(batch.kind.TaskKind.__name__, batch.events.TaskStarted.__name__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0 and done.stdout.split() == ["TaskKind", "TaskStarted"], done.stderr
