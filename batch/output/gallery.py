@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from batch import codec
 from batch.errors import OutputError
 from batch.events import Event, TaskFinished
+from batch.manifest.regular import open_regular
 from batch.output.files import real_folder, write_atomic, write_atomic_chunks
 from batch.output.scope import Entry, Lines, Scope, Task, entries, index, may_name_pictures, scope_of
 from batch.output.store import ANSWERS, IMAGES, RESULTS, THUMBS, whole_lines
@@ -70,7 +71,9 @@ def make_thumbnail(source: bytes | Path, destination: Path, *, fsync: bool = Fal
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            # a path is opened as a regular file only: a FIFO a result line names would block forever
+            handle = io.BytesIO(source) if isinstance(source, bytes) else open_regular(source)
+            with handle, Image.open(handle) as image:
                 image.draft("RGB", THUMB_SIZE)  # JPEG: decode at a fraction of the size
                 # reducing_gap 1: an integer reduce() first, then a resize of a small image; with method
                 # 0, a 2 MB PNG costs about 11 ms (decoding it, 6 ms of that), not 19
@@ -180,7 +183,9 @@ def _card(record: ResultRecord) -> dict[str, Any]:
         "model": record.model,
         "prompt": _cut(str(record.prompt or ""), TEXT_SHOWN),
         "params": shown,
-        "files": list(record.files[:INPUTS_SHOWN]),
+        # the page links a file by its name in DIR: one a line names elsewhere (absolute, `..`, a URL) is no
+        # file of the run's, and no link of the page, which works from disk with no network
+        "files": [name for name in record.files[:INPUTS_SHOWN] if _in_dir(name)],
         "inputs": list(record.inputs[:INPUTS_SHOWN]),
         "text": None if record.text is None else _cut(record.text, ANSWER_SHOWN),
         "tokens": usage.get("total_tokens"),
@@ -235,11 +240,17 @@ def _existing_thumbnails(root: Path) -> set[str]:
 
 
 def _wanted(root: Path, records: Iterable[dict[str, Any]]) -> dict[str, Path]:
-    """The thumbnails (relative names) the cards of `records` show, each with the picture it is made of."""
+    """The thumbnails (relative names) the cards of `records` show, each with the picture it is made of:
+    a file of the run's inside DIR (no `..`, no absolute path, no link out of it: a result line edited by
+    hand must not have a file elsewhere read into thumbs/), an input where it is (an edit's pictures are
+    outside DIR by design)."""
     wanted: dict[str, Path] = {}
+    real_root = root.resolve()
     for record in records:
         for relative in record.get("files") or []:
-            wanted[f"{THUMBS}/{thumbnail_name(Path(str(relative)).name)}"] = root / str(relative)
+            name = _saved_file(root, root / str(relative))
+            if name is not None and (root / name).resolve().is_relative_to(real_root):
+                wanted[f"{THUMBS}/{thumbnail_name(Path(name).name)}"] = root / name
         for path in record.get("inputs") or []:
             wanted[_input_thumb_name(str(path))] = Path(str(path))
     return wanted
@@ -336,6 +347,14 @@ def build_in_store(root: Path, store: Store, scope: Scope | None = None, page: P
     write_atomic_chunks(page, _page(root, scope, made, title), fsync=False)
     store.replace(PAGE, page)
     return f"{store.url.rstrip('/')}/{PAGE}"
+
+
+def _in_dir(name: str) -> bool:
+    """Whether a name a result line gives a file is one inside DIR: relative, without `..` or a scheme."""
+    if not isinstance(name, str) or not name or "://" in name or ":" in name.split("/")[0]:
+        return False
+    plain = os.path.normpath(name)
+    return not os.path.isabs(plain) and plain != ".." and not plain.startswith("../")
 
 
 def _saved_file(root: Path, path: Path) -> str | None:

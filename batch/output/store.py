@@ -260,7 +260,10 @@ class OutputDir:
             for folder in (self.images, self.runs):
                 self._check_not_symlink(folder)
                 folder.mkdir(exist_ok=True)
-            self._check_not_symlink(self.root / THUMBS)  # made by the first thumbnail
+            # made later (the first thumbnail, the first answer kept), and swept of temporary files now: a
+            # link there would have the sweep remove files outside DIR
+            for folder in (self.root / THUMBS, self.root / THUMBS / "inputs", self.root / ANSWERS):
+                self._check_not_symlink(folder)
             self.sweep_temporary_files()
             self.results.open()
             self.usage.open()
@@ -288,6 +291,8 @@ class OutputDir:
         removed = 0
         thumbs = self.root / THUMBS
         for folder in (self.root, self.images, thumbs, thumbs / "inputs", self.root / ANSWERS):
+            if folder.is_symlink():  # never swept through a link (open() refuses one)
+                continue
             for path in folder.glob(f".*{TMP_SUFFIX}"):
                 try:
                     path.unlink()

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from batch.simulator import RunningSimulator
-from tests.conftest import Outcome, env_for, results
+from tests.conftest import ROOT, Outcome, env_for, make_image, results
+from tests.output.test_gallery import page_data
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -121,7 +126,10 @@ def test_yaml_alias_bomb_and_python_tags_are_refused(
     assert sim.state.requests_total == 0
 
 
-@pytest.mark.parametrize("planted", ["results.jsonl", "usage.jsonl", ".lock", "images", "runs"])
+FOLDERS = ("images", "runs", "answers", "thumbs", "thumbs/inputs")
+
+
+@pytest.mark.parametrize("planted", ["results.jsonl", "usage.jsonl", ".lock", *FOLDERS])
 def test_a_symlink_planted_in_the_directory_is_not_written_through(
     planted: str,
     cli: Callable[..., Outcome],
@@ -133,7 +141,9 @@ def test_a_symlink_planted_in_the_directory_is_not_written_through(
     manifest = write("tasks:\n  - {kind: generate, id: victim, prompt: a}\n")
     out = tmp_path / "out"
     out.mkdir()
-    target = outside / "precious.txt" if planted not in ("images", "runs") else outside
+    target = outside / "precious.txt" if planted not in FOLDERS else outside
+    (outside / ".draft.tmp").write_text("a file of mine the start's sweep of temporary files must leave\n")
+    (out / planted).parent.mkdir(parents=True, exist_ok=True)
     os.symlink(target, out / planted)
     before = snapshot(outside)
     outcome = cli("run", manifest, "--out", out, env=env_for(sim))
@@ -296,3 +306,46 @@ def test_manifest_inputs_that_would_hang_or_exhaust_memory_are_refused_located(
         assert says in outcome.err, outcome.err
         assert "Traceback" not in outcome.err
     assert sim.state.requests_total == 0
+
+
+def test_a_result_line_naming_files_elsewhere_is_no_way_out_of_the_directory(
+    cli: Callable[..., Outcome],
+    sim: RunningSimulator,
+    write: Callable[..., Path],
+    tmp_path: Path,
+    outside: Path,
+) -> None:
+    """A line edited by hand (or a DIR from elsewhere) that names a FIFO hung the page's build, and with it
+    every later run on DIR, lock held; files outside DIR were read into thumbs/ (their bytes copied), and
+    the page linked any URL a line gave."""
+    manifest = write("tasks:\n  - {kind: generate, id: fox, prompt: a fox}\n")
+    out = tmp_path / "out"
+    assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 0
+    make_image(outside / "secret.png")
+    os.mkfifo(outside / "pipe.png")
+    line = results(out)["fox"]
+    own = line["files"][0]
+    line["files"] = [own, "../outside/secret.png", str(outside / "secret.png"), "https://evil.example/b.png"]
+    line["inputs"] = [str(outside / "pipe.png")]
+    (out / "results.jsonl").write_text(json.dumps(line) + "\n")
+    shutil.rmtree(out / "thumbs")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    built = subprocess.run(
+        [sys.executable, "-m", "batch", "gallery", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert built.returncode == 0, built.stderr
+    assert sorted(p.name for p in (out / "thumbs").glob("*.webp")) == [f"{Path(own).name}.webp"]
+    [card] = page_data(out / "index.html")["items"]
+    assert card["files"] == [own]  # no link out of DIR, no URL
+    again = subprocess.run(
+        [sys.executable, "-m", "batch", "run", str(manifest), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, **env_for(sim)},
+    )
+    assert again.returncode == 0 and "1 already done" in again.stdout, again.stderr
