@@ -171,13 +171,41 @@ def whole_lines(path: Path) -> Iterator[bytes]:
             raise OutputError(f"cannot read {path}: {reason(exc)}") from exc
 
 
+MAX_DEPTH = 200  # levels of nesting of a line read back (and of an answer kept): the tool writes a handful;
+# JSON deep enough to break a writer's recursion (json's, at some 990; orjson's limit is 254) would crash
+# the page, the exports and a run's end
+
+
 def parse_record(raw: bytes) -> dict[str, Any] | None:
-    """The record of one JSONL line, None if it is not a JSON object."""
+    """The record of one JSONL line, None if it is not a JSON object (or one nested deeper than MAX_DEPTH,
+    which no line of the tool's is: read as a damaged line)."""
     try:
         record = codec.loads(raw)
     except (ValueError, RecursionError):
         return None
-    return record if isinstance(record, dict) else None
+    if not isinstance(record, dict):
+        return None
+    if too_deep(raw, record):
+        return None
+    return record
+
+
+def too_deep(raw: bytes, value: Any) -> bool:
+    """Whether `value`, parsed from `raw`, is nested deeper than MAX_DEPTH (walked only when `raw` has
+    that many brackets at all)."""
+    return raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth(value) > MAX_DEPTH
+
+
+def _depth(value: Any) -> int:
+    """How deep a JSON value is nested (walked without recursion)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
 
 
 def read_lines(path: Path) -> Iterator[dict[str, Any]]:

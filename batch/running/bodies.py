@@ -17,6 +17,7 @@ import anyio
 
 from batch import codec
 from batch.errors import BrokenAnswerError
+from batch.output.store import MAX_DEPTH, too_deep
 
 ERROR_BODY_LIMIT = 64 * 2**10
 THREAD_DECODE_BYTES = 256 * 2**10  # JSON bigger than this is decoded off the event loop
@@ -177,8 +178,11 @@ async def inflated(pieces: AsyncIterator[bytes], inflater: Inflater, raw: bytear
 async def decode_json(raw: bytes, content_type: str) -> Any:
     try:
         if len(raw) > THREAD_DECODE_BYTES:
-            return await anyio.to_thread.run_sync(codec.loads_answer, raw)
-        return codec.loads_answer(raw)
+            body = await anyio.to_thread.run_sync(codec.loads_answer, raw)
+        else:
+            body = codec.loads_answer(raw)
+        refuse_deep(raw, body)
+        return body
     except (ValueError, UnicodeDecodeError, RecursionError):
         # Not an answer of the API's (a gateway's page, a body cut short): the request goes again.
         raise BrokenAnswerError(
@@ -186,6 +190,18 @@ async def decode_json(raw: bytes, content_type: str) -> Any:
             retry=True,
             raw=raw,
         ) from None
+
+
+def refuse_deep(raw: bytes, value: Any) -> None:
+    """An answer nested deeper than the journals keep (store.MAX_DEPTH): it arrived whole, so it is kept
+    in answers/ and its task fails, not bought again; written into results.jsonl, every reader would
+    have skipped the line."""
+    if too_deep(raw, value):
+        raise BrokenAnswerError(
+            f"the answer is nested more than {MAX_DEPTH} levels deep: more than can be kept",
+            error_type="unreadable_answer",
+            raw=raw,
+        )
 
 
 async def sse_data(pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

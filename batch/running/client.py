@@ -32,6 +32,7 @@ from batch.running.bodies import (
     error_details,
     inflated,
     last_usage,
+    refuse_deep,
     short,
     snippet,
     sse_data,
@@ -278,6 +279,7 @@ class ApiClient:
                     return chunks, self.scrub.bytes(bytes(raw)), True
                 try:
                     chunk = codec.loads_answer(data)
+                    refuse_deep(data, chunk)
                 except (ValueError, UnicodeDecodeError, RecursionError):
                     raise BrokenAnswerError(
                         f"a stream event is not JSON: {snippet(data)}",

@@ -316,3 +316,21 @@ def test_thousands_of_gzip_members_split_anywhere_are_inflated_in_a_loop_under_t
     with pytest.raises(BrokenAnswerError, match="over the limit of 1,000 bytes"):
         for at in range(0, len(wire), 4099):
             capped.feed(wire[at : at + 4099])
+
+
+def test_a_whole_answer_nested_deeper_than_the_journals_keep_is_kept_aside_not_bought_again(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Valid JSON 300 levels deep (orjson reads 1,024): written into results.jsonl, every reader would
+    skip the line, and json's writer breaks near 990 (the page, the exports, a run's end)."""
+    deep = "[" * 300 + "]" * 300
+    text = json.dumps({**IMAGE_ANSWER, "note": "DEEP"}).replace('"DEEP"', deep)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(text=text, content_type="application/json")
+
+    out = tmp_path / "out"
+    outcome, record, requests = one_task(cli, write, out, handler)
+    assert outcome.code == 1, outcome.err
+    assert record["status"] == "failed" and "nested more than 200 levels" in record["error"]["message"]
+    assert requests == 1 and (out / record["answer_file"]).read_bytes() == text.encode()

@@ -349,3 +349,23 @@ def test_a_result_line_naming_files_elsewhere_is_no_way_out_of_the_directory(
         env={**env, **env_for(sim)},
     )
     assert again.returncode == 0 and "1 already done" in again.stdout, again.stderr
+
+
+def test_a_result_line_nested_deeper_than_the_tool_writes_is_read_as_a_damaged_line(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """990 levels of params crashed the page, the exports, and a run's end (exit 1, a traceback)."""
+    manifest = write(
+        "tasks:\n  - {kind: generate, id: fox, prompt: a fox}\n  - {kind: generate, id: owl, prompt: an owl}\n"
+    )
+    out = tmp_path / "out"
+    assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    deep = json.dumps({**json.loads(lines[0]), "params": {"deep": "DEEP"}}).replace(
+        '"DEEP"', "[" * 990 + "]" * 990
+    )
+    (out / "results.jsonl").write_text(deep + "\n" + lines[1] + "\n")
+    for command in (("gallery", out), ("export", out), ("export", out, "--format", "jsonl"), ("report", out)):
+        done = cli(*command)
+        assert done.code == 0 and "Traceback" not in done.err, (command, done.err)
+    assert json.loads(cli("status", out, "--json").out)["pending"] == 1  # the deep line: as a damaged one
