@@ -5,6 +5,7 @@ streaming: a directory of a million results is summed, not loaded.
 from __future__ import annotations
 
 import heapq
+import math
 from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
@@ -243,8 +244,9 @@ def report(
     runs = logged.runs
     for events in runs:
         end = next((e for e in events if e.get("event") == "end" and "seconds" in e), None)
-        if end is not None:
-            wall += float(end["seconds"])
+        seconds = None if end is None else end["seconds"]
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool) and math.isfinite(seconds):
+            wall += float(seconds)  # a log edited by hand may say anything: a line that is no number counts 0
     total = scope.total
     current = tasks - (orphaned["tasks"] if scope.include_orphaned else 0)
     return {

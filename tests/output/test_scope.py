@@ -218,3 +218,18 @@ def test_the_page_at_a_runs_end_is_the_one_gallery_builds_from_dir(
     assert page_data(out / gallery.PAGE)["tasks"] == 4  # the last manifest's, its orphaned lines left out
     gallery.build(out)  # as `maas-batch gallery DIR` builds it: from the digests DIR remembered
     assert _unbuilt((out / gallery.PAGE).read_text()) == _unbuilt(page)
+
+
+def test_report_reads_a_run_logs_end_whose_seconds_are_no_number(
+    cli: Callable[..., Outcome], edited: Path
+) -> None:
+    """`"seconds": null` (or a string) in a run log's end line: report crashed with a TypeError."""
+    for log in (edited / "runs").glob("*.jsonl"):
+        lines = [json.loads(line) for line in log.read_text().splitlines()]
+        log.write_text(
+            "".join(
+                json.dumps({**e, "seconds": None} if e.get("event") == "end" else e) + "\n" for e in lines
+            )
+        )
+    done = cli("report", edited)
+    assert done.code == 0 and "0.0 s of runs" in done.out, done.err
