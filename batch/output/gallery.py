@@ -169,7 +169,9 @@ def _card(record: ResultRecord) -> dict[str, Any]:
     the pictures whose thumbnails `_finish` adds."""
     params = record.params
     shown = {
-        _cut(str(key), 100): _cut(value, VALUE_SHOWN) if isinstance(value, str) else value
+        _cut(str(key), 100): _cut(_shown(value), VALUE_SHOWN)
+        if isinstance(value, str | dict | list)
+        else value
         for key, value in list(params.items())[:PARAMS_SHOWN]
     }
     if len(params) > PARAMS_SHOWN:
@@ -177,10 +179,12 @@ def _card(record: ResultRecord) -> dict[str, Any]:
     usage = record.usage or {}
     error = record.error
     return {
+        # text where the page shows text: an object there (a line edited by hand: {"toString": 1}) broke
+        # the page's script, and no card was drawn
         "id": record.id,
-        "kind": record.kind,
-        "status": record.status,
-        "model": record.model,
+        "kind": _shown(record.kind),
+        "status": _shown(record.status),
+        "model": None if record.model is None else _shown(record.model),
         "prompt": _cut(str(record.prompt or ""), TEXT_SHOWN),
         "params": shown,
         # the page links a file by its name in DIR: one a line names elsewhere (absolute, `..`, a URL) is no
@@ -194,6 +198,11 @@ def _card(record: ResultRecord) -> dict[str, Any]:
         "seconds": record.seconds,
         "error": _cut(f"{error.type}: {error.message}", TEXT_SHOWN) if error else None,
     }
+
+
+def _shown(value: Any) -> str:
+    """A value as the page's text: a string as it is, anything else as Python writes it."""
+    return value if isinstance(value, str) else _cut(str(value), TEXT_SHOWN)
 
 
 def _pending_card(task: Task) -> dict[str, Any]:
@@ -419,7 +428,7 @@ def _page(
             shown += 1
     rest = {
         "title": title,
-        "manifest": scope.manifest,
+        "manifest": None if scope.manifest is None else _shown(scope.manifest),
         "built": datetime.now(UTC).astimezone().isoformat(timespec="seconds"),
         "total": total,
         "tasks": scope.total,

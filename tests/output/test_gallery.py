@@ -500,3 +500,28 @@ def test_a_pages_build_parses_each_result_line_no_more_than_it_must(
     assert parsed == (4 * count + 1 if pictures else 2 * count)
     if not pictures:
         assert opened == 2  # no pass of its own before the page's, for a page that shows no picture
+
+
+@needs_chromium
+@pytest.mark.timeout(120)
+def test_an_object_where_the_page_shows_text_does_not_blank_it(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """{"toString": 1} as a line's kind, status or a param's value threw in the page's script before any
+    card was drawn: one edited line, and the page showed nothing of any task."""
+    manifest = write(
+        "tasks:\n  - {kind: generate, id: fox, prompt: a fox}\n  - {kind: generate, id: owl, prompt: an owl}\n"
+    )
+    out = tmp_path / "out"
+    assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 0
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    odd = {"toString": 1, "valueOf": 2}
+    lines[0] |= {"kind": odd, "status": odd, "model": odd, "params": {"a": odd, "b": [odd]}}
+    (out / "results.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert cli("gallery", out).code == 0
+
+    async def check(page: Page) -> None:
+        await page.open((out / "index.html").as_uri())
+        await page.until("document.querySelectorAll('#grid .card').length === 2")
+
+    in_browser(check)
