@@ -87,6 +87,23 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
+def _cell(value: Any) -> Any:
+    """A value SQLite can bind, whatever a line edited by hand holds there: a list or a mapping as its JSON
+    (it was 'Error binding parameter', exit 74 as if the disk had failed), an integer beyond SQLite's 64
+    bits as a float (OverflowError, a traceback), anything else as its text."""
+    if value is None or isinstance(value, str | float):
+        return value
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return (
+            value if -(2**63) <= value < 2**63 else float(value) if value.bit_length() < 1024 else str(value)
+        )
+    if isinstance(value, dict | list):
+        return _json(value)
+    return str(value)
+
+
 def _number(value: Any, kind: type) -> Any:
     """A value for a typed column: a number of that type, or NULL."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -230,7 +247,7 @@ def _insert(db: sqlite3.Connection, table: str, values: Iterator[tuple[Any, ...]
         nonlocal count
         for value in values:
             count += 1
-            yield value + (None,) * (width - len(value))
+            yield tuple(map(_cell, value)) + (None,) * (width - len(value))
 
     db.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * width)})", padded())
     return count

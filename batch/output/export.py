@@ -306,7 +306,7 @@ def openai_line(record: ResultRecord, files: _Files, chat_shaped: set[str]) -> d
         return line
     created = _timestamp(record.finished_at)
     images = files.existing(record)
-    if record.kind in chat_shaped:
+    if isinstance(record.kind, str) and record.kind in chat_shaped:  # a list there: no kind, not a crash
         body = _chat_completion(record, created, request_id or "chatcmpl-" + line["id"][10:], images, files)
     else:
         body = {

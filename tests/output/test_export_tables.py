@@ -154,3 +154,31 @@ def test_a_finished_run_keeps_the_manifests_order_without_reading_the_manifest(
     outcome = cli("export", edited)
     assert [r["prompt"] for r in table(outcome.out)] == ["a lake", "a fox", "hello"]
     assert "cannot list the tasks" in outcome.err
+
+
+def test_odd_values_in_a_line_edited_by_hand_reach_the_exports_as_text(
+    cli: Callable[..., Outcome], edited: Path, tmp_path: Path
+) -> None:
+    """A list as a kind crashed export --format openai (unhashable); a mapping as a model, or an integer of
+    30 digits, made the SQLite export fail with 74 ('Error binding parameter') or a traceback."""
+    results = edited / "results.jsonl"
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    lake = next(line for line in lines if line["id"] == "lake")  # a task of the manifest: exported
+    lake |= {"kind": ["chat"], "model": {"a": 1}, "attempts": 10**30, "prompt": 1e300, "finished_at": [1]}
+    results.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    usage = edited / "usage.jsonl"
+    ledger = [json.loads(line) for line in usage.read_text().splitlines()]
+    next(line for line in ledger if line["task_id"] == "lake").update(
+        model=["x"], total_tokens=10**30, at={"t": 1}
+    )
+    usage.write_text("".join(json.dumps(line) + "\n" for line in ledger))
+    assert cli("export", edited, "--format", "openai").code == 0
+    target = tmp_path / "odd.db"
+    done = cli("export", edited, "--format", "sqlite", "--output", target)
+    assert done.code == 0, done.err
+    with sqlite3.connect(target) as db:
+        assert db.execute("SELECT count(*) FROM results").fetchone()[0] == 4
+        rows = db.execute("SELECT kind, model, attempts FROM results").fetchall()
+        assert any(
+            "chat" in str(kind) and "a" in str(model) and attempts == 1e30 for kind, model, attempts in rows
+        )
