@@ -138,6 +138,18 @@ CUTS = {
 }
 
 
+def one_stream(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path, answer: Any
+) -> tuple[Outcome, Path, int]:
+    """A run of one streamed chat task `cut` against a raw server that closes after each answer."""
+    manifest = write("tasks:\n  - {kind: chat, id: cut, model: m, prompt: hi, stream: true}\n")
+    out = tmp_path / "out"
+    with raw_server(answer, close=True) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        outcome = cli("run", manifest, "--out", out, *FAST, *ATTEMPTS, env=env)
+    return outcome, out, len(stub.requests)
+
+
 @pytest.mark.parametrize("cut", sorted(CUTS))
 def test_a_stream_cut_after_every_choice_finished_is_a_whole_answer(
     cut: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
@@ -147,14 +159,10 @@ def test_a_stream_cut_after_every_choice_finished_is_a_whole_answer(
     def answer(key: str, number: int) -> bytes:
         return http_answer("200 OK", [("Content-Type", "text/event-stream"), *CUTS[cut]], body)
 
-    manifest = write("tasks:\n  - {kind: chat, id: cut, model: m, prompt: hi, stream: true}\n")
-    out = tmp_path / "out"
-    with raw_server(answer, close=True) as stub:
-        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
-        outcome = cli("run", manifest, "--out", out, *FAST, *ATTEMPTS, env=env)
+    outcome, out, requests = one_stream(cli, write, tmp_path, answer)
     assert outcome.code == 0, outcome.err
     assert results(out)["cut"]["text"] == "hello"
-    assert len(stub.requests) == 1  # not bought again
+    assert requests == 1  # not bought again
     assert [line["total_tokens"] for line in ledger(out)] == [12]  # what it said it cost
 
 
@@ -175,13 +183,9 @@ def test_a_stream_cut_before_its_choice_finished_is_asked_again(
             "200 OK", [("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked")], body
         )
 
-    manifest = write("tasks:\n  - {kind: chat, id: cut, model: m, prompt: hi, stream: true}\n")
-    out = tmp_path / "out"
-    with raw_server(answer, close=True) as stub:
-        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
-        outcome = cli("run", manifest, "--out", out, *FAST, *ATTEMPTS, env=env)
+    outcome, out, requests = one_stream(cli, write, tmp_path, answer)
     assert outcome.code == 0, outcome.err
-    assert results(out)["cut"]["text"] == "hello" and len(stub.requests) == 2
+    assert results(out)["cut"]["text"] == "hello" and requests == 2
 
 
 # --- a usage that reads as no count ---------------------------------------------------------------------
