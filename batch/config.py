@@ -327,7 +327,7 @@ def checked_manifest(
 ) -> CheckedManifest:
     """The manifest checked whole, as a run would, sending nothing; `cache` is DIR's remembered plan,
     `kinds` the registry (the built-in kinds by default), `out` the directory whose id scheme the ids
-    follow (none: a new directory's), `aside` the same check begun in a child process (run_settings,
+    follow (none: a new directory's), `aside` the same check begun in a child process (check_aside,
     batch.manifest.aside). Raises ManifestError with every problem: a MissingConfigError (exit 78) when
     each is missing configuration."""
     # the manifest and kind modules load when a command reads a manifest: `maas-batch --help` starts fast
@@ -442,10 +442,8 @@ def job_config(
     from batch.running.retry import RetryPolicy
     from batch.running.summary import RunSettings
 
-    prices = price_table(checked.manifest.prices, options.prices)
+    prices = check_run_settings(checked, options)
     budget = BudgetLimits(max_cost=options.max_cost, max_tokens=options.max_tokens)
-    if budget.max_cost is not None:
-        need_prices(checked, prices)
     concurrency = None if options.concurrency == "auto" else options.concurrency
     redis_url = options.redis or env("MAAS_REDIS_URL")
     shared = None

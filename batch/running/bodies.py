@@ -17,13 +17,14 @@ import anyio
 
 from batch import codec
 from batch.errors import BrokenAnswerError
+from batch.output import store
 from batch.output.store import MAX_DEPTH, too_deep
 
 ERROR_BODY_LIMIT = 64 * 2**10
 THREAD_DECODE_BYTES = 256 * 2**10  # JSON bigger than this is decoded off the event loop
 ACCEPT_ENCODING = "gzip, deflate"  # what Inflater can decode within the cap; never br or zstd
-REDACTED = "[redacted]"
-PARTIAL_KEY = 8  # a cut body ending in this many of the key's first characters has that tail redacted
+REDACTED = store.REDACTED.decode()  # what a key is replaced by, in what a server sends and in DIR's lines
+PARTIAL_KEY = store.SECRET_MIN  # so many of the key's first (or last) characters are a piece of it
 
 
 class Scrubber:
