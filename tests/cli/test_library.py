@@ -334,7 +334,13 @@ def test_ctrl_c_in_run_lets_the_requests_in_flight_finish_then_raises(tmp_path: 
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
         env |= env_for(sim) | {"PYTHONPATH": str(ROOT)}
         process = subprocess.Popen(
-            [sys.executable, str(script), str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            [sys.executable, str(script), str(out)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            # as a program started from a terminal: a suite run in the background (`.ci/run &`) passes on
+            # SIGINT ignored, and Python then installs no KeyboardInterrupt for it
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             deadline = time.monotonic() + 60
