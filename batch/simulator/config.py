@@ -35,6 +35,7 @@ FAULT_NAMES: tuple[str, ...] = (
     "quota",  # 429 insufficient_quota: must not be retried
     "slow",  # waits slow_seconds before the (normal, billed) answer
     "stream_cut",  # chat stream that stops before usage and [DONE] (billed)
+    "stream_reset_done",  # chat stream: whole (finished, usage sent), then a reset before [DONE] (billed)
     "bomb",  # a PNG whose header claims 30000x30000 pixels (billed)
     "huge",  # a 200 JSON body of huge_bytes, generated lazily
 )
@@ -60,11 +61,14 @@ ANSWER_SHAPES: tuple[str, ...] = (
     "no_usage",  # chat: no usage anywhere (no usage chunk, no usage key); billed all the same
     "usage_every_chunk",  # chat stream: every chunk carries the cumulative usage, the last the full one
     "sse_noise",  # chat stream: ": keep-alive" comments, event: and id: lines, CRLF line ends
+    "gzip_members",  # images and chat, not streamed: the JSON body gzip-compressed as two members (RFC 1952)
 )
 _CONFLICTING_SHAPES = (frozenset({"no_usage", "usage_every_chunk"}),)
 DEFAULT_THINKING_TOKENS = 1000
 
-BILLED_FAULTS = frozenset({"reset", "truncate", "no_data", "bad_base64", "bad_image", "stream_cut", "bomb"})
+BILLED_FAULTS = frozenset(
+    {"reset", "truncate", "no_data", "bad_base64", "bad_image", "stream_cut", "stream_reset_done", "bomb"}
+)
 
 
 def _check_fraction(name: str, value: float) -> None:

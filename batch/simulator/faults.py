@@ -53,7 +53,19 @@ class Draws:
 def applicable_faults(*, images: bool, stream: bool) -> frozenset[str]:
     """Which faults a request can show: `images` if its answer carries pictures, `stream` if SSE."""
     if stream:
-        return frozenset({"reset", "html200", "not_json", "no_data", "quota", "slow", "huge", "stream_cut"})
+        return frozenset(
+            {
+                "reset",
+                "html200",
+                "not_json",
+                "no_data",
+                "quota",
+                "slow",
+                "huge",
+                "stream_cut",
+                "stream_reset_done",
+            }
+        )
     return _WHOLE_BODY_FAULTS | (_IMAGE_FAULTS if images else frozenset())
 
 

@@ -11,6 +11,7 @@ turns on (`shapes.py`); the image files of the url shapes are served at `/_sim/f
 from __future__ import annotations
 
 import asyncio
+import gzip
 import itertools
 import json
 import random
@@ -190,6 +191,13 @@ class _Simulator:
         if ex.fault == "reset":
             ex.status = 200
             return await faults.reset(request, body, "application/json", ex.headers)
+        if "gzip_members" in self.config.answers:  # as a proxy that compresses in pieces may send it
+            ex.shapes = (*ex.shapes, "gzip_members")
+            half = len(body) // 2
+            members = gzip.compress(body[:half]) + gzip.compress(body[half:])
+            return web.Response(
+                body=members, content_type="application/json", headers={"Content-Encoding": "gzip"}
+            )
         return web.Response(body=body, content_type="application/json")
 
     def _error_200(self, ex: Exchange) -> web.StreamResponse | None:
@@ -305,6 +313,8 @@ class _Simulator:
         events = [] if ex.fault == "no_data" else chunks
         cut = ex.fault in ("stream_cut", "reset")
         events = events[: max(1, len(events) // 2)] if cut else events + tail
+        if ex.fault == "stream_reset_done":  # all of it but [DONE]: the answer whole, the end never sent
+            events = [event for event in events if event != "[DONE]"]
         delay = self._latency(draws) / max(1, len(events))
         self._bill(ex, tokens)
         response = web.StreamResponse(status=200, headers={"Cache-Control": "no-cache", **ex.headers})
@@ -317,7 +327,7 @@ class _Simulator:
                 await response.write(event)
         except ConnectionError:
             return response
-        if ex.fault == "reset":
+        if ex.fault in ("reset", "stream_reset_done"):
             faults.abort(request)
         return response
 

@@ -227,3 +227,19 @@ def test_rate_limited_requests_honour_retry_after(
     assert statuses.get(429, 0) >= 1
     retried = [r for r in results(tmp_path / "out").values() if r["attempts"] > 1]
     assert retried and all(r["seconds"] >= 0.2 for r in retried)  # waited as told, though backoff is 0
+
+
+def test_a_stream_reset_after_it_finished_is_a_whole_answer_bought_once(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The simulator's `stream_reset_done`: every choice finished and the usage sent, then the connection
+    reset before [DONE] (as the hostile-server test of the same shape, test_gateway_faults, builds by hand)."""
+    manifest = write("tasks:\n" + CHAT_TASKS)
+    with simulator_in_thread(SimConfig(api_key=KEY, faults={"stream_reset_done": 1.0})) as sim:
+        outcome = cli("run", manifest, "--out", tmp_path / "out", *FAST, env=env_for(sim))
+        billed = sum(record.billed_tokens for record in sim.state.records)
+    assert outcome.code == 0, outcome.out + outcome.err
+    done = results(tmp_path / "out")
+    assert all(r["status"] == "succeeded" and r["attempts"] == 1 and r["text"] for r in done.values())
+    assert sim.state.billed_requests == len(done)  # each bought once
+    assert sum(line["total_tokens"] for line in ledger(tmp_path / "out")) == billed

@@ -281,3 +281,19 @@ def test_an_answer_without_usage_is_recorded_at_its_estimate(
     assert line["output_tokens"] == 40 and line["cost"] == pytest.approx(cost(line))
     assert state.billed_total_tokens > 0  # it was billed all the same
     assert results(out)["t"]["usage"]["total_tokens"] == line["total_tokens"]
+
+
+def test_gzip_members_a_body_compressed_in_two_members_is_read_whole(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The simulator's `gzip_members` (RFC 1952: members in a row), for images and chat, not streamed."""
+    tasks = (
+        "  - {kind: generate, id: img, prompt: a fox, model: gpt-image-1}\n"
+        "  - {kind: chat, id: talk, model: m, prompt: hello}\n"
+    )
+    outcome, out, state = run_shapes(cli, write, tmp_path, ["gzip_members"], tasks)
+    assert outcome.code == 0, outcome.err
+    done = results(out)
+    assert done["img"]["status"] == done["talk"]["status"] == "succeeded" and done["talk"]["text"]
+    assert all("gzip_members" in record.shapes for record in state.records)
+    billed_once_and_recorded(out, state)

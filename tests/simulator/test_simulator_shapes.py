@@ -479,7 +479,7 @@ async def test_sse_noise_comments_event_and_id_lines_crlf() -> None:
 
 
 def test_answer_shapes_are_validated() -> None:
-    assert len(set(ANSWER_SHAPES)) == len(ANSWER_SHAPES) == 18
+    assert len(set(ANSWER_SHAPES)) == len(ANSWER_SHAPES) == 19
     with pytest.raises(ValueError, match="unknown answer shape 'nope'"):
         SimConfig(answers=frozenset({"nope"}))
     with pytest.raises(ValueError, match="cannot be on together"):
