@@ -185,27 +185,25 @@ def parse_record(raw: bytes) -> dict[str, Any] | None:
         return None
     if not isinstance(record, dict):
         return None
-    if too_deep(raw, record):
+    if too_deep(record, raw):
         return None
     return record
 
 
-def too_deep(raw: bytes, value: Any) -> bool:
-    """Whether `value`, parsed from `raw`, is nested deeper than MAX_DEPTH (walked only when `raw` has
-    that many brackets at all)."""
-    return raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth(value) > MAX_DEPTH
-
-
-def _depth(value: Any) -> int:
-    """How deep a JSON value is nested (walked without recursion)."""
-    deepest = 0
+def too_deep(value: Any, raw: bytes | None = None) -> bool:
+    """Whether `value` is nested deeper than MAX_DEPTH. `raw`, the bytes it was parsed from, spares the
+    walk when they hold fewer brackets than that (a journal's short line); an answer of megabytes is not
+    scanned: its few containers are walked, stopping at the first too deep."""
+    if raw is not None and raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return False
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        deepest = max(deepest, depth)
+        if depth > MAX_DEPTH:
+            return True
         children = item.values() if isinstance(item, dict) else item
         stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return deepest
+    return False
 
 
 def read_lines(path: Path) -> Iterator[dict[str, Any]]:

@@ -197,7 +197,7 @@ def refuse_deep(raw: bytes, value: Any) -> None:
     """An answer nested deeper than the journals keep (store.MAX_DEPTH): it arrived whole, so it is kept
     in answers/ and its task fails, not bought again; written into results.jsonl, every reader would
     have skipped the line."""
-    if too_deep(raw, value):
+    if isinstance(value, dict | list) and too_deep(value):
         raise BrokenAnswerError(
             f"the answer is nested more than {MAX_DEPTH} levels deep: more than can be kept",
             error_type="unreadable_answer",
