@@ -26,7 +26,6 @@ import orjson
 _DIGITS_AS_ZEROS = bytes.maketrans(b"123456789", b"000000000")
 _LONG_NUMBER = b"0" * 19
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # how a lone surrogate can be written in JSON
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -38,9 +37,10 @@ def loads(raw: bytes) -> Any:
 def loads_answer(raw: bytes) -> Any:
     """`loads` for a server's JSON: a lone surrogate (half of a UTF-16 pair: a string cut in the middle
     of an emoji), which json reads but no UTF-8 file can hold, becomes U+FFFD, so that whatever the answer
-    holds can be written to DIR. orjson refuses lone surrogates: only what json read is looked at."""
+    holds can be written to DIR. orjson refuses lone surrogates: only what json read is looked at (all of
+    it: a surrogate may come escaped, as UTF-8 bytes json passes through, or in a UTF-16 body)."""
     value, by_json = _loads(raw)
-    return without_surrogates(value) if by_json and _SURROGATE_ESCAPE.search(raw) else value
+    return without_surrogates(value) if by_json else value  # json's path is rare: walk all it read
 
 
 def _loads(raw: bytes) -> tuple[Any, bool]:

@@ -207,10 +207,13 @@ def _log_file_class() -> type:
         failed = False
 
         def handleError(self, record: logging.LogRecord) -> None:
+            problem = sys.exc_info()[1]
+            if not isinstance(problem, OSError):  # not the file's failure: as the stdlib says it
+                super().handleError(record)
+                return
             if self.failed:
                 return
             self.failed = True
-            problem = sys.exc_info()[1]
             said = getattr(problem, "strerror", None) or problem
             with contextlib.suppress(Exception):
                 print(
@@ -255,7 +258,8 @@ def configure_logging(args: argparse.Namespace) -> None:
     if log_file is not None:
         try:
             # the file keeps the INFO lines (the run's start, its status lines) even with --quiet
-            to_file = _log_file_class()(log_file, encoding="utf-8")
+            # backslashreplace: a line that holds a surrogate (a file name that is not UTF-8) is written
+            to_file = _log_file_class()(log_file, encoding="utf-8", errors="backslashreplace")
         except OSError as exc:
             raise UsageError(f"cannot open the log file {log_file}: {exc.strerror or exc}") from exc
         to_file.setLevel(min(level, logging.INFO))

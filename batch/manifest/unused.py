@@ -17,6 +17,7 @@ from batch.errors import Problem
 from batch.kind import Registry
 from batch.manifest.fields import closest
 
+_DIGITS = re.compile(r"\d+")
 MODEL_CUTOFF = 0.9  # how close an unknown model name must be to a known one to be taken for a typo
 
 
@@ -112,7 +113,9 @@ def mistyped_keys(
         if key in kinds or key in models or key in known or key == "*":
             continue
         near = plain.get(_plain(key)) or closest(key, models, MODEL_CUTOFF) or closest(key, kinds)
-        if near is not None:
+        # a typo keeps the numbers: gemini-2.0-flash beside the tasks' gemini-2.5-flash is another model
+        # (a block reused across manifests), gemini-2.5-flsh a typo
+        if near is not None and _DIGITS.findall(key) == _DIGITS.findall(near):
             message = f"is no kind or model of this manifest's tasks; did you mean {near!r}?"
             problems.append(Problem(name, line_of(section, key), message, field=f"{section}.{key}"))
     return problems

@@ -219,12 +219,12 @@ class TaskAttempts:
                 health.succeeded()
             if exc.usage is not None:
                 await bill(self._ctx, spec, kind, request_id, exc.usage, state)
+            state.maybe_billed += exc.maybe_billed  # before the save below, which a full disk may fail
             if not exc.retry and exc.raw:  # it arrived, and is not bought again: kept as it came
                 name = request_id.replace("/", ".") + ".body"
                 state.answer_file = await anyio.to_thread.run_sync(
                     self._ctx.out.save_answer, name, exc.raw, limiter=self._ctx.threads
                 )
-            state.maybe_billed += exc.maybe_billed
         elif isinstance(exc, ApiStatusError):
             log.done(request_id, "error", status=exc.status, error=exc.message)
             state.server_request_id = exc.server_request_id or state.server_request_id  # the last said

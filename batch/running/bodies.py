@@ -36,10 +36,10 @@ class Scrubber:
         self.key = key if len(key) >= PARTIAL_KEY else ""
         self._key_bytes = self.key.encode()
 
-    def text(self, value: str, cut: bool = False) -> str:
+    def text(self, value: str) -> str:
         """`value` (a message, a header: short) without the key, nor a piece of it cut where an excerpt
         began or ended (PARTIAL_KEY of its first or last characters and more, anywhere: aiohttp cuts the
-        line it quotes in a parse error at some 100 bytes); `cut` is implied."""
+        line it quotes in a parse error at some 100 bytes)."""
         key = self.key
         if not key:
             return value
@@ -144,6 +144,8 @@ class Inflater:
         pieces = [bytes(out)]
         while self._zlib.eof and self._zlib.unused_data:  # the next gzip member (a loop: there may be many)
             rest = self._zlib.unused_data
+            if not rest.strip(b"\0"):  # zeros after the last member: padding, as gzip's own reader takes it
+                break
             self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
             try:
                 more = self._zlib.decompress(rest, self.limit - self.produced + 1)

@@ -31,7 +31,7 @@ async def bill(
     recorded at its estimate, marked `estimated`, so budgets count it; its usage is kept as it came."""
     counts = kind.token_counts(usage) if usage is not None and counts_readable(usage) else None
     estimated = counts is None or counts.total <= 0
-    if counts is None or estimated:
+    if counts is None or estimated:  # the first test narrows the type for mypy; estimated implies it
         counts = kind.estimate(spec.fields)
     cost = ctx.settings.prices.cost(spec.model, counts)
     line = UsageRecord(

@@ -279,7 +279,6 @@ class ApiClient:
                     return chunks, self.scrub.bytes(bytes(raw)), True
                 try:
                     chunk = codec.loads_answer(data)
-                    refuse_deep(data, chunk)
                 except (ValueError, UnicodeDecodeError, RecursionError):
                     raise BrokenAnswerError(
                         f"a stream event is not JSON: {snippet(data)}",
@@ -287,6 +286,11 @@ class ApiClient:
                         retry=True,
                         raw=self.scrub.bytes(bytes(raw)),
                     ) from None
+                try:
+                    refuse_deep(data, chunk)
+                except BrokenAnswerError as exc:  # the stream so far is what is kept, with its usage
+                    exc.raw, exc.usage = self.scrub.bytes(bytes(raw)), last_usage(chunks)
+                    raise
                 if isinstance(chunk, dict) and isinstance(chunk.get("error"), dict | str):
                     raise self._embedded_error(response, chunk["error"], in_stream=True)
                 chunks.append(chunk)

@@ -187,7 +187,9 @@ class Runner:
         summary = self.summary
         self._emit(RunStarted(summary.total, summary.finished_before, summary.not_run))
         workers = self._settings.limits.concurrency or self._settings.limits.max_concurrency
-        workers = max(1, min(workers, summary.total))  # no more workers than the run has tasks
+        # no more workers than the run's tasks (its plan's, or its shard's: finished ones included, as a
+        # shard's finished count is not known here)
+        workers = max(1, min(workers, summary.total))
         send, receive = anyio.create_memory_object_stream[TaskSpec](min(workers, 64))
         lag = LoopLag()
         thumbnailer = Thumbnailer() if self._settings.thumbnails else None

@@ -155,6 +155,27 @@ def test_a_flag_with_nothing_to_act_on_is_said(
     assert quiet.code == 0 and "--max-concurrency" not in quiet.err
 
 
+def test_a_log_line_that_cannot_be_encoded_does_not_stop_the_log_file(tmp_path: Path) -> None:
+    """A surrogate in a line (a file name that is not UTF-8) made --log-file's handler stop writing the
+    file, as if the disk were full: it is written with a backslash, and the next lines too."""
+    import argparse
+    import logging
+
+    from batch.cli import configure_logging
+
+    path = tmp_path / "night.log"
+    configure_logging(argparse.Namespace(log_file=path, quiet=True, verbose=False))
+    try:
+        logging.getLogger("batch.cli").info("manifest /data/caf\udce9.yaml")
+        logging.getLogger("batch.cli").info("the next line")
+    finally:
+        for handler in logging.getLogger("batch").handlers:
+            handler.close()
+        logging.getLogger("batch").handlers.clear()
+    lines = [line.split(" INFO ", 1)[1] for line in path.read_text().splitlines()]
+    assert lines == ["manifest /data/caf\\udce9.yaml", "the next line"]
+
+
 HEAVY = ("aiohttp", "PIL", "yaml", "redis", "dramatiq", "tqdm", "batch.running.job", "batch.cluster.queue")
 
 

@@ -338,3 +338,16 @@ def test_a_whole_answer_nested_deeper_than_the_journals_keep_is_kept_aside_not_b
     assert outcome.code == 1, outcome.err
     assert record["status"] == "failed" and "nested more than 200 levels" in record["error"]["message"]
     assert requests == 1 and (out / record["answer_file"]).read_bytes() == text.encode()
+
+
+def test_zeros_after_the_last_gzip_member_are_padding_and_a_surrogate_in_utf8_bytes_is_cleaned() -> None:
+    """gzip's own reader takes zeros after the last member as padding: read as an error, they had the
+    answer bought again. A lone surrogate json passes through as UTF-8 bytes (not escaped) became U+FFFD
+    only when it came escaped."""
+    from batch import codec
+    from batch.running.bodies import Inflater
+
+    inflater = Inflater("gzip", 10**6)
+    padded = gzip.compress(IMAGE_BODY) + b"\0" * 512
+    assert inflater.feed(padded[:100]) + inflater.feed(padded[100:]) + inflater.finish() == IMAGE_BODY
+    assert codec.loads_answer(b'{"a": "x\xed\xa0\x80y"}') == {"a": "x\ufffdy"}

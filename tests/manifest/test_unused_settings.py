@@ -172,7 +172,7 @@ def test_a_key_of_endpoints_or_prices_one_typo_away_from_a_model_of_the_tasks_is
 def test_endpoints_and_prices_for_other_kinds_and_models_pass(write: Write) -> None:
     """A manifest reusing one endpoints and prices block: keys far from its tasks', or known ones."""
     path = write("""
-        endpoints: {generate: gen-ep, edit: edit-ep, gpt-image-1-mini: mini-ep, my-house-model: house}
+        endpoints: {generate: gen-ep, edit: edit-ep, gpt-image-1-mini: mini-ep, my-house-model: house, gemini-2.0-flash: old}
         prices:
           gpt-image-1-mini: {text_input: 1, output: 2}
           my-house-model: {text_input: 1, output: 4}
