@@ -351,7 +351,7 @@ def checked_manifest(
     if plan.ok:
         return checked
     name = manifest.name if isinstance(manifest, Manifest) else str(manifest)
-    raise manifest_error(plan.problems, plan.dropped, report=_described(plan, name))
+    raise manifest_error(plan.problems, plan.unshown, report=_described(plan, name))
 
 
 def check_aside(manifest: Path, options: Options, out: Path) -> CheckAside | None:
@@ -371,7 +371,7 @@ def check_aside(manifest: Path, options: Options, out: Path) -> CheckAside | Non
 
 def _described(plan: Plan, name: str) -> list[str]:
     """A refused plan as the command line prints it: each problem with how many more tasks share it."""
-    count = len(plan.problems) + plan.dropped
+    count = len(plan.problems) + plan.unshown
     lines = [plan.describe(problem) for problem in plan.problems]
     if plan.dropped:
         lines.append(f"... and {plan.dropped} more problems")

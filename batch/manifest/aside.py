@@ -170,7 +170,7 @@ def _check(
     checked = check(path, settings, builtin_registry())
     plan = checked.plan
     if not plan.ok:
-        refusal = (plan.problems, plan.dropped, describe(plan, str(path)))
+        refusal = (plan.problems, plan.unshown, describe(plan, str(path)))
         (folder / REFUSAL).write_bytes(pickle.dumps(refusal))
         return REFUSED
     assert checked.sources is not None

@@ -8,7 +8,7 @@ import bisect
 import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from batch.errors import ManifestError, Problem
 from batch.kind import TokenCounts, openai_batch_urls
@@ -20,6 +20,7 @@ from batch.running.idset import IdSet, digest
 from batch.running.order import Order
 
 KEEP_PROBLEMS = 200
+SAME_LINES_SHOWN = 3  # lines shown of one problem met at many (a JSONL file's tasks): the rest are counted
 MARK_EVERY = 1024  # tasks between two marks of a check walk: where a shard's walk may start
 
 
@@ -32,6 +33,9 @@ class Plan:
     counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (kind, model, endpoint)
     problems: list[Problem] = field(default_factory=list)
     repeats: Counter[Problem] = field(default_factory=Counter)  # same problem again in more tasks
+    # a problem met at more lines than SAME_LINES_SHOWN (every line of a JSONL manifest without an
+    # endpoint): its last line shown, and the last line it was met at, by the problem without its line
+    _spread: dict[Problem, tuple[Problem, int, int | None]] = field(default_factory=dict, repr=False)
     dropped: int = 0  # problems past KEEP_PROBLEMS
     order: Order = field(default_factory=Order)  # every task's id digest, in manifest order (on disk)
     # estimated tokens per (kind, model): [input, image input, output]
@@ -84,22 +88,43 @@ class Plan:
         return bool(self.problems) and all(p.config for p in self.problems)
 
     def add(self, problem: Problem) -> None:
+        """Keep `problem`, or count it as another task's of one kept: the same problem at the same line
+        (a bad default, met by each task it reaches), or at a line past the first SAME_LINES_SHOWN it
+        was met at (the same mistake on every line of a JSONL manifest: three lines, and a count)."""
         key = _key(problem)
         if key in self.repeats:
             self.repeats[key] += 1
+            return
+        anywhere = replace(key, line=None)
+        shown, lines, _ = self._spread.get(anywhere, (key, 0, None))
+        if lines >= SAME_LINES_SHOWN:
+            self.repeats[shown] += 1
+            self._spread[anywhere] = (shown, lines, problem.line)
         elif len(self.problems) < KEEP_PROBLEMS:
             self.problems.append(problem)
             self.repeats[key] = 0
+            self._spread[anywhere] = (key, lines + 1, None)
         else:
             self.dropped += 1
 
+    @property
+    def unshown(self) -> int:
+        """Problems found but not in `problems`: past KEEP_PROBLEMS, or the same as one kept."""
+        return self.dropped + sum(self.repeats.values())
+
     def error(self) -> ManifestError:
-        return ManifestError(self.problems, more=self.dropped)
+        return ManifestError(self.problems, more=self.unshown)
 
     def describe(self, problem: Problem) -> str:
-        """The problem as one line, saying how many more tasks share it (a bad default hits them all)."""
-        again = self.repeats.get(_key(problem), 0)
-        return str(problem) + (f" [and in {again} more task{'s' if again > 1 else ''}]" if again else "")
+        """The problem as one line, saying how many more tasks share it (a bad default hits them all),
+        and, for one met at many lines, the last of them."""
+        key = _key(problem)
+        again = self.repeats.get(key, 0)
+        if not again:
+            return str(problem)
+        shown, _, last = self._spread.get(replace(key, line=None), (key, 0, None))
+        reach = f", to line {last}" if shown == key and last is not None else ""
+        return f"{problem} [and in {again:,} more task{'s' if again > 1 else ''}{reach}]"
 
 
 def _key(problem: Problem) -> Problem:

@@ -393,6 +393,23 @@ def test_jsonl_problems_name_the_line(write: Write) -> None:
     assert result.plan.total == 2
 
 
+def test_one_problem_on_every_jsonl_line_shows_three_lines_and_counts_the_rest(write: Write) -> None:
+    """The same mistake on each of 40 lines (a typo a script wrote into every task) is three lines and
+    a count, not 40 lines of the same message; a different problem in between is still shown."""
+    lines = [f'{{"kind": "generate", "prompt": "p{i}", "n": 20}}' for i in range(40)]
+    lines[20] = '{"kind": "generate", "prompt": "odd", "size": "800x600"}'
+    path = write("\n".join(lines) + "\n", "tasks.jsonl")
+    plan = checked(path).plan
+    found = [plan.describe(problem) for problem in plan.problems]
+    assert len(found) == 4, found
+    assert [line.split(": ")[0] for line in found] == [f"{path}:{n}" for n in (1, 2, 3, 21)]
+    assert found[0].endswith("(got 20)") and found[1].endswith("(got 20)")
+    assert found[2].endswith("(got 20) [and in 36 more tasks, to line 40]")
+    assert "size: must be one of" in found[3] and "[and in" not in found[3]
+    assert plan.error().more == 36  # the library's error counts them too
+    assert str(plan.error()).startswith("40 problems in the manifest:")
+
+
 def test_every_problem_of_a_manifest_is_reported_in_one_pass(write: Write, tmp_path: Path) -> None:
     make_image(tmp_path / "photo.png", size=(64, 64))
     make_mask(tmp_path / "mask.png", size=(32, 32))
