@@ -77,8 +77,12 @@ class Runner:
         observers: Sequence[Observer] = (),
         rng: random.Random | None = None,
         shared: SharedLimits | None = None,
+        partial: bool = False,
     ) -> None:
+        """`total`: the tasks the run is for, finished ones included; `partial`: `start` counted the
+        finished tasks of more than those (a shard's run counts its DIR's, which may hold others')."""
         self._tasks = tasks
+        self._partial = partial
         self._out = out
         self._settings = settings
         self._stopping = anyio.Event()
@@ -187,9 +191,9 @@ class Runner:
         summary = self.summary
         self._emit(RunStarted(summary.total, summary.finished_before, summary.not_run))
         workers = self._settings.limits.concurrency or self._settings.limits.max_concurrency
-        # no more workers than the run's tasks (its plan's, or its shard's: finished ones included, as a
-        # shard's finished count is not known here)
-        workers = max(1, min(workers, summary.total))
+        # no more workers than the run has tasks to send (a shard's: its tasks, finished ones included,
+        # as a shard's finished count is not known here)
+        workers = max(1, min(workers, summary.total if self._partial else summary.not_run))
         send, receive = anyio.create_memory_object_stream[TaskSpec](min(workers, 64))
         lag = LoopLag()
         thumbnailer = Thumbnailer() if self._settings.thumbnails else None

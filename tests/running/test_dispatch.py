@@ -171,3 +171,8 @@ def test_a_run_starts_no_more_workers_than_it_has_tasks(
     assert started == 3 and sim.state.billed_requests == 3
     refused = cli("run", manifest, "--out", tmp_path / "out", "-c", "10001", env=env_for(sim))
     assert refused.code == 64 and "at most 10,000" in refused.err
+    # a resume counts what is left to send, not the finished tasks: 2 more tasks, 2 more workers
+    manifest.write_text(chat_lines(range(5)))
+    outcome = cli("run", manifest, "--out", tmp_path / "out", "-c", "10000", env=env_for(sim))
+    assert outcome.code == 0, outcome.err
+    assert started == 5 and sim.state.billed_requests == 5
