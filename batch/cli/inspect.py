@@ -14,7 +14,7 @@ from pathlib import Path
 from batch.cli import cluster
 from batch.cluster.plan import is_sharded
 from batch.config import price_table
-from batch.errors import OutputError, UsageError
+from batch.errors import ManifestError, OutputError, UsageError
 from batch.exitcodes import EXIT_OK
 from batch.output.export import Selection
 from batch.output.lock import acquire
@@ -72,7 +72,10 @@ def show_status(args: argparse.Namespace) -> int:
 
 def show_report(args: argparse.Namespace) -> int:
     root = reading(args.out)
-    prices = price_table({}, args.prices)
+    try:
+        prices = price_table({}, args.prices)
+    except ManifestError as exc:  # a --prices file's mistakes, as they are: a report sends nothing anyway
+        raise ManifestError(exc.problems, exc.more, report=[str(p) for p in exc.problems]) from exc
     chosen = scope(args, root)
     if chosen.parts:  # a sharded batch: each shard's report, summed
         from batch.cluster.view import cluster_report, format_shard_reports

@@ -99,19 +99,21 @@ class PriceTable:
 
 
 def parse_prices(data: Any, where: str) -> tuple[dict[str, Price], list[str]]:
-    """`{model: {text_input, image_input, output}}` into Prices, and a message for each mistake."""
+    """`{model: {text_input, image_input, output}}` into Prices, and a message for each mistake, which
+    names the key under `where` (a --prices file's mistakes are located by the file: `where` is "")."""
     if not isinstance(data, Mapping):
-        return {}, [f"{where}: must be a mapping of model names to prices"]
+        return {}, [f"{where or 'the file'}: must be a mapping of model names to prices"]
     found: dict[str, Price] = {}
     problems = []
     for model, entry in data.items():
+        at = f"{where}.{model}" if where else str(model)
         if not isinstance(entry, Mapping):
-            problems.append(f"{where}.{model}: must be a mapping with text_input, image_input and output")
+            problems.append(f"{at}: must be a mapping with text_input, image_input and output")
             continue
         unknown = sorted(set(entry) - set(FIELDS) - set(OPTIONAL_FIELDS))
         if unknown:
             names = ", ".join(FIELDS + OPTIONAL_FIELDS)
-            problems.append(f"{where}.{model}: unknown keys {unknown}; prices are {names}")
+            problems.append(f"{at}: unknown keys {unknown}; prices are {names}")
             continue
         values: dict[str, float] = {}
         for name in FIELDS + OPTIONAL_FIELDS:
@@ -122,8 +124,7 @@ def parse_prices(data: Any, where: str) -> tuple[dict[str, Price], list[str]]:
                 # NaN (YAML's .nan) compares false with everything: it would turn every cost, and so
                 # every budget, into NaN; an infinite price into NaN too, once multiplied by 0 tokens
                 problems.append(
-                    f"{where}.{model}.{name}: must be a finite number of dollars per million tokens, "
-                    f"not {value!r}"
+                    f"{at}.{name}: must be a finite number of dollars per million tokens, not {value!r}"
                 )
                 break
             values[name] = float(value)
@@ -133,18 +134,23 @@ def parse_prices(data: Any, where: str) -> tuple[dict[str, Price], list[str]]:
 
 
 def load_prices(path: Path) -> tuple[dict[str, Price], list[str]]:
-    """A --prices file: YAML or JSON, `{model: {text_input, image_input, output}}` (or under `prices:`)."""
+    """A --prices file: YAML or JSON, `{model: {text_input, image_input, output}}` (or under `prices:`).
+    Its mistakes do not name the file: the caller locates them."""
     import yaml  # only with --prices: a run without it does without PyYAML
+
+    from batch.output.files import reason
 
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        return {}, [f"{path}: cannot be read: {exc}"]
+    except UnicodeDecodeError:
+        return {}, ["cannot be read: not UTF-8 text"]
+    except OSError as exc:
+        return {}, [f"cannot be read: {reason(exc)}"]
     except yaml.YAMLError as exc:
-        return {}, [f"{path}: not valid YAML or JSON: {exc}"]
+        return {}, [f"not valid YAML or JSON: {exc}"]
     if isinstance(data, Mapping) and set(data) == {"prices"}:
-        data = data["prices"]
-    return parse_prices(data, str(path))
+        return parse_prices(data["prices"], "prices")
+    return parse_prices(data, "")
 
 
 def money(value: float | None) -> str:

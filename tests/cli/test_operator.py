@@ -171,6 +171,20 @@ def test_every_billed_answer_is_priced_in_the_ledger_results_summary_and_report(
     repriced = json.loads(cli("report", out, "--json", "--prices", dearer).out)
     image_output = sum(li["output_tokens"] for li in lines if li["model"] == "gpt-image-1")
     assert repriced["cost"] == pytest.approx(total + image_output * 40 / 1e6, abs=1e-5)
+    # a --prices file's mistakes name the file once, and a report does not say it sent nothing: it never sends
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("gpt-image-1: {text_input: 5, ouptut: 80}\n")
+    for words in (("report", out), ("run", EXAMPLES / "quickstart.yaml", "--out", tmp_path / "again")):
+        refused = cli(*words, "--prices", typo, env=env_for(sim))
+        assert refused.code == 65
+        assert f"{typo}: gpt-image-1: unknown keys ['ouptut']" in refused.err, refused.err
+        assert refused.err.count(str(typo)) == 1
+        assert ("nothing was sent" in refused.err) == (words[0] == "run")
+    missing = cli("report", out, "--prices", tmp_path / "none.yaml")
+    assert (
+        missing.code == 65
+        and missing.err.strip() == f"{tmp_path / 'none.yaml'}: cannot be read: No such file or directory"
+    )
 
 
 # --- budgets ----------------------------------------------------------------------------------------
