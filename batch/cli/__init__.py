@@ -272,3 +272,5 @@ def configure_logging(args: argparse.Namespace) -> None:
     root.handlers[:] = handlers
     root.setLevel(min(handler.level for handler in handlers))
     root.propagate = False
+    if getattr(args, "quiet", False) and getattr(args, "verbose", False):
+        root.warning("--quiet and --verbose were both given: --verbose wins")

@@ -117,6 +117,8 @@ def _said_unused(args: argparse.Namespace, options: Options) -> None:
     """Flags this run was given that have nothing to act on: said, not silently dropped."""
     if getattr(args, "stage", None) is not None and getattr(args, "store", None) is None:
         log.warning("--stage is for an --out on a store (s3://..., az://...): this run writes %s", args.out)
+    if not options.fsync and options.sync_interval == 0:
+        log.warning("--sync-interval 0 fsyncs each line, --no-fsync none: no line is fsync'd")
     if options.concurrency != "auto" and options.max_concurrency != DEFAULT_MAX_CONCURRENCY:
         log.warning(
             "--max-concurrency is the ceiling of --concurrency auto: with --concurrency N it does nothing"

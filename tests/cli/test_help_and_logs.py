@@ -155,6 +155,22 @@ def test_a_flag_with_nothing_to_act_on_is_said(
     assert quiet.code == 0 and "--max-concurrency" not in quiet.err
 
 
+def test_two_flags_that_contradict_each_other_are_said(
+    cli: Cli, write: Callable[..., Path], tmp_path: Path, sim: RunningSimulator
+) -> None:
+    """--quiet with --verbose, --no-fsync with --sync-interval 0: one of each pair wins, now with a word."""
+    manifest = write("tasks:\n  - {kind: generate, prompt: a fox}\n")
+    out = tmp_path / "out"
+    both = cli(
+        "run", manifest, "--out", out, "-q", "-v", "--no-fsync", "--sync-interval", "0", env=env_for(sim)
+    )
+    assert both.code == 0, both.err
+    assert "--quiet and --verbose were both given: --verbose wins" in both.err
+    assert "no line is fsync'd" in both.err
+    alone = cli("run", manifest, "--out", tmp_path / "alone", "-v", "--sync-interval", "0", env=env_for(sim))
+    assert alone.code == 0 and "wins" not in alone.err and "fsync'd" not in alone.err
+
+
 def test_a_log_line_that_cannot_be_encoded_does_not_stop_the_log_file(tmp_path: Path) -> None:
     """A surrogate in a line (a file name that is not UTF-8) made --log-file's handler stop writing the
     file, as if the disk were full: it is written with a backslash, and the next lines too."""
