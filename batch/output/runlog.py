@@ -26,7 +26,7 @@ from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
-from batch.output.store import USAGE, Journal, encode_line, read_lines
+from batch.output.store import RESULTS, USAGE, Journal, encode_line, finished_results, read_lines
 from batch.running.records import AttemptRecord, RunRecord, attempt_log_line
 
 _string = encode_basestring  # a JSON string, as encode_line writes one (with its quotes)
@@ -70,12 +70,12 @@ def recover(folder: Path) -> Interrupted:
                 ended = True
         if ended:
             continue
-        billed = in_ledger(folder.parent / USAGE, set(pending))
+        billed = saved(folder.parent, pending)
         journal = Journal(path, fsync=False)
         journal.open()  # also cuts a torn last line
         try:
             for request_id, task_id in pending.items():
-                recorded = request_id in billed  # its answer is in the ledger: billed, and accounted for
+                recorded = request_id in billed  # its answer is in the ledger, its task's line in results
                 journal.write(
                     AttemptRecord(
                         "done",
@@ -83,7 +83,9 @@ def recover(folder: Path) -> Interrupted:
                         task_id=task_id,
                         outcome="interrupted",
                         maybe_billed=not recorded,
-                        error="its answer was recorded in usage.jsonl" if recorded else None,
+                        error="its answer was recorded in usage.jsonl and its task's result line"
+                        if recorded
+                        else None,
                     ).to_line()
                 )
                 if not recorded:
@@ -115,39 +117,46 @@ def account(folder: Path, *, live: bool = False) -> Accounting:
         return found
     paths = sorted(folder.glob("*.jsonl"))
     for position, path in enumerate(paths):
-        pending: set[str] = set()
+        pending: dict[str, str] = {}
         events = []
         ended = False
         for record in map(attempt_log_line, read_lines(path)):
             if isinstance(record, AttemptRecord):
                 if record.event == "sent":
                     found.requests += 1
-                    pending.add(record.request_id)
+                    pending[record.request_id] = str(record.task_id)
                 else:
-                    pending.discard(record.request_id)
+                    pending.pop(record.request_id, None)
                     found.maybe_billed += record.maybe_billed
             elif isinstance(record, RunRecord):
                 events.append(record.to_line())
                 ended = ended or record.event == "end"
         if pending and live and not ended and position == len(paths) - 1:
             found.in_flight += len(pending)
-        elif pending:  # a run killed, not recovered yet: what its ledger holds was billed and accounted for
-            found.maybe_billed += len(pending) - len(in_ledger(folder.parent / USAGE, pending))
+        elif pending:  # a run killed, not recovered yet: as `recover` will close its log
+            found.maybe_billed += len(pending) - len(saved(folder.parent, pending))
         found.runs.append(events)
     return found
 
 
-def in_ledger(usage: Path, request_ids: set[str]) -> set[str]:
-    """Which of `request_ids` (requests a killed run left without a `done` line, few) have a line in the
-    ledger: their answer arrived and was recorded before the kill (its `done` line waits in memory for the
-    next `sent` line's write, so a kill at the end of a run loses it)."""
-    if not request_ids:
+def saved(root: Path, pending: Mapping[str, str]) -> set[str]:
+    """Which of the requests a killed run left without a `done` line (`pending`: request id -> task id,
+    few) were answered and saved: the answer is in the ledger and its task has a result line (the `done`
+    line waits in memory for the next `sent` line's write, so a kill at the end of a run loses it). An
+    answer in the ledger whose task has no line yet is maybe billed all the same: the task is sent again,
+    and that answer is the one paid twice (README, "Outputs on S3")."""
+    if not pending:
         return set()
-    return {
+    billed = {
         request_id
-        for line in read_lines(usage)
-        if isinstance(request_id := line.get("request_id"), str) and request_id in request_ids
+        for line in read_lines(root / USAGE)
+        if isinstance(request_id := line.get("request_id"), str) and request_id in pending
     }
+    if not billed:
+        return set()
+    tasks = {pending[request_id] for request_id in billed}
+    finished = {task_id for task_id, _ in finished_results(root / RESULTS) if task_id in tasks}
+    return {request_id for request_id in billed if pending[request_id] in finished}
 
 
 def _ended(path: Path) -> bool:

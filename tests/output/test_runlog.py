@@ -57,21 +57,24 @@ def test_recover_closes_only_the_runs_that_did_not_end(tmp_path: Path) -> None:
     assert recover(runs).runs == 0
 
 
-def test_a_killed_runs_request_whose_answer_is_in_the_ledger_is_not_maybe_billed(tmp_path: Path) -> None:
+def test_a_killed_runs_request_answered_and_saved_is_not_maybe_billed(tmp_path: Path) -> None:
     """A `done` line waits in memory for the next `sent` line's write: a kill at a run's end loses the
-    `done` of answers already billed and recorded. The ledger says so; status and the next run agree."""
+    `done` of answers already billed and saved. The ledger and results.jsonl say so; status and the next
+    run agree. An answer in the ledger whose task has no result line is maybe billed all the same: the
+    task is sent again, and that answer is paid twice (README: "it is in the ledger too")."""
     runs = tmp_path / "runs"
     sent = [{"event": "sent", "request_id": f"t{i}/a.1", "task_id": f"t{i}", "t": 1.0} for i in range(3)]
     write_log(runs / "1.jsonl", START, *sent)  # killed: no done lines, no end
     ledger = [{"task_id": "t0", "request_id": "t0/a.1", "total_tokens": 5}, {"request_id": "t2/a.1"}]
     (tmp_path / "usage.jsonl").write_text("".join(json.dumps(line) + "\n" for line in ledger))
-    assert account(runs).maybe_billed == 1  # t1 only: t0 and t2 are in the ledger
+    (tmp_path / "results.jsonl").write_text(json.dumps({"id": "t0", "status": "succeeded"}) + "\n")
+    assert account(runs).maybe_billed == 2  # t1 (no answer recorded) and t2 (no result line): not t0
     found = recover(runs)
-    assert (found.requests, dict(found.by_task)) == (["t1/a.1"], {"t1": 1})
+    assert (found.requests, dict(found.by_task)) == (["t1/a.1", "t2/a.1"], {"t1": 1, "t2": 1})
     closed = [json.loads(line) for line in (runs / "1.jsonl").read_text().splitlines()[-4:]]
-    assert [line.get("maybe_billed", False) for line in closed[:3]] == [False, True, False]
-    assert closed[-1]["maybe_billed"] == 1
-    assert account(runs).maybe_billed == 1  # and read back from the closed log, the same
+    assert [line.get("maybe_billed", False) for line in closed[:3]] == [False, True, True]
+    assert closed[-1]["maybe_billed"] == 2
+    assert account(runs).maybe_billed == 2  # and read back from the closed log, the same
 
 
 def test_the_sent_and_done_lines_are_the_records_lines_byte_for_byte(tmp_path: Path) -> None:
