@@ -75,10 +75,13 @@ def start_worker(url: str, sim: RunningSimulator, log: Path, s3: S3) -> subproce
 
 
 def wait_for(what: Callable[[], bool], logs: list[Path], seconds: float = 60) -> None:
+    """Wait until `what()`. It reads every segment of the store: asked 20 times a second, it held the GIL
+    this process shares with the simulator's thread so often that requests sent a tenth of a second
+    apart were handled, and so counted, together (busiest_second 13 once, under a loaded CI)."""
     deadline = time.monotonic() + seconds
     while not what():
         assert time.monotonic() < deadline, "\n".join(log.read_text() for log in logs if log.exists())
-        time.sleep(0.05)
+        time.sleep(0.5)
 
 
 def busiest_second(sim: RunningSimulator) -> int:
@@ -141,6 +144,6 @@ def test_three_workers_two_killed_redis_flushed_then_resumed_from_the_store(
         assert sim.state.billed_requests - ledger <= maybe_billed  # only what the kills left unsaved
         assert found["billed_answers"] == ledger
         # the shared limit held, across four workers, two kills and a flushed Redis
-        assert busiest_second(sim) <= N + 2
         refused = sum(record.status == 429 for record in sim.state.records)
+        assert busiest_second(sim) <= N + 2, f"{refused} answered 429"
         assert refused <= 2, refused
