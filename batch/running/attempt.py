@@ -31,6 +31,11 @@ from batch.running.retry import RetryNotice, Verdict, call_with_retries, classif
 
 logger = logging.getLogger(__name__)
 
+# images an answer may link for download (`data[i].url`, `message.images[i]`): the API makes at most 10 at a
+# time. An answer that links more (a gateway's fault, or a hostile one's: thousands of links, each up to
+# --max-answer-mb) is kept in answers/ with every link, and its task fails; none is fetched.
+MAX_DOWNLOADS = 16
+
 
 class TaskAttempts:
     """Runs one task at a time per caller: attempts, billing, files, the result line. The tallies the
@@ -248,7 +253,14 @@ class TaskAttempts:
         try:
             answer = kind.parse_answer(spec.fields, reply.body)
             images = answer.images
-            if any(image.url is not None for image in images):
+            links = sum(image.url is not None for image in images)
+            if links > MAX_DOWNLOADS:
+                raise BrokenAnswerError(
+                    f"the answer links {links:,} images to download, more than {MAX_DOWNLOADS}: none was "
+                    "fetched (the answer, with every link, is kept)",
+                    error_type="too_many_images",
+                )
+            if links:
                 images = await self._download(images)
             files: list[OutputFile] = []
             if images:

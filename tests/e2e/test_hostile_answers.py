@@ -70,6 +70,8 @@ async def hostile(name: str, request: web.Request) -> web.StreamResponse:
     """The hostile answer `name` for a task whose prompt says `bad`; a good answer for the others."""
     body = await request.read()
     chat = request.path.endswith("/chat/completions")
+    if request.path.startswith("/files/"):  # the links of too-many-links: real pictures
+        return web.Response(body=png_bytes(), content_type="image/png")
     if not is_bad(body):
         if chat and json.loads(body).get("stream"):
             finish = {"choices": [{"index": 0, "delta": {"content": "fine"}, "finish_reason": "stop"}]}
@@ -88,6 +90,9 @@ async def hostile(name: str, request: web.Request) -> web.StreamResponse:
     if name == "png-without-idat":
         answer = {**IMAGE_ANSWER, "data": [{"b64_json": base64.b64encode(png_without_idat()).decode()}]}
         return web.json_response(answer)
+    if name == "too-many-links":  # each a download of up to --max-answer-mb: none is fetched
+        links = [{"url": f"http://{request.host}/files/{i}.png"} for i in range(5000)]
+        return web.json_response({**IMAGE_ANSWER, "data": links})
     if name == "retry-after-overflow":
         headers = {"Retry-After": "Wed, 21 Oct 2015 99999999999:28:00 GMT"}
         return web.json_response({"error": {"message": "slow down"}}, status=429, headers=headers)
@@ -103,6 +108,7 @@ PARSER_BREAKERS = {
     "choices-not-a-list": (1, "no 'choices' list"),
     "png-without-idat": (1, "image 1 is not a readable image (IndexError"),
     "retry-after-overflow": (2, "slow down"),
+    "too-many-links": (1, "the answer links 5,000 images to download, more than 16: none was fetched"),
 }
 
 
@@ -133,6 +139,8 @@ def test_an_answer_that_breaks_a_parser_fails_its_task_and_the_run_goes_on(
     assert done["bad"]["status"] == "failed" and done["bad"]["attempts"] == cost
     assert says in done["bad"]["error"]["message"]
     assert len(stub.requests) == 3 + cost  # and the resumed run sent nothing: its tasks are finished
+    if cost == 1 and done["bad"]["usage"]:  # bought once: what arrived is kept, for the user to read
+        assert (out / done["bad"]["answer_file"]).is_file()
     assert again.code == 1 and "0 not run" in again.out
 
 
