@@ -337,10 +337,10 @@ def checked_manifest(
     from batch.manifest.read import Manifest
 
     source = manifest if isinstance(manifest, Manifest) else Path(manifest)
-    from batch.manifest.ids import READABLE_IDS
+    from batch.manifest.ids import LATEST_IDS
     from batch.output.format import id_scheme
 
-    scheme = id_scheme(out) if out is not None else READABLE_IDS
+    scheme = id_scheme(out) if out is not None else LATEST_IDS
     settings = options.build_settings(endpoint, scheme)
     kinds = kinds or registry()
     found = aside.take(settings, kinds) if aside is not None else None

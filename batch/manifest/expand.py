@@ -77,12 +77,14 @@ class Expander:
         registry: Registry,
         sources: Sources | None = None,
         transliterate: bool = True,
+        used_column: bool = True,
     ) -> None:
         self.name = manifest_name
         self.folder = folder
         self.registry = registry  # asked where a prompts_file's {prompt} goes in each kind
         self.sources = sources  # notes the files read, for the plan cache
         self.transliterate = transliterate  # ids' slugs in Latin letters from every script (readable ids)
+        self.used_column = used_column  # a row's slug: its first column the task uses (not its first)
 
     def _slug(self, value: Any, limit: int = 40) -> str:
         return slug(value, limit, self.transliterate)
@@ -284,9 +286,19 @@ class Expander:
             if isinstance(record, Problem):
                 yield Variant(problem=replace(record, task=entry.label))
                 continue
-            key = record.get("id", next(iter(record.values()), ""))
+            key = record["id"] if "id" in record else self._row_key(record, used)
             meta = {k: v for k, v in record.items() if k not in used}
             yield Variant(dict(record), (f"{raw}:{number}",), (self._slug(key),), meta)
+
+    def _row_key(self, record: Mapping[str, Any], used: set[str]) -> Any:
+        """What names a row without an `id` column: the first column its task uses (`{title}`), so that a
+        column nothing reads (a row number, a note) neither renames it nor makes it a new task; the first
+        column where the task uses none, or in a directory of an older id scheme."""
+        if self.used_column:
+            for name, value in record.items():
+                if name in used:
+                    return value
+        return next(iter(record.values()), "")
 
     def _glob(self, pattern: str) -> list[Path]:
         base = resolve(self.folder, pattern)

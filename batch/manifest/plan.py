@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from batch.errors import ManifestError, Problem
 from batch.kind import TokenCounts, openai_batch_urls
 from batch.manifest.expand import Expander
-from batch.manifest.ids import READABLE_IDS, valid_id
+from batch.manifest.ids import READABLE_IDS, USED_COLUMN_IDS, valid_id
 from batch.manifest.read import Entry, Manifest, Mark
 from batch.manifest.tasks import TaskBuilder, TaskSpec
 from batch.running.idset import IdSet, digest
@@ -146,8 +146,15 @@ def walk(
     a mark of a check walk of this manifest (Plan.marks): the walk starts there, at its position."""
     if builder.problems:
         yield None, builder.problems
-    transliterate = builder.settings.id_scheme >= READABLE_IDS
-    expander = Expander(manifest.name, manifest.folder, builder.registry, builder.sources, transliterate)
+    scheme = builder.settings.id_scheme
+    expander = Expander(
+        manifest.name,
+        manifest.folder,
+        builder.registry,
+        builder.sources,
+        transliterate=scheme >= READABLE_IDS,
+        used_column=scheme >= USED_COLUMN_IDS,
+    )
     if begin is not None and manifest.format == "jsonl" and begin.offset is None:
         begin = None  # a mark of a line it cannot seek to: from the start
     position = -1 if begin is None else begin.position - 1

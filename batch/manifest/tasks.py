@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from batch.errors import Problem, shorten
 from batch.kind import InputInfo, Pointer, Registry, TaskKind
 from batch.manifest.fields import MISSING, FieldIssue, unknown_field_message
-from batch.manifest.ids import READABLE_IDS, valid_id
+from batch.manifest.ids import LATEST_IDS, READABLE_IDS, valid_id
 from batch.manifest.inputs import InputInspector, resolve
 from batch.manifest.placeholders import slug
 from batch.manifest.read import Entry, LocatedDict, Manifest
@@ -62,7 +62,7 @@ class BuildSettings:
     env_endpoint: str | None = None  # MAAS_ENDPOINT, or the simulator's
     allow_unknown: bool = False  # --allow-unknown: send fields and models that look like typos of known ones
     known_models: tuple[str, ...] = ()  # priced by --prices FILE (besides the built-in and the manifest's)
-    id_scheme: int = READABLE_IDS  # how ids not given are made: the output directory's (batch.manifest.ids)
+    id_scheme: int = LATEST_IDS  # how ids not given are made: the output directory's (batch.manifest.ids)
 
 
 class TaskBuilder:

@@ -2,7 +2,8 @@
 written. Today one thing: how the ids that manifests do not give were made (batch.manifest.ids).
 
 A resumed run must find its finished tasks under the ids they were saved with. A directory started before
-readable ids existed (results, no .format) keeps the ASCII ids; a new one gets readable ids. The file is
+readable ids existed (results, no .format) keeps the ASCII ids; one that records a scheme keeps it; a new
+one gets the latest. The file is
 written by the first run that holds DIR's lock and never changed after.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from batch.manifest.ids import ASCII_IDS, ID_SCHEMES, READABLE_IDS
+from batch.manifest.ids import ASCII_IDS, ID_SCHEMES, LATEST_IDS
 from batch.output.files import write_atomic
 from batch.output.store import RESULTS, RUNS
 
@@ -20,7 +21,7 @@ FORMAT = ".format"
 
 def id_scheme(root: Path) -> int:
     """The id scheme of DIR: the one it records; for a directory of an older version (results or run
-    logs, no record), ASCII ids; for a new or empty one, readable ids."""
+    logs, no record), ASCII ids; for a new or empty one, the latest."""
     try:
         recorded = json.loads((root / FORMAT).read_text(encoding="utf-8")).get("ids")
     except (OSError, ValueError, AttributeError):
@@ -29,7 +30,7 @@ def id_scheme(root: Path) -> int:
         return int(recorded)
     if _has_results(root) or any((root / RUNS).glob("*.jsonl")):
         return ASCII_IDS
-    return READABLE_IDS
+    return LATEST_IDS
 
 
 def remember(root: Path, scheme: int) -> None:

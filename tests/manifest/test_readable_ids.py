@@ -11,7 +11,7 @@ import pytest
 
 import batch.output.format as dir_format
 from batch.manifest.checked import check
-from batch.manifest.ids import ASCII_IDS, READABLE_IDS, valid_id
+from batch.manifest.ids import ASCII_IDS, READABLE_IDS, USED_COLUMN_IDS, valid_id
 from batch.manifest.placeholders import slug
 from batch.manifest.plan import iter_tasks
 from batch.manifest.tasks import BuildSettings
@@ -88,7 +88,7 @@ def test_an_older_directory_keeps_its_ids_and_resumes_sending_nothing(
     path, out = manifest(write), tmp_path / "out"
     # a directory as the tool made it before readable ids: ASCII ids, and no .format
     with monkeypatch.context() as before:
-        before.setattr(dir_format, "READABLE_IDS", ASCII_IDS)
+        before.setattr(dir_format, "LATEST_IDS", ASCII_IDS)
         first = cli("run", path, "--out", out, env=env_for(sim))
     assert first.code == 0, first.out + first.err
     old_ids = set(results(out))
@@ -103,7 +103,7 @@ def test_an_older_directory_keeps_its_ids_and_resumes_sending_nothing(
     fresh = cli("run", path, "--out", tmp_path / "fresh", env=env_for(sim))
     assert fresh.code == 0
     assert "yi-zhi-hu-li-zai-xue-zhong" in " ".join(results(tmp_path / "fresh"))
-    assert json.loads((tmp_path / "fresh" / dir_format.FORMAT).read_text()) == {"ids": READABLE_IDS}
+    assert json.loads((tmp_path / "fresh" / dir_format.FORMAT).read_text()) == {"ids": USED_COLUMN_IDS}
 
 
 def test_the_ids_made_from_what_is_sent_are_those_earlier_versions_made(write: Write) -> None:
@@ -116,3 +116,27 @@ def test_the_ids_made_from_what_is_sent_are_those_earlier_versions_made(write: W
     )
     assert ids(path, READABLE_IDS) == ["a-fox-67ff883d105d", "cafe-16ed37f647d3"]
     assert ids(path, ASCII_IDS) == ["generate-67ff883d105d38df", "chat-16ed37f647d3049f"]
+
+
+def test_a_row_is_named_by_a_column_its_task_uses_so_inserting_a_row_renames_none(
+    write: Write, tmp_path: Path, sim: RunningSimulator, cli: Callable[..., Outcome]
+) -> None:
+    """A CSV whose first column numbers its rows: a row inserted at the top renumbered every row, and
+    with it every id (the first column named the row), so every row was bought again. The task reads
+    {title}: the title names the row. A directory of the scheme before keeps its ids."""
+    rows = write("row,title\n1,Blue mug\n2,Brass lamp\n", "rows.csv")
+    path = write(
+        "tasks:\n"
+        "  - {kind: chat, model: gemini-2.5-flash, for_each: {csv: rows.csv}, prompt: 'Category of: {title}'}\n"
+    )
+    before = ids(path, USED_COLUMN_IDS)
+    assert [task_id.rsplit("-", 1)[0] for task_id in before] == ["blue-mug", "brass-lamp"]
+    assert [task_id.rsplit("-", 1)[0] for task_id in ids(path, READABLE_IDS)] == ["1", "2"]  # as before
+    out = tmp_path / "out"
+    assert cli("run", path, "--out", out, env=env_for(sim)).code == 0
+    sent, first = sim.state.requests_total, set(results(out))
+    rows.write_text("row,title\n1,Red kettle\n2,Blue mug\n3,Brass lamp\n")
+    again = cli("run", path, "--out", out, env=env_for(sim))
+    assert again.code == 0 and "2 already done" in again.out, again.out
+    assert sim.state.requests_total == sent + 1  # the new row only
+    assert first < set(results(out)) and len(results(out)) == 3
