@@ -11,6 +11,7 @@ import hashlib
 import os
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -96,3 +97,28 @@ def read_file(path: Path) -> bytes:
     """The bytes of an input file, read when its request is built (never kept in a TaskSpec)."""
     with open_regular(path) as handle:
         return handle.read()
+
+
+class InputChanged(Exception):
+    """An input file's bytes are no longer those its task was checked and named with."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path))
+        self.path = path
+
+
+def checked_reader(inputs: Iterable[InputInfo]) -> Callable[[Path], bytes]:
+    """`read_file` for one task's request: each file it reads must still hold the bytes it was inspected
+    with (their sha256 is part of the task's id). A file replaced between the task's check and its
+    request (a run builds its next tasks ahead of sending them) raises InputChanged: those bytes were
+    never checked, and the answer would be saved under the other file's id."""
+    digests = {info.path: info.digest for info in inputs if info.digest}
+
+    def read(path: Path) -> bytes:
+        data = read_file(path)
+        expected = digests.get(path)
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+            raise InputChanged(path)
+        return data
+
+    return read

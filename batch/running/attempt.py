@@ -17,9 +17,9 @@ import anyio
 
 from batch.errors import ApiError, ApiStatusError, BrokenAnswerError, OutputError, TransportError
 from batch.events import AttemptFailed, TaskFinished, TaskStarted
-from batch.exitcodes import EXIT_BUDGET, EXIT_CONFIG, EXIT_IOERR
+from batch.exitcodes import EXIT_BUDGET, EXIT_CONFIG, EXIT_DATAERR, EXIT_IOERR
 from batch.kind import ApiRequest, EncodedImage, TaskKind
-from batch.manifest.inputs import read_file
+from batch.manifest.inputs import InputChanged, checked_reader, read_file
 from batch.manifest.tasks import TaskSpec
 from batch.output.store import OutputFile
 from batch.running.answers import answer_id, describe, failure_kind, short, stream_complete, usage_of
@@ -100,9 +100,18 @@ class TaskAttempts:
         if ctx.stopping():
             raise Stopped
         if spec.inputs:
-            request = await anyio.to_thread.run_sync(
-                kind.build_request, spec.fields, read_file, limiter=ctx.threads
-            )
+            read = checked_reader(spec.inputs.values())
+            try:
+                request = await anyio.to_thread.run_sync(
+                    kind.build_request, spec.fields, read, limiter=ctx.threads
+                )
+            except InputChanged as changed:  # as a manifest changed during the run: nothing unchecked is sent
+                ctx.stop(
+                    f"an input file changed during the run: {changed.path} is not the file task {spec.id} "
+                    "was checked with",
+                    EXIT_DATAERR,
+                )
+                raise Stopped from None
         else:
             request = kind.build_request(spec.fields, read_file)
         slot = await ctx.limits.enter(spec.endpoint)

@@ -121,6 +121,37 @@ def test_a_manifest_edited_during_the_run_stops_it_rather_than_sending_unchecked
     assert not any(task_id.startswith("xxxx") for task_id in sent)  # the unchecked prompt never went out
 
 
+def test_an_input_image_replaced_during_the_run_is_not_sent_as_a_task_checked_with_the_old_one(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The dispatch builds tasks ahead of sending them: an edit's image replaced in between was sent under
+    the id made of the old image's bytes (and its answer bought again by the next run, under the new
+    image's id). The request's read now checks the bytes, and the run stops as for an edited manifest."""
+    import threading
+
+    from batch.simulator import SimConfig, simulator_in_thread
+    from tests.conftest import KEY, make_image
+
+    make_image(tmp_path / "a.png", size=(64, 64))
+    manifest = write(
+        "tasks:\n" + "".join(f"  - {{kind: edit, prompt: add a bird {i}, image: a.png}}\n" for i in range(3))
+    )
+    with simulator_in_thread(SimConfig(api_key=KEY, latency=1.0)) as sim:
+
+        def replace_when_sent() -> None:
+            sim.state.wait_for_sync(lambda state: state.requests_total >= 1, within=30)
+            make_image(tmp_path / "a.png", size=(128, 64))  # while the first is answered
+
+        replacer = threading.Thread(target=replace_when_sent)
+        replacer.start()
+        outcome = cli("run", manifest, "--out", tmp_path / "out", "--concurrency", "1", env=env_for(sim))
+        replacer.join(30)
+        sent = sim.state.requests_total
+    assert outcome.code == 65, outcome.out + outcome.err
+    assert f"an input file changed during the run: {tmp_path / 'a.png'}" in outcome.out + outcome.err
+    assert sent == 1 and len(results(tmp_path / "out")) == 1  # the first, sent before the change
+
+
 def test_a_plans_digests_are_saved_and_loaded_without_a_whole_copy_of_them(tmp_path: Path) -> None:
     """A million tasks' digests are 8 MB: a copy of them as bytes and another as the write's buffer made
     the save the peak of a run of a fresh manifest (once its page held less); the load read them whole,
