@@ -78,7 +78,9 @@ class Scope:
     # a sharded batch (batch.cluster): the run directories under DIR that hold the tasks at positions
     # [start, end), in manifest order; empty for a single run directory
     parts: tuple[Part, ...] = ()
+    manifest_sha256: str | None = None  # of the bytes of the manifest the last run checked (its plan's)
     _ids: IdSet | None = field(default=None, repr=False)
+    _said: bool = field(default=False, repr=False)  # that its tasks cannot be listed: said once, not per pass
 
     @property
     def known(self) -> bool:
@@ -112,7 +114,9 @@ class Scope:
         try:
             return _expanded(self.manifest_path, self.settings, self.order, self.cache)
         except (BatchError, OSError) as exc:
-            log.warning("cannot list the tasks of %s (%s): pending tasks left out", self.manifest, exc)
+            if not self._said:
+                log.warning("cannot list the tasks of %s (%s): pending tasks left out", self.manifest, exc)
+                self._said = True
             return None
 
 
@@ -129,7 +133,7 @@ def scope_of(
     remembered = _remembered(root)
     if manifest is not None:
         settings = dict(remembered.settings)
-        if remembered.manifest_path is None or manifest.resolve() != remembered.manifest_path:
+        if not _same_manifest(manifest, remembered):
             settings = {"env_endpoint": settings.get("env_endpoint")}  # its own --set may not fit this one
         checked = _checked(manifest, settings, root / plancache.FOLDER)
         return Scope(
@@ -144,6 +148,21 @@ def scope_of(
     return remembered
 
 
+def _same_manifest(manifest: Path, remembered: Scope) -> bool:
+    """Whether --manifest is the manifest the last run checked: the same file, or one of the same bytes
+    (a copy, the same manifest at another path), so that the run's --set and --endpoint apply to it."""
+    if remembered.manifest_path is None:
+        return False
+    if manifest.resolve() == remembered.manifest_path:
+        return True
+    if remembered.manifest_sha256 is None:
+        return False
+    try:
+        return bool(plancache.key(manifest, {})["sha256"] == remembered.manifest_sha256)
+    except OSError:
+        return False  # checked, and reported, as the --manifest it is
+
+
 def _remembered(root: Path) -> Scope:
     """The manifest of the last run, from the plan it remembered, if that run was the plan's."""
     start = _last_start(root / RUNS)
@@ -155,6 +174,7 @@ def _remembered(root: Path) -> Scope:
         order = Order.from_file(folder / plancache.IDS)
         path = Path(str(key["manifest"]))
         settings = dict(key["settings"])
+        sha256 = key.get("sha256")
     except (OSError, ValueError, KeyError, TypeError):
         return Scope(manifest=start.get("manifest"), total_hint=tasks)
     if len(order) != document.get("total") or (tasks is not None and tasks != len(order)):
@@ -170,6 +190,7 @@ def _remembered(root: Path) -> Scope:
         manifest_path=path,
         settings=settings,
         cache=folder,
+        manifest_sha256=sha256 if isinstance(sha256, str) else None,
     )
 
 

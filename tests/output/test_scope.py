@@ -90,6 +90,40 @@ def test_a_manifest_that_grew_has_pending_tasks(
     assert cli("status", edited, "--manifest", broken).code == 65
 
 
+def test_a_copy_of_the_last_runs_manifest_is_read_with_its_set_values(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """`--manifest` of a file of the same bytes as the one the last run checked (a copy, the same manifest
+    elsewhere) is that manifest: the run's --set applies. It was read without it, and every task pending."""
+    manifest = write("tasks:\n  - {kind: generate, prompt: a fox}\n  - {kind: generate, prompt: an owl}\n")
+    copy = write(manifest.read_text(), "copy.yaml")
+    out = tmp_path / "out"
+    assert cli("run", manifest, "--out", out, "--set", "quality=high", env=env_for(sim)).code == 0
+    for named in (manifest, copy):
+        found = json.loads(cli("status", out, "--json", "--manifest", named).out)
+        assert (found["succeeded"], found["pending"], found["orphaned"]) == (2, 0, 0), named
+    other = write(manifest.read_text() + "  - {kind: generate, prompt: a cat}\n", "other.yaml")
+    found = json.loads(cli("status", out, "--json", "--manifest", other).out)
+    assert found["pending"] == 3  # another manifest: without the run's --set, as before
+
+
+def test_tasks_that_cannot_be_listed_are_said_once_however_many_passes_ask(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The page asks a scope for its tasks twice (its pictures, then its cards): a manifest edited into
+    an invalid one during the run was said twice at the run's end."""
+    broken = tmp_path / "m.yaml"
+    broken.write_text("tasks:\n  - {kind: paint, prompt: x}\n")
+    order = Order()
+    order.append(digest("a"))
+    scope = Scope(manifest="m.yaml", order=order, manifest_path=broken)
+    with caplog.at_level("WARNING", logger="batch"):
+        assert scope.tasks() is None and scope.tasks() is None
+    assert [r.getMessage() for r in caplog.records].count(
+        next(r.getMessage() for r in caplog.records if "cannot list the tasks" in r.getMessage())
+    ) == 1
+
+
 def test_without_a_known_manifest_every_line_counts(tmp_path: Path) -> None:
     (tmp_path / "results.jsonl").write_text(
         json.dumps({"id": "a", "kind": "chat", "status": "failed"}) + "\n"
