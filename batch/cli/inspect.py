@@ -16,12 +16,14 @@ from batch.cluster.plan import is_sharded
 from batch.config import price_table
 from batch.errors import ManifestError, OutputError, UsageError
 from batch.exitcodes import EXIT_OK
+from batch.manifest import plancache
 from batch.output.export import Selection
-from batch.output.lock import acquire
+from batch.output.format import FORMAT
+from batch.output.lock import LOCK, acquire
 from batch.output.report import export as export_rows
 from batch.output.report import format_report, format_status, report, status
 from batch.output.scope import Scope, scope_of
-from batch.output.store import RESULTS, RUNS, USAGE
+from batch.output.store import ANSWERS, IMAGES, RESULTS, RETRIED, RUNS, THUMBS, USAGE
 
 
 def existing(root: Path) -> Path:
@@ -113,6 +115,8 @@ def export(args: argparse.Namespace) -> int:
     if args.format == "sqlite" and args.output is None:
         raise UsageError("export --format sqlite writes a file: give it --output FILE")
     _check_kinds(args.kinds)
+    if args.output is not None:
+        _not_into_dir(root, args.output)
     chosen = scope(args, root)
     selection = Selection(frozenset(args.statuses), frozenset(args.kinds))
     if args.output is None:
@@ -130,6 +134,24 @@ def export(args: argparse.Namespace) -> int:
         raise OutputError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
     print(f"{rows:,} rows written to {args.output}", file=sys.stderr)
     return EXIT_OK
+
+
+# what a run keeps in DIR (and a batch in shards: cluster/ and shards/): an export written over one of them
+# replaced the results or the ledger with its own rows, and the next run trusted them
+_DIRS_OWN = frozenset(
+    (RESULTS, USAGE, RETRIED, RUNS, IMAGES, ANSWERS, THUMBS, LOCK, FORMAT, plancache.FOLDER)
+) | frozenset(("index.html", "cluster", "shards"))  # the page (gallery.PAGE, whose module loads Pillow)
+
+
+def _not_into_dir(root: Path, output: Path) -> None:
+    """Refuse an --output that is a file of DIR's own, or inside one of its folders; a new file beside
+    them (DIR/export.csv) is fine."""
+    try:
+        inside = output.resolve().relative_to(root.resolve())
+    except ValueError:
+        return  # elsewhere
+    if inside.parts and inside.parts[0] in _DIRS_OWN:
+        raise UsageError(f"--output {output} is {root}'s own {inside.parts[0]}: write the export elsewhere")
 
 
 def _fetch(args: argparse.Namespace) -> Callable[[str], bytes | None] | None:

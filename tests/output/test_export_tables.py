@@ -140,6 +140,21 @@ def test_sqlite_is_never_written_over_a_link_a_device_or_a_pipe(
     assert stat.S_ISFIFO(pipe.lstat().st_mode)
 
 
+def test_an_export_is_never_written_over_dirs_own_files(
+    cli: Callable[..., Outcome], edited: Path, tmp_path: Path
+) -> None:
+    """`export DIR --output DIR/results.jsonl` opened the file before reading it: the results became the
+    export's rows (every task 'pending'), status then counted them succeeded, and the next run sent
+    nothing. DIR's own files and folders are refused; a new file beside them is written."""
+    before = {name: (edited / name).read_bytes() for name in ("results.jsonl", "usage.jsonl")}
+    for name, kind in (("results.jsonl", "jsonl"), ("usage.jsonl", "sqlite"), ("runs/x.csv", "csv")):
+        outcome = cli("export", edited, "--format", kind, "--output", edited / name)
+        assert outcome.code == 64 and f"is {edited}'s own {name.split('/')[0]}" in outcome.err, outcome.err
+    assert {name: (edited / name).read_bytes() for name in before} == before
+    assert cli("export", edited, "--output", edited / "export.csv").code == 0
+    assert len(table((edited / "export.csv").read_text())) == 4
+
+
 def test_a_finished_run_keeps_the_manifests_order_without_reading_the_manifest(
     cli: Callable[..., Outcome], edited: Path, tmp_path: Path
 ) -> None:
