@@ -257,6 +257,8 @@ def configure_logging(args: argparse.Namespace) -> None:
     log_file = getattr(args, "log_file", None)
     if log_file is not None:
         try:
+            # its folder too: the README's cron line logs to runs/tonight.log before any run made runs/
+            os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
             # the file keeps the INFO lines (the run's start, its status lines) even with --quiet
             # backslashreplace: a line that holds a surrogate (a file name that is not UTF-8) is written
             to_file = _log_file_class()(log_file, encoding="utf-8", errors="backslashreplace")

@@ -96,7 +96,11 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
         f"(default {DEFAULT_LOG_EVERY:g}; 0: never)",
     )
     log.add_argument(
-        "--log-file", type=Path, default=None, metavar="FILE", help="also append the log lines to FILE"
+        "--log-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also append the log lines to FILE (its folder is made if missing)",
     )
     log.add_argument("--quiet", "-q", action="store_true", help="only warnings and the summary")
     log.add_argument("--verbose", "-v", action="store_true", help="a line per task and per retry, and debug")

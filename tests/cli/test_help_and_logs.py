@@ -79,7 +79,7 @@ def test_a_log_file_marks_each_runs_start_with_manifest_directory_and_pid(
     cli: Cli, write: Callable[..., Path], tmp_path: Path, sim: RunningSimulator, quiet: bool
 ) -> None:
     manifest = write("tasks:\n  - {kind: generate, prompt: a fox}\n")
-    log = tmp_path / "night.log"
+    log = tmp_path / "runs" / "night.log"  # as the README's cron line: a folder no run has made yet
     flags = ["--quiet"] if quiet else []
     for _ in range(2):
         done = cli("run", manifest, "--out", tmp_path / "out", "--log-file", log, *flags, env=env_for(sim))

@@ -572,7 +572,8 @@ def test_unusable_log_file_and_export_output_are_clear_errors(
     cli: Callable[..., Outcome], sim: RunningSimulator, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    nowhere = tmp_path / "no-such-folder" / "night.log"
+    (tmp_path / "a-file").write_text("")
+    nowhere = tmp_path / "a-file" / "night.log"  # a missing folder is made; one under a file cannot be
     outcome = cli("run", EXAMPLES / "quickstart.yaml", "--out", out, "--log-file", nowhere, env=env_for(sim))
     assert outcome.code == 64 and "night.log" in outcome.err and "Traceback" not in outcome.err
     assert sim.state.requests_total == 0
