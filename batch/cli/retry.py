@@ -54,6 +54,7 @@ def recorded_run(args: argparse.Namespace, runs_in: Path | None = None) -> list[
         )
     # DIR as given now, wherever the recorded run wrote: a later --out wins in argparse
     argv = _without_out([str(a) for a in recorded["argv"] if a != "--retry-failed"])
+    argv = _without_past_deadline(argv, args.extra)
     out = args.out if isinstance(args.out, StoreUrl) else args.out.resolve()
     argv += ["--out", str(out), "--retry-failed", *args.extra]
     print(f"maas-batch: in {recorded['cwd']}: maas-batch {shlex.join(argv)}", file=sys.stderr)
@@ -64,6 +65,41 @@ def recorded_run(args: argparse.Namespace, runs_in: Path | None = None) -> list[
             f"the recorded run's folder {recorded['cwd']} is gone ({exc.strerror or exc}); "
             "use `maas-batch run ... --retry-failed`"
         ) from exc
+    return argv
+
+
+def _flag_values(argv: list[str], flag: str) -> list[tuple[int, int, str]]:
+    """Where `flag` is in `argv`: (first index, count of items, value), for `--flag V` and `--flag=V`."""
+    found = []
+    for index, arg in enumerate(argv):
+        if arg == flag and index + 1 < len(argv):
+            found.append((index, 2, argv[index + 1]))
+        elif arg.startswith(flag + "="):
+            found.append((index, 1, arg.partition("=")[2]))
+    return found
+
+
+def _without_past_deadline(argv: list[str], extra: list[str]) -> list[str]:
+    """The recorded --deadline left out where it cannot apply again: the retry gives its own (--deadline or
+    --max-duration: argparse reads the recorded value first, and refused it when past), or it names a
+    moment already past (`2026-12-01T07:00`; a time of day, `07:00`, is the next one, as when it was
+    given). Otherwise a retry of a run with a past deadline was refused for good (64)."""
+    from batch.values import parse_deadline
+
+    given = any(_flag_values(extra, flag) for flag in ("--deadline", "--max-duration"))
+    for index, count, value in reversed(_flag_values(argv, "--deadline")):
+        try:
+            parse_deadline(value)
+            past = False
+        except ValueError:
+            past = True
+        if given or past:
+            if past and not given:
+                print(
+                    f"maas-batch: the recorded --deadline {value} is past: retried without it",
+                    file=sys.stderr,
+                )
+            del argv[index : index + count]
     return argv
 
 

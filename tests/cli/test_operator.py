@@ -499,6 +499,33 @@ def test_retry_failed_sends_the_failed_tasks_only_and_leaves_new_ones_pending(
     assert sim.state.requests_total == 5 and len(results(out)) == 4
 
 
+def test_retry_failed_of_a_run_whose_deadline_has_passed_is_not_refused_for_good(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """retry-failed replays the recorded command line: a --deadline given as a date and time, once past,
+    made every retry exit 64 ('already past'), a --deadline or --max-duration given to the retry too (the
+    recorded value is read first)."""
+    from datetime import datetime, timedelta
+
+    manifest = write("""
+        tasks:
+          - {kind: generate, id: fine, prompt: a calm lake}
+          - {kind: generate, id: refused, prompt: something forbidden}
+    """)
+    out = tmp_path / "out"
+    soon = (datetime.now() + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
+    assert cli("run", manifest, "--out", out, "--deadline", soon, env=env_for(sim)).code == 1
+    [log] = (out / "runs").glob("*.jsonl")
+    log.write_text(log.read_text().replace(soon, "2020-01-02T07:00", 1))  # the night has passed
+    again = cli("retry-failed", out, env=env_for(sim))
+    assert again.code == 1, again.err  # refused again by the server, not by the command line
+    assert "the recorded --deadline 2020-01-02T07:00 is past: retried without it" in again.err
+    for given in (("--deadline", "23:59"), ("--max-duration", "1h")):
+        outcome = cli("retry-failed", out, *given, env=env_for(sim))
+        assert outcome.code == 1 and "is past" not in outcome.err, outcome.err
+    assert sim.state.requests_total == 5  # fine once, refused four times
+
+
 def test_retry_failed_on_a_copy_of_dir_acts_on_the_copy(
     cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
 ) -> None:
