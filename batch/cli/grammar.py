@@ -57,7 +57,8 @@ from batch.exitcodes import (
 
 EXIT_CODES = f"""\
 exit codes:
-  {EXIT_OK}   every task succeeded (or had already)
+  {EXIT_OK}   every task succeeded (or had already); with --retry-failed, every failed task retried
+      succeeded (tasks never run are left alone, and the summary says how many)
   {EXIT_FAILED}   the run finished, but some tasks of the manifest failed, now or in an earlier run
       (see results.jsonl; retry them with `maas-batch retry-failed DIR`)
   {EXIT_BUDGET}   the budget (--max-cost / --max-tokens) was reached: run stopped, resumable with a higher one
@@ -531,7 +532,8 @@ def _add_run(commands: Commands) -> argparse.ArgumentParser:
         type=number,
         default=DEFAULT_MAX_ANSWER_MB,
         metavar="MB",
-        help=f"refuse (and retry) an answer larger than this (default {DEFAULT_MAX_ANSWER_MB:g})",
+        help="refuse an answer larger than this: its task fails, not bought again "
+        f"(default {DEFAULT_MAX_ANSWER_MB:g})",
     )
 
     disk = run.add_argument_group("output")
