@@ -91,7 +91,10 @@ class StoreUrl(str):
 def output_location(text: str) -> StoreUrl | Path:
     """--out and the readers' DIR: a URL (anything with `://`) names a store (output.remote checks which
     ones are supported), anything else a local directory; so does fsspec's `file:///absolute/path` (a
-    local directory, with every guarantee of one: lock, appends, renames)."""
+    local directory, with every guarantee of one: lock, appends, renames). An empty one (`--out "$UNSET"`)
+    is refused: it would be the current folder, whatever that is."""
+    if not text.strip():
+        raise ValueError("an empty path: name a directory (or . for this one)")
     if text.startswith("file://"):
         path = text[len("file://") :]
         if not path.startswith("/"):  # file://host/... names another machine's disk

@@ -11,7 +11,7 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batch.cli.flags import output_location, whole
+from batch.cli.flags import output_location, path, seconds, whole
 from batch.config import env
 from batch.errors import UsageError
 from batch.exitcodes import (
@@ -82,7 +82,7 @@ def add_submit(commands: Commands) -> argparse.ArgumentParser:
         usage="maas-batch submit MANIFEST --out DIR [--redis URL] [--shard-size N] [RUN-FLAGS...]\n"
         "       maas-batch submit --resume DIR [--redis URL]",
     )
-    submit.add_argument("manifest", type=Path, metavar="MANIFEST", nargs="?")
+    submit.add_argument("manifest", type=path, metavar="MANIFEST", nargs="?")
     submit.add_argument(
         "--out",
         "-o",
@@ -139,14 +139,14 @@ def add_worker(commands: Commands) -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--heartbeat-timeout",
-        type=float,
+        type=seconds,
         default=DEFAULT_HEARTBEAT_TIMEOUT,
         metavar="SECONDS",
         help="a worker silent this long is taken for dead and its shard is run by another "
         f"(default {DEFAULT_HEARTBEAT_TIMEOUT:g}; every worker of a Redis should use the same)",
     )
     log_flags = worker.add_argument_group("what it prints")
-    log_flags.add_argument("--log-file", type=Path, metavar="FILE", help="also append the log lines to FILE")
+    log_flags.add_argument("--log-file", type=path, metavar="FILE", help="also append the log lines to FILE")
     log_flags.add_argument("--quiet", "-q", action="store_true", help="only warnings")
     log_flags.add_argument("--verbose", "-v", action="store_true", help="a line per task and retry; debug")
     return worker

@@ -4,6 +4,7 @@ time) as argparse types. Whether a run can use a value is checked once, by batch
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -44,7 +45,7 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 def add_prices(parser: Any, help: str | None = None) -> None:
     parser.add_argument(
         "--prices",
-        type=Path,
+        type=path,
         default=None,
         metavar="FILE",
         help=help
@@ -57,7 +58,7 @@ def add_scope(parser: argparse.ArgumentParser) -> None:
     """--manifest and --include-orphaned: which tasks a reading of DIR is about (batch.output.scope)."""
     parser.add_argument(
         "--manifest",
-        type=Path,
+        type=path,
         default=None,
         metavar="FILE",
         help="count the tasks of this manifest (expanded and validated as `run` would) instead of the "
@@ -97,7 +98,7 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     )
     log.add_argument(
         "--log-file",
-        type=Path,
+        type=path,
         default=None,
         metavar="FILE",
         help="also append the log lines to FILE (its folder is made if missing)",
@@ -128,11 +129,26 @@ def number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
 
 
+def seconds(text: str) -> float:
+    """A finite number of seconds, more than 0."""
+    value = number(text)
+    if not 0 < value < math.inf:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be a number of seconds more than 0, not {text}")
+    return value
+
+
 def zero_or_more(text: str) -> float:
     value = number(text)
     if not value >= 0:  # NaN too
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
     return value
+
+
+def path(text: str) -> Path:
+    """A file's path; an empty one (`--log-file "$UNSET"`) is refused, not taken for the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path: name a file")
+    return Path(text)
 
 
 def output_location(text: str) -> StoreUrl | Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NoReturn
 
 from batch import __version__
@@ -22,6 +21,7 @@ from batch.cli.flags import (
     concurrency,
     number,
     output_location,
+    path,
     port,
     read_with,
     whole,
@@ -198,7 +198,7 @@ def _add_validate(commands: Commands) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=ENVIRONMENT + "\n" + VALIDATE_EXIT_CODES,
     )
-    validate.add_argument("manifest", type=Path, metavar="MANIFEST")
+    validate.add_argument("manifest", type=path, metavar="MANIFEST")
     validate.add_argument(
         "--simulate",
         action="store_true",
@@ -285,7 +285,7 @@ def _add_export(commands: Commands) -> argparse.ArgumentParser:
         "with b64_json read back from DIR (finished tasks only); sqlite: one table per kind of line "
         "(results, usage, attempts), typed columns and the raw line as json (needs --output)",
     )
-    export.add_argument("--output", type=Path, metavar="FILE", help="write here instead of to stdout")
+    export.add_argument("--output", type=path, metavar="FILE", help="write here instead of to stdout")
     export.add_argument(
         "--status",
         dest="statuses",
@@ -367,7 +367,7 @@ def _add_run(commands: Commands) -> argparse.ArgumentParser:
         "sends nothing for finished tasks and completes the rest.",
     )
     run.set_defaults(command_parser=run)  # reports a value Options refuses
-    run.add_argument("manifest", type=Path, metavar="MANIFEST", help="a YAML or JSONL job manifest")
+    run.add_argument("manifest", type=path, metavar="MANIFEST", help="a YAML or JSONL job manifest")
     run.add_argument(
         "--out",
         "-o",
@@ -381,7 +381,7 @@ def _add_run(commands: Commands) -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--stage",
-        type=Path,
+        type=path,
         metavar="DIR",
         help="with --out s3://...: the local folder the run works in (new or empty; default a temporary "
         "folder, removed at the end)",

@@ -117,8 +117,11 @@ class ShardQueue:
 
     def __init__(self, settings: QueueSettings) -> None:
         self.settings = settings
-        with _translated("connect"):
+        try:
             client = redis.Redis.from_url(settings.url, socket_connect_timeout=CONNECT_TIMEOUT)
+        except ValueError as exc:  # not a Redis URL: a traceback before
+            raise QueueError(f"--redis {without_password(settings.url)}: {_without_url(exc)}") from None
+        with _translated("connect"):
             self.broker = RedisBroker(  # type: ignore[no-untyped-call]
                 client=client,
                 middleware=[],  # no time limit, no retries, no age limit: see the module's docstring
@@ -274,7 +277,11 @@ def without_password(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     netloc = (f"{parts.username}@" if parts.username else "") + host
-    netloc += f":{parts.port}" if parts.port else ""
+    try:
+        port: int | str | None = parts.port
+    except ValueError:  # not a number (the URL is refused for it): shown as written
+        port = parts.netloc.rpartition(":")[2]
+    netloc += f":{port}" if port else ""
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 

@@ -95,8 +95,11 @@ def shown_url(url: str) -> str:
         return url
     host = parts.hostname or ""
     netloc = (f"{parts.username}:***@" if parts.username else ":***@") + host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
+    port = (
+        parts.netloc.rpartition("@")[2].rpartition(":")[2] if ":" in parts.netloc.rpartition("@")[2] else ""
+    )
+    if port:  # as written: a port that is no number is what the message is about
+        netloc += f":{port}"
     return urlunsplit(parts._replace(netloc=netloc))
 
 

@@ -72,6 +72,41 @@ def test_simulate_on_a_port_in_use_is_a_usage_error_not_a_traceback(cli: Cli) ->
     for bad in ("99999", "-5"):  # bind() would raise OverflowError: a traceback and 1
         outside = cli("simulate", "--port", bad)
         assert outside.code == 64 and "must be a port, 0 to 65535" in outside.err, outside.err
+    # a key variable that is not set, and an empty host: a traceback and 1, or a server on ":PORT"
+    for flags, says in (
+        (("--api-key-env", "MAAS_TEST_UNSET_KEY"), "environment variable MAAS_TEST_UNSET_KEY is not set"),
+        (("--forbidden-key-env", "MAAS_TEST_UNSET_KEY"), "MAAS_TEST_UNSET_KEY is not set"),
+        (("--host", ""), "--host: give an address"),
+    ):
+        outcome = cli("simulate", "--port", "0", *flags, env={"MAAS_TEST_UNSET_KEY": ""})
+        assert outcome.code == 64 and says in outcome.err and "Traceback" not in outcome.err, outcome.err
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ("run", "{manifest}", "--out", ""),
+        ("run", "", "--out", "{out}"),
+        ("run", "{manifest}", "--out", "{out}", "--log-file", ""),
+        ("validate", "{manifest}", "--prices", ""),
+        ("status", ""),
+        ("export", "{out}", "--output", ""),
+    ],
+)
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(
+    cli: Cli,
+    write: Callable[..., Path],
+    tmp_path: Path,
+    words: tuple[str, ...],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--out "$UNSET"` wrote a run's results and page into whatever folder cron started in."""
+    manifest = write("tasks:\n  - {kind: generate, prompt: a fox}\n")
+    monkeypatch.chdir(tmp_path)  # where the code before wrote
+    argv = [word.format(manifest=manifest, out=tmp_path / "out") for word in words]
+    outcome = cli(*argv, "--simulate") if words[0] in ("run", "validate") else cli(*argv)
+    assert outcome.code == 64 and "an empty path" in outcome.err, outcome.err
+    assert not (tmp_path / "results.jsonl").exists()
 
 
 @pytest.mark.parametrize("quiet", [False, True])
@@ -427,3 +462,31 @@ def test_main_called_by_a_program_leaves_its_objects_collectable(
 def test_the_console_script_is_the_command_not_main() -> None:
     project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text(encoding="utf-8"))
     assert project["project"]["scripts"]["maas-batch"] == "batch.cli:command"
+
+
+def test_a_redis_url_that_is_not_one_or_a_bad_heartbeat_is_said_not_a_traceback(
+    cli: Cli, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The cluster commands gave a traceback (exit 1) for a --redis that is no Redis URL, and took a
+    --heartbeat-timeout of nan (a traceback), 0 or -1 (1 ms: every other worker taken for dead)."""
+    manifest = write("tasks:\n  - {kind: generate, prompt: a fox}\n")
+    for argv in (
+        ("worker", "--redis", "notaurl", "--burst"),
+        ("submit", manifest, "--out", tmp_path / "out", "--redis", "notaurl"),
+        ("worker", "--redis", "redis://me:secretpw@127.0.0.1:notaport/0", "--burst"),
+        (
+            "run",
+            manifest,
+            "--out",
+            tmp_path / "run",
+            "--simulate",
+            "--redis",
+            "redis://me:secretpw@h:notaport/0",
+        ),
+    ):
+        outcome = cli(*argv)
+        assert outcome.code == 78 and "--redis " in outcome.err, outcome.err
+        assert "Traceback" not in outcome.err and "secretpw" not in outcome.err
+    for timeout in ("nan", "inf", "0", "-1"):
+        outcome = cli("worker", "--redis", "redis://127.0.0.1:1/0", "--heartbeat-timeout", timeout)
+        assert outcome.code == 64 and "must be a number of seconds more than 0" in outcome.err, outcome.err
