@@ -56,6 +56,10 @@ def parse_endpoints(items: Sequence[str]) -> dict[str, str]:
         endpoint = endpoint.strip()
         if not endpoint:
             raise UsageError(f"--endpoint needs an endpoint id, not {item!r}")
+        if sep and not key.strip():
+            raise UsageError(
+                f"--endpoint KIND=ENDPOINT or MODEL=ENDPOINT needs the kind or model, not {item!r}"
+            )
         chosen[key.strip() if sep else "*"] = endpoint
     return chosen
 

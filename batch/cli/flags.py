@@ -90,7 +90,7 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     )
     log.add_argument(
         "--log-every",
-        type=zero_or_more,  # the command's own: it becomes Options.heartbeat unless a bar shows
+        type=interval,  # the command's own: it becomes Options.heartbeat unless a bar shows
         default=DEFAULT_LOG_EVERY,
         metavar="SECONDS",
         help="without a bar, print done, failed, retrying, rate, ETA, tokens and cost this often "
@@ -134,6 +134,22 @@ def seconds(text: str) -> float:
     value = number(text)
     if not 0 < value < math.inf:  # NaN too
         raise argparse.ArgumentTypeError(f"must be a number of seconds more than 0, not {text}")
+    return value
+
+
+def interval(text: str) -> float:
+    """A finite number of seconds, or 0 (never): `--log-every inf` was refused as `--heartbeat`'s."""
+    value = number(text)
+    if not 0 <= value < math.inf:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be 0 (never) or a number of seconds, not {text}")
+    return value
+
+
+def count(text: str) -> int:
+    """A whole number, 0 or more."""
+    value = whole(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
     return value
 
 

@@ -19,6 +19,7 @@ from batch.cli.flags import (
     add_prices,
     add_scope,
     concurrency,
+    count,
     number,
     output_location,
     path,
@@ -90,7 +91,7 @@ READ_EXIT_CODES = f"""\
 exit codes:
   {EXIT_OK}   done
   {EXIT_USAGE}  bad command-line usage, or DIR is not a directory maas-batch has written
-  {EXIT_DATAERR}  the --manifest given is invalid
+  {EXIT_DATAERR}  the --manifest given is invalid (report: or the --prices file)
   {EXIT_IOERR}  DIR's files cannot be read, or the output cannot be written (a failing or full disk, a
       folder that is a link)
 """
@@ -206,7 +207,7 @@ def _add_validate(commands: Commands) -> argparse.ArgumentParser:
     )
     validate.add_argument(
         "--show",
-        type=int,
+        type=count,
         default=0,
         metavar="N",
         help="print the first N requests exactly as they would be sent (files shown as size and hash)",

@@ -133,15 +133,23 @@ def parse_prices(data: Any, where: str) -> tuple[dict[str, Price], list[str]]:
     return found, problems
 
 
+PRICES_FILE_MAX = 16 * 2**20  # bytes of a --prices file: a table of thousands of models is a few hundred KB
+
+
 def load_prices(path: Path) -> tuple[dict[str, Price], list[str]]:
     """A --prices file: YAML or JSON, `{model: {text_input, image_input, output}}` (or under `prices:`).
     Its mistakes do not name the file: the caller locates them."""
     import yaml  # only with --prices: a run without it does without PyYAML
 
+    from batch.manifest.regular import open_regular
     from batch.output.files import reason
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with open_regular(path) as handle:  # a FIFO blocked for ever, /dev/zero filled memory
+            raw = handle.read(PRICES_FILE_MAX + 1)
+        if len(raw) > PRICES_FILE_MAX:
+            return {}, [f"is larger than {PRICES_FILE_MAX // 2**20} MB: no price table is"]
+        data = yaml.safe_load(raw.decode("utf-8"))
     except UnicodeDecodeError:
         return {}, ["cannot be read: not UTF-8 text"]
     except OSError as exc:

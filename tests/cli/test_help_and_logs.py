@@ -490,3 +490,35 @@ def test_a_redis_url_that_is_not_one_or_a_bad_heartbeat_is_said_not_a_traceback(
     for timeout in ("nan", "inf", "0", "-1"):
         outcome = cli("worker", "--redis", "redis://127.0.0.1:1/0", "--heartbeat-timeout", timeout)
         assert outcome.code == 64 and "must be a number of seconds more than 0" in outcome.err, outcome.err
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (("--log-every", "inf"), "argument --log-every: must be 0 (never) or a number of seconds"),
+        (("--endpoint", "=foo"), "needs the kind or model, not '=foo'"),
+        (("--show", "-1"), "argument --show: must be 0 or more"),
+    ],
+)
+def test_odd_values_name_their_own_flag(
+    cli: Cli, write: Callable[..., Path], tmp_path: Path, flags: tuple[str, ...], says: str
+) -> None:
+    """--log-every inf was refused as '--heartbeat', --endpoint =foo named a blank key, --show -1 passed."""
+    manifest = write("tasks:\n  - {kind: generate, prompt: a fox}\n")
+    command = (
+        ("run", manifest, "--out", tmp_path / "out") if flags[0] == "--log-every" else ("validate", manifest)
+    )
+    outcome = cli(*command, "--simulate", *flags)
+    assert outcome.code == 64 and says in outcome.err, outcome.err
+
+
+def test_a_prices_file_that_is_a_fifo_or_a_device_is_refused_not_read(
+    cli: Cli, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--prices FIFO blocked for ever; --prices /dev/zero filled memory until the system killed it."""
+    manifest = write("tasks:\n  - {kind: generate, prompt: a fox}\n")
+    fifo = tmp_path / "prices.fifo"
+    os.mkfifo(fifo)
+    for named in (fifo, Path("/dev/zero")):
+        outcome = cli("validate", manifest, "--simulate", "--prices", named)
+        assert outcome.code == 65 and f"{named}: cannot be read: is not a regular file" in outcome.err
