@@ -229,6 +229,7 @@ class Runner:
         async with anyio.create_task_group() as background:
             background.start_soon(self._sync_journals)
             background.start_soon(lag.watch)
+            background.start_soon(self._health.watch)  # --outage-limit, kept while every task sleeps
             if self._settings.deadline is not None:
                 background.start_soon(self._watch_deadline, self._settings.deadline)
             if self._settings.heartbeat > 0:

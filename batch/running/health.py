@@ -66,6 +66,22 @@ class ServiceHealth:
             with anyio.move_on_after(max(0.0, deadline - now) + 0.001):
                 await changed.wait()
 
+    async def watch(self) -> None:
+        """Give up at the outage limit even when no attempt asks: tasks asleep in their retry's backoff
+        (up to --backoff-max) ask only when they wake, and the run overshot --outage-limit by that much
+        (a 10 s limit stopped after 22 s). Runs beside the work until the run cancels it."""
+        while not self._released:
+            changed = self._changed
+            if self._opened_at is None:
+                await changed.wait()
+                continue
+            now = self._clock()
+            if now - self._opened_at >= self.outage_limit:
+                self._give_up(now)
+                return
+            with anyio.move_on_after(self._opened_at + self.outage_limit - now + 0.001):
+                await changed.wait()
+
     def succeeded(self) -> None:
         """The service answered (any answer that is not a transient failure)."""
         self._in_a_row = 0

@@ -79,6 +79,24 @@ async def test_failed_probes_back_off_and_a_long_outage_gives_up() -> None:
     await health.admit()  # released: the runner sees it is stopping and sends nothing
 
 
+@pytest.mark.anyio
+async def test_an_outage_is_given_up_at_its_limit_though_no_attempt_asks() -> None:
+    """Every task asleep in its retry's backoff (up to --backoff-max): none asks the gate again, and a
+    run with --outage-limit 10 stopped after 22 s. The watch gives up at the limit itself."""
+    import time
+
+    outages: list[str] = []
+    health = ServiceHealth(1, 0.2, outages.append)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(health.watch)
+            await anyio.wait_all_tasks_blocked()  # no outage: it waits for one
+            opened = time.monotonic()
+            health.failed("503")  # the circuit opens; no attempt comes back to the gate
+    assert time.monotonic() - opened >= 0.2
+    assert len(outages) == 1 and "the service has been failing for 0 s" in outages[0]
+
+
 def test_recover_marks_requests_of_a_killed_run_as_maybe_billed(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     runs.mkdir()
