@@ -28,8 +28,9 @@ def options_from(args: argparse.Namespace) -> Options:
     for name, read in _FROM_ITEMS.items():
         if name in values:
             values[name] = read(values[name])
-    if "log_every" in given:  # status lines are heartbeats, when no bar shows
-        values["heartbeat"] = 0.0 if show_bar(args) else args.log_every  # --quiet: for a --log-file
+    if "log_every" in given:  # status lines are heartbeats: when no bar shows, or for a --log-file
+        bar_alone = show_bar(args) and given.get("log_file") is None
+        values["heartbeat"] = 0.0 if bar_alone else args.log_every  # --quiet: for a --log-file
     try:
         return Options(**values)
     except OptionError as exc:

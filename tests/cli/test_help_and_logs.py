@@ -522,3 +522,17 @@ def test_a_prices_file_that_is_a_fifo_or_a_device_is_refused_not_read(
     for named in (fifo, Path("/dev/zero")):
         outcome = cli("validate", manifest, "--simulate", "--prices", named)
         assert outcome.code == 65 and f"{named}: cannot be read: is not a regular file" in outcome.err
+
+
+def test_log_every_reaches_a_log_file_when_a_bar_shows(tmp_path: Path) -> None:
+    """With a progress bar the status lines were off, a --log-file's too: a night's log had no line of
+    progress, though `--log-every` was given for it."""
+    from batch.cli.options import options_from
+
+    def heartbeat(*flags: str) -> float:
+        args = build_parser().parse_args(["run", "m.yaml", "--out", str(tmp_path / "out"), *flags])
+        return options_from(args).heartbeat
+
+    assert heartbeat("--progress", "--log-every", "5", "--log-file", str(tmp_path / "x.log")) == 5
+    assert heartbeat("--progress", "--log-every", "5") == 0  # the bar alone: it shows the same
+    assert heartbeat("--no-progress", "--log-every", "5") == 5
