@@ -14,6 +14,7 @@ class RunStarted:
     total: int  # tasks in the manifest
     finished_before: int  # already in results.jsonl: skipped
     pending: int  # to run now
+    orphaned: int = 0  # lines of results.jsonl of no task of the manifest as it is now
 
 
 @dataclass(frozen=True)

@@ -173,6 +173,12 @@ def _dry_run(args: argparse.Namespace, options: Options) -> int:
                 left.estimate(spec.kind, spec.model or "-", kinds[spec.kind].estimate(spec.fields))
         heading = f"{what} in {args.out}: {left.total:,} of {checked.plan.total:,} tasks"
         print("\n".join(format_plan(str(args.manifest), left, prices, heading)))
+        orphaned = sum(task_id not in checked.plan.ids for task_id, _ in finished)
+        if orphaned:  # as the run would warn: what it sends may be those tasks under other names
+            print(
+                f"{orphaned:,} result line(s) in {args.out} are of tasks this manifest no longer has "
+                "(a prompt, a setting or the endpoint changed since they ran, or the task was removed)"
+            )
     print("dry run: nothing was sent")
     return EXIT_OK
 

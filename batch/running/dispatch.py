@@ -83,6 +83,7 @@ class Runner:
         finished tasks of more than those (a shard's run counts its DIR's, which may hold others')."""
         self._tasks = tasks
         self._partial = partial
+        self._orphaned = 0 if partial else start.finished.orphaned  # a shard's DIR holds others' lines
         self._out = out
         self._settings = settings
         self._stopping = anyio.Event()
@@ -189,7 +190,7 @@ class Runner:
     async def run(self) -> RunSummary:
         started = time.monotonic()
         summary = self.summary
-        self._emit(RunStarted(summary.total, summary.finished_before, summary.not_run))
+        self._emit(RunStarted(summary.total, summary.finished_before, summary.not_run, self._orphaned))
         workers = self._settings.limits.concurrency or self._settings.limits.max_concurrency
         # no more workers than the run has tasks to send (a shard's: its tasks, finished ones included,
         # as a shard's finished count is not known here)

@@ -23,14 +23,16 @@ Lines = Callable[[], Iterable[tuple[str, bool]]]  # (id, failed) of each result 
 
 class Finished:
     """The positions of an order whose tasks are finished (`position in finished`), how many (`count`),
-    and of them how many had a failed line (`failed`)."""
+    and of them how many had a failed line (`failed`); `orphaned`: the result lines whose id is no task
+    of the order (a prompt, a setting or the endpoint changed since they ran, or the task was removed)."""
 
-    __slots__ = ("__weakref__", "_bits", "count", "failed")
+    __slots__ = ("__weakref__", "_bits", "count", "failed", "orphaned")
 
     def __init__(self, size: int = 0) -> None:
         self._bits = bytearray((size + 7) // 8)
         self.count = 0
         self.failed = 0
+        self.orphaned = 0
 
     def mark(self, position: int, failed: bool) -> None:
         index, bit = position >> 3, 1 << (position & 7)
@@ -70,14 +72,22 @@ def find_finished(order: Order, lines: Lines) -> Finished:
 
 
 def _joined_in_memory(order: Order, lines: Lines) -> Finished:
+    tasks = IdSet()  # the order's digests (8 bytes a task): a line of none of them is orphaned
+    for key in order:
+        tasks.add_digest(key)
+    tasks.freeze()
     done, failed = IdSet(), IdSet()
+    found = Finished(len(order))
     for task_id, task_failed in lines():
-        done.add(task_id)
+        key = digest(task_id)
+        if not tasks.contains_digest(key):
+            found.orphaned += 1
+            continue
+        done.add_digest(key)
         if task_failed:
-            failed.add(task_id)
+            failed.add_digest(key)
     done.freeze()
     failed.freeze()
-    found = Finished(len(order))
     if len(done):
         for position, key in enumerate(order):
             if done.contains_digest(key):
@@ -118,6 +128,7 @@ def _joined_on_disk(order: Order, lines: Lines) -> Finished:
             values = iter(pairs.values(part))  # digest, position, digest, position...
             where = dict(zip(values, values, strict=True))  # the part's share of the order
             if not where:
+                found.orphaned += sum(len(chunk) for chunk in done.chunks(part))
                 continue
             failing = {where[key] for chunk in failed.chunks(part) for key in chunk if key in where}
             for chunk in done.chunks(part):  # however many lines there are, a chunk of them at a time
@@ -125,6 +136,8 @@ def _joined_on_disk(order: Order, lines: Lines) -> Finished:
                     at = where.get(key)
                     if at is not None:
                         mark(at, at in failing)
+                    else:
+                        found.orphaned += 1
     return found
 
 

@@ -107,6 +107,23 @@ def test_a_copy_of_the_last_runs_manifest_is_read_with_its_set_values(
     assert found["pending"] == 3  # another manifest: without the run's --set, as before
 
 
+def test_a_run_and_its_dry_run_say_that_results_of_tasks_no_longer_in_the_manifest_are_there(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A setting changed (here --set, the same for the endpoint): every task is a new one, and bought
+    again, with nothing said but '0 already finished'. The run warns before it sends; --dry-run too."""
+    manifest = write("tasks:\n  - {kind: generate, prompt: a fox}\n  - {kind: generate, prompt: an owl}\n")
+    out = tmp_path / "out"
+    first = cli("run", manifest, "--out", out, env=env_for(sim))
+    assert first.code == 0 and "no longer has" not in first.err
+    said = "results.jsonl holds 2 result line(s) of tasks this manifest no longer has"
+    dry = cli("run", manifest, "--out", out, "--set", "quality=high", "--dry-run", env=env_for(sim))
+    assert dry.code == 0 and f"2 result line(s) in {out} are of tasks this manifest no longer has" in dry.out
+    again = cli("run", manifest, "--out", out, "--set", "quality=high", "-q", env=env_for(sim))
+    assert again.code == 0 and said in again.err  # a warning: --quiet shows it
+    assert "no longer has" not in cli("run", manifest, "--out", out, env=env_for(sim)).err  # none to send
+
+
 def test_tasks_that_cannot_be_listed_are_said_once_however_many_passes_ask(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -68,6 +68,7 @@ def test_the_finished_positions_are_those_whose_ids_have_a_line(
     expected, expected_failed = oracle(ids, lines)
     assert {position for position in range(count) if position in found} == expected
     assert (found.count, found.failed) == (len(expected), len(expected_failed))
+    assert found.orphaned == sum(task_id not in set(ids) for task_id, _ in lines)  # the lines of no task
     assert -1 not in found and count not in found and count + 8 not in found and "0" not in found
     assert len(calls) == 1  # the lines are read once
 
