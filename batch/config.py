@@ -324,10 +324,12 @@ def checked_manifest(
     kinds: Registry | None = None,
     out: Path | None = None,
     aside: CheckAside | None = None,
+    ids: int | None = None,
 ) -> CheckedManifest:
     """The manifest checked whole, as a run would, sending nothing; `cache` is DIR's remembered plan,
     `kinds` the registry (the built-in kinds by default), `out` the directory whose id scheme the ids
-    follow (none: a new directory's), `aside` the same check begun in a child process (check_aside,
+    follow (none: a new directory's), `ids` that scheme when it is known otherwise (a submitted batch's),
+    `aside` the same check begun in a child process (check_aside,
     batch.manifest.aside). Raises ManifestError with every problem: a MissingConfigError (exit 78) when
     each is missing configuration."""
     # the manifest and kind modules load when a command reads a manifest: `maas-batch --help` starts fast
@@ -340,7 +342,7 @@ def checked_manifest(
     from batch.manifest.ids import LATEST_IDS
     from batch.output.format import id_scheme
 
-    scheme = id_scheme(out) if out is not None else LATEST_IDS
+    scheme = ids if ids is not None else id_scheme(out) if out is not None else LATEST_IDS
     settings = options.build_settings(endpoint, scheme)
     kinds = kinds or registry()
     found = aside.take(settings, kinds) if aside is not None else None

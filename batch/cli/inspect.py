@@ -150,6 +150,8 @@ def _not_into_dir(root: Path, output: Path) -> None:
         inside = output.resolve().relative_to(root.resolve())
     except ValueError:
         return  # elsewhere
+    except (OSError, RuntimeError):  # a loop of links (RuntimeError on 3.11): the write says so (74)
+        return
     if inside.parts and inside.parts[0] in _DIRS_OWN:
         raise UsageError(f"--output {output} is {root}'s own {inside.parts[0]}: write the export elsewhere")
 

@@ -98,14 +98,6 @@ class LogLines:
                 f"{event.finished_before:,}",
                 f"{event.pending:,}",
             )
-            if event.orphaned and event.pending:  # they may be the tasks to run, under other names
-                log.warning(
-                    "results.jsonl holds %s result line(s) of tasks this manifest no longer has: a "
-                    "prompt, a setting (--set, defaults) or the endpoint changed since they ran, or "
-                    "the task was removed. Such a task is a new one, and is sent; `status` counts the "
-                    "old lines apart (orphaned)",
-                    f"{event.orphaned:,}",
-                )
         elif isinstance(event, Heartbeat):
             eta = "" if event.eta_seconds is None else f", ETA {_duration(event.eta_seconds)}"
             unpriced = f" (+{event.unpriced} unpriced)" if event.unpriced else ""

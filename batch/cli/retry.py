@@ -80,13 +80,14 @@ def _flag_values(argv: list[str], flag: str) -> list[tuple[int, int, str]]:
 
 
 def _without_past_deadline(argv: list[str], extra: list[str]) -> list[str]:
-    """The recorded --deadline left out where it cannot apply again: the retry gives its own (--deadline or
-    --max-duration: argparse reads the recorded value first, and refused it when past), or it names a
-    moment already past (`2026-12-01T07:00`; a time of day, `07:00`, is the next one, as when it was
-    given). Otherwise a retry of a run with a past deadline was refused for good (64)."""
+    """The recorded --deadline left out where it cannot apply again: the retry gives its own --deadline
+    (argparse reads the recorded value first, and refused it when past), or it names a moment already
+    past (`2026-12-01T07:00`; a time of day, `07:00`, is the next one, as when it was given). Otherwise a
+    retry of a run with a past deadline was refused for good (64). A --max-duration given to the retry
+    keeps a recorded deadline still ahead: the run ends at the earlier of the two."""
     from batch.values import parse_deadline
 
-    given = any(_flag_values(extra, flag) for flag in ("--deadline", "--max-duration"))
+    given = bool(_flag_values(extra, "--deadline"))
     for index, count, value in reversed(_flag_values(argv, "--deadline")):
         try:
             parse_deadline(value)

@@ -174,7 +174,7 @@ def _dry_run(args: argparse.Namespace, options: Options) -> int:
         heading = f"{what} in {args.out}: {left.total:,} of {checked.plan.total:,} tasks"
         print("\n".join(format_plan(str(args.manifest), left, prices, heading)))
         orphaned = sum(task_id not in checked.plan.ids for task_id, _ in finished)
-        if orphaned:  # as the run would warn: what it sends may be those tasks under other names
+        if orphaned and left.total:  # as the run warns: what it sends may be those tasks under other names
             print(
                 f"{orphaned:,} result line(s) in {args.out} are of tasks this manifest no longer has "
                 "(a prompt, a setting or the endpoint changed since they ran, or the task was removed)"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch.errors import OutputError, UsageError
+from batch.manifest.ids import READABLE_IDS
 from batch.running.order import Order
 
 if TYPE_CHECKING:
@@ -65,6 +66,9 @@ class BatchPlan:
     redis: str | None = None  # the queue's Redis, without any password (for `status`)
     submitted: str = ""  # ISO time
     format: int = FORMAT
+    # how the ids the manifest does not give were made (batch.manifest.ids): its workers make them the
+    # same way whatever version they run; a plan written before it said was made with readable ids
+    ids: int = READABLE_IDS
 
     def shard(self, index: int) -> Shard:
         start, end = self.shards[index]

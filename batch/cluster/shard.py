@@ -140,7 +140,7 @@ class ShardRunner:
 
 def submitted_manifest(plan: BatchPlan, options: Options, out: Path | None = None) -> CheckedManifest:
     """The plan's manifest, checked as submit checked it; ManifestError if it changed since."""
-    checked = checked_manifest(Path(plan.manifest), options, plan.endpoint, out=out)
+    checked = checked_manifest(Path(plan.manifest), options, plan.endpoint, out=out, ids=plan.ids)
     found = order_digest(checked.plan.order)
     if checked.plan.total != plan.total or found != plan.order_digest:
         message = (

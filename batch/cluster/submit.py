@@ -101,6 +101,7 @@ def submit(
         options=changed_options(options),
         version=__version__,
         redis=without_password(queue.settings.url),
+        ids=checked.builder.settings.id_scheme,
         submitted=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     if store is not None:

@@ -29,7 +29,14 @@ from typing import TYPE_CHECKING, Any
 from batch.errors import Problem, shorten
 from batch.kind import Registry, prompt_field
 from batch.manifest.inputs import resolve
-from batch.manifest.placeholders import PLACEHOLDER, MissingPlaceholder, placeholders_in, render, slug
+from batch.manifest.placeholders import (
+    PLACEHOLDER,
+    MissingPlaceholder,
+    placeholders_in,
+    placeholders_in_order,
+    render,
+    slug,
+)
 from batch.manifest.read import Entry
 from batch.manifest.regular import open_regular, why_not_regular
 from batch.manifest.rows import LineTooLong, bounded_lines, csv_rows, jsonl_rows, text_lines
@@ -106,7 +113,7 @@ class Expander:
         prompt_late = "prompts_file" in data and bool(placeholders_in(template.get("kind")))
         if "prompts_file" in data and (where := prompt_field(self.registry, template)) is not None:
             template[where] = "{prompt}"
-        used = placeholders_in(template)
+        used = placeholders_in_order(template)  # in order: a row is named by the first it has
         prefix = (
             template.pop("id")
             if isinstance(template.get("id"), str) and not placeholders_in(template["id"])
@@ -234,7 +241,7 @@ class Expander:
 
     # -- variants -------------------------------------------------------------------------------------
 
-    def _variants(self, entry: Entry, used: set[str]) -> Iterator[Variant]:
+    def _variants(self, entry: Entry, used: list[str]) -> Iterator[Variant]:
         data = entry.data
         levels: list[Iterable[Variant]] = []
         if "for_each" in data:
@@ -267,7 +274,7 @@ class Expander:
                     continue
                 yield Variant({"prompt": text}, (f"{raw}:{number}",), (self._slug(text, 32),))
 
-    def _records(self, entry: Entry, used: set[str]) -> Iterator[Variant]:
+    def _records(self, entry: Entry, used: list[str]) -> Iterator[Variant]:
         source, raw = next(iter(entry.data["for_each"].items()))
         if source == "glob":
             for path in self._glob(raw):
@@ -290,14 +297,15 @@ class Expander:
             meta = {k: v for k, v in record.items() if k not in used}
             yield Variant(dict(record), (f"{raw}:{number}",), (self._slug(key),), meta)
 
-    def _row_key(self, record: Mapping[str, Any], used: set[str]) -> Any:
-        """What names a row without an `id` column: the first column its task uses (`{title}`), so that a
-        column nothing reads (a row number, a note) neither renames it nor makes it a new task; the first
-        column where the task uses none, or in a directory of an older id scheme."""
+    def _row_key(self, record: Mapping[str, Any], used: list[str]) -> Any:
+        """What names a row without an `id` column: the first column its task uses (`used`: in the order
+        the task names them, whatever the order of a JSONL row's keys), so that a column nothing reads (a
+        row number, a note) neither renames it nor makes it a new task; the first column where the task
+        uses none, or in a directory of an older id scheme."""
         if self.used_column:
-            for name, value in record.items():
-                if name in used:
-                    return value
+            for name in used:
+                if name in record:
+                    return record[name]
         return next(iter(record.values()), "")
 
     def _glob(self, pattern: str) -> list[Path]:

@@ -12,9 +12,10 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,100}")
 # resumed run finds its finished tasks under the same ids (batch.output.format).
 ASCII_IDS = 1  # expansions' slugs keep ASCII letters only; a task without expansion: <kind>-<hash>
 READABLE_IDS = 2  # every script transliterated (anyascii); a task without expansion: <prompt slug>-<hash>
-# as READABLE_IDS, but a CSV or JSONL row without an `id` column is named by the first column its task uses,
-# not by its first column: a row-number column, which every row inserted above renumbers, renamed (and so
-# bought again) every row below it, and a JSONL file rewritten with its keys in another order every row
+# as READABLE_IDS, but a CSV or JSONL row without an `id` column is named by the first column its task
+# uses (in the order the task names them), not by its first column: a row-number column, which every row
+# inserted above renumbers, renamed (and so bought again) every row below it, and a JSONL file rewritten
+# with its keys in another order every row
 USED_COLUMN_IDS = 3
 ID_SCHEMES = (ASCII_IDS, READABLE_IDS, USED_COLUMN_IDS)
 LATEST_IDS = USED_COLUMN_IDS  # a new directory's

@@ -15,16 +15,19 @@ CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")  # where anyascii joined two syllable
 
 def placeholders_in(value: Any) -> set[str]:
     """Every placeholder name used in a value (strings inside lists and mappings included)."""
-    found: set[str] = set()
+    return set(placeholders_in_order(value))
+
+
+def placeholders_in_order(value: Any) -> list[str]:
+    """placeholders_in, each name once, in the order they first appear: a mapping's values in its own
+    order, a list's items, a string from left to right."""
+    found: dict[str, None] = {}
     if isinstance(value, str):
-        found.update(m.group(1) for m in PLACEHOLDER.finditer(value) if m.group(1))
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            found |= placeholders_in(item)
-    elif isinstance(value, list):
-        for item in value:
-            found |= placeholders_in(item)
-    return found
+        found.update(dict.fromkeys(m.group(1) for m in PLACEHOLDER.finditer(value) if m.group(1)))
+    elif isinstance(value, Mapping | list):
+        for item in value.values() if isinstance(value, Mapping) else value:
+            found.update(dict.fromkeys(placeholders_in_order(item)))
+    return list(found)
 
 
 class MissingPlaceholder(Exception):

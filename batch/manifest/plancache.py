@@ -23,6 +23,7 @@ from typing import Any
 
 from batch import __version__
 from batch.manifest.read import Mark
+from batch.manifest.regular import open_regular
 from batch.output.files import real_folder, write_atomic, write_atomic_chunks
 from batch.running.order import Order
 
@@ -75,7 +76,7 @@ FORMAT = 3  # of the remembered plan; 2: with estimates; 3: with the marks where
 def key(manifest: Path, settings: Mapping[str, Any]) -> dict[str, Any]:
     """What, besides the source files, a plan depends on."""
     digest = hashlib.sha256()
-    with manifest.open("rb") as handle:
+    with open_regular(manifest) as handle:  # a FIFO or a device is refused (OSError), not read for ever
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return {

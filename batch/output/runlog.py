@@ -16,6 +16,7 @@ not a power cut, and the kernel keeps a write that returned.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections import Counter
@@ -26,7 +27,7 @@ from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
-from batch.output.store import RESULTS, USAGE, Journal, encode_line, finished_results, read_lines
+from batch.output.store import RESULTS, RETRIED, USAGE, Journal, encode_line, finished_results, read_lines
 from batch.running.records import AttemptRecord, RunRecord, attempt_log_line
 
 _string = encode_basestring  # a JSON string, as encode_line writes one (with its quotes)
@@ -155,7 +156,9 @@ def saved(root: Path, pending: Mapping[str, str]) -> set[str]:
     if not billed:
         return set()
     tasks = {pending[request_id] for request_id in billed}
-    finished = {task_id for task_id, _ in finished_results(root / RESULTS) if task_id in tasks}
+    # a result line moved aside by --retry-failed (a failed task, given another go) was saved too
+    lines = itertools.chain(finished_results(root / RESULTS), finished_results(root / RETRIED))
+    finished = {task_id for task_id, _ in lines if task_id in tasks}
     return {request_id for request_id in billed if pending[request_id] in finished}
 
 

@@ -191,6 +191,13 @@ class Runner:
         started = time.monotonic()
         summary = self.summary
         self._emit(RunStarted(summary.total, summary.finished_before, summary.not_run, self._orphaned))
+        if self._orphaned and summary.not_run:  # they may be the tasks to send, under other names
+            logger.warning(  # the run's, not a view's: said with a progress bar too
+                "results.jsonl holds %s result line(s) of tasks this manifest no longer has: a prompt, a "
+                "setting (--set, defaults) or the endpoint changed since they ran, or the task was removed. "
+                "Such a task is a new one, and is sent; `status` counts the old lines apart (orphaned)",
+                f"{self._orphaned:,}",
+            )
         workers = self._settings.limits.concurrency or self._settings.limits.max_concurrency
         # no more workers than the run has tasks to send (a shard's: its tasks, finished ones included,
         # as a shard's finished count is not known here)

@@ -89,17 +89,13 @@ def key_id(api_key: str) -> str:
 
 
 def shown_url(url: str) -> str:
-    """A Redis URL for a message: its password left out."""
+    """A Redis URL for a message: its password left out; host and port as written (a port that is no
+    number is what the message is about)."""
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    host = parts.hostname or ""
+    host = parts.netloc.rpartition("@")[2]
     netloc = (f"{parts.username}:***@" if parts.username else ":***@") + host
-    port = (
-        parts.netloc.rpartition("@")[2].rpartition(":")[2] if ":" in parts.netloc.rpartition("@")[2] else ""
-    )
-    if port:  # as written: a port that is no number is what the message is about
-        netloc += f":{port}"
     return urlunsplit(parts._replace(netloc=netloc))
 
 

@@ -524,6 +524,11 @@ def test_retry_failed_of_a_run_whose_deadline_has_passed_is_not_refused_for_good
         outcome = cli("retry-failed", out, *given, env=env_for(sim))
         assert outcome.code == 1 and "is past" not in outcome.err, outcome.err
     assert sim.state.requests_total == 5  # fine once, refused four times
+    # a recorded deadline still ahead stays beside a --max-duration (the run ends at the earlier)
+    other = tmp_path / "other"
+    assert cli("run", manifest, "--out", other, "--deadline", soon, env=env_for(sim)).code == 1
+    kept = cli("retry-failed", other, "--max-duration", "1h", env=env_for(sim))
+    assert kept.code == 1 and f"--deadline {soon}" in kept.err and "is past" not in kept.err, kept.err
 
 
 def test_retry_failed_on_a_copy_of_dir_acts_on_the_copy(

@@ -138,8 +138,8 @@ def test_an_input_image_replaced_during_the_run_is_not_sent_as_a_task_checked_wi
     )
     with simulator_in_thread(SimConfig(api_key=KEY, latency=1.0)) as sim:
 
-        def replace_when_sent() -> None:
-            sim.state.wait_for_sync(lambda state: state.requests_total >= 1, within=30)
+        def replace_when_sent() -> None:  # in flight: counted in requests_total only once answered
+            sim.state.wait_for_sync(lambda state: state.inflight >= 1, within=30)
             make_image(tmp_path / "a.png", size=(128, 64))  # while the first is answered
 
         replacer = threading.Thread(target=replace_when_sent)

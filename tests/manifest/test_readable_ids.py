@@ -140,3 +140,45 @@ def test_a_row_is_named_by_a_column_its_task_uses_so_inserting_a_row_renames_non
     assert again.code == 0 and "2 already done" in again.out, again.out
     assert sim.state.requests_total == sent + 1  # the new row only
     assert first < set(results(out)) and len(results(out)) == 3
+
+
+def test_a_batch_submitted_with_the_scheme_before_is_still_run_by_its_workers(
+    write: Write, tmp_path: Path
+) -> None:
+    """A batch's plan.json, written by submit before rows were named by a column their task uses, has
+    its tasks' ids made with the scheme before: a worker of this version (its shard's folder new) made
+    them the new way, and refused every shard ('the manifest changed since it was submitted')."""
+    import dataclasses
+
+    from batch.cluster.plan import BatchPlan, order_digest, plan_from, plan_json
+    from batch.cluster.shard import submitted_manifest
+    from batch.config import Options
+
+    write("row,title\n1,Blue mug\n2,Brass lamp\n", "rows.csv")
+    path = write(
+        "tasks:\n  - {kind: chat, model: gemini-2.5-flash, for_each: {csv: rows.csv}, prompt: 'Of {title}'}\n"
+    )
+    before = check(path, BuildSettings(env_endpoint="ep", id_scheme=READABLE_IDS), registry())
+    digest = order_digest(before.plan.order)
+    plan = BatchPlan(str(path), str(tmp_path / "out"), "q", 2, digest, 1, [(0, 1), (1, 2)], endpoint="ep")
+    written = json.loads(plan_json(plan))
+    written.pop("ids", None)  # as the version before wrote it
+    old = plan_from(json.dumps(written), "plan.json")
+    assert submitted_manifest(old, Options(), tmp_path / "shard-0").plan.total == 2
+    assert submitted_manifest(old, Options(), None).plan.total == 2  # submit --resume, status
+    newer = check(path, BuildSettings(env_endpoint="ep"), registry())  # a batch submitted now
+    fresh = dataclasses.replace(old, order_digest=order_digest(newer.plan.order), ids=USED_COLUMN_IDS)
+    assert submitted_manifest(fresh, Options(), tmp_path / "shard-1").plan.total == 2
+
+
+def test_a_jsonl_row_written_with_its_keys_in_another_order_keeps_its_id(write: Write) -> None:
+    """A task that uses two columns: the one that named the row was the first in the line's own order,
+    so a tool that rewrote the file with its keys reordered renamed (and so bought again) every row."""
+    path = write(
+        "tasks:\n  - {kind: chat, model: m, for_each: {jsonl: rows.jsonl}, prompt: 'a {style} {animal}'}\n"
+    )
+    rows = path.parent / "rows.jsonl"
+    rows.write_text('{"style": "pixel", "animal": "owl"}\n')
+    before = ids(path, USED_COLUMN_IDS)
+    rows.write_text('{"animal": "owl", "style": "pixel"}\n')
+    assert ids(path, USED_COLUMN_IDS) == before and before[0].startswith("pixel-")  # {style} comes first

@@ -152,6 +152,10 @@ def test_an_export_is_never_written_over_dirs_own_files(
         assert outcome.code == 64 and f"is {edited}'s own {name.split('/')[0]}" in outcome.err, outcome.err
     assert {name: (edited / name).read_bytes() for name in before} == before
     assert cli("export", edited, "--output", edited / "export.csv").code == 0
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)  # resolve() raises for it: the write says what is wrong, as before
+    looped = cli("export", edited, "--output", loop)
+    assert looped.code == 74 and "Traceback" not in looped.err, looped.err
     assert len(table((edited / "export.csv").read_text())) == 4
 
 

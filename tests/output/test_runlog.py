@@ -77,6 +77,16 @@ def test_a_killed_runs_request_answered_and_saved_is_not_maybe_billed(tmp_path: 
     assert account(runs).maybe_billed == 2  # and read back from the closed log, the same
 
 
+def test_a_killed_runs_answer_whose_failed_line_retry_failed_moved_aside_is_saved(tmp_path: Path) -> None:
+    """--retry-failed moves the failed lines to results.retried.jsonl before the killed run's log is
+    closed: an answer saved as a failed result line was counted maybe billed for good."""
+    runs = tmp_path / "runs"
+    write_log(runs / "1.jsonl", START, {"event": "sent", "request_id": "t0/a.1", "task_id": "t0", "t": 1.0})
+    (tmp_path / "usage.jsonl").write_text(json.dumps({"task_id": "t0", "request_id": "t0/a.1"}) + "\n")
+    (tmp_path / "results.retried.jsonl").write_text(json.dumps({"id": "t0", "status": "failed"}) + "\n")
+    assert account(runs).maybe_billed == 0 and recover(runs).requests == []
+
+
 def test_the_sent_and_done_lines_are_the_records_lines_byte_for_byte(tmp_path: Path) -> None:
     """`sent` and the usual `done` are written out by hand (two lines a request): the same bytes as
     AttemptRecord.to_line through json, whatever the ids hold."""

@@ -4,6 +4,7 @@ used (or --manifest); lines of tasks no longer in it are orphaned, counted apart
 from __future__ import annotations
 
 import json
+import os
 import re
 import tracemalloc
 from collections.abc import Callable
@@ -105,6 +106,9 @@ def test_a_copy_of_the_last_runs_manifest_is_read_with_its_set_values(
     other = write(manifest.read_text() + "  - {kind: generate, prompt: a cat}\n", "other.yaml")
     found = json.loads(cli("status", out, "--json", "--manifest", other).out)
     assert found["pending"] == 3  # another manifest: without the run's --set, as before
+    fifo = tmp_path / "manifest.fifo"  # its bytes were hashed (for ever) before the check refused it
+    os.mkfifo(fifo)
+    assert cli("status", out, "--manifest", fifo).code == 65
 
 
 def test_a_run_and_its_dry_run_say_that_results_of_tasks_no_longer_in_the_manifest_are_there(
@@ -121,6 +125,8 @@ def test_a_run_and_its_dry_run_say_that_results_of_tasks_no_longer_in_the_manife
     assert dry.code == 0 and f"2 result line(s) in {out} are of tasks this manifest no longer has" in dry.out
     again = cli("run", manifest, "--out", out, "--set", "quality=high", "-q", env=env_for(sim))
     assert again.code == 0 and said in again.err  # a warning: --quiet shows it
+    barred = cli("run", manifest, "--out", out, "--set", "quality=low", "--progress", env=env_for(sim))
+    assert barred.code == 0 and "holds 4 result line(s) of tasks this manifest no longer has" in barred.err
     assert "no longer has" not in cli("run", manifest, "--out", out, env=env_for(sim)).err  # none to send
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import anyio
@@ -94,7 +95,7 @@ async def test_an_outage_is_given_up_at_its_limit_though_no_attempt_asks() -> No
             opened = time.monotonic()
             health.failed("503")  # the circuit opens; no attempt comes back to the gate
     assert time.monotonic() - opened >= 0.2
-    assert len(outages) == 1 and "the service has been failing for 0 s" in outages[0]
+    assert len(outages) == 1 and re.search(r"the service has been failing for \d+ s", outages[0])
 
 
 def test_recover_marks_requests_of_a_killed_run_as_maybe_billed(tmp_path: Path) -> None:

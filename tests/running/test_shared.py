@@ -41,6 +41,8 @@ def test_a_redis_url_is_shown_without_its_password() -> None:
     assert shown_url("redis://:hunter2@cache:6380/1") == "redis://:***@cache:6380/1"
     assert shown_url("rediss://app:hunter2@cache/0") == "rediss://app:***@cache/0"
     assert shown_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert shown_url("redis://:hunter2@[::1]/0") == "redis://:***@[::1]/0"  # IPv6, no port
+    assert shown_url("redis://me:hunter2@h:notaport/0") == "redis://me:***@h:notaport/0"  # no traceback
 
 
 def test_rpm_is_spaced_evenly_just_under_the_limit() -> None:
