@@ -410,6 +410,23 @@ def test_one_problem_on_every_jsonl_line_shows_three_lines_and_counts_the_rest(w
     assert str(plan.error()).startswith("40 problems in the manifest:")
 
 
+def test_a_task_with_a_wrong_field_has_its_input_files_checked_too(write: Write, tmp_path: Path) -> None:
+    """A bad `quality` hid a missing image (and a mask of the wrong size) until the next validation:
+    every problem of a task is said at once."""
+    make_image(tmp_path / "photo.png", size=(64, 64))
+    make_mask(tmp_path / "mask.png", size=(32, 32))
+    path = write("""
+        tasks:
+          - {kind: edit, prompt: a, quality: best, image: nosuch.png}
+          - {kind: edit, prompt: b, size: huge, image: photo.png, mask: mask.png}
+    """)
+    found = messages(checked(path))
+    assert any("tasks[0]: quality: must be one of" in m for m in found), found
+    assert any("tasks[0]: image: does not exist" in m for m in found), found
+    assert any("tasks[1]: size: must be one of" in m for m in found), found
+    assert any("tasks[1]: mask: is 32x32 but the first image is 64x64" in m for m in found), found
+
+
 def test_every_problem_of_a_manifest_is_reported_in_one_pass(write: Write, tmp_path: Path) -> None:
     make_image(tmp_path / "photo.png", size=(64, 64))
     make_mask(tmp_path / "mask.png", size=(32, 32))
