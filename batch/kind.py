@@ -142,7 +142,9 @@ class TaskKind:
     def check_inputs(
         self, fields: Mapping[str, Any], inputs: Mapping[Pointer, InputInfo]
     ) -> list[FieldIssue]:
-        """Rules about the input files' contents: formats, sizes, dimensions."""
+        """Rules about the input files' contents: formats, sizes, dimensions. Called whatever `check` found
+        (every problem of a task is said at once): `fields` may hold values `check` refused, so a rule
+        reads `inputs`, and a field only after checking its type."""
         return []
 
     def build_request(self, fields: Mapping[str, Any], read: FileReader) -> ApiRequest:

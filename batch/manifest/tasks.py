@@ -171,7 +171,7 @@ class TaskBuilder:
                 issues.append(FieldIssue("model", typo, fields["model"], guess=True))
         # the input files are looked at whatever else is wrong: every problem of a task is said at once
         fields, inputs = self._resolve_inputs(kind, fields)
-        issues += self._input_issues(kind, fields, inputs, checked=not issues)
+        issues += kind.check_inputs(fields, inputs)
         problems += [self._issue_problem(entry, kind.name, issue) for issue in issues]
         endpoint = self._endpoint(entry, kind, fields, problems)
         task_id = data.get("id")
@@ -231,20 +231,6 @@ class TaskBuilder:
         scoped = overrides.get(kind.name)
         merged.update(scoped if isinstance(scoped, Mapping) else {})  # `--set chat=3` is reported apart
         return merged
-
-    @staticmethod
-    def _input_issues(
-        kind: TaskKind, fields: Mapping[str, Any], inputs: Mapping[Pointer, InputInfo], *, checked: bool
-    ) -> list[FieldIssue]:
-        """The kind's rules about its input files. Where a field is wrong already (`checked` False), a rule
-        that cannot read it is not this task's news: its problems are said, the files' too where they can
-        be (a missing image beside a bad quality was said only at the next validation)."""
-        if checked:
-            return kind.check_inputs(fields, inputs)
-        try:
-            return kind.check_inputs(fields, inputs)
-        except Exception:  # a rule that relies on a field reported wrong above
-            return []
 
     def _resolve_inputs(
         self, kind: TaskKind, fields: dict[str, Any]
