@@ -351,3 +351,85 @@ def test_zeros_after_the_last_gzip_member_are_padding_and_a_surrogate_in_utf8_by
     padded = gzip.compress(IMAGE_BODY) + b"\0" * 512
     assert inflater.feed(padded[:100]) + inflater.feed(padded[100:]) + inflater.finish() == IMAGE_BODY
     assert codec.loads_answer(b'{"a": "x\xed\xa0\x80y"}') == {"a": "x\ufffdy"}
+
+
+# --- an answer that would take gigabytes once parsed ----------------------------------------------------
+
+
+def json_values(value: Any) -> int:
+    """Every value of a parsed JSON value, keys included, itself included."""
+    if isinstance(value, dict):
+        return 1 + sum(1 + json_values(child) for child in value.values())
+    if isinstance(value, list):
+        return 1 + sum(json_values(child) for child in value)
+    return 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[{},{},[],[[]],{}]",
+        '{"a":1,"b":{"c":[1,2,{"d":"e"}]},"f":[]}',
+        '[0,0,1.5,"ab","",true,null,false]',
+        '{"a":{"a":{"a":{}}}}',
+        json.dumps({**IMAGE_ANSWER, "usage": {"input_tokens": 3, "output_tokens": 4}}),
+        json.dumps(chat_answer("commas, colons: and [brackets] {in} text")),
+        "[]",
+        "{}",
+        "7",
+    ],
+)
+def test_the_values_an_answer_is_estimated_to_hold_are_never_fewer_than_it_holds(text: str) -> None:
+    from batch.running.bodies import estimated_values
+
+    assert estimated_values(text.encode()) >= json_values(json.loads(text))
+
+
+def test_an_answer_of_millions_of_tiny_values_is_kept_aside_not_read_nor_bought_again(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """`[{},{},...]` takes 28 times its size in memory once parsed (64 MB: 1.7 GB); under the size cap, it
+    took a whole night's memory. An answer estimated over 256 MB parsed (or 4 times --max-answer-mb) fails
+    its task, kept as it came; with a cap that allows it, the same answer is read."""
+    pad = "[" + "{}," * 1_100_000 + "{}]"  # 3.3 MB: 2.2 million values, some 280 MB estimated
+    text = json.dumps({**IMAGE_ANSWER, "note": "PAD"}).replace('"PAD"', pad)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(text=text, content_type="application/json")
+
+    out = tmp_path / "out"
+    outcome, record, requests = one_task(cli, write, out, handler)
+    assert outcome.code == 1, outcome.err
+    assert record["error"]["type"] == "unreadable_answer", record
+    assert "2,200,0" in record["error"]["message"] and "256 MB" in record["error"]["message"]
+    assert requests == 1 and (out / record["answer_file"]).read_bytes() == text.encode()
+
+    manifest = write("tasks:\n  - {kind: generate, id: odd, prompt: p}\n")
+    with stub_server(handler) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        allowed = cli("run", manifest, "--out", tmp_path / "big", "--max-answer-mb", "80", *FAST, env=env)
+    assert allowed.code == 0, allowed.err
+    assert results(tmp_path / "big")["odd"]["status"] == "succeeded"
+
+
+def test_a_stream_of_millions_of_tiny_values_is_kept_aside_as_far_as_it_came(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The events of a stream are parsed one by one, but kept: their values are counted over the stream."""
+    pad = "[" + "{}," * 30_000 + "{}]"
+    event = json.dumps({**chat_answer("x"), "object": "chat.completion.chunk", "pad": "PAD"})
+    events = [event.replace('"PAD"', pad).encode()] * 50  # 3 million values in all, 60,000 an event
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return sse(*events, b"[DONE]")
+
+    manifest = write("tasks:\n  - {kind: chat, id: odd, model: m, prompt: hi, stream: true}\n")
+    out = tmp_path / "out"
+    with stub_server(handler) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        outcome = cli("run", manifest, "--out", out, *FAST, *ATTEMPTS, env=env)
+    record = results(out)["odd"]
+    assert outcome.code == 1, outcome.err
+    assert record["error"]["type"] == "unreadable_answer", record
+    assert len(stub.requests) == 1
+    assert (out / record["answer_file"]).read_bytes().startswith(b"data: " + events[0])  # as it came
