@@ -59,7 +59,8 @@ exit codes:
   {EXIT_OK}   --burst: no shard is left, queued or taken
   {EXIT_DATAERR}  a shard's manifest changed since it was submitted (the shard is requeued)
   {EXIT_UNAVAILABLE}  the service cannot go on (the shard is requeued)
-  {EXIT_IOERR}  a shard's directory cannot be written (the shard is requeued)
+  {EXIT_IOERR}  a shard's directory cannot be written, or a newer maas-batch submitted the batch
+      (upgrade this worker; the shard is requeued)
   {EXIT_TEMPFAIL}  stopped by SIGTERM, SIGINT or SIGHUP: the shard in hand finished its requests in
       flight and was requeued
   {EXIT_NOPERM}  the API refused the key (the shard is requeued)

@@ -69,7 +69,7 @@ exit codes:
   {EXIT_UNAVAILABLE}  the service cannot go on: quota exhausted, or down longer than --outage-limit
       (run stopped, resumable)
   {EXIT_IOERR}  the output directory cannot be written or read, e.g. disk full or failing (run stopped,
-      resumable), or stdout cannot be written
+      resumable), or a newer maas-batch started it (upgrade), or stdout cannot be written
   {EXIT_TEMPFAIL}  interrupted, or another run holds the output directory (resumable)
   {EXIT_NOPERM}  the API refused the key (run stopped, resumable)
   {EXIT_CONFIG}  configuration missing or wrong: no MAAS_API_KEY, no endpoint, no such endpoint, the API
@@ -92,8 +92,8 @@ exit codes:
   {EXIT_OK}   done
   {EXIT_USAGE}  bad command-line usage, or DIR is not a directory maas-batch has written
   {EXIT_DATAERR}  the --manifest given is invalid (report: or the --prices file)
-  {EXIT_IOERR}  DIR's files cannot be read, or the output cannot be written (a failing or full disk, a
-      folder that is a link)
+  {EXIT_IOERR}  DIR's files cannot be read (or a newer maas-batch wrote them), or the output cannot be
+      written (a failing or full disk, a folder that is a link)
 """
 
 GALLERY_EXIT_CODES = READ_EXIT_CODES + f"  {EXIT_TEMPFAIL}  a run holds DIR now (it writes the page itself)\n"

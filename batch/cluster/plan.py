@@ -9,12 +9,12 @@ import json
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch.errors import OutputError, UsageError
-from batch.manifest.ids import READABLE_IDS
+from batch.manifest.ids import ID_SCHEMES, READABLE_IDS
 from batch.running.order import Order
 
 if TYPE_CHECKING:
@@ -137,13 +137,39 @@ def read_plan(root: Path) -> BatchPlan:
 
 
 def plan_from(text: str | bytes, where: str) -> BatchPlan:
-    """The plan a plan.json holds (`where` names it in the error)."""
+    """The plan a plan.json holds (`where` names it in the error). A newer version's plan (a format, an id
+    scheme or keys this one does not know) is refused with what to do: run as this version reads it, its
+    workers would make other ids than its submit did, and buy finished tasks again."""
     try:
         data = json.loads(text)
+        _refuse_newer(data, where)
         data["shards"] = [(int(start), int(end)) for start, end in data["shards"]]
         return BatchPlan(**data)
     except (ValueError, TypeError, KeyError) as exc:
         raise OutputError(f"{where} is not a plan maas-batch wrote: {exc}") from exc
+
+
+def _refuse_newer(data: Any, where: str) -> None:
+    if not isinstance(data, dict):
+        raise TypeError(f"a {type(data).__name__}, not an object")
+    unknown = sorted(set(data) - {item.name for item in fields(BatchPlan)})
+    scheme, layout = data.get("ids", READABLE_IDS), data.get("format", FORMAT)
+    newer = [f"keys {', '.join(map(repr, unknown))}"] if unknown else []
+    if isinstance(layout, int) and layout > FORMAT:
+        newer.append(f"format {layout}")
+    if isinstance(scheme, int) and scheme not in ID_SCHEMES and scheme > max(ID_SCHEMES):
+        newer.append(f"id scheme {scheme}")
+    if newer:
+        from batch import __version__
+
+        version = data.get("version")
+        by = f"maas-batch {version}" if isinstance(version, str) and version else "another maas-batch"
+        raise OutputError(
+            f"{where} was written by {by}, with {' and '.join(newer)} that maas-batch {__version__} does "
+            "not know: upgrade this machine's maas-batch to the submitting one's version"
+        )
+    if scheme not in ID_SCHEMES or isinstance(scheme, bool):
+        raise ValueError(f"'ids' is {scheme!r}, not one of {', '.join(map(str, ID_SCHEMES))}")
 
 
 def plan_json(plan: BatchPlan) -> bytes:

@@ -182,3 +182,61 @@ def test_a_jsonl_row_written_with_its_keys_in_another_order_keeps_its_id(write: 
     before = ids(path, USED_COLUMN_IDS)
     rows.write_text('{"animal": "owl", "style": "pixel"}\n')
     assert ids(path, USED_COLUMN_IDS) == before and before[0].startswith("pixel-")  # {style} comes first
+
+
+@pytest.mark.parametrize(
+    ("record", "said"),
+    [
+        ('{"ids": 9}\n', "scheme 9, which maas-batch 0.1.0 does not know: a newer version started it"),
+        ('{"ids": 3\n', "is damaged"),
+        ('{"ids": "3"}\n', "is damaged"),
+        ('{"ids": true}\n', "is damaged"),
+        ("", "is damaged"),
+    ],
+)
+def test_a_directory_whose_ids_this_version_cannot_read_is_refused_not_bought_again(
+    record: str,
+    said: str,
+    write: Write,
+    tmp_path: Path,
+    sim: RunningSimulator,
+    cli: Callable[..., Outcome],
+) -> None:
+    """A .format of a newer version's scheme, or damaged, read as no record: the directory holds results,
+    so its ids were taken for the oldest scheme's, and every finished task was bought again."""
+    path, out = manifest(write), tmp_path / "out"
+    assert cli("run", path, "--out", out, env=env_for(sim)).code == 0
+    (out / dir_format.FORMAT).write_text(record)
+    sent = sim.state.requests_total
+    for command in (("run", path, "--out", out), ("status", out, "--manifest", path)):
+        again = cli(*command, env=env_for(sim))
+        assert again.code == 74, again.out + again.err
+        assert said in again.err and "every finished task would be bought again" in again.err, again.err
+    assert sim.state.requests_total == sent, "nothing was sent"
+    assert (out / dir_format.FORMAT).read_text() == record  # left as it was
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"ids": 7}, "with id scheme 7 that maas-batch 0.1.0 does not know: upgrade"),
+        ({"format": 2}, "with format 2 that"),
+        ({"version": "0.3.0", "tags": []}, "written by maas-batch 0.3.0, with keys 'tags' that"),
+        ({"ids": "3"}, "is not a plan maas-batch wrote: 'ids' is '3'"),
+        ({"ids": True}, "is not a plan maas-batch wrote: 'ids' is True"),
+    ],
+)
+def test_a_plan_a_newer_version_submitted_is_refused_with_what_to_do(
+    change: dict[str, object], said: str, tmp_path: Path
+) -> None:
+    """A worker older than its submit would make other ids (the plan's scheme unknown to it) and buy the
+    shards' finished tasks again; it said only 'not a plan maas-batch wrote'."""
+    from batch.cluster.plan import BatchPlan, plan_from, plan_json
+    from batch.errors import OutputError
+
+    plan = BatchPlan("m.yaml", str(tmp_path / "out"), "q", 2, "d", 1, [(0, 1), (1, 2)], endpoint="ep")
+    assert plan_from(plan_json(plan), "plan.json") == plan
+    written = {**json.loads(plan_json(plan)), **change}
+    with pytest.raises(OutputError, match=r"^plan\.json ") as refused:
+        plan_from(json.dumps(written), "plan.json")
+    assert said in str(refused.value)
