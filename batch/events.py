@@ -15,6 +15,7 @@ class RunStarted:
     finished_before: int  # already in results.jsonl: skipped
     pending: int  # to run now
     orphaned: int = 0  # lines of results.jsonl of no task of the manifest as it is now
+    changed: int = 0  # finished tasks whose result lines name another request than the manifest's now
 
 
 @dataclass(frozen=True)

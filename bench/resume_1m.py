@@ -49,6 +49,7 @@ def result_line(i: int) -> str:
         "endpoint": "ep",
         "seconds": 0.299,
         "finished_at": "2026-11-29T21:14:11.443+00:00",
+        "request_sha256": f"{i:016x}",  # not the task's: every line is joined, as when it is
     }
     return json.dumps(line, ensure_ascii=False) + "\n"
 

@@ -144,7 +144,8 @@ def _dry_run(args: argparse.Namespace, options: Options) -> int:
     from batch.kind import builtin_registry as registry
     from batch.manifest.plan import Plan, iter_tasks
     from batch.output.report import format_plan
-    from batch.output.store import RESULTS, finished_results, retried_ids
+    from batch.output.store import RESULTS, finished_results, requested_results, retried_ids
+    from batch.running.finishedset import find_changed
     from batch.running.idset import IdSet
 
     checked = checked_manifest(args.manifest, options, endpoint_for(options), out=args.out)
@@ -178,6 +179,14 @@ def _dry_run(args: argparse.Namespace, options: Options) -> int:
             print(
                 f"{orphaned:,} result line(s) in {args.out} are of tasks this manifest no longer has "
                 "(a prompt, a setting or the endpoint changed since they ran, or the task was removed)"
+            )
+        plan = checked.plan
+        changed = find_changed(plan.order, plan.keys, lambda: requested_results(args.out / RESULTS))
+        if changed:  # as the run warns
+            print(
+                f"{changed:,} finished task(s) ran with another request than the manifest gives them now "
+                "(a prompt, a setting, the endpoint or an input file changed since): a task's id is its "
+                "`id`, and they are not sent again; give them new ids, or run into another --out"
             )
     print("dry run: nothing was sent")
     return EXIT_OK

@@ -175,7 +175,15 @@ def _check(
         return REFUSED
     assert checked.sources is not None
     plancache.save(
-        folder, plan_key, checked.sources, plan.total, plan.counts, plan.order, plan.estimates, plan.marks
+        folder,
+        plan_key,
+        checked.sources,
+        plan.total,
+        plan.counts,
+        plan.order,
+        plan.estimates,
+        plan.marks,
+        plan.keys,
     )
     (folder / INPUTS).write_bytes(pickle.dumps(checked.builder.inspector.known()))
     return READY

@@ -24,6 +24,7 @@ class CheckedManifest:
     cache_key: dict[str, Any] | None = None  # what a remembered plan depends on (None: no cache)
     sources: Sources | None = None  # the files the tasks were made from, as validated
     cached: bool = False  # the plan came from DIR's cache: the manifest was not walked again
+    changed: plancache.Changed | None = None  # what the run that remembered the plan found changed
 
 
 def check(
@@ -49,11 +50,20 @@ def check(
                 total=remembered.total,
                 counts=remembered.counts,
                 order=remembered.order,
+                keys=remembered.keys,
                 estimates=remembered.estimates,
                 marks=remembered.marks,
             )  # its id set is made from the order if asked for (a fresh run never asks)
             builder.trust()
-            return CheckedManifest(manifest, builder, plan, cache_key, remembered.sources, cached=True)
+            return CheckedManifest(
+                manifest,
+                builder,
+                plan,
+                cache_key,
+                remembered.sources,
+                cached=True,
+                changed=remembered.changed,
+            )
     if path is not None:
         sources.file(path, expanded=True)
     plan = check_manifest(manifest, builder)

@@ -38,6 +38,9 @@ class Plan:
     _spread: dict[Problem, tuple[Problem, int, int | None]] = field(default_factory=dict, repr=False)
     dropped: int = 0  # problems past KEEP_PROBLEMS
     order: Order = field(default_factory=Order)  # every task's id digest, in manifest order (on disk)
+    # every task's id and request (request_key), in manifest order: a finished task whose result line
+    # names another request is found changed since it ran (finishedset.find_changed)
+    keys: Order = field(default_factory=Order)
     # estimated tokens per (kind, model): [input, image input, output]
     estimates: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     # an entry's first task every MARK_EVERY tasks or more, in order: a shard's walk starts at the last
@@ -186,6 +189,11 @@ def _identity(entry: Entry | None, item: TaskSpec | list[Problem]) -> tuple[str,
     return None
 
 
+def request_key(task_id: str, request: str) -> int:
+    """The digest of a task's id and its request (TaskSpec.request, as its result line writes it)."""
+    return digest(f"{task_id}\n{request}")
+
+
 def check_manifest(manifest: Manifest, builder: TaskBuilder) -> Plan:
     """Validate every task, and that ids are unique. Streams: the order (8 bytes a task) goes to a
     temporary file a window at a time, and the ids are found unique in it, not in an id set beside it."""
@@ -204,6 +212,7 @@ def check_manifest(manifest: Manifest, builder: TaskBuilder) -> Plan:
             plan.total += 1
             plan.counts[(item.kind, item.model or "-", item.endpoint)] += 1
             plan.order.append(digest(item.id))
+            plan.keys.append(request_key(item.id, item.request or ""))
             plan.estimate(item.kind, item.model or "-", builder.registry[item.kind].estimate(item.fields))
         else:
             for problem in item:

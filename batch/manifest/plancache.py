@@ -8,6 +8,7 @@ change and the manifest is validated again, in full.
 
     DIR/.cache/plan.json   the key, the files, the counts
     DIR/.cache/plan.ids    every task's id digest, 8 bytes each, in manifest order
+    DIR/.cache/plan.keys   every task's id-and-request digest (plan.request_key), 8 bytes each, in order
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from batch.running.order import Order
 FOLDER = ".cache"
 PLAN = "plan.json"
 IDS = "plan.ids"
+KEYS = "plan.keys"
 
 
 @dataclass
@@ -70,7 +72,8 @@ def _stat(path: Path) -> tuple[int, int]:
     return (info.st_size, info.st_mtime_ns)
 
 
-FORMAT = 3  # of the remembered plan; 2: with estimates; 3: with the marks where a walk may start
+# of the remembered plan; 2: with estimates; 3: with the marks where a walk may start; 4: with the keys
+FORMAT = 4
 
 
 def key(manifest: Path, settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -93,9 +96,26 @@ class CachedPlan:
     total: int
     counts: Counter[tuple[str, str, str]]
     order: Order  # id digests in manifest order, as DIR/.cache/plan.ids holds them
+    keys: Order  # id-and-request digests in manifest order, as DIR/.cache/plan.keys holds them
     sources: Sources
     estimates: dict[tuple[str, str], list[int]]
     marks: list[Mark]
+    changed: Changed | None = None  # what the run that remembered it found changed, if it looked
+
+
+@dataclass(frozen=True)
+class Changed:
+    """How many finished tasks had result lines of another request than the plan's (find_changed), when
+    results.jsonl and results.retried.jsonl were so many bytes long. The runs that append to them after
+    are this plan's (another plan's run remembers its own), so their lines are of its requests: while
+    results.jsonl only grew and results.retried.jsonl did not change, the count holds."""
+
+    count: int
+    results_size: int
+    retried_size: int
+
+    def holds(self, results_size: int, retried_size: int) -> bool:
+        return results_size >= self.results_size and retried_size == self.retried_size
 
 
 def save(
@@ -107,11 +127,16 @@ def save(
     order: Order,
     estimates: Mapping[tuple[str, str], list[int]],
     marks: Iterable[Mark] = (),
+    keys: Order | None = None,
+    changed: Changed | None = None,
 ) -> None:
-    """Remember a valid plan (call while holding DIR's lock). OutputError if `folder` is a link."""
+    """Remember a valid plan (call while holding DIR's lock). OutputError if `folder` is a link. Without
+    `keys` (a caller that has none), the plan is remembered with none: the next run checks it again."""
     real_folder(folder)
-    ids = hashlib.sha256()
+    ids, keyed = hashlib.sha256(), hashlib.sha256()
     write_atomic_chunks(folder / IDS, _hashed(order.blocks(), ids))
+    if keys is not None:
+        write_atomic_chunks(folder / KEYS, _hashed(keys.blocks(), keyed))
     document = {
         "key": plan_key,
         "files": sources.files,
@@ -121,9 +146,23 @@ def save(
         "total": total,
         "counts": [[*k, n] for k, n in counts.items()],
         "ids_sha256": ids.hexdigest(),  # of the bytes order.tobytes() gives
+        "keys_sha256": None if keys is None else keyed.hexdigest(),
+        "changed": None if changed is None else [changed.count, changed.results_size, changed.retried_size],
         "marks": [[mark.position, mark.index, mark.line, mark.offset] for mark in marks],
     }
     write_atomic(folder / PLAN, json.dumps(document).encode())
+
+
+def note_changed(folder: Path, changed: Changed) -> None:
+    """Put what a run found changed (found again: what the plan held no longer held) in the plan
+    remembered in `folder`, which is left as it is otherwise. OutputError if it cannot be written."""
+    try:
+        document = json.loads((folder / PLAN).read_bytes())
+    except (OSError, ValueError):
+        return  # no plan remembered: nothing to note it in
+    if isinstance(document, dict):
+        document["changed"] = [changed.count, changed.results_size, changed.retried_size]
+        write_atomic(folder / PLAN, json.dumps(document).encode())
 
 
 def _hashed(blocks: Iterable[bytes], digest: Any) -> Iterator[bytes]:
@@ -141,6 +180,9 @@ def load(folder: Path, plan_key: Mapping[str, Any]) -> CachedPlan | None:
         if not isinstance(document, dict) or document.get("key") != json.loads(json.dumps(plan_key)):
             return None
         if order.sha256() != document.get("ids_sha256"):
+            return None
+        keys = Order.from_file(folder / KEYS)
+        if keys.sha256() != document.get("keys_sha256") or len(keys) != len(order):
             return None
     except (OSError, ValueError):
         return None
@@ -162,7 +204,11 @@ def load(folder: Path, plan_key: Mapping[str, Any]) -> CachedPlan | None:
     marks = _marks(document.get("marks"), len(order))
     if marks is None:  # a walk started at a wrong mark would pass over tasks never sent: check it again
         return None
-    return CachedPlan(int(document["total"]), counts, order, sources, estimates, marks)
+    found = document.get("changed")
+    changed = None
+    if isinstance(found, list) and len(found) == 3 and all(type(number) is int for number in found):
+        changed = Changed(*found)
+    return CachedPlan(int(document["total"]), counts, order, keys, sources, estimates, marks, changed)
 
 
 def _marks(value: Any, total: int) -> list[Mark] | None:

@@ -46,6 +46,9 @@ class TaskSpec:
     inputs: Mapping[Pointer, InputInfo] = field(default_factory=dict)
     meta: Mapping[str, Any] = field(default_factory=dict)
     custom_id: str | None = None  # an OpenAI Batch line's own id, kept for joining
+    # what is sent, as the first 16 hex digits of the sha256 of `canonical` (written in its result line):
+    # a task with its own id that a later run would send otherwise is found changed by it
+    request: str | None = None
 
     @property
     def model(self) -> str | None:
@@ -176,14 +179,12 @@ class TaskBuilder:
         endpoint = self._endpoint(entry, kind, fields, problems)
         task_id = data.get("id")
         content = ""
-        # The digest's JSON encoding is also the check that the fields are plain JSON. Once the manifest
-        # has been checked (the dispatch walk), a task with its own id needs neither: its fields are the
-        # ones checked (a manifest that changes stops the run), and no digest names it.
-        if self.checking or task_id is None:
-            try:
-                content = canonical(kind.name, endpoint or "", fields, inputs)
-            except (TypeError, ValueError):
-                problems += self._json_problems(entry, fields)
+        # The digest's JSON encoding is also the check that the fields are plain JSON. It names a task
+        # without an id, and is what the result line says was sent (TaskSpec.request).
+        try:
+            content = canonical(kind.name, endpoint or "", fields, inputs)
+        except (TypeError, ValueError):
+            problems += self._json_problems(entry, fields)
         meta = data.get("meta", {})
         if not isinstance(meta, dict):
             problems.append(self._problem(entry, "meta", "must be a mapping", meta))
@@ -193,8 +194,9 @@ class TaskBuilder:
         if problems:
             return problems
         assert endpoint is not None
-        if task_id is None:  # an id made from the digest (a task with its own id needs none)
-            task_id = self._generated_id(kind, fields, entry.readable, _sha256(content))
+        request = _sha256(content)
+        if task_id is None:  # an id made from the digest
+            task_id = self._generated_id(kind, fields, entry.readable, request)
         custom_id = data.get("custom_id")
         return TaskSpec(
             task_id,
@@ -207,6 +209,7 @@ class TaskBuilder:
             inputs,
             {**entry.extra_meta, **meta},
             custom_id if isinstance(custom_id, str) else None,
+            request[:16],
         )
 
     def _generated_id(
@@ -407,8 +410,9 @@ def canonical(
     kind: str, endpoint: str, fields: Mapping[str, Any], inputs: Mapping[Pointer, InputInfo]
 ) -> str:
     """What is sent, as one string: kind, endpoint, fields, and the bytes (not the paths) of input files.
-    Its sha256 names a task the manifest gave no id. Raises TypeError or ValueError for fields that are
-    not plain JSON."""
+    Its sha256 names a task the manifest gave no id, and its first 16 hex digits are what every task's
+    result line says was sent (TaskSpec.request). Raises TypeError or ValueError for fields that are not
+    plain JSON."""
     plain = copy.deepcopy(dict(fields)) if inputs else dict(fields)
     for pointer, info in inputs.items():
         _set(plain, pointer, f"sha256:{info.digest}")

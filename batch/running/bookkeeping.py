@@ -103,4 +103,5 @@ def result_line(
         endpoint=spec.endpoint,
         seconds=round(time.monotonic() - started, 3),
         finished_at=now(),
+        request_sha256=spec.request,
     ).to_line()

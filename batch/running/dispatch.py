@@ -84,6 +84,7 @@ class Runner:
         self._tasks = tasks
         self._partial = partial
         self._orphaned = 0 if partial else start.finished.orphaned  # a shard's DIR holds others' lines
+        self._changed = start.finished.changed
         self._out = out
         self._settings = settings
         self._stopping = anyio.Event()
@@ -190,7 +191,17 @@ class Runner:
     async def run(self) -> RunSummary:
         started = time.monotonic()
         summary = self.summary
-        self._emit(RunStarted(summary.total, summary.finished_before, summary.not_run, self._orphaned))
+        self._emit(
+            RunStarted(summary.total, summary.finished_before, summary.not_run, self._orphaned, self._changed)
+        )
+        if self._changed:  # without a word, a fixed prompt or a --set would do nothing
+            logger.warning(
+                "%s finished task(s) ran with another request than the manifest gives them now: a prompt, "
+                "a setting (--set, defaults), the endpoint or an input file changed since. They are not "
+                "sent again: a task's id is its `id`, and results.jsonl holds it. To buy them again, give "
+                "them new ids, or run into another --out",
+                f"{self._changed:,}",
+            )
         if self._orphaned and summary.not_run:  # they may be the tasks to send, under other names
             logger.warning(  # the run's, not a view's: said with a progress bar too
                 "results.jsonl holds %s result line(s) of tasks this manifest no longer has: a prompt, a "

@@ -26,13 +26,14 @@ class Finished:
     and of them how many had a failed line (`failed`); `orphaned`: the result lines whose id is no task
     of the order (a prompt, a setting or the endpoint changed since they ran, or the task was removed)."""
 
-    __slots__ = ("__weakref__", "_bits", "count", "failed", "orphaned")
+    __slots__ = ("__weakref__", "_bits", "changed", "count", "failed", "orphaned")
 
     def __init__(self, size: int = 0) -> None:
         self._bits = bytearray((size + 7) // 8)
         self.count = 0
         self.failed = 0
         self.orphaned = 0
+        self.changed = 0  # of them, those whose result lines name another request (find_changed)
 
     def mark(self, position: int, failed: bool) -> None:
         index, bit = position >> 3, 1 << (position & 7)
@@ -69,6 +70,36 @@ def find_finished(order: Order, lines: Lines) -> Finished:
         except OSError as exc:
             order_module.warn_once(f"finished tasks are looked for in memory (no temporary file: {exc})")
     return _joined_in_memory(order, lines)
+
+
+Requests = Callable[[], Iterable[tuple[str, str]]]  # (id, request) of each result line that names one
+
+
+def find_changed(order: Order, keys: Order, requests: Requests) -> int:
+    """How many tasks of `order` have result lines that name their request (`requests`), none of them the
+    request `keys` gives the task now (plan.request_key of its id and request): a task whose id is its
+    own, run again with another prompt, setting or endpoint, finds its old result and is not sent.
+
+    One join as find_finished's, of the lines (their id, and their id and request) with the order and
+    the keys one after the other: a task is named by a line at its position, and has a line of its
+    request now at its position plus the order's size. 0 when `keys` is not the order's (a plan that has
+    none)."""
+    size = len(order)
+    if len(keys) != size or not size:
+        return 0
+    both = Order()
+    for part in (order, keys):
+        for window in part.windows():
+            both.extend(window)
+
+    def lines() -> Iterator[tuple[str, bool]]:
+        for task_id, request in requests():
+            yield task_id, False
+            yield f"{task_id}\n{request}", False
+
+    found = int.from_bytes(find_finished(both, lines)._bits, "little")
+    named, same = found & ((1 << size) - 1), found >> size
+    return (named & ~same).bit_count()
 
 
 def _joined_in_memory(order: Order, lines: Lines) -> Finished:

@@ -32,11 +32,11 @@ from batch.output import gallery
 from batch.output.format import remember as remember_format
 from batch.output.runlog import RunLog, recover
 from batch.output.scope import scope_of
-from batch.output.store import OutputDir, finished_results, retried_ids
+from batch.output.store import RETRIED, OutputDir, finished_results, requested_results, retried_ids
 from batch.running.budget import ledger_spent
 from batch.running.client import ApiClient, ClientConfig
 from batch.running.dispatch import Runner, RunStart
-from batch.running.finishedset import Finished, find_finished
+from batch.running.finishedset import Finished, find_changed, find_finished
 from batch.running.idset import IdSet
 from batch.running.summary import RunSettings, RunSummary
 
@@ -79,6 +79,14 @@ def _watch(sources: Sources | None) -> Callable[[], bool] | None:
 
 class _PastShard(Exception):
     """Raised by a shard's skip at its end position: nothing after it in the manifest is the shard's."""
+
+
+def _size(path: Path) -> int:
+    """A file's size; 0 if there is none."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _within(positions: tuple[int, int], skip: Callable[[int], bool] | None) -> Callable[[int], bool]:
@@ -124,6 +132,7 @@ class Job:
         self.out = OutputDir(config.out, fsync=config.fsync, sync_interval=config.sync_interval)
         self.runner: Runner | None = None
         self.retried = 0  # failed tasks --retry-failed made pending again
+        self._changed_again = False  # what a remembered plan held changed was looked for again
         self._stop: tuple[str, int] | None = None  # asked for before the runner existed
         self.mirror: Mirror | None = None
 
@@ -193,7 +202,25 @@ class Job:
         """The positions of the plan's tasks that have a result line, and of them those that failed: one
         bit a task, joined with results.jsonl by digest (finishedset.py), not an id set of 8 bytes a line."""
         path = self.out.results.path
-        return find_finished(self.checked.plan.order, lambda: finished_results(path))
+        plan = self.checked.plan
+        found = find_finished(plan.order, lambda: finished_results(path))
+        found.changed = self._changed(found.count)
+        return found
+
+    def _changed(self, finished: int) -> int:
+        """How many finished tasks ran with another request than the plan's (finishedset.find_changed):
+        as the run that remembered the plan found, while what it found still holds (a resume of the same
+        manifest then reads results.jsonl once, not three times); else looked for, and kept to be
+        remembered with the plan."""
+        sizes = (_size(self.out.results.path), _size(self.out.root / RETRIED))
+        then = self.checked.changed
+        if self.checked.cached and then is not None and then.holds(*sizes):
+            return then.count
+        plan, path = self.checked.plan, self.out.results.path
+        count = find_changed(plan.order, plan.keys, lambda: requested_results(path)) if finished else 0
+        self._changed_again = True
+        self.checked.changed = plancache.Changed(count, *sizes)
+        return count
 
     def _prepare(self, loop: str = "asyncio") -> RunStart:
         """Everything a run reads and rewrites in DIR before its first request: blocking file work (the
@@ -261,7 +288,12 @@ class Job:
     def _remember_plan(self) -> None:
         """Save a freshly validated plan in DIR's cache, for the next run of the same manifest."""
         checked = self.checked
-        if checked.cache_key is None or checked.sources is None or not checked.plan.ok or checked.cached:
+        if checked.cache_key is None or checked.sources is None or not checked.plan.ok:
+            return
+        if checked.cached:  # remembered already; what it found changed, if found again
+            if self._changed_again and checked.changed is not None:
+                with contextlib.suppress(OutputError):  # only for speed
+                    plancache.note_changed(self.out.root / plancache.FOLDER, checked.changed)
             return
         plan = checked.plan
         try:
@@ -274,6 +306,8 @@ class Job:
                 plan.order,
                 plan.estimates,
                 plan.marks,
+                plan.keys,
+                checked.changed,
             )
         except OutputError as exc:  # the plan is only remembered for speed: the run goes on without
             log.warning("the plan is not remembered: %s", exc)

@@ -10,6 +10,7 @@ Pure: the files are read and written by output.store.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,11 @@ from batch.kind import TokenCounts
 
 ID_PREFIX = b'{"id": "'
 STATUS_MARK = b'"status": "'  # its first match after the id is the line's own status (then kind)
+# a line's last key, as ResultRecord.to_line writes it: what was sent, as 16 hex digits (request_digest)
+REQUEST_MARK = b', "request_sha256": "'
+REQUEST_TAIL = len(REQUEST_MARK) + 16 + len(b'"}\n')
+_HEX = re.compile("[0-9a-f]{16}")
+_HEX_BYTES = re.compile(b"[0-9a-f]{16}")
 
 
 _this_second: tuple[int, str] = (-1, "")  # the second last stamped, and its date and time formatted
@@ -72,6 +78,13 @@ def _counts(usage: Mapping[str, Any]) -> dict[str, int | float]:
 def _strings(value: Any) -> tuple[str, ...]:
     """A list of names (files, inputs), or none for anything that is not a list."""
     return tuple(str(item) for item in value) if isinstance(value, list | tuple) else ()
+
+
+def _request(value: Any) -> str | None:
+    """A request digest as the tool writes one (16 lowercase hex digits), or None."""
+    if isinstance(value, str) and len(value) == 16 and value.isascii() and _HEX.fullmatch(value):
+        return value
+    return None
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
@@ -151,6 +164,7 @@ _RESULT_KEYS = frozenset(
         "endpoint",
         "seconds",
         "finished_at",
+        "request_sha256",
     )
 )
 
@@ -182,6 +196,9 @@ class ResultRecord:
     maybe_billed: int = 0
     error: ErrorInfo | None = None
     meta: Mapping[str, Any] | None = None
+    # the first 16 hex digits of the sha256 of what was sent (the task's kind, endpoint, fields and input
+    # files' bytes: TaskSpec.request): a task whose id is its own is found changed since it ran by it
+    request_sha256: str | None = None
     # the line as read, every field of it (unknown ones too), for a reader that passes it on whole (the
     # jsonl export); empty for a record built to be written
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -250,6 +267,8 @@ class ResultRecord:
         line["endpoint"] = self.endpoint
         line["seconds"] = self.seconds
         line["finished_at"] = self.finished_at
+        if self.request_sha256 is not None:
+            line["request_sha256"] = self.request_sha256  # last: the checkpoint's fast scan reads it there
         return line
 
     @classmethod
@@ -282,6 +301,7 @@ class ResultRecord:
                 "maybe_billed": _int(line.get("maybe_billed")),
                 "error": ErrorInfo.from_line(line.get("error")),
                 "meta": meta if isinstance(meta, Mapping) else None,
+                "request_sha256": _request(line.get("request_sha256")),
                 "raw": line,
             },
         )
@@ -433,6 +453,29 @@ def attempt_log_line(line: Mapping[str, Any]) -> AttemptRecord | RunRecord | Non
     if event in ("start", "end"):
         return RunRecord.from_line(line)
     return None
+
+
+def requested_entry(raw: bytes) -> tuple[str, str] | None:
+    """(id, request_sha256) of one raw line of results.jsonl (its newline included), or None if it is no
+    result or names no request (a line of an earlier version). Fast for the lines `ResultRecord.to_line`
+    writes: the digest is their last key; any other line is parsed."""
+    tail = raw[-REQUEST_TAIL:]
+    if raw.startswith(ID_PREFIX) and tail.startswith(REQUEST_MARK) and tail.endswith(b'"}\n'):
+        request = tail[len(REQUEST_MARK) : -3]
+        end = raw.find(b'"', len(ID_PREFIX))
+        named = raw[len(ID_PREFIX) : end]
+        if end > 0 and b"\\" not in named and named.isascii() and _HEX_BYTES.fullmatch(request):
+            return named.decode(), request.decode()
+    if REQUEST_MARK[2:] not in raw:  # no line without the key's name can name a request
+        return None
+    try:
+        line = codec.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(line, dict) or not isinstance(line.get("id"), str):
+        return None
+    found = _request(line.get("request_sha256"))
+    return None if found is None else (line["id"], found)
 
 
 def finished_entry(raw: bytes) -> tuple[str, bool] | None:

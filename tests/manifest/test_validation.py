@@ -497,12 +497,16 @@ def test_content_id_is_stable_and_follows_what_is_sent(write: Write, tmp_path: P
     assert next(iter_tasks(other.manifest, other.builder)).id != base[0]
 
 
-def test_the_dispatch_walk_encodes_only_the_tasks_it_must_name(
+def test_both_walks_encode_every_task_and_agree_on_what_it_sends(
     write: Write, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The check walk encodes every task (the check that its fields are plain JSON); the dispatch walk,
-    over fields that passed it, only the tasks whose id is made from the encoding. The ids are the same."""
+    """The check walk encodes every task (the check that its fields are plain JSON, and the plan's keys);
+    the dispatch walk too: a task's result line names what was sent, its own id or not. The ids and the
+    requests are the check's."""
+    import hashlib
+
     from batch.manifest import tasks
+    from batch.manifest.plan import request_key
 
     encoded: list[str] = []
     real = tasks.canonical
@@ -517,8 +521,14 @@ def test_the_dispatch_walk_encodes_only_the_tasks_it_must_name(
     )
     assert result.plan.ok and encoded == ["a fox", "an owl"]
     encoded.clear()
-    ids = [spec.id for spec in iter_tasks(result.manifest, result.builder)]
-    assert encoded == ["an owl"] and ids[0] == "fox" and ids[1].startswith("an-owl-")
+    specs = list(iter_tasks(result.manifest, result.builder))
+    assert encoded == ["a fox", "an owl"] and specs[0].id == "fox" and specs[1].id.startswith("an-owl-")
+    for spec, key in zip(specs, result.plan.keys, strict=True):
+        fields = dict(spec.fields)
+        sent = real(spec.kind, spec.endpoint, fields, spec.inputs)
+        assert spec.request == hashlib.sha256(sent.encode()).hexdigest()[:16]
+        assert key == request_key(spec.id, spec.request)
+    assert specs[1].id.endswith(specs[1].request[:12])  # the id made from the same digest
 
 
 def test_yaml_values_that_are_not_json_are_refused(write: Write) -> None:
