@@ -16,7 +16,7 @@ from batch.manifest.expand import Expander
 from batch.manifest.ids import READABLE_IDS, USED_COLUMN_IDS, valid_id
 from batch.manifest.read import Entry, Manifest, Mark
 from batch.manifest.tasks import TaskBuilder, TaskSpec
-from batch.running.idset import IdSet, digest
+from batch.running.idset import IdSet, digest, request_key
 from batch.running.order import Order
 
 KEEP_PROBLEMS = 200
@@ -187,11 +187,6 @@ def _identity(entry: Entry | None, item: TaskSpec | list[Problem]) -> tuple[str,
     if entry is not None and isinstance(task_id, str) and valid_id(task_id):
         return task_id, entry.label, entry.line
     return None
-
-
-def request_key(task_id: str, request: str) -> int:
-    """The digest of a task's id and its request (TaskSpec.request, as its result line writes it)."""
-    return digest(f"{task_id}\n{request}")
 
 
 def check_manifest(manifest: Manifest, builder: TaskBuilder) -> Plan:

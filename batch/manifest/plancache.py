@@ -8,7 +8,7 @@ change and the manifest is validated again, in full.
 
     DIR/.cache/plan.json   the key, the files, the counts
     DIR/.cache/plan.ids    every task's id digest, 8 bytes each, in manifest order
-    DIR/.cache/plan.keys   every task's id-and-request digest (plan.request_key), 8 bytes each, in order
+    DIR/.cache/plan.keys   every task's id-and-request digest (idset.request_key), 8 bytes each, in order
 """
 
 from __future__ import annotations

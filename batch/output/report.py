@@ -72,7 +72,7 @@ def status(root: Path, scope: Scope | None = None) -> dict[str, Any]:
     maybe-billed, and whether a run holds DIR now. Maybe billed counts every request of every run's
     attempt log whose answer was not saved, whatever ended that run."""
     scope = scope or scope_of(root)
-    succeeded = failed = current = 0
+    succeeded = failed = current = changed = 0
     orphaned: Counter[str] = Counter()
     # failures moved aside by --retry-failed; those without a new line (a retry stopped before sending
     # them again) are pending
@@ -84,6 +84,7 @@ def status(root: Path, scope: Scope | None = None) -> dict[str, Any]:
         retry_pending.discard(record.id)
         if scope.current(record.id):
             current += 1
+            changed += scope.changed(record.id, record.request_sha256)
         else:
             orphaned["failed" if record.failed else "succeeded"] += 1
             if not scope.include_orphaned:
@@ -109,6 +110,8 @@ def status(root: Path, scope: Scope | None = None) -> dict[str, Any]:
         "orphaned": sum(orphaned.values()),
         "orphaned_failed": orphaned["failed"],
         "include_orphaned": scope.include_orphaned,
+        # finished tasks whose result line names another request than the manifest's now (None: unknown)
+        "changed": changed if scope.keys is not None else None,
         "requests": attempts.requests,
         "maybe_billed": attempts.maybe_billed,
         "in_flight": attempts.in_flight,
@@ -151,6 +154,11 @@ def format_status(found: Mapping[str, Any]) -> str:
     orphaned = orphaned_line(found)
     if orphaned:
         lines.append(orphaned)
+    if found.get("changed"):
+        lines.append(
+            f"changed: {found['changed']:,} finished tasks ran with another request than the manifest gives "
+            "them now, and are not sent again (a task's id is its `id`): new ids, or another --out, buy them"
+        )
     if found["retry_pending"]:
         lines.append(
             f"{found['retry_pending']:,} of the pending failed before and were not sent again yet: "

@@ -34,7 +34,7 @@ from batch.output.store import (
     read_lines_with_offsets,
     read_raw_lines_with_offsets,
 )
-from batch.running.idset import IdSet, LineOffsets, digest
+from batch.running.idset import IdSet, LineOffsets, digest, request_key
 from batch.running.order import Order
 from batch.running.records import ResultRecord
 
@@ -79,7 +79,10 @@ class Scope:
     # [start, end), in manifest order; empty for a single run directory
     parts: tuple[Part, ...] = ()
     manifest_sha256: str | None = None  # of the bytes of the manifest the last run checked (its plan's)
+    # the current tasks' digests of id and request (plan.keys), in manifest order; None: not known
+    keys: Order | None = None
     _ids: IdSet | None = field(default=None, repr=False)
+    _keys: IdSet | None = field(default=None, repr=False)
     _said: bool = field(default=False, repr=False)  # that its tasks cannot be listed: said once, not per pass
 
     @property
@@ -101,6 +104,18 @@ class Scope:
                 self._ids.add_digest(key)
             self._ids.freeze()
         return self._ids.contains_digest(digest(task_id))
+
+    def changed(self, task_id: str, request: str | None) -> bool:
+        """Whether a current task's result line names another request than the manifest gives it now
+        (False where either is not known: a line of an earlier version, no keys)."""
+        if request is None or self.keys is None:
+            return False
+        if self._keys is None:
+            self._keys = IdSet()
+            for key in self.keys:
+                self._keys.add_digest(key)
+            self._keys.freeze()
+        return not self._keys.contains_digest(request_key(task_id, request))
 
     def counted(self, task_id: str) -> bool:
         """Whether a result line goes into the totals: a current task's, or any with include_orphaned."""
@@ -139,6 +154,7 @@ def scope_of(
         return Scope(
             manifest=str(manifest),
             order=checked.plan.order,
+            keys=checked.plan.keys if len(checked.plan.keys) == len(checked.plan.order) else None,
             include_orphaned=include_orphaned,
             manifest_path=manifest,
             settings=settings,
@@ -172,6 +188,7 @@ def _remembered(root: Path) -> Scope:
         document = json.loads((folder / plancache.PLAN).read_bytes())
         key = document["key"]
         order = Order.from_file(folder / plancache.IDS)
+        keys = _keys(folder, document, len(order))
         path = Path(str(key["manifest"]))
         settings = dict(key["settings"])
         sha256 = key.get("sha256")
@@ -191,7 +208,19 @@ def _remembered(root: Path) -> Scope:
         settings=settings,
         cache=folder,
         manifest_sha256=sha256 if isinstance(sha256, str) else None,
+        keys=keys,
     )
+
+
+def _keys(folder: Path, document: Any, count: int) -> Order | None:
+    """The remembered plan's keys (DIR/.cache/plan.keys), if they are the ones it names, for its order."""
+    try:
+        keys = Order.from_file(folder / plancache.KEYS)
+    except (OSError, ValueError):
+        return None
+    if len(keys) != count or keys.sha256() != document.get("keys_sha256"):
+        return None
+    return keys
 
 
 def _last_start(folder: Path) -> dict[str, Any]:

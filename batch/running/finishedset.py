@@ -15,7 +15,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator
 
 from batch.running import order as order_module
-from batch.running.idset import IdSet, digest
+from batch.running.idset import IdSet, digest, request_name
 from batch.running.order import Order
 
 Lines = Callable[[], Iterable[tuple[str, bool]]]  # (id, failed) of each result line, from the start
@@ -77,7 +77,7 @@ Requests = Callable[[], Iterable[tuple[str, str]]]  # (id, request) of each resu
 
 def find_changed(order: Order, keys: Order, requests: Requests) -> int:
     """How many tasks of `order` have result lines that name their request (`requests`), none of them the
-    request `keys` gives the task now (plan.request_key of its id and request): a task whose id is its
+    request `keys` gives the task now (idset.request_key of its id and request): a task whose id is its
     own, run again with another prompt, setting or endpoint, finds its old result and is not sent.
 
     One join as find_finished's, of the lines (their id, and their id and request) with the order and
@@ -95,7 +95,7 @@ def find_changed(order: Order, keys: Order, requests: Requests) -> int:
     def lines() -> Iterator[tuple[str, bool]]:
         for task_id, request in requests():
             yield task_id, False
-            yield f"{task_id}\n{request}", False
+            yield request_name(task_id, request), False
 
     found = int.from_bytes(find_finished(both, lines)._bits, "little")
     named, same = found & ((1 << size) - 1), found >> size

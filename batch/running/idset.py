@@ -24,6 +24,16 @@ def digest(task_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(task_id.encode(), digest_size=8).digest(), "little")
 
 
+def request_key(task_id: str, request: str) -> int:
+    """The digest of a task's id and its request (TaskSpec.request, as its result line writes it)."""
+    return digest(request_name(task_id, request))
+
+
+def request_name(task_id: str, request: str) -> str:
+    """What request_key digests: the id and the request, as one name."""
+    return f"{task_id}\n{request}"
+
+
 class IdSet:
     """Add ids, then ask membership. A bucket that was added to is sorted again on the next lookup."""
 

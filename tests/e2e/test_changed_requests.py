@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from batch.manifest.plan import request_key
 from batch.running.finishedset import find_changed
-from batch.running.idset import digest
+from batch.running.idset import digest, request_key
 from batch.running.order import WINDOW, Order
 from batch.running.records import ResultRecord, requested_entry
 from batch.simulator import RunningSimulator
@@ -53,6 +52,11 @@ def test_a_finished_task_whose_request_changed_is_said_not_bought_again(
     fixed = cli("run", manifest(write, "a red fox"), "--out", out, env=env_for(sim))
     assert fixed.code == 0 and f"1 {WARNED}" in fixed.err, fixed.err
     assert sim.state.requests_total == sent and results(out)["fox"] == lines["fox"]
+    # `status` counts it, from the plan the run remembered and with --manifest
+    found = json.loads(cli("status", out, "--json").out)
+    assert found["changed"] == 1 and found["succeeded"] == 3, found
+    assert "changed: 1 finished tasks ran with another request" in cli("status", out).out
+    assert json.loads(cli("status", out, "--json", "--manifest", manifest(write)).out)["changed"] == 0
     # --dry-run says it too; a run of the manifest as it was says nothing
     dry = cli("run", manifest(write, "a red fox"), "--out", out, "--dry-run", env=env_for(sim))
     assert dry.code == 0 and f"1 {WARNED}" in dry.out, dry.out

@@ -506,7 +506,7 @@ def test_both_walks_encode_every_task_and_agree_on_what_it_sends(
     import hashlib
 
     from batch.manifest import tasks
-    from batch.manifest.plan import request_key
+    from batch.running.idset import request_key
 
     encoded: list[str] = []
     real = tasks.canonical
