@@ -1,11 +1,11 @@
-"""What an answer's JSON takes in memory once parsed, beside what the client estimates before parsing it.
+"""What an answer's JSON takes in memory once parsed, against its size: hostile shapes beside the ones the
+API really sends.
 
     python bench/answer_memory.py [--mb 60]
 
-Each shape of answer (an array of one repeated item, --mb MB of it) is parsed by `codec.loads_answer` in
-a fresh subprocess; its memory is the growth of the child's peak RSS (ru_maxrss) over the parse. The
-estimate is `bodies.estimated_values` times VALUE_BYTES, what `decode_json` compares with its budget
-(`parsed_budget`: 256 MB, or 4 times --max-answer-mb).
+Each shape (an array of one repeated item, --mb MB of it) is parsed by `codec.loads_answer` in a fresh
+subprocess; its memory is the growth of the child's peak RSS (ru_maxrss) over the parse. A stream's chunks
+are parsed one event at a time and kept, as the client keeps them, so they are measured as one array.
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ import json
 import subprocess
 import sys
 
+CHUNK = (
+    b'{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1764460800,"model":"gemini-2.5-flash",'
+    b'"choices":[{"index":0,"delta":{"content":" word"},"finish_reason":null}]},'
+)
 SHAPES = {
     "empty objects": b"{},",
     "empty arrays": b"[],",
@@ -23,24 +27,19 @@ SHAPES = {
     "floats": b"1.5,",
     "short strings": b'"ab",',
     "token logprobs": b'{"token":"Hello","logprob":-0.0012,"bytes":[72,101,108,108,111],"top_logprobs":[]},',
-    "base64 image": b'{"b64_json":"' + b"QUJD" * 2**18 + b'"},',
+    "stream chunks": CHUNK,
 }
 
 CHILD = """
-import json, resource, sys, time
+import json, resource, sys
 from batch import codec
-from batch.running.bodies import VALUE_BYTES, estimated_values
 unit, size = sys.stdin.buffer.read(), int(sys.argv[1])
 raw = b"[" + unit * max(1, size // len(unit))
 raw = raw[:-1] + b"]"
-start = time.perf_counter()
-values = estimated_values(raw)
-counted = time.perf_counter() - start
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 parsed = codec.loads_answer(raw)
 grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
-row = {"bytes": len(raw), "parsed": grown, "values": values, "count_s": counted}
-print(json.dumps({**row, "estimate": values * VALUE_BYTES}))
+print(json.dumps({"bytes": len(raw), "parsed": grown}))
 """
 
 
@@ -49,18 +48,14 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=60.0, help="size of each answer (default 60)")
     args = parser.parse_args()
     size = int(args.mb * 2**20)
-    header = ("shape", "JSON MB", "parsed MB", "x size", "estimate MB", "est/parsed", "count ms/MB")
-    print(f"{header[0]:<20} " + " ".join(f"{name:>{len(name) + 1}}" for name in header[1:]))
+    print(f"{'shape':<20} {'JSON MB':>8} {'parsed MB':>10} {'x size':>7}")
     for name, unit in SHAPES.items():
         out = subprocess.run(
             [sys.executable, "-c", CHILD, str(size)], input=unit, check=True, capture_output=True
         ).stdout
         row = json.loads(out)
-        mb, parsed, estimate = row["bytes"] / 2**20, row["parsed"] / 2**20, row["estimate"] / 2**20
-        print(
-            f"{name:<20} {mb:>8.1f} {parsed:>10.0f} {parsed / mb:>7.1f} {estimate:>12.0f} "
-            f"{estimate / max(parsed, 1):>11.2f} {row['count_s'] * 1000 / mb:>12.2f}"
-        )
+        mb, parsed = row["bytes"] / 2**20, row["parsed"] / 2**20
+        print(f"{name:<20} {mb:>8.1f} {parsed:>10.0f} {parsed / mb:>7.1f}")
 
 
 if __name__ == "__main__":

@@ -178,54 +178,12 @@ async def inflated(pieces: AsyncIterator[bytes], inflater: Inflater, raw: bytear
     yield out
 
 
-# What JSON's values take once parsed, at most: an answer of 64 MB of `{"a":1},` took 1.8 GB. Each value but
-# the first of an object or array comes after a comma or a colon, and each container opens with a bracket:
-# counted, these bound the values (and more: prose in strings has commas too). 128 bytes a value is more
-# than each shape measured took (BENCHMARKS.md, "a hostile answer's memory").
-VALUE_BYTES = 128
-LEAST_PARSED_BYTES = 256 * 2**20  # the memory an answer may take parsed, whatever --max-answer-mb is
-PARSED_PER_BODY_BYTE = 4  # ... or this many times --max-answer-mb, if more
-
-
-def parsed_budget(max_body: int) -> int:
-    """The memory an answer of at most `max_body` bytes may take once parsed (as estimated_values says)."""
-    return max(LEAST_PARSED_BYTES, PARSED_PER_BODY_BYTE * max_body)
-
-
-def estimated_values(raw: bytes) -> int:
-    """At least as many as the JSON values in `raw` (commas, colons and brackets, one more)."""
-    return raw.count(b",") + raw.count(b":") + raw.count(b"{") + raw.count(b"[") + 1
-
-
-def refuse_expanding(raw: bytes, values: int, budget: int) -> None:
-    """A whole answer whose values would take more memory than `budget` once parsed: a hostile or broken
-    server's `[{},{},...]` (30 times its size in memory). It arrived whole and was paid for: kept in
-    answers/, its task fails, not bought again."""
-    if values * VALUE_BYTES > budget:
-        raise BrokenAnswerError(
-            f"the answer holds some {values:,} JSON values: read, they would take more than the "
-            f"{budget // 2**20:,} MB of memory an answer may (4 times --max-answer-mb, at least "
-            f"{LEAST_PARSED_BYTES // 2**20} MB)",
-            error_type="unreadable_answer",
-            raw=raw,
-        )
-
-
-def _loads_within(raw: bytes, budget: int) -> Any:
-    if (len(raw) + 1) * VALUE_BYTES > budget and raw.lstrip()[:1] in (b"{", b"["):  # else: no more
-        refuse_expanding(raw, estimated_values(raw), budget)
-    return codec.loads_answer(raw)
-
-
-async def decode_json(raw: bytes, content_type: str, budget: int = LEAST_PARSED_BYTES) -> Any:
-    """The answer's JSON value; BrokenAnswerError for one that is not JSON (retried), or that is nested
-    deeper than the journals keep or would take more than `budget` bytes of memory parsed (the task fails,
-    the answer kept)."""
+async def decode_json(raw: bytes, content_type: str) -> Any:
     try:
         if len(raw) > THREAD_DECODE_BYTES:
-            body = await anyio.to_thread.run_sync(_loads_within, raw, budget)
+            body = await anyio.to_thread.run_sync(codec.loads_answer, raw)
         else:
-            body = _loads_within(raw, budget)
+            body = codec.loads_answer(raw)
         refuse_deep(raw, body)
         return body
     except (ValueError, UnicodeDecodeError, RecursionError):

@@ -30,12 +30,9 @@ from batch.running.bodies import (
     decode_json,
     embedded_status,
     error_details,
-    estimated_values,
     inflated,
     last_usage,
-    parsed_budget,
     refuse_deep,
-    refuse_expanding,
     short,
     snippet,
     sse_data,
@@ -96,7 +93,6 @@ class ApiClient:
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
         self.scrub = Scrubber(config.api_key)
-        self._parsed_budget = parsed_budget(config.max_body_bytes)  # an answer's memory, once parsed
         never_write(config.api_key)  # nor into DIR's journals, in whatever form an answer carried it
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[tuple[str, str], str] = {}
@@ -226,7 +222,7 @@ class ApiClient:
         if stream and content_type.startswith("text/event-stream") and not _unknown_coding(response):
             return await self._read_events(response)
         raw = await self._read_capped(response, self.config.max_body_bytes)
-        body = await decode_json(raw, content_type, self._parsed_budget)
+        body = await decode_json(raw, content_type)
         if (
             isinstance(body, dict)
             and isinstance(body.get("error"), dict | str)
@@ -274,7 +270,6 @@ class ApiClient:
         (whether that end came too early is the kind's to judge, from the chunks)."""
         chunks: list[Any] = []
         raw = bytearray()
-        values = 0  # in the events so far, as estimated_values counts them
         inflater = Inflater(response.headers.get("Content-Encoding", ""), self.config.max_body_bytes)
         events = sse_data(inflated(response.content.iter_any(), inflater, raw))
         try:
@@ -291,10 +286,8 @@ class ApiClient:
                         retry=True,
                         raw=self.scrub.bytes(bytes(raw)),
                     ) from None
-                values += estimated_values(data)
                 try:
                     refuse_deep(data, chunk)
-                    refuse_expanding(data, values, self._parsed_budget)
                 except BrokenAnswerError as exc:  # the stream so far is what is kept, with its usage
                     exc.raw, exc.usage = self.scrub.bytes(bytes(raw)), last_usage(chunks)
                     raise
