@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -181,7 +182,13 @@ def _dry_run(args: argparse.Namespace, options: Options) -> int:
                 "(a prompt, a setting or the endpoint changed since they ran, or the task was removed)"
             )
         plan = checked.plan
-        changed = find_changed(plan.order, plan.keys, lambda: requested_results(args.out / RESULTS))
+        failing = IdSet(task_id for task_id, failed in finished if failed) if retry else IdSet()
+        failing.freeze()  # with --retry-failed, their lines go aside and they are sent: not kept
+
+        def kept() -> Iterator[tuple[str, str]]:
+            return (line for line in requested_results(args.out / RESULTS) if line[0] not in failing)
+
+        changed = find_changed(plan.order, plan.requests, kept)
         if changed:  # as the run warns
             print(
                 f"{changed:,} finished task(s) ran with another request than the manifest gives them now "

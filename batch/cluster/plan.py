@@ -170,6 +170,8 @@ def _refuse_newer(data: Any, where: str) -> None:
         )
     if scheme not in ID_SCHEMES or isinstance(scheme, bool):
         raise ValueError(f"'ids' is {scheme!r}, not one of {', '.join(map(str, ID_SCHEMES))}")
+    if type(layout) is not int:
+        raise ValueError(f"'format' is {layout!r}, not a number")
 
 
 def plan_json(plan: BatchPlan) -> bytes:

@@ -183,7 +183,7 @@ def _check(
         plan.order,
         plan.estimates,
         plan.marks,
-        plan.keys,
+        plan.requests,
     )
     (folder / INPUTS).write_bytes(pickle.dumps(checked.builder.inspector.known()))
     return READY

@@ -50,7 +50,7 @@ def check(
                 total=remembered.total,
                 counts=remembered.counts,
                 order=remembered.order,
-                keys=remembered.keys,
+                requests=remembered.requests,
                 estimates=remembered.estimates,
                 marks=remembered.marks,
             )  # its id set is made from the order if asked for (a fresh run never asks)

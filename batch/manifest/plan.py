@@ -16,7 +16,7 @@ from batch.manifest.expand import Expander
 from batch.manifest.ids import READABLE_IDS, USED_COLUMN_IDS, valid_id
 from batch.manifest.read import Entry, Manifest, Mark
 from batch.manifest.tasks import TaskBuilder, TaskSpec
-from batch.running.idset import IdSet, digest, request_key
+from batch.running.idset import IdSet, digest
 from batch.running.order import Order
 
 KEEP_PROBLEMS = 200
@@ -38,9 +38,10 @@ class Plan:
     _spread: dict[Problem, tuple[Problem, int, int | None]] = field(default_factory=dict, repr=False)
     dropped: int = 0  # problems past KEEP_PROBLEMS
     order: Order = field(default_factory=Order)  # every task's id digest, in manifest order (on disk)
-    # every task's id and request (request_key), in manifest order: a finished task whose result line
-    # names another request is found changed since it ran (finishedset.find_changed)
-    keys: Order = field(default_factory=Order)
+    # every task's request (TaskSpec.request, its 16 hex digits as a number), in manifest order: a finished
+    # task whose result line names another is found changed since it ran (finishedset.find_changed), and
+    # the dispatch walk names each task's request from it, rather than encode the task again
+    requests: Order = field(default_factory=Order)
     # estimated tokens per (kind, model): [input, image input, output]
     estimates: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     # an entry's first task every MARK_EVERY tasks or more, in order: a shard's walk starts at the last
@@ -207,7 +208,7 @@ def check_manifest(manifest: Manifest, builder: TaskBuilder) -> Plan:
             plan.total += 1
             plan.counts[(item.kind, item.model or "-", item.endpoint)] += 1
             plan.order.append(digest(item.id))
-            plan.keys.append(request_key(item.id, item.request or ""))
+            plan.requests.append(int(item.request or "0", 16))
             plan.estimate(item.kind, item.model or "-", builder.registry[item.kind].estimate(item.fields))
         else:
             for problem in item:
@@ -253,6 +254,7 @@ def iter_tasks(
     changed: Callable[[], bool] | None = None,
     begin: Mark | None = None,
     order: Sequence[int] | None = None,
+    requests: Sequence[int] | None = None,
 ) -> Iterator[TaskSpec]:
     """The TaskSpecs of a manifest that `check_manifest` passed, but for the positions `skip` passes over
     (from the mark `begin` of that check, if given). A manifest, or a file its tasks are expanded from,
@@ -260,22 +262,32 @@ def iter_tasks(
     raises ManifestError rather than sending a task that was never checked. With the plan's `order`, so
     does a task that is not the one the check found at its position, or one past the last: a manifest
     rewritten or appended to between two of `changed`'s looks (a long stretch of finished tasks on a
-    resume) stops the walk there, rather than sending a task twice or one never checked."""
+    resume) stops the walk there, rather than sending a task twice or one never checked. With the plan's
+    `requests` too (as long as the order), each task's request is the one the check named: a task with
+    its own id is not encoded again."""
     position = -1
+    if requests is not None and (order is None or len(requests) != len(order)):
+        requests = None
 
     def passed(at: int) -> bool:
         nonlocal position
         position = at
         if order is not None and at >= len(order):
             raise ManifestError([Problem(manifest.name, None, CHANGED)])
-        return skip is not None and skip(at)
+        skipped = skip is not None and skip(at)
+        if requests is not None:  # for the task at `at` (built next, unless skipped)
+            builder.next_request = None if skipped else f"{requests[at]:016x}"
+        return skipped
 
     watched = passed if skip is not None or order is not None else None
-    for count, (_, item) in enumerate(walk(manifest, builder, watched, begin)):
-        if changed is not None and count % 64 == 0 and changed():
-            raise ManifestError([Problem(manifest.name, None, CHANGED)])
-        if not isinstance(item, TaskSpec):
-            raise ManifestError(item)
-        if order is not None and digest(item.id) != order[position]:
-            raise ManifestError([Problem(manifest.name, item.line, CHANGED)])
-        yield item
+    try:
+        for count, (_, item) in enumerate(walk(manifest, builder, watched, begin)):
+            if changed is not None and count % 64 == 0 and changed():
+                raise ManifestError([Problem(manifest.name, None, CHANGED)])
+            if not isinstance(item, TaskSpec):
+                raise ManifestError(item)
+            if order is not None and digest(item.id) != order[position]:
+                raise ManifestError([Problem(manifest.name, item.line, CHANGED)])
+            yield item
+    finally:
+        builder.next_request = None  # named for no task once the walk is over

@@ -8,7 +8,7 @@ change and the manifest is validated again, in full.
 
     DIR/.cache/plan.json   the key, the files, the counts
     DIR/.cache/plan.ids    every task's id digest, 8 bytes each, in manifest order
-    DIR/.cache/plan.keys   every task's id-and-request digest (idset.request_key), 8 bytes each, in order
+    DIR/.cache/plan.requests  every task's request digest (TaskSpec.request), 8 bytes each, in order
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from batch.running.order import Order
 FOLDER = ".cache"
 PLAN = "plan.json"
 IDS = "plan.ids"
-KEYS = "plan.keys"
+REQUESTS = "plan.requests"
 
 
 @dataclass
@@ -72,7 +72,7 @@ def _stat(path: Path) -> tuple[int, int]:
     return (info.st_size, info.st_mtime_ns)
 
 
-# of the remembered plan; 2: with estimates; 3: with the marks where a walk may start; 4: with the keys
+# of the remembered plan; 2: with estimates; 3: with the marks where a walk may start; 4: with requests
 FORMAT = 4
 
 
@@ -96,7 +96,7 @@ class CachedPlan:
     total: int
     counts: Counter[tuple[str, str, str]]
     order: Order  # id digests in manifest order, as DIR/.cache/plan.ids holds them
-    keys: Order  # id-and-request digests in manifest order, as DIR/.cache/plan.keys holds them
+    requests: Order  # request digests in manifest order, as DIR/.cache/plan.requests holds them
     sources: Sources
     estimates: dict[tuple[str, str], list[int]]
     marks: list[Mark]
@@ -108,7 +108,10 @@ class Changed:
     """How many finished tasks had result lines of another request than the plan's (find_changed), when
     results.jsonl and results.retried.jsonl were so many bytes long. The runs that append to them after
     are this plan's (another plan's run remembers its own), so their lines are of its requests: while
-    results.jsonl only grew and results.retried.jsonl did not change, the count holds."""
+    results.jsonl only grew and results.retried.jsonl did not change, the count holds. Not quite: a run
+    that remembers no plan (one from the library with a manifest built in code, one whose plan could not
+    be saved) may add lines of other requests, uncounted until results.jsonl is rewritten. It can only
+    leave a warning unsaid, never send a task."""
 
     count: int
     results_size: int
@@ -127,16 +130,17 @@ def save(
     order: Order,
     estimates: Mapping[tuple[str, str], list[int]],
     marks: Iterable[Mark] = (),
-    keys: Order | None = None,
+    requests: Order | None = None,
     changed: Changed | None = None,
 ) -> None:
     """Remember a valid plan (call while holding DIR's lock). OutputError if `folder` is a link. Without
-    `keys` (a caller that has none), the plan is remembered with none: the next run checks it again."""
+    `requests` (a caller that has none), the plan is remembered with none: the next run checks it
+    again."""
     real_folder(folder)
-    ids, keyed = hashlib.sha256(), hashlib.sha256()
+    ids, sent = hashlib.sha256(), hashlib.sha256()
     write_atomic_chunks(folder / IDS, _hashed(order.blocks(), ids))
-    if keys is not None:
-        write_atomic_chunks(folder / KEYS, _hashed(keys.blocks(), keyed))
+    if requests is not None:
+        write_atomic_chunks(folder / REQUESTS, _hashed(requests.blocks(), sent))
     document = {
         "key": plan_key,
         "files": sources.files,
@@ -146,7 +150,7 @@ def save(
         "total": total,
         "counts": [[*k, n] for k, n in counts.items()],
         "ids_sha256": ids.hexdigest(),  # of the bytes order.tobytes() gives
-        "keys_sha256": None if keys is None else keyed.hexdigest(),
+        "requests_sha256": None if requests is None else sent.hexdigest(),
         "changed": None if changed is None else [changed.count, changed.results_size, changed.retried_size],
         "marks": [[mark.position, mark.index, mark.line, mark.offset] for mark in marks],
     }
@@ -181,8 +185,8 @@ def load(folder: Path, plan_key: Mapping[str, Any]) -> CachedPlan | None:
             return None
         if order.sha256() != document.get("ids_sha256"):
             return None
-        keys = Order.from_file(folder / KEYS)
-        if keys.sha256() != document.get("keys_sha256") or len(keys) != len(order):
+        requests = Order.from_file(folder / REQUESTS)
+        if requests.sha256() != document.get("requests_sha256") or len(requests) != len(order):
             return None
     except (OSError, ValueError):
         return None
@@ -208,7 +212,7 @@ def load(folder: Path, plan_key: Mapping[str, Any]) -> CachedPlan | None:
     changed = None
     if isinstance(found, list) and len(found) == 3 and all(type(number) is int for number in found):
         changed = Changed(*found)
-    return CachedPlan(int(document["total"]), counts, order, keys, sources, estimates, marks, changed)
+    return CachedPlan(int(document["total"]), counts, order, requests, sources, estimates, marks, changed)
 
 
 def _marks(value: Any, total: int) -> list[Mark] | None:

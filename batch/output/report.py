@@ -111,7 +111,7 @@ def status(root: Path, scope: Scope | None = None) -> dict[str, Any]:
         "orphaned_failed": orphaned["failed"],
         "include_orphaned": scope.include_orphaned,
         # finished tasks whose result line names another request than the manifest's now (None: unknown)
-        "changed": changed if scope.keys is not None else None,
+        "changed": changed if scope.requests is not None else None,
         "requests": attempts.requests,
         "maybe_billed": attempts.maybe_billed,
         "in_flight": attempts.in_flight,

@@ -79,10 +79,10 @@ class Scope:
     # [start, end), in manifest order; empty for a single run directory
     parts: tuple[Part, ...] = ()
     manifest_sha256: str | None = None  # of the bytes of the manifest the last run checked (its plan's)
-    # the current tasks' digests of id and request (plan.keys), in manifest order; None: not known
-    keys: Order | None = None
+    # the current tasks' request digests (plan.requests), in manifest order; None: not known
+    requests: Order | None = None
     _ids: IdSet | None = field(default=None, repr=False)
-    _keys: IdSet | None = field(default=None, repr=False)
+    _keys: IdSet | None = field(default=None, repr=False)  # request_key of each task's id and request
     _said: bool = field(default=False, repr=False)  # that its tasks cannot be listed: said once, not per pass
 
     @property
@@ -108,14 +108,14 @@ class Scope:
     def changed(self, task_id: str, request: str | None) -> bool:
         """Whether a current task's result line names another request than the manifest gives it now
         (False where either is not known: a line of an earlier version, no keys)."""
-        if request is None or self.keys is None:
+        if request is None or self.requests is None or self.order is None:
             return False
         if self._keys is None:
             self._keys = IdSet()
-            for key in self.keys:
+            for key in map(request_key, self.order, self.requests):
                 self._keys.add_digest(key)
             self._keys.freeze()
-        return not self._keys.contains_digest(request_key(task_id, request))
+        return not self._keys.contains_digest(request_key(digest(task_id), int(request, 16)))
 
     def counted(self, task_id: str) -> bool:
         """Whether a result line goes into the totals: a current task's, or any with include_orphaned."""
@@ -154,7 +154,7 @@ def scope_of(
         return Scope(
             manifest=str(manifest),
             order=checked.plan.order,
-            keys=checked.plan.keys if len(checked.plan.keys) == len(checked.plan.order) else None,
+            requests=checked.plan.requests if len(checked.plan.requests) == len(checked.plan.order) else None,
             include_orphaned=include_orphaned,
             manifest_path=manifest,
             settings=settings,
@@ -188,7 +188,7 @@ def _remembered(root: Path) -> Scope:
         document = json.loads((folder / plancache.PLAN).read_bytes())
         key = document["key"]
         order = Order.from_file(folder / plancache.IDS)
-        keys = _keys(folder, document, len(order))
+        requests = _requests(folder, document, len(order))
         path = Path(str(key["manifest"]))
         settings = dict(key["settings"])
         sha256 = key.get("sha256")
@@ -208,19 +208,20 @@ def _remembered(root: Path) -> Scope:
         settings=settings,
         cache=folder,
         manifest_sha256=sha256 if isinstance(sha256, str) else None,
-        keys=keys,
+        requests=requests,
     )
 
 
-def _keys(folder: Path, document: Any, count: int) -> Order | None:
-    """The remembered plan's keys (DIR/.cache/plan.keys), if they are the ones it names, for its order."""
+def _requests(folder: Path, document: Any, count: int) -> Order | None:
+    """The remembered plan's requests (DIR/.cache/plan.requests), if they are the ones it names, for its
+    order."""
     try:
-        keys = Order.from_file(folder / plancache.KEYS)
+        requests = Order.from_file(folder / plancache.REQUESTS)
     except (OSError, ValueError):
         return None
-    if len(keys) != count or keys.sha256() != document.get("keys_sha256"):
+    if len(requests) != count or requests.sha256() != document.get("requests_sha256"):
         return None
-    return keys
+    return requests
 
 
 def _last_start(folder: Path) -> dict[str, Any]:

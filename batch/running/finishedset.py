@@ -13,9 +13,10 @@ import os
 import tempfile
 from array import array
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from batch.running import order as order_module
-from batch.running.idset import IdSet, digest, request_name
+from batch.running.idset import IdSet, digest, request_key
 from batch.running.order import Order
 
 Lines = Callable[[], Iterable[tuple[str, bool]]]  # (id, failed) of each result line, from the start
@@ -62,47 +63,108 @@ class Finished:
 
 def find_finished(order: Order, lines: Lines) -> Finished:
     """The positions of `order` whose digest is that of an id of `lines` (an id may come more than once,
-    or not be in the order); failed: those that came with a failed line. `lines` is called once, or
-    twice where the temporary file fails part-way (the join then starts again in memory)."""
+    or not be in the order); failed: those that came with a failed line. `lines` is called once, twice
+    where they are more than FEW (then joined through a temporary file), or three times where that file
+    fails part-way (the join then starts again in memory)."""
+    return _joined(order, lines, digest)
+
+
+Keyed = Callable[[], Iterable[tuple[Any, bool]]]  # lines as (what key_of makes a digest of, failed)
+
+
+def _joined(order: Order, lines: Keyed, key_of: Callable[[Any], int]) -> Finished:
+    """find_finished, with each line's digest made by `key_of` from what it gives."""
     if order.on_disk:
+        few = _joined_few(order, lines, key_of)
+        if few is not None:
+            return few
         try:
-            return _joined_on_disk(order, lines)
+            return _joined_on_disk(order, lines, key_of)
         except OSError as exc:
             order_module.warn_once(f"finished tasks are looked for in memory (no temporary file: {exc})")
-    return _joined_in_memory(order, lines)
+    return _joined_in_memory(order, lines, key_of)
 
 
 Requests = Callable[[], Iterable[tuple[str, str]]]  # (id, request) of each result line that names one
 
 
-def find_changed(order: Order, keys: Order, requests: Requests) -> int:
-    """How many tasks of `order` have result lines that name their request (`requests`), none of them the
-    request `keys` gives the task now (idset.request_key of its id and request): a task whose id is its
-    own, run again with another prompt, setting or endpoint, finds its old result and is not sent.
+def find_changed(order: Order, requests: Order, lines: Requests) -> int:
+    """How many tasks of `order` have result lines that name their request (`lines`), none of them the
+    request `requests` gives the task now: a task whose id is its own, run again with another prompt,
+    setting or endpoint, finds its old result and is not sent.
 
-    One join as find_finished's, of the lines (their id, and their id and request) with the order and
-    the keys one after the other: a task is named by a line at its position, and has a line of its
-    request now at its position plus the order's size. 0 when `keys` is not the order's (a plan that has
-    none)."""
+    At most FEW lines are held (a set of each), and the order read past them. More are joined as
+    find_finished joins, of the lines (their id's digest, and its request_key with their request) with
+    the order and its request keys one after the other: a task is named by a line at its position, and
+    has a line of its request now at its position plus the order's size. 0 when `requests` is not the
+    order's (a plan that has none)."""
     size = len(order)
-    if len(keys) != size or not size:
+    if len(requests) != size or not size:
         return 0
+    named: array[int] = array("Q")  # each line's id digest and request, while there are FEW at most
+    sent: array[int] = array("Q")
+    for task_id, request in lines():
+        if len(named) == FEW:
+            break
+        named.append(digest(task_id))
+        sent.append(int(request, 16))
+    else:  # a few: the order read past them (a shard's resume, a store's), not joined through a file
+        ids, same = set(named), set(map(request_key, named, sent))
+        changed = 0
+        for start in range(0, size, order_module.WINDOW):
+            window = order[start : start + order_module.WINDOW]
+            for offset, key in enumerate(window):
+                if key in ids and request_key(key, requests[start + offset]) not in same:
+                    changed += 1
+        return changed
     both = Order()
-    for part in (order, keys):
-        for window in part.windows():
-            both.extend(window)
+    for window in order.windows():
+        both.extend(window)
+    for start in range(0, size, order_module.WINDOW):
+        stop = start + order_module.WINDOW
+        both.extend(array("Q", map(request_key, order[start:stop], requests[start:stop])))
 
-    def lines() -> Iterator[tuple[str, bool]]:
-        for task_id, request in requests():
-            yield task_id, False
-            yield request_name(task_id, request), False
+    def joined() -> Iterator[tuple[int, bool]]:
+        for task_id, request in lines():
+            key = digest(task_id)
+            yield key, False
+            yield request_key(key, int(request, 16)), False
 
-    found = int.from_bytes(find_finished(both, lines)._bits, "little")
-    named, same = found & ((1 << size) - 1), found >> size
-    return (named & ~same).bit_count()
+    found = int.from_bytes(_joined(both, joined, int)._bits, "little")
+    at_ids, at_requests = found & ((1 << size) - 1), found >> size
+    return (at_ids & ~at_requests).bit_count()
 
 
-def _joined_in_memory(order: Order, lines: Lines) -> Finished:
+def _joined_few(order: Order, lines: Keyed, key_of: Callable[[Any], int]) -> Finished | None:
+    """The join of at most FEW lines (a shard's, a resume's early on) with an order of any size: the lines'
+    digests in memory, the order read past them a window at a time, not written out in partitions. None
+    for more lines (the partitioned join then reads them again)."""
+    keys: array[int] = array("Q")
+    failing: set[int] = set()
+    for task_id, task_failed in lines():
+        if len(keys) == FEW:
+            return None
+        key = key_of(task_id)
+        keys.append(key)
+        if task_failed:
+            failing.add(key)
+    found = Finished(len(order))
+    wanted, matched = set(keys), set()
+    position = 0
+    for window in order.windows(order_module.WINDOW):
+        for key in window:
+            if key in wanted:
+                found.mark(position, key in failing)
+                matched.add(key)
+            position += 1
+    found.orphaned = sum(1 for key in keys if key not in matched)
+    return found
+
+
+FEW = 1 << 13  # lines joined in memory with an order on disk (their digests in sets: under 1 MB)
+
+
+def _joined_in_memory(order: Order, lines: Keyed, key_of: Callable[[Any], int]) -> Finished:
     tasks = IdSet()  # the order's digests (8 bytes a task): a line of none of them is orphaned
     for key in order:
         tasks.add_digest(key)
@@ -110,7 +172,7 @@ def _joined_in_memory(order: Order, lines: Lines) -> Finished:
     done, failed = IdSet(), IdSet()
     found = Finished(len(order))
     for task_id, task_failed in lines():
-        key = digest(task_id)
+        key = key_of(task_id)
         if not tasks.contains_digest(key):
             found.orphaned += 1
             continue
@@ -126,7 +188,7 @@ def _joined_in_memory(order: Order, lines: Lines) -> Finished:
     return found
 
 
-def _joined_on_disk(order: Order, lines: Lines) -> Finished:
+def _joined_on_disk(order: Order, lines: Keyed, key_of: Callable[[Any], int]) -> Finished:
     """The join through partitions of a temporary file: each line's digest (and each failed line's) goes
     to the partition its low bits name, and so does each (digest, position) of the order; then, a
     partition at a time, its lines are looked up in a map of its share of the order (about PART digests,
@@ -142,7 +204,7 @@ def _joined_on_disk(order: Order, lines: Lines) -> Finished:
         done, failed, pairs = (_Partitions(fd, end, parts, width) for width in (1, 1, 2))
         seen = False
         for task_id, task_failed in lines():
-            key = digest(task_id)
+            key = key_of(task_id)
             done.add(key & mask, key)
             if task_failed:
                 failed.add(key & mask, key)

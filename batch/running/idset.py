@@ -24,14 +24,11 @@ def digest(task_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(task_id.encode(), digest_size=8).digest(), "little")
 
 
-def request_key(task_id: str, request: str) -> int:
-    """The digest of a task's id and its request (TaskSpec.request, as its result line writes it)."""
-    return digest(request_name(task_id, request))
-
-
-def request_name(task_id: str, request: str) -> str:
-    """What request_key digests: the id and the request, as one name."""
-    return f"{task_id}\n{request}"
+def request_key(id_digest: int, request: int) -> int:
+    """One digest of a task's id (its digest) and its request (TaskSpec.request as a number, as a plan's
+    `requests` holds it): both are uniform 64-bit hashes, so their exclusive or is one too, and it is
+    another for every other request of the same id."""
+    return id_digest ^ request
 
 
 class IdSet:

@@ -217,7 +217,10 @@ class Job:
         if self.checked.cached and then is not None and then.holds(*sizes):
             return then.count
         plan, path = self.checked.plan, self.out.results.path
-        count = find_changed(plan.order, plan.keys, lambda: requested_results(path)) if finished else 0
+        order, requests = plan.order, plan.requests
+        if self.config.only is not None and len(requests) == len(order):  # a shard's: its own positions
+            order, requests = order.section(*self.config.only), requests.section(*self.config.only)
+        count = find_changed(order, requests, lambda: requested_results(path)) if finished else 0
         self._changed_again = True
         self.checked.changed = plancache.Changed(count, *sizes)
         return count
@@ -306,7 +309,7 @@ class Job:
                 plan.order,
                 plan.estimates,
                 plan.marks,
-                plan.keys,
+                plan.requests,
                 checked.changed,
             )
         except OutputError as exc:  # the plan is only remembered for speed: the run goes on without
@@ -346,7 +349,9 @@ class Job:
                 begin = checked.plan.mark_before(first) if first else None
                 watch = _watch(checked.sources)
                 order = checked.plan.order
-                tasks = iter_tasks(checked.manifest, checked.builder, start.skip, watch, begin, order)
+                tasks = iter_tasks(
+                    checked.manifest, checked.builder, start.skip, watch, begin, order, checked.plan.requests
+                )
                 self.runner = Runner(
                     tasks if self.config.only is None else _until_past(tasks),
                     start,

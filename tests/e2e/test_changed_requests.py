@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from batch.running.finishedset import find_changed
-from batch.running.idset import digest, request_key
+from batch.running.idset import digest
 from batch.running.order import WINDOW, Order
 from batch.running.records import ResultRecord, requested_entry
 from batch.simulator import RunningSimulator
@@ -70,7 +70,7 @@ def test_a_finished_task_whose_request_changed_is_said_not_bought_again(
     # the same command again: its plan is remembered in DIR now (not walked), and says it still
     remembered = cli(*raised, env=env_for(sim))
     assert f"2 {WARNED}" in remembered.err, remembered.err
-    assert json.loads((out / ".cache" / "plan.json").read_text())["keys_sha256"]
+    assert json.loads((out / ".cache" / "plan.json").read_text())["requests_sha256"]
 
     # the input image's bytes replaced under the same name
     make_image(out.parent / "cat.png", color=(10, 200, 10))
@@ -106,30 +106,50 @@ def test_the_same_request_gets_the_same_digest_in_any_directory(
     assert a["cat"]["request_sha256"] == c["cat"]["request_sha256"]
 
 
-@pytest.mark.parametrize("size", [50, WINDOW + 5000])  # joined in memory; in the temporary file's parts
-def test_changed_counts_the_tasks_with_named_requests_none_of_them_the_one_now(size: int) -> None:
+@pytest.mark.parametrize(
+    ("size", "few"),
+    [(50, 1 << 13), (50, 0), (WINDOW + 5000, 1 << 13)],
+    ids=["a few lines held", "joined in memory", "joined in the temporary file's parts"],
+)
+def test_changed_counts_the_tasks_with_named_requests_none_of_them_the_one_now(
+    size: int, few: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batch.running import finishedset
+
+    monkeypatch.setattr(finishedset, "FEW", few)
     ids = [f"t{i}" for i in range(size)]
     now = [hashlib.sha256(task_id.encode()).hexdigest()[:16] for task_id in ids]
     order = Order(array("Q", (digest(task_id) for task_id in ids)))
-    keys = Order(
-        array("Q", (request_key(task_id, request) for task_id, request in zip(ids, now, strict=True)))
-    )
+    requests = Order(array("Q", (int(request, 16) for request in now)))
     other = "0" * 16
     lines = [
         *((ids[i], now[i]) for i in range(0, size, 2)),  # half the tasks: as now
         *((ids[i], other) for i in range(1, size, 4)),  # a quarter: another request only
         *((ids[i], other) for i in range(0, size, 10)),  # a tenth of those as now: an older line too
+        *((ids[i], now[i + 1]) for i in range(3, size - 1, 4)),  # another task's request now
         ("not-a-task", other),
     ]
-    assert find_changed(order, keys, lambda: iter(lines)) == len(range(1, size, 4))
-    assert find_changed(order, Order(), lambda: iter(lines)) == 0  # a plan without keys: none known
+    changed = len(range(1, size, 4)) + len(range(3, size - 1, 4))
+    assert find_changed(order, requests, lambda: iter(lines)) == changed
+    assert find_changed(order, Order(), lambda: iter(lines)) == 0  # a plan without requests: none known
 
 
-def test_a_lines_request_is_read_fast_where_the_tool_wrote_it_and_parsed_elsewhere() -> None:
+def test_a_lines_request_is_read_fast_where_the_tool_wrote_it_and_parsed_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batch.output.store import Journal
+    from batch.running import records
+
     record = ResultRecord("fox", "generate", "succeeded", "m", request_sha256="0123456789abcdef")
-    written = (json.dumps(record.to_line()) + "\n").encode()
+    journal = Journal(tmp_path / "results.jsonl", fsync=False)  # written as a run writes it
+    journal.open()
+    journal.write(record.to_line())
+    journal.close()
+    written = (tmp_path / "results.jsonl").read_bytes()
     assert written.endswith(b', "request_sha256": "0123456789abcdef"}\n')
-    assert requested_entry(written) == ("fox", "0123456789abcdef")
+    with monkeypatch.context() as fast:  # read without parsing the line
+        fast.setattr(records.codec, "loads", lambda raw: pytest.fail(f"parsed: {raw[:40]!r}"))
+        assert requested_entry(written) == ("fox", "0123456789abcdef")
     reordered = json.dumps({"request_sha256": "0123456789abcdef", **record.to_line()}).encode() + b"\n"
     assert requested_entry(reordered) == ("fox", "0123456789abcdef")
     assert ResultRecord.from_line(json.loads(reordered)).request_sha256 == "0123456789abcdef"
@@ -171,3 +191,21 @@ def test_a_resume_of_a_remembered_plan_takes_the_count_it_found_and_looks_again_
     )  # as --retry-failed: look again
     assert f"2 {WARNED}" in cli(*raised, env=env_for(sim)).err and looks == [2, 2]
     assert f"2 {WARNED}" in cli(*raised, env=env_for(sim)).err and looks == [2, 2]  # and noted again
+
+
+def test_a_failed_task_whose_request_changed_is_not_said_kept_by_a_retry_of_failures(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--retry-failed moves a failed task's line aside and sends it with its request now: its dry run
+    said it was changed and not sent again."""
+    out = tmp_path / "out"
+    failing = cli("run", manifest(write, "a forbidden fox"), "--out", out, env=env_for(sim))
+    assert failing.code == 1 and results(out)["fox"]["status"] == "failed", failing.out
+    fixed = manifest(write, "a fox")
+    assert f"1 {WARNED}" in cli("run", fixed, "--out", out, "--dry-run", env=env_for(sim)).out
+    dry = cli("run", fixed, "--out", out, "--retry-failed", "--dry-run", env=env_for(sim))
+    assert dry.code == 0 and WARNED not in dry.out and "to retry in" in dry.out, dry.out
+    sent = sim.state.requests_total
+    retried = cli("run", fixed, "--out", out, "--retry-failed", env=env_for(sim))
+    assert retried.code == 0 and WARNED not in retried.err, retried.err
+    assert sim.state.requests_total == sent + 1 and results(out)["fox"]["status"] == "succeeded"

@@ -159,12 +159,12 @@ def test_a_plans_digests_are_saved_and_loaded_without_a_whole_copy_of_them(tmp_p
     count = 1_000_000
     values = array("Q", range(count))
     order = Order(values)  # in a temporary file, past its first window
-    keyed = array("Q", range(count, 2 * count))
-    keys = Order(keyed)
+    sent = array("Q", range(count, 2 * count))
+    requests = Order(sent)
     key = {"manifest": "job.yaml"}
     tracemalloc.start()
     try:
-        plancache.save(tmp_path, key, plancache.Sources(), count, Counter(), order, {}, keys=keys)
+        plancache.save(tmp_path, key, plancache.Sources(), count, Counter(), order, {}, requests=requests)
         _, saving = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
         loaded = plancache.load(tmp_path, key)
@@ -173,7 +173,7 @@ def test_a_plans_digests_are_saved_and_loaded_without_a_whole_copy_of_them(tmp_p
         tracemalloc.stop()
     assert (tmp_path / plancache.IDS).read_bytes() == values.tobytes()
     assert loaded is not None and loaded.order == values and loaded.total == count
-    assert (tmp_path / plancache.KEYS).read_bytes() == keyed.tobytes() and loaded.keys == keyed
+    assert (tmp_path / plancache.REQUESTS).read_bytes() == sent.tobytes() and loaded.requests == sent
     # a window or two of digests (256 KB each) and the write's buffer, however many tasks: not 8 MB
     assert saving < 2_000_000, f"saving: {saving / count:.1f} bytes a task"
     assert loading < 1_000_000, f"loading: {loading / count:.1f} bytes a task"
@@ -182,9 +182,9 @@ def test_a_plans_digests_are_saved_and_loaded_without_a_whole_copy_of_them(tmp_p
     assert plancache.load(tmp_path, key) is None
     (tmp_path / plancache.IDS).write_bytes(array("Q", range(1, count + 1)).tobytes())
     assert plancache.load(tmp_path, key) is None
-    (tmp_path / plancache.IDS).write_bytes(values.tobytes())  # the ids again, the keys one short
+    (tmp_path / plancache.IDS).write_bytes(values.tobytes())  # the ids again, the requests one short
     assert plancache.load(tmp_path, key) is not None
-    (tmp_path / plancache.KEYS).write_bytes(keyed.tobytes()[:-8])
+    (tmp_path / plancache.REQUESTS).write_bytes(sent.tobytes()[:-8])
     assert plancache.load(tmp_path, key) is None
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import batch.output.format as dir_format
+from batch import __version__
 from batch.manifest.checked import check
 from batch.manifest.ids import ASCII_IDS, READABLE_IDS, USED_COLUMN_IDS, valid_id
 from batch.manifest.placeholders import slug
@@ -187,7 +188,10 @@ def test_a_jsonl_row_written_with_its_keys_in_another_order_keeps_its_id(write: 
 @pytest.mark.parametrize(
     ("record", "said"),
     [
-        ('{"ids": 9}\n', "scheme 9, which maas-batch 0.1.0 does not know: a newer version started it"),
+        (
+            '{"ids": 9}\n',
+            f"scheme 9, which maas-batch {__version__} does not know: a newer version started it",
+        ),
         ('{"ids": 3\n', "is damaged"),
         ('{"ids": "3"}\n', "is damaged"),
         ('{"ids": true}\n', "is damaged"),
@@ -219,11 +223,12 @@ def test_a_directory_whose_ids_this_version_cannot_read_is_refused_not_bought_ag
 @pytest.mark.parametrize(
     ("change", "said"),
     [
-        ({"ids": 7}, "with id scheme 7 that maas-batch 0.1.0 does not know: upgrade"),
+        ({"ids": 7}, f"with id scheme 7 that maas-batch {__version__} does not know: upgrade"),
         ({"format": 2}, "with format 2 that"),
         ({"version": "0.3.0", "tags": []}, "written by maas-batch 0.3.0, with keys 'tags' that"),
         ({"ids": "3"}, "is not a plan maas-batch wrote: 'ids' is '3'"),
         ({"ids": True}, "is not a plan maas-batch wrote: 'ids' is True"),
+        ({"format": "2"}, "is not a plan maas-batch wrote: 'format' is '2', not a number"),
     ],
 )
 def test_a_plan_a_newer_version_submitted_is_refused_with_what_to_do(

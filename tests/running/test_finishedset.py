@@ -47,14 +47,19 @@ def oracle(ids: list[str], lines: list[tuple[str, bool]]) -> tuple[set[int], set
 
 
 @pytest.mark.parametrize("count", [0, 1, 4, 5, 6, 17, 23, 40, 97])
-@pytest.mark.parametrize("on_disk", [True, False], ids=["on disk", "in memory"])
+@pytest.mark.parametrize("join", ["partitioned", "few lines", "in memory"])
 def test_the_finished_positions_are_those_whose_ids_have_a_line(
-    small_window: int, count: int, on_disk: bool, monkeypatch: pytest.MonkeyPatch
+    small_window: int, count: int, join: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """An order on disk is joined with its lines through partitions of a temporary file, or, for no more
+    than FEW lines, by reading it past them; an order in memory through an id set of it."""
     rng = random.Random(count)
     ids = [f"t{i}-{rng.getrandbits(20)}" for i in range(count)]
+    on_disk = join != "in memory"
     if not on_disk:
         monkeypatch.setattr(order_module, "WINDOW", 1 << 15)
+    if join == "partitioned":
+        monkeypatch.setattr(finishedset, "FEW", 0)
     order = Order(digest(task_id) for task_id in ids)
     assert bool(order.on_disk) == (on_disk and count >= small_window)
     lines = lines_for(ids, rng)
@@ -70,7 +75,8 @@ def test_the_finished_positions_are_those_whose_ids_have_a_line(
     assert (found.count, found.failed) == (len(expected), len(expected_failed))
     assert found.orphaned == sum(task_id not in set(ids) for task_id, _ in lines)  # the lines of no task
     assert -1 not in found and count not in found and count + 8 not in found and "0" not in found
-    assert len(calls) == 1  # the lines are read once
+    # the lines are read once; twice where there are more than FEW (the partitioned join)
+    assert len(calls) == (2 if join == "partitioned" and order.on_disk and lines else 1)
 
 
 def test_no_lines_finish_nothing(small_window: int) -> None:
@@ -88,6 +94,7 @@ def test_without_room_for_the_runs_the_finished_tasks_are_found_in_memory(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The order went to its file, then the disk filled: the finished tasks are still found, once."""
+    monkeypatch.setattr(finishedset, "FEW", 0)  # more lines than are joined without the file
     rng = random.Random(7)
     ids = [f"t{i}" for i in range(31)]
     order = Order(digest(task_id) for task_id in ids)
@@ -143,6 +150,7 @@ def growth_of_finding() -> int:
     order_module.WINDOW = 4096
     finishedset.PART //= 8
     finishedset.BUFFERS //= 8
+    finishedset.FEW //= 8  # 25,000 tasks' 16,667 lines: partitioned too
     return peak_of_finding(100_000) - peak_of_finding(25_000)
 
 
