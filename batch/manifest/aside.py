@@ -174,16 +174,6 @@ def _check(
         (folder / REFUSAL).write_bytes(pickle.dumps(refusal))
         return REFUSED
     assert checked.sources is not None
-    plancache.save(
-        folder,
-        plan_key,
-        checked.sources,
-        plan.total,
-        plan.counts,
-        plan.order,
-        plan.estimates,
-        plan.marks,
-        plan.requests,
-    )
+    plancache.save_plan(folder, plan_key, checked.sources, plan)
     (folder / INPUTS).write_bytes(pickle.dumps(checked.builder.inspector.known()))
     return READY

@@ -20,13 +20,16 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batch import __version__
 from batch.manifest.read import Mark
 from batch.manifest.regular import open_regular
 from batch.output.files import real_folder, write_atomic, write_atomic_chunks
 from batch.running.order import Order
+
+if TYPE_CHECKING:
+    from batch.manifest.plan import Plan
 
 FOLDER = ".cache"
 PLAN = "plan.json"
@@ -155,6 +158,24 @@ def save(
         "marks": [[mark.position, mark.index, mark.line, mark.offset] for mark in marks],
     }
     write_atomic(folder / PLAN, json.dumps(document).encode())
+
+
+def save_plan(
+    folder: Path, plan_key: Mapping[str, Any], sources: Sources, plan: Plan, changed: Changed | None = None
+) -> None:
+    """save() of a checked plan's parts."""
+    save(
+        folder,
+        plan_key,
+        sources,
+        plan.total,
+        plan.counts,
+        plan.order,
+        plan.estimates,
+        plan.marks,
+        plan.requests,
+        changed,
+    )
 
 
 def note_changed(folder: Path, changed: Changed) -> None:

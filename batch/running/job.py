@@ -298,18 +298,12 @@ class Job:
                 with contextlib.suppress(OutputError):  # only for speed
                     plancache.note_changed(self.out.root / plancache.FOLDER, checked.changed)
             return
-        plan = checked.plan
         try:
-            plancache.save(
+            plancache.save_plan(
                 self.out.root / plancache.FOLDER,
                 checked.cache_key,
                 checked.sources,
-                plan.total,
-                plan.counts,
-                plan.order,
-                plan.estimates,
-                plan.marks,
-                plan.requests,
+                checked.plan,
                 checked.changed,
             )
         except OutputError as exc:  # the plan is only remembered for speed: the run goes on without

@@ -460,42 +460,50 @@ def requested_entry(raw: bytes) -> tuple[str, str] | None:
     result or names no request (a line of an earlier version). Fast for the lines `ResultRecord.to_line`
     writes: the digest is their last key; any other line is parsed."""
     tail = raw[-REQUEST_TAIL:]
-    if raw.startswith(ID_PREFIX) and tail.startswith(REQUEST_MARK) and tail.endswith(b'"}\n'):
-        request = tail[len(REQUEST_MARK) : -3]
-        end = raw.find(b'"', len(ID_PREFIX))
-        named = raw[len(ID_PREFIX) : end]
-        if end > 0 and b"\\" not in named and named.isascii() and _HEX_BYTES.fullmatch(request):
-            return named.decode(), request.decode()
+    if tail.startswith(REQUEST_MARK) and tail.endswith(b'"}\n'):
+        named, request = _written_id(raw), tail[len(REQUEST_MARK) : -3]
+        if named is not None and _HEX_BYTES.fullmatch(request):
+            return named, request.decode()
     if REQUEST_MARK[2:] not in raw:  # no line without the key's name can name a request
         return None
+    line = _parsed_result(raw)
+    found = None if line is None else _request(line.get("request_sha256"))
+    return None if found is None or line is None else (line["id"], found)
+
+
+def _written_id(raw: bytes) -> str | None:
+    """The id a line starts with, as ResultRecord.to_line writes it ([A-Za-z0-9._-]); None for any other
+    line: an escape (`\\u0061`) or a byte that is not ASCII, in a line edited by hand or damaged, is for
+    the parser to read or to refuse."""
+    if not raw.startswith(ID_PREFIX):
+        return None
+    end = raw.find(b'"', len(ID_PREFIX))
+    named = raw[len(ID_PREFIX) : end]
+    if end < 0 or b"\\" in named or not named.isascii():
+        return None
+    return named.decode()
+
+
+def _parsed_result(raw: bytes) -> dict[str, Any] | None:
+    """A line parsed, if it is a result: an object with a string id."""
     try:
         line = codec.loads(raw)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(line, dict) or not isinstance(line.get("id"), str):
-        return None
-    found = _request(line.get("request_sha256"))
-    return None if found is None else (line["id"], found)
+    return line if isinstance(line, dict) and isinstance(line.get("id"), str) else None
 
 
 def finished_entry(raw: bytes) -> tuple[str, bool] | None:
     """(id, failed) of one raw line of results.jsonl, or None if it is not a result. Fast: the lines
     `ResultRecord.to_line` writes start with the id, so most need no JSON parsing; any other line is
     parsed and read by `ResultRecord.from_line`."""
-    if raw.startswith(ID_PREFIX):
-        end = raw.find(b'"', len(ID_PREFIX))
-        status = raw.find(STATUS_MARK, end)
-        named = raw[len(ID_PREFIX) : end]
-        # an id as the tool writes one ([A-Za-z0-9._-]); an escape (`\u0061`) or a byte that is not ASCII,
-        # in a line edited by hand or damaged, is for the parser to read or to refuse
-        if end > 0 and status > 0 and b"\\" not in named and named.isascii():
-            value = status + len(STATUS_MARK)
-            return named.decode(), raw.startswith(b'failed"', value)
-    try:
-        line = codec.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(line, dict) or not isinstance(line.get("id"), str):
+    named = _written_id(raw)
+    if named is not None:
+        status = raw.find(STATUS_MARK, len(ID_PREFIX) + len(named))
+        if status > 0:
+            return named, raw.startswith(b'failed"', status + len(STATUS_MARK))
+    line = _parsed_result(raw)
+    if line is None:
         return None
     record = ResultRecord.from_line(line)
     return record.id, record.failed
