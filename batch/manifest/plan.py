@@ -39,8 +39,7 @@ class Plan:
     dropped: int = 0  # problems past KEEP_PROBLEMS
     order: Order = field(default_factory=Order)  # every task's id digest, in manifest order (on disk)
     # every task's request (TaskSpec.request, its 16 hex digits as a number), in manifest order: a finished
-    # task whose result line names another is found changed since it ran (finishedset.find_changed), and
-    # the dispatch walk names each task's request from it, rather than encode the task again
+    # task whose result line names another is found changed since it ran (finishedset.find_changed)
     requests: Order = field(default_factory=Order)
     # estimated tokens per (kind, model): [input, image input, output]
     estimates: dict[tuple[str, str], list[int]] = field(default_factory=dict)
@@ -254,7 +253,6 @@ def iter_tasks(
     changed: Callable[[], bool] | None = None,
     begin: Mark | None = None,
     order: Sequence[int] | None = None,
-    requests: Sequence[int] | None = None,
 ) -> Iterator[TaskSpec]:
     """The TaskSpecs of a manifest that `check_manifest` passed, but for the positions `skip` passes over
     (from the mark `begin` of that check, if given). A manifest, or a file its tasks are expanded from,
@@ -262,32 +260,24 @@ def iter_tasks(
     raises ManifestError rather than sending a task that was never checked. With the plan's `order`, so
     does a task that is not the one the check found at its position, or one past the last: a manifest
     rewritten or appended to between two of `changed`'s looks (a long stretch of finished tasks on a
-    resume) stops the walk there, rather than sending a task twice or one never checked. With the plan's
-    `requests` too (as long as the order), each task's request is the one the check named: a task with
-    its own id is not encoded again."""
+    resume) stops the walk there, rather than sending a task twice or one never checked. Each task is
+    encoded again (TaskSpec.request): its result line names what is sent, whatever changed on disk since
+    the check (an input image replaced, a line edited between two of `changed`'s looks)."""
     position = -1
-    if requests is not None and (order is None or len(requests) != len(order)):
-        requests = None
 
     def passed(at: int) -> bool:
         nonlocal position
         position = at
         if order is not None and at >= len(order):
             raise ManifestError([Problem(manifest.name, None, CHANGED)])
-        skipped = skip is not None and skip(at)
-        if requests is not None:  # for the task at `at` (built next, unless skipped)
-            builder.next_request = None if skipped else f"{requests[at]:016x}"
-        return skipped
+        return skip is not None and skip(at)
 
     watched = passed if skip is not None or order is not None else None
-    try:
-        for count, (_, item) in enumerate(walk(manifest, builder, watched, begin)):
-            if changed is not None and count % 64 == 0 and changed():
-                raise ManifestError([Problem(manifest.name, None, CHANGED)])
-            if not isinstance(item, TaskSpec):
-                raise ManifestError(item)
-            if order is not None and digest(item.id) != order[position]:
-                raise ManifestError([Problem(manifest.name, item.line, CHANGED)])
-            yield item
-    finally:
-        builder.next_request = None  # named for no task once the walk is over
+    for count, (_, item) in enumerate(walk(manifest, builder, watched, begin)):
+        if changed is not None and count % 64 == 0 and changed():
+            raise ManifestError([Problem(manifest.name, None, CHANGED)])
+        if not isinstance(item, TaskSpec):
+            raise ManifestError(item)
+        if order is not None and digest(item.id) != order[position]:
+            raise ManifestError([Problem(manifest.name, item.line, CHANGED)])
+        yield item

@@ -85,9 +85,6 @@ class TaskBuilder:
         self.sources = sources
         self.inspector = inspector or InputInspector(sources=sources)
         self.checking = True  # False once the manifest validated: the dispatch walk skips the field rules
-        # the request the check walk named for the next task built (Plan.requests, as TaskSpec.request),
-        # set by the dispatch walk before each: a task with its own id is then not encoded again
-        self.next_request: str | None = None
         self.problems = self._check_top_level()
         # the models with a price: a task's model close to one of them but not one is taken for a typo
         priced = manifest.prices if isinstance(manifest.prices, Mapping) else {}
@@ -181,17 +178,14 @@ class TaskBuilder:
         problems += [self._issue_problem(entry, kind.name, issue) for issue in issues]
         endpoint = self._endpoint(entry, kind, fields, problems)
         task_id = data.get("id")
-        named, self.next_request = self.next_request, None
         content = ""
         # The digest's JSON encoding is also the check that the fields are plain JSON. It names a task
-        # without an id, and is what the result line says was sent (TaskSpec.request). Once the manifest
-        # has been checked (the dispatch walk), a task with its own id needs neither when the check walk
-        # named its request: its fields are the ones checked (a manifest that changes stops the run).
-        if self.checking or task_id is None or named is None:
-            try:
-                content = canonical(kind.name, endpoint or "", fields, inputs)
-            except (TypeError, ValueError):
-                problems += self._json_problems(entry, fields)
+        # without an id, and is what the result line says was sent (TaskSpec.request): every task is
+        # encoded in the dispatch walk too, as it is sent.
+        try:
+            content = canonical(kind.name, endpoint or "", fields, inputs)
+        except (TypeError, ValueError):
+            problems += self._json_problems(entry, fields)
         meta = data.get("meta", {})
         if not isinstance(meta, dict):
             problems.append(self._problem(entry, "meta", "must be a mapping", meta))
@@ -201,8 +195,7 @@ class TaskBuilder:
         if problems:
             return problems
         assert endpoint is not None
-        request = _sha256(content) if content else named
-        assert request is not None
+        request = _sha256(content)
         if task_id is None:  # an id made from the digest
             task_id = self._generated_id(kind, fields, entry.readable, request)
         custom_id = data.get("custom_id")

@@ -343,9 +343,7 @@ class Job:
                 begin = checked.plan.mark_before(first) if first else None
                 watch = _watch(checked.sources)
                 order = checked.plan.order
-                tasks = iter_tasks(
-                    checked.manifest, checked.builder, start.skip, watch, begin, order, checked.plan.requests
-                )
+                tasks = iter_tasks(checked.manifest, checked.builder, start.skip, watch, begin, order)
                 self.runner = Runner(
                     tasks if self.config.only is None else _until_past(tasks),
                     start,

@@ -209,3 +209,33 @@ def test_a_failed_task_whose_request_changed_is_not_said_kept_by_a_retry_of_fail
     retried = cli("run", fixed, "--out", out, "--retry-failed", env=env_for(sim))
     assert retried.code == 0 and WARNED not in retried.err, retried.err
     assert sim.state.requests_total == sent + 1 and results(out)["fox"]["status"] == "succeeded"
+
+
+def test_an_input_replaced_after_the_check_is_named_as_sent_not_as_checked(
+    cli: Callable[..., Outcome],
+    sim: RunningSimulator,
+    write: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The image is replaced after the manifest was checked, before the task is sent: the request sent
+    holds the new bytes, and its line names them. Named by the check instead, the next run warned that
+    the task ran with another request than the manifest gives it now, which it did not."""
+    from batch.running import job
+
+    out = tmp_path / "out"
+    path = manifest(write)
+    prepare = job.Job._prepare
+
+    def then_replaced(self: job.Job, *args: object, **kwargs: object) -> object:
+        start = prepare(self, *args, **kwargs)  # type: ignore[arg-type]
+        make_image(path.parent / "cat.png", color=(10, 200, 10))
+        return start
+
+    with monkeypatch.context() as replacing:
+        replacing.setattr(job.Job, "_prepare", then_replaced)
+        assert cli("run", path, "--out", out, env=env_for(sim)).code == 0
+    again = cli("run", path, "--out", out, env=env_for(sim))
+    assert again.code == 0 and WARNED not in again.err and "3 already done" in again.out, again.err
+    assert cli("run", path, "--out", tmp_path / "fresh", env=env_for(sim)).code == 0
+    assert results(out)["cat"]["request_sha256"] == results(tmp_path / "fresh")["cat"]["request_sha256"]
