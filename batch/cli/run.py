@@ -144,7 +144,7 @@ def _dry_run(args: argparse.Namespace, options: Options) -> int:
     # the engine's modules, for this command only (the module itself stays light for a fast refusal)
     from batch.kind import builtin_registry as registry
     from batch.manifest.plan import Plan, iter_tasks
-    from batch.output.report import format_plan
+    from batch.output.report import changed_line, format_plan
     from batch.output.store import RESULTS, finished_results, requested_results, retried_ids
     from batch.running.finishedset import find_changed
     from batch.running.idset import IdSet
@@ -190,11 +190,7 @@ def _dry_run(args: argparse.Namespace, options: Options) -> int:
 
         changed = find_changed(plan.order, plan.requests, kept)
         if changed:  # as the run warns
-            print(
-                f"{changed:,} finished task(s) ran with another request than the manifest gives them now "
-                "(a prompt, a setting, the endpoint or an input file changed since): a task's id is its "
-                "`id`, and they are not sent again; give them new ids, or run into another --out"
-            )
+            print(changed_line(changed))
     print("dry run: nothing was sent")
     return EXIT_OK
 

@@ -123,6 +123,16 @@ class Changed:
     def holds(self, results_size: int, retried_size: int) -> bool:
         return results_size >= self.results_size and retried_size == self.retried_size
 
+    def as_json(self) -> list[int]:
+        return [self.count, self.results_size, self.retried_size]
+
+    @classmethod
+    def from_json(cls, value: Any) -> Changed | None:
+        """What as_json wrote, or None for anything else."""
+        if isinstance(value, list) and len(value) == 3 and all(type(number) is int for number in value):
+            return cls(*value)
+        return None
+
 
 def save(
     folder: Path,
@@ -154,7 +164,7 @@ def save(
         "counts": [[*k, n] for k, n in counts.items()],
         "ids_sha256": ids.hexdigest(),  # of the bytes order.tobytes() gives
         "requests_sha256": None if requests is None else sent.hexdigest(),
-        "changed": None if changed is None else [changed.count, changed.results_size, changed.retried_size],
+        "changed": None if changed is None else changed.as_json(),
         "marks": [[mark.position, mark.index, mark.line, mark.offset] for mark in marks],
     }
     write_atomic(folder / PLAN, json.dumps(document).encode())
@@ -186,7 +196,7 @@ def note_changed(folder: Path, changed: Changed) -> None:
     except (OSError, ValueError):
         return  # no plan remembered: nothing to note it in
     if isinstance(document, dict):
-        document["changed"] = [changed.count, changed.results_size, changed.retried_size]
+        document["changed"] = changed.as_json()
         write_atomic(folder / PLAN, json.dumps(document).encode())
 
 
@@ -206,8 +216,8 @@ def load(folder: Path, plan_key: Mapping[str, Any]) -> CachedPlan | None:
             return None
         if order.sha256() != document.get("ids_sha256"):
             return None
-        requests = Order.from_file(folder / REQUESTS)
-        if requests.sha256() != document.get("requests_sha256") or len(requests) != len(order):
+        requests = remembered_requests(folder, document, len(order))
+        if requests is None:
             return None
     except (OSError, ValueError):
         return None
@@ -229,11 +239,20 @@ def load(folder: Path, plan_key: Mapping[str, Any]) -> CachedPlan | None:
     marks = _marks(document.get("marks"), len(order))
     if marks is None:  # a walk started at a wrong mark would pass over tasks never sent: check it again
         return None
-    found = document.get("changed")
-    changed = None
-    if isinstance(found, list) and len(found) == 3 and all(type(number) is int for number in found):
-        changed = Changed(*found)
+    changed = Changed.from_json(document.get("changed"))
     return CachedPlan(int(document["total"]), counts, order, requests, sources, estimates, marks, changed)
+
+
+def remembered_requests(folder: Path, document: Mapping[str, Any], count: int) -> Order | None:
+    """The requests of the plan remembered in `folder` (its plan.json's `document`), if they are the ones
+    it names and one for each of its `count` tasks; None otherwise (a plan from before them)."""
+    try:
+        requests = Order.from_file(folder / REQUESTS)
+    except (OSError, ValueError):
+        return None
+    if len(requests) != count or requests.sha256() != document.get("requests_sha256"):
+        return None
+    return requests
 
 
 def _marks(value: Any, total: int) -> list[Mark] | None:

@@ -143,6 +143,15 @@ def orphaned_line(found: Mapping[str, Any]) -> str | None:
     return f"orphaned: {found['orphaned']:,} result lines of tasks no longer in the manifest{failed}; {how}"
 
 
+def changed_line(count: int) -> str:
+    """What `status` and a dry run say of the finished tasks whose request the manifest has changed."""
+    return (
+        f"{count:,} finished task(s) ran with another request than the manifest gives them now (a prompt, "
+        "a setting, the endpoint or an input file changed since): a task's id is its `id`, and they are not "
+        "sent again; give them new ids, or run into another --out"
+    )
+
+
 def format_status(found: Mapping[str, Any]) -> str:
     pending = "unknown" if found["pending"] is None else f"{found['pending']:,}"
     lines = [
@@ -155,10 +164,7 @@ def format_status(found: Mapping[str, Any]) -> str:
     if orphaned:
         lines.append(orphaned)
     if found.get("changed"):
-        lines.append(
-            f"changed: {found['changed']:,} finished tasks ran with another request than the manifest gives "
-            "them now, and are not sent again (a task's id is its `id`): new ids, or another --out, buy them"
-        )
+        lines.append(f"changed: {changed_line(found['changed'])}")
     if found["retry_pending"]:
         lines.append(
             f"{found['retry_pending']:,} of the pending failed before and were not sent again yet: "

@@ -188,7 +188,7 @@ def _remembered(root: Path) -> Scope:
         document = json.loads((folder / plancache.PLAN).read_bytes())
         key = document["key"]
         order = Order.from_file(folder / plancache.IDS)
-        requests = _requests(folder, document, len(order))
+        requests = plancache.remembered_requests(folder, document, len(order))
         path = Path(str(key["manifest"]))
         settings = dict(key["settings"])
         sha256 = key.get("sha256")
@@ -210,18 +210,6 @@ def _remembered(root: Path) -> Scope:
         manifest_sha256=sha256 if isinstance(sha256, str) else None,
         requests=requests,
     )
-
-
-def _requests(folder: Path, document: Any, count: int) -> Order | None:
-    """The remembered plan's requests (DIR/.cache/plan.requests), if they are the ones it names, for its
-    order."""
-    try:
-        requests = Order.from_file(folder / plancache.REQUESTS)
-    except (OSError, ValueError):
-        return None
-    if len(requests) != count or requests.sha256() != document.get("requests_sha256"):
-        return None
-    return requests
 
 
 def _last_start(folder: Path) -> dict[str, Any]:

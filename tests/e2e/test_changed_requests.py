@@ -55,7 +55,7 @@ def test_a_finished_task_whose_request_changed_is_said_not_bought_again(
     # `status` counts it, from the plan the run remembered and with --manifest
     found = json.loads(cli("status", out, "--json").out)
     assert found["changed"] == 1 and found["succeeded"] == 3, found
-    assert "changed: 1 finished tasks ran with another request" in cli("status", out).out
+    assert "changed: 1 finished task(s) ran with another request" in cli("status", out).out
     assert json.loads(cli("status", out, "--json", "--manifest", manifest(write)).out)["changed"] == 0
     # --dry-run says it too; a run of the manifest as it was says nothing
     dry = cli("run", manifest(write, "a red fox"), "--out", out, "--dry-run", env=env_for(sim))

@@ -186,6 +186,8 @@ def test_a_plans_digests_are_saved_and_loaded_without_a_whole_copy_of_them(tmp_p
     assert plancache.load(tmp_path, key) is not None
     (tmp_path / plancache.REQUESTS).write_bytes(sent.tobytes()[:-8])
     assert plancache.load(tmp_path, key) is None
+    (tmp_path / plancache.REQUESTS).write_bytes(array("Q", range(count)).tobytes())  # whole, not the ones
+    assert plancache.load(tmp_path, key) is None
 
 
 def padded_lines(numbers: Iterable[int]) -> str:
