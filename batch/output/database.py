@@ -24,7 +24,7 @@ from batch.errors import OutputError
 from batch.output.export import EVERYTHING, Selection, meta_of, row, selected
 from batch.output.scope import Scope, scope_of
 from batch.output.store import RUNS, USAGE, read_lines
-from batch.running.records import AttemptRecord, UsageRecord, attempt_log_line
+from batch.running.records import AttemptRecord, UsageRecord, attempt_log_line, number
 
 TABLES = {
     "results": (
@@ -105,10 +105,9 @@ def _cell(value: Any) -> Any:
 
 
 def _number(value: Any, kind: type) -> Any:
-    """A value for a typed column: a number of that type, or NULL."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return kind(value)
+    """A value for a typed column: a number of that type, or NULL (for one past any float too: 400 digits,
+    in a line edited by hand)."""
+    return None if number(value) is None else kind(value)
 
 
 def _results(root: Path, scope: Scope, selection: Selection) -> Iterator[tuple[Any, ...]]:

@@ -5,7 +5,6 @@ streaming: a directory of a million results is summed, not loaded.
 from __future__ import annotations
 
 import heapq
-import math
 from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
@@ -21,7 +20,7 @@ from batch.output.scope import Scope, scope_of
 from batch.output.store import RESULTS, RETRIED, RUNS, USAGE, read_lines, whole_lines
 from batch.running.idset import digest, repeated_in
 from batch.running.prices import PriceTable, money
-from batch.running.records import ErrorInfo, ResultRecord, UsageRecord, finished_entry
+from batch.running.records import ErrorInfo, ResultRecord, UsageRecord, finished_entry, number
 
 SLOWEST = 10
 
@@ -259,8 +258,7 @@ def report(
     for events in runs:
         end = next((e for e in events if e.get("event") == "end" and "seconds" in e), None)
         seconds = None if end is None else end["seconds"]
-        if isinstance(seconds, int | float) and not isinstance(seconds, bool) and math.isfinite(seconds):
-            wall += float(seconds)  # a log edited by hand may say anything: a line that is no number counts 0
+        wall += number(seconds) or 0.0  # a log edited by hand may say anything: no number counts 0
     total = scope.total
     current = tasks - (orphaned["tasks"] if scope.include_orphaned else 0)
     return {

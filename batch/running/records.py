@@ -45,34 +45,44 @@ def now() -> str:
 
 
 def _int(value: Any) -> int:
-    """A count as a line holds it; 0 for anything that is not one (a line edited by hand, or torn)."""
+    """A count as a line holds it; 0 for anything that is not one (a line edited by hand, or torn), an
+    integer past any float too (400 digits: no price or sum of it would be a number)."""
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
-        return value
+        return value if number(value) is not None else 0
     if isinstance(value, float) and math.isfinite(value):
         return int(value)
     if isinstance(value, str):  # "12", as a hand-edited line may hold it
         try:
-            return int(value.strip())
+            return _int(int(value.strip()))
         except ValueError:
             return 0
     return 0
 
 
-def _number(value: Any) -> float | None:
-    """A cost or a duration, or None for anything that is not a finite number."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return value
-    return None
+def number(value: Any) -> float | None:
+    """A cost or a duration, or None for anything that is not a finite number (an integer of 400 digits,
+    in a line edited by hand, is none: no sum or price of it would be either)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        return value if math.isfinite(value) else None
+    except OverflowError:  # an int past any float
+        return None
+
+
+_PLAIN = 2**63  # a count the tool writes is less: one past it is looked at (a float may not hold it)
 
 
 def _counts(usage: Mapping[str, Any]) -> dict[str, int | float]:
     """A line's usage: its token counts, without what is not a number."""
     counts = dict(usage)
-    if all(type(value) is int for value in counts.values()) and all(type(key) is str for key in counts):
+    if all(type(value) is int and -_PLAIN < value < _PLAIN for value in counts.values()) and all(
+        type(key) is str for key in counts
+    ):
         return counts  # as the tool writes it: the usual line, read without a call a count
-    return {str(key): value for key, value in usage.items() if _number(value) is not None}
+    return {str(key): value for key, value in usage.items() if number(value) is not None}
 
 
 def _strings(value: Any) -> tuple[str, ...]:
@@ -286,10 +296,10 @@ class ResultRecord:
                 "params": _mapping(line.get("params")),
                 "files": _strings(line.get("files")),
                 "usage": _counts(line["usage"]) if isinstance(line.get("usage"), Mapping) else None,
-                "cost": _number(line.get("cost")),
+                "cost": number(line.get("cost")),
                 "attempts": _int(line.get("attempts")),
                 "endpoint": line.get("endpoint"),
-                "seconds": _number(line.get("seconds")),
+                "seconds": number(line.get("seconds")),
                 "finished_at": line.get("finished_at"),
                 "custom_id": line.get("custom_id"),
                 "inputs": _strings(line.get("inputs")),
@@ -354,7 +364,7 @@ class UsageRecord:
 
     @classmethod
     def from_line(cls, line: Mapping[str, Any]) -> UsageRecord:
-        cost = line.get("cost")
+        cost = number(line.get("cost"))
         usage = line.get("usage")
         return cls(
             task_id=str(line.get("task_id")),
@@ -371,7 +381,7 @@ class UsageRecord:
                 _int(line.get("cached_input_tokens")),
                 _int(line.get("reasoning_tokens")),
             ),
-            cost=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+            cost=None if cost is None else float(cost),
             usage=usage if isinstance(usage, Mapping) else None,
             at=line.get("at"),
             estimated=line.get("estimated") is True,

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import batch
-from tests.conftest import Outcome
+from batch.simulator import RunningSimulator
+from tests.conftest import Outcome, env_for
 
 GARBLED = {
     "id": "a",
@@ -71,3 +72,85 @@ def test_the_library_reads_a_garbled_line_as_what_it_can(out: Path) -> None:
     assert (first.id, first.attempts, first.files, first.cost, first.text) == ("a", 0, (), None, "hi")
     assert first.usage == {"input_tokens": 7}
     assert (second.attempts, second.error) == (2, {"type": "x", "message": "m"})
+
+
+PAST_ANY_FLOAT = int("9" * 400)  # JSON allows it; float() of it raises OverflowError
+
+
+@pytest.fixture
+def huge(tmp_path: Path) -> Path:
+    """DIR whose journals hold numbers past any float, as a line edited by hand (or by a script) can."""
+    folder = tmp_path / "huge"
+    folder.mkdir()
+    result = {
+        "id": "a",
+        "kind": "chat",
+        "status": "succeeded",
+        "files": [],
+        "text": "hi",
+        "usage": {"input_tokens": PAST_ANY_FLOAT, "output_tokens": 3, "total_tokens": 5},
+        "cost": PAST_ANY_FLOAT,
+        "seconds": PAST_ANY_FLOAT,
+        "attempts": PAST_ANY_FLOAT,
+    }
+    ledger = {"task_id": "a", "kind": "chat", "input_tokens": PAST_ANY_FLOAT, "cost": PAST_ANY_FLOAT}
+    (folder / "results.jsonl").write_text(json.dumps(result) + "\n")
+    (folder / "usage.jsonl").write_text(json.dumps(ledger) + "\n")
+    log = [
+        {"event": "start", "at": "2026-11-30T07:53:41.476+00:00", "tasks": PAST_ANY_FLOAT},
+        {"event": "sent", "request_id": "a/1.1", "task_id": "a", "t": PAST_ANY_FLOAT},
+        {"event": "done", "request_id": "a/1.1", "outcome": "answered", "seconds": PAST_ANY_FLOAT},
+        {"event": "end", "at": "2026-11-30T07:53:42.476+00:00", "seconds": PAST_ANY_FLOAT},
+    ]
+    (folder / "runs").mkdir()
+    (folder / "runs" / "20261130T075341476179Z-d1edb6.jsonl").write_text(
+        "".join(json.dumps(x) + "\n" for x in log)
+    )
+    return folder
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status"],
+        ["status", "--json"],
+        ["report"],
+        ["report", "--json"],
+        ["export", "--format", "csv"],
+        ["export", "--format", "jsonl"],
+        ["export", "--format", "openai"],
+        ["export", "--format", "sqlite", "--output", "huge.db"],
+        ["gallery"],
+    ],
+)
+def test_a_number_past_any_float_makes_no_reader_crash(
+    cli: Callable[..., Outcome], huge: Path, command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each of these ended in an OverflowError's traceback: a cost (or a run's seconds) of 400 digits has
+    no float."""
+    monkeypatch.chdir(huge.parent)
+    done = cli(command[0], huge, *command[1:])
+    assert done.code == 0, done.err
+    assert "Traceback" not in done.err and "OverflowError" not in done.err + done.out
+
+
+def test_a_number_past_any_float_is_read_as_no_number(huge: Path) -> None:
+    from batch.output.store import read_lines
+    from batch.running.records import ResultRecord, UsageRecord
+
+    (result,) = batch.results(huge)
+    assert (result.cost, result.attempts) == (None, 0)
+    assert result.usage == {"output_tokens": 3, "total_tokens": 5}
+    (record,) = (ResultRecord.from_line(line) for line in read_lines(huge / "results.jsonl"))
+    assert (record.cost, record.seconds, record.attempts) == (None, None, 0)
+    (billed,) = (UsageRecord.from_line(line) for line in read_lines(huge / "usage.jsonl"))
+    assert (billed.cost, billed.counts.input) == (None, 0)
+
+
+def test_a_run_resumes_past_a_number_past_any_float(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], huge: Path
+) -> None:
+    manifest = write("tasks:\n  - {kind: chat, id: a, model: gemini-2.5-flash, prompt: hi}\n")
+    done = cli("run", manifest, "--out", huge, env=env_for(sim))
+    assert done.code == 0, done.err
+    assert "Traceback" not in done.err and "1 already done" in done.out
