@@ -27,15 +27,20 @@ import os
 import queue
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
+import zlib
+from array import array
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from batch import codec
 from batch.errors import OutputError
@@ -43,8 +48,8 @@ from batch.events import Event, TaskFinished
 from batch.manifest.regular import open_regular
 from batch.output.files import real_folder, write_atomic, write_atomic_chunks
 from batch.output.scope import Entry, Lines, Scope, Task, entries, index, may_name_pictures, scope_of
-from batch.output.store import ANSWERS, IMAGES, RESULTS, THUMBS, whole_lines
-from batch.running.idset import IdSet
+from batch.output.store import ANSWERS, IMAGES, RESULTS, THUMBS, parse_record, whole_lines
+from batch.running.idset import IdSet, LineOffsets, digest
 from batch.running.records import ResultRecord, finished_entry
 
 if TYPE_CHECKING:
@@ -58,6 +63,7 @@ MAX_ITEMS = 50_000  # the first tasks of the manifest shown; the counts cover al
 TEXT_SHOWN = 2000  # characters of a prompt or an error
 ANSWER_SHOWN = 20_000  # characters of an answer: the larger view shows it whole, up to this
 REBUILD_EVERY = 60.0  # seconds between two builds of the page during a run
+SPILL_MOST = 64 << 20  # bytes of the cards a run makes as it writes its lines (Cards): past it, none
 
 
 def thumbnail_name(image_name: str) -> str:
@@ -232,6 +238,11 @@ def _entry_card(entry: Entry) -> dict[str, Any]:
     return card
 
 
+def _card_json(entry: Entry, made: set[str]) -> bytes:
+    """An entry's card as the page holds it."""
+    return _json(_finish(_entry_card(entry), made))
+
+
 def _finish(card: dict[str, Any], made: set[str]) -> dict[str, Any]:
     """A card with its thumbnails: `made` holds the ones that exist."""
     thumbs = [
@@ -299,19 +310,165 @@ def _copied_from_shards(root: Path, missing: Iterable[tuple[str, Path]]) -> Iter
         yield name
 
 
-def build(root: Path, scope: Scope | None = None, *, make_missing: bool = True) -> Path:
+@dataclass(frozen=True, slots=True)
+class Card:
+    """A task's card made as the run wrote its line (Cards), with what the page's header counts of it."""
+
+    json: bytes
+    status: str  # the key of `statuses`
+    count: str  # the key of `counts`: "<kind>/<status>"
+    tokens: int
+    cost: float
+
+
+class Cards:
+    """The page's cards of the result lines a run writes, each made as its line is written (the results
+    journal's `tap`): the run's last page (`build(..., cards=)`) then puts them in order, rather than read
+    and parse every line again once the last answer is in (0.15 s at the end of a run of 5,000 chat tasks,
+    BENCHMARKS.md). A card is made from the line's bytes by the code `build` makes it with, and `build`
+    takes the cards only where results.jsonl, from `start`, holds the very bytes they were made of (their
+    crc32). After a line that may name a picture (a card's thumbnails are known only at the end), a line
+    written without them, SPILL_MOST bytes of cards, or anything unexpected, no card is made or taken:
+    the page reads the lines, as it does without cards. The cards wait in an unnamed temporary file in
+    DIR; about 40 bytes a line are held. `add` is called by the thread that writes the lines; `taken`
+    once they are all written."""
+
+    def __init__(self, root: Path, start: int) -> None:
+        self.start = start  # results.jsonl's size when the cards began: the lines after it are theirs
+        self.end = start
+        self._crc = 0
+        self._spill: IO[bytes] | None = tempfile.TemporaryFile(dir=root)  # noqa: SIM115 - close()
+        self._offsets = array("Q")  # of each line with a card, in results.jsonl: increasing
+        self._keys = array("Q")  # its id's digest
+        self._ends = array("Q")  # where its card ends in the spill (it starts where the one before ended)
+        self._tokens = array("q")
+        self._costs = array("d")
+        self._labels = array("H")  # the card's (status, count) keys, in `_known`
+        self._known: dict[tuple[str, str], int] = {}
+        self._names: list[tuple[str, str]] = []
+
+    def add(self, offset: int, raw: bytes) -> None:
+        """The line `raw`, written at `offset` of results.jsonl. Never raises: the page is a view."""
+        if self._spill is None:
+            return
+        try:
+            self._add(offset, raw)
+        except Exception as exc:  # a line the page then reads itself, as without cards
+            log.debug("no more cards made as lines are written: %s", exc)
+            self.close()
+
+    def _add(self, offset: int, raw: bytes) -> None:
+        if offset != self.end or may_name_pictures(raw):
+            self.close()
+            return
+        self.end = offset + len(raw)
+        self._crc = zlib.crc32(raw, self._crc)
+        line = parse_record(raw)
+        if line is None or not isinstance(line.get("id"), str):
+            return  # not a task's line: the page's index passes it by too
+        entry = Entry(ResultRecord.from_line(line), None)
+        card = _card_json(entry, set())  # no picture: no thumbnail either
+        assert self._spill is not None
+        ends = self._ends
+        at = ends[-1] if ends else 0
+        if at + len(card) > SPILL_MOST:
+            self.close()
+            return
+        label = (entry.status, f"{entry.kind}/{entry.status}")
+        known = self._known.get(label)
+        if known is None:
+            known = self._known[label] = len(self._names)
+            self._names.append(label)
+        record = entry.record
+        assert record is not None
+        tokens, cost = _tokens(record), float(_cost(record))
+        self._labels.append(known)  # past 65,535 (status, kind) pairs: OverflowError, no cards
+        self._tokens.append(tokens)
+        self._costs.append(cost)
+        self._spill.write(card)
+        ends.append(at + len(card))
+        self._offsets.append(offset)
+        self._keys.append(digest(record.id))
+
+    def taken(self, path: Path) -> Cards | None:
+        """These cards, for the page of `path` (results.jsonl), if it holds from `start` the very lines
+        they were made of; else None. No line is added after."""
+        spill = self._spill
+        self._spill = None  # add() makes no more
+        if spill is None:
+            return None
+        crc = size = 0
+        try:
+            with open_regular(path) as handle:
+                handle.seek(self.start)
+                while chunk := handle.read(1 << 20):
+                    crc = zlib.crc32(chunk, crc)
+                    size += len(chunk)
+            spill.flush()
+        except OSError:
+            spill.close()
+            return None
+        if size != self.end - self.start or crc != self._crc:
+            spill.close()
+            return None
+        self._spill = spill
+        return self
+
+    def index(self, offsets: LineOffsets) -> None:
+        """Add the lines the cards were made of to `offsets` (the index of the lines before `start`)."""
+        for key, offset in zip(self._keys, self._offsets, strict=True):
+            offsets.add(key, offset)
+
+    def card_at(self, offset: int) -> Card | None:
+        """The card of the line at `offset` of results.jsonl, None if it has none."""
+        spill = self._spill
+        found = bisect_left(self._offsets, offset)
+        if spill is None or found == len(self._offsets) or self._offsets[found] != offset:
+            return None
+        start = self._ends[found - 1] if found else 0
+        spill.seek(start)
+        status, count = self._names[self._labels[found]]
+        card = spill.read(self._ends[found] - start)
+        return Card(card, status, count, self._tokens[found], self._costs[found])
+
+    def close(self) -> None:
+        """Let go of the cards (their temporary file is removed as it closes)."""
+        spill, self._spill = self._spill, None
+        if spill is not None:
+            spill.close()
+        for held in (self._offsets, self._keys, self._ends, self._tokens, self._costs, self._labels):
+            del held[:]
+        self._known.clear()
+        self._names.clear()
+
+
+def build(
+    root: Path, scope: Scope | None = None, *, make_missing: bool = True, cards: Cards | None = None
+) -> Path:
     """Write DIR/index.html for the tasks of `scope` (the last run's manifest by default); make any
     thumbnail that is missing, unless not `make_missing` (during a run: the run's thread makes them).
-    Returns the page. The page is written card by card: memory stays flat however many tasks DIR has."""
+    Returns the page. The page is written card by card: memory stays flat however many tasks DIR has.
+    `cards`: those a run made of the lines it wrote (Cards), taken where they still hold, and closed."""
     scope = scope or scope_of(root)
-    lines = index(root, scope)  # None where a line may name a picture (it stops there), or for shards
+    taken = None if cards is None else cards.taken(root / RESULTS)
+    # None where a line may name a picture (it stops there), or for shards; the lines the cards were made
+    # of are not read again
+    lines = index(root, scope, None if taken is None else taken.start)
+    if lines is None:
+        taken = None
+    elif taken is not None:
+        taken.index(lines.offsets)
     if make_missing and _may_want_thumbnails(root, scope, lines):  # a first pass for the cards' pictures
         shown = itertools.islice(entries(root, scope), MAX_ITEMS)
         made = _thumbnails(root, (_entry_card(entry) for entry in shown))
     else:
         made = _existing_thumbnails(root)
     page = root / PAGE
-    write_atomic_chunks(page, _page(root, scope, made, lines=lines), fsync=False)
+    try:
+        write_atomic_chunks(page, _page(root, scope, made, lines=lines, cards=taken), fsync=False)
+    finally:
+        if cards is not None:
+            cards.close()  # taken once
     return page
 
 
@@ -400,11 +557,17 @@ def _may_want_thumbnails(root: Path, scope: Scope, lines: Lines | None = None) -
 
 
 def _page(
-    root: Path, scope: Scope, made: set[str], title: str | None = None, lines: Lines | None = None
+    root: Path,
+    scope: Scope,
+    made: set[str],
+    title: str | None = None,
+    lines: Lines | None = None,
+    cards: Cards | None = None,
 ) -> Iterator[bytes]:
     """The page in pieces: the template around one JSON object, whose `items` (the cards) come first and
     whose counts, known once every task has been seen, come last. `title`: DIR's name by default;
-    `lines`: the scope's `index`, if made."""
+    `lines`: the scope's `index`, if made; `cards`: the cards of the lines it holds that the run made
+    as it wrote them (Cards.taken)."""
     title = root.name if title is None else title
     template = Path(__file__).with_name("gallery.html").read_text(encoding="utf-8")
     head, marker, tail = template.partition("/*DATA*/")
@@ -415,16 +578,24 @@ def _page(
     statuses: Counter[str] = Counter()
     total = tokens = shown = 0
     cost = 0.0
-    for entry in entries(root, scope, lines):
+    for entry in entries(root, scope, lines, None if cards is None else cards.card_at):
         total += 1
-        statuses["orphaned" if entry.orphaned else entry.status] += 1
-        counts[f"{entry.kind}/{entry.status}"] += 1
-        record = entry.record
-        if record is not None:
-            tokens += int((record.usage or {}).get("total_tokens") or 0)
-            cost += record.cost if isinstance(record.cost, int | float) else 0.0
+        if isinstance(entry, Card):  # made as the run wrote its line
+            statuses[entry.status] += 1
+            counts[entry.count] += 1
+            tokens += entry.tokens
+            cost += entry.cost
+        else:
+            statuses["orphaned" if entry.orphaned else entry.status] += 1
+            counts[f"{entry.kind}/{entry.status}"] += 1
+            record = entry.record
+            if record is not None:
+                tokens += _tokens(record)
+                cost += _cost(record)
         if shown < MAX_ITEMS:
-            yield (b", " if shown else b"") + _json(_finish(_entry_card(entry), made))
+            yield (b", " if shown else b"") + (
+                entry.json if isinstance(entry, Card) else _card_json(entry, made)
+            )
             shown += 1
     rest = {
         "title": title,
@@ -440,6 +611,16 @@ def _page(
     }
     yield b"], " + _json(rest)[1:]  # the rest of the object: its keys without the opening brace
     yield tail.encode()
+
+
+def _tokens(record: ResultRecord) -> int:
+    """A task's tokens, as the page's header sums them."""
+    return int((record.usage or {}).get("total_tokens") or 0)
+
+
+def _cost(record: ResultRecord) -> float:
+    """A task's cost, as the page's header sums it."""
+    return record.cost if isinstance(record.cost, int | float) else 0.0
 
 
 def _json(value: Any) -> bytes:

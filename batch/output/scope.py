@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from batch.errors import BatchError
 from batch.manifest import plancache
@@ -39,6 +39,8 @@ from batch.running.order import Order
 from batch.running.records import ResultRecord
 
 log = logging.getLogger("batch.output.scope")
+
+_Known = TypeVar("_Known")  # what a caller of `entries` has at hand of a line (the page: its card)
 
 
 @dataclass(frozen=True)
@@ -282,7 +284,12 @@ class Entry:
         return self.record.kind if self.record is not None else self.task.kind if self.task else None
 
 
-def entries(root: Path, scope: Scope, lines: Lines | None = None) -> Iterator[Entry]:
+def entries(
+    root: Path,
+    scope: Scope,
+    lines: Lines | None = None,
+    at_hand: Callable[[int], _Known | None] | None = None,
+) -> Iterator[Entry | _Known]:
     """Each task the report is about. With a known manifest: in manifest order, then (with
     include_orphaned) the orphaned lines in file order; pending tasks too when some are pending and the
     manifest can be expanded (only then is it read: a finished run's order comes from the digests).
@@ -293,9 +300,16 @@ def entries(root: Path, scope: Scope, lines: Lines | None = None) -> Iterator[En
     each part's orphaned lines; the manifest, if it must be expanded, once; the files of its result lines
     are named from DIR (`shards/3/images/...`).
 
-    `lines`: what `index(root, scope)` found, for a caller that looked at it first (read again if None)."""
+    `lines`: what `index(root, scope)` found, for a caller that looked at it first (read again if None);
+    `at_hand`: given the byte offset of a task's line in results.jsonl, what the caller knows of it already
+    (the page: the card it made as the run wrote the line), yielded in place of the line's Entry, which is
+    then not read; None: read it. Only with `lines`, for a task's line in manifest order (an orphaned line
+    is always read)."""
     if not scope.parts:
-        yield from _entries_in(root / RESULTS, scope.order, scope.tasks, scope.include_orphaned, lines=lines)
+        path = root / RESULTS
+        yield from _entries_in(
+            path, scope.order, scope.tasks, scope.include_orphaned, lines=lines, at_hand=at_hand
+        )
         return
     walk: list[Iterator[Task] | None] = []  # the manifest's tasks, walked once, when first needed
     position = 0  # of that walk
@@ -349,20 +363,21 @@ class Lines:
         return self._pending[1]
 
 
-def index(root: Path, scope: Scope) -> Lines | None:
+def index(root: Path, scope: Scope, upto: int | None = None) -> Lines | None:
     """The offsets pass of `entries` over DIR's results.jsonl, for the gallery, which must know before
     it reads the tasks whether a card may show a picture: None for a results file with a line that may
     name one (the pass stops at it), and for a sharded batch or a scope with no manifest (entries then
-    reads its files as it goes)."""
+    reads its files as it goes). `upto`: only the lines that start before this byte offset (the caller
+    adds the later ones, which it knows already)."""
     if scope.parts or scope.order is None:
         return None
-    return _index(root / RESULTS, stop_at_pictures=True)
+    return _index(root / RESULTS, stop_at_pictures=True, upto=upto)
 
 
-def _index(path: Path, *, stop_at_pictures: bool = False) -> Lines | None:
+def _index(path: Path, *, stop_at_pictures: bool = False, upto: int | None = None) -> Lines | None:
     """A line that does not parse is not a task's last: the one before it of the same task is."""
     offsets = LineOffsets()
-    for offset, raw, line in read_raw_lines_with_offsets(path):
+    for offset, raw, line in read_raw_lines_with_offsets(path, upto):
         if stop_at_pictures and may_name_pictures(raw):
             return None
         task_id = line.get("id")
@@ -384,9 +399,10 @@ def _entries_in(
     include_orphaned: bool,
     folder: str = "",
     lines: Lines | None = None,
-) -> Iterator[Entry]:
+    at_hand: Callable[[int], _Known | None] | None = None,
+) -> Iterator[Entry | _Known]:
     """The entries of one results file (see `entries`); `folder`: where it is under DIR; `lines`: its
-    `_index`, if made already."""
+    `_index`, if made already; `at_hand`: as `entries` says."""
     record = functools.partial(_record, folder=folder)
 
     if order is None:
@@ -402,19 +418,27 @@ def _entries_in(
     with contextlib.ExitStack() as stack:
         handle = stack.enter_context(path.open("rb")) if offsets else None
 
-        def read(key: int) -> ResultRecord | None:
+        def read(key: int, task: Task | None) -> Entry | _Known | None:
+            """The entry of the task of digest `key`, None if it has no line (or its line is damaged)."""
             at = offsets.pop(key)
-            found = None if at is None or handle is None else read_line_at(handle, at)
-            return None if found is None else record(found)
+            if at is None or handle is None:
+                return None
+            if at_hand is not None:
+                ready = at_hand(at)
+                if ready is not None:
+                    return ready
+            found = read_line_at(handle, at)
+            return None if found is None else Entry(record(found), task)
 
         if tasks is not None:
             for task in tasks:
-                yield Entry(read(digest(task.id)), task)
+                item = read(digest(task.id), task)
+                yield Entry(None, task) if item is None else item
         else:  # every task has its line (or the manifest cannot be read): the order of the digests
             for key in order:
-                done = read(key)
+                done = read(key, None)
                 if done is not None:
-                    yield Entry(done, None)
+                    yield done
         if include_orphaned and handle is not None:
             for at in offsets.left():
                 found = read_line_at(handle, at)

@@ -92,6 +92,14 @@ class Journal:
         self._written = 0  # lines written
         self._synced = 0  # lines known durable
         self._syncing: anyio.Event | None = None
+        # told of each line once it is written: its offset in the file and its bytes (the page's
+        # gallery.Cards); it must not raise
+        self.tap: Callable[[int, bytes], None] | None = None
+
+    @property
+    def size(self) -> int:
+        """The file's size: where the next line goes."""
+        return self._size
 
     def open(self) -> None:
         cut_torn_tail(self.path)
@@ -126,6 +134,8 @@ class Journal:
             raise OutputError(f"cannot write {self.path.name}: {reason(exc)}") from exc
         self._size += len(line)
         self._written += 1
+        if self.tap is not None:
+            self.tap(self._size - len(line), line)
 
     async def sync(self) -> None:
         """Wait until every line written so far is on disk (group commit: one fsync for many writers)."""
@@ -220,10 +230,15 @@ def read_lines_with_offsets(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield offset, record
 
 
-def read_raw_lines_with_offsets(path: Path) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
-    """(byte offset, the line's bytes, record) of each line of a JSONL file, as `read_lines` reads them."""
+def read_raw_lines_with_offsets(
+    path: Path, upto: int | None = None
+) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
+    """(byte offset, the line's bytes, record) of each line of a JSONL file, as `read_lines` reads them;
+    `upto`: only the lines that start before this offset."""
     offset = 0
     for raw in whole_lines(path):
+        if upto is not None and offset >= upto:
+            return
         record = parse_record(raw)
         if record is not None:
             yield offset, raw, record

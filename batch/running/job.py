@@ -164,15 +164,34 @@ class Job:
         (its page is built once, at the end: _build_gallery_in_store)."""
         return self.config.gallery and self.config.store is None
 
-    def _build_gallery(self) -> None:
+    @property
+    def _page_apart(self) -> bool:
+        """Whether the run's last page is built in a process of its own (PAGE_APART)."""
+        return self.checked.plan.total >= PAGE_APART and gallery.can_start_itself()
+
+    def _cards(self) -> gallery.Cards | None:
+        """The cards of the page built here at the run's end, made as the run writes its lines
+        (gallery.Cards), the results journal told of each; None for a page built apart."""
+        if self._page_apart:
+            return None
+        try:
+            cards = gallery.Cards(self.out.root, self.out.results.size)
+        except OSError as exc:  # no temporary file in DIR: the page reads the lines at the end
+            log.debug("the page's cards are made at the end: %s", exc)
+            return None
+        self.out.results.tap = cards.add
+        return cards
+
+    def _build_gallery(self, cards: gallery.Cards | None = None) -> None:
         """The page at the run's end: the tasks of the last run's manifest, as `maas-batch gallery DIR`
         would show them. A big run's in a process of its own (its memory is not added to the run's);
-        a smaller one's here, where starting a process would cost more than the page."""
+        a smaller one's here, where starting a process would cost more than the page, with the `cards`
+        the run made as it wrote its lines."""
         try:
-            if self.checked.plan.total >= PAGE_APART and gallery.can_start_itself():
+            if self._page_apart:
                 gallery.build_apart(self.out.root)
             else:
-                gallery.build(self.out.root, scope_of(self.out.root))
+                gallery.build(self.out.root, scope_of(self.out.root), cards=cards)
         except (OSError, ValueError, OutputError) as exc:  # the page is a view: it must not fail the run
             log.warning("could not write the gallery: %s", exc)
             # the summary names no page: one left from during the run would show tasks as still pending
@@ -331,6 +350,7 @@ class Job:
         start = await anyio.to_thread.run_sync(self._prepare, loop)
         ending: dict[str, Any] = {"error": "the run ended with an unexpected error"}
         summary: RunSummary | None = None
+        cards: gallery.Cards | None = None
         try:
             if self.config.store is not None:
                 await self._mirror(start)
@@ -363,19 +383,23 @@ class Job:
                     self.runner.stop(*self._stop)
                 # the page rebuilt every minute or so during the run, in a process of its own
                 rebuilder = gallery.Rebuilder(self.out.root) if self._local_gallery else None
+                cards = self._cards() if rebuilder is not None else None
                 try:
                     summary = await self._run_mirrored(self.runner)
                 finally:
+                    self.out.results.tap = None
                     if rebuilder is not None:
                         rebuilder.stop()
             start = self._dispatched(start)
             if rebuilder is not None:
                 await anyio.to_thread.run_sync(rebuilder.close)  # its last build before the final one
-                await anyio.to_thread.run_sync(self._build_gallery)
+                await anyio.to_thread.run_sync(self._build_gallery, cards)
             summary.interrupted = len(start.interrupted.requests)
             ending = {**dataclasses.asdict(summary), "exit_code": summary.exit_code}
             return summary
         finally:
+            if cards is not None:
+                cards.close()
             try:
                 start.log.close(ending)
             except OutputError as exc:  # a full disk: the run's own outcome (74 already) comes first

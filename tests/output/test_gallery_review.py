@@ -149,9 +149,9 @@ def test_the_page_is_rebuilt_during_a_run_in_a_process_of_its_own(
     in_run: list[tuple[bool, int]] = []  # the builds made in this process: (make_missing, results then)
     real_build = gallery.build
 
-    def recording(root: Path, scope: Any = None, *, make_missing: bool = True) -> Path:
+    def recording(root: Path, scope: Any = None, *, make_missing: bool = True, cards: Any = None) -> Path:
         in_run.append((make_missing, len((root / "results.jsonl").read_text().splitlines())))
-        return real_build(root, scope, make_missing=make_missing)
+        return real_build(root, scope, make_missing=make_missing, cards=cards)
 
     children: list[dict[str, Any]] = []  # the page each child left
     built = threading.Event()
