@@ -96,7 +96,15 @@ class TaskAttempts:
 
     async def _attempt(self, spec: TaskSpec, kind: TaskKind, state: TaskState) -> None:
         ctx = self._ctx
-        await ctx.health.admit()  # during an outage, wait here without spending an attempt
+        probe = await ctx.health.admit()  # during an outage, wait here without spending an attempt
+        try:
+            await self._admitted(spec, kind, state)
+        finally:
+            ctx.health.ended(probe)
+
+    async def _admitted(self, spec: TaskSpec, kind: TaskKind, state: TaskState) -> None:
+        """The attempt, once the service's health let it go."""
+        ctx = self._ctx
         if ctx.stopping():
             raise Stopped
         if spec.inputs:

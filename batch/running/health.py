@@ -6,8 +6,9 @@ service. Instead, after `threshold` transient failures in a row (5xx, timeouts, 
 answers) across all tasks, the circuit opens: tasks wait at the gate without spending attempts, and one
 probe at a time (after 0.25 s, 0.5 s, 1 s ... up to 30 s) asks whether the service is back. The first
 answer closes the circuit and everything resumes. Attempts that fail during an outage are not charged to
-their tasks. If the outage outlasts `outage_limit`, the run stops
-(exit 69) with every unfinished task still pending, for a later run.
+their tasks. If the outage outlasts `outage_limit`, the run stops (exit 69) with every unfinished task
+still pending, for a later run; a probe in flight then is waited for first (it was sent, and may be
+paid): its answer closes the circuit instead.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class ServiceHealth:
         self._next_probe = 0.0
         self._probe_wait = PROBE_FIRST
         self._probing = False
+        self._probes = 0  # probes let through so far: the last one's number
         self._released = False
         self._changed = anyio.Event()
         self.last_error = ""
@@ -50,37 +52,48 @@ class ServiceHealth:
     def is_open(self) -> bool:
         return self._opened_at is not None
 
-    async def admit(self) -> None:
+    async def admit(self) -> int:
         """Return when an attempt may be sent: at once while the service is healthy; during an outage,
-        when this caller is the next probe or the service is back."""
+        when this caller is the next probe or the service is back. Returns the probe's number when this
+        caller is one (0 when not): its attempt hands it to `ended` however it ends."""
         while self._opened_at is not None and not self._released:
             now = self._clock()
             if now - self._opened_at >= self.outage_limit:
-                self._give_up(now)
-                return
+                if not self._probing:
+                    self._give_up(now)
+                    return 0
+                await self._changed.wait()  # a probe in flight: its answer decides
+                continue
             if not self._probing and now >= self._next_probe:
                 self._probing = True
-                return
+                self._probes += 1
+                return self._probes
             changed = self._changed
             deadline = min(self._next_probe, self._opened_at + self.outage_limit)
             with anyio.move_on_after(max(0.0, deadline - now) + 0.001):
                 await changed.wait()
+        return 0
 
     async def watch(self) -> None:
         """Give up at the outage limit even when no attempt asks: tasks asleep in their retry's backoff
         (up to --backoff-max) ask only when they wake, and the run overshot --outage-limit by that much
-        (a 10 s limit stopped after 22 s). Runs beside the work until the run cancels it."""
+        (a 10 s limit stopped after 22 s). A probe in flight at the limit is waited for (at most its
+        --timeout): its answer means the service is back, and the run goes on; its failure gives up.
+        Runs beside the work until the run cancels it."""
         while not self._released:
             changed = self._changed
             if self._opened_at is None:
                 await changed.wait()
                 continue
             now = self._clock()
-            if now - self._opened_at >= self.outage_limit:
+            if now - self._opened_at < self.outage_limit:
+                with anyio.move_on_after(self._opened_at + self.outage_limit - now + 0.001):
+                    await changed.wait()
+            elif self._probing:
+                await changed.wait()  # a probe in flight at the limit: its answer decides
+            else:
                 self._give_up(now)
                 return
-            with anyio.move_on_after(self._opened_at + self.outage_limit - now + 0.001):
-                await changed.wait()
 
     def succeeded(self) -> None:
         """The service answered (any answer that is not a transient failure)."""
@@ -130,6 +143,14 @@ class ServiceHealth:
         if self._probing:
             self._probing = False
             self._wake()
+
+    def ended(self, probe: int) -> None:
+        """The attempt of probe number `probe` (admit's) is over. One that ended before its answer said
+        anything either way (the run stopping, its input unreadable, its `sent` line not written) lets
+        another probe go, and the watch give up at the limit: it would otherwise wait for that answer
+        forever."""
+        if probe and self._probing and probe == self._probes:
+            self.abandoned()
 
     def release(self) -> None:
         """The run is stopping: let every waiter through (the runner then sends nothing)."""

@@ -133,3 +133,81 @@ def test_recover_marks_requests_of_a_killed_run_as_maybe_billed(tmp_path: Path) 
         "maybe_billed": True,
     }.items() <= cancelled[-2].items()
     assert recover(runs).runs == 0  # already closed
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("probe", ["answered", "failed", "abandoned", "ended unsent"])
+async def test_a_probe_in_flight_at_the_outage_limit_decides(probe: str) -> None:
+    """The watch gave up at the limit while a probe was in flight: the run stopped with 69 though the
+    probe's answer then said the service was back. Its answer now decides; a failure, a cancel, or an
+    attempt that ended before its answer said anything gives up (rather than wait forever)."""
+    clock = Clock()
+    outages: list[str] = []
+    health = ServiceHealth(1, 60, outages.append, clock=clock)
+    health.failed("503")
+    clock.now += PROBE_FIRST
+    number = await health.admit()  # the probe, sent
+    assert number == 1
+    clock.now += 61  # past the limit, the probe still in flight
+    admitted: list[str] = []
+
+    async def attempt() -> None:
+        await health.admit()
+        admitted.append("waiter")
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(health.watch)
+            group.start_soon(attempt)
+            await anyio.wait_all_tasks_blocked()
+            assert outages == [] and admitted == []  # both wait for the probe's answer
+            if probe == "answered":
+                health.succeeded()
+            elif probe == "failed":
+                health.failed("503 again")
+            elif probe == "abandoned":
+                health.abandoned()
+            else:
+                health.ended(number + 1)  # not the probe in flight: nothing changes
+                await anyio.wait_all_tasks_blocked()
+                assert outages == [] and admitted == []
+                health.ended(number)
+            await anyio.wait_all_tasks_blocked()
+            assert admitted == ["waiter"]
+            group.cancel_scope.cancel()  # the watch of a run that goes on
+    assert (outages == []) is (probe == "answered")
+    assert health.is_open is (probe != "answered")
+    health.ended(number)  # its attempt's end, after its answer: nothing more
+    assert len(outages) == (probe != "answered")
+
+
+@pytest.mark.anyio
+async def test_an_attempt_let_through_as_the_probe_lets_go_of_it_however_it_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An attempt admitted as the probe that raised before its request left (a fault of ours, which fails
+    its task only) held the probe for good: no other probe went, and the watch, which waits for a probe
+    in flight at the limit, would have waited forever. Its end now lets go of it."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from batch.running.attempt import TaskAttempts
+
+    clock = Clock()
+    outages: list[str] = []
+    health = ServiceHealth(1, 60, outages.append, clock=clock)
+    health.failed("503")
+    clock.now += PROBE_FIRST
+    attempts = TaskAttempts(SimpleNamespace(health=health))  # type: ignore[arg-type]
+
+    async def broken(*args: Any) -> None:
+        assert health.is_open  # let through as the probe
+        raise ValueError("a fault of ours, before the request left")
+
+    monkeypatch.setattr(attempts, "_admitted", broken)
+    with pytest.raises(ValueError):
+        await attempts._attempt(None, None, None)  # type: ignore[arg-type]
+    clock.now += 61
+    with anyio.fail_after(10):
+        await health.watch()  # gives up at once: no probe in flight
+    assert len(outages) == 1
