@@ -8,6 +8,7 @@ import heapq
 from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from batch.output.export import export as export  # the CLI imports it from here
 from batch.output.lock import LOCK, probe
 from batch.output.runlog import account
 from batch.output.scope import Scope, scope_of
-from batch.output.store import RESULTS, RETRIED, RUNS, USAGE, read_lines, whole_lines
+from batch.output.store import RESULTS, RETRIED, RUNS, USAGE, parse_record, read_lines, whole_lines
 from batch.running.idset import digest, repeated_in
 from batch.running.prices import PriceTable, money
 from batch.running.records import ErrorInfo, ResultRecord, UsageRecord, finished_entry, number
@@ -37,20 +38,48 @@ def lock_holder(root: Path) -> int | None:
     return None
 
 
-def last_lines(path: Path) -> Iterator[dict[str, Any]]:
+DAMAGED_SHOWN = 20  # damaged result lines named one by one by `status`; the count covers all
+
+
+@dataclass
+class Damaged:
+    """The whole lines of a results file that are no JSON object: damaged in place (a disk's fault, an
+    edit that broke one), which every reader passes by. A resume reads a line by its first bytes (its id
+    and status, records.finished_entry) and so may count its task finished all the same: then it is not
+    sent again, while the reports show it pending."""
+
+    count: int = 0
+    shown: list[tuple[int, str | None]] = field(default_factory=list)  # (line number, the id a resume reads)
+
+    def noted(self, lines: Iterator[bytes]) -> Iterator[dict[str, Any]]:
+        """The records of `lines` (a results file's whole lines, in order), noting the damaged ones."""
+        for line_number, raw in enumerate(lines, 1):
+            record = parse_record(raw)
+            if record is not None:
+                yield record
+            elif raw.strip():
+                self.count += 1
+                if len(self.shown) < DAMAGED_SHOWN:
+                    found = finished_entry(raw)
+                    self.shown.append((line_number, None if found is None else found[0]))
+
+
+def last_lines(path: Path, damaged: Damaged | None = None) -> Iterator[dict[str, Any]]:
     """The lines of a results file that are their task's last (as read_lines reads them, in file order):
     a task with several lines (two runs of one store, a line copied by hand) counts once, as its last line
     says, as `export`, the page and a resume take it. A pass over the ids first (8 bytes a line) finds
-    the tasks that have more than one line; only theirs are counted, and only then read a second time."""
+    the tasks that have more than one line; only theirs are counted, and only then read a second time.
+    `damaged`: told of the lines that are no JSON object."""
     # the checkpoint's fast scan (most lines need no JSON parsing): it only picks the tasks to look at
     keys = array("Q", (digest(found[0]) for raw in whole_lines(path) if (found := finished_entry(raw))))
     repeated = repeated_in(keys)
     del keys
+    lines = read_lines(path) if damaged is None else damaged.noted(whole_lines(path))
     if not repeated:
-        yield from read_lines(path)
+        yield from lines
         return
     left = Counter(key for key in map(digest, _ids(path)) if key in repeated)  # lines of each still to come
-    for line in read_lines(path):
+    for line in lines:
         task_id = line.get("id")
         if isinstance(task_id, str) and (key := digest(task_id)) in repeated:
             left[key] -= 1
@@ -79,7 +108,8 @@ def status(root: Path, scope: Scope | None = None) -> dict[str, Any]:
     for record in map(ResultRecord.from_line, read_lines(root / RETRIED)):
         if scope.current(record.id):
             retry_pending.add(record.id)
-    for record in map(ResultRecord.from_line, last_lines(root / RESULTS)):
+    damaged = Damaged()
+    for record in map(ResultRecord.from_line, last_lines(root / RESULTS, damaged)):
         retry_pending.discard(record.id)
         if scope.current(record.id):
             current += 1
@@ -111,6 +141,10 @@ def status(root: Path, scope: Scope | None = None) -> dict[str, Any]:
         "include_orphaned": scope.include_orphaned,
         # finished tasks whose result line names another request than the manifest's now (None: unknown)
         "changed": changed if scope.requests is not None else None,
+        # result lines that are no JSON object, and the first of them: line number, the task a resume
+        # reads in it (it counts that task finished), or None
+        "damaged": damaged.count,
+        "damaged_lines": [{"line": number, "task": task} for number, task in damaged.shown],
         "requests": attempts.requests,
         "maybe_billed": attempts.maybe_billed,
         "in_flight": attempts.in_flight,
@@ -151,6 +185,25 @@ def changed_line(count: int) -> str:
     )
 
 
+def damaged_line(found: Mapping[str, Any]) -> str | None:
+    """What `status` says of the result lines damaged in place."""
+    if not found.get("damaged"):
+        return None
+    named = [
+        f"line {line['line']:,} (task {line['task']}: counted finished by `run`, not sent again)"
+        if line["task"] is not None
+        else f"line {line['line']:,} (no task `run` can read in it: if it was a result, it is sent again)"
+        for line in found["damaged_lines"]
+    ]
+    more = found["damaged"] - len(named)
+    return (
+        f"damaged: {found['damaged']:,} line(s) of {RESULTS} are not JSON, and are left out above: "
+        + ", ".join(named)
+        + (f", and {more:,} more" if more > 0 else "")
+        + "; mend them, or delete them for `run` to send their tasks again"
+    )
+
+
 def format_status(found: Mapping[str, Any]) -> str:
     pending = "unknown" if found["pending"] is None else f"{found['pending']:,}"
     lines = [
@@ -164,6 +217,9 @@ def format_status(found: Mapping[str, Any]) -> str:
         lines.append(orphaned)
     if found.get("changed"):
         lines.append(f"changed: {changed_line(found['changed'])}")
+    damaged = damaged_line(found)
+    if damaged:
+        lines.append(damaged)
     if found["retry_pending"]:
         lines.append(
             f"{found['retry_pending']:,} of the pending failed before and were not sent again yet: "

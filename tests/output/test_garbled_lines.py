@@ -154,3 +154,35 @@ def test_a_run_resumes_past_a_number_past_any_float(
     done = cli("run", manifest, "--out", huge, env=env_for(sim))
     assert done.code == 0, done.err
     assert "Traceback" not in done.err and "1 already done" in done.out
+
+
+def test_status_names_a_result_line_damaged_in_place_and_what_run_does_with_it(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A line no longer JSON (a quote lost in the middle) was passed by in silence: status showed its
+    task pending while `run` read its first bytes, counted it finished and sent nothing."""
+    manifest = write(
+        "tasks:\n"
+        + "".join(f"  - {{kind: chat, id: t{i}, model: gemini-2.5-flash, prompt: q{i}}}\n" for i in range(3))
+    )
+    out = tmp_path / "out"
+    assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 0
+    results = out / "results.jsonl"
+    lines = results.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b'"prompt": "', b'"prompt": ', 1)  # t1's line, damaged in place
+    lines.append(b'"kind": "chat", "id": "t9"}\n')  # a line whose start is lost: no task a run can read
+    results.write_bytes(b"".join(lines))
+    found = json.loads(cli("status", out, "--json").out)
+    assert (found["damaged"], found["damaged_lines"]) == (
+        2,
+        [{"line": 2, "task": "t1"}, {"line": 4, "task": None}],
+    )
+    text = cli("status", out).out
+    assert "line 2 (task t1: counted finished by `run`, not sent again)" in text
+    assert "line 4 (no task `run` can read in it: if it was a result, it is sent again)" in text
+    again = cli("run", manifest, "--out", out, env=env_for(sim))
+    assert "0 succeeded, 0 failed, 3 already done" in again.out  # what status said `run` would do
+    lines[1] = b""  # deleted: its task is sent again
+    results.write_bytes(b"".join(lines[:3]))
+    assert json.loads(cli("status", out, "--json").out)["damaged"] == 0
+    assert "1 succeeded, 0 failed, 2 already done" in cli("run", manifest, "--out", out, env=env_for(sim)).out
