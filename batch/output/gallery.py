@@ -404,14 +404,15 @@ class Cards:
                 while chunk := handle.read(1 << 20):
                     crc = zlib.crc32(chunk, crc)
                     size += len(chunk)
-            spill.flush()
+            spill.flush()  # a full disk: the page reads the lines
         except OSError:
-            spill.close()
-            return None
-        if size != self.end - self.start or crc != self._crc:
-            spill.close()
+            self._spill = spill
+            self.close()
             return None
         self._spill = spill
+        if size != self.end - self.start or crc != self._crc:
+            self.close()
+            return None
         return self
 
     def index(self, offsets: LineOffsets) -> None:
@@ -426,16 +427,26 @@ class Cards:
         if spill is None or found == len(self._offsets) or self._offsets[found] != offset:
             return None
         start = self._ends[found - 1] if found else 0
-        spill.seek(start)
+        try:
+            spill.seek(start)
+            card = spill.read(self._ends[found] - start)
+        except OSError as exc:  # a disk failing under it: this line and the rest are read from the lines
+            log.debug("the page's cards cannot be read: %s", exc)
+            self.close()
+            return None
+        if len(card) != self._ends[found] - start:  # the file cut short under it: the same
+            self.close()
+            return None
         status, count = self._names[self._labels[found]]
-        card = spill.read(self._ends[found] - start)
         return Card(card, status, count, self._tokens[found], self._costs[found])
 
     def close(self) -> None:
-        """Let go of the cards (their temporary file is removed as it closes)."""
+        """Let go of the cards (their temporary file is removed as it closes). Never raises: a buffer that
+        a full disk cannot take is dropped with the file."""
         spill, self._spill = self._spill, None
         if spill is not None:
-            spill.close()
+            with contextlib.suppress(OSError):
+                spill.close()
         for held in (self._offsets, self._keys, self._ends, self._tokens, self._costs, self._labels):
             del held[:]
         self._known.clear()

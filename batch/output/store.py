@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import secrets
 import stat
@@ -50,6 +51,8 @@ from batch.output.files import (
 )
 from batch.output.lock import acquire
 from batch.running.records import finished_entry, requested_entry
+
+log = logging.getLogger("batch.output.store")
 
 RESULTS = "results.jsonl"
 USAGE = "usage.jsonl"
@@ -135,7 +138,11 @@ class Journal:
         self._size += len(line)
         self._written += 1
         if self.tap is not None:
-            self.tap(self._size - len(line), line)
+            try:
+                self.tap(self._size - len(line), line)
+            except Exception as exc:  # the line is written: a view of it must not fail the run
+                log.warning("%s: a view of its lines failed (%s): it is told no more", self.path.name, exc)
+                self.tap = None
 
     async def sync(self) -> None:
         """Wait until every line written so far is on disk (group commit: one fsync for many writers)."""

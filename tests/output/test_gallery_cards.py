@@ -5,6 +5,7 @@ cards were made of; lines that differ from those, or that may name a picture, ar
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +31,9 @@ def chat(task: str, status: str = "succeeded", **fields: Any) -> bytes:
 
 def without_time(page: Path) -> str:
     """The page less the moment it was built."""
-    return re.sub(r'"built": "[^"]*"', "", page.read_text(encoding="utf-8"))
+    text, found = re.subn(r'"built": ?"[^"]*"', '"built": "-"', page.read_text(encoding="utf-8"))
+    assert found == 1, "the page's build time"
+    return text
 
 
 def written(out: Path, before: list[bytes], during: list[bytes]) -> gallery.Cards:
@@ -55,9 +58,19 @@ def items_of(page: str) -> dict[str, dict[str, Any]]:
 
 
 def page_with_and_without(out: Path, scope: Scope, cards: gallery.Cards, *, taken: bool) -> tuple[str, str]:
-    """The page built with the cards (`taken`: whether they hold), and the page built from the lines."""
-    assert (cards.taken(out / "results.jsonl") is not None) is taken
+    """The page built with the cards, and the page built from the lines; `taken`: whether the first build
+    took the cards (they held)."""
+    real = cards.taken
+    took: list[bool] = []
+
+    def taking(path: Path) -> gallery.Cards | None:
+        found = real(path)
+        took.append(found is not None)
+        return found
+
+    cards.taken = taking  # type: ignore[method-assign]
     with_cards = without_time(gallery.build(out, scope, cards=cards))
+    assert took == [taken]
     return with_cards, without_time(gallery.build(out, scope))
 
 
@@ -165,7 +178,15 @@ def test_a_runs_last_page_is_built_with_its_cards_and_is_the_gallery_commands_pa
         taken.append(found is not None and len(found._offsets) > 0)
         return found
 
+    made: list[gallery.Cards] = []
+    real_init = gallery.Cards.__init__
+
+    def making(self: gallery.Cards, root: Path, start: int) -> None:
+        made.append(self)
+        real_init(self, root, start)
+
     monkeypatch.setattr(gallery.Cards, "taken", taking)
+    monkeypatch.setattr(gallery.Cards, "__init__", making)
     out = tmp_path / "out"
     prompts = [
         f"  - {{kind: chat, id: t{i}, model: gemini-2.5-flash, prompt: question {i}}}" for i in range(12)
@@ -178,7 +199,7 @@ def test_a_runs_last_page_is_built_with_its_cards_and_is_the_gallery_commands_pa
         assert cli("gallery", out).code == 0
         assert without_time(out / "index.html") == after_run
         assert [item["status"] for item in items_of(after_run).values()] == ["succeeded"] * count
-    assert not [path.name for path in out.iterdir() if path.name.startswith("tmp")]  # the cards' file is gone
+    assert made and all(cards._spill is None for cards in made)  # each run's cards closed, their file gone
 
 
 def test_a_page_built_apart_makes_no_cards(
@@ -206,3 +227,99 @@ def test_a_page_built_apart_makes_no_cards(
     monkeypatch.setattr(job, "PAGE_APART", 20_000)
     assert cli("run", manifest, "--out", tmp_path / "other", env=env_for(sim)).code == 0
     assert len(made) == 1
+
+
+FULL = Path("/dev/full")  # every write fails with ENOSPC
+
+
+@pytest.mark.skipif(not FULL.exists(), reason="no /dev/full here")
+@pytest.mark.parametrize("count", [3, 60], ids=["fails at the end", "fails as the run writes"])
+def test_a_full_disk_under_the_cards_leaves_the_run_and_the_page_as_without_them(
+    count: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cards' file is buffered: a full disk failed its flush in `add`, and again in the close after it,
+    out of the results journal's write (the run ended in a traceback), or in `taken` (the page was lost).
+    Now the line is written, the cards stop, and the page reads the lines."""
+    monkeypatch.setattr(gallery.tempfile, "TemporaryFile", lambda dir: FULL.open("r+b"))
+    out = tmp_path / "out"
+    out.mkdir()
+    journal = store.Journal(out / "results.jsonl", fsync=False)
+    journal.open()
+    cards = gallery.Cards(out, journal.size)
+    journal.tap = cards.add
+    tasks = [f"t{i}" for i in range(count)]
+    for task in tasks:  # 60 cards of some 400 bytes pass the file's 8 KB buffer: its flush fails
+        journal.write_bytes(chat(task, prompt="p" * 200))
+    journal.close()
+    assert journal.tap is not None  # the cards stopped themselves: nothing raised
+    scope = Scope(order=Order([digest(task) for task in tasks]))
+    with_cards, from_lines = page_with_and_without(out, scope, cards, taken=False)
+    assert with_cards == from_lines and list(items_of(with_cards)) == tasks
+
+
+def test_a_view_of_the_journal_that_raises_is_dropped_and_the_line_is_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = store.Journal(tmp_path / "results.jsonl", fsync=False)
+    journal.open()
+    told: list[int] = []
+
+    def tap(offset: int, raw: bytes) -> None:
+        told.append(offset)
+        raise RuntimeError("a view's bug")
+
+    journal.tap = tap
+    journal.write_bytes(chat("a"))
+    journal.write_bytes(chat("b"))
+    journal.close()
+    assert told == [0] and journal.tap is None
+    assert [json.loads(line)["id"] for line in (tmp_path / "results.jsonl").read_text().splitlines()] == [
+        "a",
+        "b",
+    ]
+    assert "a view of its lines failed (a view's bug)" in caplog.text
+
+
+def test_cards_cut_short_under_the_page_are_read_from_the_lines(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cards = written(out, [], [chat(task, text=task * 50) for task in "abcd"])
+    scope = Scope(order=Order([digest(task) for task in "abcd"]))
+    real = cards.taken
+
+    def cut(path: Path) -> gallery.Cards | None:
+        found = real(path)
+        assert found is not None and found._spill is not None
+        os.ftruncate(found._spill.fileno(), int(found._ends[1]) + 10)  # the third card cut short
+        return found
+
+    cards.taken = cut  # type: ignore[method-assign]
+    with_cards = without_time(gallery.build(out, scope, cards=cards))
+    assert with_cards == without_time(gallery.build(out, scope))
+    assert items_of(with_cards)["d"]["text"] == "d" * 50
+
+
+@pytest.mark.skipif(not FULL.exists(), reason="no /dev/full here")
+def test_a_run_whose_cards_meet_a_full_disk_ends_as_without_them(
+    cli: Callable[..., Outcome],
+    sim: RunningSimulator,
+    write: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It ended with exit 1 and an ExceptionGroup's traceback after a few lines, its requests in flight
+    cancelled and no page written."""
+    monkeypatch.setattr(gallery.tempfile, "TemporaryFile", lambda dir: FULL.open("r+b"))
+    prompt = "p" * 300  # 40 cards pass the file's 8 KB buffer
+    manifest = write(
+        "tasks:\n"
+        + "".join(
+            f"  - {{kind: chat, id: t{i}, model: gemini-2.5-flash, prompt: {prompt}}}\n" for i in range(40)
+        )
+    )
+    out = tmp_path / "out"
+    done = cli("run", manifest, "--out", out, env=env_for(sim))
+    assert done.code == 0, done.err
+    assert "40 succeeded" in done.out and "Traceback" not in done.err
+    after_run = without_time(out / "index.html")
+    assert cli("gallery", out).code == 0
+    assert without_time(out / "index.html") == after_run and len(items_of(after_run)) == 40
