@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import signal
 from pathlib import Path
@@ -314,6 +313,7 @@ def show_status(args: argparse.Namespace) -> int:
     from batch.cluster.plan import read_plan
     from batch.cluster.queue import QueueError, QueueSettings, ShardQueue
     from batch.cluster.view import cluster_status, format_cluster_status
+    from batch.output.report import as_json
 
     plan = read_plan(args.out)
     url = args.redis or env("MAAS_REDIS_URL") or plan.redis
@@ -330,7 +330,7 @@ def show_status(args: argparse.Namespace) -> int:
     found = {**cluster_status(args.out, state), "directory": str(getattr(args, "url", None) or args.out)}
     if trouble:
         found["queue_error"] = trouble
-    print(json.dumps(found, indent=2) if args.json else format_cluster_status(found))
+    print(as_json(found) if args.json else format_cluster_status(found))
     return EXIT_OK
 
 

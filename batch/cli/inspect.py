@@ -4,7 +4,6 @@ output too, through a local view of it."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -20,8 +19,8 @@ from batch.manifest import plancache
 from batch.output.export import Selection
 from batch.output.format import FORMAT
 from batch.output.lock import LOCK, acquire
+from batch.output.report import as_json, format_report, format_status, report, status
 from batch.output.report import export as export_rows
-from batch.output.report import format_report, format_status, report, status
 from batch.output.scope import Scope, scope_of
 from batch.output.store import ANSWERS, IMAGES, RESULTS, RETRIED, RUNS, THUMBS, USAGE
 
@@ -68,7 +67,7 @@ def show_status(args: argparse.Namespace) -> int:
         return cluster.show_status(args)
     root = run_directory(args.out)
     found = {**status(root, scope(args, root)), "directory": shown(args)}
-    print(json.dumps(found, indent=2) if args.json else format_status(found))
+    print(as_json(found) if args.json else format_status(found))
     return EXIT_OK
 
 
@@ -93,7 +92,7 @@ def show_report(args: argparse.Namespace) -> int:
             "directory": shown(args),
         }
         text = format_report(found)
-    print(json.dumps(found, indent=2) if args.json else text)
+    print(as_json(found) if args.json else text)
     return EXIT_OK
 
 

@@ -5,6 +5,8 @@ streaming: a directory of a million results is summed, not loaded.
 from __future__ import annotations
 
 import heapq
+import json
+import math
 from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
@@ -183,6 +185,22 @@ def changed_line(count: int) -> str:
         "a setting, the endpoint or an input file changed since): a task's id is its `id`, and they are not "
         "sent again; give them new ids, or run into another --out"
     )
+
+
+def as_json(found: Mapping[str, Any]) -> str:
+    """`--json`'s document: JSON a pipeline can read, a sum past any float (costs of 1e308, in a ledger
+    edited by hand) as null rather than `Infinity`, which is no JSON."""
+    return json.dumps(_finite(found), indent=2)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def damaged_line(found: Mapping[str, Any]) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -186,3 +187,24 @@ def test_status_names_a_result_line_damaged_in_place_and_what_run_does_with_it(
     results.write_bytes(b"".join(lines[:3]))
     assert json.loads(cli("status", out, "--json").out)["damaged"] == 0
     assert "1 succeeded, 0 failed, 2 already done" in cli("run", manifest, "--out", out, env=env_for(sim)).out
+
+
+@pytest.mark.parametrize("command", ["status", "report"])
+def test_json_of_sums_past_any_float_is_still_json(
+    cli: Callable[..., Outcome], huge: Path, command: str
+) -> None:
+    """Two costs of 1.5e308 sum past any float: `report --json` printed `Infinity`, which no strict JSON
+    reader takes. Such a figure is null."""
+    ledger = {"task_id": "a", "kind": "chat", "model": "m", "total_tokens": 5, "cost": 1.5e308}
+    (huge / "usage.jsonl").write_text(
+        json.dumps(ledger) + "\n" + json.dumps({**ledger, "task_id": "b"}) + "\n"
+    )
+    done = cli(command, huge, "--json")
+    assert done.code == 0, done.err
+
+    def refuse(constant: str) -> Any:
+        raise AssertionError(f"{constant} is no JSON")
+
+    found = json.loads(done.out, parse_constant=refuse)
+    if command == "report":
+        assert found["cost"] is None and found["by_kind"]["chat"]["cost"] is None
