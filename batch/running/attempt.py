@@ -96,11 +96,12 @@ class TaskAttempts:
 
     async def _attempt(self, spec: TaskSpec, kind: TaskKind, state: TaskState) -> None:
         ctx = self._ctx
-        probe = await ctx.health.admit()  # during an outage, wait here without spending an attempt
+        # during an outage, wait here without spending an attempt (or go as the probe)
+        state.probe = await ctx.health.admit()
         try:
             await self._admitted(spec, kind, state)
         finally:
-            ctx.health.ended(probe)
+            ctx.health.ended(state.probe)
 
     async def _admitted(self, spec: TaskSpec, kind: TaskKind, state: TaskState) -> None:
         """The attempt, once the service's health let it go."""
@@ -130,6 +131,7 @@ class TaskAttempts:
                 await self._book(spec, kind, state)  # last: once paced, the request goes at once
                 if ctx.stopping():
                     raise Stopped
+                ctx.health.sending(state.probe)  # no wait from here to the request: the limit waits for it
                 state.attempts += 1
                 request_id = f"{spec.id}/{ctx.run_tag}.{state.attempts}"
                 try:
@@ -200,8 +202,7 @@ class TaskAttempts:
             await self._failed(spec, kind, request_id, exc, state)
             raise
         except BaseException:  # cancelled (a second signal, or the grace period ran out) while in flight
-            ctx.log.done(request_id, "cancelled", maybe_billed=True)
-            ctx.health.abandoned()
+            ctx.log.done(request_id, "cancelled", maybe_billed=True)  # a probe's: _attempt ends it
             self.maybe_billed += 1
             raise
         finally:
@@ -236,7 +237,7 @@ class TaskAttempts:
                 request_id, "broken", status=exc.status, maybe_billed=exc.maybe_billed, error=exc.message
             )
             if exc.retry:  # garbled on the way: the service (or the path to it) is failing
-                state.lost_to_outage = not health.failed(exc.message)
+                state.lost_to_outage = not health.failed(exc.message, state.probe)
             else:  # a whole answer: the service is up
                 health.succeeded()
             if exc.usage is not None:
@@ -251,12 +252,12 @@ class TaskAttempts:
             log.done(request_id, "error", status=exc.status, error=exc.message)
             state.server_request_id = exc.server_request_id or state.server_request_id  # the last said
             if exc.status is not None and (exc.status >= 500 or exc.status == 408):
-                state.lost_to_outage = not health.failed(str(exc))
+                state.lost_to_outage = not health.failed(str(exc), state.probe)
             else:
                 health.succeeded()  # the service is up; it refused this request
         else:
             log.done(request_id, "failed", maybe_billed=exc.maybe_billed, error=exc.message)
-            state.lost_to_outage = not health.failed(exc.message)
+            state.lost_to_outage = not health.failed(exc.message, state.probe)
             state.maybe_billed += exc.maybe_billed
 
     async def _keep(

@@ -45,6 +45,7 @@ class AttemptContext:
 @dataclass
 class TaskState:
     attempts: int = 0
+    probe: int = 0  # the attempt in flight is the outage's probe of this number (ServiceHealth.admit); 0: not
     lost_to_outage: bool = False  # the last attempt's failure was the service's outage: it costs none
     maybe_billed: int = 0  # this run's requests that may have been billed without a result
     carried: int = 0  # such requests of earlier runs that were killed

@@ -101,6 +101,7 @@ class Runner:
             max(5, settings.limits.concurrency or 16),
             settings.outage_limit,
             on_outage=lambda reason: self.stop(reason, EXIT_UNAVAILABLE),
+            probe_timeout=client.config.timeout,
         )
         self._producer_scope = anyio.CancelScope()
         self._work_scope = anyio.CancelScope()

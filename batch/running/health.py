@@ -7,13 +7,14 @@ answers) across all tasks, the circuit opens: tasks wait at the gate without spe
 probe at a time (after 0.25 s, 0.5 s, 1 s ... up to 30 s) asks whether the service is back. The first
 answer closes the circuit and everything resumes. Attempts that fail during an outage are not charged to
 their tasks. If the outage outlasts `outage_limit`, the run stops (exit 69) with every unfinished task
-still pending, for a later run; a probe in flight then is waited for first (it was sent, and may be
-paid): its answer closes the circuit instead.
+still pending, for a later run; a probe sent before then is waited for first (it may be paid; at most
+its --timeout): its answer closes the circuit instead.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 PROBE_FIRST = 0.25
 PROBE_MAX = 30.0
+PROBE_GRACE = 5.0  # seconds past a sent probe's --timeout before the limit gives up on it all the same
 
 
 class ServiceHealth:
@@ -32,17 +34,22 @@ class ServiceHealth:
         outage_limit: float,
         on_outage: Callable[[str], None],
         clock: Callable[[], float] = time.monotonic,
+        probe_timeout: float = math.inf,
     ) -> None:
+        """`probe_timeout`: how long a request may take (--timeout): a probe sent at the outage limit is
+        waited for that long, and PROBE_GRACE more, at most."""
         self.threshold = max(1, threshold)
         self.outage_limit = outage_limit
+        self.probe_timeout = probe_timeout
         self._on_outage = on_outage
         self._clock = clock
         self._in_a_row = 0
         self._opened_at: float | None = None
         self._next_probe = 0.0
         self._probe_wait = PROBE_FIRST
-        self._probing = False
         self._probes = 0  # probes let through so far: the last one's number
+        self._probe = 0  # the number of the probe in flight; 0: none
+        self._probe_sent: float | None = None  # when it was sent; None: it waits to be (a pacer, a slot)
         self._released = False
         self._changed = anyio.Event()
         self.last_error = ""
@@ -55,42 +62,48 @@ class ServiceHealth:
     async def admit(self) -> int:
         """Return when an attempt may be sent: at once while the service is healthy; during an outage,
         when this caller is the next probe or the service is back. Returns the probe's number when this
-        caller is one (0 when not): its attempt hands it to `ended` however it ends."""
+        caller is one (0 when not): its attempt says `sending` as it sends, passes the number with its
+        failure, and hands it to `ended` however it ends."""
         while self._opened_at is not None and not self._released:
             now = self._clock()
             if now - self._opened_at >= self.outage_limit:
-                if not self._probing:
+                waiting = self._probe_deadline(now)
+                if waiting is None:
                     self._give_up(now)
                     return 0
-                await self._changed.wait()  # a probe in flight: its answer decides
+                await self._wait(waiting - now)  # a probe sent: its answer decides
                 continue
-            if not self._probing and now >= self._next_probe:
-                self._probing = True
+            if not self._probe and now >= self._next_probe:
                 self._probes += 1
-                return self._probes
-            changed = self._changed
-            deadline = min(self._next_probe, self._opened_at + self.outage_limit)
-            with anyio.move_on_after(max(0.0, deadline - now) + 0.001):
-                await changed.wait()
+                self._probe, self._probe_sent = self._probes, None
+                return self._probe
+            await self._wait(min(self._next_probe, self._opened_at + self.outage_limit) - now)
         return 0
+
+    def sending(self, probe: int) -> None:
+        """The attempt of probe number `probe` sends its request now (it is no longer waiting for a slot
+        or a pacer): from now on, the outage limit waits for its answer."""
+        if probe and probe == self._probe:
+            self._probe_sent = self._clock()
 
     async def watch(self) -> None:
         """Give up at the outage limit even when no attempt asks: tasks asleep in their retry's backoff
         (up to --backoff-max) ask only when they wake, and the run overshot --outage-limit by that much
-        (a 10 s limit stopped after 22 s). A probe in flight at the limit is waited for (at most its
-        --timeout): its answer means the service is back, and the run goes on; its failure gives up.
-        Runs beside the work until the run cancels it."""
+        (a 10 s limit stopped after 22 s). A probe sent before the limit is waited for (at most its
+        --timeout): its answer means the service is back, and the run goes on; its failure gives up. A
+        probe still waiting to be sent is not: the run stops, and it is never sent. Runs beside the work
+        until the run cancels it."""
         while not self._released:
-            changed = self._changed
             if self._opened_at is None:
-                await changed.wait()
+                await self._changed.wait()
                 continue
             now = self._clock()
-            if now - self._opened_at < self.outage_limit:
-                with anyio.move_on_after(self._opened_at + self.outage_limit - now + 0.001):
-                    await changed.wait()
-            elif self._probing:
-                await changed.wait()  # a probe in flight at the limit: its answer decides
+            limit = self._opened_at + self.outage_limit
+            waiting = self._probe_deadline(now)
+            if now < limit:
+                await self._wait(limit - now)
+            elif waiting is not None:
+                await self._wait(waiting - now)
             else:
                 self._give_up(now)
                 return
@@ -103,14 +116,15 @@ class ServiceHealth:
                 "the service answers again, after %.0f s of failures", self._clock() - self._opened_at
             )
             self._opened_at = None
-            self._probing = False
+            self._probe, self._probe_sent = 0, None
             self._probe_wait = PROBE_FIRST
             self._wake()
 
-    def failed(self, error: str) -> bool:
-        """A transient failure: 5xx, timeout, broken connection, broken answer. Returns whether it counts
-        against its task's attempts: not when it opened the circuit or came during an outage, which is
-        the service's fault, not the task's."""
+    def failed(self, error: str, probe: int = 0) -> bool:
+        """A transient failure: 5xx, timeout, broken connection, broken answer; `probe`: the number of the
+        probe that failed (admit's), 0 for another request (one sent before the circuit opened). Returns
+        whether it counts against its task's attempts: not when it opened the circuit or came during an
+        outage, which is the service's fault, not the task's."""
         self._in_a_row += 1
         self.last_error = error
         now = self._clock()
@@ -129,33 +143,41 @@ class ServiceHealth:
             )
             self._wake()
             return False
-        if self._probing:
-            self._probing = False
+        if probe and probe == self._probe:
+            self._probe, self._probe_sent = 0, None
             self._probe_wait = min(PROBE_MAX, self._probe_wait * 2)
             self._next_probe = now + self._probe_wait
             self._wake()
-        if now - self._opened_at >= self.outage_limit:
+        if now - self._opened_at >= self.outage_limit and self._probe_deadline(now) is None:
             self._give_up(now)
         return False
 
-    def abandoned(self) -> None:
-        """An admitted attempt ended without an answer either way (cancelled): let another probe go."""
-        if self._probing:
-            self._probing = False
-            self._wake()
-
     def ended(self, probe: int) -> None:
-        """The attempt of probe number `probe` (admit's) is over. One that ended before its answer said
-        anything either way (the run stopping, its input unreadable, its `sent` line not written) lets
-        another probe go, and the watch give up at the limit: it would otherwise wait for that answer
-        forever."""
-        if probe and self._probing and probe == self._probes:
-            self.abandoned()
+        """The attempt of probe number `probe` is over. One that ended before its answer said anything
+        either way (cancelled, the run stopping, its input unreadable, its `sent` line not written) lets
+        another probe go, and the limit give up: it would otherwise wait for that answer in vain."""
+        if probe and probe == self._probe:
+            self._probe, self._probe_sent = 0, None
+            self._wake()
 
     def release(self) -> None:
         """The run is stopping: let every waiter through (the runner then sends nothing)."""
         self._released = True
         self._wake()
+
+    def _probe_deadline(self, now: float) -> float | None:
+        """Until when the outage limit waits for the probe in flight: None when there is none, it has not
+        been sent, or its time (--timeout, and PROBE_GRACE) is over."""
+        if not self._probe or self._probe_sent is None:
+            return None
+        deadline = self._probe_sent + self.probe_timeout + PROBE_GRACE
+        return deadline if now < deadline else None
+
+    async def _wait(self, seconds: float) -> None:
+        """Until the state changes, or `seconds` (and a millisecond) pass."""
+        changed = self._changed
+        with anyio.move_on_after(max(0.0, seconds) + 0.001):
+            await changed.wait()
 
     def _give_up(self, now: float) -> None:
         assert self._opened_at is not None

@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from batch.output.runlog import RunLog, recover
-from batch.running.health import PROBE_FIRST, ServiceHealth
+from batch.running.health import PROBE_FIRST, PROBE_GRACE, ServiceHealth
 
 
 class Clock:
@@ -136,24 +136,27 @@ def test_recover_marks_requests_of_a_killed_run_as_maybe_billed(tmp_path: Path) 
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("probe", ["answered", "failed", "abandoned", "ended unsent"])
-async def test_a_probe_in_flight_at_the_outage_limit_decides(probe: str) -> None:
-    """The watch gave up at the limit while a probe was in flight: the run stopped with 69 though the
-    probe's answer then said the service was back. Its answer now decides; a failure, a cancel, or an
-    attempt that ended before its answer said anything gives up (rather than wait forever)."""
+@pytest.mark.parametrize(
+    "probe", ["answered", "failed", "ended unanswered", "another request failed, then answered"]
+)
+async def test_a_probe_sent_before_the_outage_limit_decides(probe: str) -> None:
+    """The watch gave up at the limit while the probe was in flight: the run stopped with 69 though the
+    probe's answer then said the service was back. Its answer now decides: an answer goes on, its failure
+    or its attempt's end without an answer gives up. Another request's failure (one sent before the
+    circuit opened) is not the probe's, and neither gives up nor lets a second probe go."""
     clock = Clock()
     outages: list[str] = []
-    health = ServiceHealth(1, 60, outages.append, clock=clock)
+    health = ServiceHealth(1, 60, outages.append, clock=clock, probe_timeout=600)
     health.failed("503")
     clock.now += PROBE_FIRST
-    number = await health.admit()  # the probe, sent
+    number = await health.admit()
     assert number == 1
+    health.sending(number)  # the probe, sent
     clock.now += 61  # past the limit, the probe still in flight
-    admitted: list[str] = []
+    admitted: list[int] = []
 
     async def attempt() -> None:
-        await health.admit()
-        admitted.append("waiter")
+        admitted.append(await health.admit())
 
     with anyio.fail_after(10):
         async with anyio.create_task_group() as group:
@@ -164,21 +167,56 @@ async def test_a_probe_in_flight_at_the_outage_limit_decides(probe: str) -> None
             if probe == "answered":
                 health.succeeded()
             elif probe == "failed":
-                health.failed("503 again")
-            elif probe == "abandoned":
-                health.abandoned()
-            else:
+                health.failed("503 again", number)
+            elif probe == "ended unanswered":
                 health.ended(number + 1)  # not the probe in flight: nothing changes
                 await anyio.wait_all_tasks_blocked()
                 assert outages == [] and admitted == []
                 health.ended(number)
+            else:
+                health.failed("a timeout of a request sent before the outage")
+                await anyio.wait_all_tasks_blocked()
+                assert outages == [] and admitted == []  # still the probe's to decide; no second probe
+                health.succeeded()
             await anyio.wait_all_tasks_blocked()
-            assert admitted == ["waiter"]
+            assert admitted == [0]  # let through: the service is back, or the run stops
             group.cancel_scope.cancel()  # the watch of a run that goes on
-    assert (outages == []) is (probe == "answered")
-    assert health.is_open is (probe != "answered")
+    gave_up = probe in ("failed", "ended unanswered")
+    assert len(outages) == gave_up and health.is_open is gave_up
     health.ended(number)  # its attempt's end, after its answer: nothing more
-    assert len(outages) == (probe != "answered")
+    assert len(outages) == gave_up
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("sent", [False, True], ids=["waiting to be sent", "sent, past its timeout"])
+async def test_the_outage_limit_does_not_wait_for_a_probe_not_sent_or_past_its_timeout(sent: bool) -> None:
+    """A probe let through may wait for a slot or a pacer (with --redis, on other runs) before it is sent:
+    the limit waited for it, and a run with --outage-limit 1 stopped after 14 s, having sent it late. Now
+    the limit gives up on a probe not sent (the stopping run never sends it), and on a sent one once its
+    --timeout (and a grace) is over."""
+    clock = Clock()
+    outages: list[str] = []
+    health = ServiceHealth(1, 60, outages.append, clock=clock, probe_timeout=30)
+    health.failed("503")
+    clock.now += PROBE_FIRST
+    number = await health.admit()
+    clock.now = 100 + 59  # a minute into the outage
+    if sent:
+        health.sending(number)
+        clock.now += 11  # past the limit, within its time: waited for
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+                group.start_soon(health.watch)
+                await anyio.wait_all_tasks_blocked()
+                assert outages == []
+                group.cancel_scope.cancel()
+        clock.now = 100 + 59 + 30 + PROBE_GRACE  # its --timeout, and the grace, over
+    else:
+        clock.now += 2
+    with anyio.fail_after(10):
+        await health.watch()
+    assert len(outages) == 1
+    assert await health.admit() == 0  # released: the run stops, and sends nothing
 
 
 @pytest.mark.anyio
@@ -187,11 +225,12 @@ async def test_an_attempt_let_through_as_the_probe_lets_go_of_it_however_it_ends
 ) -> None:
     """An attempt admitted as the probe that raised before its request left (a fault of ours, which fails
     its task only) held the probe for good: no other probe went, and the watch, which waits for a probe
-    in flight at the limit, would have waited forever. Its end now lets go of it."""
+    in flight at the limit, would have waited for it. Its end now lets go of it."""
     from types import SimpleNamespace
     from typing import Any
 
     from batch.running.attempt import TaskAttempts
+    from batch.running.context import TaskState
 
     clock = Clock()
     outages: list[str] = []
@@ -206,8 +245,7 @@ async def test_an_attempt_let_through_as_the_probe_lets_go_of_it_however_it_ends
 
     monkeypatch.setattr(attempts, "_admitted", broken)
     with pytest.raises(ValueError):
-        await attempts._attempt(None, None, None)  # type: ignore[arg-type]
-    clock.now += 61
+        await attempts._attempt(None, None, TaskState())  # type: ignore[arg-type]
     with anyio.fail_after(10):
-        await health.watch()  # gives up at once: no probe in flight
-    assert len(outages) == 1
+        assert await health.admit() == 2  # the next probe goes
+    assert outages == []
