@@ -146,7 +146,7 @@ def status(root: Path, scope: Scope | None = None) -> dict[str, Any]:
         # result lines that are no JSON object, and the first of them: line number, the task a resume
         # reads in it (it counts that task finished), or None
         "damaged": damaged.count,
-        "damaged_lines": [{"line": number, "task": task} for number, task in damaged.shown],
+        "damaged_lines": _damaged_lines(root, scope, damaged),
         "requests": attempts.requests,
         "maybe_billed": attempts.maybe_billed,
         "in_flight": attempts.in_flight,
@@ -203,14 +203,52 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def _damaged_lines(root: Path, scope: Scope, damaged: Damaged) -> list[dict[str, Any]]:
+    """The damaged lines `status` names, each with the id a resume reads in it (`task`, or None), what
+    that makes of it (`reads_as`), and whether a resume then counts a task of the manifest finished by
+    that line alone (`run_counts_it`: it is not sent again, while the reports show it pending; None
+    where the manifest is not known). Looked for only when a line is damaged."""
+    if not damaged.shown:
+        return []
+    named = {task for _, task in damaged.shown if task is not None}
+    whole = {
+        task
+        for line in read_lines(root / RESULTS)
+        if isinstance(task := line.get("id"), str) and task in named
+    }
+    found = []
+    for line_number, task in damaged.shown:
+        if task is None:
+            reads_as = "no task"
+        elif task in whole:
+            reads_as = "a task with a whole line"  # that line finishes it
+        elif not scope.known:
+            reads_as = "a task, if the manifest has it"
+        elif scope.current(task):
+            reads_as = "a finished task"
+        else:
+            reads_as = "no task of the manifest"
+        counts = {"a finished task": True, "a task, if the manifest has it": None}.get(reads_as, False)
+        found.append({"line": line_number, "task": task, "reads_as": reads_as, "run_counts_it": counts})
+    return found
+
+
+_DAMAGE_SAID = {
+    "a finished task": "task {task}: `run` counts it finished and does not send it again",
+    "a task, if the manifest has it": "it reads as task {task}: `run` counts it finished, if it is a task",
+    "no task": "no task can be read in it: if it was a result, `run` sends its task again",
+    "no task of the manifest": "it reads as {task!r}, no task of the manifest: if it was a result, `run` "
+    "sends its task again",
+    "a task with a whole line": "task {task}, whose whole line counts",
+}
+
+
 def damaged_line(found: Mapping[str, Any]) -> str | None:
-    """What `status` says of the result lines damaged in place."""
+    """What `status` says of the result lines damaged in place, and of what `run` makes of each."""
     if not found.get("damaged"):
         return None
     named = [
-        f"line {line['line']:,} (task {line['task']}: counted finished by `run`, not sent again)"
-        if line["task"] is not None
-        else f"line {line['line']:,} (no task `run` can read in it: if it was a result, it is sent again)"
+        f"line {line['line']:,} (" + _DAMAGE_SAID[line["reads_as"]].format(task=line["task"]) + ")"
         for line in found["damaged_lines"]
     ]
     more = found["damaged"] - len(named)
@@ -218,7 +256,7 @@ def damaged_line(found: Mapping[str, Any]) -> str | None:
         f"damaged: {found['damaged']:,} line(s) of {RESULTS} are not JSON, and are left out above: "
         + ", ".join(named)
         + (f", and {more:,} more" if more > 0 else "")
-        + "; mend them, or delete them for `run` to send their tasks again"
+        + "; mend them, or delete them (a plain `run`, not --retry-failed, then sends their tasks again)"
     )
 
 

@@ -161,7 +161,8 @@ def test_status_names_a_result_line_damaged_in_place_and_what_run_does_with_it(
     cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
 ) -> None:
     """A line no longer JSON (a quote lost in the middle) was passed by in silence: status showed its
-    task pending while `run` read its first bytes, counted it finished and sent nothing."""
+    task pending while `run` read its first bytes, counted it finished and sent nothing. status now says,
+    for each, what `run` reads in it, and the next run does as it said."""
     manifest = write(
         "tasks:\n"
         + "".join(f"  - {{kind: chat, id: t{i}, model: gemini-2.5-flash, prompt: q{i}}}\n" for i in range(3))
@@ -169,24 +170,32 @@ def test_status_names_a_result_line_damaged_in_place_and_what_run_does_with_it(
     out = tmp_path / "out"
     assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 0
     results = out / "results.jsonl"
-    lines = results.read_bytes().splitlines(keepends=True)
-    lines[1] = lines[1].replace(b'"prompt": "', b'"prompt": ', 1)  # t1's line, damaged in place
-    lines.append(b'"kind": "chat", "id": "t9"}\n')  # a line whose start is lost: no task a run can read
-    results.write_bytes(b"".join(lines))
+    t0, t1, t2 = sorted(results.read_bytes().splitlines(keepends=True))
+    damaged = [
+        t0,
+        t1.replace(b'"prompt": "', b'"prompt": ', 1),  # t1's only line, damaged after its id
+        t2.replace(b'"t2"', b'"t2', 1),  # its id's closing quote lost: it reads as another id
+        b'"kind": "chat", "id": "t9"}\n',  # its start lost: no id can be read
+        t0.replace(b'"text": "', b'"text": ', 1),  # a damaged copy of a task with a whole line
+    ]
+    results.write_bytes(b"".join(damaged))
     found = json.loads(cli("status", out, "--json").out)
-    assert (found["damaged"], found["damaged_lines"]) == (
-        2,
-        [{"line": 2, "task": "t1"}, {"line": 4, "task": None}],
-    )
+    assert found["damaged"] == 4
+    assert [(line["line"], line["reads_as"], line["run_counts_it"]) for line in found["damaged_lines"]] == [
+        (2, "a finished task", True),
+        (3, "no task of the manifest", False),
+        (4, "no task", False),
+        (5, "a task with a whole line", False),
+    ]
+    assert found["damaged_lines"][0]["task"] == "t1" and found["damaged_lines"][3]["task"] == "t0"
     text = cli("status", out).out
-    assert "line 2 (task t1: counted finished by `run`, not sent again)" in text
-    assert "line 4 (no task `run` can read in it: if it was a result, it is sent again)" in text
+    assert "line 2 (task t1: `run` counts it finished and does not send it again)" in text
+    assert "line 3 (it reads as 't2, ', no task of the manifest: if it was a result, `run` sends its" in text
+    assert "line 4 (no task can be read in it: if it was a result, `run` sends its task again)" in text
+    assert "line 5 (task t0, whose whole line counts)" in text
     again = cli("run", manifest, "--out", out, env=env_for(sim))
-    assert "0 succeeded, 0 failed, 3 already done" in again.out  # what status said `run` would do
-    lines[1] = b""  # deleted: its task is sent again
-    results.write_bytes(b"".join(lines[:3]))
-    assert json.loads(cli("status", out, "--json").out)["damaged"] == 0
-    assert "1 succeeded, 0 failed, 2 already done" in cli("run", manifest, "--out", out, env=env_for(sim)).out
+    assert "1 succeeded, 0 failed, 2 already done" in again.out  # t2 sent again; t0 and t1 not, as said
+    assert [json.loads(line)["id"] for line in results.read_text().splitlines()[-1:]] == ["t2"]
 
 
 @pytest.mark.parametrize("command", ["status", "report"])
@@ -208,3 +217,15 @@ def test_json_of_sums_past_any_float_is_still_json(
     found = json.loads(done.out, parse_constant=refuse)
     if command == "report":
         assert found["cost"] is None and found["by_kind"]["chat"]["cost"] is None
+
+
+def test_status_of_a_damaged_line_where_no_manifest_is_known(cli: Callable[..., Outcome], out: Path) -> None:
+    """A DIR written by a manifest built in code has no remembered manifest: whether the id a damaged line
+    reads as is a task cannot be known, and status says so."""
+    with (out / "results.jsonl").open("ab") as handle:
+        handle.write(b'{"id": "c", "kind": "chat", "status": "succ\n')
+    found = json.loads(cli("status", out, "--json").out)
+    assert found["damaged_lines"] == [
+        {"line": 3, "task": "c", "reads_as": "a task, if the manifest has it", "run_counts_it": None}
+    ]
+    assert "line 3 (it reads as task c: `run` counts it finished, if it is a task)" in cli("status", out).out
