@@ -5,12 +5,13 @@ the flags of `maas-batch run` say), the connection from the environment, and the
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import math
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -259,8 +260,32 @@ def _parsed(parse: Callable[[str], float], text: str, name: str) -> float:
         raise OptionError(name, str(exc)) from None
 
 
+ENVIRONMENT = ("MAAS_API_KEY", "MAAS_BASE_URL", "MAAS_ENDPOINT", "MAAS_REDIS_URL")  # what the tool reads
+_looked = False  # whether the environment's names were looked at for a misspelt one of these
+
+
 def env(name: str) -> str | None:
+    """A variable of ENVIRONMENT, None when unset or blank. The first call says (once) which variables
+    set look like a misspelling of one of them: a typo would otherwise do nothing, as if unset."""
+    global _looked
+    if not _looked:
+        _looked = True
+        for said in misspelt_environment(os.environ):
+            log.warning("%s", said)
     return os.environ.get(name, "").strip() or None
+
+
+def misspelt_environment(names: Iterable[str]) -> list[str]:
+    """What to say of the variables among `names` that look like one of ENVIRONMENT misspelt (MAAS_BASEURL,
+    maas_api_key, MAS_API_KEY): their names only, never their values."""
+    said = []
+    for name in sorted(names):
+        if name in ENVIRONMENT or not name.upper().startswith(("MAAS", "MAS_")):
+            continue
+        meant = difflib.get_close_matches(name.upper(), ENVIRONMENT, n=1, cutoff=0.8)
+        if meant:
+            said.append(f"{name} is set, but maas-batch reads no such variable: did you mean {meant[0]}?")
+    return said
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,7 @@ environment:
                   AWS_ENDPOINT_URL for a store that is not AWS's (MinIO, Ceph...)
   AZURE_STORAGE_* an az:// output's account and credentials, read by adlfs
                   (AZURE_STORAGE_CONNECTION_STRING, or _ACCOUNT_NAME with _ACCOUNT_KEY or _SAS_TOKEN)
+  A variable that looks like one of the MAAS_ ones misspelt (MAAS_BASEURL) is warned of, by name.
 """
 
 

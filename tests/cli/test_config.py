@@ -187,3 +187,38 @@ def test_the_library_raises_the_error_whose_exit_code_the_cli_exits_with(
     if case == "missing endpoint":  # located, like any manifest problem, and a ConfigError
         assert isinstance(raised.value, MissingConfigError) and isinstance(raised.value, batch.ConfigError)
         assert isinstance(raised.value, batch.ManifestError) and raised.value.problems[0].field == "endpoint"
+
+
+def test_a_misspelt_environment_variable_is_named_never_its_value(
+    cli: Callable[..., Outcome], write: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MAAS_BASEURL for MAAS_BASE_URL did nothing: the run went to the default API, with no word said."""
+    from batch import config
+
+    monkeypatch.setattr(config, "_looked", False)
+    monkeypatch.setenv("MAAS_BASEURL", "https://gateway.example/v1/ai-secret-part")
+    monkeypatch.setenv("maas_api_key", "a-secret-value-1234")
+    monkeypatch.setenv("MAAS_URL", "http://canonical-maas.example")  # another tool's: not ours misspelt
+    manifest = write("tasks:\n  - {kind: chat, model: gemini-2.5-flash, prompt: hi}\n")
+    done = cli("validate", manifest, env={"MAAS_ENDPOINT": "ep"})
+    assert done.code == 0, done.err
+    assert (
+        "MAAS_BASEURL is set, but maas-batch reads no such variable: did you mean MAAS_BASE_URL?" in done.err
+    )
+    assert (
+        "maas_api_key is set, but maas-batch reads no such variable: did you mean MAAS_API_KEY?" in done.err
+    )
+    assert "MAAS_URL" not in done.err and "secret" not in done.err
+    again = cli("validate", manifest, env={"MAAS_ENDPOINT": "ep"})
+    assert "MAAS_BASEURL" not in again.err  # said once a process
+
+
+def test_misspelt_environment_names() -> None:
+    from batch.config import misspelt_environment
+
+    names = ["MAAS_API_KEY", "MAAS_ENDPOINTS", "MAS_API_KEY", "MAAS_REDIS", "MAAS_PROFILE", "OPENAI_API_KEY"]
+    assert [said.split()[0] for said in misspelt_environment(names)] == [
+        "MAAS_ENDPOINTS",
+        "MAAS_REDIS",
+        "MAS_API_KEY",
+    ]
