@@ -131,7 +131,6 @@ class TaskAttempts:
                 await self._book(spec, kind, state)  # last: once paced, the request goes at once
                 if ctx.stopping():
                     raise Stopped
-                ctx.health.sending(state.probe)  # no wait from here to the request: the limit waits for it
                 state.attempts += 1
                 request_id = f"{spec.id}/{ctx.run_tag}.{state.attempts}"
                 try:
@@ -185,6 +184,11 @@ class TaskAttempts:
         except OutputError:
             ctx.log.done(request_id, "unsent")
             raise
+        if state.probe:  # the outage's probe: the limit waits for it once it leaves, and for no other
+            if ctx.stopping():  # the limit passed while its `sent` line went to the store
+                ctx.log.done(request_id, "unsent")
+                raise Stopped
+            ctx.health.sending(state.probe)  # no wait from here to the request
         self.in_flight += 1
         state.server_request_id = None
         state.lost_to_outage = False

@@ -7,8 +7,8 @@ answers) across all tasks, the circuit opens: tasks wait at the gate without spe
 probe at a time (after 0.25 s, 0.5 s, 1 s ... up to 30 s) asks whether the service is back. The first
 answer closes the circuit and everything resumes. Attempts that fail during an outage are not charged to
 their tasks. If the outage outlasts `outage_limit`, the run stops (exit 69) with every unfinished task
-still pending, for a later run; a probe sent before then is waited for first (it may be paid; at most
-its --timeout): its answer closes the circuit instead.
+still pending, for a later run; a probe sent before then is waited for first (it may be paid; its
+--timeout and PROBE_GRACE at most): its answer closes the circuit instead.
 """
 
 from __future__ import annotations
@@ -73,11 +73,15 @@ class ServiceHealth:
                     return 0
                 await self._wait(waiting - now)  # a probe sent: its answer decides
                 continue
-            if not self._probe and now >= self._next_probe:
+            limit = self._opened_at + self.outage_limit
+            if self._probe:  # until its answer (a change) or the limit: the next probe's time is no cue
+                await self._wait(limit - now)
+                continue
+            if now >= self._next_probe:
                 self._probes += 1
                 self._probe, self._probe_sent = self._probes, None
                 return self._probe
-            await self._wait(min(self._next_probe, self._opened_at + self.outage_limit) - now)
+            await self._wait(min(self._next_probe, limit) - now)
         return 0
 
     def sending(self, probe: int) -> None:
@@ -89,10 +93,10 @@ class ServiceHealth:
     async def watch(self) -> None:
         """Give up at the outage limit even when no attempt asks: tasks asleep in their retry's backoff
         (up to --backoff-max) ask only when they wake, and the run overshot --outage-limit by that much
-        (a 10 s limit stopped after 22 s). A probe sent before the limit is waited for (at most its
-        --timeout): its answer means the service is back, and the run goes on; its failure gives up. A
-        probe still waiting to be sent is not: the run stops, and it is never sent. Runs beside the work
-        until the run cancels it."""
+        (a 10 s limit stopped after 22 s). A probe sent before the limit is waited for (its --timeout
+        and PROBE_GRACE at most): its answer means the service is back, and the run goes on; its
+        failure gives up. A probe still waiting to be sent is not: the run stops, and it is never sent.
+        Runs beside the work until the run cancels it."""
         while not self._released:
             if self._opened_at is None:
                 await self._changed.wait()

@@ -249,3 +249,79 @@ async def test_an_attempt_let_through_as_the_probe_lets_go_of_it_however_it_ends
     with anyio.fail_after(10):
         assert await health.admit() == 2  # the next probe goes
     assert outages == []
+
+
+@pytest.mark.anyio
+async def test_waiters_at_the_gate_do_not_spin_while_the_probe_is_out() -> None:
+    """Past the next probe's time, with the probe out, each waiter woke every millisecond until its answer
+    (up to --timeout, 600 s): a core spent all night on an outage. They now sleep until a change or the
+    limit."""
+    clock = Clock()
+    health = ServiceHealth(1, 60, lambda reason: None, clock=clock, probe_timeout=600)
+    health.failed("503")
+    clock.now += PROBE_FIRST
+    health.sending(await health.admit())
+    clock.now += 1  # the next probe's time is past; the probe is still out
+    waits = 0
+    real = health._wait
+
+    async def counted(seconds: float) -> None:
+        nonlocal waits
+        waits += 1
+        await real(seconds)
+
+    health._wait = counted  # type: ignore[method-assign]
+    admitted: list[int] = []
+
+    async def waiter() -> None:
+        admitted.append(await health.admit())
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            for _ in range(8):
+                group.start_soon(waiter)
+            await anyio.sleep(0.1)  # a window in which a spinning waiter wakes some 100 times
+            assert waits == 8 and admitted == []
+            health.succeeded()
+    assert admitted == [0] * 8
+
+
+@pytest.mark.anyio
+async def test_a_probe_is_not_sent_once_the_run_stopped_while_its_sent_line_went_to_the_store() -> None:
+    """An output on a store publishes each `sent` line before its request leaves, which may take a while:
+    the probe counted as sent from before that wait, so the limit waited for a request not yet sent, and
+    it left after the run had decided to stop. It is now marked sent as it leaves, and not sent at all
+    when the run stopped meanwhile."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from batch.running.attempt import TaskAttempts
+    from batch.running.context import Stopped, TaskState
+
+    clock = Clock()
+    stopped: list[str] = []
+    health = ServiceHealth(1, 60, stopped.append, clock=clock, probe_timeout=600)
+    health.failed("503")
+    clock.now += PROBE_FIRST
+    state = TaskState(probe=await health.admit())
+    done: list[tuple[str, str]] = []
+    sent: list[str] = []
+
+    async def published() -> None:  # the store takes its time: the limit passes meanwhile
+        clock.now += 61
+        await health.watch()  # the probe is not sent yet: the limit gives up
+        assert stopped
+
+    async def send(*args: Any) -> None:
+        sent.append("sent")
+
+    log = SimpleNamespace(
+        sent=lambda *a: None, published=published, done=lambda r, o, **k: done.append((r, o))
+    )
+    ctx = SimpleNamespace(
+        log=log, health=health, stopping=lambda: bool(stopped), client=SimpleNamespace(send=send)
+    )
+    attempts = TaskAttempts(ctx)  # type: ignore[arg-type]
+    with pytest.raises(Stopped):
+        await attempts._send(SimpleNamespace(id="t", endpoint="e"), None, None, "t/r.1", state)  # type: ignore[arg-type]
+    assert sent == [] and done == [("t/r.1", "unsent")]
