@@ -220,14 +220,14 @@ def _damaged_lines(root: Path, scope: Scope, damaged: Damaged) -> list[dict[str,
     for line_number, task in damaged.shown:
         if task is None:
             reads_as = "no task"
+        elif scope.known and not scope.current(task):
+            reads_as = "no task of the manifest"
         elif task in whole:
             reads_as = "a task with a whole line"  # that line finishes it
         elif not scope.known:
             reads_as = "a task, if the manifest has it"
-        elif scope.current(task):
-            reads_as = "a finished task"
         else:
-            reads_as = "no task of the manifest"
+            reads_as = "a finished task"
         counts = {"a finished task": True, "a task, if the manifest has it": None}.get(reads_as, False)
         found.append({"line": line_number, "task": task, "reads_as": reads_as, "run_counts_it": counts})
     return found
@@ -237,8 +237,8 @@ _DAMAGE_SAID = {
     "a finished task": "task {task}: `run` counts it finished and does not send it again",
     "a task, if the manifest has it": "it reads as task {task}: `run` counts it finished, if it is a task",
     "no task": "no task can be read in it: if it was a result, `run` sends its task again",
-    "no task of the manifest": "it reads as {task!r}, no task of the manifest: if it was a result, `run` "
-    "sends its task again",
+    "no task of the manifest": "it reads as {task!r}, no task of the manifest: `run` counts no task finished "
+    "by it (if the damage hit its id, the task it was is sent again)",
     "a task with a whole line": "task {task}, whose whole line counts",
 }
 

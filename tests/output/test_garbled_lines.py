@@ -177,20 +177,23 @@ def test_status_names_a_result_line_damaged_in_place_and_what_run_does_with_it(
         t2.replace(b'"t2"', b'"t2', 1),  # its id's closing quote lost: it reads as another id
         b'"kind": "chat", "id": "t9"}\n',  # its start lost: no id can be read
         t0.replace(b'"text": "', b'"text": ', 1),  # a damaged copy of a task with a whole line
+        t0.replace(b'"t0"', b'"zz9"', 1),  # a whole line of no task of the manifest (orphaned)
+        t0.replace(b'"t0"', b'"zz9"', 1).replace(b'"text": "', b'"text": ', 1),  # and a damaged one
     ]
     results.write_bytes(b"".join(damaged))
     found = json.loads(cli("status", out, "--json").out)
-    assert found["damaged"] == 4
+    assert found["damaged"] == 5
     assert [(line["line"], line["reads_as"], line["run_counts_it"]) for line in found["damaged_lines"]] == [
         (2, "a finished task", True),
         (3, "no task of the manifest", False),
         (4, "no task", False),
         (5, "a task with a whole line", False),
+        (7, "no task of the manifest", False),  # not "a task with a whole line": zz9 is none
     ]
     assert found["damaged_lines"][0]["task"] == "t1" and found["damaged_lines"][3]["task"] == "t0"
     text = cli("status", out).out
     assert "line 2 (task t1: `run` counts it finished and does not send it again)" in text
-    assert "line 3 (it reads as 't2, ', no task of the manifest: if it was a result, `run` sends its" in text
+    assert "line 3 (it reads as 't2, ', no task of the manifest: `run` counts no task finished by it" in text
     assert "line 4 (no task can be read in it: if it was a result, `run` sends its task again)" in text
     assert "line 5 (task t0, whose whole line counts)" in text
     again = cli("run", manifest, "--out", out, env=env_for(sim))
