@@ -277,13 +277,21 @@ def env(name: str) -> str | None:
 
 def misspelt_environment(names: Iterable[str]) -> list[str]:
     """What to say of the variables among `names` that look like one of ENVIRONMENT misspelt (MAAS_BASEURL,
-    maas_api_key, MAS_API_KEY): their names only, never their values."""
+    maas_api_key, MASS_API_KEY): their names only, never their values. Not of one whose near name is set
+    too (it is then likely another tool's: MAAS_API_URL), nor of one of them with a suffix of its own
+    (MAAS_API_KEY_OLD)."""
+    given = set(names)
     said = []
-    for name in sorted(names):
-        if name in ENVIRONMENT or not name.upper().startswith(("MAAS", "MAS_")):
+    for name in sorted(given):
+        upper = name.upper()
+        if (
+            name in ENVIRONMENT
+            or not upper.startswith("MA")
+            or upper.startswith(tuple(f"{n}_" for n in ENVIRONMENT))
+        ):
             continue
-        meant = difflib.get_close_matches(name.upper(), ENVIRONMENT, n=1, cutoff=0.8)
-        if meant:
+        meant = difflib.get_close_matches(upper, ENVIRONMENT, n=1, cutoff=0.85)
+        if meant and meant[0] not in given:
             said.append(f"{name} is set, but maas-batch reads no such variable: did you mean {meant[0]}?")
     return said
 
