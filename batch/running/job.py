@@ -175,7 +175,7 @@ class Job:
         if self._page_apart:
             return None
         try:
-            cards = gallery.Cards(self.out.root, self.out.results.size)
+            cards = gallery.Cards(self.out.root, self.out.results.size, asyncio.get_running_loop().call_soon)
         except OSError as exc:  # no temporary file in DIR: the page reads the lines at the end
             log.debug("the page's cards are made at the end: %s", exc)
             return None
@@ -388,6 +388,8 @@ class Job:
                     summary = await self._run_mirrored(self.runner)
                 finally:
                     self.out.results.tap = None
+                    if cards is not None:
+                        cards.drain()  # here, in the loop's thread: the last lines' cards
                     if rebuilder is not None:
                         rebuilder.stop()
             start = self._dispatched(start)

@@ -181,9 +181,9 @@ def test_a_runs_last_page_is_built_with_its_cards_and_is_the_gallery_commands_pa
     made: list[gallery.Cards] = []
     real_init = gallery.Cards.__init__
 
-    def making(self: gallery.Cards, root: Path, start: int) -> None:
+    def making(self: gallery.Cards, *args: Any) -> None:
         made.append(self)
-        real_init(self, root, start)
+        real_init(self, *args)
 
     monkeypatch.setattr(gallery.Cards, "taken", taking)
     monkeypatch.setattr(gallery.Cards, "__init__", making)
@@ -200,6 +200,7 @@ def test_a_runs_last_page_is_built_with_its_cards_and_is_the_gallery_commands_pa
         assert without_time(out / "index.html") == after_run
         assert [item["status"] for item in items_of(after_run).values()] == ["succeeded"] * count
     assert made and all(cards._spill is None for cards in made)  # each run's cards closed, their file gone
+    assert all(cards._later is not None for cards in made)  # made after the answers at hand went on
 
 
 def test_a_page_built_apart_makes_no_cards(
@@ -214,9 +215,9 @@ def test_a_page_built_apart_makes_no_cards(
     made: list[gallery.Cards] = []
     real = gallery.Cards.__init__
 
-    def making(self: gallery.Cards, root: Path, start: int) -> None:
+    def making(self: gallery.Cards, *args: Any) -> None:
         made.append(self)
-        real(self, root, start)
+        real(self, *args)
 
     monkeypatch.setattr(gallery.Cards, "__init__", making)
     monkeypatch.setattr(job, "PAGE_APART", 1)
@@ -323,3 +324,30 @@ def test_a_run_whose_cards_meet_a_full_disk_ends_as_without_them(
     after_run = without_time(out / "index.html")
     assert cli("gallery", out).code == 0
     assert without_time(out / "index.html") == after_run and len(items_of(after_run)) == 40
+
+
+def test_cards_made_later_wait_for_their_turn_and_are_taken_only_once_drained(tmp_path: Path) -> None:
+    """In a run, a line's card is made after the answers that came with it have gone on (the loop's
+    call_soon), not in the middle of them: a wave of 64 answers made 64 cards before its last answer's
+    worker sent its next request."""
+    out = tmp_path / "out"
+    out.mkdir()
+    results = out / "results.jsonl"
+    results.write_bytes(b"")
+    asked: list[Callable[[], None]] = []
+    cards = gallery.Cards(out, 0, asked.append)
+    for task in "abc":
+        offset = results.stat().st_size
+        raw = chat(task)
+        with results.open("ab") as handle:
+            handle.write(raw)
+        cards.add(offset, raw)
+    assert len(asked) == 1 and len(cards._offsets) == 0  # one call asked for; no card made yet
+    asked.pop()()  # the loop comes to it
+    assert len(cards._offsets) == 3
+    cards.add(results.stat().st_size, chat("d"))  # written, then not drained: the cards are not taken
+    with results.open("ab") as handle:
+        handle.write(chat("d"))
+    scope = Scope(order=Order([digest(task) for task in "abcd"]))
+    with_cards, from_lines = page_with_and_without(out, scope, cards, taken=False)
+    assert with_cards == from_lines and list(items_of(with_cards)) == list("abcd")
