@@ -74,6 +74,20 @@ def page_with_and_without(out: Path, scope: Scope, cards: gallery.Cards, *, take
     return with_cards, without_time(gallery.build(out, scope))
 
 
+@pytest.fixture
+def made(monkeypatch: pytest.MonkeyPatch) -> list[gallery.Cards]:
+    """Every Cards made from now on, in this list."""
+    found: list[gallery.Cards] = []
+    real = gallery.Cards.__init__
+
+    def making(self: gallery.Cards, *args: Any) -> None:
+        found.append(self)
+        real(self, *args)
+
+    monkeypatch.setattr(gallery.Cards, "__init__", making)
+    return found
+
+
 ORDER = ["a", "b", "c", "d", "e", "f"]  # "f" has no line: pending
 BEFORE = [chat("a"), chat("b", "failed", error={"type": "x", "status": 500, "message": "m"}), chat("c")]
 DURING = [
@@ -167,6 +181,7 @@ def test_a_runs_last_page_is_built_with_its_cards_and_is_the_gallery_commands_pa
     write: Callable[..., Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    made: list[gallery.Cards],
 ) -> None:
     """A run, then a run of a longer manifest into the same DIR (its cards start past the first run's
     lines): each run's page, built from its cards, is what `maas-batch gallery DIR` builds from the lines."""
@@ -178,15 +193,7 @@ def test_a_runs_last_page_is_built_with_its_cards_and_is_the_gallery_commands_pa
         taken.append(found is not None and len(found._offsets) > 0)
         return found
 
-    made: list[gallery.Cards] = []
-    real_init = gallery.Cards.__init__
-
-    def making(self: gallery.Cards, *args: Any) -> None:
-        made.append(self)
-        real_init(self, *args)
-
     monkeypatch.setattr(gallery.Cards, "taken", taking)
-    monkeypatch.setattr(gallery.Cards, "__init__", making)
     out = tmp_path / "out"
     prompts = [
         f"  - {{kind: chat, id: t{i}, model: gemini-2.5-flash, prompt: question {i}}}" for i in range(12)
@@ -209,17 +216,10 @@ def test_a_page_built_apart_makes_no_cards(
     write: Callable[..., Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    made: list[gallery.Cards],
 ) -> None:
     """From PAGE_APART tasks the last page is built in a process of its own, which has no cards to take:
     the run makes none."""
-    made: list[gallery.Cards] = []
-    real = gallery.Cards.__init__
-
-    def making(self: gallery.Cards, *args: Any) -> None:
-        made.append(self)
-        real(self, *args)
-
-    monkeypatch.setattr(gallery.Cards, "__init__", making)
     monkeypatch.setattr(job, "PAGE_APART", 1)
     manifest = write("tasks:\n  - {kind: chat, id: a, model: gemini-2.5-flash, prompt: hi}\n")
     out = tmp_path / "out"

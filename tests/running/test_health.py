@@ -21,6 +21,17 @@ class Clock:
         return self.now
 
 
+async def probing(probe_timeout: float = 600) -> tuple[Clock, list[str], ServiceHealth, int]:
+    """A circuit opened (threshold 1, a 60 s limit) and its first probe let through: the clock, the
+    outages given up, the health, the probe's number."""
+    clock = Clock()
+    outages: list[str] = []
+    health = ServiceHealth(1, 60, outages.append, clock=clock, probe_timeout=probe_timeout)
+    health.failed("503")
+    clock.now += PROBE_FIRST
+    return clock, outages, health, await health.admit()
+
+
 def test_closed_circuit_admits_and_a_success_resets_the_count() -> None:
     outages: list[str] = []
     health = ServiceHealth(3, 60, outages.append, clock=Clock())
@@ -144,12 +155,7 @@ async def test_a_probe_sent_before_the_outage_limit_decides(probe: str) -> None:
     probe's answer then said the service was back. Its answer now decides: an answer goes on, its failure
     or its attempt's end without an answer gives up. Another request's failure (one sent before the
     circuit opened) is not the probe's, and neither gives up nor lets a second probe go."""
-    clock = Clock()
-    outages: list[str] = []
-    health = ServiceHealth(1, 60, outages.append, clock=clock, probe_timeout=600)
-    health.failed("503")
-    clock.now += PROBE_FIRST
-    number = await health.admit()
+    clock, outages, health, number = await probing()
     assert number == 1
     health.sending(number)  # the probe, sent
     clock.now += 61  # past the limit, the probe still in flight
@@ -194,12 +200,7 @@ async def test_the_outage_limit_does_not_wait_for_a_probe_not_sent_or_past_its_t
     the limit waited for it, and a run with --outage-limit 1 stopped after 14 s, having sent it late. Now
     the limit gives up on a probe not sent (the stopping run never sends it), and on a sent one once its
     --timeout (and a grace) is over."""
-    clock = Clock()
-    outages: list[str] = []
-    health = ServiceHealth(1, 60, outages.append, clock=clock, probe_timeout=30)
-    health.failed("503")
-    clock.now += PROBE_FIRST
-    number = await health.admit()
+    clock, outages, health, number = await probing(probe_timeout=30)
     clock.now = 100 + 59  # a minute into the outage
     if sent:
         health.sending(number)
@@ -256,11 +257,8 @@ async def test_waiters_at_the_gate_do_not_spin_while_the_probe_is_out() -> None:
     """Past the next probe's time, with the probe out, each waiter woke every millisecond until its answer
     (up to --timeout, 600 s): a core spent all night on an outage. They now sleep until a change or the
     limit."""
-    clock = Clock()
-    health = ServiceHealth(1, 60, lambda reason: None, clock=clock, probe_timeout=600)
-    health.failed("503")
-    clock.now += PROBE_FIRST
-    health.sending(await health.admit())
+    clock, _, health, number = await probing()
+    health.sending(number)
     clock.now += 1  # the next probe's time is past; the probe is still out
     waits = 0
     real = health._wait
@@ -298,12 +296,8 @@ async def test_a_probe_is_not_sent_once_the_run_stopped_while_its_sent_line_went
     from batch.running.attempt import TaskAttempts
     from batch.running.context import Stopped, TaskState
 
-    clock = Clock()
-    stopped: list[str] = []
-    health = ServiceHealth(1, 60, stopped.append, clock=clock, probe_timeout=600)
-    health.failed("503")
-    clock.now += PROBE_FIRST
-    state = TaskState(probe=await health.admit())
+    clock, stopped, health, number = await probing()
+    state = TaskState(probe=number)
     done: list[tuple[str, str]] = []
     sent: list[str] = []
 
