@@ -46,7 +46,7 @@ from batch import codec
 from batch.errors import OutputError
 from batch.events import Event, TaskFinished
 from batch.manifest.regular import open_regular
-from batch.output.files import real_folder, write_atomic, write_atomic_chunks
+from batch.output.files import TMP_SUFFIX, real_folder, write_atomic, write_atomic_chunks
 from batch.output.scope import Entry, Lines, Scope, Task, entries, index, may_name_pictures, scope_of
 from batch.output.store import ANSWERS, IMAGES, RESULTS, THUMBS, parse_record, whole_lines
 from batch.running.idset import IdSet, LineOffsets, digest
@@ -343,7 +343,10 @@ class Cards:
         self.start = start  # results.jsonl's size when the cards began: the lines after it are theirs
         self.end = start
         self._crc = 0
-        self._spill: IO[bytes] | None = tempfile.TemporaryFile(dir=root)  # noqa: SIM115 - close()
+        # unnamed where the system can (Linux); elsewhere named as the next run's sweep removes a killed
+        # run's temporary files (.*.tmp)
+        spill = tempfile.TemporaryFile(dir=root, prefix=".cards.", suffix=TMP_SUFFIX)  # noqa: SIM115
+        self._spill: IO[bytes] | None = spill
         self._offsets = array("Q")  # of each line with a card, in results.jsonl: increasing
         self._keys = array("Q")  # its id's digest
         self._ends = array("Q")  # where its card ends in the spill (it starts where the one before ended)

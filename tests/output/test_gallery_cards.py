@@ -241,7 +241,7 @@ def test_a_full_disk_under_the_cards_leaves_the_run_and_the_page_as_without_them
     """The cards' file is buffered: a full disk failed its flush in `add`, and again in the close after it,
     out of the results journal's write (the run ended in a traceback), or in `taken` (the page was lost).
     Now the line is written, the cards stop, and the page reads the lines."""
-    monkeypatch.setattr(gallery.tempfile, "TemporaryFile", lambda dir: FULL.open("r+b"))
+    monkeypatch.setattr(gallery.tempfile, "TemporaryFile", lambda **_: FULL.open("r+b"))
     out = tmp_path / "out"
     out.mkdir()
     journal = store.Journal(out / "results.jsonl", fsync=False)
@@ -309,7 +309,7 @@ def test_a_run_whose_cards_meet_a_full_disk_ends_as_without_them(
 ) -> None:
     """It ended with exit 1 and an ExceptionGroup's traceback after a few lines, its requests in flight
     cancelled and no page written."""
-    monkeypatch.setattr(gallery.tempfile, "TemporaryFile", lambda dir: FULL.open("r+b"))
+    monkeypatch.setattr(gallery.tempfile, "TemporaryFile", lambda **_: FULL.open("r+b"))
     prompt = "p" * 300  # 40 cards pass the file's 8 KB buffer
     manifest = write(
         "tasks:\n"
@@ -351,3 +351,30 @@ def test_cards_made_later_wait_for_their_turn_and_are_taken_only_once_drained(tm
     scope = Scope(order=Order([digest(task) for task in "abcd"]))
     with_cards, from_lines = page_with_and_without(out, scope, cards, taken=False)
     assert with_cards == from_lines and list(items_of(with_cards)) == list("abcd")
+
+
+def test_the_cards_file_of_a_killed_run_is_swept_where_it_has_a_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the system cannot make an unnamed file (Windows, some network file systems), the cards' file
+    has a name in DIR until it is closed: a run killed meanwhile leaves it, and the next run's sweep of
+    temporary files removes it."""
+    import tempfile
+
+    named: list[Path] = []
+
+    def with_a_name(**where: Any) -> Any:
+        handle = tempfile.NamedTemporaryFile(delete=False, **where)  # noqa: SIM115
+        named.append(Path(handle.name))
+        return handle
+
+    monkeypatch.setattr(gallery.tempfile, "TemporaryFile", with_a_name)
+    out = tmp_path / "out"
+    out.mkdir()
+    cards = gallery.Cards(out, 0)  # the run is killed: never closed
+    assert named and named[0].parent == out and named[0].exists()
+    folder = store.OutputDir(out, fsync=False)
+    folder.open()
+    folder.close()
+    assert not named[0].exists()
+    cards.close()
