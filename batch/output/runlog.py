@@ -100,6 +100,9 @@ def recover(folder: Path) -> Interrupted:
     return found
 
 
+UNSENT = "unsent"  # the outcome of a request whose `sent` line was written, but which never left
+
+
 @dataclass
 class Accounting:
     """What the attempt logs of DIR say about every request ever sent, whatever ended its run."""
@@ -129,6 +132,7 @@ def account(folder: Path, *, live: bool = False) -> Accounting:
                 else:
                     pending.pop(record.request_id, None)
                     found.maybe_billed += record.maybe_billed
+                    found.requests -= record.outcome == UNSENT  # its `sent` line was written, not it
             elif isinstance(record, RunRecord):
                 events.append(record.to_line())
                 ended = ended or record.event == "end"
@@ -263,3 +267,5 @@ class RunLog:
             seconds=seconds,
         )
         self._pending += _line(record.to_line())
+        if outcome == UNSENT:  # no `sent` line follows soon (the run stops): written now, not lost to a kill
+            self._flush()

@@ -21,6 +21,7 @@ from batch.exitcodes import EXIT_BUDGET, EXIT_CONFIG, EXIT_DATAERR, EXIT_IOERR
 from batch.kind import ApiRequest, EncodedImage, TaskKind
 from batch.manifest.inputs import InputChanged, checked_reader, read_file
 from batch.manifest.tasks import TaskSpec
+from batch.output.runlog import UNSENT
 from batch.output.store import OutputFile
 from batch.running.answers import answer_id, describe, failure_kind, short, stream_complete, usage_of
 from batch.running.bookkeeping import bill, result_line
@@ -182,11 +183,11 @@ class TaskAttempts:
         try:
             await ctx.log.published()  # an output on a store: the `sent` line is there before it leaves
         except OutputError:
-            ctx.log.done(request_id, "unsent")
+            ctx.log.done(request_id, UNSENT)
             raise
         if state.probe:  # the outage's probe: the limit waits for it once it leaves, and for no other
             if ctx.stopping():  # the limit passed while its `sent` line went to the store
-                ctx.log.done(request_id, "unsent")
+                ctx.log.done(request_id, UNSENT)
                 raise Stopped
             ctx.health.sending(state.probe)  # no wait from here to the request
         self.in_flight += 1

@@ -113,3 +113,25 @@ def test_the_sent_and_done_lines_are_the_records_lines_byte_for_byte(tmp_path: P
     first = json.loads(raw[1])
     assert first["outcome"] == "answered" and first["status"] == 200 and isinstance(first["seconds"], float)
     assert json.loads(raw[0])["task_id"] == odd and isinstance(json.loads(raw[0])["t"], float)
+
+
+def test_a_request_logged_sent_that_never_left_is_no_request_and_its_line_is_written_at_once(
+    tmp_path: Path,
+) -> None:
+    """A probe whose run stopped while its `sent` line went to the store is closed `unsent`: it counted as
+    a request sent all the same, and its `done` line waited in memory for a next `sent` line that a
+    stopping run never writes, so a kill meanwhile left it interrupted, maybe billed."""
+    from batch.output.runlog import UNSENT, RunLog
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    log = RunLog(runs, "20260101T000000Z-aaaaaa")
+    log.open({"pid": 1})
+    log.sent("a/aaaaaa.1", "a")
+    log.done("a/aaaaaa.1", "answered", status=200)
+    log.sent("b/aaaaaa.1", "b")
+    log.done("b/aaaaaa.1", UNSENT)
+    # killed here: no close, no later `sent` line
+    assert account(runs).requests == 1
+    found = recover(runs)
+    assert found.requests == [] and dict(found.by_task) == {}
