@@ -275,6 +275,9 @@ def env(name: str) -> str | None:
     return os.environ.get(name, "").strip() or None
 
 
+_NEAR_PREFIXES = ("MAAS", "MAS_", "MASS", "MAA_", "MMAS")  # how a name meant to be ours may begin
+
+
 def misspelt_environment(names: Iterable[str]) -> list[str]:
     """What to say of the variables among `names` that look like one of ENVIRONMENT misspelt (MAAS_BASEURL,
     maas_api_key, MASS_API_KEY): their names only, never their values. Not of one whose near name is set
@@ -286,7 +289,7 @@ def misspelt_environment(names: Iterable[str]) -> list[str]:
         upper = name.upper()
         if (
             name in ENVIRONMENT
-            or not upper.startswith("MA")
+            or not upper.startswith(_NEAR_PREFIXES)
             or upper.startswith(tuple(f"{n}_" for n in ENVIRONMENT))
         ):
             continue

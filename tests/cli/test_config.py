@@ -216,9 +216,16 @@ def test_a_misspelt_environment_variable_is_named_never_its_value(
 def test_misspelt_environment_names() -> None:
     from batch.config import misspelt_environment
 
-    typos = ["MAAS_ENDPOINTS", "MAS_API_KEY", "MASS_API_KEY", "MAAS_REDIS_ULR", "maas_base_url"]
+    typos = [
+        "MAAS_ENDPOINTS",
+        "MAS_API_KEY",
+        "MASS_API_KEY",
+        "MAA_API_KEY",
+        "MAAS_REDIS_ULR",
+        "maas_base_url",
+    ]
     others = ["MAAS_API_KEY_OLD", "MAAS_ENDPOINT_CHAT", "MAAS_REDIS_PORT", "MAAS_PROFILE", "OPENAI_API_KEY"]
-    others += ["MAKEFLAGS", "MAIL", "MANPATH"]
+    others += ["MAKEFLAGS", "MAIL", "MANPATH", "MAPS_API_KEY", "MAPS_BASE_URL", "MARS_API_KEY", "MAX_API_KEY"]
     assert [said.split()[0] for said in misspelt_environment(typos + others)] == sorted(typos)
     # near a name that is set too: another tool's, not a typo (MAAS_API_URL, as Canonical MAAS has it)
     assert misspelt_environment(["MAAS_API_URL", "MAAS_BASE_URL"]) == []
