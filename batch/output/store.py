@@ -49,7 +49,7 @@ from batch.output.files import (
     reason,
     write_atomic,
 )
-from batch.output.lock import acquire
+from batch.output.lock import LOCK, acquire
 from batch.running.records import finished_entry, requested_entry
 
 log = logging.getLogger("batch.output.store")
@@ -285,6 +285,32 @@ def retried_ids(root: Path) -> set[str]:
     return {str(record["id"]) for record in read_lines(root / RETRIED) if isinstance(record.get("id"), str)}
 
 
+OWN_FOLDERS = (IMAGES, ANSWERS, THUMBS, f"{THUMBS}/inputs", RUNS)  # what a run sweeps, or reads as its own
+
+
+def nested(root: Path) -> str | None:
+    """Why `root` cannot be a DIR, or None: it lies in another DIR's own folders, or another DIR lies in
+    its own. A run sweeps the temporary files of its DIR's folders as it starts: it would remove those of
+    the other DIR's run, between a file's write and its rename; and it reads runs/ as its run logs."""
+    real = root.resolve()
+    for parent in real.parents:
+        if (parent / LOCK).is_file():
+            inside = real.relative_to(parent).as_posix()
+            folder = next((f for f in OWN_FOLDERS if inside == f or inside.startswith(f"{f}/")), None)
+            if folder is not None:
+                return (
+                    f"{root} is inside the output directory {parent} (its {folder}/ folder), whose runs "
+                    f"it would disturb: choose a directory outside {parent}'s own folders"
+                )
+    for folder in OWN_FOLDERS:
+        if (real / folder / LOCK).is_file():
+            return (
+                f"{root / folder} is an output directory of its own, whose runs a run into {root} would "
+                "disturb: move it out"
+            )
+    return None
+
+
 @dataclass(frozen=True)
 class OutputFile:
     name: str  # file name inside images/
@@ -306,6 +332,9 @@ class OutputDir:
 
     def open(self) -> None:
         """Lock DIR (DirLockedError if another run holds it), then repair and tidy it."""
+        refused = nested(self.root)
+        if refused is not None:
+            raise OutputError(refused)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -249,3 +249,39 @@ def test_write_atomic_chunks_leaves_nothing_when_the_pieces_fail(tmp_path: Path)
         write_atomic_chunks(tmp_path / "page.html", pieces())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["page.html"]
     assert (tmp_path / "page.html").read_text() == "the old page"
+
+
+@pytest.mark.parametrize("inside", ["images", "answers", "thumbs/inputs/x", "runs/tonight"])
+def test_a_dir_inside_another_dirs_own_folders_is_refused(tmp_path: Path, inside: str) -> None:
+    """A run into DIR/images swept DIR's images/ of its temporary files as it started, while DIR's own run
+    was between a picture's write and its rename (a review did it: the file was gone, the run exit 0)."""
+    from batch.errors import OutputError
+    from batch.output.store import OutputDir
+
+    outer = OutputDir(tmp_path / "o1", fsync=False)
+    outer.open()  # a run holds it
+    pending = tmp_path / "o1" / "images" / ".t7.png.abcd.tmp"
+    pending.write_bytes(b"a picture being saved")
+    with pytest.raises(
+        OutputError, match=r"is inside the output directory .*o1 \(its (images|answers|thumbs|runs)/ folder\)"
+    ):
+        OutputDir(tmp_path / "o1" / inside, fsync=False).open()
+    assert pending.exists() and not (tmp_path / "o1" / inside / ".lock").exists()
+    outer.close()
+
+
+def test_a_dir_with_another_dir_in_its_own_folders_is_refused(tmp_path: Path) -> None:
+    """The other way round: DIR/images made a DIR of its own (by an older version), then a run into DIR."""
+    from batch.errors import OutputError
+    from batch.output.store import OutputDir
+
+    (tmp_path / "o1" / "images").mkdir(parents=True)
+    (tmp_path / "o1" / "images" / ".lock").write_text("")
+    with pytest.raises(OutputError, match=r"images is an output directory of its own"):
+        OutputDir(tmp_path / "o1", fsync=False).open()
+    sibling = OutputDir(tmp_path / "o1-next", fsync=False)  # beside it, or in a folder of its own: fine
+    sibling.open()
+    sibling.close()
+    shard = OutputDir(tmp_path / "o1" / "shards" / "0", fsync=False)
+    shard.open()
+    shard.close()
