@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from batch.output import gallery
+from batch.output.cards import thumbnail_name
 from batch.output.store import THUMBS
 from batch.simulator.images import _realistic
 
@@ -131,9 +132,7 @@ def main() -> None:
         sample = images[:200]
         one = timed(
             f"thumbnails of {len(sample)} images, one thread",
-            lambda: [
-                gallery.make_thumbnail(p, root / THUMBS / gallery.thumbnail_name(p.name)) for p in sample
-            ],
+            lambda: [gallery.make_thumbnail(p, root / THUMBS / thumbnail_name(p.name)) for p in sample],
         )
         print(f"  {'= per image, in the thumbnail thread':<44} {one / len(sample) * 1000:8.1f} ms")
         scratch = timed(

@@ -29,6 +29,7 @@ from batch.manifest.plan import iter_tasks
 from batch.manifest.plancache import Sources
 from batch.manifest.tasks import TaskSpec
 from batch.output import gallery
+from batch.output.cards import Cards
 from batch.output.format import remember as remember_format
 from batch.output.runlog import RunLog, recover
 from batch.output.scope import scope_of
@@ -169,20 +170,20 @@ class Job:
         """Whether the run's last page is built in a process of its own (PAGE_APART)."""
         return self.checked.plan.total >= PAGE_APART and gallery.can_start_itself()
 
-    def _cards(self) -> gallery.Cards | None:
+    def _cards(self) -> Cards | None:
         """The cards of the page built here at the run's end, made as the run writes its lines
-        (gallery.Cards), the results journal told of each; None for a page built apart."""
+        (Cards), the results journal told of each; None for a page built apart."""
         if self._page_apart:
             return None
         try:
-            cards = gallery.Cards(self.out.root, self.out.results.size, asyncio.get_running_loop().call_soon)
+            cards = Cards(self.out.root, self.out.results.size, asyncio.get_running_loop().call_soon)
         except OSError as exc:  # no temporary file in DIR: the page reads the lines at the end
             log.debug("the page's cards are made at the end: %s", exc)
             return None
         self.out.results.tap = cards.add
         return cards
 
-    def _build_gallery(self, cards: gallery.Cards | None = None) -> None:
+    def _build_gallery(self, cards: Cards | None = None) -> None:
         """The page at the run's end: the tasks of the last run's manifest, as `maas-batch gallery DIR`
         would show them. A big run's in a process of its own (its memory is not added to the run's);
         a smaller one's here, where starting a process would cost more than the page, with the `cards`
@@ -350,7 +351,7 @@ class Job:
         start = await anyio.to_thread.run_sync(self._prepare, loop)
         ending: dict[str, Any] = {"error": "the run ended with an unexpected error"}
         summary: RunSummary | None = None
-        cards: gallery.Cards | None = None
+        cards: Cards | None = None
         try:
             if self.config.store is not None:
                 await self._mirror(start)

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from batch.errors import OutputError
-from batch.output import gallery
+from batch.output import cards, gallery
 from batch.output.scope import Scope, index, scope_of
 from batch.simulator import RunningSimulator
 from tests.browser import Page, chromium, find_chromium
@@ -367,9 +367,9 @@ def test_a_card_is_bounded_whatever_its_record_holds(tmp_path: Path) -> None:
     assert page.stat().st_size < 200_000  # the record is 200 MB
     blob = re.search(r"(\{\"items\".*\})", page.read_text()).group(1)  # type: ignore[union-attr]
     [card] = json.loads(blob.replace("\\u003c", "<"))["items"]
-    assert len(card["params"]) == gallery.PARAMS_SHOWN + 1 and card["params"]["..."] == "199,950 more"
-    assert all(len(value) <= gallery.VALUE_SHOWN + 3 for value in card["params"].values())
-    assert len(card["prompt"]) <= gallery.TEXT_SHOWN + 3 and len(card["text"]) <= gallery.ANSWER_SHOWN + 3
+    assert len(card["params"]) == cards.PARAMS_SHOWN + 1 and card["params"]["..."] == "199,950 more"
+    assert all(len(value) <= cards.VALUE_SHOWN + 3 for value in card["params"].values())
+    assert len(card["prompt"]) <= cards.TEXT_SHOWN + 3 and len(card["text"]) <= cards.ANSWER_SHOWN + 3
 
 
 def test_a_card_reads_its_result_line_through_the_record() -> None:
@@ -390,7 +390,7 @@ def test_a_card_reads_its_result_line_through_the_record() -> None:
         "error": {"type": "moderation_blocked", "status": 400, "message": "no"},
         "seconds": 1.5,
     }
-    card = gallery._card(ResultRecord.from_line(line))
+    card = cards._card(ResultRecord.from_line(line))
     assert card == {
         "id": "refused",
         "kind": "edit",
@@ -407,7 +407,7 @@ def test_a_card_reads_its_result_line_through_the_record() -> None:
         "seconds": 1.5,
         "error": "moderation_blocked: no",
     }
-    assert gallery._card(ResultRecord.from_line({"id": "bare", "error": {}}))["error"] is None
+    assert cards._card(ResultRecord.from_line({"id": "bare", "error": {}}))["error"] is None
 
 
 def test_a_page_without_pictures_skips_the_thumbnail_pass_and_one_with_them_does_not(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The page's cards made as a run writes its lines (gallery.Cards): the run's last page, built with them,
+"""The page's cards made as a run writes its lines (output.cards.Cards): the run's last page, built with them,
 is the page built from the lines alone, byte for byte but its build time, and reads none of the lines the
 cards were made of; lines that differ from those, or that may name a picture, are read as without cards."""
 
@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
+from batch.output import cards as cards_module
 from batch.output import gallery, store
+from batch.output.cards import Cards
 from batch.output.scope import Scope
 from batch.running import job
 from batch.running.idset import digest
@@ -36,12 +38,12 @@ def without_time(page: Path) -> str:
     return text
 
 
-def written(out: Path, before: list[bytes], during: list[bytes]) -> gallery.Cards:
+def written(out: Path, before: list[bytes], during: list[bytes]) -> Cards:
     """results.jsonl of `before` then `during`, and the cards a run makes of `during` as it writes them."""
     out.mkdir(exist_ok=True)
     results = out / "results.jsonl"
     results.write_bytes(b"".join(before))
-    cards = gallery.Cards(out, results.stat().st_size)
+    cards = Cards(out, results.stat().st_size)
     for raw in during:
         offset = results.stat().st_size
         with results.open("ab") as handle:
@@ -57,13 +59,13 @@ def items_of(page: str) -> dict[str, dict[str, Any]]:
     return {item["id"]: item for item in json.loads(found.group(1))["items"]}
 
 
-def page_with_and_without(out: Path, scope: Scope, cards: gallery.Cards, *, taken: bool) -> tuple[str, str]:
+def page_with_and_without(out: Path, scope: Scope, cards: Cards, *, taken: bool) -> tuple[str, str]:
     """The page built with the cards, and the page built from the lines; `taken`: whether the first build
     took the cards (they held)."""
     real = cards.taken
     took: list[bool] = []
 
-    def taking(path: Path) -> gallery.Cards | None:
+    def taking(path: Path) -> Cards | None:
         found = real(path)
         took.append(found is not None)
         return found
@@ -75,16 +77,16 @@ def page_with_and_without(out: Path, scope: Scope, cards: gallery.Cards, *, take
 
 
 @pytest.fixture
-def made(monkeypatch: pytest.MonkeyPatch) -> list[gallery.Cards]:
+def made(monkeypatch: pytest.MonkeyPatch) -> list[Cards]:
     """Every Cards made from now on, in this list."""
-    found: list[gallery.Cards] = []
-    real = gallery.Cards.__init__
+    found: list[Cards] = []
+    real = Cards.__init__
 
-    def making(self: gallery.Cards, *args: Any) -> None:
+    def making(self: Cards, *args: Any) -> None:
         found.append(self)
         real(self, *args)
 
-    monkeypatch.setattr(gallery.Cards, "__init__", making)
+    monkeypatch.setattr(Cards, "__init__", making)
     return found
 
 
@@ -181,19 +183,19 @@ def test_a_runs_last_page_is_built_with_its_cards_and_is_the_gallery_commands_pa
     write: Callable[..., Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    made: list[gallery.Cards],
+    made: list[Cards],
 ) -> None:
     """A run, then a run of a longer manifest into the same DIR (its cards start past the first run's
     lines): each run's page, built from its cards, is what `maas-batch gallery DIR` builds from the lines."""
     taken: list[bool] = []
-    real = gallery.Cards.taken
+    real = Cards.taken
 
-    def taking(self: gallery.Cards, path: Path) -> gallery.Cards | None:
+    def taking(self: Cards, path: Path) -> Cards | None:
         found = real(self, path)
         taken.append(found is not None and len(found._offsets) > 0)
         return found
 
-    monkeypatch.setattr(gallery.Cards, "taken", taking)
+    monkeypatch.setattr(Cards, "taken", taking)
     out = tmp_path / "out"
     prompts = [
         f"  - {{kind: chat, id: t{i}, model: gemini-2.5-flash, prompt: question {i}}}" for i in range(12)
@@ -216,7 +218,7 @@ def test_a_page_built_apart_makes_no_cards(
     write: Callable[..., Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    made: list[gallery.Cards],
+    made: list[Cards],
 ) -> None:
     """From PAGE_APART tasks the last page is built in a process of its own, which has no cards to take:
     the run makes none."""
@@ -241,12 +243,12 @@ def test_a_full_disk_under_the_cards_leaves_the_run_and_the_page_as_without_them
     """The cards' file is buffered: a full disk failed its flush in `add`, and again in the close after it,
     out of the results journal's write (the run ended in a traceback), or in `taken` (the page was lost).
     Now the line is written, the cards stop, and the page reads the lines."""
-    monkeypatch.setattr(gallery.tempfile, "TemporaryFile", lambda **_: FULL.open("r+b"))
+    monkeypatch.setattr(cards_module.tempfile, "TemporaryFile", lambda **_: FULL.open("r+b"))
     out = tmp_path / "out"
     out.mkdir()
     journal = store.Journal(out / "results.jsonl", fsync=False)
     journal.open()
-    cards = gallery.Cards(out, journal.size)
+    cards = Cards(out, journal.size)
     journal.tap = cards.add
     tasks = [f"t{i}" for i in range(count)]
     for task in tasks:  # 60 cards of some 400 bytes pass the file's 8 KB buffer: its flush fails
@@ -287,7 +289,7 @@ def test_cards_cut_short_under_the_page_are_read_from_the_lines(tmp_path: Path) 
     scope = Scope(order=Order([digest(task) for task in "abcd"]))
     real = cards.taken
 
-    def cut(path: Path) -> gallery.Cards | None:
+    def cut(path: Path) -> Cards | None:
         found = real(path)
         assert found is not None and found._spill is not None
         os.ftruncate(found._spill.fileno(), int(found._ends[1]) + 10)  # the third card cut short
@@ -309,7 +311,7 @@ def test_a_run_whose_cards_meet_a_full_disk_ends_as_without_them(
 ) -> None:
     """It ended with exit 1 and an ExceptionGroup's traceback after a few lines, its requests in flight
     cancelled and no page written."""
-    monkeypatch.setattr(gallery.tempfile, "TemporaryFile", lambda **_: FULL.open("r+b"))
+    monkeypatch.setattr(cards_module.tempfile, "TemporaryFile", lambda **_: FULL.open("r+b"))
     prompt = "p" * 300  # 40 cards pass the file's 8 KB buffer
     manifest = write(
         "tasks:\n"
@@ -335,7 +337,7 @@ def test_cards_made_later_wait_for_their_turn_and_are_taken_only_once_drained(tm
     results = out / "results.jsonl"
     results.write_bytes(b"")
     asked: list[Callable[[], None]] = []
-    cards = gallery.Cards(out, 0, asked.append)
+    cards = Cards(out, 0, asked.append)
     for task in "abc":
         offset = results.stat().st_size
         raw = chat(task)
@@ -368,10 +370,10 @@ def test_the_cards_file_of_a_killed_run_is_swept_where_it_has_a_name(
         named.append(Path(handle.name))
         return handle
 
-    monkeypatch.setattr(gallery.tempfile, "TemporaryFile", with_a_name)
+    monkeypatch.setattr(cards_module.tempfile, "TemporaryFile", with_a_name)
     out = tmp_path / "out"
     out.mkdir()
-    cards = gallery.Cards(out, 0)  # the run is killed: never closed
+    cards = Cards(out, 0)  # the run is killed: never closed
     assert named and named[0].parent == out and named[0].exists()
     folder = store.OutputDir(out, fsync=False)
     folder.open()
