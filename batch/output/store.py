@@ -96,7 +96,7 @@ class Journal:
         self._synced = 0  # lines known durable
         self._syncing: anyio.Event | None = None
         # told of each line once it is written: its offset in the file and its bytes (the page's
-        # gallery.Cards); it must not raise
+        # output.cards.Cards); one that raises is told no more
         self.tap: Callable[[int, bytes], None] | None = None
 
     @property
