@@ -139,7 +139,8 @@ def stream(
     """The results of a run as they finish: `async for result in batch.stream(...)`. The manifest is
     validated at once (ManifestError); the run starts with the iteration. `.summary` once it is over.
     `include_finished`: first the results `out` already holds for the manifest's tasks, in its order (a
-    resumed pipeline gets the whole set; with `retry_failed`, the failed ones come when run again)."""
+    resumed pipeline gets the whole set; with `retry_failed`, the failed ones come when run again, and with
+    `rerun_changed` those whose request changed)."""
     session = _Session(manifest, local_dir(out), Options(**options), on_event, None, stream=True, kinds=kinds)
     return ResultStream(session, include_finished)
 
@@ -240,8 +241,12 @@ class _Session:
 
     def finished(self) -> list[Result]:
         """What DIR already holds of the manifest's tasks, in its order (before the run starts)."""
-        failed = not self._options.retry_failed  # those are run again, and come as they finish
-        return list(in_manifest_order(self._checked, self._out, failed=failed))
+        # those are run again, and come as they finish
+        options = self._options
+        again = in_manifest_order(
+            self._checked, self._out, failed=not options.retry_failed, changed=not options.rerun_changed
+        )
+        return list(again)
 
     def start(self) -> None:
         if not self.started:

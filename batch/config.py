@@ -86,6 +86,7 @@ class Options:
     outage_limit: float = DEFAULT_OUTAGE_LIMIT
     max_answer_mb: float = DEFAULT_MAX_ANSWER_MB
     retry_failed: bool = False  # send the failed tasks again, and only them
+    rerun_changed: bool = False  # send again the finished tasks whose request changed since they ran
     gallery: bool = True  # thumbnails and DIR/index.html
     fsync: bool = True
     sync_interval: float = DEFAULT_SYNC_INTERVAL
@@ -111,7 +112,7 @@ class Options:
     def _check_kinds_of_values(self) -> None:
         """The fields that are not numbers: of the type they must have, so that a library call fails here,
         with the option's name, not deep in the run (`overrides="quality=low"` was a ValueError of dict)."""
-        for name in ("simulate", "allow_unknown", "retry_failed", "gallery", "fsync"):
+        for name in ("simulate", "allow_unknown", "retry_failed", "rerun_changed", "gallery", "fsync"):
             if not isinstance(getattr(self, name), bool):  # "no" would have been taken as True
                 raise OptionError(name, f"must be True or False, not {_shown(getattr(self, name))}")
         for name in ("endpoints", "overrides"):
@@ -203,6 +204,7 @@ class OptionValues(TypedDict, total=False):
     outage_limit: float
     max_answer_mb: float
     retry_failed: bool
+    rerun_changed: bool
     gallery: bool
     fsync: bool
     sync_interval: float
@@ -522,6 +524,7 @@ def job_config(
         fsync=options.fsync,
         sync_interval=options.sync_interval,
         retry_failed=options.retry_failed,
+        rerun_changed=options.rerun_changed,
         gallery=options.gallery,
         run_info=run_info,
     )

@@ -23,8 +23,9 @@ from batch.kind import builtin_registry as registry
 from batch.manifest.checked import CheckedManifest
 from batch.manifest.plan import iter_tasks
 from batch.manifest.read import Manifest
-from batch.output.store import RESULTS, read_line_at, read_lines_with_offsets
-from batch.running.idset import LineOffsets, digest
+from batch.output.store import RESULTS, read_line_at, read_lines_with_offsets, requested_results
+from batch.running.finishedset import changed_digests
+from batch.running.idset import IdSet, LineOffsets, digest
 from batch.running.records import ResultRecord
 from batch.values import StoreUrl, output_location
 
@@ -108,10 +109,17 @@ def results(
     yield from in_manifest_order(checked, root)
 
 
-def in_manifest_order(checked: CheckedManifest, root: Path, *, failed: bool = True) -> Iterator[Result]:
-    """The recorded results of a valid manifest's tasks, in its order (`failed`: the failed ones too).
-    Holds an offset per line (12 bytes, idset.LineOffsets), not the lines."""
+def in_manifest_order(
+    checked: CheckedManifest, root: Path, *, failed: bool = True, changed: bool = True
+) -> Iterator[Result]:
+    """The recorded results of a valid manifest's tasks, in its order (`failed`: the failed ones too;
+    `changed`: those of tasks whose request changed since, find_changed's, too). Holds an offset per
+    line (12 bytes, idset.LineOffsets), not the lines."""
     path = root / RESULTS
+    plan = checked.plan
+    rerun = IdSet()
+    if not changed:
+        rerun = changed_digests(plan.order, plan.requests, lambda: requested_results(path))
     where = LineOffsets()
     for offset, record in read_lines_with_offsets(path):
         if isinstance(record.get("id"), str):
@@ -122,5 +130,7 @@ def in_manifest_order(checked: CheckedManifest, root: Path, *, failed: bool = Tr
         for spec in iter_tasks(checked.manifest, checked.builder):  # ids are unique: each asked once
             at = where.pop(digest(spec.id))
             found = None if at is None else read_line_at(handle, at)
-            if found is not None and (failed or found.get("status") != "failed"):
+            if found is None or (not failed and found.get("status") == "failed"):
+                continue
+            if not rerun or not rerun.contains_digest(digest(spec.id)):
                 yield Result.from_record(found, root)

@@ -405,6 +405,13 @@ def _add_run(commands: Commands) -> argparse.ArgumentParser:
         help="send the manifest's failed tasks again, and only them (their old lines move to "
         "results.retried.jsonl; tasks never run are left alone)",
     )
+    run.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="send again the finished tasks whose request changed since they ran (a prompt, a setting, the "
+        "endpoint or an input file of a task with its own id); their old lines move to "
+        "results.retried.jsonl. Without it they keep their results, and the run says how many there are",
+    )
 
     speed = run.add_argument_group("speed and limits")
     speed.add_argument(

@@ -97,13 +97,14 @@ def _run(args: argparse.Namespace, options: Options, argv: list[str], aside: Che
                     summary = anyio.run(_run_with_signals, job, options.grace, backend_options=loop_options())
                 except BaseExceptionGroup as group:
                     raise unwrap(group) from None
-                retried = job.retried
+                retried, rerun = job.retried, job.rerun
         finally:
             if bar is not None:
                 bar.close()
     try:
         # args.out: DIR, or the staging DIR of a run on a store, where the page was written before it went up
-        _print_summary(summary, getattr(args, "store", None) or args.out, retried, args.out / "index.html")
+        out = getattr(args, "store", None) or args.out
+        _print_summary(summary, out, (retried, rerun), args.out / "index.html")
     except (BrokenPipeError, StdoutError) as exc:  # a closed stdout, or a cron job's log on a full disk:
         # the run's own exit code matters more, and what stdout would have said is in DIR (results, ledger,
         # the run's log)
@@ -146,8 +147,8 @@ def _dry_run(args: argparse.Namespace, options: Options) -> int:
     from batch.manifest.plan import Plan, iter_tasks
     from batch.output.report import changed_line, format_plan
     from batch.output.store import RESULTS, finished_results, requested_results, retried_ids
-    from batch.running.finishedset import find_changed
-    from batch.running.idset import IdSet
+    from batch.running.finishedset import changed_digests
+    from batch.running.idset import IdSet, digest
 
     checked = checked_manifest(args.manifest, options, endpoint_for(options), out=args.out)
     prices = price_table(checked.manifest.prices, options.prices)
@@ -155,10 +156,21 @@ def _dry_run(args: argparse.Namespace, options: Options) -> int:
     if options.max_cost is not None:
         need_prices(checked, prices)  # the run would refuse to start (exit 78): say so now
     finished = list(finished_results(args.out / RESULTS))
-    retry = options.retry_failed
+    retry, rerun = options.retry_failed, options.rerun_changed
+    plan = checked.plan
+    changed = IdSet()
+    if finished:
+        failing = IdSet(task_id for task_id, failed in finished if failed) if retry else IdSet()
+        failing.freeze()  # with --retry-failed, their lines go aside and they are sent: not kept
+
+        def kept() -> Iterator[tuple[str, str]]:
+            return (line for line in requested_results(args.out / RESULTS) if line[0] not in failing)
+
+        changed = changed_digests(plan.order, plan.requests, kept)
     if finished or retry:
         # What the run would send: the tasks without a line; with --retry-failed, the failed ones only
-        # (and those an earlier --retry-failed moved aside but was stopped before sending).
+        # (and those an earlier --retry-failed moved aside but was stopped before sending); with
+        # --rerun-changed, the finished ones whose request changed too.
         if retry:
             done = IdSet(task_id for task_id, _ in finished)
             again = (task_id for task_id in retried_ids(args.out) if task_id not in done)
@@ -169,7 +181,7 @@ def _dry_run(args: argparse.Namespace, options: Options) -> int:
         left = Plan(str(args.manifest))
         kinds = registry()
         for spec in iter_tasks(checked.manifest, checked.builder):
-            if (spec.id in listed) == retry:
+            if (spec.id in listed) == retry or (rerun and changed.contains_digest(digest(spec.id))):
                 left.total += 1
                 left.counts[(spec.kind, spec.model or "-", spec.endpoint)] += 1
                 left.estimate(spec.kind, spec.model or "-", kinds[spec.kind].estimate(spec.fields))
@@ -181,16 +193,8 @@ def _dry_run(args: argparse.Namespace, options: Options) -> int:
                 f"{orphaned:,} result line(s) in {args.out} are of tasks this manifest no longer has "
                 "(a prompt, a setting or the endpoint changed since they ran, or the task was removed)"
             )
-        plan = checked.plan
-        failing = IdSet(task_id for task_id, failed in finished if failed) if retry else IdSet()
-        failing.freeze()  # with --retry-failed, their lines go aside and they are sent: not kept
-
-        def kept() -> Iterator[tuple[str, str]]:
-            return (line for line in requested_results(args.out / RESULTS) if line[0] not in failing)
-
-        changed = find_changed(plan.order, plan.requests, kept)
         if changed:  # as the run warns
-            print(changed_line(changed))
+            print(changed_line(len(changed), rerun))
     print("dry run: nothing was sent")
     return EXIT_OK
 
@@ -252,7 +256,8 @@ async def _cancel_after(job: Job, grace: float) -> None:
     job.cancel_in_flight()
 
 
-def _print_summary(summary: RunSummary, out: Path | str, retried: int, page: Path) -> None:
+def _print_summary(summary: RunSummary, out: Path | str, again: tuple[int, int], page: Path) -> None:
+    """`again`: the failed tasks --retry-failed, and the changed ones --rerun-changed, made pending."""
     from batch.running.prices import money  # the engine, after the lock probe (see run)
 
     lines = [
@@ -267,6 +272,14 @@ def _print_summary(summary: RunSummary, out: Path | str, retried: int, page: Pat
         + (f" + {summary.unpriced} answers of models with no price" if summary.unpriced else "")
         + (f"; {summary.retries} retries" if summary.retries else ""),
     ]
+    retried, rerun = again
+    if rerun:
+        sent = summary.succeeded + summary.failed
+        lines.append(
+            f"{rerun} finished task(s) whose request changed were "
+            + ("given another go" if sent else "set aside to be sent again; none was sent")
+            + " (--rerun-changed; their old lines are in results.retried.jsonl)"
+        )
     if retried:
         if summary.succeeded + summary.failed:
             lines.append(f"{retried} failed task(s) were given another go (--retry-failed)")

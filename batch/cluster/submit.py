@@ -41,7 +41,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("batch.cluster.submit")
 
 # Options that mean a whole run, not a shard: refused by submit rather than applied to each shard alone.
-WHOLE_RUN_ONLY = ("max_cost", "max_tokens", "deadline", "max_duration", "retry_failed")
+WHOLE_RUN_ONLY = (
+    "max_cost",
+    "max_tokens",
+    "deadline",
+    "max_duration",
+    "retry_failed",
+    "rerun_changed",
+)
 
 
 def refuse_whole_run_options(options: Options) -> None:
@@ -49,7 +56,9 @@ def refuse_whole_run_options(options: Options) -> None:
     given = [name for name in WHOLE_RUN_ONLY if getattr(options, name) != getattr(defaults, name)]
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise UsageError(f"{flags}: not for a sharded batch yet (each shard would count alone)")
+        counted = set(given) - {"rerun_changed"}  # the others count or stop a whole run
+        why = " (each shard would count alone)" if counted else ""
+        raise UsageError(f"{flags}: not for a sharded batch yet{why}")
 
 
 def changed_options(options: Options) -> dict[str, Any]:

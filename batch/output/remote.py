@@ -5,7 +5,7 @@ store.OutputDir) and a Mirror replicates it as immutable objects, each written c
     PREFIX/
       results/<run>-<seq>.jsonl   new result lines, in segments (a task's first line there is its result)
       usage/<run>-<seq>.jsonl     new ledger lines
-      retried/<run>-<seq>.jsonl   failed result lines that run's --retry-failed gave another go
+      retried/<run>-<seq>.jsonl   result lines that run set aside to send their tasks again
       runs/<run>/<seq>.jsonl      the run's attempt log, in segments
       images/<name>, answers/<name>   the files result lines name, never overwritten
       .format                     the id scheme, written once
@@ -26,8 +26,10 @@ not save its task's result line in the store counts there as maybe billed: it ma
 not saved.
 
 A run with --retry-failed moves a failed line aside in its staging DIR (results.retried.jsonl), and the
-mirror uploads it under retried/ before the run sends anything: for the tasks it names, the result lines
-of the runs before that one no longer count (the run ids sort by their start: a timestamp).
+mirror uploads it under retried/ before the run sends anything: for the tasks it names, the failed result
+lines of the runs before that one no longer count (the run ids sort by their start: a timestamp). A run
+with --rerun-changed moves aside the lines of tasks whose request changed, whatever their status: those
+very lines (their bytes) no longer count.
 
 fsspec is imported only when a URL is given; its errors are translated here, into OutputError.
 """
@@ -35,6 +37,7 @@ fsspec is imported only when a URL is given; its errors are translated here, int
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -339,17 +342,19 @@ def pull(store: Store, root: Path) -> None:
 def _pull(store: Store, root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     retried: dict[str, str] = {}  # task id -> the last run that gave its failure another go
+    aside: set[bytes] = set()  # the lines set aside, by their bytes' digest: no task's result now
     with (root / RETRIED).open("wb") as moved:
         for name, data in store.read_all(SEGMENTS[RETRIED]):
             run = _segment_run(name)
             for raw in _whole_lines(data):
                 moved.write(raw)
+                aside.add(_line_key(raw))
                 task_id = _task_id(raw)
                 if task_id is not None and run > retried.get(task_id, ""):
                     retried[task_id] = run
     if not (root / RETRIED).stat().st_size:
         (root / RETRIED).unlink()  # as in a DIR no --retry-failed has touched
-    finished, others = _pull_results(store, root / RESULTS, retried)
+    finished, others = _pull_results(store, root / RESULTS, retried, aside)
     with (root / USAGE).open("wb") as usage:
         for raw in _segments(store, SEGMENTS[USAGE]):
             usage.write(raw)
@@ -367,12 +372,13 @@ def _pull(store: Store, root: Path) -> None:
 
 
 def _pull_results(
-    store: Store, path: Path, retried: dict[str, str]
+    store: Store, path: Path, retried: dict[str, str], aside: set[bytes]
 ) -> tuple[dict[str, str], dict[str, set[str]]]:
     """results.jsonl at `path`: each task's first line, but a success over a failure saved before it (two
     runs at once on a URL, or on a shard the queue gave twice, both saved a line), and without the
-    failures a later run's --retry-failed moved aside. Returns, by task id, the run whose line is kept
-    and the other runs that saved one (their answers are saved, not maybe billed)."""
+    failures a later run's --retry-failed moved aside, nor the lines a run set `aside` (--rerun-changed).
+    Returns, by task id, the run whose line is kept and the other runs that saved one (their answers are
+    saved, not maybe billed)."""
     finished: dict[str, str] = {}
     others: dict[str, set[str]] = {}
     failed_at: dict[str, int] = {}  # task id -> where its kept line starts, while that line is a failure
@@ -386,7 +392,7 @@ def _pull_results(
                     continue
                 task_id, failed = entry
                 kept = finished.get(task_id)
-                if failed and run < retried.get(task_id, ""):
+                if (failed and run < retried.get(task_id, "")) or (aside and _line_key(raw) in aside):
                     others.setdefault(task_id, set()).add(run)  # given another go by a later run
                 elif kept is None or (not failed and task_id in failed_at):
                     if kept is not None:
@@ -408,6 +414,11 @@ def _pull_results(
                 offset += len(raw)
         rewritten.replace(path)
     return finished, others
+
+
+def _line_key(raw: bytes) -> bytes:
+    """A line's bytes, as a digest to hold in a set: a result line set aside is found by its bytes."""
+    return hashlib.blake2b(raw.rstrip(b"\r\n"), digest_size=16).digest()
 
 
 def _task_id(raw: bytes) -> str | None:

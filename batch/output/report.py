@@ -178,13 +178,16 @@ def orphaned_line(found: Mapping[str, Any]) -> str | None:
     return f"orphaned: {found['orphaned']:,} result lines of tasks no longer in the manifest{failed}; {how}"
 
 
-def changed_line(count: int) -> str:
-    """What `status` and a dry run say of the finished tasks whose request the manifest has changed."""
-    return (
+def changed_line(count: int, rerun: bool = False) -> str:
+    """What `status` and a dry run say of the finished tasks whose request the manifest has changed
+    (`rerun`: a dry run of --rerun-changed, which sends them)."""
+    what = (
         f"{count:,} finished task(s) ran with another request than the manifest gives them now (a prompt, "
-        "a setting, the endpoint or an input file changed since): a task's id is its `id`, and they are not "
-        "sent again; give them new ids, or run into another --out"
+        "a setting, the endpoint or an input file changed since): "
     )
+    if rerun:
+        return what + "--rerun-changed sends them again, and moves their old lines to results.retried.jsonl"
+    return what + "a task's id is its `id`, and they are not sent again; --rerun-changed sends them"
 
 
 def as_json(found: Mapping[str, Any]) -> str:

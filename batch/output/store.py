@@ -60,7 +60,9 @@ IMAGES = "images"
 RUNS = "runs"
 ANSWERS = "answers"
 THUMBS = "thumbs"  # the gallery's thumbnails
-RETRIED = "results.retried.jsonl"  # result lines of failures that --retry-failed gave another go
+# result lines set aside as their tasks were sent again: failures (--retry-failed), lines of tasks whose
+# request changed (--rerun-changed)
+RETRIED = "results.retried.jsonl"
 # Built once: json.dumps with arguments makes a new encoder on every call.
 _encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
 _SECRETS: list[bytes] = []  # this process's API keys: no journal line is written with one in it
@@ -281,7 +283,7 @@ def requested_results(path: Path) -> Iterator[tuple[str, str]]:
 
 
 def retried_ids(root: Path) -> set[str]:
-    """The ids of the tasks whose failures --retry-failed moved to results.retried.jsonl."""
+    """The ids of the tasks whose lines --retry-failed or --rerun-changed moved to results.retried.jsonl."""
     return {str(record["id"]) for record in read_lines(root / RETRIED) if isinstance(record.get("id"), str)}
 
 
@@ -409,10 +411,11 @@ class OutputDir:
             if journal.dirty:
                 await journal.sync()
 
-    def forget_failures(self, retry: Callable[[str], bool]) -> list[str]:
-        """Make the failed tasks `retry` picks pending again (--retry-failed): their result lines leave
-        results.jsonl (rewritten atomically) for results.retried.jsonl, kept for the record. Returns their
-        ids. A crash part-way leaves results.jsonl as it was (a line may then be kept twice in the record)."""
+    def set_aside(self, pick: Callable[[Mapping[str, Any]], bool]) -> list[str]:
+        """Make the tasks of the result lines `pick` picks pending again (--retry-failed: failed lines;
+        --rerun-changed: the lines of tasks whose request changed): those lines leave results.jsonl
+        (rewritten atomically) for results.retried.jsonl, kept for the record. Returns their ids. A crash
+        part-way leaves results.jsonl as it was (a line may then be kept twice in the record)."""
         path = self.results.path
         temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
         forgotten: list[str] = []
@@ -428,11 +431,7 @@ class OutputDir:
             ):
                 for raw in source:
                     record = parse_record(raw)
-                    if (
-                        record is not None
-                        and record.get("status") == "failed"
-                        and retry(str(record.get("id")))
-                    ):
+                    if record is not None and pick(record):
                         old.write(raw)
                         forgotten.append(str(record.get("id")))
                     else:

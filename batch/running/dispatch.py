@@ -199,8 +199,8 @@ class Runner:
             logger.warning(
                 "%s finished task(s) ran with another request than the manifest gives them now: a prompt, "
                 "a setting (--set, defaults), the endpoint or an input file changed since. They are not "
-                "sent again: a task's id is its `id`, and results.jsonl holds it. To buy them again, give "
-                "them new ids, or run into another --out",
+                "sent again: a task's id is its `id`, and results.jsonl holds it. To buy them again, run "
+                "with --rerun-changed",
                 f"{self._changed:,}",
             )
         if self._orphaned and summary.not_run:  # they may be the tasks to send, under other names

@@ -91,7 +91,27 @@ Requests = Callable[[], Iterable[tuple[str, str]]]  # (id, request) of each resu
 def find_changed(order: Order, requests: Order, lines: Requests) -> int:
     """How many tasks of `order` have result lines that name their request (`lines`), none of them the
     request `requests` gives the task now: a task whose id is its own, run again with another prompt,
-    setting or endpoint, finds its old result and is not sent.
+    setting or endpoint, finds its old result and is not sent (but with --rerun-changed)."""
+    return changed_positions(order, requests, lines).bit_count()
+
+
+def changed_digests(order: Order, requests: Order, lines: Requests) -> IdSet:
+    """The id digests of the tasks find_changed counts (8 bytes each), for --rerun-changed to set their
+    lines aside."""
+    found = IdSet()
+    bits = changed_positions(order, requests, lines)
+    raw = bits.to_bytes((bits.bit_length() + 7) // 8, "little")
+    for index, byte in enumerate(raw):
+        while byte:
+            low = byte & -byte
+            found.add_digest(order[index * 8 + low.bit_length() - 1])
+            byte ^= low
+    found.freeze()
+    return found
+
+
+def changed_positions(order: Order, requests: Order, lines: Requests) -> int:
+    """find_changed's tasks, as a number whose bit p is set for the task at position p of `order`.
 
     At most FEW lines are held (a set of each), and the order read past them. More are joined as
     find_finished joins, of the lines (their id's digest, and its request_key with their request) with
@@ -110,13 +130,14 @@ def find_changed(order: Order, requests: Order, lines: Requests) -> int:
         sent.append(int(request, 16))
     else:  # a few: the order read past them (a shard's resume, a store's), not joined through a file
         ids, same = set(named), set(map(request_key, named, sent))
-        changed = 0
+        changed = bytearray((size + 7) // 8)
         for start in range(0, size, order_module.WINDOW):
             window = order[start : start + order_module.WINDOW]
             for offset, key in enumerate(window):
                 if key in ids and request_key(key, requests[start + offset]) not in same:
-                    changed += 1
-        return changed
+                    position = start + offset
+                    changed[position >> 3] |= 1 << (position & 7)
+        return int.from_bytes(changed, "little")
     both = Order()
     for window in order.windows():
         both.extend(window)
@@ -132,7 +153,7 @@ def find_changed(order: Order, requests: Order, lines: Requests) -> int:
 
     found = int.from_bytes(_joined(both, joined, int)._bits, "little")
     at_ids, at_requests = found & ((1 << size) - 1), found >> size
-    return (at_ids & ~at_requests).bit_count()
+    return at_ids & ~at_requests
 
 
 def _joined_few(order: Order, lines: Keyed, key_of: Callable[[Any], int]) -> Finished | None:

@@ -37,8 +37,8 @@ from batch.output.store import RETRIED, OutputDir, finished_results, requested_r
 from batch.running.budget import ledger_spent
 from batch.running.client import ApiClient, ClientConfig
 from batch.running.dispatch import Runner, RunStart
-from batch.running.finishedset import Finished, find_changed, find_finished
-from batch.running.idset import IdSet
+from batch.running.finishedset import Finished, changed_digests, find_changed, find_finished
+from batch.running.idset import IdSet, digest
 from batch.running.summary import RunSettings, RunSummary
 
 if TYPE_CHECKING:
@@ -64,6 +64,7 @@ class JobConfig:
     fsync: bool = True
     sync_interval: float = 0.1  # seconds between journal fsyncs; 0 = fsync each line before going on
     retry_failed: bool = False  # send the failed tasks again, and only them
+    rerun_changed: bool = False  # send again the finished tasks whose request changed since they ran
     gallery: bool = True  # thumbnails as images are saved, and DIR/index.html after the run
     run_info: Mapping[str, Any] = field(default_factory=dict)  # for the run log's start line (the command)
     only: tuple[int, int] | None = None  # a shard: the tasks at manifest positions [start, end), no others
@@ -133,6 +134,7 @@ class Job:
         self.out = OutputDir(config.out, fsync=config.fsync, sync_interval=config.sync_interval)
         self.runner: Runner | None = None
         self.retried = 0  # failed tasks --retry-failed made pending again
+        self.rerun = 0  # finished tasks whose request changed, --rerun-changed made pending again
         self._changed_again = False  # what a remembered plan held changed was looked for again
         self._stop: tuple[str, int] | None = None  # asked for before the runner existed
         self.mirror: Mirror | None = None
@@ -245,15 +247,41 @@ class Job:
         self.checked.changed = plancache.Changed(count, *sizes)
         return count
 
+    def _set_aside(self) -> list[str]:
+        """The result lines this run's tasks are sent again in place of, moved to results.retried.jsonl:
+        with --retry-failed, the failed ones; with --rerun-changed, every line of a finished task whose
+        request changed since (find_changed's). Returns their ids (`rerun`: how many are changed tasks)."""
+        config, plan = self.config, self.checked.plan
+        changed: IdSet | None = None
+        if config.rerun_changed and plan.requests:
+            order, requests = plan.order, plan.requests
+            if config.only is not None and len(requests) == len(order):  # a shard's: its own positions
+                order, requests = order.section(*config.only), requests.section(*config.only)
+            path = self.out.results.path
+            changed = changed_digests(order, requests, lambda: requested_results(path))
+        if not config.retry_failed and not changed:
+            return []
+        ids = plan.ids if config.retry_failed else None
+        rerun: set[str] = set()
+
+        def picked(line: Mapping[str, Any]) -> bool:
+            task_id = line.get("id")
+            if changed and isinstance(task_id, str) and changed.contains_digest(digest(task_id)):
+                rerun.add(task_id)
+                return True
+            return ids is not None and line.get("status") == "failed" and str(task_id) in ids
+
+        moved = self.out.set_aside(picked)
+        self.rerun = len(rerun)
+        return moved
+
     def _prepare(self, loop: str = "asyncio") -> RunStart:
         """Everything a run reads and rewrites in DIR before its first request: blocking file work (the
         journals scanned, failures moved aside, killed runs' logs closed, the ledger summed), done in a
         worker thread before the loop has anything else to do."""
         checked = self.checked
         order = checked.plan.order
-        forgotten: list[str] = []
-        if self.config.retry_failed:
-            forgotten = self.out.forget_failures(lambda task_id: task_id in checked.plan.ids)
+        forgotten = self._set_aside()
         finished = self.finished()
         finished_before, failed_before = finished.count, finished.failed
         skip: Callable[[int], bool] | None = finished.__contains__ if finished_before else None
@@ -264,9 +292,10 @@ class Job:
             again = {i for i in retried_ids(self.out.root) if i in wanted}
             if again:  # those that have a result line since are not sent again
                 again -= {i for i, _ in finished_results(self.out.results.path) if i in again}
-            only = IdSet(again.union(forgotten))
+            again.update(forgotten)
+            only = IdSet(again)
             only.freeze()
-            self.retried = len(only)
+            self.retried = len(only) - self.rerun
 
             def skip_all_but_failed(position: int) -> bool:
                 # a task that still has a line in results.jsonl (one that did not fail, beside the failed

@@ -37,6 +37,18 @@ def test_flags_that_count_a_whole_run_are_refused(
     assert not out.exists()
 
 
+def test_rerun_changed_is_refused_for_a_sharded_batch(
+    write: Callable[..., Path], tmp_path: Path, cli: Callable[..., Outcome], redis_url: str
+) -> None:
+    out = tmp_path / "out"
+    flags = ("--out", out, "--redis", redis_url, "--rerun-changed")
+    done = cli("submit", write(JOB), *flags, env={"MAAS_ENDPOINT": "ep"})
+    assert done.code == 64, done.err
+    assert "--rerun-changed: not for a sharded batch yet" in done.err and "count alone" not in done.err
+    assert redis.Redis.from_url(redis_url).keys("*") == []
+    assert not out.exists()
+
+
 def test_a_worker_without_redis_exits_78(cli: Callable[..., Outcome]) -> None:
     done = cli(
         "worker", "--redis", f"redis://127.0.0.1:{free_port()}/0", "--burst", env={"MAAS_API_KEY": KEY}

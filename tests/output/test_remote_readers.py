@@ -159,3 +159,40 @@ def test_the_gallery_of_a_store_reads_no_local_file_a_line_names(
 
     assert built.code == 0, built.err
     assert not [name for name in s3.objects() if name.startswith("thumbs/")]
+
+
+def test_rerun_changed_of_a_store_sends_the_changed_task_and_its_new_line_is_the_one_read(
+    write: Callable[..., Path], sim: RunningSimulator, s3: S3, cli: Callable[..., Outcome]
+) -> None:
+    """The store's first line of a task is its result; the line --rerun-changed sets aside is a success,
+    which the rule for --retry-failed's failures does not drop: it is dropped by its bytes."""
+
+    def tasks(q: str) -> str:
+        return f"tasks:\n  - {{kind: chat, id: q, model: gemini-2.5-flash, prompt: {q}}}\n" + "".join(
+            f"  - {{kind: chat, id: t{i}, model: gemini-2.5-flash, prompt: p {i}}}\n" for i in range(3)
+        )
+
+    env = {**env_for(sim), **s3.env}
+    assert cli("run", write(tasks("hi")), "--out", s3.url, env=env).code == 0
+    sent = sim.state.requests_total
+    fixed = write(tasks("hi there"))
+
+    rerun = cli("run", fixed, "--out", s3.url, "--rerun-changed", env=env)
+
+    assert rerun.code == 0 and "1 finished task(s) whose request changed were given another go" in rerun.out
+    assert sim.state.requests_total == sent + 1
+    exported = [
+        json.loads(line) for line in cli("export", s3.url, "--format", "jsonl", env=s3.env).out.splitlines()
+    ]
+    assert [(line["id"], line["prompt"]) for line in exported if line["id"] == "q"] == [("q", "hi there")]
+    shown = cli("status", s3.url, "--json", env=env)
+    assert shown.code == 0, shown.err
+    status = json.loads(shown.out)
+    assert (status["succeeded"], status["failed"], status["pending"]) == (4, 0, 0), status
+    # a run after it sends nothing: the store's view holds the new line, not the old one
+    assert cli("run", fixed, "--out", s3.url, "--rerun-changed", env=env).code == 0
+    assert sim.state.requests_total == sent + 1
+    moved = [
+        json.loads(line) for data in s3.objects("retried").values() for line in data.decode().splitlines()
+    ]
+    assert [(line["id"], line["prompt"], line["status"]) for line in moved] == [("q", "hi", "succeeded")]

@@ -42,9 +42,7 @@ def test_the_journals_are_read_and_rewritten_off_the_event_loop(
     for name in ("recover", "ledger_spent", "finished_results", "retried_ids"):
         monkeypatch.setattr(job, name, where(name, calls, getattr(job, name)))
     monkeypatch.setattr(plancache, "save", where("plancache.save", calls, plancache.save))
-    monkeypatch.setattr(
-        OutputDir, "forget_failures", where("forget_failures", calls, OutputDir.forget_failures)
-    )
+    monkeypatch.setattr(OutputDir, "set_aside", where("set_aside", calls, OutputDir.set_aside))
     manifest = write(
         "defaults: {model: gpt-image-1}\ntasks:\n  - {kind: generate, id: a, prompt: a fox}\n  - {kind: generate, id: b, prompt: b}\n"
     )
@@ -58,6 +56,6 @@ def test_the_journals_are_read_and_rewritten_off_the_event_loop(
         "finished_results",
         "retried_ids",
         "plancache.save",
-        "forget_failures",
+        "set_aside",
     }
     assert [name for name, on_loop in calls if on_loop] == []
