@@ -184,6 +184,10 @@ class ApiStatusError(ApiError):
         self.code = code
         self.retry_after = retry_after
         self.server_request_id = server_request_id  # the server's x-request-id: for reconciling with it
+        # an error sent inside a stream, after some of its events: the usage they reported (billed), and
+        # the stream as it came (for DIR/answers/, where the error is not retried)
+        self.usage: Mapping[str, Any] | None = None
+        self.raw: bytes | None = None
         super().__init__(f"HTTP {status}: {message}")
 
 

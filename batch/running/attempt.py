@@ -198,6 +198,8 @@ class TaskAttempts:
             self.reached = True
             state.server_request_id = reply.server_request_id or answer_id(reply.body)
             if request.stream and not reply.ended and not stream_complete(kind, spec, reply.body):
+                if reply.trouble is not None:  # an error event, say: the error it is, its usage billed
+                    raise reply.trouble
                 raise BrokenAnswerError(
                     "the stream ended before every choice had finished",
                     usage=usage_of(kind, reply.body),
@@ -254,12 +256,21 @@ class TaskAttempts:
                     self._ctx.out.save_answer, name, exc.raw, limiter=self._ctx.threads
                 )
         elif isinstance(exc, ApiStatusError):
-            log.done(request_id, "error", status=exc.status, error=exc.message)
+            log.done(request_id, "error", status=exc.status, error=exc.message, maybe_billed=exc.maybe_billed)
             state.server_request_id = exc.server_request_id or state.server_request_id  # the last said
             if exc.status is not None and (exc.status >= 500 or exc.status == 408):
                 state.lost_to_outage = not health.failed(str(exc), state.probe)
             else:
                 health.succeeded()  # the service is up; it refused this request
+            # an error sent inside a stream, or beside a usage: what came before it was billed
+            if exc.usage is not None:
+                await bill(self._ctx, spec, kind, request_id, exc.usage, state)
+            state.maybe_billed += exc.maybe_billed
+            if exc.raw and classify(exc).verdict is not Verdict.RETRY:  # not asked again: kept as it came
+                name = request_id.replace("/", ".") + ".sse"
+                state.answer_file = await anyio.to_thread.run_sync(
+                    self._ctx.out.save_answer, name, exc.raw, limiter=self._ctx.threads
+                )
         else:
             log.done(request_id, "failed", maybe_billed=exc.maybe_billed, error=exc.message)
             state.lost_to_outage = not health.failed(exc.message, state.probe)

@@ -207,17 +207,43 @@ def refuse_deep(raw: bytes, value: Any) -> None:
         )
 
 
+BOM = b"\xef\xbb\xbf"
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_BLANK = b" \t\r\n"
+
+
+def is_event_stream(raw: bytes) -> bool:
+    """Whether a body reads as server-sent events (sent under another content type): its first line that
+    is not blank is a field of one."""
+    return raw.removeprefix(BOM).lstrip(_BLANK).startswith((b"data:", b":", b"event:", b"id:", b"retry:"))
+
+
+def is_json_object(raw: bytes | bytearray) -> bool:
+    return bytes(raw[:64]).removeprefix(BOM).lstrip(_BLANK).startswith(b"{")
+
+
 async def sse_data(pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """The data of each event: `data:` lines joined, events separated by a blank line. Comments (`:`),
-    `event:`, `id:` and `retry:` lines are skipped; lines end in LF or CRLF."""
+    `event:`, `id:` and `retry:` lines are skipped; lines end in LF, CRLF or CR, and a byte order mark
+    that begins the stream is dropped (the event-stream format's rules: a first event read with it was
+    passed by, and an answer lost its first words)."""
     buffer = bytearray()
     data_lines: list[bytes] = []
+    first = True
     async for piece in pieces:
         buffer += piece
+        if first:
+            if len(buffer) < len(BOM) and BOM.startswith(bytes(buffer)):
+                continue  # the mark may be cut across pieces
+            if buffer.startswith(BOM):
+                del buffer[: len(BOM)]
+            first = False
         start = 0
-        while (end := buffer.find(b"\n", start)) >= 0:
-            line = bytes(buffer[start:end]).rstrip(b"\r")
-            start = end + 1
+        for end in _LINE_END.finditer(buffer):
+            if end.group() == b"\r" and end.end() == len(buffer):
+                break  # the first half of a CRLF, perhaps: its line ends with the next piece
+            line = bytes(buffer[start : end.start()])
+            start = end.end()
             if not line:
                 if data_lines:
                     yield b"\n".join(data_lines)
@@ -226,7 +252,7 @@ async def sse_data(pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
                 value = line[5:]
                 data_lines.append(value[1:] if value.startswith(b" ") else value)
         del buffer[:start]
-    line = bytes(buffer).rstrip(b"\r")
+    line = bytes(buffer.removeprefix(BOM) if first else buffer).rstrip(b"\r")
     if line.startswith(b"data:"):
         data_lines.append(line[6:] if line.startswith(b"data: ") else line[5:])
     if data_lines:

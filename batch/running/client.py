@@ -8,7 +8,7 @@ only and inflates them there), and the API key scrubbed out of every byte and he
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -18,7 +18,7 @@ import anyio
 
 from batch import __version__, codec
 from batch.defaults import DEFAULT_BASE_URL, DEFAULT_MAX_BODY, DEFAULT_TIMEOUT
-from batch.errors import ApiStatusError, BrokenAnswerError, ConfigError, TransportError
+from batch.errors import ApiError, ApiStatusError, BrokenAnswerError, ConfigError, TransportError
 from batch.kind import ApiRequest
 from batch.output.store import never_write
 from batch.running.bodies import (
@@ -31,6 +31,8 @@ from batch.running.bodies import (
     embedded_status,
     error_details,
     inflated,
+    is_event_stream,
+    is_json_object,
     last_usage,
     refuse_deep,
     short,
@@ -85,6 +87,9 @@ class Reply:
     server_request_id: str | None = None
     raw: bytes = b""
     ended: bool = True
+    # what ended a stream after some of its events (an error event, an event that is not JSON, the
+    # timeout): raised unless the events say every choice had finished, which makes the answer whole
+    trouble: ApiError | None = None
 
 
 class ApiClient:
@@ -174,10 +179,9 @@ class ApiClient:
                 proxy_headers=route.proxy_headers,
             ) as response,
         ):
-            body, raw, ended = await self._read(response, request.stream)
-            return Reply(
-                response.status, body, time.monotonic() - started, self._server_id(response), raw, ended
-            )
+            body, raw, ended, trouble = await self._read(response, request.stream)
+            seconds = time.monotonic() - started
+            return Reply(response.status, body, seconds, self._server_id(response), raw, ended, trouble)
         raise AssertionError("unreachable")  # pragma: no cover (_translated re-raises)
 
     async def download(self, url: str) -> bytes:
@@ -214,14 +218,20 @@ class ApiClient:
     def _translated(self) -> _Translate:
         return _Translate(self)
 
-    async def _read(self, response: aiohttp.ClientResponse, stream: bool) -> tuple[Any, bytes, bool]:
+    async def _read(
+        self, response: aiohttp.ClientResponse, stream: bool
+    ) -> tuple[Any, bytes, bool, ApiError | None]:
         if not 200 <= response.status < 300:
             raw = await self._read_capped(response, ERROR_BODY_LIMIT, truncate=True)
             raise self._status_error(response, raw)
         content_type = self.scrub.text(codec.clean_text(response.headers.get("Content-Type", "")))[:100]
-        if stream and content_type.startswith("text/event-stream") and not _unknown_coding(response):
-            return await self._read_events(response)
+        # media types are case-insensitive (RFC 9110): `Text/Event-Stream` was read as JSON, not JSON, and
+        # the whole stream bought again
+        if stream and content_type.lower().startswith("text/event-stream") and not _unknown_coding(response):
+            return await self._read_events(response, response.content.iter_any())
         raw = await self._read_capped(response, self.config.max_body_bytes)
+        if stream and is_event_stream(raw):  # a stream under another content type (text/plain, none)
+            return await self._read_events(response, _once(raw), inflate=False)
         body = await decode_json(raw, content_type)
         if (
             isinstance(body, dict)
@@ -229,8 +239,11 @@ class ApiClient:
             and not body.get("data")
             and not body.get("choices")
         ):
-            raise self._embedded_error(response, body["error"])
-        return body, raw, True
+            error = self._embedded_error(response, body["error"])
+            if isinstance(body.get("usage"), dict):  # billed all the same: its usage goes in the ledger
+                error.usage = body["usage"]
+            raise error
+        return body, raw, True, None
 
     async def _read_capped(
         self, response: aiohttp.ClientResponse, limit: int, truncate: bool = False
@@ -265,41 +278,77 @@ class ApiClient:
             raise inflater.refusal(self.scrub.bytes(bytes(buffer)))
         return self.scrub.bytes(bytes(buffer))
 
-    async def _read_events(self, response: aiohttp.ClientResponse) -> tuple[list[Any], bytes, bool]:
+    async def _read_events(
+        self, response: aiohttp.ClientResponse, pieces: AsyncIterator[bytes], inflate: bool = True
+    ) -> tuple[Any, bytes, bool, ApiError | None]:
         """The JSON payloads of a server-sent-event stream, up to `data: [DONE]` or the end of the stream
-        (whether that end came too early is the kind's to judge, from the chunks)."""
+        (whether that end came too early is the kind's to judge, from the chunks). What ends it after some
+        events (an error event, an event that is not JSON, the timeout) is returned, not raised: a
+        stream whose every choice had finished is whole, and buying it again would pay twice."""
         chunks: list[Any] = []
         raw = bytearray()
-        inflater = Inflater(response.headers.get("Content-Encoding", ""), self.config.max_body_bytes)
-        events = sse_data(inflated(response.content.iter_any(), inflater, raw))
+        coding = response.headers.get("Content-Encoding", "") if inflate else ""
+        inflater = Inflater(coding, self.config.max_body_bytes)
+        events = sse_data(inflated(pieces, inflater, raw))
+        trouble: ApiError | None = None
+
+        def kept() -> bytes:
+            return self.scrub.bytes(bytes(raw))
+
         try:
             async for data in events:
                 data = self.scrub.bytes(data)
-                if data == b"[DONE]":
-                    return chunks, self.scrub.bytes(bytes(raw)), True
+                if data.strip() == b"[DONE]":  # `data:  [DONE] `: the end all the same
+                    return chunks, kept(), True, None
                 try:
                     chunk = codec.loads_answer(data)
                 except (ValueError, UnicodeDecodeError, RecursionError):
-                    raise BrokenAnswerError(
+                    trouble = BrokenAnswerError(
                         f"a stream event is not JSON: {snippet(data)}",
                         usage=last_usage(chunks),
                         retry=True,
-                        raw=self.scrub.bytes(bytes(raw)),
-                    ) from None
+                        raw=kept(),
+                    )
+                    break
                 try:
                     refuse_deep(data, chunk)
                 except BrokenAnswerError as exc:  # the stream so far is what is kept, with its usage
-                    exc.raw, exc.usage = self.scrub.bytes(bytes(raw)), last_usage(chunks)
+                    exc.raw, exc.usage = kept(), last_usage(chunks)
                     raise
                 if isinstance(chunk, dict) and isinstance(chunk.get("error"), dict | str):
-                    raise self._embedded_error(response, chunk["error"], in_stream=True)
+                    error = self._embedded_error(response, chunk["error"], in_stream=True)
+                    error.usage, error.raw = last_usage(chunks), kept()
+                    error.maybe_billed = bool(chunks) and error.usage is None
+                    trouble = error
+                    break
                 chunks.append(chunk)
         except aiohttp.ClientPayloadError:
             if not chunks:
                 raise
             # cut (a reset, a body shorter than it said) after some events: as a stream that ended there,
             # whole if every choice had finished (the kind judges it from the chunks), else sent again
-        return chunks, self.scrub.bytes(bytes(raw)), False
+        except TimeoutError:
+            if not chunks:
+                raise
+            # a stream whose last event came, then nothing (a proxy that keeps it open): judged the same
+            trouble = BrokenAnswerError(
+                f"no complete answer within {self.config.timeout:g} s (the stream stopped sending)",
+                usage=last_usage(chunks),
+                retry=True,
+                raw=kept(),
+            )
+        if trouble is not None and not chunks:
+            raise trouble
+        if not chunks and is_json_object(raw):  # a whole JSON answer (or error) under text/event-stream
+            body = await decode_json(kept(), "text/event-stream")
+            if (
+                isinstance(body, dict)
+                and isinstance(body.get("error"), dict | str)
+                and not body.get("choices")
+            ):
+                raise self._embedded_error(response, body["error"])
+            return body, kept(), True, None
+        return chunks, kept(), False, trouble
 
     def _server_id(self, response: aiohttp.ClientResponse) -> str | None:
         """The server's x-request-id, as it may be written: cleaned, scrubbed, cut."""
@@ -388,6 +437,10 @@ class _Translate:
         raise BrokenAnswerError(
             f"unreadable answer ({type(exc).__name__}: {scrub.text(str(exc))[:200]})", retry=True
         ) from exc
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 def _unknown_coding(response: aiohttp.ClientResponse) -> bool:

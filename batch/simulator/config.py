@@ -36,6 +36,9 @@ FAULT_NAMES: tuple[str, ...] = (
     "slow",  # waits slow_seconds before the (normal, billed) answer
     "stream_cut",  # chat stream that stops before usage and [DONE] (billed)
     "stream_reset_done",  # chat stream: whole (finished, usage sent), then a reset before [DONE] (billed)
+    "stream_error_done",  # chat stream: whole (finished, usage sent), then an error event, no [DONE] (billed)
+    "stream_error_mid",  # chat stream: half the chunks and the usage, then a 500 error event (billed)
+    "stream_hang",  # chat stream: whole (finished, usage sent), then held open without [DONE] (billed)
     "bomb",  # a PNG whose header claims 30000x30000 pixels (billed)
     "huge",  # a 200 JSON body of huge_bytes, generated lazily
 )
@@ -61,13 +64,30 @@ ANSWER_SHAPES: tuple[str, ...] = (
     "no_usage",  # chat: no usage anywhere (no usage chunk, no usage key); billed all the same
     "usage_every_chunk",  # chat stream: every chunk carries the cumulative usage, the last the full one
     "sse_noise",  # chat stream: ": keep-alive" comments, event: and id: lines, CRLF line ends
+    "sse_cr",  # chat stream: lines end in CR alone (the event-stream format allows it)
+    "sse_bom",  # chat stream: a UTF-8 byte order mark before the first event
+    "sse_plain",  # chat stream: sent as Content-Type text/plain
+    "sse_upper",  # chat stream: sent as Content-Type Text/Event-Stream; Charset=UTF-8 (types ignore case)
+    "done_spaced",  # chat stream: the end written `data:  [DONE] ` (spaces around it)
     "gzip_members",  # images and chat, not streamed: the JSON body gzip-compressed as two members (RFC 1952)
 )
 _CONFLICTING_SHAPES = (frozenset({"no_usage", "usage_every_chunk"}),)
 DEFAULT_THINKING_TOKENS = 1000
 
 BILLED_FAULTS = frozenset(
-    {"reset", "truncate", "no_data", "bad_base64", "bad_image", "stream_cut", "stream_reset_done", "bomb"}
+    {
+        "reset",
+        "truncate",
+        "no_data",
+        "bad_base64",
+        "bad_image",
+        "stream_cut",
+        "stream_reset_done",
+        "stream_error_done",
+        "stream_error_mid",
+        "stream_hang",
+        "bomb",
+    }
 )
 
 

@@ -64,6 +64,9 @@ def applicable_faults(*, images: bool, stream: bool) -> frozenset[str]:
                 "huge",
                 "stream_cut",
                 "stream_reset_done",
+                "stream_error_done",
+                "stream_error_mid",
+                "stream_hang",
             }
         )
     return _WHOLE_BODY_FAULTS | (_IMAGE_FAULTS if images else frozenset())

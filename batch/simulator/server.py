@@ -292,8 +292,7 @@ class _Simulator:
         """A chat answer in the shapes that are on (`shapes.py`)."""
         if stream:
             chunks, tail = shapes.stream_events(plan, meta, urls)
-            noise = "sse_noise" in plan.shapes
-            return await self._stream(request, ex, draws, chunks, tail, plan.billed, noise=noise)
+            return await self._stream(request, ex, draws, chunks, tail, plan.billed, shaped=plan.shapes)
         payload = shapes.completion_body(plan, meta, urls, with_choices=ex.fault != "no_data")
         body = await asyncio.to_thread(lambda: json.dumps(payload).encode())
         return await self._send(request, ex, body, plan.billed)
@@ -307,24 +306,31 @@ class _Simulator:
         tail: list[str],
         tokens: int,
         *,
-        noise: bool = False,
+        shaped: frozenset[str] = frozenset(),
     ) -> web.StreamResponse:
         """Server-sent events: the chunks, then the tail (usage, [DONE]); cut short by stream faults."""
         events = [] if ex.fault == "no_data" else chunks
         cut = ex.fault in ("stream_cut", "reset")
         events = events[: max(1, len(events) // 2)] if cut else events + tail
-        if ex.fault == "stream_reset_done":  # all of it but [DONE]: the answer whole, the end never sent
+        if ex.fault in ("stream_reset_done", "stream_error_done", "stream_hang"):  # the answer whole
             events = [event for event in events if event != "[DONE]"]
+        if ex.fault == "stream_error_mid":  # half of it, and the usage (the work was done), then an error
+            events = events[: max(1, len(chunks) // 2)] + [event for event in tail if event != "[DONE]"]
+        if ex.fault in ("stream_error_done", "stream_error_mid"):
+            error = {"message": "upstream connection closed", "type": "server_error", "code": 502}
+            events.append(json.dumps({"error": error}))
         delay = self._latency(draws) / max(1, len(events))
         self._bill(ex, tokens)
         response = web.StreamResponse(status=200, headers={"Cache-Control": "no-cache", **ex.headers})
-        response.content_type = "text/event-stream"
+        response.headers["Content-Type"] = shapes.stream_type(shaped)
         await response.prepare(request)
         ex.status = 200
         try:
-            for event in shapes.frame_events(events, noise=noise):
+            for event in shapes.frame_events(events, shapes=shaped):
                 await self._sleep(delay)
                 await response.write(event)
+            if ex.fault == "stream_hang":  # open until the client lets go (or the server stops)
+                await self._sleep(3600)
         except ConnectionError:
             return response
         if ex.fault in ("reset", "stream_reset_done"):

@@ -28,7 +28,18 @@ from .usage import CHAT_OUTPUT_IMAGE_TOKENS, text_tokens
 
 URL_SHAPES = frozenset({"url", "url_flaky", "mixed"})
 IMAGE_SHAPES = URL_SHAPES | {"data_url", "b64_lines", "fewer", "error200"}
-STREAM_SHAPES = frozenset({"no_done", "usage_every_chunk", "sse_noise"})
+STREAM_SHAPES = frozenset(
+    {
+        "no_done",
+        "usage_every_chunk",
+        "sse_noise",
+        "sse_cr",
+        "sse_bom",
+        "sse_plain",
+        "sse_upper",
+        "done_spaced",
+    }
+)
 CHAT_SHAPES = frozenset(
     {"tool_calls", "length_null", "message_images", "reasoning", "thoughts", "thinking_in_total", "cached",
      "no_usage"}
@@ -369,12 +380,25 @@ def stream_events(
     return [json.dumps(chunk) for chunk in chunks], tail
 
 
-def frame_events(events: Sequence[str], *, noise: bool) -> list[bytes]:
-    """Server-sent events; with `noise`, keep-alive comments, event: and id: lines, CRLF line ends."""
-    if not noise:
-        return [b"data: " + event.encode() + b"\n\n" for event in events]
+def frame_events(events: Sequence[str], *, shapes: frozenset[str] = frozenset()) -> list[bytes]:
+    """Server-sent events; `sse_noise`: keep-alive comments, event: and id: lines, CRLF line ends;
+    `sse_cr`: CR line ends; `sse_bom`: a byte order mark first; `done_spaced`: `data:  [DONE] `."""
+    end = b"\r" if "sse_cr" in shapes else b"\n"
     framed = []
     for number, event in enumerate(events):
-        keep_alive = b": keep-alive\r\n\r\n" if number % 3 == 0 else b""
-        framed.append(keep_alive + b"event: message\r\nid: %d\r\ndata: %s\r\n\r\n" % (number, event.encode()))
+        data = b" [DONE] " if event == "[DONE]" and "done_spaced" in shapes else event.encode()
+        if "sse_noise" in shapes:
+            keep_alive = b": keep-alive\r\n\r\n" if number % 3 == 0 else b""
+            framed.append(keep_alive + b"event: message\r\nid: %d\r\ndata: %s\r\n\r\n" % (number, data))
+        else:
+            framed.append(b"data: " + data + end + end)
+    if framed and "sse_bom" in shapes:
+        framed[0] = b"\xef\xbb\xbf" + framed[0]
     return framed
+
+
+def stream_type(shapes: frozenset[str]) -> str:
+    """The Content-Type a stream is sent with."""
+    if "sse_plain" in shapes:
+        return "text/plain"
+    return "Text/Event-Stream; Charset=UTF-8" if "sse_upper" in shapes else "text/event-stream"

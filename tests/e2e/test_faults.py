@@ -229,6 +229,56 @@ def test_rate_limited_requests_honour_retry_after(
     assert retried and all(r["seconds"] >= 0.2 for r in retried)  # waited as told, though backoff is 0
 
 
+@pytest.mark.parametrize(
+    ("fault", "flags"),
+    [("stream_error_done", ()), ("stream_hang", ("--timeout", "1"))],
+    ids=["an error event after it finished", "held open after it finished"],
+)
+def test_a_stream_that_finished_then_went_wrong_is_a_whole_answer_bought_once(
+    fault: str,
+    flags: tuple[str, ...],
+    cli: Callable[..., Outcome],
+    write: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    """Every choice finished and the usage sent (the chat.completion.chunk shape of API.md), then an
+    error event in place of [DONE], or nothing more while the connection stays open: the answer is whole.
+    Each was bought again, up to --max-attempts times, with nothing in the ledger."""
+    manifest = write("tasks:\n" + CHAT_TASKS)
+    with simulator_in_thread(SimConfig(api_key=KEY, faults={fault: 1.0})) as sim:
+        outcome = cli("run", manifest, "--out", tmp_path / "out", *FAST, *flags, env=env_for(sim))
+        billed = sum(record.billed_tokens for record in sim.state.records)
+    assert outcome.code == 0, outcome.out + outcome.err
+    done = results(tmp_path / "out")
+    assert all(r["status"] == "succeeded" and r["attempts"] == 1 and r["text"] for r in done.values())
+    assert sim.state.billed_requests == len(done)  # each bought once
+    assert sum(line["total_tokens"] for line in ledger(tmp_path / "out")) == billed
+
+
+def test_an_error_event_in_the_middle_of_a_stream_is_retried_and_both_answers_are_in_the_ledger(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Half the chunks, the usage, then an error event (a 502 of the upstream): the answer is not whole,
+    so it is asked again, but what the first one cost is in the ledger. It was not: the ledger held
+    nothing of it, and the result line no maybe_billed either."""
+    manifest = write(
+        "tasks:\n  - {kind: chat, id: t0, model: gemini-2.5-flash, prompt: hello, stream: true}\n"
+    )
+    config = SimConfig(api_key=KEY, faults={"stream_error_mid": 1.0}, seed=3)
+    with simulator_in_thread(config) as sim:
+        outcome = cli(
+            "run", manifest, "--out", tmp_path / "out", *FAST, "--max-attempts", "2", env=env_for(sim)
+        )
+        billed = sum(record.billed_tokens for record in sim.state.records)
+    assert outcome.code == 1, outcome.out + outcome.err
+    [record] = results(tmp_path / "out").values()
+    assert record["status"] == "failed" and record["attempts"] == 2 and record["error"]["status"] == 502
+    assert "upstream connection closed (an error sent inside the stream)" in record["error"]["message"]
+    assert sim.state.billed_requests == 2 and len(ledger(tmp_path / "out")) == 2
+    assert sum(line["total_tokens"] for line in ledger(tmp_path / "out")) == billed > 0
+    assert record["usage"]["total_tokens"] == billed
+
+
 def test_a_stream_reset_after_it_finished_is_a_whole_answer_bought_once(
     cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
 ) -> None:

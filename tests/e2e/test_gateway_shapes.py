@@ -249,7 +249,19 @@ def test_cached_prompt_tokens_are_kept_and_priced_at_the_cached_rate(
     assert line["cost"] < (line["input_tokens"] * 1.0 + line["output_tokens"] * 10.0) / 1e6
 
 
-@pytest.mark.parametrize("shape", ["no_done", "usage_every_chunk", "sse_noise"])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "no_done",
+        "usage_every_chunk",
+        "sse_noise",
+        "sse_cr",
+        "sse_bom",
+        "sse_plain",
+        "sse_upper",
+        "done_spaced",
+    ],
+)
 def test_streams_without_done_with_running_usage_or_with_noise_are_whole_answers(
     shape: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
 ) -> None:

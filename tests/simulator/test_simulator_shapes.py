@@ -475,11 +475,40 @@ async def test_sse_noise_comments_event_and_id_lines_crlf() -> None:
     assert strip == plain
 
 
+@pytest.mark.parametrize(
+    ("shape", "content_type"),
+    [
+        ("sse_cr", "text/event-stream"),
+        ("sse_bom", "text/event-stream"),
+        ("done_spaced", "text/event-stream"),
+        ("sse_plain", "text/plain"),
+        ("sse_upper", "Text/Event-Stream; Charset=UTF-8"),
+    ],
+)
+async def test_odd_streams_frame_the_same_events_as_the_format_allows(shape: str, content_type: str) -> None:
+    """The event-stream format (WHATWG HTML, server-sent events): lines may end in CR alone, a byte order
+    mark may begin the stream, the data of `data:  [DONE] ` is " [DONE] " (one space is dropped); a media
+    type's name ignores case (RFC 9110). Read by the spec, the events are the default stream's."""
+    async with shaped(shape) as client:
+        response, raw = await client.chat(stream=True)
+    async with shaped() as plain_client:
+        _, plain_raw = await plain_client.chat(stream=True)
+    assert response.status == 200 and response.headers["Content-Type"] == content_type
+    bom = b"\xef\xbb\xbf"
+    assert raw.startswith(bom) == (shape == "sse_bom")
+    assert (b"\n" not in raw) == (shape == "sse_cr") and (b"\r" in raw) == (shape == "sse_cr")
+    data = [event["data"] for event in sse_events(raw.removeprefix(bom))]
+    assert data[-1] == (" [DONE] " if shape == "done_spaced" else "[DONE]")
+    strip = [{k: v for k, v in json.loads(c).items() if k not in ("id", "created")} for c in data[:-1]]
+    plain = [{k: v for k, v in c.items() if k not in ("id", "created")} for c in chunks_of(plain_raw)]
+    assert strip == plain
+
+
 # --- configuration and flags --------------------------------------------------------------------------
 
 
 def test_answer_shapes_are_validated() -> None:
-    assert len(set(ANSWER_SHAPES)) == len(ANSWER_SHAPES) == 19
+    assert len(set(ANSWER_SHAPES)) == len(ANSWER_SHAPES) == 24
     with pytest.raises(ValueError, match="unknown answer shape 'nope'"):
         SimConfig(answers=frozenset({"nope"}))
     with pytest.raises(ValueError, match="cannot be on together"):
