@@ -58,6 +58,12 @@ def recorded_run(args: argparse.Namespace, runs_in: Path | None = None) -> list[
     out = args.out if isinstance(args.out, StoreUrl) else args.out.resolve()
     argv += ["--out", str(out), "--retry-failed", *args.extra]
     print(f"maas-batch: in {recorded['cwd']}: maas-batch {shlex.join(argv)}", file=sys.stderr)
+    if recorded.get("passwords_left_out") and "--redis" not in " ".join(args.extra):
+        print(
+            "maas-batch: the recorded command's URL passwords are not kept: give them again after DIR "
+            "(`--redis redis://:PASSWORD@host`)",
+            file=sys.stderr,
+        )
     try:
         os.chdir(recorded["cwd"])
     except OSError as exc:

@@ -9,11 +9,12 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from batch import __version__
 from batch.cli import StdoutError, to_devnull
@@ -50,6 +51,15 @@ log = logging.getLogger("batch.cli")
 def run(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
     if isinstance(args.out, StoreUrl):
         return _on_store(args, options, argv)
+    from batch.cluster.plan import is_sharded
+
+    if is_sharded(args.out):  # its results are in shards/: a run here would buy them all again
+        where = getattr(args, "store", None) or args.out
+        raise UsageError(
+            f"{where} holds a batch submitted in shards (cluster/plan.json): its tasks are run by "
+            f"`maas-batch worker`, their failures by `maas-batch retry-failed {where} --redis URL`; `run` "
+            "into another --out"
+        )
     if args.dry_run:
         return _dry_run(args, options)
     probe_lock(args.out)  # a second run on DIR gives up now, before any slow import or manifest check
@@ -84,9 +94,7 @@ def _run(args: argparse.Namespace, options: Options, argv: list[str], aside: Che
         checked = checked_manifest(
             args.manifest, options, connected.endpoint, args.out / plancache.FOLDER, out=args.out, aside=aside
         )
-        config = job_config(
-            options, checked, args.out, connected, {"argv": argv, "cwd": os.getcwd()}, deadline
-        )
+        config = job_config(options, checked, args.out, connected, recorded_command(argv), deadline)
         store = getattr(args, "store", None)
         if store is not None:  # the run works in a staging DIR and mirrors it (its gallery: at the end)
             config = dataclasses.replace(config, store=str(store))
@@ -138,6 +146,31 @@ def _on_store(args: argparse.Namespace, options: Options, argv: list[str]) -> in
         raise UsageError(f"--stage {stage}: give a new or empty folder")
     with staging(store, stage) as folder:
         return run(argparse.Namespace(**{**vars(args), "out": folder, "store": args.out}), options, argv)
+
+
+PASSWORD_IN_URL = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/?#@:]*):[^/?#@]*@")
+REDIS_FLAGS = ("--red", "--redi", "--redis")  # as argparse takes it, abbreviated or not
+
+
+def recorded_command(argv: list[str]) -> dict[str, Any]:
+    """The run's command line, as its log's start line keeps it (for `retry-failed`): the password of
+    the --redis URL left out. The log goes into DIR and up to a store; the README promises a Redis URL
+    is written without its password. (Other values are kept as given: they make the tasks.)"""
+    kept = list(argv)
+    for index, arg in enumerate(argv):
+        flag, equals, value = arg.partition("=")
+        if equals and flag in REDIS_FLAGS:
+            kept[index] = f"{flag}={_without_password(value)}"
+        elif index and argv[index - 1] in REDIS_FLAGS:
+            kept[index] = _without_password(arg)
+    info: dict[str, Any] = {"argv": kept, "cwd": os.getcwd()}
+    if kept != argv:
+        info["passwords_left_out"] = True
+    return info
+
+
+def _without_password(url: str) -> str:
+    return PASSWORD_IN_URL.sub(r"\g<head>@", url)
 
 
 def _dry_run(args: argparse.Namespace, options: Options) -> int:

@@ -131,6 +131,7 @@ class ShardQueue:
             )
         self.client: redis.Redis = self.broker.client
         self._consumers: dict[str, Any] = {}
+        self._registered = False  # as a worker (take): unregistered as it closes
 
     def ping(self) -> None:
         with _translated("connect"):
@@ -216,8 +217,9 @@ class ShardQueue:
         """A shard of `queue`, or None after waiting up to `poll` seconds for one."""
         consumer = self._consumers.get(queue)
         if consumer is None:
-            if not self._consumers:
+            if not self._registered:
                 self._register()
+                self._registered = True
             timeout = max(1, int(self.settings.poll * 1000))
             consumer = self._consumers[queue] = self.broker.consume(queue, prefetch=1, timeout=timeout)
         with _translated("fetch a shard"):
@@ -231,9 +233,11 @@ class ShardQueue:
             self._consumers[taken.queue].ack(taken.message)
 
     def requeue(self, taken: Taken) -> None:
-        """Back on its queue at once, for any worker (a graceful stop, or a shard this one cannot run)."""
+        """Back on its queue at once, for any worker (a graceful stop, or a shard this one cannot run).
+        Its consumer is let go: Dramatiq's still counted the message as taken (a requeue is meant for
+        its shutdown), so with one shard at a time it fetched none again, and the worker stalled."""
         with _translated("requeue a shard"):
-            self._consumers[taken.queue].requeue([taken.message])
+            self._consumers.pop(taken.queue).requeue([taken.message])
 
     def _register(self) -> None:
         """Say who this worker is (for `status`): its heartbeat is Dramatiq's. The workers that died
@@ -260,7 +264,7 @@ class ShardQueue:
     def close(self) -> None:
         for consumer in self._consumers.values():
             consumer.close()
-        if self._consumers:
+        if self._registered:
             try:
                 with _translated("unregister the worker"):
                     self.client.hdel(WORKERS, self.broker.broker_id)

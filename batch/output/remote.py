@@ -55,6 +55,7 @@ from typing import Any
 import anyio
 
 from batch.errors import BatchError, OutputError, UsageError
+from batch.output.files import reason
 from batch.output.format import FORMAT
 from batch.output.store import ANSWERS, IMAGES, RESULTS, RETRIED, RUNS, USAGE, encode_line, parse_record
 from batch.running.records import AttemptRecord, attempt_log_line, finished_entry
@@ -283,7 +284,11 @@ def view(url: str) -> Iterator[Path]:
     """A temporary, read-only DIR assembled from the store at `url` (no images), for the readers and
     `submit --resume`; removed afterwards."""
     store = open_store(url)
-    with tempfile.TemporaryDirectory(prefix="maas-batch-view-") as folder:
+    try:
+        holder = tempfile.TemporaryDirectory(prefix="maas-batch-view-")
+    except OSError as exc:
+        raise OutputError(f"cannot make a temporary folder for {url}: {reason(exc)}") from exc
+    with holder as folder:
         root = Path(folder) / "view"
         pull(store, root)
         yield root
@@ -297,7 +302,10 @@ def staging(store: Store, folder: Path | None = None, *, prefix: str = "maas-bat
     mid-run, or the run crashed; it is then kept, and its path logged. A run refused before it sent
     anything (a BatchError other than OutputError) leaves nothing to keep."""
     temporary = folder is None
-    root = Path(tempfile.mkdtemp(prefix=prefix)) if folder is None else folder
+    try:
+        root = Path(tempfile.mkdtemp(prefix=prefix)) if folder is None else folder
+    except OSError as exc:
+        raise OutputError(f"cannot make a staging folder for {store.url}: {reason(exc)}") from exc
     keep = False
     try:
         pull(store, root)
@@ -328,6 +336,8 @@ def pull(store: Store, root: Path) -> None:
         try:
             _pull(store, root)
             return
+        except OSError as exc:  # the local disk (a full or read-only TMPDIR): exit 74, not a traceback
+            raise OutputError(f"cannot assemble {root} from {store.url}: {reason(exc)}") from exc
         except StoreChanged:
             if attempt == PULL_TRIES:
                 raise

@@ -682,3 +682,14 @@ def test_a_refused_tasks_result_line_keeps_the_servers_request_id(
     assert line["status"] == "failed" and str(line.get("request_id", "")).startswith("req_")
     exported = json.loads(cli("export", out, "--format", "openai").out.splitlines()[0])
     assert exported["response"]["request_id"] == line["request_id"]
+
+
+def test_the_recorded_command_keeps_no_redis_password() -> None:
+    from batch.cli.run import recorded_command
+
+    argv = ["run", "m.yaml", "--redis", "redis://:s3cret@h:6400/0", "--out", "D", "--set", "u=http://a:b@c"]
+    kept = recorded_command(argv)
+    assert "s3cret" not in json.dumps(kept) and kept["passwords_left_out"] is True
+    assert kept["argv"][3] == "redis://@h:6400/0" and kept["argv"][-1] == "u=http://a:b@c"  # a task's value
+    assert recorded_command(["run", "--red=rediss://u:pw@h/1"])["argv"] == ["run", "--red=rediss://u@h/1"]
+    assert "passwords_left_out" not in recorded_command(["run", "m.yaml", "--redis", "redis://h:6379/0"])

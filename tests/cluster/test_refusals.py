@@ -75,3 +75,19 @@ def test_a_manifest_changed_since_submit_stops_the_worker_and_keeps_the_shard(
     assert "changed since it was submitted" in done.err
     client = redis.Redis.from_url(redis_url)
     assert client.llen(f"maas-batch:{read_plan(out).queue}") == 1  # requeued, for a fixed manifest
+
+
+def test_a_run_into_a_submitted_batch_is_refused_before_it_sends(
+    write: Callable[..., Path], tmp_path: Path, cli: Callable[..., Outcome], redis_url: str
+) -> None:
+    """Its results are in shards/: `run` read none of them, bought every task again, and status and
+    report, which read the shards, never counted what it spent."""
+    job = write(JOB)
+    out = tmp_path / "out"
+    assert cli("submit", job, "--out", out, "--redis", redis_url, env={"MAAS_ENDPOINT": "ep"}).code == 0
+    env = {"MAAS_API_KEY": KEY, "MAAS_ENDPOINT": "ep", "MAAS_BASE_URL": "http://127.0.0.1:9/v1/ai"}
+    for flags in ((), ("--dry-run",)):
+        done = cli("run", job, "--out", out, *flags, env=env)
+        assert done.code == 64 and "holds a batch submitted in shards" in done.err, done.err
+        assert f"maas-batch retry-failed {out} --redis URL" in done.err
+    assert not (out / "results.jsonl").exists() and not (out / "runs").exists()

@@ -364,3 +364,26 @@ def test_a_shard_a_live_worker_has_taken_is_running_its_requests_in_flight(tmp_p
     assert [s["queue"] for s in shards] == ["taken by h:7", "taken by a dead worker", "queued"]
     assert (summary["taken"], summary["taken_by_dead_workers"]) == (1, 1)
     assert [s.index for s in state.held()] == [0]  # what cluster_status passes on as taken
+
+
+def test_a_worker_that_sent_a_shard_back_takes_one_again(redis_url: str) -> None:
+    """A shard sent back (its folder locked by a run taken for dead): the worker went on taking nothing,
+    the batch's shards all queued, and a --burst worker never ended."""
+    from batch.cluster.plan import Shard
+    from batch.cluster.queue import QueueSettings, ShardQueue
+
+    queue = ShardQueue(QueueSettings(redis_url, poll=0.2))
+    try:
+        queue.put("q", [Shard("/b", 0, 0, 2), Shard("/b", 1, 2, 4)])
+        first = queue.take("q")
+        assert first is not None
+        queue.requeue(first)
+        found = []
+        for _ in range(2):  # one at a time, as a worker runs them
+            taken = queue.take("q")
+            assert taken is not None, f"nothing taken after {found}"
+            found.append(taken.shard.index)
+            queue.ack(taken)
+        assert sorted(found) == [0, 1] and queue.take("q") is None and queue.size("q") == 0
+    finally:
+        queue.close()

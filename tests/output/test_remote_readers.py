@@ -196,3 +196,16 @@ def test_rerun_changed_of_a_store_sends_the_changed_task_and_its_new_line_is_the
         json.loads(line) for data in s3.objects("retried").values() for line in data.decode().splitlines()
     ]
     assert [(line["id"], line["prompt"], line["status"]) for line in moved] == [("q", "hi", "succeeded")]
+
+
+def test_a_staging_folder_that_cannot_be_made_is_exit_74_with_its_reason(
+    write: Callable[..., Path], s3: S3, cli: Callable[..., Outcome], tmp_path: Path
+) -> None:
+    """Every store command assembles a folder first: a full or unwritable disk there was a traceback
+    and exit 1, which a cron job reads as "some tasks failed"."""
+    manifest = write("tasks:\n  - {kind: chat, id: q, model: gemini-2.5-flash, prompt: hi}\n")
+    (tmp_path / "file").write_text("not a folder")
+    env = {**s3.env, "MAAS_API_KEY": KEY, "MAAS_ENDPOINT": "ep"}
+    done = cli("run", manifest, "--out", s3.url, "--stage", tmp_path / "file" / "stage", env=env)
+    assert done.code == 74 and "Traceback" not in done.err, done.err
+    assert f"cannot assemble {tmp_path / 'file' / 'stage'} from {s3.url}" in done.err
