@@ -65,7 +65,9 @@ def parse_endpoints(items: Sequence[str]) -> dict[str, str]:
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """`--set` items into {field: value} and {kind: {field: value}}; values read as YAML scalars."""
+    """`--set` items into {field: value} and {kind: {field: value}}; values read as YAML scalars, but
+    for one with a `#` that YAML would read as a comment (`stop=###`, `user=team #3`), which is taken as
+    written: what the shell passed is what is sent."""
     if not items:
         return {}
     import yaml  # on use, not at start-up: `maas-batch --help` (and a run without --set) does without it
@@ -79,6 +81,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         try:
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
+            value = text
+        if "#" in text and not (isinstance(value, str) and "#" in value):  # a comment to YAML: cut off
             value = text
         kind, dot, name = key.partition(".")
         if dot:

@@ -23,7 +23,8 @@ def add_common(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="[KIND.]FIELD=VALUE",
         help="set a request field for every task (that knows it), over the manifest; "
-        "e.g. --set quality=low --set chat.temperature=0. Repeatable",
+        "e.g. --set quality=low --set chat.temperature=0. The value reads as YAML (a number, true, "
+        "null), but one with a # is taken as written. Repeatable",
     )
     parser.add_argument(
         "--endpoint",

@@ -265,7 +265,7 @@ class Expander:
                     yield Variant(problem=Problem(str(path), number, message, task=entry.label))
                     continue
                 try:
-                    text = line.decode("utf-8").strip()
+                    text = line.decode("utf-8").removeprefix("\ufeff").strip()  # a byte order mark first
                 except UnicodeDecodeError as exc:
                     message = f"is not UTF-8 text ({exc.reason})"
                     yield Variant(problem=Problem(str(path), number, message, task=entry.label))

@@ -54,6 +54,15 @@ def csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
                         ),
                     )
                     continue
+                if None in row.values():  # DictReader's value for a column the row stops short of
+                    missing = [key for key, value in row.items() if value is None]
+                    message = (
+                        f"the row has fewer values than the header has columns (no {missing[0]!r}"
+                        + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+                        + "): an empty value is written with its comma"
+                    )
+                    yield reader.line_num, Problem(str(path), reader.line_num, message)
+                    continue
                 yield reader.line_num, {key: value for key, value in row.items() if key}
         except (UnicodeDecodeError, csv.Error) as exc:
             yield reader.line_num, Problem(str(path), reader.line_num, f"cannot be read as CSV: {exc}")

@@ -693,3 +693,19 @@ def test_the_recorded_command_keeps_no_redis_password() -> None:
     assert kept["argv"][3] == "redis://@h:6400/0" and kept["argv"][-1] == "u=http://a:b@c"  # a task's value
     assert recorded_command(["run", "--red=rediss://u:pw@h/1"])["argv"] == ["run", "--red=rediss://u@h/1"]
     assert "passwords_left_out" not in recorded_command(["run", "m.yaml", "--redis", "redis://h:6379/0"])
+
+
+def test_a_set_value_with_a_hash_is_sent_as_written() -> None:
+    """YAML reads ` #` as a comment: `--set chat.stop=###` set stop to null, `user=team #3` to "team"."""
+    from batch.values import parse_overrides
+
+    found = parse_overrides(["chat.stop=###", "user=team #3", "a=#x", "n=3", "t=true", "s='a # b'", "e="])
+    assert found == {
+        "chat": {"stop": "###"},
+        "user": "team #3",
+        "a": "#x",
+        "n": 3,
+        "t": True,
+        "s": "a # b",
+        "e": "",
+    }

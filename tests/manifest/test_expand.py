@@ -291,7 +291,7 @@ def test_matrix_inside_for_each_and_repeat_combine(write: Write) -> None:
 
 
 def test_expansion_mistakes_are_reported(write: Write, tmp_path: Path) -> None:
-    write("a,b\n1,2,3\n", "ragged.csv")
+    write("a,b\n1,2,3\n1\n", "ragged.csv")
     write('{"x": 1}\nnot json\n[1]\n', "bad.jsonl")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
     path = write("""
@@ -316,6 +316,8 @@ def test_expansion_mistakes_are_reported(write: Write, tmp_path: Path) -> None:
         f"{path}:6: tasks[4]: matrix.style: must be a non-empty list of values",
         f"{path}:7: tasks[5]: for_each: must be one of {{glob: PATTERN}}, {{csv: FILE}}, {{jsonl: FILE}}",
         f"{tmp_path / 'ragged.csv'}:2: tasks[6]: the row has more values than the header has columns",
+        # too few: the missing column read as null, and `Describe {b}` sent as "Describe null"
+        f"{tmp_path / 'ragged.csv'}:3: tasks[6]: the row has fewer values than the header has columns (no 'b')",
         # a whole-placeholder value keeps its type: the record's 1 is not a string prompt
         f"{path}:9: tasks[7] bad.jsonl:1: prompt: must be a string, not an integer (got 1)",
         f"{tmp_path / 'bad.jsonl'}:2: tasks[7]: not valid JSON",
@@ -386,3 +388,16 @@ def test_command_line_endpoint_overrides_the_manifest(write: Write) -> None:
     assert endpoints({}) == ["ep-manifest", "ep-own", "ep-env"]
     assert endpoints({"generate": "ep-cli"}) == ["ep-cli", "ep-cli", "ep-env"]
     assert endpoints({"special": "ep-model", "*": "ep-all"}) == ["ep-all", "ep-all", "ep-model"]
+
+
+def test_a_prompts_file_with_a_byte_order_mark_reads_its_first_line_as_the_others(
+    write: Write, tmp_path: Path
+) -> None:
+    """A file saved by a Windows editor: the mark made its first line a prompt of its own, a `#` comment
+    line included (a paid task reading "\\ufeff# my prompts")."""
+    (tmp_path / "p.txt").write_bytes("\ufeff# my prompts\r\na red fox\r\n".encode())
+    (tmp_path / "q.txt").write_bytes("\ufeffan owl\n".encode())
+    path = write(
+        "tasks:\n  - {kind: generate, prompts_file: p.txt}\n  - {kind: generate, prompts_file: q.txt}\n"
+    )
+    assert [task.fields["prompt"] for task in specs(path)] == ["a red fox", "an owl"]
