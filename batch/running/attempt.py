@@ -85,6 +85,16 @@ class TaskAttempts:
             failure = BrokenAnswerError(f"{type(exc).__name__}: {short(exc)}", error_type="internal_error")
             await self._finish(spec, state, started, error=failure)
             return
+        except BaseException:
+            if state.cut_while_kept:  # cancelled after its answer was bought: said, not bought again
+                failure = BrokenAnswerError(
+                    "the run was stopped while its answer's images were fetched or saved; the answer, with "
+                    "its links, is kept in answers/ (retry-failed buys it again)",
+                    error_type="interrupted",
+                )
+                with anyio.CancelScope(shield=True):
+                    await self._finish(spec, state, started, error=failure)
+            raise
         await self._finish(spec, state, started)
 
     def _on_retry(self, spec: TaskSpec, notice: RetryNotice) -> None:
@@ -295,22 +305,38 @@ class TaskAttempts:
                     error_type="too_many_images",
                 )
             if links:
-                images = await self._download(images)
+                images, lost = await self._download(images)
+                if lost:  # the images fetched are kept; the answer, with the links, too
+                    await self._keep_raw(spec, request_id, reply, state)
+                    extra = {**answer.extra, "images_not_downloaded": lost}
+                    answer = replace(answer, extra=extra, images_missing=answer.images_missing + len(lost))
             files: list[OutputFile] = []
             if images:
                 files = await anyio.to_thread.run_sync(decode_images, spec.id, images, kind, limiter=threads)
-        except ApiError as exc:
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # cancelled: the answer kept, its task failed (run_task)
+                state.cut_while_kept = True
+                with anyio.CancelScope(shield=True):
+                    if state.answer_file is None:
+                        await self._keep_raw(spec, request_id, reply, state)
+                raise
             await self._keep_raw(spec, request_id, reply, state)
-            if isinstance(exc, BrokenAnswerError):
-                exc.retry = False  # it arrived whole: asking again would buy it twice
-            raise
-        except Exception as exc:
-            await self._keep_raw(spec, request_id, reply, state)
+            if isinstance(exc, ApiError):
+                if isinstance(exc, BrokenAnswerError):
+                    exc.retry = False  # it arrived whole: asking again would buy it twice
+                raise
             raise BrokenAnswerError(
                 f"the answer could not be read ({type(exc).__name__}: {short(exc)})",
                 error_type="unreadable_answer",
             ) from exc
-        state.files = await anyio.to_thread.run_sync(self._save, files, limiter=threads) if files else []
+        try:
+            state.files = await anyio.to_thread.run_sync(self._save, files, limiter=threads) if files else []
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                state.cut_while_kept = True
+                with anyio.CancelScope(shield=True):
+                    await self._keep_raw(spec, request_id, reply, state)
+            raise
         state.answer = answer
 
     async def _keep_raw(self, spec: TaskSpec, request_id: str, reply: Reply, state: TaskState) -> None:
@@ -322,11 +348,14 @@ class TaskAttempts:
             self._ctx.out.save_answer, name, reply.raw, limiter=self._ctx.threads
         )
 
-    async def _download(self, images: tuple[EncodedImage, ...]) -> tuple[EncodedImage, ...]:
+    async def _download(self, images: tuple[EncodedImage, ...]) -> tuple[tuple[EncodedImage, ...], list[str]]:
         """Fetch the images an answer links to. A failed download is retried as a download, under the
-        task's retry policy; the generation itself is never bought again."""
+        task's retry policy; the generation itself is never bought again. Returns the images at hand, and
+        why each of the others could not be fetched: one lost link no longer throws away the images that
+        came (the task fails only when none did)."""
         ctx = self._ctx
         fetched = []
+        lost: list[str] = []
         for index, image in enumerate(images):
             url = image.url
             if url is None:
@@ -341,12 +370,12 @@ class TaskAttempts:
                 )
             except ApiError as exc:
                 host = urlsplit(url).hostname or "?"
-                raise BrokenAnswerError(
-                    f"image {index + 1} could not be downloaded from {host}: {describe(exc)}",
-                    error_type="download_failed",
-                ) from exc
+                lost.append(f"image {index + 1} could not be downloaded from {host}: {describe(exc)}")
+                continue
             fetched.append(replace(image, data=data))
-        return tuple(fetched)
+        if lost and not fetched:
+            raise BrokenAnswerError("; ".join(lost), error_type="download_failed")
+        return tuple(fetched), lost
 
     def _save(self, files: list[OutputFile]) -> list[str]:
         """Write an answer's images (a worker thread's work). Their thumbnails are the gallery's: it

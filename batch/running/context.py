@@ -64,6 +64,9 @@ class TaskState:
     # (request id, HTTP status, seconds) of the answer kept: its `done` line waits for the task's result
     # line, so that a run killed in between leaves the request counted as maybe billed (not saved)
     answered: tuple[str, int, float] | None = None
+    # a whole answer, billed, whose images or files were being made when the run cut it short
+    # (cancelled): its task gets a failed line, not a resume's request (that would buy it again)
+    cut_while_kept: bool = False
 
 
 class Stopped(Exception):

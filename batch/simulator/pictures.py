@@ -14,7 +14,7 @@ from . import faults, shapes
 from .chat import ChatRequest
 from .config import SimConfig
 from .exchange import Exchange, b64_item, image_answer_body
-from .files import FileStore
+from .files import FILES_PATH, FileStore
 from .image_request import ImageRequest
 from .images import EditSource, ImageFactory, ImageSpec, bomb_png, not_an_image
 
@@ -76,6 +76,8 @@ class Pictures:
 
         def store(index: int, image: bytes) -> str:
             name = f"{ex.x_request_id}-{index}"
+            if "url_lost" in self._answers and index == parsed.n - 1:  # a link to no file: 404
+                return origin + f"{FILES_PATH}/{name}-lost.{parsed.output_format}"
             return origin + self._files.add(name, base64.b64decode(image), parsed.output_format, flaky=flaky)
 
         items = shapes.image_items(images, self._answers, parsed.output_format, parsed.prompt, store)

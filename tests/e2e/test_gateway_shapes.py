@@ -95,6 +95,36 @@ def test_images_sent_as_urls_are_downloaded_without_the_key_and_never_bought_aga
     assert record["request_id"] == line["server_request_id"]
 
 
+def test_a_link_that_is_gone_keeps_the_images_that_came_and_the_answer(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The simulator's `url_lost`: of two linked images, the second's link answers 404 for good. The task
+    failed (download_failed) and the first image, fetched and paid for, was thrown away: only the links
+    were kept, which expire. Now the images that came are saved, the one lost counted in images_missing
+    (as an answer with fewer images than n), the answer with its links kept in answers/; bought once.
+    With one image, and its link gone, the task fails as before, its answer kept."""
+    tasks = (
+        "  - {kind: generate, id: pair, model: m, prompt: two cats, n: 2}\n"
+        "  - {kind: generate, id: one, model: m, prompt: a cat}\n"
+    )
+    outcome, out, state = run_shapes(cli, write, tmp_path, ["url_lost"], tasks)
+    assert outcome.code == 1, outcome.err
+    done = results(out)
+    pair, one = done["pair"], done["one"]
+    assert pair["status"] == "succeeded" and pair["attempts"] == 1 and len(pair["files"]) == 1
+    with Image.open(out / pair["files"][0]) as image:
+        image.load()
+    assert (
+        pair["images_missing"] == 1 and "image 2 could not be downloaded" in pair["images_not_downloaded"][0]
+    )
+    kept = json.loads((out / pair["answer_file"]).read_text())
+    assert [item["url"].endswith("-lost.png") for item in kept["data"]] == [False, True]
+    assert one["status"] == "failed" and one["error"]["type"] == "download_failed" and one["answer_file"]
+    assert state.requests_total == 2  # each bought once; the lost links fetched again as downloads
+    assert [d.status for d in state.downloads].count(404) >= 2
+    billed_once_and_recorded(out, state)
+
+
 @pytest.mark.parametrize(("shape", "n", "files"), [("data_url", 1, 1), ("b64_lines", 2, 2), ("mixed", 3, 3)])
 def test_base64_written_as_a_data_url_or_wrapped_and_mixed_items_are_all_saved(
     shape: str, n: int, files: int, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
@@ -308,4 +338,39 @@ def test_gzip_members_a_body_compressed_in_two_members_is_read_whole(
     done = results(out)
     assert done["img"]["status"] == done["talk"]["status"] == "succeeded" and done["talk"]["text"]
     assert all("gzip_members" in record.shapes for record in state.records)
+    billed_once_and_recorded(out, state)
+
+
+def test_a_run_stopped_while_an_answers_images_are_fetched_keeps_the_answer_and_buys_it_once(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while a paid answer's link is fetched (a slow file server): the grace period ran out, the
+    download was cancelled, nothing was kept but its ledger line, and the resumed run bought the image
+    again. The answer now goes to answers/ and the task gets a failed line: a resume does not buy it."""
+    import os
+    import signal
+
+    import anyio
+
+    from batch.running.client import ApiClient
+
+    async def stalled(self: ApiClient, url: str) -> bytes:
+        os.kill(os.getpid(), signal.SIGTERM)  # the run's own handler stops it
+        await anyio.sleep(3600)
+        raise AssertionError("not cancelled")
+
+    monkeypatch.setattr(ApiClient, "download", stalled)
+    tasks = "  - {kind: generate, id: cat, model: m, prompt: a cat}\n"
+    manifest = write(PRICES + "tasks:\n" + tasks)
+    out = tmp_path / "out"
+    with simulator_in_thread(SimConfig(api_key=KEY, answers=frozenset({"url"}))) as sim:
+        stopped = cli("run", manifest, "--out", out, *FAST, "--grace", "0.2", env=env_for(sim))
+        monkeypatch.undo()
+        resumed = cli("run", manifest, "--out", out, *FAST, env=env_for(sim))
+        state = sim.state
+    assert stopped.code == 75, stopped.err
+    record = results(out)["cat"]
+    assert record["status"] == "failed" and record["error"]["type"] == "interrupted", record
+    assert json.loads((out / record["answer_file"]).read_text())["data"][0]["url"]
+    assert resumed.code == 1 and state.requests_total == 1, resumed.out  # bought once
     billed_once_and_recorded(out, state)
