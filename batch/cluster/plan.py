@@ -34,6 +34,10 @@ class Shard:
     start: int
     end: int
     retry_failed: bool = False  # `retry-failed DIR`: send this shard's failed tasks again
+    # with retry_failed: the `finished_at` of the shard's last failure when it was queued. Only failures
+    # up to it are sent again: a message delivered twice (its worker taken for dead) found the failures
+    # of its own first delivery, and bought them again
+    retry_upto: str | None = None
 
     @property
     def size(self) -> int:
@@ -45,7 +49,9 @@ class Shard:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Shard:
         retry = bool(data.get("retry_failed", False))
-        return cls(str(data["out"]), int(data["index"]), int(data["start"]), int(data["end"]), retry)
+        upto = data.get("retry_upto")
+        upto = upto if isinstance(upto, str) else None
+        return cls(str(data["out"]), int(data["index"]), int(data["start"]), int(data["end"]), retry, upto)
 
 
 @dataclass(frozen=True)

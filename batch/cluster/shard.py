@@ -84,7 +84,7 @@ class ShardRunner:
         with connection(options) as connected:
             run_info = {"shard": shard.index, "positions": [shard.start, shard.end], "pid": os.getpid()}
             config = job_config(options, checked, out, connected, run_info, options.deadline_time())
-            config = dataclasses.replace(config, only=(shard.start, shard.end))
+            config = dataclasses.replace(config, only=(shard.start, shard.end), retry_upto=shard.retry_upto)
             if store is not None:  # no page per shard: `gallery URL` builds the batch's
                 config = dataclasses.replace(config, store=store, gallery=False)
             with Job(config, checked, builtin_registry(), self._observers(), plan_reused=True) as job:

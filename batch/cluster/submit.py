@@ -30,7 +30,7 @@ from batch.cluster.plan import (
 )
 from batch.cluster.queue import ShardQueue, without_password
 from batch.cluster.shard import submitted_manifest
-from batch.cluster.view import finished_counts, write_order
+from batch.cluster.view import finished_counts, last_failure, write_order
 from batch.config import Options, checked_manifest, endpoint_for
 from batch.errors import UsageError
 from batch.values import StoreUrl
@@ -157,7 +157,8 @@ def retry(out: Path, queue: ShardQueue) -> tuple[BatchPlan, list[Shard], int]:
     chosen, failures = [], 0
     for shard, (_, failed) in zip(plan.each_shard(), finished_counts(out, plan), strict=True):
         if failed and shard.index not in waiting:
-            chosen.append(dataclasses.replace(shard, retry_failed=True))
+            upto = last_failure(out, shard.index)
+            chosen.append(dataclasses.replace(shard, retry_failed=True, retry_upto=upto))
             failures += failed
     queue.put(plan.queue, chosen)
     return plan, chosen, failures

@@ -174,6 +174,16 @@ def finished_counts(root: Path, plan: BatchPlan) -> list[tuple[int, int]]:
     return found
 
 
+def last_failure(root: Path, index: int) -> str | None:
+    """The latest `finished_at` among the failed result lines of shard `index` (None: none says one)."""
+    times = (
+        line.get("finished_at")
+        for line in read_lines(shard_dir(root, index) / RESULTS)
+        if line.get("status") == "failed"
+    )
+    return max((text for text in times if isinstance(text, str)), default=None)
+
+
 def shard_status(root: Path, index: int, size: int, taken: bool = False) -> dict[str, Any]:
     """One shard's counts. Running: a run holds its directory (its lock), or a live worker has taken it
     (`taken`: the queue says so; a store has no lock); its requests in flight are then in flight, not

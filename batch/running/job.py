@@ -65,6 +65,7 @@ class JobConfig:
     sync_interval: float = 0.1  # seconds between journal fsyncs; 0 = fsync each line before going on
     retry_failed: bool = False  # send the failed tasks again, and only them
     rerun_changed: bool = False  # send again the finished tasks whose request changed since they ran
+    retry_upto: str | None = None  # with retry_failed: only the failures finished up to then (a shard's)
     gallery: bool = True  # thumbnails as images are saved, and DIR/index.html after the run
     run_info: Mapping[str, Any] = field(default_factory=dict)  # for the run log's start line (the command)
     only: tuple[int, int] | None = None  # a shard: the tasks at manifest positions [start, end), no others
@@ -262,6 +263,7 @@ class Job:
         if not config.retry_failed and not changed:
             return []
         ids = plan.ids if config.retry_failed else None
+        upto = config.retry_upto
         rerun: set[str] = set()
 
         def picked(line: Mapping[str, Any]) -> bool:
@@ -269,7 +271,10 @@ class Job:
             if changed and isinstance(task_id, str) and changed.contains_digest(digest(task_id)):
                 rerun.add(task_id)
                 return True
-            return ids is not None and line.get("status") == "failed" and str(task_id) in ids
+            if ids is None or line.get("status") != "failed" or str(task_id) not in ids:
+                return False
+            finished = line.get("finished_at")  # a failure after `upto`: this retry's own, bought already
+            return upto is None or not isinstance(finished, str) or finished <= upto
 
         moved = self.out.set_aside(picked)
         self.rerun = len(rerun)

@@ -211,6 +211,38 @@ def test_retry_failed_queues_the_shards_that_hold_failures(
         assert b'"shards/0/images/' in objects["index.html"]
 
 
+@pytest.mark.timeout(60)
+def test_a_retry_shard_delivered_twice_sends_its_failures_once(
+    write: Callable[..., Path], tmp_path: Path, cli: Callable[..., Outcome], redis_url: str
+) -> None:
+    """A retry message delivered again (its worker paused and taken for dead, then acking a message
+    already requeued): the second delivery found the failures of the first, and bought them again. It
+    sends only the failures finished up to the moment retry-failed queued it."""
+    from batch.cluster.queue import QueueSettings, ShardQueue
+
+    out = tmp_path / "out"
+    with simulator_in_thread(SimConfig(api_key=KEY)) as sim:
+        submitted(cli, manifest(write), out, redis_url, sim)
+        work(cli, redis_url, sim)
+        sent = sim.state.requests_total
+        assert cli("retry-failed", out, "--redis", redis_url).code == 0
+        queue = ShardQueue(QueueSettings(redis_url))
+        try:
+            [shard] = queue.look(read_plan(out).queue).queued
+            assert shard.retry_failed and shard.retry_upto == results_of(out, 1)["q-3"]["finished_at"]
+            queue.put(read_plan(out).queue, [shard])  # the same message, once more
+        finally:
+            queue.close()
+        work(cli, redis_url, sim)
+        assert sim.state.requests_total == sent + 1  # q-3 (refused again) sent once, not twice
+    assert results_of(out, 1)["q-3"]["status"] == "failed"
+
+
+def results_of(out: Path, index: int) -> dict[str, dict[str, Any]]:
+    lines = (shard_dir(out, index) / "results.jsonl").read_text().splitlines()
+    return {line["id"]: line for line in map(json.loads, lines)}
+
+
 def wait_for(condition: Callable[[], bool], process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 30
     while not condition():
