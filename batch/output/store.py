@@ -29,6 +29,7 @@ import errno
 import json
 import logging
 import os
+import re
 import secrets
 import stat
 from collections.abc import Callable, Iterator, Mapping
@@ -77,6 +78,29 @@ def never_write(secret: str) -> None:
     data = secret.encode()
     if len(data) >= SECRET_MIN and data not in _SECRETS:
         _SECRETS.append(data)
+
+
+_JSON_ESCAPE = re.compile(rb"\\u([0-9a-fA-F]{4})|\\/")
+
+
+def _unescaped(match: re.Match[bytes]) -> bytes:
+    code = match.group(1)
+    return b"/" if code is None else chr(int(code, 16)).encode("utf-8", "replace")
+
+
+def without_secrets(data: bytes) -> bytes:
+    """A body to keep as it came (answers/), without the key: written out, or spelt in JSON escapes
+    (`\\u0073k-...`), which any JSON reader of the file turns back into the key. A body that spells it
+    so is kept with its escapes undone and the key redacted."""
+    for secret in _SECRETS:
+        data = data.replace(secret, REDACTED)
+    if _SECRETS and b"\\" in data:
+        plain = _JSON_ESCAPE.sub(_unescaped, data)
+        if any(secret in plain for secret in _SECRETS):
+            for secret in _SECRETS:
+                plain = plain.replace(secret, REDACTED)
+            return plain
+    return data
 
 
 def encode_line(record: Mapping[str, Any]) -> bytes:
@@ -458,7 +482,7 @@ class OutputDir:
         """Keep the raw body of a paid answer that could not be used, atomically and durably, in
         answers/. Blocking: call it from a worker thread. Returns its path relative to DIR."""
         folder = real_folder(self.root / ANSWERS)
-        write_atomic(folder / name, data, fsync=self.fsync)
+        write_atomic(folder / name, without_secrets(data), fsync=self.fsync)
         if self.fsync:
             fsync_dir(folder)
         return f"{ANSWERS}/{name}"

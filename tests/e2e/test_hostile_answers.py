@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import zlib
@@ -258,6 +259,12 @@ async def echo(name: str, request: web.Request) -> web.StreamResponse:
         usage = {**IMAGE_ANSWER["usage"], "note": "KEY"}  # type: ignore[dict-item]
         answer = json.dumps({**IMAGE_ANSWER, "id": "KEY", "data": data, "usage": usage})
         return web.Response(text=answer.replace("KEY", escaped), content_type="application/json")
+    if name == "escaped-key-kept":  # escaped, in an answer that cannot be used: kept in answers/
+        escaped = "".join(f"\\u{ord(c):04x}" for c in key)
+        unusable = {"id": "KEY", "usage": IMAGE_ANSWER["usage"]}  # no data, no choices: billed, kept
+        return web.Response(
+            text=json.dumps(unusable).replace("KEY", escaped), content_type="application/json"
+        )
     if name == "split-across-events":  # the key in two pieces, one in each of two events
         events = [
             {"choices": [{"index": 0, "delta": {"content": f"you said {key[:10]}"}}]},
@@ -282,6 +289,7 @@ ECHOES = [
     "answer-text",
     "content-encoding",
     "escaped-key",
+    "escaped-key-kept",
     "split-across-events",
 ]
 
@@ -322,8 +330,11 @@ def assert_no_key(name: str, outcomes: list[Outcome], paths: list[Path]) -> None
     for path in paths:
         if path.is_file():
             data = path.read_bytes()
+            # as a JSON reader of the file reads it: \u escapes turned back into what they spell
+            plain = re.sub(rb"\\u([0-9a-f]{4})", lambda m: chr(int(m.group(1), 16)).encode(), data)
             for fragment in fragments:
                 assert fragment.encode() not in data, (name, path, fragment)
+                assert fragment.encode() not in plain, (name, path, fragment, "in JSON escapes")
 
 
 @pytest.mark.parametrize("offset", [78, 30])
