@@ -4,11 +4,15 @@ output too, through a local view of it."""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import secrets
+import shutil
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from batch.cli import cluster
 from batch.cluster.plan import is_sharded
@@ -17,6 +21,7 @@ from batch.errors import ManifestError, OutputError, UsageError
 from batch.exitcodes import EXIT_OK
 from batch.manifest import plancache
 from batch.output.export import Selection
+from batch.output.files import TMP_SUFFIX
 from batch.output.format import FORMAT
 from batch.output.lock import LOCK, acquire
 from batch.output.report import as_json, format_report, format_status, report, status
@@ -127,12 +132,38 @@ def export(args: argparse.Namespace) -> int:
 
             rows = write_database(root, args.output, chosen, selection)
         else:
-            with args.output.open("w", encoding="utf-8", newline="") as stream:
-                rows = export_rows(root, args.format, stream, chosen, selection, _fetch(args))
+            fetch = _fetch(args)
+            rows = _replaced(
+                args.output, lambda stream: export_rows(root, args.format, stream, chosen, selection, fetch)
+            )
     except OSError as exc:
         raise OutputError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
     print(f"{rows:,} rows written to {args.output}", file=sys.stderr)
     return EXIT_OK
+
+
+def _replaced(output: Path, write: Callable[[TextIO], int]) -> int:
+    """`write` into a temporary file beside `output`, renamed over it once whole: an export stopped part
+    way (Ctrl-C, a full disk) left the last one cut to nothing; it is now as it was. A FIFO or a device
+    (/dev/stdout) is written in place; a link, through: its target is replaced, the link stays."""
+    try:
+        output = output.resolve()
+    except RuntimeError as exc:  # a loop of links (3.11): the write fails as it would (74)
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP)) from exc
+    if output.exists() and not output.is_file():
+        with output.open("w", encoding="utf-8", newline="") as stream:
+            return write(stream)
+    temporary = output.with_name(f".{output.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+    try:
+        with temporary.open("w", encoding="utf-8", newline="") as stream:
+            rows = write(stream)
+        if output.exists():
+            shutil.copymode(output, temporary)  # a file the user made readable by a group stays so
+        os.replace(temporary, output)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return rows
 
 
 # what a run keeps in DIR (and a batch in shards: cluster/ and shards/): an export written over one of them

@@ -14,6 +14,8 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from batch.output.export import plain
 from tests.conftest import Outcome
 from tests.output.conftest import SECOND
@@ -201,3 +203,41 @@ def test_odd_values_in_a_line_edited_by_hand_reach_the_exports_as_text(
         assert any(
             "chat" in str(kind) and "a" in str(model) and attempts == 1e30 for kind, model, attempts in rows
         )
+
+
+def test_an_export_stopped_part_way_leaves_the_last_one_as_it_was(
+    cli: Callable[..., Outcome], edited: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`export --output FILE` opened FILE for writing first: a Ctrl-C (or a full disk) part way left
+    last night's export cut to nothing. It is written beside FILE and renamed over it once whole."""
+    from batch.cli import inspect
+
+    target = tmp_path / "tonight.csv"
+    assert cli("export", edited, "--output", target).code == 0
+    target.chmod(0o640)
+    whole = target.read_bytes()
+    real = inspect.export_rows
+
+    def interrupted(*args: object) -> int:
+        stream = args[2]
+        stream.write("id,half a row")  # type: ignore[attr-defined]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inspect, "export_rows", interrupted)
+    stopped = cli("export", edited, "--output", target)
+    assert stopped.code != 0 and target.read_bytes() == whole
+    assert not list(tmp_path.glob(".tonight.csv.*"))
+    monkeypatch.setattr(inspect, "export_rows", real)
+    assert cli("export", edited, "--output", target, "--format", "jsonl").code == 0
+    assert target.read_bytes() != whole and stat.S_IMODE(target.stat().st_mode) == 0o640
+
+
+def test_an_export_through_a_link_replaces_its_target_and_keeps_the_link(
+    cli: Callable[..., Outcome], edited: Path, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared.csv"
+    shared.write_text("old\n")
+    latest = tmp_path / "latest.csv"
+    latest.symlink_to(shared)
+    assert cli("export", edited, "--output", latest).code == 0
+    assert latest.is_symlink() and shared.read_text().startswith("id,")
