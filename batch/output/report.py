@@ -11,6 +11,7 @@ from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +138,8 @@ def status(root: Path, scope: Scope | None = None) -> dict[str, Any]:
         "failed": failed,
         "pending": None if total is None else max(0, total - current),
         "retry_pending": len(retry_pending),
-        "tasks": total,
+        # with --include-orphaned, the orphaned lines are counted above, and in the total (as `report`)
+        "tasks": total if total is None or not scope.include_orphaned else total + sum(orphaned.values()),
         "orphaned": sum(orphaned.values()),
         "orphaned_failed": orphaned["failed"],
         "include_orphaned": scope.include_orphaned,
@@ -340,7 +342,15 @@ def report(
     tasks = succeeded = attempts = images_missing = 0
     failures: dict[str, dict[str, Any]] = {}
     slowest: list[tuple[float, str, str]] = []
+    # the tasks of lines set aside (--retry-failed, --rerun-changed): their tries are earlier attempts; one
+    # without a line now (a retry stopped before sending it) made one first attempt, not a retry
+    set_aside: set[str] = set()
+    for record in map(ResultRecord.from_line, read_lines(root / RETRIED)):  # earlier tries, given another go
+        if scope.counted(record.id):
+            attempts += record.attempts
+            set_aside.add(record.id)
     for record in map(ResultRecord.from_line, last_lines(root / RESULTS)):
+        set_aside.discard(record.id)
         if not scope.current(record.id):
             orphaned["tasks"] += 1
             orphaned["failed"] += record.failed
@@ -364,16 +374,15 @@ def report(
                 heapq.heappush(slowest, entry)
             else:
                 heapq.heappushpop(slowest, entry)
-    for record in map(ResultRecord.from_line, read_lines(root / RETRIED)):  # earlier tries, given another go
-        if scope.counted(record.id):
-            attempts += record.attempts
     wall = 0.0
     logged = account(root / RUNS, live=lock_holder(root) is not None)
     runs = logged.runs
-    for events in runs:
+    for events, last_sent in zip(runs, logged.last_sent, strict=True):
         end = next((e for e in events if e.get("event") == "end" and "seconds" in e), None)
-        seconds = None if end is None else end["seconds"]
-        wall += number(seconds) or 0.0  # a log edited by hand may say anything: no number counts 0
+        seconds = None if end is None else number(end["seconds"])
+        if seconds is None:  # killed, or going on: from its start to its last request (0 s were counted)
+            seconds = _since_start(events, last_sent)
+        wall += seconds or 0.0  # a log edited by hand may say anything: no number counts 0
     total = scope.total
     current = tasks - (orphaned["tasks"] if scope.include_orphaned else 0)
     return {
@@ -390,7 +399,7 @@ def report(
         "orphaned_cost": round(float(orphaned["cost"]), 6),
         "include_orphaned": scope.include_orphaned,
         "attempts": attempts,
-        "retries": attempts - tasks,
+        "retries": max(0, attempts - tasks - len(set_aside)),
         "requests": logged.requests,
         "maybe_billed": logged.maybe_billed,
         "images_missing": images_missing,
@@ -407,6 +416,19 @@ def report(
         "runs": len(runs),
         "run_seconds": round(wall, 1),
     }
+
+
+def _since_start(events: list[dict[str, Any]], last_sent: float | None) -> float | None:
+    """A run without its own duration (killed, or going on): from its start to its last `sent` line."""
+    start = next((e for e in events if e.get("event") == "start"), None)
+    at = start.get("at") if start is not None else None
+    if last_sent is None or not isinstance(at, str):
+        return None
+    try:
+        began = datetime.fromisoformat(at).timestamp()
+    except ValueError:
+        return None
+    return max(0.0, last_sent - began)
 
 
 def format_report(found: Mapping[str, Any]) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from batch.output.store import RESULTS, RETRIED, USAGE, Journal, encode_line, finished_results, read_lines
-from batch.running.records import AttemptRecord, RunRecord, attempt_log_line
+from batch.running.records import AttemptRecord, RunRecord, attempt_log_line, number
 
 _string = encode_basestring  # a JSON string, as encode_line writes one (with its quotes)
 
@@ -111,6 +111,7 @@ class Accounting:
     maybe_billed: int = 0  # may have been billed without a saved answer (cut, cancelled, killed)
     in_flight: int = 0  # sent by a run that is going on now, fate not known yet
     runs: list[list[dict[str, Any]]] = field(default_factory=list)  # each run's start and end lines
+    last_sent: list[float | None] = field(default_factory=list)  # each run's last `sent` line's time
 
 
 def account(folder: Path, *, live: bool = False) -> Accounting:
@@ -124,11 +125,14 @@ def account(folder: Path, *, live: bool = False) -> Accounting:
         pending: dict[str, str] = {}
         events = []
         ended = False
+        last: float | None = None
         for record in map(attempt_log_line, read_lines(path)):
             if isinstance(record, AttemptRecord):
                 if record.event == "sent":
                     found.requests += 1
                     pending[record.request_id] = str(record.task_id)
+                    at = number(record.t)  # a hand-edited line may say anything, 400 digits too
+                    last = at if at is not None else last
                 else:
                     pending.pop(record.request_id, None)
                     found.maybe_billed += record.maybe_billed
@@ -141,6 +145,7 @@ def account(folder: Path, *, live: bool = False) -> Accounting:
         elif pending:  # a run killed, not recovered yet: as `recover` will close its log
             found.maybe_billed += len(pending) - len(saved(folder.parent, pending))
         found.runs.append(events)
+        found.last_sent.append(last)
     return found
 
 

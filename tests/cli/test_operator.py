@@ -660,6 +660,9 @@ def test_a_retry_stopped_before_sending_every_failure_sends_the_rest_next_time(
         status = json.loads(cli("status", out, "--json").out)
         assert (status["succeeded"], status["pending"], status["retry_pending"]) == (2, 2, 2)
         assert "2 of the pending failed before" in cli("status", out).out
+        # 2 tasks sent again: 2 retries, not 4 (the two set aside and not sent made no second try)
+        found = json.loads(cli("report", out, "--json").out)
+        assert (found["attempts"], found["retries"], found["requests"]) == (6, 2, 6), found
         dry = cli("run", manifest, "--out", out, "--retry-failed", "--dry-run", env=env_for(sim))
         assert f"to retry in {out}: 2 of 4 tasks" in dry.out
         rest = cli("retry-failed", out, "--max-tokens", "100000", env=env_for(sim))
@@ -668,6 +671,7 @@ def test_a_retry_stopped_before_sending_every_failure_sends_the_rest_next_time(
         assert sim.state.requests_total == 4
     assert all(r["status"] == "succeeded" for r in results(out).values()) and len(results(out)) == 4
     assert json.loads(cli("status", out, "--json").out)["retry_pending"] == 0
+    assert json.loads(cli("report", out, "--json").out)["retries"] == 4
 
 
 def test_a_refused_tasks_result_line_keeps_the_servers_request_id(

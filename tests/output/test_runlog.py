@@ -135,3 +135,20 @@ def test_a_request_logged_sent_that_never_left_is_no_request_and_its_line_is_wri
     assert account(runs).requests == 1
     found = recover(runs)
     assert found.requests == [] and dict(found.by_task) == {}
+
+
+def test_a_killed_runs_time_is_from_its_start_to_its_last_request(tmp_path: Path) -> None:
+    """`report` summed only the `seconds` of end lines: a run killed after 2.5 s counted 0.0 s, and so
+    did one recovered later (its end line is written by the next run, and has no seconds)."""
+    from datetime import datetime
+
+    from batch.output.report import report
+    from batch.running.prices import PriceTable
+
+    began = datetime.fromisoformat(START["at"]).timestamp()  # type: ignore[arg-type]
+    sent = [{"event": "sent", "request_id": f"t/a.{i}", "task_id": "t", "t": began + i} for i in range(3)]
+    write_log(tmp_path / "runs" / "1.jsonl", START, *sent[:2], END)  # 60 s, as it said
+    write_log(tmp_path / "runs" / "2.jsonl", START, *sent)  # killed 2 s after its start
+    found = report(tmp_path, PriceTable())
+    assert (found["runs"], found["run_seconds"]) == (2, 62.0)
+    assert account(tmp_path / "runs").last_sent == [began + 1, began + 2]

@@ -35,7 +35,9 @@ def test_status_counts_the_last_runs_manifest_and_agrees_with_its_exit_code(
     assert "orphaned: 2 result lines of tasks no longer in the manifest, 1 of them failed" in text
     # counted in, when asked
     every = json.loads(cli("status", edited, "--json", "--include-orphaned").out)
-    assert (every["succeeded"], every["failed"], every["pending"]) == (5, 1, 0)
+    # the orphaned lines in the total too, as `report` counts them: "5 succeeded, 1 failed (of 4)" did not add up
+    assert (every["succeeded"], every["failed"], every["pending"], every["tasks"]) == (5, 1, 0, 6)
+    assert "5 succeeded, 1 failed, 0 pending (of 6)" in cli("status", edited, "--include-orphaned").out
     # another manifest's view of the same DIR: the first one's three tasks, the second's lines orphaned
     first = json.loads(cli("status", edited, "--json", "--manifest", tmp_path / "first.yaml").out)
     assert (first["succeeded"], first["failed"], first["pending"], first["tasks"]) == (2, 1, 0, 3)
