@@ -16,7 +16,7 @@ from typing import TextIO
 
 from batch.cli import cluster
 from batch.cluster.plan import is_sharded
-from batch.config import price_table
+from batch.config import env, price_table
 from batch.errors import ManifestError, OutputError, UsageError
 from batch.exitcodes import EXIT_OK
 from batch.manifest import plancache
@@ -54,7 +54,8 @@ def scope(args: argparse.Namespace, root: Path) -> Scope:
     sharded DIR, the submitted manifest over every shard (batch.cluster.view)."""
     if is_sharded(root):
         return cluster.batch_scope(args, root)
-    return scope_of(root, args.manifest, include_orphaned=args.include_orphaned)
+    endpoint = env("MAAS_ENDPOINT") if args.manifest is not None else None  # as `run` would take it
+    return scope_of(root, args.manifest, include_orphaned=args.include_orphaned, endpoint=endpoint)
 
 
 def reading(root: Path) -> Path:

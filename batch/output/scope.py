@@ -142,6 +142,7 @@ def scope_of(
     manifest: Path | None = None,
     *,
     include_orphaned: bool = False,
+    endpoint: str | None = None,
 ) -> Scope:
     """The scope of a report on DIR: `manifest` (--manifest) if given, else the last run's manifest.
     A --manifest that is not valid raises ManifestError (exit 65), as `validate` would. The last run's
@@ -152,6 +153,8 @@ def scope_of(
         settings = dict(remembered.settings)
         if not _same_manifest(manifest, remembered):
             settings = {"env_endpoint": settings.get("env_endpoint")}  # its own --set may not fit this one
+        if settings.get("env_endpoint") is None:  # no run remembered one (a store's view): MAAS_ENDPOINT now
+            settings["env_endpoint"] = endpoint
         checked = _checked(manifest, settings, root / plancache.FOLDER)
         return Scope(
             manifest=str(manifest),

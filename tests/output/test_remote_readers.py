@@ -189,6 +189,11 @@ def test_rerun_changed_of_a_store_sends_the_changed_task_and_its_new_line_is_the
     assert shown.code == 0, shown.err
     status = json.loads(shown.out)
     assert (status["succeeded"], status["failed"], status["pending"]) == (4, 0, 0), status
+    # with --manifest, its tasks' endpoint is MAAS_ENDPOINT, as `run` takes it (a store's view remembers
+    # no run's): it was refused, exit 78, "no endpoint for this chat task"
+    checked = cli("status", s3.url, "--json", "--manifest", fixed, env=env)
+    assert checked.code == 0, checked.err
+    assert (json.loads(checked.out)["changed"], json.loads(checked.out)["succeeded"]) == (0, 4)
     # a run after it sends nothing: the store's view holds the new line, not the old one
     assert cli("run", fixed, "--out", s3.url, "--rerun-changed", env=env).code == 0
     assert sim.state.requests_total == sent + 1
