@@ -82,7 +82,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
-        if "#" in text and not (isinstance(value, str) and "#" in value):  # a comment to YAML: cut off
+        if "#" in text and not _holds_hash(value):  # a comment to YAML: what followed it was cut off
             value = text
         kind, dot, name = key.partition(".")
         if dot:
@@ -90,6 +90,17 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         else:
             overrides[key] = value
     return overrides
+
+
+def _holds_hash(value: Any) -> bool:
+    """Whether a parsed value still holds a `#` somewhere (`["#", "END"]`): YAML read it as text."""
+    if isinstance(value, str):
+        return "#" in value
+    if isinstance(value, list):
+        return any(_holds_hash(item) for item in value)
+    if isinstance(value, dict):
+        return any(_holds_hash(key) or _holds_hash(item) for key, item in value.items())
+    return False
 
 
 class StoreUrl(str):

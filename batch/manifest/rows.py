@@ -54,8 +54,10 @@ def csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
                         ),
                     )
                     continue
-                if None in row.values():  # DictReader's value for a column the row stops short of
-                    missing = [key for key, value in row.items() if value is None]
+                # DictReader's value for a column the row stops short of (a header's trailing comma names
+                # a column of no name, which no task reads: not missed)
+                missing = [key for key, value in row.items() if key and value is None]
+                if missing:
                     message = (
                         f"the row has fewer values than the header has columns (no {missing[0]!r}"
                         + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")

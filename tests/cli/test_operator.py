@@ -704,6 +704,8 @@ def test_a_set_value_with_a_hash_is_sent_as_written() -> None:
     from batch.values import parse_overrides
 
     found = parse_overrides(["chat.stop=###", "user=team #3", "a=#x", "n=3", "t=true", "s='a # b'", "e="])
+    # a # that YAML read as text stays where it is: a list, a mapping
+    assert parse_overrides(['stop=["#", "END"]', 'x={a: "#1"}']) == {"stop": ["#", "END"], "x": {"a": "#1"}}
     assert found == {
         "chat": {"stop": "###"},
         "user": "team #3",

@@ -401,3 +401,9 @@ def test_a_prompts_file_with_a_byte_order_mark_reads_its_first_line_as_the_other
         "tasks:\n  - {kind: generate, prompts_file: p.txt}\n  - {kind: generate, prompts_file: q.txt}\n"
     )
     assert [task.fields["prompt"] for task in specs(path)] == ["a red fox", "an owl"]
+
+
+def test_a_csv_header_that_ends_in_a_comma_names_no_column_a_row_lacks(write: Write) -> None:
+    write("id,prompt,\n1,hello\n2,world\n", "p.csv")
+    path = write('tasks:\n  - {kind: generate, prompt: "{prompt}", for_each: {csv: p.csv}}\n')
+    assert [task.fields["prompt"] for task in specs(path)] == ["hello", "world"]
