@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import re
 import signal
 import sys
 from collections.abc import Iterator
@@ -148,7 +147,6 @@ def _on_store(args: argparse.Namespace, options: Options, argv: list[str]) -> in
         return run(argparse.Namespace(**{**vars(args), "out": folder, "store": args.out}), options, argv)
 
 
-PASSWORD_IN_URL = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/?#@:]*):[^/?#@]*@")
 REDIS_FLAGS = ("--red", "--redi", "--redis")  # as argparse takes it, abbreviated or not
 
 
@@ -170,7 +168,10 @@ def recorded_command(argv: list[str]) -> dict[str, Any]:
 
 
 def _without_password(url: str) -> str:
-    return PASSWORD_IN_URL.sub(r"\g<head>@", url)
+    """The URL as the queue's plan writes it: no password, in its user part or its query."""
+    from batch.cluster.queue import without_password  # redis and dramatiq: only for a run with --redis
+
+    return without_password(url)
 
 
 def _dry_run(args: argparse.Namespace, options: Options) -> int:

@@ -694,8 +694,12 @@ def test_the_recorded_command_keeps_no_redis_password() -> None:
     argv = ["run", "m.yaml", "--redis", "redis://:s3cret@h:6400/0", "--out", "D", "--set", "u=http://a:b@c"]
     kept = recorded_command(argv)
     assert "s3cret" not in json.dumps(kept) and kept["passwords_left_out"] is True
-    assert kept["argv"][3] == "redis://@h:6400/0" and kept["argv"][-1] == "u=http://a:b@c"  # a task's value
+    assert kept["argv"][3] == "redis://h:6400/0" and kept["argv"][-1] == "u=http://a:b@c"  # a task's value
     assert recorded_command(["run", "--red=rediss://u:pw@h/1"])["argv"] == ["run", "--red=rediss://u@h/1"]
+    # a password with an @ in it, or in the query: none of it kept (a review found "@ss" and the query)
+    for url in ("redis://:p@ss@127.0.0.1:6379/0", "redis://127.0.0.1:6379/0?password=p@ss"):
+        kept = recorded_command(["run", "--redis", url])
+        assert "ss" not in kept["argv"][2] and kept["passwords_left_out"] is True, kept
     assert "passwords_left_out" not in recorded_command(["run", "m.yaml", "--redis", "redis://h:6379/0"])
 
 
