@@ -149,6 +149,8 @@ class TaskAttempts:
                 except ApiStatusError as exc:
                     if exc.status == 429 and classify(exc).verdict is Verdict.RETRY:
                         await ctx.limits.throttled(slot, exc.retry_after)
+                    # an error inside a stream after some of it came: billed, or maybe (the budget counts it)
+                    answered = exc.maybe_billed or exc.usage is not None
                     raise
                 except BrokenAnswerError:
                     answered = True

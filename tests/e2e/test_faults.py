@@ -293,3 +293,24 @@ def test_a_stream_reset_after_it_finished_is_a_whole_answer_bought_once(
     assert all(r["status"] == "succeeded" and r["attempts"] == 1 and r["text"] for r in done.values())
     assert sim.state.billed_requests == len(done)  # each bought once
     assert sum(line["total_tokens"] for line in ledger(tmp_path / "out")) == billed
+
+
+@pytest.mark.parametrize("fault", ["stream_cut", "stream_error_mid"])
+def test_a_stream_that_breaks_part_way_without_usage_counts_against_the_budget(
+    fault: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """An error event half way through a stream that reported no usage may have been billed: the
+    budget counts it at its estimate, as it counts a stream cut short. It was released, not recorded,
+    and a run with --max-cost went on sending (13 requests for a budget of 3)."""
+    tasks = "".join(
+        f"  - {{kind: chat, id: t{i:02d}, model: gemini-2.5-flash, prompt: question {i}, stream: true}}\n"
+        for i in range(20)
+    )
+    manifest = write("tasks:\n" + tasks)
+    config = SimConfig(api_key=KEY, faults={fault: 1.0}, answers=frozenset({"no_usage"}))
+    flags = ("--max-cost", "0.004", "--max-attempts", "1", "-c", "1", "--outage-limit", "1")
+    with simulator_in_thread(config) as sim:
+        outcome = cli("run", manifest, "--out", tmp_path / "out", *FAST, *flags, env=env_for(sim))
+        sent = sim.state.requests_total
+    assert outcome.code == 3 and "budget reached" in outcome.out + outcome.err, outcome.out + outcome.err
+    assert sent < 6, sent
