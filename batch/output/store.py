@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -435,14 +436,18 @@ class OutputDir:
             if journal.dirty:
                 await journal.sync()
 
-    def set_aside(self, pick: Callable[[Mapping[str, Any]], bool]) -> list[str]:
+    def set_aside(self, pick: Callable[[Mapping[str, Any]], bool], *, keep_files: bool = False) -> list[str]:
         """Make the tasks of the result lines `pick` picks pending again (--retry-failed: failed lines;
         --rerun-changed: the lines of tasks whose request changed): those lines leave results.jsonl
         (rewritten atomically) for results.retried.jsonl, kept for the record. Returns their ids. A crash
-        part-way leaves results.jsonl as it was (a line may then be kept twice in the record)."""
+        part-way leaves results.jsonl as it was (a line may then be kept twice in the record).
+        `keep_files`: each picture such a line names in images/ gets a name of its own first, which the
+        line set aside names: the task's new answer is saved under the old names (a DIR's, not a store's,
+        where no file is written over)."""
         path = self.results.path
         temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
         forgotten: list[str] = []
+        tag = secrets.token_hex(3)
         self.results.close()
         try:
             retried = os.open(
@@ -456,6 +461,9 @@ class OutputDir:
                 for raw in source:
                     record = parse_record(raw)
                     if record is not None and pick(record):
+                        files = record.get("files")
+                        if keep_files and isinstance(files, list) and files:
+                            raw = encode_line({**record, "files": [self._kept(name, tag) for name in files]})
                         old.write(raw)
                         forgotten.append(str(record.get("id")))
                     else:
@@ -465,6 +473,8 @@ class OutputDir:
                     if self.fsync:
                         os.fsync(handle.fileno())
             if forgotten:
+                if self.fsync and keep_files:
+                    fsync_dir(self.images)
                 os.replace(temporary, path)
                 if self.fsync:
                     fsync_dir(self.root)
@@ -477,6 +487,28 @@ class OutputDir:
         finally:
             self.results.open()
         return forgotten
+
+    def _kept(self, name: Any, tag: str) -> Any:
+        """A picture of a line set aside, under a name of its own (`fox.png`: `fox.before-1a2b3c.png`, a
+        hard link, or a copy), its thumbnail moved along (the old name's would show the new picture); the
+        name as it was where it is no file of images/ (gone, or named by hand)."""
+        if not isinstance(name, str) or not name.startswith(f"{IMAGES}/") or ".." in name.split("/"):
+            return name
+        relative = Path(name)
+        kept = relative.with_name(f"{relative.stem}.before-{tag}{relative.suffix}")
+        source, target = self.root / relative, self.root / kept
+        try:
+            try:
+                os.link(source, target, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    raise
+                shutil.copy2(source, target, follow_symlinks=False)  # a file system without hard links
+        except OSError:
+            return name
+        with contextlib.suppress(OSError):
+            os.replace(self.root / THUMBS / f"{relative.name}.webp", self.root / THUMBS / f"{kept.name}.webp")
+        return kept.as_posix()
 
     def save_answer(self, name: str, data: bytes) -> str:
         """Keep the raw body of a paid answer that could not be used, atomically and durably, in

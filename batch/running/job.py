@@ -276,7 +276,7 @@ class Job:
             finished = line.get("finished_at")  # a failure after `upto`: this retry's own, bought already
             return upto is None or not isinstance(finished, str) or finished <= upto
 
-        moved = self.out.set_aside(picked)
+        moved = self.out.set_aside(picked, keep_files=config.store is None)  # a store overwrites no file
         self.rerun = len(rerun)
         return moved
 

@@ -59,8 +59,12 @@ def test_the_changed_tasks_are_sent_again_and_only_they(
     fresh = tmp_path / "fresh"
     assert cli("run", fixed, "--out", fresh, env=env_for(sim)).code == 0
     assert now["fox"]["request_sha256"] == results(fresh)["fox"]["request_sha256"]  # what was sent
-    # the old line, whole, for the record; results.jsonl holds one line of the fox
-    assert retried_lines(out) == [before["fox"]]
+    # the old line, for the record (its picture under a name of its own); results.jsonl holds one line
+    # of the fox
+    [aside] = retried_lines(out)
+    assert {**aside, "files": before["fox"]["files"]} == before["fox"] and aside["files"] != now["fox"][
+        "files"
+    ]
     lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [line["id"] for line in lines].count("fox") == 1
     status = json.loads(cli("status", out, "--json").out)
@@ -164,3 +168,30 @@ def test_the_changed_digests_are_those_find_changed_counts(
     found = changed_digests(order, requests, lambda: iter(lines))
     assert len(found) == find_changed(order, requests, lambda: iter(lines)) == len(range(1, size, 3))
     assert all(found.contains_digest(digest(ids[i])) == (i % 3 == 1) for i in range(size))
+
+
+def test_the_old_answers_picture_is_kept_under_a_name_of_its_own(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The new answer is saved as images/fox.png, the name the old line gave its picture: the paid old
+    picture was written over, and the line kept for the record named the new one. It keeps a name of its
+    own now (and its thumbnail), and the new picture gets a thumbnail of its own."""
+    out = tmp_path / "out"
+    assert cli("run", manifest(write), "--out", out, env=env_for(sim)).code == 0
+    [old_name] = results(out)["fox"]["files"]
+    old_bytes = (out / old_name).read_bytes()
+    old_thumb = (out / "thumbs" / f"{Path(old_name).name}.webp").read_bytes()
+    old_line = results(out)["fox"]
+
+    assert (
+        cli("run", manifest(write, "a red fox"), "--out", out, "--rerun-changed", env=env_for(sim)).code == 0
+    )
+
+    [new_name] = results(out)["fox"]["files"]
+    [aside] = retried_lines(out)
+    [kept] = aside["files"]
+    assert kept != new_name and kept.startswith("images/") and ".before-" in kept
+    assert (out / kept).read_bytes() == old_bytes and (out / new_name).read_bytes() != old_bytes
+    assert (out / "thumbs" / f"{Path(kept).name}.webp").read_bytes() == old_thumb
+    assert (out / "thumbs" / f"{Path(new_name).name}.webp").read_bytes() != old_thumb
+    assert {**aside, "files": old_line["files"]} == old_line  # the line as it was, but its picture's name
