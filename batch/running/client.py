@@ -229,8 +229,16 @@ class ApiClient:
         # the whole stream bought again
         if stream and content_type.lower().startswith("text/event-stream") and not _unknown_coding(response):
             return await self._read_events(response, response.content.iter_any())
-        raw = await self._read_capped(response, self.config.max_body_bytes)
-        if stream and is_event_stream(raw):  # a stream under another content type (text/plain, none)
+        if stream and not content_type.lower().startswith("application/json") and _plain(response):
+            # a stream under another content type (text/plain, none), told by its first piece: read as
+            # events as they come, so that one held open or cut after its end is judged as a stream is
+            first = await response.content.readany()
+            if is_event_stream(first):
+                return await self._read_events(response, _after(first, response.content.iter_any()))
+            raw = await self._read_rest(response, first)
+        else:
+            raw = await self._read_capped(response, self.config.max_body_bytes)
+        if stream and is_event_stream(raw):  # its first piece too short to tell
             return await self._read_events(response, _once(raw), inflate=False)
         body = await decode_json(raw, content_type)
         if (
@@ -276,6 +284,18 @@ class ApiClient:
             return self.scrub.bytes(bytes(buffer[:limit]), cut=True)
         if inflater.unknown and not truncate:
             raise inflater.refusal(self.scrub.bytes(bytes(buffer)))
+        return self.scrub.bytes(bytes(buffer))
+
+    async def _read_rest(self, response: aiohttp.ClientResponse, first: bytes) -> bytes:
+        """The body after its `first` piece (not encoded), under the size cap, scrubbed."""
+        limit = self.config.max_body_bytes
+        buffer = bytearray(first)
+        async for piece in response.content.iter_chunked(1 << 16):
+            buffer += piece
+            if len(buffer) > limit:
+                raise too_large(limit)
+        if len(buffer) > limit:
+            raise too_large(limit)
         return self.scrub.bytes(bytes(buffer))
 
     async def _read_events(
@@ -441,6 +461,17 @@ class _Translate:
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+async def _after(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for piece in rest:
+        yield piece
+
+
+def _plain(response: aiohttp.ClientResponse) -> bool:
+    """A body sent as it is (no Content-Encoding): its first piece can be told apart."""
+    return not response.headers.get("Content-Encoding", "").strip()
 
 
 def _unknown_coding(response: aiohttp.ClientResponse) -> bool:

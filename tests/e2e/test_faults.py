@@ -230,13 +230,24 @@ def test_rate_limited_requests_honour_retry_after(
 
 
 @pytest.mark.parametrize(
-    ("fault", "flags"),
-    [("stream_error_done", ()), ("stream_hang", ("--timeout", "1"))],
-    ids=["an error event after it finished", "held open after it finished"],
+    ("fault", "flags", "shapes"),
+    [
+        ("stream_error_done", (), ()),
+        ("stream_hang", ("--timeout", "1"), ()),
+        ("stream_hang", ("--timeout", "1"), ("sse_plain",)),
+        ("stream_reset_done", (), ("sse_plain",)),
+    ],
+    ids=[
+        "an error event after it finished",
+        "held open after it finished",
+        "as text/plain, held open after it finished",
+        "as text/plain, reset after it finished",
+    ],
 )
 def test_a_stream_that_finished_then_went_wrong_is_a_whole_answer_bought_once(
     fault: str,
     flags: tuple[str, ...],
+    shapes: tuple[str, ...],
     cli: Callable[..., Outcome],
     write: Callable[..., Path],
     tmp_path: Path,
@@ -245,7 +256,10 @@ def test_a_stream_that_finished_then_went_wrong_is_a_whole_answer_bought_once(
     error event in place of [DONE], or nothing more while the connection stays open: the answer is whole.
     Each was bought again, up to --max-attempts times, with nothing in the ledger."""
     manifest = write("tasks:\n" + CHAT_TASKS)
-    with simulator_in_thread(SimConfig(api_key=KEY, faults={fault: 1.0})) as sim:
+    config = SimConfig(api_key=KEY, faults={fault: 1.0}, answers=frozenset(shapes))
+    with simulator_in_thread(config) as sim:
+        # bought again, each failure would look like an outage: stopped in 2 s, not waited out
+        flags = (*flags, "--outage-limit", "2")
         outcome = cli("run", manifest, "--out", tmp_path / "out", *FAST, *flags, env=env_for(sim))
         billed = sum(record.billed_tokens for record in sim.state.records)
     assert outcome.code == 0, outcome.out + outcome.err
