@@ -296,6 +296,8 @@ def misspelt_environment(names: Iterable[str]) -> list[str]:
         ):
             continue
         meant = difflib.get_close_matches(upper, ENVIRONMENT, n=1, cutoff=0.85)
+        # or one of ours cut short after a whole word: MAAS_REDIS for MAAS_REDIS_URL (0.83 alike)
+        meant = meant or [n for n in ENVIRONMENT if n.startswith(f"{upper}_") and upper.count("_") >= 1][:1]
         if meant and meant[0] not in given:
             said.append(f"{name} is set, but maas-batch reads no such variable: did you mean {meant[0]}?")
     return said

@@ -119,4 +119,13 @@ def output_location(text: str) -> StoreUrl | Path:
         if not path.startswith("/"):  # file://host/... names another machine's disk
             raise ValueError(f"{text}: give file:///absolute/path, or the path itself")
         return Path(path)
-    return StoreUrl(text) if "://" in text else Path(text)
+    if "://" in text:
+        return StoreUrl(text)
+    scheme, colon, rest = text.partition(":")
+    if colon and scheme.lower() in _STORE_SCHEMES:  # s3:/bucket/x: a folder named "s3:", written in silence
+        raise ValueError(f"{text}: a store's URL is {scheme}://{rest.lstrip('/')}")
+    return Path(text)
+
+
+# the object stores fsspec names (output.remote takes some of them): `s3:bucket` is no folder one means
+_STORE_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2"})

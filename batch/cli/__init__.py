@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from batch.cli.grammar import build_parser
@@ -255,6 +256,11 @@ def configure_logging(args: argparse.Namespace) -> None:
     stderr.setLevel(level)
     handlers: list[logging.Handler] = [stderr]
     log_file = getattr(args, "log_file", None)
+    out = getattr(args, "out", None)
+    if log_file is not None and isinstance(out, Path):  # not into DIR's own files (results.jsonl...)
+        from batch.cli.inspect import not_into_dir
+
+        not_into_dir(out, Path(log_file), "--log-file")
     if log_file is not None:
         try:
             # its folder too: the README's cron line logs to runs/tonight.log before any run made runs/

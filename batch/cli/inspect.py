@@ -121,7 +121,7 @@ def export(args: argparse.Namespace) -> int:
         raise UsageError("export --format sqlite writes a file: give it --output FILE")
     _check_kinds(args.kinds)
     if args.output is not None:
-        _not_into_dir(root, args.output)
+        not_into_dir(root, args.output, "--output")
     chosen = scope(args, root)
     selection = Selection(frozenset(args.statuses), frozenset(args.kinds))
     if args.output is None:
@@ -174,9 +174,9 @@ _DIRS_OWN = frozenset(
 ) | frozenset(("index.html", "cluster", "shards"))  # the page (gallery.PAGE, whose module loads Pillow)
 
 
-def _not_into_dir(root: Path, output: Path) -> None:
-    """Refuse an --output that is a file of DIR's own, or inside one of its folders; a new file beside
-    them (DIR/export.csv) is fine."""
+def not_into_dir(root: Path, output: Path, flag: str) -> None:
+    """Refuse an --output (or --log-file) that is a file of DIR's own, or inside one of its folders; a
+    new file beside them (DIR/export.csv) is fine."""
     try:
         inside = output.resolve().relative_to(root.resolve())
     except ValueError:
@@ -184,7 +184,7 @@ def _not_into_dir(root: Path, output: Path) -> None:
     except (OSError, RuntimeError):  # a loop of links (RuntimeError on 3.11): the write says so (74)
         return
     if inside.parts and inside.parts[0] in _DIRS_OWN:
-        raise UsageError(f"--output {output} is {root}'s own {inside.parts[0]}: write the export elsewhere")
+        raise UsageError(f"{flag} {output} is {root}'s own {inside.parts[0]}: write it elsewhere")
 
 
 def _fetch(args: argparse.Namespace) -> Callable[[str], bytes | None] | None:

@@ -280,7 +280,16 @@ class TaskBuilder:
                 return None
             return str(value)
         if self.settings.env_endpoint:
-            return self.settings.env_endpoint
+            if _valid_endpoint(self.settings.env_endpoint):
+                return self.settings.env_endpoint
+            # `MAAS_ENDPOINT=..` sent every task to /v1/google/... (a 404, taken for a wrong key)
+            message = "MAAS_ENDPOINT must be an endpoint (deployment) id: no slashes or spaces"
+            shown = shorten(self.settings.env_endpoint)
+            problem = Problem(
+                self.manifest.name, entry.line, message, entry.label, "endpoint", shown, config=True
+            )
+            problems.append(problem)
+            return None
         problems.append(
             Problem(
                 self.manifest.name,

@@ -223,9 +223,30 @@ def test_misspelt_environment_names() -> None:
         "MAA_API_KEY",
         "MAAS_REDIS_ULR",
         "maas_base_url",
+        "MAAS_REDIS",  # one of ours cut short after a whole word (0.83 alike: under the cutoff)
+        "MAAS_BASE",
     ]
-    others = ["MAAS_API_KEY_OLD", "MAAS_ENDPOINT_CHAT", "MAAS_REDIS_PORT", "MAAS_PROFILE", "OPENAI_API_KEY"]
+    others = [
+        "MAAS",
+        "MAAS_API_KEY_OLD",
+        "MAAS_ENDPOINT_CHAT",
+        "MAAS_REDIS_PORT",
+        "MAAS_PROFILE",
+        "OPENAI_API_KEY",
+    ]
     others += ["MAKEFLAGS", "MAIL", "MANPATH", "MAPS_API_KEY", "MAPS_BASE_URL", "MARS_API_KEY", "MAX_API_KEY"]
     assert [said.split()[0] for said in misspelt_environment(typos + others)] == sorted(typos)
     # near a name that is set too: another tool's, not a typo (MAAS_API_URL, as Canonical MAAS has it)
     assert misspelt_environment(["MAAS_API_URL", "MAAS_BASE_URL"]) == []
+
+
+@pytest.mark.parametrize("endpoint", ["a b", "x/y", ".."])
+def test_an_endpoint_from_the_environment_is_checked_as_one_in_the_manifest(
+    endpoint: str, cli: Callable[..., Outcome], write: Callable[..., Path]
+) -> None:
+    """The manifest's endpoints are refused with slashes or spaces; MAAS_ENDPOINT was not, and `..` sent
+    every task to /v1/google/chat/completions (a 404, exit 78, blamed on the endpoint's existence)."""
+    manifest = write("tasks:\n  - {kind: chat, id: q, model: gemini-2.5-flash, prompt: hi}\n")
+    done = cli("validate", manifest, env={"MAAS_ENDPOINT": endpoint})
+    assert done.code == 78 and "MAAS_ENDPOINT must be an endpoint (deployment) id" in done.err, done.err
+    assert cli("validate", manifest, env={"MAAS_ENDPOINT": "ep-1"}).code == 0

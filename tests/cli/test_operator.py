@@ -719,3 +719,30 @@ def test_a_set_value_with_a_hash_is_sent_as_written() -> None:
         "s": "a # b",
         "e": "",
     }
+
+
+def test_a_store_url_with_one_slash_is_refused_not_made_a_folder(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--out s3:/bucket/x` made a local folder named `s3:` and wrote the night into it, in silence."""
+    monkeypatch.chdir(tmp_path)
+    manifest = write("tasks:\n  - {kind: chat, id: q, model: gemini-2.5-flash, prompt: hi}\n")
+    for command in (("run", manifest, "--out", "s3:/bucket/x", "--simulate"), ("status", "az:container/x")):
+        done = cli(*command, env={"MAAS_ENDPOINT": "ep"})
+        assert done.code == 64 and "a store's URL is" in done.err, done.err
+    assert "a store's URL is s3://bucket/x" in cli("status", "s3:/bucket/x").err
+    assert not (tmp_path / "s3:").exists() and not (tmp_path / "az:container").exists()
+
+
+def test_a_log_file_into_dirs_own_files_is_refused(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """`--log-file DIR/results.jsonl` appended log lines to the checkpoint: status then said 12 of its
+    lines were damaged. Refused, as export --output refuses the same names; a file beside them is fine."""
+    manifest = write("tasks:\n  - {kind: chat, id: q, model: gemini-2.5-flash, prompt: hi}\n")
+    out = tmp_path / "out"
+    refused = cli("run", manifest, "--out", out, "--simulate", "--log-file", out / "results.jsonl")
+    assert refused.code == 64 and f"--log-file {out / 'results.jsonl'} is {out}'s own" in refused.err
+    assert not out.exists()
+    assert cli("run", manifest, "--out", out, "--simulate", "--log-file", out / "night.log").code == 0
+    assert (out / "night.log").read_text() and len(results(out)) == 1
