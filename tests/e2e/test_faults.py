@@ -232,12 +232,14 @@ def test_rate_limited_requests_honour_retry_after(
 @pytest.mark.parametrize(
     ("fault", "flags", "shapes"),
     [
+        ("stream_reset_done", (), ()),
         ("stream_error_done", (), ()),
         ("stream_hang", ("--timeout", "1"), ()),
         ("stream_hang", ("--timeout", "1"), ("sse_plain",)),
         ("stream_reset_done", (), ("sse_plain",)),
     ],
     ids=[
+        "reset before [DONE], after it finished",
         "an error event after it finished",
         "held open after it finished",
         "as text/plain, held open after it finished",
@@ -252,9 +254,10 @@ def test_a_stream_that_finished_then_went_wrong_is_a_whole_answer_bought_once(
     write: Callable[..., Path],
     tmp_path: Path,
 ) -> None:
-    """Every choice finished and the usage sent (the chat.completion.chunk shape of API.md), then an
-    error event in place of [DONE], or nothing more while the connection stays open: the answer is whole.
-    Each was bought again, up to --max-attempts times, with nothing in the ledger."""
+    """Every choice finished and the usage sent (the chat.completion.chunk shape of API.md), then the
+    connection reset before [DONE], an error event in place of it, or nothing more while the connection
+    stays open: the answer is whole. (As the hostile-server test of the reset, test_gateway_faults, builds
+    by hand.) The last two were bought again, up to --max-attempts times, with nothing in the ledger."""
     manifest = write("tasks:\n" + CHAT_TASKS)
     config = SimConfig(api_key=KEY, faults={fault: 1.0}, answers=frozenset(shapes))
     with simulator_in_thread(config) as sim:
@@ -291,22 +294,6 @@ def test_an_error_event_in_the_middle_of_a_stream_is_retried_and_both_answers_ar
     assert sim.state.billed_requests == 2 and len(ledger(tmp_path / "out")) == 2
     assert sum(line["total_tokens"] for line in ledger(tmp_path / "out")) == billed > 0
     assert record["usage"]["total_tokens"] == billed
-
-
-def test_a_stream_reset_after_it_finished_is_a_whole_answer_bought_once(
-    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
-) -> None:
-    """The simulator's `stream_reset_done`: every choice finished and the usage sent, then the connection
-    reset before [DONE] (as the hostile-server test of the same shape, test_gateway_faults, builds by hand)."""
-    manifest = write("tasks:\n" + CHAT_TASKS)
-    with simulator_in_thread(SimConfig(api_key=KEY, faults={"stream_reset_done": 1.0})) as sim:
-        outcome = cli("run", manifest, "--out", tmp_path / "out", *FAST, env=env_for(sim))
-        billed = sum(record.billed_tokens for record in sim.state.records)
-    assert outcome.code == 0, outcome.out + outcome.err
-    done = results(tmp_path / "out")
-    assert all(r["status"] == "succeeded" and r["attempts"] == 1 and r["text"] for r in done.values())
-    assert sim.state.billed_requests == len(done)  # each bought once
-    assert sum(line["total_tokens"] for line in ledger(tmp_path / "out")) == billed
 
 
 @pytest.mark.parametrize("fault", ["stream_cut", "stream_error_mid"])

@@ -18,6 +18,7 @@ from PIL import Image
 from batch.output.report import format_report, report
 from batch.running.prices import PriceTable
 from batch.simulator import SimConfig, SimState, simulator_in_thread
+from batch.simulator.shapes import STREAM_SHAPES
 from tests.conftest import FAST, KEY, Outcome, env_for, results
 
 PRICES = "prices: {m: {text_input: 1.0, output: 10.0, cached_input: 0.25}}\n"
@@ -279,19 +280,7 @@ def test_cached_prompt_tokens_are_kept_and_priced_at_the_cached_rate(
     assert line["cost"] < (line["input_tokens"] * 1.0 + line["output_tokens"] * 10.0) / 1e6
 
 
-@pytest.mark.parametrize(
-    "shape",
-    [
-        "no_done",
-        "usage_every_chunk",
-        "sse_noise",
-        "sse_cr",
-        "sse_bom",
-        "sse_plain",
-        "sse_upper",
-        "done_spaced",
-    ],
-)
+@pytest.mark.parametrize("shape", sorted(STREAM_SHAPES))  # each way a gateway may write a stream
 def test_streams_without_done_with_running_usage_or_with_noise_are_whole_answers(
     shape: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
 ) -> None:
