@@ -85,6 +85,8 @@ class TaskBuilder:
         self.sources = sources
         self.inspector = inspector or InputInspector(sources=sources)
         self.checking = True  # False once the manifest validated: the dispatch walk skips the field rules
+        # MAAS_ENDPOINT checked once, not for each task of each walk
+        self._env_endpoint_ok = settings.env_endpoint is None or _valid_endpoint(settings.env_endpoint)
         self.problems = self._check_top_level()
         # the models with a price: a task's model close to one of them but not one is taken for a typo
         priced = manifest.prices if isinstance(manifest.prices, Mapping) else {}
@@ -280,7 +282,7 @@ class TaskBuilder:
                 return None
             return str(value)
         if self.settings.env_endpoint:
-            if _valid_endpoint(self.settings.env_endpoint):
+            if self._env_endpoint_ok:
                 return self.settings.env_endpoint
             # `MAAS_ENDPOINT=..` sent every task to /v1/google/... (a 404, taken for a wrong key)
             message = "MAAS_ENDPOINT must be an endpoint (deployment) id: no slashes or spaces"
