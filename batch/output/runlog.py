@@ -27,8 +27,17 @@ from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
-from batch.output.store import RESULTS, RETRIED, USAGE, Journal, encode_line, finished_results, read_lines
-from batch.running.records import AttemptRecord, RunRecord, attempt_log_line, number
+from batch.output.store import (
+    RESULTS,
+    RETRIED,
+    USAGE,
+    Journal,
+    encode_line,
+    parse_record,
+    read_lines,
+    whole_lines,
+)
+from batch.running.records import AttemptRecord, RunRecord, attempt_log_line, finished_entry, number
 
 _string = encode_basestring  # a JSON string, as encode_line writes one (with its quotes)
 
@@ -157,18 +166,33 @@ def saved(root: Path, pending: Mapping[str, str]) -> set[str]:
     and that answer is the one paid twice (README, "Outputs on S3")."""
     if not pending:
         return set()
-    billed = {
-        request_id
-        for line in read_lines(root / USAGE)
-        if isinstance(request_id := line.get("request_id"), str) and request_id in pending
-    }
+    billed: dict[str, Any] = {}  # request id -> the server's id of its answer (None: it gave none)
+    for line in read_lines(root / USAGE):
+        request_id = line.get("request_id")
+        if isinstance(request_id, str) and request_id in pending:
+            billed[request_id] = line.get("server_request_id")
     if not billed:
         return set()
     tasks = {pending[request_id] for request_id in billed}
-    # a result line moved aside by --retry-failed (a failed task, given another go) was saved too
-    lines = itertools.chain(finished_results(root / RESULTS), finished_results(root / RETRIED))
-    finished = {task_id for task_id, _ in lines if task_id in tasks}
-    return {request_id for request_id in billed if pending[request_id] in finished}
+    # a result line moved aside by --retry-failed (a failed task, given another go) was saved too. The
+    # line must be of that answer, where the two name the server's id: a task the killed run's answer
+    # was billed for, whose line a later run saved from its own answer, was paid twice
+    answers: dict[str, set[Any]] = {}
+    for raw in itertools.chain(whole_lines(root / RESULTS), whole_lines(root / RETRIED)):
+        entry = finished_entry(raw)
+        if entry is not None and entry[0] in tasks:
+            record = parse_record(raw) or {}
+            answers.setdefault(entry[0], set()).add(record.get("request_id"))
+    return {
+        request_id
+        for request_id, server_id in billed.items()
+        if pending[request_id] in answers
+        and (
+            server_id is None
+            or None in answers[pending[request_id]]
+            or server_id in answers[pending[request_id]]
+        )
+    }
 
 
 def _ended(path: Path) -> bool:

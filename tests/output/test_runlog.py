@@ -152,3 +152,22 @@ def test_a_killed_runs_time_is_from_its_start_to_its_last_request(tmp_path: Path
     found = report(tmp_path, PriceTable())
     assert (found["runs"], found["run_seconds"]) == (2, 62.0)
     assert account(tmp_path / "runs").last_sent == [began + 1, began + 2]
+
+
+def test_a_killed_runs_answer_whose_task_another_run_saved_is_maybe_billed(tmp_path: Path) -> None:
+    """The killed run's answer is in the ledger, its result line never written; a later run bought the
+    task again and saved its own answer. The first answer was paid for, unsaved: it counted as saved
+    (the task had a line), and a worker's kill left a task paid twice that status did not count."""
+    runs = tmp_path / "runs"
+    sent = {"event": "sent", "request_id": "t0/a.1", "task_id": "t0", "t": 1.0}
+    write_log(runs / "1.jsonl", START, sent)  # killed after its answer went into the ledger
+    ledger = [
+        {"task_id": "t0", "request_id": "t0/a.1", "server_request_id": "srv-1"},
+        {"task_id": "t0", "request_id": "t0/b.1", "server_request_id": "srv-2"},  # the later run's
+    ]
+    (tmp_path / "usage.jsonl").write_text("".join(json.dumps(line) + "\n" for line in ledger))
+    result = {"id": "t0", "status": "succeeded", "request_id": "srv-2"}
+    (tmp_path / "results.jsonl").write_text(json.dumps(result) + "\n")
+    assert account(runs).maybe_billed == 1
+    (tmp_path / "results.jsonl").write_text(json.dumps({**result, "request_id": "srv-1"}) + "\n")
+    assert account(runs).maybe_billed == 0  # its own answer's line: saved
