@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from batch.errors import UsageError
 
@@ -101,6 +102,21 @@ def _holds_hash(value: Any) -> bool:
     if isinstance(value, dict):
         return any(_holds_hash(key) or _holds_hash(item) for key, item in value.items())
     return False
+
+
+def without_password(url: str) -> str:
+    """The URL of a Redis with no password (nor query, which may hold one): safe to write down."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = (f"{parts.username}@" if parts.username else "") + host
+    try:
+        port: int | str | None = parts.port
+    except ValueError:  # not a number (the URL is refused for it): shown as written
+        port = parts.netloc.rpartition(":")[2]
+    netloc += f":{port}" if port else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class StoreUrl(str):

@@ -169,7 +169,7 @@ def recorded_command(argv: list[str]) -> dict[str, Any]:
 
 def _without_password(url: str) -> str:
     """The URL as the queue's plan writes it: no password, in its user part or its query."""
-    from batch.cluster.queue import without_password  # redis and dramatiq: only for a run with --redis
+    from batch.values import without_password
 
     return without_password(url)
 

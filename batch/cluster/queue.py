@@ -34,7 +34,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import dramatiq
 import redis
@@ -44,6 +43,7 @@ from dramatiq.errors import BrokerConnectionError
 from batch.cluster.plan import Shard
 from batch.defaults import DEFAULT_HEARTBEAT_TIMEOUT
 from batch.errors import ConfigError
+from batch.values import without_password
 
 log = logging.getLogger("batch.cluster.queue")
 
@@ -272,21 +272,6 @@ class ShardQueue:
                 log.debug("%s", exc)
         self.broker.close()
         self.client.connection_pool.disconnect()  # Dramatiq leaves its connections to the collector
-
-
-def without_password(url: str) -> str:
-    """The URL of a Redis with no password (nor query, which may hold one): safe to write down."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = (f"{parts.username}@" if parts.username else "") + host
-    try:
-        port: int | str | None = parts.port
-    except ValueError:  # not a number (the URL is refused for it): shown as written
-        port = parts.netloc.rpartition(":")[2]
-    netloc += f":{port}" if port else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _text(value: Any) -> str:

@@ -28,12 +28,12 @@ from batch.cluster.plan import (
     write_plan,
     write_plan_to_store,
 )
-from batch.cluster.queue import ShardQueue, without_password
+from batch.cluster.queue import ShardQueue
 from batch.cluster.shard import submitted_manifest
 from batch.cluster.view import finished_counts, last_failure, write_order
 from batch.config import Options, checked_manifest, endpoint_for
 from batch.errors import UsageError
-from batch.values import StoreUrl
+from batch.values import StoreUrl, without_password
 
 if TYPE_CHECKING:
     from batch.output.remote import Store
