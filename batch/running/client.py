@@ -235,12 +235,18 @@ class ApiClient:
             first = await response.content.readany()
             if is_event_stream(first):
                 return await self._read_events(response, _after(first, response.content.iter_any()))
-            raw = await self._read_rest(response, first)
+            raw = await self._read_capped(response, self.config.max_body_bytes, first=first)
         else:
             raw = await self._read_capped(response, self.config.max_body_bytes)
         if stream and is_event_stream(raw):  # its first piece too short to tell
             return await self._read_events(response, _once(raw), inflate=False)
         body = await decode_json(raw, content_type)
+        self._refuse_error_body(response, body)
+        return body, raw, True, None
+
+    def _refuse_error_body(self, response: aiohttp.ClientResponse, body: Any) -> None:
+        """`{"error": ...}` with a 2xx and neither data nor choices: the error it is, raised, with the usage
+        the body reported (billed all the same: it goes in the ledger)."""
         if (
             isinstance(body, dict)
             and isinstance(body.get("error"), dict | str)
@@ -248,17 +254,16 @@ class ApiClient:
             and not body.get("choices")
         ):
             error = self._embedded_error(response, body["error"])
-            if isinstance(body.get("usage"), dict):  # billed all the same: its usage goes in the ledger
+            if isinstance(body.get("usage"), dict):
                 error.usage = body["usage"]
             raise error
-        return body, raw, True, None
 
     async def _read_capped(
-        self, response: aiohttp.ClientResponse, limit: int, truncate: bool = False
+        self, response: aiohttp.ClientResponse, limit: int, truncate: bool = False, first: bytes = b""
     ) -> bytes:
         """The body, decoded and scrubbed, refusing (or for error pages, cutting) anything over `limit`
-        bytes after decoding."""
-        buffer = bytearray()
+        bytes after decoding. `first`: its first piece, read already (a body sent as it is)."""
+        buffer = bytearray(first)
         try:
             inflater = Inflater(response.headers.get("Content-Encoding", ""), limit)
             length = response.content_length
@@ -267,7 +272,7 @@ class ApiClient:
                     raise too_large(limit, f"{length:,} bytes")
                 # the usual answer: its size known and allowed, read at once (aiohttp reads no more than
                 # Content-Length), not a piece at a time through an async iterator, nor copied
-                whole = self.scrub.bytes(await response.read())
+                whole = self.scrub.bytes(first + await response.read())
                 if inflater.unknown and not truncate:  # an error page's text is read as it is
                     raise inflater.refusal(whole)
                 return whole
@@ -284,18 +289,6 @@ class ApiClient:
             return self.scrub.bytes(bytes(buffer[:limit]), cut=True)
         if inflater.unknown and not truncate:
             raise inflater.refusal(self.scrub.bytes(bytes(buffer)))
-        return self.scrub.bytes(bytes(buffer))
-
-    async def _read_rest(self, response: aiohttp.ClientResponse, first: bytes) -> bytes:
-        """The body after its `first` piece (not encoded), under the size cap, scrubbed."""
-        limit = self.config.max_body_bytes
-        buffer = bytearray(first)
-        async for piece in response.content.iter_chunked(1 << 16):
-            buffer += piece
-            if len(buffer) > limit:
-                raise too_large(limit)
-        if len(buffer) > limit:
-            raise too_large(limit)
         return self.scrub.bytes(bytes(buffer))
 
     async def _read_events(
@@ -361,12 +354,7 @@ class ApiClient:
             raise trouble
         if not chunks and is_json_object(raw):  # a whole JSON answer (or error) under text/event-stream
             body = await decode_json(kept(), "text/event-stream")
-            if (
-                isinstance(body, dict)
-                and isinstance(body.get("error"), dict | str)
-                and not body.get("choices")
-            ):
-                raise self._embedded_error(response, body["error"])
+            self._refuse_error_body(response, body)
             return body, kept(), True, None
         return chunks, kept(), False, trouble
 

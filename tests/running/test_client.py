@@ -282,3 +282,23 @@ async def test_a_body_of_known_length_is_read_whole_scrubbed_and_one_cut_short_i
         with pytest.raises(TransportError) as caught:
             await api.send("ep-1", REQUEST, "t/1")
     assert caught.value.maybe_billed
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("content_type", "stream"),
+    [("application/json", False), ("text/event-stream", True), ("text/plain", True)],
+)
+async def test_an_error_body_beside_a_usage_is_the_error_with_that_usage_whatever_its_type(
+    client: ApiClient, mocked: aioresponses, content_type: str, stream: bool
+) -> None:
+    """API.md's error shape, `{"error": {...}}`, with a 200 and a usage beside it: billed, so its usage
+    goes in the ledger. Under text/event-stream (a stream request answered whole) the usage was dropped:
+    the JSON body read there was refused by a second copy of the check that attached none."""
+    url = f"{BASE}/ep-1/google/chat/completions"
+    usage = {"prompt_tokens": 3, "completion_tokens": 0, "total_tokens": 3}
+    body = json.dumps({"error": {"message": "upstream failed", "code": 502}, "usage": usage})
+    mocked.post(url, status=200, body=body, content_type=content_type)
+    with pytest.raises(ApiStatusError) as caught:
+        await client.send("ep-1", ApiRequest("google/chat/completions", json={}, stream=stream), "t/1")
+    assert caught.value.status == 502 and caught.value.usage == usage
