@@ -22,7 +22,7 @@ from batch import codec
 from batch.manifest.regular import open_regular
 from batch.output.files import TMP_SUFFIX
 from batch.output.scope import Entry, Task, may_name_pictures
-from batch.output.store import THUMBS, parse_record
+from batch.output.store import THUMBS, parse_record, thumbnail_name
 from batch.running.idset import LineOffsets, digest
 from batch.running.records import ResultRecord
 
@@ -34,10 +34,6 @@ SPILL_MOST = 64 << 20  # bytes of the cards a run makes as it writes its lines (
 PARAMS_SHOWN = 50  # keys of a task's params on its card; a CSV of a million columns must not fill memory
 VALUE_SHOWN = 500  # characters of one param's value
 INPUTS_SHOWN = 16  # input pictures of one card (the API takes at most 16)
-
-
-def thumbnail_name(image_name: str) -> str:
-    return f"{image_name}.webp"
 
 
 def input_thumb_name(path: str) -> str:

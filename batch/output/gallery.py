@@ -51,12 +51,11 @@ from batch.output.cards import (
     entry_card,
     input_thumb_name,
     page_json,
-    thumbnail_name,
     tokens_of,
 )
 from batch.output.files import real_folder, write_atomic, write_atomic_chunks
 from batch.output.scope import Lines, Scope, entries, index, may_name_pictures, scope_of
-from batch.output.store import ANSWERS, IMAGES, RESULTS, THUMBS, whole_lines
+from batch.output.store import ANSWERS, IMAGES, RESULTS, THUMBS, thumbnail_name, whole_lines
 from batch.running.idset import IdSet
 from batch.running.records import finished_entry
 

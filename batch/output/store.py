@@ -72,6 +72,11 @@ REDACTED = b"[redacted]"
 SECRET_MIN = 8  # a "key" shorter than this is no secret (tests, a local proxy): it is not looked for
 
 
+def thumbnail_name(image_name: str) -> str:
+    """A picture's thumbnail in thumbs/ (the page's, and a picture set aside takes its own along)."""
+    return f"{image_name}.webp"
+
+
 def never_write(secret: str) -> None:
     """Keep `secret` (the API key) out of every journal line this process writes, whatever put it in a
     record: an answer that spells it in JSON escapes, or splits it across a stream's events, reaches the
@@ -507,7 +512,8 @@ class OutputDir:
         except OSError:
             return name
         with contextlib.suppress(OSError):
-            os.replace(self.root / THUMBS / f"{relative.name}.webp", self.root / THUMBS / f"{kept.name}.webp")
+            thumbs = self.root / THUMBS
+            os.replace(thumbs / thumbnail_name(relative.name), thumbs / thumbnail_name(kept.name))
         return kept.as_posix()
 
     def save_answer(self, name: str, data: bytes) -> str:
