@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import aiohttp
 import anyio
@@ -46,6 +46,7 @@ from batch.running.routes import DIRECT, LOOPBACK_HOSTS, Route, env_route
 REQUEST_ID_HEADER = "X-Client-Request-Id"
 SERVER_REQUEST_ID_HEADER = "x-request-id"
 DOWNLOAD_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 @dataclass(frozen=True)
@@ -186,34 +187,52 @@ class ApiClient:
 
     async def download(self, url: str) -> bytes:
         """The bytes behind an image `url` of an answer, under the same caps and timeouts as an answer.
-        The key goes along only to the API's own origin, never to another host. Raises ApiStatusError,
-        TransportError or BrokenAnswerError (not an http(s) URL, over the size cap)."""
+        The key goes along only to the API's own origin, never to another host: a link on the API's
+        origin that redirects to storage elsewhere (a signed CDN URL) is followed, hop by hop, each hop
+        through its own route, the key dropped at the first hop that leaves the origin and never sent again.
+        Raises ApiStatusError, TransportError or BrokenAnswerError (not an http(s) URL, a redirect loop, over
+        the size cap)."""
         assert self._session is not None, "use ApiClient as an async context manager"
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BrokenAnswerError(f"an image URL must be http(s), not {self.scrub.text(url)[:120]!r}")
-        same_origin = _origin(parts.scheme, parts.hostname, parts.port) == self._origin
-        headers = {"Authorization": f"Bearer {self.config.api_key}"} if same_origin else {}
-        # A redirect is followed through the route of the URL the answer gave.
-        route = await self._route(url)
-        headers.update(route.headers or {})
-        async with (
-            self._translated(),
-            self._session.get(
-                url,
-                headers=headers,
-                proxy=route.proxy,
-                proxy_headers=route.proxy_headers,
-                # A redirect could carry the key elsewhere: with the key, none is followed.
-                allow_redirects=not same_origin,
-                max_redirects=DOWNLOAD_REDIRECTS,
-            ) as response,
-        ):
-            if not 200 <= response.status < 300:
-                raw = await self._read_capped(response, ERROR_BODY_LIMIT, truncate=True)
-                raise self._status_error(response, raw)
-            return await self._read_capped(response, self.config.max_body_bytes)
-        raise AssertionError("unreachable")  # pragma: no cover
+        with_key = True  # until a hop leaves the API's origin
+        for _hop in range(DOWNLOAD_REDIRECTS + 1):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise BrokenAnswerError(f"an image URL must be http(s), not {self.scrub.text(url)[:120]!r}")
+            with_key = with_key and _origin(parts.scheme, parts.hostname, parts.port) == self._origin
+            headers = {"Authorization": f"Bearer {self.config.api_key}"} if with_key else {}
+            route = await self._route(url)
+            headers.update(route.headers or {})
+            async with (
+                self._translated(),
+                self._session.get(
+                    url,
+                    headers=headers,
+                    proxy=route.proxy,
+                    proxy_headers=route.proxy_headers,
+                    allow_redirects=False,  # followed here, where the key's origin is known
+                ) as response,
+            ):
+                location = response.headers.get("Location")
+                if response.status in _REDIRECTS and location:
+                    url = self._redirect(url, location)
+                    continue
+                if not 200 <= response.status < 300:
+                    raw = await self._read_capped(response, ERROR_BODY_LIMIT, truncate=True)
+                    raise self._status_error(response, raw)
+                return await self._read_capped(response, self.config.max_body_bytes)
+        host = self.scrub.text(urlsplit(url).hostname or "?")
+        raise BrokenAnswerError(f"more than {DOWNLOAD_REDIRECTS} redirects, the last to {host}")
+
+    def _redirect(self, url: str, location: str) -> str:
+        """Where a redirect from `url` leads. One that spells the key (a server echoing it into a link)
+        would carry it to whatever host it names: refused."""
+        if self.scrub.text(location) != location:
+            raise BrokenAnswerError("a redirect whose Location holds the API key: not followed")
+        try:
+            return urljoin(url, location.strip())
+        except ValueError as exc:
+            reason = self.scrub.text(str(exc))[:120]
+            raise BrokenAnswerError(f"a redirect to an unreadable Location: {reason}") from exc
 
     def _translated(self) -> _Translate:
         return _Translate(self)

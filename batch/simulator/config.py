@@ -49,6 +49,9 @@ ANSWER_SHAPES: tuple[str, ...] = (
     "url",  # images: data[i] = {url, revised_prompt}, the file served by the simulator on another origin
     "url_flaky",  # images: as url, and the first GET of each file answers 503
     "url_lost",  # images: as url, but the last item's link answers 404 (gone, for good)
+    # images: each url on the API's own origin, served to the key alone, answering 302 to the file on the
+    # other origin (a gateway's own file link redirecting to signed storage)
+    "url_redirect",
     "data_url",  # images: b64_json written as a data:image/<format>;base64, URL
     "b64_lines",  # images: b64_json broken by a newline every 76 characters (MIME style)
     "mixed",  # images: the first item a url item, the rest b64_json items

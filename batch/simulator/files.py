@@ -19,6 +19,7 @@ from aiohttp import web
 from .state import DownloadRecord, SimState
 
 FILES_PATH = "/_sim/files"
+LINKS_PATH = "/_sim/links"  # `url_redirect`: on the API's origin, a 302 to the file under FILES_PATH
 MAX_FILES = 1000
 MAX_FILE_BYTES = 512 * 1024 * 1024
 _CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -80,9 +81,8 @@ class FileStore:
             found.gets += 1
             return (503, None) if found.flaky and found.gets == 1 else (200, found)
 
-    async def serve(self, request: web.Request) -> web.StreamResponse:
-        """GET a file: 200 with its bytes, 503 the first time for a flaky one, 404 once expired or unknown."""
-        status, found = self._take(request.path)
+    def record(self, request: web.Request, status: int) -> None:
+        """Record a GET of a file or of a link to one, and whether it carried the key."""
         self._state.record_download(
             DownloadRecord(
                 time=time.time(),
@@ -92,6 +92,11 @@ class FileStore:
                 authorized="Authorization" in request.headers,
             )
         )
+
+    async def serve(self, request: web.Request) -> web.StreamResponse:
+        """GET a file: 200 with its bytes, 503 the first time for a flaky one, 404 once expired or unknown."""
+        status, found = self._take(request.path)
+        self.record(request, status)
         if found is None:
             reason = "Service Unavailable" if status == 503 else "Not Found"
             return web.Response(status=status, text=f"{status} {reason}\n", content_type="text/plain")

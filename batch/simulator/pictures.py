@@ -14,7 +14,7 @@ from . import faults, shapes
 from .chat import ChatRequest
 from .config import SimConfig
 from .exchange import Exchange, b64_item, image_answer_body
-from .files import FILES_PATH, FileStore
+from .files import FILES_PATH, LINKS_PATH, FileStore
 from .image_request import ImageRequest
 from .images import EditSource, ImageFactory, ImageSpec, bomb_png, not_an_image
 
@@ -48,8 +48,10 @@ class Pictures:
         usage: Mapping[str, object],
         ex: Exchange,
         origin: str,
+        api_origin: str = "",
     ) -> bytes:
-        """The whole body of a generate or edit answer; `origin` is where url items point."""
+        """The whole body of a generate or edit answer; `origin` is where url items point (`api_origin`,
+        the API's own, for `url_redirect`'s links)."""
         if ex.fault in shapes.CONTENT_FAULTS:
             broken = self._broken(ex.fault, parsed.n)
             items = None if broken is None else [b64_item(image) for image in broken]
@@ -78,7 +80,10 @@ class Pictures:
             name = f"{ex.x_request_id}-{index}"
             if "url_lost" in self._answers and index == parsed.n - 1:  # a link to no file: 404
                 return origin + f"{FILES_PATH}/{name}-lost.{parsed.output_format}"
-            return origin + self._files.add(name, base64.b64decode(image), parsed.output_format, flaky=flaky)
+            path = self._files.add(name, base64.b64decode(image), parsed.output_format, flaky=flaky)
+            if "url_redirect" in self._answers:  # the API's own link, answering 302 to the file
+                return api_origin + LINKS_PATH + path.removeprefix(FILES_PATH)
+            return origin + path
 
         items = shapes.image_items(images, self._answers, parsed.output_format, parsed.prompt, store)
         return image_answer_body(int(time.time()), items, usage)

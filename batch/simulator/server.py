@@ -33,7 +33,7 @@ from .chat import (
 from .config import SimConfig
 from .errors import ApiError, gateway_error_html, quota_exhausted, rate_limited, server_error_json
 from .exchange import Exchange, authorize, json_body
-from .files import FILES_PATH, FileStore, files_origin
+from .files import FILES_PATH, LINKS_PATH, FileStore, files_origin
 from .image_request import (
     MAX_IMAGE_BYTES,
     MAX_IMAGES,
@@ -238,7 +238,10 @@ class _Simulator:
         if early is not None:
             return early
         origin = files_origin(request, self.config.files_host)
-        body = await asyncio.to_thread(self._pictures.image_body, parsed, source, usage, ex, origin)
+        api_origin = f"{request.scheme}://{request.host}"
+        body = await asyncio.to_thread(
+            self._pictures.image_body, parsed, source, usage, ex, origin, api_origin
+        )
         total = usage["total_tokens"]
         assert isinstance(total, int)
         return await self._send(request, ex, body, total)
@@ -360,6 +363,18 @@ class _Simulator:
             return ApiError(400, f'expected {{"max_inflight": K}}: {exc}', code="invalid_value").response()
         return web.json_response({"max_inflight": self.state.max_inflight})
 
+    async def link(self, request: web.Request) -> web.StreamResponse:
+        """GET a `url_redirect` link on the API's origin: for the key alone (401 without it, as the API's
+        own routes), a 302 to the file on the files' origin, where the key must not follow."""
+        try:
+            authorize(request, self.config)
+        except ApiError as exc:
+            self.files.record(request, exc.status)
+            return exc.response()
+        self.files.record(request, 302)
+        target = files_origin(request, self.config.files_host) + FILES_PATH + "/" + request.match_info["name"]
+        return web.Response(status=302, headers={"Location": target})
+
     async def stats(self, request: web.Request) -> web.StreamResponse:
         """The state as JSON; `?records=0` leaves out the per-request list."""
         include = request.query.get("records", "1").lower() not in ("0", "false", "no")
@@ -378,6 +393,7 @@ def build_app(config: SimConfig, state: SimState) -> web.Application:
     app.router.add_post(prefix + "/google/chat/completions", simulator.handler("chat", simulator.chat))
     app.router.add_get(STATS_PATH, simulator.stats)
     app.router.add_get(FILES_PATH + "/{name}", simulator.files.serve)
+    app.router.add_get(LINKS_PATH + "/{name}", simulator.link)
     app.router.add_post(LIMITS_PATH, simulator.limits)
     app.router.add_route("*", "/{tail:.*}", simulator.not_found)
     return app

@@ -26,7 +26,7 @@ from .chat import ChatChoice, ChatRequest, image_part, split_pieces
 from .files import content_type
 from .usage import CHAT_OUTPUT_IMAGE_TOKENS, text_tokens
 
-URL_SHAPES = frozenset({"url", "url_flaky", "url_lost", "mixed"})
+URL_SHAPES = frozenset({"url", "url_flaky", "url_lost", "url_redirect", "mixed"})
 IMAGE_SHAPES = URL_SHAPES | {"data_url", "b64_lines", "fewer", "error200"}
 STREAM_SHAPES = frozenset(
     {
@@ -105,7 +105,7 @@ def image_items(
     """The encoded `data` items; `store(index, base64)` keeps a url item's file and returns its URL."""
     if "mixed" in answers:
         url_items = {0}
-    elif answers & {"url", "url_flaky", "url_lost"}:
+    elif answers & {"url", "url_flaky", "url_lost", "url_redirect"}:
         url_items = set(range(len(images)))
     else:
         url_items = set()

@@ -96,6 +96,31 @@ def test_images_sent_as_urls_are_downloaded_without_the_key_and_never_bought_aga
     assert record["request_id"] == line["server_request_id"]
 
 
+def test_links_on_the_api_origin_redirecting_to_storage_are_followed_the_key_left_behind(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The simulator's `url_redirect`: each `data[i].url` is the API's own link (401 without the key) that
+    answers 302 to the file on another origin. The download was refused at the 302 (the key forbade
+    following it) and the task failed, its images paid for and lost. Now each link is fetched with the
+    key, its redirect followed without it."""
+    tasks = "  - {kind: generate, id: pair, model: m, prompt: two cats, n: 2}\n"
+    outcome, out, state = run_shapes(cli, write, tmp_path, ["url_redirect"], tasks)
+    assert outcome.code == 0, outcome.err
+    record = results(out)["pair"]
+    assert record["status"] == "succeeded" and record["attempts"] == 1 and len(record["files"]) == 2
+    for path in record["files"]:
+        with Image.open(out / path) as image:
+            image.load()
+    assert state.requests_total == 1
+    links = [d for d in state.downloads if d.path.startswith("/_sim/links/")]
+    files = [d for d in state.downloads if d.path.startswith("/_sim/files/")]
+    assert len(links) == len(files) == 2 and len(state.downloads) == 4
+    assert all(d.authorized and d.status == 302 for d in links)
+    assert all(not d.authorized and d.status == 200 for d in files)
+    assert {d.host for d in links}.isdisjoint({d.host for d in files})
+    billed_once_and_recorded(out, state)
+
+
 def test_a_link_that_is_gone_keeps_the_images_that_came_and_the_answer(
     cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -196,6 +196,29 @@ async def test_url_items_are_served_on_another_origin_and_downloads_are_recorded
     assert [d["authorized"] for d in stats["downloads"]] == [False, True]
 
 
+async def test_url_redirect_links_live_on_the_api_origin_for_the_key_and_redirect_to_the_file() -> None:
+    async with shaped("url_redirect") as client:
+        response, body = await client.generate(n=1)
+        assert response.status == 200
+        (item,) = body["data"]
+        api = urlsplit(client.sim.base_url)
+        link = urlsplit(item["url"])
+        assert (link.hostname, link.port) == (api.hostname, api.port) and link.path.startswith("/_sim/links/")
+        async with aiohttp.ClientSession() as http:
+            refused = await http.get(item["url"], allow_redirects=False)
+            assert refused.status == 401
+            moved = await http.get(item["url"], headers=AUTH, allow_redirects=False)
+            assert moved.status == 302
+            target = urlsplit(moved.headers["Location"])
+            assert target.hostname == "localhost" and target.path.startswith("/_sim/files/")
+            got = await http.get(moved.headers["Location"])
+            assert got.status == 200 and picture(await got.read()).format == "PNG"
+        state = client.sim.state
+        seen = [(d.status, d.authorized) for d in state.downloads]
+        assert seen == [(401, False), (302, True), (200, False)]
+        assert state.billed_requests == 1 and state.records[0].shapes == ("url_redirect",)
+
+
 async def test_url_files_host_is_configurable_and_edit_answers_urls_too() -> None:
     async with shaped("url", files_host="files.invalid") as client:
         form = aiohttp.FormData()
@@ -508,7 +531,7 @@ async def test_odd_streams_frame_the_same_events_as_the_format_allows(shape: str
 
 
 def test_answer_shapes_are_validated() -> None:
-    assert len(set(ANSWER_SHAPES)) == len(ANSWER_SHAPES) == 25
+    assert len(set(ANSWER_SHAPES)) == len(ANSWER_SHAPES) == 26
     with pytest.raises(ValueError, match="unknown answer shape 'nope'"):
         SimConfig(answers=frozenset({"nope"}))
     with pytest.raises(ValueError, match="cannot be on together"):
