@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import aiohttp
 import anyio
@@ -226,7 +226,7 @@ class ApiClient:
     def _redirect(self, url: str, location: str) -> str:
         """Where a redirect from `url` leads. One that spells the key (a server echoing it into a link)
         would carry it to whatever host it names: refused."""
-        if self.scrub.text(location) != location:
+        if any(self.scrub.text(spelled) != spelled for spelled in (location, unquote(location))):
             raise BrokenAnswerError("a redirect whose Location holds the API key: not followed")
         try:
             return urljoin(url, location.strip())

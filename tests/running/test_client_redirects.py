@@ -95,9 +95,10 @@ async def test_once_a_hop_left_the_origin_the_key_never_goes_again_even_back_hom
     ]
 
 
-async def test_a_redirect_whose_location_spells_the_key_is_not_followed(hops: Hops) -> None:
+@pytest.mark.parametrize("spelled", [KEY, "".join(f"%{ord(c):02X}" for c in KEY)])
+async def test_a_redirect_whose_location_spells_the_key_is_not_followed(hops: Hops, spelled: str) -> None:
     """A server that echoes the key into a Location would have it carried, in the URL, to any host."""
-    hops.redirect("/v1/ai/files/a.png", hops.storage(f"/steal?k={KEY}"))
+    hops.redirect("/v1/ai/files/a.png", hops.storage(f"/steal?k={spelled}"))
     hops.file("/steal")
     async with client(hops) as api:
         with pytest.raises(BrokenAnswerError) as caught:
