@@ -54,7 +54,7 @@ from typing import Any
 
 import anyio
 
-from batch.errors import BatchError, OutputError, UsageError
+from batch.errors import OutputError, UsageError
 from batch.output.files import reason
 from batch.output.format import FORMAT
 from batch.output.store import ANSWERS, IMAGES, RESULTS, RETRIED, RUNS, USAGE, encode_line, parse_record
@@ -298,28 +298,20 @@ def view(url: str) -> Iterator[Path]:
 def staging(store: Store, folder: Path | None = None, *, prefix: str = "maas-batch-stage-") -> Iterator[Path]:
     """The local DIR a run on the store works in: `folder` (new or empty) or a temporary one, first
     assembled from the store. A temporary one is removed at the end unless it may hold answers the store
-    lacks: the run's last push left something behind (see mark_complete), the store or the disk failed
-    mid-run, or the run crashed; it is then kept, and its path logged. A run refused before it sent
-    anything (a BatchError other than OutputError) leaves nothing to keep."""
+    lacks: its run began mirroring it (from then on it may send) and its last push left something behind
+    (see mark_started, mark_complete), whatever ended it (the store or the disk failed, the run crashed); it
+    is then kept, and its path logged. A dry run, or a run refused before its mirror started, sent nothing:
+    its folder goes."""
     temporary = folder is None
     try:
         root = Path(tempfile.mkdtemp(prefix=prefix)) if folder is None else folder
     except OSError as exc:
         raise OutputError(f"cannot make a staging folder for {store.url}: {reason(exc)}") from exc
-    keep = False
     try:
         pull(store, root)
-        keep = True  # until the run says how it ended: a crash keeps it
         yield root
-        keep = not staging_complete(root)
-    except OutputError:
-        keep = keep and not staging_complete(root)
-        raise
-    except BatchError:
-        keep = False
-        raise
     finally:
-        if temporary and keep:
+        if temporary and staging_unmirrored(root):
             log.warning(
                 "the staging folder %s of %s is kept: it may hold answers the store lacks", root, store.url
             )
@@ -471,6 +463,7 @@ def _unsaved_as_maybe_billed(
         yield raw
 
 
+MIRRORING = ".mirroring"  # in a staging DIR: a run began mirroring it, and may send from then on
 MIRRORED = ".mirrored"  # in a staging DIR: the run's last push left nothing behind
 PULLED = ".pulled"  # in a staging DIR: the journals' sizes as pull wrote them
 
@@ -514,7 +507,9 @@ class Mirror:
 
     def start(self) -> None:
         """Record the id scheme once, and upload the failed lines --retry-failed moved aside, before the
-        run sends anything (blocking)."""
+        run sends anything (blocking). The staging DIR is marked first: from now on it may hold what the
+        store lacks (see staging)."""
+        mark_started(self.root)
         scheme = (self.root / FORMAT).read_bytes() if (self.root / FORMAT).exists() else None
         if scheme is not None:
             self.store.create(FORMAT, scheme)
@@ -710,9 +705,18 @@ def mark_complete(mirror: Mirror) -> None:
         (mirror.root / MIRRORED).touch()
 
 
-def staging_complete(root: Path) -> bool:
-    """Whether a run's last push found everything of its staging DIR in the store (see mark_complete)."""
-    return (root / MIRRORED).exists()
+def mark_started(root: Path) -> None:
+    """Leave MIRRORING in a staging DIR before its run may send anything."""
+    try:
+        (root / MIRRORING).touch()
+    except OSError as exc:
+        raise OutputError(f"cannot write {root / MIRRORING}: {reason(exc)}") from exc
+
+
+def staging_unmirrored(root: Path) -> bool:
+    """Whether a staging DIR may hold what the store lacks: its run began mirroring it (mark_started) and
+    its last push did not find everything in the store (mark_complete)."""
+    return (root / MIRRORING).exists() and not (root / MIRRORED).exists()
 
 
 def _whole_size(path: Path) -> int:

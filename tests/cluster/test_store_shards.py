@@ -60,15 +60,17 @@ def test_a_worker_runs_a_batch_into_the_store(
         ("store failed", True),
         ("stopped, store failed", True),
         ("crashed", True),
+        ("crashed before sending", False),
         ("refused", False),
+        ("refused by the store's own files", False),
     ],
 )
 def test_a_shard_keeps_its_staging_folder_only_when_it_may_hold_what_the_store_lacks(
     ending: str, kept: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker's shard on a store runs in a temporary folder: removed when the shard ran to its end or
-    was refused before sending anything; kept (and its path logged) when the store or the disk stopped it
-    or it crashed, since it may hold paid answers not uploaded yet."""
+    was refused (or crashed) before its mirror started; kept (and its path logged) when, after that, the
+    store or the disk stopped it or it crashed, since it may hold paid answers not uploaded yet."""
     from batch.cluster import shard as shard_module
     from batch.cluster.plan import Shard
     from batch.errors import ManifestError, OutputError
@@ -82,14 +84,19 @@ def test_a_shard_keeps_its_staging_folder_only_when_it_may_hold_what_the_store_l
     monkeypatch.setattr(shard_module, "read_plan_from_store", lambda store: None)
 
     def run_into(plan: object, shard: object, folder: Path, url: str) -> RunSummary:
+        if ending == "crashed before sending":
+            raise RuntimeError("a fault of ours, before the mirror started")
+        if ending == "refused":
+            raise ManifestError([])
+        if ending == "refused by the store's own files":  # a .format of a newer version, say: exit 74
+            raise OutputError("the ids of s3://bucket/out are made by scheme 99")
+        remote.mark_started(folder)  # the mirror started (Mirror.start): from now on it may send
         if ending == "store failed":  # its last push failed: no mark of a complete mirror
             return RunSummary(stop_code=74, stop_reason="cannot write s3://bucket/out/results/...")
         if ending == "stopped, store failed":  # another stop came first: the exit code is not 74
             return RunSummary(stop_code=75, stop_reason="the worker was told to stop")
         if ending == "crashed":
             raise RuntimeError("a fault of ours")
-        if ending == "refused":
-            raise ManifestError([])
         (folder / remote.MIRRORED).touch()  # the last push left nothing behind (Job._last_push)
         return RunSummary()
 

@@ -444,3 +444,52 @@ def test_a_stores_error_quotes_no_credential() -> None:
     message = str(Store("az://c/out", None, "c/out")._error("read", "x", failure))
     assert "secret" not in message
     assert "sig=(withheld)" in message and "AccountKey=(withheld)" in message and "az://c/out/x" in message
+
+
+def test_a_dry_run_or_a_refused_run_of_a_store_leaves_no_staging_folder_and_says_none_is_kept(
+    write: Callable[..., Path],
+    sim: RunningSimulator,
+    s3: S3,
+    cli: Callable[..., Outcome],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run on a store works in a temporary folder, kept (with a warning) when it may hold paid answers
+    the store lacks. A dry run, and a run refused before it sent anything, left theirs behind each time,
+    with that warning: false, and a folder more in TMPDIR at every cron start. One the store failed
+    mid-way is still kept."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # mkdtemp reads TMPDIR (the test's folder) again
+    manifest = write("tasks:\n  - {kind: generate, id: t0, prompt: a fox}\n")
+    env = {**env_for(sim), **s3.env}
+
+    def staged() -> list[Path]:
+        return list(tmp_path.glob("maas-batch-stage-*"))
+
+    dry = cli("run", manifest, "--out", s3.url, "--dry-run", env=env)
+    assert dry.code == 0 and "dry run: nothing was sent" in dry.out, dry.err
+    assert "is kept" not in dry.err and not staged()
+    # a store a newer version started: refused (74) before anything was sent
+    s3.fs.pipe_file(f"{s3.bucket}/out/.format", b'{"ids": 99}\n')
+    refused = cli("run", manifest, "--out", s3.url, env=env)
+    assert refused.code == 74 and "does not know: a newer version started it" in refused.err
+    assert "is kept" not in refused.err and not staged()
+    assert sim.state.requests_total == 0
+
+    # the store takes the run's attempt log, then refuses its result line: the paid answer is only in
+    # the staging folder, which stays
+    s3.fs.rm(f"{s3.bucket}/out/.format")
+    create = Store.create
+
+    def refusing_results(store: Store, name: str, data: bytes) -> bool:
+        if name.startswith("results/"):
+            raise OutputError(f"cannot write {store.url}/{name}: AccessDenied")
+        return create(store, name, data)
+
+    monkeypatch.setattr(Store, "create", refusing_results)
+    failed = cli("run", manifest, "--out", s3.url, env=env)
+    assert failed.code == 74 and sim.state.requests_total == 1, failed.err
+    [kept] = staged()
+    assert f"the staging folder {kept} of {s3.url} is kept" in failed.err
+    assert '"id": "t0"' in (kept / RESULTS).read_text()
