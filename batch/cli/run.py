@@ -190,6 +190,7 @@ def _dry_run(args: argparse.Namespace, options: Options) -> int:
     if options.max_cost is not None:
         need_prices(checked, prices)  # the run would refuse to start (exit 78): say so now
     finished = list(finished_results(args.out / RESULTS))
+    where = getattr(args, "store", None) or args.out  # a store's URL, not its staging DIR's path
     retry, rerun = options.retry_failed, options.rerun_changed
     plan = checked.plan
     changed = IdSet()
@@ -219,12 +220,12 @@ def _dry_run(args: argparse.Namespace, options: Options) -> int:
                 left.total += 1
                 left.counts[(spec.kind, spec.model or "-", spec.endpoint)] += 1
                 left.estimate(spec.kind, spec.model or "-", kinds[spec.kind].estimate(spec.fields))
-        heading = f"{what} in {args.out}: {left.total:,} of {checked.plan.total:,} tasks"
+        heading = f"{what} in {where}: {left.total:,} of {checked.plan.total:,} tasks"
         print("\n".join(format_plan(str(args.manifest), left, prices, heading)))
         orphaned = sum(task_id not in checked.plan.ids for task_id, _ in finished)
         if orphaned and left.total:  # as the run warns: what it sends may be those tasks under other names
             print(
-                f"{orphaned:,} result line(s) in {args.out} are of tasks this manifest no longer has "
+                f"{orphaned:,} result line(s) in {where} are of tasks this manifest no longer has "
                 "(a prompt, a setting or the endpoint changed since they ran, or the task was removed)"
             )
         if changed:  # as the run warns

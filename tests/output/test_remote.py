@@ -493,3 +493,22 @@ def test_a_dry_run_or_a_refused_run_of_a_store_leaves_no_staging_folder_and_says
     [kept] = staged()
     assert f"the staging folder {kept} of {s3.url} is kept" in failed.err
     assert '"id": "t0"' in (kept / RESULTS).read_text()
+
+
+def test_a_dry_run_of_a_store_names_the_store_not_its_staging_folder(
+    write: Callable[..., Path], sim: RunningSimulator, s3: S3, cli: Callable[..., Outcome]
+) -> None:
+    """It said "left to do in /tmp/maas-batch-stage-...: 1 of 2 tasks", a folder gone by then."""
+    env = {**env_for(sim), **s3.env}
+    assert (
+        cli("run", write("tasks:\n  - {kind: generate, id: t0, prompt: a}\n"), "--out", s3.url, env=env).code
+        == 0
+    )
+    grown = write(
+        "tasks:\n  - {kind: generate, id: t0, prompt: a}\n  - {kind: generate, id: t1, prompt: b}\n"
+    )
+
+    dry = cli("run", grown, "--out", s3.url, "--dry-run", env=env)
+
+    assert dry.code == 0, dry.err
+    assert f"left to do in {s3.url}: 1 of 2 tasks" in dry.out and "maas-batch-stage" not in dry.out
