@@ -82,6 +82,7 @@ PULL_TRIES = 3  # a view assembled again when a merge removed a segment it had l
 # <run>/<first>-<last>.jsonl
 _JOURNAL_SEGMENT = re.compile(r"^(?P<run>.+?)-(?P<first>\d{12})(?:-(?P<last>\d{12}))?\.jsonl$")
 _LOG_SEGMENT = re.compile(r"^(?P<run>[^/]+)/(?P<first>\d{12})(?:-(?P<last>\d{12}))?\.jsonl$")
+_GLOB = re.compile(r"[\[*?]")  # what fsspec's rm reads as a pattern (fsspec.utils.has_magic)
 _UNSAVED = ("answered", "broken")  # outcomes of a request whose answer may have been paid
 
 
@@ -157,15 +158,28 @@ class Store:
                 yield from zip(window, pool.map(fetch, window), strict=True)
 
     def remove(self, names: list[str]) -> None:
-        """Delete these objects (one request per thousand on S3); one already gone is no error."""
+        """Delete these objects (one request per thousand on S3); one already gone is no error. fsspec's
+        rm reads a path with a glob character ([, *, ?) as a pattern: under a prefix such as night[1] it
+        deleted nothing, under night* the same names under other prefixes too. Such paths go one at a time,
+        each as it is (READERS at once)."""
         if not names:
             return
+        paths = [self._path(name) for name in names]
         try:
-            self._fs.rm([self._path(name) for name in names])
+            if any(_GLOB.search(path) for path in paths):
+                with ThreadPoolExecutor(READERS) as pool:
+                    for _ in pool.map(self._remove_one, paths):
+                        pass
+            else:
+                self._fs.rm(paths)
         except FileNotFoundError:
             pass
         except Exception as exc:
             raise self._error("remove", names[0], exc) from exc
+
+    def _remove_one(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._fs.rm_file(path)
 
     def create(self, name: str, data: bytes) -> bool:
         """Write a new object; False (and nothing written) if one of that name exists."""

@@ -4,6 +4,7 @@ assembled from segments, and the usage errors of a URL that cannot be used."""
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import subprocess
 import sys
@@ -512,3 +513,47 @@ def test_a_dry_run_of_a_store_names_the_store_not_its_staging_folder(
 
     assert dry.code == 0, dry.err
     assert f"left to do in {s3.url}: 1 of 2 tasks" in dry.out and "maas-batch-stage" not in dry.out
+
+
+@pytest.mark.parametrize("prefix", ["night[1]", "night*", "night?"])
+def test_a_run_under_a_prefix_with_glob_characters_removes_the_segments_it_merged(
+    prefix: str, write: Callable[..., Path], sim: RunningSimulator, s3: S3, cli: Callable[..., Outcome]
+) -> None:
+    """fsspec's rm reads [, * and ? as a pattern: under s3://bucket/night[1] a run's merged segments were
+    never removed (night[1] matches night1), and every later start read them all to skip them."""
+    url = f"s3://{s3.bucket}/{prefix}"
+    manifest = write(
+        "tasks:\n" + "".join(f"  - {{kind: generate, id: t{i}, prompt: p {i}}}\n" for i in range(3))
+    )
+
+    done = cli("run", manifest, "--out", url, "--no-progress", env={**env_for(sim), **s3.env})
+
+    assert done.code == 0, done.err
+    s3.fs.invalidate_cache()
+    logs = [name.rpartition("/")[2] for name in s3.fs.find(f"{s3.bucket}/{prefix}/runs")]
+    # the attempt log went up in two segments at least (before the requests left, at the end), merged
+    # at the run's end into one, which alone is left
+    [merged] = logs
+    assert re.fullmatch(r"\d{12}-\d{12}\.jsonl", merged), logs
+    status = cli("status", url, "--json", env=s3.env)
+    assert status.code == 0 and json.loads(status.out)["succeeded"] == 3, status.err
+
+
+def test_a_merge_under_a_prefix_with_a_star_leaves_the_objects_of_other_prefixes(
+    s3: S3, tmp_path: Path
+) -> None:
+    """Under s3://bucket/night*, fsspec's rm of a merged segment took the object of that name under every
+    prefix night* matches: another batch's lines."""
+    neighbour = open_store(f"s3://{s3.bucket}/night-2")
+    mirror = Mirror(open_store(f"s3://{s3.bucket}/night*"), tmp_path, "20260101T000000Z-aaaaaa")
+    for task_id in "ab":
+        append_task(tmp_path, task_id)
+        mirror._push_journals()
+    segments = {name: data for name, data in mirror.store.read_all("usage")}
+    for name, data in segments.items():  # the same names under another prefix (another batch's lines)
+        assert neighbour.create(f"usage/{name}", data)
+
+    mirror.merge(final=True)
+
+    assert neighbour.names("usage") == sorted(segments)
+    assert mirror.store.names("usage") == ["20260101T000000Z-aaaaaa-000000000000-000000000055.jsonl"]
