@@ -570,6 +570,24 @@ def _add_run(commands: Commands) -> argparse.ArgumentParser:
     return run
 
 
+def run_flags_in_full(argv: list[str]) -> list[str]:
+    """`argv`, a `run` command line or run flags, with each long flag given in part written in full, as
+    argparse read it: `--dead` is `--deadline`, a beginning of that flag alone (`--backoff`, a flag of its
+    own, stays). What reads a recorded command line back (retry-failed) then finds its flags by name.
+    Values, and all after a `--`, stay as they are."""
+    parser = _add_run(Commands(option_strings=[], prog="maas-batch", parser_class=_Parser))
+    # argparse's table of the flags it knows: it has no public one
+    flags = [flag for flag in parser._option_string_actions if flag.startswith("--")]
+    full: list[str] = []
+    for index, arg in enumerate(argv):
+        if arg == "--":
+            return [*full, *argv[index:]]
+        flag, equals, value = arg.partition("=")
+        found = [name for name in flags if name.startswith(flag)] if flag.startswith("--") else []
+        full.append(f"{found[0]}{equals}{value}" if len(found) == 1 and flag not in flags else arg)
+    return full
+
+
 def _add_submit(commands: Commands) -> argparse.ArgumentParser:
     from batch.cli.cluster import add_submit
 

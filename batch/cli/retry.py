@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from batch.cli.grammar import run_flags_in_full
 from batch.cli.inspect import existing
 from batch.cluster.plan import is_sharded
 from batch.errors import UsageError
@@ -52,13 +53,17 @@ def recorded_run(args: argparse.Namespace, runs_in: Path | None = None) -> list[
         raise UsageError(
             f"no run of maas-batch is recorded in {args.out}; use `maas-batch run ... --retry-failed`"
         )
+    # each flag under its full name, as argparse read it: a run recorded before they were kept so (its
+    # `--dead TIME`), and the flags given now (`retry-failed DIR --dead 09:00`), are found by name
+    extra = run_flags_in_full([str(a) for a in args.extra])
+    recorded_argv = run_flags_in_full([str(a) for a in recorded["argv"]])
     # DIR as given now, wherever the recorded run wrote: a later --out wins in argparse
-    argv = _without_out([str(a) for a in recorded["argv"] if a != "--retry-failed"])
-    argv = _without_past_deadline(argv, args.extra)
+    argv = _without_out([a for a in recorded_argv if a != "--retry-failed"])
+    argv = _without_past_deadline(argv, extra)
     out = args.out if isinstance(args.out, StoreUrl) else args.out.resolve()
-    argv += ["--out", str(out), "--retry-failed", *args.extra]
+    argv += ["--out", str(out), "--retry-failed", *extra]
     print(f"maas-batch: in {recorded['cwd']}: maas-batch {shlex.join(argv)}", file=sys.stderr)
-    if recorded.get("passwords_left_out") and "--redis" not in " ".join(args.extra):
+    if recorded.get("passwords_left_out") and not _flag_values(extra, "--redis"):
         print(
             "maas-batch: the recorded command's URL passwords are not kept: give them again after DIR "
             "(`--redis redis://:PASSWORD@host`)",

@@ -147,22 +147,24 @@ def _on_store(args: argparse.Namespace, options: Options, argv: list[str]) -> in
         return run(argparse.Namespace(**{**vars(args), "out": folder, "store": args.out}), options, argv)
 
 
-REDIS_FLAGS = ("--red", "--redi", "--redis")  # as argparse takes it, abbreviated or not
-
-
 def recorded_command(argv: list[str]) -> dict[str, Any]:
-    """The run's command line, as its log's start line keeps it (for `retry-failed`): the password of
-    the --redis URL left out. The log goes into DIR and up to a store; the README promises a Redis URL
-    is written without its password. (Other values are kept as given: they make the tasks.)"""
-    kept = list(argv)
-    for index, arg in enumerate(argv):
+    """The run's command line, as its log's start line keeps it (for `retry-failed`): each flag under its
+    full name, as argparse read it (`--dead` is kept as `--deadline`: retry-failed finds the flags it
+    leaves out by name), and the password of the --redis URL left out. The log goes into DIR and up to a
+    store; the README promises a Redis URL is written without its password. (Values are kept as given:
+    they make the tasks.)"""
+    from batch.cli.grammar import run_flags_in_full
+
+    full = run_flags_in_full(argv)
+    kept = list(full)
+    for index, arg in enumerate(full):
         flag, equals, value = arg.partition("=")
-        if equals and flag in REDIS_FLAGS:
+        if equals and flag == "--redis":
             kept[index] = f"{flag}={_without_password(value)}"
-        elif index and argv[index - 1] in REDIS_FLAGS:
+        elif index and full[index - 1] == "--redis":
             kept[index] = _without_password(arg)
     info: dict[str, Any] = {"argv": kept, "cwd": os.getcwd()}
-    if kept != argv:
+    if kept != full:
         info["passwords_left_out"] = True
     return info
 

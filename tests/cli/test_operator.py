@@ -531,6 +531,38 @@ def test_retry_failed_of_a_run_whose_deadline_has_passed_is_not_refused_for_good
     assert kept.code == 1 and f"--deadline {soon}" in kept.err and "is past" not in kept.err, kept.err
 
 
+def test_retry_failed_of_a_run_given_abbreviated_flags_reads_them_as_argparse_did(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """argparse takes `--dead` for `--deadline`: retry-failed, which replays the recorded command line and
+    leaves a past --deadline out by its name, did not know it, and once the night had passed every retry
+    of the run exited 64 ('already past'). The flags are recorded under their full names now, and a run
+    recorded before (its `--dead`) is read the same way."""
+    from datetime import datetime, timedelta
+
+    manifest = write("tasks:\n  - {kind: generate, id: refused, prompt: something forbidden}\n")
+    soon = (datetime.now() + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
+    for name in ("out", "recorded-before"):
+        out = tmp_path / name
+        assert (
+            cli("run", manifest, "--out", out, "--dead", soon, "--max-att", "2", env=env_for(sim)).code == 1
+        )
+        [log] = (out / "runs").glob("*.jsonl")
+        start = json.loads(log.read_text().splitlines()[0])
+        assert start["argv"][-4:] == ["--deadline", soon, "--max-attempts", "2"]
+        text = log.read_text().replace(soon, "2020-01-02T07:00", 1)  # the night has passed
+        if name == "recorded-before":  # as a run recorded its command line before
+            text = text.replace('"--deadline"', '"--dead"', 1).replace('"--max-attempts"', '"--max-att"', 1)
+        log.write_text(text)
+
+        again = cli("retry-failed", out, env=env_for(sim))
+
+        assert again.code == 1, again.err  # refused again by the server, not by the command line
+        assert "the recorded --deadline 2020-01-02T07:00 is past: retried without it" in again.err
+        assert "--max-attempts 2 --out" in again.err  # the replayed command, each flag in full
+    assert sim.state.requests_total == 4  # each run, and its retry
+
+
 def test_retry_failed_on_a_copy_of_dir_acts_on_the_copy(
     cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -695,7 +727,9 @@ def test_the_recorded_command_keeps_no_redis_password() -> None:
     kept = recorded_command(argv)
     assert "s3cret" not in json.dumps(kept) and kept["passwords_left_out"] is True
     assert kept["argv"][3] == "redis://h:6400/0" and kept["argv"][-1] == "u=http://a:b@c"  # a task's value
-    assert recorded_command(["run", "--red=rediss://u:pw@h/1"])["argv"] == ["run", "--red=rediss://u@h/1"]
+    # an abbreviated flag, under its full name (retry-failed finds the flags by name)
+    assert recorded_command(["run", "--red=rediss://u:pw@h/1"])["argv"] == ["run", "--redis=rediss://u@h/1"]
+    assert recorded_command(["run", "--red", "redis://:pw@h/1"])["argv"] == ["run", "--redis", "redis://h/1"]
     # a password with an @ in it, or in the query: none of it kept (a review found "@ss" and the query)
     for url in ("redis://:p@ss@127.0.0.1:6379/0", "redis://127.0.0.1:6379/0?password=p@ss"):
         kept = recorded_command(["run", "--redis", url])
