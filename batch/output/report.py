@@ -105,15 +105,17 @@ def status(root: Path, scope: Scope | None = None) -> dict[str, Any]:
     scope = scope or scope_of(root)
     succeeded = failed = current = changed = 0
     orphaned: Counter[str] = Counter()
-    # failures moved aside by --retry-failed; those without a new line (a retry stopped before sending
-    # them again) are pending
-    retry_pending: set[str] = set()
+    # the tasks whose lines were set aside to be sent again, without a new line (a run stopped before it
+    # sent them), are pending: each a failure waiting for --retry-failed, or a changed task of a
+    # --rerun-changed (Scope.failed_before)
+    set_aside: dict[str, bool] = {}
     for record in map(ResultRecord.from_line, read_lines(root / RETRIED)):
         if scope.current(record.id):
-            retry_pending.add(record.id)
+            failure = scope.failed_before(record.id, record.failed, record.request_sha256)
+            set_aside[record.id] = set_aside.get(record.id, False) or failure
     damaged = Damaged()
     for record in map(ResultRecord.from_line, last_lines(root / RESULTS, damaged)):
-        retry_pending.discard(record.id)
+        set_aside.pop(record.id, None)
         if scope.current(record.id):
             current += 1
             changed += scope.changed(record.id, record.request_sha256)
@@ -137,7 +139,9 @@ def status(root: Path, scope: Scope | None = None) -> dict[str, Any]:
         "succeeded": succeeded,
         "failed": failed,
         "pending": None if total is None else max(0, total - current),
-        "retry_pending": len(retry_pending),
+        "retry_pending": sum(set_aside.values()),
+        # of the pending, the finished tasks whose request changed, set aside by --rerun-changed
+        "rerun_pending": len(set_aside) - sum(set_aside.values()),
         # with --include-orphaned, the orphaned lines are counted above, and in the total (as `report`)
         "tasks": total if total is None or not scope.include_orphaned else total + sum(orphaned.values()),
         "orphaned": sum(orphaned.values()),
@@ -285,6 +289,11 @@ def format_status(found: Mapping[str, Any]) -> str:
         lines.append(
             f"{found['retry_pending']:,} of the pending failed before and were not sent again yet: "
             "`maas-batch retry-failed DIR` sends them"
+        )
+    if found.get("rerun_pending"):
+        lines.append(
+            f"{found['rerun_pending']:,} of the pending ran before with another request, and were set "
+            "aside by --rerun-changed to be sent again, not sent yet: the next run sends them"
         )
     if found["running"]:
         lines.append(f"a run is in progress now (pid {found['pid'] or 'unknown'})")

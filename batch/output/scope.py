@@ -119,6 +119,13 @@ class Scope:
             self._keys.freeze()
         return not self._keys.contains_digest(request_key(digest(task_id), int(request, 16)))
 
+    def failed_before(self, task_id: str, failed: bool, request: str | None) -> bool:
+        """Whether a line set aside to send its task again (results.retried.jsonl) makes the task, pending
+        since, a failure waiting for --retry-failed: the line failed, with the request the task has now (or
+        one not known). A line that did not fail, or of another request, was set aside by --rerun-changed:
+        its task is a changed one waiting to be sent again, and was no failure."""
+        return failed and not self.changed(task_id, request)
+
     def counted(self, task_id: str) -> bool:
         """Whether a result line goes into the totals: a current task's, or any with include_orphaned."""
         return self.include_orphaned or self.current(task_id)

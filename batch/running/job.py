@@ -32,13 +32,14 @@ from batch.output import gallery
 from batch.output.cards import Cards
 from batch.output.format import remember as remember_format
 from batch.output.runlog import RunLog, recover
-from batch.output.scope import scope_of
-from batch.output.store import RETRIED, OutputDir, finished_results, requested_results, retried_ids
+from batch.output.scope import Scope, scope_of
+from batch.output.store import RETRIED, OutputDir, finished_results, read_lines, requested_results
 from batch.running.budget import ledger_spent
 from batch.running.client import ApiClient, ClientConfig
 from batch.running.dispatch import Runner, RunStart
 from batch.running.finishedset import Finished, changed_digests, find_changed, find_finished
 from batch.running.idset import IdSet, digest
+from batch.running.records import ResultRecord
 from batch.running.summary import RunSettings, RunSummary
 
 if TYPE_CHECKING:
@@ -280,6 +281,19 @@ class Job:
         self.rerun = len(rerun)
         return moved
 
+    def _waiting(self) -> dict[str, bool]:
+        """The plan's tasks whose lines were set aside to send them again (results.retried.jsonl), each
+        with whether it waits as a failure, or as a changed task (Scope.failed_before)."""
+        plan = self.checked.plan
+        requests = plan.requests if len(plan.requests) == len(plan.order) else None
+        scope = Scope(order=plan.order, requests=requests)
+        waiting: dict[str, bool] = {}
+        for record in map(ResultRecord.from_line, read_lines(self.out.root / RETRIED)):
+            if record.id in plan.ids:
+                failure = scope.failed_before(record.id, record.failed, record.request_sha256)
+                waiting[record.id] = waiting.get(record.id, False) or failure
+        return waiting
+
     def _prepare(self, loop: str = "asyncio") -> RunStart:
         """Everything a run reads and rewrites in DIR before its first request: blocking file work (the
         journals scanned, failures moved aside, killed runs' logs closed, the ledger summed), done in a
@@ -292,15 +306,16 @@ class Job:
         skip: Callable[[int], bool] | None = finished.__contains__ if finished_before else None
         left_alone = 0
         if self.config.retry_failed:
-            # with the failures that an earlier --retry-failed moved aside but did not get to (stopped)
-            wanted = checked.plan.ids
-            again = {i for i in retried_ids(self.out.root) if i in wanted}
-            if again:  # those that have a result line since are not sent again
-                again -= {i for i, _ in finished_results(self.out.results.path) if i in again}
-            again.update(forgotten)
-            only = IdSet(again)
+            # with the tasks an earlier run set aside but did not get to (stopped): failures of an earlier
+            # --retry-failed, changed tasks of a --rerun-changed, each counted as what it is
+            waiting = self._waiting()
+            if waiting:  # those that have a result line since are not sent again
+                for task_id, _ in finished_results(self.out.results.path):
+                    waiting.pop(task_id, None)
+            only = IdSet({*waiting, *forgotten})
             only.freeze()
-            self.retried = len(only) - self.rerun
+            self.retried = sum(waiting.values())
+            self.rerun = len(only) - self.retried
 
             def skip_all_but_failed(position: int) -> bool:
                 # a task that still has a line in results.jsonl (one that did not fail, beside the failed

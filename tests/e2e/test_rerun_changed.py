@@ -195,3 +195,41 @@ def test_the_old_answers_picture_is_kept_under_a_name_of_its_own(
     assert (out / "thumbs" / f"{Path(kept).name}.webp").read_bytes() == old_thumb
     assert (out / "thumbs" / f"{Path(new_name).name}.webp").read_bytes() != old_thumb
     assert {**aside, "files": old_line["files"]} == old_line  # the line as it was, but its picture's name
+
+
+def test_changed_tasks_a_stopped_rerun_set_aside_are_not_counted_as_failures(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A --rerun-changed run stopped after it set the changed task's line aside, before it sent it (a
+    budget spent): status said "2 of the pending failed before", and the retry-failed after it "2 failed
+    task(s) were given another go". Task a had succeeded: it is a changed task, waiting to be sent."""
+    out = tmp_path / "out"
+    tasks = (
+        "tasks:\n"
+        "  - {{kind: chat, id: a, model: gemini-2.5-flash, prompt: {a}}}\n"
+        "  - {{kind: chat, id: b, model: gemini-2.5-flash, prompt: something forbidden}}\n"
+        "  - {{kind: chat, id: c, model: gemini-2.5-flash, prompt: hello}}\n"
+    )
+    first = cli("run", write(tasks.format(a="hi")), "--out", out, "--max-attempts", "1", env=env_for(sim))
+    assert first.code == 1 and results(out)["b"]["status"] == "failed", first.out
+    fixed = write(tasks.format(a="hi there"))
+    # b's failure set aside too (--retry-failed), then the budget stops the run before it sends anything
+    sent = sim.state.requests_total
+    both = ("--rerun-changed", "--retry-failed", "--max-attempts", "1")
+    stopped = cli("run", fixed, "--out", out, *both, "--max-tokens", "1", env=env_for(sim))
+    assert stopped.code == 3 and sim.state.requests_total == sent, stopped.out
+    assert sorted(line["id"] for line in retried_lines(out)) == ["a", "b"]
+
+    shown = cli("status", out)
+    status = json.loads(cli("status", out, "--json").out)
+
+    assert (status["pending"], status["retry_pending"], status["rerun_pending"]) == (2, 1, 1), status
+    assert "1 of the pending failed before" in shown.out, shown.out
+    assert "1 of the pending ran before with another request" in shown.out
+
+    again = cli("retry-failed", out, "--max-tokens", "1000000", env=env_for(sim))
+
+    assert again.code == 1 and sim.state.requests_total == sent + 2, again.out  # b is refused again
+    assert "1 failed task(s) were given another go" in again.out, again.out
+    assert f"1 finished task(s) {RERUN}" in again.out
+    assert results(out)["a"]["prompt"] == "hi there"

@@ -39,7 +39,7 @@ def test_the_journals_are_read_and_rewritten_off_the_event_loop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: list[tuple[str, bool]] = []
-    for name in ("recover", "ledger_spent", "finished_results", "retried_ids"):
+    for name in ("recover", "ledger_spent", "finished_results", "read_lines"):
         monkeypatch.setattr(job, name, where(name, calls, getattr(job, name)))
     monkeypatch.setattr(plancache, "save", where("plancache.save", calls, plancache.save))
     monkeypatch.setattr(OutputDir, "set_aside", where("set_aside", calls, OutputDir.set_aside))
@@ -54,7 +54,7 @@ def test_the_journals_are_read_and_rewritten_off_the_event_loop(
         "recover",
         "ledger_spent",
         "finished_results",
-        "retried_ids",
+        "read_lines",  # results.retried.jsonl (Job._waiting)
         "plancache.save",
         "set_aside",
     }
