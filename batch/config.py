@@ -33,7 +33,7 @@ from batch.defaults import (
     MAX_IN_FLIGHT,
 )
 from batch.errors import ConfigError, ManifestError, OptionError, Problem, manifest_error
-from batch.values import parse_deadline, parse_duration
+from batch.values import check_base_url, check_redis_url, parse_deadline, parse_duration
 
 if TYPE_CHECKING:
     from batch.kind import Registry
@@ -118,10 +118,15 @@ class Options:
         for name in ("endpoints", "overrides"):
             if not isinstance(getattr(self, name), Mapping):
                 raise OptionError(name, f"must be a mapping, not {_shown(getattr(self, name))}")
-        for name in ("base_url", "endpoint", "redis"):
+        for name, check in (("base_url", check_base_url), ("endpoint", None), ("redis", check_redis_url)):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise OptionError(name, f"must be a string, not {_shown(value)}")
+            if value is not None and check is not None:
+                try:  # what the run would refuse once started (78), said by validate and a dry run too
+                    check(value)
+                except ValueError as exc:
+                    raise OptionError(name, str(exc)) from None
         if self.prices is not None and not isinstance(self.prices, Mapping | str | Path):
             raise OptionError("prices", f"must be a mapping or a file's path, not {_shown(self.prices)}")
         deadline = self.deadline
@@ -310,6 +315,35 @@ class Connection:
     endpoint: str | None  # for tasks the manifest gives none
 
 
+def base_url_for(options: Options) -> str:
+    """The base URL requests go to: `base_url`, MAAS_BASE_URL or the MaaS API's; ConfigError (78) for a
+    MAAS_BASE_URL no request can be built on (validate and a dry run refuse it as the run does)."""
+    if options.base_url:
+        return options.base_url  # checked with the options
+    url = env("MAAS_BASE_URL")
+    if url is None:
+        return DEFAULT_BASE_URL
+    try:
+        check_base_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"MAAS_BASE_URL: {exc}") from None
+    return url
+
+
+def redis_url_for(options: Options) -> str | None:
+    """The Redis the run shares its limits through: `redis` or MAAS_REDIS_URL, None for none; ConfigError
+    (78) for a MAAS_REDIS_URL that is no Redis URL."""
+    if options.redis:
+        return options.redis  # checked with the options
+    url = env("MAAS_REDIS_URL")
+    if url is not None:
+        try:
+            check_redis_url(url)
+        except ValueError as exc:
+            raise ConfigError(f"MAAS_REDIS_URL: {exc}") from None
+    return url
+
+
 def endpoint_for(options: Options) -> str | None:
     """The endpoint of tasks that name none, before a connection exists (validate, dry run)."""
     return options.endpoint or env("MAAS_ENDPOINT") or (SIMULATED_ENDPOINT if options.simulate else None)
@@ -345,8 +379,7 @@ def connection(options: Options) -> Iterator[Connection]:
         api_key = env("MAAS_API_KEY")
         if api_key is None:
             raise ConfigError("MAAS_API_KEY is not set: export your API key (or try --simulate)")
-        base_url = options.base_url or env("MAAS_BASE_URL") or DEFAULT_BASE_URL
-        yield Connection(base_url, api_key, endpoint_for(options))
+        yield Connection(base_url_for(options), api_key, endpoint_for(options))
         return
     from batch.simulator import SimConfig, simulator_in_thread  # aiohttp's server, only for --simulate
 
@@ -487,7 +520,7 @@ def job_config(
     prices = check_run_settings(checked, options)
     budget = BudgetLimits(max_cost=options.max_cost, max_tokens=options.max_tokens)
     concurrency = None if options.concurrency == "auto" else options.concurrency
-    redis_url = options.redis or env("MAAS_REDIS_URL")
+    redis_url = redis_url_for(options)
     shared = None
     if redis_url:  # redis and pyrate-limiter load only for a run that shares its limits
         from batch.running.shared import SharedConfig, key_id

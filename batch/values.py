@@ -104,13 +104,50 @@ def _holds_hash(value: Any) -> bool:
     return False
 
 
-def without_password(url: str) -> str:
-    """The URL of a Redis with no password (nor query, which may hold one): safe to write down."""
+def check_base_url(url: str) -> None:
+    """ValueError unless `url` is a base URL every request can be built on: http(s), a host, no ?query or
+    #fragment (a request's URL is the base's path and the endpoint's: what follows would be dropped, and
+    could hold a secret, not repeated here), no user or password (aiohttp refuses every request that has
+    them beside the Authorization header, and the URL is written into messages: the key belongs in
+    MAAS_API_KEY). The message never repeats what could be a secret."""
+    parts = urlsplit(url)
+    shown = without_password(url, user=False)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"the base URL must be an http(s) URL, not {shown!r}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"the base URL must not hold a ?query or #fragment ({shown} with one)")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            f"the base URL must not hold a user or password ({shown} with them); the key goes in MAAS_API_KEY"
+        )
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")  # what redis-py's from_url takes
+
+
+def check_redis_url(url: str) -> None:
+    """ValueError unless `url` is a Redis URL redis-py can open (redis://, rediss://, unix://); the message
+    shows it without its password."""
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES or not (parts.netloc or parts.path):
+        raise ValueError(
+            f"a Redis URL must begin with redis://, rediss:// or unix://, not {without_password(url)!r} "
+            "(e.g. redis://host:6379/0)"
+        )
+    try:
+        parts.port  # noqa: B018 (read for its check: `host:notaport` raises)
+    except ValueError:
+        raise ValueError(f"the port of {without_password(url)!r} is not a number from 0 to 65535") from None
+
+
+def without_password(url: str, user: bool = True) -> str:
+    """The URL with no password (nor query or fragment, which may hold one; nor its user, if not `user`):
+    safe to write down."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    netloc = (f"{parts.username}@" if parts.username else "") + host
+    netloc = (f"{parts.username}@" if parts.username and user else "") + host
     try:
         port: int | str | None = parts.port
     except ValueError:  # not a number (the URL is refused for it): shown as written

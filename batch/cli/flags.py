@@ -130,6 +130,17 @@ def number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
 
 
+def redis_url(text: str) -> str:
+    """A Redis URL redis-py can open (`notaurl` was taken, and refused at connection as a Redis down: 78)."""
+    from batch.values import check_redis_url
+
+    try:
+        check_redis_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def seconds(text: str) -> float:
     """A finite number of seconds, more than 0."""
     value = number(text)

@@ -25,6 +25,7 @@ from batch.cli.flags import (
     path,
     port,
     read_with,
+    redis_url,
     whole,
 )
 from batch.defaults import (
@@ -237,6 +238,7 @@ def _add_status(commands: Commands) -> argparse.ArgumentParser:
     status.add_argument(
         "--redis",
         default=None,
+        type=redis_url,
         metavar="URL",
         help="a sharded DIR (submit): the queue's Redis, to show the workers alive and the shards queued "
         "and taken (default: MAAS_REDIS_URL, else the URL submit recorded, without its password)",
@@ -449,6 +451,7 @@ def _add_run(commands: Commands) -> argparse.ArgumentParser:
     speed.add_argument(
         "--redis",
         default=None,
+        type=redis_url,
         metavar="URL",
         help="share --rpm, --tpm, --concurrency and 429 cool-downs with every run on the same key "
         "and endpoint through this Redis (redis://host:6379/0); default: MAAS_REDIS_URL. Its key is "

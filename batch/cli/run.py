@@ -20,6 +20,7 @@ from batch.cli import StdoutError, to_devnull
 from batch.cli.options import show_bar
 from batch.config import (
     Options,
+    base_url_for,
     check_aside,
     checked_manifest,
     connection,
@@ -28,6 +29,7 @@ from batch.config import (
     loop_options,
     need_prices,
     price_table,
+    redis_url_for,
 )
 from batch.defaults import DEFAULT_MAX_CONCURRENCY
 from batch.errors import UsageError, unwrap
@@ -186,6 +188,9 @@ def _dry_run(args: argparse.Namespace, options: Options) -> int:
     from batch.running.finishedset import changed_digests
     from batch.running.idset import IdSet, digest
 
+    if not options.simulate:  # what the run would refuse at its start (78)
+        base_url_for(options)
+        redis_url_for(options)
     checked = checked_manifest(args.manifest, options, endpoint_for(options), out=args.out)
     prices = price_table(checked.manifest.prices, options.prices)
     print("\n".join(format_plan(str(args.manifest), checked.plan, prices)))

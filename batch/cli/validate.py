@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 import itertools
 
-from batch.config import Options, checked_manifest, endpoint_for, env, price_table
-from batch.defaults import DEFAULT_BASE_URL
+from batch.config import Options, base_url_for, checked_manifest, endpoint_for, price_table, redis_url_for
 from batch.exitcodes import EXIT_OK
 from batch.kind import builtin_registry as registry
 from batch.manifest.checked import CheckedManifest
@@ -18,12 +17,14 @@ from batch.output.report import format_plan
 
 
 def validate(args: argparse.Namespace, options: Options) -> int:
+    # the base URL and Redis a run would refuse at its start (78): refused here too
+    base_url = "http://127.0.0.1:<port>/v1/ai" if options.simulate else base_url_for(options)
+    if not options.simulate:
+        redis_url_for(options)
     checked = checked_manifest(args.manifest, options, endpoint_for(options))
     prices = price_table(checked.manifest.prices, options.prices)
     print("\n".join(format_plan(str(args.manifest), checked.plan, prices)))
     if args.show > 0:
-        simulated = "http://127.0.0.1:<port>/v1/ai"
-        base_url = simulated if options.simulate else env("MAAS_BASE_URL") or DEFAULT_BASE_URL
         _show(checked, args.show, base_url)
     return EXIT_OK
 

@@ -42,6 +42,7 @@ from batch.running.bodies import (
 )
 from batch.running.retry import parse_retry_after
 from batch.running.routes import DIRECT, LOOPBACK_HOSTS, Route, env_route
+from batch.values import check_base_url
 
 REQUEST_ID_HEADER = "X-Client-Request-Id"
 SERVER_REQUEST_ID_HEADER = "x-request-id"
@@ -59,22 +60,10 @@ class ClientConfig:
     connections: int = 100
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(f"the base URL must be an http(s) URL, not {self.base_url!r}")
-        if parts.query or parts.fragment:
-            # a request's URL is the base's path and the endpoint's: what follows ? or # would be dropped
-            # (and could hold a secret, not repeated here)
-            shown = parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment="").geturl()
-            raise ConfigError(f"the base URL must not hold a ?query or #fragment ({shown} with one)")
-        if parts.username is not None or parts.password is not None:
-            # aiohttp would refuse every request (a URL's credentials beside the Authorization header), and
-            # the URL is written into messages: the key belongs in MAAS_API_KEY, nowhere else
-            shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-            raise ConfigError(
-                f"the base URL must not hold a user or password ({shown} with them); the key goes in "
-                "MAAS_API_KEY"
-            )
+        try:
+            check_base_url(self.base_url)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True)

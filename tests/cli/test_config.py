@@ -250,3 +250,50 @@ def test_an_endpoint_from_the_environment_is_checked_as_one_in_the_manifest(
     done = cli("validate", manifest, env={"MAAS_ENDPOINT": endpoint})
     assert done.code == 78 and "MAAS_ENDPOINT must be an endpoint (deployment) id" in done.err, done.err
     assert cli("validate", manifest, env={"MAAS_ENDPOINT": "ep-1"}).code == 0
+
+
+# the base URL and the Redis a run refuses at its start: validate, which "checks everything run would",
+# and a dry run passed them (exit 0), and `validate --show` printed the URL's password
+BAD_BASE_URLS = {
+    "a password": "http://someone:hunter2-secret@api.example.test/v1/ai",
+    "not http": "ftp://api.example.test/v1/ai",
+    "a query": "http://api.example.test/v1/ai?key=hunter2-secret",
+}
+
+
+@pytest.mark.parametrize("url", BAD_BASE_URLS.values(), ids=BAD_BASE_URLS.keys())
+@pytest.mark.parametrize("command", ["validate", "run --dry-run", "run"])
+def test_a_base_url_the_run_refuses_is_refused_by_validate_and_a_dry_run_alike(
+    url: str, command: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = write("tasks:\n  - {kind: chat, id: a, model: gemini-2.5-flash, prompt: hi}\n")
+    name, *flags = command.split()
+    if name == "run":
+        flags += ["--out", str(tmp_path / "out")]
+    else:
+        flags += ["--show", "1"]
+    outcome = cli(name, path, *flags, env={"MAAS_API_KEY": KEY, "MAAS_BASE_URL": url, "MAAS_ENDPOINT": "ep"})
+    assert outcome.code == EXIT_CONFIG, outcome
+    assert "MAAS_BASE_URL: the base URL must" in outcome.err
+    assert "hunter2" not in outcome.out + outcome.err and "someone" not in outcome.out + outcome.err
+    assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+@pytest.mark.parametrize("command", ["run --dry-run", "worker --burst", "status"])
+def test_a_redis_url_that_is_no_url_is_a_usage_error_as_a_flag_and_a_setting_from_the_environment(
+    command: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """`--redis notaurl` was taken, then refused at connection as a Redis that does not answer (78), and a
+    dry run said nothing of it (0)."""
+    path = write("tasks:\n  - {kind: chat, id: a, model: gemini-2.5-flash, prompt: hi}\n")
+    name, *flags = command.split()
+    where = [str(path), "--out", str(tmp_path / "out")] if name == "run" else []
+    where = [str(tmp_path)] if name == "status" else where
+    env = {"MAAS_API_KEY": KEY, "MAAS_ENDPOINT": "ep"}
+    flag = cli(name, *where, *flags, "--redis", "http://:hunter2@localhost:6379", env=env)
+    assert flag.code == EXIT_USAGE and "a Redis URL must begin with redis://" in flag.err
+    assert "hunter2" not in flag.err
+    if name == "status":
+        return  # the URL of a sharded DIR's queue: a flag only here
+    variable = cli(name, *where, *flags, env={**env, "MAAS_REDIS_URL": "notaurl"})
+    assert variable.code == EXIT_CONFIG and "MAAS_REDIS_URL: a Redis URL must begin with" in variable.err
