@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import os
 import secrets
 import shutil
@@ -28,6 +29,8 @@ from batch.output.report import as_json, format_report, format_status, report, s
 from batch.output.report import export as export_rows
 from batch.output.scope import Scope, scope_of
 from batch.output.store import ANSWERS, IMAGES, RESULTS, RETRIED, RUNS, THUMBS, USAGE
+
+log = logging.getLogger("batch.cli")
 
 
 def existing(root: Path) -> Path:
@@ -110,9 +113,27 @@ def _check_kinds(kinds: list[str]) -> None:
 
     known = builtin_registry()
     for kind in kinds:
-        near = None if kind in known else closest(kind, known)
+        if kind in known:
+            continue
+        # `gen` for generate: a beginning of one kind's name alone is that kind misspelt too
+        starts = [name for name in known if len(kind) >= 2 and name.startswith(kind)]
+        near = closest(kind, known) or (starts[0] if len(starts) == 1 else None)
         if near is not None:
             raise UsageError(f"--kind {kind!r} is not a task kind; did you mean {near!r}?")
+
+
+def _unmatched_kinds(kinds: list[str], selection: Selection, where: object) -> None:
+    """A --kind that is neither a built-in kind nor the kind of any task of DIR exported nothing: said on
+    stderr (after the rows: which kinds DIR holds is known once it was read)."""
+    from batch.kind import builtin_registry
+
+    known = builtin_registry()
+    for kind in kinds:
+        if kind not in known and kind not in selection.seen:
+            held = ", ".join(sorted(selection.seen)) or "none"
+            log.warning(
+                "--kind %r matched no task: no task of %s is of that kind (its kinds: %s)", kind, where, held
+            )
 
 
 def export(args: argparse.Namespace) -> int:
@@ -126,6 +147,7 @@ def export(args: argparse.Namespace) -> int:
     selection = Selection(frozenset(args.statuses), frozenset(args.kinds))
     if args.output is None:
         export_rows(root, args.format, sys.stdout, chosen, selection, _fetch(args))
+        _unmatched_kinds(args.kinds, selection, args.out)
         return EXIT_OK
     try:
         if args.format == "sqlite":
@@ -140,6 +162,7 @@ def export(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise OutputError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
     print(f"{rows:,} rows written to {args.output}", file=sys.stderr)
+    _unmatched_kinds(args.kinds, selection, args.out)
     return EXIT_OK
 
 

@@ -25,7 +25,7 @@ import mimetypes
 import re
 import secrets
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -61,15 +61,19 @@ CHUNK = 3 * 2**18  # bytes of an image encoded at a time: a multiple of 3, so th
 
 @dataclass(frozen=True)
 class Selection:
-    """The rows asked for: by status (STATUSES) and by kind; empty keeps all."""
+    """The rows asked for: by status (STATUSES) and by kind; empty keeps all. With kinds asked for,
+    `seen` gathers the kinds of the entries looked at (a kind asked for that none has: a typo, said)."""
 
     statuses: frozenset[str] = frozenset()
     kinds: frozenset[str] = frozenset()
+    seen: set[str] = field(default_factory=set, compare=False, hash=False, repr=False)
 
     def wants(self, entry: Entry) -> bool:
-        return (not self.statuses or entry.status in self.statuses) and (
-            not self.kinds or entry.kind in self.kinds
-        )
+        if not self.kinds:
+            return not self.statuses or entry.status in self.statuses
+        if entry.kind is not None:
+            self.seen.add(entry.kind)
+        return entry.kind in self.kinds and (not self.statuses or entry.status in self.statuses)
 
 
 EVERYTHING = Selection()

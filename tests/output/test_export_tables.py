@@ -71,7 +71,13 @@ def test_pending_tasks_are_rows_and_the_filters_pick_rows(
     assert [r["prompt"] for r in picked] == ["hello"]
     typo = cli("export", edited, "--kind", "chatt")  # would export nothing and exit 0
     assert typo.code == 64 and "did you mean 'chat'?" in typo.err
-    assert cli("export", edited, "--kind", "my-own-kind").code == 0  # a program's own kind: far from all
+    prefix = cli("export", edited, "--kind", "gen")  # a beginning of one kind alone: that kind misspelt
+    assert prefix.code == 64 and "did you mean 'generate'?" in prefix.err
+    own = cli("export", edited, "--kind", "my-own-kind")  # a program's own kind: far from all
+    assert own.code == 0 and table(own.out) == []
+    # but none of DIR's tasks is of it: said, with the kinds DIR holds, not an empty table without a word
+    assert "--kind 'my-own-kind' matched no task" in own.err and "(its kinds: chat, generate)" in own.err
+    assert "matched no task" not in cli("export", edited, "--kind", "edit").err  # a built-in kind: no typo
     both = table(cli("export", edited, "--status", "pending", "--status", "succeeded").out)
     assert len(both) == 4
     # jsonl too: a pending task's line, with its params
