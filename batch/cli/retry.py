@@ -56,6 +56,12 @@ def recorded_run(args: argparse.Namespace, runs_in: Path | None = None) -> list[
     # each flag under its full name, as argparse read it: a run recorded before they were kept so (its
     # `--dead TIME`), and the flags given now (`retry-failed DIR --dead 09:00`), are found by name
     extra = run_flags_in_full([str(a) for a in args.extra])
+    moved = [a for a in extra if a == "--out" or a.startswith("--out=") or (a.startswith("-o") and a != "-")]
+    if moved:  # the run went on in another DIR, sent none of DIR's failures, and exited 0
+        raise UsageError(
+            f"retry-failed sends the failed tasks of {args.out} again into {args.out}: {moved[0]} is not "
+            "taken after DIR (to begin afresh elsewhere, `maas-batch run MANIFEST --out OTHER`)"
+        )
     recorded_argv = run_flags_in_full([str(a) for a in recorded["argv"]])
     # DIR as given now, wherever the recorded run wrote: a later --out wins in argparse
     argv = _without_out([a for a in recorded_argv if a != "--retry-failed"])
