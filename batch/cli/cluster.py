@@ -56,6 +56,7 @@ exit codes:
 WORKER_EXIT_CODES = f"""\
 exit codes:
   {EXIT_OK}   --burst: no shard is left, queued or taken
+  {EXIT_USAGE}  bad command-line usage (a --redis that is no Redis URL, a --heartbeat-timeout of 0)
   {EXIT_DATAERR}  a shard's manifest changed since it was submitted (the shard is requeued)
   {EXIT_UNAVAILABLE}  the service cannot go on (the shard is requeued)
   {EXIT_IOERR}  a shard's directory cannot be written, or a newer maas-batch submitted the batch
