@@ -226,9 +226,10 @@ def _add_status(commands: Commands) -> argparse.ArgumentParser:
         description="Count the succeeded, failed and pending tasks of the manifest the last run used (or "
         "--manifest), the orphaned result lines of tasks no longer in it apart, the finished tasks whose "
         "request it has changed since, and the requests that may have been billed without a saved "
-        "result; say whether a run holds DIR now and how the last one ended. On a sharded DIR (submit): "
-        "per shard and in total (succeeded, failed, pending, billed), and with the queue's Redis the "
-        "workers alive and the shards queued and taken.",
+        "result; say whether a run holds DIR now and how the last one ended (a store has no lock: there, "
+        "that it cannot tell, and when a last run that has no end last wrote to it). On a sharded DIR "
+        "(submit): per shard and in total (succeeded, failed, pending, billed), and with the queue's Redis "
+        "the workers alive and the shards queued and taken.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=READ_EXIT_CODES,
     )

@@ -75,7 +75,9 @@ def show_status(args: argparse.Namespace) -> int:
     if is_sharded(args.out):  # a batch in shards, run by workers: batch.cli.cluster
         return cluster.show_status(args)
     root = run_directory(args.out)
-    found = {**status(root, scope(args, root)), "directory": shown(args)}
+    remote = getattr(args, "remote", None)  # a store: it has no lock, but says when a run last wrote
+    written = None if remote is None else lambda run: remote.last_written(f"{RUNS}/{run}")
+    found = {**status(root, scope(args, root), written=written), "directory": shown(args)}
     print(as_json(found) if args.json else format_status(found))
     return EXIT_OK
 

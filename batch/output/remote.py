@@ -49,6 +49,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -129,6 +130,24 @@ class Store:
             for item in found
             if item.get("type") == "directory"
         )
+
+    def last_written(self, folder: str) -> datetime | None:
+        """When the newest object under `folder` was written, by the store's clock (None: no object, or
+        a store that does not say). s3fs calls it LastModified, adlfs last_modified."""
+        path = self._path(folder)
+        try:
+            self._fs.invalidate_cache(path)
+            found = self._fs.find(path, detail=True)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            raise self._error("list", folder, exc) from exc
+        times = [
+            at if at.tzinfo is not None else at.replace(tzinfo=UTC)  # a naive time is the store's UTC
+            for info in found.values()
+            if isinstance(at := info.get("LastModified", info.get("last_modified")), datetime)
+        ]
+        return max(times, default=None)
 
     def read(self, name: str) -> bytes | None:
         """The object's bytes, None if there is none."""

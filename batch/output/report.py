@@ -7,9 +7,10 @@ from __future__ import annotations
 import heapq
 import json
 import math
+import time
 from array import array
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -98,10 +99,16 @@ def _ids(path: Path) -> Iterator[str]:
             yield task_id
 
 
-def status(root: Path, scope: Scope | None = None) -> dict[str, Any]:
+def status(
+    root: Path, scope: Scope | None = None, *, written: Callable[[str], datetime | None] | None = None
+) -> dict[str, Any]:
     """done / failed / pending of the manifest's tasks (see output.scope), orphaned lines apart,
     maybe-billed, and whether a run holds DIR now. Maybe billed counts every request of every run's
-    attempt log whose answer was not saved, whatever ended that run."""
+    attempt log whose answer was not saved, whatever ended that run.
+
+    `written`: DIR is a view of a store, which has no lock, and this tells when the store last received
+    a line of the run of that id. Whether a run is going on is then not known (`running` None); of a
+    last run without its end, when it last wrote is said (a live run writes as it sends)."""
     scope = scope or scope_of(root)
     succeeded = failed = current = changed = 0
     orphaned: Counter[str] = Counter()
@@ -128,12 +135,13 @@ def status(root: Path, scope: Scope | None = None) -> dict[str, Any]:
         else:
             succeeded += 1
     total = scope.total
-    holder = lock_holder(root)
+    holder = lock_holder(root) if written is None else None
     attempts = account(root / RUNS, live=holder is not None)
     runs = attempts.runs
     last = runs[-1] if runs else []
     start = next((e for e in last if e.get("event") == "start"), {})
     end = next((e for e in last if e.get("event") == "end"), None)
+    last_written = written(attempts.ids[-1]) if written is not None and last and end is None else None
     return {
         "directory": str(root),
         "succeeded": succeeded,
@@ -156,7 +164,8 @@ def status(root: Path, scope: Scope | None = None) -> dict[str, Any]:
         "requests": attempts.requests,
         "maybe_billed": attempts.maybe_billed,
         "in_flight": attempts.in_flight,
-        "running": holder is not None,
+        # on a store (no lock), not known: None
+        "running": holder is not None if written is None else None,
         "pid": holder or None,
         "runs": len(runs),
         "manifest": scope.manifest or start.get("manifest"),
@@ -167,6 +176,11 @@ def status(root: Path, scope: Scope | None = None) -> dict[str, Any]:
             "ended": end.get("at") if end else None,
             "exit_code": end.get("exit_code") if end else None,
             "stop_reason": end.get("stop_reason") if end else None,
+            # on a store, of a run without its end: when the store last received a line of it
+            "last_written": None if last_written is None else last_written.isoformat(timespec="seconds"),
+            "seconds_since_written": None
+            if last_written is None
+            else round(max(0.0, time.time() - last_written.timestamp()), 1),
         },
     }
 
@@ -295,13 +309,25 @@ def format_status(found: Mapping[str, Any]) -> str:
             f"{found['rerun_pending']:,} of the pending ran before with another request, and were set "
             "aside by --rerun-changed to be sent again, not sent yet: the next run sends them"
         )
-    if found["running"]:
+    if found["running"] is None:  # a store: no lock, and nothing else there says so
+        lines.append(
+            "cannot tell whether a run is in progress: a store has no lock; before starting a run on it, "
+            "make sure none is (two runs on one store both pay)"
+        )
+    elif found["running"]:
         lines.append(f"a run is in progress now (pid {found['pid'] or 'unknown'})")
     else:
         lines.append("no run is in progress")
     last = found["last_run"]
     if last and not last["ended"] and found["running"]:  # the run in progress: it has not ended yet
         lines.append(f"this run: started {last['started']}, going on")
+    elif last and not last["ended"] and found["running"] is None:
+        written, since = last.get("last_written"), last.get("seconds_since_written")
+        ago = f"; it last wrote there {_ago(since)} ago ({written})" if written else ""
+        lines.append(
+            f"last run: started {last['started']}, no end in the store: still running, or stopped without "
+            f"its end (killed){ago}"
+        )
     elif last:
         ended = last["ended"] or "did not end cleanly (killed?)"
         code = "" if last["exit_code"] is None else f", exit {last['exit_code']}"
@@ -312,6 +338,17 @@ def format_status(found: Mapping[str, Any]) -> str:
     if found["manifest"]:
         lines.append(f"manifest: {found['manifest']}")
     return "\n".join(lines)
+
+
+def _ago(seconds: float) -> str:
+    """A time since, as a person reads it: `40 s`, `12 min`, `5 h`, `3 days`."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds // 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds // 3600:.0f} h"
+    return f"{seconds // 86400:.0f} days"
 
 
 def report(

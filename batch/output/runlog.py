@@ -120,6 +120,7 @@ class Accounting:
     maybe_billed: int = 0  # may have been billed without a saved answer (cut, cancelled, killed)
     in_flight: int = 0  # sent by a run that is going on now, fate not known yet
     runs: list[list[dict[str, Any]]] = field(default_factory=list)  # each run's start and end lines
+    ids: list[str] = field(default_factory=list)  # each run's id: its log's name
     last_sent: list[float | None] = field(default_factory=list)  # each run's last `sent` line's time
 
 
@@ -154,6 +155,7 @@ def account(folder: Path, *, live: bool = False) -> Accounting:
         elif pending:  # a run killed, not recovered yet: as `recover` will close its log
             found.maybe_billed += len(pending) - len(saved(folder.parent, pending))
         found.runs.append(events)
+        found.ids.append(path.stem)
         found.last_sent.append(last)
     return found
 

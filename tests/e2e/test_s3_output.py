@@ -6,8 +6,10 @@ store; a finished run sends nothing again; the readers read the URL; the key is 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,40 @@ def test_killed_mid_run_then_resumed_each_task_once_duplicates_accounted(
     assert sorted(json.loads(line)["id"] for line in exported.out.splitlines()) == sorted(
         f"t{i}" for i in range(TASKS)
     )
+
+
+def test_status_of_a_store_while_a_run_is_on_it_says_it_cannot_tell_not_that_none_is(
+    manifest: Path, store: S3, cli: Callable[..., Outcome], tmp_path: Path
+) -> None:
+    """A store has no lock, so `status` cannot know whether a run is on it. It said `no run is in
+    progress` (`"running": false`) of one that was, and an operator or a script then starts a second run
+    on the URL: both pay. It says what the store shows: that it cannot tell, and that the last run has no
+    end there (going on, or killed), and when that run last wrote to the store."""
+    s3 = store
+    # each request held a minute: the run is going on while status reads the store
+    with simulator_in_thread(SimConfig(api_key=KEY, latency=60)) as sim:
+        going = Run(manifest, s3.url, sim, "--concurrency", "1", logs=tmp_path)
+        try:
+            # a request in flight: its `sent` line went up to the store before it left
+            sim.state.wait_for_sync(lambda s: s.inflight >= 1, within=60)
+            shown = cli("status", s3.url, env=s3.env)
+            found = cli("status", s3.url, "--json", env=s3.env)
+            assert going.process.poll() is None, "the run was still going on"
+        finally:
+            going.kill()
+    assert shown.code == 0 and found.code == 0, shown.err + found.err
+    assert "no run is in progress" not in shown.out and "did not end cleanly" not in shown.out
+    assert "cannot tell whether a run is in progress" in shown.out
+    assert re.search(
+        r"^last run: started \S+, no end in the store: still running, or stopped without its end \(killed\); "
+        r"it last wrote there \d+ s ago \(\S+\)$",
+        shown.out,
+        re.MULTILINE,
+    ), shown.out
+    status = json.loads(found.out)
+    assert status["running"] is None and status["pid"] is None
+    last = status["last_run"]
+    assert last["ended"] is None and last["exit_code"] is None
+    written = datetime.fromisoformat(last["last_written"])
+    assert datetime.fromisoformat(last["started"]) <= written + timedelta(seconds=1)
+    assert 0 <= last["seconds_since_written"] < 60

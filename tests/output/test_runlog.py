@@ -4,8 +4,10 @@ through batch.running.records. No server."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from batch.output.report import format_status, status
 from batch.output.runlog import account, recover
 
 START = {"event": "start", "at": "2025-01-02T03:04:05.000+00:00", "pid": 7, "tasks": 3, "manifest": "m.yaml"}
@@ -171,3 +173,36 @@ def test_a_killed_runs_answer_whose_task_another_run_saved_is_maybe_billed(tmp_p
     assert account(runs).maybe_billed == 1
     (tmp_path / "results.jsonl").write_text(json.dumps({**result, "request_id": "srv-1"}) + "\n")
     assert account(runs).maybe_billed == 0  # its own answer's line: saved
+
+
+def test_a_stores_run_without_its_end_is_going_on_or_killed_and_when_it_last_wrote_is_said(
+    tmp_path: Path,
+) -> None:
+    """On a store (no lock) `status` cannot tell whether a run is in progress. Of a last run with no end
+    line it says both what it may be and when the store last received a line of it: hours ago is a dead
+    run, seconds a live one."""
+    write_log(tmp_path / "runs" / "1.jsonl", START, END)
+    write_log(tmp_path / "runs" / "2.jsonl", START, {"event": "sent", "request_id": "t/a.0", "task_id": "t"})
+    asked: list[str] = []
+
+    def written(run: str) -> datetime:
+        asked.append(run)
+        return datetime.now(UTC) - timedelta(hours=3, minutes=5)
+
+    found = status(tmp_path, written=written)
+    assert asked == ["2"], "the last run's objects"
+    assert found["running"] is None and found["pid"] is None
+    assert found["last_run"]["ended"] is None
+    assert 3 * 3600 < found["last_run"]["seconds_since_written"] < 3 * 3600 + 400
+    shown = format_status(found)
+    assert "no run is in progress" not in shown
+    assert "cannot tell whether a run is in progress" in shown
+    assert (
+        f"last run: started {START['at']}, no end in the store: still running, or stopped without its end "
+        f"(killed); it last wrote there 3 h ago ({found['last_run']['last_written']})"
+    ) in shown.splitlines()
+
+    write_log(tmp_path / "runs" / "2.jsonl", START, END)  # it ended: its end is what is said
+    found = status(tmp_path, written=written)
+    assert asked == ["2"] and found["running"] is None and found["last_run"]["last_written"] is None
+    assert f"last run: started {START['at']}, ended {END['at']}, exit 0" in format_status(found).splitlines()
