@@ -11,6 +11,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import replace
+from functools import partial
 from urllib.parse import urlsplit
 
 import anyio
@@ -299,6 +300,9 @@ class TaskAttempts:
         try:
             answer = kind.parse_answer(spec.fields, reply.body)
             images = answer.images
+            # the images asked for (those sent, and those missing): a task of n > 1 names its images
+            # <id>~<k>, k their place in the answer, however many of them came
+            count, places = len(images) + answer.images_missing, None
             links = sum(image.url is not None for image in images)
             if links > MAX_DOWNLOADS:
                 raise BrokenAnswerError(
@@ -307,14 +311,15 @@ class TaskAttempts:
                     error_type="too_many_images",
                 )
             if links:
-                images, lost = await self._download(images)
+                images, places, lost = await self._download(images)
                 if lost:  # the images fetched are kept; the answer, with the links, too
                     await self._keep_raw(spec, request_id, reply, state)
                     extra = {**answer.extra, "images_not_downloaded": lost}
                     answer = replace(answer, extra=extra, images_missing=answer.images_missing + len(lost))
             files: list[OutputFile] = []
             if images:
-                files = await anyio.to_thread.run_sync(decode_images, spec.id, images, kind, limiter=threads)
+                decode = partial(decode_images, spec.id, images, kind, places=places, count=count)
+                files = await anyio.to_thread.run_sync(decode, limiter=threads)
         except BaseException as exc:
             if not isinstance(exc, Exception):  # cancelled: the answer kept, its task failed (run_task)
                 state.cut_while_kept = True
@@ -350,18 +355,23 @@ class TaskAttempts:
             self._ctx.out.save_answer, name, reply.raw, limiter=self._ctx.threads
         )
 
-    async def _download(self, images: tuple[EncodedImage, ...]) -> tuple[tuple[EncodedImage, ...], list[str]]:
+    async def _download(
+        self, images: tuple[EncodedImage, ...]
+    ) -> tuple[tuple[EncodedImage, ...], tuple[int, ...], list[str]]:
         """Fetch the images an answer links to. A failed download is retried as a download, under the
-        task's retry policy; the generation itself is never bought again. Returns the images at hand, and
-        why each of the others could not be fetched: one lost link no longer throws away the images that
-        came (the task fails only when none did)."""
+        task's retry policy; the generation itself is never bought again. Returns the images at hand,
+        their places in the answer (their names' numbers), and why each of the others could not be
+        fetched: one lost link no longer throws away the images that came (the task fails only when none
+        did)."""
         ctx = self._ctx
         fetched = []
+        places: list[int] = []
         lost: list[str] = []
         for index, image in enumerate(images):
             url = image.url
             if url is None:
                 fetched.append(image)
+                places.append(index)
                 continue
             try:
                 data = await call_with_retries(
@@ -375,9 +385,10 @@ class TaskAttempts:
                 lost.append(f"image {index + 1} could not be downloaded from {host}: {describe(exc)}")
                 continue
             fetched.append(replace(image, data=data))
+            places.append(index)
         if lost and not fetched:
             raise BrokenAnswerError("; ".join(lost), error_type="download_failed")
-        return tuple(fetched), lost
+        return tuple(fetched), tuple(places), lost
 
     def _save(self, files: list[OutputFile]) -> list[str]:
         """Write an answer's images (a worker thread's work). Their thumbnails are the gallery's: it

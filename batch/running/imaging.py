@@ -35,12 +35,25 @@ def output_name(task_id: str, index: int, count: int, extension: str) -> str:
     return f"{task_id}.{extension}" if count == 1 else f"{task_id}~{index + 1}.{extension}"
 
 
-def decode_images(task_id: str, images: Sequence[EncodedImage], kind: TaskKind) -> list[OutputFile]:
+def decode_images(
+    task_id: str,
+    images: Sequence[EncodedImage],
+    kind: TaskKind,
+    *,
+    places: Sequence[int] | None = None,
+    count: int | None = None,
+) -> list[OutputFile]:
     """Every file decoded and checked to be one of the kind's `output_media_types`, before any is
-    written. Raises BrokenAnswerError."""
+    written. Raises BrokenAnswerError.
+
+    Each is named by its place in the answer (`places`, when some of the answer's images are not among
+    `images`: a link lost), of `count` images (the answer's and those asked for but not sent): a task of
+    n > 1 names the images that came `<id>~<k>` whatever did not, as pipelines join them by name."""
     files = []
     media_types = kind.output_media_types
-    for index, image in enumerate(images):
+    places = range(len(images)) if places is None else places
+    count = max(len(images), count or 0)
+    for index, image in zip(places, images, strict=True):
         if not media_types:
             raise BrokenAnswerError(
                 f"the answer holds {len(images)} file(s); this kind's answers hold none",
@@ -48,7 +61,7 @@ def decode_images(task_id: str, images: Sequence[EncodedImage], kind: TaskKind) 
             )
         data = image.data if image.data is not None else decode_base64(image.b64, index)
         extension = check_image(data, index, media_types)
-        files.append(OutputFile(output_name(task_id, index, len(images), extension), data))
+        files.append(OutputFile(output_name(task_id, index, count, extension), data))
     return files
 
 

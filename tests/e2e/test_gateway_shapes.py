@@ -151,6 +151,24 @@ def test_a_link_that_is_gone_keeps_the_images_that_came_and_the_answer(
     billed_once_and_recorded(out, state)
 
 
+@pytest.mark.parametrize("shape", ["url_lost", "fewer"])
+def test_the_one_image_that_came_of_an_n_2_task_is_named_two_1_as_the_task_of_n_2_names_it(
+    shape: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A task of `n: 2` names its images two~1.png and two~2.png (README, "The output directory"), and a
+    pipeline joins files by those names. When one of the two did not come (`url_lost`: its link answers
+    404 for good; `fewer`: the answer held one), the one image saved was named two.png, as a task of n: 1
+    names its image. Now it is two~1.png: numbered by its place in the answer, of the n asked for."""
+    tasks = "  - {kind: generate, id: two, model: m, prompt: two cats, n: 2}\n"
+    outcome, out, state = run_shapes(cli, write, tmp_path, [shape], tasks)
+    assert outcome.code == 0, outcome.err
+    two = results(out)["two"]
+    assert two["status"] == "succeeded" and two["images_missing"] == 1
+    assert two["files"] == ["images/two~1.png"]
+    assert sorted(path.name for path in (out / "images").iterdir()) == ["two~1.png"]
+    billed_once_and_recorded(out, state)
+
+
 @pytest.mark.parametrize(("shape", "n", "files"), [("data_url", 1, 1), ("b64_lines", 2, 2), ("mixed", 3, 3)])
 def test_base64_written_as_a_data_url_or_wrapped_and_mixed_items_are_all_saved(
     shape: str, n: int, files: int, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path

@@ -205,6 +205,9 @@ def test_decode_images_names_by_real_format_and_count() -> None:
     files = decode_images("fox", [EncodedImage(png), EncodedImage(jpeg)], GENERATE)
     assert [f.name for f in files] == ["fox~1.png", "fox~2.jpg"]
     assert files[0].data == png_bytes()
+    # of an n: 3 task, the images that came keep their numbers: the first's link was lost, one not sent
+    files = decode_images("fox", [EncodedImage(png)], GENERATE, places=[1], count=3)
+    assert [f.name for f in files] == ["fox~2.png"]
 
 
 def test_decode_images_refuses_bad_base64_non_images_and_bombs() -> None:
