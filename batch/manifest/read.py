@@ -18,6 +18,7 @@ from batch.errors import ManifestError, Problem, shorten
 from batch.manifest.fields import type_name, unknown_field_message
 from batch.manifest.ids import safe_id
 from batch.manifest.regular import open_regular, why_not_regular
+from batch.manifest.repeats import REPEATED, repeated_key
 
 TOP_LEVEL_KEYS = ("defaults", "endpoints", "tasks", "prices")
 MAX_YAML_BYTES = 50 * 2**20
@@ -257,6 +258,8 @@ def _jsonl_entries(
                 yield Problem(
                     name, number, f"a task must be a JSON object, not {type_name(item)}", value=shorten(item)
                 )
+            elif (twice := repeated_key(text, item)) is not None:
+                yield Problem(name, number, REPEATED, task=f"tasks[{index}]", field=twice)
             elif "custom_id" in item and "body" in item:
                 yield _openai_entry(name, item, index, number, batch_urls, at)
             else:

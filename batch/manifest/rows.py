@@ -13,6 +13,7 @@ from typing import Any, BinaryIO
 from batch.errors import Problem
 from batch.manifest.fields import type_name
 from batch.manifest.regular import open_regular
+from batch.manifest.repeats import REPEATED, repeated_key
 
 MAX_RECORD_LINE = 64 * 2**20
 MAX_CSV_LINE = 16 * 2**20  # a CSV's fields are 128 KB at most (the csv module's limit): a row is far less
@@ -109,5 +110,8 @@ def jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
                     number,
                     Problem(str(path), number, f"a record must be a JSON object, not {type_name(record)}"),
                 )
+                continue
+            if (twice := repeated_key(raw, record)) is not None:
+                yield number, Problem(str(path), number, REPEATED, field=twice)
                 continue
             yield number, record
