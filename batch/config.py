@@ -423,10 +423,16 @@ def checked_manifest(
         raise manifest_error(found.problems, found.more, report=found.report)
     checked = found if found is not None else check(source, settings, kinds, cache)
     plan = checked.plan
-    if plan.ok:
-        return checked
     name = manifest.name if isinstance(manifest, Manifest) else str(manifest)
-    raise manifest_error(plan.problems, plan.unshown, report=_described(plan, name))
+    if not plan.ok:
+        raise manifest_error(plan.problems, plan.unshown, report=_described(plan, name))
+    # nothing to do is no error (a night whose prompt file came empty), but not a silent one either
+    for warning in plan.warnings:
+        log.warning("%s", warning)
+    if plan.total == 0 and not plan.warnings:
+        in_code = isinstance(manifest, Manifest) and manifest.origin is not None
+        log.warning("%s", f"no tasks were given ({name})" if in_code else f"{name} holds no tasks")
+    return checked
 
 
 def check_aside(manifest: Path, options: Options, out: Path) -> CheckAside | None:

@@ -85,6 +85,7 @@ class Expander:
         sources: Sources | None = None,
         transliterate: bool = True,
         used_column: bool = True,
+        warn: Callable[[Problem], None] | None = None,
     ) -> None:
         self.name = manifest_name
         self.folder = folder
@@ -92,6 +93,7 @@ class Expander:
         self.sources = sources  # notes the files read, for the plan cache
         self.transliterate = transliterate  # ids' slugs in Latin letters from every script (readable ids)
         self.used_column = used_column  # a row's slug: its first column the task uses (not its first)
+        self.warn = warn  # told of an entry that makes no task: its prompt file or records hold none
 
     def _slug(self, value: Any, limit: int = 40) -> str:
         return slug(value, limit, self.transliterate)
@@ -119,7 +121,9 @@ class Expander:
             if isinstance(template.get("id"), str) and not placeholders_in(template["id"])
             else None
         )
+        made = False
         for variant in self._variants(entry, used):
+            made = True
             if variant.problem is not None:
                 yield variant.problem
                 continue
@@ -138,6 +142,9 @@ class Expander:
             yield replace(
                 entry, data=rendered, label_text=label, readable=variant.readable, extra_meta=variant.meta
             )
+        if not made and self.warn is not None:
+            for problem in self._empty_sources(entry, used):
+                self.warn(problem)
 
     # -- checking the expansion keys ------------------------------------------------------------------
 
@@ -242,17 +249,36 @@ class Expander:
     # -- variants -------------------------------------------------------------------------------------
 
     def _variants(self, entry: Entry, used: list[str]) -> Iterator[Variant]:
+        yield from _nested([level for _, level in self._levels(entry, used)])
+
+    def _levels(self, entry: Entry, used: list[str]) -> list[tuple[str, Iterable[Variant]]]:
+        """The entry's expansions, outermost first, by key."""
         data = entry.data
-        levels: list[Iterable[Variant]] = []
+        levels: list[tuple[str, Iterable[Variant]]] = []
         if "for_each" in data:
-            levels.append(_Replayable(lambda: self._records(entry, used)))
+            levels.append(("for_each", _Replayable(lambda: self._records(entry, used))))
         if "prompts_file" in data:
-            levels.append(_Replayable(lambda: self._prompts(entry, data["prompts_file"])))
+            levels.append(("prompts_file", _Replayable(lambda: self._prompts(entry, data["prompts_file"]))))
         if "matrix" in data:
-            levels.append(_Replayable(lambda: _matrix(data["matrix"], self._slug)))
+            levels.append(("matrix", _Replayable(lambda: _matrix(data["matrix"], self._slug))))
         if "repeat" in data:
-            levels.append(_Replayable(lambda: _samples(data["repeat"])))
-        yield from _nested(levels)
+            levels.append(("repeat", _Replayable(lambda: _samples(data["repeat"]))))
+        return levels
+
+    def _empty_sources(self, entry: Entry, used: list[str]) -> Iterator[Problem]:
+        """For an entry that made no task (not even a problem): each of its files that holds none, a
+        prompt file of blank and # lines, a CSV of a header only, a JSONL file of blank lines. A run of
+        such a file is not an error (a night with nothing to do), but it is not passed over in silence."""
+        for key, level in self._levels(entry, used):
+            if next(iter(level), None) is not None:
+                continue
+            if key == "prompts_file":
+                raw, what = entry.data[key], "no prompt"
+            else:  # a glob that matches nothing is refused before: a CSV or JSONL file
+                source, raw = next(iter(entry.data[key].items()))
+                what = "no row under its header" if source == "csv" else "no record"
+            line = entry.key_lines.get(key, entry.line)
+            yield Problem(self.name, line, f"{raw} holds no tasks: {what}", task=entry.label, field=key)
 
     def _prompts(self, entry: Entry, raw: str) -> Iterator[Variant]:
         path = resolve(self.folder, raw)

@@ -46,6 +46,9 @@ class Plan:
     # an entry's first task every MARK_EVERY tasks or more, in order: a shard's walk starts at the last
     # mark before it rather than at the manifest's start (empty for a remembered plan: walk from the start)
     marks: list[Mark] = field(default_factory=list)
+    # what does not refuse the plan but is said: an entry's prompt file or records that hold no task (not
+    # kept with a remembered plan, whose walk is not made again)
+    warnings: list[Problem] = field(default_factory=list)
     # made from `order` when first asked for (a fresh run never asks); a plan with problems holds its own
     _ids: IdSet | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -142,11 +145,13 @@ def walk(
     builder: TaskBuilder,
     skip: Callable[[int], bool] | None = None,
     begin: Mark | None = None,
+    warn: Callable[[Problem], None] | None = None,
 ) -> Iterator[tuple[Entry | None, TaskSpec | list[Problem]]]:
     """Each task of the manifest, expanded and built, or the problems that stop it from being built,
     beside the entry it came from (None for problems of the manifest itself). `skip(position)` may pass
     over a task of a valid manifest before it is rendered or built (finished ones, on resume). `begin`:
-    a mark of a check walk of this manifest (Plan.marks): the walk starts there, at its position."""
+    a mark of a check walk of this manifest (Plan.marks): the walk starts there, at its position.
+    `warn` is told of each entry's file that holds no task (an empty prompt file)."""
     if builder.problems:
         yield None, builder.problems
     scheme = builder.settings.id_scheme
@@ -157,6 +162,7 @@ def walk(
         builder.sources,
         transliterate=scheme >= READABLE_IDS,
         used_column=scheme >= USED_COLUMN_IDS,
+        warn=warn,
     )
     if begin is not None and manifest.format == "jsonl" and begin.offset is None:
         begin = None  # a mark of a line it cannot seek to: from the start
@@ -196,7 +202,7 @@ def check_manifest(manifest: Manifest, builder: TaskBuilder) -> Plan:
     others = Order()  # the ids of tasks with problems, which have no place in the order
     kinds: set[str] = set()  # of every task, built or not: what --set and --endpoint may reach
     last = -1  # the index of the last entry a task came from
-    for entry, item in walk(manifest, builder):
+    for entry, item in walk(manifest, builder, warn=plan.warnings.append):
         if entry is not None and isinstance(entry.data.get("kind"), str):
             kinds.add(entry.data["kind"])
         if isinstance(item, TaskSpec):
