@@ -178,7 +178,7 @@ class Options:
             return tuple(sorted(map(str, self.prices)))
         if self.prices is None:
             return ()
-        return tuple(sorted(load_prices(Path(self.prices))[0]))
+        return tuple(sorted(load_prices(Path(self.prices)).prices))
 
 
 class OptionValues(TypedDict, total=False):
@@ -460,6 +460,9 @@ def _described(plan: Plan, name: str) -> list[str]:
     return lines
 
 
+PRICES_IN_CODE = "prices given in code"  # what messages call Options.prices given as a mapping
+
+
 def price_table(manifest_prices: Any, extra: Mapping[str, Any] | str | Path | None) -> PriceTable:
     """Built-in list prices, then the manifest's `prices:`, then --prices FILE (or a mapping from code)."""
     # the engine's modules load when a command uses them: `maas-batch --help` starts fast
@@ -469,15 +472,15 @@ def price_table(manifest_prices: Any, extra: Mapping[str, Any] | str | Path | No
     table = PriceTable().with_overrides(parse_prices(manifest_prices, "prices")[0], "the manifest's prices:")
     if extra is None:
         return table
-    if isinstance(extra, Mapping):
-        found, mistakes = parse_prices(extra, "prices")
-        origin = "prices given in code"
-    else:
-        found, mistakes = load_prices(Path(extra))
-        origin = str(extra)
+    if not isinstance(extra, Mapping):
+        read = load_prices(Path(extra))
+        if read.problems:
+            raise ManifestError(read.problems)
+        return table.with_overrides(read.prices, str(extra))
+    found, mistakes = parse_prices(extra, "prices")
     if mistakes:
-        raise ManifestError([Problem(origin, None, mistake) for mistake in mistakes])
-    return table.with_overrides(found, origin)
+        raise ManifestError([Problem(PRICES_IN_CODE, None, mistake) for mistake in mistakes])
+    return table.with_overrides(found, PRICES_IN_CODE)
 
 
 def check_run_settings(checked: CheckedManifest, options: Options) -> PriceTable:

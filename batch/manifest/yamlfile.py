@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import yaml
 
@@ -63,24 +63,35 @@ def read_document(path: Path, name: str) -> Any:
     """The YAML document of the manifest at `path` (named `name` in problems); ManifestError if unusable."""
     try:
         with open_regular(path) as handle:
-            loader = _LocatingLoader(handle)  # a SafeLoader subclass: no object tags
-            try:
-                node = loader.get_single_node()
-                if node is not None and _expanded_size(node, {}) > MAX_YAML_NODES:
-                    raise ManifestError(
-                        [
-                            Problem(
-                                name,
-                                None,
-                                f"the YAML expands to more than "
-                                f"{MAX_YAML_NODES:,} values through its aliases "
-                                "(an alias bomb?)",
-                            )
-                        ]
-                    )
-                document = loader.construct_document(node) if node is not None else None
-            finally:
-                loader.dispose()
+            return parse_document(handle, name)
+    except OSError as exc:
+        raise ManifestError(
+            [Problem(name, None, f"the manifest file cannot be read: {exc.strerror or exc}")]
+        ) from None
+
+
+def parse_document(source: BinaryIO | str, name: str) -> Any:
+    """The YAML document in `source` (a file opened for reading, or its text), its mappings LocatedDicts
+    and a key twice in one of them refused: ManifestError, named `name`, if unusable."""
+    try:
+        loader = _LocatingLoader(source)  # a SafeLoader subclass: no object tags
+        try:
+            node = loader.get_single_node()
+            if node is not None and _expanded_size(node, {}) > MAX_YAML_NODES:
+                raise ManifestError(
+                    [
+                        Problem(
+                            name,
+                            None,
+                            f"the YAML expands to more than "
+                            f"{MAX_YAML_NODES:,} values through its aliases "
+                            "(an alias bomb?)",
+                        )
+                    ]
+                )
+            return loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -90,11 +101,6 @@ def read_document(path: Path, name: str) -> Any:
         raise ManifestError([Problem(name, None, f"not valid YAML: {exc}")]) from None
     except RecursionError:
         raise ManifestError([Problem(name, None, "not valid YAML: nested too deeply")]) from None
-    except OSError as exc:
-        raise ManifestError(
-            [Problem(name, None, f"the manifest file cannot be read: {exc.strerror or exc}")]
-        ) from None
-    return document
 
 
 def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:

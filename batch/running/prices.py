@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from batch.errors import ManifestError, Problem
 from batch.kind import TokenCounts
 
 PRICES_SOURCE = (
@@ -136,29 +137,57 @@ def parse_prices(data: Any, where: str) -> tuple[dict[str, Price], list[str]]:
 PRICES_FILE_MAX = 16 * 2**20  # bytes of a --prices file: a table of thousands of models is a few hundred KB
 
 
-def load_prices(path: Path) -> tuple[dict[str, Price], list[str]]:
-    """A --prices file: YAML or JSON, `{model: {text_input, image_input, output}}` (or under `prices:`).
-    Its mistakes do not name the file: the caller locates them."""
-    import yaml  # only with --prices: a run without it does without PyYAML
+@dataclass(frozen=True)
+class PricesFile:
+    """A --prices file as read: its prices, its mistakes (located by file, line and model), and the line
+    of each model's key."""
 
+    prices: dict[str, Price]
+    problems: list[Problem]
+    lines: dict[str, int]
+
+
+def load_prices(path: Path) -> PricesFile:
+    """A --prices file: YAML or JSON, `{model: {text_input, image_input, output}}` (or under `prices:`),
+    read as a YAML manifest is: a model or a price written twice is refused, not the last one taken."""
+    from batch.manifest.read import LocatedDict
     from batch.manifest.regular import open_regular
+    from batch.manifest.yamlfile import parse_document  # PyYAML only with --prices (or a YAML manifest)
     from batch.output.files import reason
 
+    name = str(path)
     try:
         with open_regular(path) as handle:  # a FIFO blocked for ever, /dev/zero filled memory
             raw = handle.read(PRICES_FILE_MAX + 1)
         if len(raw) > PRICES_FILE_MAX:
-            return {}, [f"is larger than {PRICES_FILE_MAX // 2**20} MB: no price table is"]
-        data = yaml.safe_load(raw.decode("utf-8"))
+            message = f"is larger than {PRICES_FILE_MAX // 2**20} MB: no price table is"
+            return PricesFile({}, [Problem(name, None, message)], {})
+        data = parse_document(raw.decode("utf-8"), name)
     except UnicodeDecodeError:
-        return {}, ["cannot be read: not UTF-8 text"]
+        return PricesFile({}, [Problem(name, None, "cannot be read: not UTF-8 text")], {})
     except OSError as exc:
-        return {}, [f"cannot be read: {reason(exc)}"]
-    except yaml.YAMLError as exc:
-        return {}, [f"not valid YAML or JSON: {exc}"]
-    if isinstance(data, Mapping) and set(data) == {"prices"}:
-        return parse_prices(data["prices"], "prices")
-    return parse_prices(data, "")
+        return PricesFile({}, [Problem(name, None, f"cannot be read: {reason(exc)}")], {})
+    except ManifestError as exc:
+        problems = [replace(p, message=p.message.replace("YAML", "YAML or JSON", 1)) for p in exc.problems]
+        return PricesFile({}, problems, {})
+    under = isinstance(data, Mapping) and set(data) == {"prices"}
+    table = data["prices"] if under else data
+    found, mistakes = parse_prices(table, "prices" if under else "")
+    lines = dict(table.key_lines) if isinstance(table, LocatedDict) else {}
+    problems = []
+    for mistake in mistakes:
+        where, _, message = mistake.partition(": ")
+        model = _model_of(where.removeprefix("prices.") if under else where, lines)
+        if model is None:
+            problems.append(Problem(name, None, mistake))
+        else:
+            problems.append(Problem(name, lines[model], message, field=where))
+    return PricesFile(found, problems, {str(model): line for model, line in lines.items()})
+
+
+def _model_of(where: str, models: Iterable[Any]) -> Any:
+    """The model a mistake's `gemini-2.5-flash.output` is of (model names hold dots), or None."""
+    return next((m for m in models if where == str(m) or where.startswith(f"{m}.")), None)
 
 
 def money(value: float | None) -> str:

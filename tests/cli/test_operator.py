@@ -177,7 +177,7 @@ def test_every_billed_answer_is_priced_in_the_ledger_results_summary_and_report(
     for words in (("report", out), ("run", EXAMPLES / "quickstart.yaml", "--out", tmp_path / "again")):
         refused = cli(*words, "--prices", typo, env=env_for(sim))
         assert refused.code == 65
-        assert f"{typo}: gpt-image-1: unknown keys ['ouptut']" in refused.err, refused.err
+        assert f"{typo}:1: gpt-image-1: unknown keys ['ouptut']" in refused.err, refused.err
         assert refused.err.count(str(typo)) == 1
         assert ("nothing was sent" in refused.err) == (words[0] == "run")
     missing = cli("report", out, "--prices", tmp_path / "none.yaml")

@@ -1,0 +1,59 @@
+"""A --prices FILE is read as carefully as a manifest's `prices:`: a model or a price written twice is
+refused (PyYAML keeps the last without a word), each mistake is located by the file's line, and a model
+one typo away from a model of the manifest's tasks is refused with a did-you-mean, as under `prices:`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import Outcome
+
+Write = Callable[..., Path]
+CHAT = """
+    tasks:
+      - kind: chat
+        model: gemini-2.5-flash
+        prompt: hello
+"""
+
+
+def test_a_model_written_twice_in_a_prices_file_is_refused_at_its_line(
+    cli: Callable[..., Outcome], write: Write
+) -> None:
+    manifest = write(CHAT)
+    prices = write(
+        "gemini-2.5-flash: {text_input: 0.3, output: 2.5}\ngemini-2.5-flash: {text_input: 30, output: 250}\n",
+        "prices.yaml",
+    )
+    outcome = cli("validate", manifest, "--prices", prices, env={"MAAS_ENDPOINT": "ep"})
+    assert outcome.code == 65
+    assert (
+        f"{prices}:2: not valid YAML or JSON: while reading a mapping found the key 'gemini-2.5-flash' "
+        "twice (first on line 1)"
+    ) in outcome.err
+
+
+def test_a_price_written_twice_in_a_json_prices_file_is_refused(
+    cli: Callable[..., Outcome], write: Write
+) -> None:
+    manifest = write(CHAT)
+    prices = write('{"gemini-2.5-flash": {"text_input": 0.3, "output": 2.5, "output": 25}}\n', "p.json")
+    outcome = cli("validate", manifest, "--prices", prices, env={"MAAS_ENDPOINT": "ep"})
+    assert outcome.code == 65
+    assert f"{prices}:1: not valid YAML or JSON: " in outcome.err
+    assert "found the key 'output' twice" in outcome.err
+
+
+def test_a_prices_files_mistake_names_its_line_and_model(cli: Callable[..., Outcome], write: Write) -> None:
+    manifest = write(CHAT)
+    prices = write(
+        "prices:\n  gpt-image-1: {text_input: 5, output: 40}\n  gemini-2.5-flash: {text_input: 1, output: x}\n",
+        "prices.yaml",
+    )
+    outcome = cli("validate", manifest, "--prices", prices, env={"MAAS_ENDPOINT": "ep"})
+    assert outcome.code == 65
+    assert (
+        f"{prices}:3: prices.gemini-2.5-flash.output: must be a finite number of dollars per million "
+        "tokens, not 'x'"
+    ) in outcome.err
