@@ -161,24 +161,30 @@ class Options:
     def build_settings(self, env_endpoint: str | None, id_scheme: int | None = None) -> BuildSettings:
         from batch.manifest.tasks import BuildSettings  # the manifest package, only when a manifest is read
 
+        priced, prices_file, lines = self._priced_models()
         return BuildSettings(
             overrides=_nested(self.overrides),
             endpoints=dict(self.endpoints),
             env_endpoint=env_endpoint,
             allow_unknown=self.allow_unknown,
-            known_models=self._priced_models(),
+            known_models=priced,
+            prices_file=prices_file,
+            prices_lines=lines,
             **({"id_scheme": id_scheme} if id_scheme is not None else {}),
         )
 
-    def _priced_models(self) -> tuple[str, ...]:
-        """The models `prices` gives a price for (a file's mistakes are reported when it is read)."""
+    def _priced_models(self) -> tuple[tuple[str, ...], str | None, dict[str, int]]:
+        """The models `prices` gives a price for, what messages call where they come from, and the line
+        of each in a file: their names are checked with the manifest (a file's other mistakes are
+        reported when it is read for its prices)."""
         from batch.running.prices import load_prices
 
         if isinstance(self.prices, Mapping):
-            return tuple(sorted(map(str, self.prices)))
+            return tuple(sorted(map(str, self.prices))), PRICES_IN_CODE, {}
         if self.prices is None:
-            return ()
-        return tuple(sorted(load_prices(Path(self.prices)).prices))
+            return (), None, {}
+        read = load_prices(Path(self.prices))
+        return tuple(sorted(read.prices)), str(self.prices), read.lines
 
 
 class OptionValues(TypedDict, total=False):

@@ -65,6 +65,8 @@ class BuildSettings:
     env_endpoint: str | None = None  # MAAS_ENDPOINT, or the simulator's
     allow_unknown: bool = False  # --allow-unknown: send fields and models that look like typos of known ones
     known_models: tuple[str, ...] = ()  # priced by --prices FILE (besides the built-in and the manifest's)
+    prices_file: str | None = None  # where known_models come from, for messages (None: no --prices)
+    prices_lines: Mapping[str, int] = field(default_factory=dict)  # the line of each in that file
     id_scheme: int = LATEST_IDS  # how ids not given are made: the output directory's (batch.manifest.ids)
 
 
@@ -380,7 +382,13 @@ class TaskBuilder:
         found += mistyped_keys("endpoints", endpoints, set(self.registry), kinds, models, where)
         prices = manifest.prices if isinstance(manifest.prices, Mapping) else {}
         priced = {*PriceTable().prices, *self.settings.known_models}  # built-in, and --prices FILE's
-        return found + mistyped_keys("prices", prices, priced, set(), models, where)
+        found += mistyped_keys("prices", prices, priced, set(), models, where)
+        if self.settings.prices_file is not None:  # the same check of --prices FILE's models
+            lines = self.settings.prices_lines
+            in_file = (self.settings.prices_file, lambda _, model: lines.get(model))
+            priced = {*PriceTable().prices, *map(str, prices)}  # built-in, and the manifest's
+            found += mistyped_keys("", self.settings.known_models, priced, set(), models, in_file)
+        return found
 
 
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")

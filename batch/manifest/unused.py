@@ -105,7 +105,7 @@ def mistyped_keys(
     """Keys of the manifest's `endpoints:` or `prices:` that name no kind or model of its tasks but are one
     typo away from one (`gemini-2.5-flsh`): that endpoint or price would reach no task, without a word.
     `known`: names a key may be all the same (the kinds, the priced models); `where`: the manifest's name
-    and its line_of."""
+    and its line_of (or a --prices file's, whose models are keys of no `section`: "")."""
     name, line_of = where
     plain = {_plain(model): model for model in models}
     problems = []
@@ -117,7 +117,8 @@ def mistyped_keys(
         # (a block reused across manifests), gemini-2.5-flsh a typo
         if near is not None and _DIGITS.findall(key) == _DIGITS.findall(near):
             message = f"is no kind or model of this manifest's tasks; did you mean {near!r}?"
-            problems.append(Problem(name, line_of(section, key), message, field=f"{section}.{key}"))
+            field = f"{section}.{key}" if section else key
+            problems.append(Problem(name, line_of(section, key), message, field=field))
     return problems
 
 

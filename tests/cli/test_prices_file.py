@@ -57,3 +57,38 @@ def test_a_prices_files_mistake_names_its_line_and_model(cli: Callable[..., Outc
         f"{prices}:3: prices.gemini-2.5-flash.output: must be a finite number of dollars per million "
         "tokens, not 'x'"
     ) in outcome.err
+
+
+def test_a_model_typo_in_a_prices_file_is_refused_as_under_the_manifests_prices(
+    cli: Callable[..., Outcome], write: Write
+) -> None:
+    """`gemini-2.5-flsh` under the manifest's `prices:` was refused with a did-you-mean; in a --prices
+    file it passed, and the price reached no task."""
+    manifest = write(CHAT)
+    prices = write(
+        "gpt-image-1: {text_input: 5, output: 40}\ngemini-2.5-flsh: {text_input: 3, output: 25}\n",
+        "prices.yaml",
+    )
+    said = "gemini-2.5-flsh: is no kind or model of this manifest's tasks; did you mean 'gemini-2.5-flash'?"
+    env = {"MAAS_ENDPOINT": "ep", "MAAS_API_KEY": "k"}
+    out = manifest.parent / "out"
+    for command in (["validate", manifest], ["run", manifest, "--out", out]):
+        outcome = cli(*command, "--prices", prices, env=env)
+        assert outcome.code == 65, outcome.err
+        assert f"{prices}:2: {said}" in outcome.err
+    assert not out.exists()
+    inline = CHAT + "    prices:\n      gemini-2.5-flsh: {text_input: 3, output: 25}\n"
+    under_prices = write(inline, "inline.yaml")
+    outcome = cli("validate", under_prices, env={"MAAS_ENDPOINT": "ep"})
+    assert f"{under_prices}:6: prices.{said}" in outcome.err
+
+
+def test_a_prices_file_for_many_manifests_passes_with_models_this_one_has_not(
+    cli: Callable[..., Outcome], write: Write
+) -> None:
+    manifest = write(CHAT)
+    prices = write(
+        "gemini-2.0-flash: {text_input: 0.1, output: 0.4}\nhouse-model: {text_input: 1, output: 2}\n",
+        "prices.yaml",
+    )
+    assert cli("validate", manifest, "--prices", prices, env={"MAAS_ENDPOINT": "ep"}).code == 0
