@@ -23,7 +23,7 @@ from batch.manifest.inputs import InputInspector, resolve
 from batch.manifest.placeholders import slug
 from batch.manifest.read import Entry, LocatedDict, Manifest
 from batch.manifest.unused import mistyped_keys, unknown_model, unused_endpoints, unused_overrides
-from batch.running.prices import PriceTable, parse_prices
+from batch.running.prices import PriceTable, model_of, parse_prices
 
 if TYPE_CHECKING:
     from batch.manifest.plancache import Sources
@@ -136,7 +136,7 @@ class TaskBuilder:
         _, mistakes = parse_prices(self.manifest.prices, "prices")
         for mistake in mistakes:
             where, _, message = mistake.partition(": ")
-            model = where.split(".")[1] if "." in where else None
+            model = model_of(where.removeprefix("prices."), self.manifest.prices)  # names hold dots
             problems.append(Problem(name, self.manifest.line_of("prices", model), message, field=where))
         for key, value in self.manifest.endpoints.items():
             if not _valid_endpoint(value):

@@ -177,7 +177,7 @@ def load_prices(path: Path) -> PricesFile:
     problems = []
     for mistake in mistakes:
         where, _, message = mistake.partition(": ")
-        model = _model_of(where.removeprefix("prices.") if under else where, lines)
+        model = model_of(where.removeprefix("prices.") if under else where, lines)
         if model is None:
             problems.append(Problem(name, None, mistake))
         else:
@@ -185,9 +185,11 @@ def load_prices(path: Path) -> PricesFile:
     return PricesFile(found, problems, {str(model): line for model, line in lines.items()})
 
 
-def _model_of(where: str, models: Iterable[Any]) -> Any:
-    """The model a mistake's `gemini-2.5-flash.output` is of (model names hold dots), or None."""
-    return next((m for m in models if where == str(m) or where.startswith(f"{m}.")), None)
+def model_of(where: str, models: Iterable[Any]) -> Any:
+    """The model that a mistake's `gemini-2.5-flash.output` is of (names hold dots: the longest model
+    it starts with), or None."""
+    named = [model for model in models if where == str(model) or where.startswith(f"{model}.")]
+    return max(named, key=lambda model: len(str(model)), default=None)
 
 
 def money(value: float | None) -> str:

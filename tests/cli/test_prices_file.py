@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import Outcome
+from tests.conftest import Outcome, checked, messages
 
 Write = Callable[..., Path]
 CHAT = """
@@ -92,3 +92,17 @@ def test_a_prices_file_for_many_manifests_passes_with_models_this_one_has_not(
         "prices.yaml",
     )
     assert cli("validate", manifest, "--prices", prices, env={"MAAS_ENDPOINT": "ep"}).code == 0
+
+
+def test_a_mistake_under_the_manifests_prices_is_at_its_models_line(write: Write) -> None:
+    """A model name holds dots: `prices.gemini-2.5-flash.output` was looked up as the model `gemini-2`, and
+    the mistake put at the `prices:` line."""
+    manifest = write(
+        CHAT
+        + "    prices:\n      gpt-image-1: {text_input: 5, output: 40}\n      gemini-2.5-flash: {text_input: 1, output: x}\n"
+    )
+    found = messages(checked(manifest))
+    assert found == [
+        f"{manifest}:7: prices.gemini-2.5-flash.output: must be a finite number of dollars per million tokens, "
+        "not 'x'"
+    ]
