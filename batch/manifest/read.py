@@ -260,7 +260,10 @@ def _jsonl_entries(
                 )
             elif (twice := repeated_key(text, item)) is not None:
                 yield Problem(name, number, REPEATED, task=f"tasks[{index}]", field=twice)
-            elif "custom_id" in item and "body" in item:
+            elif ("custom_id" in item and "body" in item) or (
+                # an OpenAI Batch line with a part missing is told what it lacks, not that it has no kind
+                "kind" not in item and ("url" in item or "body" in item)
+            ):
                 yield _openai_entry(name, item, index, number, batch_urls, at)
             else:
                 yield Entry(item, index, number, dict.fromkeys(item, number), offset=at)
@@ -291,6 +294,8 @@ def _openai_entry(
         )
     elif str(item.get("method", "POST")).upper() != "POST":
         problem = ("method", "must be POST", item.get("method"))
+    elif "body" not in item:
+        problem = ("body", "is required: the request's fields, a JSON object", None)
     elif not isinstance(item["body"], dict):
         problem = (
             "body",

@@ -544,3 +544,19 @@ def test_manifest_that_is_not_a_file(tmp_path: Path) -> None:
     os.mkdir(tmp_path / "dir.yaml")
     with pytest.raises(ManifestError):
         checked(tmp_path / "dir.yaml")
+
+
+def test_an_openai_batch_line_without_its_body_is_blamed_on_body(write: Write) -> None:
+    """Such a line was taken for a task of our own format and refused for its missing `kind`, which an
+    OpenAI Batch file never has."""
+    path = write(
+        '{"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions"}\n'
+        '{"custom_id": "r2", "method": "POST", "url": "/v1/chat/completions", "body": '
+        '{"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "hi"}]}}\n'
+        '{"method": "POST", "url": "/v1/chat/completions", "body": {"model": "gemini-2.5-flash"}}\n',
+        "batch.jsonl",
+    )
+    found = messages(checked(path))
+    assert len(found) == 2, found
+    assert found[0].startswith(f"{path}:1: tasks[0]: body: is required")
+    assert found[1].startswith(f"{path}:3: tasks[2]: custom_id: must be a non-empty string")
