@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from batch.errors import Problem, shorten
 from batch.kind import InputInfo, Pointer, Registry, TaskKind
-from batch.manifest.fields import MISSING, FieldIssue, unknown_field_message
+from batch.manifest.fields import MISSING, FieldIssue, closest, unknown_field_message
 from batch.manifest.ids import LATEST_IDS, READABLE_IDS, valid_id
 from batch.manifest.inputs import InputInspector, resolve
 from batch.manifest.placeholders import slug
@@ -124,15 +124,8 @@ class TaskBuilder:
             elif key in RESERVED and key != "endpoint":
                 problems.append(Problem(name, line, "cannot be a default", field=f"defaults.{key}"))
             elif key not in all_known and key != "endpoint":
-                problems.append(
-                    Problem(
-                        name,
-                        line,
-                        "is not a field of any task kind; put fields for one kind under "
-                        f"defaults.<kind> ({', '.join(self.registry)})",
-                        field=f"defaults.{key}",
-                    )
-                )
+                message = self._unknown_default(key, value, all_known)
+                problems.append(Problem(name, line, message, field=f"defaults.{key}"))
         _, mistakes = parse_prices(self.manifest.prices, "prices")
         for mistake in mistakes:
             where, _, message = mistake.partition(": ")
@@ -150,6 +143,19 @@ class TaskBuilder:
                     )
                 )
         return problems
+
+    def _unknown_default(self, key: Any, value: Any, all_known: set[str]) -> str:
+        """What is said of a key of `defaults:` that is no kind and no field (`all_known`): a did-you-mean
+        for a kind (`chta: {...}`) or a field (`qualty: low`) it is a typo of."""
+        kinds = ", ".join(self.registry)
+        near = closest(str(key), self.registry) if isinstance(value, Mapping) else None
+        if near is not None:
+            hint = f"fields for one kind go under defaults.<kind>: {kinds}"
+            return f"is not a task kind; did you mean {near!r}? ({hint})"
+        near = closest(str(key), all_known)
+        if near is not None:
+            return f"is not a field of any task kind; did you mean {near!r}?"
+        return f"is not a field of any task kind; put fields for one kind under defaults.<kind> ({kinds})"
 
     # -- per entry ----------------------------------------------------------------------------------
 
@@ -374,12 +380,17 @@ class TaskBuilder:
         found = unused_overrides(self.settings.overrides, self.registry, kinds) + unused_endpoints(
             self.settings.endpoints, self.registry, kinds, models
         )
-        if models is None:  # the models of tasks with problems are not known
-            return found
         manifest = self.manifest
         where = (manifest.name, manifest.line_of)
         endpoints = manifest.endpoints if isinstance(manifest.endpoints, Mapping) else {}
-        found += mistyped_keys("endpoints", endpoints, set(self.registry), kinds, models, where)
+        # a key one typo from any kind (`genrate`, though the manifest has no generate task), and from one
+        # of the tasks' models
+        every_kind = set(self.registry)
+        if models is None:
+            # the models of tasks with problems are not known; a kind's typo is said all the same: those
+            # tasks may have failed for want of the endpoint it meant to give them
+            return found + mistyped_keys("endpoints", endpoints, every_kind, every_kind, set(), where)
+        found += mistyped_keys("endpoints", endpoints, every_kind, every_kind, models, where)
         prices = manifest.prices if isinstance(manifest.prices, Mapping) else {}
         priced = {*PriceTable().prices, *self.settings.known_models}  # built-in, and --prices FILE's
         found += mistyped_keys("prices", prices, priced, set(), models, where)

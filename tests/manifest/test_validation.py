@@ -560,3 +560,46 @@ def test_an_openai_batch_line_without_its_body_is_blamed_on_body(write: Write) -
     assert len(found) == 2, found
     assert found[0].startswith(f"{path}:1: tasks[0]: body: is required")
     assert found[1].startswith(f"{path}:3: tasks[2]: custom_id: must be a non-empty string")
+
+
+def test_a_kind_typo_under_defaults_gets_a_did_you_mean(write: Write) -> None:
+    """`kind: chta` on a task got "did you mean 'chat'?"; as a key of `defaults:` it was "not a field of
+    any task kind", with no guess, and so was a field's typo."""
+    path = write("""
+        defaults:
+          chta: {temperature: 0}
+          qualty: low
+        tasks:
+          - kind: chat
+            model: gemini-2.5-flash
+            prompt: hello
+    """)
+    assert messages(checked(path)) == [
+        f"{path}:2: defaults.chta: is not a task kind; did you mean 'chat'? "
+        "(fields for one kind go under defaults.<kind>: generate, edit, chat)",
+        f"{path}:3: defaults.qualty: is not a field of any task kind; did you mean 'quality'?",
+    ]
+
+
+def test_a_kind_typo_under_endpoints_gets_a_did_you_mean_though_its_tasks_have_no_endpoint(
+    write: Write,
+) -> None:
+    """`endpoints: {chta: ...}` and no MAAS_ENDPOINT: the chat task had no endpoint, and that was all that
+    was said ("set ... 'endpoints: {chat: ...}'", which the user had tried to); `genrate:` on a manifest
+    of chat tasks passed without a word."""
+    path = write("""
+        endpoints:
+          chta: my-gemini
+          genrate: my-images
+        tasks:
+          - kind: chat
+            model: gemini-2.5-flash
+            prompt: hello
+    """)
+    found = messages(checked(path, env_endpoint=None))
+    assert len(found) == 3, found
+    assert found[0].startswith(f"{path}:5: tasks[0]: endpoint: no endpoint for this chat task")
+    assert found[1:] == [
+        f"{path}:2: endpoints.chta: is no kind or model of this manifest's tasks; did you mean 'chat'?",
+        f"{path}:3: endpoints.genrate: is no kind or model of this manifest's tasks; did you mean 'generate'?",
+    ]
