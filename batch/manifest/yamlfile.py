@@ -92,6 +92,9 @@ def parse_document(source: BinaryIO | str, name: str) -> Any:
             return loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
+    except yaml.reader.ReaderError as exc:
+        # its own text names the stream PyYAML was given: a file descriptor's number ("in "3"")
+        raise ManifestError([Problem(name, _line_at(source, exc.position), _unreadable(exc))]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -101,6 +104,29 @@ def parse_document(source: BinaryIO | str, name: str) -> Any:
         raise ManifestError([Problem(name, None, f"not valid YAML: {exc}")]) from None
     except RecursionError:
         raise ManifestError([Problem(name, None, "not valid YAML: nested too deeply")]) from None
+
+
+def _unreadable(exc: yaml.reader.ReaderError) -> str:
+    """What a byte YAML cannot read is, without the stream's name."""
+    if "not allowed" in exc.reason and isinstance(exc.character, int):  # UTF-8, but a control character
+        where = f"#x{exc.character:02x} at byte {exc.position}"
+        return f"not valid YAML: the control character {where} is not allowed"
+    return f"not valid YAML: not UTF-8 text near byte {exc.position} ({exc.reason}); save the file as UTF-8"
+
+
+def _line_at(source: BinaryIO | str, position: int) -> int | None:
+    """The line of byte `position` of the YAML (libyaml counts bytes), or None if it cannot be read."""
+    if isinstance(source, str):
+        return source.encode("utf-8", "surrogateescape")[:position].count(b"\n") + 1
+    try:
+        source.seek(0)
+        lines, left = 1, position
+        while left > 0 and (block := source.read(min(left, 1 << 20))):
+            lines += block.count(b"\n")
+            left -= len(block)
+    except OSError:
+        return None
+    return lines
 
 
 def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:

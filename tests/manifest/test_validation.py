@@ -12,7 +12,7 @@ import pytest
 
 from batch.errors import ManifestError
 from batch.manifest.plan import iter_tasks
-from tests.conftest import checked, make_image, make_mask, messages
+from tests.conftest import Outcome, checked, make_image, make_mask, messages
 
 Write = Callable[..., Path]
 
@@ -603,3 +603,19 @@ def test_a_kind_typo_under_endpoints_gets_a_did_you_mean_though_its_tasks_have_n
         f"{path}:2: endpoints.chta: is no kind or model of this manifest's tasks; did you mean 'chat'?",
         f"{path}:3: endpoints.genrate: is no kind or model of this manifest's tasks; did you mean 'generate'?",
     ]
+
+
+def test_a_yaml_manifest_that_is_not_utf8_is_named_and_located(
+    cli: Callable[..., Outcome], tmp_path: Path
+) -> None:
+    """The message named the file descriptor the file was read through ("in "3", position 63"), not the
+    file: a user with three manifests could not tell which one, nor where."""
+    path = tmp_path / "night.yaml"
+    path.write_bytes(b"tasks:\n  - kind: chat\n    model: gemini-2.5-flash\n    prompt: caf\xe9 au lait\n")
+    outcome = cli("validate", path, env={"MAAS_ENDPOINT": "ep"})
+    assert outcome.code == 65
+    assert outcome.err.startswith(
+        f"{path}:4: not valid YAML: not UTF-8 text near byte 66 (invalid trailing UTF-8 octet); save the file "
+        "as UTF-8"
+    ), outcome.err
+    assert '"3"' not in outcome.err and "position" not in outcome.err
