@@ -8,7 +8,7 @@ manifest of a million lines is never held in memory.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,14 +27,17 @@ MAX_YAML_NODES = 2_000_000  # values a YAML manifest may expand to, aliases coun
 
 
 class LocatedDict(dict[Any, Any]):
-    """A mapping read from YAML that remembers its own line and the line of each key."""
+    """A mapping read from YAML that remembers its own line, the line of each key, and the line of each
+    item of its `tasks:` list."""
 
     line: int | None = None
     key_lines: dict[Any, int]
+    item_lines: dict[Any, list[int]]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.key_lines = {}
+        self.item_lines = {}
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class Manifest:
     tasks: list[Any] = field(default_factory=list)  # YAML only; JSONL is streamed from the file
     prices: Mapping[str, Any] = field(default_factory=dict)  # model -> prices per million tokens
     lines: Mapping[str, int] = field(default_factory=dict)  # line of each top-level key
+    task_lines: Sequence[int] = ()  # YAML: the line of each item of `tasks:`
     origin: str | None = None  # what messages call a manifest that is not a file (built in code)
 
     @property
@@ -110,7 +114,7 @@ class Manifest:
             else:
                 yield Problem(
                     self.name,
-                    self.lines.get("tasks"),
+                    self.task_lines[index] if index < len(self.task_lines) else self.lines.get("tasks"),
                     f"must be a mapping with a kind and its fields, not {type_name(item)}",
                     task=f"tasks[{index}]",
                     value=shorten(item),
@@ -220,6 +224,7 @@ def _from_document(path: Path, document: Any, name: str | None = None) -> Manife
         prices=document.get("prices") or LocatedDict(),
         tasks=tasks or [],
         lines=dict(document.key_lines),
+        task_lines=document.item_lines.get("tasks", ()),
     )
 
 

@@ -54,6 +54,9 @@ def _construct_mapping(loader: _LocatingLoader, node: yaml.MappingNode) -> Itera
             seen[key] = line
         data[key] = loader.construct_object(value_node, deep=True)
         data.key_lines[key] = line
+        # the line of each task: one that is not a mapping is put there
+        if key == "tasks" and isinstance(value_node, yaml.SequenceNode):
+            data.item_lines[key] = [item.start_mark.line + 1 for item in value_node.value]
 
 
 _LocatingLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)

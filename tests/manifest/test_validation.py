@@ -619,3 +619,21 @@ def test_a_yaml_manifest_that_is_not_utf8_is_named_and_located(
         "as UTF-8"
     ), outcome.err
     assert '"3"' not in outcome.err and "position" not in outcome.err
+
+
+def test_a_task_that_is_not_a_mapping_is_put_at_its_own_line(write: Write) -> None:
+    """It was put at the `tasks:` line, however far down the list it was."""
+    path = write("""
+        tasks:
+          - kind: chat
+            model: gemini-2.5-flash
+            prompt: hello
+          - "just a string"
+          -
+          - [kind, chat]
+    """)
+    assert messages(checked(path)) == [
+        f"{path}:5: tasks[1]: must be a mapping with a kind and its fields, not a string (got 'just a string')",
+        f"{path}:6: tasks[2]: must be a mapping with a kind and its fields, not null (got None)",
+        f"{path}:7: tasks[3]: must be a mapping with a kind and its fields, not a list (got ['kind', 'chat'])",
+    ]
