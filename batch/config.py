@@ -324,30 +324,25 @@ class Connection:
 def base_url_for(options: Options) -> str:
     """The base URL requests go to: `base_url`, MAAS_BASE_URL or the MaaS API's; ConfigError (78) for a
     MAAS_BASE_URL no request can be built on (validate and a dry run refuse it as the run does)."""
-    if options.base_url:
-        return options.base_url  # checked with the options
-    url = env("MAAS_BASE_URL")
-    if url is None:
-        return DEFAULT_BASE_URL
-    try:
-        check_base_url(url)
-    except ValueError as exc:
-        raise ConfigError(f"MAAS_BASE_URL: {exc}") from None
-    return url
+    # options.base_url is checked with the options
+    return options.base_url or checked_env("MAAS_BASE_URL", check_base_url) or DEFAULT_BASE_URL
 
 
 def redis_url_for(options: Options) -> str | None:
     """The Redis the run shares its limits through: `redis` or MAAS_REDIS_URL, None for none; ConfigError
     (78) for a MAAS_REDIS_URL that is no Redis URL."""
-    if options.redis:
-        return options.redis  # checked with the options
-    url = env("MAAS_REDIS_URL")
-    if url is not None:
+    return options.redis or checked_env("MAAS_REDIS_URL", check_redis_url)
+
+
+def checked_env(name: str, check: Callable[[str], None]) -> str | None:
+    """The variable `name` (see env), or ConfigError (78), named, where `check` refuses its value."""
+    value = env(name)
+    if value is not None:
         try:
-            check_redis_url(url)
+            check(value)
         except ValueError as exc:
-            raise ConfigError(f"MAAS_REDIS_URL: {exc}") from None
-    return url
+            raise ConfigError(f"{name}: {exc}") from None
+    return value
 
 
 def endpoint_for(options: Options) -> str | None:

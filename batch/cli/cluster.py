@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch.cli.flags import output_location, path, redis_url, seconds, whole
-from batch.config import env
-from batch.errors import ConfigError, UsageError
+from batch.config import checked_env, env
+from batch.errors import UsageError
 from batch.exitcodes import (
     EXIT_CONFIG,
     EXIT_DATAERR,
@@ -23,7 +23,7 @@ from batch.exitcodes import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
-from batch.values import StoreUrl
+from batch.values import StoreUrl, check_redis_url
 
 if TYPE_CHECKING:
     from batch.cli.grammar import Commands
@@ -166,25 +166,13 @@ def _add_redis(parser: argparse.ArgumentParser) -> None:
 def _queue_settings(args: argparse.Namespace) -> Any:
     from batch.cluster.queue import QueueSettings
 
-    url = args.redis or env("MAAS_REDIS_URL")
+    url = args.redis or checked_env("MAAS_REDIS_URL", check_redis_url)
     if url is None:
         raise UsageError("give the queue's Redis: --redis URL (or MAAS_REDIS_URL)")
-    if not args.redis:
-        _check_env_redis(url)
     timeout = getattr(args, "heartbeat_timeout", None)
     if timeout is None:  # submit, resume, retry-failed: no maintenance (see QueueSettings)
         return QueueSettings(url)
     return QueueSettings(url, heartbeat_timeout=timeout, maintenance=True)  # a worker
-
-
-def _check_env_redis(url: str) -> None:
-    """MAAS_REDIS_URL that is no Redis URL: a setting of the environment (78), said as such."""
-    from batch.values import check_redis_url
-
-    try:
-        check_redis_url(url)
-    except ValueError as exc:
-        raise ConfigError(f"MAAS_REDIS_URL: {exc}") from None
 
 
 def run_options(manifest: Path, out: Path | str, run_flags: list[str]) -> Options:
