@@ -31,6 +31,15 @@ def retried_lines(out: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+# a: changed in the tests (its prompt the `{a}`), b: refused for good (a failure), c: as it was
+ABC = (
+    "tasks:\n"
+    "  - {{kind: chat, id: a, model: gemini-2.5-flash, prompt: {a}}}\n"
+    "  - {{kind: chat, id: b, model: gemini-2.5-flash, prompt: something forbidden}}\n"
+    "  - {{kind: chat, id: c, model: gemini-2.5-flash, prompt: hello}}\n"
+)
+
+
 def test_the_changed_tasks_are_sent_again_and_only_they(
     cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -81,12 +90,7 @@ def test_with_retry_failed_the_failed_and_the_changed_tasks_are_sent_and_the_pen
     cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    tasks = (
-        "tasks:\n"
-        "  - {{kind: chat, id: a, model: gemini-2.5-flash, prompt: {a}}}\n"
-        "  - {{kind: chat, id: b, model: gemini-2.5-flash, prompt: something forbidden}}\n"
-        "  - {{kind: chat, id: c, model: gemini-2.5-flash, prompt: hello}}\n"
-    )
+    tasks = ABC
     first = cli("run", write(tasks.format(a="hi")), "--out", out, "--max-attempts", "1", env=env_for(sim))
     assert first.code == 1 and results(out)["b"]["status"] == "failed", first.out
     grown = tasks.format(a="hi there") + "  - {kind: chat, id: d, model: gemini-2.5-flash, prompt: new}\n"
@@ -204,12 +208,7 @@ def test_changed_tasks_a_stopped_rerun_set_aside_are_not_counted_as_failures(
     budget spent): status said "2 of the pending failed before", and the retry-failed after it "2 failed
     task(s) were given another go". Task a had succeeded: it is a changed task, waiting to be sent."""
     out = tmp_path / "out"
-    tasks = (
-        "tasks:\n"
-        "  - {{kind: chat, id: a, model: gemini-2.5-flash, prompt: {a}}}\n"
-        "  - {{kind: chat, id: b, model: gemini-2.5-flash, prompt: something forbidden}}\n"
-        "  - {{kind: chat, id: c, model: gemini-2.5-flash, prompt: hello}}\n"
-    )
+    tasks = ABC
     first = cli("run", write(tasks.format(a="hi")), "--out", out, "--max-attempts", "1", env=env_for(sim))
     assert first.code == 1 and results(out)["b"]["status"] == "failed", first.out
     fixed = write(tasks.format(a="hi there"))
