@@ -229,6 +229,8 @@ def check_manifest(manifest: Manifest, builder: TaskBuilder) -> Plan:
         models = {model for _, model, _ in plan.counts} if plan.ok else None
         for problem in builder.unused_settings(kinds, models):
             plan.add(problem)
+        if models is not None:
+            plan.warnings += builder.unused_file_prices(models)
     if not plan.ok:  # its ids are not all in its order
         plan.hold_ids(others)
     return plan

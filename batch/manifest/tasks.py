@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from batch.errors import Problem, shorten
@@ -394,12 +394,23 @@ class TaskBuilder:
         prices = manifest.prices if isinstance(manifest.prices, Mapping) else {}
         priced = {*PriceTable().prices, *self.settings.known_models}  # built-in, and --prices FILE's
         found += mistyped_keys("prices", prices, priced, set(), models, where)
-        if self.settings.prices_file is not None:  # the same check of --prices FILE's models
-            lines = self.settings.prices_lines
-            in_file = (self.settings.prices_file, lambda _, model: lines.get(model))
-            priced = {*PriceTable().prices, *map(str, prices)}  # built-in, and the manifest's
-            found += mistyped_keys("", self.settings.known_models, priced, set(), models, in_file)
         return found
+
+    def unused_file_prices(self, models: set[str]) -> list[Problem]:
+        """The models of --prices FILE one typo from a model of the tasks that the file gives no price (the
+        check of `prices:`), said as warnings, not refused: one price file is shared by many manifests, and
+        lists models that are siblings of the tasks' (imagen-4.0-fast-generate-001 beside
+        imagen-4.0-generate-001); a sibling of a model the file prices too is no typo."""
+        if self.settings.prices_file is None:
+            return []
+        lines = self.settings.prices_lines
+        in_file = (self.settings.prices_file, lambda _, model: lines.get(model))
+        prices = self.manifest.prices if isinstance(self.manifest.prices, Mapping) else {}
+        priced = {*PriceTable().prices, *map(str, prices)}  # built-in, and the manifest's
+        unpriced = models - set(self.settings.known_models)
+        found = mistyped_keys("", self.settings.known_models, priced, set(), unpriced, in_file)
+        note = " (if so, its price reaches no task of this manifest)"
+        return [replace(problem, message=problem.message + note) for problem in found]
 
 
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
