@@ -381,7 +381,7 @@ class TaskAttempts:
                     rng=ctx.rng,
                 )
             except ApiError as exc:
-                host = urlsplit(url).hostname or "?"
+                host = _host(url)
                 lost.append(f"image {index + 1} could not be downloaded from {host}: {describe(exc)}")
                 continue
             fetched.append(replace(image, data=data))
@@ -411,3 +411,11 @@ class TaskAttempts:
             state.answered = None
         self.maybe_billed += state.maybe_billed
         self._ctx.emit(TaskFinished(record))
+
+
+def _host(url: str) -> str:
+    """The host an image URL names, for a message ("?" where it names none a parser can read)."""
+    try:
+        return urlsplit(url).hostname or "?"
+    except ValueError:
+        return "?"

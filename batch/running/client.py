@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, unquote, urljoin, urlsplit
+from urllib.parse import quote, unquote, unquote_plus, urljoin, urlsplit
 
 import aiohttp
 import anyio
@@ -184,10 +184,15 @@ class ApiClient:
         assert self._session is not None, "use ApiClient as an async context manager"
         with_key = True  # until a hop leaves the API's origin
         for _hop in range(DOWNLOAD_REDIRECTS + 1):
-            parts = urlsplit(url)
+            try:  # `host:99999`, `[::1`: a ValueError that once threw away the images fetched
+                parts = urlsplit(url)
+                port = parts.port
+            except ValueError as exc:
+                shown = self.scrub.text(url)[:120]
+                raise BrokenAnswerError(f"an image URL that is no URL ({exc}): {shown!r}") from None
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise BrokenAnswerError(f"an image URL must be http(s), not {self.scrub.text(url)[:120]!r}")
-            with_key = with_key and _origin(parts.scheme, parts.hostname, parts.port) == self._origin
+            with_key = with_key and _origin(parts.scheme, parts.hostname, port) == self._origin
             headers = {"Authorization": f"Bearer {self.config.api_key}"} if with_key else {}
             route = await self._route(url)
             headers.update(route.headers or {})
@@ -213,15 +218,19 @@ class ApiClient:
         raise BrokenAnswerError(f"more than {DOWNLOAD_REDIRECTS} redirects, the last to {host}")
 
     def _redirect(self, url: str, location: str) -> str:
-        """Where a redirect from `url` leads. One that spells the key (a server echoing it into a link)
-        would carry it to whatever host it names: refused."""
-        if any(self.scrub.text(spelled) != spelled for spelled in (location, unquote(location))):
-            raise BrokenAnswerError("a redirect whose Location holds the API key: not followed")
+        """Where a redirect from `url` leads. One that spells the whole key (a server echoing it into a
+        link) would carry it to whatever host it names: refused. The URL is looked at as it will be sent
+        (urljoin drops tabs and line breaks, so `s\tk-...` is the key) and percent-decoded; a URL that
+        merely begins as the key does (a JWT-signed link beside a JWT key) is followed."""
         try:
-            return urljoin(url, location.strip())
+            target = urljoin(url, location.strip())
         except ValueError as exc:
             reason = self.scrub.text(str(exc))[:120]
             raise BrokenAnswerError(f"a redirect to an unreadable Location: {reason}") from exc
+        key = self.config.api_key
+        if key and any(key in spelled for spelled in (target, unquote(target), unquote_plus(target))):
+            raise BrokenAnswerError("a redirect whose Location holds the API key: not followed")
+        return target
 
     def _translated(self) -> _Translate:
         return _Translate(self)

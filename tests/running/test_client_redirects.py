@@ -107,6 +107,42 @@ async def test_a_redirect_whose_location_spells_the_key_is_not_followed(hops: Ho
     assert [path for _, path, _ in hops.seen] == ["/v1/ai/files/a.png"]
 
 
+async def test_a_key_broken_by_tabs_in_a_location_is_seen_as_the_url_will_be_sent(hops: Hops) -> None:
+    """urljoin drops tabs (and line breaks): `s\tk-...\t9` went out as the whole key, to another host."""
+    spelled = f"{KEY[0]}\t{KEY[1:-1]}\t{KEY[-1]}"
+    hops.redirect("/v1/ai/files/a.png", hops.storage(f"/steal?k={spelled}"))
+    hops.file("/steal")
+    async with client(hops) as api:
+        with pytest.raises(BrokenAnswerError, match="holds the API key"):
+            await api.download(hops.api("/v1/ai/files/a.png"))
+    assert [path for _, path, _ in hops.seen] == ["/v1/ai/files/a.png"]
+
+
+async def test_a_location_that_only_begins_as_the_key_does_is_followed(hops: Hops) -> None:
+    """A signed link sharing the key's first characters (a JWT beside a JWT key: `eyJhbGciOi...`) was
+    refused as a leak, and every image behind such a gateway lost after it was paid for."""
+    token = KEY[:12] + "another-signature"
+    hops.redirect("/v1/ai/files/a.png", hops.storage(f"/bucket/a.png?token={token}"))
+    hops.file("/bucket/a.png")
+    async with client(hops) as api:
+        assert await api.download(hops.api("/v1/ai/files/a.png")) == PNG
+    assert hops.seen[-1] == ("localhost", "/bucket/a.png", False)
+
+
+@pytest.mark.parametrize("bad", ["http://localhost:99999/b.png", "http://[::1/b.png"])
+async def test_a_link_or_a_redirect_that_is_no_url_is_a_broken_answer_not_a_crash(
+    hops: Hops, bad: str
+) -> None:
+    """A ValueError of the URL parser escaped the download, and the task's images that had come with it
+    were thrown away (the task failed as unreadable, and a retry-failed would buy it again)."""
+    hops.redirect("/v1/ai/files/a.png", bad)
+    async with client(hops) as api:
+        with pytest.raises(BrokenAnswerError, match=r"is no URL|an unreadable Location"):
+            await api.download(hops.api("/v1/ai/files/a.png"))
+        with pytest.raises(BrokenAnswerError, match="is no URL"):
+            await api.download(bad)
+
+
 async def test_a_redirect_loop_ends_after_the_allowed_hops(hops: Hops) -> None:
     hops.redirect("/a", "/b")
     hops.redirect("/b", "/a")
