@@ -120,6 +120,10 @@ def check_base_url(url: str) -> None:
         raise ValueError(
             f"the base URL must not hold a user or password ({shown} with them); the key goes in MAAS_API_KEY"
         )
+    try:
+        parts.port  # noqa: B018 (read for its check: `host:99999` raises)
+    except ValueError:
+        raise ValueError(f"the port of the base URL {shown!r} is not a number from 0 to 65535") from None
 
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")  # what redis-py's from_url takes

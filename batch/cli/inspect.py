@@ -118,7 +118,7 @@ def _check_kinds(kinds: list[str]) -> None:
         if kind in known:
             continue
         # `gen` for generate: a beginning of one kind's name alone is that kind misspelt too
-        starts = [name for name in known if len(kind) >= 2 and name.startswith(kind)]
+        starts = [name for name in known if len(kind) >= 3 and name.startswith(kind)]
         near = closest(kind, known) or (starts[0] if len(starts) == 1 else None)
         if near is not None:
             raise UsageError(f"--kind {kind!r} is not a task kind; did you mean {near!r}?")

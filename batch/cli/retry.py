@@ -56,7 +56,7 @@ def recorded_run(args: argparse.Namespace, runs_in: Path | None = None) -> list[
     # each flag under its full name, as argparse read it: a run recorded before they were kept so (its
     # `--dead TIME`), and the flags given now (`retry-failed DIR --dead 09:00`), are found by name
     extra = run_flags_in_full([str(a) for a in args.extra])
-    moved = [a for a in extra if a == "--out" or a.startswith("--out=") or (a.startswith("-o") and a != "-")]
+    moved = [a for a in extra if a == "--out" or a.startswith("--out=") or _short_out(a)]
     if moved:  # the run went on in another DIR, sent none of DIR's failures, and exited 0
         raise UsageError(
             f"retry-failed sends the failed tasks of {args.out} again into {args.out}: {moved[0]} is not "
@@ -83,6 +83,20 @@ def recorded_run(args: argparse.Namespace, runs_in: Path | None = None) -> list[
             "use `maas-batch run ... --retry-failed`"
         ) from exc
     return argv
+
+
+def _short_out(arg: str) -> bool:
+    """Whether `arg` gives -o: alone, with its value (`-oDIR`), or after other short switches (`-vo`,
+    `-qvoDIR`: argparse reads -q, -v, then -o)."""
+    if not arg.startswith("-") or arg.startswith("--"):
+        return False
+    switches = arg[1:]
+    for index, letter in enumerate(switches):
+        if letter == "o":
+            return True
+        if letter not in "qv" or index == len(switches) - 1:
+            return False  # a short flag with a value (-c 8, -c8): what follows is its value
+    return False
 
 
 def _flag_values(argv: list[str], flag: str) -> list[tuple[int, int, str]]:

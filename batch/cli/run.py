@@ -190,7 +190,7 @@ def _dry_run(args: argparse.Namespace, options: Options) -> int:
 
     if not options.simulate:  # what the run would refuse at its start (78)
         base_url_for(options)
-        redis_url_for(options)
+    redis_url_for(options)
     checked = checked_manifest(args.manifest, options, endpoint_for(options), out=args.out)
     prices = price_table(checked.manifest.prices, options.prices)
     print("\n".join(format_plan(str(args.manifest), checked.plan, prices)))

@@ -19,8 +19,7 @@ from batch.output.report import format_plan
 def validate(args: argparse.Namespace, options: Options) -> int:
     # the base URL and Redis a run would refuse at its start (78): refused here too
     base_url = "http://127.0.0.1:<port>/v1/ai" if options.simulate else base_url_for(options)
-    if not options.simulate:
-        redis_url_for(options)
+    redis_url_for(options)  # --simulate too: its runs share their limits through MAAS_REDIS_URL
     checked = checked_manifest(args.manifest, options, endpoint_for(options))
     prices = price_table(checked.manifest.prices, options.prices)
     print("\n".join(format_plan(str(args.manifest), checked.plan, prices)))

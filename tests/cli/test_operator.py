@@ -449,7 +449,12 @@ def test_retry_failed_sends_only_the_failed_tasks_and_keeps_their_old_lines(
         assert sim.state.requests_total == 0
         # --out after DIR ran afresh in another folder, sent none of DIR's failures and exited 0
         elsewhere = tmp_path / "elsewhere"
-        for moved in (["--out", str(elsewhere)], [f"--out={elsewhere}"], ["-o", str(elsewhere)]):
+        for moved in (
+            ["--out", str(elsewhere)],
+            [f"--out={elsewhere}"],
+            ["-o", str(elsewhere)],
+            ["-vo", str(elsewhere)],
+        ):
             refused = cli("retry-failed", out, *moved, env=env_for(sim))
             assert refused.code == 64 and "is not taken after DIR" in refused.err
         assert not elsewhere.exists() and sim.state.requests_total == 0

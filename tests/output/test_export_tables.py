@@ -78,6 +78,8 @@ def test_pending_tasks_are_rows_and_the_filters_pick_rows(
     # but none of DIR's tasks is of it: said, with the kinds DIR holds, not an empty table without a word
     assert "--kind 'my-own-kind' matched no task" in own.err and "(its kinds: chat, generate)" in own.err
     assert "matched no task" not in cli("export", edited, "--kind", "edit").err  # a built-in kind: no typo
+    short = cli("export", edited, "--kind", "ed")  # a program's own kind of two letters: not taken for edit
+    assert short.code == 0 and "--kind 'ed' matched no task" in short.err
     both = table(cli("export", edited, "--status", "pending", "--status", "succeeded").out)
     assert len(both) == 4
     # jsonl too: a pending task's line, with its params
