@@ -224,13 +224,13 @@ def check_manifest(manifest: Manifest, builder: TaskBuilder) -> Plan:
     repeated = plan.order.repeated(others)
     if repeated:
         _report_duplicates(manifest, builder, repeated, plan)
-    if not builder.problems:
-        # the models of tasks with problems are not known: a model's --endpoint is checked on a valid plan
-        models = {model for _, model, _ in plan.counts} if plan.ok else None
-        for problem in builder.unused_settings(kinds, models):
-            plan.add(problem)
-        if models is not None:
-            plan.warnings += builder.unused_file_prices(models)
+    # with the manifest's own problems too (a typo under defaults:), so that every mistake is said at once;
+    # the models of tasks with problems are not known: a model's --endpoint is checked on a valid plan
+    models = {model for _, model, _ in plan.counts} if plan.ok else None
+    for problem in builder.unused_settings(kinds, models):
+        plan.add(problem)
+    if models is not None:
+        plan.warnings += builder.unused_file_prices(models)
     if not plan.ok:  # its ids are not all in its order
         plan.hold_ids(others)
     return plan

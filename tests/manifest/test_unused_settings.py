@@ -278,3 +278,20 @@ def test_the_command_line_refuses_a_typo_with_exit_65_before_sending_anything(
             "--set: tasks[1]: temprature: is not a chat-completions field; did you mean 'temperature'?"
             in refused.err
         )
+
+
+def test_a_set_that_reaches_no_task_is_said_beside_a_mistake_under_defaults(write: Write) -> None:
+    """A typo under `defaults:` hid the `--set` and `endpoints:` mistakes until it was mended: one night's
+    fix, then the next night's refusal for the next mistake. Every mistake is said at once."""
+    path = write("""
+        defaults:
+          qualty: low
+        endpoints:
+          chta: ep-x
+        tasks:
+          - {kind: chat, id: a, model: gemini-2.5-flash, prompt: hi}
+    """)
+    found = settings_problems(path, overrides={"temprature": 0.5})
+    assert any("defaults.qualty" in message for message in found), found
+    assert any("--set: temprature" in message and "'temperature'" in message for message in found), found
+    assert any("endpoints.chta" in message and "'chat'" in message for message in found), found
