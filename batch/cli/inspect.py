@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from batch.cli import cluster
 from batch.cluster.plan import is_sharded
@@ -61,6 +61,20 @@ def scope(args: argparse.Namespace, root: Path) -> Scope:
     return scope_of(root, args.manifest, include_orphaned=args.include_orphaned, endpoint=endpoint)
 
 
+def _manifest_prices(chosen: Scope) -> Any:
+    """The `prices:` of the manifest the report is about ({} when none is known, or it is unreadable now:
+    the report says what it reads, and the run's own figures stand)."""
+    from batch.manifest.read import load
+
+    path = chosen.manifest_path or (Path(chosen.manifest) if chosen.manifest else None)
+    if path is None or not path.is_file():
+        return {}
+    try:
+        return load(path).prices
+    except ManifestError:
+        return {}
+
+
 def reading(root: Path) -> Path:
     """DIR, if a run wrote it or it holds a submitted batch (see run_directory)."""
     return existing(root) if is_sharded(root) else run_directory(root)
@@ -84,11 +98,14 @@ def show_status(args: argparse.Namespace) -> int:
 
 def show_report(args: argparse.Namespace) -> int:
     root = reading(args.out)
+    chosen = scope(args, root)
     try:
-        prices = price_table({}, args.prices)
+        # priced anew as a run would: --prices FILE over the manifest's prices: over the built-in list (a
+        # model the manifest prices was repriced at its list price, ten times what the run recorded)
+        manifest_prices = _manifest_prices(chosen) if args.prices is not None else {}
+        prices = price_table(manifest_prices, args.prices)
     except ManifestError as exc:  # a --prices file's mistakes, as they are: a report sends nothing anyway
         raise ManifestError(exc.problems, exc.more, report=[str(p) for p in exc.problems]) from exc
-    chosen = scope(args, root)
     if chosen.parts:  # a sharded batch: each shard's report, summed
         from batch.cluster.view import cluster_report, format_shard_reports
 

@@ -187,6 +187,27 @@ def test_every_billed_answer_is_priced_in_the_ledger_results_summary_and_report(
     )
 
 
+def test_report_prices_anew_as_the_run_did_the_manifests_prices_under_the_file(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """`report --prices FILE` put FILE over the built-in list alone: a model the manifest's prices: priced
+    (gpt-image-1 at $4 output) was repriced at its $40 list price, ten times what the run recorded."""
+    manifest = write("""
+        prices:
+          gpt-image-1: {text_input: 1, image_input: 1, output: 4}
+        tasks:
+          - {kind: generate, id: g, model: gpt-image-1, prompt: a fox}
+          - {kind: chat, id: c, model: gemini-2.5-flash, prompt: hi}
+    """)
+    chat_only = write("gemini-2.5-flash: {text_input: 0.3, output: 2.5}\n", "chat-prices.yaml")
+    out = tmp_path / "out"
+    assert cli("run", manifest, "--out", out, "--prices", chat_only, env=env_for(sim)).code == 0
+    recorded = sum(line["cost"] for line in ledger(out))
+    again = json.loads(cli("report", out, "--json", "--prices", chat_only).out)
+    assert again["cost"] == pytest.approx(recorded, abs=1e-6)
+    assert json.loads(cli("report", out, "--json").out)["cost"] == pytest.approx(recorded, abs=1e-6)
+
+
 # --- budgets ----------------------------------------------------------------------------------------
 
 
