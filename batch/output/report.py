@@ -299,16 +299,7 @@ def format_status(found: Mapping[str, Any]) -> str:
     damaged = damaged_line(found)
     if damaged:
         lines.append(damaged)
-    if found["retry_pending"]:
-        lines.append(
-            f"{found['retry_pending']:,} of the pending failed before and were not sent again yet: "
-            "`maas-batch retry-failed DIR` sends them"
-        )
-    if found.get("rerun_pending"):
-        lines.append(
-            f"{found['rerun_pending']:,} of the pending ran before with another request, and were set "
-            "aside by --rerun-changed to be sent again, not sent yet: the next run sends them"
-        )
+    lines += set_aside_lines(found)
     if found["running"] is None:  # a store: no lock, and nothing else there says so
         lines.append(
             "cannot tell whether a run is in progress: a store has no lock; before starting a run on it, "
@@ -338,6 +329,23 @@ def format_status(found: Mapping[str, Any]) -> str:
     if found["manifest"]:
         lines.append(f"manifest: {found['manifest']}")
     return "\n".join(lines)
+
+
+def set_aside_lines(found: Mapping[str, Any]) -> list[str]:
+    """What status and report say of the pending tasks a run set aside to send again and was stopped
+    before it sent: failures, and changed tasks."""
+    lines = []
+    if found.get("retry_pending"):
+        lines.append(
+            f"{found['retry_pending']:,} of the pending failed before and were not sent again yet: "
+            "`maas-batch retry-failed DIR` sends them (their failures are in results.retried.jsonl)"
+        )
+    if found.get("rerun_pending"):
+        lines.append(
+            f"{found['rerun_pending']:,} of the pending ran before with another request, and were set "
+            "aside by --rerun-changed to be sent again, not sent yet: the next run sends them"
+        )
+    return lines
 
 
 def _ago(seconds: float) -> str:
@@ -391,12 +399,18 @@ def report(
     # the tasks of lines set aside (--retry-failed, --rerun-changed): their tries are earlier attempts; one
     # without a line now (a retry stopped before sending it) made one first attempt, not a retry
     set_aside: set[str] = set()
+    # of those, the manifest's tasks, each with whether it waits as a failure (as status counts them)
+    waiting: dict[str, bool] = {}
     for record in map(ResultRecord.from_line, read_lines(root / RETRIED)):  # earlier tries, given another go
         if scope.counted(record.id):
             attempts += record.attempts
             set_aside.add(record.id)
+        if scope.current(record.id):
+            failure = scope.failed_before(record.id, record.failed, record.request_sha256)
+            waiting[record.id] = waiting.get(record.id, False) or failure
     for record in map(ResultRecord.from_line, last_lines(root / RESULTS)):
         set_aside.discard(record.id)
+        waiting.pop(record.id, None)
         if not scope.current(record.id):
             orphaned["tasks"] += 1
             orphaned["failed"] += record.failed
@@ -446,6 +460,10 @@ def report(
         "include_orphaned": scope.include_orphaned,
         "attempts": attempts,
         "retries": max(0, attempts - tasks - len(set_aside)),
+        # of the pending, as status says: failures a retry set aside and was stopped before sending
+        # (a retry killed part way showed "0 failed" and no failure at all), and changed tasks
+        "retry_pending": sum(waiting.values()),
+        "rerun_pending": len(waiting) - sum(waiting.values()),
         "requests": logged.requests,
         "maybe_billed": logged.maybe_billed,
         "images_missing": images_missing,
@@ -497,6 +515,7 @@ def format_report(found: Mapping[str, Any]) -> str:
             else ""
         ),
     ]
+    lines += set_aside_lines(found)
     orphaned = orphaned_line(found)
     if orphaned:
         lines.append(

@@ -727,6 +727,9 @@ def test_a_retry_stopped_before_sending_every_failure_sends_the_rest_next_time(
         # 2 tasks sent again: 2 retries, not 4 (the two set aside and not sent made no second try)
         found = json.loads(cli("report", out, "--json").out)
         assert (found["attempts"], found["retries"], found["requests"]) == (6, 2, 6), found
+        # report said "0 failed, 2 pending" and no failure at all: it says what status says
+        assert (found["failed"], found["pending"], found["retry_pending"]) == (0, 2, 2), found
+        assert "2 of the pending failed before" in cli("report", out).out
         dry = cli("run", manifest, "--out", out, "--retry-failed", "--dry-run", env=env_for(sim))
         assert f"to retry in {out}: 2 of 4 tasks" in dry.out
         rest = cli("retry-failed", out, "--max-tokens", "100000", env=env_for(sim))

@@ -225,6 +225,9 @@ def test_changed_tasks_a_stopped_rerun_set_aside_are_not_counted_as_failures(
     assert (status["pending"], status["retry_pending"], status["rerun_pending"]) == (2, 1, 1), status
     assert "1 of the pending failed before" in shown.out, shown.out
     assert "1 of the pending ran before with another request" in shown.out
+    reported = json.loads(cli("report", out, "--json").out)
+    assert (reported["pending"], reported["retry_pending"], reported["rerun_pending"]) == (2, 1, 1)
+    assert "1 of the pending failed before" in cli("report", out).out
 
     again = cli("retry-failed", out, "--max-tokens", "1000000", env=env_for(sim))
 
