@@ -374,6 +374,7 @@ def report(
     by_model: dict[str, dict[str, Any]] = defaultdict(lambda: {"answers": 0, "tokens": 0, "cost": 0.0})
     unpriced: Counter[str] = Counter()
     total_tokens, total_cost = 0, 0.0
+    estimated = {"answers": 0, "tokens": 0}  # answers that said no usage: booked at their estimate
     for line in read_lines(root / USAGE):
         usage = UsageRecord.from_line(line)
         tokens = usage.repriced_counts
@@ -391,6 +392,9 @@ def report(
             bucket["cost"] += cost or 0.0
         if cost is None:
             unpriced[model] += 1
+        if usage.estimated:
+            estimated["answers"] += 1
+            estimated["tokens"] += tokens.total
         total_tokens += tokens.total
         total_cost += cost or 0.0
     tasks = succeeded = attempts = images_missing = 0
@@ -470,6 +474,9 @@ def report(
         "tokens": total_tokens,
         "cost": round(total_cost, 6),
         "unpriced_answers": dict(unpriced),
+        # of the totals, the answers that reported no usage, counted at the task's estimate
+        "estimated_answers": estimated["answers"],
+        "estimated_tokens": estimated["tokens"],
         "by_kind": {k: {**v, "cost": round(v["cost"], 6)} for k, v in sorted(by_kind.items())},
         "by_model": {k: {**v, "cost": round(v["cost"], 6)} for k, v in sorted(by_model.items())},
         "failures": dict(sorted(failures.items(), key=lambda item: -int(item[1]["count"]))),
@@ -515,6 +522,12 @@ def format_report(found: Mapping[str, Any]) -> str:
             else ""
         ),
     ]
+    if found.get("estimated_answers"):  # the server said nothing of their usage: not what it billed
+        lines.append(
+            f"of which estimated: {found['estimated_tokens']:,} tokens of {found['estimated_answers']:,} "
+            "answer(s) that reported no usage, counted at the task's estimate (`estimated` in usage.jsonl); "
+            "what the server billed for them is not known here"
+        )
     lines += set_aside_lines(found)
     orphaned = orphaned_line(found)
     if orphaned:

@@ -355,6 +355,11 @@ def test_an_answer_without_usage_is_recorded_at_its_estimate(
     assert line["output_tokens"] == 40 and line["cost"] == pytest.approx(cost(line))
     assert state.billed_total_tokens > 0  # it was billed all the same
     assert results(out)["t"]["usage"]["total_tokens"] == line["total_tokens"]
+    # the report said the estimate as if billed so: it says which of its figures are estimates
+    found = report(out, PriceTable())
+    assert (found["estimated_answers"], found["estimated_tokens"]) == (1, line["total_tokens"])
+    said = f"of which estimated: {line['total_tokens']} tokens of 1 answer(s) that reported no usage"
+    assert said in format_report(found)
 
 
 def test_gzip_members_a_body_compressed_in_two_members_is_read_whole(
