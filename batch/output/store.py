@@ -448,11 +448,13 @@ class OutputDir:
         part-way leaves results.jsonl as it was (a line may then be kept twice in the record).
         `keep_files`: each picture such a line names in images/ gets a name of its own first, which the
         line set aside names: the task's new answer is saved under the old names (a DIR's, not a store's,
-        where no file is written over)."""
+        where no file is written over). Once results.jsonl no longer names them, the old names go: a task
+        whose new try fails leaves no picture of its old request under its name."""
         path = self.results.path
         temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
         forgotten: list[str] = []
         tag = secrets.token_hex(3)
+        moved: list[Path] = []  # the old names of pictures kept under names of their own
         self.results.close()
         try:
             retried = os.open(
@@ -468,7 +470,10 @@ class OutputDir:
                     if record is not None and pick(record):
                         files = record.get("files")
                         if keep_files and isinstance(files, list) and files:
-                            raw = encode_line({**record, "files": [self._kept(name, tag) for name in files]})
+                            kept_names = [self._kept(name, tag) for name in files]
+                            pairs = zip(files, kept_names, strict=True)
+                            moved += [self.root / was for was, now in pairs if now != was]
+                            raw = encode_line({**record, "files": kept_names})
                         old.write(raw)
                         forgotten.append(str(record.get("id")))
                     else:
@@ -483,6 +488,9 @@ class OutputDir:
                 os.replace(temporary, path)
                 if self.fsync:
                     fsync_dir(self.root)
+                for old_name in moved:  # named by no line now (a crash before leaves them: harmless)
+                    with contextlib.suppress(OSError):
+                        old_name.unlink()
             else:
                 temporary.unlink()
         except OSError as exc:

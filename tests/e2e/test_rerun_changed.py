@@ -201,6 +201,23 @@ def test_the_old_answers_picture_is_kept_under_a_name_of_its_own(
     assert {**aside, "files": old_line["files"]} == old_line  # the line as it was, but its picture's name
 
 
+def test_a_changed_task_whose_new_try_fails_leaves_no_old_picture_under_its_name(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The old picture stayed under images/fox.png beside its kept name: a task whose new request failed
+    showed the old request's picture under its own name to whatever reads images/ by name."""
+    out = tmp_path / "out"
+    assert cli("run", manifest(write), "--out", out, env=env_for(sim)).code == 0
+    [old_name] = results(out)["fox"]["files"]
+    old_bytes = (out / old_name).read_bytes()
+    refused = manifest(write, "a forbidden fox")  # the simulator refuses it (a content filter)
+    assert cli("run", refused, "--out", out, "--rerun-changed", env=env_for(sim)).code == 1
+    assert results(out)["fox"]["status"] == "failed"
+    assert not (out / old_name).exists()
+    [kept] = retried_lines(out)[0]["files"]
+    assert (out / kept).read_bytes() == old_bytes
+
+
 def test_changed_tasks_a_stopped_rerun_set_aside_are_not_counted_as_failures(
     cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
 ) -> None:
