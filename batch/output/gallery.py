@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from batch import codec
 from batch.errors import OutputError
 from batch.events import Event, TaskFinished
 from batch.manifest.regular import open_regular
@@ -55,7 +56,15 @@ from batch.output.cards import (
 )
 from batch.output.files import real_folder, write_atomic, write_atomic_chunks
 from batch.output.scope import Lines, Scope, entries, index, may_name_pictures, scope_of
-from batch.output.store import ANSWERS, IMAGES, RESULTS, THUMBS, thumbnail_name, whole_lines
+from batch.output.store import (
+    ANSWERS,
+    IMAGES,
+    RESULTS,
+    THUMBS,
+    USAGE,
+    thumbnail_name,
+    whole_lines,
+)
 from batch.running.idset import IdSet
 from batch.running.records import finished_entry
 
@@ -359,6 +368,9 @@ def _page(
                 entry.json if isinstance(entry, Card) else card_json(entry, made)
             )
             shown += 1
+    spent = _spent(root, scope)
+    if spent is not None:  # the ledger's: every billed answer, a paid failure since retried too
+        tokens, cost = spent
     rest = {
         "title": title,
         "manifest": None if scope.manifest is None else as_text(scope.manifest),
@@ -373,6 +385,29 @@ def _page(
     }
     yield b"], " + page_json(rest)[1:]  # the rest of the object: its keys without the opening brace
     yield tail.encode()
+
+
+def _spent(root: Path, scope: Scope) -> tuple[int, float] | None:
+    """The tokens and cost the ledger (usage.jsonl) records for the tasks the page is about, or None
+    without a ledger. The cards' sums left out what a task's line no longer says: a paid failure set
+    aside by a retry, an answer whose task was killed before its line (the page said $1.33 of $1.83).
+    About 6 us a line (30 ms for 5,000 answers)."""
+    if not (root / USAGE).exists():
+        return None
+    every = scope.include_orphaned or scope.order is None  # no line to leave out: none looked up
+    tokens, cost = 0, 0.0
+    for raw in whole_lines(root / USAGE):
+        try:
+            line = codec.loads(raw)
+        except (ValueError, RecursionError):  # a torn or damaged line: as read_lines, left out
+            continue
+        task = line.get("task_id") if isinstance(line, dict) else None
+        if isinstance(task, str) and (every or scope.current(task)):
+            total, price = line.get("total_tokens"), line.get("cost")
+            tokens += total if type(total) is int else 0
+            if isinstance(price, int | float) and not isinstance(price, bool) and abs(price) < 1e300:
+                cost += price  # a number past any float (a line edited by hand) counts nothing
+    return tokens, cost
 
 
 class Rebuilder:
