@@ -47,6 +47,7 @@ TABLES = {
         ("seconds", "REAL"),
         ("finished_at", "TEXT"),
         ("orphaned", "INTEGER"),
+        ("images_missing", "INTEGER"),
         ("meta", "TEXT"),
         ("json", "TEXT"),
     ),
@@ -134,6 +135,7 @@ def _results(root: Path, scope: Scope, selection: Selection) -> Iterator[tuple[A
             _number(record.seconds, float) if record is not None else None,
             record.finished_at if record is not None else None,
             int(entry.orphaned),
+            _number(found["images_missing"], int),
             _json(dict(meta_of(entry))),
             _json(dict(record.raw)) if record is not None else None,
         )

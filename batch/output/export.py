@@ -55,6 +55,8 @@ EXPORT_COLUMNS = [
     "error_type",
     "error_message",
     "prompt",
+    # images paid for and not saved (a link lost, fewer than n sent): a task "succeeded" with fewer
+    "images_missing",
 ]
 CHUNK = 3 * 2**18  # bytes of an image encoded at a time: a multiple of 3, so the pieces join cleanly
 
@@ -154,6 +156,7 @@ def _row(record: ResultRecord) -> dict[str, Any]:
         "error_type": error.type if error else None,
         "error_message": error.message if error else None,
         "prompt": record.prompt,
+        "images_missing": record.images_missing or None,
     }
 
 

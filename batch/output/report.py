@@ -111,6 +111,7 @@ def status(
     last run without its end, when it last wrote is said (a live run writes as it sends)."""
     scope = scope or scope_of(root)
     succeeded = failed = current = changed = 0
+    short_tasks = images_missing = 0  # succeeded with fewer images than they paid for
     orphaned: Counter[str] = Counter()
     # the tasks whose lines were set aside to be sent again, without a new line (a run stopped before it
     # sent them), are pending: each a failure waiting for --retry-failed, or a changed task of a
@@ -134,6 +135,9 @@ def status(
             failed += 1
         else:
             succeeded += 1
+            if record.images_missing:
+                short_tasks += 1
+                images_missing += record.images_missing
     total = scope.total
     holder = lock_holder(root) if written is None else None
     attempts = account(root / RUNS, live=holder is not None)
@@ -147,6 +151,9 @@ def status(
         "succeeded": succeeded,
         "failed": failed,
         "pending": None if total is None else max(0, total - current),
+        # of the succeeded, the tasks whose answer's images did not all come (a link lost, fewer sent)
+        "images_missing": images_missing,
+        "tasks_missing_images": short_tasks,
         "retry_pending": sum(set_aside.values()),
         # of the pending, the finished tasks whose request changed, set aside by --rerun-changed
         "rerun_pending": len(set_aside) - sum(set_aside.values()),
@@ -291,6 +298,12 @@ def format_status(found: Mapping[str, Any]) -> str:
         f"maybe billed without a saved result: {found['maybe_billed']:,} (of {found['requests']:,} requests)"
         + (f"; {found['in_flight']:,} in flight now" if found["in_flight"] else ""),
     ]
+    if found.get("images_missing"):
+        lines.append(
+            f"{found['tasks_missing_images']:,} of the succeeded came with fewer images than asked: "
+            f"{found['images_missing']:,} missing (a link lost, or fewer sent; `images_not_downloaded` in "
+            "results.jsonl says why)"
+        )
     orphaned = orphaned_line(found)
     if orphaned:
         lines.append(orphaned)

@@ -7,6 +7,8 @@ The rule under test: an answer that arrived whole is read, or kept and failed, b
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from batch.output.report import format_report, report
+from batch.output.report import format_report, format_status, report, status
 from batch.running.prices import PriceTable
 from batch.simulator import SimConfig, SimState, simulator_in_thread
 from batch.simulator.shapes import STREAM_SHAPES
@@ -149,6 +151,13 @@ def test_a_link_that_is_gone_keeps_the_images_that_came_and_the_answer(
     assert state.requests_total == 2  # each bought once; the lost links fetched again as downloads
     assert [d.status for d in state.downloads].count(404) >= 2
     billed_once_and_recorded(out, state)
+    # said beyond report: status, and a column of the CSV (a "succeeded" with one image of two was all
+    # they showed)
+    found = status(out)
+    assert (found["tasks_missing_images"], found["images_missing"]) == (1, 1)
+    assert "1 of the succeeded came with fewer images than asked: 1 missing" in format_status(found)
+    rows = {r["id"]: r for r in csv.DictReader(io.StringIO(cli("export", out).out))}
+    assert (rows["pair"]["images_missing"], rows["one"]["images_missing"]) == ("1", "")
 
 
 @pytest.mark.parametrize("shape", ["url_lost", "fewer"])
