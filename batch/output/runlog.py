@@ -27,7 +27,9 @@ from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
+from batch.output.files import write_atomic
 from batch.output.store import (
+    ANSWERS,
     RESULTS,
     RETRIED,
     USAGE,
@@ -37,7 +39,14 @@ from batch.output.store import (
     read_lines,
     whole_lines,
 )
-from batch.running.records import AttemptRecord, RunRecord, attempt_log_line, finished_entry, number
+from batch.running.records import (
+    AttemptRecord,
+    RunRecord,
+    attempt_log_line,
+    finished_entry,
+    number,
+    request_digest,
+)
 
 _string = encode_basestring  # a JSON string, as encode_line writes one (with its quotes)
 
@@ -57,6 +66,87 @@ class Interrupted:
     runs: int = 0
     requests: list[str] = field(default_factory=list)  # request ids that may have been billed
     by_task: Counter[str] = field(default_factory=Counter)
+    kept: int = 0  # answers recorded in the ledger and kept in answers/, for the next run to finish from
+
+
+# answers/: the paid answers whose tasks a killed run left unfinished (a line each, see KeptAnswer)
+TO_FINISH = ".to-finish.jsonl"
+
+
+@dataclass(frozen=True)
+class KeptAnswer:
+    """A paid answer whose task a killed run did not finish: in the ledger, and kept whole in answers/
+    (an answer whose images were being downloaded). The next run finishes the task from it, where it
+    would have bought it again."""
+
+    task_id: str
+    request_id: str
+    answer_file: str  # answers/..., relative to DIR
+    server_request_id: str | None
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    cost: float | None
+    request_sha256: str | None  # the request it answered (None: a ledger line of before it was kept)
+
+    @classmethod
+    def from_line(cls, line: Mapping[str, Any]) -> KeptAnswer | None:
+        try:
+            found = cls(**{name: line[name] for name in cls.__dataclass_fields__})
+        except (KeyError, TypeError):
+            return None
+        whole = all(type(getattr(found, name)) is int for name in ("input_tokens", "total_tokens"))
+        named = isinstance(found.task_id, str) and isinstance(found.answer_file, str)
+        return found if whole and named and found.answer_file.startswith(f"{ANSWERS}/") else None
+
+
+def kept_answers(root: Path) -> dict[str, KeptAnswer]:
+    """The answers a killed run left for the next one to finish its tasks from, by task (see recover)."""
+    found: dict[str, KeptAnswer] = {}
+    for line in read_lines(root / ANSWERS / TO_FINISH):
+        kept = KeptAnswer.from_line(line)
+        if kept is not None and (root / kept.answer_file).is_file():
+            found[kept.task_id] = kept
+    return found
+
+
+def finished_from(root: Path, task_ids: set[str]) -> None:
+    """Forget the kept answers of these tasks: their result lines are written. Blocking."""
+    path = root / ANSWERS / TO_FINISH
+    left = [line for line in read_lines(path) if line.get("task_id") not in task_ids]
+    write_atomic(path, b"".join(map(encode_line, left)), fsync=True)
+
+
+def _kept(root: Path, pending: Mapping[str, str]) -> dict[str, KeptAnswer]:
+    """Of the requests a killed run left without a `done` line and without a saved result, those whose
+    answer is in the ledger and kept whole in answers/ (as `_keep_raw` names it)."""
+    if not pending:
+        return {}
+    found: dict[str, KeptAnswer] = {}
+    for line in read_lines(root / USAGE):
+        request_id = line.get("request_id")
+        if not isinstance(request_id, str) or request_id not in pending:
+            continue
+        answer_file = f"{ANSWERS}/{request_id.replace('/', '.')}.json"
+        if not (root / answer_file).is_file():
+            continue
+        cost = line.get("cost")
+        kept = KeptAnswer.from_line(
+            {
+                "task_id": pending[request_id],
+                "request_id": request_id,
+                "answer_file": answer_file,
+                "server_request_id": line.get("server_request_id"),
+                "input_tokens": line.get("input_tokens"),
+                "output_tokens": line.get("output_tokens"),
+                "total_tokens": line.get("total_tokens"),
+                "cost": cost if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+                "request_sha256": request_digest(line.get("request_sha256")),
+            }
+        )
+        if kept is not None:
+            found[request_id] = kept
+    return found
 
 
 def recover(folder: Path) -> Interrupted:
@@ -81,27 +171,40 @@ def recover(folder: Path) -> Interrupted:
         if ended:
             continue
         billed = saved(folder.parent, pending)
+        # the answers a kill caught while their images were downloaded: the next run finishes from them
+        kept = _kept(folder.parent, {r: t for r, t in pending.items() if r not in billed})
+        if kept:  # written durably before the log says so: a kill in between finds them again
+            list_path = folder.parent / ANSWERS / TO_FINISH
+            lines = [*read_lines(list_path), *map(vars, kept.values())]
+            write_atomic(list_path, b"".join(map(encode_line, lines)), fsync=True)
+            found.kept += len(kept)
         journal = Journal(path, fsync=False)
         journal.open()  # also cuts a torn last line
         try:
             for request_id, task_id in pending.items():
                 recorded = request_id in billed  # its answer is in the ledger, its task's line in results
+                error = None
+                if recorded:
+                    error = "its answer was recorded in usage.jsonl and its task's result line"
+                elif request_id in kept:
+                    error = (
+                        f"its answer was recorded in usage.jsonl and kept in {kept[request_id].answer_file}: "
+                        "the next run finishes its task from it"
+                    )
                 journal.write(
                     AttemptRecord(
                         "done",
                         request_id,
                         task_id=task_id,
                         outcome="interrupted",
-                        maybe_billed=not recorded,
-                        error="its answer was recorded in usage.jsonl and its task's result line"
-                        if recorded
-                        else None,
+                        maybe_billed=not recorded and request_id not in kept,
+                        error=error,
                     ).to_line()
                 )
-                if not recorded:
+                if not recorded and request_id not in kept:
                     found.requests.append(request_id)
                     found.by_task[task_id] += 1
-            maybe = len(pending) - len(billed)
+            maybe = len(pending) - len(billed) - len(kept)
             journal.write({"event": "end", "at": now(), "interrupted": True, "maybe_billed": maybe})
         finally:
             journal.close()

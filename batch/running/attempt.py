@@ -7,6 +7,7 @@ still pending, and the next run does it. Only tasks with a definite outcome get 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
@@ -16,13 +17,14 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from batch import codec
 from batch.errors import ApiError, ApiStatusError, BrokenAnswerError, OutputError, TransportError
 from batch.events import AttemptFailed, TaskFinished, TaskStarted
 from batch.exitcodes import EXIT_BUDGET, EXIT_CONFIG, EXIT_DATAERR, EXIT_IOERR
 from batch.kind import ApiRequest, EncodedImage, TaskKind
 from batch.manifest.inputs import InputChanged, checked_reader, read_file
 from batch.manifest.tasks import TaskSpec
-from batch.output.runlog import UNSENT
+from batch.output.runlog import UNSENT, KeptAnswer, finished_from
 from batch.output.store import OutputFile
 from batch.running.answers import answer_id, describe, failure_kind, short, stream_complete, usage_of
 from batch.running.bookkeeping import bill, result_line
@@ -57,15 +59,21 @@ class TaskAttempts:
         state = TaskState(carried=ctx.interrupted.get(spec.id, 0))
         started = time.monotonic()
         ctx.emit(TaskStarted(spec.id, spec.kind))
+        kept = ctx.kept.get(spec.id)
+        if kept is not None and kept.request_sha256 != spec.request:
+            kept = None  # an answer to the request the task had then, not now: sent anew
         try:
-            await call_with_retries(
-                ctx.settings.retry,
-                lambda: self._attempt(spec, kind, state),
-                sleep=ctx.sleep,
-                on_retry=lambda notice: self._on_retry(spec, notice),
-                rng=ctx.rng,
-                lost_to_outage=lambda error: state.lost_to_outage,
-            )
+            if kept is not None:  # paid in a killed run, whose answer is kept: finished from it, not bought
+                await self._replay(spec, kind, kept, state)
+            else:
+                await call_with_retries(
+                    ctx.settings.retry,
+                    lambda: self._attempt(spec, kind, state),
+                    sleep=ctx.sleep,
+                    on_retry=lambda notice: self._on_retry(spec, notice),
+                    rng=ctx.rng,
+                    lost_to_outage=lambda error: state.lost_to_outage,
+                )
         except Stopped:
             self.maybe_billed += state.maybe_billed
             return
@@ -97,6 +105,34 @@ class TaskAttempts:
                     await self._finish(spec, state, started, error=failure)
             raise
         await self._finish(spec, state, started)
+
+    async def _replay(self, spec: TaskSpec, kind: TaskKind, kept: KeptAnswer, state: TaskState) -> None:
+        """Finish a task from the answer a killed run paid for and kept (its images were being fetched):
+        its figures are the ledger's line, already counted; nothing is sent, booked or billed again."""
+        ctx = self._ctx
+        path = ctx.out.root / kept.answer_file
+        try:
+            raw = await anyio.to_thread.run_sync(path.read_bytes, limiter=ctx.threads)
+            body = codec.loads_answer(raw)
+        except (OSError, ValueError, RecursionError) as exc:
+            raise BrokenAnswerError(
+                f"the answer a killed run kept ({kept.answer_file}) cannot be read again: {short(exc)}",
+                error_type="unreadable_answer",
+            ) from exc
+        logger.info("task %s: finished from the answer a killed run paid for, kept in %s", spec.id, path.name)
+        state.attempts += 1
+        state.billed = True
+        state.server_request_id = kept.server_request_id
+        state.answer_file = kept.answer_file
+        state.input_tokens += kept.input_tokens
+        state.output_tokens += kept.output_tokens
+        state.total_tokens += kept.total_tokens
+        if kept.cost is None:
+            state.unpriced = True
+        else:
+            state.cost += kept.cost
+        reply = Reply(200, body, 0.0, kept.server_request_id, raw)
+        await self._use(spec, kind, kept.request_id, reply, state)  # forgotten once its line is written
 
     def _on_retry(self, spec: TaskSpec, notice: RetryNotice) -> None:
         error = notice.error
@@ -295,8 +331,14 @@ class TaskAttempts:
         """Bill an answer (at its usage, or at the estimate when it says none), then turn it into files
         and the task's answer. An answer that cannot be used was paid for all the same: its raw body is
         kept in answers/ and the task fails, never buying it again."""
-        threads = self._ctx.threads
         await bill(self._ctx, spec, kind, request_id, usage_of(kind, reply.body), state)
+        await self._use(spec, kind, request_id, reply, state)
+
+    async def _use(
+        self, spec: TaskSpec, kind: TaskKind, request_id: str, reply: Reply, state: TaskState
+    ) -> None:
+        """A billed answer made into files and the task's answer (see _keep)."""
+        threads = self._ctx.threads
         try:
             answer = kind.parse_answer(spec.fields, reply.body)
             images = answer.images
@@ -311,9 +353,12 @@ class TaskAttempts:
                     error_type="too_many_images",
                 )
             if links:
-                images, places, lost = await self._download(images)
-                if lost:  # the images fetched are kept; the answer, with the links, too
+                if state.answer_file is None:
+                    # the answer, with its links, kept first: a run killed while they are fetched leaves
+                    # it for the next run to finish the task from (runlog.recover), not to buy it again
                     await self._keep_raw(spec, request_id, reply, state)
+                images, places, lost = await self._download(images)
+                if lost:  # the images fetched are kept; the answer, with the links, too (kept above)
                     extra = {**answer.extra, "images_not_downloaded": lost}
                     answer = replace(answer, extra=extra, images_missing=answer.images_missing + len(lost))
             files: list[OutputFile] = []
@@ -327,7 +372,8 @@ class TaskAttempts:
                     if state.answer_file is None:
                         await self._keep_raw(spec, request_id, reply, state)
                 raise
-            await self._keep_raw(spec, request_id, reply, state)
+            if state.answer_file is None:
+                await self._keep_raw(spec, request_id, reply, state)
             if isinstance(exc, ApiError):
                 if isinstance(exc, BrokenAnswerError):
                     exc.retry = False  # it arrived whole: asking again would buy it twice
@@ -409,6 +455,11 @@ class TaskAttempts:
             request_id, status, seconds = state.answered
             self._ctx.log.done(request_id, "answered", status=status, seconds=seconds)
             state.answered = None
+        if spec.id in self._ctx.kept:  # finished from a killed run's answer: the next run need not
+            with contextlib.suppress(
+                OutputError, OSError
+            ):  # a stale entry is never used: its task has a line
+                await anyio.to_thread.run_sync(finished_from, self._ctx.out.root, {spec.id})
         self.maybe_billed += state.maybe_billed
         self._ctx.emit(TaskFinished(record))
 

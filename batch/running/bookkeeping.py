@@ -46,6 +46,7 @@ async def bill(
         usage=usage,
         at=now(),
         estimated=estimated,
+        request_sha256=spec.request,
     ).to_line()
     try:
         await ctx.out.append(ctx.out.usage, line)

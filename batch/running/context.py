@@ -11,7 +11,7 @@ import anyio
 
 from batch.events import Event
 from batch.kind import Answer, Registry
-from batch.output.runlog import RunLog
+from batch.output.runlog import KeptAnswer, RunLog
 from batch.output.store import OutputDir
 from batch.running.budget import Budget
 from batch.running.client import ApiClient
@@ -40,6 +40,8 @@ class AttemptContext:
     run_tag: str
     rng: random.Random
     interrupted: Mapping[str, int]  # task id -> requests of killed runs, maybe billed
+    # task id -> the answer a killed run paid for and kept, to finish the task from (runlog.recover)
+    kept: Mapping[str, KeptAnswer] = field(default_factory=dict)
 
 
 @dataclass

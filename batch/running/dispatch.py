@@ -10,8 +10,8 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -25,7 +25,7 @@ from batch.kind import Registry
 from batch.manifest.tasks import TaskSpec
 from batch.output.files import reason
 from batch.output.gallery import Thumbnailer
-from batch.output.runlog import Interrupted, RunLog
+from batch.output.runlog import Interrupted, KeptAnswer, RunLog
 from batch.output.store import OutputDir
 from batch.running.answers import short
 from batch.running.attempt import TaskAttempts
@@ -59,6 +59,8 @@ class RunStart:
     spent: Spent | None  # what the ledger says was spent, when a budget needs it
     log: RunLog  # this run's attempt log, open
     tag: str
+    # task id -> the answer a killed run paid for and kept, to finish the task from (runlog.recover)
+    kept: Mapping[str, KeptAnswer] = field(default_factory=dict)
 
 
 class Runner:
@@ -141,6 +143,7 @@ class Runner:
             run_tag=start.tag,
             rng=rng or random.Random(),
             interrupted=dict(start.interrupted.by_task),  # task id -> requests of killed runs, maybe billed
+            kept=start.kept,
         )
 
     # -- control ------------------------------------------------------------------------------------

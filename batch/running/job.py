@@ -31,7 +31,7 @@ from batch.manifest.tasks import TaskSpec
 from batch.output import gallery
 from batch.output.cards import Cards
 from batch.output.format import remember as remember_format
-from batch.output.runlog import RunLog, recover
+from batch.output.runlog import RunLog, kept_answers, recover
 from batch.output.scope import Scope, scope_of
 from batch.output.store import RETRIED, OutputDir, finished_results, read_lines, requested_results
 from batch.running.budget import ledger_spent
@@ -329,6 +329,7 @@ class Job:
         self._remember_plan()
         remember_format(self.out.root, self.checked.builder.settings.id_scheme)
         interrupted = recover(self.out.runs)
+        kept = kept_answers(self.out.root)  # answers killed runs paid for: their tasks finished from them
         spent = (
             ledger_spent(self.out.usage.path, self.config.run.prices) if self.config.run.budget.any else None
         )
@@ -346,7 +347,7 @@ class Job:
             }
         )
         return RunStart(
-            finished, finished_before, failed_before, skip, left_alone, interrupted, spent, run_log, tag
+            finished, finished_before, failed_before, skip, left_alone, interrupted, spent, run_log, tag, kept
         )
 
     @property

@@ -90,7 +90,7 @@ def _strings(value: Any) -> tuple[str, ...]:
     return tuple(str(item) for item in value) if isinstance(value, list | tuple) else ()
 
 
-def _request(value: Any) -> str | None:
+def request_digest(value: Any) -> str | None:
     """A request digest as the tool writes one (16 lowercase hex digits), or None."""
     if isinstance(value, str) and len(value) == 16 and value.isascii() and _HEX.fullmatch(value):
         return value
@@ -311,7 +311,7 @@ class ResultRecord:
                 "maybe_billed": _int(line.get("maybe_billed")),
                 "error": ErrorInfo.from_line(line.get("error")),
                 "meta": meta if isinstance(meta, Mapping) else None,
-                "request_sha256": _request(line.get("request_sha256")),
+                "request_sha256": request_digest(line.get("request_sha256")),
                 "raw": line,
             },
         )
@@ -332,6 +332,9 @@ class UsageRecord:
     usage: Mapping[str, Any] | None  # as the answer reported it; None: it said nothing
     at: str | None = None
     estimated: bool = False  # the answer reported no usage it could be read by: counted at its estimate
+    # the request it answered, as the task's result line names it (TaskSpec.request): which request a
+    # paid answer a killed run kept was for (runlog.KeptAnswer)
+    request_sha256: str | None = None
 
     @property
     def repriced_counts(self) -> TokenCounts:
@@ -360,6 +363,8 @@ class UsageRecord:
         }
         if self.estimated:
             line["estimated"] = True
+        if self.request_sha256 is not None:
+            line["request_sha256"] = self.request_sha256
         return line
 
     @classmethod
@@ -385,6 +390,7 @@ class UsageRecord:
             usage=usage if isinstance(usage, Mapping) else None,
             at=line.get("at"),
             estimated=line.get("estimated") is True,
+            request_sha256=request_digest(line.get("request_sha256")),
         )
 
 
@@ -477,7 +483,7 @@ def requested_entry(raw: bytes) -> tuple[str, str] | None:
     if REQUEST_MARK[2:] not in raw:  # no line without the key's name can name a request
         return None
     line = _parsed_result(raw)
-    found = None if line is None else _request(line.get("request_sha256"))
+    found = None if line is None else request_digest(line.get("request_sha256"))
     return None if found is None or line is None else (line["id"], found)
 
 

@@ -23,7 +23,7 @@ from batch.errors import OutputError
 from batch.output.report import status
 from batch.output.store import OutputDir, finished_results
 from batch.simulator import SimConfig, simulator_in_thread
-from tests.conftest import KEY, Outcome, Run, env_for, results
+from tests.conftest import KEY, Outcome, Run, env_for, ledger, results
 
 KILLS = 20
 TASKS = 100
@@ -230,3 +230,48 @@ def test_a_requests_logged_seconds_are_its_own_not_the_saving_of_its_result(
     ]
     answered = [line for line in lines if line.get("outcome") == "answered"]
     assert len(answered) == 1 and answered[0]["seconds"] < 0.4, answered
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("edited", [False, True])
+def test_a_kill_while_images_are_downloaded_is_finished_from_the_kept_answer_not_bought_again(
+    edited: bool, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A generate answer of links (`url_flaky`: each file's first GET answers 503, and the download waits
+    out its backoff) is in the ledger when the run is killed with SIGKILL mid-download. The resume bought
+    it again (two billed answers, one task), and status called the first "maybe billed" though the
+    ledger records it. The answer is kept before its images are fetched; the next run finishes the task
+    from it: the links fetched again, nothing sent to the API. A task whose request changed in between
+    (`edited`: its prompt) is sent anew: the kept answer is of the request it had then."""
+    task = "tasks:\n  - {{kind: generate, id: pair, model: gpt-image-1, prompt: {}, n: 2}}\n"
+    manifest = write(task.format("two cats"))
+    out = tmp_path / "out"
+    config = SimConfig(api_key=KEY, answers=frozenset({"url_flaky"}), retry_after=0)
+    with simulator_in_thread(config) as sim:
+        state = sim.state
+        run = Run(manifest, out, sim, "--backoff", "30", "--backoff-max", "30")
+        state.wait_for_sync(lambda s: len(s.downloads) >= 1, within=60)  # the first GET: a 503, then 30 s
+        run.kill()
+        assert state.requests_total == 1 and not (out / "results.jsonl").read_bytes()
+        assert len((out / "usage.jsonl").read_text().splitlines()) == 1
+
+        if edited:
+            manifest = write(task.format("two black cats"))
+        code, stdout, stderr = Run(manifest, out, sim, "--backoff", "0", "--backoff-max", "0").finish()
+        assert code == 0, stdout + stderr
+        assert state.requests_total == (2 if edited else 1)  # not bought again, unless it changed
+        assert not any(d.authorized for d in state.downloads)
+    if edited:
+        assert results(out)["pair"]["prompt"] == "two black cats" and len(ledger(out)) == 2
+        return
+    record = results(out)["pair"]
+    assert record["status"] == "succeeded" and len(record["files"]) == 2, record
+    for path in record["files"]:
+        with Image.open(out / path) as image:
+            image.load()
+    [line] = [json.loads(li) for li in (out / "usage.jsonl").read_text().splitlines()]
+    assert record["request_id"] == line["server_request_id"] and record["cost"] == pytest.approx(line["cost"])
+    assert record["usage"]["total_tokens"] == line["total_tokens"]
+    found = status(out)
+    assert found["maybe_billed"] == 0 and found["succeeded"] == 1, found
+    assert not (out / "answers" / ".to-finish.jsonl").read_text()  # finished: nothing left to finish
