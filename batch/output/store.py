@@ -80,10 +80,15 @@ def thumbnail_name(image_name: str) -> str:
 def never_write(secret: str) -> None:
     """Keep `secret` (the API key) out of every journal line this process writes, whatever put it in a
     record: an answer that spells it in JSON escapes, or splits it across a stream's events, reaches the
-    line as the key itself."""
+    line as the key itself. The key percent-encoded whole (`%73%6B%2D...`, as a server may echo it in an
+    x-request-id or an id, which go into results.jsonl, usage.jsonl and the page) is kept out too."""
     data = secret.encode()
-    if len(data) >= SECRET_MIN and data not in _SECRETS:
-        _SECRETS.append(data)
+    if len(data) < SECRET_MIN:
+        return
+    encoded = ["".join(f"%{byte:{case}}" for byte in data).encode() for case in ("02X", "02x")]
+    for form in (data, *encoded):
+        if form not in _SECRETS:
+            _SECRETS.append(form)
 
 
 _JSON_ESCAPE = re.compile(rb"\\u([0-9a-fA-F]{4})|\\/")

@@ -186,13 +186,32 @@ async def decode_json(raw: bytes, content_type: str) -> Any:
             body = codec.loads_answer(raw)
         refuse_deep(raw, body)
         return body
-    except (ValueError, UnicodeDecodeError, RecursionError):
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        beyond = beyond_reading(exc)
+        if beyond is not None:  # whole, but past what can be read: asked again, it comes the same
+            raise BrokenAnswerError(
+                f"the answer is JSON that cannot be read here: {beyond}",
+                error_type="unreadable_answer",
+                raw=raw,
+            ) from None
         # Not an answer of the API's (a gateway's page, a body cut short): the request goes again.
         raise BrokenAnswerError(
             f"the answer is not JSON ({content_type or 'no content type'}): {snippet(raw)}",
             retry=True,
             raw=raw,
         ) from None
+
+
+def beyond_reading(exc: BaseException) -> str | None:
+    """What makes JSON that arrived whole unreadable here (nesting past the parser's recursion limit, an
+    integer of more than 4,300 digits), or None for JSON that is not JSON (garbled on the way). A body cut
+    or garbled in transit does not come out as either: the first was bought 12 times in a minute, each
+    retry taken for an outage, and nothing kept."""
+    if isinstance(exc, RecursionError):
+        return f"nested too deeply to read ({MAX_DEPTH} levels are kept)"
+    if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
+        return "an integer of more digits than Python reads (4,300)"
+    return None
 
 
 def refuse_deep(raw: bytes, value: Any) -> None:

@@ -27,6 +27,7 @@ from batch.running.bodies import (
     ERROR_MESSAGE_LIMIT,
     Inflater,
     Scrubber,
+    beyond_reading,
     decode_json,
     embedded_status,
     error_details,
@@ -192,6 +193,8 @@ class ApiClient:
                 raise BrokenAnswerError(f"an image URL that is no URL ({exc}): {shown!r}") from None
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise BrokenAnswerError(f"an image URL must be http(s), not {self.scrub.text(url)[:120]!r}")
+            if self._holds_key(url):  # the answer's own link too: `?sig=` the key, \u-escaped or %-encoded
+                raise BrokenAnswerError("an image URL that holds the API key: not fetched")
             with_key = with_key and _origin(parts.scheme, parts.hostname, port) == self._origin
             headers = {"Authorization": f"Bearer {self.config.api_key}"} if with_key else {}
             route = await self._route(url)
@@ -227,10 +230,15 @@ class ApiClient:
         except ValueError as exc:
             reason = self.scrub.text(str(exc))[:120]
             raise BrokenAnswerError(f"a redirect to an unreadable Location: {reason}") from exc
-        key = self.config.api_key
-        if key and any(key in spelled for spelled in (target, unquote(target), unquote_plus(target))):
+        if self._holds_key(target):
             raise BrokenAnswerError("a redirect whose Location holds the API key: not followed")
         return target
+
+    def _holds_key(self, url: str) -> bool:
+        """Whether `url`, as it will be sent, spells the whole key (percent-decoded too): fetched, it would
+        carry the key to the host it names, in its path or query, or to a DNS server in its name."""
+        key = self.config.api_key
+        return bool(key) and any(key in spelled for spelled in (url, unquote(url), unquote_plus(url)))
 
     def _translated(self) -> _Translate:
         return _Translate(self)
@@ -332,7 +340,15 @@ class ApiClient:
                     return chunks, kept(), True, None
                 try:
                     chunk = codec.loads_answer(data)
-                except (ValueError, UnicodeDecodeError, RecursionError):
+                except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+                    beyond = beyond_reading(exc)
+                    if beyond is not None:  # whole, past what can be read: kept, not bought again
+                        raise BrokenAnswerError(
+                            f"a stream event is JSON that cannot be read here: {beyond}",
+                            error_type="unreadable_answer",
+                            usage=last_usage(chunks),
+                            raw=kept(),
+                        ) from None
                     trouble = BrokenAnswerError(
                         f"a stream event is not JSON: {snippet(data)}",
                         usage=last_usage(chunks),

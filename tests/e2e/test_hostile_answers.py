@@ -14,6 +14,7 @@ import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import unquote_to_bytes
 
 import pytest
 from aiohttp import web
@@ -86,6 +87,9 @@ async def hostile(name: str, request: web.Request) -> web.StreamResponse:
         return web.Response(status=500, body=DEEP, content_type="application/json")
     if name == "deep-sse":
         return sse(DEEP, b"[DONE]")
+    if name == "huge-int":  # JSON, whole, with a number of 5,000 digits: past what Python reads
+        answer = json.dumps(IMAGE_ANSWER).replace('"created": 1', '"created": ' + "9" * 5000)
+        return web.Response(text=answer, content_type="application/json")
     if name == "choices-not-a-list":
         return sse(b'{"choices": 1}', b"[DONE]")
     if name == "png-without-idat":
@@ -100,12 +104,15 @@ async def hostile(name: str, request: web.Request) -> web.StreamResponse:
     raise AssertionError(name)
 
 
-# name -> (requests the bad task may cost with --max-attempts 2, what its error says)
+# name -> (requests the bad task may cost with --max-attempts 2, what its error says). JSON that arrived
+# whole but is past what can be read (nesting past the recursion limit, a 5,000-digit number) was taken
+# for an answer garbled on the way and bought again, each retry counted as an outage: 12 in a minute.
 PARSER_BREAKERS = {
-    "deep-200": (2, "not JSON"),
+    "deep-200": (1, "JSON that cannot be read here: nested too deeply"),
     "deep-400": (1, "Bad Request"),
     "deep-500": (2, "Internal Server Error"),
-    "deep-sse": (2, "not JSON"),
+    "deep-sse": (1, "JSON that cannot be read here: nested too deeply"),
+    "huge-int": (1, "JSON that cannot be read here: an integer of more digits"),
     "choices-not-a-list": (1, "no 'choices' list"),
     "png-without-idat": (1, "image 1 is not a readable image (IndexError"),
     "retry-after-overflow": (2, "slow down"),
@@ -265,6 +272,19 @@ async def echo(name: str, request: web.Request) -> web.StreamResponse:
         return web.Response(
             text=json.dumps(unusable).replace("KEY", escaped), content_type="application/json"
         )
+    if name in ("percent-request-id", "percent-id"):  # the key %-encoded whole: %73%6B%2D...
+        spelled = "".join(f"%{byte:02X}" for byte in key.encode())
+        answer = chat_answer("ok") if chat else dict(IMAGE_ANSWER)
+        if name == "percent-id":
+            return web.json_response({**answer, "id": spelled})
+        return web.json_response(answer, headers={"x-request-id": spelled})
+    if name == "link-key" and not chat:  # a link to another origin (localhost) whose path spells the key
+        escaped = "".join(f"\\u{ord(c):04x}" for c in key)
+        link = f"http://localhost:{request.url.port}/files/KEY.png"
+        answer = json.dumps({**IMAGE_ANSWER, "data": [{"url": link}]})
+        return web.Response(text=answer.replace("KEY", escaped), content_type="application/json")
+    if name == "link-key":
+        return web.json_response(chat_answer("ok"))
     if name == "split-across-events":  # the key in two pieces, one in each of two events
         events = [
             {"choices": [{"index": 0, "delta": {"content": f"you said {key[:10]}"}}]},
@@ -291,6 +311,9 @@ ECHOES = [
     "escaped-key",
     "escaped-key-kept",
     "split-across-events",
+    "percent-request-id",
+    "percent-id",
+    "link-key",
 ]
 
 
@@ -312,7 +335,10 @@ def test_a_key_echoed_by_the_server_reaches_no_output_log_or_command(
         outcomes = [
             cli("run", manifest, "--out", out, *FAST, "--max-attempts", "2", "-v", "--log-file", log, env=env)
         ]
-    assert all(seen["authorization"] == f"Bearer {CANARY}" for seen in stub.requests)  # it was sent
+    api = [seen for seen in stub.requests if not seen["host"].startswith("localhost")]
+    assert api and all(seen["authorization"] == f"Bearer {CANARY}" for seen in api)  # it was sent
+    # and never fetched from another origin in a link's path (a JSON-escaped key turns into the key)
+    assert not any(CANARY in seen["path"] for seen in stub.requests), stub.requests
     assert results(out)  # the run reached the end
     for command in (("status", out), ("report", out), ("export", out, "--format", "csv"), ("gallery", out)):
         outcomes.append(cli(*command, env={"MAAS_API_KEY": CANARY}))
@@ -332,9 +358,11 @@ def assert_no_key(name: str, outcomes: list[Outcome], paths: list[Path]) -> None
             data = path.read_bytes()
             # as a JSON reader of the file reads it: \u escapes turned back into what they spell
             plain = re.sub(rb"\\u([0-9a-f]{4})", lambda m: chr(int(m.group(1), 16)).encode(), data)
+            decoded = unquote_to_bytes(data)  # as a URL's reader reads it: %73%6B... is the key
             for fragment in fragments:
                 assert fragment.encode() not in data, (name, path, fragment)
                 assert fragment.encode() not in plain, (name, path, fragment, "in JSON escapes")
+                assert fragment.encode() not in decoded, (name, path, fragment, "percent-encoded")
 
 
 @pytest.mark.parametrize("offset", [78, 30])
