@@ -78,8 +78,9 @@ def retryable(error: BaseException) -> bool:
 class RetryPolicy:
     """Bounds on retrying one task: attempts *and* time, with full-jitter exponential backoff.
 
-    A sane `Retry-After` (at most `retry_after_max` seconds) is honoured; an absurd one (negative, garbage,
-    hours) is ignored in favour of the backoff.
+    A sane `Retry-After` (at most `retry_after_max` seconds) is honoured, never as less than the backoff
+    (`Retry-After: 0` on every 429 spent a task's six attempts in under a second); an absurd one (negative,
+    garbage, hours) is ignored in favour of the backoff.
     """
 
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
@@ -91,10 +92,11 @@ class RetryPolicy:
     def wait(self, attempt: int, error: BaseException | None, rng: random.Random) -> float:
         """Seconds to wait after the `attempt`-th attempt failed with `error`."""
         retry_after = error.retry_after if isinstance(error, ApiError) else None
-        if retry_after is not None and 0 <= retry_after <= self.retry_after_max:
-            return retry_after + rng.uniform(0, min(1.0, retry_after * 0.1))
         ceiling = min(self.backoff_max, self.backoff_base * 2 ** max(0, attempt - 1))
-        return rng.uniform(0, ceiling)
+        backoff = rng.uniform(0, ceiling)
+        if retry_after is not None and 0 <= retry_after <= self.retry_after_max:
+            return max(retry_after + rng.uniform(0, min(1.0, retry_after * 0.1)), backoff)
+        return backoff
 
 
 NO_WAIT = RetryPolicy(backoff_base=0.0, backoff_max=0.0, retry_after_max=-1.0)

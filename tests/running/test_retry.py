@@ -106,6 +106,17 @@ def test_policy_honours_sane_retry_after_and_ignores_absurd_ones() -> None:
         assert 0 <= wait <= 8.0  # capped backoff instead
 
 
+def test_a_retry_after_of_zero_does_not_cut_the_backoff_short() -> None:
+    """`Retry-After: 0` on every 429 spent a task's six attempts in under a second, and failed every task
+    of the run at once: the backoff is the least a retry waits."""
+    policy = RetryPolicy(backoff_base=1.0, backoff_max=60.0)
+    rng = random.Random(3)
+    zero = ApiStatusError(429, "slow down", retry_after=0.0)
+    total = sum(policy.wait(attempt, zero, rng) for attempt in range(1, 6))
+    assert total > 5.0, total  # backoffs drawn under ceilings of 1+2+4+8+16 s (seeded), not ~0
+    assert policy.wait(6, ApiStatusError(429, "x", retry_after=30.0), rng) >= 30.0
+
+
 def test_backoff_is_full_jitter_exponential_and_capped() -> None:
     policy = RetryPolicy(backoff_base=1.0, backoff_max=10.0)
     rng = random.Random(7)
