@@ -48,6 +48,7 @@ from batch.values import check_base_url
 REQUEST_ID_HEADER = "X-Client-Request-Id"
 SERVER_REQUEST_ID_HEADER = "x-request-id"
 DOWNLOAD_REDIRECTS = 5
+HEADER_LIMIT = 1 << 20  # bytes of a header line of an answer (aiohttp's default: 8,190)
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
@@ -113,6 +114,11 @@ class ApiClient:
             headers={"User-Agent": f"maas-batch/{__version__}", "Accept-Encoding": ACCEPT_ENCODING},
             # Bodies are inflated here, under the size cap; aiohttp's own inflating knows no cap.
             auto_decompress=False,
+            # A header past aiohttp's 8,190 bytes (a 100 KB x-request-id) failed the read of an answer the
+            # server had billed, and each retry bought it again, taken for an outage; its value is cut
+            # to 200 characters where it is written
+            max_line_size=HEADER_LIMIT,
+            max_field_size=HEADER_LIMIT,
         )
         return self
 

@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
+from batch.running.client import HEADER_LIMIT
 from tests.conftest import FAST, ROOT, Outcome, results
 from tests.stub import raw_server, stub_server
 
@@ -369,10 +370,12 @@ def assert_no_key(name: str, outcomes: list[Outcome], paths: list[Path]) -> None
 def test_a_key_cut_in_the_excerpt_of_a_parse_error_is_not_repeated(
     offset: int, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """aiohttp quotes some 100 bytes of a header line it refuses (too long): the key there is cut."""
+    """aiohttp quotes some 100 bytes of a header line it refuses (longer than the client reads): the key
+    there is cut."""
 
     def answer(key: str, number: int) -> bytes:
-        return f"HTTP/1.1 200 OK\r\nX-Note: {'a' * offset}{key}{'a' * 9000}\r\nContent-Length: 2\r\n\r\n{{}}".encode()
+        note = f"{'a' * offset}{key}{'a' * (HEADER_LIMIT + 10)}"
+        return f"HTTP/1.1 200 OK\r\nX-Note: {note}\r\nContent-Length: 2\r\n\r\n{{}}".encode()
 
     manifest = write("tasks:\n  - {kind: generate, id: img, prompt: a}\n")
     out, log = tmp_path / "out", tmp_path / "night.log"

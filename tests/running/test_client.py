@@ -302,3 +302,18 @@ async def test_an_error_body_beside_a_usage_is_the_error_with_that_usage_whateve
     with pytest.raises(ApiStatusError) as caught:
         await client.send("ep-1", ApiRequest("google/chat/completions", json={}, stream=stream), "t/1")
     assert caught.value.status == 502 and caught.value.usage == usage
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_an_answer_with_a_header_past_8_kb_is_read_and_its_id_cut() -> None:
+    """A 100 KB x-request-id failed the read of an answer the server had billed (aiohttp's 8,190-byte
+    limit), and every retry bought it again."""
+    body = json.dumps({"data": []}).encode()
+    header = b"x-request-id: req-" + b"A" * 100_000 + b"\r\n"
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + header
+    server, base = await _raw_server(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    async with server, ApiClient(ClientConfig(base_url=base, api_key=KEY)) as api:
+        reply = await api.send("ep-1", REQUEST, "t/1")
+    assert reply.status == 200 and reply.body == {"data": []}
+    assert reply.server_request_id is not None and len(reply.server_request_id) == 200
