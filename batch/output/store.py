@@ -28,6 +28,7 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -66,7 +67,9 @@ THUMBS = "thumbs"  # the gallery's thumbnails
 # request changed (--rerun-changed)
 RETRIED = "results.retried.jsonl"
 # Built once: json.dumps with arguments makes a new encoder on every call.
-_encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
+# NaN and the infinities are no JSON: a server's usage of 1e999 was written as `Infinity`, which other
+# readers of the journals (JSON.parse, SQLite's json_extract) refuse
+_encode = json.JSONEncoder(ensure_ascii=False, default=str, allow_nan=False).encode
 _SECRETS: list[bytes] = []  # this process's API keys: no journal line is written with one in it
 REDACTED = b"[redacted]"
 SECRET_MIN = 8  # a "key" shorter than this is no secret (tests, a local proxy): it is not looked for
@@ -116,8 +119,24 @@ def without_secrets(data: bytes) -> bytes:
 
 def encode_line(record: Mapping[str, Any]) -> bytes:
     """A journal's line, JSON in UTF-8: a lone surrogate that reached a record (a server's text cut in
-    the middle of a UTF-16 pair) is written as "?", never fails the line."""
-    return (_encode(record) + "\n").encode("utf-8", "replace")
+    the middle of a UTF-16 pair) is written as "?", never fails the line; a number that is no JSON
+    number (NaN, an infinity: from a server's `1e999`) is written as its text ("inf")."""
+    try:
+        text = _encode(record)
+    except ValueError:  # the rare line with a non-finite float: found and said as text
+        text = _encode(_finite(record))
+    return (text + "\n").encode("utf-8", "replace")
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every NaN or infinity turned into its text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 class Journal:

@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 # time. An answer that links more (a gateway's fault, or a hostile one's: thousands of links, each up to
 # --max-answer-mb) is kept in answers/ with every link, and its task fails; none is fetched.
 MAX_DOWNLOADS = 16
+# images of one answer, inline or linked (the API makes at most 10): 20,000 inline 1x1 pictures in a 2 MB
+# answer wrote 20,000 files, and the answer cap allows some 650,000
+MAX_IMAGES = 64
 
 
 class TaskAttempts:
@@ -350,6 +353,12 @@ class TaskAttempts:
                 raise BrokenAnswerError(
                     f"the answer links {links:,} images to download, more than {MAX_DOWNLOADS}: none was "
                     "fetched (the answer, with every link, is kept)",
+                    error_type="too_many_images",
+                )
+            if len(images) > MAX_IMAGES:
+                raise BrokenAnswerError(
+                    f"the answer holds {len(images):,} images, more than {MAX_IMAGES}: none was saved "
+                    "(the answer is kept)",
                     error_type="too_many_images",
                 )
             if links:

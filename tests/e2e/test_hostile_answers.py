@@ -96,6 +96,8 @@ async def hostile(name: str, request: web.Request) -> web.StreamResponse:
     if name == "png-without-idat":
         answer = {**IMAGE_ANSWER, "data": [{"b64_json": base64.b64encode(png_without_idat()).decode()}]}
         return web.json_response(answer)
+    if name == "too-many-inline":  # each a file written into images/: none is
+        return web.json_response({**IMAGE_ANSWER, "data": IMAGE_ANSWER["data"] * 200})  # type: ignore[operator]
     if name == "too-many-links":  # each a download of up to --max-answer-mb: none is fetched
         links = [{"url": f"http://{request.host}/files/{i}.png"} for i in range(5000)]
         return web.json_response({**IMAGE_ANSWER, "data": links})
@@ -118,6 +120,7 @@ PARSER_BREAKERS = {
     "png-without-idat": (1, "image 1 is not a readable image (IndexError"),
     "retry-after-overflow": (2, "slow down"),
     "too-many-links": (1, "the answer links 5,000 images to download, more than 16: none was fetched"),
+    "too-many-inline": (1, "the answer holds 200 images, more than 64: none was saved"),
 }
 
 

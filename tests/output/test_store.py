@@ -19,7 +19,7 @@ from PIL import Image
 from batch.errors import BrokenAnswerError, DirLockedError, OutputError
 from batch.kind import EncodedImage
 from batch.output.files import cut_torn_tail, write_atomic, write_atomic_chunks
-from batch.output.store import Journal, OutputDir, OutputFile, finished_results
+from batch.output.store import Journal, OutputDir, OutputFile, encode_line, finished_results
 from batch.running.imaging import decode_images
 
 
@@ -288,3 +288,19 @@ def test_a_dir_with_another_dir_in_its_own_folders_is_refused(tmp_path: Path) ->
     shard = OutputDir(tmp_path / "o1" / "shards" / "0", fsync=False)
     shard.open()
     shard.close()
+
+
+def test_a_number_that_is_no_json_number_is_written_as_text_not_as_infinity() -> None:
+    """A server's usage of 1e999 (or NaN) reached usage.jsonl as `Infinity`, which JSON.parse and
+    SQLite's json_extract refuse: the ledger's other readers lost the line."""
+
+    def strict(constant: str) -> None:
+        raise ValueError(f"{constant} is no JSON")
+
+    line = encode_line(
+        {"usage": {"total_tokens": float("inf"), "x": [float("nan"), -float("inf")]}, "n": 1.5}
+    )
+    assert json.loads(line, parse_constant=strict) == {
+        "usage": {"total_tokens": "inf", "x": ["nan", "-inf"]},
+        "n": 1.5,
+    }
