@@ -95,9 +95,19 @@ class KeptAnswer:
             found = cls(**{name: line[name] for name in cls.__dataclass_fields__})
         except (KeyError, TypeError):
             return None
-        whole = all(type(getattr(found, name)) is int for name in ("input_tokens", "total_tokens"))
-        named = isinstance(found.task_id, str) and isinstance(found.answer_file, str)
-        return found if whole and named and found.answer_file.startswith(f"{ANSWERS}/") else None
+        counts = all(
+            type(getattr(found, name)) is int for name in ("input_tokens", "output_tokens", "total_tokens")
+        )
+        cost = found.cost is None or (
+            isinstance(found.cost, int | float) and not isinstance(found.cost, bool)
+        )
+        # a file of answers/ itself (a line edited by hand could name any file)
+        inside = (
+            isinstance(found.answer_file, str)
+            and found.answer_file.startswith(f"{ANSWERS}/")
+            and ".." not in found.answer_file.split("/")
+        )
+        return found if counts and cost and inside and isinstance(found.task_id, str) else None
 
 
 def kept_answers(root: Path) -> dict[str, KeptAnswer]:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from batch.output.report import format_status, status
-from batch.output.runlog import account, recover
+from batch.output.runlog import KeptAnswer, account, recover
 
 START = {"event": "start", "at": "2025-01-02T03:04:05.000+00:00", "pid": 7, "tasks": 3, "manifest": "m.yaml"}
 END = {"event": "end", "at": "2025-01-02T03:05:05.000+00:00", "exit_code": 0, "seconds": 60.0}
@@ -206,3 +206,29 @@ def test_a_stores_run_without_its_end_is_going_on_or_killed_and_when_it_last_wro
     found = status(tmp_path, written=written)
     assert asked == ["2"] and found["running"] is None and found["last_run"]["last_written"] is None
     assert f"last run: started {START['at']}, ended {END['at']}, exit 0" in format_status(found).splitlines()
+
+
+def test_a_kept_answers_line_is_taken_only_as_the_tool_writes_it() -> None:
+    """answers/.to-finish.jsonl names the answers a killed run paid for; a line edited by hand (a file
+    outside answers/, a count that is no number) is not used: its task is sent as any other."""
+    line = {
+        "task_id": "fox",
+        "request_id": "fox/1a2b3c.1",
+        "answer_file": "answers/fox.1a2b3c.1.json",
+        "server_request_id": None,
+        "input_tokens": 3,
+        "output_tokens": 272,
+        "total_tokens": 275,
+        "cost": 0.0109,
+        "request_sha256": "0123456789abcdef",
+    }
+    assert KeptAnswer.from_line(line) == KeptAnswer(**line)  # type: ignore[arg-type]
+    for edited in (
+        {"answer_file": "answers/../usage.jsonl"},
+        {"answer_file": "/etc/passwd"},
+        {"output_tokens": "272"},
+        {"cost": "free"},
+        {"task_id": 7},
+    ):
+        assert KeptAnswer.from_line({**line, **edited}) is None, edited
+    assert KeptAnswer.from_line({k: v for k, v in line.items() if k != "cost"}) is None
