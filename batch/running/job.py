@@ -138,6 +138,7 @@ class Job:
         self.retried = 0  # failed tasks --retry-failed made pending again
         self.rerun = 0  # finished tasks whose request changed, --rerun-changed made pending again
         self._changed_again = False  # what a remembered plan held changed was looked for again
+        self._ledger_start = 0  # the size of usage.jsonl as the run began (its page's header)
         self._stop: tuple[str, int] | None = None  # asked for before the runner existed
         self.mirror: Mirror | None = None
 
@@ -187,7 +188,7 @@ class Job:
         self.out.results.tap = cards.add
         return cards
 
-    def _build_gallery(self, cards: Cards | None = None) -> None:
+    def _build_gallery(self, cards: Cards | None = None, summary: RunSummary | None = None) -> None:
         """The page at the run's end: the tasks of the last run's manifest, as `maas-batch gallery DIR`
         would show them. A big run's in a process of its own (its memory is not added to the run's);
         a smaller one's here, where starting a process would cost more than the page, with the `cards`
@@ -196,7 +197,12 @@ class Job:
             if self._page_apart:
                 gallery.build_apart(self.out.root)
             else:
-                gallery.build(self.out.root, scope_of(self.out.root), cards=cards)
+                scope = scope_of(self.out.root)
+                spent = None
+                if summary is not None:  # the header's spend: the ledger's before this run, and the run's
+                    before = gallery.spent_on(self.out.root, scope, upto=self._ledger_start) or (0, 0.0)
+                    spent = (before[0] + summary.total_tokens, before[1] + summary.cost)
+                gallery.build(self.out.root, scope, cards=cards, spent=spent)
         except (OSError, ValueError, OutputError) as exc:  # the page is a view: it must not fail the run
             log.warning("could not write the gallery: %s", exc)
             # the summary names no page: one left from during the run would show tasks as still pending
@@ -329,6 +335,7 @@ class Job:
         self._remember_plan()
         remember_format(self.out.root, self.checked.builder.settings.id_scheme)
         interrupted = recover(self.out.runs)
+        self._ledger_start = self.out.usage.size  # the page's header: the ledger's lines before this run
         kept = kept_answers(self.out.root)  # answers killed runs paid for: their tasks finished from them
         spent = (
             ledger_spent(self.out.usage.path, self.config.run.prices) if self.config.run.budget.any else None
@@ -446,7 +453,7 @@ class Job:
             start = self._dispatched(start)
             if rebuilder is not None:
                 await anyio.to_thread.run_sync(rebuilder.close)  # its last build before the final one
-                await anyio.to_thread.run_sync(self._build_gallery, cards)
+                await anyio.to_thread.run_sync(self._build_gallery, cards, summary)
             summary.interrupted = len(start.interrupted.requests)
             ending = {**dataclasses.asdict(summary), "exit_code": summary.exit_code}
             return summary

@@ -68,6 +68,28 @@ def test_the_page_holds_the_header_figures_and_the_manifests_order(review_dir: P
     assert later["status"] == "pending" and later["prompt"] == "a quiet pond" and later["thumbs"] == []
 
 
+def test_the_page_a_retry_writes_at_its_end_counts_the_failures_it_paid_for_before(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Three answers that were no images, paid for, then retry-failed: the page the retry wrote at its end
+    summed its tasks' lines, which no longer say the first answers were bought (a night's $1.33 of $1.83).
+    The run's page takes the ledger as the run began, and the run's own spend."""
+    manifest = write(
+        "tasks:\n" + "".join(f"  - {{kind: generate, id: t{i}, prompt: picture {i}}}\n" for i in range(3))
+    )
+    out = tmp_path / "out"
+    bad = SimConfig(api_key=KEY, faults={"bad_image": 1.0})
+    with simulator_in_thread(bad) as sim:
+        assert cli("run", manifest, "--out", out, env=env_for(sim)).code == 1
+    with simulator_in_thread(SimConfig(api_key=KEY)) as sim:
+        assert cli("retry-failed", out, env=env_for(sim)).code == 0
+    paid = ledger(out)
+    assert len(paid) == 6
+    data = page_data(out / "index.html")
+    assert data["tokens"] == sum(line["total_tokens"] for line in paid)
+    assert data["cost"] == pytest.approx(sum(line["cost"] or 0 for line in paid), abs=1e-6)
+
+
 @needs_chromium
 @pytest.mark.timeout(120)
 def test_in_chromium_the_gallery_is_a_review_tool(review_dir: Path) -> None:
@@ -153,9 +175,11 @@ def test_the_page_is_rebuilt_during_a_run_in_a_process_of_its_own(
     in_run: list[tuple[bool, int]] = []  # the builds made in this process: (make_missing, results then)
     real_build = gallery.build
 
-    def recording(root: Path, scope: Any = None, *, make_missing: bool = True, cards: Any = None) -> Path:
+    def recording(
+        root: Path, scope: Any = None, *, make_missing: bool = True, cards: Any = None, spent: Any = None
+    ) -> Path:
         in_run.append((make_missing, len((root / "results.jsonl").read_text().splitlines())))
-        return real_build(root, scope, make_missing=make_missing, cards=cards)
+        return real_build(root, scope, make_missing=make_missing, cards=cards, spent=spent)
 
     children: list[dict[str, Any]] = []  # the page each child left
     built = threading.Event()

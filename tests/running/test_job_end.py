@@ -59,10 +59,10 @@ def test_the_page_at_a_runs_end_is_written_without_the_runs_id_sets(
         held.append(weakref.ref(found))
         return found
 
-    def building(self: job.Job, cards: Any = None) -> None:
+    def building(self: job.Job, cards: Any = None, summary: Any = None) -> None:
         gc.collect()
         alive.append(any(ref() is not None for ref in held))
-        build_gallery(self, cards)
+        build_gallery(self, cards, summary)
 
     monkeypatch.setattr(job.Job, "_prepare", preparing)
     monkeypatch.setattr(job.Job, "finished", finding)
