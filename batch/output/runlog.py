@@ -66,7 +66,6 @@ class Interrupted:
     runs: int = 0
     requests: list[str] = field(default_factory=list)  # request ids that may have been billed
     by_task: Counter[str] = field(default_factory=Counter)
-    kept: int = 0  # answers recorded in the ledger and kept in answers/, for the next run to finish from
 
 
 # answers/: the paid answers whose tasks a killed run left unfinished (a line each, see KeptAnswer)
@@ -187,7 +186,6 @@ def recover(folder: Path) -> Interrupted:
             list_path = folder.parent / ANSWERS / TO_FINISH
             lines = [*read_lines(list_path), *map(vars, kept.values())]
             write_atomic(list_path, b"".join(map(encode_line, lines)), fsync=True)
-            found.kept += len(kept)
         journal = Journal(path, fsync=False)
         journal.open()  # also cuts a torn last line
         try:

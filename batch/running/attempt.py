@@ -116,7 +116,8 @@ class TaskAttempts:
         path = ctx.out.root / kept.answer_file
         try:
             raw = await anyio.to_thread.run_sync(path.read_bytes, limiter=ctx.threads)
-            body = codec.loads_answer(raw)
+            # parsed off the loop, as an answer of its size is (bodies.decode_json)
+            body = await anyio.to_thread.run_sync(codec.loads_answer, raw, limiter=ctx.threads)
         except (OSError, ValueError, RecursionError) as exc:
             raise BrokenAnswerError(
                 f"the answer a killed run kept ({kept.answer_file}) cannot be read again: {short(exc)}",

@@ -337,6 +337,12 @@ class Job:
         interrupted = recover(self.out.runs)
         self._ledger_start = self.out.usage.size  # the page's header: the ledger's lines before this run
         kept = kept_answers(self.out.root)  # answers killed runs paid for: their tasks finished from them
+        if kept:
+            log.info(
+                "%s answer(s) a killed run paid for are kept in answers/: their tasks are finished from "
+                "them (their images fetched again), not bought again, unless a task's request changed since",
+                f"{len(kept):,}",
+            )
         spent = (
             ledger_spent(self.out.usage.path, self.config.run.prices) if self.config.run.budget.any else None
         )
