@@ -301,8 +301,8 @@ def format_status(found: Mapping[str, Any]) -> str:
     if found.get("images_missing"):
         lines.append(
             f"{found['tasks_missing_images']:,} of the succeeded came with fewer images than asked: "
-            f"{found['images_missing']:,} missing (a link lost, or fewer sent; `images_not_downloaded` in "
-            "results.jsonl says why)"
+            f"{found['images_missing']:,} missing (a link lost, an image not usable, or fewer sent; "
+            "`images_not_downloaded` and `images_not_usable` in results.jsonl say why)"
         )
     orphaned = orphaned_line(found)
     if orphaned:

@@ -373,8 +373,18 @@ class TaskAttempts:
                     answer = replace(answer, extra=extra, images_missing=answer.images_missing + len(lost))
             files: list[OutputFile] = []
             if images:
-                decode = partial(decode_images, spec.id, images, kind, places=places, count=count)
+                unusable: list[str] = []
+                decode = partial(
+                    decode_images, spec.id, images, kind, places=places, count=count, unusable=unusable
+                )
                 files = await anyio.to_thread.run_sync(decode, limiter=threads)
+                if unusable:  # the usable images are saved; the answer, as it came, kept beside them
+                    if state.answer_file is None:
+                        await self._keep_raw(spec, request_id, reply, state)
+                    extra = {**answer.extra, "images_not_usable": unusable}
+                    answer = replace(
+                        answer, extra=extra, images_missing=answer.images_missing + len(unusable)
+                    )
         except BaseException as exc:
             if not isinstance(exc, Exception):  # cancelled: the answer kept, its task failed (run_task)
                 state.cut_while_kept = True

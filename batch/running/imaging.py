@@ -42,9 +42,12 @@ def decode_images(
     *,
     places: Sequence[int] | None = None,
     count: int | None = None,
+    unusable: list[str] | None = None,
 ) -> list[OutputFile]:
     """Every file decoded and checked to be one of the kind's `output_media_types`, before any is
-    written. Raises BrokenAnswerError.
+    written. Raises BrokenAnswerError; with `unusable`, only when no image of the answer is usable: why
+    each other one is not goes there (one bad image, an error page behind a link, threw away the good
+    ones, paid for).
 
     Each is named by its place in the answer (`places`, when some of the answer's images are not among
     `images`: a link lost), of `count` images (the answer's and those asked for but not sent): a task of
@@ -53,15 +56,25 @@ def decode_images(
     media_types = kind.output_media_types
     places = range(len(images)) if places is None else places
     count = max(len(images), count or 0)
+    first: BrokenAnswerError | None = None
     for index, image in zip(places, images, strict=True):
         if not media_types:
             raise BrokenAnswerError(
                 f"the answer holds {len(images)} file(s); this kind's answers hold none",
                 error_type="bad_image",
             )
-        data = image.data if image.data is not None else decode_base64(image.b64, index)
-        extension = check_image(data, index, media_types)
+        try:
+            data = image.data if image.data is not None else decode_base64(image.b64, index)
+            extension = check_image(data, index, media_types)
+        except BrokenAnswerError as exc:
+            if unusable is None:
+                raise
+            first = first or exc
+            unusable.append(exc.message)
+            continue
         files.append(OutputFile(output_name(task_id, index, count, extension), data))
+    if first is not None and not files:
+        raise first
     return files
 
 

@@ -156,6 +156,41 @@ def test_an_answer_that_breaks_a_parser_fails_its_task_and_the_run_goes_on(
     assert again.code == 1 and "0 not run" in again.out
 
 
+@pytest.mark.parametrize("shape", ["bad-base64", "error-page-link"])
+def test_one_unusable_image_of_an_answer_no_longer_throws_away_the_good_ones(
+    shape: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """An answer of two images, one of which is not an image (base64 that is not, or a link whose storage
+    answers an HTML error page, as an expired signed URL does): the task failed (bad_image) and the good
+    image, paid for, was thrown away. The good one is saved under its own name, the other counted as
+    missing with why, the answer kept; bought once."""
+    manifest = write("tasks:\n  - {kind: generate, id: two, prompt: two cats, n: 2}\n")
+    out = tmp_path / "out"
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path.startswith("/files/"):
+            return web.Response(text="<html>AccessDenied</html>", content_type="text/html")
+        good = IMAGE_ANSWER["data"][0]  # type: ignore[index]
+        bad = (
+            {"b64_json": "bm90IGFuIGltYWdl"}
+            if shape == "bad-base64"
+            else {"url": f"http://{request.host}/files/b"}
+        )
+        return web.json_response({**IMAGE_ANSWER, "data": [good, bad]})
+
+    with stub_server(handler) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        outcome = cli("run", manifest, "--out", out, *FAST, env=env)
+        posts = [seen for seen in stub.requests if seen["method"] == "POST"]
+    assert outcome.code == 0, outcome.err
+    record = results(out)["two"]
+    assert record["status"] == "succeeded" and record["files"] == ["images/two~1.png"], record
+    assert record["images_missing"] == 1 and "image 2 is not" in record["images_not_usable"][0]
+    assert (out / record["answer_file"]).is_file() and len(posts) == 1  # bought once
+    with Image.open(out / "images" / "two~1.png") as image:
+        image.load()
+
+
 # --- limits hold on the bytes after decoding -------------------------------------------------------------
 
 BOMB_MB = 256
