@@ -66,6 +66,7 @@ from batch.output.store import (
     whole_lines,
 )
 from batch.running.idset import IdSet
+from batch.running.imaging import DECODE_PIXELS
 from batch.running.records import finished_entry
 
 if TYPE_CHECKING:
@@ -90,6 +91,10 @@ def make_thumbnail(source: bytes | Path, destination: Path, *, fsync: bool = Fal
             handle = io.BytesIO(source) if isinstance(source, bytes) else open_regular(source)
             with handle, Image.open(handle) as image:
                 image.draft("RGB", THUMB_SIZE)  # JPEG: decode at a fraction of the size
+                if image.width * image.height > DECODE_PIXELS:
+                    # decoded whole to be made small: an 8192x8192 WebP of 177 KB took 1.1 GB. Past what
+                    # the answers' check decodes (running.imaging), the card shows no picture
+                    return False
                 # reducing_gap 1: an integer reduce() first, then a resize of a small image; with method
                 # 0, a 2 MB PNG costs about 11 ms (decoding it, 6 ms of that), not 19
                 image.thumbnail(THUMB_SIZE, reducing_gap=1.0)

@@ -4,6 +4,7 @@ thumbnails load and its filters work."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import re
@@ -525,3 +526,19 @@ def test_an_object_where_the_page_shows_text_does_not_blank_it(
         await page.until("document.querySelectorAll('#grid .card').length === 2")
 
     in_browser(check)
+
+
+def test_a_picture_past_what_the_answers_check_decodes_gets_no_thumbnail(tmp_path: Path) -> None:
+    """An 8192x8192 picture (a few KB as a PNG of one colour) was decoded whole to be made small: a
+    177 KB WebP of that size took 1.1 GB. Past 4096x4096 (what an answer's check decodes) the card shows
+    no picture; below, the thumbnail is made."""
+    from PIL import Image
+
+    from batch.output.gallery import make_thumbnail
+
+    for side, made in ((8192, False), (1024, True)):
+        buffer = io.BytesIO()
+        Image.new("RGB", (side, side), (10, 120, 200)).save(buffer, "PNG")
+        target = tmp_path / "thumbs" / f"p{side}.png.webp"
+        assert make_thumbnail(buffer.getvalue(), target) is made
+        assert target.exists() is made
