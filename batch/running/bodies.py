@@ -337,6 +337,18 @@ def embedded_status(error: Mapping[str, Any]) -> int:
     return 400
 
 
+def error_usage(raw: bytes) -> dict[str, Any] | None:
+    """The `usage` an error body reports beside its error (what the server says it billed), or None."""
+    if b'"usage"' not in raw:
+        return None
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    usage = body.get("usage") if isinstance(body, dict) else None
+    return usage if isinstance(usage, dict) else None
+
+
 def error_details(raw: bytes, reason: str) -> tuple[str, str | None, str | None]:
     """(message, type, code) from an OpenAI-style error body, or a readable message from anything else."""
     try:

@@ -31,6 +31,7 @@ from batch.running.bodies import (
     decode_json,
     embedded_status,
     error_details,
+    error_usage,
     inflated,
     is_event_stream,
     is_json_object,
@@ -406,7 +407,7 @@ class ApiClient:
         reason = self.scrub.text(codec.clean_text(response.reason or ""))
         message, error_type, code = error_details(raw, reason)
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        return ApiStatusError(
+        error = ApiStatusError(
             response.status,
             self.scrub.text(message),
             error_type=short(self.scrub.text(error_type)) if error_type else None,
@@ -414,6 +415,9 @@ class ApiClient:
             retry_after=retry_after,
             server_request_id=self._server_id(response),
         )
+        # a usage beside the error (a 400 that says what it billed): in the ledger, as a 2xx {"error"}'s is
+        error.usage = error_usage(raw)
+        return error
 
     def _embedded_error(
         self, response: aiohttp.ClientResponse, error: Any, in_stream: bool = False

@@ -191,6 +191,30 @@ def test_one_unusable_image_of_an_answer_no_longer_throws_away_the_good_ones(
         image.load()
 
 
+def test_an_error_status_that_reports_a_usage_is_in_the_ledger(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A 400 whose body says what it billed beside its error: no ledger line, where a 200 carrying an error
+    and a usage had one. The ledger holds what the server said it billed, whatever the status."""
+    manifest = write("tasks:\n  - {kind: chat, id: c, model: m, prompt: hi}\n")
+    out = tmp_path / "out"
+    usage = {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response(
+            {"error": {"message": "filtered after generation"}, "usage": usage}, status=400
+        )
+
+    with stub_server(handler) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        outcome = cli("run", manifest, "--out", out, *FAST, env=env)
+        assert len(stub.requests) == 1  # a 400: not asked again
+    assert outcome.code == 1, outcome.err
+    [line] = [json.loads(li) for li in (out / "usage.jsonl").read_text().splitlines()]
+    assert line["total_tokens"] == 42 and line["usage"] == usage and line["task_id"] == "c"
+    assert results(out)["c"]["status"] == "failed"
+
+
 # --- limits hold on the bytes after decoding -------------------------------------------------------------
 
 BOMB_MB = 256
