@@ -90,6 +90,9 @@ ERROR_MESSAGE_LIMIT = 2000  # characters of a server's error message kept
 _KNOWN_CODINGS = frozenset({"br", "zstd", "compress", "x-compress", "dcb", "dcz", "exi", "pack200-gzip"})
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 class Inflater:
     """Content-Encoding gzip or deflate, inflated a piece at a time and never past `limit` bytes. A gzip
     body of several members (RFC 1952 allows it) is inflated member after member."""
@@ -127,6 +130,16 @@ class Inflater:
             if self.produced > self.limit:
                 raise too_large(self.limit)
             return data
+        if (
+            self._first
+            and data
+            and self.encoding != "deflate"
+            and not data.startswith(GZIP_MAGIC[: len(data)])
+        ):
+            # labelled gzip, sent as it is (a gateway's mislabel): read as it is, under the same cap. It was
+            # taken for a corrupt body and bought again, each time the same
+            self._zlib = None
+            return self.feed(data)
         try:
             out = self._zlib.decompress(data, self.limit - self.produced + 1)
         except zlib.error:
@@ -144,7 +157,7 @@ class Inflater:
         pieces = [bytes(out)]
         while self._zlib.eof and self._zlib.unused_data:  # the next gzip member (a loop: there may be many)
             rest = self._zlib.unused_data
-            if not rest.strip(b"\0"):  # zeros after the last member: padding, as gzip's own reader takes it
+            if not rest.strip(b"\0 \t\r\n"):  # zeros or a line end after the last member: padding
                 break
             self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
             try:

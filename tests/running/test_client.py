@@ -317,3 +317,20 @@ async def test_an_answer_with_a_header_past_8_kb_is_read_and_its_id_cut() -> Non
         reply = await api.send("ep-1", REQUEST, "t/1")
     assert reply.status == 200 and reply.body == {"data": []}
     assert reply.server_request_id is not None and len(reply.server_request_id) == 200
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("shape", ["mislabelled", "line-end-after"])
+async def test_a_gzip_label_on_plain_json_or_a_line_end_after_the_gzip_is_read(shape: str) -> None:
+    """Plain JSON sent as Content-Encoding: gzip, and a gzip body followed by CRLF, were read as corrupt
+    and bought again three times, the same each time (RFC 1952's readers skip what follows the member)."""
+    import gzip
+
+    body = json.dumps({"data": [], "id": "x"}).encode()
+    sent = body if shape == "mislabelled" else gzip.compress(body) + b"\r\n"
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+    server, base = await _raw_server(head + b"Content-Length: %d\r\n\r\n" % len(sent) + sent)
+    async with server, ApiClient(ClientConfig(base_url=base, api_key=KEY)) as api:
+        reply = await api.send("ep-1", REQUEST, "t/1")
+    assert reply.body == {"data": [], "id": "x"}
