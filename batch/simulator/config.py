@@ -74,6 +74,8 @@ ANSWER_SHAPES: tuple[str, ...] = (
     "sse_upper",  # chat stream: sent as Content-Type Text/Event-Stream; Charset=UTF-8 (types ignore case)
     "done_spaced",  # chat stream: the end written `data:  [DONE] ` (spaces around it)
     "gzip_members",  # images and chat, not streamed: the JSON body gzip-compressed as two members (RFC 1952)
+    "gzip_mislabel",  # images and chat, not streamed: the JSON body as it is, labelled Content-Encoding gzip
+    "gzip_crlf",  # images and chat, not streamed: the JSON body gzip-compressed, then CRLF after it
 )
 _CONFLICTING_SHAPES = (frozenset({"no_usage", "usage_every_chunk"}),)
 DEFAULT_THINKING_TOKENS = 1000

@@ -191,12 +191,18 @@ class _Simulator:
         if ex.fault == "reset":
             ex.status = 200
             return await faults.reset(request, body, "application/json", ex.headers)
-        if "gzip_members" in self.config.answers:  # as a proxy that compresses in pieces may send it
-            ex.shapes = (*ex.shapes, "gzip_members")
-            half = len(body) // 2
-            members = gzip.compress(body[:half]) + gzip.compress(body[half:])
+        answers = self.config.answers
+        if answers & {"gzip_members", "gzip_mislabel", "gzip_crlf"}:
+            if "gzip_members" in answers:  # as a proxy that compresses in pieces may send it
+                name, half = "gzip_members", len(body) // 2
+                sent = gzip.compress(body[:half]) + gzip.compress(body[half:])
+            elif "gzip_mislabel" in answers:  # a gateway that labels what it did not compress
+                name, sent = "gzip_mislabel", body
+            else:  # a line end written after the compressed body
+                name, sent = "gzip_crlf", gzip.compress(body) + b"\r\n"
+            ex.shapes = (*ex.shapes, name)
             return web.Response(
-                body=members, content_type="application/json", headers={"Content-Encoding": "gzip"}
+                body=sent, content_type="application/json", headers={"Content-Encoding": "gzip"}
             )
         return web.Response(body=body, content_type="application/json")
 

@@ -371,19 +371,22 @@ def test_an_answer_without_usage_is_recorded_at_its_estimate(
     assert said in format_report(found)
 
 
-def test_gzip_members_a_body_compressed_in_two_members_is_read_whole(
-    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+@pytest.mark.parametrize("shape", ["gzip_members", "gzip_mislabel", "gzip_crlf"])
+def test_a_gzip_body_in_members_mislabelled_or_with_a_line_end_after_it_is_read_once(
+    shape: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """The simulator's `gzip_members` (RFC 1952: members in a row), for images and chat, not streamed."""
+    """The simulator's `gzip_members` (RFC 1952: members in a row), `gzip_mislabel` (plain JSON labelled
+    gzip) and `gzip_crlf` (CRLF after the gzip), for images and chat, not streamed. The last two were
+    taken for corrupt bodies and bought again, three times each."""
     tasks = (
         "  - {kind: generate, id: img, prompt: a fox, model: gpt-image-1}\n"
         "  - {kind: chat, id: talk, model: m, prompt: hello}\n"
     )
-    outcome, out, state = run_shapes(cli, write, tmp_path, ["gzip_members"], tasks)
+    outcome, out, state = run_shapes(cli, write, tmp_path, [shape], tasks)
     assert outcome.code == 0, outcome.err
     done = results(out)
     assert done["img"]["status"] == done["talk"]["status"] == "succeeded" and done["talk"]["text"]
-    assert all("gzip_members" in record.shapes for record in state.records)
+    assert all(shape in record.shapes for record in state.records)
     billed_once_and_recorded(out, state)
 
 
