@@ -74,10 +74,11 @@ def cost(line: dict[str, Any]) -> float:
 # --- images -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape", ["url", "url_flaky"])
-def test_images_sent_as_urls_are_downloaded_without_the_key_and_never_bought_again(
-    shape: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
-) -> None:
+def two_pictures_saved(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path, shape: str
+) -> tuple[dict[str, Any], Path, SimState]:
+    """A task of two pictures run against the simulator answering in `shape`: it succeeded at its first
+    attempt, its two files whole. Returns its result line, DIR and the simulator's state."""
     tasks = "  - {kind: generate, id: pair, model: m, prompt: two cats, n: 2}\n"
     outcome, out, state = run_shapes(cli, write, tmp_path, [shape], tasks)
     assert outcome.code == 0, outcome.err
@@ -86,6 +87,14 @@ def test_images_sent_as_urls_are_downloaded_without_the_key_and_never_bought_aga
     for path in record["files"]:
         with Image.open(out / path) as image:
             image.load()
+    return record, out, state
+
+
+@pytest.mark.parametrize("shape", ["url", "url_flaky"])
+def test_images_sent_as_urls_are_downloaded_without_the_key_and_never_bought_again(
+    shape: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    record, out, state = two_pictures_saved(cli, write, tmp_path, shape)
     assert record["revised_prompts"] and all(record["revised_prompts"])
     assert state.requests_total == 1
     downloads = state.downloads
@@ -105,14 +114,7 @@ def test_links_on_the_api_origin_redirecting_to_storage_are_followed_the_key_lef
     answers 302 to the file on another origin. The download was refused at the 302 (the key forbade
     following it) and the task failed, its images paid for and lost. Now each link is fetched with the
     key, its redirect followed without it."""
-    tasks = "  - {kind: generate, id: pair, model: m, prompt: two cats, n: 2}\n"
-    outcome, out, state = run_shapes(cli, write, tmp_path, ["url_redirect"], tasks)
-    assert outcome.code == 0, outcome.err
-    record = results(out)["pair"]
-    assert record["status"] == "succeeded" and record["attempts"] == 1 and len(record["files"]) == 2
-    for path in record["files"]:
-        with Image.open(out / path) as image:
-            image.load()
+    _, out, state = two_pictures_saved(cli, write, tmp_path, "url_redirect")
     assert state.requests_total == 1
     links = [d for d in state.downloads if d.path.startswith("/_sim/links/")]
     files = [d for d in state.downloads if d.path.startswith("/_sim/files/")]
