@@ -24,8 +24,13 @@ if TYPE_CHECKING:
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 
 
+class TooManyPixels(Exception):
+    """An image whose header claims more pixels than Pillow opens (its decompression-bomb limit)."""
+
+
 def read_image_info(path: Path) -> ImageInfo | None:
-    """The header of an image file, or None when the file is not an image Pillow knows."""
+    """The header of an image file, or None when the file is not an image Pillow knows. Raises
+    TooManyPixels for an image past Pillow's limit: it is an image, and "not an image" would mislead."""
     from PIL import Image  # Pillow loads with the first input image: a chat manifest never needs it
 
     try:
@@ -34,6 +39,11 @@ def read_image_info(path: Path) -> ImageInfo | None:
             with Image.open(path) as image:
                 has_alpha = image.mode in ALPHA_MODES or "transparency" in image.info
                 return ImageInfo(str(image.format), image.width, image.height, image.mode, has_alpha)
+    except Image.DecompressionBombError as exc:
+        raise TooManyPixels(  # raised only while Pillow has a limit
+            f"is an image of more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels (width x height): "
+            "too large to open or send"
+        ) from exc
     except Exception:  # Pillow raises many kinds on hostile bytes (IndexError, struct.error, ...)
         return None
 
@@ -81,7 +91,10 @@ class InputInspector:
                 digest = hashlib.file_digest(handle, "sha256").hexdigest()
         except OSError as exc:
             return InputInfo(path, error=f"cannot be read: {exc.strerror or exc}")
-        info = InputInfo(path, size=found.st_size, digest=digest, image=read_image_info(path))
+        try:
+            info = InputInfo(path, size=found.st_size, digest=digest, image=read_image_info(path))
+        except TooManyPixels as exc:
+            info = InputInfo(path, size=found.st_size, digest=digest, error=str(exc))
         self._cache[key] = info
         if len(self._cache) > self._capacity:
             self._cache.popitem(last=False)

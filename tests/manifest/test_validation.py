@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -256,6 +258,31 @@ def test_chat_messages_are_checked_and_unknown_fields_pass(write: Write, tmp_pat
     assert found[4].startswith(f"{path}:18: tasks[3]: model: is required")
     assert found[5].startswith(f"{path}:22: tasks[4]: prompt: give either messages or prompt/images/system")
     assert len(found) == 6
+
+
+def png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims width x height: what Pillow reads to name an image, with no pixels."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk + struct.pack(">I", 0) + b"IEND" + b"\xaeB`\x82")
+    return path
+
+
+def test_an_image_past_pillows_pixel_limit_is_named_so_not_called_no_image(
+    write: Write, tmp_path: Path
+) -> None:
+    png_header(tmp_path / "huge.png", 20_000, 20_000)  # 400 megapixels in a 45-byte file
+    path = write("""
+        tasks:
+          - {kind: edit, prompt: a, image: huge.png}
+          - {kind: chat, model: gemini-2.5-flash, prompt: b, images: [huge.png]}
+    """)
+    found = messages(checked(path))
+    assert len(found) == 2, found
+    for line, task, field in ((2, 0, "image"), (3, 1, "messages[0].content[1].image_url.url")):
+        assert found[task].startswith(
+            f"{path}:{line}: tasks[{task}]: {field}: is an image of more than 178,956,970 pixels"
+        ), found[task]
 
 
 def test_chat_shorthand_becomes_messages_with_resolved_image_paths(write: Write, tmp_path: Path) -> None:
