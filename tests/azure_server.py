@@ -99,6 +99,8 @@ def azure(azure_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
         "AZURE_STORAGE_CONNECTION_STRING": connection,
         # where subprocesses stage: a run killed with SIGKILL cannot remove its staging folder
         "TMPDIR": str(tmp_path),
+        # where runs lock the store on this machine: the test's own, not the user's ~/.cache
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -71,7 +71,7 @@ exit codes:
       (run stopped, resumable)
   {EXIT_IOERR}  the output directory cannot be written or read, e.g. disk full or failing (run stopped,
       resumable), or a newer maas-batch started it (upgrade), or stdout cannot be written
-  {EXIT_TEMPFAIL}  interrupted, or another run holds the output directory (resumable)
+  {EXIT_TEMPFAIL}  interrupted, or another run holds the output directory (or, here, the store) (resumable)
   {EXIT_NOPERM}  the API refused the key (run stopped, resumable)
   {EXIT_CONFIG}  configuration missing or wrong: no MAAS_API_KEY, no endpoint, no such endpoint, the API
       unreachable from the first request (a misspelt MAAS_BASE_URL), or no price for a model that
@@ -227,7 +227,8 @@ def _add_status(commands: Commands) -> argparse.ArgumentParser:
         "--manifest), the orphaned result lines of tasks no longer in it apart, the finished tasks whose "
         "request it has changed since, and the requests that may have been billed without a saved "
         "result; say whether a run holds DIR now and how the last one ended (a store has no lock: there, "
-        "that it cannot tell, and when a last run that has no end last wrote to it). On a sharded DIR "
+        "whether a run on this machine holds it, else that it cannot tell, and when a last run that has no "
+        "end last wrote to it). On a sharded DIR "
         "(submit): per shard and in total (succeeded, failed, pending, billed), and with the queue's Redis "
         "the workers alive and the shards queued and taken.",
         formatter_class=argparse.RawDescriptionHelpFormatter,

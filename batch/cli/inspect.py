@@ -91,7 +91,12 @@ def show_status(args: argparse.Namespace) -> int:
     root = run_directory(args.out)
     remote = getattr(args, "remote", None)  # a store: it has no lock, but says when a run last wrote
     written = None if remote is None else lambda run: remote.last_written(f"{RUNS}/{run}")
-    found = {**status(root, scope(args, root), written=written), "directory": shown(args)}
+    here = None
+    if remote is not None:  # a run on this machine may hold the store
+        from batch.output.remote import holder_here
+
+        here = holder_here(remote)
+    found = {**status(root, scope(args, root), written=written, held_here=here), "directory": shown(args)}
     print(as_json(found) if args.json else format_status(found))
     return EXIT_OK
 

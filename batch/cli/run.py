@@ -139,13 +139,15 @@ def _said_unused(args: argparse.Namespace, options: Options) -> None:
 def _on_store(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
     """`run --out s3://...`: the run works in a local staging DIR assembled from the store's segments
     (so it resumes from what any earlier run saved there), and mirrors what it saves into the store."""
-    from batch.output.remote import open_store, staging
+    from batch.output.remote import held_here, open_store, staging
 
     store = open_store(args.out)
     stage = args.stage
     if stage is not None and stage.exists() and (not stage.is_dir() or any(stage.iterdir())):
         raise UsageError(f"--stage {stage}: give a new or empty folder")
-    with staging(store, stage) as folder:
+    # a second run on the store from this machine (cron's tonight, while last night's goes on) gives up
+    # before it reads the store; a dry run sends nothing, and needs no lock
+    with contextlib.nullcontext() if args.dry_run else held_here(store), staging(store, stage) as folder:
         return run(argparse.Namespace(**{**vars(args), "out": folder, "store": args.out}), options, argv)
 
 

@@ -58,6 +58,7 @@ import anyio
 from batch.errors import OutputError, UsageError
 from batch.output.files import reason
 from batch.output.format import FORMAT
+from batch.output.lock import held_by, hold, store_lock_path
 from batch.output.store import ANSWERS, IMAGES, RESULTS, RETRIED, RUNS, USAGE, encode_line, parse_record
 from batch.running.records import AttemptRecord, attempt_log_line, finished_entry
 
@@ -71,6 +72,11 @@ BACKENDS = {
     "s3a": ("s3fs", "cloud"),
     "az": ("adlfs", "azure"),
     "abfs": ("adlfs", "azure"),
+}
+# the environment that says where a store is reached, by package (Store.identity)
+_REACHED_AT = {
+    "s3fs": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_PROFILE"),
+    "adlfs": ("AZURE_STORAGE_ACCOUNT_NAME",),
 }
 # journal in DIR -> its folder of segments in the store, in the order a push uploads them
 SEGMENTS = {RETRIED: "retried", USAGE: "usage", RESULTS: "results"}
@@ -97,6 +103,22 @@ class Store:
 
     def _path(self, name: str) -> str:
         return f"{self._root}/{name}" if name else self._root
+
+    def identity(self) -> str:
+        """What names this store on this machine, for its lock here: the package that speaks it (s3:// and
+        s3a:// are one), its bucket and prefix, and where it is reached (the endpoint, the account: one
+        bucket name on two S3 servers is two stores). Never a secret: a connection string's key is left
+        out."""
+        protocol = self.url.partition("://")[0]
+        package = BACKENDS.get(protocol, (protocol, ""))[0]
+        where = [os.environ.get(name, "") for name in _REACHED_AT.get(package, ())]
+        if package == "adlfs":  # the account and endpoint of a connection string, not its key
+            parts = dict(
+                part.partition("=")[::2]
+                for part in os.environ.get("AZURE_STORAGE_CONNECTION_STRING", "").split(";")
+            )
+            where += [parts.get("AccountName", ""), parts.get("BlobEndpoint", "")]
+        return "\n".join([package, re.sub("/+", "/", self._root).strip("/"), *where])
 
     def child(self, name: str) -> Store:
         """The store of a sub-folder (a shard's)."""
@@ -325,6 +347,35 @@ def view(url: str) -> Iterator[Path]:
         root = Path(folder) / "view"
         pull(store, root)
         yield root
+
+
+@contextlib.contextmanager
+def held_here(store: Store) -> Iterator[None]:
+    """This machine's lock on `store` for a run (output.lock.store_lock_path): DirLockedError (exit 75)
+    while another run here holds it. A lock that cannot be made (no writable cache folder) is warned of,
+    and the run goes on without it, as runs on a store did before there was one."""
+    path = store_lock_path(store.identity())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = hold(path, f"another run on this machine is using {store.url} (it holds {path})")
+    except (OSError, OutputError) as exc:
+        log.warning(
+            "cannot lock %s on this machine (%s): a second run on it from here would not be stopped",
+            store.url,
+            exc if isinstance(exc, OutputError) else reason(exc),
+        )
+        yield
+        return
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def holder_here(store: Store) -> int | None:
+    """The pid of the run on this machine that holds `store` now (held_here; 0 when its pid cannot be
+    read), or None: none here (one on another machine cannot be told)."""
+    return held_by(store_lock_path(store.identity()))
 
 
 @contextlib.contextmanager

@@ -100,15 +100,20 @@ def _ids(path: Path) -> Iterator[str]:
 
 
 def status(
-    root: Path, scope: Scope | None = None, *, written: Callable[[str], datetime | None] | None = None
+    root: Path,
+    scope: Scope | None = None,
+    *,
+    written: Callable[[str], datetime | None] | None = None,
+    held_here: int | None = None,
 ) -> dict[str, Any]:
     """done / failed / pending of the manifest's tasks (see output.scope), orphaned lines apart,
     maybe-billed, and whether a run holds DIR now. Maybe billed counts every request of every run's
     attempt log whose answer was not saved, whatever ended that run.
 
     `written`: DIR is a view of a store, which has no lock, and this tells when the store last received
-    a line of the run of that id. Whether a run is going on is then not known (`running` None); of a
-    last run without its end, when it last wrote is said (a live run writes as it sends)."""
+    a line of the run of that id. Whether a run is going on is then not known (`running` None), unless
+    one on this machine holds the store (`held_here`: its pid, 0 when unreadable); of a last run without
+    its end, when it last wrote is said (a live run writes as it sends)."""
     scope = scope or scope_of(root)
     succeeded = failed = current = changed = 0
     short_tasks = images_missing = 0  # succeeded with fewer images than they paid for
@@ -139,7 +144,7 @@ def status(
                 short_tasks += 1
                 images_missing += record.images_missing
     total = scope.total
-    holder = lock_holder(root) if written is None else None
+    holder = lock_holder(root) if written is None else held_here
     attempts = account(root / RUNS, live=holder is not None)
     runs = attempts.runs
     last = runs[-1] if runs else []
@@ -171,8 +176,8 @@ def status(
         "requests": attempts.requests,
         "maybe_billed": attempts.maybe_billed,
         "in_flight": attempts.in_flight,
-        # on a store (no lock), not known: None
-        "running": holder is not None if written is None else None,
+        # on a store, not known (None) unless a run on this machine holds it
+        "running": holder is not None if written is None or holder is not None else None,
         "pid": holder or None,
         "runs": len(runs),
         "manifest": scope.manifest or start.get("manifest"),
@@ -313,10 +318,10 @@ def format_status(found: Mapping[str, Any]) -> str:
     if damaged:
         lines.append(damaged)
     lines += set_aside_lines(found)
-    if found["running"] is None:  # a store: no lock, and nothing else there says so
+    if found["running"] is None:  # a store, and no run on this machine holds it
         lines.append(
-            "cannot tell whether a run is in progress: a store has no lock; before starting a run on it, "
-            "make sure none is (two runs on one store both pay)"
+            "cannot tell whether a run is in progress: none on this machine, and a store has no lock; before "
+            "starting a run on it from another machine, make sure none is (two runs on one store both pay)"
         )
     elif found["running"]:
         lines.append(f"a run is in progress now (pid {found['pid'] or 'unknown'})")

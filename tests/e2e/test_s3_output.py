@@ -100,17 +100,55 @@ def test_killed_mid_run_then_resumed_each_task_once_duplicates_accounted(
     )
 
 
-def test_status_of_a_store_while_a_run_is_on_it_says_it_cannot_tell_not_that_none_is(
+def test_a_second_run_on_a_store_from_this_machine_exits_75_at_once_and_sends_nothing(
     manifest: Path, store: S3, cli: Callable[..., Outcome], tmp_path: Path
 ) -> None:
-    """A store has no lock, so `status` cannot know whether a run is on it. It said `no run is in
-    progress` (`"running": false`) of one that was, and an operator or a script then starts a second run
-    on the URL: both pay. It says what the store shows: that it cannot tell, and that the last run has no
-    end there (going on, or killed), and when that run last wrote to the store."""
+    """A store has no lock, and tonight's cron run started while last night's was still going on: both
+    paid for every task the first had not saved. A run on a store holds this machine's lock for it, as a
+    run holds DIR's: the second exits 75 before it reads the store or sends anything. Another prefix is
+    another store, and the lock goes with its run, however it ends (here SIGKILL)."""
     s3 = store
-    # each request held a minute: the run is going on while status reads the store
+    with (
+        simulator_in_thread(SimConfig(api_key=KEY, latency=60)) as slow,
+        simulator_in_thread(SimConfig(api_key=KEY)) as fast,
+    ):
+        going = Run(manifest, s3.url, slow, "--concurrency", "1", logs=tmp_path)
+        try:
+            slow.state.wait_for_sync(lambda s: s.inflight >= 1, within=60)
+            shown = cli("status", s3.url, "--json", env=s3.env)
+            second = cli("run", manifest, "--out", s3.url, "--no-progress", env={**env_for(fast), **s3.env})
+            other = cli(
+                "run", manifest, "--out", f"{s3.url}-other", "--no-progress", env={**env_for(fast), **s3.env}
+            )
+            assert going.process.poll() is None, "the first run was still going on"
+        finally:
+            going.kill()
+        found = json.loads(shown.out)  # status knows of a run on this machine
+        assert found["running"] is True and found["pid"] == going.process.pid, found
+        assert found["in_flight"] == 1 and found["maybe_billed"] == 0, found
+        assert second.code == 75, second.out + second.err
+        assert f"another run on this machine is using {s3.url}" in second.err
+        assert other.code == 0, other.err  # a run on another prefix: not held
+        assert fast.state.requests_total == TASKS  # the other prefix's tasks; none of the second run's
+        after = cli("run", manifest, "--out", s3.url, "--no-progress", env={**env_for(fast), **s3.env})
+    assert after.code == 0, after.err  # the killed run's lock went with it
+    assert sorted(str(r["id"]) for r in lines(s3, "results")) == [f"t{i}" for i in range(TASKS)]
+
+
+def test_status_of_a_store_while_a_run_is_on_it_says_it_cannot_tell_not_that_none_is(
+    manifest: Path, store: S3, cli: Callable[..., Outcome], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store has no lock, so `status` cannot know whether a run on another machine is on it. It said `no
+    run is in progress` (`"running": false`) of one that was, and an operator or a script then starts a
+    second run on the URL: both pay. It says what the store shows: that it cannot tell, and that the last
+    run has no end there (going on, or killed), and when that run last wrote to the store."""
+    s3 = store
+    # each request held a minute: the run is going on while status reads the store; it holds another
+    # machine's lock (its own cache folder), not this one's
     with simulator_in_thread(SimConfig(api_key=KEY, latency=60)) as sim:
-        going = Run(manifest, s3.url, sim, "--concurrency", "1", logs=tmp_path)
+        with monkeypatch.context() as elsewhere:
+            elsewhere.setenv("XDG_CACHE_HOME", str(tmp_path / "another-machine"))
+            going = Run(manifest, s3.url, sim, "--concurrency", "1", logs=tmp_path)
         try:
             # a request in flight: its `sent` line went up to the store before it left
             sim.state.wait_for_sync(lambda s: s.inflight >= 1, within=60)

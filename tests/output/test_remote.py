@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from batch.errors import OutputError
-from batch.output.remote import Mirror, Store, open_store, pull
+from batch.errors import DirLockedError, OutputError
+from batch.output.remote import Mirror, Store, held_here, open_store, pull
 from batch.output.store import RESULTS, USAGE, retried_ids
 from batch.simulator import RunningSimulator
 from tests.conftest import ROOT, Outcome, env_for
@@ -557,3 +557,42 @@ def test_a_merge_under_a_prefix_with_a_star_leaves_the_objects_of_other_prefixes
 
     assert neighbour.names("usage") == sorted(segments)
     assert mirror.store.names("usage") == ["20260101T000000Z-aaaaaa-000000000000-000000000055.jsonl"]
+
+
+def test_this_machines_lock_on_a_store_names_it_by_bucket_prefix_and_endpoint_and_never_by_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`held_here`: one run at a time on a store from this machine. s3:// and s3a:// name one store,
+    and so do `a//b/` and `a/b`; another prefix, or the same bucket on another S3 server, is another
+    store. A connection string's account key is no part of the name, and no lock that cannot be made
+    stops a run: it is warned of."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    held = Store("s3://bucket/tonight", None, "bucket/tonight")
+    with held_here(held):
+        same = Store("s3a://bucket//tonight/", None, "bucket//tonight/")
+        with (
+            pytest.raises(DirLockedError, match=r"another run on this machine is using s3a://"),
+            held_here(same),
+        ):
+            pass
+        with held_here(Store("s3://bucket/other", None, "bucket/other")):
+            pass
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9001")
+        with held_here(Store("s3://bucket/tonight", None, "bucket/tonight")):
+            pass
+    with held_here(held):  # released with its run
+        pass
+
+    key = secrets.token_hex(16)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", f"AccountName=acct;AccountKey={key};BlobEndpoint=x")
+    identity = Store("az://box/out", None, "box/out").identity()
+    assert "acct" in identity and key not in identity
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", "AccountName=acct;AccountKey=other;BlobEndpoint=x")
+    assert Store("az://box/out", None, "box/out").identity() == identity  # the account's, whatever key
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))  # no folder can be made under it
+    with caplog.at_level("WARNING", "batch.output.remote"), held_here(held):
+        pass
+    assert "cannot lock s3://bucket/tonight on this machine" in caplog.text
