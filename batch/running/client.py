@@ -297,7 +297,7 @@ class ApiClient:
         bytes after decoding. `first`: its first piece, read already (a body sent as it is)."""
         buffer = bytearray(first)
         try:
-            inflater = Inflater(response.headers.get("Content-Encoding", ""), limit)
+            inflater = Inflater(_coding(response), limit)
             length = response.content_length
             if not inflater.active and length is not None:
                 if length > limit:
@@ -332,7 +332,7 @@ class ApiClient:
         stream whose every choice had finished is whole, and buying it again would pay twice."""
         chunks: list[Any] = []
         raw = bytearray()
-        coding = response.headers.get("Content-Encoding", "") if inflate else ""
+        coding = _coding(response) if inflate else ""
         inflater = Inflater(coding, self.config.max_body_bytes)
         events = sse_data(inflated(pieces, inflater, raw))
         trouble: ApiError | None = None
@@ -500,13 +500,30 @@ async def _after(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[byte
         yield piece
 
 
+def _coding(response: aiohttp.ClientResponse) -> str:
+    """The coding a body came in: its Content-Encoding, or a transfer-coding besides chunked
+    (`Transfer-Encoding: gzip, chunked`), which aiohttp takes the chunks off and leaves compressed: read as
+    gzip bytes, it was taken for a garbled answer and bought again, each time the same. Both at once: named
+    together, a coding Inflater does not read (the answer kept, not bought again)."""
+    content = response.headers.get("Content-Encoding", "").strip()
+    transfer = [
+        coding.strip()
+        for value in response.headers.getall("Transfer-Encoding", ())
+        for coding in value.split(",")
+        if coding.strip().lower() not in ("", "chunked", "identity")
+    ]
+    if not transfer:
+        return content
+    return ", ".join(transfer) if content.lower() in ("", "identity") else ", ".join([content, *transfer])
+
+
 def _plain(response: aiohttp.ClientResponse) -> bool:
     """A body sent as it is (no Content-Encoding): its first piece can be told apart."""
-    return not response.headers.get("Content-Encoding", "").strip()
+    return not _coding(response)
 
 
 def _unknown_coding(response: aiohttp.ClientResponse) -> bool:
-    return Inflater(response.headers.get("Content-Encoding", ""), 0).unknown
+    return Inflater(_coding(response), 0).unknown
 
 
 def _origin(scheme: str, host: str | None, port: int | None) -> tuple[str, str, int]:

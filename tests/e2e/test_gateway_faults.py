@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -275,6 +276,46 @@ def test_a_gzip_body_of_two_members_is_read_whole(
     outcome, record, requests = one_task(cli, write, tmp_path / "out", handler)
     assert outcome.code == 0, outcome.err
     assert record["status"] == "succeeded" and requests == 1
+
+
+TRANSFER_CODINGS = {
+    "gzip, chunked": gzip.compress,
+    "deflate, chunked": zlib.compress,
+    "Gzip,Chunked": gzip.compress,
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("coding", sorted(TRANSFER_CODINGS))
+def test_a_body_in_a_transfer_coding_besides_chunked_is_read_once(
+    coding: str, stream: bool, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """`Transfer-Encoding: gzip, chunked` (RFC 9112 allows codings before chunked): aiohttp takes the chunks
+    off and hands over the compressed bytes, which were read as a body that is not JSON, and the answer
+    bought again, three times, each the same."""
+    body = FINISHED if stream else IMAGE_BODY
+    wire = TRANSFER_CODINGS[coding](body)
+    chunked = b"%x\r\n" % len(wire) + wire + b"\r\n0\r\n\r\n"
+    content_type = "text/event-stream" if stream else "application/json"
+
+    def answer(key: str, number: int) -> bytes:
+        return http_answer("200 OK", [("Content-Type", content_type), ("Transfer-Encoding", coding)], chunked)
+
+    kind = "chat, model: m, stream: true" if stream else "generate"
+    manifest = write(f"tasks:\n  - {{kind: {kind}, id: coded, prompt: p}}\n")
+    out = tmp_path / "out"
+    with raw_server(answer) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        outcome = cli("run", manifest, "--out", out, *FAST, *ATTEMPTS, env=env)
+    assert outcome.code == 0, outcome.err
+    record = results(out)["coded"]
+    assert record["status"] == "succeeded" and record["attempts"] == 1 and len(stub.requests) == 1
+    if stream:
+        assert record["text"] == "hello" and [line["total_tokens"] for line in ledger(out)] == [12]
+    else:
+        assert (out / record["files"][0]).read_bytes().startswith(b"\x89PNG")
+        assert [line["total_tokens"] for line in ledger(out)] == [275]
 
 
 # --- errors sent with a 200 -------------------------------------------------------------------------------
