@@ -30,6 +30,7 @@ from batch.defaults import (
     DEFAULT_SYNC_INTERVAL,
     DEFAULT_TASK_DEADLINE,
     DEFAULT_TIMEOUT,
+    DOWNLOADS_AT_ONCE,
     MAX_IN_FLIGHT,
 )
 from batch.errors import ConfigError, ManifestError, OptionError, Problem, manifest_error
@@ -543,7 +544,9 @@ def job_config(
             base_url=connected.base_url,
             api_key=connected.api_key,
             timeout=options.timeout,
-            connections=max(concurrency or options.max_concurrency, 10),
+            # each request in flight, or the links of its answer fetched side by side: an API request never
+            # waits for a connection (and its timeout) behind other tasks' downloads
+            connections=max((concurrency or options.max_concurrency) * DOWNLOADS_AT_ONCE, 10),
             max_body_bytes=int(options.max_answer_mb * 2**20),
         ),
         run=RunSettings(

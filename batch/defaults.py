@@ -14,6 +14,7 @@ MAX_IN_FLIGHT = 10_000  # --concurrency at most: 100,000 took 850 MB and half a 
 DEFAULT_OUTAGE_LIMIT = 900.0  # seconds the service may keep failing before a run stops (exit 69)
 DEFAULT_GRACE = 30.0  # seconds requests in flight get after SIGINT/SIGTERM/SIGHUP
 DEFAULT_MAX_ATTEMPTS = 6
+DOWNLOADS_AT_ONCE = 4  # links of one answer fetched side by side (the API makes at most 10 images)
 DEFAULT_TASK_DEADLINE = 1800.0  # no retry of a task starts later than this after its first attempt
 DEFAULT_BACKOFF = 1.0
 DEFAULT_BACKOFF_MAX = 60.0

@@ -500,15 +500,16 @@ def _add_run(commands: Commands) -> argparse.ArgumentParser:
         type=whole,
         default=DEFAULT_MAX_ATTEMPTS,
         metavar="N",
-        help=f"attempts per task, first included (default {DEFAULT_MAX_ATTEMPTS})",
+        help=f"attempts per task, first included (default {DEFAULT_MAX_ATTEMPTS}); the image links of one "
+        "answer are each tried once and share the N - 1 retries",
     )
     retries.add_argument(
         "--task-deadline",
         type=number,
         default=DEFAULT_TASK_DEADLINE,
         metavar="SECONDS",
-        help="no retry of a task starts this long after its first attempt "
-        f"(default {DEFAULT_TASK_DEADLINE:g})",
+        help="no retry of a task starts this long after its first attempt, nor a download of an "
+        f"answer's image links this long after the first (default {DEFAULT_TASK_DEADLINE:g})",
     )
     retries.add_argument(
         "--backoff",

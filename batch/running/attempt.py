@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import anyio
 
 from batch import codec
+from batch.defaults import DOWNLOADS_AT_ONCE
 from batch.errors import ApiError, ApiStatusError, BrokenAnswerError, OutputError, TransportError
 from batch.events import AttemptFailed, TaskFinished, TaskStarted
 from batch.exitcodes import EXIT_BUDGET, EXIT_CONFIG, EXIT_DATAERR, EXIT_IOERR
@@ -31,7 +32,7 @@ from batch.running.bookkeeping import bill, result_line
 from batch.running.client import Reply
 from batch.running.context import AttemptContext, Stopped, TaskState
 from batch.running.imaging import decode_images
-from batch.running.retry import RetryNotice, Verdict, call_with_retries, classify
+from batch.running.retry import RetryNotice, SharedRetries, Verdict, call_with_retries, classify
 
 logger = logging.getLogger(__name__)
 
@@ -424,37 +425,51 @@ class TaskAttempts:
     async def _download(
         self, images: tuple[EncodedImage, ...]
     ) -> tuple[tuple[EncodedImage, ...], tuple[int, ...], list[str]]:
-        """Fetch the images an answer links to. A failed download is retried as a download, under the
-        task's retry policy; the generation itself is never bought again. Returns the images at hand,
-        their places in the answer (their names' numbers), and why each of the others could not be
-        fetched: one lost link no longer throws away the images that came (the task fails only when none
-        did)."""
+        """Fetch the images an answer links to, DOWNLOADS_AT_ONCE at a time. A failed download is retried as
+        a download, never by buying the generation again; the links of one answer share one task's retry
+        budget (SharedRetries: --max-attempts - 1 retries among them, and none of their tries starts later
+        than --task-deadline after the first), so that links that hang cost the task what one request's
+        retries may, not that times their number. Returns the images at hand, their places in the answer
+        (their names' numbers), and why each of the others could not be fetched: one lost link no longer
+        throws away the images that came (the task fails only when none did)."""
         ctx = self._ctx
-        fetched = []
-        places: list[int] = []
-        lost: list[str] = []
-        for index, image in enumerate(images):
-            url = image.url
-            if url is None:
-                fetched.append(image)
-                places.append(index)
-                continue
+        policy = ctx.settings.retry
+        shared = SharedRetries(policy.max_attempts - 1, policy.deadline)
+        slots = anyio.CapacityLimiter(DOWNLOADS_AT_ONCE)
+        data: dict[int, bytes] = {}
+        lost: dict[int, str] = {}
+        faults: list[Exception] = []
+
+        async def fetch(url: str) -> bytes:
+            async with slots:  # held while a request is out, not through a retry's wait
+                if shared.remaining() <= 0:
+                    raise BrokenAnswerError(
+                        f"not tried: the answer's downloads passed --task-deadline ({shared.deadline:g} s)"
+                    )
+                return await ctx.client.download(url)
+
+        async def one(index: int, url: str) -> None:
             try:
-                data = await call_with_retries(
-                    ctx.settings.retry,
-                    lambda url=url: ctx.client.download(url),  # type: ignore[misc]
-                    sleep=ctx.sleep,
-                    rng=ctx.rng,
+                data[index] = await call_with_retries(
+                    policy, partial(fetch, url), sleep=ctx.sleep, rng=ctx.rng, shared=shared
                 )
             except ApiError as exc:
-                host = _host(url)
-                lost.append(f"image {index + 1} could not be downloaded from {host}: {describe(exc)}")
-                continue
-            fetched.append(replace(image, data=data))
-            places.append(index)
-        if lost and not fetched:
-            raise BrokenAnswerError("; ".join(lost), error_type="download_failed")
-        return tuple(fetched), tuple(places), lost
+                lost[index] = f"image {index + 1} could not be downloaded from {_host(url)}: {describe(exc)}"
+            except Exception as exc:  # a fault of ours: raised as itself once the others are done
+                faults.append(exc)
+
+        async with anyio.create_task_group() as group:
+            for index, image in enumerate(images):
+                if image.url is not None:
+                    group.start_soon(one, index, image.url)
+        if faults:
+            raise faults[0]
+        places = [index for index, image in enumerate(images) if image.url is None or index in data]
+        fetched = [images[i] if images[i].url is None else replace(images[i], data=data[i]) for i in places]
+        reasons = [lost[index] for index in sorted(lost)]
+        if reasons and not fetched:
+            raise BrokenAnswerError("; ".join(reasons), error_type="download_failed")
+        return tuple(fetched), tuple(places), reasons
 
     def _save(self, files: list[OutputFile]) -> list[str]:
         """Write an answer's images (a worker thread's work). Their thumbnails are the gallery's: it

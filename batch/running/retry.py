@@ -152,6 +152,41 @@ class stop_after_counted_attempts(stop_base):
         return self.before + retry_state.attempt_number - self._excused >= self.limit
 
 
+class SharedRetries:
+    """One retry budget for several calls: the links of one answer, fetched side by side. They share
+    `retries` retries among them all (each call's first try is its own), and no try of any of them starts
+    later than `deadline` seconds after the budget was made. A budget of its own for each link held a task
+    for hours: 16 links that hang until --timeout, each tried --max-attempts times, one after another."""
+
+    def __init__(self, retries: int, deadline: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.left = max(0, retries)
+        self.deadline = deadline
+        self.until = clock() + deadline
+        self._clock = clock
+
+    def remaining(self) -> float:
+        """Seconds left before no try may start."""
+        return self.until - self._clock()
+
+    def take(self) -> bool:
+        """Whether one more retry may go; it is counted if so."""
+        if self.left <= 0 or self.remaining() <= 0:
+            return False
+        self.left -= 1
+        return True
+
+
+class stop_when_shared_spent(stop_base):
+    """Stop once a SharedRetries budget has no retry left (a retry that goes is taken from it). Put last in
+    a stop_any: it is asked only when no other reason stops the loop, so that it counts only retries made."""
+
+    def __init__(self, shared: SharedRetries) -> None:
+        self.shared = shared
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return not self.shared.take()
+
+
 @dataclass(frozen=True)
 class RetryNotice:
     """An attempt failed and another follows after `wait` seconds (for the runner's events)."""
@@ -174,11 +209,13 @@ def retrying(
     before: int = 0,
     excused_before: int = 0,
     deadline: float | None = None,
+    shared: SharedRetries | None = None,
 ) -> AsyncRetrying:
     """The tenacity loop for one task, the only place attempts are counted. `sleep` lets the runner cut a
     wait short when the run stops; `lost_to_outage` says whether an attempt's failure was the service's
     outage, which costs the task no attempt (its own stop predicate); the deadline bounds them all.
-    `before`, `excused_before` and `deadline` continue a task whose first attempt ran before the loop."""
+    `before`, `excused_before` and `deadline` continue a task whose first attempt ran before the loop;
+    `shared`: a budget of retries this loop shares with others (the links of one answer)."""
     generator = rng or random.Random()
 
     def wait(state: RetryCallState) -> float:
@@ -190,11 +227,14 @@ def retrying(
             error = state.outcome.exception() if state.outcome else None
             on_retry(RetryNotice(before + state.attempt_number, error, state.upcoming_sleep))
 
+    stops: list[stop_base] = [
+        stop_after_counted_attempts(policy.max_attempts, lost_to_outage, before, excused_before),
+        stop_before_delay(policy.deadline if deadline is None else deadline),
+    ]
+    if shared is not None:
+        stops.append(stop_when_shared_spent(shared))  # last: asked only for a retry that would go
     return AsyncRetrying(
-        stop=stop_any(
-            stop_after_counted_attempts(policy.max_attempts, lost_to_outage, before, excused_before),
-            stop_before_delay(policy.deadline if deadline is None else deadline),
-        ),
+        stop=stop_any(*stops),
         wait=wait,
         retry=retry_if_exception(retryable),
         sleep=sleep,
@@ -211,12 +251,13 @@ async def call_with_retries(
     on_retry: Callable[[RetryNotice], None] | None = None,
     rng: random.Random | None = None,
     lost_to_outage: Callable[[BaseException], bool] | None = None,
+    shared: SharedRetries | None = None,
 ) -> T:
-    """`attempt()` under the policy. The first attempt runs before the loop is built: most tasks succeed
-    at once, and building and entering tenacity's loop costs about 0.1 ms a task (`python bench/run.py
-    chat`: 1.95 CPU-s per 1,000 tasks with the loop around every task, 1.60 without). From the first
-    retryable failure on, the loop of `retrying` takes over, counting that attempt with the same stop
-    predicate and waiting as it would."""
+    """`attempt()` under the policy, and under `shared`, a budget of retries it shares with other calls.
+    The first attempt runs before the loop is built: most tasks succeed at once, and building and entering
+    tenacity's loop costs about 0.1 ms a task (`python bench/run.py chat`: 1.95 CPU-s per 1,000 tasks with
+    the loop around every task, 1.60 without). From the first retryable failure on, the loop of `retrying`
+    takes over, counting that attempt with the same stop predicate and waiting as it would."""
     generator = rng or random.Random()
     started = time.monotonic()
     try:
@@ -230,7 +271,9 @@ async def call_with_retries(
         raise first
     wait = policy.wait(1, first, generator)
     remaining = policy.deadline - (time.monotonic() - started)
-    if wait >= remaining:
+    if shared is not None:
+        remaining = min(remaining, shared.remaining())
+    if wait >= remaining or (shared is not None and not shared.take()):
         raise first
     if on_retry is not None:
         on_retry(RetryNotice(1, first, wait))
@@ -244,6 +287,7 @@ async def call_with_retries(
         before=1,
         excused_before=excused,
         deadline=remaining - wait,
+        shared=shared,
     )
 
     async def again() -> T:  # a coroutine function: tenacity calls, and never awaits, anything else
