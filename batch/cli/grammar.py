@@ -67,8 +67,8 @@ exit codes:
   {EXIT_DEADLINE}   the deadline (--deadline / --max-duration) was reached: run stopped, resumable
   {EXIT_USAGE}  bad command-line usage
   {EXIT_DATAERR}  invalid manifest (nothing was sent), or it changed during the run
-  {EXIT_UNAVAILABLE}  the service cannot go on: quota exhausted, or down longer than --outage-limit
-      (run stopped, resumable)
+  {EXIT_UNAVAILABLE}  the service cannot go on: quota exhausted, or down (or answering nothing but 429)
+      longer than --outage-limit (run stopped, resumable)
   {EXIT_IOERR}  the output directory cannot be written or read, e.g. disk full or failing (run stopped,
       resumable), or a newer maas-batch started it (upgrade), or stdout cannot be written
   {EXIT_TEMPFAIL}  interrupted, or another run holds the output directory (or, here, the store) (resumable)
@@ -540,8 +540,8 @@ def _add_run(commands: Commands) -> argparse.ArgumentParser:
         default=DEFAULT_OUTAGE_LIMIT,
         metavar="SECONDS",
         help="when the service keeps failing, tasks wait (one probe at a time) instead of "
-        f"spending their attempts; after this long the run stops with exit {EXIT_UNAVAILABLE} "
-        f"(default {DEFAULT_OUTAGE_LIMIT:g})",
+        f"spending their attempts; after this long the run stops with exit {EXIT_UNAVAILABLE}, as it does "
+        f"after this long of nothing but 429 (default {DEFAULT_OUTAGE_LIMIT:g})",
     )
     retries.add_argument(
         "--max-answer-mb",

@@ -314,6 +314,8 @@ class TaskAttempts:
             state.server_request_id = exc.server_request_id or state.server_request_id  # the last said
             if exc.status is not None and (exc.status >= 500 or exc.status == 408):
                 state.lost_to_outage = not health.failed(str(exc), state.probe)
+            elif exc.status == 429 and classify(exc).verdict is Verdict.RETRY:
+                health.throttled(str(exc))  # up, but nothing else for --outage-limit stops the run
             else:
                 health.succeeded()  # the service is up; it refused this request
             # an error sent inside a stream, or beside a usage: what came before it was billed

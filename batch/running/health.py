@@ -9,6 +9,11 @@ answer closes the circuit and everything resumes. Attempts that fail during an o
 their tasks. If the outage outlasts `outage_limit`, the run stops (exit 69) with every unfinished task
 still pending, for a later run; a probe sent before then is waited for first (it may be paid; its
 --timeout and PROBE_GRACE at most): its answer closes the circuit instead.
+
+A 429 is an answer (the service is up, and paces this caller), not an outage's failure: it closes the
+circuit like any answer. But a service that answers nothing but 429 for `outage_limit` stops the run the
+same way: a gateway that throttles for good, each 429 with `Retry-After: 300` obeyed, held a run for days
+and failed every task after its attempts, the outage limit never reached.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class ServiceHealth:
         self._probe = 0  # the number of the probe in flight; 0: none
         self._probe_sent: float | None = None  # when it was sent; None: it waits to be (a pacer, a slot)
         self._released = False
+        self._throttled_since: float | None = None  # the first 429 since the last answer that was not one
         self._changed = anyio.Event()
         self.last_error = ""
         self.outages = 0  # times the circuit opened
@@ -98,22 +104,46 @@ class ServiceHealth:
         failure gives up. A probe still waiting to be sent is not: the run stops, and it is never sent.
         Runs beside the work until the run cancels it."""
         while not self._released:
-            if self._opened_at is None:
-                await self._changed.wait()
-                continue
             now = self._clock()
+            throttled_until = self._throttled_until()
+            if now >= throttled_until:  # nothing but 429 since then: as an outage, the run stops
+                self._give_up_throttled(now)
+                return
+            if self._opened_at is None:
+                if throttled_until == math.inf:
+                    await self._changed.wait()
+                else:
+                    await self._wait(throttled_until - now)
+                continue
             limit = self._opened_at + self.outage_limit
             waiting = self._probe_deadline(now)
             if now < limit:
-                await self._wait(limit - now)
+                await self._wait(min(limit, throttled_until) - now)
             elif waiting is not None:
-                await self._wait(waiting - now)
+                await self._wait(min(waiting, throttled_until) - now)
             else:
                 self._give_up(now)
                 return
 
     def succeeded(self) -> None:
-        """The service answered (any answer that is not a transient failure)."""
+        """The service answered (any answer that is not a transient failure, nor a 429)."""
+        self._throttled_since = None
+        self._answered()
+
+    def throttled(self, error: str) -> None:
+        """A 429 (rate limited, to be retried): the service answers, so an outage's count of failures ends
+        as with any answer; but once it has answered nothing else for `outage_limit`, the run stops as in
+        an outage (this 429, or `watch` while every task waits out a Retry-After)."""
+        now = self._clock()
+        self._answered()
+        self.last_error = error
+        if self._throttled_since is None:
+            self._throttled_since = now
+            self._wake()  # the watch counts from now
+        elif now >= self._throttled_until():
+            self._give_up_throttled(now)
+
+    def _answered(self) -> None:
         self._in_a_row = 0
         if self._opened_at is not None:
             log.warning(
@@ -182,6 +212,21 @@ class ServiceHealth:
         changed = self._changed
         with anyio.move_on_after(max(0.0, seconds) + 0.001):
             await changed.wait()
+
+    def _throttled_until(self) -> float:
+        """When a service that has answered nothing but 429 has done so for too long (inf: it has not)."""
+        since = self._throttled_since
+        return math.inf if since is None else since + self.outage_limit
+
+    def _give_up_throttled(self, now: float) -> None:
+        if self._released:
+            return
+        assert self._throttled_since is not None
+        self.release()
+        self._on_outage(
+            f"the service has answered nothing but HTTP 429 (rate limited) for "
+            f"{now - self._throttled_since:.0f} s (last: {self.last_error})"
+        )
 
     def _give_up(self, now: float) -> None:
         assert self._opened_at is not None

@@ -392,3 +392,35 @@ def test_zeros_after_the_last_gzip_member_are_padding_and_a_surrogate_in_utf8_by
     padded = gzip.compress(IMAGE_BODY) + b"\0" * 512
     assert inflater.feed(padded[:100]) + inflater.feed(padded[100:]) + inflater.finish() == IMAGE_BODY
     assert codec.loads_answer(b'{"a": "x\xed\xa0\x80y"}') == {"a": "x\ufffdy"}
+
+
+# --- a gateway that throttles for good --------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_a_gateway_that_answers_nothing_but_429_stops_the_run_at_the_outage_limit_tasks_pending(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Every request answered 429 with a Retry-After that is obeyed: each 429 was taken for an answer (the
+    service is up), so the outage limit was never reached; with `Retry-After: 300` a night's run went on
+    for days, every task failing for good after its attempts (which the next night's run does not send
+    again). Nothing but 429 for --outage-limit now stops the run as an outage does: exit 69, the tasks
+    pending for the next run. (Retry-After: 1 here, and 20 attempts: the run took 20 s and exited 1.)"""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        error = {"error": {"message": "slow down", "type": "rate_limit_exceeded"}}
+        return web.json_response(error, status=429, headers={"Retry-After": "1"})
+
+    manifest = write(
+        "tasks:\n" + "".join(f"  - {{kind: generate, id: t{i}, prompt: p{i}}}\n" for i in range(2))
+    )
+    out = tmp_path / "out"
+    with stub_server(handler) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        flags = ("--max-attempts", "20", "--outage-limit", "0.5", "-c", "2")
+        outcome = cli("run", manifest, "--out", out, *FAST, *flags, env=env)
+    assert outcome.code == 69, outcome.out + outcome.err
+    assert "answered nothing but HTTP 429 (rate limited)" in outcome.out + outcome.err
+    assert results(out) == {}  # pending: the next run sends them
+    assert len(stub.requests) <= 4
+    assert cli("status", out, "--json").code == 0

@@ -109,6 +109,54 @@ async def test_an_outage_is_given_up_at_its_limit_though_no_attempt_asks() -> No
     assert len(outages) == 1 and re.search(r"the service has been failing for \d+ s", outages[0])
 
 
+@pytest.mark.timeout(30)
+def test_nothing_but_429_for_the_outage_limit_gives_up_and_any_other_answer_starts_the_count_again() -> None:
+    """A gateway that throttles for good, each 429 with `Retry-After: 300`: every 429 counted as an answer,
+    the outage limit was never reached and the run went on for days. A 429 still closes the circuit (the
+    service answers), but nothing else for the limit gives up, as an outage does."""
+    clock = Clock()
+    outages: list[str] = []
+    health = ServiceHealth(2, 60, outages.append, clock=clock)
+    health.throttled("HTTP 429: slow down")
+    clock.now += 59
+    health.throttled("HTTP 429: slow down")
+    health.succeeded()  # an answer: the count starts again at the next 429
+    clock.now += 30
+    health.throttled("HTTP 429: slow down")
+    clock.now += 59
+    health.throttled("HTTP 429: slow down")
+    assert outages == []
+    health.failed("503")  # a failure is no answer: it does not start the count again
+    health.failed("503")
+    assert health.is_open
+    clock.now += 1
+    health.throttled("HTTP 429: still")  # an answer: the circuit closes
+    assert not health.is_open and len(outages) == 1
+    assert re.search(
+        r"answered nothing but HTTP 429 \(rate limited\) for 60 s \(last: HTTP 429: still\)", outages[0]
+    )
+    health.throttled("HTTP 429: still")
+    assert len(outages) == 1  # given up once
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(30)
+async def test_nothing_but_429_is_given_up_at_the_limit_though_every_task_waits_out_its_retry_after() -> None:
+    """Every task asleep in a Retry-After of 300 s: none answers in time, and the watch gives up itself."""
+    import time
+
+    outages: list[str] = []
+    health = ServiceHealth(1, 0.2, outages.append)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(health.watch)
+            await anyio.wait_all_tasks_blocked()
+            throttled = time.monotonic()
+            health.throttled("HTTP 429: slow down")
+    assert time.monotonic() - throttled >= 0.2
+    assert len(outages) == 1 and "answered nothing but HTTP 429" in outages[0]
+
+
 def test_recover_marks_requests_of_a_killed_run_as_maybe_billed(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     runs.mkdir()
