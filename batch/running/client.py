@@ -15,6 +15,7 @@ from urllib.parse import quote, unquote, unquote_plus, urljoin, urlsplit
 
 import aiohttp
 import anyio
+from aiohttp.http_exceptions import HttpProcessingError
 
 from batch import __version__, codec
 from batch.defaults import DEFAULT_BASE_URL, DEFAULT_MAX_BODY, DEFAULT_TIMEOUT
@@ -481,6 +482,15 @@ class _Translate:
         if isinstance(exc, aiohttp.ClientPayloadError):
             message = f"the answer was cut short: {scrub.text(str(exc))[:300]}"
             raise TransportError(message, maybe_billed=True, reach="cut_short") from exc
+        if isinstance(exc, aiohttp.ClientResponseError) and isinstance(exc.__cause__, HttpProcessingError):
+            # Bytes that are no HTTP where an answer's head was due. A stray byte after a whole answer (or a
+            # 204's body) fails that answer when it comes in the same read, or the next request's on the
+            # connection when it comes later: aiohttp reads it as that answer's status line, and no answer
+            # it parses before the junk is handed over. Either way the server answered, and may have billed
+            # it; the connection is closed, and the request asked again. It read "connection failed: 400".
+            detail = " ".join(scrub.text(codec.clean_text(str(exc.message))).split())[:300]
+            message = f"the answer could not be read as HTTP (bytes no HTTP client reads): {detail}"
+            raise TransportError(message, maybe_billed=True, reach="bad_http") from exc
         if isinstance(exc, aiohttp.ClientError):
             message = scrub.text(str(exc)) or type(exc).__name__
             raise TransportError(f"connection failed: {message[:300]}", maybe_billed=True) from exc

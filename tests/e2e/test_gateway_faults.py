@@ -424,3 +424,63 @@ def test_a_gateway_that_answers_nothing_but_429_stops_the_run_at_the_outage_limi
     assert results(out) == {}  # pending: the next run sends them
     assert len(stub.requests) <= 4
     assert cli("status", out, "--json").code == 0
+
+
+# --- bytes that are no HTTP after a whole answer ----------------------------------------------------------
+
+WHOLE = http_answer(
+    "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(IMAGE_BODY)))], IMAGE_BODY
+)
+
+
+@pytest.mark.timeout(60)
+def test_a_stray_byte_after_each_answer_is_an_answer_maybe_billed_and_named_as_such(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A space after every whole answer, in the same write: aiohttp reads it as the status line of the
+    answer that would follow, and hands over none of what it parsed before it; the answer is lost. What
+    can be said is said: each request may have been billed (status counts them), and the failure names
+    what happened; it read "connection failed: 400", as if the API had refused the request."""
+
+    def answer(key: str, number: int) -> bytes:
+        return WHOLE + b" "
+
+    manifest = write("tasks:\n  - {kind: generate, id: odd, prompt: p}\n")
+    out = tmp_path / "out"
+    with raw_server(answer) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        outcome = cli("run", manifest, "--out", out, *FAST, "--max-attempts", "2", env=env)
+    assert outcome.code == 1, outcome.err
+    record = results(out)["odd"]
+    assert record["status"] == "failed" and record["maybe_billed"] == 2 == len(stub.requests)
+    message = record["error"]["message"]
+    assert message.startswith("the answer could not be read as HTTP") and "400" not in message.split(":")[0]
+    assert json.loads(cli("status", out, "--json").out)["maybe_billed"] == 2
+
+
+@pytest.mark.timeout(60)
+def test_junk_before_the_next_answer_on_a_kept_connection_costs_that_request_once_counted(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The junk comes after the next request went out on the kept-alive connection (a proxy that flushes
+    a stray byte late): that request's answer is the one lost. It is counted maybe billed, said as what it
+    is, and asked again on a new connection; the answer before it was whole and is kept."""
+
+    def answer(key: str, number: int) -> bytes:
+        return (b" " if number == 2 else b"") + WHOLE
+
+    manifest = write(
+        "tasks:\n  - {kind: generate, id: a, prompt: a}\n  - {kind: generate, id: b, prompt: b}\n"
+    )
+    out = tmp_path / "out"
+    with raw_server(answer) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        outcome = cli("run", manifest, "--out", out, *FAST, "-c", "1", "--verbose", env=env)
+    assert outcome.code == 0, outcome.err
+    done = results(out)
+    assert {record["status"] for record in done.values()} == {"succeeded"}
+    assert len(stub.requests) == 3 and len(ledger(out)) == 2
+    [second] = [record for record in done.values() if record["attempts"] == 2]
+    assert second["maybe_billed"] == 1
+    assert "the answer could not be read as HTTP" in outcome.err
+    assert json.loads(cli("status", out, "--json").out)["maybe_billed"] == 1
