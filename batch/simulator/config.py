@@ -76,6 +76,7 @@ ANSWER_SHAPES: tuple[str, ...] = (
     "gzip_members",  # images and chat, not streamed: the JSON body gzip-compressed as two members (RFC 1952)
     "gzip_mislabel",  # images and chat, not streamed: the JSON body as it is, labelled Content-Encoding gzip
     "gzip_crlf",  # images and chat, not streamed: the JSON body gzip-compressed, then CRLF after it
+    "gzip_transfer",  # images and chat, not streamed: the JSON body under Transfer-Encoding: gzip, chunked
 )
 _CONFLICTING_SHAPES = (frozenset({"no_usage", "usage_every_chunk"}),)
 DEFAULT_THINKING_TOKENS = 1000

@@ -192,6 +192,13 @@ class _Simulator:
             ex.status = 200
             return await faults.reset(request, body, "application/json", ex.headers)
         answers = self.config.answers
+        if "gzip_transfer" in answers:  # a transfer-coding before the chunks (RFC 9112 allows it)
+            ex.shapes = (*ex.shapes, "gzip_transfer")
+            response = web.Response(
+                body=gzip.compress(body), content_type="application/json", headers={TRANSFER_CODING: "gzip"}
+            )
+            response.enable_chunked_encoding()  # the coding is named beside chunked as the head is sent
+            return response
         if answers & {"gzip_members", "gzip_mislabel", "gzip_crlf"}:
             if "gzip_members" in answers:  # as a proxy that compresses in pieces may send it
                 name, half = "gzip_members", len(body) // 2
@@ -388,11 +395,23 @@ class _Simulator:
         return web.Response(text=body, content_type="application/json")
 
 
+# A response's transfer-coding before chunked: aiohttp writes `Transfer-Encoding: chunked` itself as it
+# prepares the head, so the coding rides in this header to the prepare hook, which names both.
+TRANSFER_CODING = "X-Sim-Transfer-Coding"
+
+
+async def _name_transfer_coding(request: web.Request, response: web.StreamResponse) -> None:
+    coding = response.headers.pop(TRANSFER_CODING, None)
+    if coding is not None:
+        response.headers["Transfer-Encoding"] = f"{coding}, chunked"
+
+
 def build_app(config: SimConfig, state: SimState) -> web.Application:
     """The simulator as an aiohttp application; `state` receives its records and sets its live limits."""
     simulator = _Simulator(config, state)
     state.set_max_inflight(config.max_inflight)
     app = web.Application(client_max_size=CLIENT_MAX_SIZE)
+    app.on_response_prepare.append(_name_transfer_coding)
     prefix = BASE_PATH + "/{endpoint}"
     app.router.add_post(prefix + "/images/generations", simulator.handler("generate", simulator.generate))
     app.router.add_post(prefix + "/images/edits", simulator.handler("edit", simulator.edit))

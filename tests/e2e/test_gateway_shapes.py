@@ -373,13 +373,14 @@ def test_an_answer_without_usage_is_recorded_at_its_estimate(
     assert said in format_report(found)
 
 
-@pytest.mark.parametrize("shape", ["gzip_members", "gzip_mislabel", "gzip_crlf"])
+@pytest.mark.parametrize("shape", ["gzip_members", "gzip_mislabel", "gzip_crlf", "gzip_transfer"])
 def test_a_gzip_body_in_members_mislabelled_or_with_a_line_end_after_it_is_read_once(
     shape: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
 ) -> None:
     """The simulator's `gzip_members` (RFC 1952: members in a row), `gzip_mislabel` (plain JSON labelled
-    gzip) and `gzip_crlf` (CRLF after the gzip), for images and chat, not streamed. The last two were
-    taken for corrupt bodies and bought again, three times each."""
+    gzip), `gzip_crlf` (CRLF after the gzip) and `gzip_transfer` (`Transfer-Encoding: gzip, chunked`), for
+    images and chat, not streamed. The last three were taken for corrupt bodies and bought again, three
+    times each."""
     tasks = (
         "  - {kind: generate, id: img, prompt: a fox, model: gpt-image-1}\n"
         "  - {kind: chat, id: talk, model: m, prompt: hello}\n"
