@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
@@ -305,3 +306,39 @@ async def test_an_outage_costs_no_attempt_and_the_loop_counts_afresh_each_call()
     with pytest.raises(ApiStatusError, match="no"):  # not retryable: it ends the loop, never asked about
         await loop(refused)
     assert asked == []
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(30)
+async def test_calls_that_share_a_budget_share_its_retries_and_its_deadline() -> None:
+    """The links of one answer: each call's first try is its own, the retries are the budget's (taken
+    in the loop and before it), and a budget whose deadline has passed lets no retry go."""
+    from batch.running.retry import SharedRetries, call_with_retries
+
+    async def sleep(seconds: float) -> None:
+        return None
+
+    tries: list[str] = []
+
+    def always_down(name: str) -> Callable[[], Awaitable[None]]:
+        async def attempt() -> None:
+            tries.append(name)
+            raise TransportError("reset")
+
+        return attempt
+
+    policy = RetryPolicy(max_attempts=4, backoff_base=0)
+    shared = SharedRetries(policy.max_attempts - 1, policy.deadline)
+    for name in ("a", "b", "c"):
+        with pytest.raises(TransportError):
+            await call_with_retries(policy, always_down(name), sleep=sleep, shared=shared)
+    assert tries == ["a", "a", "a", "a", "b", "c"]  # a took the 3 retries; b and c had their first tries
+    assert shared.left == 0
+
+    now = [0.0]
+    late = SharedRetries(5, 10.0, clock=lambda: now[0])
+    now[0] = 10.0
+    tries.clear()
+    with pytest.raises(TransportError):
+        await call_with_retries(policy, always_down("d"), sleep=sleep, shared=late)
+    assert tries == ["d"] and late.left == 5 and not late.take()
