@@ -508,8 +508,8 @@ def _add_run(commands: Commands) -> argparse.ArgumentParser:
         type=number,
         default=DEFAULT_TASK_DEADLINE,
         metavar="SECONDS",
-        help="no retry of a task starts this long after its first attempt, nor a download of an "
-        f"answer's image links this long after the first (default {DEFAULT_TASK_DEADLINE:g})",
+        help="no retry of a task starts this long after its first attempt, nor a retry of an "
+        f"answer's image links this long after its first download (default {DEFAULT_TASK_DEADLINE:g})",
     )
     retries.add_argument(
         "--backoff",

@@ -428,12 +428,13 @@ class TaskAttempts:
         self, images: tuple[EncodedImage, ...]
     ) -> tuple[tuple[EncodedImage, ...], tuple[int, ...], list[str]]:
         """Fetch the images an answer links to, DOWNLOADS_AT_ONCE at a time. A failed download is retried as
-        a download, never by buying the generation again; the links of one answer share one task's retry
-        budget (SharedRetries: --max-attempts - 1 retries among them, and none of their tries starts later
-        than --task-deadline after the first), so that links that hang cost the task what one request's
-        retries may, not that times their number. Returns the images at hand, their places in the answer
-        (their names' numbers), and why each of the others could not be fetched: one lost link no longer
-        throws away the images that came (the task fails only when none did)."""
+        a download, never by buying the generation again. Each link is tried once, however long the others
+        took (it was paid for); their retries share one task's budget (SharedRetries: --max-attempts - 1
+        among them, none starting later than --task-deadline after the first download), so that links that
+        hang cost the task what one request's retries may, not that times their number. Returns the images
+        at hand, their places in the answer (their names' numbers), and why each of the others could not be
+        fetched: one lost link no longer throws away the images that came (the task fails only when none
+        did)."""
         ctx = self._ctx
         policy = ctx.settings.retry
         shared = SharedRetries(policy.max_attempts - 1, policy.deadline)
@@ -442,18 +443,22 @@ class TaskAttempts:
         lost: dict[int, str] = {}
         faults: list[Exception] = []
 
-        async def fetch(url: str) -> bytes:
-            async with slots:  # held while a request is out, not through a retry's wait
-                if shared.remaining() <= 0:
-                    raise BrokenAnswerError(
-                        f"not tried: the answer's downloads passed --task-deadline ({shared.deadline:g} s)"
-                    )
-                return await ctx.client.download(url)
-
         async def one(index: int, url: str) -> None:
+            failed: list[ApiError] = []
+
+            async def fetch() -> bytes:
+                async with slots:  # held while a request is out, not through a retry's wait
+                    if failed and shared.remaining() <= 0:  # a retry that waited for a slot past the deadline
+                        raise failed[-1]  # its last error stands (the budget lets no retry go now)
+                    try:
+                        return await ctx.client.download(url)
+                    except ApiError as exc:
+                        failed.append(exc)
+                        raise
+
             try:
                 data[index] = await call_with_retries(
-                    policy, partial(fetch, url), sleep=ctx.sleep, rng=ctx.rng, shared=shared
+                    policy, fetch, sleep=ctx.sleep, rng=ctx.rng, shared=shared
                 )
             except ApiError as exc:
                 lost[index] = f"image {index + 1} could not be downloaded from {_host(url)}: {describe(exc)}"

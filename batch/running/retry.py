@@ -154,18 +154,17 @@ class stop_after_counted_attempts(stop_base):
 
 class SharedRetries:
     """One retry budget for several calls: the links of one answer, fetched side by side. They share
-    `retries` retries among them all (each call's first try is its own), and no try of any of them starts
-    later than `deadline` seconds after the budget was made. A budget of its own for each link held a task
+    `retries` retries among them all (each call's first try is its own), and no retry starts later than
+    `deadline` seconds after the budget was made. A budget of its own for each link held a task
     for hours: 16 links that hang until --timeout, each tried --max-attempts times, one after another."""
 
     def __init__(self, retries: int, deadline: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.left = max(0, retries)
-        self.deadline = deadline
         self.until = clock() + deadline
         self._clock = clock
 
     def remaining(self) -> float:
-        """Seconds left before no try may start."""
+        """Seconds left before no retry may start."""
         return self.until - self._clock()
 
     def take(self) -> bool:
