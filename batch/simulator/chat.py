@@ -39,6 +39,10 @@ class ChatRequest:
     image_count: int
     prompt_tokens: int
     tool_name: str | None = None  # the function name of the first tool offered, if any
+    tool_names: tuple[str, ...] = ()  # the function names of every tool offered
+    # the name of the first function offered the deprecated way (`functions`, which the seed keeps
+    # compatible): its call is answered the deprecated way too, as `function_call`
+    function_name: str | None = None
 
     @property
     def answers_with_image(self) -> bool:
@@ -106,12 +110,22 @@ def _message_parts(content: object, param: str) -> tuple[list[str], int]:
     return texts, images
 
 
-def _first_tool_name(tools: object) -> str | None:
-    """The name of the first function tool; tools are otherwise passed through unchecked."""
-    if isinstance(tools, list) and tools and isinstance(tools[0], dict):
-        function = tools[0].get("function")
+def _tool_names(tools: object) -> tuple[str, ...]:
+    """The names of the function tools offered; tools are otherwise passed through unchecked."""
+    names = []
+    for tool in tools if isinstance(tools, list) else []:
+        function = tool.get("function") if isinstance(tool, dict) else None
         if isinstance(function, dict) and isinstance(function.get("name"), str):
-            return str(function["name"])
+            names.append(str(function["name"]))
+    return tuple(names)
+
+
+def _first_function_name(functions: object) -> str | None:
+    """The name of the first function of the deprecated `functions` list (`[{name, parameters}]`)."""
+    if isinstance(functions, list) and functions and isinstance(functions[0], dict):
+        name = functions[0].get("name")
+        if isinstance(name, str):
+            return name
     return None
 
 
@@ -162,8 +176,11 @@ def parse_chat(body: object) -> ChatRequest:
         raise moderation_blocked()
     given = [limit for limit in limits if limit is not None]
     assert n is not None
+    tool_names = _tool_names(body.get("tools"))
     return ChatRequest(
-        tool_name=_first_tool_name(body.get("tools")),
+        tool_name=next(iter(tool_names), None),
+        tool_names=tool_names,
+        function_name=_first_function_name(body.get("functions")),
         model=model,
         n=n,
         stream=bool(stream),

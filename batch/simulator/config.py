@@ -57,7 +57,10 @@ ANSWER_SHAPES: tuple[str, ...] = (
     "mixed",  # images: the first item a url item, the rest b64_json items
     "fewer",  # images: n-1 items when n >= 2 (and n-1 images billed)
     "error200",  # images and chat: HTTP 200 with an {"error": {...}} body, not billed
-    "tool_calls",  # chat with tools: content null, one call of the first tool, finish_reason tool_calls
+    # chat with tools: content null, one call of the first tool, finish_reason tool_calls; with functions
+    # offered the deprecated way (`functions`), one call of the first as `function_call` (finish_reason
+    # function_call; streamed as delta.function_call, the arguments in pieces)
+    "tool_calls",
     "length_null",  # chat: content null, finish_reason length, thinking used up max_tokens (500 if unset)
     "message_images",  # chat, image models: pictures in message.images / delta.images, not content parts
     "reasoning",  # chat: reasoning_content beside the content, counted as reasoning_tokens

@@ -9,7 +9,8 @@ Billing follows the provider: thinking is output (reasoning_content, thought par
 limit, `thinking_in_total`'s hidden tokens), `fewer` bills the images made, `no_usage` is billed all the
 same, `error200` is not billed.
 
-Shapes combine: a chat answer is a tool call (`tool_calls`, only when the request offers tools), else
+Shapes combine: a chat answer is a tool call (`tool_calls`, only when the request offers tools, or
+functions the deprecated way: then the call is the deprecated `function_call`), else
 `content: null` (`length_null`), else text decorated by `reasoning`, `thoughts` and `message_images` (image
 models only); usage and stream shapes apply to any of them (stream shapes only to streams). `mixed` turns
 `url` into "first item only"; `data_url` and `b64_lines` shape the b64_json items and stack.
@@ -142,6 +143,9 @@ class ShapedChoice:
     reasoning: str | None = None  # reasoning_content
     thought: str | None = None  # the text of a Gemini thought part
     tool_call: ToolCall | None = None
+    # the call made the deprecated way (`message.function_call`, finish_reason function_call), as the API
+    # answers a request that offers `functions` rather than `tools`
+    legacy_call: bool = False
 
 
 @dataclass(frozen=True)
@@ -174,10 +178,13 @@ def thought_text(request: ChatRequest, index: int) -> str:
 def _shaped_choice(
     request: ChatRequest, shapes: frozenset[str], answer_id: str, index: int, base: ChatChoice
 ) -> ShapedChoice:
-    if "tool_calls" in shapes and request.tool_name is not None:
+    name = request.tool_name if request.tool_name is not None else request.function_name
+    if "tool_calls" in shapes and name is not None:
         arguments = json.dumps({"label": _first_word(request), "n": index})
-        call = ToolCall(f"call_{answer_id.removeprefix('chatcmpl-')}_{index}", request.tool_name, arguments)
+        call = ToolCall(f"call_{answer_id.removeprefix('chatcmpl-')}_{index}", name, arguments)
         tokens = text_tokens(call.name + call.arguments)
+        if request.tool_name is None:  # offered as `functions`: answered as `function_call`
+            return ShapedChoice(None, "function_call", tokens, tool_call=call, legacy_call=True)
         return ShapedChoice(None, "tool_calls", tokens, tool_call=call)
     if "length_null" in shapes:
         limit = request.max_tokens if request.max_tokens is not None else DEFAULT_MAX_TOKENS
@@ -199,7 +206,7 @@ def plan_chat(
 ) -> ChatPlan:
     """Shape the plain answers `base` (chat.choices) by the chat shapes that are on."""
     shapes = answers & CHAT_SHAPES
-    if request.tool_name is None:
+    if request.tool_name is None and request.function_name is None:
         shapes -= {"tool_calls"}
     if not request.answers_with_image:
         shapes -= {"message_images"}
@@ -242,7 +249,17 @@ def _tool_call_object(call: ToolCall) -> dict[str, object]:
     return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
 
 
+def _function_call_object(call: ToolCall) -> dict[str, object]:
+    return {"name": call.name, "arguments": call.arguments}
+
+
 def _message(plan: ChatPlan, choice: ShapedChoice, image_url: str | None) -> dict[str, object]:
+    if choice.tool_call is not None and choice.legacy_call:
+        return {
+            "role": "assistant",
+            "content": None,
+            "function_call": _function_call_object(choice.tool_call),
+        }
     if choice.tool_call is not None:
         return {"role": "assistant", "content": None, "tool_calls": [_tool_call_object(choice.tool_call)]}
     if choice.text is None:
@@ -300,6 +317,16 @@ def split_arguments(arguments: str) -> list[str]:
 
 def _deltas(plan: ChatPlan, choice: ShapedChoice, image_url: str | None) -> list[dict[str, object]]:
     """The deltas of one choice before its finish chunk."""
+    if choice.tool_call is not None and choice.legacy_call:  # the name first, the arguments in pieces
+        call = choice.tool_call
+        first, *rest = split_arguments(call.arguments)
+        head: dict[str, object] = {
+            "role": "assistant",
+            "content": None,
+            "function_call": {"name": call.name, "arguments": first},
+        }
+        pieces: list[dict[str, object]] = [{"function_call": {"arguments": piece}} for piece in rest]
+        return [head, *pieces]
     if choice.tool_call is not None:
         call = choice.tool_call
         first, *rest = split_arguments(call.arguments)

@@ -352,6 +352,34 @@ async def test_tool_calls_streamed_in_pieces_merged_by_index() -> None:
     assert finishes(chunks) == {0: "tool_calls"}
 
 
+# The seed (001, "Tools and Functions"): `functions` and `function_call` are deprecated but "Remains
+# compatible". Offered so, a call comes back the deprecated way (OpenAI's published shape):
+#   {"role": "assistant", "content": null,
+#    "function_call": {"name": "get_current_weather", "arguments": "{\n\"location\": \"Boston, MA\"\n}"}}
+#   finish_reason "function_call"; streamed as delta.function_call, the name first, then arguments pieces.
+FUNCTIONS = [{"name": "classify", "parameters": {"type": "object"}}, {"name": "other"}]
+
+
+async def test_functions_offered_the_deprecated_way_are_called_the_deprecated_way() -> None:
+    async with shaped("tool_calls") as client:
+        body = await client.chat_json(functions=FUNCTIONS, n=2)
+        chunks = await client.chat_stream(functions=FUNCTIONS)
+    for index, choice in enumerate(body["choices"]):
+        message = choice["message"]
+        assert choice["finish_reason"] == "function_call"
+        assert message["content"] is None and "tool_calls" not in message
+        assert set(message["function_call"]) == {"name", "arguments"}
+        assert message["function_call"]["name"] == "classify"
+        assert json.loads(message["function_call"]["arguments"]) == {"label": "Describe", "n": index}
+    pieces = [d["function_call"] for d in deltas(chunks) if "function_call" in d]
+    assert len(pieces) >= 3 and pieces[0]["name"] == "classify"
+    assert all(set(piece) == {"arguments"} for piece in pieces[1:])
+    arguments = "".join(piece["arguments"] for piece in pieces)
+    assert json.loads(arguments) == {"label": "Describe", "n": 0}
+    assert not any("tool_calls" in d for d in deltas(chunks))
+    assert finishes(chunks) == {0: "function_call"}
+
+
 @pytest.mark.parametrize(
     ("limits", "limit"), [({"max_tokens": 64}, 64), ({"max_completion_tokens": 40}, 40), ({}, 500)]
 )
