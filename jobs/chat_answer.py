@@ -43,12 +43,20 @@ class _Choice:
     reasoning: str | None = None
     images: list[EncodedImage] = field(default_factory=list)
     tool_calls: list[Any] = field(default_factory=list)
+    function_call: dict[str, Any] | None = None  # the deprecated form of a call (`functions` offered)
     finish_reason: Any = None
+
+    @property
+    def said(self) -> bool:
+        """Whether the choice holds an answer: text, images, or a call."""
+        return self.text is not None or bool(self.images or self.tool_calls or self.function_call)
 
 
 def parse_chat_answer(fields: Mapping[str, Any], body: Any) -> Answer:
     """The text, reasoning, tool calls and images of every choice, from a JSON answer or the chunks of a
-    stream. Reasoning (`reasoning_content`, Gemini's thought parts) is kept apart from the text."""
+    stream. Reasoning (`reasoning_content`, Gemini's thought parts) is kept apart from the text. A call made
+    the deprecated way (`function_call`, the answer to `functions`, which the seed keeps compatible) is
+    an answer as a tool call is."""
     usage = usage_of(body)
     if isinstance(body, list):
         body = assemble_stream(body)
@@ -61,7 +69,7 @@ def parse_chat_answer(fields: Mapping[str, Any], body: Any) -> Answer:
         if not isinstance(message, Mapping):
             raise BrokenAnswerError(f"choices[{index}] has no message", usage=usage, error_type="no_choices")
         read.append(_read_choice(message, choice.get("finish_reason")))
-    if not any(c.text is not None or c.images or c.tool_calls for c in read):
+    if not any(c.said for c in read):
         _no_content(fields, read, usage)
     first = read[0]
     extra: dict[str, Any] = {"finish_reason": first.finish_reason}
@@ -69,6 +77,8 @@ def parse_chat_answer(fields: Mapping[str, Any], body: Any) -> Answer:
         extra["reasoning"] = first.reasoning
     if first.tool_calls:
         extra["tool_calls"] = first.tool_calls
+    if first.function_call is not None:
+        extra["function_call"] = first.function_call
     if len(read) > 1:
         extra["texts"] = [c.text for c in read]
         extra["finish_reasons"] = [c.finish_reason for c in read]
@@ -76,6 +86,8 @@ def parse_chat_answer(fields: Mapping[str, Any], body: Any) -> Answer:
             extra["reasonings"] = [c.reasoning for c in read]
         if any(c.tool_calls for c in read):
             extra["tool_calls_per_choice"] = [c.tool_calls for c in read]
+        if any(c.function_call is not None for c in read):
+            extra["function_call_per_choice"] = [c.function_call for c in read]
     images = tuple(image for c in read for image in c.images)
     return Answer(images=images, text=first.text, extra=extra)
 
@@ -117,6 +129,9 @@ def _read_choice(message: Mapping[str, Any], finish_reason: Any) -> _Choice:
     calls = message.get("tool_calls")
     if isinstance(calls, list) and calls:
         choice.tool_calls = list(calls)
+    call = message.get("function_call")
+    if isinstance(call, Mapping) and call:
+        choice.function_call = dict(call)
     return choice
 
 
@@ -172,6 +187,7 @@ class _StreamChoice:
     reasoning: list[str] = field(default_factory=list)
     images: list[Any] = field(default_factory=list)
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    function_call: dict[str, Any] | None = None
     finish_reason: Any = None
 
 
@@ -215,6 +231,8 @@ def assemble_stream(chunks: list[Any]) -> dict[str, Any]:
             message["images"] = state.images
         if state.tool_calls:
             message["tool_calls"] = [state.tool_calls[i] for i in sorted(state.tool_calls)]
+        if state.function_call is not None:
+            message["function_call"] = state.function_call
         listed_choices.append({"index": index, "message": message, "finish_reason": state.finish_reason})
     body: dict[str, Any] = {"choices": listed_choices}
     if answer_id is not None:
@@ -239,6 +257,11 @@ def _add_delta(state: _StreamChoice, delta: Mapping[str, Any]) -> None:
     for position, call in enumerate(calls if isinstance(calls, list) else []):
         if isinstance(call, Mapping):
             _merge_tool_call(state.tool_calls, call, position)
+    function = delta.get("function_call")
+    if isinstance(function, Mapping):  # the deprecated form: one call, its arguments in pieces
+        if state.function_call is None:
+            state.function_call = {"name": "", "arguments": ""}
+        _merge_function(state.function_call, function)
 
 
 def _merge_tool_call(calls: dict[int, dict[str, Any]], piece: Mapping[str, Any], position: int) -> None:
@@ -251,11 +274,16 @@ def _merge_tool_call(calls: dict[int, dict[str, Any]], piece: Mapping[str, Any],
             call[key] = piece[key]
     function = piece.get("function")
     if isinstance(function, Mapping):
-        target = call.setdefault("function", {"name": "", "arguments": ""})
-        if isinstance(function.get("name"), str) and function["name"]:
-            target["name"] = function["name"]
-        if isinstance(function.get("arguments"), str):
-            target["arguments"] += function["arguments"]
+        _merge_function(call.setdefault("function", {"name": "", "arguments": ""}), function)
+
+
+def _merge_function(target: dict[str, Any], piece: Mapping[str, Any]) -> None:
+    """A piece of a streamed function (a tool call's, or a deprecated `function_call`): the name is set
+    once, the arguments' text appended."""
+    if isinstance(piece.get("name"), str) and piece["name"]:
+        target["name"] = piece["name"]
+    if isinstance(piece.get("arguments"), str):
+        target["arguments"] += piece["arguments"]
 
 
 def stream_complete(fields: Mapping[str, Any], chunks: list[Any]) -> bool:

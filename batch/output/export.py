@@ -330,13 +330,19 @@ def _chat_completion(
     record: ResultRecord, created: int, answer_id: str, images: list[Path], files: _Files
 ) -> dict[str, Any]:
     """A `chat.completion` object: a choice per text (`texts` when n > 1), with its finish reason and tool
-    calls; the reasoning and any images saved from the answer go with the first choice."""
+    calls (or deprecated function call); the reasoning and any images saved from the answer go with the
+    first choice."""
     texts, finish, calls = record.texts, record.finish_reasons, record.tool_calls_per_choice
+    # a call made the deprecated way (`function_call`, the answer to `functions`), per choice
+    legacy = record.extra.get("function_call_per_choice")
+    legacy = legacy if isinstance(legacy, list) else [record.extra.get("function_call")]
     choices = []
     for index, text in enumerate(texts):
         message: dict[str, Any] = {"role": "assistant", "content": text if isinstance(text, str) else None}
         if index < len(calls) and calls[index]:
             message["tool_calls"] = calls[index]
+        if index < len(legacy) and isinstance(legacy[index], Mapping):
+            message["function_call"] = legacy[index]
         if index == 0 and record.reasoning is not None:
             message["reasoning_content"] = record.reasoning
         if index == 0 and images:

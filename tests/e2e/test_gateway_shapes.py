@@ -250,6 +250,37 @@ def test_tool_calls_whole_and_streamed_reach_the_result_line(
     billed_once_and_recorded(out, state)
 
 
+# The chat seed, "Tools and Functions": `functions` and `function_call` are "Deprecated | Remains
+# compatible". Offered so, a call comes back the deprecated way, OpenAI's published shape:
+#   "message": {"role": "assistant", "content": null,
+#               "function_call": {"name": "get_current_weather", "arguments": "{ \"location\": ... }"}},
+#   "finish_reason": "function_call"
+# and streamed as `delta.function_call` (the name, then the arguments in pieces).
+FUNCTIONS = "functions: [{name: label, parameters: {type: object, properties: {label: {type: string}}}}]"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_function_called_the_deprecated_way_reaches_the_result_line_once_bought(
+    stream: bool, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    tasks = f"  - {{kind: chat, id: t, model: m, prompt: tabby cat, stream: {str(stream).lower()}, {FUNCTIONS}}}\n"
+    outcome, out, state = run_shapes(cli, write, tmp_path, ["tool_calls"], tasks)
+    assert outcome.code == 0, outcome.err
+    record = results(out)["t"]
+    assert record["status"] == "succeeded" and record.get("text") is None and record["attempts"] == 1
+    assert record["finish_reason"] == "function_call" and "tool_calls" not in record
+    assert record["function_call"]["name"] == "label"
+    assert json.loads(record["function_call"]["arguments"]) == {"label": "tabby", "n": 0}
+    assert "answer_file" not in record
+    assert state.requests_total == 1
+    [line] = billed_once_and_recorded(out, state)["t"]
+    assert record["cost"] == pytest.approx(cost(line))
+    exported = json.loads(cli("export", out, "--format", "openai").out)
+    [choice] = exported["response"]["body"]["choices"]
+    assert choice["message"]["function_call"] == record["function_call"]
+    assert choice["finish_reason"] == "function_call"
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_thinking_that_used_up_the_token_limit_fails_once_and_keeps_the_answer(
     stream: bool, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
