@@ -61,6 +61,10 @@ ANSWER_SHAPES: tuple[str, ...] = (
     # offered the deprecated way (`functions`), one call of the first as `function_call` (finish_reason
     # function_call; streamed as delta.function_call, the arguments in pieces)
     "tool_calls",
+    # chat with tools: a call of every tool offered (arguments {label, n, tool}), each with a Gemini thought
+    # signature (extra_content.google.thought_signature); streamed as Gemini's OpenAI layer streams them:
+    # each call whole in a chunk of its own, with no `index`, the choice finishing "stop"
+    "tool_calls_unindexed",
     "length_null",  # chat: content null, finish_reason length, thinking used up max_tokens (500 if unset)
     "message_images",  # chat, image models: pictures in message.images / delta.images, not content parts
     "reasoning",  # chat: reasoning_content beside the content, counted as reasoning_tokens

@@ -10,7 +10,8 @@ limit, `thinking_in_total`'s hidden tokens), `fewer` bills the images made, `no_
 same, `error200` is not billed.
 
 Shapes combine: a chat answer is a tool call (`tool_calls`, only when the request offers tools, or
-functions the deprecated way: then the call is the deprecated `function_call`), else
+functions the deprecated way: then the call is the deprecated `function_call`; `tool_calls_unindexed`: a
+call of every tool offered, streamed as Gemini's OpenAI layer streams them), else
 `content: null` (`length_null`), else text decorated by `reasoning`, `thoughts` and `message_images` (image
 models only); usage and stream shapes apply to any of them (stream shapes only to streams). `mixed` turns
 `url` into "first item only"; `data_url` and `b64_lines` shape the b64_json items and stack.
@@ -18,6 +19,7 @@ models only); usage and stream shapes apply to any of them (stream shapes only t
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -42,8 +44,8 @@ STREAM_SHAPES = frozenset(
     }
 )
 CHAT_SHAPES = frozenset(
-    {"tool_calls", "length_null", "message_images", "reasoning", "thoughts", "thinking_in_total", "cached",
-     "no_usage"}
+    {"tool_calls", "tool_calls_unindexed", "length_null", "message_images", "reasoning", "thoughts",
+     "thinking_in_total", "cached", "no_usage"}
 ) | STREAM_SHAPES  # fmt: skip
 # Content faults break the images themselves: such an answer keeps the default shape.
 CONTENT_FAULTS = frozenset({"no_data", "bad_base64", "bad_image", "bomb"})
@@ -130,6 +132,7 @@ class ToolCall:
     id: str
     name: str
     arguments: str  # a JSON text, as the API sends it
+    signature: str | None = None  # Gemini's thought signature (extra_content.google.thought_signature)
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,7 @@ class ShapedChoice:
     reasoning: str | None = None  # reasoning_content
     thought: str | None = None  # the text of a Gemini thought part
     tool_call: ToolCall | None = None
+    more_calls: tuple[ToolCall, ...] = ()  # the calls after the first (tool_calls_unindexed)
     # the call made the deprecated way (`message.function_call`, finish_reason function_call), as the API
     # answers a request that offers `functions` rather than `tools`
     legacy_call: bool = False
@@ -178,6 +182,19 @@ def thought_text(request: ChatRequest, index: int) -> str:
 def _shaped_choice(
     request: ChatRequest, shapes: frozenset[str], answer_id: str, index: int, base: ChatChoice
 ) -> ShapedChoice:
+    if "tool_calls_unindexed" in shapes and request.tool_names:  # a call of every tool offered
+        word, prefix = _first_word(request), f"call_{answer_id.removeprefix('chatcmpl-')}_{index}"
+        calls = [
+            ToolCall(
+                f"{prefix}_{number}",
+                tool,
+                json.dumps({"label": word, "n": index, "tool": tool}),
+                _signature(f"{prefix}_{number}"),
+            )
+            for number, tool in enumerate(request.tool_names)
+        ]
+        tokens = sum(text_tokens(call.name + call.arguments) for call in calls)
+        return ShapedChoice(None, "tool_calls", tokens, tool_call=calls[0], more_calls=tuple(calls[1:]))
     name = request.tool_name if request.tool_name is not None else request.function_name
     if "tool_calls" in shapes and name is not None:
         arguments = json.dumps({"label": _first_word(request), "n": index})
@@ -208,12 +225,16 @@ def plan_chat(
     shapes = answers & CHAT_SHAPES
     if request.tool_name is None and request.function_name is None:
         shapes -= {"tool_calls"}
+    if not request.tool_names:
+        shapes -= {"tool_calls_unindexed"}
+    elif "tool_calls_unindexed" in shapes:
+        shapes -= {"tool_calls"}
     if not request.answers_with_image:
         shapes -= {"message_images"}
     if not request.stream:
         shapes -= STREAM_SHAPES
     picked = [_shaped_choice(request, shapes, answer_id, index, choice) for index, choice in enumerate(base)]
-    if "tool_calls" in shapes:
+    if shapes & {"tool_calls", "tool_calls_unindexed"}:
         shapes -= {"length_null", "reasoning", "thoughts", "message_images"}
     elif "length_null" in shapes:
         shapes -= {"reasoning", "thoughts", "message_images"}
@@ -245,8 +266,20 @@ def thought_part(text: str) -> dict[str, object]:
     return {"type": "text", "text": text, "extra_part": {"google": {"thought": True}}}
 
 
+def _signature(call_id: str) -> str:
+    """A deterministic stand-in for Gemini's opaque thought signature (base64 text)."""
+    return base64.b64encode(f"signature of {call_id}".encode()).decode()
+
+
 def _tool_call_object(call: ToolCall) -> dict[str, object]:
-    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+    found: dict[str, object] = {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
+    if call.signature is not None:
+        found["extra_content"] = {"google": {"thought_signature": call.signature}}
+    return found
 
 
 def _function_call_object(call: ToolCall) -> dict[str, object]:
@@ -261,7 +294,8 @@ def _message(plan: ChatPlan, choice: ShapedChoice, image_url: str | None) -> dic
             "function_call": _function_call_object(choice.tool_call),
         }
     if choice.tool_call is not None:
-        return {"role": "assistant", "content": None, "tool_calls": [_tool_call_object(choice.tool_call)]}
+        calls = [_tool_call_object(call) for call in (choice.tool_call, *choice.more_calls)]
+        return {"role": "assistant", "content": None, "tool_calls": calls}
     if choice.text is None:
         return {"role": "assistant", "content": None}
     in_parts = image_url is not None and "message_images" not in plan.shapes
@@ -327,6 +361,12 @@ def _deltas(plan: ChatPlan, choice: ShapedChoice, image_url: str | None) -> list
         }
         pieces: list[dict[str, object]] = [{"function_call": {"arguments": piece}} for piece in rest]
         return [head, *pieces]
+    if choice.tool_call is not None and "tool_calls_unindexed" in plan.shapes:
+        # as Gemini's OpenAI layer streams them: each call whole, in a chunk of its own, with no `index`
+        whole: list[dict[str, object]] = [
+            {"tool_calls": [_tool_call_object(call)]} for call in (choice.tool_call, *choice.more_calls)
+        ]
+        return [{"role": "assistant", **whole[0]}, *whole[1:]]
     if choice.tool_call is not None:
         call = choice.tool_call
         first, *rest = split_arguments(call.arguments)
@@ -393,9 +433,10 @@ def stream_events(
                 choice = {"index": index, "delta": deltas[position], "finish_reason": None}
                 chunks.append({**base, "choices": [choice]})
     for index, shaped in enumerate(plan.choices):
-        chunks.append(
-            {**base, "choices": [{"index": index, "delta": {}, "finish_reason": shaped.finish_reason}]}
-        )
+        finish = shaped.finish_reason
+        if "tool_calls_unindexed" in plan.shapes:  # Gemini's streams end tool calls with "stop"
+            finish = "stop"
+        chunks.append({**base, "choices": [{"index": index, "delta": {}, "finish_reason": finish}]})
     tail: list[str] = []
     if "usage_every_chunk" in plan.shapes:
         for done, chunk in enumerate(chunks, start=1):

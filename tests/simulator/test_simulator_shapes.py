@@ -352,6 +352,30 @@ async def test_tool_calls_streamed_in_pieces_merged_by_index() -> None:
     assert finishes(chunks) == {0: "tool_calls"}
 
 
+# Gemini's OpenAI-compatible layer (the service behind the chat seed) streams a tool call whole, in a chunk
+# of its own, without `index`, with its thought signature, and ends the choice with "stop", as captured:
+#   {"choices":[{"delta":{"role":"assistant","tool_calls":[{"extra_content":{"google":
+#     {"thought_signature":"..."}},"function":{"arguments":"{...}","name":"read"},"id":"call_297140",
+#     "type":"function"}]},"index":0}],"object":"chat.completion.chunk"}
+async def test_tool_calls_unindexed_streams_every_call_whole_without_index() -> None:
+    async with shaped("tool_calls_unindexed") as client:
+        chunks = await client.chat_stream(tools=TOOLS)
+        plain = await client.chat_json(tools=TOOLS)
+    calls = [d["tool_calls"] for d in deltas(chunks) if "tool_calls" in d]
+    assert [len(c) for c in calls] == [1, 1], "each call in a chunk of its own"
+    streamed = [c[0] for c in calls]
+    for number, (call, tool) in enumerate(zip(streamed, ("classify", "other"), strict=True)):
+        assert "index" not in call and call["type"] == "function" and call["id"].endswith(f"_{number}")
+        assert call["function"]["name"] == tool
+        assert json.loads(call["function"]["arguments"]) == {"label": "Describe", "n": 0, "tool": tool}
+        assert call["extra_content"]["google"]["thought_signature"]
+    assert len({call["id"] for call in streamed}) == 2
+    assert finishes(chunks) == {0: "stop"}
+    (choice,) = plain["choices"]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+    assert [call["function"]["name"] for call in choice["message"]["tool_calls"]] == ["classify", "other"]
+
+
 # The seed (001, "Tools and Functions"): `functions` and `function_call` are deprecated but "Remains
 # compatible". Offered so, a call comes back the deprecated way (OpenAI's published shape):
 #   {"role": "assistant", "content": null,
@@ -559,7 +583,7 @@ async def test_odd_streams_frame_the_same_events_as_the_format_allows(shape: str
 
 
 def test_answer_shapes_are_validated() -> None:
-    assert len(set(ANSWER_SHAPES)) == len(ANSWER_SHAPES) == 29
+    assert len(set(ANSWER_SHAPES)) == len(ANSWER_SHAPES) == 30
     with pytest.raises(ValueError, match="unknown answer shape 'nope'"):
         SimConfig(answers=frozenset({"nope"}))
     with pytest.raises(ValueError, match="cannot be on together"):
