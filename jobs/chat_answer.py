@@ -189,6 +189,7 @@ class _StreamChoice:
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     function_call: dict[str, Any] | None = None
     finish_reason: Any = None
+    last_call: int | None = None  # the index of the tool call a piece went to last
 
 
 def assemble_stream(chunks: list[Any]) -> dict[str, Any]:
@@ -256,7 +257,7 @@ def _add_delta(state: _StreamChoice, delta: Mapping[str, Any]) -> None:
     calls = delta.get("tool_calls")
     for position, call in enumerate(calls if isinstance(calls, list) else []):
         if isinstance(call, Mapping):
-            _merge_tool_call(state.tool_calls, call, position)
+            state.last_call = _merge_tool_call(state.tool_calls, call, position, state.last_call)
     function = delta.get("function_call")
     if isinstance(function, Mapping):  # the deprecated form: one call, its arguments in pieces
         if state.function_call is None:
@@ -264,17 +265,42 @@ def _add_delta(state: _StreamChoice, delta: Mapping[str, Any]) -> None:
         _merge_function(state.function_call, function)
 
 
-def _merge_tool_call(calls: dict[int, dict[str, Any]], piece: Mapping[str, Any], position: int) -> None:
-    """A piece of a streamed tool call into the call with its `index`: id, type and name are set once,
-    the arguments' text is appended."""
-    index = piece.get("index", position)
-    call = calls.setdefault(index if isinstance(index, int) else position, {"type": "function"})
+def _merge_tool_call(
+    calls: dict[int, dict[str, Any]], piece: Mapping[str, Any], position: int, last: int | None
+) -> int:
+    """A piece of a streamed tool call into its call: id, type and name are set once, the arguments' text
+    is appended, other keys (Gemini's `extra_content` thought signature) kept. The call is the one of the
+    piece's `index`; a piece without one (Gemini's OpenAI layer streams each call whole so) is a new call
+    when it brings an id not seen yet, else a piece of the call before. Returns the call's index."""
+    index = _call_index(calls, piece, position, last)
+    call = calls.setdefault(index, {"type": "function"})
     for key in ("id", "type"):
         if isinstance(piece.get(key), str) and piece[key]:
             call[key] = piece[key]
+    for key, value in piece.items():
+        if key not in ("index", "id", "type", "function") and value is not None:
+            call[key] = value
     function = piece.get("function")
     if isinstance(function, Mapping):
         _merge_function(call.setdefault("function", {"name": "", "arguments": ""}), function)
+    return index
+
+
+def _call_index(
+    calls: Mapping[int, Mapping[str, Any]], piece: Mapping[str, Any], position: int, last: int | None
+) -> int:
+    """Which call a streamed piece belongs to (see _merge_tool_call)."""
+    index = piece.get("index")
+    if isinstance(index, int) and not isinstance(index, bool):
+        return index
+    call_id = piece.get("id")
+    if isinstance(call_id, str) and call_id:
+        known = next((key for key, call in calls.items() if call.get("id") == call_id), None)
+        if known is not None:
+            return known
+        if calls:  # two calls sent without an index were merged into one: the first lost, JSON broken
+            return max(calls) + 1
+    return last if last is not None else position
 
 
 def _merge_function(target: dict[str, Any], piece: Mapping[str, Any]) -> None:

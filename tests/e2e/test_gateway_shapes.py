@@ -250,6 +250,34 @@ def test_tool_calls_whole_and_streamed_reach_the_result_line(
     billed_once_and_recorded(out, state)
 
 
+# Gemini's OpenAI-compatible layer streams each tool call whole in a chunk of its own, without the `index`
+# of OpenAI's streams, with its thought signature (`extra_content.google.thought_signature`, which a
+# follow-up request must send back), and finishes the choice "stop" (a chunk captured from it:
+#   {"delta":{"role":"assistant","tool_calls":[{"extra_content":{"google":{"thought_signature":"..."}},
+#    "function":{"arguments":"{...}","name":"read"},"id":"call_297140","type":"function"}]},"index":0}).
+TWO_TOOLS = "tools: [{type: function, function: {name: label}}, {type: function, function: {name: rate}}]"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_calls_streamed_without_index_are_each_kept_whole_with_their_signatures(
+    stream: bool, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    tasks = f"  - {{kind: chat, id: t, model: m, prompt: tabby cat, stream: {str(stream).lower()}, {TWO_TOOLS}}}\n"
+    outcome, out, state = run_shapes(cli, write, tmp_path, ["tool_calls_unindexed"], tasks)
+    assert outcome.code == 0, outcome.err
+    record = results(out)["t"]
+    assert record["finish_reason"] == ("stop" if stream else "tool_calls") and record.get("text") is None
+    calls = record["tool_calls"]
+    assert [call["function"]["name"] for call in calls] == ["label", "rate"]
+    for call in calls:
+        arguments = json.loads(call["function"]["arguments"])
+        assert arguments == {"label": "tabby", "n": 0, "tool": call["function"]["name"]}
+        assert call["extra_content"]["google"]["thought_signature"]
+    assert len({call["id"] for call in calls}) == 2
+    assert state.requests_total == 1
+    billed_once_and_recorded(out, state)
+
+
 # The chat seed, "Tools and Functions": `functions` and `function_call` are "Deprecated | Remains
 # compatible". Offered so, a call comes back the deprecated way, OpenAI's published shape:
 #   "message": {"role": "assistant", "content": null,

@@ -207,6 +207,36 @@ def test_streamed_tool_calls_merge_their_arguments_by_index() -> None:
     ]
 
 
+# Gemini's OpenAI-compatible layer streams each tool call whole, without `index` (a chunk captured from it):
+#   {"choices":[{"delta":{"role":"assistant","tool_calls":[{"extra_content":{"google":{"thought_signature":
+#   "..."}},"function":{"arguments":"{...}","name":"read"},"id":"call_297140","type":"function"}]},
+#   "index":0}],"model":"gemini-3.8-flash","object":"chat.completion.chunk"}
+# and may split arguments across deltas without an index, or send the signature in a delta of its own.
+def test_streamed_tool_calls_without_index_are_told_apart_by_their_ids() -> None:
+    signature = {"google": {"thought_signature": "c2ln"}}
+    read = {"name": "read", "arguments": '{"path": "/a"}'}
+    chunks = [
+        chunk({"role": "assistant", "tool_calls": [{"extra_content": signature, "function": read,
+                                                    "id": "call_297140", "type": "function"}]}),
+        chunk({"tool_calls": [{"function": {"name": "glob", "arguments": '{"pat'}, "id": "call_297141",
+                               "type": "function"}]}),
+        chunk({"tool_calls": [{"function": {"arguments": 'tern": "*"}'}}]}),
+        chunk({"tool_calls": [{"extra_content": {"google": {"thought_signature": "Z2xv"}}}]}),
+        chunk({}, "stop"),
+    ]  # fmt: skip
+    answer = chat.parse_answer({}, chunks)
+    assert answer.extra["finish_reason"] == "stop"
+    assert answer.extra["tool_calls"] == [
+        {"type": "function", "id": "call_297140", "extra_content": signature, "function": read},
+        {
+            "type": "function",
+            "id": "call_297141",
+            "extra_content": {"google": {"thought_signature": "Z2xv"}},
+            "function": {"name": "glob", "arguments": '{"pattern": "*"}'},
+        },
+    ]
+
+
 def test_streamed_reasoning_and_images() -> None:
     chunks = [
         chunk({"role": "assistant", "reasoning_content": "Think"}),
