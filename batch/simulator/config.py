@@ -84,9 +84,13 @@ ANSWER_SHAPES: tuple[str, ...] = (
     "gzip_mislabel",  # images and chat, not streamed: the JSON body as it is, labelled Content-Encoding gzip
     "gzip_crlf",  # images and chat, not streamed: the JSON body gzip-compressed, then CRLF after it
     "gzip_transfer",  # images and chat, not streamed: the JSON body under Transfer-Encoding: gzip, chunked
+    "no_request_id",  # images and chat: no x-request-id header (a chat answer's `id` is then its only id)
 )
 _CONFLICTING_SHAPES = (frozenset({"no_usage", "usage_every_chunk"}),)
 DEFAULT_THINKING_TOKENS = 1000
+# The statuses of random errors (--error-rate): API.md's retryable ones. 408 and 409 are there on demand.
+DEFAULT_ERROR_STATUSES = (500, 502, 503, 504)
+ERROR_STATUSES = (408, 409, 500, 502, 503, 504)
 
 BILLED_FAULTS = frozenset(
     {
@@ -125,7 +129,9 @@ class SimConfig:
     latency_jitter: float = 0.0
     error_rate: float = 0.0
     rate_429: float = 0.0
+    error_statuses: tuple[int, ...] = DEFAULT_ERROR_STATUSES  # of ERROR_STATUSES, drawn at random
     retry_after: float = DEFAULT_RETRY_AFTER
+    retry_after_date: bool = False  # Retry-After written as an HTTP date (whole seconds), not seconds
     rpm: int | None = None
     rps: int | None = None  # requests per second per key (sliding window), beside or instead of rpm
     tpm: int | None = None  # billed tokens per minute per key (sliding window)
@@ -154,6 +160,10 @@ class SimConfig:
             raise ValueError(f"latency_jitter must be between 0 and 1, got {self.latency_jitter!r}")
         _check_fraction("error_rate", self.error_rate)
         _check_fraction("rate_429", self.rate_429)
+        object.__setattr__(self, "error_statuses", tuple(self.error_statuses))
+        if not self.error_statuses or not set(self.error_statuses) <= set(ERROR_STATUSES):
+            known = ", ".join(map(str, ERROR_STATUSES))
+            raise ValueError(f"error_statuses must be some of {known}, got {self.error_statuses!r}")
         if self.tpm is not None and self.tpm < 1:
             raise ValueError(f"tpm must be >= 1 or None, got {self.tpm!r}")
         if self.rpm is not None and self.rpm < 1:

@@ -6,11 +6,16 @@ the server's middleware, so no handler builds error bodies by hand.
 
 from __future__ import annotations
 
+import email.utils
 import json
+import math
+import time
 
 from aiohttp import web
 
 _REASONS = {
+    408: "Request Timeout",
+    409: "Conflict",
     500: "Internal Server Error",
     502: "Bad Gateway",
     503: "Service Unavailable",
@@ -70,9 +75,21 @@ def format_retry_after(seconds: float) -> str:
     return f"{seconds:g}"
 
 
-def rate_limited(retry_after: float | None, message: str, code: str = "rate_limit_exceeded") -> ApiError:
-    """A 429, with Retry-After when the server knows when to come back."""
-    headers = {"Retry-After": format_retry_after(retry_after)} if retry_after is not None else {}
+def format_retry_after_date(seconds: float, now: float | None = None) -> str:
+    """Retry-After as an HTTP date (RFC 9110 allows either form): the moment, rounded up to the second an
+    HTTP date can say, of `seconds` from now."""
+    moment = math.ceil((time.time() if now is None else now) + seconds)
+    return email.utils.formatdate(moment, usegmt=True)
+
+
+def rate_limited(
+    retry_after: float | None, message: str, code: str = "rate_limit_exceeded", *, as_date: bool = False
+) -> ApiError:
+    """A 429, with Retry-After when the server knows when to come back (as an HTTP date, `as_date`)."""
+    headers = {}
+    if retry_after is not None:
+        shown = format_retry_after_date(retry_after) if as_date else format_retry_after(retry_after)
+        headers["Retry-After"] = shown
     return ApiError(429, message, type_="rate_limit_exceeded", code=code, headers=headers)
 
 
@@ -87,12 +104,13 @@ def quota_exhausted() -> ApiError:
 
 
 def server_error_json(status: int) -> web.Response:
-    """A 5xx from the model service itself, in the JSON error shape."""
+    """A 5xx from the model service itself (or a 408 or 409), in the JSON error shape."""
+    kind = {408: "timeout", 409: "conflict"}.get(status, "server_error")
     error = ApiError(
         status,
         f"The server had an error while processing your request ({_REASONS.get(status, 'error')}).",
-        type_="server_error",
-        code="server_error",
+        type_=kind,
+        code=kind,
     )
     return error.response()
 

@@ -39,11 +39,11 @@ class Draws:
     fault: float
 
     @classmethod
-    def take(cls, rng: random.Random) -> Draws:
+    def take(cls, rng: random.Random, statuses: tuple[int, ...] = SERVER_ERROR_STATUSES) -> Draws:
         return cls(
             rate_429=rng.random(),
             error=rng.random(),
-            error_status=rng.choice(SERVER_ERROR_STATUSES),
+            error_status=rng.choice(statuses),
             error_html=rng.random() < 0.5,
             jitter=rng.uniform(-1.0, 1.0),
             fault=rng.random(),

@@ -12,10 +12,12 @@ import os
 
 from .config import (
     ANSWER_SHAPES,
+    DEFAULT_ERROR_STATUSES,
     DEFAULT_HUGE_BYTES,
     DEFAULT_RETRY_AFTER,
     DEFAULT_SLOW_SECONDS,
     DEFAULT_THINKING_TOKENS,
+    ERROR_STATUSES,
     FAULT_NAMES,
     SimConfig,
 )
@@ -70,7 +72,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--rate-429", type=_fraction, default=0.0, help="fraction answered 429 at random")
     group.add_argument(
+        "--error-status",
+        type=int,
+        choices=ERROR_STATUSES,
+        action="append",
+        default=None,
+        metavar="STATUS",
+        help="a status of --error-rate's errors (repeatable; of 408, 409, 500, 502, 503, 504; "
+        "default 500, 502, 503, 504)",
+    )
+    group.add_argument(
         "--retry-after", type=_non_negative, default=DEFAULT_RETRY_AFTER, help="Retry-After of random 429s"
+    )
+    group.add_argument(
+        "--retry-after-date",
+        action="store_true",
+        help="write every 429's Retry-After as an HTTP date (whole seconds), not as seconds",
     )
     group.add_argument("--rpm", type=int, default=None, help="requests per minute per key (sliding window)")
     group.add_argument("--rps", type=int, default=None, help="requests per second per key (sliding window)")
@@ -164,7 +181,9 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         latency_jitter=args.latency_jitter,
         error_rate=args.error_rate,
         rate_429=args.rate_429,
+        error_statuses=tuple(args.error_status or DEFAULT_ERROR_STATUSES),
         retry_after=args.retry_after,
+        retry_after_date=args.retry_after_date,
         rpm=args.rpm,
         rps=args.rps,
         tpm=args.tpm,

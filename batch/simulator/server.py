@@ -77,7 +77,13 @@ class _Simulator:
         return handle
 
     def _begin(self, kind: str, request: web.Request) -> Exchange:
-        return Exchange.begin(kind, request, f"req_sim{next(self._request_ids):08d}")
+        number = next(self._request_ids)
+        server_id = None if "no_request_id" in self.config.answers else f"req_sim{number:08d}"
+        return Exchange.begin(kind, request, server_id)
+
+    def _limited(self, retry_after: float, message: str) -> ApiError:
+        """A 429 with Retry-After, in seconds or (`retry_after_date`) as an HTTP date."""
+        return rate_limited(retry_after, message, as_date=self.config.retry_after_date)
 
     async def _handle(self, kind: str, request: web.Request, respond: _Respond) -> web.StreamResponse:
         ex = self._begin(kind, request)
@@ -92,27 +98,27 @@ class _Simulator:
                 if not self.state.try_enter():
                     raise rate_limited(None, "Too many concurrent requests.", "concurrency_limit_exceeded")
                 entered = True
-                draws = faults.Draws.take(self._rng)
+                draws = faults.Draws.take(self._rng, self.config.error_statuses)
                 if draws.rate_429 < self.config.rate_429:
-                    raise rate_limited(self.config.retry_after, "Rate limit exceeded, please retry later.")
+                    raise self._limited(self.config.retry_after, "Rate limit exceeded, please retry later.")
                 if self.config.tpm is not None:
                     wait = self.state.tpm_admit(key_id, self.config.tpm)
                     if wait is not None:
-                        raise rate_limited(
+                        raise self._limited(
                             retry_after_seconds(wait),
                             f"Rate limit of {self.config.tpm} tokens per minute reached.",
                         )
                 if self.config.rps is not None:
                     wait = self.state.rpm_admit(key_id, self.config.rps, seconds=1.0)
                     if wait is not None:
-                        raise rate_limited(
+                        raise self._limited(
                             retry_after_seconds(wait),
                             f"Rate limit of {self.config.rps} requests per second reached.",
                         )
                 if self.config.rpm is not None:
                     wait = self.state.rpm_admit(key_id, self.config.rpm)
                     if wait is not None:
-                        raise rate_limited(
+                        raise self._limited(
                             retry_after_seconds(wait),
                             f"Rate limit of {self.config.rpm} requests per minute reached.",
                         )

@@ -229,6 +229,43 @@ def test_rate_limited_requests_honour_retry_after(
     assert retried and all(r["seconds"] >= 0.2 for r in retried)  # waited as told, though backoff is 0
 
 
+# API.md, "Errors": 408/409/429 are retried (429 "may carry `Retry-After` in seconds or as an HTTP date"),
+# and nothing they answer is billed.
+def test_408_and_409_are_retried_and_each_task_bought_once(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write("tasks:\n" + IMAGE_TASKS + CHAT_TASKS)
+    config = SimConfig(api_key=KEY, error_rate=0.5, error_statuses=(408, 409), seed=1)
+    with simulator_in_thread(config) as sim:
+        outcome = cli(
+            "run", manifest, "--out", tmp_path / "out", *FAST, "--max-attempts", "20", env=env_for(sim)
+        )
+        statuses = sim.state.status_counts()
+        billed = [record.task_id for record in sim.state.records if record.billed_tokens]
+    assert outcome.code == 0, outcome.err
+    assert statuses.get(408, 0) >= 1 and statuses.get(409, 0) >= 1
+    done = results(tmp_path / "out")
+    assert len(done) == 6 and all(r["status"] == "succeeded" for r in done.values())
+    assert sorted(billed) == sorted(done) and len(ledger(tmp_path / "out")) == 6
+
+
+def test_a_retry_after_written_as_an_http_date_is_honoured(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    manifest = write("tasks:\n" + "".join(f"  - {{kind: chat, model: m, prompt: p {i}}}\n" for i in range(4)))
+    config = SimConfig(api_key=KEY, rate_429=0.5, retry_after=1, retry_after_date=True, seed=5)
+    with simulator_in_thread(config) as sim:
+        outcome = cli(
+            "run", manifest, "--out", tmp_path / "out", *FAST, "--max-attempts", "20", env=env_for(sim)
+        )
+        statuses = sim.state.status_counts()
+    assert outcome.code == 0, outcome.err
+    assert statuses.get(429, 0) >= 1
+    retried = [r for r in results(tmp_path / "out").values() if r["attempts"] > 1]
+    # the date is a whole second at least 1 s ahead: each retry waited for it, though backoff is 0
+    assert retried and all(r["seconds"] >= 0.9 for r in retried)
+
+
 @pytest.mark.parametrize(
     ("fault", "flags", "shapes"),
     [

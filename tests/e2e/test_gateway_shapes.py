@@ -413,6 +413,28 @@ def test_streams_without_done_with_running_usage_or_with_noise_are_whole_answers
     billed_once_and_recorded(out, state)
 
 
+# API.md: "The server's request id comes as an `x-request-id` header or the answer's `id`."
+def test_without_an_x_request_id_the_answers_own_id_names_it(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    tasks = (
+        "  - {kind: chat, id: whole, model: m, prompt: tabby cat}\n"
+        "  - {kind: chat, id: streamed, model: m, prompt: tabby cat, stream: true}\n"
+        "  - {kind: generate, id: picture, model: m, prompt: a cat}\n"
+    )
+    outcome, out, state = run_shapes(cli, write, tmp_path, ["no_request_id"], tasks)
+    assert outcome.code == 0, outcome.err
+    answer_ids = {str(record.task_id): record.answer_id for record in state.records}
+    assert answer_ids["whole"] and answer_ids["streamed"] and answer_ids["picture"] is None
+    done = results(out)
+    by_task = {line["task_id"]: line for line in ledger(out)}
+    for task, answer_id in answer_ids.items():
+        assert done[task]["status"] == "succeeded"
+        assert done[task].get("request_id") == answer_id
+        assert by_task[task]["server_request_id"] == answer_id
+    assert state.requests_total == 3 and len(by_task) == 3
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_an_answer_without_usage_is_recorded_at_its_estimate(
     stream: bool, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import email.utils
 import io
 import json
 import math
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -710,6 +712,31 @@ async def test_random_429_and_5xx() -> None:
         assert client.sim.state.billed_total_tokens == 0
 
 
+# API.md, "Errors": 408/409/429 (429 may carry `Retry-After` in seconds or as an HTTP date). The simulator
+# sends the other retryable statuses, and the date form, on demand.
+@pytest.mark.anyio
+async def test_408_409_and_a_retry_after_written_as_an_http_date() -> None:
+    async with simulated(rate_429=1.0, retry_after=2, retry_after_date=True) as client:
+        before = time.time()
+        response = await client.generate({"prompt": "a fox"})
+        assert response.status == 429
+        when = email.utils.parsedate_to_datetime(response.headers["Retry-After"])
+        assert when.tzinfo is not None and response.headers["Retry-After"].endswith(" GMT")
+        assert before + 2 <= when.timestamp() <= time.time() + 3
+    async with simulated(error_rate=1.0, error_statuses=(408, 409), seed=7) as client:
+        seen = set()
+        for _ in range(12):
+            response = await client.generate({"prompt": "a fox"})
+            if response.content_type == "text/html":
+                assert f"<title>{response.status} " in await response.text()
+            else:
+                assert (await error_of(response))["type"] in ("timeout", "conflict")
+            seen.add(response.status)
+        assert seen == {408, 409} and client.sim.state.billed_total_tokens == 0
+    with pytest.raises(ValueError, match="error_statuses"):
+        SimConfig(error_statuses=(404,))
+
+
 @pytest.mark.anyio
 async def test_latency_and_jitter() -> None:
     async with simulated(latency=0.05, latency_jitter=0.2, seed=1) as client:
@@ -950,9 +977,12 @@ def test_flags_build_a_config(monkeypatch: pytest.MonkeyPatch) -> None:
         ["--latency", "0.2", "--latency-jitter", "0.1", "--error-rate", "0.05", "--rate-429", "0.02",
          "--retry-after", "2", "--rpm", "60", "--max-inflight", "4", "--fault", "reset=0.1",
          "--fault", "slow=0.2", "--fault-once-per-task", "--seed", "9", "--image-mode", "realistic",
-         "--api-key-env", "SIM_KEY", "--endpoint", "a", "--endpoint", "b"]
+         "--api-key-env", "SIM_KEY", "--endpoint", "a", "--endpoint", "b", "--error-status", "408",
+         "--error-status", "503", "--retry-after-date"]
     )  # fmt: skip
     config = config_from_args(args)
+    assert config.error_statuses == (408, 503) and config.retry_after_date
+    assert config_from_args(parser.parse_args([])).error_statuses == (500, 502, 503, 504)
     assert config.api_key == "secret-value" and "secret-value" not in repr(config)
     assert (config.latency, config.latency_jitter) == (0.2, 0.1)
     assert (config.error_rate, config.rate_429) == (0.05, 0.02)

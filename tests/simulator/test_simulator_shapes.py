@@ -298,6 +298,20 @@ def assert_error_200(response: aiohttp.ClientResponse, body: dict[str, Any]) -> 
     assert "x-request-id" in response.headers
 
 
+# API.md: "The server's request id comes as an `x-request-id` header or the answer's `id`."
+async def test_no_request_id_leaves_the_answers_own_id_alone() -> None:
+    async with shaped("no_request_id") as client:
+        response, image = await client.generate()
+        chat_response, raw = await client.chat()
+        stream_response, streamed = await client.chat(stream=True)
+    assert response.status == chat_response.status == stream_response.status == 200
+    assert "x-request-id" not in response.headers and "id" not in image
+    assert "x-request-id" not in chat_response.headers and "x-request-id" not in stream_response.headers
+    assert json.loads(raw)["id"].startswith("chatcmpl-")
+    assert {chunk["id"] for chunk in chunks_of(streamed)} == {client.sim.state.records[-1].answer_id}
+    assert all(record.x_request_id is None for record in client.sim.state.records)
+
+
 async def test_error200_for_images_and_chat_is_not_billed() -> None:
     async with shaped("error200") as client:
         response, body = await client.generate(n=2)
@@ -583,7 +597,7 @@ async def test_odd_streams_frame_the_same_events_as_the_format_allows(shape: str
 
 
 def test_answer_shapes_are_validated() -> None:
-    assert len(set(ANSWER_SHAPES)) == len(ANSWER_SHAPES) == 30
+    assert len(set(ANSWER_SHAPES)) == len(ANSWER_SHAPES) == 31
     with pytest.raises(ValueError, match="unknown answer shape 'nope'"):
         SimConfig(answers=frozenset({"nope"}))
     with pytest.raises(ValueError, match="cannot be on together"):
