@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from batch.jobs.chat import KIND as chat
+from batch.jobs.edit import KIND as edit
 from batch.jobs.generate import KIND as generate
 from PIL import Image
 
@@ -274,6 +275,26 @@ async def test_sse_comments_event_lines_and_crlf() -> None:
 
 
 # --- usage and prices -------------------------------------------------------------------------------
+
+
+# The image seed's own example answer (generate and edit alike), its usage as printed there:
+#   "usage": {"input_tokens": 252, "output_tokens": 4160, "total_tokens": 4412,
+#             "input_tokens_details": {"image_tokens": 194, "text_tokens": 58}}
+SEED_IMAGE_USAGE = {
+    "input_tokens": 252,
+    "output_tokens": 4160,
+    "total_tokens": 4412,
+    "input_tokens_details": {"image_tokens": 194, "text_tokens": 58},
+}
+
+
+@pytest.mark.parametrize("kind", [generate, edit])
+def test_the_image_seeds_example_usage_prices_its_image_and_text_input_apart(kind: Any) -> None:
+    counts = kind.token_counts(SEED_IMAGE_USAGE)
+    assert counts == TokenCounts(252, 4160, 4412, image_input=194)
+    # gpt-image-1's list prices: $5 text input, $10 image input, $40 output, per million tokens
+    price = Price(text_input=5.0, image_input=10.0, output=40.0)
+    assert price.cost(counts) == pytest.approx((58 * 5.0 + 194 * 10.0 + 4160 * 40.0) / 1e6)
 
 
 def test_thinking_counted_only_in_the_total_is_billed_as_output() -> None:
