@@ -132,6 +132,8 @@ class SimConfig:
     error_statuses: tuple[int, ...] = DEFAULT_ERROR_STATUSES  # of ERROR_STATUSES, drawn at random
     retry_after: float = DEFAULT_RETRY_AFTER
     retry_after_date: bool = False  # Retry-After written as an HTTP date (whole seconds), not seconds
+    # error bodies as Google's APIs write them: [{"error": {"code", "message", "status"}}] (Gemini's layer)
+    google_errors: bool = False
     rpm: int | None = None
     rps: int | None = None  # requests per second per key (sliding window), beside or instead of rpm
     tpm: int | None = None  # billed tokens per minute per key (sliding window)

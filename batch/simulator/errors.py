@@ -13,6 +13,20 @@ import time
 
 from aiohttp import web
 
+# google.rpc.Code names, as Google's APIs write an error's `status`
+_RPC_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
 _REASONS = {
     408: "Request Timeout",
     409: "Conflict",
@@ -48,11 +62,18 @@ class ApiError(Exception):
         """The JSON body, `{"error": {...}}`."""
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self) -> web.Response:
-        """The aiohttp response for this error."""
+    def google_body(self) -> list[dict[str, object]]:
+        """The body as Google's APIs (Gemini's OpenAI-compatible layer) write it: a list of one error, with
+        the HTTP status as its `code` and the google.rpc.Code name as its `status`."""
+        status = _RPC_STATUS.get(self.status, "UNKNOWN")
+        return [{"error": {"code": self.status, "message": self.message, "status": status}}]
+
+    def response(self, *, google: bool = False) -> web.Response:
+        """The aiohttp response for this error (`google`: in Google's form)."""
+        body = self.google_body() if google else self.body()
         return web.Response(
             status=self.status,
-            body=json.dumps(self.body()).encode(),
+            body=json.dumps(body, indent=2 if google else None).encode(),
             content_type="application/json",
             headers=self.headers,
         )
@@ -103,8 +124,8 @@ def quota_exhausted() -> ApiError:
     )
 
 
-def server_error_json(status: int) -> web.Response:
-    """A 5xx from the model service itself (or a 408 or 409), in the JSON error shape."""
+def server_error_json(status: int, *, google: bool = False) -> web.Response:
+    """A 5xx from the model service itself (or a 408 or 409), in the JSON error shape (`google`: Google's)."""
     kind = {408: "timeout", 409: "conflict"}.get(status, "server_error")
     error = ApiError(
         status,
@@ -112,7 +133,7 @@ def server_error_json(status: int) -> web.Response:
         type_=kind,
         code=kind,
     )
-    return error.response()
+    return error.response(google=google)
 
 
 def gateway_page(status: int) -> str:

@@ -85,6 +85,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--retry-after", type=_non_negative, default=DEFAULT_RETRY_AFTER, help="Retry-After of random 429s"
     )
     group.add_argument(
+        "--google-errors",
+        action="store_true",
+        help='write error bodies as Google\'s APIs do: [{"error": {"code", "message", "status"}}]',
+    )
+    group.add_argument(
         "--retry-after-date",
         action="store_true",
         help="write every 429's Retry-After as an HTTP date (whole seconds), not as seconds",
@@ -184,6 +189,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         error_statuses=tuple(args.error_status or DEFAULT_ERROR_STATUSES),
         retry_after=args.retry_after,
         retry_after_date=args.retry_after_date,
+        google_errors=args.google_errors,
         rpm=args.rpm,
         rps=args.rps,
         tpm=args.tpm,

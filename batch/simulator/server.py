@@ -124,7 +124,7 @@ class _Simulator:
                         )
                 response = await respond(request, ex, draws)
             except ApiError as error:
-                response = error.response()
+                response = error.response(google=self.config.google_errors)
             if not response.prepared:  # the ones prepared already (streams) carry it
                 response.headers.update(ex.headers)
             if ex.status == 0:
@@ -168,7 +168,9 @@ class _Simulator:
             await self._sleep(self._latency(draws))
         if draws.error < self.config.error_rate:
             status = draws.error_status
-            return gateway_error_html(status) if draws.error_html else server_error_json(status)
+            if draws.error_html:
+                return gateway_error_html(status)
+            return server_error_json(status, google=self.config.google_errors)
         ex.fault = self._choose_fault(ex, draws, faults.applicable_faults(images=images, stream=stream))
         if ex.fault == "quota":
             raise quota_exhausted()

@@ -737,6 +737,31 @@ async def test_408_409_and_a_retry_after_written_as_an_http_date() -> None:
         SimConfig(error_statuses=(404,))
 
 
+# Gemini's OpenAI-compatible layer writes errors as Google's APIs do (as captured from it):
+#   [{"error": {"code": 429, "message": "Resource has been exhausted (e.g. check quota).",
+#               "status": "RESOURCE_EXHAUSTED"}}]
+@pytest.mark.anyio
+async def test_google_errors_are_a_list_of_one_with_code_message_and_status() -> None:
+    async with simulated(rate_429=1.0, google_errors=True) as client:
+        response = await client.generate({"prompt": "a fox"})
+        assert response.status == 429 and "Retry-After" in response.headers
+        assert json.loads(await response.read()) == [
+            {
+                "error": {
+                    "code": 429,
+                    "message": "Rate limit exceeded, please retry later.",
+                    "status": "RESOURCE_EXHAUSTED",
+                }
+            }
+        ]
+    async with simulated(error_rate=1.0, google_errors=True, seed=7) as client:
+        for _ in range(6):
+            response = await client.generate({"prompt": "a fox"})
+            if response.content_type == "application/json":
+                [only] = json.loads(await response.read())
+                assert only["error"]["code"] == response.status and only["error"]["status"]
+
+
 @pytest.mark.anyio
 async def test_latency_and_jitter() -> None:
     async with simulated(latency=0.05, latency_jitter=0.2, seed=1) as client:
