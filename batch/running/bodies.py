@@ -362,10 +362,20 @@ def error_usage(raw: bytes) -> dict[str, Any] | None:
     return usage if isinstance(usage, dict) else None
 
 
+def unwrapped_error(body: Any) -> Any:
+    """An error body as Google's APIs (Gemini's OpenAI-compatible layer among them) write it, a list of one
+    object, `[{"error": {"code": 429, "message": ..., "status": "RESOURCE_EXHAUSTED"}}]`: that object.
+    Any other body as it is."""
+    if isinstance(body, list) and len(body) == 1 and isinstance(body[0], dict) and "error" in body[0]:
+        return body[0]
+    return body
+
+
 def error_details(raw: bytes, reason: str) -> tuple[str, str | None, str | None]:
-    """(message, type, code) from an OpenAI-style error body, or a readable message from anything else."""
+    """(message, type, code) from an OpenAI-style error body (or Google's, a list of one), or a readable
+    message from anything else."""
     try:
-        body = json.loads(raw)
+        body = unwrapped_error(json.loads(raw))
     except (ValueError, UnicodeDecodeError, RecursionError):
         body = None
     if isinstance(body, dict):

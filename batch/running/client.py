@@ -42,6 +42,7 @@ from batch.running.bodies import (
     snippet,
     sse_data,
     too_large,
+    unwrapped_error,
 )
 from batch.running.retry import parse_retry_after
 from batch.running.routes import DIRECT, LOOPBACK_HOSTS, Route, env_route
@@ -279,7 +280,8 @@ class ApiClient:
 
     def _refuse_error_body(self, response: aiohttp.ClientResponse, body: Any) -> None:
         """`{"error": ...}` with a 2xx and neither data nor choices: the error it is, raised, with the usage
-        the body reported (billed all the same: it goes in the ledger)."""
+        the body reported (billed all the same: it goes in the ledger). Google's list of one reads so too."""
+        body = unwrapped_error(body)
         if (
             isinstance(body, dict)
             and isinstance(body.get("error"), dict | str)

@@ -249,6 +249,32 @@ def test_408_and_409_are_retried_and_each_task_bought_once(
     assert sorted(billed) == sorted(done) and len(ledger(tmp_path / "out")) == 6
 
 
+# Gemini's OpenAI-compatible layer writes errors as Google's APIs do, a list of one object:
+#   [{"error": {"code": 429, "message": "Resource has been exhausted (e.g. check quota).",
+#               "status": "RESOURCE_EXHAUSTED"}}]
+def test_errors_written_as_googles_list_of_one_say_their_message_and_are_retried_as_their_status(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    tasks = "".join(f"  - {{kind: chat, id: c{i}, model: m, prompt: p {i}}}\n" for i in range(4))
+    manifest = write(
+        "tasks:\n" + tasks + "  - {kind: chat, id: refused, model: m, prompt: a forbidden thing}\n"
+    )
+    config = SimConfig(api_key=KEY, rate_429=0.4, retry_after=0, google_errors=True, seed=5)
+    with simulator_in_thread(config) as sim:
+        outcome = cli(
+            "run", manifest, "--out", tmp_path / "out", *FAST, "--max-attempts", "20", env=env_for(sim)
+        )
+        statuses = sim.state.status_counts()
+    assert outcome.code == 1, outcome.err
+    assert statuses.get(429, 0) >= 1 and statuses.get(400, 0) >= 1
+    done = results(tmp_path / "out")
+    assert all(done[f"c{i}"]["status"] == "succeeded" for i in range(4))
+    error = done["refused"]["error"]
+    assert error["status"] == 400 and error["message"].startswith(
+        "Your request was rejected by the safety system."
+    )
+
+
 def test_a_retry_after_written_as_an_http_date_is_honoured(
     cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
 ) -> None:

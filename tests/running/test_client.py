@@ -15,6 +15,7 @@ from aioresponses import aioresponses
 from batch.errors import ApiStatusError, BrokenAnswerError, ConfigError, TransportError
 from batch.kind import ApiRequest, FormField
 from batch.running.client import ApiClient, ClientConfig
+from batch.running.retry import Verdict, classify
 
 BASE = "https://api.example.test/v1/ai"
 KEY = "sk-canary-0123456789"
@@ -98,6 +99,32 @@ async def test_error_statuses_carry_the_servers_message(
         "some_code",
     )
     assert not error.maybe_billed
+
+
+# Gemini's OpenAI-compatible layer writes an error as Google's APIs do, a list of one object (as captured
+# from generativelanguage.googleapis.com/v1beta/openai/chat/completions with HTTP 429):
+GOOGLE_ERROR = """[{
+  "error": {
+    "code": 429,
+    "message": "Resource has been exhausted (e.g. check quota).",
+    "status": "RESOURCE_EXHAUSTED"
+  }
+}
+]"""
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("status", [429, 200])
+async def test_an_error_written_as_googles_list_of_one_is_read_as_the_error_it_is(
+    client: ApiClient, mocked: aioresponses, status: int
+) -> None:
+    mocked.post(URL, status=status, body=GOOGLE_ERROR, content_type="application/json")
+    with pytest.raises(ApiStatusError) as caught:
+        await client.send("ep-1", REQUEST, "t/1")
+    error = caught.value
+    assert error.status == 429 and error.code == "429"
+    assert error.message.startswith("Resource has been exhausted (e.g. check quota).")
+    assert classify(error).verdict is Verdict.RETRY
 
 
 @pytest.mark.anyio
