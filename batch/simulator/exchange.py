@@ -40,11 +40,14 @@ class Exchange:
     billed: int = 0
     key_id: str = ""  # set once the request is authorised
     x_request_id: str | None = None  # the server's id, sent as the x-request-id header
+    serial: str = ""  # the server's own name of the request, unique, sent or not (names its served files)
     answer_id: str | None = None  # a chat answer's `id`
     shapes: tuple[str, ...] = ()  # answer shapes applied
 
     @classmethod
-    def begin(cls, kind: str, request: web.Request, x_request_id: str | None = None) -> Exchange:
+    def begin(
+        cls, kind: str, request: web.Request, x_request_id: str | None = None, serial: str = ""
+    ) -> Exchange:
         return cls(
             kind=kind,
             method=request.method,
@@ -53,6 +56,7 @@ class Exchange:
             arrived=time.time(),
             started=time.monotonic(),
             x_request_id=x_request_id,
+            serial=serial or x_request_id or "",
         )
 
     @property

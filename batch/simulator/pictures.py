@@ -77,7 +77,7 @@ class Pictures:
         flaky = "url_flaky" in self._answers
 
         def store(index: int, image: bytes) -> str:
-            name = f"{ex.x_request_id}-{index}"
+            name = f"{ex.serial}-{index}"
             if "url_lost" in self._answers and index == parsed.n - 1:  # a link to no file: 404
                 return origin + f"{FILES_PATH}/{name}-lost.{parsed.output_format}"
             path = self._files.add(name, base64.b64decode(image), parsed.output_format, flaky=flaky)

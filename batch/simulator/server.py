@@ -77,9 +77,9 @@ class _Simulator:
         return handle
 
     def _begin(self, kind: str, request: web.Request) -> Exchange:
-        number = next(self._request_ids)
-        server_id = None if "no_request_id" in self.config.answers else f"req_sim{number:08d}"
-        return Exchange.begin(kind, request, server_id)
+        serial = f"req_sim{next(self._request_ids):08d}"
+        server_id = None if "no_request_id" in self.config.answers else serial
+        return Exchange.begin(kind, request, server_id, serial)
 
     def _limited(self, retry_after: float, message: str) -> ApiError:
         """A 429 with Retry-After, in seconds or (`retry_after_date`) as an HTTP date."""

@@ -312,6 +312,16 @@ async def test_no_request_id_leaves_the_answers_own_id_alone() -> None:
     assert all(record.x_request_id is None for record in client.sim.state.records)
 
 
+async def test_no_request_id_still_gives_each_answers_linked_files_names_of_their_own() -> None:
+    async with shaped("url", "no_request_id") as client:
+        _, first = await client.generate(prompt="a fox")
+        _, second = await client.generate(prompt="a hen")
+        links = [first["data"][0]["url"], second["data"][0]["url"]]
+        async with aiohttp.ClientSession() as storage:
+            pictures = [await (await storage.get(link)).read() for link in links]
+    assert links[0] != links[1] and pictures[0] != pictures[1]
+
+
 async def test_error200_for_images_and_chat_is_not_billed() -> None:
     async with shaped("error200") as client:
         response, body = await client.generate(n=2)
