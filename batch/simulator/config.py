@@ -85,6 +85,10 @@ ANSWER_SHAPES: tuple[str, ...] = (
     "gzip_crlf",  # images and chat, not streamed: the JSON body gzip-compressed, then CRLF after it
     "gzip_transfer",  # images and chat, not streamed: the JSON body under Transfer-Encoding: gzip, chunked
     "no_request_id",  # images and chat: no x-request-id header (a chat answer's `id` is then its only id)
+    # images and chat not asked to stream, answered as server-sent events all the same (a gateway that
+    # streams regardless, or a `stream` a user passed through): chat as its stream, [DONE] last; images as
+    # OpenAI's image stream, an `image_generation.completed` event per image (usage on the last), no [DONE]
+    "sse_unasked",
 )
 _CONFLICTING_SHAPES = (frozenset({"no_usage", "usage_every_chunk"}),)
 DEFAULT_THINKING_TOKENS = 1000

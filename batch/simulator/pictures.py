@@ -7,6 +7,7 @@ Blocking CPU work (rendering, base64, hashing an upload): the server calls these
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Mapping
 
@@ -87,6 +88,42 @@ class Pictures:
 
         items = shapes.image_items(images, self._answers, parsed.output_format, parsed.prompt, store)
         return image_answer_body(int(time.time()), items, usage)
+
+    def image_events(
+        self, parsed: ImageRequest, source: EditSource | None, usage: Mapping[str, object]
+    ) -> list[str]:
+        """The answer as OpenAI's image stream writes it: an `image_generation.completed` event per image,
+        the usage on the last."""
+        digest = source.digest() if source is not None else None
+        specs = [
+            ImageSpec(
+                parsed.prompt,
+                parsed.width,
+                parsed.height,
+                parsed.output_format,
+                parsed.compression,
+                parsed.transparent,
+                index,
+                digest,
+            )
+            for index in range(parsed.n)
+        ]
+        created = int(time.time())
+        events = []
+        for index, image in enumerate(self._images.render_many(specs, source)):
+            event: dict[str, object] = {
+                "type": "image_generation.completed",
+                "b64_json": image.decode(),
+                "created_at": created,
+                "size": f"{parsed.width}x{parsed.height}",
+                "quality": parsed.quality,
+                "background": parsed.background,
+                "output_format": parsed.output_format,
+            }
+            if index == parsed.n - 1:
+                event["usage"] = dict(usage)
+            events.append(json.dumps(event))
+        return events
 
     def chat_image_urls(self, parsed: ChatRequest, fault: str | None) -> list[str]:
         """The picture of each choice of an image model, as a data URL."""

@@ -258,14 +258,25 @@ class _Simulator:
         early = await self._gate(request, ex, draws, images=True, stream=False) or self._error_200(ex)
         if early is not None:
             return early
+        total = usage["total_tokens"]
+        assert isinstance(total, int)
+        if self._unasked_stream(ex):
+            events = await asyncio.to_thread(self._pictures.image_events, parsed, source, usage)
+            return await self._stream(request, ex, draws, events, [], total)
         origin = files_origin(request, self.config.files_host)
         api_origin = f"{request.scheme}://{request.host}"
         body = await asyncio.to_thread(
             self._pictures.image_body, parsed, source, usage, ex, origin, api_origin
         )
-        total = usage["total_tokens"]
-        assert isinstance(total, int)
         return await self._send(request, ex, body, total)
+
+    def _unasked_stream(self, ex: Exchange) -> bool:
+        """Whether `sse_unasked` answers this request (not asked to stream) as a stream: unless a fault
+        (other than a mere delay) already decided the answer."""
+        if "sse_unasked" not in self.config.answers or ex.fault not in (None, "slow"):
+            return False
+        ex.shapes = (*ex.shapes, "sse_unasked")
+        return True
 
     # --- chat -----------------------------------------------------------------------------------------
 
@@ -287,10 +298,11 @@ class _Simulator:
         urls = None
         if parsed.answers_with_image:
             urls = await asyncio.to_thread(self._pictures.chat_image_urls, parsed, ex.fault)
+        streamed = parsed.stream or self._unasked_stream(ex)
         if plan is not None:
-            ex.shapes = shapes.ordered(plan.shapes)
-            return await self._chat_shaped(request, ex, draws, plan, meta, urls, stream=parsed.stream)
-        if parsed.stream:
+            ex.shapes = (*shapes.ordered(plan.shapes), *ex.shapes)
+            return await self._chat_shaped(request, ex, draws, plan, meta, urls, stream=streamed)
+        if streamed:
             chunks = [json.dumps(chunk) for chunk in stream_chunks(answers, meta, urls)]
             tail = [json.dumps(usage_chunk(meta, usage)), "[DONE]"]
             return await self._stream(request, ex, draws, chunks, tail, usage["total_tokens"])

@@ -322,6 +322,32 @@ async def test_no_request_id_still_gives_each_answers_linked_files_names_of_thei
     assert links[0] != links[1] and pictures[0] != pictures[1]
 
 
+# OpenAI's image stream (the Images API with `stream: true`) writes each finished image as an event:
+#   event: image_generation.completed
+#   data: {"type": "image_generation.completed", "b64_json": "...", "created_at": 1620000000,
+#          "size": "1024x1024", "quality": "high", "background": "transparent", "output_format": "png",
+#          "usage": {"total_tokens": 100, "input_tokens": 50, "output_tokens": 50,
+#                    "input_tokens_details": {"text_tokens": 10, "image_tokens": 40}}}
+async def test_sse_unasked_streams_answers_that_were_not_asked_to_stream() -> None:
+    async with shaped("sse_unasked") as client:
+        response = await client.http.post(
+            client.url("/images/generations"), json={"prompt": "a fox", "quality": "low", "n": 2}
+        )
+        raw = await response.read()
+        chat_response, chat_raw = await client.chat()  # stream not asked for
+    assert response.status == 200 and response.content_type == "text/event-stream"
+    events = [json.loads(event["data"]) for event in sse_events(raw)]
+    assert [event["type"] for event in events] == ["image_generation.completed"] * 2
+    for event in events:
+        assert picture(base64.b64decode(event["b64_json"])).format == "PNG"
+        assert event["size"] == "1024x1024" and event["output_format"] == "png"
+    assert "usage" not in events[0] and events[1]["usage"]["output_tokens"] == 2 * LOW_SQUARE_TOKENS
+    assert chat_response.content_type == "text/event-stream"
+    chunks = chunks_of(chat_raw)
+    assert streamed_text(chunks).startswith("Simulated answer 1") and finishes(chunks) == {0: "stop"}
+    assert billed(client) == events[1]["usage"]["total_tokens"] + chunks[-1]["usage"]["total_tokens"]
+
+
 async def test_error200_for_images_and_chat_is_not_billed() -> None:
     async with shaped("error200") as client:
         response, body = await client.generate(n=2)
@@ -607,7 +633,7 @@ async def test_odd_streams_frame_the_same_events_as_the_format_allows(shape: str
 
 
 def test_answer_shapes_are_validated() -> None:
-    assert len(set(ANSWER_SHAPES)) == len(ANSWER_SHAPES) == 31
+    assert len(set(ANSWER_SHAPES)) == len(ANSWER_SHAPES) == 32
     with pytest.raises(ValueError, match="unknown answer shape 'nope'"):
         SimConfig(answers=frozenset({"nope"}))
     with pytest.raises(ValueError, match="cannot be on together"):
