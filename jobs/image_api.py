@@ -144,10 +144,44 @@ def token_counts(usage: Mapping[str, Any]) -> TokenCounts:
     return replace(found, image_input=min(images, found.input - found.cached_input))
 
 
+# OpenAI's image stream (`stream: true`): an event per image finished, `image_generation.completed` (or
+# `image_edit.completed`), {"type", "b64_json", ..., "usage"}; partial images come as other types
+COMPLETED_EVENTS = ("image_generation.completed", "image_edit.completed")
+
+
+def completed_images(events: list[Any]) -> list[Mapping[str, Any]]:
+    """The events of an image stream that each carry a finished image."""
+    return [event for event in events if isinstance(event, Mapping) and event.get("type") in COMPLETED_EVENTS]
+
+
+def image_stream_body(events: list[Any]) -> dict[str, Any]:
+    """The answer an image stream stands for: its finished images as `data`, its last usage."""
+    body: dict[str, Any] = {
+        "data": [{"b64_json": event.get("b64_json")} for event in completed_images(events)]
+    }
+    usage = stream_usage(events)
+    if usage is not None:
+        body["usage"] = usage
+    return body
+
+
+def stream_usage(events: list[Any]) -> Mapping[str, Any] | None:
+    """The last usage among the events of a stream."""
+    found = [
+        event["usage"]
+        for event in events
+        if isinstance(event, Mapping) and isinstance(event.get("usage"), Mapping)
+    ]
+    return found[-1] if found else None
+
+
 def parse_image_answer(fields: Mapping[str, Any], body: Any) -> Answer:
     """The images of an image answer: `data[i].b64_json` (plain base64, with line breaks, or written as a
     `data:` URL) or `data[i].url` (downloaded by the engine). Fewer than `n` is a success that says how
-    many are missing; none is a failure. Decoding and checking happen later, off the event loop."""
+    many are missing; none is a failure. Decoding and checking happen later, off the event loop. An image
+    stream (sent as events though not asked for) is read as the answer it stands for."""
+    if isinstance(body, list):
+        body = image_stream_body(body)
     usage = usage_in(body)
     if not isinstance(body, Mapping):
         raise BrokenAnswerError("answer is not a JSON object", usage=usage, error_type="not_an_answer")
@@ -224,5 +258,13 @@ class ImageKind(TaskKind):
     def token_counts(self, usage: Mapping[str, Any]) -> TokenCounts:
         return token_counts(usage)
 
+    def usage_of(self, body: Any) -> Mapping[str, Any] | None:
+        return stream_usage(body) if isinstance(body, list) else usage_in(body)
+
     def parse_answer(self, fields: Mapping[str, Any], body: Any) -> Answer:
         return parse_image_answer(fields, body)
+
+    def stream_complete(self, fields: Mapping[str, Any], chunks: list[Any]) -> bool:
+        """An image stream read to its end holds an answer once an image in it is finished: fewer than
+        `n` is an answer with images missing, as in JSON."""
+        return bool(completed_images(chunks))

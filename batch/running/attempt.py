@@ -13,6 +13,7 @@ import time
 from collections import deque
 from dataclasses import replace
 from functools import partial
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import anyio
@@ -251,14 +252,9 @@ class TaskAttempts:
             reply = await ctx.client.send(spec.endpoint, request, request_id)
             self.reached = True
             state.server_request_id = reply.server_request_id or answer_id(reply.body)
-            if request.stream and not reply.ended and not stream_complete(kind, spec, reply.body):
-                if reply.trouble is not None:  # an error event, say: the error it is, its usage billed
-                    raise reply.trouble
-                raise BrokenAnswerError(
-                    "the stream ended before every choice had finished",
-                    usage=usage_of(kind, reply.body),
-                    retry=True,
-                )
+            streamed = isinstance(reply.body, list) and not reply.ended
+            if streamed and not stream_complete(kind, spec, reply.body):
+                self._unfinished(kind, request, reply)
         except (BrokenAnswerError, ApiStatusError, TransportError) as exc:
             await self._failed(spec, kind, request_id, exc, state)
             raise
@@ -276,6 +272,26 @@ class TaskAttempts:
         ctx.health.succeeded()
         self.durations.append(reply.seconds)
         return reply
+
+    def _unfinished(self, kind: TaskKind, request: ApiRequest, reply: Reply) -> NoReturn:
+        """Raise what a stream that ended before every choice (or image) finished is. Asked for, it was cut:
+        sent again. Not asked for (sent as events all the same), it was read to its end: whole as it came,
+        kept and never bought again, whatever ended it."""
+        trouble = reply.trouble
+        if trouble is not None:  # an error event, say: the error it is, its usage billed
+            if not request.stream and isinstance(trouble, BrokenAnswerError):
+                trouble.retry = False
+            raise trouble
+        usage = usage_of(kind, reply.body)
+        if not request.stream:
+            raise BrokenAnswerError(
+                "the answer came as server-sent events, which the request did not ask for, and holds fewer "
+                "finished answers than asked (the events are kept)",
+                usage=usage,
+                error_type="unreadable_answer",
+                raw=reply.raw,
+            )
+        raise BrokenAnswerError("the stream ended before every choice had finished", usage=usage, retry=True)
 
     async def _failed(
         self,

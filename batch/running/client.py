@@ -272,7 +272,9 @@ class ApiClient:
             raw = await self._read_capped(response, self.config.max_body_bytes, first=first)
         else:
             raw = await self._read_capped(response, self.config.max_body_bytes)
-        if stream and is_event_stream(raw):  # its first piece too short to tell
+        if is_event_stream(raw):  # its first piece too short to tell, or a stream not asked for
+            # (a gateway that streams regardless, `stream` passed under extra:): whole, read as events,
+            # not taken for a garbled body and bought again, and again while the breaker took it for an outage
             return await self._read_events(response, _once(raw), inflate=False)
         body = await decode_json(raw, content_type)
         self._refuse_error_body(response, body)

@@ -413,6 +413,31 @@ def test_streams_without_done_with_running_usage_or_with_noise_are_whole_answers
     billed_once_and_recorded(out, state)
 
 
+# An answer sent as server-sent events to a request that did not ask for a stream (a gateway that streams
+# regardless, or `stream: true` passed under extra:): chat as its chunks, images as OpenAI's image stream,
+#   data: {"type": "image_generation.completed", "b64_json": "...", ..., "usage": {...}}
+# with no [DONE]. Read to its end, it is whole.
+def test_an_answer_streamed_though_not_asked_to_is_read_once_not_bought_again(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    tasks = (
+        "  - {kind: chat, id: chat, model: m, prompt: tabby cat}\n"
+        "  - {kind: generate, id: pair, model: m, prompt: two cats, n: 2}\n"
+    )
+    outcome, out, state = run_shapes(cli, write, tmp_path, ["sse_unasked"], tasks)
+    assert outcome.code == 0, outcome.err
+    done = results(out)
+    assert done["chat"]["text"].startswith("Simulated answer 1") and done["chat"]["finish_reason"] == "stop"
+    assert len(done["pair"]["files"]) == 2 and done["pair"].get("images_missing", 0) == 0
+    for path in done["pair"]["files"]:
+        with Image.open(out / path) as image:
+            image.load()
+    assert all(record.shapes == ("sse_unasked",) for record in state.records)
+    assert state.requests_total == 2
+    by_task = billed_once_and_recorded(out, state)
+    assert all(not line.get("estimated") for [line] in by_task.values())
+
+
 # API.md: "The server's request id comes as an `x-request-id` header or the answer's `id`."
 def test_without_an_x_request_id_the_answers_own_id_names_it(
     cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path

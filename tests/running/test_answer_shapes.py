@@ -274,6 +274,40 @@ async def test_sse_comments_event_lines_and_crlf() -> None:
     assert seen == [b'{"a": 1}', b'{"b":\n2}', b"[DONE]"]
 
 
+# OpenAI's image stream (the Images API with `stream: true`), an event per image state:
+#   data: {"type": "image_generation.partial_image", "b64_json": "...", "partial_image_index": 0, ...}
+#   data: {"type": "image_generation.completed", "b64_json": "...", "created_at": 1620000000,
+#          "size": "1024x1024", "quality": "high", "background": "transparent", "output_format": "png",
+#          "usage": {"total_tokens": 100, "input_tokens": 50, "output_tokens": 50,
+#                    "input_tokens_details": {"text_tokens": 10, "image_tokens": 40}}}
+IMAGE_STREAM = [
+    {"type": "image_generation.partial_image", "b64_json": B64, "partial_image_index": 0},
+    {
+        "type": "image_generation.completed",
+        "b64_json": B64,
+        "created_at": 1620000000,
+        "size": "1024x1024",
+        "quality": "high",
+        "background": "transparent",
+        "output_format": "png",
+        "usage": {
+            "total_tokens": 100,
+            "input_tokens": 50,
+            "output_tokens": 50,
+            "input_tokens_details": {"text_tokens": 10, "image_tokens": 40},
+        },
+    },
+]
+
+
+def test_an_image_stream_is_read_as_the_answer_it_stands_for() -> None:
+    answer = generate.parse_answer({"n": 2}, IMAGE_STREAM)
+    assert [image.b64 for image in answer.images] == [B64] and answer.images_missing == 1
+    assert generate.usage_of(IMAGE_STREAM) == IMAGE_STREAM[1]["usage"]
+    assert generate.token_counts(IMAGE_STREAM[1]["usage"]) == TokenCounts(50, 50, 100, image_input=40)
+    assert generate.stream_complete({}, IMAGE_STREAM) and not generate.stream_complete({}, IMAGE_STREAM[:1])
+
+
 # --- usage and prices -------------------------------------------------------------------------------
 
 
