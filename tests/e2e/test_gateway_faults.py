@@ -48,6 +48,41 @@ def one_task(
     return outcome, results(out)["odd"], len(stub.requests)
 
 
+# --- events not asked for, that end before their answer ---------------------------------------------------
+
+
+def test_a_chat_sent_as_events_though_not_asked_that_ends_unfinished_is_kept_not_bought_again(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A chat not asked to stream, answered as a chat.completion.chunk stream that stops before its
+    finish_reason (no [DONE]), then closed: read to its end, it is whole as it came. It is kept and its
+    task fails; asking again would buy it again."""
+    chunk = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "choices": [
+            {"index": 0, "delta": {"role": "assistant", "content": "Half an"}, "finish_reason": None}
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = b"data: " + json.dumps(chunk).encode() + b"\n\n"
+        return web.Response(body=body, content_type="text/event-stream")
+
+    manifest = write("tasks:\n  - {kind: chat, id: odd, model: m, prompt: p}\n")
+    with stub_server(handler) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        outcome = cli("run", manifest, "--out", tmp_path / "out", *FAST, *ATTEMPTS, env=env)
+    assert outcome.code == 1, outcome.err
+    record = results(tmp_path / "out")["odd"]
+    assert record["status"] == "failed" and record["attempts"] == 1 and len(stub.requests) == 1
+    assert record["error"]["type"] == "unreadable_answer" and "did not ask for" in record["error"]["message"]
+    assert (tmp_path / "out" / record["answer_file"]).read_bytes().startswith(b"data: ")
+    [line] = ledger(tmp_path / "out")
+    assert line["total_tokens"] == 5 and not line.get("estimated")
+
+
 # --- half of a UTF-16 pair, where JSON allows it ----------------------------------------------------------
 
 HALF = "\\ud83d"  # as JSON escapes it: the first half of an emoji, the second never sent
