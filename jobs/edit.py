@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ FIELD_RULE = Choice(FIELD_SETTING, choices=(IMAGES_FIELD, IMAGE_FIELD))
 MAX_IMAGES = 16
 MAX_IMAGE_BYTES = 25 * 1024 * 1024
 MAX_MASK_BYTES = 4 * 1024 * 1024
+# a mask's pixels are read (for one of alpha 0) up to this many (the API's sizes are at most 1536x1024):
+# a bigger one's would take more memory than the check is worth
+MASK_PIXELS_READ = 4096 * 4096
 IMAGE_FORMATS = ("PNG", "WEBP", "JPEG")
 # What a shared default (`defaults:` without a kind) or a `--set` without a kind may apply to. The output
 # fields (output_format, output_compression, moderation) are not among them: the seed does not list them
@@ -161,6 +165,17 @@ def _check_mask(mask: InputInfo, first: InputInfo | None) -> list[FieldIssue]:
                     str(mask.path),
                 )
             )
+        elif mask.image.width * mask.image.height <= MASK_PIXELS_READ and not _clears(
+            str(mask.path), mask.digest
+        ):
+            issues.append(
+                FieldIssue(
+                    "mask",
+                    "has no fully transparent pixel (alpha 0), so it marks nothing to edit: the API would "
+                    "be paid for an edit that changes nothing",
+                    str(mask.path),
+                )
+            )
         if (
             first is not None
             and first.image is not None
@@ -179,6 +194,21 @@ def _check_mask(mask: InputInfo, first: InputInfo | None) -> list[FieldIssue]:
             FieldIssue("mask", f"is {mask.size / 2**20:.1f} MB; the mask must be under 4 MB", str(mask.path))
         )
     return issues
+
+
+@functools.lru_cache(maxsize=64)
+def _clears(path: str, digest: str) -> bool:
+    """Whether the PNG mask at `path` (of sha256 `digest`: a file changed is read again) has a pixel of
+    alpha 0. A mask shared by a thousand edits is decoded once; True when it cannot be read here (its
+    header was, and the other checks speak for it)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            alpha = image.convert("RGBA").getchannel("A") if image.mode != "RGBA" else image.getchannel("A")
+            return bool(alpha.getextrema()[0] == 0)
+    except Exception:  # Pillow raises many kinds on hostile bytes
+        return True
 
 
 def _label(pointer: Pointer) -> str:

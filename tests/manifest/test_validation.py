@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from batch.errors import ManifestError
 from batch.manifest.plan import iter_tasks
@@ -196,12 +197,19 @@ def test_edit_mask_must_be_png_with_alpha_of_the_first_images_size(write: Write,
     make_mask(tmp_path / "small.png", size=(32, 32))
     make_image(tmp_path / "opaque.png", size=(64, 64))
     make_image(tmp_path / "mask.jpg", fmt="JPEG")
+    # an alpha channel with no pixel of alpha 0 marks nothing to edit: the edit would be paid for nothing
+    Image.new("RGBA", (64, 64), (0, 0, 0, 1)).save(tmp_path / "solid.png")
+    clear_la = Image.new("LA", (64, 64), (0, 255))
+    clear_la.putpixel((5, 5), (0, 0))  # one clear pixel is enough
+    clear_la.save(tmp_path / "la.png")
     path = write("""
         tasks:
           - {kind: edit, prompt: a, image: photo.png, mask: good.png}
           - {kind: edit, prompt: b, image: photo.png, mask: small.png}
           - {kind: edit, prompt: c, image: photo.png, mask: opaque.png}
           - {kind: edit, prompt: d, image: photo.png, mask: mask.jpg}
+          - {kind: edit, prompt: e, image: photo.png, mask: solid.png}
+          - {kind: edit, prompt: f, image: photo.png, mask: la.png}
     """)
     found = messages(checked(path))
     assert found[0].startswith(
@@ -209,7 +217,8 @@ def test_edit_mask_must_be_png_with_alpha_of_the_first_images_size(write: Write,
     )
     assert found[1].startswith(f"{path}:4: tasks[2]: mask: must have an alpha channel (mode is RGB)")
     assert found[2].startswith(f"{path}:5: tasks[3]: mask: must be a PNG file; found JPEG")
-    assert len(found) == 3
+    assert found[3].startswith(f"{path}:6: tasks[4]: mask: has no fully transparent pixel (alpha 0)")
+    assert len(found) == 4
 
 
 def test_mask_of_4_mb_is_refused(write: Write, tmp_path: Path) -> None:
