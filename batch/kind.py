@@ -202,8 +202,8 @@ def usage_counts(
     """Normalised counts; absent or junk figures count 0, a missing total is input + output.
 
     What the total holds beyond input + output is thinking that a gateway reported only there: it is billed
-    as output. `reasoning_tokens` and `cached_tokens` (from the details mappings) are kept as their own
-    figures."""
+    as output; so are `reasoning_tokens` more than the output holds, with no total that holds them.
+    `reasoning_tokens` and `cached_tokens` (from the details mappings) are kept as their own figures."""
     tokens_in = count_of(usage.get(input_key))
     tokens_out = count_of(usage.get(output_key))
     said = usage.get("total_tokens")
@@ -212,6 +212,11 @@ def usage_counts(
     details_in, details_out = usage.get(input_details), usage.get(output_details)
     cached = count_of(details_in.get("cached_tokens")) if isinstance(details_in, Mapping) else 0
     reasoning = count_of(details_out.get("reasoning_tokens")) if isinstance(details_out, Mapping) else 0
+    if reasoning > tokens_out and reasoning > hidden:
+        # more thinking than the whole output: it is not in the output, and the total (if any) does not
+        # hold it either; billed as output all the same, as the provider bills it
+        hidden = reasoning
+        total = tokens_in + tokens_out + hidden
     return TokenCounts(
         tokens_in,
         tokens_out + hidden,

@@ -343,6 +343,18 @@ def test_thinking_counted_only_in_the_total_is_billed_as_output() -> None:
         }
     )
     assert reported == TokenCounts(21, 1065, 1086, reasoning=1060)
+    # more thinking than the output, and no total that holds it: the thinking is not in the output, and
+    # is billed as output all the same (it was billed at the 5 tokens of the answer's text)
+    for total in ({}, {"total_tokens": 26}):
+        apart = chat.token_counts(
+            {
+                "prompt_tokens": 21,
+                "completion_tokens": 5,
+                "completion_tokens_details": {"reasoning_tokens": 1060},
+                **total,
+            }
+        )
+        assert apart == TokenCounts(21, 1065, 1086, reasoning=1060), total
 
 
 def test_cached_prompt_tokens_have_their_own_price() -> None:
