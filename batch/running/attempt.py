@@ -277,21 +277,28 @@ class TaskAttempts:
         """Raise what a stream that ended before every choice (or image) finished is. Asked for, it was cut:
         sent again. Not asked for (sent as events all the same), it was read to its end: whole as it came,
         kept and never bought again, whatever ended it."""
-        trouble = reply.trouble
-        if trouble is not None:  # an error event, say: the error it is, its usage billed
-            if not request.stream and isinstance(trouble, BrokenAnswerError):
-                trouble.retry = False
-            raise trouble
-        usage = usage_of(kind, reply.body)
-        if not request.stream:
-            raise BrokenAnswerError(
-                "the answer came as server-sent events, which the request did not ask for, and holds fewer "
-                "finished answers than asked (the events are kept)",
-                usage=usage,
-                error_type="unreadable_answer",
-                raw=reply.raw,
+        trouble = reply.trouble  # an error event, say: the error it is, its usage billed
+        if trouble is not None and not request.stream and isinstance(trouble, BrokenAnswerError):
+            trouble.retry = False
+        if trouble is None:
+            usage = usage_of(kind, reply.body)
+            if not request.stream:
+                raise BrokenAnswerError(
+                    "the answer came as server-sent events, which the request did not ask for, and holds "
+                    "fewer finished answers than asked (the events are kept)",
+                    usage=usage,
+                    error_type="unreadable_answer",
+                    raw=reply.raw,
+                )
+            trouble = BrokenAnswerError(
+                "the stream ended before every choice had finished", usage=usage, retry=True
             )
-        raise BrokenAnswerError("the stream ended before every choice had finished", usage=usage, retry=True)
+        if isinstance(trouble, BrokenAnswerError) and trouble.retry and trouble.usage is not None:
+            # cut on the way: a usage sent before every choice finished is the count so far (a gateway's
+            # usage on every chunk), and the answer may have cost more. In the ledger, and maybe billed as
+            # well
+            trouble.maybe_billed = True
+        raise trouble
 
     async def _failed(
         self,
