@@ -119,6 +119,14 @@ def kept_answers(root: Path) -> dict[str, KeptAnswer]:
     return found
 
 
+def keep_to_finish(root: Path, kept: KeptAnswer) -> None:
+    """List a paid answer for the next run to finish its task from, as `recover` lists a killed run's: a
+    run stopped while its images were fetched or saved. Blocking."""
+    path = root / ANSWERS / TO_FINISH
+    lines = [line for line in read_lines(path) if line.get("task_id") != kept.task_id]
+    write_atomic(path, b"".join(map(encode_line, [*lines, vars(kept)])), fsync=True)
+
+
 def finished_from(root: Path, task_ids: set[str]) -> None:
     """Forget the kept answers of these tasks: their result lines are written. Blocking."""
     path = root / ANSWERS / TO_FINISH

@@ -26,7 +26,7 @@ from batch.exitcodes import EXIT_BUDGET, EXIT_CONFIG, EXIT_DATAERR, EXIT_IOERR
 from batch.kind import ApiRequest, EncodedImage, TaskKind
 from batch.manifest.inputs import InputChanged, checked_reader, read_file
 from batch.manifest.tasks import TaskSpec
-from batch.output.runlog import UNSENT, KeptAnswer, finished_from
+from batch.output.runlog import UNSENT, KeptAnswer, finished_from, keep_to_finish
 from batch.output.store import OutputFile
 from batch.running.answers import answer_id, describe, failure_kind, short, stream_complete, usage_of
 from batch.running.bookkeeping import bill, result_line
@@ -100,16 +100,58 @@ class TaskAttempts:
             await self._finish(spec, state, started, error=failure)
             return
         except BaseException:
-            if state.cut_while_kept:  # cancelled after its answer was bought: said, not bought again
-                failure = BrokenAnswerError(
-                    "the run was stopped while its answer's images were fetched or saved; the answer, with "
-                    "its links, is kept in answers/ (retry-failed buys it again)",
-                    error_type="interrupted",
-                )
+            if state.cut_while_kept:  # cancelled after its answer was bought: kept, not bought again
                 with anyio.CancelScope(shield=True):
-                    await self._finish(spec, state, started, error=failure)
+                    if not await self._leave_to_finish(spec, state, replayed=kept is not None):
+                        failure = BrokenAnswerError(
+                            "the run was stopped while its answer's images were fetched or saved; the "
+                            "answer, with its links, is kept in answers/ (retry-failed buys it again)",
+                            error_type="interrupted",
+                        )
+                        await self._finish(spec, state, started, error=failure)
             raise
         await self._finish(spec, state, started)
+
+    async def _leave_to_finish(self, spec: TaskSpec, state: TaskState, *, replayed: bool) -> bool:
+        """A run stopped (a second signal, the grace over) while a paid answer's images were fetched or
+        saved: its answer, kept in answers/, is listed for the next run to finish the task from, as a
+        killed run's is (runlog.recover), and the task left pending. False where it cannot be: a stream's
+        answer (kept as its events, not read again as JSON), or a list that could not be written."""
+        if replayed:  # finishing from a killed run's answer: listed until the task's line is written
+            return True
+        billed, answer_file, answered = state.last_billed, state.answer_file, state.answered
+        if billed is None or answer_file is None or answered is None or not answer_file.endswith(".json"):
+            return False
+        request_id, input_tokens, output_tokens, total_tokens, cost = billed
+        if request_id != answered[0]:
+            return False
+        entry = KeptAnswer(
+            spec.id,
+            request_id,
+            answer_file,
+            state.server_request_id,
+            input_tokens,
+            output_tokens,
+            total_tokens,
+            cost,
+            spec.request,
+        )
+        try:
+            await anyio.to_thread.run_sync(
+                keep_to_finish, self._ctx.out.root, entry, limiter=self._ctx.threads
+            )
+        except (OutputError, OSError) as exc:
+            logger.warning("task %s: its kept answer could not be listed to finish: %s", spec.id, short(exc))
+            return False
+        self._ctx.log.done(
+            request_id,
+            "interrupted",
+            status=answered[1],
+            error=f"its answer was recorded in usage.jsonl and kept in {answer_file}: the next run finishes "
+            "its task from it",
+        )
+        state.answered = None
+        return True
 
     async def _replay(self, spec: TaskSpec, kind: TaskKind, kept: KeptAnswer, state: TaskState) -> None:
         """Finish a task from the answer a killed run paid for and kept (its images were being fetched):

@@ -61,6 +61,7 @@ async def bill(
         ctx.budget.settle(*state.booked)
         state.booked = None
     state.billed = True
+    state.last_billed = (request_id, counts.input, counts.output, counts.total, cost)
     if cost is None:
         state.unpriced = True
     else:

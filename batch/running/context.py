@@ -67,8 +67,11 @@ class TaskState:
     # line, so that a run killed in between leaves the request counted as maybe billed (not saved)
     answered: tuple[str, int, float] | None = None
     # a whole answer, billed, whose images or files were being made when the run cut it short
-    # (cancelled): its task gets a failed line, not a resume's request (that would buy it again)
+    # (cancelled): kept for the next run to finish its task from, not a resume's request (that would buy
+    # it again)
     cut_while_kept: bool = False
+    # the last answer billed: its request id, input, output and total tokens, and cost (its ledger line)
+    last_billed: tuple[str, int, int, int, float | None] | None = None
 
 
 class Stopped(Exception):

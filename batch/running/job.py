@@ -339,8 +339,9 @@ class Job:
         kept = kept_answers(self.out.root)  # answers killed runs paid for: their tasks finished from them
         if kept:
             log.info(
-                "%s answer(s) a killed run paid for are kept in answers/: their tasks are finished from "
-                "them (their images fetched again), not bought again, unless a task's request changed since",
+                "%s answer(s) a killed or stopped run paid for are kept in answers/: their tasks are "
+                "finished from them (their images fetched again), not bought again, unless a task's request "
+                "changed since",
                 f"{len(kept):,}",
             )
         spent = (

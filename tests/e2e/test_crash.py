@@ -291,7 +291,9 @@ def test_a_kill_while_images_are_downloaded_is_finished_from_the_kept_answer_not
         code, stdout, stderr = Run(manifest, out, sim, "--backoff", "0", "--backoff-max", "0").finish()
         assert code == 0, stdout + stderr
         assert state.requests_total == (2 if edited else 1)  # not bought again, unless it changed
-        assert "1 answer(s) a killed run paid for are kept in answers/" in stderr, stderr  # said, both ways
+        assert "1 answer(s) a killed or stopped run paid for are kept in answers/" in stderr, (
+            stderr
+        )  # said, both ways
         assert not any(d.authorized for d in state.downloads)
     if edited:
         assert results(out)["pair"]["prompt"] == "two black cats" and len(ledger(out)) == 2

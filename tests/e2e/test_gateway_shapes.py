@@ -533,12 +533,20 @@ def test_a_gzip_body_in_members_mislabelled_or_with_a_line_end_after_it_is_read_
     billed_once_and_recorded(out, state)
 
 
-def test_a_run_stopped_while_an_answers_images_are_fetched_keeps_the_answer_and_buys_it_once(
-    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("stop", ["grace over", "second signal"])
+def test_a_run_stopped_while_an_answers_images_are_fetched_is_finished_from_it_by_the_next_run(
+    stop: str,
+    cli: Callable[..., Outcome],
+    write: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """SIGTERM while a paid answer's link is fetched (a slow file server): the grace period ran out, the
-    download was cancelled, nothing was kept but its ledger line, and the resumed run bought the image
-    again. The answer now goes to answers/ and the task gets a failed line: a resume does not buy it."""
+    """SIGTERM while a paid answer's link is fetched (a slow file server), and the download cancelled: the
+    grace period ran out, or a second signal came. The answer was kept and the task failed with it: a
+    resume did not buy it, but did not finish it either, and only retry-failed (buying it again) got its
+    picture, where a run killed with SIGKILL at that moment is finished from the kept answer for nothing.
+    The stopped run now lists the answer as a killed run's is; the next run fetches its link again,
+    sending nothing to the API."""
     import os
     import signal
 
@@ -548,6 +556,9 @@ def test_a_run_stopped_while_an_answers_images_are_fetched_keeps_the_answer_and_
 
     async def stalled(self: ApiClient, url: str) -> bytes:
         os.kill(os.getpid(), signal.SIGTERM)  # the run's own handler stops it
+        if stop == "second signal":
+            await anyio.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGTERM)  # and cancels what is in flight
         await anyio.sleep(3600)
         raise AssertionError("not cancelled")
 
@@ -555,14 +566,21 @@ def test_a_run_stopped_while_an_answers_images_are_fetched_keeps_the_answer_and_
     tasks = "  - {kind: generate, id: cat, model: m, prompt: a cat}\n"
     manifest = write(PRICES + "tasks:\n" + tasks)
     out = tmp_path / "out"
+    grace = "0.2" if stop == "grace over" else "60"
     with simulator_in_thread(SimConfig(api_key=KEY, answers=frozenset({"url"}))) as sim:
-        stopped = cli("run", manifest, "--out", out, *FAST, "--grace", "0.2", env=env_for(sim))
+        stopped = cli("run", manifest, "--out", out, *FAST, "--grace", grace, env=env_for(sim))
         monkeypatch.undo()
+        assert stopped.code == 75, stopped.err
+        assert not (out / "results.jsonl").read_text()  # pending, its answer kept to finish it from
+        assert status(out)["maybe_billed"] == 0  # the answer is in the ledger and kept: not "maybe"
         resumed = cli("run", manifest, "--out", out, *FAST, env=env_for(sim))
         state = sim.state
-    assert stopped.code == 75, stopped.err
+    assert resumed.code == 0 and state.requests_total == 1, resumed.err  # bought once
+    assert "1 answer(s) a killed or stopped run paid for are kept in answers/" in resumed.err
     record = results(out)["cat"]
-    assert record["status"] == "failed" and record["error"]["type"] == "interrupted", record
+    assert record["status"] == "succeeded" and record["attempts"] == 1, record
     assert json.loads((out / record["answer_file"]).read_text())["data"][0]["url"]
-    assert resumed.code == 1 and state.requests_total == 1, resumed.out  # bought once
+    with Image.open(out / record["files"][0]) as image:
+        image.load()
     billed_once_and_recorded(out, state)
+    assert status(out)["maybe_billed"] == 0 and not (out / "answers" / ".to-finish.jsonl").read_text()
