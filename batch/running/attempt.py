@@ -29,6 +29,7 @@ from batch.manifest.tasks import TaskSpec
 from batch.output.runlog import UNSENT, KeptAnswer, finished_from, keep_to_finish
 from batch.output.store import OutputFile
 from batch.running.answers import answer_id, describe, failure_kind, short, stream_complete, usage_of
+from batch.running.bodies import running_usage
 from batch.running.bookkeeping import bill, result_line
 from batch.running.client import Reply
 from batch.running.context import AttemptContext, Stopped, TaskState
@@ -335,10 +336,10 @@ class TaskAttempts:
             trouble = BrokenAnswerError(
                 "the stream ended before every choice had finished", usage=usage, retry=True
             )
-        if isinstance(trouble, BrokenAnswerError) and trouble.retry and trouble.usage is not None:
-            # cut on the way: a usage sent before every choice finished is the count so far (a gateway's
-            # usage on every chunk), and the answer may have cost more. In the ledger, and maybe billed as
-            # well
+        if getattr(trouble, "usage", None) is not None and running_usage(reply.body):
+            # a usage on a chunk of a choice that never finished is the count so far (a gateway's usage on
+            # every chunk), whether the stream was cut or ended by an error event: the answer may have cost
+            # more. In the ledger, and maybe billed
             trouble.maybe_billed = True
         raise trouble
 

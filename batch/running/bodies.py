@@ -299,6 +299,17 @@ def last_usage(chunks: list[Any]) -> dict[str, Any] | None:
     return None
 
 
+def running_usage(chunks: Any) -> bool:
+    """Whether a stream's last usage came on a chunk of its choices (a gateway that sends the count so
+    far on every chunk), not on a usage chunk of its own (`choices: []`, sent once the choices finished)."""
+    if not isinstance(chunks, list):
+        return False
+    for chunk in reversed(chunks):
+        if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
+            return bool(chunk.get("choices"))
+    return False
+
+
 # Gemini's error statuses (google.rpc.Code names), for an error body that names no HTTP status.
 _RPC_STATUS = {
     "INVALID_ARGUMENT": 400,

@@ -460,15 +460,16 @@ def test_without_an_x_request_id_the_answers_own_id_names_it(
     assert state.requests_total == 3 and len(by_task) == 3
 
 
+@pytest.mark.parametrize("fault", ["stream_cut", "stream_error_mid"])
 def test_a_stream_cut_after_a_running_usage_is_in_the_ledger_and_counted_maybe_billed(
-    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+    fault: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
 ) -> None:
     """A gateway that sends the usage so far on every chunk (`usage_every_chunk`), its stream cut before
-    the choice finished (`stream_cut`, once): the server billed the whole answer, 24 tokens, but the last
-    usage that came said 13. The ledger took 13 as the answer's cost and the request was not counted
-    maybe billed, so 11 billed tokens were nowhere: not in the ledger, not in `status`. A usage seen
-    before every choice finished is a running count: it goes in the ledger, and the request counts as
-    maybe billed too."""
+    the choice finished (`stream_cut`, once), or ended there by an error event (`stream_error_mid`): the
+    server billed the whole answer, 24 tokens, but the last usage that came said 13. The ledger took 13
+    as the answer's cost and the request was not counted maybe billed, so 11 billed tokens were nowhere:
+    not in the ledger, not in `status`. A usage sent on a chunk of a choice, before every choice
+    finished, is a running count: it goes in the ledger, and the request counts as maybe billed too."""
     manifest = write(
         PRICES + "tasks:\n  - {kind: chat, id: t, model: m, prompt: hello there, stream: true}\n"
     )
@@ -476,7 +477,7 @@ def test_a_stream_cut_after_a_running_usage_is_in_the_ledger_and_counted_maybe_b
     config = SimConfig(
         api_key=KEY,
         answers=frozenset({"usage_every_chunk"}),
-        faults={"stream_cut": 1.0},
+        faults={fault: 1.0},
         fault_once_per_task=True,
         seed=5,
     )
@@ -485,7 +486,7 @@ def test_a_stream_cut_after_a_running_usage_is_in_the_ledger_and_counted_maybe_b
         records = sim.state.records
     assert outcome.code == 0, outcome.err
     cut, whole = records
-    assert cut.fault == "stream_cut" and whole.fault is None  # asked again: it was cut on the way
+    assert cut.fault == fault and whole.fault is None  # asked again: it was cut on the way
     lines = {line["request_id"]: line for line in ledger(out)}
     assert 0 < lines[cut.request_id]["total_tokens"] < cut.billed_tokens  # what it had counted when cut
     assert lines[whole.request_id]["total_tokens"] == whole.billed_tokens

@@ -21,6 +21,7 @@ from PIL import Image
 from batch.errors import BrokenAnswerError, RefusalError
 from batch.kind import TokenCounts
 from batch.running.bodies import embedded_status as _embedded_status
+from batch.running.bodies import running_usage
 from batch.running.bodies import sse_data as _sse_data
 from batch.running.imaging import decode_base64, decode_images
 from batch.running.prices import Price, parse_prices
@@ -329,6 +330,16 @@ def test_the_image_seeds_example_usage_prices_its_image_and_text_input_apart(kin
     # gpt-image-1's list prices: $5 text input, $10 image input, $40 output, per million tokens
     price = Price(text_input=5.0, image_input=10.0, output=40.0)
     assert price.cost(counts) == pytest.approx((58 * 5.0 + 194 * 10.0 + 4160 * 40.0) / 1e6)
+
+
+def test_a_usage_on_a_chunk_of_a_choice_is_a_running_count_one_of_its_own_is_the_final() -> None:
+    """A stream that stopped before every choice finished: the usage on a chunk of a choice (a gateway's
+    usage on every chunk) is the count so far; a usage chunk of its own (`choices: []`) is the answer's."""
+    usage = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    piece = {"choices": [{"index": 0, "delta": {"content": "Hel"}}]}
+    assert running_usage([{**piece, "usage": usage}, piece])
+    assert not running_usage([piece, {"choices": [], "usage": usage}])
+    assert not running_usage([piece]) and not running_usage({"choices": []})
 
 
 def test_thinking_counted_only_in_the_total_is_billed_as_output() -> None:
