@@ -57,6 +57,8 @@ class TaskAttempts:
         self.durations: deque[float] = deque(maxlen=256)  # recent requests' seconds, for the deadline
         self.maybe_billed = 0  # this run's requests that may have been billed without a saved result
         self.reached = False  # the API has answered this run (any HTTP answer): its address is right
+        # answers/.to-finish.jsonl is read and written whole: by one task at a time, or a change is lost
+        self._to_finish = anyio.Lock()
 
     async def run_task(self, spec: TaskSpec) -> None:
         """Attempt a task until it succeeds, fails or the run stops; a fault of ours fails this task only."""
@@ -138,9 +140,10 @@ class TaskAttempts:
             spec.request,
         )
         try:
-            await anyio.to_thread.run_sync(
-                keep_to_finish, self._ctx.out.root, entry, limiter=self._ctx.threads
-            )
+            async with self._to_finish:
+                await anyio.to_thread.run_sync(
+                    keep_to_finish, self._ctx.out.root, entry, limiter=self._ctx.threads
+                )
         except (OutputError, OSError) as exc:
             logger.warning("task %s: its kept answer could not be listed to finish: %s", spec.id, short(exc))
             return False
@@ -564,10 +567,10 @@ class TaskAttempts:
             self._ctx.log.done(request_id, "answered", status=status, seconds=seconds)
             state.answered = None
         if spec.id in self._ctx.kept:  # finished from a killed run's answer: the next run need not
-            with contextlib.suppress(
-                OutputError, OSError
-            ):  # a stale entry is never used: its task has a line
-                await anyio.to_thread.run_sync(finished_from, self._ctx.out.root, {spec.id})
+            # a stale entry is never used: its task has a line
+            with contextlib.suppress(OutputError, OSError):
+                async with self._to_finish:
+                    await anyio.to_thread.run_sync(finished_from, self._ctx.out.root, {spec.id})
         self.maybe_billed += state.maybe_billed
         self._ctx.emit(TaskFinished(record))
 

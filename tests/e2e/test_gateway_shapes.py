@@ -534,6 +534,59 @@ def test_a_gzip_body_in_members_mislabelled_or_with_a_line_end_after_it_is_read_
     billed_once_and_recorded(out, state)
 
 
+def test_answers_cut_at_once_while_their_images_are_fetched_are_each_finished_by_the_next_run(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three answers of links being fetched when a second SIGTERM cancels them: each task lists its kept
+    answer in answers/.to-finish.jsonl, and the three rewrote the list at once, each from what it had
+    read before the others wrote (found by fuzzing: answers listed by the stopped run bought again by the
+    next). The list is rewritten by one task at a time; here a slow read of it holds the race open."""
+    import os
+    import signal
+    import time
+
+    import anyio
+
+    from batch.output import runlog
+    from batch.running.client import ApiClient
+
+    stalled_now = []
+
+    async def stalled(self: ApiClient, url: str) -> bytes:
+        stalled_now.append(url)
+        if len(stalled_now) == 3:  # all three are fetching: stop, then cancel them
+            os.kill(os.getpid(), signal.SIGTERM)
+            await anyio.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGTERM)
+        await anyio.sleep(3600)
+        raise AssertionError("not cancelled")
+
+    read_lines = runlog.read_lines
+
+    def slow_read(path: Path) -> Any:
+        if path.name == runlog.TO_FINISH:
+            time.sleep(0.2)  # a busy disk: the others read the list meanwhile
+        return read_lines(path)
+
+    monkeypatch.setattr(ApiClient, "download", stalled)
+    monkeypatch.setattr(runlog, "read_lines", slow_read)
+    tasks = "".join(f"  - {{kind: generate, id: cat-{i}, model: m, prompt: cat {i}}}\n" for i in range(3))
+    manifest = write(PRICES + "tasks:\n" + tasks)
+    out = tmp_path / "out"
+    with simulator_in_thread(SimConfig(api_key=KEY, answers=frozenset({"url"}))) as sim:
+        stopped = cli("run", manifest, "--out", out, *FAST, "-c", "3", env=env_for(sim))
+        monkeypatch.undo()
+        assert stopped.code == 75 and len(stalled_now) == 3, stopped.err
+        to_finish = (out / "answers" / ".to-finish.jsonl").read_text().splitlines()
+        listed = [json.loads(line)["task_id"] for line in to_finish]
+        assert sorted(listed) == ["cat-0", "cat-1", "cat-2"]
+        resumed = cli("run", manifest, "--out", out, *FAST, env=env_for(sim))
+        state = sim.state
+    assert resumed.code == 0 and state.requests_total == 3, resumed.err  # none bought again
+    assert all(record["status"] == "succeeded" for record in results(out).values())
+    billed_once_and_recorded(out, state)
+
+
 @pytest.mark.parametrize("stop", ["grace over", "second signal"])
 def test_a_run_stopped_while_an_answers_images_are_fetched_is_finished_from_it_by_the_next_run(
     stop: str,
