@@ -196,7 +196,7 @@ def parse_image_answer(fields: Mapping[str, Any], body: Any) -> Answer:
         image = encoded_image(item.get("b64_json"), item.get("url")) if isinstance(item, Mapping) else None
         if image is None:
             raise BrokenAnswerError(
-                f"data[{index}] has neither b64_json nor an http(s) url", usage=usage, error_type="no_images"
+                f"data[{index}] has neither b64_json nor a url", usage=usage, error_type="no_images"
             )
         images.append(image)
         text = item.get("revised_prompt")
@@ -208,14 +208,16 @@ def parse_image_answer(fields: Mapping[str, Any], body: Any) -> Answer:
 
 
 def encoded_image(b64: Any, url: Any) -> EncodedImage | None:
-    """An image from base64 text (bare, or a `data:image/...;base64,` URL) or from an http(s) URL."""
+    """An image from base64 text (bare, or a `data:image/...;base64,` URL) or from a link. A link that is
+    not http(s) (a Cloud Storage `gs://` URI, say) is a link all the same: its download fails, and the
+    image is counted missing with why, the answer kept, rather than dropped without a word."""
     if isinstance(b64, str) and b64:
         if b64.startswith("data:"):
             return data_url_image(b64)
         return EncodedImage(b64)
     if isinstance(url, str) and url.startswith("data:"):
         return data_url_image(url)
-    if isinstance(url, str) and url.startswith(("http://", "https://")):
+    if isinstance(url, str) and url.strip():
         return EncodedImage("", url=url)
     return None
 

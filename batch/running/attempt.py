@@ -439,7 +439,8 @@ class TaskAttempts:
                     # the answer, with its links, kept first: a run killed while they are fetched leaves
                     # it for the next run to finish the task from (runlog.recover), not to buy it again
                     await self._keep_raw(spec, request_id, reply, state)
-                images, places, lost = await self._download(images)
+                # a chat answer's text is its answer too: its lost pictures alone do not fail the task
+                images, places, lost = await self._download(images, has_text=answer.text is not None)
                 if lost:  # the images fetched are kept; the answer, with the links, too (kept above)
                     extra = {**answer.extra, "images_not_downloaded": lost}
                     answer = replace(answer, extra=extra, images_missing=answer.images_missing + len(lost))
@@ -494,7 +495,7 @@ class TaskAttempts:
         )
 
     async def _download(
-        self, images: tuple[EncodedImage, ...]
+        self, images: tuple[EncodedImage, ...], *, has_text: bool = False
     ) -> tuple[tuple[EncodedImage, ...], tuple[int, ...], list[str]]:
         """Fetch the images an answer links to, DOWNLOADS_AT_ONCE at a time. A failed download is retried as
         a download, never by buying the generation again. Each link is tried once, however long the others
@@ -503,7 +504,7 @@ class TaskAttempts:
         hang cost the task what one request's retries may, not that times their number. Returns the images
         at hand, their places in the answer (their names' numbers), and why each of the others could not be
         fetched: one lost link no longer throws away the images that came (the task fails only when none
-        did)."""
+        did, and the answer has no text either)."""
         ctx = self._ctx
         policy = ctx.settings.retry
         shared = SharedRetries(policy.max_attempts - 1, policy.deadline)
@@ -543,7 +544,7 @@ class TaskAttempts:
         places = [index for index, image in enumerate(images) if image.url is None or index in data]
         fetched = [images[i] if images[i].url is None else replace(images[i], data=data[i]) for i in places]
         reasons = [lost[index] for index in sorted(lost)]
-        if reasons and not fetched:
+        if reasons and not fetched and not has_text:
             raise BrokenAnswerError("; ".join(reasons), error_type="download_failed")
         return tuple(fetched), tuple(places), reasons
 

@@ -191,6 +191,48 @@ def test_one_unusable_image_of_an_answer_no_longer_throws_away_the_good_ones(
         image.load()
 
 
+@pytest.mark.parametrize("kind", ["chat", "generate"])
+def test_an_image_linked_other_than_by_http_is_counted_missing_with_why_not_dropped(
+    kind: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """An answer whose image is a Cloud Storage URI (`gs://...`) beside a usable one: a chat answer's part
+    was dropped without a word (the task succeeded with its text, no image missing, nothing kept), and an
+    image answer failed whole, its good image thrown away. The link is counted missing, with why, and the
+    answer kept; bought once."""
+    gs = {"type": "image_url", "image_url": {"url": "gs://bucket/answer-2.png"}}
+    answers = {
+        "chat": {
+            **chat_answer("a cat"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "a cat", "images": [gs]},
+                    "finish_reason": "stop",
+                }
+            ],
+        },
+        "generate": {**IMAGE_ANSWER, "data": [IMAGE_ANSWER["data"][0], {"url": "gs://bucket/b.png"}]},  # type: ignore[index]
+    }
+    task = "model: m, prompt: a cat" if kind == "chat" else "prompt: two cats, n: 2"
+    manifest = write(f"tasks:\n  - {{kind: {kind}, id: t, {task}}}\n")
+    out = tmp_path / "out"
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response(answers[kind])
+
+    with stub_server(handler) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        outcome = cli("run", manifest, "--out", out, *FAST, env=env)
+        posts = [seen for seen in stub.requests if seen["method"] == "POST"]
+    assert outcome.code == 0, outcome.err
+    record = results(out)["t"]
+    assert record["status"] == "succeeded" and record["images_missing"] == 1, record
+    assert "must be http(s), not 'gs://bucket/" in record["images_not_downloaded"][0]
+    assert (out / record["answer_file"]).is_file() and len(posts) == 1  # kept; bought once
+    if kind == "generate":
+        assert record["files"] == ["images/t~1.png"]
+
+
 def test_an_error_status_that_reports_a_usage_is_in_the_ledger(
     cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -72,12 +72,21 @@ def test_mixed_items_and_fewer_images_than_asked() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [{"data": []}, {"created": 1}, {"data": [{"url": "file:///etc/passwd"}]}, {"data": [{"b64_json": 3}]}],
+    [{"data": []}, {"created": 1}, {"data": [{"url": ""}]}, {"data": [{"b64_json": 3}]}],
 )
 def test_an_image_answer_without_a_usable_image_fails(body: dict[str, Any]) -> None:
     with pytest.raises(BrokenAnswerError) as caught:
         generate.parse_answer({"prompt": "p"}, body)
     assert caught.value.retry is False  # it arrived whole
+
+
+def test_a_link_that_is_not_http_is_a_link_its_download_refuses() -> None:
+    """`gs://` or `file:///etc/passwd`: an image all the same, which the client will not fetch (only
+    http(s)), so that it is counted missing with why (tests/e2e/test_hostile_answers.py), not dropped."""
+    body = {"data": [{"url": "file:///etc/passwd"}, {"url": "gs://bucket/b.png"}, {"b64_json": B64}]}
+    answer = generate.parse_answer({"prompt": "p", "n": 3}, body)
+    assert [image.url for image in answer.images] == ["file:///etc/passwd", "gs://bucket/b.png", None]
+    assert answer.images_missing == 0
 
 
 # --- chat: whole answers ---------------------------------------------------------------------------------
