@@ -213,6 +213,19 @@ class ShardQueue:
         """Tell Redis this worker is alive (any command does), so its shard is not taken over."""
         self.size(queue)
 
+    def lost(self, taken: Taken) -> bool:
+        """Whether `taken` was given to another worker: its message is no longer among this worker's
+        taken ones, while the queue still holds it (queued again, or another worker's, after this one
+        was silent past its heartbeat timeout: a machine suspended, a long pause, Redis out of reach).
+        A message the queue no longer knows (Redis came back empty) is no one else's: not lost."""
+        message_id = taken.message.options["redis_message_id"]  # the broker's id of it, in Redis
+        with _translated("check a shard"):
+            check = self.client.pipeline(transaction=True)
+            check.sismember(f"{NAMESPACE}:__acks__.{self.broker.broker_id}.{taken.queue}", message_id)
+            check.hexists(f"{NAMESPACE}:{taken.queue}.msgs", message_id)
+            mine, known = check.execute()
+        return not mine and bool(known)
+
     def take(self, queue: str) -> Taken | None:
         """A shard of `queue`, or None after waiting up to `poll` seconds for one."""
         consumer = self._consumers.get(queue)

@@ -56,10 +56,13 @@ class ShardRunner:
         self._lock = threading.RLock()  # stop() may come from a signal handler in the same thread
         self._running: tuple[asyncio.AbstractEventLoop, Job] | None = None
         self._grace_now = 0.0
+        self._abandoned: str | None = None  # the shard in hand is to stop (abandon), for this reason
         self.stopped = False
 
     def run(self, shard: Shard) -> RunSummary:
         """Run `shard` until its tasks are done or it is stopped; raises what stops it otherwise."""
+        with self._lock:
+            self._abandoned = None
         if "://" in shard.out:
             return self._run_on_store(shard)
         root = Path(shard.out)
@@ -97,8 +100,8 @@ class ShardRunner:
         with self._lock:
             self._running = (loop, job)
             self._grace_now = grace
-            if self.stopped:
-                self._stop(job, loop)
+            if self.stopped or self._abandoned is not None:
+                self._stop(job, loop, self._abandoned or "")
         try:
             return await job.run()
         finally:
@@ -118,9 +121,19 @@ class ShardRunner:
             else:
                 self._stop(job, loop)
 
-    def _stop(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
+    def abandon(self, reason: str) -> None:
+        """Stop the shard in hand, as `stop` does, and only it: the next shard runs as usual (its
+        message was given to another worker). Thread-safe."""
+        with self._lock:
+            self._abandoned = reason
+            if self._running is not None:
+                loop, job = self._running
+                self._stop(job, loop, reason)
+
+    def _stop(self, job: Job, loop: asyncio.AbstractEventLoop, reason: str = "") -> None:
         grace = self._grace_now
-        reason = f"the worker was told to stop; requests in flight had {grace:g} s to finish"
+        reason = reason or "the worker was told to stop"
+        reason = f"{reason}; requests in flight had {grace:g} s to finish"
 
         def stop_then_cancel_later() -> None:
             job.stop(reason, EXIT_TEMPFAIL)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from batch.cluster.queue import QueueError, ShardQueue, Taken
@@ -75,24 +76,33 @@ class ShardWorker:
         """Run a shard and settle its message; an exit code when the worker must stop."""
         shard = taken.shard
         log.info("shard %d of %s: positions %d to %d", shard.index, shard.out, shard.start, shard.end - 1)
-        beating = _Heartbeat(self.queue, taken.queue)
+        beating = _Heartbeat(self.queue, taken, self.runner.abandon)
         beating.start()
         try:
             summary = self.runner.run(shard)
-        except DirLockedError as exc:
-            log.warning("shard %d: %s; it goes back on the queue", shard.index, exc)
-            self.queue.requeue(taken)
-            self._stopping.wait(self.queue.settings.poll)
-            return None
         except BatchError as exc:
-            log.error("shard %d stopped: %s; it goes back on the queue", shard.index, exc)
+            if beating.lost:  # whatever ended it, the shard is another worker's now
+                log.warning("shard %d ended (%s); it is another worker's now", shard.index, exc)
+                return None
             self.queue.requeue(taken)
+            if isinstance(exc, DirLockedError):
+                log.warning("shard %d: %s; it goes back on the queue", shard.index, exc)
+                self._stopping.wait(self.queue.settings.poll)
+                return None
+            log.error("shard %d stopped: %s; it goes back on the queue", shard.index, exc)
             return exc.exit_code
         except BaseException:
-            self.queue.requeue(taken)
+            self.queue.requeue(taken)  # nothing, if another worker has it
             raise
         finally:
             beating.stop()
+        if beating.lost:  # neither acked nor requeued here: its message is the other worker's
+            log.info(
+                "shard %d: %d tasks saved here; the worker that took it over sends the rest",
+                shard.index,
+                summary.succeeded + summary.failed,
+            )
+            return None
         if summary.stop_code is None:
             self.queue.ack(taken)
             self.shards_done += 1
@@ -105,14 +115,20 @@ class ShardWorker:
 
 
 class _Heartbeat:
-    """Beats for the worker while a shard runs (Dramatiq beats only when it fetches)."""
+    """Beats for the worker while a shard runs (Dramatiq beats only when it fetches), and looks, each
+    time, whether the shard is still this worker's: a worker silent past its heartbeat timeout (its
+    machine suspended, a long pause, Redis out of its reach) is taken for dead, and its shard given to
+    another. On a store no lock stops both from running it, each paying for every task left, so the
+    first to learn it, this one, stops (`abandon`: its requests in flight finish and are saved)."""
 
-    def __init__(self, queue: ShardQueue, name: str) -> None:
+    def __init__(self, queue: ShardQueue, taken: Taken, abandon: Callable[[str], None]) -> None:
         self._queue = queue
-        self._name = name
+        self._taken = taken
+        self._abandon = abandon
         self._interval = max(0.05, queue.settings.heartbeat_timeout / 4)
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="maas-batch-heartbeat", daemon=True)
+        self.lost = False  # the shard was given to another worker
 
     def start(self) -> None:
         self._thread.start()
@@ -124,6 +140,18 @@ class _Heartbeat:
     def _beat(self) -> None:
         while not self._done.wait(self._interval):
             try:
-                self._queue.beat(self._name)
+                self._queue.beat(self._taken.queue)
+                lost = self._queue.lost(self._taken)
             except QueueError as exc:  # the shard goes on: its results are on disk, not in Redis
                 log.warning("%s", exc)
+                continue
+            if lost:
+                self.lost = True
+                timeout = self._queue.settings.heartbeat_timeout
+                reason = (
+                    f"shard {self._taken.shard.index} was given to another worker (this one was silent "
+                    f"for more than its heartbeat timeout, {timeout:g} s)"
+                )
+                log.warning("%s: it stops here, its requests in flight finish", reason)
+                self._abandon(reason)
+                return

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from batch.simulator import SimConfig, simulator_in_thread
-from tests.cluster.test_shards import SHARD, TASKS, manifest, submit, worker
+from tests.cluster.test_shards import SHARD, TASKS, billed, manifest, submit, worker
 from tests.conftest import KEY, Outcome
 from tests.s3_server import S3
 
@@ -51,6 +54,42 @@ def test_a_worker_runs_a_batch_into_the_store(
     found = json.loads(status.out)
     assert (found["succeeded"], found["pending"], found["shards"]["done"]) == (TASKS, 0, TASKS // SHARD)
     assert found["directory"] == s3.url
+
+
+def test_a_worker_taken_for_dead_stops_the_shard_its_successor_runs(
+    write: Callable[..., Path], tmp_path: Path, cli: Callable[..., Outcome], redis_url: str, s3: S3
+) -> None:
+    """A worker silent past its heartbeat timeout (SIGSTOP here: a machine suspended, a long pause) has
+    its shard given to another. On a store no lock keeps the two apart: the first, once it wakes, learns
+    at its next beat that the shard is no longer its own and stops it, rather than pay beside its
+    successor for every task left. What both paid: its requests in flight, a beat's worth at most."""
+    tasks, concurrency = 40, 2
+    with simulator_in_thread(SimConfig(api_key=KEY, latency=0.3)) as sim:
+        flags = ("--shard-size", str(tasks), "--concurrency", str(concurrency))
+        submit(cli, manifest(write, tasks), s3.url, redis_url, sim, *flags)  # type: ignore[arg-type]
+        first = worker(redis_url, sim, tmp_path / "first.log", "--burst")
+        sim.state.wait_for_sync(lambda state: state.requests_total >= 4, within=60)
+        os.kill(first.pid, signal.SIGSTOP)
+        try:
+            second = worker(redis_url, sim, tmp_path / "second.log", "--burst")
+            deadline = time.monotonic() + 30
+            while "shard 0 of" not in (tmp_path / "second.log").read_text():  # taken over
+                assert time.monotonic() < deadline and second.poll() is None, (
+                    tmp_path / "second.log"
+                ).read_text()
+                time.sleep(0.02)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        assert second.wait(60) == 0, (tmp_path / "second.log").read_text()
+        assert first.wait(60) == 0, (tmp_path / "first.log").read_text()
+        paid = billed(sim)
+    assert len(paid) == tasks
+    duplicates = sum(paid.values()) - len(paid)
+    assert duplicates <= 3 * concurrency, (duplicates, (tmp_path / "first.log").read_text())
+    assert "was given to another worker" in (tmp_path / "first.log").read_text()
+    status = cli("status", s3.url, "--json", env=s3.env)
+    found = json.loads(status.out)
+    assert (found["succeeded"], found["pending"]) == (tasks, 0), status.err
 
 
 @pytest.mark.parametrize(

@@ -419,3 +419,28 @@ def test_a_worker_that_sent_a_shard_back_takes_one_again(redis_url: str) -> None
         assert sorted(found) == [0, 1] and queue.take("q") is None and queue.size("q") == 0
     finally:
         queue.close()
+
+
+def test_a_shard_is_lost_to_its_worker_only_when_another_can_have_it(redis_url: str) -> None:
+    """A worker taken for dead has its shard given to another (it stops it: test_store_shards); but a
+    Redis that came back empty gave it to no one, and the worker finishes it, as README promises."""
+    from batch.cluster.plan import Shard
+    from batch.cluster.queue import HEARTBEATS, QueueSettings, ShardQueue
+
+    client = redis.Redis.from_url(redis_url)
+    first = ShardQueue(QueueSettings(redis_url, heartbeat_timeout=5, maintenance=True, poll=0.2))
+    second = ShardQueue(QueueSettings(redis_url, heartbeat_timeout=5, maintenance=True, poll=0.2))
+    try:
+        first.put("q", [Shard("/b", 0, 0, 2)])
+        mine = first.take("q")
+        assert mine is not None and not first.lost(mine)
+        client.zadd(HEARTBEATS, {first.broker.broker_id: 0})  # silent for ages: taken for dead
+        theirs = second.take("q")  # its poll gives the shard back to the queue, and takes it
+        assert theirs is not None and theirs.shard == mine.shard
+        assert first.lost(mine) and not second.lost(theirs)
+        client.flushall()  # Redis restarted without its data: the shard is no one else's
+        assert not first.lost(mine) and not second.lost(theirs)
+    finally:
+        first.close()
+        second.close()
+        client.close()
