@@ -48,10 +48,16 @@ class RedisServer:
         self.folder = folder
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.start()
+
+    def start(self) -> None:
+        """Start redis-server on the port (again, after `kill`: an empty one, as a restart without
+        persistence gives), and wait until it answers."""
+        assert REDIS_SERVER is not None
         command = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
         self.process = subprocess.Popen(
             [*command, "--save", "", "--appendonly", "no"],
-            cwd=folder,
+            cwd=self.folder,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -11,7 +11,10 @@ key's SHA-256: the key itself, or any piece of it, never goes to Redis.
 Nothing about a task's results or the ledger is there.
 
 Redis is an aid: the first error it gives mid-run switches this run to its local limits (limits.py),
-with one WARNING, for the rest of the run.
+with one WARNING. Every RETRY_SECONDS one call asks Redis again (the others keep to the local limits
+meanwhile); once it answers, the run shares its limits again, with one more WARNING. A restarted Redis
+(empty, or not) would otherwise have left every run on the key to its own limits all night, together
+asking the key for several times its rate.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 SAFETY = 0.97  # aim under the limit: requests sent on time by all runs still reach it a little bunched
 BURST = 1  # requests that may go at once (GCRA's burst): none, the runs' requests are spaced evenly
 LEASE_SECONDS = 15.0  # a killed run's slots come back after this long
+RETRY_SECONDS = 10.0  # a run on its own limits since Redis failed asks it again this often
 POLL_SECONDS = 0.05  # how often a run waiting for a slot in flight asks again
 LATE = 0.001  # up to this many seconds of jitter on a wait, so that waiting runs do not ask in step
 TIMEOUT = 2.0  # seconds for one Redis command; longer is Redis gone
@@ -121,6 +125,7 @@ class SharedConfig:
     url: str = field(repr=False)  # may hold a password
     key_id: str  # key_id(api key)
     lease_seconds: float = LEASE_SECONDS
+    retry_seconds: float = RETRY_SECONDS
 
 
 @dataclass
@@ -144,7 +149,8 @@ class SharedLimits:
         tpm: float | None,
     ) -> None:
         self.config = config
-        self.down = False
+        self._retry_at: float | None = None  # Redis failed: asked again from this moment (monotonic)
+        self._probing = False  # a call is asking Redis whether it is back; the others keep away
         # The run's own wait (its stop cuts it short) and its stop; the Runner sets both.
         self.sleep: Callable[[float], Awaitable[None]] = anyio.sleep
         self.stopping: Callable[[], bool] = lambda: False
@@ -191,29 +197,52 @@ class SharedLimits:
         with anyio.CancelScope(shield=True), anyio.move_on_after(TIMEOUT), contextlib.suppress(*ERRORS):
             await self._client.aclose()
 
+    @property
+    def down(self) -> bool:
+        """Redis failed and is not to be asked yet (or one call is asking it): the local limits hold."""
+        return self._retry_at is not None and (self._probing or time.monotonic() < self._retry_at)
+
     def _key(self, endpoint: str, what: str) -> str:
         return f"{self._prefix}:{endpoint}:{what}"
 
     async def _guard(self, call: Callable[[], Awaitable[T]], fallback: T) -> T:
-        """Redis' answer, or `fallback` once Redis has failed (said once, as a WARNING)."""
+        """Redis' answer, or `fallback` while Redis is down (see `down`). A call made once it is time to
+        ask Redis again is the one that asks: its answer means Redis is back."""
         if self.down:
             return fallback
+        probe = self._retry_at is not None
+        if probe:
+            self._probing = True
         try:
             with anyio.fail_after(TIMEOUT * 2):
-                return await call()
+                if probe:  # the pool's connections are to the Redis that went: each would fail once
+                    await self._client.connection_pool.disconnect()
+                answer = await call()
         except ERRORS as exc:
             self._gone(exc)
             return fallback
+        finally:
+            if probe:
+                self._probing = False
+        if probe:
+            self._retry_at = None
+            log.warning(
+                "Redis at %s answers again: this run shares its limits again", shown_url(self.config.url)
+            )
+        return answer
 
     def _gone(self, exc: BaseException) -> None:
-        if not self.down:
-            self.down = True
+        """Redis failed: said once per outage (the calls that fail with it, or ask it again, say nothing)."""
+        if self._retry_at is None:
             log.warning(
-                "Redis at %s failed (%s: %s): this run goes on with its own limits, no longer shared",
+                "Redis at %s failed (%s: %s): this run goes on with its own limits, no longer shared, "
+                "and asks Redis again every %g s",
                 shown_url(self.config.url),
                 type(exc).__name__,
                 str(exc)[:200],
+                self.config.retry_seconds,
             )
+        self._retry_at = time.monotonic() + self.config.retry_seconds
 
     # -- requests and tokens per minute ---------------------------------------------------------
 
@@ -301,7 +330,7 @@ class SharedLimits:
 
     async def keep_leases(self) -> None:
         """Renew this run's leases for as long as it runs (a task of the run's background group)."""
-        while not self.down:
+        while True:
             await anyio.sleep(self.config.lease_seconds / 3)
             for endpoint, members in list(self._leases.items()):
                 if members:

@@ -226,6 +226,47 @@ async def test_redis_gone_mid_run_means_local_limits_and_one_warning(
     assert server.url in warnings[0].getMessage() and "own limits" in warnings[0].getMessage()
 
 
+@needs_redis
+async def test_redis_back_after_an_outage_is_shared_again(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis restarted mid-run (here empty, as without persistence): the run asks it again and shares
+    its limits once more, rather than keep to its own all night beside the other runs on the key. A
+    warning when it goes and one when it comes back, however many calls failed between."""
+    config = SharedConfig(server.url, key_id(SECRET), retry_seconds=0)  # ask again at every call
+    patient = SharedLimits(SharedConfig(server.url, key_id(SECRET)), rpm=None, tpm=None)  # every 10 s
+    eager = SharedLimits(config, rpm=None, tpm=None)
+    await patient.connect()
+    await eager.connect()
+    try:
+        limits = [EndpointLimits(Limits(concurrency=8), shared=each) for each in (patient, eager)]
+        async with anyio.create_task_group() as group:  # connections to the Redis about to go, pooled
+            for _ in range(16):
+                group.start_soon(limits[1].cooled, "ep")
+        server.kill()
+        with caplog.at_level(logging.WARNING, logger="batch.running.shared"):
+            for _ in range(3):
+                assert [(await each.enter("ep")).lease for each in limits] == [None, None]
+            server.start()
+            back = [await each.enter("ep") for each in limits]
+            async with anyio.create_task_group() as group:  # new connections, not the pool's dead ones
+                for _ in range(16):
+                    group.start_soon(limits[1].cooled, "ep")
+        assert back[0].lease is None and not limits[0].sharing  # not asked again yet
+        assert back[1].lease is not None and limits[1].sharing
+        client = redis.Redis(port=server.port)
+        assert client.zcard(f"maas:{key_id(SECRET)}:ep:inflight") == 1  # its slot counts for every run
+        client.close()
+        said = [r.getMessage() for r in caplog.records]
+        assert len([m for m in said if "own limits" in m]) == 2, said  # one per run
+        assert [m for m in said if "answers again" in m] == [
+            f"Redis at {server.url} answers again: this run shares its limits again"
+        ]
+    finally:
+        await patient.aclose()
+        await eager.aclose()
+
+
 async def test_redis_unreachable_at_start_is_a_config_error_naming_it_without_password() -> None:
     from tests.redis_server import free_port
 
