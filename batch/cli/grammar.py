@@ -391,7 +391,8 @@ def _add_run(commands: Commands) -> argparse.ArgumentParser:
         type=path,
         metavar="DIR",
         help="with --out s3://...: the local folder the run works in (new or empty; default a temporary "
-        "folder, removed at the end)",
+        "folder, removed at the end); or the staging folder a run stopped by its store kept: what it holds "
+        "and the store lacks goes up first, not bought again",
     )
     run.add_argument(
         "--simulate",

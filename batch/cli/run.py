@@ -139,16 +139,21 @@ def _said_unused(args: argparse.Namespace, options: Options) -> None:
 def _on_store(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
     """`run --out s3://...`: the run works in a local staging DIR assembled from the store's segments
     (so it resumes from what any earlier run saved there), and mirrors what it saves into the store."""
-    from batch.output.remote import held_here, open_store, staging
+    from batch.output.remote import MIRRORING, empty, flush_kept, held_here, open_store, staging
 
     store = open_store(args.out)
     stage = args.stage
-    if stage is not None and stage.exists() and (not stage.is_dir() or any(stage.iterdir())):
-        raise UsageError(f"--stage {stage}: give a new or empty folder")
     # a second run on the store from this machine (cron's tonight, while last night's goes on) gives up
-    # before it reads the store; a dry run sends nothing, and needs no lock
-    with contextlib.nullcontext() if args.dry_run else held_here(store), staging(store, stage) as folder:
-        return run(argparse.Namespace(**{**vars(args), "out": folder, "store": args.out}), options, argv)
+    # before it reads the store or touches a kept folder; a dry run sends nothing, and needs no lock
+    with contextlib.nullcontext() if args.dry_run else held_here(store):
+        if stage is not None and stage.exists() and (not stage.is_dir() or any(stage.iterdir())):
+            if not (stage / MIRRORING).is_file():
+                raise UsageError(f"--stage {stage}: give a new or empty folder, or one a run on a store kept")
+            # a folder a stopped run kept: what it holds and the store lacks goes up before anything is sent
+            flush_kept(store, stage)
+            empty(stage)
+        with staging(store, stage) as folder:
+            return run(argparse.Namespace(**{**vars(args), "out": folder, "store": args.out}), options, argv)
 
 
 def recorded_command(argv: list[str]) -> dict[str, Any]:
@@ -348,11 +353,20 @@ def _print_summary(summary: RunSummary, out: Path | str, again: tuple[int, int],
         )
     if summary.stop_reason:
         lines.append(f"stopped: {summary.stop_reason}")
+        resume = "run the same command again to resume"
+        if isinstance(out, str):  # a store: its staging folder may hold what the store lacks
+            from batch.output.remote import staging_unmirrored
+
+            if staging_unmirrored(page.parent):
+                resume = (
+                    f"run the same command again with --stage {page.parent} to resume: that folder holds "
+                    "paid answers the store lacks, which go up first rather than be bought again"
+                )
         lines.append(
             {
                 EXIT_BUDGET: "run again with a higher --max-cost / --max-tokens to carry on",
                 EXIT_DEADLINE: "run the same command again (with a later --deadline) to carry on",
-            }.get(summary.stop_code or 0, "run the same command again to resume")
+            }.get(summary.stop_code or 0, resume)
         )
     elif summary.failed or summary.failed_before:
         where = f"{out}/results" if isinstance(out, str) else out / "results.jsonl"  # a store's segments

@@ -397,7 +397,11 @@ def staging(store: Store, folder: Path | None = None, *, prefix: str = "maas-bat
     finally:
         if temporary and staging_unmirrored(root):
             log.warning(
-                "the staging folder %s of %s is kept: it may hold answers the store lacks", root, store.url
+                "the staging folder %s of %s is kept: it may hold answers the store lacks; the next run "
+                "with --stage %s uploads them before it sends anything",
+                root,
+                store.url,
+                root,
             )
         elif temporary:
             shutil.rmtree(root, ignore_errors=True)
@@ -418,11 +422,19 @@ def pull(store: Store, root: Path) -> None:
             if attempt == PULL_TRIES:
                 raise
             log.info("%s changed while it was read (a run merged its segments): reading it again", store.url)
-            for child in root.iterdir():  # the folder itself stays, with its mode (mkdtemp's 0700)
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
+            empty(root)
+
+
+def empty(root: Path) -> None:
+    """Remove what `root` holds; the folder itself stays, with its mode (mkdtemp's 0700)."""
+    try:
+        for child in root.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    except OSError as exc:
+        raise OutputError(f"cannot empty {root}: {reason(exc)}") from exc
 
 
 def _pull(store: Store, root: Path) -> None:
@@ -453,7 +465,8 @@ def _pull(store: Store, root: Path) -> None:
     scheme = store.read(FORMAT)
     if scheme is not None:
         (root / FORMAT).write_bytes(scheme)
-    (root / PULLED).write_text(json.dumps({RETRIED: _size(root / RETRIED)}), encoding="utf-8")
+    sizes = {journal: _size(root / journal) for journal in SEGMENTS}  # where a run's own lines begin
+    (root / PULLED).write_text(json.dumps(sizes), encoding="utf-8")
     _pull_cluster(store, root)
 
 
@@ -593,7 +606,7 @@ class Mirror:
         """Record the id scheme once, and upload the failed lines --retry-failed moved aside, before the
         run sends anything (blocking). The staging DIR is marked first: from now on it may hold what the
         store lacks (see staging)."""
-        mark_started(self.root)
+        mark_started(self.root, self.store.url, self.run)
         scheme = (self.root / FORMAT).read_bytes() if (self.root / FORMAT).exists() else None
         if scheme is not None:
             self.store.create(FORMAT, scheme)
@@ -771,11 +784,75 @@ class Mirror:
         except OSError as exc:
             raise OutputError(f"cannot read {self.root / relative}: {exc.strerror or exc}") from exc
         target = name
-        if not self.store.create(target, data):
+        # a name the store holds already with these very bytes (an upload that landed though its answer
+        # was lost, or this run's, flushed again from its kept folder) is that file
+        if not self.store.create(target, data) and self.store.read(target) != data:
             target = str(relative.with_name(f"{relative.stem}.{self.run}{relative.suffix}"))
             self._create(target, data)
         self.uploaded[name] = target
         return target
+
+    def landed(self) -> None:
+        """Move each offset past the lines this run's segments in the store hold already (a kept staging
+        folder's, whose run stopped: see flush_kept), plain or merged, so that none goes up twice."""
+        for journal, folder in SEGMENTS.items():
+            self.offsets[journal] = self._landed(folder, self.root / journal, self.offsets[journal])
+        self.log_offset = self._landed(RUNS, self.log_path, self.log_offset)
+
+    def _landed(self, folder: str, path: Path, offset: int) -> int:
+        found: dict[int, str] = {}  # where a segment of this run starts -> its name (a merged one first)
+        for name in self.store.names(folder):
+            segment = _parse(name)
+            if (
+                segment is not None
+                and segment[0] == self.run
+                and (segment[2] is not None or segment[1] not in found)
+            ):
+                found[segment[1]] = name
+        try:
+            with path.open("rb") as handle:
+                while (there := found.get(offset)) is not None:
+                    count = (self.store.read(f"{folder}/{there}") or b"").count(b"\n")
+                    handle.seek(offset)
+                    for _ in range(count):
+                        if not handle.readline().endswith(b"\n"):
+                            raise OutputError(f"{self.store.url}: {folder}/{there} holds lines {path} lacks")
+                    if not count:
+                        break
+                    offset = handle.tell()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise OutputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        return offset
+
+
+def flush_kept(store: Store, root: Path) -> None:
+    """Upload what a staging folder kept by a stopped run (the store failed, the run crashed) holds and
+    the store lacks: its run's lines and the files they name, under that run's names, each segment that
+    landed then skipped. Then the folder may be assembled afresh, and no answer it held is bought again.
+    UsageError for a folder that is not a kept staging folder of this store; OutputError if the store
+    still refuses."""
+    try:
+        started = json.loads((root / MIRRORING).read_text(encoding="utf-8") or "{}")
+        pulled = json.loads((root / PULLED).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--stage {root}: not a staging folder a run left behind ({exc})") from None
+    offsets = {journal: pulled.get(journal) if isinstance(pulled, dict) else None for journal in SEGMENTS}
+    run = started.get("run") if isinstance(started, dict) else None
+    if not isinstance(run, str) or not all(isinstance(offset, int) for offset in offsets.values()):
+        raise UsageError(f"--stage {root}: left by an older maas-batch, which did not record its run")
+    if started.get("store", "").rstrip("/") != store.url.rstrip("/"):
+        raise UsageError(f"--stage {root}: the staging folder of {started.get('store')}, not of {store.url}")
+    if not staging_unmirrored(root):
+        return  # its run's last push left nothing behind
+    mirror = Mirror(store, root, run)
+    mirror.offsets.update({journal: int(offset) for journal, offset in offsets.items() if offset is not None})
+    mirror.landed()
+    mirror._push_journals()
+    mirror._push_log()
+    mark_complete(mirror)
+    log.info("%s: what run %s saved there and %s lacked is uploaded", root, run, store.url)
 
 
 def _journal_of(folder: str) -> str:
@@ -789,10 +866,11 @@ def mark_complete(mirror: Mirror) -> None:
         (mirror.root / MIRRORED).touch()
 
 
-def mark_started(root: Path) -> None:
-    """Leave MIRRORING in a staging DIR before its run may send anything."""
+def mark_started(root: Path, store: str = "", run: str = "") -> None:
+    """Leave MIRRORING in a staging DIR before its run may send anything, naming the store and the run
+    (flush_kept reads them, should the folder be kept)."""
     try:
-        (root / MIRRORING).touch()
+        (root / MIRRORING).write_text(json.dumps({"store": store, "run": run}), encoding="utf-8")
     except OSError as exc:
         raise OutputError(f"cannot write {root / MIRRORING}: {reason(exc)}") from exc
 

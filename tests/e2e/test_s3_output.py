@@ -5,6 +5,7 @@ store; a finished run sends nothing again; the readers read the URL; the key is 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections import Counter
@@ -173,3 +174,44 @@ def test_status_of_a_store_while_a_run_is_on_it_says_it_cannot_tell_not_that_non
     written = datetime.fromisoformat(last["last_written"])
     assert datetime.fromisoformat(last["started"]) <= written + timedelta(seconds=1)
     assert 0 <= last["seconds_since_written"] < 60
+
+
+def test_a_staging_folder_kept_when_the_store_failed_goes_up_with_the_next_run_not_bought_again(
+    manifest: Path, s3: S3, cli: Callable[..., Outcome], tmp_path: Path
+) -> None:
+    """The bucket is deleted mid-run: the run stops (74) and keeps its staging folder, naming it, since
+    it holds paid answers the store lacks. The next run, given it with --stage, uploads them before it
+    sends anything: no task is paid twice, and each has one result in the store."""
+    with simulator_in_thread(SimConfig(api_key=KEY, latency=0.3)) as sim:
+        first = Run(manifest, s3.url, sim, "--concurrency", "3", logs=tmp_path)
+        sim.state.wait_for_sync(lambda s: s.requests_total >= 3, within=60)
+        deadline = datetime.now() + timedelta(seconds=30)
+        while s3.fs.exists(s3.bucket):  # an upload may land between the objects' removal and the bucket's
+            assert datetime.now() < deadline, "the bucket could not be deleted"
+            with contextlib.suppress(OSError):
+                s3.fs.rm(s3.bucket, recursive=True)
+            s3.fs.invalidate_cache()
+        code, out, err = first.finish()
+        assert code == 74, err
+        kept = re.search(r"the staging folder (\S+) of \S+ is kept: .* --stage (\S+) ", err)
+        assert kept is not None and kept[1] == kept[2], err
+        assert f"run the same command again with --stage {kept[1]} to resume" in out, out
+        paid_first = sum(1 for r in sim.state.records if r.billed_tokens > 0)
+        assert paid_first > 0
+        s3.fs.mkdir(s3.bucket)  # the bucket made again, empty: every answer is in the kept folder alone
+        resumed = cli(
+            "run",
+            manifest,
+            "--out",
+            s3.url,
+            "--stage",
+            kept[1],
+            "--no-progress",
+            env={**env_for(sim), **s3.env},
+        )
+        assert resumed.code == 0, resumed.err
+        assert f"{paid_first} already done" in resumed.out, resumed.out
+        paid = Counter(r.task_id for r in sim.state.records if r.billed_tokens > 0)
+    assert sorted(paid) == [f"t{i}" for i in range(TASKS)] and set(paid.values()) == {1}, paid
+    assert sorted(str(r["id"]) for r in lines(s3, "results")) == [f"t{i}" for i in range(TASKS)]
+    assert len(lines(s3, "usage")) == TASKS

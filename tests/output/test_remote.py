@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from batch.errors import DirLockedError, OutputError
-from batch.output.remote import Mirror, Store, held_here, open_store, pull
+from batch.output.remote import Mirror, Store, flush_kept, held_here, open_store, pull
 from batch.output.store import RESULTS, USAGE, retried_ids
 from batch.simulator import RunningSimulator
 from tests.conftest import ROOT, Outcome, env_for
@@ -361,6 +361,61 @@ def test_merging_a_runs_segments_keeps_every_line_once_and_removes_them_a_merge_
     assert len(s3.objects("usage")) == 3 and len(s3.objects("runs")) == 3
     assert view() == (list("abcdef"), list("abcdef"), 6)
     assert mirror.complete
+
+
+def test_a_kept_staging_folder_goes_up_each_line_once_whether_it_landed_merged_or_not(
+    s3: S3, tmp_path: Path
+) -> None:
+    """A run stopped by its store (74) keeps its staging folder, holding answers the store lacks. The next
+    run given it (--stage) uploads them first, under that run's names: what had landed (segments merged,
+    or not yet) is found and not written twice; the rest goes up; and nothing it holds is bought again."""
+    opened, stage = open_store(s3.url), tmp_path / "stage"
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    before = Mirror(opened, earlier, "20250101T000000Z-eeeeee")
+    append_task(earlier, "x")  # an earlier run's task, in the store already
+    before._push_journals()
+    pull(opened, stage)
+    mirror = Mirror(opened, stage, "20260101T000000Z-aaaaaa")
+    mirror.start()
+    mirror.log_path.parent.mkdir(exist_ok=True)
+
+    def save(task_id: str, push: bool = True) -> None:
+        with mirror.log_path.open("a") as log:
+            log.write(
+                json.dumps({"event": "sent", "request_id": f"{task_id}/r.1", "task_id": task_id}) + "\n"
+            )
+        append_task(stage, task_id)
+        if push:
+            mirror._push_journals()
+            mirror._push_log()
+
+    save("a")
+    save("b")
+    mirror.merge()  # a's and b's segments in one object
+    save("c")
+    mirror.merge()  # theirs removed; c's alone, as it is
+    (stage / "images").mkdir()
+    (stage / "images" / "f.png").write_bytes(b"\x89PNG f")
+    assert mirror._upload("images/f.png") == "images/f.png"  # its file went up; then the store failed:
+    save("d", push=False)  # d, e and f are in the staging folder alone
+    save("e", push=False)
+    with (stage / USAGE).open("a") as usage, (stage / RESULTS).open("a") as results:
+        usage.write(json.dumps({"id": "f", "request_id": "f/r.1", "total_tokens": 10}) + "\n")
+        results.write(json.dumps({"id": "f", "status": "succeeded", "files": ["images/f.png"]}) + "\n")
+    assert not mirror.complete
+    flush_kept(opened, stage)
+    view = tmp_path / "view"
+    pull(opened, view)
+    found = [json.loads(line) for line in (view / RESULTS).read_text().splitlines()]
+    assert [line["id"] for line in found] == list("xabcdef")
+    assert found[-1]["files"] == ["images/f.png"] and list(s3.objects("images")) == [
+        "images/f.png"
+    ]  # not twice
+    assert [json.loads(line)["id"] for line in (view / USAGE).read_text().splitlines()] == list("xabcdef")
+    assert len((view / "runs" / "20260101T000000Z-aaaaaa.jsonl").read_text().splitlines()) == 5
+    flush_kept(opened, stage)  # twice: nothing more
+    assert len(s3.objects("results")) == 4  # x; a and b merged; c; d, e and f in one
 
 
 def mirrored(s3: S3, root: Path, tasks: str) -> tuple[Store, Mirror]:
