@@ -80,6 +80,10 @@ _REACHED_AT = {
 }
 # journal in DIR -> its folder of segments in the store, in the order a push uploads them
 SEGMENTS = {RETRIED: "retried", USAGE: "usage", RESULTS: "results"}
+# seconds one call to the store may take: a store that takes a request and never answers (a PUT waits
+# for `Expect: 100-continue` with no timeout of its own) stops the run (74) instead of holding it all night;
+# a 64 MB answer still goes up over a link of 2 Mbit/s
+STORE_TIMEOUT = 300.0
 READERS = 16  # objects fetched at once when a DIR is assembled from the store
 PUSH_INTERVAL = 1.0  # seconds between the mirror's uploads of new lines during a run
 MERGE_INTERVAL = 60.0  # seconds between two merges of a run's new segments into one (and one at its end)
@@ -96,10 +100,22 @@ _UNSAVED = ("answered", "broken")  # outcomes of a request whose answer may have
 class Store:
     """An output location on an fsspec filesystem: list, read and create-only write, errors translated."""
 
-    def __init__(self, url: str, fs: Any, root: str) -> None:
+    def __init__(self, url: str, fs: Any, root: str, timeout: float = STORE_TIMEOUT) -> None:
         self.url = url
         self._fs = fs
         self._root = root
+        self.timeout = timeout
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """`fs.method(...)`, cut off after `timeout` seconds (FSTimeoutError) where the filesystem is
+        asynchronous, as s3fs and adlfs are: their coroutine, on their loop, cancelled then."""
+        fs = self._fs
+        coroutine = getattr(fs, f"_{method}", None)
+        if getattr(fs, "async_impl", False) and coroutine is not None:
+            from fsspec.asyn import sync
+
+            return sync(fs.loop, coroutine, *args, timeout=self.timeout, **kwargs)
+        return getattr(fs, method)(*args, **kwargs)
 
     def _path(self, name: str) -> str:
         return f"{self._root}/{name}" if name else self._root
@@ -122,14 +138,14 @@ class Store:
 
     def child(self, name: str) -> Store:
         """The store of a sub-folder (a shard's)."""
-        return Store(f"{self.url.rstrip('/')}/{name}", self._fs, self._path(name))
+        return Store(f"{self.url.rstrip('/')}/{name}", self._fs, self._path(name), self.timeout)
 
     def names(self, folder: str) -> list[str]:
         """The objects under `folder`, relative to it, sorted."""
         path = self._path(folder)
         try:
             self._fs.invalidate_cache(path)
-            found = self._fs.find(path)
+            found = self._call("find", path)
         except FileNotFoundError:
             return []
         except Exception as exc:
@@ -142,7 +158,7 @@ class Store:
         path = self._path(folder)
         try:
             self._fs.invalidate_cache(path)
-            found = self._fs.ls(path, detail=True)
+            found = self._call("ls", path, detail=True)
         except FileNotFoundError:
             return []
         except Exception as exc:
@@ -159,7 +175,7 @@ class Store:
         path = self._path(folder)
         try:
             self._fs.invalidate_cache(path)
-            found = self._fs.find(path, detail=True)
+            found = self._call("find", path, detail=True)
         except FileNotFoundError:
             return None
         except Exception as exc:
@@ -174,7 +190,7 @@ class Store:
     def read(self, name: str) -> bytes | None:
         """The object's bytes, None if there is none."""
         try:
-            return bytes(self._fs.cat_file(self._path(name)))
+            return bytes(self._call("cat_file", self._path(name)))
         except FileNotFoundError:
             return None
         except Exception as exc:
@@ -212,7 +228,7 @@ class Store:
                     for _ in pool.map(self._remove_one, paths):
                         pass
             else:
-                self._fs.rm(paths)
+                self._call("rm", paths)
         except FileNotFoundError:
             pass
         except Exception as exc:
@@ -220,12 +236,12 @@ class Store:
 
     def _remove_one(self, path: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            self._fs.rm_file(path)
+            self._call("rm_file", path)
 
     def create(self, name: str, data: bytes) -> bool:
         """Write a new object; False (and nothing written) if one of that name exists."""
         try:
-            self._fs.pipe_file(self._path(name), data, mode="create")
+            self._call("pipe_file", self._path(name), data, mode="create")
         except FileExistsError:
             return False
         except Exception as exc:
@@ -236,12 +252,14 @@ class Store:
         """Write the local file `source` as `name`, replacing any object of that name: for what is made
         again from the store's own objects (the gallery's page), never for what a run saved."""
         try:
-            self._fs.put_file(str(source), self._path(name))
+            self._call("put_file", str(source), self._path(name))
         except Exception as exc:
             raise self._error("write", name, exc) from exc
 
     def _error(self, verb: str, name: str, exc: Exception) -> OutputError:
         where = f"{self.url.rstrip('/')}/{name}" if name else self.url
+        if isinstance(exc, TimeoutError) and not str(exc):  # fsspec's FSTimeoutError says nothing
+            return OutputError(f"cannot {verb} {where}: the store did not answer within {self.timeout:g} s")
         return OutputError(f"cannot {verb} {where}: {type(exc).__name__}: {_without_secrets(str(exc))}")
 
 

@@ -3,11 +3,15 @@ assembled from segments, and the usage errors of a URL that cannot be used."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -651,3 +655,42 @@ def test_this_machines_lock_on_a_store_names_it_by_bucket_prefix_and_endpoint_an
     with caplog.at_level("WARNING", "batch.output.remote"), held_here(held):
         pass
     assert "cannot lock s3://bucket/tonight on this machine" in caplog.text
+
+
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """An endpoint that takes connections and requests, and never answers: a store stalled behind a
+    gateway or a load balancer."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    done = threading.Event()
+
+    def take() -> None:
+        while not done.is_set():
+            with contextlib.suppress(OSError):
+                held.append(listener.accept()[0])
+
+    taker = threading.Thread(target=take, daemon=True)
+    taker.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        done.set()
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_store_that_never_answers_is_an_output_error_in_bounded_time(black_hole: str) -> None:
+    """s3fs sends a PUT with `Expect: 100-continue` and waited for the 100 with no timeout at all: a store
+    that took the request and never answered held the run, sending nothing, all night (over 15 minutes
+    here, then stopped by hand). Every call to the store is cut off after Store.timeout: exit 74."""
+    s3fs = pytest.importorskip("s3fs")
+    fs = s3fs.S3FileSystem(endpoint_url=black_hole, key="testing", secret="testing", skip_instance_cache=True)
+    store = Store("s3://stalled/out", fs, "stalled/out", timeout=2)
+    for call in (lambda: store.create("results/a.jsonl", b"{}\n"), lambda: store.read("results/a.jsonl")):
+        started = time.monotonic()
+        with pytest.raises(OutputError, match=r"the store did not answer within 2 s"):
+            call()
+        assert time.monotonic() - started < 10
