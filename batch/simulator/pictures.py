@@ -22,6 +22,25 @@ from .images import EditSource, ImageFactory, ImageSpec, bomb_png, not_an_image
 _CHAT_IMAGE_PREFIX = "data:image/png;base64,"
 
 
+def image_specs(parsed: ImageRequest, source: EditSource | None) -> list[ImageSpec]:
+    """What the images of an image request look like, one spec each. An edit's source is hashed here (25 MB:
+    its callers run off the loop)."""
+    digest = source.digest() if source is not None else None
+    return [
+        ImageSpec(
+            parsed.prompt,
+            parsed.width,
+            parsed.height,
+            parsed.output_format,
+            parsed.compression,
+            parsed.transparent,
+            index,
+            digest,
+        )
+        for index in range(parsed.n)
+    ]
+
+
 class Pictures:
     """One server's image factory, its fault images and its served files."""
 
@@ -57,21 +76,7 @@ class Pictures:
             broken = self._broken(ex.fault, parsed.n)
             items = None if broken is None else [b64_item(image) for image in broken]
             return image_answer_body(int(time.time()), items, usage)
-        digest = source.digest() if source is not None else None  # hashing 25 MB: off the loop too
-        specs = [
-            ImageSpec(
-                parsed.prompt,
-                parsed.width,
-                parsed.height,
-                parsed.output_format,
-                parsed.compression,
-                parsed.transparent,
-                index,
-                digest,
-            )
-            for index in range(parsed.n)
-        ]
-        images = self._images.render_many(specs, source)
+        images = self._images.render_many(image_specs(parsed, source), source)
         if not self._answers:
             return image_answer_body(int(time.time()), [b64_item(image) for image in images], usage)
         ex.shapes = shapes.ordered(self._answers)
@@ -94,20 +99,7 @@ class Pictures:
     ) -> list[str]:
         """The answer as OpenAI's image stream writes it: an `image_generation.completed` event per image,
         the usage on the last."""
-        digest = source.digest() if source is not None else None
-        specs = [
-            ImageSpec(
-                parsed.prompt,
-                parsed.width,
-                parsed.height,
-                parsed.output_format,
-                parsed.compression,
-                parsed.transparent,
-                index,
-                digest,
-            )
-            for index in range(parsed.n)
-        ]
+        specs = image_specs(parsed, source)
         created = int(time.time())
         events = []
         for index, image in enumerate(self._images.render_many(specs, source)):
