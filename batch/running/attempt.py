@@ -119,9 +119,13 @@ class TaskAttempts:
         """A run stopped (a second signal, the grace over) while a paid answer's images were fetched or
         saved: its answer, kept in answers/, is listed for the next run to finish the task from, as a
         killed run's is (runlog.recover), and the task left pending. False where it cannot be: a stream's
-        answer (kept as its events, not read again as JSON), or a list that could not be written."""
+        answer (kept as its events, not read again as JSON), a list that could not be written, or a run on
+        a store (the list and an answer no line names stay in the staging folder, which the store never
+        sees: the task fails, its line naming the answer, and both go up)."""
         if replayed:  # finishing from a killed run's answer: listed until the task's line is written
             return True
+        if self._ctx.on_store:
+            return False
         billed, answer_file, answered = state.last_billed, state.answer_file, state.answered
         if billed is None or answer_file is None or answered is None or not answer_file.endswith(".json"):
             return False

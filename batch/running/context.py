@@ -42,6 +42,7 @@ class AttemptContext:
     interrupted: Mapping[str, int]  # task id -> requests of killed runs, maybe billed
     # task id -> the answer a killed run paid for and kept, to finish the task from (runlog.recover)
     kept: Mapping[str, KeptAnswer] = field(default_factory=dict)
+    on_store: bool = False  # DIR is a store's staging folder (RunStart.on_store)
 
 
 @dataclass

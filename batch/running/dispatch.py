@@ -61,6 +61,9 @@ class RunStart:
     tag: str
     # task id -> the answer a killed run paid for and kept, to finish the task from (runlog.recover)
     kept: Mapping[str, KeptAnswer] = field(default_factory=dict)
+    # DIR is a store's staging folder: what only DIR holds (answers/.to-finish.jsonl, an answer no line
+    # names) never reaches the store, so a stopped task's kept answer goes up with a failed line instead
+    on_store: bool = False
 
 
 class Runner:
@@ -144,6 +147,7 @@ class Runner:
             rng=rng or random.Random(),
             interrupted=dict(start.interrupted.by_task),  # task id -> requests of killed runs, maybe billed
             kept=start.kept,
+            on_store=start.on_store,
         )
 
     # -- control ------------------------------------------------------------------------------------

@@ -361,7 +361,17 @@ class Job:
             }
         )
         return RunStart(
-            finished, finished_before, failed_before, skip, left_alone, interrupted, spent, run_log, tag, kept
+            finished,
+            finished_before,
+            failed_before,
+            skip,
+            left_alone,
+            interrupted,
+            spent,
+            run_log,
+            tag,
+            kept,
+            on_store=self.config.store is not None,
         )
 
     @property

@@ -136,6 +136,43 @@ def test_a_second_run_on_a_store_from_this_machine_exits_75_at_once_and_sends_no
     assert sorted(str(r["id"]) for r in lines(s3, "results")) == [f"t{i}" for i in range(TASKS)]
 
 
+def test_a_run_on_a_store_stopped_while_images_are_fetched_keeps_the_answer_there_not_bought_again(
+    s3: S3, cli: Callable[..., Outcome], write: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two SIGTERMs while a paid answer's link is fetched, on a store: in a DIR the task is left pending
+    and its kept answer listed in answers/.to-finish.jsonl for the next run, but neither that list nor an
+    answer no line names goes up to a store, and the staging folder went: the next run bought the answer
+    again. On a store the task fails, its line naming the kept answer, and both go up: not bought again."""
+    import os
+    import signal
+
+    import anyio
+
+    from batch.running.client import ApiClient
+
+    async def stalled(self: ApiClient, url: str) -> bytes:
+        os.kill(os.getpid(), signal.SIGTERM)  # the run's own handler stops it
+        await anyio.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)  # and cancels what is in flight
+        await anyio.sleep(3600)
+        raise AssertionError("not cancelled")
+
+    monkeypatch.setattr(ApiClient, "download", stalled)
+    manifest = write("tasks:\n  - {kind: generate, id: cat, prompt: a cat}\n")
+    env = {**s3.env}
+    with simulator_in_thread(SimConfig(api_key=KEY, answers=frozenset({"url"}))) as sim:
+        env.update(env_for(sim))
+        stopped = cli("run", manifest, "--out", s3.url, "--no-progress", "--grace", "60", env=env)
+        monkeypatch.undo()
+        assert stopped.code == 75, stopped.err
+        [line] = lines(s3, "results")
+        assert line["status"] == "failed" and line["error"]["type"] == "interrupted", line  # type: ignore[index]
+        assert str(line["answer_file"]) in s3.objects()  # the paid answer, with its link, in the store
+        resumed = cli("run", manifest, "--out", s3.url, "--no-progress", env=env)
+        requests = sim.state.requests_total
+    assert resumed.code == 1 and requests == 1, resumed.err  # failed for good: not bought again
+
+
 def test_status_of_a_store_while_a_run_is_on_it_says_it_cannot_tell_not_that_none_is(
     manifest: Path, store: S3, cli: Callable[..., Outcome], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
