@@ -326,22 +326,23 @@ class TaskAttempts:
     def _unfinished(self, kind: TaskKind, request: ApiRequest, reply: Reply) -> NoReturn:
         """Raise what a stream that ended before every choice (or image) finished is. Asked for, it was cut:
         sent again. Not asked for (sent as events all the same), it was read to its end: whole as it came,
-        kept and never bought again, whatever ended it."""
+        kept and not bought again, unless an error event in it says to (a 429 or 5xx)."""
         trouble = reply.trouble  # an error event, say: the error it is, its usage billed
         if trouble is not None and not request.stream and isinstance(trouble, BrokenAnswerError):
             trouble.retry = False
-        if trouble is None:
-            usage = usage_of(kind, reply.body)
-            if not request.stream:
-                raise BrokenAnswerError(
-                    "the answer came as server-sent events, which the request did not ask for, and holds "
-                    "fewer finished answers than asked (the events are kept)",
-                    usage=usage,
-                    error_type="unreadable_answer",
-                    raw=reply.raw,
-                )
+        if trouble is None and not request.stream:
             trouble = BrokenAnswerError(
-                "the stream ended before every choice had finished", usage=usage, retry=True
+                "the answer came as server-sent events, which the request did not ask for, and holds "
+                "fewer finished answers than asked (the events are kept)",
+                usage=usage_of(kind, reply.body),
+                error_type="unreadable_answer",
+                raw=reply.raw,
+            )
+        elif trouble is None:
+            trouble = BrokenAnswerError(
+                "the stream ended before every choice had finished",
+                usage=usage_of(kind, reply.body),
+                retry=True,
             )
         if getattr(trouble, "usage", None) is not None and running_usage(reply.body):
             # a usage on a chunk of a choice that never finished is the count so far (a gateway's usage on

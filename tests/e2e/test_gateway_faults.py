@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from batch.errors import BrokenAnswerError
+from batch.output.report import status
 from tests.conftest import FAST, Outcome, results
 from tests.e2e.test_hostile_answers import IMAGE_ANSWER, chat_answer, is_bad, sse
 from tests.stub import http_answer, raw_server, stub_server
@@ -81,6 +82,8 @@ def test_a_chat_sent_as_events_though_not_asked_that_ends_unfinished_is_kept_not
     assert (tmp_path / "out" / record["answer_file"]).read_bytes().startswith(b"data: ")
     [line] = ledger(tmp_path / "out")
     assert line["total_tokens"] == 5 and not line.get("estimated")
+    # its usage came on a chunk of a choice that never finished: the count so far, maybe more was billed
+    assert record["maybe_billed"] == 1 and status(tmp_path / "out")["maybe_billed"] == 1
 
 
 # --- half of a UTF-16 pair, where JSON allows it ----------------------------------------------------------
