@@ -624,7 +624,7 @@ class Mirror:
         """Record the id scheme once, and upload the failed lines --retry-failed moved aside, before the
         run sends anything (blocking). The staging DIR is marked first: from now on it may hold what the
         store lacks (see staging)."""
-        mark_started(self.root, self.store.url, self.run)
+        mark_started(self.root, self.store.url, self.run, dict(self.offsets))
         scheme = (self.root / FORMAT).read_bytes() if (self.root / FORMAT).exists() else None
         if scheme is not None:
             self.store.create(FORMAT, scheme)
@@ -856,7 +856,11 @@ def flush_kept(store: Store, root: Path) -> None:
         pulled = json.loads((root / PULLED).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UsageError(f"--stage {root}: not a staging folder a run left behind ({exc})") from None
-    offsets = {journal: pulled.get(journal) if isinstance(pulled, dict) else None for journal in SEGMENTS}
+    # where the run's own lines begin, as its mirror started (the sizes pull wrote, for a folder of an older
+    # maas-batch: wrong only where the run rewrote results.jsonl)
+    recorded = started.get("offsets") if isinstance(started, dict) else None
+    begun = recorded if isinstance(recorded, dict) and recorded else pulled
+    offsets = {journal: begun.get(journal) if isinstance(begun, dict) else None for journal in SEGMENTS}
     run = started.get("run") if isinstance(started, dict) else None
     if not isinstance(run, str) or not all(isinstance(offset, int) for offset in offsets.values()):
         raise UsageError(f"--stage {root}: left by an older maas-batch, which did not record its run")
@@ -884,11 +888,14 @@ def mark_complete(mirror: Mirror) -> None:
         (mirror.root / MIRRORED).touch()
 
 
-def mark_started(root: Path, store: str = "", run: str = "") -> None:
-    """Leave MIRRORING in a staging DIR before its run may send anything, naming the store and the run
-    (flush_kept reads them, should the folder be kept)."""
+def mark_started(root: Path, store: str = "", run: str = "", offsets: dict[str, int] | None = None) -> None:
+    """Leave MIRRORING in a staging DIR before its run may send anything, naming the store, the run and
+    where in each journal its own lines begin (flush_kept reads them, should the folder be kept: a
+    --retry-failed or --rerun-changed has rewritten results.jsonl smaller since pull wrote it)."""
     try:
-        (root / MIRRORING).write_text(json.dumps({"store": store, "run": run}), encoding="utf-8")
+        (root / MIRRORING).write_text(
+            json.dumps({"store": store, "run": run, "offsets": offsets or {}}), encoding="utf-8"
+        )
     except OSError as exc:
         raise OutputError(f"cannot write {root / MIRRORING}: {reason(exc)}") from exc
 

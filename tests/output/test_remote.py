@@ -422,6 +422,39 @@ def test_a_kept_staging_folder_goes_up_each_line_once_whether_it_landed_merged_o
     assert len(s3.objects("results")) == 4  # x; a and b merged; c; d, e and f in one
 
 
+def test_a_kept_staging_folder_whose_run_set_failed_lines_aside_goes_up_from_the_runs_own_lines(
+    s3: S3, tmp_path: Path
+) -> None:
+    """--retry-failed rewrites results.jsonl smaller (the failed lines set aside) before the mirror starts.
+    The kept folder's upload started from the size pull had written: past the run's first line, mid-way
+    into one, so a torn fragment went up and a paid line was lost. It starts where the mirror did."""
+    opened, stage = open_store(s3.url), tmp_path / "stage"
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    before = Mirror(opened, earlier, "20250101T000000Z-eeeeee")
+    append_task(earlier, "x")
+    with (earlier / RESULTS).open("a") as results:  # a failed line of a long id, set aside below
+        results.write(json.dumps({"id": "failed-" + "f" * 80, "status": "failed", "files": []}) + "\n")
+    before._push_journals()
+    pull(opened, stage)
+    kept = [line for line in (stage / RESULTS).read_text().splitlines(True) if '"failed"' not in line]
+    (stage / RESULTS).write_text("".join(kept))  # as OutputDir.set_aside rewrites it
+    mirror = Mirror(opened, stage, "20260101T000000Z-aaaaaa")
+    mirror.start()
+    append_task(stage, "a")
+    mirror._push_journals()  # a landed; then the store failed
+    append_task(stage, "b")
+    append_task(stage, "c")
+    flush_kept(opened, stage)
+    for name, data in s3.objects("results").items():
+        for raw in data.decode().splitlines():
+            assert json.loads(raw)["id"], (name, raw)  # whole lines only: no torn fragment
+    view = tmp_path / "view"
+    pull(opened, view)
+    found = [json.loads(line)["id"] for line in (view / RESULTS).read_text().splitlines()]
+    assert [task for task in found if task in "abc"] == list("abc"), found
+
+
 def mirrored(s3: S3, root: Path, tasks: str) -> tuple[Store, Mirror]:
     """A run's mirror into the test's store, after it saved `tasks` (one push, so one segment, each)."""
     store = open_store(s3.url)
