@@ -34,6 +34,7 @@ from batch.config import (
 from batch.defaults import DEFAULT_MAX_CONCURRENCY
 from batch.errors import UsageError, unwrap
 from batch.exitcodes import EXIT_BUDGET, EXIT_DEADLINE, EXIT_OK, EXIT_TEMPFAIL
+from batch.output.lock import acquire
 from batch.output.lock import probe as probe_lock
 from batch.values import StoreUrl
 
@@ -149,9 +150,16 @@ def _on_store(args: argparse.Namespace, options: Options, argv: list[str]) -> in
         if stage is not None and stage.exists() and (not stage.is_dir() or any(stage.iterdir())):
             if not (stage / MIRRORING).is_file():
                 raise UsageError(f"--stage {stage}: give a new or empty folder, or one a run on a store kept")
-            # a folder a stopped run kept: what it holds and the store lacks goes up before anything is sent
-            flush_kept(store, stage)
-            empty(stage)
+            if args.dry_run:  # it would upload what the folder holds, and empty it: no dry run's doing
+                raise UsageError(f"--stage {stage}: a dry run takes a new or empty folder, not a kept one")
+            # a folder a stopped run kept: what it holds and the store lacks goes up before anything is
+            # sent; under the folder's own lock, so that a run still working in it (75) keeps it
+            held = acquire(stage)
+            try:
+                flush_kept(store, stage)
+                empty(stage)
+            finally:
+                os.close(held)
         with staging(store, stage) as folder:
             return run(argparse.Namespace(**{**vars(args), "out": folder, "store": args.out}), options, argv)
 

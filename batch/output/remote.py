@@ -75,7 +75,7 @@ BACKENDS = {
 }
 # the environment that says where a store is reached, by package (Store.identity)
 _REACHED_AT = {
-    "s3fs": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_PROFILE"),
+    "s3fs": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
     "adlfs": ("AZURE_STORAGE_ACCOUNT_NAME",),
 }
 # journal in DIR -> its folder of segments in the store, in the order a push uploads them

@@ -173,6 +173,32 @@ def test_a_run_on_a_store_stopped_while_images_are_fetched_keeps_the_answer_ther
     assert resumed.code == 1 and requests == 1, resumed.err  # failed for good: not bought again
 
 
+def test_a_kept_stage_folder_a_run_still_works_in_is_left_to_it(
+    manifest: Path, s3: S3, cli: Callable[..., Outcome], tmp_path: Path
+) -> None:
+    """`--stage DIR` given a kept staging folder uploads what it holds, then empties it. Given the folder a
+    live run works in, a dry run (which takes no lock of the store) emptied it under that run, which then
+    lost a paid answer (74). A dry run takes a new or empty folder (64); a run from elsewhere (another
+    machine's lock of the store: its own cache folder) finds the folder's own lock held (75)."""
+    stage = tmp_path / "stage"
+    with simulator_in_thread(SimConfig(api_key=KEY, latency=60)) as slow:
+        going = Run(manifest, s3.url, slow, "--concurrency", "1", "--stage", str(stage), logs=tmp_path)
+        try:
+            slow.state.wait_for_sync(lambda s: s.inflight >= 1, within=60)
+            held = sorted(path.name for path in stage.iterdir())
+            env = {**env_for(slow), **s3.env}
+            dry = cli("run", manifest, "--out", s3.url, "--stage", stage, "--dry-run", env=env)
+            elsewhere = {**env, "XDG_CACHE_HOME": str(tmp_path / "another-machine")}
+            other = cli("run", manifest, "--out", s3.url, "--stage", stage, "--no-progress", env=elsewhere)
+            assert sorted(path.name for path in stage.iterdir()) == held  # left as it was
+            assert going.process.poll() is None, "the first run was still going on"
+        finally:
+            going.kill()
+    assert dry.code == 64 and "a dry run takes a new or empty folder" in dry.err, dry.err
+    assert other.code == 75 and "another run is using" in other.err, other.err
+    assert slow.state.requests_total == 1  # the first run's only
+
+
 def test_status_of_a_store_while_a_run_is_on_it_says_it_cannot_tell_not_that_none_is(
     manifest: Path, store: S3, cli: Callable[..., Outcome], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
