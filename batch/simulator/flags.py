@@ -68,7 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--latency-jitter", type=_fraction, default=0.0, help="uniform +/- fraction of the latency"
     )
     group.add_argument(
-        "--error-rate", type=_fraction, default=0.0, help="fraction answered 500/502/503/504 at random"
+        "--error-rate",
+        type=_fraction,
+        default=0.0,
+        help="fraction answered 500/502/503/504 at random (or the --error-status codes)",
     )
     group.add_argument("--rate-429", type=_fraction, default=0.0, help="fraction answered 429 at random")
     group.add_argument(
