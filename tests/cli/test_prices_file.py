@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Outcome, checked, messages
 
 Write = Callable[..., Path]
@@ -18,45 +20,43 @@ CHAT = """
 """
 
 
-def test_a_model_written_twice_in_a_prices_file_is_refused_at_its_line(
-    cli: Callable[..., Outcome], write: Write
+# a mistake in a --prices file: refused (65), at its line, with what is wrong
+@pytest.mark.parametrize(
+    ("name", "text", "said"),
+    [
+        (  # a model written twice
+            "prices.yaml",
+            "gemini-2.5-flash: {text_input: 0.3, output: 2.5}\ngemini-2.5-flash: {text_input: 30, output: 250}\n",
+            [
+                ":2: not valid YAML or JSON: while reading a mapping found the key 'gemini-2.5-flash' twice "
+                "(first on line 1)"
+            ],
+        ),
+        (  # a price written twice, in JSON
+            "p.json",
+            '{"gemini-2.5-flash": {"text_input": 0.3, "output": 2.5, "output": 25}}\n',
+            [":1: not valid YAML or JSON: ", "found the key 'output' twice"],
+        ),
+        (  # a price that is no number, under a prices: key
+            "prices.yaml",
+            "prices:\n  gpt-image-1: {text_input: 5, output: 40}\n  gemini-2.5-flash: {text_input: 1, output: x}\n",
+            [
+                ":3: prices.gemini-2.5-flash.output: must be a finite number of dollars per million tokens, "
+                "not 'x'"
+            ],
+        ),
+    ],
+    ids=["model twice", "price twice in JSON", "no number"],
+)
+def test_a_mistake_in_a_prices_file_is_refused_at_its_line(
+    name: str, text: str, said: list[str], cli: Callable[..., Outcome], write: Write
 ) -> None:
     manifest = write(CHAT)
-    prices = write(
-        "gemini-2.5-flash: {text_input: 0.3, output: 2.5}\ngemini-2.5-flash: {text_input: 30, output: 250}\n",
-        "prices.yaml",
-    )
+    prices = write(text, name)
     outcome = cli("validate", manifest, "--prices", prices, env={"MAAS_ENDPOINT": "ep"})
     assert outcome.code == 65
-    assert (
-        f"{prices}:2: not valid YAML or JSON: while reading a mapping found the key 'gemini-2.5-flash' "
-        "twice (first on line 1)"
-    ) in outcome.err
-
-
-def test_a_price_written_twice_in_a_json_prices_file_is_refused(
-    cli: Callable[..., Outcome], write: Write
-) -> None:
-    manifest = write(CHAT)
-    prices = write('{"gemini-2.5-flash": {"text_input": 0.3, "output": 2.5, "output": 25}}\n', "p.json")
-    outcome = cli("validate", manifest, "--prices", prices, env={"MAAS_ENDPOINT": "ep"})
-    assert outcome.code == 65
-    assert f"{prices}:1: not valid YAML or JSON: " in outcome.err
-    assert "found the key 'output' twice" in outcome.err
-
-
-def test_a_prices_files_mistake_names_its_line_and_model(cli: Callable[..., Outcome], write: Write) -> None:
-    manifest = write(CHAT)
-    prices = write(
-        "prices:\n  gpt-image-1: {text_input: 5, output: 40}\n  gemini-2.5-flash: {text_input: 1, output: x}\n",
-        "prices.yaml",
-    )
-    outcome = cli("validate", manifest, "--prices", prices, env={"MAAS_ENDPOINT": "ep"})
-    assert outcome.code == 65
-    assert (
-        f"{prices}:3: prices.gemini-2.5-flash.output: must be a finite number of dollars per million "
-        "tokens, not 'x'"
-    ) in outcome.err
+    assert f"{prices}{said[0]}" in outcome.err, outcome.err
+    assert all(part in outcome.err for part in said[1:]), outcome.err
 
 
 def test_a_model_typo_in_a_prices_file_is_said_as_under_the_manifests_prices(
