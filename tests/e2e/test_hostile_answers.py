@@ -14,6 +14,7 @@ import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import pytest
@@ -60,6 +61,18 @@ def sse(*events: bytes) -> web.Response:
     return web.Response(
         body=b"".join(b"data: " + e + b"\n\n" for e in events), content_type="text/event-stream"
     )
+
+
+def run_once(
+    cli: Callable[..., Outcome], manifest: Path, out: Path, handler: Callable[[web.Request], Any]
+) -> tuple[Outcome, list[dict[str, Any]]]:
+    """A run of `manifest` into `out` against a stub answering with `handler`: its outcome, and the
+    requests that bought an answer (POSTs; a link's download is a GET)."""
+    with stub_server(handler) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        outcome = cli("run", manifest, "--out", out, *FAST, env=env)
+        posts = [seen for seen in stub.requests if seen["method"] == "POST"]
+    return outcome, posts
 
 
 def is_bad(body: bytes) -> bool:
@@ -178,10 +191,7 @@ def test_one_unusable_image_of_an_answer_no_longer_throws_away_the_good_ones(
         )
         return web.json_response({**IMAGE_ANSWER, "data": [good, bad]})
 
-    with stub_server(handler) as stub:
-        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
-        outcome = cli("run", manifest, "--out", out, *FAST, env=env)
-        posts = [seen for seen in stub.requests if seen["method"] == "POST"]
+    outcome, posts = run_once(cli, manifest, out, handler)
     assert outcome.code == 0, outcome.err
     record = results(out)["two"]
     assert record["status"] == "succeeded" and record["files"] == ["images/two~1.png"], record
@@ -220,10 +230,7 @@ def test_an_image_linked_other_than_by_http_is_counted_missing_with_why_not_drop
     async def handler(request: web.Request) -> web.StreamResponse:
         return web.json_response(answers[kind])
 
-    with stub_server(handler) as stub:
-        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
-        outcome = cli("run", manifest, "--out", out, *FAST, env=env)
-        posts = [seen for seen in stub.requests if seen["method"] == "POST"]
+    outcome, posts = run_once(cli, manifest, out, handler)
     assert outcome.code == 0, outcome.err
     record = results(out)["t"]
     assert record["status"] == "succeeded" and record["images_missing"] == 1, record
@@ -247,10 +254,8 @@ def test_an_error_status_that_reports_a_usage_is_in_the_ledger(
             {"error": {"message": "filtered after generation"}, "usage": usage}, status=400
         )
 
-    with stub_server(handler) as stub:
-        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
-        outcome = cli("run", manifest, "--out", out, *FAST, env=env)
-        assert len(stub.requests) == 1  # a 400: not asked again
+    outcome, posts = run_once(cli, manifest, out, handler)
+    assert len(posts) == 1  # a 400: not asked again
     assert outcome.code == 1, outcome.err
     [line] = [json.loads(li) for li in (out / "usage.jsonl").read_text().splitlines()]
     assert line["total_tokens"] == 42 and line["usage"] == usage and line["task_id"] == "c"
