@@ -176,8 +176,8 @@ def status(
         "requests": attempts.requests,
         "maybe_billed": attempts.maybe_billed,
         "in_flight": attempts.in_flight,
-        # on a store, not known (None) unless a run on this machine holds it
-        "running": holder is not None if written is None or holder is not None else None,
+        # on a store (`written`), not known (None) unless a run on this machine holds it
+        "running": True if holder is not None else (False if written is None else None),
         "pid": holder or None,
         "runs": len(runs),
         "manifest": scope.manifest or start.get("manifest"),
