@@ -7,6 +7,7 @@ whose url is a local path is sent as a base64 `data:` URL.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,9 @@ from .image_api import EXTRA, check_extra, sniff_mime
 PATH = "google/chat/completions"
 
 ROLES = ("system", "user", "assistant", "tool", "function")
-REMOTE_PREFIXES = ("data:", "gs://", "http://", "https://")
+DATA_URL = re.compile(r"data:image/[A-Za-z0-9.+-]+;base64,")
+# a URL's scheme: two letters at least, so that a Windows path (C://photos) stays a path
+URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
 SHORTHAND = ("prompt", "images", "system")
 
 RULES: tuple[Rule, ...] = (
@@ -246,9 +249,33 @@ def _check_part(part: Any, where: str) -> list[FieldIssue]:
             return [
                 FieldIssue(f"{where}.image_url.url", "must be a data: URL, a gs:// URI or a local path", url)
             ]
+        if message := _unsendable_url(url):
+            return [FieldIssue(f"{where}.image_url.url", message, url)]
     elif not isinstance(kind, str):
         return [FieldIssue(f"{where}.type", "must be a string such as text or image_url", kind)]
     return []
+
+
+def _unsendable_url(url: str) -> str | None:
+    """Why the API would refuse this image url, or None. It takes a `data:image/...;base64,` URL or a
+    Cloud Storage URI (the seed, API.md), and this tool inlines a local path: an http(s) link (or any other
+    scheme) is answered 400, which a run would meet only after validation said the manifest was fine."""
+    if url.startswith("data:"):
+        if DATA_URL.match(url) is None:
+            return "a data: URL here must be data:image/<type>;base64,... (the API takes no other)"
+        return None
+    scheme = URL_SCHEME.match(url)
+    if scheme is None or scheme[1].lower() == "gs":
+        return None
+    remedy = (
+        "write it as a plain local path (sent inline)"
+        if scheme[1].lower() == "file"
+        else "download it and give its local path (sent inline), or put it in Cloud Storage"
+    )
+    return (
+        f"the API takes no {scheme[1]}:// link to an image, only a data:image/...;base64, URL or a "
+        f"gs:// URI: {remedy}"
+    )
 
 
 def _image_parts(fields: Mapping[str, Any]) -> list[tuple[Pointer, str]]:
@@ -269,13 +296,15 @@ def _image_parts(fields: Mapping[str, Any]) -> list[tuple[Pointer, str]]:
     return found
 
 
+def _is_local(url: str) -> bool:
+    """Whether an image url is a local path, to be read and inlined: not a data: URL, nor a URL of any
+    scheme (gs://, and those check refuses)."""
+    return not url.startswith("data:") and URL_SCHEME.match(url) is None
+
+
 def chat_file_refs(fields: Mapping[str, Any]) -> list[FileRef]:
-    """Every image_url that is a local path (not data:, gs:// or http(s)://)."""
-    return [
-        FileRef(pointer, url, "chat image")
-        for pointer, url in _image_parts(fields)
-        if not url.startswith(REMOTE_PREFIXES)
-    ]
+    """Every image_url that is a local path."""
+    return [FileRef(pointer, url, "chat image") for pointer, url in _image_parts(fields) if _is_local(url)]
 
 
 def check_chat_inputs(fields: Mapping[str, Any], inputs: Mapping[Pointer, InputInfo]) -> list[FieldIssue]:
@@ -302,7 +331,7 @@ def chat_request(fields: Mapping[str, Any], read: FileReader) -> ApiRequest:
     streamed chat asks for usage."""
     body = {key: value for key, value in fields.items() if key != EXTRA}
     body.update(fields.get(EXTRA) or {})
-    local = [(pointer, url) for pointer, url in _image_parts(fields) if not url.startswith(REMOTE_PREFIXES)]
+    local = [(pointer, url) for pointer, url in _image_parts(fields) if _is_local(url)]
     if local:
         body["messages"] = messages = [dict(m) for m in fields["messages"]]
         for pointer, path in local:

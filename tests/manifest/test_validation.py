@@ -269,6 +269,46 @@ def test_chat_messages_are_checked_and_unknown_fields_pass(write: Write, tmp_pat
     assert len(found) == 6
 
 
+def test_a_chat_image_the_api_would_refuse_is_refused_before_anything_is_sent(
+    write: Write, tmp_path: Path
+) -> None:
+    """The seed takes a data:image/...;base64, URL or a gs:// URI (and a local path is sent as the first):
+    an http(s) link, a file:// URL or a data: URL of text passed validation and met a 400 in the night."""
+    make_image(tmp_path / "cat.png")
+    path = write("""
+        tasks:
+          - {kind: chat, model: gemini-2.5-flash, prompt: a, images: ["https://example.com/cat.png"]}
+          - kind: chat
+            model: gemini-2.5-flash
+            messages:
+              - role: user
+                content:
+                  - {type: text, text: b}
+                  - {type: image_url, image_url: {url: "HTTP://example.com/dog.jpg"}}
+          - {kind: chat, model: gemini-2.5-flash, prompt: c, images: ["file:///tmp/cat.png"]}
+          - {kind: chat, model: gemini-2.5-flash, prompt: d, images: ["data:text/plain;base64,aGk="]}
+          - kind: chat
+            model: gemini-2.5-flash
+            prompt: e
+            images: [cat.png, "gs://bucket/dog.png", "data:image/png;base64,iVBORw0KGgo="]
+    """)
+    found = messages(checked(path))
+    field = "messages[0].content[1].image_url.url"
+    assert found[0].startswith(
+        f"{path}:2: tasks[0]: {field}: the API takes no https:// link to an image, only a "
+        "data:image/...;base64, URL or a gs:// URI: download it"
+    ), found
+    assert found[1].startswith(f"{path}:9: tasks[1]: {field}: the API takes no HTTP:// link"), found
+    assert found[2].startswith(
+        f"{path}:10: tasks[2]: {field}: the API takes no file:// link to an image, only a "
+        "data:image/...;base64, URL or a gs:// URI: write it as a plain local path"
+    ), found
+    assert found[3].startswith(
+        f"{path}:11: tasks[3]: {field}: a data: URL here must be data:image/<type>;base64,"
+    ), found
+    assert len(found) == 4, found  # the last task's three images are what the API takes
+
+
 def png_header(path: Path, width: int, height: int) -> Path:
     """A PNG whose header claims width x height: what Pillow reads to name an image, with no pixels."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
