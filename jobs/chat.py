@@ -46,6 +46,8 @@ PATH = "google/chat/completions"
 
 ROLES = ("system", "user", "assistant", "tool", "function")
 DATA_URL = re.compile(r"data:image/[A-Za-z0-9.+-]+;base64,")
+# what a local image may be, by content (Pillow's names; MPO is the JPEG many phone cameras write)
+INPUT_FORMATS = frozenset({"PNG", "WEBP", "JPEG", "MPO"})
 # a URL's scheme: two letters at least, so that a Windows path (C://photos) stays a path
 URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
 SHORTHAND = ("prompt", "images", "system")
@@ -308,7 +310,8 @@ def chat_file_refs(fields: Mapping[str, Any]) -> list[FileRef]:
 
 
 def check_chat_inputs(fields: Mapping[str, Any], inputs: Mapping[Pointer, InputInfo]) -> list[FieldIssue]:
-    """A local chat image must exist and be an image."""
+    """A local chat image must exist and be a PNG, WebP or JPEG by content: it is sent as a data: URL
+    of its type, and one of another (a BMP, a TIFF) would go as application/octet-stream, refused."""
     issues = []
     for pointer, info in inputs.items():
         label = _pointer_label(pointer)
@@ -316,6 +319,9 @@ def check_chat_inputs(fields: Mapping[str, Any], inputs: Mapping[Pointer, InputI
             issues.append(FieldIssue(label, info.error, str(info.path)))
         elif info.image is None:
             issues.append(FieldIssue(label, "is not an image file", str(info.path)))
+        elif info.image.format not in INPUT_FORMATS:
+            message = f"must be a PNG, WebP or JPEG file (by content); found {info.image.format}"
+            issues.append(FieldIssue(label, message, str(info.path)))
     return issues
 
 

@@ -309,6 +309,28 @@ def test_a_chat_image_the_api_would_refuse_is_refused_before_anything_is_sent(
     assert len(found) == 4, found  # the last task's three images are what the API takes
 
 
+def test_a_local_chat_image_must_be_png_webp_or_jpeg_as_the_api_takes(write: Write, tmp_path: Path) -> None:
+    """A BMP or TIFF was inlined as data:application/octet-stream and answered 400 after validation."""
+    for name, fmt in (("a.bmp", "BMP"), ("b.tiff", "TIFF"), ("c.gif", "GIF")):
+        make_image(tmp_path / name, fmt=fmt)
+    for name, fmt in (("d.png", "PNG"), ("e.webp", "WEBP"), ("f.jpg", "JPEG")):
+        make_image(tmp_path / name, fmt=fmt)
+    first = Image.new("RGB", (64, 64), (1, 2, 3))
+    first.save(tmp_path / "g.jpg", "MPO", save_all=True, append_images=[Image.new("RGB", (64, 64))])
+    path = write("""
+        tasks:
+          - {kind: chat, model: gemini-2.5-flash, prompt: a, images: [a.bmp, d.png, b.tiff]}
+          - {kind: chat, model: gemini-2.5-flash, prompt: b, images: [e.webp, f.jpg, g.jpg, c.gif]}
+    """)
+    found = messages(checked(path))
+    rule = "must be a PNG, WebP or JPEG file (by content); found"
+    assert [problem.split(" (got ")[0] for problem in found] == [
+        f"{path}:2: tasks[0]: messages[0].content[1].image_url.url: {rule} BMP",
+        f"{path}:2: tasks[0]: messages[0].content[3].image_url.url: {rule} TIFF",
+        f"{path}:3: tasks[1]: messages[0].content[4].image_url.url: {rule} GIF",
+    ]
+
+
 def png_header(path: Path, width: int, height: int) -> Path:
     """A PNG whose header claims width x height: what Pillow reads to name an image, with no pixels."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
