@@ -96,7 +96,25 @@ def check_edit_fields(fields: Mapping[str, Any]) -> list[FieldIssue]:
     mask = fields.get("mask")
     if mask is not None and (not isinstance(mask, str) or not mask):
         issues.append(FieldIssue("mask", f"must be a path to a PNG file, not {type_name(mask)}", mask))
-    return issues
+    return issues + _check_extra_form(fields.get(EXTRA))
+
+
+def _check_extra_form(extra: Any) -> list[FieldIssue]:
+    """An edit's `extra:` fields go as multipart text fields. The edit endpoint has no field of a list or
+    mapping's shape, and a form has no null: such a value would go as Python's text of it (`{'a': 1}`,
+    `None`), which no server reads as meant, so it is refused; the user writes the text to send."""
+    if not isinstance(extra, Mapping):
+        return []  # check_extra says what is wrong with it
+    return [
+        FieldIssue(
+            f"{EXTRA}.{key}",
+            f"is a field of an edit's multipart form, which takes text: a string, a number or a boolean, "
+            f"not {type_name(value)} (to send JSON, write it as a string)",
+            value,
+        )
+        for key, value in extra.items()
+        if value is None or isinstance(value, Mapping | list)
+    ]
 
 
 def edit_file_refs(fields: Mapping[str, Any]) -> list[FileRef]:

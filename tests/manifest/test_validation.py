@@ -146,6 +146,31 @@ def test_unknown_field_suggests_the_near_one_and_extra_passes_through(write: Wri
     assert "qualty: is not a known field; did you mean 'quality'?" in one_problem(path)
 
 
+def test_an_edits_extra_list_or_mapping_is_refused_not_sent_as_python_text(
+    write: Write, tmp_path: Path
+) -> None:
+    """An edit's extra fields go as multipart text: {'a': 1} (Python's str) reached the server, which
+    reads no such thing; the edit endpoint has no field of that shape. Text, numbers and booleans pass,
+    and generate's JSON body takes any shape."""
+    make_image(tmp_path / "photo.png")
+    path = write("""
+        tasks:
+          - kind: edit
+            prompt: a
+            image: photo.png
+            extra: {a: {b: 1}, c: [1, 2], d: null, e: '{"b": 1}', f: 2, g: 0.5, h: true}
+          - {kind: generate, prompt: b, extra: {a: {b: 1}, c: [1, 2]}}
+    """)
+    found = messages(checked(path))
+    rule = "is a field of an edit's multipart form, which takes text: a string, a number or a boolean"
+    hint = "(to send JSON, write it as a string)"
+    assert found == [
+        f"{path}:5: tasks[0]: extra.a: {rule}, not a mapping {hint} (got {{'b': 1}})",
+        f"{path}:5: tasks[0]: extra.c: {rule}, not a list {hint} (got [1, 2])",
+        f"{path}:5: tasks[0]: extra.d: {rule}, not null {hint} (got None)",
+    ]
+
+
 def test_unknown_kind_and_missing_kind(write: Write) -> None:
     path = write("""
         tasks:
