@@ -285,7 +285,8 @@ def _add_export(commands: Commands) -> argparse.ArgumentParser:
         choices=("csv", "jsonl", "openai", "sqlite"),
         default="csv",
         help="csv (default): flat columns (prompt included) and a meta.<key> column per meta key, LF line "
-        "ends, plain decimals; jsonl: every field of each result line (text, texts, finish_reason(s), "
+        "ends, plain decimals, text that a spreadsheet would run as a formula (= + - @ tab CR first) "
+        "behind a ' (CSV injection); jsonl: every field of each result line (text, texts, finish_reason(s), "
         "tool_calls, reasoning, images_missing, request_id, usage, error, meta, ...) plus the csv columns; "
         'openai: the OpenAI Batch output format ({"id", "custom_id", "response": {"status_code", '
         '"request_id", "body"}, "error"}), each answer rebuilt as a chat.completion or an images response '

