@@ -185,7 +185,7 @@ def _csv(root: Path, stream: IO[str], scope: Scope | None, selection: Selection)
     for entry in selected(root, scope, selection):  # a first pass for the columns: meta keys differ
         meta_keys.update(dict.fromkeys(str(k) for k in meta_of(entry)))
     writer = csv.DictWriter(
-        stream, fieldnames=EXPORT_COLUMNS + [f"meta.{k}" for k in meta_keys], lineterminator="\n"
+        _LfRows(stream), fieldnames=EXPORT_COLUMNS + [f"meta.{k}" for k in meta_keys], lineterminator="\r\n"
     )
     writer.writeheader()
     rows = 0
@@ -199,6 +199,19 @@ def _csv(root: Path, stream: IO[str], scope: Scope | None, selection: Selection)
         writer.writerow({key: plain(inert(value)) for key, value in found.items()})
         rows += 1
     return rows
+
+
+class _LfRows:
+    """Rows written with CRLF ends, each end written as LF. The csv module quotes a field holding a
+    character of the line end only: with LF alone, a CR inside a text (a server's message) went out bare,
+    and csv readers and spreadsheets took it for the row's end, the rest of the text a row of its own
+    (its first cell, `=...`, run as a formula). csv writes each row in one call."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def write(self, row: str) -> int:
+        return self.stream.write(row[:-2] + "\n" if row.endswith("\r\n") else row)
 
 
 # What a spreadsheet reads as the start of a formula (OWASP's list for CSV injection): a cell of text that

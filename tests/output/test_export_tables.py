@@ -94,6 +94,21 @@ def test_csv_cells_that_a_spreadsheet_would_run_as_formulas_begin_with_a_quote(
     assert (line["text"], line["id"], line["prompt"]) == (HOSTILE["text"], "-flag", HOSTILE["prompt"])
 
 
+def test_a_cr_inside_a_csv_cell_is_quoted_not_a_row_end(cli: Callable[..., Outcome], tmp_path: Path) -> None:
+    """The csv module quotes only the characters of its line end, LF here: a server's message with a CR
+    inside went out bare, and readers split the row there, its tail a row of its own that began `=`."""
+    out = tmp_path / "out"
+    out.mkdir()
+    failed = {"id": "refused", "kind": "chat", "status": "failed", "model": "gemini-2.5-flash", "files": []}
+    failed |= {"error": {"type": "x", "status": 400, "message": "no\r=1+1"}, "attempts": 1}
+    (out / "results.jsonl").write_text(json.dumps(failed) + "\n")
+    text = cli("export", out).out
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert len(rows) == 2 and len(rows[1]) == len(rows[0]), rows
+    assert table(text)[0]["error_message"] == "no\r=1+1"
+    assert text.endswith('"no\r=1+1",,\n') and not text.endswith("\r\n"), "rows still end in LF"
+
+
 def test_pending_tasks_are_rows_and_the_filters_pick_rows(
     cli: Callable[..., Outcome], edited: Path, write: Callable[..., Path]
 ) -> None:
