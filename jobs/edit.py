@@ -29,7 +29,8 @@ MAX_MASK_BYTES = 4 * 1024 * 1024
 # a mask's pixels are read (for one of alpha 0) up to this many (the API's sizes are at most 1536x1024):
 # a bigger one's would take more memory than the check is worth
 MASK_PIXELS_READ = 4096 * 4096
-IMAGE_FORMATS = ("PNG", "WEBP", "JPEG")
+# Pillow's names; MPO is the JPEG many phone cameras write (a JPEG with more pictures after the first)
+IMAGE_FORMATS = ("PNG", "WEBP", "JPEG", "MPO")
 # What a shared default (`defaults:` without a kind) or a `--set` without a kind may apply to. The output
 # fields (output_format, output_compression, moderation) are not among them: the seed does not list them
 # for edit, so they reach an edit only from the task itself, `defaults.edit` or `--set edit.FIELD=...`.

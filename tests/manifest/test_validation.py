@@ -171,6 +171,17 @@ def test_an_edits_extra_list_or_mapping_is_refused_not_sent_as_python_text(
     ]
 
 
+def test_an_edit_of_a_phone_cameras_jpeg_passes(write: Write, tmp_path: Path) -> None:
+    """Pillow names a JPEG with more pictures after the first (as phone cameras write) MPO: an edit
+    refused it as no PNG, WebP or JPEG, though it is sent as the image/jpeg it is and the API takes it."""
+    first = Image.new("RGB", (64, 64), (1, 2, 3))
+    first.save(tmp_path / "phone.jpg", "MPO", save_all=True, append_images=[Image.new("RGB", (64, 64))])
+    with Image.open(tmp_path / "phone.jpg") as image:
+        assert image.format == "MPO"
+    path = write("tasks:\n  - {kind: edit, prompt: a, image: [phone.jpg, phone.jpg]}\n")
+    assert messages(checked(path)) == []
+
+
 def test_unknown_kind_and_missing_kind(write: Write) -> None:
     path = write("""
         tasks:
