@@ -355,9 +355,12 @@ def _print_summary(summary: RunSummary, out: Path | str, again: tuple[int, int],
             "without a result; they are counted in maybe_billed of their tasks"
         )
     if summary.maybe_billed:
+        counted = summary.maybe_billed_counted
         lines.append(
             f"{summary.maybe_billed} request(s) may have been billed without a saved result "
-            "(sent, then cut off or cancelled before their answer was saved)"
+            "(sent, then cut off or cancelled before their answer was saved): "
+            f"{counted} in the cost above (a usage so far: they may have cost more), "
+            f"{summary.maybe_billed - counted} in no cost (no usage came)"
         )
     if summary.stop_reason:
         lines.append(f"stopped: {summary.stop_reason}")

@@ -19,7 +19,7 @@ from batch.cluster.plan import SHARDS, BatchPlan, order_digest, read_plan, shard
 from batch.errors import DirLockedError, OutputError
 from batch.output.files import write_atomic_chunks
 from batch.output.lock import probe
-from batch.output.report import SLOWEST, report
+from batch.output.report import SLOWEST, maybe_billed_parts, maybe_billed_said, report
 from batch.output.runlog import account
 from batch.output.scope import Part, Scope
 from batch.output.store import RESULTS, RUNS, USAGE, finished_results, read_lines
@@ -111,6 +111,8 @@ SUMMED = (
     "retries",
     "requests",
     "maybe_billed",
+    "maybe_billed_counted",
+    "maybe_billed_uncounted",
     "images_missing",
     "tokens",
     "runs",
@@ -205,6 +207,7 @@ def shard_status(root: Path, index: int, size: int, taken: bool = False) -> dict
         "pending": max(0, size - succeeded - failed),
         "billed_answers": _lines(directory / USAGE),
         "maybe_billed": attempts.maybe_billed,  # requests of killed runs (workers) with no saved answer
+        **maybe_billed_parts(attempts),
         "in_flight": attempts.in_flight,
     }
 
@@ -215,7 +218,16 @@ def cluster_status(root: Path, queue: QueueState | None = None) -> dict[str, Any
     plan = read_plan(root)
     held = {shard.index for shard in queue.held()} if queue is not None else set()
     shards = [shard_status(root, shard.index, shard.size, shard.index in held) for shard in plan.each_shard()]
-    counted = ("succeeded", "failed", "pending", "billed_answers", "maybe_billed", "in_flight")
+    counted = (
+        "succeeded",
+        "failed",
+        "pending",
+        "billed_answers",
+        "maybe_billed",
+        "maybe_billed_counted",
+        "maybe_billed_uncounted",
+        "in_flight",
+    )
     totals = {name: sum(s[name] for s in shards) for name in counted}
     states = _states(shards)
     found = {
@@ -271,7 +283,7 @@ def format_cluster_status(found: Mapping[str, Any], *, every_shard: bool = True)
         f"{found['directory']}: {found['succeeded']:,} succeeded, {found['failed']:,} failed, "
         f"{found['pending']:,} pending (of {found['tasks']:,}), in {shards['total']:,} shards",
         f"billed answers: {found['billed_answers']:,}; maybe billed without a saved result: "
-        f"{found['maybe_billed']:,}"
+        f"{maybe_billed_said(found, of_requests=False)}"
         + (f"; {found['in_flight']:,} in flight now" if found["in_flight"] else ""),
         f"shards: {shards['done']:,} done, {shards['running']:,} running, {shards['pending']:,} pending"
         f" (queue {found['queue']})",

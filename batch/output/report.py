@@ -20,7 +20,7 @@ from batch.errors import DirLockedError
 from batch.kind import TokenCounts
 from batch.output.export import export as export  # the CLI imports it from here
 from batch.output.lock import LOCK, probe
-from batch.output.runlog import account
+from batch.output.runlog import Accounting, account
 from batch.output.scope import Scope, scope_of
 from batch.output.store import RESULTS, RETRIED, RUNS, USAGE, parse_record, read_lines, whole_lines
 from batch.running.idset import digest, repeated_in
@@ -175,6 +175,7 @@ def status(
         "damaged_lines": _damaged_lines(root, scope, damaged),
         "requests": attempts.requests,
         "maybe_billed": attempts.maybe_billed,
+        **maybe_billed_parts(attempts),
         "in_flight": attempts.in_flight,
         # on a store (`written`), not known (None) unless a run on this machine holds it
         "running": True if holder is not None else (False if written is None else None),
@@ -195,6 +196,30 @@ def status(
             else round(max(0.0, time.time() - last_written.timestamp()), 1),
         },
     }
+
+
+def maybe_billed_parts(attempts: Accounting) -> dict[str, int]:
+    """The two parts of the maybe-billed requests: those whose usage (a count so far) is in the ledger, so
+    in the tokens and cost, if maybe not in full, and those counted in no cost (no usage came)."""
+    return {
+        "maybe_billed_counted": attempts.maybe_billed_counted,
+        "maybe_billed_uncounted": attempts.maybe_billed - attempts.maybe_billed_counted,
+    }
+
+
+def maybe_billed_said(found: Mapping[str, Any], *, of_requests: bool = True) -> str:
+    """How many requests may have been billed without a saved result, and how much of them the cost
+    counts: "3 (of 29 requests): 1 in the ledger's cost (...), 2 in no cost (no usage came)"."""
+    said = f"{found['maybe_billed']:,}"
+    if of_requests:
+        said += f" (of {found['requests']:,} requests)"
+    counted, uncounted = found.get("maybe_billed_counted", 0), found.get("maybe_billed_uncounted", 0)
+    if counted or uncounted:
+        said += (
+            f": {counted:,} in the ledger's cost (a usage so far: they may have cost more), "
+            f"{uncounted:,} in no cost (no usage came)"
+        )
+    return said
 
 
 def orphaned_line(found: Mapping[str, Any]) -> str | None:
@@ -300,7 +325,7 @@ def format_status(found: Mapping[str, Any]) -> str:
     lines = [
         f"{found['directory']}: {found['succeeded']:,} succeeded, {found['failed']:,} failed, "
         f"{pending} pending" + (f" (of {found['tasks']:,})" if found["tasks"] is not None else ""),
-        f"maybe billed without a saved result: {found['maybe_billed']:,} (of {found['requests']:,} requests)"
+        f"maybe billed without a saved result: {maybe_billed_said(found)}"
         + (f"; {found['in_flight']:,} in flight now" if found["in_flight"] else ""),
     ]
     if found.get("images_missing"):
@@ -488,6 +513,7 @@ def report(
         "rerun_pending": len(waiting) - sum(waiting.values()),
         "requests": logged.requests,
         "maybe_billed": logged.maybe_billed,
+        **maybe_billed_parts(logged),
         "images_missing": images_missing,
         "tokens": total_tokens,
         "cost": round(total_cost, 6),
@@ -531,7 +557,7 @@ def format_report(found: Mapping[str, Any]) -> str:
         + f") in {found['runs']} run{'s' if found['runs'] != 1 else ''}, "
         f"{found['run_seconds']:,.1f} s of runs",
         f"attempts: {found['attempts']:,} ({found['retries']:,} retries), {found['requests']:,} requests "
-        f"sent; maybe billed without a saved result: {found['maybe_billed']:,}",
+        f"sent; maybe billed without a saved result: {maybe_billed_said(found, of_requests=False)}",
         f"total: {found['tokens']:,} tokens, {money(found['cost'])}"
         + (
             f" (+ {sum(found['unpriced_answers'].values())} answers of models with no price: "

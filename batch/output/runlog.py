@@ -39,6 +39,7 @@ from batch.output.store import (
     read_lines,
     whole_lines,
 )
+from batch.running.idset import IdSet, digest
 from batch.running.records import (
     AttemptRecord,
     RunRecord,
@@ -237,6 +238,10 @@ class Accounting:
 
     requests: int = 0
     maybe_billed: int = 0  # may have been billed without a saved answer (cut, cancelled, killed)
+    # of maybe_billed, the requests whose usage (a count so far, say) is in the ledger, so counted in its
+    # tokens and cost, if maybe not in full; the others (no usage came: cut, reset, cancelled, killed)
+    # are counted in no cost at all
+    maybe_billed_counted: int = 0
     in_flight: int = 0  # sent by a run that is going on now, fate not known yet
     runs: list[list[dict[str, Any]]] = field(default_factory=list)  # each run's start and end lines
     ids: list[str] = field(default_factory=list)  # each run's id: its log's name
@@ -249,6 +254,7 @@ def account(folder: Path, *, live: bool = False) -> Accounting:
     found = Accounting()
     if not folder.is_dir():
         return found
+    maybe = IdSet()  # the maybe-billed requests' ids, to look for in the ledger
     paths = sorted(folder.glob("*.jsonl"))
     for position, path in enumerate(paths):
         pending: dict[str, str] = {}
@@ -265,6 +271,8 @@ def account(folder: Path, *, live: bool = False) -> Accounting:
                 else:
                     pending.pop(record.request_id, None)
                     found.maybe_billed += record.maybe_billed
+                    if record.maybe_billed:
+                        maybe.add(record.request_id)
                     found.requests -= record.outcome == UNSENT  # its `sent` line was written, not it
             elif isinstance(record, RunRecord):
                 events.append(record.to_line())
@@ -272,11 +280,26 @@ def account(folder: Path, *, live: bool = False) -> Accounting:
         if pending and live and not ended and position == len(paths) - 1:
             found.in_flight += len(pending)
         elif pending:  # a run killed, not recovered yet: as `recover` will close its log
-            found.maybe_billed += len(pending) - len(saved(folder.parent, pending))
+            answered = saved(folder.parent, pending)
+            found.maybe_billed += len(pending) - len(answered)
+            for request_id in pending.keys() - answered:
+                maybe.add(request_id)
         found.runs.append(events)
         found.ids.append(path.stem)
         found.last_sent.append(last)
+    if found.maybe_billed:
+        found.maybe_billed_counted = _in_ledger(folder.parent, maybe)
     return found
+
+
+def _in_ledger(root: Path, requests: IdSet) -> int:
+    """How many of `requests` (request ids) have a line in DIR's ledger: their usage is counted."""
+    counted: set[int] = set()
+    for line in read_lines(root / USAGE):
+        request_id = line.get("request_id")
+        if isinstance(request_id, str) and request_id in requests:
+            counted.add(digest(request_id))
+    return len(counted)
 
 
 def saved(root: Path, pending: Mapping[str, str]) -> set[str]:

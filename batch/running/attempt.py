@@ -56,6 +56,7 @@ class TaskAttempts:
         self.in_flight = 0
         self.durations: deque[float] = deque(maxlen=256)  # recent requests' seconds, for the deadline
         self.maybe_billed = 0  # this run's requests that may have been billed without a saved result
+        self.maybe_billed_counted = 0  # of them, those whose usage so far is in the ledger (and its cost)
         self.reached = False  # the API has answered this run (any HTTP answer): its address is right
         # answers/.to-finish.jsonl is read and written whole: by one task at a time, or a change is lost
         self._to_finish = anyio.Lock()
@@ -83,16 +84,16 @@ class TaskAttempts:
                     lost_to_outage=lambda error: state.lost_to_outage,
                 )
         except Stopped:
-            self.maybe_billed += state.maybe_billed
+            self._tally(state)
             return
         except OutputError as exc:
-            self.maybe_billed += state.maybe_billed
+            self._tally(state)
             ctx.stop(str(exc), EXIT_IOERR)
             return
         except ApiError as exc:
             decision = classify(exc)
             if decision.verdict is Verdict.STOP:
-                self.maybe_billed += state.maybe_billed
+                self._tally(state)
                 ctx.stop(decision.reason, decision.exit_code)
                 return
             await self._finish(spec, state, started, error=exc)
@@ -114,6 +115,11 @@ class TaskAttempts:
                         await self._finish(spec, state, started, error=failure)
             raise
         await self._finish(spec, state, started)
+
+    def _tally(self, state: TaskState) -> None:
+        """A task's maybe-billed requests, done with, in the run's count."""
+        self.maybe_billed += state.maybe_billed
+        self.maybe_billed_counted += state.maybe_billed_counted
 
     async def _leave_to_finish(self, spec: TaskSpec, state: TaskState, *, replayed: bool) -> bool:
         """A run stopped (a second signal, the grace over) while a paid answer's images were fetched or
@@ -377,6 +383,7 @@ class TaskAttempts:
                 health.succeeded()
             if exc.usage is not None:
                 await bill(self._ctx, spec, kind, request_id, exc.usage, state)
+                state.maybe_billed_counted += exc.maybe_billed  # a usage so far: in the ledger
             state.maybe_billed += exc.maybe_billed  # before the save below, which a full disk may fail
             if not exc.retry and exc.raw:  # it arrived, and is not bought again: kept as it came
                 name = request_id.replace("/", ".") + ".body"
@@ -395,6 +402,7 @@ class TaskAttempts:
             # an error sent inside a stream, or beside a usage: what came before it was billed
             if exc.usage is not None:
                 await bill(self._ctx, spec, kind, request_id, exc.usage, state)
+                state.maybe_billed_counted += exc.maybe_billed
             state.maybe_billed += exc.maybe_billed
             if exc.raw and classify(exc).verdict is not Verdict.RETRY:  # not asked again: kept as it came
                 name = request_id.replace("/", ".") + ".sse"
@@ -577,7 +585,7 @@ class TaskAttempts:
             with contextlib.suppress(OutputError, OSError):
                 async with self._to_finish:
                     await anyio.to_thread.run_sync(finished_from, self._ctx.out.root, {spec.id})
-        self.maybe_billed += state.maybe_billed
+        self._tally(state)
         self._ctx.emit(TaskFinished(record))
 
 

@@ -51,6 +51,7 @@ class TaskState:
     probe: int = 0  # the attempt in flight is the outage's probe of this number (ServiceHealth.admit); 0: not
     lost_to_outage: bool = False  # the last attempt's failure was the service's outage: it costs none
     maybe_billed: int = 0  # this run's requests that may have been billed without a result
+    maybe_billed_counted: int = 0  # of them, those whose usage so far went into the ledger
     carried: int = 0  # such requests of earlier runs that were killed
     estimate: int = 0  # tokens booked with the pacer for the attempt in flight
     cost: float = 0.0

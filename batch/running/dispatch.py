@@ -238,6 +238,7 @@ class Runner:
             except OutputError as exc:
                 self.stop(str(exc), EXIT_IOERR)
         summary.maybe_billed = self._attempts.maybe_billed
+        summary.maybe_billed_counted = self._attempts.maybe_billed_counted
         summary.seconds = time.monotonic() - started
         summary.loop_lag_p99_ms = round(lag.percentile(0.99) * 1000, 1)
         summary.concurrency = self._limits.snapshot()

@@ -41,6 +41,8 @@ class RunSummary:
     output_tokens: int = 0
     total_tokens: int = 0
     maybe_billed: int = 0  # requests that may have been billed without a saved result
+    # of maybe_billed, those whose usage so far is in the ledger (so in the cost, if maybe not in full)
+    maybe_billed_counted: int = 0
     cost: float = 0.0  # US dollars, of the billed answers of this run with a price
     unpriced: int = 0  # billed answers whose model has no price
     interrupted: int = 0  # requests of earlier runs that were killed in flight (maybe billed)

@@ -71,12 +71,15 @@ def test_a_killed_runs_request_answered_and_saved_is_not_maybe_billed(tmp_path: 
     (tmp_path / "usage.jsonl").write_text("".join(json.dumps(line) + "\n" for line in ledger))
     (tmp_path / "results.jsonl").write_text(json.dumps({"id": "t0", "status": "succeeded"}) + "\n")
     assert account(runs).maybe_billed == 2  # t1 (no answer recorded) and t2 (no result line): not t0
+    assert account(runs).maybe_billed_counted == 1  # t2: in the ledger
     found = recover(runs)
     assert (found.requests, dict(found.by_task)) == (["t1/a.1", "t2/a.1"], {"t1": 1, "t2": 1})
     closed = [json.loads(line) for line in (runs / "1.jsonl").read_text().splitlines()[-4:]]
     assert [line.get("maybe_billed", False) for line in closed[:3]] == [False, True, True]
     assert closed[-1]["maybe_billed"] == 2
     assert account(runs).maybe_billed == 2  # and read back from the closed log, the same
+    # of them, t2's answer is in the ledger (its cost counted); t1's is in no figure
+    assert account(runs).maybe_billed_counted == 1
 
 
 def test_a_killed_runs_answer_whose_failed_line_retry_failed_moved_aside_is_saved(tmp_path: Path) -> None:
