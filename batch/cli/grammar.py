@@ -251,7 +251,8 @@ def _add_status(commands: Commands) -> argparse.ArgumentParser:
 def _add_report(commands: Commands) -> argparse.ArgumentParser:
     report = commands.add_parser(
         "report",
-        description="Tokens and cost by kind and by model, attempts and retries, failures by type, the "
+        description="Tokens and cost by kind and by model, attempts and retries (the sends of tasks "
+        "whose request changed, --rerun-changed, counted apart), failures by type, the "
         "slowest tasks and the runs' wall time, of the tasks of the manifest the last run used (or "
         "--manifest); what orphaned result lines (tasks no longer in it) hold is summed apart. On a "
         "sharded DIR (submit): every shard's, summed, and a line per shard.",

@@ -109,6 +109,7 @@ SUMMED = (
     "orphaned_tokens",
     "attempts",
     "retries",
+    "resent_changed",
     "requests",
     "maybe_billed",
     "maybe_billed_counted",

@@ -448,16 +448,25 @@ def report(
     set_aside: set[str] = set()
     # of those, the manifest's tasks, each with whether it waits as a failure (as status counts them)
     waiting: dict[str, bool] = {}
+    # the request of each task's last line set aside: a line after it of another request was a deliberate
+    # re-send of the task as its request changed (--rerun-changed), no retry
+    aside_request: dict[str, str | None] = {}
+    resent = 0
     for record in map(ResultRecord.from_line, read_lines(root / RETRIED)):  # earlier tries, given another go
         if scope.counted(record.id):
             attempts += record.attempts
+            if record.id in set_aside:
+                resent += _other_request(aside_request[record.id], record.request_sha256)
             set_aside.add(record.id)
+            aside_request[record.id] = record.request_sha256
         if scope.current(record.id):
             failure = scope.failed_before(record.id, record.failed, record.request_sha256)
             waiting[record.id] = waiting.get(record.id, False) or failure
     for record in map(ResultRecord.from_line, last_lines(root / RESULTS)):
         set_aside.discard(record.id)
         waiting.pop(record.id, None)
+        if record.id in aside_request:
+            resent += _other_request(aside_request.pop(record.id), record.request_sha256)
         if not scope.current(record.id):
             orphaned["tasks"] += 1
             orphaned["failed"] += record.failed
@@ -506,7 +515,10 @@ def report(
         "orphaned_cost": round(float(orphaned["cost"]), 6),
         "include_orphaned": scope.include_orphaned,
         "attempts": attempts,
-        "retries": max(0, attempts - tasks - len(set_aside)),
+        # each task's first attempt, and its first with a changed request, are no retries
+        "retries": max(0, attempts - tasks - len(set_aside) - resent),
+        # the tasks sent again as their request changed (--rerun-changed): a send each, deliberate
+        "resent_changed": resent,
         # of the pending, as status says: failures a retry set aside and was stopped before sending
         # (a retry killed part way showed "0 failed" and no failure at all), and changed tasks
         "retry_pending": sum(waiting.values()),
@@ -533,6 +545,12 @@ def report(
     }
 
 
+def _other_request(before: str | None, after: str | None) -> bool:
+    """Whether a task's line names another request than its line before (both known): it was sent again
+    because its request changed."""
+    return before is not None and after is not None and before != after
+
+
 def _since_start(events: list[dict[str, Any]], last_sent: float | None) -> float | None:
     """A run without its own duration (killed, or going on): from its start to its last `sent` line."""
     start = next((e for e in events if e.get("event") == "start"), None)
@@ -556,7 +574,13 @@ def format_report(found: Mapping[str, Any]) -> str:
         + ("" if found["pending"] is None else f", {found['pending']:,} pending")
         + f") in {found['runs']} run{'s' if found['runs'] != 1 else ''}, "
         f"{found['run_seconds']:,.1f} s of runs",
-        f"attempts: {found['attempts']:,} ({found['retries']:,} retries), {found['requests']:,} requests "
+        f"attempts: {found['attempts']:,} ({found['retries']:,} retries"
+        + (
+            f", {found['resent_changed']:,} re-sent as their request changed"
+            if found.get("resent_changed")
+            else ""
+        )
+        + f"), {found['requests']:,} requests "
         f"sent; maybe billed without a saved result: {maybe_billed_said(found, of_requests=False)}",
         f"total: {found['tokens']:,} tokens, {money(found['cost'])}"
         + (

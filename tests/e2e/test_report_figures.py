@@ -1,6 +1,6 @@
 """The figures a user reads after a night, end to end against the simulator: each says exactly what
 happened and what it cost. Maybe-billed requests are told apart by whether their usage is in the ledger
-(so in the cost) or nowhere."""
+(so in the cost) or nowhere; a re-send of a task whose request changed is no retry."""
 
 from __future__ import annotations
 
@@ -60,3 +60,33 @@ def test_maybe_billed_says_how_many_are_in_the_cost_and_how_many_in_none(
     reported = json.loads(cli("report", out, "--json").out)
     assert (reported["maybe_billed_counted"], reported["maybe_billed_uncounted"]) == (2, 1), reported
     assert "maybe billed without a saved result: 3: 2 in the ledger's cost" in cli("report", out).out
+
+
+def test_a_task_sent_again_as_its_request_changed_is_no_retry_in_the_report(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--rerun-changed sends a finished task again on purpose, its request changed: `report` counted that
+    send a retry, so a night without a fault read as one that needed retries."""
+
+    def tasks(a: str) -> Path:
+        return write(
+            "tasks:\n"
+            + "".join(
+                f"  - {{kind: chat, id: {name}, model: gemini-2.5-flash, prompt: {prompt}}}\n"
+                for name, prompt in (("a", a), ("b", "two"), ("c", "three"))
+            )
+        )
+
+    out = tmp_path / "out"
+    with simulator_in_thread(SimConfig(api_key=KEY, faults={"reset": 1.0}, fault_once_per_task=True)) as sim:
+        first = cli("run", tasks("one"), "--out", out, "--no-progress", *FAST, env=env_for(sim))
+        assert first.code == 0 and "3 retries" in first.out, first.out  # each task reset once, then answered
+        again = cli("run", tasks("one again"), "--out", out, "--rerun-changed", env=env_for(sim))
+        assert again.code == 0 and "retries" not in again.out, again.out  # the run said none
+        assert sim.state.requests_total == 7
+
+    found = json.loads(cli("report", out, "--json").out)
+    assert (found["attempts"], found["retries"]) == (7, 3), found  # the three resets' retries alone
+    assert found["resent_changed"] == 1, found
+    said = cli("report", out).out
+    assert "attempts: 7 (3 retries, 1 re-sent as their request changed), 7 requests sent" in said, said
