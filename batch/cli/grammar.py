@@ -285,7 +285,9 @@ def _add_export(commands: Commands) -> argparse.ArgumentParser:
         "--format",
         choices=("csv", "jsonl", "openai", "sqlite"),
         default="csv",
-        help="csv (default): flat columns (prompt included) and a meta.<key> column per meta key, LF line "
+        help="csv (default): flat columns (prompt included; cost: the result line's, what the run that "
+        "wrote it paid; billed_cost: all the ledger billed for the task, in every run) and a meta.<key> "
+        "column per meta key, LF line "
         "ends, plain decimals, text that a spreadsheet would run as a formula (= + - @ tab CR first) "
         "behind a ' (CSV injection); jsonl: every field of each result line (text, texts, finish_reason(s), "
         "tool_calls, reasoning, images_missing, request_id, usage, error, meta, ...) plus the csv columns; "

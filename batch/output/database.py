@@ -1,8 +1,8 @@
 """`export --format sqlite`: DIR as one SQLite file that `sqlite3` and Datasette open as it is, one table
 per kind of line, with typed columns and the raw line beside them (`json`, for what the columns leave out):
 
-- results: one row per task (the CSV's columns, pending tasks included, in manifest order: `position`),
-  `meta` as JSON;
+- results: one row per task (the CSV's columns, pending tasks included, in manifest order: `position`;
+  `billed_cost` what the ledger billed for the task in all), `meta` as JSON;
 - usage: one row per billed answer of the ledger;
 - attempts: one row per request of the run logs (its `sent` and `done` lines joined), with its run.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from batch.errors import OutputError
-from batch.output.export import EVERYTHING, Selection, meta_of, row, selected
+from batch.output.export import EVERYTHING, Selection, bills_of, meta_of, row, selected
 from batch.output.scope import Scope, scope_of
 from batch.output.store import RUNS, USAGE, read_lines
 from batch.running.records import AttemptRecord, UsageRecord, attempt_log_line, number
@@ -48,6 +48,9 @@ TABLES = {
         ("finished_at", "TEXT"),
         ("orphaned", "INTEGER"),
         ("images_missing", "INTEGER"),
+        ("billed_answers", "INTEGER"),
+        ("billed_tokens", "INTEGER"),
+        ("billed_cost", "REAL"),
         ("meta", "TEXT"),
         ("json", "TEXT"),
     ),
@@ -112,8 +115,9 @@ def _number(value: Any, kind: type) -> Any:
 
 
 def _results(root: Path, scope: Scope, selection: Selection) -> Iterator[tuple[Any, ...]]:
+    bills = bills_of(root, scope)
     for position, entry in enumerate(selected(root, scope, selection)):
-        found = row(entry)
+        found = row(entry, bills)
         record = entry.record
         yield (
             position,
@@ -136,6 +140,9 @@ def _results(root: Path, scope: Scope, selection: Selection) -> Iterator[tuple[A
             record.finished_at if record is not None else None,
             int(entry.orphaned),
             _number(found["images_missing"], int),
+            found["billed_answers"],
+            found["billed_tokens"],
+            _number(found["billed_cost"], float),
             _json(dict(meta_of(entry))),
             _json(dict(record.raw)) if record is not None else None,
         )

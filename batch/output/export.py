@@ -2,7 +2,8 @@
 task at a time: the manifest's tasks in manifest order, pending ones included, orphaned lines left out
 unless asked for (output.scope); `Selection` keeps the statuses and kinds asked for.
 
-- csv: the flat columns a spreadsheet or a join wants, and one `meta.<key>` column per meta key; LF line
+- csv: the flat columns a spreadsheet or a join wants (`cost` the result line's, `billed_cost` all the
+  ledger billed for the task), and one `meta.<key>` column per meta key; LF line
   ends, numbers as plain decimals (0.0000717, never 7.17e-05), text that a spreadsheet would run as a
   formula (`=...`, `+`, `-`, `@`, a tab or CR first) behind a `'`.
 - jsonl: every field of each result line as it was written (`text`, `texts`, `finish_reason(s)`,
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from batch.kind import builtin_registry
+from batch.output.bills import TaskBills, task_bills
 from batch.output.scope import Entry, Scope, entries, scope_of
 from batch.running.records import ErrorInfo, ResultRecord
 
@@ -58,6 +60,12 @@ EXPORT_COLUMNS = [
     "prompt",
     # images paid for and not saved (a link lost, fewer than n sent): a task "succeeded" with fewer
     "images_missing",
+    # what the task cost in all, from the ledger (output.bills): `cost` is its result line's, what the run
+    # that wrote it paid; these count every answer billed for it, in every run (a failure retried since,
+    # a line --rerun-changed set aside, a killed run's answer), so that the column sums to report's cost
+    "billed_answers",
+    "billed_tokens",
+    "billed_cost",
 ]
 CHUNK = 3 * 2**18  # bytes of an image encoded at a time: a multiple of 3, so the pieces join cleanly
 
@@ -113,23 +121,34 @@ def plain(value: Any) -> Any:
     return value
 
 
-def row(entry: Entry) -> dict[str, Any]:
-    """The flat columns of one task: its result line's, or a pending task's id, kind, model and prompt."""
+def row(entry: Entry, bills: TaskBills | None = None) -> dict[str, Any]:
+    """The flat columns of one task: its result line's, or a pending task's id, kind, model and prompt;
+    with `bills` (DIR's ledger), what the task cost in all (a pending task may have cost already)."""
     if entry.record is not None:
-        return _row(entry.record)
-    task = entry.task
-    assert task is not None
-    found: dict[str, Any] = dict.fromkeys(EXPORT_COLUMNS)
-    found.update(
-        id=task.id,
-        custom_id=task.custom_id,
-        kind=task.kind,
-        status="pending",
-        model=task.model,
-        files=[],
-        prompt=task.prompt,
-    )
+        found = _row(entry.record)
+    else:
+        task = entry.task
+        assert task is not None
+        found = dict.fromkeys(EXPORT_COLUMNS)
+        found.update(
+            id=task.id,
+            custom_id=task.custom_id,
+            kind=task.kind,
+            status="pending",
+            model=task.model,
+            files=[],
+            prompt=task.prompt,
+        )
+    if bills is not None:
+        bill = bills.of(entry.id)
+        found.update(billed_answers=bill.answers, billed_tokens=bill.tokens, billed_cost=bill.cost)
     return found
+
+
+def bills_of(root: Path, scope: Scope | None) -> TaskBills:
+    """The ledger's bill of each task of DIR (of each shard's ledger, for a sharded DIR)."""
+    scope = scope or scope_of(root)
+    return task_bills([root / part.folder for part in scope.parts] if scope.parts else [root])
 
 
 def meta_of(entry: Entry) -> Mapping[str, Any]:
@@ -158,6 +177,9 @@ def _row(record: ResultRecord) -> dict[str, Any]:
         "error_message": error.message if error else None,
         "prompt": record.prompt,
         "images_missing": record.images_missing or None,
+        "billed_answers": None,
+        "billed_tokens": None,
+        "billed_cost": None,
     }
 
 
@@ -165,12 +187,13 @@ def _jsonl(root: Path, stream: IO[str], scope: Scope | None, selection: Selectio
     """Each result line whole (no field is left behind), with the CSV's flat columns where it lacks them;
     a pending task's line has those columns, its params, inputs and meta."""
     rows = 0
+    bills = bills_of(root, scope)
     for entry in selected(root, scope, selection):
         record = entry.record
         line: dict[str, Any] = dict(record.raw) if record is not None else {}
         if entry.task is not None and record is None:
             line.update(params=entry.task.params, inputs=list(entry.task.inputs))
-        for key, value in row(entry).items():
+        for key, value in row(entry, bills).items():
             line.setdefault(key, value)
         line["files"] = list(record.files) if record is not None else []
         line["meta"] = dict(meta_of(entry))
@@ -189,8 +212,9 @@ def _csv(root: Path, stream: IO[str], scope: Scope | None, selection: Selection)
     )
     writer.writeheader()
     rows = 0
+    bills = bills_of(root, scope)
     for entry in selected(root, scope, selection):
-        found = row(entry)
+        found = row(entry, bills)
         found["files"] = ";".join(found["files"])
         for key, value in meta_of(entry).items():
             found[f"meta.{key}"] = (

@@ -1,10 +1,15 @@
 """The figures a user reads after a night, end to end against the simulator: each says exactly what
 happened and what it cost. Maybe-billed requests are told apart by whether their usage is in the ledger
-(so in the cost) or nowhere; a re-send of a task whose request changed is no retry."""
+(so in the cost) or nowhere; a re-send of a task whose request changed is no retry; the export's rows
+add up to what the ledger says was paid."""
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
 import json
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -90,3 +95,42 @@ def test_a_task_sent_again_as_its_request_changed_is_no_retry_in_the_report(
     assert found["resent_changed"] == 1, found
     said = cli("report", out).out
     assert "attempts: 7 (3 retries, 1 re-sent as their request changed), 7 requests sent" in said, said
+
+
+def test_the_exports_billed_cost_is_what_the_task_cost_in_all_and_sums_to_the_reports(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A task failed after a billed answer (a stream's error after its usage), then retry-failed bought it
+    again: its result line's `cost` is only the second answer's, so the CSV's cost column summed to less
+    than `report` and the export's ledger said was paid. `billed_cost` is the task's whole bill."""
+    job = write(
+        "defaults: {chat: {model: gemini-2.5-flash, stream: true}}\n"
+        "tasks:\n"
+        "  - {kind: chat, id: a, prompt: one}\n"
+        "  - {kind: chat, id: b, prompt: two}\n"
+    )
+    out = tmp_path / "out"
+    config = SimConfig(api_key=KEY, faults={"stream_error_mid": 1.0}, fault_once_per_task=True)
+    with simulator_in_thread(config) as sim:
+        first = cli("run", job, "--out", out, "--max-attempts", "1", "--no-progress", env=env_for(sim))
+        assert first.code == 1 and len(ledger(out)) == 2, first.out  # both failed, each answer billed
+        assert cli("retry-failed", out, "--no-progress", env=env_for(sim)).code == 0
+    paid = sum(line["cost"] for line in ledger(out))
+    reported = json.loads(cli("report", out, "--json").out)
+    assert reported["cost"] == pytest.approx(paid, abs=1e-6)  # report rounds to 6 digits
+
+    exported = cli("export", out)
+    assert exported.code == 0, exported.err
+    rows = list(csv.DictReader(io.StringIO(exported.out)))
+    assert [row["billed_answers"] for row in rows] == ["2", "2"]
+    assert sum(float(row["cost"]) for row in rows) < paid  # each line's: the answer that succeeded
+    assert sum(float(row["billed_cost"]) for row in rows) == pytest.approx(paid)
+    for row in rows:
+        task = [line for line in ledger(out) if line["task_id"] == row["id"]]
+        assert int(row["billed_tokens"]) == sum(line["total_tokens"] for line in task)
+    lines = [json.loads(line) for line in cli("export", out, "--format", "jsonl").out.splitlines()]
+    assert sum(line["billed_cost"] for line in lines) == pytest.approx(paid)
+    assert cli("export", out, "--format", "sqlite", "--output", tmp_path / "out.db").code == 0
+    with contextlib.closing(sqlite3.connect(tmp_path / "out.db")) as db:
+        [(total,)] = db.execute("SELECT sum(billed_cost) FROM results").fetchall()
+    assert total == pytest.approx(paid)

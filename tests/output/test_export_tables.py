@@ -89,7 +89,8 @@ def test_csv_cells_that_a_spreadsheet_would_run_as_formulas_begin_with_a_quote(
     # numbers, and text that is only a number, are read as numbers still
     assert (hostile["cost"], hostile["meta.row"], hostile["meta.negative"]) == ("-0.0000717", "-7", "-5")
     assert (hostile["input_tokens"], hostile["meta.fine"]) == ("3", "a-b")
-    assert text.splitlines()[1].endswith(",1,,,'+cmd|' /C calc'!A0,,-7,'\tx,-5,'-2+3,a-b")
+    # images_missing empty; billed_answers, billed_tokens, billed_cost: the ledger holds none of it
+    assert text.splitlines()[1].endswith(",1,,,'+cmd|' /C calc'!A0,,0,0,0.0,-7,'\tx,-5,'-2+3,a-b")
     line = json.loads(cli("export", out, "--format", "jsonl").out.splitlines()[0])
     assert (line["text"], line["id"], line["prompt"]) == (HOSTILE["text"], "-flag", HOSTILE["prompt"])
 
@@ -106,7 +107,7 @@ def test_a_cr_inside_a_csv_cell_is_quoted_not_a_row_end(cli: Callable[..., Outco
     rows = list(csv.reader(io.StringIO(text, newline="")))
     assert len(rows) == 2 and len(rows[1]) == len(rows[0]), rows
     assert table(text)[0]["error_message"] == "no\r=1+1"
-    assert text.endswith('"no\r=1+1",,\n') and not text.endswith("\r\n"), "rows still end in LF"
+    assert text.endswith('"no\r=1+1",,,0,0,0.0\n') and not text.endswith("\r\n"), "rows still end in LF"
 
 
 def test_pending_tasks_are_rows_and_the_filters_pick_rows(
