@@ -32,6 +32,17 @@ from batch.exitcodes import EXIT_CONFIG, EXIT_DATAERR, EXIT_FAILED, EXIT_IOERR, 
 
 SHOWN_PROBLEMS = 20  # in a ManifestError's message; all of them are in .problems
 
+# the statuses besides 5xx that say the service, not the request, failed: retried (batch.running.retry)
+RETRY_STATUSES = frozenset({408, 409, 429})
+
+
+def transient_status(status: object) -> bool:
+    """Whether an HTTP status says the service failed, not the request (retried): a task failed with one
+    ran out of retries, whatever body the error came in (JSON, a gateway's HTML page, a stream's event)."""
+    if not isinstance(status, int) or isinstance(status, bool):
+        return False
+    return status in RETRY_STATUSES or status >= 500
+
 
 class BatchError(Exception):
     """Root of every error maas-batch raises on purpose."""

@@ -142,8 +142,10 @@ def merge_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 for field in into:
                     into[field] += bucket[field]
         for kind, group in one["failures"].items():
-            into = failures.setdefault(kind, {**group, "count": 0})
+            into = failures.setdefault(kind, {**group, "count": 0, "types": {}})
             into["count"] += group["count"]
+            for name, count in group.get("types", {}).items():
+                into["types"][name] = into["types"].get(name, 0) + count
     merged["unpriced_answers"] = unpriced
     for name, groups in by.items():
         merged[name] = {k: {**v, "cost": round(v["cost"], 6)} for k, v in sorted(groups.items())}

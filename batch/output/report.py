@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from batch.errors import DirLockedError
+from batch.errors import DirLockedError, transient_status
 from batch.kind import TokenCounts
 from batch.output.export import export as export  # the CLI imports it from here
 from batch.output.lock import LOCK, probe
@@ -477,11 +477,22 @@ def report(
         images_missing += record.images_missing
         if record.failed:
             error = record.error or ErrorInfo(None, None, None)
+            error_type = str(error.type or "unknown")
+            # retries run out on a 502 are one failure, whether it came as JSON (a server's own type), a
+            # gateway's HTML page (http_502) or a stream's error event (its code, "502"): grouped by status,
+            # the types it came as counted in the group
             group = failures.setdefault(
-                str(error.type or "unknown"),
-                {"count": 0, "status": error.status, "example": error.message, "example_task": record.id},
+                f"http_{error.status}" if transient_status(error.status) else error_type,
+                {
+                    "count": 0,
+                    "status": error.status,
+                    "example": error.message,
+                    "example_task": record.id,
+                    "types": {},
+                },
             )
             group["count"] += 1
+            group["types"][error_type] = group["types"].get(error_type, 0) + 1
         else:
             succeeded += 1
         if isinstance(record.seconds, int | float):
@@ -625,9 +636,14 @@ def format_report(found: Mapping[str, Any]) -> str:
         lines.append("failures:")
         for kind, group in found["failures"].items():
             status = f" (HTTP {group['status']})" if group["status"] else ""
-            lines.append(
-                f"  {group['count']:>6,} {kind}{status}: e.g. {group['example_task']}: {group['example']}"
+            types = group.get("types") or {}
+            came = (
+                f" [as {', '.join(f'{count:,} {name}' for name, count in types.items())}]"
+                if set(types) - {kind}
+                else ""
             )
+            example = f"e.g. {group['example_task']}: {group['example']}"
+            lines.append(f"  {group['count']:>6,} {kind}{status}{came}: {example}")
     if found["slowest"]:
         lines.append("slowest tasks:")
         lines += [f"  {s['seconds']:>8.1f} s  {s['kind']:<9} {s['id']}" for s in found["slowest"]]

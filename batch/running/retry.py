@@ -23,10 +23,8 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from batch.defaults import DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS, DEFAULT_TASK_DEADLINE
-from batch.errors import ApiError, ApiStatusError, BrokenAnswerError, TransportError
+from batch.errors import RETRY_STATUSES, ApiError, ApiStatusError, BrokenAnswerError, TransportError
 from batch.exitcodes import EXIT_CONFIG, EXIT_NOPERM, EXIT_UNAVAILABLE
-
-RETRY_STATUSES = frozenset({408, 409, 429})
 
 
 class Verdict(enum.Enum):

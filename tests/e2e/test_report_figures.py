@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from batch.simulator import SimConfig, simulator_in_thread
-from tests.conftest import FAST, KEY, Outcome, env_for, ledger
+from tests.conftest import FAST, KEY, Outcome, env_for, ledger, results
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -134,3 +134,27 @@ def test_the_exports_billed_cost_is_what_the_task_cost_in_all_and_sums_to_the_re
     with contextlib.closing(sqlite3.connect(tmp_path / "out.db")) as db:
         [(total,)] = db.execute("SELECT sum(billed_cost) FROM results").fetchall()
     assert total == pytest.approx(paid)
+
+
+def test_a_502_is_one_failure_whether_it_came_in_a_stream_or_as_a_page(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A failure's type is the server's name for it, or its code: a stream's error event gave "502", a
+    gateway's page http_502, a JSON body server_error, and `report` grouped one outage's failures as if
+    they were different reasons. Retries run out on a status are grouped by it, the types counted."""
+    head = "defaults: {chat: {model: gemini-2.5-flash}}\ntasks:\n  - {kind: chat, id: s, prompt: one, stream: true}\n"
+    out = tmp_path / "out"
+    once = ["--max-attempts", "1", "--no-progress"]
+    with simulator_in_thread(SimConfig(api_key=KEY, faults={"stream_error_mid": 1.0})) as sim:
+        assert cli("run", write(head), "--out", out, *once, env=env_for(sim)).code == 1
+    both = write(head + "  - {kind: chat, id: p, prompt: two}\n")
+    with simulator_in_thread(SimConfig(api_key=KEY, error_rate=1.0, error_statuses=(502,))) as sim:
+        assert cli("run", both, "--out", out, *once, env=env_for(sim)).code == 1
+    came = {line["id"]: line["error"]["type"] for line in results(out).values()}
+    assert came["s"] == "502" and came["p"] in ("http_502", "server_error"), came  # as each came
+
+    found = json.loads(cli("report", out, "--json").out)["failures"]
+    assert list(found) == ["http_502"] and found["http_502"]["count"] == 2, found
+    assert found["http_502"]["types"] == {"502": 1, came["p"]: 1}, found
+    said = cli("report", out).out
+    assert "2 http_502 (HTTP 502) [as " in said and "1 502" in said, said
