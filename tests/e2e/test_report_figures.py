@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from batch.simulator import SimConfig, simulator_in_thread
+from batch.simulator import RunningSimulator, SimConfig, simulator_in_thread
 from tests.conftest import FAST, KEY, Outcome, env_for, ledger, results
 
 pytestmark = pytest.mark.timeout(60)
@@ -158,3 +158,23 @@ def test_a_502_is_one_failure_whether_it_came_in_a_stream_or_as_a_page(
     assert found["http_502"]["types"] == {"502": 1, came["p"]: 1}, found
     said = cli("report", out).out
     assert "2 http_502 (HTTP 502) [as " in said and "1 502" in said, said
+
+
+def test_billed_cost_tells_a_task_that_cost_nothing_from_one_whose_cost_is_unknown(
+    cli: Callable[..., Outcome], sim: RunningSimulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """`cost` is null both for a task nothing was billed for (a refusal) and for an answer of a model
+    with no price: none and unknown read alike. billed_cost is 0 for the one and null for the other."""
+    job = write(
+        "tasks:\n"
+        "  - {kind: chat, id: refused, model: gemini-2.5-flash, prompt: something forbidden}\n"
+        "  - {kind: chat, id: unpriced, model: my-house-model, prompt: hello}\n"
+    )
+    out = tmp_path / "out"
+    assert cli("run", job, "--out", out, "--allow-unknown", "--no-progress", env=env_for(sim)).code == 1
+    lines = {
+        line["id"]: line for line in map(json.loads, cli("export", out, "--format", "jsonl").out.splitlines())
+    }
+    assert lines["refused"]["cost"] is None and lines["unpriced"]["cost"] is None  # alike
+    assert (lines["refused"]["billed_answers"], lines["refused"]["billed_cost"]) == (0, 0.0)
+    assert (lines["unpriced"]["billed_answers"], lines["unpriced"]["billed_cost"]) == (1, None)
