@@ -133,6 +133,7 @@ class SimConfig:
     latency_jitter: float = 0.0
     error_rate: float = 0.0
     rate_429: float = 0.0
+    storm_429: float = 0.0  # seconds from the first request during which every request is answered 429
     error_statuses: tuple[int, ...] = DEFAULT_ERROR_STATUSES  # of ERROR_STATUSES, drawn at random
     retry_after: float = DEFAULT_RETRY_AFTER
     retry_after_date: bool = False  # Retry-After written as an HTTP date (whole seconds), not seconds
@@ -160,8 +161,10 @@ class SimConfig:
         object.__setattr__(self, "endpoints", frozenset(self.endpoints))
         object.__setattr__(self, "faults", MappingProxyType(dict(self.faults)))
         object.__setattr__(self, "answers", frozenset(self.answers))
-        if self.latency < 0 or self.slow_seconds < 0 or self.retry_after < 0 or self.shutdown_timeout < 0:
-            raise ValueError("latency, slow_seconds, retry_after and shutdown_timeout must be >= 0")
+        if min(self.latency, self.slow_seconds, self.retry_after, self.shutdown_timeout, self.storm_429) < 0:
+            raise ValueError(
+                "latency, slow_seconds, retry_after, shutdown_timeout and storm_429 must be >= 0"
+            )
         if not (0.0 <= self.latency_jitter <= 1.0):
             raise ValueError(f"latency_jitter must be between 0 and 1, got {self.latency_jitter!r}")
         _check_fraction("error_rate", self.error_rate)

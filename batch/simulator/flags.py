@@ -75,6 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--rate-429", type=_fraction, default=0.0, help="fraction answered 429 at random")
     group.add_argument(
+        "--storm-429",
+        type=_non_negative,
+        default=0.0,
+        metavar="SECONDS",
+        help="answer every request 429 (with --retry-after) for SECONDS from the first request: a storm",
+    )
+    group.add_argument(
         "--error-status",
         type=int,
         choices=ERROR_STATUSES,
@@ -189,6 +196,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         latency_jitter=args.latency_jitter,
         error_rate=args.error_rate,
         rate_429=args.rate_429,
+        storm_429=args.storm_429,
         error_statuses=tuple(args.error_status or DEFAULT_ERROR_STATUSES),
         retry_after=args.retry_after,
         retry_after_date=args.retry_after_date,

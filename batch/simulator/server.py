@@ -1,9 +1,10 @@
 """The aiohttp application: routes, and the order in which a request meets auth, limits, checks and faults.
 
 Every API request goes through `_Simulator._handle`: auth (401/403), endpoint (404), concurrency limit
-(429 at once), the request's random draws, a random 429, the per-key minute window (429 + Retry-After),
-then the endpoint's own validation (400), latency, a random 5xx, a fault, and the answer. The answer is
-billed at the moment it is about to be written, so a request whose client left earlier costs nothing.
+(429 at once), the request's random draws, a 429 storm, a random 429, the per-key minute window (429 +
+Retry-After), then the endpoint's own validation (400), latency, a random 5xx, a fault, and the answer.
+The answer is billed at the moment it is about to be written, so a request whose client left earlier costs
+nothing.
 Every API answer carries an `x-request-id` header. The answer is written in the shapes `SimConfig.answers`
 turns on (`shapes.py`); the image files of the url shapes are served at `/_sim/files/` (`files.py`).
 """
@@ -64,6 +65,7 @@ class _Simulator:
         self.state = state
         self._rng = random.Random(config.seed)
         self._chat_ids = itertools.count(1)
+        self._storm_until: float | None = None  # when the 429 storm ends (storm_429), from the first request
         self._request_ids = itertools.count(1)
         self.files = FileStore(state)
         self._pictures = Pictures(config, self.files)
@@ -80,6 +82,15 @@ class _Simulator:
         serial = f"req_sim{next(self._request_ids):08d}"
         server_id = None if "no_request_id" in self.config.answers else serial
         return Exchange.begin(kind, request, server_id, serial)
+
+    def _in_storm(self) -> bool:
+        """Whether a request now falls in the 429 storm (`storm_429` seconds from the first request)."""
+        if self.config.storm_429 <= 0:
+            return False
+        now = time.monotonic()
+        if self._storm_until is None:
+            self._storm_until = now + self.config.storm_429
+        return now < self._storm_until
 
     def _limited(self, retry_after: float, message: str) -> ApiError:
         """A 429 with Retry-After, in seconds or (`retry_after_date`) as an HTTP date."""
@@ -99,6 +110,10 @@ class _Simulator:
                     raise rate_limited(None, "Too many concurrent requests.", "concurrency_limit_exceeded")
                 entered = True
                 draws = faults.Draws.take(self._rng, self.config.error_statuses)
+                if self._in_storm():
+                    raise self._limited(
+                        self.config.retry_after, "Resource has been exhausted (e.g. check quota)."
+                    )
                 if draws.rate_429 < self.config.rate_429:
                     raise self._limited(self.config.retry_after, "Rate limit exceeded, please retry later.")
                 if self.config.tpm is not None:

@@ -712,6 +712,30 @@ async def test_random_429_and_5xx() -> None:
         assert client.sim.state.billed_total_tokens == 0
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.anyio
+async def test_a_429_storm_answers_every_request_429_until_its_seconds_from_the_first_are_over() -> None:
+    """A storm (`--storm-429 S`): every request 429, with Retry-After, for S seconds from the first request;
+    then the simulator answers as usual. Nothing in it is billed."""
+    async with simulated(storm_429=0.3, retry_after=0.1) as client:
+        first = time.monotonic()
+        response = await client.generate({"prompt": "a fox"})
+        began = (first, time.monotonic())  # the storm began between these, as the first request arrived
+        statuses = [response.status]
+        assert response.status == 429 and response.headers["Retry-After"] == "0.1"
+        while response.status == 429:
+            sent = time.monotonic()
+            response = await client.generate({"prompt": "a fox"})
+            statuses.append(response.status)
+            assert response.status == 200 or sent < began[1] + 0.3  # refused only in the storm
+        assert time.monotonic() >= began[0] + 0.3 and statuses[-1] == 200  # answered only after it
+        state = client.sim.state
+        assert state.status_counts() == {429: len(statuses) - 1, 200: 1}
+        assert state.billed_total_tokens == state.records[-1].billed_tokens > 0
+    with pytest.raises(ValueError, match="storm_429"):
+        SimConfig(storm_429=-1)
+
+
 # API.md, "Errors": 408/409/429 (429 may carry `Retry-After` in seconds or as an HTTP date). The simulator
 # sends the other retryable statuses, and the date form, on demand.
 @pytest.mark.anyio
