@@ -68,7 +68,8 @@ exit codes:
   {EXIT_USAGE}  bad command-line usage
   {EXIT_DATAERR}  invalid manifest (nothing was sent), or it changed during the run
   {EXIT_UNAVAILABLE}  the service cannot go on: quota exhausted, or down (or answering nothing but 429)
-      longer than --outage-limit (run stopped, resumable)
+      longer than --outage-limit (run stopped, resumable); or some tasks were still answered 429 at
+      their --task-deadline (the run went on without them: they are pending, resumable)
   {EXIT_IOERR}  the output directory cannot be written or read, e.g. disk full or failing (run stopped,
       resumable), or a newer maas-batch started it (upgrade), or stdout cannot be written
   {EXIT_TEMPFAIL}  interrupted, or another run holds the output directory (or, here, the store) (resumable)
@@ -505,8 +506,9 @@ def _add_run(commands: Commands) -> argparse.ArgumentParser:
         type=whole,
         default=DEFAULT_MAX_ATTEMPTS,
         metavar="N",
-        help=f"attempts per task, first included (default {DEFAULT_MAX_ATTEMPTS}); the image links of one "
-        "answer are each tried once and share the N - 1 retries",
+        help=f"attempts per task, first included (default {DEFAULT_MAX_ATTEMPTS}); a 429 (rate limited) "
+        "spends none, nor does a failure during an outage; the image links of one answer are each tried "
+        "once and share the N - 1 retries",
     )
     retries.add_argument(
         "--task-deadline",
@@ -514,7 +516,8 @@ def _add_run(commands: Commands) -> argparse.ArgumentParser:
         default=DEFAULT_TASK_DEADLINE,
         metavar="SECONDS",
         help="no retry of a task starts this long after its first attempt, nor a retry of an "
-        f"answer's image links this long after its first download (default {DEFAULT_TASK_DEADLINE:g})",
+        f"answer's image links this long after its first download (default {DEFAULT_TASK_DEADLINE:g}); "
+        f"a task still answered 429 then is left pending (exit {EXIT_UNAVAILABLE}), not failed",
     )
     retries.add_argument(
         "--backoff",

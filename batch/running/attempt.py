@@ -34,7 +34,14 @@ from batch.running.bookkeeping import bill, result_line
 from batch.running.client import Reply
 from batch.running.context import AttemptContext, Stopped, TaskState
 from batch.running.imaging import decode_images
-from batch.running.retry import RetryNotice, SharedRetries, Verdict, call_with_retries, classify
+from batch.running.retry import (
+    RetryNotice,
+    SharedRetries,
+    Verdict,
+    call_with_retries,
+    classify,
+    rate_limited,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +65,7 @@ class TaskAttempts:
         self.maybe_billed = 0  # this run's requests that may have been billed without a saved result
         self.maybe_billed_counted = 0  # of them, those whose usage so far is in the ledger (and its cost)
         self.reached = False  # the API has answered this run (any HTTP answer): its address is right
+        self.left_rate_limited = 0  # tasks left pending: their retries ended on a 429 (rate_limited)
         # answers/.to-finish.jsonl is read and written whole: by one task at a time, or a change is lost
         self._to_finish = anyio.Lock()
 
@@ -81,7 +89,8 @@ class TaskAttempts:
                     sleep=ctx.sleep,
                     on_retry=lambda notice: self._on_retry(spec, notice),
                     rng=ctx.rng,
-                    lost_to_outage=lambda error: state.lost_to_outage,
+                    # an outage's failure, or a 429, costs no attempt: --task-deadline bounds them
+                    lost_to_outage=lambda error: state.lost_to_outage or rate_limited(error),
                 )
         except Stopped:
             self._tally(state)
@@ -95,6 +104,17 @@ class TaskAttempts:
             if decision.verdict is Verdict.STOP:
                 self._tally(state)
                 ctx.stop(decision.reason, decision.exit_code)
+                return
+            if rate_limited(exc):  # its retries ended on "not now" (its deadline): pending, not failed
+                self.maybe_billed += state.maybe_billed
+                self.left_rate_limited += 1
+                logger.warning(
+                    "task %s: still answered 429 (rate limited) at its --task-deadline, after %d request(s): "
+                    "left pending for the next run (%s)",
+                    spec.id,
+                    state.attempts,
+                    describe(exc),
+                )
                 return
             await self._finish(spec, state, started, error=exc)
             return

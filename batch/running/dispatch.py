@@ -232,6 +232,13 @@ class Runner:
             if thumbnailer is not None:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(thumbnailer.close, limiter=self._threads)
+        left = self._attempts.left_rate_limited
+        if left and not self.stopping:  # not failed, and not done: the exit code says so (69, resumable)
+            self.stop(
+                f"{left:,} task(s) were still answered 429 (rate limited) at their --task-deadline: they are "
+                "left pending for the next run",
+                EXIT_UNAVAILABLE,
+            )
         with anyio.CancelScope(shield=True):
             try:
                 await self._out.sync()

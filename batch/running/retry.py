@@ -72,6 +72,13 @@ def retryable(error: BaseException) -> bool:
     return classify(error).verdict is Verdict.RETRY
 
 
+def rate_limited(error: BaseException | None) -> bool:
+    """A 429 to be retried: the service took nothing and billed nothing, it only said "not now". It costs
+    its task no attempt (a storm of them failed a night's tasks for good, six 429s each, in a minute),
+    and a task whose retries end on one (its --task-deadline) is left pending, never failed."""
+    return isinstance(error, ApiStatusError) and error.status == 429 and retryable(error)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Bounds on retrying one task: attempts *and* time, with full-jitter exponential backoff.
@@ -209,8 +216,8 @@ def retrying(
     shared: SharedRetries | None = None,
 ) -> AsyncRetrying:
     """The tenacity loop for one task, the only place attempts are counted. `sleep` lets the runner cut a
-    wait short when the run stops; `lost_to_outage` says whether an attempt's failure was the service's
-    outage, which costs the task no attempt (its own stop predicate); the deadline bounds them all.
+    wait short when the run stops; `lost_to_outage` says whether an attempt's failure costs the task no
+    attempt (the service's outage, or its 429: its own stop predicate); the deadline bounds them all.
     `before`, `excused_before` and `deadline` continue a task whose first attempt ran before the loop;
     `shared`: a budget of retries this loop shares with others (the links of one answer)."""
     generator = rng or random.Random()

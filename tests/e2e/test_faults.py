@@ -237,6 +237,53 @@ def test_rate_limited_requests_honour_retry_after(
     assert retried and all(r["seconds"] >= waited for r in retried)  # waited as told, though backoff is 0
 
 
+# A 429 is a refusal, not billed: "not now". A storm of them (Gemini's RESOURCE_EXHAUSTED, a gateway
+# shedding load) shorter than --outage-limit must not fail a night's tasks for good.
+@pytest.mark.timeout(60)
+def test_a_429_storm_shorter_than_the_outage_limit_fails_no_task(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Every request answered 429 for 2 s. Each 429 spent one of the task's --max-attempts (6): every task
+    failed for good within a second, and the night's line does not send a failed task again. A 429 now
+    costs no attempt: the tasks wait the storm out (its Retry-After obeyed), and are each bought once."""
+    manifest = write("tasks:\n" + CHAT_TASKS)
+    config = SimConfig(api_key=KEY, storm_429=2.0, retry_after=0.1, google_errors=True)
+    flags = ("--backoff", "0.05", "--backoff-max", "0.2", "--outage-limit", "60")
+    with simulator_in_thread(config) as sim:
+        outcome = cli("run", manifest, "--out", tmp_path / "out", *flags, env=env_for(sim))
+        statuses = sim.state.status_counts()
+        billed = [record.task_id for record in sim.state.records if record.billed_tokens]
+    assert outcome.code == 0, outcome.out + outcome.err
+    done = results(tmp_path / "out")
+    assert len(done) == 3 and all(r["status"] == "succeeded" for r in done.values())
+    assert max(r["attempts"] for r in done.values()) > 6  # more 429s than --max-attempts: none counted
+    assert statuses[429] >= 3 * 6 and statuses[200] == 3
+    assert sorted(billed) == sorted(done) and len(ledger(tmp_path / "out")) == 3
+
+
+@pytest.mark.timeout(60)
+def test_a_task_still_refused_429_at_its_task_deadline_is_left_pending_not_failed(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Bounded by time, not attempts: a task answered 429 until its --task-deadline stops trying, as any
+    task does then, but it is left pending (the run exits 69, resumable), not failed for good: a refusal
+    to take it now says nothing of the task. The next run, the storm over, buys it once."""
+    manifest = write("tasks:\n" + CHAT_TASKS)
+    out = tmp_path / "out"
+    flags = ("--backoff", "0.05", "--backoff-max", "0.1", "--task-deadline", "0.5", "--outage-limit", "60")
+    with simulator_in_thread(SimConfig(api_key=KEY, rate_429=1.0, retry_after=0)) as sim:
+        outcome = cli("run", manifest, "--out", out, *flags, env=env_for(sim))
+        refused = sim.state.status_counts()
+    assert outcome.code == 69, outcome.out + outcome.err
+    assert "3 task(s) were still answered 429 (rate limited) at their --task-deadline" in outcome.out
+    assert "3 not run" in outcome.out and results(out) == {} and refused == {429: refused[429]}
+    with simulator_in_thread(SimConfig(api_key=KEY)) as sim:
+        again = cli("run", manifest, "--out", out, *FAST, env=env_for(sim))
+        requests = sim.state.requests_total
+    assert again.code == 0, again.out + again.err
+    assert requests == 3 and all(r["status"] == "succeeded" for r in results(out).values())
+
+
 # API.md, "Errors": 408/409/429 are retried (429 "may carry `Retry-After` in seconds or as an HTTP date"),
 # and nothing they answer is billed.
 def test_408_and_409_are_retried_and_each_task_bought_once(

@@ -114,9 +114,9 @@ async def hostile(name: str, request: web.Request) -> web.StreamResponse:
     if name == "too-many-links":  # each a download of up to --max-answer-mb: none is fetched
         links = [{"url": f"http://{request.host}/files/{i}.png"} for i in range(5000)]
         return web.json_response({**IMAGE_ANSWER, "data": links})
-    if name == "retry-after-overflow":
+    if name == "retry-after-overflow":  # a 503: a 429 spends no attempt, and is asked until --task-deadline
         headers = {"Retry-After": "Wed, 21 Oct 2015 99999999999:28:00 GMT"}
-        return web.json_response({"error": {"message": "slow down"}}, status=429, headers=headers)
+        return web.json_response({"error": {"message": "slow down"}}, status=503, headers=headers)
     raise AssertionError(name)
 
 

@@ -18,6 +18,7 @@ from batch.running.retry import (
     Verdict,
     classify,
     parse_retry_after,
+    rate_limited,
     retryable,
     retrying,
 )
@@ -48,6 +49,22 @@ def test_fatal_errors_stop_the_run(error: ApiStatusError, code: int) -> None:
     assert decision.verdict is Verdict.STOP
     assert decision.exit_code == code
     assert error.message in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("error", "costs_no_attempt"),
+    [
+        (ApiStatusError(429, "slow down", retry_after=1.0), True),
+        (ApiStatusError(429, "Resource has been exhausted (e.g. check quota).", code="429"), True),
+        (ApiStatusError(429, "quota", code="insufficient_quota"), False),  # stops the run instead
+        (ApiStatusError(503, "overloaded", retry_after=1.0), False),  # the circuit breaker's
+        (TransportError("reset", maybe_billed=True), False),
+        (None, False),
+    ],
+)
+def test_only_a_429_to_retry_is_rate_limited(error: BaseException | None, costs_no_attempt: bool) -> None:
+    """A 429 to retry spends no attempt of its task (the runner's predicate), and ends it pending."""
+    assert rate_limited(error) is costs_no_attempt
 
 
 def test_unknown_model_404_fails_only_its_task() -> None:
