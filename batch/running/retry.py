@@ -75,8 +75,16 @@ def retryable(error: BaseException) -> bool:
 def rate_limited(error: BaseException | None) -> bool:
     """A 429 to be retried: the service took nothing and billed nothing, it only said "not now". It costs
     its task no attempt (a storm of them failed a night's tasks for good, six 429s each, in a minute),
-    and a task whose retries end on one (its --task-deadline) is left pending, never failed."""
-    return isinstance(error, ApiStatusError) and error.status == 429 and retryable(error)
+    and a task whose retries end on one (its --task-deadline) is left pending, never failed. Not one that
+    came after part of an answer (an error event in a stream, a usage beside it): that may be billed, and
+    spends an attempt as any paid failure does (free, it was bought a thousand times in a second)."""
+    return (
+        isinstance(error, ApiStatusError)
+        and error.status == 429
+        and error.usage is None
+        and not error.maybe_billed
+        and retryable(error)
+    )
 
 
 @dataclass(frozen=True)

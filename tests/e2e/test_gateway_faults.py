@@ -464,6 +464,36 @@ def test_a_gateway_that_answers_nothing_but_429_stops_the_run_at_the_outage_limi
     assert cli("status", out, "--json").code == 0
 
 
+@pytest.mark.timeout(60)
+def test_a_429_sent_after_part_of_a_stream_spends_an_attempt_as_it_may_have_been_billed(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A 429 costs no attempt because nothing was taken, nor billed. One sent as an error event after a
+    chunk that carried a usage came after part of an answer: billed, at least in part. It spends an
+    attempt as any paid failure does; free, it was bought again and again until --task-deadline."""
+    chunk = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Half"}, "finish_reason": None}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
+    error = {"error": {"message": "Resource has been exhausted (e.g. check quota).", "code": 429}}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return sse(json.dumps(chunk).encode(), json.dumps(error).encode())
+
+    manifest = write("tasks:\n  - {kind: chat, id: t, model: m, prompt: p, stream: true}\n")
+    out = tmp_path / "out"
+    with stub_server(handler) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        flags = ("--task-deadline", "5", "--outage-limit", "60")
+        outcome = cli("run", manifest, "--out", out, *FAST, *ATTEMPTS, *flags, env=env)
+    assert outcome.code == 1, outcome.out + outcome.err
+    record = results(out)["t"]
+    assert record["status"] == "failed" and record["attempts"] == 3 == len(stub.requests)
+    assert record["maybe_billed"] == 3 and len(ledger(out)) == 3
+
+
 # --- bytes that are no HTTP after a whole answer ----------------------------------------------------------
 
 WHOLE = http_answer(

@@ -51,6 +51,14 @@ def test_fatal_errors_stop_the_run(error: ApiStatusError, code: int) -> None:
     assert error.message in decision.reason
 
 
+def billed_429(**attributes: object) -> ApiStatusError:
+    """A 429 sent as an error event after part of a stream: with the usage it reported, or maybe billed."""
+    error = ApiStatusError(429, "slow down")
+    for name, value in attributes.items():
+        setattr(error, name, value)
+    return error
+
+
 @pytest.mark.parametrize(
     ("error", "costs_no_attempt"),
     [
@@ -60,6 +68,8 @@ def test_fatal_errors_stop_the_run(error: ApiStatusError, code: int) -> None:
         (ApiStatusError(503, "overloaded", retry_after=1.0), False),  # the circuit breaker's
         (TransportError("reset", maybe_billed=True), False),
         (None, False),
+        (billed_429(usage={"total_tokens": 5}), False),  # after part of an answer: billed, in part
+        (billed_429(maybe_billed=True), False),
     ],
 )
 def test_only_a_429_to_retry_is_rate_limited(error: BaseException | None, costs_no_attempt: bool) -> None:
