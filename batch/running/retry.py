@@ -105,7 +105,8 @@ class RetryPolicy:
     def wait(self, attempt: int, error: BaseException | None, rng: random.Random) -> float:
         """Seconds to wait after the `attempt`-th attempt failed with `error`."""
         retry_after = error.retry_after if isinstance(error, ApiError) else None
-        ceiling = min(self.backoff_max, self.backoff_base * 2 ** max(0, attempt - 1))
+        # the exponent capped: 429s spend no attempt, and 2 ** 1024 is past a float (OverflowError)
+        ceiling = min(self.backoff_max, self.backoff_base * 2.0 ** min(max(0, attempt - 1), 64))
         backoff = rng.uniform(0, ceiling)
         if retry_after is not None and 0 <= retry_after <= self.retry_after_max:
             return max(retry_after + rng.uniform(0, min(1.0, retry_after * 0.1)), backoff)
