@@ -32,7 +32,7 @@ from batch.running.answers import answer_id, describe, failure_kind, short, stre
 from batch.running.bodies import running_usage
 from batch.running.bookkeeping import bill, result_line
 from batch.running.client import Reply
-from batch.running.context import AttemptContext, Stopped, TaskState
+from batch.running.context import AttemptContext, EndpointGivenUp, Stopped, TaskState
 from batch.running.imaging import decode_images
 from batch.running.retry import (
     RetryNotice,
@@ -65,7 +65,10 @@ class TaskAttempts:
         self.maybe_billed = 0  # this run's requests that may have been billed without a saved result
         self.maybe_billed_counted = 0  # of them, those whose usage so far is in the ledger (and its cost)
         self.reached = False  # the API has answered this run (any HTTP answer): its address is right
-        self.left_rate_limited = 0  # tasks left pending: their retries ended on a 429 (rate_limited)
+        # tasks left pending, rate limited: still answered 429 at their --task-deadline (rate_limited), and
+        # those whose endpoint was given up (ServiceHealth.given_up)
+        self.left_at_deadline = 0
+        self.left_given_up = 0
         # answers/.to-finish.jsonl is read and written whole: by one task at a time, or a change is lost
         self._to_finish = anyio.Lock()
 
@@ -75,6 +78,9 @@ class TaskAttempts:
         kind = ctx.registry[spec.kind]
         state = TaskState(carried=ctx.interrupted.get(spec.id, 0))
         started = time.monotonic()
+        if ctx.health.given_up(spec.endpoint) and spec.id not in ctx.kept:
+            self.left_given_up += 1  # nothing more goes to that endpoint in this run: pending
+            return
         ctx.emit(TaskStarted(spec.id, spec.kind))
         kept = ctx.kept.get(spec.id)
         if kept is not None and kept.request_sha256 != spec.request:
@@ -86,7 +92,8 @@ class TaskAttempts:
                 await call_with_retries(
                     ctx.settings.retry,
                     lambda: self._attempt(spec, kind, state),
-                    sleep=ctx.sleep,
+                    # cut short when the run stops, or when the endpoint is given up (EndpointGivenUp)
+                    sleep=lambda seconds: ctx.health.pause(spec.endpoint, seconds),
                     on_retry=lambda notice: self._on_retry(spec, notice),
                     rng=ctx.rng,
                     # an outage's failure, or a 429, costs no attempt: --task-deadline bounds them
@@ -94,6 +101,10 @@ class TaskAttempts:
                 )
         except Stopped:
             self._tally(state)
+            return
+        except EndpointGivenUp:  # its endpoint answers nothing but 429: pending, for the next run
+            self.maybe_billed += state.maybe_billed
+            self.left_given_up += 1
             return
         except OutputError as exc:
             self._tally(state)
@@ -107,7 +118,7 @@ class TaskAttempts:
                 return
             if rate_limited(exc):  # its retries ended on "not now" (its deadline): pending, not failed
                 self.maybe_billed += state.maybe_billed
-                self.left_rate_limited += 1
+                self.left_at_deadline += 1
                 logger.warning(
                     "task %s: still answered 429 (rate limited) at its --task-deadline, after %d request(s): "
                     "left pending for the next run (%s)",
@@ -238,6 +249,8 @@ class TaskAttempts:
         ctx = self._ctx
         if ctx.stopping():
             raise Stopped
+        if ctx.health.given_up(spec.endpoint):
+            raise EndpointGivenUp
         if spec.inputs:
             read = checked_reader(spec.inputs.values())
             try:
@@ -345,7 +358,7 @@ class TaskAttempts:
             reply.status,
             reply.seconds,
         )  # logged done once the task's result line is written
-        ctx.health.succeeded()
+        ctx.health.succeeded(spec.endpoint)
         self.durations.append(reply.seconds)
         return reply
 
@@ -400,7 +413,7 @@ class TaskAttempts:
             if exc.retry:  # garbled on the way: the service (or the path to it) is failing
                 state.lost_to_outage = not health.failed(exc.message, state.probe)
             else:  # a whole answer: the service is up
-                health.succeeded()
+                health.succeeded(spec.endpoint)
             if exc.usage is not None:
                 await bill(self._ctx, spec, kind, request_id, exc.usage, state)
                 state.maybe_billed_counted += exc.maybe_billed  # a usage so far: in the ledger
@@ -416,9 +429,11 @@ class TaskAttempts:
             if exc.status is not None and (exc.status >= 500 or exc.status == 408):
                 state.lost_to_outage = not health.failed(str(exc), state.probe)
             elif exc.status == 429 and classify(exc).verdict is Verdict.RETRY:
-                health.throttled(str(exc))  # up, but nothing else for --outage-limit stops the run
+                # up, but nothing else for --outage-limit stops the run (or, while another endpoint
+                # answers, leaves this one's tasks pending)
+                health.throttled(str(exc), spec.endpoint)
             else:
-                health.succeeded()  # the service is up; it refused this request
+                health.succeeded(spec.endpoint)  # the service is up; it refused this request
             # an error sent inside a stream, or beside a usage: what came before it was billed
             if exc.usage is not None:
                 await bill(self._ctx, spec, kind, request_id, exc.usage, state)

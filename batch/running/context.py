@@ -78,3 +78,8 @@ class TaskState:
 
 class Stopped(Exception):
     """The run stopped before this attempt could be sent."""
+
+
+class EndpointGivenUp(Exception):
+    """The task's endpoint has answered nothing but 429 for --outage-limit while another endpoint answered
+    (ServiceHealth.given_up): the task is left pending, for the next run."""

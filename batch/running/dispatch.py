@@ -232,13 +232,8 @@ class Runner:
             if thumbnailer is not None:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(thumbnailer.close, limiter=self._threads)
-        left = self._attempts.left_rate_limited
-        if left and not self.stopping:  # not failed, and not done: the exit code says so (69, resumable)
-            self.stop(
-                f"{left:,} task(s) were still answered 429 (rate limited) at their --task-deadline: they are "
-                "left pending for the next run",
-                EXIT_UNAVAILABLE,
-            )
+        if not self.stopping:  # tasks rate limited are not failed, and not done: 69 says so (resumable)
+            self._left_rate_limited()
         with anyio.CancelScope(shield=True):
             try:
                 await self._out.sync()
@@ -252,6 +247,26 @@ class Runner:
         # the dispatch is over: its walk of the manifest is not read again
         self._tasks = iter(())
         return summary
+
+    def _left_rate_limited(self) -> None:
+        """Stop (69) if tasks were left pending, rate limited, though every other task ran."""
+        attempts = self._attempts
+        left = attempts.left_at_deadline + attempts.left_given_up
+        if not left:
+            return
+        why = []
+        if attempts.left_given_up:
+            endpoints = ", ".join(self._health.endpoints_given_up) or "?"
+            why.append(
+                f"{attempts.left_given_up:,} of endpoint(s) {endpoints}, which answered nothing but HTTP 429 "
+                f"(rate limited) for --outage-limit ({self._settings.outage_limit:g} s)"
+            )
+        if attempts.left_at_deadline:
+            why.append(f"{attempts.left_at_deadline:,} still answered 429 at their --task-deadline")
+        self.stop(
+            f"{left:,} task(s) left pending, rate limited ({'; '.join(why)}): the next run sends them",
+            EXIT_UNAVAILABLE,
+        )
 
     async def _dispatch(
         self,

@@ -14,6 +14,12 @@ A 429 is an answer (the service is up, and paces this caller), not an outage's f
 circuit like any answer. But a service that answers nothing but 429 for `outage_limit` stops the run the
 same way: a gateway that throttles for good, each 429 with `Retry-After: 300` obeyed, held a run for days
 and failed every task after its attempts, the outage limit never reached.
+
+One endpoint (deployment) that answers nothing but 429 for `outage_limit` while another endpoint answers
+(a chat model's quota spent for the day, the image model fine) is given up alone: its tasks are left
+pending and the run goes on with the others'. A 429 costs no attempt, so each of its tasks would
+otherwise hold a worker until its --task-deadline, and once every worker held one the run stopped with
+the other endpoints' tasks never sent.
 """
 
 from __future__ import annotations
@@ -57,6 +63,10 @@ class ServiceHealth:
         self._probe_sent: float | None = None  # when it was sent; None: it waits to be (a pacer, a slot)
         self._released = False
         self._throttled_since: float | None = None  # the first 429 since the last answer that was not one
+        # the same, endpoint by endpoint; the endpoints that answered otherwise; those given up (left alone)
+        self._endpoint_throttled: dict[str, float] = {}
+        self._endpoints_answered: set[str] = set()
+        self._given_up: set[str] = set()
         self._changed = anyio.Event()
         self.last_error = ""
         self.outages = 0  # times the circuit opened
@@ -105,43 +115,109 @@ class ServiceHealth:
         Runs beside the work until the run cancels it."""
         while not self._released:
             now = self._clock()
+            self._give_up_endpoints(now)  # first: an endpoint given up alone does not stop the run
             throttled_until = self._throttled_until()
             if now >= throttled_until:  # nothing but 429 since then: as an outage, the run stops
                 self._give_up_throttled(now)
                 return
+            next_check = min(throttled_until, self._endpoint_due())
             if self._opened_at is None:
-                if throttled_until == math.inf:
+                if next_check == math.inf:
                     await self._changed.wait()
                 else:
-                    await self._wait(throttled_until - now)
+                    await self._wait(next_check - now)
                 continue
             limit = self._opened_at + self.outage_limit
             waiting = self._probe_deadline(now)
             if now < limit:
-                await self._wait(min(limit, throttled_until) - now)
+                await self._wait(min(limit, next_check) - now)
             elif waiting is not None:
-                await self._wait(min(waiting, throttled_until) - now)
+                await self._wait(min(waiting, next_check) - now)
             else:
                 self._give_up(now)
                 return
 
-    def succeeded(self) -> None:
-        """The service answered (any answer that is not a transient failure, nor a 429)."""
+    def succeeded(self, endpoint: str | None = None) -> None:
+        """The service answered (any answer that is not a transient failure, nor a 429); `endpoint`: the
+        endpoint that answered, whose count of 429s starts again (and which is no longer given up)."""
         self._throttled_since = None
+        if endpoint is not None:
+            self._endpoint_throttled.pop(endpoint, None)
+            self._given_up.discard(endpoint)
+            if endpoint not in self._endpoints_answered:
+                self._endpoints_answered.add(endpoint)
+                self._wake()  # another endpoint answers: one that throttles for good may be given up
         self._answered()
 
-    def throttled(self, error: str) -> None:
-        """A 429 (rate limited, to be retried): the service answers, so an outage's count of failures ends
-        as with any answer; but once it has answered nothing else for `outage_limit`, the run stops as in
-        an outage (this 429, or `watch` while every task waits out a Retry-After)."""
+    def throttled(self, error: str, endpoint: str = "") -> None:
+        """A 429 (rate limited, to be retried) from `endpoint`: the service answers, so an outage's count
+        of failures ends as with any answer; but once it has answered nothing else for `outage_limit`, the
+        run stops as in an outage (this 429, or `watch` while every task waits out a Retry-After). An
+        endpoint that has answered nothing else for that long, while another answers, is given up alone."""
         now = self._clock()
         self._answered()
         self.last_error = error
+        if endpoint in self._given_up:
+            return  # sent before it was given up: it counts no more against the run
+        self._endpoint_throttled.setdefault(endpoint, now)
+        if self._give_up_endpoints(now) and endpoint in self._given_up:
+            return
         if self._throttled_since is None:
             self._throttled_since = now
             self._wake()  # the watch counts from now
         elif now >= self._throttled_until():
             self._give_up_throttled(now)
+
+    @property
+    def endpoints_given_up(self) -> list[str]:
+        return sorted(self._given_up)
+
+    def given_up(self, endpoint: str) -> bool:
+        """Whether `endpoint` has answered nothing but 429 for `outage_limit` while another endpoint
+        answered: its tasks are left pending, and nothing more is sent to it in this run."""
+        return endpoint in self._given_up
+
+    async def pause(self, endpoint: str, seconds: float) -> None:
+        """A task's wait before its next attempt to `endpoint`: cut short when the run stops, or when the
+        endpoint is given up (its tasks are then left pending, not held until the end of their waits)."""
+        until = self._clock() + seconds
+        while not self._released and endpoint not in self._given_up:
+            left = until - self._clock()
+            if left <= 0:
+                return
+            await self._wait(left)
+
+    def _give_up_endpoints(self, now: float) -> bool:
+        """Give up each endpoint that has answered nothing but 429 for `outage_limit`, where another
+        endpoint (not given up) has answered in this run: the run goes on with that one. Where none has,
+        nothing says that the others work, and the run-wide rule stops the run. Returns whether any was."""
+        gave_up = False
+        for endpoint, since in list(self._endpoint_throttled.items()):
+            if now - since < self.outage_limit or not self._endpoints_answered - self._given_up - {endpoint}:
+                continue
+            del self._endpoint_throttled[endpoint]
+            self._given_up.add(endpoint)
+            gave_up = True
+            log.warning(
+                "endpoint %s has answered nothing but HTTP 429 (rate limited) for %.0f s (last: %s): its "
+                "tasks are left pending for the next run, and the run goes on with the other endpoints'",
+                endpoint,
+                now - since,
+                self.last_error,
+            )
+        if gave_up:
+            self._throttled_since = None  # the run goes on without them: their 429s count no more
+            self._wake()
+        return gave_up
+
+    def _endpoint_due(self) -> float:
+        """When the next endpoint may be given up (inf: none can be, no other endpoint having answered)."""
+        due = [
+            since + self.outage_limit
+            for endpoint, since in self._endpoint_throttled.items()
+            if self._endpoints_answered - self._given_up - {endpoint}
+        ]
+        return min(due, default=math.inf)
 
     def _answered(self) -> None:
         self._in_a_row = 0

@@ -275,7 +275,9 @@ def test_a_task_still_refused_429_at_its_task_deadline_is_left_pending_not_faile
         outcome = cli("run", manifest, "--out", out, *flags, env=env_for(sim))
         refused = sim.state.status_counts()
     assert outcome.code == 69, outcome.out + outcome.err
-    assert "3 task(s) were still answered 429 (rate limited) at their --task-deadline" in outcome.out
+    assert (
+        "3 task(s) left pending, rate limited (3 still answered 429 at their --task-deadline)" in outcome.out
+    )
     assert "3 not run" in outcome.out and results(out) == {} and refused == {429: refused[429]}
     with simulator_in_thread(SimConfig(api_key=KEY)) as sim:
         again = cli("run", manifest, "--out", out, *FAST, env=env_for(sim))

@@ -157,6 +157,69 @@ async def test_nothing_but_429_is_given_up_at_the_limit_though_every_task_waits_
     assert len(outages) == 1 and "answered nothing but HTTP 429" in outages[0]
 
 
+@pytest.mark.timeout(30)
+def test_an_endpoint_that_answers_nothing_but_429_while_another_answers_is_given_up_alone() -> None:
+    """The chat endpoint throttled for good, the image one fine: the chat endpoint is given up at the limit
+    (its tasks left pending) and the run goes on; an answer from it again takes it back."""
+    clock = Clock()
+    outages: list[str] = []
+    health = ServiceHealth(2, 60, outages.append, clock=clock)
+    health.throttled("HTTP 429: spent", "chat")
+    health.succeeded("images")
+    clock.now += 59
+    health.throttled("HTTP 429: spent", "chat")
+    health.succeeded("images")
+    assert not health.given_up("chat")
+    clock.now += 1
+    health.throttled("HTTP 429: spent", "chat")
+    assert health.given_up("chat") and not health.given_up("images") and outages == []
+    assert health.endpoints_given_up == ["chat"]
+    clock.now += 120  # its 429s no longer count against the run, though nothing else came since
+    health.throttled("HTTP 429: sent before", "chat")
+    assert outages == []
+    health.throttled("HTTP 429: slow down", "images")  # the other endpoint's count is its own
+    clock.now += 60
+    health.throttled("HTTP 429: slow down", "images")  # no endpoint answers now: the run stops
+    assert len(outages) == 1 and "answered nothing but HTTP 429" in outages[0]
+    assert not health.given_up("images")
+    health.succeeded("chat")  # a request sent before it was given up came back answered: it is back
+    assert not health.given_up("chat")
+
+
+def test_an_endpoint_is_not_given_up_alone_where_no_other_has_answered() -> None:
+    """Nothing says that another endpoint works: the run-wide rule decides, and stops the run."""
+    clock = Clock()
+    outages: list[str] = []
+    health = ServiceHealth(2, 60, outages.append, clock=clock)
+    health.succeeded("chat")  # it answered once; then it throttles for good
+    health.throttled("HTTP 429: spent", "chat")
+    clock.now += 60
+    health.throttled("HTTP 429: spent", "chat")
+    assert not health.given_up("chat") and len(outages) == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(30)
+async def test_the_watch_gives_an_endpoint_up_at_its_limit_and_wakes_its_tasks_from_their_waits() -> None:
+    """Every task of the throttled endpoint asleep in a Retry-After of 300 s: the watch gives the endpoint
+    up at the limit, and their waits end then, not 300 s later, freeing their workers for other tasks."""
+    import time
+
+    outages: list[str] = []
+    health = ServiceHealth(1, 0.2, outages.append)
+    health.succeeded("images")
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(health.watch)
+            await anyio.wait_all_tasks_blocked()
+            throttled = time.monotonic()
+            health.throttled("HTTP 429: slow down", "chat")
+            await health.pause("chat", 300)
+            assert health.given_up("chat") and time.monotonic() - throttled >= 0.2
+            group.cancel_scope.cancel()
+    assert outages == []
+
+
 def test_recover_marks_requests_of_a_killed_run_as_maybe_billed(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     runs.mkdir()
