@@ -243,11 +243,11 @@ def test_rate_limited_requests_honour_retry_after(
 def test_a_429_storm_shorter_than_the_outage_limit_fails_no_task(
     cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """Every request answered 429 for 2 s. Each 429 spent one of the task's --max-attempts (6): every task
+    """Every request answered 429 for 3 s. Each 429 spent one of the task's --max-attempts (6): every task
     failed for good within a second, and the night's line does not send a failed task again. A 429 now
     costs no attempt: the tasks wait the storm out (its Retry-After obeyed), and are each bought once."""
     manifest = write("tasks:\n" + CHAT_TASKS)
-    config = SimConfig(api_key=KEY, storm_429=2.0, retry_after=0.1, google_errors=True)
+    config = SimConfig(api_key=KEY, storm_429=3.0, retry_after=0.1, google_errors=True)
     flags = ("--backoff", "0.05", "--backoff-max", "0.2", "--outage-limit", "60")
     with simulator_in_thread(config) as sim:
         outcome = cli("run", manifest, "--out", tmp_path / "out", *flags, env=env_for(sim))
