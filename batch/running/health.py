@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 
 import anyio
+import anyio.lowlevel
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,7 @@ class ServiceHealth:
         """A task's wait before its next attempt to `endpoint`: cut short when the run stops, or when the
         endpoint is given up (its tasks are then left pending, not held until the end of their waits)."""
         until = self._clock() + seconds
+        await anyio.lowlevel.checkpoint()  # a wait of 0 lets the others run too, as a sleep(0) does
         while not self._released and endpoint not in self._given_up:
             left = until - self._clock()
             if left <= 0:

@@ -220,6 +220,23 @@ async def test_the_watch_gives_an_endpoint_up_at_its_limit_and_wakes_its_tasks_f
     assert outages == []
 
 
+@pytest.mark.anyio
+@pytest.mark.timeout(30)
+async def test_a_retry_wait_of_nothing_still_lets_the_other_tasks_run_first() -> None:
+    """A task's retry wait of 0 (--backoff 0, a Retry-After of 0) is a checkpoint, as the run's sleep
+    was: a task retrying at once does not keep the others from their turn."""
+    health = ServiceHealth(1, 60, [].append)
+    ran: list[str] = []
+
+    async def other() -> None:
+        ran.append("other")
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(other)
+        await health.pause("ep", 0)
+        assert ran == ["other"]
+
+
 def test_recover_marks_requests_of_a_killed_run_as_maybe_billed(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     runs.mkdir()
