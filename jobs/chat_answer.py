@@ -313,7 +313,14 @@ def _merge_function(target: dict[str, Any], piece: Mapping[str, Any]) -> None:
 
 
 def stream_complete(fields: Mapping[str, Any], chunks: list[Any]) -> bool:
-    """A stream that ended without `data: [DONE]` is whole when every one of its `n` choices finished."""
+    """A stream that ended without `data: [DONE]` is whole when every one of its `n` choices finished, or
+    when it ended on a usage chunk of its own (`choices` empty or absent): the count of the whole request,
+    which a server sends once, after its choices are done (OpenAI's `stream_options.include_usage`), so
+    the answer was whole though a gateway dropped the finish reasons or sent fewer choices than `n`. A
+    usage on a chunk of a choice (a gateway's count so far, on every chunk) says nothing of the end."""
+    last = chunks[-1] if chunks else None
+    if isinstance(last, Mapping) and isinstance(last.get("usage"), Mapping) and not last.get("choices"):
+        return True
     n = fields.get("n", 1)
     n = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
     finished = {choice["index"] for choice in assemble_stream(chunks)["choices"] if choice["finish_reason"]}

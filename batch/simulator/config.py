@@ -72,6 +72,9 @@ ANSWER_SHAPES: tuple[str, ...] = (
     "thinking_in_total",  # chat: thinking_tokens reported only in total_tokens (total > prompt + completion)
     "cached",  # chat: usage.prompt_tokens_details.cached_tokens = prompt_tokens // 2
     "no_done",  # chat stream: ends without data: [DONE] after the usage chunk
+    # chat stream: no chunk carries a finish_reason (a gateway that drops them); the usage chunk, where sent,
+    # still comes once the choices are done
+    "no_finish",
     "no_usage",  # chat: no usage anywhere (no usage chunk, no usage key); billed all the same
     "usage_every_chunk",  # chat stream: every chunk carries the cumulative usage, the last the full one
     "sse_noise",  # chat stream: ": keep-alive" comments, event: and id: lines, CRLF line ends

@@ -34,6 +34,7 @@ IMAGE_SHAPES = URL_SHAPES | {"data_url", "b64_lines", "fewer", "error200"}
 STREAM_SHAPES = frozenset(
     {
         "no_done",
+        "no_finish",
         "usage_every_chunk",
         "sse_noise",
         "sse_cr",
@@ -433,6 +434,8 @@ def stream_events(
                 choice = {"index": index, "delta": deltas[position], "finish_reason": None}
                 chunks.append({**base, "choices": [choice]})
     for index, shaped in enumerate(plan.choices):
+        if "no_finish" in plan.shapes:  # a gateway that drops them: the choices' pieces, then the usage
+            break
         finish = shaped.finish_reason
         if "tool_calls_unindexed" in plan.shapes:  # Gemini's streams end tool calls with "stop"
             finish = "stop"

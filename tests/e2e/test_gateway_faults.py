@@ -227,6 +227,100 @@ def test_a_stream_cut_before_its_choice_finished_is_asked_again(
     assert results(out)["cut"]["text"] == "hello" and requests == 2
 
 
+def _events(*events: dict[str, Any]) -> bytes:
+    return b"".join(b"data: " + json.dumps(event).encode() + b"\n\n" for event in events)
+
+
+USAGE_CHUNK = {
+    "id": "c",
+    "choices": [],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
+}
+# Streams that end on the usage chunk of the whole request, with no [DONE] (a server sends that chunk once,
+# after its choices are done): whole, whatever finish reasons a gateway left out. (text, status) expected.
+ENDED_ON_USAGE = {
+    "no finish reason": (
+        _events({"id": "c", "choices": [{"index": 0, "delta": {"content": "hello"}}]}, USAGE_CHUNK),
+        ("hello", "succeeded"),
+    ),
+    "usage without a choices key": (
+        _events(
+            {"id": "c", "choices": [{"index": 0, "delta": {"content": "hello"}}]},
+            {"id": "c", "usage": USAGE_CHUNK["usage"]},
+        ),
+        ("hello", "succeeded"),
+    ),
+    # an answer of no choice at all (a prompt the model would not answer): kept and failed, as with [DONE]
+    "the usage alone": (_events(USAGE_CHUNK), (None, "failed")),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(ENDED_ON_USAGE))
+def test_a_stream_that_ends_on_its_usage_without_done_is_whole_and_bought_once(
+    shape: str, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    body, (text, task_status) = ENDED_ON_USAGE[shape]
+
+    def answer(key: str, number: int) -> bytes:
+        return http_answer(
+            "200 OK", [("Content-Type", "text/event-stream"), ("Content-Length", str(len(body)))], body
+        )
+
+    outcome, out, requests = one_stream(cli, write, tmp_path, answer)
+    record = results(out)["cut"]
+    assert outcome.code == (0 if task_status == "succeeded" else 1), outcome.err
+    assert requests == 1, record  # not bought again
+    assert record["status"] == task_status and record.get("text") == text, record
+    assert "maybe_billed" not in record
+    assert [line["total_tokens"] for line in ledger(out)] == [12]
+    if task_status == "failed":
+        assert (out / record["answer_file"]).read_bytes() == body  # kept as it came
+
+
+def test_a_stream_of_fewer_choices_than_n_that_ends_on_its_usage_is_whole(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """n: 2 asked, one choice sent and finished (a gateway that makes one), then the usage: whole."""
+    body = _events(
+        {"id": "c", "choices": [{"index": 0, "delta": {"content": "hello"}, "finish_reason": "stop"}]},
+        USAGE_CHUNK,
+    )
+    manifest = write("tasks:\n  - {kind: chat, id: two, model: m, prompt: hi, stream: true, n: 2}\n")
+    out = tmp_path / "out"
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="text/event-stream")
+
+    with stub_server(handler) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        outcome = cli("run", manifest, "--out", out, *FAST, *ATTEMPTS, env=env)
+        requests = len(stub.requests)
+    assert outcome.code == 0, outcome.err
+    assert requests == 1 and results(out)["two"]["text"] == "hello"
+
+
+def test_a_stream_cut_after_a_usage_chunk_and_more_of_its_answer_is_asked_again(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A usage chunk of its own in the middle (a gateway's count so far), then a piece of the answer, then
+    the end: the stream did not end on its usage, its choice never finished. Cut: asked again."""
+    cut = _events(
+        {"id": "c", "choices": [{"index": 0, "delta": {"content": "hel"}}]},
+        USAGE_CHUNK,
+        {"id": "c", "choices": [{"index": 0, "delta": {"content": "lo"}}]},
+    )
+
+    def answer(key: str, number: int) -> bytes:
+        body = FINISHED if number == 2 else cut
+        return http_answer(
+            "200 OK", [("Content-Type", "text/event-stream"), ("Content-Length", str(len(body)))], body
+        )
+
+    outcome, out, requests = one_stream(cli, write, tmp_path, answer)
+    assert outcome.code == 0, outcome.err
+    assert results(out)["cut"]["text"] == "hello" and requests == 2
+
+
 # --- a usage that reads as no count ---------------------------------------------------------------------
 
 UNREADABLE_USAGE = {

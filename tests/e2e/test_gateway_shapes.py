@@ -413,6 +413,54 @@ def test_streams_without_done_with_running_usage_or_with_noise_are_whole_answers
     billed_once_and_recorded(out, state)
 
 
+def test_a_stream_without_finish_reasons_or_done_that_ends_on_its_usage_is_bought_once(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A gateway that drops the finish reasons (`no_finish`) and the `[DONE]` (`no_done`): the pieces of
+    both choices, then the usage chunk of the whole request, then the end. Taken for a stream cut before
+    its choices finished, each answer was bought again, three times, and each task failed."""
+    tasks = "".join(
+        f"  - {{kind: chat, id: t{i}, model: m, prompt: question {i} here, stream: true, n: 2}}\n"
+        for i in range(3)
+    )
+    outcome, out, state = run_shapes(
+        cli, write, tmp_path, ["no_finish", "no_done"], tasks, "--outage-limit", "1"
+    )
+    assert outcome.code == 0, outcome.err + outcome.out
+    done = results(out)
+    for i in range(3):
+        record = done[f"t{i}"]
+        assert record["attempts"] == 1 and record["text"].startswith("Simulated answer 1"), record
+        assert record["texts"][1].startswith("Simulated answer 2")
+    assert state.requests_total == 3
+    billed_once_and_recorded(out, state)
+
+
+def test_a_stream_without_finish_reasons_cut_before_its_usage_is_still_asked_again(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The same gateway's stream cut on the way (`stream_cut`: before the usage chunk): its last event
+    is a piece of the answer, so it is cut, and asked again."""
+    manifest = write(
+        PRICES + "tasks:\n  - {kind: chat, id: t, model: m, prompt: hello there, stream: true}\n"
+    )
+    out = tmp_path / "out"
+    config = SimConfig(
+        api_key=KEY,
+        answers=frozenset({"no_finish", "no_done"}),
+        faults={"stream_cut": 1.0},
+        fault_once_per_task=True,
+        seed=5,
+    )
+    with simulator_in_thread(config) as sim:
+        outcome = cli("run", manifest, "--out", out, *FAST, "--outage-limit", "1", env=env_for(sim))
+        records = sim.state.records
+    assert outcome.code == 0, outcome.err
+    cut, whole = records
+    assert cut.fault == "stream_cut" and whole.fault is None
+    assert results(out)["t"]["attempts"] == 2 and results(out)["t"]["maybe_billed"] == 1
+
+
 # An answer sent as server-sent events to a request that did not ask for a stream (a gateway that streams
 # regardless, or `stream: true` passed under extra:): chat as its chunks, images as OpenAI's image stream,
 #   data: {"type": "image_generation.completed", "b64_json": "...", ..., "usage": {...}}

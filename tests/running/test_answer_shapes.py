@@ -269,6 +269,18 @@ def test_a_stream_without_done_is_whole_when_every_choice_finished() -> None:
     assert not chat.stream_complete({}, [{"choices": 1}, "junk", None])
 
 
+def test_a_stream_without_done_is_whole_when_it_ended_on_the_usage_of_the_whole_request() -> None:
+    usage = {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
+    pieces_only = [chunk({"content": "a"}, index=0), chunk({"content": "b"}, index=1)]
+    assert chat.stream_complete({"n": 2}, [*pieces_only, {"choices": [], "usage": usage}])
+    assert chat.stream_complete({"n": 2}, [*pieces_only, {"usage": usage}])
+    assert chat.stream_complete({}, [{"choices": [], "usage": usage}])  # an answer of no choice: whole
+    # a usage on a chunk of a choice is the count so far; one of its own that more pieces followed is too
+    assert not chat.stream_complete({}, [{**chunk({"content": "cut"}), "usage": usage}])
+    assert not chat.stream_complete({}, [{"choices": [], "usage": usage}, chunk({"content": "cut"})])
+    assert not chat.stream_complete({}, [{"choices": [], "usage": None}])
+
+
 async def pieces(*parts: bytes) -> AsyncIterator[bytes]:
     for part in parts:
         yield part

@@ -559,6 +559,17 @@ async def test_no_done_ends_after_usage() -> None:
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
 
 
+async def test_no_finish_streams_the_pieces_then_the_usage_with_no_finish_reason() -> None:
+    async with shaped("no_finish", "no_done") as client:
+        response, raw = await client.chat(stream=True, n=2)
+    chunks = [json.loads(event["data"]) for event in sse_events(raw)]
+    assert response.status == 200 and finishes(chunks) == {}
+    assert streamed_text(chunks, 0).startswith("Simulated answer 1")
+    assert streamed_text(chunks, 1).startswith("Simulated answer 2")
+    assert all("finish_reason" not in c or c["finish_reason"] is None for ch in chunks for c in ch["choices"])
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
+
+
 async def default_bill(**body: Any) -> int:
     async with shaped() as client:
         await client.chat(**body)
@@ -633,7 +644,7 @@ async def test_odd_streams_frame_the_same_events_as_the_format_allows(shape: str
 
 
 def test_answer_shapes_are_validated() -> None:
-    assert len(set(ANSWER_SHAPES)) == len(ANSWER_SHAPES) == 32
+    assert len(set(ANSWER_SHAPES)) == len(ANSWER_SHAPES) == 33
     with pytest.raises(ValueError, match="unknown answer shape 'nope'"):
         SimConfig(answers=frozenset({"nope"}))
     with pytest.raises(ValueError, match="cannot be on together"):
