@@ -11,7 +11,12 @@ not a power cut, and the kernel keeps a write that returned.
     {"event": "sent", "request_id": "fox/1a2b3c.1", "task_id": "fox", "at": ...}
     {"event": "done", "request_id": ..., "outcome": "answered" | "error" | "failed" | "cancelled"
        | "interrupted", "status": 200, "maybe_billed": false, "seconds": 1.2}
+    {"event": "kept", "request_id": ..., "task_id": ..., "ledger": {the answer's ledger line}}
     {"event": "end", "at": ..., "exit_code": 0, ...}
+
+A `kept` line comes before an answer whose images are to be fetched is kept in answers/, and that before
+its ledger line: a run killed between the answer kept and its ledger line leaves the line to the next run,
+which books it (`recover`) and finishes the task from the answer, where it would have bought it again.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ class Interrupted:
 
 # answers/: the paid answers whose tasks a killed run left unfinished (a line each, see KeptAnswer)
 TO_FINISH = ".to-finish.jsonl"
+KEPT = "kept"  # the run log's event: an answer kept in answers/ before its ledger line (RunLog.keeping)
 
 
 @dataclass(frozen=True)
@@ -135,17 +141,42 @@ def finished_from(root: Path, task_ids: set[str]) -> None:
     write_atomic(path, b"".join(map(encode_line, left)), fsync=True)
 
 
-def _kept(root: Path, pending: Mapping[str, str]) -> dict[str, KeptAnswer]:
+def _kept(
+    root: Path, pending: Mapping[str, str], unbooked: Mapping[str, Mapping[str, Any]], ledger: Journal | None
+) -> dict[str, KeptAnswer]:
     """Of the requests a killed run left without a `done` line and without a saved result, those whose
-    answer is in the ledger and kept whole in answers/ (as `_keep_raw` names it)."""
+    answer is kept whole in answers/ (as `_keep_raw` names it) and in the ledger. One kept whose ledger
+    line the kill left unwritten (`unbooked`: request id -> the line its run log's `kept` line holds) has
+    it written now, once and durably, through `ledger` (the run's own journal: its size stays true)."""
     if not pending:
         return {}
+    booked: list[Mapping[str, Any]] = []
+    lines = [line for line in read_lines(root / USAGE) if _named(line) in pending]
+    in_ledger = {line["request_id"] for line in lines}
+    for unbooked_id, line in unbooked.items():
+        if (
+            unbooked_id in pending
+            and unbooked_id not in in_ledger
+            and line.get("request_id") == unbooked_id
+            and line.get("task_id") == pending[unbooked_id]
+            and (root / _answer_file(unbooked_id)).is_file()
+        ):
+            booked.append(line)
+    if booked:
+        journal = ledger if ledger is not None else Journal(root / USAGE)
+        if ledger is None:
+            journal.open()
+        try:
+            journal.write_durably(booked)
+        finally:
+            if ledger is None:
+                journal.close()
     found: dict[str, KeptAnswer] = {}
-    for line in read_lines(root / USAGE):
+    for line in itertools.chain(lines, booked):
         request_id = line.get("request_id")
         if not isinstance(request_id, str) or request_id not in pending:
             continue
-        answer_file = f"{ANSWERS}/{request_id.replace('/', '.')}.json"
+        answer_file = _answer_file(request_id)
         if not (root / answer_file).is_file():
             continue
         cost = line.get("cost")
@@ -167,9 +198,21 @@ def _kept(root: Path, pending: Mapping[str, str]) -> dict[str, KeptAnswer]:
     return found
 
 
-def recover(folder: Path) -> Interrupted:
+def _named(line: Mapping[str, Any]) -> str | None:
+    """The request a ledger line names (None where it names none a hand could have written: a list)."""
+    named = line.get("request_id")
+    return named if isinstance(named, str) else None
+
+
+def _answer_file(request_id: str) -> str:
+    """Where `_keep_raw` keeps a JSON answer to the request, relative to DIR."""
+    return f"{ANSWERS}/{request_id.replace('/', '.')}.json"
+
+
+def recover(folder: Path, ledger: Journal | None = None) -> Interrupted:
     """Close the logs of runs that were killed: each request sent without a `done` line gets one that
-    says it was interrupted and may have been billed. Call it while holding DIR's lock."""
+    says it was interrupted and may have been billed, but one whose answer is kept in answers/ (in the
+    ledger, or booked there now: `ledger`, usage.jsonl's open journal). Call it while holding DIR's lock."""
     found = Interrupted()
     if not folder.is_dir():
         return found
@@ -177,8 +220,10 @@ def recover(folder: Path) -> Interrupted:
         if _ended(path):  # the usual case: read one line, not the whole log of a long run
             continue
         pending: dict[str, str] = {}
+        unbooked: dict[str, Mapping[str, Any]] = {}  # request id -> its ledger line, as a `kept` line has it
         ended = False
-        for record in map(attempt_log_line, read_lines(path)):
+        for line in read_lines(path):
+            record = attempt_log_line(line)
             if isinstance(record, AttemptRecord):
                 if record.event == "sent":
                     pending[record.request_id] = str(record.task_id)
@@ -186,11 +231,14 @@ def recover(folder: Path) -> Interrupted:
                     pending.pop(record.request_id, None)
             elif isinstance(record, RunRecord) and record.event == "end":
                 ended = True
+            elif line.get("event") == KEPT and isinstance(line.get("ledger"), dict):
+                unbooked[str(line.get("request_id"))] = line["ledger"]
         if ended:
             continue
         billed = saved(folder.parent, pending)
         # the answers a kill caught while their images were downloaded: the next run finishes from them
-        kept = _kept(folder.parent, {r: t for r, t in pending.items() if r not in billed})
+        left = {r: t for r, t in pending.items() if r not in billed}
+        kept = _kept(folder.parent, left, unbooked, ledger)
         if kept:  # written durably before the log says so: a kill in between finds them again
             list_path = folder.parent / ANSWERS / TO_FINISH
             lines = [*read_lines(list_path), *map(vars, kept.values())]
@@ -397,6 +445,14 @@ class RunLog:
             f'{{"event": "sent", "request_id": {_string(request_id)}, "task_id": {_string(task_id)}, '
             f'"t": {round(time.time(), 3)!r}}}\n'
         ).encode()
+        self._flush()
+
+    def keeping(self, request_id: str, task_id: str, ledger_line: Mapping[str, Any]) -> None:
+        """An answer is about to be kept in answers/ before its ledger line is written: the line, so that
+        a kill between the two leaves it for the next run to book (recover). In the kernel at once."""
+        self._pending += _line(
+            {"event": KEPT, "request_id": request_id, "task_id": task_id, "ledger": dict(ledger_line)}
+        )
         self._flush()
 
     async def published(self) -> None:

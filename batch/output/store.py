@@ -34,7 +34,7 @@ import re
 import secrets
 import shutil
 import stat
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -199,6 +199,16 @@ class Journal:
             except Exception as exc:  # the line is written: a view of it must not fail the run
                 log.warning("%s: a view of its lines failed (%s): it is told no more", self.path.name, exc)
                 self.tap = None
+
+    def write_durably(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Append lines and make them durable before returning (blocking: for a run's start)."""
+        self.write_bytes(b"".join(map(encode_line, records)))
+        if self.fsync:
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise OutputError(f"cannot sync {self.path.name}: {reason(exc)}") from exc
+            self._synced = self._written
 
     async def sync(self) -> None:
         """Wait until every line written so far is on disk (group commit: one fsync for many writers)."""

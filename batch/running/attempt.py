@@ -11,9 +11,10 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import replace
 from functools import partial
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import anyio
@@ -23,14 +24,14 @@ from batch.defaults import DOWNLOADS_AT_ONCE
 from batch.errors import ApiError, ApiStatusError, BrokenAnswerError, OutputError, TransportError
 from batch.events import AttemptFailed, TaskFinished, TaskStarted
 from batch.exitcodes import EXIT_BUDGET, EXIT_CONFIG, EXIT_DATAERR, EXIT_IOERR
-from batch.kind import ApiRequest, EncodedImage, TaskKind
+from batch.kind import Answer, ApiRequest, EncodedImage, TaskKind
 from batch.manifest.inputs import InputChanged, checked_reader, read_file
 from batch.manifest.tasks import TaskSpec
 from batch.output.runlog import UNSENT, KeptAnswer, finished_from, keep_to_finish
 from batch.output.store import OutputFile
 from batch.running.answers import answer_id, describe, failure_kind, short, stream_complete, usage_of
 from batch.running.bodies import running_usage
-from batch.running.bookkeeping import bill, result_line
+from batch.running.bookkeeping import bill, ledger_entry, result_line
 from batch.running.client import Reply
 from batch.running.context import AttemptContext, EndpointGivenUp, Stopped, TaskState
 from batch.running.imaging import decode_images
@@ -455,16 +456,53 @@ class TaskAttempts:
         """Bill an answer (at its usage, or at the estimate when it says none), then turn it into files
         and the task's answer. An answer that cannot be used was paid for all the same: its raw body is
         kept in answers/ and the task fails, never buying it again."""
-        await bill(self._ctx, spec, kind, request_id, usage_of(kind, reply.body), state)
-        await self._use(spec, kind, request_id, reply, state)
+        usage = usage_of(kind, reply.body)
+        try:
+            answer: Answer | None = kind.parse_answer(spec.fields, reply.body)
+        except Exception:
+            answer = None  # read again by _use, which fails the task and keeps the answer, once billed
+        links = answer is not None and any(image.url is not None for image in answer.images)
+        if links and isinstance(reply.body, dict):  # a stream's events (.sse) are not read again as JSON
+            await self._keep_first(spec, kind, request_id, reply, usage, state)
+        else:
+            await bill(self._ctx, spec, kind, request_id, usage, state)
+        await self._use(spec, kind, request_id, reply, state, answer)
+
+    async def _keep_first(
+        self,
+        spec: TaskSpec,
+        kind: TaskKind,
+        request_id: str,
+        reply: Reply,
+        usage: Mapping[str, Any] | None,
+        state: TaskState,
+    ) -> None:
+        """An answer whose images are to be fetched, kept in answers/ (durably) before its ledger line is
+        written, the run log saying first what that line is: a kill between the two leaves the answer for
+        the next run to finish the task from, its ledger line booked then from the run log
+        (runlog.recover), where a ledger line written first left an answer to buy again."""
+        ctx = self._ctx
+        entry = ledger_entry(ctx, spec, kind, request_id, usage, state)
+        ctx.log.keeping(request_id, spec.id, entry.line)
+        try:
+            await self._keep_raw(spec, request_id, reply, state)
+        finally:  # kept or not (a full disk), the answer was paid: in the ledger, whole
+            with anyio.CancelScope(shield=True):
+                await bill(ctx, spec, kind, request_id, usage, state, entry)
 
     async def _use(
-        self, spec: TaskSpec, kind: TaskKind, request_id: str, reply: Reply, state: TaskState
+        self,
+        spec: TaskSpec,
+        kind: TaskKind,
+        request_id: str,
+        reply: Reply,
+        state: TaskState,
+        parsed: Answer | None = None,
     ) -> None:
-        """A billed answer made into files and the task's answer (see _keep)."""
+        """A billed answer made into files and the task's answer (see _keep); `parsed`: read already."""
         threads = self._ctx.threads
         try:
-            answer = kind.parse_answer(spec.fields, reply.body)
+            answer = parsed if parsed is not None else kind.parse_answer(spec.fields, reply.body)
             images = answer.images
             # the images asked for (those sent, and those missing): a task of n > 1 names its images
             # <id>~<k>, k their place in the answer, however many of them came

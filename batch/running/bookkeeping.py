@@ -1,15 +1,17 @@
-"""What a task leaves in DIR about itself: a ledger line the moment an answer is billed (durably, before
-anything else is done with it), and its result line when it ends."""
+"""What a task leaves in DIR about itself: a ledger line the moment an answer is billed (before anything
+else is done with it but keeping an answer whose images are to be fetched), and its result line when it
+ends."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from batch.errors import ApiError, OutputError
 from batch.events import Billed
-from batch.kind import Answer, TaskKind, counts_readable
+from batch.kind import Answer, TaskKind, TokenCounts, counts_readable
 from batch.manifest.tasks import TaskSpec
 from batch.running.answers import error_record
 from batch.running.context import AttemptContext, TaskState
@@ -18,17 +20,26 @@ from batch.running.records import ResultRecord, TaskUsage, UsageRecord, now
 PROMPT_SHOWN = 2000  # characters of a prompt kept in its result line
 
 
-async def bill(
+@dataclass(frozen=True)
+class LedgerEntry:
+    """A billed answer's ledger line, made before it is written (see TaskAttempts._keep_first)."""
+
+    line: dict[str, Any]
+    counts: TokenCounts
+    cost: float | None
+
+
+def ledger_entry(
     ctx: AttemptContext,
     spec: TaskSpec,
     kind: TaskKind,
     request_id: str,
     usage: Mapping[str, Any] | None,
     state: TaskState,
-) -> None:
-    """Record a billed answer in the ledger, durably, before anything else is done with it. An answer
-    that reports no usage, or none that can be read (figures as strings, junk, no token at all), is
-    recorded at its estimate, marked `estimated`, so budgets count it; its usage is kept as it came."""
+) -> LedgerEntry:
+    """The ledger line of an answer. An answer that reports no usage, or none that can be read (figures
+    as strings, junk, no token at all), is recorded at its estimate, marked `estimated`, so budgets count
+    it; its usage is kept as it came."""
     counts = kind.token_counts(usage) if usage is not None and counts_readable(usage) else None
     estimated = counts is None or counts.total <= 0
     if counts is None or estimated:  # the first test narrows the type for mypy; estimated implies it
@@ -48,8 +59,25 @@ async def bill(
         estimated=estimated,
         request_sha256=spec.request,
     ).to_line()
+    return LedgerEntry(line, counts, cost)
+
+
+async def bill(
+    ctx: AttemptContext,
+    spec: TaskSpec,
+    kind: TaskKind,
+    request_id: str,
+    usage: Mapping[str, Any] | None,
+    state: TaskState,
+    entry: LedgerEntry | None = None,
+) -> None:
+    """Record a billed answer in the ledger (`entry`, made already, or its line made now: ledger_entry),
+    before anything else is done with it but keeping it (TaskAttempts._keep_first)."""
+    if entry is None:
+        entry = ledger_entry(ctx, spec, kind, request_id, usage, state)
+    counts, cost = entry.counts, entry.cost
     try:
-        await ctx.out.append(ctx.out.usage, line)
+        await ctx.out.append(ctx.out.usage, entry.line)
     except OutputError:
         state.maybe_billed += 1  # billed, but the ledger could not record it (a full disk)
         raise

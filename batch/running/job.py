@@ -334,7 +334,7 @@ class Job:
             skip = _within(self.config.only, skip)
         self._remember_plan()
         remember_format(self.out.root, self.checked.builder.settings.id_scheme)
-        interrupted = recover(self.out.runs)
+        interrupted = recover(self.out.runs, self.out.usage)
         self._ledger_start = self.out.usage.size  # the page's header: the ledger's lines before this run
         kept = kept_answers(self.out.root)  # answers killed runs paid for: their tasks finished from them
         if kept:

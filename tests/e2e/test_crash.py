@@ -8,8 +8,13 @@ start), not by sleeping, so they land all over a run: at start-up, mid-request, 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -17,13 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from PIL import Image
 
 from batch.errors import OutputError
 from batch.output.report import status
 from batch.output.store import OutputDir, finished_results
 from batch.simulator import SimConfig, simulator_in_thread
-from tests.conftest import KEY, Outcome, Run, env_for, ledger, results
+from tests.conftest import KEY, ROOT, Outcome, Run, env_for, ledger, results
+from tests.stub import stub_server
 
 KILLS = 20
 TASKS = 100
@@ -309,3 +316,126 @@ def test_a_kill_while_images_are_downloaded_is_finished_from_the_kept_answer_not
     found = status(out)
     assert found["maybe_billed"] == 0 and found["succeeded"] == 1, found
     assert not (out / "answers" / ".to-finish.jsonl").read_text()  # finished: nothing left to finish
+
+
+# A run killed (SIGKILL: nothing of it runs after) at one chosen moment of a paid answer's life, as the
+# `maas-batch run ARGS` command: `python -c KILLED_AT ARGS`, KILL_AT naming the moment.
+#   first_record: once the first of the answer's two records is written, its body kept in answers/ or its
+#     ledger line in usage.jsonl (whichever the run writes first): the moment between the two
+#   result_line: before its task's result line is written (both records written)
+KILLED_AT = """
+import os, signal, sys
+from batch.output.store import OutputDir
+
+append, save_answer, point = OutputDir.append, OutputDir.save_answer, os.environ["KILL_AT"]
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+async def append_or_die(self, journal, record):
+    if point == "result_line" and journal is self.results:
+        die()
+    await append(self, journal, record)
+    if point == "first_record" and journal is self.usage:
+        die()
+
+def save_then_die(self, name, data):
+    kept = save_answer(self, name, data)
+    if point == "first_record":
+        die()
+    return kept
+
+OutputDir.append, OutputDir.save_answer = append_or_die, save_then_die
+from batch.cli import command
+command()
+"""
+
+
+def killed_at(point: str, manifest: Path, out: Path, base_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
+    env.update(
+        MAAS_API_KEY=KEY, MAAS_BASE_URL=base_url, MAAS_ENDPOINT="ep", PYTHONPATH=str(ROOT), KILL_AT=point
+    )
+    argv = [sys.executable, "-c", KILLED_AT, "run", str(manifest), "--out", str(out), "--no-progress"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    "points", [("first_record",), ("result_line",), ("first_record", "result_line")], ids="+".join
+)
+def test_a_kill_at_any_moment_after_an_answer_is_kept_neither_buys_it_again_nor_counts_it_twice(
+    points: tuple[str, ...], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """An answer of links, killed at each moment after it is kept (`points`: one run killed at each, in
+    turn, then a run left alone). Its ledger line was written before the answer was kept, so a kill
+    between the two (`first_record`) left a paid answer in the ledger and nowhere else: the resume bought
+    it again, about once in 10 kills around downloads. The answer is kept first now, and the next run
+    books its ledger line from the run log, once, however many runs are killed after (a kill of the
+    resume before its task's line: `first_record+result_line`). Nothing is bought twice; the ledger, the
+    result line and status count it once, at what the server billed."""
+    manifest = write("tasks:\n  - {kind: generate, id: pair, model: gpt-image-1, prompt: two cats, n: 2}\n")
+    out = tmp_path / "out"
+    with simulator_in_thread(SimConfig(api_key=KEY, answers=frozenset({"url"}))) as sim:
+        for point in points:
+            killed_at(point, manifest, out, sim.base_url)
+        code, stdout, stderr = Run(manifest, out, sim).finish()
+        assert code == 0, stdout + stderr
+        [paid] = sim.state.records  # bought once
+    [line] = ledger(out)  # booked once
+    assert line["request_id"] == paid.request_id and line["total_tokens"] == paid.billed_tokens
+    record = results(out)["pair"]
+    assert record["status"] == "succeeded" and len(record["files"]) == 2, record
+    assert record["usage"]["total_tokens"] == paid.billed_tokens
+    assert record["cost"] == pytest.approx(line["cost"])
+    found = status(out)
+    assert found["maybe_billed"] == 0 and found["succeeded"] == 1, found
+    assert "finished from the answer a killed run paid for" in stderr
+    assert not (out / "answers" / ".to-finish.jsonl").read_text()
+
+
+@pytest.mark.timeout(90)
+def test_a_kill_between_a_chat_answers_record_and_its_picture_is_finished_from_the_kept_answer(
+    write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A chat answer of text and a linked picture (`message.images`, an image model's) has the same
+    window as an image answer of links: killed between its two records, it is finished from the kept
+    answer by the next run, its ledger line booked once, not bought again."""
+    picture = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(picture, "PNG")
+
+    async def handler(request: web.Request) -> web.Response:
+        if request.method == "GET":
+            return web.Response(body=picture.getvalue(), content_type="image/png")
+        image = {"type": "image_url", "image_url": {"url": f"http://{request.host}/files/a.png"}}
+        message = {"role": "assistant", "content": "a cat", "images": [image]}
+        usage = {"prompt_tokens": 3, "completion_tokens": 1290, "total_tokens": 1293}
+        body = {"id": "chatcmpl-1", "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+        return web.json_response({**body, "usage": usage})
+
+    manifest = write("tasks:\n  - {kind: chat, id: cat, model: gemini-2.5-flash-image, prompt: a cat}\n")
+    out = tmp_path / "out"
+    with stub_server(handler) as stub:
+        killed_at("first_record", manifest, out, stub.base_url)
+        env = {
+            "MAAS_API_KEY": KEY,
+            "MAAS_BASE_URL": stub.base_url,
+            "MAAS_ENDPOINT": "ep",
+            "PYTHONPATH": str(ROOT),
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "batch", "run", str(manifest), "--out", str(out), "--no-progress"],
+            env={**{k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert done.returncode == 0, done.stderr
+        assert sum(seen["method"] == "POST" for seen in stub.requests) == 1  # bought once
+    [line] = ledger(out)
+    assert line["total_tokens"] == 1293
+    record = results(out)["cat"]
+    assert record["status"] == "succeeded" and record["text"] == "a cat" and len(record["files"]) == 1
+    assert status(out)["maybe_billed"] == 0

@@ -235,3 +235,50 @@ def test_a_kept_answers_line_is_taken_only_as_the_tool_writes_it() -> None:
     ):
         assert KeptAnswer.from_line({**line, **edited}) is None, edited
     assert KeptAnswer.from_line({k: v for k, v in line.items() if k != "cost"}) is None
+
+
+def test_a_kept_answer_whose_ledger_line_a_kill_left_unwritten_is_booked_once_from_the_run_log(
+    tmp_path: Path,
+) -> None:
+    """The run log's `kept` line holds the ledger line of an answer kept in answers/ before it: a kill
+    between the two leaves the line for recover to book, once, then to finish the task from the answer.
+    No line is booked for an answer not kept (it is maybe billed), nor twice for one in the ledger."""
+    runs = tmp_path / "runs"
+    (tmp_path / "answers").mkdir()
+    ledger = {
+        "task_id": "fox", "request_id": "fox/a.1", "server_request_id": "r1", "input_tokens": 2,
+        "output_tokens": 10, "total_tokens": 12, "cost": 0.5, "request_sha256": "ab" * 8,
+    }  # fmt: skip
+    sent = {"event": "sent", "request_id": "fox/a.1", "task_id": "fox", "t": 1.0}
+    kept = {"event": "kept", "request_id": "fox/a.1", "task_id": "fox", "ledger": ledger}
+    # owl's answer was not kept when the kill came (no file), cat's line is in the ledger already
+    owl = {**ledger, "task_id": "owl", "request_id": "owl/a.1"}
+    cat = {**ledger, "task_id": "cat", "request_id": "cat/a.1"}
+    write_log(
+        runs / "1.jsonl",
+        START,
+        *(
+            line
+            for entry in (ledger, owl, cat)
+            for line in (
+                {**sent, "request_id": entry["request_id"], "task_id": entry["task_id"]},
+                {**kept, "request_id": entry["request_id"], "task_id": entry["task_id"], "ledger": entry},
+            )
+        ),
+    )
+    for name in ("fox.a.1.json", "cat.a.1.json"):
+        (tmp_path / "answers" / name).write_text('{"data": []}')
+    (tmp_path / "usage.jsonl").write_text(json.dumps(cat) + "\n")
+    found = recover(runs)
+    assert found.requests == ["owl/a.1"]  # not kept: maybe billed, and not booked
+    lines = [json.loads(line) for line in (tmp_path / "usage.jsonl").read_text().splitlines()]
+    assert lines == [cat, ledger]
+    listed = [
+        json.loads(line) for line in (tmp_path / "answers" / ".to-finish.jsonl").read_text().splitlines()
+    ]
+    assert {line["task_id"] for line in listed} == {"fox", "cat"}
+    assert KeptAnswer.from_line(next(line for line in listed if line["task_id"] == "fox")) == KeptAnswer(
+        "fox", "fox/a.1", "answers/fox.a.1.json", "r1", 2, 10, 12, 0.5, "ab" * 8
+    )
+    assert recover(runs).runs == 0 and len((tmp_path / "usage.jsonl").read_text().splitlines()) == 2
+    assert status(tmp_path)["maybe_billed"] == 1
