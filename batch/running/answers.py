@@ -53,8 +53,13 @@ def usage_of(kind: TaskKind, body: Any) -> Mapping[str, Any] | None:
         return None
 
 
-def stream_complete(kind: TaskKind, spec: TaskSpec, chunks: Any) -> bool:
-    """Whether a streamed answer's chunks say every choice finished; False when they cannot be read."""
+def stream_complete(kind: TaskKind, spec: TaskSpec, chunks: Any, trouble: object = None) -> bool:
+    """Whether a streamed answer's chunks say every choice finished; False when they cannot be read. A
+    stream that `trouble` ended (an error event, an event that is not JSON, the timeout) did not end on
+    its last chunk: the kind is shown an event after them that is none (a chat stream's usage chunk of
+    its own, last, says its choices were done; followed by an error, it does not)."""
+    if isinstance(chunks, list) and trouble is not None:
+        chunks = [*chunks, None]
     try:
         return isinstance(chunks, list) and kind.stream_complete(spec.fields, chunks)
     except Exception:

@@ -343,7 +343,7 @@ class TaskAttempts:
             self.reached = True
             state.server_request_id = reply.server_request_id or answer_id(reply.body)
             streamed = isinstance(reply.body, list) and not reply.ended
-            if streamed and not stream_complete(kind, spec, reply.body):
+            if streamed and not stream_complete(kind, spec, reply.body, reply.trouble):
                 self._unfinished(kind, request, reply)
         except (BrokenAnswerError, ApiStatusError, TransportError) as exc:
             await self._failed(spec, kind, request_id, exc, state)

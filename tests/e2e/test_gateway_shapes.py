@@ -543,6 +543,34 @@ def test_a_stream_cut_after_a_running_usage_is_in_the_ledger_and_counted_maybe_b
     assert results(out)["t"]["maybe_billed"] == 1
 
 
+@pytest.mark.parametrize("shapes", [(), ("no_finish",)], ids=["finish reasons", "no_finish"])
+def test_an_error_event_after_half_a_stream_and_its_usage_is_the_error_not_a_whole_answer(
+    shapes: tuple[str, ...], cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Half a stream's chunks, the usage chunk (the work was done), then a 502 error event
+    (`stream_error_mid`): a stream that ends on its usage chunk is whole, but this one ended on an error,
+    its choice unfinished. It is the error it is, and asked again: the half is not taken for the answer."""
+    manifest = write(
+        PRICES + "tasks:\n  - {kind: chat, id: t, model: m, prompt: hello there, stream: true}\n"
+    )
+    out = tmp_path / "out"
+    config = SimConfig(
+        api_key=KEY,
+        answers=frozenset(shapes),
+        faults={"stream_error_mid": 1.0},
+        fault_once_per_task=True,
+        seed=5,
+    )
+    with simulator_in_thread(config) as sim:
+        outcome = cli("run", manifest, "--out", out, *FAST, env=env_for(sim))
+        records = sim.state.records
+    assert outcome.code == 0, outcome.err
+    cut, whole = records
+    assert cut.fault == "stream_error_mid" and whole.fault is None  # asked again
+    record = results(out)["t"]
+    assert record["attempts"] == 2 and record["text"].startswith("Simulated answer 1"), record
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_an_answer_without_usage_is_recorded_at_its_estimate(
     stream: bool, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
