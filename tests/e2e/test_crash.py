@@ -323,8 +323,11 @@ def test_a_kill_while_images_are_downloaded_is_finished_from_the_kept_answer_not
 #   first_record: once the first of the answer's two records is written, its body kept in answers/ or its
 #     ledger line in usage.jsonl (whichever the run writes first): the moment between the two
 #   result_line: before its task's result line is written (both records written)
+#   listing: at the start, before the answers a killed run kept are listed to finish (answers/.to-finish.jsonl),
+#     their missing ledger lines booked
 KILLED_AT = """
 import os, signal, sys
+import batch.output.runlog as runlog
 from batch.output.store import OutputDir
 
 append, save_answer, point = OutputDir.append, OutputDir.save_answer, os.environ["KILL_AT"]
@@ -345,7 +348,14 @@ def save_then_die(self, name, data):
         die()
     return kept
 
-OutputDir.append, OutputDir.save_answer = append_or_die, save_then_die
+write_atomic = runlog.write_atomic
+
+def write_or_die(path, data, **options):
+    if point == "listing" and path.name == runlog.TO_FINISH:
+        die()
+    return write_atomic(path, data, **options)
+
+OutputDir.append, OutputDir.save_answer, runlog.write_atomic = append_or_die, save_then_die, write_or_die
 from batch.cli import command
 command()
 """
@@ -363,7 +373,9 @@ def killed_at(point: str, manifest: Path, out: Path, base_url: str) -> None:
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(
-    "points", [("first_record",), ("result_line",), ("first_record", "result_line")], ids="+".join
+    "points",
+    [("first_record",), ("result_line",), ("first_record", "result_line"), ("first_record", "listing")],
+    ids="+".join,
 )
 def test_a_kill_at_any_moment_after_an_answer_is_kept_neither_buys_it_again_nor_counts_it_twice(
     points: tuple[str, ...], write: Callable[..., Path], tmp_path: Path
@@ -373,7 +385,8 @@ def test_a_kill_at_any_moment_after_an_answer_is_kept_neither_buys_it_again_nor_
     between the two (`first_record`) left a paid answer in the ledger and nowhere else: the resume bought
     it again, about once in 10 kills around downloads. The answer is kept first now, and the next run
     books its ledger line from the run log, once, however many runs are killed after (a kill of the
-    resume before its task's line: `first_record+result_line`). Nothing is bought twice; the ledger, the
+    resume before its task's line: `first_record+result_line`; once it booked the line, before it
+    listed the answer to finish: `first_record+listing`). Nothing is bought twice; the ledger, the
     result line and status count it once, at what the server billed."""
     manifest = write("tasks:\n  - {kind: generate, id: pair, model: gpt-image-1, prompt: two cats, n: 2}\n")
     out = tmp_path / "out"
