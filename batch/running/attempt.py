@@ -461,7 +461,7 @@ class TaskAttempts:
             answer: Answer | None = kind.parse_answer(spec.fields, reply.body)
         except Exception:
             answer = None  # read again by _use, which fails the task and keeps the answer, once billed
-        links = answer is not None and any(image.url is not None for image in answer.images)
+        links = answer is not None and answer.images and any(image.url is not None for image in answer.images)
         if links and isinstance(reply.body, dict):  # a stream's events (.sse) are not read again as JSON
             await self._keep_first(spec, kind, request_id, reply, usage, state)
         else:

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from batch.errors import ApiError, OutputError
 from batch.events import Billed
@@ -20,8 +19,7 @@ from batch.running.records import ResultRecord, TaskUsage, UsageRecord, now
 PROMPT_SHOWN = 2000  # characters of a prompt kept in its result line
 
 
-@dataclass(frozen=True)
-class LedgerEntry:
+class LedgerEntry(NamedTuple):
     """A billed answer's ledger line, made before it is written (see TaskAttempts._keep_first)."""
 
     line: dict[str, Any]
