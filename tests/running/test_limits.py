@@ -187,10 +187,11 @@ def test_tpm_keeps_under_an_enforced_limit(
 def test_without_pacing_the_enforced_limit_answers_429(
     cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """The control: the same simulator does refuse a run that does not pace itself."""
+    """The control: the same simulator does refuse a run that does not pace itself. A 429 spends no
+    attempt; the deadline ends the tasks' retries at once (left pending), or they wait out the minute."""
     manifest = chat_manifest(write, 25)
     with simulator_in_thread(SimConfig(api_key=KEY, rpm=10, retry_after=0)) as sim:
-        cli(
+        outcome = cli(
             "run",
             manifest,
             "--out",
@@ -198,11 +199,12 @@ def test_without_pacing_the_enforced_limit_answers_429(
             *FAST,
             "--concurrency",
             "16",
-            "--max-attempts",
-            "1",
+            "--task-deadline",
+            "0.1",
             env=env_for(sim),
         )
         assert sim.state.status_counts().get(429, 0) >= 10
+    assert outcome.code == 69 and "left pending, rate limited" in outcome.err, outcome.err
 
 
 def test_auto_concurrency_finds_a_hidden_limit_with_few_refusals(
