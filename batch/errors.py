@@ -12,7 +12,8 @@
         ├── ApiStatusError   the API answered with an error status (status, type, code, message)
         ├── TransportError   no usable answer: connection refused or reset, timeout
         ├── BrokenAnswerError  a 2xx whose body is unusable: garbled on the way (not JSON, cut short:
-        │                    retried) or whole but unreadable (no data, bad image: the task fails)
+        │   │                retried) or whole but unreadable (no data, bad image: the task fails)
+        │   └── StreamStalledError  a stream that sent nothing more after some events until --timeout
         └── RefusalError     a 2xx in which the model declined to answer (content filter)
 
 A whole answer is paid for: it is never bought again because the tool could not use it. Its raw body
@@ -259,6 +260,12 @@ class BrokenAnswerError(ApiError):
         if error_type is not None:
             self.kind = error_type
         super().__init__(message)
+
+
+class StreamStalledError(BrokenAnswerError):
+    """A stream that stopped sending after some events, held open until the timeout: nothing came after
+    its last event, so that event is where it ended (a usage chunk of its own says its choices were done),
+    as a stream cut there is judged; an error event or an event that is not JSON is something after it."""
 
 
 class RefusalError(ApiError):

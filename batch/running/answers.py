@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from batch.errors import ApiError, ApiStatusError, BrokenAnswerError, TransportError
+from batch.errors import ApiError, ApiStatusError, BrokenAnswerError, StreamStalledError, TransportError
 from batch.kind import TaskKind
 from batch.manifest.tasks import TaskSpec
 from batch.running.records import ErrorInfo
@@ -55,10 +55,11 @@ def usage_of(kind: TaskKind, body: Any) -> Mapping[str, Any] | None:
 
 def stream_complete(kind: TaskKind, spec: TaskSpec, chunks: Any, trouble: object = None) -> bool:
     """Whether a streamed answer's chunks say every choice finished; False when they cannot be read. A
-    stream that `trouble` ended (an error event, an event that is not JSON, the timeout) did not end on
-    its last chunk: the kind is shown an event after them that is none (a chat stream's usage chunk of
-    its own, last, says its choices were done; followed by an error, it does not)."""
-    if isinstance(chunks, list) and trouble is not None:
+    stream that `trouble` ended with something after its last chunk (an error event, an event that is not
+    JSON) did not end on that chunk: the kind is shown an event after them that is none (a chat stream's
+    usage chunk of its own, last, says its choices were done; followed by an error, it does not). One
+    held open until the timeout (StreamStalledError) sent nothing after it: it ended there, as if cut."""
+    if isinstance(chunks, list) and trouble is not None and not isinstance(trouble, StreamStalledError):
         chunks = [*chunks, None]
     try:
         return isinstance(chunks, list) and kind.stream_complete(spec.fields, chunks)

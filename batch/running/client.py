@@ -19,7 +19,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from batch import __version__, codec
 from batch.defaults import DEFAULT_BASE_URL, DEFAULT_MAX_BODY, DEFAULT_TIMEOUT
-from batch.errors import ApiError, ApiStatusError, BrokenAnswerError, ConfigError, TransportError
+from batch.errors import (
+    ApiError,
+    ApiStatusError,
+    BrokenAnswerError,
+    ConfigError,
+    StreamStalledError,
+    TransportError,
+)
 from batch.kind import ApiRequest
 from batch.output.store import never_write
 from batch.running.bodies import (
@@ -389,7 +396,7 @@ class ApiClient:
             if not chunks:
                 raise
             # a stream whose last event came, then nothing (a proxy that keeps it open): judged the same
-            trouble = BrokenAnswerError(
+            trouble = StreamStalledError(
                 f"no complete answer within {self.config.timeout:g} s (the stream stopped sending)",
                 usage=last_usage(chunks),
                 retry=True,

@@ -340,6 +340,8 @@ def test_errors_written_as_googles_list_of_one_say_their_message_and_are_retried
         ("stream_hang", ("--timeout", "1"), ()),
         ("stream_hang", ("--timeout", "1"), ("sse_plain",)),
         ("stream_reset_done", (), ("sse_plain",)),
+        ("stream_hang", ("--timeout", "1"), ("no_finish",)),
+        ("stream_reset_done", (), ("no_finish",)),
     ],
     ids=[
         "reset before [DONE], after it finished",
@@ -347,6 +349,8 @@ def test_errors_written_as_googles_list_of_one_say_their_message_and_are_retried
         "held open after it finished",
         "as text/plain, held open after it finished",
         "as text/plain, reset after it finished",
+        "no finish reasons, held open after its usage chunk",
+        "no finish reasons, reset after its usage chunk",
     ],
 )
 def test_a_stream_that_finished_then_went_wrong_is_a_whole_answer_bought_once(
