@@ -104,7 +104,7 @@ class TaskAttempts:
             self._tally(state)
             return
         except EndpointGivenUp:  # its endpoint answers nothing but 429: pending, for the next run
-            self.maybe_billed += state.maybe_billed
+            self._tally(state)
             self.left_given_up += 1
             return
         except OutputError as exc:
@@ -118,7 +118,7 @@ class TaskAttempts:
                 ctx.stop(decision.reason, decision.exit_code)
                 return
             if rate_limited(exc):  # its retries ended on "not now" (its deadline): pending, not failed
-                self.maybe_billed += state.maybe_billed
+                self._tally(state)
                 self.left_at_deadline += 1
                 logger.warning(
                     "task %s: still answered 429 (rate limited) at its --task-deadline, after %d request(s): "

@@ -622,6 +622,44 @@ def test_a_429_sent_after_part_of_a_stream_spends_an_attempt_as_it_may_have_been
     assert record["maybe_billed"] == 3 and len(ledger(out)) == 3
 
 
+@pytest.mark.timeout(60)
+def test_a_task_left_pending_at_its_deadline_keeps_its_maybe_billed_usage_in_the_summarys_cost(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Part of a stream with a usage, then a 502 error event: maybe billed, its usage so far in the
+    ledger's cost. Then nothing but 429 until --task-deadline: the task is left pending. The summary
+    said of that request "0 in the cost above, 1 in no cost", though its usage is in the cost (as
+    `report` says): a task left pending, or its endpoint given up, dropped its part of the split."""
+    chunk = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Half"}, "finish_reason": None}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
+    cut = {"error": {"message": "upstream connection closed", "code": 502}}
+    throttled = {"error": {"message": "Resource has been exhausted (e.g. check quota).", "code": 429}}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if len(stub.requests) == 1:
+            return sse(json.dumps(chunk).encode(), json.dumps(cut).encode())
+        return web.json_response(throttled, status=429)
+
+    manifest = write("tasks:\n  - {kind: chat, id: t, model: m, prompt: p, stream: true}\n")
+    out = tmp_path / "out"
+    with stub_server(handler) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url, "MAAS_ENDPOINT": "ep"}
+        flags = ("--backoff", "0.05", "--backoff-max", "0.1", "--task-deadline", "1", "--outage-limit", "60")
+        outcome = cli("run", manifest, "--out", out, *flags, env=env)
+        requests = len(stub.requests)
+    assert outcome.code == 69, outcome.out + outcome.err
+    assert requests > 2 and results(out) == {}  # pending
+    assert [line["total_tokens"] for line in ledger(out)] == [5]
+    assert "1 request(s) may have been billed" in outcome.out
+    assert "1 in the cost above (a usage so far: they may have cost more), 0 in no cost" in outcome.out
+    report = json.loads(cli("report", out, "--json").out)
+    assert report["maybe_billed"] == 1 and report["maybe_billed_counted"] == 1, report
+
+
 # --- bytes that are no HTTP after a whole answer ----------------------------------------------------------
 
 WHOLE = http_answer(
