@@ -16,7 +16,8 @@ not a power cut, and the kernel keeps a write that returned.
 
 A `kept` line comes before an answer whose images are to be fetched is kept in answers/, and that before
 its ledger line: a run killed between the answer kept and its ledger line leaves the line to the next run,
-which books it (`recover`) and finishes the task from the answer, where it would have bought it again.
+which books it (`recover`) and finishes the task from the answer, where it would have bought it again. One
+killed before the answer was kept has its line booked all the same (it was paid), and is asked again.
 """
 
 from __future__ import annotations
@@ -145,9 +146,11 @@ def _kept(
     root: Path, pending: Mapping[str, str], unbooked: Mapping[str, Mapping[str, Any]], ledger: Journal | None
 ) -> dict[str, KeptAnswer]:
     """Of the requests a killed run left without a `done` line and without a saved result, those whose
-    answer is kept whole in answers/ (as `_keep_raw` names it) and in the ledger. One kept whose ledger
-    line the kill left unwritten (`unbooked`: request id -> the line its run log's `kept` line holds) has
-    it written now, once and durably, through `ledger` (the run's own journal: its size stays true)."""
+    answer is kept whole in answers/ (as `_keep_raw` names it) and in the ledger. One whose ledger line
+    the kill left unwritten (`unbooked`: request id -> the line its run log's `kept` line holds) has it
+    written now, once and durably, through `ledger` (the run's own journal: its size stays true): that
+    line is written once the answer came, paid, so it is booked whether or not the kill let its body be
+    kept (one not kept is maybe billed, its cost counted, and asked again)."""
     if not pending:
         return {}
     booked: list[Mapping[str, Any]] = []
@@ -159,7 +162,6 @@ def _kept(
             and unbooked_id not in in_ledger
             and line.get("request_id") == unbooked_id
             and line.get("task_id") == pending[unbooked_id]
-            and (root / _answer_file(unbooked_id)).is_file()
         ):
             booked.append(line)
     if booked:

@@ -320,6 +320,7 @@ def test_a_kill_while_images_are_downloaded_is_finished_from_the_kept_answer_not
 
 # A run killed (SIGKILL: nothing of it runs after) at one chosen moment of a paid answer's life, as the
 # `maas-batch run ARGS` command: `python -c KILLED_AT ARGS`, KILL_AT naming the moment.
+#   keeping: as the answer's body is about to be kept in answers/ (its `kept` run-log line written)
 #   first_record: once the first of the answer's two records is written, its body kept in answers/ or its
 #     ledger line in usage.jsonl (whichever the run writes first): the moment between the two
 #   result_line: before its task's result line is written (both records written)
@@ -343,6 +344,8 @@ async def append_or_die(self, journal, record):
         die()
 
 def save_then_die(self, name, data):
+    if point == "keeping":
+        die()
     kept = save_answer(self, name, data)
     if point == "first_record":
         die()
@@ -452,3 +455,28 @@ def test_a_kill_between_a_chat_answers_record_and_its_picture_is_finished_from_t
     record = results(out)["cat"]
     assert record["status"] == "succeeded" and record["text"] == "a cat" and len(record["files"]) == 1
     assert status(out)["maybe_billed"] == 0
+
+
+@pytest.mark.timeout(90)
+def test_a_kill_before_an_answer_of_links_is_kept_still_books_what_it_cost(
+    write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Killed once the answer came (paid, its ledger line in the run log's `kept` line) but before its
+    body was kept in answers/: nothing to finish the task from, so the resume buys it again. The first
+    answer was billed all the same, at a usage the run knew: its line is booked from the run log, and the
+    request counts maybe billed, in the cost. It was in no ledger and no cost, though its ledger line
+    was written first before answers were kept first."""
+    manifest = write("tasks:\n  - {kind: generate, id: pair, model: gpt-image-1, prompt: two cats, n: 2}\n")
+    out = tmp_path / "out"
+    with simulator_in_thread(SimConfig(api_key=KEY, answers=frozenset({"url"}))) as sim:
+        killed_at("keeping", manifest, out, sim.base_url)
+        code, stdout, stderr = Run(manifest, out, sim).finish()
+        assert code == 0, stdout + stderr
+        paid = sim.state.records
+    first, second = (record for record in paid if record.billed_tokens)
+    lines = ledger(out)
+    assert [line["request_id"] for line in lines] == [first.request_id, second.request_id], lines
+    assert [line["total_tokens"] for line in lines] == [first.billed_tokens, second.billed_tokens]
+    assert results(out)["pair"]["status"] == "succeeded"
+    found = status(out)
+    assert found["maybe_billed"] == 1 and found["maybe_billed_counted"] == 1, found

@@ -242,7 +242,8 @@ def test_a_kept_answer_whose_ledger_line_a_kill_left_unwritten_is_booked_once_fr
 ) -> None:
     """The run log's `kept` line holds the ledger line of an answer kept in answers/ before it: a kill
     between the two leaves the line for recover to book, once, then to finish the task from the answer.
-    No line is booked for an answer not kept (it is maybe billed), nor twice for one in the ledger."""
+    An answer the kill caught before it was kept was paid all the same: its line is booked, the request
+    maybe billed (in the cost) and not listed to finish. None is booked twice for one in the ledger."""
     runs = tmp_path / "runs"
     (tmp_path / "answers").mkdir()
     ledger = {
@@ -270,9 +271,9 @@ def test_a_kept_answer_whose_ledger_line_a_kill_left_unwritten_is_booked_once_fr
         (tmp_path / "answers" / name).write_text('{"data": []}')
     (tmp_path / "usage.jsonl").write_text(json.dumps(cat) + "\n")
     found = recover(runs)
-    assert found.requests == ["owl/a.1"]  # not kept: maybe billed, and not booked
+    assert found.requests == ["owl/a.1"]  # not kept: maybe billed, booked all the same
     lines = [json.loads(line) for line in (tmp_path / "usage.jsonl").read_text().splitlines()]
-    assert lines == [cat, ledger]
+    assert lines == [cat, ledger, owl]
     listed = [
         json.loads(line) for line in (tmp_path / "answers" / ".to-finish.jsonl").read_text().splitlines()
     ]
@@ -280,5 +281,6 @@ def test_a_kept_answer_whose_ledger_line_a_kill_left_unwritten_is_booked_once_fr
     assert KeptAnswer.from_line(next(line for line in listed if line["task_id"] == "fox")) == KeptAnswer(
         "fox", "fox/a.1", "answers/fox.a.1.json", "r1", 2, 10, 12, 0.5, "ab" * 8
     )
-    assert recover(runs).runs == 0 and len((tmp_path / "usage.jsonl").read_text().splitlines()) == 2
-    assert status(tmp_path)["maybe_billed"] == 1
+    assert recover(runs).runs == 0 and len((tmp_path / "usage.jsonl").read_text().splitlines()) == 3
+    found_status = status(tmp_path)
+    assert found_status["maybe_billed"] == 1 and found_status["maybe_billed_counted"] == 1
