@@ -70,7 +70,8 @@ exit codes:
   {EXIT_UNAVAILABLE}  the service cannot go on: quota exhausted, or down (or answering nothing but 429)
       longer than --outage-limit (run stopped, resumable); or some tasks were left pending, rate
       limited: still answered 429 at their --task-deadline, or their endpoint answered nothing but 429
-      for --outage-limit while another answered (the run went on without them: resumable)
+      for --outage-limit while another answered or was not sent to yet (the run went on without them:
+      resumable)
   {EXIT_IOERR}  the output directory cannot be written or read, e.g. disk full or failing (run stopped,
       resumable), or a newer maas-batch started it (upgrade), or stdout cannot be written
   {EXIT_TEMPFAIL}  interrupted, or another run holds the output directory (or, here, the store) (resumable)
@@ -551,7 +552,8 @@ def _add_run(commands: Commands) -> argparse.ArgumentParser:
         help="when the service keeps failing, tasks wait (one probe at a time) instead of "
         f"spending their attempts; after this long the run stops with exit {EXIT_UNAVAILABLE}, as it does "
         f"after this long of nothing but 429 (default {DEFAULT_OUTAGE_LIMIT:g}); one endpoint that "
-        "answers nothing but 429 this long while another answers is left alone, its tasks pending",
+        "answers nothing but 429 this long while another answers (or has not been sent to yet) is left "
+        "alone, its tasks pending",
     )
     retries.add_argument(
         "--max-answer-mb",

@@ -10,7 +10,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -83,9 +83,11 @@ class Runner:
         rng: random.Random | None = None,
         shared: SharedLimits | None = None,
         partial: bool = False,
+        endpoints: Collection[str] = (),
     ) -> None:
         """`total`: the tasks the run is for, finished ones included; `partial`: `start` counted the
-        finished tasks of more than those (a shard's run counts its DIR's, which may hold others')."""
+        finished tasks of more than those (a shard's run counts its DIR's, which may hold others');
+        `endpoints`: those the tasks go to (the plan's), for ServiceHealth's give-up of one alone."""
         self._tasks = tasks
         self._partial = partial
         self._orphaned = 0 if partial else start.finished.orphaned  # a shard's DIR holds others' lines
@@ -107,6 +109,7 @@ class Runner:
             settings.outage_limit,
             on_outage=lambda reason: self.stop(reason, EXIT_UNAVAILABLE),
             probe_timeout=client.config.timeout,
+            endpoints=endpoints,
         )
         self._producer_scope = anyio.CancelScope()
         self._work_scope = anyio.CancelScope()

@@ -16,10 +16,11 @@ same way: a gateway that throttles for good, each 429 with `Retry-After: 300` ob
 and failed every task after its attempts, the outage limit never reached.
 
 One endpoint (deployment) that answers nothing but 429 for `outage_limit` while another endpoint answers
-(a chat model's quota spent for the day, the image model fine) is given up alone: its tasks are left
-pending and the run goes on with the others'. A 429 costs no attempt, so each of its tasks would
-otherwise hold a worker until its --task-deadline, and once every worker held one the run stopped with
-the other endpoints' tasks never sent.
+(a chat model's quota spent for the day, the image model fine), or while another of the run's endpoints
+has not been heard from yet (its tasks queued behind the throttled ones' workers), is given up alone:
+its tasks are left pending and the run goes on with the others'. A 429 costs no attempt, so each of its
+tasks would otherwise hold a worker until its --task-deadline, and once every worker held one the run
+stopped with the other endpoints' tasks never sent (every night alike, where its tasks came first).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import anyio
 import anyio.lowlevel
@@ -47,9 +48,10 @@ class ServiceHealth:
         on_outage: Callable[[str], None],
         clock: Callable[[], float] = time.monotonic,
         probe_timeout: float = math.inf,
+        endpoints: Collection[str] = (),
     ) -> None:
         """`probe_timeout`: how long a request may take (--timeout): a probe sent at the outage limit is
-        waited for that long, and PROBE_GRACE more, at most."""
+        waited for that long, and PROBE_GRACE more, at most. `endpoints`: those the run's tasks go to."""
         self.threshold = max(1, threshold)
         self.outage_limit = outage_limit
         self.probe_timeout = probe_timeout
@@ -68,6 +70,7 @@ class ServiceHealth:
         self._endpoint_throttled: dict[str, float] = {}
         self._endpoints_answered: set[str] = set()
         self._given_up: set[str] = set()
+        self._endpoints = frozenset(endpoints)
         self._changed = anyio.Event()
         self.last_error = ""
         self.outages = 0  # times the circuit opened
@@ -195,7 +198,7 @@ class ServiceHealth:
         nothing says that the others work, and the run-wide rule stops the run. Returns whether any was."""
         gave_up = False
         for endpoint, since in list(self._endpoint_throttled.items()):
-            if now - since < self.outage_limit or not self._endpoints_answered - self._given_up - {endpoint}:
+            if now - since < self.outage_limit or not self._another_may_answer(endpoint):
                 continue
             del self._endpoint_throttled[endpoint]
             self._given_up.add(endpoint)
@@ -217,9 +220,16 @@ class ServiceHealth:
         due = [
             since + self.outage_limit
             for endpoint, since in self._endpoint_throttled.items()
-            if self._endpoints_answered - self._given_up - {endpoint}
+            if self._another_may_answer(endpoint)
         ]
         return min(due, default=math.inf)
+
+    def _another_may_answer(self, endpoint: str) -> bool:
+        """Whether an endpoint other than `endpoint`, not given up, has answered in this run, or is one of
+        the run's that has not been heard from (neither answered nor throttled): its tasks may be waiting
+        for the workers that `endpoint`'s tasks hold, retrying their 429s."""
+        others = self._endpoints_answered | (self._endpoints - self._endpoint_throttled.keys())
+        return bool(others - self._given_up - {endpoint})
 
     def _answered(self) -> None:
         self._in_a_row = 0

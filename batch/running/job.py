@@ -452,6 +452,7 @@ class Job:
                     observers=self.observers,
                     shared=shared,
                     partial=self.config.only is not None,
+                    endpoints={endpoint for _, _, endpoint in checked.plan.counts},
                 )
                 del tasks  # the runner's alone: it lets go of the walk when its dispatch is over
                 if self._stop is not None:

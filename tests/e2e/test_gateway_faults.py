@@ -593,6 +593,36 @@ def test_an_endpoint_that_answers_nothing_but_429_is_left_alone_and_the_others_t
 
 
 @pytest.mark.timeout(60)
+def test_an_endpoint_throttled_for_good_whose_tasks_come_first_leaves_the_others_tasks_sent(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The same, but the chat tasks come first in the manifest, more of them than --concurrency: every
+    worker held a chat task retrying its 429s, no other endpoint had answered yet, so none could be given
+    up; at --outage-limit the run stopped, the image tasks never sent, and every resume did the same."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if "/ep-chat/" in request.path:
+            error = {"error": {"message": "Resource has been exhausted (e.g. check quota).", "code": 429}}
+            return web.json_response(error, status=429)
+        return web.Response(body=IMAGE_BODY, content_type="application/json")
+
+    chats = [f"  - {{kind: chat, id: c{i}, model: m, prompt: p{i}}}\n" for i in range(4)]
+    images = [f"  - {{kind: generate, id: i{i}, prompt: p{i}}}\n" for i in range(3)]
+    manifest = write("tasks:\n" + "".join(chats) + "".join(images))
+    out = tmp_path / "out"
+    with stub_server(handler) as stub:
+        env = {"MAAS_API_KEY": "k", "MAAS_BASE_URL": stub.base_url}
+        endpoints = ("--endpoint", "chat=ep-chat", "--endpoint", "generate=ep-images")
+        flags = ("--backoff", "0.05", "--backoff-max", "0.1", "--outage-limit", "1", "-c", "2")
+        outcome = cli("run", manifest, "--out", out, *endpoints, *flags, env=env)
+    assert outcome.code == 69, outcome.out + outcome.err
+    done = results(out)
+    assert sorted(done) == [f"i{i}" for i in range(3)], outcome.out + outcome.err
+    assert all(record["status"] == "succeeded" for record in done.values())
+    assert "4 task(s) left pending, rate limited" in outcome.out and "4 not run" in outcome.out
+
+
+@pytest.mark.timeout(60)
 def test_a_429_sent_after_part_of_a_stream_spends_an_attempt_as_it_may_have_been_billed(
     cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -198,6 +198,37 @@ def test_an_endpoint_is_not_given_up_alone_where_no_other_has_answered() -> None
     assert not health.given_up("chat") and len(outages) == 1
 
 
+@pytest.mark.timeout(30)
+def test_an_endpoint_is_given_up_alone_where_another_of_the_runs_has_not_been_heard_from() -> None:
+    """The throttled endpoint's tasks came first and hold every worker: the run's other endpoint has had
+    no request yet, so it has not answered. It may: the throttled one is given up, not the run stopped
+    with the other's tasks never sent. Once that one too answers nothing but 429, the run stops."""
+    clock = Clock()
+    outages: list[str] = []
+    health = ServiceHealth(2, 60, outages.append, clock=clock, endpoints={"chat", "images"})
+    health.throttled("HTTP 429: spent", "chat")
+    clock.now += 60
+    health.throttled("HTTP 429: spent", "chat")
+    assert health.given_up("chat") and outages == []
+    health.throttled("HTTP 429: slow down", "images")
+    clock.now += 60
+    health.throttled("HTTP 429: slow down", "images")
+    assert not health.given_up("images") and len(outages) == 1
+
+
+def test_endpoints_that_all_answer_nothing_but_429_stop_the_run_none_given_up_alone() -> None:
+    """Both of the run's endpoints throttled from the start: neither may answer, the run-wide rule stops
+    the run (as a gateway that throttles for good), neither is given up for the other."""
+    clock = Clock()
+    outages: list[str] = []
+    health = ServiceHealth(2, 60, outages.append, clock=clock, endpoints={"chat", "images"})
+    health.throttled("HTTP 429: spent", "chat")
+    health.throttled("HTTP 429: spent", "images")
+    clock.now += 60
+    health.throttled("HTTP 429: spent", "chat")
+    assert health.endpoints_given_up == [] and len(outages) == 1
+
+
 @pytest.mark.anyio
 @pytest.mark.timeout(30)
 async def test_the_watch_gives_an_endpoint_up_at_its_limit_and_wakes_its_tasks_from_their_waits() -> None:
