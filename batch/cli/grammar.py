@@ -69,9 +69,9 @@ exit codes:
   {EXIT_DATAERR}  invalid manifest (nothing was sent), or it changed during the run
   {EXIT_UNAVAILABLE}  the service cannot go on: quota exhausted, or down (or answering nothing but 429)
       longer than --outage-limit (run stopped, resumable); or some tasks were left pending, rate
-      limited: still answered 429 at their --task-deadline, or their endpoint answered nothing but 429
-      for --outage-limit while another answered or was not sent to yet (the run went on without them:
-      resumable)
+      limited or the service failing: still answered 429, or a 5xx that spent no attempt, at their
+      --task-deadline, or their endpoint answered nothing but 429 for --outage-limit while another
+      answered or was not sent to yet (the run went on without them: resumable)
   {EXIT_IOERR}  the output directory cannot be written or read, e.g. disk full or failing (run stopped,
       resumable), or a newer maas-batch started it (upgrade), or stdout cannot be written
   {EXIT_TEMPFAIL}  interrupted, or another run holds the output directory (or, here, the store) (resumable)
@@ -509,8 +509,9 @@ def _add_run(commands: Commands) -> argparse.ArgumentParser:
         default=DEFAULT_MAX_ATTEMPTS,
         metavar="N",
         help=f"attempts per task, first included (default {DEFAULT_MAX_ATTEMPTS}); a 429 (rate limited) "
-        "spends none, nor does a failure during an outage; the image links of one answer are each tried "
-        "once and share the N - 1 retries",
+        "spends none, nor does a failure during an outage, nor a 5xx that bought nothing while the service "
+        "fails more than it answers; the image links of one answer are each tried once and share the N - 1 "
+        "retries",
     )
     retries.add_argument(
         "--task-deadline",
@@ -519,7 +520,8 @@ def _add_run(commands: Commands) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="no retry of a task starts this long after its first attempt, nor a retry of an "
         f"answer's image links this long after its first download (default {DEFAULT_TASK_DEADLINE:g}); "
-        f"a task still answered 429 then is left pending (exit {EXIT_UNAVAILABLE}), not failed",
+        f"a task still answered 429 then, or a 5xx that spent no attempt, is left pending (exit "
+        f"{EXIT_UNAVAILABLE}), not failed",
     )
     retries.add_argument(
         "--backoff",
@@ -549,8 +551,9 @@ def _add_run(commands: Commands) -> argparse.ArgumentParser:
         type=number,
         default=DEFAULT_OUTAGE_LIMIT,
         metavar="SECONDS",
-        help="when the service keeps failing, tasks wait (one probe at a time) instead of "
-        f"spending their attempts; after this long the run stops with exit {EXIT_UNAVAILABLE}, as it does "
+        help="when the service keeps failing, tasks wait (one probe at a time, a probe's Retry-After "
+        "obeyed) instead of spending their attempts (a service that still answers some requests is not "
+        f"down: the run goes on); after this long the run stops with exit {EXIT_UNAVAILABLE}, as it does "
         f"after this long of nothing but 429 (default {DEFAULT_OUTAGE_LIMIT:g}); one endpoint that "
         "answers nothing but 429 this long while another answers (or has not been sent to yet) is left "
         "alone, its tasks pending",

@@ -39,8 +39,10 @@ from batch.running.retry import (
     RetryNotice,
     SharedRetries,
     Verdict,
+    bought_nothing,
     call_with_retries,
     classify,
+    failing_service,
     rate_limited,
 )
 
@@ -67,9 +69,11 @@ class TaskAttempts:
         self.maybe_billed_counted = 0  # of them, those whose usage so far is in the ledger (and its cost)
         self.reached = False  # the API has answered this run (any HTTP answer): its address is right
         # tasks left pending, rate limited: still answered 429 at their --task-deadline (rate_limited), and
-        # those whose endpoint was given up (ServiceHealth.given_up)
+        # those whose endpoint was given up (ServiceHealth.given_up); and those still answered a 5xx that
+        # bought nothing and spent no attempt (the service failing more than it answered) at their deadline
         self.left_at_deadline = 0
         self.left_given_up = 0
+        self.left_failing = 0
         # answers/.to-finish.jsonl is read and written whole: by one task at a time, or a change is lost
         self._to_finish = anyio.Lock()
 
@@ -123,6 +127,17 @@ class TaskAttempts:
                 logger.warning(
                     "task %s: still answered 429 (rate limited) at its --task-deadline, after %d request(s): "
                     "left pending for the next run (%s)",
+                    spec.id,
+                    state.attempts,
+                    describe(exc),
+                )
+                return
+            if state.lost_to_outage and failing_service(exc):  # the service's fault to the end: pending
+                self.maybe_billed += state.maybe_billed
+                self.left_failing += 1
+                logger.warning(
+                    "task %s: still failing at its --task-deadline, after %d request(s), while the service "
+                    "failed more than it answered: left pending for the next run (%s)",
                     spec.id,
                     state.attempts,
                     describe(exc),
@@ -428,7 +443,9 @@ class TaskAttempts:
             log.done(request_id, "error", status=exc.status, error=exc.message, maybe_billed=exc.maybe_billed)
             state.server_request_id = exc.server_request_id or state.server_request_id  # the last said
             if exc.status is not None and (exc.status >= 500 or exc.status == 408):
-                state.lost_to_outage = not health.failed(str(exc), state.probe)
+                billed = not bought_nothing(exc)  # a usage, or inside a stream: spends an attempt as ever
+                counts = health.failed(str(exc), state.probe, billed=billed, retry_after=exc.retry_after)
+                state.lost_to_outage = not counts
             elif exc.status == 429 and classify(exc).verdict is Verdict.RETRY:
                 # up, but nothing else for --outage-limit stops the run (or, while another endpoint
                 # answers, leaves this one's tasks pending)
@@ -447,7 +464,7 @@ class TaskAttempts:
                 )
         else:
             log.done(request_id, "failed", maybe_billed=exc.maybe_billed, error=exc.message)
-            state.lost_to_outage = not health.failed(exc.message, state.probe)
+            state.lost_to_outage = not health.failed(exc.message, state.probe, billed=exc.maybe_billed)
             state.maybe_billed += exc.maybe_billed
 
     async def _keep(

@@ -235,8 +235,9 @@ class Runner:
             if thumbnailer is not None:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(thumbnailer.close, limiter=self._threads)
-        if not self.stopping:  # tasks rate limited are not failed, and not done: 69 says so (resumable)
-            self._left_rate_limited()
+        # tasks rate limited (or failed by the service) are not failed, and not done: 69 says so
+        if not self.stopping:
+            self._left_pending()
         with anyio.CancelScope(shield=True):
             try:
                 await self._out.sync()
@@ -251,10 +252,11 @@ class Runner:
         self._tasks = iter(())
         return summary
 
-    def _left_rate_limited(self) -> None:
-        """Stop (69) if tasks were left pending, rate limited, though every other task ran."""
+    def _left_pending(self) -> None:
+        """Stop (69) if tasks were left pending, rate limited or the service failing, though every other
+        task ran."""
         attempts = self._attempts
-        left = attempts.left_at_deadline + attempts.left_given_up
+        left = attempts.left_at_deadline + attempts.left_given_up + attempts.left_failing
         if not left:
             return
         why = []
@@ -266,8 +268,18 @@ class Runner:
             )
         if attempts.left_at_deadline:
             why.append(f"{attempts.left_at_deadline:,} still answered 429 at their --task-deadline")
+        if attempts.left_failing:
+            why.append(
+                f"{attempts.left_failing:,} still answered HTTP 5xx (or no connection) at their "
+                "--task-deadline, the service failing more than it answered"
+            )
+        limited = attempts.left_at_deadline + attempts.left_given_up
+        if limited and attempts.left_failing:
+            cause = "rate limited or the service failing"
+        else:
+            cause = "rate limited" if limited else "the service failing"
         self.stop(
-            f"{left:,} task(s) left pending, rate limited ({'; '.join(why)}): the next run sends them",
+            f"{left:,} task(s) left pending, {cause} ({'; '.join(why)}): the next run sends them",
             EXIT_UNAVAILABLE,
         )
 

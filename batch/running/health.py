@@ -8,7 +8,20 @@ probe at a time (after 0.25 s, 0.5 s, 1 s ... up to 30 s) asks whether the servi
 answer closes the circuit and everything resumes. Attempts that fail during an outage are not charged to
 their tasks. If the outage outlasts `outage_limit`, the run stops (exit 69) with every unfinished task
 still pending, for a later run; a probe sent before then is waited for first (it may be paid; its
---timeout and PROBE_GRACE at most): its answer closes the circuit instead.
+--timeout and PROBE_GRACE at most): its answer closes the circuit instead. A failed probe's Retry-After
+(a 503's "come back in 30 s") puts the next probe off that long.
+
+A service that fails most requests but answers some (a partial outage: 80% answered 503) is not down.
+Five 503s in a row are common at 80%: the circuit opened and closed again and again, its probes one at a
+time up to 30 s apart, and the night crawled (24 of 40 tasks done in 300 s). So the failures in a row that
+open the circuit are as many as it takes to be an outage at the rate the service answered of late (its
+last WINDOW outcomes): `threshold` for a service that answered everything, 42 at one answer in five, the
+whole window (no answer in it) at worst. The first answer closes the circuit and all tasks go again, each at
+its own backoff. Meanwhile a failure that bought nothing (a 5xx with no usage, a connection refused) spends
+no attempt while the service fails more than it answers: six 503s met by chance failed tasks for good.
+--task-deadline bounds them; a failure that may have been billed (a cut stream, an error beside a usage)
+still spends one. The outage limit counts from the first of the failures in a row that opened the circuit:
+an outage found late is not waited out longer for it.
 
 A 429 is an answer (the service is up, and paces this caller), not an outage's failure: it closes the
 circuit like any answer. But a service that answers nothing but 429 for `outage_limit` stops the run the
@@ -28,6 +41,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Collection
 
 import anyio
@@ -38,6 +52,9 @@ log = logging.getLogger(__name__)
 PROBE_FIRST = 0.25
 PROBE_MAX = 30.0
 PROBE_GRACE = 5.0  # seconds past a sent probe's --timeout before the limit gives up on it all the same
+WINDOW = 200  # the recent outcomes (answers, failures) that say how often the service answers
+OUTAGE_ODDS = 1e-4  # failures in a row this unlikely at the service's recent rate of answers: an outage
+RETRY_AFTER_MAX = 300.0  # a failed probe's Retry-After beyond this is ignored, as a task's retry ignores it
 
 
 class ServiceHealth:
@@ -58,7 +75,10 @@ class ServiceHealth:
         self._on_outage = on_outage
         self._clock = clock
         self._in_a_row = 0
-        self._opened_at: float | None = None
+        self._failing_since: float | None = None  # the first of the failures in a row
+        self._outage_after = self.threshold  # the failures in a row that open it, set as they begin
+        self._recent = Outcomes(max(WINDOW, 4 * self.threshold))
+        self._opened_at: float | None = None  # when the failures in a row began, once they opened it
         self._next_probe = 0.0
         self._probe_wait = PROBE_FIRST
         self._probes = 0  # probes let through so far: the last one's number
@@ -144,6 +164,7 @@ class ServiceHealth:
     def succeeded(self, endpoint: str | None = None) -> None:
         """The service answered (any answer that is not a transient failure, nor a 429); `endpoint`: the
         endpoint that answered, whose count of 429s starts again (and which is no longer given up)."""
+        self._recent.append(True)
         self._throttled_since = None
         if endpoint is not None:
             self._endpoint_throttled.pop(endpoint, None)
@@ -233,6 +254,7 @@ class ServiceHealth:
 
     def _answered(self) -> None:
         self._in_a_row = 0
+        self._failing_since = None
         if self._opened_at is not None:
             log.warning(
                 "the service answers again, after %.0f s of failures", self._clock() - self._opened_at
@@ -242,19 +264,46 @@ class ServiceHealth:
             self._probe_wait = PROBE_FIRST
             self._wake()
 
-    def failed(self, error: str, probe: int = 0) -> bool:
+    @property
+    def failing_more(self) -> bool:
+        """Whether the service has failed more than it answered, of its last outcomes (`threshold` of them
+        at least: one 502, the run's first answer, says nothing yet of the service as a whole)."""
+        recent = self._recent
+        return recent.size >= self.threshold and recent.failures > recent.answers
+
+    def _outage_in_a_row(self) -> int:
+        """The failures in a row that make an outage: so many that the service, answering as often as it
+        did of late (before them), would fail them all less than once in 1/OUTAGE_ODDS; `threshold` at
+        least, and no more than the window: a window without an answer is an outage whatever came before."""
+        recent = self._recent
+        rate = recent.answers / recent.size if recent.size else 0.0
+        if rate in (0.0, 1.0):
+            return self.threshold
+        needed = math.ceil(math.log(OUTAGE_ODDS) / math.log1p(-rate))
+        return max(self.threshold, min(needed, recent.capacity))
+
+    def failed(
+        self, error: str, probe: int = 0, *, billed: bool = True, retry_after: float | None = None
+    ) -> bool:
         """A transient failure: 5xx, timeout, broken connection, broken answer; `probe`: the number of the
-        probe that failed (admit's), 0 for another request (one sent before the circuit opened). Returns
-        whether it counts against its task's attempts: not when it opened the circuit or came during an
-        outage, which is the service's fault, not the task's."""
+        probe that failed (admit's), 0 for another request (one sent before the circuit opened); `billed`:
+        whether it may have been billed (False: it bought nothing for sure: a 5xx with no usage, a
+        connection refused); `retry_after`: the seconds its Retry-After asks for. Returns whether it counts
+        against its task's attempts: not when it opened the circuit or came during an outage, which is the
+        service's fault, not the task's; nor, when it bought nothing, while the service fails more than it
+        answers (a partial outage)."""
         self._in_a_row += 1
         self.last_error = error
         now = self._clock()
+        if self._failing_since is None:  # at the rate of answers before these failures: theirs would chase it
+            self._failing_since = now
+            self._outage_after = self._outage_in_a_row()
+        self._recent.append(False)
         if self._opened_at is None:
-            if self._in_a_row < self.threshold:
-                return True
-            self._opened_at = now
-            self._next_probe = now + PROBE_FIRST
+            if self._in_a_row < self._outage_after:  # a bad run of a service that answers still: no outage
+                return billed or not self.failing_more
+            self._opened_at = self._failing_since
+            self._next_probe = now + self._told_to_wait(PROBE_FIRST, retry_after)
             self.outages += 1
             log.warning(
                 "the service is failing (%d failed attempts in a row; last: %s): tasks wait without spending "
@@ -268,11 +317,19 @@ class ServiceHealth:
         if probe and probe == self._probe:
             self._probe, self._probe_sent = 0, None
             self._probe_wait = min(PROBE_MAX, self._probe_wait * 2)
-            self._next_probe = now + self._probe_wait
+            self._next_probe = now + self._told_to_wait(self._probe_wait, retry_after)
             self._wake()
         if now - self._opened_at >= self.outage_limit and self._probe_deadline(now) is None:
             self._give_up(now)
         return False
+
+    @staticmethod
+    def _told_to_wait(wait: float, retry_after: float | None) -> float:
+        """The wait before the next probe: `wait`, or the failure's Retry-After when that is longer (and
+        sane: a negative or absurd one is ignored, as a task's retry ignores it)."""
+        if retry_after is not None and 0 <= retry_after <= RETRY_AFTER_MAX:
+            return max(wait, retry_after)
+        return wait
 
     def ended(self, probe: int) -> None:
         """The attempt of probe number `probe` is over. One that ended before its answer said anything
@@ -327,3 +384,26 @@ class ServiceHealth:
     def _wake(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
+
+
+class Outcomes:
+    """The last `capacity` outcomes of requests, answered or failed, with their counts."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._last: deque[bool] = deque(maxlen=capacity)
+        self.answers = 0
+
+    @property
+    def size(self) -> int:
+        return len(self._last)
+
+    @property
+    def failures(self) -> int:
+        return len(self._last) - self.answers
+
+    def append(self, answered: bool) -> None:
+        if len(self._last) == self.capacity:
+            self.answers -= self._last[0]
+        self._last.append(answered)
+        self.answers += answered

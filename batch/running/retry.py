@@ -87,6 +87,32 @@ def rate_limited(error: BaseException | None) -> bool:
     )
 
 
+def bought_nothing(error: BaseException | None) -> bool:
+    """A failure that bought nothing for sure: an error status with no usage beside it, sent before any of
+    an answer (not inside a stream), or a connection that could not be made (refused, no such host, no
+    connection within --connect-timeout). A 5xx of these in a partial outage costs its task no attempt
+    (ServiceHealth.failed); one that may be billed (a cut stream, a timeout mid-answer, a usage) spends one,
+    or a night of them would buy the same answer over and over."""
+    if isinstance(error, ApiStatusError):
+        return error.usage is None and not error.maybe_billed
+    if isinstance(error, TransportError):
+        return not error.maybe_billed
+    return False
+
+
+def failing_service(error: BaseException | None) -> bool:
+    """A retryable failure that says the service failed, not the request, and bought nothing: a 5xx or a
+    408 with no usage, or a connection that failed unbilled. A task whose retries end on one that spent
+    no attempt (the service failing more than it answered, or down) is left pending, not failed."""
+    if isinstance(error, ApiStatusError):
+        status = error.status or 0
+        if not (status >= 500 or status == 408):
+            return False
+    elif not isinstance(error, TransportError):
+        return False
+    return bought_nothing(error) and retryable(error)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Bounds on retrying one task: attempts *and* time, with full-jitter exponential backoff.

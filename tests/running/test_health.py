@@ -33,8 +33,11 @@ async def probing(probe_timeout: float = 600) -> tuple[Clock, list[str], Service
 
 
 def test_closed_circuit_admits_and_a_success_resets_the_count() -> None:
+    """A service that answered everything opens the circuit after `threshold` failures in a row."""
     outages: list[str] = []
     health = ServiceHealth(3, 60, outages.append, clock=Clock())
+    for _ in range(100):
+        health.succeeded()
     health.failed("503")
     health.failed("503")
     health.succeeded()
@@ -44,6 +47,64 @@ def test_closed_circuit_admits_and_a_success_resets_the_count() -> None:
     health.failed("503")
     assert health.is_open and health.outages == 1
     assert outages == []
+
+
+def answering_one_in_five(clock: Clock, outages: list[str] | None = None) -> ServiceHealth:
+    """A service that answered one request in five, its last one answered (threshold 5, a 60 s limit)."""
+    health = ServiceHealth(5, 60, (outages if outages is not None else []).append, clock=clock)
+    for _ in range(40):
+        for _ in range(4):
+            health.failed("503", billed=False)
+        health.succeeded()
+    return health
+
+
+def test_a_service_that_answers_one_request_in_five_is_not_down_for_a_bad_run_of_failures() -> None:
+    """80% answered 503: five in a row (the threshold) are common, and the circuit opened and closed
+    again and again, its probes one at a time up to 30 s apart: the night crawled. Failures in a row
+    open it only when that many are unlikely (1e-4) at the rate the service answered: 42 at one in five."""
+    clock = Clock()
+    outages: list[str] = []
+    health = answering_one_in_five(clock, outages)
+    for _ in range(41):
+        clock.now += 1
+        health.failed("503", billed=False)
+    assert not health.is_open
+    health.failed("503", billed=False)
+    assert health.is_open and health.outages == 1
+    # the outage limit counts from the first of them (41 s ago), not from the circuit's opening
+    clock.now += 20
+    health.failed("503", billed=False)
+    assert len(outages) == 1 and "failing for 60 s" in outages[0]
+
+
+def test_a_failure_that_bought_nothing_spends_no_attempt_while_the_service_fails_more_than_it_answers() -> (
+    None
+):
+    """Six 503s met by chance at 80% failed a task for good. One that bought nothing is the service's
+    fault while it fails more than it answers; one that may have been billed (a usage, a cut stream)
+    spends an attempt as ever, or the same answer is bought over and over."""
+    health = answering_one_in_five(Clock())
+    assert health.failed("503", billed=False) is False
+    assert health.failed("503 with a usage", billed=True) is True
+    healthy = ServiceHealth(5, 60, [].append, clock=Clock())
+    for _ in range(10):
+        healthy.succeeded()
+    assert healthy.failed("503", billed=False) is True  # answering mostly: this one is the task's
+
+
+@pytest.mark.anyio
+async def test_a_failed_probes_retry_after_puts_the_next_probe_off() -> None:
+    """A 503 with `Retry-After: 20` on a probe, and the next probe went 0.5 s later all the same."""
+    clock, _, health, probe = await probing()
+    assert probe
+    health.failed("503", probe, retry_after=20)
+    clock.now += 19
+    with anyio.move_on_after(0.05) as scope:
+        await health.admit()
+    assert scope.cancelled_caught  # not yet
+    clock.now += 1
+    assert await health.admit()  # the next probe
 
 
 @pytest.mark.anyio
