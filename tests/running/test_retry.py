@@ -370,3 +370,23 @@ async def test_calls_that_share_a_budget_share_its_retries_and_its_deadline() ->
     with pytest.raises(TransportError):
         await call_with_retries(policy, always_down("d"), sleep=sleep, shared=late)
     assert tries == ["d"] and late.left == 5 and not late.take()
+
+
+def test_only_a_failure_that_bought_nothing_is_the_services_alone() -> None:
+    """A partial outage's 5xx spends no attempt only when it bought nothing: one beside a usage, or inside
+    a stream (maybe billed), or a timeout mid-answer, spends one, or it is bought over and over."""
+    from batch.running.retry import bought_nothing, failing_service
+
+    plain = ApiStatusError(503, "Service Unavailable")
+    with_usage = ApiStatusError(502, "upstream closed")
+    with_usage.usage = {"total_tokens": 10}
+    in_stream = ApiStatusError(502, "upstream closed")
+    in_stream.maybe_billed = True
+    refused = TransportError("could not connect", reach="refused")
+    timed_out = TransportError("no complete answer", maybe_billed=True, timeout=True, reach="timeout")
+    assert bought_nothing(plain) and failing_service(plain)
+    assert bought_nothing(refused) and failing_service(refused)
+    for billed in (with_usage, in_stream, timed_out):
+        assert not bought_nothing(billed) and not failing_service(billed)
+    assert not failing_service(ApiStatusError(400, "bad request"))  # the task's, not the service's
+    assert not failing_service(ApiStatusError(429, "slow down"))  # a 429 has rules of its own
