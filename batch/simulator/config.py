@@ -140,6 +140,8 @@ class SimConfig:
     error_statuses: tuple[int, ...] = DEFAULT_ERROR_STATUSES  # of ERROR_STATUSES, drawn at random
     retry_after: float = DEFAULT_RETRY_AFTER
     retry_after_date: bool = False  # Retry-After written as an HTTP date (whole seconds), not seconds
+    # the Retry-After of --error-rate's errors (a 503's "come back in S s"); None: they carry none
+    error_retry_after: float | None = None
     # error bodies as Google's APIs write them: [{"error": {"code", "message", "status"}}] (Gemini's layer)
     google_errors: bool = False
     rpm: int | None = None
@@ -171,6 +173,8 @@ class SimConfig:
         if not (0.0 <= self.latency_jitter <= 1.0):
             raise ValueError(f"latency_jitter must be between 0 and 1, got {self.latency_jitter!r}")
         _check_fraction("error_rate", self.error_rate)
+        if self.error_retry_after is not None and self.error_retry_after < 0:
+            raise ValueError(f"error_retry_after must be >= 0 or None, got {self.error_retry_after!r}")
         _check_fraction("rate_429", self.rate_429)
         object.__setattr__(self, "error_statuses", tuple(self.error_statuses))
         if not self.error_statuses or not set(self.error_statuses) <= set(ERROR_STATUSES):

@@ -107,11 +107,17 @@ def rate_limited(
     retry_after: float | None, message: str, code: str = "rate_limit_exceeded", *, as_date: bool = False
 ) -> ApiError:
     """A 429, with Retry-After when the server knows when to come back (as an HTTP date, `as_date`)."""
-    headers = {}
-    if retry_after is not None:
-        shown = format_retry_after_date(retry_after) if as_date else format_retry_after(retry_after)
-        headers["Retry-After"] = shown
+    headers = retry_after_headers(retry_after, as_date=as_date)
     return ApiError(429, message, type_="rate_limit_exceeded", code=code, headers=headers)
+
+
+def retry_after_headers(retry_after: float | None, *, as_date: bool = False) -> dict[str, str]:
+    """The Retry-After header of an answer that says when to come back (none for None): in seconds, or as
+    an HTTP date (`as_date`)."""
+    if retry_after is None:
+        return {}
+    shown = format_retry_after_date(retry_after) if as_date else format_retry_after(retry_after)
+    return {"Retry-After": shown}
 
 
 def quota_exhausted() -> ApiError:

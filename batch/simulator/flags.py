@@ -95,6 +95,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--retry-after", type=_non_negative, default=DEFAULT_RETRY_AFTER, help="Retry-After of random 429s"
     )
     group.add_argument(
+        "--error-retry-after",
+        type=_non_negative,
+        default=None,
+        metavar="SECONDS",
+        help="a Retry-After on --error-rate's errors (in seconds, or a date with --retry-after-date); "
+        "default none",
+    )
+    group.add_argument(
         "--google-errors",
         action="store_true",
         help='write error bodies as Google\'s APIs do: [{"error": {"code", "message", "status"}}]',
@@ -199,6 +207,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         storm_429=args.storm_429,
         error_statuses=tuple(args.error_status or DEFAULT_ERROR_STATUSES),
         retry_after=args.retry_after,
+        error_retry_after=args.error_retry_after,
         retry_after_date=args.retry_after_date,
         google_errors=args.google_errors,
         rpm=args.rpm,

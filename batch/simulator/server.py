@@ -32,7 +32,14 @@ from .chat import (
     usage_chunk,
 )
 from .config import SimConfig
-from .errors import ApiError, gateway_error_html, quota_exhausted, rate_limited, server_error_json
+from .errors import (
+    ApiError,
+    gateway_error_html,
+    quota_exhausted,
+    rate_limited,
+    retry_after_headers,
+    server_error_json,
+)
 from .exchange import Exchange, authorize, json_body
 from .files import FILES_PATH, LINKS_PATH, FileStore, files_origin
 from .image_request import (
@@ -184,8 +191,14 @@ class _Simulator:
         if draws.error < self.config.error_rate:
             status = draws.error_status
             if draws.error_html:
-                return gateway_error_html(status)
-            return server_error_json(status, google=self.config.google_errors)
+                response = gateway_error_html(status)
+            else:
+                response = server_error_json(status, google=self.config.google_errors)
+            config = self.config
+            response.headers.update(
+                retry_after_headers(config.error_retry_after, as_date=config.retry_after_date)
+            )
+            return response
         ex.fault = self._choose_fault(ex, draws, faults.applicable_faults(images=images, stream=stream))
         if ex.fault == "quota":
             raise quota_exhausted()

@@ -306,6 +306,28 @@ def test_408_and_409_are_retried_and_each_task_bought_once(
     assert sorted(billed) == sorted(done) and len(ledger(tmp_path / "out")) == 6
 
 
+def test_a_503s_retry_after_is_waited_out_before_the_task_is_sent_again(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A 503 may say when to come back (RFC 9110; the simulator's --error-retry-after): with no backoff
+    of its own, each task waits that long before it is sent again, and is bought once."""
+    manifest = write("tasks:\n" + IMAGE_TASKS + CHAT_TASKS)
+    config = SimConfig(api_key=KEY, error_rate=0.5, error_statuses=(503,), error_retry_after=0.3, seed=1)
+    with simulator_in_thread(config) as sim:
+        outcome = cli(
+            "run", manifest, "--out", tmp_path / "out", *FAST, "--max-attempts", "20", env=env_for(sim)
+        )
+        records = sim.state.records
+    assert outcome.code == 0, outcome.err
+    refused = [record for record in records if record.status == 503]
+    assert refused, [(r.status, r.task_id) for r in records]
+    for record in refused:
+        after = min(r.time for r in records if r.task_id == record.task_id and r.time > record.time)
+        assert after - record.time >= 0.3, (record, after)
+    done = results(tmp_path / "out")
+    assert all(r["status"] == "succeeded" for r in done.values()) and len(ledger(tmp_path / "out")) == 6
+
+
 # Gemini's OpenAI-compatible layer writes errors as Google's APIs do, a list of one object:
 #   [{"error": {"code": 429, "message": "Resource has been exhausted (e.g. check quota).",
 #               "status": "RESOURCE_EXHAUSTED"}}]

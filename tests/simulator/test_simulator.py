@@ -714,6 +714,27 @@ async def test_random_429_and_5xx() -> None:
 
 @pytest.mark.timeout(30)
 @pytest.mark.anyio
+async def test_random_5xx_carry_a_retry_after_on_demand() -> None:
+    """`--error-retry-after S`: a 503's "come back in S s" (RFC 9110 lets a 503 say when), on the JSON
+    errors and the gateway's pages alike, in seconds or as a date; none by default."""
+    async with simulated(error_rate=1.0, seed=7, error_retry_after=2.5) as client:
+        kinds = set()
+        for _ in range(12):
+            response = await client.generate({"prompt": "a fox"})
+            assert response.status >= 500 and response.headers["Retry-After"] == "2.5"
+            kinds.add(response.content_type)
+        assert kinds == {"text/html", "application/json"}
+    async with simulated(error_rate=1.0, error_retry_after=30, retry_after_date=True) as client:
+        response = await client.generate({"prompt": "a fox"})
+        assert response.headers["Retry-After"].endswith(" GMT")
+    async with simulated(error_rate=1.0) as client:
+        assert "Retry-After" not in (await client.generate({"prompt": "a fox"})).headers
+    with pytest.raises(ValueError, match="error_retry_after"):
+        SimConfig(error_retry_after=-1)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.anyio
 async def test_a_429_storm_answers_every_request_429_until_its_seconds_from_the_first_are_over() -> None:
     """A storm (`--storm-429 S`): every request 429, with Retry-After, for S seconds from the first request;
     then the simulator answers as usual. Nothing in it is billed."""
