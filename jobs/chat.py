@@ -40,14 +40,12 @@ from batch.manifest.fields import (
 from batch.manifest.tasks import RESERVED
 
 from .chat_answer import parse_chat_answer, read_content, stream_complete, token_counts, usage_of
-from .image_api import EXTRA, check_extra, sniff_mime
+from .image_api import EXTRA, INPUT_FORMATS, check_extra, sniff_mime
 
 PATH = "google/chat/completions"
 
 ROLES = ("system", "user", "assistant", "tool", "function")
 DATA_URL = re.compile(r"data:image/[A-Za-z0-9.+-]+;base64,")
-# what a local image may be, by content (Pillow's names; MPO is the JPEG many phone cameras write)
-INPUT_FORMATS = frozenset({"PNG", "WEBP", "JPEG", "MPO"})
 # a URL's scheme: two letters at least, so that a Windows path (C://photos) stays a path
 URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
 SHORTHAND = ("prompt", "images", "system")

@@ -10,7 +10,15 @@ from typing import Any
 from batch.kind import ApiRequest, FileReader, FileRef, FormField, InputInfo, Pointer
 from batch.manifest.fields import Choice, FieldIssue, type_name
 
-from .image_api import COMMON_RULES, EXTRA, ImageKind, check_image_fields, describe_fields, sniff_mime
+from .image_api import (
+    COMMON_RULES,
+    EXTRA,
+    INPUT_FORMATS,
+    ImageKind,
+    check_image_fields,
+    describe_fields,
+    sniff_mime,
+)
 
 PATH = "images/edits"
 
@@ -29,8 +37,6 @@ MAX_MASK_BYTES = 4 * 1024 * 1024
 # a mask's pixels are read (for one of alpha 0) up to this many (the API's sizes are at most 1536x1024):
 # a bigger one's would take more memory than the check is worth
 MASK_PIXELS_READ = 4096 * 4096
-# Pillow's names; MPO is the JPEG many phone cameras write (a JPEG with more pictures after the first)
-IMAGE_FORMATS = ("PNG", "WEBP", "JPEG", "MPO")
 # What a shared default (`defaults:` without a kind) or a `--set` without a kind may apply to. The output
 # fields (output_format, output_compression, moderation) are not among them: the seed does not list them
 # for edit, so they reach an edit only from the task itself, `defaults.edit` or `--set edit.FIELD=...`.
@@ -145,7 +151,7 @@ def check_edit_inputs(fields: Mapping[str, Any], inputs: Mapping[Pointer, InputI
         if info.error:
             issues.append(FieldIssue(label, info.error, str(info.path)))
             continue
-        if info.image is None or info.image.format not in IMAGE_FORMATS:
+        if info.image is None or info.image.format not in INPUT_FORMATS:
             found = info.image.format if info.image else "not an image"
             issues.append(
                 FieldIssue(

@@ -230,6 +230,11 @@ def data_url_image(url: str) -> EncodedImage | None:
     return EncodedImage(payload, mime=head[5:].split(";")[0] or None)
 
 
+# What an input image (an edit's, a chat's local one) may be, by content: Pillow's names; MPO is the JPEG
+# many phone cameras write (a JPEG with more pictures after the first), sent as image/jpeg.
+INPUT_FORMATS = frozenset({"PNG", "WEBP", "JPEG", "MPO"})
+
+
 def sniff_mime(data: bytes) -> str:
     """The MIME type of image bytes by their magic number (for multipart parts and data: URLs)."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
