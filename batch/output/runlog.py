@@ -11,13 +11,17 @@ not a power cut, and the kernel keeps a write that returned.
     {"event": "sent", "request_id": "fox/1a2b3c.1", "task_id": "fox", "at": ...}
     {"event": "done", "request_id": ..., "outcome": "answered" | "error" | "failed" | "cancelled"
        | "interrupted", "status": 200, "maybe_billed": false, "seconds": 1.2}
-    {"event": "kept", "request_id": ..., "task_id": ..., "ledger": {the answer's ledger line}}
+    {"event": "kept", "request_id": ..., "task_id": ..., "ledger": {the answer's ledger line},
+       "answer": the answer's body (JSON: a stream's, the list of its chunks), unless it is in answers/}
     {"event": "end", "at": ..., "exit_code": 0, ...}
 
-A `kept` line comes before an answer whose images are to be fetched is kept in answers/, and that before
-its ledger line: a run killed between the answer kept and its ledger line leaves the line to the next run,
-which books it (`recover`) and finishes the task from the answer, where it would have bought it again. One
-killed before the answer was kept has its line booked all the same (it was paid), and is asked again.
+Every paid answer is kept before its ledger line is written, so that a run killed before its task's result
+line leaves it for the next run to finish the task from (`recover`), where it would have bought it again.
+Its `kept` line carries its ledger line, and the answer itself (most answers: text, a stream, small
+images: one write(2) with the line, which a killed process does not lose), or comes before the answer is
+kept in answers/ (one whose images are to be fetched, or a big one). The next run books a line the kill
+left unwritten, once. One killed before its answer was kept in answers/ has its line booked all the same
+(it was paid), and is asked again.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
-from batch.output.files import write_atomic
+from batch import codec
+from batch.output.files import fsync_dir, real_folder, write_atomic
 from batch.output.store import (
     ANSWERS,
     RESULTS,
@@ -44,6 +49,7 @@ from batch.output.store import (
     parse_record,
     read_lines,
     whole_lines,
+    without_secrets,
 )
 from batch.running.idset import IdSet, digest
 from batch.running.records import (
@@ -143,14 +149,19 @@ def finished_from(root: Path, task_ids: set[str]) -> None:
 
 
 def _kept(
-    root: Path, pending: Mapping[str, str], unbooked: Mapping[str, Mapping[str, Any]], ledger: Journal | None
+    root: Path,
+    pending: Mapping[str, str],
+    unbooked: Mapping[str, Mapping[str, Any]],
+    ledger: Journal | None,
+    carried: Mapping[str, Any] | None = None,
 ) -> dict[str, KeptAnswer]:
     """Of the requests a killed run left without a `done` line and without a saved result, those whose
-    answer is kept whole in answers/ (as `_keep_raw` names it) and in the ledger. One whose ledger line
-    the kill left unwritten (`unbooked`: request id -> the line its run log's `kept` line holds) has it
-    written now, once and durably, through `ledger` (the run's own journal: its size stays true): that
-    line is written once the answer came, paid, so it is booked whether or not the kill let its body be
-    kept (one not kept is maybe billed, its cost counted, and asked again)."""
+    answer is kept whole (in answers/, as `_keep_raw` names it, or carried in its `kept` line: `carried`,
+    request id -> the answer, written to answers/ now) and in the ledger. One whose ledger line the kill
+    left unwritten (`unbooked`: request id -> the line its run log's `kept` line holds) has it written
+    now, once and durably, through `ledger` (the run's own journal: its size stays true): that line is
+    written once the answer came, paid, so it is booked whether or not the kill let its body be kept (one
+    not kept is maybe billed, its cost counted, and asked again)."""
     if not pending:
         return {}
     booked: list[Mapping[str, Any]] = []
@@ -180,7 +191,9 @@ def _kept(
             continue
         answer_file = _answer_file(request_id)
         if not (root / answer_file).is_file():
-            continue
+            if carried is None or request_id not in carried:
+                continue
+            _write_answer(root, answer_file, carried[request_id])
         cost = line.get("cost")
         kept = KeptAnswer.from_line(
             {
@@ -198,6 +211,13 @@ def _kept(
         if kept is not None:
             found[request_id] = kept
     return found
+
+
+def _write_answer(root: Path, answer_file: str, answer: Any) -> None:
+    """Keep in answers/ an answer a `kept` line carried, durably, for the task to be finished from."""
+    folder = real_folder(root / ANSWERS)
+    write_atomic(root / answer_file, without_secrets(codec.dumps(answer)), fsync=True)
+    fsync_dir(folder)
 
 
 def _named(line: Mapping[str, Any]) -> str | None:
@@ -223,6 +243,7 @@ def recover(folder: Path, ledger: Journal | None = None) -> Interrupted:
             continue
         pending: dict[str, str] = {}
         unbooked: dict[str, Mapping[str, Any]] = {}  # request id -> its ledger line, as a `kept` line has it
+        carried: dict[str, Any] = {}  # request id -> its answer, as a `kept` line carries it
         ended = False
         for line in read_lines(path):
             record = attempt_log_line(line)
@@ -235,12 +256,14 @@ def recover(folder: Path, ledger: Journal | None = None) -> Interrupted:
                 ended = True
             elif line.get("event") == KEPT and isinstance(line.get("ledger"), dict):
                 unbooked[str(line.get("request_id"))] = line["ledger"]
+                if isinstance(line.get("answer"), dict | list):
+                    carried[str(line.get("request_id"))] = line["answer"]
         if ended:
             continue
         billed = saved(folder.parent, pending)
         # the answers a kill caught while their images were downloaded: the next run finishes from them
         left = {r: t for r, t in pending.items() if r not in billed}
-        kept = _kept(folder.parent, left, unbooked, ledger)
+        kept = _kept(folder.parent, left, unbooked, ledger, carried)
         if kept:  # written durably before the log says so: a kill in between finds them again
             list_path = folder.parent / ANSWERS / TO_FINISH
             lines = [*read_lines(list_path), *map(vars, kept.values())]
@@ -449,12 +472,20 @@ class RunLog:
         ).encode()
         self._flush()
 
-    def keeping(self, request_id: str, task_id: str, ledger_line: Mapping[str, Any]) -> None:
-        """An answer is about to be kept in answers/ before its ledger line is written: the line, so that
-        a kill between the two leaves it for the next run to book (recover). In the kernel at once."""
-        self._pending += _line(
-            {"event": KEPT, "request_id": request_id, "task_id": task_id, "ledger": dict(ledger_line)}
-        )
+    def keeping(self, request_id: str, task_id: str, ledger_line: bytes, answer: bytes | None = None) -> None:
+        """A paid answer, kept before its ledger line is written: the line (as encode_line made it for
+        usage.jsonl), and `answer` (its body as JSON, codec.dumps's: no line end in it), or none where the
+        answer is about to be kept in answers/. A kill before its task's result line leaves both for the
+        next run (recover). In the kernel at once, in one write(2). Both spliced in, not encoded again."""
+        self._pending += (
+            f'{{"event": "{KEPT}", "request_id": {_string(request_id)}, "task_id": {_string(task_id)}, '
+            '"ledger": '
+        ).encode()
+        self._pending += ledger_line.rstrip(b"\n")
+        if answer is not None:
+            self._pending += b', "answer": '
+            self._pending += answer
+        self._pending += b"}\n"
         self._flush()
 
     async def published(self) -> None:

@@ -15,11 +15,11 @@ after a crash. A line is written whole, in one write(2), only after the files it
 place, so a reader never sees a result whose files are missing. The only damage a crash can do is a torn
 last line, which the next run cuts off before appending.
 
-Order of a task's commit: files to `.<name>.<random>.tmp`, fsync, rename, fsync the folder; then the
-result line. Usage is appended as soon as a billed answer arrives, before anything else. Journal lines reach
-the kernel at once (a killed process loses none) and the disk within `sync_interval` (default 0.1 s: a
-power cut may lose the last tenth of a second); with sync_interval 0 each line is fsync'd (grouped among
-concurrent writers) before the run goes on.
+Order of a task's commit: files to `.<name>.<random>.tmp`, fsync, rename, fsync the folder; then the result
+line. Usage is appended as soon as a billed answer arrives and is kept (in the run log's `kept` line, or in
+answers/: output.runlog), before anything else. Journal lines reach the kernel at once (a killed process loses
+none) and the disk within `sync_interval` (default 0.1 s: a power cut may lose the last tenth of a second);
+with sync_interval 0 each line is fsync'd (grouped among concurrent writers) before the run goes on.
 """
 
 from __future__ import annotations
@@ -453,10 +453,14 @@ class OutputDir:
                     pass
         return removed
 
-    async def append(self, journal: Journal, record: Mapping[str, Any]) -> None:
-        """Append a line to results.jsonl or usage.jsonl. It is in the kernel at once (a killed process
-        loses nothing); on disk at once with sync_interval 0, else within sync_interval (run_syncer)."""
-        journal.write(record)
+    async def append(self, journal: Journal, record: Mapping[str, Any] | bytes) -> None:
+        """Append a line (a record, or one encode_line made already) to results.jsonl or usage.jsonl. It is
+        in the kernel at once (a killed process loses nothing); on disk at once with sync_interval 0, else
+        within sync_interval (run_syncer)."""
+        if isinstance(record, bytes):
+            journal.write_bytes(record)
+        else:
+            journal.write(record)
         if self.sync_interval <= 0:
             await journal.sync()
 

@@ -55,6 +55,10 @@ MAX_DOWNLOADS = 16
 # images of one answer, inline or linked (the API makes at most 10): 20,000 inline 1x1 pictures in a 2 MB
 # answer wrote 20,000 files, and the answer cap allows some 650,000
 MAX_IMAGES = 64
+# an answer up to this size is kept in its run-log line (RunLog.keeping: one write, no fsync, no file), and a
+# bigger one in answers/ (a file, fsync'd) until its task's line is written: a chat answer of text is a
+# few kilobytes, an image's base64 some megabytes (the run logs are read whole by status and report)
+CARRIED_MAX = 64 * 1024
 
 
 class TaskAttempts:
@@ -470,19 +474,26 @@ class TaskAttempts:
     async def _keep(
         self, spec: TaskSpec, kind: TaskKind, request_id: str, reply: Reply, state: TaskState
     ) -> None:
-        """Bill an answer (at its usage, or at the estimate when it says none), then turn it into files
-        and the task's answer. An answer that cannot be used was paid for all the same: its raw body is
-        kept in answers/ and the task fails, never buying it again."""
+        """Keep an answer and bill it (at its usage, or at the estimate when it says none), then turn it
+        into files and the task's answer. An answer that cannot be used was paid for all the same: its raw
+        body is kept in answers/ and the task fails, never buying it again."""
         usage = usage_of(kind, reply.body)
         try:
             answer: Answer | None = kind.parse_answer(spec.fields, reply.body)
         except Exception:
             answer = None  # read again by _use, which fails the task and keeps the answer, once billed
         links = answer is not None and answer.images and any(image.url is not None for image in answer.images)
-        if links and isinstance(reply.body, dict):  # a stream's events (.sse) are not read again as JSON
+        carried = None
+        if not links or not isinstance(reply.body, dict):  # a stream's events (.sse) are not read as JSON
+            carried = _carried(reply)
+        if carried is None and isinstance(reply.body, dict) and reply.raw:
             await self._keep_first(spec, kind, request_id, reply, usage, state)
+            if not links:  # kept for a kill's window only: its task's line names it if it is not usable
+                state.window_file, state.answer_file = state.answer_file, None
         else:
-            await bill(self._ctx, spec, kind, request_id, usage, state)
+            entry = ledger_entry(self._ctx, spec, kind, request_id, usage, state)
+            self._ctx.log.keeping(request_id, spec.id, entry.encoded, carried)
+            await bill(self._ctx, spec, kind, request_id, usage, state, entry)
         await self._use(spec, kind, request_id, reply, state, answer)
 
     async def _keep_first(
@@ -500,7 +511,7 @@ class TaskAttempts:
         (runlog.recover), where a ledger line written first left an answer to buy again."""
         ctx = self._ctx
         entry = ledger_entry(ctx, spec, kind, request_id, usage, state)
-        ctx.log.keeping(request_id, spec.id, entry.line)
+        ctx.log.keeping(request_id, spec.id, entry.encoded)
         try:
             await self._keep_raw(spec, request_id, reply, state)
         finally:  # kept or not (a full disk), the answer was paid: in the ledger, whole
@@ -590,6 +601,9 @@ class TaskAttempts:
 
     async def _keep_raw(self, spec: TaskSpec, request_id: str, reply: Reply, state: TaskState) -> None:
         """answers/<task id>.<run>.<attempt>.<json|sse>: the body as it came (the key scrubbed)."""
+        if state.window_file is not None:  # there already: now its task's line names it
+            state.answer_file = state.window_file
+            return
         if not reply.raw:
             return
         name = request_id.replace("/", ".") + (".sse" if isinstance(reply.body, list) else ".json")
@@ -666,6 +680,12 @@ class TaskAttempts:
         except OutputError as exc:
             self._ctx.stop(str(exc), EXIT_IOERR)
             return
+        if state.window_file is not None and state.window_file != state.answer_file:
+            # kept for a kill's window, now closed: the answer is in the task's files
+            with contextlib.suppress(OSError):
+                await anyio.to_thread.run_sync(
+                    (self._ctx.out.root / state.window_file).unlink, limiter=self._ctx.threads
+                )
         if state.answered is not None:
             request_id, status, seconds = state.answered
             self._ctx.log.done(request_id, "answered", status=status, seconds=seconds)
@@ -677,6 +697,18 @@ class TaskAttempts:
                     await anyio.to_thread.run_sync(finished_from, self._ctx.out.root, {spec.id})
         self._tally(state)
         self._ctx.emit(TaskFinished(record))
+
+
+def _carried(reply: Reply) -> bytes | None:
+    """A paid answer as its run-log `kept` line carries it (JSON, see RunLog.keeping): a stream's chunks
+    (its events are not read again as JSON from answers/), or a body up to CARRIED_MAX; None for a
+    bigger body (kept in answers/ instead), or one no JSON writer can write."""
+    if isinstance(reply.body, dict) and len(reply.raw) > CARRIED_MAX:
+        return None
+    try:
+        return codec.dumps(reply.body)
+    except (TypeError, ValueError, RecursionError):
+        return None
 
 
 def _host(url: str) -> str:

@@ -1,6 +1,5 @@
 """What a task leaves in DIR about itself: a ledger line the moment an answer is billed (before anything
-else is done with it but keeping an answer whose images are to be fetched), and its result line when it
-ends."""
+else is done with it but keeping it: TaskAttempts._keep), and its result line when it ends."""
 
 from __future__ import annotations
 
@@ -12,6 +11,7 @@ from batch.errors import ApiError, OutputError
 from batch.events import Billed
 from batch.kind import Answer, TaskKind, TokenCounts, counts_readable
 from batch.manifest.tasks import TaskSpec
+from batch.output.store import encode_line
 from batch.running.answers import error_record
 from batch.running.context import AttemptContext, TaskState
 from batch.running.records import ResultRecord, TaskUsage, UsageRecord, now
@@ -25,6 +25,7 @@ class LedgerEntry(NamedTuple):
     line: dict[str, Any]
     counts: TokenCounts
     cost: float | None
+    encoded: bytes  # the line as usage.jsonl gets it, and the run log's `kept` line carries it
 
 
 def ledger_entry(
@@ -57,7 +58,7 @@ def ledger_entry(
         estimated=estimated,
         request_sha256=spec.request,
     ).to_line()
-    return LedgerEntry(line, counts, cost)
+    return LedgerEntry(line, counts, cost, encode_line(line))
 
 
 async def bill(
@@ -70,12 +71,12 @@ async def bill(
     entry: LedgerEntry | None = None,
 ) -> None:
     """Record a billed answer in the ledger (`entry`, made already, or its line made now: ledger_entry),
-    before anything else is done with it but keeping it (TaskAttempts._keep_first)."""
+    before anything else is done with it but keeping it (TaskAttempts._keep)."""
     if entry is None:
         entry = ledger_entry(ctx, spec, kind, request_id, usage, state)
     counts, cost = entry.counts, entry.cost
     try:
-        await ctx.out.append(ctx.out.usage, entry.line)
+        await ctx.out.append(ctx.out.usage, entry.encoded)
     except OutputError:
         state.maybe_billed += 1  # billed, but the ledger could not record it (a full disk)
         raise

@@ -64,6 +64,8 @@ class TaskState:
     answer: Answer | None = None
     files: list[str] = field(default_factory=list)
     answer_file: str | None = None  # DIR/answers/... : the raw body of a paid answer that was not usable
+    # DIR/answers/... : a big answer kept there only until its task's line is written (TaskAttempts._keep)
+    window_file: str | None = None
     server_request_id: str | None = None  # the server's id of the answer kept (x-request-id, or its id)
     # (request id, HTTP status, seconds) of the answer kept: its `done` line waits for the task's result
     # line, so that a run killed in between leaves the request counted as maybe billed (not saved)

@@ -321,6 +321,7 @@ def test_a_kill_while_images_are_downloaded_is_finished_from_the_kept_answer_not
 # A run killed (SIGKILL: nothing of it runs after) at one chosen moment of a paid answer's life, as the
 # `maas-batch run ARGS` command: `python -c KILLED_AT ARGS`, KILL_AT naming the moment.
 #   keeping: as the answer's body is about to be kept in answers/ (its `kept` run-log line written)
+#   ledger_line: as the answer's ledger line is about to be written to usage.jsonl
 #   first_record: once the first of the answer's two records is written, its body kept in answers/ or its
 #     ledger line in usage.jsonl (whichever the run writes first): the moment between the two
 #   result_line: before its task's result line is written (both records written)
@@ -338,6 +339,8 @@ def die():
 
 async def append_or_die(self, journal, record):
     if point == "result_line" and journal is self.results:
+        die()
+    if point == "ledger_line" and journal is self.usage:
         die()
     await append(self, journal, record)
     if point == "first_record" and journal is self.usage:
@@ -409,6 +412,90 @@ def test_a_kill_at_any_moment_after_an_answer_is_kept_neither_buys_it_again_nor_
     assert found["maybe_billed"] == 0 and found["succeeded"] == 1, found
     assert "finished from the answer a killed run paid for" in stderr
     assert not (out / "answers" / ".to-finish.jsonl").read_text()
+
+
+# Answers fetched whole, nothing to download: each kept first too (carried in the run log's `kept` line, or
+# a big one in answers/), as the manifest's task and the simulator's config that make one.
+WHOLE = {
+    "inline-image": ("{kind: generate, id: it, model: gpt-image-1, prompt: two cats, n: 2}", {}),
+    "big-inline-image": (
+        "{kind: generate, id: it, model: gpt-image-1, prompt: two cats}",
+        {"image_mode": "realistic"},
+    ),
+    "chat-text": ("{kind: chat, id: it, model: gemini-2.5-flash, prompt: a question}", {}),
+    "chat-stream": ("{kind: chat, id: it, model: gemini-2.5-flash, prompt: a question, stream: true}", {}),
+    "chat-images": (
+        "{kind: chat, id: it, model: gemini-2.5-flash-image, prompt: a cat}",
+        {"answers": frozenset({"message_images"})},
+    ),
+}
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    "points", [("ledger_line",), ("first_record",), ("first_record", "listing")], ids="+".join
+)
+@pytest.mark.parametrize("shape", sorted(WHOLE))
+def test_a_kill_between_a_whole_answers_ledger_line_and_its_result_line_does_not_buy_it_again(
+    shape: str, points: tuple[str, ...], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """An answer with nothing to fetch (inline images, chat text, a stream, a chat's inline pictures),
+    killed once it came, before its task's line: before its ledger line (`ledger_line`), or after it
+    (`first_record`; then the resume killed as it lists the answer to finish: `+listing`). Its ledger
+    line was written first and its body kept nowhere, so the resume bought it again: a kill in the
+    window, which images decoded and saved in a thread hold open for milliseconds. The answer is kept
+    first now (in the run log's `kept` line with its ledger line, or a big one in answers/): the next
+    run books its line once and finishes the task from it. Nothing is bought or counted twice."""
+    task, options = WHOLE[shape]
+    manifest = write(f"tasks:\n  - {task}\n")
+    out = tmp_path / "out"
+    with simulator_in_thread(SimConfig(api_key=KEY, **options)) as sim:
+        for point in points:
+            killed_at(point, manifest, out, sim.base_url)
+        code, stdout, stderr = Run(manifest, out, sim).finish()
+        assert code == 0, stdout + stderr
+        [paid] = sim.state.records  # bought once
+    [line] = ledger(out)  # booked once
+    assert line["request_id"] == paid.request_id and line["total_tokens"] == paid.billed_tokens
+    record = results(out)["it"]
+    assert record["status"] == "succeeded", record
+    assert record["files"] or record["text"], record
+    for path in record["files"]:
+        with Image.open(out / path) as image:
+            image.load()
+    assert record["usage"]["total_tokens"] == paid.billed_tokens
+    assert record["cost"] == pytest.approx(line["cost"])
+    found = status(out)
+    assert found["maybe_billed"] == 0 and found["succeeded"] == 1, found
+    assert "finished from the answer a killed run paid for" in stderr
+    assert not (out / "answers" / ".to-finish.jsonl").read_text()
+
+
+@pytest.mark.timeout(90)
+def test_a_big_answer_kept_for_a_kill_leaves_answers_once_its_task_is_saved(
+    write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """An answer over CARRIED_MAX (a real image's base64) is kept in answers/ before its ledger line, for
+    a kill's window only: once its task's line is written, its image is the answer, and the copy goes
+    (else every inline image would be on the disk twice)."""
+    task, options = WHOLE["big-inline-image"]
+    manifest = write(f"tasks:\n  - {task}\n")
+    out = tmp_path / "out"
+    with simulator_in_thread(SimConfig(api_key=KEY, **options)) as sim:
+        code, stdout, stderr = Run(manifest, out, sim).finish()
+        assert code == 0, stdout + stderr
+        [paid] = sim.state.records
+    assert paid.billed_tokens and len(ledger(out)) == 1
+    record = results(out)["it"]
+    assert record["status"] == "succeeded" and len(record["files"]) == 1 and record.get("answer_file") is None
+    kept = [
+        line
+        for log in (out / "runs").glob("*.jsonl")
+        for line in map(json.loads, log.read_text().splitlines())
+    ]
+    assert [line["event"] for line in kept if line.get("event") == "kept"] == ["kept"]
+    assert not any("answer" in line for line in kept if line.get("event") == "kept")  # in answers/, then
+    assert not [path.name for path in (out / "answers").iterdir() if not path.name.startswith(".")]
 
 
 @pytest.mark.timeout(90)
