@@ -492,8 +492,10 @@ class TaskAttempts:
                 state.window_file, state.answer_file = state.answer_file, None
         else:
             entry = ledger_entry(self._ctx, spec, kind, request_id, usage, state)
-            self._ctx.log.keeping(request_id, spec.id, entry.encoded, carried)
-            await bill(self._ctx, spec, kind, request_id, usage, state, entry)
+            try:
+                self._ctx.log.keeping(request_id, spec.id, entry.encoded, carried)
+            finally:  # kept or not (a full disk), the answer was paid: in the ledger, whole
+                await bill(self._ctx, spec, kind, request_id, usage, state, entry)
         await self._use(spec, kind, request_id, reply, state, answer)
 
     async def _keep_first(
@@ -511,8 +513,8 @@ class TaskAttempts:
         (runlog.recover), where a ledger line written first left an answer to buy again."""
         ctx = self._ctx
         entry = ledger_entry(ctx, spec, kind, request_id, usage, state)
-        ctx.log.keeping(request_id, spec.id, entry.encoded)
         try:
+            ctx.log.keeping(request_id, spec.id, entry.encoded)
             await self._keep_raw(spec, request_id, reply, state)
         finally:  # kept or not (a full disk), the answer was paid: in the ledger, whole
             with anyio.CancelScope(shield=True):
