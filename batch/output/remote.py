@@ -613,8 +613,11 @@ class Mirror:
     def __post_init__(self) -> None:
         for journal in SEGMENTS:  # what DIR holds now came from the store (pull)
             self.offsets[journal] = _size(self.root / journal)
-        # but for the failed lines --retry-failed has moved aside since (appended): from where pull left it
-        self.offsets[RETRIED] = pulled_size(self.root, RETRIED, self.offsets[RETRIED])
+        # but for the lines appended since, from where pull left them: the failed lines --retry-failed has
+        # moved aside, and the ledger lines the run's start booked for the answers a killed run kept
+        # (runlog.recover), which the store would otherwise never get: maybe billed there, in no cost
+        for journal in (RETRIED, USAGE):
+            self.offsets[journal] = pulled_size(self.root, journal, self.offsets[journal])
 
     @property
     def log_path(self) -> Path:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -367,12 +367,15 @@ command()
 """
 
 
-def killed_at(point: str, manifest: Path, out: Path, base_url: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
+def killed_at(
+    point: str, manifest: Path, out: Path | str, base_url: str, *args: str, env: Mapping[str, str] = {}
+) -> None:
+    """`maas-batch run MANIFEST --out OUT ARGS` killed at `point` (KILLED_AT); `env`: more variables."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}, **env}
     env.update(
         MAAS_API_KEY=KEY, MAAS_BASE_URL=base_url, MAAS_ENDPOINT="ep", PYTHONPATH=str(ROOT), KILL_AT=point
     )
-    argv = [sys.executable, "-c", KILLED_AT, "run", str(manifest), "--out", str(out), "--no-progress"]
+    argv = [sys.executable, "-c", KILLED_AT, "run", str(manifest), "--out", str(out), "--no-progress", *args]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == -signal.SIGKILL, done.stderr
 

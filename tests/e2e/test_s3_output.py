@@ -17,6 +17,7 @@ import pytest
 
 from batch.simulator import SimConfig, simulator_in_thread
 from tests.conftest import KEY, Outcome, Run, env_for
+from tests.e2e.test_crash import killed_at
 from tests.s3_server import S3
 
 pytestmark = pytest.mark.timeout(90)
@@ -278,3 +279,41 @@ def test_a_staging_folder_kept_when_the_store_failed_goes_up_with_the_next_run_n
     assert sorted(paid) == [f"t{i}" for i in range(TASKS)] and set(paid.values()) == {1}, paid
     assert sorted(str(r["id"]) for r in lines(s3, "results")) == [f"t{i}" for i in range(TASKS)]
     assert len(lines(s3, "usage")) == TASKS
+
+
+def test_a_kept_answers_ledger_line_booked_at_the_start_goes_up_to_the_store(
+    s3: S3, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A run on a store killed once a chat answer came and was kept (its run-log `kept` line written), before
+    its ledger line: the next run, given its staging folder, uploads that line of the log, then books the
+    ledger line from it at its start (runlog.recover) and finishes the task from the answer. That booking
+    was made before the mirror started, whose offsets began after it: it never went up, and the store
+    showed the answer's request maybe billed, in no cost, its task's cost in no ledger."""
+    manifest = write("tasks:\n  - {kind: chat, id: it, model: gemini-2.5-flash, prompt: a question}\n")
+    stage = tmp_path / "stage"
+    with simulator_in_thread(SimConfig(api_key=KEY)) as sim:
+        killed_at("ledger_line", manifest, s3.url, sim.base_url, "--stage", str(stage), env=s3.env)
+        assert not lines(s3, "usage")  # killed before its ledger line
+        resumed = cli(
+            "run",
+            manifest,
+            "--out",
+            s3.url,
+            "--stage",
+            stage,
+            "--no-progress",
+            env={**env_for(sim, MAAS_ENDPOINT="ep"), **s3.env},
+        )
+        assert resumed.code == 0, resumed.err
+        [paid] = sim.state.records  # bought once
+    [line] = lines(s3, "usage")  # booked once, in the store
+    assert line["request_id"] == paid.request_id and line["total_tokens"] == paid.billed_tokens
+    [record] = lines(s3, "results")
+    assert record["status"] == "succeeded" and record["usage"]["total_tokens"] == paid.billed_tokens  # type: ignore[index]
+    shown = cli("status", s3.url, "--json", env=s3.env)
+    assert shown.code == 0, shown.err
+    found = json.loads(shown.out)
+    assert found["maybe_billed"] == 0 and found["succeeded"] == 1, found
+    shown = cli("report", s3.url, "--json", env=s3.env)
+    assert shown.code == 0, shown.err
+    assert json.loads(shown.out)["tokens"] == paid.billed_tokens, shown.out
