@@ -356,6 +356,10 @@ class _Simulator:
         """A chat answer in the shapes that are on (`shapes.py`)."""
         if stream:
             chunks, tail = shapes.stream_events(plan, meta, urls)
+            if ex.fault == "no_data" and "usage_every_chunk" in plan.shapes:
+                # no choices, but the usage (billed): on a chunk of its own, as no chunk of a choice is sent
+                usage = {**meta, "object": "chat.completion.chunk", "choices": [], "usage": plan.usage}
+                tail = [json.dumps(usage), *tail]
             return await self._stream(request, ex, draws, chunks, tail, plan.billed, shaped=plan.shapes)
         payload = shapes.completion_body(plan, meta, urls, with_choices=ex.fault != "no_data")
         body = await asyncio.to_thread(lambda: json.dumps(payload).encode())

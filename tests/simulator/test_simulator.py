@@ -918,6 +918,21 @@ async def test_fault_stream_cut_and_stream_reset() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("answers", [frozenset(), frozenset({"usage_every_chunk", "no_done"})])
+async def test_fault_no_data_on_a_stream_sends_its_usage_and_no_choice(answers: frozenset[str]) -> None:
+    """`no_data` is an answer with its usage and no choice, billed, a stream's too. With the usage on
+    every chunk of a choice, none was sent: the stream was empty, a cut stream to a client, asked again
+    (the kill test's running-usage shape then saw the fault's task asked again, now and then)."""
+    (status, _, raw), record = await one_fault("no_data", chat_body(stream=True), answers=answers)
+    events = [
+        json.loads(e.removeprefix("data: ")) for e in raw.decode().split("\n\n") if e.startswith("data: {")
+    ]
+    assert status == 200 and record.billed_tokens > 0
+    assert [event["choices"] for event in events] == [[]]
+    assert events[-1]["usage"]["total_tokens"] == record.billed_tokens
+
+
+@pytest.mark.anyio
 async def test_fault_huge_streams_until_the_client_gives_up() -> None:
     async with simulated(faults={"huge": 1.0}, huge_bytes=64 * 1024 * 1024) as client:
         async with client.http.post(client.url("/images/generations"), json={"prompt": "a fox"}) as response:
