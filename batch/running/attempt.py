@@ -30,7 +30,7 @@ from batch.manifest.tasks import TaskSpec
 from batch.output.runlog import UNSENT, KeptAnswer, finished_from, keep_to_finish
 from batch.output.store import OutputFile
 from batch.running.answers import answer_id, describe, failure_kind, short, stream_complete, usage_of
-from batch.running.bodies import running_usage
+from batch.running.bodies import Scrubber, running_usage
 from batch.running.bookkeeping import bill, ledger_entry, result_line
 from batch.running.client import Reply
 from batch.running.context import AttemptContext, EndpointGivenUp, Stopped, TaskState
@@ -485,7 +485,7 @@ class TaskAttempts:
         links = answer is not None and answer.images and any(image.url is not None for image in answer.images)
         carried = None
         if not links or not isinstance(reply.body, dict):  # a stream's events (.sse) are not read as JSON
-            carried = _carried(reply)
+            carried = _carried(reply, self._ctx.client.scrub)
         if carried is None and isinstance(reply.body, dict) and reply.raw:
             await self._keep_first(spec, kind, request_id, reply, usage, state)
             if not links:  # kept for a kill's window only: its task's line names it if it is not usable
@@ -701,16 +701,27 @@ class TaskAttempts:
         self._ctx.emit(TaskFinished(record))
 
 
-def _carried(reply: Reply) -> bytes | None:
+def _carried(reply: Reply, scrub: Scrubber) -> bytes | None:
     """A paid answer as its run-log `kept` line carries it (JSON, see RunLog.keeping): a stream's chunks
     (its events are not read again as JSON from answers/), or a body up to CARRIED_MAX; None for a
-    bigger body (kept in answers/ instead), or one no JSON writer can write."""
+    bigger body (kept in answers/ instead), or one no JSON writer can write. Without the key, nor a
+    piece of it: a stream's chunks may split it (the run log's writes take out only the key whole)."""
     if isinstance(reply.body, dict) and len(reply.raw) > CARRIED_MAX:
         return None
     try:
-        return codec.dumps(reply.body)
+        data = codec.dumps(reply.body)
     except (TypeError, ValueError, RecursionError):
         return None
+    text = data.decode()
+    clean = scrub.text(text)
+    if clean == text:  # the usual case
+        return data
+    data = clean.encode()
+    try:  # a piece of the key taken out: still JSON, or not carried (not kept: asked again after a kill)
+        codec.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return data
 
 
 def _host(url: str) -> str:
