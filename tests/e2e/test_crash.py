@@ -436,15 +436,18 @@ WHOLE = {
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(
-    "points", [("ledger_line",), ("first_record",), ("first_record", "listing")], ids="+".join
+    "points",
+    [("ledger_line",), ("first_record",), ("result_line",), ("first_record", "listing")],
+    ids="+".join,
 )
 @pytest.mark.parametrize("shape", sorted(WHOLE))
 def test_a_kill_between_a_whole_answers_ledger_line_and_its_result_line_does_not_buy_it_again(
     shape: str, points: tuple[str, ...], write: Callable[..., Path], tmp_path: Path
 ) -> None:
     """An answer with nothing to fetch (inline images, chat text, a stream, a chat's inline pictures),
-    killed once it came, before its task's line: before its ledger line (`ledger_line`), or after it
-    (`first_record`; then the resume killed as it lists the answer to finish: `+listing`). Its ledger
+    killed once it came, before its task's line: before its ledger line (`ledger_line`), after it
+    (`first_record`: for an answer kept in answers/, once that file is written), or once its images are
+    saved (`result_line`); then the resume killed as it lists the answer to finish (`+listing`). Its ledger
     line was written first and its body kept nowhere, so the resume bought it again: a kill in the
     window, which images decoded and saved in a thread hold open for milliseconds. The answer is kept
     first now (in the run log's `kept` line with its ledger line, or a big one in answers/): the next
