@@ -59,6 +59,7 @@ from batch.errors import OutputError, UsageError
 from batch.output.files import reason
 from batch.output.format import FORMAT
 from batch.output.lock import held_by, hold, store_lock_path
+from batch.output.runlog import CARRIED
 from batch.output.store import ANSWERS, IMAGES, RESULTS, RETRIED, RUNS, USAGE, encode_line, parse_record
 from batch.running.records import AttemptRecord, attempt_log_line, finished_entry
 
@@ -444,10 +445,21 @@ def pull(store: Store, root: Path) -> None:
 
 
 def empty(root: Path) -> None:
-    """Remove what `root` holds; the folder itself stays, with its mode (mkdtemp's 0700)."""
+    """Remove what `root` holds; the folder itself stays, with its mode (mkdtemp's 0700). But for the
+    answers a killed run carried (answers/.carried.jsonl, runlog.RunLog.keeping): local state, never in
+    the store, which the run's start reads to finish their tasks from (runlog.recover), where a resume
+    would buy them again; it stays, and so does answers/, its folder."""
     try:
         for child in root.iterdir():
-            if child.is_dir() and not child.is_symlink():
+            if child.name == ANSWERS and child.is_dir() and not child.is_symlink():
+                for inside in child.iterdir():
+                    if inside.name == CARRIED and not inside.is_symlink() and inside.is_file():
+                        continue
+                    if inside.is_dir() and not inside.is_symlink():
+                        shutil.rmtree(inside)
+                    else:
+                        inside.unlink()
+            elif child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
             else:
                 child.unlink()

@@ -11,23 +11,34 @@ not a power cut, and the kernel keeps a write that returned.
     {"event": "sent", "request_id": "fox/1a2b3c.1", "task_id": "fox", "at": ...}
     {"event": "done", "request_id": ..., "outcome": "answered" | "error" | "failed" | "cancelled"
        | "interrupted", "status": 200, "maybe_billed": false, "seconds": 1.2}
-    {"event": "kept", "request_id": ..., "task_id": ..., "ledger": {the answer's ledger line},
-       "answer": the answer's body (JSON: a stream's, the list of its chunks), unless it is in answers/}
+    {"event": "kept", "request_id": ..., "task_id": ..., "ledger": {the answer's ledger line}}
     {"event": "end", "at": ..., "exit_code": 0, ...}
 
 Every paid answer is kept before its ledger line is written, so that a run killed before its task's result
 line leaves it for the next run to finish the task from (`recover`), where it would have bought it again.
-Its `kept` line carries its ledger line, and the answer itself (most answers: text, a stream, small
-images: one write(2) with the line, which a killed process does not lose), or comes before the answer is
-kept in answers/ (one whose images are to be fetched, or a big one). The next run books a line the kill
-left unwritten, once. One killed before its answer was kept in answers/ has its line booked all the same
-(it was paid), and is asked again.
+Most answers (text, a stream, small images) are carried: one line in answers/.carried.jsonl holds the
+ledger line and the answer, in one write(2), which a killed process does not lose:
+
+    {"request_id": ..., "task_id": ..., "ledger": {the answer's ledger line},
+       "answer": the answer's body (JSON: a stream's, the list of its chunks)}
+
+That file is DIR's (one run holds DIR), not a run's: it is emptied (ftruncate) once no carried answer's
+task lacks its result line (RunLog.done) and it has grown past CARRIED_SPARE, or at the run's end; written
+again with the pending answers' lines only past CARRIED_CAP; read by the next start (`recover`) and emptied
+then. So its size stays bounded, and the run log, which status and report read whole, holds no answer.
+Any other answer (one whose images are to be fetched, or a big one) is kept in answers/, its `kept` line
+in the run log before it, carrying its ledger line. The next run books a line the kill left unwritten,
+once. One killed before its answer was kept in answers/ has its line booked all the same (it was paid),
+and is asked again. (A `kept` line of an older run may carry an `answer` too: read as a carried one.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import os
+import secrets
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -38,7 +49,8 @@ from pathlib import Path
 from typing import Any
 
 from batch import codec
-from batch.output.files import fsync_dir, real_folder, write_atomic
+from batch.errors import OutputError
+from batch.output.files import TMP_SUFFIX, fsync_dir, nofollow_flags, real_folder, write_atomic
 from batch.output.store import (
     ANSWERS,
     RESULTS,
@@ -84,6 +96,13 @@ class Interrupted:
 # answers/: the paid answers whose tasks a killed run left unfinished (a line each, see KeptAnswer)
 TO_FINISH = ".to-finish.jsonl"
 KEPT = "kept"  # the run log's event: an answer kept in answers/ before its ledger line (RunLog.keeping)
+# answers/: the paid answers carried for a kill's window, each with its ledger line (RunLog.keeping)
+CARRIED = ".carried.jsonl"
+# bytes the carried file may hold before it is emptied, the moment no carried answer is pending: one
+# ftruncate for some thousand chat answers, not one each; and past which, answers pending all the while
+# (image answers saved in threads, without a pause), it is written again with the pending answers' only
+CARRIED_SPARE = 1024 * 1024
+CARRIED_CAP = 16 * CARRIED_SPARE
 
 
 @dataclass(frozen=True)
@@ -238,6 +257,7 @@ def recover(folder: Path, ledger: Journal | None = None) -> Interrupted:
     found = Interrupted()
     if not folder.is_dir():
         return found
+    leftover = _carried_lines(folder.parent)  # any run's: the lines of a killed one's are read below
     for path in sorted(folder.glob("*.jsonl")):
         if _ended(path):  # the usual case: read one line, not the whole log of a long run
             continue
@@ -256,10 +276,16 @@ def recover(folder: Path, ledger: Journal | None = None) -> Interrupted:
                 ended = True
             elif line.get("event") == KEPT and isinstance(line.get("ledger"), dict):
                 unbooked[str(line.get("request_id"))] = line["ledger"]
-                if isinstance(line.get("answer"), dict | list):
+                if isinstance(line.get("answer"), dict | list):  # an older run's, that carried it there
                     carried[str(line.get("request_id"))] = line["answer"]
         if ended:
             continue
+        for request_id in pending.keys() & leftover.keys():
+            left_line = leftover[request_id]
+            if left_line.get("task_id") == pending[request_id]:
+                unbooked.setdefault(request_id, left_line["ledger"])
+                if isinstance(left_line.get("answer"), dict | list):
+                    carried.setdefault(request_id, left_line["answer"])
         billed = saved(folder.parent, pending)
         # the answers a kill caught while their images were downloaded: the next run finishes from them
         left = {r: t for r, t in pending.items() if r not in billed}
@@ -299,7 +325,34 @@ def recover(folder: Path, ledger: Journal | None = None) -> Interrupted:
         finally:
             journal.close()
         found.runs += 1
+    if leftover:  # every killed run's log is closed now, its carried answers in answers/ and the ledger
+        _empty_carried(folder.parent)
     return found
+
+
+def _carried_lines(root: Path) -> dict[str, Mapping[str, Any]]:
+    """The lines answers/.carried.jsonl holds (a killed run's, or a few of a run that ended), by request."""
+    found: dict[str, Mapping[str, Any]] = {}
+    for line in read_lines(root / ANSWERS / CARRIED):
+        request_id = line.get("request_id")
+        if isinstance(request_id, str) and isinstance(line.get("ledger"), dict):
+            found[request_id] = line
+    return found
+
+
+def _empty_carried(root: Path) -> None:
+    """answers/.carried.jsonl emptied, once what it held is no longer needed (a file left as it is is only
+    read again: its runs' logs are closed)."""
+    try:
+        fd = os.open(root / ANSWERS / CARRIED, nofollow_flags(os.O_WRONLY))
+    except OSError:
+        return
+    try:
+        os.ftruncate(fd, 0)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 UNSENT = "unsent"  # the outcome of a request whose `sent` line was written, but which never left
@@ -439,6 +492,10 @@ class RunLog:
         self._journal = Journal(self.path, fsync=False)
         self._sent: dict[str, float] = {}
         self._pending = bytearray()  # `done` lines, written with the next `sent` line or at close
+        self._carried_path = folder.parent / ANSWERS / CARRIED
+        self._carried: Journal | None = None  # answers/.carried.jsonl, opened with the first carried answer
+        # request id -> its carried line, while its task has no result line (nor its answer kept elsewhere)
+        self._carrying: dict[str, bytes] = {}
         # An output on a store (output.remote): uploads the lines written so far, so that a `sent` line
         # is in the store before its request leaves.
         self.publisher: Callable[[], Awaitable[None]] | None = None
@@ -448,12 +505,20 @@ class RunLog:
         self._journal.write_bytes(_line({"event": "start", "at": now(), **info}))
 
     def close(self, summary: Mapping[str, Any]) -> None:
-        """The `end` line: every request of this run has had its `done` line."""
+        """The `end` line: every request of this run has had its `done` line. The carried answers' file is
+        emptied after it if none is pending (one that is stays: the next start reads it, and leaves it
+        alone, the log ended; its `done` line below is no result line)."""
+        pending, self._carrying = bool(self._carrying), {}
         for request_id in list(self._sent):
             self.done(request_id, "cancelled", maybe_billed=True)
         self._pending += _line({"event": "end", "at": now(), **summary})
         self._flush()
         self._journal.close()
+        if self._carried is not None:
+            if not pending and self._carried.size:
+                with contextlib.suppress(OutputError):
+                    self._carried.empty()
+            self._carried.close()
 
     def _flush(self) -> None:
         if self._pending:
@@ -474,19 +539,59 @@ class RunLog:
 
     def keeping(self, request_id: str, task_id: str, ledger_line: bytes, answer: bytes | None = None) -> None:
         """A paid answer, kept before its ledger line is written: the line (as encode_line made it for
-        usage.jsonl), and `answer` (its body as JSON, codec.dumps's: no line end in it), or none where the
-        answer is about to be kept in answers/. A kill before its task's result line leaves both for the
-        next run (recover). In the kernel at once, in one write(2). Both spliced in, not encoded again."""
-        self._pending += (
-            f'{{"event": "{KEPT}", "request_id": {_string(request_id)}, "task_id": {_string(task_id)}, '
-            '"ledger": '
-        ).encode()
-        self._pending += ledger_line.rstrip(b"\n")
-        if answer is not None:
-            self._pending += b', "answer": '
-            self._pending += answer
-        self._pending += b"}\n"
-        self._flush()
+        usage.jsonl), and `answer` (its body as JSON, codec.dumps's: no line end in it), carried with it in
+        answers/.carried.jsonl until its task's result line is written (done); or none where the answer
+        is about to be kept in answers/, the line then in the run log. A kill before its task's result
+        line leaves both for the next run (recover). In the kernel at once, in one write(2). Both spliced
+        in, not encoded again."""
+        head = f'{{"request_id": {_string(request_id)}, "task_id": {_string(task_id)}, "ledger": '.encode()
+        if answer is None:
+            self._pending += b'{"event": "' + KEPT.encode() + b'", ' + head[1:]
+            self._pending += ledger_line.rstrip(b"\n")
+            self._pending += b"}\n"
+            self._flush()
+            return
+        line = b"".join((head, ledger_line.rstrip(b"\n"), b', "answer": ', answer, b"}\n"))
+        journal = self._carried
+        if journal is None:
+            real_folder(self._carried_path.parent)
+            journal = Journal(self._carried_path, fsync=False)
+            journal.open()
+            self._carried = journal
+        elif journal.size > CARRIED_CAP and self._carrying:
+            journal = self._compact(journal)
+        journal.write_bytes(line)
+        self._carrying[request_id] = line
+
+    def _compact(self, journal: Journal) -> Journal:
+        """The carried file written again with the pending answers' lines only (answers were pending at
+        every moment it could have been emptied): whole, through a journal (which keeps the key out, as
+        it did of the lines), then renamed over it, so that a kill leaves the one or the other."""
+        path = journal.path
+        fresh = Journal(path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"), fsync=False)
+        try:
+            fresh.open()
+            fresh.write_bytes(b"".join(self._carrying.values()))
+            os.replace(fresh.path, path)
+        except (OutputError, OSError):  # it keeps growing, as it was: no answer lost
+            fresh.close()
+            with contextlib.suppress(OSError):
+                fresh.path.unlink()
+            return journal
+        journal.close()
+        fresh.path = path  # its descriptor is the file's now
+        self._carried = fresh
+        return fresh
+
+    def _carried_done(self, request_id: str) -> None:
+        """A carried answer's task has its result line (or its answer is kept in answers/): once none is
+        pending, the file that carried them is emptied, if it has grown past CARRIED_SPARE."""
+        if self._carrying.pop(request_id, None) is None or self._carrying:
+            return
+        journal = self._carried
+        if journal is not None and journal.size > CARRIED_SPARE:
+            with contextlib.suppress(OutputError):
+                journal.empty()
 
     async def published(self) -> None:
         """Wait until the lines written so far are where the output is kept (at once for a DIR: the
@@ -506,6 +611,8 @@ class RunLog:
     ) -> None:
         """The request's fate. `seconds`: how long it took, when it is logged later than it ended (an
         answer is logged once its task's result line is written); else the time since its `sent` line."""
+        if self._carrying:
+            self._carried_done(request_id)
         started = self._sent.pop(request_id, None)
         if seconds is not None:
             seconds = round(seconds, 3)

@@ -16,10 +16,11 @@ place, so a reader never sees a result whose files are missing. The only damage 
 last line, which the next run cuts off before appending.
 
 Order of a task's commit: files to `.<name>.<random>.tmp`, fsync, rename, fsync the folder; then the result
-line. Usage is appended as soon as a billed answer arrives and is kept (in the run log's `kept` line, or in
-answers/: output.runlog), before anything else. Journal lines reach the kernel at once (a killed process loses
-none) and the disk within `sync_interval` (default 0.1 s: a power cut may lose the last tenth of a second);
-with sync_interval 0 each line is fsync'd (grouped among concurrent writers) before the run goes on.
+line. Usage is appended as soon as a billed answer arrives and is kept (carried in answers/.carried.jsonl,
+or in answers/: output.runlog), before anything else. Journal lines reach the kernel at once (a killed
+process loses none) and the disk within `sync_interval` (default 0.1 s: a power cut may lose the last tenth
+of a second); with sync_interval 0 each line is fsync'd (grouped among concurrent writers) before the run
+goes on.
 """
 
 from __future__ import annotations
@@ -199,6 +200,14 @@ class Journal:
             except Exception as exc:  # the line is written: a view of it must not fail the run
                 log.warning("%s: a view of its lines failed (%s): it is told no more", self.path.name, exc)
                 self.tap = None
+
+    def empty(self) -> None:
+        """Cut the file to nothing (ftruncate): the next line is its first. OutputError if it cannot be."""
+        try:
+            os.ftruncate(self._fd, 0)
+        except OSError as exc:
+            raise OutputError(f"cannot empty {self.path.name}: {reason(exc)}") from exc
+        self._size = 0
 
     def write_durably(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Append lines and make them durable before returning (blocking: for a run's start)."""

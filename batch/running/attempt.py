@@ -55,9 +55,9 @@ MAX_DOWNLOADS = 16
 # images of one answer, inline or linked (the API makes at most 10): 20,000 inline 1x1 pictures in a 2 MB
 # answer wrote 20,000 files, and the answer cap allows some 650,000
 MAX_IMAGES = 64
-# an answer up to this size is kept in its run-log line (RunLog.keeping: one write, no fsync, no file), and a
-# bigger one in answers/ (a file, fsync'd) until its task's line is written: a chat answer of text is a
-# few kilobytes, an image's base64 some megabytes (the run logs are read whole by status and report)
+# an answer up to this size is carried with its ledger line in answers/.carried.jsonl (RunLog.keeping: one
+# write, no fsync, no file of its own), and a bigger one kept in answers/ (a file, fsync'd), each until its
+# task's line is written: a chat answer of text is a few kilobytes, an image's base64 some megabytes
 CARRIED_MAX = 64 * 1024
 
 
@@ -702,10 +702,10 @@ class TaskAttempts:
 
 
 def _carried(reply: Reply, scrub: Scrubber) -> bytes | None:
-    """A paid answer as its run-log `kept` line carries it (JSON, see RunLog.keeping): a stream's chunks
+    """A paid answer as answers/.carried.jsonl carries it (JSON, see RunLog.keeping): a stream's chunks
     (its events are not read again as JSON from answers/), or a body up to CARRIED_MAX; None for a
     bigger body (kept in answers/ instead), or one no JSON writer can write. Without the key, nor a
-    piece of it: a stream's chunks may split it (the run log's writes take out only the key whole)."""
+    piece of it: a stream's chunks may split it (a journal's writes take out only the key whole)."""
     if isinstance(reply.body, dict) and len(reply.raw) > CARRIED_MAX:
         return None
     try:

@@ -25,7 +25,7 @@ class LedgerEntry(NamedTuple):
     line: dict[str, Any]
     counts: TokenCounts
     cost: float | None
-    encoded: bytes  # the line as usage.jsonl gets it, and the run log's `kept` line carries it
+    encoded: bytes  # the line as usage.jsonl gets it, and the line that keeps its answer carries it
 
 
 def ledger_entry(

@@ -417,8 +417,9 @@ def test_a_kill_at_any_moment_after_an_answer_is_kept_neither_buys_it_again_nor_
     assert not (out / "answers" / ".to-finish.jsonl").read_text()
 
 
-# Answers fetched whole, nothing to download: each kept first too (carried in the run log's `kept` line, or
-# a big one in answers/), as the manifest's task and the simulator's config that make one.
+# Answers fetched whole, nothing to download: each kept first too (carried with its ledger line in
+# answers/.carried.jsonl, or a big one in answers/), as the manifest's task and the simulator's config that
+# make one.
 WHOLE = {
     "inline-image": ("{kind: generate, id: it, model: gpt-image-1, prompt: two cats, n: 2}", {}),
     "big-inline-image": (
@@ -450,7 +451,7 @@ def test_a_kill_between_a_whole_answers_ledger_line_and_its_result_line_does_not
     saved (`result_line`); then the resume killed as it lists the answer to finish (`+listing`). Its ledger
     line was written first and its body kept nowhere, so the resume bought it again: a kill in the
     window, which images decoded and saved in a thread hold open for milliseconds. The answer is kept
-    first now (in the run log's `kept` line with its ledger line, or a big one in answers/): the next
+    first now (carried with its ledger line in answers/.carried.jsonl, or a big one in answers/): the next
     run books its line once and finishes the task from it. Nothing is bought or counted twice."""
     task, options = WHOLE[shape]
     manifest = write(f"tasks:\n  - {task}\n")
@@ -573,3 +574,33 @@ def test_a_kill_before_an_answer_of_links_is_kept_still_books_what_it_cost(
     assert results(out)["pair"]["status"] == "succeeded"
     found = status(out)
     assert found["maybe_billed"] == 1 and found["maybe_billed_counted"] == 1, found
+
+
+@pytest.mark.timeout(120)
+def test_a_run_of_chat_answers_leaves_no_answer_in_its_run_log_and_no_carried_file_to_speak_of(
+    write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Each chat answer is carried for a kill's window (before its ledger line, until its task's result
+    line): in answers/.carried.jsonl, emptied as the run goes, not in the run log, where 200 tasks' answers
+    stayed for good, a second copy beside results.jsonl's, read whole by status and report and uploaded
+    to a store (5,000 chat tasks: a run log of 5.2 MB, not 1.0)."""
+    manifest = write(
+        "tasks:\n"
+        + "".join(
+            f"  - {{kind: chat, id: t{i}, model: gemini-2.5-flash, prompt: question {i}}}\n"
+            for i in range(200)
+        )
+    )
+    out = tmp_path / "out"
+    with simulator_in_thread(SimConfig(api_key=KEY)) as sim:
+        code, stdout, stderr = Run(manifest, out, sim, "-c", "16").finish()
+        assert code == 0, stdout + stderr
+        assert len(sim.state.records) == 200
+    texts = [record["text"] for record in results(out).values()]
+    assert len(texts) == 200 and all(texts)
+    [log] = (out / "runs").glob("*.jsonl")
+    lines = log.read_text().splitlines()
+    assert not [line for line in lines if json.loads(line).get("event") == "kept"]
+    assert not [text for text in texts if json.dumps(text)[1:-1] in log.read_text()]
+    carried = out / "answers" / ".carried.jsonl"
+    assert len(carried.read_bytes().splitlines()) <= 2, carried.read_text()[:2000]

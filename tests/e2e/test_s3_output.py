@@ -284,9 +284,10 @@ def test_a_staging_folder_kept_when_the_store_failed_goes_up_with_the_next_run_n
 def test_a_kept_answers_ledger_line_booked_at_the_start_goes_up_to_the_store(
     s3: S3, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """A run on a store killed once a chat answer came and was kept (its run-log `kept` line written), before
-    its ledger line: the next run, given its staging folder, uploads that line of the log, then books the
-    ledger line from it at its start (runlog.recover) and finishes the task from the answer. That booking
+    """A run on a store killed once a chat answer came and was kept (its carried line written), before
+    its ledger line: the next run, given its staging folder, uploads its log and keeps the carried answer
+    (local state, never in the store), then books the ledger line from it at its start (runlog.recover) and
+    finishes the task from the answer. That booking
     was made before the mirror started, whose offsets began after it: it never went up, and the store
     showed the answer's request maybe billed, in no cost, its task's cost in no ledger."""
     manifest = write("tasks:\n  - {kind: chat, id: it, model: gemini-2.5-flash, prompt: a question}\n")

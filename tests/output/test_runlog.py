@@ -7,6 +7,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from batch.output.report import format_status, status
 from batch.output.runlog import KeptAnswer, account, recover
 
@@ -284,3 +286,99 @@ def test_a_kept_answer_whose_ledger_line_a_kill_left_unwritten_is_booked_once_fr
     assert recover(runs).runs == 0 and len((tmp_path / "usage.jsonl").read_text().splitlines()) == 3
     found_status = status(tmp_path)
     assert found_status["maybe_billed"] == 1 and found_status["maybe_billed_counted"] == 1
+
+
+def _ledger_line(task_id: str, request_id: str) -> bytes:
+    line = {
+        "task_id": task_id, "request_id": request_id, "server_request_id": "r1", "input_tokens": 2,
+        "output_tokens": 10, "total_tokens": 12, "cost": 0.5, "request_sha256": "ab" * 8,
+    }  # fmt: skip
+    return (json.dumps(line) + "\n").encode()
+
+
+def test_a_carried_answer_is_in_its_own_file_not_the_run_log_and_that_file_stays_small(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer carried for a kill's window goes to answers/.carried.jsonl with its ledger line, one line,
+    not into the run log (read whole by status and report, and kept forever): the file is emptied once no
+    carried answer's task lacks its result line (its `done` line) and it has grown past CARRIED_SPARE,
+    never while one does, and written again with the pending ones only past CARRIED_CAP, should answers
+    be pending at every moment (a run of image answers saved in threads). At the run's end it is empty."""
+    from batch.output import runlog, store
+    from batch.output.runlog import RunLog
+
+    key = "sk-carried-0123456789abcdef"
+    monkeypatch.setattr(store, "_SECRETS", [])
+    store.never_write(key)
+    monkeypatch.setattr(runlog, "CARRIED_SPARE", 4096)
+    monkeypatch.setattr(runlog, "CARRIED_CAP", 16384)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    carried = tmp_path / "answers" / ".carried.jsonl"
+    log = RunLog(runs, "r1")
+    log.open({"tasks": 1})
+    answer = json.dumps({"choices": [{"message": {"content": "x" * 500}}]}).encode()
+    held = json.dumps({"choices": [{"message": {"content": f"echoed {key}"}}]}).encode()
+    log.sent("held/a.1", "held")
+    log.keeping("held/a.1", "held", _ledger_line("held", "held/a.1"), held)
+    biggest = 0
+    for i in range(200):  # one answer pending all the while: never emptied, written again past the cap
+        request_id = f"t{i}/a.1"
+        log.sent(request_id, f"t{i}")
+        log.keeping(request_id, f"t{i}", _ledger_line(f"t{i}", request_id), answer)
+        log.done(request_id, "answered", status=200, seconds=0.1)
+        biggest = max(biggest, carried.stat().st_size)
+        lines = [json.loads(line) for line in carried.read_bytes().splitlines()]
+        assert lines[0]["request_id"] == "held/a.1" and "choices" in lines[0]["answer"]
+        assert key not in carried.read_text()  # written again too: without the key
+    assert 16384 < biggest < 16384 + 2 * len(answer) + 1024, biggest  # written again, not growing
+    log.done("held/a.1", "answered", status=200, seconds=0.1)  # none pending, past CARRIED_SPARE: emptied
+    assert carried.stat().st_size == 0
+    for i in range(3):  # a few small ones, under CARRIED_SPARE: left until the run's end
+        log.sent(f"u{i}/a.1", f"u{i}")
+        log.keeping(f"u{i}/a.1", f"u{i}", _ledger_line(f"u{i}", f"u{i}/a.1"), answer)
+        log.done(f"u{i}/a.1", "answered", status=200, seconds=0.1)
+    assert len(carried.read_bytes().splitlines()) == 3
+    log.close({"exit_code": 0})
+    assert carried.stat().st_size == 0
+    text = log.path.read_text()
+    assert "x" * 500 not in text and '"kept"' not in text, "no answer, nor its kept line, in the run log"
+
+
+def test_a_killed_runs_carried_answer_is_booked_once_and_listed_to_finish_then_the_file_is_emptied(
+    tmp_path: Path,
+) -> None:
+    """A run killed after an answer's carried line and before its task's result line (its ledger line
+    written or not): the next start books the ledger line once, writes the answer to answers/ and lists
+    it to finish; then, every killed run's log closed, empties the carried file. A carried line of a run
+    that ended, or of a request its log closed, is read for nothing."""
+    from batch.output.runlog import RunLog
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    answer = {"choices": [{"message": {"content": "an answer"}}], "usage": {"total_tokens": 12}}
+    log = RunLog(runs, "r1")
+    log.open({"tasks": 3})
+    for task_id in ("fox", "owl", "cat"):
+        log.sent(f"{task_id}/a.1", task_id)
+        log.keeping(
+            f"{task_id}/a.1", task_id, _ledger_line(task_id, f"{task_id}/a.1"), json.dumps(answer).encode()
+        )
+    (tmp_path / "usage.jsonl").write_bytes(_ledger_line("owl", "owl/a.1"))  # owl's ledger line written
+    log.done("cat/a.1", "answered", status=200)  # cat's task saved (its result line: not looked at here)
+    log.sent("dog/a.1", "dog")  # flushes cat's done line; then the kill (nothing closed)
+    carried = tmp_path / "answers" / ".carried.jsonl"
+    assert len(carried.read_bytes().splitlines()) == 3
+    assert "an answer" not in log.path.read_text()
+    found = recover(runs)
+    assert found.requests == ["dog/a.1"]  # sent, no answer: maybe billed
+    booked = [json.loads(line)["request_id"] for line in (tmp_path / "usage.jsonl").read_text().splitlines()]
+    assert booked == ["owl/a.1", "fox/a.1"]
+    listed = [
+        json.loads(line) for line in (tmp_path / "answers" / ".to-finish.jsonl").read_text().splitlines()
+    ]
+    assert sorted(line["task_id"] for line in listed) == ["fox", "owl"]
+    for line in listed:
+        assert json.loads((tmp_path / line["answer_file"]).read_text()) == answer
+    assert carried.stat().st_size == 0
+    assert recover(runs).runs == 0 and len((tmp_path / "usage.jsonl").read_text().splitlines()) == 2
