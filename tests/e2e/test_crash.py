@@ -327,6 +327,10 @@ def test_a_kill_while_images_are_downloaded_is_finished_from_the_kept_answer_not
 #   result_line: before its task's result line is written (both records written)
 #   listing: at the start, before the answers a killed run kept are listed to finish (answers/.to-finish.jsonl),
 #     their missing ledger lines booked
+#   emptying: at the start, once the killed runs' logs are closed, before the answers they carried
+#     (answers/.carried.jsonl) are emptied
+#   emptied: once the carried answers' file is emptied during the run (its task's result line written:
+#     here at once, not past CARRIED_SPARE)
 KILLED_AT = """
 import os, signal, sys
 import batch.output.runlog as runlog
@@ -362,6 +366,24 @@ def write_or_die(path, data, **options):
     return write_atomic(path, data, **options)
 
 OutputDir.append, OutputDir.save_answer, runlog.write_atomic = append_or_die, save_then_die, write_or_die
+
+from batch.output.store import Journal
+
+empty_carried, empty = runlog._empty_carried, Journal.empty
+
+def empty_carried_or_die(root):
+    if point == "emptying":
+        die()
+    empty_carried(root)
+
+def empty_then_die(self):
+    empty(self)
+    if point == "emptied":
+        die()
+
+runlog._empty_carried, Journal.empty = empty_carried_or_die, empty_then_die
+if point == "emptied":
+    runlog.CARRIED_SPARE = -1
 from batch.cli import command
 command()
 """
@@ -574,6 +596,43 @@ def test_a_kill_before_an_answer_of_links_is_kept_still_books_what_it_cost(
     assert results(out)["pair"]["status"] == "succeeded"
     found = status(out)
     assert found["maybe_billed"] == 1 and found["maybe_billed_counted"] == 1, found
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "points",
+    [("emptied",), ("ledger_line", "emptying"), ("first_record", "emptying"), ("result_line", "emptying")],
+    ids="+".join,
+)
+@pytest.mark.parametrize("shape", ["chat-text", "chat-stream", "inline-image"])
+def test_a_kill_as_the_carried_answers_are_emptied_neither_buys_again_nor_counts_twice(
+    shape: str, points: tuple[str, ...], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The file that carries answers for a kill's window (answers/.carried.jsonl) is emptied during a run
+    only once no carried answer's task lacks its result line (`emptied`: killed right after), and at the
+    start only once the killed runs' logs are closed, their answers booked and listed to finish
+    (`emptying`: the start killed right before, after a run killed before its ledger line, after it, or
+    before its result line). Either way the next run neither buys the answer again nor counts it twice."""
+    task, options = WHOLE[shape]
+    manifest = write(f"tasks:\n  - {task}\n")
+    out = tmp_path / "out"
+    with simulator_in_thread(SimConfig(api_key=KEY, **options)) as sim:
+        for point in points:
+            killed_at(point, manifest, out, sim.base_url)
+        code, stdout, stderr = Run(manifest, out, sim).finish()
+        assert code == 0, stdout + stderr
+        [paid] = sim.state.records  # bought once
+    [line] = ledger(out)  # booked once
+    assert line["request_id"] == paid.request_id and line["total_tokens"] == paid.billed_tokens
+    record = results(out)["it"]
+    assert record["status"] == "succeeded" and record["usage"]["total_tokens"] == paid.billed_tokens, record
+    found = status(out)
+    assert found["maybe_billed"] == 0 and found["succeeded"] == 1, found
+    assert not (out / "answers" / ".carried.jsonl").read_bytes()
+    assert (
+        not (out / "answers" / ".to-finish.jsonl").exists()
+        or not (out / "answers" / ".to-finish.jsonl").read_text()
+    )
 
 
 @pytest.mark.timeout(120)
