@@ -5,11 +5,13 @@ every task would spend its attempts in minutes and be recorded as failed, while 
 service. Instead, after `threshold` transient failures in a row (5xx, timeouts, broken connections, broken
 answers) across all tasks, the circuit opens: tasks wait at the gate without spending attempts, and one
 probe at a time (after 0.25 s, 0.5 s, 1 s ... up to 30 s) asks whether the service is back. The first
-answer closes the circuit and everything resumes. Attempts that fail during an outage are not charged to
-their tasks. If the outage outlasts `outage_limit`, the run stops (exit 69) with every unfinished task
-still pending, for a later run; a probe sent before then is waited for first (it may be paid; its
---timeout and PROBE_GRACE at most): its answer closes the circuit instead. A failed probe's Retry-After
-(a 503's "come back in 30 s") puts the next probe off that long.
+answer closes the circuit and everything resumes. Until the failures in a row are too many for a service
+that answers one request in five, the probes go PROBE_FIRST apart instead, taken from the outage's later
+ones: never more before the limit than the doubling alone sends (probes.py). Attempts that fail during
+an outage are not charged to their tasks. If the outage outlasts `outage_limit`, the run stops (exit 69)
+with every unfinished task still pending, for a later run; a probe sent before then is waited for first
+(it may be paid; its --timeout and PROBE_GRACE at most): its answer closes the circuit instead. A failed
+probe's Retry-After (a 503's "come back in 30 s") puts the next probe off that long.
 
 A service that fails most requests but answers some (a partial outage: 80% answered 503) is not down.
 Five 503s in a row are common at 80%: the circuit opened and closed again and again, its probes one at a
@@ -47,13 +49,14 @@ from collections.abc import Callable, Collection
 import anyio
 import anyio.lowlevel
 
+from batch.running.probes import PROBE_FIRST, next_wait, probes_within
+
 log = logging.getLogger(__name__)
 
-PROBE_FIRST = 0.25
-PROBE_MAX = 30.0
 PROBE_GRACE = 5.0  # seconds past a sent probe's --timeout before the limit gives up on it all the same
 WINDOW = 200  # the recent outcomes (answers, failures) that say how often the service answers
 OUTAGE_ODDS = 1e-4  # failures in a row this unlikely at the service's recent rate of answers: an outage
+LIMPING = 0.2  # fewer failures in a row than make an outage at this rate of answers do not tell it from one
 RETRY_AFTER_MAX = 300.0  # a failed probe's Retry-After beyond this is ignored, as a task's retry ignores it
 
 
@@ -82,6 +85,10 @@ class ServiceHealth:
         self._next_probe = 0.0
         self._probe_wait = PROBE_FIRST
         self._probes = 0  # probes let through so far: the last one's number
+        self._probes_before = 0  # those of the outages before this one
+        self._budget = 0  # the probes this outage may send before its limit (the doubling schedule's)
+        # the failures in a row that tell a dead service from one that answers one request in five
+        self._conclusive = max(self.threshold, in_a_row_unlikely_at(LIMPING, self._recent.capacity))
         self._probe = 0  # the number of the probe in flight; 0: none
         self._probe_sent: float | None = None  # when it was sent; None: it waits to be (a pacer, a slot)
         self._released = False
@@ -279,8 +286,7 @@ class ServiceHealth:
         rate = recent.answers / recent.size if recent.size else 0.0
         if rate in (0.0, 1.0):
             return self.threshold
-        needed = math.ceil(math.log(OUTAGE_ODDS) / math.log1p(-rate))
-        return max(self.threshold, min(needed, recent.capacity))
+        return max(self.threshold, in_a_row_unlikely_at(rate, recent.capacity))
 
     def failed(
         self, error: str, probe: int = 0, *, billed: bool = True, retry_after: float | None = None
@@ -304,6 +310,8 @@ class ServiceHealth:
                 return billed or not self.failing_more
             self._opened_at = self._failing_since
             self._next_probe = now + self._told_to_wait(PROBE_FIRST, retry_after)
+            self._probes_before = self._probes
+            self._budget = probes_within(self._opened_at + self.outage_limit - now)
             self.outages += 1
             log.warning(
                 "the service is failing (%d failed attempts in a row; last: %s): tasks wait without spending "
@@ -316,12 +324,23 @@ class ServiceHealth:
             return False
         if probe and probe == self._probe:
             self._probe, self._probe_sent = 0, None
-            self._probe_wait = min(PROBE_MAX, self._probe_wait * 2)
-            self._next_probe = now + self._told_to_wait(self._probe_wait, retry_after)
+            self._next_probe = now + self._told_to_wait(self._after_a_failed_probe(now), retry_after)
             self._wake()
         if now - self._opened_at >= self.outage_limit and self._probe_deadline(now) is None:
             self._give_up(now)
         return False
+
+    def _after_a_failed_probe(self, now: float) -> float:
+        """The wait before the next probe. While the failures in a row are too few to tell a dead service
+        from one that answers one request in five (a run that began in a partial outage), PROBE_FIRST,
+        for half of the outage's budget at most; then doubling, each wait twice the last, within the
+        budget: the probes the doubling schedule alone would send before the limit (probes.py)."""
+        sent = self._probes - self._probes_before
+        if self._in_a_row < self._conclusive and sent < self._budget // 2:
+            return PROBE_FIRST
+        left = self._opened_at + self.outage_limit - now if self._opened_at is not None else 0.0
+        self._probe_wait = next_wait(left, self._budget - sent, self._probe_wait * 2)
+        return self._probe_wait
 
     @staticmethod
     def _told_to_wait(wait: float, retry_after: float | None) -> float:
@@ -384,6 +403,12 @@ class ServiceHealth:
     def _wake(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
+
+
+def in_a_row_unlikely_at(rate: float, most: int) -> int:
+    """The failures in a row that a service answering `rate` of its requests fails less than once in
+    1/OUTAGE_ODDS; `most` at most."""
+    return min(most, math.ceil(math.log(OUTAGE_ODDS) / math.log1p(-rate)))
 
 
 class Outcomes:

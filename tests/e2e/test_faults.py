@@ -161,6 +161,27 @@ def test_a_service_that_stays_down_stops_the_run_with_69_instead_of_hammering_it
     assert results(tmp_path / "out") == {}  # no task spent its attempts: all pending
 
 
+@pytest.mark.timeout(30)
+def test_a_service_down_from_the_start_gets_no_more_requests_before_the_outage_limit_than_before(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A run that begins in an outage now probes quickly at first (it cannot yet tell a dead service
+    from a limping one), with probes taken from later in the outage: a service down from the start is
+    still found on the run's first failures, and sent no more than before: the requests in flight when
+    the circuit opened (5 failures, 3 more in flight at -c 4) and the probes of the doubling schedule
+    (0.25 s, 0.75 s, 1.75 s, 3.75 s within 4 s). Before the change, 10 to 12 were sent."""
+    manifest = write("tasks:\n" + "".join(f"  - {{kind: generate, prompt: p {i}}}\n" for i in range(20)))
+    with simulator_in_thread(SimConfig(api_key=KEY, error_rate=1.0, error_statuses=(503,))) as sim:
+        flags = (*FAST, "-c", "4", "--max-attempts", "1000", "--outage-limit", "4")
+        outcome = cli("run", manifest, "--out", tmp_path / "out", *flags, env=env_for(sim))
+        sent = sim.state.requests_total
+    assert outcome.code == 69, outcome.out + outcome.err
+    assert "the service is failing (5 failed attempts in a row" in outcome.err
+    assert "the service has been failing for 4 s" in outcome.out
+    assert sent <= 5 + 3 + 4, sent
+    assert results(tmp_path / "out") == {}
+
+
 def test_the_run_waits_out_an_outage_and_finishes_when_the_service_returns(
     cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
 ) -> None:

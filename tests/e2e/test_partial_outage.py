@@ -66,3 +66,28 @@ def test_a_task_still_answered_503_at_its_task_deadline_is_left_pending_not_fail
         requests = sim.state.requests_total
     assert again.code == 0, again.out + again.err
     assert requests == 3 and all(r["status"] == "succeeded" for r in results(out).values())
+
+
+@pytest.mark.timeout(60)
+def test_a_run_that_begins_in_a_partial_outage_finishes_as_fast_as_one_that_met_it_later(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Three requests in four answered 503, and the run's first 16 all failed (seed 375: one run in a
+    hundred at that rate; its first five fail in one run in four). The circuit opened on the first five,
+    its probes one at a time failed as often, and their waits doubled to 30 s: the first answer came
+    after 92 s, in a run that takes 3 s once the service has answered. The probes now go 0.25 s apart
+    while the failures in a row are too few to tell a dead service from a limping one."""
+    manifest = write("tasks:\n" + chat_tasks(12))
+    config = SimConfig(api_key=KEY, error_rate=0.75, error_statuses=(503,), seed=375)
+    flags = ("--backoff", "0.01", "--backoff-max", "0.05", "-c", "4", "--max-duration", "30s")
+    out = tmp_path / "out"
+    with simulator_in_thread(config) as sim:
+        outcome = cli("run", manifest, "--out", out, *flags, env=env_for(sim))
+        records = sim.state.records
+    assert outcome.code == 0, outcome.out + outcome.err
+    assert "the service is failing (5 failed attempts in a row" in outcome.err  # it began as before
+    first = min(record.time for record in records)
+    answered = min(record.time for record in records if record.status == 200)
+    failed_first = sum(record.status == 503 for record in records if record.time < answered)
+    assert failed_first >= 16 and answered - first < 10, (failed_first, answered - first)
+    assert all(r["status"] == "succeeded" for r in results(out).values()) and len(ledger(out)) == 12

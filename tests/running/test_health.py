@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from batch.output.runlog import RunLog, recover
@@ -105,6 +107,79 @@ async def test_a_failed_probes_retry_after_puts_the_next_probe_off() -> None:
     assert scope.cancelled_caught  # not yet
     clock.now += 1
     assert await health.admit()  # the next probe
+
+
+async def probe_times(health: ServiceHealth, clock: Clock, answered_at: int = 0) -> list[float]:
+    """Drive an open circuit on `clock`, each wait for the next probe skipped at once: every probe fails
+    (the `answered_at`th is answered, when given) until the circuit closes or gives up. The times of the
+    probes, from the first failure."""
+    opened = clock.now
+
+    async def skipped(seconds: float) -> None:
+        clock.now += max(0.0, seconds) + 0.001  # as the real wait, a millisecond more
+        await anyio.lowlevel.checkpoint()
+
+    health._wait = skipped  # type: ignore[method-assign]
+    times: list[float] = []
+    with anyio.fail_after(10):
+        while health.is_open and (probe := await health.admit()):
+            health.sending(probe)
+            times.append(clock.now - opened)
+            if len(times) == answered_at:
+                health.succeeded()
+            else:
+                health.failed("HTTP 503", probe)
+    return times
+
+
+@pytest.mark.anyio
+async def test_a_run_that_begins_in_a_partial_outage_probes_quickly_until_its_failures_tell() -> None:
+    """Three requests in four answered 503 from the run's first: its first five failed (one run in four),
+    the circuit opened, and its probes, one at a time, failed as often. Their waits doubled, 30 s apart
+    after eight: 16 failures in a row and the run crawled for 92 s before its first answer. Five
+    failures, or twenty, do not tell a dead service from one that answers one request in five: the
+    probes go PROBE_FIRST apart until they do (or half the outage's probes are spent)."""
+    clock = Clock()
+    health = ServiceHealth(5, 900, lambda reason: None, clock=clock)
+    for _ in range(5):
+        health.failed("HTTP 503")
+    assert health.is_open
+    times = await probe_times(health, clock, answered_at=12)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert len(times) == 12 and not health.is_open
+    assert all(gap <= PROBE_FIRST + 0.01 for gap in gaps), gaps
+
+
+def doubling_schedule(limit: float) -> list[float]:
+    """The probes of an outage as they went before: 0.25 s after its failures, each wait twice the last,
+    30 s at most; those due before `limit`."""
+    times, at, wait = [], 0.0, 0.25
+    while at + wait < limit:
+        at += wait
+        times.append(at)
+        wait = min(30.0, wait * 2)
+    return times
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("limit", [0.6, 4, 60, 900, 3600])
+async def test_a_service_down_for_good_gets_no_more_probes_before_its_limit_than_the_doubling_schedule_sent(
+    limit: float,
+) -> None:
+    """The quick probes of a run that begins in an outage are taken from the outage's later ones: a
+    service that stays down is sent no more probes before --outage-limit than the doubling schedule sent
+    (PROBE_FIRST, each wait twice the last, 30 s at most), and the run still gives up at the limit."""
+    clock = Clock()
+    outages: list[str] = []
+    health = ServiceHealth(5, limit, outages.append, clock=clock)
+    for _ in range(5):
+        health.failed("HTTP 503")
+    times = await probe_times(health, clock)
+    assert len(times) <= len(doubling_schedule(limit)), times
+    assert len(outages) == 1 and clock.now - 100 < limit + 0.1
+    if limit >= 60:  # a service back late in a long outage is still found within a minute or two
+        gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+        assert limit - times[-1] < 4 * 30 and max(gaps) < 4 * 30, gaps
 
 
 @pytest.mark.anyio
