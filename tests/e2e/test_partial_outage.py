@@ -91,3 +91,39 @@ def test_a_run_that_begins_in_a_partial_outage_finishes_as_fast_as_one_that_met_
     failed_first = sum(record.status == 503 for record in records if record.time < answered)
     assert failed_first >= 16 and answered - first < 10, (failed_first, answered - first)
     assert all(r["status"] == "succeeded" for r in results(out).values()) and len(ledger(out)) == 12
+
+
+@pytest.mark.timeout(60)
+def test_a_5xx_that_may_have_been_billed_spends_an_attempt_in_a_partial_outage(
+    cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Three requests in four answered 503, which bought nothing and spend no attempt while the service
+    fails more than it answers; a streamed task's other answers are all a 502 error event after half its
+    chunks and its usage (billed). That 502 reaches the breaker as maybe billed and spends an attempt: the
+    task fails after --max-attempts attempts, bought three times at most. Taken for one that bought
+    nothing (attempt.py's `billed` forced off), it spent none while the service failed more than it
+    answered: the task was bought again and again, 8 to 10 times in 5 s, and left pending at its
+    --task-deadline (or failed, bought more often than its attempts)."""
+    manifest = write(
+        "tasks:\n"
+        + chat_tasks(8)
+        + "  - {kind: chat, id: streamed, model: gemini-2.5-flash, prompt: tell me, stream: true}\n"
+    )
+    config = SimConfig(
+        api_key=KEY, error_rate=0.75, error_statuses=(503,), faults={"stream_error_mid": 1.0}, seed=3
+    )
+    flags = ("--backoff", "0.01", "--backoff-max", "0.05", "--max-attempts", "3", "--task-deadline", "5")
+    out = tmp_path / "out"
+    with simulator_in_thread(config) as sim:
+        outcome = cli("run", manifest, "--out", out, *flags, "--max-duration", "30s", env=env_for(sim))
+        billed = [record.task_id for record in sim.state.records if record.billed_tokens]
+        refused = sum(r.status == 503 for r in sim.state.records if r.task_id == "streamed")
+    assert outcome.code == 1, outcome.out + outcome.err
+    done = results(out)
+    # failed, having bought no more than its attempts (a 503 early in the run, before the service was
+    # seen to fail more than it answers, spends one too)
+    assert done["streamed"]["status"] == "failed" and 1 <= billed.count("streamed") <= 3, billed
+    assert refused > 0  # its 503s came between them
+    others = [task for task in done if task != "streamed"]
+    assert all(done[task]["status"] == "succeeded" for task in others) and len(others) == 8
+    assert sorted(task for task in billed if task != "streamed") == sorted(others)
