@@ -49,7 +49,7 @@ from collections.abc import Callable, Collection
 import anyio
 import anyio.lowlevel
 
-from batch.running.probes import PROBE_FIRST, next_wait, probes_within
+from batch.running.probes import PROBE_FIRST, next_wait, probes_within, quick_probes
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ class ServiceHealth:
         self._probes = 0  # probes let through so far: the last one's number
         self._probes_before = 0  # those of the outages before this one
         self._budget = 0  # the probes this outage may send before its limit (the doubling schedule's)
+        self._quick = 0  # of them, those that may go PROBE_FIRST apart after the first
         # the failures in a row that tell a dead service from one that answers one request in five
         self._conclusive = max(self.threshold, in_a_row_unlikely_at(LIMPING, self._recent.capacity))
         self._probe = 0  # the number of the probe in flight; 0: none
@@ -312,6 +313,7 @@ class ServiceHealth:
             self._next_probe = now + self._told_to_wait(PROBE_FIRST, retry_after)
             self._probes_before = self._probes
             self._budget = probes_within(self._opened_at + self.outage_limit - now)
+            self._quick = quick_probes(self._opened_at + self.outage_limit - now)
             self.outages += 1
             log.warning(
                 "the service is failing (%d failed attempts in a row; last: %s): tasks wait without spending "
@@ -333,10 +335,10 @@ class ServiceHealth:
     def _after_a_failed_probe(self, now: float) -> float:
         """The wait before the next probe. While the failures in a row are too few to tell a dead service
         from one that answers one request in five (a run that began in a partial outage), PROBE_FIRST,
-        for half of the outage's budget at most; then doubling, each wait twice the last, within the
-        budget: the probes the doubling schedule alone would send before the limit (probes.py)."""
+        for the outage's quick probes; then doubling, each wait twice the last, within the budget: the
+        probes the doubling schedule alone would send before the limit (probes.py)."""
         sent = self._probes - self._probes_before
-        if self._in_a_row < self._conclusive and sent < self._budget // 2:
+        if self._in_a_row < self._conclusive and sent <= self._quick:
             return PROBE_FIRST
         left = self._opened_at + self.outage_limit - now if self._opened_at is not None else 0.0
         self._probe_wait = next_wait(left, self._budget - sent, self._probe_wait * 2)

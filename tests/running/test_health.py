@@ -138,7 +138,7 @@ async def test_a_run_that_begins_in_a_partial_outage_probes_quickly_until_its_fa
     the circuit opened, and its probes, one at a time, failed as often. Their waits doubled, 30 s apart
     after eight: 16 failures in a row and the run crawled for 92 s before its first answer. Five
     failures, or twenty, do not tell a dead service from one that answers one request in five: the
-    probes go PROBE_FIRST apart until they do (or half the outage's probes are spent)."""
+    probes go PROBE_FIRST apart until they do (or the outage's quick probes are spent: 14 at 900 s)."""
     clock = Clock()
     health = ServiceHealth(5, 900, lambda reason: None, clock=clock)
     for _ in range(5):
@@ -162,7 +162,7 @@ def doubling_schedule(limit: float) -> list[float]:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("limit", [0.6, 4, 60, 900, 3600])
+@pytest.mark.parametrize("limit", [0.6, 4, 60, 120, 300, 900, 3600])
 async def test_a_service_down_for_good_gets_no_more_probes_before_its_limit_than_the_doubling_schedule_sent(
     limit: float,
 ) -> None:
@@ -177,9 +177,9 @@ async def test_a_service_down_for_good_gets_no_more_probes_before_its_limit_than
     times = await probe_times(health, clock)
     assert len(times) <= len(doubling_schedule(limit)), times
     assert len(outages) == 1 and clock.now - 100 < limit + 0.1
-    if limit >= 60:  # a service back late in a long outage is still found within a minute or two
+    if limit >= 60:  # a service back late in a long outage is still found within a minute
         gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
-        assert limit - times[-1] < 4 * 30 and max(gaps) < 4 * 30, gaps
+        assert limit - times[-1] <= 2 * 30 and max(gaps) <= 2 * 30, gaps
 
 
 @pytest.mark.anyio
