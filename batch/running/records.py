@@ -104,15 +104,15 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 _Made = TypeVar("_Made")
 
 
-def _made(cls: type[_Made], fields: dict[str, Any]) -> _Made:
+def made(cls: type[_Made], fields: dict[str, Any]) -> _Made:
     """An instance of a frozen dataclass given every one of its fields, built without its __init__,
-    which sets each field through object.__setattr__: a ResultRecord read back (24 fields) costs 7 us
-    that way, against 1.7 for `fields` (a dict of its own) made its __dict__. For the readers of
-    results.jsonl (the page, report, export), a line at a time; tests/running/test_records.py checks
-    that the fields are all there."""
-    made = object.__new__(cls)
-    object.__setattr__(made, "__dict__", fields)
-    return made
+    which sets each field through object.__setattr__: a ResultRecord (24 fields) costs 7 us that way,
+    against 1.7 for `fields` (a dict of its own) made its __dict__. For the records made once a line:
+    a result line read back (the page, report, export) and each task's result and ledger lines written
+    (batch.running.bookkeeping); tests/running/test_records.py checks that the fields are all there."""
+    instance = object.__new__(cls)
+    object.__setattr__(instance, "__dict__", fields)
+    return instance
 
 
 @dataclass(frozen=True)
@@ -285,7 +285,7 @@ class ResultRecord:
     def from_line(cls, line: Mapping[str, Any]) -> ResultRecord:
         text = line.get("text")
         meta = line.get("meta")
-        return _made(
+        return made(
             cls,
             {
                 "id": str(line.get("id")),

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import pytest
 
+from batch.errors import BrokenAnswerError
+from batch.kind import Answer
+from batch.manifest.tasks import TaskSpec
+from batch.running import bookkeeping, records
+from batch.running.context import TaskState
 from batch.running.records import AttemptRecord, ResultRecord, UsageRecord, finished_entry
+from jobs import registry
 
 RESULT_LINES = [
     # a chat answer with the kind's own fields, a custom id, meta and a request id
@@ -222,3 +229,43 @@ def test_a_lines_usage_keeps_its_numbers_only_and_is_a_copy() -> None:
     line = {"id": "x", "usage": usual}
     record = ResultRecord.from_line(line)
     assert record.usage == usual and record.usage is not usual
+
+
+@pytest.mark.parametrize("failed", [False, True])
+def test_a_tasks_result_line_is_the_one_its_records_constructor_makes(
+    failed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bookkeeping.result_line builds its record without the dataclass's __init__ (7 us a task): every
+    field must be there, as the constructor would set it, and the line the same."""
+    made: list[tuple[type, dict[str, object]]] = []
+
+    def spy(cls: type, fields: dict[str, object]) -> object:
+        made.append((cls, dict(fields)))
+        return records.made(cls, fields)
+
+    monkeypatch.setattr(bookkeeping, "made", spy)
+    spec = TaskSpec(
+        "row-3",
+        "chat",
+        "ep-chat",
+        {"model": "gemini-2.5-flash", "prompt": "hi", "temperature": 0.2},
+        "tasks.jsonl",
+        4,
+        "line 4",
+        meta={"row": 3},
+        custom_id="c-3",
+        request="0123456789abcdef",
+    )
+    state = TaskState(attempts=2, maybe_billed=1, carried=1, cost=0.25, input_tokens=3, output_tokens=5)
+    state.total_tokens, state.billed, state.server_request_id = 8, True, "chatcmpl-9"
+    state.answer = Answer(text="hello", extra={"finish_reason": "stop"})
+    context = SimpleNamespace(registry=registry())
+    error = BrokenAnswerError("no choices", error_type="no_choices") if failed else None
+    line = bookkeeping.result_line(context, spec, state, 0.0, error)  # type: ignore[arg-type]
+    [(cls, fields)] = made
+    assert cls is ResultRecord
+    names = [field.name for field in dataclasses.fields(ResultRecord)]
+    assert sorted(fields) == sorted(names)  # none missing, none misspelt
+    built = ResultRecord(**fields)  # type: ignore[arg-type]
+    assert line == built.to_line() and list(line) == list(built.to_line())
+    assert line["status"] == ("failed" if failed else "succeeded") and line["maybe_billed"] == 2
