@@ -44,19 +44,23 @@ def ledger_entry(
     if counts is None or estimated:  # the first test narrows the type for mypy; estimated implies it
         counts = kind.estimate(spec.fields)
     cost = ctx.settings.prices.cost(spec.model, counts)
-    line = UsageRecord(
-        task_id=spec.id,
-        request_id=request_id,
-        server_request_id=state.server_request_id,
-        kind=spec.kind,
-        model=spec.model,
-        endpoint=spec.endpoint,
-        counts=counts,
-        cost=cost,
-        usage=usage,
-        at=now(),
-        estimated=estimated,
-        request_sha256=spec.request,
+    # every field, the record made without its frozen __init__ (as result_line's): it is only written out
+    line = made(
+        UsageRecord,
+        {
+            "task_id": spec.id,
+            "request_id": request_id,
+            "server_request_id": state.server_request_id,
+            "kind": spec.kind,
+            "model": spec.model,
+            "endpoint": spec.endpoint,
+            "counts": counts,
+            "cost": cost,
+            "usage": usage,
+            "at": now(),
+            "estimated": estimated,
+            "request_sha256": spec.request,
+        },
     ).to_line()
     return LedgerEntry(line, counts, cost, encode_line(line))
 

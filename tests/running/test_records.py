@@ -14,6 +14,7 @@ from batch.kind import Answer
 from batch.manifest.tasks import TaskSpec
 from batch.running import bookkeeping, records
 from batch.running.context import TaskState
+from batch.running.prices import PriceTable
 from batch.running.records import AttemptRecord, ResultRecord, UsageRecord, finished_entry
 from jobs import registry
 
@@ -269,3 +270,32 @@ def test_a_tasks_result_line_is_the_one_its_records_constructor_makes(
     built = ResultRecord(**fields)  # type: ignore[arg-type]
     assert line == built.to_line() and list(line) == list(built.to_line())
     assert line["status"] == ("failed" if failed else "succeeded") and line["maybe_billed"] == 2
+
+
+@pytest.mark.parametrize("usage", [{"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}, None])
+def test_a_ledger_line_is_the_one_its_records_constructor_makes(
+    usage: dict[str, int] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bookkeeping.ledger_entry builds its record without the dataclass's __init__, as result_line does:
+    every field must be there, as the constructor would set it, and the line the same."""
+    made: list[tuple[type, dict[str, object]]] = []
+
+    def spy(cls: type, fields: dict[str, object]) -> object:
+        made.append((cls, dict(fields)))
+        return records.made(cls, fields)
+
+    monkeypatch.setattr(bookkeeping, "made", spy)
+    spec = TaskSpec(
+        "a", "chat", "ep-chat", {"model": "gemini-2.5-flash", "prompt": "hi"}, "t.jsonl", 1, "line 1"
+    )
+    state = TaskState(server_request_id="chatcmpl-9")
+    context = SimpleNamespace(settings=SimpleNamespace(prices=PriceTable()))
+    kind = registry()["chat"]
+    entry = bookkeeping.ledger_entry(context, spec, kind, "a/1a2b3c.1", usage, state)  # type: ignore[arg-type]
+    [(cls, fields)] = made
+    assert cls is UsageRecord
+    names = [field.name for field in dataclasses.fields(UsageRecord)]
+    assert sorted(fields) == sorted(names)  # none missing, none misspelt
+    built = UsageRecord(**fields)  # type: ignore[arg-type]
+    assert entry.line == built.to_line() and list(entry.line) == list(built.to_line())
+    assert entry.line.get("estimated", False) is (usage is None)
