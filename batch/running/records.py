@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from batch import codec
 from batch.kind import TokenCounts
@@ -134,9 +134,9 @@ class ErrorInfo:
         return cls(found.get("type"), found.get("status"), found.get("message"))
 
 
-@dataclass(frozen=True)
-class TaskUsage:
-    """`usage` of a result line: the task's billed answers summed."""
+class TaskUsage(NamedTuple):
+    """`usage` of a result line: the task's billed answers summed. A named tuple, not a frozen dataclass:
+    made once a task, only to be written out."""
 
     input_tokens: int
     output_tokens: int

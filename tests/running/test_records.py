@@ -270,6 +270,7 @@ def test_a_tasks_result_line_is_the_one_its_records_constructor_makes(
     built = ResultRecord(**fields)  # type: ignore[arg-type]
     assert line == built.to_line() and list(line) == list(built.to_line())
     assert line["status"] == ("failed" if failed else "succeeded") and line["maybe_billed"] == 2
+    assert json.dumps(line["usage"]) == '{"input_tokens": 3, "output_tokens": 5, "total_tokens": 8}'
 
 
 @pytest.mark.parametrize("usage", [{"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}, None])
