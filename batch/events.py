@@ -8,6 +8,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from batch.frozen import quick_init
+
 
 @dataclass(frozen=True)
 class RunStarted:
@@ -18,12 +20,14 @@ class RunStarted:
     changed: int = 0  # finished tasks whose result lines name another request than the manifest's now
 
 
+@quick_init
 @dataclass(frozen=True)
 class TaskStarted:
     task_id: str
     kind: str
 
 
+@quick_init
 @dataclass(frozen=True)
 class AttemptFailed:
     """An attempt failed and the task will be retried after `wait` seconds."""
@@ -37,6 +41,7 @@ class AttemptFailed:
     )
 
 
+@quick_init
 @dataclass(frozen=True)
 class Billed:
     """A billed answer was recorded in the ledger."""
@@ -49,6 +54,7 @@ class Billed:
     cost: float | None = None  # US dollars; None when the model has no price
 
 
+@quick_init
 @dataclass(frozen=True)
 class TaskFinished:
     """A task's result line was written: `record` is that line."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from batch.frozen import quick_init
 from batch.manifest.fields import FieldIssue
 
 Pointer = tuple[str | int, ...]  # where a value sits inside a task's fields, e.g. ("messages", 0, "content")
@@ -60,6 +61,7 @@ class FormField:
     content_type: str | None = None
 
 
+@quick_init
 @dataclass(frozen=True)
 class ApiRequest:
     """An HTTP request as a kind wants it sent: POST to `{base}/{endpoint}/{path}`."""
@@ -81,6 +83,7 @@ class EncodedImage:
     data: bytes | None = None
 
 
+@quick_init
 @dataclass(frozen=True)
 class Answer:
     """The useful part of a successful answer. `images_missing`: images asked for (`n`) but not sent."""
@@ -91,6 +94,7 @@ class Answer:
     images_missing: int = 0
 
 
+@quick_init
 @dataclass(frozen=True)
 class TokenCounts:
     """Usage normalised across kinds: what went in, what came out, the total billed."""

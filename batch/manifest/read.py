@@ -15,6 +15,7 @@ from typing import Any
 
 from batch import codec
 from batch.errors import ManifestError, Problem, shorten
+from batch.frozen import quick_init
 from batch.manifest.fields import type_name, unknown_field_message
 from batch.manifest.ids import safe_id
 from batch.manifest.regular import open_regular, why_not_regular
@@ -40,6 +41,7 @@ class LocatedDict(dict[Any, Any]):
         self.item_lines = {}
 
 
+@quick_init
 @dataclass(frozen=True)
 class Entry:
     """One task entry as written: its fields, its position in the manifest, and the line of each key."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from batch.errors import Problem, shorten
+from batch.frozen import quick_init
 from batch.kind import InputInfo, Pointer, Registry, TaskKind
 from batch.manifest.fields import MISSING, FieldIssue, closest, unknown_field_message
 from batch.manifest.ids import LATEST_IDS, READABLE_IDS, valid_id
@@ -32,6 +33,7 @@ ENDPOINT_PATTERN = re.compile(r"[^/?#\s]{1,200}")
 RESERVED = ("kind", "id", "endpoint", "meta", "custom_id")
 
 
+@quick_init
 @dataclass(frozen=True)
 class TaskSpec:
     """A validated task, ready to be turned into a request."""

@@ -27,6 +27,7 @@ from batch.errors import (
     StreamStalledError,
     TransportError,
 )
+from batch.frozen import quick_init
 from batch.kind import ApiRequest
 from batch.output.store import never_write
 from batch.running.bodies import (
@@ -78,6 +79,7 @@ class ClientConfig:
             raise ConfigError(str(exc)) from None
 
 
+@quick_init
 @dataclass(frozen=True)
 class Reply:
     """A 2xx answer: its body parsed (a JSON value, or the list of chunks of a stream), its raw bytes
