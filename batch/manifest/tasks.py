@@ -89,6 +89,8 @@ class TaskBuilder:
         self.sources = sources
         self.inspector = inspector or InputInspector(sources=sources)
         self.checking = True  # False once the manifest validated: the dispatch walk skips the field rules
+        # kind name -> (the defaults under a task's fields, --set over them): see _layers_of
+        self._layers: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         # MAAS_ENDPOINT checked once, not for each task of each walk
         self._env_endpoint_ok = settings.env_endpoint is None or _valid_endpoint(settings.env_endpoint)
         self.problems = self._check_top_level()
@@ -238,15 +240,24 @@ class TaskBuilder:
         return generated_id(kind.name, readable, digest)
 
     def _merged(self, kind: TaskKind, data: Mapping[str, Any]) -> dict[str, Any]:
+        below, above = self._layers.get(kind.name) or self._layers_of(kind)
+        merged = dict(below)
+        merged.update((k, v) for k, v in data.items() if k not in RESERVED)
+        merged.update(above)
+        return merged
+
+    def _layers_of(self, kind: TaskKind) -> tuple[dict[str, Any], dict[str, Any]]:
+        """What a task of `kind` takes from beside it: the manifest's defaults, under the task's own
+        fields, and --set, over them. The same for every task of the kind: made once per walk's kind."""
         defaults = self.manifest.defaults
         overrides = self.settings.overrides
-        merged = {k: v for k, v in defaults.items() if k in kind.known_fields}
-        merged.update(defaults.get(kind.name) or {})
-        merged.update((k, v) for k, v in data.items() if k not in RESERVED)
-        merged.update((k, v) for k, v in overrides.items() if k in kind.known_fields)
+        below = {k: v for k, v in defaults.items() if k in kind.known_fields}
+        below.update(defaults.get(kind.name) or {})
+        above = {k: v for k, v in overrides.items() if k in kind.known_fields}
         scoped = overrides.get(kind.name)
-        merged.update(scoped if isinstance(scoped, Mapping) else {})  # `--set chat=3` is reported apart
-        return merged
+        above.update(scoped if isinstance(scoped, Mapping) else {})  # `--set chat=3` is reported apart
+        self._layers[kind.name] = (below, above)
+        return below, above
 
     def _resolve_inputs(
         self, kind: TaskKind, fields: dict[str, Any]

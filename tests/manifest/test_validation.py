@@ -428,11 +428,14 @@ def test_defaults_precedence_command_line_over_task_over_kind_over_shared(write:
           - {kind: generate, prompt: a}
           - {kind: generate, prompt: b, quality: high, n: 3}
           - {kind: chat, model: m, prompt: c}
+          - {kind: generate, prompt: d}
     """)
     plain = checked(path)
     specs = list(iter_tasks(plain.manifest, plain.builder))
     assert specs[0].fields == {"quality": "medium", "size": "1024x1536", "n": 2, "prompt": "a"}
     assert specs[1].fields["quality"] == "high" and specs[1].fields["n"] == 3
+    # the defaults a kind's tasks share are made once: a task's own fields do not reach the next one's
+    assert specs[3].fields == {"quality": "medium", "size": "1024x1536", "n": 2, "prompt": "d"}
     # shared defaults reach only the kinds that know them: no `quality` or `size` in a chat body
     assert specs[2].fields == {
         "temperature": 0.5,
@@ -443,6 +446,7 @@ def test_defaults_precedence_command_line_over_task_over_kind_over_shared(write:
     specs = list(iter_tasks(over.manifest, over.builder))
     assert specs[1].fields["quality"] == "low"
     assert specs[2].fields["temperature"] == 0
+    assert specs[3].fields == {"quality": "low", "size": "1024x1536", "n": 2, "prompt": "d"}
 
 
 def test_bad_default_is_reported_once_at_its_line_for_all_tasks(write: Write) -> None:
