@@ -91,6 +91,7 @@ class TaskBuilder:
         self.checking = True  # False once the manifest validated: the dispatch walk skips the field rules
         # kind name -> (the defaults under a task's fields, --set over them): see _layers_of
         self._layers: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._kind_endpoints: dict[str, tuple[Any, Any]] = {}  # kind name -> see _kind_endpoints_of
         # MAAS_ENDPOINT checked once, not for each task of each walk
         self._env_endpoint_ok = settings.env_endpoint is None or _valid_endpoint(settings.env_endpoint)
         self.problems = self._check_top_level()
@@ -278,19 +279,15 @@ class TaskBuilder:
     ) -> str | None:
         """--endpoint (by model, by kind, for all) > the task's own > the manifest's endpoints[model] >
         endpoints[kind] > defaults > MAAS_ENDPOINT."""
-        endpoints = self.manifest.endpoints
         model = fields.get("model")
-        chosen = self.settings.endpoints
-        candidates = [
-            chosen.get(model, MISSING) if isinstance(model, str) else MISSING,
-            chosen.get(kind.name, MISSING),
-            chosen.get("*", MISSING),
+        by_flag, by_manifest = self._kind_endpoints.get(kind.name) or self._kind_endpoints_of(kind)
+        candidates = (
+            self.settings.endpoints.get(model, MISSING) if isinstance(model, str) else MISSING,
+            by_flag,
             entry.data.get("endpoint", MISSING),
-            endpoints.get(model, MISSING) if isinstance(model, str) else MISSING,
-            endpoints.get(kind.name, MISSING),
-            (self.manifest.defaults.get(kind.name) or {}).get("endpoint", MISSING),
-            self.manifest.defaults.get("endpoint", MISSING),
-        ]
+            self.manifest.endpoints.get(model, MISSING) if isinstance(model, str) else MISSING,
+            by_manifest,
+        )
         for value in candidates:
             if value is MISSING:
                 continue
@@ -325,6 +322,20 @@ class TaskBuilder:
             )
         )
         return None
+
+    def _kind_endpoints_of(self, kind: TaskKind) -> tuple[Any, Any]:
+        """The endpoints a task of `kind` may take that depend on neither its model nor its entry, each
+        the first that is given (MISSING if none): --endpoint for the kind, or for all; the manifest's
+        endpoints[kind], defaults.<kind>.endpoint, defaults.endpoint. Made once per walk's kind."""
+        chosen, defaults = self.settings.endpoints, self.manifest.defaults
+        by_flag = _first_given(chosen.get(kind.name, MISSING), chosen.get("*", MISSING))
+        by_manifest = _first_given(
+            self.manifest.endpoints.get(kind.name, MISSING),
+            (defaults.get(kind.name) or {}).get("endpoint", MISSING),
+            defaults.get("endpoint", MISSING),
+        )
+        self._kind_endpoints[kind.name] = (by_flag, by_manifest)
+        return by_flag, by_manifest
 
     def _json_problems(self, entry: Entry, fields: Mapping[str, Any]) -> list[Problem]:
         found = []
@@ -442,6 +453,11 @@ def _line_within(data: Any, field_path: str) -> int | None:
         else:
             break
     return line
+
+
+def _first_given(*values: Any) -> Any:
+    """The first of `values` that is not MISSING (MISSING if none is)."""
+    return next((value for value in values if value is not MISSING), MISSING)
 
 
 def _valid_endpoint(value: Any) -> bool:

@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from batch.jobs import registry
 from PIL import Image
 
 from batch.errors import ManifestError
+from batch.manifest.checked import check
 from batch.manifest.plan import iter_tasks
+from batch.manifest.tasks import BuildSettings
 from tests.conftest import Outcome, checked, make_image, make_mask, messages
 
 Write = Callable[..., Path]
@@ -775,3 +778,49 @@ def test_a_task_that_is_not_a_mapping_is_put_at_its_own_line(write: Write) -> No
         f"{path}:6: tasks[2]: must be a mapping with a kind and its fields, not null (got None)",
         f"{path}:7: tasks[3]: must be a mapping with a kind and its fields, not a list (got ['kind', 'chat'])",
     ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ({}, ["ep-own", "ep-model", "ep-kind", "ep-chat-default", "ep-kind"]),
+        ({"*": "ep-all"}, ["ep-all", "ep-all", "ep-all", "ep-all", "ep-all"]),
+        (
+            {"generate": "ep-flag-kind", "*": "ep-all"},
+            ["ep-flag-kind", "ep-flag-kind", "ep-flag-kind", "ep-all", "ep-flag-kind"],
+        ),
+        (
+            {"special": "ep-flag-model", "generate": "ep-flag-kind"},
+            ["ep-flag-model", "ep-flag-model", "ep-flag-kind", "ep-chat-default", "ep-flag-kind"],
+        ),
+    ],
+)
+def test_each_task_takes_the_first_endpoint_given_in_the_order_of_precedence(
+    write: Write, flags: dict[str, str], expected: list[str]
+) -> None:
+    """--endpoint by model, by kind, for all > the task's own > endpoints[model] > endpoints[kind] >
+    defaults.<kind>.endpoint > defaults.endpoint > MAAS_ENDPOINT, for each task of a kind whatever the
+    one before it took (what depends on the kind alone is found once per kind)."""
+    path = write("""
+        defaults:
+          endpoint: ep-default
+          chat: {endpoint: ep-chat-default}
+        endpoints:
+          generate: ep-kind
+          special: ep-model
+        tasks:
+          - {kind: generate, prompt: a, model: special, endpoint: ep-own}
+          - {kind: generate, prompt: b, model: special}
+          - {kind: generate, prompt: c}
+          - {kind: chat, model: m, prompt: d}
+          - {kind: generate, prompt: e}
+    """)
+    result = check(path, BuildSettings(endpoints=flags, env_endpoint="ep-env"), registry())
+    assert [spec.endpoint for spec in iter_tasks(result.manifest, result.builder)] == expected
+    plain = write("tasks:\n  - {kind: chat, model: m, prompt: d}\n", "plain.yaml")
+    defaulted = write(
+        "defaults: {endpoint: ep-default}\ntasks:\n  - {kind: chat, model: m, prompt: d}\n", "d.yaml"
+    )
+    for manifest, endpoint in ((plain, "ep-env"), (defaulted, "ep-default")):
+        result = check(manifest, BuildSettings(env_endpoint="ep-env"), registry())
+        assert [spec.endpoint for spec in iter_tasks(result.manifest, result.builder)] == [endpoint]
