@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeGuard, TypeVar
 
 from batch import codec
 from batch.kind import TokenCounts
@@ -47,6 +47,8 @@ def now() -> str:
 def _int(value: Any) -> int:
     """A count as a line holds it; 0 for anything that is not one (a line edited by hand, or torn), an
     integer past any float too (400 digits: no price or sum of it would be a number)."""
+    if type(value) is int and -_PLAIN < value < _PLAIN:
+        return value  # as the tool writes it: the usual line, without the checks below
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
@@ -64,6 +66,8 @@ def _int(value: Any) -> int:
 def number(value: Any) -> float | None:
     """A cost or a duration, or None for anything that is not a finite number (an integer of 400 digits,
     in a line edited by hand, is none: no sum or price of it would be either)."""
+    if type(value) is float:  # as the tool writes it: the usual line, without the checks below
+        return value if math.isfinite(value) else None
     if not isinstance(value, int | float) or isinstance(value, bool):
         return None
     try:
@@ -78,15 +82,16 @@ _PLAIN = 2**63  # a count the tool writes is less: one past it is looked at (a f
 def _counts(usage: Mapping[str, Any]) -> dict[str, int | float]:
     """A line's usage: its token counts, without what is not a number."""
     counts = dict(usage)
-    if all(type(value) is int and -_PLAIN < value < _PLAIN for value in counts.values()) and all(
-        type(key) is str for key in counts
-    ):
-        return counts  # as the tool writes it: the usual line, read without a call a count
-    return {str(key): value for key, value in usage.items() if number(value) is not None}
+    for key, value in counts.items():
+        if type(key) is not str or type(value) is not int or not -_PLAIN < value < _PLAIN:
+            return {str(key): value for key, value in usage.items() if number(value) is not None}
+    return counts  # as the tool writes it: the usual line, read without a call a count
 
 
 def _strings(value: Any) -> tuple[str, ...]:
     """A list of names (files, inputs), or none for anything that is not a list."""
+    if not value:  # the usual line's: no files, no inputs
+        return ()
     return tuple(str(item) for item in value) if isinstance(value, list | tuple) else ()
 
 
@@ -98,7 +103,13 @@ def request_digest(value: Any) -> str | None:
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    return value if _is_mapping(value) else {}
+
+
+def _is_mapping(value: Any) -> TypeGuard[Mapping[str, Any]]:
+    """isinstance(value, Mapping), told at once for a line's usual values (a dict, None): the check of
+    an abstract class costs three times a plain one."""
+    return type(value) is dict or (value is not None and isinstance(value, Mapping))
 
 
 _Made = TypeVar("_Made")
@@ -128,6 +139,8 @@ class ErrorInfo:
 
     @classmethod
     def from_line(cls, value: Any) -> ErrorInfo | None:
+        if value is None:  # the usual line's: a task that succeeded
+            return None
         found = _mapping(value)
         if not found:
             return None
@@ -285,6 +298,7 @@ class ResultRecord:
     def from_line(cls, line: Mapping[str, Any]) -> ResultRecord:
         text = line.get("text")
         meta = line.get("meta")
+        usage = line.get("usage")
         return made(
             cls,
             {
@@ -295,7 +309,7 @@ class ResultRecord:
                 "prompt": line.get("prompt"),
                 "params": _mapping(line.get("params")),
                 "files": _strings(line.get("files")),
-                "usage": _counts(line["usage"]) if isinstance(line.get("usage"), Mapping) else None,
+                "usage": _counts(usage) if _is_mapping(usage) else None,
                 "cost": number(line.get("cost")),
                 "attempts": _int(line.get("attempts")),
                 "endpoint": line.get("endpoint"),
@@ -310,7 +324,7 @@ class ResultRecord:
                 "request_id": line.get("request_id"),
                 "maybe_billed": _int(line.get("maybe_billed")),
                 "error": ErrorInfo.from_line(line.get("error")),
-                "meta": meta if isinstance(meta, Mapping) else None,
+                "meta": meta if _is_mapping(meta) else None,
                 "request_sha256": request_digest(line.get("request_sha256")),
                 "raw": line,
             },

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from types import SimpleNamespace
+import math
+from collections import OrderedDict
+from collections.abc import Mapping
+from types import MappingProxyType, SimpleNamespace
 
 import pytest
 
@@ -15,7 +18,7 @@ from batch.manifest.tasks import TaskSpec
 from batch.running import bookkeeping, records
 from batch.running.context import TaskState
 from batch.running.prices import PriceTable
-from batch.running.records import AttemptRecord, ResultRecord, UsageRecord, finished_entry
+from batch.running.records import AttemptRecord, ErrorInfo, ResultRecord, UsageRecord, finished_entry
 from jobs import registry
 
 RESULT_LINES = [
@@ -300,3 +303,59 @@ def test_a_ledger_line_is_the_one_its_records_constructor_makes(
     built = UsageRecord(**fields)  # type: ignore[arg-type]
     assert entry.line == built.to_line() and list(entry.line) == list(built.to_line())
     assert entry.line.get("estimated", False) is (usage is None)
+
+
+def _plain_int(value: object) -> int:
+    """records._int as it read every value before its fast path for the usual count."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value if _plain_number(value) is not None else 0
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return _plain_int(int(value.strip()))
+        except ValueError:
+            return 0
+    return 0
+
+
+def _plain_number(value: object) -> float | None:
+    """records.number as it read every value before its fast path for a float."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        return value if math.isfinite(value) else None
+    except OverflowError:
+        return None
+
+
+ODD_VALUES = [
+    *(0, 7, -3, 2**63 - 1, 2**63, -(2**63), 10**400, True, False),
+    *(1.5, -0.0, math.nan, math.inf, -math.inf, 1e308),
+    *("12", " 7 ", "x", "", "1.5", None, [], ["a", 3], ("a",), {}, {"a": 1}),
+    *(MappingProxyType({"a": 1}), OrderedDict(a=1), {1: 2}, {"a": True}, {"a": 2**64}, {"a": 1.5}),
+]
+
+
+@pytest.mark.parametrize("value", ODD_VALUES, ids=lambda value: repr(value)[:24])
+def test_a_lines_fields_read_with_the_fast_paths_as_before(value: object) -> None:
+    """The reading of a result line's counts, numbers, lists and mappings takes the usual values (a
+    plain int, a float, a dict, None, an empty list) at once: every value reads as it always did."""
+    assert type(records._int(value)) is type(_plain_int(value)) and records._int(value) == _plain_int(value)
+    assert repr(records.number(value)) == repr(_plain_number(value))
+    plain_list = tuple(str(item) for item in value) if isinstance(value, list | tuple) else ()
+    assert records._strings(value) == plain_list
+    is_mapping = isinstance(value, Mapping)
+    assert records._mapping(value) == (value if is_mapping else {})
+    assert (records._mapping(value) is value) == is_mapping
+    if is_mapping:
+        plain = {str(key): item for key, item in value.items() if _plain_number(item) is not None}
+        counts = records._counts(value)
+        assert counts == plain and list(counts) == list(plain) and counts is not value
+    line = {"id": "a", "usage": value, "meta": value, "error": value, "attempts": value, "cost": value}
+    record = ResultRecord.from_line(line)
+    assert record.meta == (value if is_mapping else None)
+    assert (record.usage is None) == (not is_mapping)
+    assert record.error == (ErrorInfo.from_line(dict(value)) if is_mapping else None)
