@@ -67,10 +67,28 @@ THUMBS = "thumbs"  # the gallery's thumbnails
 # result lines set aside as their tasks were sent again: failures (--retry-failed), lines of tasks whose
 # request changed (--rerun-changed)
 RETRIED = "results.retried.jsonl"
-# Built once: json.dumps with arguments makes a new encoder on every call.
-# NaN and the infinities are no JSON: a server's usage of 1e999 was written as `Infinity`, which other
-# readers of the journals (JSON.parse, SQLite's json_extract) refuse
-_encode = json.JSONEncoder(ensure_ascii=False, default=str, allow_nan=False).encode
+
+
+def _journal_encoder() -> Callable[[Any], str]:
+    """The text of a journal's line: json.dumps's, with non-ASCII kept, `str` of what JSON cannot
+    hold, and NaN and the infinities refused (ValueError): a server's usage of 1e999 was written as
+    `Infinity`, which other readers of the journals (JSON.parse, SQLite's json_extract) refuse.
+
+    JSONEncoder.encode makes json's C encoder anew for each line (with a dict to find cycles in, and
+    a closure), some 9,000 instructions of a result line's 68,000: it is made once here, as encode
+    makes it, without the cycle check (a line is made of parsed JSON and the tool's own values; a
+    cycle would end in RecursionError, as it did through encode_line's _finite). Where Python has no C
+    encoder, JSONEncoder's own encode."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython has it
+        return json.JSONEncoder(ensure_ascii=False, default=str, allow_nan=False).encode
+    # its arguments as JSONEncoder.iterencode gives them: markers (None: no cycle check), default,
+    # the string encoder (ensure_ascii=False), indent, the separators, sort_keys, skipkeys, allow_nan
+    encoder = make(None, str, json.encoder.encode_basestring, None, ": ", ", ", False, False, False)
+    return lambda record: "".join(encoder(record, 0))
+
+
+_encode = _journal_encoder()
 _SECRETS: list[bytes] = []  # this process's API keys: no journal line is written with one in it
 REDACTED = b"[redacted]"
 SECRET_MIN = 8  # a "key" shorter than this is no secret (tests, a local proxy): it is not looked for

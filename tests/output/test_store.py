@@ -304,3 +304,39 @@ def test_a_number_that_is_no_json_number_is_written_as_text_not_as_infinity() ->
         "usage": {"total_tokens": "inf", "x": ["nan", "-inf"]},
         "n": 1.5,
     }
+
+
+JOURNAL_VALUES = [
+    {
+        "id": "t0",
+        "text": 'caf\u00e9 \u2028 \U0001f98a "quoted" \\ \n\t\x00\x1f',
+        "cost": 6.8e-05,
+        "seconds": 0.081,
+    },
+    {"usage": {"prompt_tokens": 10, "total_tokens": 2**70, "x": -0.0}, "n": [1, 2.5, True, None, [], {}]},
+    {
+        1: "int key",
+        2.5: "float key",
+        None: "none key",
+        False: "bool key",
+        "nested": {"a": {"b": [{"c": 1e300}]}},
+    },
+    {"path": Path("/tmp/a b.png"), "tuple": ("a", 1), "bytes_like": bytearray(b"x"), "empty": ""},
+    {"big": 1e16, "small": 1e-7, "neg": -12345678901234567890, "third": 1 / 3},
+]
+
+
+@pytest.mark.parametrize("record", JOURNAL_VALUES, ids=range(len(JOURNAL_VALUES)))
+def test_a_journal_line_is_json_dumps_own_bytes(record: dict[object, object]) -> None:
+    """encode_line keeps json's C encoder between lines (JSONEncoder.encode makes one per call): the
+    bytes are json.dumps's with the journals' settings, key order, spacing, escapes and floats alike."""
+    expected = json.dumps(record, ensure_ascii=False, default=str, allow_nan=False) + "\n"
+    assert encode_line(record) == expected.encode("utf-8", "replace")
+
+
+def test_a_journal_line_with_a_lone_surrogate_or_a_cycle_fails_as_it_did() -> None:
+    assert encode_line({"text": "cut \ud83e"}) == b'{"text": "cut ?"}\n'  # never fails the line
+    cycle: dict[str, object] = {"id": "a"}
+    cycle["self"] = cycle
+    with pytest.raises(RecursionError):  # as it did through the cycle check's ValueError, then _finite
+        encode_line(cycle)
