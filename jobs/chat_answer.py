@@ -57,20 +57,21 @@ def parse_chat_answer(fields: Mapping[str, Any], body: Any) -> Answer:
     stream. Reasoning (`reasoning_content`, Gemini's thought parts) is kept apart from the text. A call made
     the deprecated way (`function_call`, the answer to `functions`, which the seed keeps compatible) is
     an answer as a tool call is."""
-    usage = usage_of(body)
-    if isinstance(body, list):
-        body = assemble_stream(body)
-    choices = body.get("choices") if isinstance(body, Mapping) else None
+    # the usage is read only for an answer that cannot be used: the caller reads it for the ledger
+    answer = assemble_stream(body) if isinstance(body, list) else body
+    choices = answer.get("choices") if isinstance(answer, Mapping) else None
     if not isinstance(choices, list) or not choices:
-        raise BrokenAnswerError("answer has no 'choices' list", usage=usage, error_type="no_choices")
+        raise BrokenAnswerError("answer has no 'choices' list", usage=usage_of(body), error_type="no_choices")
     read = []
     for index, choice in enumerate(choices):
         message = choice.get("message") if isinstance(choice, Mapping) else None
         if not isinstance(message, Mapping):
-            raise BrokenAnswerError(f"choices[{index}] has no message", usage=usage, error_type="no_choices")
+            raise BrokenAnswerError(
+                f"choices[{index}] has no message", usage=usage_of(body), error_type="no_choices"
+            )
         read.append(_read_choice(message, choice.get("finish_reason")))
     if not any(c.said for c in read):
-        _no_content(fields, read, usage)
+        _no_content(fields, read, usage_of(body))
     first = read[0]
     extra: dict[str, Any] = {"finish_reason": first.finish_reason}
     if first.reasoning is not None:

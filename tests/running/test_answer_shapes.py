@@ -152,6 +152,34 @@ def test_null_content_at_the_token_limit_names_the_thinking_that_used_it() -> No
     assert caught.value.usage is not None  # billed, and said so
 
 
+USAGE = {"prompt_tokens": 7, "completion_tokens": 0, "total_tokens": 7}
+
+
+@pytest.mark.parametrize(
+    ("body", "error_type"),
+    [
+        ({"choices": [], "usage": USAGE}, "no_choices"),
+        ({"choices": [{"index": 0, "finish_reason": "stop"}], "usage": USAGE}, "no_choices"),
+        (completion({"content": None}, "stop", **USAGE), "no_content"),
+        (
+            [
+                {"choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": "stop"}]},
+                {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}},
+                {"choices": [], "usage": USAGE},
+            ],
+            "no_content",
+        ),
+    ],
+    ids=["no choices", "no message", "no content", "a stream of none"],
+)
+def test_an_answer_that_cannot_be_used_says_what_it_was_billed(body: Any, error_type: str) -> None:
+    """The usage is read only where an answer cannot be used (the run reads it for the ledger): it still
+    comes with the error, a stream's last."""
+    with pytest.raises(BrokenAnswerError) as caught:
+        chat.parse_answer({}, body)
+    assert caught.value.kind == error_type and caught.value.usage == USAGE
+
+
 def test_a_content_filter_is_a_refusal() -> None:
     with pytest.raises(RefusalError):
         chat.parse_answer({}, completion({"content": None}, "content_filter"))
