@@ -1,6 +1,7 @@
 """Faults at scale (issue 15): a batch in S3 (moto on loopback), three workers on a real Redis against a
 simulator that fails some requests and takes N a second from the key. One worker is killed with SIGKILL,
-another later; then Redis is flushed, and `submit --resume` rebuilds the queue from the store alone.
+another later; then Redis is flushed, and `submit --resume` rebuilds the queue from the store alone, for
+two new workers.
 
 Nothing lost (every task exactly one result), nothing paid twice beyond what the killed workers had not
 saved, an exact ledger, and the shared rate limit held throughout."""
@@ -106,7 +107,7 @@ def test_three_workers_two_killed_redis_flushed_then_resumed_from_the_store(
         )
     )
     config = SimConfig(api_key=KEY, latency=0.25, latency_jitter=0.5, error_rate=0.1, rps=N, seed=15)
-    logs = [tmp_path / f"worker-{name}.log" for name in ("a", "b", "c", "d")]
+    logs = [tmp_path / f"worker-{name}.log" for name in ("a", "b", "c", "d", "e")]
     with simulator_in_thread(config) as sim:
         env = {**sim_env(sim), **s3.env}
         flags = ("--shard-size", str(SHARD), "--concurrency", str(CONCURRENCY), "--rpm", str(60 * N))
@@ -125,8 +126,11 @@ def test_three_workers_two_killed_redis_flushed_then_resumed_from_the_store(
         resumed = cli("submit", "--resume", s3.url, "--redis", redis_url, env=env)
         assert resumed.code == 0, resumed.err
         assert "queued again" in resumed.out
-        d = start_worker(redis_url, sim, logs[3], s3)
+        # two workers for the 4 shards left: one ran them one after another (each shard's run starts, pulls
+        # and pushes on its own), the half of the test's time
+        d, e = (start_worker(redis_url, sim, log, s3) for log in logs[3:])
         assert d.wait(60) == 0, logs[3].read_text()
+        assert e.wait(60) == 0, logs[4].read_text()
 
         results = store_results(s3)
         assert sorted(results) == sorted(f"q-{i}" for i in range(TASKS))
@@ -143,7 +147,7 @@ def test_three_workers_two_killed_redis_flushed_then_resumed_from_the_store(
         assert ledger <= sim.state.billed_requests
         assert sim.state.billed_requests - ledger <= maybe_billed  # only what the kills left unsaved
         assert found["billed_answers"] == ledger
-        # the shared limit held, across four workers, two kills and a flushed Redis
+        # the shared limit held, across five workers, two kills and a flushed Redis
         refused = sum(record.status == 429 for record in sim.state.records)
         assert busiest_second(sim) <= N + 2, f"{refused} answered 429"
         assert refused <= 2, refused
