@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from batch.simulator import RunningSimulator, SimConfig, simulator_in_thread
-from tests.conftest import KEY, Run, results
+from tests.conftest import FAST, KEY, Run, results
 from tests.redis_server import RedisServer, free_port, needs_redis, redis_server
 
 N = 10  # requests per second the simulator takes from the key
@@ -115,10 +115,13 @@ def test_redis_unreachable_at_start_exits_78_naming_it_without_its_password(
 def test_a_429s_retry_after_pauses_the_whole_run_and_is_shared(
     write: Callable[..., Path], tmp_path: Path, server: RedisServer
 ) -> None:
-    config = SimConfig(api_key=KEY, rate_429=0.2, retry_after=1, seed=3, latency=0.2)
+    # Half a second a Retry-After, and no backoff of the run's own: the waits are the Retry-After's alone
+    # (a backoff's jitter, doubling on a task refused again, drew up to 3.4 s: most of the test's time)
+    pause = 0.5
+    config = SimConfig(api_key=KEY, rate_429=0.2, retry_after=pause, seed=3, latency=0.2)
     with simulator_in_thread(config) as sim, server.monitor() as commands:
         [run] = [
-            Run(path, tmp_path / "out", sim, "--redis", server.url, "-c", "2")
+            Run(path, tmp_path / "out", sim, "--redis", server.url, "-c", "2", *FAST)
             for path in manifests(write, 1, 12)
         ]
         code, _, err = run.finish()
@@ -128,6 +131,6 @@ def test_a_429s_retry_after_pauses_the_whole_run_and_is_shared(
     assert refusals, "the simulator refused nothing"
     for refused in refusals:  # every worker waits out the Retry-After, not just the one refused
         # (a request already on its way when the 429 came may arrive just after it)
-        after = [record.time for record in records if refused + 0.05 < record.time < refused + 0.9]
+        after = [record.time for record in records if refused + 0.05 < record.time < refused + 0.9 * pause]
         assert not after, (refused, after)
-    assert ":ep:cooldown" in commands.read_text() and '"PX" "1000"' in commands.read_text()
+    assert ":ep:cooldown" in commands.read_text() and f'"PX" "{pause * 1000:g}"' in commands.read_text()
