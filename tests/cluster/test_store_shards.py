@@ -63,7 +63,9 @@ def test_a_worker_taken_for_dead_stops_the_shard_its_successor_runs(
     its shard given to another. On a store no lock keeps the two apart: the first, once it wakes, learns
     at its next beat that the shard is no longer its own and stops it, rather than pay beside its
     successor for every task left. What both paid: its requests in flight, a beat's worth at most."""
-    tasks, concurrency = 40, 2
+    # 24 tasks: about 19 left to the successor, near 3 s of its run for the first to wake in and learn
+    # (within a beat, 0.25 s) that the shard is no longer its own; and as many it would pay for again if not
+    tasks, concurrency = 24, 2
     with simulator_in_thread(SimConfig(api_key=KEY, latency=0.3)) as sim:
         flags = ("--shard-size", str(tasks), "--concurrency", str(concurrency))
         submit(cli, manifest(write, tasks), s3.url, redis_url, sim, *flags)  # type: ignore[arg-type]
