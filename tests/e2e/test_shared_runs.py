@@ -13,7 +13,7 @@ from tests.conftest import FAST, KEY, Run, results
 from tests.redis_server import RedisServer, free_port, needs_redis, redis_server
 
 N = 10  # requests per second the simulator takes from the key
-TASKS = 40  # per run: 120 requests, so that one stray 429 is under 1%
+TASKS = 40  # per run: 120 requests in all
 
 
 @pytest.fixture
@@ -69,7 +69,10 @@ def test_three_runs_on_one_key_share_its_rate_and_keep_the_key_out_of_redis(
     assert [code for code, _, _ in outcomes] == [0, 0, 0], outcomes
     rate, refused = rate_and_refusals(limited_sim)
     assert 0.95 * N <= rate <= 1.05 * N, (rate, refused)
-    assert refused < 0.01, refused
+    # with the rate shared, 0-0.3% of requests are refused on a quiet machine and 1.6-2.2% on one whose
+    # cores are starved (the runs' requests bunch into the simulator's one-second window); without it,
+    # each run pacing itself to the whole limit, 30-64% (BENCHMARKS.md, "Three runs on one key")
+    assert refused < 0.05, refused
     for i in range(3):
         assert len(results(tmp_path / f"out{i}")) == TASKS
     sent = commands.read_text()
