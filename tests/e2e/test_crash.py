@@ -472,6 +472,26 @@ WHOLE = {
 }
 
 
+def killed_then_resumed(
+    shape: str, points: tuple[str, ...], write: Callable[..., Path], tmp_path: Path
+) -> tuple[Path, Any, dict[str, Any], dict[str, Any], str]:
+    """A one-task run of a WHOLE shape killed at each of `points` in turn, then run to its end: its out
+    folder, the one request paid (bought once), its one ledger line (booked once), the task's result line
+    and the last run's stderr."""
+    task, options = WHOLE[shape]
+    manifest = write(f"tasks:\n  - {task}\n")
+    out = tmp_path / "out"
+    with simulator_in_thread(SimConfig(api_key=KEY, **options)) as sim:
+        for point in points:
+            killed_at(point, manifest, out, sim.base_url)
+        code, stdout, stderr = Run(manifest, out, sim).finish()
+        assert code == 0, stdout + stderr
+        [paid] = sim.state.records  # bought once
+    [line] = ledger(out)  # booked once
+    assert line["request_id"] == paid.request_id and line["total_tokens"] == paid.billed_tokens
+    return out, paid, line, results(out)["it"], stderr
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(
     "points",
@@ -490,18 +510,7 @@ def test_a_kill_between_a_whole_answers_ledger_line_and_its_result_line_does_not
     window, which images decoded and saved in a thread hold open for milliseconds. The answer is kept
     first now (carried with its ledger line in answers/.carried.jsonl, or a big one in answers/): the next
     run books its line once and finishes the task from it. Nothing is bought or counted twice."""
-    task, options = WHOLE[shape]
-    manifest = write(f"tasks:\n  - {task}\n")
-    out = tmp_path / "out"
-    with simulator_in_thread(SimConfig(api_key=KEY, **options)) as sim:
-        for point in points:
-            killed_at(point, manifest, out, sim.base_url)
-        code, stdout, stderr = Run(manifest, out, sim).finish()
-        assert code == 0, stdout + stderr
-        [paid] = sim.state.records  # bought once
-    [line] = ledger(out)  # booked once
-    assert line["request_id"] == paid.request_id and line["total_tokens"] == paid.billed_tokens
-    record = results(out)["it"]
+    out, paid, line, record, stderr = killed_then_resumed(shape, points, write, tmp_path)
     assert record["status"] == "succeeded", record
     assert record["files"] or record["text"], record
     for path in record["files"]:
@@ -628,18 +637,7 @@ def test_a_kill_as_the_carried_answers_are_emptied_neither_buys_again_nor_counts
     start only once the killed runs' logs are closed, their answers booked and listed to finish
     (`emptying`: the start killed right before, after a run killed before its ledger line, after it, or
     before its result line). Either way the next run neither buys the answer again nor counts it twice."""
-    task, options = WHOLE[shape]
-    manifest = write(f"tasks:\n  - {task}\n")
-    out = tmp_path / "out"
-    with simulator_in_thread(SimConfig(api_key=KEY, **options)) as sim:
-        for point in points:
-            killed_at(point, manifest, out, sim.base_url)
-        code, stdout, stderr = Run(manifest, out, sim).finish()
-        assert code == 0, stdout + stderr
-        [paid] = sim.state.records  # bought once
-    [line] = ledger(out)  # booked once
-    assert line["request_id"] == paid.request_id and line["total_tokens"] == paid.billed_tokens
-    record = results(out)["it"]
+    out, paid, _, record, _ = killed_then_resumed(shape, points, write, tmp_path)
     assert record["status"] == "succeeded" and record["usage"]["total_tokens"] == paid.billed_tokens, record
     found = status(out)
     assert found["maybe_billed"] == 0 and found["succeeded"] == 1, found
