@@ -434,17 +434,9 @@ def test_a_kill_at_any_moment_after_an_answer_is_kept_neither_buys_it_again_nor_
     resume before its task's line: `first_record+result_line`; once it booked the line, before it
     listed the answer to finish: `first_record+listing`). Nothing is bought twice; the ledger, the
     result line and status count it once, at what the server billed."""
-    manifest = write("tasks:\n  - {kind: generate, id: pair, model: gpt-image-1, prompt: two cats, n: 2}\n")
-    out = tmp_path / "out"
-    with simulator_in_thread(SimConfig(api_key=KEY, answers=frozenset({"url"}))) as sim:
-        for point in points:
-            killed_at(point, manifest, out, sim.base_url)
-        code, stdout, stderr = Run(manifest, out, sim).finish()
-        assert code == 0, stdout + stderr
-        [paid] = sim.state.records  # bought once
-    [line] = ledger(out)  # booked once
-    assert line["request_id"] == paid.request_id and line["total_tokens"] == paid.billed_tokens
-    record = results(out)["pair"]
+    task = "{kind: generate, id: pair, model: gpt-image-1, prompt: two cats, n: 2}"
+    answers = {"answers": frozenset({"url"})}
+    out, paid, line, record, stderr = killed_then_resumed(task, answers, points, write, tmp_path, "pair")
     assert record["status"] == "succeeded" and len(record["files"]) == 2, record
     assert record["usage"]["total_tokens"] == paid.billed_tokens
     assert record["cost"] == pytest.approx(line["cost"])
@@ -473,12 +465,16 @@ WHOLE = {
 
 
 def killed_then_resumed(
-    shape: str, points: tuple[str, ...], write: Callable[..., Path], tmp_path: Path
+    task: str,
+    options: dict[str, Any],
+    points: tuple[str, ...],
+    write: Callable[..., Path],
+    tmp_path: Path,
+    task_id: str = "it",
 ) -> tuple[Path, Any, dict[str, Any], dict[str, Any], str]:
-    """A one-task run of a WHOLE shape killed at each of `points` in turn, then run to its end: its out
-    folder, the one request paid (bought once), its one ledger line (booked once), the task's result line
-    and the last run's stderr."""
-    task, options = WHOLE[shape]
+    """A one-task run (`task`, the simulator's `options`) killed at each of `points` in turn, then run to
+    its end: its out folder, the one request paid (bought once), its one ledger line (booked once), the
+    task's result line and the last run's stderr."""
     manifest = write(f"tasks:\n  - {task}\n")
     out = tmp_path / "out"
     with simulator_in_thread(SimConfig(api_key=KEY, **options)) as sim:
@@ -489,7 +485,7 @@ def killed_then_resumed(
         [paid] = sim.state.records  # bought once
     [line] = ledger(out)  # booked once
     assert line["request_id"] == paid.request_id and line["total_tokens"] == paid.billed_tokens
-    return out, paid, line, results(out)["it"], stderr
+    return out, paid, line, results(out)[task_id], stderr
 
 
 @pytest.mark.timeout(90)
@@ -510,7 +506,7 @@ def test_a_kill_between_a_whole_answers_ledger_line_and_its_result_line_does_not
     window, which images decoded and saved in a thread hold open for milliseconds. The answer is kept
     first now (carried with its ledger line in answers/.carried.jsonl, or a big one in answers/): the next
     run books its line once and finishes the task from it. Nothing is bought or counted twice."""
-    out, paid, line, record, stderr = killed_then_resumed(shape, points, write, tmp_path)
+    out, paid, line, record, stderr = killed_then_resumed(*WHOLE[shape], points, write, tmp_path)
     assert record["status"] == "succeeded", record
     assert record["files"] or record["text"], record
     for path in record["files"]:
@@ -637,7 +633,7 @@ def test_a_kill_as_the_carried_answers_are_emptied_neither_buys_again_nor_counts
     start only once the killed runs' logs are closed, their answers booked and listed to finish
     (`emptying`: the start killed right before, after a run killed before its ledger line, after it, or
     before its result line). Either way the next run neither buys the answer again nor counts it twice."""
-    out, paid, _, record, _ = killed_then_resumed(shape, points, write, tmp_path)
+    out, paid, _, record, _ = killed_then_resumed(*WHOLE[shape], points, write, tmp_path)
     assert record["status"] == "succeeded" and record["usage"]["total_tokens"] == paid.billed_tokens, record
     found = status(out)
     assert found["maybe_billed"] == 0 and found["succeeded"] == 1, found
