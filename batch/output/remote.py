@@ -60,7 +60,17 @@ from batch.output.files import reason
 from batch.output.format import FORMAT
 from batch.output.lock import held_by, hold, store_lock_path
 from batch.output.runlog import CARRIED
-from batch.output.store import ANSWERS, IMAGES, RESULTS, RETRIED, RUNS, USAGE, encode_line, parse_record
+from batch.output.store import (
+    ANSWERS,
+    IMAGES,
+    RESULTS,
+    RETRIED,
+    RUNS,
+    USAGE,
+    encode_line,
+    parse_record,
+    whole_lines,
+)
 from batch.running.records import AttemptRecord, attempt_log_line, finished_entry
 
 log = logging.getLogger("batch.output.remote")
@@ -446,25 +456,57 @@ def pull(store: Store, root: Path) -> None:
 
 def empty(root: Path) -> None:
     """Remove what `root` holds; the folder itself stays, with its mode (mkdtemp's 0700). But for the
-    answers a killed run carried (answers/.carried.jsonl, runlog.RunLog.keeping): local state, never in
-    the store, which the run's start reads to finish their tasks from (runlog.recover), where a resume
-    would buy them again; it stays, and so does answers/, its folder."""
+    paid answers a killed run left in answers/ for the next start to finish their tasks from
+    (runlog.recover), where a resume would buy them again: local state, never in the store. They stay,
+    and so does answers/, their folder: those it carried (answers/.carried.jsonl) and each answer kept
+    whole there (one of image links, one over 64 KiB: runlog.RunLog.keeping) that no result line names;
+    one a line names went up to the store with that line. The list of answers to finish goes: the start
+    lists them again from the killed runs' logs, which never end in the store."""
     try:
-        for child in root.iterdir():
-            if child.name == ANSWERS and child.is_dir() and not child.is_symlink():
-                for inside in child.iterdir():
-                    if inside.name == CARRIED and not inside.is_symlink() and inside.is_file():
+        answers = root / ANSWERS
+        if answers.is_dir() and not answers.is_symlink():  # first: the result lines tell what goes
+            named: set[str] | None = None  # read once, and only if answers/ holds an answer
+            for inside in answers.iterdir():
+                if inside.name == CARRIED and not inside.is_symlink() and inside.is_file():
+                    continue
+                if _an_answer(inside):
+                    named = _answers_named(root) if named is None else named
+                    if inside.name not in named:
                         continue
-                    if inside.is_dir() and not inside.is_symlink():
-                        shutil.rmtree(inside)
-                    else:
-                        inside.unlink()
-            elif child.is_dir() and not child.is_symlink():
+                if inside.is_dir() and not inside.is_symlink():
+                    shutil.rmtree(inside)
+                else:
+                    inside.unlink()
+        for child in root.iterdir():
+            if child == answers and child.is_dir() and not child.is_symlink():
+                continue
+            if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
             else:
                 child.unlink()
     except OSError as exc:
         raise OutputError(f"cannot empty {root}: {reason(exc)}") from exc
+
+
+def _an_answer(path: Path) -> bool:
+    """Whether a file of answers/ is an answer kept whole, as the start reads one (runlog._answer_file): not
+    the list to finish, a torn write, or a stream's events (.sse, which it does not read again)."""
+    return (
+        not path.name.startswith(".") and path.suffix == ".json" and not path.is_symlink() and path.is_file()
+    )
+
+
+def _answers_named(root: Path) -> set[str]:
+    """The names of the files in answers/ that DIR's result lines name (answer_file)."""
+    named: set[str] = set()
+    for journal in (RESULTS, RETRIED):
+        for raw in whole_lines(root / journal):
+            if b'"answer_file"' not in raw:  # most lines: not parsed
+                continue
+            answer_file = (parse_record(raw) or {}).get("answer_file")
+            if isinstance(answer_file, str) and answer_file.startswith(f"{ANSWERS}/"):
+                named.add(answer_file[len(ANSWERS) + 1 :])
+    return named
 
 
 def _pull(store: Store, root: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from batch.simulator import SimConfig, simulator_in_thread
 from tests.conftest import KEY, Outcome, Run, env_for
-from tests.e2e.test_crash import killed_at
+from tests.e2e.test_crash import WHOLE, killed_at
 from tests.s3_server import S3
 
 pytestmark = pytest.mark.timeout(90)
@@ -311,6 +311,77 @@ def test_a_kept_answers_ledger_line_booked_at_the_start_goes_up_to_the_store(
     assert line["request_id"] == paid.request_id and line["total_tokens"] == paid.billed_tokens
     [record] = lines(s3, "results")
     assert record["status"] == "succeeded" and record["usage"]["total_tokens"] == paid.billed_tokens  # type: ignore[index]
+    shown = cli("status", s3.url, "--json", env=s3.env)
+    assert shown.code == 0, shown.err
+    found = json.loads(shown.out)
+    assert found["maybe_billed"] == 0 and found["succeeded"] == 1, found
+    shown = cli("report", s3.url, "--json", env=s3.env)
+    assert shown.code == 0, shown.err
+    assert json.loads(shown.out)["tokens"] == paid.billed_tokens, shown.out
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("shape", "points"),
+    [
+        ("links", ("first_record",)),
+        ("links", ("result_line",)),
+        ("links", ("first_record", "result_line")),
+        ("big-inline-image", ("first_record",)),
+        ("big-inline-image", ("result_line",)),
+        # a carried answer the resume wrote to answers/ (runlog.recover), and the resume killed
+        ("chat-text", ("first_record", "result_line")),
+    ],
+    ids=lambda value: "+".join(value) if isinstance(value, tuple) else value,
+)
+def test_an_answer_a_killed_run_kept_in_its_stage_folders_answers_is_not_bought_again(
+    shape: str,
+    points: tuple[str, ...],
+    s3: S3,
+    cli: Callable[..., Outcome],
+    write: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    """A run on a store killed (SIGKILL) once a paid answer was kept in its staging folder's answers/ (an
+    answer of image links, before or after its images were fetched; an inline image over 64 KiB), before
+    its task's result line; then, given the folder with --stage, the next run (`points`: killed in turn,
+    a second kill during the resume before its task's line), and the last. The folder was emptied but for
+    answers/.carried.jsonl before the store was assembled in it, so the kept answer was gone and the
+    resume bought it again (a carried one too, once a killed resume had written it to answers/). As in a
+    directory, the next run finishes the task from it: bought once, its ledger line booked once in the
+    store, nothing maybe billed."""
+    task, options = {
+        "links": (
+            "{kind: generate, id: it, model: gpt-image-1, prompt: two cats, n: 2}",
+            {"answers": frozenset({"url"})},
+        ),
+        **{shape: WHOLE[shape] for shape in ("big-inline-image", "chat-text")},
+    }[shape]
+    manifest = write(f"tasks:\n  - {task}\n")
+    stage = tmp_path / "stage"
+    with simulator_in_thread(SimConfig(api_key=KEY, **options)) as sim:
+        for point in points:
+            killed_at(point, manifest, s3.url, sim.base_url, "--stage", str(stage), env=s3.env)
+        resumed = cli(
+            "run",
+            manifest,
+            "--out",
+            s3.url,
+            "--stage",
+            stage,
+            "--no-progress",
+            env={**env_for(sim, MAAS_ENDPOINT="ep"), **s3.env},
+        )
+        assert resumed.code == 0, resumed.err
+        [paid] = sim.state.records  # bought once
+    assert "finished from the answer a killed run paid for" in resumed.err, resumed.err
+    [line] = lines(s3, "usage")  # booked once, in the store
+    assert line["request_id"] == paid.request_id and line["total_tokens"] == paid.billed_tokens
+    [record] = lines(s3, "results")
+    assert record["status"] == "succeeded" and record["usage"]["total_tokens"] == paid.billed_tokens  # type: ignore[index]
+    objects = s3.objects()
+    for name in record["files"]:  # type: ignore[attr-defined]
+        assert objects[name].startswith(b"\x89PNG")
     shown = cli("status", s3.url, "--json", env=s3.env)
     assert shown.code == 0, shown.err
     found = json.loads(shown.out)

@@ -728,3 +728,36 @@ def test_a_store_that_never_answers_is_an_output_error_in_bounded_time(black_hol
         with pytest.raises(OutputError, match=rf"the store did not answer within {timeout} s"):
             call()
         assert time.monotonic() - started < 5 * timeout  # one cut, not one a retry
+
+
+def test_emptying_a_kept_staging_folder_keeps_the_answers_its_start_finishes_tasks_from(
+    tmp_path: Path,
+) -> None:
+    """A kept staging folder is emptied before the store is assembled in it. Its answers/ held, for a
+    kill's window, paid answers of image links and big inline ones whose tasks have no result line: they
+    went, and the next run bought them again. They stay, with the carried answers; an answer a result line
+    names (in the store with it), the list to finish (listed again from the killed run's log), a torn
+    write and everything else go."""
+    from batch.output.remote import empty
+
+    answers = tmp_path / "answers"
+    answers.mkdir()
+    for name in ("t1.abc.1.json", "t2.abc.1.json", "t3.abc.1.json", ".carried.jsonl", ".to-finish.jsonl"):
+        (answers / name).write_text("{}\n")
+    (answers / ".t4.abc.1.json.1234.tmp").write_text("{")
+    (answers / "t5.abc.1.sse").write_text("data: {}\n")
+    (tmp_path / RESULTS).write_text(
+        json.dumps({"id": "t2", "status": "failed", "answer_file": "answers/t2.abc.1.json"})
+        + "\n"
+        + json.dumps({"id": "t0", "status": "succeeded", "files": ["images/t0.png"]})
+        + "\n"
+    )
+    (tmp_path / "results.retried.jsonl").write_text(
+        json.dumps({"id": "t3", "status": "failed", "answer_file": "answers/t3.abc.1.json"}) + "\n"
+    )
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "t1~1.png").write_bytes(b"\x89PNG")
+    (tmp_path / USAGE).write_text("{}\n")
+    empty(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["answers"]
+    assert sorted(path.name for path in answers.iterdir()) == [".carried.jsonl", "t1.abc.1.json"]
