@@ -140,7 +140,7 @@ def _said_unused(args: argparse.Namespace, options: Options) -> None:
 def _on_store(args: argparse.Namespace, options: Options, argv: list[str]) -> int:
     """`run --out s3://...`: the run works in a local staging DIR assembled from the store's segments
     (so it resumes from what any earlier run saved there), and mirrors what it saves into the store."""
-    from batch.output.remote import MIRRORING, empty, flush_kept, held_here, open_store, staging
+    from batch.output.remote import empty, flush_kept, held_here, left_by_a_run, open_store, staging
 
     store = open_store(args.out)
     stage = args.stage
@@ -148,7 +148,7 @@ def _on_store(args: argparse.Namespace, options: Options, argv: list[str]) -> in
     # before it reads the store or touches a kept folder; a dry run sends nothing, and needs no lock
     with contextlib.nullcontext() if args.dry_run else held_here(store):
         if stage is not None and stage.exists() and (not stage.is_dir() or any(stage.iterdir())):
-            if not (stage / MIRRORING).is_file():
+            if not left_by_a_run(stage):
                 raise UsageError(f"--stage {stage}: give a new or empty folder, or one a run on a store kept")
             if args.dry_run:  # it would upload what the folder holds, and empty it: no dry run's doing
                 raise UsageError(f"--stage {stage}: a dry run takes a new or empty folder, not a kept one")

@@ -538,7 +538,7 @@ def _pull(store: Store, root: Path) -> None:
     if scheme is not None:
         (root / FORMAT).write_bytes(scheme)
     sizes = {journal: _size(root / journal) for journal in SEGMENTS}  # where a run's own lines begin
-    (root / PULLED).write_text(json.dumps(sizes), encoding="utf-8")
+    (root / PULLED).write_text(json.dumps({**sizes, "store": store.url}), encoding="utf-8")
     _pull_cluster(store, root)
 
 
@@ -909,8 +909,19 @@ def flush_kept(store: Store, root: Path) -> None:
     UsageError for a folder that is not a kept staging folder of this store; OutputError if the store
     still refuses."""
     try:
-        started = json.loads((root / MIRRORING).read_text(encoding="utf-8") or "{}")
         pulled = json.loads((root / PULLED).read_text(encoding="utf-8"))
+        # assembled from the store, its run stopped (killed) before its mirror started: it sent nothing,
+        # and what its start wrote (the answers a killed run kept, their ledger lines) the next writes again
+        if not (root / MIRRORING).exists() and isinstance(pulled, dict):
+            of = pulled.get("store")
+            if isinstance(of, str) and of.rstrip("/") == store.url.rstrip("/"):
+                return
+            raise UsageError(
+                f"--stage {root}: the staging folder of {of}, not of {store.url}"
+                if isinstance(of, str)
+                else f"--stage {root}: left by an older maas-batch, which did not record its store"
+            )
+        started = json.loads((root / MIRRORING).read_text(encoding="utf-8") or "{}")
     except (OSError, ValueError) as exc:
         raise UsageError(f"--stage {root}: not a staging folder a run left behind ({exc})") from None
     # where the run's own lines begin, as its mirror started (the sizes pull wrote, for a folder of an older
@@ -955,6 +966,12 @@ def mark_started(root: Path, store: str = "", run: str = "", offsets: dict[str, 
         )
     except OSError as exc:
         raise OutputError(f"cannot write {root / MIRRORING}: {reason(exc)}") from exc
+
+
+def left_by_a_run(root: Path) -> bool:
+    """Whether `root` may be a staging folder a run left: it began mirroring it (mark_started), or
+    assembled it (pull) and stopped before (flush_kept tells which store's)."""
+    return (root / MIRRORING).is_file() or (root / PULLED).is_file()
 
 
 def staging_unmirrored(root: Path) -> bool:

@@ -331,6 +331,9 @@ def test_a_kept_answers_ledger_line_booked_at_the_start_goes_up_to_the_store(
         ("big-inline-image", ("result_line",)),
         # a carried answer the resume wrote to answers/ (runlog.recover), and the resume killed
         ("chat-text", ("first_record", "result_line")),
+        # the resume killed at its start, as it lists the kept answer to finish: before its mirror started
+        ("links", ("first_record", "listing")),
+        ("chat-text", ("first_record", "listing")),
     ],
     ids=lambda value: "+".join(value) if isinstance(value, tuple) else value,
 )
@@ -345,7 +348,8 @@ def test_an_answer_a_killed_run_kept_in_its_stage_folders_answers_is_not_bought_
     """A run on a store killed (SIGKILL) once a paid answer was kept in its staging folder's answers/ (an
     answer of image links, before or after its images were fetched; an inline image over 64 KiB), before
     its task's result line; then, given the folder with --stage, the next run (`points`: killed in turn,
-    a second kill during the resume before its task's line), and the last. The folder was emptied but for
+    a second kill during the resume: before its task's line, or at its start, before its mirror started,
+    whose folder --stage then refused as no kept one, 64), and the last. The folder was emptied but for
     answers/.carried.jsonl before the store was assembled in it, so the kept answer was gone and the
     resume bought it again (a carried one too, once a killed resume had written it to answers/). As in a
     directory, the next run finishes the task from it: bought once, its ledger line booked once in the

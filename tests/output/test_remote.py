@@ -761,3 +761,30 @@ def test_emptying_a_kept_staging_folder_keeps_the_answers_its_start_finishes_tas
     empty(tmp_path)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["answers"]
     assert sorted(path.name for path in answers.iterdir()) == [".carried.jsonl", "t1.abc.1.json"]
+
+
+def test_a_staging_folder_whose_run_stopped_before_its_mirror_started_is_taken_for_its_store_only(
+    s3: S3, tmp_path: Path
+) -> None:
+    """A run killed at its start, once it assembled its --stage folder and found a killed run's answers
+    kept there, but before its mirror started (it sent nothing): the folder has no .mirroring, and the
+    next --stage refused it (64) as no kept folder, leaving those answers to be bought again. It is taken
+    as one with nothing to upload, for the store it was assembled from only."""
+    from batch.errors import UsageError
+    from batch.output.remote import left_by_a_run
+
+    opened, stage = open_store(s3.url), tmp_path / "stage"
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    append_task(earlier, "x")
+    Mirror(opened, earlier, "20250101T000000Z-eeeeee")._push_journals()
+    pull(opened, stage)
+    with (stage / USAGE).open("a") as usage:  # booked by the killed start: written again by the next
+        usage.write(json.dumps({"id": "y", "request_id": "y/r.1", "total_tokens": 10}) + "\n")
+    assert left_by_a_run(stage)
+    objects = s3.objects()
+    flush_kept(opened, stage)
+    assert s3.objects() == objects  # nothing of its own to upload
+    with pytest.raises(UsageError, match=f"the staging folder of {re.escape(s3.url)}, not of "):
+        flush_kept(open_store(f"{s3.url}-other"), stage)
+    assert not left_by_a_run(tmp_path / "earlier")
