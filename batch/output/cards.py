@@ -13,8 +13,9 @@ import tempfile
 import zlib
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,9 +23,17 @@ from batch import codec
 from batch.manifest.regular import open_regular
 from batch.output.files import TMP_SUFFIX
 from batch.output.scope import Entry, Task, may_name_pictures
-from batch.output.store import THUMBS, parse_record, thumbnail_name
+from batch.output.store import THUMBS, parse_record, reads_back, thumbnail_name
 from batch.running.idset import LineOffsets, digest
-from batch.running.records import ResultRecord
+from batch.running.records import (
+    ErrorInfo,
+    ResultRecord,
+    as_count,
+    as_mapping,
+    as_strings,
+    is_mapping,
+    number,
+)
 
 log = logging.getLogger("batch.output.cards")
 
@@ -59,18 +68,23 @@ def _in_dir(name: str) -> bool:
     return not os.path.isabs(plain) and plain != ".." and not plain.startswith("../")
 
 
-def _card(record: ResultRecord) -> dict[str, Any]:
-    """What the page shows of one task, bounded whatever the record holds; its `files` and `inputs` name
-    the pictures whose thumbnails `_finish` adds."""
-    params = record.params
+_AS_TEXT = (str, dict, list)  # a param's values shown as text (a tuple: `str | dict | list` is made anew)
+
+
+def _shown(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A task's params as its card shows them."""
     shown = {
-        _cut(str(key), 100): _cut(as_text(value), VALUE_SHOWN)
-        if isinstance(value, str | dict | list)
-        else value
-        for key, value in list(params.items())[:PARAMS_SHOWN]
+        _cut(str(key), 100): _cut(as_text(value), VALUE_SHOWN) if isinstance(value, _AS_TEXT) else value
+        for key, value in islice(params.items(), PARAMS_SHOWN)
     }
     if len(params) > PARAMS_SHOWN:
         shown["..."] = f"{len(params) - PARAMS_SHOWN:,} more"
+    return shown
+
+
+def _card(record: ResultRecord) -> dict[str, Any]:
+    """What the page shows of one task, bounded whatever the record holds; its `files` and `inputs` name
+    the pictures whose thumbnails `_finish` adds. (`line_card` makes the same from a line's own fields.)"""
     usage = record.usage or {}
     error = record.error
     return {
@@ -81,7 +95,7 @@ def _card(record: ResultRecord) -> dict[str, Any]:
         "status": as_text(record.status),
         "model": None if record.model is None else as_text(record.model),
         "prompt": _cut(str(record.prompt or ""), TEXT_SHOWN),
-        "params": shown,
+        "params": _shown(record.params),
         # the page links a file by its name in DIR: one a line names elsewhere (absolute, `..`, a URL) is no
         # file of the run's, and no link of the page, which works from disk with no network
         "files": [name for name in record.files[:INPUTS_SHOWN] if _in_dir(name)],
@@ -135,6 +149,41 @@ def _finish(card: dict[str, Any], made: set[str]) -> dict[str, Any]:
 def card_json(entry: Entry, made: set[str]) -> bytes:
     """An entry's card as the page holds it."""
     return page_json(_finish(entry_card(entry), made))
+
+
+def line_card(line: Mapping[str, Any]) -> dict[str, Any]:
+    """`_finish(entry_card(Entry(ResultRecord.from_line(line), None)), set())` of a line read from JSON
+    (its keys strings), read from the line's own fields by the record's own readers, without the record's
+    other fields (a card made as its line is written, Cards: the 55,000 instructions of a chat line's
+    record not spent). With no thumbnail made: tests/output/test_gallery_cards.py checks that the two are
+    the same."""
+    usage = line.get("usage")
+    text = line.get("text")
+    model = line.get("model")
+    error = line.get("error")
+    if error is not None:
+        error = ErrorInfo.from_line(error)
+    files = [name for name in as_strings(line.get("files"))[:INPUTS_SHOWN] if _in_dir(name)]
+    # as_counts(usage).get("total_tokens") for a mapping of string keys (JSON's): the counts it keeps
+    tokens = usage.get("total_tokens") if is_mapping(usage) else None
+    return {
+        "id": str(line.get("id")),
+        "kind": as_text(line.get("kind")),
+        "status": as_text(line.get("status")),
+        "model": None if model is None else as_text(model),
+        "prompt": _cut(str(line.get("prompt") or ""), TEXT_SHOWN),
+        "params": _shown(as_mapping(line.get("params"))),
+        "files": files,
+        "inputs": [],  # the thumbnails of its inputs that were made: none
+        "text": _cut(text, ANSWER_SHOWN) if isinstance(text, str) else None,
+        "tokens": None if number(tokens) is None else tokens,
+        "cost": number(line.get("cost")),
+        "attempts": as_count(line.get("attempts")),
+        "seconds": number(line.get("seconds")),
+        "error": _cut(f"{error.type}: {error.message}", TEXT_SHOWN) if error else None,
+        "finished_at": line.get("finished_at"),
+        "thumbs": [None] * len(files),  # none made
+    }
 
 
 def tokens_of(record: ResultRecord) -> int:
@@ -199,17 +248,20 @@ class Cards:
         self._known: dict[tuple[str, str], int] = {}
         self._names: list[tuple[str, str]] = []
         self._later = later
-        self._waiting: list[tuple[int, bytes]] = []  # lines written whose cards are not made yet
+        # lines written whose cards are not made yet (and their records, if known)
+        self._waiting: list[tuple[int, bytes, Mapping[str, Any] | None]] = []
 
-    def add(self, offset: int, raw: bytes) -> None:
-        """The line `raw`, written at `offset` of results.jsonl: its card made at once, or `later`. Never
-        raises: the page is a view."""
+    def add(self, offset: int, raw: bytes, written: Mapping[str, Any] | None = None) -> None:
+        """The line `raw`, written at `offset` of results.jsonl (encoded from `written`, if given): its
+        card made at once, or `later`. Never raises: the page is a view. The card is made from `written`
+        where it reads back from `raw` as itself (store.reads_back: the line the page would parse), else
+        from `raw` parsed; `written` must not change meanwhile (TaskFinished's record: a Mapping)."""
         if self._spill is None:
             return
         if self._later is None:
-            self._made((offset, raw))
+            self._made((offset, raw, written))
             return
-        self._waiting.append((offset, raw))
+        self._waiting.append((offset, raw, written))
         if len(self._waiting) == 1:
             try:
                 self._later(self.drain)
@@ -223,48 +275,53 @@ class Cards:
         waiting, self._waiting = self._waiting, []
         self._made(*waiting)
 
-    def _made(self, *lines: tuple[int, bytes]) -> None:
-        for offset, raw in lines:
+    def _made(self, *lines: tuple[int, bytes, Mapping[str, Any] | None]) -> None:
+        for offset, raw, written in lines:
             if self._spill is None:
                 return
             try:
-                self._add(offset, raw)
+                self._add(offset, raw, written)
             except Exception as exc:  # a line the page then reads itself, as without cards
                 log.debug("no more cards made as lines are written: %s", exc)
                 self.close()
 
-    def _add(self, offset: int, raw: bytes) -> None:
-        if offset != self.end or may_name_pictures(raw):
+    def _add(self, offset: int, raw: bytes, written: Mapping[str, Any] | None) -> None:
+        line = written if written is not None and reads_back(written) else None
+        # what may_name_pictures tells of the bytes, told of the line itself where it is known
+        pictures = may_name_pictures(raw) if line is None else line.get("files") or line.get("inputs")
+        if offset != self.end or pictures:
             self.close()
             return
         self.end = offset + len(raw)
         self._crc = zlib.crc32(raw, self._crc)
-        line = parse_record(raw)
+        if line is None:
+            line = parse_record(raw)
         if line is None or not isinstance(line.get("id"), str):
             return  # not a task's line: the page's index passes it by too
-        entry = Entry(ResultRecord.from_line(line), None)
-        card = card_json(entry, set())  # no picture: no thumbnail either
+        found = line_card(line)  # no picture: no thumbnail either
+        card = page_json(found)
         assert self._spill is not None
         ends = self._ends
         at = ends[-1] if ends else 0
         if at + len(card) > SPILL_MOST:
             self.close()
             return
-        label = (entry.status, f"{entry.kind}/{entry.status}")
+        status = str(line.get("status"))  # as Entry.status and .kind read the record
+        label = (status, f"{line.get('kind')}/{status}")
         known = self._known.get(label)
         if known is None:
             known = self._known[label] = len(self._names)
             self._names.append(label)
-        record = entry.record
-        assert record is not None
-        tokens, cost = tokens_of(record), float(cost_of(record))
+        # as tokens_of and cost_of read the record
+        cost = found["cost"]
+        tokens, cost = int(found["tokens"] or 0), float(cost if isinstance(cost, int | float) else 0.0)
         self._labels.append(known)  # past 65,535 (status, kind) pairs: OverflowError, no cards
         self._tokens.append(tokens)
         self._costs.append(cost)
         self._spill.write(card)
         ends.append(at + len(card))
         self._offsets.append(offset)
-        self._keys.append(digest(record.id))
+        self._keys.append(digest(found["id"]))
 
     def taken(self, path: Path) -> Cards | None:
         """These cards, for the page of `path` (results.jsonl), if it holds from `start` the very lines

@@ -140,11 +140,65 @@ def encode_line(record: Mapping[str, Any]) -> bytes:
     """A journal's line, JSON in UTF-8: a lone surrogate that reached a record (a server's text cut in
     the middle of a UTF-16 pair) is written as "?", never fails the line; a number that is no JSON
     number (NaN, an infinity: from a server's `1e999`) is written as its text ("inf")."""
+    return _encoded(record)[0]
+
+
+def _encoded(record: Mapping[str, Any]) -> tuple[bytes, bool]:
+    """encode_line's bytes, and whether json wrote them of `record` as it is: no text in place of a
+    number, no "?" in place of a surrogate."""
     try:
-        text = _encode(record)
+        text = _encode(record) + "\n"
     except ValueError:  # the rare line with a non-finite float: found and said as text
-        text = _encode(_finite(record))
-    return (text + "\n").encode("utf-8", "replace")
+        return (_encode(_finite(record)) + "\n").encode("utf-8", "replace"), False
+    try:
+        return text.encode(), True
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace"), False
+
+
+_JSON_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
+def reads_back(line: Mapping[str, Any], depth: int = 1) -> bool:
+    """Whether `line`, its bytes written by json as it is (Journal's tap is given it only then: no NaN
+    or infinity, no lone surrogate in it), is read back from them (codec.loads) as itself: equal, of the
+    same types, its keys in the same order. True only where it holds nothing but dicts with string keys,
+    lists, strings, ints, floats, bools and None (exact types: no subclass), nested at most MAX_DEPTH deep
+    (parse_record's limit). Not for a tuple (read back as a list), a key 1 (read back as "1") or a date
+    (its text): False, and the reader reads the bytes. (A line's card, output.cards, is made from the
+    line it was written from where this holds: tests/output/test_gallery_cards.py compares the two.)"""
+    if type(line) is not dict or depth > MAX_DEPTH:
+        return False
+    for key, value in line.items():
+        if type(key) is not str:
+            return False
+        kind = type(value)
+        if kind is dict:
+            if not reads_back(value, depth + 1):
+                return False
+        elif kind is list:
+            if not _list_reads_back(value, depth + 1):
+                return False
+        elif kind not in _JSON_SCALARS:
+            return False
+    return True
+
+
+def _list_reads_back(items: list[Any], depth: int) -> bool:
+    """reads_back of a list inside a line."""
+    if depth > MAX_DEPTH:
+        return False
+    for value in items:
+        kind = type(value)
+        if kind is dict:
+            if not reads_back(value, depth + 1):
+                return False
+        elif kind is list:
+            if not _list_reads_back(value, depth + 1):
+                return False
+        elif kind not in _JSON_SCALARS:
+            return False
+    return True
 
 
 def _finite(value: Any) -> Any:
@@ -170,9 +224,10 @@ class Journal:
         self._written = 0  # lines written
         self._synced = 0  # lines known durable
         self._syncing: anyio.Event | None = None
-        # told of each line once it is written: its offset in the file and its bytes (the page's
-        # output.cards.Cards); one that raises is told no more
-        self.tap: Callable[[int, bytes], None] | None = None
+        # told of each line once it is written: its offset in the file, its bytes, and the record json
+        # wrote them of as it is (None: written as bytes, a number or a surrogate written otherwise, or
+        # a key taken out of them) (the page's output.cards.Cards); one that raises is told no more
+        self.tap: Callable[[int, bytes, Mapping[str, Any] | None], None] | None = None
 
     @property
     def size(self) -> int:
@@ -194,10 +249,15 @@ class Journal:
 
     def write(self, record: Mapping[str, Any]) -> None:
         """Append one line. On failure (a full disk) the file is cut back so no partial line remains."""
-        self.write_bytes(encode_line(record))
+        data, exact = _encoded(record)
+        self._write(data, record if exact else None)
 
     def write_bytes(self, data: bytes) -> None:
         """Append whole lines already encoded (one write(2), however many lines)."""
+        self._write(data, None)
+
+    def _write(self, data: bytes, record: Mapping[str, Any] | None) -> None:
+        """Append `data`, json's bytes of `record` as it is (None: not known)."""
         line = data
         for secret in _SECRETS:
             if secret in line:
@@ -214,7 +274,8 @@ class Journal:
         self._written += 1
         if self.tap is not None:
             try:
-                self.tap(self._size - len(line), line)
+                # the record the line was encoded from, unless a key was taken out of the bytes
+                self.tap(self._size - len(line), line, record if line is data else None)
             except Exception as exc:  # the line is written: a view of it must not fail the run
                 log.warning("%s: a view of its lines failed (%s): it is told no more", self.path.name, exc)
                 self.tap = None

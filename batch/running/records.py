@@ -112,6 +112,10 @@ def _is_mapping(value: Any) -> TypeGuard[Mapping[str, Any]]:
     return type(value) is dict or (value is not None and isinstance(value, Mapping))
 
 
+# a line's fields read as ResultRecord.from_line reads them, for a reader of a few of them alone (the
+# card of a line written, output.cards.line_card)
+as_count, as_counts, as_mapping, as_strings, is_mapping = _int, _counts, _mapping, _strings, _is_mapping
+
 _Made = TypeVar("_Made")
 
 

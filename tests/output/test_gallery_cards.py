@@ -267,7 +267,7 @@ def test_a_view_of_the_journal_that_raises_is_dropped_and_the_line_is_written(
     journal.open()
     told: list[int] = []
 
-    def tap(offset: int, raw: bytes) -> None:
+    def tap(offset: int, raw: bytes, written: Any) -> None:
         told.append(offset)
         raise RuntimeError("a view's bug")
 
