@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from batch.frozen import quick_init
 from batch.manifest.fields import FieldIssue
@@ -214,8 +214,9 @@ def usage_counts(
     total = max(count_of(said), tokens_in + tokens_out) if said is not None else tokens_in + tokens_out
     hidden = total - tokens_in - tokens_out
     details_in, details_out = usage.get(input_details), usage.get(output_details)
-    cached = count_of(details_in.get("cached_tokens")) if isinstance(details_in, Mapping) else 0
-    reasoning = count_of(details_out.get("reasoning_tokens")) if isinstance(details_out, Mapping) else 0
+    # None, the usual details, told without the check of an abstract class (three times a plain one)
+    cached = count_of(details_in.get("cached_tokens")) if _is_mapping(details_in) else 0
+    reasoning = count_of(details_out.get("reasoning_tokens")) if _is_mapping(details_out) else 0
     if reasoning > tokens_out and reasoning > hidden:
         # more thinking than the whole output: it is not in the output, and the total (if any) does not
         # hold it either; billed as output all the same, as the provider bills it
@@ -239,8 +240,14 @@ def usage_in(body: Any) -> Mapping[str, Any] | None:
 MAX_COUNT = 10**12  # tokens of one answer: more is no count (400 digits would overflow a cost)
 
 
+def _is_mapping(value: Any) -> TypeGuard[Mapping[str, Any]]:
+    return type(value) is dict or (value is not None and isinstance(value, Mapping))
+
+
 def count_of(value: Any) -> int:
     """A token count as reported: a non-negative integer up to MAX_COUNT, else 0."""
+    if type(value) is int:  # the usual figure, told without the checks for a bool or a subclass
+        return value if 0 <= value <= MAX_COUNT else 0
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT else 0
 
 
@@ -248,11 +255,14 @@ def counts_readable(usage: Mapping[str, Any]) -> bool:
     """Whether every token figure of a usage (its `*_tokens` keys) reads as a count (count_of): not a
     string of digits, a float, a negative number or one beyond MAX_COUNT. One that does not makes the
     whole usage unreadable (the answer is booked at its estimate): it cannot be told which figure lies."""
-    return all(
-        value is None or (count_of(value) == value and not isinstance(value, bool))
-        for key, value in usage.items()
-        if isinstance(key, str) and key.endswith("_tokens")
-    )
+    for key, value in usage.items():
+        if type(value) is int and 0 <= value <= MAX_COUNT:
+            continue  # a count, whatever its key: the usual figure, told without reading its key
+        if not isinstance(key, str) or not key.endswith("_tokens") or value is None:
+            continue
+        if count_of(value) != value or isinstance(value, bool):
+            return False
+    return True
 
 
 Registry = Mapping[str, TaskKind]
