@@ -49,6 +49,7 @@ DATA_URL = re.compile(r"data:image/[A-Za-z0-9.+-]+;base64,")
 # a URL's scheme: two letters at least, so that a Windows path (C://photos) stays a path
 URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
 SHORTHAND = ("prompt", "images", "system")
+_SHORTHAND_KEYS = frozenset(SHORTHAND)
 
 RULES: tuple[Rule, ...] = (
     Anything("messages", required=True),
@@ -108,6 +109,10 @@ KNOWN_CHAT_FIELDS = CHAT_FIELDS | OPENAI_ONLY  # a name close to one of them, bu
 TYPO_TARGETS = KNOWN_CHAT_FIELDS | frozenset(RESERVED)
 RULE_NAMES = frozenset(rule.name for rule in RULES)
 TYPO_CUTOFF = 0.8
+# what a message or a part is checked to be: a dict tried first, as JSON and YAML give them (a dict's
+# isinstance with the Mapping ABC alone costs about 1,000 instructions more, met for each message of each
+# task in each walk)
+MAPPING = (dict, Mapping)
 UNKNOWN_HINT = "to send it as it is, put it under extra: or pass --allow-unknown"
 
 
@@ -121,7 +126,7 @@ def normalize_chat(fields: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(images, str):
         images = [images]
     system = out.get("system")
-    if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+    if not isinstance(images, list) or (images and not all(isinstance(i, str) for i in images)):
         return out
     if system is not None and not isinstance(system, str):
         return out
@@ -146,7 +151,7 @@ def _text_or_texts(value: Any) -> bool:
 def check_chat(fields: Mapping[str, Any]) -> list[FieldIssue]:
     """The known fields' types and ranges, and the shape of every message; unknown fields pass."""
     issues = check_rules(fields, RULES, allow_unknown=True)
-    if "messages" in fields and any(key in fields for key in SHORTHAND):
+    if "messages" in fields and not _SHORTHAND_KEYS.isdisjoint(fields):
         issues.append(
             FieldIssue(
                 "prompt",
@@ -211,32 +216,35 @@ def _check_messages(messages: Any) -> list[FieldIssue]:
         return [FieldIssue("messages", "must be a non-empty list of messages", messages)]
     issues = []
     for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, Mapping):
+        if not isinstance(message, MAPPING):
             issues.append(
                 FieldIssue(
-                    where, f"must be a mapping with role and content, not {type_name(message)}", message
+                    f"messages[{i}]",
+                    f"must be a mapping with role and content, not {type_name(message)}",
+                    message,
                 )
             )
             continue
         role = message.get("role")
         if role not in ROLES:
-            issues.append(FieldIssue(f"{where}.role", "must be one of " + ", ".join(ROLES), role))
+            issues.append(FieldIssue(f"messages[{i}].role", "must be one of " + ", ".join(ROLES), role))
         content = message.get("content")
         if content is None and role in ("assistant", "function", "tool"):
             continue  # e.g. an assistant turn that only carries tool_calls
         if isinstance(content, str):
             continue
         if not isinstance(content, list):
-            issues.append(FieldIssue(f"{where}.content", "must be a string or a list of parts", content))
+            issues.append(
+                FieldIssue(f"messages[{i}].content", "must be a string or a list of parts", content)
+            )
             continue
         for j, part in enumerate(content):
-            issues += _check_part(part, f"{where}.content[{j}]")
+            issues += _check_part(part, f"messages[{i}].content[{j}]")
     return issues
 
 
 def _check_part(part: Any, where: str) -> list[FieldIssue]:
-    if not isinstance(part, Mapping):
+    if not isinstance(part, MAPPING):
         return [FieldIssue(where, f"must be a mapping with a type, not {type_name(part)}", part)]
     kind = part.get("type")
     if kind == "text":
@@ -284,11 +292,11 @@ def _image_parts(fields: Mapping[str, Any]) -> list[tuple[Pointer, str]]:
     if not isinstance(messages, list):
         return found
     for i, message in enumerate(messages):
-        content = message.get("content") if isinstance(message, Mapping) else None
+        content = message.get("content") if isinstance(message, MAPPING) else None
         if not isinstance(content, list):
             continue
         for j, part in enumerate(content):
-            if isinstance(part, Mapping) and part.get("type") == "image_url":
+            if isinstance(part, MAPPING) and part.get("type") == "image_url":
                 image_url = part.get("image_url")
                 url = image_url.get("url") if isinstance(image_url, Mapping) else None
                 if isinstance(url, str) and url:
@@ -354,7 +362,7 @@ def describe_chat(fields: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """The last user message's text (the question), and the plain parameters (temperature, model...)."""
     prompt = ""
     for message in fields.get("messages") or []:
-        if isinstance(message, Mapping) and message.get("role") == "user":
+        if isinstance(message, MAPPING) and message.get("role") == "user":
             content = message.get("content")
             text = read_content(content)[0] if isinstance(content, list) else content
             prompt = text if isinstance(text, str) else prompt
@@ -375,12 +383,12 @@ def estimate_chat(fields: Mapping[str, Any]) -> TokenCounts:
     max_tokens (or 500) for each of `n` completions."""
     chars = images = 0
     for message in fields.get("messages") or []:
-        content = message.get("content") if isinstance(message, Mapping) else None
+        content = message.get("content") if isinstance(message, MAPPING) else None
         if isinstance(content, str):
             chars += len(content)
         elif isinstance(content, list):
             for part in content:
-                if isinstance(part, Mapping):
+                if isinstance(part, MAPPING):
                     chars += len(str(part.get("text", ""))) if part.get("type") == "text" else 0
                     images += part.get("type") == "image_url"
     limit = fields.get("max_completion_tokens") or fields.get("max_tokens") or DEFAULT_COMPLETION

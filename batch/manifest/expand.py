@@ -70,8 +70,12 @@ class Variant:
         )
 
 
+_EXPANSION_KEYS = frozenset(EXPANSION_KEYS)
+
+
 def expands(data: Mapping[str, Any]) -> bool:
-    return any(key in data for key in EXPANSION_KEYS)
+    """Whether the entry has an expansion key (a set's test of the entry's few keys, not a generator's)."""
+    return not _EXPANSION_KEYS.isdisjoint(data)
 
 
 class Expander:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from batch.errors import ManifestError, Problem
 from batch.kind import TokenCounts, openai_batch_urls
-from batch.manifest.expand import Expander
+from batch.manifest.expand import Expander, expands
 from batch.manifest.ids import READABLE_IDS, USED_COLUMN_IDS, valid_id
 from batch.manifest.read import Entry, Manifest, Mark
 from batch.manifest.tasks import TaskBuilder, TaskSpec
@@ -177,6 +177,11 @@ def walk(
         if isinstance(entry, Problem):
             yield None, [entry]
             continue
+        # most entries: the task itself, as the expander gives it, without the expander's generator
+        if not expands(entry.data):
+            if skip is None or not passed():
+                yield entry, builder.build(entry)
+            continue
         for item in expander.expand(entry, passed if skip is not None else None):
             if isinstance(item, Problem):
                 yield None, [item]
@@ -211,10 +216,11 @@ def check_manifest(manifest: Manifest, builder: TaskBuilder) -> Plan:
                 if not plan.marks or plan.total - plan.marks[-1].position >= MARK_EVERY:
                     plan.marks.append(Mark(plan.total, entry.index, entry.line, entry.offset))
             plan.total += 1
-            plan.counts[(item.kind, item.model or "-", item.endpoint)] += 1
+            model = item.model or "-"
+            plan.counts[(item.kind, model, item.endpoint)] += 1
             plan.order.append(digest(item.id))
             plan.requests.append(int(item.request or "0", 16))
-            plan.estimate(item.kind, item.model or "-", builder.registry[item.kind].estimate(item.fields))
+            plan.estimate(item.kind, model, builder.registry[item.kind].estimate(item.fields))
         else:
             for problem in item:
                 plan.add(problem)

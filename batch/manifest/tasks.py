@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 ENDPOINT_PATTERN = re.compile(r"[^/?#\s]{1,200}")
 RESERVED = ("kind", "id", "endpoint", "meta", "custom_id")
+_RESERVED_KEYS = frozenset(RESERVED)
 
 
 @quick_init
@@ -242,8 +243,7 @@ class TaskBuilder:
 
     def _merged(self, kind: TaskKind, data: Mapping[str, Any]) -> dict[str, Any]:
         below, above = self._layers.get(kind.name) or self._layers_of(kind)
-        merged = dict(below)
-        merged.update((k, v) for k, v in data.items() if k not in RESERVED)
+        merged = {**below, **{k: v for k, v in data.items() if k not in _RESERVED_KEYS}}
         merged.update(above)
         return merged
 

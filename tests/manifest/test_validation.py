@@ -420,6 +420,26 @@ def test_chat_shorthand_becomes_messages_with_resolved_image_paths(write: Write,
     ]
 
 
+def test_chat_shorthand_images_must_all_be_paths_and_may_be_none(write: Write) -> None:
+    """A list of images with one that is no path is said as such, not made into a message of a number; an
+    empty list makes a message of the prompt alone."""
+    path = write("""
+        tasks:
+          - {kind: chat, model: gemini-2.5-flash, prompt: what is this?, images: [cat.jpg, 3]}
+    """)
+    assert (
+        one_problem(path)
+        == f"{path}:2: tasks[0]: images: must be a path or a list of paths (got ['cat.jpg', 3])"
+    )
+    path = write("""
+        tasks:
+          - {kind: chat, model: gemini-2.5-flash, prompt: what is this?, images: []}
+    """)
+    result = checked(path)
+    spec = next(iter_tasks(result.manifest, result.builder))
+    assert spec.fields["messages"] == [{"role": "user", "content": "what is this?"}]
+
+
 def test_defaults_precedence_command_line_over_task_over_kind_over_shared(write: Write) -> None:
     path = write("""
         defaults:
