@@ -32,6 +32,7 @@ from batch.manifest.fields import (
     IntRange,
     NumberRange,
     Rule,
+    RuleSet,
     Text,
     check_rules,
     closest,
@@ -51,18 +52,20 @@ URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
 SHORTHAND = ("prompt", "images", "system")
 _SHORTHAND_KEYS = frozenset(SHORTHAND)
 
-RULES: tuple[Rule, ...] = (
-    Anything("messages", required=True),
-    Text("model", required=True, non_empty=True),
-    IntRange("max_tokens", low=1),
-    IntRange("max_completion_tokens", low=1),
-    NumberRange("temperature", low=0, high=2),
-    NumberRange("top_p", low=0, high=1),
-    IntRange("n", low=1),
-    Boolean("stream"),
-    NumberRange("presence_penalty", low=-2, high=2),
-    NumberRange("frequency_penalty", low=-2, high=2),
-    IntRange("seed"),
+RULES: tuple[Rule, ...] = RuleSet(
+    (
+        Anything("messages", required=True),
+        Text("model", required=True, non_empty=True),
+        IntRange("max_tokens", low=1),
+        IntRange("max_completion_tokens", low=1),
+        NumberRange("temperature", low=0, high=2),
+        NumberRange("top_p", low=0, high=1),
+        IntRange("n", low=1),
+        Boolean("stream"),
+        NumberRange("presence_penalty", low=-2, high=2),
+        NumberRange("frequency_penalty", low=-2, high=2),
+        IntRange("seed"),
+    )
 )
 
 # Chat passes unknown fields through; these are the ones a shared default or --set may apply to.

@@ -18,7 +18,7 @@ from batch.kind import (
     usage_counts,
     usage_in,
 )
-from batch.manifest.fields import Choice, FieldIssue, IntRange, Rule, Text, check_rules
+from batch.manifest.fields import Choice, FieldIssue, IntRange, Rule, RuleSet, Text, check_rules
 
 PROMPT_MAX = 32_000
 SIZES = ("1024x1024", "1536x1024", "1024x1536", "auto")
@@ -42,6 +42,7 @@ OUTPUT_RULES: tuple[Rule, ...] = (
     IntRange("output_compression", low=0, high=100),
     Choice("moderation", choices=MODERATIONS),
 )
+IMAGE_RULES = RuleSet(COMMON_RULES + OUTPUT_RULES)  # checked together for both image kinds
 # `extra` passes fields this project does not know straight into the request body.
 EXTRA = "extra"
 EXTRA_HINT = "put extra API fields under 'extra' to send them anyway"
@@ -65,9 +66,7 @@ def check_extra(fields: Mapping[str, Any], known: Iterable[str] | None = None) -
 
 def check_image_fields(fields: Mapping[str, Any], also_known: tuple[str, ...] = ()) -> list[FieldIssue]:
     """Every rule both image endpoints share; cross-field rules only over fields that passed their own."""
-    issues = check_rules(
-        fields, COMMON_RULES + OUTPUT_RULES, also_known=(EXTRA, *also_known), hint=EXTRA_HINT
-    )
+    issues = check_rules(fields, IMAGE_RULES, also_known=(EXTRA, *also_known), hint=EXTRA_HINT)
     flagged = {issue.field for issue in issues}
     cross = [issue for issue in check_output_options(fields) if issue.field not in flagged]
     return issues + check_extra(fields) + cross
