@@ -29,7 +29,7 @@ from batch.running.prices import PriceTable, model_of, parse_prices
 if TYPE_CHECKING:
     from batch.manifest.plancache import Sources
 
-ENDPOINT_PATTERN = re.compile(r"[^/?#\s]{1,200}")
+ENDPOINT_PATTERN = re.compile(r"[^/?#\s\ud800-\udfff]{1,200}")  # no lone surrogate: not text
 RESERVED = ("kind", "id", "endpoint", "meta", "custom_id")
 _RESERVED_KEYS = frozenset(RESERVED)
 
@@ -194,13 +194,15 @@ class TaskBuilder:
         problems += [self._issue_problem(entry, kind.name, issue) for issue in issues]
         endpoint = self._endpoint(entry, kind, fields, problems)
         task_id = data.get("id")
-        content = ""
-        # The digest's JSON encoding is also the check that the fields are plain JSON. It names a task
+        content = request = ""
+        # The digest's JSON encoding is also the check that the fields are plain JSON, and its UTF-8 that
+        # they are text a request can carry (no lone surrogate: `"\ud800"` in a JSONL line). It names a task
         # without an id, and is what the result line says was sent (TaskSpec.request): every task is
         # encoded in the dispatch walk too, as it is sent.
         try:
             content = canonical(kind.name, endpoint or "", fields, inputs)
-        except (TypeError, ValueError):
+            request = _sha256(content)
+        except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
             problems += self._json_problems(entry, fields)
         meta = data.get("meta", {})
         if not isinstance(meta, dict):
@@ -211,7 +213,6 @@ class TaskBuilder:
         if problems:
             return problems
         assert endpoint is not None
-        request = _sha256(content)
         if task_id is None:  # an id made from the digest
             task_id = self._generated_id(kind, fields, entry.readable, request)
         custom_id = data.get("custom_id")
@@ -338,16 +339,28 @@ class TaskBuilder:
         return by_flag, by_manifest
 
     def _json_problems(self, entry: Entry, fields: Mapping[str, Any]) -> list[Problem]:
+        """The fields that are not plain JSON text (TaskBuilder.build could not encode them); at least
+        one problem."""
         found = []
+        surrogate = "holds a lone surrogate (half of a UTF-16 pair, such as \\ud800): not text; fix it"
         for key, value in fields.items():
             try:
-                json.dumps(value, allow_nan=False)
+                json.dumps({key: value}, allow_nan=False, ensure_ascii=False).encode()
+            except UnicodeEncodeError:
+                # named as the task wrote it where it can be (its `prompt`, not the `messages` made of it)
+                written = [
+                    (k, v)
+                    for k, v in entry.data.items()
+                    if key not in entry.data and k not in fields and k not in _NO_FIELDS and not _text(k, v)
+                ]
+                for name, held in written or [(key, value)]:
+                    problem = self._problem(entry, str(name), surrogate, held)
+                    found += [] if problem in found else [problem]
             except (TypeError, ValueError):
-                found.append(
-                    self._problem(
-                        entry, key, "is not plain JSON data (a YAML date, binary or NaN?); quote it", value
-                    )
-                )
+                message = "is not plain JSON data (a YAML date, binary or NaN?); quote it"
+                found.append(self._problem(entry, str(key), message, value))
+        if not found:  # what else went into the task's encoding: its endpoint (ENDPOINT_PATTERN takes none)
+            found.append(self._problem(entry, "endpoint", "is not plain JSON text"))
         return found
 
     def _issue_problem(self, entry: Entry, kind: str, issue: FieldIssue) -> Problem:
@@ -458,6 +471,20 @@ def _line_within(data: Any, field_path: str) -> int | None:
 def _first_given(*values: Any) -> Any:
     """The first of `values` that is not MISSING (MISSING if none is)."""
     return next((value for value in values if value is not MISSING), MISSING)
+
+
+_NO_FIELDS = ("kind", "id", "endpoint", "meta", "custom_id")  # a task's keys that are none of its fields
+
+
+def _text(key: Any, value: Any) -> bool:
+    """Whether a field's name and value encode as UTF-8 JSON (no lone surrogate)."""
+    try:
+        json.dumps({key: value}, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    except (TypeError, ValueError):
+        return True  # not a surrogate's: said otherwise
+    return True
 
 
 def _valid_endpoint(value: Any) -> bool:

@@ -844,3 +844,34 @@ def test_each_task_takes_the_first_endpoint_given_in_the_order_of_precedence(
     for manifest, endpoint in ((plain, "ep-env"), (defaulted, "ep-default")):
         result = check(manifest, BuildSettings(env_endpoint="ep-env"), registry())
         assert [spec.endpoint for spec in iter_tasks(result.manifest, result.builder)] == [endpoint]
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ('"prompt": "bad \\ud800 x"', "prompt"),  # normalized into `messages`: named as written
+        ('"messages": [{"role": "user", "content": "cut \\udc00"}]', "messages"),
+        ('"prompt": "hi", "temperature\\ud800": 1', "temperature\ud800"),  # the name as json read it
+    ],
+)
+def test_a_lone_surrogate_in_a_jsonl_task_is_a_problem_on_its_line_not_a_traceback(
+    tmp_path: Path, fields: str, named: str
+) -> None:
+    """`"\\ud800"` alone (half of a UTF-16 pair) is JSON that json reads but no UTF-8 request can carry:
+    the task's digest crashed `validate` and `run` with a UnicodeEncodeError. An emoji's whole pair is text."""
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(
+        f'{{"kind": "chat", "id": "fine", "model": "gemini-2.5-flash", "prompt": "\\ud83d\\ude00"}}\n'
+        f'{{"kind": "chat", "id": "t", "model": "gemini-2.5-flash", {fields}}}\n'
+    )
+    found = [m for m in messages(checked(path)) if "lone surrogate" in m]
+    said = f"{path}:2: tasks[1]: {named}: holds a lone surrogate (half of a UTF-16 pair, such as \\ud800)"
+    assert len(found) == 1 and found[0].startswith(said), found
+
+
+def test_a_lone_surrogate_in_a_tasks_endpoint_is_refused_as_no_endpoint_id(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(
+        '{"kind": "chat", "model": "gemini-2.5-flash", "prompt": "hi", "endpoint": "ep\\ud800"}\n'
+    )
+    assert "endpoint: must be an endpoint (deployment) id" in one_problem(path)
