@@ -30,6 +30,15 @@ Any other answer (one whose images are to be fetched, or a big one) is kept in a
 in the run log before it, carrying its ledger line. The next run books a line the kill left unwritten,
 once. One killed before its answer was kept in answers/ has its line booked all the same (it was paid),
 and is asked again. (A `kept` line of an older run may carry an `answer` too: read as a carried one.)
+
+A paid failure that is not asked again (a 200 whose body cannot be used, an error beside a usage: its
+task fails) is carried too, before its ledger line and its raw body, with what its task's result line
+will say instead of an answer; its `done` line waits for that result line, as an answer's does. The next
+run ends a task a kill left so as the killed run would have (failed), from that line, sending nothing:
+
+    {"request_id": ..., "task_id": ..., "failed": {"type", "status", "message", "maybe_billed",
+       "answer_file" (its raw body's, or null), "server_request_id", "request_sha256"},
+       "ledger": {its ledger line, where it reported a usage}}
 """
 
 from __future__ import annotations
@@ -113,20 +122,34 @@ class KeptAnswer:
 
     task_id: str
     request_id: str
-    answer_file: str  # answers/..., relative to DIR
+    answer_file: str | None  # answers/..., relative to DIR (None: a failure's whose raw body a kill lost)
     server_request_id: str | None
     input_tokens: int
     output_tokens: int
     total_tokens: int
     cost: float | None
     request_sha256: str | None  # the request it answered (None: a ledger line of before it was kept)
+    # a paid failure's (RunLog.failing): its error's type, status and message, whether its request may
+    # have been billed, whether it is in the ledger; its answer_file None where the kill left no raw body
+    failed: Mapping[str, Any] | None = None
 
     @classmethod
     def from_line(cls, line: Mapping[str, Any]) -> KeptAnswer | None:
         try:
-            found = cls(**{name: line[name] for name in cls.__dataclass_fields__})
-        except (KeyError, TypeError):
+            found = cls(**{name: line[name] for name in cls.__dataclass_fields__ if name in line})
+        except TypeError:
             return None
+        if found.failed is not None:
+            failed = found.failed
+            if not (
+                isinstance(failed, dict)
+                and isinstance(failed.get("type"), str)
+                and isinstance(failed.get("message"), str)
+                and (failed.get("status") is None or type(failed.get("status")) is int)
+            ):
+                return None
+            if found.answer_file is None:
+                return found if isinstance(found.task_id, str) else None
         counts = all(
             type(getattr(found, name)) is int for name in ("input_tokens", "output_tokens", "total_tokens")
         )
@@ -141,13 +164,18 @@ class KeptAnswer:
         )
         return found if counts and cost and inside and isinstance(found.task_id, str) else None
 
+    def to_line(self) -> dict[str, Any]:
+        """Its line in answers/.to-finish.jsonl (an answer's without `failed`, as before there was one)."""
+        line = vars(self)
+        return line if self.failed is not None else {k: v for k, v in line.items() if k != "failed"}
+
 
 def kept_answers(root: Path) -> dict[str, KeptAnswer]:
     """The answers a killed run left for the next one to finish its tasks from, by task (see recover)."""
     found: dict[str, KeptAnswer] = {}
     for line in read_lines(root / ANSWERS / TO_FINISH):
         kept = KeptAnswer.from_line(line)
-        if kept is not None and (root / kept.answer_file).is_file():
+        if kept is not None and (kept.answer_file is None or (root / kept.answer_file).is_file()):
             found[kept.task_id] = kept
     return found
 
@@ -157,7 +185,7 @@ def keep_to_finish(root: Path, kept: KeptAnswer) -> None:
     run stopped while its images were fetched or saved. Blocking."""
     path = root / ANSWERS / TO_FINISH
     lines = [line for line in read_lines(path) if line.get("task_id") != kept.task_id]
-    write_atomic(path, b"".join(map(encode_line, [*lines, vars(kept)])), fsync=True)
+    write_atomic(path, b"".join(map(encode_line, [*lines, kept.to_line()])), fsync=True)
 
 
 def finished_from(root: Path, task_ids: set[str]) -> None:
@@ -173,6 +201,7 @@ def _kept(
     unbooked: Mapping[str, Mapping[str, Any]],
     ledger: Journal | None,
     carried: Mapping[str, Any] | None = None,
+    failures: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, KeptAnswer]:
     """Of the requests a killed run left without a `done` line and without a saved result, those whose
     answer is kept whole (in answers/, as `_keep_raw` names it, or carried in its `kept` line: `carried`,
@@ -180,7 +209,9 @@ def _kept(
     left unwritten (`unbooked`: request id -> the line its run log's `kept` line holds) has it written
     now, once and durably, through `ledger` (the run's own journal: its size stays true): that line is
     written once the answer came, paid, so it is booked whether or not the kill let its body be kept (one
-    not kept is maybe billed, its cost counted, and asked again)."""
+    not kept is maybe billed, its cost counted, and asked again). And those whose failure was carried
+    (`failures`: request id -> its `failed`), in the ledger or not (it reported no usage), its raw body
+    kept or not (the kill came first): its task ends failed from it."""
     if not pending:
         return {}
     booked: list[Mapping[str, Any]] = []
@@ -204,9 +235,15 @@ def _kept(
             if ledger is None:
                 journal.close()
     found: dict[str, KeptAnswer] = {}
+    failures = failures or {}
+    billed = {line["request_id"]: line for line in itertools.chain(lines, booked)}
+    for failed_id in failures.keys() & pending.keys():
+        failure = _failure(root, pending[failed_id], failed_id, failures[failed_id], billed.get(failed_id))
+        if failure is not None:
+            found[failed_id] = failure
     for line in itertools.chain(lines, booked):
         request_id = line.get("request_id")
-        if not isinstance(request_id, str) or request_id not in pending:
+        if not isinstance(request_id, str) or request_id not in pending or request_id in failures:
             continue
         answer_file = _answer_file(request_id)
         if not (root / answer_file).is_file():
@@ -230,6 +267,32 @@ def _kept(
         if kept is not None:
             found[request_id] = kept
     return found
+
+
+def _failure(
+    root: Path, task_id: str, request_id: str, failed: Mapping[str, Any], line: Mapping[str, Any] | None
+) -> KeptAnswer | None:
+    """A paid failure a kill left without its task's line, to end the task from: its figures its ledger
+    line's (`line`; none where it reported no usage), its raw body's file where the kill let it be kept."""
+    answer_file = failed.get("answer_file")
+    if not isinstance(answer_file, str) or not (root / answer_file).is_file():
+        answer_file = None
+    figures = line or {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0, "cost": None}
+    cost = figures.get("cost")
+    return KeptAnswer.from_line(
+        {
+            "task_id": task_id,
+            "request_id": request_id,
+            "answer_file": answer_file,
+            "server_request_id": failed.get("server_request_id"),
+            "input_tokens": figures.get("input_tokens"),
+            "output_tokens": figures.get("output_tokens"),
+            "total_tokens": figures.get("total_tokens"),
+            "cost": cost if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+            "request_sha256": request_digest(failed.get("request_sha256")),
+            "failed": {**failed, "billed": line is not None},
+        }
+    )
 
 
 def _write_answer(root: Path, answer_file: str, answer: Any) -> None:
@@ -264,6 +327,7 @@ def recover(folder: Path, ledger: Journal | None = None) -> Interrupted:
         pending: dict[str, str] = {}
         unbooked: dict[str, Mapping[str, Any]] = {}  # request id -> its ledger line, as a `kept` line has it
         carried: dict[str, Any] = {}  # request id -> its answer, as a `kept` line carries it
+        failures: dict[str, Mapping[str, Any]] = {}  # request id -> its failure, as its carried line has it
         ended = False
         for line in read_lines(path):
             record = attempt_log_line(line)
@@ -283,24 +347,39 @@ def recover(folder: Path, ledger: Journal | None = None) -> Interrupted:
         for request_id in pending.keys() & leftover.keys():
             left_line = leftover[request_id]
             if left_line.get("task_id") == pending[request_id]:
-                unbooked.setdefault(request_id, left_line["ledger"])
+                if isinstance(left_line.get("ledger"), dict):
+                    unbooked.setdefault(request_id, left_line["ledger"])
                 if isinstance(left_line.get("answer"), dict | list):
                     carried.setdefault(request_id, left_line["answer"])
-        billed = saved(folder.parent, pending)
+                if isinstance(left_line.get("failed"), dict):  # a paid failure's (RunLog.failing)
+                    failures.setdefault(request_id, left_line["failed"])
+        unledgered = {r: failure.get("server_request_id") for r, failure in failures.items() if r in pending}
+        billed = saved(folder.parent, pending, unledgered)
         # the answers a kill caught while their images were downloaded: the next run finishes from them
         left = {r: t for r, t in pending.items() if r not in billed}
-        kept = _kept(folder.parent, left, unbooked, ledger, carried)
+        kept = _kept(folder.parent, left, unbooked, ledger, carried, failures)
         if kept:  # written durably before the log says so: a kill in between finds them again
-            list_path = folder.parent / ANSWERS / TO_FINISH
-            lines = [*read_lines(list_path), *map(vars, kept.values())]
+            list_path = real_folder(folder.parent / ANSWERS) / TO_FINISH  # none kept a failure's body
+            lines = [*read_lines(list_path), *(entry.to_line() for entry in kept.values())]
             write_atomic(list_path, b"".join(map(encode_line, lines)), fsync=True)
         journal = Journal(path, fsync=False)
         journal.open()  # also cuts a torn last line
         try:
+            maybe = 0
             for request_id, task_id in pending.items():
                 recorded = request_id in billed  # its answer is in the ledger, its task's line in results
+                maybe_billed = not recorded and request_id not in kept
                 error = None
-                if recorded:
+                failure = failures.get(request_id)
+                if failure is not None and (recorded or request_id in kept):
+                    # as its own `done` line would have said (a paid failure's waits for its task's line)
+                    maybe_billed = failure.get("maybe_billed") is True
+                    error = (
+                        "its failure was recorded in its task's result line"
+                        if recorded
+                        else "its failure was carried in answers/.carried.jsonl: the next run ends its task"
+                    )
+                elif recorded:
                     error = "its answer was recorded in usage.jsonl and its task's result line"
                 elif request_id in kept:
                     error = (
@@ -313,14 +392,15 @@ def recover(folder: Path, ledger: Journal | None = None) -> Interrupted:
                         request_id,
                         task_id=task_id,
                         outcome="interrupted",
-                        maybe_billed=not recorded and request_id not in kept,
+                        maybe_billed=maybe_billed,
                         error=error,
                     ).to_line()
                 )
-                if not recorded and request_id not in kept:
+                maybe += maybe_billed
+                if maybe_billed and not recorded:
                     found.requests.append(request_id)
-                    found.by_task[task_id] += 1
-            maybe = len(pending) - len(billed) - len(kept)
+                    if request_id not in kept:  # a kept failure's task counts it (its `failed` says so)
+                        found.by_task[task_id] += 1
             journal.write({"event": "end", "at": now(), "interrupted": True, "maybe_billed": maybe})
         finally:
             journal.close()
@@ -335,7 +415,9 @@ def _carried_lines(root: Path) -> dict[str, Mapping[str, Any]]:
     found: dict[str, Mapping[str, Any]] = {}
     for line in read_lines(root / ANSWERS / CARRIED):
         request_id = line.get("request_id")
-        if isinstance(request_id, str) and isinstance(line.get("ledger"), dict):
+        if isinstance(request_id, str) and (
+            isinstance(line.get("ledger"), dict) or isinstance(line.get("failed"), dict)
+        ):
             found[request_id] = line
     return found
 
@@ -428,15 +510,18 @@ def _in_ledger(root: Path, requests: IdSet) -> int:
     return len(counted)
 
 
-def saved(root: Path, pending: Mapping[str, str]) -> set[str]:
+def saved(root: Path, pending: Mapping[str, str], unledgered: Mapping[str, Any] | None = None) -> set[str]:
     """Which of the requests a killed run left without a `done` line (`pending`: request id -> task id,
     few) were answered and saved: the answer is in the ledger and its task has a result line (the `done`
     line waits in memory for the next `sent` line's write, so a kill at the end of a run loses it). An
     answer in the ledger whose task has no line yet is maybe billed all the same: the task is sent again,
-    and that answer is the one paid twice (README, "Outputs on S3")."""
+    and that answer is the one paid twice (README, "Outputs on S3"). `unledgered`: request id -> the
+    server's id, of paid failures carried (RunLog.failing), saved once their task has its line whether or
+    not they are in the ledger (one that reported no usage is not)."""
     if not pending:
         return set()
-    billed: dict[str, Any] = {}  # request id -> the server's id of its answer (None: it gave none)
+    # request id -> the server's id of its answer (None: it gave none)
+    billed: dict[str, Any] = dict(unledgered or {})
     for line in read_lines(root / USAGE):
         request_id = line.get("request_id")
         if isinstance(request_id, str) and request_id in pending:
@@ -551,7 +636,10 @@ class RunLog:
             self._pending += b"}\n"
             self._flush()
             return
-        line = b"".join((head, ledger_line.rstrip(b"\n"), b', "answer": ', answer, b"}\n"))
+        self._carry(request_id, b"".join((head, ledger_line.rstrip(b"\n"), b', "answer": ', answer, b"}\n")))
+
+    def _carry(self, request_id: str, line: bytes) -> None:
+        """A line of answers/.carried.jsonl, pending until its request's `done` line (see keeping)."""
         journal = self._carried
         if journal is None:
             real_folder(self._carried_path.parent)
@@ -562,6 +650,22 @@ class RunLog:
             journal = self._compact(journal)
         journal.write_bytes(line)
         self._carrying[request_id] = line
+
+    def failing(
+        self, request_id: str, task_id: str, failed: Mapping[str, Any], ledger_line: bytes | None
+    ) -> float | None:
+        """A paid failure that is not asked again (its task fails), carried in answers/.carried.jsonl as
+        an answer is (keeping) before its ledger line (as encode_line made it, spliced in) and its raw body
+        are written: what its task's result line will say (`failed`). Its `done` line waits for that result
+        line, so that a kill before it leaves the next run to end the task from this one (recover), not to
+        send it again. In the kernel at once; nothing in the run log. Returns the seconds since its `sent`
+        line, for its `done` line."""
+        line = _line({"request_id": request_id, "task_id": task_id, "failed": failed})
+        if ledger_line is not None:
+            line = b"".join((line[:-2], b', "ledger": ', ledger_line.rstrip(b"\n"), b"}\n"))
+        self._carry(request_id, line)
+        started = self._sent.get(request_id)
+        return None if started is None else time.monotonic() - started
 
     def _compact(self, journal: Journal) -> Journal:
         """The carried file written again with the pending answers' lines only (answers were pending at

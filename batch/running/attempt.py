@@ -28,8 +28,16 @@ from batch.kind import Answer, ApiRequest, EncodedImage, TaskKind
 from batch.manifest.inputs import InputChanged, checked_reader, read_file
 from batch.manifest.tasks import TaskSpec
 from batch.output.runlog import UNSENT, KeptAnswer, finished_from, keep_to_finish
-from batch.output.store import OutputFile
-from batch.running.answers import answer_id, describe, failure_kind, short, stream_complete, usage_of
+from batch.output.store import ANSWERS, OutputFile
+from batch.running.answers import (
+    answer_id,
+    describe,
+    error_record,
+    failure_kind,
+    short,
+    stream_complete,
+    usage_of,
+)
 from batch.running.bodies import Scrubber, running_usage
 from batch.running.bookkeeping import bill, ledger_entry, result_line
 from batch.running.client import Reply
@@ -220,8 +228,11 @@ class TaskAttempts:
 
     async def _replay(self, spec: TaskSpec, kind: TaskKind, kept: KeptAnswer, state: TaskState) -> None:
         """Finish a task from the answer a killed run paid for and kept (its images were being fetched):
-        its figures are the ledger's line, already counted; nothing is sent, booked or billed again."""
+        its figures are the ledger's line, already counted; nothing is sent, booked or billed again. A paid
+        failure's (`kept.failed`): the task fails as the killed run's would have, its raw body kept."""
         ctx = self._ctx
+        if kept.failed is not None or kept.answer_file is None:
+            self._replay_failure(spec, kept, state)
         path = ctx.out.root / kept.answer_file
         try:
             raw = await anyio.to_thread.run_sync(path.read_bytes, limiter=ctx.threads)
@@ -246,6 +257,33 @@ class TaskAttempts:
             state.cost += kept.cost
         reply = Reply(200, body, 0.0, kept.server_request_id, raw)
         await self._use(spec, kind, kept.request_id, reply, state)  # forgotten once its line is written
+
+    def _replay_failure(self, spec: TaskSpec, kept: KeptAnswer, state: TaskState) -> NoReturn:
+        """End a task failed from the failure a killed run recorded (_kept_failure): its error again, its
+        figures the ledger's line (none where it reported no usage), its raw body where the kill let it be
+        kept; nothing is sent."""
+        failed = kept.failed or {}
+        logger.info("task %s: ended from the failure a killed run paid for and recorded", spec.id)
+        state.attempts += 1
+        state.server_request_id = kept.server_request_id
+        state.answer_file = kept.answer_file
+        state.maybe_billed += failed.get("maybe_billed") is True  # its killed request's (recover)
+        if failed.get("billed") is True:
+            state.billed = True
+            state.input_tokens += kept.input_tokens
+            state.output_tokens += kept.output_tokens
+            state.total_tokens += kept.total_tokens
+            if kept.cost is None:
+                state.unpriced = True
+            else:
+                state.cost += kept.cost
+        status = failed.get("status")
+        raise BrokenAnswerError(
+            str(failed.get("message")),
+            status=status if type(status) is int else None,
+            maybe_billed=False,  # counted above, once
+            error_type=str(failed.get("type")),
+        )
 
     def _on_retry(self, spec: TaskSpec, notice: RetryNotice) -> None:
         error = notice.error
@@ -427,6 +465,10 @@ class TaskAttempts:
         elif not isinstance(exc, TransportError):
             self.reached = True
         if isinstance(exc, BrokenAnswerError):
+            if not exc.retry and (exc.usage is not None or exc.raw):  # paid, its task failed: kept
+                await self._kept_failure(spec, kind, request_id, exc, state, "broken", ".body")
+                health.succeeded(spec.endpoint)  # a whole answer: the service is up
+                return
             log.done(
                 request_id, "broken", status=exc.status, maybe_billed=exc.maybe_billed, error=exc.message
             )
@@ -444,8 +486,12 @@ class TaskAttempts:
                     self._ctx.out.save_answer, name, exc.raw, limiter=self._ctx.threads
                 )
         elif isinstance(exc, ApiStatusError):
-            log.done(request_id, "error", status=exc.status, error=exc.message, maybe_billed=exc.maybe_billed)
             state.server_request_id = exc.server_request_id or state.server_request_id  # the last said
+            if (exc.usage is not None or exc.raw) and classify(exc).verdict is Verdict.FAIL:
+                await self._kept_failure(spec, kind, request_id, exc, state, "error", ".sse")
+                health.succeeded(spec.endpoint)  # the service is up; it refused this request
+                return
+            log.done(request_id, "error", status=exc.status, error=exc.message, maybe_billed=exc.maybe_billed)
             if exc.status is not None and (exc.status >= 500 or exc.status == 408):
                 billed = not bought_nothing(exc)  # a usage, or inside a stream: spends an attempt as ever
                 counts = health.failed(str(exc), state.probe, billed=billed, retry_after=exc.retry_after)
@@ -470,6 +516,54 @@ class TaskAttempts:
             log.done(request_id, "failed", maybe_billed=exc.maybe_billed, error=exc.message)
             state.lost_to_outage = not health.failed(exc.message, state.probe, billed=exc.maybe_billed)
             state.maybe_billed += exc.maybe_billed
+
+    async def _kept_failure(
+        self,
+        spec: TaskSpec,
+        kind: TaskKind,
+        request_id: str,
+        exc: BrokenAnswerError | ApiStatusError,
+        state: TaskState,
+        outcome: str,
+        suffix: str,
+    ) -> None:
+        """A paid failure that is not asked again (a whole answer that cannot be used, an error beside a
+        usage): its task fails. What its result line will say is carried first (RunLog.failing),
+        then its raw body (answers/<request>.body|.sse) and its ledger line, its `done` line after its
+        task's line: a kill anywhere before that line leaves the next run to end the task failed from the
+        record, its ledger line booked once (recover), where it sent the task again and paid twice. (Killed
+        before its raw body is saved, the task ends without it.)"""
+        ctx = self._ctx
+        name = request_id.replace("/", ".") + suffix
+        entry = ledger_entry(ctx, spec, kind, request_id, exc.usage, state) if exc.usage is not None else None
+        failed = {
+            "type": error_record(exc, 1).type,
+            "status": exc.status,
+            "message": exc.message,
+            "maybe_billed": exc.maybe_billed,
+            "answer_file": f"{ANSWERS}/{name}" if exc.raw else None,
+            "server_request_id": state.server_request_id,
+            "request_sha256": spec.request,
+        }
+        seconds = ctx.log.failing(request_id, spec.id, failed, None if entry is None else entry.encoded)
+        done = {
+            "status": exc.status,
+            "maybe_billed": exc.maybe_billed,
+            "error": exc.message,
+            "seconds": seconds,
+        }
+        state.failed_done = (request_id, outcome, done)
+        state.maybe_billed += exc.maybe_billed  # before the save below, which a full disk may fail
+        try:
+            if exc.raw:  # it arrived, and is not bought again: kept as it came
+                state.answer_file = await anyio.to_thread.run_sync(
+                    ctx.out.save_answer, name, exc.raw, limiter=ctx.threads
+                )
+        finally:  # kept or not (a full disk), it was paid: in the ledger, whole
+            if entry is not None:
+                with anyio.CancelScope(shield=True):
+                    await bill(ctx, spec, kind, request_id, exc.usage, state, entry)
+                state.maybe_billed_counted += exc.maybe_billed  # a usage so far: in the ledger
 
     async def _keep(
         self, spec: TaskSpec, kind: TaskKind, request_id: str, reply: Reply, state: TaskState
@@ -692,6 +786,10 @@ class TaskAttempts:
             request_id, status, seconds = state.answered
             self._ctx.log.done(request_id, "answered", status=status, seconds=seconds)
             state.answered = None
+        elif state.failed_done is not None:
+            request_id, outcome, done = state.failed_done
+            self._ctx.log.done(request_id, outcome, **done)
+            state.failed_done = None
         if spec.id in self._ctx.kept:  # finished from a killed run's answer: the next run need not
             # a stale entry is never used: its task has a line
             with contextlib.suppress(OutputError, OSError):

@@ -4,6 +4,7 @@ while it runs."""
 from __future__ import annotations
 
 import random
+from typing import Any
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -70,6 +71,10 @@ class TaskState:
     # (request id, HTTP status, seconds) of the answer kept: its `done` line waits for the task's result
     # line, so that a run killed in between leaves the request counted as maybe billed (not saved)
     answered: tuple[str, int, float] | None = None
+    # (request id, outcome, its other fields) of a paid failure not asked again (TaskAttempts._kept_failure):
+    # its `done` line waits for the task's result line too, so that a kill in between leaves the next run
+    # to end the task from its record, not to send it again
+    failed_done: tuple[str, str, dict[str, Any]] | None = None
     # a whole answer, billed, whose images or files were being made when the run cut it short
     # (cancelled): kept for the next run to finish its task from, not a resume's request (that would buy
     # it again)

@@ -346,12 +346,22 @@ def test_a_kill_while_images_are_downloaded_is_finished_from_the_kept_answer_not
 #     (answers/.carried.jsonl) are emptied
 #   emptied: once the carried answers' file is emptied during the run (its task's result line written:
 #     here at once, not past CARRIED_SPARE)
+#   POINT/flushed: at POINT, each `done` line of the run log written at once, as the next request's `sent`
+#     line writes the waiting ones in a run of many tasks
 KILLED_AT = """
 import os, signal, sys
 import batch.output.runlog as runlog
 from batch.output.store import OutputDir
 
 append, save_answer, point = OutputDir.append, OutputDir.save_answer, os.environ["KILL_AT"]
+if point.endswith("/flushed"):
+    point, done = point.removesuffix("/flushed"), runlog.RunLog.done
+
+    def done_written(self, *args, **options):
+        done(self, *args, **options)
+        self._flush()
+
+    runlog.RunLog.done = done_written
 
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
