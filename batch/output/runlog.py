@@ -636,20 +636,24 @@ class RunLog:
             self._pending += b"}\n"
             self._flush()
             return
-        self._carry(request_id, b"".join((head, ledger_line.rstrip(b"\n"), b', "answer": ', answer, b"}\n")))
+        line = b"".join((head, ledger_line.rstrip(b"\n"), b', "answer": ', answer, b"}\n"))
+        journal = self._carried
+        if journal is None or (journal.size > CARRIED_CAP and self._carrying):
+            journal = self._carried_journal()
+        journal.write_bytes(line)
+        self._carrying[request_id] = line
 
-    def _carry(self, request_id: str, line: bytes) -> None:
-        """A line of answers/.carried.jsonl, pending until its request's `done` line (see keeping)."""
+    def _carried_journal(self) -> Journal:
+        """answers/.carried.jsonl's journal, opened with the first line it gets, or written again with the
+        pending lines only once it has grown past CARRIED_CAP (_compact)."""
         journal = self._carried
         if journal is None:
             real_folder(self._carried_path.parent)
             journal = Journal(self._carried_path, fsync=False)
             journal.open()
             self._carried = journal
-        elif journal.size > CARRIED_CAP and self._carrying:
-            journal = self._compact(journal)
-        journal.write_bytes(line)
-        self._carrying[request_id] = line
+            return journal
+        return self._compact(journal)
 
     def failing(
         self, request_id: str, task_id: str, failed: Mapping[str, Any], ledger_line: bytes | None
@@ -663,7 +667,11 @@ class RunLog:
         line = _line({"request_id": request_id, "task_id": task_id, "failed": failed})
         if ledger_line is not None:
             line = b"".join((line[:-2], b', "ledger": ', ledger_line.rstrip(b"\n"), b"}\n"))
-        self._carry(request_id, line)
+        journal = self._carried
+        if journal is None or (journal.size > CARRIED_CAP and self._carrying):
+            journal = self._carried_journal()
+        journal.write_bytes(line)
+        self._carrying[request_id] = line
         started = self._sent.get(request_id)
         return None if started is None else time.monotonic() - started
 
