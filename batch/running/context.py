@@ -4,9 +4,9 @@ while it runs."""
 from __future__ import annotations
 
 import random
-from typing import Any
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 

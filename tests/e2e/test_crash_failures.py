@@ -126,20 +126,20 @@ def unkilled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict[s
     return found
 
 
-POINTS = [
-    ("keeping",),
-    ("ledger_line",),
-    ("first_record",),
-    ("result_line",),
-    ("result_line/flushed",),
-    ("result_line/flushed", "result_line/flushed"),
-]
-
-
-def possible(failure: str, points: tuple[str, ...]) -> bool:
-    """Whether the failure has the moment the first kill waits for: a ledger line, a raw body to keep."""
-    _, _, usage, raw = FAILURES[failure]
-    return (usage or points[0] != "ledger_line") and (raw or points[0] != "keeping")
+# Each failure killed at the moments it has (a ledger line, a raw body to keep): before its raw body is
+# saved (`keeping`), before its ledger line, after the first of the two (`first_record`), before its task's
+# line, that with its `done` line written (`/flushed`), and twice. The whole matrix (5 failures by those
+# 6, 28 cases, 70-100 s on 2 cores) failed on the code before in all 22 cases of the four failures that
+# were open; these 10 keep each failure and each moment, every one of them failing on that code, in a
+# tenth of the suite's 5 minutes.
+B, F = "result_line", "result_line/flushed"
+CASES = {
+    "status-400-usage": [("ledger_line",), ("first_record",), (F,)],
+    "stream-error-400": [("keeping",), ("ledger_line",), (B,), (F, F)],
+    "events-unfinished": [(F,)],
+    "too-deep": [("keeping",)],
+    "no-choices": [(F,)],  # an answer carried for the window: safe already, kept so
+}
 
 
 @pytest.mark.timeout(90)
@@ -147,9 +147,8 @@ def possible(failure: str, points: tuple[str, ...]) -> bool:
     ("failure", "points"),
     [
         pytest.param(failure, points, id=f"{failure}-{'+'.join(points)}")
-        for failure in sorted(FAILURES)
-        for points in POINTS
-        if possible(failure, points)
+        for failure, cases in CASES.items()
+        for points in cases
     ],
 )
 def test_a_kill_before_a_paid_failures_result_line_ends_its_task_failed_without_buying_it_again(
