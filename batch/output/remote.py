@@ -489,10 +489,14 @@ def empty(root: Path) -> None:
 
 
 def _an_answer(path: Path) -> bool:
-    """Whether a file of answers/ is an answer kept whole, as the start reads one (runlog._answer_file): not
-    the list to finish, a torn write, or a stream's events (.sse, which it does not read again)."""
+    """Whether a file of answers/ is a paid body kept whole, as the start reads one: an answer
+    (runlog._answer_file, .json) or a paid failure's raw body (.body, .sse: its task ends failed from its
+    carried line, naming it); not the list to finish or a torn write."""
     return (
-        not path.name.startswith(".") and path.suffix == ".json" and not path.is_symlink() and path.is_file()
+        not path.name.startswith(".")
+        and path.suffix in (".json", ".body", ".sse")
+        and not path.is_symlink()
+        and path.is_file()
     )
 
 

@@ -737,7 +737,8 @@ def test_emptying_a_kept_staging_folder_keeps_the_answers_its_start_finishes_tas
     kill's window, paid answers of image links and big inline ones whose tasks have no result line: they
     went, and the next run bought them again. They stay, with the carried answers; an answer a result line
     names (in the store with it), the list to finish (listed again from the killed run's log), a torn
-    write and everything else go."""
+    write and everything else go. So does a paid failure's raw body (.body, .sse) a line names; one no
+    line names stays, for the carried failure to end its task with."""
     from batch.output.remote import empty
 
     answers = tmp_path / "answers"
@@ -745,11 +746,14 @@ def test_emptying_a_kept_staging_folder_keeps_the_answers_its_start_finishes_tas
     for name in ("t1.abc.1.json", "t2.abc.1.json", "t3.abc.1.json", ".carried.jsonl", ".to-finish.jsonl"):
         (answers / name).write_text("{}\n")
     (answers / ".t4.abc.1.json.1234.tmp").write_text("{")
-    (answers / "t5.abc.1.sse").write_text("data: {}\n")
+    (answers / "t5.abc.1.sse").write_text("data: {}\n")  # a paid failure's raw body, its line carried
+    (answers / "t6.abc.1.body").write_text("{}")  # one its task's line names
     (tmp_path / RESULTS).write_text(
         json.dumps({"id": "t2", "status": "failed", "answer_file": "answers/t2.abc.1.json"})
         + "\n"
         + json.dumps({"id": "t0", "status": "succeeded", "files": ["images/t0.png"]})
+        + "\n"
+        + json.dumps({"id": "t6", "status": "failed", "answer_file": "answers/t6.abc.1.body"})
         + "\n"
     )
     (tmp_path / "results.retried.jsonl").write_text(
@@ -760,7 +764,11 @@ def test_emptying_a_kept_staging_folder_keeps_the_answers_its_start_finishes_tas
     (tmp_path / USAGE).write_text("{}\n")
     empty(tmp_path)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["answers"]
-    assert sorted(path.name for path in answers.iterdir()) == [".carried.jsonl", "t1.abc.1.json"]
+    assert sorted(path.name for path in answers.iterdir()) == [
+        ".carried.jsonl",
+        "t1.abc.1.json",
+        "t5.abc.1.sse",
+    ]
 
 
 def test_a_staging_folder_whose_run_stopped_before_its_mirror_started_is_taken_for_its_store_only(
