@@ -37,6 +37,9 @@ def export(version: str, folder: Path) -> Path:
         ["git", "archive", version, "batch", "jobs"], cwd=ROOT, capture_output=True, check=True
     )
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    # the kinds as the install puts them (batch/jobs): else an editable install's finder maps batch.jobs to
+    # this checkout's jobs/, whatever PYTHONPATH says, and the version runs with today's kinds
+    (tree / "batch" / "jobs").symlink_to(Path("..") / "jobs", target_is_directory=True)
     return tree
 
 
