@@ -69,6 +69,18 @@ MAX_IMAGES = 64
 CARRIED_MAX = 64 * 1024
 
 
+def _count_kept(state: TaskState, kept: KeptAnswer) -> None:
+    """A task's figures from what a killed run paid for and kept: its ledger line's, already counted."""
+    state.billed = True
+    state.input_tokens += kept.input_tokens
+    state.output_tokens += kept.output_tokens
+    state.total_tokens += kept.total_tokens
+    if kept.cost is None:
+        state.unpriced = True
+    else:
+        state.cost += kept.cost
+
+
 class TaskAttempts:
     """Runs one task at a time per caller: attempts, billing, files, the result line. The tallies the
     Runner reads (requests in flight, recent durations, maybe-billed requests) are kept here."""
@@ -245,16 +257,9 @@ class TaskAttempts:
             ) from exc
         logger.info("task %s: finished from the answer a killed run paid for, kept in %s", spec.id, path.name)
         state.attempts += 1
-        state.billed = True
         state.server_request_id = kept.server_request_id
         state.answer_file = kept.answer_file
-        state.input_tokens += kept.input_tokens
-        state.output_tokens += kept.output_tokens
-        state.total_tokens += kept.total_tokens
-        if kept.cost is None:
-            state.unpriced = True
-        else:
-            state.cost += kept.cost
+        _count_kept(state, kept)
         reply = Reply(200, body, 0.0, kept.server_request_id, raw)
         await self._use(spec, kind, kept.request_id, reply, state)  # forgotten once its line is written
 
@@ -269,14 +274,7 @@ class TaskAttempts:
         state.answer_file = kept.answer_file
         state.maybe_billed += failed.get("maybe_billed") is True  # its killed request's (recover)
         if failed.get("billed") is True:
-            state.billed = True
-            state.input_tokens += kept.input_tokens
-            state.output_tokens += kept.output_tokens
-            state.total_tokens += kept.total_tokens
-            if kept.cost is None:
-                state.unpriced = True
-            else:
-                state.cost += kept.cost
+            _count_kept(state, kept)
         status = failed.get("status")
         raise BrokenAnswerError(
             str(failed.get("message")),

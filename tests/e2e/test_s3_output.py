@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from batch.simulator import SimConfig, simulator_in_thread
+from batch.simulator import RunningSimulator, SimConfig, simulator_in_thread
 from tests.conftest import KEY, Outcome, Run, env_for
 from tests.e2e.test_crash import WHOLE, killed_at
 from tests.s3_server import S3
@@ -281,6 +281,16 @@ def test_a_staging_folder_kept_when_the_store_failed_goes_up_with_the_next_run_n
     assert len(lines(s3, "usage")) == TASKS
 
 
+def resumed_on_stage(
+    cli: Callable[..., Outcome], manifest: Path, s3: S3, stage: Path, sim: RunningSimulator
+) -> Outcome:
+    """The run after the kills, on the store with the killed runs' --stage folder, left alone: ended 0."""
+    env = {**env_for(sim, MAAS_ENDPOINT="ep"), **s3.env}
+    resumed = cli("run", manifest, "--out", s3.url, "--stage", stage, "--no-progress", env=env)
+    assert resumed.code == 0, resumed.err
+    return resumed
+
+
 def test_a_kept_answers_ledger_line_booked_at_the_start_goes_up_to_the_store(
     s3: S3, cli: Callable[..., Outcome], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -295,17 +305,7 @@ def test_a_kept_answers_ledger_line_booked_at_the_start_goes_up_to_the_store(
     with simulator_in_thread(SimConfig(api_key=KEY)) as sim:
         killed_at("ledger_line", manifest, s3.url, sim.base_url, "--stage", str(stage), env=s3.env)
         assert not lines(s3, "usage")  # killed before its ledger line
-        resumed = cli(
-            "run",
-            manifest,
-            "--out",
-            s3.url,
-            "--stage",
-            stage,
-            "--no-progress",
-            env={**env_for(sim, MAAS_ENDPOINT="ep"), **s3.env},
-        )
-        assert resumed.code == 0, resumed.err
+        resumed_on_stage(cli, manifest, s3, stage, sim)
         [paid] = sim.state.records  # bought once
     [line] = lines(s3, "usage")  # booked once, in the store
     assert line["request_id"] == paid.request_id and line["total_tokens"] == paid.billed_tokens
@@ -366,17 +366,7 @@ def test_an_answer_a_killed_run_kept_in_its_stage_folders_answers_is_not_bought_
     with simulator_in_thread(SimConfig(api_key=KEY, **options)) as sim:
         for point in points:
             killed_at(point, manifest, s3.url, sim.base_url, "--stage", str(stage), env=s3.env)
-        resumed = cli(
-            "run",
-            manifest,
-            "--out",
-            s3.url,
-            "--stage",
-            stage,
-            "--no-progress",
-            env={**env_for(sim, MAAS_ENDPOINT="ep"), **s3.env},
-        )
-        assert resumed.code == 0, resumed.err
+        resumed = resumed_on_stage(cli, manifest, s3, stage, sim)
         [paid] = sim.state.records  # bought once
     assert "finished from the answer a killed run paid for" in resumed.err, resumed.err
     [line] = lines(s3, "usage")  # booked once, in the store
