@@ -348,11 +348,7 @@ class TaskBuilder:
                 json.dumps({key: value}, allow_nan=False, ensure_ascii=False).encode()
             except UnicodeEncodeError:
                 # named as the task wrote it where it can be (its `prompt`, not the `messages` made of it)
-                written = [
-                    (k, v)
-                    for k, v in entry.data.items()
-                    if key not in entry.data and k not in fields and k not in _NO_FIELDS and not _text(k, v)
-                ]
+                written = [] if key in entry.data else _not_text(entry.data, fields)
                 for name, held in written or [(key, value)]:
                     problem = self._problem(entry, str(name), surrogate, held)
                     found += [] if problem in found else [problem]
@@ -473,18 +469,20 @@ def _first_given(*values: Any) -> Any:
     return next((value for value in values if value is not MISSING), MISSING)
 
 
-_NO_FIELDS = ("kind", "id", "endpoint", "meta", "custom_id")  # a task's keys that are none of its fields
-
-
-def _text(key: Any, value: Any) -> bool:
-    """Whether a field's name and value encode as UTF-8 JSON (no lone surrogate)."""
-    try:
-        json.dumps({key: value}, ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        return False
-    except (TypeError, ValueError):
-        return True  # not a surrogate's: said otherwise
-    return True
+def _not_text(data: Mapping[str, Any], fields: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The fields a task wrote that its kind renamed (none of `fields`, none of RESERVED) whose name or
+    value holds a lone surrogate: no UTF-8 JSON."""
+    found = []
+    for key, value in data.items():
+        if key in fields or key in _RESERVED_KEYS:
+            continue
+        try:
+            json.dumps({key: value}, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            found.append((key, value))
+        except (TypeError, ValueError):
+            pass  # not a surrogate's: said otherwise
+    return found
 
 
 def _valid_endpoint(value: Any) -> bool:
